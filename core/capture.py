@@ -1,0 +1,120 @@
+"""One forward pass that captures tokens, hidden states, attentions and logits."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .models import LoadedModel, final_norm
+from .settings import AnalysisSettings
+
+
+@dataclass
+class Capture:
+    """Raw captures of one forward pass (batch of one).
+
+    input_ids: torch long [1, T] on the model's device; attention_mask likewise.
+    hidden_states: float32 numpy [L+1, T, D] (last entry before the final norm, see AnalysisResult).
+    attentions: float32 numpy [L, H, T, T].
+    logits: torch float32 [T, V] on the model's device, or None for an encoder without a head.
+    """
+
+    text: str
+    input_ids: Any
+    attention_mask: Any
+    tokens: list[str]
+    display_tokens: list[str]
+    special_mask: list[bool]
+    hidden_states: np.ndarray
+    attentions: np.ndarray
+    logits: Any
+    final_norm: bool
+    truncated: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+def apply_mask_word(text: str, word: str, mask_token: str | None) -> str:
+    """Replace the first whole-word, case-insensitive occurrence of `word` in `text` by `mask_token`."""
+    if not mask_token:
+        raise InputError("this model has no mask token, so a word cannot be masked")
+    pattern = re.compile(r"(?<!\w)" + re.escape(word.strip()) + r"(?!\w)", re.IGNORECASE)
+    new, n = pattern.subn(mask_token, text, count=1)
+    if n == 0:
+        raise InputError(f"the word '{word.strip()}' does not occur in the text, so it cannot be masked")
+    return new
+
+
+def tokenize(loaded: LoadedModel, text: str, max_tokens: int) -> dict[str, Any]:
+    tok = loaded.tokenizer
+    enc = tok(text, return_tensors="pt", truncation=True, max_length=max_tokens, return_special_tokens_mask=True)
+    full_len = len(tok(text, truncation=False)["input_ids"]) if enc["input_ids"].shape[1] >= max_tokens else None
+    enc["truncated"] = full_len is not None and full_len > max_tokens
+    return enc
+
+
+def capture(loaded: LoadedModel, text: str, settings: AnalysisSettings) -> Capture:
+    """Tokenise `text` and run one forward pass with hidden states and attentions (no gradients)."""
+    import torch
+
+    if not isinstance(text, str) or not text.strip():
+        raise InputError("the text is empty: type a sentence to analyse")
+    enc = tokenize(loaded, text, settings.max_tokens)
+    ids = enc["input_ids"].to(loaded.device)
+    mask = enc["attention_mask"].to(loaded.device)
+    if ids.shape[1] == 0:
+        raise InputError("the text produced no tokens")
+    special = [bool(x) for x in enc["special_tokens_mask"][0].tolist()]
+    warnings: list[str] = []
+    if enc["truncated"]:
+        warnings.append(f"the text was truncated to {settings.max_tokens} tokens (max_tokens)")
+
+    model = loaded.model
+    norm = final_norm(model)
+    pre_norm: dict[str, Any] = {}
+
+    def grab(_module, args, _kwargs=None):
+        pre_norm["h"] = args[0]
+
+    handle = norm.register_forward_pre_hook(grab) if norm is not None else None
+    try:
+        with torch.inference_mode():
+            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True,
+                        return_dict=True)
+    finally:
+        if handle is not None:
+            handle.remove()
+
+    if not out.attentions or out.attentions[0] is None:
+        raise RuntimeError("the model returned no attentions; it must run with attn_implementation='eager'")
+    hs = list(out.hidden_states)
+    has_norm = "h" in pre_norm
+    if has_norm:
+        hs[-1] = pre_norm["h"]
+    hidden = torch.stack([h[0] for h in hs]).float().cpu().numpy()
+    att = torch.stack([a[0] for a in out.attentions]).float().cpu().numpy()
+    logits = getattr(out, "logits", None)
+    if logits is not None:
+        logits = logits[0].float()
+
+    if hidden.shape[0] != att.shape[0] + 1:
+        raise RuntimeError(f"expected {att.shape[0] + 1} hidden states, got {hidden.shape[0]}")
+    tok = loaded.tokenizer
+    id_list = ids[0].tolist()
+    return Capture(
+        text=text,
+        input_ids=ids,
+        attention_mask=mask,
+        tokens=tok.convert_ids_to_tokens(id_list),
+        display_tokens=[tok.decode([i]) for i in id_list],
+        special_mask=special,
+        hidden_states=hidden,
+        attentions=att,
+        logits=logits,
+        final_norm=has_norm,
+        truncated=bool(enc["truncated"]),
+        warnings=warnings,
+    )

@@ -1,0 +1,156 @@
+"""Layer metrics on hidden states: pure functions over arrays, no model, no UI.
+
+Every function takes `H` of shape [tokens, hidden] (one layer) or, for the batched entry point, `[layers, tokens,
+hidden]`. The spectral metrics share one exact fast path: the eigenvalues of the smaller Gram matrix of the
+token-centred states (T×T when tokens < hidden, else D×D) equal the squared singular values of the centred matrix.
+Everything is computed in float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Column order of layer_metrics.csv (after "layer").
+METRIC_NAMES = ("effective_rank", "participation_ratio", "intrinsic_dim_95", "activation_entropy", "cosine_to_input")
+
+VARIANCE_THRESHOLD = 0.95
+_EPS = 1e-12
+
+
+def centre(H: np.ndarray) -> np.ndarray:
+    """H − mean over tokens. H: [T, D] or [L, T, D]; centring is over the token axis (-2)."""
+    H = np.asarray(H, dtype=np.float64)
+    return H - H.mean(axis=-2, keepdims=True)
+
+
+def squared_singular_values(H: np.ndarray) -> np.ndarray:
+    """Squared singular values of the token-centred H, sorted descending, via the smaller Gram matrix.
+
+    H: [T, D] -> [min(T, D)], or [L, T, D] -> [L, min(T, D)]. Eigenvalues below the round-off floor are set to 0.
+    """
+    Hc = centre(H)
+    T, D = Hc.shape[-2:]
+    gram = Hc @ np.swapaxes(Hc, -1, -2) if T <= D else np.swapaxes(Hc, -1, -2) @ Hc
+    lam = np.linalg.eigvalsh(gram)[..., ::-1]
+    floor = lam[..., :1] * max(T, D) * np.finfo(np.float64).eps * 10
+    return np.where(lam > floor, lam, 0.0)
+
+
+def _effective_rank_from_s2(s2: np.ndarray) -> np.ndarray:
+    s = np.sqrt(s2)
+    total = s.sum(-1, keepdims=True)
+    p = np.divide(s, total, out=np.zeros_like(s), where=total > 0)
+    ent = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
+    return np.where(total[..., 0] > 0, np.exp(ent), np.nan)
+
+
+def _participation_ratio_from_s2(s2: np.ndarray) -> np.ndarray:
+    num = s2.sum(-1) ** 2
+    den = (s2 ** 2).sum(-1)
+    return np.divide(num, den, out=np.full_like(num, np.nan), where=den > 0)
+
+
+def _intrinsic_dim_from_s2(s2: np.ndarray, threshold: float = VARIANCE_THRESHOLD) -> np.ndarray:
+    total = s2.sum(-1, keepdims=True)
+    frac = np.divide(np.cumsum(s2, -1), total, out=np.zeros_like(s2), where=total > 0)
+    k = (frac < threshold - 1e-12).sum(-1) + 1
+    return np.where(total[..., 0] > 0, k, np.nan).astype(np.float64)
+
+
+def effective_rank(H: np.ndarray) -> float:
+    """Effective rank (Roy & Vetterli 2007): exp(−Σ_k p_k ln p_k), p_k = σ_k / Σ_j σ_j.
+
+    σ are the singular values of H centred over tokens. H: [T, D]. Lies in [1, min(T−1, D)]; NaN if all σ = 0.
+    """
+    return float(_effective_rank_from_s2(squared_singular_values(H)))
+
+
+def participation_ratio(H: np.ndarray) -> float:
+    """Participation ratio: (Σ_k λ_k)² / Σ_k λ_k², λ the eigenvalues of the covariance of the centred H.
+
+    Scale-free, so λ_k ∝ σ_k² is used directly. H: [T, D]. 1 for rank-1 data, the width for isotropic data.
+    """
+    return float(_participation_ratio_from_s2(squared_singular_values(H)))
+
+
+def intrinsic_dim(H: np.ndarray, threshold: float = VARIANCE_THRESHOLD) -> float:
+    """Intrinsic dimensionality (PCA, 95 %): the smallest k with λ_1 + … + λ_k ≥ threshold · Σ_j λ_j.
+
+    λ the covariance eigenvalues of the centred H sorted descending. H: [T, D].
+    """
+    return float(_intrinsic_dim_from_s2(squared_singular_values(H), threshold))
+
+
+def activation_entropy(H: np.ndarray) -> float | np.ndarray:
+    """Mean over tokens t of −Σ_j p_tj ln p_tj, p_tj = |h_tj| / Σ_j |h_tj| (nats); H is not centred.
+
+    H: [T, D] -> float, or [L, T, D] -> [L]. A token whose row is all zero contributes 0. At most ln D.
+    """
+    A = np.abs(np.asarray(H, dtype=np.float64))
+    tot = A.sum(-1, keepdims=True)
+    P = np.divide(A, tot, out=np.zeros_like(A), where=tot > 0)
+    ent = -np.sum(np.where(P > 0, P * np.log(np.where(P > 0, P, 1.0)), 0.0), axis=-1)
+    out = ent.mean(-1)
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def cosine_to_input(H: np.ndarray, H0: np.ndarray) -> float | np.ndarray:
+    """Mean over tokens t of cos(H[t], H0[t]) = ⟨H[t], H0[t]⟩ / (‖H[t]‖ ‖H0[t]‖).
+
+    H: [T, D] or [L, T, D]; H0: [T, D] (the embedding output). 1 for a layer compared with itself.
+    """
+    H = np.asarray(H, dtype=np.float64)
+    H0 = np.asarray(H0, dtype=np.float64)
+    num = (H * H0).sum(-1)
+    den = np.linalg.norm(H, axis=-1) * np.linalg.norm(H0, axis=-1)
+    cos = num / np.maximum(den, _EPS)
+    out = cos.mean(-1)
+    return float(out) if np.ndim(out) == 0 else out
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One layer metric: its column name and the function of (H [T, D], H0 [T, D]) that computes it."""
+
+    name: str
+    label: str
+    fn: Callable[[np.ndarray, np.ndarray], float]
+
+
+#: Registry of layer metrics, in column order. The docs registry (core.docs) documents each one by name.
+LAYER_METRICS: dict[str, MetricSpec] = {
+    "effective_rank": MetricSpec("effective_rank", "Effective rank", lambda H, H0: effective_rank(H)),
+    "participation_ratio": MetricSpec("participation_ratio", "Participation ratio",
+                                      lambda H, H0: participation_ratio(H)),
+    "intrinsic_dim_95": MetricSpec("intrinsic_dim_95", "Intrinsic dimensionality (95 %)",
+                                   lambda H, H0: intrinsic_dim(H)),
+    "activation_entropy": MetricSpec("activation_entropy", "Activation entropy", lambda H, H0: activation_entropy(H)),
+    "cosine_to_input": MetricSpec("cosine_to_input", "Cosine similarity to input", cosine_to_input),
+}
+assert tuple(LAYER_METRICS) == METRIC_NAMES
+
+
+def layer_metrics(hidden: np.ndarray, keep: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """All layer metrics for every layer at once.
+
+    hidden: [L+1, T, D] (layer 0 = embedding output). keep: optional bool [T], the token rows to use.
+    Returns {metric name: [L+1] float64}, equal to applying each MetricSpec layer by layer, but batched: one
+    batched eigendecomposition for the three spectral metrics.
+    """
+    H = np.asarray(hidden, dtype=np.float64)
+    if keep is not None:
+        H = H[:, np.asarray(keep, dtype=bool)]
+    if H.shape[1] == 0:
+        nan = np.full(H.shape[0], np.nan)
+        return {name: nan.copy() for name in METRIC_NAMES}
+    s2 = squared_singular_values(H)
+    return {
+        "effective_rank": _effective_rank_from_s2(s2),
+        "participation_ratio": _participation_ratio_from_s2(s2),
+        "intrinsic_dim_95": _intrinsic_dim_from_s2(s2),
+        "activation_entropy": np.asarray(activation_entropy(H), dtype=np.float64).reshape(-1),
+        "cosine_to_input": np.asarray(cosine_to_input(H, H[0]), dtype=np.float64).reshape(-1),
+    }

@@ -1,0 +1,132 @@
+"""The one result object of an analysis run. Pages, the PDF, the CLI and the cache all read this.
+
+Optional sections (attention analysis, attribution, predictions, logit lens) are dataclasses defined next to the
+code that computes them; a section is None when it was not computed or does not apply to the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import serialize
+from .metrics import METRIC_NAMES
+from .settings import AnalysisSettings
+
+serializable = serialize.serializable
+serializable(AnalysisSettings)
+
+
+@serializable
+@dataclass
+class AnalysisResult:
+    """Everything one analysis produced.
+
+    Shapes: L = layers, H = heads, T = tokens, D = hidden width.
+    hidden_states: float32 [L+1, T, D]; index 0 is the embedding output, index l the output of block l. The last
+        entry is the residual stream *before* the model's final norm (GPT-2 ln_f, Llama norm), so every layer is
+        on the same footing; `final_norm` records whether the model has one.
+    attentions: float32 [L, H, T, T], rows (queries) sum to 1.
+    layer_metrics: {metric: float64 [L+1]} in METRIC_NAMES order.
+    """
+
+    model: dict[str, Any]
+    text: str
+    analysed_text: str
+    settings: AnalysisSettings
+    tokens: list[str]
+    display_tokens: list[str]
+    token_ids: list[int]
+    special_mask: list[bool]
+    target_position: int
+    target_reason: str
+    hidden_states: np.ndarray
+    attentions: np.ndarray
+    layer_metrics: dict[str, np.ndarray]
+    metric_tokens: str  # "all tokens" or "special tokens excluded"
+    final_norm: bool
+    attention: Any = None  # core.attention.AttentionAnalysis
+    attribution: Any = None  # core.attribution.Attribution
+    predictions: Any = None  # core.predictions.Predictions
+    logit_lens: Any = None  # core.logit_lens.LogitLens
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    core_version: str = ""
+    created_at: str = ""
+    duration_s: float = 0.0
+    cache_hit: bool = False
+    cache_key: str = ""
+
+    # -- shape helpers -------------------------------------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return int(self.attentions.shape[0])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.attentions.shape[1])
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def family(self) -> str:
+        return str(self.model.get("family", ""))
+
+    def metrics_table(self) -> list[dict[str, float]]:
+        """Rows of layer_metrics.csv: {"layer": l, metric: value, ...} for l = 0 … L."""
+        n = len(next(iter(self.layer_metrics.values())))
+        return [{"layer": l, **{m: float(self.layer_metrics[m][l]) for m in METRIC_NAMES}} for l in range(n)]
+
+    def metrics_frame(self):
+        """The layer-metric table as a pandas DataFrame (pandas imported lazily)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.metrics_table())
+
+    # -- persistence ----------------------------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        return serialize.dumps(self)
+
+    @staticmethod
+    def from_bytes(data: bytes) -> "AnalysisResult":
+        obj = serialize.loads(data)
+        if not isinstance(obj, AnalysisResult):
+            raise ValueError("the data does not hold an AnalysisResult")
+        return obj
+
+    def save(self, path) -> None:
+        with open(path, "wb") as fh:
+            fh.write(self.to_bytes())
+
+    @staticmethod
+    def load(path) -> "AnalysisResult":
+        with open(path, "rb") as fh:
+            return AnalysisResult.from_bytes(fh.read())
+
+    def replace(self, **changes: Any) -> "AnalysisResult":
+        return dataclasses.replace(self, **changes)
+
+
+def results_equal(a: Any, b: Any, *, ignore: tuple[str, ...] = ("cache_hit", "timings", "duration_s")) -> bool:
+    """Deep equality of results and sections (arrays compared exactly, NaN equal to NaN)."""
+    if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b):
+        if type(a) is not type(b):
+            return False
+        return all(results_equal(getattr(a, f.name), getattr(b, f.name), ignore=ignore)
+                   for f in dataclasses.fields(a) if f.name not in ignore)
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        a, b = np.asarray(a), np.asarray(b)
+        return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(results_equal(a[k], b[k], ignore=ignore) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(results_equal(x, y, ignore=ignore) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True
+    return a == b

@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny random models (session scope, built in well under a second each), the bundled MiniLM,
+and an isolated result cache. Tests never download: HF_HUB_OFFLINE is set before anything imports the hub."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache_dir(tmp_path_factory):
+    os.environ["TMA_CACHE_DIR"] = str(tmp_path_factory.mktemp("tma-cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Folders of tiny random models: gpt2, bert (masked LM), bert-encoder (no head), llama (GQA, chat template),
+    llama-nochat (no chat template)."""
+    from tiny_models import build_tiny
+
+    base = tmp_path_factory.mktemp("tiny")
+    out = {k: build_tiny(k, base / k) for k in ("gpt2", "bert", "bert-encoder", "llama")}
+    out["llama-nochat"] = build_tiny("llama", base / "llama-nochat", chat_template=False)
+    return out
+
+
+def _load(path):
+    from core.models import load_model
+
+    return load_model(str(path), dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tiny_dirs):
+    return _load(tiny_dirs["gpt2"])
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tiny_dirs):
+    return _load(tiny_dirs["bert"])
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_dirs):
+    return _load(tiny_dirs["bert-encoder"])
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_dirs):
+    return _load(tiny_dirs["llama"])
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_nochat(tiny_dirs):
+    return _load(tiny_dirs["llama-nochat"])
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from core.models import BUNDLED_ID
+
+    return _load(BUNDLED_ID)
+
+
+@pytest.fixture(params=["gpt2", "bert", "llama"])
+def tiny_any(request, tiny_gpt2, tiny_bert, tiny_llama):
+    return {"gpt2": tiny_gpt2, "bert": tiny_bert, "llama": tiny_llama}[request.param]
+
+
+@pytest.fixture
+def result_cache(tmp_path):
+    from core.cache import ResultCache
+
+    c = ResultCache(tmp_path / "cache", size_limit_mb=64)
+    yield c
+    c.close()
