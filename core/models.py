@@ -192,7 +192,7 @@ def detect_family(config: Any) -> str:
             return "causal_lm"
     if archs:
         return "encoder"
-    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
     mt = getattr(config, "model_type", "")
     if getattr(config, "is_decoder", False) or (mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
