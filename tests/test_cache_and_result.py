@@ -1,0 +1,125 @@
+"""Result round trip (no pickle) and the disk cache: a hit skips the model, a changed setting misses."""
+
+import json
+import zipfile
+import io
+
+import numpy as np
+import pytest
+
+from core import AnalysisResult, AnalysisSettings, analyze
+from core.cache import ResultCache, cache_key
+from core.errors import InputError
+from core.result import results_equal
+
+TEXT = "The cat sat on the mat."
+
+
+class ForwardCounter:
+    def __init__(self, loaded):
+        self.n = 0
+        self.handle = loaded.model.register_forward_hook(self._hook)
+
+    def _hook(self, *args):
+        self.n += 1
+
+    def close(self):
+        self.handle.remove()
+
+
+def test_result_round_trips_without_pickle(tiny_gpt2, tmp_path):
+    r = analyze(tiny_gpt2, TEXT)
+    data = r.to_bytes()
+    back = AnalysisResult.from_bytes(data)
+    assert results_equal(r, back, ignore=())
+    r.save(tmp_path / "r.tma")
+    assert results_equal(AnalysisResult.load(tmp_path / "r.tma"), r, ignore=())
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert sorted(zf.namelist()) == ["arrays.npz", "object.json"]
+
+
+def test_loading_refuses_foreign_classes():
+    from core import serialize
+
+    doc = {"__dataclass__": "os.path.Foo", "fields": {}}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("object.json", json.dumps(doc))
+        npz = io.BytesIO()
+        np.savez(npz)
+        zf.writestr("arrays.npz", npz.getvalue())
+    with pytest.raises(ValueError, match="refusing"):
+        serialize.loads(buf.getvalue())
+
+
+def test_cache_hit_returns_equal_result_without_running_the_model(tiny_gpt2, result_cache):
+    counter = ForwardCounter(tiny_gpt2)
+    try:
+        first = analyze(tiny_gpt2, TEXT, cache=result_cache, compute_gradients=False)
+        runs_after_first = counter.n
+        assert runs_after_first >= 1 and not first.cache_hit
+        second = analyze(tiny_gpt2, TEXT, cache=result_cache, compute_gradients=False)
+        assert counter.n == runs_after_first  # no forward pass at all
+        assert second.cache_hit
+        assert results_equal(first, second)
+        third = analyze(tiny_gpt2, TEXT, cache=result_cache, compute_gradients=False, exclude_special_tokens=True)
+        assert counter.n > runs_after_first and not third.cache_hit
+    finally:
+        counter.close()
+
+
+def test_cache_key_covers_every_input(tiny_gpt2):
+    info = tiny_gpt2.info()
+    s = AnalysisSettings()
+    base = cache_key(info, TEXT, s)
+    assert cache_key(info, TEXT, s) == base
+    assert cache_key(info, TEXT + " ", s) != base
+    assert cache_key(info, TEXT, s.replace(top_k=5)) != base
+    assert cache_key({**info, "revision": "other"}, TEXT, s) != base
+    assert cache_key({**info, "dtype": "bfloat16"}, TEXT, s) != base
+    import core.cache as cache_mod
+
+    old = cache_mod.CORE_VERSION
+    try:
+        cache_mod.CORE_VERSION = "999"
+        assert cache_key(info, TEXT, s) != base
+    finally:
+        cache_mod.CORE_VERSION = old
+
+
+def test_cache_dir_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMA_CACHE_DIR", str(tmp_path / "here"))
+    c = ResultCache()
+    try:
+        assert c.directory == tmp_path / "here"
+        assert (tmp_path / "here").is_dir()
+    finally:
+        c.close()
+
+
+def test_unreadable_cache_entry_is_dropped(result_cache):
+    result_cache._cache.set("k", b"garbage")
+    assert result_cache.get("k") is None
+    assert "k" not in result_cache
+
+
+def test_settings_validate_themselves():
+    with pytest.raises(InputError):
+        AnalysisSettings(max_tokens=0)
+    with pytest.raises(InputError):
+        AnalysisSettings(top_k=1000)
+    with pytest.raises(InputError, match="unknown setting"):
+        AnalysisSettings.from_dict({"nope": 1})
+    s = AnalysisSettings.from_dict({"top_k": 3})
+    assert s.top_k == 3 and hash(s) == hash(AnalysisSettings(top_k=3))
+
+
+def test_model_lock_serialises_concurrent_analyses(tiny_gpt2):
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"The cat sat on mat number {i}." for i in range(6)]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda t: analyze(tiny_gpt2, t, compute_gradients=False), texts))
+    for t, r in zip(texts, results):
+        solo = analyze(tiny_gpt2, t, compute_gradients=False)
+        np.testing.assert_array_equal(r.attentions, solo.attentions)
