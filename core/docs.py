@@ -1,0 +1,615 @@
+"""The documentation registry: one source of truth for every metric, analysis and figure.
+
+The Details page renders it (formulas with st.latex), the other pages take their chart captions and tooltips from
+`caption(key)`, and the PDF report takes each formula as plain text (`formula_text(key)`, since fpdf cannot render
+LaTeX) and its interpretation paragraph (`interpretation(key)`). A formula is written here once.
+
+Each entry names what it documents in `sources`, so a test can check both directions (every computed thing has an
+entry, every entry names something computed):
+  "metric:<name>"          a layer metric in core.metrics.METRIC_NAMES
+  "<section>.<field>"      a field of a result section (result.attention, .attribution, .predictions, .logit_lens)
+  "core.<module>:<name>"   a public function of core (e.g. the generation API)
+Figure entries name the bundle files they describe in `files` (fnmatch patterns such as "plots/layer_metrics.png").
+
+Notation used throughout: L layers, H heads, T tokens, D hidden width; h_t^l the hidden state of token t after
+block l (l = 0 is the embedding output); A^{l,h} the attention matrix of head h in layer l, rows = queries.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+KINDS = ("layer_metric", "attention", "attribution", "prediction", "logit_lens", "figure", "animation")
+
+
+@dataclass(frozen=True)
+class DocEntry:
+    """Documentation of one metric, analysis or figure.
+
+    formula_latex is "" for figures; formula_plain is its plain-text (Unicode) twin used in the PDF.
+    pitfalls and references are tuples (immutable lists); a reference reads "Author et al. (year). Title.".
+    how_to_read is set for figures and animations. short is the one-line caption for tooltips.
+    """
+
+    key: str
+    title: str
+    kind: str
+    definition: str
+    short: str
+    formula_latex: str = ""
+    formula_plain: str = ""
+    high: str = ""
+    low: str = ""
+    encoder_vs_decoder: str = ""
+    pitfalls: tuple[str, ...] = ()
+    references: tuple[str, ...] = ()
+    how_to_read: str = ""
+    sources: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"{self.key}: unknown kind {self.kind!r}")
+        if self.kind not in ("figure", "animation") and not self.formula_latex:
+            raise ValueError(f"{self.key}: a metric or analysis needs a formula")
+        if self.formula_latex and not self.formula_plain:
+            raise ValueError(f"{self.key}: a formula needs its plain-text version")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Shared pitfalls and references
+# --------------------------------------------------------------------------------------------------------------
+P_TOKEN_BOUND = ("The spectral metrics are computed over the tokens of ONE text: the centred T×D matrix has rank at "
+                 "most min(T−1, D), so effective rank, participation ratio and intrinsic dimensionality can never "
+                 "exceed T−1 (the token count minus one, after centring). A 12-token sentence cannot show more than "
+                 "11 dimensions, whatever the width of the model; compare layers of one run, or texts of equal length.")
+P_CENTRING = ("The states are centred over tokens (the mean token vector is subtracted) before the spectrum is taken. "
+              "Without centring the shared mean direction - large in most transformers - would dominate the first "
+              "singular value and make every layer look one-dimensional.")
+P_SPECIAL = ("Special tokens ([CLS], [SEP], BOS) and the first token of a causal model often carry huge-norm, "
+             "outlier states (attention sinks). Including them can change the metrics a lot; the setting "
+             "'exclude special tokens' removes those rows before the metrics are computed.")
+P_NOT_EXPLANATION = ("Attention is not explanation: attention weights say where a head reads from, not what "
+                     "information moved or whether it mattered for the output (Jain & Wallace 2019; Wiegreffe & "
+                     "Pinter 2019). Use the gradient attributions for importance claims.")
+P_LAST_PRE_NORM = ("The last layer is the residual stream BEFORE the model's final norm (GPT-2 ln_f, Llama norm), so "
+                   "all layers are on the same footing; it differs from the library's default last hidden state.")
+P_RANDOM_BASELINE = ("One text is one sample. Differences of a few per cent between layers or models are within the "
+                     "variation across texts; compare against a second text before reading much into them.")
+
+R_ROY = "Roy, O. & Vetterli, M. (2007). The effective rank: a measure of effective dimensionality."
+R_PR = "Gao, P. et al. (2017). A theory of multineuronal dimensionality, dynamics and measurement (participation ratio)."
+R_RECANATESI = "Recanatesi, S. et al. (2019). Dimensionality compression and expansion in deep neural networks."
+R_ANSUINI = "Ansuini, A. et al. (2019). Intrinsic dimension of data representations in deep neural networks."
+R_JOLLIFFE = "Jolliffe, I. T. (2002). Principal Component Analysis (2nd ed.)."
+R_SHANNON = "Shannon, C. E. (1948). A mathematical theory of communication."
+R_ETHAYARAJH = ("Ethayarajh, K. (2019). How contextual are contextualized word representations? Comparing the "
+                "geometry of BERT, ELMo, and GPT-2 embeddings.")
+R_CLARK = "Clark, K. et al. (2019). What does BERT look at? An analysis of BERT's attention."
+R_VOITA = ("Voita, E. et al. (2019). Analyzing multi-head self-attention: specialized heads do the heavy lifting, "
+           "the rest can be pruned.")
+R_MICHEL = "Michel, P. et al. (2019). Are sixteen heads really better than one?"
+R_KOVALEVA = "Kovaleva, O. et al. (2019). Revealing the dark secrets of BERT."
+R_VIG = "Vig, J. & Belinkov, Y. (2019). Analyzing the structure of attention in a transformer language model."
+R_XIAO = "Xiao, G. et al. (2023). Efficient streaming language models with attention sinks."
+R_JAIN = "Jain, S. & Wallace, B. C. (2019). Attention is not explanation."
+R_WIEGREFFE = "Wiegreffe, S. & Pinter, Y. (2019). Attention is not not explanation."
+R_ABNAR = "Abnar, S. & Zuidema, W. (2020). Quantifying attention flow in transformers."
+R_SIMONYAN = ("Simonyan, K. et al. (2014). Deep inside convolutional networks: visualising image classification "
+              "models and saliency maps.")
+R_SHRIKUMAR = ("Shrikumar, A. et al. (2016). Not just a black box: learning important features through propagating "
+               "activation differences.")
+R_ANCONA = ("Ancona, M. et al. (2018). Towards better understanding of gradient-based attribution methods for deep "
+            "neural networks.")
+R_SUNDARARAJAN = "Sundararajan, M. et al. (2017). Axiomatic attribution for deep networks."
+R_ADEBAYO = "Adebayo, J. et al. (2018). Sanity checks for saliency maps."
+R_DEVLIN = "Devlin, J. et al. (2019). BERT: pre-training of deep bidirectional transformers for language understanding."
+R_RADFORD = "Radford, A. et al. (2019). Language models are unsupervised multitask learners."
+R_HOLTZMAN = "Holtzman, A. et al. (2020). The curious case of neural text degeneration."
+R_NOSTALGEBRAIST = "nostalgebraist (2020). Interpreting GPT: the logit lens."
+R_BELROSE = "Belrose, N. et al. (2023). Eliciting latent predictions from transformers with the tuned lens."
+R_ROUSSEEUW = "Rousseeuw, P. J. (1987). Silhouettes: a graphical aid to the interpretation of cluster analysis."
+R_SPEARMAN = "Spearman, C. (1904). The proof and measurement of association between two things."
+R_VASWANI = "Vaswani, A. et al. (2017). Attention is all you need."
+R_ELHAGE = "Elhage, N. et al. (2021). A mathematical framework for transformer circuits."
+R_OLSSON = "Olsson, C. et al. (2022). In-context learning and induction heads."
+
+
+def _e(**kw) -> DocEntry:
+    for k in ("pitfalls", "references", "sources", "files"):
+        if k in kw:
+            kw[k] = tuple(kw[k])
+    return DocEntry(**kw)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Layer metrics (core/metrics.py)
+# --------------------------------------------------------------------------------------------------------------
+_LAYER = [
+    _e(key="effective_rank", title="Effective rank", kind="layer_metric",
+       short="Effective rank: exp of the entropy of the normalised singular values of the token-centred states.",
+       formula_latex=(r"\mathrm{erank}(H^{l}) = \exp\Big(-\sum_{k} p_k \ln p_k\Big),\qquad "
+                      r"p_k = \frac{\sigma_k}{\sum_j \sigma_j},\quad \sigma = \mathrm{svd}\big(H^{l} - \mathbf{1}\bar h^{l\top}\big)"),
+       formula_plain="erank(H) = exp(−Σ_k p_k ln p_k),  p_k = σ_k / Σ_j σ_j,  σ = singular values of H centred over tokens",
+       definition=("How many directions the token representations of a layer really spread over: the exponential of "
+                   "the Shannon entropy of the singular-value distribution of the T×D layer matrix, after "
+                   "subtracting the mean token vector. It lies between 1 and min(T−1, D)."),
+       high=("The tokens use many directions with similar strength: a rich, spread-out, isotropic representation."),
+       low=("A few directions dominate: tokens collapse onto a low-dimensional subspace (e.g. rank collapse in deep "
+            "layers, or one outlier direction)."),
+       encoder_vs_decoder=("Encoders (BERT) usually keep a fairly high effective rank through the middle layers and "
+                           "drop in the last ones; decoders (GPT-2) often show a sharp drop after the first blocks "
+                           "because a few outlier dimensions and the first-token sink dominate the residual stream."),
+       pitfalls=[P_TOKEN_BOUND, P_CENTRING, P_SPECIAL, P_LAST_PRE_NORM, P_RANDOM_BASELINE],
+       references=[R_ROY, R_ETHAYARAJH], sources=["metric:effective_rank"]),
+    _e(key="participation_ratio", title="Participation ratio", kind="layer_metric",
+       short="Participation ratio: (Σλ)²/Σλ² of the covariance eigenvalues; how many directions carry the variance.",
+       formula_latex=(r"\mathrm{PR}(H^{l}) = \frac{\big(\sum_k \lambda_k\big)^2}{\sum_k \lambda_k^2},\qquad "
+                      r"\lambda_k \propto \sigma_k^2 \text{ (eigenvalues of the covariance of the centred } H^{l})"),
+       formula_plain="PR(H) = (Σ_k λ_k)² / Σ_k λ_k²,  λ_k ∝ σ_k² the covariance eigenvalues of H centred over tokens",
+       definition=("A variance-weighted count of dimensions: 1 when all variance lies on one axis, and equal to the "
+                   "number of axes when the variance is spread evenly over them. It is scale-free and weighs large "
+                   "eigenvalues more than the effective rank does (it uses σ², not σ)."),
+       high="Variance is spread over many principal directions.",
+       low="Variance is concentrated in one or two principal directions (often a single outlier dimension).",
+       encoder_vs_decoder=("Decoders with massive activations (GPT-2 dims 138/378/447) often show a participation "
+                           "ratio close to 1-3 in the middle layers even when the effective rank is moderate; "
+                           "encoders usually stay higher."),
+       pitfalls=[P_TOKEN_BOUND, P_CENTRING, P_SPECIAL,
+                 "Very sensitive to a single large eigenvalue: compare it with the effective rank before concluding."],
+       references=[R_PR, R_RECANATESI], sources=["metric:participation_ratio"]),
+    _e(key="intrinsic_dim_95", title="Intrinsic dimensionality (PCA, 95 %)", kind="layer_metric",
+       short="Intrinsic dimensionality: the number of principal components that explain 95 % of the variance.",
+       formula_latex=(r"d_{95}(H^{l}) = \min\Big\{k : \sum_{i=1}^{k} \lambda_i \ge 0.95 \sum_{j} \lambda_j\Big\},"
+                      r"\qquad \lambda_1 \ge \lambda_2 \ge \dots"),
+       formula_plain="d95(H) = min{k : λ_1 + … + λ_k ≥ 0.95 · Σ_j λ_j},  λ sorted descending (covariance eigenvalues of centred H)",
+       definition=("The smallest number of principal components of the token-centred layer matrix whose variance "
+                   "adds up to 95 % of the total. An integer between 1 and min(T−1, D)."),
+       high="Many components are needed to describe the token cloud: a high-dimensional representation.",
+       low="A few components describe nearly all variation between the tokens.",
+       encoder_vs_decoder=("Follows the effective rank in shape; in decoders it can stay high while the participation "
+                           "ratio is near 1, because the 5 % tail spans many small directions."),
+       pitfalls=[P_TOKEN_BOUND, P_CENTRING, P_SPECIAL,
+                 "A linear (PCA) estimate: curved manifolds of low true dimension read as higher here.",
+                 "An integer count: it moves in steps, so small texts give a jagged curve."],
+       references=[R_JOLLIFFE, R_ANSUINI], sources=["metric:intrinsic_dim_95"]),
+    _e(key="activation_entropy", title="Activation entropy", kind="layer_metric",
+       short="Activation entropy: mean over tokens of the entropy of |h| normalised over the hidden units (nats).",
+       formula_latex=(r"\mathcal{H}_{\mathrm{act}}(H^{l}) = \frac{1}{T}\sum_{t=1}^{T}\Big(-\sum_{j=1}^{D} p_{tj}\ln p_{tj}\Big),"
+                      r"\qquad p_{tj} = \frac{|h^{l}_{tj}|}{\sum_{i}|h^{l}_{ti}|}"),
+       formula_plain="H_act(H) = (1/T) Σ_t (−Σ_j p_tj ln p_tj),  p_tj = |h_tj| / Σ_i |h_ti|   (not centred; nats)",
+       definition=("How evenly each token's activation magnitude is spread over the hidden units, averaged over "
+                   "tokens. Computed on the raw (not centred) states, in nats; at most ln D."),
+       high="Activations are spread over many units (dense code).",
+       low="A few units carry most of the magnitude (sparse code, or massive-activation outlier dimensions).",
+       encoder_vs_decoder=("Decoders often show a dip in the middle layers where a few outlier dimensions grow very "
+                           "large; encoders are usually flatter."),
+       pitfalls=["Depends on the basis: it measures spread over the model's own hidden units, not over directions.",
+                 P_SPECIAL, "Its maximum ln D grows with the width, so compare models of equal width only."],
+       references=[R_SHANNON], sources=["metric:activation_entropy"]),
+    _e(key="cosine_to_input", title="Cosine similarity to input", kind="layer_metric",
+       short="Cosine to input: mean over tokens of cos(h_t at layer l, h_t at the embedding layer).",
+       formula_latex=(r"\cos^{l} = \frac{1}{T}\sum_{t=1}^{T} \frac{\langle h^{l}_t, h^{0}_t\rangle}"
+                      r"{\lVert h^{l}_t\rVert\,\lVert h^{0}_t\rVert}"),
+       formula_plain="cos_l = (1/T) Σ_t ⟨h_t^l, h_t^0⟩ / (‖h_t^l‖ ‖h_t^0‖)   (h^0 = embedding output)",
+       definition=("How much each token's representation still points in the direction of its own input embedding, "
+                   "averaged over tokens. 1 at layer 0 by construction."),
+       high="The layer has changed the token little: the residual stream is still dominated by the embedding.",
+       low="The layer has rewritten the token (contextualised it); near 0 means unrelated to the input direction.",
+       encoder_vs_decoder=("In residual decoders the value decays slowly and can rise again near the top (the "
+                           "unembedding is tied to the embedding in GPT-2); encoders move away faster in mid layers."),
+       pitfalls=["Not centred: a large shared direction added by every layer lowers it for all tokens at once.",
+                 P_SPECIAL, P_LAST_PRE_NORM],
+       references=[R_ETHAYARAJH], sources=["metric:cosine_to_input"]),
+]
+
+# --------------------------------------------------------------------------------------------------------------
+# Attention analyses (core/attention.py: AttentionAnalysis)
+# --------------------------------------------------------------------------------------------------------------
+_ATTENTION = [
+    _e(key="attention_entropy", title="Attention entropy", kind="attention",
+       short="Attention entropy per head: mean over query rows of −Σ a ln a (nats); low = focused, high = diffuse.",
+       formula_latex=(r"E^{l,h} = \frac{1}{T}\sum_{i=1}^{T}\Big(-\sum_{j} A^{l,h}_{ij}\ln A^{l,h}_{ij}\Big)"),
+       formula_plain="E(l,h) = (1/T) Σ_i (−Σ_j A_ij ln A_ij)   (nats; A = attention of head h in layer l, rows = queries)",
+       definition="How spread out a head's attention is, averaged over the query tokens.",
+       high="The head spreads its attention over many tokens (averaging / bag-of-words heads).",
+       low="The head attends to one or two tokens (positional heads, delimiter or sink heads).",
+       encoder_vs_decoder=("In a causal model row i can only see i+1 keys, so early rows have low entropy by "
+                           "construction; use the normalised entropy to compare across positions and models."),
+       pitfalls=[P_NOT_EXPLANATION, "Grows with the number of keys a row may see: compare heads of one text only.",
+                 P_SPECIAL],
+       references=[R_CLARK, R_VOITA, R_VIG], sources=["attention.entropy"]),
+    _e(key="normalized_attention_entropy", title="Normalised attention entropy", kind="attention",
+       short="Normalised attention entropy: each row's entropy divided by ln(keys it may see); 0 = one key, 1 = uniform.",
+       formula_latex=(r"\tilde E^{l,h} = \frac{1}{|\mathcal{I}|}\sum_{i\in\mathcal{I}} "
+                      r"\frac{-\sum_{j} A^{l,h}_{ij}\ln A^{l,h}_{ij}}{\ln n_i},\qquad "
+                      r"n_i = \#\{j : \text{row } i \text{ may attend to } j\},\ \mathcal{I} = \{i : n_i > 1\}"),
+       formula_plain="Ẽ(l,h) = mean over rows i with n_i > 1 of (−Σ_j A_ij ln A_ij) / ln n_i,  n_i = keys row i may see",
+       definition=("The attention entropy of each query row divided by its maximum possible value, so that causal "
+                   "and bidirectional models and short and long texts are comparable. Rows that can see one key "
+                   "only (the first token of a causal model) are left out."),
+       high="Close to 1: near-uniform attention over everything the row can see.",
+       low="Close to 0: the head picks a single key.",
+       encoder_vs_decoder="Makes encoders (all keys visible) and decoders (causal mask) comparable on one scale.",
+       pitfalls=[P_NOT_EXPLANATION, "For very short texts few rows remain after excluding one-key rows."],
+       references=[R_CLARK, R_VOITA], sources=["attention.normalized_entropy"]),
+    _e(key="mean_attention_distance", title="Mean attention distance", kind="attention",
+       short="Mean attention distance: attention-weighted |i − j| averaged over query rows (in tokens).",
+       formula_latex=r"\bar d^{l,h} = \frac{1}{T}\sum_{i=1}^{T}\sum_{j} A^{l,h}_{ij}\,\lvert i-j\rvert",
+       formula_plain="d(l,h) = (1/T) Σ_i Σ_j A_ij |i − j|   (tokens)",
+       definition="How far, in tokens, a head looks on average from each query position.",
+       high="Long-range heads that gather context from far away (or attend to the first token from late positions).",
+       low="Local heads: self, previous-token or next-token attention.",
+       encoder_vs_decoder=("In decoders a first-token sink head gets a large distance that grows with the text "
+                           "length, without being 'long-range' in any useful sense; check the head's role."),
+       pitfalls=["Depends on the text length; compare heads within one run.", P_NOT_EXPLANATION],
+       references=[R_VIG, R_CLARK], sources=["attention.mean_distance"]),
+    _e(key="head_clustering", title="Head clustering", kind="attention",
+       short="Heads grouped by k-means on their attention features (entropy, distance, previous/first/self mass).",
+       formula_latex=(r"\min_{C_1..C_k}\sum_{c}\sum_{x\in C_c}\lVert z(x)-\mu_c\rVert^2,\qquad "
+                      r"s = \frac{1}{n}\sum_x \frac{b(x)-a(x)}{\max(a(x),b(x))}"),
+       formula_plain="k-means on standardised head features z(x): min Σ_c Σ_{x∈C_c} ‖z(x) − μ_c‖²;  silhouette s = mean (b − a)/max(a, b)",
+       definition=("Each head (one row per layer × head) is described by a feature vector (see feature_names), the "
+                   "features are standardised, and k-means groups similar heads; k is chosen by the silhouette "
+                   "score unless set. The 2-D projection (PCA of the standardised features) places each head on a "
+                   "scatter plot."),
+       high="A silhouette near 1: well separated groups of heads with distinct behaviour.",
+       low="A silhouette near 0 or negative: the heads form a continuum; the clusters are arbitrary cuts.",
+       encoder_vs_decoder=("Decoders typically separate into sink, previous-token and broad heads; encoders into "
+                           "[CLS]/[SEP] heads, positional heads and broad heads (Clark et al. 2019)."),
+       pitfalls=["k-means always returns k clusters, even when the data has none: read the silhouette.",
+                 "The projection is 2-D; distances in it only approximate feature distances.", P_NOT_EXPLANATION],
+       references=[R_CLARK, R_KOVALEVA, R_ROUSSEEUW],
+       sources=["attention.features", "attention.feature_names", "attention.clusters", "attention.n_clusters",
+                "attention.silhouette", "attention.projection"]),
+    _e(key="head_roles", title="Head roles", kind="attention",
+       short="Head role by attention mass: previous-token, first-token/sink, self, broad, or other.",
+       formula_latex=(r"m_{\mathrm{prev}} = \frac{1}{T-1}\sum_{i\ge 1} A_{i,i-1},\quad "
+                      r"m_{\mathrm{first}} = \frac{1}{T}\sum_i A_{i,0},\quad m_{\mathrm{self}} = \frac{1}{T}\sum_i A_{ii};"
+                      r"\quad \mathrm{role} = \arg\max_r m_r \text{ if } m_r \ge \theta_r"),
+       formula_plain=("m_prev = mean_i A[i, i−1],  m_first = mean_i A[i, 0],  m_self = mean_i A[i, i];  role = the "
+                      "pattern whose mass passes its threshold θ, else 'broad' (high normalised entropy) or 'other'"),
+       definition=("A rule-based label for each head from the average attention mass it puts on the previous "
+                   "token, the first token (attention sink), itself, or spread broadly; the thresholds are stored "
+                   "in role_thresholds."),
+       high="A clear role: most of the head's mass follows one simple pattern.",
+       low="'other': no single simple pattern; the head may be content-based (e.g. induction or syntactic heads).",
+       encoder_vs_decoder=("Decoders have many first-token/sink heads (Xiao et al. 2023) and previous-token heads; "
+                           "encoders put the sink mass on [CLS] / [SEP] (Clark et al. 2019)."),
+       pitfalls=["Thresholds are heuristic: a head just below a threshold is labelled differently.",
+                 P_NOT_EXPLANATION, P_SPECIAL],
+       references=[R_CLARK, R_VOITA, R_XIAO, R_OLSSON],
+       sources=["attention.roles", "attention.role_thresholds"]),
+]
+
+# --------------------------------------------------------------------------------------------------------------
+# Attribution (core/attribution.py: Attribution)
+# --------------------------------------------------------------------------------------------------------------
+_ATTRIBUTION = [
+    _e(key="attention_rollout", title="Attention rollout", kind="attribution",
+       short="Attention rollout: head-averaged attention with the residual added, multiplied through the layers.",
+       formula_latex=(r"\hat A^{l} = \tfrac12\Big(\frac{1}{H}\sum_h A^{l,h}\Big) + \tfrac12 I,\ \ "
+                      r"\hat A^{l} \leftarrow \hat A^{l} / \hat A^{l}\mathbf{1},\qquad "
+                      r"R = \hat A^{L}\hat A^{L-1}\cdots \hat A^{1}"),
+       formula_plain="Â_l = ½ mean_h A_l,h + ½ I (rows renormalised);  R = Â_L · Â_(L−1) · … · Â_1;  rollout = R[target, :]",
+       definition=("Tracks how attention propagates through the residual stream: the identity models the skip "
+                   "connection, and the product over layers gives, for the target token, how much each input "
+                   "token flows into it. rollout is the target row of R."),
+       high="The input token is (by this approximation) a main source of the target's representation.",
+       low="Little attention flow from the token to the target.",
+       encoder_vs_decoder=("In causal models the rollout mass piles up on the first token (the sink); in encoders on "
+                           "[CLS]/[SEP]. Both are artefacts more than importance."),
+       pitfalls=[P_NOT_EXPLANATION, "Ignores the MLPs and the value vectors' norms; it is a heuristic, not a gradient.",
+                 "Tends to become uniform or sink-dominated in deep models."],
+       references=[R_ABNAR], sources=["attribution.rollout", "attribution.rollout_matrix"]),
+    _e(key="gradient_x_input", title="Gradient × input", kind="attribution",
+       short="Gradient × input: Σ_d x_td · ∂f/∂x_td for each input embedding, f the target's top logit.",
+       formula_latex=(r"a_t = \sum_{d=1}^{D} x_{t,d}\,\frac{\partial f(x)}{\partial x_{t,d}},\qquad "
+                      r"f = \text{logit of the predicted token at the target position}"),
+       formula_plain="a_t = Σ_d x_t,d · ∂f/∂x_t,d   (x = input embeddings, f = logit of the predicted token at the target)",
+       definition=("A first-order estimate of each input token's contribution to the target prediction: the "
+                   "gradient of the target logit with respect to the input embedding, multiplied by the embedding "
+                   "and summed over the hidden dimension."),
+       high="A large positive value: the token pushes the prediction up (to first order).",
+       low="Negative: the token pushes the prediction down; near 0: little first-order effect.",
+       encoder_vs_decoder=("Causal models give exactly 0 to tokens after the target (they cannot be seen); masked "
+                           "models attribute in both directions."),
+       pitfalls=["Only a local, linear view: saturated non-linearities give small gradients to important tokens.",
+                 "Gradients can be noisy; compare with integrated gradients.", P_SPECIAL],
+       references=[R_SIMONYAN, R_SHRIKUMAR, R_ANCONA, R_ADEBAYO],
+       sources=["attribution.grad_x_input", "attribution.target_position", "attribution.target_token",
+                "attribution.predicted_token", "attribution.predicted_id", "attribution.notes"]),
+    _e(key="integrated_gradients", title="Integrated gradients", kind="attribution",
+       short="Integrated gradients: (x − x′) times the gradient averaged along the path from a baseline x′ to x.",
+       formula_latex=(r"\mathrm{IG}_t = \sum_{d}(x_{t,d}-x'_{t,d})\,\frac{1}{m}\sum_{k=1}^{m}"
+                      r"\frac{\partial f\big(x' + \tfrac{k}{m}(x-x')\big)}{\partial x_{t,d}},\qquad "
+                      r"\sum_t \mathrm{IG}_t \approx f(x) - f(x')"),
+       formula_plain="IG_t = Σ_d (x_t,d − x′_t,d) · (1/m) Σ_k ∂f(x′ + (k/m)(x − x′))/∂x_t,d;  completeness: Σ_t IG_t ≈ f(x) − f(x′)",
+       definition=("Attributes the change of the target logit between a baseline input x′ and the real input x to "
+                   "the input tokens, by integrating the gradient along the straight path (Riemann sum with m = "
+                   "ig_steps). The completeness gap |Σ IG − (f(x) − f(x′))| measures how well m steps suffice."),
+       high="The token contributes strongly to raising the target logit relative to the baseline.",
+       low="Negative: the token lowers the target logit; near 0: no contribution along the path.",
+       encoder_vs_decoder="As for gradient × input: tokens after the target get 0 in causal models.",
+       pitfalls=["The result depends on the baseline (here the embeddings are replaced as described in notes).",
+                 "A large completeness gap means too few steps: raise ig_steps.",
+                 "Costs m forward and backward passes."],
+       references=[R_SUNDARARAJAN, R_ANCONA],
+       sources=["attribution.integrated_gradients", "attribution.ig_steps", "attribution.ig_completeness_gap"]),
+    _e(key="head_attribution", title="Head attribution", kind="attribution",
+       short="Head importance: gradient of the target logit with respect to a gate on each head's output.",
+       formula_latex=(r"I^{l,h} = \Big\lvert \frac{\partial f}{\partial \xi^{l,h}}\Big|_{\xi=1} \Big\rvert,\qquad "
+                      r"\mathrm{Att}^{l,h}(x) \mapsto \xi^{l,h}\,\mathrm{Att}^{l,h}(x)"),
+       formula_plain="I(l,h) = |∂f/∂ξ_l,h| at ξ = 1, where ξ_l,h gates the output of head h in layer l (f = target logit)",
+       definition=("How much the target prediction depends on each head: a gate ξ multiplies each head's output, "
+                   "and the score is the size of the gradient of the target logit with respect to the gate (a "
+                   "first-order estimate of the effect of removing the head). The exact method used is recorded in "
+                   "head_method."),
+       high="Removing or scaling this head would change the prediction most (to first order).",
+       low="The prediction barely depends on the head for this text.",
+       encoder_vs_decoder="Both: a few heads usually carry most of the importance (Michel et al. 2019).",
+       pitfalls=["First-order: the real effect of pruning a head can differ, especially for large changes.",
+                 "Specific to this text and this target position.", P_NOT_EXPLANATION],
+       references=[R_MICHEL, R_VOITA], sources=["attribution.head_scores", "attribution.head_method"]),
+]
+
+# --------------------------------------------------------------------------------------------------------------
+# Predictions (core/predictions.py) and logit lens (core/logit_lens.py)
+# --------------------------------------------------------------------------------------------------------------
+_PREDICTION = [
+    _e(key="mask_fill", title="Mask filling", kind="prediction",
+       short="Mask filling: top-k tokens by softmax probability at each mask position.",
+       formula_latex=r"p(w \mid x_{\setminus i}) = \mathrm{softmax}(z_i)_w,\qquad z_i = W_U\,\mathrm{head}(h^{L}_i)",
+       formula_plain="p(w | context) = softmax(z_i)_w at each mask position i;  the top-k words are listed",
+       definition=("For a masked language model, the probability distribution over the vocabulary at each [MASK] "
+                   "position, given the whole (bidirectional) context. The top-k candidates are listed."),
+       high="A confident fill: one candidate takes most of the probability.",
+       low="Many plausible fills, or the context does not constrain the word.",
+       encoder_vs_decoder=("Only masked LMs (BERT family); encoders without an LM head show a calm 'unavailable' "
+                           "message instead."),
+       pitfalls=["Word pieces: a candidate may be a fragment of a word.",
+                 "Probabilities are calibrated only roughly; compare the ranking rather than absolute values."],
+       references=[R_DEVLIN],
+       sources=["predictions.kind", "predictions.message", "predictions.positions", "predictions.candidates",
+                "predictions.top_k"]),
+    _e(key="next_token", title="Next-token prediction", kind="prediction",
+       short="Next-token prediction: top-k tokens by softmax probability at the last position.",
+       formula_latex=r"p(w \mid x_{\le T}) = \mathrm{softmax}(z_T)_w,\qquad z_T = W_U\,\mathrm{norm}(h^{L}_T)",
+       formula_plain="p(w | x_1..x_T) = softmax(z_T)_w,  z_T = W_U · norm(h_T^L)   (top-k listed)",
+       definition=("For a causal language model, the distribution of the next token after the text, from the "
+                   "logits at the last position."),
+       high="A confident continuation.",
+       low="An open continuation: many tokens are plausible.",
+       encoder_vs_decoder="Only causal LMs (GPT-2, Llama).",
+       pitfalls=["Token strings may start with a space marker (Ġ or ▁).",
+                 "Chat models expect their chat template; raw text may give odd predictions."],
+       references=[R_RADFORD], sources=["predictions.kind", "predictions.candidates"]),
+    _e(key="generation", title="Text generation", kind="prediction",
+       short="Generation: tokens sampled one at a time from the (temperature / top-p) next-token distribution.",
+       formula_latex=(r"x_{T+1} \sim \mathrm{softmax}(z_T/\tau)\ \text{restricted to the top-}p\text{ nucleus},"
+                      r"\qquad \tau = \text{temperature}"),
+       formula_plain="x_(T+1) ~ softmax(z_T / τ) restricted to the top-p nucleus (greedy when sampling is off)",
+       definition=("Continues the text token by token with the causal model (streamed), using the generation "
+                   "settings: maximum new tokens, temperature, top-p, greedy or sampled, chat template when the "
+                   "model has one. Not part of the analysis result."),
+       high="High temperature: more varied, less likely text.",
+       low="Low temperature / greedy: deterministic, often repetitive text.",
+       encoder_vs_decoder="Causal LMs only.",
+       pitfalls=["Sampling is random: two runs differ unless seeded.",
+                 "Greedy decoding tends to repeat itself (Holtzman et al. 2020)."],
+       references=[R_HOLTZMAN, R_RADFORD], sources=["core.predictions:generate_stream"]),
+]
+
+_LENS = [
+    _e(key="logit_lens", title="Logit lens", kind="logit_lens",
+       short="Logit lens: each layer's residual state decoded with the final norm and the unembedding.",
+       formula_latex=(r"p^{l}(w) = \mathrm{softmax}\big(W_U\,\mathrm{norm}(h^{l}_{t})\big)_w,\qquad "
+                      r"\mathcal{H}^{l} = -\sum_w p^{l}(w)\ln p^{l}(w)"),
+       formula_plain="p_l(w) = softmax(W_U · norm(h_t^l))_w for every layer l;  entropy_l = −Σ_w p_l(w) ln p_l(w)",
+       definition=("Reads the model's 'current guess' at each layer by applying the final norm and the output "
+                   "embedding to the intermediate residual stream. Because the captured last state is taken before "
+                   "the final norm, the last lens layer equals the model's own prediction. final_prob tracks the "
+                   "probability of the final prediction through the layers; the grid shows the top token for every "
+                   "layer and position."),
+       high="final_prob high early: the prediction is formed in early layers.",
+       low="final_prob low until the last layers: the prediction appears late.",
+       encoder_vs_decoder=("Works well on decoders (GPT-2); on masked LMs the middle layers decode poorly because the "
+                           "LM head expects last-layer features. Not available without an LM head."),
+       pitfalls=["Early layers are not trained to be decoded this way: noise there is expected (the tuned lens "
+                 "corrects for it; Belrose et al. 2023).", P_LAST_PRE_NORM],
+       references=[R_NOSTALGEBRAIST, R_BELROSE],
+       sources=["logit_lens.position", "logit_lens.layers", "logit_lens.top_tokens", "logit_lens.top_ids",
+                "logit_lens.top_probs", "logit_lens.final_token", "logit_lens.final_token_id",
+                "logit_lens.final_prob", "logit_lens.entropy", "logit_lens.grid_tokens", "logit_lens.grid_probs"]),
+]
+
+# --------------------------------------------------------------------------------------------------------------
+# Figures and animations (how to read them). `files` are the bundle members (fnmatch patterns).
+# --------------------------------------------------------------------------------------------------------------
+_FIGURES = [
+    _e(key="fig_layer_metrics", title="Layer metrics vs layer", kind="figure",
+       short="The five layer metrics against the layer (0 = embeddings, last = before the final norm).",
+       definition="One panel per layer metric, plotted against the layer index.",
+       how_to_read=("Read the shape, not the absolute values: a drop in effective rank or participation ratio "
+                    "marks a layer where the token cloud collapses onto few directions; a falling cosine to input "
+                    "marks where tokens are rewritten. The dashed line on the spectral panels is the token bound "
+                    "T−1 that they cannot exceed."),
+       pitfalls=[P_TOKEN_BOUND], files=["plots/layer_metrics.png"]),
+    _e(key="fig_metric_correlation", title="Metric correlation across layers", kind="figure",
+       short="Correlation between the layer metrics across layers (Pearson: linear; Spearman: rank).",
+       definition=("The correlation of every pair of metrics computed over the L+1 layer values: Pearson r "
+                   "(linear) or Spearman ρ (Pearson on ranks, robust to monotone rescaling)."),
+       how_to_read=("+1: two metrics rise and fall together through the layers; −1: one rises as the other falls; "
+                    "0: unrelated. With few layers (a 2-layer model has 3 points) correlations are very noisy. "
+                    "A blank cell means a metric was constant."),
+       pitfalls=["Computed over only L+1 points: not significance-tested.", P_RANDOM_BASELINE],
+       references=[R_SPEARMAN],
+       files=["plots/metric_correlation_pearson.png", "plots/metric_correlation_spearman.png"]),
+    _e(key="fig_metrics_normalized", title="Normalised metrics heatmap", kind="figure",
+       short="Each metric min-max scaled to [0, 1] over the layers, so all five share one colour scale.",
+       definition="A heatmap with metrics as rows and layers as columns; each row is scaled to [0, 1] on its own.",
+       how_to_read=("Compare where in depth each metric peaks or dips; the colours are not comparable between "
+                    "rows in absolute terms (each row has its own min and max)."),
+       files=["plots/metrics_normalized.png"]),
+    _e(key="fig_attention_heatmap", title="Attention heatmaps", kind="figure",
+       short="Attention weights of one head: rows are query tokens, columns the key tokens they read from.",
+       definition="The matrix A^{l,h}: row i holds how token i distributes its attention over the tokens j.",
+       how_to_read=("Each row sums to 1. A bright sub-diagonal is a previous-token head; a bright first column is "
+                    "a sink head; a bright diagonal a self head; an even spread a broad head. In causal models the "
+                    "upper triangle is empty (future tokens are masked)."),
+       pitfalls=[P_NOT_EXPLANATION], references=[R_CLARK, R_VIG],
+       files=["plots/attention*.png"]),
+    _e(key="fig_head_metrics", title="Per-head entropy and distance maps", kind="figure",
+       short="Per-head attention entropy / distance as a layer × head grid.",
+       definition="Heatmaps of entropy, normalised entropy and mean distance with layers as rows and heads as columns.",
+       how_to_read=("Dark (low entropy) cells are focused heads, bright cells diffuse ones; look for layers where "
+                    "the pattern changes. Distance maps separate local from long-range heads."),
+       pitfalls=[P_NOT_EXPLANATION], files=["plots/head_*.png", "plots/*entropy*.png", "plots/*distance*.png"]),
+    _e(key="fig_head_clusters", title="Head clusters", kind="figure",
+       short="Heads projected to 2-D and coloured by cluster / role.",
+       definition="A scatter of the 2-D projection of the head features, one point per head, coloured by cluster.",
+       how_to_read=("Nearby points are heads with similar attention statistics. Tight, separate groups with a high "
+                    "silhouette are real head types; overlapping colours mean a continuum."),
+       files=["plots/*cluster*.png", "plots/*roles*.png"]),
+    _e(key="fig_attribution", title="Token attributions", kind="figure",
+       short="Per-token attribution scores for the target prediction (rollout, gradient × input, IG).",
+       definition="Bars (or a coloured strip) of each token's score for the target position, one row per method.",
+       how_to_read=("Compare methods: tokens that all methods rank high are the most trustworthy explanations; "
+                    "tokens high in rollout only are usually attention sinks. Signs matter for the gradient methods "
+                    "(red pushes the prediction up, blue down)."),
+       pitfalls=[P_NOT_EXPLANATION], references=[R_ABNAR, R_SUNDARARAJAN],
+       files=["plots/*attribution*.png", "plots/*rollout*.png", "plots/*gradient*.png", "plots/*integrated*.png"]),
+    _e(key="fig_head_attribution", title="Head attribution map", kind="figure",
+       short="Per-head importance for the target prediction (layer × head).",
+       definition="A layer × head heatmap of the head attribution scores.",
+       how_to_read="Bright cells are the heads the prediction depends on most; usually only a handful stand out.",
+       references=[R_MICHEL], files=["plots/*head_attribution*.png", "plots/*head_scores*.png"]),
+    _e(key="fig_predictions", title="Prediction bars", kind="figure",
+       short="Top-k candidate tokens and their probabilities at the predicted position(s).",
+       definition="Horizontal bars of the top-k candidates' probabilities.",
+       how_to_read="The longer the first bar relative to the others, the more confident the model.",
+       files=["plots/*prediction*.png", "plots/*mask*.png", "plots/*next_token*.png"]),
+    _e(key="fig_logit_lens", title="Logit-lens plots", kind="figure",
+       short="Top token per layer (and position) decoded through the final norm and the unembedding.",
+       definition=("A grid of the top decoded token at every layer (rows) and position (columns), coloured by its "
+                   "probability, and a line of the final prediction's probability through the layers."),
+       how_to_read=("Read the target column from bottom to top to see when the final prediction emerges; "
+                    "rows where the token stops changing mark where the prediction is settled."),
+       references=[R_NOSTALGEBRAIST], files=["plots/*lens*.png"]),
+    _e(key="anim_layer_transitions", title="Layer-transition animations", kind="animation",
+       short="Animated GIF stepping through the layers (attention or token-state projections per layer).",
+       definition=("Frames show one layer each, in order, e.g. the head-averaged attention map or a 2-D projection "
+                   "of the token states; the frame title gives the layer."),
+       how_to_read=("Watch for the layer where the picture changes abruptly (e.g. attention concentrating on the "
+                    "first token, or tokens collapsing together). Pause on a frame in an image viewer to read it."),
+       pitfalls=["Projections (PCA) are refitted per layer unless stated: axes may flip between frames."],
+       files=["animations/*.gif"]),
+]
+
+#: The registry, in display order.
+DOCS: dict[str, DocEntry] = {e.key: e for e in (*_LAYER, *_ATTENTION, *_ATTRIBUTION, *_PREDICTION, *_LENS, *_FIGURES)}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Methodology and visual guide
+# --------------------------------------------------------------------------------------------------------------
+METHODOLOGY: list[tuple[str, str]] = [
+    ("One forward pass",
+     "The text is tokenised (truncated to max_tokens, special tokens included) and run once through the model with "
+     "output_hidden_states and output_attentions, under torch inference mode and the model's lock (one loaded model "
+     "serves every session). Every page, chart and export is computed from this one capture; only the gradient "
+     "attributions and the optional generation run the model again."),
+    ("Eager attention",
+     "Models are loaded with attn_implementation='eager'. Fused kernels (SDPA, FlashAttention) never materialise the "
+     "attention matrix, so they cannot return attention weights; eager attention gives the exact softmax weights "
+     "[L, H, T, T] whose rows sum to 1."),
+    ("Last hidden state before the final norm",
+     "Libraries return the last hidden state after the model's final norm (GPT-2 ln_f, Llama RMSNorm) but the "
+     "others before it. A hook captures the input of the final norm instead, so all L+1 states are raw residual "
+     "stream: the layer metrics compare like with like, and the logit lens applies the final norm uniformly (its "
+     "last layer equals the model's logits). Models without a final norm (BERT) are unaffected."),
+    ("Centring",
+     "The spectral metrics (effective rank, participation ratio, intrinsic dimensionality) subtract the mean token "
+     "vector of the layer first and use the eigenvalues of the smaller Gram matrix of the centred T×D matrix "
+     "(exact, in float64). After centring the rank is at most T−1, so none of these metrics can exceed the token "
+     "count minus one. Activation entropy and cosine to input use the raw states."),
+    ("Special tokens",
+     "Special tokens ([CLS], [SEP], BOS, EOS) are marked by the tokenizer. With 'exclude special tokens' their rows "
+     "are removed before the layer metrics; attention analyses and attributions always see every token, since the "
+     "model attends to them."),
+    ("Target position for attribution",
+     "Masked LMs: the first [MASK] token (or the last non-special token when there is none). Causal LMs: the last "
+     "token (the next-token prediction). Encoders without an LM head: position 0. A position set by the user "
+     "overrides this; the reason is written into the manifest. The attributed quantity f is the logit of the "
+     "model's top prediction at the target position."),
+    ("What the cache key holds",
+     "A SHA-256 over the core version (bumped whenever a formula changes), the model id, its resolved revision (or "
+     "a fingerprint of a local folder), dtype, device, the exact text and every analysis setting. A change to any "
+     "of them computes a new result; the cache is bounded and evicts the least recently used entries."),
+    ("Precision and dtype",
+     "Weights run in the chosen dtype (float32 on CPU by default, bfloat16 on CUDA). Captured states and attentions "
+     "are converted to float32 for storage, and all metrics are computed in float64. Half precision can shift "
+     "small eigenvalues (and so intrinsic dimensionality by a component or two) and the low-probability tail of "
+     "predictions; use float32 for exact comparisons. hidden_states.npz in the export is float16 to save space."),
+    ("Reproducibility",
+     "Models run in eval mode (no dropout); results depend only on the key above. The manifest.json of every "
+     "export records the model, revision, settings, package versions and timings."),
+]
+
+VISUAL_GUIDE: list[tuple[str, str]] = [(DOCS[k].title, DOCS[k].how_to_read) for k in DOCS
+                                       if DOCS[k].kind in ("figure", "animation")]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------------------
+def doc(key: str) -> DocEntry:
+    """The entry for `key`; KeyError names the known keys."""
+    try:
+        return DOCS[key]
+    except KeyError:
+        raise KeyError(f"no documentation entry {key!r}; known: {', '.join(DOCS)}") from None
+
+
+def caption(key: str) -> str:
+    """One short line for a chart caption or tooltip."""
+    return doc(key).short
+
+
+def entries(kind: str | None = None) -> list[DocEntry]:
+    """All entries in display order, or those of one kind (see KINDS)."""
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
+    return [e for e in DOCS.values() if kind is None or e.kind == kind]
+
+
+def formula_text(key: str) -> str:
+    """The formula as plain (Unicode) text for the PDF; "" for figures."""
+    return doc(key).formula_plain
+
+
+def interpretation(key: str) -> str:
+    """One paragraph: definition, then how to read high and low values (used by the PDF report)."""
+    e = doc(key)
+    parts = [e.definition]
+    if e.high:
+        parts.append(f"High: {e.high}")
+    if e.low:
+        parts.append(f"Low: {e.low}")
+    if e.how_to_read:
+        parts.append(e.how_to_read)
+    return " ".join(parts)
+
+
+def figure_doc(filename: str) -> DocEntry | None:
+    """The figure/animation entry whose `files` pattern matches a bundle member name, or None."""
+    for e in DOCS.values():
+        if any(fnmatch.fnmatchcase(filename, pat) for pat in e.files):
+            return e
+    return None
+
+
+def metric_label(name: str) -> str:
+    """Display title of a layer metric or analysis key (falls back to the key itself)."""
+    return DOCS[name].title if name in DOCS else name
