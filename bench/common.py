@@ -1,0 +1,64 @@
+"""Shared benchmark fixtures: a random-weight model of GPT-2-small shape (12 layers, 12 heads, 768 wide, 50257
+vocabulary) built from its config, with a small trained tokenizer. No download; cached under $TMPDIR."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+CACHE = Path(tempfile.gettempdir()) / "tma-bench"
+
+TEXT_128 = ("The quick brown fox jumps over the lazy dog while the cat sat on the mat and watched. " * 20)
+
+
+def gpt2_small_folder() -> Path:
+    """Folder with a random GPT-2-small-shaped model (built once)."""
+    folder = CACHE / "gpt2-small-random"
+    if (folder / "model.safetensors").is_file():
+        return folder
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tiny_models import _bpe_tokenizer
+
+    torch.manual_seed(0)
+    tok = _bpe_tokenizer(bos=False)
+    model = GPT2LMHeadModel(GPT2Config()).eval()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def load_gpt2_small():
+    from core.models import load_model
+
+    return load_model(str(gpt2_small_folder()), dtype="float32", device="cpu")
+
+
+def text_of_tokens(loaded, n: int = 128) -> str:
+    """A text that tokenises to at least n tokens (analyze truncates to max_tokens=n)."""
+    text = TEXT_128
+    while len(loaded.tokenizer(text)["input_ids"]) < n:
+        text += TEXT_128
+    return text
+
+
+def timeit(fn, repeat: int = 5, warmup: int = 1) -> float:
+    """Median wall time of fn() in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
