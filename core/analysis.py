@@ -57,7 +57,10 @@ def analysis_steps() -> list[tuple[str, Step]]:
 
 
 #: (progress label, module, function name). Each function fills one section of the result.
-STEP_REGISTRY: list[tuple[str, str, str]] = []
+STEP_REGISTRY: list[tuple[str, str, str]] = [
+    ("Predictions", ".predictions", "run_step"),
+    ("Logit lens", ".logit_lens", "run_step"),
+]
 
 
 def package_versions() -> dict[str, str]:

@@ -1,0 +1,230 @@
+"""The logit lens: what each layer's hidden state would predict if the model stopped there.
+
+For every layer l = 0 … L (0 = embeddings), the residual stream h_l [T, D] is decoded with the model's own head:
+
+* causal LMs (GPT-2, Llama …): z_l = W_U · norm(h_l) (+ bias), with `norm` the final norm module (GPT-2 ln_f,
+  Llama RMSNorm) applied to h_l itself, so its statistics (mean / RMS) are recomputed on that layer's vector;
+* masked LMs (BERT): z_l = decoder(transform(h_l)), the MLM head (dense → activation → LayerNorm → decoder).
+
+`core.capture` stores the last hidden state *before* the final norm, so decoding layer L reproduces the model's own
+logits exactly; the step checks this invariant on every run and records the largest difference.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .models import LoadedModel, final_norm
+from .serialize import serializable
+
+log = logging.getLogger(__name__)
+
+#: Logits held in memory at once (floats) while decoding the layers × positions grid: 2**24 floats = 64 MiB.
+CHUNK_FLOATS = 2**24
+
+
+@serializable
+@dataclass
+class LogitLens:
+    """Logit-lens read-out of one analysis. L = layers (L+1 rows, 0 = embeddings), T = tokens, k = top_k.
+
+    position: the decoded position (settings.lens_position, else the analysis target position).
+    layers: int [L+1] = 0 … L.
+    top_tokens: [L+1][k] token texts; top_ids int64 [L+1, k]; top_probs float64 [L+1, k]: the top-k of
+        p_l = softmax(z_l[position]) per layer, sorted descending.
+    final_token / final_token_id: the model's own prediction at `position` (argmax of its final logits).
+    final_prob float64 [L+1]: p_l[final_token_id] per layer (the last entry is the model's own probability).
+    entropy float64 [L+1]: H(p_l) = -sum_v p_l,v ln p_l,v in nats, at `position`.
+    grid_tokens [L+1][T] / grid_ids int64 [L+1, T] / grid_probs float64 [L+1, T]: the top-1 token of every layer at
+        every position and its probability (the heatmap).
+    method: how the layers were decoded (the head that was applied).
+    last_layer_max_abs_diff: max |z_L - model logits| over all positions and the vocabulary (should be ~0).
+    """
+
+    position: int
+    layers: np.ndarray
+    top_tokens: list[list[str]]
+    top_ids: np.ndarray
+    top_probs: np.ndarray
+    final_token: str
+    final_token_id: int
+    final_prob: np.ndarray
+    entropy: np.ndarray
+    grid_tokens: list[list[str]]
+    grid_probs: np.ndarray
+    grid_ids: np.ndarray
+    method: str = ""
+    last_layer_max_abs_diff: float = 0.0
+
+    @property
+    def n_layers(self) -> int:
+        return int(len(self.layers)) - 1
+
+
+def _mlm_head(model: Any) -> tuple[Callable[[Any], Any], str] | None:
+    """The masked-LM head of `model` as a function h [N, D] -> logits [N, V], with its description."""
+    cls = getattr(model, "cls", None)
+    if cls is not None and hasattr(cls, "predictions"):  # BERT family: cls.predictions = transform + decoder
+        pred = cls.predictions
+        return (lambda x: pred.decoder(pred.transform(x))), "MLM head: cls.predictions.transform then decoder"
+    head = getattr(model, "lm_head", None)
+    if head is not None:  # RoBERTa family: lm_head = dense, gelu, layer_norm, decoder
+        return head, "MLM head: lm_head"
+    names = ("vocab_transform", "activation", "vocab_layer_norm", "vocab_projector")
+    if all(getattr(model, n, None) is not None for n in names):  # DistilBERT
+        mods = [getattr(model, n) for n in names]
+
+        def distil(x: Any) -> Any:
+            for m in mods:
+                x = m(x)
+            return x
+
+        return distil, "MLM head: vocab_transform, activation, vocab_layer_norm, vocab_projector"
+    return None
+
+
+def lens_decoder(loaded: LoadedModel) -> tuple[Callable[[Any], Any], str] | None:
+    """A function decoding hidden states h [N, D] (model dtype, model device) to logits [N, V], or None.
+
+    causal_lm: W_U(norm(h)) with norm = `final_norm(model)` (skipped when the model has none) and W_U =
+    `model.get_output_embeddings()`; masked_lm: the MLM head; encoder: None (no head to decode with).
+    """
+    model = loaded.model
+    if loaded.family == "masked_lm":
+        return _mlm_head(model)
+    if loaded.family != "causal_lm":
+        return None
+    unembed = model.get_output_embeddings()
+    if unembed is None:
+        return None
+    norm = final_norm(model)
+    if norm is None:
+        return unembed, f"output embedding ({type(unembed).__name__}); the model has no final norm"
+    return (lambda x: unembed(norm(x))), f"final norm ({type(norm).__name__}) then output embedding"
+
+
+def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position: int, top_k: int,
+                       final_logits: Any = None, chunk_floats: int = CHUNK_FLOATS) -> LogitLens | None:
+    """Decode every layer's hidden state at every position. hidden_states: float32 [L+1, T, D].
+
+    The (L+1)·T rows are decoded in chunks of at most `chunk_floats` logits (one matmul per chunk), each chunk
+    reduced at once to: top-1 id and probability max_v softmax(z)_v = exp(max z - logsumexp z) per row, and, for
+    the rows at `position`, the top-k, p[final id] and the entropy -sum p ln p. `final_logits` [T, V] (torch) are
+    the model's own logits: they give the final prediction and the exactness check of layer L. Returns None when
+    the model has no head to decode with.
+    """
+    import torch
+
+    dec = lens_decoder(loaded)
+    if dec is None:
+        return None
+    decode, method = dec
+    n_layers1, T, D = hidden_states.shape
+    if not 0 <= position < T:
+        raise ValueError(f"logit-lens position {position} is outside 0..{T - 1}")
+    model_dtype = next(loaded.model.parameters()).dtype
+    H = torch.from_numpy(np.ascontiguousarray(hidden_states)).reshape(n_layers1 * T, D)
+    tok = loaded.tokenizer
+
+    grid_ids = torch.empty(n_layers1 * T, dtype=torch.long)
+    grid_probs = torch.empty(n_layers1 * T, dtype=torch.float64)
+    pos_rows: dict[int, torch.Tensor] = {}  # layer -> log-probabilities [V] at `position`
+    max_diff = 0.0
+    final_row = None
+    with torch.inference_mode():
+        V = None
+        rows_per_chunk = max(1, T)  # first chunk sizes itself once V is known
+        start = 0
+        while start < n_layers1 * T:
+            stop = min(start + rows_per_chunk, n_layers1 * T)
+            x = H[start:stop].to(device=loaded.device, dtype=model_dtype)
+            z = decode(x).float()  # [n, V]
+            if V is None:
+                V = z.shape[-1]
+                rows_per_chunk = max(1, chunk_floats // V)
+            lse = torch.logsumexp(z, dim=-1)  # [n]
+            zmax, arg = z.max(dim=-1)
+            grid_ids[start:stop] = arg.cpu()
+            grid_probs[start:stop] = torch.exp(zmax - lse).double().cpu()
+            for layer in range(start // T, (stop - 1) // T + 1):  # rows at `position` in this chunk
+                r = layer * T + position
+                if start <= r < stop:
+                    pos_rows[layer] = (z[r - start] - lse[r - start]).cpu()
+            last0 = max(start, (n_layers1 - 1) * T)  # rows of the last layer in this chunk: the exactness check
+            if final_logits is not None and last0 < stop:
+                ref = final_logits[last0 - (n_layers1 - 1) * T:stop - (n_layers1 - 1) * T].to(z.device).float()
+                max_diff = max(max_diff, float((z[last0 - start:] - ref).abs().max()))
+            start = stop
+        if final_logits is not None:
+            final_row = final_logits[position].float().cpu()
+        else:
+            final_row = pos_rows[n_layers1 - 1]
+        final_id = int(torch.argmax(final_row))
+
+        logp = torch.stack([pos_rows[l] for l in range(n_layers1)]).double()  # [L+1, V]
+        p = logp.exp()
+        entropy = -(p * logp).nan_to_num(0.0).sum(-1)  # 0 · log 0 = 0
+        k = min(int(top_k), p.shape[-1])
+        top_p, top_i = torch.topk(p, k, dim=-1)
+        final_prob = p[:, final_id]
+
+    names: dict[int, str] = {}
+
+    def text(i: int) -> str:
+        if i not in names:
+            names[i] = tok.decode([i])
+        return names[i]
+
+    gi = grid_ids.reshape(n_layers1, T)
+    return LogitLens(
+        position=int(position),
+        layers=np.arange(n_layers1),
+        top_tokens=[[text(i) for i in row] for row in top_i.tolist()],
+        top_ids=top_i.numpy().astype(np.int64),
+        top_probs=top_p.numpy().astype(np.float64),
+        final_token=text(final_id),
+        final_token_id=final_id,
+        final_prob=final_prob.numpy().astype(np.float64),
+        entropy=entropy.numpy().astype(np.float64),
+        grid_tokens=[[text(i) for i in row] for row in gi.tolist()],
+        grid_probs=grid_probs.reshape(n_layers1, T).numpy(),
+        grid_ids=gi.numpy().astype(np.int64),
+        method=method,
+        last_layer_max_abs_diff=float(max_diff),
+    )
+
+
+def exactness_tolerance(dtype: str, final_logits: Any) -> float:
+    """Largest accepted |z_L - logits|: 1e-4 (float32) or 3e-2 (16-bit) times max(1, max |logits|)."""
+    scale = max(1.0, float(final_logits.abs().max())) if final_logits is not None else 1.0
+    return (1e-4 if dtype == "float32" else 3e-2) * scale
+
+
+def run_step(ctx: Any, result: Any) -> None:
+    """Analysis step "Logit lens": sets `result.logit_lens` (None for an encoder without a head)."""
+    cap = ctx.capture
+    T = len(result.tokens)
+    pos = ctx.settings.lens_position
+    if pos is not None and pos >= T:
+        ctx.warnings.append(f"lens_position {pos} is past the last token (the text has {T} tokens): the logit "
+                            f"lens decodes the target position {result.target_position} instead")
+        pos = None
+    if pos is None:
+        pos = result.target_position
+    if cap.logits is None or ctx.loaded.family == "encoder":
+        log.info("logit lens skipped: %s has no language-model head", ctx.loaded.model_id)
+        result.logit_lens = None
+        return
+    lens = compute_logit_lens(ctx.loaded, result.hidden_states, pos, ctx.settings.top_k, final_logits=cap.logits)
+    if lens is None:
+        ctx.warnings.append("the logit lens is not available: this model's language-model head was not recognised")
+    elif lens.last_layer_max_abs_diff > exactness_tolerance(ctx.loaded.dtype, cap.logits):
+        ctx.warnings.append(
+            f"the logit lens does not reproduce this model's own logits at the last layer (largest difference "
+            f"{lens.last_layer_max_abs_diff:.3g}): its head may do more than norm + unembedding; read the lens with care")
+    result.logit_lens = lens
