@@ -1,0 +1,247 @@
+"""Sections of the Layer Analysis page. Everything is drawn from the stored result: moving the layer slider or the
+head picker re-runs no model. Sections whose data is missing (None) are hidden or explained in one line.
+
+Rendered images (GIFs, single-head PNGs) are cached with st.cache_data keyed on the result's cache key and the
+options, so a slider move does not render them again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from app import charts
+from app.state import Keys
+from app.widgets import chart, show_caption
+from core import views
+
+log = logging.getLogger(__name__)
+
+MEAN_HEADS = "mean over heads"
+
+
+def pickers(result: Any) -> tuple[int, int | None]:
+    """Layer slider (0 = first block) and head picker (a head, or the mean over heads)."""
+    state = st.session_state
+    L, H = result.n_layers, result.n_heads
+    if not isinstance(state.get(Keys.LAYER), int) or not 0 <= state[Keys.LAYER] < L:
+        state[Keys.LAYER] = 0
+    head_options: list[Any] = [MEAN_HEADS, *range(H)]
+    if state.get(Keys.HEAD) not in head_options:
+        state[Keys.HEAD] = MEAN_HEADS
+    c1, c2 = st.columns([3, 2])
+    if L > 1:
+        layer = c1.slider("Layer (attention block, 0 = first)", 0, L - 1, key=Keys.LAYER)
+    else:
+        c1.caption("The model has one attention layer (layer 0).")
+        layer = 0
+    head = c2.selectbox("Head", head_options, key=Keys.HEAD,
+                        format_func=lambda h: h if h == MEAN_HEADS else f"head {h}")
+    return int(layer), (None if head == MEAN_HEADS else int(head))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention
+
+
+def attention_section(result: Any, layer: int, head: int | None) -> None:
+    title = f"Layer {layer}, " + ("mean over heads" if head is None else f"head {head}")
+    df = views.attention_frame(result.attentions, result.display_tokens, layer, head)
+    st.altair_chart(charts.attention_heatmap(df, title), width="content")
+    show_caption("fig_attention_heatmap")
+    if head is not None:
+        single_head_section(result, layer, head)
+
+
+def single_head_section(result: Any, layer: int, head: int) -> None:
+    """The single-head view of core.attention_plots: statistics, top attended pairs, labelled heatmap."""
+    try:
+        from core import attention_plots
+    except ImportError:
+        return
+    fn = getattr(attention_plots, "single_head_stats", None)
+    if fn is None:
+        return
+    try:
+        stats = fn(result, layer, head)
+    except Exception:
+        log.exception("single-head statistics failed")
+        st.caption("The single-head statistics could not be computed for this head.")
+        return
+    st.markdown(f"**Head {head} of layer {layer}**")
+    _show_stats(stats)
+
+
+def _show_stats(stats: Any) -> None:
+    """Scalars as st.metric, lists of pairs as a table; accepts a dict or a dataclass."""
+    import dataclasses
+
+    data = dataclasses.asdict(stats) if dataclasses.is_dataclass(stats) else dict(stats)
+    scalars = {k: v for k, v in data.items() if isinstance(v, (int, float, np.floating, np.integer, str))
+               and not isinstance(v, bool)}
+    tables = {k: v for k, v in data.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
+    if scalars:
+        cols = st.columns(min(len(scalars), 4))
+        for i, (k, v) in enumerate(scalars.items()):
+            shown = f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
+            cols[i % len(cols)].metric(k.replace("_", " "), shown)
+    for k, rows in tables.items():
+        st.markdown(k.replace("_", " ").capitalize())
+        st.dataframe(rows, hide_index=True, width="stretch")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Heads: entropy grid, clustering, head attribution
+
+
+def heads_section(result: Any, layer: int, head: int | None) -> None:
+    att = result.attention
+    if att is None:
+        st.info("The per-head attention analysis was not computed for this result.")
+        return
+    left, right = st.columns(2)
+    with left:
+        df = views.layer_head_frame(att.entropy, "entropy",
+                                    {"normalized_entropy": att.normalized_entropy, "mean_distance": att.mean_distance})
+        chart(charts.layer_head_heatmap(df, "entropy", "Attention entropy (nats)",
+                                        extra_tooltips=("normalized_entropy", "mean_distance")))
+        show_caption("attention_entropy")
+    with right:
+        chart(charts.cluster_scatter(views.cluster_frame(att)))
+        sil = "–" if att.silhouette is None else f"{att.silhouette:.3f}"
+        st.caption(f"{att.n_clusters} clusters · silhouette {sil}"
+                   + (f" · {att.cluster_method}" if getattr(att, "cluster_method", "") else ""))
+        show_caption("head_clustering")
+    roles = att.role_grid()
+    counts: dict[str, int] = {}
+    for row in roles:
+        for r in row:
+            counts[r] = counts.get(r, 0) + 1
+    st.caption("Head roles: " + ", ".join(f"{r} {n}" for r, n in sorted(counts.items(), key=lambda x: -x[1]))
+               + f" · this layer: {', '.join(roles[layer]) if layer < len(roles) else '–'}")
+    attr = result.attribution
+    if attr is not None and getattr(attr, "head_scores", None) is not None:
+        st.markdown("**Head attribution** for the prediction at the target position")
+        df = views.layer_head_frame(attr.head_scores, "score")
+        chart(charts.layer_head_heatmap(df, "score", "Head importance", scheme="magma"))
+        if getattr(attr, "head_method", ""):
+            st.caption(attr.head_method)
+        show_caption("head_attribution")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Token attribution
+
+ATTR_METHODS = {"rollout": "Attention rollout", "grad_x_input": "Gradient × input",
+                "integrated_gradients": "Integrated gradients"}
+ATTR_DOC = {"rollout": "attention_rollout", "grad_x_input": "gradient_x_input",
+            "integrated_gradients": "integrated_gradients"}
+
+
+def attribution_section(result: Any) -> None:
+    attr = result.attribution
+    if attr is None:
+        st.info("Token attribution was not computed for this result.")
+        return
+    tokens = result.display_tokens
+    pred = f" → predicted “{attr.predicted_token}”" if getattr(attr, "predicted_token", None) else ""
+    st.markdown(f"Target: position **{attr.target_position}** (“{attr.target_token}”){pred} · "
+                f"{result.target_reason}")
+    available = {k: getattr(attr, k, None) for k in ATTR_METHODS}
+    available = {k: v for k, v in available.items() if v is not None}
+    if not available:
+        st.caption("No token scores in this result.")
+        return
+    method = st.radio("Method", list(available), horizontal=True, key=Keys.ATTR_METHOD,
+                      format_func=lambda k: ATTR_METHODS[k])
+    method = method if method in available else next(iter(available))
+    st.html(views.shaded_tokens_html(tokens, available[method], attr.target_position))
+    show_caption(ATTR_DOC[method])
+    if method == "integrated_gradients" and getattr(attr, "ig_completeness_gap", None) is not None:
+        st.caption(f"Completeness gap |Σ IG − (f(x) − f(x′))| = {attr.ig_completeness_gap:.4g} "
+                   f"({getattr(attr, 'ig_steps', '?')} steps)")
+    df = views.attribution_frame(tokens, available)
+    with st.expander("Scores per token"):
+        chart(charts.attribution_bars(df, method))
+        st.dataframe(df, hide_index=True, width="stretch")
+    for note in getattr(attr, "notes", []) or []:
+        st.caption(note)
+    if not result.settings.compute_gradients:
+        st.caption("Gradient methods are off (sidebar → Settings → Compute gradients).")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Logit lens
+
+
+def logit_lens_section(result: Any) -> None:
+    lens = result.logit_lens
+    if lens is None:
+        st.info("The logit lens is not available for this result (it needs a model with a language-model head).")
+        return
+    st.markdown(f"Position **{lens.position}** (“{result.display_tokens[lens.position]}”) · final prediction "
+                f"“{lens.final_token}”")
+    chart(charts.logit_lens_heatmap(views.logit_lens_grid_frame(lens, result.display_tokens)))
+    import pandas as pd
+
+    left, right = st.columns([2, 3])
+    with left:
+        st.markdown(f"P(“{lens.final_token}”) per layer")
+        chart(charts.logit_lens_prob_line(pd.DataFrame({"layer": np.asarray(lens.layers, dtype=int),
+                                                          "probability": np.asarray(lens.final_prob, dtype=float)})))
+    with right:
+        st.dataframe(views.logit_lens_table(lens), hide_index=True, width="stretch")
+    show_caption("logit_lens")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Animations
+
+
+def animations_section(result: Any, head: int | None) -> None:
+    if not result.settings.animations:
+        st.caption("Animations are off (sidebar → Settings → Layer animations).")
+        return
+    try:
+        from core import animations  # noqa: F401
+    except ImportError:
+        st.caption("Layer animations are not available in this build.")
+        return
+    gifs = _render_gifs(result.cache_key or str(id(result)), head, _ResultRef(result))
+    if not gifs:
+        st.caption("No animation could be rendered for this result.")
+        return
+    cols = st.columns(len(gifs))
+    for col, (name, data) in zip(cols, gifs.items()):
+        col.image(data, caption=name, width="stretch")
+    show_caption("anim_layer_transitions")
+
+
+class _ResultRef:
+    """Wraps the result so st.cache_data does not hash its arrays (the cache key stands for the result)."""
+
+    def __init__(self, result: Any):
+        self.result = result
+
+
+@st.cache_data(max_entries=16, show_spinner="Rendering the layer animations…",
+               hash_funcs={_ResultRef: lambda r: r.result.cache_key or str(id(r.result))})
+def _render_gifs(cache_key: str, head: int | None, ref: _ResultRef) -> dict[str, bytes]:
+    """GIF bytes per animation, rendered once per (result, head)."""
+    from core import animations
+
+    result = ref.result
+    out: dict[str, bytes] = {}
+    for label, fn_name, kwargs in (("Attention across layers", "attention_gif", {"head": head}),
+                                   ("Token representations across layers", "representation_gif", {})):
+        fn = getattr(animations, fn_name, None)
+        if fn is None:
+            continue
+        try:
+            out[label] = fn(result, **kwargs)
+        except Exception:
+            log.exception("animation %s failed", fn_name)
+    return out

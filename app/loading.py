@@ -1,0 +1,38 @@
+"""Process-wide caches of the app: loaded models (few, keyed on plain arguments) and the core result cache.
+
+`st.cache_resource` hashes every argument whose name does not start with an underscore, so `model_id`, `dtype`
+and `device` are plain parameters: a dtype change loads a different model object. One LoadedModel serves every
+session of the server; core's analysis and generation hold `loaded.lock` for every model use.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import streamlit as st
+
+import core
+from core.cache import ResultCache
+from core.models import LoadedModel
+
+log = logging.getLogger(__name__)
+
+#: At most this many models stay loaded (a 1 GB Community Cloud box holds about two small ones).
+MAX_MODELS = 2
+
+
+@st.cache_resource(max_entries=MAX_MODELS, show_spinner=False)
+def get_model(model_id: str, dtype: str = "auto", device: str = "auto") -> LoadedModel:
+    """The loaded model for (model_id, dtype, device), loaded once per process.
+
+    Raises core.errors.ModelUnavailableError (not cached: Streamlit does not cache exceptions, so a later try after
+    the network is back loads the model).
+    """
+    log.info("loading model %s (dtype=%s, device=%s)", model_id, dtype, device)
+    return core.load_model(model_id, dtype=dtype, device=device)
+
+
+@st.cache_resource(show_spinner=False)
+def get_result_cache() -> ResultCache:
+    """One disk-backed result cache per process ($TMA_CACHE_DIR, bounded, LRU)."""
+    return ResultCache()

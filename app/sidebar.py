@@ -1,0 +1,318 @@
+"""The sidebar, drawn by app/main.py on every page: model picker, text, settings, Analyze, progress, export.
+
+The analysis runs only when the Analyze button is pressed (or the one-click "switch to the bundled model" asks for
+it): no other widget change loads a model, runs gradients or generates text. Errors become a banner with a message
+(core.errors.TMAError) or a generic line (anything else, traceback in the log); the text and the last finished
+result always survive an error.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import re
+import time
+from typing import Any
+
+import streamlit as st
+
+from app.loading import get_model, get_result_cache
+from app.state import OTHER_MODEL, Keys
+from core.errors import ModelUnavailableError, TMAError
+from core.models import BUNDLED_ID, PRESETS
+from core.settings import DTYPES, AnalysisSettings
+
+log = logging.getLogger(__name__)
+
+#: Families of the presets, known without loading them (used to pick the example text and the mask-word picker).
+PRESET_FAMILIES: dict[str, str] = {
+    BUNDLED_ID: "encoder",
+    "bert-base-uncased": "masked_lm",
+    "gpt2": "causal_lm",
+    "TinyLlama/TinyLlama-1.1B-Chat-v1.0": "causal_lm",
+}
+
+#: One example text per model family. The masked-LM example holds BERT's mask token.
+EXAMPLES: dict[str, str] = {
+    "masked_lm": "The capital of France is [MASK].",
+    "causal_lm": "The capital of France is",
+    "encoder": "The quick brown fox jumps over the lazy dog near the river bank.",
+}
+
+MASK_TOKENS = ("[MASK]", "<mask>")
+NO_MASK_WORD = "(no word masked)"
+MAX_TOKEN_CHOICES = (32, 64, 128, 256, 512)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plain helpers (no widgets): testable without a running app
+
+
+def selected_model_id(state: Any) -> str:
+    """The model the user has chosen: a preset id, or the free field's value (stripped)."""
+    choice = state.get(Keys.MODEL_CHOICE)
+    if choice == OTHER_MODEL:
+        return str(state.get(Keys.MODEL_CUSTOM) or "").strip()
+    return str(choice or BUNDLED_ID)
+
+
+def known_family(state: Any, model_id: str) -> str | None:
+    """The model's family if known without loading it: from the presets, or from the last result of that model."""
+    if model_id in PRESET_FAMILIES:
+        return PRESET_FAMILIES[model_id]
+    result = state.get(Keys.RESULT)
+    if result is not None and model_id and result.model.get("model_id") in (model_id,) + _resolved(model_id):
+        return result.family
+    return None
+
+
+def _resolved(model_id: str) -> tuple[str, ...]:
+    from pathlib import Path
+
+    try:
+        p = Path(model_id).expanduser()
+        return (str(p.resolve()),) if p.exists() else ()
+    except OSError:
+        return ()
+
+
+def example_for(family: str | None) -> str:
+    return EXAMPLES.get(family or "encoder", EXAMPLES["encoder"])
+
+
+def words_of(text: str) -> list[str]:
+    """Distinct words of `text` in order of appearance (candidates for masking)."""
+    seen: dict[str, None] = {}
+    for w in re.findall(r"\w+", text or ""):
+        seen.setdefault(w, None)
+    return list(seen)
+
+
+def has_mask(text: str) -> bool:
+    return any(m in (text or "") for m in MASK_TOKENS)
+
+
+def url_to_state(query_params: Any, state: Any) -> None:
+    """Read ?model=… into the model widgets once per session (a shared link opens with that model)."""
+    model = (query_params.get("model") or "").strip() if hasattr(query_params, "get") else ""
+    if not model:
+        return
+    if model in PRESETS:
+        state[Keys.MODEL_CHOICE] = model
+    else:
+        state[Keys.MODEL_CHOICE] = OTHER_MODEL
+        state[Keys.MODEL_CUSTOM] = model
+
+
+def current_settings(state: Any) -> AnalysisSettings:
+    """AnalysisSettings from the sidebar widgets (raises core.errors.InputError when invalid)."""
+    mask_word = state.get(Keys.MASK_WORD)
+    if mask_word in (None, "", NO_MASK_WORD):
+        mask_word = None
+    return AnalysisSettings(
+        max_tokens=int(state.get(Keys.MAX_TOKENS) or 128),
+        exclude_special_tokens=bool(state.get(Keys.EXCLUDE_SPECIAL)),
+        compute_gradients=bool(state.get(Keys.COMPUTE_GRADIENTS)),
+        animations=bool(state.get(Keys.ANIMATIONS)),
+        mask_word=mask_word,
+    )
+
+
+def session_entry(result: Any) -> dict[str, Any]:
+    """One line of the session log (the export's session_log.html lists these in order).
+
+    Uses core.session_log.entry_from_result when the export module is there, so the app and the CLI log alike.
+    """
+    try:
+        from core.session_log import entry_from_result
+
+        return entry_from_result(result)
+    except ImportError:
+        pass
+    return {
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": result.model.get("model_id", ""),
+        "dtype": result.model.get("dtype", ""),
+        "settings": result.settings.to_dict(),
+        "text": result.text,
+        "n_tokens": result.n_tokens,
+        "duration_s": float(result.duration_s),
+        "cache_hit": bool(result.cache_hit),
+        "warnings": list(result.warnings),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Callbacks
+
+
+def _on_model_change() -> None:
+    """Swap the example text for the new model family's example, but only when the text is still an example."""
+    state = st.session_state
+    text = state.get(Keys.TEXT, "")
+    if text.strip() and text not in EXAMPLES.values():
+        return  # the user's own text: never replaced
+    family = known_family(state, selected_model_id(state))
+    if family is not None:
+        state[Keys.TEXT] = example_for(family)
+    state[Keys.MASK_WORD] = None
+
+
+def switch_to_bundled() -> None:
+    """The offline banner's button: choose the bundled model and run the analysis on the same text."""
+    state = st.session_state
+    state[Keys.MODEL_CHOICE] = BUNDLED_ID
+    state[Keys.MASK_WORD] = None
+    state[Keys.ERROR] = None
+    state[Keys.PENDING_ANALYSIS] = True
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Drawing
+
+
+def draw() -> bool:
+    """Draw the sidebar; True when the user asked for an analysis on this run."""
+    state = st.session_state
+    if Keys.TEXT not in state:
+        state[Keys.TEXT] = example_for(known_family(state, selected_model_id(state)))
+    with st.sidebar:
+        st.header("Model and text")
+        options = list(PRESETS) + [OTHER_MODEL]
+        if state.get(Keys.MODEL_CHOICE) not in options:
+            state[Keys.MODEL_CHOICE] = BUNDLED_ID
+        st.selectbox("Model", options, key=Keys.MODEL_CHOICE, on_change=_on_model_change,
+                     format_func=lambda m: m if m == OTHER_MODEL else f"{m} — {PRESETS[m]}",
+                     help="Presets, the bundled MiniLM (works offline), or any Hugging Face id / local folder.")
+        if state.get(Keys.MODEL_CHOICE) == OTHER_MODEL:
+            st.text_input("Hugging Face id or local folder", key=Keys.MODEL_CUSTOM,
+                          placeholder="e.g. distilgpt2 or /path/to/model",
+                          help="Loaded with safetensors only, never with remote code.")
+        model_id = selected_model_id(state)
+        family = known_family(state, model_id)
+
+        st.text_area("Text to analyse", key=Keys.TEXT, height=110,
+                     help="Masked LMs fill [MASK]; causal LMs predict the next token.")
+        text = state.get(Keys.TEXT, "")
+        if family == "masked_lm" and not has_mask(text):
+            words = words_of(text)
+            if state.get(Keys.MASK_WORD) not in [NO_MASK_WORD, None, *words]:
+                state[Keys.MASK_WORD] = None
+            st.selectbox("Mask a word", [NO_MASK_WORD, *words], key=Keys.MASK_WORD,
+                         format_func=str, help="The text has no mask token: pick a word for the model to fill in.")
+        elif state.get(Keys.MASK_WORD) is not None:
+            state[Keys.MASK_WORD] = None
+
+        with st.expander("Settings", expanded=False):
+            st.select_slider("Max tokens", MAX_TOKEN_CHOICES, key=Keys.MAX_TOKENS,
+                             help="Longer texts are truncated (a warning says so).")
+            st.selectbox("Precision (dtype)", DTYPES, key=Keys.DTYPE,
+                         help="auto: float32 on CPU, bfloat16 on a GPU.")
+            st.toggle("Exclude special tokens from layer metrics", key=Keys.EXCLUDE_SPECIAL)
+            st.toggle("Compute gradients (attribution)", key=Keys.COMPUTE_GRADIENTS,
+                      help="Gradient × input, integrated gradients and head attribution. Slower.")
+            st.toggle("Layer animations (GIF)", key=Keys.ANIMATIONS)
+
+        clicked = st.button("Analyze", type="primary", width="stretch", disabled=not model_id,
+                            help=None if model_id else "Choose a model first.")
+    return bool(clicked)
+
+
+def draw_result_footer() -> None:
+    """Below the Analyze button: the last run's figures and the export download (only with a result)."""
+    state = st.session_state
+    result = state.get(Keys.RESULT)
+    if result is None:
+        return
+    with st.sidebar:
+        hit = "cache hit" if result.cache_hit else "computed"
+        st.caption(f"Last analysis: {result.model.get('model_id', '')} · {result.n_tokens} tokens · "
+                   f"{result.duration_s:.2f} s ({hit})")
+        draw_export(result)
+
+
+def draw_export(result: Any) -> None:
+    """The ZIP download, built on click by core.export.build_zip; a clear note when the export is not available."""
+    try:
+        from core.export import build_zip
+    except ImportError:
+        st.info("Export unavailable: the export module (core.export) is not installed in this build.")
+        return
+    entries = list(st.session_state.get(Keys.SESSION_LOG, []))
+
+    def data() -> bytes:
+        return build_zip(result, entries)
+
+    st.download_button("Download analysis bundle (ZIP)", data=data, file_name="analysis_bundle.zip",
+                       mime="application/zip", on_click="ignore", width="stretch",
+                       help="PDF report, CSV tables, PNG plots, GIF animations, NPY arrays and the session log.")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running the analysis
+
+
+def run_analysis() -> None:
+    """Load (cached) and analyse with progress in an st.status; store the result or the error in session state."""
+    state = st.session_state
+    model_id = selected_model_id(state)
+    text = state.get(Keys.TEXT, "")
+    dtype = state.get(Keys.DTYPE) or "auto"
+    with st.sidebar:
+        status = st.status("Analysing…", expanded=True)
+    with status:
+        bar = st.progress(0.0)
+        t0 = time.perf_counter()
+
+        def progress(label: str, fraction: float) -> None:
+            bar.progress(min(max(float(fraction), 0.0), 1.0), text=label)
+            st.write(f"{label} …")
+
+        try:
+            settings = current_settings(state)
+            progress("Loading the model", 0.0)
+            loaded = get_model(model_id, dtype, "auto")
+            from core.analysis import analyze
+
+            result = analyze(loaded, text, settings=settings, cache=get_result_cache(), progress=progress)
+        except ModelUnavailableError as exc:
+            state[Keys.ERROR] = {"kind": "unavailable", "message": str(exc), "model": model_id}
+            status.update(label="The model is not available", state="error", expanded=False)
+            return
+        except TMAError as exc:
+            state[Keys.ERROR] = {"kind": "input", "message": str(exc), "model": model_id}
+            status.update(label="The analysis could not run", state="error", expanded=False)
+            return
+        except Exception:  # never a raw traceback in the page: log it, show one line
+            log.exception("analysis failed for model %s", model_id)
+            state[Keys.ERROR] = {"kind": "internal", "model": model_id,
+                                 "message": "Something went wrong during the analysis. The details are in the "
+                                            "server log; try a shorter text or another model."}
+            status.update(label="The analysis failed", state="error", expanded=False)
+            return
+        state[Keys.RESULT] = result
+        state[Keys.RESULT_LOAD] = (model_id, dtype, "auto")
+        state[Keys.ERROR] = None
+        state[Keys.GEN_TEXT] = ""
+        state[Keys.SESSION_LOG].append(session_entry(result))
+        took = time.perf_counter() - t0
+        status.update(label=f"Done in {took:.1f} s" + (" (from cache)" if result.cache_hit else ""),
+                      state="complete", expanded=False)
+
+
+def draw_error_banner() -> None:
+    """The banner for the last error (main area, every page). Offline → one button to the bundled model."""
+    err = st.session_state.get(Keys.ERROR)
+    if not err:
+        return
+    if err["kind"] == "unavailable":
+        st.error(f"**Model not available.** {err['message']}", icon=":material/cloud_off:")
+        if err.get("model") != BUNDLED_ID:
+            st.button(f"Switch to the bundled model ({BUNDLED_ID}) and analyse", key="switch_bundled",
+                      on_click=switch_to_bundled, type="primary")
+    elif err["kind"] == "input":
+        st.error(err["message"], icon=":material/edit_note:")
+    else:
+        st.error(err["message"], icon=":material/error:")
+    if st.session_state.get(Keys.RESULT) is not None:
+        st.caption("The previous result is still shown below.")

@@ -1,0 +1,244 @@
+"""Sections of the Overall page, drawn from an AnalysisResult (read only; no model runs here except the explicit
+Generate button of the continuation).
+
+The tables come from core.views, the charts from app.charts, the captions from core.docs (one source of truth).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from app import charts
+from app.state import Keys
+from core import views
+from core.errors import TMAError
+from core.metrics import METRIC_NAMES
+
+log = logging.getLogger(__name__)
+
+
+def caption(key: str) -> str:
+    """The documentation registry's one-line caption for `key` ("" if the registry has no entry)."""
+    try:
+        from core import docs
+
+        return docs.caption(key)
+    except (ImportError, KeyError):
+        return ""
+
+
+def show_caption(key: str) -> None:
+    text = caption(key)
+    if text:
+        st.caption(text)
+
+
+def chart(c: Any) -> None:
+    """An Altair chart at full width (rendered as SVG by the app's config)."""
+    st.altair_chart(c, width="stretch")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Header and summary
+
+
+def result_header(result: Any) -> None:
+    m = result.model
+    st.caption(f"**{m.get('model_id', '')}** · {result.family.replace('_', ' ')} · {m.get('dtype', '')} on "
+               f"{m.get('device', '')} · {result.n_layers} layers × {result.n_heads} heads · {result.n_tokens} tokens "
+               f"· metrics over {result.metric_tokens}")
+    if result.analysed_text != result.text:
+        st.caption(f"Analysed text (word masked): {result.analysed_text}")
+    for w in result.warnings:
+        st.warning(w, icon=":material/warning:")
+
+
+def summary_metrics(result: Any) -> None:
+    """Headline figures with st.metric (core.figures.summary_figures when present, so they match the PDF)."""
+    try:
+        from core.figures import summary_figures
+
+        s = summary_figures(result)
+        first, last = s["effective_rank_first"], s["effective_rank_last"]
+        drop_layer, cos_last = s.get("largest_erank_drop_layer"), s["final_cosine_to_input"]
+        tokens_help = (f"{s['metric_tokens']} tokens enter the layer metrics; the spectral metrics cannot exceed "
+                       f"{s['token_bound']}.")
+    except ImportError:
+        s = views.summary_figures(result)
+        first, last = s["effective_rank_first"], s["effective_rank_last"]
+        drop_layer, cos_last, tokens_help = None, s["cosine_last"], None
+    c = st.columns(5)
+    c[0].metric("Tokens", result.n_tokens, help=tokens_help)
+    c[1].metric("Layers × heads", f"{result.n_layers} × {result.n_heads}")
+    c[2].metric("Effective rank, last layer", _fmt(last), delta=f"{_fmt(last - first)} vs embeddings",
+                delta_color="off", help=caption("effective_rank") or None)
+    c[3].metric("Largest rank drop at layer", "–" if drop_layer is None else str(drop_layer))
+    c[4].metric("Cosine to input, last layer", _fmt(cos_last, 3), help=caption("cosine_to_input") or None)
+
+
+def _fmt(v: float, digits: int = 2) -> str:
+    return "–" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Layer metrics, correlations, normalised heatmap
+
+
+def layer_metric_charts(result: Any) -> None:
+    """One Altair line chart per metric against layer, three per row, each with its caption."""
+    df = views.metrics_long(result)
+    names = list(METRIC_NAMES)
+    for start in range(0, len(names), 3):
+        cols = st.columns(3)
+        for col, name in zip(cols, names[start:start + 3]):
+            with col:
+                chart(charts.metric_line(df, name))
+                show_caption(name)
+    show_caption("fig_layer_metrics")
+
+
+def correlation_section(result: Any) -> None:
+    method = st.segmented_control("Method", ["pearson", "spearman"], key=Keys.CORR_METHOD, required=True,
+                                  format_func=str.capitalize)
+    method = method or "pearson"
+    long = views.correlations_long(_correlations(result, method))
+    chart(charts.correlation_heatmap(long, method))
+    if long["r"].isna().any():
+        st.caption("Empty cells: a metric that is constant over the layers has no correlation.")
+    show_caption("fig_metric_correlation")
+
+
+def _correlations(result: Any, method: str):
+    try:
+        from core.figures import metric_correlations
+    except ImportError:
+        metric_correlations = views.metric_correlations
+    return metric_correlations(result, method)
+
+
+def normalised_heatmap(result: Any) -> None:
+    try:
+        from core.figures import normalized_metrics
+        normalised = normalized_metrics(result)
+    except ImportError:
+        normalised = None
+    chart(charts.normalised_heatmap(views.normalised_metrics(result, normalised)))
+    show_caption("fig_metrics_normalized")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Predictions and continuation
+
+
+def predictions_section(result: Any) -> None:
+    pred = result.predictions
+    if pred is None:
+        st.caption("Predictions were not computed for this result.")
+        return
+    if pred.kind == "unavailable":
+        st.info(pred.message or "Predictions are not available for this model.", icon=":material/info:")
+        return
+    if pred.message:
+        st.caption(pred.message)
+    table = views.predictions_table(pred)
+    positions = list(pred.positions)
+    cols = st.columns(min(len(positions), 3) or 1)
+    for i, pos in enumerate(positions):
+        with cols[i % len(cols)]:
+            tok = result.display_tokens[pos] if 0 <= pos < len(result.display_tokens) else "?"
+            title = (f"Mask at position {pos}" if pred.kind == "mask_fill"
+                     else f"Next token after “{tok}” (position {pos})")
+            st.markdown(f"**{title}**")
+            rows = table[table.position == pos][["rank", "token", "probability"]]
+            st.dataframe(rows, hide_index=True, width="stretch",
+                         column_config={"probability": st.column_config.ProgressColumn(
+                             "probability", format="%.4f", min_value=0.0, max_value=1.0)})
+    show_caption(pred.kind if pred.kind in ("mask_fill", "next_token") else "fig_predictions")
+
+
+def _stop_generation() -> None:
+    event = st.session_state.get(Keys.GEN_STOP)
+    if isinstance(event, threading.Event):
+        event.set()
+
+
+def continuation_section(result: Any) -> None:
+    """"Continue the text" for causal LMs: runs only on the Generate button; streams; a Stop button ends it."""
+    state = st.session_state
+    with st.expander("Continue the text", expanded=bool(state.get(Keys.GEN_TEXT)), icon=":material/edit:"):
+        try:
+            from core.predictions import GenerationSettings, generate_stream
+        except ImportError:
+            st.info("Text continuation is not available in this build.")
+            return
+        has_chat = bool(result.model.get("has_chat_template"))
+        c1, c2, c3 = st.columns(3)
+        max_new = c1.slider("New tokens", 1, 200, 40, key=Keys.GEN_MAX_NEW)
+        mode = c2.radio("Decoding", ["greedy", "sampled"], horizontal=True, key=Keys.GEN_MODE)
+        seed = c3.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key=Keys.GEN_SEED)
+        sampled = mode == "sampled"
+        temperature = c1.slider("Temperature", 0.05, 2.0, 1.0, 0.05, key=Keys.GEN_TEMPERATURE, disabled=not sampled)
+        top_p = c2.slider("Top-p", 0.05, 1.0, 0.95, 0.05, key=Keys.GEN_TOP_P, disabled=not sampled)
+        chat = c3.toggle("Use the chat template", value=has_chat, key=Keys.GEN_CHAT, disabled=not has_chat,
+                         help=None if has_chat else "This tokenizer has no chat template.")
+        b1, b2, _ = st.columns([1, 1, 4])
+        go = b1.button("Generate", type="primary", key="gen_go", icon=":material/play_arrow:")
+        b2.button("Stop", key="gen_stop_button", on_click=_stop_generation, icon=":material/stop:")
+        box = st.container(border=True)
+        if not go:
+            if state.get(Keys.GEN_TEXT):
+                box.markdown(_md_safe(result.analysed_text) + "**" + _md_safe(state[Keys.GEN_TEXT]) + "**")
+            else:
+                box.caption("Press Generate to continue the analysed text with the model.")
+            return
+        try:
+            gen = GenerationSettings(max_new_tokens=int(max_new), do_sample=sampled, temperature=float(temperature),
+                                     top_p=float(top_p), seed=int(seed), use_chat_template=bool(chat and has_chat))
+            loaded = _loaded_for(result)
+        except TMAError as exc:
+            box.error(str(exc))
+            return
+        event = threading.Event()
+        state[Keys.GEN_STOP] = event
+        state[Keys.GEN_TEXT] = ""
+        pieces: list[str] = []
+
+        def stream():
+            for piece in generate_stream(loaded, result.analysed_text, gen, stop_event=event):
+                pieces.append(piece)
+                state[Keys.GEN_TEXT] = "".join(pieces)
+                yield piece
+
+        with box:
+            try:
+                st.write_stream(stream())
+            except TMAError as exc:
+                st.error(str(exc))
+            except Exception:
+                log.exception("generation failed")
+                st.error("The generation failed; the details are in the server log.")
+        if event.is_set():
+            st.caption("Stopped.")
+
+
+def _md_safe(text: str) -> str:
+    """Text shown inside Markdown with its Markdown characters escaped."""
+    out = str(text)
+    for ch in "\\`*_{}[]<>()#+-.!|~$":
+        out = out.replace(ch, "\\" + ch)
+    return out
+
+
+def _loaded_for(result: Any):
+    """The cached LoadedModel the result was computed with (same cache entry as the sidebar's load)."""
+    from app.loading import get_model
+
+    key = st.session_state.get(Keys.RESULT_LOAD)
+    if key:
+        return get_model(*key)
+    return get_model(result.model["model_id"], result.model.get("dtype", "auto"), result.model.get("device", "auto"))

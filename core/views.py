@@ -1,0 +1,201 @@
+"""Tables behind the app's charts: pure functions from an AnalysisResult (or its arrays) to pandas DataFrames.
+
+No Streamlit and no torch here; the pages turn these frames into Altair charts. Shapes: L layers, H heads, T tokens.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import numpy as np
+
+from .metrics import METRIC_NAMES
+
+CORRELATION_METHODS = ("pearson", "spearman")
+
+
+def token_labels(tokens: list[str]) -> list[str]:
+    """Unique axis labels "i: token" for the T tokens (tokens repeat, positions do not)."""
+    return [f"{i}: {t}" for i, t in enumerate(tokens)]
+
+
+def metrics_long(result: Any):
+    """Layer metrics in long form: columns layer, metric, value (L+1 rows per metric)."""
+    import pandas as pd
+
+    rows = [{"layer": l, "metric": m, "value": float(v)}
+            for m in METRIC_NAMES for l, v in enumerate(np.asarray(result.layer_metrics[m], dtype=float))]
+    return pd.DataFrame(rows)
+
+
+def normalised_metrics(result: Any, normalised: np.ndarray | None = None):
+    """Each metric min-max scaled over layers: (v − min_l v) / (max_l v − min_l v), in [0, 1].
+
+    A metric that is constant over layers maps to 0.5; NaN stays NaN. `normalised` [M, L+1] (METRIC_NAMES order),
+    when given, is used as is (e.g. core.figures.normalized_metrics, so the page shows the PDF's numbers).
+    Returns long form: layer, metric, value, normalised.
+    """
+    df = metrics_long(result)
+    if normalised is not None:
+        df["normalised"] = np.asarray(normalised, dtype=np.float64).ravel()
+        return df
+    out = []
+    for m in METRIC_NAMES:
+        v = df.loc[df.metric == m, "value"].to_numpy(dtype=float)
+        lo, hi = np.nanmin(v) if np.isfinite(v).any() else np.nan, np.nanmax(v) if np.isfinite(v).any() else np.nan
+        if not np.isfinite(lo) or hi - lo <= 1e-12 * max(abs(hi), 1.0):
+            norm = np.where(np.isfinite(v), 0.5, np.nan)
+        else:
+            norm = (v - lo) / (hi - lo)
+        out.append(norm)
+    df["normalised"] = np.concatenate(out)
+    return df
+
+
+def metric_correlations(result: Any, method: str = "pearson"):
+    """Correlation matrix [5, 5] of the layer metrics across the L+1 layers (pandas DataFrame.corr).
+
+    Pearson: r = cov(x, y) / (σ_x σ_y); Spearman: Pearson on the ranks. A metric constant over layers gives NaN.
+    """
+    if method not in CORRELATION_METHODS:
+        raise ValueError(f"method must be one of {CORRELATION_METHODS}, got {method!r}")
+    wide = result.metrics_frame().set_index("layer")[list(METRIC_NAMES)]
+    return wide.corr(method=method)
+
+
+def correlations_long(corr):
+    """A square correlation matrix (DataFrame, or ndarray [M, M] in METRIC_NAMES order) as long form: row, column,
+    r."""
+    import pandas as pd
+
+    if not isinstance(corr, pd.DataFrame):
+        corr = pd.DataFrame(np.asarray(corr, dtype=np.float64), index=list(METRIC_NAMES), columns=list(METRIC_NAMES))
+    c = corr.copy()
+    c.index.name, c.columns.name = "row", "column"
+    return c.stack(future_stack=True).rename("r").reset_index()
+
+
+def attention_frame(attentions: np.ndarray, tokens: list[str], layer: int, head: int | None):
+    """One attention map in long form: query, key (labels), qi, ki (positions), weight.
+
+    attentions: [L, H, T, T]; head None means the mean over heads, (1/H) Σ_h A[layer, h].
+    """
+    import pandas as pd
+
+    A = np.asarray(attentions[layer], dtype=np.float64)
+    M = A.mean(axis=0) if head is None else A[head]
+    T = M.shape[0]
+    labels = token_labels(tokens[:T])
+    qi, ki = np.meshgrid(np.arange(T), np.arange(T), indexing="ij")
+    return pd.DataFrame({"qi": qi.ravel(), "ki": ki.ravel(), "query": [labels[i] for i in qi.ravel()],
+                         "key": [labels[j] for j in ki.ravel()], "weight": M.ravel()})
+
+
+def layer_head_frame(values: np.ndarray, name: str, extra: dict[str, np.ndarray] | None = None):
+    """A [L, H] array in long form: layer, head, <name> (+ extra [L, H] columns)."""
+    import pandas as pd
+
+    V = np.asarray(values, dtype=np.float64)
+    L, H = V.shape
+    li, hi = np.meshgrid(np.arange(L), np.arange(H), indexing="ij")
+    data = {"layer": li.ravel(), "head": hi.ravel(), name: V.ravel()}
+    for k, arr in (extra or {}).items():
+        data[k] = np.asarray(arr, dtype=np.float64).ravel()
+    return pd.DataFrame(data)
+
+
+def cluster_frame(attention: Any):
+    """Head clustering for a scatter: layer, head, x, y, cluster, role, entropy (row index = layer·H + head)."""
+    import pandas as pd
+
+    proj = np.asarray(attention.projection, dtype=np.float64)
+    clusters = np.asarray(attention.clusters).astype(int)
+    L, H = np.asarray(attention.entropy).shape
+    idx = np.arange(L * H)
+    return pd.DataFrame({"layer": idx // H, "head": idx % H, "x": proj[:, 0], "y": proj[:, 1],
+                         "cluster": [f"cluster {c}" for c in clusters], "role": list(attention.roles),
+                         "entropy": np.asarray(attention.entropy, dtype=np.float64).ravel()})
+
+
+def attribution_frame(tokens: list[str], columns: dict[str, Any]):
+    """Token scores table: position, token, and one column per method that is not None."""
+    import pandas as pd
+
+    data: dict[str, Any] = {"position": list(range(len(tokens))), "token": list(tokens)}
+    for name, v in columns.items():
+        if v is not None:
+            data[name] = np.asarray(v, dtype=np.float64)[: len(tokens)]
+    return pd.DataFrame(data)
+
+
+def shaded_tokens_html(tokens: list[str], scores: Any, target: int | None = None) -> str:
+    """The text as inline spans shaded by score: red for positive, blue for negative, alpha = |s| / max|s|.
+
+    Every token is passed through html.escape; the target position is outlined.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(s)
+    scale = float(np.max(np.abs(s[finite]))) if finite.any() else 0.0
+    parts = []
+    for i, tok in enumerate(tokens):
+        v = float(s[i]) if i < len(s) and np.isfinite(s[i]) else 0.0
+        a = abs(v) / scale if scale > 0 else 0.0
+        rgb = "220,60,40" if v >= 0 else "40,90,220"
+        outline = "outline:2px solid #333;" if target is not None and i == target else ""
+        parts.append(f'<span title="{html.escape(f"{i}: {tok} = {v:.4g}", quote=True)}" '
+                     f'style="background:rgba({rgb},{a:.3f});{outline}padding:2px 3px;margin:1px;'
+                     f'border-radius:3px;display:inline-block;font-family:monospace">'
+                     f"{html.escape(tok)}</span>")
+    return '<div style="line-height:2.1">' + "".join(parts) + "</div>"
+
+
+def logit_lens_grid_frame(lens: Any, tokens: list[str]):
+    """The logit-lens grid in long form: layer, position, input token, top token, probability."""
+    import pandas as pd
+
+    P = np.asarray(lens.grid_probs, dtype=np.float64)
+    L1, T = P.shape
+    labels = token_labels(tokens[:T])
+    rows = [{"layer": l, "position": labels[t], "pi": t, "top_token": str(lens.grid_tokens[l][t]),
+             "probability": float(P[l, t])} for l in range(L1) for t in range(T)]
+    return pd.DataFrame(rows)
+
+
+def logit_lens_table(lens: Any, k: int = 5):
+    """Per layer at the lens position: the top-k tokens with probabilities, P(final prediction), entropy."""
+    import pandas as pd
+
+    probs = np.asarray(lens.top_probs, dtype=np.float64)
+    rows = []
+    for i, layer in enumerate(np.asarray(lens.layers).tolist()):
+        top = ", ".join(f"{t!s} ({p:.2f})" for t, p in zip(lens.top_tokens[i][:k], probs[i][:k]))
+        rows.append({"layer": int(layer), "top tokens": top,
+                     f"P({lens.final_token})": float(np.asarray(lens.final_prob)[i]),
+                     "entropy (nats)": float(np.asarray(lens.entropy)[i])})
+    return pd.DataFrame(rows)
+
+
+def predictions_table(predictions: Any, tokens: list[str] | None = None):
+    """Candidates of every predicted position: position, rank, token, probability."""
+    import pandas as pd
+
+    rows = []
+    for pos, cands in zip(predictions.positions, predictions.candidates):
+        for rank, c in enumerate(cands, start=1):
+            rows.append({"position": int(pos), "rank": rank, "token": str(c["token"]),
+                         "probability": float(c["probability"])})
+    return pd.DataFrame(rows, columns=["position", "rank", "token", "probability"])
+
+
+def summary_figures(result: Any) -> dict[str, float]:
+    """Headline numbers: first/last-layer effective rank, the layer where it is lowest, last-layer cosine to input."""
+    er = np.asarray(result.layer_metrics["effective_rank"], dtype=float)
+    cos = np.asarray(result.layer_metrics["cosine_to_input"], dtype=float)
+    finite = np.isfinite(er)
+    return {
+        "effective_rank_first": float(er[0]),
+        "effective_rank_last": float(er[-1]),
+        "min_rank_layer": float(np.nanargmin(er)) if finite.any() else float("nan"),
+        "cosine_last": float(cos[-1]),
+    }

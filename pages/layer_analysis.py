@@ -1,0 +1,33 @@
+"""Layer Analysis page: attention maps, per-head statistics and clustering, token attribution, the logit lens and
+the layer animations, all drawn from the stored result (no model runs on a slider or head change)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import layer_widgets as lw
+from app.state import Keys
+from app.widgets import result_header
+
+result = st.session_state.get(Keys.RESULT)
+st.title("Layer Analysis")
+if result is None:
+    st.info("Run an analysis first: choose a model and a text in the sidebar and press **Analyze**.",
+            icon=":material/arrow_back:")
+    st.stop()
+
+result_header(result)
+layer, head = lw.pickers(result)
+
+tab_att, tab_heads, tab_attr, tab_lens, tab_anim = st.tabs(
+    ["Attention", "Heads", "Token attribution", "Logit lens", "Animations"])
+with tab_att:
+    lw.attention_section(result, layer, head)
+with tab_heads:
+    lw.heads_section(result, layer, head)
+with tab_attr:
+    lw.attribution_section(result)
+with tab_lens:
+    lw.logit_lens_section(result)
+with tab_anim:
+    lw.animations_section(result, head)

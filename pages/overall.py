@@ -1,0 +1,36 @@
+"""Overall page: layer metrics, predictions, metric correlations, the normalised heatmap, summary figures, and the
+continuation of the text for causal LMs. Reads the result from session state; runs no model except the explicit
+Generate button."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import widgets
+from app.state import Keys
+
+result = st.session_state.get(Keys.RESULT)
+st.title("Overall")
+if result is None:
+    st.info("Choose a model, type a text in the sidebar and press **Analyze**. The layer metrics, predictions and "
+            "correlations appear here.", icon=":material/arrow_back:")
+    st.stop()
+
+widgets.result_header(result)
+widgets.summary_metrics(result)
+
+st.subheader("Layer metrics")
+widgets.layer_metric_charts(result)
+
+st.subheader("Predictions")
+widgets.predictions_section(result)
+if result.family == "causal_lm":
+    widgets.continuation_section(result)
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Metric correlations across layers")
+    widgets.correlation_section(result)
+with right:
+    st.subheader("Metrics normalised per metric")
+    widgets.normalised_heatmap(result)
