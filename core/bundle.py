@@ -24,7 +24,12 @@ from .result import AnalysisResult
 Writer = Callable[[AnalysisResult, dict[str, Any]], dict[str, bytes]]
 
 #: (module, function) pairs of extra writers, run in order after the foundation files.
-BUNDLE_WRITERS: list[tuple[str, str]] = []
+BUNDLE_WRITERS: list[tuple[str, str]] = [
+    (".figures", "figure_files"),
+    (".session_log", "session_log_files"),
+    (".export", "hidden_states_files"),
+    (".report", "report_files"),  # keep LAST: the PDF embeds the plots/*.png written by the writers above
+]
 
 
 def manifest(result: AnalysisResult) -> dict[str, Any]:

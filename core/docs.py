@@ -227,13 +227,15 @@ _ATTENTION = [
                       r"n_i = \#\{j : \text{row } i \text{ may attend to } j\},\ \mathcal{I} = \{i : n_i > 1\}"),
        formula_plain="Ẽ(l,h) = mean over rows i with n_i > 1 of (−Σ_j A_ij ln A_ij) / ln n_i,  n_i = keys row i may see",
        definition=("The attention entropy of each query row divided by its maximum possible value, so that causal "
-                   "and bidirectional models and short and long texts are comparable. Rows that can see one key "
-                   "only (the first token of a causal model) are left out."),
+                   "and bidirectional models and short and long texts are comparable. In a causal model row i sees "
+                   "n_i = i+1 keys; otherwise n_i is read from the structural zeros of the attention (masked keys "
+                   "get exactly zero weight); n_visible stores it. Rows that can see one key only (the first token "
+                   "of a causal model) are left out."),
        high="Close to 1: near-uniform attention over everything the row can see.",
        low="Close to 0: the head picks a single key.",
        encoder_vs_decoder="Makes encoders (all keys visible) and decoders (causal mask) comparable on one scale.",
        pitfalls=[P_NOT_EXPLANATION, "For very short texts few rows remain after excluding one-key rows."],
-       references=[R_CLARK, R_VOITA], sources=["attention.normalized_entropy"]),
+       references=[R_CLARK, R_VOITA], sources=["attention.normalized_entropy", "attention.n_visible"]),
     _e(key="mean_attention_distance", title="Mean attention distance", kind="attention",
        short="Mean attention distance: attention-weighted |i − j| averaged over query rows (in tokens).",
        formula_latex=r"\bar d^{l,h} = \frac{1}{T}\sum_{i=1}^{T}\sum_{j} A^{l,h}_{ij}\,\lvert i-j\rvert",
@@ -246,14 +248,16 @@ _ATTENTION = [
        pitfalls=["Depends on the text length; compare heads within one run.", P_NOT_EXPLANATION],
        references=[R_VIG, R_CLARK], sources=["attention.mean_distance"]),
     _e(key="head_clustering", title="Head clustering", kind="attention",
-       short="Heads grouped by k-means on their attention features (entropy, distance, previous/first/self mass).",
+       short="Heads grouped by k-means on 10 standardised attention features; k chosen by silhouette (2-6).",
        formula_latex=(r"\min_{C_1..C_k}\sum_{c}\sum_{x\in C_c}\lVert z(x)-\mu_c\rVert^2,\qquad "
                       r"s = \frac{1}{n}\sum_x \frac{b(x)-a(x)}{\max(a(x),b(x))}"),
        formula_plain="k-means on standardised head features z(x): min Σ_c Σ_{x∈C_c} ‖z(x) − μ_c‖²;  silhouette s = mean (b − a)/max(a, b)",
-       definition=("Each head (one row per layer × head) is described by a feature vector (see feature_names), the "
-                   "features are standardised, and k-means groups similar heads; k is chosen by the silhouette "
-                   "score unless set. The 2-D projection (PCA of the standardised features) places each head on a "
-                   "scatter plot."),
+       definition=("Each head (row layer·H + head) is described by 10 features (feature_names: entropy, normalised "
+                   "entropy, mean and relative distance, mass on the first token, previous token, itself, next "
+                   "token and special tokens, mean maximum weight). The features are z-scored, and k-means "
+                   "(scikit-learn, fixed seed) groups similar heads; k maximises the mean silhouette over k = 2-6 "
+                   "unless n_clusters is set (cluster_method says which). The 2-D projection (PCA of the "
+                   "standardised features) places each head on a scatter plot."),
        high="A silhouette near 1: well separated groups of heads with distinct behaviour.",
        low="A silhouette near 0 or negative: the heads form a continuum; the clusters are arbitrary cuts.",
        encoder_vs_decoder=("Decoders typically separate into sink, previous-token and broad heads; encoders into "
@@ -262,17 +266,23 @@ _ATTENTION = [
                  "The projection is 2-D; distances in it only approximate feature distances.", P_NOT_EXPLANATION],
        references=[R_CLARK, R_KOVALEVA, R_ROUSSEEUW],
        sources=["attention.features", "attention.feature_names", "attention.clusters", "attention.n_clusters",
-                "attention.silhouette", "attention.projection"]),
+                "attention.silhouette", "attention.projection", "attention.cluster_method"]),
     _e(key="head_roles", title="Head roles", kind="attention",
        short="Head role by attention mass: previous-token, first-token/sink, self, broad, or other.",
-       formula_latex=(r"m_{\mathrm{prev}} = \frac{1}{T-1}\sum_{i\ge 1} A_{i,i-1},\quad "
-                      r"m_{\mathrm{first}} = \frac{1}{T}\sum_i A_{i,0},\quad m_{\mathrm{self}} = \frac{1}{T}\sum_i A_{ii};"
-                      r"\quad \mathrm{role} = \arg\max_r m_r \text{ if } m_r \ge \theta_r"),
-       formula_plain=("m_prev = mean_i A[i, i−1],  m_first = mean_i A[i, 0],  m_self = mean_i A[i, i];  role = the "
-                      "pattern whose mass passes its threshold θ, else 'broad' (high normalised entropy) or 'other'"),
-       definition=("A rule-based label for each head from the average attention mass it puts on the previous "
-                   "token, the first token (attention sink), itself, or spread broadly; the thresholds are stored "
-                   "in role_thresholds."),
+       formula_latex=(r"m_{\mathrm{prev}} = \tfrac{1}{T-1}\sum_{i\ge 1} A_{i,i-1},\ "
+                      r"m_{\mathrm{sink}} = \max\Big(\tfrac{1}{T-1}\sum_{i\ge 1} A_{i,0},\ "
+                      r"\tfrac{1}{T-1}\sum_{i\ge 1}\sum_{j\in S} A_{ij}\Big),\ "
+                      r"m_{\mathrm{self}} = \tfrac{1}{T-1}\sum_{i\ge 1} A_{ii};\quad "
+                      r"\mathrm{role} = \arg\max_{r:\, m_r \ge 0.5} m_r,\ \text{else broad if } \tilde E \ge 0.8,"
+                      r"\ \text{else other}"),
+       formula_plain=("m_prev = mean over rows i ≥ 1 of A[i, i−1];  m_sink = max(mean A[i, 0], mean Σ_(j special) "
+                      "A[i, j]);  m_self = mean A[i, i];  role = the largest of those ≥ 0.5, else 'broad' if the "
+                      "normalised entropy ≥ 0.8, else 'other'"),
+       definition=("A rule-based label for each head from its average attention mass (over query rows i ≥ 1) on "
+                   "the previous token, on the first token or the special tokens (attention sink), and on itself: "
+                   "the largest mass that passes its threshold (0.5) names the role; otherwise a head with "
+                   "normalised entropy ≥ 0.8 is 'broad', and anything else 'other'. The thresholds are stored in "
+                   "role_thresholds."),
        high="A clear role: most of the head's mass follows one simple pattern.",
        low="'other': no single simple pattern; the head may be content-based (e.g. induction or syntactic heads).",
        encoder_vs_decoder=("Decoders have many first-token/sink heads (Xiao et al. 2023) and previous-token heads; "
@@ -289,10 +299,10 @@ _ATTENTION = [
 _ATTRIBUTION = [
     _e(key="attention_rollout", title="Attention rollout", kind="attribution",
        short="Attention rollout: head-averaged attention with the residual added, multiplied through the layers.",
-       formula_latex=(r"\hat A^{l} = \tfrac12\Big(\frac{1}{H}\sum_h A^{l,h}\Big) + \tfrac12 I,\ \ "
-                      r"\hat A^{l} \leftarrow \hat A^{l} / \hat A^{l}\mathbf{1},\qquad "
-                      r"R = \hat A^{L}\hat A^{L-1}\cdots \hat A^{1}"),
-       formula_plain="Â_l = ½ mean_h A_l,h + ½ I (rows renormalised);  R = Â_L · Â_(L−1) · … · Â_1;  rollout = R[target, :]",
+       formula_latex=(r"\hat A^{l} = \mathrm{rownorm}\Big(\frac{1}{H}\sum_h A^{l,h} + I\Big) "
+                      r"= \tfrac12\,\bar A^{l} + \tfrac12 I,\qquad "
+                      r"R = \hat A^{L}\hat A^{L-1}\cdots \hat A^{1},\quad \mathrm{rollout}_j = R_{\tau j}"),
+       formula_plain="Â_l = rownorm(mean_h A_l,h + I) = ½ Ā_l + ½ I;  R = Â_L · Â_(L−1) · … · Â_1;  rollout_j = R[τ, j] (τ = target)",
        definition=("Tracks how attention propagates through the residual stream: the identity models the skip "
                    "connection, and the product over layers gives, for the target token, how much each input "
                    "token flows into it. rollout is the target row of R."),
@@ -304,13 +314,14 @@ _ATTRIBUTION = [
                  "Tends to become uniform or sink-dominated in deep models."],
        references=[R_ABNAR], sources=["attribution.rollout", "attribution.rollout_matrix"]),
     _e(key="gradient_x_input", title="Gradient × input", kind="attribution",
-       short="Gradient × input: Σ_d x_td · ∂f/∂x_td for each input embedding, f the target's top logit.",
+       short="Gradient × input: Σ_d x_td · ∂f/∂x_td per token, f = log p of the predicted token at the target.",
        formula_latex=(r"a_t = \sum_{d=1}^{D} x_{t,d}\,\frac{\partial f(x)}{\partial x_{t,d}},\qquad "
-                      r"f = \text{logit of the predicted token at the target position}"),
-       formula_plain="a_t = Σ_d x_t,d · ∂f/∂x_t,d   (x = input embeddings, f = logit of the predicted token at the target)",
+                      r"f(x) = \log p(y^{*}\mid x)_{\tau},\ y^{*} = \arg\max \text{ prediction at the target } \tau"),
+       formula_plain="a_t = Σ_d x_t,d · ∂f/∂x_t,d,  f(x) = log p(y* | x) at the target τ, y* the model's top prediction there  (x = token embeddings)",
        definition=("A first-order estimate of each input token's contribution to the target prediction: the "
-                   "gradient of the target logit with respect to the input embedding, multiplied by the embedding "
-                   "and summed over the hidden dimension."),
+                   "gradient of f = log-probability of the model's top prediction at the target position with "
+                   "respect to the input token embedding, multiplied by that embedding and summed over the hidden "
+                   "dimension (signed). Position embeddings are added inside the model and are not attributed."),
        high="A large positive value: the token pushes the prediction up (to first order).",
        low="Negative: the token pushes the prediction down; near 0: little first-order effect.",
        encoder_vs_decoder=("Causal models give exactly 0 to tokens after the target (they cannot be seen); masked "
@@ -322,35 +333,44 @@ _ATTRIBUTION = [
                 "attribution.predicted_token", "attribution.predicted_id", "attribution.notes"]),
     _e(key="integrated_gradients", title="Integrated gradients", kind="attribution",
        short="Integrated gradients: (x − x′) times the gradient averaged along the path from a baseline x′ to x.",
-       formula_latex=(r"\mathrm{IG}_t = \sum_{d}(x_{t,d}-x'_{t,d})\,\frac{1}{m}\sum_{k=1}^{m}"
-                      r"\frac{\partial f\big(x' + \tfrac{k}{m}(x-x')\big)}{\partial x_{t,d}},\qquad "
-                      r"\sum_t \mathrm{IG}_t \approx f(x) - f(x')"),
-       formula_plain="IG_t = Σ_d (x_t,d − x′_t,d) · (1/m) Σ_k ∂f(x′ + (k/m)(x − x′))/∂x_t,d;  completeness: Σ_t IG_t ≈ f(x) − f(x′)",
-       definition=("Attributes the change of the target logit between a baseline input x′ and the real input x to "
-                   "the input tokens, by integrating the gradient along the straight path (Riemann sum with m = "
-                   "ig_steps). The completeness gap |Σ IG − (f(x) − f(x′))| measures how well m steps suffice."),
-       high="The token contributes strongly to raising the target logit relative to the baseline.",
-       low="Negative: the token lowers the target logit; near 0: no contribution along the path.",
+       formula_latex=(r"\mathrm{IG}_t = \sum_{d}(x_{t,d}-x'_{t,d})\sum_{k=1}^{m} w_k\,"
+                      r"\frac{\partial f\big(x' + \alpha_k(x-x')\big)}{\partial x_{t,d}},\quad "
+                      r"u_k = \frac{k-\frac12}{m},\ \alpha_k = u_k^{3},\ w_k = \frac{3u_k^{2}}{m},\quad "
+                      r"x' = 0,\quad \sum_t \mathrm{IG}_t \approx f(x) - f(x')"),
+       formula_plain=("IG_t = Σ_d (x_t,d − x′_t,d) · Σ_k w_k ∂f(x′ + α_k (x − x′))/∂x_t,d,  u_k = (k − ½)/m, α_k = u_k³, "
+                      "w_k = 3 u_k² / m,  x′ = 0;  completeness: Σ_t IG_t ≈ f(x) − f(x′)"),
+       definition=("Attributes the change of f (the log-probability of the predicted token at the target) between "
+                   "a baseline x′ (zero token embeddings) and the real input x to the input tokens, by integrating "
+                   "the gradient along the straight path. The integral uses m = ig_steps midpoints with the "
+                   "substitution α = u³, which puts more steps near the baseline where the norm layers change "
+                   "fastest (ig_schedule). The completeness gap |Σ IG − (f(x) − f(x′))| (absolute and relative) "
+                   "measures how well m steps suffice."),
+       high="The token contributes strongly to raising log p of the prediction relative to the baseline.",
+       low="Negative: the token lowers it; near 0: no contribution along the path.",
        encoder_vs_decoder="As for gradient × input: tokens after the target get 0 in causal models.",
-       pitfalls=["The result depends on the baseline (here the embeddings are replaced as described in notes).",
+       pitfalls=["The result depends on the baseline (here zero token embeddings; position embeddings stay).",
                  "A large completeness gap means too few steps: raise ig_steps.",
                  "Costs m forward and backward passes."],
        references=[R_SUNDARARAJAN, R_ANCONA],
-       sources=["attribution.integrated_gradients", "attribution.ig_steps", "attribution.ig_completeness_gap"]),
+       sources=["attribution.integrated_gradients", "attribution.ig_steps", "attribution.ig_completeness_gap",
+                "attribution.ig_completeness_gap_relative", "attribution.ig_baseline", "attribution.ig_schedule",
+                "attribution.target_logprob", "attribution.baseline_logprob"]),
     _e(key="head_attribution", title="Head attribution", kind="attribution",
-       short="Head importance: gradient of the target logit with respect to a gate on each head's output.",
-       formula_latex=(r"I^{l,h} = \Big\lvert \frac{\partial f}{\partial \xi^{l,h}}\Big|_{\xi=1} \Big\rvert,\qquad "
-                      r"\mathrm{Att}^{l,h}(x) \mapsto \xi^{l,h}\,\mathrm{Att}^{l,h}(x)"),
-       formula_plain="I(l,h) = |∂f/∂ξ_l,h| at ξ = 1, where ξ_l,h gates the output of head h in layer l (f = target logit)",
-       definition=("How much the target prediction depends on each head: a gate ξ multiplies each head's output, "
-                   "and the score is the size of the gradient of the target logit with respect to the gate (a "
-                   "first-order estimate of the effect of removing the head). The exact method used is recorded in "
-                   "head_method."),
-       high="Removing or scaling this head would change the prediction most (to first order).",
-       low="The prediction barely depends on the head for this text.",
+       short="Head importance: gradient × head output, Σ z·∂f/∂z over the head's dimensions (first-order ablation).",
+       formula_latex=(r"S^{l,h} = \sum_{t}\sum_{d\in h} z^{l}_{t,d}\,\frac{\partial f}{\partial z^{l}_{t,d}}"
+                      r"\;\approx\; f(z) - f(z \text{ with head } h \text{ zeroed})"),
+       formula_plain="S(l,h) = Σ_t Σ_(d ∈ head h) z_t,d · ∂f/∂z_t,d  (z = input of layer l's attention output projection; ≈ f − f with head h zeroed)",
+       definition=("How much the target prediction depends on each head: z is the concatenated per-head attention "
+                   "output entering layer l's output projection; multiplying it by the gradient of f (log p of "
+                   "the predicted token at the target) and summing over the head's dimensions and all positions "
+                   "gives the first-order (Taylor) estimate of the change of f when the head is zeroed. The exact "
+                   "method is recorded in head_method."),
+       high="A large positive score: the head supports the prediction (removing it would lower f, to first order).",
+       low="Near 0: the prediction barely depends on the head; negative: the head works against the prediction.",
        encoder_vs_decoder="Both: a few heads usually carry most of the importance (Michel et al. 2019).",
        pitfalls=["First-order: the real effect of pruning a head can differ, especially for large changes.",
-                 "Specific to this text and this target position.", P_NOT_EXPLANATION],
+                 "Specific to this text and this target position.",
+                 "The heads are ranked by |score| in the report; the sign says support (+) or opposition (−)."],
        references=[R_MICHEL, R_VOITA], sources=["attribution.head_scores", "attribution.head_method"]),
 ]
 
@@ -360,7 +380,7 @@ _ATTRIBUTION = [
 _PREDICTION = [
     _e(key="mask_fill", title="Mask filling", kind="prediction",
        short="Mask filling: top-k tokens by softmax probability at each mask position.",
-       formula_latex=r"p(w \mid x_{\setminus i}) = \mathrm{softmax}(z_i)_w,\qquad z_i = W_U\,\mathrm{head}(h^{L}_i)",
+       formula_latex=r"p(w \mid x_{\setminus i}) = \mathrm{softmax}(z_i)_w,\qquad z_i = \mathrm{head}_{\mathrm{MLM}}(h^{L}_i)",
        formula_plain="p(w | context) = softmax(z_i)_w at each mask position i;  the top-k words are listed",
        definition=("For a masked language model, the probability distribution over the vocabulary at each [MASK] "
                    "position, given the whole (bidirectional) context. The top-k candidates are listed."),
@@ -404,14 +424,17 @@ _PREDICTION = [
 _LENS = [
     _e(key="logit_lens", title="Logit lens", kind="logit_lens",
        short="Logit lens: each layer's residual state decoded with the final norm and the unembedding.",
-       formula_latex=(r"p^{l}(w) = \mathrm{softmax}\big(W_U\,\mathrm{norm}(h^{l}_{t})\big)_w,\qquad "
+       formula_latex=(r"p^{l}(w) = \mathrm{softmax}\big(W_U\,\mathrm{norm}(h^{l}_{t})\big)_w\ \text{(causal)},\ "
+                      r"\mathrm{softmax}\big(\mathrm{head}_{\mathrm{MLM}}(h^{l}_{t})\big)_w\ \text{(masked)},\qquad "
                       r"\mathcal{H}^{l} = -\sum_w p^{l}(w)\ln p^{l}(w)"),
-       formula_plain="p_l(w) = softmax(W_U · norm(h_t^l))_w for every layer l;  entropy_l = −Σ_w p_l(w) ln p_l(w)",
+       formula_plain=("p_l(w) = softmax(W_U · norm(h_t^l))_w (causal LMs; masked LMs: the MLM head) for every layer l;  "
+                      "entropy_l = −Σ_w p_l(w) ln p_l(w)"),
        definition=("Reads the model's 'current guess' at each layer by applying the final norm and the output "
                    "embedding to the intermediate residual stream. Because the captured last state is taken before "
                    "the final norm, the last lens layer equals the model's own prediction. final_prob tracks the "
                    "probability of the final prediction through the layers; the grid shows the top token for every "
-                   "layer and position."),
+                   "layer and position. method names the head applied, last_layer_max_abs_diff checks that the last "
+                   "layer reproduces the model's logits, and ln(vocab_size) is the entropy of a uniform guess."),
        high="final_prob high early: the prediction is formed in early layers.",
        low="final_prob low until the last layers: the prediction appears late.",
        encoder_vs_decoder=("Works well on decoders (GPT-2); on masked LMs the middle layers decode poorly because the "
@@ -421,7 +444,9 @@ _LENS = [
        references=[R_NOSTALGEBRAIST, R_BELROSE],
        sources=["logit_lens.position", "logit_lens.layers", "logit_lens.top_tokens", "logit_lens.top_ids",
                 "logit_lens.top_probs", "logit_lens.final_token", "logit_lens.final_token_id",
-                "logit_lens.final_prob", "logit_lens.entropy", "logit_lens.grid_tokens", "logit_lens.grid_probs"]),
+                "logit_lens.final_prob", "logit_lens.entropy", "logit_lens.grid_tokens", "logit_lens.grid_probs",
+                "logit_lens.grid_ids", "logit_lens.method", "logit_lens.last_layer_max_abs_diff",
+                "logit_lens.vocab_size"]),
 ]
 
 # --------------------------------------------------------------------------------------------------------------
@@ -541,8 +566,8 @@ METHODOLOGY: list[tuple[str, str]] = [
     ("Target position for attribution",
      "Masked LMs: the first [MASK] token (or the last non-special token when there is none). Causal LMs: the last "
      "token (the next-token prediction). Encoders without an LM head: position 0. A position set by the user "
-     "overrides this; the reason is written into the manifest. The attributed quantity f is the logit of the "
-     "model's top prediction at the target position."),
+     "overrides this; the reason is written into the manifest. The attributed quantity f is the log-probability "
+     "of the model's top prediction at the target position."),
     ("What the cache key holds",
      "A SHA-256 over the core version (bumped whenever a formula changes), the model id, its resolved revision (or "
      "a fingerprint of a local folder), dtype, device, the exact text and every analysis setting. A change to any "

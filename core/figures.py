@@ -1,0 +1,248 @@
+"""Layer-metric figures: the data the Overall page plots, and matplotlib PNGs of the same for the export.
+
+Data functions (pure numpy, used by the pages and the PNGs alike):
+  metric_correlations(result, method) -> [M, M] correlation of the M = 5 layer metrics across the L+1 layers
+  normalized_metrics(result)          -> [M, L+1] each metric min-max scaled to [0, 1] over the layers
+  summary_figures(result)             -> dict of short summary numbers
+PNG functions return bytes (Agg backend, figures closed). `figure_files` is the bundle writer.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+import numpy as np
+
+from .docs import caption, metric_label
+from .metrics import METRIC_NAMES
+
+log = logging.getLogger(__name__)
+
+DPI = 90
+SPECTRAL = ("effective_rank", "participation_ratio", "intrinsic_dim_95")
+METHODS = ("pearson", "spearman")
+
+
+def _metrics(result_or_metrics: Any) -> dict[str, np.ndarray]:
+    m = getattr(result_or_metrics, "layer_metrics", result_or_metrics)
+    return {name: np.asarray(m[name], dtype=np.float64) for name in METRIC_NAMES}
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based) of a 1-D array, ties sharing their mean rank; NaN stays NaN."""
+    out = np.full(x.shape, np.nan)
+    ok = ~np.isnan(x)
+    v = x[ok]
+    order = np.argsort(v, kind="mergesort")
+    sv = v[order]
+    ranks = np.empty(len(v))
+    i = 0
+    while i < len(v):
+        j = i
+        while j + 1 < len(v) and sv[j + 1] == sv[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    out[ok] = ranks
+    return out
+
+
+def metric_correlations(result_or_metrics: Any, method: str = "pearson") -> np.ndarray:
+    """Correlation of every pair of layer metrics across layers: [M, M], rows/cols in METRIC_NAMES order.
+
+    pearson: r = Σ_l (x_l − x̄)(y_l − ȳ) / sqrt(Σ (x_l − x̄)² Σ (y_l − ȳ)²) over the L+1 layers.
+    spearman: Pearson r of the average ranks. Layers where either metric is NaN are dropped for that pair;
+    a pair with a constant metric or fewer than 2 common layers gives NaN (the diagonal is 1 where defined).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    m = _metrics(result_or_metrics)
+    X = np.stack([m[n] for n in METRIC_NAMES])
+    M = len(METRIC_NAMES)
+    out = np.full((M, M), np.nan)
+    for a in range(M):
+        for b in range(a, M):
+            ok = ~np.isnan(X[a]) & ~np.isnan(X[b])
+            if ok.sum() < 2:
+                continue
+            x, y = X[a][ok], X[b][ok]
+            if method == "spearman":
+                x, y = _ranks(x), _ranks(y)
+            x, y = x - x.mean(), y - y.mean()
+            den = np.sqrt((x * x).sum() * (y * y).sum())
+            if den > 0:
+                out[a, b] = out[b, a] = float(np.clip((x * y).sum() / den, -1.0, 1.0))
+    return out
+
+
+def normalized_metrics(result_or_metrics: Any) -> np.ndarray:
+    """[M, L+1]: each metric scaled to [0, 1] over the layers, (x − min) / (max − min); a constant metric is 0.5,
+    NaN stays NaN."""
+    m = _metrics(result_or_metrics)
+    rows = []
+    for n in METRIC_NAMES:
+        x = m[n]
+        if np.all(np.isnan(x)):
+            rows.append(x.copy())
+            continue
+        lo, hi = np.nanmin(x), np.nanmax(x)
+        rows.append(np.where(np.isnan(x), np.nan, (x - lo) / (hi - lo) if hi > lo else 0.5))
+    return np.stack(rows)
+
+
+def metric_token_count(result: Any) -> int:
+    """Tokens that entered the layer metrics (special tokens removed when the setting says so)."""
+    if getattr(result.settings, "exclude_special_tokens", False):
+        return int(sum(1 for s in result.special_mask if not s))
+    return int(result.n_tokens)
+
+
+def summary_figures(result: Any) -> dict[str, Any]:
+    """Short summary numbers for the Overall page.
+
+    Keys: layers, tokens, metric_tokens, token_bound (= metric tokens − 1, the ceiling of the spectral metrics),
+    for each metric <name>_first / <name>_last / <name>_min_layer / <name>_max_layer, largest_erank_drop_layer
+    (the layer l with the largest fall erank[l-1] − erank[l]; None with fewer than 2 layers) and
+    largest_erank_drop, final_cosine_to_input.
+    """
+    m = _metrics(result)
+    n_used = metric_token_count(result)
+    out: dict[str, Any] = {"layers": int(result.n_layers), "tokens": int(result.n_tokens), "metric_tokens": n_used,
+                           "token_bound": max(n_used - 1, 0)}
+    for n in METRIC_NAMES:
+        x = m[n]
+        ok = not np.all(np.isnan(x))
+        out[f"{n}_first"] = float(x[0])
+        out[f"{n}_last"] = float(x[-1])
+        out[f"{n}_min_layer"] = int(np.nanargmin(x)) if ok else None
+        out[f"{n}_max_layer"] = int(np.nanargmax(x)) if ok else None
+    er = m["effective_rank"]
+    drops = er[:-1] - er[1:]
+    if len(drops) and not np.all(np.isnan(drops)):
+        i = int(np.nanargmax(drops))
+        out["largest_erank_drop_layer"] = i + 1
+        out["largest_erank_drop"] = float(drops[i])
+    else:
+        out["largest_erank_drop_layer"] = None
+        out["largest_erank_drop"] = None
+    out["final_cosine_to_input"] = float(m["cosine_to_input"][-1])
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# PNGs
+# --------------------------------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    plt = _plt()
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def layer_metrics_figure(result: Any):
+    """matplotlib Figure: one panel per layer metric against the layer (0 … L); spectral panels show the token
+    bound T−1 as a dashed line."""
+    plt = _plt()
+    m = _metrics(result)
+    bound = metric_token_count(result) - 1
+    fig, axes = plt.subplots(1, len(METRIC_NAMES), figsize=(3.0 * len(METRIC_NAMES), 2.8), constrained_layout=True)
+    layers = np.arange(len(m[METRIC_NAMES[0]]))
+    for ax, n in zip(axes, METRIC_NAMES):
+        ax.plot(layers, m[n], marker="o", ms=3, lw=1.5, color="#1f77b4")
+        if n in SPECTRAL and bound >= 1:
+            ax.axhline(bound, ls="--", lw=1, color="#999999", label=f"T−1 = {bound}")
+            ax.legend(fontsize=7, loc="best")
+        ax.set_title(metric_label(n), fontsize=9)
+        ax.set_xlabel("layer", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    model = result.model.get("model_id", "")
+    fig.suptitle(f"Layer metrics - {model} ({result.n_tokens} tokens, {result.metric_tokens})", fontsize=10)
+    return fig
+
+
+def correlation_figure(result: Any, method: str = "pearson"):
+    """matplotlib Figure: the [M, M] correlation matrix of metric_correlations(result, method), annotated."""
+    plt = _plt()
+    C = metric_correlations(result, method)
+    labels = [metric_label(n) for n in METRIC_NAMES]
+    fig, ax = plt.subplots(figsize=(5.6, 4.6), constrained_layout=True)
+    im = ax.imshow(np.ma.masked_invalid(C), cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            txt = "–" if np.isnan(C[i, j]) else f"{C[i, j]:.2f}"
+            ax.text(j, i, txt, ha="center", va="center", fontsize=7,
+                    color="white" if not np.isnan(C[i, j]) and abs(C[i, j]) > 0.6 else "black")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    name = "Pearson r" if method == "pearson" else "Spearman ρ"
+    ax.set_title(f"Metric correlation across layers ({name})", fontsize=9)
+    return fig
+
+
+def normalized_figure(result: Any):
+    """matplotlib Figure: heatmap of normalized_metrics(result), metrics × layers, each row in [0, 1]."""
+    plt = _plt()
+    N = normalized_metrics(result)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * N.shape[1] + 2.5), 2.8), constrained_layout=True)
+    im = ax.imshow(np.ma.masked_invalid(N), aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax.set_yticks(range(len(METRIC_NAMES)), [metric_label(n) for n in METRIC_NAMES], fontsize=7)
+    step = max(1, N.shape[1] // 16)
+    ax.set_xticks(range(0, N.shape[1], step))
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_xlabel("layer", fontsize=8)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="min-max scaled")
+    ax.set_title("Layer metrics, each scaled to [0, 1] over the layers", fontsize=9)
+    return fig
+
+
+def layer_metrics_png(result: Any) -> bytes:
+    return _png(layer_metrics_figure(result))
+
+
+def correlation_png(result: Any, method: str = "pearson") -> bytes:
+    return _png(correlation_figure(result, method))
+
+
+def normalized_png(result: Any) -> bytes:
+    return _png(normalized_figure(result))
+
+
+#: bundle name -> (function, docs key for its caption)
+FIGURES = {
+    "plots/layer_metrics.png": (layer_metrics_png, "fig_layer_metrics"),
+    "plots/metric_correlation_pearson.png": (lambda r: correlation_png(r, "pearson"), "fig_metric_correlation"),
+    "plots/metric_correlation_spearman.png": (lambda r: correlation_png(r, "spearman"), "fig_metric_correlation"),
+    "plots/metrics_normalized.png": (normalized_png, "fig_metrics_normalized"),
+}
+
+
+def figure_caption(name: str) -> str:
+    return caption(FIGURES[name][1])
+
+
+def figure_files(result: Any, options: dict[str, Any]) -> dict[str, bytes]:
+    """Bundle writer: the layer-metric PNGs under plots/. A figure that fails is logged and left out (the rest of
+    the bundle must still be written)."""
+    out: dict[str, bytes] = {}
+    for name, (fn, _key) in FIGURES.items():
+        try:
+            out[name] = fn(result)
+        except Exception as exc:  # a figure must never sink the export
+            log.warning("could not draw %s: %s", name, exc)
+    return out

@@ -1,0 +1,373 @@
+"""report.pdf (fpdf2): title page, layer-metric table, every plots/*.png of the bundle with its caption, the
+predictions, top heads by entropy and by attribution, and each metric's formula and interpretation from core.docs.
+
+Fonts: DejaVu Sans from matplotlib's own font folder (always installed with matplotlib), so Greek letters, maths
+symbols and most scripts print. A character that no loaded font can draw (emoji, CJK when no CJK font is found) is
+replaced by a placeholder (□) instead of failing; with no TTF at all the core Helvetica font is used and text is
+reduced to Latin-1.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import os
+import struct
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import docs
+from .metrics import METRIC_NAMES
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDER = "\u25a1"  # □
+FAMILY = "DejaVu"
+#: Optional extra fonts tried as fallbacks for scripts DejaVu lacks (first one found is used).
+CJK_CANDIDATES = (
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+    "/usr/share/fonts/truetype/arphic/uming.ttc",
+)
+PAGE_W = 190.0  # usable width in mm (A4, 10 mm margins)
+MAX_TEXT_CHARS = 4000
+MAX_TABLE_TOKENS = 64
+
+
+@functools.lru_cache(maxsize=1)
+def _fonts() -> dict[str, Any]:
+    """{"regular": path, "bold": path, "fallback": path|None, "cmap": set of code points drawable} or {} if none."""
+    try:
+        import matplotlib
+
+        base = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    except Exception:  # matplotlib is a dependency, but a report must never fail on fonts
+        base = Path("/nonexistent")
+    candidates = [(base / "DejaVuSans.ttf", base / "DejaVuSans-Bold.ttf"),
+                  (Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
+                   Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"))]
+    for reg, bold in candidates:
+        if reg.is_file():
+            from fontTools.ttLib import TTFont
+
+            cmap = set(TTFont(str(reg), lazy=True).getBestCmap())
+            if bold.is_file():
+                cmap &= set(TTFont(str(bold), lazy=True).getBestCmap())
+            fallback = None
+            for path in CJK_CANDIDATES:
+                if os.path.isfile(path) and path.endswith(".ttf"):
+                    try:
+                        cmap |= set(TTFont(path, lazy=True).getBestCmap())
+                        fallback = path
+                        break
+                    except Exception as exc:
+                        log.info("skipping fallback font %s: %s", path, exc)
+            return {"regular": str(reg), "bold": str(bold) if bold.is_file() else str(reg), "fallback": fallback,
+                    "cmap": frozenset(cmap)}
+    log.warning("no DejaVu TTF found: the PDF uses Helvetica and Latin-1 text only")
+    return {}
+
+
+def safe_text(text: Any) -> str:
+    """`text` with every character the report's fonts cannot draw replaced by the placeholder; control
+    characters other than newline and tab removed."""
+    s = "" if text is None else str(text)
+    f = _fonts()
+    out = []
+    for ch in s:
+        if ch in "\n\t":
+            out.append(ch if ch == "\n" else "    ")
+            continue
+        cat = unicodedata.category(ch)
+        if cat in ("Cc", "Cf", "Cs", "Co", "Cn"):  # controls, zero-width joiners/VS16, surrogates, unassigned
+            continue
+        if f:
+            out.append(ch if ord(ch) in f["cmap"] else PLACEHOLDER)
+        else:
+            out.append(ch if ord(ch) < 256 else "?")
+    return "".join(out)
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    w, h = struct.unpack(">II", data[16:24])
+    return int(w), int(h)
+
+
+def _new_pdf(result: Any):
+    from fpdf import FPDF
+
+    class _PDF(FPDF):
+        def footer(self) -> None:
+            self.set_y(-12)
+            self.set_font(self._tma_family, "", 8)
+            self.set_text_color(120)
+            self.cell(0, 8, f"Page {self.page_no()} / {{nb}}", align="C")
+            self.set_text_color(0)
+
+    pdf = _PDF(format="A4", unit="mm")
+    pdf.set_margins(10, 10, 10)
+    pdf.set_auto_page_break(True, margin=15)
+    f = _fonts()
+    if f:
+        pdf.add_font(FAMILY, "", f["regular"])
+        pdf.add_font(FAMILY, "B", f["bold"])
+        if f["fallback"]:
+            pdf.add_font("Fallback", "", f["fallback"])
+            pdf.set_fallback_fonts(["Fallback"])
+        pdf._tma_family = FAMILY
+    else:
+        pdf._tma_family = "helvetica"
+    pdf.set_title(safe_text(f"Transformer Model Analysis - {result.model.get('model_id', '')}"))
+    pdf.set_creator("Transformer Model Analysis Dashboard")
+    return pdf
+
+
+class _Writer:
+    """Small layout helpers over one FPDF document."""
+
+    def __init__(self, pdf):
+        self.pdf = pdf
+        self.fam = pdf._tma_family
+
+    def h1(self, text: str) -> None:
+        self.pdf.set_font(self.fam, "B", 15)
+        self.pdf.multi_cell(0, 8, safe_text(text), new_x="LMARGIN", new_y="NEXT")
+        self.pdf.ln(2)
+
+    def h2(self, text: str) -> None:
+        if self.pdf.get_y() > 250:
+            self.pdf.add_page()
+        self.pdf.set_font(self.fam, "B", 11)
+        self.pdf.multi_cell(0, 6, safe_text(text), new_x="LMARGIN", new_y="NEXT")
+        self.pdf.ln(1)
+
+    def para(self, text: str, size: float = 9, bold: bool = False) -> None:
+        self.pdf.set_font(self.fam, "B" if bold else "", size)
+        self.pdf.multi_cell(0, size * 0.5, safe_text(text), new_x="LMARGIN", new_y="NEXT")
+        self.pdf.ln(1)
+
+    def kv(self, rows: list[tuple[str, Any]]) -> None:
+        self.table(["", ""], [[k, v] for k, v in rows], widths=(40, 150), show_header=False)
+
+    def table(self, header: list[str], rows: list[list[Any]], widths: tuple[float, ...] | None = None,
+              show_header: bool = True, size: float = 8) -> None:
+        from fpdf.fonts import FontFace
+
+        self.pdf.set_font(self.fam, "", size)
+        with self.pdf.table(col_widths=widths, text_align="LEFT", line_height=size * 0.5,
+                            first_row_as_headings=show_header, width=PAGE_W if widths is None else sum(widths),
+                            **({"headings_style": FontFace(emphasis="BOLD")} if show_header else {})) as t:
+            if show_header:
+                r = t.row()
+                for h in header:
+                    r.cell(safe_text(h))
+            for row in rows:
+                r = t.row()
+                for v in row:
+                    r.cell(safe_text(_fmt(v)))
+        self.pdf.ln(2)
+
+    def image(self, png: bytes, caption: str) -> None:
+        pw, ph = _png_size(png)
+        w = PAGE_W
+        h = w * ph / pw
+        max_h = 230.0
+        if h > max_h:
+            w, h = w * max_h / h, max_h
+        if self.pdf.get_y() + h + 12 > self.pdf.h - 15:
+            self.pdf.add_page()
+        x = 10 + (PAGE_W - w) / 2
+        self.pdf.image(io.BytesIO(png), x=x, w=w, h=h)
+        self.pdf.set_font(self.fam, "", 8)
+        self.pdf.set_text_color(80)
+        self.pdf.multi_cell(0, 4, safe_text(caption), new_x="LMARGIN", new_y="NEXT")
+        self.pdf.set_text_color(0)
+        self.pdf.ln(3)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, (float, np.floating)):
+        return "NaN" if np.isnan(v) else f"{float(v):.4g}"
+    return str(v)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------------------
+def _title_page(w: _Writer, result: Any) -> None:
+    m = result.model
+    w.pdf.add_page()
+    w.h1("Transformer Model Analysis - report")
+    text = result.text if len(result.text) <= MAX_TEXT_CHARS else result.text[:MAX_TEXT_CHARS] + " … (truncated)"
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(result.versions.items()))
+    w.kv([
+        ("Model", m.get("model_id", "")),
+        ("Family", m.get("family", "")),
+        ("Architecture", m.get("architecture", "")),
+        ("Revision", m.get("revision", "")),
+        ("Dtype / device", f"{m.get('dtype', '')} / {m.get('device', '')}"),
+        ("Shape", f"{result.n_layers} layers, {result.n_heads} heads, hidden {m.get('hidden_size', '')}"),
+        ("Token count", f"{result.n_tokens} ({result.metric_tokens} in the layer metrics)"),
+        ("Target", f"position {result.target_position} ({result.target_reason})"),
+        ("Date", result.created_at),
+        ("Duration", f"{result.duration_s:.2f} s ({'cache hit' if result.cache_hit else 'computed'})"),
+        ("Core version", result.core_version),
+        ("Versions", versions),
+    ])
+    w.h2("Text")
+    w.para(text)
+    if result.warnings:
+        w.h2("Warnings")
+        for msg in result.warnings:
+            w.para(f"• {msg}")
+
+
+def _metric_table(w: _Writer, result: Any) -> None:
+    w.pdf.add_page()
+    w.h1("Layer metrics")
+    w.para(f"Layer 0 is the embedding output; the last layer is the residual stream before the final norm. "
+           f"Tokens used: {result.metric_tokens}.", size=8)
+    header = ["layer", *(docs.metric_label(n) for n in METRIC_NAMES)]
+    rows = [[r["layer"], *(r[n] for n in METRIC_NAMES)] for r in result.metrics_table()]
+    w.table(header, rows, widths=(14, 35, 35, 35, 35, 36))
+
+
+def _figures(w: _Writer, files: dict[str, bytes]) -> None:
+    names = sorted(n for n in files if n.startswith("plots/") and n.lower().endswith(".png"))
+    if not names:
+        return
+    w.pdf.add_page()
+    w.h1("Figures")
+    for name in names:
+        entry = docs.figure_doc(name)
+        cap = f"{name}: {entry.short}" if entry else name
+        try:
+            w.image(files[name], cap)
+        except Exception as exc:  # a broken PNG is reported in the PDF, not fatal
+            log.warning("could not embed %s: %s", name, exc)
+            w.para(f"{name}: could not be embedded ({exc})", size=8)
+    gifs = sorted(n for n in files if n.startswith("animations/"))
+    if gifs:
+        w.h2("Animations (in the bundle, not embedded)")
+        w.para(", ".join(gifs) + ". " + docs.caption("anim_layer_transitions"), size=8)
+
+
+def _predictions(w: _Writer, result: Any) -> None:
+    p = result.predictions
+    if p is None:
+        return
+    w.h2("Predictions")
+    kind = getattr(p, "kind", "")
+    if kind == "unavailable" or not getattr(p, "candidates", None):
+        w.para(getattr(p, "message", "") or "No predictions for this model.")
+        return
+    w.para(docs.caption("mask_fill" if kind == "mask_fill" else "next_token"), size=8)
+    for pos, cands in zip(p.positions, p.candidates):
+        tok = result.tokens[pos] if 0 <= pos < len(result.tokens) else "?"
+        w.para(f"Position {pos} ({tok}):", size=9, bold=True)
+        w.table(["rank", "token", "id", "probability"],
+                [[i + 1, repr(c["token"]), c["token_id"], c["probability"]] for i, c in enumerate(cands)],
+                widths=(15, 80, 25, 40))
+
+
+def _logit_lens(w: _Writer, result: Any) -> None:
+    lens = result.logit_lens
+    if lens is None:
+        return
+    w.h2("Logit lens")
+    w.para(f"{docs.caption('logit_lens')} Position {lens.position}; final prediction {lens.final_token!r}.", size=8)
+    rows = []
+    for i, layer in enumerate(np.asarray(lens.layers).tolist()):
+        top = lens.top_tokens[i][0] if lens.top_tokens[i] else ""
+        rows.append([layer, repr(top), float(np.asarray(lens.top_probs)[i, 0]), float(np.asarray(lens.final_prob)[i]),
+                     float(np.asarray(lens.entropy)[i])])
+    w.table(["layer", "top token", "p(top)", "p(final token)", "entropy (nats)"], rows, widths=(15, 70, 30, 35, 40))
+
+
+def _heads(w: _Writer, result: Any, k: int = 10) -> None:
+    att, attr = result.attention, result.attribution
+    H = result.n_heads
+    if att is not None:
+        w.h2(f"Top {k} heads by attention entropy (most focused first)")
+        w.para(docs.caption("normalized_attention_entropy"), size=8)
+        ne = np.asarray(att.normalized_entropy, dtype=np.float64)
+        ent = np.asarray(att.entropy, dtype=np.float64)
+        dist = np.asarray(att.mean_distance, dtype=np.float64)
+        order = np.argsort(np.where(np.isnan(ne), np.inf, ne), axis=None)[:k]
+        roles = list(getattr(att, "roles", []) or [])
+        rows = []
+        for idx in order:
+            l, h = divmod(int(idx), H)
+            rows.append([l, h, ent[l, h], ne[l, h], dist[l, h], roles[idx] if idx < len(roles) else ""])
+        w.table(["layer", "head", "entropy (nats)", "normalised", "mean distance", "role"], rows,
+                widths=(18, 18, 35, 35, 35, 49))
+    if attr is not None and getattr(attr, "head_scores", None) is not None:
+        w.h2(f"Top {k} heads by attribution")
+        w.para(f"{docs.caption('head_attribution')} Method: {attr.head_method}.", size=8)
+        sc = np.asarray(attr.head_scores, dtype=np.float64)
+        order = np.argsort(np.where(np.isnan(sc), -np.inf, -np.abs(sc)), axis=None)[:k]
+        rows = [[int(i) // H, int(i) % H, sc.flat[int(i)]] for i in order]
+        w.table(["layer", "head", "score"], rows, widths=(30, 30, 50))
+
+
+def _attribution_tokens(w: _Writer, result: Any) -> None:
+    a = result.attribution
+    if a is None:
+        return
+    w.h2("Token attribution")
+    w.para(f"Target position {a.target_position} ({a.target_token!r}); predicted {a.predicted_token!r}. "
+           f"{docs.caption('attention_rollout')}", size=8)
+    cols = [("rollout", a.rollout), ("grad × input", a.grad_x_input), ("integrated gradients", a.integrated_gradients)]
+    cols = [(n, np.asarray(v, dtype=np.float64)) for n, v in cols if v is not None]
+    T = min(result.n_tokens, MAX_TABLE_TOKENS)
+    rows = [[t, repr(result.tokens[t]), *(v[t] for _, v in cols)] for t in range(T)]
+    w.table(["pos", "token", *(n for n, _ in cols)], rows, widths=(15, 55, *([120 / max(len(cols), 1)] * len(cols))))
+    if result.n_tokens > T:
+        w.para(f"(first {T} of {result.n_tokens} tokens; the full table is in the bundle's CSV files)", size=8)
+    if getattr(a, "ig_completeness_gap", None) is not None:
+        w.para(f"Integrated-gradients completeness gap: {_fmt(a.ig_completeness_gap)} ({a.ig_steps} steps).", size=8)
+
+
+def _documentation(w: _Writer) -> None:
+    w.pdf.add_page()
+    w.h1("Formulas and interpretation")
+    w.para("From the same registry as the Details page of the dashboard.", size=8)
+    for kind in ("layer_metric", "attention", "attribution", "prediction", "logit_lens"):
+        for e in docs.entries(kind):
+            w.h2(e.title)
+            w.para(docs.formula_text(e.key), size=8, bold=True)
+            w.para(docs.interpretation(e.key), size=8)
+            if e.pitfalls:
+                w.para("Pitfall: " + e.pitfalls[0], size=7.5)
+
+
+def build_report(result: Any, files: dict[str, bytes] | None = None) -> bytes:
+    """The PDF report as bytes. `files` are the bundle files written so far (their plots/*.png are embedded)."""
+    pdf = _new_pdf(result)
+    w = _Writer(pdf)
+    _title_page(w, result)
+    _metric_table(w, result)
+    _figures(w, files or {})
+    if any(getattr(result, s) is not None for s in ("predictions", "logit_lens", "attention", "attribution")):
+        pdf.add_page()
+        w.h1("Predictions, heads and attribution")
+        _predictions(w, result)
+        _logit_lens(w, result)
+        _heads(w, result)
+        _attribution_tokens(w, result)
+    _documentation(w)
+    return bytes(pdf.output())
+
+
+def report_files(result: Any, options: dict[str, Any]) -> dict[str, bytes]:
+    """Bundle writer (registered last): report.pdf, embedding the plots written by the earlier writers."""
+    return {"report.pdf": build_report(result, options.get("files") or {})}
