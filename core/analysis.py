@@ -60,6 +60,8 @@ def analysis_steps() -> list[tuple[str, Step]]:
 STEP_REGISTRY: list[tuple[str, str, str]] = [
     ("Predictions", ".predictions", "run_step"),
     ("Logit lens", ".logit_lens", "run_step"),
+    ("Attention analysis", ".attention", "run_step"),
+    ("Attribution", ".attribution", "run_step"),
 ]
 
 

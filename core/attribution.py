@@ -1,0 +1,328 @@
+"""Token and per-head attribution for one target position.
+
+* Attention rollout (Abnar & Zuidema 2020), from the captured attentions (no model needed).
+* Gradient × input and integrated gradients on the input *token* embeddings (the tensor passed as
+  `inputs_embeds`; position and token-type embeddings are added inside the model and are not attributed).
+* Per-head scores: gradient × head output at the input of each layer's attention output projection.
+
+The attributed scalar is f(x) = log p(y* | x) at the target position, y* the model's top prediction there (masked
+LM: the prediction at the mask; causal LM: the next-token prediction made at the target position, normally the last
+one). Encoders without a language-model head get rollout only, with a note.
+
+Gradients never touch the model's parameters (they keep requires_grad=False): only the input embeddings and the
+hooked head outputs take gradients, under `torch.enable_grad()`; hooks are removed in a `finally`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .serialize import serializable
+
+log = logging.getLogger(__name__)
+
+HEAD_METHOD = (
+    "gradient x head output: score(l, h) = sum over positions t and the head's dimensions d of z[t, d] * df/dz[t, d], "
+    "where z is the input of layer l's attention output projection (GPT-2 attn.c_proj, Llama self_attn.o_proj, "
+    "BERT attention.output.dense), i.e. the concatenated per-head attention outputs, split into heads; f is the "
+    "log-probability of the predicted token at the target position. It is the first-order (Taylor) estimate of "
+    "f(z) - f(z with head h zeroed); positive = the head supports the prediction.")
+
+#: Integration schedule of integrated gradients: α = u^IG_POWER at the midpoints u_k = (k − ½)/m.
+IG_POWER = 3.0
+IG_SCHEDULE = (f"midpoint rule in u with alpha = u^{IG_POWER:g} (weights {IG_POWER:g} u^{IG_POWER - 1:g} / m): more "
+               "points near the zero baseline, where RMSNorm/LayerNorm of a near-zero input changes fastest")
+
+IG_BASELINE = "zero token embeddings (position embeddings are added by the model and not interpolated)"
+
+#: Suffixes of module names whose *input* is the per-head attention output, concatenated head-major.
+HEAD_PROJECTIONS = (".attn.c_proj", ".self_attn.o_proj", ".attention.output.dense", ".self_attn.out_proj",
+                    ".attn.out_proj", ".attention.out_proj", ".self_attention.dense")
+
+#: Bytes of activations kept for the backward pass per batch row are estimated as
+#: 4 · L · T · (16 · D + 3 · H · T); integrated gradients run in chunks that keep under this budget.
+IG_MEMORY_BUDGET = 1_000_000_000
+
+
+@serializable
+@dataclass
+class Attribution:
+    """Attribution of the prediction at one target position.
+
+    rollout: float64 [T] (target row of rollout_matrix); rollout_matrix: float64 [T, T], rows sum to 1.
+    grad_x_input, integrated_gradients: float64 [T] or None (signed sums over the embedding dimensions).
+    ig_completeness_gap: |Σ_t IG_t − (f(x) − f(x'))| (absolute, in nats); ig_completeness_gap_relative: the same
+    divided by |f(x) − f(x')|. head_scores: float64 [L, H] or None; head_method documents it.
+    target_logprob: f(x); baseline_logprob: f(x') for the IG baseline x'.
+    """
+
+    target_position: int
+    target_token: str
+    rollout: np.ndarray
+    rollout_matrix: np.ndarray
+    predicted_token: str | None = None
+    predicted_id: int | None = None
+    grad_x_input: np.ndarray | None = None
+    integrated_gradients: np.ndarray | None = None
+    ig_steps: int = 0
+    ig_completeness_gap: float | None = None
+    head_scores: np.ndarray | None = None
+    head_method: str = HEAD_METHOD
+    notes: list[str] = field(default_factory=list)
+    ig_completeness_gap_relative: float | None = None
+    ig_baseline: str = IG_BASELINE
+    ig_schedule: str = IG_SCHEDULE
+    target_logprob: float | None = None
+    baseline_logprob: float | None = None
+
+    def methods(self) -> dict[str, np.ndarray]:
+        """The token-level scores present: {"rollout", "grad_x_input", "integrated_gradients"} → [T]."""
+        out = {"rollout": self.rollout}
+        if self.grad_x_input is not None:
+            out["grad_x_input"] = self.grad_x_input
+        if self.integrated_gradients is not None:
+            out["integrated_gradients"] = self.integrated_gradients
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention rollout (pure)
+
+
+def attention_rollout(att: np.ndarray) -> np.ndarray:
+    """Attention rollout R = Â_L ⋯ Â_1 with Â_l = row_normalise(A_l + I), A_l = mean over heads of layer l.
+
+    att [L, H, T, T] (rows sum to 1) → R float64 [T, T]; R[i, j] = share of position i's final representation that
+    flows from input token j; rows of R sum to 1.
+    """
+    att = np.asarray(att)
+    if att.ndim != 4 or att.shape[-1] != att.shape[-2]:
+        raise ValueError(f"attention must be [L, H, T, T], got shape {att.shape}")
+    L, _, T, _ = att.shape
+    eye = np.eye(T)
+    R = eye
+    for l in range(L):
+        a = att[l].mean(0, dtype=np.float64) + eye
+        a /= a.sum(-1, keepdims=True)
+        R = a @ R
+    return R
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model plumbing
+
+
+def head_projection_modules(model: Any, n_layers: int) -> list[Any] | None:
+    """The L modules whose input is the concatenated per-head attention output, in layer order, or None."""
+    found = [m for name, m in model.named_modules() if name.endswith(HEAD_PROJECTIONS)]
+    return found if len(found) == n_layers else None
+
+
+def _supports_logits_to_keep(model: Any) -> bool:
+    import inspect
+
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def target_logprob_fn(loaded: Any, attention_mask: Any, position: int, token_id: int) -> Callable[[Any], Any]:
+    """A function embeds [B, T, D] → f [B] = log_softmax(logits at `position`)[token_id] (float32).
+
+    Causal LMs run only the prefix 0..position (later tokens cannot change the prediction there) and compute the
+    head at that one position; BERT-style masked LMs run the encoder and apply the head at `position` only;
+    anything else runs the whole model and picks the position.
+    """
+    import torch
+
+    model = loaded.model
+    if loaded.family == "causal_lm":
+        keep = _supports_logits_to_keep(model)
+        mask = attention_mask[:, :position + 1]
+
+        def f(emb):
+            kw = {"logits_to_keep": 1} if keep else {}
+            out = model(inputs_embeds=emb[:, :position + 1], attention_mask=mask.expand(emb.shape[0], -1),
+                        use_cache=False, **kw)
+            return torch.log_softmax(out.logits[:, -1].float(), -1)[:, token_id]
+        return f
+
+    base = getattr(model, "base_model", model)
+    head = getattr(model, "cls", None)
+
+    def g(emb):
+        m = attention_mask.expand(emb.shape[0], -1)
+        if head is not None and base is not model:
+            h = base(inputs_embeds=emb, attention_mask=m).last_hidden_state
+            logits = head(h[:, position:position + 1])[:, 0]
+        else:
+            logits = model(inputs_embeds=emb, attention_mask=m).logits[:, position]
+        return torch.log_softmax(logits.float(), -1)[:, token_id]
+    return g
+
+
+def token_embeddings(loaded: Any, input_ids: Any) -> Any:
+    """Input token embeddings [1, T, D] (detached): what `inputs_embeds` replaces."""
+    import torch
+
+    with torch.no_grad():
+        return loaded.model.get_input_embeddings()(input_ids).detach()
+
+
+def gradient_x_input(loaded: Any, input_ids: Any, attention_mask: Any, position: int, token_id: int,
+                     heads: bool = True) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """Gradient × input and (optionally) gradient × head output, from one forward and one backward pass.
+
+    x = token embeddings [T, D]; gxi_t = Σ_d x_td ∂f/∂x_td → float64 [T].
+    With heads: z_l = input of layer l's output projection [T, H·d_h]; score_lh = Σ_t Σ_{d ∈ head h} z_ltd ∂f/∂z_ltd
+    → float64 [L, H] (None when the projections are not found). Returns (gxi, head_scores, f(x)).
+    Hooks are registered inside try/finally; the model's parameters never get gradients.
+    """
+    import torch
+
+    n_layers, n_heads = loaded.n_layers, loaded.n_heads
+    mods = head_projection_modules(loaded.model, n_layers) if heads else None
+    captured: list[Any] = []
+    handles = []
+
+    def grab(_module, args):
+        captured.append(args[0])
+
+    x = token_embeddings(loaded, input_ids)
+    f = target_logprob_fn(loaded, attention_mask, position, token_id)
+    with torch.inference_mode(False), torch.enable_grad():
+        emb = x.clone().requires_grad_(True)
+        try:
+            for m in mods or []:
+                handles.append(m.register_forward_pre_hook(grab))
+            val = f(emb)
+        finally:
+            for h in handles:
+                h.remove()
+        wrt = [emb, *captured] if mods else [emb]
+        grads = torch.autograd.grad(val.sum(), wrt, allow_unused=True)
+    gxi = (grads[0] * emb.detach())[0].sum(-1).double().cpu().numpy()
+    scores = None
+    if mods:
+        if len(captured) != n_layers:
+            raise RuntimeError(f"expected {n_layers} head outputs, captured {len(captured)}")
+        rows = []
+        for z, g in zip(captured, grads[1:]):
+            if g is None:
+                rows.append(np.zeros(n_heads))
+                continue
+            zz = (z.detach() * g)[0]  # [T', H*dh]
+            rows.append(zz.reshape(zz.shape[0], n_heads, -1).sum((0, 2)).double().cpu().numpy())
+        scores = np.stack(rows)
+    return gxi, scores, float(val.detach()[0])
+
+
+def integrated_gradients(loaded: Any, input_ids: Any, attention_mask: Any, position: int, token_id: int,
+                         steps: int = 32, power: float = IG_POWER) -> tuple[np.ndarray, float, float]:
+    """Integrated gradients (Sundararajan et al. 2017) on the token embeddings, zero baseline x' = 0.
+
+    IG_t = Σ_d (x_td − x'_td) · ∫_0^1 ∂f/∂x_td (x' + α (x − x')) dα → float64 [T], the integral taken with the
+    substitution α = u^p (p = `power`): ≈ Σ_{k=1..m} w_k ∂f/∂x_td(x' + α_k (x − x')), u_k = (k − ½)/m,
+    α_k = u_k^p, w_k = p u_k^(p−1) / m. p = 1 is the plain midpoint rule; p > 1 puts more of the m steps near the
+    baseline, where a norm layer of a near-zero input (Llama's RMSNorm sees α·x with no position embedding added)
+    changes fastest. Completeness: Σ_t IG_t ≈ f(x) − f(x'). Returns (IG, f(x), f(x')).
+    The m interpolants run in batches that keep the activation memory under IG_MEMORY_BUDGET.
+    """
+    import torch
+
+    x = token_embeddings(loaded, input_ids)
+    x0 = torch.zeros_like(x)
+    f = target_logprob_fn(loaded, attention_mask, position, token_id)
+    T = x.shape[1]
+    per_row = 4 * loaded.n_layers * T * (16 * loaded.hidden_size + 3 * loaded.n_heads * T)
+    chunk = int(max(1, min(steps, IG_MEMORY_BUDGET // max(per_row, 1))))
+    u = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
+    alphas = (u ** power).to(x.dtype).to(x.device)
+    weights = (power * u ** (power - 1) / steps).to(x.dtype).to(x.device)
+    total = torch.zeros_like(x[0])
+    with torch.inference_mode(False), torch.enable_grad():
+        for s in range(0, steps, chunk):
+            a = alphas[s:s + chunk].view(-1, 1, 1)
+            emb = (x0 + a * (x - x0)).requires_grad_(True)
+            (g,) = torch.autograd.grad(f(emb).sum(), [emb])
+            total += (g * weights[s:s + chunk].view(-1, 1, 1)).sum(0)
+    with torch.no_grad():
+        ends = f(torch.cat([x, x0]))
+    ig = ((x - x0)[0] * total).sum(-1).double().cpu().numpy()
+    return ig, float(ends[0]), float(ends[1])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The analysis step
+
+
+def _pad(v: np.ndarray, T: int) -> np.ndarray:
+    out = np.zeros(T)
+    out[:len(v)] = v
+    return out
+
+
+def attribute(loaded: Any, capture: Any, attentions: np.ndarray, position: int, tokens: list[str], *,
+              compute_gradients: bool = True, ig_steps: int = 32) -> Attribution:
+    """All attributions for `position` of one capture (see the module docstring). Call under the model lock."""
+    import torch
+
+    T = len(tokens)
+    R = attention_rollout(attentions)
+    out = Attribution(target_position=position, target_token=tokens[position], rollout=R[position].copy(),
+                      rollout_matrix=R, ig_steps=ig_steps)
+    logits = getattr(capture, "logits", None)
+    if loaded.family == "encoder" or logits is None:
+        out.notes.append("this model has no language-model head, so there is no prediction to attribute: "
+                         "only attention rollout is shown (gradient methods need a predicted token)")
+        return out
+    pred = int(torch.argmax(logits[position]).item())
+    out.predicted_id = pred
+    out.predicted_token = loaded.tokenizer.convert_ids_to_tokens([pred])[0]
+    if not compute_gradients:
+        out.notes.append("gradient methods are switched off (compute_gradients = false)")
+        return out
+    ids, mask = capture.input_ids, capture.attention_mask
+    if loaded.family == "causal_lm" and position < T - 1:
+        out.notes.append(f"tokens after position {position} cannot affect its prediction: their scores are 0")
+    try:
+        gxi, heads, fx = gradient_x_input(loaded, ids, mask, position, pred, heads=True)
+        out.grad_x_input = _pad(gxi, T)
+        out.head_scores = heads
+        out.target_logprob = fx
+        if heads is None:
+            out.notes.append("per-head scores are not available: the attention output projections of this "
+                             "architecture were not recognised")
+        ref = float(torch.log_softmax(logits[position].float(), -1)[pred])
+        if abs(ref - fx) > 1e-3 * max(1.0, abs(ref)):
+            out.notes.append(f"the gradient pass gave log p = {fx:.4f}, the analysis pass {ref:.4f} "
+                             "(numerical precision of the model's dtype)")
+        ig, fx_ig, f0 = integrated_gradients(loaded, ids, mask, position, pred, steps=ig_steps)
+        out.integrated_gradients = _pad(ig, T)
+        out.baseline_logprob = f0
+        gap = abs(float(ig.sum()) - (fx_ig - f0))
+        out.ig_completeness_gap = gap
+        out.ig_completeness_gap_relative = gap / max(abs(fx_ig - f0), 1e-12)
+        if out.ig_completeness_gap_relative > 0.1:
+            out.notes.append(f"integrated gradients are {100 * out.ig_completeness_gap_relative:.0f} % off "
+                             f"completeness with {ig_steps} steps: raise ig_steps for a closer estimate")
+    except RuntimeError as exc:  # e.g. out of memory on a large model
+        log.warning("gradient attribution failed: %s", exc)
+        out.notes.append(f"the gradient methods failed: {str(exc).splitlines()[0]}")
+    return out
+
+
+def run_step(ctx, result) -> None:
+    """Analysis step "Attribution": sets result.attribution for result.target_position."""
+    result.attribution = attribute(ctx.loaded, ctx.capture, result.attentions, result.target_position,
+                                   result.tokens, compute_gradients=ctx.settings.compute_gradients,
+                                   ig_steps=ctx.settings.ig_steps)
+    for note in result.attribution.notes:
+        if "failed" in note:
+            ctx.warnings.append(note)
