@@ -86,8 +86,9 @@ def _quiet_libraries() -> None:
 
 def run_analyze(args: argparse.Namespace) -> int:
     from .analysis import analyze
-    from .bundle import write_bundle
     from .cache import ResultCache
+    from .export import export_run
+    from .session_log import entry_from_result
     from .settings import AnalysisSettings
 
     text = _read_text(args)
@@ -102,7 +103,8 @@ def run_analyze(args: argparse.Namespace) -> int:
     cache = None if args.no_cache else ResultCache(args.cache_dir)
     t0 = time.perf_counter()
     result = analyze(args.model, text, settings=settings, cache=cache, dtype=args.dtype, device=args.device)
-    path = write_bundle(result, out, options={"hidden_states": args.hidden_states, "session": [result]})
+    entry = entry_from_result(result)
+    path, _run = export_run(result, out, [entry], hidden_states=args.hidden_states)
     if not args.quiet:
         print(f"wrote {path} ({result.model['model_id']}, {result.n_tokens} tokens, {result.n_layers} layers, "
               f"{'cache hit' if result.cache_hit else 'computed'}, {time.perf_counter() - t0:.1f} s)")

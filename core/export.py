@@ -7,12 +7,15 @@ session log's length differs) packed as a ZIP. Member names are fixed safe names
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .bundle import bundle_files, zip_bytes
+
+log = logging.getLogger(__name__)
 
 
 def hidden_states_files(result: Any, options: dict[str, Any]) -> dict[str, bytes]:
@@ -51,3 +54,37 @@ def build_zip(result: Any, session_entries: list[dict[str, Any]] | None = None, 
 
         save_run(result, files, root=runs_root)
     return zip_bytes(files)
+
+
+def write_files(files: dict[str, bytes], out: str | Path) -> Path:
+    """Write bundle files to `out`: a .zip file, or a folder (created) otherwise. Returns `out`."""
+    out = Path(out)
+    if out.suffix.lower() == ".zip":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(zip_bytes(files))
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            target = out / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+    return out
+
+
+def export_run(result: Any, out: str | Path, session_entries: list[dict[str, Any]] | None = None,
+               hidden_states: bool = False, save: bool = True,
+               runs_root: str | Path | None = None) -> tuple[Path, Path | None]:
+    """The CLI's export: build the bundle once, write it to `out` (.zip or folder) and, with save=True, keep a copy
+    under assets/runs/<run-id>/. Returns (out, run folder or None). A run copy that cannot be written (read-only
+    disk) is logged, never fatal."""
+    files = build_files(result, session_entries, hidden_states)
+    path = write_files(files, out)
+    run_dir = None
+    if save:
+        from .runs import save_run
+
+        try:
+            run_dir = save_run(result, files, root=runs_root)
+        except OSError as exc:
+            log.warning("could not keep the run under assets/runs: %s", exc)
+    return path, run_dir
