@@ -28,6 +28,7 @@ BUNDLE_WRITERS: list[tuple[str, str]] = [
     (".figures", "figure_files"),
     (".session_log", "session_log_files"),
     (".export", "hidden_states_files"),
+    (".prediction_plots", "bundle_writer"),
     (".report", "report_files"),  # keep LAST: the PDF embeds the plots/*.png written by the writers above
 ]
 

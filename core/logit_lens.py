@@ -44,6 +44,7 @@ class LogitLens:
         every position and its probability (the heatmap).
     method: how the layers were decoded (the head that was applied).
     last_layer_max_abs_diff: max |z_L - model logits| over all positions and the vocabulary (should be ~0).
+    vocab_size: V (ln V is the entropy of a uniform distribution over the vocabulary).
     """
 
     position: int
@@ -60,6 +61,7 @@ class LogitLens:
     grid_ids: np.ndarray
     method: str = ""
     last_layer_max_abs_diff: float = 0.0
+    vocab_size: int = 0
 
     @property
     def n_layers(self) -> int:
@@ -108,6 +110,16 @@ def lens_decoder(loaded: LoadedModel) -> tuple[Callable[[Any], Any], str] | None
     return (lambda x: unembed(norm(x))), f"final norm ({type(norm).__name__}) then output embedding"
 
 
+def _vocab_size(loaded: LoadedModel) -> int | None:
+    """Rows of the output embedding (V), or the config's vocab_size; None when neither is known."""
+    emb = loaded.model.get_output_embeddings() if hasattr(loaded.model, "get_output_embeddings") else None
+    weight = getattr(emb, "weight", None)
+    if weight is not None and weight.ndim == 2:
+        return int(weight.shape[0])
+    v = getattr(loaded.model.config, "vocab_size", None)
+    return int(v) if isinstance(v, int) and v > 0 else None
+
+
 def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position: int, top_k: int,
                        final_logits: Any = None, chunk_floats: int = CHUNK_FLOATS) -> LogitLens | None:
     """Decode every layer's hidden state at every position. hidden_states: float32 [L+1, T, D].
@@ -136,15 +148,15 @@ def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position:
     pos_rows: dict[int, torch.Tensor] = {}  # layer -> log-probabilities [V] at `position`
     max_diff = 0.0
     final_row = None
+    V = _vocab_size(loaded)
     with torch.inference_mode():
-        V = None
-        rows_per_chunk = max(1, T)  # first chunk sizes itself once V is known
+        rows_per_chunk = max(1, chunk_floats // V) if V else max(1, T)  # unknown V: sized after the first chunk
         start = 0
         while start < n_layers1 * T:
             stop = min(start + rows_per_chunk, n_layers1 * T)
             x = H[start:stop].to(device=loaded.device, dtype=model_dtype)
             z = decode(x).float()  # [n, V]
-            if V is None:
+            if not V:
                 V = z.shape[-1]
                 rows_per_chunk = max(1, chunk_floats // V)
             lse = torch.logsumexp(z, dim=-1)  # [n]
@@ -196,6 +208,7 @@ def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position:
         grid_ids=gi.numpy().astype(np.int64),
         method=method,
         last_layer_max_abs_diff=float(max_diff),
+        vocab_size=int(p.shape[-1]),
     )
 
 
