@@ -18,7 +18,7 @@ import streamlit as st
 
 from app.loading import get_model, get_result_cache
 from app.state import OTHER_MODEL, Keys
-from core.errors import ModelUnavailableError, TMAError
+from core.errors import InputError, ModelUnavailableError, TMAError
 from core.models import BUNDLED_ID, PRESETS
 from core.settings import DTYPES, AnalysisSettings
 
@@ -213,8 +213,8 @@ def draw() -> bool:
                       help="Gradient × input, integrated gradients and head attribution. Slower.")
             st.toggle("Layer animations (GIF)", key=Keys.ANIMATIONS)
 
-        clicked = st.button("Analyze", type="primary", width="stretch", disabled=not model_id,
-                            help=None if model_id else "Choose a model first.")
+        clicked = st.button("Analyze", key="analyze", type="primary", width="stretch",
+                            help="Run the model once on the text; every chart is drawn from that run.")
     return bool(clicked)
 
 
@@ -258,6 +258,7 @@ def run_analysis() -> None:
     model_id = selected_model_id(state)
     text = state.get(Keys.TEXT, "")
     dtype = state.get(Keys.DTYPE) or "auto"
+    family_before = known_family(state, model_id)
     with st.sidebar:
         status = st.status("Analysing…", expanded=True)
     with status:
@@ -269,6 +270,8 @@ def run_analysis() -> None:
             st.write(f"{label} …")
 
         try:
+            if not model_id:
+                raise InputError("no model chosen: type a Hugging Face id or a local folder, or pick a preset")
             settings = current_settings(state)
             progress("Loading the model", 0.0)
             loaded = get_model(model_id, dtype, "auto")
@@ -298,6 +301,8 @@ def run_analysis() -> None:
         took = time.perf_counter() - t0
         status.update(label=f"Done in {took:.1f} s" + (" (from cache)" if result.cache_hit else ""),
                       state="complete", expanded=False)
+    if known_family(state, model_id) != family_before:
+        st.rerun()  # the sidebar depends on the family (mask-word picker): draw it again with the result
 
 
 def draw_error_banner() -> None:
