@@ -120,7 +120,7 @@ def row_entropy(att: np.ndarray) -> np.ndarray:
     att = _check_attention(att)
     a = att.astype(np.float32, copy=False)
     safe = np.where(a > 0, a, np.float32(1.0))
-    return -np.einsum("...ij,...ij->...i", a, np.log(safe)).astype(np.float64)
+    return 0.0 - np.einsum("...ij,...ij->...i", a, np.log(safe)).astype(np.float64)
 
 
 def attention_entropy(att: np.ndarray, n_visible: np.ndarray | None = None,

@@ -29,6 +29,7 @@ BUNDLE_WRITERS: list[tuple[str, str]] = [
     (".session_log", "session_log_files"),
     (".export", "hidden_states_files"),
     (".prediction_plots", "bundle_writer"),
+    (".attention_plots", "attention_bundle_files"),
     (".report", "report_files"),  # keep LAST: the PDF embeds the plots/*.png written by the writers above
 ]
 

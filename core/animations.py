@@ -1,0 +1,138 @@
+"""Layer-transition animations (GIF bytes, imageio): attention across layers and token representations moving
+through one common 2-D basis. One labelled frame per layer; the figure, axes, colour scale and token labels are
+built once and only the data and the title change per frame.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+import numpy as np
+
+from .attention_plots import DPI, _plt, _set_token_ticks, _tokens
+
+log = logging.getLogger(__name__)
+
+FRAME_MS = 700
+MAX_POINT_LABELS = 40
+
+
+def _frame(fig: Any) -> np.ndarray:
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def _gif(frames: list[np.ndarray], frame_ms: int) -> bytes:
+    import imageio.v3 as iio
+
+    buf = io.BytesIO()
+    iio.imwrite(buf, np.stack(frames), extension=".gif", duration=frame_ms, loop=0)
+    return buf.getvalue()
+
+
+def attention_layers_gif(result: Any, head: int | None = None, *, frame_ms: int = FRAME_MS) -> bytes:
+    """GIF of the attention matrix layer by layer: the mean over heads (1/H) Σ_h A_lh, or head `head`.
+
+    One frame per layer (L frames), all on one colour scale [0, max over layers]. GIF bytes.
+    """
+    A = result.attentions  # [L, H, T, T]
+    L, H, T, _ = A.shape
+    if head is not None and not 0 <= head < H:
+        raise ValueError(f"head {head} does not exist: the model has {H} heads")
+    mats = A.mean(1) if head is None else A[:, head]
+    plt = _plt()
+    side = min(3 + 0.08 * T, 8)
+    fig, ax = plt.subplots(figsize=(side + 0.8, side), dpi=DPI)
+    try:
+        im = ax.imshow(mats[0], cmap="Blues", vmin=0, vmax=float(mats.max()) or 1.0)
+        labels = _tokens(result)
+        _set_token_ticks(ax, labels, "x")
+        _set_token_ticks(ax, labels, "y")
+        ax.set_xlabel("key")
+        ax.set_ylabel("query")
+        fig.colorbar(im, ax=ax, shrink=0.7)
+        what = "mean over heads" if head is None else f"head {head}"
+        title = ax.set_title("", fontsize=10)
+        fig.tight_layout()
+        frames = []
+        for l in range(L):
+            im.set_data(mats[l])
+            title.set_text(f"Layer {l} of {L - 1}: attention, {what}")
+            frames.append(_frame(fig))
+    finally:
+        plt.close(fig)
+    return _gif(frames, frame_ms)
+
+
+def common_projection(hidden_states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Project every layer's token states onto ONE 2-D PCA basis fitted on all layers stacked.
+
+    hidden_states [L+1, T, D] → (points [L+1, T, 2], explained variance ratio [2]). X = all (L+1)·T states, μ its
+    mean; the basis is the top two eigenvectors of the covariance (X − μ)ᵀ(X − μ) (signs fixed: largest-magnitude
+    entry positive); points = (X − μ) V. Computed in float64.
+    """
+    Hs = np.asarray(hidden_states, dtype=np.float64)
+    n, T, D = Hs.shape
+    X = Hs.reshape(n * T, D)
+    mu = X.mean(0)
+    Xc = X - mu
+    if Xc.shape[0] < D:  # eigenvectors of the smaller Gram matrix give the same basis
+        w, u = np.linalg.eigh(Xc @ Xc.T)
+        order = np.argsort(w)[::-1][:2]
+        V = Xc.T @ u[:, order]
+        V /= np.maximum(np.linalg.norm(V, axis=0), 1e-300)
+        top = w[order]
+    else:
+        w, V = np.linalg.eigh(Xc.T @ Xc)
+        order = np.argsort(w)[::-1][:2]
+        V, top = V[:, order], w[order]
+    for c in range(V.shape[1]):
+        if V[np.argmax(np.abs(V[:, c])), c] < 0:
+            V[:, c] = -V[:, c]
+    total = float((Xc * Xc).sum())
+    ratio = np.maximum(top, 0) / total if total > 0 else np.zeros(len(top))
+    P = np.zeros((n * T, 2))
+    P[:, :V.shape[1]] = Xc @ V
+    r = np.zeros(2)
+    r[:len(ratio)] = ratio
+    return P.reshape(n, T, 2), r
+
+
+def token_trajectories_gif(result: Any, *, frame_ms: int = FRAME_MS) -> bytes:
+    """GIF of the tokens' hidden states in one common 2-D PCA basis (see `common_projection`), one frame per
+    hidden-state layer (L+1 frames: 0 = embeddings, l = after block l), fixed axes, the previous layers faint.
+    GIF bytes.
+    """
+    P, ratio = common_projection(result.hidden_states)
+    n, T, _ = P.shape
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=DPI)
+    try:
+        lo, hi = P.reshape(-1, 2).min(0), P.reshape(-1, 2).max(0)
+        pad = (hi - lo) * 0.08 + 1e-9
+        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+        ax.set_xlabel(f"PC 1 ({100 * ratio[0]:.0f} % of variance, all layers)")
+        ax.set_ylabel(f"PC 2 ({100 * ratio[1]:.0f} %)")
+        colours = plt.get_cmap("viridis")(np.linspace(0, 1, T))
+        trail = ax.scatter(P[0, :, 0], P[0, :, 1], s=6, c="0.8", zorder=1)
+        pts = ax.scatter(P[0, :, 0], P[0, :, 1], s=30, c=colours, edgecolors="k", linewidths=0.3, zorder=3)
+        labels = _tokens(result)
+        step = max(1, int(np.ceil(T / MAX_POINT_LABELS)))
+        texts = [(i, ax.text(P[0, i, 0], P[0, i, 1], labels[i][:12], fontsize=7, zorder=4))
+                 for i in range(0, T, step)]
+        title = ax.set_title("", fontsize=10)
+        fig.tight_layout()
+        frames = []
+        for l in range(n):
+            trail.set_offsets(P[:l].reshape(-1, 2) if l else np.empty((0, 2)))
+            pts.set_offsets(P[l])
+            for i, t in texts:
+                t.set_position((P[l, i, 0], P[l, i, 1]))
+            title.set_text(f"Layer {l} of {n - 1}{' (embeddings)' if l == 0 else ''}: token states, common basis")
+            frames.append(_frame(fig))
+    finally:
+        plt.close(fig)
+    return _gif(frames, frame_ms)

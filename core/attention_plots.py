@@ -1,0 +1,336 @@
+"""Figures of the attention and attribution sections, rendered from an AnalysisResult (never inside analyze()).
+
+Every figure function returns PNG bytes (matplotlib, Agg backend, figure closed). `single_head_stats` gives the
+plain data of the single-head view, and `attention_bundle_files` is the bundle writer of this part
+(registered in core.bundle.BUNDLE_WRITERS).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+import numpy as np
+
+from .bundle import csv_bytes
+
+log = logging.getLogger(__name__)
+
+DPI = 80
+MAX_TICK_LABELS = 64  # heatmap axes with more tokens than this show every n-th label
+_ROLE_MARKERS = {"previous-token": "<", "first-token/sink": "s", "self": "o", "broad": "D", "other": "^"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig: Any) -> bytes:
+    plt = _plt()
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def safe_label(token: str) -> str:
+    """A token as plain text for matplotlib: no mathtext ($ escaped), control characters made visible."""
+    t = str(token).replace("\n", "\u21b5").replace("\r", "\u240d").replace("\t", "\u21e5")
+    t = "".join(c if c.isprintable() or c == " " else "\ufffd" for c in t)
+    return t.replace("$", r"\$")
+
+
+def _tokens(result: Any) -> list[str]:
+    toks = result.display_tokens or result.tokens
+    return [safe_label(t) if t.strip() else safe_label(repr(t)[1:-1] or "\u2423") for t in toks]
+
+
+def _set_token_ticks(ax: Any, labels: list[str], axis: str) -> None:
+    n = len(labels)
+    step = max(1, int(np.ceil(n / MAX_TICK_LABELS)))
+    idx = list(range(0, n, step))
+    size = 8 if n <= 24 else 6 if n <= 48 else 5
+    if axis == "x":
+        ax.set_xticks(idx, [labels[i] for i in idx], rotation=90, fontsize=size)
+    else:
+        ax.set_yticks(idx, [labels[i] for i in idx], fontsize=size)
+
+
+def _need(section: Any, what: str) -> Any:
+    if section is None:
+        raise ValueError(f"the result has no {what} section")
+    return section
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention analysis figures
+
+
+def entropy_heatmap(result: Any, *, normalized: bool = False) -> bytes:
+    """Heatmap layers × heads of the attention entropy (nats) or the normalised entropy (0…1). PNG bytes."""
+    att = _need(result.attention, "attention analysis")
+    data = att.normalized_entropy if normalized else att.entropy
+    L, H = data.shape
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(min(2 + 0.45 * H, 12), min(1.5 + 0.35 * L, 10)))
+    im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0 if normalized else None,
+                   vmax=1 if normalized else None)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(H))
+    ax.set_yticks(range(L))
+    ax.tick_params(labelsize=7)
+    ax.set_title("Normalised attention entropy" if normalized else "Attention entropy (nats)", fontsize=10)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return _png(fig)
+
+
+def head_clusters_plot(result: Any) -> bytes:
+    """Scatter of the heads' 2-D feature projection, coloured by cluster, marker by role, labelled L<l>H<h>."""
+    att = _need(result.attention, "attention analysis")
+    P, H = att.projection, att.n_heads
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    cmap = plt.get_cmap("tab10")
+    for role, marker in _ROLE_MARKERS.items():
+        idx = [i for i, r in enumerate(att.roles) if r == role]
+        if idx:
+            ax.scatter(P[idx, 0], P[idx, 1], c=[cmap(int(att.clusters[i]) % 10) for i in idx], marker=marker,
+                       s=36, edgecolors="k", linewidths=0.4, label=role)
+    size = 7 if len(att.roles) <= 48 else 5
+    for i in range(len(att.roles)):
+        ax.annotate(f"L{i // H}H{i % H}", (P[i, 0], P[i, 1]), fontsize=size, xytext=(2, 2),
+                    textcoords="offset points")
+    ax.set_xlabel("PC 1 of the standardised head features")
+    ax.set_ylabel("PC 2")
+    sil = f", silhouette {att.silhouette:.2f}" if att.silhouette is not None else ""
+    ax.set_title(f"Head clusters: {att.n_clusters} cluster(s){sil}", fontsize=10)
+    ax.legend(fontsize=7, title="role (colour = cluster)", title_fontsize=7, loc="best")
+    return _png(fig)
+
+
+def _labelled_heatmap(ax: Any, mat: np.ndarray, labels: list[str], title: str) -> Any:
+    im = ax.imshow(mat, cmap="Blues", vmin=0, vmax=max(float(mat.max()), 1e-12), aspect="equal")
+    _set_token_ticks(ax, labels, "x")
+    _set_token_ticks(ax, labels, "y")
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query")
+    ax.set_title(title, fontsize=10)
+    return im
+
+
+def mean_attention_heatmap(result: Any, layer: int = -1) -> bytes:
+    """Labelled heatmap of the attention of `layer` averaged over its heads: (1/H) Σ_h A_lh [T, T]. PNG bytes."""
+    L = result.n_layers
+    l = layer % L
+    mat = result.attentions[l].mean(0)
+    T = mat.shape[0]
+    side = min(3 + 0.12 * T, 12)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    im = _labelled_heatmap(ax, mat, _tokens(result), f"Layer {l}: attention averaged over heads")
+    fig.colorbar(im, ax=ax, shrink=0.7)
+    return _png(fig)
+
+
+def single_head_stats(result: Any, layer: int, head: int, top: int = 10) -> dict[str, Any]:
+    """Plain data of one head: its statistics and top attended (query, key) pairs.
+
+    Returns {"layer", "head", "entropy", "normalized_entropy", "mean_distance", "role", "cluster",
+    "features": {name: value}, "top_pairs": [{"query", "query_token", "key", "key_token", "weight"}] (largest
+    a_ij first, at most `top`), "row_entropy": [T] entropy of each query row (nats)}.
+    """
+    from .attention import row_entropy
+
+    L, H = result.n_layers, result.n_heads
+    if not (0 <= layer < L and 0 <= head < H):
+        raise ValueError(f"no head L{layer}H{head}: the model has {L} layers × {H} heads")
+    A = result.attentions[layer, head]
+    T = A.shape[0]
+    flat = np.argsort(-A, axis=None, kind="stable")[:max(0, min(top, T * T))]
+    toks = result.display_tokens or result.tokens
+    pairs = [{"query": int(i), "query_token": toks[i], "key": int(j), "key_token": toks[j],
+              "weight": float(A[i, j])} for i, j in (divmod(int(k), T) for k in flat)]
+    out: dict[str, Any] = {"layer": int(layer), "head": int(head), "top_pairs": pairs,
+                           "row_entropy": [float(x) for x in row_entropy(A)]}
+    att = result.attention
+    if att is not None:
+        r = layer * H + head
+        out.update(entropy=float(att.entropy[layer, head]),
+                   normalized_entropy=float(att.normalized_entropy[layer, head]),
+                   mean_distance=float(att.mean_distance[layer, head]), role=att.roles[r],
+                   cluster=int(att.clusters[r]),
+                   features={n: float(v) for n, v in zip(att.feature_names, att.features[r])})
+    else:
+        from .attention import attention_entropy, mean_attention_distance
+
+        e, ne = attention_entropy(A)
+        out.update(entropy=float(e), normalized_entropy=float(ne), mean_distance=float(mean_attention_distance(A)),
+                   role=None, cluster=None, features={})
+    return out
+
+
+def single_head_plot(result: Any, layer: int, head: int, top: int = 10) -> bytes:
+    """Labelled heatmap of head (layer, head) with its statistics and top pairs beside it. PNG bytes."""
+    s = single_head_stats(result, layer, head, top)
+    A = result.attentions[layer, head]
+    T = A.shape[0]
+    side = min(3 + 0.12 * T, 12)
+    plt = _plt()
+    fig, (ax, tx) = plt.subplots(1, 2, figsize=(side + 4, side), gridspec_kw={"width_ratios": [side, 4]})
+    im = _labelled_heatmap(ax, A, _tokens(result), f"Layer {layer}, head {head}")
+    fig.colorbar(im, ax=ax, shrink=0.7)
+    tx.axis("off")
+    lines = [f"role: {s['role']}", f"cluster: {s['cluster']}", f"entropy: {s['entropy']:.3f} nats",
+             f"normalised entropy: {s['normalized_entropy']:.3f}", f"mean distance: {s['mean_distance']:.2f} tokens",
+             "", "top pairs (query → key):"]
+    lines += [f"{p['weight']:.3f}  {p['query']}:{safe_label(p['query_token'])[:12]} → "
+              f"{p['key']}:{safe_label(p['key_token'])[:12]}" for p in s["top_pairs"]]
+    tx.text(0, 1, "\n".join(lines), va="top", ha="left", fontsize=8, family="monospace", transform=tx.transAxes)
+    return _png(fig)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attribution figures
+
+_METHOD_TITLES = {"rollout": "attention rollout", "grad_x_input": "gradient × input",
+                  "integrated_gradients": "integrated gradients"}
+
+
+def token_attribution_plot(result: Any, *, width_chars: int = 90) -> bytes:
+    """The text with each token shaded by its score, one block per method (rollout, gradient × input, IG).
+
+    Each method is scaled by its largest |score|; signed methods use a red (positive) / blue (negative) scale,
+    rollout (non-negative) a single-hue scale. The target token is outlined. PNG bytes.
+    """
+    from matplotlib.patches import Rectangle
+
+    attr = _need(result.attribution, "attribution")
+    methods = attr.methods()
+    toks = _tokens(result)
+    fs = 9
+    char_w, line_h = 1.0, 1.6
+    # lay the tokens out once (wrapping at width_chars), shared by every method block
+    pos, x, y = [], 0.0, 0.0
+    for t in toks:
+        w = max(len(t), 1) + 0.6
+        if x + w > width_chars and x > 0:
+            x, y = 0.0, y + line_h
+        pos.append((x, y, w))
+        x += w + 0.4
+    n_lines = int(round(y / line_h)) + 1
+    block_h = n_lines * line_h + 1.6
+    total_h = block_h * len(methods)
+    plt = _plt()
+    cmap_pos, cmap_div = plt.get_cmap("Greens"), plt.get_cmap("RdBu_r")
+    fig = plt.figure(figsize=(min(width_chars * 0.095 + 0.5, 10), 0.3 * total_h * 0.62 + 0.6))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(-0.5, width_chars + 0.5)
+    ax.set_ylim(total_h, -0.5)
+    ax.axis("off")
+    for b, (name, scores) in enumerate(methods.items()):
+        top = b * block_h
+        scale = float(np.max(np.abs(scores))) or 1.0
+        signed = name != "rollout"
+        ax.text(0, top + 0.5, f"{_METHOD_TITLES.get(name, name)} (max |score| {scale:.3g})", fontsize=fs,
+                fontweight="bold", va="center")
+        for i, ((x0, y0, w), t) in enumerate(zip(pos, toks)):
+            v = float(scores[i]) / scale
+            colour = cmap_div(0.5 + 0.5 * v) if signed else cmap_pos(max(v, 0.0))
+            yy = top + 1.6 + y0
+            ax.add_patch(Rectangle((x0, yy - 0.65), w, 1.3, facecolor=colour,
+                                   edgecolor="k" if i == attr.target_position else "none", linewidth=1.2))
+            dark = abs(v) > 0.6
+            ax.text(x0 + 0.3, yy, t, fontsize=fs, family="monospace", va="center", ha="left",
+                    color="white" if dark else "black")
+    return _png(fig)
+
+
+def head_attribution_heatmap(result: Any) -> bytes:
+    """Heatmap layers × heads of the per-head attribution scores (diverging, centred at 0). PNG bytes."""
+    attr = _need(result.attribution, "attribution")
+    if attr.head_scores is None:
+        raise ValueError("the result has no per-head attribution scores")
+    S = attr.head_scores
+    L, H = S.shape
+    m = float(np.max(np.abs(S))) or 1.0
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(min(2 + 0.45 * H, 12), min(1.5 + 0.35 * L, 10)))
+    im = ax.imshow(S, aspect="auto", cmap="RdBu_r", vmin=-m, vmax=m)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(H))
+    ax.set_yticks(range(L))
+    ax.tick_params(labelsize=7)
+    ax.set_title(f"Head attribution for '{safe_label(attr.predicted_token or '')}' (gradient × head output)",
+                 fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return _png(fig)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bundle writer
+
+
+def attention_tables(result: Any) -> dict[str, tuple[list[str], list[list[Any]]]]:
+    """The CSV tables of this part as {file name: (header, rows)} (only those whose data exist)."""
+    out: dict[str, tuple[list[str], list[list[Any]]]] = {}
+    att = result.attention
+    if att is not None:
+        L, H = att.entropy.shape
+        out["attention_entropy.csv"] = (
+            ["layer", "head", "entropy", "normalized_entropy"],
+            [[l, h, float(att.entropy[l, h]), float(att.normalized_entropy[l, h])] for l in range(L) for h in range(H)])
+        out["head_clusters.csv"] = (
+            ["layer", "head", "cluster", "role", *att.feature_names],
+            [[r // H, r % H, int(att.clusters[r]), att.roles[r], *(float(v) for v in att.features[r])]
+             for r in range(L * H)])
+    attr = result.attribution
+    if attr is not None:
+        methods = attr.methods()
+        names = list(methods)
+        out["token_attribution.csv"] = (
+            ["position", "token", *names],
+            [[i, tok, *(float(methods[n][i]) for n in names)] for i, tok in enumerate(result.tokens)])
+        if attr.head_scores is not None:
+            L, H = attr.head_scores.shape
+            out["head_attribution.csv"] = (["layer", "head", "score"],
+                                           [[l, h, float(attr.head_scores[l, h])] for l in range(L) for h in range(H)])
+    return out
+
+
+def attention_bundle_files(result: Any, options: dict[str, Any] | None = None) -> dict[str, bytes]:
+    """Bundle members of the attention/attribution part: CSVs, plots/*.png and (settings.animations)
+    animations/*.gif. Fixed names only. A figure that fails is logged and left out, never the CSVs."""
+    files = {name: csv_bytes(h, rows) for name, (h, rows) in attention_tables(result).items()}
+    figures: list[tuple[str, Any]] = []
+    if result.attention is not None:
+        figures += [("plots/attention_entropy.png", lambda: entropy_heatmap(result)),
+                    ("plots/attention_entropy_normalized.png", lambda: entropy_heatmap(result, normalized=True)),
+                    ("plots/head_clusters.png", lambda: head_clusters_plot(result))]
+    if result.attribution is not None:
+        figures.append(("plots/token_attribution.png", lambda: token_attribution_plot(result)))
+        if result.attribution.head_scores is not None:
+            figures.append(("plots/head_attribution.png", lambda: head_attribution_heatmap(result)))
+    if result.attentions is not None and result.attentions.size:
+        figures.append(("plots/attention_mean_last_layer.png", lambda: mean_attention_heatmap(result, -1)))
+    settings = getattr(result, "settings", None)
+    if settings is None or getattr(settings, "animations", True):
+        from .animations import attention_layers_gif, token_trajectories_gif
+
+        figures += [("animations/attention_layers.gif", lambda: attention_layers_gif(result)),
+                    ("animations/token_trajectories.gif", lambda: token_trajectories_gif(result))]
+    for name, make in figures:
+        try:
+            files[name] = make()
+        except Exception as exc:  # a figure must not cost the user the data files
+            log.warning("could not render %s: %s", name, exc)
+    return files
