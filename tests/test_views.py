@@ -1,0 +1,125 @@
+"""core/views.py: the tables behind the app's charts, against hand computations; and the Altair builders."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+from core import views
+from core.metrics import METRIC_NAMES
+
+
+def fake_result(metrics: dict[str, list[float]]):
+    import pandas as pd
+
+    lm = {k: np.asarray(v, dtype=float) for k, v in metrics.items()}
+    n = len(next(iter(lm.values())))
+    frame = pd.DataFrame([{"layer": l, **{m: lm[m][l] for m in METRIC_NAMES}} for l in range(n)])
+    return types.SimpleNamespace(layer_metrics=lm, metrics_frame=lambda: frame)
+
+
+RES = fake_result({
+    "effective_rank": [4.0, 3.0, 2.0, 1.0],
+    "participation_ratio": [1.0, 2.0, 3.0, 4.0],
+    "intrinsic_dim_95": [5.0, 5.0, 5.0, 5.0],  # constant
+    "activation_entropy": [1.0, 4.0, 9.0, 16.0],  # monotone, not linear
+    "cosine_to_input": [1.0, 0.5, np.nan, 0.2],
+})
+
+
+def test_metrics_long_shape():
+    df = views.metrics_long(RES)
+    assert len(df) == 5 * 4 and set(df.columns) == {"layer", "metric", "value"}
+
+
+def test_normalised_metrics_hand_values():
+    df = views.normalised_metrics(RES)
+    er = df[df.metric == "effective_rank"].normalised.to_numpy()
+    np.testing.assert_allclose(er, [1, 2 / 3, 1 / 3, 0])
+    assert np.all(df[df.metric == "intrinsic_dim_95"].normalised == 0.5)  # constant → 0.5
+    cos = df[df.metric == "cosine_to_input"].normalised.to_numpy()
+    assert np.isnan(cos[2]) and cos[0] == 1.0 and cos[3] == 0.0
+
+
+def test_normalised_metrics_given_array():
+    given = np.arange(20, dtype=float).reshape(5, 4) / 19
+    df = views.normalised_metrics(RES, given)
+    np.testing.assert_allclose(df.normalised.to_numpy(), given.ravel())
+
+
+def test_correlations_pearson_and_spearman():
+    p = views.metric_correlations(RES, "pearson")
+    s = views.metric_correlations(RES, "spearman")
+    assert p.loc["effective_rank", "participation_ratio"] == pytest.approx(-1.0)
+    assert p.loc["participation_ratio", "activation_entropy"] < 1.0  # not linear
+    assert s.loc["participation_ratio", "activation_entropy"] == pytest.approx(1.0)  # but monotone
+    assert np.isnan(p.loc["intrinsic_dim_95", "effective_rank"])
+    with pytest.raises(ValueError):
+        views.metric_correlations(RES, "kendall-ish")
+
+
+def test_correlations_long_from_array():
+    arr = np.eye(5)
+    df = views.correlations_long(arr)
+    assert len(df) == 25 and df.r.sum() == 5 and set(df.row) == set(METRIC_NAMES)
+
+
+def test_attention_frame_mean_over_heads():
+    rng = np.random.default_rng(0)
+    A = rng.random((2, 3, 4, 4))
+    A /= A.sum(-1, keepdims=True)
+    tokens = ["a", "b", "a", "c"]
+    df = views.attention_frame(A, tokens, 1, None)
+    M = df.pivot(index="qi", columns="ki", values="weight").to_numpy()
+    np.testing.assert_allclose(M, A[1].mean(0))
+    df2 = views.attention_frame(A, tokens, 0, 2)
+    np.testing.assert_allclose(df2.pivot(index="qi", columns="ki", values="weight").to_numpy(), A[0, 2])
+    assert df["query"].nunique() == 4  # repeated tokens get distinct labels
+
+
+def test_layer_head_frame():
+    V = np.arange(6.0).reshape(2, 3)
+    df = views.layer_head_frame(V, "entropy", {"d": V * 2})
+    row = df[(df["layer"] == 1) & (df["head"] == 2)].iloc[0]
+    assert row.entropy == 5.0 and row.d == 10.0
+
+
+def test_shaded_tokens_escape_and_sign():
+    html_out = views.shaded_tokens_html(["<script>", "ok", "&"], [1.0, -0.5, 0.0], target=0)
+    assert "<script>" not in html_out and "&lt;script&gt;" in html_out and "&amp;" in html_out
+    assert "rgba(220,60,40,1.000)" in html_out and "rgba(40,90,220,0.500)" in html_out
+    assert "outline" in html_out
+
+
+def test_shaded_tokens_all_zero_or_nan():
+    out = views.shaded_tokens_html(["a", "b"], [0.0, np.nan])
+    assert out.count("0.000") == 2
+
+
+def test_predictions_and_lens_tables():
+    pred = types.SimpleNamespace(positions=[3], candidates=[[{"token": "x", "token_id": 1, "probability": 0.7},
+                                                             {"token": "y", "token_id": 2, "probability": 0.2}]])
+    t = views.predictions_table(pred)
+    assert list(t["rank"]) == [1, 2] and t.probability.iloc[0] == 0.7
+    lens = types.SimpleNamespace(layers=np.arange(3), top_tokens=[["a", "b"]] * 3, top_probs=np.full((3, 2), 0.4),
+                                 final_token="a", final_prob=np.array([0.1, 0.2, 0.4]), entropy=np.ones(3),
+                                 grid_tokens=[["a", "b"]] * 3, grid_probs=np.full((3, 2), 0.5), position=1)
+    tab = views.logit_lens_table(lens)
+    assert len(tab) == 3 and tab["P(a)"].iloc[-1] == 0.4
+    grid = views.logit_lens_grid_frame(lens, ["t0", "t1"])
+    assert len(grid) == 6 and set(grid.top_token) == {"a", "b"}
+
+
+def test_chart_builders_make_valid_specs():
+    from app import charts
+
+    df = views.metrics_long(RES)
+    for m in METRIC_NAMES:
+        assert charts.metric_line(df, m).to_dict()["layer"]
+    assert charts.correlation_heatmap(views.correlations_long(views.metric_correlations(RES)), "pearson").to_dict()
+    assert charts.normalised_heatmap(views.normalised_metrics(RES)).to_dict()
+    A = np.full((1, 1, 3, 3), 1 / 3)
+    spec = charts.attention_heatmap(views.attention_frame(A, ["a", "b", "c"], 0, None), "t").to_dict()
+    assert spec["mark"]["type"] == "rect" and any(t["field"] == "weight" for t in spec["encoding"]["tooltip"])
