@@ -129,3 +129,12 @@ def logit_lens_prob_line(df) -> alt.Chart:
         y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
         tooltip=[alt.Tooltip("layer:Q", format="d"), alt.Tooltip("probability:Q", format=".4f")])
     return (base.mark_line() + base.mark_point(filled=True)).properties(height=220)
+
+
+def row_entropy_bars(df) -> alt.Chart:
+    """Entropy per query row of one head (df: query, entropy)."""
+    return alt.Chart(df).mark_bar().encode(
+        y=alt.Y("query:N", sort=list(df["query"]), title=None, axis=alt.Axis(labelLimit=120)),
+        x=alt.X("entropy:Q", title="row entropy (nats)"),
+        tooltip=[alt.Tooltip("query:N"), alt.Tooltip("entropy:Q", format=".4f")],
+    ).properties(height=max(160, 18 * len(df)))

@@ -57,40 +57,40 @@ def attention_section(result: Any, layer: int, head: int | None) -> None:
 
 
 def single_head_section(result: Any, layer: int, head: int) -> None:
-    """The single-head view of core.attention_plots: statistics, top attended pairs, labelled heatmap."""
+    """The single-head view from core.attention_plots.single_head_stats: statistics, top pairs, row entropies."""
     try:
-        from core import attention_plots
+        from core.attention_plots import single_head_stats
     except ImportError:
         return
-    fn = getattr(attention_plots, "single_head_stats", None)
-    if fn is None:
-        return
     try:
-        stats = fn(result, layer, head)
+        stats = single_head_stats(result, layer, head)
     except Exception:
         log.exception("single-head statistics failed")
         st.caption("The single-head statistics could not be computed for this head.")
         return
-    st.markdown(f"**Head {head} of layer {layer}**")
-    _show_stats(stats)
+    st.markdown(f"**Single head: layer {layer}, head {head}**")
+    cols = st.columns(5)
+    for col, (key, label) in zip(cols, (("entropy", "Entropy (nats)"), ("normalized_entropy", "Normalised entropy"),
+                                        ("mean_distance", "Mean distance"), ("role", "Role"),
+                                        ("cluster", "Cluster"))):
+        v = stats.get(key)
+        if v is not None:
+            col.metric(label, f"{v:.3f}" if isinstance(v, float) else str(v))
+    left, right = st.columns([3, 2])
+    with left:
+        st.caption("Top attended pairs (query → key)")
+        st.dataframe(stats.get("top_pairs", []), hide_index=True, width="stretch",
+                     column_config={"weight": st.column_config.ProgressColumn(
+                         "weight", format="%.4f", min_value=0.0, max_value=1.0)})
+    with right:
+        import pandas as pd
 
-
-def _show_stats(stats: Any) -> None:
-    """Scalars as st.metric, lists of pairs as a table; accepts a dict or a dataclass."""
-    import dataclasses
-
-    data = dataclasses.asdict(stats) if dataclasses.is_dataclass(stats) else dict(stats)
-    scalars = {k: v for k, v in data.items() if isinstance(v, (int, float, np.floating, np.integer, str))
-               and not isinstance(v, bool)}
-    tables = {k: v for k, v in data.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
-    if scalars:
-        cols = st.columns(min(len(scalars), 4))
-        for i, (k, v) in enumerate(scalars.items()):
-            shown = f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
-            cols[i % len(cols)].metric(k.replace("_", " "), shown)
-    for k, rows in tables.items():
-        st.markdown(k.replace("_", " ").capitalize())
-        st.dataframe(rows, hide_index=True, width="stretch")
+        rows = stats.get("row_entropy") or []
+        if rows:
+            labels = views.token_labels(result.display_tokens[:len(rows)])
+            df = pd.DataFrame({"query": labels, "entropy": rows})
+            chart(charts.row_entropy_bars(df))
+            st.caption("Entropy of each query row (nats): low = the row looks at few tokens.")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -202,6 +202,7 @@ def logit_lens_section(result: Any) -> None:
 
 
 def animations_section(result: Any, head: int | None) -> None:
+    """The layer-transition GIFs of core.animations, rendered once per (result, head) and cached."""
     if not result.settings.animations:
         st.caption("Animations are off (sidebar → Settings → Layer animations).")
         return
@@ -210,38 +211,57 @@ def animations_section(result: Any, head: int | None) -> None:
     except ImportError:
         st.caption("Layer animations are not available in this build.")
         return
-    gifs = _render_gifs(result.cache_key or str(id(result)), head, _ResultRef(result))
-    if not gifs:
-        st.caption("No animation could be rendered for this result.")
-        return
-    cols = st.columns(len(gifs))
-    for col, (name, data) in zip(cols, gifs.items()):
-        col.image(data, caption=name, width="stretch")
+    ref = _ResultRef(result)
+    which = "mean over heads" if head is None else f"head {head}"
+    left, right = st.columns(2)
+    with left:
+        gif = _attention_gif(_key(result), head, ref)
+        if gif:
+            st.image(gif, caption=f"Attention across layers ({which})", width="stretch")
+        else:
+            st.caption("The attention animation could not be rendered.")
+    with right:
+        gif = _trajectories_gif(_key(result), ref)
+        if gif:
+            st.image(gif, caption="Token representations across layers (one common 2-D basis)", width="stretch")
+        else:
+            st.caption("The token-trajectory animation could not be rendered.")
     show_caption("anim_layer_transitions")
 
 
+def _key(result: Any) -> str:
+    return result.cache_key or f"id-{id(result)}"
+
+
 class _ResultRef:
-    """Wraps the result so st.cache_data does not hash its arrays (the cache key stands for the result)."""
+    """Wraps the result so st.cache_data does not hash its arrays: the cache key (passed too) stands for it."""
 
     def __init__(self, result: Any):
         self.result = result
 
 
-@st.cache_data(max_entries=16, show_spinner="Rendering the layer animations…",
-               hash_funcs={_ResultRef: lambda r: r.result.cache_key or str(id(r.result))})
-def _render_gifs(cache_key: str, head: int | None, ref: _ResultRef) -> dict[str, bytes]:
-    """GIF bytes per animation, rendered once per (result, head)."""
-    from core import animations
+_REF_HASH = {_ResultRef: lambda r: _key(r.result)}
 
-    result = ref.result
-    out: dict[str, bytes] = {}
-    for label, fn_name, kwargs in (("Attention across layers", "attention_gif", {"head": head}),
-                                   ("Token representations across layers", "representation_gif", {})):
-        fn = getattr(animations, fn_name, None)
-        if fn is None:
-            continue
-        try:
-            out[label] = fn(result, **kwargs)
-        except Exception:
-            log.exception("animation %s failed", fn_name)
-    return out
+
+@st.cache_data(max_entries=32, show_spinner="Rendering the attention animation…", hash_funcs=_REF_HASH)
+def _attention_gif(cache_key: str, head: int | None, ref: _ResultRef) -> bytes | None:
+    """GIF bytes of core.animations.attention_layers_gif, once per (result, head)."""
+    from core.animations import attention_layers_gif
+
+    try:
+        return attention_layers_gif(ref.result, head=head)
+    except Exception:
+        log.exception("attention animation failed")
+        return None
+
+
+@st.cache_data(max_entries=16, show_spinner="Rendering the token trajectories…", hash_funcs=_REF_HASH)
+def _trajectories_gif(cache_key: str, ref: _ResultRef) -> bytes | None:
+    """GIF bytes of core.animations.token_trajectories_gif, once per result."""
+    from core.animations import token_trajectories_gif
+
+    try:
+        return token_trajectories_gif(ref.result)
+    except Exception:
+        log.exception("token-trajectory animation failed")
+        return None

@@ -121,6 +121,8 @@ def test_layer_analysis_page(results, family):
         assert n_charts(at) >= 3  # + entropy grid and clustering
     if r.attribution is not None:
         assert at.get("html"), "token shading missing"
+    if r.settings.animations:
+        assert len(at.get("image")) == 2, "the two layer GIFs"
     labels = [t.label for t in at.tabs]
     assert labels == ["Attention", "Heads", "Token attribution", "Logit lens", "Animations"]
 
@@ -133,8 +135,10 @@ def test_layer_analysis_head_and_layer_choice(results):
     at.selectbox(key="head").set_value(1)
     at.run()
     no_exception(at)
-    assert any("head 1" in str(getattr(c, "proto", "")) or True for c in at.get("vega_lite_chart"))
     assert at.session_state["layer"] == r.n_layers - 1 and at.session_state["head"] == 1
+    labels = [m.label for m in at.metric]
+    assert "Entropy (nats)" in labels and "Role" in labels  # the single-head view
+    assert any("head 1" in (c.proto.spec or "") for c in at.get("vega_lite_chart"))
 
 
 def test_details_page(results):
