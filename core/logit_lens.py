@@ -145,7 +145,7 @@ def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position:
 
     grid_ids = torch.empty(n_layers1 * T, dtype=torch.long)
     grid_probs = torch.empty(n_layers1 * T, dtype=torch.float64)
-    pos_rows: dict[int, torch.Tensor] = {}  # layer -> log-probabilities [V] at `position`
+    pos_rows: dict[int, torch.Tensor] = {}  # layer -> logits z_l [V] at `position`
     max_diff = 0.0
     final_row = None
     V = _vocab_size(loaded)
@@ -166,7 +166,7 @@ def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position:
             for layer in range(start // T, (stop - 1) // T + 1):  # rows at `position` in this chunk
                 r = layer * T + position
                 if start <= r < stop:
-                    pos_rows[layer] = (z[r - start] - lse[r - start]).cpu()
+                    pos_rows[layer] = z[r - start].cpu()
             last0 = max(start, (n_layers1 - 1) * T)  # rows of the last layer in this chunk: the exactness check
             if final_logits is not None and last0 < stop:
                 ref = final_logits[last0 - (n_layers1 - 1) * T:stop - (n_layers1 - 1) * T].to(z.device).float()
@@ -178,7 +178,8 @@ def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position:
             final_row = pos_rows[n_layers1 - 1]
         final_id = int(torch.argmax(final_row))
 
-        logp = torch.stack([pos_rows[l] for l in range(n_layers1)]).double()  # [L+1, V]
+        # the read-out at `position` in float64: log p_l = z_l - logsumexp(z_l)
+        logp = torch.log_softmax(torch.stack([pos_rows[l] for l in range(n_layers1)]).double(), dim=-1)  # [L+1, V]
         p = logp.exp()
         entropy = -(p * logp).nan_to_num(0.0).sum(-1)  # 0 · log 0 = 0
         k = min(int(top_k), p.shape[-1])
