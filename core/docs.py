@@ -219,7 +219,7 @@ _ATTENTION = [
                            "construction; use the normalised entropy to compare across positions and models."),
        pitfalls=[P_NOT_EXPLANATION, "Grows with the number of keys a row may see: compare heads of one text only.",
                  P_SPECIAL],
-       references=[R_CLARK, R_VOITA, R_VIG], sources=["attention.entropy"]),
+       references=[R_CLARK, R_VOITA, R_VIG, R_JAIN, R_WIEGREFFE], sources=["attention.entropy"]),
     _e(key="normalized_attention_entropy", title="Normalised attention entropy", kind="attention",
        short="Normalised attention entropy: each row's entropy divided by ln(keys it may see); 0 = one key, 1 = uniform.",
        formula_latex=(r"\tilde E^{l,h} = \frac{1}{|\mathcal{I}|}\sum_{i\in\mathcal{I}} "
@@ -312,7 +312,7 @@ _ATTRIBUTION = [
                            "[CLS]/[SEP]. Both are artefacts more than importance."),
        pitfalls=[P_NOT_EXPLANATION, "Ignores the MLPs and the value vectors' norms; it is a heuristic, not a gradient.",
                  "Tends to become uniform or sink-dominated in deep models."],
-       references=[R_ABNAR], sources=["attribution.rollout", "attribution.rollout_matrix"]),
+       references=[R_ABNAR, R_JAIN, R_WIEGREFFE], sources=["attribution.rollout", "attribution.rollout_matrix"]),
     _e(key="gradient_x_input", title="Gradient × input", kind="attribution",
        short="Gradient × input: Σ_d x_td · ∂f/∂x_td per token, f = log p of the predicted token at the target.",
        formula_latex=(r"a_t = \sum_{d=1}^{D} x_{t,d}\,\frac{\partial f(x)}{\partial x_{t,d}},\qquad "
@@ -478,58 +478,69 @@ _FIGURES = [
                     "rows in absolute terms (each row has its own min and max)."),
        files=["plots/metrics_normalized.png"]),
     _e(key="fig_attention_heatmap", title="Attention heatmaps", kind="figure",
-       short="Attention weights of one head: rows are query tokens, columns the key tokens they read from.",
-       definition="The matrix A^{l,h}: row i holds how token i distributes its attention over the tokens j.",
+       short="Attention weights: rows are query tokens, columns the key tokens they read from; each row sums to 1.",
+       definition=("The matrix A^{l,h} of one head (Layer Analysis page, with its statistics and top attended "
+                   "pairs), or the mean over the heads of the last layer (plots/attention_mean_last_layer.png)."),
        how_to_read=("Each row sums to 1. A bright sub-diagonal is a previous-token head; a bright first column is "
                     "a sink head; a bright diagonal a self head; an even spread a broad head. In causal models the "
-                    "upper triangle is empty (future tokens are masked)."),
-       pitfalls=[P_NOT_EXPLANATION], references=[R_CLARK, R_VIG],
-       files=["plots/attention*.png"]),
-    _e(key="fig_head_metrics", title="Per-head entropy and distance maps", kind="figure",
-       short="Per-head attention entropy / distance as a layer × head grid.",
-       definition="Heatmaps of entropy, normalised entropy and mean distance with layers as rows and heads as columns.",
-       how_to_read=("Dark (low entropy) cells are focused heads, bright cells diffuse ones; look for layers where "
-                    "the pattern changes. Distance maps separate local from long-range heads."),
-       pitfalls=[P_NOT_EXPLANATION], files=["plots/head_*.png", "plots/*entropy*.png", "plots/*distance*.png"]),
+                    "upper triangle is empty (future tokens are masked). A head average blurs distinct heads "
+                    "together: look at single heads before concluding."),
+       pitfalls=[P_NOT_EXPLANATION], references=[R_CLARK, R_VIG, R_JAIN, R_WIEGREFFE],
+       files=["plots/attention_mean_last_layer.png"]),
+    _e(key="fig_attention_entropy", title="Attention entropy maps", kind="figure",
+       short="Attention entropy per head as a layer × head grid (nats, or normalised to 0…1).",
+       definition="Heatmaps of the attention entropy and of the normalised entropy, layers as rows and heads as columns.",
+       how_to_read=("Dark (low entropy) cells are focused heads, bright cells diffuse ones. Use the normalised map "
+                    "to compare across models and text lengths; look for layers where the pattern changes."),
+       pitfalls=[P_NOT_EXPLANATION],
+       files=["plots/attention_entropy.png", "plots/attention_entropy_normalized.png"]),
     _e(key="fig_head_clusters", title="Head clusters", kind="figure",
-       short="Heads projected to 2-D and coloured by cluster / role.",
+       short="Heads projected to 2-D (PCA of their features), coloured by cluster, marker by role, labelled LlHh.",
        definition="A scatter of the 2-D projection of the head features, one point per head, coloured by cluster.",
        how_to_read=("Nearby points are heads with similar attention statistics. Tight, separate groups with a high "
-                    "silhouette are real head types; overlapping colours mean a continuum."),
-       files=["plots/*cluster*.png", "plots/*roles*.png"]),
+                    "silhouette are real head types; overlapping colours mean a continuum. The marker gives the "
+                    "rule-based role, which need not agree with the cluster."),
+       files=["plots/head_clusters.png"]),
     _e(key="fig_attribution", title="Token attributions", kind="figure",
-       short="Per-token attribution scores for the target prediction (rollout, gradient × input, IG).",
-       definition="Bars (or a coloured strip) of each token's score for the target position, one row per method.",
+       short="The text with each token shaded by its score, one block per method (rollout, gradient × input, IG).",
+       definition=("Each method is scaled by its largest |score|; signed methods use red (positive) / blue "
+                   "(negative), rollout (never negative) a single green scale; the target token is outlined. The "
+                   "Layer Analysis page shows the same scores as bars."),
        how_to_read=("Compare methods: tokens that all methods rank high are the most trustworthy explanations; "
-                    "tokens high in rollout only are usually attention sinks. Signs matter for the gradient methods "
-                    "(red pushes the prediction up, blue down)."),
+                    "tokens high in rollout only are usually attention sinks. For the gradient methods red pushes "
+                    "the prediction up, blue down. Colours are relative within a block, not across blocks."),
        pitfalls=[P_NOT_EXPLANATION], references=[R_ABNAR, R_SUNDARARAJAN],
-       files=["plots/*attribution*.png", "plots/*rollout*.png", "plots/*gradient*.png", "plots/*integrated*.png"]),
+       files=["plots/token_attribution.png"]),
     _e(key="fig_head_attribution", title="Head attribution map", kind="figure",
-       short="Per-head importance for the target prediction (layer × head).",
-       definition="A layer × head heatmap of the head attribution scores.",
-       how_to_read="Bright cells are the heads the prediction depends on most; usually only a handful stand out.",
-       references=[R_MICHEL], files=["plots/*head_attribution*.png", "plots/*head_scores*.png"]),
+       short="Per-head importance for the target prediction (layer × head, diverging colours centred at 0).",
+       definition="A layer × head heatmap of the head attribution scores (gradient × head output).",
+       how_to_read=("Red heads support the prediction, blue heads work against it; usually only a handful stand "
+                    "out. Pale cells matter little for this text and target."),
+       references=[R_MICHEL], files=["plots/head_attribution.png"]),
     _e(key="fig_predictions", title="Prediction bars", kind="figure",
        short="Top-k candidate tokens and their probabilities at the predicted position(s).",
-       definition="Horizontal bars of the top-k candidates' probabilities.",
+       definition="Horizontal bars of the top-k candidates' probabilities, one panel per predicted position.",
        how_to_read="The longer the first bar relative to the others, the more confident the model.",
-       files=["plots/*prediction*.png", "plots/*mask*.png", "plots/*next_token*.png"]),
+       files=["plots/predictions.png"]),
     _e(key="fig_logit_lens", title="Logit-lens plots", kind="figure",
-       short="Top token per layer (and position) decoded through the final norm and the unembedding.",
+       short="Top token per layer and position decoded through the model's own head, and p(final token) by layer.",
        definition=("A grid of the top decoded token at every layer (rows) and position (columns), coloured by its "
-                   "probability, and a line of the final prediction's probability through the layers."),
+                   "probability, and a line of the final prediction's probability (and entropy) through the layers."),
        how_to_read=("Read the target column from bottom to top to see when the final prediction emerges; "
                     "rows where the token stops changing mark where the prediction is settled."),
-       references=[R_NOSTALGEBRAIST], files=["plots/*lens*.png"]),
+       references=[R_NOSTALGEBRAIST], files=["plots/logit_lens.png", "plots/logit_lens_layers.png"]),
     _e(key="anim_layer_transitions", title="Layer-transition animations", kind="animation",
-       short="Animated GIF stepping through the layers (attention or token-state projections per layer).",
-       definition=("Frames show one layer each, in order, e.g. the head-averaged attention map or a 2-D projection "
-                   "of the token states; the frame title gives the layer."),
-       how_to_read=("Watch for the layer where the picture changes abruptly (e.g. attention concentrating on the "
-                    "first token, or tokens collapsing together). Pause on a frame in an image viewer to read it."),
-       pitfalls=["Projections (PCA) are refitted per layer unless stated: axes may flip between frames."],
-       files=["animations/*.gif"]),
+       short="GIFs stepping through the layers: the head-averaged attention, and the tokens in one common 2-D basis.",
+       definition=("attention_layers.gif: one frame per layer of the attention averaged over heads, all frames on "
+                   "one colour scale. token_trajectories.gif: every token's hidden state projected on ONE 2-D PCA "
+                   "basis fitted on all layers together, one frame per layer (0 = embeddings), fixed axes, "
+                   "earlier layers faint."),
+       how_to_read=("Watch for the layer where the picture changes abruptly: attention concentrating on the first "
+                    "token, or tokens drifting together (collapse) or apart. Because the basis and the axes are "
+                    "shared by all frames, movement between frames is real movement in that plane."),
+       pitfalls=["Two PCA components show only part of the variance (the ratio is in the frame); points that "
+                 "overlap in 2-D may be far apart in the full space."],
+       files=["animations/attention_layers.gif", "animations/token_trajectories.gif"]),
 ]
 
 #: The registry, in display order.
