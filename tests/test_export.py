@@ -1,0 +1,274 @@
+"""The export (issue 6): bundle contents, CSV columns, shapes, the PDF report, the HTML session log, run retention,
+and the figure data functions. A real result from the tiny GPT-2 fixture; robust to which other sections exist."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import zipfile
+
+import numpy as np
+import pytest
+
+from core import docs
+from core.bundle import BUNDLE_WRITERS, bundle_files
+from core.export import build_files, build_zip, export_run
+from core.figures import (FIGURES, metric_correlations, normalized_metrics, summary_figures)
+from core.metrics import METRIC_NAMES
+from core.report import PLACEHOLDER, build_report, safe_text
+from core.runs import list_runs, make_run_id, safe_member, save_run
+from core.session_log import entry_from_result, render_html
+
+USER_TEXT = "Secretword <script>alert('x')</script> & the cat sat on the mat 😀 猫 naïve."
+SAFE_NAME = re.compile(r"^[a-z0-9_]+(/[a-z0-9_]+)*\.[a-z0-9]+$")
+FOUNDATION = ("manifest.json", "layer_metrics.csv", "attentions.npy", "tokens.json")
+MINE = ("report.pdf", "session_log.html", *FIGURES)
+
+
+@pytest.fixture(scope="module")
+def result(tiny_gpt2):
+    from core.analysis import analyze
+
+    return analyze(tiny_gpt2, USER_TEXT, ig_steps=4)
+
+
+@pytest.fixture(scope="module")
+def files(result):
+    entries = [entry_from_result(result), entry_from_result(result.replace(cache_hit=True), duration_s=0.01)]
+    return build_files(result, entries, hidden_states=True)
+
+
+def _pdf(data: bytes):
+    from pypdf import PdfReader
+
+    return PdfReader(io.BytesIO(data))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bundle
+
+
+def test_bundle_holds_every_listed_file(files, result):
+    for name in (*FOUNDATION, *MINE, "hidden_states.npz"):
+        assert name in files and len(files[name]) > 0, name
+    # every figure of a computed section is there (the writers of the other parts add them)
+    if result.predictions is not None:
+        assert "plots/predictions.png" in files
+    if result.logit_lens is not None:
+        assert {"plots/logit_lens.png", "plots/logit_lens_layers.png"} <= set(files)
+    if result.attention is not None:
+        assert "plots/head_clusters.png" in files
+    if result.attribution is not None:
+        assert "plots/token_attribution.png" in files
+    if result.settings.animations and result.attention is not None:
+        assert any(n.startswith("animations/") and n.endswith(".gif") for n in files)
+    for name, data in files.items():
+        if name.endswith(".png"):
+            assert data[:8] == b"\x89PNG\r\n\x1a\n", name
+        if name.endswith(".gif"):
+            assert data[:6] in (b"GIF87a", b"GIF89a"), name
+
+
+def test_report_is_the_last_writer():
+    assert BUNDLE_WRITERS[-1] == (".report", "report_files")
+
+
+def test_hidden_states_only_when_asked(result, files):
+    assert "hidden_states.npz" not in bundle_files(result)
+    with np.load(io.BytesIO(files["hidden_states.npz"]), allow_pickle=False) as z:
+        hs = z["hidden_states"]
+        assert hs.dtype == np.float16 and hs.shape == result.hidden_states.shape
+        np.testing.assert_allclose(hs.astype(np.float32), result.hidden_states, rtol=2e-3, atol=2e-3)
+        assert z["token_ids"].tolist() == result.token_ids
+
+
+def test_layer_metrics_csv_columns(files, result):
+    rows = list(csv.reader(io.StringIO(files["layer_metrics.csv"].decode("utf-8"))))
+    assert rows[0] == ["layer", *METRIC_NAMES]
+    assert len(rows) - 1 == result.n_layers + 1
+    assert [int(r[0]) for r in rows[1:]] == list(range(result.n_layers + 1))
+    np.testing.assert_allclose([float(r[1]) for r in rows[1:]], result.layer_metrics["effective_rank"], rtol=1e-8)
+
+
+def test_attentions_shape_matches_tokens(files, result):
+    tokens = json.loads(files["tokens.json"])
+    att = np.load(io.BytesIO(files["attentions.npy"]), allow_pickle=False)
+    assert att.shape == (result.n_layers, result.n_heads, len(tokens), len(tokens))
+
+
+def test_member_names_are_fixed_and_safe(files):
+    for name in files:
+        assert SAFE_NAME.match(name), name
+        assert safe_member(name)
+        assert "secretword" not in name.lower() and "script" not in name.lower()
+
+
+def test_build_zip_equals_the_bundle(result, files):
+    data = build_zip(result, [entry_from_result(result)], hidden_states=True)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert zf.testzip() is None
+        assert set(zf.namelist()) == set(files)
+        assert zf.read("layer_metrics.csv") == files["layer_metrics.csv"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PDF
+
+
+def test_pdf_opens_with_model_name_and_images(files, result):
+    reader = _pdf(files["report.pdf"])
+    text = "\n".join(p.extract_text() for p in reader.pages)
+    model = result.model["model_id"]
+    assert model.replace("\n", "") in text.replace("\n", "")
+    n_images = sum(len(p.images) for p in reader.pages)
+    n_plots = sum(1 for n in files if n.startswith("plots/") and n.endswith(".png"))
+    assert n_plots >= len(FIGURES) and n_images == n_plots
+    assert "Effective rank" in text and "Page 1 / " in text
+    assert docs.formula_text("participation_ratio").split(",")[0] in text
+    for name in FIGURES:
+        assert name in text  # each embedded plot carries its caption
+    if result.predictions is not None and result.predictions.candidates:
+        assert "Predictions" in text
+
+
+def test_pdf_sections_with_and_without_optional_sections(result):
+    bare = result.replace(attention=None, attribution=None, predictions=None, logit_lens=None)
+    text = "\n".join(p.extract_text() for p in _pdf(build_report(bare, {})).pages)
+    assert "Layer metrics" in text and "Top 10 heads" not in text
+    if result.attention is not None:
+        text = "\n".join(p.extract_text() for p in _pdf(build_report(result, {})).pages)
+        assert "heads by attention entropy" in text
+
+
+@pytest.mark.parametrize("text", ["emoji 😀🎉👩‍🔬 and flags 🇫🇷", "中文 日本語 한국어", "mixed ∑ λ → ∞ \u200b\x07 نص عربي"])
+def test_unicode_text_gives_a_valid_pdf(result, text):
+    data = build_report(result.replace(text=text), {})
+    reader = _pdf(data)
+    assert len(reader.pages) >= 3
+    assert data.startswith(b"%PDF")
+
+
+def test_safe_text_keeps_what_it_can_draw():
+    assert safe_text("naïve σ λ ∑ → 1") == "naïve σ λ ∑ → 1"
+    assert safe_text("a\x07b\u200bc") == "abc"
+    assert safe_text("猫") in ("猫", PLACEHOLDER)  # a CJK fallback font may be installed
+    assert safe_text(None) == ""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Session log
+
+
+def test_session_log_escapes_user_text(files):
+    page = files["session_log.html"].decode("utf-8")
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert page.count('class="entry"') == 2
+    assert "cache hit" in page and "cache miss" in page
+    assert page.index("Analysis 1") < page.index("Analysis 2")
+
+
+def test_session_log_entry_fields(result):
+    e = entry_from_result(result, duration_s=1.5)
+    assert {"time", "model", "settings", "text", "duration_s", "cache_hit", "warnings"} <= set(e)
+    assert e["duration_s"] == 1.5 and e["text"] == USER_TEXT
+    json.dumps(e)  # plain data, fit for session state
+    page = render_html([{**e, "model": "<b>m</b>", "warnings": ["<i>w</i>"]}, {}])
+    assert "<b>m</b>" not in page and "&lt;b&gt;m&lt;/b&gt;" in page and "&lt;i&gt;w&lt;/i&gt;" in page
+    assert "<script" not in render_html([]) and "No analysis" in render_html([])
+
+
+def test_session_log_defaults_to_the_result(result):
+    page = bundle_files(result)["session_log.html"].decode("utf-8")
+    assert page.count('class="entry"') == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Runs on disk
+
+
+def test_retention_removes_the_oldest_runs(result, tmp_path):
+    root = tmp_path / "runs"
+    (root / "keep-me").mkdir(parents=True)  # not a run: never touched
+    made = [save_run(result, {"a.txt": b"1", "plots/b.png": b"2"}, root=root, keep=3) for _ in range(5)]
+    left = list_runs(root)
+    assert [p.name for p in left] == [p.name for p in made[-3:]]
+    assert not made[0].exists() and not made[1].exists()
+    assert (root / "keep-me").is_dir()
+    assert (left[-1] / "plots" / "b.png").read_bytes() == b"2"
+    assert not list(root.glob(".tmp-*"))
+
+
+def test_run_ids_are_safe_and_env_overridable(result, tmp_path, monkeypatch):
+    rid = make_run_id(result.replace(cache_key="../../EVIL key<>"))
+    assert re.fullmatch(r"[0-9a-z-]+", rid)
+    monkeypatch.setenv("TMA_RUNS_DIR", str(tmp_path / "env-runs"))
+    path = save_run(result, {"x.json": b"{}"})
+    assert path.parent == tmp_path / "env-runs"
+    with pytest.raises(ValueError, match="unsafe"):
+        save_run(result, {"../escape.txt": b"x"}, root=tmp_path / "r2")
+    assert not (tmp_path / "r2").exists() or not any((tmp_path / "r2").iterdir())
+
+
+def test_export_run_writes_out_and_keeps_the_run(result, tmp_path):
+    out, run_dir = export_run(result, tmp_path / "b.zip", [entry_from_result(result)], runs_root=tmp_path / "runs")
+    with zipfile.ZipFile(out) as zf:
+        names = set(zf.namelist())
+    assert run_dir is not None and run_dir.parent == tmp_path / "runs"
+    assert {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()} == names
+    folder, _ = export_run(result, tmp_path / "folder", save=False)
+    assert (folder / "report.pdf").is_file() and (folder / "plots" / "layer_metrics.png").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figure data
+
+
+def _metrics(**cols):
+    base = {m: np.arange(4, dtype=float) for m in METRIC_NAMES}
+    base.update({k: np.asarray(v, dtype=float) for k, v in cols.items()})
+    return base
+
+
+def test_metric_correlations_analytic():
+    m = _metrics(participation_ratio=[0.0, 1.0, 8.0, 27.0],  # monotone, not linear
+                 intrinsic_dim_95=[3.0, 2.0, 1.0, 0.0],       # exactly anti-linear
+                 activation_entropy=[5.0, 5.0, 5.0, 5.0])     # constant
+    i = {n: k for k, n in enumerate(METRIC_NAMES)}
+    P, S = metric_correlations(m, "pearson"), metric_correlations(m, "spearman")
+    assert P.shape == S.shape == (5, 5)
+    assert P[i["effective_rank"], i["cosine_to_input"]] == pytest.approx(1.0)
+    assert P[i["effective_rank"], i["intrinsic_dim_95"]] == pytest.approx(-1.0)
+    assert P[i["effective_rank"], i["participation_ratio"]] < 0.99
+    assert S[i["effective_rank"], i["participation_ratio"]] == pytest.approx(1.0)
+    assert np.isnan(P[i["activation_entropy"]]).all() and np.isnan(S[:, i["activation_entropy"]]).all()
+    np.testing.assert_allclose(P, P.T, equal_nan=True)
+    x = np.array([1.0, 3.0, 2.0, 5.0])
+    y = np.array([2.0, 1.0, 4.0, 3.0])
+    r = metric_correlations(_metrics(effective_rank=x, participation_ratio=y), "pearson")[0, 1]
+    assert r == pytest.approx(np.corrcoef(x, y)[0, 1])
+    with pytest.raises(ValueError):
+        metric_correlations(m, "kendall")
+
+
+def test_spearman_handles_ties():
+    x = np.array([1.0, 2.0, 2.0, 3.0])
+    y = np.array([1.0, 2.5, 2.5, 4.0])
+    assert metric_correlations(_metrics(effective_rank=x, participation_ratio=y), "spearman")[0, 1] == pytest.approx(1.0)
+
+
+def test_normalized_metrics_and_summary(result):
+    N = normalized_metrics(result)
+    assert N.shape == (len(METRIC_NAMES), result.n_layers + 1)
+    for row, name in zip(N, METRIC_NAMES):
+        x = result.layer_metrics[name]
+        if np.nanmax(x) > np.nanmin(x):
+            assert np.nanmin(row) == 0.0 and np.nanmax(row) == 1.0
+    assert (normalized_metrics(_metrics(activation_entropy=[2, 2, 2, 2]))[3] == 0.5).all()
+    s = summary_figures(result)
+    assert s["tokens"] == result.n_tokens and s["token_bound"] == result.n_tokens - 1
+    assert s["layers"] == result.n_layers
+    assert max(result.layer_metrics["effective_rank"]) <= s["token_bound"] + 1e-9
+    assert s["effective_rank_first"] == pytest.approx(result.layer_metrics["effective_rank"][0])
