@@ -59,6 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--cache-dir", type=Path, default=None, help="result cache folder (default $TMA_CACHE_DIR)")
     a.add_argument("--quiet", action="store_true", help="print nothing on success")
     a.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    g = sub.add_parser("generate", help="continue a text with a causal LM, streamed to standard output",
+                       description="Continue a text with a causal language model (greedy unless --sample).")
+    g.add_argument("--model", required=True, help="Hugging Face id or local folder of a causal LM")
+    gsrc = g.add_mutually_exclusive_group(required=True)
+    gsrc.add_argument("--text", help="the prompt")
+    gsrc.add_argument("--text-file", type=Path, help="read the prompt from this UTF-8 file ('-' for standard input)")
+    g.add_argument("--max-new-tokens", type=int, default=40, help="tokens to generate at most (default 40)")
+    g.add_argument("--sample", action="store_true", help="sample (temperature, top-p) instead of greedy decoding")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1.0)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    g.add_argument("--no-chat-template", action="store_true", help="do not wrap the prompt in the chat template")
+    g.add_argument("--system", default=None, help="system message (chat template only)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="weights dtype")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="device")
+    g.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     return p
 
 
@@ -108,6 +124,24 @@ def run_analyze(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {path} ({result.model['model_id']}, {result.n_tokens} tokens, {result.n_layers} layers, "
               f"{'cache hit' if result.cache_hit else 'computed'}, {time.perf_counter() - t0:.1f} s)")
+        if result.predictions is not None and result.predictions.kind == "mask_fill" and result.predictions.message:
+            print(f"note: {result.predictions.message}")
+    return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from .models import load_model
+    from .predictions import GenerationSettings, generate_stream
+
+    text = _read_text(args)
+    gen = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
+                             top_p=args.top_p, seed=args.seed, use_chat_template=not args.no_chat_template,
+                             system_prompt=args.system)
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    for piece in generate_stream(loaded, text, gen):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
     return 0
 
 
@@ -118,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "analyze":
             return run_analyze(args)
+        if args.command == "generate":
+            return run_generate(args)
         parser.error(f"unknown command {args.command}")
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -263,3 +263,38 @@ def test_generation_needs_a_causal_lm(name, request):
 def test_generation_rejects_empty_text(tiny_gpt2):
     with pytest.raises(InputError):
         generate(tiny_gpt2, "   ", GenerationSettings())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_generate_streams_the_continuation(tiny_dirs, tiny_gpt2, capsys):
+    from core.cli import main
+
+    rc = main(["generate", "--model", str(tiny_dirs["gpt2"]), "--text", "The cat", "--max-new-tokens", "5",
+               "--sample", "--seed", "3"])
+    out = capsys.readouterr().out
+    expected = generate(tiny_gpt2, "The cat", GenerationSettings(max_new_tokens=5, do_sample=True, seed=3)).text
+    assert rc == 0 and out == expected + "\n"
+
+
+def test_cli_generate_refuses_a_masked_lm(tiny_dirs, capsys):
+    from core.cli import EXIT_INPUT, main
+
+    rc = main(["generate", "--model", str(tiny_dirs["bert"]), "--text", "The cat"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]  # (in-process: progress bars too)
+    assert rc == EXIT_INPUT and len(errors) == 1 and "causal language model" in errors[0]
+
+
+def test_cli_analyze_explains_how_to_mask(tiny_dirs, tmp_path, monkeypatch, capsys):
+    from core.cli import main
+
+    monkeypatch.setenv("TMA_RUNS_DIR", str(tmp_path / "runs"))
+    rc = main(["analyze", "--model", str(tiny_dirs["bert"]), "--text", "The dog sat on the log.", "--out",
+               str(tmp_path / "b.zip"), "--no-cache", "--no-gradients", "--no-animations"])
+    assert rc == 0 and "--mask-word" in capsys.readouterr().out
+    rc = main(["analyze", "--model", str(tiny_dirs["bert"]), "--text", "The dog sat on the log.", "--mask-word", "sat",
+               "--out", str(tmp_path / "c.zip"), "--no-cache", "--no-gradients", "--no-animations"])
+    assert rc == 0 and "--mask-word" not in capsys.readouterr().out
