@@ -25,19 +25,20 @@ def metric_line(df, metric: str, height: int = 220) -> alt.Chart:
     d = df[df.metric == metric]
     base = alt.Chart(d).encode(
         x=alt.X("layer:Q", title="layer", axis=alt.Axis(tickMinStep=1, format="d")),
-        y=alt.Y("value:Q", title=metric_title(metric), scale=alt.Scale(zero=False)),
+        y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
         tooltip=[alt.Tooltip("layer:Q", format="d"), alt.Tooltip("value:Q", title=metric_title(metric), format=".4f")],
     )
-    return (base.mark_line() + base.mark_point(filled=True, size=50)).properties(
-        height=height, title=metric_title(metric))
+    # no chart title: the page writes the metric's name above the chart (a Vega title gets clipped in columns)
+    return (base.mark_line() + base.mark_point(filled=True, size=50)).properties(height=height)
 
 
 def correlation_heatmap(long_df, method: str) -> alt.Chart:
     """Metric × metric correlation (long: row, column, r), diverging colours in [−1, 1], values written in cells."""
     d = long_df.assign(row=long_df["row"].map(metric_title), column=long_df["column"].map(metric_title))
     order = [metric_title(m) for m in METRIC_TITLES]
-    base = alt.Chart(d).encode(x=alt.X("column:N", sort=order, title=None, axis=alt.Axis(labelAngle=-30)),
-                               y=alt.Y("row:N", sort=order, title=None))
+    base = alt.Chart(d).encode(
+        x=alt.X("column:N", sort=order, title=None, axis=alt.Axis(labelAngle=-35, labelOverlap=False, labelLimit=180)),
+        y=alt.Y("row:N", sort=order, title=None, axis=alt.Axis(labelLimit=180)))
     rect = base.mark_rect().encode(
         color=alt.Color("r:Q", scale=alt.Scale(scheme="redblue", domain=[-1, 1], reverse=True),
                         title=f"{method} r"),
@@ -51,7 +52,7 @@ def normalised_heatmap(df) -> alt.Chart:
     d = df.assign(metric=df["metric"].map(metric_title))
     return alt.Chart(d).mark_rect().encode(
         x=alt.X("layer:O", title="layer"),
-        y=alt.Y("metric:N", sort=[metric_title(m) for m in METRIC_TITLES], title=None),
+        y=alt.Y("metric:N", sort=[metric_title(m) for m in METRIC_TITLES], title=None, axis=alt.Axis(labelLimit=180)),
         color=alt.Color("normalised:Q", scale=alt.Scale(scheme="viridis", domain=[0, 1]), title="normalised"),
         tooltip=[alt.Tooltip("metric:N"), alt.Tooltip("layer:O"), alt.Tooltip("value:Q", format=".4f"),
                  alt.Tooltip("normalised:Q", format=".3f")],
@@ -61,14 +62,14 @@ def normalised_heatmap(df) -> alt.Chart:
 def attention_heatmap(df, title: str) -> alt.Chart:
     """Query (rows) × key (columns) attention; df from core.views.attention_frame."""
     order = list(dict.fromkeys(df.sort_values("qi")["query"]))
-    size = max(240, min(720, 22 * len(order)))
+    step = int(max(12, min(32, 640 // max(len(order), 1))))
     return alt.Chart(df).mark_rect().encode(
         x=alt.X("key:N", sort=order, title="key (attended to)", axis=alt.Axis(labelAngle=-60, labelLimit=120)),
         y=alt.Y("query:N", sort=order, title="query (attending)", axis=alt.Axis(labelLimit=120)),
         color=alt.Color("weight:Q", scale=alt.Scale(scheme="blues", domain=[0, float(max(df.weight.max(), 1e-9))]),
                         title="weight"),
         tooltip=[alt.Tooltip("query:N"), alt.Tooltip("key:N"), alt.Tooltip("weight:Q", format=".4f")],
-    ).properties(width=size, height=size, title=title)
+    ).properties(width=alt.Step(step), height=alt.Step(step), title=title)
 
 
 def layer_head_heatmap(df, value: str, title: str, scheme: str = "viridis", extra_tooltips=()) -> alt.Chart:
@@ -79,7 +80,7 @@ def layer_head_heatmap(df, value: str, title: str, scheme: str = "viridis", extr
         color=alt.Color(f"{value}:Q", scale=alt.Scale(scheme=scheme), title=value.replace("_", " ")),
         tooltip=[alt.Tooltip("layer:O"), alt.Tooltip("head:O"), alt.Tooltip(f"{value}:Q", format=".4f"),
                  *[alt.Tooltip(f"{c}:Q", format=".4f") for c in extra_tooltips]],
-    ).properties(height=max(180, 26 * int(df.layer.max() + 1)), title=title)
+    ).properties(height=alt.Step(26), title=title)
 
 
 def cluster_scatter(df) -> alt.Chart:
@@ -117,9 +118,8 @@ def logit_lens_heatmap(df) -> alt.Chart:
         tooltip=[alt.Tooltip("layer:O"), alt.Tooltip("position:N"), alt.Tooltip("top_token:N", title="top token"),
                  alt.Tooltip("probability:Q", format=".4f")])
     text = base.mark_text(fontSize=9, limit=60).encode(text="top_token:N")
-    n_layers = int(df.layer.max()) + 1
-    return (rect + text).properties(height=max(200, 24 * n_layers),
-                                    width=max(300, min(1100, 64 * len(order))), title="Logit lens: top token")
+    return (rect + text).properties(height=alt.Step(24), width=alt.Step(int(max(40, min(72, 1000 // max(len(order), 1))))),
+                                    title="Logit lens: top token")
 
 
 def logit_lens_prob_line(df) -> alt.Chart:

@@ -32,6 +32,14 @@ PRESET_FAMILIES: dict[str, str] = {
     "TinyLlama/TinyLlama-1.1B-Chat-v1.0": "causal_lm",
 }
 
+#: Short labels for the model selectbox (the full id and description show as a caption under it).
+PRESET_LABELS: dict[str, str] = {
+    BUNDLED_ID: "MiniLM-L6 · encoder · bundled",
+    "bert-base-uncased": "BERT base · masked LM",
+    "gpt2": "GPT-2 small · causal LM",
+    "TinyLlama/TinyLlama-1.1B-Chat-v1.0": "TinyLlama 1.1B Chat · causal LM",
+}
+
 #: One example text per model family. The masked-LM example holds BERT's mask token.
 EXAMPLES: dict[str, str] = {
     "masked_lm": "The capital of France is [MASK].",
@@ -182,8 +190,11 @@ def draw() -> bool:
         if state.get(Keys.MODEL_CHOICE) not in options:
             state[Keys.MODEL_CHOICE] = BUNDLED_ID
         st.selectbox("Model", options, key=Keys.MODEL_CHOICE, on_change=_on_model_change,
-                     format_func=lambda m: m if m == OTHER_MODEL else f"{m} — {PRESETS[m]}",
+                     format_func=lambda m: "Other: Hugging Face id or folder" if m == OTHER_MODEL
+                     else PRESET_LABELS.get(m, m),
                      help="Presets, the bundled MiniLM (works offline), or any Hugging Face id / local folder.")
+        if state.get(Keys.MODEL_CHOICE) in PRESETS:
+            st.caption(f"`{state[Keys.MODEL_CHOICE]}` — {PRESETS[state[Keys.MODEL_CHOICE]]}")
         if state.get(Keys.MODEL_CHOICE) == OTHER_MODEL:
             st.text_input("Hugging Face id or local folder", key=Keys.MODEL_CUSTOM,
                           placeholder="e.g. distilgpt2 or /path/to/model",

@@ -32,6 +32,16 @@ def caption(key: str) -> str:
         return ""
 
 
+def metric_label(name: str) -> str:
+    """Display title of a metric (from the documentation registry when present)."""
+    try:
+        from core import docs
+
+        return docs.metric_label(name)
+    except ImportError:
+        return charts.metric_title(name)
+
+
 def show_caption(key: str) -> None:
     text = caption(key)
     if text:
@@ -97,6 +107,7 @@ def layer_metric_charts(result: Any) -> None:
         cols = st.columns(3)
         for col, name in zip(cols, names[start:start + 3]):
             with col:
+                st.markdown(f"**{metric_label(name)}**")
                 chart(charts.metric_line(df, name))
                 show_caption(name)
     show_caption("fig_layer_metrics")
