@@ -19,9 +19,22 @@ FRAME_MS = 700
 MAX_POINT_LABELS = 40
 
 
-def _frame(fig: Any) -> np.ndarray:
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+class _Blitter:
+    """Draw the static parts of a figure once; per frame restore them and draw only the animated artists."""
+
+    def __init__(self, fig: Any, artists: list[Any]) -> None:
+        self.fig, self.artists = fig, artists
+        for a in artists:
+            a.set_animated(True)
+        fig.canvas.draw()
+        self.background = fig.canvas.copy_from_bbox(fig.bbox)
+
+    def frame(self) -> np.ndarray:
+        canvas = self.fig.canvas
+        canvas.restore_region(self.background)
+        for a in self.artists:
+            self.fig.draw_artist(a)
+        return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def _gif(frames: list[np.ndarray], frame_ms: int) -> bytes:
@@ -54,13 +67,14 @@ def attention_layers_gif(result: Any, head: int | None = None, *, frame_ms: int 
         ax.set_ylabel("query")
         fig.colorbar(im, ax=ax, shrink=0.7)
         what = "mean over heads" if head is None else f"head {head}"
-        title = ax.set_title("", fontsize=10)
+        title = ax.set_title(f"Layer {L - 1} of {L - 1}: attention, {what}", fontsize=10)
         fig.tight_layout()
+        blit = _Blitter(fig, [im, title])
         frames = []
         for l in range(L):
             im.set_data(mats[l])
             title.set_text(f"Layer {l} of {L - 1}: attention, {what}")
-            frames.append(_frame(fig))
+            frames.append(blit.frame())
     finally:
         plt.close(fig)
     return _gif(frames, frame_ms)
@@ -73,7 +87,13 @@ def common_projection(hidden_states: np.ndarray) -> tuple[np.ndarray, np.ndarray
     mean; the basis is the top two eigenvectors of the covariance (X − μ)ᵀ(X − μ) (signs fixed: largest-magnitude
     entry positive); points = (X − μ) V. Computed in float64.
     """
-    Hs = np.asarray(hidden_states, dtype=np.float64)
+    from .attention import single_threaded
+
+    with single_threaded():
+        return _common_projection(np.asarray(hidden_states, dtype=np.float64))
+
+
+def _common_projection(Hs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n, T, D = Hs.shape
     X = Hs.reshape(n * T, D)
     mu = X.mean(0)
@@ -123,8 +143,9 @@ def token_trajectories_gif(result: Any, *, frame_ms: int = FRAME_MS) -> bytes:
         step = max(1, int(np.ceil(T / MAX_POINT_LABELS)))
         texts = [(i, ax.text(P[0, i, 0], P[0, i, 1], labels[i][:12], fontsize=7, zorder=4))
                  for i in range(0, T, step)]
-        title = ax.set_title("", fontsize=10)
+        title = ax.set_title(f"Layer 0 of {n - 1} (embeddings): token states, common basis", fontsize=10)
         fig.tight_layout()
+        blit = _Blitter(fig, [trail, pts, *(t for _, t in texts), title])
         frames = []
         for l in range(n):
             trail.set_offsets(P[:l].reshape(-1, 2) if l else np.empty((0, 2)))
@@ -132,7 +153,7 @@ def token_trajectories_gif(result: Any, *, frame_ms: int = FRAME_MS) -> bytes:
             for i, t in texts:
                 t.set_position((P[l, i, 0], P[l, i, 1]))
             title.set_text(f"Layer {l} of {n - 1}{' (embeddings)' if l == 0 else ''}: token states, common basis")
-            frames.append(_frame(fig))
+            frames.append(blit.frame())
     finally:
         plt.close(fig)
     return _gif(frames, frame_ms)

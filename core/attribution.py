@@ -100,16 +100,19 @@ def attention_rollout(att: np.ndarray) -> np.ndarray:
     att [L, H, T, T] (rows sum to 1) → R float64 [T, T]; R[i, j] = share of position i's final representation that
     flows from input token j; rows of R sum to 1.
     """
+    from .attention import single_threaded
+
     att = np.asarray(att)
     if att.ndim != 4 or att.shape[-1] != att.shape[-2]:
         raise ValueError(f"attention must be [L, H, T, T], got shape {att.shape}")
     L, _, T, _ = att.shape
-    eye = np.eye(T)
-    R = eye
-    for l in range(L):
-        a = att[l].mean(0, dtype=np.float64) + eye
-        a /= a.sum(-1, keepdims=True)
-        R = a @ R
+    A = att.mean(1).astype(np.float64)  # [L, T, T]
+    A[:, np.arange(T), np.arange(T)] += 1.0
+    A /= A.sum(-1, keepdims=True)
+    R = A[0]
+    with single_threaded():  # 128×128 matmuls: threads only contend with torch's (see single_threaded)
+        for l in range(1, L):
+            R = A[l] @ R
     return R
 
 
