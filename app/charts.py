@@ -72,12 +72,14 @@ def attention_heatmap(df, title: str) -> alt.Chart:
     ).properties(width=alt.Step(step), height=alt.Step(step), title=title)
 
 
-def layer_head_heatmap(df, value: str, title: str, scheme: str = "viridis", extra_tooltips=()) -> alt.Chart:
-    """Layers (rows) × heads (columns); df from core.views.layer_head_frame."""
+def layer_head_heatmap(df, value: str, title: str, scheme: str = "viridis", extra_tooltips=(),
+                       diverging: bool = False) -> alt.Chart:
+    """Layers (rows) × heads (columns); df from core.views.layer_head_frame. diverging: signed values, white at 0."""
+    scale = (alt.Scale(scheme="redblue", reverse=True, domainMid=0) if diverging else alt.Scale(scheme=scheme))
     return alt.Chart(df).mark_rect().encode(
         x=alt.X("head:O", title="head"),
         y=alt.Y("layer:O", title="layer"),
-        color=alt.Color(f"{value}:Q", scale=alt.Scale(scheme=scheme), title=value.replace("_", " ")),
+        color=alt.Color(f"{value}:Q", scale=scale, title=value.replace("_", " ")),
         tooltip=[alt.Tooltip("layer:O"), alt.Tooltip("head:O"), alt.Tooltip(f"{value}:Q", format=".4f"),
                  *[alt.Tooltip(f"{c}:Q", format=".4f") for c in extra_tooltips]],
     ).properties(height=alt.Step(26), title=title)

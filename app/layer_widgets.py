@@ -126,7 +126,7 @@ def heads_section(result: Any, layer: int, head: int | None) -> None:
     if attr is not None and getattr(attr, "head_scores", None) is not None:
         st.markdown("**Head attribution** for the prediction at the target position")
         df = views.layer_head_frame(attr.head_scores, "score")
-        chart(charts.layer_head_heatmap(df, "score", "Head importance", scheme="magma"))
+        chart(charts.layer_head_heatmap(df, "score", "Head importance (red supports the prediction)", diverging=True))
         if getattr(attr, "head_method", ""):
             st.caption(attr.head_method)
         show_caption("head_attribution")
@@ -147,9 +147,11 @@ def attribution_section(result: Any) -> None:
         st.info("Token attribution was not computed for this result.")
         return
     tokens = result.display_tokens
-    pred = f" → predicted “{attr.predicted_token}”" if getattr(attr, "predicted_token", None) else ""
-    st.markdown(f"Target: position **{attr.target_position}** (“{attr.target_token}”){pred} · "
-                f"{result.target_reason}")
+    pred = (f" → predicted “{views.readable_token(attr.predicted_token)}”"
+            if getattr(attr, "predicted_token", None) else "")
+    pos = attr.target_position
+    target = tokens[pos] if 0 <= pos < len(tokens) else views.readable_token(attr.target_token)
+    st.text(f"Target: position {pos} (“{target}”){pred} · {result.target_reason}")
     available = {k: getattr(attr, k, None) for k in ATTR_METHODS}
     available = {k: v for k, v in available.items() if v is not None}
     if not available:

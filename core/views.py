@@ -20,6 +20,18 @@ def token_labels(tokens: list[str]) -> list[str]:
     return [f"{i}: {t}" for i, t in enumerate(tokens)]
 
 
+_BYTE_LEVEL_MARKS = {"Ġ": " ", "▁": " ", "Ċ": "\\n", "ĉ": "\\t"}
+
+
+def readable_token(token: str | None) -> str:
+    """A raw vocabulary token made readable: byte-level BPE / SentencePiece space marks (Ġ, ▁) become spaces,
+    newline and tab marks (Ċ, ĉ) become \\n and \\t."""
+    out = str(token or "")
+    for mark, repl in _BYTE_LEVEL_MARKS.items():
+        out = out.replace(mark, repl)
+    return out
+
+
 def metrics_long(result: Any):
     """Layer metrics in long form: columns layer, metric, value (L+1 rows per metric)."""
     import pandas as pd

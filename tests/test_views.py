@@ -123,3 +123,8 @@ def test_chart_builders_make_valid_specs():
     A = np.full((1, 1, 3, 3), 1 / 3)
     spec = charts.attention_heatmap(views.attention_frame(A, ["a", "b", "c"], 0, None), "t").to_dict()
     assert spec["mark"]["type"] == "rect" and any(t["field"] == "weight" for t in spec["encoding"]["tooltip"])
+
+
+def test_readable_token():
+    assert views.readable_token("Ġthe") == " the" and views.readable_token("▁Paris") == " Paris"
+    assert views.readable_token("Ċ") == "\\n" and views.readable_token(None) == ""
