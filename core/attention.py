@@ -182,16 +182,16 @@ def head_features(att: np.ndarray, special_mask: list[bool] | np.ndarray | None 
         raise ValueError(f"attention must be [L, H, T, T], got shape {att.shape}")
     L, H, T, _ = att.shape
     a = att.astype(np.float32, copy=False)
-    n_vis = visible_keys(a, causal)
+    # key j visible to row i: from the flag, or seen with weight > 0 in any head (see `visible_keys`)
+    vis = (a.reshape(-1, T, T) > 0).any(0) if causal is None else (
+        np.tril(np.ones((T, T), bool)) if causal else np.ones((T, T), bool))
+    n_vis = np.maximum(vis.sum(-1), 1).astype(np.int64)
     ent, norm = attention_entropy(a, n_vis)
     idx = np.arange(T)
     dist = np.abs(idx[:, None] - idx[None, :]).astype(np.float32)
     per_row_dist = np.einsum("lhij,ij->lhi", a, dist).astype(np.float64)  # [L, H, T]
     mdist = per_row_dist.mean(-1)
-    # farthest visible key of each row (visible = seen in any head), for the relative distance
-    vis = (a.reshape(-1, T, T) > 0).any(0) if causal is None else (
-        np.tril(np.ones((T, T), bool)) if causal else np.ones((T, T), bool))
-    far = np.where(vis, dist, 0).max(-1)
+    far = np.where(vis, dist, 0).max(-1)  # farthest visible key of each row, for the relative distance
     rel_rows = far > 0
     rel = (per_row_dist[..., rel_rows] / far[rel_rows]).mean(-1) if rel_rows.any() else np.zeros((L, H))
 
