@@ -147,7 +147,7 @@ def _png(fig) -> bytes:
     plt = _plt()
     buf = io.BytesIO()
     try:
-        fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+        fig.savefig(buf, format="png", dpi=DPI)  # constrained_layout keeps labels inside; no tight bbox pass
     finally:
         plt.close(fig)
     return buf.getvalue()

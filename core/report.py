@@ -272,7 +272,7 @@ def _predictions(w: _Writer, result: Any) -> None:
         return
     w.para(docs.caption("mask_fill" if kind == "mask_fill" else "next_token"), size=8)
     for pos, cands in zip(p.positions, p.candidates):
-        tok = result.tokens[pos] if 0 <= pos < len(result.tokens) else "?"
+        tok = result.display_tokens[pos] if 0 <= pos < len(result.display_tokens) else "?"
         w.para(f"Position {pos} ({tok}):", size=9, bold=True)
         w.table(["rank", "token", "id", "probability"],
                 [[i + 1, repr(c["token"]), c["token_id"], c["probability"]] for i, c in enumerate(cands)],
@@ -329,7 +329,7 @@ def _attribution_tokens(w: _Writer, result: Any) -> None:
     cols = [("rollout", a.rollout), ("grad × input", a.grad_x_input), ("integrated gradients", a.integrated_gradients)]
     cols = [(n, np.asarray(v, dtype=np.float64)) for n, v in cols if v is not None]
     T = min(result.n_tokens, MAX_TABLE_TOKENS)
-    rows = [[t, repr(result.tokens[t]), *(v[t] for _, v in cols)] for t in range(T)]
+    rows = [[t, repr(result.display_tokens[t]), *(v[t] for _, v in cols)] for t in range(T)]
     w.table(["pos", "token", *(n for n, _ in cols)], rows, widths=(15, 55, *([120 / max(len(cols), 1)] * len(cols))))
     if result.n_tokens > T:
         w.para(f"(first {T} of {result.n_tokens} tokens; the full table is in the bundle's CSV files)", size=8)

@@ -142,6 +142,22 @@ def test_pdf_sections_with_and_without_optional_sections(result):
         assert "heads by attention entropy" in text
 
 
+@pytest.mark.parametrize("family", ["bert", "encoder", "llama"])
+def test_bundle_and_pdf_for_other_families(family, tiny_bert, tiny_encoder, tiny_llama):
+    from core.analysis import analyze
+
+    loaded = {"bert": tiny_bert, "encoder": tiny_encoder, "llama": tiny_llama}[family]
+    r = analyze(loaded, "The cat sat on the [MASK] <b>.", ig_steps=2, animations=False)
+    files = build_files(r)
+    for name in (*FOUNDATION, *MINE):
+        assert name in files, name
+    reader = _pdf(files["report.pdf"])
+    assert sum(len(p.images) for p in reader.pages) == sum(1 for n in files if n.startswith("plots/"))
+    text = "\n".join(p.extract_text() for p in reader.pages)
+    if r.predictions is not None and r.predictions.kind == "unavailable":
+        assert "not available" in text
+
+
 @pytest.mark.parametrize("text", ["emoji 😀🎉👩‍🔬 and flags 🇫🇷", "中文 日本語 한국어", "mixed ∑ λ → ∞ \u200b\x07 نص عربي"])
 def test_unicode_text_gives_a_valid_pdf(result, text):
     data = build_report(result.replace(text=text), {})
