@@ -8,6 +8,7 @@ session of the server; core's analysis and generation hold `loaded.lock` for eve
 from __future__ import annotations
 
 import logging
+import os
 
 import streamlit as st
 
@@ -17,8 +18,8 @@ from core.models import LoadedModel
 
 log = logging.getLogger(__name__)
 
-#: At most this many models stay loaded (a 1 GB Community Cloud box holds about two small ones).
-MAX_MODELS = 2
+#: At most this many models stay loaded ($TMA_MAX_MODELS, default 2; set 1 on a ~1 GB Community Cloud box).
+MAX_MODELS = max(1, int(os.environ.get("TMA_MAX_MODELS", "2") or 2))
 
 
 @st.cache_resource(max_entries=MAX_MODELS, show_spinner=False)
