@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 from common import load_gpt2_small, text_of_tokens, timeit
 
@@ -20,9 +21,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from core.capture import capture
     from core.logit_lens import compute_logit_lens
@@ -55,12 +60,16 @@ def main() -> None:
     }
     # interleaved repeats, so that a busy machine slows every row alike
     samples: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():
         fn()
     for _ in range(args.repeat):
         for name, fn in fns.items():
+            c0 = time.process_time()
             samples[name].append(timeit(fn, repeat=1, warmup=0))
+            cpu[name].append(time.process_time() - c0)
     rows = [(name, statistics.median(v)) for name, v in samples.items()]
+    cpu_rows = {name: statistics.median(v) for name, v in cpu.items()}
     lens = compute_logit_lens(loaded, cap.hidden_states, pos, 10, final_logits=cap.logits)
     rows.append(("heatmap PNG (rendered outside analyze)", timeit(lambda: logit_lens_heatmap_png(
         lens, cap.display_tokens), repeat=args.repeat)))
@@ -68,10 +77,14 @@ def main() -> None:
 
     base = rows[0][1]
     cap_t = rows[1][1]
+    cap_cpu = cpu_rows[rows[1][0]]
     print(f"GPT-2-small shape (random weights), {T} tokens, {torch.get_num_threads()} threads; "
           f"last-layer |lens - logits| = {lens.last_layer_max_abs_diff:.2g}")
+    print(f"{'':55s} {'wall':>9s}     {'÷ bare':>6s}   {'÷ capture':>9s}   {'CPU s ÷ capture CPU s':>21s}")
     for name, v in rows:
-        print(f"{name:55s} {v * 1000:9.1f} ms  {v / base:6.2f}× bare  {v / cap_t:6.2f}× capture")
+        c = cpu_rows.get(name)
+        extra = f"{c / cap_cpu:10.2f}" if c is not None else ""
+        print(f"{name:55s} {v * 1000:9.1f} ms  {v / base:6.2f}×  {v / cap_t:8.2f}×   {extra}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 #: Logits held in memory at once (floats) while decoding the layers × positions grid: 2**24 floats = 64 MiB.
 CHUNK_FLOATS = 2**24
+#: Grid columns decoded by the analysis step: None = every position (the contract). The grid costs (L+1)·T rows
+#: through the unembedding, i.e. (L+1)× the model's own LM head; an int bounds it to a window around the position.
+GRID_MAX_POSITIONS: int | None = None
 
 
 @serializable
@@ -45,6 +48,8 @@ class LogitLens:
     method: how the layers were decoded (the head that was applied).
     last_layer_max_abs_diff: max |z_L - model logits| over all positions and the vocabulary (should be ~0).
     vocab_size: V (ln V is the entropy of a uniform distribution over the vocabulary).
+    grid_positions: the grid columns that were decoded (all positions unless GRID_MAX_POSITIONS bounds them; the
+        others hold NaN / -1 / "").
     """
 
     position: int
@@ -62,6 +67,7 @@ class LogitLens:
     method: str = ""
     last_layer_max_abs_diff: float = 0.0
     vocab_size: int = 0
+    grid_positions: list[int] = field(default_factory=list)
 
     @property
     def n_layers(self) -> int:
@@ -120,15 +126,28 @@ def _vocab_size(loaded: LoadedModel) -> int | None:
     return int(v) if isinstance(v, int) and v > 0 else None
 
 
+def grid_window(T: int, position: int, max_positions: int | None) -> tuple[int, int]:
+    """Columns [c0, c1) of the layers × positions grid: all T, or `max_positions` columns centred on `position`
+    (clipped to the text)."""
+    if max_positions is None or max_positions >= T:
+        return 0, T
+    n = max(1, int(max_positions))
+    c0 = min(max(0, position - n // 2), T - n)
+    return c0, c0 + n
+
+
 def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position: int, top_k: int,
-                       final_logits: Any = None, chunk_floats: int = CHUNK_FLOATS) -> LogitLens | None:
+                       final_logits: Any = None, chunk_floats: int = CHUNK_FLOATS,
+                       grid_max_positions: int | None = None) -> LogitLens | None:
     """Decode every layer's hidden state at every position. hidden_states: float32 [L+1, T, D].
 
-    The (L+1)·T rows are decoded in chunks of at most `chunk_floats` logits (one matmul per chunk), each chunk
-    reduced at once to: top-1 id and probability max_v softmax(z)_v = exp(max z - logsumexp z) per row, and, for
-    the rows at `position`, the top-k, p[final id] and the entropy -sum p ln p. `final_logits` [T, V] (torch) are
-    the model's own logits: they give the final prediction and the exactness check of layer L. Returns None when
-    the model has no head to decode with.
+    The (L+1)·T' rows (T' = the grid columns, all T unless `grid_max_positions` bounds them to a window around
+    `position`) are decoded in chunks of at most `chunk_floats` logits, one matmul per chunk, each chunk reduced at
+    once to the top-1 id and probability max_v softmax(z)_v per row. The rows at `position` are kept as logits and
+    read out in float64: top-k of p_l = softmax(z_l), p_l[final id] and the entropy -sum_v p_l,v ln p_l,v.
+    `final_logits` [T, V] (torch) are the model's own logits: they give the final prediction and the exactness check
+    of layer L (max |z_L - logits| over the decoded columns). Grid columns outside the window hold probability NaN,
+    id -1 and token "". Returns None when the model has no head to decode with.
     """
     import torch
 
@@ -139,43 +158,45 @@ def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position:
     n_layers1, T, D = hidden_states.shape
     if not 0 <= position < T:
         raise ValueError(f"logit-lens position {position} is outside 0..{T - 1}")
+    c0, c1 = grid_window(T, position, grid_max_positions)
+    W = c1 - c0  # grid columns decoded
+    pw = position - c0  # the decoded position inside the window
     model_dtype = next(loaded.model.parameters()).dtype
-    H = torch.from_numpy(np.ascontiguousarray(hidden_states)).reshape(n_layers1 * T, D)
+    H = torch.from_numpy(np.ascontiguousarray(hidden_states[:, c0:c1])).reshape(n_layers1 * W, D)
+    ref_logits = final_logits[c0:c1] if final_logits is not None else None
     tok = loaded.tokenizer
 
-    grid_ids = torch.empty(n_layers1 * T, dtype=torch.long)
-    grid_probs = torch.empty(n_layers1 * T, dtype=torch.float64)
+    grid_ids = torch.empty(n_layers1 * W, dtype=torch.long)
+    grid_probs = torch.empty(n_layers1 * W, dtype=torch.float64)
     pos_rows: dict[int, torch.Tensor] = {}  # layer -> logits z_l [V] at `position`
     max_diff = 0.0
-    final_row = None
     V = _vocab_size(loaded)
+    n_rows = n_layers1 * W
     with torch.inference_mode():
-        rows_per_chunk = max(1, chunk_floats // V) if V else max(1, T)  # unknown V: sized after the first chunk
+        rows_per_chunk = max(1, chunk_floats // V) if V else max(1, W)  # unknown V: sized after the first chunk
         start = 0
-        while start < n_layers1 * T:
-            stop = min(start + rows_per_chunk, n_layers1 * T)
+        while start < n_rows:
+            stop = min(start + rows_per_chunk, n_rows)
             x = H[start:stop].to(device=loaded.device, dtype=model_dtype)
             z = decode(x).float()  # [n, V]
             if not V:
                 V = z.shape[-1]
                 rows_per_chunk = max(1, chunk_floats // V)
-            lse = torch.logsumexp(z, dim=-1)  # [n]
-            zmax, arg = z.max(dim=-1)
+            # top-1 per row: max_v softmax(z)_v and its id (torch's fused softmax is several times faster on CPU
+            # than logsumexp over the same [n, V] block)
+            pmax, arg = torch.softmax(z, dim=-1).max(dim=-1)
             grid_ids[start:stop] = arg.cpu()
-            grid_probs[start:stop] = torch.exp(zmax - lse).double().cpu()
-            for layer in range(start // T, (stop - 1) // T + 1):  # rows at `position` in this chunk
-                r = layer * T + position
+            grid_probs[start:stop] = pmax.double().cpu()
+            for layer in range(start // W, (stop - 1) // W + 1):  # rows at `position` in this chunk
+                r = layer * W + pw
                 if start <= r < stop:
                     pos_rows[layer] = z[r - start].cpu()
-            last0 = max(start, (n_layers1 - 1) * T)  # rows of the last layer in this chunk: the exactness check
-            if final_logits is not None and last0 < stop:
-                ref = final_logits[last0 - (n_layers1 - 1) * T:stop - (n_layers1 - 1) * T].to(z.device).float()
+            last0 = max(start, (n_layers1 - 1) * W)  # rows of the last layer in this chunk: the exactness check
+            if ref_logits is not None and last0 < stop:
+                ref = ref_logits[last0 - (n_layers1 - 1) * W:stop - (n_layers1 - 1) * W].to(z.device).float()
                 max_diff = max(max_diff, float((z[last0 - start:] - ref).abs().max()))
             start = stop
-        if final_logits is not None:
-            final_row = final_logits[position].float().cpu()
-        else:
-            final_row = pos_rows[n_layers1 - 1]
+        final_row = final_logits[position].float().cpu() if final_logits is not None else pos_rows[n_layers1 - 1]
         final_id = int(torch.argmax(final_row))
 
         # the read-out at `position` in float64: log p_l = z_l - logsumexp(z_l)
@@ -186,14 +207,17 @@ def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position:
         top_p, top_i = torch.topk(p, k, dim=-1)
         final_prob = p[:, final_id]
 
-    names: dict[int, str] = {}
+    names: dict[int, str] = {-1: ""}
 
     def text(i: int) -> str:
         if i not in names:
             names[i] = tok.decode([i])
         return names[i]
 
-    gi = grid_ids.reshape(n_layers1, T)
+    gi = np.full((n_layers1, T), -1, dtype=np.int64)
+    gi[:, c0:c1] = grid_ids.reshape(n_layers1, W).numpy()
+    gp = np.full((n_layers1, T), np.nan)
+    gp[:, c0:c1] = grid_probs.reshape(n_layers1, W).numpy()
     return LogitLens(
         position=int(position),
         layers=np.arange(n_layers1),
@@ -205,11 +229,12 @@ def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position:
         final_prob=final_prob.numpy().astype(np.float64),
         entropy=entropy.numpy().astype(np.float64),
         grid_tokens=[[text(i) for i in row] for row in gi.tolist()],
-        grid_probs=grid_probs.reshape(n_layers1, T).numpy(),
-        grid_ids=gi.numpy().astype(np.int64),
+        grid_probs=gp,
+        grid_ids=gi,
         method=method,
         last_layer_max_abs_diff=float(max_diff),
         vocab_size=int(p.shape[-1]),
+        grid_positions=list(range(c0, c1)),
     )
 
 
@@ -234,7 +259,8 @@ def run_step(ctx: Any, result: Any) -> None:
         log.info("logit lens skipped: %s has no language-model head", ctx.loaded.model_id)
         result.logit_lens = None
         return
-    lens = compute_logit_lens(ctx.loaded, result.hidden_states, pos, ctx.settings.top_k, final_logits=cap.logits)
+    lens = compute_logit_lens(ctx.loaded, result.hidden_states, pos, ctx.settings.top_k, final_logits=cap.logits,
+                              grid_max_positions=GRID_MAX_POSITIONS)
     if lens is None:
         ctx.warnings.append("the logit lens is not available: this model's language-model head was not recognised")
     elif lens.last_layer_max_abs_diff > exactness_tolerance(ctx.loaded.dtype, cap.logits):

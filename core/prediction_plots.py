@@ -51,7 +51,10 @@ def logit_lens_heatmap_figure(lens: Any, tokens: list[str]) -> Any:
     """Heatmap layers (rows, 0 = embeddings at the bottom) × positions (columns, labelled by the input token):
     colour = probability of the top-1 token that layer decodes to (grid_probs [L+1, T]); cells hold that token's
     text when there are at most ANNOTATE_MAX_POSITIONS positions. The decoded position is outlined."""
-    probs = np.asarray(lens.grid_probs, dtype=float)
+    cols = grid_columns(lens)
+    probs = np.asarray(lens.grid_probs, dtype=float)[:, cols]
+    tokens = [tokens[t] for t in cols]
+    grid_tokens = [[row[t] for t in cols] for row in lens.grid_tokens]
     n_rows, T = probs.shape
     annotate = T <= ANNOTATE_MAX_POSITIONS
     width = 0.75 * T + 2.0 if annotate else 0.14 * T + 3.0
@@ -61,21 +64,29 @@ def logit_lens_heatmap_figure(lens: Any, tokens: list[str]) -> Any:
     if annotate:
         for l in range(n_rows):
             for t in range(T):
-                ax.text(t, l, label(lens.grid_tokens[l][t], 8), ha="center", va="center", fontsize=7,
+                ax.text(t, l, label(grid_tokens[l][t], 8), ha="center", va="center", fontsize=7,
                         color="black" if probs[l, t] > 0.6 else "white")
     step = max(1, T // 60)
     ax.set_xticks(range(0, T, step))
-    ax.set_xticklabels([label(tokens[t], 10) for t in range(0, T, step)], rotation=90, fontsize=7)
+    ax.set_xticklabels([f"{label(tokens[t], 10)} {cols[t]}" if cols[0] else label(tokens[t], 10)
+                        for t in range(0, T, step)], rotation=90, fontsize=7)
     ax.set_yticks(range(n_rows))
     ax.set_yticklabels([str(l) for l in range(n_rows)], fontsize=7)
     from matplotlib.patches import Rectangle
 
-    ax.add_patch(Rectangle((lens.position - 0.5, -0.5), 1, n_rows, fill=False, edgecolor="red", linewidth=1.5))
+    ax.add_patch(Rectangle((cols.index(lens.position) - 0.5, -0.5), 1, n_rows, fill=False, edgecolor="red",
+                           linewidth=1.5))
     ax.set_xlabel("input position (token); each cell is what that layer predicts there")
     ax.set_ylabel("layer (0 = embeddings)")
     ax.set_title("Logit lens: top token per layer and position (colour = its probability)")
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01, label="probability")
     return fig
+
+
+def grid_columns(lens: Any) -> list[int]:
+    """Positions of the grid that were decoded (all of them unless the lens was computed on a window)."""
+    cols = list(getattr(lens, "grid_positions", None) or [])
+    return cols or list(range(np.asarray(lens.grid_probs).shape[1]))
 
 
 def logit_lens_layers_figure(lens: Any) -> Any:
@@ -160,12 +171,12 @@ def predictions_document(result: Any) -> dict[str, Any]:
 
 def logit_lens_rows(lens: Any) -> list[list[Any]]:
     """Rows of logit_lens.csv (LOGIT_LENS_CSV_HEADER), ordered by layer, position, rank. At the decoded position:
-    ranks 1 … k with the layer's final-token probability and entropy; at every other position: rank 1 (the
-    heatmap's top token) with those two columns empty."""
+    ranks 1 … k with the layer's final-token probability and entropy; at every other decoded grid position: rank 1
+    (the heatmap's top token) with those two columns empty."""
     rows: list[list[Any]] = []
-    n_rows, T = np.asarray(lens.grid_probs).shape
+    n_rows = np.asarray(lens.grid_probs).shape[0]
     for l in range(n_rows):
-        for t in range(T):
+        for t in grid_columns(lens):
             if t == lens.position:
                 for r, (tok, p) in enumerate(zip(lens.top_tokens[l], lens.top_probs[l]), start=1):
                     rows.append([l, t, r, tok, float(p), float(lens.final_prob[l]), float(lens.entropy[l])])

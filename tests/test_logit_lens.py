@@ -206,3 +206,27 @@ def test_no_streamlit_in_these_modules():
     root = pathlib.Path(__file__).resolve().parents[1] / "core"
     for name in ("predictions.py", "logit_lens.py", "prediction_plots.py"):
         assert "streamlit" not in (root / name).read_text()
+
+
+def test_grid_window_bounds_the_decoded_columns(tiny_gpt2):
+    from core.logit_lens import grid_window
+    from core.prediction_plots import bundle_writer
+
+    assert grid_window(10, 9, None) == (0, 10) and grid_window(10, 9, 4) == (6, 10)
+    assert grid_window(10, 0, 4) == (0, 4) and grid_window(10, 5, 4) == (3, 7) and grid_window(3, 1, 8) == (0, 3)
+    r = run(tiny_gpt2, "The quick brown fox jumps over the lazy dog.", lens_position=4)
+    full = r.logit_lens
+    assert full.grid_positions == list(range(r.n_tokens))
+    z = own_logits(tiny_gpt2, r.token_ids)
+    win = compute_logit_lens(tiny_gpt2, r.hidden_states, 4, r.settings.top_k, final_logits=z, grid_max_positions=3)
+    assert win.grid_positions == [3, 4, 5]
+    np.testing.assert_allclose(win.grid_probs[:, 3:6], full.grid_probs[:, 3:6], atol=1e-6)
+    assert np.isnan(win.grid_probs[:, :3]).all() and np.isnan(win.grid_probs[:, 6:]).all()
+    assert (win.grid_ids[:, 6:] == -1).all() and win.grid_tokens[0][0] == ""
+    assert win.top_ids.tolist() == full.top_ids.tolist() and win.last_layer_max_abs_diff <= 1e-5
+    np.testing.assert_allclose(win.entropy, full.entropy, atol=1e-9)
+    files = bundle_writer(r.replace(logit_lens=win), {})
+    rows = list(csv.DictReader(io.StringIO(files["logit_lens.csv"].decode())))
+    L1 = len(win.layers)
+    assert len(rows) == L1 * (2 + r.settings.top_k) and {int(x["position"]) for x in rows} == {3, 4, 5}
+    assert files["plots/logit_lens.png"].startswith(PNG)
