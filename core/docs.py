@@ -433,7 +433,8 @@ _LENS = [
                    "embedding to the intermediate residual stream. Because the captured last state is taken before "
                    "the final norm, the last lens layer equals the model's own prediction. final_prob tracks the "
                    "probability of the final prediction through the layers; the grid shows the top token for every "
-                   "layer and position. method names the head applied, last_layer_max_abs_diff checks that the last "
+                   "layer and decoded position (grid_positions: all positions unless bounded for long texts). "
+                   "method names the head applied, last_layer_max_abs_diff checks that the last "
                    "layer reproduces the model's logits, and ln(vocab_size) is the entropy of a uniform guess."),
        high="final_prob high early: the prediction is formed in early layers.",
        low="final_prob low until the last layers: the prediction appears late.",
@@ -445,8 +446,8 @@ _LENS = [
        sources=["logit_lens.position", "logit_lens.layers", "logit_lens.top_tokens", "logit_lens.top_ids",
                 "logit_lens.top_probs", "logit_lens.final_token", "logit_lens.final_token_id",
                 "logit_lens.final_prob", "logit_lens.entropy", "logit_lens.grid_tokens", "logit_lens.grid_probs",
-                "logit_lens.grid_ids", "logit_lens.method", "logit_lens.last_layer_max_abs_diff",
-                "logit_lens.vocab_size"]),
+                "logit_lens.grid_ids", "logit_lens.grid_positions", "logit_lens.method",
+                "logit_lens.last_layer_max_abs_diff", "logit_lens.vocab_size"]),
 ]
 
 # --------------------------------------------------------------------------------------------------------------

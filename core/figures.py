@@ -212,14 +212,17 @@ def normalized_figure(result: Any):
 
 
 def layer_metrics_png(result: Any) -> bytes:
+    """PNG bytes of `layer_metrics_figure` (dpi DPI)."""
     return _png(layer_metrics_figure(result))
 
 
 def correlation_png(result: Any, method: str = "pearson") -> bytes:
+    """PNG bytes of `correlation_figure` for "pearson" or "spearman"."""
     return _png(correlation_figure(result, method))
 
 
 def normalized_png(result: Any) -> bytes:
+    """PNG bytes of `normalized_figure`."""
     return _png(normalized_figure(result))
 
 
@@ -233,6 +236,7 @@ FIGURES = {
 
 
 def figure_caption(name: str) -> str:
+    """The core.docs caption of one of this module's bundle PNGs (a key of FIGURES)."""
     return caption(FIGURES[name][1])
 
 
