@@ -25,7 +25,7 @@ def metric_line(df, metric: str, height: int = 220) -> alt.Chart:
     d = df[df.metric == metric]
     base = alt.Chart(d).encode(
         x=alt.X("layer:Q", title="layer", axis=alt.Axis(tickMinStep=1, format="d")),
-        y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
+        y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False), axis=alt.Axis(format="~g")),
         tooltip=[alt.Tooltip("layer:Q", format="d"), alt.Tooltip("value:Q", title=metric_title(metric), format=".4f")],
     )
     # no chart title: the page writes the metric's name above the chart (a Vega title gets clipped in columns)
@@ -43,7 +43,8 @@ def correlation_heatmap(long_df, method: str) -> alt.Chart:
         color=alt.Color("r:Q", scale=alt.Scale(scheme="redblue", domain=[-1, 1], reverse=True),
                         title=f"{method} r"),
         tooltip=[alt.Tooltip("row:N"), alt.Tooltip("column:N"), alt.Tooltip("r:Q", format=".3f")])
-    text = base.mark_text(fontSize=11).encode(text=alt.Text("r:Q", format=".2f"))
+    text = base.mark_text(fontSize=11).encode(text=alt.Text("r:Q", format=".2f")).transform_filter(
+        "isValid(datum.r) && isFinite(datum.r)")  # empty cell, not "null", where r is undefined
     return (rect + text).properties(height=300)
 
 

@@ -207,11 +207,11 @@ def draw() -> bool:
         text = state.get(Keys.TEXT, "")
         if family == "masked_lm" and not has_mask(text):
             words = words_of(text)
-            if state.get(Keys.MASK_WORD) not in [NO_MASK_WORD, None, *words]:
-                state[Keys.MASK_WORD] = None
+            if state.get(Keys.MASK_WORD) not in [NO_MASK_WORD, *words]:
+                state[Keys.MASK_WORD] = NO_MASK_WORD
             st.selectbox("Mask a word", [NO_MASK_WORD, *words], key=Keys.MASK_WORD,
                          format_func=str, help="The text has no mask token: pick a word for the model to fill in.")
-        elif state.get(Keys.MASK_WORD) is not None:
+        elif state.get(Keys.MASK_WORD) not in (None, NO_MASK_WORD):
             state[Keys.MASK_WORD] = None
 
         with st.expander("Settings", expanded=False):

@@ -155,10 +155,15 @@ def predictions_section(result: Any) -> None:
         st.info(pred.message or "Predictions are not available for this model.", icon=":material/info:")
         return
     if pred.message:
-        st.caption(pred.message)
+        if pred.positions:
+            st.caption(pred.message)
+        else:
+            st.info(pred.message, icon=":material/info:")
+    if not pred.positions:
+        return
     table = views.predictions_table(pred)
     positions = list(pred.positions)
-    cols = st.columns(min(len(positions), 3) or 1)
+    cols = st.columns(max(2, min(len(positions), 3)))
     for i, pos in enumerate(positions):
         with cols[i % len(cols)]:
             tok = result.display_tokens[pos] if 0 <= pos < len(result.display_tokens) else "?"

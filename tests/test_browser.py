@@ -127,6 +127,16 @@ def test_whole_app_in_a_browser(server, page):
     assert "model=" in pg.url and "all-MiniLM" in pg.url  # the URL keeps the model
     pg.screenshot(path=str(SHOTS / "01_overall.png"), full_page=True)
 
+    # the export: the sidebar's download button builds the ZIP on click
+    with pg.expect_download(timeout=120_000) as dl:
+        click(pg, '[data-testid="stSidebar"] [data-testid="stDownloadButton"] button')
+    path = dl.value.path()
+    import zipfile
+
+    names = zipfile.ZipFile(path).namelist()
+    assert "manifest.json" in names and "layer_metrics.csv" in names and "session_log.html" in names
+    settle(pg)
+
     # Layer Analysis: attention heatmap, heads, attribution, animations
     go(pg, "Layer Analysis", '[data-testid="stMain"] [data-testid="stTab"]')
     no_exception_box(pg)
