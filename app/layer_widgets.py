@@ -186,7 +186,12 @@ def logit_lens_section(result: Any) -> None:
         return
     st.markdown(f"Position **{lens.position}** (“{result.display_tokens[lens.position]}”) · final prediction "
                 f"“{lens.final_token}”")
-    chart(charts.logit_lens_heatmap(views.logit_lens_grid_frame(lens, result.display_tokens)))
+    grid = views.logit_lens_grid_frame(lens, result.display_tokens)
+    chart(charts.logit_lens_heatmap(grid))
+    shown = grid["pi"].nunique()
+    if shown < result.n_tokens:
+        st.caption(f"The grid decodes {shown} of {result.n_tokens} positions (a window around position "
+                   f"{lens.position}, to bound the CPU cost); the table below is complete for position {lens.position}.")
     import pandas as pd
 
     left, right = st.columns([2, 3])

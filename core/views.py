@@ -163,15 +163,19 @@ def shaded_tokens_html(tokens: list[str], scores: Any, target: int | None = None
 
 
 def logit_lens_grid_frame(lens: Any, tokens: list[str]):
-    """The logit-lens grid in long form: layer, position, input token, top token, probability."""
+    """The logit-lens grid in long form: layer, position (label), pi (index), top_token, probability.
+
+    Only the decoded columns (`lens.grid_positions` when set, else all T) are listed.
+    """
     import pandas as pd
 
     P = np.asarray(lens.grid_probs, dtype=np.float64)
     L1, T = P.shape
     labels = token_labels(tokens[:T])
+    cols = [t for t in (getattr(lens, "grid_positions", None) or range(T)) if 0 <= t < T]
     rows = [{"layer": l, "position": labels[t], "pi": t, "top_token": str(lens.grid_tokens[l][t]),
-             "probability": float(P[l, t])} for l in range(L1) for t in range(T)]
-    return pd.DataFrame(rows)
+             "probability": float(P[l, t])} for l in range(L1) for t in cols]
+    return pd.DataFrame(rows, columns=["layer", "position", "pi", "top_token", "probability"])
 
 
 def logit_lens_table(lens: Any, k: int = 5):

@@ -128,3 +128,10 @@ def test_chart_builders_make_valid_specs():
 def test_readable_token():
     assert views.readable_token("Ġthe") == " the" and views.readable_token("▁Paris") == " Paris"
     assert views.readable_token("Ċ") == "\\n" and views.readable_token(None) == ""
+
+
+def test_logit_lens_grid_window():
+    lens = types.SimpleNamespace(grid_tokens=[["a", "", "c"]] * 2, grid_probs=np.array([[0.5, np.nan, 0.2]] * 2),
+                                 grid_positions=[0])
+    df = views.logit_lens_grid_frame(lens, ["x", "y", "z"])
+    assert list(df.pi) == [0, 0] and list(df.layer) == [0, 1]
