@@ -147,7 +147,7 @@ def _png(fig) -> bytes:
     plt = _plt()
     buf = io.BytesIO()
     try:
-        fig.savefig(buf, format="png", dpi=DPI)  # constrained_layout keeps labels inside; no tight bbox pass
+        fig.savefig(buf, format="png", dpi=DPI)  # fixed layouts: no layout solver, no tight-bbox pass (speed)
     finally:
         plt.close(fig)
     return buf.getvalue()
@@ -159,13 +159,14 @@ def layer_metrics_figure(result: Any):
     plt = _plt()
     m = _metrics(result)
     bound = metric_token_count(result) - 1
-    fig, axes = plt.subplots(1, len(METRIC_NAMES), figsize=(3.0 * len(METRIC_NAMES), 2.8), constrained_layout=True)
+    fig, axes = plt.subplots(1, len(METRIC_NAMES), figsize=(3.0 * len(METRIC_NAMES), 2.8))
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.17, top=0.82, wspace=0.32)  # fixed: no layout solver
     layers = np.arange(len(m[METRIC_NAMES[0]]))
     for ax, n in zip(axes, METRIC_NAMES):
         ax.plot(layers, m[n], marker="o", ms=3, lw=1.5, color="#1f77b4")
         if n in SPECTRAL and bound >= 1:
             ax.axhline(bound, ls="--", lw=1, color="#999999", label=f"T−1 = {bound}")
-            ax.legend(fontsize=7, loc="best")
+            ax.legend(fontsize=7, loc="center right")
         ax.set_title(metric_label(n), fontsize=9)
         ax.set_xlabel("layer", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -180,7 +181,9 @@ def correlation_figure(result: Any, method: str = "pearson"):
     plt = _plt()
     C = metric_correlations(result, method)
     labels = [metric_label(n) for n in METRIC_NAMES]
-    fig, ax = plt.subplots(figsize=(5.6, 4.6), constrained_layout=True)
+    fig = plt.figure(figsize=(6.4, 4.8))
+    ax = fig.add_axes((0.36, 0.3, 0.5, 0.62))
+    cax = fig.add_axes((0.88, 0.3, 0.025, 0.62))
     im = ax.imshow(np.ma.masked_invalid(C), cmap="RdBu_r", vmin=-1, vmax=1)
     ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=7)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
@@ -189,7 +192,7 @@ def correlation_figure(result: Any, method: str = "pearson"):
             txt = "–" if np.isnan(C[i, j]) else f"{C[i, j]:.2f}"
             ax.text(j, i, txt, ha="center", va="center", fontsize=7,
                     color="white" if not np.isnan(C[i, j]) and abs(C[i, j]) > 0.6 else "black")
-    fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.colorbar(im, cax=cax)
     name = "Pearson r" if method == "pearson" else "Spearman ρ"
     ax.set_title(f"Metric correlation across layers ({name})", fontsize=9)
     return fig
@@ -199,14 +202,17 @@ def normalized_figure(result: Any):
     """matplotlib Figure: heatmap of normalized_metrics(result), metrics × layers, each row in [0, 1]."""
     plt = _plt()
     N = normalized_metrics(result)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * N.shape[1] + 2.5), 2.8), constrained_layout=True)
+    width = max(6.0, 0.3 * N.shape[1] + 3.5)
+    fig = plt.figure(figsize=(width, 2.8))
+    ax = fig.add_axes((2.6 / width, 0.18, 1 - 3.6 / width, 0.72))
+    cax = fig.add_axes((1 - 0.85 / width, 0.18, 0.12 / width, 0.72))
     im = ax.imshow(np.ma.masked_invalid(N), aspect="auto", cmap="viridis", vmin=0, vmax=1)
     ax.set_yticks(range(len(METRIC_NAMES)), [metric_label(n) for n in METRIC_NAMES], fontsize=7)
     step = max(1, N.shape[1] // 16)
     ax.set_xticks(range(0, N.shape[1], step))
     ax.tick_params(axis="x", labelsize=7)
     ax.set_xlabel("layer", fontsize=8)
-    fig.colorbar(im, ax=ax, shrink=0.8, label="min-max scaled")
+    fig.colorbar(im, cax=cax, label="min-max scaled")
     ax.set_title("Layer metrics, each scaled to [0, 1] over the layers", fontsize=9)
     return fig
 
