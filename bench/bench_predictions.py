@@ -3,8 +3,9 @@
     python bench/bench_predictions.py [--tokens 128] [--repeat 3]
 
 The logit lens decodes every layer at every position: (L+1)·T rows through the unembedding (768 × 50257), i.e.
-(L+1) times the work of the model's own LM head. The table also shows the lens restricted to the decoded position
-(top-k, final-prediction probability and entropy only) to separate the heatmap grid from the per-layer read-out.
+(L+1) times the work of the model's own LM head. The table shows the complete grid, the grid as the analysis step computes it on a
+CPU (a window of positions within core.logit_lens.GRID_MAX_MACS_CPU), and the read-out at the decoded position alone
+(top-k, final-prediction probability and entropy), to separate the heatmap grid from the per-layer read-out.
 Numbers go into the issue notes, never into tests.
 """
 
@@ -30,7 +31,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from core.capture import capture
-    from core.logit_lens import compute_logit_lens
+    from core.logit_lens import compute_logit_lens, grid_max_positions
     from core.predictions import compute_predictions
     from core.prediction_plots import logit_lens_heatmap_png, logit_lens_layers_png
     from core.settings import AnalysisSettings
@@ -47,6 +48,7 @@ def main() -> None:
     cap = capture(loaded, text, st)
     T = cap.input_ids.shape[1]
     pos = T - 1
+    window = grid_max_positions(loaded, cap.hidden_states.shape[0], T, cap.hidden_states.shape[2])
     fns = {
         "bare forward pass (eager, no outputs)": bare,
         "capturing forward pass (hidden states, attentions)": lambda: capture(loaded, text, st),
@@ -54,6 +56,9 @@ def main() -> None:
             lambda: compute_predictions(loaded, cap.input_ids[0].tolist(), cap.logits, 10),
         "logit lens, full grid (L+1)xT + read-out":
             lambda: compute_logit_lens(loaded, cap.hidden_states, pos, 10, final_logits=cap.logits),
+        f"logit lens as the analysis step (CPU budget: {window} columns)":
+            lambda: compute_logit_lens(loaded, cap.hidden_states, pos, 10, final_logits=cap.logits,
+                                       grid_max_positions=window),
         "logit lens, decoded position only (L+1 rows)":
             lambda: compute_logit_lens(loaded, cap.hidden_states[:, pos:pos + 1], 0, 10,
                                        final_logits=cap.logits[pos:pos + 1]),

@@ -26,9 +26,12 @@ log = logging.getLogger(__name__)
 
 #: Logits held in memory at once (floats) while decoding the layers × positions grid: 2**24 floats = 64 MiB.
 CHUNK_FLOATS = 2**24
-#: Grid columns decoded by the analysis step: None = every position (the contract). The grid costs (L+1)·T rows
-#: through the unembedding, i.e. (L+1)× the model's own LM head; an int bounds it to a window around the position.
-GRID_MAX_POSITIONS: int | None = None
+#: The layers × positions grid costs (L+1)·T·D·V multiply-adds, i.e. (L+1)× the model's own LM head: for GPT-2
+#: small (L+1 = 13, V = 50257) about 4-5× a whole forward pass. On a CPU the analysis step decodes every position
+#: while that stays within GRID_MAX_MACS_CPU (short texts: the full grid) and otherwise the window of positions
+#: around the decoded position that fits (GPT-2 small: 15 columns, ≈0.6× a forward pass at 128 tokens). On a GPU
+#: the grid is always complete. Set GRID_MAX_MACS_CPU = None for complete grids everywhere.
+GRID_MAX_MACS_CPU: float | None = 8e9
 
 
 @serializable
@@ -48,8 +51,8 @@ class LogitLens:
     method: how the layers were decoded (the head that was applied).
     last_layer_max_abs_diff: max |z_L - model logits| over all positions and the vocabulary (should be ~0).
     vocab_size: V (ln V is the entropy of a uniform distribution over the vocabulary).
-    grid_positions: the grid columns that were decoded (all positions unless GRID_MAX_POSITIONS bounds them; the
-        others hold NaN / -1 / "").
+    grid_positions: the grid columns that were decoded, contiguous: all positions unless the CPU budget
+        (GRID_MAX_MACS_CPU) bounded them to a window around `position`; the other columns hold NaN / -1 / "".
     """
 
     position: int
@@ -134,6 +137,18 @@ def grid_window(T: int, position: int, max_positions: int | None) -> tuple[int, 
     n = max(1, int(max_positions))
     c0 = min(max(0, position - n // 2), T - n)
     return c0, c0 + n
+
+
+def grid_max_positions(loaded: LoadedModel, n_layers1: int, T: int, D: int) -> int | None:
+    """Grid columns the analysis step decodes: None (all T) on a GPU or when (L+1)·T·D·V <= GRID_MAX_MACS_CPU,
+    else the largest window (at least 1 column) whose (L+1)·cols·D·V fits the budget."""
+    V = _vocab_size(loaded)
+    if GRID_MAX_MACS_CPU is None or not V or str(loaded.device).startswith(("cuda", "mps")):
+        return None
+    per_column = float(n_layers1) * D * V
+    if per_column * T <= GRID_MAX_MACS_CPU:
+        return None
+    return max(1, int(GRID_MAX_MACS_CPU // per_column))
 
 
 def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position: int, top_k: int,
@@ -259,8 +274,10 @@ def run_step(ctx: Any, result: Any) -> None:
         log.info("logit lens skipped: %s has no language-model head", ctx.loaded.model_id)
         result.logit_lens = None
         return
+    n_layers1, _, D = result.hidden_states.shape
+    window = grid_max_positions(ctx.loaded, n_layers1, T, D)
     lens = compute_logit_lens(ctx.loaded, result.hidden_states, pos, ctx.settings.top_k, final_logits=cap.logits,
-                              grid_max_positions=GRID_MAX_POSITIONS)
+                              grid_max_positions=window)
     if lens is None:
         ctx.warnings.append("the logit lens is not available: this model's language-model head was not recognised")
     elif lens.last_layer_max_abs_diff > exactness_tolerance(ctx.loaded.dtype, cap.logits):

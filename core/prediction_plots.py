@@ -78,7 +78,9 @@ def logit_lens_heatmap_figure(lens: Any, tokens: list[str]) -> Any:
                            linewidth=1.5))
     ax.set_xlabel("input position (token); each cell is what that layer predicts there")
     ax.set_ylabel("layer (0 = embeddings)")
-    ax.set_title("Logit lens: top token per layer and position (colour = its probability)")
+    full = np.asarray(lens.grid_probs).shape[1]
+    part = "" if T == full else f"; positions {cols[0]}–{cols[-1]} of 0–{full - 1}"
+    ax.set_title(f"Logit lens: top token per layer and position (colour = its probability{part})")
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01, label="probability")
     return fig
 

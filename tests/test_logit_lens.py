@@ -230,3 +230,22 @@ def test_grid_window_bounds_the_decoded_columns(tiny_gpt2):
     L1 = len(win.layers)
     assert len(rows) == L1 * (2 + r.settings.top_k) and {int(x["position"]) for x in rows} == {3, 4, 5}
     assert files["plots/logit_lens.png"].startswith(PNG)
+
+
+def test_analysis_step_bounds_the_grid_on_cpu(tiny_gpt2, monkeypatch):
+    import core.logit_lens as LL
+
+    r = run(tiny_gpt2, "The quick brown fox jumps over the lazy dog.")
+    assert r.logit_lens.grid_positions == list(range(r.n_tokens))  # tiny models: always the full grid
+    L1, T, D = r.hidden_states.shape
+    per_column = L1 * D * r.logit_lens.vocab_size
+    monkeypatch.setattr(LL, "GRID_MAX_MACS_CPU", 4 * per_column)
+    assert LL.grid_max_positions(tiny_gpt2, L1, T, D) == 4
+    assert LL.grid_max_positions(tiny_gpt2, L1, 4, D) is None
+    w = run(tiny_gpt2, "The quick brown fox jumps over the lazy dog.", top_k=3)
+    lens = w.logit_lens
+    assert lens.grid_positions == list(range(T - 4, T)) and lens.position == T - 1
+    assert np.isnan(lens.grid_probs[:, 0]).all() and not np.isnan(lens.grid_probs[:, T - 4:]).any()
+    assert lens.last_layer_max_abs_diff <= 1e-5 and not any("lens" in x.lower() for x in w.warnings)
+    monkeypatch.setattr(LL, "GRID_MAX_MACS_CPU", None)
+    assert LL.grid_max_positions(tiny_gpt2, L1, T, D) is None
