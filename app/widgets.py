@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,22 @@ def show_caption(key: str) -> None:
     text = caption(key)
     if text:
         st.caption(text)
+
+
+@contextmanager
+def guarded(what: str):
+    """Draw a section; if it fails, log the traceback and show one calm line instead (never a raw traceback).
+
+    Streamlit's own control flow (st.stop, st.rerun) raises BaseException subclasses, which pass through.
+    """
+    try:
+        yield
+    except TMAError as exc:
+        st.warning(f"{what}: {exc}")
+    except Exception:
+        log.exception("drawing %s failed", what)
+        st.error(f"The {what} could not be drawn for this result; the details are in the server log.",
+                 icon=":material/error:")
 
 
 def chart(c: Any) -> None:

@@ -7,7 +7,7 @@ import streamlit as st
 
 from app import layer_widgets as lw
 from app.state import Keys
-from app.widgets import result_header
+from app.widgets import guarded, result_header
 
 result = st.session_state.get(Keys.RESULT)
 st.title("Layer Analysis")
@@ -21,13 +21,13 @@ layer, head = lw.pickers(result)
 
 tab_att, tab_heads, tab_attr, tab_lens, tab_anim = st.tabs(
     ["Attention", "Heads", "Token attribution", "Logit lens", "Animations"])
-with tab_att:
+with tab_att, guarded("attention map"):
     lw.attention_section(result, layer, head)
-with tab_heads:
+with tab_heads, guarded("head analysis"):
     lw.heads_section(result, layer, head)
-with tab_attr:
+with tab_attr, guarded("token attribution"):
     lw.attribution_section(result)
-with tab_lens:
+with tab_lens, guarded("logit lens"):
     lw.logit_lens_section(result)
-with tab_anim:
+with tab_anim, guarded("layer animations"):
     lw.animations_section(result, head)

@@ -8,6 +8,7 @@ import streamlit as st
 
 from app import widgets
 from app.state import Keys
+from app.widgets import guarded
 
 result = st.session_state.get(Keys.RESULT)
 st.title("Overall")
@@ -16,21 +17,27 @@ if result is None:
             "correlations appear here.", icon=":material/arrow_back:")
     st.stop()
 
-widgets.result_header(result)
-widgets.summary_metrics(result)
+with guarded("summary"):
+    widgets.result_header(result)
+    widgets.summary_metrics(result)
 
 st.subheader("Layer metrics")
-widgets.layer_metric_charts(result)
+with guarded("layer-metric charts"):
+    widgets.layer_metric_charts(result)
 
 st.subheader("Predictions")
-widgets.predictions_section(result)
+with guarded("predictions"):
+    widgets.predictions_section(result)
 if result.family == "causal_lm":
-    widgets.continuation_section(result)
+    with guarded("continuation"):
+        widgets.continuation_section(result)
 
 left, right = st.columns(2)
 with left:
     st.subheader("Metric correlations across layers")
-    widgets.correlation_section(result)
+    with guarded("correlation matrix"):
+        widgets.correlation_section(result)
 with right:
     st.subheader("Metrics normalised per metric")
-    widgets.normalised_heatmap(result)
+    with guarded("normalised heatmap"):
+        widgets.normalised_heatmap(result)

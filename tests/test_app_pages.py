@@ -340,3 +340,28 @@ def test_session_entry_and_bundle(results):
     data = export.build_zip(r, [entry])
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     assert "session_log.html" in names and any(n.endswith(".csv") for n in names)
+
+
+def test_a_failing_section_shows_a_message_not_a_traceback(results, monkeypatch):
+    from core import views
+
+    def broken(*a, **k):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(views, "attention_frame", broken)
+    at = make_app(results["gpt2"]).run()
+    at.switch_page(LAYERS).run()
+    no_exception(at)
+    assert any("could not be drawn" in e.value for e in at.error)
+    assert n_charts(at) >= 3  # the other sections still draw
+
+
+def test_stop_button_sets_the_event(tiny_dirs):
+    import threading
+
+    at = analyse_with(make_app(), str(tiny_dirs["gpt2"]), "The cat sat on the")
+    event = threading.Event()
+    at.session_state["gen_stop"] = event
+    at.button(key="gen_stop_button").click().run()
+    no_exception(at)
+    assert event.is_set()
