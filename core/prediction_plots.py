@@ -136,14 +136,17 @@ def predictions_figure(pred: Any, tokens: list[str] | None = None, max_panels: i
 
 
 def logit_lens_heatmap_png(lens: Any, tokens: list[str]) -> bytes:
+    """PNG bytes of `logit_lens_heatmap_figure`."""
     return to_png(logit_lens_heatmap_figure(lens, tokens))
 
 
 def logit_lens_layers_png(lens: Any) -> bytes:
+    """PNG bytes of `logit_lens_layers_figure`."""
     return to_png(logit_lens_layers_figure(lens))
 
 
 def predictions_png(pred: Any, tokens: list[str] | None = None) -> bytes | None:
+    """PNG bytes of `predictions_figure`, or None when there is nothing to show."""
     fig = predictions_figure(pred, tokens)
     return None if fig is None else to_png(fig)
 

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 
 from .errors import InputError
 from .models import LoadedModel
@@ -162,9 +161,11 @@ class GenerationSettings:
 
     @property
     def greedy(self) -> bool:
+        """True for greedy decoding (argmax at every step)."""
         return not self.do_sample
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain dict of the settings (for manifests and JSON)."""
         return asdict(self)
 
 
@@ -386,11 +387,3 @@ def generate(loaded: LoadedModel, text: str, gen: GenerationSettings | None = No
         duration_s=time.perf_counter() - t0,
     )
 
-
-def candidates_array(pred: Predictions) -> np.ndarray:
-    """Probabilities of `pred.candidates` as float64 [n_positions, k] (rows padded with NaN)."""
-    k = max((len(c) for c in pred.candidates), default=0)
-    out = np.full((len(pred.candidates), k), np.nan)
-    for i, cands in enumerate(pred.candidates):
-        out[i, :len(cands)] = [c["probability"] for c in cands]
-    return out
