@@ -47,9 +47,9 @@ class LogitLens:
     final_prob float64 [L+1]: p_l[final_token_id] per layer (the last entry is the model's own probability).
     entropy float64 [L+1]: H(p_l) = -sum_v p_l,v ln p_l,v in nats, at `position`.
     grid_tokens [L+1][T] / grid_ids int64 [L+1, T] / grid_probs float64 [L+1, T]: the top-1 token of every layer at
-        every position and its probability (the heatmap).
+        every position of `grid_positions` and its probability (the heatmap).
     method: how the layers were decoded (the head that was applied).
-    last_layer_max_abs_diff: max |z_L - model logits| over all positions and the vocabulary (should be ~0).
+    last_layer_max_abs_diff: max |z_L - model logits| over the grid positions and the vocabulary (should be ~0).
     vocab_size: V (ln V is the entropy of a uniform distribution over the vocabulary).
     grid_positions: the grid columns that were decoded, contiguous: all positions unless the CPU budget
         (GRID_MAX_MACS_CPU) bounded them to a window around `position`; the other columns hold NaN / -1 / "".
