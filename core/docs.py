@@ -116,10 +116,41 @@ R_ELHAGE = "Elhage, N. et al. (2021). A mathematical framework for transformer c
 R_OLSSON = "Olsson, C. et al. (2022). In-context learning and induction heads."
 
 
+LATEX_LINE = 90  # a display formula longer than this is broken into lines at its top-level \qquad separators
+
+
+def _split_lines(tex: str) -> str:
+    """Break a long formula into a `gathered` block at its top-level (brace depth 0) \qquad separators, so that
+    it fits the page; short formulas are returned unchanged."""
+    if len(tex) <= LATEX_LINE:
+        return tex
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(tex):
+        ch = tex[i]
+        if ch == "\\" and tex.startswith("\\qquad", i) and depth == 0:
+            head = tex[start:i].rstrip()
+            parts.append(head[:-1].rstrip() if head.endswith(",") else head)
+            i += len("\\qquad")
+            start = i
+            continue
+        if ch == "{" and (i == 0 or tex[i - 1] != "\\"):
+            depth += 1
+        elif ch == "}" and (i == 0 or tex[i - 1] != "\\"):
+            depth -= 1
+        i += 1
+    parts.append(tex[start:].strip())
+    parts = [p for p in parts if p]
+    if len(parts) < 2:
+        return tex
+    return "\\begin{gathered}" + " \\\\ ".join(parts) + "\\end{gathered}"
+
+
 def _e(**kw) -> DocEntry:
     for k in ("pitfalls", "references", "sources", "files"):
         if k in kw:
             kw[k] = tuple(kw[k])
+    if kw.get("formula_latex"):
+        kw["formula_latex"] = _split_lines(kw["formula_latex"])
     return DocEntry(**kw)
 
 
@@ -269,10 +300,10 @@ _ATTENTION = [
                 "attention.silhouette", "attention.projection", "attention.cluster_method"]),
     _e(key="head_roles", title="Head roles", kind="attention",
        short="Head role by attention mass: previous-token, first-token/sink, self, broad, or other.",
-       formula_latex=(r"m_{\mathrm{prev}} = \tfrac{1}{T-1}\sum_{i\ge 1} A_{i,i-1},\ "
+       formula_latex=(r"m_{\mathrm{prev}} = \tfrac{1}{T-1}\sum_{i\ge 1} A_{i,i-1},\quad "
+                      r"m_{\mathrm{self}} = \tfrac{1}{T-1}\sum_{i\ge 1} A_{ii},\qquad "
                       r"m_{\mathrm{sink}} = \max\Big(\tfrac{1}{T-1}\sum_{i\ge 1} A_{i,0},\ "
-                      r"\tfrac{1}{T-1}\sum_{i\ge 1}\sum_{j\in S} A_{ij}\Big),\ "
-                      r"m_{\mathrm{self}} = \tfrac{1}{T-1}\sum_{i\ge 1} A_{ii};\quad "
+                      r"\tfrac{1}{T-1}\sum_{i\ge 1}\sum_{j\in S} A_{ij}\Big),\qquad "
                       r"\mathrm{role} = \arg\max_{r:\, m_r \ge 0.5} m_r,\ \text{else broad if } \tilde E \ge 0.8,"
                       r"\ \text{else other}"),
        formula_plain=("m_prev = mean over rows i ≥ 1 of A[i, i−1];  m_sink = max(mean A[i, 0], mean Σ_(j special) "
@@ -334,9 +365,9 @@ _ATTRIBUTION = [
     _e(key="integrated_gradients", title="Integrated gradients", kind="attribution",
        short="Integrated gradients: (x − x′) times the gradient averaged along the path from a baseline x′ to x.",
        formula_latex=(r"\mathrm{IG}_t = \sum_{d}(x_{t,d}-x'_{t,d})\sum_{k=1}^{m} w_k\,"
-                      r"\frac{\partial f\big(x' + \alpha_k(x-x')\big)}{\partial x_{t,d}},\quad "
-                      r"u_k = \frac{k-\frac12}{m},\ \alpha_k = u_k^{3},\ w_k = \frac{3u_k^{2}}{m},\quad "
-                      r"x' = 0,\quad \sum_t \mathrm{IG}_t \approx f(x) - f(x')"),
+                      r"\frac{\partial f\big(x' + \alpha_k(x-x')\big)}{\partial x_{t,d}},\qquad "
+                      r"u_k = \frac{k-\frac12}{m},\ \alpha_k = u_k^{3},\ w_k = \frac{3u_k^{2}}{m},\ x' = 0,\qquad "
+                      r"\sum_t \mathrm{IG}_t \approx f(x) - f(x')"),
        formula_plain=("IG_t = Σ_d (x_t,d − x′_t,d) · Σ_k w_k ∂f(x′ + α_k (x − x′))/∂x_t,d,  u_k = (k − ½)/m, α_k = u_k³, "
                       "w_k = 3 u_k² / m,  x′ = 0;  completeness: Σ_t IG_t ≈ f(x) − f(x′)"),
        definition=("Attributes the change of f (the log-probability of the predicted token at the target) between "

@@ -183,3 +183,13 @@ def test_details_page_renders_every_formula_without_a_result():
     for title, _ in docs.METHODOLOGY:
         assert title in headers
     assert "result" not in at.session_state  # nothing was needed from an analysis
+
+
+def test_long_formulas_break_at_top_level_separators_only():
+    short = r"a = b,\qquad c = d"
+    assert docs._split_lines(short) == short
+    long = r"x = \frac{1}{2}\text{ a rather long explanation of x }" + r",\qquad " + r"y = \sum_{i} z_{i}" * 5
+    out = docs._split_lines(long)
+    assert out.startswith(r"\begin{gathered}") and out.count(r" \\ ") == 1 and r"\qquad" not in out
+    inner = r"\text{" + "w" * 100 + r"\qquad v}"  # a separator inside braces is not a line break
+    assert docs._split_lines(inner) == inner
