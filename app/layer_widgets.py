@@ -47,9 +47,28 @@ def pickers(result: Any) -> tuple[int, int | None]:
 # Attention
 
 
+#: Above this many tokens the attention heatmap shows a window of WINDOW tokens (an SVG of T² cells gets slow).
+MAX_HEATMAP_TOKENS = 128
+WINDOW = 96
+
+
+def attention_window(result: Any) -> tuple[int, int] | None:
+    """A (start, stop) window of the token axis for long texts, chosen with a slider; None for short texts."""
+    T = result.n_tokens
+    if T <= MAX_HEATMAP_TOKENS:
+        return None
+    state = st.session_state
+    last = T - WINDOW
+    if not isinstance(state.get(Keys.ATT_WINDOW), int) or not 0 <= state[Keys.ATT_WINDOW] <= last:
+        state[Keys.ATT_WINDOW] = last if result.family == "causal_lm" else 0
+    start = st.slider(f"Token window ({WINDOW} of {T} tokens, first position)", 0, last, key=Keys.ATT_WINDOW)
+    return int(start), int(start) + WINDOW
+
+
 def attention_section(result: Any, layer: int, head: int | None) -> None:
     title = f"Layer {layer}, " + ("mean over heads" if head is None else f"head {head}")
-    df = views.attention_frame(result.attentions, result.display_tokens, layer, head)
+    window = attention_window(result)
+    df = views.attention_frame(result.attentions, result.display_tokens, layer, head, window)
     st.altair_chart(charts.attention_heatmap(df, title), width="content")
     show_caption("fig_attention_heatmap")
     if head is not None:

@@ -194,7 +194,7 @@ def draw() -> bool:
                      else PRESET_LABELS.get(m, m),
                      help="Presets, the bundled MiniLM (works offline), or any Hugging Face id / local folder.")
         if state.get(Keys.MODEL_CHOICE) in PRESETS:
-            st.caption(f"`{state[Keys.MODEL_CHOICE]}` — {PRESETS[state[Keys.MODEL_CHOICE]]}")
+            st.caption(f"{state[Keys.MODEL_CHOICE]} — {PRESETS[state[Keys.MODEL_CHOICE]]}")
         if state.get(Keys.MODEL_CHOICE) == OTHER_MODEL:
             st.text_input("Hugging Face id or local folder", key=Keys.MODEL_CUSTOM,
                           placeholder="e.g. distilgpt2 or /path/to/model",

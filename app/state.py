@@ -36,6 +36,7 @@ class Keys:
     HEAD = "head"
     CORR_METHOD = "corr_method"
     ATTR_METHOD = "attr_method"
+    ATT_WINDOW = "att_window"  # first position of the attention-heatmap window (long texts)
 
     # --- continuation (chat) -------------------------------------------------------------------------------------
     GEN_TEXT = "gen_text"  # the last generated continuation (kept after a stop)

@@ -88,10 +88,12 @@ def correlations_long(corr):
     return c.stack(future_stack=True).rename("r").reset_index()
 
 
-def attention_frame(attentions: np.ndarray, tokens: list[str], layer: int, head: int | None):
+def attention_frame(attentions: np.ndarray, tokens: list[str], layer: int, head: int | None,
+                    window: tuple[int, int] | None = None):
     """One attention map in long form: query, key (labels), qi, ki (positions), weight.
 
-    attentions: [L, H, T, T]; head None means the mean over heads, (1/H) Σ_h A[layer, h].
+    attentions: [L, H, T, T]; head None means the mean over heads, (1/H) Σ_h A[layer, h]. window (start, stop)
+    keeps the square block of queries and keys start ≤ i, j < stop (labels keep their absolute positions).
     """
     import pandas as pd
 
@@ -99,7 +101,9 @@ def attention_frame(attentions: np.ndarray, tokens: list[str], layer: int, head:
     M = A.mean(axis=0) if head is None else A[head]
     T = M.shape[0]
     labels = token_labels(tokens[:T])
-    qi, ki = np.meshgrid(np.arange(T), np.arange(T), indexing="ij")
+    lo, hi = (0, T) if window is None else (max(0, window[0]), min(T, window[1]))
+    qi, ki = np.meshgrid(np.arange(lo, hi), np.arange(lo, hi), indexing="ij")
+    M = M[lo:hi, lo:hi]
     return pd.DataFrame({"qi": qi.ravel(), "ki": ki.ravel(), "query": [labels[i] for i in qi.ravel()],
                          "key": [labels[j] for j in ki.ravel()], "weight": M.ravel()})
 

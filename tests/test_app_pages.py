@@ -365,3 +365,24 @@ def test_stop_button_sets_the_event(tiny_dirs):
     at.button(key="gen_stop_button").click().run()
     no_exception(at)
     assert event.is_set()
+
+
+def test_long_text_attention_window(results):
+    import numpy as np
+
+    base = results["gpt2"]  # the tiny models hold 128 positions: widen a real result to 150 tokens
+    T = 150
+    L, H = base.n_layers, base.n_heads
+    att = np.tril(np.ones((L, H, T, T), dtype=np.float32))
+    att /= att.sum(-1, keepdims=True)
+    r = base.replace(attentions=att, tokens=["t"] * T, display_tokens=[f"w{i}" for i in range(T)],
+                     token_ids=list(range(T)), special_mask=[False] * T, attention=None, attribution=None,
+                     logit_lens=None, settings=base.settings.replace(animations=False), cache_key="long-text")
+    assert r.n_tokens > 128
+    at = make_app(r).run()
+    at.switch_page(LAYERS).run()
+    no_exception(at)
+    window = at.slider(key="att_window")
+    assert window.value == r.n_tokens - 96  # causal LM: the window ends at the last token
+    window.set_value(0).run()
+    no_exception(at)

@@ -135,3 +135,11 @@ def test_logit_lens_grid_window():
                                  grid_positions=[0])
     df = views.logit_lens_grid_frame(lens, ["x", "y", "z"])
     assert list(df.pi) == [0, 0] and list(df.layer) == [0, 1]
+
+
+def test_attention_frame_window():
+    A = np.arange(2 * 1 * 5 * 5, dtype=float).reshape(2, 1, 5, 5)
+    df = views.attention_frame(A, list("abcde"), 1, 0, window=(1, 3))
+    assert len(df) == 4 and set(df.qi) == {1, 2} and set(df.ki) == {1, 2}
+    assert df[(df.qi == 2) & (df.ki == 1)].weight.iloc[0] == A[1, 0, 2, 1]
+    assert df["query"].iloc[0] == "1: b"
