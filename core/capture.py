@@ -48,11 +48,26 @@ def apply_mask_word(text: str, word: str, mask_token: str | None) -> str:
     return new
 
 
+def context_length(loaded: LoadedModel) -> int | None:
+    """The model's position limit (max_position_embeddings / n_positions), or None when it has none."""
+    cfg = loaded.model.config
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        v = getattr(cfg, name, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
 def tokenize(loaded: LoadedModel, text: str, max_tokens: int) -> dict[str, Any]:
+    """Tokenise with truncation to min(max_tokens, the model's context length); records what was cut."""
     tok = loaded.tokenizer
-    enc = tok(text, return_tensors="pt", truncation=True, max_length=max_tokens, return_special_tokens_mask=True)
-    full_len = len(tok(text, truncation=False)["input_ids"]) if enc["input_ids"].shape[1] >= max_tokens else None
-    enc["truncated"] = full_len is not None and full_len > max_tokens
+    ctx = context_length(loaded)
+    limit = min(max_tokens, ctx) if ctx else max_tokens
+    enc = tok(text, return_tensors="pt", truncation=True, max_length=limit, return_special_tokens_mask=True)
+    full_len = len(tok(text, truncation=False)["input_ids"]) if enc["input_ids"].shape[1] >= limit else None
+    enc["truncated"] = full_len is not None and full_len > limit
+    enc["limit"] = limit
+    enc["limit_reason"] = "max_tokens" if limit == max_tokens else "the model's context length"
     return enc
 
 
@@ -70,7 +85,7 @@ def capture(loaded: LoadedModel, text: str, settings: AnalysisSettings) -> Captu
     special = [bool(x) for x in enc["special_tokens_mask"][0].tolist()]
     warnings: list[str] = []
     if enc["truncated"]:
-        warnings.append(f"the text was truncated to {settings.max_tokens} tokens (max_tokens)")
+        warnings.append(f"the text was truncated to {enc['limit']} tokens ({enc['limit_reason']})")
 
     model = loaded.model
     norm = final_norm(model)
