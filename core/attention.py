@@ -96,9 +96,18 @@ def single_threaded():
     thread pools: on a 2-core machine a 128×128 matmul chain ran 100× slower (300 ms instead of 3 ms). These
     problems are far too small to gain from threads anyway. Previous limits are restored on exit.
     """
-    from threadpoolctl import threadpool_limits
+    import sys
 
-    return threadpool_limits(limits=1)
+    key = ("torch" in sys.modules, "sklearn.cluster" in sys.modules)
+    controller = _CONTROLLERS.get(key)
+    if controller is None:  # finding the loaded libraries costs ~5 ms: do it once per set of loaded packages
+        from threadpoolctl import ThreadpoolController
+
+        controller = _CONTROLLERS[key] = ThreadpoolController()
+    return controller.limit(limits=1)
+
+
+_CONTROLLERS: dict[tuple[bool, bool], object] = {}
 
 
 def _check_attention(att: np.ndarray) -> np.ndarray:
@@ -260,7 +269,7 @@ def cluster_heads(features: np.ndarray, n_clusters: int | None = None, k_range: 
     if N < 3 or distinct < 2:
         why = "fewer than 3 heads" if N < 3 else "all heads have the same features"
         return np.zeros(N, dtype=np.int64), 1 if N else 0, None, f"one cluster ({why})"
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import KMeans  # imported before single_threaded() so that its OpenMP runtime is seen
     from sklearn.metrics import silhouette_score
 
     def fit(k: int) -> np.ndarray:
@@ -328,6 +337,8 @@ def head_roles(features: np.ndarray, feature_names: list[str],
 def analyse_attention(att: np.ndarray, special_mask: list[bool] | None = None, causal: bool | None = None,
                       n_clusters: int | None = None) -> AttentionAnalysis:
     """All attention analyses of one capture. att [L, H, T, T] → AttentionAnalysis (see its docstring)."""
+    import sklearn.cluster  # noqa: F401  (loaded before single_threaded() looks up the thread pools)
+
     with single_threaded():
         return _analyse(att, special_mask, causal, n_clusters)
 
