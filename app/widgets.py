@@ -240,9 +240,10 @@ def continuation_section(result: Any) -> None:
         state[Keys.GEN_STOP] = event
         state[Keys.GEN_TEXT] = ""
         pieces: list[str] = []
+        inner = generate_stream(loaded, result.analysed_text, gen, stop_event=event)
 
         def stream():
-            for piece in generate_stream(loaded, result.analysed_text, gen, stop_event=event):
+            for piece in inner:
                 pieces.append(piece)
                 state[Keys.GEN_TEXT] = "".join(pieces)
                 yield piece
@@ -255,6 +256,10 @@ def continuation_section(result: Any) -> None:
             except Exception:
                 log.exception("generation failed")
                 st.error("The generation failed; the details are in the server log.")
+            finally:
+                # The generator holds the shared model's lock between pieces: close it at once, also when a click
+                # (Stop, or any widget) interrupts this run, so other sessions never wait for garbage collection.
+                inner.close()
         if event.is_set():
             st.caption("Stopped.")
 

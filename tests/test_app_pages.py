@@ -220,10 +220,22 @@ def test_generate_runs_only_on_its_button(tiny_dirs):
     no_exception(at)
     assert fc.calls > 0
     assert isinstance(at.session_state["gen_text"], str)
+    for loaded in _loaded_models():  # every model lock is free once the generation is over
+        assert loaded.lock.acquire(blocking=False), loaded.model_id
+        loaded.lock.release()
     # a rerun shows the kept continuation without generating again
     with ForwardCounter() as fc:
         at.run()
     assert fc.calls == 0
+
+
+def _loaded_models():
+    """The models in the app's st.cache_resource (loaded by the sidebar)."""
+    import gc
+
+    from core.models import LoadedModel
+
+    return [o for o in gc.get_objects() if isinstance(o, LoadedModel)]
 
 
 def test_mask_word_picker(tiny_dirs):
