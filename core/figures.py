@@ -154,13 +154,15 @@ def _png(fig) -> bytes:
 
 
 def layer_metrics_figure(result: Any):
-    """matplotlib Figure: one panel per layer metric against the layer (0 … L); spectral panels show the token
-    bound T−1 as a dashed line."""
+    """matplotlib Figure: one panel per layer metric against the layer (0 … L), on a 2 × 3 grid; the spectral
+    panels show the token bound T−1 as a dashed line."""
     plt = _plt()
     m = _metrics(result)
     bound = metric_token_count(result) - 1
-    fig, axes = plt.subplots(1, len(METRIC_NAMES), figsize=(3.0 * len(METRIC_NAMES), 2.8))
-    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.17, top=0.82, wspace=0.32)  # fixed: no layout solver
+    fig, grid = plt.subplots(2, 3, figsize=(11.0, 6.0))
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.08, top=0.9, wspace=0.28, hspace=0.38)  # fixed layout
+    axes = grid.flat
+    grid.flat[-1].axis("off")  # 5 metrics on a 2 × 3 grid
     layers = np.arange(len(m[METRIC_NAMES[0]]))
     for ax, n in zip(axes, METRIC_NAMES):
         ax.plot(layers, m[n], marker="o", ms=3, lw=1.5, color="#1f77b4")

@@ -36,7 +36,7 @@ CJK_CANDIDATES = (
 )
 PAGE_W = 190.0  # usable width in mm (A4, 10 mm margins)
 MAX_TEXT_CHARS = 4000
-MAX_TABLE_TOKENS = 64
+TOP_TOKENS = 20
 
 
 @functools.lru_cache(maxsize=1)
@@ -178,7 +178,7 @@ class _Writer:
         pw, ph = _png_size(png)
         w = PAGE_W
         h = w * ph / pw
-        max_h = 230.0
+        max_h = 125.0  # two figures fit on a page
         if h > max_h:
             w, h = w * max_h / h, max_h
         if self.pdf.get_y() + h + 12 > self.pdf.h - 15:
@@ -242,7 +242,7 @@ def _metric_table(w: _Writer, result: Any) -> None:
 
 
 def _figures(w: _Writer, files: dict[str, bytes]) -> None:
-    names = sorted(n for n in files if n.startswith("plots/") and n.lower().endswith(".png"))
+    names = [n for n in files if n.startswith("plots/") and n.lower().endswith(".png")]  # in writer order
     if not names:
         return
     w.pdf.add_page()
@@ -328,11 +328,12 @@ def _attribution_tokens(w: _Writer, result: Any) -> None:
            f"{docs.caption('attention_rollout')}", size=8)
     cols = [("rollout", a.rollout), ("grad × input", a.grad_x_input), ("integrated gradients", a.integrated_gradients)]
     cols = [(n, np.asarray(v, dtype=np.float64)) for n, v in cols if v is not None]
-    T = min(result.n_tokens, MAX_TABLE_TOKENS)
-    rows = [[t, repr(result.display_tokens[t]), *(v[t] for _, v in cols)] for t in range(T)]
+    key_name, key = cols[-1]  # the most faithful method present: IG, else gradient × input, else rollout
+    order = np.argsort(-np.abs(np.nan_to_num(key)), kind="stable")[:TOP_TOKENS]
+    rows = [[int(t), repr(result.display_tokens[t]), *(v[t] for _, v in cols)] for t in order]
+    w.para(f"Top {len(order)} of {result.n_tokens} tokens by |{key_name}| (all tokens are in the bundle's CSV).",
+           size=8)
     w.table(["pos", "token", *(n for n, _ in cols)], rows, widths=(15, 55, *([120 / max(len(cols), 1)] * len(cols))))
-    if result.n_tokens > T:
-        w.para(f"(first {T} of {result.n_tokens} tokens; the full table is in the bundle's CSV files)", size=8)
     if getattr(a, "ig_completeness_gap", None) is not None:
         w.para(f"Integrated-gradients completeness gap: {_fmt(a.ig_completeness_gap)} ({a.ig_steps} steps).", size=8)
 
