@@ -142,6 +142,7 @@ def test_pdf_sections_with_and_without_optional_sections(result):
         assert "heads by attention entropy" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["bert", "encoder", "llama"])
 def test_bundle_and_pdf_for_other_families(family, tiny_bert, tiny_encoder, tiny_llama):
     from core.analysis import analyze
