@@ -287,7 +287,8 @@ def attribute(loaded: Any, capture: Any, attentions: np.ndarray, position: int, 
         return out
     pred = int(torch.argmax(logits[position]).item())
     out.predicted_id = pred
-    out.predicted_token = loaded.tokenizer.convert_ids_to_tokens([pred])[0]
+    tok = loaded.tokenizer.convert_ids_to_tokens([pred])[0]
+    out.predicted_token = tok if isinstance(tok, str) else f"<id {pred}>"  # ids past the tokenizer's vocabulary
     if not compute_gradients:
         out.notes.append("gradient methods are switched off (compute_gradients = false)")
         return out
