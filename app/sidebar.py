@@ -250,9 +250,19 @@ def draw_export(result: Any) -> None:
         st.info("Export unavailable: the export module (core.export) is not installed in this build.")
         return
     entries = list(st.session_state.get(Keys.SESSION_LOG, []))
+    hidden = st.toggle("Include hidden states (float16) in the ZIP", key=Keys.EXPORT_HIDDEN,
+                       help="hidden_states.npz: every layer's token states; large for long texts.")
 
     def data() -> bytes:
-        return build_zip(result, entries)
+        """Runs on the click, in a separate thread. The run is also kept under assets/runs/ (bounded)."""
+        try:
+            return build_zip(result, entries, hidden_states=hidden, save=True)
+        except OSError as exc:  # a read-only or full disk: the download still works
+            log.warning("could not keep the run under assets/runs: %s", exc)
+            return build_zip(result, entries, hidden_states=hidden)
+        except Exception:
+            log.exception("building the export bundle failed")
+            raise
 
     st.download_button("Download analysis bundle (ZIP)", data=data, file_name="analysis_bundle.zip",
                        mime="application/zip", on_click="ignore", width="stretch",

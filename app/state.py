@@ -29,6 +29,7 @@ class Keys:
     ERROR = "error"  # {"kind": "unavailable"|"input"|"internal", "message": str, "model": str} or None
     SESSION_LOG = "session_log"  # list of dicts, one per analysis of this session (for the export's HTML log)
     PENDING_ANALYSIS = "pending_analysis"  # set by callbacks (e.g. "switch to bundled") to run once
+    EXPORT_HIDDEN = "export_hidden"  # toggle: hidden_states.npz in the export
     URL_READ = "url_read"  # the URL's query parameters were read into the widgets once
 
     # --- layer analysis page (widgets) ---------------------------------------------------------------------------
@@ -66,6 +67,7 @@ DEFAULTS: dict[str, Any] = {
     Keys.ERROR: None,
     Keys.PENDING_ANALYSIS: None,
     Keys.URL_READ: False,
+    Keys.EXPORT_HIDDEN: False,
     Keys.CORR_METHOD: "pearson",
     Keys.GEN_TEXT: "",
     Keys.GEN_STOP: None,

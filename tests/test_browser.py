@@ -42,7 +42,7 @@ def server(tmp_path_factory):
     pytest.importorskip("playwright.sync_api", reason="playwright (python package) is not installed")
     port = _free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TMA_CACHE_DIR=str(tmp_path_factory.mktemp("browser-cache")),
-               TOKENIZERS_PARALLELISM="false")
+               TMA_RUNS_DIR=str(tmp_path_factory.mktemp("browser-runs")), TOKENIZERS_PARALLELISM="false")
     log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
     log = open(log_path, "w")
     proc = subprocess.Popen(
