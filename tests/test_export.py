@@ -289,3 +289,17 @@ def test_normalized_metrics_and_summary(result):
     assert s["layers"] == result.n_layers
     assert max(result.layer_metrics["effective_rank"]) <= s["token_bound"] + 1e-9
     assert s["effective_rank_first"] == pytest.approx(result.layer_metrics["effective_rank"][0])
+
+
+def test_one_token_text_still_exports(tiny_gpt2):
+    from core.analysis import analyze
+
+    r = analyze(tiny_gpt2, "a", ig_steps=2, animations=False)
+    assert r.n_tokens == 1  # every spectral metric is NaN here
+    files = build_files(r)
+    for name in (*FOUNDATION, *MINE):
+        assert name in files, name
+    assert len(_pdf(files["report.pdf"]).pages) >= 3
+    s = summary_figures(r)
+    assert s["token_bound"] == 0 and s["effective_rank_min_layer"] is None
+    assert np.isnan(metric_correlations(r, "spearman")[0]).all()
