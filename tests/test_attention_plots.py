@@ -109,9 +109,7 @@ def test_common_projection_uses_one_basis_for_all_layers():
 
 
 def test_bundle_holds_the_csvs_with_exact_headers(gpt2_result):
-    from core.bundle import bundle_files
-
-    files = bundle_files(gpt2_result)
+    files = ap.attention_bundle_files(gpt2_result, {})
     first = {name: files[name].decode().splitlines()[0] for name in
              ("attention_entropy.csv", "head_clusters.csv", "token_attribution.csv", "head_attribution.csv")}
     assert first["attention_entropy.csv"] == "layer,head,entropy,normalized_entropy"
@@ -137,3 +135,14 @@ def test_bundle_without_animations_or_gradients(tiny_encoder):
     assert "head_attribution.csv" not in files
     assert files["token_attribution.csv"].decode().splitlines()[0] == "position,token,rollout"
     assert all(n.replace("/", "").replace("_", "").replace(".", "").isalnum() for n in files)
+
+
+@pytest.mark.slow
+def test_full_bundle_includes_the_attention_members(gpt2_result):
+    from core.bundle import bundle_files
+
+    files = bundle_files(gpt2_result)
+    mine = ap.attention_bundle_files(gpt2_result, {})
+    assert set(mine) <= set(files)
+    for name in ("attention_entropy.csv", "head_clusters.csv", "token_attribution.csv", "head_attribution.csv"):
+        assert files[name] == mine[name]
