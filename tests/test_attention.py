@@ -218,3 +218,29 @@ def test_step_on_tiny_models(tiny_any):
     back = AnalysisResult.from_bytes(res.to_bytes())
     assert results_equal(back.attention, att)
     assert "Attention analysis" in res.timings
+
+
+def test_single_threaded_restores_limits_under_concurrent_use():
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    from core.attention import single_threaded
+
+    before = [i["num_threads"] for i in threadpool_info()]
+    inside = []
+
+    def work():
+        for _ in range(10):
+            with single_threaded():
+                with single_threaded():
+                    inside.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+                    np.ones((20, 20)) @ np.ones((20, 20))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [i["num_threads"] for i in threadpool_info()] == before
+    assert all(n == 1 for n in inside)
