@@ -96,7 +96,7 @@ class AttentionAnalysis:
 
 _ST_LOCK = threading.Lock()
 _ST_STATE: dict[str, Any] = {"depth": 0, "limiter": None}
-_CONTROLLERS: dict[tuple[bool, bool], Any] = {}
+_CONTROLLERS: dict[int, Any] = {}
 
 
 @contextlib.contextmanager
@@ -110,11 +110,13 @@ def single_threaded() -> Iterator[None]:
     """
     with _ST_LOCK:
         if _ST_STATE["depth"] == 0:
-            key = ("torch" in sys.modules, "sklearn.cluster" in sys.modules)
+            # finding the loaded libraries costs ~5 ms: redo it only when modules (and so libraries) were loaded
+            key = len(sys.modules)
             controller = _CONTROLLERS.get(key)
-            if controller is None:  # finding the loaded libraries costs ~5 ms: once per set of loaded packages
+            if controller is None:
                 from threadpoolctl import ThreadpoolController
 
+                _CONTROLLERS.clear()
                 controller = _CONTROLLERS[key] = ThreadpoolController()
             _ST_STATE["limiter"] = controller.limit(limits=1)
         _ST_STATE["depth"] += 1

@@ -225,16 +225,16 @@ def test_single_threaded_restores_limits_under_concurrent_use():
 
     from threadpoolctl import threadpool_info
 
-    from core.attention import single_threaded
+    import core.attention as A
 
     before = [i["num_threads"] for i in threadpool_info()]
-    inside = []
+    with A.single_threaded():
+        assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
 
     def work():
         for _ in range(10):
-            with single_threaded():
-                with single_threaded():
-                    inside.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+            with A.single_threaded():
+                with A.single_threaded():
                     np.ones((20, 20)) @ np.ones((20, 20))
 
     threads = [threading.Thread(target=work) for _ in range(4)]
@@ -242,5 +242,5 @@ def test_single_threaded_restores_limits_under_concurrent_use():
         t.start()
     for t in threads:
         t.join()
+    assert A._ST_STATE == {"depth": 0, "limiter": None}
     assert [i["num_threads"] for i in threadpool_info()] == before
-    assert all(n == 1 for n in inside)
