@@ -18,6 +18,7 @@ from app import charts
 from app.state import Keys
 from core import views
 from core.errors import TMAError
+from core.figures import metric_correlations, summary_figures
 from core.metrics import METRIC_NAMES
 
 log = logging.getLogger(__name__)
@@ -86,19 +87,12 @@ def result_header(result: Any) -> None:
 
 
 def summary_metrics(result: Any) -> None:
-    """Headline figures with st.metric (core.figures.summary_figures when present, so they match the PDF)."""
-    try:
-        from core.figures import summary_figures
-
-        s = summary_figures(result)
-        first, last = s["effective_rank_first"], s["effective_rank_last"]
-        drop_layer, cos_last = s.get("largest_erank_drop_layer"), s["final_cosine_to_input"]
-        tokens_help = (f"{s['metric_tokens']} tokens enter the layer metrics; the spectral metrics cannot exceed "
-                       f"{s['token_bound']}.")
-    except ImportError:
-        s = views.summary_figures(result)
-        first, last = s["effective_rank_first"], s["effective_rank_last"]
-        drop_layer, cos_last, tokens_help = None, s["cosine_last"], None
+    """Headline figures with st.metric, from core.figures.summary_figures (the PDF's numbers)."""
+    s = summary_figures(result)
+    first, last = s["effective_rank_first"], s["effective_rank_last"]
+    drop_layer, cos_last = s.get("largest_erank_drop_layer"), s["final_cosine_to_input"]
+    tokens_help = (f"{s['metric_tokens']} tokens enter the layer metrics; the spectral metrics cannot exceed "
+                   f"{s['token_bound']}.")
     c = st.columns(5)
     c[0].metric("Tokens", result.n_tokens, help=tokens_help)
     c[1].metric("Layers × heads", f"{result.n_layers} × {result.n_heads}")
@@ -134,28 +128,15 @@ def correlation_section(result: Any) -> None:
     method = st.segmented_control("Method", ["pearson", "spearman"], key=Keys.CORR_METHOD, required=True,
                                   format_func=str.capitalize)
     method = method or "pearson"
-    long = views.correlations_long(_correlations(result, method))
+    long = views.correlations_long(metric_correlations(result, method))
     chart(charts.correlation_heatmap(long, method))
     if long["r"].isna().any():
         st.caption("Empty cells: a metric that is constant over the layers has no correlation.")
     show_caption("fig_metric_correlation")
 
 
-def _correlations(result: Any, method: str):
-    try:
-        from core.figures import metric_correlations
-    except ImportError:
-        metric_correlations = views.metric_correlations
-    return metric_correlations(result, method)
-
-
 def normalised_heatmap(result: Any) -> None:
-    try:
-        from core.figures import normalized_metrics
-        normalised = normalized_metrics(result)
-    except ImportError:
-        normalised = None
-    chart(charts.normalised_heatmap(views.normalised_metrics(result, normalised)))
+    chart(charts.normalised_heatmap(views.normalised_metrics(result)))
     show_caption("fig_metrics_normalized")
 
 

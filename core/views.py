@@ -12,7 +12,6 @@ import numpy as np
 
 from .metrics import METRIC_NAMES
 
-CORRELATION_METHODS = ("pearson", "spearman")
 
 
 def token_labels(tokens: list[str]) -> list[str]:
@@ -41,39 +40,14 @@ def metrics_long(result: Any):
     return pd.DataFrame(rows)
 
 
-def normalised_metrics(result: Any, normalised: np.ndarray | None = None):
-    """Each metric min-max scaled over layers: (v − min_l v) / (max_l v − min_l v), in [0, 1].
+def normalised_metrics(result: Any):
+    """Long form (layer, metric, value, normalised) of core.figures.normalized_metrics — the same numbers as the
+    PDF's heatmap: each metric min-max scaled over layers, a constant metric 0.5, NaN kept."""
+    from .figures import normalized_metrics
 
-    A metric that is constant over layers maps to 0.5; NaN stays NaN. `normalised` [M, L+1] (METRIC_NAMES order),
-    when given, is used as is (e.g. core.figures.normalized_metrics, so the page shows the PDF's numbers).
-    Returns long form: layer, metric, value, normalised.
-    """
     df = metrics_long(result)
-    if normalised is not None:
-        df["normalised"] = np.asarray(normalised, dtype=np.float64).ravel()
-        return df
-    out = []
-    for m in METRIC_NAMES:
-        v = df.loc[df.metric == m, "value"].to_numpy(dtype=float)
-        lo, hi = np.nanmin(v) if np.isfinite(v).any() else np.nan, np.nanmax(v) if np.isfinite(v).any() else np.nan
-        if not np.isfinite(lo) or hi - lo <= 1e-12 * max(abs(hi), 1.0):
-            norm = np.where(np.isfinite(v), 0.5, np.nan)
-        else:
-            norm = (v - lo) / (hi - lo)
-        out.append(norm)
-    df["normalised"] = np.concatenate(out)
+    df["normalised"] = np.asarray(normalized_metrics(result), dtype=np.float64).ravel()
     return df
-
-
-def metric_correlations(result: Any, method: str = "pearson"):
-    """Correlation matrix [5, 5] of the layer metrics across the L+1 layers (pandas DataFrame.corr).
-
-    Pearson: r = cov(x, y) / (σ_x σ_y); Spearman: Pearson on the ranks. A metric constant over layers gives NaN.
-    """
-    if method not in CORRELATION_METHODS:
-        raise ValueError(f"method must be one of {CORRELATION_METHODS}, got {method!r}")
-    wide = result.metrics_frame().set_index("layer")[list(METRIC_NAMES)]
-    return wide.corr(method=method)
 
 
 def correlations_long(corr):
@@ -206,16 +180,3 @@ def predictions_table(predictions: Any, tokens: list[str] | None = None):
             rows.append({"position": int(pos), "rank": rank, "token": str(c["token"]),
                          "probability": float(c["probability"])})
     return pd.DataFrame(rows, columns=["position", "rank", "token", "probability"])
-
-
-def summary_figures(result: Any) -> dict[str, float]:
-    """Headline numbers: first/last-layer effective rank, the layer where it is lowest, last-layer cosine to input."""
-    er = np.asarray(result.layer_metrics["effective_rank"], dtype=float)
-    cos = np.asarray(result.layer_metrics["cosine_to_input"], dtype=float)
-    finite = np.isfinite(er)
-    return {
-        "effective_rank_first": float(er[0]),
-        "effective_rank_last": float(er[-1]),
-        "min_rank_layer": float(np.nanargmin(er)) if finite.any() else float("nan"),
-        "cosine_last": float(cos[-1]),
-    }

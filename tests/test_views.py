@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from core import views
+from core.figures import metric_correlations
 from core.metrics import METRIC_NAMES
 
 
@@ -43,21 +44,18 @@ def test_normalised_metrics_hand_values():
     assert np.isnan(cos[2]) and cos[0] == 1.0 and cos[3] == 0.0
 
 
-def test_normalised_metrics_given_array():
-    given = np.arange(20, dtype=float).reshape(5, 4) / 19
-    df = views.normalised_metrics(RES, given)
-    np.testing.assert_allclose(df.normalised.to_numpy(), given.ravel())
+def test_correlations_match_pandas_on_the_page_table():
+    """core.figures.metric_correlations (what the page and the PDF show) against pandas' own .corr."""
+    from core.figures import metric_correlations
 
-
-def test_correlations_pearson_and_spearman():
-    p = views.metric_correlations(RES, "pearson")
-    s = views.metric_correlations(RES, "spearman")
-    assert p.loc["effective_rank", "participation_ratio"] == pytest.approx(-1.0)
-    assert p.loc["participation_ratio", "activation_entropy"] < 1.0  # not linear
-    assert s.loc["participation_ratio", "activation_entropy"] == pytest.approx(1.0)  # but monotone
-    assert np.isnan(p.loc["intrinsic_dim_95", "effective_rank"])
-    with pytest.raises(ValueError):
-        views.metric_correlations(RES, "kendall-ish")
+    frame = RES.metrics_frame().set_index("layer")[list(METRIC_NAMES)]
+    for method in ("pearson", "spearman"):
+        ours = metric_correlations(RES, method)
+        ref = frame.corr(method=method).to_numpy()
+        np.testing.assert_allclose(ours, ref, atol=1e-12, equal_nan=True)
+    long = views.correlations_long(metric_correlations(RES, "spearman"))
+    pair = long[(long.row == "participation_ratio") & (long.column == "activation_entropy")].r.item()
+    assert pair == pytest.approx(1.0)  # monotone, not linear
 
 
 def test_correlations_long_from_array():
@@ -118,7 +116,7 @@ def test_chart_builders_make_valid_specs():
     df = views.metrics_long(RES)
     for m in METRIC_NAMES:
         assert charts.metric_line(df, m).to_dict()["layer"]
-    assert charts.correlation_heatmap(views.correlations_long(views.metric_correlations(RES)), "pearson").to_dict()
+    assert charts.correlation_heatmap(views.correlations_long(metric_correlations(RES)), "pearson").to_dict()
     assert charts.normalised_heatmap(views.normalised_metrics(RES)).to_dict()
     A = np.full((1, 1, 3, 3), 1 / 3)
     spec = charts.attention_heatmap(views.attention_frame(A, ["a", "b", "c"], 0, None), "t").to_dict()
