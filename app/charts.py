@@ -7,17 +7,12 @@ from __future__ import annotations
 
 import altair as alt
 
-METRIC_TITLES = {
-    "effective_rank": "Effective rank",
-    "participation_ratio": "Participation ratio",
-    "intrinsic_dim_95": "Intrinsic dimension (95 %)",
-    "activation_entropy": "Activation entropy (nats)",
-    "cosine_to_input": "Cosine to input",
-}
-
+from core.docs import metric_label
+from core.metrics import METRIC_NAMES
 
 def metric_title(name: str) -> str:
-    return METRIC_TITLES.get(name, name.replace("_", " ").capitalize())
+    """Display title of a metric: the documentation registry's title (one source for every label)."""
+    return metric_label(name)
 
 
 def metric_line(df, metric: str, height: int = 220) -> alt.Chart:
@@ -35,7 +30,7 @@ def metric_line(df, metric: str, height: int = 220) -> alt.Chart:
 def correlation_heatmap(long_df, method: str) -> alt.Chart:
     """Metric × metric correlation (long: row, column, r), diverging colours in [−1, 1], values written in cells."""
     d = long_df.assign(row=long_df["row"].map(metric_title), column=long_df["column"].map(metric_title))
-    order = [metric_title(m) for m in METRIC_TITLES]
+    order = [metric_title(m) for m in METRIC_NAMES]
     base = alt.Chart(d).encode(
         x=alt.X("column:N", sort=order, title=None, axis=alt.Axis(labelAngle=-35, labelOverlap=False, labelLimit=180)),
         y=alt.Y("row:N", sort=order, title=None, axis=alt.Axis(labelLimit=180)))
@@ -53,7 +48,7 @@ def normalised_heatmap(df) -> alt.Chart:
     d = df.assign(metric=df["metric"].map(metric_title))
     return alt.Chart(d).mark_rect().encode(
         x=alt.X("layer:O", title="layer"),
-        y=alt.Y("metric:N", sort=[metric_title(m) for m in METRIC_TITLES], title=None, axis=alt.Axis(labelLimit=180)),
+        y=alt.Y("metric:N", sort=[metric_title(m) for m in METRIC_NAMES], title=None, axis=alt.Axis(labelLimit=180)),
         color=alt.Color("normalised:Q", scale=alt.Scale(scheme="viridis", domain=[0, 1]), title="normalised"),
         tooltip=[alt.Tooltip("metric:N"), alt.Tooltip("layer:O"), alt.Tooltip("value:Q", format=".4f"),
                  alt.Tooltip("normalised:Q", format=".3f")],

@@ -77,10 +77,8 @@ def attention_section(result: Any, layer: int, head: int | None) -> None:
 
 def single_head_section(result: Any, layer: int, head: int) -> None:
     """The single-head view from core.attention_plots.single_head_stats: statistics, top pairs, row entropies."""
-    try:
-        from core.attention_plots import single_head_stats
-    except ImportError:
-        return
+    from core.attention_plots import single_head_stats
+
     try:
         stats = single_head_stats(result, layer, head)
     except Exception:
@@ -231,11 +229,6 @@ def animations_section(result: Any, head: int | None) -> None:
     """The layer-transition GIFs of core.animations, rendered once per (result, head) and cached."""
     if not result.settings.animations:
         st.caption("Animations are off (sidebar → Settings → Layer animations).")
-        return
-    try:
-        from core import animations  # noqa: F401
-    except ImportError:
-        st.caption("Layer animations are not available in this build.")
         return
     ref = _ResultRef(result)
     which = "mean over heads" if head is None else f"head {head}"

@@ -8,7 +8,6 @@ result always survive an error.
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import re
 import time
@@ -127,31 +126,10 @@ def current_settings(state: Any) -> AnalysisSettings:
 
 
 def session_entry(result: Any) -> dict[str, Any]:
-    """One line of the session log (the export's session_log.html lists these in order).
+    """One line of the session log (the export's session_log.html lists these in order), as the CLI writes it."""
+    from core.session_log import entry_from_result
 
-    Uses core.session_log.entry_from_result when the export module is there, so the app and the CLI log alike.
-    """
-    try:
-        from core.session_log import entry_from_result
-
-        return entry_from_result(result)
-    except ImportError:
-        pass
-    return {
-        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": result.model.get("model_id", ""),
-        "dtype": result.model.get("dtype", ""),
-        "settings": result.settings.to_dict(),
-        "text": result.text,
-        "n_tokens": result.n_tokens,
-        "duration_s": float(result.duration_s),
-        "cache_hit": bool(result.cache_hit),
-        "warnings": list(result.warnings),
-    }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Callbacks
+    return entry_from_result(result)
 
 
 def _on_model_change() -> None:
@@ -243,12 +221,9 @@ def draw_result_footer() -> None:
 
 
 def draw_export(result: Any) -> None:
-    """The ZIP download, built on click by core.export.build_zip; a clear note when the export is not available."""
-    try:
-        from core.export import build_zip
-    except ImportError:
-        st.info("Export unavailable: the export module (core.export) is not installed in this build.")
-        return
+    """The ZIP download, built on click by core.export.build_zip."""
+    from core.export import build_zip
+
     entries = list(st.session_state.get(Keys.SESSION_LOG, []))
     hidden = st.toggle("Include hidden states (float16) in the ZIP", key=Keys.EXPORT_HIDDEN,
                        help="hidden_states.npz: every layer's token states; large for long texts.")

@@ -398,3 +398,18 @@ def test_long_text_attention_window(results):
     assert window.value == r.n_tokens - 96  # causal LM: the window ends at the last token
     window.set_value(0).run()
     no_exception(at)
+
+
+def test_every_caption_key_the_app_uses_is_documented():
+    """Captions come from core.docs; a key the app names must exist there (no silent empty captions)."""
+    import re
+    from pathlib import Path
+
+    from core.docs import DOCS
+
+    root = Path(__file__).resolve().parents[1]
+    used = set()
+    for path in list((root / "app").glob("*.py")) + list((root / "pages").glob("*.py")):
+        used |= set(re.findall(r'(?:show_caption|caption|metric_label)\("([a-z_0-9]+)"', path.read_text()))
+    assert used, "expected the app to use documentation captions"
+    assert sorted(used - set(DOCS)) == []
