@@ -190,6 +190,9 @@ def attribution_section(result: Any) -> None:
         st.caption(note)
     if not result.settings.compute_gradients:
         st.caption("Gradient methods are off (sidebar → Settings → Compute gradients).")
+    elif attr.predicted_id is not None and not result.settings.integrated_gradients:
+        st.caption("Integrated gradients are off: they cost one forward + backward pass per step "
+                   "(sidebar → Settings → Integrated gradients).")
 
 
 # ----------------------------------------------------------------------------------------------------------------

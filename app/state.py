@@ -20,6 +20,8 @@ class Keys:
     DTYPE = "dtype"
     EXCLUDE_SPECIAL = "exclude_special"
     COMPUTE_GRADIENTS = "compute_gradients"
+    INTEGRATED_GRADIENTS = "integrated_gradients"
+    IG_STEPS = "ig_steps"
     ANIMATIONS = "animations"
     MASK_WORD = "mask_word"  # selectbox of the text's words, for masked LMs without a mask token
 
@@ -60,6 +62,8 @@ DEFAULTS: dict[str, Any] = {
     Keys.DTYPE: "auto",
     Keys.EXCLUDE_SPECIAL: False,
     Keys.COMPUTE_GRADIENTS: True,
+    Keys.INTEGRATED_GRADIENTS: False,
+    Keys.IG_STEPS: 32,
     Keys.ANIMATIONS: True,
     Keys.MASK_WORD: None,
     Keys.RESULT: None,

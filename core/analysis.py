@@ -25,6 +25,7 @@ from .metrics import layer_metrics
 from .models import LoadedModel, load_model
 from .result import AnalysisResult
 from .settings import AnalysisSettings
+from .threads import single_threaded
 from .version import CORE_VERSION
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,8 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
         report("Layer metrics", 0.3)
         t = time.perf_counter()
         keep = np.array([not s for s in cap.special_mask]) if st.exclude_special_tokens else None
-        metrics = layer_metrics(cap.hidden_states, keep)
+        with single_threaded():  # small eigenproblems: BLAS threads only contend with torch's
+            metrics = layer_metrics(cap.hidden_states, keep)
         timings["layer_metrics"] = time.perf_counter() - t
         warnings = list(cap.warnings)
         n_used = int(keep.sum()) if keep is not None else len(cap.tokens)

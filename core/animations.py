@@ -87,7 +87,7 @@ def common_projection(hidden_states: np.ndarray) -> tuple[np.ndarray, np.ndarray
     mean; the basis is the top two eigenvectors of the covariance (X − μ)ᵀ(X − μ) (signs fixed: largest-magnitude
     entry positive); points = (X − μ) V. Computed in float64.
     """
-    from .attention import single_threaded
+    from .threads import single_threaded
 
     with single_threaded():
         return _common_projection(np.asarray(hidden_states, dtype=np.float64))

@@ -100,7 +100,7 @@ def attention_rollout(att: np.ndarray) -> np.ndarray:
     att [L, H, T, T] (rows sum to 1) → R float64 [T, T]; R[i, j] = share of position i's final representation that
     flows from input token j; rows of R sum to 1.
     """
-    from .attention import single_threaded
+    from .threads import single_threaded
 
     att = np.asarray(att)
     if att.ndim != 4 or att.shape[-1] != att.shape[-2]:
@@ -272,14 +272,18 @@ def _pad(v: np.ndarray, T: int) -> np.ndarray:
 
 
 def attribute(loaded: Any, capture: Any, attentions: np.ndarray, position: int, tokens: list[str], *,
-              compute_gradients: bool = True, ig_steps: int = 32) -> Attribution:
-    """All attributions for `position` of one capture (see the module docstring). Call under the model lock."""
+              compute_gradients: bool = True, with_ig: bool = True, ig_steps: int = 32) -> Attribution:
+    """All attributions for `position` of one capture (see the module docstring). Call under the model lock.
+
+    with_ig: also run integrated gradients (ig_steps forward + backward passes); `ig_steps` is recorded as 0
+    when they are not run.
+    """
     import torch
 
     T = len(tokens)
     R = attention_rollout(attentions)
     out = Attribution(target_position=position, target_token=tokens[position], rollout=R[position].copy(),
-                      rollout_matrix=R, ig_steps=ig_steps)
+                      rollout_matrix=R, ig_steps=ig_steps if (with_ig and compute_gradients) else 0)
     logits = getattr(capture, "logits", None)
     if loaded.family == "encoder" or logits is None:
         out.notes.append("this model has no language-model head, so there is no prediction to attribute: "
@@ -307,6 +311,8 @@ def attribute(loaded: Any, capture: Any, attentions: np.ndarray, position: int, 
         if abs(ref - fx) > 1e-3 * max(1.0, abs(ref)):
             out.notes.append(f"the gradient pass gave log p = {fx:.4f}, the analysis pass {ref:.4f} "
                              "(numerical precision of the model's dtype)")
+        if not with_ig:
+            return out
         ig, fx_ig, f0 = integrated_gradients(loaded, ids, mask, position, pred, steps=ig_steps)
         out.integrated_gradients = _pad(ig, T)
         out.baseline_logprob = f0
@@ -326,6 +332,7 @@ def run_step(ctx, result) -> None:
     """Analysis step "Attribution": sets result.attribution for result.target_position."""
     result.attribution = attribute(ctx.loaded, ctx.capture, result.attentions, result.target_position,
                                    result.tokens, compute_gradients=ctx.settings.compute_gradients,
+                                   with_ig=ctx.settings.integrated_gradients,
                                    ig_steps=ctx.settings.ig_steps)
     for note in result.attribution.notes:
         if "failed" in note:

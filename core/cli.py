@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--mask-word", default=None,
                    help="masked LMs: replace the first occurrence of this word by the mask token")
     a.add_argument("--no-gradients", action="store_true", help="skip gradient-based attributions")
+    a.add_argument("--integrated-gradients", action="store_true",
+                   help="also run integrated gradients (slow: --ig-steps forward+backward passes)")
     a.add_argument("--ig-steps", type=int, default=32, help="integrated-gradients steps (default 32)")
     a.add_argument("--n-clusters", type=int, default=None, help="head clusters (default: chosen by silhouette)")
     a.add_argument("--lens-position", type=int, default=None, help="logit-lens position (default: target position)")
@@ -111,6 +113,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     settings = AnalysisSettings(
         max_tokens=args.max_tokens, exclude_special_tokens=args.exclude_special_tokens, top_k=args.top_k,
         target_position=args.target_position, mask_word=args.mask_word, compute_gradients=not args.no_gradients,
+        integrated_gradients=args.integrated_gradients,
         ig_steps=args.ig_steps, n_clusters=args.n_clusters, lens_position=args.lens_position,
         animations=not args.no_animations)
     out: Path = args.out

@@ -27,7 +27,9 @@ class AnalysisSettings:
     target_position: token position whose prediction is attributed; None picks it from the family
         (first mask for masked LMs, last token for causal LMs, 0 for encoders).
     mask_word: for masked LMs, replace the first occurrence of this word by the mask token before analysis.
-    compute_gradients: run the gradient methods (gradient × input, integrated gradients, head attribution).
+    compute_gradients: run gradient × input and the per-head attribution (one forward + backward pass).
+    integrated_gradients: also run integrated gradients (needs compute_gradients); off by default because it
+        costs ig_steps forward + backward passes (~30–40× a forward pass at 32 steps on a CPU).
     ig_steps: Riemann steps of integrated gradients.
     n_clusters: number of head clusters; None chooses it by silhouette.
     lens_position: position decoded by the logit lens; None uses the target position.
@@ -40,6 +42,7 @@ class AnalysisSettings:
     target_position: int | None = None
     mask_word: str | None = None
     compute_gradients: bool = True
+    integrated_gradients: bool = False
     ig_steps: int = 32
     n_clusters: int | None = None
     lens_position: int | None = None
@@ -62,7 +65,7 @@ class AnalysisSettings:
             need(v is None or (isinstance(v, int) and v >= 0), f"{name} must be empty or a non-negative integer, got {v!r}")
         need(self.mask_word is None or (isinstance(self.mask_word, str) and self.mask_word.strip() != ""),
              "mask_word must be a non-empty word")
-        for name in ("exclude_special_tokens", "compute_gradients", "animations"):
+        for name in ("exclude_special_tokens", "compute_gradients", "integrated_gradients", "animations"):
             need(isinstance(getattr(self, name), bool), f"{name} must be true or false")
 
     def to_dict(self) -> dict[str, Any]:

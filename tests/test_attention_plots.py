@@ -17,14 +17,14 @@ TEXT = "The cat sat on the mat. It cost $5 and the dog\nsat on the log."
 def gpt2_result(tiny_gpt2):
     from core.analysis import analyze
 
-    return analyze(tiny_gpt2, TEXT, ig_steps=8)
+    return analyze(tiny_gpt2, TEXT, ig_steps=8, integrated_gradients=True)
 
 
 @pytest.fixture(scope="session")
 def bert_result(tiny_bert):
     from core.analysis import analyze
 
-    return analyze(tiny_bert, "The cat sat on the [MASK].", ig_steps=8)
+    return analyze(tiny_bert, "The cat sat on the [MASK].", ig_steps=8, integrated_gradients=True)
 
 
 def _frames(gif: bytes) -> np.ndarray:

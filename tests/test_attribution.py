@@ -170,7 +170,7 @@ def test_step_results_on_tiny_models(tiny_any):
     from core.analysis import analyze
     from core.result import AnalysisResult, results_equal
 
-    res = analyze(tiny_any, MASKED if tiny_any.family == "masked_lm" else TEXT, ig_steps=16, animations=False)
+    res = analyze(tiny_any, MASKED if tiny_any.family == "masked_lm" else TEXT, ig_steps=16, integrated_gradients=True, animations=False)
     a = res.attribution
     assert isinstance(a, Attribution)
     T = res.n_tokens
@@ -198,7 +198,7 @@ def test_predicted_token_is_the_models_top_prediction(tiny_gpt2):
 def test_causal_target_before_the_end_zeroes_later_tokens(tiny_gpt2):
     from core.analysis import analyze
 
-    res = analyze(tiny_gpt2, TEXT, target_position=2, ig_steps=8, animations=False)
+    res = analyze(tiny_gpt2, TEXT, target_position=2, ig_steps=8, integrated_gradients=True, animations=False)
     a = res.attribution
     assert a.target_position == 2
     assert np.all(a.grad_x_input[3:] == 0) and np.all(a.integrated_gradients[3:] == 0)
@@ -215,3 +215,14 @@ def test_encoder_gets_rollout_and_a_note(tiny_encoder):
     assert a.predicted_token is None
     assert a.notes and "no language-model head" in a.notes[0]
     assert a.rollout.shape == (res.n_tokens,)
+
+
+def test_integrated_gradients_are_opt_in(tiny_gpt2):
+    """The default analysis runs gradient × input and head scores (one backward pass), not the IG loop."""
+    from core.analysis import analyze
+
+    res = analyze(tiny_gpt2, TEXT, animations=False)
+    a = res.attribution
+    assert a.grad_x_input is not None and a.head_scores is not None
+    assert a.integrated_gradients is None and a.ig_steps == 0 and a.ig_completeness_gap is None
+    assert set(a.methods()) == {"rollout", "grad_x_input"}
