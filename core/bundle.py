@@ -112,10 +112,9 @@ def zip_bytes(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def write_bundle(result: AnalysisResult, out: str | Path, *, options: dict[str, Any] | None = None) -> Path:
-    """Write the bundle to `out`: a .zip file, or a folder (created) otherwise. Returns the path written."""
+def write_files(files: dict[str, bytes], out: str | Path) -> Path:
+    """Write bundle members to `out`: a .zip file, or a folder (created) otherwise. Returns `out`."""
     out = Path(out)
-    files = bundle_files(result, options=options)
     if out.suffix.lower() == ".zip":
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(zip_bytes(files))
@@ -126,3 +125,8 @@ def write_bundle(result: AnalysisResult, out: str | Path, *, options: dict[str, 
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
     return out
+
+
+def write_bundle(result: AnalysisResult, out: str | Path, *, options: dict[str, Any] | None = None) -> Path:
+    """Build the bundle of `result` and write it to `out` (.zip or folder). Returns the path written."""
+    return write_files(bundle_files(result, options=options), out)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import bundle_files, zip_bytes
+from .bundle import bundle_files, write_files, zip_bytes
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +54,6 @@ def build_zip(result: Any, session_entries: list[dict[str, Any]] | None = None, 
 
         save_run(result, files, root=runs_root)
     return zip_bytes(files)
-
-
-def write_files(files: dict[str, bytes], out: str | Path) -> Path:
-    """Write bundle files to `out`: a .zip file, or a folder (created) otherwise. Returns `out`."""
-    out = Path(out)
-    if out.suffix.lower() == ".zip":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(zip_bytes(files))
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        for name, data in files.items():
-            target = out / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-    return out
 
 
 def export_run(result: Any, out: str | Path, session_entries: list[dict[str, Any]] | None = None,

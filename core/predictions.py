@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
+from .capture import context_length
 from .errors import InputError
 from .models import LoadedModel
 from .serialize import serializable
@@ -246,16 +247,6 @@ def eos_ids(loaded: LoadedModel) -> set[int]:
     return out
 
 
-def context_limit(loaded: LoadedModel) -> int | None:
-    """Maximum sequence length of the model (config max_position_embeddings / n_positions), or None."""
-    cfg = loaded.model.config
-    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
-        v = getattr(cfg, name, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    return None
-
-
 def choose_next(logits: Any, gen: GenerationSettings, generator: Any) -> int:
     """Next token id from one logits row z [V] (torch float32 on CPU).
 
@@ -301,7 +292,7 @@ def _generate(loaded: LoadedModel, text: str, gen: GenerationSettings, stop_even
     with loaded.lock:
         run.chat_template_used = uses_chat_template(loaded, gen)
         run.prompt_ids = prompt_ids(loaded, text, gen)
-        limit = context_limit(loaded)
+        limit = context_length(loaded)
         if not run.prompt_ids:
             raise InputError("the prompt produced no tokens")
         if limit is not None and len(run.prompt_ids) >= limit:

@@ -225,7 +225,7 @@ def test_single_threaded_restores_limits_under_concurrent_use():
 
     from threadpoolctl import threadpool_info
 
-    import core.attention as A
+    import core.threads as A
 
     before = [i["num_threads"] for i in threadpool_info()]
     with A.single_threaded():
