@@ -211,7 +211,8 @@ def logit_lens_section(result: Any) -> None:
     shown = grid["pi"].nunique()
     if shown < result.n_tokens:
         st.caption(f"The grid decodes {shown} of {result.n_tokens} positions (a window around position "
-                   f"{lens.position}, to bound the CPU cost); the table below is complete for position {lens.position}.")
+                   f"{lens.position}, to bound the CPU cost; sidebar → Settings → Full logit-lens grid decodes all); the "
+                   f"table below is complete for position {lens.position}.")
     import pandas as pd
 
     left, right = st.columns([2, 3])

@@ -122,6 +122,7 @@ def current_settings(state: Any) -> AnalysisSettings:
         compute_gradients=bool(state.get(Keys.COMPUTE_GRADIENTS)),
         integrated_gradients=bool(state.get(Keys.COMPUTE_GRADIENTS)) and bool(state.get(Keys.INTEGRATED_GRADIENTS)),
         ig_steps=int(state.get(Keys.IG_STEPS) or 32),
+        lens_full_grid=bool(state.get(Keys.LENS_FULL_GRID)),
         animations=bool(state.get(Keys.ANIMATIONS)),
         mask_word=mask_word,
     )
@@ -207,6 +208,9 @@ def draw() -> bool:
                                 "on a CPU.")
             st.number_input("Integrated-gradients steps", min_value=1, max_value=512, step=8, key=Keys.IG_STEPS,
                             disabled=not (grads and ig))
+            st.toggle("Full logit-lens grid (slow on a CPU)", key=Keys.LENS_FULL_GRID,
+                      help="Decode every position at every layer. On a CPU, long texts otherwise get a window of "
+                           "positions around the decoded one (the full grid costs ~4× a forward pass for GPT-2).")
             st.toggle("Layer animations (GIF)", key=Keys.ANIMATIONS)
 
         clicked = st.button("Analyze", key="analyze", type="primary", width="stretch",

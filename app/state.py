@@ -22,6 +22,7 @@ class Keys:
     COMPUTE_GRADIENTS = "compute_gradients"
     INTEGRATED_GRADIENTS = "integrated_gradients"
     IG_STEPS = "ig_steps"
+    LENS_FULL_GRID = "lens_full_grid"
     ANIMATIONS = "animations"
     MASK_WORD = "mask_word"  # selectbox of the text's words, for masked LMs without a mask token
 
@@ -64,6 +65,7 @@ DEFAULTS: dict[str, Any] = {
     Keys.COMPUTE_GRADIENTS: True,
     Keys.INTEGRATED_GRADIENTS: False,
     Keys.IG_STEPS: 32,
+    Keys.LENS_FULL_GRID: False,
     Keys.ANIMATIONS: True,
     Keys.MASK_WORD: None,
     Keys.RESULT: None,

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--ig-steps", type=int, default=32, help="integrated-gradients steps (default 32)")
     a.add_argument("--n-clusters", type=int, default=None, help="head clusters (default: chosen by silhouette)")
     a.add_argument("--lens-position", type=int, default=None, help="logit-lens position (default: target position)")
+    a.add_argument("--lens-full-grid", action="store_true",
+                   help="decode the logit-lens grid at every position (on a CPU long texts get a window by default)")
     a.add_argument("--no-animations", action="store_true", help="skip the layer-transition GIFs")
     a.add_argument("--hidden-states", action="store_true", help="add hidden_states.npz (float16) to the bundle")
     a.add_argument("--no-cache", action="store_true", help="do not read or write the result cache")
@@ -114,7 +116,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens, exclude_special_tokens=args.exclude_special_tokens, top_k=args.top_k,
         target_position=args.target_position, mask_word=args.mask_word, compute_gradients=not args.no_gradients,
         integrated_gradients=args.integrated_gradients,
-        ig_steps=args.ig_steps, n_clusters=args.n_clusters, lens_position=args.lens_position,
+        ig_steps=args.ig_steps, n_clusters=args.n_clusters, lens_position=args.lens_position, lens_full_grid=args.lens_full_grid,
         animations=not args.no_animations)
     out: Path = args.out
     if out.exists() and out.is_file() and out.suffix.lower() != ".zip":

@@ -473,7 +473,10 @@ _LENS = [
        encoder_vs_decoder=("Works well on decoders (GPT-2); on masked LMs the middle layers decode poorly because the "
                            "LM head expects last-layer features. Not available without an LM head."),
        pitfalls=["Early layers are not trained to be decoded this way: noise there is expected (the tuned lens "
-                 "corrects for it; Belrose et al. 2023).", P_LAST_PRE_NORM],
+                 "corrects for it; Belrose et al. 2023).", P_LAST_PRE_NORM,
+                 "On a CPU the grid of a long text is decoded only in a window of positions around the lens position "
+                 "(each decoded cell costs one product with the whole vocabulary: the full grid is ~4× a forward pass "
+                 "for GPT-2 at 128 tokens); the lens_full_grid setting decodes all of them."],
        references=[R_NOSTALGEBRAIST, R_BELROSE],
        sources=["logit_lens.position", "logit_lens.layers", "logit_lens.top_tokens", "logit_lens.top_ids",
                 "logit_lens.top_probs", "logit_lens.final_token", "logit_lens.final_token_id",

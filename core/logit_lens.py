@@ -275,7 +275,7 @@ def run_step(ctx: Any, result: Any) -> None:
         result.logit_lens = None
         return
     n_layers1, _, D = result.hidden_states.shape
-    window = grid_max_positions(ctx.loaded, n_layers1, T, D)
+    window = None if ctx.settings.lens_full_grid else grid_max_positions(ctx.loaded, n_layers1, T, D)
     lens = compute_logit_lens(ctx.loaded, result.hidden_states, pos, ctx.settings.top_k, final_logits=cap.logits,
                               grid_max_positions=window)
     if lens is None:

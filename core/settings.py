@@ -33,6 +33,8 @@ class AnalysisSettings:
     ig_steps: Riemann steps of integrated gradients.
     n_clusters: number of head clusters; None chooses it by silhouette.
     lens_position: position decoded by the logit lens; None uses the target position.
+    lens_full_grid: decode the logit-lens grid at every position even on a CPU, where by default a long text gets
+        a window of positions around the lens position (the full grid costs ~4× a forward pass on GPT-2 at 128).
     animations: render the layer-transition GIFs.
     """
 
@@ -46,6 +48,7 @@ class AnalysisSettings:
     ig_steps: int = 32
     n_clusters: int | None = None
     lens_position: int | None = None
+    lens_full_grid: bool = False
     animations: bool = True
 
     def __post_init__(self) -> None:
@@ -65,7 +68,7 @@ class AnalysisSettings:
             need(v is None or (isinstance(v, int) and v >= 0), f"{name} must be empty or a non-negative integer, got {v!r}")
         need(self.mask_word is None or (isinstance(self.mask_word, str) and self.mask_word.strip() != ""),
              "mask_word must be a non-empty word")
-        for name in ("exclude_special_tokens", "compute_gradients", "integrated_gradients", "animations"):
+        for name in ("exclude_special_tokens", "compute_gradients", "integrated_gradients", "lens_full_grid", "animations"):
             need(isinstance(getattr(self, name), bool), f"{name} must be true or false")
 
     def to_dict(self) -> dict[str, Any]:

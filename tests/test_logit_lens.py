@@ -247,5 +247,8 @@ def test_analysis_step_bounds_the_grid_on_cpu(tiny_gpt2, monkeypatch):
     assert lens.grid_positions == list(range(T - 4, T)) and lens.position == T - 1
     assert np.isnan(lens.grid_probs[:, 0]).all() and not np.isnan(lens.grid_probs[:, T - 4:]).any()
     assert lens.last_layer_max_abs_diff <= 1e-5 and not any("lens" in x.lower() for x in w.warnings)
+    full = run(tiny_gpt2, "The quick brown fox jumps over the lazy dog.", top_k=3, lens_full_grid=True)
+    assert full.logit_lens.grid_positions == list(range(T)) and not np.isnan(full.logit_lens.grid_probs).any()
+    np.testing.assert_array_equal(full.logit_lens.grid_probs[:, T - 4:], lens.grid_probs[:, T - 4:])
     monkeypatch.setattr(LL, "GRID_MAX_MACS_CPU", None)
     assert LL.grid_max_positions(tiny_gpt2, L1, T, D) is None
