@@ -23,6 +23,9 @@ from core.settings import DTYPES, AnalysisSettings
 
 log = logging.getLogger(__name__)
 
+#: Guard for a public server: the analysis reads at most a few thousand tokens anyway.
+MAX_TEXT_CHARS = 20_000
+
 #: Families of the presets, known without loading them (used to pick the example text and the mask-word picker).
 PRESET_FAMILIES: dict[str, str] = {
     BUNDLED_ID: "encoder",
@@ -183,8 +186,9 @@ def draw() -> bool:
         model_id = selected_model_id(state)
         family = known_family(state, model_id)
 
-        st.text_area("Text to analyse", key=Keys.TEXT, height=110,
-                     help="Masked LMs fill [MASK]; causal LMs predict the next token.")
+        st.text_area("Text to analyse", key=Keys.TEXT, height=110, max_chars=MAX_TEXT_CHARS,
+                     help="Masked LMs fill [MASK]; causal LMs predict the next token. Texts longer than "
+                          "Max tokens are truncated.")
         text = state.get(Keys.TEXT, "")
         if family == "masked_lm" and not has_mask(text):
             words = words_of(text)
