@@ -26,7 +26,8 @@ def test_core_never_imports_streamlit():
 
 def test_no_trust_remote_code_anywhere():
     for p in list((ROOT / "core").rglob("*.py")) + list((ROOT / "app").rglob("*.py")) + list((ROOT / "pages").rglob("*.py")):
-        assert "trust_remote_code=True" not in p.read_text(encoding="utf-8").replace(" ", ""), p
+        forbidden = "trust_remote_code" + "=True"  # spelt in two parts so this file does not contain it
+        assert forbidden not in p.read_text(encoding="utf-8").replace(" ", ""), p
 
 
 def test_importing_core_does_not_import_torch():
