@@ -1,6 +1,7 @@
 """Result round trip (no pickle) and the disk cache: a hit skips the model, a changed setting misses."""
 
 import json
+import struct
 import zipfile
 import io
 
@@ -34,8 +35,12 @@ def test_result_round_trips_without_pickle(tiny_gpt2, tmp_path):
     assert results_equal(r, back, ignore=())
     r.save(tmp_path / "r.tma")
     assert results_equal(AnalysisResult.load(tmp_path / "r.tma"), r, ignore=())
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        assert sorted(zf.namelist()) == ["arrays.npz", "object.json"]
+    from core import serialize
+
+    assert data.startswith(serialize.MAGIC)  # JSON header + raw arrays (see core.serialize), no pickle opcodes
+    (hlen,) = struct.unpack("<Q", data[len(serialize.MAGIC):len(serialize.MAGIC) + 8])
+    header = json.loads(data[len(serialize.MAGIC) + 8:len(serialize.MAGIC) + 8 + hlen])
+    assert set(header) == {"object", "arrays"} and header["object"]["__dataclass__"].endswith("AnalysisResult")
 
 
 def test_loading_refuses_foreign_classes():
