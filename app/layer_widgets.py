@@ -231,7 +231,7 @@ def logit_lens_section(result: Any) -> None:
 
 def animations_section(result: Any, head: int | None) -> None:
     """The layer-transition GIFs of core.animations, rendered once per (result, head) and cached."""
-    if not result.settings.animations:
+    if not st.session_state.get(Keys.ANIMATIONS, True):
         st.caption("Animations are off (sidebar → Settings → Layer animations).")
         return
     ref = _ResultRef(result)

@@ -67,8 +67,8 @@ def chart(c: Any) -> None:
 
 def result_header(result: Any) -> None:
     m = result.model
-    st.caption(f"**{m.get('model_id', '')}** · {result.family.replace('_', ' ')} · {m.get('dtype', '')} on "
-               f"{m.get('device', '')} · {result.n_layers} layers × {result.n_heads} heads · {result.n_tokens} tokens "
+    st.caption(f"**{m.model_id}** · {result.family.replace('_', ' ')} · {m.dtype} on "
+               f"{m.device} · {result.n_layers} layers × {result.n_heads} heads · {result.n_tokens} tokens "
                f"· metrics over {result.metric_tokens}")
     if result.analysed_text != result.text:
         st.caption(f"Analysed text (word masked): {result.analysed_text}")
@@ -177,7 +177,7 @@ def continuation_section(result: Any) -> None:
     with st.expander("Continue the text", expanded=bool(state.get(Keys.GEN_TEXT)), icon=":material/edit:"):
         from core.predictions import GenerationSettings, generate_stream
 
-        has_chat = bool(result.model.get("has_chat_template"))
+        has_chat = result.model.has_chat_template
         c1, c2, c3 = st.columns(3)
         max_new = c1.slider("New tokens", 1, 200, 40, key=Keys.GEN_MAX_NEW)
         mode = c2.radio("Decoding", ["greedy", "sampled"], horizontal=True, key=Keys.GEN_MODE)
@@ -247,4 +247,4 @@ def _loaded_for(result: Any):
     key = st.session_state.get(Keys.RESULT_LOAD)
     if key:
         return get_model(*key)
-    return get_model(result.model["model_id"], result.model.get("dtype", "auto"), result.model.get("device", "auto"))
+    return get_model(result.model.model_id, result.model.dtype, result.model.device)
