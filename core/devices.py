@@ -26,6 +26,14 @@ FAST_ATTENTION = True
 
 
 def _param_device(module: Any) -> Any | None:
+    """Where `module` computes: accelerate's execution device when it dispatched the module (its weights may be
+    offloaded to the CPU or disk, showing the meta device), else the device of its weights."""
+    hook = getattr(module, "_hf_hook", None)
+    exec_dev = getattr(hook, "execution_device", None)
+    if exec_dev is not None:
+        import torch
+
+        return torch.device(exec_dev if not isinstance(exec_dev, int) else f"cuda:{exec_dev}")
     weight = getattr(module, "weight", None)
     if weight is not None:
         return weight.device
