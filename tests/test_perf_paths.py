@@ -157,9 +157,9 @@ def test_lens_grid_budget_for_the_gpt2_small_shape(monkeypatch):
     with torch.device("meta"):
         model = GPT2LMHeadModel(GPT2Config())
     loaded = SimpleNamespace(model=model, device="cpu")
-    assert LL.grid_max_positions(loaded, 13, 128, 768) == LL.GRID_MIN_COLUMNS == 6
-    assert LL.grid_max_positions(loaded, 13, 512, 768) == 12  # 10 % of 124 M × 512 multiply-adds
-    assert LL.grid_max_positions(loaded, 13, 6, 768) is None  # the min. columns cover short texts whole
+    assert LL.grid_max_positions(loaded, 13, 128, 768) == LL.GRID_MIN_COLUMNS == 4
+    assert LL.grid_max_positions(loaded, 13, 512, 768) == 6  # 5 % of 124 M × 512 multiply-adds
+    assert LL.grid_max_positions(loaded, 13, 4, 768) is None  # the min. columns cover short texts whole
     assert LL.grid_max_positions(SimpleNamespace(model=model, device="cuda:0"), 13, 512, 768) is None
     monkeypatch.setattr(LL, "GRID_SHARE_CPU", None)
     assert LL.grid_max_positions(loaded, 13, 512, 768) is None
@@ -346,6 +346,23 @@ def test_every_step_runs_with_layers_placed_by_accelerate(kind, offload, tiny_di
     if kind == "llama":
         gen = GenerationSettings(max_new_tokens=5, use_chat_template=False)
         assert generate(placed, "The cat", gen).token_ids == generate(plain, "The cat", gen).token_ids
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "bert", "llama"])
+def test_half_of_the_blocks_placed_elsewhere(kind, tiny_dirs, tmp_path):
+    """The split map of tests/test_gpu.py (embeddings + first half of the blocks | the rest + head) with the second
+    part offloaded to disk instead of a second device: the map covers every weight, and the analysis is unchanged."""
+    from accelerate import dispatch_model
+    from test_gpu import split_map
+
+    from core.models import load_model
+
+    plain = load_model(str(tiny_dirs[kind]), dtype="float32", device="cpu")
+    placed = load_model(str(tiny_dirs[kind]), dtype="float32", device="cpu")
+    dm = split_map(placed.model, kind, "cpu", "disk")
+    assert "cpu" in dm.values() and "disk" in dm.values()
+    dispatch_model(placed.model, device_map=dm, offload_dir=str(tmp_path))
+    assert results_close(analyze(plain, TEXT), analyze(placed, TEXT))
 
 
 def test_input_and_output_devices_follow_the_weights(tiny_llama):
