@@ -2,7 +2,7 @@
 
     python -m bench                 # GPT-2-small, BERT-base, TinyLlama-1.1B shapes at 32 / 128 / 512 tokens
     python -m bench --quick         # ~1 minute: GPT-2 and BERT shapes at 128 tokens, 3 repeats
-    python -m bench --long          # adds the TinyLlama shape at 2048 tokens (peak memory; takes minutes on a CPU)
+    python -m bench --long          # adds the TinyLlama shape at 2048 tokens (peak memory; --long-tokens N)
     python -m bench --device cuda   # the same on a GPU (bench/gpu_check.sh runs it)
 
 Models are random-weight models built from their configs (GPT2Config(), BertConfig(), and the TinyLlama-1.1B
@@ -346,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, from {', '.join(SHAPES)}")
     ap.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="comma-separated text lengths")
     ap.add_argument("--repeat", type=int, default=5, help="interleaved repeats per measurement (median)")
-    ap.add_argument("--long", action="store_true", help="also the peak memory of a 2048-token TinyLlama analysis")
+    ap.add_argument("--long", action="store_true", help="also the peak memory of a long TinyLlama analysis")
+    ap.add_argument("--long-tokens", type=int, default=2048, help="its length (default 2048, the context)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-RSS processes")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
     ap.add_argument("--dtype", default=None, help="dtype of every shape (default: float32, TinyLlama bfloat16; "
@@ -412,13 +413,14 @@ def main(argv: list[str] | None = None) -> int:
                 memory[(shape, T)] = _run_child(["--mode", "memory", "--tokens", str(T), *common,
                                                  "--memory-limit-gb", str(args.memory_limit_gb)], args.timeout)
     if args.long:
-        print("[bench] tinyllama: peak memory at 2048 tokens …", file=sys.stderr, flush=True)
+        n = args.long_tokens
+        print(f"[bench] tinyllama: peak memory at {n} tokens …", file=sys.stderr, flush=True)
         try:
-            memory[("tinyllama", 2048)] = _run_child(
-                ["--mode", "memory", "--tokens", "2048", "--shape", "tinyllama", "--dtype", dtype_of("tinyllama"),
+            memory[("tinyllama", n)] = _run_child(
+                ["--mode", "memory", "--tokens", str(n), "--shape", "tinyllama", "--dtype", dtype_of("tinyllama"),
                  "--device", args.device, "--memory-limit-gb", str(args.memory_limit_gb)], args.timeout)
         except RuntimeError as exc:
-            print(f"[bench] the 2048-token run failed: {exc}", file=sys.stderr)
+            print(f"[bench] the {n}-token run failed: {exc}", file=sys.stderr)
 
     import torch
 
