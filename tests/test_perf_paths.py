@@ -214,6 +214,34 @@ def test_row_entropy_per_layer_equals_whole_array_formula():
     np.testing.assert_array_equal(feats[:, names.index("special_tokens")], ref_special.reshape(-1))
 
 
+def _batched_metrics(hidden, keep=None):
+    """The plain reference: every layer converted at once, one batched eigendecomposition."""
+    from core import metrics as M
+
+    H = np.asarray(hidden, dtype=np.float64)
+    if keep is not None:
+        H = H[:, keep]
+    s2 = M.squared_singular_values(H)
+    return {"effective_rank": M._effective_rank_from_s2(s2), "participation_ratio": M._participation_ratio_from_s2(s2),
+            "intrinsic_dim_95": M._intrinsic_dim_from_s2(s2), "activation_entropy": M.activation_entropy(H),
+            "cosine_to_input": M.cosine_to_input(H, H[0])}
+
+
+@pytest.mark.parametrize("shape", [(13, 40, 96), (4, 30, 16), (3, 1, 8)])
+def test_layer_metrics_layer_by_layer_equal_the_batched_reference(shape):
+    from core.metrics import layer_metrics
+
+    rng = np.random.default_rng(1)
+    h = rng.standard_normal(shape).astype(np.float32)
+    got, ref = layer_metrics(h), _batched_metrics(h)
+    assert all(np.array_equal(got[k], ref[k], equal_nan=True) for k in ref)
+    keep = np.arange(shape[1]) % 3 != 0
+    if keep.any():
+        got, ref = layer_metrics(h, keep), _batched_metrics(h, keep)
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=1e-12, atol=1e-15)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Zero-copy deserialisation (cache hits)
 
