@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,23 @@ class ResultCache:
         self._cache = diskcache.Cache(str(self.directory), size_limit=limit * 1024 * 1024,
                                       eviction_policy="least-recently-used")
 
+    def _read(self, key: str) -> bytes | mmap.mmap | None:
+        """The stored bytes of `key`: a read-only memory map of the entry's file when diskcache keeps it in a file
+        (large results), so that a hit reads only the pages that are used (the arrays are views on it, see
+        core.serialize), else the bytes themselves."""
+        handle = self._cache.get(key, read=True)
+        if handle is None or isinstance(handle, bytes):  # small values come back as bytes from the database
+            return handle
+        try:
+            try:
+                return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):  # kept in the database (no file), or an empty file
+                return bytes(handle.read())
+        finally:
+            handle.close()
+
     def get(self, key: str) -> AnalysisResult | None:
-        data = self._cache.get(key)
+        data = self._read(key)
         if data is None:
             return None
         try:

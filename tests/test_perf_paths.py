@@ -404,3 +404,22 @@ def test_input_and_output_devices_follow_the_weights(tiny_llama):
     assert input_device(model) == output_device(model) == torch.device("cpu")
     model.lm_head.to("meta")  # a head on another device than the embeddings
     assert input_device(model) == torch.device("cpu") and output_device(model) == torch.device("meta")
+
+
+def test_a_cache_hit_maps_the_stored_file(tiny_gpt2, tmp_path):
+    """Large entries live in files: the hit's arrays are views on a read-only memory map of the file."""
+    import mmap
+
+    from core.cache import ResultCache
+
+    cache = ResultCache(tmp_path / "c")
+    r = analyze(tiny_gpt2, TEXT * 3, compute_gradients=False, cache=cache)
+    hit = analyze(tiny_gpt2, TEXT * 3, compute_gradients=False, cache=cache)
+    assert hit.cache_hit and results_equal(hit, r)
+    assert isinstance(cache._read(r.cache_key), mmap.mmap)  # the entry is a file (> diskcache's 32 KiB)
+    assert not hit.attentions.flags.writeable and not hit.attentions.flags.owndata
+    small = ResultCache(tmp_path / "small")
+    small._cache.set("k", b"tiny value")  # kept in the database: plain bytes
+    assert small._read("k") == b"tiny value" and small._read("missing") is None
+    cache.close()
+    small.close()
