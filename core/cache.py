@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -27,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .guards import scrub_paths
 from .result import AnalysisResult
 from .settings import AnalysisSettings
 from .version import CORE_VERSION
@@ -79,7 +79,7 @@ def describe(exc: BaseException) -> str:
     else:
         line = str(exc).splitlines()[0] if str(exc) else ""
         line = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
-    return re.sub(r"(?<![\w])(?:/|~/|[A-Za-z]:\\)[^\s'\"]*", "…", line)[:160]
+    return scrub_paths(line)[:160]
 
 
 def cache_size_mb(value: int | None = None) -> int:

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, ModelUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u20
 
 class RefusedError(InputError):
     """This server's configuration refuses the request (allow-list, size limit, local folders off)."""
+
+
+class BadModelIdError(InputError, ModelUnavailableError):
+    """The model id is malformed (too long, a URL, not a hub id): bad input (CLI exit 2) that also means the model
+    is not available (the app's banner offers the bundled model)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -116,6 +121,11 @@ def shown(value: str, limit: int = 80) -> str:
     return f"'{s}'"
 
 
+def scrub_paths(message: str) -> str:
+    """`message` with absolute file-system paths replaced by '…' (for public servers: no server paths shown)."""
+    return re.sub(r"(?<![\w])(?:/|~/|[A-Za-z]:\\)[^\s'\"]*", "…", message)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Model ids
 
@@ -159,28 +169,28 @@ def check_model_id(model_id: str) -> str:
     switched off. What is left is either a hub id of valid shape or (local folders allowed) a path to check.
     """
     if not isinstance(model_id, str):
-        raise InputError("the model id must be text")
+        raise BadModelIdError("the model id must be text")
     s = model_id.strip()
     if not s:
-        raise InputError("no model given: type a Hugging Face id (owner/name) or pick a preset")
+        raise BadModelIdError("no model given: type a Hugging Face id (owner/name) or pick a preset")
     if len(s) > MAX_MODEL_ID_CHARS:
-        raise InputError(f"the model id is {len(s)} characters long; at most {MAX_MODEL_ID_CHARS} are accepted")
+        raise BadModelIdError(f"the model id is {len(s)} characters long; at most {MAX_MODEL_ID_CHARS} are accepted")
     if _CONTROL.search(s):
-        raise InputError(f"the model id {shown(s)} contains control or invisible characters")
+        raise BadModelIdError(f"the model id {shown(s)} contains control or invisible characters")
     if is_bundled(s):
         return s
     allowed = allowed_models()
     if allowed is not None and s not in allowed:
         raise RefusedError(f"this server only loads these models: {', '.join(allowed)} (TMA_ALLOWED_MODELS)")
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", s) or s.lower().startswith(("www.", "huggingface.co/", "hf.co/")):
-        raise InputError(f"{shown(s)} is a URL; give the model's Hugging Face id (owner/name), e.g. 'gpt2'")
+        raise BadModelIdError(f"{shown(s)} is a URL; give the model's Hugging Face id (owner/name), e.g. 'gpt2'")
     if not local_models_allowed():
         if looks_like_path(s):
             raise RefusedError("local model folders are switched off on this server (TMA_ALLOW_LOCAL_MODELS=0); "
                                "give a Hugging Face id (owner/name)")
         problem = hub_id_problem(s)
         if problem:
-            raise InputError(f"{shown(s)} is not a Hugging Face model id: {problem}")
+            raise BadModelIdError(f"{shown(s)} is not a Hugging Face model id: {problem}")
     return s
 
 
@@ -190,7 +200,7 @@ def check_hub_id(model_id: str) -> None:
     if problem:
         how = "neither an existing folder nor a Hugging Face model id" if local_models_allowed() else \
             "not a Hugging Face model id"
-        raise InputError(f"{shown(model_id)} is {how}: {problem}")
+        raise BadModelIdError(f"{shown(model_id)} is {how}: {problem}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
