@@ -17,14 +17,13 @@ import streamlit as st
 
 from app.loading import get_model, get_result_cache
 from app.state import OTHER_MODEL, Keys
+from app.widgets import md_escape
+from core import guards
 from core.errors import InputError, ModelUnavailableError, TMAError
 from core.models import BUNDLED_ID, PRESETS
 from core.settings import DTYPES, AnalysisSettings
 
 log = logging.getLogger(__name__)
-
-#: Guard for a public server: the analysis reads at most a few thousand tokens anyway.
-MAX_TEXT_CHARS = 20_000
 
 #: Families of the presets, known without loading them (used to pick the example text and the mask-word picker).
 PRESET_FAMILIES: dict[str, str] = {
@@ -131,6 +130,12 @@ def current_settings(state: Any) -> AnalysisSettings:
     )
 
 
+def text_too_long(n_chars: int, limit: int) -> str:
+    """The visible message for a text over the bound (the field keeps it; Analyze refuses it)."""
+    return (f"The text has {n_chars:,} characters; at most {limit:,} are analysed. Shorten it before pressing "
+            f"Analyze (nothing was cut).").replace(",", " ")
+
+
 def session_entry(result: Any) -> dict[str, Any]:
     """One line of the session log (the export's session_log.html lists these in order), as the CLI writes it."""
     from core.session_log import entry_from_result
@@ -186,10 +191,15 @@ def draw() -> bool:
         model_id = selected_model_id(state)
         family = known_family(state, model_id)
 
-        st.text_area("Text to analyse", key=Keys.TEXT, height=110, max_chars=MAX_TEXT_CHARS,
-                     help="Masked LMs fill [MASK]; causal LMs predict the next token. Texts longer than "
-                          "Max tokens are truncated.")
+        limit = guards.max_text_chars()
+        # No max_chars: the browser would drop a longer paste without a word. The bound is enforced in core,
+        # and said here as soon as the text is too long.
+        st.text_area("Text to analyse", key=Keys.TEXT, height=110,
+                     help=f"Masked LMs fill [MASK]; causal LMs predict the next token. Texts longer than "
+                          f"Max tokens are truncated; at most {limit:,} characters are analysed.".replace(",", " "))
         text = state.get(Keys.TEXT, "")
+        if len(text) > limit:
+            st.warning(text_too_long(len(text), limit), icon=":material/content_cut:")
         if family == "masked_lm" and not has_mask(text):
             words = words_of(text)
             if state.get(Keys.MASK_WORD) not in [NO_MASK_WORD, *words]:
@@ -230,7 +240,7 @@ def draw_result_footer() -> None:
         return
     with st.sidebar:
         hit = "cache hit" if result.cache_hit else "computed"
-        st.caption(f"Last analysis: {result.model.get('model_id', '')} · {result.n_tokens} tokens · "
+        st.caption(f"Last analysis: {md_escape(result.model.get('model_id', ''))} · {result.n_tokens} tokens · "
                    f"{result.duration_s:.2f} s ({hit})")
         draw_export(result)
 
@@ -321,14 +331,15 @@ def draw_error_banner() -> None:
     err = st.session_state.get(Keys.ERROR)
     if not err:
         return
+    message = md_escape(err["message"])  # it may quote a model id or text: never Markdown (no live links)
     if err["kind"] == "unavailable":
-        st.error(f"**Model not available.** {err['message']}", icon=":material/cloud_off:")
+        st.error(f"**Model not available.** {message}", icon=":material/cloud_off:")
         if err.get("model") != BUNDLED_ID:
             st.button(f"Switch to the bundled model ({BUNDLED_ID}) and analyse", key="switch_bundled",
                       on_click=switch_to_bundled, type="primary")
     elif err["kind"] == "input":
-        st.error(err["message"], icon=":material/edit_note:")
+        st.error(message, icon=":material/edit_note:")
     else:
-        st.error(err["message"], icon=":material/error:")
+        st.error(message, icon=":material/error:")
     if st.session_state.get(Keys.RESULT) is not None:
         st.caption("The previous result is still shown below.")

@@ -21,6 +21,7 @@ import numpy as np
 from .cache import ResultCache, cache_key
 from .capture import Capture, apply_mask_word, capture
 from .errors import InputError
+from .guards import check_text_length
 from .metrics import layer_metrics
 from .models import LoadedModel, load_model
 from .result import AnalysisResult
@@ -115,6 +116,7 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
     st = _as_settings(settings, overrides)
     if not isinstance(text, str) or not text.strip():
         raise InputError("the text is empty: type a sentence to analyse")
+    check_text_length(text)
     loaded = model if isinstance(model, LoadedModel) else None
     if loaded is None:
         report("Loading the model", 0.0)

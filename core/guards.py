@@ -121,6 +121,26 @@ def shown(value: str, limit: int = 80) -> str:
     return f"'{s}'"
 
 
+#: Bidirectional controls (embeddings, overrides, isolates, marks): they reorder the text shown after them.
+BIDI_CONTROLS = frozenset("\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def is_unsafe_char(ch: str) -> bool:
+    """Control characters (but newline and tab) and bidirectional controls: never shown raw."""
+    if ch in "\n\t":
+        return False
+    o = ord(ch)
+    return o < 0x20 or 0x7F <= o <= 0x9F or ch in BIDI_CONTROLS
+
+
+def visible_controls(text: str, box: str | None = None) -> str:
+    """`text` with control and bidi characters made visible: `⟨U+202E⟩` (or `box` when given, e.g. '□' for PDFs
+    whose fonts lack the brackets). Newlines and tabs are kept."""
+    if not any(is_unsafe_char(ch) for ch in text):
+        return text
+    return "".join((box if box is not None else f"⟨U+{ord(ch):04X}⟩") if is_unsafe_char(ch) else ch for ch in text)
+
+
 def scrub_paths(message: str) -> str:
     """`message` with absolute file-system paths replaced by '…' (for public servers: no server paths shown)."""
     return re.sub(r"(?<![\w])(?:/|~/|[A-Za-z]:\\)[^\s'\"]*", "…", message)

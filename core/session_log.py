@@ -12,6 +12,8 @@ import html
 import json
 from typing import Any
 
+from .guards import visible_controls
+
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#222;max-width:70rem}
 h1{font-size:1.4rem} .entry{border:1px solid #ddd;border-radius:6px;padding:.8rem 1rem;margin:1rem 0}
@@ -38,7 +40,7 @@ def entry_from_result(result: Any, duration_s: float | None = None) -> dict[str,
 
 
 def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+    return html.escape(visible_controls("" if value is None else str(value)), quote=True)
 
 
 def _entry_html(i: int, entry: dict[str, Any]) -> str:
