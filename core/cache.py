@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .guards import scrub_paths
+from .model_info import ModelInfo
 from .result import AnalysisResult
 from .settings import AnalysisSettings
 from .version import CORE_VERSION
@@ -48,14 +49,14 @@ def default_cache_dir() -> Path:
     return Path(base) / "tma"
 
 
-def cache_key(model_info: dict[str, Any], text: str, settings: AnalysisSettings) -> str:
+def cache_key(model_info: ModelInfo, text: str, settings: AnalysisSettings) -> str:
     """sha256 over everything that decides the numbers of a result."""
     payload = {
         "core_version": CORE_VERSION,
-        "model_id": model_info["model_id"],
-        "revision": model_info["revision"],
-        "dtype": model_info["dtype"],
-        "device": model_info["device"],
+        "model_id": model_info.model_id,
+        "revision": model_info.revision,
+        "dtype": model_info.dtype,
+        "device": model_info.device,
         "text": text,
         "settings": settings.to_dict(),
     }
@@ -209,7 +210,8 @@ class ResultCache:
     # --- values --------------------------------------------------------------------------------------------------
 
     def get_bytes(self, key: str) -> bytes | None:
-        """The bytes stored under `key`, or None (missing, or the cache failed: see take_warnings)."""
+        """The raw bytes stored under `key` (any result type serialised with core.serialize), or None (missing, or
+        the cache failed: see take_warnings)."""
         data = self._call("read", lambda c: c.get(key), None)
         if data is not None and not isinstance(data, bytes):
             self._drop(key, TypeError(f"expected bytes, found {type(data).__name__}"))
@@ -217,7 +219,8 @@ class ResultCache:
         return data
 
     def set_bytes(self, key: str, data: bytes) -> bool:
-        """Store `data` under `key`; False (and a warning) when the cache could not be written."""
+        """Store raw bytes under `key` (bounded and evicted like every entry); False (and a warning) when the cache
+        could not be written."""
         return self._call("written", lambda c: bool(c.set(key, data)), False)
 
     def _drop(self, key: str, exc: BaseException) -> None:

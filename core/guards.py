@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, ModelUnavailableError
+from .presets import BUNDLED_ID
 
 log = logging.getLogger(__name__)
 
-#: The model shipped with the package: always allowed, whatever TMA_ALLOWED_MODELS says.
-BUNDLED_ID = "sentence-transformers/all-MiniLM-L6-v2"
+#: The model shipped with the package (core.presets.BUNDLED_ID) is always allowed, whatever TMA_ALLOWED_MODELS says.
 BUNDLED_ALIASES = (BUNDLED_ID, "bundled", "all-MiniLM-L6-v2")
 
 DEFAULT_MAX_TEXT_CHARS = 20_000
