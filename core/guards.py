@@ -215,8 +215,11 @@ def check_model_id(model_id: str) -> str:
 
 
 def check_hub_id(model_id: str) -> None:
-    """InputError unless `model_id` is a valid hub id (called when it is not an existing local folder)."""
+    """BadModelIdError unless `model_id` is a valid hub id (called when it is not an existing local folder);
+    ModelUnavailableError for a path that does not exist (local folders allowed)."""
     problem = hub_id_problem(model_id)
+    if problem and local_models_allowed() and looks_like_path(model_id):  # a well-formed path that is not there
+        raise ModelUnavailableError(f"the model folder {shown(model_id)} does not exist")
     if problem:
         how = "neither an existing folder nor a Hugging Face model id" if local_models_allowed() else \
             "not a Hugging Face model id"

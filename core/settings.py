@@ -10,7 +10,6 @@ key from there; render-only options (animations, figure choices) are not setting
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 

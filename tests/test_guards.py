@@ -255,10 +255,16 @@ def test_malformed_ids_fail_in_one_short_line_without_network(bad, no_network_no
         with pytest.raises((BadModelIdError, RefusedError)) as err:
             models.resolve_source(bad)
         msg = str(err.value)
-        assert isinstance(err.value, InputError)
+        assert isinstance(err.value, InputError)  # exit 2 in the CLI
         assert "\n" not in msg and len(msg) < 240, msg
         assert "\u202e" not in msg and "\x00" not in msg
         assert "](" not in msg or "'" in msg  # echoed only inside quotes (the app escapes it too)
+
+
+def test_missing_folder_is_unavailable_not_malformed(tmp_path):
+    with pytest.raises(ModelUnavailableError, match="does not exist") as err:
+        models.resolve_source(str(tmp_path / "no" / "such"))
+    assert not isinstance(err.value, InputError)  # exit 1: a well-formed path, the model is just not there
 
 
 def test_bad_model_id_is_both_input_and_unavailable():
