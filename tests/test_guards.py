@@ -252,10 +252,11 @@ def test_valid_hub_ids(good):
 def test_malformed_ids_fail_in_one_short_line_without_network(bad, no_network_no_load, monkeypatch):
     for local in ("1", "0"):
         monkeypatch.setenv("TMA_ALLOW_LOCAL_MODELS", local)
-        with pytest.raises((BadModelIdError, RefusedError)) as err:
+        with pytest.raises(ModelUnavailableError if local == "1" else InputError) as err:
             models.resolve_source(bad)
         msg = str(err.value)
-        assert isinstance(err.value, InputError)  # exit 2 in the CLI
+        if local == "0" or not guards.looks_like_path(bad):
+            assert isinstance(err.value, InputError)  # exit 2 in the CLI; a missing relative path is exit 1
         assert "\n" not in msg and len(msg) < 240, msg
         assert "\u202e" not in msg and "\x00" not in msg
         assert "](" not in msg or "'" in msg  # echoed only inside quotes (the app escapes it too)
