@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import docs
+from .guards import is_unsafe_char
 from .metrics import METRIC_NAMES
 from .options import ExportOptions
 from .result import AnalysisResult
@@ -77,14 +78,17 @@ def _fonts() -> dict[str, Any]:
 
 
 def safe_text(text: Any) -> str:
-    """`text` with every character the report's fonts cannot draw replaced by the placeholder; control
-    characters other than newline and tab removed."""
+    """`text` with every character the report's fonts cannot draw replaced by the placeholder; control and bidi
+    characters (newline and tab aside) boxed the same way; other format characters (zero-width joiners) removed."""
     s = "" if text is None else str(text)
     f = _fonts()
     out = []
     for ch in s:
         if ch in "\n\t":
             out.append(ch if ch == "\n" else "    ")
+            continue
+        if is_unsafe_char(ch):  # controls and bidi overrides: boxed, so the reader sees something was there
+            out.append(PLACEHOLDER)
             continue
         cat = unicodedata.category(ch)
         if cat in ("Cc", "Cf", "Cs", "Co", "Cn"):  # controls, zero-width joiners/VS16, surrogates, unassigned
