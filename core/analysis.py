@@ -80,8 +80,9 @@ def _as_settings(settings: AnalysisSettings | None, overrides: dict[str, Any]) -
 
 def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings | None = None,
             cache: ResultCache | None = None, progress: ProgressFn | None = None, dtype: str = "auto",
-            device: str = "auto", **overrides: Any) -> AnalysisResult:
-    """Analyse `text` with `model` (a LoadedModel, or an id / folder that is loaded first).
+            device: str = "auto", device_map: str | None = None, **overrides: Any) -> AnalysisResult:
+    """Analyse `text` with `model` (a LoadedModel, or an id / folder that is loaded first with `dtype`, `device`
+    and `device_map`, see core.models.load_model).
 
     Settings come from `settings` and/or keyword overrides (see AnalysisSettings). With `cache`, a result for the
     same model revision, dtype, device, text, settings and core version is returned without running the model.
@@ -95,7 +96,7 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
         loaded = model
     else:
         report("Loading the model", 0.0)
-        loaded = load_model(str(model), dtype=dtype, device=device)
+        loaded = load_model(str(model), dtype=dtype, device=device, device_map=device_map)
 
     key = cache_key(loaded.info(), text, st)
     cache_warnings: list[str] = []
