@@ -382,6 +382,13 @@ def frozen_norm(norm: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     """
     import torch
 
+    with torch.inference_mode():
+        return _frozen_norm(norm, x)
+
+
+def _frozen_norm(norm: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    import torch
+
     xf = x.float()
     eps = float(getattr(norm, "eps", None) or getattr(norm, "variance_epsilon", None) or 1e-5)
     weight = getattr(norm, "weight", None)
