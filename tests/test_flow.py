@@ -1,0 +1,116 @@
+"""Information-flow routes (core/flow.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.dla import decomposition_pass
+from core.flow import DEFAULT_THRESHOLD, compute_flow, contributions, layout
+from tests.tiny_models import FAMILIES, tiny_family_loaded
+
+TEXT = "The quick brown fox jumps over the lazy dog."
+
+
+def _flow(loaded, text=TEXT, chunk_floats=None):
+    enc = loaded.tokenizer(text, return_tensors="pt")
+    dec = decomposition_pass(loaded, enc["input_ids"], enc["attention_mask"])
+    toks = loaded.tokenizer.convert_ids_to_tokens(enc["input_ids"][0].tolist())
+    kw = {"chunk_floats": chunk_floats} if chunk_floats else {}
+    return dec, compute_flow(dec, toks, len(toks) - 1, **kw)
+
+
+def test_contributions_hand_computed():
+    """y = (1, 1); parts (1, 0), (0, 1): ‖y‖₁ = 2, ‖y − c‖₁ = 1 each → proximities 1, 1 → 0.5, 0.5.
+    A part opposite to y gets the floor (max(…, 0))."""
+    y = torch.tensor([[1.0, 1.0]])
+    parts = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
+    np.testing.assert_allclose(contributions(parts, y).numpy(), [[0.5], [0.5]], atol=1e-8)
+    parts = torch.tensor([[[1.5, 1.5]], [[-0.5, -0.5]]])  # ‖y − c‖₁ = 1 and 3: proximities 1 and max(−1, 0) = 0
+    c = contributions(parts, y)
+    assert float(c[0, 0]) == pytest.approx(1.0, abs=1e-6) and float(c[1, 0]) < 1e-6
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "bert", "llama", *FAMILIES])
+def test_contributions_in_unit_interval_and_sum_to_one(kind):
+    loaded = tiny_family_loaded(kind)
+    dec, f = _flow(loaded)
+    L, T = f.n_layers, len(f.tokens)
+    assert f.attn.shape == (L, T, T)
+    for arr in (f.attn, f.attn_residual, f.attn_bias, f.mlp, f.mlp_residual):
+        assert (arr >= 0).all() and (arr <= 1 + 1e-6).all()
+    np.testing.assert_allclose(f.attn.sum(-1) + f.attn_residual + f.attn_bias, 1.0, atol=1e-5)
+    np.testing.assert_allclose(f.mlp + f.mlp_residual, 1.0, atol=1e-5)
+    if loaded.family == "causal_lm":  # a later token cannot feed an earlier one
+        assert np.triu(f.attn, 1).max() == 0
+    # per-head parts sum to the edge (up to the unstored ones below HEAD_STORE_MIN)
+    l, i = L - 1, T - 1
+    for j in range(T):
+        s = sum(w for _, w in f.heads_of(l + 1, i, j))
+        assert s <= f.attn[l, i, j] + 1e-5 and s >= f.attn[l, i, j] - f.n_heads * 0.005
+
+
+def test_chunking_does_not_change_the_result():
+    loaded = tiny_family_loaded("gpt2")
+    _, a = _flow(loaded)
+    _, b = _flow(loaded, chunk_floats=1000)  # one query per chunk
+    np.testing.assert_allclose(a.attn, b.attn, atol=1e-6)
+    np.testing.assert_allclose(a.attn_residual, b.attn_residual, atol=1e-6)
+
+
+def _plant_copy_head(model, head=0, value_gain=20.0):
+    """Block 1 head `head` of a tiny GPT-2 attends to position 0 from every query (a huge key on position 0's
+    position embedding), with a large value/output so its update dominates."""
+    D, H = model.config.n_embd, model.config.n_head
+    dh = D // H
+    with torch.no_grad():
+        model.transformer.wpe.weight[0, 0] = 60.0  # ln_1(h_0)[0] ≈ √D, other positions O(1)
+        W = model.transformer.h[0].attn.c_attn.weight  # Conv1D [D, 3D]: q | k | v
+        b = model.transformer.h[0].attn.c_attn.bias
+        cols = slice(head * dh, (head + 1) * dh)
+        W[:, cols] = 0.0
+        b[cols] = 10.0  # q = 10·1
+        kcols = slice(D + head * dh, D + (head + 1) * dh)
+        W[:, kcols] = 0.0
+        W[0, kcols] = 1.0  # k = ln_1(h)[0]·1
+        b[kcols] = 0.0
+        vcols = slice(2 * D + head * dh, 2 * D + (head + 1) * dh)
+        W[:, vcols] *= value_gain
+
+
+def test_planted_copy_head_yields_the_edge_to_token_0():
+    loaded = tiny_family_loaded("gpt2")
+    _plant_copy_head(loaded.model)
+    dec, f = _flow(loaded)
+    T = len(f.tokens)
+    assert float(dec.attentions[0, 0, T - 1, 0]) > 0.99  # the plant works
+    edges = f.routes(T - 1, DEFAULT_THRESHOLD)
+    att = [e for e in edges if e.kind == "attention" and e.layer == 1 and e.target == f"a1_{T - 1}"]
+    assert any(e.source == "x0_0" for e in att)
+    w0 = f.attn[0, T - 1, 0]
+    assert w0 == f.attn[0, T - 1].max() and w0 > 0.2
+    assert f.heads_of(1, T - 1, 0)[0][0] == 0  # head 0 carries it
+    # the same model without the plant has no such dominant edge
+    plain = tiny_family_loaded("gpt2")
+    _, g = _flow(plain)
+    assert g.attn[0, T - 1, 0] < w0 / 2
+
+
+def test_pruning_is_a_backward_closure():
+    loaded = tiny_family_loaded("llama")
+    _, f = _flow(loaded)
+    T = len(f.tokens)
+    for thr in (0.01, 0.04, 0.2):
+        edges = f.routes(T - 1, thr)
+        assert all(e.weight >= thr for e in edges)
+        targets = {e.target for e in edges} | {f"x{f.n_layers}_{T - 1}"}
+        for e in edges:  # every kept edge leads to a node that is itself on a route to the chosen token
+            assert e.target in targets
+        sources_reached = {e.source for e in edges}
+        assert all(s in targets or s.startswith("x0_") for s in sources_reached)
+    assert len(f.routes(T - 1, 0.01)) >= len(f.routes(T - 1, 0.2))
+    rows = f.csv_rows(T - 1, 0.04)
+    assert all(len(r) == 6 for r in rows)
+    nodes, recs = layout(f, f.routes(T - 1, 0.04))
+    assert len(recs) == len(f.routes(T - 1, 0.04)) and all("tooltip" in r for r in recs)
