@@ -49,9 +49,9 @@ log = logging.getLogger(__name__)
 #: Top-k tokens kept per update in the promoted / suppressed tables.
 PROMOTE_K = 10
 #: Multiply-adds spent on the promoted / suppressed tables of the block updates (2·L rows per position, each
-#: D·V): positions around the target are added while they fit (GPT-2 small: ≈ 8 positions). Heads are read at the
+#: D·V): positions around the target are added while they fit (GPT-2 small: 4 positions). Heads are read at the
 #: target position only (L·H rows). None = every position.
-PROMOTE_MAX_MACS_CPU: float | None = 8e9
+PROMOTE_MAX_MACS_CPU: float | None = 4e9
 
 DLA_METHOD = ("parts of the residual stream at the target position (embedding output, each head's slice through "
               "the attention output projection, attention output biases, MLP outputs, norm shifts) read through the "

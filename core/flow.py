@@ -4,16 +4,20 @@ Models at Scale"): which earlier representations each representation is mostly b
 Nodes are residual-stream states (layer, position): x_0,t the embedding output, a_l,t the state after block l's
 attention, m_l,t block l's MLP output, x_l,t the block output. Each state y that is a sum is split into its parts c:
 
-* after the attention of block l at position i: y = x_{l-1},i (residual) + Σ_j Σ_h A^h_ij v^h_j W_O^h (one part per
-  source token j and head h; v^h_j the value vector of j for head h, through Gemma-2's update norm with its
-  statistics frozen) + b_O (the output bias, a part with no edge);
+* after the attention of block l at position i: y = x_{l-1},i (residual) + Σ_j z_{j→i} + b_O, with one part per
+  source token j, z_{j→i} = Σ_h A^h_ij v^h_j W_O^h (v^h_j the value vector of j for head h; through Gemma-2's update
+  norm with its statistics frozen), as in the paper; b_O, the output bias, is a part with no edge;
 * after the MLP of block l: y = a_l,i (residual) + MLP update.
 
 Post-LN models (BERT …) split the sum their residual LayerNorm receives (x + update), before the norm.
 
 The contribution of a part is its proximity to the whole, max(‖y‖₁ − ‖y − c‖₁, 0), normalised over the parts of y
 (so the contributions of each y are in [0, 1] and sum to 1; if every proximity of a y were 0 its parts would
-share equally). The edge j → i of block l carries Σ_h of its head parts. The graph keeps the edges whose weight
+share equally). The edge j → i of block l carries the contribution of z_{j→i}. Per head, for the edges of at least
+HEAD_STORE_MIN, each head's part A^h_ij v^h_j W_O^h gets its proximity under the same normaliser as y's parts (the
+tooltips and flow_edges.csv): these head rows show which heads carry an edge; being proximities of sub-parts they
+need not add up to the edge's weight exactly. (The LLM Transparency Tool makes every (token, head) pair a part and
+sums over heads; that costs H times more — 12× on GPT-2 small — for the same graph in most cases.) The graph keeps the edges whose weight
 is at least a threshold (default 0.04, as in the LLM Transparency Tool) that are reachable backwards from the chosen
 token's last state, down to the embeddings.
 
@@ -45,8 +49,8 @@ THRESHOLD_MIN = 0.01
 THRESHOLD_MAX = 0.5
 #: Per-head contributions are stored (for the CSV and the tooltips) when at least this large.
 HEAD_STORE_MIN = 0.005
-#: Floats of the [I, J, H, D] block of head parts held at once (2**24 = 64 MiB).
-CHUNK_FLOATS = 2**24
+#: Floats of the [J, I, D] block of token parts held at once (2**20 = 4 MiB: cache-friendly; 2**22 is 2× slower).
+CHUNK_FLOATS = 2**20
 #: A normalising sum below this counts as 0 (see `contributions`).
 EPS = 1e-9
 
@@ -57,12 +61,27 @@ def contributions(parts: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
     """Normalised proximity of each part to the whole. parts [P, *B, D], whole [*B, D] → [P, *B]; for every batch
     entry the P values are in [0, 1] and sum to 1. prox = max(‖y‖₁ − ‖y − c‖₁, 0) / Σ_parts; in the degenerate case
     where every proximity is 0 the parts share equally."""
+    prox = _proximity(parts, whole)
+    return _normalise(prox, prox.sum(0))
+
+
+def _proximity(parts: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+    """max(‖y‖₁ − ‖y − c‖₁, 0): parts [P, *B, D], whole [*B, D] → [P, *B]."""
+    return (whole.abs().sum(-1) - (whole - parts).abs().sum(-1)).clamp(min=0)
+
+
+def _normalise(prox: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     import torch
 
-    prox = (whole.abs().sum(-1) - (whole - parts).abs().sum(-1)).clamp(min=0)
-    total = prox.sum(0, keepdim=True)
-    uniform = torch.full_like(prox, 1.0 / parts.shape[0])
+    uniform = torch.full_like(prox, 1.0 / prox.shape[0])
     return torch.where(total > EPS, prox / total.clamp(min=EPS), uniform)
+
+
+def _frozen_apply(parts: torch.Tensor, scale: torch.Tensor, centre: bool) -> torch.Tensor:
+    """A frozen norm (scale broadcast against parts [.., D]) applied to decomposition parts."""
+    if centre:
+        parts = parts - parts.mean(-1, keepdim=True)
+    return parts * scale
 
 
 @dataclass(frozen=True)
@@ -83,7 +102,7 @@ class Edge:
 class FlowSection:
     """Contributions of every part of every state (see the module docstring). L blocks, T tokens.
 
-    attn [L, T, T] float32: attn[l, i, j] = Σ_h contribution of token j via the heads of block l + 1 to a_{l+1},i;
+    attn [L, T, T] float32: attn[l, i, j] = contribution of token j (through all heads of block l + 1) to a_{l+1},i;
     attn_residual [L, T], attn_bias [L, T]: the residual's and the output bias's share of a_{l+1},i;
     mlp [L, T], mlp_residual [L, T]: the MLP's and the residual's share of x_{l+1},i;
     head_layer / head_target / head_source / head_index int32 [E], head_weight float32 [E]: the per-head
@@ -151,15 +170,16 @@ class FlowSection:
 
     def csv_rows(self, position: int | None = None, threshold: float | None = None
                  ) -> list[tuple[int, str, str, str, int, float]]:
-        """flow_edges.csv rows (layer, source, target, kind, head, weight): the kept edges; each attention edge is
-        one row per head whose part is stored (≥ HEAD_STORE_MIN), so its rows sum to the edge weight up to the
-        heads below that bound."""
+        """flow_edges.csv rows (layer, source, target, kind, head, weight): the kept edges, head −1, with the edge
+        weight; each attention edge is followed by one row per head whose part is stored (≥ HEAD_STORE_MIN) with
+        that head's proximity share (see the module docstring)."""
         rows: list[tuple[int, str, str, str, int, float]] = []
         for e in self.routes(position, threshold):
             if e.kind != "attention":
                 rows.append((e.layer, e.source, e.target, e.kind, -1, e.weight))
                 continue
             i, j = int(e.target.split("_")[1]), int(e.source.split("_")[1])
+            rows.append((e.layer, e.source, e.target, "attention", -1, e.weight))
             rows.extend((e.layer, e.source, e.target, "attention", h, w) for h, w in self.heads_of(e.layer, i, j))
         return rows
 
@@ -188,8 +208,9 @@ def describe_node(node: str, tokens: Iterable[str]) -> str:
 
 def compute_flow(dec: Decomposition, tokens: list[str], position: int,
                  chunk_floats: int = CHUNK_FLOATS) -> FlowSection:
-    """All contributions of the decomposition pass `dec` (see the module docstring). Cost per block: the [T, T, H, D]
-    head parts in chunks of queries (only the sources a query attends to: causal models skip the upper triangle)."""
+    """All contributions of the decomposition pass `dec` (see the module docstring). Cost per block: the [T, T, D]
+    token parts in chunks of queries (only the sources a query attends to: causal models skip the upper triangle),
+    plus the head parts of the edges ≥ HEAD_STORE_MIN."""
     import torch
 
     P = dec.parts
@@ -210,7 +231,7 @@ def compute_flow(dec: Decomposition, tokens: list[str], position: int,
         for l, b in enumerate(P.blocks):
             W = P.head_out_weights(b).detach().float().cpu()  # [H, dh, D]
             v = dec.values[l][:, kv_of]  # [T, H, dh]
-            vW = torch.einsum("thd,hde->the", v, W)  # [T_j, H, D]
+            vW = torch.einsum("thd,hde->the", v, W)  # [T_j, H, D]: v_j^h W_O^h
             A = dec.attentions[l]  # [H, T_i, T_j]
             bias = P.out_bias(b)
             bvec = bias.detach().float().cpu() if bias is not None else None
@@ -224,34 +245,42 @@ def compute_flow(dec: Decomposition, tokens: list[str], position: int,
             y = dec.attn_sum[l]  # [T, D]: x + attention update (post-LN: before the LayerNorm)
             reach = A.amax(0) > 0  # [T_i, T_j]: sources a query attends to
             last_j = int(reach.nonzero()[:, 1].max()) + 1 if bool(reach.any()) else T
-            per_query = max(1, chunk_floats // max(1, last_j * H * vW.shape[-1]))
+            per_query = max(1, chunk_floats // max(1, last_j * vW.shape[-1]))
             for i0 in range(0, T, per_query):
                 i1 = min(T, i0 + per_query)
-                J = int(reach[i0:i1].nonzero()[:, 1].max()) + 1 if bool(reach[i0:i1].any()) else 1
-                parts = A[:, i0:i1, :J].permute(1, 2, 0)[..., None] * vW[None, :J]  # [I, J, H, D]
-                if scale is not None:
-                    sc, centre = scale
-                    if centre:
-                        parts = parts - parts.mean(-1, keepdim=True)
-                    parts = parts * sc[i0:i1, None, None]
                 I = i1 - i0
-                flat = parts.reshape(I, J * H, -1).permute(1, 0, 2)  # [J·H, I, D]
+                J = int(reach[i0:i1].nonzero()[:, 1].max()) + 1 if bool(reach[i0:i1].any()) else 1
+                tok = torch.einsum("hij,jhd->jid", A[:, i0:i1, :J], vW[:J])  # [J, I, D]: Σ_h A^h_ij v_j^h W_O^h
+                if scale is not None:
+                    tok = _frozen_apply(tok, scale[0][i0:i1], scale[1])
                 extras = [x[i0:i1][None]]
                 if bvec is not None:
                     extras.append((bvec[i0:i1] if bvec.dim() == 2 else bvec.expand(I, -1))[None])
-                c = contributions(torch.cat([flat, *extras]), y[i0:i1])  # [J·H + 1 (+1), I]
-                heads_c = c[:J * H].reshape(J, H, I).permute(2, 0, 1)  # [I, J, H]
-                attn[l, i0:i1, :J] = heads_c.sum(-1).numpy()
-                attn_res[l, i0:i1] = c[J * H].numpy()
+                whole = y[i0:i1]
+                prox = _proximity(torch.cat([tok, *extras]), whole)  # [J + 1 (+1), I]
+                total = prox.sum(0)  # [I]
+                c = _normalise(prox, total)
+                attn[l, i0:i1, :J] = c[:J].t().numpy()
+                attn_res[l, i0:i1] = c[J].numpy()
                 if bvec is not None:
-                    attn_bias[l, i0:i1] = c[J * H + 1].numpy()
-                keep = (heads_c >= HEAD_STORE_MIN).nonzero()
-                if keep.numel():
-                    hl.append(np.full(keep.shape[0], l, dtype=np.int32))
-                    ht.append((keep[:, 0] + i0).numpy().astype(np.int32))
-                    hs.append(keep[:, 1].numpy().astype(np.int32))
-                    hh.append(keep[:, 2].numpy().astype(np.int32))
-                    hw.append(heads_c[keep[:, 0], keep[:, 1], keep[:, 2]].numpy().astype(np.float32))
+                    attn_bias[l, i0:i1] = c[J + 1].numpy()
+                # per-head parts of the edges worth a tooltip: proximity of A^h_ij v_j^h W_O^h under y_i's normaliser
+                big = (c[:J].t() >= HEAD_STORE_MIN).nonzero()  # [E, 2] (i - i0, j)
+                if big.numel():
+                    ii, jj = big[:, 0], big[:, 1]
+                    hp = A[:, i0:i1][:, ii, jj].t()[..., None] * vW[jj]  # [E, H, D]
+                    if scale is not None:
+                        hp = _frozen_apply(hp, scale[0][i0:i1][ii][:, None], scale[1])
+                    hprox = _proximity(hp.permute(1, 0, 2), whole[ii])  # [H, E]
+                    hw_e = (hprox / total[ii].clamp(min=EPS)).t()  # [E, H]
+                    keep = (hw_e >= HEAD_STORE_MIN).nonzero()
+                    if keep.numel():
+                        e, h = keep[:, 0], keep[:, 1]
+                        hl.append(np.full(e.shape[0], l, dtype=np.int32))
+                        ht.append((ii[e] + i0).numpy().astype(np.int32))
+                        hs.append(jj[e].numpy().astype(np.int32))
+                        hh.append(h.numpy().astype(np.int32))
+                        hw.append(hw_e[e, h].numpy().astype(np.float32))
             cm = contributions(torch.stack([dec.mlp_update[l], dec.resid_mid[l]]), dec.mlp_sum[l])  # [2, T]
             mlp[l], mlp_res[l] = cm[0].numpy(), cm[1].numpy()
 

@@ -44,11 +44,28 @@ def test_contributions_in_unit_interval_and_sum_to_one(kind):
     np.testing.assert_allclose(f.mlp + f.mlp_residual, 1.0, atol=1e-5)
     if loaded.family == "causal_lm":  # a later token cannot feed an earlier one
         assert np.triu(f.attn, 1).max() == 0
-    # per-head parts sum to the edge (up to the unstored ones below HEAD_STORE_MIN)
-    l, i = L - 1, T - 1
-    for j in range(T):
-        s = sum(w for _, w in f.heads_of(l + 1, i, j))
-        assert s <= f.attn[l, i, j] + 1e-5 and s >= f.attn[l, i, j] - f.n_heads * 0.005
+    # head rows exist only for edges of at least HEAD_STORE_MIN, each in [0, 1]
+    assert (f.head_weight >= 0.005).all() and (f.head_weight <= 1 + 1e-6).all()
+    assert (f.attn[f.head_layer, f.head_target, f.head_source] >= 0.005).all()
+
+
+def test_head_rows_are_proximities_under_the_same_normaliser():
+    """Hand check of one head row on GPT-2: prox(A^h_ij v_j^h W_O^h, y_i) / Σ prox of the token parts of y_i."""
+    loaded = tiny_family_loaded("gpt2")
+    dec, f = _flow(loaded)
+    l, h_rows = 0, [(t, s, h, w) for L_, t, s, h, w in zip(f.head_layer, f.head_target, f.head_source,
+                                                              f.head_index, f.head_weight) if L_ == 0]
+    i, j, h, w = h_rows[len(h_rows) // 2]
+    P = dec.parts
+    W = P.head_out_weights(P.blocks[l]).detach()
+    vW = dec.values[l][:, P.heads.kv_head(int(h))] @ W[h]  # [T, D]
+    y, x = dec.attn_sum[l, i], dec.resid_pre[l, i]
+    prox = lambda c: max(float(y.abs().sum() - (y - c).abs().sum()), 0.0)  # noqa: E731
+    A = dec.attentions[l]
+    tok_parts = [sum(A[hh, i, jj] * (dec.values[l][jj, hh] @ W[hh]) for hh in range(f.n_heads)) for jj in range(i + 1)]
+    Z = sum(prox(c) for c in tok_parts) + prox(x) + prox(P.out_bias(P.blocks[l]).detach())
+    assert w == pytest.approx(prox(A[h, i, j] * vW[j]) / Z, rel=1e-4, abs=1e-6)
+    assert f.attn[l, i, j] == pytest.approx(prox(tok_parts[j]) / Z, rel=1e-4, abs=1e-6)
 
 
 def test_chunking_does_not_change_the_result():
@@ -112,5 +129,6 @@ def test_pruning_is_a_backward_closure():
     assert len(f.routes(T - 1, 0.01)) >= len(f.routes(T - 1, 0.2))
     rows = f.csv_rows(T - 1, 0.04)
     assert all(len(r) == 6 for r in rows)
+    assert sum(r[4] == -1 for r in rows) == len(f.routes(T - 1, 0.04))
     nodes, recs = layout(f, f.routes(T - 1, 0.04))
     assert len(recs) == len(f.routes(T - 1, 0.04)) and all("tooltip" in r for r in recs)
