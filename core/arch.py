@@ -330,6 +330,19 @@ SUPPORTED_LABELS = ("GPT-2", "BERT / MiniLM", "RoBERTa", "DistilBERT", "Llama", 
                     "Phi-3", "GPT-NeoX (Pythia)", "OPT")
 
 
+#: Class-name prefixes of the architectures in BUILDERS (config.architectures[0] or the class name), so that a
+#: stored result (which keeps the architecture's name, not the model) can say whether the map knows it.
+ARCH_PREFIXES = ("GPT2", "Llama", "Qwen2", "Mistral", "Gemma2", "Phi3", "GPTNeoX", "OPT", "Bert", "Roberta",
+                 "DistilBert")
+
+
+def not_available_line(architecture: str, what: str) -> str | None:
+    """The "<what> is not available for <architecture>" line when the map does not know `architecture`, else None."""
+    if any(architecture.startswith(p) for p in ARCH_PREFIXES):
+        return None
+    return str(ArchitectureNotSupported(architecture, what))
+
+
 def architecture_name(model: nn.Module) -> str:
     """The architecture a user recognises: config.architectures[0], else the class name."""
     archs = getattr(model.config, "architectures", None) or []

@@ -155,3 +155,13 @@ def test_unknown_architecture_reaches_attribution_notes():
 
     model = GPTJForCausalLM(GPTJConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, rotary_dim=4))
     assert head_projection_modules(model, 1) is None
+
+
+def test_not_available_line_from_a_stored_architecture_name():
+    from core.arch import not_available_line
+
+    for kind in ALL:
+        model, _ = tiny_family(kind)
+        assert not_available_line(model.config.architectures[0], "DLA") is None
+    line = not_available_line("GPTJForCausalLM", "Direct logit attribution")
+    assert line is not None and line.startswith("Direct logit attribution is not available for GPTJForCausalLM")
