@@ -373,12 +373,12 @@ def model_parts(model: nn.Module) -> ModelParts:
     return parts
 
 
-def try_model_parts(model: nn.Module) -> tuple[ModelParts | None, str | None]:
-    """(parts, None) or (None, the "not available for <architecture>" line)."""
+def try_model_parts(model: nn.Module, what: str = "this analysis") -> tuple[ModelParts | None, str | None]:
+    """(parts, None) or (None, the "<what> is not available for <architecture>" line)."""
     try:
         return model_parts(model), None
     except ArchitectureNotSupported as exc:
-        return None, str(exc)
+        return None, str(ArchitectureNotSupported(exc.architecture, what))
 
 
 # ----------------------------------------------------------------------------------------------------------------

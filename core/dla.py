@@ -36,12 +36,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .arch import ArchitectureNotSupported, ModelParts, apply_frozen, frozen_norm, model_parts
+from .arch import ArchitectureNotSupported, ModelParts, apply_frozen, frozen_norm, model_parts, try_model_parts
+from .context import StepContext
 from .serialize import serializable
 
 if TYPE_CHECKING:
     import torch
 
+    from .capture import Capture
     from .models import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -185,19 +187,30 @@ def decomposition_pass(loaded: LoadedModel, input_ids: torch.Tensor, attention_m
 
 
 _PASS_LOCK = threading.Lock()
-_LAST_PASS: list[tuple[weakref.ref[object], Decomposition]] = []
+_PASSES: list[tuple[weakref.ref[Capture], Decomposition]] = []
+
+#: The one line shown (page, manifest, PDF) when the architecture map does not know the model.
+PEER_VIEWS = "direct logit attribution, promoted tokens and information-flow routes"
 
 
-def shared_pass(loaded: LoadedModel, capture: object) -> Decomposition:
-    """The decomposition pass of one capture, run once and shared by the DLA and flow steps of the same analysis
-    (a one-entry cache keyed on the capture object's identity, held weakly)."""
+def shared_pass(loaded: LoadedModel, capture: Capture) -> Decomposition:
+    """The decomposition pass of one capture, run once and shared by the DLA and flow steps of one analysis
+    (entries keyed on the capture object's identity, held weakly; `release_pass` drops one)."""
     with _PASS_LOCK:
-        if _LAST_PASS and _LAST_PASS[0][0]() is capture:
-            return _LAST_PASS[0][1]
-    dec = decomposition_pass(loaded, capture.input_ids, capture.attention_mask)  # type: ignore[attr-defined]
+        _PASSES[:] = [(ref, d) for ref, d in _PASSES if ref() is not None]  # analyses that ended without release
+        for ref, d in _PASSES:
+            if ref() is capture:
+                return d
+    dec = decomposition_pass(loaded, capture.input_ids, capture.attention_mask)
     with _PASS_LOCK:
-        _LAST_PASS[:] = [(weakref.ref(capture), dec)]
+        _PASSES.append((weakref.ref(capture), dec))
     return dec
+
+
+def release_pass(capture: Capture) -> None:
+    """Forget the decomposition pass of `capture` (the last step that reads it calls this)."""
+    with _PASS_LOCK:
+        _PASSES[:] = [(ref, d) for ref, d in _PASSES if ref() is not None and ref() is not capture]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -503,3 +516,27 @@ def _text(tokenizer: object, i: int) -> str:
         return str(tokenizer.decode([int(i)]))  # type: ignore[attr-defined]
     except (TypeError, ValueError, IndexError, KeyError, OverflowError):
         return f"<id {int(i)}>"
+
+
+def run_dla(ctx: StepContext) -> DLASection | None:
+    """Analysis step "Direct logit attribution": the model's top prediction at the target position, decomposed
+    (None for an encoder without a head, or when the architecture map does not know the model: then a warning)."""
+    if ctx.family == "encoder" or ctx.capture.logits is None:
+        return None
+    _, why = try_model_parts(ctx.loaded.model, PEER_VIEWS)
+    if why:
+        ctx.warn(why)
+        return None
+    dec = shared_pass(ctx.loaded, ctx.capture)
+    pos = ctx.target_position
+    token = int(ctx.capture.logits[pos].argmax())
+    try:
+        sec = compute_dla(dec, pos, token, ctx.loaded.tokenizer, device=ctx.loaded.device)
+    except ArchitectureNotSupported as exc:
+        ctx.warn(str(exc))
+        return None
+    tol = (1e-4 if ctx.loaded.dtype == "float32" else 3e-2) * max(1.0, abs(sec.logit))
+    if sec.sum_abs_error > tol:
+        ctx.warn(f"direct logit attribution: the parts sum to {sec.logit + sec.sum_abs_error:.4g} or "
+                 f"{sec.logit - sec.sum_abs_error:.4g}, not the logit {sec.logit:.4g} ({ctx.loaded.dtype} rounding)")
+    return sec

@@ -34,7 +34,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .arch import frozen_norm
+from .arch import frozen_norm, try_model_parts
+from .context import StepContext
+from .dla import PEER_VIEWS, release_pass, shared_pass
 from .serialize import serializable
 
 if TYPE_CHECKING:
@@ -327,3 +329,17 @@ def max_stage(n_layers: int) -> float:
 def line_width(weight: float) -> float:
     """Stroke width of an edge in the drawings (points), growing with its weight."""
     return 0.4 + 4.0 * math.sqrt(max(0.0, weight))
+
+
+def run_flow(ctx: StepContext) -> FlowSection | None:
+    """Analysis step "Information-flow routes": every contribution, the target position as the default token (None
+    with a warning when the architecture map does not know the model). Releases the shared decomposition pass."""
+    _, why = try_model_parts(ctx.loaded.model, PEER_VIEWS)
+    if why:
+        ctx.warn(why)
+        return None
+    try:
+        dec = shared_pass(ctx.loaded, ctx.capture)
+        return compute_flow(dec, list(ctx.display_tokens), ctx.target_position)
+    finally:
+        release_pass(ctx.capture)
