@@ -38,11 +38,11 @@ if TYPE_CHECKING:  # torch is imported lazily at run time (the CLI's --help must
 class ArchitectureNotSupported(Exception):
     """The model's architecture is not in the map; str(exc) is the line shown to the user."""
 
-    def __init__(self, architecture: str, what: str = "this analysis") -> None:
+    def __init__(self, architecture: str, what: str = "this analysis", verb: str = "is") -> None:
         self.architecture = architecture
         self.what = what
-        super().__init__(f"{what} is not available for {architecture}: its architecture is not in core/arch.py's "
-                         f"map (supported: {', '.join(SUPPORTED_LABELS)})")
+        super().__init__(f"{what} {verb} not available for {architecture}: its architecture is not in "
+                         f"core/arch.py's map (supported: {', '.join(SUPPORTED_LABELS)})")
 
 
 @dataclass(frozen=True)
@@ -336,11 +336,12 @@ ARCH_PREFIXES = ("GPT2", "Llama", "Qwen2", "Mistral", "Gemma2", "Phi3", "GPTNeoX
                  "DistilBert")
 
 
-def not_available_line(architecture: str, what: str) -> str | None:
-    """The "<what> is not available for <architecture>" line when the map does not know `architecture`, else None."""
+def not_available_line(architecture: str, what: str, verb: str = "is") -> str | None:
+    """The "<what> <verb> not available for <architecture>" line when the map does not know `architecture`, else
+    None."""
     if any(architecture.startswith(p) for p in ARCH_PREFIXES):
         return None
-    return str(ArchitectureNotSupported(architecture, what))
+    return str(ArchitectureNotSupported(architecture, what, verb))
 
 
 def architecture_name(model: nn.Module) -> str:
@@ -373,12 +374,13 @@ def model_parts(model: nn.Module) -> ModelParts:
     return parts
 
 
-def try_model_parts(model: nn.Module, what: str = "this analysis") -> tuple[ModelParts | None, str | None]:
-    """(parts, None) or (None, the "<what> is not available for <architecture>" line)."""
+def try_model_parts(model: nn.Module, what: str = "this analysis",
+                    verb: str = "is") -> tuple[ModelParts | None, str | None]:
+    """(parts, None) or (None, the "<what> <verb> not available for <architecture>" line)."""
     try:
         return model_parts(model), None
     except ArchitectureNotSupported as exc:
-        return None, str(ArchitectureNotSupported(exc.architecture, what))
+        return None, str(ArchitectureNotSupported(exc.architecture, what, verb))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -311,9 +311,9 @@ def attribute(loaded: LoadedModel, capture: Capture, attentions: np.ndarray, pos
         gxi, heads, fx = gradient_x_input(loaded, ids, mask, position, pred, heads=True)
         grads.update(grad_x_input=_pad(gxi, T), head_scores=heads, target_logprob=fx)
         if heads is None:
-            _, why = try_model_parts(loaded.model)
-            notes.append(f"per-head scores: {why}" if why else "per-head scores are not available: the "
-                         "attention output projections of this architecture were not recognised")
+            _, why = try_model_parts(loaded.model, "per-head attribution")
+            notes.append(why or "per-head scores are not available: the attention output projections of this "
+                         "architecture were not recognised")
         ref = float(torch.log_softmax(logits[position].float(), -1)[pred])
         if abs(ref - fx) > 1e-3 * max(1.0, abs(ref)):
             notes.append(f"the gradient pass gave log p = {fx:.4f}, the analysis pass {ref:.4f} "

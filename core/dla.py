@@ -523,7 +523,7 @@ def run_dla(ctx: StepContext) -> DLASection | None:
     (None for an encoder without a head, or when the architecture map does not know the model: then a warning)."""
     if ctx.family == "encoder" or ctx.capture.logits is None:
         return None
-    _, why = try_model_parts(ctx.loaded.model, PEER_VIEWS)
+    _, why = try_model_parts(ctx.loaded.model, PEER_VIEWS, "are")
     if why:
         ctx.warn(why)
         return None

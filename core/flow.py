@@ -334,7 +334,7 @@ def line_width(weight: float) -> float:
 def run_flow(ctx: StepContext) -> FlowSection | None:
     """Analysis step "Information-flow routes": every contribution, the target position as the default token (None
     with a warning when the architecture map does not know the model). Releases the shared decomposition pass."""
-    _, why = try_model_parts(ctx.loaded.model, PEER_VIEWS)
+    _, why = try_model_parts(ctx.loaded.model, PEER_VIEWS, "are")
     if why:
         ctx.warn(why)
         return None

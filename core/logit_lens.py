@@ -262,9 +262,8 @@ def run_logit_lens(ctx: StepContext) -> LensSection | None:
     lens = compute_logit_lens(ctx.loaded, ctx.hidden_states, pos, ctx.settings.top_k, final_logits=cap.logits,
                               grid_max_positions=window)
     if lens is None:
-        _, why = try_model_parts(ctx.loaded.model)
-        ctx.warn(f"the logit lens: {why}" if why else
-                 "the logit lens is not available: this model's language-model head was not recognised")
+        _, why = try_model_parts(ctx.loaded.model, "the logit lens")
+        ctx.warn(why or "the logit lens is not available: this model's language-model head was not recognised")
     elif lens.last_layer_max_abs_diff > exactness_tolerance(ctx.loaded.dtype, cap.logits):
         ctx.warn(f"the logit lens does not reproduce this model's own logits at the last layer (largest difference "
                  f"{lens.last_layer_max_abs_diff:.3g}): its head may do more than norm + unembedding; read the lens "

@@ -30,8 +30,8 @@ def unavailable_line(result: AnalysisResult, section: str) -> str | None:
     """Why `section` ("dla" or "flow") is missing from `result`, in one line, or None when it is there."""
     if getattr(result, section) is not None:
         return None
-    what = "Direct logit attribution" if section == "dla" else "Information-flow routes"
-    line = not_available_line(result.model.architecture, what)
+    what, verb = ("Direct logit attribution", "is") if section == "dla" else ("Information-flow routes", "are")
+    line = not_available_line(result.model.architecture, what, verb)
     if line:
         return line
     if section == "dla" and result.family == "encoder":
@@ -39,7 +39,7 @@ def unavailable_line(result: AnalysisResult, section: str) -> str | None:
     for w in result.warnings:
         if PEER_VIEWS in w:
             return w
-    return f"{what} was not computed for this result (it predates the feature or the step failed; see the warnings)"
+    return f"{what} {'was' if verb == 'is' else 'were'} not computed for this result (it predates the feature or the step failed; see the warnings)"
 
 
 def dla_figure(dla: DLASection) -> Figure:

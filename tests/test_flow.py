@@ -132,3 +132,117 @@ def test_pruning_is_a_backward_closure():
     assert sum(r[4] == -1 for r in rows) == len(f.routes(T - 1, 0.04))
     nodes, recs = layout(f, f.routes(T - 1, 0.04))
     assert len(recs) == len(f.routes(T - 1, 0.04)) and all("tooltip" in r for r in recs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The analysis step, the bundle and the page
+
+
+@pytest.fixture(scope="module")
+def analysed(tiny_gpt2, tiny_bert):
+    from core.analysis import analyze
+
+    return {"gpt2": analyze(tiny_gpt2, "The cat sat on the mat.", ig_steps=2),
+            "bert": analyze(tiny_bert, "The cat sat on the [MASK].", ig_steps=2)}
+
+
+def test_default_analysis_has_dla_and_flow_and_the_bundle_files(analysed):
+    import csv
+    import io
+
+    from core.bundle import bundle_files
+    from core.serialize import dumps, loads
+
+    for name, r in analysed.items():
+        assert r.dla is not None and r.flow is not None, name
+        assert r.dla.position == r.target_position and r.flow.position == r.target_position
+        assert abs(float(r.dla.values.sum()) - r.dla.logit) <= 1e-4 * max(1.0, abs(r.dla.logit))
+        files = bundle_files(r)
+        rows = list(csv.reader(io.StringIO(files["direct_logit_attribution.csv"].decode())))
+        assert rows[0] == ["layer", "component", "head", "logit"]
+        assert len(rows) - 1 == len(r.dla.values)
+        rows = list(csv.reader(io.StringIO(files["flow_edges.csv"].decode())))
+        assert rows[0] == ["layer", "source", "target", "kind", "head", "weight"] and len(rows) > 1
+        assert files["plots/flow_routes.png"][:4] == b"\x89PNG" and "plots/direct_logit_attribution.png" in files
+        assert b"Information-flow routes" in files["report.pdf"] or len(files["report.pdf"]) > 1000
+        back = loads(dumps(r))  # the result (with both sections) round-trips through the pickle-free format
+        np.testing.assert_array_equal(back.flow.attn, r.flow.attn)
+        assert back.dla.token_texts == r.dla.token_texts
+
+
+def test_unknown_architecture_is_one_line_in_manifest_page_and_pdf(analysed, monkeypatch):
+    """A model the map does not know: no DLA / flow sections, one 'not available for' warning (manifest), the same
+    line on the page and in the PDF."""
+    import dataclasses
+    import io
+    import json
+
+    import core.arch as arch
+    from core.analysis import analyze
+    from core.bundle import bundle_files
+    from core.peer_plots import unavailable_line
+    from tests.tiny_models import tiny_family_loaded
+
+    loaded = tiny_family_loaded("gpt2")
+    monkeypatch.delitem(arch.BUILDERS, "gpt2")
+    loaded = dataclasses.replace(loaded, architecture="GPTJForCausalLM")
+    loaded.model.config.architectures = ["GPTJForCausalLM"]
+    r = analyze(loaded, "The cat sat on the mat.", ig_steps=2, compute_gradients=False)
+    assert r.dla is None and r.flow is None
+    lines = [w for w in r.warnings if w.startswith("direct logit attribution, promoted tokens and information-flow "
+                                                   "routes are not available for GPTJForCausalLM")]
+    assert len(lines) == 1, r.warnings  # one line for the three views
+    assert any(w.startswith("the logit lens is not available for GPTJForCausalLM") for w in r.warnings)
+    files = bundle_files(r)
+    assert lines[0] in json.loads(files["manifest.json"])["warnings"]
+    assert "direct_logit_attribution.csv" not in files and "flow_edges.csv" not in files
+    from core.report import build_report
+    from pypdf import PdfReader
+
+    text = " ".join(p.extract_text() for p in PdfReader(io.BytesIO(build_report(r, files))).pages)
+    assert "not available for GPTJForCausalLM" in " ".join(text.split())
+    assert "not available for GPTJForCausalLM" in (unavailable_line(r, "dla") or "")
+    assert "not available for GPTJForCausalLM" in (unavailable_line(r, "flow") or "")
+
+
+def _counter():
+    from tests.test_app_pages import ForwardCounter
+
+    return ForwardCounter()
+
+
+def test_peer_tabs_draw_and_widget_changes_run_no_model(analysed):
+    from tests.test_app_pages import LAYERS, make_app, no_exception
+
+    r = analysed["gpt2"]
+    at = make_app(r).run()
+    at.switch_page(LAYERS).run()
+    no_exception(at)
+    assert [t.label for t in at.tabs][-2:] == ["Logit attribution", "Flow routes"]
+    T = r.n_tokens
+    with _counter() as fc:
+        at.selectbox(key="flow_position").set_value(1).run()
+        at.slider(key="flow_threshold").set_value(0.2).run()
+        at.selectbox(key="dla_update").set_value("one head").run()
+        at.selectbox(key="dla_head").set_value(3).run()
+        at.selectbox(key="dla_block").set_value(1).run()
+        at.selectbox(key="dla_update").set_value("MLP update").run()
+        at.selectbox(key="dla_position").set_value(T - 2).run()
+    no_exception(at)
+    assert fc.calls == 0, f"{fc.calls} module calls on peer-view widget changes"
+    specs = " ".join(c.proto.spec or "" for c in at.get("vega_lite_chart"))
+    assert "Direct logit attribution" in specs and "strokeWidth" in specs
+
+
+def test_peer_tabs_show_the_not_available_line(analysed):
+    import dataclasses
+
+    from tests.test_app_pages import LAYERS, make_app, no_exception
+
+    r = analysed["gpt2"]
+    r2 = r.replace(dla=None, flow=None, model=dataclasses.replace(r.model, architecture="GPTJForCausalLM"))
+    at = make_app(r2).run()
+    at.switch_page(LAYERS).run()
+    no_exception(at)
+    infos = [i.value for i in at.info]
+    assert sum("not available for GPTJForCausalLM" in v for v in infos) == 2
