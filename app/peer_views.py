@@ -8,6 +8,7 @@ tables, chart data and st.text, never as Markdown. A missing section shows its o
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,9 +19,22 @@ import streamlit as st
 from app.state import Keys
 from app.widgets import chart, guarded, show_caption
 from core.dla import DLASection
-from core.flow import DEFAULT_THRESHOLD, THRESHOLD_MAX, THRESHOLD_MIN, FlowSection, layout
+from core.flow import (
+    DEFAULT_THRESHOLD,
+    THRESHOLD_MAX,
+    THRESHOLD_MIN,
+    DrawEdge,
+    DrawNode,
+    FlowSection,
+    layout,
+)
 from core.formats import csv_bytes
-from core.peer_plots import FLOW_CSV_HEADER, KIND_COLOURS, flow_edge_rows, unavailable_line
+from core.peer_plots import (
+    FLOW_CSV_HEADER,
+    KIND_COLOURS,
+    flow_edge_rows,
+    unavailable_line,
+)
 from core.plotting import token_label
 from core.result import AnalysisResult
 
@@ -133,13 +147,15 @@ def flow_chart(flow: FlowSection, position: int, threshold: float) -> alt.LayerC
     y = alt.Y("y:Q", title="stage (0 = embeddings, 2l = after block l)", scale=alt.Scale(domain=[-1.6, 2 * L + 0.6]))
     colour = alt.Color("kind:N", scale=alt.Scale(domain=list(KIND_COLOURS), range=list(KIND_COLOURS.values())),
                        title="edge")
-    edges = alt.Chart(pd.DataFrame(recs, columns=["x", "y", "x2", "y2", "kind", "weight", "layer", "source", "target",
-                                                  "tooltip"])).mark_rule(opacity=0.75).encode(
+    edge_cols = [f.name for f in dataclasses.fields(DrawEdge)]
+    node_cols = [f.name for f in dataclasses.fields(DrawNode)]
+    edges = alt.Chart(pd.DataFrame([dataclasses.astuple(r) for r in recs], columns=edge_cols)).mark_rule(
+        opacity=0.75).encode(
         x=x, y=y, x2="x2:Q", y2="y2:Q", color=colour,
         strokeWidth=alt.StrokeWidth("weight:Q", scale=alt.Scale(domain=[0, 1], range=[0.5, 7]), legend=None),
         tooltip=[alt.Tooltip("kind:N"), alt.Tooltip("weight:Q", format=".3f"), alt.Tooltip("layer:O", title="block"),
                  alt.Tooltip("source:N"), alt.Tooltip("target:N"), alt.Tooltip("tooltip:N", title="detail")])
-    dots = alt.Chart(pd.DataFrame(nodes, columns=["node", "x", "y", "kind", "layer", "token", "label"])).mark_circle(
+    dots = alt.Chart(pd.DataFrame([dataclasses.astuple(n) for n in nodes], columns=node_cols)).mark_circle(
         size=40, color="#333333").encode(x=x, y=y, tooltip=[alt.Tooltip("label:N", title="state")])
     labels = alt.Chart(pd.DataFrame({"x": list(range(T)), "y": [-1.0] * T,
                                      "token": [token_label(t, 10) for t in flow.tokens]})).mark_text(

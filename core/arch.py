@@ -115,7 +115,7 @@ class ModelParts:
 
     def head_out_weights(self, block: Block) -> torch.Tensor:
         """W_O per head: [H, d_h, D] with out_proj(z) = Σ_h z[.., h-slice] @ W_O[h] + b_O."""
-        w = block.out_proj.weight
+        w = weight(block.out_proj)
         H, dh = self.heads.n_heads, self.heads.head_dim
         if type(block.out_proj).__name__ == "Conv1D":  # GPT-2: weight [in, out]
             return w.reshape(H, dh, w.shape[1])
@@ -123,7 +123,7 @@ class ModelParts:
 
     def out_bias(self, block: Block) -> torch.Tensor | None:
         """b_O [D] of the attention output projection, or None."""
-        return getattr(block.out_proj, "bias", None)
+        return bias(block.out_proj)
 
     def transform_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """The final logit transform: Gemma-2 soft-capping c · tanh(z / c); identity elsewhere."""
@@ -167,6 +167,30 @@ class ModelParts:
         if self.logit_softcap is not None:
             steps.append(f"soft-capping {self.logit_softcap:g}·tanh(z/{self.logit_softcap:g})")
         return " then ".join(steps)
+
+
+def _param(module: nn.Module, name: str, required: bool = True) -> torch.Tensor | None:
+    """A module's parameter (weight / bias) as a Tensor; None when absent and not required."""
+    import torch
+
+    p = getattr(module, name, None)
+    if isinstance(p, torch.Tensor):
+        return p
+    if required:
+        raise AttributeError(f"{type(module).__name__} has no tensor {name!r}")
+    return None
+
+
+def weight(module: nn.Module) -> torch.Tensor:
+    """module.weight as a Tensor (typed access for callers)."""
+    w = _param(module, "weight")
+    assert w is not None
+    return w
+
+
+def bias(module: nn.Module) -> torch.Tensor | None:
+    """module.bias as a Tensor, or None."""
+    return _param(module, "bias", required=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -215,6 +239,35 @@ def _layout(model: nn.Module) -> HeadLayout:
     return HeadLayout(H, kv, dh)
 
 
+def _m(obj: object, path: str) -> nn.Module:
+    """The submodule at a dotted `path` of `obj` (AttributeError when a step is missing or not a module)."""
+    from torch import nn
+
+    cur = obj
+    for name in path.split("."):
+        cur = getattr(cur, name)
+    if not isinstance(cur, nn.Module):
+        raise AttributeError(f"{path} is not a module")  # noqa: TRY004 (callers treat it as a missing part)
+    return cur
+
+
+def _opt_m(obj: object, path: str) -> nn.Module | None:
+    """Like _m, or None when the path does not lead to a module."""
+    try:
+        return _m(obj, path)
+    except AttributeError:
+        return None
+
+
+def _each(obj: object, path: str) -> list[nn.Module]:
+    """The modules of the ModuleList at `path`."""
+    return list(_m(obj, path).children())
+
+
+def _cfg(model: nn.Module, name: str, default: object = None) -> object:
+    return getattr(getattr(model, "config", None), name, default)
+
+
 def _lm_head(model: nn.Module) -> nn.Module | None:
     get = getattr(model, "get_output_embeddings", None)
     head = get() if callable(get) else None
@@ -222,93 +275,93 @@ def _lm_head(model: nn.Module) -> nn.Module | None:
 
 
 def _gpt2(model: nn.Module) -> dict[str, object]:
-    base = model.transformer if hasattr(model, "transformer") else model
-    blocks = tuple(Block(module=b, attention=b.attn, out_proj=b.attn.c_proj, value_module=b.attn.c_attn, mlp=b.mlp,
-                         mlp_out=b.mlp.c_proj) for b in base.h)
-    return dict(residual="pre_ln", parallel=False, embed_tokens=base.wte, embed_positions=base.wpe, blocks=blocks,
-                final_norm=base.ln_f, unembed=_lm_head(model), value_reader=_gpt2_v)
+    base = _opt_m(model, "transformer") or model
+    blocks = tuple(Block(module=b, attention=_m(b, "attn"), out_proj=_m(b, "attn.c_proj"),
+                         value_module=_m(b, "attn.c_attn"), mlp=_m(b, "mlp"), mlp_out=_m(b, "mlp.c_proj"))
+                   for b in _each(base, "h"))
+    return {"residual": "pre_ln", "parallel": False, "embed_tokens": _m(base, "wte"),
+            "embed_positions": _m(base, "wpe"), "blocks": blocks, "final_norm": _m(base, "ln_f"),
+            "unembed": _lm_head(model), "value_reader": _gpt2_v}
 
 
 def _llama_like(model: nn.Module) -> dict[str, object]:
     """Llama, Qwen2, Mistral, Gemma-2, Phi-3: model.model.layers[i].{self_attn.{v,o}_proj, mlp.down_proj}."""
-    base = model.model if hasattr(model, "model") else model
-    gemma = getattr(model.config, "model_type", "") == "gemma2"
-    phi3 = getattr(model.config, "model_type", "") == "phi3"
-    blocks = []
-    for b in base.layers:
-        a = b.self_attn
-        blocks.append(Block(
-            module=b, attention=a, out_proj=a.o_proj, value_module=a.qkv_proj if phi3 else a.v_proj, mlp=b.mlp,
-            mlp_out=b.mlp.down_proj,
-            attn_update_norm=b.post_attention_layernorm if gemma else None,
-            mlp_update_norm=b.post_feedforward_layernorm if gemma else None))
-    cap = getattr(model.config, "final_logit_softcapping", None) if gemma else None
-    return dict(residual="pre_ln", parallel=False, embed_tokens=base.embed_tokens, embed_positions=None,
-                blocks=tuple(blocks), final_norm=base.norm, unembed=_lm_head(model),
-                logit_softcap=float(cap) if cap else None, value_reader=_phi3_v if phi3 else _split_v)
+    base = _opt_m(model, "model") or model
+    gemma = _cfg(model, "model_type") == "gemma2"
+    phi3 = _cfg(model, "model_type") == "phi3"
+    blocks = tuple(Block(
+        module=b, attention=_m(b, "self_attn"), out_proj=_m(b, "self_attn.o_proj"),
+        value_module=_m(b, "self_attn.qkv_proj" if phi3 else "self_attn.v_proj"), mlp=_m(b, "mlp"),
+        mlp_out=_m(b, "mlp.down_proj"),
+        attn_update_norm=_m(b, "post_attention_layernorm") if gemma else None,
+        mlp_update_norm=_m(b, "post_feedforward_layernorm") if gemma else None) for b in _each(base, "layers"))
+    cap = _cfg(model, "final_logit_softcapping") if gemma else None
+    return {"residual": "pre_ln", "parallel": False, "embed_tokens": _m(base, "embed_tokens"),
+            "embed_positions": None, "blocks": blocks, "final_norm": _m(base, "norm"), "unembed": _lm_head(model),
+            "logit_softcap": float(cap) if isinstance(cap, (int, float)) and cap else None,
+            "value_reader": _phi3_v if phi3 else _split_v}
 
 
 def _neox(model: nn.Module) -> dict[str, object]:
-    base = model.gpt_neox if hasattr(model, "gpt_neox") else model
-    blocks = tuple(Block(module=b, attention=b.attention, out_proj=b.attention.dense,
-                         value_module=b.attention.query_key_value, mlp=b.mlp, mlp_out=b.mlp.dense_4h_to_h)
-                   for b in base.layers)
-    return dict(residual="pre_ln", parallel=bool(getattr(model.config, "use_parallel_residual", True)),
-                embed_tokens=base.embed_in, embed_positions=None, blocks=blocks, final_norm=base.final_layer_norm,
-                unembed=_lm_head(model), value_reader=_neox_v)
+    base = _opt_m(model, "gpt_neox") or model
+    blocks = tuple(Block(module=b, attention=_m(b, "attention"), out_proj=_m(b, "attention.dense"),
+                         value_module=_m(b, "attention.query_key_value"), mlp=_m(b, "mlp"),
+                         mlp_out=_m(b, "mlp.dense_4h_to_h")) for b in _each(base, "layers"))
+    return {"residual": "pre_ln", "parallel": bool(_cfg(model, "use_parallel_residual", True)),
+            "embed_tokens": _m(base, "embed_in"), "embed_positions": None, "blocks": blocks,
+            "final_norm": _m(base, "final_layer_norm"), "unembed": _lm_head(model), "value_reader": _neox_v}
 
 
 def _opt(model: nn.Module) -> dict[str, object]:
-    dec = model.model.decoder if hasattr(model, "model") else model.decoder
-    post = not getattr(model.config, "do_layer_norm_before", True)  # OPT-350m
-    blocks = tuple(Block(module=b, attention=b.self_attn, out_proj=b.self_attn.out_proj,
-                         value_module=b.self_attn.v_proj, mlp=b.fc2, mlp_out=b.fc2,
-                         attn_residual_norm=b.self_attn_layer_norm if post else None,
-                         mlp_residual_norm=b.final_layer_norm if post else None) for b in dec.layers)
-    if getattr(dec, "project_in", None) is not None:
+    dec = _opt_m(model, "model.decoder") or _m(model, "decoder")
+    post = not _cfg(model, "do_layer_norm_before", True)  # OPT-350m
+    if _opt_m(dec, "project_in") is not None:
         raise ArchitectureNotSupported(f"{type(model).__name__} with project_in (word_embed_proj_dim ≠ hidden_size)")
-    return dict(residual="post_ln" if post else "pre_ln", parallel=False, embed_tokens=dec.embed_tokens,
-                embed_positions=dec.embed_positions, blocks=blocks, final_norm=dec.final_layer_norm,
-                unembed=_lm_head(model), unembed_in=getattr(dec, "project_out", None), value_reader=_split_v)
+    blocks = tuple(Block(module=b, attention=_m(b, "self_attn"), out_proj=_m(b, "self_attn.out_proj"),
+                         value_module=_m(b, "self_attn.v_proj"), mlp=_m(b, "fc2"), mlp_out=_m(b, "fc2"),
+                         attn_residual_norm=_m(b, "self_attn_layer_norm") if post else None,
+                         mlp_residual_norm=_m(b, "final_layer_norm") if post else None) for b in _each(dec, "layers"))
+    return {"residual": "post_ln" if post else "pre_ln", "parallel": False, "embed_tokens": _m(dec, "embed_tokens"),
+            "embed_positions": _m(dec, "embed_positions"), "blocks": blocks,
+            "final_norm": _opt_m(dec, "final_layer_norm"), "unembed": _lm_head(model),
+            "unembed_in": _opt_m(dec, "project_out"), "value_reader": _split_v}
 
 
 def _bert_like(model: nn.Module) -> dict[str, object]:
     """BERT, MiniLM, RoBERTa: post-LN encoder layers; the MLM head is dense → GELU → LayerNorm → decoder."""
-    base = getattr(model, "base_model", model)
-    blocks = tuple(Block(module=b, attention=b.attention, out_proj=b.attention.output.dense,
-                         value_module=b.attention.self.value, mlp=b.intermediate, mlp_out=b.output.dense,
-                         attn_residual_norm=b.attention.output.LayerNorm, mlp_residual_norm=b.output.LayerNorm)
-                   for b in base.encoder.layer)
-    head: dict[str, object] = dict(unembed=None)
-    cls = getattr(model, "cls", None)
-    if cls is not None and hasattr(cls, "predictions"):
-        t = cls.predictions.transform
-        head = dict(unembed=cls.predictions.decoder, head_dense=t.dense, head_act=t.transform_act_fn,
-                    head_norm=t.LayerNorm)
-    elif getattr(model, "lm_head", None) is not None and hasattr(model.lm_head, "dense"):  # RoBERTa
+    base = _opt_m(model, "base_model") or model
+    blocks = tuple(Block(module=b, attention=_m(b, "attention"), out_proj=_m(b, "attention.output.dense"),
+                         value_module=_m(b, "attention.self.value"), mlp=_m(b, "intermediate"),
+                         mlp_out=_m(b, "output.dense"), attn_residual_norm=_m(b, "attention.output.LayerNorm"),
+                         mlp_residual_norm=_m(b, "output.LayerNorm")) for b in _each(base, "encoder.layer"))
+    head: dict[str, object] = {"unembed": None}
+    if _opt_m(model, "cls.predictions") is not None:  # BERT: cls.predictions = transform + decoder
+        head = {"unembed": _m(model, "cls.predictions.decoder"), "head_dense": _m(model, "cls.predictions.transform.dense"),
+                "head_act": _m(model, "cls.predictions.transform.transform_act_fn"),
+                "head_norm": _m(model, "cls.predictions.transform.LayerNorm")}
+    elif _opt_m(model, "lm_head.dense") is not None:  # RoBERTa: lm_head = dense, gelu (a function), layer_norm, decoder
         import torch
 
-        lm = model.lm_head
-        head = dict(unembed=lm.decoder, head_dense=lm.dense, head_act=torch.nn.functional.gelu,
-                    head_norm=lm.layer_norm)
-    return dict(residual="post_ln", parallel=False, embed_tokens=base.embeddings.word_embeddings,
-                embed_positions=getattr(base.embeddings, "position_embeddings", None), blocks=blocks, final_norm=None,
-                value_reader=_split_v, **head)
+        head = {"unembed": _m(model, "lm_head.decoder"), "head_dense": _m(model, "lm_head.dense"),
+                "head_act": torch.nn.functional.gelu, "head_norm": _m(model, "lm_head.layer_norm")}
+    return {"residual": "post_ln", "parallel": False, "embed_tokens": _m(base, "embeddings.word_embeddings"),
+            "embed_positions": _opt_m(base, "embeddings.position_embeddings"), "blocks": blocks, "final_norm": None,
+            "value_reader": _split_v, **head}
 
 
 def _distilbert(model: nn.Module) -> dict[str, object]:
-    base = model.distilbert if hasattr(model, "distilbert") else model
-    blocks = tuple(Block(module=b, attention=b.attention, out_proj=b.attention.out_lin,
-                         value_module=b.attention.v_lin, mlp=b.ffn, mlp_out=b.ffn.lin2,
-                         attn_residual_norm=b.sa_layer_norm, mlp_residual_norm=b.output_layer_norm)
-                   for b in base.transformer.layer)
-    head: dict[str, object] = dict(unembed=None)
-    if getattr(model, "vocab_projector", None) is not None:
-        head = dict(unembed=model.vocab_projector, head_dense=model.vocab_transform, head_act=model.activation,
-                    head_norm=model.vocab_layer_norm)
-    return dict(residual="post_ln", parallel=False, embed_tokens=base.embeddings.word_embeddings,
-                embed_positions=base.embeddings.position_embeddings, blocks=blocks, final_norm=None,
-                value_reader=_split_v, **head)
+    base = _opt_m(model, "distilbert") or model
+    blocks = tuple(Block(module=b, attention=_m(b, "attention"), out_proj=_m(b, "attention.out_lin"),
+                         value_module=_m(b, "attention.v_lin"), mlp=_m(b, "ffn"), mlp_out=_m(b, "ffn.lin2"),
+                         attn_residual_norm=_m(b, "sa_layer_norm"), mlp_residual_norm=_m(b, "output_layer_norm"))
+                   for b in _each(base, "transformer.layer"))
+    head: dict[str, object] = {"unembed": None}
+    if _opt_m(model, "vocab_projector") is not None:
+        head = {"unembed": _m(model, "vocab_projector"), "head_dense": _m(model, "vocab_transform"),
+                "head_act": _m(model, "activation"), "head_norm": _m(model, "vocab_layer_norm")}
+    return {"residual": "post_ln", "parallel": False, "embed_tokens": _m(base, "embeddings.word_embeddings"),
+            "embed_positions": _m(base, "embeddings.position_embeddings"), "blocks": blocks, "final_norm": None,
+            "value_reader": _split_v, **head}
 
 
 #: model_type (config.model_type) → builder of the ModelParts fields. The one registry of architectures.

@@ -36,7 +36,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .arch import ArchitectureNotSupported, ModelParts, apply_frozen, frozen_norm, model_parts, try_model_parts
+from .arch import (
+    ArchitectureNotSupported,
+    ModelParts,
+    apply_frozen,
+    bias,
+    frozen_norm,
+    model_parts,
+    try_model_parts,
+    weight,
+)
 from .context import StepContext
 from .serialize import serializable
 
@@ -269,14 +278,14 @@ def _carry(dec: Decomposition, t: int) -> Carried:
         W = P.head_out_weights(b).detach().float().cpu()  # [H, dh, D]
         zt = dec.z[l, t].reshape(H, dh)
         new = torch.einsum("hd,hde->he", zt, W)  # [H, D]
-        bias = P.out_bias(b)
-        if bias is not None:
-            new = torch.cat([new, bias.detach().float().cpu()[None]])
+        b_o = P.out_bias(b)
+        if b_o is not None:
+            new = torch.cat([new, b_o.detach().float().cpu()[None]])
         if b.attn_update_norm is not None:
             new, shift = _frozen(new, b.attn_update_norm, dec.attn_out[l, t])
-            if bias is None and float(shift.abs().max()) > 0:
+            if b_o is None and float(shift.abs().max()) > 0:
                 new = torch.cat([new, shift[None]])
-            elif bias is not None:
+            elif b_o is not None:
                 new[-1] = new[-1] + shift
         V = torch.cat([V, new])
         for h in range(H):
@@ -300,10 +309,10 @@ def _carry(dec: Decomposition, t: int) -> Carried:
         V, shift = _frozen(V, P.final_norm, dec.final_in[t])
         V = with_shift(V, shift, head_layer)
     if P.unembed_in is not None:
-        V = V @ P.unembed_in.weight.detach().float().cpu().t()
+        V = V @ weight(P.unembed_in).detach().float().cpu().t()
     if P.head_dense is not None:
-        V = V @ P.head_dense.weight.detach().float().cpu().t()
-        db = getattr(P.head_dense, "bias", None)
+        V = V @ weight(P.head_dense).detach().float().cpu().t()
+        db = bias(P.head_dense)
         if db is not None:
             V = torch.cat([V, db.detach().float().cpu()[None]])
             add(head_layer, "bias")
@@ -321,8 +330,8 @@ def _carry(dec: Decomposition, t: int) -> Carried:
 
 def _unembed_weight(P: ModelParts) -> tuple[torch.Tensor, torch.Tensor | None]:
     assert P.unembed is not None
-    W = P.unembed.weight.detach().float().cpu()
-    b = getattr(P.unembed, "bias", None)
+    W = weight(P.unembed).detach().float().cpu()
+    b = bias(P.unembed)
     return W, (b.detach().float().cpu() if b is not None else None)
 
 

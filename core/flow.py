@@ -216,7 +216,7 @@ def compute_flow(dec: Decomposition, tokens: list[str], position: int,
     import torch
 
     P = dec.parts
-    L, H, KV = P.n_layers, P.heads.n_heads, P.heads.n_kv_heads
+    L, H = P.n_layers, P.heads.n_heads
     T = dec.embed.shape[0]
     attn = np.zeros((L, T, T), dtype=np.float32)
     attn_res = np.zeros((L, T), dtype=np.float32)
@@ -299,16 +299,44 @@ def compute_flow(dec: Decomposition, tokens: list[str], position: int,
                        head_weight=cat(hw, np.float32), position=int(position), notes=notes)
 
 
-def layout(section: FlowSection, edges: list[Edge]) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
-    """Coordinates of the layered drawing: (nodes, edges) as plain records. x = token position, y = stage
-    (node_stage); edge records carry x, y, x2, y2, kind, weight and a tooltip with the heads."""
+@dataclass(frozen=True)
+class DrawNode:
+    """A node of the layered drawing: x = token position (+0.25 for MLP nodes), y = stage (node_stage)."""
+
+    node: str
+    x: float
+    y: float
+    kind: str
+    layer: int
+    token: str
+    label: str
+
+
+@dataclass(frozen=True)
+class DrawEdge:
+    """An edge of the layered drawing from (x, y) to (x2, y2); tooltip names the heads of attention edges."""
+
+    x: float
+    y: float
+    x2: float
+    y2: float
+    kind: str
+    weight: float
+    layer: int
+    source: str
+    target: str
+    tooltip: str
+
+
+def layout(section: FlowSection, edges: list[Edge]) -> tuple[list[DrawNode], list[DrawEdge]]:
+    """Coordinates of the layered drawing of `edges` (x = token position, y = stage)."""
     names = {e.source for e in edges} | {e.target for e in edges}
     nodes = []
     for n in sorted(names, key=lambda s: (node_stage(s), node_position(s)[2])):
         kind, layer, t = node_position(n)
-        nodes.append({"node": n, "x": float(t) + (0.25 if kind == "m" else 0.0), "y": node_stage(n), "kind": kind,
-                      "layer": layer, "token": section.tokens[t], "label": describe_node(n, section.tokens)})
-    pos = {r["node"]: (r["x"], r["y"]) for r in nodes}
+        nodes.append(DrawNode(node=n, x=float(t) + (0.25 if kind == "m" else 0.0), y=node_stage(n), kind=kind,
+                              layer=layer, token=section.tokens[t], label=describe_node(n, section.tokens)))
+    pos = {d.node: (d.x, d.y) for d in nodes}
     recs = []
     for e in edges:
         (x1, y1), (x2, y2) = pos[e.source], pos[e.target]
@@ -317,8 +345,8 @@ def layout(section: FlowSection, edges: list[Edge]) -> tuple[list[dict[str, obje
             i, j = node_position(e.target)[2], node_position(e.source)[2]
             top = section.heads_of(e.layer, i, j)[:4]
             tip += " · heads " + ", ".join(f"{h}: {w:.3f}" for h, w in top) if top else ""
-        recs.append({"x": x1, "y": y1, "x2": x2, "y2": y2, "kind": e.kind, "weight": e.weight, "layer": e.layer,
-                     "source": e.source, "target": e.target, "tooltip": tip})
+        recs.append(DrawEdge(x=x1, y=y1, x2=x2, y2=y2, kind=e.kind, weight=e.weight, layer=e.layer, source=e.source,
+                             target=e.target, tooltip=tip))
     return nodes, recs
 
 

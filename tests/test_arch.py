@@ -26,7 +26,7 @@ def _run(model, tok, **kw):
 
 
 def test_map_finds_every_part(fam):
-    kind, (model, tok) = fam
+    kind, (model, _tok) = fam
     parts = model_parts(model)
     L, H = model.config.num_hidden_layers, model.config.num_attention_heads
     assert parts.n_layers == L and parts.heads.n_heads == H
@@ -45,7 +45,7 @@ def test_map_finds_every_part(fam):
 def test_head_layout_rebuilds_the_attention_update(fam):
     """Σ_j A_h[i, j] v_j^{kv(h)} (captured attention × the values read through the map) equals the input of the
     output projection, and Σ_h z_h W_O^h + b_O its output: the head slices, GQA mapping and W_O layout are right."""
-    kind, (model, tok) = fam
+    _kind, (model, tok) = fam
     parts = model_parts(model)
     got: dict[str, list[torch.Tensor]] = {"v": [], "z": [], "o": []}
     hs = []
@@ -115,7 +115,7 @@ def test_head_attribution_exists_for_every_family(fam):
     kind, _ = fam
     loaded = tiny_family_loaded(kind)
     enc = loaded.tokenizer(TEXT, return_tensors="pt")
-    gxi, heads, _ = gradient_x_input(loaded, enc["input_ids"], enc["attention_mask"], 2, 5, heads=True)
+    _gxi, heads, _ = gradient_x_input(loaded, enc["input_ids"], enc["attention_mask"], 2, 5, heads=True)
     assert heads is not None and heads.shape == (2, 4) and np.isfinite(heads).all()
     assert np.abs(heads).sum() > 0
 
@@ -149,9 +149,9 @@ def test_unknown_architecture_says_not_available():
 
 def test_unknown_architecture_reaches_attribution_notes():
     """No silent gap: per-head attribution on an unmapped model says why it is missing."""
-    from core.attribution import head_projection_modules
-
     from transformers import GPTJConfig, GPTJForCausalLM
+
+    from core.attribution import head_projection_modules
 
     model = GPTJForCausalLM(GPTJConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, rotary_dim=4))
     assert head_projection_modules(model, 1) is None

@@ -48,7 +48,7 @@ def test_parts_sum_to_the_model_logit(setup):
 
 def test_logit_matches_the_capture(setup):
     """The decomposition pass's own logits are the model's (same forward)."""
-    kind, loaded, enc, dec = setup
+    _kind, loaded, enc, dec = setup
     with torch.inference_mode():
         ref = loaded.model(**{k: enc[k] for k in ("input_ids", "attention_mask")}).logits[0]
     torch.testing.assert_close(dec.logits, ref.float(), atol=1e-5, rtol=1e-5)
@@ -88,7 +88,7 @@ def _hand_dla(model, grab, layer, head, pos, y, dh):
 
 
 def test_csv_rows_have_the_columns():
-    loaded, enc, dec = _setup("llama")
+    loaded, _enc, dec = _setup("llama")
     sec = compute_dla(dec, 3, 7, loaded.tokenizer, k=3)
     rows = sec.table_rows()
     assert rows[0] == (0, "embedding", -1, pytest.approx(sec.values[0]))
@@ -130,7 +130,7 @@ def test_promoted_tokens_equal_topk_of_the_update(kind):
 
 def test_block_updates_sum_to_the_actual_update():
     """Pre-LN: the attention rows of block l carried back (before the final norm) equal the captured update."""
-    loaded, enc, dec = _setup("gpt2")
+    _loaded, _enc, dec = _setup("gpt2")
     P = dec.parts
     H, dh = P.heads.n_heads, P.heads.head_dim
     pos = 2
