@@ -459,22 +459,24 @@ def _frozen_norm(norm: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.
 
     xf = x.float()
     eps = float(getattr(norm, "eps", None) or getattr(norm, "variance_epsilon", None) or 1e-5)
-    weight = getattr(norm, "weight", None)
-    bias = getattr(norm, "bias", None)
-    centre = isinstance(norm, torch.nn.LayerNorm) or (bias is not None and "RMS" not in type(norm).__name__)
+    w = _param(norm, "weight", required=False)
+    b = _param(norm, "bias", required=False)
+    centre = isinstance(norm, torch.nn.LayerNorm) or (b is not None and "RMS" not in type(norm).__name__)
     if centre:
         stat = torch.sqrt(xf.var(-1, unbiased=False, keepdim=True) + eps)
     else:
         stat = torch.sqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    gain = weight.float() if weight is not None else torch.ones(x.shape[-1], device=x.device)
+    gain = w.detach().float().to(x.device) if w is not None else torch.ones(x.shape[-1], device=x.device)
     if "Gemma" in type(norm).__name__:
         gain = 1.0 + gain
     scale = gain / stat
-    shift = bias.float() if bias is not None else torch.zeros(x.shape[-1], device=x.device)
-    ref = norm(x).float()
+    shift = b.detach().float().to(x.device) if b is not None else torch.zeros(x.shape[-1], device=x.device)
+    # the check: the module itself, on its own device and dtype (x may be a float32 CPU copy)
+    ref_dtype = w.dtype if w is not None else x.dtype
+    ref = norm(x.to(device=w.device if w is not None else x.device, dtype=ref_dtype)).float().to(x.device)
     got = scale * (xf - xf.mean(-1, keepdim=True) if centre else xf) + shift
-    tol = 1e-3 * max(1.0, float(ref.abs().max())) if x.dtype == torch.float32 else 3e-2 * max(1.0, float(ref.abs().max()))
-    if float((got - ref).abs().max()) > tol:
+    rel = 1e-3 if ref_dtype == torch.float32 else 3e-2
+    if float((got - ref).abs().max()) > rel * max(1.0, float(ref.abs().max())):
         raise ArchitectureNotSupported(f"{type(norm).__name__} (its statistics could not be frozen exactly)",
                                        "a linear decomposition through this norm")
     return scale, shift, centre

@@ -61,7 +61,8 @@ log = logging.getLogger(__name__)
 PROMOTE_K = 10
 #: Multiply-adds spent on the promoted / suppressed tables of the block updates (2·L rows per position, each
 #: D·V): positions around the target are added while they fit (GPT-2 small: 4 positions). Heads are read at the
-#: target position only (L·H rows). None = every position.
+#: target position only (L·H rows). None = every position. The products run on the CPU (the decomposition pass
+#: copies what it keeps there), so the bound holds on every device.
 PROMOTE_MAX_MACS_CPU: float | None = 4e9
 
 DLA_METHOD = ("parts of the residual stream at the target position (embedding output, each head's slice through "
@@ -449,20 +450,20 @@ def block_update_rows(c: Carried, n_layers: int) -> torch.Tensor:
     return out
 
 
-def promote_window(T: int, position: int, L: int, D: int, V: int, device: str) -> list[int]:
+def promote_window(T: int, position: int, L: int, D: int, V: int) -> list[int]:
     """Positions whose block updates get promoted / suppressed tables (see PROMOTE_MAX_MACS_CPU)."""
     from .logit_lens import grid_window
 
     per_pos = 2.0 * L * D * V
-    if PROMOTE_MAX_MACS_CPU is None or str(device).startswith(("cuda", "mps")) or per_pos * T <= PROMOTE_MAX_MACS_CPU:
+    if PROMOTE_MAX_MACS_CPU is None or per_pos * T <= PROMOTE_MAX_MACS_CPU:
         return list(range(T))
     n = max(1, int(PROMOTE_MAX_MACS_CPU // per_pos))
     c0, c1 = grid_window(T, position, n)
     return list(range(c0, c1))
 
 
-def compute_dla(dec: Decomposition, position: int, token_id: int, tokenizer: object, *, k: int = PROMOTE_K,
-                device: str = "cpu") -> DLASection:
+def compute_dla(dec: Decomposition, position: int, token_id: int, tokenizer: object, *,
+                k: int = PROMOTE_K) -> DLASection:
     """DLA of `token_id` at `position` plus the promoted / suppressed tables (see DLASection)."""
     import torch
 
@@ -486,7 +487,7 @@ def compute_dla(dec: Decomposition, position: int, token_id: int, tokenizer: obj
         model_logit = float(dec.logits[position, token_id]) if dec.logits is not None else float(vals.sum())
         err = abs(float(vals.double().sum()) - model_logit)
 
-        positions = promote_window(T, position, L, W_U.shape[1], W_U.shape[0], device)
+        positions = promote_window(T, position, L, W_U.shape[1], W_U.shape[0])
         bi, bl, di, dl = [], [], [], []
         for t in positions:
             ct = c if t == position else carry(dec, t)
@@ -540,7 +541,7 @@ def run_dla(ctx: StepContext) -> DLASection | None:
     pos = ctx.target_position
     token = int(ctx.capture.logits[pos].argmax())
     try:
-        sec = compute_dla(dec, pos, token, ctx.loaded.tokenizer, device=ctx.loaded.device)
+        sec = compute_dla(dec, pos, token, ctx.loaded.tokenizer)
     except ArchitectureNotSupported as exc:
         ctx.warn(str(exc))
         return None

@@ -137,3 +137,20 @@ def test_block_updates_sum_to_the_actual_update():
     W = P.head_out_weights(P.blocks[0]).detach()
     heads = torch.einsum("hd,hde->e", dec.z[0, pos].reshape(H, dh), W) + P.out_bias(P.blocks[0]).detach()
     torch.testing.assert_close(heads, dec.attn_update[0, pos], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["llama", "bert"])
+def test_bfloat16_model_decomposes_within_its_precision(kind):
+    """A 16-bit model: the pass keeps float32 CPU copies, the norms are checked in the model's dtype; the parts sum
+    to the model's (bfloat16) logit within bfloat16 precision."""
+    import dataclasses
+
+    loaded = tiny_family_loaded(kind)
+    loaded.model.to(torch.bfloat16)
+    loaded = dataclasses.replace(loaded, dtype="bfloat16")
+    enc = loaded.tokenizer(TEXT, return_tensors="pt")
+    dec = decomposition_pass(loaded, enc["input_ids"], enc["attention_mask"])
+    pos = enc["input_ids"].shape[1] - 1
+    y = int(dec.logits[pos].argmax())
+    sec = compute_dla(dec, pos, y, loaded.tokenizer, k=3)
+    assert abs(float(sec.values.sum()) - sec.logit) <= 3e-2 * max(1.0, abs(sec.logit))
