@@ -24,6 +24,8 @@ from .attention import run_attention
 from .attribution import run_attribution
 from .cache import ResultCache, cache_key
 from .capture import apply_mask_word, capture
+from .dla import run_dla
+from .flow import run_flow
 from .context import StepContext
 from .errors import InputError
 from .logit_lens import run_logit_lens
@@ -148,6 +150,8 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
         lens = timed("Logit lens", 0.55, lambda: run_logit_lens(ctx))
         attention = timed("Attention analysis", 0.7, lambda: run_attention(ctx))
         attribution = timed("Attribution", 0.85, lambda: run_attribution(ctx))
+        dla = timed("Direct logit attribution", 0.9, lambda: run_dla(ctx), "dla")
+        flow = timed("Information-flow routes", 0.95, lambda: run_flow(ctx), "flow")
 
     result = AnalysisResult(
         model=loaded.info(),
@@ -169,6 +173,8 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
         logit_lens=lens,
         attention=attention,
         attribution=attribution,
+        dla=dla,
+        flow=flow,
         warnings=ctx.warnings,
         timings=timings,
         versions=package_versions(),
