@@ -19,7 +19,7 @@ patch of nothing restores 0.
 
 Batched: all positions of one layer and one component run as one forward pass whose batch rows differ only in which
 position is patched (chunked so the activations stay under PATCH_MEMORY_BUDGET), so the full grid costs about 3·L
-batched forward passes. Hooks live only inside ``_hooked`` (removed in a ``finally``). Pure computation: no
+batched forward passes. Hooks live only inside ``hooked`` (removed in a ``finally``). Pure computation: no
 Streamlit; the app and the CLI call ``run_patching`` (or ``patch`` with a cache).
 
 Module lookups for all of this are in ONE function, ``patch_sites``, so that the per-architecture mapping of
@@ -248,7 +248,7 @@ def patch_sites(model: Any, n_layers: int) -> PatchSites:
 
 
 @contextmanager
-def _hooked(registrations: list[tuple[Any, str, Callable[..., Any]]]) -> Iterator[None]:
+def hooked(registrations: list[tuple[Any, str, Callable[..., Any]]]) -> Iterator[None]:
     """Register (module, "pre" | "post", hook) for the duration of the block; always removed afterwards."""
     handles = []
     try:
@@ -312,7 +312,7 @@ def target_logits(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: 
         return model(input_ids=input_ids, attention_mask=mask).logits[:, position].float()
 
 
-def _chunk_rows(loaded: LoadedModel, T: int) -> int:
+def chunk_rows(loaded: LoadedModel, T: int) -> int:
     V = int(getattr(loaded.model.config, "vocab_size", 0) or 0)
     per_row = 4 * T * (12 * loaded.hidden_size + 2 * loaded.n_heads * T) + 4 * V
     return int(max(1, PATCH_MEMORY_BUDGET // max(per_row, 1)))
@@ -334,7 +334,7 @@ def capture_sites(loaded: LoadedModel, sites: PatchSites, input_ids: torch.Tenso
     regs: list[tuple[Any, str, Callable[..., Any]]] = [(b, "pre", pre) for b in sites.blocks]
     regs += [(m, "post", post("attention")) for m in sites.attention]
     regs += [(m, "post", post("mlp")) for m in sites.mlp]
-    with _hooked(regs):
+    with hooked(regs):
         logits = target_logits(loaded, input_ids, attention_mask, position)[0]
     return acts, logits
 
@@ -349,7 +349,7 @@ def patched_metrics(loaded: LoadedModel, sites: PatchSites, component: str, laye
     import torch
 
     R, Tp = masks.shape
-    chunk = chunk or _chunk_rows(loaded, Tp)
+    chunk = chunk or chunk_rows(loaded, Tp)
     module = {"residual": sites.blocks, "attention": sites.attention, "mlp": sites.mlp}[component][layer]
     out = np.empty(R)
     for s in range(0, R, chunk):
@@ -370,7 +370,7 @@ def patched_metrics(loaded: LoadedModel, sites: PatchSites, component: str, laye
         regs: list[tuple[Any, str, Callable[..., Any]]] = [(module, "pre" if component == "residual" else "post",
                                                             pre if component == "residual" else post)]
         ids = corrupt_ids.expand(rows.shape[0], -1)
-        with _hooked(regs):
+        with hooked(regs):
             logits = target_logits(loaded, ids, attention_mask, position)
         out[s:s + rows.shape[0]] = (logits[:, answer] - logits[:, wrong]).double().cpu().numpy()
     return out
