@@ -30,6 +30,8 @@ from .serialize import serializable
 if TYPE_CHECKING:
     import torch
 
+    from .capture import Capture
+    from .context import StepContext
     from .models import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -143,7 +145,7 @@ def head_ablation(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: 
     return mean_out, zero_out, base
 
 
-def ablate_heads(loaded: LoadedModel, capture: Any, position: int,
+def ablate_heads(loaded: LoadedModel, capture: Capture, position: int,
                  progress: Callable[[str, float], None] | None = None) -> HeadAblationSection | None:
     """The head-ablation section for the top prediction at `position` of one capture, or None for an encoder
     without a language-model head. Call under the model lock."""
@@ -161,3 +163,15 @@ def ablate_heads(loaded: LoadedModel, capture: Any, position: int,
     return HeadAblationSection(target_position=position, token_id=pred,
                                token=tok if isinstance(tok, str) else f"<id {pred}>", logprob=base,
                                mean_ablation=mean, zero_ablation=zero, notes=notes)
+
+
+def run_head_ablation(ctx: StepContext) -> HeadAblationSection | None:
+    """Analysis step "Head ablation" (opt-in setting head_ablation) for the target position."""
+    if not ctx.settings.head_ablation:
+        return None
+    try:
+        return ablate_heads(ctx.loaded, ctx.capture, ctx.target_position)
+    except RuntimeError as exc:  # unknown layout, out of memory
+        log.warning("head ablation failed: %s", exc)
+        ctx.warn(f"head ablation failed: {str(exc).splitlines()[0]}")
+        return None

@@ -7,39 +7,25 @@ writer for the head-ablation table and its figure.
 
 from __future__ import annotations
 
-import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import plotting
 from .ablation import HeadAblationSection
+from .formats import csv_bytes
+from .options import ExportOptions
 from .patching import COMPONENTS, PatchingResult
 
-DPI = 90
+if TYPE_CHECKING:
+    from .result import AnalysisResult
+
 COMPONENT_LABELS = {"residual": "residual stream (block input)", "attention": "attention output",
                     "mlp": "MLP output"}
 
 
-def _figure(width_in: float, height_in: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width_in, height_in), dpi=DPI)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    return buf.getvalue()
-
-
-def token_label(tok: str, max_len: int = 12) -> str:
-    """A printable, short tick label for a token (no control characters, no mathtext)."""
-    s = "".join(ch if ch.isprintable() else "·" for ch in str(tok).replace("Ġ", "␣").replace("▁", "␣"))
-    s = s.replace("$", r"\$")
-    return s if len(s) <= max_len else s[:max_len - 1] + "…"
+    return plotting.png(fig, tight=True)
 
 
 def _limit(values: np.ndarray) -> float:
@@ -53,12 +39,12 @@ def patching_heatmap(result: PatchingResult, component: str = "residual") -> byt
 
     r = result.restored(component)
     L, T = r.shape
-    fig = _figure(max(4.0, 0.45 * T + 2.0), max(2.2, 0.3 * L + 1.4))
+    fig = plotting.figure(max(4.0, 0.45 * T + 2.0), max(2.2, 0.3 * L + 1.4))
     ax = fig.add_subplot(1, 1, 1)
     lim = _limit(r)
     im = ax.imshow(np.ma.masked_invalid(r), aspect="auto", cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -lim, lim),
                    interpolation="nearest")
-    labels = [f"{token_label(c)}→{token_label(k)}" if c != k else token_label(c)
+    labels = [f"{plotting.token_label(c, 12)}→{plotting.token_label(k, 12)}" if c != k else plotting.token_label(c, 12)
               for c, k in zip(result.clean_tokens, result.corrupted_tokens)]
     ax.set_xticks(range(T))
     ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
@@ -75,7 +61,7 @@ def patching_heatmap(result: PatchingResult, component: str = "residual") -> byt
 def component_bars(result: PatchingResult) -> bytes:
     """Restored fraction per block when the attention / MLP output is patched at every position at once."""
     L = result.n_layers
-    fig = _figure(max(4.0, 0.5 * L + 2.0), 2.8)
+    fig = plotting.figure(max(4.0, 0.5 * L + 2.0), 2.8)
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(L)
     for i, c in enumerate(("attention", "mlp")):
@@ -107,7 +93,7 @@ def head_ablation_figure(section: HeadAblationSection, head_scores: np.ndarray |
     drop = -section.mean_ablation
     L, H = drop.shape
     both = head_scores is not None and np.shape(head_scores) == drop.shape
-    fig = _figure(9.0 if both else 4.8, max(2.6, 0.3 * L + 1.4))
+    fig = plotting.figure(9.0 if both else 4.8, max(2.6, 0.3 * L + 1.4))
     ax = fig.add_subplot(1, 2 if both else 1, 1)
     lim = float(max(np.abs(drop).max(), 1e-9))
     im = ax.imshow(drop, aspect="auto", cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -lim, lim), interpolation="nearest")
@@ -127,3 +113,14 @@ def head_ablation_figure(section: HeadAblationSection, head_scores: np.ndarray |
         ax2.set_ylabel("zero-ablation drop of log p")
         ax2.set_title(f"Gradient score vs exact ablation (Spearman ρ = {rho:.2f})", fontsize=9)
     return _png(fig)
+
+
+def head_ablation_files(result: AnalysisResult, options: ExportOptions) -> dict[str, bytes]:
+    """Bundle writer: head_ablation.csv (`layer,head,mean_ablation,zero_ablation`, Δ log p) and
+    plots/head_ablation.png, when the analysis ran head ablation."""
+    section = result.head_ablation
+    if section is None:
+        return {}
+    scores = result.attribution.head_scores if result.attribution is not None else None
+    return {"head_ablation.csv": csv_bytes(["layer", "head", "mean_ablation", "zero_ablation"], section.rows()),
+            "plots/head_ablation.png": head_ablation_figure(section, scores)}

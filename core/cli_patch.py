@@ -11,61 +11,41 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .cli_common import add_load_options, add_model_options, add_text_options, fail, read_text
+from .formats import csv_bytes, json_bytes, write_files
 from .patching import PatchingResult
 
-MAX_TEXT_BYTES = 1_000_000
 CSV_HEADER = ["layer", "position", "component", "restored", "m_patched", "clean_token", "corrupted_token"]
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "patch", help="activation patching: which layers and positions carry the answer (clean -> corrupted)",
         description="Patch activations of a clean run into a corrupted run of the same token length and write "
                     "patching.csv, patching.json, plots and a manifest (a .zip file or a folder).")
-    p.add_argument("--model", required=True, help="Hugging Face id or local folder of a masked or causal LM")
-    clean = p.add_mutually_exclusive_group(required=True)
-    clean.add_argument("--clean", help="the clean text (its prediction is the answer)")
-    clean.add_argument("--clean-file", type=Path, help="read the clean text from this UTF-8 file")
-    corrupt = p.add_mutually_exclusive_group(required=True)
-    corrupt.add_argument("--corrupt", help="the corrupted text (same token length)")
-    corrupt.add_argument("--corrupt-file", type=Path, help="read the corrupted text from this UTF-8 file")
+    add_model_options(p)
+    add_text_options(p, "clean")
+    add_text_options(p, "corrupt")
     p.add_argument("--answer", default=None, help="answer token A (default: the clean run's top-1 prediction)")
     p.add_argument("--wrong-answer", default=None,
                    help="wrong answer token B (default: the corrupted run's top-1 prediction)")
     p.add_argument("--max-tokens", type=int, default=128, help="longest text accepted, in tokens (default 128)")
     p.add_argument("--out", required=True, type=Path, help="output: a path ending in .zip, or a folder")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="weights dtype")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="device")
+    add_load_options(p)
     p.add_argument("--no-cache", action="store_true", help="do not read or write the result cache")
-    p.add_argument("--cache-dir", type=Path, default=None, help="patching cache folder (default $TMA_CACHE_DIR/patching)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="patching cache folder (default $TMA_CACHE_DIR/patching)")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    p.set_defaults(run=run)
     return p
 
 
-def _read(text: str | None, path: Path | None, label: str) -> str:
-    if text is not None:
-        return text
-    assert path is not None
-    if not path.is_file():
-        raise InputError(f"{label} file '{path}' does not exist")
-    if path.stat().st_size > MAX_TEXT_BYTES:
-        raise InputError(f"{label} file '{path}' is larger than {MAX_TEXT_BYTES} bytes")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"{label} file '{path}' is not UTF-8 text") from None
-
-
 def patching_csv(result: PatchingResult) -> bytes:
-    from .bundle import csv_bytes
-
     rows: list[list[Any]] = []
     for layer, pos, comp, restored, metric in result.rows():
         toks = ("", "") if pos < 0 else (result.clean_tokens[pos], result.corrupted_tokens[pos])
@@ -79,7 +59,7 @@ def bundle(result: PatchingResult) -> dict[str, bytes]:
     from .causal_plots import patching_files
 
     manifest = {
-        "kind": "activation_patching", **{k: result.model.get(k) for k in (
+        "kind": "activation_patching", **{k: result.model.to_dict().get(k) for k in (
             "model_id", "family", "source", "revision", "local_path", "architecture", "dtype", "device")},
         "clean_text": result.clean_text, "corrupted_text": result.corrupted_text,
         "token_count": result.n_tokens, "layers": result.n_layers, "settings": result.settings.to_dict(),
@@ -90,25 +70,24 @@ def bundle(result: PatchingResult) -> dict[str, bytes]:
         "warnings": list(result.warnings),
     }
     files = {
-        "manifest.json": json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"),
+        "manifest.json": json_bytes(manifest),
         "patching.csv": patching_csv(result),
-        "patching.json": json.dumps(result.summary(), indent=2, ensure_ascii=False).encode("utf-8"),
+        "patching.json": json_bytes(result.summary()),
     }
     files.update(patching_files(result))
     return files
 
 
 def run(args: argparse.Namespace) -> int:
-    from .bundle import write_files
     from .models import load_model
     from .patching import PatchingCache, PatchingSettings, patch
 
-    clean = _read(args.clean, args.clean_file, "clean")
-    corrupt = _read(args.corrupt, args.corrupt_file, "corrupted")
+    clean, corrupt = read_text(args, "clean"), read_text(args, "corrupt")
+    assert clean is not None and corrupt is not None  # both groups are required
     settings = PatchingSettings(answer=args.answer, wrong_answer=args.wrong_answer, max_tokens=args.max_tokens)
     out: Path = args.out
     if out.exists() and out.is_file() and out.suffix.lower() != ".zip":
-        raise InputError(f"--out '{out}' is an existing file; give a .zip path or a folder")
+        fail(f"--out '{out}' is an existing file; give a .zip path or a folder")
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     cache = None if args.no_cache else PatchingCache(str(args.cache_dir) if args.cache_dir else None)
     try:

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import InputError
+from .model_info import ModelInfo
 from .serialize import serializable
 from .version import CORE_VERSION
 
@@ -106,7 +107,7 @@ class PatchingResult:
     residual at every position of block 0 (should be 1); sanity_identity: restored by a patch of nothing (0).
     """
 
-    model: dict[str, Any]
+    model: ModelInfo
     settings: PatchingSettings
     clean_text: str
     corrupted_text: str
@@ -171,7 +172,7 @@ class PatchingResult:
     def summary(self) -> dict[str, Any]:
         """What patching.json holds: answers, m values, target, both token lists, sanity, warnings."""
         return {
-            "model": self.model, "settings": self.settings.to_dict(),
+            "model": self.model.to_dict(), "settings": self.settings.to_dict(),
             "clean_text": self.clean_text, "corrupted_text": self.corrupted_text,
             "clean_tokens": list(self.clean_tokens), "corrupted_tokens": list(self.corrupted_tokens),
             "target_position": self.target_position, "target_reason": self.target_reason,
@@ -527,14 +528,14 @@ def run_patching(loaded: LoadedModel, clean_text: str, corrupted_text: str,
 # Cache
 
 
-def patching_cache_key(model_info: dict[str, Any], clean_text: str, corrupted_text: str,
+def patching_cache_key(model_info: ModelInfo, clean_text: str, corrupted_text: str,
                        settings: PatchingSettings) -> str:
     """sha256 over the model (id, revision, dtype, device), both texts, the settings (answers included) and the
     core version."""
     payload = {
         "kind": "patching", "core_version": CORE_VERSION,
-        "model_id": model_info["model_id"], "revision": model_info["revision"],
-        "dtype": model_info["dtype"], "device": model_info["device"],
+        "model_id": model_info.model_id, "revision": model_info.revision,
+        "dtype": model_info.dtype, "device": model_info.device,
         "clean": clean_text, "corrupted": corrupted_text, "settings": settings.to_dict(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()

@@ -49,7 +49,7 @@ def test_adaptive_stops_at_the_cap(tiny_llama):
 def test_analysis_reports_the_achieved_gap_and_steps(tiny_llama):
     from core.analysis import analyze
 
-    a = analyze(tiny_llama, "Paris is the capital of", integrated_gradients=True, ig_steps=2, animations=False).attribution
+    a = analyze(tiny_llama, "Paris is the capital of", integrated_gradients=True, ig_steps=2).attribution
     assert a.ig_steps >= 4 and a.ig_converged and a.ig_completeness_gap_relative <= 0.01
     assert [int(m) for m, _ in a.ig_history][-1] == a.ig_steps
 
