@@ -4,7 +4,7 @@
 
 Bundle: patching.csv (first columns exactly `layer,position,component,restored`; position −1 = every position at
 once), patching.json (answers, m_clean, m_corrupted, target, both token lists, sanity, warnings), plots/*.png and
-manifest.json. Bad input: one line on stderr and exit 2 (the exit codes of core/cli.py).
+manifest.json and report.pdf. Bad input: one line on stderr and exit 2 (the exit codes of core/cli.py).
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def bundle(result: PatchingResult) -> dict[str, bytes]:
     """All files of the patch bundle {safe name: bytes}."""
     from .analysis import package_versions
     from .causal_plots import patching_files
+    from .report import patching_report
 
     manifest = {
         "kind": "activation_patching", **{k: result.model.to_dict().get(k) for k in (
@@ -75,6 +76,7 @@ def bundle(result: PatchingResult) -> dict[str, bytes]:
         "patching.json": json_bytes(result.summary()),
     }
     files.update(patching_files(result))
+    files["report.pdf"] = patching_report(result, files)
     return files
 
 
