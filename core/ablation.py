@@ -94,7 +94,7 @@ def head_ablation(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: 
     import torch
 
     from .attribution import head_projection_modules
-    from .patching import hooked, chunk_rows, target_logits
+    from .patching import chunk_rows, hooked, target_logits
 
     L, H = loaded.n_layers, loaded.n_heads
     projections = head_projection_modules(loaded.model, L)
@@ -128,8 +128,8 @@ def head_ablation(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: 
             sel = sel_all[s:s + chunk]
             repl = repl_all[s:s + chunk]
 
-            def ablate(_m: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
-                       sel: Any = sel, repl: Any = repl) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            def ablate(_m: Any, args: tuple[Any, ...], kwargs: dict[str, Any], sel: Any = sel, repl: Any = repl,
+                       dh: int = dh) -> tuple[tuple[Any, ...], dict[str, Any]]:
                 z = args[0]
                 B, T, _ = z.shape
                 zz = z.reshape(B, T, H, dh)

@@ -24,6 +24,16 @@ COMPONENT_LABELS = {"residual": "residual stream (block input)", "attention": "a
                     "mlp": "MLP output"}
 
 
+def display_token(tok: str) -> str:
+    """A byte-level BPE / SentencePiece token as text: Ġ and ▁ are spaces, Ċ a newline (then plotting.token_label
+    shows a leading space as ␣)."""
+    return str(tok).replace("Ġ", " ").replace("▁", " ").replace("Ċ", "\n")
+
+
+def _label(tok: str) -> str:
+    return plotting.token_label(display_token(tok), 12)
+
+
 def _png(fig: Any) -> bytes:
     return plotting.png(fig, tight=True)
 
@@ -44,7 +54,7 @@ def patching_heatmap(result: PatchingResult, component: str = "residual") -> byt
     lim = _limit(r)
     im = ax.imshow(np.ma.masked_invalid(r), aspect="auto", cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -lim, lim),
                    interpolation="nearest")
-    labels = [f"{plotting.token_label(c, 12)}→{plotting.token_label(k, 12)}" if c != k else plotting.token_label(c, 12)
+    labels = [f"{_label(c)}→{_label(k)}" if c != k else _label(c)
               for c, k in zip(result.clean_tokens, result.corrupted_tokens)]
     ax.set_xticks(range(T))
     ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
@@ -97,12 +107,15 @@ def head_ablation_figure(section: HeadAblationSection, head_scores: np.ndarray |
     ax = fig.add_subplot(1, 2 if both else 1, 1)
     lim = float(max(np.abs(drop).max(), 1e-9))
     im = ax.imshow(drop, aspect="auto", cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -lim, lim), interpolation="nearest")
+    ax.set_xticks(range(H))
+    ax.set_yticks(range(L))
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_title("Mean ablation: drop of log p (nats)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
     if both:
         assert head_scores is not None
+        fig.subplots_adjust(wspace=0.55)
         ax2 = fig.add_subplot(1, 2, 2)
         ax2.scatter(np.ravel(head_scores), np.ravel(-section.zero_ablation), s=12)
         rho = section.agreement(head_scores).get("zero_ablation", float("nan"))

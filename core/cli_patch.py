@@ -15,7 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli_common import add_load_options, add_model_options, add_text_options, fail, read_text
+from .cli_common import (
+    add_load_options,
+    add_model_options,
+    add_text_options,
+    fail,
+    read_text,
+)
 from .formats import csv_bytes, json_bytes, write_files
 from .patching import PatchingResult
 
@@ -66,7 +72,7 @@ def bundle(result: PatchingResult) -> dict[str, bytes]:
         "token_count": result.n_tokens, "layers": result.n_layers, "settings": result.settings.to_dict(),
         "target_position": result.target_position, "target_reason": result.target_reason,
         "core_version": result.core_version, "package_versions": package_versions(),
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "cache_hit": result.cache_hit, "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
         "warnings": list(result.warnings),
     }

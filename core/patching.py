@@ -32,7 +32,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+import sqlite3
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -190,12 +192,12 @@ class PatchingResult:
         return serialize.dumps(self)
 
     @staticmethod
-    def from_bytes(data: bytes) -> "PatchingResult":
+    def from_bytes(data: bytes) -> PatchingResult:
         from . import serialize
 
         obj = serialize.loads(data)
         if not isinstance(obj, PatchingResult):
-            raise ValueError("the data does not hold a PatchingResult")
+            raise TypeError("the data does not hold a PatchingResult")
         return obj
 
 
@@ -357,15 +359,16 @@ def patched_metrics(loaded: LoadedModel, sites: PatchSites, component: str, laye
         rows = masks[s:s + chunk]
         sel = rows[..., None]
 
-        def swap(h: torch.Tensor) -> torch.Tensor:
+        def swap(h: torch.Tensor, sel: torch.Tensor = sel) -> torch.Tensor:
             if h.shape[1] != Tp:
                 raise RuntimeError(f"patch of {Tp} positions met an activation of {h.shape[1]}")
             return torch.where(sel, clean.to(h.dtype), h)
 
-        def pre(_m, args, kwargs):
+        def pre(_m: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                swap: Callable[[torch.Tensor], torch.Tensor] = swap) -> tuple[tuple[Any, ...], dict[str, Any]]:
             return _with_first_input(args, kwargs, swap(_first_input(args, kwargs)))
 
-        def post(_m, _args, o):
+        def post(_m: Any, _args: Any, o: Any, swap: Callable[[torch.Tensor], torch.Tensor] = swap) -> Any:
             return _replace_output(o, swap(_main_output(o)))
 
         regs: list[tuple[Any, str, Callable[..., Any]]] = [(module, "pre" if component == "residual" else "post",
@@ -559,7 +562,7 @@ class PatchingCache:
             return None
         try:
             return PatchingResult.from_bytes(data)
-        except Exception as exc:  # written by an incompatible version
+        except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as exc:  # an incompatible version
             log.warning("dropping unreadable patching cache entry %s: %s", key[:12], exc)
             self._cache.delete(key)
             return None
@@ -587,6 +590,6 @@ def patch(loaded: LoadedModel, clean_text: str, corrupted_text: str, settings: P
     if cache is not None:
         try:
             cache.set(key, result)
-        except Exception as exc:  # a full disk must not lose a finished result
+        except (OSError, sqlite3.Error) as exc:  # a full or read-only disk must not lose a finished result
             log.warning("could not write the patching cache: %s", exc)
     return result

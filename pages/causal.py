@@ -17,8 +17,16 @@ from app.sidebar import selected_model_id
 from app.state import Keys
 from app.widgets import chart, guarded
 from core import docs
+from core.causal_plots import display_token
 from core.errors import ModelUnavailableError, TMAError
-from core.patching import COMPONENTS, TINY_DIFFERENCE, PatchingCache, PatchingResult, PatchingSettings, patch
+from core.patching import (
+    COMPONENTS,
+    TINY_DIFFERENCE,
+    PatchingCache,
+    PatchingResult,
+    PatchingSettings,
+    patch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +82,20 @@ def run(loaded: Any, clean: str, corrupt: str, settings: PatchingSettings) -> No
     bar.empty()
 
 
+def _pos_label(res: PatchingResult, p: int) -> str:
+    c, k = display_token(res.clean_tokens[p]), display_token(res.corrupted_tokens[p])
+    return f"{p}: {c}" + (f" → {k}" if c != k else "")
+
+
 def heatmap(res: PatchingResult, component: str) -> alt.Chart:
     r = res.restored(component)
     rows = [{"block": l, "position": p, "clean token": res.clean_tokens[p], "corrupted token": res.corrupted_tokens[p],
-             "label": f"{p}: {res.clean_tokens[p]}" + (f"→{res.corrupted_tokens[p]}"
-                                                       if res.clean_tokens[p] != res.corrupted_tokens[p] else ""),
+             "label": _pos_label(res, p),
              "restored": float(r[l, p]), "m patched": float(res.metric[component][l, p])}
             for l in range(res.n_layers) for p in range(res.n_tokens) if np.isfinite(r[l, p])]
     df = pd.DataFrame(rows)
     lim = float(max(1.0, np.nanmax(np.abs(r)))) if np.isfinite(r).any() else 1.0
-    order = [f"{p}: {c}" + (f"→{k}" if c != k else "")
-             for p, (c, k) in enumerate(zip(res.clean_tokens, res.corrupted_tokens))]
+    order = [_pos_label(res, p) for p in range(res.n_tokens)]
     return alt.Chart(df).mark_rect().encode(
         x=alt.X("label:N", sort=order, title="position: clean→corrupted token"),
         y=alt.Y("block:O", sort="descending", title="block"),

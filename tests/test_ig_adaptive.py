@@ -3,12 +3,20 @@ completeness gap is ≤ 1 %, checked against captum on the same inputs_embeds fu
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
-from core.attribution import (IG_MAX_STEPS, adaptive_integrated_gradients, ig_nodes, integrated_gradients,
-                              target_logprob_fn, token_embeddings)
+from core.attribution import (
+    IG_MAX_STEPS,
+    adaptive_integrated_gradients,
+    ig_nodes,
+    integrated_gradients,
+    target_logprob_fn,
+    token_embeddings,
+)
 
 
 def _setup(lm, text):
@@ -33,7 +41,7 @@ def test_adaptive_doubles_until_the_gap_is_one_percent(tiny_llama):
     ids, mask, pos, y = _setup(tiny_llama, "Paris is the capital of")
     run = adaptive_integrated_gradients(tiny_llama, ids, mask, pos, y, steps=2)
     steps = [m for m, _ in run.history]
-    assert steps[0] == 2 and all(b == 2 * a for a, b in zip(steps, steps[1:])) and len(steps) > 1
+    assert steps[0] == 2 and all(b == 2 * a for a, b in itertools.pairwise(steps)) and len(steps) > 1
     assert run.history[0][1] > 0.01  # the first try was not good enough (else the test shows nothing)
     assert run.converged and run.gap_relative <= 0.01 and run.steps == steps[-1]
     assert abs(run.scores.sum() - (run.fx - run.f0)) == pytest.approx(run.gap)

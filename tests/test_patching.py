@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +10,13 @@ import torch
 
 from core import patching
 from core.errors import InputError
-from core.patching import PatchingCache, PatchingResult, PatchingSettings, patch, run_patching
+from core.patching import (
+    PatchingCache,
+    PatchingResult,
+    PatchingSettings,
+    patch,
+    run_patching,
+)
 
 CAUSAL = ("The dog sat on the log", "The log sat on the dog")
 MASKED = ("The dog sat on the [MASK].", "A bird flew over the [MASK].")
@@ -226,3 +232,86 @@ def test_rows_have_the_csv_layout(runs):
 def test_tiny_difference_is_flagged():
     r = patching.restored_score(np.array([1.0, 2.0]), 1.0, 1.0)
     assert np.isnan(r).all()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI: python -m core patch, analyze --head-ablation
+
+
+def test_cli_patch_writes_the_bundle(tiny_dirs, tmp_path, capsys):
+    import csv
+    import io
+    import json
+    import zipfile
+
+    from core.cli import main
+
+    out = tmp_path / "p.zip"
+    rc = main(["patch", "--model", str(tiny_dirs["gpt2"]), "--clean", CAUSAL[0], "--corrupt", CAUSAL[1],
+               "--out", str(out), "--no-cache"])
+    assert rc == 0, capsys.readouterr().err
+    with zipfile.ZipFile(out) as zf:
+        names = set(zf.namelist())
+        rows = list(csv.reader(io.StringIO(zf.read("patching.csv").decode())))
+        summary = json.loads(zf.read("patching.json"))
+        manifest = json.loads(zf.read("manifest.json"))
+    assert {"patching.csv", "patching.json", "manifest.json", "report.pdf", "plots/patching_residual.png",
+            "plots/patching_components.png"} <= names
+    assert rows[0][:4] == ["layer", "position", "component", "restored"]
+    assert {r[2] for r in rows[1:]} == {"residual", "attention", "mlp"}
+    assert any(r[1] == "-1" for r in rows[1:])
+    assert summary["clean_tokens"] == ["The", "Ġdog", "Ġsat", "Ġon", "Ġthe", "Ġl", "og"]
+    assert summary["corrupted_tokens"][1:3] == ["Ġl", "og"]
+    assert {"answer", "wrong_answer", "m_clean", "m_corrupted", "target_position"} <= set(summary)
+    assert manifest["kind"] == "activation_patching" and manifest["token_count"] == 7
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["--clean", "The cat sat on the mat", "--corrupt", "The dog sat on the log"], "different token lengths"),
+    (["--clean", CAUSAL[0], "--corrupt", CAUSAL[1], "--answer", " dog", "--wrong-answer", " dog"], "another pair"),
+    (["--clean", CAUSAL[0]], "--corrupt"),
+])
+def test_cli_patch_bad_input_is_one_line_and_exit_2(tiny_dirs, tmp_path, capsys, argv, expect):
+    from core.cli import main
+
+    try:
+        rc = main(["patch", "--model", str(tiny_dirs["gpt2"]), *argv, "--out", str(tmp_path / "o"), "--no-cache"])
+    except SystemExit as exc:  # argparse errors exit from the parser
+        rc = exc.code
+    err = capsys.readouterr().err
+    last = [line for line in err.replace("\r", "\n").splitlines() if line.strip()][-1]
+    assert rc == 2 and last.startswith("error:") and expect in last, err
+
+
+def test_cli_patch_bad_input_as_a_process(tiny_dirs, tmp_path):
+    """The real command: exactly one line on stderr, exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMA_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "core", "patch", "--model", str(tiny_dirs["gpt2"]), "--clean",
+                           "The cat sat on the mat", "--corrupt", "The dog sat on the log", "--out",
+                           str(tmp_path / "o")], cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "clean 9 tokens" in lines[0] and "corrupted 7 tokens" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_cli_analyze_head_ablation_adds_the_csv(tiny_dirs, tmp_path, capsys):
+    import csv
+
+    from core.cli import main
+
+    out = tmp_path / "a"
+    rc = main(["analyze", "--model", str(tiny_dirs["gpt2"]), "--text", CAUSAL[0], "--head-ablation",
+               "--no-animations", "--no-cache", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    rows = list(csv.reader((out / "head_ablation.csv").open()))
+    assert rows[0] == ["layer", "head", "mean_ablation", "zero_ablation"] and len(rows) == 1 + 2 * 4
+    assert (out / "plots" / "head_ablation.png").is_file()
+    plain = tmp_path / "b"
+    assert main(["analyze", "--model", str(tiny_dirs["gpt2"]), "--text", CAUSAL[0], "--no-animations",
+                 "--no-cache", "--out", str(plain)]) == 0
+    assert not (plain / "head_ablation.csv").exists()
