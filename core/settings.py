@@ -65,7 +65,7 @@ class AnalysisSettings:
     integrated_gradients: bool = _opt(False, "also run integrated gradients (needs compute_gradients; costs "
                                              "ig_steps forward + backward passes)")
     ig_steps: int = _opt(32, "first number of integrated-gradients steps; doubled until the completeness gap is "
-                             "at most 1 % (or 512 steps)", min=1, max=512)
+                             "at most 1 percent (or 512 steps)", min=1, max=512)
     n_clusters: int | None = _opt(None, "number of head clusters (default: chosen by silhouette)", min=1, max=64)
     lens_position: int | None = _opt(None, "position decoded by the logit lens (default: the target position)",
                                      min=0)
