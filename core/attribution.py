@@ -24,6 +24,7 @@ import numpy as np
 
 from .capture import Capture
 from .context import StepContext
+from .devices import fast_attention
 from .models import LoadedModel
 from .serialize import serializable
 
@@ -213,7 +214,8 @@ def gradient_x_input(loaded: Any, input_ids: Any, attention_mask: Any, position:
 
     x = token_embeddings(loaded, input_ids)
     f = target_logprob_fn(loaded, attention_mask, position, token_id)
-    with torch.inference_mode(False), torch.enable_grad():
+    # sdpa: the same gradients as eager attention (tests/test_perf_paths.py) without keeping the T×T maps
+    with fast_attention(loaded.model), torch.inference_mode(False), torch.enable_grad():
         emb = x.clone().requires_grad_(True)
         try:
             for m in mods or []:
@@ -287,13 +289,13 @@ def integrated_gradients(loaded: Any, input_ids: Any, attention_mask: Any, posit
     alphas = torch.from_numpy(a_np).to(x.dtype).to(x.device)
     weights = torch.from_numpy(w_np).to(x.dtype).to(x.device)
     total = torch.zeros_like(x[0])
-    with torch.inference_mode(False), torch.enable_grad():
+    with fast_attention(loaded.model), torch.inference_mode(False), torch.enable_grad():
         for s in range(0, steps, chunk):
             a = alphas[s:s + chunk].view(-1, 1, 1)
             emb = (x0 + a * (x - x0)).requires_grad_(True)
             (g,) = torch.autograd.grad(f(emb).sum(), [emb])
             total += (g * weights[s:s + chunk].view(-1, 1, 1)).sum(0)
-    with torch.no_grad():
+    with fast_attention(loaded.model), torch.no_grad():
         ends = f(torch.cat([x, x0]))
     ig = ((x - x0)[0] * total).sum(-1).double().cpu().numpy()
     return ig, float(ends[0]), float(ends[1])

@@ -17,6 +17,8 @@ block l (l = 0 is the embedding output); A^{l,h} the attention matrix of head h 
 
 from __future__ import annotations
 
+from typing import Any
+
 import fnmatch
 from dataclasses import dataclass
 
@@ -145,7 +147,7 @@ def _split_lines(tex: str) -> str:
     return "\\begin{gathered}" + " \\\\ ".join(parts) + "\\end{gathered}"
 
 
-def _e(**kw) -> DocEntry:
+def _e(**kw: Any) -> DocEntry:
     for k in ("pitfalls", "references", "sources", "files"):
         if k in kw:
             kw[k] = tuple(kw[k])
@@ -607,7 +609,7 @@ _CAUSAL = [
     _e(key="activation_patching", title="Activation patching (causal tracing)", kind="causal",
        short="Restored = (m_patched − m_corrupted) / (m_clean − m_corrupted), m = logit(A) − logit(B) at the target.",
        formula_latex=(r"m = z_A - z_B,\qquad \mathrm{restored}(l, p) = "
-                      r"\frac{m\big(\text{corrupted run},\ h^{l}_{p} \leftarrow h^{l}_{p,\mathrm{clean}}\big) - "
+                      r"\frac{m\big(\text{corrupted run},\ h^{l}_{p} \gets h^{l}_{p,\mathrm{clean}}\big) - "
                       r"m_{\mathrm{corrupted}}}{m_{\mathrm{clean}} - m_{\mathrm{corrupted}}}"),
        formula_plain=("m = logit_A − logit_B at the target;  restored(l, p) = (m of the corrupted run with the input "
                       "of block l at position p replaced by the clean run's − m_corrupted) / (m_clean − m_corrupted)"),
@@ -634,7 +636,7 @@ _CAUSAL = [
        sources=["core.patching:run_patching", "core.patching:patch"]),
     _e(key="patching_components", title="Component patching (attention and MLP outputs)", kind="causal",
        short="Restored when block l's attention or MLP output is copied from the clean run (every position, or one).",
-       formula_latex=(r"\mathrm{restored}_{c}(l) = \frac{m\big(\text{corrupted},\ o^{l}_{c} \leftarrow "
+       formula_latex=(r"\mathrm{restored}_{c}(l) = \frac{m\big(\text{corrupted},\ o^{l}_{c} \gets "
                       r"o^{l}_{c,\mathrm{clean}}\big) - m_{\mathrm{corrupted}}}{m_{\mathrm{clean}} - "
                       r"m_{\mathrm{corrupted}}},\qquad c \in \{\mathrm{attention}, \mathrm{MLP}\}"),
        formula_plain=("restored_c(l) = (m of the corrupted run with the output o_c of block l's component c copied "
@@ -655,7 +657,7 @@ _CAUSAL = [
        sources=["core.patching:patched_metrics"]),
     _e(key="head_ablation", title="Exact head ablation", kind="causal",
        short="Change of log p of the prediction when one head's output is replaced by its mean over positions (or 0).",
-       formula_latex=(r"\Delta^{l,h} = \log p\big(y^{*} \mid z^{l}_{:,h} \leftarrow \bar z^{l}_{h}\big) - "
+       formula_latex=(r"\Delta^{l,h} = \log p\big(y^{*} \mid z^{l}_{:,h} \gets \bar z^{l}_{h}\big) - "
                       r"\log p(y^{*} \mid x),\qquad \bar z^{l}_{h} = \frac{1}{T}\sum_t z^{l}_{t,h}"
                       r"\ \ (\text{zero variant: } 0)"),
        formula_plain=("Δ(l,h) = log p(y* | head h of layer l replaced by its mean over positions) − log p(y* | x); "
