@@ -64,6 +64,17 @@ class Keys:
     GEN_TOP_P = "gen_top_p"
     GEN_CHAT = "gen_chat"
 
+    # --- causal page (activation patching) --------------------------------------------------------------------
+    PATCH_CLEAN = "patch_clean"  # text areas
+    PATCH_CORRUPT = "patch_corrupt"
+    PATCH_ANSWER = "patch_answer"  # optional answer tokens
+    PATCH_WRONG = "patch_wrong"
+    PATCH_RUN = "patch_run"  # the Run button
+    PATCH_COMPONENT = "patch_component"  # radio: which component's heatmap
+    PATCH_RESULT = "patch_result"  # the last core.patching.PatchingResult
+    PATCH_ERROR = "patch_error"  # its error message, or None
+    PATCH_FAMILY = "patch_family"  # the family the example texts were filled in for
+
 
 #: Choice in the model selectbox that reveals the free field.
 OTHER_MODEL = "Other: a Hugging Face id or a local folder"

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .attention import run_attention
+from .ablation import run_head_ablation
 from .attribution import run_attribution
 from .cache import ResultCache, cache_key
 from .capture import apply_mask_word, capture
@@ -152,6 +153,7 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
         attribution = timed("Attribution", 0.85, lambda: run_attribution(ctx))
         dla = timed("Direct logit attribution", 0.9, lambda: run_dla(ctx), "dla")
         flow = timed("Information-flow routes", 0.95, lambda: run_flow(ctx), "flow")
+        head_ablation = timed("Head ablation", 0.92, lambda: run_head_ablation(ctx))
 
     result = AnalysisResult(
         model=loaded.info(),
@@ -175,6 +177,7 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
         attribution=attribution,
         dla=dla,
         flow=flow,
+        head_ablation=head_ablation,
         warnings=ctx.warnings,
         timings=timings,
         versions=package_versions(),

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .attention_plots import attention_bundle_files
+from .causal_plots import head_ablation_files
 from .hidden_states import hidden_states_files
 from .figures import figure_files
 from .formats import csv_bytes, json_bytes, npy_bytes, write_files
@@ -86,6 +87,7 @@ WRITERS: list[Writer] = [
     prediction_bundle_files,
     attention_bundle_files,
     peer_bundle_files,
+    head_ablation_files,
 ]
 
 

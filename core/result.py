@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 from . import serialize
 from .attention import AttentionSection
+from .ablation import HeadAblationSection
 from .attribution import AttributionSection
 from .dla import DLASection
 from .flow import FlowSection
@@ -67,6 +68,7 @@ class AnalysisResult:
     logit_lens: LensSection | None = None
     dla: DLASection | None = None
     flow: FlowSection | None = None
+    head_ablation: HeadAblationSection | None = None
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
