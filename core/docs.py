@@ -809,7 +809,7 @@ _CAUSAL = [
 ]
 
 DOCS: dict[str, DocEntry] = {e.key: e for e in (*_LAYER, *_ATTENTION, *_ATTRIBUTION, *_PREDICTION, *_LENS, *_FIGURES,
-                                                *_CAUSAL)}
+                                                *_PEERS, *_CAUSAL)}
 
 
 # --------------------------------------------------------------------------------------------------------------
