@@ -1,0 +1,155 @@
+"""Neuron factors: the captured activations are what each architecture's MLP feeds its output projection (checked
+against a hand computation from the MLP input), the capture stops after the chosen layers, and the NMF factors
+reproduce the activations within the solver's reported error."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from core.neurons import (capture_mlp_activations, factorize, layer_range, mlp_output_projections,
+                          neuron_factors)
+
+TEXT = "The quick brown fox jumps over the lazy dog. The cat sat on the mat."
+
+
+def _ids(loaded, text=TEXT):
+    enc = loaded.tokenizer(text, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def _blocks(model):
+    base = model.base_model
+    return base.h if hasattr(base, "h") else base.layers if hasattr(base, "layers") else base.encoder.layer
+
+
+def _hand_activations(loaded, ids, mask):
+    """Hook each MLP's *input* and compute its neuron activations by hand from the weights."""
+    import torch
+
+    model = loaded.model
+    mtype = model.config.model_type
+    inputs: dict[int, torch.Tensor] = {}
+    handles = []
+    for i, block in enumerate(_blocks(model)):
+        mlp = block.mlp if mtype != "bert" else block.intermediate
+        handles.append(mlp.register_forward_pre_hook(lambda _m, a, i=i: inputs.__setitem__(i, a[0][0].detach())))
+    try:
+        with torch.inference_mode():
+            model(input_ids=ids, attention_mask=mask)
+    finally:
+        for h in handles:
+            h.remove()
+    out = []
+    for i, block in enumerate(_blocks(model)):
+        x = inputs[i].double()
+        if mtype == "gpt2":  # gelu_new: 0.5 z (1 + tanh(√(2/π) (z + 0.044715 z³))), Conv1D: x W + b
+            z = x @ block.mlp.c_fc.weight.double() + block.mlp.c_fc.bias.double()
+            a = 0.5 * z * (1 + torch.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z**3)))
+        elif mtype == "bert":  # exact gelu: z Φ(z)
+            z = x @ block.intermediate.dense.weight.double().T + block.intermediate.dense.bias.double()
+            a = 0.5 * z * (1 + torch.erf(z / math.sqrt(2)))
+        else:  # SwiGLU: silu(gate x) * (up x)
+            g = x @ block.mlp.gate_proj.weight.double().T
+            a = g * torch.sigmoid(g) * (x @ block.mlp.up_proj.weight.double().T)
+        out.append(a.numpy())
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "bert", "llama"])
+def test_captured_activations_equal_hand_computation(kind, tiny_gpt2, tiny_bert, tiny_llama):
+    loaded = {"gpt2": tiny_gpt2, "bert": tiny_bert, "llama": tiny_llama}[kind]
+    ids, mask = _ids(loaded)
+    acts = capture_mlp_activations(loaded.model, ids, mask, [0, 1])
+    hand = _hand_activations(loaded, ids, mask)
+    assert acts.shape == hand.shape == (2, ids.shape[1], 128 if kind == "gpt2" else 64)  # GPT-2: 4 × 32
+    np.testing.assert_allclose(acts, hand, rtol=1e-4, atol=1e-5)
+    assert (acts < 0).any()  # all three activations have negative values, so the clipping is exercised
+
+
+def test_capture_stops_after_the_last_layer(tiny_gpt2):
+    model = tiny_gpt2.model
+    ids, mask = _ids(tiny_gpt2)
+    calls = []
+    handle = model.lm_head.register_forward_pre_hook(lambda *_: calls.append(1))
+    later = _blocks(model)[1].register_forward_pre_hook(lambda *_: calls.append(2))
+    try:
+        only0 = capture_mlp_activations(model, ids, mask, [0])
+    finally:
+        handle.remove()
+        later.remove()
+    assert calls == []  # neither block 1 nor the unembedding ran
+    both = capture_mlp_activations(model, ids, mask, [0, 1])
+    np.testing.assert_array_equal(only0[0], both[0])
+    with pytest.raises(ValueError, match="outside"):
+        capture_mlp_activations(model, ids, mask, [2])
+
+
+def test_nmf_reproduces_activations_within_reported_error(tiny_gpt2):
+    ids, mask = _ids(tiny_gpt2)
+    acts = capture_mlp_activations(tiny_gpt2.model, ids, mask, [0, 1])
+    section, fac = neuron_factors(acts, [0, 1], k=6, seed=0)
+    A = np.maximum(acts, 0).transpose(1, 0, 2).reshape(acts.shape[1], -1)
+    residual = float(np.linalg.norm(A.astype(np.float64) - fac.W.astype(np.float64) @ fac.H.astype(np.float64)))
+    assert residual == pytest.approx(fac.error, rel=1e-4)  # the stored factors are the ones the solver scored
+    assert section.error == fac.error and section.relative_error == pytest.approx(fac.error / np.linalg.norm(A))
+    assert section.relative_error < 1.0 and (section.token_factors >= 0).all()
+    assert section.token_factors.shape == (ids.shape[1], 6)
+    # each listed top neuron carries its weight in H, and the list is sorted
+    for f in range(6):
+        cols = (np.array([section.layers.index(x) for x in section.top_layer[f]]) * section.d_ff + section.top_neuron[f])
+        np.testing.assert_array_equal(fac.H[f, cols], section.top_weight[f])
+        assert (np.diff(section.top_weight[f]) <= 0).all()
+        assert section.top_weight[f, 0] == fac.H[f].max()
+
+
+def test_nmf_recovers_a_planted_low_rank_matrix():
+    rng = np.random.default_rng(0)
+    W0 = rng.random((40, 3)) * (rng.random((40, 3)) < 0.5)
+    H0 = rng.random((3, 300)) * (rng.random((3, 300)) < 0.3)
+    A = (W0 @ H0).astype(np.float32)
+    fac = factorize(A, 3, seed=0)
+    assert fac.error / fac.norm < 1e-2
+    assert np.linalg.norm(A - fac.W @ fac.H) == pytest.approx(fac.error, rel=1e-3)
+    again = factorize(A, 3, seed=0)
+    np.testing.assert_array_equal(fac.W, again.W)  # seeded: the same factors every run
+
+
+def test_clipped_fraction_and_layout_by_hand():
+    acts = np.array([[[1.0, -1.0], [2.0, 0.0]], [[0.0, -2.0], [3.0, 1.0]]], np.float32)  # [2 layers, 2 tokens, 2]
+    section, fac = neuron_factors(acts, [3, 4], k=1, top_n=4)
+    assert section.clipped_fraction == pytest.approx(3.0 / 10.0)
+    assert section.layers == (3, 4) and section.d_ff == 2
+    # A = [[1, 0, 0, 0], [2, 0, 3, 1]]: the factor's heaviest neuron is layer 4 neuron 0
+    assert (int(section.top_layer[0, 0]), int(section.top_neuron[0, 0])) == (4, 0)
+    rows = section.factor_rows(["a", "b"])
+    assert rows[0][:3] == [0, 0, "a"] and len(rows) == 2
+    assert section.top_rows()[0][:4] == [0, 0, 4, 0]
+
+
+def test_zero_matrix_and_k_capped():
+    fac = factorize(np.zeros((3, 5), np.float32), 6)
+    assert fac.W.shape == (3, 3) and fac.error == 0.0
+    with pytest.raises(ValueError):
+        factorize(-np.ones((2, 2), np.float32), 1)
+
+
+def test_layer_range():
+    assert layer_range(4, None, None) == [0, 1, 2, 3]
+    assert layer_range(4, 2, 9) == [2, 3]
+    with pytest.raises(ValueError):
+        layer_range(4, 3, 1)
+
+
+def test_unknown_architecture_says_so():
+    import torch
+
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+
+    with pytest.raises(ValueError, match="not available for Odd"):
+        mlp_output_projections(Odd())
