@@ -251,3 +251,73 @@ def layer_range(n_layers: int, first: int | None, last: int | None) -> list[int]
     if lo < 0 or lo > hi:
         raise ValueError(f"the neuron layer range {first}…{last} is empty for a model with {n_layers} layers")
     return list(range(lo, hi + 1))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Figures (core.plotting: object-oriented matplotlib, no pyplot)
+
+
+def factor_figure(section: NeuronFactorSection, tokens: Sequence[str], factors: Sequence[int] | None = None, *,
+                  width_chars: int = 90, target: int | None = None):
+    """The text once per factor, each token shaded by the factor's strength W[t, f] / max_t W[t, f]; the block
+    title lists the factor's five heaviest neurons (L<layer>·N<neuron>). Returns a matplotlib Figure."""
+    from matplotlib import colormaps
+    from matplotlib.patches import Rectangle
+
+    from . import plotting
+
+    chosen = list(range(section.n_factors)) if factors is None else [int(f) for f in factors]
+    labels = [plotting.token_label(t, max_len=14) for t in tokens]
+    line_h, gap = 1.6, 0.3
+    pos, x, y = [], 0.0, 0.0
+    for lab in labels:
+        w = max(len(lab), 1) + 0.6
+        if x + w > width_chars and x > 0:
+            x, y = 0.0, y + line_h
+        pos.append((x, y, w))
+        x += w + gap
+    block_h = y + line_h + 1.8
+    total_h = block_h * len(chosen)
+    fig = plotting.figure(min(width_chars * 0.095 + 0.5, 10.0), 0.19 * total_h + 0.4)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(-0.5, width_chars + 0.5)
+    ax.set_ylim(total_h, -0.5)
+    ax.axis("off")
+    cmap = colormaps["Oranges"]
+    for b, f in enumerate(chosen):
+        top = b * block_h
+        col = section.token_factors[:, f]
+        scale = float(col.max()) or 1.0
+        neurons = ", ".join(f"L{int(section.top_layer[f, r])}·N{int(section.top_neuron[f, r])}"
+                            for r in range(min(5, section.top_layer.shape[1])))
+        ax.text(0, top + 0.6, f"Factor {f}  (max {scale:.3g}; top neurons {neurons})", fontsize=9,
+                fontweight="bold", va="center")
+        for t, ((x0, y0, w), lab) in enumerate(zip(pos, labels)):
+            v = float(col[t]) / scale
+            yy = top + 1.8 + y0
+            ax.add_patch(Rectangle((x0, yy - 0.65), w, 1.3, facecolor=cmap(0.85 * v),
+                                   edgecolor="k" if t == target else "none", linewidth=1.0))
+            ax.text(x0 + 0.3, yy, lab, fontsize=8, family="monospace", va="center", ha="left",
+                    color="white" if v > 0.65 else "black")
+    return fig
+
+
+def top_neuron_figure(section: NeuronFactorSection, n: int = 10):
+    """Bar charts of the n heaviest neurons of every factor (weight in H), one small panel per factor."""
+    from . import plotting
+
+    k = section.n_factors
+    n = min(n, section.top_layer.shape[1])
+    cols = min(3, k)
+    rows = (k + cols - 1) // cols
+    fig = plotting.figure(3.3 * cols, 0.18 * n * rows + 0.9 * rows)
+    for f in range(k):
+        ax = fig.add_subplot(rows, cols, f + 1)
+        names = [f"L{int(section.top_layer[f, r])}·N{int(section.top_neuron[f, r])}" for r in range(n)]
+        ax.barh(range(n), section.top_weight[f, :n], color="tab:orange")
+        ax.set_yticks(range(n), names, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(f"Factor {f}", fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    return fig

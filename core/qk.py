@@ -257,3 +257,67 @@ def bounded(section: QKSection, max_bytes: int = QK_MAX_BYTES) -> tuple[QKSectio
                 f"{max_bytes / 2**20:.0f} MiB): the view's scores are approximate to about 1e-3")
     return None, (f"the query–key view is off for this text: its vectors would take {size / 2**21:.0f} MiB even in "
                   f"float16 (bound {max_bytes / 2**20:.0f} MiB); shorten the text")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Figure (core.plotting: object-oriented matplotlib, no pyplot)
+
+MAX_KEYS_SHOWN = 40
+
+
+def shown_keys(view: QKView, max_keys: int = MAX_KEYS_SHOWN) -> np.ndarray:
+    """Key positions drawn: all of them up to max_keys, else the max_keys with the largest weights (in order)."""
+    T = view.weights.shape[0]
+    if T <= max_keys:
+        return np.arange(T)
+    return np.sort(np.argsort(-view.weights, kind="stable")[:max_keys])
+
+
+def qk_figure(view: QKView, tokens: list[str], max_keys: int = MAX_KEYS_SHOWN):
+    """BertViz's neuron view as heatmaps: q (top strip), k_j and q ⊙ k_j (rows = keys, columns = dimensions), and
+    the scores and softmax weights of the keys as bars. Long texts show the max_keys heaviest keys."""
+    from matplotlib import colormaps
+
+    from . import plotting
+
+    keys = shown_keys(view, max_keys)
+    n = len(keys)
+    labels = [f"{j}: {plotting.token_label(tokens[j])}" for j in keys]
+    fig = plotting.figure(11.0, 1.6 + 0.2 * n)
+    gs = fig.add_gridspec(2, 4, height_ratios=(1, max(n, 2)), width_ratios=(3, 3, 1.2, 1.2), hspace=0.08,
+                          wspace=0.12, left=0.13, right=0.98, top=0.9, bottom=0.08)
+    cmap = colormaps["RdBu_r"]
+    lim_q = float(np.abs(view.q).max()) or 1.0
+    ax_q = fig.add_subplot(gs[0, 0])
+    ax_q.imshow(view.q[None], aspect="auto", cmap=cmap, vmin=-lim_q, vmax=lim_q)
+    ax_q.set_yticks([0], [f"q ({view.query}: {plotting.token_label(tokens[view.query])})"], fontsize=7)
+    ax_q.set_xticks([])
+    ax_q.set_title("query q and keys k_j", fontsize=9)
+    ax_k = fig.add_subplot(gs[1, 0])
+    lim_k = float(np.abs(view.keys[keys]).max()) or 1.0
+    ax_k.imshow(view.keys[keys], aspect="auto", cmap=cmap, vmin=-lim_k, vmax=lim_k)
+    ax_k.set_yticks(range(n), labels, fontsize=7)
+    ax_k.set_xlabel("dimension", fontsize=8)
+    ax_p = fig.add_subplot(gs[1, 1], sharey=ax_k)
+    prod = view.products[keys]
+    lim_p = float(np.abs(prod).max()) or 1.0
+    ax_p.imshow(prod, aspect="auto", cmap=cmap, vmin=-lim_p, vmax=lim_p)
+    ax_p.set_title("q ⊙ k_j", fontsize=9)
+    ax_p.tick_params(labelleft=False)
+    ax_p.set_xlabel("dimension", fontsize=8)
+    ax_s = fig.add_subplot(gs[1, 2], sharey=ax_k)
+    finite = np.where(np.isfinite(view.scores[keys]), view.scores[keys], np.nan)
+    bars = np.nan_to_num(finite)
+    ax_s.barh(range(n), bars, color=["tab:red" if v > 0 else "tab:blue" for v in bars])
+    ax_s.set_title("score", fontsize=9)
+    ax_s.tick_params(labelleft=False, labelsize=7)
+    ax_w = fig.add_subplot(gs[1, 3], sharey=ax_k)
+    ax_w.barh(range(n), view.weights[keys], color="tab:purple")
+    ax_w.set_xlim(0, 1)
+    ax_w.set_title("weight", fontsize=9)
+    ax_w.tick_params(labelleft=False, labelsize=7)
+    ax_k.set_ylim(n - 0.5, -0.5)
+    more = f", {n} of {view.weights.shape[0]} keys (largest weights)" if n < view.weights.shape[0] else ""
+    fig.suptitle(f"Layer {view.layer}, head {view.head} (key-value head {view.kv_head}), query {view.query}{more}",
+                 fontsize=10)
+    return fig
