@@ -34,6 +34,10 @@ from . import serialize
 if TYPE_CHECKING:
     import torch
 
+    from .analysis import StepContext
+    from .bundle import ExportOptions
+    from .result import AnalysisResult
+
 log = logging.getLogger(__name__)
 
 DEFAULT_FACTORS = 6
@@ -321,3 +325,62 @@ def top_neuron_figure(section: NeuronFactorSection, n: int = 10):
         ax.tick_params(axis="x", labelsize=7)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Analysis step, bundle writer, PDF section
+
+
+def run_neuron_factors(ctx: "StepContext") -> NeuronFactorSection | None:
+    """Analysis step: one hooked pass over the chosen layers' MLPs, then the NMF (settings neuron_factors: k,
+    0 = off; neuron_first_layer / neuron_last_layer: the range, empty = all layers)."""
+    st = ctx.settings
+    if st.neuron_factors == 0:
+        return None
+    model = ctx.loaded.model
+    try:
+        layers = layer_range(ctx.loaded.n_layers, st.neuron_first_layer, st.neuron_last_layer)
+        acts = capture_mlp_activations(model, ctx.capture.input_ids, ctx.capture.attention_mask, layers)
+    except ValueError as exc:
+        ctx.warn(str(exc))
+        return None
+    section, _fac = neuron_factors(acts, layers, k=st.neuron_factors, seed=DEFAULT_SEED)
+    return section
+
+
+def neuron_factor_files(result: "AnalysisResult", options: "ExportOptions") -> dict[str, bytes]:
+    """Bundle writer: neuron_factors.csv (factor, position, token, activation = W[position, factor]),
+    neuron_factor_neurons.csv (factor, rank, layer, neuron, weight = H[factor, neuron]) and two plots."""
+    from . import plotting
+    from .formats import csv_bytes
+
+    sec = result.neuron_factors
+    if sec is None:
+        return {}
+    return {
+        "neuron_factors.csv": csv_bytes(FACTOR_HEADER, sec.factor_rows(result.tokens)),
+        "neuron_factor_neurons.csv": csv_bytes(TOP_HEADER, sec.top_rows()),
+        "plots/neuron_factors.png": plotting.png(factor_figure(sec, result.display_tokens,
+                                                               target=result.target_position)),
+        "plots/neuron_factor_neurons.png": plotting.png(top_neuron_figure(sec)),
+    }
+
+
+def report_section(result: "AnalysisResult") -> list[tuple[str, list[str], list[list[object]]]]:
+    """What the PDF prints about the neuron factors: (paragraph, table header, table rows) blocks; the PDF module
+    lays them out. The strongest tokens and the five heaviest neurons of every factor."""
+    sec = result.neuron_factors
+    if sec is None:
+        return []
+    intro = (f"Layers {sec.layers[0]}–{sec.layers[-1]}, {sec.d_ff} neurons each, k = {sec.n_factors} factors "
+             f"(seed {sec.seed}); relative error ‖A − WH‖/‖A‖ = {sec.relative_error:.3f} after {sec.n_iter} "
+             f"iterations; negative activations clipped ({100 * sec.clipped_fraction:.0f} % of the mass).")
+    rows: list[list[object]] = []
+    for f in range(sec.n_factors):
+        col = sec.token_factors[:, f]
+        top_t = np.argsort(-col, kind="stable")[:5]
+        toks = ", ".join(f"{result.display_tokens[t]!r}@{int(t)}" for t in top_t if col[t] > 0)
+        neurons = ", ".join(f"L{int(sec.top_layer[f, r])}·N{int(sec.top_neuron[f, r])}"
+                            for r in range(min(5, sec.top_layer.shape[1])))
+        rows.append([f, toks, neurons])
+    return [(intro, ["factor", "strongest tokens (token@position)", "heaviest neurons"], rows)]

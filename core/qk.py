@@ -34,6 +34,10 @@ from . import serialize
 if TYPE_CHECKING:
     import torch
 
+    from .analysis import StepContext
+    from .bundle import ExportOptions
+    from .result import AnalysisResult
+
 log = logging.getLogger(__name__)
 
 QK_MAX_BYTES = 64 * 2**20
@@ -321,3 +325,75 @@ def qk_figure(view: QKView, tokens: list[str], max_keys: int = MAX_KEYS_SHOWN):
     fig.suptitle(f"Layer {view.layer}, head {view.head} (key-value head {view.kv_head}), query {view.query}{more}",
                  fontsize=10)
     return fig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Analysis step, bundle writer, PDF section
+
+
+def run_query_key(ctx: "StepContext") -> QKSection | None:
+    """Analysis step: queries and keys of every layer and head from the captured hidden states (no forward pass),
+    under the memory bound."""
+    try:
+        mask = ctx.capture.attention_mask[0].detach().cpu().numpy()
+        _q, _k, section = compute_qk(ctx.loaded.model, ctx.hidden_states, mask)
+    except ValueError as exc:
+        ctx.warn(str(exc))
+        return None
+    kept, warning = bounded(section)
+    if warning:
+        ctx.warn(warning)
+    return kept
+
+
+def default_view(result: "AnalysisResult") -> QKView | None:
+    """The view the bundle and the PDF show: last layer, head 0, the target token's query."""
+    sec = result.query_key
+    if sec is None:
+        return None
+    return qk_view(sec, sec.queries.shape[0] - 1, 0, result.target_position)
+
+
+QK_HEADER = ["layer", "head", "kv_head", "query", "key", "token", "dot", "score", "weight"]
+
+
+def query_key_rows(result: "AnalysisResult") -> list[list[object]]:
+    """Rows of query_key.csv: every head of the last layer at the target query, one row per key (dot = q·k,
+    score = c·q·k + mask, −inf for masked keys, weight = softmax)."""
+    sec = result.query_key
+    if sec is None:
+        return []
+    layer, query = sec.queries.shape[0] - 1, result.target_position
+    rows: list[list[object]] = []
+    for head in range(sec.queries.shape[1]):
+        v = qk_view(sec, layer, head, query)
+        dots = v.products.sum(axis=1)
+        rows += [[layer, head, v.kv_head, query, j, result.tokens[j], float(dots[j]), float(v.scores[j]),
+                  float(v.weights[j])] for j in range(len(result.tokens))]
+    return rows
+
+
+def query_key_files(result: "AnalysisResult", options: "ExportOptions") -> dict[str, bytes]:
+    """Bundle writer: query_key.csv (the last layer's heads at the target query) and plots/query_key.png."""
+    from . import plotting
+    from .formats import csv_bytes
+
+    view = default_view(result)
+    if view is None:
+        return {}
+    return {"query_key.csv": csv_bytes(QK_HEADER, query_key_rows(result)),
+            "plots/query_key.png": plotting.png(qk_figure(view, result.display_tokens))}
+
+
+def report_section(result: "AnalysisResult") -> list[tuple[str, list[str], list[list[object]]]]:
+    """What the PDF prints about the query–key view: the default view's five heaviest keys."""
+    view = default_view(result)
+    if view is None:
+        return []
+    order = np.argsort(-view.weights, kind="stable")[:5]
+    dots = view.products.sum(axis=1)
+    rows: list[list[object]] = [[int(j), repr(result.display_tokens[j]), float(dots[j]), float(view.scores[j]),
+                                 float(view.weights[j])] for j in order]
+    intro = (f"Layer {view.layer}, head {view.head} (key-value head {view.kv_head}), query {view.query} "
+             f"({result.display_tokens[view.query]!r}): the five keys with the largest weights.")
+    return [(intro, ["key", "token", "q·k", "score", "weight"], rows)]
