@@ -107,12 +107,14 @@ def capture_mlp_activations(model: "torch.nn.Module", input_ids: "torch.Tensor",
     if not wanted or wanted[0] < 0 or wanted[-1] >= len(projections):
         raise ValueError(f"layers {list(layers)} are outside 0…{len(projections) - 1}")
     last = wanted[-1]
+    T = int(input_ids.shape[1])
     got: dict[int, np.ndarray] = {}
     handles = []
 
     def make_hook(layer: int):
         def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            got[layer] = args[0][0].detach().float().cpu().numpy()
+            x = args[0]  # [1, T, d_ff]; OPT flattens it to [T, d_ff]
+            got[layer] = x.reshape(-1, T, x.shape[-1])[0].detach().float().cpu().numpy()
             if layer == last:
                 raise _Stop
 

@@ -2,8 +2,8 @@
 
 For layer l, head h and query position i:
     q = W_Q x_i (+ b_Q),  k_j = W_K x_j (+ b_K)         x = the attention input (after the block's pre-norm, if any)
-    (rotary models: q, k rotated by the position's angles exactly as the model does, with transformers'
-     apply_rotary_pos_emb and the model's own rotary embedding)
+    (rotary models: q, k rotated by the position's angles exactly as the model does, with the apply_rotary_pos_emb
+     of the model's own modelling file and the model's own rotary embedding)
     s_j = (q · k_j) · c + m_ij,   w = softmax(s)        c = the model's scale (1/√d_head; GPT-2 may add 1/(l+1))
 where m_ij = −∞ for a masked key (a later position in a causal model, padding, outside a sliding window) and 0
 otherwise; q ⊙ k_j (elementwise) shows which dimensions make s_j large. Grouped-query attention (Llama, Mistral,
@@ -43,15 +43,15 @@ log = logging.getLogger(__name__)
 QK_MAX_BYTES = 64 * 2**20
 
 #: model_type values whose attention this module reproduces exactly (tested); others get "not available".
-SUPPORTED = ("gpt2", "bert", "roberta", "llama", "mistral", "qwen2")
-_CAUSAL = ("gpt2", "llama", "mistral", "qwen2")
+SUPPORTED = ("gpt2", "bert", "roberta", "distilbert", "llama", "mistral", "qwen2", "phi3", "gpt_neox", "opt")
+_CAUSAL = ("gpt2", "llama", "mistral", "qwen2", "phi3", "gpt_neox", "opt")
 
 
 @dataclass(frozen=True)
 class AttentionParts:
     """What the query–key view needs from one block.
 
-    norm: the module applied to the residual stream before attention, or None (post-norm BERT).
+    norm: the module applied to the residual stream before attention, or None (post-norm BERT, DistilBERT).
     project: x [1, T, D] -> (q [1, T, H·d], k [1, T, H_kv·d]) before rotary.
     """
 
@@ -63,11 +63,23 @@ class AttentionParts:
     scaling: float
 
 
-def attention_parts(model: "torch.nn.Module") -> tuple[list[AttentionParts], "torch.nn.Module | None"]:
-    """Per block: its pre-norm and q/k projections; plus the model's rotary embedding (None without rotary).
+@dataclass(frozen=True)
+class Rotary:
+    """The model's rotary embedding module and the apply_rotary_pos_emb of the model's own modelling file."""
 
-    The one architecture lookup of this module. Raises ValueError for an architecture it does not reproduce.
+    embedding: "torch.nn.Module"
+    apply: Callable[..., tuple["torch.Tensor", "torch.Tensor"]]
+
+
+def attention_parts(model: "torch.nn.Module") -> tuple[list[AttentionParts], Rotary | None]:
+    """Per block: its pre-attention norm and q/k projections; plus the model's rotary embedding (None without).
+
+    The one architecture lookup of this module (core/arch.py maps the output side of attention; the query/key
+    side lives here). Raises ValueError for an architecture it does not reproduce: Gemma-2 (attention-logit
+    soft-capping, per-layer windows), Qwen2 with per-layer sliding windows, Qwen3-style q/k norms.
     """
+    import inspect
+
     cfg = model.config
     mtype = getattr(cfg, "model_type", "")
     base = getattr(model, "base_model", model)
@@ -85,37 +97,72 @@ def attention_parts(model: "torch.nn.Module") -> tuple[list[AttentionParts], "to
             D = attn.embed_dim
             scaling = float(getattr(attn, "scaling", 0.0)) or _gpt2_scaling(attn)
 
-            def project(x: "torch.Tensor", attn: "torch.nn.Module" = attn, D: int = D):
+            def gpt2_qk(x: "torch.Tensor", attn: "torch.nn.Module" = attn, D: int = D):
                 q, k, _v = attn.c_attn(x).split(D, dim=2)
                 return q, k
 
-            parts.append(AttentionParts(block.ln_1, project, attn.num_heads, attn.num_heads, attn.head_dim, scaling))
+            parts.append(AttentionParts(block.ln_1, gpt2_qk, attn.num_heads, attn.num_heads, attn.head_dim, scaling))
         return parts, None
-    if mtype in ("bert", "roberta"):
-        for block in base.encoder.layer:
-            sa = block.attention.self
-            d = sa.attention_head_size
+    if mtype in ("bert", "roberta", "distilbert"):
+        layers = base.transformer.layer if mtype == "distilbert" else base.encoder.layer
+        for block in layers:
+            sa = block.attention if mtype == "distilbert" else block.attention.self
+            d = int(sa.attention_head_size)
+            qm, km = (sa.q_lin, sa.k_lin) if mtype == "distilbert" else (sa.query, sa.key)
 
-            def project(x: "torch.Tensor", sa: "torch.nn.Module" = sa):
-                return sa.query(x), sa.key(x)
+            def bert_qk(x: "torch.Tensor", qm: "torch.nn.Module" = qm, km: "torch.nn.Module" = km):
+                return qm(x), km(x)
 
-            parts.append(AttentionParts(None, project, sa.num_attention_heads, sa.num_attention_heads, d,
-                                        float(getattr(sa, "scaling", d**-0.5))))
+            H = int(cfg.num_attention_heads if mtype != "distilbert" else cfg.n_heads)
+            parts.append(AttentionParts(None, bert_qk, H, H, d, float(getattr(sa, "scaling", d**-0.5))))
         return parts, None
-    # llama, mistral, qwen2: pre-norm, separate q/k projections, rotary, grouped-query attention
+    if mtype == "opt":  # q_proj(x)·scaling in the model, with scale 1 in the attention call: the same product
+        for block in base.decoder.layers:
+            sa = block.self_attn
+
+            def opt_qk(x: "torch.Tensor", sa: "torch.nn.Module" = sa):
+                return sa.q_proj(x), sa.k_proj(x)
+
+            norm = block.self_attn_layer_norm if block.do_layer_norm_before else None
+            parts.append(AttentionParts(norm, opt_qk, sa.num_heads, sa.num_heads, sa.head_dim, float(sa.scaling)))
+        return parts, None
+    # rotary models: llama, mistral, qwen2, phi3 (fused qkv), gpt_neox (fused per-head qkv, partial rotary)
+    H = int(cfg.num_attention_heads)
+    KV = int(getattr(cfg, "num_key_value_heads", None) or H)
     for block in base.layers:
-        sa = block.self_attn
+        sa = block.attention if mtype == "gpt_neox" else block.self_attn
         if hasattr(sa, "q_norm") or hasattr(sa, "k_norm"):
             raise ValueError(f"the query–key view is not available for {name}: q/k norms are not reproduced")
-        d = int(sa.head_dim)
+        if mtype == "gpt_neox":
+            d = int(sa.head_size)
 
-        def project(x: "torch.Tensor", sa: "torch.nn.Module" = sa):
-            return sa.q_proj(x), sa.k_proj(x)
+            def neox_qk(x: "torch.Tensor", sa: "torch.nn.Module" = sa, d: int = d):
+                qkv = sa.query_key_value(x).view(*x.shape[:-1], -1, 3 * d)
+                q, k, _v = qkv.chunk(3, dim=-1)
+                return q.reshape(*x.shape[:-1], -1), k.reshape(*x.shape[:-1], -1)
 
-        parts.append(AttentionParts(block.input_layernorm, project, int(cfg.num_attention_heads),
-                                    int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads), d,
-                                    float(getattr(sa, "scaling", d**-0.5))))
-    return parts, base.rotary_emb
+            project: Callable[["torch.Tensor"], tuple["torch.Tensor", "torch.Tensor"]] = neox_qk
+        elif mtype == "phi3":
+            d = int(sa.head_dim)
+
+            def phi3_qk(x: "torch.Tensor", sa: "torch.nn.Module" = sa, d: int = d):
+                qkv = sa.qkv_proj(x)
+                return qkv[..., :H * d], qkv[..., H * d:(H + KV) * d]
+
+            project = phi3_qk
+        else:
+            d = int(sa.head_dim)
+
+            def llama_qk(x: "torch.Tensor", sa: "torch.nn.Module" = sa):
+                return sa.q_proj(x), sa.k_proj(x)
+
+            project = llama_qk
+        parts.append(AttentionParts(block.input_layernorm, project, H, KV, d, float(getattr(sa, "scaling", d**-0.5))))
+    module = inspect.getmodule(type(base.layers[0]))
+    apply = getattr(module, "apply_rotary_pos_emb", None)
+    if apply is None:
+        raise ValueError(f"the query–key view is not available for {name}: no apply_rotary_pos_emb found")
+    return parts, Rotary(base.rotary_emb, apply)
 
 
 def _gpt2_scaling(attn: "torch.nn.Module") -> float:
@@ -126,9 +173,9 @@ def _gpt2_scaling(attn: "torch.nn.Module") -> float:
 
 
 def sliding_window(model: "torch.nn.Module") -> int:
-    """The attention window of a Mistral model (0: no window)."""
+    """The attention window of a Mistral or Phi-3 model that has one (0: no window)."""
     cfg = model.config
-    if cfg.model_type == "mistral":
+    if cfg.model_type in ("mistral", "phi3"):
         return int(getattr(cfg, "sliding_window", None) or 0)
     return 0
 
@@ -232,11 +279,9 @@ def compute_qk(model: "torch.nn.Module", hidden_states: np.ndarray,
             q = q.view(1, T, p.n_heads, p.d_head).transpose(1, 2)
             k = k.view(1, T, p.n_kv_heads, p.d_head).transpose(1, 2)
             if rotary is not None:
-                from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
                 if cos_sin is None:
-                    cos_sin = rotary(x, pos)
-                q, k = apply_rotary_pos_emb(q, k, *cos_sin)
+                    cos_sin = rotary.embedding(x, pos)
+                q, k = rotary.apply(q, k, *cos_sin)
             qs.append(q[0].float().cpu().numpy())
             ks.append(k[0].float().cpu().numpy())
     queries, keys = np.stack(qs), np.stack(ks)

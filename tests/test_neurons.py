@@ -153,3 +153,17 @@ def test_unknown_architecture_says_so():
 
     with pytest.raises(ValueError, match="not available for Odd"):
         mlp_output_projections(Odd())
+
+
+@pytest.mark.parametrize("arch", ["mistral", "qwen2", "phi3", "gpt_neox", "opt", "distilbert", "roberta"])
+def test_mlp_projection_found_for_other_architectures(arch):
+    """The lookup finds the MLP's output projection (its input is d_ff = 64 wide; the hidden width is 32, so the
+    attention output projection or a norm would not match) in every block."""
+    import torch
+    from test_qk import tiny_model
+
+    model = tiny_model(arch)
+    ids = torch.randint(3, 60, (1, 7))
+    acts = capture_mlp_activations(model, ids, None, [0, 1])
+    assert acts.shape == (2, 7, 64)
+    assert np.isfinite(acts).all() and not np.allclose(acts[0], acts[1])

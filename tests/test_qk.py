@@ -1,6 +1,7 @@
 """Query–key view: the scores rebuilt from the stored queries and keys, softmaxed with the mask, equal the
 attention weights the model itself returned (every layer, head and query), for GPT-2, BERT, Llama with grouped-query
-attention, Mistral, Qwen2 and the bundled MiniLM; plus the memory bound and the view's own arithmetic."""
+attention, Mistral (sliding window), Qwen2, Phi-3, GPT-NeoX (partial rotary), OPT (pre- and post-LN), DistilBERT,
+RoBERTa and the bundled MiniLM; plus the memory bound and the view's own arithmetic."""
 
 from __future__ import annotations
 
@@ -76,27 +77,56 @@ def test_gpt2_inverse_layer_scaling(tmp_path):
                 np.testing.assert_allclose(qk_view(section, layer, head, i).weights, att[layer, head, i], atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["mistral", "qwen2"])
-def test_other_rotary_models(arch):
+def tiny_model(arch: str):
+    """A tiny random model of `arch` built from its config (eager attention, eval mode)."""
     import torch
-    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    import transformers as tf
 
     torch.manual_seed(2)
-    common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=1, vocab_size=60, max_position_embeddings=64, attn_implementation="eager")
-    if arch == "mistral":
-        model = MistralForCausalLM(MistralConfig(sliding_window=4, **common)).eval()
-    else:
-        model = Qwen2ForCausalLM(Qwen2Config(**common)).eval()
-    ids = torch.randint(0, 60, (1, 11))
+    llama_like = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=1, vocab_size=60, max_position_embeddings=64)
+    cfgs = {
+        "mistral": lambda: tf.MistralForCausalLM(tf.MistralConfig(sliding_window=4, **llama_like)),
+        "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**llama_like)),
+        "phi3": lambda: tf.Phi3ForCausalLM(tf.Phi3Config(sliding_window=5, pad_token_id=0, **llama_like)),
+        "gpt_neox": lambda: tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=60,
+            max_position_embeddings=64, rotary_pct=0.5)),
+        "opt": lambda: tf.OPTForCausalLM(tf.OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                                                      num_attention_heads=4, vocab_size=60, max_position_embeddings=64,
+                                                      word_embed_proj_dim=32)),
+        "opt-post-ln": lambda: tf.OPTForCausalLM(tf.OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                                                              num_attention_heads=4, vocab_size=60,
+                                                              max_position_embeddings=64, word_embed_proj_dim=32,
+                                                              do_layer_norm_before=False)),
+        "distilbert": lambda: tf.DistilBertModel(tf.DistilBertConfig(dim=32, hidden_dim=64, n_layers=2, n_heads=4,
+                                                                     vocab_size=60, max_position_embeddings=64)),
+        "roberta": lambda: tf.RobertaModel(tf.RobertaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                            num_attention_heads=4, vocab_size=60,
+                                                            max_position_embeddings=70)),
+    }
+    model = cfgs[arch]()
+    model.config._attn_implementation = "eager"
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", ["mistral", "qwen2", "phi3", "gpt_neox", "opt", "opt-post-ln", "distilbert",
+                                  "roberta"])
+def test_other_architectures(arch):
+    import torch
+
+    model = tiny_model(arch)
+    ids = torch.randint(3, 60, (1, 11))
     with torch.inference_mode():
-        out = model(ids, output_hidden_states=True, output_attentions=True)
+        out = model(input_ids=ids, output_hidden_states=True, output_attentions=True)
     hs = torch.stack(out.hidden_states)[:, 0].numpy()
     att = torch.stack(out.attentions)[:, 0].numpy()
     _q, _k, section = compute_qk(model, hs)
-    assert section.window == (4 if arch == "mistral" else 0)
-    for layer in range(2):
-        for head in range(4):
+    assert section.window == {"mistral": 4, "phi3": 5}.get(arch, 0)
+    assert section.rotary == (arch in ("mistral", "qwen2", "phi3", "gpt_neox"))
+    L, H = att.shape[:2]
+    for layer in range(L):
+        for head in range(H):
             for i in range(11):
                 np.testing.assert_allclose(qk_view(section, layer, head, i).weights, att[layer, head, i], atol=1e-5)
 
@@ -136,12 +166,12 @@ def test_memory_bound():
 
 def test_unsupported_architecture_says_so():
     import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers import Gemma2Config, Gemma2ForCausalLM
 
     from core.qk import attention_parts
 
     torch.manual_seed(0)
-    model = GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                             intermediate_size=32, vocab_size=40))
-    with pytest.raises(ValueError, match="not available for GPTNeoXForCausalLM"):
+    model = Gemma2ForCausalLM(Gemma2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                           num_key_value_heads=1, head_dim=8, intermediate_size=32, vocab_size=40))
+    with pytest.raises(ValueError, match="not available for Gemma2ForCausalLM"):
         attention_parts(model)
