@@ -3,6 +3,9 @@
 Drawn only from the stored result: `result.neuron_factors` (the NMF factors and their top neurons) and
 `result.query_key` (queries and keys of every layer and head). Choosing a factor, a head or a query token computes
 the view from those arrays (core.qk.qk_view) and re-runs no model. The page calls `draw(result, layer, head)` once.
+The factor shading is HTML (escaped tokens, core.views.shaded_tokens_html): drawing 6 × T token boxes with
+matplotlib takes about a second at 128 tokens, so the PNG version (core.neurons.factor_figure) is for the bundle
+and the PDF only.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ import streamlit as st
 
 from app.state import Keys
 from app.widgets import guarded, show_caption
-from core import plotting
-from core.neurons import factor_figure, top_neuron_figure
+from core import plotting, views
+from core.neurons import top_neuron_figure
 from core.qk import qk_figure, qk_view, shown_keys
 from core.result import AnalysisResult
 
@@ -25,13 +28,6 @@ def draw(result: AnalysisResult, layer: int, head: int | None) -> None:
         neuron_factors_section(result)
     with tab_qk, guarded("query–key view"):
         query_key_section(result, layer, head)
-
-
-@st.cache_data(max_entries=16, show_spinner=False)
-def _factor_png(_result: AnalysisResult, key: str, factors: tuple[int, ...]) -> bytes:
-    sec = _result.neuron_factors
-    assert sec is not None
-    return plotting.png(factor_figure(sec, _result.display_tokens, factors, target=_result.target_position))
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -55,8 +51,12 @@ def neuron_factors_section(result: AnalysisResult) -> None:
     options = list(range(sec.n_factors))
     chosen = st.multiselect("Factors", options, default=options, key=Keys.NF_FACTORS,
                             format_func=lambda f: f"factor {f}")
+    for f in sorted(chosen):
+        neurons = ", ".join(f"L{int(sec.top_layer[f, r])}·N{int(sec.top_neuron[f, r])}"
+                            for r in range(min(5, sec.top_layer.shape[1])))
+        st.caption(f"Factor {f} · max {float(sec.token_factors[:, f].max()):.3g} · top neurons {neurons}")
+        st.html(views.shaded_tokens_html(result.display_tokens, sec.token_factors[:, f], result.target_position))
     if chosen:
-        st.image(_factor_png(result, result.cache_key, tuple(sorted(chosen))))
         show_caption("fig_neuron_factors")
     with st.expander("Top neurons per factor"):
         st.image(_top_png(result, result.cache_key))

@@ -9,7 +9,9 @@ The factorisation (as Ecco's `NMF` class does it, rewritten here):
     A[t, (l, n)] = max(a_l[t, n], 0)          tokens × (layers in the range · neurons per layer)
     A ≈ W H,   W ≥ 0 [T, k] (how strongly each token expresses factor f),   H ≥ 0 [k, N] (the neurons of f)
 solved by scikit-learn's NMF (coordinate descent, Frobenius loss, NNDSVDa initialisation seeded by `seed`,
-tolerance 1e-3). Ecco uses init='random', max_iter=500; NNDSVDa converges in far fewer iterations here.
+tolerance 1e-3, at most 50 iterations). Ecco uses init='random', max_iter=500; NNDSVDa starts close to the optimum:
+a trained MiniLM converges in ~35 iterations, a random-weight GPT-2 is within 0.05 % of its converged error after
+40 (the error the solver reached and its iteration count are stored with the factors).
 Negative activations are clipped at 0, as Ecco does (NMF needs A ≥ 0). For GELU each negative value is small
 (≥ −0.17) and reads as "not firing", but most neurons sit slightly below zero at most tokens, so the clipped share
 of the total mass is large even so (about half on MiniLM); for a gated MLP act(gate)·up is signed and a clipped
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 DEFAULT_FACTORS = 6
 DEFAULT_SEED = 0
 TOP_NEURONS = 20  # neurons kept per factor (the page shows the first ten)
-MAX_ITER = 500
+MAX_ITER = 50  # at most 50 coordinate-descent sweeps: within 0.05 % of the converged error on GPT-2 at 128 tokens
 TOL = 1e-3  # stopping tolerance: 2–4× fewer iterations than 1e-4 for a relative error within 0.1 % of it
 
 #: (path to the list of blocks from the base model, path to the MLP output projection inside a block)
@@ -268,6 +270,7 @@ def factor_figure(section: NeuronFactorSection, tokens: Sequence[str], factors: 
     """The text once per factor, each token shaded by the factor's strength W[t, f] / max_t W[t, f]; the block
     title lists the factor's five heaviest neurons (L<layer>·N<neuron>). Returns a matplotlib Figure."""
     from matplotlib import colormaps
+    from matplotlib.collections import PatchCollection
     from matplotlib.patches import Rectangle
 
     from . import plotting
@@ -290,6 +293,7 @@ def factor_figure(section: NeuronFactorSection, tokens: Sequence[str], factors: 
     ax.set_ylim(total_h, -0.5)
     ax.axis("off")
     cmap = colormaps["Oranges"]
+    boxes, colours, edges = [], [], []
     for b, f in enumerate(chosen):
         top = b * block_h
         col = section.token_factors[:, f]
@@ -299,12 +303,12 @@ def factor_figure(section: NeuronFactorSection, tokens: Sequence[str], factors: 
         ax.text(0, top + 0.6, f"Factor {f}  (max {scale:.3g}; top neurons {neurons})", fontsize=9,
                 fontweight="bold", va="center")
         for t, ((x0, y0, w), lab) in enumerate(zip(pos, labels)):
-            v = float(col[t]) / scale
             yy = top + 1.8 + y0
-            ax.add_patch(Rectangle((x0, yy - 0.65), w, 1.3, facecolor=cmap(0.85 * v),
-                                   edgecolor="k" if t == target else "none", linewidth=1.0))
-            ax.text(x0 + 0.3, yy, lab, fontsize=8, family="monospace", va="center", ha="left",
-                    color="white" if v > 0.65 else "black")
+            boxes.append(Rectangle((x0, yy - 0.65), w, 1.3))
+            colours.append(cmap(0.7 * float(col[t]) / scale))  # ≤ 0.7 of the scale: black text stays readable
+            edges.append("k" if t == target else "none")
+            ax.text(x0 + 0.3, yy, lab, fontsize=8, family="monospace", va="center", ha="left")
+    ax.add_collection(PatchCollection(boxes, facecolors=colours, edgecolors=edges, linewidths=1.0))
     return fig
 
 
@@ -325,7 +329,8 @@ def top_neuron_figure(section: NeuronFactorSection, n: int = 10):
         ax.invert_yaxis()
         ax.set_title(f"Factor {f}", fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.09, right=0.98, top=1 - 0.35 / fig.get_figheight(), bottom=0.3 / fig.get_figheight(),
+                        wspace=0.55, hspace=0.9 / max(n * 0.18, 1.0))
     return fig
 
 
