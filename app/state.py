@@ -41,6 +41,8 @@ class Keys:
     CORR_METHOD = "corr_method"
     ATTR_METHOD = "attr_method"
     ATT_WINDOW = "att_window"  # first position of the attention-heatmap window (long texts)
+    NF_FACTORS = "nf_factors"  # multiselect: neuron factors shown (app/neuron_views.py)
+    QK_QUERY = "qk_query"  # selectbox: query position of the query–key view (app/neuron_views.py)
 
     # --- continuation (chat) -------------------------------------------------------------------------------------
     GEN_TEXT = "gen_text"  # the last generated continuation (kept after a stop)

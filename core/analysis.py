@@ -29,7 +29,9 @@ from .errors import InputError
 from .logit_lens import run_logit_lens
 from .metrics import layer_metrics
 from .models import LoadedModel, load_model
+from .neurons import run_neuron_factors
 from .predictions import run_predictions
+from .qk import run_query_key
 from .result import AnalysisResult
 from .settings import AnalysisSettings
 from .threads import single_threaded
@@ -143,6 +145,8 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
         lens = timed("Logit lens", 0.55, lambda: run_logit_lens(ctx))
         attention = timed("Attention analysis", 0.7, lambda: run_attention(ctx))
         attribution = timed("Attribution", 0.85, lambda: run_attribution(ctx))
+        neuron_factors = timed("Neuron factors", 0.9, lambda: run_neuron_factors(ctx))
+        query_key = timed("Query–key vectors", 0.95, lambda: run_query_key(ctx))
 
     result = AnalysisResult(
         model=loaded.info(),
@@ -164,6 +168,8 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
         logit_lens=lens,
         attention=attention,
         attribution=attribution,
+        neuron_factors=neuron_factors,
+        query_key=query_key,
         warnings=ctx.warnings,
         timings=timings,
         versions=package_versions(),

@@ -36,8 +36,8 @@ from . import serialize
 if TYPE_CHECKING:
     import torch
 
-    from .analysis import StepContext
-    from .bundle import ExportOptions
+    from .context import StepContext
+    from .options import ExportOptions
     from .result import AnalysisResult
 
 log = logging.getLogger(__name__)
@@ -269,7 +269,6 @@ def factor_figure(section: NeuronFactorSection, tokens: Sequence[str], factors: 
                   width_chars: int = 90, target: int | None = None):
     """The text once per factor, each token shaded by the factor's strength W[t, f] / max_t W[t, f]; the block
     title lists the factor's five heaviest neurons (L<layer>·N<neuron>). Returns a matplotlib Figure."""
-    from matplotlib import colormaps
     from matplotlib.collections import PatchCollection
     from matplotlib.patches import Rectangle
 
@@ -292,7 +291,7 @@ def factor_figure(section: NeuronFactorSection, tokens: Sequence[str], factors: 
     ax.set_xlim(-0.5, width_chars + 0.5)
     ax.set_ylim(total_h, -0.5)
     ax.axis("off")
-    cmap = colormaps["Oranges"]
+    cmap = plotting.colormap("Oranges")
     boxes, colours, edges = [], [], []
     for b, f in enumerate(chosen):
         top = b * block_h

@@ -34,8 +34,8 @@ from . import serialize
 if TYPE_CHECKING:
     import torch
 
-    from .analysis import StepContext
-    from .bundle import ExportOptions
+    from .context import StepContext
+    from .options import ExportOptions
     from .result import AnalysisResult
 
 log = logging.getLogger(__name__)
@@ -325,8 +325,6 @@ def shown_keys(view: QKView, max_keys: int = MAX_KEYS_SHOWN) -> np.ndarray:
 def qk_figure(view: QKView, tokens: list[str], max_keys: int = MAX_KEYS_SHOWN):
     """BertViz's neuron view as heatmaps: q (top strip), k_j and q ⊙ k_j (rows = keys, columns = dimensions), and
     the scores and softmax weights of the keys as bars. Long texts show the max_keys heaviest keys."""
-    from matplotlib import colormaps
-
     from . import plotting
 
     keys = shown_keys(view, max_keys)
@@ -335,7 +333,7 @@ def qk_figure(view: QKView, tokens: list[str], max_keys: int = MAX_KEYS_SHOWN):
     fig = plotting.figure(11.0, 1.6 + 0.2 * n)
     gs = fig.add_gridspec(2, 4, height_ratios=(1, max(n, 2)), width_ratios=(3, 3, 1.2, 1.2), hspace=0.08,
                           wspace=0.12, left=0.13, right=0.98, top=0.9, bottom=0.08)
-    cmap = colormaps["RdBu_r"]
+    cmap = plotting.colormap("RdBu_r")
     lim_q = float(np.abs(view.q).max()) or 1.0
     ax_q = fig.add_subplot(gs[0, 0])
     ax_q.imshow(view.q[None], aspect="auto", cmap=cmap, vmin=-lim_q, vmax=lim_q)

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from . import neurons, qk
+
 from . import docs
 from .metrics import METRIC_NAMES
 from .options import ExportOptions
@@ -342,11 +344,29 @@ def _attribution_tokens(w: _Writer, result: AnalysisResult) -> None:
         w.para(f"Integrated-gradients completeness gap: {_fmt(a.ig_completeness_gap)} ({a.ig_steps} steps).", size=8)
 
 
+def _neurons_and_query_key(w: _Writer, result: AnalysisResult) -> None:
+    """Neuron factors and the query–key view: summary tables (the figures are among the plots), or the line that
+    says why a view is missing."""
+    blocks = [("Neuron factors", "neuron_factors", neurons.report_section(result), (16, 104, 70), "neuron factors"),
+              ("Query–key view", "query_key", qk.report_section(result), (16, 64, 36, 36, 38), "query–key view")]
+    w.pdf.add_page()
+    w.h1("Neurons and queries")
+    for title, key, parts, widths, what in blocks:
+        w.h2(title)
+        w.para(docs.caption(key), size=8)
+        if not parts:
+            why = [m for m in result.warnings if what in m]
+            w.para(why[0] if why else f"No {what} in this result (switched off in the settings).", size=8)
+        for intro, header, rows in parts:
+            w.para(intro, size=8)
+            w.table(header, rows, widths=widths)
+
+
 def _documentation(w: _Writer) -> None:
     w.pdf.add_page()
     w.h1("Formulas and interpretation")
     w.para("From the same registry as the Details page of the dashboard.", size=8)
-    for kind in ("layer_metric", "attention", "attribution", "prediction", "logit_lens"):
+    for kind in ("layer_metric", "attention", "attribution", "prediction", "logit_lens", "neurons"):
         for e in docs.entries(kind):
             w.h2(e.title)
             w.para(docs.formula_text(e.key), size=8, bold=True)
@@ -370,6 +390,7 @@ def build_report(result: AnalysisResult, files: dict[str, bytes] | None = None) 
         _logit_lens(w, result)
         _heads(w, result)
         _attribution_tokens(w, result)
+    _neurons_and_query_key(w, result)
     _documentation(w)
     return bytes(pdf.output())
 

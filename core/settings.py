@@ -70,6 +70,10 @@ class AnalysisSettings:
                                      min=0)
     lens_full_grid: bool = _opt(False, "decode the logit-lens grid at every position even on a CPU (long texts "
                                        "otherwise get a window of positions around the lens position)")
+    neuron_factors: int = _opt(6, "NMF factors of the MLP neuron activations (0: no neuron factors)", min=0, max=32)
+    neuron_first_layer: int | None = _opt(None, "first block whose MLP neurons enter the factors (default: 0)", min=0)
+    neuron_last_layer: int | None = _opt(None, "last block whose MLP neurons enter the factors (default: the last)",
+                                         min=0)
 
     def __post_init__(self) -> None:
         for f in fields(self):
