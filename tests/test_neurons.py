@@ -167,3 +167,84 @@ def test_mlp_projection_found_for_other_architectures(arch):
     acts = capture_mlp_activations(model, ids, None, [0, 1])
     assert acts.shape == (2, 7, 64)
     assert np.isfinite(acts).all() and not np.allclose(acts[0], acts[1])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# In the analysis, the bundle and the page
+
+
+@pytest.fixture(scope="module")
+def llama_result(tiny_llama):
+    from core import analyze
+
+    return analyze(tiny_llama, "Paris is the capital of France and the cat sat on the mat", ig_steps=4)
+
+
+def test_analysis_section_settings_and_bundle(tiny_gpt2, llama_result):
+    import csv
+    import io
+
+    from core import analyze
+    from core.bundle import bundle_files
+
+    sec = llama_result.neuron_factors
+    assert sec is not None and sec.layers == (0, 1) and sec.n_factors == 6 and sec.d_ff == 64
+    assert llama_result.query_key is not None and "Neuron factors" in llama_result.timings
+    off = analyze(tiny_gpt2, "The cat sat on the mat.", neuron_factors=0, compute_gradients=False)
+    assert off.neuron_factors is None
+    one = analyze(tiny_gpt2, "The cat sat on the mat.", neuron_factors=3, neuron_first_layer=1,
+                  compute_gradients=False)
+    assert one.neuron_factors is not None and one.neuron_factors.layers == (1,) and one.neuron_factors.n_factors == 3
+    files = bundle_files(one)
+    rows = list(csv.reader(io.StringIO(files["neuron_factors.csv"].decode())))
+    assert rows[0] == ["factor", "position", "token", "activation"] and len(rows) == 1 + 3 * one.n_tokens
+    assert rows[1][2] == one.tokens[0]
+    top = list(csv.reader(io.StringIO(files["neuron_factor_neurons.csv"].decode())))
+    assert top[0] == ["factor", "rank", "layer", "neuron", "weight"] and {r[2] for r in top[1:]} == {"1"}
+    qk = list(csv.reader(io.StringIO(files["query_key.csv"].decode())))
+    assert qk[0] == ["layer", "head", "kv_head", "query", "key", "token", "dot", "score", "weight"]
+    weights = np.array([float(r[8]) for r in qk[1:] if r[1] == "0"])  # head 0 at the target query, last layer
+    np.testing.assert_allclose(weights, one.attentions[-1, 0, one.target_position], atol=1e-5)
+    for name in ("plots/neuron_factors.png", "plots/neuron_factor_neurons.png", "plots/query_key.png"):
+        assert files[name][:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_unknown_architecture_is_a_warning_not_a_gap(tiny_gpt2, monkeypatch):
+    from core import analyze, neurons, qk
+
+    def refuse(model):
+        raise ValueError(f"neuron factors are not available for {type(model).__name__}: test")
+
+    def refuse_qk(model):
+        raise ValueError(f"the query–key view is not available for {type(model).__name__} (test)")
+
+    monkeypatch.setattr(neurons, "mlp_output_projections", refuse)
+    monkeypatch.setattr(qk, "attention_parts", refuse_qk)
+    r = analyze(tiny_gpt2, "The dog sat on the log.", compute_gradients=False)
+    assert r.neuron_factors is None and r.query_key is None
+    assert any("neuron factors are not available for GPT2LMHeadModel" in w for w in r.warnings)
+    assert any("query–key view is not available for GPT2LMHeadModel" in w for w in r.warnings)
+    from core.bundle import manifest
+
+    assert any("not available" in w for w in manifest(r)["warnings"])
+
+
+def test_page_widgets_run_no_model(llama_result):
+    from test_app_pages import LAYERS, ForwardCounter, make_app, no_exception
+
+    r = llama_result
+    at = make_app(r).run()
+    at.switch_page(LAYERS).run()
+    no_exception(at)
+    assert len(at.get("html")) >= r.neuron_factors.n_factors  # one shaded text per factor
+    with ForwardCounter() as fc:
+        at.multiselect(key="nf_factors").set_value([1, 3]).run()
+        at.selectbox(key="head").set_value(3).run()
+        at.selectbox(key="qk_query").set_value(2).run()
+        at.slider(key="layer").set_value(1).run()
+    no_exception(at)
+    assert fc.calls == 0, f"{fc.calls} module calls on neuron/query–key widget changes"
+    assert at.session_state["qk_query"] == 2
+    table = at.dataframe[-1].value  # the query–key table of layer 1, head 3, query 2
+    np.testing.assert_allclose(table["weight"].to_numpy(), r.attentions[1, 3, 2], atol=1e-5)
+    assert any("key-value head 1" in c.value for c in at.caption)
