@@ -15,6 +15,7 @@ the last rows time the NMF on the bundled MiniLM's real activations for comparis
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
@@ -39,7 +40,14 @@ def measure(loaded=None, tokens: int = 128, repeat: int = 3) -> list[tuple[str, 
 
     from core import plotting
     from core.capture import capture
-    from core.neurons import capture_mlp_activations, factor_figure, neuron_factors, top_neuron_figure
+    from core.errors import ModelUnavailableError
+    from core.models import BUNDLED_ID, load_model
+    from core.neurons import (
+        capture_mlp_activations,
+        factor_figure,
+        neuron_factors,
+        top_neuron_figure,
+    )
     from core.qk import compute_qk, qk_figure, qk_view
     from core.settings import AnalysisSettings
 
@@ -78,7 +86,6 @@ def measure(loaded=None, tokens: int = 128, repeat: int = 3) -> list[tuple[str, 
     for name, fn in figs:
         rows.append((f"  figure: {name}", timeit(fn, repeat=1)))
     try:
-        from core.models import BUNDLED_ID, load_model
 
         mini = load_model(BUNDLED_ID, dtype="float32", device="cpu")
         mcap = capture(mini, text, st)
@@ -92,10 +99,10 @@ def measure(loaded=None, tokens: int = 128, repeat: int = 3) -> list[tuple[str, 
 
         t_mf = timeit(mini_fwd, repeat=repeat)
         rows += [(f"MiniLM (real weights): bare forward ({mcap.input_ids.shape[1]} tokens)", float("nan")),
-                 (f"  forward {t_mf * 1000:.0f} ms; NMF {t_m * 1000:.0f} ms over {macts.shape[1]} × "
-                  f"{macts.shape[0] * macts.shape[2]} ({msec.n_iter} iterations, relative error "
-                  f"{msec.relative_error:.3f}) = {t_m / t_mf:.2f}× its forward", float("nan"))]
-    except Exception as exc:  # the bundled model is optional for the benchmark
+                 ((f"  forward {t_mf * 1000:.0f} ms; NMF {t_m * 1000:.0f} ms over {macts.shape[1]} × "
+                   f"{macts.shape[0] * macts.shape[2]} ({msec.n_iter} iterations, relative error "
+                   f"{msec.relative_error:.3f}) = {t_m / t_mf:.2f}× its forward"), float("nan"))]
+    except (ImportError, OSError, ModelUnavailableError) as exc:  # the bundled model is optional here
         rows.append((f"(MiniLM comparison skipped: {exc})", float("nan")))
     return rows
 
@@ -119,7 +126,7 @@ def main() -> None:
     clock = "process CPU time" if args.cpu else "wall time"
     print(f"GPT-2-small shape (random weights), {args.tokens} tokens, {torch.get_num_threads()} threads, {clock}")
     for name, v in rows:
-        if v != v:
+        if math.isnan(v):
             print(name)
             continue
         print(f"{name:72s} {v * 1000:9.1f} ms  {v / bare:7.2f}× fwd")

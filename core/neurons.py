@@ -62,7 +62,7 @@ def _attr_path(obj: object, path: str) -> object | None:
     return obj
 
 
-def mlp_output_projections(model: "torch.nn.Module") -> list["torch.nn.Module"]:
+def mlp_output_projections(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The MLP output projection of every block, in layer order (the one architecture lookup of this module).
 
     GPT-2 `h[l].mlp.c_proj`, Llama/Mistral/Qwen2/Gemma `layers[l].mlp.down_proj`, BERT/MiniLM
@@ -95,8 +95,8 @@ class _Stop(Exception):
     """Raised by the last hook: the layers after the range (and the unembedding) are not needed."""
 
 
-def capture_mlp_activations(model: "torch.nn.Module", input_ids: "torch.Tensor",
-                            attention_mask: "torch.Tensor | None", layers: Sequence[int]) -> np.ndarray:
+def capture_mlp_activations(model: torch.nn.Module, input_ids: torch.Tensor,
+                            attention_mask: torch.Tensor | None, layers: Sequence[int]) -> np.ndarray:
     """One forward pass that records the input of each chosen layer's MLP output projection.
 
     input_ids, attention_mask: [1, T]. Returns float32 [len(layers), T, d_ff] (batch row 0), in `layers` order.
@@ -105,7 +105,7 @@ def capture_mlp_activations(model: "torch.nn.Module", input_ids: "torch.Tensor",
     import torch
 
     projections = mlp_output_projections(model)
-    wanted = sorted(set(int(layer) for layer in layers))
+    wanted = sorted({int(layer) for layer in layers})
     if not wanted or wanted[0] < 0 or wanted[-1] >= len(projections):
         raise ValueError(f"layers {list(layers)} are outside 0…{len(projections) - 1}")
     last = wanted[-1]
@@ -337,7 +337,7 @@ def top_neuron_figure(section: NeuronFactorSection, n: int = 10):
 # Analysis step, bundle writer, PDF section
 
 
-def run_neuron_factors(ctx: "StepContext") -> NeuronFactorSection | None:
+def run_neuron_factors(ctx: StepContext) -> NeuronFactorSection | None:
     """Analysis step: one hooked pass over the chosen layers' MLPs, then the NMF (settings neuron_factors: k,
     0 = off; neuron_first_layer / neuron_last_layer: the range, empty = all layers)."""
     st = ctx.settings
@@ -354,7 +354,7 @@ def run_neuron_factors(ctx: "StepContext") -> NeuronFactorSection | None:
     return section
 
 
-def neuron_factor_files(result: "AnalysisResult", options: "ExportOptions") -> dict[str, bytes]:
+def neuron_factor_files(result: AnalysisResult, options: ExportOptions) -> dict[str, bytes]:
     """Bundle writer: neuron_factors.csv (factor, position, token, activation = W[position, factor]),
     neuron_factor_neurons.csv (factor, rank, layer, neuron, weight = H[factor, neuron]) and two plots."""
     from . import plotting
@@ -372,7 +372,7 @@ def neuron_factor_files(result: "AnalysisResult", options: "ExportOptions") -> d
     }
 
 
-def report_section(result: "AnalysisResult") -> list[tuple[str, list[str], list[list[object]]]]:
+def report_section(result: AnalysisResult) -> list[tuple[str, list[str], list[list[object]]]]:
     """What the PDF prints about the neuron factors: (paragraph, table header, table rows) blocks; the PDF module
     lays them out. The strongest tokens and the five heaviest neurons of every factor."""
     sec = result.neuron_factors

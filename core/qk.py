@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 
 QK_MAX_BYTES = 64 * 2**20
 
+#: A transformers model (PreTrainedModel). Its submodules differ per architecture and are reached by attribute, so
+#: they have no static type; the lookups below check what they find at run time (and the tests pin each family).
+HFModel = Any
+
 #: model_type values whose attention this module reproduces exactly (tested); others get "not available".
 SUPPORTED = ("gpt2", "bert", "roberta", "distilbert", "llama", "mistral", "qwen2", "phi3", "gpt_neox", "opt")
 _CAUSAL = ("gpt2", "llama", "mistral", "qwen2", "phi3", "gpt_neox", "opt")
@@ -55,8 +59,8 @@ class AttentionParts:
     project: x [1, T, D] -> (q [1, T, H·d], k [1, T, H_kv·d]) before rotary.
     """
 
-    norm: "torch.nn.Module | None"
-    project: Callable[["torch.Tensor"], tuple["torch.Tensor", "torch.Tensor"]]
+    norm: torch.nn.Module | None
+    project: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     n_heads: int
     n_kv_heads: int
     d_head: int
@@ -67,11 +71,11 @@ class AttentionParts:
 class Rotary:
     """The model's rotary embedding module and the apply_rotary_pos_emb of the model's own modelling file."""
 
-    embedding: "torch.nn.Module"
-    apply: Callable[..., tuple["torch.Tensor", "torch.Tensor"]]
+    embedding: torch.nn.Module
+    apply: Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
-def attention_parts(model: "torch.nn.Module") -> tuple[list[AttentionParts], Rotary | None]:
+def attention_parts(model: HFModel) -> tuple[list[AttentionParts], Rotary | None]:
     """Per block: its pre-attention norm and q/k projections; plus the model's rotary embedding (None without).
 
     The one architecture lookup of this module (core/arch.py maps the output side of attention; the query/key
@@ -82,7 +86,7 @@ def attention_parts(model: "torch.nn.Module") -> tuple[list[AttentionParts], Rot
 
     cfg = model.config
     mtype = getattr(cfg, "model_type", "")
-    base = getattr(model, "base_model", model)
+    base: HFModel = getattr(model, "base_model", model)
     name = type(model).__name__
     if mtype not in SUPPORTED:
         raise ValueError(f"the query–key view is not available for {name} ({mtype or 'unknown type'})")
@@ -97,7 +101,7 @@ def attention_parts(model: "torch.nn.Module") -> tuple[list[AttentionParts], Rot
             D = attn.embed_dim
             scaling = float(getattr(attn, "scaling", 0.0)) or _gpt2_scaling(attn)
 
-            def gpt2_qk(x: "torch.Tensor", attn: "torch.nn.Module" = attn, D: int = D):
+            def gpt2_qk(x: torch.Tensor, attn: HFModel = attn, D: int = D):
                 q, k, _v = attn.c_attn(x).split(D, dim=2)
                 return q, k
 
@@ -110,7 +114,7 @@ def attention_parts(model: "torch.nn.Module") -> tuple[list[AttentionParts], Rot
             d = int(sa.attention_head_size)
             qm, km = (sa.q_lin, sa.k_lin) if mtype == "distilbert" else (sa.query, sa.key)
 
-            def bert_qk(x: "torch.Tensor", qm: "torch.nn.Module" = qm, km: "torch.nn.Module" = km):
+            def bert_qk(x: torch.Tensor, qm: HFModel = qm, km: HFModel = km):
                 return qm(x), km(x)
 
             H = int(cfg.num_attention_heads if mtype != "distilbert" else cfg.n_heads)
@@ -120,7 +124,7 @@ def attention_parts(model: "torch.nn.Module") -> tuple[list[AttentionParts], Rot
         for block in base.decoder.layers:
             sa = block.self_attn
 
-            def opt_qk(x: "torch.Tensor", sa: "torch.nn.Module" = sa):
+            def opt_qk(x: torch.Tensor, sa: HFModel = sa):
                 return sa.q_proj(x), sa.k_proj(x)
 
             norm = block.self_attn_layer_norm if block.do_layer_norm_before else None
@@ -136,16 +140,16 @@ def attention_parts(model: "torch.nn.Module") -> tuple[list[AttentionParts], Rot
         if mtype == "gpt_neox":
             d = int(sa.head_size)
 
-            def neox_qk(x: "torch.Tensor", sa: "torch.nn.Module" = sa, d: int = d):
+            def neox_qk(x: torch.Tensor, sa: HFModel = sa, d: int = d):
                 qkv = sa.query_key_value(x).view(*x.shape[:-1], -1, 3 * d)
                 q, k, _v = qkv.chunk(3, dim=-1)
                 return q.reshape(*x.shape[:-1], -1), k.reshape(*x.shape[:-1], -1)
 
-            project: Callable[["torch.Tensor"], tuple["torch.Tensor", "torch.Tensor"]] = neox_qk
+            project: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = neox_qk
         elif mtype == "phi3":
             d = int(sa.head_dim)
 
-            def phi3_qk(x: "torch.Tensor", sa: "torch.nn.Module" = sa, d: int = d):
+            def phi3_qk(x: torch.Tensor, sa: HFModel = sa, d: int = d):
                 qkv = sa.qkv_proj(x)
                 return qkv[..., :H * d], qkv[..., H * d:(H + KV) * d]
 
@@ -153,7 +157,7 @@ def attention_parts(model: "torch.nn.Module") -> tuple[list[AttentionParts], Rot
         else:
             d = int(sa.head_dim)
 
-            def llama_qk(x: "torch.Tensor", sa: "torch.nn.Module" = sa):
+            def llama_qk(x: torch.Tensor, sa: HFModel = sa):
                 return sa.q_proj(x), sa.k_proj(x)
 
             project = llama_qk
@@ -165,14 +169,14 @@ def attention_parts(model: "torch.nn.Module") -> tuple[list[AttentionParts], Rot
     return parts, Rotary(base.rotary_emb, apply)
 
 
-def _gpt2_scaling(attn: "torch.nn.Module") -> float:
-    s = attn.head_dim**-0.5 if attn.scale_attn_weights else 1.0
+def _gpt2_scaling(attn: HFModel) -> float:
+    s = float(attn.head_dim) ** -0.5 if attn.scale_attn_weights else 1.0
     if attn.scale_attn_by_inverse_layer_idx:
         s /= float(attn.layer_idx + 1)
     return s
 
 
-def sliding_window(model: "torch.nn.Module") -> int:
+def sliding_window(model: HFModel) -> int:
     """The attention window of a Mistral or Phi-3 model that has one (0: no window)."""
     cfg = model.config
     if cfg.model_type in ("mistral", "phi3"):
@@ -252,7 +256,7 @@ def qk_view(section: QKSection, layer: int, head: int, query: int) -> QKView:
     return QKView(layer, head, query, kv, q, keys, products, scores, weights)
 
 
-def compute_qk(model: "torch.nn.Module", hidden_states: np.ndarray,
+def compute_qk(model: HFModel, hidden_states: np.ndarray,
                attention_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, QKSection]:
     """Queries and keys of every layer from the captured block inputs (no forward pass).
 
@@ -300,10 +304,10 @@ def bounded(section: QKSection, max_bytes: int = QK_MAX_BYTES) -> tuple[QKSectio
     if size // 2 <= max_bytes:
         import dataclasses
 
-        return (dataclasses.replace(section, queries=section.queries.astype(np.float16),
-                                    keys=section.keys.astype(np.float16)),
-                f"query–key vectors stored in float16 ({size / 2**21:.0f} MiB; float32 would exceed "
-                f"{max_bytes / 2**20:.0f} MiB): the view's scores are approximate to about 1e-3")
+        half = dataclasses.replace(section, queries=section.queries.astype(np.float16),
+                                   keys=section.keys.astype(np.float16))
+        return half, (f"query–key vectors stored in float16 ({size / 2**21:.0f} MiB; float32 would exceed "
+                      f"{max_bytes / 2**20:.0f} MiB): the view's scores are approximate to about 1e-3")
     return None, (f"the query–key view is off for this text: its vectors would take {size / 2**21:.0f} MiB even in "
                   f"float16 (bound {max_bytes / 2**20:.0f} MiB); shorten the text")
 
@@ -374,7 +378,7 @@ def qk_figure(view: QKView, tokens: list[str], max_keys: int = MAX_KEYS_SHOWN):
 # Analysis step, bundle writer, PDF section
 
 
-def run_query_key(ctx: "StepContext") -> QKSection | None:
+def run_query_key(ctx: StepContext) -> QKSection | None:
     """Analysis step: queries and keys of every layer and head from the captured hidden states (no forward pass),
     under the memory bound."""
     try:
@@ -389,7 +393,7 @@ def run_query_key(ctx: "StepContext") -> QKSection | None:
     return kept
 
 
-def default_view(result: "AnalysisResult") -> QKView | None:
+def default_view(result: AnalysisResult) -> QKView | None:
     """The view the bundle and the PDF show: last layer, head 0, the target token's query."""
     sec = result.query_key
     if sec is None:
@@ -400,7 +404,7 @@ def default_view(result: "AnalysisResult") -> QKView | None:
 QK_HEADER = ["layer", "head", "kv_head", "query", "key", "token", "dot", "score", "weight"]
 
 
-def query_key_rows(result: "AnalysisResult") -> list[list[object]]:
+def query_key_rows(result: AnalysisResult) -> list[list[object]]:
     """Rows of query_key.csv: every head of the last layer at the target query, one row per key (dot = q·k,
     score = c·q·k + mask, −inf for masked keys, weight = softmax)."""
     sec = result.query_key
@@ -416,7 +420,7 @@ def query_key_rows(result: "AnalysisResult") -> list[list[object]]:
     return rows
 
 
-def query_key_files(result: "AnalysisResult", options: "ExportOptions") -> dict[str, bytes]:
+def query_key_files(result: AnalysisResult, options: ExportOptions) -> dict[str, bytes]:
     """Bundle writer: query_key.csv (the last layer's heads at the target query) and plots/query_key.png."""
     from . import plotting
     from .formats import csv_bytes
@@ -428,7 +432,7 @@ def query_key_files(result: "AnalysisResult", options: "ExportOptions") -> dict[
             "plots/query_key.png": plotting.png(qk_figure(view, result.display_tokens))}
 
 
-def report_section(result: "AnalysisResult") -> list[tuple[str, list[str], list[list[object]]]]:
+def report_section(result: AnalysisResult) -> list[tuple[str, list[str], list[list[object]]]]:
     """What the PDF prints about the query–key view: the default view's five heaviest keys."""
     view = default_view(result)
     if view is None:

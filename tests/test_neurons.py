@@ -9,8 +9,13 @@ import math
 import numpy as np
 import pytest
 
-from core.neurons import (capture_mlp_activations, factorize, layer_range, mlp_output_projections,
-                          neuron_factors)
+from core.neurons import (
+    capture_mlp_activations,
+    factorize,
+    layer_range,
+    mlp_output_projections,
+    neuron_factors,
+)
 
 TEXT = "The quick brown fox jumps over the lazy dog. The cat sat on the mat."
 
@@ -119,7 +124,7 @@ def test_nmf_recovers_a_planted_low_rank_matrix():
 
 def test_clipped_fraction_and_layout_by_hand():
     acts = np.array([[[1.0, -1.0], [2.0, 0.0]], [[0.0, -2.0], [3.0, 1.0]]], np.float32)  # [2 layers, 2 tokens, 2]
-    section, fac = neuron_factors(acts, [3, 4], k=1, top_n=4)
+    section, _fac = neuron_factors(acts, [3, 4], k=1, top_n=4)
     assert section.clipped_fraction == pytest.approx(3.0 / 10.0)
     assert section.layers == (3, 4) and section.d_ff == 2
     # A = [[1, 0, 0, 0], [2, 0, 3, 1]]: the factor's heaviest neuron is layer 4 neuron 0

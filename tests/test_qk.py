@@ -83,8 +83,8 @@ def tiny_model(arch: str):
     import transformers as tf
 
     torch.manual_seed(2)
-    llama_like = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=1, vocab_size=60, max_position_embeddings=64)
+    llama_like = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                  "num_key_value_heads": 1, "vocab_size": 60, "max_position_embeddings": 64}
     cfgs = {
         "mistral": lambda: tf.MistralForCausalLM(tf.MistralConfig(sliding_window=4, **llama_like)),
         "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**llama_like)),
