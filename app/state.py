@@ -22,6 +22,9 @@ class Keys:
     COMPUTE_GRADIENTS = "compute_gradients"
     INTEGRATED_GRADIENTS = "integrated_gradients"
     IG_STEPS = "ig_steps"
+    NEURON_K = "neuron_factors"  # number input: NMF factors (0: off)
+    NEURON_FIRST = "neuron_first_layer"  # number inputs: the neuron-factor layer range (empty: all layers)
+    NEURON_LAST = "neuron_last_layer"
     LENS_FULL_GRID = "lens_full_grid"
     ANIMATIONS = "animations"
     MASK_WORD = "mask_word"  # selectbox of the text's words, for masked LMs without a mask token
@@ -67,6 +70,9 @@ DEFAULTS: dict[str, Any] = {
     Keys.COMPUTE_GRADIENTS: True,
     Keys.INTEGRATED_GRADIENTS: False,
     Keys.IG_STEPS: 32,
+    Keys.NEURON_K: 6,
+    Keys.NEURON_FIRST: None,
+    Keys.NEURON_LAST: None,
     Keys.LENS_FULL_GRID: False,
     Keys.ANIMATIONS: True,
     Keys.MASK_WORD: None,

@@ -253,3 +253,15 @@ def test_page_widgets_run_no_model(llama_result):
     table = at.dataframe[-1].value  # the query–key table of layer 1, head 3, query 2
     np.testing.assert_allclose(table["weight"].to_numpy(), r.attentions[1, 3, 2], atol=1e-5)
     assert any("key-value head 1" in c.value for c in at.caption)
+
+
+def test_sidebar_neuron_settings_reach_the_analysis(tiny_dirs):
+    from test_app_pages import analyse_with, make_app, no_exception
+
+    at = make_app().run()
+    at.sidebar.number_input(key="neuron_factors").set_value(2)
+    at.sidebar.number_input(key="neuron_first_layer").set_value(1)
+    at = analyse_with(at, str(tiny_dirs["gpt2"]), "The dog sat on the log.")
+    no_exception(at)
+    sec = at.session_state["result"].neuron_factors
+    assert sec is not None and sec.n_factors == 2 and sec.layers == (1,)
