@@ -131,7 +131,7 @@ def heads_section(result: AnalysisResult, layer: int, head: int | None) -> None:
         chart(charts.cluster_scatter(views.cluster_frame(att)))
         sil = "–" if att.silhouette is None else f"{att.silhouette:.3f}"
         st.caption(f"{att.n_clusters} clusters · silhouette {sil}"
-                   + (f" · {att.cluster_method}" if getattr(att, "cluster_method", "") else ""))
+                   + (f" · {att.cluster_method}" if att.cluster_method else ""))
         show_caption("head_clustering")
     roles = att.role_grid()
     counts: dict[str, int] = {}
@@ -141,11 +141,11 @@ def heads_section(result: AnalysisResult, layer: int, head: int | None) -> None:
     st.caption("Head roles: " + ", ".join(f"{r} {n}" for r, n in sorted(counts.items(), key=lambda x: -x[1]))
                + f" · this layer: {', '.join(roles[layer]) if layer < len(roles) else '–'}")
     attr = result.attribution
-    if attr is not None and getattr(attr, "head_scores", None) is not None:
+    if attr is not None and attr.head_scores is not None:
         st.markdown("**Head attribution** for the prediction at the target position")
         df = views.layer_head_frame(attr.head_scores, "score")
         chart(charts.layer_head_heatmap(df, "score", "Head importance (red supports the prediction)", diverging=True))
-        if getattr(attr, "head_method", ""):
+        if attr.head_method:
             st.caption(attr.head_method)
         show_caption("head_attribution")
 
@@ -166,11 +166,11 @@ def attribution_section(result: AnalysisResult) -> None:
         return
     tokens = result.display_tokens
     pred = (f" → predicted “{views.readable_token(attr.predicted_token)}”"
-            if getattr(attr, "predicted_token", None) else "")
+            if attr.predicted_token else "")
     pos = attr.target_position
     target = tokens[pos] if 0 <= pos < len(tokens) else views.readable_token(attr.target_token)
     st.text(f"Target: position {pos} (“{target}”){pred} · {result.target_reason}")
-    available = {k: getattr(attr, k, None) for k in ATTR_METHODS}
+    available = {k: v for k, v in attr.methods().items() if k in ATTR_METHODS}
     available = {k: v for k, v in available.items() if v is not None}
     if not available:
         st.caption("No token scores in this result.")
@@ -180,14 +180,14 @@ def attribution_section(result: AnalysisResult) -> None:
     method = method if method in available else next(iter(available))
     st.html(views.shaded_tokens_html(tokens, available[method], attr.target_position))
     show_caption(ATTR_DOC[method])
-    if method == "integrated_gradients" and getattr(attr, "ig_completeness_gap", None) is not None:
+    if method == "integrated_gradients" and attr.ig_completeness_gap is not None:
         st.caption(f"Completeness gap |Σ IG − (f(x) − f(x′))| = {attr.ig_completeness_gap:.4g} "
-                   f"({getattr(attr, 'ig_steps', '?')} steps)")
+                   f"({attr.ig_steps} steps)")
     df = views.attribution_frame(tokens, available)
     with st.expander("Scores per token"):
         chart(charts.attribution_bars(df, method))
         st.dataframe(df, hide_index=True, width="stretch")
-    for note in getattr(attr, "notes", []) or []:
+    for note in attr.notes:
         st.caption(note)
     if not result.settings.compute_gradients:
         st.caption("Gradient methods are off (sidebar → Settings → Compute gradients).")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.models import BUNDLED_ID
+from core.presets import BUNDLED_ID
+from core.settings import AnalysisSettings
 
 
 class Keys:
@@ -64,16 +65,16 @@ OTHER_MODEL = "Other: a Hugging Face id or a local folder"
 DEFAULTS: dict[str, Any] = {
     Keys.MODEL_CHOICE: BUNDLED_ID,
     Keys.MODEL_CUSTOM: "",
-    Keys.MAX_TOKENS: 128,
+    Keys.MAX_TOKENS: AnalysisSettings.default("max_tokens"),
     Keys.DTYPE: "auto",
-    Keys.EXCLUDE_SPECIAL: False,
-    Keys.COMPUTE_GRADIENTS: True,
-    Keys.INTEGRATED_GRADIENTS: False,
-    Keys.IG_STEPS: 32,
-    Keys.NEURON_K: 6,
-    Keys.NEURON_FIRST: None,
-    Keys.NEURON_LAST: None,
-    Keys.LENS_FULL_GRID: False,
+    Keys.EXCLUDE_SPECIAL: AnalysisSettings.default("exclude_special_tokens"),
+    Keys.COMPUTE_GRADIENTS: AnalysisSettings.default("compute_gradients"),
+    Keys.INTEGRATED_GRADIENTS: AnalysisSettings.default("integrated_gradients"),
+    Keys.IG_STEPS: AnalysisSettings.default("ig_steps"),
+    Keys.NEURON_K: AnalysisSettings.default("neuron_factors"),
+    Keys.NEURON_FIRST: AnalysisSettings.default("neuron_first_layer"),
+    Keys.NEURON_LAST: AnalysisSettings.default("neuron_last_layer"),
+    Keys.LENS_FULL_GRID: AnalysisSettings.default("lens_full_grid"),
     Keys.ANIMATIONS: True,
     Keys.MASK_WORD: None,
     Keys.RESULT: None,

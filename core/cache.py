@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .metrics import METRIC_NAMES
 from .model_info import ModelInfo
 from .result import AnalysisResult
 from .settings import AnalysisSettings
@@ -43,6 +44,7 @@ def cache_key(model_info: ModelInfo, text: str, settings: AnalysisSettings) -> s
         "device": model_info.device,
         "text": text,
         "settings": settings.to_dict(),
+        "metrics": list(METRIC_NAMES),  # a new layer metric changes every key by itself
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 

@@ -69,7 +69,8 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]]
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m core", description="Transformer Model Analysis, headless.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    sub: argparse._SubParsersAction[argparse.ArgumentParser] = p.add_subparsers(
+        dest="command", required=True, parser_class=OneLineParser)
     for add in SUBCOMMANDS:
         add(sub)
     return p

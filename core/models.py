@@ -115,10 +115,8 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
 
 
 def _cached_on_disk(model_id: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover
-        return False
+    from huggingface_hub import try_to_load_from_cache
+
     hit = try_to_load_from_cache(model_id, "config.json")
     return isinstance(hit, str) and os.path.exists(hit)
 
