@@ -40,20 +40,26 @@ def _top_png(_result: AnalysisResult, key: str) -> bytes:
 def neuron_factors_section(result: AnalysisResult) -> None:
     sec = result.neuron_factors
     if sec is None:
-        st.info("No neuron factors in this result (switched off in the settings, or not available for this "
-                "architecture: see the warnings).")
+        st.info(
+            "No neuron factors in this result (switched off in the settings, or not available for this "
+            "architecture: see the warnings)."
+        )
         return
     first, last = sec.layers[0], sec.layers[-1]
-    st.caption(f"NMF of the MLP neuron activations of layers {first}–{last} ({len(sec.layers)} × {sec.d_ff} neurons) "
-               f"over {result.n_tokens} tokens into {sec.n_factors} factors. Relative error "
-               f"‖A − WH‖/‖A‖ = {sec.relative_error:.3f}; negative activations clipped to 0 "
-               f"({100 * sec.clipped_fraction:.0f} % of the activation mass).")
+    st.caption(
+        f"NMF of the MLP neuron activations of layers {first}–{last} ({len(sec.layers)} × {sec.d_ff} neurons) "
+        f"over {result.n_tokens} tokens into {sec.n_factors} factors. Relative error "
+        f"‖A − WH‖/‖A‖ = {sec.relative_error:.3f}; negative activations clipped to 0 "
+        f"({100 * sec.clipped_fraction:.0f} % of the activation mass)."
+    )
     options = list(range(sec.n_factors))
-    chosen = st.multiselect("Factors", options, default=options, key=Keys.NF_FACTORS,
-                            format_func=lambda f: f"factor {f}")
+    chosen = st.multiselect(
+        "Factors", options, default=options, key=Keys.NF_FACTORS, format_func=lambda f: f"factor {f}"
+    )
     for f in sorted(chosen):
-        neurons = ", ".join(f"L{int(sec.top_layer[f, r])}·N{int(sec.top_neuron[f, r])}"
-                            for r in range(min(5, sec.top_layer.shape[1])))
+        neurons = ", ".join(
+            f"L{int(sec.top_layer[f, r])}·N{int(sec.top_neuron[f, r])}" for r in range(min(5, sec.top_layer.shape[1]))
+        )
         st.caption(f"Factor {f} · max {float(sec.token_factors[:, f].max()):.3g} · top neurons {neurons}")
         st.html(views.shaded_tokens_html(result.display_tokens, sec.token_factors[:, f], result.target_position))
     if chosen:
@@ -74,8 +80,10 @@ def _qk_png(_result: AnalysisResult, key: str, layer: int, head: int, query: int
 def query_key_section(result: AnalysisResult, layer: int, head: int | None) -> None:
     sec = result.query_key
     if sec is None:
-        st.info("No query–key vectors in this result (not available for this architecture, or over the memory "
-                "bound: see the warnings).")
+        st.info(
+            "No query–key vectors in this result (not available for this architecture, or over the memory "
+            "bound: see the warnings)."
+        )
         return
     if head is None:
         st.caption("The picker above shows the mean over heads; the query–key view needs one head: head 0 is shown.")
@@ -85,17 +93,34 @@ def query_key_section(result: AnalysisResult, layer: int, head: int | None) -> N
     if not isinstance(state.get(Keys.QK_QUERY), int) or not 0 <= state[Keys.QK_QUERY] < T:
         state[Keys.QK_QUERY] = result.target_position
     toks = result.display_tokens
-    query = st.selectbox("Query token", list(range(T)), key=Keys.QK_QUERY,
-                         format_func=lambda i: f"{i}: {plotting.token_label(toks[i], max_len=24)}")
+    query = st.selectbox(
+        "Query token",
+        list(range(T)),
+        key=Keys.QK_QUERY,
+        format_func=lambda i: f"{i}: {plotting.token_label(toks[i], max_len=24)}",
+    )
     view = qk_view(sec, layer, head, int(query))
-    notes = [f"key-value head {view.kv_head} (grouped-query attention, {sec.group} query heads each)"
-             if sec.group > 1 else "", "rotary applied as the model applies it" if sec.rotary else "",
-             "vectors stored in float16: scores approximate" if sec.queries.dtype.name == "float16" else ""]
+    notes = [
+        f"key-value head {view.kv_head} (grouped-query attention, {sec.group} query heads each)"
+        if sec.group > 1
+        else "",
+        "rotary applied as the model applies it" if sec.rotary else "",
+        "vectors stored in float16: scores approximate" if sec.queries.dtype.name == "float16" else "",
+    ]
     if any(notes):
         st.caption("; ".join(n for n in notes if n))
     st.image(_qk_png(result, result.cache_key, layer, head, int(query)))
     show_caption("fig_query_key")
     keys = shown_keys(view, max_keys=T)
-    st.dataframe(pd.DataFrame({"key": keys, "token": [toks[j] for j in keys], "q·k": view.products.sum(axis=1),
-                               "score": view.scores, "weight": view.weights}),
-                 hide_index=True)
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "key": keys,
+                "token": [toks[j] for j in keys],
+                "q·k": view.products.sum(axis=1),
+                "score": view.scores,
+                "weight": view.weights,
+            }
+        ),
+        hide_index=True,
+    )

@@ -63,30 +63,39 @@ def measure(loaded=None, tokens: int = 128, repeat: int = 3) -> list[tuple[str, 
             loaded.model(input_ids=ids)
 
     rows: list[tuple[str, float]] = [(f"bare forward pass ({ids.shape[1]} tokens)", timeit(bare, repeat=repeat))]
-    rows.append(("capturing forward pass (attentions + hidden states)",
-                 timeit(lambda: capture(loaded, text, st), repeat=repeat)))
+    rows.append(
+        (
+            "capturing forward pass (attentions + hidden states)",
+            timeit(lambda: capture(loaded, text, st), repeat=repeat),
+        )
+    )
     layers = list(range(L))
     t_cap = timeit(lambda: capture_mlp_activations(loaded.model, ids, mask, layers), repeat=repeat)
     acts = capture_mlp_activations(loaded.model, ids, mask, layers)
     t_nmf = timeit(lambda: neuron_factors(acts, layers), repeat=repeat)
     sec, _fac = neuron_factors(acts, layers)
-    rows += [(f"neuron activations: hooked pass, layers 0–{L - 1} ({acts.shape[1]} × {L * acts.shape[2]})", t_cap),
-             (f"NMF k=6 ({sec.n_iter} iterations, relative error {sec.relative_error:.3f})", t_nmf),
-             ("neuron factors, total (step)", t_cap + t_nmf)]
+    rows += [
+        (f"neuron activations: hooked pass, layers 0–{L - 1} ({acts.shape[1]} × {L * acts.shape[2]})", t_cap),
+        (f"NMF k=6 ({sec.n_iter} iterations, relative error {sec.relative_error:.3f})", t_nmf),
+        ("neuron factors, total (step)", t_cap + t_nmf),
+    ]
     t_qk = timeit(lambda: compute_qk(loaded.model, cap.hidden_states), repeat=repeat)
     _q, _k, qs = compute_qk(loaded.model, cap.hidden_states)
     t_view = timeit(lambda: qk_view(qs, L - 1, 0, ids.shape[1] - 1), repeat=repeat)
     mb = (qs.queries.nbytes + qs.keys.nbytes) / 2**20
-    rows += [(f"query–key vectors, all layers, from hidden states ({mb:.1f} MiB stored)", t_qk),
-             ("  one query–key view from the stored arrays (a widget change)", t_view)]
+    rows += [
+        (f"query–key vectors, all layers, from hidden states ({mb:.1f} MiB stored)", t_qk),
+        ("  one query–key view from the stored arrays (a widget change)", t_view),
+    ]
     toks = cap.display_tokens
-    figs = [("factor shading (6 factors)", lambda: plotting.png(factor_figure(sec, toks))),
-            ("top neurons", lambda: plotting.png(top_neuron_figure(sec))),
-            ("query–key view", lambda: plotting.png(qk_figure(qk_view(qs, L - 1, 0, len(toks) - 1), toks)))]
+    figs = [
+        ("factor shading (6 factors)", lambda: plotting.png(factor_figure(sec, toks))),
+        ("top neurons", lambda: plotting.png(top_neuron_figure(sec))),
+        ("query–key view", lambda: plotting.png(qk_figure(qk_view(qs, L - 1, 0, len(toks) - 1), toks))),
+    ]
     for name, fn in figs:
         rows.append((f"  figure: {name}", timeit(fn, repeat=1)))
     try:
-
         mini = load_model(BUNDLED_ID, dtype="float32", device="cpu")
         mcap = capture(mini, text, st)
         macts = capture_mlp_activations(mini.model, mcap.input_ids, mcap.attention_mask, range(mini.n_layers))
@@ -98,10 +107,17 @@ def measure(loaded=None, tokens: int = 128, repeat: int = 3) -> list[tuple[str, 
                 mini.model(input_ids=mcap.input_ids)
 
         t_mf = timeit(mini_fwd, repeat=repeat)
-        rows += [(f"MiniLM (real weights): bare forward ({mcap.input_ids.shape[1]} tokens)", float("nan")),
-                 ((f"  forward {t_mf * 1000:.0f} ms; NMF {t_m * 1000:.0f} ms over {macts.shape[1]} × "
-                   f"{macts.shape[0] * macts.shape[2]} ({msec.n_iter} iterations, relative error "
-                   f"{msec.relative_error:.3f}) = {t_m / t_mf:.2f}× its forward"), float("nan"))]
+        rows += [
+            (f"MiniLM (real weights): bare forward ({mcap.input_ids.shape[1]} tokens)", float("nan")),
+            (
+                (
+                    f"  forward {t_mf * 1000:.0f} ms; NMF {t_m * 1000:.0f} ms over {macts.shape[1]} × "
+                    f"{macts.shape[0] * macts.shape[2]} ({msec.n_iter} iterations, relative error "
+                    f"{msec.relative_error:.3f}) = {t_m / t_mf:.2f}× its forward"
+                ),
+                float("nan"),
+            ),
+        ]
     except (ImportError, OSError, ModelUnavailableError) as exc:  # the bundled model is optional here
         rows.append((f"(MiniLM comparison skipped: {exc})", float("nan")))
     return rows

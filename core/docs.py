@@ -589,12 +589,14 @@ R_LEE_SEUNG = "Lee, D. D. & Seung, H. S. (1999). Learning the parts of objects b
 R_OLAH_BUILDING = "Olah, C. et al. (2018). The building blocks of interpretability."
 R_VIG_TOOL = "Vig, J. (2019). A multiscale visualization of attention in the transformer model."
 R_SU = "Su, J. et al. (2021). RoFormer: enhanced transformer with rotary position embedding."
-R_AINSLIE = "Ainslie, J. et al. (2023). GQA: training generalized multi-query transformer models from multi-head checkpoints."
+R_AINSLIE = ("Ainslie, J. et al. (2023). GQA: training generalized multi-query transformer models from multi-head "
+             "checkpoints.")
 
 _NEURONS = [
     _e(key="neuron_factors", title="Neuron factors (NMF of MLP activations)", kind="neurons",
-       short="Non-negative factors of the MLP neuron activations over the tokens: which tokens fire which groups of neurons.",
-       formula_latex=(r"A_{t,(l,n)} = \max(a^{l}_{t,n}, 0) \qquad A \approx W H,\; W \in \mathbb{R}_{\ge 0}^{T\times k},\;"
+       short="NMF of the MLP neuron activations over the tokens: which tokens fire which groups of neurons together.",
+       formula_latex=(r"A_{t,(l,n)} = \max(a^{l}_{t,n}, 0) \qquad A \approx W H,\; "
+                      r"W \in \mathbb{R}_{\ge 0}^{T\times k},\;"
                       r" H \in \mathbb{R}_{\ge 0}^{k\times N} \qquad \min_{W,H \ge 0} \lVert A - WH \rVert_F"),
        formula_plain=("A[t, (l, n)] = max(a_l[t, n], 0);  A ≈ W H with W ≥ 0 (T × k), H ≥ 0 (k × N);  "
                       "minimise ‖A − WH‖_F"),
@@ -612,7 +614,7 @@ _NEURONS = [
        encoder_vs_decoder=("Encoders see both sides, so a factor can mark a token by its right context too; in a "
                            "causal model a factor at token t can only depend on tokens ≤ t. The first token of a "
                            "causal model and [CLS]/[SEP] often form a factor of their own (huge-norm positions)."),
-       pitfalls=["NMF is not unique: another seed or k can split or merge factors; compare factors only within one run.",
+       pitfalls=["NMF is not unique: another seed or k can split or merge factors; compare factors within one run.",
                  "Negative activations are clipped (as Ecco does). For GELU most neurons sit slightly below zero, so "
                  "the clipped share of the mass is large even though each clipped value is small; for gated MLPs "
                  "(SwiGLU) negative values are as informative as positive ones and are lost.",
@@ -625,7 +627,7 @@ _NEURONS = [
                 "neuron_factors.top_weight", "neuron_factors.error", "neuron_factors.relative_error",
                 "neuron_factors.clipped_fraction", "neuron_factors.n_iter"]),
     _e(key="query_key", title="Query–key view", kind="attention",
-       short="For one head and query token: q, every key k_j, q ⊙ k_j, the scores and the softmax weights they produce.",
+       short="For one head and query token: q, every key k_j, q ⊙ k_j, the scores and the softmax weights.",
        formula_latex=(r"s_j = c\,\langle q_i, k_j\rangle + m_{ij} = c \sum_d (q_i \odot k_j)_d + m_{ij} \qquad "
                       r"w_j = \frac{e^{s_j}}{\sum_{j'} e^{s_{j'}}} \qquad c = 1/\sqrt{d_{head}}"),
        formula_plain=("s_j = c · Σ_d (q_i ⊙ k_j)_d + m_ij;  w_j = exp(s_j) / Σ_j' exp(s_j');  c = 1/√d_head, "

@@ -25,7 +25,7 @@ layer of the range (no final norm, no unembedding); widget changes only re-read 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -35,6 +35,7 @@ from . import serialize
 
 if TYPE_CHECKING:
     import torch
+    from matplotlib.figure import Figure
 
     from .context import StepContext
     from .options import ExportOptions
@@ -50,8 +51,7 @@ TOL = 1e-3  # stopping tolerance: 2–4× fewer iterations than 1e-4 for a relat
 
 #: (path to the list of blocks from the base model, path to the MLP output projection inside a block)
 _BLOCK_PATHS = ("h", "layers", "encoder.layer", "decoder.layers", "transformer.layer", "model.layers")
-_MLP_OUT_PATHS = ("mlp.c_proj", "mlp.down_proj", "mlp.dense_4h_to_h", "mlp.fc2", "output.dense", "fc2",
-                  "ffn.lin2")
+_MLP_OUT_PATHS = ("mlp.c_proj", "mlp.down_proj", "mlp.dense_4h_to_h", "mlp.fc2", "output.dense", "fc2", "ffn.lin2")
 
 
 def _attr_path(obj: object, path: str) -> object | None:
@@ -82,11 +82,12 @@ def mlp_output_projections(model: torch.nn.Module) -> list[torch.nn.Module]:
         raise ValueError(f"neuron factors are not available for {type(model).__name__}: no list of blocks found")
     out: list[torch.nn.Module] = []
     for block in blocks:
-        proj = next((m for m in (_attr_path(block, p) for p in _MLP_OUT_PATHS) if isinstance(m, torch.nn.Module)),
-                    None)
+        proj = next((m for m in (_attr_path(block, p) for p in _MLP_OUT_PATHS) if isinstance(m, torch.nn.Module)), None)
         if proj is None:
-            raise ValueError(f"neuron factors are not available for {type(model).__name__}: "
-                             f"no MLP output projection in {type(block).__name__}")
+            raise ValueError(
+                f"neuron factors are not available for {type(model).__name__}: "
+                f"no MLP output projection in {type(block).__name__}"
+            )
         out.append(proj)
     return out
 
@@ -95,8 +96,9 @@ class _Stop(Exception):
     """Raised by the last hook: the layers after the range (and the unembedding) are not needed."""
 
 
-def capture_mlp_activations(model: torch.nn.Module, input_ids: torch.Tensor,
-                            attention_mask: torch.Tensor | None, layers: Sequence[int]) -> np.ndarray:
+def capture_mlp_activations(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, layers: Sequence[int]
+) -> np.ndarray:
     """One forward pass that records the input of each chosen layer's MLP output projection.
 
     input_ids, attention_mask: [1, T]. Returns float32 [len(layers), T, d_ff] (batch row 0), in `layers` order.
@@ -113,7 +115,7 @@ def capture_mlp_activations(model: torch.nn.Module, input_ids: torch.Tensor,
     got: dict[int, np.ndarray] = {}
     handles = []
 
-    def make_hook(layer: int):
+    def make_hook(layer: int) -> Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], None]:
         def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             x = args[0]  # [1, T, d_ff]; OPT flattens it to [T, d_ff]
             got[layer] = x.reshape(-1, T, x.shape[-1])[0].detach().float().cpu().numpy()
@@ -172,8 +174,9 @@ def factorize(A: np.ndarray, k: int, seed: int = DEFAULT_SEED, max_iter: int = M
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         W = nmf.fit_transform(A)
-    return Factorization(W.astype(np.float32), nmf.components_.astype(np.float32), float(nmf.reconstruction_err_),
-                         norm, int(nmf.n_iter_))
+    return Factorization(
+        W.astype(np.float32), nmf.components_.astype(np.float32), float(nmf.reconstruction_err_), norm, int(nmf.n_iter_)
+    )
 
 
 @serialize.serializable
@@ -212,16 +215,24 @@ class NeuronFactorSection:
     def top_rows(self) -> list[list[object]]:
         """Rows of neuron_factor_neurons.csv: factor, rank, layer, neuron, weight (H[factor, neuron])."""
         k, n = self.top_layer.shape
-        return [[f, r, int(self.top_layer[f, r]), int(self.top_neuron[f, r]), float(self.top_weight[f, r])]
-                for f in range(k) for r in range(n)]
+        return [
+            [f, r, int(self.top_layer[f, r]), int(self.top_neuron[f, r]), float(self.top_weight[f, r])]
+            for f in range(k)
+            for r in range(n)
+        ]
 
 
 FACTOR_HEADER = ["factor", "position", "token", "activation"]
 TOP_HEADER = ["factor", "rank", "layer", "neuron", "weight"]
 
 
-def neuron_factors(acts: np.ndarray, layers: Sequence[int], k: int = DEFAULT_FACTORS, seed: int = DEFAULT_SEED,
-                   top_n: int = TOP_NEURONS) -> tuple[NeuronFactorSection, Factorization]:
+def neuron_factors(
+    acts: np.ndarray,
+    layers: Sequence[int],
+    k: int = DEFAULT_FACTORS,
+    seed: int = DEFAULT_SEED,
+    top_n: int = TOP_NEURONS,
+) -> tuple[NeuronFactorSection, Factorization]:
     """Factorise activations acts [len(layers), T, d_ff] (as captured) into a section (and the raw factorisation).
 
     The matrix is A = max(acts, 0) laid out as [T, len(layers)·d_ff], column (i, n) = layer layers[i], neuron n.
@@ -265,8 +276,14 @@ def layer_range(n_layers: int, first: int | None, last: int | None) -> list[int]
 # Figures (core.plotting: object-oriented matplotlib, no pyplot)
 
 
-def factor_figure(section: NeuronFactorSection, tokens: Sequence[str], factors: Sequence[int] | None = None, *,
-                  width_chars: int = 90, target: int | None = None):
+def factor_figure(
+    section: NeuronFactorSection,
+    tokens: Sequence[str],
+    factors: Sequence[int] | None = None,
+    *,
+    width_chars: int = 90,
+    target: int | None = None,
+) -> Figure:
     """The text once per factor, each token shaded by the factor's strength W[t, f] / max_t W[t, f]; the block
     title lists the factor's five heaviest neurons (L<layer>·N<neuron>). Returns a matplotlib Figure."""
     from matplotlib.collections import PatchCollection
@@ -297,10 +314,18 @@ def factor_figure(section: NeuronFactorSection, tokens: Sequence[str], factors: 
         top = b * block_h
         col = section.token_factors[:, f]
         scale = float(col.max()) or 1.0
-        neurons = ", ".join(f"L{int(section.top_layer[f, r])}·N{int(section.top_neuron[f, r])}"
-                            for r in range(min(5, section.top_layer.shape[1])))
-        ax.text(0, top + 0.6, f"Factor {f}  (max {scale:.3g}; top neurons {neurons})", fontsize=9,
-                fontweight="bold", va="center")
+        neurons = ", ".join(
+            f"L{int(section.top_layer[f, r])}·N{int(section.top_neuron[f, r])}"
+            for r in range(min(5, section.top_layer.shape[1]))
+        )
+        ax.text(
+            0,
+            top + 0.6,
+            f"Factor {f}  (max {scale:.3g}; top neurons {neurons})",
+            fontsize=9,
+            fontweight="bold",
+            va="center",
+        )
         for t, ((x0, y0, w), lab) in enumerate(zip(pos, labels)):
             yy = top + 1.8 + y0
             boxes.append(Rectangle((x0, yy - 0.65), w, 1.3))
@@ -311,7 +336,7 @@ def factor_figure(section: NeuronFactorSection, tokens: Sequence[str], factors: 
     return fig
 
 
-def top_neuron_figure(section: NeuronFactorSection, n: int = 10):
+def top_neuron_figure(section: NeuronFactorSection, n: int = 10) -> Figure:
     """Bar charts of the n heaviest neurons of every factor (weight in H), one small panel per factor."""
     from . import plotting
 
@@ -328,8 +353,14 @@ def top_neuron_figure(section: NeuronFactorSection, n: int = 10):
         ax.invert_yaxis()
         ax.set_title(f"Factor {f}", fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
-    fig.subplots_adjust(left=0.09, right=0.98, top=1 - 0.35 / fig.get_figheight(), bottom=0.3 / fig.get_figheight(),
-                        wspace=0.55, hspace=0.9 / max(n * 0.18, 1.0))
+    fig.subplots_adjust(
+        left=0.09,
+        right=0.98,
+        top=1 - 0.35 / fig.get_figheight(),
+        bottom=0.3 / fig.get_figheight(),
+        wspace=0.55,
+        hspace=0.9 / max(n * 0.18, 1.0),
+    )
     return fig
 
 
@@ -366,8 +397,9 @@ def neuron_factor_files(result: AnalysisResult, options: ExportOptions) -> dict[
     return {
         "neuron_factors.csv": csv_bytes(FACTOR_HEADER, sec.factor_rows(result.tokens)),
         "neuron_factor_neurons.csv": csv_bytes(TOP_HEADER, sec.top_rows()),
-        "plots/neuron_factors.png": plotting.png(factor_figure(sec, result.display_tokens,
-                                                               target=result.target_position)),
+        "plots/neuron_factors.png": plotting.png(
+            factor_figure(sec, result.display_tokens, target=result.target_position)
+        ),
         "plots/neuron_factor_neurons.png": plotting.png(top_neuron_figure(sec)),
     }
 
@@ -378,15 +410,18 @@ def report_section(result: AnalysisResult) -> list[tuple[str, list[str], list[li
     sec = result.neuron_factors
     if sec is None:
         return []
-    intro = (f"Layers {sec.layers[0]}–{sec.layers[-1]}, {sec.d_ff} neurons each, k = {sec.n_factors} factors "
-             f"(seed {sec.seed}); relative error ‖A − WH‖/‖A‖ = {sec.relative_error:.3f} after {sec.n_iter} "
-             f"iterations; negative activations clipped ({100 * sec.clipped_fraction:.0f} % of the mass).")
+    intro = (
+        f"Layers {sec.layers[0]}–{sec.layers[-1]}, {sec.d_ff} neurons each, k = {sec.n_factors} factors "
+        f"(seed {sec.seed}); relative error ‖A − WH‖/‖A‖ = {sec.relative_error:.3f} after {sec.n_iter} "
+        f"iterations; negative activations clipped ({100 * sec.clipped_fraction:.0f} % of the mass)."
+    )
     rows: list[list[object]] = []
     for f in range(sec.n_factors):
         col = sec.token_factors[:, f]
         top_t = np.argsort(-col, kind="stable")[:5]
         toks = ", ".join(f"{result.display_tokens[t]!r}@{int(t)}" for t in top_t if col[t] > 0)
-        neurons = ", ".join(f"L{int(sec.top_layer[f, r])}·N{int(sec.top_neuron[f, r])}"
-                            for r in range(min(5, sec.top_layer.shape[1])))
+        neurons = ", ".join(
+            f"L{int(sec.top_layer[f, r])}·N{int(sec.top_neuron[f, r])}" for r in range(min(5, sec.top_layer.shape[1]))
+        )
         rows.append([f, toks, neurons])
     return [(intro, ["factor", "strongest tokens (token@position)", "heaviest neurons"], rows)]

@@ -33,6 +33,7 @@ from . import serialize
 
 if TYPE_CHECKING:
     import torch
+    from matplotlib.figure import Figure
 
     from .context import StepContext
     from .options import ExportOptions
@@ -101,7 +102,7 @@ def attention_parts(model: HFModel) -> tuple[list[AttentionParts], Rotary | None
             D = attn.embed_dim
             scaling = float(getattr(attn, "scaling", 0.0)) or _gpt2_scaling(attn)
 
-            def gpt2_qk(x: torch.Tensor, attn: HFModel = attn, D: int = D):
+            def gpt2_qk(x: torch.Tensor, attn: HFModel = attn, D: int = D) -> tuple[torch.Tensor, torch.Tensor]:
                 q, k, _v = attn.c_attn(x).split(D, dim=2)
                 return q, k
 
@@ -114,7 +115,7 @@ def attention_parts(model: HFModel) -> tuple[list[AttentionParts], Rotary | None
             d = int(sa.attention_head_size)
             qm, km = (sa.q_lin, sa.k_lin) if mtype == "distilbert" else (sa.query, sa.key)
 
-            def bert_qk(x: torch.Tensor, qm: HFModel = qm, km: HFModel = km):
+            def bert_qk(x: torch.Tensor, qm: HFModel = qm, km: HFModel = km) -> tuple[torch.Tensor, torch.Tensor]:
                 return qm(x), km(x)
 
             H = int(cfg.num_attention_heads if mtype != "distilbert" else cfg.n_heads)
@@ -124,7 +125,7 @@ def attention_parts(model: HFModel) -> tuple[list[AttentionParts], Rotary | None
         for block in base.decoder.layers:
             sa = block.self_attn
 
-            def opt_qk(x: torch.Tensor, sa: HFModel = sa):
+            def opt_qk(x: torch.Tensor, sa: HFModel = sa) -> tuple[torch.Tensor, torch.Tensor]:
                 return sa.q_proj(x), sa.k_proj(x)
 
             norm = block.self_attn_layer_norm if block.do_layer_norm_before else None
@@ -140,7 +141,7 @@ def attention_parts(model: HFModel) -> tuple[list[AttentionParts], Rotary | None
         if mtype == "gpt_neox":
             d = int(sa.head_size)
 
-            def neox_qk(x: torch.Tensor, sa: HFModel = sa, d: int = d):
+            def neox_qk(x: torch.Tensor, sa: HFModel = sa, d: int = d) -> tuple[torch.Tensor, torch.Tensor]:
                 qkv = sa.query_key_value(x).view(*x.shape[:-1], -1, 3 * d)
                 q, k, _v = qkv.chunk(3, dim=-1)
                 return q.reshape(*x.shape[:-1], -1), k.reshape(*x.shape[:-1], -1)
@@ -149,15 +150,15 @@ def attention_parts(model: HFModel) -> tuple[list[AttentionParts], Rotary | None
         elif mtype == "phi3":
             d = int(sa.head_dim)
 
-            def phi3_qk(x: torch.Tensor, sa: HFModel = sa, d: int = d):
+            def phi3_qk(x: torch.Tensor, sa: HFModel = sa, d: int = d) -> tuple[torch.Tensor, torch.Tensor]:
                 qkv = sa.qkv_proj(x)
-                return qkv[..., :H * d], qkv[..., H * d:(H + KV) * d]
+                return qkv[..., : H * d], qkv[..., H * d : (H + KV) * d]
 
             project = phi3_qk
         else:
             d = int(sa.head_dim)
 
-            def llama_qk(x: torch.Tensor, sa: HFModel = sa):
+            def llama_qk(x: torch.Tensor, sa: HFModel = sa) -> tuple[torch.Tensor, torch.Tensor]:
                 return sa.q_proj(x), sa.k_proj(x)
 
             project = llama_qk
@@ -256,8 +257,9 @@ def qk_view(section: QKSection, layer: int, head: int, query: int) -> QKView:
     return QKView(layer, head, query, kv, q, keys, products, scores, weights)
 
 
-def compute_qk(model: HFModel, hidden_states: np.ndarray,
-               attention_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, QKSection]:
+def compute_qk(
+    model: HFModel, hidden_states: np.ndarray, attention_mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, QKSection]:
     """Queries and keys of every layer from the captured block inputs (no forward pass).
 
     hidden_states: [L+1, T, D] as captured (entry l = input of block l). attention_mask: [T] (1 = real token).
@@ -290,9 +292,15 @@ def compute_qk(model: HFModel, hidden_states: np.ndarray,
             ks.append(k[0].float().cpu().numpy())
     queries, keys = np.stack(qs), np.stack(ks)
     mask = np.ones(T, bool) if attention_mask is None else np.asarray(attention_mask).reshape(-1).astype(bool)
-    section = QKSection(queries=queries, keys=keys, scaling=np.array([p.scaling for p in parts], np.float64),
-                        key_mask=mask, causal=model.config.model_type in _CAUSAL, window=sliding_window(model),
-                        rotary=rotary is not None)
+    section = QKSection(
+        queries=queries,
+        keys=keys,
+        scaling=np.array([p.scaling for p in parts], np.float64),
+        key_mask=mask,
+        causal=model.config.model_type in _CAUSAL,
+        window=sliding_window(model),
+        rotary=rotary is not None,
+    )
     return queries, keys, section
 
 
@@ -304,12 +312,17 @@ def bounded(section: QKSection, max_bytes: int = QK_MAX_BYTES) -> tuple[QKSectio
     if size // 2 <= max_bytes:
         import dataclasses
 
-        half = dataclasses.replace(section, queries=section.queries.astype(np.float16),
-                                   keys=section.keys.astype(np.float16))
-        return half, (f"query–key vectors stored in float16 ({size / 2**21:.0f} MiB; float32 would exceed "
-                      f"{max_bytes / 2**20:.0f} MiB): the view's scores are approximate to about 1e-3")
-    return None, (f"the query–key view is off for this text: its vectors would take {size / 2**21:.0f} MiB even in "
-                  f"float16 (bound {max_bytes / 2**20:.0f} MiB); shorten the text")
+        half = dataclasses.replace(
+            section, queries=section.queries.astype(np.float16), keys=section.keys.astype(np.float16)
+        )
+        return half, (
+            f"query–key vectors stored in float16 ({size / 2**21:.0f} MiB; float32 would exceed "
+            f"{max_bytes / 2**20:.0f} MiB): the view's scores are approximate to about 1e-3"
+        )
+    return None, (
+        f"the query–key view is off for this text: its vectors would take {size / 2**21:.0f} MiB even in "
+        f"float16 (bound {max_bytes / 2**20:.0f} MiB); shorten the text"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -326,7 +339,7 @@ def shown_keys(view: QKView, max_keys: int = MAX_KEYS_SHOWN) -> np.ndarray:
     return np.sort(np.argsort(-view.weights, kind="stable")[:max_keys])
 
 
-def qk_figure(view: QKView, tokens: list[str], max_keys: int = MAX_KEYS_SHOWN):
+def qk_figure(view: QKView, tokens: list[str], max_keys: int = MAX_KEYS_SHOWN) -> Figure:
     """BertViz's neuron view as heatmaps: q (top strip), k_j and q ⊙ k_j (rows = keys, columns = dimensions), and
     the scores and softmax weights of the keys as bars. Long texts show the max_keys heaviest keys."""
     from . import plotting
@@ -335,8 +348,18 @@ def qk_figure(view: QKView, tokens: list[str], max_keys: int = MAX_KEYS_SHOWN):
     n = len(keys)
     labels = [f"{j}: {plotting.token_label(tokens[j])}" for j in keys]
     fig = plotting.figure(11.0, 1.6 + 0.2 * n)
-    gs = fig.add_gridspec(2, 4, height_ratios=(1, max(n, 2)), width_ratios=(3, 3, 1.2, 1.2), hspace=0.08,
-                          wspace=0.12, left=0.13, right=0.98, top=0.9, bottom=0.08)
+    gs = fig.add_gridspec(
+        2,
+        4,
+        height_ratios=(1, max(n, 2)),
+        width_ratios=(3, 3, 1.2, 1.2),
+        hspace=0.08,
+        wspace=0.12,
+        left=0.13,
+        right=0.98,
+        top=0.9,
+        bottom=0.08,
+    )
     cmap = plotting.colormap("RdBu_r")
     lim_q = float(np.abs(view.q).max()) or 1.0
     ax_q = fig.add_subplot(gs[0, 0])
@@ -369,8 +392,9 @@ def qk_figure(view: QKView, tokens: list[str], max_keys: int = MAX_KEYS_SHOWN):
     ax_w.tick_params(labelleft=False, labelsize=7)
     ax_k.set_ylim(n - 0.5, -0.5)
     more = f", {n} of {view.weights.shape[0]} keys (largest weights)" if n < view.weights.shape[0] else ""
-    fig.suptitle(f"Layer {view.layer}, head {view.head} (key-value head {view.kv_head}), query {view.query}{more}",
-                 fontsize=10)
+    fig.suptitle(
+        f"Layer {view.layer}, head {view.head} (key-value head {view.kv_head}), query {view.query}{more}", fontsize=10
+    )
     return fig
 
 
@@ -415,8 +439,20 @@ def query_key_rows(result: AnalysisResult) -> list[list[object]]:
     for head in range(sec.queries.shape[1]):
         v = qk_view(sec, layer, head, query)
         dots = v.products.sum(axis=1)
-        rows += [[layer, head, v.kv_head, query, j, result.tokens[j], float(dots[j]), float(v.scores[j]),
-                  float(v.weights[j])] for j in range(len(result.tokens))]
+        rows += [
+            [
+                layer,
+                head,
+                v.kv_head,
+                query,
+                j,
+                result.tokens[j],
+                float(dots[j]),
+                float(v.scores[j]),
+                float(v.weights[j]),
+            ]
+            for j in range(len(result.tokens))
+        ]
     return rows
 
 
@@ -428,8 +464,10 @@ def query_key_files(result: AnalysisResult, options: ExportOptions) -> dict[str,
     view = default_view(result)
     if view is None:
         return {}
-    return {"query_key.csv": csv_bytes(QK_HEADER, query_key_rows(result)),
-            "plots/query_key.png": plotting.png(qk_figure(view, result.display_tokens))}
+    return {
+        "query_key.csv": csv_bytes(QK_HEADER, query_key_rows(result)),
+        "plots/query_key.png": plotting.png(qk_figure(view, result.display_tokens)),
+    }
 
 
 def report_section(result: AnalysisResult) -> list[tuple[str, list[str], list[list[object]]]]:
@@ -439,8 +477,12 @@ def report_section(result: AnalysisResult) -> list[tuple[str, list[str], list[li
         return []
     order = np.argsort(-view.weights, kind="stable")[:5]
     dots = view.products.sum(axis=1)
-    rows: list[list[object]] = [[int(j), repr(result.display_tokens[j]), float(dots[j]), float(view.scores[j]),
-                                 float(view.weights[j])] for j in order]
-    intro = (f"Layer {view.layer}, head {view.head} (key-value head {view.kv_head}), query {view.query} "
-             f"({result.display_tokens[view.query]!r}): the five keys with the largest weights.")
+    rows: list[list[object]] = [
+        [int(j), repr(result.display_tokens[j]), float(dots[j]), float(view.scores[j]), float(view.weights[j])]
+        for j in order
+    ]
+    intro = (
+        f"Layer {view.layer}, head {view.head} (key-value head {view.kv_head}), query {view.query} "
+        f"({result.display_tokens[view.query]!r}): the five keys with the largest weights."
+    )
     return [(intro, ["key", "token", "q·k", "score", "weight"], rows)]

@@ -20,9 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import neurons, qk
-
-from . import docs
+from . import docs, neurons, qk
 from .metrics import METRIC_NAMES
 from .options import ExportOptions
 from .result import AnalysisResult

@@ -104,7 +104,7 @@ def test_nmf_reproduces_activations_within_reported_error(tiny_gpt2):
     assert section.token_factors.shape == (ids.shape[1], 6)
     # each listed top neuron carries its weight in H, and the list is sorted
     for f in range(6):
-        cols = (np.array([section.layers.index(x) for x in section.top_layer[f]]) * section.d_ff + section.top_neuron[f])
+        cols = np.array([section.layers.index(x) for x in section.top_layer[f]]) * section.d_ff + section.top_neuron[f]
         np.testing.assert_array_equal(fac.H[f, cols], section.top_weight[f])
         assert (np.diff(section.top_weight[f]) <= 0).all()
         assert section.top_weight[f, 0] == fac.H[f].max()
@@ -197,8 +197,7 @@ def test_analysis_section_settings_and_bundle(tiny_gpt2, llama_result):
     assert llama_result.query_key is not None and "Neuron factors" in llama_result.timings
     off = analyze(tiny_gpt2, "The cat sat on the mat.", neuron_factors=0, compute_gradients=False)
     assert off.neuron_factors is None
-    one = analyze(tiny_gpt2, "The cat sat on the mat.", neuron_factors=3, neuron_first_layer=1,
-                  compute_gradients=False)
+    one = analyze(tiny_gpt2, "The cat sat on the mat.", neuron_factors=3, neuron_first_layer=1, compute_gradients=False)
     assert one.neuron_factors is not None and one.neuron_factors.layers == (1,) and one.neuron_factors.n_factors == 3
     files = bundle_files(one)
     rows = list(csv.reader(io.StringIO(files["neuron_factors.csv"].decode())))

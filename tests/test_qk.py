@@ -49,8 +49,15 @@ def test_gqa_heads_map_to_their_kv_head(tiny_llama):
     _q, _k, section = compute_qk(tiny_llama.model, cap.hidden_states)
     assert [qk_view(section, 0, h, 3).kv_head for h in range(4)] == [0, 0, 1, 1]
     # mapping query head 1 to the wrong key-value head breaks the equality: the test above can fail
-    wrong = QKSection(section.queries, section.keys[:, ::-1].copy(), section.scaling, section.key_mask,
-                      section.causal, section.window, section.rotary)
+    wrong = QKSection(
+        section.queries,
+        section.keys[:, ::-1].copy(),
+        section.scaling,
+        section.key_mask,
+        section.causal,
+        section.window,
+        section.rotary,
+    )
     T = cap.attentions.shape[2]
     diffs = [np.abs(qk_view(wrong, 0, 1, i).weights - cap.attentions[0, 1, i]).max() for i in range(T)]
     assert max(diffs) > 1e-3
@@ -61,8 +68,15 @@ def test_gpt2_inverse_layer_scaling(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(1)
-    cfg = GPT2Config(n_layer=3, n_head=2, n_embd=16, vocab_size=50, n_positions=32, scale_attn_by_inverse_layer_idx=True,
-                     attn_implementation="eager")
+    cfg = GPT2Config(
+        n_layer=3,
+        n_head=2,
+        n_embd=16,
+        vocab_size=50,
+        n_positions=32,
+        scale_attn_by_inverse_layer_idx=True,
+        attn_implementation="eager",
+    )
     model = GPT2LMHeadModel(cfg).eval()
     ids = torch.randint(0, 50, (1, 9))
     with torch.inference_mode():
@@ -83,35 +97,75 @@ def tiny_model(arch: str):
     import transformers as tf
 
     torch.manual_seed(2)
-    llama_like = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                  "num_key_value_heads": 1, "vocab_size": 60, "max_position_embeddings": 64}
+    llama_like = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 1,
+        "vocab_size": 60,
+        "max_position_embeddings": 64,
+    }
     cfgs = {
         "mistral": lambda: tf.MistralForCausalLM(tf.MistralConfig(sliding_window=4, **llama_like)),
         "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**llama_like)),
         "phi3": lambda: tf.Phi3ForCausalLM(tf.Phi3Config(sliding_window=5, pad_token_id=0, **llama_like)),
-        "gpt_neox": lambda: tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=60,
-            max_position_embeddings=64, rotary_pct=0.5)),
-        "opt": lambda: tf.OPTForCausalLM(tf.OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=2,
-                                                      num_attention_heads=4, vocab_size=60, max_position_embeddings=64,
-                                                      word_embed_proj_dim=32)),
-        "opt-post-ln": lambda: tf.OPTForCausalLM(tf.OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=2,
-                                                              num_attention_heads=4, vocab_size=60,
-                                                              max_position_embeddings=64, word_embed_proj_dim=32,
-                                                              do_layer_norm_before=False)),
-        "distilbert": lambda: tf.DistilBertModel(tf.DistilBertConfig(dim=32, hidden_dim=64, n_layers=2, n_heads=4,
-                                                                     vocab_size=60, max_position_embeddings=64)),
-        "roberta": lambda: tf.RobertaModel(tf.RobertaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                                            num_attention_heads=4, vocab_size=60,
-                                                            max_position_embeddings=70)),
+        "gpt_neox": lambda: tf.GPTNeoXForCausalLM(
+            tf.GPTNeoXConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                vocab_size=60,
+                max_position_embeddings=64,
+                rotary_pct=0.5,
+            )
+        ),
+        "opt": lambda: tf.OPTForCausalLM(
+            tf.OPTConfig(
+                hidden_size=32,
+                ffn_dim=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                vocab_size=60,
+                max_position_embeddings=64,
+                word_embed_proj_dim=32,
+            )
+        ),
+        "opt-post-ln": lambda: tf.OPTForCausalLM(
+            tf.OPTConfig(
+                hidden_size=32,
+                ffn_dim=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                vocab_size=60,
+                max_position_embeddings=64,
+                word_embed_proj_dim=32,
+                do_layer_norm_before=False,
+            )
+        ),
+        "distilbert": lambda: tf.DistilBertModel(
+            tf.DistilBertConfig(dim=32, hidden_dim=64, n_layers=2, n_heads=4, vocab_size=60, max_position_embeddings=64)
+        ),
+        "roberta": lambda: tf.RobertaModel(
+            tf.RobertaConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                vocab_size=60,
+                max_position_embeddings=70,
+            )
+        ),
     }
     model = cfgs[arch]()
     model.config._attn_implementation = "eager"
     return model.eval()
 
 
-@pytest.mark.parametrize("arch", ["mistral", "qwen2", "phi3", "gpt_neox", "opt", "opt-post-ln", "distilbert",
-                                  "roberta"])
+@pytest.mark.parametrize(
+    "arch", ["mistral", "qwen2", "phi3", "gpt_neox", "opt", "opt-post-ln", "distilbert", "roberta"]
+)
 def test_other_architectures(arch):
     import torch
 
@@ -171,7 +225,16 @@ def test_unsupported_architecture_says_so():
     from core.qk import attention_parts
 
     torch.manual_seed(0)
-    model = Gemma2ForCausalLM(Gemma2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                           num_key_value_heads=1, head_dim=8, intermediate_size=32, vocab_size=40))
+    model = Gemma2ForCausalLM(
+        Gemma2Config(
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            intermediate_size=32,
+            vocab_size=40,
+        )
+    )
     with pytest.raises(ValueError, match="not available for Gemma2ForCausalLM"):
         attention_parts(model)
