@@ -26,6 +26,9 @@ class Keys:
     COMPUTE_GRADIENTS = "compute_gradients"
     INTEGRATED_GRADIENTS = "integrated_gradients"
     IG_STEPS = "ig_steps"
+    NEURON_K = "neuron_factors"  # number input: NMF factors (0: off)
+    NEURON_FIRST = "neuron_first_layer"  # number inputs: the neuron-factor layer range (empty: all layers)
+    NEURON_LAST = "neuron_last_layer"
     LENS_FULL_GRID = "lens_full_grid"
     ANIMATIONS = "animations"
     MASK_WORD = "mask_word"  # selectbox of the text's words, for masked LMs without a mask token
@@ -53,6 +56,8 @@ class Keys:
     FLOW_POSITION = "flow_position"  # information-flow routes: the chosen token and the edge threshold
     FLOW_THRESHOLD = "flow_threshold"
     FLOW_DOWNLOAD = "flow_download"
+    NF_FACTORS = "nf_factors"  # multiselect: neuron factors shown (app/neuron_views.py)
+    QK_QUERY = "qk_query"  # selectbox: query position of the query–key view (app/neuron_views.py)
 
     # --- continuation (chat) -------------------------------------------------------------------------------------
     GEN_TEXT = "gen_text"  # the last generated continuation (kept after a stop)
@@ -88,6 +93,9 @@ _DEFAULTS: dict[str, Any] = {
     Keys.COMPUTE_GRADIENTS: AnalysisSettings.default("compute_gradients"),
     Keys.INTEGRATED_GRADIENTS: AnalysisSettings.default("integrated_gradients"),
     Keys.IG_STEPS: AnalysisSettings.default("ig_steps"),
+    Keys.NEURON_K: AnalysisSettings.default("neuron_factors"),
+    Keys.NEURON_FIRST: AnalysisSettings.default("neuron_first_layer"),
+    Keys.NEURON_LAST: AnalysisSettings.default("neuron_last_layer"),
     Keys.LENS_FULL_GRID: AnalysisSettings.default("lens_full_grid"),
     Keys.ANIMATIONS: True,
     Keys.MASK_WORD: None,

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import docs
+from . import docs, neurons, qk
 from .guards import is_unsafe_char
 from .metrics import METRIC_NAMES
 from .options import ExportOptions
@@ -414,11 +414,29 @@ def _causal(w: _Writer, result: AnalysisResult, k: int = 10) -> None:
             widths=(20, 20, 50, 50, 50))
 
 
+def _neurons_and_query_key(w: _Writer, result: AnalysisResult) -> None:
+    """Neuron factors and the query–key view: summary tables (the figures are among the plots), or the line that
+    says why a view is missing."""
+    blocks = [("Neuron factors", "neuron_factors", neurons.report_section(result), (16, 104, 70), "neuron factors"),
+              ("Query–key view", "query_key", qk.report_section(result), (16, 64, 36, 36, 38), "query–key view")]
+    w.pdf.add_page()
+    w.h1("Neurons and queries")
+    for title, key, parts, widths, what in blocks:
+        w.h2(title)
+        w.para(docs.caption(key), size=8)
+        if not parts:
+            why = [m for m in result.warnings if what in m]
+            w.para(why[0] if why else f"No {what} in this result (switched off in the settings).", size=8)
+        for intro, header, rows in parts:
+            w.para(intro, size=8)
+            w.table(header, rows, widths=widths)
+
+
 def _documentation(w: _Writer) -> None:
     w.pdf.add_page()
     w.h1("Formulas and interpretation")
     w.para("From the same registry as the Details page of the dashboard.", size=8)
-    for kind in ("layer_metric", "attention", "attribution", "prediction", "logit_lens", "causal"):
+    for kind in ("layer_metric", "attention", "attribution", "prediction", "logit_lens", "causal", "neurons"):
         for e in docs.entries(kind):
             w.h2(e.title)
             w.para(docs.formula_text(e.key), size=8, bold=True)
@@ -444,6 +462,7 @@ def build_report(result: AnalysisResult, files: dict[str, bytes] | None = None) 
         _attribution_tokens(w, result)
         _peer_views(w, result)
         _causal(w, result)
+    _neurons_and_query_key(w, result)
     _documentation(w)
     return bytes(pdf.output())
 
