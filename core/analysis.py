@@ -22,15 +22,20 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .attention import run_attention
+from .ablation import run_head_ablation
 from .attribution import run_attribution
 from .cache import ResultCache, cache_key
 from .capture import apply_mask_word, capture
+from .dla import run_dla
+from .flow import run_flow
 from .context import StepContext
 from .errors import InputError
 from .logit_lens import run_logit_lens
 from .metrics import layer_metrics
 from .models import LoadedModel, load_model
+from .neurons import run_neuron_factors
 from .predictions import run_predictions
+from .qk import run_query_key
 from .result import AnalysisResult
 from .settings import AnalysisSettings
 from .threads import single_threaded
@@ -108,11 +113,15 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
         loaded = load_model(str(model), dtype=dtype, device=device, device_map=device_map)
 
     key = cache_key(loaded.info(), text, st)
+    cache_warnings: list[str] = []
     if cache is not None:
         hit = cache.get(key)
+        cache_warnings = cache.take_warnings()
         if hit is not None:
             report("Loaded from cache", 1.0)
-            return hit.replace(cache_hit=True, duration_s=time.perf_counter() - t_start)
+            done = hit.replace(cache_hit=True, duration_s=time.perf_counter() - t_start)
+            log_analysis(done)
+            return done
 
     analysed = text
     if st.mask_word:
@@ -153,6 +162,11 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
         lens = timed("Logit lens", 0.55, lambda: run_logit_lens(ctx))
         attention = timed("Attention analysis", 0.7, lambda: run_attention(ctx))
         attribution = timed("Attribution", 0.85, lambda: run_attribution(ctx))
+        dla = timed("Direct logit attribution", 0.9, lambda: run_dla(ctx), "dla")
+        flow = timed("Information-flow routes", 0.95, lambda: run_flow(ctx), "flow")
+        head_ablation = timed("Head ablation", 0.92, lambda: run_head_ablation(ctx))
+        neuron_factors = timed("Neuron factors", 0.9, lambda: run_neuron_factors(ctx))
+        query_key = timed("Query–key vectors", 0.95, lambda: run_query_key(ctx))
 
     result = AnalysisResult(
         model=loaded.info(),
@@ -174,6 +188,11 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
         logit_lens=lens,
         attention=attention,
         attribution=attribution,
+        dla=dla,
+        flow=flow,
+        head_ablation=head_ablation,
+        neuron_factors=neuron_factors,
+        query_key=query_key,
         warnings=ctx.warnings,
         timings=timings,
         versions=package_versions(),
@@ -183,10 +202,15 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
     )
     result.duration_s = time.perf_counter() - t_start
     report("Done", 1.0)
-    if cache is not None:
-        try:
-            cache.set(key, result)
-        except Exception as exc:  # a full or read-only disk must not lose a finished result
-            log.warning("could not write the result cache: %s", exc)
-            result.warnings.append(f"the result could not be cached: {exc}")
+    if cache is not None:  # a fault of the cache (corrupt, read-only, full disk) is a warning, never a failure
+        cache.set(key, result)
+        for w in (cache_warnings + cache.take_warnings())[:1]:  # one cache warning per analysis (all are logged)
+            result.warnings.append(w)
+    log_analysis(result)
     return result
+
+
+def log_analysis(result: AnalysisResult) -> None:
+    """The one INFO line per analysis: model, tokens, duration, cache hit."""
+    log.info("analysis model=%s tokens=%d duration=%.2fs cache_hit=%s warnings=%d", result.model.model_id,
+             result.n_tokens, result.duration_s, result.cache_hit, len(result.warnings))
