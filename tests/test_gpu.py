@@ -128,21 +128,19 @@ def split_map(model, kind: str, first: object, second: object) -> dict[str, obje
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_layers_split_between_gpu_and_cpu(kind, tiny_dirs):
-    """Half of the blocks on the GPU, the rest and the head on the CPU: activations cross devices in both the
-    capture and the gradient pass, and the logit lens decodes on the head's device."""
+    """Half of the blocks on the GPU, the rest and the head kept on the CPU (accelerate streams their weights to the
+    GPU): capture, metrics, lens, attention analysis, attribution and generation through accelerate's hooks. The
+    steps that read weights directly (direct logit attribution, flow, neuron factors, query-key) need the weights
+    materialised and are not part of this comparison."""
     from accelerate import dispatch_model
+    from test_perf_paths import _assert_steps_close, _steps
 
-    from core import analyze
     from core.devices import input_device, output_device
-    from core.predictions import GenerationSettings, generate
 
     cpu_model = _load(tiny_dirs[kind], "float32", "cpu")
-    cpu = analyze(cpu_model, TEXT)
     split = _load(tiny_dirs[kind], "float32", "cpu")
+    # with a GPU main device, accelerate keeps the "cpu" part's weights on the CPU and streams them to the GPU
     dispatch_model(split.model, device_map=split_map(split.model, kind, 0, "cpu"), main_device=0)
     split.device = str(input_device(split.model))
-    assert split.device.startswith("cuda") and output_device(split.model).type == "cpu"
-    _compare(cpu, analyze(split, TEXT), "float32")
-    if kind == "llama":
-        gen = GenerationSettings(max_new_tokens=5, use_chat_template=False)
-        assert generate(split, "The cat", gen).token_ids == generate(cpu_model, "The cat", gen).token_ids
+    assert split.device.startswith("cuda") and output_device(split.model).type == "cuda"
+    _assert_steps_close(_steps(cpu_model), _steps(split), *TOL["float32"])
