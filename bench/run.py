@@ -81,10 +81,8 @@ def build_shape(shape: str) -> Path:
     if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
         return folder
     import torch
-    from transformers import (BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                              LlamaForCausalLM)
-
     from tiny_models import _bpe_tokenizer, _wordpiece_tokenizer
+    from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     if shape == "gpt2":
@@ -157,70 +155,78 @@ def child_timings(shape: str, tokens: list[int], repeat: int, dtype: str, device
     """Interleaved medians of floor / analyze / grad / hit for each length; the bundle at BUNDLE_TOKENS."""
     import torch
 
-    from core import analyze
-    from core.attribution import gradient_x_input
     from core.cache import ResultCache
 
     lm = _load(shape, dtype, device)
     out: dict[str, Any] = {"shape": shape, "dtype": lm.dtype, "device": str(lm.device),
-                           "threads": torch.get_num_threads(), "rows": {}}
+                                "threads": torch.get_num_threads(), "rows": {}}
     cache_dir = tempfile.mkdtemp(prefix="tma-bench-cache-")
     cache = ResultCache(cache_dir, size_limit_mb=4096)
     for T in tokens:
-        text = text_of_tokens(lm.tokenizer, T)
-        st = _settings(max_tokens=T, compute_gradients=False, animations=False)
-        enc = lm.tokenizer(text, return_tensors="pt", truncation=True, max_length=T)
-        ids, mask = enc["input_ids"].to(lm.device), enc["attention_mask"].to(lm.device)
-
-        def floor() -> None:
-            with torch.inference_mode():
-                lm.model(input_ids=ids, attention_mask=mask, output_attentions=True, output_hidden_states=True)
-            _sync(device)
-
-        res: list[Any] = []
-
-        def analysis() -> None:
-            res[:] = [analyze(lm, text, settings=st)]
-            _sync(device)
-
-        def grad() -> None:
-            r = res[0]
-            pos = r.target_position
-            with lm.lock:
-                gradient_x_input(lm, ids, mask, pos, _predicted(r), heads=True)
-            _sync(device)
-
-        def hit() -> None:
-            r = analyze(lm, text, settings=st, cache=cache)
-            assert r.cache_hit, "the cache did not answer"
-
-        floor()
-        analysis()  # warm-up; also the result the gradient step and the cache need
-        cache.set(res[0].cache_key, res[0])
-        hit()
-        grad()
-        fns: list[tuple[str, Callable[[], None]]] = [("floor", floor), ("analyze", analysis), ("grad", grad),
-                                                      ("hit", hit)]
-        samples: dict[str, list[float]] = {k: [] for k, _ in fns}
-        for _ in range(repeat):
-            for name, fn in fns:
-                t = time.perf_counter()
-                fn()
-                samples[name].append(time.perf_counter() - t)
-        row = {k: statistics.median(v) for k, v in samples.items()}
-        row["samples"] = samples
-        row["n_tokens"] = res[0].n_tokens
-        row["steps"] = {k: round(v, 4) for k, v in res[0].timings.items()}
-        if device.startswith("cuda"):
-            row["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-            torch.cuda.reset_peak_memory_stats()
-        if bundle and T == BUNDLE_TOKENS:
-            full = analyze(lm, text, settings=_settings(max_tokens=T))  # the default analysis (gradients on)
-            row["bundle"], row["bundle_mb"], row["bundle_files"] = _time_bundle(full, repeat=2)
-        out["rows"][str(T)] = row
+        out["rows"][str(T)] = _time_length(lm, T, repeat, device, cache, bundle)
     cache.close()
     out["peak_rss_mb"] = peak_rss_mb()
     return out
+
+
+def _time_length(lm: Any, T: int, repeat: int, device: str, cache: Any, bundle: bool) -> dict:
+    """One row of child_timings: interleaved floor / analyze / grad / hit at T tokens (and the bundle)."""
+    import torch
+
+    from core import analyze
+    from core.attribution import gradient_x_input
+
+    text = text_of_tokens(lm.tokenizer, T)
+    st = _settings(max_tokens=T, compute_gradients=False, animations=False)
+    enc = lm.tokenizer(text, return_tensors="pt", truncation=True, max_length=T)
+    ids, mask = enc["input_ids"].to(lm.device), enc["attention_mask"].to(lm.device)
+
+    def floor() -> None:
+        with torch.inference_mode():
+            lm.model(input_ids=ids, attention_mask=mask, output_attentions=True, output_hidden_states=True)
+        _sync(device)
+
+    res: list[Any] = []
+
+    def analysis() -> None:
+        res[:] = [analyze(lm, text, settings=st)]
+        _sync(device)
+
+    def grad() -> None:
+        r = res[0]
+        pos = r.target_position
+        with lm.lock:
+            gradient_x_input(lm, ids, mask, pos, _predicted(r), heads=True)
+        _sync(device)
+
+    def hit() -> None:
+        r = analyze(lm, text, settings=st, cache=cache)
+        assert r.cache_hit, "the cache did not answer"
+
+    floor()
+    analysis()  # warm-up; also the result the gradient step and the cache need
+    cache.set(res[0].cache_key, res[0])
+    hit()
+    grad()
+    fns: list[tuple[str, Callable[[], None]]] = [("floor", floor), ("analyze", analysis), ("grad", grad),
+                                                  ("hit", hit)]
+    samples: dict[str, list[float]] = {k: [] for k, _ in fns}
+    for _ in range(repeat):
+        for name, fn in fns:
+            t = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t)
+    row: dict[str, Any] = {k: statistics.median(v) for k, v in samples.items()}
+    row["samples"] = samples
+    row["n_tokens"] = res[0].n_tokens
+    row["steps"] = {k: round(v, 4) for k, v in res[0].timings.items()}
+    if device.startswith("cuda"):
+        row["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+    if bundle and T == BUNDLE_TOKENS:
+        full = analyze(lm, text, settings=_settings(max_tokens=T))  # the default analysis (gradients on)
+        row["bundle"], row["bundle_mb"], row["bundle_files"] = _time_bundle(full, repeat=2)
+    return row
 
 
 def _predicted(result: Any) -> int:
@@ -240,8 +246,8 @@ def _time_bundle(result: Any, repeat: int) -> tuple[float, float, int]:
         t = time.perf_counter()
         data = build_zip(result)  # the default export: figures, animations, PDF
         times.append(time.perf_counter() - t)
-    import zipfile
     import io
+    import zipfile
 
     n_files = len(zipfile.ZipFile(io.BytesIO(data)).namelist())
     return min(times[1:]), len(data) / 1e6, n_files
@@ -332,7 +338,8 @@ def render(results: list[dict], memory: dict[tuple[str, int], dict], meta: dict)
     steps = []
     for res in results:
         for T, row in res["rows"].items():
-            steps.append(f"- {res['shape']} @ {T}: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in row["steps"].items()))
+            steps.append(f"- {res['shape']} @ {T}: "
+                         + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in row["steps"].items()))
     for (shape, T), mem in sorted(memory.items()):
         steps.append(f"- {shape} @ {T}, default analysis (gradients {'on' if mem['gradients'] else 'off'}): load "
                      f"{mem['load_s']:.1f} s, analysis {mem['analyze_s']:.1f} s; " +

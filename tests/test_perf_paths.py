@@ -18,6 +18,7 @@ import pytest
 from core import analyze
 from core.result import AnalysisResult, results_equal
 
+
 def results_close(a, b, rtol: float = 1e-5, atol: float = 1e-6) -> bool:
     """Like results_equal, but floats and float arrays within tolerance (placement changes the rounding)."""
     import dataclasses
