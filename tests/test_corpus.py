@@ -1,0 +1,222 @@
+"""Corpus mode engine (core.corpus): padding-invariant batched states, the token sample, per-text metrics, the
+result's round trip and cache (a hit runs no forward pass), and every bad input of the issue."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core import corpus as cp
+from core import metrics
+from core.errors import InputError
+
+TEXTS = ["The cat sat on the mat.", "A bird flew over the house.", "Paris is the capital of France.",
+         "The quick brown fox jumps over the lazy dog.", "Hello world.", "Attention heads look at previous tokens.",
+         "The dog sat on the log.", "Transformers process tokens in layers."]
+
+
+class ForwardCounter:
+    """Counts every torch module call in the process."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __enter__(self):
+        from torch.nn.modules.module import register_module_forward_pre_hook
+
+        def hook(_module, _args):
+            self.calls += 1
+
+        self._handle = register_module_forward_pre_hook(hook)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+
+
+@pytest.fixture
+def padding_side(request):
+    return request.param
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_batched_padded_states_equal_per_text_states(tiny_any, side):
+    from core.capture import capture
+    from core.settings import AnalysisSettings
+
+    loaded = tiny_any
+    before = loaded.tokenizer.padding_side
+    loaded.tokenizer.padding_side = side
+    try:
+        enc = cp.encode_texts(loaded, TEXTS, 64)
+        assert len({len(e.ids) for e in enc}) > 2  # real padding happens
+        got: dict[int, np.ndarray] = {}
+        with loaded.lock, cp.fast_attention(loaded) as attn:
+            for idx, states, _ in cp.forward_batches(loaded, enc, batch_size=4):
+                got.update(zip(idx, states))
+        assert loaded.model.config._attn_implementation == "eager"  # switched back
+        assert attn in ("sdpa", "eager")
+    finally:
+        loaded.tokenizer.padding_side = before
+    for i, text in enumerate(TEXTS):
+        ref = capture(loaded, text, AnalysisSettings(max_tokens=64)).hidden_states
+        assert got[i].shape == ref.shape
+        np.testing.assert_allclose(got[i], ref, atol=2e-5, rtol=1e-4)
+
+
+def test_sample_is_uniform_bounded_and_seeded():
+    eligible = [10, 0, 30, 5]
+    s = cp.sample_tokens(eligible, 20, seed=1)
+    assert sum(x.size for x in s) == 20 and s[1].size == 0
+    assert all((x >= 0).all() and (x < max(e, 1)).all() and np.all(np.diff(x) > 0) for x, e in zip(s, eligible))
+    assert all(np.array_equal(a, b) for a, b in zip(s, cp.sample_tokens(eligible, 20, seed=1)))
+    assert not all(np.array_equal(a, b) for a, b in zip(s, cp.sample_tokens(eligible, 20, seed=2)))
+    full = cp.sample_tokens(eligible, 100, seed=0)
+    assert [x.size for x in full] == eligible
+    # uniform over tokens: a text's share of a large sample follows its share of tokens
+    counts = np.zeros(2)
+    for seed in range(200):
+        counts += [x.size for x in cp.sample_tokens([100, 300], 40, seed)]
+    assert counts[1] / counts.sum() == pytest.approx(0.75, abs=0.03)
+
+
+@pytest.fixture(scope="module")
+def gpt2_result(tiny_gpt2):
+    return cp.analyze_corpus(tiny_gpt2, TEXTS * 2, cp.CorpusSettings(bootstrap=50, max_points=60, batch_size=3))
+
+
+def test_corpus_result_shapes_and_values(gpt2_result, tiny_gpt2):
+    from core.capture import capture
+    from core.geometry import POOLED_METRICS
+    from core.settings import AnalysisSettings
+
+    r = gpt2_result
+    L1 = tiny_gpt2.n_layers + 1
+    assert r.n_texts == 16 and r.n_layers == L1
+    assert set(r.estimate) == set(POOLED_METRICS)
+    assert (r.n_points == 60).all()
+    assert np.isnan(r.estimate["linearity"][0]) and np.isfinite(r.estimate["linearity"][1:]).all()
+    for m in POOLED_METRICS:
+        layers = slice(1, None) if m == "linearity" else slice(None)
+        assert np.isfinite(r.ci_low[m][layers]).all(), m
+        assert (r.ci_low[m][layers] <= r.ci_high[m][layers]).all(), m
+    # the embedding layer of a repeated corpus holds exact duplicates (same token, same position)
+    assert r.n_duplicates[0] > 0
+    # per-text metrics are the single-text metrics of the text (special tokens excluded by default)
+    cap = capture(tiny_gpt2, TEXTS[2], AnalysisSettings(max_tokens=128))
+    ref = metrics.layer_metrics(cap.hidden_states, ~np.array(cap.special_mask))
+    for m in metrics.METRIC_NAMES:
+        np.testing.assert_allclose(r.per_text[m][2], ref[m], rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(r.per_text[m][2], r.per_text[m][2 + len(TEXTS)])
+    assert len(r.metric_rows()) == L1 * len(POOLED_METRICS) - 1
+    assert len(r.per_text_rows()) == 16 * L1
+    s = r.per_text_summary("effective_rank")
+    assert (s["q25"] <= s["median"]).all() and (s["median"] <= s["q75"]).all()
+
+
+def test_result_round_trips_through_bytes(gpt2_result):
+    from core.result import results_equal
+
+    back = cp.CorpusResult.from_bytes(gpt2_result.to_bytes())
+    assert isinstance(back.settings, cp.CorpusSettings) and isinstance(back.text_sha256, tuple)
+    assert results_equal(back, gpt2_result, ignore=())
+
+
+def test_same_inputs_same_numbers_and_sample_is_bounded(tiny_gpt2, gpt2_result):
+    again = cp.analyze_corpus(tiny_gpt2, TEXTS * 2, cp.CorpusSettings(bootstrap=50, max_points=60, batch_size=5))
+    for m in gpt2_result.estimate:  # batch size changes nothing but float round-off
+        np.testing.assert_allclose(again.estimate[m], gpt2_result.estimate[m], rtol=1e-4, atol=1e-6)
+
+
+def test_cache_hit_runs_no_forward_pass(tiny_gpt2, result_cache):
+    st = cp.CorpusSettings(bootstrap=20, max_points=50)
+    first = cp.analyze_corpus(tiny_gpt2, TEXTS, st, cache=result_cache)
+    assert not first.cache_hit
+    seen = []
+    with ForwardCounter() as fc:
+        second = cp.analyze_corpus(tiny_gpt2, TEXTS, st, cache=result_cache,
+                                   progress=lambda d, t, s: seen.append((d, t, s)))
+    assert fc.calls == 0 and second.cache_hit
+    assert seen[-1] == (len(TEXTS), len(TEXTS), "texts")
+    np.testing.assert_array_equal(second.ci_low["effective_rank"], first.ci_low["effective_rank"])
+    other = cp.analyze_corpus(tiny_gpt2, TEXTS, st.replace(seed=1), cache=result_cache)
+    assert not other.cache_hit  # a setting is part of the key
+    assert cp.analyze_corpus(tiny_gpt2, TEXTS[::-1], st, cache=result_cache).cache_hit is False
+
+
+def test_progress_counts_texts(tiny_bert):
+    seen = []
+    cp.analyze_corpus(tiny_bert, TEXTS, cp.CorpusSettings(bootstrap=0, batch_size=3),
+                      progress=lambda d, t, s: seen.append((d, t, s)))
+    texts = [d for d, t, s in seen if s == "texts"]
+    assert texts == [0, 3, 6, 8]
+    assert [d for d, t, s in seen if s == "layers"] == list(range(1, tiny_bert.n_layers + 2))
+
+
+def test_one_text_has_no_interval_and_says_so(tiny_llama):
+    r = cp.analyze_corpus(tiny_llama, ["The cat sat on the mat and the dog sat on the log."])
+    assert np.isnan(r.ci_low["effective_rank"]).all() and not r.has_intervals
+    assert np.isfinite(r.estimate["effective_rank"]).all()
+    assert any("one text" in w for w in r.warnings)
+
+
+def test_special_tokens_setting(tiny_bert):
+    a = cp.analyze_corpus(tiny_bert, TEXTS, cp.CorpusSettings(bootstrap=0))
+    b = cp.analyze_corpus(tiny_bert, TEXTS, cp.CorpusSettings(bootstrap=0, include_special_tokens=True))
+    assert (b.metric_tokens == a.metric_tokens + 2).all()  # [CLS] and [SEP]
+    assert b.n_points[0] == a.n_points[0] + 2 * len(TEXTS)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_lines_blank_skipped_and_counted():
+    c = cp.texts_from_lines(b"first text\n\n   \nsecond text\r\nthird\n")
+    assert c.texts == ("first text", "second text", "third") and c.n_blank == 2
+
+
+@pytest.mark.parametrize("data", [b"", b"\n\n  \n", "   "])
+def test_empty_corpus_is_refused(data):
+    with pytest.raises(InputError, match="empty|blank"):
+        cp.texts_from_lines(data)
+
+
+def test_non_utf8_is_refused_with_the_line():
+    with pytest.raises(InputError, match=r"not UTF-8 text \(byte 0xff on line 2\)"):
+        cp.texts_from_lines(b"fine\nbad \xff here\n")
+
+
+def test_csv_column_picker_and_missing_column():
+    data = "id,text,label\n1,Hello there,a\n2,,b\n3,\"A, quoted\"\" text\",c\n".encode()
+    assert cp.csv_columns(data) == ["id", "text", "label"]
+    c = cp.texts_from_csv(data, "text")
+    assert c.texts == ("Hello there", 'A, quoted" text') and c.n_blank == 1
+    with pytest.raises(InputError, match="no column 'body'; its columns are: id, text, label"):
+        cp.texts_from_csv(data, "body")
+    with pytest.raises(InputError, match="no header"):
+        cp.csv_columns(b"")
+
+
+def test_a_100000_line_file_is_limited_before_any_work(monkeypatch, tiny_gpt2):
+    data = "\n".join(f"text number {i}" for i in range(100_000)).encode()
+    with pytest.raises(InputError, match="holds 100000 texts, more than the limit of 10000"):
+        cp.texts_from_lines(data)
+    monkeypatch.setenv(cp.ENV_MAX_TEXTS, "50")
+    assert cp.max_corpus_texts() == 50
+    with pytest.raises(InputError, match="limit of 50"):
+        cp.texts_from_lines("\n".join(TEXTS * 10))
+    with ForwardCounter() as fc, pytest.raises(InputError, match="limit of 50"):
+        cp.analyze_corpus(tiny_gpt2, TEXTS * 10)
+    assert fc.calls == 0
+    monkeypatch.setenv(cp.ENV_MAX_TEXTS, "nonsense")
+    assert cp.max_corpus_texts() == cp.DEFAULT_MAX_TEXTS
+
+
+def test_settings_validate():
+    with pytest.raises(InputError, match="batch_size must be an integer between 1 and 512"):
+        cp.CorpusSettings(batch_size=0)
+    with pytest.raises(InputError, match="include_special_tokens must be true or false"):
+        cp.CorpusSettings(include_special_tokens=1)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="max_points"):
+        cp.CorpusSettings(max_points=5)
