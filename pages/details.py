@@ -18,6 +18,7 @@ GROUPS = [
     ("Attribution", "attribution", "Which input tokens and heads the prediction at the target position depends on."),
     ("Predictions", "prediction", "What the model predicts: mask filling, next token, and generation."),
     ("Logit lens", "logit_lens", "The model's intermediate guesses, layer by layer."),
+    ("Corpus", "corpus", "Corpus mode: computed on the token states of many texts pooled per layer, with intervals."),
 ]
 
 
