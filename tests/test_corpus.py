@@ -220,3 +220,106 @@ def test_settings_validate():
         cp.CorpusSettings(include_special_tokens=1)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="max_points"):
         cp.CorpusSettings(max_points=5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bundle
+
+
+def test_bundle_files(gpt2_result):
+    import csv
+    import io
+    import json
+
+    from core.corpus_bundle import corpus_bundle_files
+    from core.geometry import POOLED_METRICS
+
+    files = corpus_bundle_files(gpt2_result)
+    assert set(files) == {"corpus_metrics.csv", "per_text_metrics.csv", "manifest.json", "plots/corpus_metrics.png",
+                          "plots/corpus_per_text.png", "report.pdf"}
+    rows = list(csv.reader(io.StringIO(files["corpus_metrics.csv"].decode())))
+    assert rows[0] == ["layer", "metric", "estimate", "ci_low", "ci_high", "n_texts", "n_points"]
+    assert {r[1] for r in rows[1:]} == set(POOLED_METRICS)
+    assert all(r[5] == "16" for r in rows[1:])
+    tw0 = next(r for r in rows[1:] if r[0] == "0" and r[1] == "twonn_dimension")
+    assert int(tw0[6]) == 60 - gpt2_result.n_duplicates[0]
+    pt = list(csv.reader(io.StringIO(files["per_text_metrics.csv"].decode())))
+    assert pt[0] == ["text_index", "layer", "effective_rank", "participation_ratio", "intrinsic_dim_95",
+                     "activation_entropy", "cosine_to_input"]
+    assert len(pt) == 1 + 16 * gpt2_result.n_layers
+    man = json.loads(files["manifest.json"])
+    import hashlib
+    assert man["corpus"]["text_sha256"][0] == hashlib.sha256(TEXTS[0].encode()).hexdigest()
+    assert man["corpus"]["n_texts"] == 16 and man["settings"]["max_points"] == 60
+    assert man["duplicates_removed_per_layer"][0] == int(gpt2_result.n_duplicates[0])
+    assert "forward_s" in man["timings_s"] and "torch" in man["package_versions"]
+    assert files["report.pdf"][:5] == b"%PDF-"
+    assert all(files[n][:8] == b"\x89PNG\r\n\x1a\n" for n in files if n.endswith(".png"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The Corpus page (AppTest)
+
+PAGE = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "pages" / "corpus.py")
+
+
+def page_app(**state):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    for k, v in state.items():
+        at.session_state[k] = v
+    return at
+
+
+def test_page_with_an_injected_result_draws_and_never_runs_a_model(gpt2_result):
+    at = page_app(corpus_result=gpt2_result)
+    with ForwardCounter() as fc:
+        at.run()
+        assert not at.exception, [e.message for e in at.exception]
+        assert at.title[0].value == "Corpus"
+        assert len(at.get("vega_lite_chart")) == 5 + 1  # the default pooled metrics + pooled vs per text
+        assert len(at.dataframe) == 1
+        assert at.get("download_button")
+        captions = " ".join(c.value for c in at.caption)
+        assert "pairs of pooled token states that come from different texts" in captions  # both anisotropies
+        assert "λ_max / Σλ" in captions  # are labelled with their definitions
+        at.multiselect(key="corpus_metrics").set_value(["participation_ratio", "intrinsic_dim_95"]).run()
+        assert len(at.get("vega_lite_chart")) == 2 + 1
+        at.selectbox(key="corpus_per_text").set_value("cosine_to_input").run()
+        at.radio(key="corpus_source").set_value("Paste lines").run()
+        at.text_area(key="corpus_paste").input("one\ntwo").run()
+        at.number_input(key="corpus_bootstrap").set_value(10).run()
+        assert not at.exception
+    assert fc.calls == 0
+
+
+def test_page_runs_pasted_lines_then_the_second_run_is_a_cache_hit(tiny_dirs):
+    at = page_app(model_choice="Other: a Hugging Face id or a local folder", model_custom=str(tiny_dirs["gpt2"]),
+                  corpus_source="Paste lines", corpus_paste="\n".join(TEXTS) + "\n\n", corpus_bootstrap=20)
+    at.run()
+    assert at.session_state["corpus_result"] is None if "corpus_result" in at.session_state else True
+    at.button(key="corpus_run").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    r = at.session_state["corpus_result"]
+    assert r.n_texts == len(TEXTS) and r.n_blank_skipped == 1 and not r.cache_hit
+    with ForwardCounter() as fc:
+        at.button(key="corpus_run").click().run()
+    assert at.session_state["corpus_result"].cache_hit and fc.calls == 0
+
+
+def test_page_limit_and_bad_input_show_one_message(monkeypatch, tiny_dirs):
+    monkeypatch.setenv("TMA_MAX_CORPUS_TEXTS", "3")
+    at = page_app(model_choice="Other: a Hugging Face id or a local folder", model_custom=str(tiny_dirs["gpt2"]),
+                  corpus_source="Paste lines", corpus_paste="\n".join(TEXTS))
+    with ForwardCounter() as fc:
+        at.run()
+        assert any("At most 3 texts" in c.value for c in at.caption)
+        at.button(key="corpus_run").click().run()
+    assert fc.calls == 0
+    assert not at.exception
+    assert any("more than the limit of 3" in e.value for e in at.error)
+    assert at.session_state["corpus_result"] is None if "corpus_result" in at.session_state else True
+    at.radio(key="corpus_source").set_value("Upload .txt (one text per line)").run()
+    at.button(key="corpus_run").click().run()
+    assert any("upload a file first" in e.value for e in at.error)
