@@ -17,6 +17,8 @@ block l (l = 0 is the embedding output); A^{l,h} the attention matrix of head h 
 
 from __future__ import annotations
 
+from typing import Any
+
 import fnmatch
 from dataclasses import dataclass
 
@@ -145,7 +147,7 @@ def _split_lines(tex: str) -> str:
     return "\\begin{gathered}" + " \\\\ ".join(parts) + "\\end{gathered}"
 
 
-def _e(**kw) -> DocEntry:
+def _e(**kw: Any) -> DocEntry:
     for k in ("pitfalls", "references", "sources", "files"):
         if k in kw:
             kw[k] = tuple(kw[k])
@@ -236,7 +238,7 @@ _LAYER = [
 ]
 
 # --------------------------------------------------------------------------------------------------------------
-# Attention analyses (core/attention.py: AttentionAnalysis)
+# Attention analyses (core/attention.py: AttentionSection)
 # --------------------------------------------------------------------------------------------------------------
 _ATTENTION = [
     _e(key="attention_entropy", title="Attention entropy", kind="attention",
@@ -325,7 +327,7 @@ _ATTENTION = [
 ]
 
 # --------------------------------------------------------------------------------------------------------------
-# Attribution (core/attribution.py: Attribution)
+# Attribution (core/attribution.py: AttributionSection)
 # --------------------------------------------------------------------------------------------------------------
 _ATTRIBUTION = [
     _e(key="attention_rollout", title="Attention rollout", kind="attribution",

@@ -6,11 +6,18 @@ No Streamlit and no torch here; the pages turn these frames into Altair charts. 
 from __future__ import annotations
 
 import html
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .attention import AttentionSection
+from .logit_lens import LensSection
 from .metrics import METRIC_NAMES
+from .predictions import PredictionSection
+from .result import AnalysisResult
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 
@@ -31,7 +38,7 @@ def readable_token(token: str | None) -> str:
     return out
 
 
-def metrics_long(result: Any):
+def metrics_long(result: AnalysisResult) -> pd.DataFrame:
     """Layer metrics in long form: columns layer, metric, value (L+1 rows per metric)."""
     import pandas as pd
 
@@ -40,7 +47,7 @@ def metrics_long(result: Any):
     return pd.DataFrame(rows)
 
 
-def normalised_metrics(result: Any):
+def normalised_metrics(result: AnalysisResult) -> pd.DataFrame:
     """Long form (layer, metric, value, normalised) of core.figures.normalized_metrics — the same numbers as the
     PDF's heatmap: each metric min-max scaled over layers, a constant metric 0.5, NaN kept."""
     from .figures import normalized_metrics
@@ -50,20 +57,21 @@ def normalised_metrics(result: Any):
     return df
 
 
-def correlations_long(corr):
+def correlations_long(corr: np.ndarray | pd.DataFrame) -> pd.DataFrame:
     """A square correlation matrix (DataFrame, or ndarray [M, M] in METRIC_NAMES order) as long form: row, column,
     r."""
     import pandas as pd
 
-    if not isinstance(corr, pd.DataFrame):
-        corr = pd.DataFrame(np.asarray(corr, dtype=np.float64), index=list(METRIC_NAMES), columns=list(METRIC_NAMES))
-    c = corr.copy()
+    if isinstance(corr, pd.DataFrame):
+        c = corr.copy()
+    else:
+        c = pd.DataFrame(np.asarray(corr, dtype=np.float64), index=list(METRIC_NAMES), columns=list(METRIC_NAMES))
     c.index.name, c.columns.name = "row", "column"
     return c.stack(future_stack=True).rename("r").reset_index()
 
 
 def attention_frame(attentions: np.ndarray, tokens: list[str], layer: int, head: int | None,
-                    window: tuple[int, int] | None = None):
+                    window: tuple[int, int] | None = None) -> pd.DataFrame:
     """One attention map in long form: query, key (labels), qi, ki (positions), weight.
 
     attentions: [L, H, T, T]; head None means the mean over heads, (1/H) Σ_h A[layer, h]. window (start, stop)
@@ -82,7 +90,7 @@ def attention_frame(attentions: np.ndarray, tokens: list[str], layer: int, head:
                          "key": [labels[j] for j in ki.ravel()], "weight": M.ravel()})
 
 
-def layer_head_frame(values: np.ndarray, name: str, extra: dict[str, np.ndarray] | None = None):
+def layer_head_frame(values: np.ndarray, name: str, extra: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """A [L, H] array in long form: layer, head, <name> (+ extra [L, H] columns)."""
     import pandas as pd
 
@@ -95,7 +103,7 @@ def layer_head_frame(values: np.ndarray, name: str, extra: dict[str, np.ndarray]
     return pd.DataFrame(data)
 
 
-def cluster_frame(attention: Any):
+def cluster_frame(attention: AttentionSection) -> pd.DataFrame:
     """Head clustering for a scatter: layer, head, x, y, cluster, role, entropy (row index = layer·H + head)."""
     import pandas as pd
 
@@ -108,7 +116,7 @@ def cluster_frame(attention: Any):
                          "entropy": np.asarray(attention.entropy, dtype=np.float64).ravel()})
 
 
-def attribution_frame(tokens: list[str], columns: dict[str, Any]):
+def attribution_frame(tokens: list[str], columns: dict[str, Any]) -> pd.DataFrame:
     """Token scores table: position, token, and one column per method that is not None."""
     import pandas as pd
 
@@ -140,7 +148,7 @@ def shaded_tokens_html(tokens: list[str], scores: Any, target: int | None = None
     return '<div style="line-height:2.1">' + "".join(parts) + "</div>"
 
 
-def logit_lens_grid_frame(lens: Any, tokens: list[str]):
+def logit_lens_grid_frame(lens: LensSection, tokens: list[str]) -> pd.DataFrame:
     """The logit-lens grid in long form: layer, position (label), pi (index), top_token, probability.
 
     Only the decoded columns (`lens.grid_positions` when set, else all T) are listed.
@@ -150,13 +158,13 @@ def logit_lens_grid_frame(lens: Any, tokens: list[str]):
     P = np.asarray(lens.grid_probs, dtype=np.float64)
     L1, T = P.shape
     labels = token_labels(tokens[:T])
-    cols = [t for t in (getattr(lens, "grid_positions", None) or range(T)) if 0 <= t < T]
+    cols = [t for t in (lens.grid_positions or range(T)) if 0 <= t < T]
     rows = [{"layer": l, "position": labels[t], "pi": t, "top_token": str(lens.grid_tokens[l][t]),
              "probability": float(P[l, t])} for l in range(L1) for t in cols]
     return pd.DataFrame(rows, columns=["layer", "position", "pi", "top_token", "probability"])
 
 
-def logit_lens_table(lens: Any, k: int = 5):
+def logit_lens_table(lens: LensSection, k: int = 5) -> pd.DataFrame:
     """Per layer at the lens position: the top-k tokens with probabilities, P(final prediction), entropy."""
     import pandas as pd
 
@@ -170,7 +178,7 @@ def logit_lens_table(lens: Any, k: int = 5):
     return pd.DataFrame(rows)
 
 
-def predictions_table(predictions: Any, tokens: list[str] | None = None):
+def predictions_table(predictions: PredictionSection, tokens: list[str] | None = None) -> pd.DataFrame:
     """Candidates of every predicted position: position, rank, token, probability."""
     import pandas as pd
 
