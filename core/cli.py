@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .cli_common import (EXIT_INPUT, EXIT_INTERNAL, EXIT_MODEL, OneLineParser, add_load_options, add_model_options,
                          add_settings_options, add_text_options, fail, read_text, settings_from_args)
+from .cli_corpus import add_parser as add_corpus
 from .errors import InputError, TMAError
 
 
@@ -64,6 +65,7 @@ def add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> ar
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], argparse.ArgumentParser]] = [
     add_analyze,
     add_generate,
+    add_corpus,
 ]
 
 

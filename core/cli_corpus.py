@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .cli_common import add_load_options, add_model_options, fail
 from .corpus import DEFAULT_MAX_TEXTS, ENV_MAX_TEXTS, CorpusSettings, CorpusTexts, max_corpus_texts
-from .errors import InputError
 
 NAME = "corpus"
 
@@ -28,18 +28,18 @@ def _setting_help(name: str) -> str:
     f = {f.name: f for f in dataclasses.fields(CorpusSettings)}[name]
     lo, hi = f.metadata.get("min"), f.metadata.get("max")
     bounds = f"; {lo} to {hi}" if lo is not None else ""
-    return f"{f.metadata['help']} (default {f.default}{bounds})"
+    return f"{f.metadata['help']} (default {f.default}{bounds})".replace("%", "%%")
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    """Register the `corpus` subcommand on the subparsers object `sub`."""
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """Register the `corpus` subcommand on the subparsers object `sub` (its `run` is set as the default)."""
     c = sub.add_parser(
         NAME, help="layer geometry over a corpus of texts, with bootstrap intervals",
         description=("Analyse many texts: pooled per-layer metrics (effective rank, participation ratio, d95, TwoNN, "
-                     "two anisotropies, linearity) with 95 %% bootstrap intervals over texts, and the single-text "
+                     "two anisotropies, linearity) with 95 % bootstrap intervals over texts, and the single-text "
                      "metrics of every text. Writes corpus_metrics.csv, per_text_metrics.csv, manifest.json, "
                      "plots/*.png and report.pdf to a .zip or a folder."))
-    c.add_argument("--model", required=True, help="Hugging Face id, local model folder, or a preset")
+    add_model_options(c)
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("--text-file", type=Path, help="UTF-8 text file, one text per line ('-' for standard input)")
     src.add_argument("--csv", type=Path, help="UTF-8 CSV file with a header row (pick the column with --column)")
@@ -50,13 +50,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     for name in ("max_tokens", "batch_size", "bootstrap", "max_points", "seed", "bootstrap_rank"):
         c.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=_setting_help(name))
     c.add_argument("--include-special-tokens", action="store_true", help=_setting_help("include_special_tokens"))
-    c.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="weights dtype")
-    c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="device")
+    add_load_options(c)
     c.add_argument("--no-cache", action="store_true", help="do not read or write the result cache")
     c.add_argument("--cache-dir", type=Path, default=None, help="result cache folder (default $TMA_CACHE_DIR)")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.add_argument("--quiet", action="store_true", help="print nothing on success (implies --no-progress)")
     c.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    c.set_defaults(run=run)
     return c
 
 
@@ -67,9 +67,9 @@ def _read(path: Path, what: str) -> bytes:
         data = sys.stdin.buffer.read(MAX_CORPUS_BYTES + 1)
     else:
         if not path.is_file():
-            raise InputError(f"{what} '{path}' does not exist")
+            fail(f"{what} '{path}' does not exist")
         if path.stat().st_size > MAX_CORPUS_BYTES:
-            raise InputError(f"{what} '{path}' is larger than {MAX_CORPUS_BYTES // (1024 * 1024)} MB")
+            fail(f"{what} '{path}' is larger than {MAX_CORPUS_BYTES // (1024 * 1024)} MB")
         data = path.read_bytes()
     return data
 
@@ -80,14 +80,14 @@ def read_corpus(args: argparse.Namespace) -> CorpusTexts:
 
     limit = args.max_texts if args.max_texts is not None else max_corpus_texts()
     if limit < 1:
-        raise InputError("--max-texts must be at least 1")
+        fail("--max-texts must be at least 1")
     if args.csv is not None:
         if not args.column:
-            raise InputError("--csv needs --column (the column that holds the texts)")
+            fail("--csv needs --column (the column that holds the texts)")
         return texts_from_csv(_read(args.csv, "CSV file"), args.column, limit=limit,
                               what=f"CSV file '{args.csv}'")
     if args.column:
-        raise InputError("--column applies to --csv only")
+        fail("--column applies to --csv only")
     return texts_from_lines(_read(args.text_file, "text file"), limit=limit, what=f"text file '{args.text_file}'")
 
 
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
     out: Path = args.out
     if out.exists() and out.is_file() and out.suffix.lower() != ".zip":
-        raise InputError(f"--out '{out}' is an existing file; give a .zip path or a folder")
+        fail(f"--out '{out}' is an existing file; give a .zip path or a folder")
     settings = settings_from_args(args)
     corpus = read_corpus(args)
     t0 = time.perf_counter()
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
             cache.close()
     path = write_bundle(corpus_bundle_files(result), out)
     if not args.quiet:
-        print(f"wrote {path} ({result.model.get('model_id')}, {result.n_texts} texts, "
+        print(f"wrote {path} ({result.model.model_id}, {result.n_texts} texts, "
               f"{int(result.n_points.max())} pooled points, {result.n_layers - 1} layers, "
               f"{'cache hit' if result.cache_hit else 'computed'}, {time.perf_counter() - t0:.1f} s)")
         for w in result.warnings:

@@ -36,6 +36,7 @@ import numpy as np
 
 from . import geometry, metrics, serialize
 from .errors import InputError
+from .model_info import ModelInfo
 from .models import LoadedModel, final_norm, load_model
 from .version import CORE_VERSION
 
@@ -142,7 +143,7 @@ def texts_from_lines(data: bytes | str, *, limit: int | None = None, what: str =
     """One text per line; blank lines are skipped and counted. Refuses an empty corpus and one over `limit`
     (default `max_corpus_texts()`) before anything is computed."""
     text = decode_utf8(data, what)
-    if not text.strip():
+    if not text:
         raise InputError(f"{what} is empty")
     lines = text.splitlines()
     texts = tuple(line.strip() for line in lines if line.strip())
@@ -207,7 +208,7 @@ class CorpusResult:
     text_tokens: int [G] tokens of each text after truncation; metric_tokens: [G] the tokens the metrics used.
     """
 
-    model: dict[str, Any]
+    model: ModelInfo
     settings: CorpusSettings
     n_texts: int
     n_blank_skipped: int
@@ -405,17 +406,13 @@ def forward_batches(loaded: LoadedModel, encoded: Sequence[Encoded], batch_size:
 # The analysis
 
 
-def corpus_cache_key(model_info: dict[str, Any], corpus_hash: str, settings: CorpusSettings) -> str:
+def corpus_cache_key(model_info: ModelInfo, corpus_hash: str, settings: CorpusSettings) -> str:
     """sha256 over everything that decides the numbers: core version, model, revision, dtype, device, the texts
     (their sha256) and every corpus setting."""
-    payload = {"kind": "corpus", "core_version": CORE_VERSION, "model_id": model_info.get("model_id"),
-               "revision": model_info.get("revision"), "dtype": model_info.get("dtype"),
-               "device": model_info.get("device"), "corpus_sha256": corpus_hash, "settings": settings.to_dict()}
+    payload = {"kind": "corpus", "core_version": CORE_VERSION, "model_id": model_info.model_id,
+               "revision": model_info.revision, "dtype": model_info.dtype, "device": model_info.device,
+               "corpus_sha256": corpus_hash, "settings": settings.to_dict()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def _model_info(loaded: LoadedModel) -> dict[str, Any]:
-    return dict(loaded.info())
 
 
 def _versions() -> dict[str, str]:
@@ -483,7 +480,7 @@ def analyze_corpus(model: LoadedModel | str, texts: Sequence[str] | CorpusTexts,
         n_blank = len(raw) - len(all_texts)
     _check_count(len(all_texts), limit, "the corpus")
     loaded = model if isinstance(model, LoadedModel) else load_model(str(model), dtype=dtype, device=device)
-    info = _model_info(loaded)
+    info = loaded.info()
     c_hash = corpus_sha256(all_texts)
     key = corpus_cache_key(info, c_hash, st)
     hit = _cache_get(cache, key)

@@ -11,19 +11,19 @@ Member names are fixed; nothing is derived from user text.
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 import logging
 import os
+import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
-from . import docs
+from . import docs, plotting
+from .formats import csv_bytes, json_bytes, zip_bytes
 from .corpus import CorpusResult
 from .geometry import POOLED_METRICS
 from .metrics import METRIC_NAMES
@@ -41,7 +41,6 @@ LABEL = {"effective_rank": "Effective rank (pooled)", "participation_ratio": "Pa
          "intrinsic_dim_95": "Intrinsic dim. 95 % (pooled)", "twonn_dimension": "TwoNN dimension",
          "anisotropy_cosine": "Anisotropy: mean cosine between texts",
          "anisotropy_top_pc": "Anisotropy: top PC share λ₁/Σλ", "linearity": "Linearity (layer l−1 → l)"}
-DPI = 90
 
 
 def label(metric: str) -> str:
@@ -49,29 +48,15 @@ def label(metric: str) -> str:
     return LABEL.get(metric) or docs.metric_label(metric)
 
 
-def _csv(header: list[str], rows: list[list[Any]]) -> bytes:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    for r in rows:
-        w.writerow(["" if isinstance(v, float) and np.isnan(v) else f"{v:.9g}" if isinstance(v, float) else v
-                    for v in r])
-    return buf.getvalue().encode("utf-8")
-
-
-def _num(v: float) -> float | None:
-    return None if not np.isfinite(v) else round(float(v), 6)
-
-
 def manifest(result: CorpusResult) -> dict[str, Any]:
     """manifest.json: everything needed to know what was computed from what."""
     m = result.model
     return {
         "kind": "corpus",
-        "model_id": m.get("model_id"), "family": m.get("family"), "source": m.get("source"),
-        "revision": m.get("revision"), "architecture": m.get("architecture"), "dtype": m.get("dtype"),
-        "device": m.get("device"), "attn_implementation": result.attn_implementation,
-        "hidden_size": m.get("hidden_size"), "layers": result.n_layers - 1,
+        "model_id": m.model_id, "family": m.family, "source": m.source, "revision": m.revision,
+        "local_path": m.local_path, "architecture": m.architecture, "dtype": m.dtype, "device": m.device,
+        "attn_implementation": result.attn_implementation, "hidden_size": m.hidden_size,
+        "layers": result.n_layers - 1,
         "last_hidden_state_before_final_norm": result.final_norm,
         "settings": result.settings.to_dict(),
         "corpus": {
@@ -95,24 +80,9 @@ def manifest(result: CorpusResult) -> dict[str, Any]:
 # Figures (matplotlib's object-oriented API on an Agg canvas; no pyplot, safe from several threads)
 
 
-def _figure(width_in: float, height_in: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width_in, height_in), dpi=DPI)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    return buf.getvalue()
-
-
-def metrics_figure(result: CorpusResult) -> Any:
+def metrics_figure(result: CorpusResult) -> Figure:
     """Every pooled metric against layer, the line the estimate and the band its 95 % interval."""
-    fig = _figure(12, 11)
+    fig = plotting.figure(12, 11)
     layers = np.arange(result.n_layers)
     axes = fig.subplots(4, 2).ravel()
     for ax, m in zip(axes, POOLED_METRICS):
@@ -128,7 +98,7 @@ def metrics_figure(result: CorpusResult) -> Any:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="best")
     axes[-1].axis("off")
-    axes[-1].text(0.0, 0.9, f"{result.model.get('model_id', '')}\n{result.n_texts} texts, "
+    axes[-1].text(0.0, 0.9, f"{result.model.model_id}\n{result.n_texts} texts, "
                             f"{int(result.n_points.max())} pooled points per layer\n"
                             f"layer 0 = embeddings; the last layer is before the final norm",
                   fontsize=8, va="top", transform=axes[-1].transAxes)
@@ -136,10 +106,10 @@ def metrics_figure(result: CorpusResult) -> Any:
     return fig
 
 
-def per_text_figure(result: CorpusResult) -> Any:
+def per_text_figure(result: CorpusResult) -> Figure:
     """The five single-text metrics: median over texts with the interquartile band; the spectral ones beside the
     pooled estimate (the pool is not capped by a text's length)."""
-    fig = _figure(12, 6.5)
+    fig = plotting.figure(12, 6.5)
     layers = np.arange(result.n_layers)
     axes = fig.subplots(2, 3).ravel()
     for ax, m in zip(axes, METRIC_NAMES):
@@ -184,7 +154,7 @@ def report_pdf(result: CorpusResult, plots: dict[str, bytes]) -> bytes:
         pdf.add_font("DejaVu", "", f["regular"])
         pdf.add_font("DejaVu", "B", f["bold"])
         fam = "DejaVu"
-    pdf.set_title(safe_text(f"Corpus analysis - {result.model.get('model_id', '')}"))
+    pdf.set_title(safe_text(f"Corpus analysis - {result.model.model_id}"))
 
     def h(text: str, size: float = 14) -> None:
         pdf.set_font(fam, "B", size)
@@ -200,8 +170,7 @@ def report_pdf(result: CorpusResult, plots: dict[str, bytes]) -> bytes:
     h("Corpus analysis - report", 15)
     m = result.model
     st = result.settings
-    for k, v in [("Model", m.get("model_id")), ("Revision", m.get("revision")),
-                 ("Dtype / device", f"{m.get('dtype')} / {m.get('device')}"),
+    for k, v in [("Model", m.model_id), ("Revision", m.revision), ("Dtype / device", f"{m.dtype} / {m.device}"),
                  ("Texts", f"{result.n_texts} ({result.n_blank_skipped} blank lines skipped, "
                            f"{result.n_truncated} truncated)"),
                  ("Tokens", f"{int(result.text_tokens.sum())} ({int(result.metric_tokens.sum())} in the metrics)"),
@@ -249,23 +218,15 @@ def report_pdf(result: CorpusResult, plots: dict[str, bytes]) -> bytes:
 def corpus_bundle_files(result: CorpusResult, *, report: bool = True) -> dict[str, bytes]:
     """Every member of the corpus bundle as {fixed name: bytes}, built in memory (nothing is written here)."""
     files = {
-        "corpus_metrics.csv": _csv(METRICS_HEADER, result.metric_rows()),
-        "per_text_metrics.csv": _csv(PER_TEXT_HEADER, result.per_text_rows()),
-        "manifest.json": json.dumps(manifest(result), indent=2, ensure_ascii=False).encode("utf-8"),
+        "corpus_metrics.csv": csv_bytes(METRICS_HEADER, result.metric_rows()),
+        "per_text_metrics.csv": csv_bytes(PER_TEXT_HEADER, result.per_text_rows()),
+        "manifest.json": json_bytes(manifest(result)),
     }
-    plots = {name: _png(fn(result)) for name, fn in PLOTS.items()}
+    plots = {name: plotting.png(fn(result)) for name, fn in PLOTS.items()}
     files.update(plots)
     if report:
         files["report.pdf"] = report_pdf(result, plots)
     return files
-
-
-def zip_bytes(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 def write_bundle(files: dict[str, bytes], out: str | Path) -> Path:
@@ -296,7 +257,5 @@ def write_bundle(files: dict[str, bytes], out: str | Path) -> Path:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(src, dst)
     finally:
-        import shutil
-
         shutil.rmtree(tmpdir, ignore_errors=True)
     return out

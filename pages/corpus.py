@@ -192,7 +192,7 @@ def band_chart(frame: pd.DataFrame, y: str, lo: str, hi: str, color: str, title:
 def draw_result(result: CorpusResult) -> None:
     state = st.session_state
     hit = "from the cache" if result.cache_hit else f"computed in {result.duration_s:.1f} s"
-    st.success(f"{result.model.get('model_id', '')} · {result.n_texts} texts · {int(result.n_points.max())} pooled "
+    st.success(f"{result.model.model_id} · {result.n_texts} texts · {int(result.n_points.max())} pooled "
                f"points per layer · {result.n_layers - 1} layers · {hit}")
     for w in result.warnings:
         st.warning(w)
@@ -223,7 +223,8 @@ def draw_result(result: CorpusResult) -> None:
 
     cached = state.get(Keys.CORPUS_ZIP)
     if not cached or cached[0] != result.cache_key:
-        from core.corpus_bundle import corpus_bundle_files, zip_bytes
+        from core.corpus_bundle import corpus_bundle_files
+        from core.formats import zip_bytes
 
         with st.spinner("Preparing the ZIP…"):
             cached = (result.cache_key, zip_bytes(corpus_bundle_files(result)))

@@ -176,9 +176,10 @@ def test_lines_blank_skipped_and_counted():
     assert c.texts == ("first text", "second text", "third") and c.n_blank == 2
 
 
-@pytest.mark.parametrize("data", [b"", b"\n\n  \n", "   "])
-def test_empty_corpus_is_refused(data):
-    with pytest.raises(InputError, match="empty|blank"):
+@pytest.mark.parametrize("data, message", [(b"", "is empty"), (b"\n\n  \n", "every line is blank"),
+                                           ("   ", "every line is blank")])
+def test_empty_corpus_is_refused(data, message):
+    with pytest.raises(InputError, match=message):
         cp.texts_from_lines(data)
 
 
@@ -323,3 +324,79 @@ def test_page_limit_and_bad_input_show_one_message(monkeypatch, tiny_dirs):
     at.radio(key="corpus_source").set_value("Upload .txt (one text per line)").run()
     at.button(key="corpus_run").click().run()
     assert any("upload a file first" in e.value for e in at.error)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def cli(argv, capsys):
+    from core.cli import main
+
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_writes_the_bundle_with_a_progress_bar(tiny_dirs, tmp_path, capsys):
+    import zipfile
+
+    f = tmp_path / "texts.txt"
+    f.write_text("\n".join(TEXTS) + "\n\n")
+    out = tmp_path / "c.zip"
+    code, stdout, err = cli(["corpus", "--model", str(tiny_dirs["bert"]), "--text-file", str(f), "--out", str(out),
+                             "--bootstrap", "20", "--batch-size", "3", "--max-points", "40", "--max-tokens", "16",
+                             "--cache-dir", str(tmp_path / "cache")], capsys)
+    assert code == 0, err
+    assert "wrote" in stdout and "8 texts" in stdout and "1 blank line(s) skipped" in stdout
+    assert "forward passes" in err and "text" in err  # tqdm on stderr
+    names = set(zipfile.ZipFile(out).namelist())
+    assert {"corpus_metrics.csv", "per_text_metrics.csv", "manifest.json", "report.pdf"} <= names
+    code, stdout, _ = cli(["corpus", "--model", str(tiny_dirs["bert"]), "--text-file", str(f), "--out",
+                           str(tmp_path / "dir"), "--bootstrap", "20", "--batch-size", "3", "--max-points", "40",
+                           "--max-tokens", "16", "--cache-dir", str(tmp_path / "cache"), "--no-progress"], capsys)
+    assert code == 0 and "cache hit" in stdout
+    assert (tmp_path / "dir" / "plots" / "corpus_metrics.png").is_file()
+
+
+def test_cli_csv_column(tiny_dirs, tmp_path, capsys):
+    f = tmp_path / "t.csv"
+    f.write_text("id,body\n" + "\n".join(f'{i},"{t}"' for i, t in enumerate(TEXTS)))
+    code, _, err = cli(["corpus", "--model", str(tiny_dirs["gpt2"]), "--csv", str(f), "--column", "body", "--out",
+                        str(tmp_path / "o.zip"), "--bootstrap", "0", "--no-cache", "--quiet"], capsys)
+    assert code == 0 and "forward passes" not in err  # --quiet: no progress bar
+
+
+@pytest.mark.parametrize("content, extra, message", [
+    (b"", [], "is empty"),
+    (b"\n \n\n", [], "every line is blank"),
+    (b"ok\n\xff\xfe bad\n", [], "not UTF-8 text"),
+    ("\n".join(f"t{i}" for i in range(100_000)).encode(), [], "holds 100000 texts, more than the limit of 10000"),
+    (b"a\nb\nc\n", ["--max-texts", "2"], "more than the limit of 2"),
+    (b"id,text\n1,hello\n", ["--csv-mode"], "no column 'body'; its columns are: id, text"),
+    (b"a\n", ["--batch-size", "0"], "batch_size must be an integer between 1 and 512"),
+])
+def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_dirs, tmp_path, capsys, content, extra, message):
+    f = tmp_path / "in.txt"
+    f.write_bytes(content)
+    src = ["--text-file", str(f)]
+    if extra == ["--csv-mode"]:
+        src, extra = ["--csv", str(f), "--column", "body"], []
+    out = tmp_path / "out.zip"
+    with ForwardCounter() as fc:
+        code, stdout, err = cli(["corpus", "--model", str(tiny_dirs["gpt2"]), *src, "--out", str(out), "--no-cache",
+                                 *extra], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+    assert not out.exists() and list(tmp_path.iterdir()) == [f]
+    assert fc.calls == 0
+
+
+def test_cli_one_text_says_there_is_no_interval(tiny_dirs, tmp_path, capsys):
+    f = tmp_path / "one.txt"
+    f.write_text("The cat sat on the mat and the dog sat on the log.\n")
+    code, stdout, _ = cli(["corpus", "--model", str(tiny_dirs["gpt2"]), "--text-file", str(f), "--out",
+                           str(tmp_path / "o"), "--no-cache", "--no-progress"], capsys)
+    assert code == 0 and "note: one text: no confidence intervals" in stdout
+    rows = (tmp_path / "o" / "corpus_metrics.csv").read_text().splitlines()
+    assert rows[1].split(",")[3:5] == ["nan", "nan"]
