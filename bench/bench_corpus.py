@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -38,7 +39,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
 
     import torch
@@ -57,13 +58,14 @@ def main() -> None:
                 pass
         return time.perf_counter() - t
 
-    forward_only()  # warm-up
     fwd = min(forward_only() for _ in range(args.repeat))
+    print(f"forward passes alone: {fwd:.1f} s", file=sys.stderr, flush=True)
     wholes, results = [], []
     for _ in range(args.repeat):
         t = time.perf_counter()
         results.append(analyze_corpus(loaded, texts, st))
         wholes.append(time.perf_counter() - t)
+        print(f"whole analysis: {wholes[-1]:.1f} s", file=sys.stderr, flush=True)
     whole = min(wholes)
     r = results[int(np.argmin(wholes))]
     print(json.dumps({
