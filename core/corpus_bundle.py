@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from . import docs, plotting
 from .formats import csv_bytes, json_bytes, zip_bytes
@@ -94,6 +95,7 @@ def metrics_figure(result: CorpusResult) -> Figure:
             ax.fill_between(x, lo[sl], hi[sl], color="#1f77b4", alpha=0.25, lw=0, label="95 % bootstrap interval")
         ax.set_title(label(m), fontsize=9)
         ax.set_xlabel("layer", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="best")
@@ -120,6 +122,7 @@ def per_text_figure(result: CorpusResult) -> Figure:
             ax.plot(layers, result.estimate[m], color="#1f77b4", marker="o", ms=3, label="pooled")
         ax.set_title(docs.metric_label(m), fontsize=9)
         ax.set_xlabel("layer", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)

@@ -42,6 +42,7 @@ POOLED_METRICS = ("effective_rank", "participation_ratio", "intrinsic_dim_95", "
 SPECTRAL = ("effective_rank", "participation_ratio", "intrinsic_dim_95", "anisotropy_top_pc")
 TWONN_DISCARD = 0.1
 NEIGHBOURS = 24  # neighbours kept per point for the TwoNN bootstrap
+DUPLICATE_RTOL = 1e-5  # rows closer than this × RMS row norm count as duplicates
 CONFIDENCE = 0.95
 _CHUNK = 1024
 
@@ -201,19 +202,92 @@ def _neighbours(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return idx, dist
 
 
-def twonn_dimension(X: np.ndarray, discard: float = TWONN_DISCARD) -> TwoNN:
+@dataclass
+class Neighbours:
+    """Nearest neighbours of the distinct points of a pool.
+
+    distinct: [M] indices into X of the points kept (first of each group of duplicates); nbr: [M, K] indices into
+    `distinct` of each point's nearest other kept points, nearest first; dist: [M, K]; valid: [M, K] (False where
+    a neighbour was a removed duplicate: such entries sort last).
+    """
+
+    distinct: np.ndarray
+    nbr: np.ndarray
+    dist: np.ndarray
+    valid: np.ndarray
+
+
+def distinct_neighbours(X: np.ndarray, k: int = NEIGHBOURS, rel_tol: float = DUPLICATE_RTOL) -> Neighbours:
+    """Remove duplicate rows of X [N, D], then find each remaining point's k nearest neighbours.
+
+    Duplicates: exactly equal rows, and rows closer than rel_tol × (RMS row norm) to an earlier row (the same
+    token with the same context gives the same state, up to the float32 round-off of a batched pass).
+    """
+    X64 = np.asarray(X, dtype=np.float64)
+    exact = unique_rows(X)
+    M = exact.size
+    if M < 3:
+        z = np.zeros((M, 0))
+        return Neighbours(exact, z.astype(np.int64), z, z.astype(bool))
+    nbr, dist = _neighbours(X64[exact], k)
+    tol = rel_tol * float(np.sqrt(np.mean(np.einsum("ij,ij->i", X64, X64))))
+    dup = ((dist <= tol) & (nbr < np.arange(M)[:, None])).any(axis=1) if tol > 0 else np.zeros(M, dtype=bool)
+    if not dup.any():
+        return Neighbours(exact, nbr, dist, np.ones(nbr.shape, dtype=bool))
+    keep = ~dup
+    new = np.cumsum(keep) - 1
+    nb, ds = nbr[keep], dist[keep]
+    valid = keep[nb]
+    order = np.argsort(~valid, axis=1, kind="stable")  # kept neighbours first, still nearest first
+    nb, ds, valid = (np.take_along_axis(a, order, axis=1) for a in (nb, ds, valid))
+    return Neighbours(exact[keep], np.where(valid, new[nb], 0), np.where(valid, ds, np.inf), valid)
+
+
+def _twonn_weighted(nb: Neighbours, owner: np.ndarray, w: np.ndarray, pts: np.ndarray | None, X: np.ndarray,
+                    discard: float = TWONN_DISCARD) -> tuple[float, np.ndarray | None]:
+    """TwoNN of the distinct points whose text has weight w > 0, each μ counted w times. r₁, r₂ are the first two
+    stored neighbours among the drawn texts, or recomputed exactly when fewer than two of them were drawn.
+    Returns (d, the float64 points if they had to be loaded, for reuse)."""
+    M = nb.distinct.size
+    if M < 3:
+        return float("nan"), pts
+    wp = w[owner]
+    present = wp > 0
+    avail = nb.valid & (w[owner[nb.nbr]] > 0)
+    cnt = np.cumsum(avail, axis=1)
+    rows = np.arange(M)
+    r1 = nb.dist[rows, np.argmax(cnt >= 1, axis=1)].copy()
+    r2 = nb.dist[rows, np.argmax(cnt >= 2, axis=1)].copy()
+    short = present & (cnt[:, -1] < 2)
+    if short.any():
+        if pts is None:
+            pts = np.asarray(X[nb.distinct], dtype=np.float64)
+        sel = np.flatnonzero(present)
+        for j in np.flatnonzero(short):
+            cand = sel[sel != j]
+            if cand.size < 2:
+                present[j] = False
+                continue
+            d = np.sort(np.linalg.norm(pts[cand] - pts[j], axis=1))[:2]
+            r1[j], r2[j] = d[0], d[1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mu = r2 / r1
+    return twonn_fit(mu[present], wp[present], discard), pts
+
+
+def twonn_dimension(X: np.ndarray, discard: float = TWONN_DISCARD, rel_tol: float = DUPLICATE_RTOL) -> TwoNN:
     """TwoNN intrinsic dimension (Facco et al. 2017) of the rows of X [N, D].
 
-    Exact duplicate rows are removed first (r₁ = 0 would make μ infinite) and counted; then μ_i = r₂/r₁ from the
-    two nearest neighbours and `twonn_fit`. NaN with fewer than three distinct points.
+    Duplicate rows (exact, or within float round-off: see `distinct_neighbours`) are removed first (r₁ = 0 would
+    make μ infinite) and counted; then μ_i = r₂/r₁ from the two nearest neighbours and `twonn_fit`. NaN with fewer
+    than three distinct points.
     """
     X = np.asarray(X)
-    keep = unique_rows(X)
-    n_dup = X.shape[0] - keep.size
-    if keep.size < 3:
-        return TwoNN(float("nan"), int(keep.size), int(n_dup))
-    _, dist = _neighbours(X[keep], 2)
-    return TwoNN(twonn_fit(dist[:, 1] / dist[:, 0], discard=discard), int(keep.size), int(n_dup))
+    nb = distinct_neighbours(X, 2 + 4, rel_tol)
+    n_dup = X.shape[0] - nb.distinct.size
+    owner = np.zeros(nb.distinct.size, dtype=np.int64)
+    d, _ = _twonn_weighted(nb, owner, np.ones(1), None, X, discard)
+    return TwoNN(d, int(nb.distinct.size), int(n_dup))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -254,7 +328,7 @@ class LayerBlocks:
     Z: [N, k] coordinates in the top-k principal basis; zsum: [G, k]; blocks: [G, k, k] Z_gᵀZ_g (None when that
     would be too large: then a resample's scatter is formed from Z directly); tail: [r − k] the full pool's
     eigenvalues after the k-th; cos_gram: [G, G] block sums of the normalised Gram matrix; nbr, nbr_dist: [M, K]
-    neighbours of the M distinct points (nbr_owner: their text), owner: [M].
+    neighbours: the nearest neighbours of the M distinct points (see `distinct_neighbours`); owner: [M] their texts.
     """
 
     groups: np.ndarray
@@ -267,9 +341,7 @@ class LayerBlocks:
     tail: np.ndarray
     cos_gram: np.ndarray
     owner: np.ndarray
-    nbr: np.ndarray
-    nbr_dist: np.ndarray
-    distinct: np.ndarray
+    neighbours: Neighbours
 
 
 @dataclass
@@ -302,14 +374,9 @@ def layer_estimate(X: np.ndarray, groups: np.ndarray, n_groups: int, *, rank: in
     lam, V = spectrum(X)
     values = dict(spectral_metrics(lam))
     values["anisotropy_cosine"] = anisotropy_cosine(X, groups) if n_groups > 1 else float("nan")
-    distinct = unique_rows(X)
-    M = distinct.size
-    nbr = nbr_dist = np.zeros((0, 0))
-    if M >= 3:
-        nbr, nbr_dist = _neighbours(X[distinct], NEIGHBOURS)
-        values["twonn_dimension"] = twonn_fit(nbr_dist[:, 1] / nbr_dist[:, 0])
-    else:
-        values["twonn_dimension"] = float("nan")
+    nb = distinct_neighbours(X, NEIGHBOURS)
+    M = nb.distinct.size
+    values["twonn_dimension"], _ = _twonn_weighted(nb, groups[nb.distinct], np.ones(n_groups), None, X)
     blocks = None
     if with_blocks:
         k = int(min(rank, int((lam > 0).sum()) or 1, V.shape[1]))
@@ -332,7 +399,7 @@ def layer_estimate(X: np.ndarray, groups: np.ndarray, n_groups: int, *, rank: in
             groups=groups, n=np.bincount(groups, minlength=n_groups).astype(np.float64),
             trace=np.bincount(groups, weights=np.einsum("ij,ij->i", Xc, Xc), minlength=n_groups),
             sums_gram=sums_full @ sums_full.T, Z=Z, zsum=zsum, blocks=bl, tail=lam[k:].copy(),
-            cos_gram=U @ U.T, owner=groups[distinct], nbr=nbr.astype(np.int64), nbr_dist=nbr_dist, distinct=distinct)
+            cos_gram=U @ U.T, owner=groups[nb.distinct], neighbours=nb)
     return LayerEstimate(values=values, n_points=N, n_distinct=int(M), lam=lam, V=V, Xc=Xc, blocks=blocks)
 
 
@@ -398,35 +465,9 @@ def bootstrap_twonn(b: LayerBlocks, X: np.ndarray, W: np.ndarray) -> np.ndarray:
     count, μ from its first two neighbours among the drawn texts (recomputed exactly in the rare case that fewer
     than two of its K stored neighbours were drawn). X: [N, D] the layer's points. -> [B]."""
     out = np.full(W.shape[0], np.nan)
-    if b.nbr.shape[0] < 3:
-        return out
     pts = None
-    nbr_owner = b.owner[b.nbr]
     for i, w in enumerate(W):
-        wp = w[b.owner]
-        present = wp > 0
-        avail = w[nbr_owner] > 0  # [M, K]
-        cnt = np.cumsum(avail, axis=1)
-        first = np.argmax(cnt >= 1, axis=1)
-        second = np.argmax(cnt >= 2, axis=1)
-        short = present & (cnt[:, -1] < 2)
-        rows = np.arange(b.nbr.shape[0])
-        r1 = b.nbr_dist[rows, first]
-        r2 = b.nbr_dist[rows, second]
-        if short.any():
-            if pts is None:
-                pts = np.asarray(X[b.distinct], dtype=np.float64)
-            sel = np.flatnonzero(present)
-            for j in np.flatnonzero(short):
-                cand = sel[sel != j]
-                if cand.size < 2:
-                    present[j] = False
-                    continue
-                d = np.sort(np.linalg.norm(pts[cand] - pts[j], axis=1))[:2]
-                r1[j], r2[j] = d[0], d[1]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            mu = r2 / r1
-        out[i] = twonn_fit(mu[present], wp[present])
+        out[i], pts = _twonn_weighted(b.neighbours, b.owner, w, pts, X)
     return out
 
 

@@ -70,6 +70,16 @@ def test_duplicates_are_removed_and_counted():
     assert np.isfinite(r.dimension)
 
 
+def test_near_duplicates_from_float_round_off_are_removed_too():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 6))
+    noisy = X[:60] * (1 + 1e-7 * rng.normal(size=(60, 6)))  # the same states through another batch
+    r = geo.twonn_dimension(np.concatenate([X, noisy]))
+    assert r.n_duplicates == 60 and r.n_points == 400
+    assert r.dimension == pytest.approx(geo.twonn_dimension(X).dimension)
+    assert geo.twonn_dimension(np.concatenate([X, noisy]), rel_tol=0).dimension < 0.8 * r.dimension
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Anisotropy, spectra, linearity
 
