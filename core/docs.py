@@ -632,9 +632,11 @@ _CORPUS = [
             "peak, then a drop in the middle layers of trained transformers."),
        encoder_vs_decoder=("Both show the rise-peak-fall profile in trained models; random-weight models show no "
                            "such profile, which makes them a useful baseline."),
-       pitfalls=["Exact duplicates make r1 = 0; they are removed and their count is reported. Near-duplicates "
-                 "(tiny r1) are not removed and push μ up.", P_POOL_SAMPLE,
-                 "TwoNN underestimates large dimensions (above ~20 it needs exponentially many points)."],
+       pitfalls=["Duplicates make r1 = 0; exact duplicates and points within float round-off (1e-5 of the RMS norm) "
+                 "of an earlier point are removed and counted. Near-duplicates beyond that (tiny r1) push μ up.", P_POOL_SAMPLE,
+                 "TwoNN underestimates large dimensions (above ~20 it needs exponentially many points).",
+                 "It is scale-dependent: tight clusters (the same token in nearly the same context, common in "
+                 "random-weight models) give many tiny r1 and values below 1; compare layers of one corpus."],
        references=[R_FACCO, R_VALERIANI], sources=["core.geometry:twonn_dimension"]),
     _e(key="anisotropy_cosine", title="Anisotropy (mean cosine between texts)", kind="corpus",
        short="Mean cosine similarity over all pairs of pooled token states that come from different texts.",
