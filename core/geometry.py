@@ -15,7 +15,8 @@ Bootstrap over texts (`bootstrap_layers`): resampling texts with replacement giv
 w_g. Nothing is recomputed from the points per resample; each statistic is a cheap function of per-text blocks
 that are built once per layer:
   * anisotropy_cosine: the G×G matrix of block sums of the normalised Gram matrix, S_gh = Σ_{i∈g, j∈h} û_i·û_j;
-    a resample's cross-text sum is wᵀSw − Σ_g w_g² S_gg, exact.
+    a resample's cross-text sum is wᵀSw − Σ_g w_g² S_gg = ‖Σ_g w_g s_g‖² − Σ_g w_g² ‖s_g‖² (s_g = Σ_{i∈g} û_i),
+    exact, from the [G, D] text sums (never a G×G matrix: 10 000 texts stay cheap).
   * the spectral metrics: per-text scatter blocks Z_gᵀZ_g in the pool's top-k principal basis (k = `rank`);
     a resample's scatter there is Σ_g w_g Z_gᵀZ_g − N_w μ_w μ_wᵀ (a weighted sum of blocks, then one k×k eigvalsh),
     its total variance outside the basis is exact (per-text traces and text sums), and that remainder is spread
@@ -327,19 +328,20 @@ class LayerBlocks:
     n: [G] points per text; trace: [G] Σ_{i∈g} ‖x_i − x̄‖²; sums_full: [G, D] Σ_{i∈g} (x_i − x̄);
     Z: [N, k] coordinates in the top-k principal basis; zsum: [G, k]; blocks: [G, k, k] Z_gᵀZ_g (None when that
     would be too large: then a resample's scatter is formed from Z directly); tail: [r − k] the full pool's
-    eigenvalues after the k-th; cos_gram: [G, G] block sums of the normalised Gram matrix; nbr, nbr_dist: [M, K]
+    eigenvalues after the k-th; unit_sums: [G, D] Σ_{i∈g} û_i (their inner products are the block sums of the
+    normalised Gram matrix);
     neighbours: the nearest neighbours of the M distinct points (see `distinct_neighbours`); owner: [M] their texts.
     """
 
     groups: np.ndarray
     n: np.ndarray
     trace: np.ndarray
-    sums_gram: np.ndarray
+    sums_full: np.ndarray
     Z: np.ndarray
     zsum: np.ndarray
     blocks: np.ndarray | None
     tail: np.ndarray
-    cos_gram: np.ndarray
+    unit_sums: np.ndarray
     owner: np.ndarray
     neighbours: Neighbours
 
@@ -398,8 +400,8 @@ def layer_estimate(X: np.ndarray, groups: np.ndarray, n_groups: int, *, rank: in
         blocks = LayerBlocks(
             groups=groups, n=np.bincount(groups, minlength=n_groups).astype(np.float64),
             trace=np.bincount(groups, weights=np.einsum("ij,ij->i", Xc, Xc), minlength=n_groups),
-            sums_gram=sums_full @ sums_full.T, Z=Z, zsum=zsum, blocks=bl, tail=lam[k:].copy(),
-            cos_gram=U @ U.T, owner=groups[nb.distinct], neighbours=nb)
+            sums_full=sums_full, Z=Z, zsum=zsum, blocks=bl, tail=lam[k:].copy(), unit_sums=U,
+            owner=groups[nb.distinct], neighbours=nb)
     return LayerEstimate(values=values, n_points=N, n_distinct=int(M), lam=lam, V=V, Xc=Xc, blocks=blocks)
 
 
@@ -431,7 +433,8 @@ def _weighted_scatter(b: LayerBlocks, W: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def _total_variance(b: LayerBlocks, W: np.ndarray, Nw: np.ndarray) -> np.ndarray:
     """Exact total scatter trace of every resample: Σ_g w_g tr_g − ‖Σ_g w_g s_g‖² / N_w."""
-    return W @ b.trace - np.einsum("bg,gh,bh->b", W, b.sums_gram, W) / Nw
+    S = W @ b.sums_full
+    return W @ b.trace - np.einsum("bd,bd->b", S, S) / Nw
 
 
 def bootstrap_spectral(b: LayerBlocks, W: np.ndarray) -> dict[str, np.ndarray]:
@@ -454,8 +457,8 @@ def bootstrap_spectral(b: LayerBlocks, W: np.ndarray) -> dict[str, np.ndarray]:
 
 def bootstrap_cosine(b: LayerBlocks, W: np.ndarray) -> np.ndarray:
     """anisotropy_cosine of every resample, exact: (wᵀSw − Σ w_g² S_gg) / ((w·n)² − Σ w_g² n_g²). -> [B]."""
-    d = np.diag(b.cos_gram)
-    num = np.einsum("bg,gh,bh->b", W, b.cos_gram, W) - (W ** 2) @ d
+    S = W @ b.unit_sums
+    num = np.einsum("bd,bd->b", S, S) - (W ** 2) @ np.einsum("gd,gd->g", b.unit_sums, b.unit_sums)
     pairs = (W @ b.n) ** 2 - (W ** 2) @ (b.n ** 2)
     return np.divide(num, pairs, out=np.full(W.shape[0], np.nan), where=pairs > 0)
 
@@ -476,18 +479,26 @@ def bootstrap_linearity(prev: LayerBlocks, cur: LayerBlocks, W: np.ndarray, esti
     (so the full sample gives `estimate` exactly). -> [B]."""
     G = W.shape[1]
     k1, k2 = prev.Z.shape[1], cur.Z.shape[1]
-    cross = np.zeros((G, k1, k2))
-    order = np.argsort(prev.groups, kind="stable")
-    bounds = np.searchsorted(prev.groups[order], np.arange(G + 1))
-    for g in range(G):
-        r = order[bounds[g]:bounds[g + 1]]
-        if r.size:
-            cross[g] = prev.Z[r].T @ cur.Z[r]
+    cross: np.ndarray | None = None
+    if G * k1 * k2 * 8 <= BLOCK_BYTES:
+        cross = np.zeros((G, k1, k2))
+        order = np.argsort(prev.groups, kind="stable")
+        bounds = np.searchsorted(prev.groups[order], np.arange(G + 1))
+        for g in range(G):
+            r = order[bounds[g]:bounds[g + 1]]
+            if r.size:
+                cross[g] = prev.Z[r].T @ cur.Z[r]
+
+    def weighted_cross(Wm: np.ndarray) -> np.ndarray:
+        if cross is not None:
+            return np.einsum("bg,gij->bij", Wm, cross)
+        c = Wm[:, prev.groups]
+        return np.stack([(prev.Z * c[i][:, None]).T @ cur.Z for i in range(Wm.shape[0])])
 
     def score(Wm: np.ndarray) -> np.ndarray:
         A, Nw, mx = _weighted_scatter(prev, Wm)
         my = (Wm @ cur.zsum) / Nw[:, None]
-        B = np.einsum("bg,gij->bij", Wm, cross) - Nw[:, None, None] * mx[:, :, None] * my[:, None, :]
+        B = weighted_cross(Wm) - Nw[:, None, None] * mx[:, :, None] * my[:, None, :]
         den = _total_variance(cur, Wm, Nw)
         res = np.full(Wm.shape[0], np.nan)
         for i in range(Wm.shape[0]):

@@ -216,3 +216,19 @@ def test_bootstrap_is_seeded():
     c = geo.pooled_geometry(X[None], g, 10, n_resamples=50, seed=4)
     assert a.ci_low["effective_rank"][0] == b.ci_low["effective_rank"][0]
     assert a.ci_low["effective_rank"][0] != c.ci_low["effective_rank"][0]
+
+
+def test_large_corpus_path_without_per_text_blocks_gives_the_same_numbers(monkeypatch):
+    """Past BLOCK_BYTES (e.g. 10 000 texts) a resample's scatter is formed from the points: same numbers."""
+    X, g = corpus(30, per_text=8, dim=7, seed=2)
+    Y = np.tanh(X) + 0.1 * X
+    W = geo.resample_weights(30, 4, seed=1)
+    ref_x, ref_y = geo.layer_estimate(X, g, 30, rank=4), geo.layer_estimate(Y, g, 30, rank=4)
+    ref = geo.bootstrap_spectral(ref_x.blocks, W), geo.bootstrap_linearity(ref_x.blocks, ref_y.blocks, W, 0.5)
+    monkeypatch.setattr(geo, "BLOCK_BYTES", 0)
+    ex, ey = geo.layer_estimate(X, g, 30, rank=4), geo.layer_estimate(Y, g, 30, rank=4)
+    assert ex.blocks.blocks is None
+    got = geo.bootstrap_spectral(ex.blocks, W), geo.bootstrap_linearity(ex.blocks, ey.blocks, W, 0.5)
+    for k in geo.SPECTRAL:
+        np.testing.assert_allclose(got[0][k], ref[0][k], rtol=1e-10)
+    np.testing.assert_allclose(got[1], ref[1], rtol=1e-10)
