@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from .cli_common import add_load_options, add_model_options, fail
-from .corpus import DEFAULT_MAX_TEXTS, ENV_MAX_TEXTS, CorpusSettings, CorpusTexts, max_corpus_texts
+from .corpus import ENV_MAX_TEXTS, CorpusSettings, CorpusTexts
+from .guards import DEFAULT_MAX_CORPUS_TEXTS, max_corpus_texts
 
 NAME = "corpus"
 
@@ -46,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     c.add_argument("--column", default=None, help="the CSV column that holds the texts (with --csv)")
     c.add_argument("--out", required=True, type=Path, help="output: a path ending in .zip, or a folder")
     c.add_argument("--max-texts", type=int, default=None,
-                   help=f"refuse a corpus with more texts than this (default ${ENV_MAX_TEXTS} or {DEFAULT_MAX_TEXTS})")
+                   help=f"refuse a corpus with more texts than this (default ${ENV_MAX_TEXTS}, else {DEFAULT_MAX_CORPUS_TEXTS})")
     for name in ("max_tokens", "batch_size", "bootstrap", "max_points", "seed", "bootstrap_rank"):
         c.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=_setting_help(name))
     c.add_argument("--include-special-tokens", action="store_true", help=_setting_help("include_special_tokens"))

@@ -12,7 +12,8 @@ real tokens only, so left- and right-padding tokenizers both give the per-text s
 
 Input readers (`texts_from_lines`, `texts_from_csv`) turn an uploaded or given file into texts: blank lines are
 skipped and counted, bytes that are not UTF-8 and a corpus larger than the limit are refused with a clear message.
-The limit on texts is `$TMA_MAX_CORPUS_TEXTS` (default 10 000; see `max_corpus_texts`).
+The limit on texts is core.guards' `$TMA_MAX_CORPUS_TEXTS` (default 200, for public deployments); the CLI's
+--max-texts replaces it for a local run. Each text is also bounded by `$TMA_MAX_TEXT_CHARS`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import numpy as np
 
 from . import geometry, metrics, serialize
 from .errors import InputError
+from .guards import check_text_length, max_corpus_texts
 from .model_info import ModelInfo
 from .models import LoadedModel, final_norm, load_model
 from .version import CORE_VERSION
@@ -43,23 +45,9 @@ from .version import CORE_VERSION
 log = logging.getLogger(__name__)
 
 ENV_MAX_TEXTS = "TMA_MAX_CORPUS_TEXTS"
-DEFAULT_MAX_TEXTS = 10_000
 MAX_CORPUS_BYTES = 64 * 1024 * 1024
 #: progress(done, total, stage): stage "texts" while the model runs (done = texts finished), then "layers".
 ProgressFn = Callable[[int, int, str], None]
-
-
-def max_corpus_texts() -> int:
-    """The largest corpus accepted: `$TMA_MAX_CORPUS_TEXTS` (a public deployment sets it low), default 10 000."""
-    raw = os.environ.get(ENV_MAX_TEXTS, "").strip()
-    if not raw:
-        return DEFAULT_MAX_TEXTS
-    try:
-        value = int(raw)
-    except ValueError:
-        log.warning("%s=%r is not an integer; using %d", ENV_MAX_TEXTS, raw, DEFAULT_MAX_TEXTS)
-        return DEFAULT_MAX_TEXTS
-    return max(1, value)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -130,13 +118,18 @@ def decode_utf8(data: bytes | str, what: str = "the file") -> str:
                          "save it as UTF-8 and try again") from None
 
 
-def _check_count(n: int, limit: int | None, what: str) -> None:
+def _check_count(texts: Sequence[str], limit: int | None, what: str) -> None:
+    """The corpus rules: at least one text, at most `limit` (default `guards.max_corpus_texts()`), each text within
+    `$TMA_MAX_TEXT_CHARS`."""
     limit = max_corpus_texts() if limit is None else limit
+    n = len(texts)
     if n == 0:
         raise InputError(f"{what} holds no text: every line is blank")
     if n > limit:
         raise InputError(f"{what} holds {n} texts, more than the limit of {limit} "
                          f"(--max-texts, or ${ENV_MAX_TEXTS} on a server); split the corpus or raise the limit")
+    for i, t in enumerate(texts):
+        check_text_length(t, what=f"text {i + 1} of {what}")
 
 
 def texts_from_lines(data: bytes | str, *, limit: int | None = None, what: str = "the corpus") -> CorpusTexts:
@@ -147,7 +140,7 @@ def texts_from_lines(data: bytes | str, *, limit: int | None = None, what: str =
         raise InputError(f"{what} is empty")
     lines = text.splitlines()
     texts = tuple(line.strip() for line in lines if line.strip())
-    _check_count(len(texts), limit, what)
+    _check_count(texts, limit, what)
     return CorpusTexts(texts, len(lines) - len(texts))
 
 
@@ -175,7 +168,7 @@ def texts_from_csv(data: bytes | str, column: str, *, limit: int | None = None,
     except csv.Error as exc:
         raise InputError(f"{what} is not valid CSV: {exc}") from None
     texts = tuple(c for c in cells if c)
-    _check_count(len(texts), limit, what)
+    _check_count(texts, limit, what)
     return CorpusTexts(texts, len(cells) - len(texts))
 
 
@@ -478,7 +471,7 @@ def analyze_corpus(model: LoadedModel | str, texts: Sequence[str] | CorpusTexts,
             raise InputError("every text must be a string")
         all_texts = [t.strip() for t in raw if t.strip()]
         n_blank = len(raw) - len(all_texts)
-    _check_count(len(all_texts), limit, "the corpus")
+    _check_count(all_texts, limit, "the corpus")
     loaded = model if isinstance(model, LoadedModel) else load_model(str(model), dtype=dtype, device=device)
     info = loaded.info()
     c_hash = corpus_sha256(all_texts)

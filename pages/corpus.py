@@ -18,10 +18,11 @@ import streamlit as st
 
 from app.state import Keys
 from core import docs
-from core.corpus import CorpusResult, CorpusSettings, CorpusTexts, max_corpus_texts
+from core.corpus import CorpusResult, CorpusSettings, CorpusTexts
 from core.corpus_bundle import DOC_KEY, label
 from core.errors import InputError, TMAError
 from core.geometry import POOLED_METRICS
+from core.guards import max_corpus_texts
 from core.metrics import METRIC_NAMES
 
 log = logging.getLogger(__name__)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from core import corpus as cp
+from core import guards
 from core import metrics
 from core.errors import InputError
 
@@ -201,17 +202,21 @@ def test_csv_column_picker_and_missing_column():
 
 def test_a_100000_line_file_is_limited_before_any_work(monkeypatch, tiny_gpt2):
     data = "\n".join(f"text number {i}" for i in range(100_000)).encode()
-    with pytest.raises(InputError, match="holds 100000 texts, more than the limit of 10000"):
+    monkeypatch.delenv(cp.ENV_MAX_TEXTS, raising=False)
+    with pytest.raises(InputError, match="holds 100000 texts, more than the limit of 200"):
         cp.texts_from_lines(data)
     monkeypatch.setenv(cp.ENV_MAX_TEXTS, "50")
-    assert cp.max_corpus_texts() == 50
+    assert guards.max_corpus_texts() == 50
     with pytest.raises(InputError, match="limit of 50"):
         cp.texts_from_lines("\n".join(TEXTS * 10))
     with ForwardCounter() as fc, pytest.raises(InputError, match="limit of 50"):
         cp.analyze_corpus(tiny_gpt2, TEXTS * 10)
     assert fc.calls == 0
     monkeypatch.setenv(cp.ENV_MAX_TEXTS, "nonsense")
-    assert cp.max_corpus_texts() == cp.DEFAULT_MAX_TEXTS
+    assert guards.max_corpus_texts() == guards.DEFAULT_MAX_CORPUS_TEXTS
+    monkeypatch.setenv("TMA_MAX_TEXT_CHARS", "10")
+    with pytest.raises(InputError, match="text 2 of the corpus has 22 characters"):
+        cp.texts_from_lines("short\nthis one is too long..\n")
 
 
 def test_settings_validate():
@@ -371,7 +376,7 @@ def test_cli_csv_column(tiny_dirs, tmp_path, capsys):
     (b"", [], "is empty"),
     (b"\n \n\n", [], "every line is blank"),
     (b"ok\n\xff\xfe bad\n", [], "not UTF-8 text"),
-    ("\n".join(f"t{i}" for i in range(100_000)).encode(), [], "holds 100000 texts, more than the limit of 10000"),
+    ("\n".join(f"t{i}" for i in range(100_000)).encode(), [], "holds 100000 texts, more than the limit of 200"),
     (b"a\nb\nc\n", ["--max-texts", "2"], "more than the limit of 2"),
     (b"id,text\n1,hello\n", ["--csv-mode"], "no column 'body'; its columns are: id, text"),
     (b"a\n", ["--batch-size", "0"], "batch_size must be an integer between 1 and 512"),
