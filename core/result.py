@@ -18,7 +18,10 @@ if TYPE_CHECKING:
 
 from . import serialize
 from .attention import AttentionSection
+from .ablation import HeadAblationSection
 from .attribution import AttributionSection
+from .dla import DLASection
+from .flow import FlowSection
 from .logit_lens import LensSection
 from .metrics import METRIC_NAMES
 from .model_info import ModelInfo
@@ -65,6 +68,9 @@ class AnalysisResult:
     attribution: AttributionSection | None = None
     predictions: PredictionSection | None = None
     logit_lens: LensSection | None = None
+    dla: DLASection | None = None
+    flow: FlowSection | None = None
+    head_ablation: HeadAblationSection | None = None
     neuron_factors: NeuronFactorSection | None = None
     query_key: QKSection | None = None
     warnings: list[str] = field(default_factory=list)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .attention import AttentionSection
+from .guards import visible_controls
 from .logit_lens import LensSection
 from .metrics import METRIC_NAMES
 from .predictions import PredictionSection
@@ -141,6 +142,7 @@ def shaded_tokens_html(tokens: list[str], scores: Any, target: int | None = None
         a = abs(v) / scale if scale > 0 else 0.0
         rgb = "220,60,40" if v >= 0 else "40,90,220"
         outline = "outline:2px solid #333;" if target is not None and i == target else ""
+        tok = visible_controls(str(tok))  # a bidi override must not reorder the tokens after it
         parts.append(f'<span title="{html.escape(f"{i}: {tok} = {v:.4g}", quote=True)}" '
                      f'style="background:rgba({rgb},{a:.3f});{outline}padding:2px 3px;margin:1px;'
                      f'border-radius:3px;display:inline-block;font-family:monospace">'
