@@ -29,6 +29,7 @@ PAGES = [
     st.Page("../pages/layer_analysis.py", title="Layer Analysis", icon=":material/stacks:", url_path="layer_analysis"),
     st.Page("../pages/causal.py", title="Causal", icon=":material/science:", url_path="causal"),
     st.Page("../pages/details.py", title="Details", icon=":material/menu_book:", url_path="details"),
+    st.Page("../pages/corpus.py", title="Corpus", icon=":material/library_books:", url_path="corpus"),
 ]
 
 

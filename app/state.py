@@ -80,6 +80,21 @@ class Keys:
     PATCH_ERROR = "patch_error"  # its error message, or None
     PATCH_FAMILY = "patch_family"  # the family the example texts were filled in for
 
+    # --- corpus page -------------------------------------------------------------------------------------------
+    CORPUS_RESULT = "corpus_result"  # the last finished core.corpus.CorpusResult
+    CORPUS_ERROR = "corpus_error"  # user-facing message of the last failed corpus run, or None
+    CORPUS_ZIP = "corpus_zip"  # (cache key, ZIP bytes) of the shown result, built once
+    CORPUS_SOURCE = "corpus_source"  # radio: upload .txt / upload .csv / paste lines
+    CORPUS_PASTE = "corpus_paste"
+    CORPUS_COLUMN = "corpus_column"
+    CORPUS_MAX_TOKENS = "corpus_max_tokens"
+    CORPUS_BATCH = "corpus_batch"
+    CORPUS_BOOTSTRAP = "corpus_bootstrap"
+    CORPUS_MAX_POINTS = "corpus_max_points"
+    CORPUS_SPECIAL = "corpus_special"
+    CORPUS_METRICS = "corpus_metrics"  # multiselect of pooled metrics to plot
+    CORPUS_PER_TEXT = "corpus_per_text"  # selectbox: single-text metric shown against the pooled curve
+
 
 #: Choice in the model selectbox that reveals the free field.
 OTHER_MODEL = "Other: a Hugging Face id or a local folder"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .cli_common import (EXIT_INPUT, EXIT_INTERNAL, EXIT_MODEL, OneLineParser, add_load_options, add_model_options,
                          add_settings_options, add_text_options, fail, read_text, settings_from_args)
-from . import cli_patch
+from . import cli_corpus, cli_patch
 from .errors import InputError, TMAError
 
 
@@ -109,6 +109,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]]
     add_analyze,
     add_generate,
     cli_patch.add_parser,
+    cli_corpus.add_parser,
 ]
 
 
