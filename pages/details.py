@@ -18,6 +18,7 @@ GROUPS = [
     ("Attribution", "attribution", "Which input tokens and heads the prediction at the target position depends on."),
     ("Predictions", "prediction", "What the model predicts: mask filling, next token, and generation."),
     ("Logit lens", "logit_lens", "The model's intermediate guesses, layer by layer."),
+    ("Comparison", "comparison", "How similar two layers, or two runs, are (Layer Analysis and Compare pages)."),
 ]
 
 
