@@ -230,7 +230,11 @@ def logit_lens_section(result: Any) -> None:
 
 
 def animations_section(result: Any, head: int | None) -> None:
-    """The layer-transition GIFs of core.animations, rendered once per (result, head) and cached."""
+    """The layer-transition GIFs of core.animations, rendered once per (result, head) and cached; above them the
+    layer × layer CKA of the run (how far the representation moves between layers)."""
+    from app.compare_widgets import layer_cka_section
+
+    layer_cka_section(result)
     if not result.settings.animations:
         st.caption("Animations are off (sidebar → Settings → Layer animations).")
         return
