@@ -465,3 +465,303 @@ def prediction_rows(cmp: ComparisonResult) -> list[dict[str, Any]]:
                      "B": pb.tokens[i] if i < len(pb.tokens) else None,
                      "p(B)": pb.probabilities[i] if i < len(pb.probabilities) else None})
     return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Figures (matplotlib's object-oriented API; PNG bytes for the CLI's bundle and the PDF)
+
+#: The comparison's figures: bundle name → (title, caption). Written only where defined.
+FIGURES: dict[str, tuple[str, str]] = {
+    "plots/metrics_overlay.png": ("Layer metrics of run A and run B",
+                                  "The five layer metrics of both runs, on relative depth (layer / number of layers) "
+                                  "when the layer counts differ, else on absolute layers."),
+    "plots/cka.png": ("Linear CKA between the layers of A and B",
+                      "Linear CKA (centred, Kornblith et al. 2019) of every layer of A against every layer of B over "
+                      "the same tokens; 1 = same token geometry up to rotation and scale."),
+    "plots/cka_debiased.png": ("Debiased linear CKA between the layers of A and B",
+                               "The same with the unbiased HSIC estimator: independent representations score "
+                               "near 0."),
+    "plots/layer_cka_a.png": ("Layer × layer CKA within run A", "How far run A's representation moves between layers."),
+    "plots/layer_cka_b.png": ("Layer × layer CKA within run B", "How far run B's representation moves between layers."),
+    "plots/entropy_difference.png": ("Attention entropy, B − A",
+                                     "Per-head attention entropy of B minus A (nats; red: B spreads its attention "
+                                     "more). Same architecture only."),
+}
+
+
+def _figure(width_in: float, height_in: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width_in, height_in), dpi=90)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig: Any) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return buf.getvalue()
+
+
+def overlay_figure(cmp: ComparisonResult, axis: str | None = None) -> Any:
+    """Five panels (2 × 3 grid), one per layer metric, both runs overlaid."""
+    from .docs import metric_label
+
+    axis = axis or cmp.default_axis
+    fig = _figure(11.0, 6.2)
+    axes = fig.subplots(2, 3).ravel()
+    for ax, m in zip(axes, METRIC_NAMES):
+        for s, style in zip(cmp.runs, ("o-", "s--")):
+            xs = s.depth if axis == "relative" else s.layers
+            ax.plot(xs, s.metrics[m], style, ms=3.5, lw=1.4, label=f"{s.label}: {s.model_id[-40:]}")
+        ax.set_title(metric_label(m), fontsize=9)
+        ax.set_xlabel("relative depth (layer / layers)" if axis == "relative" else "layer", fontsize=8)
+        if axis == "absolute":
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[-1].axis("off")
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[-1].legend(handles, labels, loc="center", fontsize=8, frameon=False)
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.94, bottom=0.08, hspace=0.42, wspace=0.25)
+    return fig
+
+
+def cka_figure(matrix: np.ndarray, y_label: str, x_label: str, title: str) -> Any:
+    """Heatmap of a CKA matrix (rows: y_label layers, bottom to top; columns: x_label layers)."""
+    M = np.asarray(matrix, dtype=np.float64)
+    side = 1.2 + 0.32 * max(M.shape)
+    fig = _figure(min(max(side * M.shape[1] / max(M.shape) + 1.4, 4.5), 11.0), min(max(side, 3.6), 9.0))
+    ax = fig.add_subplot(1, 1, 1)
+    low = float(min(0.0, np.nanmin(M))) if np.isfinite(M).any() else 0.0
+    im = ax.imshow(M, origin="lower", cmap="viridis", vmin=low, vmax=1.0, aspect="auto", interpolation="nearest")
+    if max(M.shape) <= 16:
+        for i in range(M.shape[0]):
+            for j in range(M.shape[1]):
+                if np.isfinite(M[i, j]):
+                    ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                            color="black" if M[i, j] > 0.6 else "white")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(x_label, fontsize=8)
+    ax.set_ylabel(y_label, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    bar.set_label("CKA", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    fig.subplots_adjust(left=0.14, right=0.86, top=0.9, bottom=0.13)
+    return fig
+
+
+def entropy_difference_figure(diff: np.ndarray, title: str) -> Any:
+    """Layers × heads heatmap of a signed difference, white at 0."""
+    D = np.asarray(diff, dtype=np.float64)
+    fig = _figure(min(max(3.0 + 0.35 * D.shape[1], 5.0), 11.0), min(max(2.0 + 0.3 * D.shape[0], 3.2), 9.0))
+    ax = fig.add_subplot(1, 1, 1)
+    lim = float(np.nanmax(np.abs(D))) if np.isfinite(D).any() else 0.0
+    lim = lim if lim > 0 else 1.0
+    im = ax.imshow(D, origin="upper", cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("head", fontsize=8)
+    ax.set_ylabel("layer", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    bar.set_label("B − A (nats)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    fig.subplots_adjust(left=0.12, right=0.86, top=0.9, bottom=0.14)
+    return fig
+
+
+def comparison_plots(cmp: ComparisonResult, result_a: AnalysisResult | None = None,
+                     result_b: AnalysisResult | None = None) -> dict[str, bytes]:
+    """{bundle name: PNG bytes} of every comparison figure that is defined (the layer × layer CKA of each run
+    only when its result, with hidden states, is given)."""
+    out = {"plots/metrics_overlay.png": _png(overlay_figure(cmp))}
+    a, b = f"layer of A ({cmp.a.model_id[-30:]})", f"layer of B ({cmp.b.model_id[-30:]})"
+    if cmp.cka is not None:
+        out["plots/cka.png"] = _png(cka_figure(cmp.cka, a, b, "Linear CKA, A × B"))
+    if cmp.cka_debiased is not None:
+        out["plots/cka_debiased.png"] = _png(cka_figure(cmp.cka_debiased, a, b, "Debiased linear CKA, A × B"))
+    for name, r, label in (("plots/layer_cka_a.png", result_a, "A"), ("plots/layer_cka_b.png", result_b, "B")):
+        if r is not None and r.n_tokens >= MIN_TOKENS_CKA:
+            out[name] = _png(cka_figure(layer_cka(r), "layer", "layer", f"Linear CKA within run {label}"))
+    if cmp.entropy_diff is not None:
+        out["plots/entropy_difference.png"] = _png(entropy_difference_figure(cmp.entropy_diff,
+                                                                             "Attention entropy, B − A"))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The comparison bundle: both runs' bundles under a/ and b/, comparison.json, cka.csv, plots, report.pdf
+
+A4 = (8.27, 11.69)
+MAX_REPORT_TEXT = 600
+
+
+def _pdf(fig: Any) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="pdf")
+    return buf.getvalue()
+
+
+class _Page:
+    """One A4 page of text drawn with matplotlib (no mathtext: user text is printed as is)."""
+
+    def __init__(self) -> None:
+        self.fig = _figure(*A4)
+        self.y = 0.95
+
+    def line(self, text: str, size: float = 8.5, bold: bool = False, gap: float = 1.0, width: int = 110,
+             colour: str = "black", mono: bool = False) -> None:
+        import textwrap
+
+        for piece in textwrap.wrap(text, width=width, replace_whitespace=False) or [""]:
+            if self.y < 0.04:
+                return
+            self.fig.text(0.07, self.y, piece, fontsize=size, weight="bold" if bold else "normal", color=colour,
+                          va="top", ha="left", parse_math=False, family="monospace" if mono else "sans-serif")
+            self.y -= 0.0165 * size / 8.5 * gap
+
+    def space(self, amount: float = 0.01) -> None:
+        self.y -= amount
+
+
+def _clip(text: str, n: int = MAX_REPORT_TEXT) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[:n] + " … (truncated)"
+
+
+def _fmt(v: float | None) -> str:
+    return "–" if v is None or not math.isfinite(v) else f"{v:.4f}"
+
+
+def summary_page(cmp: ComparisonResult) -> bytes:
+    """The first page of the comparison report (PDF bytes): both runs, what is compared and why not, the
+    predictions side by side, the attribution agreement and the CKA formula."""
+    from .docs import caption, formula_text
+
+    p = _Page()
+    p.line("Transformer Model Analysis — comparison of two runs", size=15, bold=True, gap=1.6)
+    for s in cmp.runs:
+        p.line(f"Run {s.label}: {s.model_id}", size=10, bold=True, gap=1.3)
+        p.line(f"{s.family.replace('_', ' ')} · {s.architecture} · {s.n_layers} layers × {s.n_heads} heads · "
+               f"hidden {s.hidden_size} · {s.dtype} · {len(s.tokens)} tokens · metrics over {s.metric_tokens}")
+        p.line(f"Text: {_clip(s.text)}")
+        p.space()
+    p.line("What is compared", size=10, bold=True, gap=1.3)
+    if cmp.cka is not None:
+        p.line(f"Linear CKA between every layer of A and every layer of B over {cmp.cka_tokens} shared tokens "
+               f"(plots/cka.png, cka.csv). {cmp.cka_note}")
+        if cmp.a.n_layers == cmp.b.n_layers:
+            p.line("Same layer in both runs: " + ", ".join(f"{i}: {v:.2f}" for i, v in enumerate(np.diag(cmp.cka))))
+    else:
+        p.line(cmp.cka_unavailable_reason)
+    p.line("Attention-entropy difference (plots/entropy_difference.png)." if cmp.entropy_diff is not None
+           else cmp.entropy_unavailable_reason)
+    p.line(f"Layer metrics overlaid on {'relative depth' if cmp.default_axis == 'relative' else 'absolute layers'} "
+           f"(plots/metrics_overlay.png).")
+    if cmp.attribution_agreement:
+        p.line("Token attribution, Spearman ρ between A and B: "
+               + ", ".join(f"{m} {_fmt(v)}" for m, v in cmp.attribution_agreement.items()))
+    p.space()
+    p.line("Predictions side by side", size=10, bold=True, gap=1.3)
+    rows = prediction_rows(cmp)
+    if rows:
+        p.line(f"{'rank':<6}{'A':<28}{'p(A)':<10}{'B':<28}{'p(B)':<10}", size=7.5, bold=True, mono=True)
+        for r in rows[:10]:
+            p.line(f"{r['rank']:<6}{repr(r['A'])[:26]:<28}{_fmt(r['p(A)']):<10}{repr(r['B'])[:26]:<28}"
+                   f"{_fmt(r['p(B)']):<10}", size=7.5, mono=True, width=140)
+    for s, side in (("A", cmp.predictions_a), ("B", cmp.predictions_b)):
+        if side.message:
+            p.line(f"Run {s}: {side.message}", size=8)
+    p.space()
+    p.line("Linear CKA", size=10, bold=True, gap=1.3)
+    p.line(formula_text("linear_cka"), size=7.5)
+    p.line(caption("linear_cka"), size=8)
+    p.space()
+    p.line("The full reports of run A and run B follow (the same as a/report.pdf and b/report.pdf).", size=8,
+           colour="#555555")
+    return _pdf(p.fig)
+
+
+def comparison_report(cmp: ComparisonResult, files: dict[str, bytes]) -> bytes:
+    """report.pdf: the summary page, every comparison figure (vector, with its caption), then run A's and run
+    B's own reports (files["a/report.pdf"], files["b/report.pdf"]), with an outline."""
+    import io
+
+    from pypdf import PdfReader, PdfWriter
+
+    figures: list[tuple[str, bytes]] = []
+    for name, (title, text) in FIGURES.items():
+        if name in files:
+            from matplotlib.image import imread
+
+            img = imread(io.BytesIO(files[name]), format="png")
+            h, w = img.shape[:2]
+            fig = _figure(A4[0], min(A4[0] * h / w + 1.2, A4[1]))
+            ax = fig.add_axes((0.04, 1.0 / fig.get_figheight(), 0.92, 1 - 1.15 / fig.get_figheight()))
+            ax.imshow(img)
+            ax.axis("off")
+            fig.text(0.05, 0.9 / fig.get_figheight(), f"{name}: {text}", fontsize=7, va="top", wrap=True,
+                     parse_math=False)
+            figures.append((title, _pdf(fig)))
+    writer = PdfWriter()
+    parts = [("Comparison", summary_page(cmp)), *figures]
+    for label, key in (("Run A report", "a/report.pdf"), ("Run B report", "b/report.pdf")):
+        if key in files:
+            parts.append((label, files[key]))
+    for label, data in parts:
+        start = len(writer.pages)
+        writer.append(PdfReader(io.BytesIO(data)))
+        writer.add_outline_item(label, start)
+    writer.add_metadata({"/Title": "Transformer Model Analysis - comparison",
+                         "/Creator": "Transformer Model Analysis Dashboard"})
+    buf = io.BytesIO()
+    writer.write(buf)
+    return buf.getvalue()
+
+
+def comparison_files(result_a: AnalysisResult, result_b: AnalysisResult, cmp: ComparisonResult | None = None, *,
+                     bundle: Any = None, debiased_csv: bool = False) -> dict[str, bytes]:
+    """Every file of the comparison bundle as {safe name: bytes}: a/… and b/… (each run's own bundle, made by
+    `bundle(result) -> dict[str, bytes]`, e.g. core.bundle.bundle_files), comparison.json, cka.csv (exactly
+    `layer_a,layer_b,cka`, only when CKA is defined; the debiased values with debiased_csv), plots/*.png and
+    report.pdf (last). Without `bundle` the a/ and b/ folders are left out."""
+    import json
+
+    cmp = cmp or compare(result_a, result_b)
+    files: dict[str, bytes] = {}
+    if bundle is not None:
+        for prefix, r in (("a/", result_a), ("b/", result_b)):
+            files.update({prefix + name: data for name, data in bundle(r).items()})
+    matrix = cmp.cka_debiased if debiased_csv else cmp.cka
+    doc = cmp.to_dict()
+    doc["cka_csv"] = None if matrix is None else ("debiased" if debiased_csv else "centred")
+    files["comparison.json"] = json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    if matrix is not None:
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["layer_a", "layer_b", "cka"])
+        for i, j, v in cka_rows_table(matrix):
+            w.writerow([i, j, f"{v:.9g}"])
+        files["cka.csv"] = buf.getvalue().encode("utf-8")
+    files.update(comparison_plots(cmp, result_a, result_b))
+    files["report.pdf"] = comparison_report(cmp, files)
+    return files

@@ -280,3 +280,91 @@ def test_comparison_round_trips_and_writes_plain_json(runs):
     assert len(rows) == 7 * 13 and rows[14][:2] == [1, 1]
     other = compare(runs["gpt2"], runs["bert"]).to_dict()
     assert other["cka"] is None and other["cka_unavailable_reason"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The CLI end to end on tiny models
+
+
+def run_compare(argv: list[str]) -> int:
+    from core.cli_compare import main
+
+    return main(["compare", *argv])
+
+
+@pytest.fixture(scope="module")
+def cli_outputs(tmp_path_factory, tiny_dirs, gpt2_depths):
+    import os
+
+    tmp = tmp_path_factory.mktemp("cli-compare")
+    os.environ.setdefault("TMA_CACHE_DIR", str(tmp / "cache"))
+    g6, g12 = gpt2_depths[6].local_path or gpt2_depths[6].model_id, gpt2_depths[12].local_path or gpt2_depths[12].model_id
+    gpt2, bert = str(tiny_dirs["gpt2"]), str(tiny_dirs["bert"])
+    common = ["--no-animations", "--no-gradients"]
+    codes = {
+        "depths": run_compare(["--model", g6, "--model-b", g12, "--text", "The cat sat on the mat.",
+                               "--out", str(tmp / "depths.zip"), *common]),
+        "tokenizers": run_compare(["--model", gpt2, "--model-b", bert, "--text", "The cat sat on the mat.",
+                                   "--out", str(tmp / "tok"), *common]),
+    }
+    return tmp, codes
+
+
+def test_cli_compare_writes_both_bundles_cka_and_report(cli_outputs):
+    import io
+    import zipfile
+
+    from pypdf import PdfReader
+
+    tmp, codes = cli_outputs
+    assert codes["depths"] == 0
+    with zipfile.ZipFile(tmp / "depths.zip") as zf:
+        names = set(zf.namelist())
+        files = {n: zf.read(n) for n in ("comparison.json", "cka.csv", "report.pdf", "a/layer_metrics.csv",
+                                         "b/layer_metrics.csv", "a/report.pdf", "b/report.pdf")}
+    assert {"a/manifest.json", "b/manifest.json", "a/attentions.npy", "b/tokens.json"} <= names
+    assert {"plots/metrics_overlay.png", "plots/cka.png", "plots/cka_debiased.png", "plots/layer_cka_a.png",
+            "plots/layer_cka_b.png"} <= names
+    assert "plots/entropy_difference.png" not in names  # 6 and 12 layers: not one architecture
+    lines = files["cka.csv"].decode().splitlines()
+    assert lines[0] == "layer_a,layer_b,cka"
+    assert len(lines) == 1 + 7 * 13
+    assert lines[1].startswith("0,0,") and lines[-1].startswith("6,12,")
+    doc = json.loads(files["comparison.json"])
+    assert doc["a"]["n_layers"] == 6 and doc["b"]["n_layers"] == 12 and doc["default_axis"] == "relative"
+    assert doc["cka_csv"] == "centred"
+    assert float(lines[1].split(",")[2]) == pytest.approx(doc["cka"][0][0], rel=1e-6)
+    assert len(files["b/layer_metrics.csv"].decode().splitlines()) == 1 + 13
+    report = PdfReader(io.BytesIO(files["report.pdf"]))
+    pages_a = len(PdfReader(io.BytesIO(files["a/report.pdf"])).pages)
+    pages_b = len(PdfReader(io.BytesIO(files["b/report.pdf"])).pages)
+    assert len(report.pages) > pages_a + pages_b  # the comparison pages, then both runs' reports
+    assert "comparison of two runs" in report.pages[0].extract_text()
+    titles = [o.title for o in report.outline]
+    assert titles[0] == "Comparison" and titles[-2:] == ["Run A report", "Run B report"]
+
+
+def test_cli_compare_different_tokenizers_writes_no_cka(cli_outputs):
+    tmp, codes = cli_outputs
+    assert codes["tokenizers"] == 0
+    out = tmp / "tok"
+    assert (out / "a" / "manifest.json").is_file() and (out / "b" / "manifest.json").is_file()
+    assert not (out / "cka.csv").exists() and not (out / "plots" / "cka.png").exists()
+    doc = json.loads((out / "comparison.json").read_text())
+    assert doc["cka"] is None and "tokenizers differ" in doc["cka_unavailable_reason"]
+    assert json.loads((out / "a" / "manifest.json").read_text())["family"] == "causal_lm"
+    assert json.loads((out / "b" / "manifest.json").read_text())["family"] == "masked_lm"
+
+
+@pytest.mark.parametrize("extra", [
+    ["--text", "   ", "--text-b", "x"],
+    ["--text", "The cat.", "--text-b", "  "],
+    ["--text", "The cat."],  # B equals A
+    ["--text", "The cat.", "--text-b", "The dog.", "--max-tokens", "0"],
+])
+def test_cli_compare_bad_input_is_one_line_and_exit_2(tmp_path, capsys, tiny_dirs, extra):
+    out = tmp_path / "x.zip"
+    code = run_compare(["--model", str(tiny_dirs["gpt2"]), *extra, "--out", str(out)])
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert code == 2 and len(err) == 1 and err[0].startswith("error:"), err
+    assert not out.exists()
