@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -736,7 +737,8 @@ def comparison_report(cmp: ComparisonResult, files: dict[str, bytes]) -> bytes:
 
 
 def comparison_files(result_a: AnalysisResult, result_b: AnalysisResult, cmp: ComparisonResult | None = None, *,
-                     bundle: Any = None, debiased_csv: bool = False) -> dict[str, bytes]:
+                     bundle: Callable[[AnalysisResult], dict[str, bytes]] | None = None,
+                     debiased_csv: bool = False) -> dict[str, bytes]:
     """Every file of the comparison bundle as {safe name: bytes}: a/… and b/… (each run's own bundle, made by
     `bundle(result) -> dict[str, bytes]`, e.g. core.bundle.bundle_files), comparison.json, cka.csv (exactly
     `layer_a,layer_b,cka`, only when CKA is defined; the debiased values with debiased_csv), plots/*.png and
