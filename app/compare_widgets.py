@@ -19,15 +19,16 @@ import pandas as pd
 import streamlit as st
 
 from app.loading import get_model, get_result_cache
-from app.sidebar import PRESET_LABELS, current_settings, selected_model_id, session_entry
+from app.sidebar import current_settings, known_family, selected_model_id, session_entry
 from app.state import OTHER_MODEL, Keys
 from app.widgets import chart, metric_label, show_caption
 from core import views
 from core.compare import ComparisonResult, compare, layer_cka, metric_overlay_rows, prediction_rows
 from core.errors import InputError, ModelUnavailableError, TMAError
 from core.metrics import METRIC_NAMES
-from core.models import BUNDLED_ID, PRESETS
+from core.presets import BUNDLED_ID, PRESET_IDS, preset
 from core.result import AnalysisResult
+from core.settings import AnalysisSettings, max_text_chars
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def text_of(state: Any, which: str) -> str:
 
 
 def _set_model(state: Any, choice_key: str, custom_key: str, model_id: str) -> None:
-    if model_id in PRESETS:
+    if model_id in PRESET_IDS:
         state[choice_key] = model_id
     else:
         state[choice_key] = OTHER_MODEL
@@ -84,25 +85,28 @@ def init_choices(state: Any) -> None:
         state[Keys.CMP_TEXT_A] = str(state.get(Keys.TEXT) or "")
     if Keys.CMP_MODEL_B not in state:
         a = model_of(state, "a")
-        _set_model(state, Keys.CMP_MODEL_B, Keys.CMP_CUSTOM_B, next((m for m in PRESETS if m != a), BUNDLED_ID))
+        _set_model(state, Keys.CMP_MODEL_B, Keys.CMP_CUSTOM_B, next((m for m in PRESET_IDS if m != a), BUNDLED_ID))
     if Keys.CMP_MODE not in state:
         state[Keys.CMP_MODE] = "text"
     if Keys.CMP_TEXT_B not in state:
-        from app.sidebar import known_family
-
         family = known_family(state, model_of(state, "a")) or "encoder"
         second = SECOND_TEXTS.get(family, SECOND_TEXTS["encoder"])
         state[Keys.CMP_TEXT_B] = second if second != state[Keys.CMP_TEXT_A] else SECOND_TEXTS["encoder"]
 
 
+def _label(model_id: str) -> str:
+    if model_id == OTHER_MODEL:
+        return "Other: Hugging Face id or folder"
+    p = preset(model_id)
+    return p.label if p is not None else model_id
+
+
 def _model_picker(label: str, choice_key: str, custom_key: str) -> None:
     state = st.session_state
-    options = list(PRESETS) + [OTHER_MODEL]
+    options = [*PRESET_IDS, OTHER_MODEL]
     if state.get(choice_key) not in options:
         state[choice_key] = BUNDLED_ID
-    st.selectbox(label, options, key=choice_key,
-                 format_func=lambda m: "Other: Hugging Face id or folder" if m == OTHER_MODEL
-                 else PRESET_LABELS.get(m, m))
+    st.selectbox(label, options, key=choice_key, format_func=_label)
     if state.get(choice_key) == OTHER_MODEL:
         st.text_input("Hugging Face id or local folder", key=custom_key, placeholder="e.g. distilgpt2")
 
@@ -117,7 +121,7 @@ def pickers() -> bool:
     with left:
         st.markdown("**Run A**")
         _model_picker("Model A", Keys.CMP_MODEL_A, Keys.CMP_CUSTOM_A)
-        st.text_area("Text A", key=Keys.CMP_TEXT_A, height=90, max_chars=20_000)
+        st.text_area("Text A", key=Keys.CMP_TEXT_A, height=90, max_chars=max_text_chars())
     with right:
         st.markdown("**Run B**")
         if state[Keys.CMP_MODE] == "model":
@@ -125,7 +129,7 @@ def pickers() -> bool:
             st.caption("Text B: the same text as run A.")
         else:
             st.caption("Model B: the same model as run A.")
-            st.text_area("Text B", key=Keys.CMP_TEXT_B, height=90, max_chars=20_000)
+            st.text_area("Text B", key=Keys.CMP_TEXT_B, height=90, max_chars=max_text_chars())
     st.caption("Both runs use the sidebar's settings (max tokens, precision, gradients…); a run already made in "
                "this session, or found in the result cache, is not computed again.")
     return bool(st.button("Compare", key="cmp_go", type="primary",
@@ -136,14 +140,17 @@ def pickers() -> bool:
 # Running the two analyses (only on the Compare button)
 
 
-def _spec(state: Any, model_id: str, text: str) -> tuple[str, str, Any, str]:
+Spec = tuple[str, str, AnalysisSettings, str]  # (model id, text, settings, dtype) of one run
+
+
+def _spec(state: Any, model_id: str, text: str) -> Spec:
     settings = current_settings(state)
     if text != state.get(Keys.TEXT):  # the sidebar's masked word belongs to the sidebar's text
         settings = settings.replace(mask_word=None)
     return (model_id, text, settings, str(state.get(Keys.DTYPE) or "auto"))
 
 
-def _reusable(state: Any, spec: tuple[str, str, Any, str]) -> AnalysisResult | None:
+def _reusable(state: Any, spec: Spec) -> AnalysisResult | None:
     """A result of this session made from exactly this (model, text, settings, dtype), or None."""
     model_id, text, settings, dtype = spec
     sidebar = state.get(Keys.RESULT)
@@ -157,7 +164,7 @@ def _reusable(state: Any, spec: tuple[str, str, Any, str]) -> AnalysisResult | N
     return None
 
 
-def analyse(spec: tuple[str, str, Any, str], progress: Callable[[str, float], None]) -> AnalysisResult:
+def analyse(spec: Spec, progress: Callable[[str, float], None]) -> AnalysisResult:
     """The result for spec: reused from the session, else the app's cached analysis path (get_model + analyze
     with the process-wide result cache). Raises core.errors.TMAError subclasses for the user's mistakes."""
     state = st.session_state

@@ -15,6 +15,7 @@ import streamlit as st
 
 from app import charts
 from app.state import Keys
+from core.result import AnalysisResult
 from app.widgets import chart, show_caption
 from core import views
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 MEAN_HEADS = "mean over heads"
 
 
-def pickers(result: Any) -> tuple[int, int | None]:
+def pickers(result: AnalysisResult) -> tuple[int, int | None]:
     """Layer slider (0 = first block) and head picker (a head, or the mean over heads)."""
     state = st.session_state
     L, H = result.n_layers, result.n_heads
@@ -52,7 +53,7 @@ MAX_HEATMAP_TOKENS = 128
 WINDOW = 96
 
 
-def attention_window(result: Any) -> tuple[int, int] | None:
+def attention_window(result: AnalysisResult) -> tuple[int, int] | None:
     """A (start, stop) window of the token axis for long texts, chosen with a slider; None for short texts."""
     T = result.n_tokens
     if T <= MAX_HEATMAP_TOKENS:
@@ -65,7 +66,7 @@ def attention_window(result: Any) -> tuple[int, int] | None:
     return int(start), int(start) + WINDOW
 
 
-def attention_section(result: Any, layer: int, head: int | None) -> None:
+def attention_section(result: AnalysisResult, layer: int, head: int | None) -> None:
     title = f"Layer {layer}, " + ("mean over heads" if head is None else f"head {head}")
     window = attention_window(result)
     df = views.attention_frame(result.attentions, result.display_tokens, layer, head, window)
@@ -75,7 +76,7 @@ def attention_section(result: Any, layer: int, head: int | None) -> None:
         single_head_section(result, layer, head)
 
 
-def single_head_section(result: Any, layer: int, head: int) -> None:
+def single_head_section(result: AnalysisResult, layer: int, head: int) -> None:
     """The single-head view from core.attention_plots.single_head_stats: statistics, top pairs, row entropies."""
     from core.attention_plots import single_head_stats
 
@@ -114,7 +115,7 @@ def single_head_section(result: Any, layer: int, head: int) -> None:
 # Heads: entropy grid, clustering, head attribution
 
 
-def heads_section(result: Any, layer: int, head: int | None) -> None:
+def heads_section(result: AnalysisResult, layer: int, head: int | None) -> None:
     att = result.attention
     if att is None:
         st.info("The per-head attention analysis was not computed for this result.")
@@ -158,7 +159,7 @@ ATTR_DOC = {"rollout": "attention_rollout", "grad_x_input": "gradient_x_input",
             "integrated_gradients": "integrated_gradients"}
 
 
-def attribution_section(result: Any) -> None:
+def attribution_section(result: AnalysisResult) -> None:
     attr = result.attribution
     if attr is None:
         st.info("Token attribution was not computed for this result.")
@@ -199,7 +200,7 @@ def attribution_section(result: Any) -> None:
 # Logit lens
 
 
-def logit_lens_section(result: Any) -> None:
+def logit_lens_section(result: AnalysisResult) -> None:
     lens = result.logit_lens
     if lens is None:
         st.info("The logit lens is not available for this result (it needs a model with a language-model head).")
@@ -229,13 +230,13 @@ def logit_lens_section(result: Any) -> None:
 # Animations
 
 
-def animations_section(result: Any, head: int | None) -> None:
+def animations_section(result: AnalysisResult, head: int | None) -> None:
     """The layer-transition GIFs of core.animations, rendered once per (result, head) and cached; above them the
     layer × layer CKA of the run (how far the representation moves between layers)."""
     from app.compare_widgets import layer_cka_section
 
     layer_cka_section(result)
-    if not result.settings.animations:
+    if not st.session_state.get(Keys.ANIMATIONS, True):
         st.caption("Animations are off (sidebar → Settings → Layer animations).")
         return
     ref = _ResultRef(result)
@@ -256,14 +257,14 @@ def animations_section(result: Any, head: int | None) -> None:
     show_caption("anim_layer_transitions")
 
 
-def _key(result: Any) -> str:
+def _key(result: AnalysisResult) -> str:
     return result.cache_key or f"id-{id(result)}"
 
 
 class _ResultRef:
     """Wraps the result so st.cache_data does not hash its arrays: the cache key (passed too) stands for it."""
 
-    def __init__(self, result: Any):
+    def __init__(self, result: AnalysisResult):
         self.result = result
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.models import BUNDLED_ID
+from core.presets import BUNDLED_ID
+from core.settings import AnalysisSettings
 
 
 class Keys:
@@ -79,13 +80,13 @@ OTHER_MODEL = "Other: a Hugging Face id or a local folder"
 DEFAULTS: dict[str, Any] = {
     Keys.MODEL_CHOICE: BUNDLED_ID,
     Keys.MODEL_CUSTOM: "",
-    Keys.MAX_TOKENS: 128,
+    Keys.MAX_TOKENS: AnalysisSettings.default("max_tokens"),
     Keys.DTYPE: "auto",
-    Keys.EXCLUDE_SPECIAL: False,
-    Keys.COMPUTE_GRADIENTS: True,
-    Keys.INTEGRATED_GRADIENTS: False,
-    Keys.IG_STEPS: 32,
-    Keys.LENS_FULL_GRID: False,
+    Keys.EXCLUDE_SPECIAL: AnalysisSettings.default("exclude_special_tokens"),
+    Keys.COMPUTE_GRADIENTS: AnalysisSettings.default("compute_gradients"),
+    Keys.INTEGRATED_GRADIENTS: AnalysisSettings.default("integrated_gradients"),
+    Keys.IG_STEPS: AnalysisSettings.default("ig_steps"),
+    Keys.LENS_FULL_GRID: AnalysisSettings.default("lens_full_grid"),
     Keys.ANIMATIONS: True,
     Keys.MASK_WORD: None,
     Keys.RESULT: None,

@@ -12,103 +12,84 @@ page, the comparison figures, then both runs' reports). Bad input: one line on s
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from .errors import InputError
-
-NAME = "compare"
+from .cli_common import (add_load_options, add_model_options, add_settings_options, add_text_options, fail, read_text,
+                         settings_from_args)
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Register the `compare` subcommand on the subparsers object `sub`."""
     c = sub.add_parser(
-        NAME, help="compare two runs (two texts on one model, or one text on two models)",
-        description="Analyse run A and run B and write both bundles plus the comparison (CKA, metrics overlay, "
-                    "entropy difference, predictions side by side) as a .zip file or a folder.")
-    c.add_argument("--model", required=True, help="run A's model: Hugging Face id, local folder or preset")
+        "compare", help="compare two runs (two texts on one model, or one text on two models)",
+        description="Analyse run A and run B and write both bundles plus the comparison (linear CKA, metrics "
+                    "overlay, entropy difference, predictions and attributions side by side) as a .zip file or a "
+                    "folder. Run B takes run A's model and text unless --model-b / --text-b say otherwise.")
+    add_model_options(c)
     c.add_argument("--model-b", default=None, help="run B's model (default: run A's)")
-    c.add_argument("--text", required=True, help="run A's text")
-    c.add_argument("--text-b", default=None, help="run B's text (default: run A's)")
+    add_text_options(c)
+    g = c.add_mutually_exclusive_group()
+    g.add_argument("--text-b", dest="text_b", default=None, help="run B's text (default: run A's)")
+    g.add_argument("--text-b-file", dest="text_b_file", type=Path, default=None,
+                   help="read run B's text from this UTF-8 file ('-' for standard input)")
     c.add_argument("--out", required=True, type=Path, help="output: a path ending in .zip, or a folder")
-    c.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="weights dtype")
-    c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="device")
-    c.add_argument("--max-tokens", type=int, default=256, help="truncate each text to this many tokens (default 256)")
-    c.add_argument("--no-gradients", action="store_true", help="skip gradient-based attributions")
-    c.add_argument("--no-animations", action="store_true", help="skip the layer-transition GIFs in a/ and b/")
-    c.add_argument("--debiased", action="store_true",
-                   help="write the debiased CKA into cka.csv (comparison.json holds both)")
+    add_load_options(c)
+    add_settings_options(c)
+    e = c.add_argument_group("output")
+    e.add_argument("--debiased", action="store_true",
+                   help="write the debiased CKA into cka.csv (comparison.json holds both variants)")
+    e.add_argument("--no-animations", action="store_true", help="skip the layer-transition GIFs in a/ and b/")
     c.add_argument("--no-cache", action="store_true", help="do not read or write the result cache")
     c.add_argument("--cache-dir", type=Path, default=None, help="result cache folder (default $TMA_CACHE_DIR)")
     c.add_argument("--quiet", action="store_true", help="print nothing on success")
     c.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    c.set_defaults(run=run)
     return c
 
 
 def run(args: argparse.Namespace) -> int:
-    """Analyse both runs, compare them and write the output. Raises core.errors.InputError for bad input (the
-    dispatcher turns it into one stderr line and exit 2)."""
+    """Analyse both runs (a model named twice is loaded once), compare them and write the output. Bad input raises
+    core.errors.InputError before any model loads (core.cli turns it into one stderr line and exit 2)."""
     from .analysis import analyze
-    from .bundle import bundle_files, write_files
+    from .bundle import bundle_files
     from .cache import ResultCache
     from .compare import compare, comparison_files
+    from .formats import write_files
     from .models import load_model
-    from .settings import AnalysisSettings
+    from .options import ExportOptions
+    from .session_log import entry_from_result
 
+    text = read_text(args)
+    assert text is not None  # the text group is required
+    text_b = read_text(args, "text_b")
+    text_b = text if text_b is None else text_b
     model_b = args.model_b or args.model
-    text_b = args.text if args.text_b is None else args.text_b
-    if model_b == args.model and text_b == args.text:
-        raise InputError("run B equals run A: give --model-b, --text-b or both")
-    for name, text in (("--text", args.text), ("--text-b", text_b)):
-        if not text.strip():
-            raise InputError(f"{name} is empty: give a sentence to analyse")
+    if model_b == args.model and text_b == text:
+        fail("run B equals run A: give --model-b, --text-b or both")
+    settings = settings_from_args(args)
     out: Path = args.out
     if out.exists() and out.is_file() and out.suffix.lower() != ".zip":
-        raise InputError(f"--out '{out}' is an existing file; give a .zip path or a folder")
-    settings = AnalysisSettings(max_tokens=args.max_tokens, compute_gradients=not args.no_gradients,
-                                animations=not args.no_animations)
+        fail(f"--out '{out}' is an existing file; give a .zip path or a folder")
     cache = None if args.no_cache else ResultCache(args.cache_dir)
     t0 = time.perf_counter()
-    loaded_a = load_model(args.model, dtype=args.dtype, device=args.device)
-    loaded_b = loaded_a if model_b == args.model else load_model(model_b, dtype=args.dtype, device=args.device)
-    result_a = analyze(loaded_a, args.text, settings=settings, cache=cache)
-    result_b = analyze(loaded_b, text_b, settings=settings, cache=cache)
+    try:
+        loaded_a = load_model(args.model, dtype=args.dtype, device=args.device)
+        loaded_b = loaded_a if model_b == args.model else load_model(model_b, dtype=args.dtype, device=args.device)
+        result_a = analyze(loaded_a, text, settings=settings, cache=cache)
+        result_b = analyze(loaded_b, text_b, settings=settings, cache=cache)
+    finally:
+        if cache is not None:
+            cache.close()
     cmp = compare(result_a, result_b)
-    files = comparison_files(result_a, result_b, cmp, bundle=bundle_files, debiased_csv=args.debiased)
+    entries = (entry_from_result(result_a), entry_from_result(result_b))
+    options = ExportOptions(session_entries=entries, animations=not args.no_animations)
+    files = comparison_files(result_a, result_b, cmp, bundle=lambda r: bundle_files(r, options),
+                             debiased_csv=args.debiased)
     path = write_files(files, out)
     if not args.quiet:
-        cka = (f"CKA {cmp.cka.shape[0]}×{cmp.cka.shape[1]} over {cmp.cka_tokens} tokens" if cmp.cka is not None
-               else "no CKA (different tokens)")
+        cka = (f"CKA {cmp.cka.shape[0]}×{cmp.cka.shape[1]} layers over {cmp.cka_tokens} tokens"
+               if cmp.cka is not None else "no CKA (the runs hold different tokens)")
         print(f"wrote {path} (A: {cmp.a.model_id}, {len(cmp.a.tokens)} tokens; B: {cmp.b.model_id}, "
               f"{len(cmp.b.tokens)} tokens; {cka}; {time.perf_counter() - t0:.1f} s)")
-    if cache is not None:
-        cache.close()
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (used until the subcommand is registered in core.cli): same exits as the CLI."""
-    from .cli import EXIT_INPUT, EXIT_INTERNAL, EXIT_MODEL, _OneLineParser, _quiet_libraries
-    from .errors import TMAError
-
-    parser = _OneLineParser(prog="python -m core")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
-    add_parser(sub)
-    args = parser.parse_args(argv)
-    _quiet_libraries()
-    try:
-        return run(args)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
-    except TMAError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_MODEL
-    except Exception as exc:
-        if args.debug:
-            raise
-        print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-              file=sys.stderr)
-        return EXIT_INTERNAL

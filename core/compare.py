@@ -23,7 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
+from . import plotting
+from .formats import csv_bytes, json_bytes
 from .metrics import METRIC_NAMES
 from .result import AnalysisResult
 from .serialize import serializable
@@ -38,6 +41,8 @@ MIN_TOKENS_CKA_DEBIASED = 4
 #: subsample estimates it; the result says when this happened.
 MAX_CKA_TOKENS = 1024
 AXES = ("relative", "absolute")
+#: The header of cka.csv, exactly.
+CKA_CSV_HEADER = ("layer_a", "layer_b", "cka")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -287,22 +292,16 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def _model(result: AnalysisResult, name: str) -> Any:
-    """A field of the run's model description (a ModelInfo, or the older plain dict)."""
-    m = result.model
-    return m.get(name) if isinstance(m, dict) else getattr(m, name, None)
-
-
 def summarise(result: AnalysisResult, label: str) -> RunSummary:
     """The RunSummary of one run."""
     L = result.n_layers
     layers = np.arange(L + 1, dtype=np.int64)
     return RunSummary(
         label=label,
-        model_id=str(_model(result, "model_id") or ""),
+        model_id=result.model.model_id,
         family=result.family,
-        architecture=str(_model(result, "architecture") or ""),
-        dtype=str(_model(result, "dtype") or ""),
+        architecture=result.model.architecture,
+        dtype=result.model.dtype,
         n_layers=L,
         n_heads=result.n_heads,
         hidden_size=int(np.asarray(result.hidden_states).shape[-1]),
@@ -490,29 +489,12 @@ FIGURES: dict[str, tuple[str, str]] = {
 }
 
 
-def _figure(width_in: float, height_in: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width_in, height_in), dpi=90)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig: Any) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    return buf.getvalue()
-
-
-def overlay_figure(cmp: ComparisonResult, axis: str | None = None) -> Any:
+def overlay_figure(cmp: ComparisonResult, axis: str | None = None) -> Figure:
     """Five panels (2 × 3 grid), one per layer metric, both runs overlaid."""
     from .docs import metric_label
 
     axis = axis or cmp.default_axis
-    fig = _figure(11.0, 6.2)
+    fig = plotting.figure(11.0, 6.2)
     axes = fig.subplots(2, 3).ravel()
     for ax, m in zip(axes, METRIC_NAMES):
         for s, style in zip(cmp.runs, ("o-", "s--")):
@@ -533,11 +515,11 @@ def overlay_figure(cmp: ComparisonResult, axis: str | None = None) -> Any:
     return fig
 
 
-def cka_figure(matrix: np.ndarray, y_label: str, x_label: str, title: str) -> Any:
+def cka_figure(matrix: np.ndarray, y_label: str, x_label: str, title: str) -> Figure:
     """Heatmap of a CKA matrix (rows: y_label layers, bottom to top; columns: x_label layers)."""
     M = np.asarray(matrix, dtype=np.float64)
     side = 1.2 + 0.32 * max(M.shape)
-    fig = _figure(min(max(side * M.shape[1] / max(M.shape) + 1.4, 4.5), 11.0), min(max(side, 3.6), 9.0))
+    fig = plotting.figure(min(max(side * M.shape[1] / max(M.shape) + 1.4, 4.5), 11.0), min(max(side, 3.6), 9.0))
     ax = fig.add_subplot(1, 1, 1)
     low = float(min(0.0, np.nanmin(M))) if np.isfinite(M).any() else 0.0
     im = ax.imshow(M, origin="lower", cmap="viridis", vmin=low, vmax=1.0, aspect="auto", interpolation="nearest")
@@ -562,10 +544,10 @@ def cka_figure(matrix: np.ndarray, y_label: str, x_label: str, title: str) -> An
     return fig
 
 
-def entropy_difference_figure(diff: np.ndarray, title: str) -> Any:
+def entropy_difference_figure(diff: np.ndarray, title: str) -> Figure:
     """Layers × heads heatmap of a signed difference, white at 0."""
     D = np.asarray(diff, dtype=np.float64)
-    fig = _figure(min(max(3.0 + 0.35 * D.shape[1], 5.0), 11.0), min(max(2.0 + 0.3 * D.shape[0], 3.2), 9.0))
+    fig = plotting.figure(min(max(3.0 + 0.35 * D.shape[1], 5.0), 11.0), min(max(2.0 + 0.3 * D.shape[0], 3.2), 9.0))
     ax = fig.add_subplot(1, 1, 1)
     lim = float(np.nanmax(np.abs(D))) if np.isfinite(D).any() else 0.0
     lim = lim if lim > 0 else 1.0
@@ -589,17 +571,17 @@ def comparison_plots(cmp: ComparisonResult, result_a: AnalysisResult | None = No
                      result_b: AnalysisResult | None = None) -> dict[str, bytes]:
     """{bundle name: PNG bytes} of every comparison figure that is defined (the layer × layer CKA of each run
     only when its result, with hidden states, is given)."""
-    out = {"plots/metrics_overlay.png": _png(overlay_figure(cmp))}
+    out = {"plots/metrics_overlay.png": plotting.png(overlay_figure(cmp))}
     a, b = f"layer of A ({cmp.a.model_id[-30:]})", f"layer of B ({cmp.b.model_id[-30:]})"
     if cmp.cka is not None:
-        out["plots/cka.png"] = _png(cka_figure(cmp.cka, a, b, "Linear CKA, A × B"))
+        out["plots/cka.png"] = plotting.png(cka_figure(cmp.cka, a, b, "Linear CKA, A × B"))
     if cmp.cka_debiased is not None:
-        out["plots/cka_debiased.png"] = _png(cka_figure(cmp.cka_debiased, a, b, "Debiased linear CKA, A × B"))
+        out["plots/cka_debiased.png"] = plotting.png(cka_figure(cmp.cka_debiased, a, b, "Debiased linear CKA, A × B"))
     for name, r, label in (("plots/layer_cka_a.png", result_a, "A"), ("plots/layer_cka_b.png", result_b, "B")):
         if r is not None and r.n_tokens >= MIN_TOKENS_CKA:
-            out[name] = _png(cka_figure(layer_cka(r), "layer", "layer", f"Linear CKA within run {label}"))
+            out[name] = plotting.png(cka_figure(layer_cka(r), "layer", "layer", f"Linear CKA within run {label}"))
     if cmp.entropy_diff is not None:
-        out["plots/entropy_difference.png"] = _png(entropy_difference_figure(cmp.entropy_diff,
+        out["plots/entropy_difference.png"] = plotting.png(entropy_difference_figure(cmp.entropy_diff,
                                                                              "Attention entropy, B − A"))
     return out
 
@@ -611,7 +593,7 @@ A4 = (8.27, 11.69)
 MAX_REPORT_TEXT = 600
 
 
-def _pdf(fig: Any) -> bytes:
+def _pdf(fig: Figure) -> bytes:
     import io
 
     buf = io.BytesIO()
@@ -623,7 +605,7 @@ class _Page:
     """One A4 page of text drawn with matplotlib (no mathtext: user text is printed as is)."""
 
     def __init__(self) -> None:
-        self.fig = _figure(*A4)
+        self.fig = plotting.figure(*A4)
         self.y = 0.95
 
     def line(self, text: str, size: float = 8.5, bold: bool = False, gap: float = 1.0, width: int = 110,
@@ -713,7 +695,7 @@ def comparison_report(cmp: ComparisonResult, files: dict[str, bytes]) -> bytes:
 
             img = imread(io.BytesIO(files[name]), format="png")
             h, w = img.shape[:2]
-            fig = _figure(A4[0], min(A4[0] * h / w + 1.2, A4[1]))
+            fig = plotting.figure(A4[0], min(A4[0] * h / w + 1.2, A4[1]))
             ax = fig.add_axes((0.04, 1.0 / fig.get_figheight(), 0.92, 1 - 1.15 / fig.get_figheight()))
             ax.imshow(img)
             ax.axis("off")
@@ -743,27 +725,17 @@ def comparison_files(result_a: AnalysisResult, result_b: AnalysisResult, cmp: Co
     `bundle(result) -> dict[str, bytes]`, e.g. core.bundle.bundle_files), comparison.json, cka.csv (exactly
     `layer_a,layer_b,cka`, only when CKA is defined; the debiased values with debiased_csv), plots/*.png and
     report.pdf (last). Without `bundle` the a/ and b/ folders are left out."""
-    import json
-
     cmp = cmp or compare(result_a, result_b)
     files: dict[str, bytes] = {}
     if bundle is not None:
         for prefix, r in (("a/", result_a), ("b/", result_b)):
             files.update({prefix + name: data for name, data in bundle(r).items()})
     matrix = cmp.cka_debiased if debiased_csv else cmp.cka
-    doc = cmp.to_dict()
+    doc = cmp.to_dict()  # NaN already None: strict JSON
     doc["cka_csv"] = None if matrix is None else ("debiased" if debiased_csv else "centred")
-    files["comparison.json"] = json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    files["comparison.json"] = json_bytes(doc)
     if matrix is not None:
-        import csv
-        import io
-
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["layer_a", "layer_b", "cka"])
-        for i, j, v in cka_rows_table(matrix):
-            w.writerow([i, j, f"{v:.9g}"])
-        files["cka.csv"] = buf.getvalue().encode("utf-8")
+        files["cka.csv"] = csv_bytes(CKA_CSV_HEADER, cka_rows_table(matrix))
     files.update(comparison_plots(cmp, result_a, result_b))
     files["report.pdf"] = comparison_report(cmp, files)
     return files

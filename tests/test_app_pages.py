@@ -121,8 +121,7 @@ def test_layer_analysis_page(results, family):
         assert n_charts(at) >= 3  # + entropy grid and clustering
     if r.attribution is not None:
         assert at.get("html"), "token shading missing"
-    if r.settings.animations:
-        assert len(at.get("image")) == 2, "the two layer GIFs"
+    assert len(at.get("image")) == 2, "the two layer GIFs (animations are on by default)"
     labels = [t.label for t in at.tabs]
     assert labels == ["Attention", "Heads", "Token attribution", "Logit lens", "Animations"]
 
@@ -181,7 +180,7 @@ def test_whole_flow_tiny_model(tiny_dirs):
     assert at.title[0].value == "Overall" and n_charts(at) >= 7
     assert at.query_params["model"] == [str(tiny_dirs["gpt2"])] or at.query_params["model"] == str(tiny_dirs["gpt2"])
     assert len(at.session_state["session_log"]) == 1
-    assert at.sidebar.download_button or any("Export unavailable" in i.value for i in at.sidebar.info)
+    assert len(at.sidebar.get("download_button")) == 1
     # the same analysis again comes from the result cache
     sidebar_button(at, "analyze").click()
     at.run()
@@ -219,7 +218,7 @@ def test_generate_runs_only_on_its_button(tiny_dirs):
         at.button(key="gen_go").click().run()
     no_exception(at)
     assert fc.calls > 0
-    assert isinstance(at.session_state["gen_text"], str)
+    assert at.session_state["gen_text"] != ""  # the continuation is kept in the session
     for loaded in _loaded_models():  # every model lock is free once the generation is over
         assert loaded.lock.acquire(blocking=False), loaded.model_id
         loaded.lock.release()
@@ -277,7 +276,7 @@ def test_offline_banner_keeps_text_and_result(results, monkeypatch):
     no_exception(at)
     assert not at.error
     r = at.session_state["result"]
-    assert r.model["model_id"] == BUNDLED_ID and r.text == text
+    assert r.model.model_id == BUNDLED_ID and r.text == text
     assert at.sidebar.text_area(key="text").value == text
 
 
@@ -347,9 +346,11 @@ def test_session_entry_and_bundle(results):
 
     r = results["gpt2"]
     entry = session_entry(r)
-    assert entry["model"] == r.model["model_id"] and entry["text"] == r.text
-    export = pytest.importorskip("core.export")
-    data = export.build_zip(r, [entry])
+    assert entry["model"] == r.model.model_id and entry["text"] == r.text
+    from core import export
+    from core.options import ExportOptions
+
+    data = export.build_zip(r, ExportOptions(session_entries=(entry,)))
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     assert "session_log.html" in names and any(n.endswith(".csv") for n in names)
 
@@ -389,7 +390,7 @@ def test_long_text_attention_window(results):
     att /= att.sum(-1, keepdims=True)
     r = base.replace(attentions=att, tokens=["t"] * T, display_tokens=[f"w{i}" for i in range(T)],
                      token_ids=list(range(T)), special_mask=[False] * T, attention=None, attribution=None,
-                     logit_lens=None, settings=base.settings.replace(animations=False), cache_key="long-text")
+                     logit_lens=None, cache_key="long-text")
     assert r.n_tokens > 128
     at = make_app(r).run()
     at.switch_page(LAYERS).run()

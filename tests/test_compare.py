@@ -173,7 +173,7 @@ def runs(gpt2_depths, tiny_gpt2, tiny_bert):
     from core.analysis import analyze
 
     text = "The cat sat on the mat."
-    kw = dict(ig_steps=2, animations=False)
+    kw = {"ig_steps": 2}
     return {
         "g6": analyze(gpt2_depths[6], text, **kw),
         "g12": analyze(gpt2_depths[12], text, **kw),
@@ -287,7 +287,7 @@ def test_comparison_round_trips_and_writes_plain_json(runs):
 
 
 def run_compare(argv: list[str]) -> int:
-    from core.cli_compare import main
+    from core.cli import main
 
     return main(["compare", *argv])
 

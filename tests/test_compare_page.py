@@ -18,7 +18,7 @@ def runs(gpt2_depths, tiny_gpt2, tiny_bert):  # noqa: F811
     from core.analysis import analyze
 
     text = "The cat sat on the mat."
-    kw = dict(ig_steps=2, animations=False)
+    kw = {"ig_steps": 2}
     return {
         "g6": analyze(gpt2_depths[6], text, **kw),
         "g12": analyze(gpt2_depths[12], text, **kw),
