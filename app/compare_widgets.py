@@ -23,7 +23,13 @@ from app.sidebar import current_settings, known_family, selected_model_id, sessi
 from app.state import OTHER_MODEL, Keys
 from app.widgets import chart, metric_label, show_caption
 from core import views
-from core.compare import ComparisonResult, compare, layer_cka, metric_overlay_rows, prediction_rows
+from core.compare import (
+    ComparisonResult,
+    compare,
+    layer_cka,
+    metric_overlay_rows,
+    prediction_rows,
+)
 from core.errors import InputError, ModelUnavailableError, TMAError
 from core.metrics import METRIC_NAMES
 from core.presets import BUNDLED_ID, PRESET_IDS, preset
@@ -230,7 +236,7 @@ class _Ref:
         self.result = result
 
 
-_HASH = {_Ref: lambda r: _key(r.result)}
+_HASH: dict[str | type[Any], Callable[[Any], Any]] = {_Ref: lambda r: _key(r.result)}
 
 
 @st.cache_data(max_entries=16, show_spinner="Comparing the two runs…", hash_funcs=_HASH)
@@ -251,7 +257,7 @@ def _layer_cka(key: str, debiased: bool, ref: _Ref) -> np.ndarray:
 # Charts
 
 
-def overlay_chart(df: pd.DataFrame, metric: str, axis: str) -> alt.Chart:
+def overlay_chart(df: pd.DataFrame, metric: str, axis: str) -> alt.LayerChart:
     """One metric of both runs against relative depth or layer, coloured by run."""
     d = df[df.metric == metric]
     x_title = "relative depth (layer / layers)" if axis == "relative" else "layer"
@@ -264,7 +270,7 @@ def overlay_chart(df: pd.DataFrame, metric: str, axis: str) -> alt.Chart:
     return (base.mark_line() + base.mark_point(filled=True, size=40)).properties(height=220)
 
 
-def cka_heatmap(matrix: np.ndarray, y_title: str, x_title: str) -> alt.Chart:
+def cka_heatmap(matrix: np.ndarray, y_title: str, x_title: str) -> alt.LayerChart:
     """CKA of layer i (rows, y_title) against layer j (columns, x_title); values written in small grids."""
     M = np.asarray(matrix, dtype=np.float64)
     rows = [{"row": i, "col": j, "cka": (float(M[i, j]) if np.isfinite(M[i, j]) else None)}
@@ -283,7 +289,7 @@ def cka_heatmap(matrix: np.ndarray, y_title: str, x_title: str) -> alt.Chart:
             text=alt.Text("cka:Q", format=".2f"),
             color=alt.condition("datum.cka > 0.6", alt.value("black"), alt.value("white"))).transform_filter(
             "isValid(datum.cka)"))
-    return alt.layer(*layers).properties(width=alt.Step(step), height=alt.Step(step))
+    return alt.LayerChart(layer=layers).properties(width=alt.Step(step), height=alt.Step(step))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -326,6 +332,9 @@ def entropy_section(cmp: ComparisonResult) -> None:
     if cmp.entropy_diff is None or cmp.normalized_entropy_diff is None:
         st.info(cmp.entropy_unavailable_reason, icon=":material/info:")
         return
+    state = st.session_state
+    if state.get(Keys.CMP_ENTROPY) not in ENTROPY_KINDS:  # texts of different lengths: normalised by default
+        state[Keys.CMP_ENTROPY] = "entropy" if len(cmp.a.tokens) == len(cmp.b.tokens) else "normalized_entropy"
     kind = st.radio("Quantity", list(ENTROPY_KINDS), key=Keys.CMP_ENTROPY, horizontal=True,
                     format_func=ENTROPY_KINDS.__getitem__,
                     help="Normalised entropy divides by the log of the visible tokens, so texts of different "
@@ -378,7 +387,7 @@ def attribution_section(cmp: ComparisonResult) -> None:
             st.caption(f"Target position {side.target_position}{pred}")
     if method in cmp.attribution_agreement:
         rho = cmp.attribution_agreement[method]
-        st.caption(f"Same tokens in both runs: Spearman rank correlation of the two score rows ρ = "
+        st.caption("Same tokens in both runs: Spearman rank correlation of the two score rows ρ = "
                    + ("undefined" if not np.isfinite(rho) else f"{rho:.3f}"))
 
 

@@ -31,8 +31,8 @@ def main() -> None:
         for T in args.tokens:
             Ha = rng.standard_normal((la, T, da), dtype=np.float32)
             Hb = rng.standard_normal((lb, T, db), dtype=np.float32)
-            t_c = timeit(lambda: cka_matrix(Ha, Hb), repeat=args.repeat)
-            t_d = timeit(lambda: cka_matrix(Ha, Hb, debiased=True), repeat=args.repeat)
+            t_c = timeit(lambda a=Ha, b=Hb: cka_matrix(a, b), repeat=args.repeat)
+            t_d = timeit(lambda a=Ha, b=Hb: cka_matrix(a, b, debiased=True), repeat=args.repeat)
             print(f"{name:<28}{T:>8}{t_c:>12.3f}{t_d:>12.3f}")
 
 

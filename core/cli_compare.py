@@ -15,8 +15,15 @@ import argparse
 import time
 from pathlib import Path
 
-from .cli_common import (add_load_options, add_model_options, add_settings_options, add_text_options, fail, read_text,
-                         settings_from_args)
+from .cli_common import (
+    add_load_options,
+    add_model_options,
+    add_settings_options,
+    add_text_options,
+    fail,
+    read_text,
+    settings_from_args,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:

@@ -473,19 +473,19 @@ def prediction_rows(cmp: ComparisonResult) -> list[dict[str, Any]]:
 #: The comparison's figures: bundle name → (title, caption). Written only where defined.
 FIGURES: dict[str, tuple[str, str]] = {
     "plots/metrics_overlay.png": ("Layer metrics of run A and run B",
-                                  "The five layer metrics of both runs, on relative depth (layer / number of layers) "
-                                  "when the layer counts differ, else on absolute layers."),
+                                  ("The five layer metrics of both runs, on relative depth (layer / number of "
+                                   "layers) when the layer counts differ, else on absolute layers.")),
     "plots/cka.png": ("Linear CKA between the layers of A and B",
-                      "Linear CKA (centred, Kornblith et al. 2019) of every layer of A against every layer of B over "
-                      "the same tokens; 1 = same token geometry up to rotation and scale."),
+                      ("Linear CKA (centred, Kornblith et al. 2019) of every layer of A against every layer of B "
+                       "over the same tokens; 1 = same token geometry up to rotation and scale.")),
     "plots/cka_debiased.png": ("Debiased linear CKA between the layers of A and B",
-                               "The same with the unbiased HSIC estimator: independent representations score "
-                               "near 0."),
+                               ("The same with the unbiased HSIC estimator: independent representations score "
+                                "near 0.")),
     "plots/layer_cka_a.png": ("Layer × layer CKA within run A", "How far run A's representation moves between layers."),
     "plots/layer_cka_b.png": ("Layer × layer CKA within run B", "How far run B's representation moves between layers."),
     "plots/entropy_difference.png": ("Attention entropy, B − A",
-                                     "Per-head attention entropy of B minus A (nats; red: B spreads its attention "
-                                     "more). Same architecture only."),
+                                     ("Per-head attention entropy of B minus A (nats; red: B spreads its attention "
+                                      "more). Same architecture only.")),
 }
 
 
@@ -668,9 +668,9 @@ def summary_page(cmp: ComparisonResult) -> bytes:
         for r in rows[:10]:
             p.line(f"{r['rank']:<6}{repr(r['A'])[:26]:<28}{_fmt(r['p(A)']):<10}{repr(r['B'])[:26]:<28}"
                    f"{_fmt(r['p(B)']):<10}", size=7.5, mono=True, width=140)
-    for s, side in (("A", cmp.predictions_a), ("B", cmp.predictions_b)):
+    for label, side in (("A", cmp.predictions_a), ("B", cmp.predictions_b)):
         if side.message:
-            p.line(f"Run {s}: {side.message}", size=8)
+            p.line(f"Run {label}: {side.message}", size=8)
     p.space()
     p.line("Linear CKA", size=10, bold=True, gap=1.3)
     p.line(formula_text("linear_cka"), size=7.5)
@@ -710,7 +710,7 @@ def comparison_report(cmp: ComparisonResult, files: dict[str, bytes]) -> bytes:
     for label, data in parts:
         start = len(writer.pages)
         writer.append(PdfReader(io.BytesIO(data)))
-        writer.add_outline_item(label, start)
+        writer.add_outline_item(title=label, page_number=start)
     writer.add_metadata({"/Title": "Transformer Model Analysis - comparison",
                          "/Creator": "Transformer Model Analysis Dashboard"})
     buf = io.BytesIO()

@@ -45,8 +45,11 @@ def _cka_textbook(X: np.ndarray, Y: np.ndarray, debiased: bool) -> float:
         return _hsic_song(K, L) / np.sqrt(_hsic_song(K, K) * _hsic_song(L, L))
     n = K.shape[0]
     H = np.eye(n) - np.ones((n, n)) / n
-    hsic = lambda A, B: np.trace(A @ H @ B @ H) / (n - 1) ** 2  # noqa: E731
-    return float(hsic(K, L) / np.sqrt(hsic(K, K) * hsic(L, L)))
+
+    def hsic(A: np.ndarray, B: np.ndarray) -> float:
+        return float(np.trace(A @ H @ B @ H) / (n - 1) ** 2)
+
+    return hsic(K, L) / np.sqrt(hsic(K, K) * hsic(L, L))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -310,6 +313,7 @@ def cli_outputs(tmp_path_factory, tiny_dirs, gpt2_depths):
     return tmp, codes
 
 
+@pytest.mark.slow
 def test_cli_compare_writes_both_bundles_cka_and_report(cli_outputs):
     import io
     import zipfile
@@ -344,6 +348,7 @@ def test_cli_compare_writes_both_bundles_cka_and_report(cli_outputs):
     assert titles[0] == "Comparison" and titles[-2:] == ["Run A report", "Run B report"]
 
 
+@pytest.mark.slow
 def test_cli_compare_different_tokenizers_writes_no_cka(cli_outputs):
     tmp, codes = cli_outputs
     assert codes["tokenizers"] == 0
@@ -368,3 +373,47 @@ def test_cli_compare_bad_input_is_one_line_and_exit_2(tmp_path, capsys, tiny_dir
     err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
     assert code == 2 and len(err) == 1 and err[0].startswith("error:"), err
     assert not out.exists()
+
+
+def test_python_m_core_compare_bad_input_and_help(tmp_path):
+    """The real entry point: the subcommand is registered, and bad input is one stderr line with exit 2 before any
+    model loads."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMA_CACHE_DIR": str(tmp_path / "cache")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "core", "compare", *args], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    helped = cli("--help")
+    assert helped.returncode == 0
+    for opt in ("--model", "--model-b", "--text", "--text-b", "--out", "--debiased", "--max-tokens", "--dtype"):
+        assert opt in helped.stdout, opt
+    out = tmp_path / "x.zip"
+    for args in (["--model", "m", "--text", "same", "--out", str(out)],
+                 ["--model", "m", "--text", "a", "--text-b", " ", "--out", str(out)],
+                 ["--model", "m", "--out", str(out)]):
+        proc = cli(*args)
+        lines = [l for l in proc.stderr.splitlines() if l.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+        assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_comparison_figures_are_thread_safe(runs):
+    """The figures are drawn on private Figure objects: four threads at once give the same bytes as one."""
+    import concurrent.futures as cf
+
+    from core.compare import comparison_plots
+
+    cmp = compare(runs["gpt2"], runs["gpt2_other_text"])
+    single = comparison_plots(cmp, runs["gpt2"], runs["gpt2_other_text"])
+    assert set(single) == {"plots/metrics_overlay.png", "plots/layer_cka_a.png", "plots/layer_cka_b.png",
+                           "plots/entropy_difference.png"}
+    with cf.ThreadPoolExecutor(max_workers=4) as pool:
+        drawn = list(pool.map(lambda _: comparison_plots(cmp, runs["gpt2"], runs["gpt2_other_text"]), range(4)))
+    assert all(d == single for d in drawn)

@@ -5,7 +5,14 @@ once on Compare (a run already in the session is reused), and restores the choic
 from __future__ import annotations
 
 import pytest
-from test_app_pages import LAYERS, ForwardCounter, analyse_with, make_app, n_charts, no_exception
+from test_app_pages import (
+    LAYERS,
+    ForwardCounter,
+    analyse_with,
+    make_app,
+    n_charts,
+    no_exception,
+)
 from test_compare import gpt2_depths  # noqa: F401  (fixture: tiny GPT-2 with 6 and 12 layers, one tokenizer)
 
 from app.state import OTHER_MODEL
