@@ -29,6 +29,7 @@ from core.compare import (
     layer_cka,
     metric_overlay_rows,
     prediction_rows,
+    short_id,
 )
 from core.errors import InputError, ModelUnavailableError, TMAError
 from core.metrics import METRIC_NAMES
@@ -49,6 +50,7 @@ ENTROPY_KINDS = {"entropy": "Entropy (nats)", "normalized_entropy": "Normalised 
 ATTR_METHODS = {"rollout": "Attention rollout", "grad_x_input": "Gradient × input",
                 "integrated_gradients": "Integrated gradients"}
 MAX_CELL_TEXT = 16  # write the CKA values into the cells up to this many layers per side
+RUN_COLOURS = ["#1f5fa8", "#d6604d"]  # run A blue, run B red (as in the PDF's overlay)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -264,7 +266,8 @@ def overlay_chart(df: pd.DataFrame, metric: str, axis: str) -> alt.LayerChart:
     base = alt.Chart(d).encode(
         x=alt.X("x:Q", title=x_title, axis=alt.Axis(format=".2~f" if axis == "relative" else "d")),
         y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False), axis=alt.Axis(format="~g")),
-        color=alt.Color("run:N", title=None, legend=alt.Legend(orient="bottom", labelLimit=260)),
+        color=alt.Color("run:N", title=None, scale=alt.Scale(range=RUN_COLOURS),
+                        legend=alt.Legend(orient="bottom", labelLimit=300)),
         tooltip=[alt.Tooltip("run:N"), alt.Tooltip("layer:Q", format="d"), alt.Tooltip("depth:Q", format=".3f"),
                  alt.Tooltip("value:Q", title=metric_label(metric), format=".4f")])
     return (base.mark_line() + base.mark_point(filled=True, size=40)).properties(height=220)
@@ -399,7 +402,8 @@ def cka_section(cmp: ComparisonResult) -> None:
                          help="The unbiased HSIC estimator: independent representations score near 0 even with few "
                               "tokens (needs at least 4 tokens).")
     M = cmp.cka_debiased if debiased and cmp.cka_debiased is not None else cmp.cka
-    chart(cka_heatmap(M, f"layer of A ({cmp.a.model_id})", f"layer of B ({cmp.b.model_id})"))
+    st.altair_chart(cka_heatmap(M, f"layer of A ({short_id(cmp.a.model_id)})", f"layer of B ({short_id(cmp.b.model_id)})"),
+                    width="content")
     if cmp.a.n_layers == cmp.b.n_layers:
         diag = np.diag(M)
         st.caption("Same layer in both runs: CKA " + ", ".join(f"{i}: {v:.2f}" for i, v in enumerate(diag)))
@@ -416,7 +420,7 @@ def layer_cka_section(result: AnalysisResult) -> None:
     debiased = st.toggle("Debiased", key=Keys.LAYER_CKA_DEBIASED, disabled=result.n_tokens < 4,
                          help="The unbiased HSIC estimator (needs at least 4 tokens).")
     M = _layer_cka(_key(result), bool(debiased and result.n_tokens >= 4), _Ref(result))
-    chart(cka_heatmap(M, "layer", "layer"))
+    st.altair_chart(cka_heatmap(M, "layer", "layer"), width="content")
     if M.shape[0] > 1:
         steps = np.array([M[i, i + 1] for i in range(M.shape[0] - 1)])
         if np.isfinite(steps).any():

@@ -236,7 +236,7 @@ class ComparisonResult:
         are defined. same_model: same architecture, layer count and head count: the entropy difference is defined.
     default_axis: "relative" (depth = layer / L) when the layer counts differ, else "absolute".
     entropy_diff / normalized_entropy_diff: float64 [L, H], B − A, or None with entropy_unavailable_reason.
-    shared_predictions: candidate tokens in the top-k of both runs (in A's order).
+    shared_predictions: distinct candidate tokens in the top-k of both runs (in A's order).
     attribution_agreement: {method: Spearman rank correlation of A's and B's token scores} (same tokens only).
     cka / cka_debiased: float64 [L_a+1, L_b+1], linear CKA of layer i of A and layer j of B, or None with
         cka_unavailable_reason; cka_tokens: how many tokens entered it; cka_note: "" or how they were chosen.
@@ -408,7 +408,7 @@ def compare(result_a: AnalysisResult, result_b: AnalysisResult) -> ComparisonRes
                 note = (f"CKA uses {len(cka_rows(n))} evenly spaced tokens of the {n} (each layer's token Gram "
                         f"matrix is T × T).")
     pa, pb = _prediction_side(result_a), _prediction_side(result_b)
-    shared = [t for t in pa.tokens if t in set(pb.tokens)]
+    shared = list(dict.fromkeys(t for t in pa.tokens if t in set(pb.tokens)))
     aa, ab = _attribution_side(result_a), _attribution_side(result_b)
     agreement: dict[str, float] = {}
     if same_tokens and aa is not None and ab is not None:
@@ -429,6 +429,16 @@ def compare(result_a: AnalysisResult, result_b: AnalysisResult) -> ComparisonRes
 # Data for charts and files (pure)
 
 
+def short_id(model_id: str) -> str:
+    """The last part of a model id or folder, at most 32 characters (legends and axis titles have little room)."""
+    return model_id.rstrip("/").rsplit("/", 1)[-1][-32:] or model_id
+
+
+def run_label(s: RunSummary) -> str:
+    """"A: <model>" for legends."""
+    return f"{s.label}: {short_id(s.model_id)}"
+
+
 def metric_overlay_rows(cmp: ComparisonResult, axis: str | None = None) -> list[dict[str, Any]]:
     """Long-form rows of both runs' layer metrics: {"run", "metric", "layer", "depth", "x", "value"}.
 
@@ -443,7 +453,7 @@ def metric_overlay_rows(cmp: ComparisonResult, axis: str | None = None) -> list[
         xs = s.depth if axis == "relative" else s.layers
         for m in METRIC_NAMES:
             for layer, x, v in zip(s.layers.tolist(), xs.tolist(), s.metrics[m].tolist()):
-                rows.append({"run": f"{s.label}: {s.model_id}", "metric": m, "layer": int(layer),
+                rows.append({"run": run_label(s), "metric": m, "layer": int(layer),
                              "depth": float(layer / max(s.n_layers, 1)), "x": float(x), "value": float(v)})
     return rows
 
@@ -497,9 +507,9 @@ def overlay_figure(cmp: ComparisonResult, axis: str | None = None) -> Figure:
     fig = plotting.figure(11.0, 6.2)
     axes = fig.subplots(2, 3).ravel()
     for ax, m in zip(axes, METRIC_NAMES):
-        for s, style in zip(cmp.runs, ("o-", "s--")):
+        for s, style, colour in zip(cmp.runs, ("o-", "s--"), ("#1f5fa8", "#d6604d")):
             xs = s.depth if axis == "relative" else s.layers
-            ax.plot(xs, s.metrics[m], style, ms=3.5, lw=1.4, label=f"{s.label}: {s.model_id[-40:]}")
+            ax.plot(xs, s.metrics[m], style, ms=3.5, lw=1.4, label=run_label(s), color=colour)
         ax.set_title(metric_label(m), fontsize=9)
         ax.set_xlabel("relative depth (layer / layers)" if axis == "relative" else "layer", fontsize=8)
         if axis == "absolute":
@@ -572,7 +582,7 @@ def comparison_plots(cmp: ComparisonResult, result_a: AnalysisResult | None = No
     """{bundle name: PNG bytes} of every comparison figure that is defined (the layer × layer CKA of each run
     only when its result, with hidden states, is given)."""
     out = {"plots/metrics_overlay.png": plotting.png(overlay_figure(cmp))}
-    a, b = f"layer of A ({cmp.a.model_id[-30:]})", f"layer of B ({cmp.b.model_id[-30:]})"
+    a, b = f"layer of A ({short_id(cmp.a.model_id)})", f"layer of B ({short_id(cmp.b.model_id)})"
     if cmp.cka is not None:
         out["plots/cka.png"] = plotting.png(cka_figure(cmp.cka, a, b, "Linear CKA, A × B"))
     if cmp.cka_debiased is not None:

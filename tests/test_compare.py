@@ -256,7 +256,7 @@ def test_a_run_against_itself(runs):
     np.testing.assert_allclose(np.diag(cmp.cka), 1.0, atol=1e-9)
     np.testing.assert_allclose(cmp.cka, cmp.cka.T, atol=1e-12)
     assert np.all(cmp.entropy_diff == 0)
-    assert cmp.shared_predictions == cmp.predictions_a.tokens
+    assert cmp.shared_predictions == list(dict.fromkeys(cmp.predictions_a.tokens))
     assert all(v == pytest.approx(1.0) for v in cmp.attribution_agreement.values())
 
 
