@@ -324,8 +324,11 @@ def _token_reason(a: AnalysisResult, b: AnalysisResult) -> str:
     ids_a, ids_b = list(a.token_ids), list(b.token_ids)
     if ids_a == ids_b and list(a.tokens) == list(b.tokens):
         return ""
-    if a.text != b.text:
+    shorter, longer = sorted((ids_a, ids_b), key=len)
+    if a.analysed_text != b.analysed_text:
         why = "the two runs analyse different texts"
+    elif len(shorter) < len(longer) and longer[:len(shorter)] == shorter:
+        why = "one run was cut to fewer tokens (the max-tokens setting)"
     else:
         why = "the two models split the same text into different tokens (their tokenizers differ)"
     return (f"Layer CKA compares the two runs token by token, so it needs the same tokens in both; here {why} "

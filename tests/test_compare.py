@@ -235,6 +235,14 @@ def test_different_tokenizations_give_the_calm_message_not_an_error(runs):
     assert len(cmp.attribution_b.tokens) == runs["bert"].n_tokens
 
 
+def test_a_truncated_run_is_explained_as_truncation(runs, tiny_gpt2):
+    from core.analysis import analyze
+
+    short = analyze(tiny_gpt2, "The cat sat on the mat.", max_tokens=4, ig_steps=2)
+    cmp = compare(runs["gpt2"], short)
+    assert cmp.cka is None and "max-tokens" in cmp.cka_unavailable_reason
+
+
 def test_two_texts_on_one_model(runs):
     a, b = runs["gpt2"], runs["gpt2_other_text"]
     cmp = compare(a, b)
