@@ -49,6 +49,8 @@ def main() -> None:
         analyse = True
     if analyse:
         sidebar.run_analysis()
+    elif state.get(Keys.JOB) is not None:  # an analysis started before the user left the page: finish it here
+        sidebar.wait_for_job()
     sidebar.draw_result_footer()
 
     model_id = sidebar.selected_model_id(state)  # the URL keeps the model (the page is in the path)

@@ -6,6 +6,9 @@ listed here too, so a test can set a widget's value through session state by the
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from core.presets import BUNDLED_ID
@@ -33,6 +36,7 @@ class Keys:
     ERROR = "error"  # {"kind": "unavailable"|"input"|"internal", "message": str, "model": str} or None
     SESSION_LOG = "session_log"  # list of dicts, one per analysis of this session (for the export's HTML log)
     PENDING_ANALYSIS = "pending_analysis"  # set by callbacks (e.g. "switch to bundled") to run once
+    JOB = "analysis_job"  # the running app.sidebar.AnalysisJob (survives navigation), or None
     EXPORT_HIDDEN = "export_hidden"  # toggle: hidden_states.npz in the export
     URL_READ = "url_read"  # the URL's query parameters were read into the widgets once
 
@@ -77,7 +81,7 @@ class Keys:
 #: Choice in the model selectbox that reveals the free field.
 OTHER_MODEL = "Other: a Hugging Face id or a local folder"
 
-DEFAULTS: dict[str, Any] = {
+_DEFAULTS: dict[str, Any] = {
     Keys.MODEL_CHOICE: BUNDLED_ID,
     Keys.MODEL_CUSTOM: "",
     Keys.MAX_TOKENS: AnalysisSettings.default("max_tokens"),
@@ -93,6 +97,7 @@ DEFAULTS: dict[str, Any] = {
     Keys.RESULT_LOAD: None,
     Keys.ERROR: None,
     Keys.PENDING_ANALYSIS: None,
+    Keys.JOB: None,
     Keys.URL_READ: False,
     Keys.EXPORT_HIDDEN: False,
     Keys.CORR_METHOD: "pearson",
@@ -104,13 +109,18 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+#: Read-only: no session can change the defaults another session starts from.
+DEFAULTS: Mapping[str, Any] = MappingProxyType(_DEFAULTS)
+
+
 def init_state(session_state: Any) -> None:
     """Set every key that is missing to its default (never overwrites a value already there).
 
-    Lists are created fresh per session so that sessions never share one list object.
+    Each session gets its own copy of every default (lists are created fresh), so that sessions never share a
+    mutable object: a session's settings start from these defaults whatever other sessions do.
     """
     for key, value in DEFAULTS.items():
         if key not in session_state:
-            session_state[key] = value
+            session_state[key] = copy.deepcopy(value)
     if Keys.SESSION_LOG not in session_state:
         session_state[Keys.SESSION_LOG] = []

@@ -98,11 +98,15 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
         loaded = load_model(str(model), dtype=dtype, device=device)
 
     key = cache_key(loaded.info(), text, st)
+    cache_warnings: list[str] = []
     if cache is not None:
         hit = cache.get(key)
+        cache_warnings = cache.take_warnings()
         if hit is not None:
             report("Loaded from cache", 1.0)
-            return hit.replace(cache_hit=True, duration_s=time.perf_counter() - t_start)
+            done = hit.replace(cache_hit=True, duration_s=time.perf_counter() - t_start)
+            log_analysis(done)
+            return done
 
     analysed = text
     if st.mask_word:
@@ -173,10 +177,15 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
     )
     result.duration_s = time.perf_counter() - t_start
     report("Done", 1.0)
-    if cache is not None:
-        try:
-            cache.set(key, result)
-        except Exception as exc:  # a full or read-only disk must not lose a finished result
-            log.warning("could not write the result cache: %s", exc)
-            result.warnings.append(f"the result could not be cached: {exc}")
+    if cache is not None:  # a fault of the cache (corrupt, read-only, full disk) is a warning, never a failure
+        cache.set(key, result)
+        for w in (cache_warnings + cache.take_warnings())[:1]:  # one cache warning per analysis (all are logged)
+            result.warnings.append(w)
+    log_analysis(result)
     return result
+
+
+def log_analysis(result: AnalysisResult) -> None:
+    """The one INFO line per analysis: model, tokens, duration, cache hit."""
+    log.info("analysis model=%s tokens=%d duration=%.2fs cache_hit=%s warnings=%d", result.model.model_id,
+             result.n_tokens, result.duration_s, result.cache_hit, len(result.warnings))

@@ -267,12 +267,13 @@ def cluster_heads(features: np.ndarray, n_clusters: int | None = None, k_range: 
         score = sil(labels) if k > 1 else None
     else:
         ks = [k for k in k_range if 2 <= k <= distinct - 1] or [2]
-        best = None
+        best: tuple[np.ndarray, float | None, int] | None = None
         for k in ks:
             lab = fit(k)
             s = sil(lab)
             if best is None or (s is not None and (best[1] is None or s > best[1] + 1e-12)):
                 best = (lab, s, k)
+        assert best is not None  # ks is never empty
         labels, score, k = best
         method = f"k-means, k = {k} chosen by silhouette over k in {ks}"
     _, first = np.unique(labels, return_index=True)
@@ -320,7 +321,8 @@ def analyse_attention(att: np.ndarray, special_mask: list[bool] | None = None, c
         return _analyse(att, special_mask, causal, n_clusters)
 
 
-def _analyse(att, special_mask, causal, n_clusters) -> AttentionSection:
+def _analyse(att: np.ndarray, special_mask: list[bool] | None, causal: bool | None,
+             n_clusters: int | None) -> AttentionSection:
     feats, names, ex = head_features(att, special_mask, causal)
     labels, k, score, method = cluster_heads(feats, n_clusters)
     return AttentionSection(

@@ -71,6 +71,26 @@ def tokenize(loaded: LoadedModel, text: str, max_tokens: int) -> dict[str, Any]:
     return enc
 
 
+def special_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids of the tokenizer's special tokens ([CLS], [SEP], [PAD], [MASK], BOS, EOS…), without the unknown token
+    unless it doubles as another special token (GPT-2's <|endoftext|>): an [UNK] stands for real text."""
+    ids = set(getattr(tokenizer, "all_special_ids", None) or [])
+    unk = getattr(tokenizer, "unk_token_id", None)
+    others = {getattr(tokenizer, n, None) for n in ("bos_token_id", "eos_token_id", "pad_token_id", "cls_token_id",
+                                                    "sep_token_id", "mask_token_id")}
+    if unk is not None and unk not in others:
+        ids.discard(unk)
+    return frozenset(i for i in ids if isinstance(i, int))
+
+
+def special_mask(tokenizer: Any, ids: list[int], added_mask: list[int] | None = None) -> list[bool]:
+    """True where the token is special: added by the tokenizer ([CLS] … [SEP]) or typed in the text ("[SEP]" in a
+    sentence becomes the real special id, so it is special too)."""
+    specials = special_ids(tokenizer)
+    added = added_mask if added_mask is not None else [0] * len(ids)
+    return [bool(a) or i in specials for i, a in zip(ids, added)]
+
+
 def capture(loaded: LoadedModel, text: str, settings: AnalysisSettings) -> Capture:
     """Tokenise `text` and run one forward pass with hidden states and attentions (no gradients)."""
     import torch
@@ -82,7 +102,7 @@ def capture(loaded: LoadedModel, text: str, settings: AnalysisSettings) -> Captu
     mask = enc["attention_mask"].to(loaded.device)
     if ids.shape[1] == 0:
         raise InputError("the text produced no tokens")
-    special = [bool(x) for x in enc["special_tokens_mask"][0].tolist()]
+    special = special_mask(loaded.tokenizer, enc["input_ids"][0].tolist(), enc["special_tokens_mask"][0].tolist())
     warnings: list[str] = []
     if enc["truncated"]:
         warnings.append(f"the text was truncated to {enc['limit']} tokens ({enc['limit_reason']})")

@@ -23,13 +23,56 @@ from .errors import InputError, TMAError
 
 
 
+def out_path(value: str) -> Path:
+    """argparse type of --out: an empty value would become '.' (the bundle spilled into the working folder)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("empty; give a path ending in .zip, or a folder")
+    return Path(value)
+
+
+def check_out(out: Path) -> None:
+    """Fail (exit 2) before any analysis when `out` cannot be written: the nearest existing folder on its way must
+    be a folder we can create a file in (probed for real, so a read-only mount is caught as well as permissions)."""
+    import tempfile
+
+    try:
+        if out.exists() and out.is_file() and out.suffix.lower() != ".zip":
+            fail(f"--out '{out}' is an existing file; give a .zip path or a folder")
+        if out.exists() and out.is_dir() and out.suffix.lower() == ".zip":
+            fail(f"--out '{out}' is an existing folder; give another .zip path")
+        folder = out.parent if out.suffix.lower() == ".zip" else out
+        probe = folder
+        while not probe.exists():
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+        if not probe.is_dir():
+            fail(f"--out '{out}' cannot be created: '{probe}' is a file, not a folder")
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".tma-write-check-"):
+            pass
+    except OSError as exc:
+        fail(f"--out '{out}' is not writable ({exc.strerror or type(exc).__name__})")
+
+
+def print_warnings(warnings: list[str]) -> None:
+    """The result's warnings (truncation, ignored options, cache faults) on stderr, one line each."""
+    for w in warnings:
+        print(f"warning: {one_line(w)}", file=sys.stderr)
+
+
+def one_line(message: str, limit: int = 400) -> str:
+    """A message as one short line: newlines folded, long ones shortened."""
+    s = " ".join(str(message).split())
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
 def add_analyze(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="analyse a text and write the analysis bundle",
                        description="Analyse a text with a model and write the analysis bundle (a .zip file or a "
                                    "folder).")
     add_model_options(a)
     add_text_options(a)
-    a.add_argument("--out", required=True, type=Path, help="output: a path ending in .zip, or a folder")
+    a.add_argument("--out", required=True, type=out_path, help="output: a path ending in .zip, or a folder")
     add_load_options(a)
     add_settings_options(a)
     e = a.add_argument_group("bundle")
@@ -71,7 +114,8 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]]
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m core", description="Transformer Model Analysis, headless.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    sub: argparse._SubParsersAction[argparse.ArgumentParser] = p.add_subparsers(
+        dest="command", required=True, parser_class=OneLineParser)
     for add in SUBCOMMANDS:
         add(sub)
     return p
@@ -95,8 +139,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     assert text is not None  # the text group is required
     settings = settings_from_args(args)
     out: Path = args.out
-    if out.exists() and out.is_file() and out.suffix.lower() != ".zip":
-        fail(f"--out '{out}' is an existing file; give a .zip path or a folder")
+    check_out(out)  # before the analysis: a wrong --out must not cost a whole run
     cache = None if args.no_cache else ResultCache(args.cache_dir)
     t0 = time.perf_counter()
     result = analyze(args.model, text, settings=settings, cache=cache, dtype=args.dtype, device=args.device)
@@ -104,6 +147,7 @@ def run_analyze(args: argparse.Namespace) -> int:
                             animations=not args.no_animations)
     path, _run = export_run(result, out, options)
     if not args.quiet:
+        print_warnings(list(result.warnings))
         print(f"wrote {path} ({result.model.model_id}, {result.n_tokens} tokens, {result.n_layers} layers, "
               f"{'cache hit' if result.cache_hit else 'computed'}, {time.perf_counter() - t0:.1f} s)")
         if result.predictions is not None and result.predictions.kind == "mask_fill" and result.predictions.message:
@@ -135,10 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_INPUT
     except TMAError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_MODEL
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -146,6 +190,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # never a traceback for a user, unless asked for
         if getattr(args, "debug", False):
             raise
-        line = str(exc).splitlines()[0] if str(exc) else ""
+        line = one_line(str(exc).splitlines()[0], 200) if str(exc) else ""
         print(f"error: unexpected {type(exc).__name__}: {line} (rerun with --debug for details)", file=sys.stderr)
         return EXIT_INTERNAL

@@ -17,6 +17,8 @@ block l (l = 0 is the embedding output); A^{l,h} the attention matrix of head h 
 
 from __future__ import annotations
 
+from typing import Any
+
 import fnmatch
 from dataclasses import dataclass
 
@@ -145,7 +147,7 @@ def _split_lines(tex: str) -> str:
     return "\\begin{gathered}" + " \\\\ ".join(parts) + "\\end{gathered}"
 
 
-def _e(**kw) -> DocEntry:
+def _e(**kw: Any) -> DocEntry:
     for k in ("pitfalls", "references", "sources", "files"):
         if k in kw:
             kw[k] = tuple(kw[k])

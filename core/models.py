@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import guards
 from .errors import ModelUnavailableError
 from .model_info import ModelInfo
 from .presets import BUNDLED_ID
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 
 FAMILIES = ("masked_lm", "causal_lm", "encoder")
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 HUB_PROBE_TIMEOUT_S = 3.0
 
 
@@ -125,22 +125,34 @@ def _way_out() -> str:
     return (f"use a local model folder, or the bundled model '{BUNDLED_ID}', which works offline")
 
 
+def _existing_path(model_id: str) -> Path | None:
+    """The path `model_id` names when it exists and local folders are allowed; never raises (long names etc.)."""
+    if not guards.local_models_allowed():
+        return None  # never look: no answer may reveal what exists on the server
+    try:
+        path = Path(model_id).expanduser()
+        return path if path.exists() else None
+    except (OSError, ValueError):  # a name too long for the file system, an embedded NUL…
+        return None
+
+
 def resolve_source(model_id: str) -> ModelSource:
-    """Decide where `model_id` loads from, without loading it. Raises ModelUnavailableError quickly."""
-    model_id = (model_id or "").strip()
-    if not model_id:
-        raise ModelUnavailableError("no model given: " + _way_out())
-    if model_id in (BUNDLED_ID, "bundled", "all-MiniLM-L6-v2"):
+    """Decide where `model_id` loads from, without loading it. Raises ModelUnavailableError quickly.
+
+    The id's shape, the allow-list and the local-folder switch (core.guards) are checked first, before any
+    file-system or network call.
+    """
+    model_id = guards.check_model_id(model_id)
+    if guards.is_bundled(model_id):
         return ModelSource(BUNDLED_ID, "bundled", str(bundled_model_path()), True)
-    path = Path(model_id).expanduser()
-    if path.exists():
+    path = _existing_path(model_id)
+    if path is not None:
         if not path.is_dir():
             raise ModelUnavailableError(f"'{model_id}' is a file; give the folder that holds config.json")
         if not (path / "config.json").is_file():
             raise ModelUnavailableError(f"the folder '{model_id}' has no config.json, so it is not a model folder")
         return ModelSource(str(path.resolve()), "local", str(path.resolve()), True)
-    if model_id.startswith((".", "/", "~")) or not _HUB_ID.match(model_id):
-        raise ModelUnavailableError(f"'{model_id}' is neither an existing folder nor a Hugging Face model id; " + _way_out())
+    guards.check_hub_id(model_id)
     if _cached_on_disk(model_id):
         return ModelSource(model_id, "hub", model_id, True)
     if hub_offline():
@@ -151,6 +163,35 @@ def resolve_source(model_id: str) -> ModelSource:
         raise ModelUnavailableError(
             f"the Hugging Face Hub cannot be reached and '{model_id}' is not in the local cache; " + _way_out())
     return ModelSource(model_id, "hub", model_id, False)
+
+
+def config_dict(src: ModelSource) -> dict[str, Any]:
+    """The raw config.json of a resolved source, read without transformers (for a hub id: that one small file)."""
+    if src.kind == "hub":
+        try:
+            from huggingface_hub import hf_hub_download
+
+            folder = Path(hf_hub_download(src.location, "config.json", local_files_only=src.local_files_only)).parent
+        except Exception as exc:
+            raise ModelUnavailableError(f"the config of '{src.model_id}' could not be fetched "
+                                        f"({guards.scrub_paths(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)})"
+                                        ) from None
+    else:
+        folder = Path(src.location)
+    return guards.read_config(folder)
+
+
+def check_size_guard(src: ModelSource) -> None:
+    """TMA_MAX_PARAMETERS: refuse a model from its config alone, before the tokenizer or any weight is read."""
+    if src.kind == "bundled" or guards.max_parameters() is None:
+        return
+    estimate = guards.check_parameters(src.model_id, config_dict(src))
+    log.info("model %s: about %s parameters (limit %s)", src.model_id, estimate, guards.max_parameters())
+
+
+def public_error(message: str) -> str:
+    """A load error as shown to users: without server paths when local folders are switched off."""
+    return message if guards.local_models_allowed() else guards.scrub_paths(message)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -239,6 +280,7 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto") -> Load
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
     src = resolve_source(model_id)
+    check_size_guard(src)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     common = {"local_files_only": src.local_files_only, "trust_remote_code": False}
@@ -257,9 +299,13 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto") -> Load
         if "safetensors" in msg.lower() or "model.safetensors" in msg:
             raise ModelUnavailableError(
                 f"'{model_id}' has no safetensors weights; only safetensors are loaded (no pickled weights)") from exc
-        raise ModelUnavailableError(f"could not load '{model_id}': {msg}; " + _way_out()) from exc
+        raise ModelUnavailableError(public_error(f"could not load '{model_id}': {msg}; " + _way_out())) from exc
     except (ValueError, KeyError, ImportError) as exc:
-        raise ModelUnavailableError(f"could not load '{model_id}': {str(exc).splitlines()[0] if str(exc) else exc!r}") from exc
+        if "trust_remote_code" in str(exc) or "custom code" in str(exc):
+            raise ModelUnavailableError(f"'{model_id}' needs its own Python code to load (remote code), which this "
+                                        "app never runs; pick a model that transformers supports natively") from exc
+        first = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        raise ModelUnavailableError(public_error(f"could not load '{model_id}': {first}")) from exc
 
     model.eval()
     model.requires_grad_(False)
@@ -280,7 +326,7 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto") -> Load
         family=family,
         source=src.kind,
         revision=revision,
-        local_path=src.location if src.kind != "hub" else None,
+        local_path=src.location if src.kind != "hub" and guards.local_models_allowed() else None,
         dtype=dt,
         device=dev,
         n_layers=_config_count(config, "num_hidden_layers", "n_layer", "num_layers"),

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import docs
+from .guards import is_unsafe_char
 from .metrics import METRIC_NAMES
 from .options import ExportOptions
 from .result import AnalysisResult
@@ -77,14 +78,17 @@ def _fonts() -> dict[str, Any]:
 
 
 def safe_text(text: Any) -> str:
-    """`text` with every character the report's fonts cannot draw replaced by the placeholder; control
-    characters other than newline and tab removed."""
+    """`text` with every character the report's fonts cannot draw replaced by the placeholder; control and bidi
+    characters (newline and tab aside) boxed the same way; other format characters (zero-width joiners) removed."""
     s = "" if text is None else str(text)
     f = _fonts()
     out = []
     for ch in s:
         if ch in "\n\t":
             out.append(ch if ch == "\n" else "    ")
+            continue
+        if is_unsafe_char(ch):  # controls and bidi overrides: boxed, so the reader sees something was there
+            out.append(PLACEHOLDER)
             continue
         cat = unicodedata.category(ch)
         if cat in ("Cc", "Cf", "Cs", "Co", "Cn"):  # controls, zero-width joiners/VS16, surrogates, unassigned
@@ -107,9 +111,11 @@ def _new_pdf(result: AnalysisResult) -> Any:
     from fpdf import FPDF
 
     class _PDF(FPDF):
+        tma_family = "helvetica"
+
         def footer(self) -> None:
             self.set_y(-12)
-            self.set_font(self._tma_family, "", 8)
+            self.set_font(self.tma_family, "", 8)
             self.set_text_color(120)
             self.cell(0, 8, f"Page {self.page_no()} / {{nb}}", align="C")
             self.set_text_color(0)
@@ -124,9 +130,9 @@ def _new_pdf(result: AnalysisResult) -> Any:
         if f["fallback"]:
             pdf.add_font("Fallback", "", f["fallback"])
             pdf.set_fallback_fonts(["Fallback"])
-        pdf._tma_family = FAMILY
+        pdf.tma_family = FAMILY
     else:
-        pdf._tma_family = "helvetica"
+        pdf.tma_family = "helvetica"
     pdf.set_title(safe_text(f"Transformer Model Analysis - {result.model.model_id}"))
     pdf.set_creator("Transformer Model Analysis Dashboard")
     return pdf
@@ -137,7 +143,7 @@ class _Writer:
 
     def __init__(self, pdf: Any) -> None:
         self.pdf = pdf
-        self.fam = pdf._tma_family
+        self.fam = pdf.tma_family
 
     def h1(self, text: str) -> None:
         self.pdf.set_font(self.fam, "B", 15)
@@ -330,8 +336,8 @@ def _attribution_tokens(w: _Writer, result: AnalysisResult) -> None:
     w.h2("Token attribution")
     w.para(f"Target position {a.target_position} ({a.target_token!r}); predicted {a.predicted_token!r}. "
            f"{docs.caption('attention_rollout')}", size=8)
-    cols = [("rollout", a.rollout), ("grad × input", a.grad_x_input), ("integrated gradients", a.integrated_gradients)]
-    cols = [(n, np.asarray(v, dtype=np.float64)) for n, v in cols if v is not None]
+    named = [("rollout", a.rollout), ("grad × input", a.grad_x_input), ("integrated gradients", a.integrated_gradients)]
+    cols = [(n, np.asarray(v, dtype=np.float64)) for n, v in named if v is not None]
     key_name, key = cols[-1]  # the most faithful method present: IG, else gradient × input, else rollout
     order = np.argsort(-np.abs(np.nan_to_num(key)), kind="stable")[:TOP_TOKENS]
     rows = [[int(t), repr(result.display_tokens[t]), *(v[t] for _, v in cols)] for t in order]

@@ -95,7 +95,7 @@ def dumps(obj: Any) -> bytes:
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr("object.json", json.dumps(doc, ensure_ascii=False))
         npz = io.BytesIO()
-        np.savez(npz, **arrays)
+        np.savez(npz, allow_pickle=False, **arrays)
         zf.writestr("arrays.npz", npz.getvalue())
     return buf.getvalue()
 

@@ -10,10 +10,10 @@ key from there; render-only options (animations, figure choices) are not setting
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from . import guards
 from .errors import InputError
 from .serialize import serializable
 
@@ -21,18 +21,9 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 #: Default bound on the characters of one text (a public server should not tokenise megabytes per click);
-#: `TMA_MAX_TEXT_CHARS` overrides it.
-DEFAULT_MAX_TEXT_CHARS = 20_000
-
-
-def max_text_chars() -> int:
-    """The bound on the characters of one text: $TMA_MAX_TEXT_CHARS, else DEFAULT_MAX_TEXT_CHARS."""
-    raw = os.environ.get("TMA_MAX_TEXT_CHARS", "").strip()
-    try:
-        value = int(float(raw)) if raw else DEFAULT_MAX_TEXT_CHARS
-    except ValueError:
-        value = DEFAULT_MAX_TEXT_CHARS
-    return value if value > 0 else DEFAULT_MAX_TEXT_CHARS
+#: `TMA_MAX_TEXT_CHARS` overrides it (read by core.guards, the one place for deployment bounds).
+DEFAULT_MAX_TEXT_CHARS = guards.DEFAULT_MAX_TEXT_CHARS
+max_text_chars = guards.max_text_chars
 
 
 def _opt(default: Any, help: str, *, min: int | None = None, max: int | None = None, cli: str | None = None) -> Any:
@@ -104,9 +95,7 @@ class AnalysisSettings:
         """The rules on a text to analyse: a non-empty string of at most max_text_chars() characters."""
         if not isinstance(text, str) or not text.strip():
             raise InputError("the text is empty: type a sentence to analyse")
-        limit = max_text_chars()
-        if len(text) > limit:
-            raise InputError(f"the text has {len(text):,} characters; the limit is {limit:,}: shorten it")
+        guards.check_text_length(text)  # TMA_MAX_TEXT_CHARS: refused with its length, never cut
         return text
 
     @classmethod
