@@ -1,16 +1,20 @@
 """Sections of the Compare page (and the layer × layer CKA of the Layer Analysis page), drawn from stored results.
 
 Run A and run B are ordinary cached analyses with the sidebar's settings: the Compare button loads each model
-through app.loading.get_model and analyses through core.analysis.analyze with the app's result cache — the same
-path as the sidebar's Analyze — and a run that is already in the session (the sidebar's result, or the previous
-A or B) is reused without loading anything. Every other widget on the page only re-draws: the comparison itself
-(core.compare.compare) is a pure function of the two results, cached per pair of results.
+through app.loading.get_model and analyses through core.analysis.analyze with the app's result cache in a worker
+thread — the same path as the sidebar's Analyze — and a run that is already in the session (the sidebar's
+result, or the previous A or B) is reused without loading anything. Every other widget on the page only re-draws:
+the comparison itself (core.compare.compare) is a pure function of the two results, cached per pair of results.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from typing import Any
 
 import altair as alt
@@ -172,55 +176,121 @@ def _reusable(state: Any, spec: Spec) -> AnalysisResult | None:
     return None
 
 
-def analyse(spec: Spec, progress: Callable[[str, float], None]) -> AnalysisResult:
-    """The result for spec: reused from the session, else the app's cached analysis path (get_model + analyze
-    with the process-wide result cache). Raises core.errors.TMAError subclasses for the user's mistakes."""
-    state = st.session_state
-    reuse = _reusable(state, spec)
-    if reuse is not None:
-        return reuse
-    model_id, text, settings, dtype = spec
-    if not model_id:
-        raise InputError("no model chosen: type a Hugging Face id or a local folder, or pick a preset")
-    from core.analysis import analyze
-
-    progress(f"Loading {model_id}", 0.0)
-    loaded = get_model(model_id, dtype, "auto")
-    result = analyze(loaded, text, settings=settings, cache=get_result_cache(), progress=progress)
-    state[Keys.SESSION_LOG].append(session_entry(result))
-    return result
+#: The two analyses run here, not in the script thread (as the sidebar's do): a rerun — the user touching a widget
+#: or leaving the page — stops the script, not the analyses, and the next run of the page picks the job up.
+_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tma-compare")
 
 
-def run_both() -> None:
-    """Analyse A then B with progress in an st.status; store the results, or one error line."""
+@dataclass
+class CompareJob:
+    """Run A and run B of one Compare press: for each, a finished (reused) result or a future of core's analyze."""
+
+    specs: dict[str, Spec]
+    runs: dict[str, AnalysisResult | Future[AnalysisResult]]
+    computed: tuple[str, ...]  # the runs that were not reused (their results enter the session log)
+    _progress: dict[str, tuple[str, float]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def reporter(self, which: str) -> Callable[[str, float], None]:
+        def report(label: str, fraction: float) -> None:  # called in a worker thread: no Streamlit here
+            with self._lock:
+                self._progress[which] = (label, float(fraction))
+        return report
+
+    def progress(self) -> tuple[str, float]:
+        """A label and the mean fraction of the two runs."""
+        with self._lock:
+            fracs = [1.0 if not isinstance(self.runs[w], Future) else self._progress.get(w, ("", 0.0))[1]
+                     for w in ("a", "b")]
+            labels = [f"Run {w.upper()}: {self._progress[w][0]}" for w in ("a", "b") if w in self._progress]
+        return (labels[-1] if labels else "Waiting for the model"), min(max(sum(fracs) / 2, 0.0), 1.0)
+
+
+def start_job() -> None:
+    """On Compare: load each model that a run needs (in this thread, cached), start its analysis in the pool, and
+    keep the job in session state. A run already in the session is reused as it is."""
     state = st.session_state
     specs = {w: _spec(state, model_of(state, w), text_of(state, w)) for w in ("a", "b")}
+    job = CompareJob(specs=specs, runs={}, computed=())
+    which = "a"
+    try:
+        computed = []
+        for which in ("a", "b"):
+            model_id, text, settings, dtype = specs[which]
+            reuse = _reusable(state, specs[which])
+            if reuse is None and which == "b" and specs["b"] == specs["a"]:
+                job.runs["b"] = job.runs["a"]  # the same run twice: analysed once
+                continue
+            if reuse is not None:
+                job.runs[which] = reuse
+                continue
+            if not model_id:
+                raise InputError("no model chosen: type a Hugging Face id or a local folder, or pick a preset")
+            AnalysisSettings.check_text(text)
+            loaded = get_model(model_id, dtype, "auto")
+            from core.analysis import analyze
+
+            job.runs[which] = _POOL.submit(analyze, loaded, text, settings=settings, cache=get_result_cache(),
+                                           progress=job.reporter(which))
+            computed.append(which)
+        job.computed = tuple(computed)
+    except Exception as exc:
+        for f in job.runs.values():
+            if isinstance(f, Future):
+                f.cancel()
+        state[Keys.CMP_ERROR] = _error_line(which, exc)
+        return
+    state[Keys.CMP_ERROR] = None
+    state[Keys.CMP_JOB] = job
+
+
+def _error_line(which: str, exc: BaseException) -> str:
+    if isinstance(exc, ModelUnavailableError):
+        return f"Run {which.upper()}: the model is not available. {exc}"
+    if isinstance(exc, TMAError):
+        return f"Run {which.upper()}: {exc}"
+    log.error("compare: analysis of run %s failed", which, exc_info=exc)
+    return f"Run {which.upper()}: something went wrong during the analysis. The details are in the server log."
+
+
+def wait_for_job() -> None:
+    """Show the running comparison's progress until both runs are done, then store them (or one error line).
+
+    A rerun interrupts this wait, not the analyses; the next run of the page calls this again."""
+    state = st.session_state
+    job: CompareJob | None = state.get(Keys.CMP_JOB)
+    if job is None:
+        return
     status = st.status("Analysing run A and run B…", expanded=True)
     with status:
-        bar = st.progress(0.0)
+        label, frac = job.progress()
+        bar = st.progress(frac, text=label)
         out: dict[str, AnalysisResult] = {}
-        try:
-            for i, w in enumerate(("a", "b")):
-                def progress(label: str, frac: float, i: int = i, w: str = w) -> None:
-                    bar.progress(min(max((i + float(frac)) / 2, 0.0), 1.0), text=f"Run {w.upper()}: {label}")
-
-                out[w] = analyse(specs[w], progress)
-        except ModelUnavailableError as exc:
-            state[Keys.CMP_ERROR] = f"Run {w.upper()}: the model is not available. {exc}"
-        except TMAError as exc:
-            state[Keys.CMP_ERROR] = f"Run {w.upper()}: {exc}"
-        except Exception:
-            log.exception("compare: analysis of run %s failed", w)
-            state[Keys.CMP_ERROR] = (f"Run {w.upper()}: something went wrong during the analysis. The details are "
-                                     f"in the server log.")
-        else:
-            state[Keys.CMP_ERROR] = None
-            state[Keys.CMP_RESULT_A], state[Keys.CMP_RESULT_B] = out["a"], out["b"]
-            state[Keys.CMP_SPEC_A], state[Keys.CMP_SPEC_B] = specs["a"], specs["b"]
-            state[Keys.CMP_AXIS] = out["a"].n_layers == out["b"].n_layers
-            status.update(label="Both runs ready", state="complete", expanded=False)
-            return
-    status.update(label="The comparison could not run", state="error", expanded=False)
+        for which in ("a", "b"):
+            run = job.runs[which]
+            if not isinstance(run, Future):
+                out[which] = run
+                continue
+            while True:
+                try:
+                    out[which] = run.result(timeout=0.25)
+                    break
+                except FutureTimeout:
+                    label, frac = job.progress()
+                    bar.progress(frac, text=label)  # a pending rerun is raised here: the analyses run on
+                except BaseException as exc:  # noqa: BLE001 - the analysis' own failure (or its cancellation)
+                    state[Keys.CMP_JOB] = None
+                    state[Keys.CMP_ERROR] = _error_line(which, exc)
+                    status.update(label="The comparison could not run", state="error", expanded=False)
+                    return
+    state[Keys.CMP_JOB] = None
+    state[Keys.CMP_RESULT_A], state[Keys.CMP_RESULT_B] = out["a"], out["b"]
+    state[Keys.CMP_SPEC_A], state[Keys.CMP_SPEC_B] = job.specs["a"], job.specs["b"]
+    state[Keys.CMP_AXIS] = out["a"].n_layers == out["b"].n_layers
+    for which in job.computed:
+        state[Keys.SESSION_LOG].append(session_entry(out[which]))
+    status.update(label="Both runs ready" + (" (reused)" if not job.computed else ""), state="complete",
+                  expanded=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -376,7 +446,8 @@ def attribution_section(cmp: ComparisonResult) -> None:
         st.info("Token attribution was not computed for either run.", icon=":material/info:")
         return
     methods = [m for m in ATTR_METHODS if (aa is not None and m in aa.scores) or (ab is not None and m in ab.scores)]
-    method = st.radio("Method", methods, key=Keys.CMP_ATTR_METHOD, horizontal=True, format_func=ATTR_METHODS.__getitem__)
+    method = st.radio("Method", methods, key=Keys.CMP_ATTR_METHOD, horizontal=True,
+                      format_func=ATTR_METHODS.__getitem__)
     method = method if method in methods else methods[0]
     cols = st.columns(2)
     for col, label, side in zip(cols, ("A", "B"), (aa, ab)):
@@ -402,8 +473,8 @@ def cka_section(cmp: ComparisonResult) -> None:
                          help="The unbiased HSIC estimator: independent representations score near 0 even with few "
                               "tokens (needs at least 4 tokens).")
     M = cmp.cka_debiased if debiased and cmp.cka_debiased is not None else cmp.cka
-    st.altair_chart(cka_heatmap(M, f"layer of A ({short_id(cmp.a.model_id)})", f"layer of B ({short_id(cmp.b.model_id)})"),
-                    width="content")
+    titles = f"layer of A ({short_id(cmp.a.model_id)})", f"layer of B ({short_id(cmp.b.model_id)})"
+    st.altair_chart(cka_heatmap(M, *titles), width="content")
     if cmp.a.n_layers == cmp.b.n_layers:
         diag = np.diag(M)
         st.caption("Same layer in both runs: CKA " + ", ".join(f"{i}: {v:.2f}" for i, v in enumerate(diag)))

@@ -71,6 +71,7 @@ class Keys:
     CMP_SPEC_B = "cmp_spec_b"
     CMP_ATTR_METHOD = "cmp_attr_method"
     CMP_ERROR = "cmp_error"  # one line for the page, or None
+    CMP_JOB = "cmp_job"  # the running app.compare_widgets.CompareJob (survives reruns), or None
     CMP_AXIS = "cmp_axis"  # toggle: absolute layers instead of relative depth
     CMP_DEBIASED = "cmp_debiased"  # toggle: debiased CKA
     CMP_ENTROPY = "cmp_entropy"  # "entropy" or "normalized_entropy" for the difference heatmap
@@ -106,6 +107,7 @@ _DEFAULTS: dict[str, Any] = {
     Keys.CMP_RESULT_A: None,
     Keys.CMP_RESULT_B: None,
     Keys.CMP_ERROR: None,
+    Keys.CMP_JOB: None,
 }
 
 

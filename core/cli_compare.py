@@ -12,6 +12,7 @@ page, the comparison figures, then both runs' reports). Bad input: one line on s
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +21,10 @@ from .cli_common import (
     add_model_options,
     add_settings_options,
     add_text_options,
+    check_out,
     fail,
+    out_path,
+    print_warnings,
     read_text,
     settings_from_args,
 )
@@ -40,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     g.add_argument("--text-b", dest="text_b", default=None, help="run B's text (default: run A's)")
     g.add_argument("--text-b-file", dest="text_b_file", type=Path, default=None,
                    help="read run B's text from this UTF-8 file ('-' for standard input)")
-    c.add_argument("--out", required=True, type=Path, help="output: a path ending in .zip, or a folder")
+    c.add_argument("--out", required=True, type=out_path, help="output: a path ending in .zip, or a folder")
     add_load_options(c)
     add_settings_options(c)
     e = c.add_argument_group("output")
@@ -76,8 +80,7 @@ def run(args: argparse.Namespace) -> int:
         fail("run B equals run A: give --model-b, --text-b or both")
     settings = settings_from_args(args)
     out: Path = args.out
-    if out.exists() and out.is_file() and out.suffix.lower() != ".zip":
-        fail(f"--out '{out}' is an existing file; give a .zip path or a folder")
+    check_out(out)  # before the analyses: a wrong --out must not cost two runs
     cache = None if args.no_cache else ResultCache(args.cache_dir)
     t0 = time.perf_counter()
     try:
@@ -95,8 +98,10 @@ def run(args: argparse.Namespace) -> int:
                              debiased_csv=args.debiased)
     path = write_files(files, out)
     if not args.quiet:
+        for label, r in (("A", result_a), ("B", result_b)):
+            print_warnings([f"run {label}: {w}" for w in r.warnings])
         cka = (f"CKA {cmp.cka.shape[0]}×{cmp.cka.shape[1]} layers over {cmp.cka_tokens} tokens"
                if cmp.cka is not None else "no CKA (the runs hold different tokens)")
-        print(f"wrote {path} (A: {cmp.a.model_id}, {len(cmp.a.tokens)} tokens; B: {cmp.b.model_id}, "
-              f"{len(cmp.b.tokens)} tokens; {cka}; {time.perf_counter() - t0:.1f} s)")
+        sys.stdout.write(f"wrote {path} (A: {cmp.a.model_id}, {len(cmp.a.tokens)} tokens; B: {cmp.b.model_id}, "
+                         f"{len(cmp.b.tokens)} tokens; {cka}; {time.perf_counter() - t0:.1f} s)\n")
     return 0

@@ -2,7 +2,8 @@
 attention-entropy difference, predictions, token attribution and linear CKA between the layers of the two runs.
 
 Thin: the pickers and the Compare button are in app.compare_widgets; only that button runs a model (each run an
-ordinary cached analysis with the sidebar's settings). Everything below is drawn from the stored results.
+ordinary cached analysis with the sidebar's settings, in a worker thread that a rerun does not stop). Everything
+below is drawn from the stored results.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ st.caption("Run A against run B: a base and a fine-tuned model on one text, a se
            "model, or two architectures on the same text.")
 
 if cw.pickers():
-    cw.run_both()
+    cw.start_job()
+cw.wait_for_job()  # also picks up a comparison that a rerun interrupted
 for w, key in (("a", "model"), ("b", "model_b")):  # the link keeps both models (the texts stay in the session)
     model = cw.model_of(state, w)
     if model and st.query_params.get(key) != model:

@@ -309,7 +309,7 @@ def cli_outputs(tmp_path_factory, tiny_dirs, gpt2_depths):
 
     tmp = tmp_path_factory.mktemp("cli-compare")
     os.environ.setdefault("TMA_CACHE_DIR", str(tmp / "cache"))
-    g6, g12 = gpt2_depths[6].local_path or gpt2_depths[6].model_id, gpt2_depths[12].local_path or gpt2_depths[12].model_id
+    g6, g12 = (str(gpt2_depths[n].local_path or gpt2_depths[n].model_id) for n in (6, 12))
     gpt2, bert = str(tiny_dirs["gpt2"]), str(tiny_dirs["bert"])
     common = ["--no-animations", "--no-gradients"]
     codes = {
