@@ -181,8 +181,12 @@ def attribution_section(result: AnalysisResult) -> None:
     st.html(views.shaded_tokens_html(tokens, available[method], attr.target_position))
     show_caption(ATTR_DOC[method])
     if method == "integrated_gradients" and attr.ig_completeness_gap is not None:
-        st.caption(f"Completeness gap |Σ IG − (f(x) − f(x′))| = {attr.ig_completeness_gap:.4g} "
-                   f"({attr.ig_steps} steps)")
+        rel = attr.ig_completeness_gap_relative
+        st.caption(f"Completeness gap |Σ IG − (f(x) − f(x′))| = {attr.ig_completeness_gap:.4g} nats"
+                   + (f" ({100 * rel:.2f} % of f(x) − f(x′))" if rel is not None else "")
+                   + f" with {attr.ig_steps} Gauss–Legendre steps"
+                   + ("" if attr.ig_converged is None else " — converged (≤ 1 %)" if attr.ig_converged
+                      else " — the 512-step cap was reached before 1 %: read the scores as approximate"))
     df = views.attribution_frame(tokens, available)
     with st.expander("Scores per token"):
         chart(charts.attribution_bars(df, method))

@@ -27,6 +27,7 @@ st.set_page_config(page_title="Transformer Model Analysis", page_icon=":material
 PAGES = [
     st.Page("../pages/overall.py", title="Overall", icon=":material/monitoring:", url_path="overall", default=True),
     st.Page("../pages/layer_analysis.py", title="Layer Analysis", icon=":material/stacks:", url_path="layer_analysis"),
+    st.Page("../pages/causal.py", title="Causal", icon=":material/science:", url_path="causal"),
     st.Page("../pages/details.py", title="Details", icon=":material/menu_book:", url_path="details"),
     st.Page("../pages/compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
 ]

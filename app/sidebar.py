@@ -139,6 +139,10 @@ def current_settings(state: Any) -> AnalysisSettings:
         ig_steps=int(state.get(Keys.IG_STEPS) or AnalysisSettings.default("ig_steps")),
         lens_full_grid=bool(state.get(Keys.LENS_FULL_GRID)),
         mask_word=mask_word,
+        neuron_factors=int(state.get(Keys.NEURON_K) if state.get(Keys.NEURON_K) is not None
+                           else AnalysisSettings.default("neuron_factors")),
+        neuron_first_layer=state.get(Keys.NEURON_FIRST),
+        neuron_last_layer=state.get(Keys.NEURON_LAST),
     )
 
 
@@ -239,6 +243,14 @@ def draw() -> bool:
             st.toggle("Full logit-lens grid (slow on a CPU)", key=Keys.LENS_FULL_GRID,
                       help="Decode every position at every layer. On a CPU, long texts otherwise get a window of "
                            "positions around the decoded one (the full grid costs ~4× a forward pass for GPT-2).")
+            lo, hi = AnalysisSettings.bounds("neuron_factors")
+            st.number_input("Neuron factors (NMF k, 0 = off)", min_value=lo, max_value=hi, key=Keys.NEURON_K,
+                            help=AnalysisSettings.help("neuron_factors"))
+            c1, c2 = st.columns(2)
+            c1.number_input("First neuron layer", min_value=0, step=1, key=Keys.NEURON_FIRST,
+                            help=AnalysisSettings.help("neuron_first_layer"))
+            c2.number_input("Last neuron layer", min_value=0, step=1, key=Keys.NEURON_LAST,
+                            help=AnalysisSettings.help("neuron_last_layer"))
             st.toggle("Layer animations (GIF)", key=Keys.ANIMATIONS,
                       help="Drawn from the stored result: switching them changes no number and runs no model.")
 

@@ -26,6 +26,9 @@ class Keys:
     COMPUTE_GRADIENTS = "compute_gradients"
     INTEGRATED_GRADIENTS = "integrated_gradients"
     IG_STEPS = "ig_steps"
+    NEURON_K = "neuron_factors"  # number input: NMF factors (0: off)
+    NEURON_FIRST = "neuron_first_layer"  # number inputs: the neuron-factor layer range (empty: all layers)
+    NEURON_LAST = "neuron_last_layer"
     LENS_FULL_GRID = "lens_full_grid"
     ANIMATIONS = "animations"
     MASK_WORD = "mask_word"  # selectbox of the text's words, for masked LMs without a mask token
@@ -46,6 +49,15 @@ class Keys:
     CORR_METHOD = "corr_method"
     ATTR_METHOD = "attr_method"
     ATT_WINDOW = "att_window"  # first position of the attention-heatmap window (long texts)
+    DLA_UPDATE = "dla_update"  # promoted tokens: attention update / MLP update / one head
+    DLA_BLOCK = "dla_block"
+    DLA_HEAD = "dla_head"
+    DLA_POSITION = "dla_position"
+    FLOW_POSITION = "flow_position"  # information-flow routes: the chosen token and the edge threshold
+    FLOW_THRESHOLD = "flow_threshold"
+    FLOW_DOWNLOAD = "flow_download"
+    NF_FACTORS = "nf_factors"  # multiselect: neuron factors shown (app/neuron_views.py)
+    QK_QUERY = "qk_query"  # selectbox: query position of the query–key view (app/neuron_views.py)
 
     # --- continuation (chat) -------------------------------------------------------------------------------------
     GEN_TEXT = "gen_text"  # the last generated continuation (kept after a stop)
@@ -78,6 +90,17 @@ class Keys:
     LAYER_CKA_DEBIASED = "layer_cka_debiased"  # Layer Analysis page: debiased layer × layer CKA
     URL_PAGE = "url_page"  # ?page=… of a shared link, switched to once
 
+    # --- causal page (activation patching) --------------------------------------------------------------------
+    PATCH_CLEAN = "patch_clean"  # text areas
+    PATCH_CORRUPT = "patch_corrupt"
+    PATCH_ANSWER = "patch_answer"  # optional answer tokens
+    PATCH_WRONG = "patch_wrong"
+    PATCH_RUN = "patch_run"  # the Run button
+    PATCH_COMPONENT = "patch_component"  # radio: which component's heatmap
+    PATCH_RESULT = "patch_result"  # the last core.patching.PatchingResult
+    PATCH_ERROR = "patch_error"  # its error message, or None
+    PATCH_FAMILY = "patch_family"  # the family the example texts were filled in for
+
 
 #: Choice in the model selectbox that reveals the free field.
 OTHER_MODEL = "Other: a Hugging Face id or a local folder"
@@ -91,6 +114,9 @@ _DEFAULTS: dict[str, Any] = {
     Keys.COMPUTE_GRADIENTS: AnalysisSettings.default("compute_gradients"),
     Keys.INTEGRATED_GRADIENTS: AnalysisSettings.default("integrated_gradients"),
     Keys.IG_STEPS: AnalysisSettings.default("ig_steps"),
+    Keys.NEURON_K: AnalysisSettings.default("neuron_factors"),
+    Keys.NEURON_FIRST: AnalysisSettings.default("neuron_first_layer"),
+    Keys.NEURON_LAST: AnalysisSettings.default("neuron_last_layer"),
     Keys.LENS_FULL_GRID: AnalysisSettings.default("lens_full_grid"),
     Keys.ANIMATIONS: True,
     Keys.MASK_WORD: None,

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from . import cli_patch
 from .cli_common import (
     EXIT_INPUT,
     EXIT_INTERNAL,
@@ -78,6 +79,7 @@ def add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> ar
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], argparse.ArgumentParser]] = [
     add_analyze,
     add_generate,
+    cli_patch.add_parser,
     add_compare,
 ]
 
@@ -112,7 +114,8 @@ def run_analyze(args: argparse.Namespace) -> int:
     check_out(out)  # before the analysis: a wrong --out must not cost a whole run
     cache = None if args.no_cache else ResultCache(args.cache_dir)
     t0 = time.perf_counter()
-    result = analyze(args.model, text, settings=settings, cache=cache, dtype=args.dtype, device=args.device)
+    result = analyze(args.model, text, settings=settings, cache=cache, dtype=args.dtype, device=args.device,
+                     device_map=args.device_map)
     options = ExportOptions(session_entries=(entry_from_result(result),), hidden_states=args.hidden_states,
                             animations=not args.no_animations)
     path, _run = export_run(result, out, options)
@@ -134,7 +137,7 @@ def run_generate(args: argparse.Namespace) -> int:
     gen = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
                              top_p=args.top_p, seed=args.seed, use_chat_template=not args.no_chat_template,
                              system_prompt=args.system)
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map)
     for piece in generate_stream(loaded, text, gen):
         sys.stdout.write(piece)
         sys.stdout.flush()

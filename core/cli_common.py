@@ -43,7 +43,11 @@ def add_model_options(p: argparse.ArgumentParser, *, flag: str = "--model", requ
 def add_load_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=list(DTYPES),
                    help="weights dtype (auto: float32 on CPU, bfloat16 on a GPU)")
-    p.add_argument("--device", default="auto", choices=list(DEVICES), help="device (auto: a GPU if present)")
+    p.add_argument("--device", default="auto", choices=list(DEVICES),
+                   help="device (auto: CUDA, then Apple MPS, then the CPU)")
+    p.add_argument("--device-map", default=None, choices=["auto", "none"],
+                   help="auto: spread the layers over the GPUs (then the CPU) through accelerate, for models larger "
+                        "than one GPU (default: none, the whole model on --device)")
 
 
 def add_text_options(p: argparse.ArgumentParser, name: str = "text", *, required: bool = True) -> None:
