@@ -235,7 +235,11 @@ def logit_lens_section(result: AnalysisResult) -> None:
 
 
 def animations_section(result: AnalysisResult, head: int | None) -> None:
-    """The layer-transition GIFs of core.animations, rendered once per (result, head) and cached."""
+    """The layer-transition GIFs of core.animations, rendered once per (result, head) and cached; above them the
+    layer × layer CKA of the run (how far the representation moves between layers)."""
+    from app.compare_widgets import layer_cka_section
+
+    layer_cka_section(result)
     if not st.session_state.get(Keys.ANIMATIONS, True):
         st.caption("Animations are off (sidebar → Settings → Layer animations).")
         return
