@@ -15,8 +15,9 @@ from typing import Any
 
 import streamlit as st
 
-from app.loading import get_model, get_result_cache
+from app.loading import get_model, get_result_cache, is_loaded
 from app.state import OTHER_MODEL, Keys
+from core.chart_spec import timing_phrase
 from core.errors import InputError, ModelUnavailableError, TMAError
 from core.models import BUNDLED_ID, PRESETS
 from core.settings import DTYPES, AnalysisSettings
@@ -229,9 +230,8 @@ def draw_result_footer() -> None:
     if result is None:
         return
     with st.sidebar:
-        hit = "cache hit" if result.cache_hit else "computed"
         st.caption(f"Last analysis: {result.model.get('model_id', '')} · {result.n_tokens} tokens · "
-                   f"{result.duration_s:.2f} s ({hit})")
+                   f"{timing_phrase(result.duration_s, result.cache_hit)}")
         draw_export(result)
 
 
@@ -274,7 +274,7 @@ def run_analysis() -> None:
         status = st.status("Analysing…", expanded=True)
     with status:
         bar = st.progress(0.0)
-        t0 = time.perf_counter()
+        load_s: float | None = None
 
         def progress(label: str, fraction: float) -> None:
             bar.progress(min(max(float(fraction), 0.0), 1.0), text=label)
@@ -284,8 +284,14 @@ def run_analysis() -> None:
             if not model_id:
                 raise InputError("no model chosen: type a Hugging Face id or a local folder, or pick a preset")
             settings = current_settings(state)
-            progress("Loading the model", 0.0)
-            loaded = get_model(model_id, dtype, "auto")
+            key = (model_id, dtype, "auto")
+            if not is_loaded(*key):  # its own step: the first analysis of a model waits for the load
+                progress("Loading the model — first time only", 0.0)
+                t_load = time.perf_counter()
+                loaded = get_model(*key)
+                load_s = time.perf_counter() - t_load
+            else:
+                loaded = get_model(*key)
             from core.analysis import analyze
 
             result = analyze(loaded, text, settings=settings, cache=get_result_cache(), progress=progress)
@@ -309,9 +315,8 @@ def run_analysis() -> None:
         state[Keys.ERROR] = None
         state[Keys.GEN_TEXT] = ""
         state[Keys.SESSION_LOG].append(session_entry(result))
-        took = time.perf_counter() - t0
-        status.update(label=f"Done in {took:.1f} s" + (" (from cache)" if result.cache_hit else ""),
-                      state="complete", expanded=False)
+        took = timing_phrase(result.duration_s, result.cache_hit, load_s)
+        status.update(label=took[:1].upper() + took[1:], state="complete", expanded=False)
     if known_family(state, model_id) != family_before:
         st.rerun()  # the sidebar depends on the family (mask-word picker): draw it again with the result
 

@@ -41,6 +41,9 @@ class Keys:
     CORR_METHOD = "corr_method"
     ATTR_METHOD = "attr_method"
     ATT_WINDOW = "att_window"  # first position of the attention-heatmap window (long texts)
+    METRIC_ZOOM = "metric_zoom"  # Overall: toggle "Zoom to data" of the layer-metric charts
+    ANIM_HEAD = "anim_head"  # Animations tab: the head of the attention GIF (or the mean over heads)
+    LENS_WINDOW = "lens_window"  # first column of the logit-lens grid window (long texts)
 
     # --- continuation (chat) -------------------------------------------------------------------------------------
     GEN_TEXT = "gen_text"  # the last generated continuation (kept after a stop)
@@ -75,6 +78,7 @@ DEFAULTS: dict[str, Any] = {
     Keys.URL_READ: False,
     Keys.EXPORT_HIDDEN: False,
     Keys.CORR_METHOD: "pearson",
+    Keys.METRIC_ZOOM: False,
     Keys.GEN_TEXT: "",
     Keys.GEN_STOP: None,
 }

@@ -16,9 +16,9 @@ import streamlit as st
 
 from app import charts
 from app.state import Keys
-from core import docs, views
+from core import chart_spec, docs, views
 from core.errors import TMAError
-from core.figures import metric_correlations, summary_figures
+from core.figures import metric_correlations, metric_token_count, summary_figures
 from core.metrics import METRIC_NAMES
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,14 @@ def chart(c: Any) -> None:
 
 def result_header(result: Any) -> None:
     m = result.model
-    st.caption(f"**{m.get('model_id', '')}** · {result.family.replace('_', ' ')} · {m.get('dtype', '')} on "
-               f"{m.get('device', '')} · {result.n_layers} layers × {result.n_heads} heads · {result.n_tokens} tokens "
-               f"· metrics over {result.metric_tokens}")
+    n_used = metric_token_count(result)
+    excluded = bool(getattr(result.settings, "exclude_special_tokens", False))
+    st.caption(f"**{_md_safe(m.get('model_id', ''))}** · {result.family.replace('_', ' ')} · {m.get('dtype', '')} "
+               f"on {m.get('device', '')} · {result.n_layers} layers × {result.n_heads} heads · "
+               f"{result.n_tokens} tokens · {chart_spec.metric_tokens_phrase(result.n_tokens, n_used, excluded)}")
     if result.analysed_text != result.text:
-        st.caption(f"Analysed text (word masked): {result.analysed_text}")
+        st.caption("Analysed text (word masked):")
+        st.text(result.analysed_text)
     for w in result.warnings:
         st.warning(w, icon=":material/warning:")
 
@@ -101,16 +104,33 @@ def _fmt(v: float, digits: int = 2) -> str:
 
 
 def layer_metric_charts(result: Any) -> None:
-    """One Altair line chart per metric against layer, three per row, each with its caption."""
+    """One Altair line chart per metric against layer, three per row, each with its caption. The axes start at the
+    metric's reference (0, or the T − 1 ceiling drawn) unless "Zoom to data" is on; a metric with nothing to draw
+    says why in one line instead of an empty frame."""
     df = views.metrics_long(result)
+    n_used = metric_token_count(result)
+    excluded = bool(getattr(result.settings, "exclude_special_tokens", False))
+    token_bound = max(n_used - 1, 0)
+    zoom = st.toggle("Zoom to data", key=Keys.METRIC_ZOOM,
+                     help="Off: each y-axis starts at zero (the cosine axis spans 0 to 1) and the spectral metrics "
+                          "show their ceiling T − 1. On: each y-axis spans its data only.")
     names = list(METRIC_NAMES)
     for start in range(0, len(names), 3):
         cols = st.columns(3)
         for col, name in zip(cols, names[start:start + 3]):
             with col:
                 st.markdown(f"**{metric_label(name)}**")
-                chart(charts.metric_line(df, name))
+                values = df.loc[df.metric == name, "value"].to_numpy()
+                reason = chart_spec.empty_reason(name, values, n_used, excluded)
+                c = None if reason else charts.metric_line(df, name, token_bound, zoom=bool(zoom))
+                if c is None:
+                    st.info(reason or "Nothing to draw for this metric.", icon=":material/info:")
+                else:
+                    chart(c)
                 show_caption(name)
+    if zoom:
+        st.caption("Zoomed: each y-axis spans its data only, so small changes look large; the T − 1 ceiling is "
+                   "drawn only where it falls inside.")
     show_caption("fig_layer_metrics")
 
 
@@ -119,14 +139,27 @@ def correlation_section(result: Any) -> None:
                                   format_func=str.capitalize)
     method = method or "pearson"
     long = views.correlations_long(metric_correlations(result, method))
-    chart(charts.correlation_heatmap(long, method))
-    if long["r"].isna().any():
-        st.caption("Empty cells: a metric that is constant over the layers has no correlation.")
+    gaps = {name: chart_spec.correlation_gap_reason(np.asarray(result.layer_metrics[name], dtype=float))
+            for name in METRIC_NAMES}
+    gaps = {name: why for name, why in gaps.items() if why}
+    if len(gaps) >= len(METRIC_NAMES) - 1:
+        st.info("No pair of metrics has a correlation to show: "
+                + "; ".join(f"{metric_label(n)}: {why}" for n, why in gaps.items()) + ".", icon=":material/info:")
+    else:
+        chart(charts.correlation_heatmap(long, method))
+        if gaps:
+            st.caption("Empty cells: " + "; ".join(
+                f"{metric_label(n)} has {why}" if why == "missing values" else f"{metric_label(n)} is constant over "
+                "the layers" for n, why in gaps.items()) + " — no correlation is defined for it.")
     show_caption("fig_metric_correlation")
 
 
 def normalised_heatmap(result: Any) -> None:
-    chart(charts.normalised_heatmap(views.normalised_metrics(result)))
+    df = views.normalised_metrics(result)
+    if not np.isfinite(df["normalised"].to_numpy(dtype=float)).any():
+        st.info("Nothing to draw: no layer metric has a value for this text.", icon=":material/info:")
+    else:
+        chart(charts.normalised_heatmap(df))
     show_caption("fig_metrics_normalized")
 
 

@@ -260,7 +260,7 @@ _ATTENTION = [
        definition=("The attention entropy of each query row divided by its maximum possible value, so that causal "
                    "and bidirectional models and short and long texts are comparable. In a causal model row i sees "
                    "n_i = i+1 keys; otherwise n_i is read from the structural zeros of the attention (masked keys "
-                   "get exactly zero weight); n_visible stores it. Rows that can see one key only (the first token "
+                   "get exactly zero weight). Rows that can see one key only (the first token "
                    "of a causal model) are left out."),
        high="Close to 1: near-uniform attention over everything the row can see.",
        low="Close to 0: the head picks a single key.",
@@ -283,11 +283,11 @@ _ATTENTION = [
        formula_latex=(r"\min_{C_1..C_k}\sum_{c}\sum_{x\in C_c}\lVert z(x)-\mu_c\rVert^2,\qquad "
                       r"s = \frac{1}{n}\sum_x \frac{b(x)-a(x)}{\max(a(x),b(x))}"),
        formula_plain="k-means on standardised head features z(x): min Σ_c Σ_{x∈C_c} ‖z(x) − μ_c‖²;  silhouette s = mean (b − a)/max(a, b)",
-       definition=("Each head (row layer·H + head) is described by 10 features (feature_names: entropy, normalised "
+       definition=("Each head (row layer·H + head) is described by 10 features (entropy, normalised "
                    "entropy, mean and relative distance, mass on the first token, previous token, itself, next "
                    "token and special tokens, mean maximum weight). The features are z-scored, and k-means "
                    "(scikit-learn, fixed seed) groups similar heads; k maximises the mean silhouette over k = 2-6 "
-                   "unless n_clusters is set (cluster_method says which). The 2-D projection (PCA of the "
+                   "unless a number of clusters is set (the line under the scatter says which). The 2-D projection (PCA of the "
                    "standardised features) places each head on a scatter plot."),
        high="A silhouette near 1: well separated groups of heads with distinct behaviour.",
        low="A silhouette near 0 or negative: the heads form a continuum; the clusters are arbitrary cuts.",
@@ -312,8 +312,8 @@ _ATTENTION = [
        definition=("A rule-based label for each head from its average attention mass (over query rows i ≥ 1) on "
                    "the previous token, on the first token or the special tokens (attention sink), and on itself: "
                    "the largest mass that passes its threshold (0.5) names the role; otherwise a head with "
-                   "normalised entropy ≥ 0.8 is 'broad', and anything else 'other'. The thresholds are stored in "
-                   "role_thresholds."),
+                   "normalised entropy ≥ 0.8 is 'broad', and anything else 'other'. The thresholds are recorded "
+                   "with the result."),
        high="A clear role: most of the head's mass follows one simple pattern.",
        low="'other': no single simple pattern; the head may be content-based (e.g. induction or syntactic heads).",
        encoder_vs_decoder=("Decoders have many first-token/sink heads (Xiao et al. 2023) and previous-token heads; "
@@ -372,17 +372,17 @@ _ATTRIBUTION = [
                       "w_k = 3 u_k² / m,  x′ = 0;  completeness: Σ_t IG_t ≈ f(x) − f(x′)"),
        definition=("Attributes the change of f (the log-probability of the predicted token at the target) between "
                    "a baseline x′ (zero token embeddings) and the real input x to the input tokens, by integrating "
-                   "the gradient along the straight path. The integral uses m = ig_steps midpoints with the "
+                   "the gradient along the straight path. The integral uses m midpoints (the steps setting) with the "
                    "substitution α = u³, which puts more steps near the baseline where the norm layers change "
-                   "fastest (ig_schedule). The completeness gap |Σ IG − (f(x) − f(x′))| (absolute and relative) "
+                   "fastest. The completeness gap |Σ IG − (f(x) − f(x′))| (absolute and relative) "
                    "measures how well m steps suffice."),
        high="The token contributes strongly to raising log p of the prediction relative to the baseline.",
        low="Negative: the token lowers it; near 0: no contribution along the path.",
        encoder_vs_decoder="As for gradient × input: tokens after the target get 0 in causal models.",
        pitfalls=["The result depends on the baseline (here zero token embeddings; position embeddings stay).",
-                 "A large completeness gap means too few steps: raise ig_steps.",
+                 "A large completeness gap means too few steps: raise the number of steps.",
                  "Costs m forward and backward passes (about 30–40× a forward pass at m = 32 on a CPU), so it "
-                 "is off by default: turn on the integrated_gradients setting (CLI --integrated-gradients)."],
+                 "is off by default: turn on Integrated gradients in the sidebar's Settings (CLI --integrated-gradients)."],
        references=[R_SUNDARARAJAN, R_ANCONA],
        sources=["attribution.integrated_gradients", "attribution.ig_steps", "attribution.ig_completeness_gap",
                 "attribution.ig_completeness_gap_relative", "attribution.ig_baseline", "attribution.ig_schedule",
@@ -396,7 +396,7 @@ _ATTRIBUTION = [
                    "output entering layer l's output projection; multiplying it by the gradient of f (log p of "
                    "the predicted token at the target) and summing over the head's dimensions and all positions "
                    "gives the first-order (Taylor) estimate of the change of f when the head is zeroed. The exact "
-                   "method is recorded in head_method."),
+                   "method is named under the head-attribution chart."),
        high="A large positive score: the head supports the prediction (removing it would lower f, to first order).",
        low="Near 0: the prediction barely depends on the head; negative: the head works against the prediction.",
        encoder_vs_decoder="Both: a few heads usually carry most of the importance (Michel et al. 2019).",
@@ -463,20 +463,20 @@ _LENS = [
                       "entropy_l = −Σ_w p_l(w) ln p_l(w)"),
        definition=("Reads the model's 'current guess' at each layer by applying the final norm and the output "
                    "embedding to the intermediate residual stream. Because the captured last state is taken before "
-                   "the final norm, the last lens layer equals the model's own prediction. final_prob tracks the "
-                   "probability of the final prediction through the layers; the grid shows the top token for every "
-                   "layer and decoded position (grid_positions: all positions unless bounded for long texts). "
-                   "method names the head applied, last_layer_max_abs_diff checks that the last "
-                   "layer reproduces the model's logits, and ln(vocab_size) is the entropy of a uniform guess."),
-       high="final_prob high early: the prediction is formed in early layers.",
-       low="final_prob low until the last layers: the prediction appears late.",
+                   "the final norm, the last lens layer equals the model's own prediction. The probability of the "
+                   "final prediction is followed through the layers; the grid shows the top token for every layer "
+                   "and decoded position (all positions, unless a long text bounds them to a window). The result "
+                   "names the head that was applied and checks that the last layer reproduces the model's logits; "
+                   "ln of the vocabulary size is the entropy of a uniform guess."),
+       high="P(final prediction) high early: the prediction is formed in early layers.",
+       low="P(final prediction) low until the last layers: the prediction appears late.",
        encoder_vs_decoder=("Works well on decoders (GPT-2); on masked LMs the middle layers decode poorly because the "
                            "LM head expects last-layer features. Not available without an LM head."),
        pitfalls=["Early layers are not trained to be decoded this way: noise there is expected (the tuned lens "
                  "corrects for it; Belrose et al. 2023).", P_LAST_PRE_NORM,
                  "On a CPU the grid of a long text is decoded only in a window of positions around the lens position "
                  "(each decoded cell costs one product with the whole vocabulary: the full grid is ~4× a forward pass "
-                 "for GPT-2 at 128 tokens); the lens_full_grid setting decodes all of them."],
+                 "for GPT-2 at 128 tokens); the Full logit-lens grid setting decodes all of them."],
        references=[R_NOSTALGEBRAIST, R_BELROSE],
        sources=["logit_lens.position", "logit_lens.layers", "logit_lens.top_tokens", "logit_lens.top_ids",
                 "logit_lens.top_probs", "logit_lens.final_token", "logit_lens.final_token_id",
@@ -495,7 +495,8 @@ _FIGURES = [
        how_to_read=("Read the shape, not the absolute values: a drop in effective rank or participation ratio "
                     "marks a layer where the token cloud collapses onto few directions; a falling cosine to input "
                     "marks where tokens are rewritten. The dashed line on the spectral panels is the token bound "
-                    "T−1 that they cannot exceed."),
+                    "T−1 that they cannot exceed. The y-axes start at zero (the cosine axis spans 0 to 1), so a "
+                    "change looks as large as it is; the app's \"Zoom to data\" switch spans the data only."),
        pitfalls=[P_TOKEN_BOUND], files=["plots/layer_metrics.png"]),
     _e(key="fig_metric_correlation", title="Metric correlation across layers", kind="figure",
        short="Correlation between the layer metrics across layers (Pearson: linear; Spearman: rank).",
@@ -503,7 +504,8 @@ _FIGURES = [
                    "(linear) or Spearman ρ (Pearson on ranks, robust to monotone rescaling)."),
        how_to_read=("+1: two metrics rise and fall together through the layers; −1: one rises as the other falls; "
                     "0: unrelated. With few layers (a 2-layer model has 3 points) correlations are very noisy. "
-                    "A blank cell means a metric was constant."),
+                    "A blank cell means a metric has no correlation: it is constant over the layers, or it has "
+                    "missing values (the spectral metrics need at least 2 tokens)."),
        pitfalls=["Computed over only L+1 points: not significance-tested.", P_RANDOM_BASELINE],
        references=[R_SPEARMAN],
        files=["plots/metric_correlation_pearson.png", "plots/metric_correlation_spearman.png"]),
@@ -515,8 +517,10 @@ _FIGURES = [
        files=["plots/metrics_normalized.png"]),
     _e(key="fig_attention_heatmap", title="Attention heatmaps", kind="figure",
        short="Attention weights: rows are query tokens, columns the key tokens they read from; each row sums to 1.",
-       definition=("The matrix A^{l,h} of one head (Layer Analysis page, with its statistics and top attended "
-                   "pairs), or the mean over the heads of the last layer (plots/attention_mean_last_layer.png)."),
+       definition=("The matrix A^{l,h} of one head of layer l = 1 … L (Layer Analysis page, with its statistics "
+                   "and top attended pairs), or the mean over the heads of the last layer "
+                   "(plots/attention_mean_last_layer.png). Long texts show a window of tokens; every token is "
+                   "labelled when the labels fit, otherwise a cell's tooltip names its tokens."),
        how_to_read=("Each row sums to 1. A bright sub-diagonal is a previous-token head; a bright first column is "
                     "a sink head; a bright diagonal a self head; an even spread a broad head. In causal models the "
                     "upper triangle is empty (future tokens are masked). A head average blurs distinct heads "
@@ -566,11 +570,13 @@ _FIGURES = [
                     "rows where the token stops changing mark where the prediction is settled."),
        references=[R_NOSTALGEBRAIST], files=["plots/logit_lens.png", "plots/logit_lens_layers.png"]),
     _e(key="anim_layer_transitions", title="Layer-transition animations", kind="animation",
-       short="GIFs stepping through the layers: the head-averaged attention, and the tokens in one common 2-D basis.",
-       definition=("attention_layers.gif: one frame per layer of the attention averaged over heads, all frames on "
-                   "one colour scale. token_trajectories.gif: every token's hidden state projected on ONE 2-D PCA "
-                   "basis fitted on all layers together, one frame per layer (0 = embeddings), fixed axes, "
-                   "earlier layers faint."),
+       short=("GIFs stepping through the layers: the attention of one head or the mean over heads (layers 1 … L), "
+              "and the tokens in one common 2-D basis (layers 0 … L)."),
+       definition=("attention_layers.gif: one frame per layer 1 … L of the attention averaged over heads (the app "
+                   "can show a single head instead), all frames on one colour scale. token_trajectories.gif: every "
+                   "token's hidden state projected on ONE 2-D PCA basis fitted on all layers together, one frame "
+                   "per layer 0 (embeddings) … L, fixed axes, earlier layers faint. Frame titles number layers as "
+                   "the pages and CSV files do."),
        how_to_read=("Watch for the layer where the picture changes abruptly: attention concentrating on the first "
                     "token, or tokens drifting together (collapse) or apart. Because the basis and the axes are "
                     "shared by all frames, movement between frames is real movement in that plane."),
@@ -588,7 +594,7 @@ DOCS: dict[str, DocEntry] = {e.key: e for e in (*_LAYER, *_ATTENTION, *_ATTRIBUT
 # --------------------------------------------------------------------------------------------------------------
 METHODOLOGY: list[tuple[str, str]] = [
     ("One forward pass",
-     "The text is tokenised (truncated to max_tokens, special tokens included) and run once through the model with "
+     "The text is tokenised (truncated to the Max tokens setting, special tokens included) and run once through the model with "
      "output_hidden_states and output_attentions, under torch inference mode and the model's lock (one loaded model "
      "serves every session). Every page, chart and export is computed from this one capture; only the gradient "
      "attributions and the optional generation run the model again."),

@@ -1,5 +1,6 @@
 """Layer Analysis page: attention maps, per-head statistics and clustering, token attribution, the logit lens and
-the layer animations, all drawn from the stored result (no model runs on a slider or head change)."""
+the layer animations, all drawn from the stored result (no model runs on a slider or head change). Each tab holds
+the pickers it uses: the Attention tab a layer and a head, the Animations tab a head; the others show every layer."""
 
 from __future__ import annotations
 
@@ -17,17 +18,16 @@ if result is None:
     st.stop()
 
 result_header(result)
-layer, head = lw.pickers(result)
 
 tab_att, tab_heads, tab_attr, tab_lens, tab_anim = st.tabs(
     ["Attention", "Heads", "Token attribution", "Logit lens", "Animations"])
 with tab_att, guarded("attention map"):
-    lw.attention_section(result, layer, head)
+    lw.attention_section(result)
 with tab_heads, guarded("head analysis"):
-    lw.heads_section(result, layer, head)
+    lw.heads_section(result)
 with tab_attr, guarded("token attribution"):
     lw.attribution_section(result)
 with tab_lens, guarded("logit lens"):
     lw.logit_lens_section(result)
 with tab_anim, guarded("layer animations"):
-    lw.animations_section(result, head)
+    lw.animations_section(result)

@@ -113,7 +113,8 @@ def test_layer_analysis_page(results, family):
     at.switch_page(LAYERS).run()
     no_exception(at)
     assert at.title[0].value == "Layer Analysis"
-    assert at.slider(key="layer").max == r.n_layers - 1
+    layer = at.select_slider(key="layer")  # the array index 0 … L−1, shown as layers 1 … L
+    assert layer.value == 0 and list(layer.options) == [str(i) for i in range(1, r.n_layers + 1)]
     head = at.selectbox(key="head")
     assert head.options[0] == "mean over heads" and len(head.options) == r.n_heads + 1
     assert n_charts(at) >= 1  # the attention heatmap at least
@@ -131,7 +132,7 @@ def test_layer_analysis_head_and_layer_choice(results):
     r = results["llama"]
     at = make_app(r).run()
     at.switch_page(LAYERS).run()
-    at.slider(key="layer").set_value(r.n_layers - 1)
+    at.select_slider(key="layer").set_value(r.n_layers - 1)
     at.selectbox(key="head").set_value(1)
     at.run()
     no_exception(at)
