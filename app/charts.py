@@ -19,7 +19,7 @@ from core.metrics import METRIC_NAMES
 
 #: The attention heatmap is a square of at most this many pixels (plus labels and legend: ~800 px, which fits the
 #: main column of a 1 280 px window with the sidebar open).
-MAX_HEATMAP_SIDE = 560
+MAX_HEATMAP_SIDE = 540
 #: A token label needs about this many pixels of cell height to be drawn without overlap.
 LABEL_PX = 11
 #: Per-token bar charts show at most this many rows; the page offers the full table in an expander.
@@ -126,7 +126,8 @@ def attention_heatmap(df: pd.DataFrame, title: str) -> alt.Chart:
         color=alt.Color("weight:Q", scale=alt.Scale(scheme="blues", domain=[0, float(max(df.weight.max(), 1e-9))]),
                         title="weight", legend=alt.Legend(gradientLength=min(side, 300))),
         tooltip=[alt.Tooltip("query:N"), alt.Tooltip("key:N"), alt.Tooltip("weight:Q", format=".4f")],
-    ).properties(width=side, height=side, title=title)
+    ).properties(width=side, height=side, title=title,
+                 autosize=alt.AutoSizeParams(type="pad"))  # the square is `side`; labels and legend go around it
 
 
 def layer_head_heatmap(df: pd.DataFrame, value: str, title: str, scheme: str = "viridis",

@@ -205,3 +205,34 @@ def correlation_gap_reason(values: Sequence[float] | np.ndarray) -> str | None:
     if float(v.max() - v.min()) == 0.0:
         return "constant"
     return None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Point labels without overlap (token labels in the trajectory animation)
+# --------------------------------------------------------------------------------------------------------------
+def place_labels(xy: np.ndarray, widths: Sequence[float], height: float, gap: float = 3.0,
+                 bounds: tuple[float, float, float, float] | None = None) -> list[tuple[float, float] | None]:
+    """Greedy label placement in pixel space: for each point i (in the given order, so the first points win), the
+    lower-left corner of its label box, taken from four slots around the point (right-above, right-below,
+    left-above, left-below), the first whose box overlaps no box placed before and stays inside `bounds`
+    (x0, y0, x1, y1); None when no slot is free (the label is left out rather than drawn over another).
+
+    xy: [N, 2] point positions (y up); widths: [N] label widths; height: the label height (all equal).
+    """
+    pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    placed: list[tuple[float, float, float, float]] = []
+    out: list[tuple[float, float] | None] = []
+    for (x, y), w in zip(pts, widths):
+        spot: tuple[float, float] | None = None
+        if np.isfinite(x) and np.isfinite(y):
+            for dx, dy in ((gap, gap), (gap, -gap - height), (-gap - w, gap), (-gap - w, -gap - height)):
+                box = (x + dx, y + dy, x + dx + w, y + dy + height)
+                if bounds is not None and (box[0] < bounds[0] or box[1] < bounds[1] or box[2] > bounds[2]
+                                           or box[3] > bounds[3]):
+                    continue
+                if all(box[2] <= b[0] or box[0] >= b[2] or box[3] <= b[1] or box[1] >= b[3] for b in placed):
+                    placed.append(box)
+                    spot = (float(box[0]), float(box[1]))
+                    break
+        out.append(spot)
+    return out
