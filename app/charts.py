@@ -25,6 +25,8 @@ LABEL_PX = 11
 #: Per-token bar charts show at most this many rows; the page offers the full table in an expander.
 TOP_ROWS = 20
 BAR_PX = 18
+#: Cell side of the metric × metric correlation matrix.
+CELL_PX = 56
 
 
 def metric_title(name: str) -> str:
@@ -65,6 +67,11 @@ def metric_line(df: pd.DataFrame, metric: str, token_bound: int, zoom: bool = Fa
         text = alt.Chart(ref).mark_text(align="right", baseline="bottom", dy=-3, fontSize=11,
                                         color="#666666").encode(x="x:Q", y="y:Q", text="label:N")
         layers += [rule, text]
+    note = chart_spec.ceiling_note(metric, token_bound, domain)
+    if note:
+        layers.append(alt.Chart(pd.DataFrame({"x": [max(last, 1)], "y": [domain[1]], "label": [f"↑ {note}"]}))
+                      .mark_text(align="right", baseline="top", dy=2, fontSize=11, color="#666666")
+                      .encode(x="x:Q", y="y:Q", text="label:N"))
     # no chart title: the page writes the metric's name above the chart (a Vega title gets clipped in columns)
     return alt.layer(*layers).properties(height=height)
 
@@ -80,9 +87,12 @@ def correlation_heatmap(long_df: pd.DataFrame, method: str) -> alt.LayerChart:
         color=alt.Color("r:Q", scale=alt.Scale(scheme="redblue", domain=[-1, 1], reverse=True),
                         title=f"{method.capitalize()} r"),
         tooltip=[alt.Tooltip("row:N"), alt.Tooltip("column:N"), alt.Tooltip("r:Q", format=".3f")])
-    text = base.mark_text(fontSize=11).encode(text=alt.Text("r:Q", format=".2f")).transform_filter(
+    text = base.mark_text(fontSize=11).encode(
+        text=alt.Text("r:Q", format=".2f"),
+        color=alt.condition("abs(datum.r) > 0.6", alt.value("white"), alt.value("black"))).transform_filter(
         "isValid(datum.r) && isFinite(datum.r)")  # empty cell, not "null", where r is undefined
-    return (rect + text).properties(height=300)
+    side = CELL_PX * len(order)  # square cells; names and legend around them (~600 px in all)
+    return (rect + text).properties(width=side, height=side, autosize=alt.AutoSizeParams(type="pad"))
 
 
 def normalised_heatmap(df: pd.DataFrame) -> alt.Chart:
@@ -94,7 +104,7 @@ def normalised_heatmap(df: pd.DataFrame) -> alt.Chart:
         color=alt.Color("normalised:Q", scale=alt.Scale(scheme="viridis", domain=[0, 1]), title="normalised"),
         tooltip=[alt.Tooltip("metric:N"), alt.Tooltip("layer:O"), alt.Tooltip("value:Q", format=".4f"),
                  alt.Tooltip("normalised:Q", format=".3f")],
-    ).properties(height=300)
+    ).properties(height=alt.Step(36))
 
 
 def heatmap_side(n: int) -> int:

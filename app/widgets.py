@@ -89,10 +89,12 @@ def summary_metrics(result: Any) -> None:
     c = st.columns(5)
     c[0].metric("Tokens", result.n_tokens, help=tokens_help)
     c[1].metric("Layers × heads", f"{result.n_layers} × {result.n_heads}")
-    c[2].metric("Effective rank, last layer", _fmt(last), delta=f"{_fmt(last - first)} vs embeddings",
-                delta_color="off", help=caption("effective_rank") or None)
-    c[3].metric("Largest rank drop at layer", "–" if drop_layer is None else str(drop_layer))
-    c[4].metric("Cosine to input, last layer", _fmt(cos_last, 3), help=caption("cosine_to_input") or None)
+    c[2].metric("Final effective rank", _fmt(last), delta=f"{_fmt(last - first)} vs embeddings",
+                delta_color="off", help=f"At the last layer ({result.n_layers}). " + caption("effective_rank"))
+    c[3].metric("Largest rank drop at layer", "–" if drop_layer is None else str(drop_layer),
+                help="The layer l whose effective rank fell most from layer l − 1.")
+    c[4].metric("Final cosine to input", _fmt(cos_last, 3),
+                help=f"At the last layer ({result.n_layers}). " + caption("cosine_to_input"))
 
 
 def _fmt(v: float, digits: int = 2) -> str:

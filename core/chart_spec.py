@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: A token ceiling T − 1 joins the y-axis when it is at most this many times the largest value.
+CEILING_REACH = 2.0
 #: The reference that a metric's y-axis includes when not zoomed.
 ZERO = "zero"  # the axis starts at 0
 UNIT = "unit"  # the axis spans at least [0, 1] (cosines, probabilities)
@@ -94,7 +96,7 @@ def y_domain(metric: str, values: Sequence[float] | np.ndarray, token_bound: int
     """The y range of a metric's chart, or None when no value is finite (nothing to draw).
 
     Not zoomed: from the metric's reference (0, or [0, 1] for cosines; lower when a value is negative) up to the
-    largest of the data and the reference lines, plus 5 % headroom. Zoomed: the data range alone with 10 % margins
+    largest of the data and the reference lines within CEILING_REACH of it, plus 5 % headroom. Zoomed: the data range alone with 10 % margins
     (reference lines that fall outside are left out of the chart by the caller). Integer metrics get whole-number
     ends.
     """
@@ -109,7 +111,9 @@ def y_domain(metric: str, values: Sequence[float] | np.ndarray, token_bound: int
         if spec.start == ZERO and float(v.min()) >= 0:
             lo = max(lo, 0.0)
     else:
-        tops = [hi] + [r.value for r in reference_lines(metric, token_bound)]
+        # the ceiling joins the axis when it is within reach of the data; far above it (T − 1 = 511 for data
+        # near 20) it would flatten every curve, so the chart names it in a corner instead (`ceiling_note`)
+        tops = [hi] + [r.value for r in reference_lines(metric, token_bound) if r.value <= CEILING_REACH * hi]
         hi = max(tops)
         if spec.start == UNIT:
             hi = max(hi, 1.0)
@@ -118,6 +122,15 @@ def y_domain(metric: str, values: Sequence[float] | np.ndarray, token_bound: int
     if spec.integer:
         lo, hi = float(math.floor(lo)), float(math.ceil(hi))
     return lo, hi
+
+
+def ceiling_note(metric: str, token_bound: int, domain: tuple[float, float] | None) -> str | None:
+    """The words for a reference line above the axis ("T − 1 = 511, above the axis"), or None when every line is
+    drawn (or there is none)."""
+    if domain is None:
+        return None
+    above = [r for r in reference_lines(metric, token_bound) if r.value > domain[1]]
+    return f"{above[0].label}, above the axis" if above else None
 
 
 def visible_lines(metric: str, token_bound: int, domain: tuple[float, float] | None) -> list[ReferenceLine]:

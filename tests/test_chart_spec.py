@@ -33,6 +33,11 @@ def test_axis_starts_at_zero_and_includes_the_ceiling():
     assert [r.label for r in chart_spec.reference_lines("effective_rank", 20)] == ["T − 1 = 20"]
     assert chart_spec.reference_lines("activation_entropy", 20) == []
     assert chart_spec.reference_lines("effective_rank", 0) == []  # one token: no ceiling to draw
+    # a ceiling far above the data (512 tokens, rank ~20) is named, not drawn: it would flatten the curve
+    lo, hi = chart_spec.y_domain("effective_rank", [18.0, 22.0], token_bound=511)
+    assert lo == 0.0 and hi < 30
+    assert chart_spec.ceiling_note("effective_rank", 511, (lo, hi)) == "T − 1 = 511, above the axis"
+    assert chart_spec.ceiling_note("effective_rank", 20, chart_spec.y_domain("effective_rank", v, 20)) is None
 
 
 def test_integer_metric_gets_whole_number_ends_and_cosine_spans_unit():
@@ -91,7 +96,7 @@ def test_metric_line_starts_at_zero_with_the_labelled_ceiling():
     assert "T \u2212 1 = 20" in texts and "rule" in texts
     zoomed = json.dumps(charts.metric_line(df, "effective_rank", token_bound=20, zoom=True).to_dict(),
                         ensure_ascii=False)
-    assert "T \u2212 1 = 20" not in zoomed
+    assert '"rule"' not in zoomed and "T \u2212 1 = 20, above the axis" in zoomed  # named, not drawn
     integer = _layers(charts.metric_line(df, "intrinsic_dim_95", token_bound=12))[0]["encoding"]["y"]["axis"]
     assert integer["format"] == "d" and integer["tickMinStep"] == 1
     assert charts.metric_line(_metric_df({"effective_rank": [np.nan, np.nan]}), "effective_rank", 1) is None
