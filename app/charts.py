@@ -25,6 +25,9 @@ LABEL_PX = 11
 #: Per-token bar charts show at most this many rows; the page offers the full table in an expander.
 TOP_ROWS = 20
 BAR_PX = 18
+#: Bar charts fill the column's width and give every row BAR_PX pixels (Streamlit's default "fit" would squeeze
+#: the rows into a fixed height and drop every other label).
+_FIT_WIDTH = alt.AutoSizeParams(type="fit-x", contains="padding")
 #: Cell side of the metric × metric correlation matrix.
 CELL_PX = 56
 
@@ -184,12 +187,12 @@ def attribution_bars(df: pd.DataFrame, column: str) -> alt.Chart:
     for long texts: the height is BAR_PX a row."""
     d = df.assign(label=[f"{p}: {t}" for p, t in zip(df.position, df.token)])
     return alt.Chart(d).mark_bar().encode(
-        y=alt.Y("label:N", sort=list(d.label), title=None, axis=alt.Axis(labelLimit=160)),
+        y=alt.Y("label:N", sort=list(d.label), title=None, axis=alt.Axis(labelLimit=160, labelOverlap=False)),
         x=alt.X(f"{column}:Q", title=column.replace("_", " ")),
         color=alt.condition(f"datum['{column}'] >= 0", alt.value("#d6604d"), alt.value("#4393c3")),
         tooltip=[alt.Tooltip("position:Q", format="d"), alt.Tooltip("token:N"),
                  alt.Tooltip(f"{column}:Q", format=".4f")],
-    ).properties(height=max(120, BAR_PX * len(d)))
+    ).properties(height=alt.Step(BAR_PX), autosize=_FIT_WIDTH)
 
 
 def logit_lens_heatmap(df: pd.DataFrame) -> alt.LayerChart:
@@ -220,7 +223,7 @@ def row_entropy_bars(df: pd.DataFrame) -> alt.Chart:
     """Entropy per query row of one head (df: query, entropy); pass `top_rows(df, "entropy", largest_abs=False)`
     for long texts: the height is BAR_PX a row."""
     return alt.Chart(df).mark_bar().encode(
-        y=alt.Y("query:N", sort=list(df["query"]), title=None, axis=alt.Axis(labelLimit=120)),
+        y=alt.Y("query:N", sort=list(df["query"]), title=None, axis=alt.Axis(labelLimit=120, labelOverlap=False)),
         x=alt.X("entropy:Q", title="row entropy (nats)"),
         tooltip=[alt.Tooltip("query:N"), alt.Tooltip("entropy:Q", format=".4f")],
-    ).properties(height=max(120, BAR_PX * len(df)))
+    ).properties(height=alt.Step(BAR_PX), autosize=_FIT_WIDTH)

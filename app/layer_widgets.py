@@ -124,8 +124,10 @@ def single_head_section(result: Any, layer: int, head: int) -> None:
     with left:
         st.caption("Top attended pairs (query → key)")
         st.dataframe(stats.get("top_pairs", []), hide_index=True, width="stretch",
-                     column_config={"weight": st.column_config.ProgressColumn(
-                         "weight", format="%.4f", min_value=0.0, max_value=1.0)})
+                     column_config={"query": "query", "query_token": "query token", "key": "key",
+                                    "key_token": "key token",
+                                    "weight": st.column_config.ProgressColumn(
+                                        "weight", format="%.4f", min_value=0.0, max_value=1.0)})
     with right:
         import pandas as pd
 
