@@ -72,8 +72,9 @@ def metric_line(df: pd.DataFrame, metric: str, token_bound: int, zoom: bool = Fa
         layers += [rule, text]
     note = chart_spec.ceiling_note(metric, token_bound, domain)
     if note:
+        # above the plot area, where no data point can be
         layers.append(alt.Chart(pd.DataFrame({"x": [max(last, 1)], "y": [domain[1]], "label": [f"↑ {note}"]}))
-                      .mark_text(align="right", baseline="top", dy=2, fontSize=11, color="#666666")
+                      .mark_text(align="right", baseline="bottom", dy=-4, fontSize=11, color="#666666")
                       .encode(x="x:Q", y="y:Q", text="label:N"))
     # no chart title: the page writes the metric's name above the chart (a Vega title gets clipped in columns)
     return alt.layer(*layers).properties(height=height)
@@ -94,7 +95,8 @@ def correlation_heatmap(long_df: pd.DataFrame, method: str) -> alt.LayerChart:
         text=alt.Text("r:Q", format=".2f"),
         color=alt.condition("abs(datum.r) > 0.6", alt.value("white"), alt.value("black"))).transform_filter(
         "isValid(datum.r) && isFinite(datum.r)")  # empty cell, not "null", where r is undefined
-    side = CELL_PX * len(order)  # square cells; names and legend around them (~600 px in all)
+    side = CELL_PX * len(order)  # square cells; names and legend around them (~600 px in all): draw it with
+    # Streamlit's width="content", since "stretch" would widen the cells to the column
     return (rect + text).properties(width=side, height=side, autosize=alt.AutoSizeParams(type="pad"))
 
 

@@ -56,9 +56,10 @@ def guarded(what: str):
                  icon=":material/error:")
 
 
-def chart(c: Any) -> None:
-    """An Altair chart at full width (rendered as SVG by the app's config)."""
-    st.altair_chart(c, width="stretch")
+def chart(c: Any, stretch: bool = True) -> None:
+    """An Altair chart at full width (rendered as SVG by the app's config); stretch=False keeps a chart's own
+    pixel size (square heatmaps)."""
+    st.altair_chart(c, width="stretch" if stretch else "content")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -91,7 +92,7 @@ def summary_metrics(result: Any) -> None:
     c[1].metric("Layers × heads", f"{result.n_layers} × {result.n_heads}")
     c[2].metric("Final effective rank", _fmt(last), delta=f"{_fmt(last - first)} vs embeddings",
                 delta_color="off", help=f"At the last layer ({result.n_layers}). " + caption("effective_rank"))
-    c[3].metric("Largest rank drop at layer", "–" if drop_layer is None else str(drop_layer),
+    c[3].metric("Largest rank drop", "–" if drop_layer is None else f"layer {drop_layer}",
                 help="The layer l whose effective rank fell most from layer l − 1.")
     c[4].metric("Final cosine to input", _fmt(cos_last, 3),
                 help=f"At the last layer ({result.n_layers}). " + caption("cosine_to_input"))
@@ -148,7 +149,7 @@ def correlation_section(result: Any) -> None:
         st.info("No pair of metrics has a correlation to show: "
                 + "; ".join(f"{metric_label(n)}: {why}" for n, why in gaps.items()) + ".", icon=":material/info:")
     else:
-        chart(charts.correlation_heatmap(long, method))
+        chart(charts.correlation_heatmap(long, method), stretch=False)
         if gaps:
             st.caption("Empty cells: " + "; ".join(
                 f"{metric_label(n)} has {why}" if why == "missing values" else f"{metric_label(n)} is constant over "
