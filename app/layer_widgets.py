@@ -15,6 +15,7 @@ import streamlit as st
 
 from app import charts
 from app.state import Keys
+from core.result import AnalysisResult
 from app.widgets import chart, show_caption
 from core import chart_spec, views
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 MEAN_HEADS = "mean over heads"
 
 
-def _head_options(result: Any) -> list[Any]:
+def _head_options(result: AnalysisResult) -> list[Any]:
     return [MEAN_HEADS, *range(result.n_heads)]
 
 
@@ -36,7 +37,7 @@ def _valid_head(state: Any, key: str, options: list[Any]) -> None:
         state[key] = MEAN_HEADS
 
 
-def pickers(result: Any) -> tuple[int, int | None]:
+def pickers(result: AnalysisResult) -> tuple[int, int | None]:
     """Layer and head pickers of the Attention tab: the layer as its block number 1 … L (the session keeps the
     array index 0 … L−1 under Keys.LAYER) and a head, or the mean over heads. Returns (layer index, head or None)."""
     state = st.session_state
@@ -72,7 +73,7 @@ LONG_TEXT_TOKENS = 120
 SHADED_TEXT_PX = 260
 
 
-def attention_window(result: Any) -> tuple[int, int] | None:
+def attention_window(result: AnalysisResult) -> tuple[int, int] | None:
     """A (start, stop) window of the token axis for long texts, chosen with a slider; None for short texts."""
     T = result.n_tokens
     if T <= MAX_HEATMAP_TOKENS:
@@ -85,7 +86,7 @@ def attention_window(result: Any) -> tuple[int, int] | None:
     return int(start), int(start) + WINDOW
 
 
-def attention_section(result: Any) -> None:
+def attention_section(result: AnalysisResult) -> None:
     """The Attention tab: its layer and head pickers, the heatmap (a token window for long texts) and, for a single
     head, its statistics."""
     layer, head = pickers(result)
@@ -102,7 +103,7 @@ def attention_section(result: Any) -> None:
         single_head_section(result, layer, head)
 
 
-def single_head_section(result: Any, layer: int, head: int) -> None:
+def single_head_section(result: AnalysisResult, layer: int, head: int) -> None:
     """The single-head view from core.attention_plots.single_head_stats: statistics, top pairs, row entropies."""
     from core.attention_plots import single_head_stats
 
@@ -150,7 +151,7 @@ def single_head_section(result: Any, layer: int, head: int) -> None:
 # Heads: entropy grid, clustering, head attribution
 
 
-def heads_section(result: Any) -> None:
+def heads_section(result: AnalysisResult) -> None:
     """The Heads tab: every layer × head at once (no picker: nothing here depends on one layer or head)."""
     att = result.attention
     if att is None:
@@ -193,7 +194,7 @@ ATTR_DOC = {"rollout": "attention_rollout", "grad_x_input": "gradient_x_input",
             "integrated_gradients": "integrated_gradients"}
 
 
-def attribution_section(result: Any) -> None:
+def attribution_section(result: AnalysisResult) -> None:
     attr = result.attribution
     if attr is None:
         st.info("Token attribution was not computed for this result.")
@@ -257,7 +258,7 @@ def lens_window(positions: list[int], centre: int) -> list[int]:
     return positions[int(start):int(start) + LENS_COLUMNS]
 
 
-def logit_lens_section(result: Any) -> None:
+def logit_lens_section(result: AnalysisResult) -> None:
     lens = result.logit_lens
     if lens is None:
         st.info("The logit lens is not available for this result (it needs a model with a language-model head).")
@@ -288,10 +289,10 @@ def logit_lens_section(result: Any) -> None:
 # Animations
 
 
-def animations_section(result: Any) -> None:
+def animations_section(result: AnalysisResult) -> None:
     """The Animations tab: its own head picker, and the layer-transition GIFs of core.animations, rendered once per
     (result, head) and cached. The captions name the head that is shown."""
-    if not result.settings.animations:
+    if not st.session_state.get(Keys.ANIMATIONS, True):
         st.caption("Animations are off (sidebar → Settings → Layer animations).")
         return
     state = st.session_state
@@ -318,14 +319,14 @@ def animations_section(result: Any) -> None:
     show_caption("anim_layer_transitions")
 
 
-def _key(result: Any) -> str:
+def _key(result: AnalysisResult) -> str:
     return result.cache_key or f"id-{id(result)}"
 
 
 class _ResultRef:
     """Wraps the result so st.cache_data does not hash its arrays: the cache key (passed too) stands for it."""
 
-    def __init__(self, result: Any):
+    def __init__(self, result: AnalysisResult):
         self.result = result
 
 

@@ -19,29 +19,13 @@ from app.loading import get_model, get_result_cache, is_loaded
 from app.state import OTHER_MODEL, Keys
 from core.chart_spec import timing_phrase
 from core.errors import InputError, ModelUnavailableError, TMAError
-from core.models import BUNDLED_ID, PRESETS
-from core.settings import DTYPES, AnalysisSettings
+from core.export import build_zip
+from core.options import ExportOptions
+from core.result import AnalysisResult
+from core.presets import BUNDLED_ID, PRESET_IDS, preset
+from core.settings import DTYPES, AnalysisSettings, max_text_chars
 
 log = logging.getLogger(__name__)
-
-#: Guard for a public server: the analysis reads at most a few thousand tokens anyway.
-MAX_TEXT_CHARS = 20_000
-
-#: Families of the presets, known without loading them (used to pick the example text and the mask-word picker).
-PRESET_FAMILIES: dict[str, str] = {
-    BUNDLED_ID: "encoder",
-    "bert-base-uncased": "masked_lm",
-    "gpt2": "causal_lm",
-    "TinyLlama/TinyLlama-1.1B-Chat-v1.0": "causal_lm",
-}
-
-#: Short labels for the model selectbox (the full id and description show as a caption under it).
-PRESET_LABELS: dict[str, str] = {
-    BUNDLED_ID: "MiniLM-L6 · encoder · bundled",
-    "bert-base-uncased": "BERT base · masked LM",
-    "gpt2": "GPT-2 small · causal LM",
-    "TinyLlama/TinyLlama-1.1B-Chat-v1.0": "TinyLlama 1.1B Chat · causal LM",
-}
 
 #: One example text per model family. The masked-LM example holds BERT's mask token.
 EXAMPLES: dict[str, str] = {
@@ -69,10 +53,11 @@ def selected_model_id(state: Any) -> str:
 
 def known_family(state: Any, model_id: str) -> str | None:
     """The model's family if known without loading it: from the presets, or from the last result of that model."""
-    if model_id in PRESET_FAMILIES:
-        return PRESET_FAMILIES[model_id]
+    p = preset(model_id)
+    if p is not None:
+        return p.family
     result = state.get(Keys.RESULT)
-    if result is not None and model_id and result.model.get("model_id") in (model_id,) + _resolved(model_id):
+    if result is not None and model_id and result.model.model_id in (model_id,) + _resolved(model_id):
         return result.family
     return None
 
@@ -85,6 +70,11 @@ def _resolved(model_id: str) -> tuple[str, ...]:
         return (str(p.resolve()),) if p.exists() else ()
     except OSError:
         return ()
+
+
+def _preset_label(model_id: str) -> str:
+    p = preset(model_id)
+    return p.label if p is not None else model_id
 
 
 def example_for(family: str | None) -> str:
@@ -108,7 +98,7 @@ def url_to_state(query_params: Any, state: Any) -> None:
     model = (query_params.get("model") or "").strip() if hasattr(query_params, "get") else ""
     if not model:
         return
-    if model in PRESETS:
+    if model in PRESET_IDS:
         state[Keys.MODEL_CHOICE] = model
     else:
         state[Keys.MODEL_CHOICE] = OTHER_MODEL
@@ -120,19 +110,19 @@ def current_settings(state: Any) -> AnalysisSettings:
     mask_word = state.get(Keys.MASK_WORD)
     if mask_word in (None, "", NO_MASK_WORD):
         mask_word = None
+    grads = bool(state.get(Keys.COMPUTE_GRADIENTS))
     return AnalysisSettings(
-        max_tokens=int(state.get(Keys.MAX_TOKENS) or 128),
+        max_tokens=int(state.get(Keys.MAX_TOKENS) or AnalysisSettings.default("max_tokens")),
         exclude_special_tokens=bool(state.get(Keys.EXCLUDE_SPECIAL)),
-        compute_gradients=bool(state.get(Keys.COMPUTE_GRADIENTS)),
-        integrated_gradients=bool(state.get(Keys.COMPUTE_GRADIENTS)) and bool(state.get(Keys.INTEGRATED_GRADIENTS)),
-        ig_steps=int(state.get(Keys.IG_STEPS) or 32),
+        compute_gradients=grads,
+        integrated_gradients=grads and bool(state.get(Keys.INTEGRATED_GRADIENTS)),  # IG needs gradients
+        ig_steps=int(state.get(Keys.IG_STEPS) or AnalysisSettings.default("ig_steps")),
         lens_full_grid=bool(state.get(Keys.LENS_FULL_GRID)),
-        animations=bool(state.get(Keys.ANIMATIONS)),
         mask_word=mask_word,
     )
 
 
-def session_entry(result: Any) -> dict[str, Any]:
+def session_entry(result: AnalysisResult) -> dict[str, Any]:
     """One line of the session log (the export's session_log.html lists these in order), as the CLI writes it."""
     from core.session_log import entry_from_result
 
@@ -171,15 +161,16 @@ def draw() -> bool:
         state[Keys.TEXT] = example_for(known_family(state, selected_model_id(state)))
     with st.sidebar:
         st.header("Model and text")
-        options = list(PRESETS) + [OTHER_MODEL]
+        options = [*PRESET_IDS, OTHER_MODEL]
         if state.get(Keys.MODEL_CHOICE) not in options:
             state[Keys.MODEL_CHOICE] = BUNDLED_ID
         st.selectbox("Model", options, key=Keys.MODEL_CHOICE, on_change=_on_model_change,
                      format_func=lambda m: "Other: Hugging Face id or folder" if m == OTHER_MODEL
-                     else PRESET_LABELS.get(m, m),
+                     else _preset_label(m),
                      help="Presets, the bundled MiniLM (works offline), or any Hugging Face id / local folder.")
-        if state.get(Keys.MODEL_CHOICE) in PRESETS:
-            st.caption(f"{state[Keys.MODEL_CHOICE]} — {PRESETS[state[Keys.MODEL_CHOICE]]}")
+        chosen = preset(str(state.get(Keys.MODEL_CHOICE)))
+        if chosen is not None:
+            st.caption(f"{chosen.id} — {chosen.description}, {chosen.parameters} parameters")
         if state.get(Keys.MODEL_CHOICE) == OTHER_MODEL:
             st.text_input("Hugging Face id or local folder", key=Keys.MODEL_CUSTOM,
                           placeholder="e.g. distilgpt2 or /path/to/model",
@@ -187,7 +178,7 @@ def draw() -> bool:
         model_id = selected_model_id(state)
         family = known_family(state, model_id)
 
-        st.text_area("Text to analyse", key=Keys.TEXT, height=110, max_chars=MAX_TEXT_CHARS,
+        st.text_area("Text to analyse", key=Keys.TEXT, height=110, max_chars=max_text_chars(),
                      help="Masked LMs fill [MASK]; causal LMs predict the next token. Texts longer than "
                           "Max tokens are truncated.")
         text = state.get(Keys.TEXT, "")
@@ -211,12 +202,14 @@ def draw() -> bool:
             ig = st.toggle("Integrated gradients (slow)", key=Keys.INTEGRATED_GRADIENTS, disabled=not grads,
                            help="One forward + backward pass per step: about 30–40× a forward pass at 32 steps "
                                 "on a CPU.")
-            st.number_input("Integrated-gradients steps", min_value=1, max_value=512, step=8, key=Keys.IG_STEPS,
+            lo, hi = AnalysisSettings.bounds("ig_steps")
+            st.number_input("Integrated-gradients steps", min_value=lo, max_value=hi, step=8, key=Keys.IG_STEPS,
                             disabled=not (grads and ig))
             st.toggle("Full logit-lens grid (slow on a CPU)", key=Keys.LENS_FULL_GRID,
                       help="Decode every position at every layer. On a CPU, long texts otherwise get a window of "
                            "positions around the decoded one (the full grid costs ~4× a forward pass for GPT-2).")
-            st.toggle("Layer animations (GIF)", key=Keys.ANIMATIONS)
+            st.toggle("Layer animations (GIF)", key=Keys.ANIMATIONS,
+                      help="Drawn from the stored result: switching them changes no number and runs no model.")
 
         clicked = st.button("Analyze", key="analyze", type="primary", width="stretch",
                             help="Run the model once on the text; every chart is drawn from that run.")
@@ -230,26 +223,25 @@ def draw_result_footer() -> None:
     if result is None:
         return
     with st.sidebar:
-        st.caption(f"Last analysis: {result.model.get('model_id', '')} · {result.n_tokens} tokens · "
+        st.caption(f"Last analysis: {result.model.model_id} · {result.n_tokens} tokens · "
                    f"{timing_phrase(result.duration_s, result.cache_hit)}")
         draw_export(result)
 
 
-def draw_export(result: Any) -> None:
+def draw_export(result: AnalysisResult) -> None:
     """The ZIP download, built on click by core.export.build_zip."""
-    from core.export import build_zip
-
-    entries = list(st.session_state.get(Keys.SESSION_LOG, []))
     hidden = st.toggle("Include hidden states (float16) in the ZIP", key=Keys.EXPORT_HIDDEN,
                        help="hidden_states.npz: every layer's token states; large for long texts.")
+    options = ExportOptions(session_entries=tuple(st.session_state.get(Keys.SESSION_LOG, [])),
+                            hidden_states=bool(hidden), animations=bool(st.session_state.get(Keys.ANIMATIONS, True)))
 
     def data() -> bytes:
         """Runs on the click, in a separate thread. The run is also kept under assets/runs/ (bounded)."""
         try:
-            return build_zip(result, entries, hidden_states=hidden, save=True)
+            return build_zip(result, options, save=True)
         except OSError as exc:  # a read-only or full disk: the download still works
             log.warning("could not keep the run under assets/runs: %s", exc)
-            return build_zip(result, entries, hidden_states=hidden)
+            return build_zip(result, options)
         except Exception:
             log.exception("building the export bundle failed")
             raise

@@ -17,6 +17,7 @@ import streamlit as st
 from app import charts
 from app.state import Keys
 from core import chart_spec, docs, views
+from core.result import AnalysisResult
 from core.errors import TMAError
 from core.figures import metric_correlations, metric_token_count, summary_figures
 from core.metrics import METRIC_NAMES
@@ -66,12 +67,12 @@ def chart(c: Any, stretch: bool = True) -> None:
 # Header and summary
 
 
-def result_header(result: Any) -> None:
+def result_header(result: AnalysisResult) -> None:
     m = result.model
     n_used = metric_token_count(result)
     excluded = bool(getattr(result.settings, "exclude_special_tokens", False))
-    st.caption(f"**{_md_safe(m.get('model_id', ''))}** · {result.family.replace('_', ' ')} · {m.get('dtype', '')} "
-               f"on {m.get('device', '')} · {result.n_layers} layers × {result.n_heads} heads · "
+    st.caption(f"**{_md_safe(m.model_id)}** · {result.family.replace('_', ' ')} · {m.dtype} "
+               f"on {m.device} · {result.n_layers} layers × {result.n_heads} heads · "
                f"{result.n_tokens} tokens · {chart_spec.metric_tokens_phrase(result.n_tokens, n_used, excluded)}")
     if result.analysed_text != result.text:
         st.caption("Analysed text (word masked):")
@@ -80,7 +81,7 @@ def result_header(result: Any) -> None:
         st.warning(w, icon=":material/warning:")
 
 
-def summary_metrics(result: Any) -> None:
+def summary_metrics(result: AnalysisResult) -> None:
     """Headline figures with st.metric, from core.figures.summary_figures (the PDF's numbers)."""
     s = summary_figures(result)
     first, last = s["effective_rank_first"], s["effective_rank_last"]
@@ -106,7 +107,7 @@ def _fmt(v: float, digits: int = 2) -> str:
 # Layer metrics, correlations, normalised heatmap
 
 
-def layer_metric_charts(result: Any) -> None:
+def layer_metric_charts(result: AnalysisResult) -> None:
     """One Altair line chart per metric against layer, three per row, each with its caption. The axes start at the
     metric's reference (0, or the T − 1 ceiling drawn) unless "Zoom to data" is on; a metric with nothing to draw
     says why in one line instead of an empty frame."""
@@ -137,7 +138,7 @@ def layer_metric_charts(result: Any) -> None:
     show_caption("fig_layer_metrics")
 
 
-def correlation_section(result: Any) -> None:
+def correlation_section(result: AnalysisResult) -> None:
     method = st.segmented_control("Method", ["pearson", "spearman"], key=Keys.CORR_METHOD, required=True,
                                   format_func=str.capitalize)
     method = method or "pearson"
@@ -157,7 +158,7 @@ def correlation_section(result: Any) -> None:
     show_caption("fig_metric_correlation")
 
 
-def normalised_heatmap(result: Any) -> None:
+def normalised_heatmap(result: AnalysisResult) -> None:
     df = views.normalised_metrics(result)
     if not np.isfinite(df["normalised"].to_numpy(dtype=float)).any():
         st.info("Nothing to draw: no layer metric has a value for this text.", icon=":material/info:")
@@ -170,7 +171,7 @@ def normalised_heatmap(result: Any) -> None:
 # Predictions and continuation
 
 
-def predictions_section(result: Any) -> None:
+def predictions_section(result: AnalysisResult) -> None:
     pred = result.predictions
     if pred is None:
         st.caption("Predictions were not computed for this result.")
@@ -207,13 +208,13 @@ def _stop_generation() -> None:
         event.set()
 
 
-def continuation_section(result: Any) -> None:
+def continuation_section(result: AnalysisResult) -> None:
     """"Continue the text" for causal LMs: runs only on the Generate button; streams; a Stop button ends it."""
     state = st.session_state
     with st.expander("Continue the text", expanded=bool(state.get(Keys.GEN_TEXT)), icon=":material/edit:"):
         from core.predictions import GenerationSettings, generate_stream
 
-        has_chat = bool(result.model.get("has_chat_template"))
+        has_chat = result.model.has_chat_template
         c1, c2, c3 = st.columns(3)
         max_new = c1.slider("New tokens", 1, 200, 40, key=Keys.GEN_MAX_NEW)
         mode = c2.radio("Decoding", ["greedy", "sampled"], horizontal=True, key=Keys.GEN_MODE)
@@ -276,11 +277,11 @@ def _md_safe(text: str) -> str:
     return out
 
 
-def _loaded_for(result: Any):
+def _loaded_for(result: AnalysisResult):
     """The cached LoadedModel the result was computed with (same cache entry as the sidebar's load)."""
     from app.loading import get_model
 
     key = st.session_state.get(Keys.RESULT_LOAD)
     if key:
         return get_model(*key)
-    return get_model(result.model["model_id"], result.model.get("dtype", "auto"), result.model.get("device", "auto"))
+    return get_model(result.model.model_id, result.model.dtype, result.model.device)

@@ -41,7 +41,7 @@ def main() -> None:
 
     def fast():
         nonlocal res_fast
-        res_fast = analyze(loaded, text, max_tokens=args.tokens, compute_gradients=False, animations=False)
+        res_fast = analyze(loaded, text, max_tokens=args.tokens, compute_gradients=False)
 
     t_fast = timeit(fast, repeat=args.repeat)
     for k, v in res_fast.timings.items():

@@ -54,7 +54,7 @@ def measure(dtype: str, tokens: int, gradients: bool) -> dict:
     out["after_load_mb"] = peak_mb()
     text = text_of_tokens(lm, tokens)
     t = time.perf_counter()
-    r = analyze(lm, text, max_tokens=tokens, compute_gradients=gradients, animations=False)
+    r = analyze(lm, text, max_tokens=tokens, compute_gradients=gradients)
     out["analyze_s"] = time.perf_counter() - t
     out["after_analyze_mb"] = peak_mb()
     out["tokens"] = r.n_tokens

@@ -38,7 +38,7 @@ def main() -> None:
 
     loaded = load_gpt2_small()
     text = text_of_tokens(loaded, args.tokens)
-    st = AnalysisSettings(max_tokens=args.tokens, compute_gradients=False, animations=False)
+    st = AnalysisSettings(max_tokens=args.tokens, compute_gradients=False)
     ids = loaded.tokenizer(text, return_tensors="pt", truncation=True, max_length=args.tokens)["input_ids"]
 
     def bare():

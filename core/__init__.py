@@ -10,7 +10,8 @@ from .analysis import analyze
 from .bundle import bundle_files, write_bundle
 from .cache import ResultCache
 from .errors import InputError, ModelUnavailableError, TMAError
-from .models import BUNDLED_ID, PRESETS, LoadedModel, load_model
+from .models import LoadedModel, load_model
+from .presets import BUNDLED_ID, PRESETS
 from .result import AnalysisResult
 from .settings import AnalysisSettings
 from .version import CORE_VERSION

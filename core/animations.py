@@ -5,13 +5,14 @@ built once and only the data and the title change per frame.
 
 from __future__ import annotations
 
-import io
 import logging
-from typing import Any
 
 import numpy as np
 
-from .attention_plots import DPI, _plt, _set_token_ticks, _tokens
+from . import plotting
+from .plotting import Blitter, token_labels
+from .result import AnalysisResult
+from .threads import single_threaded
 
 log = logging.getLogger(__name__)
 
@@ -19,33 +20,7 @@ FRAME_MS = 700
 MAX_POINT_LABELS = 40
 
 
-class _Blitter:
-    """Draw the static parts of a figure once; per frame restore them and draw only the animated artists."""
-
-    def __init__(self, fig: Any, artists: list[Any]) -> None:
-        self.fig, self.artists = fig, artists
-        for a in artists:
-            a.set_animated(True)
-        fig.canvas.draw()
-        self.background = fig.canvas.copy_from_bbox(fig.bbox)
-
-    def frame(self) -> np.ndarray:
-        canvas = self.fig.canvas
-        canvas.restore_region(self.background)
-        for a in self.artists:
-            self.fig.draw_artist(a)
-        return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-def _gif(frames: list[np.ndarray], frame_ms: int) -> bytes:
-    import imageio.v3 as iio
-
-    buf = io.BytesIO()
-    iio.imwrite(buf, np.stack(frames), extension=".gif", duration=frame_ms, loop=0)
-    return buf.getvalue()
-
-
-def attention_layers_gif(result: Any, head: int | None = None, *, frame_ms: int = FRAME_MS) -> bytes:
+def attention_layers_gif(result: AnalysisResult, head: int | None = None, *, frame_ms: int = FRAME_MS) -> bytes:
     """GIF of the attention matrix layer by layer: the mean over heads (1/H) Σ_h A_lh, or head `head`.
 
     One frame per layer (L frames), all on one colour scale [0, max over layers]. GIF bytes.
@@ -55,29 +30,26 @@ def attention_layers_gif(result: Any, head: int | None = None, *, frame_ms: int 
     if head is not None and not 0 <= head < H:
         raise ValueError(f"head {head} does not exist: the model has {H} heads")
     mats = A.mean(1) if head is None else A[:, head]
-    plt = _plt()
     side = min(3 + 0.08 * T, 8)
-    fig, ax = plt.subplots(figsize=(side + 0.8, side), dpi=DPI)
-    try:
-        im = ax.imshow(mats[0], cmap="Blues", vmin=0, vmax=float(mats.max()) or 1.0)
-        labels = _tokens(result)
-        _set_token_ticks(ax, labels, "x")
-        _set_token_ticks(ax, labels, "y")
-        ax.set_xlabel("key")
-        ax.set_ylabel("query")
-        fig.colorbar(im, ax=ax, shrink=0.7)
-        what = "mean over heads" if head is None else f"head {head}"
-        title = ax.set_title(f"Layer {L - 1} of {L - 1}: attention, {what}", fontsize=10)
-        fig.tight_layout()
-        blit = _Blitter(fig, [im, title])
-        frames = []
-        for l in range(L):
-            im.set_data(mats[l])
-            title.set_text(f"Layer {l} of {L - 1}: attention, {what}")
-            frames.append(blit.frame())
-    finally:
-        plt.close(fig)
-    return _gif(frames, frame_ms)
+    fig = plotting.figure(side + 0.8, side)
+    ax = fig.subplots()
+    im = ax.imshow(mats[0], cmap="Blues", vmin=0, vmax=float(mats.max()) or 1.0)
+    labels = token_labels(result.display_tokens or result.tokens)
+    plotting.token_ticks(ax, labels, "x")
+    plotting.token_ticks(ax, labels, "y")
+    ax.set_xlabel("key")
+    ax.set_ylabel("query")
+    fig.colorbar(im, ax=ax, shrink=0.7)
+    what = "mean over heads" if head is None else f"head {head}"
+    title = ax.set_title(f"Layer {L - 1} of {L - 1}: attention, {what}", fontsize=10)
+    fig.tight_layout()
+    blit = Blitter(fig, [im, title])
+    frames = []
+    for l in range(L):
+        im.set_data(mats[l])
+        title.set_text(f"Layer {l} of {L - 1}: attention, {what}")
+        frames.append(blit.frame())
+    return plotting.gif(frames, frame_ms)
 
 
 def common_projection(hidden_states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,8 +59,6 @@ def common_projection(hidden_states: np.ndarray) -> tuple[np.ndarray, np.ndarray
     mean; the basis is the top two eigenvectors of the covariance (X − μ)ᵀ(X − μ) (signs fixed: largest-magnitude
     entry positive); points = (X − μ) V. Computed in float64.
     """
-    from .threads import single_threaded
-
     with single_threaded():
         return _common_projection(np.asarray(hidden_states, dtype=np.float64))
 
@@ -120,40 +90,37 @@ def _common_projection(Hs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return P.reshape(n, T, 2), r
 
 
-def token_trajectories_gif(result: Any, *, frame_ms: int = FRAME_MS) -> bytes:
+def token_trajectories_gif(result: AnalysisResult, *, frame_ms: int = FRAME_MS) -> bytes:
     """GIF of the tokens' hidden states in one common 2-D PCA basis (see `common_projection`), one frame per
     hidden-state layer (L+1 frames: 0 = embeddings, l = after block l), fixed axes, the previous layers faint.
     GIF bytes.
     """
     P, ratio = common_projection(result.hidden_states)
     n, T, _ = P.shape
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 5), dpi=DPI)
-    try:
-        lo, hi = P.reshape(-1, 2).min(0), P.reshape(-1, 2).max(0)
-        pad = (hi - lo) * 0.08 + 1e-9
-        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
-        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
-        ax.set_xlabel(f"PC 1 ({100 * ratio[0]:.0f} % of variance, all layers)")
-        ax.set_ylabel(f"PC 2 ({100 * ratio[1]:.0f} %)")
-        colours = plt.get_cmap("viridis")(np.linspace(0, 1, T))
-        trail = ax.scatter(P[0, :, 0], P[0, :, 1], s=6, c="0.8", zorder=1)
-        pts = ax.scatter(P[0, :, 0], P[0, :, 1], s=30, c=colours, edgecolors="k", linewidths=0.3, zorder=3)
-        labels = _tokens(result)
-        step = max(1, int(np.ceil(T / MAX_POINT_LABELS)))
-        texts = [(i, ax.text(P[0, i, 0], P[0, i, 1], labels[i][:12], fontsize=7, zorder=4))
-                 for i in range(0, T, step)]
-        title = ax.set_title(f"Layer 0 of {n - 1} (embeddings): token states, common basis", fontsize=10)
-        fig.tight_layout()
-        blit = _Blitter(fig, [trail, pts, *(t for _, t in texts), title])
-        frames = []
-        for l in range(n):
-            trail.set_offsets(P[:l].reshape(-1, 2) if l else np.empty((0, 2)))
-            pts.set_offsets(P[l])
-            for i, t in texts:
-                t.set_position((P[l, i, 0], P[l, i, 1]))
-            title.set_text(f"Layer {l} of {n - 1}{' (embeddings)' if l == 0 else ''}: token states, common basis")
-            frames.append(blit.frame())
-    finally:
-        plt.close(fig)
-    return _gif(frames, frame_ms)
+    fig = plotting.figure(6, 5)
+    ax = fig.subplots()
+    lo, hi = P.reshape(-1, 2).min(0), P.reshape(-1, 2).max(0)
+    pad = (hi - lo) * 0.08 + 1e-9
+    ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+    ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+    ax.set_xlabel(f"PC 1 ({100 * ratio[0]:.0f} % of variance, all layers)")
+    ax.set_ylabel(f"PC 2 ({100 * ratio[1]:.0f} %)")
+    colours = plotting.colormap("viridis")(np.linspace(0, 1, T))
+    trail = ax.scatter(P[0, :, 0], P[0, :, 1], s=6, c="0.8", zorder=1)
+    pts = ax.scatter(P[0, :, 0], P[0, :, 1], s=30, c=colours, edgecolors="k", linewidths=0.3, zorder=3)
+    labels = token_labels(result.display_tokens or result.tokens)
+    step = max(1, int(np.ceil(T / MAX_POINT_LABELS)))
+    texts = [(i, ax.text(P[0, i, 0], P[0, i, 1], labels[i][:12], fontsize=7, zorder=4))
+             for i in range(0, T, step)]
+    title = ax.set_title(f"Layer 0 of {n - 1} (embeddings): token states, common basis", fontsize=10)
+    fig.tight_layout()
+    blit = Blitter(fig, [trail, pts, *(t for _, t in texts), title])
+    frames = []
+    for l in range(n):
+        trail.set_offsets(P[:l].reshape(-1, 2) if l else np.empty((0, 2)))
+        pts.set_offsets(P[l])
+        for i, t in texts:
+            t.set_position((P[l, i, 0], P[l, i, 1]))
+        title.set_text(f"Layer {l} of {n - 1}{' (embeddings)' if l == 0 else ''}: token states, common basis")
+        frames.append(blit.frame())
+    return plotting.gif(frames, frame_ms)

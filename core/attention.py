@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .serialize import serializable
-from .threads import single_threaded  # noqa: F401  (re-exported: callers import it from here)
+from .context import StepContext
+from .threads import single_threaded
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,8 @@ KMEANS_N_INIT = 4
 
 
 @serializable
-@dataclass
-class AttentionAnalysis:
+@dataclass(frozen=True)
+class AttentionSection:
     """Per-head attention statistics, head features, clusters and roles.
 
     entropy, normalized_entropy, mean_distance: float64 [L, H] (see `attention_entropy`, `mean_attention_distance`).
@@ -75,10 +76,6 @@ class AttentionAnalysis:
     @property
     def n_heads(self) -> int:
         return int(self.entropy.shape[1])
-
-    def feature(self, name: str) -> np.ndarray:
-        """One feature as [L, H]."""
-        return self.features[:, self.feature_names.index(name)].reshape(self.n_layers, self.n_heads)
 
     def role_grid(self) -> list[list[str]]:
         """Roles as [L][H]."""
@@ -315,7 +312,7 @@ def head_roles(features: np.ndarray, feature_names: list[str],
 
 
 def analyse_attention(att: np.ndarray, special_mask: list[bool] | None = None, causal: bool | None = None,
-                      n_clusters: int | None = None) -> AttentionAnalysis:
+                      n_clusters: int | None = None) -> AttentionSection:
     """All attention analyses of one capture. att [L, H, T, T] → AttentionAnalysis (see its docstring)."""
     import sklearn.cluster  # noqa: F401  (loaded before single_threaded() looks up the thread pools)
 
@@ -323,10 +320,10 @@ def analyse_attention(att: np.ndarray, special_mask: list[bool] | None = None, c
         return _analyse(att, special_mask, causal, n_clusters)
 
 
-def _analyse(att, special_mask, causal, n_clusters) -> AttentionAnalysis:
+def _analyse(att, special_mask, causal, n_clusters) -> AttentionSection:
     feats, names, ex = head_features(att, special_mask, causal)
     labels, k, score, method = cluster_heads(feats, n_clusters)
-    return AttentionAnalysis(
+    return AttentionSection(
         entropy=np.asarray(ex["entropy"], dtype=np.float64),
         normalized_entropy=np.asarray(ex["normalized_entropy"], dtype=np.float64),
         mean_distance=np.asarray(ex["mean_distance"], dtype=np.float64),
@@ -343,8 +340,7 @@ def _analyse(att, special_mask, causal, n_clusters) -> AttentionAnalysis:
     )
 
 
-def run_step(ctx, result) -> None:
-    """Analysis step "Attention analysis": sets result.attention from the captured attentions."""
-    causal = True if result.family == "causal_lm" else None
-    result.attention = analyse_attention(result.attentions, result.special_mask, causal,
-                                         ctx.settings.n_clusters)
+def run_attention(ctx: StepContext) -> AttentionSection:
+    """Analysis step "Attention analysis": entropies, head features, clusters and roles of the captured attentions."""
+    causal = True if ctx.family == "causal_lm" else None
+    return analyse_attention(ctx.attentions, ctx.special_mask, causal, ctx.settings.n_clusters)

@@ -1,76 +1,41 @@
 """Figures of the attention and attribution sections, rendered from an AnalysisResult (never inside analyze()).
 
-Every figure function returns PNG bytes (matplotlib, Agg backend, figure closed). `single_head_stats` gives the
-plain data of the single-head view, and `attention_bundle_files` is the bundle writer of this part
-(registered in core.bundle.BUNDLE_WRITERS).
+Every figure function returns PNG bytes (core.plotting: object-oriented matplotlib, safe from any thread).
+`single_head_stats` gives the plain data of the single-head view, and `attention_bundle_files` is the bundle writer
+of this part (core.bundle.WRITERS).
 """
 
 from __future__ import annotations
 
-import io
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.image import AxesImage
+from matplotlib.patches import Rectangle
 
-from .bundle import csv_bytes
+from . import plotting
+from .animations import attention_layers_gif, token_trajectories_gif
+from .attention import AttentionSection, attention_entropy, mean_attention_distance, row_entropy
+from .attribution import AttributionSection
+from .formats import csv_bytes
+from .options import ExportOptions
+from .plotting import token_label, token_labels
+from .result import AnalysisResult
 
 log = logging.getLogger(__name__)
 
-DPI = 80
-MAX_TICK_LABELS = 64  # heatmap axes with more tokens than this show every n-th label
 _ROLE_MARKERS = {"previous-token": "<", "first-token/sink": "s", "self": "o", "broad": "D", "other": "^"}
+S = TypeVar("S")
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+def _tokens(result: AnalysisResult) -> list[str]:
+    return token_labels(result.display_tokens or result.tokens)
 
 
-def _png(fig: Any, *, tight_bbox: bool = True) -> bytes:
-    """PNG bytes of `fig` (then closed). tight_bbox=False lays out with tight_layout instead of a second
-    measuring draw (about half the time for the labelled heatmaps, whose contents stay inside the figure)."""
-    plt = _plt()
-    buf = io.BytesIO()
-    try:
-        if tight_bbox:
-            fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-        else:
-            fig.tight_layout()
-            fig.savefig(buf, format="png", dpi=DPI)
-    finally:
-        plt.close(fig)
-    return buf.getvalue()
-
-
-def safe_label(token: str) -> str:
-    """A token as plain text for matplotlib: no mathtext ($ escaped), control characters made visible."""
-    t = str(token).replace("\n", "\u21b5").replace("\r", "\u240d").replace("\t", "\u21e5")
-    t = "".join(c if c.isprintable() or c == " " else "\ufffd" for c in t)
-    return t.replace("$", r"\$")
-
-
-def _tokens(result: Any) -> list[str]:
-    toks = result.display_tokens or result.tokens
-    return [safe_label(t) if t.strip() else safe_label(repr(t)[1:-1] or "\u2423") for t in toks]
-
-
-def _set_token_ticks(ax: Any, labels: list[str], axis: str) -> None:
-    n = len(labels)
-    step = max(1, int(np.ceil(n / MAX_TICK_LABELS)))
-    idx = list(range(0, n, step))
-    size = 8 if n <= 24 else 6 if n <= 48 else 5
-    if axis == "x":
-        ax.set_xticks(idx, [labels[i] for i in idx], rotation=90, fontsize=size)
-    else:
-        ax.set_yticks(idx, [labels[i] for i in idx], fontsize=size)
-
-
-def _need(section: Any, what: str) -> Any:
+def _need(section: S | None, what: str) -> S:
     if section is None:
         raise ValueError(f"the result has no {what} section")
     return section
@@ -80,13 +45,13 @@ def _need(section: Any, what: str) -> Any:
 # Attention analysis figures
 
 
-def entropy_heatmap(result: Any, *, normalized: bool = False) -> bytes:
+def entropy_heatmap(result: AnalysisResult, *, normalized: bool = False) -> bytes:
     """Heatmap layers × heads of the attention entropy (nats) or the normalised entropy (0…1). PNG bytes."""
     att = _need(result.attention, "attention analysis")
     data = att.normalized_entropy if normalized else att.entropy
     L, H = data.shape
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(min(2 + 0.45 * H, 12), min(1.5 + 0.35 * L, 10)))
+    fig = plotting.figure(min(2 + 0.45 * H, 12), min(1.5 + 0.35 * L, 10))
+    ax = fig.subplots()
     im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0 if normalized else None,
                    vmax=1 if normalized else None)
     ax.set_xlabel("head")
@@ -96,16 +61,17 @@ def entropy_heatmap(result: Any, *, normalized: bool = False) -> bytes:
     ax.tick_params(labelsize=7)
     ax.set_title("Normalised attention entropy" if normalized else "Attention entropy (nats)", fontsize=10)
     fig.colorbar(im, ax=ax, shrink=0.8)
-    return _png(fig, tight_bbox=False)
+    fig.tight_layout()
+    return plotting.png(fig)
 
 
-def head_clusters_plot(result: Any) -> bytes:
+def head_clusters_plot(result: AnalysisResult) -> bytes:
     """Scatter of the heads' 2-D feature projection, coloured by cluster, marker by role, labelled L<l>H<h>."""
     att = _need(result.attention, "attention analysis")
     P, H = att.projection, att.n_heads
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 5))
-    cmap = plt.get_cmap("tab10")
+    fig = plotting.figure(6.5, 5)
+    ax = fig.subplots()
+    cmap = plotting.colormap("tab10")
     for role, marker in _ROLE_MARKERS.items():
         idx = [i for i, r in enumerate(att.roles) if r == role]
         if idx:
@@ -120,42 +86,41 @@ def head_clusters_plot(result: Any) -> bytes:
     sil = f", silhouette {att.silhouette:.2f}" if att.silhouette is not None else ""
     ax.set_title(f"Head clusters: {att.n_clusters} cluster(s){sil}", fontsize=10)
     ax.legend(fontsize=7, title="role (colour = cluster)", title_fontsize=7, loc="best")
-    return _png(fig)
+    return plotting.png(fig, tight=True)
 
 
-def _labelled_heatmap(ax: Any, mat: np.ndarray, labels: list[str], title: str) -> Any:
+def _labelled_heatmap(ax: Axes, mat: np.ndarray, labels: list[str], title: str) -> AxesImage:
     im = ax.imshow(mat, cmap="Blues", vmin=0, vmax=max(float(mat.max()), 1e-12), aspect="equal")
-    _set_token_ticks(ax, labels, "x")
-    _set_token_ticks(ax, labels, "y")
+    plotting.token_ticks(ax, labels, "x")
+    plotting.token_ticks(ax, labels, "y")
     ax.set_xlabel("key (attended to)")
     ax.set_ylabel("query")
     ax.set_title(title, fontsize=10)
     return im
 
 
-def mean_attention_heatmap(result: Any, layer: int = -1) -> bytes:
+def mean_attention_heatmap(result: AnalysisResult, layer: int = -1) -> bytes:
     """Labelled heatmap of the attention of `layer` averaged over its heads: (1/H) Σ_h A_lh [T, T]. PNG bytes."""
     L = result.n_layers
     l = layer % L
     mat = result.attentions[l].mean(0)
     T = mat.shape[0]
     side = min(3 + 0.1 * T, 9)
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(side + 1, side))
+    fig = plotting.figure(side + 1, side)
+    ax = fig.subplots()
     im = _labelled_heatmap(ax, mat, _tokens(result), f"Layer {l}: attention averaged over heads")
     fig.colorbar(im, ax=ax, shrink=0.7)
-    return _png(fig, tight_bbox=False)
+    fig.tight_layout()
+    return plotting.png(fig)
 
 
-def single_head_stats(result: Any, layer: int, head: int, top: int = 10) -> dict[str, Any]:
+def single_head_stats(result: AnalysisResult, layer: int, head: int, top: int = 10) -> dict[str, Any]:
     """Plain data of one head: its statistics and top attended (query, key) pairs.
 
     Returns {"layer", "head", "entropy", "normalized_entropy", "mean_distance", "role", "cluster",
     "features": {name: value}, "top_pairs": [{"query", "query_token", "key", "key_token", "weight"}] (largest
     a_ij first, at most `top`), "row_entropy": [T] entropy of each query row (nats)}.
     """
-    from .attention import row_entropy
-
     L, H = result.n_layers, result.n_heads
     if not (0 <= layer < L and 0 <= head < H):
         raise ValueError(f"no head L{layer}H{head}: the model has {L} layers × {H} heads")
@@ -176,32 +141,31 @@ def single_head_stats(result: Any, layer: int, head: int, top: int = 10) -> dict
                    cluster=int(att.clusters[r]),
                    features={n: float(v) for n, v in zip(att.feature_names, att.features[r])})
     else:
-        from .attention import attention_entropy, mean_attention_distance
-
         e, ne = attention_entropy(A)
         out.update(entropy=float(e), normalized_entropy=float(ne), mean_distance=float(mean_attention_distance(A)),
                    role=None, cluster=None, features={})
     return out
 
 
-def single_head_plot(result: Any, layer: int, head: int, top: int = 10) -> bytes:
+def single_head_plot(result: AnalysisResult, layer: int, head: int, top: int = 10) -> bytes:
     """Labelled heatmap of head (layer, head) with its statistics and top pairs beside it. PNG bytes."""
     s = single_head_stats(result, layer, head, top)
     A = result.attentions[layer, head]
     T = A.shape[0]
     side = min(3 + 0.1 * T, 9)
-    plt = _plt()
-    fig, (ax, tx) = plt.subplots(1, 2, figsize=(side + 4, side), gridspec_kw={"width_ratios": [side, 4]})
+    fig = plotting.figure(side + 4, side)
+    ax, tx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [side, 4]})
     im = _labelled_heatmap(ax, A, _tokens(result), f"Layer {layer}, head {head}")
     fig.colorbar(im, ax=ax, shrink=0.7)
     tx.axis("off")
     lines = [f"role: {s['role']}", f"cluster: {s['cluster']}", f"entropy: {s['entropy']:.3f} nats",
              f"normalised entropy: {s['normalized_entropy']:.3f}", f"mean distance: {s['mean_distance']:.2f} tokens",
              "", "top pairs (query → key):"]
-    lines += [f"{p['weight']:.3f}  {p['query']}:{safe_label(p['query_token'])[:12]} → "
-              f"{p['key']}:{safe_label(p['key_token'])[:12]}" for p in s["top_pairs"]]
+    lines += [f"{p['weight']:.3f}  {p['query']}:{token_label(p['query_token'], 12)} → "
+              f"{p['key']}:{token_label(p['key_token'], 12)}" for p in s["top_pairs"]]
     tx.text(0, 1, "\n".join(lines), va="top", ha="left", fontsize=8, family="monospace", transform=tx.transAxes)
-    return _png(fig, tight_bbox=False)
+    fig.tight_layout()
+    return plotting.png(fig)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -211,17 +175,15 @@ _METHOD_TITLES = {"rollout": "attention rollout", "grad_x_input": "gradient × i
                   "integrated_gradients": "integrated gradients"}
 
 
-def token_attribution_plot(result: Any, *, width_chars: int = 90) -> bytes:
+def token_attribution_plot(result: AnalysisResult, *, width_chars: int = 90) -> bytes:
     """The text with each token shaded by its score, one block per method (rollout, gradient × input, IG).
 
     Each method is scaled by its largest |score|; signed methods use a red (positive) / blue (negative) scale,
     rollout (non-negative) a single-hue scale. The target token is outlined. PNG bytes.
     """
-    from matplotlib.patches import Rectangle
-
     attr = _need(result.attribution, "attribution")
     methods = attr.methods()
-    toks = _tokens(result)
+    toks = result.display_tokens or result.tokens
     fs = 9
     char_w, line_h = 1.0, 1.6
     # lay the tokens out once (wrapping at width_chars), shared by every method block
@@ -229,7 +191,7 @@ def token_attribution_plot(result: Any, *, width_chars: int = 90) -> bytes:
     shown = []
     for t in toks:
         word_start = t.startswith(" ") and t.strip() != ""
-        t = t.lstrip(" ") if word_start else t  # a leading space becomes a wider gap before the box
+        t = token_label(t.lstrip(" ") if word_start else t)  # a leading space becomes a wider gap before the box
         shown.append(t)
         x += 0.6 if word_start and x > 0 else 0.0
         w = max(len(t), 1) + 0.6
@@ -240,9 +202,8 @@ def token_attribution_plot(result: Any, *, width_chars: int = 90) -> bytes:
     n_lines = int(round(y / line_h)) + 1
     block_h = n_lines * line_h + 1.6
     total_h = block_h * len(methods)
-    plt = _plt()
-    cmap_pos, cmap_div = plt.get_cmap("Greens"), plt.get_cmap("RdBu_r")
-    fig = plt.figure(figsize=(min(width_chars * 0.095 + 0.5, 10), 0.3 * total_h * 0.62 + 0.6))
+    cmap_pos, cmap_div = plotting.colormap("Greens"), plotting.colormap("RdBu_r")
+    fig = plotting.figure(min(width_chars * 0.095 + 0.5, 10), 0.3 * total_h * 0.62 + 0.6)
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_xlim(-0.5, width_chars + 0.5)
     ax.set_ylim(total_h, -0.5)
@@ -262,10 +223,10 @@ def token_attribution_plot(result: Any, *, width_chars: int = 90) -> bytes:
             dark = abs(v) > 0.6
             ax.text(x0 + 0.3, yy, t, fontsize=fs, family="monospace", va="center", ha="left",
                     color="white" if dark else "black")
-    return _png(fig)
+    return plotting.png(fig, tight=True)
 
 
-def head_attribution_heatmap(result: Any) -> bytes:
+def head_attribution_heatmap(result: AnalysisResult) -> bytes:
     """Heatmap layers × heads of the per-head attribution scores (diverging, centred at 0). PNG bytes."""
     attr = _need(result.attribution, "attribution")
     if attr.head_scores is None:
@@ -273,25 +234,26 @@ def head_attribution_heatmap(result: Any) -> bytes:
     S = attr.head_scores
     L, H = S.shape
     m = float(np.max(np.abs(S))) or 1.0
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(min(2 + 0.45 * H, 12), min(1.5 + 0.35 * L, 10)))
+    fig = plotting.figure(min(2 + 0.45 * H, 12), min(1.5 + 0.35 * L, 10))
+    ax = fig.subplots()
     im = ax.imshow(S, aspect="auto", cmap="RdBu_r", vmin=-m, vmax=m)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_xticks(range(H))
     ax.set_yticks(range(L))
     ax.tick_params(labelsize=7)
-    ax.set_title(f"Head attribution for {safe_label(repr(attr.predicted_token))} (gradient × head output)",
+    ax.set_title(f"Head attribution for {token_label(repr(attr.predicted_token))} (gradient × head output)",
                  fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.8)
-    return _png(fig, tight_bbox=False)
+    fig.tight_layout()
+    return plotting.png(fig)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Bundle writer
 
 
-def attention_tables(result: Any) -> dict[str, tuple[list[str], list[list[Any]]]]:
+def attention_tables(result: AnalysisResult) -> dict[str, tuple[list[str], list[list[Any]]]]:
     """The CSV tables of this part as {file name: (header, rows)} (only those whose data exist)."""
     out: dict[str, tuple[list[str], list[list[Any]]]] = {}
     att = result.attention
@@ -318,11 +280,11 @@ def attention_tables(result: Any) -> dict[str, tuple[list[str], list[list[Any]]]
     return out
 
 
-def attention_bundle_files(result: Any, options: dict[str, Any] | None = None) -> dict[str, bytes]:
-    """Bundle members of the attention/attribution part: CSVs, plots/*.png and (settings.animations)
+def attention_bundle_files(result: AnalysisResult, options: ExportOptions) -> dict[str, bytes]:
+    """Bundle members of the attention/attribution part: CSVs, plots/*.png and (options.animations)
     animations/*.gif. Fixed names only. A figure that fails is logged and left out, never the CSVs."""
     files = {name: csv_bytes(h, rows) for name, (h, rows) in attention_tables(result).items()}
-    figures: list[tuple[str, Any]] = []
+    figures: list[tuple[str, Callable[[], bytes]]] = []
     if result.attention is not None:
         figures += [("plots/attention_entropy.png", lambda: entropy_heatmap(result)),
                     ("plots/attention_entropy_normalized.png", lambda: entropy_heatmap(result, normalized=True)),
@@ -331,12 +293,9 @@ def attention_bundle_files(result: Any, options: dict[str, Any] | None = None) -
         figures.append(("plots/token_attribution.png", lambda: token_attribution_plot(result)))
         if result.attribution.head_scores is not None:
             figures.append(("plots/head_attribution.png", lambda: head_attribution_heatmap(result)))
-    if result.attentions is not None and result.attentions.size:
+    if result.attentions.size:
         figures.append(("plots/attention_mean_last_layer.png", lambda: mean_attention_heatmap(result, -1)))
-    settings = getattr(result, "settings", None)
-    if settings is None or getattr(settings, "animations", True):
-        from .animations import attention_layers_gif, token_trajectories_gif
-
+    if options.animations:
         figures += [("animations/attention_layers.gif", lambda: attention_layers_gif(result)),
                     ("animations/token_trajectories.gif", lambda: token_trajectories_gif(result))]
     for name, make in figures:

@@ -22,6 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from .capture import Capture
+from .context import StepContext
+from .models import LoadedModel
 from .serialize import serializable
 
 log = logging.getLogger(__name__)
@@ -50,8 +53,8 @@ IG_MEMORY_BUDGET = 1_000_000_000
 
 
 @serializable
-@dataclass
-class Attribution:
+@dataclass(frozen=True)
+class AttributionSection:
     """Attribution of the prediction at one target position.
 
     rollout: float64 [T] (target row of rollout_matrix); rollout_matrix: float64 [T, T], rows sum to 1.
@@ -271,69 +274,69 @@ def _pad(v: np.ndarray, T: int) -> np.ndarray:
     return out
 
 
-def attribute(loaded: Any, capture: Any, attentions: np.ndarray, position: int, tokens: list[str], *,
-              compute_gradients: bool = True, with_ig: bool = True, ig_steps: int = 32) -> Attribution:
+def attribute(loaded: LoadedModel, capture: Capture, attentions: np.ndarray, position: int, tokens: list[str], *,
+              compute_gradients: bool = True, with_ig: bool = True, ig_steps: int = 32,
+              warn: Callable[[str], None] | None = None) -> AttributionSection:
     """All attributions for `position` of one capture (see the module docstring). Call under the model lock.
 
     with_ig: also run integrated gradients (ig_steps forward + backward passes); `ig_steps` is recorded as 0
-    when they are not run.
+    when they are not run. `warn` receives the messages a user must see (a failed gradient pass, a large
+    completeness gap); the section's `notes` explain what is shown and why.
     """
     import torch
 
+    warn = warn or (lambda msg: None)
     T = len(tokens)
     R = attention_rollout(attentions)
-    out = Attribution(target_position=position, target_token=tokens[position], rollout=R[position].copy(),
-                      rollout_matrix=R, ig_steps=ig_steps if (with_ig and compute_gradients) else 0)
-    logits = getattr(capture, "logits", None)
+    base = dict(target_position=position, target_token=tokens[position], rollout=R[position].copy(),
+                rollout_matrix=R, ig_steps=ig_steps if (with_ig and compute_gradients) else 0)
+    notes: list[str] = []
+    logits = capture.logits
     if loaded.family == "encoder" or logits is None:
-        out.notes.append("this model has no language-model head, so there is no prediction to attribute: "
-                         "only attention rollout is shown (gradient methods need a predicted token)")
-        return out
+        notes.append("this model has no language-model head, so there is no prediction to attribute: "
+                     "only attention rollout is shown (gradient methods need a predicted token)")
+        return AttributionSection(**base, notes=notes)
     pred = int(torch.argmax(logits[position]).item())
-    out.predicted_id = pred
     tok = loaded.tokenizer.convert_ids_to_tokens([pred])[0]
-    out.predicted_token = tok if isinstance(tok, str) else f"<id {pred}>"  # ids past the tokenizer's vocabulary
+    base.update(predicted_id=pred,
+                predicted_token=tok if isinstance(tok, str) else f"<id {pred}>")  # ids past the vocabulary
     if not compute_gradients:
-        out.notes.append("gradient methods are switched off (compute_gradients = false)")
-        return out
+        notes.append("gradient methods are switched off (compute_gradients = false)")
+        return AttributionSection(**base, notes=notes)
     ids, mask = capture.input_ids, capture.attention_mask
     if loaded.family == "causal_lm" and position < T - 1:
-        out.notes.append(f"tokens after position {position} cannot affect its prediction: their scores are 0")
+        notes.append(f"tokens after position {position} cannot affect its prediction: their scores are 0")
+    grads: dict[str, Any] = {}
     try:
         gxi, heads, fx = gradient_x_input(loaded, ids, mask, position, pred, heads=True)
-        out.grad_x_input = _pad(gxi, T)
-        out.head_scores = heads
-        out.target_logprob = fx
+        grads.update(grad_x_input=_pad(gxi, T), head_scores=heads, target_logprob=fx)
         if heads is None:
-            out.notes.append("per-head scores are not available: the attention output projections of this "
-                             "architecture were not recognised")
+            notes.append("per-head scores are not available: the attention output projections of this "
+                         "architecture were not recognised")
         ref = float(torch.log_softmax(logits[position].float(), -1)[pred])
         if abs(ref - fx) > 1e-3 * max(1.0, abs(ref)):
-            out.notes.append(f"the gradient pass gave log p = {fx:.4f}, the analysis pass {ref:.4f} "
-                             "(numerical precision of the model's dtype)")
-        if not with_ig:
-            return out
-        ig, fx_ig, f0 = integrated_gradients(loaded, ids, mask, position, pred, steps=ig_steps)
-        out.integrated_gradients = _pad(ig, T)
-        out.baseline_logprob = f0
-        gap = abs(float(ig.sum()) - (fx_ig - f0))
-        out.ig_completeness_gap = gap
-        out.ig_completeness_gap_relative = gap / max(abs(fx_ig - f0), 1e-12)
-        if out.ig_completeness_gap_relative > 0.1:
-            out.notes.append(f"integrated gradients are {100 * out.ig_completeness_gap_relative:.0f} % off "
-                             f"completeness with {ig_steps} steps: raise ig_steps for a closer estimate")
+            notes.append(f"the gradient pass gave log p = {fx:.4f}, the analysis pass {ref:.4f} "
+                         "(numerical precision of the model's dtype)")
+        if with_ig:
+            ig, fx_ig, f0 = integrated_gradients(loaded, ids, mask, position, pred, steps=ig_steps)
+            gap = abs(float(ig.sum()) - (fx_ig - f0))
+            rel = gap / max(abs(fx_ig - f0), 1e-12)
+            grads.update(integrated_gradients=_pad(ig, T), baseline_logprob=f0, ig_completeness_gap=gap,
+                         ig_completeness_gap_relative=rel)
+            if rel > 0.1:
+                msg = (f"integrated gradients are {100 * rel:.0f} % off completeness with {ig_steps} steps: raise "
+                       "ig_steps for a closer estimate")
+                notes.append(msg)
     except RuntimeError as exc:  # e.g. out of memory on a large model
         log.warning("gradient attribution failed: %s", exc)
-        out.notes.append(f"the gradient methods failed: {str(exc).splitlines()[0]}")
-    return out
+        msg = f"the gradient methods failed: {str(exc).splitlines()[0]}"
+        notes.append(msg)
+        warn(msg)
+    return AttributionSection(**base, **grads, notes=notes)
 
 
-def run_step(ctx, result) -> None:
-    """Analysis step "Attribution": sets result.attribution for result.target_position."""
-    result.attribution = attribute(ctx.loaded, ctx.capture, result.attentions, result.target_position,
-                                   result.tokens, compute_gradients=ctx.settings.compute_gradients,
-                                   with_ig=ctx.settings.integrated_gradients,
-                                   ig_steps=ctx.settings.ig_steps)
-    for note in result.attribution.notes:
-        if "failed" in note:
-            ctx.warnings.append(note)
+def run_attribution(ctx: StepContext) -> AttributionSection:
+    """Analysis step "Attribution": rollout, gradient × input, head scores (and IG) for the target position."""
+    return attribute(ctx.loaded, ctx.capture, ctx.attentions, ctx.target_position, ctx.tokens,
+                     compute_gradients=ctx.settings.compute_gradients, with_ig=ctx.settings.integrated_gradients,
+                     ig_steps=ctx.settings.ig_steps, warn=ctx.warn)

@@ -1,57 +1,53 @@
 """The analysis bundle: one pure function from a result to named files. The app's ZIP export and the CLI both use
 `bundle_files`, so the two hold the same files (the session log aside).
 
-Member names are fixed, safe names, never derived from user text. Later sections add their writers to
-`BUNDLE_WRITERS`; each returns {name: bytes}.
+`WRITERS` is the explicit, ordered list of writer functions `writer(result, options) -> {name: bytes}`; the PDF
+report runs last, on purpose outside the list, because it embeds the plots/*.png the writers made. Member names are
+fixed, safe names, never derived from user text.
 """
 
 from __future__ import annotations
 
-import csv
-import importlib
-import io
-import json
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .attention_plots import attention_bundle_files
+from .hidden_states import hidden_states_files
+from .figures import figure_files
+from .formats import csv_bytes, json_bytes, npy_bytes, write_files
 from .metrics import METRIC_NAMES
+from .options import ExportOptions
+from .prediction_plots import prediction_bundle_files
+from .report import report_files
 from .result import AnalysisResult
+from .session_log import session_log_files
 
-Writer = Callable[[AnalysisResult, dict[str, Any]], dict[str, bytes]]
+__all__ = ["WRITERS", "ExportOptions", "bundle_files", "manifest", "write_bundle"]
 
-#: (module, function) pairs of extra writers, run in order after the foundation files.
-BUNDLE_WRITERS: list[tuple[str, str]] = [
-    (".figures", "figure_files"),
-    (".session_log", "session_log_files"),
-    (".export", "hidden_states_files"),
-    (".prediction_plots", "bundle_writer"),
-    (".attention_plots", "attention_bundle_files"),
-    (".report", "report_files"),  # keep LAST: the PDF embeds the plots/*.png written by the writers above
-]
+Writer = Callable[[AnalysisResult, ExportOptions], dict[str, bytes]]
 
 
 def manifest(result: AnalysisResult) -> dict[str, Any]:
     m = result.model
     return {
-        "model_id": m.get("model_id"),
-        "family": m.get("family"),
-        "source": m.get("source"),
-        "revision": m.get("revision"),
-        "local_path": m.get("local_path"),
-        "architecture": m.get("architecture"),
-        "dtype": m.get("dtype"),
-        "device": m.get("device"),
-        "attn_implementation": m.get("attn_implementation"),
+        "model_id": m.model_id,
+        "family": m.family,
+        "source": m.source,
+        "revision": m.revision,
+        "local_path": m.local_path,
+        "architecture": m.architecture,
+        "dtype": m.dtype,
+        "device": m.device,
+        "attn_implementation": m.attn_implementation,
         "text": result.text,
         "analysed_text": result.analysed_text,
         "token_count": result.n_tokens,
         "layers": result.n_layers,
         "heads": result.n_heads,
-        "hidden_size": m.get("hidden_size"),
+        "hidden_size": m.hidden_size,
         "settings": result.settings.to_dict(),
         "metric_tokens": result.metric_tokens,
         "last_hidden_state_before_final_norm": result.final_norm,
@@ -68,65 +64,40 @@ def manifest(result: AnalysisResult) -> dict[str, Any]:
     }
 
 
-def csv_bytes(header: list[str], rows: list[list[Any]]) -> bytes:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    for r in rows:
-        w.writerow([f"{v:.9g}" if isinstance(v, float) else v for v in r])
-    return buf.getvalue().encode("utf-8")
-
-
-def npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
-
-
-def foundation_files(result: AnalysisResult) -> dict[str, bytes]:
+def foundation_files(result: AnalysisResult, options: ExportOptions) -> dict[str, bytes]:
+    """manifest.json, layer_metrics.csv, attentions.npy (float32 [L, H, T, T]), tokens.json."""
     header = ["layer", *METRIC_NAMES]
     rows = [[r["layer"], *(r[m] for m in METRIC_NAMES)] for r in result.metrics_table()]
     return {
-        "manifest.json": json.dumps(manifest(result), indent=2, ensure_ascii=False).encode("utf-8"),
+        "manifest.json": json_bytes(manifest(result)),
         "layer_metrics.csv": csv_bytes(header, rows),
         "attentions.npy": npy_bytes(result.attentions.astype(np.float32)),
-        "tokens.json": json.dumps(result.tokens, ensure_ascii=False).encode("utf-8"),
+        "tokens.json": json_bytes(result.tokens),
     }
 
 
-def bundle_files(result: AnalysisResult, *, options: dict[str, Any] | None = None) -> dict[str, bytes]:
-    """All bundle members as {safe name: bytes}. `options` reach the extra writers (e.g. a session log)."""
-    opts = dict(options or {})
-    files = foundation_files(result)
-    for module, fn in BUNDLE_WRITERS:
-        writer: Writer = getattr(importlib.import_module(module, __package__), fn)
-        files.update(writer(result, {**opts, "files": files}))
+#: The writers, in order. Each returns {member name: bytes}; the report is added after them (see bundle_files).
+WRITERS: list[Writer] = [
+    foundation_files,
+    figure_files,
+    session_log_files,
+    hidden_states_files,
+    prediction_bundle_files,
+    attention_bundle_files,
+]
+
+
+def bundle_files(result: AnalysisResult, options: ExportOptions | None = None) -> dict[str, bytes]:
+    """All bundle members as {safe name: bytes}: every writer of WRITERS, then report.pdf (which embeds the
+    plots/*.png written before it)."""
+    opts = options or ExportOptions()
+    files: dict[str, bytes] = {}
+    for writer in WRITERS:
+        files.update(writer(result, opts))
+    files.update(report_files(result, files, opts))
     return files
 
 
-def zip_bytes(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
-def write_files(files: dict[str, bytes], out: str | Path) -> Path:
-    """Write bundle members to `out`: a .zip file, or a folder (created) otherwise. Returns `out`."""
-    out = Path(out)
-    if out.suffix.lower() == ".zip":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(zip_bytes(files))
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        for name, data in files.items():
-            target = out / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-    return out
-
-
-def write_bundle(result: AnalysisResult, out: str | Path, *, options: dict[str, Any] | None = None) -> Path:
+def write_bundle(result: AnalysisResult, out: str | Path, options: ExportOptions | None = None) -> Path:
     """Build the bundle of `result` and write it to `out` (.zip or folder). Returns the path written."""
-    return write_files(bundle_files(result, options=options), out)
+    return write_files(bundle_files(result, options), out)

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .model_info import ModelInfo
 from .result import AnalysisResult
 from .settings import AnalysisSettings
 from .version import CORE_VERSION
@@ -32,14 +33,14 @@ def default_cache_dir() -> Path:
     return Path(base) / "tma"
 
 
-def cache_key(model_info: dict[str, Any], text: str, settings: AnalysisSettings) -> str:
+def cache_key(model_info: ModelInfo, text: str, settings: AnalysisSettings) -> str:
     """sha256 over everything that decides the numbers of a result."""
     payload = {
         "core_version": CORE_VERSION,
-        "model_id": model_info["model_id"],
-        "revision": model_info["revision"],
-        "dtype": model_info["dtype"],
-        "device": model_info["device"],
+        "model_id": model_info.model_id,
+        "revision": model_info.revision,
+        "dtype": model_info.dtype,
+        "device": model_info.device,
         "text": text,
         "settings": settings.to_dict(),
     }
@@ -70,6 +71,15 @@ class ResultCache:
 
     def set(self, key: str, result: AnalysisResult) -> None:
         self._cache.set(key, result.to_bytes())
+
+    def get_bytes(self, key: str) -> bytes | None:
+        """The raw bytes stored under `key` (any result type serialised with core.serialize), or None."""
+        data = self._cache.get(key)
+        return data if isinstance(data, bytes) else None
+
+    def set_bytes(self, key: str, data: bytes) -> None:
+        """Store raw bytes under `key` (bounded and evicted like every entry)."""
+        self._cache.set(key, data)
 
     def __contains__(self, key: str) -> bool:
         return key in self._cache

@@ -236,7 +236,7 @@ _LAYER = [
 ]
 
 # --------------------------------------------------------------------------------------------------------------
-# Attention analyses (core/attention.py: AttentionAnalysis)
+# Attention analyses (core/attention.py: AttentionSection)
 # --------------------------------------------------------------------------------------------------------------
 _ATTENTION = [
     _e(key="attention_entropy", title="Attention entropy", kind="attention",
@@ -325,7 +325,7 @@ _ATTENTION = [
 ]
 
 # --------------------------------------------------------------------------------------------------------------
-# Attribution (core/attribution.py: Attribution)
+# Attribution (core/attribution.py: AttributionSection)
 # --------------------------------------------------------------------------------------------------------------
 _ATTRIBUTION = [
     _e(key="attention_rollout", title="Attention rollout", kind="attribution",

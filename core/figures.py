@@ -9,24 +9,29 @@ PNG functions return bytes (Agg backend, figures closed). `figure_files` is the 
 
 from __future__ import annotations
 
-import io
 import logging
-from typing import Any
+from collections.abc import Callable, Mapping
 
 import numpy as np
+from matplotlib.figure import Figure
 
-from .docs import caption, metric_label
+from . import plotting
+from .docs import metric_label
 from .metrics import METRIC_NAMES
+from .options import ExportOptions
+from .result import AnalysisResult
 
 log = logging.getLogger(__name__)
 
-DPI = 90
 SPECTRAL = ("effective_rank", "participation_ratio", "intrinsic_dim_95")
 METHODS = ("pearson", "spearman")
 
 
-def _metrics(result_or_metrics: Any) -> dict[str, np.ndarray]:
-    m = getattr(result_or_metrics, "layer_metrics", result_or_metrics)
+MetricsLike = AnalysisResult | Mapping[str, np.ndarray]
+
+
+def _metrics(result_or_metrics: MetricsLike) -> dict[str, np.ndarray]:
+    m = result_or_metrics.layer_metrics if isinstance(result_or_metrics, AnalysisResult) else result_or_metrics
     return {name: np.asarray(m[name], dtype=np.float64) for name in METRIC_NAMES}
 
 
@@ -49,7 +54,7 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def metric_correlations(result_or_metrics: Any, method: str = "pearson") -> np.ndarray:
+def metric_correlations(result_or_metrics: MetricsLike, method: str = "pearson") -> np.ndarray:
     """Correlation of every pair of layer metrics across layers: [M, M], rows/cols in METRIC_NAMES order.
 
     pearson: r = Σ_l (x_l − x̄)(y_l − ȳ) / sqrt(Σ (x_l − x̄)² Σ (y_l − ȳ)²) over the L+1 layers.
@@ -77,7 +82,7 @@ def metric_correlations(result_or_metrics: Any, method: str = "pearson") -> np.n
     return out
 
 
-def normalized_metrics(result_or_metrics: Any) -> np.ndarray:
+def normalized_metrics(result_or_metrics: MetricsLike) -> np.ndarray:
     """[M, L+1]: each metric scaled to [0, 1] over the layers, (x − min) / (max − min); a constant metric is 0.5,
     NaN stays NaN."""
     m = _metrics(result_or_metrics)
@@ -92,14 +97,14 @@ def normalized_metrics(result_or_metrics: Any) -> np.ndarray:
     return np.stack(rows)
 
 
-def metric_token_count(result: Any) -> int:
+def metric_token_count(result: AnalysisResult) -> int:
     """Tokens that entered the layer metrics (special tokens removed when the setting says so)."""
-    if getattr(result.settings, "exclude_special_tokens", False):
+    if result.settings.exclude_special_tokens:
         return int(sum(1 for s in result.special_mask if not s))
     return int(result.n_tokens)
 
 
-def summary_figures(result: Any) -> dict[str, Any]:
+def summary_figures(result: AnalysisResult) -> dict[str, int | float | None]:
     """Short summary numbers for the Overall page.
 
     Keys: layers, tokens, metric_tokens, token_bound (= metric tokens − 1, the ceiling of the spectral metrics),
@@ -109,7 +114,7 @@ def summary_figures(result: Any) -> dict[str, Any]:
     """
     m = _metrics(result)
     n_used = metric_token_count(result)
-    out: dict[str, Any] = {"layers": int(result.n_layers), "tokens": int(result.n_tokens), "metric_tokens": n_used,
+    out: dict[str, int | float | None] = {"layers": int(result.n_layers), "tokens": int(result.n_tokens), "metric_tokens": n_used,
                            "token_bound": max(n_used - 1, 0)}
     for n in METRIC_NAMES:
         x = m[n]
@@ -132,37 +137,25 @@ def summary_figures(result: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# PNGs
+# PNGs (core.plotting: object-oriented matplotlib, safe from any thread)
 # --------------------------------------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+def panel_grid(n: int, max_cols: int = 3) -> tuple[int, int]:
+    """(rows, columns) of a grid holding n panels, at most max_cols per row."""
+    cols = min(max(n, 1), max_cols)
+    return -(-max(n, 1) // cols), cols
 
 
-def _png(fig) -> bytes:
-    plt = _plt()
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=DPI)  # fixed layouts: no layout solver, no tight-bbox pass (speed)
-    finally:
-        plt.close(fig)
-    return buf.getvalue()
-
-
-def layer_metrics_figure(result: Any):
-    """matplotlib Figure: one panel per layer metric against the layer (0 … L), on a 2 × 3 grid; the spectral
+def layer_metrics_figure(result: AnalysisResult) -> Figure:
+    """One panel per layer metric (METRIC_NAMES, laid out by panel_grid) against the layer (0 … L); the spectral
     panels show the token bound T−1 as a dashed line."""
-    plt = _plt()
     m = _metrics(result)
     bound = metric_token_count(result) - 1
-    fig, grid = plt.subplots(2, 3, figsize=(11.0, 6.0))
+    rows, cols = panel_grid(len(METRIC_NAMES))
+    fig = plotting.figure(11.0, 3.0 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False).flat
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.08, top=0.9, wspace=0.28, hspace=0.38)  # fixed layout
-    axes = grid.flat
-    grid.flat[-1].axis("off")  # 5 metrics on a 2 × 3 grid
+    for ax in list(axes)[len(METRIC_NAMES):]:
+        ax.axis("off")
     layers = np.arange(len(m[METRIC_NAMES[0]]))
     for ax, n in zip(axes, METRIC_NAMES):
         ax.plot(layers, m[n], marker="o", ms=3, lw=1.5, color="#1f77b4")
@@ -173,17 +166,16 @@ def layer_metrics_figure(result: Any):
         ax.set_xlabel("layer", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    model = result.model.get("model_id", "")
-    fig.suptitle(f"Layer metrics - {model} ({result.n_tokens} tokens, {result.metric_tokens})", fontsize=10)
+    fig.suptitle(f"Layer metrics - {result.model.model_id} ({result.n_tokens} tokens, {result.metric_tokens})",
+                 fontsize=10)
     return fig
 
 
-def correlation_figure(result: Any, method: str = "pearson"):
+def correlation_figure(result: AnalysisResult, method: str = "pearson") -> Figure:
     """matplotlib Figure: the [M, M] correlation matrix of metric_correlations(result, method), annotated."""
-    plt = _plt()
     C = metric_correlations(result, method)
     labels = [metric_label(n) for n in METRIC_NAMES]
-    fig = plt.figure(figsize=(6.4, 4.8))
+    fig = plotting.figure(6.4, 4.8)
     ax = fig.add_axes((0.36, 0.3, 0.5, 0.62))
     cax = fig.add_axes((0.88, 0.3, 0.025, 0.62))
     im = ax.imshow(np.ma.masked_invalid(C), cmap="RdBu_r", vmin=-1, vmax=1)
@@ -200,12 +192,11 @@ def correlation_figure(result: Any, method: str = "pearson"):
     return fig
 
 
-def normalized_figure(result: Any):
+def normalized_figure(result: AnalysisResult) -> Figure:
     """matplotlib Figure: heatmap of normalized_metrics(result), metrics × layers, each row in [0, 1]."""
-    plt = _plt()
     N = normalized_metrics(result)
     width = max(6.0, 0.3 * N.shape[1] + 3.5)
-    fig = plt.figure(figsize=(width, 2.8))
+    fig = plotting.figure(width, 2.8)
     ax = fig.add_axes((2.6 / width, 0.18, 1 - 3.6 / width, 0.72))
     cax = fig.add_axes((1 - 0.85 / width, 0.18, 0.12 / width, 0.72))
     im = ax.imshow(np.ma.masked_invalid(N), aspect="auto", cmap="viridis", vmin=0, vmax=1)
@@ -219,40 +210,35 @@ def normalized_figure(result: Any):
     return fig
 
 
-def layer_metrics_png(result: Any) -> bytes:
+def layer_metrics_png(result: AnalysisResult) -> bytes:
     """PNG bytes of `layer_metrics_figure` (dpi DPI)."""
-    return _png(layer_metrics_figure(result))
+    return plotting.png(layer_metrics_figure(result))
 
 
-def correlation_png(result: Any, method: str = "pearson") -> bytes:
+def correlation_png(result: AnalysisResult, method: str = "pearson") -> bytes:
     """PNG bytes of `correlation_figure` for "pearson" or "spearman"."""
-    return _png(correlation_figure(result, method))
+    return plotting.png(correlation_figure(result, method))
 
 
-def normalized_png(result: Any) -> bytes:
+def normalized_png(result: AnalysisResult) -> bytes:
     """PNG bytes of `normalized_figure`."""
-    return _png(normalized_figure(result))
+    return plotting.png(normalized_figure(result))
 
 
-#: bundle name -> (function, docs key for its caption)
-FIGURES = {
-    "plots/layer_metrics.png": (layer_metrics_png, "fig_layer_metrics"),
-    "plots/metric_correlation_pearson.png": (lambda r: correlation_png(r, "pearson"), "fig_metric_correlation"),
-    "plots/metric_correlation_spearman.png": (lambda r: correlation_png(r, "spearman"), "fig_metric_correlation"),
-    "plots/metrics_normalized.png": (normalized_png, "fig_metrics_normalized"),
+#: bundle name -> figure function
+FIGURES: dict[str, Callable[[AnalysisResult], bytes]] = {
+    "plots/layer_metrics.png": layer_metrics_png,
+    "plots/metric_correlation_pearson.png": lambda r: correlation_png(r, "pearson"),
+    "plots/metric_correlation_spearman.png": lambda r: correlation_png(r, "spearman"),
+    "plots/metrics_normalized.png": normalized_png,
 }
 
 
-def figure_caption(name: str) -> str:
-    """The core.docs caption of one of this module's bundle PNGs (a key of FIGURES)."""
-    return caption(FIGURES[name][1])
-
-
-def figure_files(result: Any, options: dict[str, Any]) -> dict[str, bytes]:
+def figure_files(result: AnalysisResult, options: ExportOptions) -> dict[str, bytes]:
     """Bundle writer: the layer-metric PNGs under plots/. A figure that fails is logged and left out (the rest of
     the bundle must still be written)."""
     out: dict[str, bytes] = {}
-    for name, (fn, _key) in FIGURES.items():
+    for name, fn in FIGURES.items():
         try:
             out[name] = fn(result)
         except Exception as exc:  # a figure must never sink the export

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .models import LoadedModel, final_norm
+from .context import StepContext
 from .serialize import serializable
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,8 @@ GRID_MAX_MACS_CPU: float | None = 8e9
 
 
 @serializable
-@dataclass
-class LogitLens:
+@dataclass(frozen=True)
+class LensSection:
     """Logit-lens read-out of one analysis. L = layers (L+1 rows, 0 = embeddings), T = tokens, k = top_k.
 
     position: the decoded position (settings.lens_position, else the analysis target position).
@@ -153,7 +154,7 @@ def grid_max_positions(loaded: LoadedModel, n_layers1: int, T: int, D: int) -> i
 
 def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position: int, top_k: int,
                        final_logits: Any = None, chunk_floats: int = CHUNK_FLOATS,
-                       grid_max_positions: int | None = None) -> LogitLens | None:
+                       grid_max_positions: int | None = None) -> LensSection | None:
     """Decode every layer's hidden state at every position. hidden_states: float32 [L+1, T, D].
 
     The (L+1)·T' rows (T' = the grid columns, all T unless `grid_max_positions` bounds them to a window around
@@ -233,7 +234,7 @@ def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position:
     gi[:, c0:c1] = grid_ids.reshape(n_layers1, W).numpy()
     gp = np.full((n_layers1, T), np.nan)
     gp[:, c0:c1] = grid_probs.reshape(n_layers1, W).numpy()
-    return LogitLens(
+    return LensSection(
         position=int(position),
         layers=np.arange(n_layers1),
         top_tokens=[[text(i) for i in row] for row in top_i.tolist()],
@@ -259,29 +260,28 @@ def exactness_tolerance(dtype: str, final_logits: Any) -> float:
     return (1e-4 if dtype == "float32" else 3e-2) * scale
 
 
-def run_step(ctx: Any, result: Any) -> None:
-    """Analysis step "Logit lens": sets `result.logit_lens` (None for an encoder without a head)."""
+def run_logit_lens(ctx: StepContext) -> LensSection | None:
+    """Analysis step "Logit lens" (None for an encoder without a head)."""
     cap = ctx.capture
-    T = len(result.tokens)
+    T = len(ctx.tokens)
     pos = ctx.settings.lens_position
     if pos is not None and pos >= T:
-        ctx.warnings.append(f"lens_position {pos} is past the last token (the text has {T} tokens): the logit "
-                            f"lens decodes the target position {result.target_position} instead")
+        ctx.warn(f"lens_position {pos} is past the last token (the text has {T} tokens): the logit lens decodes "
+                 f"the target position {ctx.target_position} instead")
         pos = None
     if pos is None:
-        pos = result.target_position
-    if cap.logits is None or ctx.loaded.family == "encoder":
+        pos = ctx.target_position
+    if cap.logits is None or ctx.family == "encoder":
         log.info("logit lens skipped: %s has no language-model head", ctx.loaded.model_id)
-        result.logit_lens = None
-        return
-    n_layers1, _, D = result.hidden_states.shape
+        return None
+    n_layers1, _, D = ctx.hidden_states.shape
     window = None if ctx.settings.lens_full_grid else grid_max_positions(ctx.loaded, n_layers1, T, D)
-    lens = compute_logit_lens(ctx.loaded, result.hidden_states, pos, ctx.settings.top_k, final_logits=cap.logits,
+    lens = compute_logit_lens(ctx.loaded, ctx.hidden_states, pos, ctx.settings.top_k, final_logits=cap.logits,
                               grid_max_positions=window)
     if lens is None:
-        ctx.warnings.append("the logit lens is not available: this model's language-model head was not recognised")
+        ctx.warn("the logit lens is not available: this model's language-model head was not recognised")
     elif lens.last_layer_max_abs_diff > exactness_tolerance(ctx.loaded.dtype, cap.logits):
-        ctx.warnings.append(
-            f"the logit lens does not reproduce this model's own logits at the last layer (largest difference "
-            f"{lens.last_layer_max_abs_diff:.3g}): its head may do more than norm + unembedding; read the lens with care")
-    result.logit_lens = lens
+        ctx.warn(f"the logit lens does not reproduce this model's own logits at the last layer (largest difference "
+                 f"{lens.last_layer_max_abs_diff:.3g}): its head may do more than norm + unembedding; read the lens "
+                 "with care")
+    return lens

@@ -22,19 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelUnavailableError
+from .model_info import ModelInfo
+from .presets import BUNDLED_ID
 from .settings import DEVICES, DTYPES
 
 log = logging.getLogger(__name__)
-
-BUNDLED_ID = "sentence-transformers/all-MiniLM-L6-v2"
-
-#: Presets shown in the app: id -> short description. The bundled model works offline.
-PRESETS: dict[str, str] = {
-    BUNDLED_ID: "MiniLM-L6 encoder, bundled (works offline, 22 M parameters)",
-    "bert-base-uncased": "BERT base, masked LM (110 M)",
-    "gpt2": "GPT-2 small, causal LM (124 M)",
-    "TinyLlama/TinyLlama-1.1B-Chat-v1.0": "TinyLlama 1.1 B chat, causal LM (bfloat16 fits in ~2.5 GB)",
-}
 
 FAMILIES = ("masked_lm", "causal_lm", "encoder")
 
@@ -69,23 +61,13 @@ class LoadedModel:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
-    def info(self) -> dict[str, Any]:
-        """Plain-data description, written into the manifest."""
-        return {
-            "model_id": self.model_id,
-            "family": self.family,
-            "source": self.source,
-            "revision": self.revision,
-            "local_path": self.local_path,
-            "dtype": self.dtype,
-            "device": self.device,
-            "attn_implementation": self.attn_implementation,
-            "architecture": self.architecture,
-            "n_layers": self.n_layers,
-            "n_heads": self.n_heads,
-            "hidden_size": self.hidden_size,
-            "has_chat_template": self.has_chat_template,
-        }
+    def info(self) -> ModelInfo:
+        """Plain-data description, written into every result and manifest."""
+        return ModelInfo(model_id=self.model_id, family=self.family, source=self.source, revision=self.revision,
+                         local_path=self.local_path, dtype=self.dtype, device=self.device,
+                         attn_implementation=self.attn_implementation, architecture=self.architecture,
+                         n_layers=self.n_layers, n_heads=self.n_heads, hidden_size=self.hidden_size,
+                         has_chat_template=self.has_chat_template)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any
 from .capture import context_length
 from .errors import InputError
 from .models import LoadedModel
+from .context import StepContext
 from .serialize import serializable
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,8 @@ def no_mask_message(mask_token: str | None) -> str:
 
 
 @serializable
-@dataclass
-class Predictions:
+@dataclass(frozen=True)
+class PredictionSection:
     """The model's own predictions, read from the captured logits.
 
     kind: "mask_fill" (masked LM: one candidate list per mask token), "next_token" (causal LM: the last position),
@@ -83,34 +84,33 @@ def top_candidates(logits_row: Any, k: int, tokenizer: Any) -> list[dict[str, An
             for v, i in zip(vals.tolist(), ids.tolist())]
 
 
-def compute_predictions(loaded: LoadedModel, token_ids: list[int], logits: Any, top_k: int) -> Predictions:
+def compute_predictions(loaded: LoadedModel, token_ids: list[int], logits: Any, top_k: int) -> PredictionSection:
     """Predictions from captured logits [T, V] (torch, or None for an encoder without a head).
 
     masked_lm: every position whose id is the tokenizer's mask_token_id; causal_lm: position T-1.
     """
     if logits is None or loaded.family == "encoder":
-        return Predictions(kind="unavailable", message=UNAVAILABLE_MESSAGE, top_k=top_k)
+        return PredictionSection(kind="unavailable", message=UNAVAILABLE_MESSAGE, top_k=top_k)
     tok = loaded.tokenizer
     if loaded.family == "masked_lm":
         mask_id = getattr(tok, "mask_token_id", None)
         positions = [i for i, t in enumerate(token_ids) if mask_id is not None and t == mask_id]
         if not positions:
-            return Predictions(kind="mask_fill", message=no_mask_message(getattr(tok, "mask_token", None)),
+            return PredictionSection(kind="mask_fill", message=no_mask_message(getattr(tok, "mask_token", None)),
                                top_k=top_k)
-        return Predictions(kind="mask_fill", positions=positions,
+        return PredictionSection(kind="mask_fill", positions=positions,
                            candidates=[top_candidates(logits[p], top_k, tok) for p in positions], top_k=top_k)
     last = len(token_ids) - 1
-    return Predictions(kind="next_token", positions=[last], candidates=[top_candidates(logits[last], top_k, tok)],
+    return PredictionSection(kind="next_token", positions=[last], candidates=[top_candidates(logits[last], top_k, tok)],
                        top_k=top_k)
 
 
-def run_step(ctx: Any, result: Any) -> None:
-    """Analysis step "Predictions": sets `result.predictions` from `ctx.capture.logits` (no forward pass)."""
+def run_predictions(ctx: StepContext) -> PredictionSection:
+    """Analysis step "Predictions": the model's own predictions from `ctx.capture.logits` (no forward pass)."""
     import torch
 
     with torch.inference_mode():
-        result.predictions = compute_predictions(ctx.loaded, result.token_ids, ctx.capture.logits,
-                                                 ctx.settings.top_k)
+        return compute_predictions(ctx.loaded, ctx.token_ids, ctx.capture.logits, ctx.settings.top_k)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ import numpy as np
 
 from . import docs
 from .metrics import METRIC_NAMES
+from .options import ExportOptions
+from .result import AnalysisResult
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,8 @@ CJK_CANDIDATES = (
     "/usr/share/fonts/truetype/arphic/uming.ttc",
 )
 PAGE_W = 190.0  # usable width in mm (A4, 10 mm margins)
-MAX_TEXT_CHARS = 4000
+#: The PDF prints at most this many characters of the text (the whole text is in manifest.json).
+PDF_TEXT_CHARS = 4000
 TOP_TOKENS = 20
 
 
@@ -100,7 +103,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return int(w), int(h)
 
 
-def _new_pdf(result: Any):
+def _new_pdf(result: AnalysisResult) -> Any:
     from fpdf import FPDF
 
     class _PDF(FPDF):
@@ -124,7 +127,7 @@ def _new_pdf(result: Any):
         pdf._tma_family = FAMILY
     else:
         pdf._tma_family = "helvetica"
-    pdf.set_title(safe_text(f"Transformer Model Analysis - {result.model.get('model_id', '')}"))
+    pdf.set_title(safe_text(f"Transformer Model Analysis - {result.model.model_id}"))
     pdf.set_creator("Transformer Model Analysis Dashboard")
     return pdf
 
@@ -132,7 +135,7 @@ def _new_pdf(result: Any):
 class _Writer:
     """Small layout helpers over one FPDF document."""
 
-    def __init__(self, pdf):
+    def __init__(self, pdf: Any) -> None:
         self.pdf = pdf
         self.fam = pdf._tma_family
 
@@ -203,19 +206,19 @@ def _fmt(v: Any) -> str:
 # --------------------------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------------------------
-def _title_page(w: _Writer, result: Any) -> None:
+def _title_page(w: _Writer, result: AnalysisResult) -> None:
     m = result.model
     w.pdf.add_page()
     w.h1("Transformer Model Analysis - report")
-    text = result.text if len(result.text) <= MAX_TEXT_CHARS else result.text[:MAX_TEXT_CHARS] + " … (truncated)"
+    text = result.text if len(result.text) <= PDF_TEXT_CHARS else result.text[:PDF_TEXT_CHARS] + " … (truncated)"
     versions = ", ".join(f"{k} {v}" for k, v in sorted(result.versions.items()))
     w.kv([
-        ("Model", m.get("model_id", "")),
-        ("Family", m.get("family", "")),
-        ("Architecture", m.get("architecture", "")),
-        ("Revision", m.get("revision", "")),
-        ("Dtype / device", f"{m.get('dtype', '')} / {m.get('device', '')}"),
-        ("Shape", f"{result.n_layers} layers, {result.n_heads} heads, hidden {m.get('hidden_size', '')}"),
+        ("Model", m.model_id),
+        ("Family", m.family),
+        ("Architecture", m.architecture),
+        ("Revision", m.revision),
+        ("Dtype / device", f"{m.dtype} / {m.device}"),
+        ("Shape", f"{result.n_layers} layers, {result.n_heads} heads, hidden {m.hidden_size}"),
         ("Token count", f"{result.n_tokens} ({result.metric_tokens} in the layer metrics)"),
         ("Target", f"position {result.target_position} ({result.target_reason})"),
         ("Date", result.created_at),
@@ -231,14 +234,15 @@ def _title_page(w: _Writer, result: Any) -> None:
             w.para(f"• {msg}")
 
 
-def _metric_table(w: _Writer, result: Any) -> None:
+def _metric_table(w: _Writer, result: AnalysisResult) -> None:
     w.pdf.add_page()
     w.h1("Layer metrics")
     w.para(f"Layer 0 is the embedding output; the last layer is the residual stream before the final norm. "
            f"Tokens used: {result.metric_tokens}.", size=8)
     header = ["layer", *(docs.metric_label(n) for n in METRIC_NAMES)]
     rows = [[r["layer"], *(r[n] for n in METRIC_NAMES)] for r in result.metrics_table()]
-    w.table(header, rows, widths=(14, 35, 35, 35, 35, 36))
+    layer_w = 14.0
+    w.table(header, rows, widths=(layer_w, *[(PAGE_W - layer_w) / len(METRIC_NAMES)] * len(METRIC_NAMES)))
 
 
 def _figures(w: _Writer, files: dict[str, bytes]) -> None:
@@ -261,14 +265,14 @@ def _figures(w: _Writer, files: dict[str, bytes]) -> None:
         w.para(", ".join(gifs) + ". " + docs.caption("anim_layer_transitions"), size=8)
 
 
-def _predictions(w: _Writer, result: Any) -> None:
+def _predictions(w: _Writer, result: AnalysisResult) -> None:
     p = result.predictions
     if p is None:
         return
     w.h2("Predictions")
-    kind = getattr(p, "kind", "")
-    if kind == "unavailable" or not getattr(p, "candidates", None):
-        w.para(getattr(p, "message", "") or "No predictions for this model.")
+    kind = p.kind
+    if kind == "unavailable" or not p.candidates:
+        w.para(p.message or "No predictions for this model.")
         return
     w.para(docs.caption("mask_fill" if kind == "mask_fill" else "next_token"), size=8)
     for pos, cands in zip(p.positions, p.candidates):
@@ -279,7 +283,7 @@ def _predictions(w: _Writer, result: Any) -> None:
                 widths=(15, 80, 25, 40))
 
 
-def _logit_lens(w: _Writer, result: Any) -> None:
+def _logit_lens(w: _Writer, result: AnalysisResult) -> None:
     lens = result.logit_lens
     if lens is None:
         return
@@ -293,7 +297,7 @@ def _logit_lens(w: _Writer, result: Any) -> None:
     w.table(["layer", "top token", "p(top)", "p(final token)", "entropy (nats)"], rows, widths=(15, 70, 30, 35, 40))
 
 
-def _heads(w: _Writer, result: Any, k: int = 10) -> None:
+def _heads(w: _Writer, result: AnalysisResult, k: int = 10) -> None:
     att, attr = result.attention, result.attribution
     H = result.n_heads
     if att is not None:
@@ -303,14 +307,14 @@ def _heads(w: _Writer, result: Any, k: int = 10) -> None:
         ent = np.asarray(att.entropy, dtype=np.float64)
         dist = np.asarray(att.mean_distance, dtype=np.float64)
         order = np.argsort(np.where(np.isnan(ne), np.inf, ne), axis=None)[:k]
-        roles = list(getattr(att, "roles", []) or [])
+        roles = list(att.roles)
         rows = []
         for idx in order:
             l, h = divmod(int(idx), H)
             rows.append([l, h, ent[l, h], ne[l, h], dist[l, h], roles[idx] if idx < len(roles) else ""])
         w.table(["layer", "head", "entropy (nats)", "normalised", "mean distance", "role"], rows,
                 widths=(18, 18, 35, 35, 35, 49))
-    if attr is not None and getattr(attr, "head_scores", None) is not None:
+    if attr is not None and attr.head_scores is not None:
         w.h2(f"Top {k} heads by attribution")
         w.para(f"{docs.caption('head_attribution')} Method: {attr.head_method}.", size=8)
         sc = np.asarray(attr.head_scores, dtype=np.float64)
@@ -319,7 +323,7 @@ def _heads(w: _Writer, result: Any, k: int = 10) -> None:
         w.table(["layer", "head", "score"], rows, widths=(30, 30, 50))
 
 
-def _attribution_tokens(w: _Writer, result: Any) -> None:
+def _attribution_tokens(w: _Writer, result: AnalysisResult) -> None:
     a = result.attribution
     if a is None:
         return
@@ -334,7 +338,7 @@ def _attribution_tokens(w: _Writer, result: Any) -> None:
     w.para(f"Top {len(order)} of {result.n_tokens} tokens by |{key_name}| (all tokens are in the bundle's CSV).",
            size=8)
     w.table(["pos", "token", *(n for n, _ in cols)], rows, widths=(15, 55, *([120 / max(len(cols), 1)] * len(cols))))
-    if getattr(a, "ig_completeness_gap", None) is not None:
+    if a.ig_completeness_gap is not None:
         w.para(f"Integrated-gradients completeness gap: {_fmt(a.ig_completeness_gap)} ({a.ig_steps} steps).", size=8)
 
 
@@ -351,14 +355,15 @@ def _documentation(w: _Writer) -> None:
                 w.para("Pitfall: " + e.pitfalls[0], size=7.5)
 
 
-def build_report(result: Any, files: dict[str, bytes] | None = None) -> bytes:
+def build_report(result: AnalysisResult, files: dict[str, bytes] | None = None) -> bytes:
     """The PDF report as bytes. `files` are the bundle files written so far (their plots/*.png are embedded)."""
     pdf = _new_pdf(result)
     w = _Writer(pdf)
     _title_page(w, result)
     _metric_table(w, result)
     _figures(w, files or {})
-    if any(getattr(result, s) is not None for s in ("predictions", "logit_lens", "attention", "attribution")):
+    sections = (result.predictions, result.logit_lens, result.attention, result.attribution)
+    if any(s is not None for s in sections):
         pdf.add_page()
         w.h1("Predictions, heads and attribution")
         _predictions(w, result)
@@ -369,6 +374,6 @@ def build_report(result: Any, files: dict[str, bytes] | None = None) -> bytes:
     return bytes(pdf.output())
 
 
-def report_files(result: Any, options: dict[str, Any]) -> dict[str, bytes]:
-    """Bundle writer (registered last): report.pdf, embedding the plots written by the earlier writers."""
-    return {"report.pdf": build_report(result, options.get("files") or {})}
+def report_files(result: AnalysisResult, files: dict[str, bytes], options: ExportOptions) -> dict[str, bytes]:
+    """report.pdf, embedding the plots the bundle's writers made (core.bundle calls it after them)."""
+    return {"report.pdf": build_report(result, files)}

@@ -1,20 +1,31 @@
 """The one result object of an analysis run. Pages, the PDF, the CLI and the cache all read this.
 
-Optional sections (attention analysis, attribution, predictions, logit lens) are dataclasses defined next to the
-code that computes them; a section is None when it was not computed or does not apply to the model.
+Optional sections (attention analysis, attribution, predictions, logit lens) are frozen dataclasses defined next to
+the code that computes them; a section is None when it was not computed or does not apply to the model.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 from . import serialize
+from .attention import AttentionSection
+from .attribution import AttributionSection
+from .logit_lens import LensSection
 from .metrics import METRIC_NAMES
+from .model_info import ModelInfo
+from .predictions import PredictionSection
 from .settings import AnalysisSettings
+
+__all__ = ["AnalysisResult", "ModelInfo", "results_equal"]
 
 serializable = serialize.serializable
 serializable(AnalysisSettings)
@@ -33,7 +44,7 @@ class AnalysisResult:
     layer_metrics: {metric: float64 [L+1]} in METRIC_NAMES order.
     """
 
-    model: dict[str, Any]
+    model: ModelInfo
     text: str
     analysed_text: str
     settings: AnalysisSettings
@@ -48,10 +59,10 @@ class AnalysisResult:
     layer_metrics: dict[str, np.ndarray]
     metric_tokens: str  # "all tokens" or "special tokens excluded"
     final_norm: bool
-    attention: Any = None  # core.attention.AttentionAnalysis
-    attribution: Any = None  # core.attribution.Attribution
-    predictions: Any = None  # core.predictions.Predictions
-    logit_lens: Any = None  # core.logit_lens.LogitLens
+    attention: AttentionSection | None = None
+    attribution: AttributionSection | None = None
+    predictions: PredictionSection | None = None
+    logit_lens: LensSection | None = None
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
@@ -76,14 +87,14 @@ class AnalysisResult:
 
     @property
     def family(self) -> str:
-        return str(self.model.get("family", ""))
+        return self.model.family
 
     def metrics_table(self) -> list[dict[str, float]]:
         """Rows of layer_metrics.csv: {"layer": l, metric: value, ...} for l = 0 … L."""
         n = len(next(iter(self.layer_metrics.values())))
         return [{"layer": l, **{m: float(self.layer_metrics[m][l]) for m in METRIC_NAMES}} for l in range(n)]
 
-    def metrics_frame(self):
+    def metrics_frame(self) -> pd.DataFrame:
         """The layer-metric table as a pandas DataFrame (pandas imported lazily)."""
         import pandas as pd
 
@@ -100,12 +111,12 @@ class AnalysisResult:
             raise ValueError("the data does not hold an AnalysisResult")
         return obj
 
-    def save(self, path) -> None:
+    def save(self, path: str | Path) -> None:
         with open(path, "wb") as fh:
             fh.write(self.to_bytes())
 
     @staticmethod
-    def load(path) -> "AnalysisResult":
+    def load(path: str | Path) -> "AnalysisResult":
         with open(path, "rb") as fh:
             return AnalysisResult.from_bytes(fh.read())
 

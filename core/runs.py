@@ -15,7 +15,8 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+
+from .result import AnalysisResult
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,10 @@ def runs_root(root: str | Path | None = None) -> Path:
     return Path(__file__).resolve().parents[1] / "assets" / "runs"
 
 
-def make_run_id(result: Any, now: _dt.datetime | None = None) -> str:
+def make_run_id(result: AnalysisResult, now: _dt.datetime | None = None) -> str:
     """Time (UTC, microseconds) + up to 12 lowercase hex/alnum characters of the cache key."""
     now = now or _dt.datetime.now(_dt.timezone.utc)
-    key = re.sub(r"[^0-9a-z]", "", str(getattr(result, "cache_key", "") or "").lower())[:12] or "nokey"
+    key = re.sub(r"[^0-9a-z]", "", (result.cache_key or "").lower())[:12] or "nokey"
     return f"{now:%Y%m%d-%H%M%S-%f}-{key}"
 
 
@@ -63,7 +64,7 @@ def prune_runs(root: str | Path | None = None, keep: int = DEFAULT_KEEP) -> list
     return removed
 
 
-def save_run(result: Any, files: dict[str, bytes], root: str | Path | None = None, keep: int = DEFAULT_KEEP) -> Path:
+def save_run(result: AnalysisResult, files: dict[str, bytes], root: str | Path | None = None, keep: int = DEFAULT_KEEP) -> Path:
     """Write `files` ({member name: bytes}, e.g. core.bundle.bundle_files) to <root>/<run-id>/ and prune to `keep`
     runs. Returns the run folder. Raises ValueError for an unsafe member name (nothing is written then)."""
     bad = [n for n in files if not safe_member(n)]

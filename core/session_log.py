@@ -12,6 +12,9 @@ import html
 import json
 from typing import Any
 
+from .options import ExportOptions
+from .result import AnalysisResult
+
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#222;max-width:70rem}
 h1{font-size:1.4rem} .entry{border:1px solid #ddd;border-radius:6px;padding:.8rem 1rem;margin:1rem 0}
@@ -22,12 +25,12 @@ background:#f6f6f6;padding:.5rem;border-radius:4px;margin:.2rem 0} .hit{color:#2
 """
 
 
-def entry_from_result(result: Any, duration_s: float | None = None) -> dict[str, Any]:
+def entry_from_result(result: AnalysisResult, duration_s: float | None = None) -> dict[str, Any]:
     """A session-log entry for one analysis result. duration_s defaults to result.duration_s."""
     return {
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": str(result.model.get("model_id", "")),
-        "dtype": str(result.model.get("dtype", "")),
+        "model": result.model.model_id,
+        "dtype": result.model.dtype,
         "settings": result.settings.to_dict(),
         "text": result.text,
         "n_tokens": int(result.n_tokens),
@@ -76,11 +79,7 @@ def render_html(entries: list[dict[str, Any]], title: str = "Transformer Model A
             f"{items}</body></html>\n")
 
 
-def session_log_files(result: Any, options: dict[str, Any]) -> dict[str, bytes]:
-    """Bundle writer: session_log.html from options["session"] (a list of entries, or results, which are turned
-    into entries); one entry from the result when absent."""
-    session = options.get("session")
-    if not session:
-        session = [entry_from_result(result)]
-    entries = [e if isinstance(e, dict) else entry_from_result(e) for e in session]
+def session_log_files(result: AnalysisResult, options: ExportOptions) -> dict[str, bytes]:
+    """Bundle writer: session_log.html from options.session_entries; one entry from the result when absent."""
+    entries = list(options.session_entries or [entry_from_result(result)])
     return {"session_log.html": render_html(entries).encode("utf-8")}

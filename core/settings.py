@@ -1,81 +1,132 @@
-"""Typed, self-checking analysis settings.
+"""Typed, self-checking analysis settings: every rule about them lives here, once.
 
-Everything that changes a computed number lives here, so that the object can be hashed into the cache key and
-written into the manifest as is. Loading options (dtype, device) belong to the loaded model and enter the cache key
-from there.
+Everything that changes a computed number is a field of `AnalysisSettings`, so the object can be hashed into the
+cache key and written into the manifest as is. Each field carries its help text and bounds in its metadata: the
+validation below, the CLI's options (core.cli) and the sidebar's widgets (app/sidebar.py) are all built from them,
+so a new setting is one field here. Loading options (dtype, device) belong to the loaded model and enter the cache
+key from there; render-only options (animations, figure choices) are not settings (see core.options).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+import os
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import InputError
+from .serialize import serializable
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
+#: Default bound on the characters of one text (a public server should not tokenise megabytes per click);
+#: `TMA_MAX_TEXT_CHARS` overrides it.
+DEFAULT_MAX_TEXT_CHARS = 20_000
 
+
+def max_text_chars() -> int:
+    """The bound on the characters of one text: $TMA_MAX_TEXT_CHARS, else DEFAULT_MAX_TEXT_CHARS."""
+    raw = os.environ.get("TMA_MAX_TEXT_CHARS", "").strip()
+    try:
+        value = int(float(raw)) if raw else DEFAULT_MAX_TEXT_CHARS
+    except ValueError:
+        value = DEFAULT_MAX_TEXT_CHARS
+    return value if value > 0 else DEFAULT_MAX_TEXT_CHARS
+
+
+def _opt(default: Any, help: str, *, min: int | None = None, max: int | None = None, cli: str | None = None) -> Any:
+    """A settings field with its help text and bounds (read by validation, the CLI and the sidebar)."""
+    meta: dict[str, Any] = {"help": help}
+    if min is not None:
+        meta["min"] = min
+    if max is not None:
+        meta["max"] = max
+    if cli is not None:
+        meta["cli"] = cli
+    return field(default=default, metadata=meta)
+
+
+@serializable
 @dataclass(frozen=True)
 class AnalysisSettings:
-    """Settings of one analysis.
+    """Settings of one analysis. Each field's help text is in its metadata (`AnalysisSettings.help(name)`)."""
 
-    max_tokens: the text is truncated to this many tokens (special tokens included); a warning says so.
-    exclude_special_tokens: drop [CLS]/[SEP]/BOS… rows before computing the layer metrics.
-    top_k: number of candidates listed for predictions and the logit lens.
-    target_position: token position whose prediction is attributed; None picks it from the family
-        (first mask for masked LMs, last token for causal LMs, 0 for encoders).
-    mask_word: for masked LMs, replace the first occurrence of this word by the mask token before analysis.
-    compute_gradients: run gradient × input and the per-head attribution (one forward + backward pass).
-    integrated_gradients: also run integrated gradients (needs compute_gradients); off by default because it
-        costs ig_steps forward + backward passes (~30–40× a forward pass at 32 steps on a CPU).
-    ig_steps: Riemann steps of integrated gradients.
-    n_clusters: number of head clusters; None chooses it by silhouette.
-    lens_position: position decoded by the logit lens; None uses the target position.
-    lens_full_grid: decode the logit-lens grid at every position even on a CPU, where by default a long text gets
-        a window of positions around the lens position (the full grid costs ~4× a forward pass on GPT-2 at 128).
-    animations: render the layer-transition GIFs.
-    """
-
-    max_tokens: int = 256
-    exclude_special_tokens: bool = False
-    top_k: int = 10
-    target_position: int | None = None
-    mask_word: str | None = None
-    compute_gradients: bool = True
-    integrated_gradients: bool = False
-    ig_steps: int = 32
-    n_clusters: int | None = None
-    lens_position: int | None = None
-    lens_full_grid: bool = False
-    animations: bool = True
+    max_tokens: int = _opt(128, "truncate the text to this many tokens (special tokens included); a warning says so",
+                           min=2, max=4096)
+    exclude_special_tokens: bool = _opt(False, "leave special tokens ([CLS], [SEP], BOS…) out of the layer metrics")
+    top_k: int = _opt(10, "candidates listed per prediction and logit-lens layer", min=1, max=100)
+    target_position: int | None = _opt(
+        None, "token position whose prediction is attributed (default: first mask for masked LMs, last token for "
+              "causal LMs, 0 for encoders)", min=0)
+    mask_word: str | None = _opt(None, "masked LMs: replace the first occurrence of this word by the mask token")
+    compute_gradients: bool = _opt(True, "run gradient × input and the per-head attribution (one forward + "
+                                         "backward pass)", cli="--no-gradients")
+    integrated_gradients: bool = _opt(False, "also run integrated gradients (needs compute_gradients; costs "
+                                             "ig_steps forward + backward passes)")
+    ig_steps: int = _opt(32, "steps of integrated gradients", min=1, max=512)
+    n_clusters: int | None = _opt(None, "number of head clusters (default: chosen by silhouette)", min=1, max=64)
+    lens_position: int | None = _opt(None, "position decoded by the logit lens (default: the target position)",
+                                     min=0)
+    lens_full_grid: bool = _opt(False, "decode the logit-lens grid at every position even on a CPU (long texts "
+                                       "otherwise get a window of positions around the lens position)")
 
     def __post_init__(self) -> None:
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise InputError(msg)
+        for f in fields(self):
+            self._check(f, getattr(self, f.name))
+        if self.integrated_gradients and not self.compute_gradients:
+            raise InputError("integrated gradients need gradients: switch compute_gradients on or integrated "
+                             "gradients off")
 
-        need(isinstance(self.max_tokens, int) and 2 <= self.max_tokens <= 4096,
-             f"max_tokens must be an integer between 2 and 4096, got {self.max_tokens!r}")
-        need(isinstance(self.top_k, int) and 1 <= self.top_k <= 100, f"top_k must be between 1 and 100, got {self.top_k!r}")
-        need(isinstance(self.ig_steps, int) and 1 <= self.ig_steps <= 512,
-             f"ig_steps must be between 1 and 512, got {self.ig_steps!r}")
-        need(self.n_clusters is None or (isinstance(self.n_clusters, int) and 1 <= self.n_clusters <= 64),
-             f"n_clusters must be empty or between 1 and 64, got {self.n_clusters!r}")
-        for name in ("target_position", "lens_position"):
-            v = getattr(self, name)
-            need(v is None or (isinstance(v, int) and v >= 0), f"{name} must be empty or a non-negative integer, got {v!r}")
-        need(self.mask_word is None or (isinstance(self.mask_word, str) and self.mask_word.strip() != ""),
-             "mask_word must be a non-empty word")
-        for name in ("exclude_special_tokens", "compute_gradients", "integrated_gradients", "lens_full_grid", "animations"):
-            need(isinstance(getattr(self, name), bool), f"{name} must be true or false")
+    @staticmethod
+    def _check(f: dataclasses.Field[Any], v: Any) -> None:
+        kind = _kind(f)
+        if v is None:
+            if f.default is not None:
+                raise InputError(f"{f.name} must be set")
+            return
+        if kind is bool:
+            if not isinstance(v, bool):
+                raise InputError(f"{f.name} must be true or false")
+            return
+        if kind is str:
+            if not isinstance(v, str) or not v.strip():
+                raise InputError(f"{f.name} must be a non-empty word")
+            return
+        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        if not isinstance(v, int) or isinstance(v, bool) or (lo is not None and v < lo) or (hi is not None and v > hi):
+            if hi is None:
+                raise InputError(f"{f.name} must be empty or an integer ≥ {lo}, got {v!r}")
+            raise InputError(f"{f.name} must be an integer between {lo} and {hi}, got {v!r}")
+
+    @staticmethod
+    def check_text(text: object) -> str:
+        """The rules on a text to analyse: a non-empty string of at most max_text_chars() characters."""
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("the text is empty: type a sentence to analyse")
+        limit = max_text_chars()
+        if len(text) > limit:
+            raise InputError(f"the text has {len(text):,} characters; the limit is {limit:,}: shorten it")
+        return text
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        return str(_field(name).metadata["help"])
+
+    @classmethod
+    def bounds(cls, name: str) -> tuple[int | None, int | None]:
+        f = _field(name)
+        return f.metadata.get("min"), f.metadata.get("max")
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        return _field(name).default
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None = None, **overrides: Any) -> "AnalysisSettings":
+    def from_dict(cls, data: dict[str, Any] | None = None, **overrides: Any) -> AnalysisSettings:
         merged = {**(data or {}), **overrides}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(merged) - known)
@@ -83,5 +134,28 @@ class AnalysisSettings:
             raise InputError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**merged)
 
-    def replace(self, **changes: Any) -> "AnalysisSettings":
+    def replace(self, **changes: Any) -> AnalysisSettings:
         return dataclasses.replace(self, **changes)
+
+
+def _field(name: str) -> dataclasses.Field[Any]:
+    for f in fields(AnalysisSettings):
+        if f.name == name:
+            return f
+    raise KeyError(name)
+
+
+def _kind(f: dataclasses.Field[Any]) -> type:
+    """bool, int or str: the field's type without None (annotations are strings under `from __future__`)."""
+    t = str(f.type).replace(" ", "").replace("|None", "")
+    return {"bool": bool, "int": int, "str": str}[t]
+
+
+def setting_fields() -> tuple[dataclasses.Field[Any], ...]:
+    """The fields of AnalysisSettings with their kind (see `field_kind`), for the CLI and the sidebar."""
+    return fields(AnalysisSettings)
+
+
+def field_kind(f: dataclasses.Field[Any]) -> type:
+    """bool, int or str."""
+    return _kind(f)

@@ -6,11 +6,18 @@ No Streamlit and no torch here; the pages turn these frames into Altair charts. 
 from __future__ import annotations
 
 import html
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .attention import AttentionSection
+from .logit_lens import LensSection
 from .metrics import METRIC_NAMES
+from .predictions import PredictionSection
+from .result import AnalysisResult
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 
@@ -31,7 +38,7 @@ def readable_token(token: str | None) -> str:
     return out
 
 
-def metrics_long(result: Any):
+def metrics_long(result: AnalysisResult):
     """Layer metrics in long form: columns layer, metric, value (L+1 rows per metric)."""
     import pandas as pd
 
@@ -40,7 +47,7 @@ def metrics_long(result: Any):
     return pd.DataFrame(rows)
 
 
-def normalised_metrics(result: Any):
+def normalised_metrics(result: AnalysisResult):
     """Long form (layer, metric, value, normalised) of core.figures.normalized_metrics — the same numbers as the
     PDF's heatmap: each metric min-max scaled over layers, a constant metric 0.5, NaN kept."""
     from .figures import normalized_metrics
@@ -95,7 +102,7 @@ def layer_head_frame(values: np.ndarray, name: str, extra: dict[str, np.ndarray]
     return pd.DataFrame(data)
 
 
-def cluster_frame(attention: Any):
+def cluster_frame(attention: AttentionSection) -> pd.DataFrame:
     """Head clustering for a scatter: layer, head, x, y, cluster, role, entropy (row index = layer·H + head)."""
     import pandas as pd
 
@@ -140,7 +147,7 @@ def shaded_tokens_html(tokens: list[str], scores: Any, target: int | None = None
     return '<div style="line-height:2.1">' + "".join(parts) + "</div>"
 
 
-def logit_lens_grid_frame(lens: Any, tokens: list[str]):
+def logit_lens_grid_frame(lens: LensSection, tokens: list[str]) -> pd.DataFrame:
     """The logit-lens grid in long form: layer, position (label), pi (index), top_token, probability.
 
     Only the decoded columns (`lens.grid_positions` when set, else all T) are listed.
@@ -150,13 +157,13 @@ def logit_lens_grid_frame(lens: Any, tokens: list[str]):
     P = np.asarray(lens.grid_probs, dtype=np.float64)
     L1, T = P.shape
     labels = token_labels(tokens[:T])
-    cols = [t for t in (getattr(lens, "grid_positions", None) or range(T)) if 0 <= t < T]
+    cols = [t for t in (lens.grid_positions or range(T)) if 0 <= t < T]
     rows = [{"layer": l, "position": labels[t], "pi": t, "top_token": str(lens.grid_tokens[l][t]),
              "probability": float(P[l, t])} for l in range(L1) for t in cols]
     return pd.DataFrame(rows, columns=["layer", "position", "pi", "top_token", "probability"])
 
 
-def logit_lens_table(lens: Any, k: int = 5):
+def logit_lens_table(lens: LensSection, k: int = 5) -> pd.DataFrame:
     """Per layer at the lens position: the top-k tokens with probabilities, P(final prediction), entropy."""
     import pandas as pd
 
@@ -170,7 +177,7 @@ def logit_lens_table(lens: Any, k: int = 5):
     return pd.DataFrame(rows)
 
 
-def predictions_table(predictions: Any, tokens: list[str] | None = None):
+def predictions_table(predictions: PredictionSection, tokens: list[str] | None = None) -> pd.DataFrame:
     """Candidates of every predicted position: position, rank, token, probability."""
     import pandas as pd
 

@@ -122,8 +122,7 @@ def test_layer_analysis_page(results, family):
         assert n_charts(at) >= 3  # + entropy grid and clustering
     if r.attribution is not None:
         assert at.get("html"), "token shading missing"
-    if r.settings.animations:
-        assert len(at.get("image")) == 2, "the two layer GIFs"
+    assert len(at.get("image")) == 2, "the two layer GIFs (animations are on by default)"
     labels = [t.label for t in at.tabs]
     assert labels == ["Attention", "Heads", "Token attribution", "Logit lens", "Animations"]
 
@@ -278,7 +277,7 @@ def test_offline_banner_keeps_text_and_result(results, monkeypatch):
     no_exception(at)
     assert not at.error
     r = at.session_state["result"]
-    assert r.model["model_id"] == BUNDLED_ID and r.text == text
+    assert r.model.model_id == BUNDLED_ID and r.text == text
     assert at.sidebar.text_area(key="text").value == text
 
 
@@ -348,9 +347,11 @@ def test_session_entry_and_bundle(results):
 
     r = results["gpt2"]
     entry = session_entry(r)
-    assert entry["model"] == r.model["model_id"] and entry["text"] == r.text
-    export = pytest.importorskip("core.export")
-    data = export.build_zip(r, [entry])
+    assert entry["model"] == r.model.model_id and entry["text"] == r.text
+    from core import export
+    from core.options import ExportOptions
+
+    data = export.build_zip(r, ExportOptions(session_entries=(entry,)))
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     assert "session_log.html" in names and any(n.endswith(".csv") for n in names)
 
@@ -390,7 +391,7 @@ def test_long_text_attention_window(results):
     att /= att.sum(-1, keepdims=True)
     r = base.replace(attentions=att, tokens=["t"] * T, display_tokens=[f"w{i}" for i in range(T)],
                      token_ids=list(range(T)), special_mask=[False] * T, attention=None, attribution=None,
-                     logit_lens=None, settings=base.settings.replace(animations=False), cache_key="long-text")
+                     logit_lens=None, cache_key="long-text")
     assert r.n_tokens > 128
     at = make_app(r).run()
     at.switch_page(LAYERS).run()

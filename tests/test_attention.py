@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.attention import (FEATURE_NAMES, ROLE_THRESHOLDS, AttentionAnalysis, analyse_attention, attention_entropy,
+from core.attention import (FEATURE_NAMES, ROLE_THRESHOLDS, AttentionSection, analyse_attention, attention_entropy,
                             cluster_heads, head_features, head_roles, mean_attention_distance, pca_2d, row_entropy,
                             visible_keys)
 
@@ -204,9 +204,9 @@ def test_step_on_tiny_models(tiny_any):
     from core.analysis import analyze
     from core.result import AnalysisResult, results_equal
 
-    res = analyze(tiny_any, "The cat sat on the mat.", compute_gradients=False, animations=False)
+    res = analyze(tiny_any, "The cat sat on the mat.", compute_gradients=False)
     att = res.attention
-    assert isinstance(att, AttentionAnalysis)
+    assert isinstance(att, AttentionSection)
     L, H = res.n_layers, res.n_heads
     assert att.entropy.shape == att.normalized_entropy.shape == att.mean_distance.shape == (L, H)
     assert att.features.shape == (L * H, len(att.feature_names))

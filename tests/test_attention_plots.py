@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from core import animations, attention_plots as ap
+from core.options import ExportOptions
+from core.plotting import token_label
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TEXT = "The cat sat on the mat. It cost $5 and the dog\nsat on the log."
@@ -74,8 +76,8 @@ def test_single_head_stats(gpt2_result):
 
 
 def test_safe_label_escapes_mathtext_and_control_characters():
-    assert ap.safe_label("$5") == r"\$5"
-    assert "\n" not in ap.safe_label("a\nb")
+    assert token_label("$5") == r"\$5"
+    assert "\n" not in token_label("a\nb")
 
 
 def test_attention_gif_has_one_frame_per_layer(gpt2_result):
@@ -109,7 +111,7 @@ def test_common_projection_uses_one_basis_for_all_layers():
 
 
 def test_bundle_holds_the_csvs_with_exact_headers(gpt2_result):
-    files = ap.attention_bundle_files(gpt2_result, {})
+    files = ap.attention_bundle_files(gpt2_result, ExportOptions())
     first = {name: files[name].decode().splitlines()[0] for name in
              ("attention_entropy.csv", "head_clusters.csv", "token_attribution.csv", "head_attribution.csv")}
     assert first["attention_entropy.csv"] == "layer,head,entropy,normalized_entropy"
@@ -129,8 +131,8 @@ def test_bundle_holds_the_csvs_with_exact_headers(gpt2_result):
 def test_bundle_without_animations_or_gradients(tiny_encoder):
     from core.analysis import analyze
 
-    res = analyze(tiny_encoder, "The cat sat.", animations=False)
-    files = ap.attention_bundle_files(res, {})
+    res = analyze(tiny_encoder, "The cat sat.")
+    files = ap.attention_bundle_files(res, ExportOptions(animations=False))
     assert not any(n.startswith("animations/") for n in files)
     assert "head_attribution.csv" not in files
     assert files["token_attribution.csv"].decode().splitlines()[0] == "position,token,rollout"
@@ -142,7 +144,7 @@ def test_full_bundle_includes_the_attention_members(gpt2_result):
     from core.bundle import bundle_files
 
     files = bundle_files(gpt2_result)
-    mine = ap.attention_bundle_files(gpt2_result, {})
+    mine = ap.attention_bundle_files(gpt2_result, ExportOptions())
     assert set(mine) <= set(files)
     for name in ("attention_entropy.csv", "head_clusters.csv", "token_attribution.csv", "head_attribution.csv"):
         assert files[name] == mine[name]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.attribution import (Attribution, attention_rollout, gradient_x_input, head_projection_modules,
+from core.attribution import (AttributionSection, attention_rollout, gradient_x_input, head_projection_modules,
                               integrated_gradients, token_embeddings)
 from core.capture import capture
 from core.settings import AnalysisSettings
@@ -170,9 +170,9 @@ def test_step_results_on_tiny_models(tiny_any):
     from core.analysis import analyze
     from core.result import AnalysisResult, results_equal
 
-    res = analyze(tiny_any, MASKED if tiny_any.family == "masked_lm" else TEXT, ig_steps=16, integrated_gradients=True, animations=False)
+    res = analyze(tiny_any, MASKED if tiny_any.family == "masked_lm" else TEXT, ig_steps=16, integrated_gradients=True)
     a = res.attribution
-    assert isinstance(a, Attribution)
+    assert isinstance(a, AttributionSection)
     T = res.n_tokens
     assert a.target_position == res.target_position and a.target_token == res.tokens[res.target_position]
     assert a.rollout.shape == (T,) and a.rollout_matrix.shape == (T, T)
@@ -188,7 +188,7 @@ def test_step_results_on_tiny_models(tiny_any):
 def test_predicted_token_is_the_models_top_prediction(tiny_gpt2):
     from core.analysis import analyze
 
-    res = analyze(tiny_gpt2, TEXT, compute_gradients=False, animations=False)
+    res = analyze(tiny_gpt2, TEXT, compute_gradients=False)
     cap = capture(tiny_gpt2, TEXT, AnalysisSettings())
     assert res.attribution.predicted_id == int(cap.logits[-1].argmax())
     assert res.attribution.grad_x_input is None and res.attribution.head_scores is None
@@ -198,7 +198,7 @@ def test_predicted_token_is_the_models_top_prediction(tiny_gpt2):
 def test_causal_target_before_the_end_zeroes_later_tokens(tiny_gpt2):
     from core.analysis import analyze
 
-    res = analyze(tiny_gpt2, TEXT, target_position=2, ig_steps=8, integrated_gradients=True, animations=False)
+    res = analyze(tiny_gpt2, TEXT, target_position=2, ig_steps=8, integrated_gradients=True)
     a = res.attribution
     assert a.target_position == 2
     assert np.all(a.grad_x_input[3:] == 0) and np.all(a.integrated_gradients[3:] == 0)
@@ -208,7 +208,7 @@ def test_causal_target_before_the_end_zeroes_later_tokens(tiny_gpt2):
 def test_encoder_gets_rollout_and_a_note(tiny_encoder):
     from core.analysis import analyze
 
-    res = analyze(tiny_encoder, TEXT, animations=False)
+    res = analyze(tiny_encoder, TEXT)
     a = res.attribution
     assert a.target_position == 0
     assert a.grad_x_input is None and a.integrated_gradients is None and a.head_scores is None
@@ -221,7 +221,7 @@ def test_integrated_gradients_are_opt_in(tiny_gpt2):
     """The default analysis runs gradient × input and head scores (one backward pass), not the IG loop."""
     from core.analysis import analyze
 
-    res = analyze(tiny_gpt2, TEXT, animations=False)
+    res = analyze(tiny_gpt2, TEXT)
     a = res.attribution
     assert a.grad_x_input is not None and a.head_scores is not None
     assert a.integrated_gradients is None and a.ig_steps == 0 and a.ig_completeness_gap is None

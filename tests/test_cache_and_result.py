@@ -1,5 +1,6 @@
 """Result round trip (no pickle) and the disk cache: a hit skips the model, a changed setting misses."""
 
+import dataclasses
 import json
 import zipfile
 import io
@@ -75,8 +76,8 @@ def test_cache_key_covers_every_input(tiny_gpt2):
     assert cache_key(info, TEXT, s) == base
     assert cache_key(info, TEXT + " ", s) != base
     assert cache_key(info, TEXT, s.replace(top_k=5)) != base
-    assert cache_key({**info, "revision": "other"}, TEXT, s) != base
-    assert cache_key({**info, "dtype": "bfloat16"}, TEXT, s) != base
+    assert cache_key(dataclasses.replace(info, revision="other"), TEXT, s) != base
+    assert cache_key(dataclasses.replace(info, dtype="bfloat16"), TEXT, s) != base
     import core.cache as cache_mod
 
     old = cache_mod.CORE_VERSION

@@ -119,11 +119,11 @@ def test_minilm_attentions_equal_a_direct_transformers_call(minilm):
     assert r.attentions.shape == (6, 12, len(r.tokens), len(r.tokens))
     np.testing.assert_allclose(r.attentions, direct, atol=1e-6)
     np.testing.assert_allclose(r.hidden_states, torch.stack([h[0] for h in out.hidden_states]).numpy(), atol=1e-5)
-    assert minilm.family == "encoder" and r.model["source"] == "bundled"
+    assert minilm.family == "encoder" and r.model.source == "bundled"
 
 
 def test_text_longer_than_the_context_is_truncated_to_it(tiny_gpt2):
-    # the tiny GPT-2 has 128 positions; max_tokens defaults to 256
-    r = analyze(tiny_gpt2, "the cat sat on the mat " * 60, compute_gradients=False)
+    # the tiny GPT-2 has 128 positions
+    r = analyze(tiny_gpt2, "the cat sat on the mat " * 60, compute_gradients=False, max_tokens=256)
     assert r.n_tokens == 128
     assert any("context length" in w for w in r.warnings)

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from core import docs
-from core.bundle import BUNDLE_WRITERS, bundle_files
-from core.export import build_files, build_zip, export_run
+from core.bundle import bundle_files
+from core.options import ExportOptions
+from core.export import build_zip, export_run
 from core.figures import (FIGURES, metric_correlations, normalized_metrics, summary_figures)
 from core.metrics import METRIC_NAMES
 from core.report import PLACEHOLDER, build_report, safe_text
@@ -37,7 +38,7 @@ def result(tiny_gpt2):
 @pytest.fixture(scope="module")
 def files(result):
     entries = [entry_from_result(result), entry_from_result(result.replace(cache_hit=True), duration_s=0.01)]
-    return build_files(result, entries, hidden_states=True)
+    return bundle_files(result, ExportOptions(session_entries=tuple(entries), hidden_states=True))
 
 
 def _pdf(data: bytes):
@@ -62,7 +63,7 @@ def test_bundle_holds_every_listed_file(files, result):
         assert "plots/head_clusters.png" in files
     if result.attribution is not None:
         assert "plots/token_attribution.png" in files
-    if result.settings.animations and result.attention is not None:
+    if result.attention is not None:  # animations are on by default
         assert any(n.startswith("animations/") and n.endswith(".gif") for n in files)
     for name, data in files.items():
         if name.endswith(".png"):
@@ -71,8 +72,13 @@ def test_bundle_holds_every_listed_file(files, result):
             assert data[:6] in (b"GIF87a", b"GIF89a"), name
 
 
-def test_report_is_the_last_writer():
-    assert BUNDLE_WRITERS[-1] == (".report", "report_files")
+def test_report_comes_last_and_embeds_every_plot(result):
+    files = bundle_files(result)
+    assert list(files)[-1] == "report.pdf"
+    from pypdf import PdfReader
+
+    n_images = sum(len(page.images) for page in PdfReader(io.BytesIO(files["report.pdf"])).pages)
+    assert n_images == sum(1 for n in files if n.startswith("plots/"))
 
 
 def test_hidden_states_only_when_asked(result, files):
@@ -106,7 +112,7 @@ def test_member_names_are_fixed_and_safe(files):
 
 
 def test_build_zip_equals_the_bundle(result, files):
-    data = build_zip(result, [entry_from_result(result)], hidden_states=True)
+    data = build_zip(result, ExportOptions(session_entries=(entry_from_result(result),), hidden_states=True))
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         assert zf.testzip() is None
         assert set(zf.namelist()) == set(files)
@@ -120,7 +126,7 @@ def test_build_zip_equals_the_bundle(result, files):
 def test_pdf_opens_with_model_name_and_images(files, result):
     reader = _pdf(files["report.pdf"])
     text = "\n".join(p.extract_text() for p in reader.pages)
-    model = result.model["model_id"]
+    model = result.model.model_id
     assert model.replace("\n", "") in text.replace("\n", "")
     n_images = sum(len(p.images) for p in reader.pages)
     n_plots = sum(1 for n in files if n.startswith("plots/") and n.endswith(".png"))
@@ -148,8 +154,8 @@ def test_bundle_and_pdf_for_other_families(family, tiny_bert, tiny_encoder, tiny
     from core.analysis import analyze
 
     loaded = {"bert": tiny_bert, "encoder": tiny_encoder, "llama": tiny_llama}[family]
-    r = analyze(loaded, "The cat sat on the [MASK] <b>.", ig_steps=2, animations=False)
-    files = build_files(r)
+    r = analyze(loaded, "The cat sat on the [MASK] <b>.", ig_steps=2)
+    files = bundle_files(r)
     for name in (*FOUNDATION, *MINE):
         assert name in files, name
     reader = _pdf(files["report.pdf"])
@@ -230,7 +236,8 @@ def test_run_ids_are_safe_and_env_overridable(result, tmp_path, monkeypatch):
 
 
 def test_export_run_writes_out_and_keeps_the_run(result, tmp_path):
-    out, run_dir = export_run(result, tmp_path / "b.zip", [entry_from_result(result)], runs_root=tmp_path / "runs")
+    out, run_dir = export_run(result, tmp_path / "b.zip", ExportOptions(session_entries=(entry_from_result(result),)),
+                              runs_root=tmp_path / "runs")
     with zipfile.ZipFile(out) as zf:
         names = set(zf.namelist())
     assert run_dir is not None and run_dir.parent == tmp_path / "runs"
@@ -294,9 +301,9 @@ def test_normalized_metrics_and_summary(result):
 def test_one_token_text_still_exports(tiny_gpt2):
     from core.analysis import analyze
 
-    r = analyze(tiny_gpt2, "a", ig_steps=2, animations=False)
+    r = analyze(tiny_gpt2, "a", ig_steps=2)
     assert r.n_tokens == 1  # every spectral metric is NaN here
-    files = build_files(r)
+    files = bundle_files(r)
     for name in (*FOUNDATION, *MINE):
         assert name in files, name
     assert len(_pdf(files["report.pdf"]).pages) >= 3

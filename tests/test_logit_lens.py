@@ -14,12 +14,13 @@ import torch.nn.functional as F
 
 from core.analysis import analyze
 from core.bundle import bundle_files
-from core.logit_lens import LogitLens, compute_logit_lens
-from core.prediction_plots import (LOGIT_LENS_CSV_HEADER, label, logit_lens_heatmap_png, logit_lens_layers_png,
+from core.logit_lens import LensSection, compute_logit_lens
+from core.plotting import token_label as label
+from core.prediction_plots import (LOGIT_LENS_CSV_HEADER, logit_lens_heatmap_png, logit_lens_layers_png,
                                    predictions_png)
 from core.result import AnalysisResult, results_equal
 
-FAST = {"compute_gradients": False, "animations": False}
+FAST = {"compute_gradients": False}
 TEXTS = {"tiny_gpt2": "The cat sat on the mat.", "tiny_llama": "The cat sat on the mat.",
          "tiny_bert": "The cat [MASK] on the mat."}
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -60,7 +61,7 @@ def test_last_layer_reproduces_the_models_own_logits(name, request):
     loaded = request.getfixturevalue(name)
     r = run(loaded, TEXTS[name])
     lens = r.logit_lens
-    assert isinstance(lens, LogitLens)
+    assert isinstance(lens, LensSection)
     z = own_logits(loaded, r.token_ids)
     # the lens applies norm + head to the stored last hidden state (before the final norm): exact
     assert lens.last_layer_max_abs_diff <= 1e-5
@@ -147,7 +148,7 @@ def test_encoder_has_no_lens_and_no_warning(name, request):
 def test_lens_survives_round_trip(tiny_llama):
     r = run(tiny_llama, "Hello world")
     back = AnalysisResult.from_bytes(r.to_bytes())
-    assert isinstance(back.logit_lens, LogitLens)
+    assert isinstance(back.logit_lens, LensSection)
     assert results_equal(r.logit_lens, back.logit_lens)
     assert results_equal(r, back)
 
@@ -197,7 +198,7 @@ def test_figures_render(tiny_gpt2):
     assert predictions_png(r.predictions, r.display_tokens).startswith(PNG)
     long = run(tiny_gpt2, " ".join(["The cat sat on the mat."] * 12), max_tokens=100)  # too many to annotate
     assert logit_lens_heatmap_png(long.logit_lens, long.display_tokens).startswith(PNG)
-    assert label("$x$") == r"\$x\$" and label("\n") == "\\n" and label(" the") == "␣the" and label("") == "∅"
+    assert label("$x$") == r"\$x\$" and label("\n") == "↵" and label(" the") == "␣the" and label("") == "∅"
 
 
 def test_no_streamlit_in_these_modules():
@@ -210,7 +211,8 @@ def test_no_streamlit_in_these_modules():
 
 def test_grid_window_bounds_the_decoded_columns(tiny_gpt2):
     from core.logit_lens import grid_window
-    from core.prediction_plots import bundle_writer
+    from core.options import ExportOptions
+    from core.prediction_plots import prediction_bundle_files
 
     assert grid_window(10, 9, None) == (0, 10) and grid_window(10, 9, 4) == (6, 10)
     assert grid_window(10, 0, 4) == (0, 4) and grid_window(10, 5, 4) == (3, 7) and grid_window(3, 1, 8) == (0, 3)
@@ -225,7 +227,7 @@ def test_grid_window_bounds_the_decoded_columns(tiny_gpt2):
     assert (win.grid_ids[:, 6:] == -1).all() and win.grid_tokens[0][0] == ""
     assert win.top_ids.tolist() == full.top_ids.tolist() and win.last_layer_max_abs_diff <= 1e-5
     np.testing.assert_allclose(win.entropy, full.entropy, atol=1e-9)
-    files = bundle_writer(r.replace(logit_lens=win), {})
+    files = prediction_bundle_files(r.replace(logit_lens=win), ExportOptions())
     rows = list(csv.DictReader(io.StringIO(files["logit_lens.csv"].decode())))
     L1 = len(win.layers)
     assert len(rows) == L1 * (2 + r.settings.top_k) and {int(x["position"]) for x in rows} == {3, 4, 5}

@@ -40,9 +40,11 @@ def test_loaded_model_is_eager_eval_and_frozen(tiny_llama):
 
 
 def test_presets_include_the_bundled_model():
-    assert models.BUNDLED_ID in models.PRESETS
+    from core.presets import PRESET_IDS, preset
+
+    assert models.BUNDLED_ID in PRESET_IDS and preset(models.BUNDLED_ID).offline
     for name in ("gpt2", "bert-base-uncased", "TinyLlama/TinyLlama-1.1B-Chat-v1.0"):
-        assert name in models.PRESETS
+        assert name in PRESET_IDS and not preset(name).offline
     assert (models.bundled_model_path() / "model.safetensors").is_file()
 
 
@@ -115,4 +117,4 @@ def test_bfloat16_loading(tiny_dirs):
     assert str(next(lm.model.parameters()).dtype) == "torch.bfloat16"
     r = analyze(lm, "The cat sat.")
     assert r.attentions.dtype.name == "float32"
-    assert r.model["dtype"] == "bfloat16"
+    assert r.model.dtype == "bfloat16"

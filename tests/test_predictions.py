@@ -10,11 +10,11 @@ import torch
 
 from core.analysis import analyze
 from core.errors import InputError
-from core.predictions import (UNAVAILABLE_MESSAGE, GenerationSettings, Predictions, generate, generate_stream,
+from core.predictions import (UNAVAILABLE_MESSAGE, GenerationSettings, PredictionSection, generate, generate_stream,
                               prompt_ids)
 from core.result import AnalysisResult, results_equal
 
-FAST = {"compute_gradients": False, "animations": False}
+FAST = {"compute_gradients": False}
 
 
 def run(loaded, text, **kw):
@@ -50,7 +50,7 @@ def test_next_token_is_topk_of_softmax(name, request):
     loaded = request.getfixturevalue(name)
     r = run(loaded, "The cat sat on the", top_k=7)
     p = r.predictions
-    assert isinstance(p, Predictions) and p.kind == "next_token" and p.message == ""
+    assert isinstance(p, PredictionSection) and p.kind == "next_token" and p.message == ""
     assert p.positions == [r.n_tokens - 1] and p.top_k == 7
     check_candidates(p.candidates[0], independent_probs(loaded, r.token_ids, r.n_tokens - 1), 7)
 
@@ -100,7 +100,7 @@ def test_predictions_survive_round_trip(tiny_bert, tiny_gpt2, minilm):
     for loaded, text in [(tiny_bert, "The cat [MASK] on the mat."), (tiny_gpt2, "Hello world"), (minilm, "Hello")]:
         r = run(loaded, text)
         back = AnalysisResult.from_bytes(r.to_bytes())
-        assert isinstance(back.predictions, Predictions)
+        assert isinstance(back.predictions, PredictionSection)
         assert results_equal(r.predictions, back.predictions)
 
 

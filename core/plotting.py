@@ -1,0 +1,130 @@
+"""The one plotting module: matplotlib's object-oriented API on an Agg canvas, never pyplot.
+
+pyplot keeps a global registry of figures and is not thread-safe; the app draws from many sessions (threads) at
+once and builds ZIPs in download callbacks. Every figure here is a `matplotlib.figure.Figure` with its own
+`FigureCanvasAgg`, owned by the function that draws it, so any number of threads can draw at the same time.
+
+figure(w, h) -> Figure          a new figure (inches) with an Agg canvas, at the one DPI
+png(fig) -> bytes               PNG bytes of a figure
+rgb_frame(fig) -> [H, W, 3]     the rendered pixels (for GIF frames)
+gif(frames, frame_ms) -> bytes  an endless GIF
+Blitter                         draw the static parts of an animation once, redraw only what changes per frame
+token_label(tok, max_len)       the one sanitiser of token text for plot labels
+colormap(name)                  a registered colormap (no pyplot)
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Colormap
+from matplotlib.figure import Figure
+
+#: The one resolution of every PNG, GIF frame and PDF image.
+DPI = 90
+
+_VISIBLE = {"\n": "\u21b5", "\r": "\u240d", "\t": "\u21e5"}  # ↵ ␍ ⇥
+
+
+def figure(width: float, height: float) -> Figure:
+    """A new Figure of width × height inches at DPI with its own Agg canvas (no global state)."""
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def png(fig: Figure, *, tight: bool = False) -> bytes:
+    """PNG bytes of `fig` at DPI. tight=True crops to the drawn content (a second measuring draw: slower)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight" if tight else None)
+    return buf.getvalue()
+
+
+def rgb_frame(fig: Figure) -> np.ndarray:
+    """Draw `fig` and return its pixels as uint8 [height, width, 3]."""
+    canvas = _canvas(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _canvas(fig: Figure) -> FigureCanvasAgg:
+    canvas = fig.canvas
+    if not isinstance(canvas, FigureCanvasAgg):
+        canvas = FigureCanvasAgg(fig)
+    return canvas
+
+
+class Blitter:
+    """Animation frames: the static parts of `fig` are drawn once; per frame the background is restored and only
+    `artists` are drawn again."""
+
+    def __init__(self, fig: Figure, artists: list[Any]) -> None:
+        self.fig, self.artists = fig, artists
+        self.canvas = _canvas(fig)
+        for a in artists:
+            a.set_animated(True)
+        self.canvas.draw()
+        self.background = self.canvas.copy_from_bbox(fig.bbox)
+
+    def frame(self) -> np.ndarray:
+        self.canvas.restore_region(self.background)
+        for a in self.artists:
+            self.fig.draw_artist(a)
+        return np.asarray(self.canvas.buffer_rgba())[..., :3].copy()
+
+
+def gif(frames: list[np.ndarray], frame_ms: int) -> bytes:
+    """An endlessly looping GIF of equally sized RGB frames, frame_ms milliseconds each."""
+    import imageio.v3 as iio
+
+    buf = io.BytesIO()
+    iio.imwrite(buf, np.stack(frames), extension=".gif", duration=frame_ms, loop=0)
+    return buf.getvalue()
+
+
+def colormap(name: str) -> Colormap:
+    """A registered matplotlib colormap by name."""
+    return colormaps[name]
+
+
+def token_label(token: str, max_len: int | None = None) -> str:
+    """Token text safe for a plot label.
+
+    Newline, carriage return and tab become ↵ ␍ ⇥; leading spaces (a word start in GPT-2/Llama tokens) become ␣;
+    other non-printable characters become \\xNN; "$" is escaped so matplotlib never reads mathtext; an empty token
+    is ∅; longer than max_len characters → shortened with "…".
+    """
+    s = str(token)
+    stripped = s.lstrip(" ")
+    s = "\u2423" * (len(s) - len(stripped)) + stripped
+    s = "".join(_VISIBLE.get(c, c) if c in _VISIBLE else c if c.isprintable() else f"\\x{ord(c):02x}" for c in s)
+    if max_len is not None and len(s) > max_len:
+        s = s[: max_len - 1] + "\u2026"
+    return s.replace("$", r"\$") if s else "\u2205"
+
+
+def token_labels(tokens: list[str], max_len: int | None = None) -> list[str]:
+    """token_label of every token."""
+    return [token_label(t, max_len) for t in tokens]
+
+
+#: Heatmap axes with more tokens than this label every n-th token.
+MAX_TICK_LABELS = 64
+
+
+def token_ticks(ax: Axes, labels: list[str], axis: str, max_labels: int = MAX_TICK_LABELS) -> None:
+    """Label the x or y axis of a token × token heatmap: every token up to max_labels, else every n-th; the
+    font shrinks with the count."""
+    n = len(labels)
+    step = max(1, int(np.ceil(n / max_labels)))
+    idx = list(range(0, n, step))
+    size = 8 if n <= 24 else 6 if n <= 48 else 5
+    if axis == "x":
+        ax.set_xticks(idx, [labels[i] for i in idx], rotation=90, fontsize=size)
+    else:
+        ax.set_yticks(idx, [labels[i] for i in idx], fontsize=size)
