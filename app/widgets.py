@@ -71,7 +71,7 @@ def result_header(result: AnalysisResult) -> None:
     m = result.model
     n_used = metric_token_count(result)
     excluded = bool(getattr(result.settings, "exclude_special_tokens", False))
-    st.caption(f"**{_md_safe(m.model_id)}** · {result.family.replace('_', ' ')} · {m.dtype} "
+    st.caption(f"**{_md_safe(m.model_id)}** · {chart_spec.family_words(result.family)} · {m.dtype} "
                f"on {m.device} · {result.n_layers} layers × {result.n_heads} heads · "
                f"{result.n_tokens} tokens · {chart_spec.metric_tokens_phrase(result.n_tokens, n_used, excluded)}")
     if result.analysed_text != result.text:

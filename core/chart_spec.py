@@ -170,6 +170,15 @@ def metric_tokens_phrase(n_tokens: int, n_used: int, special_excluded: bool) -> 
     return f"layer metrics over all {n_tokens} tokens"
 
 
+FAMILY_WORDS = {"causal_lm": "causal language model", "masked_lm": "masked language model",
+                "encoder": "encoder without a language-model head"}
+
+
+def family_words(family: str) -> str:
+    """A model family in words ("causal_lm" → "causal language model")."""
+    return FAMILY_WORDS.get(family, family.replace("_", " "))
+
+
 _POSITION_PREFIX = re.compile(r"^\s*position\s+\d+\s*(\((.*)\))?\s*$", re.IGNORECASE)
 
 

@@ -195,15 +195,17 @@ def test_slider_head_and_settings_run_no_model(tiny_dirs):
     at.switch_page(LAYERS).run()
     no_exception(at)
     with ForwardCounter() as fc:
-        at.slider(key="layer").set_value(1).run()
+        at.select_slider(key="layer").set_value(1).run()
         at.selectbox(key="head").set_value(2).run()
         at.selectbox(key="head").set_value("mean over heads").run()
+        at.selectbox(key="anim_head").set_value(1).run()  # the Animations tab's own head picker
         at.sidebar.toggle(key="compute_gradients").set_value(False).run()
         at.sidebar.selectbox(key="dtype").set_value("float32").run()
         at.sidebar.text_area(key="text").input("A different text that is not analysed yet").run()
         at.switch_page(OVERALL).run()
         at.session_state["corr_method"] = "spearman"
         at.run()
+        at.toggle(key="metric_zoom").set_value(True).run()
         at.slider(key="gen_max_new").set_value(5).run()  # a generation setting: no generation
     no_exception(at)
     assert fc.calls == 0, f"{fc.calls} module calls on widget changes that asked for no model run"
