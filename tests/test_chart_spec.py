@@ -132,3 +132,33 @@ def test_per_token_bars_are_top_k():
     assert bars["height"] == {"step": charts.BAR_PX} and bars["encoding"]["y"]["axis"]["labelOverlap"] is False
     low = charts.top_rows(df.rename(columns={"rollout": "entropy"}), "entropy", largest_abs=False)
     assert set(low.position) == set(range(20))
+
+
+def test_logit_lens_grid_shows_a_window_of_positions(tiny_gpt2):
+    """A long text's logit-lens grid is drawn LENS_COLUMNS positions at a time, chosen with a slider."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from app.layer_widgets import LENS_COLUMNS
+    from core import analyze
+
+    r = analyze(tiny_gpt2, " ".join(["The cat sat on the mat."] * 6), lens_full_grid=True, compute_gradients=False)
+    assert r.n_tokens > LENS_COLUMNS
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app" / "main.py"), default_timeout=60)
+    at.session_state["result"] = r
+    at.run()
+    at.switch_page("../pages/layer_analysis.py").run()
+    assert not at.exception
+    window = at.slider(key="lens_window")
+    assert window.max == r.n_tokens - LENS_COLUMNS
+    assert window.value == window.max  # the decoded position (the last token of a causal LM) is in view
+    grid = next(c for c in at.get("vega_lite_chart") if "Logit lens: top token" in c.proto.spec)
+    import io
+
+    import pyarrow as pa
+
+    frames = [pa.ipc.open_stream(io.BytesIO(d.data.data)).read_pandas() for d in grid.proto.datasets]
+    assert {len(set(f["pi"])) for f in frames if "pi" in f} == {LENS_COLUMNS}
+    window.set_value(0).run()
+    assert not at.exception
