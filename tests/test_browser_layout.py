@@ -38,14 +38,17 @@ SHORT_TEXT = "The cat sat on the mat near the red door."  # 13 tokens with [CLS]
 LONG_TEXT = " ".join(["The researchers measured how each layer of the model spreads its tokens over many "
                       "directions, and they wrote every number into a report for later comparison."] * 20)
 #: No page or tab may be taller than this (px). The long Details tabs are text; everything else is far below.
-MAX_PAGE_PX = 9000
+MAX_PAGE_PX = 6000
 #: Tabs with charts only (Overall, the Layer Analysis tabs) stay well below it, whatever the text length.
-MAX_CHART_PAGE_PX = 5200
+MAX_CHART_PAGE_PX = 4000
 
 #: Measures the main column and everything drawn inside it (charts, images, HTML blocks, tables).
 MEASURE = """() => {
   const main = document.querySelector('[data-testid="stMainBlockContainer"]');
-  const col = main.getBoundingClientRect();
+  const box = main.getBoundingClientRect();
+  const style = getComputedStyle(main);  // the content box: the column without its padding
+  const col = {left: box.left + parseFloat(style.paddingLeft), right: box.right - parseFloat(style.paddingRight)};
+  col.width = col.right - col.left;
   const visible = (el) => { const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
   const items = [];
   const sel = '[data-testid="stVegaLiteChart"] svg.marks, [data-testid="stVegaLiteChart"] canvas, '
