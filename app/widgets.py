@@ -17,10 +17,10 @@ import streamlit as st
 from app import charts
 from app.state import Keys
 from core import chart_spec, docs, views
-from core.result import AnalysisResult
 from core.errors import TMAError
 from core.figures import metric_correlations, metric_token_count, summary_figures
 from core.metrics import METRIC_NAMES
+from core.result import AnalysisResult
 
 log = logging.getLogger(__name__)
 

@@ -140,13 +140,13 @@ def token_trajectories_gif(result: AnalysisResult, *, frame_ms: int = FRAME_MS) 
     to_px, from_px = ax.transData.transform, ax.transData.inverted().transform
     height = LABEL_PT * plotting.DPI / 72
     widths = [0.62 * height * len(labels[i]) + 2 for i in shown]
-    box = tuple(ax.bbox.extents)
+    x0, y0, x1, y1 = (float(v) for v in ax.bbox.extents)
     blit = Blitter(fig, [trail, pts, *texts, title])
     frames = []
     for l in range(n):
         trail.set_offsets(P[:l].reshape(-1, 2) if l else np.empty((0, 2)))
         pts.set_offsets(P[l])
-        spots = chart_spec.place_labels(to_px(P[l, shown]), widths, height, bounds=box)
+        spots = chart_spec.place_labels(to_px(P[l, shown]), widths, height, bounds=(x0, y0, x1, y1))
         for t, spot in zip(texts, spots):
             t.set_visible(spot is not None)
             if spot is not None:

@@ -18,8 +18,11 @@ from matplotlib.patches import Rectangle
 
 from . import chart_spec, plotting
 from .animations import attention_layers_gif, token_trajectories_gif
-from .attention import AttentionSection, attention_entropy, mean_attention_distance, row_entropy
-from .attribution import AttributionSection
+from .attention import (
+    attention_entropy,
+    mean_attention_distance,
+    row_entropy,
+)
 from .formats import csv_bytes
 from .options import ExportOptions
 from .plotting import token_label, token_labels

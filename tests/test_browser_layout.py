@@ -35,8 +35,8 @@ MAIN = '[data-testid="stMainBlockContainer"]'
 WIDTHS = (1280, 1920)
 HEIGHT = 900
 SHORT_TEXT = "The cat sat on the mat near the red door."  # 13 tokens with [CLS] and [SEP]
-LONG_TEXT = " ".join(["The researchers measured how each layer of the model spreads its tokens over many "
-                      "directions, and they wrote every number into a report for later comparison."] * 20)
+LONG_TEXT = " ".join([("The researchers measured how each layer of the model spreads its tokens over many "
+                       "directions, and they wrote every number into a report for later comparison.")] * 20)
 #: No page or tab may be taller than this (px). The long Details tabs are text; everything else is far below.
 MAX_PAGE_PX = 6000
 #: Tabs with charts only (Overall, the Layer Analysis tabs) stay well below it, whatever the text length.

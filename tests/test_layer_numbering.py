@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 from pathlib import Path
 
 import pytest
@@ -56,9 +57,9 @@ def test_csv_files(result):
     for name in ("attention_entropy.csv", "head_clusters.csv", "head_attribution.csv"):
         assert sorted(set(csv_column(files[name], "layer"))) == list(range(1, L + 1)), name
     everything = bundle_files(result, ExportOptions(animations=False))
-    assert sorted(set(csv_column(everything["layer_metrics.csv"], "layer"))) == list(range(0, L + 1))
+    assert sorted(set(csv_column(everything["layer_metrics.csv"], "layer"))) == list(range(L + 1))
     lens_layers = set(csv_column(everything["logit_lens.csv"], "layer"))
-    assert lens_layers == set(range(0, L + 1))
+    assert lens_layers == set(range(L + 1))
 
 
 def test_page_uses_the_same_numbers(result):
@@ -97,5 +98,5 @@ def test_pdf_top_heads_use_block_numbers(result):
     # the top-heads tables list layers 1 … L, never 0 (0 is the embeddings, which have no heads)
     section = flat.split("Top 10 heads by attention entropy")[1].split("Top 10 heads by attribution")[0]
     rows = section.split("role")[1].split()
-    layers = {int(w) for w, nxt in zip(rows, rows[1:]) if w.isdigit() and nxt.isdigit()}
+    layers = {int(w) for w, nxt in itertools.pairwise(rows) if w.isdigit() and nxt.isdigit()}
     assert layers and layers <= set(range(1, result.n_layers + 1)), layers
