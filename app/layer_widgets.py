@@ -15,7 +15,7 @@ import streamlit as st
 
 from app import charts
 from app.state import Keys
-from app.widgets import chart, show_caption
+from app.widgets import chart, md_escape, show_caption
 from core import chart_spec, views
 from core.result import AnalysisResult
 
@@ -37,25 +37,28 @@ def _valid_head(state: Any, key: str, options: list[Any]) -> None:
         state[key] = MEAN_HEADS
 
 
-def pickers(result: AnalysisResult) -> tuple[int, int | None]:
-    """Layer and head pickers of the Attention tab: the layer as its block number 1 … L (the session keeps the
-    array index 0 … L−1 under Keys.LAYER) and a head, or the mean over heads. Returns (layer index, head or None)."""
+def pickers(result: AnalysisResult, layer_key: str = Keys.LAYER, head_key: str = Keys.HEAD,
+            what: str = "") -> tuple[int, int | None]:
+    """Layer and head pickers of one tab (the Attention tab's by default): the layer as its block number 1 … L (the
+    session keeps the array index 0 … L−1 under `layer_key`) and a head, or the mean over heads. `what` ends the
+    labels ("of the query–key view"). Returns (layer index, head or None)."""
     state = st.session_state
     L = result.n_layers
-    if not isinstance(state.get(Keys.LAYER), int) or not 0 <= state[Keys.LAYER] < L:
-        state[Keys.LAYER] = 0
+    if not isinstance(state.get(layer_key), int) or not 0 <= state[layer_key] < L:
+        state[layer_key] = 0
     options = _head_options(result)
-    _valid_head(state, Keys.HEAD, options)
+    _valid_head(state, head_key, options)
+    suffix = f" {what}" if what else ""
     c1, c2 = st.columns([3, 2])
     if L > 1:
-        layer = c1.select_slider(f"Layer (1 … {L})", options=list(range(L)), key=Keys.LAYER,
+        layer = c1.select_slider(f"Layer{suffix} (1 … {L})", options=list(range(L)), key=layer_key,
                                  format_func=lambda i: str(chart_spec.block_number(i)),
                                  help="Layer l is the attention of block l, which writes hidden-state layer l "
                                       "(layer 0 is the embeddings, which have no attention).")
     else:
         c1.caption("The model has one attention layer (layer 1).")
         layer = 0
-    head = c2.selectbox("Head", options, key=Keys.HEAD, format_func=_head_name)
+    head = c2.selectbox(f"Head{suffix}", options, key=head_key, format_func=_head_name)
     return int(layer), (None if head == MEAN_HEADS else int(head))
 
 
@@ -168,7 +171,7 @@ def heads_section(result: AnalysisResult) -> None:
         chart(charts.cluster_scatter(views.cluster_frame(att)))
         sil = "–" if att.silhouette is None else f"{att.silhouette:.3f}"
         st.caption(f"{att.n_clusters} clusters · silhouette {sil}"
-                   + (f" · {att.cluster_method}" if getattr(att, "cluster_method", "") else ""))
+                   + (f" · {att.cluster_method}" if att.cluster_method else ""))
         show_caption("head_clustering")
     counts: dict[str, int] = {}
     for row in att.role_grid():
@@ -176,11 +179,11 @@ def heads_section(result: AnalysisResult) -> None:
             counts[r] = counts.get(r, 0) + 1
     st.caption("Head roles: " + ", ".join(f"{r} {n}" for r, n in sorted(counts.items(), key=lambda x: -x[1])))
     attr = result.attribution
-    if attr is not None and getattr(attr, "head_scores", None) is not None:
+    if attr is not None and attr.head_scores is not None:
         st.markdown("**Head attribution** for the prediction at the target position")
         df = views.layer_head_frame(attr.head_scores, "score")
         chart(charts.layer_head_heatmap(df, "score", "Head importance (red supports the prediction)", diverging=True))
-        if getattr(attr, "head_method", ""):
+        if attr.head_method:
             st.caption(attr.head_method)
         show_caption("head_attribution")
 
@@ -201,11 +204,11 @@ def attribution_section(result: AnalysisResult) -> None:
         return
     tokens = result.display_tokens
     pred = (f" → predicted “{views.readable_token(attr.predicted_token)}”"
-            if getattr(attr, "predicted_token", None) else "")
+            if attr.predicted_token else "")
     pos = attr.target_position
     target = tokens[pos] if 0 <= pos < len(tokens) else views.readable_token(attr.target_token)
     st.text(f"Target: {chart_spec.target_phrase(pos, result.target_reason, target)}{pred}")
-    available = {k: getattr(attr, k, None) for k in ATTR_METHODS}
+    available = {k: v for k, v in attr.methods().items() if k in ATTR_METHODS}
     available = {k: v for k, v in available.items() if v is not None}
     if not available:
         st.caption("No token scores in this result.")
@@ -220,9 +223,13 @@ def attribution_section(result: AnalysisResult) -> None:
     else:
         st.html(shaded)
     show_caption(ATTR_DOC[method])
-    if method == "integrated_gradients" and getattr(attr, "ig_completeness_gap", None) is not None:
-        st.caption(f"Completeness gap |Σ IG − (f(x) − f(x′))| = {attr.ig_completeness_gap:.4g} "
-                   f"({getattr(attr, 'ig_steps', '?')} steps)")
+    if method == "integrated_gradients" and attr.ig_completeness_gap is not None:
+        rel = attr.ig_completeness_gap_relative
+        st.caption(f"Completeness gap |Σ IG − (f(x) − f(x′))| = {attr.ig_completeness_gap:.4g} nats"
+                   + (f" ({100 * rel:.2f} % of f(x) − f(x′))" if rel is not None else "")
+                   + f" with {attr.ig_steps} Gauss–Legendre steps"
+                   + ("" if attr.ig_converged is None else " — converged (≤ 1 %)" if attr.ig_converged
+                      else " — the 512-step cap was reached before 1 %: read the scores as approximate"))
     df = views.attribution_frame(tokens, available)
     shown = charts.top_rows(df, method)
     chart(charts.attribution_bars(shown, method))
@@ -230,7 +237,7 @@ def attribution_section(result: AnalysisResult) -> None:
         st.caption(f"The {len(shown)} tokens of {len(df)} with the largest |score|, in text order.")
     with st.expander(f"All {len(df)} tokens, every method"):
         st.dataframe(df, hide_index=True, width="stretch", height=min(36 + 35 * len(df), 360))
-    for note in getattr(attr, "notes", []) or []:
+    for note in attr.notes:
         st.caption(note)
     if not result.settings.compute_gradients:
         st.caption("Gradient methods are off (sidebar → Settings → Compute gradients).")
@@ -304,19 +311,29 @@ def animations_section(result: AnalysisResult) -> None:
     ref = _ResultRef(result)
     left, right = st.columns(2)
     with left:
-        gif = _attention_gif(_key(result), head, ref)
+        gif = _uncached_failure(lambda: _attention_gif(_key(result), head, ref), "attention animation")
         if gif:
             st.image(gif, caption=f"Attention across layers 1 … {result.n_layers} ({which})", width="stretch")
         else:
             st.caption("The attention animation could not be rendered.")
     with right:
-        gif = _trajectories_gif(_key(result), ref)
+        gif = _uncached_failure(lambda: _trajectories_gif(_key(result), ref), "token-trajectory animation")
         if gif:
             st.image(gif, caption=f"Token representations across layers 0 (embeddings) … {result.n_layers}, in one "
                                   "common 2-D basis", width="stretch")
         else:
             st.caption("The token-trajectory animation could not be rendered.")
     show_caption("anim_layer_transitions")
+
+
+def _uncached_failure(render: Any, what: str) -> bytes | None:
+    """Call a cached renderer; a failure raises inside it (so st.cache_data keeps nothing) and is logged here, so
+    a later session with the same text renders again instead of inheriting the failure."""
+    try:
+        return render()
+    except Exception:
+        log.exception("%s failed", what)
+        return None
 
 
 def _key(result: AnalysisResult) -> str:
@@ -338,11 +355,7 @@ def _attention_gif(cache_key: str, head: int | None, ref: _ResultRef) -> bytes |
     """GIF bytes of core.animations.attention_layers_gif, once per (result, head)."""
     from core.animations import attention_layers_gif
 
-    try:
-        return attention_layers_gif(ref.result, head=head)
-    except Exception:
-        log.exception("attention animation failed")
-        return None
+    return attention_layers_gif(ref.result, head=head)  # an exception is not cached by st.cache_data
 
 
 @st.cache_data(max_entries=16, show_spinner="Rendering the token trajectories…", hash_funcs=_REF_HASH)
@@ -350,8 +363,4 @@ def _trajectories_gif(cache_key: str, ref: _ResultRef) -> bytes | None:
     """GIF bytes of core.animations.token_trajectories_gif, once per result."""
     from core.animations import token_trajectories_gif
 
-    try:
-        return token_trajectories_gif(ref.result)
-    except Exception:
-        log.exception("token-trajectory animation failed")
-        return None
+    return token_trajectories_gif(ref.result)  # an exception is not cached by st.cache_data
