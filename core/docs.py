@@ -728,7 +728,7 @@ _PEERS = [
                    "embeddings), every head's output, every attention output bias, every MLP output (its own bias "
                    "included) and each norm's shift β, plus the unembedding bias. Layer 0 is the embedding, 1…L the "
                    "blocks, L+1 the head (final norm shift, masked-LM head biases, unembedding bias). The page shows "
-                   "layers × heads with an MLP column; sum_abs_error checks the sum against the model's own logit. "
+                   "layers × heads with an MLP column; the result records how far the sum is from the model's own logit. "
                    "Gemma-2's final soft-cap c·tanh(z/c) multiplies every part by the same frozen ratio cap(z)/z."),
        high="A large positive part writes directly in the direction of the token's unembedding: it promotes it.",
        low="A large negative part suppresses the token directly (e.g. anti-induction or copy-suppression heads).",
@@ -752,8 +752,8 @@ _PEERS = [
                       "smallest Δz"),
        definition=("Reads an update in vocabulary space, as the LLM Transparency Tool does for blocks and heads: "
                    "which tokens it pushes up and which it pushes down, directly. Block updates are stored for the "
-                   "positions in promote_positions (all positions, or on a CPU a window around the target bounded "
-                   "by PROMOTE_MAX_MACS_CPU: each row costs one product with the whole vocabulary), each head at the "
+                   "positions of the text (all positions, or on a CPU a window around the target bounded by a "
+                   "compute budget: each row costs one product with the whole vocabulary), each head at the "
                    "target position; choosing among them on the page runs nothing."),
        high="Tokens at the top of the promoted list are what the update argues for.",
        low="Tokens at the top of the suppressed list are what it argues against.",
@@ -779,8 +779,9 @@ _PEERS = [
                    "attention edges j → i (through all heads of a block), residual edges and MLP edges. Each state's "
                    "contributions are in [0, 1] and sum to 1. Keeping the edges above a threshold (default 0.04, as in "
                    "the LLM Transparency Tool) and walking back from the chosen token's last state gives its routes. "
-                   "attn [L, T, T], attn_residual, attn_bias, mlp and mlp_residual [L, T] hold every contribution; "
-                   "head_* list, for edges of at least 0.005, each head's own proximity share (the tooltips). "
+                   "The result holds every contribution (attention [L, T, T]; residual, attention bias, MLP and MLP "
+                   "residual [L, T]) and, for edges of at least 0.005, each head's own proximity share (the "
+                   "tooltips). "
                    "Changing the token or the threshold only prunes these arrays."),
        high="A thick edge: the state is mostly made of that source (a token it attends to, the MLP, or the residual).",
        low="Thin or pruned edges: minor contributions; below the threshold they disappear from the graph.",
@@ -884,7 +885,7 @@ _CAUSAL = [
                    "(mean ablation: the head's average contribution stays, what it says about this text goes) or "
                    "by zero, and the model runs on. Δ is the change of the log-probability of the predicted token "
                    "at the target. All heads of a layer run as one batched forward pass (batch 2·H). Opt-in "
-                   "(setting head_ablation, CLI --head-ablation). Shown beside the gradient head score, its "
+                   "(the Head ablation setting, CLI --head-ablation). Shown beside the gradient head score, its "
                    "first-order estimate, with their Spearman correlation."),
        high="A large negative Δ (large drop): the prediction needs this head.",
        low="Δ near 0: the head can be removed without changing this prediction; positive: it works against it.",
