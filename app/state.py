@@ -49,6 +49,9 @@ class Keys:
     CORR_METHOD = "corr_method"
     ATTR_METHOD = "attr_method"
     ATT_WINDOW = "att_window"  # first position of the attention-heatmap window (long texts)
+    METRIC_ZOOM = "metric_zoom"  # Overall: toggle "Zoom to data" of the layer-metric charts
+    ANIM_HEAD = "anim_head"  # Animations tab: the head of the attention GIF (or the mean over heads)
+    LENS_WINDOW = "lens_window"  # first column of the logit-lens grid window (long texts)
     DLA_UPDATE = "dla_update"  # promoted tokens: attention update / MLP update / one head
     DLA_BLOCK = "dla_block"
     DLA_HEAD = "dla_head"
@@ -58,6 +61,8 @@ class Keys:
     FLOW_DOWNLOAD = "flow_download"
     NF_FACTORS = "nf_factors"  # multiselect: neuron factors shown (app/neuron_views.py)
     QK_QUERY = "qk_query"  # selectbox: query position of the query–key view (app/neuron_views.py)
+    QK_LAYER = "qk_layer"  # the query–key view's own layer and head pickers (Neurons tab)
+    QK_HEAD = "qk_head"
 
     # --- continuation (chat) -------------------------------------------------------------------------------------
     GEN_TEXT = "gen_text"  # the last generated continuation (kept after a stop)
@@ -143,6 +148,7 @@ _DEFAULTS: dict[str, Any] = {
     Keys.URL_READ: False,
     Keys.EXPORT_HIDDEN: False,
     Keys.CORR_METHOD: "pearson",
+    Keys.METRIC_ZOOM: False,
     Keys.GEN_TEXT: "",
     Keys.GEN_STOP: None,
     Keys.CMP_RESULT_A: None,
