@@ -270,7 +270,8 @@ def _first_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return args[0] if args else kwargs["hidden_states"]
 
 
-def _with_first_input(args: tuple[Any, ...], kwargs: dict[str, Any], value: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _with_first_input(args: tuple[Any, ...], kwargs: dict[str, Any],
+                      value: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if args:
         return (value, *args[1:]), kwargs
     return args, {**kwargs, "hidden_states": value}
