@@ -46,6 +46,13 @@ class Keys:
     CORR_METHOD = "corr_method"
     ATTR_METHOD = "attr_method"
     ATT_WINDOW = "att_window"  # first position of the attention-heatmap window (long texts)
+    DLA_UPDATE = "dla_update"  # promoted tokens: attention update / MLP update / one head
+    DLA_BLOCK = "dla_block"
+    DLA_HEAD = "dla_head"
+    DLA_POSITION = "dla_position"
+    FLOW_POSITION = "flow_position"  # information-flow routes: the chosen token and the edge threshold
+    FLOW_THRESHOLD = "flow_threshold"
+    FLOW_DOWNLOAD = "flow_download"
 
     # --- continuation (chat) -------------------------------------------------------------------------------------
     GEN_TEXT = "gen_text"  # the last generated continuation (kept after a stop)

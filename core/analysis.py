@@ -25,6 +25,8 @@ from .attention import run_attention
 from .attribution import run_attribution
 from .cache import ResultCache, cache_key
 from .capture import apply_mask_word, capture
+from .dla import run_dla
+from .flow import run_flow
 from .context import StepContext
 from .errors import InputError
 from .logit_lens import run_logit_lens
@@ -149,6 +151,8 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
         lens = timed("Logit lens", 0.55, lambda: run_logit_lens(ctx))
         attention = timed("Attention analysis", 0.7, lambda: run_attention(ctx))
         attribution = timed("Attribution", 0.85, lambda: run_attribution(ctx))
+        dla = timed("Direct logit attribution", 0.9, lambda: run_dla(ctx), "dla")
+        flow = timed("Information-flow routes", 0.95, lambda: run_flow(ctx), "flow")
         head_ablation = timed("Head ablation", 0.92, lambda: run_head_ablation(ctx))
 
     result = AnalysisResult(
@@ -171,6 +175,8 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
         logit_lens=lens,
         attention=attention,
         attribution=attribution,
+        dla=dla,
+        flow=flow,
         head_ablation=head_ablation,
         warnings=ctx.warnings,
         timings=timings,

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .arch import try_model_parts
 from .capture import Capture
 from .context import StepContext
 from .devices import fast_attention
@@ -50,10 +51,6 @@ IG_ABS_TOLERANCE = 1e-3
 IG_MAX_STEPS = 512
 
 IG_BASELINE = "zero token embeddings (position embeddings are added by the model and not interpolated)"
-
-#: Suffixes of module names whose *input* is the per-head attention output, concatenated head-major.
-HEAD_PROJECTIONS = (".attn.c_proj", ".self_attn.o_proj", ".attention.output.dense", ".self_attn.out_proj",
-                    ".attn.out_proj", ".attention.out_proj", ".self_attention.dense")
 
 #: Bytes of activations kept for the backward pass per batch row are estimated as
 #: 4 · L · T · (16 · D + 3 · H · T); integrated gradients run in chunks that keep under this budget.
@@ -137,9 +134,12 @@ def attention_rollout(att: np.ndarray) -> np.ndarray:
 
 
 def head_projection_modules(model: Any, n_layers: int) -> list[Any] | None:
-    """The L modules whose input is the concatenated per-head attention output, in layer order, or None."""
-    found = [m for name, m in model.named_modules() if name.endswith(HEAD_PROJECTIONS)]
-    return found if len(found) == n_layers else None
+    """The L modules whose input is the concatenated per-head attention output, in layer order (from the one
+    architecture map, `core.arch.model_parts`), or None when the architecture is not in the map."""
+    parts, _ = try_model_parts(model)
+    if parts is None or parts.n_layers != n_layers:
+        return None
+    return [b.out_proj for b in parts.blocks]
 
 
 def _supports_logits_to_keep(model: Any) -> bool:
@@ -369,7 +369,8 @@ def attribute(loaded: LoadedModel, capture: Capture, attentions: np.ndarray, pos
         gxi, heads, fx = gradient_x_input(loaded, ids, mask, position, pred, heads=True)
         grads.update(grad_x_input=_pad(gxi, T), head_scores=heads, target_logprob=fx)
         if heads is None:
-            notes.append("per-head scores are not available: the attention output projections of this "
+            _, why = try_model_parts(loaded.model, "per-head attribution")
+            notes.append(why or "per-head scores are not available: the attention output projections of this "
                          "architecture were not recognised")
         ref = float(torch.log_softmax(logits[position].float(), -1)[pred])
         if abs(ref - fx) > 1e-3 * max(1.0, abs(ref)):

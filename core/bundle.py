@@ -21,6 +21,7 @@ from .formats import csv_bytes, json_bytes, npy_bytes, write_files
 from .hidden_states import hidden_states_files
 from .metrics import METRIC_NAMES
 from .options import ExportOptions
+from .peer_plots import peer_bundle_files
 from .prediction_plots import prediction_bundle_files
 from .report import report_files
 from .result import AnalysisResult
@@ -85,6 +86,7 @@ WRITERS: list[Writer] = [
     hidden_states_files,
     prediction_bundle_files,
     attention_bundle_files,
+    peer_bundle_files,
     head_ablation_files,
 ]
 

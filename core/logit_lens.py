@@ -2,9 +2,12 @@
 
 For every layer l = 0 … L (0 = embeddings), the residual stream h_l [T, D] is decoded with the model's own head:
 
-* causal LMs (GPT-2, Llama …): z_l = W_U · norm(h_l) (+ bias), with `norm` the final norm module (GPT-2 ln_f,
-  Llama RMSNorm) applied to h_l itself, so its statistics (mean / RMS) are recomputed on that layer's vector;
+* causal LMs (GPT-2, Llama …): z_l = cap(W_U · norm(h_l) (+ bias)), with `norm` the final norm module (GPT-2 ln_f,
+  Llama RMSNorm) applied to h_l itself, so its statistics (mean / RMS) are recomputed on that layer's vector, and
+  `cap` the final logit transform (Gemma-2: c · tanh(z / c); the identity elsewhere);
 * masked LMs (BERT): z_l = decoder(transform(h_l)), the MLM head (dense → activation → LayerNorm → decoder).
+
+The head is read from the one architecture map, `core.arch.model_parts`.
 
 `core.capture` stores the last hidden state *before* the final norm, so decoding layer L reproduces the model's own
 logits exactly; the step checks this invariant on every run and records the largest difference.
@@ -19,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from .devices import output_device
-from .models import LoadedModel, final_norm
+from .arch import ArchitectureNotSupported, model_parts, try_model_parts
 from .context import StepContext
+from .devices import output_device
+from .models import LoadedModel
 from .serialize import serializable
 
 log = logging.getLogger(__name__)
@@ -85,46 +89,21 @@ class LensSection:
         return int(len(self.layers)) - 1
 
 
-def _mlm_head(model: Any) -> tuple[Callable[[Any], Any], str] | None:
-    """The masked-LM head of `model` as a function h [N, D] -> logits [N, V], with its description."""
-    cls = getattr(model, "cls", None)
-    if cls is not None and hasattr(cls, "predictions"):  # BERT family: cls.predictions = transform + decoder
-        pred = cls.predictions
-        return (lambda x: pred.decoder(pred.transform(x))), "MLM head: cls.predictions.transform then decoder"
-    head = getattr(model, "lm_head", None)
-    if head is not None:  # RoBERTa family: lm_head = dense, gelu, layer_norm, decoder
-        return head, "MLM head: lm_head"
-    names = ("vocab_transform", "activation", "vocab_layer_norm", "vocab_projector")
-    if all(getattr(model, n, None) is not None for n in names):  # DistilBERT
-        mods = [getattr(model, n) for n in names]
-
-        def distil(x: Any) -> Any:
-            for m in mods:
-                x = m(x)
-            return x
-
-        return distil, "MLM head: vocab_transform, activation, vocab_layer_norm, vocab_projector"
-    return None
-
-
 def lens_decoder(loaded: LoadedModel) -> tuple[Callable[[Any], Any], str] | None:
-    """A function decoding hidden states h [N, D] (model dtype, model device) to logits [N, V], or None.
+    """A function decoding hidden states h [N, D] (model dtype, model device, taken before the final norm) to
+    logits [N, V], with its description, or None when the model has no language-model head.
 
-    causal_lm: W_U(norm(h)) with norm = `final_norm(model)` (skipped when the model has none) and W_U =
-    `model.get_output_embeddings()`; masked_lm: the MLM head; encoder: None (no head to decode with).
+    The head comes from the one architecture map (`core.arch.model_parts`): final norm (GPT-2 ln_f, Llama norm),
+    the masked-LM transform (BERT, RoBERTa, DistilBERT), the unembedding, and the final logit transform (Gemma-2's
+    soft-capping c · tanh(z / c)), so decoding the last layer reproduces the model's own logits. Raises
+    `ArchitectureNotSupported` (its message says "not available for <architecture>") for an unknown architecture.
     """
-    model = loaded.model
-    if loaded.family == "masked_lm":
-        return _mlm_head(model)
-    if loaded.family != "causal_lm":
+    if loaded.family not in ("masked_lm", "causal_lm"):
         return None
-    unembed = model.get_output_embeddings()
-    if unembed is None:
+    parts = model_parts(loaded.model)
+    if not parts.has_head:
         return None
-    norm = final_norm(model)
-    if norm is None:
-        return unembed, f"output embedding ({type(unembed).__name__}); the model has no final norm"
-    return (lambda x: unembed(norm(x))), f"final norm ({type(norm).__name__}) then output embedding"
+    return parts.decode, parts.describe()
 
 
 def _vocab_size(loaded: LoadedModel) -> int | None:
@@ -183,7 +162,11 @@ def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position:
     """
     import torch
 
-    dec = lens_decoder(loaded)
+    try:
+        dec = lens_decoder(loaded)
+    except ArchitectureNotSupported as exc:
+        log.info("%s", exc)
+        return None
     if dec is None:
         return None
     decode, method = dec
@@ -311,7 +294,8 @@ def run_logit_lens(ctx: StepContext) -> LensSection | None:
     lens = compute_logit_lens(ctx.loaded, ctx.hidden_states, pos, ctx.settings.top_k, final_logits=cap.logits,
                               grid_max_positions=window)
     if lens is None:
-        ctx.warn("the logit lens is not available: this model's language-model head was not recognised")
+        _, why = try_model_parts(ctx.loaded.model, "the logit lens")
+        ctx.warn(why or "the logit lens is not available: this model's language-model head was not recognised")
     elif lens.last_layer_max_abs_diff > exactness_tolerance(ctx.loaded.dtype, cap.logits):
         ctx.warn(f"the logit lens does not reproduce this model's own logits at the last layer (largest difference "
                  f"{lens.last_layer_max_abs_diff:.3g}): its head may do more than norm + unembedding; read the lens "

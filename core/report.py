@@ -330,6 +330,44 @@ def _heads(w: _Writer, result: AnalysisResult, k: int = 10) -> None:
         w.table(["layer", "head", "score"], rows, widths=(30, 30, 50))
 
 
+def _peer_views(w: _Writer, result: AnalysisResult, k: int = 10) -> None:
+    """Direct logit attribution (top parts), promoted / suppressed tokens per block at the target position and the
+    strongest information-flow edges; each missing section gets its one "not available" line."""
+    from .peer_plots import unavailable_line
+
+    w.h2("Direct logit attribution")
+    dla = result.dla
+    if dla is None:
+        w.para(unavailable_line(result, "dla") or "", size=8)
+    else:
+        w.para(f"{docs.caption('direct_logit_attribution')} Token {dla.token!r} at position {dla.position}: logit "
+               f"{dla.logit:.4g}, sum of the parts {float(np.sum(dla.values)):.4g}. " + " ".join(dla.notes), size=8)
+        order = np.argsort(-np.abs(np.asarray(dla.values)))[:k]
+        rows = [[int(dla.layers[i]), dla.components[i], int(dla.heads[i]), float(dla.values[i])] for i in order]
+        w.table(["layer", "component", "head", "logit"], rows, widths=(25, 40, 25, 40))
+        w.h2("Promoted and suppressed tokens (target position)")
+        w.para(docs.caption("promoted_tokens"), size=8)
+        pi = dla.promote_positions.index(dla.position)
+        rows = []
+        for l in range(dla.n_layers):
+            for kind_i, kind in enumerate(("attention", "MLP")):
+                up = ", ".join(repr(dla.text_of(i)) for i in dla.promote_block_ids[pi, l, kind_i][:5])
+                down = ", ".join(repr(dla.text_of(i)) for i in dla.demote_block_ids[pi, l, kind_i][:5])
+                rows.append([l + 1, kind, up, down])
+        w.table(["block", "update", "promoted", "suppressed"], rows, widths=(15, 20, 77, 78), size=7)
+    w.h2("Information-flow routes")
+    flow = result.flow
+    if flow is None:
+        w.para(unavailable_line(result, "flow") or "", size=8)
+        return
+    edges = flow.routes()
+    w.para(f"{docs.caption('flow_routes')} Token {flow.tokens[flow.position]!r} (position {flow.position}), "
+           f"threshold {flow.threshold:g}: {len(edges)} edges. " + " ".join(flow.notes), size=8)
+    top = sorted(edges, key=lambda e: -e.weight)[:k]
+    w.table(["block", "source", "target", "kind", "weight"],
+            [[e.layer, e.source, e.target, e.kind, e.weight] for e in top], widths=(20, 35, 35, 35, 30))
+
+
 def _attribution_tokens(w: _Writer, result: AnalysisResult) -> None:
     a = result.attribution
     if a is None:
@@ -404,6 +442,7 @@ def build_report(result: AnalysisResult, files: dict[str, bytes] | None = None) 
         _logit_lens(w, result)
         _heads(w, result)
         _attribution_tokens(w, result)
+        _peer_views(w, result)
         _causal(w, result)
     _documentation(w)
     return bytes(pdf.output())

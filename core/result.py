@@ -20,6 +20,8 @@ from . import serialize
 from .ablation import HeadAblationSection
 from .attention import AttentionSection
 from .attribution import AttributionSection
+from .dla import DLASection
+from .flow import FlowSection
 from .logit_lens import LensSection
 from .metrics import METRIC_NAMES
 from .model_info import ModelInfo
@@ -64,6 +66,8 @@ class AnalysisResult:
     attribution: AttributionSection | None = None
     predictions: PredictionSection | None = None
     logit_lens: LensSection | None = None
+    dla: DLASection | None = None
+    flow: FlowSection | None = None
     head_ablation: HeadAblationSection | None = None
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)

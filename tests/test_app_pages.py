@@ -123,7 +123,8 @@ def test_layer_analysis_page(results, family):
         assert at.get("html"), "token shading missing"
     assert len(at.get("image")) == 2, "the two layer GIFs (animations are on by default)"
     labels = [t.label for t in at.tabs]
-    assert labels == ["Attention", "Heads", "Token attribution", "Logit lens", "Animations"]
+    assert labels == ["Attention", "Heads", "Token attribution", "Logit lens", "Animations", "Logit attribution",
+                      "Flow routes"]
 
 
 def test_layer_analysis_head_and_layer_choice(results):

@@ -89,7 +89,8 @@ def test_no_module_is_loaded_by_name_and_nothing_uses_pyplot():
 
 
 def _figure_makers(result):
-    from core import animations, attention_plots as ap, figures, prediction_plots as pp
+    from core import animations, attention_plots as ap, figures, peer_plots, prediction_plots as pp
+    from core.plotting import png
 
     makers = {name: (lambda fn=fn: fn(result)) for name, fn in figures.FIGURES.items()}
     makers.update({
@@ -102,6 +103,8 @@ def _figure_makers(result):
         "lens": lambda: pp.logit_lens_heatmap_png(result.logit_lens, result.display_tokens),
         "lens_layers": lambda: pp.logit_lens_layers_png(result.logit_lens),
         "predictions": lambda: pp.predictions_png(result.predictions, result.display_tokens),
+        "dla": lambda: png(peer_plots.dla_figure(result.dla), tight=True),
+        "flow": lambda: png(peer_plots.flow_figure(result.flow), tight=True),
         "gif_attention": lambda: animations.attention_layers_gif(result),
         "gif_tokens": lambda: animations.token_trajectories_gif(result),
     })
