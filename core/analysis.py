@@ -32,7 +32,9 @@ from .errors import InputError
 from .logit_lens import run_logit_lens
 from .metrics import layer_metrics
 from .models import LoadedModel, load_model
+from .neurons import run_neuron_factors
 from .predictions import run_predictions
+from .qk import run_query_key
 from .result import AnalysisResult
 from .settings import AnalysisSettings
 from .threads import single_threaded
@@ -154,6 +156,8 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
         dla = timed("Direct logit attribution", 0.9, lambda: run_dla(ctx), "dla")
         flow = timed("Information-flow routes", 0.95, lambda: run_flow(ctx), "flow")
         head_ablation = timed("Head ablation", 0.92, lambda: run_head_ablation(ctx))
+        neuron_factors = timed("Neuron factors", 0.9, lambda: run_neuron_factors(ctx))
+        query_key = timed("Query–key vectors", 0.95, lambda: run_query_key(ctx))
 
     result = AnalysisResult(
         model=loaded.info(),
@@ -178,6 +182,8 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
         dla=dla,
         flow=flow,
         head_ablation=head_ablation,
+        neuron_factors=neuron_factors,
+        query_key=query_key,
         warnings=ctx.warnings,
         timings=timings,
         versions=package_versions(),

@@ -65,6 +65,10 @@ class AnalysisSettings:
     head_ablation: bool = _opt(False, "exact head ablation: replace each head's output by its mean over positions "
                                       "(and by zero) and report the change of log p of the prediction (about "
                                       "L batched forward passes of batch 2·H)")
+    neuron_factors: int = _opt(6, "NMF factors of the MLP neuron activations (0: no neuron factors)", min=0, max=32)
+    neuron_first_layer: int | None = _opt(None, "first block whose MLP neurons enter the factors (default: 0)", min=0)
+    neuron_last_layer: int | None = _opt(None, "last block whose MLP neurons enter the factors (default: the last)",
+                                         min=0)
 
     def __post_init__(self) -> None:
         for f in fields(self):

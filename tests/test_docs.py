@@ -54,7 +54,8 @@ def computed_items(section_types: dict[str, type]) -> set[str]:
 
 
 def test_sections_are_the_four_of_the_contract():
-    assert set(SECTIONS) == {"attention", "attribution", "predictions", "logit_lens", "dla", "flow", "head_ablation"}
+    assert set(SECTIONS) == {"attention", "attribution", "predictions", "logit_lens", "dla", "flow", "head_ablation",
+                             "neuron_factors", "query_key"}
 
 
 def test_every_computed_item_has_an_entry(section_types):
