@@ -19,9 +19,10 @@ from typing import Any
 
 import streamlit as st
 
-from app.loading import get_model, get_result_cache
+from app.loading import get_model, get_result_cache, is_loaded
 from app.state import OTHER_MODEL, Keys
 from app.widgets import md_escape
+from core.chart_spec import timing_phrase
 from core.errors import InputError, ModelUnavailableError, TMAError
 from core.export import build_zip
 from core.options import ExportOptions
@@ -98,15 +99,31 @@ def has_mask(text: str) -> bool:
 
 
 def url_to_state(query_params: Any, state: Any) -> None:
-    """Read ?model=… into the model widgets once per session (a shared link opens with that model)."""
-    model = (query_params.get("model") or "").strip() if hasattr(query_params, "get") else ""
-    if not model:
-        return
-    if model in PRESET_IDS:
-        state[Keys.MODEL_CHOICE] = model
-    else:
-        state[Keys.MODEL_CHOICE] = OTHER_MODEL
-        state[Keys.MODEL_CUSTOM] = model
+    """Read ?model=… into the model widgets once per session (a shared link opens with that model); the Compare
+    page's ?model_b=… (run B's model) and ?page=… (the page to open) too. Texts are never in the URL."""
+    get = query_params.get if hasattr(query_params, "get") else (lambda _k: None)
+    model = (get("model") or "").strip()
+    if model:
+        if model in PRESET_IDS:
+            state[Keys.MODEL_CHOICE] = model
+        else:
+            state[Keys.MODEL_CHOICE] = OTHER_MODEL
+            state[Keys.MODEL_CUSTOM] = model
+    model_b = (get("model_b") or "").strip()
+    if model_b:
+        state[Keys.CMP_MODE] = "model" if model_b != (model or selected_model_id(state)) else "text"
+        state[Keys.CMP_MODEL_B] = model_b if model_b in PRESET_IDS else OTHER_MODEL
+        if model_b not in PRESET_IDS:
+            state[Keys.CMP_CUSTOM_B] = model_b
+    page = (get("page") or "").strip()
+    if page:
+        state[Keys.URL_PAGE] = page
+
+
+def url_page(pages: list[Any], state: Any) -> Any:
+    """The page a shared link's ?page=… names (by its url_path), once per session; None otherwise."""
+    want = state.pop(Keys.URL_PAGE, None) if Keys.URL_PAGE in state else None
+    return next((p for p in pages if want and getattr(p, "url_path", None) == want), None)
 
 
 def current_settings(state: Any) -> AnalysisSettings:
@@ -250,9 +267,8 @@ def draw_result_footer() -> None:
     if result is None:
         return
     with st.sidebar:
-        hit = "cache hit" if result.cache_hit else "computed"
         st.caption(f"Last analysis: {md_escape(result.model.model_id)} · {result.n_tokens} tokens · "
-                   f"{result.duration_s:.2f} s ({hit})")
+                   f"{timing_phrase(result.duration_s, result.cache_hit)}")
         draw_export(result)
 
 
@@ -299,6 +315,7 @@ class AnalysisJob:
     family_before: str | None
     future: Future | None = None
     started: float = field(default_factory=time.perf_counter)
+    load_s: float | None = None  # seconds this click spent loading the model (its first use in the process)
     _progress: tuple[str, float] = ("Waiting for the model", 0.0)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -334,8 +351,13 @@ def run_analysis() -> None:
                 raise InputError("no model chosen: type a Hugging Face id or a local folder, or pick a preset")
             settings = current_settings(state)
             AnalysisSettings.check_text(text)
-            st.write("Loading the model …")
-            loaded = get_model(model_id, dtype, "auto")
+            if not is_loaded(model_id, dtype, "auto"):  # its own step: the first use of a model waits for the load
+                st.write("Loading the model — first time only …")
+                t_load = time.perf_counter()
+                loaded = get_model(model_id, dtype, "auto")
+                job.load_s = time.perf_counter() - t_load
+            else:
+                loaded = get_model(model_id, dtype, "auto")
             cache = get_result_cache()
         except Exception as exc:
             _finish_with_error(exc, model_id, status)
@@ -398,9 +420,8 @@ def wait_for_job(status: Any = None) -> None:
         state[Keys.ERROR] = None
         state[Keys.GEN_TEXT] = ""
         state[Keys.SESSION_LOG].append(session_entry(result))
-        took = time.perf_counter() - job.started
-        status.update(label=f"Done in {took:.1f} s" + (" (from cache)" if result.cache_hit else ""),
-                      state="complete", expanded=False)
+        took = timing_phrase(result.duration_s, result.cache_hit, job.load_s)  # the footer's timing, once
+        status.update(label=took[:1].upper() + took[1:], state="complete", expanded=False)
     if known_family(state, job.model_id) != job.family_before:
         st.rerun()  # the sidebar depends on the family (mask-word picker): draw it again with the result
 
