@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 from common import load_gpt2_small
-
 from tiny_models import CORPUS
 
 
@@ -71,15 +70,28 @@ def main() -> None:
         print(f"whole analysis: {wholes[-1]:.1f} s wall, {cpus[-1]:.1f} s CPU", file=sys.stderr, flush=True)
     whole, whole_cpu = min(wholes), min(cpus)
     r = results[int(np.argmin(wholes))]
-    print(json.dumps({
-        "model": "GPT-2-small shape, random weights", "texts": args.texts, "tokens": args.tokens,
-        "bootstrap": args.bootstrap, "batch_size": args.batch_size, "pooled_points": int(r.n_points.max()),
-        "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
-        "forward_only_s": round(fwd, 2), "whole_analysis_s": round(whole, 2), "ratio_wall": round(whole / fwd, 2),
-        "forward_only_cpu_s": round(fwd_cpu, 2), "whole_analysis_cpu_s": round(whole_cpu, 2),
-        "ratio_cpu": round(whole_cpu / fwd_cpu, 2),
-        "breakdown_s": {k: round(v, 2) for k, v in r.timings.items()},
-    }))
+    print(
+        json.dumps(
+            {
+                "model": "GPT-2-small shape, random weights",
+                "texts": args.texts,
+                "tokens": args.tokens,
+                "bootstrap": args.bootstrap,
+                "batch_size": args.batch_size,
+                "pooled_points": int(r.n_points.max()),
+                "torch_threads": torch.get_num_threads(),
+                "cpus": os.cpu_count(),
+                "load_avg": os.getloadavg(),
+                "forward_only_s": round(fwd, 2),
+                "whole_analysis_s": round(whole, 2),
+                "ratio_wall": round(whole / fwd, 2),
+                "forward_only_cpu_s": round(fwd_cpu, 2),
+                "whole_analysis_cpu_s": round(whole_cpu, 2),
+                "ratio_cpu": round(whole_cpu / fwd_cpu, 2),
+                "breakdown_s": {k: round(v, 2) for k, v in r.timings.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

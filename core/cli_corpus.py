@@ -35,19 +35,27 @@ def _setting_help(name: str) -> str:
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Register the `corpus` subcommand on the subparsers object `sub` (its `run` is set as the default)."""
     c = sub.add_parser(
-        NAME, help="layer geometry over a corpus of texts, with bootstrap intervals",
-        description=("Analyse many texts: pooled per-layer metrics (effective rank, participation ratio, d95, TwoNN, "
-                     "two anisotropies, linearity) with 95 % bootstrap intervals over texts, and the single-text "
-                     "metrics of every text. Writes corpus_metrics.csv, per_text_metrics.csv, manifest.json, "
-                     "plots/*.png and report.pdf to a .zip or a folder."))
+        NAME,
+        help="layer geometry over a corpus of texts, with bootstrap intervals",
+        description=(
+            "Analyse many texts: pooled per-layer metrics (effective rank, participation ratio, d95, TwoNN, "
+            "two anisotropies, linearity) with 95 % bootstrap intervals over texts, and the single-text "
+            "metrics of every text. Writes corpus_metrics.csv, per_text_metrics.csv, manifest.json, "
+            "plots/*.png and report.pdf to a .zip or a folder."
+        ),
+    )
     add_model_options(c)
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("--text-file", type=Path, help="UTF-8 text file, one text per line ('-' for standard input)")
     src.add_argument("--csv", type=Path, help="UTF-8 CSV file with a header row (pick the column with --column)")
     c.add_argument("--column", default=None, help="the CSV column that holds the texts (with --csv)")
     c.add_argument("--out", required=True, type=Path, help="output: a path ending in .zip, or a folder")
-    c.add_argument("--max-texts", type=int, default=None,
-                   help=f"refuse a corpus with more texts than this (default ${ENV_MAX_TEXTS}, else {DEFAULT_MAX_CORPUS_TEXTS})")
+    c.add_argument(
+        "--max-texts",
+        type=int,
+        default=None,
+        help=f"refuse a corpus with more texts than this (default ${ENV_MAX_TEXTS}, else {DEFAULT_MAX_CORPUS_TEXTS})",
+    )
     for name in ("max_tokens", "batch_size", "bootstrap", "max_points", "seed", "bootstrap_rank"):
         c.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=_setting_help(name))
     c.add_argument("--include-special-tokens", action="store_true", help=_setting_help("include_special_tokens"))
@@ -85,16 +93,18 @@ def read_corpus(args: argparse.Namespace) -> CorpusTexts:
     if args.csv is not None:
         if not args.column:
             fail("--csv needs --column (the column that holds the texts)")
-        return texts_from_csv(_read(args.csv, "CSV file"), args.column, limit=limit,
-                              what=f"CSV file '{args.csv}'")
+        return texts_from_csv(_read(args.csv, "CSV file"), args.column, limit=limit, what=f"CSV file '{args.csv}'")
     if args.column:
         fail("--column applies to --csv only")
     return texts_from_lines(_read(args.text_file, "text file"), limit=limit, what=f"text file '{args.text_file}'")
 
 
 def settings_from_args(args: argparse.Namespace) -> CorpusSettings:
-    given = {name: getattr(args, name) for name in ("max_tokens", "batch_size", "bootstrap", "max_points", "seed",
-                                                    "bootstrap_rank") if getattr(args, name) is not None}
+    given = {
+        name: getattr(args, name)
+        for name in ("max_tokens", "batch_size", "bootstrap", "max_points", "seed", "bootstrap_rank")
+        if getattr(args, name) is not None
+    }
     return CorpusSettings(include_special_tokens=args.include_special_tokens, **given)
 
 
@@ -121,16 +131,29 @@ def run(args: argparse.Namespace) -> int:
         if stage not in bars:
             for b in bars.values():
                 b.close()
-            bars[stage] = tqdm(total=total, unit="text" if stage == "texts" else "layer", file=sys.stderr,
-                               desc="forward passes" if stage == "texts" else "pooled metrics", leave=False,
-                               dynamic_ncols=True)
+            bars[stage] = tqdm(
+                total=total,
+                unit="text" if stage == "texts" else "layer",
+                file=sys.stderr,
+                desc="forward passes" if stage == "texts" else "pooled metrics",
+                leave=False,
+                dynamic_ncols=True,
+            )
         bar = bars[stage]
         bar.update(done - bar.n)
 
     cache = None if args.no_cache else ResultCache(args.cache_dir)
     try:
-        result = analyze_corpus(args.model, corpus, settings, progress, cache=cache, dtype=args.dtype,
-                                device=args.device, limit=args.max_texts if args.max_texts is not None else None)
+        result = analyze_corpus(
+            args.model,
+            corpus,
+            settings,
+            progress,
+            cache=cache,
+            dtype=args.dtype,
+            device=args.device,
+            limit=args.max_texts if args.max_texts is not None else None,
+        )
     finally:
         for b in bars.values():
             b.close()
@@ -138,9 +161,11 @@ def run(args: argparse.Namespace) -> int:
             cache.close()
     path = write_bundle(corpus_bundle_files(result), out)
     if not args.quiet:
-        print(f"wrote {path} ({result.model.model_id}, {result.n_texts} texts, "
-              f"{int(result.n_points.max())} pooled points, {result.n_layers - 1} layers, "
-              f"{'cache hit' if result.cache_hit else 'computed'}, {time.perf_counter() - t0:.1f} s)")
-        for w in result.warnings:
-            print(f"note: {w}")
+        lines = [
+            f"wrote {path} ({result.model.model_id}, {result.n_texts} texts, "
+            f"{int(result.n_points.max())} pooled points, {result.n_layers - 1} layers, "
+            f"{'cache hit' if result.cache_hit else 'computed'}, {time.perf_counter() - t0:.1f} s)"
+        ]
+        lines += [f"note: {w}" for w in result.warnings]
+        sys.stdout.write("".join(line + "\n" for line in lines))
     return 0

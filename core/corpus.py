@@ -65,12 +65,16 @@ class CorpusSettings:
     max_tokens: int = _f(128, "truncate every text to this many tokens (special tokens included)", 2, 4096)
     batch_size: int = _f(8, "texts per forward pass (padded with the attention mask)", 1, 512)
     bootstrap: int = _f(200, "bootstrap resamples of the texts for the 95 % intervals (0: no intervals)", 0, 5000)
-    max_points: int = _f(5000, "token states kept per layer for the pooled metrics (seeded uniform sample)",
-                         10, 50_000)
+    max_points: int = _f(5000, "token states kept per layer for the pooled metrics (seeded uniform sample)", 10, 50_000)
     include_special_tokens: bool = _f(False, "include special tokens ([CLS], [SEP], BOS…) in the metrics")
     seed: int = _f(0, "seed of the token sample and of the bootstrap", 0, 2**31 - 1)
-    bootstrap_rank: int = _f(128, "principal directions in which the bootstrap recomputes spectra exactly "
-                                  "(the rest of the variance is exact in total, its shape held fixed)", 1, 8192)
+    bootstrap_rank: int = _f(
+        128,
+        "principal directions in which the bootstrap recomputes spectra exactly "
+        "(the rest of the variance is exact in total, its shape held fixed)",
+        1,
+        8192,
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -80,8 +84,12 @@ class CorpusSettings:
                     raise InputError(f"{f.name} must be true or false, got {v!r}")
                 continue
             lo, hi = f.metadata.get("min"), f.metadata.get("max")
-            if not isinstance(v, int) or isinstance(v, bool) or (lo is not None and v < lo) or (
-                    hi is not None and v > hi):
+            if (
+                not isinstance(v, int)
+                or isinstance(v, bool)
+                or (lo is not None and v < lo)
+                or (hi is not None and v > hi)
+            ):
                 raise InputError(f"{f.name} must be an integer between {lo} and {hi}, got {v!r}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,9 +120,10 @@ def decode_utf8(data: bytes | str, what: str = "the file") -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise InputError(f"{what} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
-                         "save it as UTF-8 and try again") from None
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(
+            f"{what} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8 and try again"
+        ) from None
 
 
 def _check_count(texts: Sequence[str], limit: int | None, what: str) -> None:
@@ -125,8 +134,10 @@ def _check_count(texts: Sequence[str], limit: int | None, what: str) -> None:
     if n == 0:
         raise InputError(f"{what} holds no text: every line is blank")
     if n > limit:
-        raise InputError(f"{what} holds {n} texts, more than the limit of {limit} "
-                         f"(--max-texts, or ${ENV_MAX_TEXTS} on a server); split the corpus or raise the limit")
+        raise InputError(
+            f"{what} holds {n} texts, more than the limit of {limit} "
+            f"(--max-texts, or ${ENV_MAX_TEXTS} on a server); split the corpus or raise the limit"
+        )
     for i, t in enumerate(texts):
         check_text_length(t, what=f"text {i + 1} of {what}")
 
@@ -153,8 +164,9 @@ def csv_columns(data: bytes | str, what: str = "the CSV file") -> list[str]:
     return [h.strip() for h in header]
 
 
-def texts_from_csv(data: bytes | str, column: str, *, limit: int | None = None,
-                   what: str = "the CSV file") -> CorpusTexts:
+def texts_from_csv(
+    data: bytes | str, column: str, *, limit: int | None = None, what: str = "the CSV file"
+) -> CorpusTexts:
     """The texts of one column of a CSV file with a header row; blank cells are skipped and counted."""
     text = decode_utf8(data, what)
     cols = csv_columns(text, what)
@@ -244,14 +256,26 @@ class CorpusResult:
                 if m == "linearity" and layer == 0:
                     continue
                 n = self.n_points[layer] - (self.n_duplicates[layer] if m == "twonn_dimension" else 0)
-                rows.append([layer, m, float(self.estimate[m][layer]), float(self.ci_low[m][layer]),
-                             float(self.ci_high[m][layer]), self.n_texts, int(n)])
+                rows.append(
+                    [
+                        layer,
+                        m,
+                        float(self.estimate[m][layer]),
+                        float(self.ci_low[m][layer]),
+                        float(self.ci_high[m][layer]),
+                        self.n_texts,
+                        int(n),
+                    ]
+                )
         return rows
 
     def per_text_rows(self) -> list[list[Any]]:
         """Rows of per_text_metrics.csv: [text_index, layer, *metrics.METRIC_NAMES]."""
-        return [[g, layer, *(float(self.per_text[m][g, layer]) for m in metrics.METRIC_NAMES)]
-                for g in range(self.n_texts) for layer in range(self.n_layers)]
+        return [
+            [g, layer, *(float(self.per_text[m][g, layer]) for m in metrics.METRIC_NAMES)]
+            for g in range(self.n_texts)
+            for layer in range(self.n_layers)
+        ]
 
     def per_text_summary(self, metric: str) -> dict[str, np.ndarray]:
         """Median and interquartile range over texts of one single-text metric: {"median", "q25", "q75"} [L+1]."""
@@ -339,8 +363,9 @@ def _pad_id(tok: Any) -> int:
     return 0
 
 
-def forward_batches(loaded: LoadedModel, encoded: Sequence[Encoded], batch_size: int,
-                    order: Sequence[int] | None = None) -> Iterator[tuple[list[int], list[np.ndarray], bool]]:
+def forward_batches(
+    loaded: LoadedModel, encoded: Sequence[Encoded], batch_size: int, order: Sequence[int] | None = None
+) -> Iterator[tuple[list[int], list[np.ndarray], bool]]:
     """Batched forward passes that return hidden states only; the caller holds loaded.lock.
 
     Texts are padded on the tokenizer's side (`padding_side`) with the attention mask; position ids count real
@@ -357,7 +382,7 @@ def forward_batches(loaded: LoadedModel, encoded: Sequence[Encoded], batch_size:
     norm = final_norm(model)
     idx_all = list(order) if order is not None else list(range(len(encoded)))
     for start in range(0, len(idx_all), batch_size):
-        idx = idx_all[start:start + batch_size]
+        idx = idx_all[start : start + batch_size]
         lens = [len(encoded[i].ids) for i in idx]
         T = max(lens)
         ids = torch.full((len(idx), T), pad, dtype=torch.long)
@@ -367,8 +392,12 @@ def forward_batches(loaded: LoadedModel, encoded: Sequence[Encoded], batch_size:
             sl = slice(T - n, T) if left else slice(0, n)
             ids[r, sl] = torch.tensor(encoded[i].ids, dtype=torch.long)
             mask[r, sl] = 1
-        kwargs: dict[str, Any] = {"input_ids": ids.to(loaded.device), "attention_mask": mask.to(loaded.device),
-                                  "output_hidden_states": True, "return_dict": True}
+        kwargs: dict[str, Any] = {
+            "input_ids": ids.to(loaded.device),
+            "attention_mask": mask.to(loaded.device),
+            "output_hidden_states": True,
+            "return_dict": True,
+        }
         if takes_positions:
             kwargs["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0).to(loaded.device)
         pre_norm: dict[str, Any] = {}
@@ -390,7 +419,7 @@ def forward_batches(loaded: LoadedModel, encoded: Sequence[Encoded], batch_size:
         per_text = []
         for r in range(len(idx)):
             n = lens[r]
-            per_text.append(stacked[r, :, T - n:] if left else stacked[r, :, :n])
+            per_text.append(stacked[r, :, T - n :] if left else stacked[r, :, :n])
         yield idx, per_text, "h" in pre_norm
 
 
@@ -401,9 +430,16 @@ def forward_batches(loaded: LoadedModel, encoded: Sequence[Encoded], batch_size:
 def corpus_cache_key(model_info: ModelInfo, corpus_hash: str, settings: CorpusSettings) -> str:
     """sha256 over everything that decides the numbers: core version, model, revision, dtype, device, the texts
     (their sha256) and every corpus setting."""
-    payload = {"kind": "corpus", "core_version": CORE_VERSION, "model_id": model_info.model_id,
-               "revision": model_info.revision, "dtype": model_info.dtype, "device": model_info.device,
-               "corpus_sha256": corpus_hash, "settings": settings.to_dict()}
+    payload = {
+        "kind": "corpus",
+        "core_version": CORE_VERSION,
+        "model_id": model_info.model_id,
+        "revision": model_info.revision,
+        "dtype": model_info.dtype,
+        "device": model_info.device,
+        "corpus_sha256": corpus_hash,
+        "settings": settings.to_dict(),
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -449,10 +485,17 @@ def _cache_get(cache: Any, key: str) -> CorpusResult | None:
         return None
 
 
-def analyze_corpus(model: LoadedModel | str, texts: Sequence[str] | CorpusTexts,
-                   settings: CorpusSettings | None = None, progress: ProgressFn | None = None, *,
-                   cache: Any = None, dtype: str = "auto", device: str = "auto",
-                   limit: int | None = None) -> CorpusResult:
+def analyze_corpus(
+    model: LoadedModel | str,
+    texts: Sequence[str] | CorpusTexts,
+    settings: CorpusSettings | None = None,
+    progress: ProgressFn | None = None,
+    *,
+    cache: Any = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    limit: int | None = None,
+) -> CorpusResult:
     """Analyse a corpus: pooled layer geometry with bootstrap intervals, and the single-text metrics of each text.
 
     model: a LoadedModel, or an id / folder loaded first. texts: the texts (blank ones are skipped and counted),
@@ -478,8 +521,7 @@ def analyze_corpus(model: LoadedModel | str, texts: Sequence[str] | CorpusTexts,
     hit = _cache_get(cache, key)
     if hit is not None:
         report(hit.n_texts, hit.n_texts, "texts")
-        return hit.replace(cache_hit=True, duration_s=time.perf_counter() - t_start,
-                           n_blank_skipped=n_blank)
+        return hit.replace(cache_hit=True, duration_s=time.perf_counter() - t_start, n_blank_skipped=n_blank)
 
     timings: dict[str, float] = {}
     warnings: list[str] = []
@@ -503,7 +545,8 @@ def analyze_corpus(model: LoadedModel | str, texts: Sequence[str] | CorpusTexts,
     report(0, G, "texts")
     with loaded.lock, fast_attention(loaded) as attn_used:
         t1 = time.perf_counter()
-        for idx, states, has_norm in forward_batches(loaded, encoded, st.batch_size, order):
+        for idx, states, norm_seen in forward_batches(loaded, encoded, st.batch_size, order):
+            has_norm = norm_seen
             t2 = time.perf_counter()
             t_forward += t2 - t1
             for g, H in zip(idx, states):
@@ -511,7 +554,7 @@ def analyze_corpus(model: LoadedModel | str, texts: Sequence[str] | CorpusTexts,
                     pool = np.empty((H.shape[0], n_points, H.shape[2]), dtype=np.float32)
                 kept = np.flatnonzero(keep_masks[g])
                 if sample[g].size:
-                    pool[:, offsets[g]:offsets[g + 1]] = H[:, kept[sample[g]]]
+                    pool[:, offsets[g] : offsets[g + 1]] = H[:, kept[sample[g]]]
                 lm = metrics.layer_metrics(H, keep_masks[g])
                 for m in metrics.METRIC_NAMES:
                     per_text[m][g] = lm[m]
@@ -522,18 +565,28 @@ def analyze_corpus(model: LoadedModel | str, texts: Sequence[str] | CorpusTexts,
     timings["forward_s"] = t_forward
     timings["per_text_metrics_s"] = t_metrics
     if pool is None or n_points == 0:
-        raise InputError("no token is left to analyse: every text consists of special tokens only "
-                         "(include special tokens, or give longer texts)")
+        raise InputError(
+            "no token is left to analyse: every text consists of special tokens only "
+            "(include special tokens, or give longer texts)"
+        )
 
     t3 = time.perf_counter()
-    pooled = geometry.pooled_geometry(pool, groups, G, n_resamples=st.bootstrap if G > 1 else 0, seed=st.seed,
-                                      rank=st.bootstrap_rank,
-                                      on_layer=lambda layer: report(layer + 1, n_layers, "layers"))
+    pooled = geometry.pooled_geometry(
+        pool,
+        groups,
+        G,
+        n_resamples=st.bootstrap if G > 1 else 0,
+        seed=st.seed,
+        rank=st.bootstrap_rank,
+        on_layer=lambda layer: report(layer + 1, n_layers, "layers"),
+    )
     timings["pooled_metrics_and_bootstrap_s"] = time.perf_counter() - t3
 
     if G == 1:
-        warnings.append("one text: no confidence intervals (the bootstrap resamples texts) and no "
-                        "anisotropy_cosine (it needs pairs of points from different texts)")
+        warnings.append(
+            "one text: no confidence intervals (the bootstrap resamples texts) and no "
+            "anisotropy_cosine (it needs pairs of points from different texts)"
+        )
     elif st.bootstrap == 0:
         warnings.append("bootstrap = 0: no confidence intervals")
     n_trunc = sum(e.truncated for e in encoded)
@@ -541,25 +594,45 @@ def analyze_corpus(model: LoadedModel | str, texts: Sequence[str] | CorpusTexts,
         warnings.append(f"{n_trunc} of {G} texts were truncated to {st.max_tokens} tokens (or the context length)")
     total_eligible = int(sum(k.sum() for k in keep_masks))
     if total_eligible > n_points:
-        warnings.append(f"pooled metrics use a seeded uniform sample of {n_points} of the {total_eligible} token "
-                        f"states (max_points)")
+        warnings.append(
+            f"pooled metrics use a seeded uniform sample of {n_points} of the {total_eligible} token "
+            f"states (max_points)"
+        )
     hidden = int(pool.shape[2])
     if n_points < 2 * hidden:
-        warnings.append(f"{n_points} pooled points for a hidden width of {hidden}: the spectral metrics are capped "
-                        f"by the point count and linearity is close to 1 by construction when points ≤ width")
+        warnings.append(
+            f"{n_points} pooled points for a hidden width of {hidden}: the spectral metrics are capped "
+            f"by the point count and linearity is close to 1 by construction when points ≤ width"
+        )
     if n_blank:
         warnings.append(f"{n_blank} blank line(s) skipped")
 
     result = CorpusResult(
-        model=info, settings=st, n_texts=G, n_blank_skipped=n_blank,
-        text_sha256=tuple(text_sha256(t) for t in all_texts), corpus_sha256=c_hash,
+        model=info,
+        settings=st,
+        n_texts=G,
+        n_blank_skipped=n_blank,
+        text_sha256=tuple(text_sha256(t) for t in all_texts),
+        corpus_sha256=c_hash,
         text_tokens=np.array([len(e.ids) for e in encoded], dtype=np.int64),
-        metric_tokens=np.array([int(k.sum()) for k in keep_masks], dtype=np.int64), n_truncated=n_trunc,
-        estimate=pooled.estimate, ci_low=pooled.ci_low, ci_high=pooled.ci_high, n_points=pooled.n_points,
-        n_duplicates=pooled.n_points - pooled.n_distinct, per_text=per_text, attn_implementation=attn_used,
-        final_norm=has_norm, warnings=tuple(warnings), timings=timings, versions=_versions(),
-        core_version=CORE_VERSION, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        duration_s=time.perf_counter() - t_start, cache_key=key)
+        metric_tokens=np.array([int(k.sum()) for k in keep_masks], dtype=np.int64),
+        n_truncated=n_trunc,
+        estimate=pooled.estimate,
+        ci_low=pooled.ci_low,
+        ci_high=pooled.ci_high,
+        n_points=pooled.n_points,
+        n_duplicates=pooled.n_points - pooled.n_distinct,
+        per_text=per_text,
+        attn_implementation=attn_used,
+        final_norm=has_norm,
+        warnings=tuple(warnings),
+        timings=timings,
+        versions=_versions(),
+        core_version=CORE_VERSION,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        duration_s=time.perf_counter() - t_start,
+        cache_key=key,
+    )
     if cache is not None:
         try:
             cache.set_bytes(key, result.to_bytes())

@@ -24,8 +24,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from . import docs, plotting
-from .formats import csv_bytes, json_bytes, zip_bytes
 from .corpus import CorpusResult
+from .formats import csv_bytes, json_bytes, zip_bytes
 from .geometry import POOLED_METRICS
 from .metrics import METRIC_NAMES
 
@@ -34,14 +34,24 @@ log = logging.getLogger(__name__)
 METRICS_HEADER = ["layer", "metric", "estimate", "ci_low", "ci_high", "n_texts", "n_points"]
 PER_TEXT_HEADER = ["text_index", "layer", *METRIC_NAMES]
 #: docs key of each pooled metric (the three spectral ones share the pooled-spectrum entry).
-DOC_KEY = {"effective_rank": "corpus_spectral", "participation_ratio": "corpus_spectral",
-           "intrinsic_dim_95": "corpus_spectral", "twonn_dimension": "twonn_dimension",
-           "anisotropy_cosine": "anisotropy_cosine", "anisotropy_top_pc": "anisotropy_top_pc",
-           "linearity": "linearity"}
-LABEL = {"effective_rank": "Effective rank (pooled)", "participation_ratio": "Participation ratio (pooled)",
-         "intrinsic_dim_95": "Intrinsic dim. 95 % (pooled)", "twonn_dimension": "TwoNN dimension",
-         "anisotropy_cosine": "Anisotropy: mean cosine between texts",
-         "anisotropy_top_pc": "Anisotropy: top PC share λ₁/Σλ", "linearity": "Linearity (layer l−1 → l)"}
+DOC_KEY = {
+    "effective_rank": "corpus_spectral",
+    "participation_ratio": "corpus_spectral",
+    "intrinsic_dim_95": "corpus_spectral",
+    "twonn_dimension": "twonn_dimension",
+    "anisotropy_cosine": "anisotropy_cosine",
+    "anisotropy_top_pc": "anisotropy_top_pc",
+    "linearity": "linearity",
+}
+LABEL = {
+    "effective_rank": "Effective rank (pooled)",
+    "participation_ratio": "Participation ratio (pooled)",
+    "intrinsic_dim_95": "Intrinsic dim. 95 % (pooled)",
+    "twonn_dimension": "TwoNN dimension",
+    "anisotropy_cosine": "Anisotropy: mean cosine between texts",
+    "anisotropy_top_pc": "Anisotropy: top PC share λ₁/Σλ",
+    "linearity": "Linearity (layer l−1 → l)",
+}
 
 
 def label(metric: str) -> str:
@@ -54,26 +64,40 @@ def manifest(result: CorpusResult) -> dict[str, Any]:
     m = result.model
     return {
         "kind": "corpus",
-        "model_id": m.model_id, "family": m.family, "source": m.source, "revision": m.revision,
-        "local_path": m.local_path, "architecture": m.architecture, "dtype": m.dtype, "device": m.device,
-        "attn_implementation": result.attn_implementation, "hidden_size": m.hidden_size,
+        "model_id": m.model_id,
+        "family": m.family,
+        "source": m.source,
+        "revision": m.revision,
+        "local_path": m.local_path,
+        "architecture": m.architecture,
+        "dtype": m.dtype,
+        "device": m.device,
+        "attn_implementation": result.attn_implementation,
+        "hidden_size": m.hidden_size,
         "layers": result.n_layers - 1,
         "last_hidden_state_before_final_norm": result.final_norm,
         "settings": result.settings.to_dict(),
         "corpus": {
-            "n_texts": result.n_texts, "n_blank_lines_skipped": result.n_blank_skipped,
-            "n_truncated": result.n_truncated, "tokens_total": int(result.text_tokens.sum()),
+            "n_texts": result.n_texts,
+            "n_blank_lines_skipped": result.n_blank_skipped,
+            "n_truncated": result.n_truncated,
+            "tokens_total": int(result.text_tokens.sum()),
             "tokens_in_metrics": int(result.metric_tokens.sum()),
-            "corpus_sha256": result.corpus_sha256, "text_sha256": list(result.text_sha256),
+            "corpus_sha256": result.corpus_sha256,
+            "text_sha256": list(result.text_sha256),
         },
         "pooled_points_per_layer": [int(v) for v in result.n_points],
         "duplicates_removed_per_layer": [int(v) for v in result.n_duplicates],
-        "confidence_intervals": ("95 % percentile bootstrap over texts" if result.has_intervals
-                                 else "none (one text or bootstrap = 0)"),
-        "core_version": result.core_version, "package_versions": result.versions, "created_at": result.created_at,
+        "confidence_intervals": (
+            "95 % percentile bootstrap over texts" if result.has_intervals else "none (one text or bootstrap = 0)"
+        ),
+        "core_version": result.core_version,
+        "package_versions": result.versions,
+        "created_at": result.created_at,
         "duration_s": round(result.duration_s, 4),
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
-        "cache_hit": result.cache_hit, "warnings": list(result.warnings),
+        "cache_hit": result.cache_hit,
+        "warnings": list(result.warnings),
     }
 
 
@@ -100,10 +124,16 @@ def metrics_figure(result: CorpusResult) -> Figure:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="best")
     axes[-1].axis("off")
-    axes[-1].text(0.0, 0.9, f"{result.model.model_id}\n{result.n_texts} texts, "
-                            f"{int(result.n_points.max())} pooled points per layer\n"
-                            f"layer 0 = embeddings; the last layer is before the final norm",
-                  fontsize=8, va="top", transform=axes[-1].transAxes)
+    axes[-1].text(
+        0.0,
+        0.9,
+        f"{result.model.model_id}\n{result.n_texts} texts, "
+        f"{int(result.n_points.max())} pooled points per layer\n"
+        f"layer 0 = embeddings; the last layer is before the final norm",
+        fontsize=8,
+        va="top",
+        transform=axes[-1].transAxes,
+    )
     fig.subplots_adjust(left=0.07, right=0.98, top=0.96, bottom=0.05, hspace=0.55, wspace=0.2)
     return fig
 
@@ -132,10 +162,11 @@ def per_text_figure(result: CorpusResult) -> Figure:
 
 
 PLOTS = {"plots/corpus_metrics.png": metrics_figure, "plots/corpus_per_text.png": per_text_figure}
-CAPTIONS = {"plots/corpus_metrics.png": "Pooled metrics against layer; bands: 95 % percentile bootstrap "
-                                        "intervals over texts.",
-            "plots/corpus_per_text.png": "Single-text metrics: median over texts and interquartile band, beside "
-                                         "the pooled estimate."}
+CAPTIONS = {
+    "plots/corpus_metrics.png": "Pooled metrics against layer; bands: 95 % percentile bootstrap intervals over texts.",
+    "plots/corpus_per_text.png": "Single-text metrics: median over texts and interquartile band, beside "
+    "the pooled estimate.",
+}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -173,14 +204,18 @@ def report_pdf(result: CorpusResult, plots: dict[str, bytes]) -> bytes:
     h("Corpus analysis - report", 15)
     m = result.model
     st = result.settings
-    for k, v in [("Model", m.model_id), ("Revision", m.revision), ("Dtype / device", f"{m.dtype} / {m.device}"),
-                 ("Texts", f"{result.n_texts} ({result.n_blank_skipped} blank lines skipped, "
-                           f"{result.n_truncated} truncated)"),
-                 ("Tokens", f"{int(result.text_tokens.sum())} ({int(result.metric_tokens.sum())} in the metrics)"),
-                 ("Pooled points per layer", int(result.n_points.max())),
-                 ("Settings", ", ".join(f"{k2}={v2}" for k2, v2 in st.to_dict().items())),
-                 ("Corpus sha256", result.corpus_sha256), ("Created", result.created_at),
-                 ("Core version", result.core_version)]:
+    for k, v in [
+        ("Model", m.model_id),
+        ("Revision", m.revision),
+        ("Dtype / device", f"{m.dtype} / {m.device}"),
+        ("Texts", f"{result.n_texts} ({result.n_blank_skipped} blank lines skipped, {result.n_truncated} truncated)"),
+        ("Tokens", f"{int(result.text_tokens.sum())} ({int(result.metric_tokens.sum())} in the metrics)"),
+        ("Pooled points per layer", int(result.n_points.max())),
+        ("Settings", ", ".join(f"{k2}={v2}" for k2, v2 in st.to_dict().items())),
+        ("Corpus sha256", result.corpus_sha256),
+        ("Created", result.created_at),
+        ("Core version", result.core_version),
+    ]:
         p(f"{k}: {v}")
     if result.warnings:
         h("Warnings", 11)
@@ -200,8 +235,9 @@ def report_pdf(result: CorpusResult, plots: dict[str, bytes]) -> bytes:
         for r in result.metric_rows():
             row = t.row()
             for v in r:
-                row.cell("–" if isinstance(v, float) and np.isnan(v) else f"{v:.4g}" if isinstance(v, float)
-                         else str(v))
+                row.cell(
+                    "–" if isinstance(v, float) and np.isnan(v) else f"{v:.4g}" if isinstance(v, float) else str(v)
+                )
     pdf.add_page()
     h("Definitions", 12)
     for key in dict.fromkeys(DOC_KEY.values()):

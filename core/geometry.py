@@ -39,8 +39,15 @@ import numpy as np
 from .metrics import _effective_rank_from_s2, _intrinsic_dim_from_s2, _participation_ratio_from_s2
 
 #: Pooled-metric names, in display order (linearity is defined for layers ≥ 1 only).
-POOLED_METRICS = ("effective_rank", "participation_ratio", "intrinsic_dim_95", "twonn_dimension",
-                  "anisotropy_cosine", "anisotropy_top_pc", "linearity")
+POOLED_METRICS = (
+    "effective_rank",
+    "participation_ratio",
+    "intrinsic_dim_95",
+    "twonn_dimension",
+    "anisotropy_cosine",
+    "anisotropy_top_pc",
+    "linearity",
+)
 SPECTRAL = ("effective_rank", "participation_ratio", "intrinsic_dim_95", "anisotropy_top_pc")
 TWONN_DISCARD = 0.1
 NEIGHBOURS = 24  # neighbours kept per point for the TwoNN bootstrap
@@ -82,8 +89,12 @@ def spectral_metrics(lam: np.ndarray) -> dict[str, float]:
     lam = np.asarray(lam, dtype=np.float64)
     total = lam.sum(-1)
     top = np.divide(lam[..., 0], total, out=np.full_like(total, np.nan), where=total > 0)
-    out = {"effective_rank": _effective_rank_from_s2(lam), "participation_ratio": _participation_ratio_from_s2(lam),
-           "intrinsic_dim_95": _intrinsic_dim_from_s2(lam), "anisotropy_top_pc": top}
+    out = {
+        "effective_rank": _effective_rank_from_s2(lam),
+        "participation_ratio": _participation_ratio_from_s2(lam),
+        "intrinsic_dim_95": _intrinsic_dim_from_s2(lam),
+        "anisotropy_top_pc": top,
+    }
     return {k: (float(v) if np.ndim(v) == 0 else v) for k, v in out.items()}
 
 
@@ -121,10 +132,10 @@ def anisotropy_cosine(X: np.ndarray, groups: np.ndarray) -> float:
     G = int(groups.max()) + 1 if groups.size else 0
     s = group_sums(unit_rows(X), groups, G)
     n = np.bincount(groups, minlength=G).astype(np.float64)
-    pairs = n.sum() ** 2 - (n ** 2).sum()
+    pairs = n.sum() ** 2 - (n**2).sum()
     if pairs <= 0:
         return float("nan")
-    return float((np.sum(s.sum(0) ** 2) - np.sum(s ** 2)) / pairs)
+    return float((np.sum(s.sum(0) ** 2) - np.sum(s**2)) / pairs)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -245,8 +256,14 @@ def distinct_neighbours(X: np.ndarray, k: int = NEIGHBOURS, rel_tol: float = DUP
     return Neighbours(exact[keep], np.where(valid, new[nb], 0), np.where(valid, ds, np.inf), valid)
 
 
-def _twonn_weighted(nb: Neighbours, owner: np.ndarray, w: np.ndarray, pts: np.ndarray | None, X: np.ndarray,
-                    discard: float = TWONN_DISCARD) -> tuple[float, np.ndarray | None]:
+def _twonn_weighted(
+    nb: Neighbours,
+    owner: np.ndarray,
+    w: np.ndarray,
+    pts: np.ndarray | None,
+    X: np.ndarray,
+    discard: float = TWONN_DISCARD,
+) -> tuple[float, np.ndarray | None]:
     """TwoNN of the distinct points whose text has weight w > 0, each μ counted w times. r₁, r₂ are the first two
     stored neighbours among the drawn texts, or recomputed exactly when fewer than two of them were drawn.
     Returns (d, the float64 points if they had to be loaded, for reuse)."""
@@ -363,8 +380,9 @@ class LayerEstimate:
 BLOCK_BYTES = 256 * 1024 * 1024
 
 
-def layer_estimate(X: np.ndarray, groups: np.ndarray, n_groups: int, *, rank: int = 128,
-                   with_blocks: bool = True) -> LayerEstimate:
+def layer_estimate(
+    X: np.ndarray, groups: np.ndarray, n_groups: int, *, rank: int = 128, with_blocks: bool = True
+) -> LayerEstimate:
     """Pooled metrics of one layer (all but linearity) and, if asked, the blocks of its bootstrap.
 
     X: [N, D] pooled states; groups: int [N] text of each point (0 … n_groups−1).
@@ -391,7 +409,7 @@ def layer_estimate(X: np.ndarray, groups: np.ndarray, n_groups: int, *, rank: in
             order = np.argsort(groups, kind="stable")
             bounds = np.searchsorted(groups[order], np.arange(n_groups + 1))
             for g in range(n_groups):
-                rows = Z[order[bounds[g]:bounds[g + 1]]]
+                rows = Z[order[bounds[g] : bounds[g + 1]]]
                 if rows.size:
                     bl[g] = rows.T @ rows
         else:
@@ -399,10 +417,18 @@ def layer_estimate(X: np.ndarray, groups: np.ndarray, n_groups: int, *, rank: in
         sums_full = group_sums(Xc, groups, n_groups)
         U = group_sums(unit_rows(X), groups, n_groups)
         blocks = LayerBlocks(
-            groups=groups, n=np.bincount(groups, minlength=n_groups).astype(np.float64),
+            groups=groups,
+            n=np.bincount(groups, minlength=n_groups).astype(np.float64),
             trace=np.bincount(groups, weights=np.einsum("ij,ij->i", Xc, Xc), minlength=n_groups),
-            sums_full=sums_full, Z=Z, zsum=zsum, blocks=bl, tail=lam[k:].copy(), unit_sums=U,
-            owner=groups[nb.distinct], neighbours=nb)
+            sums_full=sums_full,
+            Z=Z,
+            zsum=zsum,
+            blocks=bl,
+            tail=lam[k:].copy(),
+            unit_sums=U,
+            owner=groups[nb.distinct],
+            neighbours=nb,
+        )
     return LayerEstimate(values=values, n_points=N, n_distinct=int(M), lam=lam, V=V, Xc=Xc, blocks=blocks)
 
 
@@ -459,8 +485,8 @@ def bootstrap_spectral(b: LayerBlocks, W: np.ndarray) -> dict[str, np.ndarray]:
 def bootstrap_cosine(b: LayerBlocks, W: np.ndarray) -> np.ndarray:
     """anisotropy_cosine of every resample, exact: (wᵀSw − Σ w_g² S_gg) / ((w·n)² − Σ w_g² n_g²). -> [B]."""
     S = W @ b.unit_sums
-    num = np.einsum("bd,bd->b", S, S) - (W ** 2) @ np.einsum("gd,gd->g", b.unit_sums, b.unit_sums)
-    pairs = (W @ b.n) ** 2 - (W ** 2) @ (b.n ** 2)
+    num = np.einsum("bd,bd->b", S, S) - (W**2) @ np.einsum("gd,gd->g", b.unit_sums, b.unit_sums)
+    pairs = (W @ b.n) ** 2 - (W**2) @ (b.n**2)
     return np.divide(num, pairs, out=np.full(W.shape[0], np.nan), where=pairs > 0)
 
 
@@ -486,7 +512,7 @@ def bootstrap_linearity(prev: LayerBlocks, cur: LayerBlocks, W: np.ndarray, esti
         order = np.argsort(prev.groups, kind="stable")
         bounds = np.searchsorted(prev.groups[order], np.arange(G + 1))
         for g in range(G):
-            r = order[bounds[g]:bounds[g + 1]]
+            r = order[bounds[g] : bounds[g + 1]]
             if r.size:
                 cross[g] = prev.Z[r].T @ cur.Z[r]
 
@@ -539,9 +565,16 @@ class PooledGeometry:
     n_distinct: np.ndarray
 
 
-def pooled_geometry(layers: np.ndarray, groups: np.ndarray, n_groups: int, *, n_resamples: int = 200,
-                    seed: int = 0, rank: int = 128,
-                    on_layer: Callable[[int], None] | None = None) -> PooledGeometry:
+def pooled_geometry(
+    layers: np.ndarray,
+    groups: np.ndarray,
+    n_groups: int,
+    *,
+    n_resamples: int = 200,
+    seed: int = 0,
+    rank: int = 128,
+    on_layer: Callable[[int], None] | None = None,
+) -> PooledGeometry:
     """Every pooled metric at every layer, with 95 % percentile bootstrap intervals over texts.
 
     layers: [L+1, N, D] pooled states (float32 is fine: each layer is converted to float64 in turn);

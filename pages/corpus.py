@@ -33,8 +33,12 @@ _FIELDS = {f.name: f for f in dataclasses.fields(CorpusSettings)}
 
 def _bounds(name: str) -> dict[str, Any]:
     f = _FIELDS[name]
-    return {"min_value": f.metadata["min"], "max_value": f.metadata["max"], "value": f.default,
-            "help": f.metadata["help"]}
+    return {
+        "min_value": f.metadata["min"],
+        "max_value": f.metadata["max"],
+        "value": f.default,
+        "help": f.metadata["help"],
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -78,19 +82,25 @@ def draw_inputs() -> tuple[Any, bool]:
             if cols:
                 st.selectbox("Column with the texts", cols, key=Keys.CORPUS_COLUMN)
     else:
-        st.text_area("One text per line", key=Keys.CORPUS_PASTE, height=160,
-                     placeholder="The cat sat on the mat.\nParis is the capital of France.")
+        st.text_area(
+            "One text per line",
+            key=Keys.CORPUS_PASTE,
+            height=160,
+            placeholder="The cat sat on the mat.\nParis is the capital of France.",
+        )
     with st.expander("Settings", expanded=False):
         c1, c2, c3 = st.columns(3)
         c1.number_input("Max tokens per text", step=16, key=Keys.CORPUS_MAX_TOKENS, **_bounds("max_tokens"))
         c2.number_input("Batch size", step=1, key=Keys.CORPUS_BATCH, **_bounds("batch_size"))
         c3.number_input("Bootstrap resamples", step=50, key=Keys.CORPUS_BOOTSTRAP, **_bounds("bootstrap"))
-        c1.number_input("Max pooled points per layer", step=500, key=Keys.CORPUS_MAX_POINTS,
-                        **_bounds("max_points"))
-        c2.checkbox("Include special tokens", key=Keys.CORPUS_SPECIAL,
-                    help=_FIELDS["include_special_tokens"].metadata["help"])
-    st.caption(f"At most {max_corpus_texts():,} texts (set by $TMA_MAX_CORPUS_TEXTS on this server). The model is "
-               "the one chosen in the sidebar; blank lines are skipped.")
+        c1.number_input("Max pooled points per layer", step=500, key=Keys.CORPUS_MAX_POINTS, **_bounds("max_points"))
+        c2.checkbox(
+            "Include special tokens", key=Keys.CORPUS_SPECIAL, help=_FIELDS["include_special_tokens"].metadata["help"]
+        )
+    st.caption(
+        f"At most {max_corpus_texts():,} texts (set by $TMA_MAX_CORPUS_TEXTS on this server). The model is "
+        "the one chosen in the sidebar; blank lines are skipped."
+    )
     run = st.button("Run corpus analysis", type="primary", key="corpus_run")
     return upload, run
 
@@ -100,11 +110,13 @@ def settings_from_state(state: Any) -> CorpusSettings:
         v = state.get(key)
         return _FIELDS[name].default if v is None else v
 
-    return CorpusSettings(max_tokens=int(get(Keys.CORPUS_MAX_TOKENS, "max_tokens")),
-                          batch_size=int(get(Keys.CORPUS_BATCH, "batch_size")),
-                          bootstrap=int(get(Keys.CORPUS_BOOTSTRAP, "bootstrap")),
-                          max_points=int(get(Keys.CORPUS_MAX_POINTS, "max_points")),
-                          include_special_tokens=bool(state.get(Keys.CORPUS_SPECIAL) or False))
+    return CorpusSettings(
+        max_tokens=int(get(Keys.CORPUS_MAX_TOKENS, "max_tokens")),
+        batch_size=int(get(Keys.CORPUS_BATCH, "batch_size")),
+        bootstrap=int(get(Keys.CORPUS_BOOTSTRAP, "bootstrap")),
+        max_points=int(get(Keys.CORPUS_MAX_POINTS, "max_points")),
+        include_special_tokens=bool(state.get(Keys.CORPUS_SPECIAL) or False),
+    )
 
 
 def run_corpus(upload: Any) -> None:
@@ -125,8 +137,9 @@ def run_corpus(upload: Any) -> None:
             if stage == "texts":
                 bar.progress(min(1.0, done / max(total, 1)), text=f"{done} / {total} texts")
             else:
-                bar.progress(min(1.0, done / max(total, 1)), text=f"pooled metrics and bootstrap: layer {done} / "
-                                                                  f"{total}")
+                bar.progress(
+                    min(1.0, done / max(total, 1)), text=f"pooled metrics and bootstrap: layer {done} / {total}"
+                )
 
         loaded = get_model(model_id, dtype=state.get(Keys.DTYPE) or "auto")
         result = analyze_corpus(loaded, texts, settings, progress, cache=get_result_cache())
@@ -148,20 +161,42 @@ def pooled_frame(result: CorpusResult, metrics: list[str]) -> pd.DataFrame:
     rows = []
     for m in metrics:
         for layer in range(1 if m == "linearity" else 0, result.n_layers):
-            rows.append({"layer": layer, "metric": label(m), "estimate": result.estimate[m][layer],
-                         "ci_low": result.ci_low[m][layer], "ci_high": result.ci_high[m][layer]})
+            rows.append(
+                {
+                    "layer": layer,
+                    "metric": label(m),
+                    "estimate": result.estimate[m][layer],
+                    "ci_low": result.ci_low[m][layer],
+                    "ci_high": result.ci_high[m][layer],
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def per_text_frame(result: CorpusResult, metric: str) -> pd.DataFrame:
     """Long frame: layer, series ("per-text median" / "pooled"), value, q25, q75 for one single-text metric."""
     s = result.per_text_summary(metric)
-    rows = [{"layer": layer, "series": "per-text median (IQR band)", "value": s["median"][layer],
-             "q25": s["q25"][layer], "q75": s["q75"][layer]} for layer in range(result.n_layers)]
+    rows = [
+        {
+            "layer": layer,
+            "series": "per-text median (IQR band)",
+            "value": s["median"][layer],
+            "q25": s["q25"][layer],
+            "q75": s["q75"][layer],
+        }
+        for layer in range(result.n_layers)
+    ]
     if metric in result.estimate:
-        rows += [{"layer": layer, "series": "pooled (95 % band)", "value": result.estimate[metric][layer],
-                  "q25": result.ci_low[metric][layer], "q75": result.ci_high[metric][layer]}
-                 for layer in range(result.n_layers)]
+        rows += [
+            {
+                "layer": layer,
+                "series": "pooled (95 % band)",
+                "value": result.estimate[metric][layer],
+                "q25": result.ci_low[metric][layer],
+                "q75": result.ci_high[metric][layer],
+            }
+            for layer in range(result.n_layers)
+        ]
     return pd.DataFrame(rows)
 
 
@@ -175,12 +210,19 @@ def band_chart(frame: pd.DataFrame, y: str, lo: str, hi: str, color: str, title:
     import altair as alt
 
     base = alt.Chart(frame).encode(x=alt.X("layer:Q", title="layer", axis=alt.Axis(tickMinStep=1)))
-    band = base.mark_area(opacity=0.25).encode(y=alt.Y(f"{lo}:Q", title=""), y2=f"{hi}:Q",
-                                               color=alt.Color(f"{color}:N", legend=None))
+    band = base.mark_area(opacity=0.25).encode(
+        y=alt.Y(f"{lo}:Q", title=""), y2=f"{hi}:Q", color=alt.Color(f"{color}:N", legend=None)
+    )
     line = base.mark_line(point=True).encode(
-        y=alt.Y(f"{y}:Q", title="", scale=alt.Scale(zero=False)), color=alt.Color(f"{color}:N", title=""),
-        tooltip=["layer", alt.Tooltip(f"{y}:Q", format=".4g"), alt.Tooltip(f"{lo}:Q", format=".4g"),
-                 alt.Tooltip(f"{hi}:Q", format=".4g")])
+        y=alt.Y(f"{y}:Q", title="", scale=alt.Scale(zero=False)),
+        color=alt.Color(f"{color}:N", title=""),
+        tooltip=[
+            "layer",
+            alt.Tooltip(f"{y}:Q", format=".4g"),
+            alt.Tooltip(f"{lo}:Q", format=".4g"),
+            alt.Tooltip(f"{hi}:Q", format=".4g"),
+        ],
+    )
     return (band + line).properties(title=title, height=230)
 
 
@@ -191,31 +233,38 @@ def band_chart(frame: pd.DataFrame, y: str, lo: str, hi: str, color: str, title:
 def draw_result(result: CorpusResult) -> None:
     state = st.session_state
     hit = "from the cache" if result.cache_hit else f"computed in {result.duration_s:.1f} s"
-    st.success(f"{result.model.model_id} · {result.n_texts} texts · {int(result.n_points.max())} pooled "
-               f"points per layer · {result.n_layers - 1} layers · {hit}")
+    st.success(
+        f"{result.model.model_id} · {result.n_texts} texts · {int(result.n_points.max())} pooled "
+        f"points per layer · {result.n_layers - 1} layers · {hit}"
+    )
     for w in result.warnings:
         st.warning(w)
     if not result.has_intervals:
         st.info("No confidence intervals: they resample texts, so they need at least two texts and bootstrap > 0.")
 
     st.subheader("Pooled metrics with 95 % bootstrap intervals")
-    chosen = st.multiselect("Metrics", list(POOLED_METRICS), default=list(DEFAULT_PLOTTED), key=Keys.CORPUS_METRICS,
-                            format_func=label)
+    chosen = st.multiselect(
+        "Metrics", list(POOLED_METRICS), default=list(DEFAULT_PLOTTED), key=Keys.CORPUS_METRICS, format_func=label
+    )
     cols = st.columns(2)
     for i, m in enumerate(chosen):
         with cols[i % 2]:
             frame = pooled_frame(result, [m])
-            st.altair_chart(band_chart(frame, "estimate", "ci_low", "ci_high", "metric", label(m)),
-                            width="stretch")
+            st.altair_chart(band_chart(frame, "estimate", "ci_low", "ci_high", "metric", label(m)), width="stretch")
             st.caption(docs.caption(DOC_KEY[m]))
 
     st.subheader("Pooled vs per text")
-    metric = st.selectbox("Single-text metric", list(METRIC_NAMES), key=Keys.CORPUS_PER_TEXT,
-                          format_func=docs.metric_label)
-    st.altair_chart(band_chart(per_text_frame(result, metric), "value", "q25", "q75", "series",
-                               docs.metric_label(metric)), width="stretch")
-    st.caption("Per-text values are capped by each text's length (T − 1 for the spectral metrics); the pooled "
-               "curve is not. Band: interquartile range over texts (per text) or 95 % interval (pooled).")
+    metric = st.selectbox(
+        "Single-text metric", list(METRIC_NAMES), key=Keys.CORPUS_PER_TEXT, format_func=docs.metric_label
+    )
+    st.altair_chart(
+        band_chart(per_text_frame(result, metric), "value", "q25", "q75", "series", docs.metric_label(metric)),
+        width="stretch",
+    )
+    st.caption(
+        "Per-text values are capped by each text's length (T − 1 for the spectral metrics); the pooled "
+        "curve is not. Band: interquartile range over texts (per text) or 95 % interval (pooled)."
+    )
 
     st.subheader("Table")
     st.dataframe(table_frame(result), hide_index=True, width="stretch")
@@ -228,15 +277,23 @@ def draw_result(result: CorpusResult) -> None:
         with st.spinner("Preparing the ZIP…"):
             cached = (result.cache_key, zip_bytes(corpus_bundle_files(result)))
         state[Keys.CORPUS_ZIP] = cached
-    st.download_button("Download corpus bundle (ZIP)", data=cached[1], file_name="corpus_bundle.zip",
-                       mime="application/zip", on_click="ignore", key="corpus_download",
-                       help="corpus_metrics.csv, per_text_metrics.csv, manifest.json, plots/*.png, report.pdf")
+    st.download_button(
+        "Download corpus bundle (ZIP)",
+        data=cached[1],
+        file_name="corpus_bundle.zip",
+        mime="application/zip",
+        on_click="ignore",
+        key="corpus_download",
+        help="corpus_metrics.csv, per_text_metrics.csv, manifest.json, plots/*.png, report.pdf",
+    )
 
 
 st.title("Corpus")
-st.markdown("Layer geometry over many texts: the spectral metrics, TwoNN intrinsic dimension, two anisotropies and "
-            "linearity on the token states of the whole corpus, each with a 95 % bootstrap interval over texts, "
-            "and the single-text metrics of every text.")
+st.markdown(
+    "Layer geometry over many texts: the spectral metrics, TwoNN intrinsic dimension, two anisotropies and "
+    "linearity on the token states of the whole corpus, each with a 95 % bootstrap interval over texts, "
+    "and the single-text metrics of every text."
+)
 _upload, _run = draw_inputs()
 if _run:
     run_corpus(_upload)

@@ -7,13 +7,19 @@ import numpy as np
 import pytest
 
 from core import corpus as cp
-from core import guards
-from core import metrics
+from core import guards, metrics
 from core.errors import InputError
 
-TEXTS = ["The cat sat on the mat.", "A bird flew over the house.", "Paris is the capital of France.",
-         "The quick brown fox jumps over the lazy dog.", "Hello world.", "Attention heads look at previous tokens.",
-         "The dog sat on the log.", "Transformers process tokens in layers."]
+TEXTS = [
+    "The cat sat on the mat.",
+    "A bird flew over the house.",
+    "Paris is the capital of France.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello world.",
+    "Attention heads look at previous tokens.",
+    "The dog sat on the log.",
+    "Transformers process tokens in layers.",
+]
 
 
 class ForwardCounter:
@@ -135,8 +141,9 @@ def test_cache_hit_runs_no_forward_pass(tiny_gpt2, result_cache):
     assert not first.cache_hit
     seen = []
     with ForwardCounter() as fc:
-        second = cp.analyze_corpus(tiny_gpt2, TEXTS, st, cache=result_cache,
-                                   progress=lambda d, t, s: seen.append((d, t, s)))
+        second = cp.analyze_corpus(
+            tiny_gpt2, TEXTS, st, cache=result_cache, progress=lambda d, t, s: seen.append((d, t, s))
+        )
     assert fc.calls == 0 and second.cache_hit
     assert seen[-1] == (len(TEXTS), len(TEXTS), "texts")
     np.testing.assert_array_equal(second.ci_low["effective_rank"], first.ci_low["effective_rank"])
@@ -147,8 +154,9 @@ def test_cache_hit_runs_no_forward_pass(tiny_gpt2, result_cache):
 
 def test_progress_counts_texts(tiny_bert):
     seen = []
-    cp.analyze_corpus(tiny_bert, TEXTS, cp.CorpusSettings(bootstrap=0, batch_size=3),
-                      progress=lambda d, t, s: seen.append((d, t, s)))
+    cp.analyze_corpus(
+        tiny_bert, TEXTS, cp.CorpusSettings(bootstrap=0, batch_size=3), progress=lambda d, t, s: seen.append((d, t, s))
+    )
     texts = [d for d, t, s in seen if s == "texts"]
     assert texts == [0, 3, 6, 8]
     assert [d for d, t, s in seen if s == "layers"] == list(range(1, tiny_bert.n_layers + 2))
@@ -177,8 +185,9 @@ def test_lines_blank_skipped_and_counted():
     assert c.texts == ("first text", "second text", "third") and c.n_blank == 2
 
 
-@pytest.mark.parametrize("data, message", [(b"", "is empty"), (b"\n\n  \n", "every line is blank"),
-                                           ("   ", "every line is blank")])
+@pytest.mark.parametrize(
+    "data, message", [(b"", "is empty"), (b"\n\n  \n", "every line is blank"), ("   ", "every line is blank")]
+)
 def test_empty_corpus_is_refused(data, message):
     with pytest.raises(InputError, match=message):
         cp.texts_from_lines(data)
@@ -190,7 +199,7 @@ def test_non_utf8_is_refused_with_the_line():
 
 
 def test_csv_column_picker_and_missing_column():
-    data = "id,text,label\n1,Hello there,a\n2,,b\n3,\"A, quoted\"\" text\",c\n".encode()
+    data = b'id,text,label\n1,Hello there,a\n2,,b\n3,"A, quoted"" text",c\n'
     assert cp.csv_columns(data) == ["id", "text", "label"]
     c = cp.texts_from_csv(data, "text")
     assert c.texts == ("Hello there", 'A, quoted" text') and c.n_blank == 1
@@ -241,8 +250,14 @@ def test_bundle_files(gpt2_result):
     from core.geometry import POOLED_METRICS
 
     files = corpus_bundle_files(gpt2_result)
-    assert set(files) == {"corpus_metrics.csv", "per_text_metrics.csv", "manifest.json", "plots/corpus_metrics.png",
-                          "plots/corpus_per_text.png", "report.pdf"}
+    assert set(files) == {
+        "corpus_metrics.csv",
+        "per_text_metrics.csv",
+        "manifest.json",
+        "plots/corpus_metrics.png",
+        "plots/corpus_per_text.png",
+        "report.pdf",
+    }
     rows = list(csv.reader(io.StringIO(files["corpus_metrics.csv"].decode())))
     assert rows[0] == ["layer", "metric", "estimate", "ci_low", "ci_high", "n_texts", "n_points"]
     assert {r[1] for r in rows[1:]} == set(POOLED_METRICS)
@@ -250,11 +265,19 @@ def test_bundle_files(gpt2_result):
     tw0 = next(r for r in rows[1:] if r[0] == "0" and r[1] == "twonn_dimension")
     assert int(tw0[6]) == 60 - gpt2_result.n_duplicates[0]
     pt = list(csv.reader(io.StringIO(files["per_text_metrics.csv"].decode())))
-    assert pt[0] == ["text_index", "layer", "effective_rank", "participation_ratio", "intrinsic_dim_95",
-                     "activation_entropy", "cosine_to_input"]
+    assert pt[0] == [
+        "text_index",
+        "layer",
+        "effective_rank",
+        "participation_ratio",
+        "intrinsic_dim_95",
+        "activation_entropy",
+        "cosine_to_input",
+    ]
     assert len(pt) == 1 + 16 * gpt2_result.n_layers
     man = json.loads(files["manifest.json"])
     import hashlib
+
     assert man["corpus"]["text_sha256"][0] == hashlib.sha256(TEXTS[0].encode()).hexdigest()
     assert man["corpus"]["n_texts"] == 16 and man["settings"]["max_points"] == 60
     assert man["duplicates_removed_per_layer"][0] == int(gpt2_result.n_duplicates[0])
@@ -301,8 +324,13 @@ def test_page_with_an_injected_result_draws_and_never_runs_a_model(gpt2_result):
 
 
 def test_page_runs_pasted_lines_then_the_second_run_is_a_cache_hit(tiny_dirs):
-    at = page_app(model_choice="Other: a Hugging Face id or a local folder", model_custom=str(tiny_dirs["gpt2"]),
-                  corpus_source="Paste lines", corpus_paste="\n".join(TEXTS) + "\n\n", corpus_bootstrap=20)
+    at = page_app(
+        model_choice="Other: a Hugging Face id or a local folder",
+        model_custom=str(tiny_dirs["gpt2"]),
+        corpus_source="Paste lines",
+        corpus_paste="\n".join(TEXTS) + "\n\n",
+        corpus_bootstrap=20,
+    )
     at.run()
     assert at.session_state["corpus_result"] is None if "corpus_result" in at.session_state else True
     at.button(key="corpus_run").click().run()
@@ -316,8 +344,12 @@ def test_page_runs_pasted_lines_then_the_second_run_is_a_cache_hit(tiny_dirs):
 
 def test_page_limit_and_bad_input_show_one_message(monkeypatch, tiny_dirs):
     monkeypatch.setenv("TMA_MAX_CORPUS_TEXTS", "3")
-    at = page_app(model_choice="Other: a Hugging Face id or a local folder", model_custom=str(tiny_dirs["gpt2"]),
-                  corpus_source="Paste lines", corpus_paste="\n".join(TEXTS))
+    at = page_app(
+        model_choice="Other: a Hugging Face id or a local folder",
+        model_custom=str(tiny_dirs["gpt2"]),
+        corpus_source="Paste lines",
+        corpus_paste="\n".join(TEXTS),
+    )
     with ForwardCounter() as fc:
         at.run()
         assert any("At most 3 texts" in c.value for c in at.caption)
@@ -349,17 +381,56 @@ def test_cli_writes_the_bundle_with_a_progress_bar(tiny_dirs, tmp_path, capsys):
     f = tmp_path / "texts.txt"
     f.write_text("\n".join(TEXTS) + "\n\n")
     out = tmp_path / "c.zip"
-    code, stdout, err = cli(["corpus", "--model", str(tiny_dirs["bert"]), "--text-file", str(f), "--out", str(out),
-                             "--bootstrap", "20", "--batch-size", "3", "--max-points", "40", "--max-tokens", "16",
-                             "--cache-dir", str(tmp_path / "cache")], capsys)
+    code, stdout, err = cli(
+        [
+            "corpus",
+            "--model",
+            str(tiny_dirs["bert"]),
+            "--text-file",
+            str(f),
+            "--out",
+            str(out),
+            "--bootstrap",
+            "20",
+            "--batch-size",
+            "3",
+            "--max-points",
+            "40",
+            "--max-tokens",
+            "16",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "wrote" in stdout and "8 texts" in stdout and "1 blank line(s) skipped" in stdout
     assert "forward passes" in err and "text" in err  # tqdm on stderr
     names = set(zipfile.ZipFile(out).namelist())
     assert {"corpus_metrics.csv", "per_text_metrics.csv", "manifest.json", "report.pdf"} <= names
-    code, stdout, _ = cli(["corpus", "--model", str(tiny_dirs["bert"]), "--text-file", str(f), "--out",
-                           str(tmp_path / "dir"), "--bootstrap", "20", "--batch-size", "3", "--max-points", "40",
-                           "--max-tokens", "16", "--cache-dir", str(tmp_path / "cache"), "--no-progress"], capsys)
+    code, stdout, _ = cli(
+        [
+            "corpus",
+            "--model",
+            str(tiny_dirs["bert"]),
+            "--text-file",
+            str(f),
+            "--out",
+            str(tmp_path / "dir"),
+            "--bootstrap",
+            "20",
+            "--batch-size",
+            "3",
+            "--max-points",
+            "40",
+            "--max-tokens",
+            "16",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0 and "cache hit" in stdout
     assert (tmp_path / "dir" / "plots" / "corpus_metrics.png").is_file()
 
@@ -367,20 +438,39 @@ def test_cli_writes_the_bundle_with_a_progress_bar(tiny_dirs, tmp_path, capsys):
 def test_cli_csv_column(tiny_dirs, tmp_path, capsys):
     f = tmp_path / "t.csv"
     f.write_text("id,body\n" + "\n".join(f'{i},"{t}"' for i, t in enumerate(TEXTS)))
-    code, _, err = cli(["corpus", "--model", str(tiny_dirs["gpt2"]), "--csv", str(f), "--column", "body", "--out",
-                        str(tmp_path / "o.zip"), "--bootstrap", "0", "--no-cache", "--quiet"], capsys)
+    code, _, err = cli(
+        [
+            "corpus",
+            "--model",
+            str(tiny_dirs["gpt2"]),
+            "--csv",
+            str(f),
+            "--column",
+            "body",
+            "--out",
+            str(tmp_path / "o.zip"),
+            "--bootstrap",
+            "0",
+            "--no-cache",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0 and "forward passes" not in err  # --quiet: no progress bar
 
 
-@pytest.mark.parametrize("content, extra, message", [
-    (b"", [], "is empty"),
-    (b"\n \n\n", [], "every line is blank"),
-    (b"ok\n\xff\xfe bad\n", [], "not UTF-8 text"),
-    ("\n".join(f"t{i}" for i in range(100_000)).encode(), [], "holds 100000 texts, more than the limit of 200"),
-    (b"a\nb\nc\n", ["--max-texts", "2"], "more than the limit of 2"),
-    (b"id,text\n1,hello\n", ["--csv-mode"], "no column 'body'; its columns are: id, text"),
-    (b"a\n", ["--batch-size", "0"], "batch_size must be an integer between 1 and 512"),
-])
+@pytest.mark.parametrize(
+    "content, extra, message",
+    [
+        (b"", [], "is empty"),
+        (b"\n \n\n", [], "every line is blank"),
+        (b"ok\n\xff\xfe bad\n", [], "not UTF-8 text"),
+        ("\n".join(f"t{i}" for i in range(100_000)).encode(), [], "holds 100000 texts, more than the limit of 200"),
+        (b"a\nb\nc\n", ["--max-texts", "2"], "more than the limit of 2"),
+        (b"id,text\n1,hello\n", ["--csv-mode"], "no column 'body'; its columns are: id, text"),
+        (b"a\n", ["--batch-size", "0"], "batch_size must be an integer between 1 and 512"),
+    ],
+)
 def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_dirs, tmp_path, capsys, content, extra, message):
     f = tmp_path / "in.txt"
     f.write_bytes(content)
@@ -389,8 +479,9 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_dirs, tmp_path
         src, extra = ["--csv", str(f), "--column", "body"], []
     out = tmp_path / "out.zip"
     with ForwardCounter() as fc:
-        code, stdout, err = cli(["corpus", "--model", str(tiny_dirs["gpt2"]), *src, "--out", str(out), "--no-cache",
-                                 *extra], capsys)
+        code, stdout, err = cli(
+            ["corpus", "--model", str(tiny_dirs["gpt2"]), *src, "--out", str(out), "--no-cache", *extra], capsys
+        )
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
     assert not out.exists() and list(tmp_path.iterdir()) == [f]
@@ -400,8 +491,20 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_dirs, tmp_path
 def test_cli_one_text_says_there_is_no_interval(tiny_dirs, tmp_path, capsys):
     f = tmp_path / "one.txt"
     f.write_text("The cat sat on the mat and the dog sat on the log.\n")
-    code, stdout, _ = cli(["corpus", "--model", str(tiny_dirs["gpt2"]), "--text-file", str(f), "--out",
-                           str(tmp_path / "o"), "--no-cache", "--no-progress"], capsys)
+    code, stdout, _ = cli(
+        [
+            "corpus",
+            "--model",
+            str(tiny_dirs["gpt2"]),
+            "--text-file",
+            str(f),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-cache",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0 and "note: one text: no confidence intervals" in stdout
     rows = (tmp_path / "o" / "corpus_metrics.csv").read_text().splitlines()
     assert rows[1].split(",")[3:5] == ["nan", "nan"]

@@ -40,8 +40,14 @@ def test_twonn_five_dimensional_gaussian_is_five():
     assert geo.twonn_dimension(X).dimension == pytest.approx(5.0, abs=0.5)
 
 
-@pytest.mark.parametrize("make", [plane_in_50d, lambda: np.random.default_rng(2).normal(size=(1500, 5)),
-                                  lambda: np.random.default_rng(3).normal(size=(800, 40)) ** 3])
+@pytest.mark.parametrize(
+    "make",
+    [
+        plane_in_50d,
+        lambda: np.random.default_rng(2).normal(size=(1500, 5)),
+        lambda: np.random.default_rng(3).normal(size=(800, 40)) ** 3,
+    ],
+)
 def test_twonn_equals_scikit_dimension(make):
     skdim = pytest.importorskip("skdim")
     X = make()
@@ -90,8 +96,9 @@ def test_anisotropy_cosine_isotropic_is_zero_and_identical_is_one():
     g = np.repeat(np.arange(100), 20)
     assert abs(geo.anisotropy_cosine(X, g)) < 0.01
     v = rng.normal(size=64)
-    assert geo.anisotropy_cosine(np.tile(v, (50, 1)) * rng.uniform(0.5, 2, size=(50, 1)),
-                                 np.arange(50) % 5) == pytest.approx(1.0)
+    assert geo.anisotropy_cosine(
+        np.tile(v, (50, 1)) * rng.uniform(0.5, 2, size=(50, 1)), np.arange(50) % 5
+    ) == pytest.approx(1.0)
 
 
 def test_anisotropy_cosine_counts_only_pairs_from_different_texts():
