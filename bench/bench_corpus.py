@@ -58,17 +58,23 @@ def main() -> None:
                 pass
         return time.perf_counter() - t, time.process_time() - c
 
-    fwds = [forward_only() for _ in range(args.repeat)]
-    fwd, fwd_cpu = min(f[0] for f in fwds), min(f[1] for f in fwds)
-    print(f"forward passes alone: {fwd:.1f} s wall, {fwd_cpu:.1f} s CPU", file=sys.stderr, flush=True)
+    # the whole analysis first, then the forward passes alone: each line is printed as soon as it is measured
     wholes, cpus, results = [], [], []
     for _ in range(args.repeat):
         t, c = time.perf_counter(), time.process_time()
         results.append(analyze_corpus(loaded, texts, st))
         wholes.append(time.perf_counter() - t)
         cpus.append(time.process_time() - c)
-        print(f"whole analysis: {wholes[-1]:.1f} s wall, {cpus[-1]:.1f} s CPU", file=sys.stderr, flush=True)
+        print(
+            f"whole analysis: {wholes[-1]:.1f} s wall, {cpus[-1]:.1f} s CPU; in-run timings "
+            f"{ {k: round(v, 1) for k, v in results[-1].timings.items()} }",
+            file=sys.stderr,
+            flush=True,
+        )
     whole, whole_cpu = min(wholes), min(cpus)
+    fwds = [forward_only() for _ in range(args.repeat)]
+    fwd, fwd_cpu = min(f[0] for f in fwds), min(f[1] for f in fwds)
+    print(f"forward passes alone: {fwd:.1f} s wall, {fwd_cpu:.1f} s CPU", file=sys.stderr, flush=True)
     r = results[int(np.argmin(wholes))]
     print(
         json.dumps(

@@ -39,6 +39,7 @@ from .errors import InputError
 from .guards import check_text_length, max_corpus_texts
 from .model_info import ModelInfo
 from .models import LoadedModel, final_norm, load_model
+from .threads import single_threaded
 from .version import CORE_VERSION
 
 log = logging.getLogger(__name__)
@@ -555,7 +556,8 @@ def analyze_corpus(
                 kept = np.flatnonzero(keep_masks[g])
                 if sample[g].size:
                     pool[:, offsets[g] : offsets[g + 1]] = H[:, kept[sample[g]]]
-                lm = metrics.layer_metrics(H, keep_masks[g])
+                with single_threaded():  # small eigenproblems between torch passes: no thread contention
+                    lm = metrics.layer_metrics(H, keep_masks[g])
                 for m in metrics.METRIC_NAMES:
                     per_text[m][g] = lm[m]
             done += len(idx)
@@ -571,15 +573,17 @@ def analyze_corpus(
         )
 
     t3 = time.perf_counter()
-    pooled = geometry.pooled_geometry(
-        pool,
-        groups,
-        G,
-        n_resamples=st.bootstrap if G > 1 else 0,
-        seed=st.seed,
-        rank=st.bootstrap_rank,
-        on_layer=lambda layer: report(layer + 1, n_layers, "layers"),
-    )
+    # one BLAS thread: right after torch its spinning OpenMP threads make threaded BLAS calls many times slower
+    with single_threaded():
+        pooled = geometry.pooled_geometry(
+            pool,
+            groups,
+            G,
+            n_resamples=st.bootstrap if G > 1 else 0,
+            seed=st.seed,
+            rank=st.bootstrap_rank,
+            on_layer=lambda layer: report(layer + 1, n_layers, "layers"),
+        )
     timings["pooled_metrics_and_bootstrap_s"] = time.perf_counter() - t3
 
     if G == 1:

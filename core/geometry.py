@@ -445,12 +445,18 @@ def resample_weights(n_groups: int, n_resamples: int, seed: int) -> np.ndarray:
     return W
 
 
+def _weighted_sum(W: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+    """Σ_g W[b, g] blocks[g] for every row b: [B, G] × [G, k1, k2] -> [B, k1, k2], as one matrix product."""
+    G, k1, k2 = blocks.shape
+    return (W @ blocks.reshape(G, k1 * k2)).reshape(W.shape[0], k1, k2)
+
+
 def _weighted_scatter(b: LayerBlocks, W: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For every resample (rows of W [B, G]): scatter in the top-k basis [B, k, k], N_w [B], mean coords [B, k]."""
     Nw = W @ b.n
     mu = (W @ b.zsum) / Nw[:, None]
     if b.blocks is not None:
-        S = np.einsum("bg,gij->bij", W, b.blocks)
+        S = _weighted_sum(W, b.blocks)
     else:
         c = W[:, b.groups]  # [B, N] weight of every point
         S = np.stack([(b.Z * c[i][:, None]).T @ b.Z for i in range(W.shape[0])])
@@ -518,7 +524,7 @@ def bootstrap_linearity(prev: LayerBlocks, cur: LayerBlocks, W: np.ndarray, esti
 
     def weighted_cross(Wm: np.ndarray) -> np.ndarray:
         if cross is not None:
-            return np.einsum("bg,gij->bij", Wm, cross)
+            return _weighted_sum(Wm, cross)
         c = Wm[:, prev.groups]
         return np.stack([(prev.Z * c[i][:, None]).T @ cur.Z for i in range(Wm.shape[0])])
 
@@ -527,13 +533,16 @@ def bootstrap_linearity(prev: LayerBlocks, cur: LayerBlocks, W: np.ndarray, esti
         my = (Wm @ cur.zsum) / Nw[:, None]
         B = weighted_cross(Wm) - Nw[:, None, None] * mx[:, :, None] * my[:, None, :]
         den = _total_variance(cur, Wm, Nw)
-        res = np.full(Wm.shape[0], np.nan)
-        for i in range(Wm.shape[0]):
-            lam, Q = np.linalg.eigh(A[i])
-            pos = lam > lam.max() * 1e-10
-            P = Q[:, pos].T @ B[i]
-            res[i] = np.sum(P * P / lam[pos][:, None]) / den[i] if den[i] > 0 else np.nan
-        return res
+        try:  # tr(Bᵀ A⁻¹ B) for every resample in one batched solve (A is positive definite in the top-k basis)
+            num = np.einsum("bij,bij->b", B, np.linalg.solve(A, B))
+        except np.linalg.LinAlgError:  # a singular resample: pseudo-inverse, one by one
+            num = np.empty(Wm.shape[0])
+            for i in range(Wm.shape[0]):
+                lam, Q = np.linalg.eigh(A[i])
+                pos = lam > lam.max() * 1e-10
+                P = Q[:, pos].T @ B[i]
+                num[i] = np.sum(P * P / lam[pos][:, None])
+        return np.divide(num, den, out=np.full(Wm.shape[0], np.nan), where=den > 0)
 
     shift = estimate - score(np.ones((1, G)))[0]
     return score(W) + shift
