@@ -16,7 +16,7 @@ import streamlit as st
 from app import charts
 from app.state import Keys
 from core.result import AnalysisResult
-from app.widgets import chart, show_caption
+from app.widgets import chart, md_escape, show_caption
 from core import views
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def heads_section(result: AnalysisResult, layer: int, head: int | None) -> None:
         chart(charts.cluster_scatter(views.cluster_frame(att)))
         sil = "–" if att.silhouette is None else f"{att.silhouette:.3f}"
         st.caption(f"{att.n_clusters} clusters · silhouette {sil}"
-                   + (f" · {att.cluster_method}" if getattr(att, "cluster_method", "") else ""))
+                   + (f" · {att.cluster_method}" if att.cluster_method else ""))
         show_caption("head_clustering")
     roles = att.role_grid()
     counts: dict[str, int] = {}
@@ -141,11 +141,11 @@ def heads_section(result: AnalysisResult, layer: int, head: int | None) -> None:
     st.caption("Head roles: " + ", ".join(f"{r} {n}" for r, n in sorted(counts.items(), key=lambda x: -x[1]))
                + f" · this layer: {', '.join(roles[layer]) if layer < len(roles) else '–'}")
     attr = result.attribution
-    if attr is not None and getattr(attr, "head_scores", None) is not None:
+    if attr is not None and attr.head_scores is not None:
         st.markdown("**Head attribution** for the prediction at the target position")
         df = views.layer_head_frame(attr.head_scores, "score")
         chart(charts.layer_head_heatmap(df, "score", "Head importance (red supports the prediction)", diverging=True))
-        if getattr(attr, "head_method", ""):
+        if attr.head_method:
             st.caption(attr.head_method)
         show_caption("head_attribution")
 
@@ -166,11 +166,11 @@ def attribution_section(result: AnalysisResult) -> None:
         return
     tokens = result.display_tokens
     pred = (f" → predicted “{views.readable_token(attr.predicted_token)}”"
-            if getattr(attr, "predicted_token", None) else "")
+            if attr.predicted_token else "")
     pos = attr.target_position
     target = tokens[pos] if 0 <= pos < len(tokens) else views.readable_token(attr.target_token)
     st.text(f"Target: position {pos} (“{target}”){pred} · {result.target_reason}")
-    available = {k: getattr(attr, k, None) for k in ATTR_METHODS}
+    available = {k: v for k, v in attr.methods().items() if k in ATTR_METHODS}
     available = {k: v for k, v in available.items() if v is not None}
     if not available:
         st.caption("No token scores in this result.")
@@ -180,14 +180,18 @@ def attribution_section(result: AnalysisResult) -> None:
     method = method if method in available else next(iter(available))
     st.html(views.shaded_tokens_html(tokens, available[method], attr.target_position))
     show_caption(ATTR_DOC[method])
-    if method == "integrated_gradients" and getattr(attr, "ig_completeness_gap", None) is not None:
-        st.caption(f"Completeness gap |Σ IG − (f(x) − f(x′))| = {attr.ig_completeness_gap:.4g} "
-                   f"({getattr(attr, 'ig_steps', '?')} steps)")
+    if method == "integrated_gradients" and attr.ig_completeness_gap is not None:
+        rel = attr.ig_completeness_gap_relative
+        st.caption(f"Completeness gap |Σ IG − (f(x) − f(x′))| = {attr.ig_completeness_gap:.4g} nats"
+                   + (f" ({100 * rel:.2f} % of f(x) − f(x′))" if rel is not None else "")
+                   + f" with {attr.ig_steps} Gauss–Legendre steps"
+                   + ("" if attr.ig_converged is None else " — converged (≤ 1 %)" if attr.ig_converged
+                      else " — the 512-step cap was reached before 1 %: read the scores as approximate"))
     df = views.attribution_frame(tokens, available)
     with st.expander("Scores per token"):
         chart(charts.attribution_bars(df, method))
         st.dataframe(df, hide_index=True, width="stretch")
-    for note in getattr(attr, "notes", []) or []:
+    for note in attr.notes:
         st.caption(note)
     if not result.settings.compute_gradients:
         st.caption("Gradient methods are off (sidebar → Settings → Compute gradients).")
@@ -205,8 +209,8 @@ def logit_lens_section(result: AnalysisResult) -> None:
     if lens is None:
         st.info("The logit lens is not available for this result (it needs a model with a language-model head).")
         return
-    st.markdown(f"Position **{lens.position}** (“{result.display_tokens[lens.position]}”) · final prediction "
-                f"“{lens.final_token}”")
+    st.markdown(f"Position **{lens.position}** (“{md_escape(result.display_tokens[lens.position])}”) · final "
+                f"prediction “{md_escape(lens.final_token)}”")
     grid = views.logit_lens_grid_frame(lens, result.display_tokens)
     chart(charts.logit_lens_heatmap(grid))
     shown = grid["pi"].nunique()
@@ -218,7 +222,7 @@ def logit_lens_section(result: AnalysisResult) -> None:
 
     left, right = st.columns([2, 3])
     with left:
-        st.markdown(f"P(“{lens.final_token}”) per layer")
+        st.markdown(f"P(“{md_escape(lens.final_token)}”) per layer")
         chart(charts.logit_lens_prob_line(pd.DataFrame({"layer": np.asarray(lens.layers, dtype=int),
                                                           "probability": np.asarray(lens.final_prob, dtype=float)})))
     with right:
@@ -239,18 +243,28 @@ def animations_section(result: AnalysisResult, head: int | None) -> None:
     which = "mean over heads" if head is None else f"head {head}"
     left, right = st.columns(2)
     with left:
-        gif = _attention_gif(_key(result), head, ref)
+        gif = _uncached_failure(lambda: _attention_gif(_key(result), head, ref), "attention animation")
         if gif:
             st.image(gif, caption=f"Attention across layers ({which})", width="stretch")
         else:
             st.caption("The attention animation could not be rendered.")
     with right:
-        gif = _trajectories_gif(_key(result), ref)
+        gif = _uncached_failure(lambda: _trajectories_gif(_key(result), ref), "token-trajectory animation")
         if gif:
             st.image(gif, caption="Token representations across layers (one common 2-D basis)", width="stretch")
         else:
             st.caption("The token-trajectory animation could not be rendered.")
     show_caption("anim_layer_transitions")
+
+
+def _uncached_failure(render: Any, what: str) -> bytes | None:
+    """Call a cached renderer; a failure raises inside it (so st.cache_data keeps nothing) and is logged here, so
+    a later session with the same text renders again instead of inheriting the failure."""
+    try:
+        return render()
+    except Exception:
+        log.exception("%s failed", what)
+        return None
 
 
 def _key(result: AnalysisResult) -> str:
@@ -272,11 +286,7 @@ def _attention_gif(cache_key: str, head: int | None, ref: _ResultRef) -> bytes |
     """GIF bytes of core.animations.attention_layers_gif, once per (result, head)."""
     from core.animations import attention_layers_gif
 
-    try:
-        return attention_layers_gif(ref.result, head=head)
-    except Exception:
-        log.exception("attention animation failed")
-        return None
+    return attention_layers_gif(ref.result, head=head)  # an exception is not cached by st.cache_data
 
 
 @st.cache_data(max_entries=16, show_spinner="Rendering the token trajectories…", hash_funcs=_REF_HASH)
@@ -284,8 +294,4 @@ def _trajectories_gif(cache_key: str, ref: _ResultRef) -> bytes | None:
     """GIF bytes of core.animations.token_trajectories_gif, once per result."""
     from core.animations import token_trajectories_gif
 
-    try:
-        return token_trajectories_gif(ref.result)
-    except Exception:
-        log.exception("token-trajectory animation failed")
-        return None
+    return token_trajectories_gif(ref.result)  # an exception is not cached by st.cache_data

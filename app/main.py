@@ -27,6 +27,7 @@ st.set_page_config(page_title="Transformer Model Analysis", page_icon=":material
 PAGES = [
     st.Page("../pages/overall.py", title="Overall", icon=":material/monitoring:", url_path="overall", default=True),
     st.Page("../pages/layer_analysis.py", title="Layer Analysis", icon=":material/stacks:", url_path="layer_analysis"),
+    st.Page("../pages/causal.py", title="Causal", icon=":material/science:", url_path="causal"),
     st.Page("../pages/details.py", title="Details", icon=":material/menu_book:", url_path="details"),
 ]
 
@@ -45,6 +46,8 @@ def main() -> None:
         analyse = True
     if analyse:
         sidebar.run_analysis()
+    elif state.get(Keys.JOB) is not None:  # an analysis started before the user left the page: finish it here
+        sidebar.wait_for_job()
     sidebar.draw_result_footer()
 
     model_id = sidebar.selected_model_id(state)  # the URL keeps the model (the page is in the path)

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from typing import Any
 
 import streamlit as st
 
 from app.loading import get_model, get_result_cache
 from app.state import OTHER_MODEL, Keys
+from app.widgets import md_escape
 from core.errors import InputError, ModelUnavailableError, TMAError
 from core.export import build_zip
 from core.options import ExportOptions
@@ -118,7 +123,17 @@ def current_settings(state: Any) -> AnalysisSettings:
         ig_steps=int(state.get(Keys.IG_STEPS) or AnalysisSettings.default("ig_steps")),
         lens_full_grid=bool(state.get(Keys.LENS_FULL_GRID)),
         mask_word=mask_word,
+        neuron_factors=int(state.get(Keys.NEURON_K) if state.get(Keys.NEURON_K) is not None
+                           else AnalysisSettings.default("neuron_factors")),
+        neuron_first_layer=state.get(Keys.NEURON_FIRST),
+        neuron_last_layer=state.get(Keys.NEURON_LAST),
     )
+
+
+def text_too_long(n_chars: int, limit: int) -> str:
+    """The visible message for a text over the bound (the field keeps it; Analyze refuses it)."""
+    return (f"The text has {n_chars:,} characters; at most {limit:,} are analysed. Shorten it before pressing "
+            f"Analyze (nothing was cut).").replace(",", " ")
 
 
 def session_entry(result: AnalysisResult) -> dict[str, Any]:
@@ -177,10 +192,15 @@ def draw() -> bool:
         model_id = selected_model_id(state)
         family = known_family(state, model_id)
 
-        st.text_area("Text to analyse", key=Keys.TEXT, height=110, max_chars=max_text_chars(),
-                     help="Masked LMs fill [MASK]; causal LMs predict the next token. Texts longer than "
-                          "Max tokens are truncated.")
+        limit = max_text_chars()
+        # No max_chars: the browser would drop a longer paste without a word. The bound is enforced in core,
+        # and said here as soon as the text is too long.
+        st.text_area("Text to analyse", key=Keys.TEXT, height=110,
+                     help=f"Masked LMs fill [MASK]; causal LMs predict the next token. Texts longer than "
+                          f"Max tokens are truncated; at most {limit:,} characters are analysed.".replace(",", " "))
         text = state.get(Keys.TEXT, "")
+        if len(text) > limit:
+            st.warning(text_too_long(len(text), limit), icon=":material/content_cut:")
         if family == "masked_lm" and not has_mask(text):
             words = words_of(text)
             if state.get(Keys.MASK_WORD) not in [NO_MASK_WORD, *words]:
@@ -207,6 +227,14 @@ def draw() -> bool:
             st.toggle("Full logit-lens grid (slow on a CPU)", key=Keys.LENS_FULL_GRID,
                       help="Decode every position at every layer. On a CPU, long texts otherwise get a window of "
                            "positions around the decoded one (the full grid costs ~4× a forward pass for GPT-2).")
+            lo, hi = AnalysisSettings.bounds("neuron_factors")
+            st.number_input("Neuron factors (NMF k, 0 = off)", min_value=lo, max_value=hi, key=Keys.NEURON_K,
+                            help=AnalysisSettings.help("neuron_factors"))
+            c1, c2 = st.columns(2)
+            c1.number_input("First neuron layer", min_value=0, step=1, key=Keys.NEURON_FIRST,
+                            help=AnalysisSettings.help("neuron_first_layer"))
+            c2.number_input("Last neuron layer", min_value=0, step=1, key=Keys.NEURON_LAST,
+                            help=AnalysisSettings.help("neuron_last_layer"))
             st.toggle("Layer animations (GIF)", key=Keys.ANIMATIONS,
                       help="Drawn from the stored result: switching them changes no number and runs no model.")
 
@@ -223,7 +251,7 @@ def draw_result_footer() -> None:
         return
     with st.sidebar:
         hit = "cache hit" if result.cache_hit else "computed"
-        st.caption(f"Last analysis: {result.model.model_id} · {result.n_tokens} tokens · "
+        st.caption(f"Last analysis: {md_escape(result.model.model_id)} · {result.n_tokens} tokens · "
                    f"{result.duration_s:.2f} s ({hit})")
         draw_export(result)
 
@@ -255,57 +283,131 @@ def draw_export(result: AnalysisResult) -> None:
 # Running the analysis
 
 
+#: Analyses run here, not in the script thread: leaving the page (a rerun) stops the script, not the analysis, and
+#: the next run of any page picks the job up from session state and shows its result. The model lock serialises
+#: the work per model anyway; a few workers let sessions on different models proceed.
+_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tma-analysis")
+
+
+@dataclass
+class AnalysisJob:
+    """One analysis of one session, running in the pool; kept in session state until its result is stored."""
+
+    model_id: str
+    dtype: str
+    text: str
+    family_before: str | None
+    future: Future | None = None
+    started: float = field(default_factory=time.perf_counter)
+    _progress: tuple[str, float] = ("Waiting for the model", 0.0)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def report(self, label: str, fraction: float) -> None:
+        """core.analysis progress callback (called in the worker thread: no Streamlit calls here)."""
+        with self._lock:
+            self._progress = (label, min(max(float(fraction), 0.0), 1.0))
+
+    def progress(self) -> tuple[str, float]:
+        with self._lock:
+            return self._progress
+
+
+def _set_error(kind: str, message: str, model_id: str) -> None:
+    st.session_state[Keys.ERROR] = {"kind": kind, "message": message, "model": model_id}
+
+
 def run_analysis() -> None:
-    """Load (cached) and analyse with progress in an st.status; store the result or the error in session state."""
+    """Load (cached) in this thread, then analyse in the pool with progress in an st.status; the result or the
+    error lands in session state (see wait_for_job)."""
     state = st.session_state
+    if state.get(Keys.JOB) is not None:  # one analysis per session at a time: finish the running one first
+        wait_for_job()
     model_id = selected_model_id(state)
     text = state.get(Keys.TEXT, "")
     dtype = state.get(Keys.DTYPE) or "auto"
-    family_before = known_family(state, model_id)
+    job = AnalysisJob(model_id=model_id, dtype=dtype, text=text, family_before=known_family(state, model_id))
     with st.sidebar:
         status = st.status("Analysing…", expanded=True)
     with status:
-        bar = st.progress(0.0)
-        t0 = time.perf_counter()
-
-        def progress(label: str, fraction: float) -> None:
-            bar.progress(min(max(float(fraction), 0.0), 1.0), text=label)
-            st.write(f"{label} …")
-
         try:
             if not model_id:
                 raise InputError("no model chosen: type a Hugging Face id or a local folder, or pick a preset")
             settings = current_settings(state)
-            progress("Loading the model", 0.0)
+            AnalysisSettings.check_text(text)
+            st.write("Loading the model …")
             loaded = get_model(model_id, dtype, "auto")
-            from core.analysis import analyze
+            cache = get_result_cache()
+        except Exception as exc:
+            _finish_with_error(exc, model_id, status)
+            return
+        from core.analysis import analyze
 
-            result = analyze(loaded, text, settings=settings, cache=get_result_cache(), progress=progress)
-        except ModelUnavailableError as exc:
-            state[Keys.ERROR] = {"kind": "unavailable", "message": str(exc), "model": model_id}
-            status.update(label="The model is not available", state="error", expanded=False)
-            return
-        except TMAError as exc:
-            state[Keys.ERROR] = {"kind": "input", "message": str(exc), "model": model_id}
-            status.update(label="The analysis could not run", state="error", expanded=False)
-            return
-        except Exception:  # never a raw traceback in the page: log it, show one line
-            log.exception("analysis failed for model %s", model_id)
-            state[Keys.ERROR] = {"kind": "internal", "model": model_id,
-                                 "message": "Something went wrong during the analysis. The details are in the "
-                                            "server log; try a shorter text or another model."}
-            status.update(label="The analysis failed", state="error", expanded=False)
-            return
+        job.future = _POOL.submit(analyze, loaded, text, settings=settings, cache=cache, progress=job.report)
+        state[Keys.JOB] = job
+    wait_for_job(status)
+
+
+def _finish_with_error(exc: BaseException, model_id: str, status: Any) -> None:
+    if isinstance(exc, ModelUnavailableError):
+        _set_error("unavailable", str(exc), model_id)
+        status.update(label="The model is not available", state="error", expanded=False)
+    elif isinstance(exc, TMAError):
+        _set_error("input", str(exc), model_id)
+        status.update(label="The analysis could not run", state="error", expanded=False)
+    elif isinstance(exc, CancelledError):
+        _set_error("input", "The analysis was cancelled before it finished; press Analyze to run it again.", model_id)
+        status.update(label="The analysis was cancelled", state="error", expanded=False)
+    else:  # never a raw traceback in the page: log it, show one line
+        log.error("analysis failed for model %s", model_id, exc_info=exc)
+        _set_error("internal", "Something went wrong during the analysis. The details are in the server log; try "
+                               "a shorter text or another model.", model_id)
+        status.update(label="The analysis failed", state="error", expanded=False)
+
+
+def wait_for_job(status: Any = None) -> None:
+    """Show the running job's progress until it ends, then store its result (or error) in session state.
+
+    A rerun (the user leaves the page) interrupts this wait, not the job: the next run calls this again and the
+    result is shown there. The result keeps its own text, so the page can say which text it belongs to.
+    """
+    state = st.session_state
+    job: AnalysisJob | None = state.get(Keys.JOB)
+    if job is None or job.future is None:
+        state[Keys.JOB] = None
+        return
+    if status is None:
+        with st.sidebar:
+            status = st.status(f"Analysing “{md_escape(_short(job.text))}” (still running)…", expanded=True)
+    with status:
+        label, frac = job.progress()
+        bar = st.progress(frac, text=md_escape(label))
+        while True:
+            try:
+                result = job.future.result(timeout=0.25)
+                break
+            except FutureTimeout:
+                label, frac = job.progress()
+                bar.progress(frac, text=md_escape(label))  # a pending rerun is raised here: the job runs on
+            except BaseException as exc:  # noqa: BLE001 - the job's own failure (or its cancellation)
+                state[Keys.JOB] = None
+                _finish_with_error(exc, job.model_id, status)
+                return
+        state[Keys.JOB] = None
         state[Keys.RESULT] = result
-        state[Keys.RESULT_LOAD] = (model_id, dtype, "auto")
+        state[Keys.RESULT_LOAD] = (job.model_id, job.dtype, "auto")
         state[Keys.ERROR] = None
         state[Keys.GEN_TEXT] = ""
         state[Keys.SESSION_LOG].append(session_entry(result))
-        took = time.perf_counter() - t0
+        took = time.perf_counter() - job.started
         status.update(label=f"Done in {took:.1f} s" + (" (from cache)" if result.cache_hit else ""),
                       state="complete", expanded=False)
-    if known_family(state, model_id) != family_before:
+    if known_family(state, job.model_id) != job.family_before:
         st.rerun()  # the sidebar depends on the family (mask-word picker): draw it again with the result
+
+
+def _short(text: str, limit: int = 40) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def draw_error_banner() -> None:
@@ -313,14 +415,15 @@ def draw_error_banner() -> None:
     err = st.session_state.get(Keys.ERROR)
     if not err:
         return
+    message = md_escape(err["message"])  # it may quote a model id or text: never Markdown (no live links)
     if err["kind"] == "unavailable":
-        st.error(f"**Model not available.** {err['message']}", icon=":material/cloud_off:")
+        st.error(f"**Model not available.** {message}", icon=":material/cloud_off:")
         if err.get("model") != BUNDLED_ID:
             st.button(f"Switch to the bundled model ({BUNDLED_ID}) and analyse", key="switch_bundled",
                       on_click=switch_to_bundled, type="primary")
     elif err["kind"] == "input":
-        st.error(err["message"], icon=":material/edit_note:")
+        st.error(message, icon=":material/edit_note:")
     else:
-        st.error(err["message"], icon=":material/error:")
+        st.error(message, icon=":material/error:")
     if st.session_state.get(Keys.RESULT) is not None:
         st.caption("The previous result is still shown below.")

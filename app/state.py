@@ -6,6 +6,9 @@ listed here too, so a test can set a widget's value through session state by the
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from core.presets import BUNDLED_ID
@@ -23,6 +26,9 @@ class Keys:
     COMPUTE_GRADIENTS = "compute_gradients"
     INTEGRATED_GRADIENTS = "integrated_gradients"
     IG_STEPS = "ig_steps"
+    NEURON_K = "neuron_factors"  # number input: NMF factors (0: off)
+    NEURON_FIRST = "neuron_first_layer"  # number inputs: the neuron-factor layer range (empty: all layers)
+    NEURON_LAST = "neuron_last_layer"
     LENS_FULL_GRID = "lens_full_grid"
     ANIMATIONS = "animations"
     MASK_WORD = "mask_word"  # selectbox of the text's words, for masked LMs without a mask token
@@ -33,6 +39,7 @@ class Keys:
     ERROR = "error"  # {"kind": "unavailable"|"input"|"internal", "message": str, "model": str} or None
     SESSION_LOG = "session_log"  # list of dicts, one per analysis of this session (for the export's HTML log)
     PENDING_ANALYSIS = "pending_analysis"  # set by callbacks (e.g. "switch to bundled") to run once
+    JOB = "analysis_job"  # the running app.sidebar.AnalysisJob (survives navigation), or None
     EXPORT_HIDDEN = "export_hidden"  # toggle: hidden_states.npz in the export
     URL_READ = "url_read"  # the URL's query parameters were read into the widgets once
 
@@ -49,6 +56,8 @@ class Keys:
     FLOW_POSITION = "flow_position"  # information-flow routes: the chosen token and the edge threshold
     FLOW_THRESHOLD = "flow_threshold"
     FLOW_DOWNLOAD = "flow_download"
+    NF_FACTORS = "nf_factors"  # multiselect: neuron factors shown (app/neuron_views.py)
+    QK_QUERY = "qk_query"  # selectbox: query position of the query–key view (app/neuron_views.py)
 
     # --- continuation (chat) -------------------------------------------------------------------------------------
     GEN_TEXT = "gen_text"  # the last generated continuation (kept after a stop)
@@ -60,11 +69,22 @@ class Keys:
     GEN_TOP_P = "gen_top_p"
     GEN_CHAT = "gen_chat"
 
+    # --- causal page (activation patching) --------------------------------------------------------------------
+    PATCH_CLEAN = "patch_clean"  # text areas
+    PATCH_CORRUPT = "patch_corrupt"
+    PATCH_ANSWER = "patch_answer"  # optional answer tokens
+    PATCH_WRONG = "patch_wrong"
+    PATCH_RUN = "patch_run"  # the Run button
+    PATCH_COMPONENT = "patch_component"  # radio: which component's heatmap
+    PATCH_RESULT = "patch_result"  # the last core.patching.PatchingResult
+    PATCH_ERROR = "patch_error"  # its error message, or None
+    PATCH_FAMILY = "patch_family"  # the family the example texts were filled in for
+
 
 #: Choice in the model selectbox that reveals the free field.
 OTHER_MODEL = "Other: a Hugging Face id or a local folder"
 
-DEFAULTS: dict[str, Any] = {
+_DEFAULTS: dict[str, Any] = {
     Keys.MODEL_CHOICE: BUNDLED_ID,
     Keys.MODEL_CUSTOM: "",
     Keys.MAX_TOKENS: AnalysisSettings.default("max_tokens"),
@@ -73,6 +93,9 @@ DEFAULTS: dict[str, Any] = {
     Keys.COMPUTE_GRADIENTS: AnalysisSettings.default("compute_gradients"),
     Keys.INTEGRATED_GRADIENTS: AnalysisSettings.default("integrated_gradients"),
     Keys.IG_STEPS: AnalysisSettings.default("ig_steps"),
+    Keys.NEURON_K: AnalysisSettings.default("neuron_factors"),
+    Keys.NEURON_FIRST: AnalysisSettings.default("neuron_first_layer"),
+    Keys.NEURON_LAST: AnalysisSettings.default("neuron_last_layer"),
     Keys.LENS_FULL_GRID: AnalysisSettings.default("lens_full_grid"),
     Keys.ANIMATIONS: True,
     Keys.MASK_WORD: None,
@@ -80,6 +103,7 @@ DEFAULTS: dict[str, Any] = {
     Keys.RESULT_LOAD: None,
     Keys.ERROR: None,
     Keys.PENDING_ANALYSIS: None,
+    Keys.JOB: None,
     Keys.URL_READ: False,
     Keys.EXPORT_HIDDEN: False,
     Keys.CORR_METHOD: "pearson",
@@ -88,13 +112,18 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+#: Read-only: no session can change the defaults another session starts from.
+DEFAULTS: Mapping[str, Any] = MappingProxyType(_DEFAULTS)
+
+
 def init_state(session_state: Any) -> None:
     """Set every key that is missing to its default (never overwrites a value already there).
 
-    Lists are created fresh per session so that sessions never share one list object.
+    Each session gets its own copy of every default (lists are created fresh), so that sessions never share a
+    mutable object: a session's settings start from these defaults whatever other sessions do.
     """
     for key, value in DEFAULTS.items():
         if key not in session_state:
-            session_state[key] = value
+            session_state[key] = copy.deepcopy(value)
     if Keys.SESSION_LOG not in session_state:
         session_state[Keys.SESSION_LOG] = []

@@ -7,6 +7,7 @@ The tables come from core.views, the charts from app.charts, the captions from c
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from contextlib import contextmanager
 from typing import Any
@@ -19,6 +20,7 @@ from app.state import Keys
 from core.result import AnalysisResult
 from core import docs, views
 from core.errors import TMAError
+from core.guards import visible_controls
 from core.figures import metric_correlations, summary_figures
 from core.metrics import METRIC_NAMES
 
@@ -67,14 +69,24 @@ def chart(c: Any) -> None:
 
 
 def result_header(result: AnalysisResult) -> None:
+    """Which model, which text: the result is always labelled with the text it belongs to."""
     m = result.model
-    st.caption(f"**{m.model_id}** · {result.family.replace('_', ' ')} · {m.dtype} on "
+    st.caption(f"**{md_escape(m.model_id)}** · {result.family.replace('_', ' ')} · {m.dtype} on "
                f"{m.device} · {result.n_layers} layers × {result.n_heads} heads · {result.n_tokens} tokens "
                f"· metrics over {result.metric_tokens}")
-    if result.analysed_text != result.text:
-        st.caption(f"Analysed text (word masked): {result.analysed_text}")
+    label = "Analysed text (word masked)" if result.analysed_text != result.text else "Analysed text"
+    st.caption(f"{label}: {md_escape(shorten(result.analysed_text))}")
+    typed = st.session_state.get(Keys.TEXT)
+    if isinstance(typed, str) and typed.strip() and typed != result.text:
+        st.info("The text in the sidebar has changed since this analysis: everything below belongs to the text "
+                "above. Press **Analyze** to analyse the new text.", icon=":material/info:")
     for w in result.warnings:
-        st.warning(w, icon=":material/warning:")
+        st.warning(md_escape(w), icon=":material/warning:")
+
+
+def shorten(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def summary_metrics(result: AnalysisResult) -> None:
@@ -234,11 +246,15 @@ def continuation_section(result: AnalysisResult) -> None:
 
 
 def _md_safe(text: str) -> str:
-    """Text shown inside Markdown with its Markdown characters escaped."""
-    out = str(text)
-    for ch in "\\`*_{}[]<>()#+-.!|~$":
-        out = out.replace(ch, "\\" + ch)
-    return out
+    """Text shown inside Markdown with its Markdown characters escaped (see md_escape)."""
+    return md_escape(text)
+
+
+def md_escape(text: Any) -> str:
+    """User text made inert for Streamlit Markdown: every Markdown, HTML-entity and Streamlit directive character
+    (`:red[…]`, `:material/…:`) backslash-escaped, control and bidi characters shown as ⟨U+XXXX⟩."""
+    out = visible_controls(str(text))
+    return re.sub(r"([\\`*_{}\[\]<>()#+\-.!|~$:&=])", r"\\\1", out)
 
 
 def _loaded_for(result: AnalysisResult):

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .attention import run_attention
+from .ablation import run_head_ablation
 from .attribution import run_attribution
 from .cache import ResultCache, cache_key
 from .capture import apply_mask_word, capture
@@ -31,7 +32,9 @@ from .errors import InputError
 from .logit_lens import run_logit_lens
 from .metrics import layer_metrics
 from .models import LoadedModel, load_model
+from .neurons import run_neuron_factors
 from .predictions import run_predictions
+from .qk import run_query_key
 from .result import AnalysisResult
 from .settings import AnalysisSettings
 from .threads import single_threaded
@@ -82,8 +85,9 @@ def _as_settings(settings: AnalysisSettings | None, overrides: dict[str, Any]) -
 
 def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings | None = None,
             cache: ResultCache | None = None, progress: ProgressFn | None = None, dtype: str = "auto",
-            device: str = "auto", **overrides: Any) -> AnalysisResult:
-    """Analyse `text` with `model` (a LoadedModel, or an id / folder that is loaded first).
+            device: str = "auto", device_map: str | None = None, **overrides: Any) -> AnalysisResult:
+    """Analyse `text` with `model` (a LoadedModel, or an id / folder that is loaded first with `dtype`, `device`
+    and `device_map`, see core.models.load_model).
 
     Settings come from `settings` and/or keyword overrides (see AnalysisSettings). With `cache`, a result for the
     same model revision, dtype, device, text, settings and core version is returned without running the model.
@@ -97,14 +101,18 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
         loaded = model
     else:
         report("Loading the model", 0.0)
-        loaded = load_model(str(model), dtype=dtype, device=device)
+        loaded = load_model(str(model), dtype=dtype, device=device, device_map=device_map)
 
     key = cache_key(loaded.info(), text, st)
+    cache_warnings: list[str] = []
     if cache is not None:
         hit = cache.get(key)
+        cache_warnings = cache.take_warnings()
         if hit is not None:
             report("Loaded from cache", 1.0)
-            return hit.replace(cache_hit=True, duration_s=time.perf_counter() - t_start)
+            done = hit.replace(cache_hit=True, duration_s=time.perf_counter() - t_start)
+            log_analysis(done)
+            return done
 
     analysed = text
     if st.mask_word:
@@ -147,6 +155,9 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
         attribution = timed("Attribution", 0.85, lambda: run_attribution(ctx))
         dla = timed("Direct logit attribution", 0.9, lambda: run_dla(ctx), "dla")
         flow = timed("Information-flow routes", 0.95, lambda: run_flow(ctx), "flow")
+        head_ablation = timed("Head ablation", 0.92, lambda: run_head_ablation(ctx))
+        neuron_factors = timed("Neuron factors", 0.9, lambda: run_neuron_factors(ctx))
+        query_key = timed("Query–key vectors", 0.95, lambda: run_query_key(ctx))
 
     result = AnalysisResult(
         model=loaded.info(),
@@ -170,6 +181,9 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
         attribution=attribution,
         dla=dla,
         flow=flow,
+        head_ablation=head_ablation,
+        neuron_factors=neuron_factors,
+        query_key=query_key,
         warnings=ctx.warnings,
         timings=timings,
         versions=package_versions(),
@@ -179,10 +193,15 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
     )
     result.duration_s = time.perf_counter() - t_start
     report("Done", 1.0)
-    if cache is not None:
-        try:
-            cache.set(key, result)
-        except Exception as exc:  # a full or read-only disk must not lose a finished result
-            log.warning("could not write the result cache: %s", exc)
-            result.warnings.append(f"the result could not be cached: {exc}")
+    if cache is not None:  # a fault of the cache (corrupt, read-only, full disk) is a warning, never a failure
+        cache.set(key, result)
+        for w in (cache_warnings + cache.take_warnings())[:1]:  # one cache warning per analysis (all are logged)
+            result.warnings.append(w)
+    log_analysis(result)
     return result
+
+
+def log_analysis(result: AnalysisResult) -> None:
+    """The one INFO line per analysis: model, tokens, duration, cache hit."""
+    log.info("analysis model=%s tokens=%d duration=%.2fs cache_hit=%s warnings=%d", result.model.model_id,
+             result.n_tokens, result.duration_s, result.cache_hit, len(result.warnings))

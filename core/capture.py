@@ -71,6 +71,42 @@ def tokenize(loaded: LoadedModel, text: str, max_tokens: int) -> dict[str, Any]:
     return enc
 
 
+def special_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids of the tokenizer's special tokens ([CLS], [SEP], [PAD], [MASK], BOS, EOS…), without the unknown token
+    unless it doubles as another special token (GPT-2's <|endoftext|>): an [UNK] stands for real text."""
+    ids = set(getattr(tokenizer, "all_special_ids", None) or [])
+    unk = getattr(tokenizer, "unk_token_id", None)
+    others = {getattr(tokenizer, n, None) for n in ("bos_token_id", "eos_token_id", "pad_token_id", "cls_token_id",
+                                                    "sep_token_id", "mask_token_id")}
+    if unk is not None and unk not in others:
+        ids.discard(unk)
+    return frozenset(i for i in ids if isinstance(i, int))
+
+
+def special_mask(tokenizer: Any, ids: list[int], added_mask: list[int] | None = None) -> list[bool]:
+    """True where the token is special: added by the tokenizer ([CLS] … [SEP]) or typed in the text ("[SEP]" in a
+    sentence becomes the real special id, so it is special too)."""
+    specials = special_ids(tokenizer)
+    added = added_mask if added_mask is not None else [0] * len(ids)
+    return [bool(a) or i in specials for i, a in zip(ids, added)]
+
+
+def _stack_float32(tensors: list[Any]) -> np.ndarray:
+    """float32 numpy [N, ...] of the batch-row 0 of each tensor [1, ...] (any dtype, any device), filled one entry at
+    a time; each tensor's slot in the list is cleared once it is copied, so that the model-dtype maps and their
+    float32 copy are never all held at once (np.stack of .float() copies would hold both, plus a float32 temporary).
+    """
+    import torch
+
+    first = tensors[0][0]
+    out = np.empty((len(tensors), *first.shape), dtype=np.float32)
+    dst = torch.from_numpy(out)
+    for i in range(len(tensors)):
+        dst[i].copy_(tensors[i][0])  # converts the dtype and moves to the CPU in one pass
+        tensors[i] = None
+    return out
+
+
 def capture(loaded: LoadedModel, text: str, settings: AnalysisSettings) -> Capture:
     """Tokenise `text` and run one forward pass with hidden states and attentions (no gradients)."""
     import torch
@@ -82,7 +118,7 @@ def capture(loaded: LoadedModel, text: str, settings: AnalysisSettings) -> Captu
     mask = enc["attention_mask"].to(loaded.device)
     if ids.shape[1] == 0:
         raise InputError("the text produced no tokens")
-    special = [bool(x) for x in enc["special_tokens_mask"][0].tolist()]
+    special = special_mask(loaded.tokenizer, enc["input_ids"][0].tolist(), enc["special_tokens_mask"][0].tolist())
     warnings: list[str] = []
     if enc["truncated"]:
         warnings.append(f"the text was truncated to {enc['limit']} tokens ({enc['limit_reason']})")
@@ -109,9 +145,11 @@ def capture(loaded: LoadedModel, text: str, settings: AnalysisSettings) -> Captu
     has_norm = "h" in pre_norm
     if has_norm:
         hs[-1] = pre_norm["h"]
-    hidden = torch.stack([h[0] for h in hs]).float().cpu().numpy()
-    att = torch.stack([a[0] for a in out.attentions]).float().cpu().numpy()
     logits = getattr(out, "logits", None)
+    atts = list(out.attentions)
+    del out, pre_norm  # from here on `hs` and `atts` hold the only references: each is released once copied
+    hidden = _stack_float32(hs)
+    att = _stack_float32(atts)
     if logits is not None:
         logits = logits[0].float()
 

@@ -43,7 +43,11 @@ def add_model_options(p: argparse.ArgumentParser, *, flag: str = "--model", requ
 def add_load_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=list(DTYPES),
                    help="weights dtype (auto: float32 on CPU, bfloat16 on a GPU)")
-    p.add_argument("--device", default="auto", choices=list(DEVICES), help="device (auto: a GPU if present)")
+    p.add_argument("--device", default="auto", choices=list(DEVICES),
+                   help="device (auto: CUDA, then Apple MPS, then the CPU)")
+    p.add_argument("--device-map", default=None, choices=["auto", "none"],
+                   help="auto: spread the layers over the GPUs (then the CPU) through accelerate, for models larger "
+                        "than one GPU (default: none, the whole model on --device)")
 
 
 def add_text_options(p: argparse.ArgumentParser, name: str = "text", *, required: bool = True) -> None:
@@ -63,19 +67,27 @@ def read_text(args: argparse.Namespace, name: str = "text") -> str | None:
         assert path is not None
         if str(path) == "-":
             value = sys.stdin.read(MAX_TEXT_BYTES + 1)
-        elif path.is_dir():
-            fail(f"text file '{path}' is a folder, not a file")
-        elif not path.is_file():
-            fail(f"text file '{path}' does not exist")
-        elif path.stat().st_size > MAX_TEXT_BYTES:
-            fail(f"text file '{path}' is larger than {MAX_TEXT_BYTES:,} bytes (texts are limited to "
-                 f"{max_text_chars():,} characters)")
         else:
-            try:
-                value = path.read_text(encoding="utf-8")
-            except UnicodeDecodeError:
-                fail(f"text file '{path}' is not UTF-8 text")
+            value = _read_text_file(path)
     return AnalysisSettings.check_text(value)
+
+
+def _read_text_file(path: Path) -> str:
+    """A UTF-8 text file's content, or a one-line InputError that says what is wrong with the path."""
+    shown = str(path) if len(str(path)) <= 120 else str(path)[:119] + "…"
+    try:
+        if path.is_dir():
+            fail(f"text file '{shown}' is a folder, not a file")
+        if not path.is_file():
+            fail(f"text file '{shown}' does not exist")
+        if path.stat().st_size > MAX_TEXT_BYTES:
+            fail(f"text file '{shown}' is larger than {MAX_TEXT_BYTES:,} bytes (texts are limited to "
+                 f"{max_text_chars():,} characters)")
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        fail(f"text file '{shown}' is not UTF-8 text")
+    except OSError as exc:  # a name too long, no permission, a device that cannot be read…
+        fail(f"text file '{shown}' cannot be read ({exc.strerror or type(exc).__name__})")
 
 
 def _flag(f: dataclasses.Field[Any]) -> str:

@@ -24,6 +24,7 @@ import numpy as np
 
 from .arch import ArchitectureNotSupported, model_parts, try_model_parts
 from .context import StepContext
+from .devices import output_device
 from .models import LoadedModel
 from .serialize import serializable
 
@@ -32,10 +33,16 @@ log = logging.getLogger(__name__)
 #: Logits held in memory at once (floats) while decoding the layers × positions grid: 2**24 floats = 64 MiB.
 CHUNK_FLOATS = 2**24
 #: The layers × positions grid costs (L+1)·T·D·V multiply-adds, i.e. (L+1)× the model's own LM head: for GPT-2
-#: small (L+1 = 13, V = 50257) about 4-5× a whole forward pass. On a CPU the analysis step decodes every position
-#: while that stays within GRID_MAX_MACS_CPU (short texts: the full grid) and otherwise the window of positions
-#: around the decoded position that fits (GPT-2 small: 15 columns, ≈0.6× a forward pass at 128 tokens). On a GPU
-#: the grid is always complete. Set GRID_MAX_MACS_CPU = None for complete grids everywhere.
+#: small (L+1 = 13, V = 50257) about 4-5× a whole forward pass. On a CPU the analysis step decodes the full grid
+#: only while it is cheap (at most GRID_SMALL_MACS, or GRID_SHARE_CPU of the forward pass), and otherwise the
+#: window of positions around the decoded position that costs at most GRID_SHARE_CPU × the forward pass (≈ the
+#: parameter count × T multiply-adds), never fewer than GRID_MIN_COLUMNS columns nor more than GRID_MAX_MACS_CPU
+#: multiply-adds. GPT-2 small: 6 columns at 128 tokens, 12 at 512. The page shows exactly the decoded window; the
+#: lens_full_grid setting decodes every position. On a GPU the grid is always complete. Set GRID_SHARE_CPU = None
+#: for complete grids everywhere.
+GRID_SHARE_CPU: float | None = 0.1
+GRID_MIN_COLUMNS = 6
+GRID_SMALL_MACS = 2e8
 GRID_MAX_MACS_CPU: float | None = 8e9
 
 
@@ -54,7 +61,7 @@ class LensSection:
     grid_tokens [L+1][T] / grid_ids int64 [L+1, T] / grid_probs float64 [L+1, T]: the top-1 token of every layer at
         every position of `grid_positions` and its probability (the heatmap).
     method: how the layers were decoded (the head that was applied).
-    last_layer_max_abs_diff: max |z_L - model logits| over the grid positions and the vocabulary (should be ~0).
+    last_layer_max_abs_diff: max |z_L - model logits| at `position` over the vocabulary (should be ~0).
     vocab_size: V (ln V is the entropy of a uniform distribution over the vocabulary).
     grid_positions: the grid columns that were decoded, contiguous: all positions unless the CPU budget
         (GRID_MAX_MACS_CPU) bounded them to a window around `position`; the other columns hold NaN / -1 / "".
@@ -119,16 +126,24 @@ def grid_window(T: int, position: int, max_positions: int | None) -> tuple[int, 
     return c0, c0 + n
 
 
+def _n_parameters(loaded: LoadedModel) -> int:
+    return int(sum(p.numel() for p in loaded.model.parameters()))
+
+
 def grid_max_positions(loaded: LoadedModel, n_layers1: int, T: int, D: int) -> int | None:
-    """Grid columns the analysis step decodes: None (all T) on a GPU or when (L+1)·T·D·V <= GRID_MAX_MACS_CPU,
-    else the largest window (at least 1 column) whose (L+1)·cols·D·V fits the budget."""
+    """Grid columns the analysis step decodes: None (all T) on a GPU or when the full grid fits the budget, else
+    the largest window (at least 1 column) that fits it. The budget in multiply-adds is
+    min(GRID_MAX_MACS_CPU, max(GRID_SHARE_CPU · parameters · T, GRID_MIN_COLUMNS · (L+1)·D·V, GRID_SMALL_MACS))."""
     V = _vocab_size(loaded)
-    if GRID_MAX_MACS_CPU is None or not V or str(loaded.device).startswith(("cuda", "mps")):
+    if GRID_SHARE_CPU is None or not V or str(loaded.device).startswith(("cuda", "mps")):
         return None
     per_column = float(n_layers1) * D * V
-    if per_column * T <= GRID_MAX_MACS_CPU:
+    budget = max(GRID_SHARE_CPU * _n_parameters(loaded) * T, GRID_MIN_COLUMNS * per_column, GRID_SMALL_MACS)
+    if GRID_MAX_MACS_CPU is not None:
+        budget = min(budget, GRID_MAX_MACS_CPU)
+    if per_column * T <= budget:
         return None
-    return max(1, int(GRID_MAX_MACS_CPU // per_column))
+    return max(1, int(budget // per_column))
 
 
 def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position: int, top_k: int,
@@ -140,8 +155,9 @@ def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position:
     `position`) are decoded in chunks of at most `chunk_floats` logits, one matmul per chunk, each chunk reduced at
     once to the top-1 id and probability max_v softmax(z)_v per row. The rows at `position` are kept as logits and
     read out in float64: top-k of p_l = softmax(z_l), p_l[final id] and the entropy -sum_v p_l,v ln p_l,v.
-    `final_logits` [T, V] (torch) are the model's own logits: they give the final prediction and the exactness check
-    of layer L (max |z_L - logits| over the decoded columns). Grid columns outside the window hold probability NaN,
+    `final_logits` [T, V] (torch) are the model's own logits: they give the final prediction, the grid row of layer L
+    (z_L equals them, so that row is not decoded again) and the exactness check of layer L (max |z_L - logits| at
+    `position`, where z_L is decoded for the read-out). Grid columns outside the window hold probability NaN,
     id -1 and token "". Returns None when the model has no head to decode with.
     """
     import torch
@@ -161,8 +177,11 @@ def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position:
     W = c1 - c0  # grid columns decoded
     pw = position - c0  # the decoded position inside the window
     model_dtype = next(loaded.model.parameters()).dtype
-    H = torch.from_numpy(np.ascontiguousarray(hidden_states[:, c0:c1])).reshape(n_layers1 * W, D)
-    ref_logits = final_logits[c0:c1] if final_logits is not None else None
+    head_device = output_device(loaded.model)  # with a device map, the head may sit apart from the embeddings
+    # With the model's own logits at hand, the grid row of layer L is read from them (z_L equals them: see the
+    # module docstring) and layer L is decoded at `position` only, for the read-out and the exactness check.
+    n_dec = n_layers1 - 1 if final_logits is not None else n_layers1  # layers whose grid rows are decoded
+    H = torch.from_numpy(np.ascontiguousarray(hidden_states[:n_dec, c0:c1])).reshape(n_dec * W, D)
     tok = loaded.tokenizer
 
     grid_ids = torch.empty(n_layers1 * W, dtype=torch.long)
@@ -170,13 +189,13 @@ def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position:
     pos_rows: dict[int, torch.Tensor] = {}  # layer -> logits z_l [V] at `position`
     max_diff = 0.0
     V = _vocab_size(loaded)
-    n_rows = n_layers1 * W
+    n_rows = n_dec * W
     with torch.inference_mode():
         rows_per_chunk = max(1, chunk_floats // V) if V else max(1, W)  # unknown V: sized after the first chunk
         start = 0
         while start < n_rows:
             stop = min(start + rows_per_chunk, n_rows)
-            x = H[start:stop].to(device=loaded.device, dtype=model_dtype)
+            x = H[start:stop].to(device=head_device, dtype=model_dtype)
             z = decode(x).float()  # [n, V]
             if not V:
                 V = z.shape[-1]
@@ -190,11 +209,21 @@ def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position:
                 r = layer * W + pw
                 if start <= r < stop:
                     pos_rows[layer] = z[r - start].cpu()
-            last0 = max(start, (n_layers1 - 1) * W)  # rows of the last layer in this chunk: the exactness check
-            if ref_logits is not None and last0 < stop:
-                ref = ref_logits[last0 - (n_layers1 - 1) * W:stop - (n_layers1 - 1) * W].to(z.device).float()
-                max_diff = max(max_diff, float((z[last0 - start:] - ref).abs().max()))
             start = stop
+        if final_logits is not None:
+            last = n_layers1 - 1
+            ref = final_logits[c0:c1]
+            step = max(1, chunk_floats // max(int(ref.shape[-1]), 1))
+            for s0 in range(0, W, step):
+                block = ref[s0:s0 + step].float()
+                pmax, arg = torch.softmax(block, dim=-1).max(dim=-1)
+                n = block.shape[0]
+                grid_ids[last * W + s0:last * W + s0 + n] = arg.cpu()
+                grid_probs[last * W + s0:last * W + s0 + n] = pmax.double().cpu()
+            x = torch.from_numpy(np.ascontiguousarray(hidden_states[last, position:position + 1]))
+            z_last = decode(x.to(device=head_device, dtype=model_dtype)).float()[0]
+            pos_rows[last] = z_last.cpu()
+            max_diff = float((z_last - final_logits[position].to(z_last.device).float()).abs().max())
         final_row = final_logits[position].float().cpu() if final_logits is not None else pos_rows[n_layers1 - 1]
         final_id = int(torch.argmax(final_row))
 
@@ -239,7 +268,10 @@ def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position:
 
 def exactness_tolerance(dtype: str, final_logits: Any) -> float:
     """Largest accepted |z_L - logits|: 1e-4 (float32) or 3e-2 (16-bit) times max(1, max |logits|)."""
-    scale = max(1.0, float(final_logits.abs().max())) if final_logits is not None else 1.0
+    if final_logits is None:
+        return 1e-4 if dtype == "float32" else 3e-2
+    lo, hi = final_logits.aminmax()  # max |logits| in one pass, without an |logits| copy
+    scale = max(1.0, float(hi), -float(lo))
     return (1e-4 if dtype == "float32" else 3e-2) * scale
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import guards
 from .errors import ModelUnavailableError
 from .model_info import ModelInfo
 from .presets import BUNDLED_ID
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 
 FAMILIES = ("masked_lm", "causal_lm", "encoder")
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 HUB_PROBE_TIMEOUT_S = 3.0
 
 
@@ -125,22 +125,34 @@ def _way_out() -> str:
     return (f"use a local model folder, or the bundled model '{BUNDLED_ID}', which works offline")
 
 
+def _existing_path(model_id: str) -> Path | None:
+    """The path `model_id` names when it exists and local folders are allowed; never raises (long names etc.)."""
+    if not guards.local_models_allowed():
+        return None  # never look: no answer may reveal what exists on the server
+    try:
+        path = Path(model_id).expanduser()
+        return path if path.exists() else None
+    except (OSError, ValueError):  # a name too long for the file system, an embedded NUL…
+        return None
+
+
 def resolve_source(model_id: str) -> ModelSource:
-    """Decide where `model_id` loads from, without loading it. Raises ModelUnavailableError quickly."""
-    model_id = (model_id or "").strip()
-    if not model_id:
-        raise ModelUnavailableError("no model given: " + _way_out())
-    if model_id in (BUNDLED_ID, "bundled", "all-MiniLM-L6-v2"):
+    """Decide where `model_id` loads from, without loading it. Raises ModelUnavailableError quickly.
+
+    The id's shape, the allow-list and the local-folder switch (core.guards) are checked first, before any
+    file-system or network call.
+    """
+    model_id = guards.check_model_id(model_id)
+    if guards.is_bundled(model_id):
         return ModelSource(BUNDLED_ID, "bundled", str(bundled_model_path()), True)
-    path = Path(model_id).expanduser()
-    if path.exists():
+    path = _existing_path(model_id)
+    if path is not None:
         if not path.is_dir():
             raise ModelUnavailableError(f"'{model_id}' is a file; give the folder that holds config.json")
         if not (path / "config.json").is_file():
             raise ModelUnavailableError(f"the folder '{model_id}' has no config.json, so it is not a model folder")
         return ModelSource(str(path.resolve()), "local", str(path.resolve()), True)
-    if model_id.startswith((".", "/", "~")) or not _HUB_ID.match(model_id):
-        raise ModelUnavailableError(f"'{model_id}' is neither an existing folder nor a Hugging Face model id; " + _way_out())
+    guards.check_hub_id(model_id)
     if _cached_on_disk(model_id):
         return ModelSource(model_id, "hub", model_id, True)
     if hub_offline():
@@ -151,6 +163,35 @@ def resolve_source(model_id: str) -> ModelSource:
         raise ModelUnavailableError(
             f"the Hugging Face Hub cannot be reached and '{model_id}' is not in the local cache; " + _way_out())
     return ModelSource(model_id, "hub", model_id, False)
+
+
+def config_dict(src: ModelSource) -> dict[str, Any]:
+    """The raw config.json of a resolved source, read without transformers (for a hub id: that one small file)."""
+    if src.kind == "hub":
+        try:
+            from huggingface_hub import hf_hub_download
+
+            folder = Path(hf_hub_download(src.location, "config.json", local_files_only=src.local_files_only)).parent
+        except Exception as exc:
+            raise ModelUnavailableError(f"the config of '{src.model_id}' could not be fetched "
+                                        f"({guards.scrub_paths(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)})"
+                                        ) from None
+    else:
+        folder = Path(src.location)
+    return guards.read_config(folder)
+
+
+def check_size_guard(src: ModelSource) -> None:
+    """TMA_MAX_PARAMETERS: refuse a model from its config alone, before the tokenizer or any weight is read."""
+    if src.kind == "bundled" or guards.max_parameters() is None:
+        return
+    estimate = guards.check_parameters(src.model_id, config_dict(src))
+    log.info("model %s: about %s parameters (limit %s)", src.model_id, estimate, guards.max_parameters())
+
+
+def public_error(message: str) -> str:
+    """A load error as shown to users: without server paths when local folders are switched off."""
+    return message if guards.local_models_allowed() else guards.scrub_paths(message)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -185,24 +226,61 @@ def detect_family(config: Any) -> str:
 # Loading
 
 
+def _mps_available() -> bool:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
 def resolve_device(device: str = "auto") -> str:
+    """The device to load on: `auto` picks CUDA, then Apple MPS, then the CPU; an explicit GPU must exist."""
     import torch
 
     if device not in DEVICES:
         raise ModelUnavailableError(f"unknown device '{device}'; choose one of {', '.join(DEVICES)}")
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if _mps_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelUnavailableError("device 'cuda' was asked for but no CUDA GPU is available")
+    if device == "mps" and not _mps_available():
+        raise ModelUnavailableError("device 'mps' was asked for but Apple's Metal backend (MPS) is not available")
     return device
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
+    """`auto` is bfloat16 on a GPU (CUDA, MPS) and float32 on the CPU."""
     if dtype not in DTYPES:
         raise ModelUnavailableError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
     if dtype == "auto":
-        return "bfloat16" if device == "cuda" else "float32"
+        return "bfloat16" if device.split(":")[0] in ("cuda", "mps") else "float32"
     return dtype
+
+
+#: Values of load_model's `device_map`: None (the whole model on one device) or "auto" (accelerate spreads the
+#: layers over the GPUs, then the CPU, by free memory).
+DEVICE_MAPS = (None, "auto")
+
+
+def resolve_device_map(device_map: str | None) -> str | None:
+    """Check `device_map` (None, "" or "none" = no map; "auto") and that accelerate is installed when it is used."""
+    if device_map in (None, "", "none"):
+        return None
+    if device_map not in DEVICE_MAPS:
+        raise ModelUnavailableError(f"unknown device map '{device_map}'; choose 'auto' or none")
+    try:
+        import accelerate  # noqa: F401
+    except ImportError as exc:
+        raise ModelUnavailableError("device_map='auto' needs the package accelerate: pip install accelerate") from exc
+    return device_map
+
+
+def placement(model: Any) -> dict[str, str] | None:
+    """{module name: device} when the model was loaded with a device map, else None."""
+    dm = getattr(model, "hf_device_map", None)
+    return {str(k): str(v) for k, v in dm.items()} if isinstance(dm, dict) else None
 
 
 def folder_fingerprint(folder: str | Path) -> str:
@@ -233,23 +311,31 @@ def _config_count(config: Any, *names: str) -> int:
     raise ModelUnavailableError(f"the model config has none of {names}; this architecture is not supported")
 
 
-def load_model(model_id: str, dtype: str = "auto", device: str = "auto") -> LoadedModel:
-    """Load a model and its tokenizer for analysis. Raises ModelUnavailableError with a user-facing message."""
+def load_model(model_id: str, dtype: str = "auto", device: str = "auto",
+               device_map: str | None = None) -> LoadedModel:
+    """Load a model and its tokenizer for analysis. Raises ModelUnavailableError with a user-facing message.
+
+    device_map="auto" loads through accelerate: the layers are spread over the available GPUs (then the CPU) and
+    `LoadedModel.device` is the device of the input embeddings; `device` then only decides the dtype default.
+    """
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
     src = resolve_source(model_id)
+    check_size_guard(src)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    dmap = resolve_device_map(device_map)
     common = {"local_files_only": src.local_files_only, "trust_remote_code": False}
     try:
         config = AutoConfig.from_pretrained(src.location, **common)
         family = detect_family(config)
         tokenizer = AutoTokenizer.from_pretrained(src.location, **common)
         auto = {"masked_lm": AutoModelForMaskedLM, "causal_lm": AutoModelForCausalLM, "encoder": AutoModel}[family]
+        placed = {"device_map": dmap} if dmap else {}
         model = auto.from_pretrained(
             src.location, config=config, dtype=getattr(torch, dt), attn_implementation="eager",
-            use_safetensors=True, **common)
+            use_safetensors=True, **placed, **common)
     except ModelUnavailableError:
         raise
     except OSError as exc:
@@ -257,13 +343,22 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto") -> Load
         if "safetensors" in msg.lower() or "model.safetensors" in msg:
             raise ModelUnavailableError(
                 f"'{model_id}' has no safetensors weights; only safetensors are loaded (no pickled weights)") from exc
-        raise ModelUnavailableError(f"could not load '{model_id}': {msg}; " + _way_out()) from exc
+        raise ModelUnavailableError(public_error(f"could not load '{model_id}': {msg}; " + _way_out())) from exc
     except (ValueError, KeyError, ImportError) as exc:
-        raise ModelUnavailableError(f"could not load '{model_id}': {str(exc).splitlines()[0] if str(exc) else exc!r}") from exc
+        if "trust_remote_code" in str(exc) or "custom code" in str(exc):
+            raise ModelUnavailableError(f"'{model_id}' needs its own Python code to load (remote code), which this "
+                                        "app never runs; pick a model that transformers supports natively") from exc
+        first = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        raise ModelUnavailableError(public_error(f"could not load '{model_id}': {first}")) from exc
 
     model.eval()
     model.requires_grad_(False)
-    model.to(dev)
+    if dmap:
+        from .devices import input_device
+
+        dev = str(input_device(model))  # where token ids go; accelerate's hooks move activations between layers
+    else:
+        model.to(dev)
     if getattr(model.config, "_attn_implementation", "eager") != "eager":
         model.set_attn_implementation("eager")
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
@@ -280,7 +375,7 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto") -> Load
         family=family,
         source=src.kind,
         revision=revision,
-        local_path=src.location if src.kind != "hub" else None,
+        local_path=src.location if src.kind != "hub" and guards.local_models_allowed() else None,
         dtype=dt,
         device=dev,
         n_layers=_config_count(config, "num_hidden_layers", "n_layer", "num_layers"),

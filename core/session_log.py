@@ -12,6 +12,7 @@ import html
 import json
 from typing import Any
 
+from .guards import visible_controls
 from .options import ExportOptions
 from .result import AnalysisResult
 
@@ -41,7 +42,7 @@ def entry_from_result(result: AnalysisResult, duration_s: float | None = None) -
 
 
 def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+    return html.escape(visible_controls("" if value is None else str(value)), quote=True)
 
 
 def _entry_html(i: int, entry: dict[str, Any]) -> str:

@@ -10,10 +10,10 @@ key from there; render-only options (animations, figure choices) are not setting
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from . import guards
 from .errors import InputError
 from .serialize import serializable
 
@@ -21,18 +21,9 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 #: Default bound on the characters of one text (a public server should not tokenise megabytes per click);
-#: `TMA_MAX_TEXT_CHARS` overrides it.
-DEFAULT_MAX_TEXT_CHARS = 20_000
-
-
-def max_text_chars() -> int:
-    """The bound on the characters of one text: $TMA_MAX_TEXT_CHARS, else DEFAULT_MAX_TEXT_CHARS."""
-    raw = os.environ.get("TMA_MAX_TEXT_CHARS", "").strip()
-    try:
-        value = int(float(raw)) if raw else DEFAULT_MAX_TEXT_CHARS
-    except ValueError:
-        value = DEFAULT_MAX_TEXT_CHARS
-    return value if value > 0 else DEFAULT_MAX_TEXT_CHARS
+#: `TMA_MAX_TEXT_CHARS` overrides it (read by core.guards, the one place for deployment bounds).
+DEFAULT_MAX_TEXT_CHARS = guards.DEFAULT_MAX_TEXT_CHARS
+max_text_chars = guards.max_text_chars
 
 
 def _opt(default: Any, help: str, *, min: int | None = None, max: int | None = None, cli: str | None = None) -> Any:
@@ -64,12 +55,20 @@ class AnalysisSettings:
                                          "backward pass)", cli="--no-gradients")
     integrated_gradients: bool = _opt(False, "also run integrated gradients (needs compute_gradients; costs "
                                              "ig_steps forward + backward passes)")
-    ig_steps: int = _opt(32, "steps of integrated gradients", min=1, max=512)
+    ig_steps: int = _opt(32, "first number of integrated-gradients steps; doubled until the completeness gap is "
+                             "at most 1 percent (or 512 steps)", min=1, max=512)
     n_clusters: int | None = _opt(None, "number of head clusters (default: chosen by silhouette)", min=1, max=64)
     lens_position: int | None = _opt(None, "position decoded by the logit lens (default: the target position)",
                                      min=0)
     lens_full_grid: bool = _opt(False, "decode the logit-lens grid at every position even on a CPU (long texts "
                                        "otherwise get a window of positions around the lens position)")
+    head_ablation: bool = _opt(False, "exact head ablation: replace each head's output by its mean over positions "
+                                      "(and by zero) and report the change of log p of the prediction (about "
+                                      "L batched forward passes of batch 2·H)")
+    neuron_factors: int = _opt(6, "NMF factors of the MLP neuron activations (0: no neuron factors)", min=0, max=32)
+    neuron_first_layer: int | None = _opt(None, "first block whose MLP neurons enter the factors (default: 0)", min=0)
+    neuron_last_layer: int | None = _opt(None, "last block whose MLP neurons enter the factors (default: the last)",
+                                         min=0)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -104,9 +103,7 @@ class AnalysisSettings:
         """The rules on a text to analyse: a non-empty string of at most max_text_chars() characters."""
         if not isinstance(text, str) or not text.strip():
             raise InputError("the text is empty: type a sentence to analyse")
-        limit = max_text_chars()
-        if len(text) > limit:
-            raise InputError(f"the text has {len(text):,} characters; the limit is {limit:,}: shorten it")
+        guards.check_text_length(text)  # TMA_MAX_TEXT_CHARS: refused with its length, never cut
         return text
 
     @classmethod

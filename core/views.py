@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .attention import AttentionSection
+from .guards import visible_controls
 from .logit_lens import LensSection
 from .metrics import METRIC_NAMES
 from .predictions import PredictionSection
@@ -38,7 +39,7 @@ def readable_token(token: str | None) -> str:
     return out
 
 
-def metrics_long(result: AnalysisResult):
+def metrics_long(result: AnalysisResult) -> pd.DataFrame:
     """Layer metrics in long form: columns layer, metric, value (L+1 rows per metric)."""
     import pandas as pd
 
@@ -47,7 +48,7 @@ def metrics_long(result: AnalysisResult):
     return pd.DataFrame(rows)
 
 
-def normalised_metrics(result: AnalysisResult):
+def normalised_metrics(result: AnalysisResult) -> pd.DataFrame:
     """Long form (layer, metric, value, normalised) of core.figures.normalized_metrics — the same numbers as the
     PDF's heatmap: each metric min-max scaled over layers, a constant metric 0.5, NaN kept."""
     from .figures import normalized_metrics
@@ -57,20 +58,21 @@ def normalised_metrics(result: AnalysisResult):
     return df
 
 
-def correlations_long(corr):
+def correlations_long(corr: np.ndarray | pd.DataFrame) -> pd.DataFrame:
     """A square correlation matrix (DataFrame, or ndarray [M, M] in METRIC_NAMES order) as long form: row, column,
     r."""
     import pandas as pd
 
-    if not isinstance(corr, pd.DataFrame):
-        corr = pd.DataFrame(np.asarray(corr, dtype=np.float64), index=list(METRIC_NAMES), columns=list(METRIC_NAMES))
-    c = corr.copy()
+    if isinstance(corr, pd.DataFrame):
+        c = corr.copy()
+    else:
+        c = pd.DataFrame(np.asarray(corr, dtype=np.float64), index=list(METRIC_NAMES), columns=list(METRIC_NAMES))
     c.index.name, c.columns.name = "row", "column"
     return c.stack(future_stack=True).rename("r").reset_index()
 
 
 def attention_frame(attentions: np.ndarray, tokens: list[str], layer: int, head: int | None,
-                    window: tuple[int, int] | None = None):
+                    window: tuple[int, int] | None = None) -> pd.DataFrame:
     """One attention map in long form: query, key (labels), qi, ki (positions), weight.
 
     attentions: [L, H, T, T]; head None means the mean over heads, (1/H) Σ_h A[layer, h]. window (start, stop)
@@ -89,7 +91,7 @@ def attention_frame(attentions: np.ndarray, tokens: list[str], layer: int, head:
                          "key": [labels[j] for j in ki.ravel()], "weight": M.ravel()})
 
 
-def layer_head_frame(values: np.ndarray, name: str, extra: dict[str, np.ndarray] | None = None):
+def layer_head_frame(values: np.ndarray, name: str, extra: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """A [L, H] array in long form: layer, head, <name> (+ extra [L, H] columns)."""
     import pandas as pd
 
@@ -115,7 +117,7 @@ def cluster_frame(attention: AttentionSection) -> pd.DataFrame:
                          "entropy": np.asarray(attention.entropy, dtype=np.float64).ravel()})
 
 
-def attribution_frame(tokens: list[str], columns: dict[str, Any]):
+def attribution_frame(tokens: list[str], columns: dict[str, Any]) -> pd.DataFrame:
     """Token scores table: position, token, and one column per method that is not None."""
     import pandas as pd
 
@@ -140,6 +142,7 @@ def shaded_tokens_html(tokens: list[str], scores: Any, target: int | None = None
         a = abs(v) / scale if scale > 0 else 0.0
         rgb = "220,60,40" if v >= 0 else "40,90,220"
         outline = "outline:2px solid #333;" if target is not None and i == target else ""
+        tok = visible_controls(str(tok))  # a bidi override must not reorder the tokens after it
         parts.append(f'<span title="{html.escape(f"{i}: {tok} = {v:.4g}", quote=True)}" '
                      f'style="background:rgba({rgb},{a:.3f});{outline}padding:2px 3px;margin:1px;'
                      f'border-radius:3px;display:inline-block;font-family:monospace">'

@@ -18,6 +18,8 @@ GROUPS = [
     ("Attribution", "attribution", "Which input tokens and heads the prediction at the target position depends on."),
     ("Predictions", "prediction", "What the model predicts: mask filling, next token, and generation."),
     ("Logit lens", "logit_lens", "The model's intermediate guesses, layer by layer."),
+    ("Causal evidence", "causal", "Interventions: what the prediction needs (activation patching, head ablation)."),
+    ("Neurons", "neurons", "Groups of MLP neurons that fire together over the tokens of the text."),
 ]
 
 

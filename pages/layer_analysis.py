@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import layer_widgets as lw
-from app import peer_views
+from app import neuron_views, peer_views
 from app.state import Keys
 from app.widgets import guarded, result_header
 
@@ -20,8 +20,8 @@ if result is None:
 result_header(result)
 layer, head = lw.pickers(result)
 
-tab_att, tab_heads, tab_attr, tab_lens, tab_anim, *peer_tabs = st.tabs(
-    ["Attention", "Heads", "Token attribution", "Logit lens", "Animations", *peer_views.TABS])
+tab_att, tab_heads, tab_attr, tab_lens, tab_anim, tab_neurons, *peer_tabs = st.tabs(
+    ["Attention", "Heads", "Token attribution", "Logit lens", "Animations", "Neurons & query–key", *peer_views.TABS])
 with tab_att, guarded("attention map"):
     lw.attention_section(result, layer, head)
 with tab_heads, guarded("head analysis"):
@@ -32,4 +32,6 @@ with tab_lens, guarded("logit lens"):
     lw.logit_lens_section(result)
 with tab_anim, guarded("layer animations"):
     lw.animations_section(result, head)
+with tab_neurons:
+    neuron_views.draw(result, layer, head)
 peer_views.draw_tabs(result, peer_tabs)

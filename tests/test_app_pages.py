@@ -121,10 +121,11 @@ def test_layer_analysis_page(results, family):
         assert n_charts(at) >= 3  # + entropy grid and clustering
     if r.attribution is not None:
         assert at.get("html"), "token shading missing"
-    assert len(at.get("image")) == 2, "the two layer GIFs (animations are on by default)"
+    n_neuron_images = (r.neuron_factors is not None) + (r.query_key is not None)  # top neurons, query–key view
+    assert len(at.get("image")) == 2 + n_neuron_images, "the two layer GIFs (animations are on by default)"
     labels = [t.label for t in at.tabs]
-    assert labels == ["Attention", "Heads", "Token attribution", "Logit lens", "Animations", "Logit attribution",
-                      "Flow routes"]
+    assert labels == ["Attention", "Heads", "Token attribution", "Logit lens", "Animations", "Neurons & query–key",
+                      "Logit attribution", "Flow routes"]
 
 
 def test_layer_analysis_head_and_layer_choice(results):

@@ -28,7 +28,7 @@ def results(tiny_gpt2, tiny_bert, tiny_encoder):
     from core.analysis import analyze
 
     return {
-        "gpt2": analyze(tiny_gpt2, "The cat sat on the mat.", ig_steps=4),
+        "gpt2": analyze(tiny_gpt2, "The cat sat on the mat.", ig_steps=4, head_ablation=True),
         "bert": analyze(tiny_bert, "The cat sat on the [MASK].", ig_steps=4),
         "encoder": analyze(tiny_encoder, "The cat sat on the mat.", ig_steps=4),
     }
@@ -54,7 +54,8 @@ def computed_items(section_types: dict[str, type]) -> set[str]:
 
 
 def test_sections_are_the_four_of_the_contract():
-    assert set(SECTIONS) == {"attention", "attribution", "predictions", "logit_lens", "dla", "flow"}
+    assert set(SECTIONS) == {"attention", "attribution", "predictions", "logit_lens", "dla", "flow", "head_ablation",
+                             "neuron_factors", "query_key"}
 
 
 def test_every_computed_item_has_an_entry(section_types):
