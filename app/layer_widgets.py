@@ -15,7 +15,11 @@ import streamlit as st
 
 from app import charts
 from app.state import Keys
+<<<<<<< HEAD
 from app.widgets import chart, md_escape, shaded_text, show_caption
+=======
+from app.widgets import chart, show_caption
+>>>>>>> main
 from core import chart_spec, views
 from core.result import AnalysisResult
 
@@ -290,7 +294,11 @@ def logit_lens_section(result: AnalysisResult) -> None:
 
 def animations_section(result: AnalysisResult) -> None:
     """The Animations tab: its own head picker, and the layer-transition GIFs of core.animations, rendered once per
-    (result, head) and cached. The captions name the head that is shown."""
+    (result, head) and cached. The captions name the head that is shown. Above them the layer × layer CKA of the
+    run (how far the representation moves between layers)."""
+    from app.compare_widgets import layer_cka_section
+
+    layer_cka_section(result)
     if not st.session_state.get(Keys.ANIMATIONS, True):
         st.caption("Animations are off (sidebar → Settings → Layer animations).")
         return

@@ -99,15 +99,31 @@ def has_mask(text: str) -> bool:
 
 
 def url_to_state(query_params: Any, state: Any) -> None:
-    """Read ?model=… into the model widgets once per session (a shared link opens with that model)."""
-    model = (query_params.get("model") or "").strip() if hasattr(query_params, "get") else ""
-    if not model:
-        return
-    if model in PRESET_IDS:
-        state[Keys.MODEL_CHOICE] = model
-    else:
-        state[Keys.MODEL_CHOICE] = OTHER_MODEL
-        state[Keys.MODEL_CUSTOM] = model
+    """Read ?model=… into the model widgets once per session (a shared link opens with that model); the Compare
+    page's ?model_b=… (run B's model) and ?page=… (the page to open) too. Texts are never in the URL."""
+    get = query_params.get if hasattr(query_params, "get") else (lambda _k: None)
+    model = (get("model") or "").strip()
+    if model:
+        if model in PRESET_IDS:
+            state[Keys.MODEL_CHOICE] = model
+        else:
+            state[Keys.MODEL_CHOICE] = OTHER_MODEL
+            state[Keys.MODEL_CUSTOM] = model
+    model_b = (get("model_b") or "").strip()
+    if model_b:
+        state[Keys.CMP_MODE] = "model" if model_b != (model or selected_model_id(state)) else "text"
+        state[Keys.CMP_MODEL_B] = model_b if model_b in PRESET_IDS else OTHER_MODEL
+        if model_b not in PRESET_IDS:
+            state[Keys.CMP_CUSTOM_B] = model_b
+    page = (get("page") or "").strip()
+    if page:
+        state[Keys.URL_PAGE] = page
+
+
+def url_page(pages: list[Any], state: Any) -> Any:
+    """The page a shared link's ?page=… names (by its url_path), once per session; None otherwise."""
+    want = state.pop(Keys.URL_PAGE, None) if Keys.URL_PAGE in state else None
+    return next((p for p in pages if want and getattr(p, "url_path", None) == want), None)
 
 
 def current_settings(state: Any) -> AnalysisSettings:

@@ -74,6 +74,27 @@ class Keys:
     GEN_TOP_P = "gen_top_p"
     GEN_CHAT = "gen_chat"
 
+    # --- compare page (issue 13): run A and run B, each an ordinary cached analysis -----------------------------
+    CMP_MODE = "cmp_mode"  # radio: "text" (B = A's model, a second text) or "model" (B = A's text, a second model)
+    CMP_MODEL_A = "cmp_model_a"  # selectbox: a preset id or OTHER_MODEL
+    CMP_CUSTOM_A = "cmp_custom_a"
+    CMP_TEXT_A = "cmp_text_a"
+    CMP_MODEL_B = "cmp_model_b"
+    CMP_CUSTOM_B = "cmp_custom_b"
+    CMP_TEXT_B = "cmp_text_b"
+    CMP_RESULT_A = "cmp_result_a"  # AnalysisResult of run A (None before the first comparison)
+    CMP_RESULT_B = "cmp_result_b"
+    CMP_SPEC_A = "cmp_spec_a"  # (model id, text, settings, dtype) that made CMP_RESULT_A (reuse without loading)
+    CMP_SPEC_B = "cmp_spec_b"
+    CMP_ATTR_METHOD = "cmp_attr_method"
+    CMP_ERROR = "cmp_error"  # one line for the page, or None
+    CMP_JOB = "cmp_job"  # the running app.compare_widgets.CompareJob (survives reruns), or None
+    CMP_AXIS = "cmp_axis"  # toggle: absolute layers instead of relative depth
+    CMP_DEBIASED = "cmp_debiased"  # toggle: debiased CKA
+    CMP_ENTROPY = "cmp_entropy"  # "entropy" or "normalized_entropy" for the difference heatmap
+    LAYER_CKA_DEBIASED = "layer_cka_debiased"  # Layer Analysis page: debiased layer × layer CKA
+    URL_PAGE = "url_page"  # ?page=… of a shared link, switched to once
+
     # --- causal page (activation patching) --------------------------------------------------------------------
     PATCH_CLEAN = "patch_clean"  # text areas
     PATCH_CORRUPT = "patch_corrupt"
@@ -84,6 +105,21 @@ class Keys:
     PATCH_RESULT = "patch_result"  # the last core.patching.PatchingResult
     PATCH_ERROR = "patch_error"  # its error message, or None
     PATCH_FAMILY = "patch_family"  # the family the example texts were filled in for
+
+    # --- corpus page -------------------------------------------------------------------------------------------
+    CORPUS_RESULT = "corpus_result"  # the last finished core.corpus.CorpusResult
+    CORPUS_ERROR = "corpus_error"  # user-facing message of the last failed corpus run, or None
+    CORPUS_ZIP = "corpus_zip"  # (cache key, ZIP bytes) of the shown result, built once
+    CORPUS_SOURCE = "corpus_source"  # radio: upload .txt / upload .csv / paste lines
+    CORPUS_PASTE = "corpus_paste"
+    CORPUS_COLUMN = "corpus_column"
+    CORPUS_MAX_TOKENS = "corpus_max_tokens"
+    CORPUS_BATCH = "corpus_batch"
+    CORPUS_BOOTSTRAP = "corpus_bootstrap"
+    CORPUS_MAX_POINTS = "corpus_max_points"
+    CORPUS_SPECIAL = "corpus_special"
+    CORPUS_METRICS = "corpus_metrics"  # multiselect of pooled metrics to plot
+    CORPUS_PER_TEXT = "corpus_per_text"  # selectbox: single-text metric shown against the pooled curve
 
 
 #: Choice in the model selectbox that reveals the free field.
@@ -115,6 +151,10 @@ _DEFAULTS: dict[str, Any] = {
     Keys.METRIC_ZOOM: False,
     Keys.GEN_TEXT: "",
     Keys.GEN_STOP: None,
+    Keys.CMP_RESULT_A: None,
+    Keys.CMP_RESULT_B: None,
+    Keys.CMP_ERROR: None,
+    Keys.CMP_JOB: None,
 }
 
 

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from .guards import scrub_paths
 from .metrics import METRIC_NAMES
 from .model_info import ModelInfo
+from .paths import default_cache_dir
 from .result import AnalysisResult
 from .settings import AnalysisSettings
 from .version import CORE_VERSION
@@ -40,14 +41,6 @@ DEFAULT_SIZE_MB = 1024
 RETRY_S = 60.0
 
 T = TypeVar("T")
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("TMA_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tma"
 
 
 def cache_key(model_info: ModelInfo, text: str, settings: AnalysisSettings) -> str:

@@ -550,7 +550,7 @@ class PatchingCache:
     def __init__(self, directory: str | None = None, size_limit_mb: int = 256):
         import diskcache
 
-        from .cache import default_cache_dir
+        from .paths import default_cache_dir
 
         path = directory or str(default_cache_dir() / "patching")
         self._cache = diskcache.Cache(path, size_limit=size_limit_mb * 1024 * 1024,

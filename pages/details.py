@@ -20,6 +20,8 @@ GROUPS = [
     ("Logit lens", "logit_lens", "The model's intermediate guesses, layer by layer."),
     ("Causal evidence", "causal", "Interventions: what the prediction needs (activation patching, head ablation)."),
     ("Neurons", "neurons", "Groups of MLP neurons that fire together over the tokens of the text."),
+    ("Corpus", "corpus", "Corpus mode: computed on the token states of many texts pooled per layer, with intervals."),
+    ("Comparison", "comparison", "How similar two layers, or two runs, are (Layer Analysis and Compare pages)."),
 ]
 
 

@@ -249,7 +249,7 @@ def test_page_widgets_run_no_model(llama_result):
     no_exception(at)
     assert fc.calls == 0, f"{fc.calls} module calls on neuron/query–key widget changes"
     assert at.session_state["qk_query"] == 2
-    table = next(d.value for d in at.dataframe if "q·k" in d.value.columns)  # layer index 1, head 3, query 2
+    table = next(d.value for d in at.dataframe if "q·k" in d.value.columns)  # layer 1, head 3, query 2
     np.testing.assert_allclose(table["weight"].to_numpy(), r.attentions[1, 3, 2], atol=1e-5)
     assert any("key-value head 1" in c.value for c in at.caption)
 
