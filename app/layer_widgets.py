@@ -15,11 +15,7 @@ import streamlit as st
 
 from app import charts
 from app.state import Keys
-<<<<<<< HEAD
-from app.widgets import chart, md_escape, shaded_text, show_caption
-=======
-from app.widgets import chart, show_caption
->>>>>>> main
+from app.widgets import chart, shaded_text, show_caption
 from core import chart_spec, views
 from core.result import AnalysisResult
 

@@ -87,7 +87,8 @@ def query_key_section(result: AnalysisResult, layer: int, head: int | None) -> N
         )
         return
     if head is None:
-        st.caption("The head picker above shows the mean over heads; the query–key view needs one head: head 0 is shown.")
+        st.caption("The head picker above shows the mean over heads; the query–key view needs one head: head 0 is "
+                   "shown.")
         head = 0
     T = result.n_tokens
     state = st.session_state
