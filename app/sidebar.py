@@ -26,8 +26,8 @@ from core.chart_spec import timing_phrase
 from core.errors import InputError, ModelUnavailableError, TMAError
 from core.export import build_zip
 from core.options import ExportOptions
-from core.result import AnalysisResult
 from core.presets import BUNDLED_ID, PRESET_IDS, preset
+from core.result import AnalysisResult
 from core.settings import DTYPES, AnalysisSettings, max_text_chars
 
 log = logging.getLogger(__name__)

@@ -59,6 +59,21 @@ def guarded(what: str):
                  icon=":material/error:")
 
 
+#: A shaded text of more tokens than this scrolls inside a box of SHADED_TEXT_PX pixels (a 512-token text would
+#: otherwise take ~1 500 px, once per method or factor).
+LONG_TEXT_TOKENS = 120
+SHADED_TEXT_PX = 260
+
+
+def shaded_text(html_text: str, n_tokens: int) -> None:
+    """A views.shaded_tokens_html block; long texts scroll inside a bounded box."""
+    if n_tokens > LONG_TEXT_TOKENS:
+        with st.container(height=SHADED_TEXT_PX):
+            st.html(html_text)
+    else:
+        st.html(html_text)
+
+
 def chart(c: Any, stretch: bool = True) -> None:
     """An Altair chart at full width (rendered as SVG by the app's config); stretch=False keeps a chart's own
     pixel size (square heatmaps)."""

@@ -980,8 +980,8 @@ _CORPUS = [
        low="Near 0: directions are spread like an isotropic cloud; negative values are rare.",
        encoder_vs_decoder=("Ethayarajh (2019) reports anisotropy growing with depth in both, strongest in GPT-2's "
                            "upper layers (cosines above 0.9)."),
-       pitfalls=["Not centred: a common mean vector alone makes the cosine large; anisotropy_top_pc is the "
-                 "centred counterpart.", P_PAIRS_NEED_TEXTS],
+       pitfalls=["Not centred: a common mean vector alone makes the cosine large; the anisotropy (top principal "
+                 "component share) is the centred counterpart.", P_PAIRS_NEED_TEXTS],
        references=[R_ETHAYARAJH], sources=["core.geometry:anisotropy_cosine"]),
     _e(key="anisotropy_top_pc", title="Anisotropy (top principal component share)", kind="corpus",
        short="Share of the pooled variance on the first principal direction: λ_max / Σλ (LLM-Microscope).",
