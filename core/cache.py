@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import sqlite3
 import threading
@@ -223,8 +224,27 @@ class ResultCache:
         self._warn(f"a cached result could not be read ({describe(exc)}); it was dropped and computed again")
         self._call("cleaned", lambda c: c.delete(key), False)
 
+    def _read(self, key: str) -> bytes | mmap.mmap | None:
+        """The stored bytes of `key`: a read-only memory map of the entry's file when diskcache keeps it in a file
+        (large results), so that a hit reads only the pages that are used (the arrays are views on it, see
+        core.serialize), else the bytes themselves. None when missing or the cache failed."""
+
+        def fetch(cache: Any) -> bytes | mmap.mmap | None:
+            handle = cache.get(key, read=True)
+            if handle is None or isinstance(handle, bytes):  # small values come back as bytes from the database
+                return handle
+            try:
+                try:
+                    return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+                except (OSError, ValueError):  # no file behind the handle, or an empty file
+                    return bytes(handle.read())
+            finally:
+                handle.close()
+
+        return self._call("read", fetch, None)
+
     def get(self, key: str) -> AnalysisResult | None:
-        data = self.get_bytes(key)
+        data = self._read(key)
         if data is None:
             return None
         try:
