@@ -22,11 +22,12 @@ from core.result import AnalysisResult
 
 
 def draw(result: AnalysisResult, layer: int, head: int | None) -> None:
-    """Two sub-tabs: neuron factors, and the query–key view of (layer, head) at a chosen query token."""
-    tab_nf, tab_qk = st.tabs(["Neuron factors", "Query–key"])
-    with tab_nf, guarded("neuron factors"):
+    """Two sections (no nested tabs): neuron factors, then the query–key view of (layer, head) at a query token."""
+    st.subheader("Neuron factors")
+    with guarded("neuron factors"):
         neuron_factors_section(result)
-    with tab_qk, guarded("query–key view"):
+    st.subheader("Query–key view")
+    with guarded("query–key view"):
         query_key_section(result, layer, head)
 
 
@@ -86,7 +87,7 @@ def query_key_section(result: AnalysisResult, layer: int, head: int | None) -> N
         )
         return
     if head is None:
-        st.caption("The head picker above shows the mean over heads; the query–key view needs one head: head 0 is shown.")
+        st.caption("The head picker shows the mean over heads; the query–key view needs one head: head 0 is shown.")
         head = 0
     T = result.n_tokens
     state = st.session_state

@@ -188,7 +188,7 @@ def token_attribution_plot(result: AnalysisResult, *, width_chars: int = 90) -> 
     methods = attr.methods()
     toks = result.display_tokens or result.tokens
     fs = 9
-    char_w, line_h = 1.0, 1.6
+    line_h = 1.6
     # lay the tokens out once (wrapping at width_chars), shared by every method block
     pos, x, y = [], 0.0, 0.0
     shown = []

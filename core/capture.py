@@ -147,7 +147,8 @@ def capture(loaded: LoadedModel, text: str, settings: AnalysisSettings) -> Captu
         hs[-1] = pre_norm["h"]
     logits = getattr(out, "logits", None)
     atts = list(out.attentions)
-    del out, pre_norm  # from here on `hs` and `atts` hold the only references: each is released once copied
+    del out  # from here on `hs` and `atts` hold the only references: each is released once copied
+    pre_norm.clear()
     hidden = _stack_float32(hs)
     att = _stack_float32(atts)
     if logits is not None:

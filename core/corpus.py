@@ -26,7 +26,6 @@ import inspect
 import io
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field

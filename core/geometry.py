@@ -31,6 +31,7 @@ Intervals are percentile intervals (2.5 %, 97.5 %) of the resampled statistics.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -235,7 +236,7 @@ def distinct_neighbours(X: np.ndarray, k: int = NEIGHBOURS, rel_tol: float = DUP
     dup = ((dist <= tol) & (nbr < np.arange(M)[:, None])).any(axis=1) if tol > 0 else np.zeros(M, dtype=bool)
     if not dup.any():
         return Neighbours(exact, nbr, dist, np.ones(nbr.shape, dtype=bool))
-    keep = ~dup
+    keep = np.logical_not(dup)
     new = np.cumsum(keep) - 1
     nb, ds = nbr[keep], dist[keep]
     valid = keep[nb]
@@ -539,7 +540,8 @@ class PooledGeometry:
 
 
 def pooled_geometry(layers: np.ndarray, groups: np.ndarray, n_groups: int, *, n_resamples: int = 200,
-                    seed: int = 0, rank: int = 128, on_layer=None) -> PooledGeometry:
+                    seed: int = 0, rank: int = 128,
+                    on_layer: Callable[[int], None] | None = None) -> PooledGeometry:
     """Every pooled metric at every layer, with 95 % percentile bootstrap intervals over texts.
 
     layers: [L+1, N, D] pooled states (float32 is fine: each layer is converted to float64 in turn);

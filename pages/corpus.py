@@ -12,7 +12,6 @@ import dataclasses
 import logging
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -62,7 +61,6 @@ def read_texts(state: Any, upload: Any) -> CorpusTexts:
 
 def draw_inputs() -> tuple[Any, bool]:
     """Source, settings and the Run button. Returns (the uploaded file or None, whether Run was pressed)."""
-    state = st.session_state
     source = st.radio("Texts from", SOURCES, key=Keys.CORPUS_SOURCE, horizontal=True)
     upload = None
     if source == SOURCES[0]:
