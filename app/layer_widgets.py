@@ -15,9 +15,9 @@ import streamlit as st
 
 from app import charts
 from app.state import Keys
-from core.result import AnalysisResult
 from app.widgets import chart, md_escape, show_caption
 from core import views
+from core.result import AnalysisResult
 
 log = logging.getLogger(__name__)
 

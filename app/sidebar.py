@@ -25,8 +25,8 @@ from app.widgets import md_escape
 from core.errors import InputError, ModelUnavailableError, TMAError
 from core.export import build_zip
 from core.options import ExportOptions
-from core.result import AnalysisResult
 from core.presets import BUNDLED_ID, PRESET_IDS, preset
+from core.result import AnalysisResult
 from core.settings import DTYPES, AnalysisSettings, max_text_chars
 
 log = logging.getLogger(__name__)
@@ -325,7 +325,7 @@ def run_analysis() -> None:
             st.write("Loading the model …")
             loaded = get_model(model_id, dtype, "auto")
             cache = get_result_cache()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - sorted into a banner by _finish_with_error (bugs are logged)
             _finish_with_error(exc, model_id, status)
             return
         from core.analysis import analyze

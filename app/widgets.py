@@ -17,12 +17,12 @@ import streamlit as st
 
 from app import charts
 from app.state import Keys
-from core.result import AnalysisResult
 from core import docs, views
 from core.errors import TMAError
-from core.guards import visible_controls
 from core.figures import metric_correlations, summary_figures
+from core.guards import visible_controls
 from core.metrics import METRIC_NAMES
+from core.result import AnalysisResult
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +76,21 @@ def result_header(result: AnalysisResult) -> None:
                f"· metrics over {result.metric_tokens}")
     label = "Analysed text (word masked)" if result.analysed_text != result.text else "Analysed text"
     st.caption(f"{label}: {md_escape(shorten(result.analysed_text))}")
+    st.caption(settings_line(result))
     typed = st.session_state.get(Keys.TEXT)
     if isinstance(typed, str) and typed.strip() and typed != result.text:
         st.info("The text in the sidebar has changed since this analysis: everything below belongs to the text "
                 "above. Press **Analyze** to analyse the new text.", icon=":material/info:")
     for w in result.warnings:
         st.warning(md_escape(w), icon=":material/warning:")
+
+
+def settings_line(result: AnalysisResult) -> str:
+    """The settings this result was computed with (a session's result shows its own settings, not the sidebar's)."""
+    s = result.settings
+    grads = "integrated gradients" if s.integrated_gradients else ("on" if s.compute_gradients else "off")
+    return (f"Settings: max tokens {s.max_tokens} · gradients {grads} · special tokens "
+            f"{'excluded from' if s.exclude_special_tokens else 'included in'} the metrics")
 
 
 def shorten(text: str, limit: int = 300) -> str:

@@ -16,10 +16,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .cli_common import (EXIT_INPUT, EXIT_INTERNAL, EXIT_MODEL, OneLineParser, add_load_options, add_model_options,
-                         add_settings_options, add_text_options, fail, read_text, settings_from_args)
+from .cli_common import (
+    EXIT_INPUT,
+    EXIT_INTERNAL,
+    EXIT_MODEL,
+    OneLineParser,
+    add_load_options,
+    add_model_options,
+    add_settings_options,
+    add_text_options,
+    fail,
+    read_text,
+    settings_from_args,
+)
 from .errors import InputError, TMAError
-
 
 
 def out_path(value: str) -> Path:

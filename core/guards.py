@@ -44,7 +44,7 @@ DEFAULT_MAX_CORPUS_TEXTS = 200
 MAX_MODEL_ID_CHARS = 512
 #: huggingface_hub's validate_repo_id: namespace and name each 1–96 characters of [A-Za-z0-9_.-].
 HUB_NAME_MAX = 96
-_HUB_PART = re.compile(r"[A-Za-z0-9_.-]{1,%d}" % HUB_NAME_MAX)
+_HUB_PART = re.compile(rf"[A-Za-z0-9_.-]{{1,{HUB_NAME_MAX}}}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
 
