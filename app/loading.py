@@ -22,15 +22,33 @@ log = logging.getLogger(__name__)
 MAX_MODELS = max(1, int(os.environ.get("TMA_MAX_MODELS", "2") or 2))
 
 
+#: $TMA_DEVICE_MAP=auto loads every model through accelerate's device map (layers spread over the GPUs, then the
+#: CPU): for models larger than one GPU. Unset or "none": the whole model on one device.
+DEVICE_MAP = os.environ.get("TMA_DEVICE_MAP", "").strip().lower() or None
+
+
 @st.cache_resource(max_entries=MAX_MODELS, show_spinner=False)
-def get_model(model_id: str, dtype: str = "auto", device: str = "auto") -> LoadedModel:
-    """The loaded model for (model_id, dtype, device), loaded once per process.
+def get_model(model_id: str, dtype: str = "auto", device: str = "auto",
+              device_map: str | None = DEVICE_MAP) -> LoadedModel:
+    """The loaded model for (model_id, dtype, device, device_map), loaded once per process.
 
     Raises core.errors.ModelUnavailableError (not cached: Streamlit does not cache exceptions, so a later try after
     the network is back loads the model).
     """
-    log.info("loading model %s (dtype=%s, device=%s)", model_id, dtype, device)
-    return core.load_model(model_id, dtype=dtype, device=device)
+    log.info("loading model %s (dtype=%s, device=%s, device_map=%s)", model_id, dtype, device, device_map)
+    loaded = core.load_model(model_id, dtype=dtype, device=device, device_map=device_map)
+    _LOADED.add((model_id, dtype, device))
+    return loaded
+
+
+#: (model_id, dtype, device) of the models this process has loaded (the sidebar shows the first load as its own
+#: progress step). A model evicted from get_model's cache stays listed: its reload is then timed, not announced.
+_LOADED: set[tuple[str, str, str]] = set()
+
+
+def is_loaded(model_id: str, dtype: str = "auto", device: str = "auto") -> bool:
+    """Whether get_model has loaded this model in this process before."""
+    return (model_id, dtype, device) in _LOADED
 
 
 @st.cache_resource(show_spinner=False)

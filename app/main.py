@@ -27,7 +27,10 @@ st.set_page_config(page_title="Transformer Model Analysis", page_icon=":material
 PAGES = [
     st.Page("../pages/overall.py", title="Overall", icon=":material/monitoring:", url_path="overall", default=True),
     st.Page("../pages/layer_analysis.py", title="Layer Analysis", icon=":material/stacks:", url_path="layer_analysis"),
+    st.Page("../pages/causal.py", title="Causal", icon=":material/science:", url_path="causal"),
     st.Page("../pages/details.py", title="Details", icon=":material/menu_book:", url_path="details"),
+    st.Page("../pages/corpus.py", title="Corpus", icon=":material/library_books:", url_path="corpus"),
+    st.Page("../pages/compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
 ]
 
 
@@ -39,6 +42,9 @@ def main() -> None:
         state[Keys.URL_READ] = True
 
     page = st.navigation(PAGES, position="sidebar")
+    target = sidebar.url_page(PAGES, state)  # ?page=compare of a shared link, once
+    if target is not None and target is not page:
+        st.switch_page(target)
     analyse = sidebar.draw()
     if state.get(Keys.PENDING_ANALYSIS):
         state[Keys.PENDING_ANALYSIS] = None

@@ -19,9 +19,10 @@ from typing import Any
 
 import streamlit as st
 
-from app.loading import get_model, get_result_cache
+from app.loading import get_model, get_result_cache, is_loaded
 from app.state import OTHER_MODEL, Keys
 from app.widgets import md_escape
+from core.chart_spec import timing_phrase
 from core.errors import InputError, ModelUnavailableError, TMAError
 from core.export import build_zip
 from core.options import ExportOptions
@@ -98,15 +99,31 @@ def has_mask(text: str) -> bool:
 
 
 def url_to_state(query_params: Any, state: Any) -> None:
-    """Read ?model=… into the model widgets once per session (a shared link opens with that model)."""
-    model = (query_params.get("model") or "").strip() if hasattr(query_params, "get") else ""
-    if not model:
-        return
-    if model in PRESET_IDS:
-        state[Keys.MODEL_CHOICE] = model
-    else:
-        state[Keys.MODEL_CHOICE] = OTHER_MODEL
-        state[Keys.MODEL_CUSTOM] = model
+    """Read ?model=… into the model widgets once per session (a shared link opens with that model); the Compare
+    page's ?model_b=… (run B's model) and ?page=… (the page to open) too. Texts are never in the URL."""
+    get = query_params.get if hasattr(query_params, "get") else (lambda _k: None)
+    model = (get("model") or "").strip()
+    if model:
+        if model in PRESET_IDS:
+            state[Keys.MODEL_CHOICE] = model
+        else:
+            state[Keys.MODEL_CHOICE] = OTHER_MODEL
+            state[Keys.MODEL_CUSTOM] = model
+    model_b = (get("model_b") or "").strip()
+    if model_b:
+        state[Keys.CMP_MODE] = "model" if model_b != (model or selected_model_id(state)) else "text"
+        state[Keys.CMP_MODEL_B] = model_b if model_b in PRESET_IDS else OTHER_MODEL
+        if model_b not in PRESET_IDS:
+            state[Keys.CMP_CUSTOM_B] = model_b
+    page = (get("page") or "").strip()
+    if page:
+        state[Keys.URL_PAGE] = page
+
+
+def url_page(pages: list[Any], state: Any) -> Any:
+    """The page a shared link's ?page=… names (by its url_path), once per session; None otherwise."""
+    want = state.pop(Keys.URL_PAGE, None) if Keys.URL_PAGE in state else None
+    return next((p for p in pages if want and getattr(p, "url_path", None) == want), None)
 
 
 def current_settings(state: Any) -> AnalysisSettings:
@@ -123,6 +140,10 @@ def current_settings(state: Any) -> AnalysisSettings:
         ig_steps=int(state.get(Keys.IG_STEPS) or AnalysisSettings.default("ig_steps")),
         lens_full_grid=bool(state.get(Keys.LENS_FULL_GRID)),
         mask_word=mask_word,
+        neuron_factors=int(state.get(Keys.NEURON_K) if state.get(Keys.NEURON_K) is not None
+                           else AnalysisSettings.default("neuron_factors")),
+        neuron_first_layer=state.get(Keys.NEURON_FIRST),
+        neuron_last_layer=state.get(Keys.NEURON_LAST),
     )
 
 
@@ -223,6 +244,14 @@ def draw() -> bool:
             st.toggle("Full logit-lens grid (slow on a CPU)", key=Keys.LENS_FULL_GRID,
                       help="Decode every position at every layer. On a CPU, long texts otherwise get a window of "
                            "positions around the decoded one (the full grid costs ~4× a forward pass for GPT-2).")
+            lo, hi = AnalysisSettings.bounds("neuron_factors")
+            st.number_input("Neuron factors (NMF k, 0 = off)", min_value=lo, max_value=hi, key=Keys.NEURON_K,
+                            help=AnalysisSettings.help("neuron_factors"))
+            c1, c2 = st.columns(2)
+            c1.number_input("First neuron layer", min_value=0, step=1, key=Keys.NEURON_FIRST,
+                            help=AnalysisSettings.help("neuron_first_layer"))
+            c2.number_input("Last neuron layer", min_value=0, step=1, key=Keys.NEURON_LAST,
+                            help=AnalysisSettings.help("neuron_last_layer"))
             st.toggle("Layer animations (GIF)", key=Keys.ANIMATIONS,
                       help="Drawn from the stored result: switching them changes no number and runs no model.")
 
@@ -238,9 +267,8 @@ def draw_result_footer() -> None:
     if result is None:
         return
     with st.sidebar:
-        hit = "cache hit" if result.cache_hit else "computed"
         st.caption(f"Last analysis: {md_escape(result.model.model_id)} · {result.n_tokens} tokens · "
-                   f"{result.duration_s:.2f} s ({hit})")
+                   f"{timing_phrase(result.duration_s, result.cache_hit)}")
         draw_export(result)
 
 
@@ -296,6 +324,7 @@ class AnalysisJob:
     future: Future[AnalysisResult] | None = None
     cancelled: bool = False  # the run was stopped before the analysis was handed to the pool
     started: float = field(default_factory=time.perf_counter)
+    load_s: float | None = None  # seconds this click spent loading the model (its first use in the process)
     _progress: tuple[str, float] = ("Waiting for the model", 0.0)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -363,8 +392,13 @@ def run_analysis() -> None:
                     raise InputError("no model chosen: type a Hugging Face id or a local folder, or pick a preset")
                 settings = current_settings(state)
                 AnalysisSettings.check_text(text)
-                st.write("Loading the model …")
-                loaded = get_model(model_id, dtype, "auto")
+                if not is_loaded(model_id, dtype, "auto"):  # its own step: the first use waits for the load
+                    st.write("Loading the model — first time only …")
+                    t_load = time.perf_counter()
+                    loaded = get_model(model_id, dtype, "auto")
+                    job.load_s = time.perf_counter() - t_load
+                else:
+                    loaded = get_model(model_id, dtype, "auto")
                 cache = get_result_cache()
             except Exception as exc:  # noqa: BLE001 - sorted into a banner by _finish_with_error (bugs are logged)
                 _forget(sid, job)
@@ -439,9 +473,8 @@ def wait_for_job(status: Any = None) -> None:
         state[Keys.SESSION_LOG].append(session_entry(result))
         _forget(sid, job)  # only now: had a write above been interrupted, the next run collects it again
         log.info("analysis job %x of session %s collected", id(job), sid[:8])
-        took = time.perf_counter() - job.started
-        status.update(label=f"Done in {took:.1f} s" + (" (from cache)" if result.cache_hit else ""),
-                      state="complete", expanded=False)
+        took = timing_phrase(result.duration_s, result.cache_hit, job.load_s)  # the footer's timing, once
+        status.update(label=took[:1].upper() + took[1:], state="complete", expanded=False)
     if known_family(state, job.model_id) != job.family_before:
         st.rerun()  # the sidebar depends on the family (mask-word picker): draw it again with the result
 

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from core.models import BUNDLED_ID
+from core.presets import BUNDLED_ID
+from core.settings import AnalysisSettings
 
 
 class Keys:
@@ -25,6 +26,9 @@ class Keys:
     COMPUTE_GRADIENTS = "compute_gradients"
     INTEGRATED_GRADIENTS = "integrated_gradients"
     IG_STEPS = "ig_steps"
+    NEURON_K = "neuron_factors"  # number input: NMF factors (0: off)
+    NEURON_FIRST = "neuron_first_layer"  # number inputs: the neuron-factor layer range (empty: all layers)
+    NEURON_LAST = "neuron_last_layer"
     LENS_FULL_GRID = "lens_full_grid"
     ANIMATIONS = "animations"
     MASK_WORD = "mask_word"  # selectbox of the text's words, for masked LMs without a mask token
@@ -44,6 +48,20 @@ class Keys:
     CORR_METHOD = "corr_method"
     ATTR_METHOD = "attr_method"
     ATT_WINDOW = "att_window"  # first position of the attention-heatmap window (long texts)
+    METRIC_ZOOM = "metric_zoom"  # Overall: toggle "Zoom to data" of the layer-metric charts
+    ANIM_HEAD = "anim_head"  # Animations tab: the head of the attention GIF (or the mean over heads)
+    LENS_WINDOW = "lens_window"  # first column of the logit-lens grid window (long texts)
+    DLA_UPDATE = "dla_update"  # promoted tokens: attention update / MLP update / one head
+    DLA_BLOCK = "dla_block"
+    DLA_HEAD = "dla_head"
+    DLA_POSITION = "dla_position"
+    FLOW_POSITION = "flow_position"  # information-flow routes: the chosen token and the edge threshold
+    FLOW_THRESHOLD = "flow_threshold"
+    FLOW_DOWNLOAD = "flow_download"
+    NF_FACTORS = "nf_factors"  # multiselect: neuron factors shown (app/neuron_views.py)
+    QK_QUERY = "qk_query"  # selectbox: query position of the query–key view (app/neuron_views.py)
+    QK_LAYER = "qk_layer"  # the query–key view's own layer and head pickers (Neurons tab)
+    QK_HEAD = "qk_head"
 
     # --- continuation (chat) -------------------------------------------------------------------------------------
     GEN_TEXT = "gen_text"  # the last generated continuation (kept after a stop)
@@ -55,6 +73,53 @@ class Keys:
     GEN_TOP_P = "gen_top_p"
     GEN_CHAT = "gen_chat"
 
+    # --- compare page (issue 13): run A and run B, each an ordinary cached analysis -----------------------------
+    CMP_MODE = "cmp_mode"  # radio: "text" (B = A's model, a second text) or "model" (B = A's text, a second model)
+    CMP_MODEL_A = "cmp_model_a"  # selectbox: a preset id or OTHER_MODEL
+    CMP_CUSTOM_A = "cmp_custom_a"
+    CMP_TEXT_A = "cmp_text_a"
+    CMP_MODEL_B = "cmp_model_b"
+    CMP_CUSTOM_B = "cmp_custom_b"
+    CMP_TEXT_B = "cmp_text_b"
+    CMP_RESULT_A = "cmp_result_a"  # AnalysisResult of run A (None before the first comparison)
+    CMP_RESULT_B = "cmp_result_b"
+    CMP_SPEC_A = "cmp_spec_a"  # (model id, text, settings, dtype) that made CMP_RESULT_A (reuse without loading)
+    CMP_SPEC_B = "cmp_spec_b"
+    CMP_ATTR_METHOD = "cmp_attr_method"
+    CMP_ERROR = "cmp_error"  # one line for the page, or None
+    CMP_JOB = "cmp_job"  # the running app.compare_widgets.CompareJob (survives reruns), or None
+    CMP_AXIS = "cmp_axis"  # toggle: absolute layers instead of relative depth
+    CMP_DEBIASED = "cmp_debiased"  # toggle: debiased CKA
+    CMP_ENTROPY = "cmp_entropy"  # "entropy" or "normalized_entropy" for the difference heatmap
+    LAYER_CKA_DEBIASED = "layer_cka_debiased"  # Layer Analysis page: debiased layer × layer CKA
+    URL_PAGE = "url_page"  # ?page=… of a shared link, switched to once
+
+    # --- causal page (activation patching) --------------------------------------------------------------------
+    PATCH_CLEAN = "patch_clean"  # text areas
+    PATCH_CORRUPT = "patch_corrupt"
+    PATCH_ANSWER = "patch_answer"  # optional answer tokens
+    PATCH_WRONG = "patch_wrong"
+    PATCH_RUN = "patch_run"  # the Run button
+    PATCH_COMPONENT = "patch_component"  # radio: which component's heatmap
+    PATCH_RESULT = "patch_result"  # the last core.patching.PatchingResult
+    PATCH_ERROR = "patch_error"  # its error message, or None
+    PATCH_FAMILY = "patch_family"  # the family the example texts were filled in for
+
+    # --- corpus page -------------------------------------------------------------------------------------------
+    CORPUS_RESULT = "corpus_result"  # the last finished core.corpus.CorpusResult
+    CORPUS_ERROR = "corpus_error"  # user-facing message of the last failed corpus run, or None
+    CORPUS_ZIP = "corpus_zip"  # (cache key, ZIP bytes) of the shown result, built once
+    CORPUS_SOURCE = "corpus_source"  # radio: upload .txt / upload .csv / paste lines
+    CORPUS_PASTE = "corpus_paste"
+    CORPUS_COLUMN = "corpus_column"
+    CORPUS_MAX_TOKENS = "corpus_max_tokens"
+    CORPUS_BATCH = "corpus_batch"
+    CORPUS_BOOTSTRAP = "corpus_bootstrap"
+    CORPUS_MAX_POINTS = "corpus_max_points"
+    CORPUS_SPECIAL = "corpus_special"
+    CORPUS_METRICS = "corpus_metrics"  # multiselect of pooled metrics to plot
+    CORPUS_PER_TEXT = "corpus_per_text"  # selectbox: single-text metric shown against the pooled curve
+
 
 #: Choice in the model selectbox that reveals the free field.
 OTHER_MODEL = "Other: a Hugging Face id or a local folder"
@@ -62,13 +127,16 @@ OTHER_MODEL = "Other: a Hugging Face id or a local folder"
 _DEFAULTS: dict[str, Any] = {
     Keys.MODEL_CHOICE: BUNDLED_ID,
     Keys.MODEL_CUSTOM: "",
-    Keys.MAX_TOKENS: 128,
+    Keys.MAX_TOKENS: AnalysisSettings.default("max_tokens"),
     Keys.DTYPE: "auto",
-    Keys.EXCLUDE_SPECIAL: False,
-    Keys.COMPUTE_GRADIENTS: True,
-    Keys.INTEGRATED_GRADIENTS: False,
-    Keys.IG_STEPS: 32,
-    Keys.LENS_FULL_GRID: False,
+    Keys.EXCLUDE_SPECIAL: AnalysisSettings.default("exclude_special_tokens"),
+    Keys.COMPUTE_GRADIENTS: AnalysisSettings.default("compute_gradients"),
+    Keys.INTEGRATED_GRADIENTS: AnalysisSettings.default("integrated_gradients"),
+    Keys.IG_STEPS: AnalysisSettings.default("ig_steps"),
+    Keys.NEURON_K: AnalysisSettings.default("neuron_factors"),
+    Keys.NEURON_FIRST: AnalysisSettings.default("neuron_first_layer"),
+    Keys.NEURON_LAST: AnalysisSettings.default("neuron_last_layer"),
+    Keys.LENS_FULL_GRID: AnalysisSettings.default("lens_full_grid"),
     Keys.ANIMATIONS: True,
     Keys.MASK_WORD: None,
     Keys.RESULT: None,
@@ -78,8 +146,13 @@ _DEFAULTS: dict[str, Any] = {
     Keys.URL_READ: False,
     Keys.EXPORT_HIDDEN: False,
     Keys.CORR_METHOD: "pearson",
+    Keys.METRIC_ZOOM: False,
     Keys.GEN_TEXT: "",
     Keys.GEN_STOP: None,
+    Keys.CMP_RESULT_A: None,
+    Keys.CMP_RESULT_B: None,
+    Keys.CMP_ERROR: None,
+    Keys.CMP_JOB: None,
 }
 
 

@@ -21,15 +21,20 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .attention import run_attention
+from .ablation import run_head_ablation
 from .attribution import run_attribution
 from .cache import ResultCache, cache_key
 from .capture import apply_mask_word, capture
+from .dla import run_dla
+from .flow import run_flow
 from .context import StepContext
 from .errors import InputError
 from .logit_lens import run_logit_lens
 from .metrics import layer_metrics
 from .models import LoadedModel, load_model
+from .neurons import run_neuron_factors
 from .predictions import run_predictions
+from .qk import run_query_key
 from .result import AnalysisResult
 from .settings import AnalysisSettings
 from .threads import single_threaded
@@ -80,8 +85,9 @@ def _as_settings(settings: AnalysisSettings | None, overrides: dict[str, Any]) -
 
 def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings | None = None,
             cache: ResultCache | None = None, progress: ProgressFn | None = None, dtype: str = "auto",
-            device: str = "auto", **overrides: Any) -> AnalysisResult:
-    """Analyse `text` with `model` (a LoadedModel, or an id / folder that is loaded first).
+            device: str = "auto", device_map: str | None = None, **overrides: Any) -> AnalysisResult:
+    """Analyse `text` with `model` (a LoadedModel, or an id / folder that is loaded first with `dtype`, `device`
+    and `device_map`, see core.models.load_model).
 
     Settings come from `settings` and/or keyword overrides (see AnalysisSettings). With `cache`, a result for the
     same model revision, dtype, device, text, settings and core version is returned without running the model.
@@ -95,7 +101,7 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
         loaded = model
     else:
         report("Loading the model", 0.0)
-        loaded = load_model(str(model), dtype=dtype, device=device)
+        loaded = load_model(str(model), dtype=dtype, device=device, device_map=device_map)
 
     key = cache_key(loaded.info(), text, st)
     cache_warnings: list[str] = []
@@ -147,6 +153,11 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
         lens = timed("Logit lens", 0.55, lambda: run_logit_lens(ctx))
         attention = timed("Attention analysis", 0.7, lambda: run_attention(ctx))
         attribution = timed("Attribution", 0.85, lambda: run_attribution(ctx))
+        dla = timed("Direct logit attribution", 0.9, lambda: run_dla(ctx), "dla")
+        flow = timed("Information-flow routes", 0.95, lambda: run_flow(ctx), "flow")
+        head_ablation = timed("Head ablation", 0.92, lambda: run_head_ablation(ctx))
+        neuron_factors = timed("Neuron factors", 0.9, lambda: run_neuron_factors(ctx))
+        query_key = timed("Query–key vectors", 0.95, lambda: run_query_key(ctx))
 
     result = AnalysisResult(
         model=loaded.info(),
@@ -168,6 +179,11 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
         logit_lens=lens,
         attention=attention,
         attribution=attribution,
+        dla=dla,
+        flow=flow,
+        head_ablation=head_ablation,
+        neuron_factors=neuron_factors,
+        query_key=query_key,
         warnings=ctx.warnings,
         timings=timings,
         versions=package_versions(),

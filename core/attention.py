@@ -117,8 +117,11 @@ def row_entropy(att: np.ndarray) -> np.ndarray:
     """Entropy of each query row in nats: h_i = −Σ_j a_ij ln a_ij (0 ln 0 = 0). att [..., T, T] → [..., T]."""
     att = _check_attention(att)
     a = att.astype(np.float32, copy=False)
-    safe = np.where(a > 0, a, np.float32(1.0))
-    return 0.0 - np.einsum("...ij,...ij->...i", a, np.log(safe)).astype(np.float64)
+    if a.ndim <= 3:
+        safe = np.where(a > 0, a, np.float32(1.0))
+        return 0.0 - np.einsum("...ij,...ij->...i", a, np.log(safe)).astype(np.float64)
+    # one leading index at a time: the temporaries (mask, log) stay the size of one layer, not of all the maps
+    return np.stack([row_entropy(a[i]) for i in range(a.shape[0])])
 
 
 def attention_entropy(att: np.ndarray, n_visible: np.ndarray | None = None,
@@ -191,7 +194,7 @@ def head_features(att: np.ndarray, special_mask: list[bool] | np.ndarray | None 
         sm = np.asarray(special_mask, dtype=bool)
         if sm.shape != (T,):
             raise ValueError(f"special_mask must have {T} entries, got {sm.shape}")
-        special = a[:, :, rows][..., sm].sum(-1, dtype=np.float64).mean(-1)
+        special = a[..., sm][:, :, rows].sum(-1, dtype=np.float64).mean(-1)  # special columns first: no full copy
     else:
         special = np.zeros((L, H))
     maxw = a.max(-1).mean(-1, dtype=np.float64)
@@ -267,12 +270,13 @@ def cluster_heads(features: np.ndarray, n_clusters: int | None = None, k_range: 
         score = sil(labels) if k > 1 else None
     else:
         ks = [k for k in k_range if 2 <= k <= distinct - 1] or [2]
-        best = None
+        best: tuple[np.ndarray, float | None, int] | None = None
         for k in ks:
             lab = fit(k)
             s = sil(lab)
             if best is None or (s is not None and (best[1] is None or s > best[1] + 1e-12)):
                 best = (lab, s, k)
+        assert best is not None  # ks is never empty
         labels, score, k = best
         method = f"k-means, k = {k} chosen by silhouette over k in {ks}"
     _, first = np.unique(labels, return_index=True)
@@ -320,7 +324,8 @@ def analyse_attention(att: np.ndarray, special_mask: list[bool] | None = None, c
         return _analyse(att, special_mask, causal, n_clusters)
 
 
-def _analyse(att, special_mask, causal, n_clusters) -> AttentionSection:
+def _analyse(att: np.ndarray, special_mask: list[bool] | None, causal: bool | None,
+             n_clusters: int | None) -> AttentionSection:
     feats, names, ex = head_features(att, special_mask, causal)
     labels, k, score, method = cluster_heads(feats, n_clusters)
     return AttentionSection(

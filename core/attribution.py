@@ -22,8 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from .arch import try_model_parts
 from .capture import Capture
 from .context import StepContext
+from .devices import fast_attention
 from .models import LoadedModel
 from .serialize import serializable
 
@@ -36,16 +38,19 @@ HEAD_METHOD = (
     "log-probability of the predicted token at the target position. It is the first-order (Taylor) estimate of "
     "f(z) - f(z with head h zeroed); positive = the head supports the prediction.")
 
-#: Integration schedule of integrated gradients: α = u^IG_POWER at the midpoints u_k = (k − ½)/m.
+#: Integration schedule of integrated gradients: Gauss–Legendre nodes u_k in [0, 1] and α = u^IG_POWER.
 IG_POWER = 3.0
-IG_SCHEDULE = (f"midpoint rule in u with alpha = u^{IG_POWER:g} (weights {IG_POWER:g} u^{IG_POWER - 1:g} / m): more "
-               "points near the zero baseline, where RMSNorm/LayerNorm of a near-zero input changes fastest")
+IG_SCHEDULE = (f"Gauss-Legendre nodes in u on [0, 1] with alpha = u^{IG_POWER:g} (weights {IG_POWER:g} u^"
+               f"{IG_POWER - 1:g} w_k): more points near the zero baseline, where RMSNorm/LayerNorm of a near-zero "
+               "input changes fastest; the number of nodes is doubled until the completeness gap is small")
+
+#: Adaptive integrated gradients: double the steps until the completeness gap is at most IG_TOLERANCE of
+#: |f(x) − f(x')| (or IG_ABS_TOLERANCE nats, for a tiny difference), or IG_MAX_STEPS is reached.
+IG_TOLERANCE = 0.01
+IG_ABS_TOLERANCE = 1e-3
+IG_MAX_STEPS = 512
 
 IG_BASELINE = "zero token embeddings (position embeddings are added by the model and not interpolated)"
-
-#: Suffixes of module names whose *input* is the per-head attention output, concatenated head-major.
-HEAD_PROJECTIONS = (".attn.c_proj", ".self_attn.o_proj", ".attention.output.dense", ".self_attn.out_proj",
-                    ".attn.out_proj", ".attention.out_proj", ".self_attention.dense")
 
 #: Bytes of activations kept for the backward pass per batch row are estimated as
 #: 4 · L · T · (16 · D + 3 · H · T); integrated gradients run in chunks that keep under this budget.
@@ -60,7 +65,9 @@ class AttributionSection:
     rollout: float64 [T] (target row of rollout_matrix); rollout_matrix: float64 [T, T], rows sum to 1.
     grad_x_input, integrated_gradients: float64 [T] or None (signed sums over the embedding dimensions).
     ig_completeness_gap: |Σ_t IG_t − (f(x) − f(x'))| (absolute, in nats); ig_completeness_gap_relative: the same
-    divided by |f(x) − f(x')|. head_scores: float64 [L, H] or None; head_method documents it.
+    divided by |f(x) − f(x')|; ig_steps: the Gauss–Legendre nodes of the kept estimate (adaptive: doubled from the
+    ig_steps setting until the relative gap ≤ IG_TOLERANCE or IG_MAX_STEPS); ig_converged: whether it met the
+    tolerance; ig_history: [steps, relative gap] of each try. head_scores: float64 [L, H] or None; head_method documents it.
     target_logprob: f(x); baseline_logprob: f(x') for the IG baseline x'.
     """
 
@@ -82,6 +89,8 @@ class AttributionSection:
     ig_schedule: str = IG_SCHEDULE
     target_logprob: float | None = None
     baseline_logprob: float | None = None
+    ig_converged: bool | None = None
+    ig_history: list[list[float]] = field(default_factory=list)
 
     def methods(self) -> dict[str, np.ndarray]:
         """The token-level scores present: {"rollout", "grad_x_input", "integrated_gradients"} → [T]."""
@@ -124,9 +133,12 @@ def attention_rollout(att: np.ndarray) -> np.ndarray:
 
 
 def head_projection_modules(model: Any, n_layers: int) -> list[Any] | None:
-    """The L modules whose input is the concatenated per-head attention output, in layer order, or None."""
-    found = [m for name, m in model.named_modules() if name.endswith(HEAD_PROJECTIONS)]
-    return found if len(found) == n_layers else None
+    """The L modules whose input is the concatenated per-head attention output, in layer order (from the one
+    architecture map, `core.arch.model_parts`), or None when the architecture is not in the map."""
+    parts, _ = try_model_parts(model)
+    if parts is None or parts.n_layers != n_layers:
+        return None
+    return [b.out_proj for b in parts.blocks]
 
 
 def _supports_logits_to_keep(model: Any) -> bool:
@@ -202,7 +214,8 @@ def gradient_x_input(loaded: Any, input_ids: Any, attention_mask: Any, position:
 
     x = token_embeddings(loaded, input_ids)
     f = target_logprob_fn(loaded, attention_mask, position, token_id)
-    with torch.inference_mode(False), torch.enable_grad():
+    # sdpa: the same gradients as eager attention (tests/test_perf_paths.py) without keeping the T×T maps
+    with fast_attention(loaded.model), torch.inference_mode(False), torch.enable_grad():
         emb = x.clone().requires_grad_(True)
         try:
             for m in mods or []:
@@ -229,16 +242,40 @@ def gradient_x_input(loaded: Any, input_ids: Any, attention_mask: Any, position:
     return gxi, scores, float(val.detach()[0])
 
 
+def ig_nodes(steps: int, power: float = IG_POWER) -> tuple[np.ndarray, np.ndarray]:
+    """Quadrature of ∫_0^1 g(α) dα with α = u^power and Gauss–Legendre nodes in u: (alphas [m], weights [m]).
+
+    ∫_0^1 g(α) dα = ∫_0^1 g(u^p) p u^(p−1) du ≈ Σ_k w_k p u_k^(p−1) g(u_k^p), (u_k, w_k) the m-point
+    Gauss–Legendre rule mapped to [0, 1]. Exact for polynomials in u of degree ≤ 2m − 1."""
+    x, w = np.polynomial.legendre.leggauss(steps)
+    u, wu = (x + 1.0) / 2.0, w / 2.0
+    return u ** power, wu * power * u ** (power - 1.0)
+
+
+@dataclass(frozen=True)
+class IGRun:
+    """One integrated-gradients estimate: scores [T], f(x), f(x'), steps used, completeness gap (absolute, nats,
+    and relative to |f(x) − f(x')|), whether it met the tolerance, and each tried (steps, relative gap)."""
+
+    scores: np.ndarray
+    fx: float
+    f0: float
+    steps: int
+    gap: float
+    gap_relative: float
+    converged: bool
+    history: tuple[tuple[int, float], ...] = ()
+
+
 def integrated_gradients(loaded: Any, input_ids: Any, attention_mask: Any, position: int, token_id: int,
                          steps: int = 32, power: float = IG_POWER) -> tuple[np.ndarray, float, float]:
-    """Integrated gradients (Sundararajan et al. 2017) on the token embeddings, zero baseline x' = 0.
+    """Integrated gradients (Sundararajan et al. 2017) on the token embeddings, zero baseline x' = 0, `steps` nodes.
 
     IG_t = Σ_d (x_td − x'_td) · ∫_0^1 ∂f/∂x_td (x' + α (x − x')) dα → float64 [T], the integral taken with the
-    substitution α = u^p (p = `power`): ≈ Σ_{k=1..m} w_k ∂f/∂x_td(x' + α_k (x − x')), u_k = (k − ½)/m,
-    α_k = u_k^p, w_k = p u_k^(p−1) / m. p = 1 is the plain midpoint rule; p > 1 puts more of the m steps near the
-    baseline, where a norm layer of a near-zero input (Llama's RMSNorm sees α·x with no position embedding added)
-    changes fastest. Completeness: Σ_t IG_t ≈ f(x) − f(x'). Returns (IG, f(x), f(x')).
-    The m interpolants run in batches that keep the activation memory under IG_MEMORY_BUDGET.
+    Gauss–Legendre rule of `ig_nodes` (α = u^p; p = 1 is plain Gauss–Legendre in α, p > 1 puts more of the nodes
+    near the baseline, where a norm layer of a near-zero input — Llama's RMSNorm sees α·x with no position
+    embedding added — changes fastest). Completeness: Σ_t IG_t ≈ f(x) − f(x'). Returns (IG, f(x), f(x')).
+    The interpolants run in batches that keep the activation memory under IG_MEMORY_BUDGET.
     """
     import torch
 
@@ -248,20 +285,40 @@ def integrated_gradients(loaded: Any, input_ids: Any, attention_mask: Any, posit
     T = x.shape[1]
     per_row = 4 * loaded.n_layers * T * (16 * loaded.hidden_size + 3 * loaded.n_heads * T)
     chunk = int(max(1, min(steps, IG_MEMORY_BUDGET // max(per_row, 1))))
-    u = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
-    alphas = (u ** power).to(x.dtype).to(x.device)
-    weights = (power * u ** (power - 1) / steps).to(x.dtype).to(x.device)
+    a_np, w_np = ig_nodes(steps, power)
+    alphas = torch.from_numpy(a_np).to(x.dtype).to(x.device)
+    weights = torch.from_numpy(w_np).to(x.dtype).to(x.device)
     total = torch.zeros_like(x[0])
-    with torch.inference_mode(False), torch.enable_grad():
+    with fast_attention(loaded.model), torch.inference_mode(False), torch.enable_grad():
         for s in range(0, steps, chunk):
             a = alphas[s:s + chunk].view(-1, 1, 1)
             emb = (x0 + a * (x - x0)).requires_grad_(True)
             (g,) = torch.autograd.grad(f(emb).sum(), [emb])
             total += (g * weights[s:s + chunk].view(-1, 1, 1)).sum(0)
-    with torch.no_grad():
+    with fast_attention(loaded.model), torch.no_grad():
         ends = f(torch.cat([x, x0]))
     ig = ((x - x0)[0] * total).sum(-1).double().cpu().numpy()
     return ig, float(ends[0]), float(ends[1])
+
+
+def adaptive_integrated_gradients(loaded: Any, input_ids: Any, attention_mask: Any, position: int, token_id: int,
+                                  steps: int = 32, max_steps: int = IG_MAX_STEPS, tolerance: float = IG_TOLERANCE,
+                                  power: float = IG_POWER) -> IGRun:
+    """`integrated_gradients` with `steps`, 2·steps, 4·steps … nodes until the completeness gap
+    |Σ IG − (f(x) − f(x'))| ≤ tolerance · |f(x) − f(x')| (or ≤ IG_ABS_TOLERANCE nats), or the next doubling would
+    pass `max_steps` (then the last estimate is kept, converged = False). Gauss–Legendre rules are not nested, so
+    each doubling recomputes: the worst case costs about 2 × max_steps gradient evaluations."""
+    m = max(1, min(steps, max_steps))
+    history: list[tuple[int, float]] = []
+    while True:
+        ig, fx, f0 = integrated_gradients(loaded, input_ids, attention_mask, position, token_id, steps=m, power=power)
+        gap = abs(float(ig.sum()) - (fx - f0))
+        rel = gap / max(abs(fx - f0), 1e-12)
+        history.append((m, rel))
+        ok = rel <= tolerance or gap <= IG_ABS_TOLERANCE
+        if ok or 2 * m > max_steps:
+            return IGRun(ig, fx, f0, m, gap, rel, ok, tuple(history))
+        m *= 2
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -279,17 +336,17 @@ def attribute(loaded: LoadedModel, capture: Capture, attentions: np.ndarray, pos
               warn: Callable[[str], None] | None = None) -> AttributionSection:
     """All attributions for `position` of one capture (see the module docstring). Call under the model lock.
 
-    with_ig: also run integrated gradients (ig_steps forward + backward passes); `ig_steps` is recorded as 0
-    when they are not run. `warn` receives the messages a user must see (a failed gradient pass, a large
-    completeness gap); the section's `notes` explain what is shown and why.
+    with_ig: also run adaptive integrated gradients (from ig_steps nodes, doubled until the completeness gap is
+    ≤ 1 % or 512 nodes); the section records the nodes used (0 when they are not run). `warn` receives the messages
+    a user must see (a failed gradient pass); the section's `notes` explain what is shown and why.
     """
     import torch
 
     warn = warn or (lambda msg: None)
     T = len(tokens)
     R = attention_rollout(attentions)
-    base = dict(target_position=position, target_token=tokens[position], rollout=R[position].copy(),
-                rollout_matrix=R, ig_steps=ig_steps if (with_ig and compute_gradients) else 0)
+    base: dict[str, Any] = dict(target_position=position, target_token=tokens[position], rollout=R[position].copy(),
+                                rollout_matrix=R)
     notes: list[str] = []
     logits = capture.logits
     if loaded.family == "encoder" or logits is None:
@@ -311,22 +368,21 @@ def attribute(loaded: LoadedModel, capture: Capture, attentions: np.ndarray, pos
         gxi, heads, fx = gradient_x_input(loaded, ids, mask, position, pred, heads=True)
         grads.update(grad_x_input=_pad(gxi, T), head_scores=heads, target_logprob=fx)
         if heads is None:
-            notes.append("per-head scores are not available: the attention output projections of this "
+            _, why = try_model_parts(loaded.model, "per-head attribution")
+            notes.append(why or "per-head scores are not available: the attention output projections of this "
                          "architecture were not recognised")
         ref = float(torch.log_softmax(logits[position].float(), -1)[pred])
         if abs(ref - fx) > 1e-3 * max(1.0, abs(ref)):
             notes.append(f"the gradient pass gave log p = {fx:.4f}, the analysis pass {ref:.4f} "
                          "(numerical precision of the model's dtype)")
         if with_ig:
-            ig, fx_ig, f0 = integrated_gradients(loaded, ids, mask, position, pred, steps=ig_steps)
-            gap = abs(float(ig.sum()) - (fx_ig - f0))
-            rel = gap / max(abs(fx_ig - f0), 1e-12)
-            grads.update(integrated_gradients=_pad(ig, T), baseline_logprob=f0, ig_completeness_gap=gap,
-                         ig_completeness_gap_relative=rel)
-            if rel > 0.1:
-                msg = (f"integrated gradients are {100 * rel:.0f} % off completeness with {ig_steps} steps: raise "
-                       "ig_steps for a closer estimate")
-                notes.append(msg)
+            run = adaptive_integrated_gradients(loaded, ids, mask, position, pred, steps=ig_steps)
+            grads.update(integrated_gradients=_pad(run.scores, T), baseline_logprob=run.f0, ig_steps=run.steps,
+                         ig_completeness_gap=run.gap, ig_completeness_gap_relative=run.gap_relative,
+                         ig_converged=run.converged, ig_history=[[float(m), float(g)] for m, g in run.history])
+            if not run.converged:
+                notes.append(f"integrated gradients are {100 * run.gap_relative:.1f} % off completeness after "
+                             f"{run.steps} steps (the cap): read the scores as approximate")
     except RuntimeError as exc:  # e.g. out of memory on a large model
         log.warning("gradient attribution failed: %s", exc)
         msg = f"the gradient methods failed: {str(exc).splitlines()[0]}"

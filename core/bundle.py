@@ -15,12 +15,16 @@ from typing import Any
 import numpy as np
 
 from .attention_plots import attention_bundle_files
+from .causal_plots import head_ablation_files
 from .hidden_states import hidden_states_files
 from .figures import figure_files
 from .formats import csv_bytes, json_bytes, npy_bytes, write_files
 from .metrics import METRIC_NAMES
+from .neurons import neuron_factor_files
 from .options import ExportOptions
+from .peer_plots import peer_bundle_files
 from .prediction_plots import prediction_bundle_files
+from .qk import query_key_files
 from .report import report_files
 from .result import AnalysisResult
 from .session_log import session_log_files
@@ -84,6 +88,10 @@ WRITERS: list[Writer] = [
     hidden_states_files,
     prediction_bundle_files,
     attention_bundle_files,
+    peer_bundle_files,
+    head_ablation_files,
+    neuron_factor_files,
+    query_key_files,
 ]
 
 

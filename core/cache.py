@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .guards import scrub_paths
+from .metrics import METRIC_NAMES
 from .model_info import ModelInfo
+from .paths import default_cache_dir
 from .result import AnalysisResult
 from .settings import AnalysisSettings
 from .version import CORE_VERSION
@@ -41,14 +43,6 @@ RETRY_S = 60.0
 T = TypeVar("T")
 
 
-def default_cache_dir() -> Path:
-    env = os.environ.get("TMA_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tma"
-
-
 def cache_key(model_info: ModelInfo, text: str, settings: AnalysisSettings) -> str:
     """sha256 over everything that decides the numbers of a result."""
     payload = {
@@ -59,6 +53,7 @@ def cache_key(model_info: ModelInfo, text: str, settings: AnalysisSettings) -> s
         "device": model_info.device,
         "text": text,
         "settings": settings.to_dict(),
+        "metrics": list(METRIC_NAMES),  # a new layer metric changes every key by itself
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 

@@ -67,7 +67,7 @@ def tokenize(loaded: LoadedModel, text: str, max_tokens: int) -> dict[str, Any]:
     full_len = len(tok(text, truncation=False)["input_ids"]) if enc["input_ids"].shape[1] >= limit else None
     enc["truncated"] = full_len is not None and full_len > limit
     enc["limit"] = limit
-    enc["limit_reason"] = "max_tokens" if limit == max_tokens else "the model's context length"
+    enc["limit_reason"] = "the Max tokens setting" if limit == max_tokens else "the model's context length"
     return enc
 
 
@@ -89,6 +89,22 @@ def special_mask(tokenizer: Any, ids: list[int], added_mask: list[int] | None = 
     specials = special_ids(tokenizer)
     added = added_mask if added_mask is not None else [0] * len(ids)
     return [bool(a) or i in specials for i, a in zip(ids, added)]
+
+
+def _stack_float32(tensors: list[Any]) -> np.ndarray:
+    """float32 numpy [N, ...] of the batch-row 0 of each tensor [1, ...] (any dtype, any device), filled one entry at
+    a time; each tensor's slot in the list is cleared once it is copied, so that the model-dtype maps and their
+    float32 copy are never all held at once (np.stack of .float() copies would hold both, plus a float32 temporary).
+    """
+    import torch
+
+    first = tensors[0][0]
+    out = np.empty((len(tensors), *first.shape), dtype=np.float32)
+    dst = torch.from_numpy(out)
+    for i in range(len(tensors)):
+        dst[i].copy_(tensors[i][0])  # converts the dtype and moves to the CPU in one pass
+        tensors[i] = None
+    return out
 
 
 def capture(loaded: LoadedModel, text: str, settings: AnalysisSettings) -> Capture:
@@ -129,9 +145,11 @@ def capture(loaded: LoadedModel, text: str, settings: AnalysisSettings) -> Captu
     has_norm = "h" in pre_norm
     if has_norm:
         hs[-1] = pre_norm["h"]
-    hidden = torch.stack([h[0] for h in hs]).float().cpu().numpy()
-    att = torch.stack([a[0] for a in out.attentions]).float().cpu().numpy()
     logits = getattr(out, "logits", None)
+    atts = list(out.attentions)
+    del out, pre_norm  # from here on `hs` and `atts` hold the only references: each is released once copied
+    hidden = _stack_float32(hs)
+    att = _stack_float32(atts)
     if logits is not None:
         logits = logits[0].float()
 

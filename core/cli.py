@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from . import cli_corpus, cli_patch
 from .cli_common import (
     EXIT_INPUT,
     EXIT_INTERNAL,
@@ -25,54 +26,15 @@ from .cli_common import (
     add_model_options,
     add_settings_options,
     add_text_options,
-    fail,
+    check_out,
+    one_line,
+    out_path,
+    print_warnings,
     read_text,
     settings_from_args,
 )
+from .cli_compare import add_parser as add_compare
 from .errors import InputError, TMAError
-
-
-def out_path(value: str) -> Path:
-    """argparse type of --out: an empty value would become '.' (the bundle spilled into the working folder)."""
-    if not value.strip():
-        raise argparse.ArgumentTypeError("empty; give a path ending in .zip, or a folder")
-    return Path(value)
-
-
-def check_out(out: Path) -> None:
-    """Fail (exit 2) before any analysis when `out` cannot be written: the nearest existing folder on its way must
-    be a folder we can create a file in (probed for real, so a read-only mount is caught as well as permissions)."""
-    import tempfile
-
-    try:
-        if out.exists() and out.is_file() and out.suffix.lower() != ".zip":
-            fail(f"--out '{out}' is an existing file; give a .zip path or a folder")
-        if out.exists() and out.is_dir() and out.suffix.lower() == ".zip":
-            fail(f"--out '{out}' is an existing folder; give another .zip path")
-        folder = out.parent if out.suffix.lower() == ".zip" else out
-        probe = folder
-        while not probe.exists():
-            if probe.parent == probe:
-                break
-            probe = probe.parent
-        if not probe.is_dir():
-            fail(f"--out '{out}' cannot be created: '{probe}' is a file, not a folder")
-        with tempfile.NamedTemporaryFile(dir=probe, prefix=".tma-write-check-"):
-            pass
-    except OSError as exc:
-        fail(f"--out '{out}' is not writable ({exc.strerror or type(exc).__name__})")
-
-
-def print_warnings(warnings: list[str]) -> None:
-    """The result's warnings (truncation, ignored options, cache faults) on stderr, one line each."""
-    for w in warnings:
-        print(f"warning: {one_line(w)}", file=sys.stderr)
-
-
-def one_line(message: str, limit: int = 400) -> str:
-    """A message as one short line: newlines folded, long ones shortened."""
-    s = " ".join(str(message).split())
-    return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
 def add_analyze(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -117,12 +79,16 @@ def add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> ar
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], argparse.ArgumentParser]] = [
     add_analyze,
     add_generate,
+    cli_patch.add_parser,
+    cli_corpus.add_parser,
+    add_compare,
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m core", description="Transformer Model Analysis, headless.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    sub: argparse._SubParsersAction[argparse.ArgumentParser] = p.add_subparsers(
+        dest="command", required=True, parser_class=OneLineParser)
     for add in SUBCOMMANDS:
         add(sub)
     return p
@@ -149,7 +115,8 @@ def run_analyze(args: argparse.Namespace) -> int:
     check_out(out)  # before the analysis: a wrong --out must not cost a whole run
     cache = None if args.no_cache else ResultCache(args.cache_dir)
     t0 = time.perf_counter()
-    result = analyze(args.model, text, settings=settings, cache=cache, dtype=args.dtype, device=args.device)
+    result = analyze(args.model, text, settings=settings, cache=cache, dtype=args.dtype, device=args.device,
+                     device_map=args.device_map)
     options = ExportOptions(session_entries=(entry_from_result(result),), hidden_states=args.hidden_states,
                             animations=not args.no_animations)
     path, _run = export_run(result, out, options)
@@ -171,7 +138,7 @@ def run_generate(args: argparse.Namespace) -> int:
     gen = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
                              top_p=args.top_p, seed=args.seed, use_chat_template=not args.no_chat_template,
                              system_prompt=args.system)
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map)
     for piece in generate_stream(loaded, text, gen):
         sys.stdout.write(piece)
         sys.stdout.flush()

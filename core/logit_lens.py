@@ -2,9 +2,12 @@
 
 For every layer l = 0 … L (0 = embeddings), the residual stream h_l [T, D] is decoded with the model's own head:
 
-* causal LMs (GPT-2, Llama …): z_l = W_U · norm(h_l) (+ bias), with `norm` the final norm module (GPT-2 ln_f,
-  Llama RMSNorm) applied to h_l itself, so its statistics (mean / RMS) are recomputed on that layer's vector;
+* causal LMs (GPT-2, Llama …): z_l = cap(W_U · norm(h_l) (+ bias)), with `norm` the final norm module (GPT-2 ln_f,
+  Llama RMSNorm) applied to h_l itself, so its statistics (mean / RMS) are recomputed on that layer's vector, and
+  `cap` the final logit transform (Gemma-2: c · tanh(z / c); the identity elsewhere);
 * masked LMs (BERT): z_l = decoder(transform(h_l)), the MLM head (dense → activation → LayerNorm → decoder).
+
+The head is read from the one architecture map, `core.arch.model_parts`.
 
 `core.capture` stores the last hidden state *before* the final norm, so decoding layer L reproduces the model's own
 logits exactly; the step checks this invariant on every run and records the largest difference.
@@ -19,8 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from .models import LoadedModel, final_norm
+from .arch import ArchitectureNotSupported, model_parts, try_model_parts
 from .context import StepContext
+from .devices import output_device
+from .models import LoadedModel
 from .serialize import serializable
 
 log = logging.getLogger(__name__)
@@ -28,10 +33,16 @@ log = logging.getLogger(__name__)
 #: Logits held in memory at once (floats) while decoding the layers × positions grid: 2**24 floats = 64 MiB.
 CHUNK_FLOATS = 2**24
 #: The layers × positions grid costs (L+1)·T·D·V multiply-adds, i.e. (L+1)× the model's own LM head: for GPT-2
-#: small (L+1 = 13, V = 50257) about 4-5× a whole forward pass. On a CPU the analysis step decodes every position
-#: while that stays within GRID_MAX_MACS_CPU (short texts: the full grid) and otherwise the window of positions
-#: around the decoded position that fits (GPT-2 small: 15 columns, ≈0.6× a forward pass at 128 tokens). On a GPU
-#: the grid is always complete. Set GRID_MAX_MACS_CPU = None for complete grids everywhere.
+#: small (L+1 = 13, V = 50257) about 4-5× a whole forward pass. On a CPU the analysis step decodes the full grid
+#: only while it is cheap (at most GRID_SMALL_MACS, or GRID_SHARE_CPU of the forward pass), and otherwise the
+#: window of positions around the decoded position that costs at most GRID_SHARE_CPU × the forward pass (≈ the
+#: parameter count × T multiply-adds), never fewer than GRID_MIN_COLUMNS columns nor more than GRID_MAX_MACS_CPU
+#: multiply-adds. GPT-2 small: 6 columns at 128 tokens, 12 at 512. The page shows exactly the decoded window; the
+#: lens_full_grid setting decodes every position. On a GPU the grid is always complete. Set GRID_SHARE_CPU = None
+#: for complete grids everywhere.
+GRID_SHARE_CPU: float | None = 0.1
+GRID_MIN_COLUMNS = 6
+GRID_SMALL_MACS = 2e8
 GRID_MAX_MACS_CPU: float | None = 8e9
 
 
@@ -50,7 +61,7 @@ class LensSection:
     grid_tokens [L+1][T] / grid_ids int64 [L+1, T] / grid_probs float64 [L+1, T]: the top-1 token of every layer at
         every position of `grid_positions` and its probability (the heatmap).
     method: how the layers were decoded (the head that was applied).
-    last_layer_max_abs_diff: max |z_L - model logits| over the grid positions and the vocabulary (should be ~0).
+    last_layer_max_abs_diff: max |z_L - model logits| at `position` over the vocabulary (should be ~0).
     vocab_size: V (ln V is the entropy of a uniform distribution over the vocabulary).
     grid_positions: the grid columns that were decoded, contiguous: all positions unless the CPU budget
         (GRID_MAX_MACS_CPU) bounded them to a window around `position`; the other columns hold NaN / -1 / "".
@@ -78,46 +89,21 @@ class LensSection:
         return int(len(self.layers)) - 1
 
 
-def _mlm_head(model: Any) -> tuple[Callable[[Any], Any], str] | None:
-    """The masked-LM head of `model` as a function h [N, D] -> logits [N, V], with its description."""
-    cls = getattr(model, "cls", None)
-    if cls is not None and hasattr(cls, "predictions"):  # BERT family: cls.predictions = transform + decoder
-        pred = cls.predictions
-        return (lambda x: pred.decoder(pred.transform(x))), "MLM head: cls.predictions.transform then decoder"
-    head = getattr(model, "lm_head", None)
-    if head is not None:  # RoBERTa family: lm_head = dense, gelu, layer_norm, decoder
-        return head, "MLM head: lm_head"
-    names = ("vocab_transform", "activation", "vocab_layer_norm", "vocab_projector")
-    if all(getattr(model, n, None) is not None for n in names):  # DistilBERT
-        mods = [getattr(model, n) for n in names]
-
-        def distil(x: Any) -> Any:
-            for m in mods:
-                x = m(x)
-            return x
-
-        return distil, "MLM head: vocab_transform, activation, vocab_layer_norm, vocab_projector"
-    return None
-
-
 def lens_decoder(loaded: LoadedModel) -> tuple[Callable[[Any], Any], str] | None:
-    """A function decoding hidden states h [N, D] (model dtype, model device) to logits [N, V], or None.
+    """A function decoding hidden states h [N, D] (model dtype, model device, taken before the final norm) to
+    logits [N, V], with its description, or None when the model has no language-model head.
 
-    causal_lm: W_U(norm(h)) with norm = `final_norm(model)` (skipped when the model has none) and W_U =
-    `model.get_output_embeddings()`; masked_lm: the MLM head; encoder: None (no head to decode with).
+    The head comes from the one architecture map (`core.arch.model_parts`): final norm (GPT-2 ln_f, Llama norm),
+    the masked-LM transform (BERT, RoBERTa, DistilBERT), the unembedding, and the final logit transform (Gemma-2's
+    soft-capping c · tanh(z / c)), so decoding the last layer reproduces the model's own logits. Raises
+    `ArchitectureNotSupported` (its message says "not available for <architecture>") for an unknown architecture.
     """
-    model = loaded.model
-    if loaded.family == "masked_lm":
-        return _mlm_head(model)
-    if loaded.family != "causal_lm":
+    if loaded.family not in ("masked_lm", "causal_lm"):
         return None
-    unembed = model.get_output_embeddings()
-    if unembed is None:
+    parts = model_parts(loaded.model)
+    if not parts.has_head:
         return None
-    norm = final_norm(model)
-    if norm is None:
-        return unembed, f"output embedding ({type(unembed).__name__}); the model has no final norm"
-    return (lambda x: unembed(norm(x))), f"final norm ({type(norm).__name__}) then output embedding"
+    return parts.decode, parts.describe()
 
 
 def _vocab_size(loaded: LoadedModel) -> int | None:
@@ -140,16 +126,24 @@ def grid_window(T: int, position: int, max_positions: int | None) -> tuple[int, 
     return c0, c0 + n
 
 
+def _n_parameters(loaded: LoadedModel) -> int:
+    return int(sum(p.numel() for p in loaded.model.parameters()))
+
+
 def grid_max_positions(loaded: LoadedModel, n_layers1: int, T: int, D: int) -> int | None:
-    """Grid columns the analysis step decodes: None (all T) on a GPU or when (L+1)·T·D·V <= GRID_MAX_MACS_CPU,
-    else the largest window (at least 1 column) whose (L+1)·cols·D·V fits the budget."""
+    """Grid columns the analysis step decodes: None (all T) on a GPU or when the full grid fits the budget, else
+    the largest window (at least 1 column) that fits it. The budget in multiply-adds is
+    min(GRID_MAX_MACS_CPU, max(GRID_SHARE_CPU · parameters · T, GRID_MIN_COLUMNS · (L+1)·D·V, GRID_SMALL_MACS))."""
     V = _vocab_size(loaded)
-    if GRID_MAX_MACS_CPU is None or not V or str(loaded.device).startswith(("cuda", "mps")):
+    if GRID_SHARE_CPU is None or not V or str(loaded.device).startswith(("cuda", "mps")):
         return None
     per_column = float(n_layers1) * D * V
-    if per_column * T <= GRID_MAX_MACS_CPU:
+    budget = max(GRID_SHARE_CPU * _n_parameters(loaded) * T, GRID_MIN_COLUMNS * per_column, GRID_SMALL_MACS)
+    if GRID_MAX_MACS_CPU is not None:
+        budget = min(budget, GRID_MAX_MACS_CPU)
+    if per_column * T <= budget:
         return None
-    return max(1, int(GRID_MAX_MACS_CPU // per_column))
+    return max(1, int(budget // per_column))
 
 
 def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position: int, top_k: int,
@@ -161,13 +155,18 @@ def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position:
     `position`) are decoded in chunks of at most `chunk_floats` logits, one matmul per chunk, each chunk reduced at
     once to the top-1 id and probability max_v softmax(z)_v per row. The rows at `position` are kept as logits and
     read out in float64: top-k of p_l = softmax(z_l), p_l[final id] and the entropy -sum_v p_l,v ln p_l,v.
-    `final_logits` [T, V] (torch) are the model's own logits: they give the final prediction and the exactness check
-    of layer L (max |z_L - logits| over the decoded columns). Grid columns outside the window hold probability NaN,
+    `final_logits` [T, V] (torch) are the model's own logits: they give the final prediction, the grid row of layer L
+    (z_L equals them, so that row is not decoded again) and the exactness check of layer L (max |z_L - logits| at
+    `position`, where z_L is decoded for the read-out). Grid columns outside the window hold probability NaN,
     id -1 and token "". Returns None when the model has no head to decode with.
     """
     import torch
 
-    dec = lens_decoder(loaded)
+    try:
+        dec = lens_decoder(loaded)
+    except ArchitectureNotSupported as exc:
+        log.info("%s", exc)
+        return None
     if dec is None:
         return None
     decode, method = dec
@@ -178,8 +177,11 @@ def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position:
     W = c1 - c0  # grid columns decoded
     pw = position - c0  # the decoded position inside the window
     model_dtype = next(loaded.model.parameters()).dtype
-    H = torch.from_numpy(np.ascontiguousarray(hidden_states[:, c0:c1])).reshape(n_layers1 * W, D)
-    ref_logits = final_logits[c0:c1] if final_logits is not None else None
+    head_device = output_device(loaded.model)  # with a device map, the head may sit apart from the embeddings
+    # With the model's own logits at hand, the grid row of layer L is read from them (z_L equals them: see the
+    # module docstring) and layer L is decoded at `position` only, for the read-out and the exactness check.
+    n_dec = n_layers1 - 1 if final_logits is not None else n_layers1  # layers whose grid rows are decoded
+    H = torch.from_numpy(np.ascontiguousarray(hidden_states[:n_dec, c0:c1])).reshape(n_dec * W, D)
     tok = loaded.tokenizer
 
     grid_ids = torch.empty(n_layers1 * W, dtype=torch.long)
@@ -187,13 +189,13 @@ def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position:
     pos_rows: dict[int, torch.Tensor] = {}  # layer -> logits z_l [V] at `position`
     max_diff = 0.0
     V = _vocab_size(loaded)
-    n_rows = n_layers1 * W
+    n_rows = n_dec * W
     with torch.inference_mode():
         rows_per_chunk = max(1, chunk_floats // V) if V else max(1, W)  # unknown V: sized after the first chunk
         start = 0
         while start < n_rows:
             stop = min(start + rows_per_chunk, n_rows)
-            x = H[start:stop].to(device=loaded.device, dtype=model_dtype)
+            x = H[start:stop].to(device=head_device, dtype=model_dtype)
             z = decode(x).float()  # [n, V]
             if not V:
                 V = z.shape[-1]
@@ -207,11 +209,21 @@ def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position:
                 r = layer * W + pw
                 if start <= r < stop:
                     pos_rows[layer] = z[r - start].cpu()
-            last0 = max(start, (n_layers1 - 1) * W)  # rows of the last layer in this chunk: the exactness check
-            if ref_logits is not None and last0 < stop:
-                ref = ref_logits[last0 - (n_layers1 - 1) * W:stop - (n_layers1 - 1) * W].to(z.device).float()
-                max_diff = max(max_diff, float((z[last0 - start:] - ref).abs().max()))
             start = stop
+        if final_logits is not None:
+            last = n_layers1 - 1
+            ref = final_logits[c0:c1]
+            step = max(1, chunk_floats // max(int(ref.shape[-1]), 1))
+            for s0 in range(0, W, step):
+                block = ref[s0:s0 + step].float()
+                pmax, arg = torch.softmax(block, dim=-1).max(dim=-1)
+                n = block.shape[0]
+                grid_ids[last * W + s0:last * W + s0 + n] = arg.cpu()
+                grid_probs[last * W + s0:last * W + s0 + n] = pmax.double().cpu()
+            x = torch.from_numpy(np.ascontiguousarray(hidden_states[last, position:position + 1]))
+            z_last = decode(x.to(device=head_device, dtype=model_dtype)).float()[0]
+            pos_rows[last] = z_last.cpu()
+            max_diff = float((z_last - final_logits[position].to(z_last.device).float()).abs().max())
         final_row = final_logits[position].float().cpu() if final_logits is not None else pos_rows[n_layers1 - 1]
         final_id = int(torch.argmax(final_row))
 
@@ -256,7 +268,10 @@ def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position:
 
 def exactness_tolerance(dtype: str, final_logits: Any) -> float:
     """Largest accepted |z_L - logits|: 1e-4 (float32) or 3e-2 (16-bit) times max(1, max |logits|)."""
-    scale = max(1.0, float(final_logits.abs().max())) if final_logits is not None else 1.0
+    if final_logits is None:
+        return 1e-4 if dtype == "float32" else 3e-2
+    lo, hi = final_logits.aminmax()  # max |logits| in one pass, without an |logits| copy
+    scale = max(1.0, float(hi), -float(lo))
     return (1e-4 if dtype == "float32" else 3e-2) * scale
 
 
@@ -279,7 +294,8 @@ def run_logit_lens(ctx: StepContext) -> LensSection | None:
     lens = compute_logit_lens(ctx.loaded, ctx.hidden_states, pos, ctx.settings.top_k, final_logits=cap.logits,
                               grid_max_positions=window)
     if lens is None:
-        ctx.warn("the logit lens is not available: this model's language-model head was not recognised")
+        _, why = try_model_parts(ctx.loaded.model, "the logit lens")
+        ctx.warn(why or "the logit lens is not available: this model's language-model head was not recognised")
     elif lens.last_layer_max_abs_diff > exactness_tolerance(ctx.loaded.dtype, cap.logits):
         ctx.warn(f"the logit lens does not reproduce this model's own logits at the last layer (largest difference "
                  f"{lens.last_layer_max_abs_diff:.3g}): its head may do more than norm + unembedding; read the lens "

@@ -8,8 +8,6 @@ Everything is computed in float64.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -113,33 +111,13 @@ def cosine_to_input(H: np.ndarray, H0: np.ndarray) -> float | np.ndarray:
     return float(out) if np.ndim(out) == 0 else out
 
 
-@dataclass(frozen=True)
-class MetricSpec:
-    """One layer metric: its column name and the function of (H [T, D], H0 [T, D]) that computes it."""
-
-    name: str
-    label: str
-    fn: Callable[[np.ndarray, np.ndarray], float]
-
-
-#: Registry of layer metrics, in column order. The docs registry (core.docs) documents each one by name.
-LAYER_METRICS: dict[str, MetricSpec] = {
-    "effective_rank": MetricSpec("effective_rank", "Effective rank", lambda H, H0: effective_rank(H)),
-    "participation_ratio": MetricSpec("participation_ratio", "Participation ratio",
-                                      lambda H, H0: participation_ratio(H)),
-    "intrinsic_dim_95": MetricSpec("intrinsic_dim_95", "Intrinsic dimensionality (95 %)",
-                                   lambda H, H0: intrinsic_dim(H)),
-    "activation_entropy": MetricSpec("activation_entropy", "Activation entropy", lambda H, H0: activation_entropy(H)),
-    "cosine_to_input": MetricSpec("cosine_to_input", "Cosine similarity to input", cosine_to_input),
-}
-assert tuple(LAYER_METRICS) == METRIC_NAMES
 
 
 def layer_metrics(hidden: np.ndarray, keep: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """All layer metrics for every layer at once.
 
     hidden: [L+1, T, D] (layer 0 = embedding output). keep: optional bool [T], the token rows to use.
-    Returns {metric name: [L+1] float64}, equal to applying each MetricSpec layer by layer, but batched: one
+    Returns {metric name: [L+1] float64}, equal to applying each metric function layer by layer, but batched: one
     batched eigendecomposition for the three spectral metrics.
     """
     H = np.asarray(hidden, dtype=np.float64)

@@ -115,10 +115,8 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
 
 
 def _cached_on_disk(model_id: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover
-        return False
+    from huggingface_hub import try_to_load_from_cache
+
     hit = try_to_load_from_cache(model_id, "config.json")
     return isinstance(hit, str) and os.path.exists(hit)
 
@@ -231,24 +229,61 @@ def detect_family(config: Any) -> str:
 # Loading
 
 
+def _mps_available() -> bool:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
 def resolve_device(device: str = "auto") -> str:
+    """The device to load on: `auto` picks CUDA, then Apple MPS, then the CPU; an explicit GPU must exist."""
     import torch
 
     if device not in DEVICES:
         raise ModelUnavailableError(f"unknown device '{device}'; choose one of {', '.join(DEVICES)}")
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if _mps_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelUnavailableError("device 'cuda' was asked for but no CUDA GPU is available")
+    if device == "mps" and not _mps_available():
+        raise ModelUnavailableError("device 'mps' was asked for but Apple's Metal backend (MPS) is not available")
     return device
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
+    """`auto` is bfloat16 on a GPU (CUDA, MPS) and float32 on the CPU."""
     if dtype not in DTYPES:
         raise ModelUnavailableError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
     if dtype == "auto":
-        return "bfloat16" if device == "cuda" else "float32"
+        return "bfloat16" if device.split(":")[0] in ("cuda", "mps") else "float32"
     return dtype
+
+
+#: Values of load_model's `device_map`: None (the whole model on one device) or "auto" (accelerate spreads the
+#: layers over the GPUs, then the CPU, by free memory).
+DEVICE_MAPS = (None, "auto")
+
+
+def resolve_device_map(device_map: str | None) -> str | None:
+    """Check `device_map` (None, "" or "none" = no map; "auto") and that accelerate is installed when it is used."""
+    if device_map in (None, "", "none"):
+        return None
+    if device_map not in DEVICE_MAPS:
+        raise ModelUnavailableError(f"unknown device map '{device_map}'; choose 'auto' or none")
+    try:
+        import accelerate  # noqa: F401
+    except ImportError as exc:
+        raise ModelUnavailableError("device_map='auto' needs the package accelerate: pip install accelerate") from exc
+    return device_map
+
+
+def placement(model: Any) -> dict[str, str] | None:
+    """{module name: device} when the model was loaded with a device map, else None."""
+    dm = getattr(model, "hf_device_map", None)
+    return {str(k): str(v) for k, v in dm.items()} if isinstance(dm, dict) else None
 
 
 def folder_fingerprint(folder: str | Path) -> str:
@@ -279,8 +314,13 @@ def _config_count(config: Any, *names: str) -> int:
     raise ModelUnavailableError(f"the model config has none of {names}; this architecture is not supported")
 
 
-def load_model(model_id: str, dtype: str = "auto", device: str = "auto") -> LoadedModel:
-    """Load a model and its tokenizer for analysis. Raises ModelUnavailableError with a user-facing message."""
+def load_model(model_id: str, dtype: str = "auto", device: str = "auto",
+               device_map: str | None = None) -> LoadedModel:
+    """Load a model and its tokenizer for analysis. Raises ModelUnavailableError with a user-facing message.
+
+    device_map="auto" loads through accelerate: the layers are spread over the available GPUs (then the CPU) and
+    `LoadedModel.device` is the device of the input embeddings; `device` then only decides the dtype default.
+    """
     import torch
     from transformers import (
         AutoConfig,
@@ -294,15 +334,17 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto") -> Load
     check_size_guard(src)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    dmap = resolve_device_map(device_map)
     common = {"local_files_only": src.local_files_only, "trust_remote_code": False}
     try:
         config = AutoConfig.from_pretrained(src.location, **common)
         family = detect_family(config)
         tokenizer = AutoTokenizer.from_pretrained(src.location, **common)
         auto = {"masked_lm": AutoModelForMaskedLM, "causal_lm": AutoModelForCausalLM, "encoder": AutoModel}[family]
+        placed = {"device_map": dmap} if dmap else {}
         model = auto.from_pretrained(
             src.location, config=config, dtype=getattr(torch, dt), attn_implementation="eager",
-            use_safetensors=True, **common)
+            use_safetensors=True, **placed, **common)
     except ModelUnavailableError:
         raise
     except OSError as exc:
@@ -320,7 +362,12 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto") -> Load
 
     model.eval()
     model.requires_grad_(False)
-    model.to(dev)
+    if dmap:
+        from .devices import input_device
+
+        dev = str(input_device(model))  # where token ids go; accelerate's hooks move activations between layers
+    else:
+        model.to(dev)
     if getattr(model.config, "_attn_implementation", "eager") != "eager":
         model.set_attn_implementation("eager")
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:

@@ -21,6 +21,7 @@ from typing import Any
 
 
 from .capture import context_length
+from .devices import fast_attention
 from .errors import InputError
 from .models import LoadedModel
 from .context import StepContext
@@ -289,7 +290,8 @@ def _generate(loaded: LoadedModel, text: str, gen: GenerationSettings, stop_even
     if not isinstance(gen, GenerationSettings):
         raise InputError("generation settings must be a GenerationSettings")
     tok = loaded.tokenizer
-    with loaded.lock:
+    # sdpa: generation needs no attention weights (the switch is restored when the generator ends or is closed)
+    with loaded.lock, fast_attention(loaded.model):
         run.chat_template_used = uses_chat_template(loaded, gen)
         run.prompt_ids = prompt_ids(loaded, text, gen)
         limit = context_length(loaded)

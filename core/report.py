@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from . import docs
+from . import chart_spec, docs, neurons, qk
 from .guards import is_unsafe_char
 from .metrics import METRIC_NAMES
 from .options import ExportOptions
+from .patching import COMPONENTS, PatchingResult
 from .result import AnalysisResult
 
 log = logging.getLogger(__name__)
@@ -107,13 +108,15 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return int(w), int(h)
 
 
-def _new_pdf(result: AnalysisResult) -> Any:
+def _new_pdf(result: AnalysisResult | PatchingResult) -> Any:
     from fpdf import FPDF
 
     class _PDF(FPDF):
+        tma_family = "helvetica"
+
         def footer(self) -> None:
             self.set_y(-12)
-            self.set_font(self._tma_family, "", 8)
+            self.set_font(self.tma_family, "", 8)
             self.set_text_color(120)
             self.cell(0, 8, f"Page {self.page_no()} / {{nb}}", align="C")
             self.set_text_color(0)
@@ -128,9 +131,9 @@ def _new_pdf(result: AnalysisResult) -> Any:
         if f["fallback"]:
             pdf.add_font("Fallback", "", f["fallback"])
             pdf.set_fallback_fonts(["Fallback"])
-        pdf._tma_family = FAMILY
+        pdf.tma_family = FAMILY
     else:
-        pdf._tma_family = "helvetica"
+        pdf.tma_family = "helvetica"
     pdf.set_title(safe_text(f"Transformer Model Analysis - {result.model.model_id}"))
     pdf.set_creator("Transformer Model Analysis Dashboard")
     return pdf
@@ -141,7 +144,7 @@ class _Writer:
 
     def __init__(self, pdf: Any) -> None:
         self.pdf = pdf
-        self.fam = pdf._tma_family
+        self.fam = pdf.tma_family
 
     def h1(self, text: str) -> None:
         self.pdf.set_font(self.fam, "B", 15)
@@ -218,15 +221,15 @@ def _title_page(w: _Writer, result: AnalysisResult) -> None:
     versions = ", ".join(f"{k} {v}" for k, v in sorted(result.versions.items()))
     w.kv([
         ("Model", m.model_id),
-        ("Family", m.family),
+        ("Family", chart_spec.family_words(m.family)),
         ("Architecture", m.architecture),
         ("Revision", m.revision),
         ("Dtype / device", f"{m.dtype} / {m.device}"),
         ("Shape", f"{result.n_layers} layers, {result.n_heads} heads, hidden {m.hidden_size}"),
-        ("Token count", f"{result.n_tokens} ({result.metric_tokens} in the layer metrics)"),
-        ("Target", f"position {result.target_position} ({result.target_reason})"),
+        ("Token count", f"{result.n_tokens}; {_tokens_phrase(result)}"),
+        ("Target", chart_spec.target_phrase(result.target_position, result.target_reason)),
         ("Date", result.created_at),
-        ("Duration", f"{result.duration_s:.2f} s ({'cache hit' if result.cache_hit else 'computed'})"),
+        ("Duration", chart_spec.timing_phrase(result.duration_s, result.cache_hit)),
         ("Core version", result.core_version),
         ("Versions", versions),
     ])
@@ -238,11 +241,18 @@ def _title_page(w: _Writer, result: AnalysisResult) -> None:
             w.para(f"• {msg}")
 
 
+def _tokens_phrase(result: AnalysisResult) -> str:
+    from .figures import metric_token_count
+
+    return chart_spec.metric_tokens_phrase(result.n_tokens, metric_token_count(result),
+                                           bool(result.settings.exclude_special_tokens))
+
+
 def _metric_table(w: _Writer, result: AnalysisResult) -> None:
     w.pdf.add_page()
     w.h1("Layer metrics")
-    w.para(f"Layer 0 is the embedding output; the last layer is the residual stream before the final norm. "
-           f"Tokens used: {result.metric_tokens}.", size=8)
+    w.para(f"Layer 0 is the embedding output, layer l the output of block l; the last layer is the residual stream "
+           f"before the final norm. {_tokens_phrase(result)[:1].upper()}{_tokens_phrase(result)[1:]}.", size=8)
     header = ["layer", *(docs.metric_label(n) for n in METRIC_NAMES)]
     rows = [[r["layer"], *(r[n] for n in METRIC_NAMES)] for r in result.metrics_table()]
     layer_w = 14.0
@@ -315,7 +325,8 @@ def _heads(w: _Writer, result: AnalysisResult, k: int = 10) -> None:
         rows = []
         for idx in order:
             l, h = divmod(int(idx), H)
-            rows.append([l, h, ent[l, h], ne[l, h], dist[l, h], roles[idx] if idx < len(roles) else ""])
+            rows.append([chart_spec.block_number(l), h, ent[l, h], ne[l, h], dist[l, h],
+                         roles[idx] if idx < len(roles) else ""])
         w.table(["layer", "head", "entropy (nats)", "normalised", "mean distance", "role"], rows,
                 widths=(18, 18, 35, 35, 35, 49))
     if attr is not None and attr.head_scores is not None:
@@ -323,8 +334,46 @@ def _heads(w: _Writer, result: AnalysisResult, k: int = 10) -> None:
         w.para(f"{docs.caption('head_attribution')} Method: {attr.head_method}.", size=8)
         sc = np.asarray(attr.head_scores, dtype=np.float64)
         order = np.argsort(np.where(np.isnan(sc), -np.inf, -np.abs(sc)), axis=None)[:k]
-        rows = [[int(i) // H, int(i) % H, sc.flat[int(i)]] for i in order]
+        rows = [[chart_spec.block_number(int(i) // H), int(i) % H, sc.flat[int(i)]] for i in order]
         w.table(["layer", "head", "score"], rows, widths=(30, 30, 50))
+
+
+def _peer_views(w: _Writer, result: AnalysisResult, k: int = 10) -> None:
+    """Direct logit attribution (top parts), promoted / suppressed tokens per block at the target position and the
+    strongest information-flow edges; each missing section gets its one "not available" line."""
+    from .peer_plots import unavailable_line
+
+    w.h2("Direct logit attribution")
+    dla = result.dla
+    if dla is None:
+        w.para(unavailable_line(result, "dla") or "", size=8)
+    else:
+        w.para(f"{docs.caption('direct_logit_attribution')} Token {dla.token!r} at position {dla.position}: logit "
+               f"{dla.logit:.4g}, sum of the parts {float(np.sum(dla.values)):.4g}. " + " ".join(dla.notes), size=8)
+        order = np.argsort(-np.abs(np.asarray(dla.values)))[:k]
+        rows = [[int(dla.layers[i]), dla.components[i], int(dla.heads[i]), float(dla.values[i])] for i in order]
+        w.table(["layer", "component", "head", "logit"], rows, widths=(25, 40, 25, 40))
+        w.h2("Promoted and suppressed tokens (target position)")
+        w.para(docs.caption("promoted_tokens"), size=8)
+        pi = dla.promote_positions.index(dla.position)
+        rows = []
+        for l in range(dla.n_layers):
+            for kind_i, kind in enumerate(("attention", "MLP")):
+                up = ", ".join(repr(dla.text_of(i)) for i in dla.promote_block_ids[pi, l, kind_i][:5])
+                down = ", ".join(repr(dla.text_of(i)) for i in dla.demote_block_ids[pi, l, kind_i][:5])
+                rows.append([l + 1, kind, up, down])
+        w.table(["block", "update", "promoted", "suppressed"], rows, widths=(15, 20, 77, 78), size=7)
+    w.h2("Information-flow routes")
+    flow = result.flow
+    if flow is None:
+        w.para(unavailable_line(result, "flow") or "", size=8)
+        return
+    edges = flow.routes()
+    w.para(f"{docs.caption('flow_routes')} Token {flow.tokens[flow.position]!r} (position {flow.position}), "
+           f"threshold {flow.threshold:g}: {len(edges)} edges. " + " ".join(flow.notes), size=8)
+    top = sorted(edges, key=lambda e: -e.weight)[:k]
+    w.table(["block", "source", "target", "kind", "weight"],
+            [[e.layer, e.source, e.target, e.kind, e.weight] for e in top], widths=(20, 35, 35, 35, 30))
 
 
 def _attribution_tokens(w: _Writer, result: AnalysisResult) -> None:
@@ -332,10 +381,11 @@ def _attribution_tokens(w: _Writer, result: AnalysisResult) -> None:
     if a is None:
         return
     w.h2("Token attribution")
-    w.para(f"Target position {a.target_position} ({a.target_token!r}); predicted {a.predicted_token!r}. "
-           f"{docs.caption('attention_rollout')}", size=8)
-    cols = [("rollout", a.rollout), ("grad × input", a.grad_x_input), ("integrated gradients", a.integrated_gradients)]
-    cols = [(n, np.asarray(v, dtype=np.float64)) for n, v in cols if v is not None]
+    predicted = f"; predicted {a.predicted_token!r}" if a.predicted_token else ""
+    w.para(f"Target: {chart_spec.target_phrase(a.target_position, result.target_reason, a.target_token)}"
+           f"{predicted}. {docs.caption('attention_rollout')}", size=8)
+    named = [("rollout", a.rollout), ("grad × input", a.grad_x_input), ("integrated gradients", a.integrated_gradients)]
+    cols = [(n, np.asarray(v, dtype=np.float64)) for n, v in named if v is not None]
     key_name, key = cols[-1]  # the most faithful method present: IG, else gradient × input, else rollout
     order = np.argsort(-np.abs(np.nan_to_num(key)), kind="stable")[:TOP_TOKENS]
     rows = [[int(t), repr(result.display_tokens[t]), *(v[t] for _, v in cols)] for t in order]
@@ -343,14 +393,59 @@ def _attribution_tokens(w: _Writer, result: AnalysisResult) -> None:
            size=8)
     w.table(["pos", "token", *(n for n, _ in cols)], rows, widths=(15, 55, *([120 / max(len(cols), 1)] * len(cols))))
     if a.ig_completeness_gap is not None:
-        w.para(f"Integrated-gradients completeness gap: {_fmt(a.ig_completeness_gap)} ({a.ig_steps} steps).", size=8)
+        rel = a.ig_completeness_gap_relative
+        w.para(f"Integrated-gradients completeness gap: {_fmt(a.ig_completeness_gap)} nats"
+               + (f" ({100 * rel:.2f} % of f(x) − f(x′))" if rel is not None else "")
+               + f" with {a.ig_steps} Gauss–Legendre steps"
+               + ("" if a.ig_converged is None else " (converged to ≤ 1 %)" if a.ig_converged
+                  else " (the 512-step cap was reached before 1 %)") + ".", size=8)
+
+
+def _causal(w: _Writer, result: AnalysisResult, k: int = 10) -> None:
+    """Exact head ablation (when the analysis ran it): the top heads by mean-ablation drop, beside the gradient
+    head score, with their Spearman correlation."""
+    sec = result.head_ablation
+    if sec is None:
+        return
+    w.h2(f"Top {k} heads by exact ablation")
+    scores = result.attribution.head_scores if result.attribution is not None else None
+    rho = sec.agreement(scores)
+    w.para(f"{docs.caption('head_ablation')} Prediction {sec.token!r} at position {sec.target_position}, "
+           f"log p = {_fmt(sec.logprob)}."
+           + (f" Spearman ρ of the gradient head score with the drop: zero ablation {_fmt(rho['zero_ablation'])}, "
+              f"mean ablation {_fmt(rho['mean_ablation'])}." if rho else ""), size=8)
+    mean = np.asarray(sec.mean_ablation, dtype=np.float64)
+    H = mean.shape[1]
+    order = np.argsort(mean, axis=None, kind="stable")[:k]  # most negative Δ = largest drop first
+    rows = [[int(i) // H, int(i) % H, mean.flat[int(i)], float(np.asarray(sec.zero_ablation).flat[int(i)]),
+             (float(np.asarray(scores).flat[int(i)]) if scores is not None else None)] for i in order]
+    w.table(["layer", "head", "Δ log p (mean abl.)", "Δ log p (zero abl.)", "gradient score"], rows,
+            widths=(20, 20, 50, 50, 50))
+
+
+def _neurons_and_query_key(w: _Writer, result: AnalysisResult) -> None:
+    """Neuron factors and the query–key view: summary tables (the figures are among the plots), or the line that
+    says why a view is missing."""
+    blocks = [("Neuron factors", "neuron_factors", neurons.report_section(result), (16, 104, 70), "neuron factors"),
+              ("Query–key view", "query_key", qk.report_section(result), (16, 64, 36, 36, 38), "query–key view")]
+    w.pdf.add_page()
+    w.h1("Neurons and queries")
+    for title, key, parts, widths, what in blocks:
+        w.h2(title)
+        w.para(docs.caption(key), size=8)
+        if not parts:
+            why = [m for m in result.warnings if what in m]
+            w.para(why[0] if why else f"No {what} in this result (switched off in the settings).", size=8)
+        for intro, header, rows in parts:
+            w.para(intro, size=8)
+            w.table(header, rows, widths=widths)
 
 
 def _documentation(w: _Writer) -> None:
     w.pdf.add_page()
     w.h1("Formulas and interpretation")
     w.para("From the same registry as the Details page of the dashboard.", size=8)
-    for kind in ("layer_metric", "attention", "attribution", "prediction", "logit_lens"):
+    for kind in ("layer_metric", "attention", "attribution", "prediction", "logit_lens", "causal", "neurons"):
         for e in docs.entries(kind):
             w.h2(e.title)
             w.para(docs.formula_text(e.key), size=8, bold=True)
@@ -374,6 +469,9 @@ def build_report(result: AnalysisResult, files: dict[str, bytes] | None = None) 
         _logit_lens(w, result)
         _heads(w, result)
         _attribution_tokens(w, result)
+        _peer_views(w, result)
+        _causal(w, result)
+    _neurons_and_query_key(w, result)
     _documentation(w)
     return bytes(pdf.output())
 
@@ -381,3 +479,46 @@ def build_report(result: AnalysisResult, files: dict[str, bytes] | None = None) 
 def report_files(result: AnalysisResult, files: dict[str, bytes], options: ExportOptions) -> dict[str, bytes]:
     """report.pdf, embedding the plots the bundle's writers made (core.bundle calls it after them)."""
     return {"report.pdf": build_report(result, files)}
+
+
+def patching_report(result: PatchingResult, files: dict[str, bytes] | None = None) -> bytes:
+    """report.pdf of a patch bundle: the two texts, answers and m values, the sanity rows, the strongest cells per
+    component, the plots/*.png of `files`, and the formulas of the causal entries."""
+    pdf = _new_pdf(result)
+    w = _Writer(pdf)
+    pdf.add_page()
+    w.h1("Activation patching - report")
+    m = result.model
+    w.kv([("Model", m.model_id), ("Revision", m.revision), ("Dtype / device", f"{m.dtype} / {m.device}"),
+          ("Target", f"position {result.target_position} ({result.target_reason})"),
+          ("Answers", f"A = {result.answer_token!r}, B = {result.wrong_token!r} ({result.answers_from})"),
+          ("m clean / corrupted", f"{_fmt(result.m_clean)} / {_fmt(result.m_corrupted)}"),
+          ("Sanity", f"block 0 at every position restores {_fmt(result.sanity_block0)} (1); no patch "
+                     f"{_fmt(result.sanity_identity)} (0)"),
+          ("Core version", result.core_version)])
+    w.h2("Texts")
+    w.para(f"Clean: {result.clean_text}")
+    w.para(f"Corrupted: {result.corrupted_text}")
+    for msg in result.warnings:
+        w.para(f"• {msg}")
+    w.h2("Strongest cells")
+    rows = []
+    for c in COMPONENTS:
+        r = result.restored(c)
+        if not np.isfinite(r).any():
+            continue
+        order = np.argsort(-np.abs(np.nan_to_num(r)), axis=None, kind="stable")[:5]
+        for i in order:
+            l, p = divmod(int(i), result.n_tokens)
+            rows.append([c, l, p, repr(result.clean_tokens[p]), float(r[l, p])])
+    w.table(["component", "block", "position", "clean token", "restored"], rows, widths=(35, 20, 25, 60, 50))
+    _figures(w, files or {})
+    pdf.add_page()
+    w.h1("Formulas and interpretation")
+    for e in docs.entries("causal"):
+        w.h2(e.title)
+        w.para(docs.formula_text(e.key), size=8, bold=True)
+        w.para(docs.interpretation(e.key), size=8)
+        for p_ in e.pitfalls:
+            w.para("Pitfall: " + p_, size=7.5)
+    return bytes(pdf.output())

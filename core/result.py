@@ -18,11 +18,16 @@ if TYPE_CHECKING:
 
 from . import serialize
 from .attention import AttentionSection
+from .ablation import HeadAblationSection
 from .attribution import AttributionSection
+from .dla import DLASection
+from .flow import FlowSection
 from .logit_lens import LensSection
 from .metrics import METRIC_NAMES
 from .model_info import ModelInfo
+from .neurons import NeuronFactorSection
 from .predictions import PredictionSection
+from .qk import QKSection
 from .settings import AnalysisSettings
 
 __all__ = ["AnalysisResult", "ModelInfo", "results_equal"]
@@ -63,6 +68,11 @@ class AnalysisResult:
     attribution: AttributionSection | None = None
     predictions: PredictionSection | None = None
     logit_lens: LensSection | None = None
+    dla: DLASection | None = None
+    flow: FlowSection | None = None
+    head_ablation: HeadAblationSection | None = None
+    neuron_factors: NeuronFactorSection | None = None
+    query_key: QKSection | None = None
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)

@@ -1,8 +1,15 @@
-"""Pickle-free (de)serialisation of result dataclasses: one JSON document plus one .npz of arrays.
+"""Pickle-free (de)serialisation of result dataclasses: one JSON document plus raw arrays.
 
 A dataclass is written as {"__dataclass__": "<module>.<Class>", "fields": {...}} and only classes marked with
 `@serializable` inside the `core` package are ever rebuilt, so reading a cached or exported result can never run
-arbitrary code. numpy arrays go into the .npz (loaded with allow_pickle=False) and are referenced by key.
+arbitrary code. numpy arrays are referenced from the JSON by key.
+
+Format (`dumps`): MAGIC, the header length (8 bytes, little endian), the header JSON {"object": the document,
+"arrays": {key: {"dtype", "shape", "offset"}}}, then each array's raw bytes (C order) at a 64-byte aligned offset.
+Arrays are stored uncompressed so that `loads` rebuilds them without a copy: they are read-only views
+(`np.frombuffer`) on the bytes it was given (writable views when given a bytearray). Only plain numeric, bool and
+fixed-width string dtypes are accepted, never object arrays. The earlier format (a ZIP of object.json and an .npz)
+is still read.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import dataclasses
 import io
 import json
 import math
+import struct
 import zipfile
 from typing import Any
 
@@ -87,21 +95,72 @@ def _decode(obj: Any, arrays: Any) -> Any:
     return obj
 
 
+MAGIC = b"TMA-RESULT-2\n"
+_ALIGN = 64
+#: dtype kinds an array may have: bool, signed / unsigned int, float, complex, bytes, unicode (never objects).
+_ARRAY_KINDS = "biufcSU"
+
+
+def _array_dtype(spec: str) -> np.dtype:
+    dt = np.dtype(spec)
+    if dt.kind not in _ARRAY_KINDS or dt.hasobject or dt.fields is not None:
+        raise ValueError(f"refusing array dtype {spec!r}")
+    return dt
+
+
 def dumps(obj: Any) -> bytes:
-    """Serialise a @serializable dataclass (and what it holds) to bytes."""
+    """Serialise a @serializable dataclass (and what it holds) to bytes (format: see the module docstring)."""
     arrays: dict[str, np.ndarray] = {}
     doc = _encode(obj, arrays)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        zf.writestr("object.json", json.dumps(doc, ensure_ascii=False))
-        npz = io.BytesIO()
-        np.savez(npz, **arrays)
-        zf.writestr("arrays.npz", npz.getvalue())
-    return buf.getvalue()
+    table: dict[str, dict[str, Any]] = {}
+    offset = 0
+    blobs: list[tuple[int, np.ndarray]] = []
+    for key, arr in arrays.items():
+        a = np.ascontiguousarray(arr)
+        _array_dtype(a.dtype.str)
+        offset = -(-offset // _ALIGN) * _ALIGN
+        table[key] = {"dtype": a.dtype.str, "shape": list(a.shape), "offset": offset}
+        blobs.append((offset, a))
+        offset += a.nbytes
+    header = json.dumps({"object": doc, "arrays": table}, ensure_ascii=False).encode("utf-8")
+    head = MAGIC + struct.pack("<Q", len(header)) + header
+    start = -(-len(head) // _ALIGN) * _ALIGN
+    parts: list[Any] = [head, bytes(start - len(head))]
+    pos = 0
+    for off, a in blobs:
+        parts += [bytes(off - pos), a.reshape(-1).view(np.uint8).data]
+        pos = off + a.nbytes
+    return b"".join(parts)  # the one copy of the arrays
 
 
-def loads(data: bytes) -> Any:
-    """Inverse of `dumps`. Never unpickles."""
+def loads(data: bytes | bytearray | memoryview) -> Any:
+    """Inverse of `dumps` (and of the earlier ZIP format). Never unpickles.
+
+    Arrays are views on `data` without a copy: read-only for bytes, writable for a bytearray.
+    """
+    buf = memoryview(data)
+    if bytes(buf[:len(MAGIC)]) != MAGIC:
+        return _loads_zip(bytes(buf))
+    n = len(MAGIC)
+    (hlen,) = struct.unpack("<Q", bytes(buf[n:n + 8]))
+    if n + 8 + hlen > len(buf):
+        raise ValueError("truncated serialised object (header)")
+    header = json.loads(bytes(buf[n + 8:n + 8 + hlen]).decode("utf-8"))
+    start = -(-(n + 8 + hlen) // _ALIGN) * _ALIGN
+    arrays: dict[str, np.ndarray] = {}
+    for key, spec in header["arrays"].items():
+        dt = _array_dtype(spec["dtype"])
+        shape = tuple(int(x) for x in spec["shape"])
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        off = start + int(spec["offset"])
+        if off < start or off + count * dt.itemsize > len(buf):
+            raise ValueError(f"truncated serialised object (array {key})")
+        arrays[key] = np.frombuffer(buf, dtype=dt, count=count, offset=off).reshape(shape)
+    return _decode(header["object"], arrays)
+
+
+def _loads_zip(data: bytes) -> Any:
+    """The earlier format: a ZIP of object.json and arrays.npz (loaded with allow_pickle=False)."""
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         doc = json.loads(zf.read("object.json"))
         with np.load(io.BytesIO(zf.read("arrays.npz")), allow_pickle=False) as npz:

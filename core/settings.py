@@ -55,12 +55,20 @@ class AnalysisSettings:
                                          "backward pass)", cli="--no-gradients")
     integrated_gradients: bool = _opt(False, "also run integrated gradients (needs compute_gradients; costs "
                                              "ig_steps forward + backward passes)")
-    ig_steps: int = _opt(32, "steps of integrated gradients", min=1, max=512)
+    ig_steps: int = _opt(32, "first number of integrated-gradients steps; doubled until the completeness gap is "
+                             "at most 1 percent (or 512 steps)", min=1, max=512)
     n_clusters: int | None = _opt(None, "number of head clusters (default: chosen by silhouette)", min=1, max=64)
     lens_position: int | None = _opt(None, "position decoded by the logit lens (default: the target position)",
                                      min=0)
     lens_full_grid: bool = _opt(False, "decode the logit-lens grid at every position even on a CPU (long texts "
                                        "otherwise get a window of positions around the lens position)")
+    head_ablation: bool = _opt(False, "exact head ablation: replace each head's output by its mean over positions "
+                                      "(and by zero) and report the change of log p of the prediction (about "
+                                      "L batched forward passes of batch 2·H)")
+    neuron_factors: int = _opt(6, "NMF factors of the MLP neuron activations (0: no neuron factors)", min=0, max=32)
+    neuron_first_layer: int | None = _opt(None, "first block whose MLP neurons enter the factors (default: 0)", min=0)
+    neuron_last_layer: int | None = _opt(None, "last block whose MLP neurons enter the factors (default: the last)",
+                                         min=0)
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -39,7 +39,7 @@ def readable_token(token: str | None) -> str:
     return out
 
 
-def metrics_long(result: AnalysisResult):
+def metrics_long(result: AnalysisResult) -> pd.DataFrame:
     """Layer metrics in long form: columns layer, metric, value (L+1 rows per metric)."""
     import pandas as pd
 
@@ -48,7 +48,7 @@ def metrics_long(result: AnalysisResult):
     return pd.DataFrame(rows)
 
 
-def normalised_metrics(result: AnalysisResult):
+def normalised_metrics(result: AnalysisResult) -> pd.DataFrame:
     """Long form (layer, metric, value, normalised) of core.figures.normalized_metrics — the same numbers as the
     PDF's heatmap: each metric min-max scaled over layers, a constant metric 0.5, NaN kept."""
     from .figures import normalized_metrics
@@ -58,20 +58,21 @@ def normalised_metrics(result: AnalysisResult):
     return df
 
 
-def correlations_long(corr):
+def correlations_long(corr: np.ndarray | pd.DataFrame) -> pd.DataFrame:
     """A square correlation matrix (DataFrame, or ndarray [M, M] in METRIC_NAMES order) as long form: row, column,
     r."""
     import pandas as pd
 
-    if not isinstance(corr, pd.DataFrame):
-        corr = pd.DataFrame(np.asarray(corr, dtype=np.float64), index=list(METRIC_NAMES), columns=list(METRIC_NAMES))
-    c = corr.copy()
+    if isinstance(corr, pd.DataFrame):
+        c = corr.copy()
+    else:
+        c = pd.DataFrame(np.asarray(corr, dtype=np.float64), index=list(METRIC_NAMES), columns=list(METRIC_NAMES))
     c.index.name, c.columns.name = "row", "column"
     return c.stack(future_stack=True).rename("r").reset_index()
 
 
 def attention_frame(attentions: np.ndarray, tokens: list[str], layer: int, head: int | None,
-                    window: tuple[int, int] | None = None):
+                    window: tuple[int, int] | None = None) -> pd.DataFrame:
     """One attention map in long form: query, key (labels), qi, ki (positions), weight.
 
     attentions: [L, H, T, T]; head None means the mean over heads, (1/H) Σ_h A[layer, h]. window (start, stop)
@@ -90,7 +91,7 @@ def attention_frame(attentions: np.ndarray, tokens: list[str], layer: int, head:
                          "key": [labels[j] for j in ki.ravel()], "weight": M.ravel()})
 
 
-def layer_head_frame(values: np.ndarray, name: str, extra: dict[str, np.ndarray] | None = None):
+def layer_head_frame(values: np.ndarray, name: str, extra: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """A [L, H] array in long form: layer, head, <name> (+ extra [L, H] columns)."""
     import pandas as pd
 
@@ -116,7 +117,7 @@ def cluster_frame(attention: AttentionSection) -> pd.DataFrame:
                          "entropy": np.asarray(attention.entropy, dtype=np.float64).ravel()})
 
 
-def attribution_frame(tokens: list[str], columns: dict[str, Any]):
+def attribution_frame(tokens: list[str], columns: dict[str, Any]) -> pd.DataFrame:
     """Token scores table: position, token, and one column per method that is not None."""
     import pandas as pd
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.metrics import METRIC_NAMES
 from core.model_info import ModelInfo
 from core.result import AnalysisResult
 from core.settings import AnalysisSettings
@@ -18,6 +19,8 @@ def result_with_metrics(metrics: dict[str, list[float]], n_tokens: int = 3) -> A
     consistent placeholder of the right shape (1 head, n_tokens tokens, hidden width 2)."""
     lm = {k: np.asarray(v, dtype=float) for k, v in metrics.items()}
     n1 = len(next(iter(lm.values())))
+    for name in METRIC_NAMES:  # a metric the caller did not give: a plain rising line
+        lm.setdefault(name, np.arange(n1, dtype=float))
     T = n_tokens
     att = np.full((n1 - 1, 1, T, T), 1.0 / T, dtype=np.float32)
     return AnalysisResult(model=MODEL, text="a b c", analysed_text="a b c", settings=AnalysisSettings(),

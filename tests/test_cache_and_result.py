@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import struct
 import zipfile
 import io
 
@@ -35,8 +36,12 @@ def test_result_round_trips_without_pickle(tiny_gpt2, tmp_path):
     assert results_equal(r, back, ignore=())
     r.save(tmp_path / "r.tma")
     assert results_equal(AnalysisResult.load(tmp_path / "r.tma"), r, ignore=())
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        assert sorted(zf.namelist()) == ["arrays.npz", "object.json"]
+    from core import serialize
+
+    assert data.startswith(serialize.MAGIC)  # JSON header + raw arrays (see core.serialize), no pickle opcodes
+    (hlen,) = struct.unpack("<Q", data[len(serialize.MAGIC):len(serialize.MAGIC) + 8])
+    header = json.loads(data[len(serialize.MAGIC) + 8:len(serialize.MAGIC) + 8 + hlen])
+    assert set(header) == {"object", "arrays"} and header["object"]["__dataclass__"].endswith("AnalysisResult")
 
 
 def test_loading_refuses_foreign_classes():

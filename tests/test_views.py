@@ -25,7 +25,7 @@ RES = result_with_metrics({
 
 def test_metrics_long_shape():
     df = views.metrics_long(RES)
-    assert len(df) == 5 * 4 and set(df.columns) == {"layer", "metric", "value"}
+    assert len(df) == len(METRIC_NAMES) * 4 and set(df.columns) == {"layer", "metric", "value"}
 
 
 def test_normalised_metrics_hand_values():
@@ -52,9 +52,9 @@ def test_correlations_match_pandas_on_the_page_table():
 
 
 def test_correlations_long_from_array():
-    arr = np.eye(5)
-    df = views.correlations_long(arr)
-    assert len(df) == 25 and df.r.sum() == 5 and set(df.row) == set(METRIC_NAMES)
+    M = len(METRIC_NAMES)
+    df = views.correlations_long(np.eye(M))
+    assert len(df) == M * M and df.r.sum() == M and set(df.row) == set(METRIC_NAMES)
 
 
 def test_attention_frame_mean_over_heads():
@@ -109,7 +109,7 @@ def test_chart_builders_make_valid_specs():
 
     df = views.metrics_long(RES)
     for m in METRIC_NAMES:
-        assert charts.metric_line(df, m).to_dict()["layer"]
+        assert charts.metric_line(df, m, token_bound=RES.n_tokens - 1).to_dict()["layer"]
     assert charts.correlation_heatmap(views.correlations_long(metric_correlations(RES)), "pearson").to_dict()
     assert charts.normalised_heatmap(views.normalised_metrics(RES)).to_dict()
     A = np.full((1, 1, 3, 3), 1 / 3)

@@ -91,3 +91,72 @@ def build_tiny(kind: str, folder: str | Path, *, chat_template: bool = True) -> 
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+#: The families beyond GPT-2 / BERT / Llama that the app loads, as tiny configs (issue 16: one per-architecture map).
+FAMILIES = ("gpt_neox", "qwen2", "mistral", "opt", "phi3", "gemma2", "roberta", "distilbert")
+
+
+def tiny_family(kind: str):
+    """(model, tokenizer) of a tiny random `kind` model (FAMILIES, or "gpt2" / "bert" / "llama"), eager attention,
+    eval mode, built in memory from a config; decoders reuse the trained BPE tokenizer, encoders the WordPiece one."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    enc = kind in ("roberta", "distilbert", "bert")
+    tok = _wordpiece_tokenizer() if enc else _bpe_tokenizer(bos=kind != "gpt2")
+    V = len(tok)
+    common = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                  max_position_embeddings=128)
+    gqa = dict(num_key_value_heads=2, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+               tie_word_embeddings=False)
+    if kind == "gpt2":
+        cfg, cls = tf.GPT2Config(n_layer=2, n_head=4, n_embd=32, n_positions=128, vocab_size=V), tf.GPT2LMHeadModel
+    elif kind == "bert":
+        cfg, cls = tf.BertConfig(**common, pad_token_id=tok.pad_token_id), tf.BertForMaskedLM
+    elif kind == "llama":
+        cfg, cls = tf.LlamaConfig(**common, **gqa), tf.LlamaForCausalLM
+    elif kind == "gpt_neox":
+        cfg, cls = tf.GPTNeoXConfig(**common, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                    tie_word_embeddings=False), tf.GPTNeoXForCausalLM
+    elif kind == "qwen2":
+        cfg, cls = tf.Qwen2Config(**common, **gqa), tf.Qwen2ForCausalLM
+    elif kind == "mistral":
+        cfg, cls = tf.MistralConfig(**common, **gqa), tf.MistralForCausalLM
+    elif kind == "phi3":
+        cfg, cls = tf.Phi3Config(**common, **gqa, pad_token_id=0), tf.Phi3ForCausalLM
+    elif kind == "gemma2":
+        # a small soft-cap (0.2): a random model's logits are ~0.1, so the capping visibly changes them
+        cfg, cls = tf.Gemma2Config(**common, **gqa, head_dim=8, final_logit_softcapping=0.2,
+                                   pad_token_id=0), tf.Gemma2ForCausalLM
+    elif kind == "opt":
+        cfg, cls = tf.OPTConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
+                                word_embed_proj_dim=32, max_position_embeddings=128, pad_token_id=0,
+                                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id), tf.OPTForCausalLM
+    elif kind == "roberta":
+        cfg, cls = tf.RobertaConfig(**{**common, "max_position_embeddings": 130},
+                                    pad_token_id=tok.pad_token_id), tf.RobertaForMaskedLM
+    elif kind == "distilbert":
+        cfg, cls = tf.DistilBertConfig(vocab_size=V, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                       max_position_embeddings=128, pad_token_id=tok.pad_token_id), \
+            tf.DistilBertForMaskedLM
+    else:
+        raise ValueError(kind)
+    cfg._attn_implementation = "eager"
+    cfg.architectures = [cls.__name__]
+    model = cls(cfg)
+    model.eval()
+    return model, tok
+
+
+def tiny_family_loaded(kind: str):
+    """A core.models.LoadedModel around tiny_family(kind) (in memory, float32, CPU)."""
+    from core.models import LoadedModel, detect_family
+
+    model, tok = tiny_family(kind)
+    cfg = model.config
+    return LoadedModel(model_id=f"tiny-{kind}", model=model, tokenizer=tok, family=detect_family(cfg),
+                       source="local", revision="test", local_path=None, dtype="float32", device="cpu",
+                       n_layers=cfg.num_hidden_layers, n_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size,
+                       architecture=cfg.architectures[0])

@@ -1,0 +1,1 @@
+"""Benchmarks (`python -m bench`); timings live here, never in tests."""

@@ -1,0 +1,152 @@
+"""Cost of the neuron factors and the query–key view: GPT-2-small shape (random weights, GPT2Config() defaults:
+12 layers × 12 heads, 768 wide, 3072 neurons per MLP), 128 tokens, this machine.
+
+    python bench/bench_neurons.py [--tokens 128] [--repeat 3] [--threads 1] [--cpu]
+
+Ratios are to the bare forward pass (input ids in, logits out). Rows:
+- the hooked pass that captures the MLP activations of all 12 layers (it stops before the final norm and the
+  unembedding), the NMF (k = 6 over 128 × 36 864), and the two steps as analyze() runs them;
+- the query–key vectors of all layers recomputed from the captured block inputs (no forward pass), one view;
+- the figures (factor shading, top neurons, one query–key view).
+Random weights are the worst case for the NMF (no structure: it runs more iterations than on a trained model);
+the last rows time the NMF on the bundled MiniLM's real activations for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+from common import load_gpt2_small, text_of_tokens
+
+CLOCK = time.perf_counter
+
+
+def timeit(fn, repeat: int = 3, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t = CLOCK()
+        fn()
+        times.append(CLOCK() - t)
+    return statistics.median(times)
+
+
+def measure(loaded=None, tokens: int = 128, repeat: int = 3) -> list[tuple[str, float]]:
+    import torch
+
+    from core import plotting
+    from core.capture import capture
+    from core.errors import ModelUnavailableError
+    from core.models import BUNDLED_ID, load_model
+    from core.neurons import (
+        capture_mlp_activations,
+        factor_figure,
+        neuron_factors,
+        top_neuron_figure,
+    )
+    from core.qk import compute_qk, qk_figure, qk_view
+    from core.settings import AnalysisSettings
+
+    loaded = loaded or load_gpt2_small()
+    text = text_of_tokens(loaded, tokens)
+    st = AnalysisSettings(max_tokens=tokens)
+    cap = capture(loaded, text, st)
+    ids, mask = cap.input_ids, cap.attention_mask
+    L = loaded.n_layers
+
+    def bare():
+        with torch.inference_mode():
+            loaded.model(input_ids=ids)
+
+    rows: list[tuple[str, float]] = [(f"bare forward pass ({ids.shape[1]} tokens)", timeit(bare, repeat=repeat))]
+    rows.append(
+        (
+            "capturing forward pass (attentions + hidden states)",
+            timeit(lambda: capture(loaded, text, st), repeat=repeat),
+        )
+    )
+    layers = list(range(L))
+    t_cap = timeit(lambda: capture_mlp_activations(loaded.model, ids, mask, layers), repeat=repeat)
+    acts = capture_mlp_activations(loaded.model, ids, mask, layers)
+    t_nmf = timeit(lambda: neuron_factors(acts, layers), repeat=repeat)
+    sec, _fac = neuron_factors(acts, layers)
+    rows += [
+        (f"neuron activations: hooked pass, layers 0–{L - 1} ({acts.shape[1]} × {L * acts.shape[2]})", t_cap),
+        (f"NMF k=6 ({sec.n_iter} iterations, relative error {sec.relative_error:.3f})", t_nmf),
+        ("neuron factors, total (step)", t_cap + t_nmf),
+    ]
+    t_qk = timeit(lambda: compute_qk(loaded.model, cap.hidden_states), repeat=repeat)
+    _q, _k, qs = compute_qk(loaded.model, cap.hidden_states)
+    t_view = timeit(lambda: qk_view(qs, L - 1, 0, ids.shape[1] - 1), repeat=repeat)
+    mb = (qs.queries.nbytes + qs.keys.nbytes) / 2**20
+    rows += [
+        (f"query–key vectors, all layers, from hidden states ({mb:.1f} MiB stored)", t_qk),
+        ("  one query–key view from the stored arrays (a widget change)", t_view),
+    ]
+    toks = cap.display_tokens
+    figs = [
+        ("factor shading (6 factors)", lambda: plotting.png(factor_figure(sec, toks))),
+        ("top neurons", lambda: plotting.png(top_neuron_figure(sec))),
+        ("query–key view", lambda: plotting.png(qk_figure(qk_view(qs, L - 1, 0, len(toks) - 1), toks))),
+    ]
+    for name, fn in figs:
+        rows.append((f"  figure: {name}", timeit(fn, repeat=1)))
+    try:
+        mini = load_model(BUNDLED_ID, dtype="float32", device="cpu")
+        mcap = capture(mini, text, st)
+        macts = capture_mlp_activations(mini.model, mcap.input_ids, mcap.attention_mask, range(mini.n_layers))
+        msec, _ = neuron_factors(macts, list(range(mini.n_layers)))
+        t_m = timeit(lambda: neuron_factors(macts, list(range(mini.n_layers))), repeat=repeat)
+
+        def mini_fwd():
+            with torch.inference_mode():
+                mini.model(input_ids=mcap.input_ids)
+
+        t_mf = timeit(mini_fwd, repeat=repeat)
+        rows += [
+            (f"MiniLM (real weights): bare forward ({mcap.input_ids.shape[1]} tokens)", float("nan")),
+            (
+                (
+                    f"  forward {t_mf * 1000:.0f} ms; NMF {t_m * 1000:.0f} ms over {macts.shape[1]} × "
+                    f"{macts.shape[0] * macts.shape[2]} ({msec.n_iter} iterations, relative error "
+                    f"{msec.relative_error:.3f}) = {t_m / t_mf:.2f}× its forward"
+                ),
+                float("nan"),
+            ),
+        ]
+    except (ImportError, OSError, ModelUnavailableError) as exc:  # the bundled model is optional here
+        rows.append((f"(MiniLM comparison skipped: {exc})", float("nan")))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    ap.add_argument("--cpu", action="store_true", help="measure process CPU time instead of wall time")
+    args = ap.parse_args()
+    import torch
+
+    global CLOCK
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.cpu:
+        CLOCK = time.process_time
+    rows = measure(tokens=args.tokens, repeat=args.repeat)
+    bare = rows[0][1]
+    clock = "process CPU time" if args.cpu else "wall time"
+    print(f"GPT-2-small shape (random weights), {args.tokens} tokens, {torch.get_num_threads()} threads, {clock}")
+    for name, v in rows:
+        if math.isnan(v):
+            print(name)
+            continue
+        print(f"{name:72s} {v * 1000:9.1f} ms  {v / bare:7.2f}× fwd")
+
+
+if __name__ == "__main__":
+    main()

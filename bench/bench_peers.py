@@ -1,0 +1,82 @@
+"""Cost of the peer views (issue 16): the decomposition pass, direct logit attribution with the promoted /
+suppressed tables, and the information-flow routes, against the forward pass of the capture. GPT-2-small shape
+(random weights, 12 layers × 12 heads, 768 wide, 50 257 vocabulary), 128 tokens, this machine.
+
+    python bench/bench_peers.py [--tokens 128] [--repeat 3] [--cpu] [--threads N]
+
+Times are medians of wall time, or with --cpu of process CPU time (more robust when other jobs share the machine;
+use it with --threads 1). Ratios are to the capture's forward pass (hidden states and attentions returned).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from common import load_gpt2_small, text_of_tokens
+
+CLOCK = time.perf_counter
+
+
+def timeit(fn, repeat: int = 3, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t = CLOCK()
+        fn()
+        times.append(CLOCK() - t)
+    return statistics.median(times)
+
+
+def measure(loaded=None, tokens: int = 128, repeat: int = 3) -> list[tuple[str, float]]:
+    from core.capture import capture
+    from core.dla import compute_dla, decomposition_pass
+    from core.flow import compute_flow
+    from core.settings import AnalysisSettings
+
+    loaded = loaded or load_gpt2_small()
+    text = text_of_tokens(loaded, tokens)
+    settings = AnalysisSettings(max_tokens=tokens)
+    cap = capture(loaded, text, settings)
+    T = cap.input_ids.shape[1]
+    y = int(cap.logits[T - 1].argmax())
+    rows = [("capture forward pass (hidden states + attentions)", timeit(lambda: capture(loaded, text, settings),
+                                                                        repeat))]
+    rows.append(("decomposition pass (hooked forward)",
+                 timeit(lambda: decomposition_pass(loaded, cap.input_ids, cap.attention_mask), repeat)))
+    dec = decomposition_pass(loaded, cap.input_ids, cap.attention_mask)
+    rows.append(("DLA + promoted/suppressed tables", timeit(lambda: compute_dla(dec, T - 1, y, loaded.tokenizer),
+                                                           repeat)))
+    rows.append(("flow contributions (all layers, all tokens)",
+                 timeit(lambda: compute_flow(dec, cap.tokens, T - 1), repeat)))
+    flow = compute_flow(dec, cap.tokens, T - 1)
+    rows.append(("flow pruning for one token (threshold 0.04; a widget change)",
+                 timeit(lambda: flow.routes(T - 1, 0.04), repeat)))
+    return rows
+
+
+def main() -> None:
+    global CLOCK
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--cpu", action="store_true", help="process CPU time instead of wall time")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    args = ap.parse_args()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.cpu:
+        CLOCK = time.process_time
+    rows = measure(tokens=args.tokens, repeat=args.repeat)
+    base = rows[0][1]
+    print(f"{'step':62s} {'seconds':>8s} {'× forward':>10s}")
+    for name, s in rows:
+        print(f"{name:62s} {s:8.3f} {s / base:10.2f}")
+
+
+if __name__ == "__main__":
+    main()

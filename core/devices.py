@@ -1,0 +1,91 @@
+"""Where tensors live and which attention kernel a pass uses: helpers shared by the capture, the logit lens,
+attribution and generation.
+
+* `input_device(model)` / `output_device(model)`: the device of the input embeddings (where token ids and
+  `inputs_embeds` must go) and of the output embeddings (where hidden states are decoded). Without a device map
+  both are the model's one device; with `device_map="auto"` (accelerate) the first and last layers may sit on
+  different devices, and accelerate's hooks move activations between the layers in between.
+* `fast_attention(model)`: a context manager that runs a pass with PyTorch's fused attention (sdpa) instead of
+  the eager implementation. Only the capture pass needs eager attention (it returns the attention weights); the
+  gradient pass and generation do not, and sdpa there saves the T×T attention maps that eager attention keeps for
+  the backward pass. The previous implementation is restored on exit. Call it under the model's lock: the switch is
+  a property of the shared model object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Use sdpa for the passes that need no attention weights (gradients, generation). Tests compare both.
+FAST_ATTENTION = True
+
+
+def _param_device(module: Any) -> Any | None:
+    """Where `module` computes: accelerate's execution device when it dispatched the module (its weights may be
+    offloaded to the CPU or disk, showing the meta device), else the device of its weights."""
+    hook = getattr(module, "_hf_hook", None)
+    exec_dev = getattr(hook, "execution_device", None)
+    if exec_dev is not None:
+        import torch
+
+        return torch.device(exec_dev if not isinstance(exec_dev, int) else f"cuda:{exec_dev}")
+    weight = getattr(module, "weight", None)
+    if weight is not None:
+        return weight.device
+    for p in module.parameters():
+        return p.device
+    return None
+
+
+def input_device(model: Any) -> Any:
+    """Device of the input embedding weights (torch.device)."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    dev = _param_device(emb) if emb is not None else None
+    if dev is None:
+        dev = next(model.parameters()).device
+    return dev
+
+
+def output_device(model: Any) -> Any:
+    """Device of the output embedding (language-model head) weights; the input device when there is no head."""
+    emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    dev = _param_device(emb) if emb is not None else None
+    return dev if dev is not None else input_device(model)
+
+
+def module_device(module: Any, default: Any) -> Any:
+    """Device of a module's parameters (e.g. a final norm), or `default` when it has none."""
+    dev = _param_device(module) if module is not None else None
+    return dev if dev is not None else default
+
+
+def _implementation(model: Any) -> str:
+    return str(getattr(model.config, "_attn_implementation", "eager") or "eager")
+
+
+@contextlib.contextmanager
+def fast_attention(model: Any, enabled: bool = True) -> Iterator[str]:
+    """Run the enclosed passes with sdpa attention when the model supports switching; yields the implementation in
+    use ("sdpa", or the model's own when switching is off, unsupported or fails)."""
+    before = _implementation(model)
+    switched = False
+    if enabled and FAST_ATTENTION and before == "eager" and hasattr(model, "set_attn_implementation"):
+        can = getattr(model, "_can_set_attn_implementation", None)
+        if can is None or can():
+            try:
+                model.set_attn_implementation("sdpa")
+                switched = _implementation(model) == "sdpa"
+            except (ValueError, ImportError, NotImplementedError) as exc:  # no sdpa for this architecture
+                log.info("sdpa not available for %s: %s", type(model).__name__, exc)
+            if not switched and _implementation(model) != before:
+                model.set_attn_implementation(before)
+    try:
+        yield _implementation(model)
+    finally:
+        if switched:
+            model.set_attn_implementation(before)

@@ -1,0 +1,595 @@
+"""Activation patching (causal tracing): which activations of a clean run restore its answer in a corrupted run.
+
+Two texts of the same token length: a *clean* one (e.g. "The Eiffel Tower is in the city of") and a *corrupted*
+one that changes the answer ("The Colosseum is in the city of"). At the target position (the last token for a
+causal LM, the first mask for a masked LM, the same position in both) A is the clean run's top-1 token and B the
+corrupted run's (or both given by the user); the metric is the logit difference m = logit_A − logit_B.
+
+For every block l and position p the corrupted run is repeated with one activation replaced by the clean run's:
+
+* ``residual``: the input of block l (transformers' ``hidden_states[l]``) at position p;
+* ``attention``: the output of block l's attention output projection (what the attention adds to the residual
+  stream, before dropout / the residual add / BERT's post-LayerNorm);
+* ``mlp``: the output of block l's MLP down projection (likewise);
+
+and each is also patched at every position at once (position −1). The score is
+``restored = (m_patched − m_corrupted) / (m_clean − m_corrupted)``: 1 = the clean answer is fully restored, 0 = no
+effect. Sanity rows: the residual at every position of block 0 restores exactly 1 (the whole input is clean), and a
+patch of nothing restores 0.
+
+Batched: all positions of one layer and one component run as one forward pass whose batch rows differ only in which
+position is patched (chunked so the activations stay under PATCH_MEMORY_BUDGET), so the full grid costs about 3·L
+batched forward passes. Hooks live only inside ``hooked`` (removed in a ``finally``). Pure computation: no
+Streamlit; the app and the CLI call ``run_patching`` (or ``patch`` with a cache).
+
+Module lookups for all of this are in ONE function, ``patch_sites``, so that the per-architecture mapping of
+core/arch.py can replace it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import sqlite3
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import InputError
+from .model_info import ModelInfo
+from .serialize import serializable
+from .version import CORE_VERSION
+
+if TYPE_CHECKING:
+    import torch
+
+    from .models import LoadedModel
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("residual", "attention", "mlp")
+
+#: Bytes of activations per batch row are estimated as 4 · T · (12 · D + 2 · H · T) + 4 · V (no gradients kept);
+#: a layer's T + 1 rows run in chunks that keep under this budget.
+PATCH_MEMORY_BUDGET = 512_000_000
+
+#: |m_clean − m_corrupted| below this (in logits) makes `restored` meaningless: a warning says so.
+TINY_DIFFERENCE = 0.1
+
+#: Module name suffixes of the MLP's output (down) projection: GPT-2, Llama/Mistral/Qwen, BERT (its `output.dense`
+#: that is not the attention's), GPT-NeoX.
+MLP_OUTPUTS = (".mlp.c_proj", ".mlp.down_proj", ".output.dense", ".mlp.dense_4h_to_h", ".mlp.fc2")
+
+ProgressFn = Callable[[str, float], None]
+
+
+@serializable
+@dataclass(frozen=True)
+class PatchingSettings:
+    """What decides the numbers of a patching run besides the model and the texts.
+
+    answer / wrong_answer: the tokens A and B (a vocabulary token such as "ĠParis", or text that tokenises to one
+    token such as " Paris"); None takes the clean / corrupted run's top-1 prediction at the target.
+    max_tokens: both texts are tokenised with truncation to this many tokens (an error says when one is cut).
+    per_position_components: also patch attention and MLP outputs per position (otherwise only position −1).
+    """
+
+    answer: str | None = None
+    wrong_answer: str | None = None
+    max_tokens: int = 128
+    per_position_components: bool = True
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.max_tokens, int) and 2 <= self.max_tokens <= 1024):
+            raise InputError(f"max_tokens must be an integer between 2 and 1024, got {self.max_tokens!r}")
+        for name in ("answer", "wrong_answer"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, str) or v == ""):
+                raise InputError(f"{name} must be empty or a non-empty token")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@serializable
+@dataclass(frozen=True)
+class PatchingResult:
+    """One patching run. L = blocks, T = tokens.
+
+    metric[c]: float64 [L, T] — m after patching component c (COMPONENTS) of block l at position p alone;
+    metric_all[c]: float64 [L] — m after patching component c of block l at every position at once. Components not
+    run per position hold NaN. m_clean / m_corrupted: m of the unpatched runs. sanity_block0: restored by the
+    residual at every position of block 0 (should be 1); sanity_identity: restored by a patch of nothing (0).
+    """
+
+    model: ModelInfo
+    settings: PatchingSettings
+    clean_text: str
+    corrupted_text: str
+    clean_tokens: tuple[str, ...]
+    corrupted_tokens: tuple[str, ...]
+    target_position: int
+    target_reason: str
+    answer_id: int
+    answer_token: str
+    wrong_id: int
+    wrong_token: str
+    answers_from: str  # "top-1 predictions" | "given" | "answer given, wrong answer predicted" …
+    m_clean: float
+    m_corrupted: float
+    metric: dict[str, np.ndarray]
+    metric_all: dict[str, np.ndarray]
+    sanity_block0: float
+    sanity_identity: float
+    warnings: tuple[str, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)
+    core_version: str = CORE_VERSION
+    cache_key: str = ""
+    cache_hit: bool = False
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.metric["residual"].shape[0])
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.clean_tokens)
+
+    @property
+    def denominator(self) -> float:
+        return self.m_clean - self.m_corrupted
+
+    @property
+    def tiny_difference(self) -> bool:
+        """|m_clean − m_corrupted| < TINY_DIFFERENCE: `restored` divides by almost nothing."""
+        return abs(self.denominator) < TINY_DIFFERENCE
+
+    def restored(self, component: str) -> np.ndarray:
+        """(m_patched − m_corrupted) / (m_clean − m_corrupted), float64 [L, T]."""
+        return restored_score(self.metric[component], self.m_clean, self.m_corrupted)
+
+    def restored_all(self, component: str) -> np.ndarray:
+        """Restored by patching every position of each block at once, float64 [L]."""
+        return restored_score(self.metric_all[component], self.m_clean, self.m_corrupted)
+
+    def rows(self) -> list[tuple[int, int, str, float, float]]:
+        """Rows of patching.csv: (layer, position, component, restored, metric); position −1 = all positions."""
+        out: list[tuple[int, int, str, float, float]] = []
+        for c in COMPONENTS:
+            r, ra = self.restored(c), self.restored_all(c)
+            for l in range(self.n_layers):
+                out.append((l, -1, c, float(ra[l]), float(self.metric_all[c][l])))
+                for p in range(self.n_tokens):
+                    if np.isfinite(self.metric[c][l, p]):
+                        out.append((l, p, c, float(r[l, p]), float(self.metric[c][l, p])))
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """What patching.json holds: answers, m values, target, both token lists, sanity, warnings."""
+        return {
+            "model": self.model.to_dict(), "settings": self.settings.to_dict(),
+            "clean_text": self.clean_text, "corrupted_text": self.corrupted_text,
+            "clean_tokens": list(self.clean_tokens), "corrupted_tokens": list(self.corrupted_tokens),
+            "target_position": self.target_position, "target_reason": self.target_reason,
+            "answer": {"id": self.answer_id, "token": self.answer_token},
+            "wrong_answer": {"id": self.wrong_id, "token": self.wrong_token},
+            "answers_from": self.answers_from, "metric": "logit(answer) - logit(wrong_answer) at the target",
+            "m_clean": self.m_clean, "m_corrupted": self.m_corrupted,
+            "sanity": {"block0_all_positions": self.sanity_block0, "identity": self.sanity_identity},
+            "warnings": list(self.warnings), "timings": self.timings, "core_version": self.core_version,
+        }
+
+    def to_bytes(self) -> bytes:
+        from . import serialize
+
+        return serialize.dumps(self)
+
+    @staticmethod
+    def from_bytes(data: bytes) -> PatchingResult:
+        from . import serialize
+
+        obj = serialize.loads(data)
+        if not isinstance(obj, PatchingResult):
+            raise TypeError("the data does not hold a PatchingResult")
+        return obj
+
+
+def restored_score(m_patched: np.ndarray, m_clean: float, m_corrupted: float) -> np.ndarray:
+    """(m_patched − m_corrupted) / (m_clean − m_corrupted); NaN where the denominator is exactly 0."""
+    den = m_clean - m_corrupted
+    m = np.asarray(m_patched, dtype=np.float64)
+    if den == 0:
+        return np.full_like(m, np.nan)
+    return (m - m_corrupted) / den
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Module lookups: the ONE place that knows where blocks, attention and MLP outputs live (→ core/arch.py)
+
+
+@dataclass(frozen=True)
+class PatchSites:
+    """Per-block modules: `blocks[l]` takes the residual stream as its first input; `attention[l]` is the attention
+    output projection (its input = the heads concatenated head-major, its output = what attention adds to the
+    residual); `mlp[l]` is the MLP's output projection."""
+
+    blocks: tuple[Any, ...]
+    attention: tuple[Any, ...]
+    mlp: tuple[Any, ...]
+
+
+def patch_sites(model: Any, n_layers: int) -> PatchSites:
+    """Find the blocks, attention output projections and MLP output projections of `model` (GPT-2, BERT, Llama,
+    and architectures named alike). Raises InputError when the layout is not recognised."""
+    from torch import nn
+
+    from .attribution import head_projection_modules
+
+    blocks: list[Any] | None = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) == n_layers and name.split(".")[-1] in ("h", "layers", "layer"):
+            blocks = list(mod)
+            break
+    attn = head_projection_modules(model, n_layers)
+    mlp = [m for name, m in model.named_modules()
+           if name.endswith(MLP_OUTPUTS) and not name.endswith(".attention.output.dense")]
+    if blocks is None or attn is None or len(mlp) != n_layers:
+        raise InputError(f"activation patching does not know the layout of {type(model).__name__}: it needs "
+                         f"{n_layers} blocks, attention output projections and MLP output projections")
+    return PatchSites(tuple(blocks), tuple(attn), tuple(mlp))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hooks
+
+
+@contextmanager
+def hooked(registrations: list[tuple[Any, str, Callable[..., Any]]]) -> Iterator[None]:
+    """Register (module, "pre" | "post", hook) for the duration of the block; always removed afterwards."""
+    handles = []
+    try:
+        for module, kind, fn in registrations:
+            if kind == "pre":
+                handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(fn))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _first_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_first_input(args: tuple[Any, ...], kwargs: dict[str, Any], value: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if args:
+        return (value, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": value}
+
+
+def _main_output(out: Any) -> Any:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _replace_output(out: Any, value: Any) -> Any:
+    return (value, *out[1:]) if isinstance(out, tuple) else value
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Forward passes
+
+
+def target_logits(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  position: int) -> torch.Tensor:
+    """Logits at `position` for a batch: input_ids [B, T] → float32 [B, V] (no gradients).
+
+    Causal LMs run the prefix 0..position and compute the head at that one position; BERT-style masked LMs run the
+    encoder and apply the head at `position` only; anything else runs the whole model."""
+    import torch
+
+    from .attribution import _supports_logits_to_keep
+
+    model = loaded.model
+    B = input_ids.shape[0]
+    with torch.inference_mode():
+        if loaded.family == "causal_lm":
+            kw = {"logits_to_keep": 1} if _supports_logits_to_keep(model) else {}
+            out = model(input_ids=input_ids[:, :position + 1],
+                        attention_mask=attention_mask[:, :position + 1].expand(B, -1), use_cache=False, **kw)
+            return out.logits[:, -1].float()
+        base = getattr(model, "base_model", model)
+        head = getattr(model, "cls", None)
+        mask = attention_mask.expand(B, -1)
+        if head is not None and base is not model:
+            h = base(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            return head(h[:, position:position + 1])[:, 0].float()
+        return model(input_ids=input_ids, attention_mask=mask).logits[:, position].float()
+
+
+def chunk_rows(loaded: LoadedModel, T: int) -> int:
+    V = int(getattr(loaded.model.config, "vocab_size", 0) or 0)
+    per_row = 4 * T * (12 * loaded.hidden_size + 2 * loaded.n_heads * T) + 4 * V
+    return int(max(1, PATCH_MEMORY_BUDGET // max(per_row, 1)))
+
+
+def capture_sites(loaded: LoadedModel, sites: PatchSites, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  position: int) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor]:
+    """One forward pass that records every patchable activation: ({component: L tensors [T, D]}, logits [V])."""
+    acts: dict[str, list[Any]] = {c: [] for c in COMPONENTS}
+
+    def pre(_m, args, kwargs):
+        acts["residual"].append(_first_input(args, kwargs)[0].detach().clone())
+
+    def post(kind):
+        def hook(_m, _args, out):
+            acts[kind].append(_main_output(out)[0].detach().clone())
+        return hook
+
+    regs: list[tuple[Any, str, Callable[..., Any]]] = [(b, "pre", pre) for b in sites.blocks]
+    regs += [(m, "post", post("attention")) for m in sites.attention]
+    regs += [(m, "post", post("mlp")) for m in sites.mlp]
+    with hooked(regs):
+        logits = target_logits(loaded, input_ids, attention_mask, position)[0]
+    return acts, logits
+
+
+def patched_metrics(loaded: LoadedModel, sites: PatchSites, component: str, layer: int, clean: torch.Tensor,
+                    corrupt_ids: torch.Tensor, attention_mask: torch.Tensor, position: int, masks: torch.Tensor,
+                    answer: int, wrong: int, chunk: int | None = None) -> np.ndarray:
+    """m = logit_A − logit_B of the corrupted run with `component` of block `layer` patched from `clean` [T', D].
+
+    masks: bool [R, T'] — row r patches the positions where masks[r] is True (all False = no patch). The R rows run
+    as batches of at most `chunk` rows. Returns float64 [R]."""
+    import torch
+
+    R, Tp = masks.shape
+    chunk = chunk or chunk_rows(loaded, Tp)
+    module = {"residual": sites.blocks, "attention": sites.attention, "mlp": sites.mlp}[component][layer]
+    out = np.empty(R)
+    for s in range(0, R, chunk):
+        rows = masks[s:s + chunk]
+        sel = rows[..., None]
+
+        def swap(h: torch.Tensor, sel: torch.Tensor = sel) -> torch.Tensor:
+            if h.shape[1] != Tp:
+                raise RuntimeError(f"patch of {Tp} positions met an activation of {h.shape[1]}")
+            return torch.where(sel, clean.to(h.dtype), h)
+
+        def pre(_m: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                swap: Callable[[torch.Tensor], torch.Tensor] = swap) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            return _with_first_input(args, kwargs, swap(_first_input(args, kwargs)))
+
+        def post(_m: Any, _args: Any, o: Any, swap: Callable[[torch.Tensor], torch.Tensor] = swap) -> Any:
+            return _replace_output(o, swap(_main_output(o)))
+
+        regs: list[tuple[Any, str, Callable[..., Any]]] = [(module, "pre" if component == "residual" else "post",
+                                                            pre if component == "residual" else post)]
+        ids = corrupt_ids.expand(rows.shape[0], -1)
+        with hooked(regs):
+            logits = target_logits(loaded, ids, attention_mask, position)
+        out[s:s + rows.shape[0]] = (logits[:, answer] - logits[:, wrong]).double().cpu().numpy()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs: tokens, target, answers
+
+
+def _tokenize(loaded: LoadedModel, text: str, max_tokens: int, label: str) -> tuple[Any, Any, list[str]]:
+    from .capture import tokenize
+
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"the {label} text is empty: type a sentence")
+    enc = tokenize(loaded, text, max_tokens)
+    if enc["truncated"]:
+        raise InputError(f"the {label} text is longer than {enc['limit']} tokens ({enc['limit_reason']}); "
+                         "shorten it: patching needs both texts whole")
+    dev = loaded.model.device
+    ids = enc["input_ids"].to(dev)
+    mask = enc["attention_mask"].to(dev)
+    return ids, mask, loaded.tokenizer.convert_ids_to_tokens(ids[0].tolist())
+
+
+def choose_patch_target(loaded: LoadedModel, clean_ids: list[int], corrupt_ids: list[int]) -> tuple[int, str]:
+    """The target position (same in both texts): last token (causal LM) or the first mask (masked LM)."""
+    if loaded.family == "causal_lm":
+        return len(clean_ids) - 1, "last token (next-token prediction)"
+    if loaded.family != "masked_lm":
+        raise InputError("activation patching needs a model with a language-model head (a masked or causal LM); "
+                         f"'{loaded.model_id}' is an encoder without one")
+    mask_id = loaded.tokenizer.mask_token_id
+    mask_tok = loaded.tokenizer.mask_token
+    if mask_id is None or mask_id not in clean_ids:
+        raise InputError(f"the clean text has no {mask_tok} token: put {mask_tok} where the answer goes, in both texts")
+    pos = clean_ids.index(mask_id)
+    if mask_id not in corrupt_ids or corrupt_ids.index(mask_id) != pos:
+        where = corrupt_ids.index(mask_id) if mask_id in corrupt_ids else None
+        raise InputError(f"the first {mask_tok} is at position {pos} in the clean text but "
+                         f"{'missing' if where is None else f'at position {where}'} in the corrupted text: "
+                         "both texts need it at the same position")
+    return pos, "first mask token"
+
+
+def resolve_answer(loaded: LoadedModel, answer: str, label: str) -> int:
+    """Token id of `answer`: a vocabulary token as written ("ĠParis"), else text that tokenises to one token."""
+    tok = loaded.tokenizer
+    vocab = tok.get_vocab()
+    if answer in vocab:
+        return int(vocab[answer])
+    pieces = tok(answer, add_special_tokens=False)["input_ids"]
+    if len(pieces) == 1:
+        return int(pieces[0])
+    shown = tok.convert_ids_to_tokens(pieces)
+    raise InputError(f"the {label} '{answer}' is not one token: it splits into {shown}; give one vocabulary token")
+
+
+def _token_str(loaded: LoadedModel, i: int) -> str:
+    t = loaded.tokenizer.convert_ids_to_tokens([i])[0]
+    return t if isinstance(t, str) else f"<id {i}>"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run
+
+
+def run_patching(loaded: LoadedModel, clean_text: str, corrupted_text: str,
+                 settings: PatchingSettings | None = None, progress: ProgressFn | None = None) -> PatchingResult:
+    """Activation patching clean → corrupted for every block, position and component (see the module docstring).
+
+    Raises InputError for texts of different token lengths (naming both lengths and token lists), a target that
+    differs between the texts, answers that are not single tokens, or A == B. Call with the model's lock free or
+    held by this thread (it takes `loaded.lock`)."""
+    settings = settings or PatchingSettings()
+    report = progress or (lambda label, frac: None)
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    with loaded.lock:
+        c_ids, c_mask, c_toks = _tokenize(loaded, clean_text, settings.max_tokens, "clean")
+        k_ids, k_mask, k_toks = _tokenize(loaded, corrupted_text, settings.max_tokens, "corrupted")
+        if len(c_toks) != len(k_toks):
+            raise InputError(f"the texts have different token lengths: clean {len(c_toks)} tokens {c_toks}, "
+                             f"corrupted {len(k_toks)} tokens {k_toks}; patching needs the same length "
+                             "(change a word for one of the same token count)")
+        pos, reason = choose_patch_target(loaded, c_ids[0].tolist(), k_ids[0].tolist())
+        sites = patch_sites(loaded.model, loaded.n_layers)
+        report("Clean and corrupted runs", 0.0)
+        t = time.perf_counter()
+        clean_acts, clean_logits = capture_sites(loaded, sites, c_ids, c_mask, pos)
+        corrupt_logits = target_logits(loaded, k_ids, k_mask, pos)[0]
+        timings["clean_and_corrupted"] = time.perf_counter() - t
+
+        top_clean, top_corrupt = int(clean_logits.argmax()), int(corrupt_logits.argmax())
+        a = resolve_answer(loaded, settings.answer, "answer") if settings.answer else top_clean
+        b = resolve_answer(loaded, settings.wrong_answer, "wrong answer") if settings.wrong_answer else top_corrupt
+        given = (settings.answer is not None, settings.wrong_answer is not None)
+        answers_from = {(False, False): "top-1 predictions", (True, True): "given",
+                        (True, False): "answer given, wrong answer = corrupted top-1",
+                        (False, True): "answer = clean top-1, wrong answer given"}[given]
+        if a == b:
+            raise InputError(
+                f"the answer and the wrong answer are the same token '{_token_str(loaded, a)}' ({answers_from}): "
+                "patching measures logit(answer) − logit(wrong answer), which is then 0. Choose another pair of "
+                "texts whose predictions differ, or name two different answers")
+        m_clean = float(clean_logits[a] - clean_logits[b])
+        m_corrupt = float(corrupt_logits[a] - corrupt_logits[b])
+
+        import torch
+
+        T = len(c_toks)
+        Tp = pos + 1 if loaded.family == "causal_lm" else T  # later positions cannot change a causal prediction
+        eye = torch.eye(Tp, dtype=torch.bool, device=c_ids.device)
+        every = torch.ones(1, Tp, dtype=torch.bool, device=c_ids.device)
+        nothing = torch.zeros(1, Tp, dtype=torch.bool, device=c_ids.device)
+        metric = {c: np.full((loaded.n_layers, T), np.nan) for c in COMPONENTS}
+        metric_all = {c: np.full(loaded.n_layers, np.nan) for c in COMPONENTS}
+        sanity_identity = float("nan")
+        L = loaded.n_layers
+        for l in range(L):
+            report(f"Layer {l + 1} of {L}", l / L)
+            for c in COMPONENTS:
+                t = time.perf_counter()
+                per_pos = c == "residual" or settings.per_position_components
+                parts = ([eye] if per_pos else []) + [every] + ([nothing] if (l == 0 and c == "residual") else [])
+                vals = patched_metrics(loaded, sites, c, l, clean_acts[c][l][:Tp], k_ids, k_mask, pos,
+                                       torch.cat(parts), a, b)
+                if per_pos:
+                    metric[c][l, :Tp] = vals[:Tp]
+                    metric[c][l, Tp:] = m_corrupt  # positions after a causal target: no effect by construction
+                    vals = vals[Tp:]
+                metric_all[c][l] = vals[0]
+                if l == 0 and c == "residual":
+                    sanity_identity = float(restored_score(np.array(vals[1]), m_clean, m_corrupt))
+                timings[c] = timings.get(c, 0.0) + time.perf_counter() - t
+        report("Done", 1.0)
+    sanity_block0 = float(restored_score(np.array(metric_all["residual"][0]), m_clean, m_corrupt))
+    warnings = []
+    if abs(m_clean - m_corrupt) < TINY_DIFFERENCE:
+        warnings.append(f"|m_clean − m_corrupted| = {abs(m_clean - m_corrupt):.3g} is tiny: 'restored' divides by "
+                        "it and blows up; choose texts whose answers differ more")
+    if not (abs(sanity_block0 - 1) < 1e-3 and abs(sanity_identity) < 1e-3):
+        warnings.append(f"sanity check off: block 0 at every position restores {sanity_block0:.4g} (expected 1), "
+                        f"no patch {sanity_identity:.4g} (expected 0) — numerical precision of the model's dtype")
+    timings["total"] = time.perf_counter() - t0
+    return PatchingResult(
+        model=loaded.info(), settings=settings, clean_text=clean_text, corrupted_text=corrupted_text,
+        clean_tokens=tuple(c_toks), corrupted_tokens=tuple(k_toks), target_position=pos, target_reason=reason,
+        answer_id=a, answer_token=_token_str(loaded, a), wrong_id=b, wrong_token=_token_str(loaded, b),
+        answers_from=answers_from, m_clean=m_clean, m_corrupted=m_corrupt, metric=metric, metric_all=metric_all,
+        sanity_block0=sanity_block0, sanity_identity=sanity_identity, warnings=tuple(warnings), timings=timings)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Cache
+
+
+def patching_cache_key(model_info: ModelInfo, clean_text: str, corrupted_text: str,
+                       settings: PatchingSettings) -> str:
+    """sha256 over the model (id, revision, dtype, device), both texts, the settings (answers included) and the
+    core version."""
+    payload = {
+        "kind": "patching", "core_version": CORE_VERSION,
+        "model_id": model_info.model_id, "revision": model_info.revision,
+        "dtype": model_info.dtype, "device": model_info.device,
+        "clean": clean_text, "corrupted": corrupted_text, "settings": settings.to_dict(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+class PatchingCache:
+    """A bounded diskcache of PatchingResult bytes under `<result cache folder>/patching` (pickle-free)."""
+
+    def __init__(self, directory: str | None = None, size_limit_mb: int = 256):
+        import diskcache
+
+        from .paths import default_cache_dir
+
+        path = directory or str(default_cache_dir() / "patching")
+        self._cache = diskcache.Cache(path, size_limit=size_limit_mb * 1024 * 1024,
+                                      eviction_policy="least-recently-used")
+
+    def get(self, key: str) -> PatchingResult | None:
+        data = self._cache.get(key)
+        if data is None:
+            return None
+        try:
+            return PatchingResult.from_bytes(data)
+        except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as exc:  # an incompatible version
+            log.warning("dropping unreadable patching cache entry %s: %s", key[:12], exc)
+            self._cache.delete(key)
+            return None
+
+    def set(self, key: str, result: PatchingResult) -> None:
+        self._cache.set(key, result.to_bytes())
+
+    def close(self) -> None:
+        self._cache.close()
+
+
+def patch(loaded: LoadedModel, clean_text: str, corrupted_text: str, settings: PatchingSettings | None = None, *,
+          cache: PatchingCache | None = None, progress: ProgressFn | None = None) -> PatchingResult:
+    """`run_patching` behind the cache: the same model revision, texts, answers, settings and core version return
+    the stored result without running the model."""
+    settings = settings or PatchingSettings()
+    key = patching_cache_key(loaded.info(), clean_text, corrupted_text, settings)
+    if cache is not None:
+        hit = cache.get(key)
+        if hit is not None:
+            if progress:
+                progress("Loaded from cache", 1.0)
+            return dataclasses.replace(hit, cache_hit=True)
+    result = dataclasses.replace(run_patching(loaded, clean_text, corrupted_text, settings, progress), cache_key=key)
+    if cache is not None:
+        try:
+            cache.set(key, result)
+        except (OSError, sqlite3.Error) as exc:  # a full or read-only disk must not lose a finished result
+            log.warning("could not write the patching cache: %s", exc)
+    return result

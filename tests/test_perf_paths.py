@@ -1,0 +1,361 @@
+"""Every fast path of issue 14 against its plain reference: sdpa vs eager gradients and generation, the logit lens
+read from the model's logits vs decoded, the layer-by-layer float32 capture vs a plain stack, per-layer attention
+entropy vs the whole-array formula, zero-copy deserialisation vs the old format, device selection, and the
+device-map path (accelerate) on a CPU, including layers offloaded through accelerate's hooks. Timings live in
+bench/, never here."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zipfile
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from core import analyze
+from core.result import AnalysisResult, results_equal
+
+def results_close(a, b, rtol: float = 1e-5, atol: float = 1e-6) -> bool:
+    """Like results_equal, but floats and float arrays within tolerance (placement changes the rounding)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b):
+        return type(a) is type(b) and all(results_close(getattr(a, f.name), getattr(b, f.name), rtol, atol)
+                                          for f in dataclasses.fields(a) if f.name not in IGNORE)
+    if isinstance(a, np.ndarray) and a.dtype.kind == "f":
+        return a.shape == b.shape and bool(np.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == pytest.approx(b, rel=rtol, abs=atol, nan_ok=True)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(results_close(a[k], b[k], rtol, atol) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(results_close(x, y, rtol, atol) for x, y in zip(a, b))
+    return results_equal(a, b, ignore=IGNORE)
+
+
+TEXT = "The cat sat on the mat. The dog sat on the log, and the bird flew over the house."
+IGNORE = ("cache_hit", "timings", "duration_s", "created_at", "last_layer_max_abs_diff")
+
+
+def _capture(loaded, text=TEXT):
+    from core.capture import capture
+    from core.settings import AnalysisSettings
+
+    return capture(loaded, text, AnalysisSettings())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# sdpa for the passes that need no attention weights
+
+
+@pytest.mark.parametrize("name", ["tiny_gpt2", "tiny_bert", "tiny_llama"])
+def test_gradient_pass_sdpa_equals_eager(name, request, monkeypatch):
+    import torch
+
+    import core.devices as devices
+    from core.attribution import gradient_x_input, integrated_gradients
+    from core.devices import fast_attention
+
+    loaded = request.getfixturevalue(name)
+    cap = _capture(loaded)
+    pos = cap.input_ids.shape[1] - 1 if loaded.family == "causal_lm" else 2
+    pred = int(torch.argmax(cap.logits[pos]))
+    with fast_attention(loaded.model) as impl:
+        assert impl == "sdpa"  # the fast path is really taken for these architectures
+    assert loaded.model.config._attn_implementation == "eager"  # and undone
+
+    with loaded.lock:
+        fast = gradient_x_input(loaded, cap.input_ids, cap.attention_mask, pos, pred, heads=True)
+        ig_fast = integrated_gradients(loaded, cap.input_ids, cap.attention_mask, pos, pred, steps=4)
+        monkeypatch.setattr(devices, "FAST_ATTENTION", False)
+        with fast_attention(loaded.model) as impl:
+            assert impl == "eager"
+        plain = gradient_x_input(loaded, cap.input_ids, cap.attention_mask, pos, pred, heads=True)
+        ig_plain = integrated_gradients(loaded, cap.input_ids, cap.attention_mask, pos, pred, steps=4)
+    assert loaded.model.config._attn_implementation == "eager"
+    np.testing.assert_allclose(fast[0], plain[0], rtol=1e-4, atol=1e-6)  # gradient × input
+    np.testing.assert_allclose(fast[1], plain[1], rtol=1e-4, atol=1e-6)  # head scores
+    assert fast[2] == pytest.approx(plain[2], abs=1e-5)  # f(x)
+    np.testing.assert_allclose(ig_fast[0], ig_plain[0], rtol=1e-4, atol=1e-6)
+    assert ig_fast[1:] == pytest.approx(ig_plain[1:], abs=1e-5)
+
+
+def test_generation_sdpa_equals_eager(tiny_llama, monkeypatch):
+    import core.devices as devices
+    from core.predictions import GenerationSettings, generate
+
+    gen = GenerationSettings(max_new_tokens=8, use_chat_template=False)
+    fast = generate(tiny_llama, "The cat sat on", gen)
+    assert tiny_llama.model.config._attn_implementation == "eager"
+    monkeypatch.setattr(devices, "FAST_ATTENTION", False)
+    plain = generate(tiny_llama, "The cat sat on", gen)
+    assert fast.token_ids == plain.token_ids and len(plain.token_ids) > 0
+
+
+def test_capture_still_returns_attention_weights_after_a_gradient_pass(tiny_gpt2):
+    r = analyze(tiny_gpt2, TEXT)  # gradients on: the sdpa switch happened in between
+    again = _capture(tiny_gpt2)
+    np.testing.assert_allclose(again.attentions, r.attentions, atol=1e-6)
+    np.testing.assert_allclose(r.attentions.sum(-1), 1.0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The logit lens
+
+
+def _plain_lens_grid(loaded, hidden, c0, c1):
+    """Reference: decode every layer at every column of the window, top-1 of softmax."""
+    import torch
+
+    from core.logit_lens import lens_decoder
+
+    decode, _ = lens_decoder(loaded)
+    with torch.inference_mode():
+        z = decode(torch.from_numpy(np.ascontiguousarray(hidden[:, c0:c1]))).float()
+        p, i = torch.softmax(z, -1).max(-1)
+    return i.numpy(), p.double().numpy(), z
+
+
+@pytest.mark.parametrize("name", ["tiny_gpt2", "tiny_bert", "tiny_llama"])
+@pytest.mark.parametrize("window", [None, 3])
+def test_lens_from_model_logits_equals_plain_decoding(name, window, request):
+    from core.logit_lens import compute_logit_lens, grid_window
+
+    loaded = request.getfixturevalue(name)
+    cap = _capture(loaded)
+    T = cap.hidden_states.shape[1]
+    pos = T - 2
+    fast = compute_logit_lens(loaded, cap.hidden_states, pos, 5, final_logits=cap.logits, grid_max_positions=window)
+    plain = compute_logit_lens(loaded, cap.hidden_states, pos, 5, final_logits=None, grid_max_positions=window,
+                               chunk_floats=1)  # every layer decoded, in many small chunks
+    c0, c1 = grid_window(T, pos, window)
+    ids, probs, z = _plain_lens_grid(loaded, cap.hidden_states, c0, c1)
+    np.testing.assert_array_equal(fast.grid_ids[:, c0:c1], ids)
+    np.testing.assert_allclose(fast.grid_probs[:, c0:c1], probs, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(plain.grid_ids[:, c0:c1], ids)
+    np.testing.assert_allclose(plain.grid_probs[:, c0:c1], probs, rtol=1e-5, atol=1e-7)
+    # the read-out at `position` is decoded in both: identical
+    np.testing.assert_array_equal(fast.top_ids, plain.top_ids)
+    np.testing.assert_allclose(fast.top_probs, plain.top_probs, rtol=1e-6)
+    np.testing.assert_allclose(fast.entropy, plain.entropy, rtol=1e-6)
+    np.testing.assert_allclose(fast.final_prob, plain.final_prob, rtol=1e-6)
+    # the exactness check is made at `position`, and the model's own logits agree with decoding layer L
+    np.testing.assert_allclose(z[-1, pos - c0].numpy(), cap.logits[pos].numpy(), atol=1e-4)
+    assert fast.last_layer_max_abs_diff <= 1e-4
+
+
+def test_lens_grid_budget_for_the_gpt2_small_shape(monkeypatch):
+    """The default window on a CPU for GPT-2 small (124 M parameters, 13 × 768 × 50257 per column)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import core.logit_lens as LL
+
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(GPT2Config())
+    loaded = SimpleNamespace(model=model, device="cpu")
+    assert LL.grid_max_positions(loaded, 13, 128, 768) == LL.GRID_MIN_COLUMNS == 6
+    assert LL.grid_max_positions(loaded, 13, 512, 768) == 12  # 10 % of 124 M × 512 multiply-adds
+    assert LL.grid_max_positions(loaded, 13, 6, 768) is None  # the min. columns cover short texts whole
+    assert LL.grid_max_positions(SimpleNamespace(model=model, device="cuda:0"), 13, 512, 768) is None
+    monkeypatch.setattr(LL, "GRID_SHARE_CPU", None)
+    assert LL.grid_max_positions(loaded, 13, 512, 768) is None
+
+
+def test_exactness_tolerance_is_max_abs_logit():
+    import torch
+
+    from core.logit_lens import exactness_tolerance
+
+    z = torch.tensor([[3.0, -250.0], [7.0, 2.0]])
+    assert exactness_tolerance("float32", z) == pytest.approx(1e-4 * 250.0)
+    assert exactness_tolerance("bfloat16", z * 0.001) == pytest.approx(3e-2)  # max(1, ·)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Capture and attention analysis without full-size temporaries
+
+
+def test_float32_fill_equals_plain_stack():
+    import torch
+
+    from core.capture import _stack_float32
+
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        ts = [torch.rand(1, 3, 5, 5).to(dtype) for _ in range(4)]
+        ref = torch.stack([t[0] for t in ts]).float().numpy()
+        got = _stack_float32(list(ts))
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, ref)
+    ts = [torch.rand(1, 2, 2) for _ in range(3)]
+    _stack_float32(ts)
+    assert ts == [None, None, None]  # each model-dtype tensor is let go once copied
+
+
+def test_row_entropy_per_layer_equals_whole_array_formula():
+    from core.attention import head_features, row_entropy
+
+    rng = np.random.default_rng(0)
+    a = rng.random((3, 4, 9, 9)).astype(np.float32)
+    a[..., ::3] = 0.0
+    a /= a.sum(-1, keepdims=True)
+    safe = np.where(a > 0, a, np.float32(1.0))
+    ref = 0.0 - np.einsum("...ij,...ij->...i", a, np.log(safe)).astype(np.float64)
+    np.testing.assert_array_equal(row_entropy(a), ref)
+    special = np.zeros(9, bool)
+    special[[0, 5]] = True
+    feats, names, _ = head_features(a, special, causal=None)
+    rows = np.arange(1, 9)
+    ref_special = a[:, :, rows][..., special].sum(-1, dtype=np.float64).mean(-1)  # the plain expression
+    np.testing.assert_array_equal(feats[:, names.index("special_tokens")], ref_special.reshape(-1))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Zero-copy deserialisation (cache hits)
+
+
+def test_result_arrays_are_views_on_the_serialised_bytes(tiny_gpt2):
+    from core import serialize
+
+    r = analyze(tiny_gpt2, TEXT, compute_gradients=False)
+    data = r.to_bytes()
+    back = AnalysisResult.from_bytes(data)
+    assert results_equal(r, back, ignore=())
+    assert not back.attentions.flags.owndata and not back.attentions.flags.writeable  # a view on `data`
+    start = np.frombuffer(data, np.uint8).ctypes.data
+    assert start <= back.attentions.ctypes.data < start + len(data)  # inside `data`: no copy was made
+    assert (back.attentions.ctypes.data - start) % 64 == 0  # aligned within the buffer
+    writable = serialize.loads(bytearray(data))
+    assert writable.attentions.flags.writeable and results_equal(writable, r, ignore=())
+
+
+def test_the_earlier_zip_format_is_still_read(tiny_gpt2):
+    from core import serialize
+
+    r = analyze(tiny_gpt2, TEXT, compute_gradients=False)
+    arrays: dict[str, np.ndarray] = {}
+    doc = serialize._encode(r, arrays)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("object.json", json.dumps(doc))
+        npz = io.BytesIO()
+        np.savez(npz, **arrays)
+        zf.writestr("arrays.npz", npz.getvalue())
+    assert results_equal(serialize.loads(buf.getvalue()), r, ignore=())
+
+
+def _blob(header: dict, payload: bytes = b"") -> bytes:
+    from core import serialize
+
+    h = json.dumps(header).encode()
+    head = serialize.MAGIC + struct.pack("<Q", len(h)) + h
+    return head + bytes(-len(head) % 64) + payload
+
+
+def test_deserialisation_refuses_object_arrays_and_truncated_data():
+    from core import serialize
+
+    ok = _blob({"object": {"__ndarray__": "a0"}, "arrays": {"a0": {"dtype": "<f8", "shape": [2], "offset": 0}}},
+               np.array([1.0, 2.0]).tobytes())
+    assert serialize.loads(ok).tolist() == [1.0, 2.0]
+    with pytest.raises(ValueError, match="refusing"):
+        serialize.loads(_blob({"object": {"__ndarray__": "a0"},
+                               "arrays": {"a0": {"dtype": "|O", "shape": [1], "offset": 0}}}, bytes(8)))
+    with pytest.raises(ValueError, match="truncated"):
+        serialize.loads(ok[:-8])
+    with pytest.raises(ValueError, match="truncated"):
+        serialize.loads(ok[:len(serialize.MAGIC) + 12])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Devices
+
+
+def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    import torch
+
+    import core.models as M
+    from core.errors import ModelUnavailableError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(M, "_mps_available", lambda: True)
+    assert M.resolve_device("auto") == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert M.resolve_device("auto") == "mps"
+    monkeypatch.setattr(M, "_mps_available", lambda: False)
+    assert M.resolve_device("auto") == "cpu"
+    with pytest.raises(ModelUnavailableError, match="MPS"):
+        M.resolve_device("mps")
+    assert [M.resolve_dtype("auto", d) for d in ("cuda", "cuda:1", "mps", "cpu")] == [
+        "bfloat16", "bfloat16", "bfloat16", "float32"]
+    assert M.resolve_dtype("float32", "cuda") == "float32"
+    assert M.resolve_device_map("none") is None and M.resolve_device_map("auto") == "auto"
+    with pytest.raises(ModelUnavailableError, match="device map"):
+        M.resolve_device_map("balanced")
+
+
+def test_device_map_auto_loads_and_analyses_like_a_plain_load(tiny_dirs, tiny_gpt2):
+    from core.models import load_model
+
+    mapped = load_model(str(tiny_dirs["gpt2"]), dtype="float32", device="cpu", device_map="auto")
+    assert mapped.device == "cpu"
+    a = analyze(tiny_gpt2, TEXT, integrated_gradients=True, ig_steps=4)
+    b = analyze(mapped, TEXT, integrated_gradients=True, ig_steps=4)
+    assert results_close(a, b)
+
+
+def _dispatch_offloaded(loaded, tmp_path, offload: list[str]):
+    """Dispatch `loaded.model` through accelerate with the named top-level modules offloaded to disk: their
+    weights sit on the meta device and accelerate's hooks bring them to the execution device per call (the same
+    hooks that move activations between GPUs under device_map="auto")."""
+    from accelerate import dispatch_model
+
+    base = loaded.model.base_model_prefix
+    dm = {f"{base}.{n}": "cpu" for n, _ in getattr(loaded.model, base).named_children()}
+    dm.update({n: "cpu" for n, _ in loaded.model.named_children() if n != base})
+    for name in offload:
+        dm[name] = "disk"
+    dispatch_model(loaded.model, device_map=dm, offload_dir=str(tmp_path))
+    return loaded
+
+
+@pytest.mark.parametrize("kind,offload", [
+    ("gpt2", ["transformer.h"]),
+    ("llama", ["model.layers", "model.norm", "lm_head"]),
+    ("bert", ["bert.encoder", "cls"]),
+])
+def test_every_step_runs_with_layers_placed_by_accelerate(kind, offload, tiny_dirs, tmp_path):
+    import torch
+
+    from core.devices import output_device
+    from core.models import load_model
+    from core.predictions import GenerationSettings, generate
+
+    plain = load_model(str(tiny_dirs[kind]), dtype="float32", device="cpu")
+    placed = _dispatch_offloaded(load_model(str(tiny_dirs[kind]), dtype="float32", device="cpu"), tmp_path, offload)
+    assert any(p.device.type == "meta" for p in placed.model.parameters())  # weights really left the CPU
+    assert output_device(placed.model) == torch.device("cpu")  # the execution device, not "meta"
+    a = analyze(plain, TEXT, integrated_gradients=True, ig_steps=4)
+    b = analyze(placed, TEXT, integrated_gradients=True, ig_steps=4)
+    assert results_close(a, b)  # capture, metrics, lens, attention, attribution (rounding may differ)
+    assert not results_close(a, b.replace(attentions=b.attentions * 1.01))  # the comparison can fail
+    if kind == "llama":
+        gen = GenerationSettings(max_new_tokens=5, use_chat_template=False)
+        assert generate(placed, "The cat", gen).token_ids == generate(plain, "The cat", gen).token_ids
+
+
+def test_input_and_output_devices_follow_the_weights(tiny_llama):
+    import copy
+
+    import torch
+
+    from core.devices import input_device, output_device
+
+    model = copy.deepcopy(tiny_llama.model)
+    assert input_device(model) == output_device(model) == torch.device("cpu")
+    model.lm_head.to("meta")  # a head on another device than the embeddings
+    assert input_device(model) == torch.device("cpu") and output_device(model) == torch.device("meta")
