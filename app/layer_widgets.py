@@ -15,7 +15,7 @@ import streamlit as st
 
 from app import charts
 from app.state import Keys
-from app.widgets import chart, md_escape, show_caption
+from app.widgets import chart, show_caption
 from core import chart_spec, views
 from core.result import AnalysisResult
 

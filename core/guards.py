@@ -312,7 +312,8 @@ def estimate_parameters(config: Mapping[str, Any]) -> int:
     attn = d * q_out + 2 * d * kv_out + q_out * d
     if attn_bias:
         attn += q_out + 2 * kv_out
-    gated = mt in GATED_MLP_TYPES or str(_get(cfg, "hidden_act", "activation_function", default="")) in ("silu", "swiglu")
+    act = str(_get(cfg, "hidden_act", "activation_function", default=""))
+    gated = mt in GATED_MLP_TYPES or act in ("silu", "swiglu")
     mlp = (3 if gated else 2) * d * inter
     if bool(cfg.get("mlp_bias", False)):
         mlp += (2 if gated else 1) * inter + d

@@ -172,7 +172,7 @@ def test_six_sessions_at_once(server, browser):
     # every session renders both animations of its own result
     for pg in pages:
         go(pg, "Layer Analysis")
-    for i, pg in enumerate(pages):
+    for pg in pages:
         settle(pg, '[data-testid="stMain"] [data-testid="stTab"]')
         pg.locator('[data-testid="stTab"]', has_text="Animations").first.click()
     for i, pg in enumerate(pages):

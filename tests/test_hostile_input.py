@@ -91,7 +91,8 @@ def test_cli_model_ids(model_id, code, tmp_path, capsys, no_load):
 def test_cli_model_id_in_a_subprocess_exits_2(tmp_path):
     """The real entry point, for the exit code the shell sees."""
     proc = subprocess.run([sys.executable, "-m", "core", "analyze", "--model", "x" * 5000, "--text", "hi",
-                           "--out", str(tmp_path / "b.zip")], check=False, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                           "--out", str(tmp_path / "b.zip")], check=False, cwd=ROOT, capture_output=True, text=True,
+                          timeout=120,
                           env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2
     one_short_line(proc.stderr)
