@@ -26,7 +26,8 @@ from app.loading import get_model, get_result_cache
 from app.sidebar import current_settings, known_family, selected_model_id, session_entry
 from app.state import OTHER_MODEL, Keys
 from app.widgets import chart, metric_label, show_caption
-from core import views
+from core import chart_spec, views
+from core.chart_spec import METRIC_AXES
 from core.compare import (
     ComparisonResult,
     compare,
@@ -330,16 +331,23 @@ def _layer_cka(key: str, debiased: bool, ref: _Ref) -> np.ndarray:
 
 
 def overlay_chart(df: pd.DataFrame, metric: str, axis: str) -> alt.LayerChart:
-    """One metric of both runs against relative depth or layer, coloured by run."""
+    """One metric of both runs against relative depth or layer, coloured by run. The y-axis follows the metric's
+    rule in core.chart_spec (from 0, or [0, 1] for cosines; integer ticks for counts), as on the Overall page; no
+    token ceiling, since the two runs may have different token counts."""
+    spec = METRIC_AXES[metric]
     d = df[df.metric == metric]
-    x_title = "relative depth (layer / layers)" if axis == "relative" else "layer"
+    domain = chart_spec.y_domain(metric, d["value"].to_numpy(), 0) or (0.0, 1.0)
+    x_title = "relative depth (layer / layers)" if axis == "relative" else "layer (0 = embeddings)"
+    y_axis = alt.Axis(format=spec.number_format, tickMinStep=1) if spec.integer else alt.Axis(
+        format=spec.number_format)
     base = alt.Chart(d).encode(
         x=alt.X("x:Q", title=x_title, axis=alt.Axis(format=".2~f" if axis == "relative" else "d")),
-        y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False), axis=alt.Axis(format="~g")),
+        y=alt.Y("value:Q", title=spec.unit or None, scale=alt.Scale(domain=list(domain), nice=False, zero=False),
+                axis=y_axis),
         color=alt.Color("run:N", title=None, scale=alt.Scale(range=RUN_COLOURS),
                         legend=alt.Legend(orient="bottom", labelLimit=300)),
         tooltip=[alt.Tooltip("run:N"), alt.Tooltip("layer:Q", format="d"), alt.Tooltip("depth:Q", format=".3f"),
-                 alt.Tooltip("value:Q", title=metric_label(metric), format=".4f")])
+                 alt.Tooltip("value:Q", title=metric_label(metric), format=spec.tooltip_format)])
     return (base.mark_line() + base.mark_point(filled=True, size=40)).properties(height=220)
 
 

@@ -15,7 +15,7 @@ import streamlit as st
 
 from app import charts
 from app.state import Keys
-from app.widgets import chart, show_caption
+from app.widgets import chart, shaded_text, show_caption
 from core import chart_spec, views
 from core.result import AnalysisResult
 
@@ -71,9 +71,6 @@ MAX_HEATMAP_TOKENS = 128
 WINDOW = 96
 #: The logit-lens grid shows at most this many positions at once (each cell writes its token).
 LENS_COLUMNS = 16
-#: Longer texts scroll inside a box of SHADED_TEXT_PX pixels in the token-attribution tab.
-LONG_TEXT_TOKENS = 120
-SHADED_TEXT_PX = 260
 
 
 def attention_window(result: AnalysisResult) -> tuple[int, int] | None:
@@ -216,12 +213,7 @@ def attribution_section(result: AnalysisResult) -> None:
     method = st.radio("Method", list(available), horizontal=True, key=Keys.ATTR_METHOD,
                       format_func=lambda k: ATTR_METHODS[k])
     method = method if method in available else next(iter(available))
-    shaded = views.shaded_tokens_html(tokens, available[method], attr.target_position)
-    if len(tokens) > LONG_TEXT_TOKENS:
-        with st.container(height=SHADED_TEXT_PX):  # a long text scrolls inside its box
-            st.html(shaded)
-    else:
-        st.html(shaded)
+    shaded_text(views.shaded_tokens_html(tokens, available[method], attr.target_position), len(tokens))
     show_caption(ATTR_DOC[method])
     if method == "integrated_gradients" and attr.ig_completeness_gap is not None:
         rel = attr.ig_completeness_gap_relative

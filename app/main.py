@@ -51,7 +51,7 @@ def main() -> None:
         analyse = True
     if analyse:
         sidebar.run_analysis()
-    elif state.get(Keys.JOB) is not None:  # an analysis started before the user left the page: finish it here
+    elif sidebar.pending_job() is not None:  # an analysis started before the user left the page: finish it here
         sidebar.wait_for_job()
     sidebar.draw_result_footer()
 

@@ -39,7 +39,6 @@ class Keys:
     ERROR = "error"  # {"kind": "unavailable"|"input"|"internal", "message": str, "model": str} or None
     SESSION_LOG = "session_log"  # list of dicts, one per analysis of this session (for the export's HTML log)
     PENDING_ANALYSIS = "pending_analysis"  # set by callbacks (e.g. "switch to bundled") to run once
-    JOB = "analysis_job"  # the running app.sidebar.AnalysisJob (survives navigation), or None
     EXPORT_HIDDEN = "export_hidden"  # toggle: hidden_states.npz in the export
     URL_READ = "url_read"  # the URL's query parameters were read into the widgets once
 
@@ -144,7 +143,6 @@ _DEFAULTS: dict[str, Any] = {
     Keys.RESULT_LOAD: None,
     Keys.ERROR: None,
     Keys.PENDING_ANALYSIS: None,
-    Keys.JOB: None,
     Keys.URL_READ: False,
     Keys.EXPORT_HIDDEN: False,
     Keys.CORR_METHOD: "pearson",

@@ -59,6 +59,21 @@ def guarded(what: str):
                  icon=":material/error:")
 
 
+#: A shaded text of more tokens than this scrolls inside a box of SHADED_TEXT_PX pixels (a 512-token text would
+#: otherwise take ~1 500 px, once per method or factor).
+LONG_TEXT_TOKENS = 120
+SHADED_TEXT_PX = 260
+
+
+def shaded_text(html_text: str, n_tokens: int) -> None:
+    """A views.shaded_tokens_html block; long texts scroll inside a bounded box."""
+    if n_tokens > LONG_TEXT_TOKENS:
+        with st.container(height=SHADED_TEXT_PX):
+            st.html(html_text)
+    else:
+        st.html(html_text)
+
+
 def chart(c: Any, stretch: bool = True) -> None:
     """An Altair chart at full width (rendered as SVG by the app's config); stretch=False keeps a chart's own
     pixel size (square heatmaps)."""
@@ -79,12 +94,21 @@ def result_header(result: AnalysisResult) -> None:
                f"{result.n_tokens} tokens · {chart_spec.metric_tokens_phrase(result.n_tokens, n_used, excluded)}")
     label = "Analysed text (word masked)" if result.analysed_text != result.text else "Analysed text"
     st.caption(f"{label}: {md_escape(shorten(result.analysed_text))}")
+    st.caption(settings_line(result))
     typed = st.session_state.get(Keys.TEXT)
     if isinstance(typed, str) and typed.strip() and typed != result.text:
         st.info("The text in the sidebar has changed since this analysis: everything below belongs to the text "
                 "above. Press **Analyze** to analyse the new text.", icon=":material/info:")
     for w in result.warnings:
         st.warning(md_escape(w), icon=":material/warning:")
+
+
+def settings_line(result: AnalysisResult) -> str:
+    """The settings this result was computed with (a session's result shows its own settings, not the sidebar's)."""
+    s = result.settings
+    grads = "integrated gradients" if s.integrated_gradients else ("on" if s.compute_gradients else "off")
+    return (f"Settings: max tokens {s.max_tokens} · gradients {grads} · special tokens "
+            f"{'excluded from' if s.exclude_special_tokens else 'included in'} the metrics")
 
 
 def shorten(text: str, limit: int = 300) -> str:
@@ -285,11 +309,35 @@ def _md_safe(text: str) -> str:
     return md_escape(text)
 
 
+#: Bare URLs and e-mail addresses: the Markdown renderer links them even when every character is escaped, so they
+#: are shown as code spans (never linked) instead.
+_LINKABLE = re.compile(r"(?i)(?:\b[a-z][a-z0-9+.-]*:/+|\bwww\.)\S*|[^\s@()\[\]<>'\"]+@[^\s@]+\.[^\s@]+")
+
+
 def md_escape(text: Any) -> str:
     """User text made inert for Streamlit Markdown: every Markdown, HTML-entity and Streamlit directive character
-    (`:red[…]`, `:material/…:`) backslash-escaped, control and bidi characters shown as ⟨U+XXXX⟩."""
-    out = visible_controls(str(text))
-    return re.sub(r"([\\`*_{}\[\]<>()#+\-.!|~$:&=])", r"\\\1", out)
+    (`:red[…]`, `:material/…:`) backslash-escaped, bare URLs and e-mail addresses shown as code (so no live link),
+    control and bidi characters shown as ⟨U+XXXX⟩."""
+    out, pos = [], 0
+    plain = visible_controls(str(text))
+    for m in _LINKABLE.finditer(plain):
+        out.append(_escape_md(plain[pos:m.start()]))
+        out.append(_code_span(m.group()))
+        pos = m.end()
+    out.append(_escape_md(plain[pos:]))
+    return "".join(out)
+
+
+def _escape_md(text: str) -> str:
+    return re.sub(r"([\\`*_{}\[\]<>()#+\-.!|~$:&=])", r"\\\1", text)
+
+
+def _code_span(text: str) -> str:
+    """`text` as an inline code span whose fence is longer than any backtick run inside it."""
+    longest = max((len(r) for r in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _loaded_for(result: AnalysisResult):

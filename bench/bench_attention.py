@@ -3,7 +3,7 @@ defaults: 12 layers × 12 heads, 768 wide), 128 tokens, this machine.
 
     python bench/bench_attention.py [--tokens 128] [--repeat 3] [--ig-steps 32]
 
-`measure()` returns (name, seconds) rows so that bench/bench.py can include them. Times are medians of wall time,
+`measure()` returns (name, seconds) rows. Times are medians of wall time,
 or with --cpu of process CPU time (more robust when other jobs share the machine; use it with --threads 1, where
 CPU time equals the work done); ratios are to the bare forward pass (input ids in, logits out, no attentions or
 hidden states returned).

@@ -4,7 +4,7 @@
 
 The logit lens decodes every layer at every position: (L+1)·T rows through the unembedding (768 × 50257), i.e.
 (L+1) times the work of the model's own LM head. The table shows the complete grid, the grid as the analysis step computes it on a
-CPU (a window of positions within core.logit_lens.GRID_MAX_MACS_CPU), and the read-out at the decoded position alone
+CPU (a window of positions, see core.logit_lens.grid_max_positions), and the read-out at the decoded position alone
 (top-k, final-prediction probability and entropy), to separate the heatmap grid from the per-layer read-out.
 Numbers go into the issue notes, never into tests.
 """

@@ -2,7 +2,7 @@
 
     python -m bench                 # GPT-2-small, BERT-base, TinyLlama-1.1B shapes at 32 / 128 / 512 tokens
     python -m bench --quick         # ~1 minute: GPT-2 and BERT shapes at 128 tokens, 3 repeats
-    python -m bench --long          # adds the TinyLlama shape at 2048 tokens (peak memory; takes minutes on a CPU)
+    python -m bench --long          # adds the TinyLlama shape at 2048 tokens (peak memory; --long-tokens N)
     python -m bench --device cuda   # the same on a GPU (bench/gpu_check.sh runs it)
 
 Models are random-weight models built from their configs (GPT2Config(), BertConfig(), and the TinyLlama-1.1B
@@ -65,6 +65,8 @@ SHAPES: dict[str, tuple[str, str]] = {
     "tinyllama": ("TinyLlama-1.1B shape", "bfloat16"),
 }
 TOKENS = (32, 128, 512)
+#: Address-space limit of a memory child in GB (--memory-limit-gb), 0 = none.
+MEMORY_LIMIT_GB = 0.0
 BUNDLE_TOKENS = 128
 SENTENCE = "The quick brown fox jumps over the lazy dog while the cat sat on the mat and watched the birds. "
 
@@ -209,6 +211,9 @@ def child_timings(shape: str, tokens: list[int], repeat: int, dtype: str, device
         row["samples"] = samples
         row["n_tokens"] = res[0].n_tokens
         row["steps"] = {k: round(v, 4) for k, v in res[0].timings.items()}
+        if device.startswith("cuda"):
+            row["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            torch.cuda.reset_peak_memory_stats()
         if bundle and T == BUNDLE_TOKENS:
             full = analyze(lm, text, settings=_settings(max_tokens=T))  # the default analysis (gradients on)
             row["bundle"], row["bundle_mb"], row["bundle_files"] = _time_bundle(full, repeat=2)
@@ -245,6 +250,10 @@ def _time_bundle(result: Any, repeat: int) -> tuple[float, float, int]:
 def child_memory(shape: str, T: int, dtype: str, device: str, device_map: str | None) -> dict:
     """Peak RSS of load + one analysis with the default settings (gradients on) at T tokens."""
     from core import analyze
+
+    if MEMORY_LIMIT_GB:  # a shared machine: fail with MemoryError rather than wake the OOM killer
+        limit = int(MEMORY_LIMIT_GB * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     out: dict[str, Any] = {"baseline_mb": peak_rss_mb()}
     t = time.perf_counter()
@@ -292,6 +301,8 @@ def render(results: list[dict], memory: dict[tuple[str, int], dict], meta: dict)
         for T, row in res["rows"].items():
             mem = memory.get((res["shape"], int(T)))
             rss = f"{mem['peak_rss_mb'] / 1024:.2f} GB" if mem else "–"
+            if "gpu_peak_mb" in row:
+                rss += f" (GPU {row['gpu_peak_mb'] / 1024:.2f} GB)"
             bundle = (f"{row['bundle']:.2f} s ({row['bundle_files']} files, {row['bundle_mb']:.1f} MB)"
                       if "bundle" in row else "–")
             lines.append(
@@ -335,11 +346,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, from {', '.join(SHAPES)}")
     ap.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="comma-separated text lengths")
     ap.add_argument("--repeat", type=int, default=5, help="interleaved repeats per measurement (median)")
-    ap.add_argument("--long", action="store_true", help="also the peak memory of a 2048-token TinyLlama analysis")
+    ap.add_argument("--long", action="store_true", help="also the peak memory of a long TinyLlama analysis")
+    ap.add_argument("--long-tokens", type=int, default=2048, help="its length (default 2048, the context)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-RSS processes")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
     ap.add_argument("--dtype", default=None, help="dtype of every shape (default: float32, TinyLlama bfloat16; "
                                                   "auto on a GPU)")
+    ap.add_argument("--large-repeat", type=int, default=None,
+                    help="repeats for the TinyLlama shape (default: --repeat); its forward pass takes seconds")
+    ap.add_argument("--memory-limit-gb", type=float, default=0.0,
+                    help="address-space limit of the peak-memory processes (0: none); on a shared machine a "
+                         "run over it fails instead of starting the OOM killer")
     ap.add_argument("--out", type=Path, default=ARTIFACT, help="where the markdown table goes")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds allowed per child process")
     # child mode
@@ -351,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     tokens = [int(t) for t in args.tokens.split(",") if t]
+    global MEMORY_LIMIT_GB
+    MEMORY_LIMIT_GB = args.memory_limit_gb
     if args.child:
         import torch
 
@@ -384,18 +403,24 @@ def main(argv: list[str] | None = None) -> int:
         common = ["--shape", shape, "--dtype", dtype_of(shape), "--device", args.device]
         bundle = BUNDLE_TOKENS in sh_tokens and shape == shapes[0]
         print(f"[bench] {shape}: timings at {sh_tokens} tokens …", file=sys.stderr, flush=True)
+        rep = args.large_repeat if (shape == "tinyllama" and args.large_repeat) else repeat
         results.append(_run_child(["--mode", "timings", "--tokens", ",".join(map(str, sh_tokens)),
-                                   "--repeat", str(repeat), *common, *(["--bundle"] if bundle else [])],
+                                   "--repeat", str(rep), *common, *(["--bundle"] if bundle else [])],
                                   args.timeout))
         if not args.no_memory:
             for T in sh_tokens:
                 print(f"[bench] {shape}: peak memory at {T} tokens …", file=sys.stderr, flush=True)
-                memory[(shape, T)] = _run_child(["--mode", "memory", "--tokens", str(T), *common], args.timeout)
+                memory[(shape, T)] = _run_child(["--mode", "memory", "--tokens", str(T), *common,
+                                                 "--memory-limit-gb", str(args.memory_limit_gb)], args.timeout)
     if args.long:
-        print("[bench] tinyllama: peak memory at 2048 tokens …", file=sys.stderr, flush=True)
-        memory[("tinyllama", 2048)] = _run_child(
-            ["--mode", "memory", "--tokens", "2048", "--shape", "tinyllama", "--dtype", dtype_of("tinyllama"),
-             "--device", args.device], args.timeout)
+        n = args.long_tokens
+        print(f"[bench] tinyllama: peak memory at {n} tokens …", file=sys.stderr, flush=True)
+        try:
+            memory[("tinyllama", n)] = _run_child(
+                ["--mode", "memory", "--tokens", str(n), "--shape", "tinyllama", "--dtype", dtype_of("tinyllama"),
+                 "--device", args.device, "--memory-limit-gb", str(args.memory_limit_gb)], args.timeout)
+        except RuntimeError as exc:
+            print(f"[bench] the {n}-token run failed: {exc}", file=sys.stderr)
 
     import torch
 

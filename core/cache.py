@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import sqlite3
 import threading
@@ -120,12 +121,12 @@ class ResultCache:
             try:
                 self._cache = self._new()
                 return
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a cache fault never fails an analysis
                 if is_corruption(exc) and self._move_aside(exc):
                     try:
                         self._cache = self._new()
                         return
-                    except Exception as exc2:
+                    except Exception as exc2:  # noqa: BLE001 - a cache fault never fails an analysis
                         exc = exc2
                 self._cache = None
                 self._retry_at = time.monotonic() + RETRY_S
@@ -140,8 +141,8 @@ class ResultCache:
             if self._cache is not None:
                 try:
                     self._cache.close()
-                except Exception:
-                    pass
+                except Exception as close_exc:  # noqa: BLE001 - a broken database may not close cleanly
+                    log.debug("closing the corrupt cache failed: %r", close_exc)
                 self._cache = None
             if aside.exists():
                 import shutil
@@ -188,7 +189,7 @@ class ResultCache:
             return default
         try:
             return fn(cache)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a cache fault never fails an analysis
             if is_corruption(exc):
                 with self._lock:
                     if self._cache is cache and self._move_aside(exc):
@@ -223,13 +224,32 @@ class ResultCache:
         self._warn(f"a cached result could not be read ({describe(exc)}); it was dropped and computed again")
         self._call("cleaned", lambda c: c.delete(key), False)
 
+    def _read(self, key: str) -> bytes | mmap.mmap | None:
+        """The stored bytes of `key`: a read-only memory map of the entry's file when diskcache keeps it in a file
+        (large results), so that a hit reads only the pages that are used (the arrays are views on it, see
+        core.serialize), else the bytes themselves. None when missing or the cache failed."""
+
+        def fetch(cache: Any) -> bytes | mmap.mmap | None:
+            handle = cache.get(key, read=True)
+            if handle is None or isinstance(handle, bytes):  # small values come back as bytes from the database
+                return handle
+            try:
+                try:
+                    return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+                except (OSError, ValueError):  # no file behind the handle, or an empty file
+                    return bytes(handle.read())
+            finally:
+                handle.close()
+
+        return self._call("read", fetch, None)
+
     def get(self, key: str) -> AnalysisResult | None:
-        data = self.get_bytes(key)
+        data = self._read(key)
         if data is None:
             return None
         try:
             return AnalysisResult.from_bytes(data)
-        except Exception as exc:  # an entry written by an incompatible version, or damaged bytes
+        except Exception as exc:  # noqa: BLE001 - an entry of an incompatible version, or damaged bytes
             self._drop(key, exc)
             return None
 
@@ -260,5 +280,5 @@ class ResultCache:
             if self._cache is not None:
                 try:
                     self._cache.close()
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - a cache fault never fails an analysis
                     log.warning("closing the result cache failed: %r", exc)

@@ -96,8 +96,9 @@ def y_domain(metric: str, values: Sequence[float] | np.ndarray, token_bound: int
     """The y range of a metric's chart, or None when no value is finite (nothing to draw).
 
     Not zoomed: from the metric's reference (0, or [0, 1] for cosines; lower when a value is negative) up to the
-    largest of the data and the reference lines within CEILING_REACH of it, plus 5 % headroom. Zoomed: the data range alone with 10 % margins
-    (reference lines that fall outside are left out of the chart by the caller). Integer metrics get whole-number
+    largest of the data and the reference lines within CEILING_REACH of it, plus 5 % headroom. Zoomed: the data
+    range alone with 10 % margins (reference lines that fall outside are left out of the chart by the caller).
+    Integer metrics get whole-number
     ends.
     """
     spec = METRIC_AXES[metric]

@@ -15,7 +15,14 @@ from typing import Any, NoReturn
 
 from .errors import InputError
 from .presets import BUNDLED_ID, PRESET_IDS
-from .settings import DEVICES, DTYPES, AnalysisSettings, field_kind, max_text_chars, setting_fields
+from .settings import (
+    DEVICES,
+    DTYPES,
+    AnalysisSettings,
+    field_kind,
+    max_text_chars,
+    setting_fields,
+)
 
 EXIT_MODEL, EXIT_INPUT, EXIT_INTERNAL = 1, 2, 3
 #: Bytes read at most from a text file (the character bound of AnalysisSettings.check_text applies after).

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from . import plotting
+from . import chart_spec, plotting
 from .formats import csv_bytes, json_bytes
 from .metrics import METRIC_NAMES
 from .result import AnalysisResult
@@ -513,8 +513,12 @@ def overlay_figure(cmp: ComparisonResult, axis: str | None = None) -> Figure:
         for s, style, colour in zip(cmp.runs, ("o-", "s--"), ("#1f5fa8", "#d6604d")):
             xs = s.depth if axis == "relative" else s.layers
             ax.plot(xs, s.metrics[m], style, ms=3.5, lw=1.4, label=run_label(s), color=colour)
+        domain = chart_spec.y_domain(m, np.concatenate([s.metrics[m] for s in cmp.runs]), 0)
+        if domain is not None:  # the metric's axis rule, as on the Overall page (from 0; [0, 1] for cosines)
+            ax.set_ylim(*domain)
         ax.set_title(metric_label(m), fontsize=9)
-        ax.set_xlabel("relative depth (layer / layers)" if axis == "relative" else "layer", fontsize=8)
+        ax.set_xlabel("relative depth (layer / layers)" if axis == "relative" else "layer (0 = embeddings)",
+                      fontsize=8)
         if axis == "absolute":
             from matplotlib.ticker import MaxNLocator
 
@@ -558,13 +562,15 @@ def cka_figure(matrix: np.ndarray, y_label: str, x_label: str, title: str) -> Fi
 
 
 def entropy_difference_figure(diff: np.ndarray, title: str) -> Figure:
-    """Layers × heads heatmap of a signed difference, white at 0."""
+    """Layers (attention blocks, numbered 1 … L) × heads heatmap of a signed difference, white at 0."""
     D = np.asarray(diff, dtype=np.float64)
     fig = plotting.figure(min(max(3.0 + 0.35 * D.shape[1], 5.0), 11.0), min(max(2.0 + 0.3 * D.shape[0], 3.2), 9.0))
     ax = fig.add_subplot(1, 1, 1)
     lim = float(np.nanmax(np.abs(D))) if np.isfinite(D).any() else 0.0
     lim = lim if lim > 0 else 1.0
-    im = ax.imshow(D, origin="upper", cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
+    L, H = D.shape  # attention blocks 0 … L−1 are shown as layers 1 … L (core.chart_spec.block_number)
+    im = ax.imshow(D, origin="upper", cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest",
+                   extent=(-0.5, H - 0.5, chart_spec.block_number(L - 1) + 0.5, chart_spec.block_number(0) - 0.5))
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -491,7 +491,9 @@ _LENS = [
                  "corrects for it; Belrose et al. 2023).", P_LAST_PRE_NORM,
                  "On a CPU the grid of a long text is decoded only in a window of positions around the lens position "
                  "(each decoded cell costs one product with the whole vocabulary: the full grid is ~4× a forward pass "
-                 "for GPT-2 at 128 tokens); the Full logit-lens grid setting decodes all of them."],
+                 "for GPT-2 at 128 tokens; the window costs about 5 % of one, at least 4 positions); the Full "
+                 "logit-lens grid setting decodes all of them. The last layer's row is read from the model's own "
+                 "logits, which equal its decoding."],
        references=[R_NOSTALGEBRAIST, R_BELROSE],
        sources=["logit_lens.position", "logit_lens.layers", "logit_lens.top_tokens", "logit_lens.top_ids",
                 "logit_lens.top_probs", "logit_lens.final_token", "logit_lens.final_token_id",
@@ -980,8 +982,8 @@ _CORPUS = [
        low="Near 0: directions are spread like an isotropic cloud; negative values are rare.",
        encoder_vs_decoder=("Ethayarajh (2019) reports anisotropy growing with depth in both, strongest in GPT-2's "
                            "upper layers (cosines above 0.9)."),
-       pitfalls=["Not centred: a common mean vector alone makes the cosine large; anisotropy_top_pc is the "
-                 "centred counterpart.", P_PAIRS_NEED_TEXTS],
+       pitfalls=["Not centred: a common mean vector alone makes the cosine large; the anisotropy (top principal "
+                 "component share) is the centred counterpart.", P_PAIRS_NEED_TEXTS],
        references=[R_ETHAYARAJH], sources=["core.geometry:anisotropy_cosine"]),
     _e(key="anisotropy_top_pc", title="Anisotropy (top principal component share)", kind="corpus",
        short="Share of the pooled variance on the first principal direction: λ_max / Σλ (LLM-Microscope).",

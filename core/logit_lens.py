@@ -37,11 +37,11 @@ CHUNK_FLOATS = 2**24
 #: only while it is cheap (at most GRID_SMALL_MACS, or GRID_SHARE_CPU of the forward pass), and otherwise the
 #: window of positions around the decoded position that costs at most GRID_SHARE_CPU × the forward pass (≈ the
 #: parameter count × T multiply-adds), never fewer than GRID_MIN_COLUMNS columns nor more than GRID_MAX_MACS_CPU
-#: multiply-adds. GPT-2 small: 6 columns at 128 tokens, 12 at 512. The page shows exactly the decoded window; the
+#: multiply-adds. GPT-2 small: 4 columns at 128 tokens, 6 at 512. The page shows exactly the decoded window; the
 #: lens_full_grid setting decodes every position. On a GPU the grid is always complete. Set GRID_SHARE_CPU = None
 #: for complete grids everywhere.
-GRID_SHARE_CPU: float | None = 0.1
-GRID_MIN_COLUMNS = 6
+GRID_SHARE_CPU: float | None = 0.05
+GRID_MIN_COLUMNS = 4
 GRID_SMALL_MACS = 2e8
 GRID_MAX_MACS_CPU: float | None = 8e9
 

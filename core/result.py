@@ -7,6 +7,7 @@ the code that computes them; a section is None when it was not computed or does 
 from __future__ import annotations
 
 import dataclasses
+import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,7 +116,7 @@ class AnalysisResult:
         return serialize.dumps(self)
 
     @staticmethod
-    def from_bytes(data: bytes) -> "AnalysisResult":
+    def from_bytes(data: bytes | bytearray | memoryview | mmap.mmap) -> "AnalysisResult":
         obj = serialize.loads(data)
         if not isinstance(obj, AnalysisResult):
             raise ValueError("the data does not hold an AnalysisResult")

@@ -18,6 +18,7 @@ import dataclasses
 import io
 import json
 import math
+import mmap
 import struct
 import zipfile
 from typing import Any
@@ -133,7 +134,7 @@ def dumps(obj: Any) -> bytes:
     return b"".join(parts)  # the one copy of the arrays
 
 
-def loads(data: bytes | bytearray | memoryview) -> Any:
+def loads(data: bytes | bytearray | memoryview | mmap.mmap) -> Any:
     """Inverse of `dumps` (and of the earlier ZIP format). Never unpickles.
 
     Arrays are views on `data` without a copy: read-only for bytes, writable for a bytearray.

@@ -201,7 +201,8 @@ def tab(pg, label: str) -> None:
     settle(pg)
 
 
-LAYER_TABS = ("Attention", "Heads", "Token attribution", "Logit lens", "Animations")
+LAYER_TABS = ("Attention", "Heads", "Token attribution", "Logit lens", "Animations", "Neurons", "Logit attribution",
+              "Flow routes")
 DETAIL_TABS = ("Layer metrics", "Attention", "Attribution", "Predictions", "Logit lens", "Visual guide", "Methodology")
 
 
@@ -228,7 +229,10 @@ def test_layout_at_two_widths(server, browser, label, text, steps, n_tokens):
                     pg.locator(f"{MAIN} .st-key-head").click()
                     pg.locator('[role="option"]', has_text="head 3").first.click()
                     settle(pg, f'{MAIN} [data-testid="stMetric"]')
-                check(pg, f"{label}_{width}_layer_{t.split()[0].lower()}", MAX_CHART_PAGE_PX)
+                check(pg, f"{label}_{width}_layer_{t.replace(' ', '_').lower()}", MAX_CHART_PAGE_PX)
+
+            go(pg, "Causal", f"{MAIN} h1")
+            check(pg, f"{label}_{width}_causal", MAX_CHART_PAGE_PX)
 
             if n_tokens == 13:  # the Details page does not depend on the text: once per width is enough
                 go(pg, "Details", f"{MAIN} .katex")

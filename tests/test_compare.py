@@ -425,3 +425,18 @@ def test_comparison_figures_are_thread_safe(runs):
     with cf.ThreadPoolExecutor(max_workers=4) as pool:
         drawn = list(pool.map(lambda _: comparison_plots(cmp, runs["gpt2"], runs["gpt2_other_text"]), range(4)))
     assert all(d == single for d in drawn)
+
+
+def test_figures_follow_the_chart_rules(runs):
+    """Attention blocks are numbered 1 … L in the entropy-difference figure; metric axes start where the Overall
+    page's do (0 for effective rank, at most 0 and at least 1 for the cosine)."""
+    from core.compare import entropy_difference_figure, overlay_figure
+
+    cmp = compare(runs["gpt2"], runs["gpt2_other_text"])
+    L = runs["gpt2"].n_layers
+    ax = entropy_difference_figure(cmp.entropy_diff, "t").axes[0]
+    assert ax.get_ylim() == (L + 0.5, 0.5)
+    axes = overlay_figure(cmp).axes
+    assert axes[0].get_ylim()[0] == 0.0  # effective rank
+    low, high = axes[4].get_ylim()  # cosine to input
+    assert low <= 0.0 and high >= 1.0

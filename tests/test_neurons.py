@@ -246,9 +246,9 @@ def test_page_widgets_run_no_model(llama_result):
     assert len(at.get("html")) >= r.neuron_factors.n_factors  # one shaded text per factor
     with ForwardCounter() as fc:
         at.multiselect(key="nf_factors").set_value([1, 3]).run()
-        at.selectbox(key="qk_head").set_value(3).run()
+        at.selectbox(key="qk_head").set_value(3).run()  # the query–key view's own pickers, in its tab
         at.selectbox(key="qk_query").set_value(2).run()
-        at.select_slider(key="qk_layer").set_value(1).run()
+        at.select_slider(key="qk_layer").set_value(1).run()  # index 1: shown as layer 2
     no_exception(at)
     assert fc.calls == 0, f"{fc.calls} module calls on neuron/query–key widget changes"
     assert at.session_state["qk_query"] == 2
