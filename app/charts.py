@@ -1,33 +1,86 @@
 """Altair chart builders: DataFrames from core.views in, alt.Chart out (no Streamlit calls, so tests can build them).
 
-Every chart carries tooltips with the exact values. Charts render as SVG in the app (see `SVG` in pages).
+Every chart carries tooltips with the exact values and fits the page's main column from 1 280 to 1 920 px wide:
+token axes are windowed by the page (`MAX_HEATMAP_SIDE` bounds the attention map, `top_rows` bounds the per-token
+bars) and the colour legend sits beside a chart that is narrow enough to show it. Axis choices (start at zero, the
+T − 1 ceiling, integer ticks, number formats) come from core.chart_spec, the same module the exported PNGs read.
+Attention blocks are shown as layers 1 … L (core.chart_spec.block_number); hidden-state layers as 0 … L.
 """
 
 from __future__ import annotations
 
 import altair as alt
+import pandas as pd
 
+from core import chart_spec
+from core.chart_spec import BLOCK_AXIS_TITLE, LAYER_AXIS_TITLE, METRIC_AXES
 from core.docs import metric_label
 from core.metrics import METRIC_NAMES
+
+#: The attention heatmap is a square of at most this many pixels (plus labels and legend: ~800 px, which fits the
+#: main column of a 1 280 px window with the sidebar open).
+MAX_HEATMAP_SIDE = 540
+#: A token label needs about this many pixels of cell height to be drawn without overlap.
+LABEL_PX = 11
+#: Per-token bar charts show at most this many rows; the page offers the full table in an expander.
+TOP_ROWS = 20
+BAR_PX = 18
+#: Bar charts fill the column's width and give every row BAR_PX pixels (Streamlit's default "fit" would squeeze
+#: the rows into a fixed height and drop every other label).
+_FIT_WIDTH = alt.AutoSizeParams(type="fit-x", contains="padding")
+#: Cell side of the metric × metric correlation matrix.
+CELL_PX = 56
+
 
 def metric_title(name: str) -> str:
     """Display title of a metric: the documentation registry's title (one source for every label)."""
     return metric_label(name)
 
 
-def metric_line(df, metric: str, height: int = 220) -> alt.Chart:
-    """Line + points of one metric against layer; df from core.views.metrics_long."""
+def metric_line(df: pd.DataFrame, metric: str, token_bound: int, zoom: bool = False,
+                height: int = 220) -> alt.LayerChart | None:
+    """Line + points of one metric against layer (df from core.views.metrics_long), or None when the metric has no
+    finite value (the page then says why, see core.chart_spec.empty_reason).
+
+    Not zoomed, the y-axis starts at the metric's reference (0, or [0, 1] for cosines) and the spectral metrics show
+    the dashed, labelled T − 1 ceiling; zoomed, it spans the data (the ceiling only when it falls inside).
+    """
+    spec = METRIC_AXES[metric]
     d = df[df.metric == metric]
+    domain = chart_spec.y_domain(metric, d["value"].to_numpy(), token_bound, zoom)
+    if domain is None:
+        return None
+    last = int(d["layer"].max()) if len(d) else 0
+    x_scale = alt.Scale(domain=[0, max(last, 1)], nice=False)
+    y_axis = alt.Axis(format=spec.number_format, tickMinStep=1) if spec.integer else alt.Axis(
+        format=spec.number_format)
     base = alt.Chart(d).encode(
-        x=alt.X("layer:Q", title="layer", axis=alt.Axis(tickMinStep=1, format="d")),
-        y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False), axis=alt.Axis(format="~g")),
-        tooltip=[alt.Tooltip("layer:Q", format="d"), alt.Tooltip("value:Q", title=metric_title(metric), format=".4f")],
+        x=alt.X("layer:Q", title=LAYER_AXIS_TITLE, scale=x_scale, axis=alt.Axis(tickMinStep=1, format="d")),
+        y=alt.Y("value:Q", title=spec.unit or None, scale=alt.Scale(domain=list(domain), nice=False, zero=False),
+                axis=y_axis),
+        tooltip=[alt.Tooltip("layer:Q", format="d"),
+                 alt.Tooltip("value:Q", title=metric_title(metric), format=spec.tooltip_format)],
     )
+    layers: list[alt.Chart] = [base.mark_line(), base.mark_point(filled=True, size=50)]
+    lines = chart_spec.visible_lines(metric, token_bound, domain)
+    if lines:
+        ref = pd.DataFrame({"y": [r.value for r in lines], "label": [r.label for r in lines],
+                            "x": [max(last, 1)] * len(lines)})
+        rule = alt.Chart(ref).mark_rule(strokeDash=[5, 4], color="#888888").encode(y="y:Q")
+        text = alt.Chart(ref).mark_text(align="right", baseline="bottom", dy=-3, fontSize=11,
+                                        color="#666666").encode(x="x:Q", y="y:Q", text="label:N")
+        layers += [rule, text]
+    note = chart_spec.ceiling_note(metric, token_bound, domain)
+    if note:
+        # above the plot area, where no data point can be
+        layers.append(alt.Chart(pd.DataFrame({"x": [max(last, 1)], "y": [domain[1]], "label": [f"↑ {note}"]}))
+                      .mark_text(align="right", baseline="bottom", dy=-4, fontSize=11, color="#666666")
+                      .encode(x="x:Q", y="y:Q", text="label:N"))
     # no chart title: the page writes the metric's name above the chart (a Vega title gets clipped in columns)
-    return (base.mark_line() + base.mark_point(filled=True, size=50)).properties(height=height)
+    return alt.layer(*layers).properties(height=height)
 
 
-def correlation_heatmap(long_df, method: str) -> alt.Chart:
+def correlation_heatmap(long_df: pd.DataFrame, method: str) -> alt.LayerChart:
     """Metric × metric correlation (long: row, column, r), diverging colours in [−1, 1], values written in cells."""
     d = long_df.assign(row=long_df["row"].map(metric_title), column=long_df["column"].map(metric_title))
     order = [metric_title(m) for m in METRIC_NAMES]
@@ -36,54 +89,82 @@ def correlation_heatmap(long_df, method: str) -> alt.Chart:
         y=alt.Y("row:N", sort=order, title=None, axis=alt.Axis(labelLimit=180)))
     rect = base.mark_rect().encode(
         color=alt.Color("r:Q", scale=alt.Scale(scheme="redblue", domain=[-1, 1], reverse=True),
-                        title=f"{method} r"),
+                        title=f"{method.capitalize()} r"),
         tooltip=[alt.Tooltip("row:N"), alt.Tooltip("column:N"), alt.Tooltip("r:Q", format=".3f")])
-    text = base.mark_text(fontSize=11).encode(text=alt.Text("r:Q", format=".2f")).transform_filter(
+    text = base.mark_text(fontSize=11).encode(
+        text=alt.Text("r:Q", format=".2f"),
+        color=alt.condition("abs(datum.r) > 0.6", alt.value("white"), alt.value("black"))).transform_filter(
         "isValid(datum.r) && isFinite(datum.r)")  # empty cell, not "null", where r is undefined
-    return (rect + text).properties(height=300)
+    side = CELL_PX * len(order)  # square cells; names and legend around them (~600 px in all): draw it with
+    # Streamlit's width="content", since "stretch" would widen the cells to the column
+    return (rect + text).properties(width=side, height=side, autosize=alt.AutoSizeParams(type="pad"))
 
 
-def normalised_heatmap(df) -> alt.Chart:
+def normalised_heatmap(df: pd.DataFrame) -> alt.Chart:
     """Metrics (rows) × layers (columns), colour = min-max normalised value; tooltip has the raw value."""
     d = df.assign(metric=df["metric"].map(metric_title))
     return alt.Chart(d).mark_rect().encode(
-        x=alt.X("layer:O", title="layer"),
+        x=alt.X("layer:O", title=LAYER_AXIS_TITLE, axis=alt.Axis(labelAngle=0)),
         y=alt.Y("metric:N", sort=[metric_title(m) for m in METRIC_NAMES], title=None, axis=alt.Axis(labelLimit=180)),
         color=alt.Color("normalised:Q", scale=alt.Scale(scheme="viridis", domain=[0, 1]), title="normalised"),
         tooltip=[alt.Tooltip("metric:N"), alt.Tooltip("layer:O"), alt.Tooltip("value:Q", format=".4f"),
                  alt.Tooltip("normalised:Q", format=".3f")],
-    ).properties(height=300)
+    ).properties(height=alt.Step(36))
 
 
-def attention_heatmap(df, title: str) -> alt.Chart:
-    """Query (rows) × key (columns) attention; df from core.views.attention_frame."""
+def heatmap_side(n: int) -> int:
+    """Pixel side of the square attention heatmap for n tokens: 14 px a token, between 240 and MAX_HEATMAP_SIDE."""
+    return int(min(MAX_HEATMAP_SIDE, max(240, 14 * n)))
+
+
+def labels_fit(n: int, side: int | None = None) -> bool:
+    """Whether all n token labels fit along a heatmap axis of `side` pixels without overlapping."""
+    side = heatmap_side(n) if side is None else side
+    return n == 0 or side / n >= LABEL_PX
+
+
+def attention_heatmap(df: pd.DataFrame, title: str) -> alt.Chart:
+    """Query (rows) × key (columns) attention; df from core.views.attention_frame. A square of `heatmap_side`
+    pixels: every token is labelled when the labels fit, otherwise the axes keep the labels that do not overlap and
+    the tooltip names each cell's tokens."""
     order = list(dict.fromkeys(df.sort_values("qi")["query"]))
-    step = int(max(12, min(32, 640 // max(len(order), 1))))
+    n = len(order)
+    side = heatmap_side(n)
+    fits = labels_fit(n, side)
+    font = 11 if side / max(n, 1) >= 14 else 9
+    hint = "" if fits else " — hover a cell for its tokens"
     return alt.Chart(df).mark_rect().encode(
-        x=alt.X("key:N", sort=order, title="key (attended to)", axis=alt.Axis(labelAngle=-60, labelLimit=120)),
-        y=alt.Y("query:N", sort=order, title="query (attending)", axis=alt.Axis(labelLimit=120)),
+        x=alt.X("key:N", sort=order, title="key (attended to)" + hint,
+                axis=alt.Axis(labelAngle=-60, labelLimit=110, labelOverlap=not fits, labelFontSize=font)),
+        y=alt.Y("query:N", sort=order, title="query (attending)",
+                axis=alt.Axis(labelLimit=110, labelOverlap=not fits, labelFontSize=font)),
         color=alt.Color("weight:Q", scale=alt.Scale(scheme="blues", domain=[0, float(max(df.weight.max(), 1e-9))]),
-                        title="weight"),
+                        title="weight", legend=alt.Legend(gradientLength=min(side, 300))),
         tooltip=[alt.Tooltip("query:N"), alt.Tooltip("key:N"), alt.Tooltip("weight:Q", format=".4f")],
-    ).properties(width=alt.Step(step), height=alt.Step(step), title=title)
+    ).properties(width=side, height=side, title=title,
+                 autosize=alt.AutoSizeParams(type="pad"))  # the square is `side`; labels and legend go around it
 
 
-def layer_head_heatmap(df, value: str, title: str, scheme: str = "viridis", extra_tooltips=(),
-                       diverging: bool = False) -> alt.Chart:
-    """Layers (rows) × heads (columns); df from core.views.layer_head_frame. diverging: signed values, white at 0."""
+def layer_head_heatmap(df: pd.DataFrame, value: str, title: str, scheme: str = "viridis",
+                       extra_tooltips: tuple[str, ...] = (), diverging: bool = False) -> alt.Chart:
+    """Layers (rows, numbered 1 … L) × heads (columns); df from core.views.layer_head_frame, whose `layer` column
+    is the array index. diverging: signed values, white at 0."""
+    d = df.assign(layer=df["layer"].map(chart_spec.block_number))
     scale = (alt.Scale(scheme="redblue", reverse=True, domainMid=0) if diverging else alt.Scale(scheme=scheme))
-    return alt.Chart(df).mark_rect().encode(
-        x=alt.X("head:O", title="head"),
-        y=alt.Y("layer:O", title="layer"),
+    return alt.Chart(d).mark_rect().encode(
+        x=alt.X("head:O", title="head", axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("layer:O", title=BLOCK_AXIS_TITLE),
         color=alt.Color(f"{value}:Q", scale=scale, title=value.replace("_", " ")),
         tooltip=[alt.Tooltip("layer:O"), alt.Tooltip("head:O"), alt.Tooltip(f"{value}:Q", format=".4f"),
-                 *[alt.Tooltip(f"{c}:Q", format=".4f") for c in extra_tooltips]],
+                 *[alt.Tooltip(f"{c}:Q", title=c.replace("_", " "), format=".4f") for c in extra_tooltips]],
     ).properties(height=alt.Step(26), title=title)
 
 
-def cluster_scatter(df) -> alt.Chart:
-    """Heads in the 2-D projection, coloured by cluster, shaped by role; role and entropy in the tooltip."""
-    return alt.Chart(df).mark_point(filled=True, size=90, opacity=0.85).encode(
+def cluster_scatter(df: pd.DataFrame) -> alt.Chart:
+    """Heads in the 2-D projection, coloured by cluster, shaped by role; layer (1 … L), role and entropy in the
+    tooltip."""
+    d = df.assign(layer=df["layer"].map(chart_spec.block_number))
+    return alt.Chart(d).mark_point(filled=True, size=90, opacity=0.85).encode(
         x=alt.X("x:Q", title="projection 1", scale=alt.Scale(zero=False)),
         y=alt.Y("y:Q", title="projection 2", scale=alt.Scale(zero=False)),
         color=alt.Color("cluster:N", title="cluster"),
@@ -93,46 +174,58 @@ def cluster_scatter(df) -> alt.Chart:
     ).properties(height=360, title="Head clustering")
 
 
-def attribution_bars(df, column: str) -> alt.Chart:
-    """Horizontal bars of one attribution score per token (positions in text order)."""
+def top_rows(df: pd.DataFrame, column: str, k: int = TOP_ROWS, largest_abs: bool = True) -> pd.DataFrame:
+    """At most k rows of a per-token frame, in their original (text) order: those with the largest |column|
+    (largest_abs) or the smallest column value. All rows when there are no more than k."""
+    if len(df) <= k:
+        return df
+    key = df[column].abs() if largest_abs else -df[column]
+    keep = key.fillna(float("-inf")).nlargest(k).index
+    return df.loc[sorted(keep)]
+
+
+def attribution_bars(df: pd.DataFrame, column: str) -> alt.Chart:
+    """Horizontal bars of one attribution score per token (positions in text order). Pass `top_rows(df, column)`
+    for long texts: the height is BAR_PX a row."""
     d = df.assign(label=[f"{p}: {t}" for p, t in zip(df.position, df.token)])
     return alt.Chart(d).mark_bar().encode(
-        y=alt.Y("label:N", sort=list(d.label), title=None),
+        y=alt.Y("label:N", sort=list(d.label), title=None, axis=alt.Axis(labelLimit=160, labelOverlap=False)),
         x=alt.X(f"{column}:Q", title=column.replace("_", " ")),
         color=alt.condition(f"datum['{column}'] >= 0", alt.value("#d6604d"), alt.value("#4393c3")),
         tooltip=[alt.Tooltip("position:Q", format="d"), alt.Tooltip("token:N"),
                  alt.Tooltip(f"{column}:Q", format=".4f")],
-    ).properties(height=max(160, 18 * len(d)))
+    ).properties(height=alt.Step(BAR_PX), autosize=_FIT_WIDTH)
 
 
-def logit_lens_heatmap(df) -> alt.Chart:
-    """Layers × positions, colour = probability of the top decoded token, the token written in each cell."""
+def logit_lens_heatmap(df: pd.DataFrame) -> alt.LayerChart:
+    """Layers × positions, colour = probability of the top decoded token, the token written in each cell. The page
+    passes a window of positions so that the cells stay wide enough for their token; the chart fills the column."""
     order = list(dict.fromkeys(df.sort_values("pi")["position"]))
     base = alt.Chart(df).encode(
-        x=alt.X("position:N", sort=order, title="position", axis=alt.Axis(labelAngle=-60, labelLimit=120)),
-        y=alt.Y("layer:O", title="layer", sort="descending"))
+        x=alt.X("position:N", sort=order, title="position", axis=alt.Axis(labelAngle=-45, labelLimit=100)),
+        y=alt.Y("layer:O", title=LAYER_AXIS_TITLE, sort="descending"))
     rect = base.mark_rect().encode(
         color=alt.Color("probability:Q", scale=alt.Scale(scheme="oranges", domain=[0, 1]), title="P(top token)"),
         tooltip=[alt.Tooltip("layer:O"), alt.Tooltip("position:N"), alt.Tooltip("top_token:N", title="top token"),
                  alt.Tooltip("probability:Q", format=".4f")])
     text = base.mark_text(fontSize=9, limit=60).encode(text="top_token:N")
-    return (rect + text).properties(height=alt.Step(24), width=alt.Step(int(max(40, min(72, 1000 // max(len(order), 1))))),
-                                    title="Logit lens: top token")
+    return (rect + text).properties(height=alt.Step(24), title="Logit lens: top token")
 
 
-def logit_lens_prob_line(df) -> alt.Chart:
+def logit_lens_prob_line(df: pd.DataFrame) -> alt.LayerChart:
     """Probability of the model's final prediction per layer (df: layer, probability)."""
     base = alt.Chart(df).encode(
-        x=alt.X("layer:Q", axis=alt.Axis(format="d", tickMinStep=1)),
+        x=alt.X("layer:Q", title=LAYER_AXIS_TITLE, axis=alt.Axis(format="d", tickMinStep=1)),
         y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
         tooltip=[alt.Tooltip("layer:Q", format="d"), alt.Tooltip("probability:Q", format=".4f")])
     return (base.mark_line() + base.mark_point(filled=True)).properties(height=220)
 
 
-def row_entropy_bars(df) -> alt.Chart:
-    """Entropy per query row of one head (df: query, entropy)."""
+def row_entropy_bars(df: pd.DataFrame) -> alt.Chart:
+    """Entropy per query row of one head (df: query, entropy); pass `top_rows(df, "entropy", largest_abs=False)`
+    for long texts: the height is BAR_PX a row."""
     return alt.Chart(df).mark_bar().encode(
-        y=alt.Y("query:N", sort=list(df["query"]), title=None, axis=alt.Axis(labelLimit=120)),
+        y=alt.Y("query:N", sort=list(df["query"]), title=None, axis=alt.Axis(labelLimit=120, labelOverlap=False)),
         x=alt.X("entropy:Q", title="row entropy (nats)"),
         tooltip=[alt.Tooltip("query:N"), alt.Tooltip("entropy:Q", format=".4f")],
-    ).properties(height=max(160, 18 * len(df)))
+    ).properties(height=alt.Step(BAR_PX), autosize=_FIT_WIDTH)

@@ -15,32 +15,50 @@ import streamlit as st
 
 from app import charts
 from app.state import Keys
+from app.widgets import chart, shaded_text, show_caption
+from core import chart_spec, views
 from core.result import AnalysisResult
-from app.widgets import chart, md_escape, show_caption
-from core import views
 
 log = logging.getLogger(__name__)
 
 MEAN_HEADS = "mean over heads"
 
 
-def pickers(result: AnalysisResult) -> tuple[int, int | None]:
-    """Layer slider (0 = first block) and head picker (a head, or the mean over heads)."""
+def _head_options(result: AnalysisResult) -> list[Any]:
+    return [MEAN_HEADS, *range(result.n_heads)]
+
+
+def _head_name(h: Any) -> str:
+    return str(h) if h == MEAN_HEADS else f"head {h}"
+
+
+def _valid_head(state: Any, key: str, options: list[Any]) -> None:
+    if state.get(key) not in options:
+        state[key] = MEAN_HEADS
+
+
+def pickers(result: AnalysisResult, layer_key: str = Keys.LAYER, head_key: str = Keys.HEAD,
+            what: str = "") -> tuple[int, int | None]:
+    """Layer and head pickers of one tab (the Attention tab's by default): the layer as its block number 1 … L (the
+    session keeps the array index 0 … L−1 under `layer_key`) and a head, or the mean over heads. `what` ends the
+    labels ("of the query–key view"). Returns (layer index, head or None)."""
     state = st.session_state
-    L, H = result.n_layers, result.n_heads
-    if not isinstance(state.get(Keys.LAYER), int) or not 0 <= state[Keys.LAYER] < L:
-        state[Keys.LAYER] = 0
-    head_options: list[Any] = [MEAN_HEADS, *range(H)]
-    if state.get(Keys.HEAD) not in head_options:
-        state[Keys.HEAD] = MEAN_HEADS
+    L = result.n_layers
+    if not isinstance(state.get(layer_key), int) or not 0 <= state[layer_key] < L:
+        state[layer_key] = 0
+    options = _head_options(result)
+    _valid_head(state, head_key, options)
+    suffix = f" {what}" if what else ""
     c1, c2 = st.columns([3, 2])
     if L > 1:
-        layer = c1.slider("Layer (attention block, 0 = first)", 0, L - 1, key=Keys.LAYER)
+        layer = c1.select_slider(f"Layer{suffix} (1 … {L})", options=list(range(L)), key=layer_key,
+                                 format_func=lambda i: str(chart_spec.block_number(i)),
+                                 help="Layer l is the attention of block l, which writes hidden-state layer l "
+                                      "(layer 0 is the embeddings, which have no attention).")
     else:
-        c1.caption("The model has one attention layer (layer 0).")
+        c1.caption("The model has one attention layer (layer 1).")
         layer = 0
-    head = c2.selectbox("Head", head_options, key=Keys.HEAD,
-                        format_func=lambda h: h if h == MEAN_HEADS else f"head {h}")
+    head = c2.selectbox(f"Head{suffix}", options, key=head_key, format_func=_head_name)
     return int(layer), (None if head == MEAN_HEADS else int(head))
 
 
@@ -51,6 +69,8 @@ def pickers(result: AnalysisResult) -> tuple[int, int | None]:
 #: Above this many tokens the attention heatmap shows a window of WINDOW tokens (an SVG of T² cells gets slow).
 MAX_HEATMAP_TOKENS = 128
 WINDOW = 96
+#: The logit-lens grid shows at most this many positions at once (each cell writes its token).
+LENS_COLUMNS = 16
 
 
 def attention_window(result: AnalysisResult) -> tuple[int, int] | None:
@@ -66,11 +86,18 @@ def attention_window(result: AnalysisResult) -> tuple[int, int] | None:
     return int(start), int(start) + WINDOW
 
 
-def attention_section(result: AnalysisResult, layer: int, head: int | None) -> None:
-    title = f"Layer {layer}, " + ("mean over heads" if head is None else f"head {head}")
+def attention_section(result: AnalysisResult) -> None:
+    """The Attention tab: its layer and head pickers, the heatmap (a token window for long texts) and, for a single
+    head, its statistics."""
+    layer, head = pickers(result)
+    title = f"Layer {chart_spec.block_number(layer)}, " + ("mean over heads" if head is None else f"head {head}")
     window = attention_window(result)
     df = views.attention_frame(result.attentions, result.display_tokens, layer, head, window)
     st.altair_chart(charts.attention_heatmap(df, title), width="content")
+    n = int(df["qi"].nunique())
+    if not charts.labels_fit(n):
+        st.caption(f"{n} tokens are too many to label each one at this size: the axes show the labels that do not "
+                   "overlap; hover a cell for its query and key.")
     show_caption("fig_attention_heatmap")
     if head is not None:
         single_head_section(result, layer, head)
@@ -86,7 +113,7 @@ def single_head_section(result: AnalysisResult, layer: int, head: int) -> None:
         log.exception("single-head statistics failed")
         st.caption("The single-head statistics could not be computed for this head.")
         return
-    st.markdown(f"**Single head: layer {layer}, head {head}**")
+    st.markdown(f"**Single head: layer {chart_spec.block_number(layer)}, head {head}**")
     cols = st.columns(5)
     for col, (key, label) in zip(cols, (("entropy", "Entropy (nats)"), ("normalized_entropy", "Normalised entropy"),
                                         ("mean_distance", "Mean distance"), ("role", "Role"),
@@ -98,8 +125,10 @@ def single_head_section(result: AnalysisResult, layer: int, head: int) -> None:
     with left:
         st.caption("Top attended pairs (query → key)")
         st.dataframe(stats.get("top_pairs", []), hide_index=True, width="stretch",
-                     column_config={"weight": st.column_config.ProgressColumn(
-                         "weight", format="%.4f", min_value=0.0, max_value=1.0)})
+                     column_config={"query": "query", "query_token": "query token", "key": "key",
+                                    "key_token": "key token",
+                                    "weight": st.column_config.ProgressColumn(
+                                        "weight", format="%.4f", min_value=0.0, max_value=1.0)})
     with right:
         import pandas as pd
 
@@ -107,15 +136,23 @@ def single_head_section(result: AnalysisResult, layer: int, head: int) -> None:
         if rows:
             labels = views.token_labels(result.display_tokens[:len(rows)])
             df = pd.DataFrame({"query": labels, "entropy": rows})
-            chart(charts.row_entropy_bars(df))
-            st.caption("Entropy of each query row (nats): low = the row looks at few tokens.")
+            shown = charts.top_rows(df, "entropy", largest_abs=False)
+            chart(charts.row_entropy_bars(shown))
+            if len(shown) < len(df):
+                st.caption(f"Entropy of the {len(shown)} most focused query rows of {len(df)} (lowest entropy, in "
+                           "text order), in nats: low = the row looks at few tokens.")
+                with st.expander(f"All {len(df)} rows"):
+                    st.dataframe(df, hide_index=True, width="stretch", height=320)
+            else:
+                st.caption("Entropy of each query row (nats): low = the row looks at few tokens.")
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Heads: entropy grid, clustering, head attribution
 
 
-def heads_section(result: AnalysisResult, layer: int, head: int | None) -> None:
+def heads_section(result: AnalysisResult) -> None:
+    """The Heads tab: every layer × head at once (no picker: nothing here depends on one layer or head)."""
     att = result.attention
     if att is None:
         st.info("The per-head attention analysis was not computed for this result.")
@@ -133,13 +170,11 @@ def heads_section(result: AnalysisResult, layer: int, head: int | None) -> None:
         st.caption(f"{att.n_clusters} clusters · silhouette {sil}"
                    + (f" · {att.cluster_method}" if att.cluster_method else ""))
         show_caption("head_clustering")
-    roles = att.role_grid()
     counts: dict[str, int] = {}
-    for row in roles:
+    for row in att.role_grid():
         for r in row:
             counts[r] = counts.get(r, 0) + 1
-    st.caption("Head roles: " + ", ".join(f"{r} {n}" for r, n in sorted(counts.items(), key=lambda x: -x[1]))
-               + f" · this layer: {', '.join(roles[layer]) if layer < len(roles) else '–'}")
+    st.caption("Head roles: " + ", ".join(f"{r} {n}" for r, n in sorted(counts.items(), key=lambda x: -x[1])))
     attr = result.attribution
     if attr is not None and attr.head_scores is not None:
         st.markdown("**Head attribution** for the prediction at the target position")
@@ -169,7 +204,7 @@ def attribution_section(result: AnalysisResult) -> None:
             if attr.predicted_token else "")
     pos = attr.target_position
     target = tokens[pos] if 0 <= pos < len(tokens) else views.readable_token(attr.target_token)
-    st.text(f"Target: position {pos} (“{target}”){pred} · {result.target_reason}")
+    st.text(f"Target: {chart_spec.target_phrase(pos, result.target_reason, target)}{pred}")
     available = {k: v for k, v in attr.methods().items() if k in ATTR_METHODS}
     available = {k: v for k, v in available.items() if v is not None}
     if not available:
@@ -178,7 +213,7 @@ def attribution_section(result: AnalysisResult) -> None:
     method = st.radio("Method", list(available), horizontal=True, key=Keys.ATTR_METHOD,
                       format_func=lambda k: ATTR_METHODS[k])
     method = method if method in available else next(iter(available))
-    st.html(views.shaded_tokens_html(tokens, available[method], attr.target_position))
+    shaded_text(views.shaded_tokens_html(tokens, available[method], attr.target_position), len(tokens))
     show_caption(ATTR_DOC[method])
     if method == "integrated_gradients" and attr.ig_completeness_gap is not None:
         rel = attr.ig_completeness_gap_relative
@@ -188,9 +223,12 @@ def attribution_section(result: AnalysisResult) -> None:
                    + ("" if attr.ig_converged is None else " — converged (≤ 1 %)" if attr.ig_converged
                       else " — the 512-step cap was reached before 1 %: read the scores as approximate"))
     df = views.attribution_frame(tokens, available)
-    with st.expander("Scores per token"):
-        chart(charts.attribution_bars(df, method))
-        st.dataframe(df, hide_index=True, width="stretch")
+    shown = charts.top_rows(df, method)
+    chart(charts.attribution_bars(shown, method))
+    if len(shown) < len(df):
+        st.caption(f"The {len(shown)} tokens of {len(df)} with the largest |score|, in text order.")
+    with st.expander(f"All {len(df)} tokens, every method"):
+        st.dataframe(df, hide_index=True, width="stretch", height=min(36 + 35 * len(df), 360))
     for note in attr.notes:
         st.caption(note)
     if not result.settings.compute_gradients:
@@ -204,25 +242,41 @@ def attribution_section(result: AnalysisResult) -> None:
 # Logit lens
 
 
+def lens_window(positions: list[int], centre: int) -> list[int]:
+    """The grid columns to draw: all when there are at most LENS_COLUMNS, else a window of LENS_COLUMNS chosen with
+    a slider (it starts around the decoded position)."""
+    if len(positions) <= LENS_COLUMNS:
+        return positions
+    state = st.session_state
+    last = len(positions) - LENS_COLUMNS
+    if not isinstance(state.get(Keys.LENS_WINDOW), int) or not 0 <= state[Keys.LENS_WINDOW] <= last:
+        at = positions.index(centre) if centre in positions else 0
+        state[Keys.LENS_WINDOW] = int(min(max(at - LENS_COLUMNS // 2, 0), last))
+    start = st.slider(f"Positions shown ({LENS_COLUMNS} of {len(positions)}, first column)", 0, last,
+                      key=Keys.LENS_WINDOW)
+    return positions[int(start):int(start) + LENS_COLUMNS]
+
+
 def logit_lens_section(result: AnalysisResult) -> None:
     lens = result.logit_lens
     if lens is None:
         st.info("The logit lens is not available for this result (it needs a model with a language-model head).")
         return
-    st.markdown(f"Position **{lens.position}** (“{md_escape(result.display_tokens[lens.position])}”) · final "
-                f"prediction “{md_escape(lens.final_token)}”")
+    st.text(f"Position {lens.position} (“{result.display_tokens[lens.position]}”) · final prediction "
+            f"“{lens.final_token}”")
     grid = views.logit_lens_grid_frame(lens, result.display_tokens)
-    chart(charts.logit_lens_heatmap(grid))
-    shown = grid["pi"].nunique()
-    if shown < result.n_tokens:
-        st.caption(f"The grid decodes {shown} of {result.n_tokens} positions (a window around position "
-                   f"{lens.position}, to bound the CPU cost; sidebar → Settings → Full logit-lens grid decodes all); the "
-                   f"table below is complete for position {lens.position}.")
+    decoded = sorted(int(p) for p in grid["pi"].unique())
+    cols = lens_window(decoded, int(lens.position))
+    chart(charts.logit_lens_heatmap(grid[grid["pi"].isin(cols)]))
+    if len(decoded) < result.n_tokens:
+        st.caption(f"The grid decodes {len(decoded)} of {result.n_tokens} positions (a window around position "
+                   f"{lens.position}, to bound the CPU cost; sidebar → Settings → Full logit-lens grid decodes all); "
+                   f"the table below is complete for position {lens.position}.")
     import pandas as pd
 
     left, right = st.columns([2, 3])
     with left:
-        st.markdown(f"P(“{md_escape(lens.final_token)}”) per layer")
+        st.text(f"P(“{lens.final_token}”) per layer")
         chart(charts.logit_lens_prob_line(pd.DataFrame({"layer": np.asarray(lens.layers, dtype=int),
                                                           "probability": np.asarray(lens.final_prob, dtype=float)})))
     with right:
@@ -234,24 +288,35 @@ def logit_lens_section(result: AnalysisResult) -> None:
 # Animations
 
 
-def animations_section(result: AnalysisResult, head: int | None) -> None:
-    """The layer-transition GIFs of core.animations, rendered once per (result, head) and cached."""
+def animations_section(result: AnalysisResult) -> None:
+    """The Animations tab: its own head picker, and the layer-transition GIFs of core.animations, rendered once per
+    (result, head) and cached. The captions name the head that is shown. Above them the layer × layer CKA of the
+    run (how far the representation moves between layers)."""
+    from app.compare_widgets import layer_cka_section
+
+    layer_cka_section(result)
     if not st.session_state.get(Keys.ANIMATIONS, True):
         st.caption("Animations are off (sidebar → Settings → Layer animations).")
         return
-    ref = _ResultRef(result)
+    state = st.session_state
+    options = _head_options(result)
+    _valid_head(state, Keys.ANIM_HEAD, options)
+    choice = st.selectbox("Head of the attention animation", options, key=Keys.ANIM_HEAD, format_func=_head_name)
+    head = None if choice == MEAN_HEADS else int(choice)
     which = "mean over heads" if head is None else f"head {head}"
+    ref = _ResultRef(result)
     left, right = st.columns(2)
     with left:
         gif = _uncached_failure(lambda: _attention_gif(_key(result), head, ref), "attention animation")
         if gif:
-            st.image(gif, caption=f"Attention across layers ({which})", width="stretch")
+            st.image(gif, caption=f"Attention across layers 1 … {result.n_layers} ({which})", width="stretch")
         else:
             st.caption("The attention animation could not be rendered.")
     with right:
         gif = _uncached_failure(lambda: _trajectories_gif(_key(result), ref), "token-trajectory animation")
         if gif:
-            st.image(gif, caption="Token representations across layers (one common 2-D basis)", width="stretch")
+            st.image(gif, caption=f"Token representations across layers 0 (embeddings) … {result.n_layers}, in one "
+                                  "common 2-D basis", width="stretch")
         else:
             st.caption("The token-trajectory animation could not be rendered.")
     show_caption("anim_layer_transitions")

@@ -36,7 +36,19 @@ def get_model(model_id: str, dtype: str = "auto", device: str = "auto",
     the network is back loads the model).
     """
     log.info("loading model %s (dtype=%s, device=%s, device_map=%s)", model_id, dtype, device, device_map)
-    return core.load_model(model_id, dtype=dtype, device=device, device_map=device_map)
+    loaded = core.load_model(model_id, dtype=dtype, device=device, device_map=device_map)
+    _LOADED.add((model_id, dtype, device))
+    return loaded
+
+
+#: (model_id, dtype, device) of the models this process has loaded (the sidebar shows the first load as its own
+#: progress step). A model evicted from get_model's cache stays listed: its reload is then timed, not announced.
+_LOADED: set[tuple[str, str, str]] = set()
+
+
+def is_loaded(model_id: str, dtype: str = "auto", device: str = "auto") -> bool:
+    """Whether get_model has loaded this model in this process before."""
+    return (model_id, dtype, device) in _LOADED
 
 
 @st.cache_resource(show_spinner=False)

@@ -29,6 +29,8 @@ PAGES = [
     st.Page("../pages/layer_analysis.py", title="Layer Analysis", icon=":material/stacks:", url_path="layer_analysis"),
     st.Page("../pages/causal.py", title="Causal", icon=":material/science:", url_path="causal"),
     st.Page("../pages/details.py", title="Details", icon=":material/menu_book:", url_path="details"),
+    st.Page("../pages/corpus.py", title="Corpus", icon=":material/library_books:", url_path="corpus"),
+    st.Page("../pages/compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
 ]
 
 
@@ -40,13 +42,16 @@ def main() -> None:
         state[Keys.URL_READ] = True
 
     page = st.navigation(PAGES, position="sidebar")
+    target = sidebar.url_page(PAGES, state)  # ?page=compare of a shared link, once
+    if target is not None and target is not page:
+        st.switch_page(target)
     analyse = sidebar.draw()
     if state.get(Keys.PENDING_ANALYSIS):
         state[Keys.PENDING_ANALYSIS] = None
         analyse = True
     if analyse:
         sidebar.run_analysis()
-    elif state.get(Keys.JOB) is not None:  # an analysis started before the user left the page: finish it here
+    elif sidebar.pending_job() is not None:  # an analysis started before the user left the page: finish it here
         sidebar.wait_for_job()
     sidebar.draw_result_footer()
 

@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from app.state import Keys
-from app.widgets import guarded, show_caption
+from app.widgets import guarded, shaded_text, show_caption
 from core import plotting, views
 from core.neurons import top_neuron_figure
 from core.qk import qk_figure, qk_view, shown_keys
@@ -22,11 +22,12 @@ from core.result import AnalysisResult
 
 
 def draw(result: AnalysisResult, layer: int, head: int | None) -> None:
-    """Two sub-tabs: neuron factors, and the query–key view of (layer, head) at a chosen query token."""
-    tab_nf, tab_qk = st.tabs(["Neuron factors", "Query–key"])
-    with tab_nf, guarded("neuron factors"):
+    """Two sections (no nested tabs): neuron factors, then the query–key view of (layer, head) at a query token."""
+    st.subheader("Neuron factors")
+    with guarded("neuron factors"):
         neuron_factors_section(result)
-    with tab_qk, guarded("query–key view"):
+    st.subheader("Query–key view")
+    with guarded("query–key view"):
         query_key_section(result, layer, head)
 
 
@@ -61,7 +62,8 @@ def neuron_factors_section(result: AnalysisResult) -> None:
             f"L{int(sec.top_layer[f, r])}·N{int(sec.top_neuron[f, r])}" for r in range(min(5, sec.top_layer.shape[1]))
         )
         st.caption(f"Factor {f} · max {float(sec.token_factors[:, f].max()):.3g} · top neurons {neurons}")
-        st.html(views.shaded_tokens_html(result.display_tokens, sec.token_factors[:, f], result.target_position))
+        shaded_text(views.shaded_tokens_html(result.display_tokens, sec.token_factors[:, f], result.target_position),
+                    result.n_tokens)  # a long text scrolls inside its box (6 factors × 512 tokens: ~10 000 px)
     if chosen:
         show_caption("fig_neuron_factors")
     with st.expander("Top neurons per factor"):
@@ -86,7 +88,8 @@ def query_key_section(result: AnalysisResult, layer: int, head: int | None) -> N
         )
         return
     if head is None:
-        st.caption("The picker above shows the mean over heads; the query–key view needs one head: head 0 is shown.")
+        st.caption("The head picker above shows the mean over heads; the query–key view needs one head: head 0 is "
+                   "shown.")
         head = 0
     T = result.n_tokens
     state = st.session_state

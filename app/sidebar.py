@@ -19,14 +19,15 @@ from typing import Any
 
 import streamlit as st
 
-from app.loading import get_model, get_result_cache
+from app.loading import get_model, get_result_cache, is_loaded
 from app.state import OTHER_MODEL, Keys
 from app.widgets import md_escape
+from core.chart_spec import timing_phrase
 from core.errors import InputError, ModelUnavailableError, TMAError
 from core.export import build_zip
 from core.options import ExportOptions
-from core.result import AnalysisResult
 from core.presets import BUNDLED_ID, PRESET_IDS, preset
+from core.result import AnalysisResult
 from core.settings import DTYPES, AnalysisSettings, max_text_chars
 
 log = logging.getLogger(__name__)
@@ -98,15 +99,31 @@ def has_mask(text: str) -> bool:
 
 
 def url_to_state(query_params: Any, state: Any) -> None:
-    """Read ?model=… into the model widgets once per session (a shared link opens with that model)."""
-    model = (query_params.get("model") or "").strip() if hasattr(query_params, "get") else ""
-    if not model:
-        return
-    if model in PRESET_IDS:
-        state[Keys.MODEL_CHOICE] = model
-    else:
-        state[Keys.MODEL_CHOICE] = OTHER_MODEL
-        state[Keys.MODEL_CUSTOM] = model
+    """Read ?model=… into the model widgets once per session (a shared link opens with that model); the Compare
+    page's ?model_b=… (run B's model) and ?page=… (the page to open) too. Texts are never in the URL."""
+    get = query_params.get if hasattr(query_params, "get") else (lambda _k: None)
+    model = (get("model") or "").strip()
+    if model:
+        if model in PRESET_IDS:
+            state[Keys.MODEL_CHOICE] = model
+        else:
+            state[Keys.MODEL_CHOICE] = OTHER_MODEL
+            state[Keys.MODEL_CUSTOM] = model
+    model_b = (get("model_b") or "").strip()
+    if model_b:
+        state[Keys.CMP_MODE] = "model" if model_b != (model or selected_model_id(state)) else "text"
+        state[Keys.CMP_MODEL_B] = model_b if model_b in PRESET_IDS else OTHER_MODEL
+        if model_b not in PRESET_IDS:
+            state[Keys.CMP_CUSTOM_B] = model_b
+    page = (get("page") or "").strip()
+    if page:
+        state[Keys.URL_PAGE] = page
+
+
+def url_page(pages: list[Any], state: Any) -> Any:
+    """The page a shared link's ?page=… names (by its url_path), once per session; None otherwise."""
+    want = state.pop(Keys.URL_PAGE, None) if Keys.URL_PAGE in state else None
+    return next((p for p in pages if want and getattr(p, "url_path", None) == want), None)
 
 
 def current_settings(state: Any) -> AnalysisSettings:
@@ -250,9 +267,8 @@ def draw_result_footer() -> None:
     if result is None:
         return
     with st.sidebar:
-        hit = "cache hit" if result.cache_hit else "computed"
         st.caption(f"Last analysis: {md_escape(result.model.model_id)} · {result.n_tokens} tokens · "
-                   f"{result.duration_s:.2f} s ({hit})")
+                   f"{timing_phrase(result.duration_s, result.cache_hit)}")
         draw_export(result)
 
 
@@ -284,21 +300,31 @@ def draw_export(result: AnalysisResult) -> None:
 
 
 #: Analyses run here, not in the script thread: leaving the page (a rerun) stops the script, not the analysis, and
-#: the next run of any page picks the job up from session state and shows its result. The model lock serialises
+#: the next run of any page of the same session collects the job and shows its result. The model lock serialises
 #: the work per model anyway; a few workers let sessions on different models proceed.
 _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tma-analysis")
+
+#: The running job of each session, by Streamlit session id. Kept here and not in st.session_state: a run that the
+#: user's navigation has superseded may not write session state any more (the write raises Streamlit's rerun
+#: exception), and its job must still be found by the next run.
+_JOBS: dict[str, AnalysisJob] = {}
+_JOBS_LOCK = threading.Lock()
+#: A finished job nobody collected (the session closed) is dropped after this many seconds.
+JOB_TTL_S = 600.0
 
 
 @dataclass
 class AnalysisJob:
-    """One analysis of one session, running in the pool; kept in session state until its result is stored."""
+    """One analysis of one session: loading in the script thread, then running in the pool until collected."""
 
     model_id: str
     dtype: str
     text: str
     family_before: str | None
-    future: Future | None = None
+    future: Future[AnalysisResult] | None = None
+    cancelled: bool = False  # the run was stopped before the analysis was handed to the pool
     started: float = field(default_factory=time.perf_counter)
+    load_s: float | None = None  # seconds this click spent loading the model (its first use in the process)
     _progress: tuple[str, float] = ("Waiting for the model", 0.0)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -312,6 +338,34 @@ class AnalysisJob:
             return self._progress
 
 
+def session_id() -> str:
+    """The Streamlit session of the calling script run."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else "no-session"
+
+
+def register_job(sid: str, job: AnalysisJob) -> None:
+    now = time.perf_counter()
+    with _JOBS_LOCK:
+        for other, j in list(_JOBS.items()):  # forget finished jobs of sessions that never came back
+            if j.future is not None and j.future.done() and now - j.started > JOB_TTL_S:
+                del _JOBS[other]
+        _JOBS[sid] = job
+
+
+def pending_job(sid: str | None = None) -> AnalysisJob | None:
+    with _JOBS_LOCK:
+        return _JOBS.get(sid or session_id())
+
+
+def _forget(sid: str, job: AnalysisJob) -> None:
+    with _JOBS_LOCK:
+        if _JOBS.get(sid) is job:
+            del _JOBS[sid]
+
+
 def _set_error(kind: str, message: str, model_id: str) -> None:
     st.session_state[Keys.ERROR] = {"kind": kind, "message": message, "model": model_id}
 
@@ -320,30 +374,43 @@ def run_analysis() -> None:
     """Load (cached) in this thread, then analyse in the pool with progress in an st.status; the result or the
     error lands in session state (see wait_for_job)."""
     state = st.session_state
-    if state.get(Keys.JOB) is not None:  # one analysis per session at a time: finish the running one first
+    sid = session_id()
+    if pending_job(sid) is not None:  # one analysis per session at a time: finish the running one first
         wait_for_job()
     model_id = selected_model_id(state)
     text = state.get(Keys.TEXT, "")
     dtype = state.get(Keys.DTYPE) or "auto"
     job = AnalysisJob(model_id=model_id, dtype=dtype, text=text, family_before=known_family(state, model_id))
-    with st.sidebar:
-        status = st.status("Analysing…", expanded=True)
-    with status:
-        try:
-            if not model_id:
-                raise InputError("no model chosen: type a Hugging Face id or a local folder, or pick a preset")
-            settings = current_settings(state)
-            AnalysisSettings.check_text(text)
-            st.write("Loading the model …")
-            loaded = get_model(model_id, dtype, "auto")
-            cache = get_result_cache()
-        except Exception as exc:
-            _finish_with_error(exc, model_id, status)
-            return
-        from core.analysis import analyze
+    register_job(sid, job)
+    log.info("analysis job %x of session %s started (%d characters)", id(job), sid[:8], len(text))
+    try:
+        with st.sidebar:
+            status = st.status("Analysing…", expanded=True)
+        with status:
+            try:
+                if not model_id:
+                    raise InputError("no model chosen: type a Hugging Face id or a local folder, or pick a preset")
+                settings = current_settings(state)
+                AnalysisSettings.check_text(text)
+                if not is_loaded(model_id, dtype, "auto"):  # its own step: the first use waits for the load
+                    st.write("Loading the model — first time only …")
+                    t_load = time.perf_counter()
+                    loaded = get_model(model_id, dtype, "auto")
+                    job.load_s = time.perf_counter() - t_load
+                else:
+                    loaded = get_model(model_id, dtype, "auto")
+                cache = get_result_cache()
+            except Exception as exc:  # noqa: BLE001 - sorted into a banner by _finish_with_error (bugs are logged)
+                _forget(sid, job)
+                _finish_with_error(exc, model_id, status)
+                return
+            from core.analysis import analyze
 
-        job.future = _POOL.submit(analyze, loaded, text, settings=settings, cache=cache, progress=job.report)
-        state[Keys.JOB] = job
+            job.future = _POOL.submit(analyze, loaded, text, settings=settings, cache=cache, progress=job.report)
+    except BaseException:  # the user left the page before the analysis was handed over: the next run says so
+        if job.future is None:
+            job.cancelled = True
+        raise
     wait_for_job(status)
 
 
@@ -365,15 +432,15 @@ def _finish_with_error(exc: BaseException, model_id: str, status: Any) -> None:
 
 
 def wait_for_job(status: Any = None) -> None:
-    """Show the running job's progress until it ends, then store its result (or error) in session state.
+    """Show this session's running job until it ends, then store its result (or error) in session state.
 
     A rerun (the user leaves the page) interrupts this wait, not the job: the next run calls this again and the
     result is shown there. The result keeps its own text, so the page can say which text it belongs to.
     """
     state = st.session_state
-    job: AnalysisJob | None = state.get(Keys.JOB)
-    if job is None or job.future is None:
-        state[Keys.JOB] = None
+    sid = session_id()
+    job = pending_job(sid)
+    if job is None:
         return
     if status is None:
         with st.sidebar:
@@ -381,6 +448,13 @@ def wait_for_job(status: Any = None) -> None:
     with status:
         label, frac = job.progress()
         bar = st.progress(frac, text=md_escape(label))
+        while job.future is None and not job.cancelled:  # another run of this session is still loading the model
+            time.sleep(0.25)
+            bar.progress(0.0, text="Loading the model")
+        if job.future is None:
+            _forget(sid, job)
+            _finish_with_error(CancelledError(), job.model_id, status)
+            return
         while True:
             try:
                 result = job.future.result(timeout=0.25)
@@ -389,18 +463,18 @@ def wait_for_job(status: Any = None) -> None:
                 label, frac = job.progress()
                 bar.progress(frac, text=md_escape(label))  # a pending rerun is raised here: the job runs on
             except BaseException as exc:  # noqa: BLE001 - the job's own failure (or its cancellation)
-                state[Keys.JOB] = None
+                _forget(sid, job)
                 _finish_with_error(exc, job.model_id, status)
                 return
-        state[Keys.JOB] = None
         state[Keys.RESULT] = result
         state[Keys.RESULT_LOAD] = (job.model_id, job.dtype, "auto")
         state[Keys.ERROR] = None
         state[Keys.GEN_TEXT] = ""
         state[Keys.SESSION_LOG].append(session_entry(result))
-        took = time.perf_counter() - job.started
-        status.update(label=f"Done in {took:.1f} s" + (" (from cache)" if result.cache_hit else ""),
-                      state="complete", expanded=False)
+        _forget(sid, job)  # only now: had a write above been interrupted, the next run collects it again
+        log.info("analysis job %x of session %s collected", id(job), sid[:8])
+        took = timing_phrase(result.duration_s, result.cache_hit, job.load_s)  # the footer's timing, once
+        status.update(label=took[:1].upper() + took[1:], state="complete", expanded=False)
     if known_family(state, job.model_id) != job.family_before:
         st.rerun()  # the sidebar depends on the family (mask-word picker): draw it again with the result
 

@@ -39,7 +39,6 @@ class Keys:
     ERROR = "error"  # {"kind": "unavailable"|"input"|"internal", "message": str, "model": str} or None
     SESSION_LOG = "session_log"  # list of dicts, one per analysis of this session (for the export's HTML log)
     PENDING_ANALYSIS = "pending_analysis"  # set by callbacks (e.g. "switch to bundled") to run once
-    JOB = "analysis_job"  # the running app.sidebar.AnalysisJob (survives navigation), or None
     EXPORT_HIDDEN = "export_hidden"  # toggle: hidden_states.npz in the export
     URL_READ = "url_read"  # the URL's query parameters were read into the widgets once
 
@@ -49,6 +48,9 @@ class Keys:
     CORR_METHOD = "corr_method"
     ATTR_METHOD = "attr_method"
     ATT_WINDOW = "att_window"  # first position of the attention-heatmap window (long texts)
+    METRIC_ZOOM = "metric_zoom"  # Overall: toggle "Zoom to data" of the layer-metric charts
+    ANIM_HEAD = "anim_head"  # Animations tab: the head of the attention GIF (or the mean over heads)
+    LENS_WINDOW = "lens_window"  # first column of the logit-lens grid window (long texts)
     DLA_UPDATE = "dla_update"  # promoted tokens: attention update / MLP update / one head
     DLA_BLOCK = "dla_block"
     DLA_HEAD = "dla_head"
@@ -58,6 +60,8 @@ class Keys:
     FLOW_DOWNLOAD = "flow_download"
     NF_FACTORS = "nf_factors"  # multiselect: neuron factors shown (app/neuron_views.py)
     QK_QUERY = "qk_query"  # selectbox: query position of the query–key view (app/neuron_views.py)
+    QK_LAYER = "qk_layer"  # the query–key view's own layer and head pickers (Neurons tab)
+    QK_HEAD = "qk_head"
 
     # --- continuation (chat) -------------------------------------------------------------------------------------
     GEN_TEXT = "gen_text"  # the last generated continuation (kept after a stop)
@@ -69,6 +73,27 @@ class Keys:
     GEN_TOP_P = "gen_top_p"
     GEN_CHAT = "gen_chat"
 
+    # --- compare page (issue 13): run A and run B, each an ordinary cached analysis -----------------------------
+    CMP_MODE = "cmp_mode"  # radio: "text" (B = A's model, a second text) or "model" (B = A's text, a second model)
+    CMP_MODEL_A = "cmp_model_a"  # selectbox: a preset id or OTHER_MODEL
+    CMP_CUSTOM_A = "cmp_custom_a"
+    CMP_TEXT_A = "cmp_text_a"
+    CMP_MODEL_B = "cmp_model_b"
+    CMP_CUSTOM_B = "cmp_custom_b"
+    CMP_TEXT_B = "cmp_text_b"
+    CMP_RESULT_A = "cmp_result_a"  # AnalysisResult of run A (None before the first comparison)
+    CMP_RESULT_B = "cmp_result_b"
+    CMP_SPEC_A = "cmp_spec_a"  # (model id, text, settings, dtype) that made CMP_RESULT_A (reuse without loading)
+    CMP_SPEC_B = "cmp_spec_b"
+    CMP_ATTR_METHOD = "cmp_attr_method"
+    CMP_ERROR = "cmp_error"  # one line for the page, or None
+    CMP_JOB = "cmp_job"  # the running app.compare_widgets.CompareJob (survives reruns), or None
+    CMP_AXIS = "cmp_axis"  # toggle: absolute layers instead of relative depth
+    CMP_DEBIASED = "cmp_debiased"  # toggle: debiased CKA
+    CMP_ENTROPY = "cmp_entropy"  # "entropy" or "normalized_entropy" for the difference heatmap
+    LAYER_CKA_DEBIASED = "layer_cka_debiased"  # Layer Analysis page: debiased layer × layer CKA
+    URL_PAGE = "url_page"  # ?page=… of a shared link, switched to once
+
     # --- causal page (activation patching) --------------------------------------------------------------------
     PATCH_CLEAN = "patch_clean"  # text areas
     PATCH_CORRUPT = "patch_corrupt"
@@ -79,6 +104,21 @@ class Keys:
     PATCH_RESULT = "patch_result"  # the last core.patching.PatchingResult
     PATCH_ERROR = "patch_error"  # its error message, or None
     PATCH_FAMILY = "patch_family"  # the family the example texts were filled in for
+
+    # --- corpus page -------------------------------------------------------------------------------------------
+    CORPUS_RESULT = "corpus_result"  # the last finished core.corpus.CorpusResult
+    CORPUS_ERROR = "corpus_error"  # user-facing message of the last failed corpus run, or None
+    CORPUS_ZIP = "corpus_zip"  # (cache key, ZIP bytes) of the shown result, built once
+    CORPUS_SOURCE = "corpus_source"  # radio: upload .txt / upload .csv / paste lines
+    CORPUS_PASTE = "corpus_paste"
+    CORPUS_COLUMN = "corpus_column"
+    CORPUS_MAX_TOKENS = "corpus_max_tokens"
+    CORPUS_BATCH = "corpus_batch"
+    CORPUS_BOOTSTRAP = "corpus_bootstrap"
+    CORPUS_MAX_POINTS = "corpus_max_points"
+    CORPUS_SPECIAL = "corpus_special"
+    CORPUS_METRICS = "corpus_metrics"  # multiselect of pooled metrics to plot
+    CORPUS_PER_TEXT = "corpus_per_text"  # selectbox: single-text metric shown against the pooled curve
 
 
 #: Choice in the model selectbox that reveals the free field.
@@ -103,12 +143,16 @@ _DEFAULTS: dict[str, Any] = {
     Keys.RESULT_LOAD: None,
     Keys.ERROR: None,
     Keys.PENDING_ANALYSIS: None,
-    Keys.JOB: None,
     Keys.URL_READ: False,
     Keys.EXPORT_HIDDEN: False,
     Keys.CORR_METHOD: "pearson",
+    Keys.METRIC_ZOOM: False,
     Keys.GEN_TEXT: "",
     Keys.GEN_STOP: None,
+    Keys.CMP_RESULT_A: None,
+    Keys.CMP_RESULT_B: None,
+    Keys.CMP_ERROR: None,
+    Keys.CMP_JOB: None,
 }
 
 

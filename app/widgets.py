@@ -17,12 +17,12 @@ import streamlit as st
 
 from app import charts
 from app.state import Keys
-from core.result import AnalysisResult
-from core import docs, views
+from core import chart_spec, docs, views
 from core.errors import TMAError
+from core.figures import metric_correlations, metric_token_count, summary_figures
 from core.guards import visible_controls
-from core.figures import metric_correlations, summary_figures
 from core.metrics import METRIC_NAMES
+from core.result import AnalysisResult
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,25 @@ def guarded(what: str):
                  icon=":material/error:")
 
 
-def chart(c: Any) -> None:
-    """An Altair chart at full width (rendered as SVG by the app's config)."""
-    st.altair_chart(c, width="stretch")
+#: A shaded text of more tokens than this scrolls inside a box of SHADED_TEXT_PX pixels (a 512-token text would
+#: otherwise take ~1 500 px, once per method or factor).
+LONG_TEXT_TOKENS = 120
+SHADED_TEXT_PX = 260
+
+
+def shaded_text(html_text: str, n_tokens: int) -> None:
+    """A views.shaded_tokens_html block; long texts scroll inside a bounded box."""
+    if n_tokens > LONG_TEXT_TOKENS:
+        with st.container(height=SHADED_TEXT_PX):
+            st.html(html_text)
+    else:
+        st.html(html_text)
+
+
+def chart(c: Any, stretch: bool = True) -> None:
+    """An Altair chart at full width (rendered as SVG by the app's config); stretch=False keeps a chart's own
+    pixel size (square heatmaps)."""
+    st.altair_chart(c, width="stretch" if stretch else "content")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -71,17 +87,28 @@ def chart(c: Any) -> None:
 def result_header(result: AnalysisResult) -> None:
     """Which model, which text: the result is always labelled with the text it belongs to."""
     m = result.model
-    st.caption(f"**{md_escape(m.model_id)}** · {result.family.replace('_', ' ')} · {m.dtype} on "
-               f"{m.device} · {result.n_layers} layers × {result.n_heads} heads · {result.n_tokens} tokens "
-               f"· metrics over {result.metric_tokens}")
+    n_used = metric_token_count(result)
+    excluded = bool(result.settings.exclude_special_tokens)
+    st.caption(f"**{md_escape(m.model_id)}** · {chart_spec.family_words(result.family)} · {m.dtype} "
+               f"on {m.device} · {result.n_layers} layers × {result.n_heads} heads · "
+               f"{result.n_tokens} tokens · {chart_spec.metric_tokens_phrase(result.n_tokens, n_used, excluded)}")
     label = "Analysed text (word masked)" if result.analysed_text != result.text else "Analysed text"
     st.caption(f"{label}: {md_escape(shorten(result.analysed_text))}")
+    st.caption(settings_line(result))
     typed = st.session_state.get(Keys.TEXT)
     if isinstance(typed, str) and typed.strip() and typed != result.text:
         st.info("The text in the sidebar has changed since this analysis: everything below belongs to the text "
                 "above. Press **Analyze** to analyse the new text.", icon=":material/info:")
     for w in result.warnings:
         st.warning(md_escape(w), icon=":material/warning:")
+
+
+def settings_line(result: AnalysisResult) -> str:
+    """The settings this result was computed with (a session's result shows its own settings, not the sidebar's)."""
+    s = result.settings
+    grads = "integrated gradients" if s.integrated_gradients else ("on" if s.compute_gradients else "off")
+    return (f"Settings: max tokens {s.max_tokens} · gradients {grads} · special tokens "
+            f"{'excluded from' if s.exclude_special_tokens else 'included in'} the metrics")
 
 
 def shorten(text: str, limit: int = 300) -> str:
@@ -99,10 +126,12 @@ def summary_metrics(result: AnalysisResult) -> None:
     c = st.columns(5)
     c[0].metric("Tokens", result.n_tokens, help=tokens_help)
     c[1].metric("Layers × heads", f"{result.n_layers} × {result.n_heads}")
-    c[2].metric("Effective rank, last layer", _fmt(last), delta=f"{_fmt(last - first)} vs embeddings",
-                delta_color="off", help=caption("effective_rank") or None)
-    c[3].metric("Largest rank drop at layer", "–" if drop_layer is None else str(drop_layer))
-    c[4].metric("Cosine to input, last layer", _fmt(cos_last, 3), help=caption("cosine_to_input") or None)
+    c[2].metric("Final effective rank", _fmt(last), delta=f"{_fmt(last - first)} vs embeddings",
+                delta_color="off", help=f"At the last layer ({result.n_layers}). " + caption("effective_rank"))
+    c[3].metric("Largest rank drop", "–" if drop_layer is None else f"layer {drop_layer}",
+                help="The layer l whose effective rank fell most from layer l − 1.")
+    c[4].metric("Final cosine to input", _fmt(cos_last, 3),
+                help=f"At the last layer ({result.n_layers}). " + caption("cosine_to_input"))
 
 
 def _fmt(v: float, digits: int = 2) -> str:
@@ -114,16 +143,33 @@ def _fmt(v: float, digits: int = 2) -> str:
 
 
 def layer_metric_charts(result: AnalysisResult) -> None:
-    """One Altair line chart per metric against layer, three per row, each with its caption."""
+    """One Altair line chart per metric against layer, three per row, each with its caption. The axes start at the
+    metric's reference (0, or the T − 1 ceiling drawn) unless "Zoom to data" is on; a metric with nothing to draw
+    says why in one line instead of an empty frame."""
     df = views.metrics_long(result)
+    n_used = metric_token_count(result)
+    excluded = bool(getattr(result.settings, "exclude_special_tokens", False))
+    token_bound = max(n_used - 1, 0)
+    zoom = st.toggle("Zoom to data", key=Keys.METRIC_ZOOM,
+                     help="Off: each y-axis starts at zero (the cosine axis spans 0 to 1) and the spectral metrics "
+                          "show their ceiling T − 1. On: each y-axis spans its data only.")
     names = list(METRIC_NAMES)
     for start in range(0, len(names), 3):
         cols = st.columns(3)
         for col, name in zip(cols, names[start:start + 3]):
             with col:
                 st.markdown(f"**{metric_label(name)}**")
-                chart(charts.metric_line(df, name))
+                values = df.loc[df.metric == name, "value"].to_numpy()
+                reason = chart_spec.empty_reason(name, values, n_used, excluded)
+                c = None if reason else charts.metric_line(df, name, token_bound, zoom=bool(zoom))
+                if c is None:
+                    st.info(reason or "Nothing to draw for this metric.", icon=":material/info:")
+                else:
+                    chart(c)
                 show_caption(name)
+    if zoom:
+        st.caption("Zoomed: each y-axis spans its data only, so small changes look large; the T − 1 ceiling is "
+                   "drawn only where it falls inside.")
     show_caption("fig_layer_metrics")
 
 
@@ -132,14 +178,27 @@ def correlation_section(result: AnalysisResult) -> None:
                                   format_func=str.capitalize)
     method = method or "pearson"
     long = views.correlations_long(metric_correlations(result, method))
-    chart(charts.correlation_heatmap(long, method))
-    if long["r"].isna().any():
-        st.caption("Empty cells: a metric that is constant over the layers has no correlation.")
+    gaps = {name: chart_spec.correlation_gap_reason(np.asarray(result.layer_metrics[name], dtype=float))
+            for name in METRIC_NAMES}
+    gaps = {name: why for name, why in gaps.items() if why}
+    if len(gaps) >= len(METRIC_NAMES) - 1:
+        st.info("No pair of metrics has a correlation to show: "
+                + "; ".join(f"{metric_label(n)}: {why}" for n, why in gaps.items()) + ".", icon=":material/info:")
+    else:
+        chart(charts.correlation_heatmap(long, method), stretch=False)
+        if gaps:
+            st.caption("Empty cells: " + "; ".join(
+                f"{metric_label(n)} has {why}" if why == "missing values" else f"{metric_label(n)} is constant over "
+                "the layers" for n, why in gaps.items()) + " — no correlation is defined for it.")
     show_caption("fig_metric_correlation")
 
 
 def normalised_heatmap(result: AnalysisResult) -> None:
-    chart(charts.normalised_heatmap(views.normalised_metrics(result)))
+    df = views.normalised_metrics(result)
+    if not np.isfinite(df["normalised"].to_numpy(dtype=float)).any():
+        st.info("Nothing to draw: no layer metric has a value for this text.", icon=":material/info:")
+    else:
+        chart(charts.normalised_heatmap(df))
     show_caption("fig_metrics_normalized")
 
 
@@ -250,11 +309,35 @@ def _md_safe(text: str) -> str:
     return md_escape(text)
 
 
+#: Bare URLs and e-mail addresses: the Markdown renderer links them even when every character is escaped, so they
+#: are shown as code spans (never linked) instead.
+_LINKABLE = re.compile(r"(?i)(?:\b[a-z][a-z0-9+.-]*:/+|\bwww\.)\S*|[^\s@()\[\]<>'\"]+@[^\s@]+\.[^\s@]+")
+
+
 def md_escape(text: Any) -> str:
     """User text made inert for Streamlit Markdown: every Markdown, HTML-entity and Streamlit directive character
-    (`:red[…]`, `:material/…:`) backslash-escaped, control and bidi characters shown as ⟨U+XXXX⟩."""
-    out = visible_controls(str(text))
-    return re.sub(r"([\\`*_{}\[\]<>()#+\-.!|~$:&=])", r"\\\1", out)
+    (`:red[…]`, `:material/…:`) backslash-escaped, bare URLs and e-mail addresses shown as code (so no live link),
+    control and bidi characters shown as ⟨U+XXXX⟩."""
+    out, pos = [], 0
+    plain = visible_controls(str(text))
+    for m in _LINKABLE.finditer(plain):
+        out.append(_escape_md(plain[pos:m.start()]))
+        out.append(_code_span(m.group()))
+        pos = m.end()
+    out.append(_escape_md(plain[pos:]))
+    return "".join(out)
+
+
+def _escape_md(text: str) -> str:
+    return re.sub(r"([\\`*_{}\[\]<>()#+\-.!|~$:&=])", r"\\\1", text)
+
+
+def _code_span(text: str) -> str:
+    """`text` as an inline code span whose fence is longer than any backtick run inside it."""
+    longest = max((len(r) for r in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _loaded_for(result: AnalysisResult):

@@ -19,10 +19,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from core.attribution import integrated_gradients, target_logprob_fn, token_embeddings
-from core.models import load_model
+from core.attribution import integrated_gradients, target_logprob_fn, token_embeddings  # noqa: E402
+from core.models import load_model  # noqa: E402
 
-TEXTS = {"gpt2": "Paris is the capital of", "llama": "Paris is the capital of", "bert": "Paris is the [MASK] of France."}
+TEXTS = {"gpt2": "Paris is the capital of", "llama": "Paris is the capital of",
+         "bert": "Paris is the [MASK] of France."}
 REF_STEPS = 4000
 
 

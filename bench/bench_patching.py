@@ -34,7 +34,8 @@ def main() -> None:
     global CLOCK
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--tokens", type=int, default=32)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--full", action="store_true", help="also time a whole run_patching (3 components)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--wall", action="store_true", help="wall time instead of process CPU time")
     args = ap.parse_args()
@@ -44,8 +45,7 @@ def main() -> None:
     import torch
 
     from core.ablation import head_ablation
-    from core.patching import (PatchingSettings, capture_sites, patch_sites, patched_metrics, run_patching,
-                               target_logits)
+    from core.patching import PatchingSettings, capture_sites, patch_sites, patched_metrics, run_patching, target_logits
 
     torch.set_num_threads(args.threads)
     loaded = load_gpt2_small()
@@ -76,10 +76,10 @@ def main() -> None:
             patched_metrics(loaded, sites, "residual", layer, acts["residual"][layer], enc_k["input_ids"], mask, pos,
                             rows, a_id, b_id)
 
-    grid = timeit(residual_grid, args.repeat)
-    full = timeit(lambda: run_patching(loaded, clean_text, corrupt_text, settings), max(1, args.repeat - 2), 0)
+    grid = timeit(residual_grid, args.repeat, 0)
+    full = timeit(lambda: run_patching(loaded, clean_text, corrupt_text, settings), 1, 0) if args.full else None
     y = int(target_logits(loaded, enc_c["input_ids"], mask, pos)[0].argmax())
-    abl = timeit(lambda: head_ablation(loaded, enc_c["input_ids"], mask, pos, y), max(1, args.repeat - 2), 0)
+    abl = timeit(lambda: head_ablation(loaded, enc_c["input_ids"], mask, pos, y), args.repeat, 0)
     batch_2h = timeit(lambda: target_logits(loaded, enc_c["input_ids"].expand(2 * H, -1), mask, pos), args.repeat)
 
     unit = "CPU s" if CLOCK is time.process_time else "wall s"
@@ -89,7 +89,8 @@ def main() -> None:
     print(f"  one forward, batch T = {T:<3}                  {batch_t:8.3f}")
     print(f"  residual grid, all layers ({L} × batch {T + 1})   {grid:8.3f}   = {grid / (L * batch_t):.2f} × L × "
           f"forward(batch T)   (bound: ≤ 2)")
-    print(f"  full patching run (3 components + 2 runs)   {full:8.3f}   = {full / one:.0f} × forward(batch 1)")
+    if full is not None:
+        print(f"  full patching run (3 components + 2 runs)   {full:8.3f}   = {full / one:.0f} × forward(batch 1)")
     print(f"  head ablation, all heads ({L} × batch {2 * H})    {abl:8.3f}   = {abl / one:.0f} × forward(batch 1), "
           f"{abl / (L * batch_2h):.2f} × L × forward(batch 2H)")
     print(f"    (one forward of batch 2H = {batch_2h:.3f})")

@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .attention import run_attention
 from .ablation import run_head_ablation
+from .attention import run_attention
 from .attribution import run_attribution
 from .cache import ResultCache, cache_key
 from .capture import apply_mask_word, capture

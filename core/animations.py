@@ -9,7 +9,7 @@ import logging
 
 import numpy as np
 
-from . import plotting
+from . import chart_spec, plotting
 from .plotting import Blitter, token_labels
 from .result import AnalysisResult
 from .threads import single_threaded
@@ -18,6 +18,10 @@ log = logging.getLogger(__name__)
 
 FRAME_MS = 700
 MAX_POINT_LABELS = 40
+#: Token labels of the trajectory frames (points).
+LABEL_PT = 7
+#: The attention GIF labels at most this many tokens per axis (more would be too small to read in a frame).
+MAX_TICK_LABELS = 40
 
 
 def attention_layers_gif(result: AnalysisResult, head: int | None = None, *, frame_ms: int = FRAME_MS) -> bytes:
@@ -34,22 +38,37 @@ def attention_layers_gif(result: AnalysisResult, head: int | None = None, *, fra
     fig = plotting.figure(side + 0.8, side)
     ax = fig.subplots()
     im = ax.imshow(mats[0], cmap="Blues", vmin=0, vmax=float(mats.max()) or 1.0)
-    labels = token_labels(result.display_tokens or result.tokens)
-    plotting.token_ticks(ax, labels, "x")
-    plotting.token_ticks(ax, labels, "y")
+    labels = token_labels(result.display_tokens or result.tokens, 12)
+    if T > MAX_TICK_LABELS:  # only every n-th token is labelled: say which position each label is
+        labels = [f"{i}: {t}" for i, t in enumerate(labels)]
+    plotting.token_ticks(ax, labels, "x", max_labels=MAX_TICK_LABELS)
+    plotting.token_ticks(ax, labels, "y", max_labels=MAX_TICK_LABELS)
     ax.set_xlabel("key")
     ax.set_ylabel("query")
     fig.colorbar(im, ax=ax, shrink=0.7)
-    what = "mean over heads" if head is None else f"head {head}"
-    title = ax.set_title(f"Layer {L - 1} of {L - 1}: attention, {what}", fontsize=10)
+    titles = attention_frame_titles(L, head)
+    title = ax.set_title(max(titles, key=len), fontsize=10)
     fig.tight_layout()
     blit = Blitter(fig, [im, title])
     frames = []
     for l in range(L):
         im.set_data(mats[l])
-        title.set_text(f"Layer {l} of {L - 1}: attention, {what}")
+        title.set_text(titles[l])
         frames.append(blit.frame())
     return plotting.gif(frames, frame_ms)
+
+
+def attention_frame_titles(n_layers: int, head: int | None = None) -> list[str]:
+    """The frame titles of `attention_layers_gif`: "Layer l of L: attention, …" for the blocks l = 1 … L (the
+    numbering of the pages, the CSV files and the PDF; core.chart_spec)."""
+    what = "mean over heads" if head is None else f"head {head}"
+    return [f"{chart_spec.layer_title(chart_spec.block_number(i), n_layers)}: attention, {what}"
+            for i in range(n_layers)]
+
+
+def trajectory_frame_titles(n_layers: int) -> list[str]:
+    """The frame titles of `token_trajectories_gif`: "Layer l of L" for the hidden states l = 0 (embeddings) … L."""
+    return [f"{chart_spec.layer_title(l, n_layers)}: token states, common basis" for l in range(n_layers + 1)]
 
 
 def common_projection(hidden_states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -108,19 +127,30 @@ def token_trajectories_gif(result: AnalysisResult, *, frame_ms: int = FRAME_MS) 
     colours = plotting.colormap("viridis")(np.linspace(0, 1, T))
     trail = ax.scatter(P[0, :, 0], P[0, :, 1], s=6, c="0.8", zorder=1)
     pts = ax.scatter(P[0, :, 0], P[0, :, 1], s=30, c=colours, edgecolors="k", linewidths=0.3, zorder=3)
-    labels = token_labels(result.display_tokens or result.tokens)
+    labels = token_labels(result.display_tokens or result.tokens, 12)
     step = max(1, int(np.ceil(T / MAX_POINT_LABELS)))
-    texts = [(i, ax.text(P[0, i, 0], P[0, i, 1], labels[i][:12], fontsize=7, zorder=4))
-             for i in range(0, T, step)]
-    title = ax.set_title(f"Layer 0 of {n - 1} (embeddings): token states, common basis", fontsize=10)
+    shown = list(range(0, T, step))
+    texts = [ax.text(P[0, i, 0], P[0, i, 1], labels[i], fontsize=LABEL_PT, zorder=4, ha="left", va="bottom")
+             for i in shown]
+    titles = trajectory_frame_titles(n - 1)
+    title = ax.set_title(max(titles, key=len), fontsize=10)
     fig.tight_layout()
-    blit = Blitter(fig, [trail, pts, *(t for _, t in texts), title])
+    # label boxes in pixels (the axes are fixed, so one transform serves every frame): a label that would overlap
+    # one placed before it is left out of that frame instead of being drawn over it
+    to_px, from_px = ax.transData.transform, ax.transData.inverted().transform
+    height = LABEL_PT * plotting.DPI / 72
+    widths = [0.62 * height * len(labels[i]) + 2 for i in shown]
+    x0, y0, x1, y1 = (float(v) for v in ax.bbox.extents)
+    blit = Blitter(fig, [trail, pts, *texts, title])
     frames = []
     for l in range(n):
         trail.set_offsets(P[:l].reshape(-1, 2) if l else np.empty((0, 2)))
         pts.set_offsets(P[l])
-        for i, t in texts:
-            t.set_position((P[l, i, 0], P[l, i, 1]))
-        title.set_text(f"Layer {l} of {n - 1}{' (embeddings)' if l == 0 else ''}: token states, common basis")
+        spots = chart_spec.place_labels(to_px(P[l, shown]), widths, height, bounds=(x0, y0, x1, y1))
+        for t, spot in zip(texts, spots):
+            t.set_visible(spot is not None)
+            if spot is not None:
+                t.set_position(tuple(from_px(spot)))
+        title.set_text(titles[l])
         frames.append(blit.frame())
     return plotting.gif(frames, frame_ms)

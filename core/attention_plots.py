@@ -16,10 +16,13 @@ from matplotlib.axes import Axes
 from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 
-from . import plotting
+from . import chart_spec, plotting
 from .animations import attention_layers_gif, token_trajectories_gif
-from .attention import AttentionSection, attention_entropy, mean_attention_distance, row_entropy
-from .attribution import AttributionSection
+from .attention import (
+    attention_entropy,
+    mean_attention_distance,
+    row_entropy,
+)
 from .formats import csv_bytes
 from .options import ExportOptions
 from .plotting import token_label, token_labels
@@ -55,9 +58,9 @@ def entropy_heatmap(result: AnalysisResult, *, normalized: bool = False) -> byte
     im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0 if normalized else None,
                    vmax=1 if normalized else None)
     ax.set_xlabel("head")
-    ax.set_ylabel("layer")
+    ax.set_ylabel(chart_spec.BLOCK_AXIS_TITLE)
     ax.set_xticks(range(H))
-    ax.set_yticks(range(L))
+    ax.set_yticks(range(L), [str(chart_spec.block_number(i)) for i in range(L)])
     ax.tick_params(labelsize=7)
     ax.set_title("Normalised attention entropy" if normalized else "Attention entropy (nats)", fontsize=10)
     fig.colorbar(im, ax=ax, shrink=0.8)
@@ -79,7 +82,7 @@ def head_clusters_plot(result: AnalysisResult) -> bytes:
                        s=36, edgecolors="k", linewidths=0.4, label=role)
     size = 7 if len(att.roles) <= 48 else 5
     for i in range(len(att.roles)):
-        ax.annotate(f"L{i // H}H{i % H}", (P[i, 0], P[i, 1]), fontsize=size, xytext=(2, 2),
+        ax.annotate(f"L{chart_spec.block_number(i // H)}H{i % H}", (P[i, 0], P[i, 1]), fontsize=size, xytext=(2, 2),
                     textcoords="offset points")
     ax.set_xlabel("PC 1 of the standardised head features")
     ax.set_ylabel("PC 2")
@@ -108,7 +111,7 @@ def mean_attention_heatmap(result: AnalysisResult, layer: int = -1) -> bytes:
     side = min(3 + 0.1 * T, 9)
     fig = plotting.figure(side + 1, side)
     ax = fig.subplots()
-    im = _labelled_heatmap(ax, mat, _tokens(result), f"Layer {l}: attention averaged over heads")
+    im = _labelled_heatmap(ax, mat, _tokens(result), f"Layer {chart_spec.block_number(l)}: attention averaged over heads")
     fig.colorbar(im, ax=ax, shrink=0.7)
     fig.tight_layout()
     return plotting.png(fig)
@@ -155,7 +158,7 @@ def single_head_plot(result: AnalysisResult, layer: int, head: int, top: int = 1
     side = min(3 + 0.1 * T, 9)
     fig = plotting.figure(side + 4, side)
     ax, tx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [side, 4]})
-    im = _labelled_heatmap(ax, A, _tokens(result), f"Layer {layer}, head {head}")
+    im = _labelled_heatmap(ax, A, _tokens(result), f"Layer {chart_spec.block_number(layer)}, head {head}")
     fig.colorbar(im, ax=ax, shrink=0.7)
     tx.axis("off")
     lines = [f"role: {s['role']}", f"cluster: {s['cluster']}", f"entropy: {s['entropy']:.3f} nats",
@@ -185,7 +188,7 @@ def token_attribution_plot(result: AnalysisResult, *, width_chars: int = 90) -> 
     methods = attr.methods()
     toks = result.display_tokens or result.tokens
     fs = 9
-    char_w, line_h = 1.0, 1.6
+    line_h = 1.6
     # lay the tokens out once (wrapping at width_chars), shared by every method block
     pos, x, y = [], 0.0, 0.0
     shown = []
@@ -238,9 +241,9 @@ def head_attribution_heatmap(result: AnalysisResult) -> bytes:
     ax = fig.subplots()
     im = ax.imshow(S, aspect="auto", cmap="RdBu_r", vmin=-m, vmax=m)
     ax.set_xlabel("head")
-    ax.set_ylabel("layer")
+    ax.set_ylabel(chart_spec.BLOCK_AXIS_TITLE)
     ax.set_xticks(range(H))
-    ax.set_yticks(range(L))
+    ax.set_yticks(range(L), [str(chart_spec.block_number(i)) for i in range(L)])
     ax.tick_params(labelsize=7)
     ax.set_title(f"Head attribution for {token_label(repr(attr.predicted_token))} (gradient × head output)",
                  fontsize=9)
@@ -254,17 +257,20 @@ def head_attribution_heatmap(result: AnalysisResult) -> bytes:
 
 
 def attention_tables(result: AnalysisResult) -> dict[str, tuple[list[str], list[list[Any]]]]:
-    """The CSV tables of this part as {file name: (header, rows)} (only those whose data exist)."""
+    """The CSV tables of this part as {file name: (header, rows)} (only those whose data exist). Layers are numbered
+    1 … L as on the pages (core.chart_spec.block_number); heads from 0."""
     out: dict[str, tuple[list[str], list[list[Any]]]] = {}
     att = result.attention
     if att is not None:
         L, H = att.entropy.shape
         out["attention_entropy.csv"] = (
             ["layer", "head", "entropy", "normalized_entropy"],
-            [[l, h, float(att.entropy[l, h]), float(att.normalized_entropy[l, h])] for l in range(L) for h in range(H)])
+            [[chart_spec.block_number(l), h, float(att.entropy[l, h]), float(att.normalized_entropy[l, h])]
+             for l in range(L) for h in range(H)])
         out["head_clusters.csv"] = (
             ["layer", "head", "cluster", "role", *att.feature_names],
-            [[r // H, r % H, int(att.clusters[r]), att.roles[r], *(float(v) for v in att.features[r])]
+            [[chart_spec.block_number(r // H), r % H, int(att.clusters[r]), att.roles[r],
+              *(float(v) for v in att.features[r])]
              for r in range(L * H)])
     attr = result.attribution
     if attr is not None:
@@ -276,7 +282,8 @@ def attention_tables(result: AnalysisResult) -> dict[str, tuple[list[str], list[
         if attr.head_scores is not None:
             L, H = attr.head_scores.shape
             out["head_attribution.csv"] = (["layer", "head", "score"],
-                                           [[l, h, float(attr.head_scores[l, h])] for l in range(L) for h in range(H)])
+                                           [[chart_spec.block_number(l), h, float(attr.head_scores[l, h])]
+                                            for l in range(L) for h in range(H)])
     return out
 
 

@@ -67,7 +67,8 @@ class AttributionSection:
     ig_completeness_gap: |Σ_t IG_t − (f(x) − f(x'))| (absolute, in nats); ig_completeness_gap_relative: the same
     divided by |f(x) − f(x')|; ig_steps: the Gauss–Legendre nodes of the kept estimate (adaptive: doubled from the
     ig_steps setting until the relative gap ≤ IG_TOLERANCE or IG_MAX_STEPS); ig_converged: whether it met the
-    tolerance; ig_history: [steps, relative gap] of each try. head_scores: float64 [L, H] or None; head_method documents it.
+    tolerance; ig_history: [steps, relative gap] of each try. head_scores: float64 [L, H] or None; head_method
+    documents it.
     target_logprob: f(x); baseline_logprob: f(x') for the IG baseline x'.
     """
 

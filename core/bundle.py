@@ -16,9 +16,9 @@ import numpy as np
 
 from .attention_plots import attention_bundle_files
 from .causal_plots import head_ablation_files
-from .hidden_states import hidden_states_files
 from .figures import figure_files
 from .formats import csv_bytes, json_bytes, npy_bytes, write_files
+from .hidden_states import hidden_states_files
 from .metrics import METRIC_NAMES
 from .neurons import neuron_factor_files
 from .options import ExportOptions

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from .guards import scrub_paths
 from .metrics import METRIC_NAMES
 from .model_info import ModelInfo
+from .paths import default_cache_dir
 from .result import AnalysisResult
 from .settings import AnalysisSettings
 from .version import CORE_VERSION
@@ -41,14 +42,6 @@ DEFAULT_SIZE_MB = 1024
 RETRY_S = 60.0
 
 T = TypeVar("T")
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("TMA_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tma"
 
 
 def cache_key(model_info: ModelInfo, text: str, settings: AnalysisSettings) -> str:
@@ -128,12 +121,12 @@ class ResultCache:
             try:
                 self._cache = self._new()
                 return
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a cache fault never fails an analysis
                 if is_corruption(exc) and self._move_aside(exc):
                     try:
                         self._cache = self._new()
                         return
-                    except Exception as exc2:
+                    except Exception as exc2:  # noqa: BLE001 - a cache fault never fails an analysis
                         exc = exc2
                 self._cache = None
                 self._retry_at = time.monotonic() + RETRY_S
@@ -148,8 +141,8 @@ class ResultCache:
             if self._cache is not None:
                 try:
                     self._cache.close()
-                except Exception:
-                    pass
+                except Exception as close_exc:  # noqa: BLE001 - a broken database may not close cleanly
+                    log.debug("closing the corrupt cache failed: %r", close_exc)
                 self._cache = None
             if aside.exists():
                 import shutil
@@ -196,7 +189,7 @@ class ResultCache:
             return default
         try:
             return fn(cache)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a cache fault never fails an analysis
             if is_corruption(exc):
                 with self._lock:
                     if self._cache is cache and self._move_aside(exc):
@@ -256,7 +249,7 @@ class ResultCache:
             return None
         try:
             return AnalysisResult.from_bytes(data)
-        except Exception as exc:  # an entry written by an incompatible version, or damaged bytes
+        except Exception as exc:  # noqa: BLE001 - an entry of an incompatible version, or damaged bytes
             self._drop(key, exc)
             return None
 
@@ -287,5 +280,5 @@ class ResultCache:
             if self._cache is not None:
                 try:
                     self._cache.close()
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - a cache fault never fails an analysis
                     log.warning("closing the result cache failed: %r", exc)

@@ -67,7 +67,7 @@ def tokenize(loaded: LoadedModel, text: str, max_tokens: int) -> dict[str, Any]:
     full_len = len(tok(text, truncation=False)["input_ids"]) if enc["input_ids"].shape[1] >= limit else None
     enc["truncated"] = full_len is not None and full_len > limit
     enc["limit"] = limit
-    enc["limit_reason"] = "max_tokens" if limit == max_tokens else "the model's context length"
+    enc["limit_reason"] = "the Max tokens setting" if limit == max_tokens else "the model's context length"
     return enc
 
 

@@ -16,54 +16,25 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .cli_common import (EXIT_INPUT, EXIT_INTERNAL, EXIT_MODEL, OneLineParser, add_load_options, add_model_options,
-                         add_settings_options, add_text_options, fail, read_text, settings_from_args)
-from . import cli_patch
+from . import cli_corpus, cli_patch
+from .cli_common import (
+    EXIT_INPUT,
+    EXIT_INTERNAL,
+    EXIT_MODEL,
+    OneLineParser,
+    add_load_options,
+    add_model_options,
+    add_settings_options,
+    add_text_options,
+    check_out,
+    one_line,
+    out_path,
+    print_warnings,
+    read_text,
+    settings_from_args,
+)
+from .cli_compare import add_parser as add_compare
 from .errors import InputError, TMAError
-
-
-
-def out_path(value: str) -> Path:
-    """argparse type of --out: an empty value would become '.' (the bundle spilled into the working folder)."""
-    if not value.strip():
-        raise argparse.ArgumentTypeError("empty; give a path ending in .zip, or a folder")
-    return Path(value)
-
-
-def check_out(out: Path) -> None:
-    """Fail (exit 2) before any analysis when `out` cannot be written: the nearest existing folder on its way must
-    be a folder we can create a file in (probed for real, so a read-only mount is caught as well as permissions)."""
-    import tempfile
-
-    try:
-        if out.exists() and out.is_file() and out.suffix.lower() != ".zip":
-            fail(f"--out '{out}' is an existing file; give a .zip path or a folder")
-        if out.exists() and out.is_dir() and out.suffix.lower() == ".zip":
-            fail(f"--out '{out}' is an existing folder; give another .zip path")
-        folder = out.parent if out.suffix.lower() == ".zip" else out
-        probe = folder
-        while not probe.exists():
-            if probe.parent == probe:
-                break
-            probe = probe.parent
-        if not probe.is_dir():
-            fail(f"--out '{out}' cannot be created: '{probe}' is a file, not a folder")
-        with tempfile.NamedTemporaryFile(dir=probe, prefix=".tma-write-check-"):
-            pass
-    except OSError as exc:
-        fail(f"--out '{out}' is not writable ({exc.strerror or type(exc).__name__})")
-
-
-def print_warnings(warnings: list[str]) -> None:
-    """The result's warnings (truncation, ignored options, cache faults) on stderr, one line each."""
-    for w in warnings:
-        print(f"warning: {one_line(w)}", file=sys.stderr)
-
-
-def one_line(message: str, limit: int = 400) -> str:
-    """A message as one short line: newlines folded, long ones shortened."""
-    s = " ".join(str(message).split())
-    return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
 def add_analyze(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -109,6 +80,8 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]]
     add_analyze,
     add_generate,
     cli_patch.add_parser,
+    cli_corpus.add_parser,
+    add_compare,
 ]
 
 

@@ -1,5 +1,5 @@
 """Shared pieces of the CLI's subcommands (core.cli and core/cli_*.py): the one-line parser, exit codes, reading a
-text argument, the model options, and AnalysisSettings' fields as options.
+text argument, the model options, AnalysisSettings' fields as options, and the --out checks and one-line messages.
 
 Errors end with a non-zero exit and one line on stderr: EXIT_INPUT (2) for bad arguments or input, EXIT_MODEL (1)
 for a model that cannot be loaded, EXIT_INTERNAL (3) for a bug.
@@ -15,7 +15,14 @@ from typing import Any, NoReturn
 
 from .errors import InputError
 from .presets import BUNDLED_ID, PRESET_IDS
-from .settings import DEVICES, DTYPES, AnalysisSettings, field_kind, max_text_chars, setting_fields
+from .settings import (
+    DEVICES,
+    DTYPES,
+    AnalysisSettings,
+    field_kind,
+    max_text_chars,
+    setting_fields,
+)
 
 EXIT_MODEL, EXIT_INPUT, EXIT_INTERNAL = 1, 2, 3
 #: Bytes read at most from a text file (the character bound of AnalysisSettings.check_text applies after).
@@ -114,3 +121,46 @@ def add_settings_options(p: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> AnalysisSettings:
     """AnalysisSettings from the options made by add_settings_options."""
     return AnalysisSettings(**{f.name: getattr(args, f.name) for f in setting_fields()})
+
+
+def out_path(value: str) -> Path:
+    """argparse type of --out: an empty value would become '.' (the bundle spilled into the working folder)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("empty; give a path ending in .zip, or a folder")
+    return Path(value)
+
+
+def check_out(out: Path) -> None:
+    """Fail (exit 2) before any analysis when `out` cannot be written: the nearest existing folder on its way must
+    be a folder we can create a file in (probed for real, so a read-only mount is caught as well as permissions)."""
+    import tempfile
+
+    try:
+        if out.exists() and out.is_file() and out.suffix.lower() != ".zip":
+            fail(f"--out '{out}' is an existing file; give a .zip path or a folder")
+        if out.exists() and out.is_dir() and out.suffix.lower() == ".zip":
+            fail(f"--out '{out}' is an existing folder; give another .zip path")
+        folder = out.parent if out.suffix.lower() == ".zip" else out
+        probe = folder
+        while not probe.exists():
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+        if not probe.is_dir():
+            fail(f"--out '{out}' cannot be created: '{probe}' is a file, not a folder")
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".tma-write-check-"):
+            pass
+    except OSError as exc:
+        fail(f"--out '{out}' is not writable ({exc.strerror or type(exc).__name__})")
+
+
+def print_warnings(warnings: list[str]) -> None:
+    """The result's warnings (truncation, ignored options, cache faults) on stderr, one line each."""
+    for w in warnings:
+        sys.stderr.write(f"warning: {one_line(w)}\n")
+
+
+def one_line(message: str, limit: int = 400) -> str:
+    """A message as one short line: newlines folded, long ones shortened."""
+    s = " ".join(str(message).split())
+    return s if len(s) <= limit else s[: limit - 1] + "…"

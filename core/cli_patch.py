@@ -105,9 +105,9 @@ def run(args: argparse.Namespace) -> int:
             cache.close()
     path = write_files(bundle(result), out)
     if not args.quiet:
-        print(f"wrote {path} (answer {result.answer_token!r} vs {result.wrong_token!r}, m_clean "
-              f"{result.m_clean:.3f}, m_corrupted {result.m_corrupted:.3f}, {result.n_layers} layers x "
-              f"{result.n_tokens} positions, {'cache hit' if result.cache_hit else 'computed'})")
+        sys.stdout.write(f"wrote {path} (answer {result.answer_token!r} vs {result.wrong_token!r}, m_clean "
+                         f"{result.m_clean:.3f}, m_corrupted {result.m_corrupted:.3f}, {result.n_layers} layers x "
+                         f"{result.n_tokens} positions, {'cache hit' if result.cache_hit else 'computed'})\n")
         for w in result.warnings:
-            print(f"warning: {w}", file=sys.stderr)
+            sys.stderr.write(f"warning: {w}\n")
     return 0

@@ -32,6 +32,7 @@ import logging
 import threading
 import weakref
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -118,19 +119,19 @@ def decomposition_pass(loaded: LoadedModel, input_ids: torch.Tensor, attention_m
     other: dict[str, torch.Tensor] = {}
     handles = []
 
-    def out_hook(name: str, layer: int, take_input: bool = False):
+    def out_hook(name: str, layer: int, take_input: bool = False) -> Callable[..., None]:
         def hook(_m: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             x = args[0] if take_input else (output[0] if isinstance(output, tuple) else output)
             keep[name][layer] = x.detach()
         return hook
 
-    def proj_hook(layer: int):
+    def proj_hook(layer: int) -> Callable[..., None]:
         def hook(_m: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             keep["z"][layer] = args[0].detach()[0]
             keep["attn_out"][layer] = output.detach()[0]
         return hook
 
-    def grab(name: str):
+    def grab(name: str) -> Callable[..., None]:
         def hook(_m: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             other[name] = (args[0] if name == "final_in" else output).detach()
         return hook

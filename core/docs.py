@@ -23,7 +23,7 @@ import fnmatch
 from dataclasses import dataclass
 
 KINDS = ("layer_metric", "attention", "attribution", "prediction", "logit_lens", "figure", "animation", "causal",
-         "neurons")
+         "neurons", "corpus", "comparison")
 
 
 @dataclass(frozen=True)
@@ -263,7 +263,7 @@ _ATTENTION = [
        definition=("The attention entropy of each query row divided by its maximum possible value, so that causal "
                    "and bidirectional models and short and long texts are comparable. In a causal model row i sees "
                    "n_i = i+1 keys; otherwise n_i is read from the structural zeros of the attention (masked keys "
-                   "get exactly zero weight); n_visible stores it. Rows that can see one key only (the first token "
+                   "get exactly zero weight). Rows that can see one key only (the first token "
                    "of a causal model) are left out."),
        high="Close to 1: near-uniform attention over everything the row can see.",
        low="Close to 0: the head picks a single key.",
@@ -286,11 +286,11 @@ _ATTENTION = [
        formula_latex=(r"\min_{C_1..C_k}\sum_{c}\sum_{x\in C_c}\lVert z(x)-\mu_c\rVert^2,\qquad "
                       r"s = \frac{1}{n}\sum_x \frac{b(x)-a(x)}{\max(a(x),b(x))}"),
        formula_plain="k-means on standardised head features z(x): min Σ_c Σ_{x∈C_c} ‖z(x) − μ_c‖²;  silhouette s = mean (b − a)/max(a, b)",
-       definition=("Each head (row layer·H + head) is described by 10 features (feature_names: entropy, normalised "
+       definition=("Each head (row layer·H + head) is described by 10 features (entropy, normalised "
                    "entropy, mean and relative distance, mass on the first token, previous token, itself, next "
                    "token and special tokens, mean maximum weight). The features are z-scored, and k-means "
                    "(scikit-learn, fixed seed) groups similar heads; k maximises the mean silhouette over k = 2-6 "
-                   "unless n_clusters is set (cluster_method says which). The 2-D projection (PCA of the "
+                   "unless a number of clusters is set (the line under the scatter says which). The 2-D projection (PCA of the "
                    "standardised features) places each head on a scatter plot."),
        high="A silhouette near 1: well separated groups of heads with distinct behaviour.",
        low="A silhouette near 0 or negative: the heads form a continuum; the clusters are arbitrary cuts.",
@@ -315,8 +315,8 @@ _ATTENTION = [
        definition=("A rule-based label for each head from its average attention mass (over query rows i ≥ 1) on "
                    "the previous token, on the first token or the special tokens (attention sink), and on itself: "
                    "the largest mass that passes its threshold (0.5) names the role; otherwise a head with "
-                   "normalised entropy ≥ 0.8 is 'broad', and anything else 'other'. The thresholds are stored in "
-                   "role_thresholds."),
+                   "normalised entropy ≥ 0.8 is 'broad', and anything else 'other'. The thresholds are recorded "
+                   "with the result."),
        high="A clear role: most of the head's mass follows one simple pattern.",
        low="'other': no single simple pattern; the head may be content-based (e.g. induction or syntactic heads).",
        encoder_vs_decoder=("Decoders have many first-token/sink heads (Xiao et al. 2023) and previous-token heads; "
@@ -378,25 +378,25 @@ _ATTRIBUTION = [
                    "a baseline x′ (zero token embeddings) and the real input x to the input tokens, by integrating "
                    "the gradient along the straight path. The integral uses m Gauss–Legendre nodes in u with the "
                    "substitution α = u³, which puts more nodes near the baseline where the norm layers change "
-                   "fastest (ig_schedule). It is adaptive: m starts at ig_steps and doubles until the completeness "
-                   "gap |Σ IG − (f(x) − f(x′))| is at most 1 % of |f(x) − f(x′)| or m reaches 512; the steps used "
-                   "(ig_steps), the gap (absolute and relative), whether it converged and every try (ig_history) "
-                   "are stored and shown next to the scores."),
+                   "fastest. It is adaptive: m starts at the steps setting and doubles until the completeness "
+                   "gap |Σ IG − (f(x) − f(x′))| is at most 1 % of |f(x) − f(x′)| or m reaches 512; the steps used, "
+                   "the gap (absolute and relative), whether it converged and every try are stored and shown next "
+                   "to the scores."),
        high="The token contributes strongly to raising log p of the prediction relative to the baseline.",
        low="Negative: the token lowers it; near 0: no contribution along the path.",
        encoder_vs_decoder="As for gradient × input: tokens after the target get 0 in causal models.",
        pitfalls=["The result depends on the baseline (here zero token embeddings; position embeddings stay).",
-                 "A gap still above 1 % at 512 steps (ig_converged false) means the integrand is very steep near "
+                 "A gap still above 1 % at 512 steps (not converged) means the integrand is very steep near "
                  "the baseline (RMSNorm of a near-zero input): read the scores as approximate.",
                  "Conventions differ between tools, so numbers are not comparable as they stand: here the token "
-                 "embeddings only (inputs_embeds; position embeddings are not interpolated), the signed sum over the "
+                 "embeddings only (position embeddings are not interpolated), the signed sum over the "
                  "hidden dimension, the log-probability of the prediction, a zero baseline. captum's "
                  "LayerIntegratedGradients on the embedding layer and inseq's defaults attribute the full "
                  "embedding output (token + position), aggregate a token's vector by its L2 norm (unsigned), use "
                  "the probability (inseq: of the generated token) and often an UNK/PAD-token baseline; captum's "
                  "default rule is Gauss–Legendre in α with 50 steps. See the Methodology tab.",
                  "Costs m forward and backward passes (about 30–40× a forward pass at m = 32 on a CPU), so it "
-                 "is off by default: turn on the integrated_gradients setting (CLI --integrated-gradients)."],
+                 "is off by default: turn on Integrated gradients in the sidebar's Settings (CLI --integrated-gradients)."],
        references=[R_SUNDARARAJAN, R_ANCONA],
        sources=["attribution.integrated_gradients", "attribution.ig_steps", "attribution.ig_completeness_gap",
                 "attribution.ig_completeness_gap_relative", "attribution.ig_baseline", "attribution.ig_schedule",
@@ -411,7 +411,7 @@ _ATTRIBUTION = [
                    "output entering layer l's output projection; multiplying it by the gradient of f (log p of "
                    "the predicted token at the target) and summing over the head's dimensions and all positions "
                    "gives the first-order (Taylor) estimate of the change of f when the head is zeroed. The exact "
-                   "method is recorded in head_method."),
+                   "method is named under the head-attribution chart."),
        high="A large positive score: the head supports the prediction (removing it would lower f, to first order).",
        low="Near 0: the prediction barely depends on the head; negative: the head works against the prediction.",
        encoder_vs_decoder="Both: a few heads usually carry most of the importance (Michel et al. 2019).",
@@ -478,21 +478,21 @@ _LENS = [
                       "entropy_l = −Σ_w p_l(w) ln p_l(w)"),
        definition=("Reads the model's 'current guess' at each layer by applying the final norm and the output "
                    "embedding to the intermediate residual stream. Because the captured last state is taken before "
-                   "the final norm, the last lens layer equals the model's own prediction. final_prob tracks the "
-                   "probability of the final prediction through the layers; the grid shows the top token for every "
-                   "layer and decoded position (grid_positions: all positions unless bounded for long texts). "
-                   "method names the head applied, last_layer_max_abs_diff checks that the last "
-                   "layer reproduces the model's logits, and ln(vocab_size) is the entropy of a uniform guess."),
-       high="final_prob high early: the prediction is formed in early layers.",
-       low="final_prob low until the last layers: the prediction appears late.",
+                   "the final norm, the last lens layer equals the model's own prediction. The probability of the "
+                   "final prediction is followed through the layers; the grid shows the top token for every layer "
+                   "and decoded position (all positions, unless a long text bounds them to a window). The result "
+                   "names the head that was applied and checks that the last layer reproduces the model's logits; "
+                   "ln of the vocabulary size is the entropy of a uniform guess."),
+       high="P(final prediction) high early: the prediction is formed in early layers.",
+       low="P(final prediction) low until the last layers: the prediction appears late.",
        encoder_vs_decoder=("Works well on decoders (GPT-2); on masked LMs the middle layers decode poorly because the "
                            "LM head expects last-layer features. Not available without an LM head."),
        pitfalls=["Early layers are not trained to be decoded this way: noise there is expected (the tuned lens "
                  "corrects for it; Belrose et al. 2023).", P_LAST_PRE_NORM,
                  "On a CPU the grid of a long text is decoded only in a window of positions around the lens position "
                  "(each decoded cell costs one product with the whole vocabulary: the full grid is ~4× a forward pass "
-                 "for GPT-2 at 128 tokens; the window costs about 5 % of one, at least 4 positions); the "
-                 "lens_full_grid setting decodes all of them. The last layer's row is read from the model's own "
+                 "for GPT-2 at 128 tokens; the window costs about 5 % of one, at least 4 positions); the Full "
+                 "logit-lens grid setting decodes all of them. The last layer's row is read from the model's own "
                  "logits, which equal its decoding."],
        references=[R_NOSTALGEBRAIST, R_BELROSE],
        sources=["logit_lens.position", "logit_lens.layers", "logit_lens.top_tokens", "logit_lens.top_ids",
@@ -512,7 +512,8 @@ _FIGURES = [
        how_to_read=("Read the shape, not the absolute values: a drop in effective rank or participation ratio "
                     "marks a layer where the token cloud collapses onto few directions; a falling cosine to input "
                     "marks where tokens are rewritten. The dashed line on the spectral panels is the token bound "
-                    "T−1 that they cannot exceed."),
+                    "T−1 that they cannot exceed. The y-axes start at zero (the cosine axis spans 0 to 1), so a "
+                    "change looks as large as it is; the app's \"Zoom to data\" switch spans the data only."),
        pitfalls=[P_TOKEN_BOUND], files=["plots/layer_metrics.png"]),
     _e(key="fig_metric_correlation", title="Metric correlation across layers", kind="figure",
        short="Correlation between the layer metrics across layers (Pearson: linear; Spearman: rank).",
@@ -520,7 +521,8 @@ _FIGURES = [
                    "(linear) or Spearman ρ (Pearson on ranks, robust to monotone rescaling)."),
        how_to_read=("+1: two metrics rise and fall together through the layers; −1: one rises as the other falls; "
                     "0: unrelated. With few layers (a 2-layer model has 3 points) correlations are very noisy. "
-                    "A blank cell means a metric was constant."),
+                    "A blank cell means a metric has no correlation: it is constant over the layers, or it has "
+                    "missing values (the spectral metrics need at least 2 tokens)."),
        pitfalls=["Computed over only L+1 points: not significance-tested.", P_RANDOM_BASELINE],
        references=[R_SPEARMAN],
        files=["plots/metric_correlation_pearson.png", "plots/metric_correlation_spearman.png"]),
@@ -532,8 +534,10 @@ _FIGURES = [
        files=["plots/metrics_normalized.png"]),
     _e(key="fig_attention_heatmap", title="Attention heatmaps", kind="figure",
        short="Attention weights: rows are query tokens, columns the key tokens they read from; each row sums to 1.",
-       definition=("The matrix A^{l,h} of one head (Layer Analysis page, with its statistics and top attended "
-                   "pairs), or the mean over the heads of the last layer (plots/attention_mean_last_layer.png)."),
+       definition=("The matrix A^{l,h} of one head of layer l = 1 … L (Layer Analysis page, with its statistics "
+                   "and top attended pairs), or the mean over the heads of the last layer "
+                   "(plots/attention_mean_last_layer.png). Long texts show a window of tokens; every token is "
+                   "labelled when the labels fit, otherwise a cell's tooltip names its tokens."),
        how_to_read=("Each row sums to 1. A bright sub-diagonal is a previous-token head; a bright first column is "
                     "a sink head; a bright diagonal a self head; an even spread a broad head. In causal models the "
                     "upper triangle is empty (future tokens are masked). A head average blurs distinct heads "
@@ -583,11 +587,13 @@ _FIGURES = [
                     "rows where the token stops changing mark where the prediction is settled."),
        references=[R_NOSTALGEBRAIST], files=["plots/logit_lens.png", "plots/logit_lens_layers.png"]),
     _e(key="anim_layer_transitions", title="Layer-transition animations", kind="animation",
-       short="GIFs stepping through the layers: the head-averaged attention, and the tokens in one common 2-D basis.",
-       definition=("attention_layers.gif: one frame per layer of the attention averaged over heads, all frames on "
-                   "one colour scale. token_trajectories.gif: every token's hidden state projected on ONE 2-D PCA "
-                   "basis fitted on all layers together, one frame per layer (0 = embeddings), fixed axes, "
-                   "earlier layers faint."),
+       short=("GIFs stepping through the layers: the attention of one head or the mean over heads (layers 1 … L), "
+              "and the tokens in one common 2-D basis (layers 0 … L)."),
+       definition=("attention_layers.gif: one frame per layer 1 … L of the attention averaged over heads (the app "
+                   "can show a single head instead), all frames on one colour scale. token_trajectories.gif: every "
+                   "token's hidden state projected on ONE 2-D PCA basis fitted on all layers together, one frame "
+                   "per layer 0 (embeddings) … L, fixed axes, earlier layers faint. Frame titles number layers as "
+                   "the pages and CSV files do."),
        how_to_read=("Watch for the layer where the picture changes abruptly: attention concentrating on the first "
                     "token, or tokens drifting together (collapse) or apart. Because the basis and the axes are "
                     "shared by all frames, movement between frames is real movement in that plane."),
@@ -724,7 +730,7 @@ _PEERS = [
                    "embeddings), every head's output, every attention output bias, every MLP output (its own bias "
                    "included) and each norm's shift β, plus the unembedding bias. Layer 0 is the embedding, 1…L the "
                    "blocks, L+1 the head (final norm shift, masked-LM head biases, unembedding bias). The page shows "
-                   "layers × heads with an MLP column; sum_abs_error checks the sum against the model's own logit. "
+                   "layers × heads with an MLP column; the result records how far the sum is from the model's own logit. "
                    "Gemma-2's final soft-cap c·tanh(z/c) multiplies every part by the same frozen ratio cap(z)/z."),
        high="A large positive part writes directly in the direction of the token's unembedding: it promotes it.",
        low="A large negative part suppresses the token directly (e.g. anti-induction or copy-suppression heads).",
@@ -748,8 +754,8 @@ _PEERS = [
                       "smallest Δz"),
        definition=("Reads an update in vocabulary space, as the LLM Transparency Tool does for blocks and heads: "
                    "which tokens it pushes up and which it pushes down, directly. Block updates are stored for the "
-                   "positions in promote_positions (all positions, or on a CPU a window around the target bounded "
-                   "by PROMOTE_MAX_MACS_CPU: each row costs one product with the whole vocabulary), each head at the "
+                   "positions of the text (all positions, or on a CPU a window around the target bounded by a "
+                   "compute budget: each row costs one product with the whole vocabulary), each head at the "
                    "target position; choosing among them on the page runs nothing."),
        high="Tokens at the top of the promoted list are what the update argues for.",
        low="Tokens at the top of the suppressed list are what it argues against.",
@@ -775,8 +781,9 @@ _PEERS = [
                    "attention edges j → i (through all heads of a block), residual edges and MLP edges. Each state's "
                    "contributions are in [0, 1] and sum to 1. Keeping the edges above a threshold (default 0.04, as in "
                    "the LLM Transparency Tool) and walking back from the chosen token's last state gives its routes. "
-                   "attn [L, T, T], attn_residual, attn_bias, mlp and mlp_residual [L, T] hold every contribution; "
-                   "head_* list, for edges of at least 0.005, each head's own proximity share (the tooltips). "
+                   "The result holds every contribution (attention [L, T, T]; residual, attention bias, MLP and MLP "
+                   "residual [L, T]) and, for edges of at least 0.005, each head's own proximity share (the "
+                   "tooltips). "
                    "Changing the token or the threshold only prunes these arrays."),
        high="A thick edge: the state is mostly made of that source (a token it attends to, the MLP, or the residual).",
        low="Thin or pruned edges: minor contributions; below the threshold they disappear from the graph.",
@@ -880,7 +887,7 @@ _CAUSAL = [
                    "(mean ablation: the head's average contribution stays, what it says about this text goes) or "
                    "by zero, and the model runs on. Δ is the change of the log-probability of the predicted token "
                    "at the target. All heads of a layer run as one batched forward pass (batch 2·H). Opt-in "
-                   "(setting head_ablation, CLI --head-ablation). Shown beside the gradient head score, its "
+                   "(the Head ablation setting, CLI --head-ablation). Shown beside the gradient head score, its "
                    "first-order estimate, with their Spearman correlation."),
        high="A large negative Δ (large drop): the prediction needs this head.",
        low="Δ near 0: the head can be removed without changing this prediction; positive: it works against it.",
@@ -904,8 +911,192 @@ _CAUSAL = [
        files=["plots/head_ablation.png"]),
 ]
 
+# Corpus mode (core/geometry.py, core/corpus.py): pooled token states of many texts, per layer
+# --------------------------------------------------------------------------------------------------------------
+R_FACCO = ("Facco, E., d'Errico, M., Rodriguez, A. & Laio, A. (2017). Estimating the intrinsic dimension of datasets "
+           "by a minimal neighborhood information.")
+R_VALERIANI = "Valeriani, L. et al. (2023). The geometry of hidden representations of large transformer models."
+R_RAZZHIGAEV = ("Razzhigaev, A. et al. (2024). Your transformer is secretly linear (LLM-Microscope: anisotropy and "
+                "linearity of transformer layers).")
+R_EFRON = "Efron, B. & Tibshirani, R. J. (1993). An Introduction to the Bootstrap."
+P_POOL_SAMPLE = ("The pool is a seeded uniform sample of at most max_points token states (special tokens excluded by "
+                 "default); the numbers depend on the corpus, the sample size and the token selection. Compare "
+                 "models or layers on the same corpus and settings.")
+P_PAIRS_NEED_TEXTS = ("Points of one text share context and position, so they are not independent: the intervals "
+                      "resample whole texts, and a corpus of few texts gives wide intervals (one text: none).")
+
+_CORPUS = [
+    _e(key="corpus_spectral", title="Pooled spectral metrics (effective rank, participation ratio, d95)",
+       kind="corpus",
+       short="The single-text spectral metrics computed on the token states pooled over the whole corpus.",
+       formula_latex=(r"X^{l} = [h^{l}_{t}]_{t \in \mathcal{P}},\qquad \lambda = \mathrm{eig}\big((X^{l} - "
+                      r"\mathbf{1}\bar x^{l\top})^{\top}(X^{l} - \mathbf{1}\bar x^{l\top})\big),\qquad "
+                      r"\mathrm{erank},\ \mathrm{PR},\ d_{95} \text{ as for one text}"),
+       formula_plain=("X = the pooled states P of layer l (N × D); λ = eigenvalues of the scatter of X centred over "
+                      "the pool; effective rank, participation ratio and d95 from λ as for one text"),
+       definition=("The effective rank, participation ratio and 95 %-variance dimension of the token states of "
+                   "every text pooled together (a seeded uniform sample of at most max_points states), centred on "
+                   "the mean over the pool. Unlike the single-text values they are not capped by one text's length "
+                   "(T − 1) but by the pool size and the hidden width."),
+       high="The layer spreads the corpus's tokens over many directions.",
+       low="The corpus's tokens share a few dominant directions (often outlier dimensions).",
+       encoder_vs_decoder=("Decoders usually show a pooled participation ratio near 1 - 3 in the middle layers "
+                           "(massive activations) while the effective rank stays high; encoders are flatter."),
+       pitfalls=[P_POOL_SAMPLE, P_CENTRING, P_SPECIAL,
+                 "The bound is min(N − 1, D) for N pooled points: with fewer points than the hidden width the "
+                 "metrics again measure the sample size."],
+       references=[R_ROY, R_PR, R_VALERIANI], sources=["core.geometry:spectral_metrics"]),
+    _e(key="twonn_dimension", title="TwoNN intrinsic dimension", kind="corpus",
+       short="TwoNN: intrinsic dimension from the ratio of each point's second to first nearest-neighbour distance.",
+       formula_latex=(r"\mu_i = \frac{r_2(i)}{r_1(i)},\qquad -\ln\big(1 - F(\mu)\big) = d \ln \mu,"
+                      r"\qquad \hat d = \frac{\sum_i x_i y_i}{\sum_i x_i^2} \text{ over the 90\% smallest } \mu"),
+       formula_plain=("μ_i = r2(i) / r1(i) (distances to the two nearest neighbours); fit −ln(1 − F(μ)) = d·ln μ "
+                      "through the origin over the 90 % smallest μ, F_i = i/N"),
+       definition=("A nonlinear intrinsic dimension of the pooled point cloud (Facco et al. 2017): for points on a "
+                   "d-dimensional manifold, μ follows a Pareto law with exponent d, so d is the slope of "
+                   "−ln(1 − F(μ)) against ln μ. Exact duplicate points (the same token at the same position gives "
+                   "identical embedding states) are removed first and counted; the largest 10 % of μ are dropped."),
+       high="The states vary in many independent directions locally (a high-dimensional manifold).",
+       low=("The states lie near a low-dimensional manifold; Valeriani et al. (2023) find a rise in early layers, a "
+            "peak, then a drop in the middle layers of trained transformers."),
+       encoder_vs_decoder=("Both show the rise-peak-fall profile in trained models; random-weight models show no "
+                           "such profile, which makes them a useful baseline."),
+       pitfalls=["Duplicates make r1 = 0; exact duplicates and points within float round-off (1e-5 of the RMS norm) "
+                 "of an earlier point are removed and counted. Near-duplicates beyond that (tiny r1) push μ up.", P_POOL_SAMPLE,
+                 "TwoNN underestimates large dimensions (above ~20 it needs exponentially many points).",
+                 "It is scale-dependent: tight clusters (the same token in nearly the same context, common in "
+                 "random-weight models) give many tiny r1 and values below 1; compare layers of one corpus."],
+       references=[R_FACCO, R_VALERIANI], sources=["core.geometry:twonn_dimension"]),
+    _e(key="anisotropy_cosine", title="Anisotropy (mean cosine between texts)", kind="corpus",
+       short="Mean cosine similarity over all pairs of pooled token states that come from different texts.",
+       formula_latex=(r"\mathrm{aniso}_{\cos} = \frac{1}{|\mathcal{Q}|}\sum_{(i,j) \in \mathcal{Q}} "
+                      r"\frac{x_i^{\top} x_j}{\lVert x_i\rVert \lVert x_j\rVert},\qquad "
+                      r"\mathcal{Q} = \{(i,j) : \mathrm{text}(i) \ne \mathrm{text}(j)\}"),
+       formula_plain="aniso_cos = mean over pairs (i, j) from different texts of cos(x_i, x_j)",
+       definition=("Ethayarajh's (2019) anisotropy baseline: how similar two unrelated token representations are on "
+                   "average. Pairs within a text are left out (they share context). Computed exactly, not sampled: "
+                   "with û the unit rows and s_g the sum of text g's û (block sums of the normalised Gram matrix), "
+                   "the sum over cross-text pairs is ‖Σ_g s_g‖² − Σ_g ‖s_g‖²."),
+       high=("Near 1: all states point in nearly the same direction (a dominant common direction, typical of the "
+             "upper layers of GPT-2)."),
+       low="Near 0: directions are spread like an isotropic cloud; negative values are rare.",
+       encoder_vs_decoder=("Ethayarajh (2019) reports anisotropy growing with depth in both, strongest in GPT-2's "
+                           "upper layers (cosines above 0.9)."),
+       pitfalls=["Not centred: a common mean vector alone makes the cosine large; the anisotropy (top principal "
+                 "component share) is the centred counterpart.", P_PAIRS_NEED_TEXTS],
+       references=[R_ETHAYARAJH], sources=["core.geometry:anisotropy_cosine"]),
+    _e(key="anisotropy_top_pc", title="Anisotropy (top principal component share)", kind="corpus",
+       short="Share of the pooled variance on the first principal direction: λ_max / Σλ (LLM-Microscope).",
+       formula_latex=r"\mathrm{aniso}_{\mathrm{PC}} = \frac{\lambda_{\max}}{\sum_k \lambda_k},\qquad \lambda = \mathrm{eig}\,\mathrm{cov}(X^{l})",
+       formula_plain="aniso_PC = λ_max / Σ_k λ_k, λ the covariance eigenvalues of the centred pool",
+       definition=("The fraction of the pooled (centred) variance that lies on the single largest principal "
+                   "direction, as defined in LLM-Microscope (Razzhigaev et al. 2024). 1/D for an isotropic cloud."),
+       high="One direction carries most of the variation (an outlier dimension or a rogue direction).",
+       low="Variance is spread over many directions.",
+       encoder_vs_decoder=("Decoders with massive activations show high values in the middle layers; encoders "
+                           "usually lower."),
+       pitfalls=["Centred, unlike the cosine anisotropy: the two can disagree (a large common mean gives a high "
+                 "cosine but need not give a high top-PC share).", P_POOL_SAMPLE],
+       references=[R_RAZZHIGAEV], sources=["core.geometry:anisotropy_top_pc"]),
+    _e(key="linearity", title="Linearity between consecutive layers", kind="corpus",
+       short="How well one linear map takes layer l−1 to layer l (LLM-Microscope's Procrustes score; 1 = linear).",
+       formula_latex=(r"\tilde X = \frac{X - \bar X}{\lVert X - \bar X\rVert_F},\ "
+                      r"\tilde Y = \frac{Y - \bar Y}{\lVert Y - \bar Y\rVert_F},\qquad "
+                      r"\mathrm{lin} = 1 - \min_{A}\lVert \tilde X A - \tilde Y\rVert_F^2"),
+       formula_plain=("centre X = layer l−1 and Y = layer l over the pool, divide each by its Frobenius norm; "
+                      "linearity = 1 − min_A ‖XA − Y‖²_F (least squares)"),
+       definition=("The fraction of layer l's (normalised, centred) pooled states that a single least-squares "
+                   "linear map from layer l−1 explains (Razzhigaev et al. 2024). Computed as ‖P_X Y‖²/‖Y‖² with P_X "
+                   "the projection on X's column space. Layer 0 has no value."),
+       high="The block acts almost linearly on the residual stream (typical: most blocks score above 0.9).",
+       low="The block's nonlinearity (attention mixing, MLP) changes the representation substantially.",
+       encoder_vs_decoder=("LLM-Microscope reports near-linear blocks in decoders, with the first and last blocks "
+                           "least linear."),
+       pitfalls=["With N pooled points not well above the hidden width D the least-squares map fits any Y: "
+                 "linearity tends to 1 by construction. Use max_points ≥ several × D.", P_POOL_SAMPLE],
+       references=[R_RAZZHIGAEV], sources=["core.geometry:linearity"]),
+    _e(key="corpus_bootstrap", title="Bootstrap intervals over texts", kind="corpus",
+       short="95 % percentile intervals from resampling whole texts with replacement (default 200 resamples).",
+       formula_latex=(r"\theta^{*}_b = \theta\big(\{\text{texts drawn with replacement}\}_b\big),\qquad "
+                      r"\mathrm{CI}_{95} = \big[q_{0.025}(\theta^{*}),\ q_{0.975}(\theta^{*})\big]"),
+       formula_plain="θ*_b = the metric on resample b of the texts (drawn with replacement); CI = [2.5 %, 97.5 %] "
+                     "percentiles of θ*",
+       definition=("Each resample draws as many texts as the corpus has, with replacement, and recomputes every "
+                   "pooled metric; the interval holds the middle 95 % of the resampled values (seeded, so it is "
+                   "reproducible). Nothing is recomputed from the points: per-text blocks of the Gram and scatter "
+                   "matrices built once per layer make a resample a weighted sum of blocks. Cosine anisotropy is "
+                   "exact; spectra are exact in the top bootstrap_rank principal directions, with the remaining "
+                   "variance exact in total and its shape held at the full pool's (exact when the rank is below "
+                   "bootstrap_rank); linearity is computed in the two top bases and corrected by its truncation "
+                   "bias at the full corpus; TwoNN reuses each point's stored nearest neighbours."),
+       high="A wide interval: the metric depends strongly on which texts are in the corpus; add texts.",
+       low="A narrow interval: the estimate is stable under resampling the texts.",
+       encoder_vs_decoder="Same procedure for every model family.",
+       pitfalls=[P_PAIRS_NEED_TEXTS,
+                 "The interval covers the variation across texts of this kind only; it says nothing about other "
+                 "corpora, and nothing about the sampling of tokens within texts (max_points)."],
+       references=[R_EFRON], sources=["core.geometry:pooled_geometry"]),
+]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Comparison of layers and runs (core/compare.py)
+# --------------------------------------------------------------------------------------------------------------
+R_KORNBLITH = "Kornblith, S. et al. (2019). Similarity of neural network representations revisited."
+R_SONG = "Song, L. et al. (2012). Feature selection via dependence maximization (unbiased HSIC estimator)."
+R_NGUYEN = ("Nguyen, T., Raghu, M. & Kornblith, S. (2021). Do wide and deep networks learn the same things? "
+            "Uncovering how neural network representations vary with width and depth.")
+R_GRETTON = "Gretton, A. et al. (2005). Measuring statistical dependence with Hilbert-Schmidt norms."
+R_DAVARI = "Davari, M. et al. (2023). Reliability of CKA as a similarity measure in deep learning."
+
+_COMPARISON = [
+    _e(key="linear_cka", title="Linear CKA (centred kernel alignment)", kind="comparison",
+       short="Linear CKA: similarity of two layers' token geometry, 1 = same up to rotation and scale, 0 = unrelated.",
+       formula_latex=(r"\mathrm{CKA}(X,Y) = \frac{\mathrm{HSIC}(K,L)}{\sqrt{\mathrm{HSIC}(K,K)\,\mathrm{HSIC}(L,L)}},"
+                      r"\quad K = XX^{\top},\ L = YY^{\top}"
+                      r",\qquad \mathrm{HSIC}_0(K,L) = \frac{\mathrm{tr}(KHLH)}{(n-1)^{2}},"
+                      r"\quad H = I - \tfrac{1}{n}\mathbf{1}\mathbf{1}^{\top}"
+                      r",\qquad \mathrm{HSIC}_1(K,L) = \frac{1}{n(n-3)}\Big[\mathrm{tr}(\tilde K\tilde L) + "
+                      r"\frac{\mathbf{1}^{\top}\tilde K\mathbf{1}\;\mathbf{1}^{\top}\tilde L\mathbf{1}}{(n-1)(n-2)} - "
+                      r"\frac{2}{n-2}\,\mathbf{1}^{\top}\tilde K\tilde L\mathbf{1}\Big]"),
+       formula_plain=("CKA(X, Y) = HSIC(K, L) / √(HSIC(K, K) · HSIC(L, L)),  K = X Xᵀ, L = Y Yᵀ (rows = the n tokens);  "
+                      "centred: HSIC₀(K, L) = tr(K H L H) / (n − 1)², H = I − 11ᵀ/n;  "
+                      "debiased: HSIC₁(K, L) = [tr(K̃ L̃) + (1ᵀK̃1)(1ᵀL̃1) / ((n − 1)(n − 2)) − 2/(n − 2) · 1ᵀK̃L̃1] "
+                      "/ (n(n − 3)), K̃, L̃ = K, L with zero diagonal"),
+       definition=("How similar two representations of the same tokens are, compared through their token-by-token "
+                   "similarity structure: X and Y are the hidden states of two layers (T tokens × width, widths may "
+                   "differ), K and L their Gram matrices. CKA is the cosine between the centred Gram matrices. It is "
+                   "invariant to rotating and uniformly rescaling either representation, but not to arbitrary linear "
+                   "maps. The Layer Analysis page shows it for every pair of layers of one run; the Compare page for "
+                   "every layer of run A against every layer of run B, when both runs hold the same tokens. The "
+                   "debiased variant uses the unbiased HSIC estimator (Song et al. 2012), as Nguyen et al. (2021) "
+                   "do for CKA."),
+       high=("Close to 1: the two layers arrange the tokens the same way (same distances and angles up to a rotation "
+             "and a scale). Between neighbouring layers: the block barely moved the representation. Between two "
+             "models on one text: they encode the text alike at those depths."),
+       low=("Close to 0: the token geometry of one layer says nothing linear about the other's. Between neighbouring "
+            "layers: the block rewrote the representation; a bright diagonal with dark off-diagonal blocks shows "
+            "distinct stages of processing."),
+       encoder_vs_decoder=("Decoders (GPT-2, Llama) often show one huge block of high CKA over the middle layers: the "
+                           "first-token attention sink and a few massive activation dimensions dominate every Gram "
+                           "matrix. Encoders (BERT) usually show a smoother decay of CKA with layer distance."),
+       pitfalls=["CKA needs the SAME tokens on both sides (same text, shared tokenizer): it compares token i of A "
+                 "with token i of B. Two texts, or two tokenizers, give no CKA; the Compare page says so.",
+                 "With few tokens and wide layers the centred estimator is biased upwards: even independent random "
+                 "representations score well above 0 when the width is comparable to the token count. Use the "
+                 "debiased variant (it needs at least 4 tokens) before reading much into mid-range values.",
+                 "Linear CKA is dominated by the directions of largest variance: one outlier token (an attention "
+                 "sink, BOS, [CLS]) or a massive activation dimension can make two layers look alike when the rest "
+                 "differs (Davari et al. 2023). Compare with a text without the outlier, or with special tokens "
+                 "excluded.",
+                 "One text is one sample of tokens; CKA over 10 tokens is a rough estimate. Above 1024 tokens the "
+                 "dashboard uses 1024 evenly spaced tokens (it says so)."],
+       references=[R_KORNBLITH, R_SONG, R_NGUYEN, R_GRETTON, R_DAVARI],
+       sources=["core.compare:linear_cka", "core.compare:layer_cka", "core.compare:compare"]),
+]
+
 DOCS: dict[str, DocEntry] = {e.key: e for e in (*_LAYER, *_ATTENTION, *_ATTRIBUTION, *_PREDICTION, *_LENS, *_FIGURES,
-                                                *_PEERS, *_CAUSAL, *_NEURONS)}
+                                                *_PEERS, *_CAUSAL, *_NEURONS, *_CORPUS, *_COMPARISON)}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -913,7 +1104,7 @@ DOCS: dict[str, DocEntry] = {e.key: e for e in (*_LAYER, *_ATTENTION, *_ATTRIBUT
 # --------------------------------------------------------------------------------------------------------------
 METHODOLOGY: list[tuple[str, str]] = [
     ("One forward pass",
-     "The text is tokenised (truncated to max_tokens, special tokens included) and run once through the model with "
+     "The text is tokenised (truncated to the Max tokens setting, special tokens included) and run once through the model with "
      "output_hidden_states and output_attentions, under torch inference mode and the model's lock (one loaded model "
      "serves every session). Every page, chart and export is computed from this one capture; only the gradient "
      "attributions and the optional generation run the model again."),

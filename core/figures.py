@@ -10,12 +10,13 @@ PNG functions return bytes (Agg backend, figures closed). `figure_files` is the 
 from __future__ import annotations
 
 import logging
+import textwrap
 from collections.abc import Callable, Mapping
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from . import plotting
+from . import chart_spec, plotting
 from .docs import metric_label
 from .metrics import METRIC_NAMES
 from .options import ExportOptions
@@ -23,7 +24,6 @@ from .result import AnalysisResult
 
 log = logging.getLogger(__name__)
 
-SPECTRAL = ("effective_rank", "participation_ratio", "intrinsic_dim_95")
 METHODS = ("pearson", "spearman")
 
 
@@ -146,28 +146,60 @@ def panel_grid(n: int, max_cols: int = 3) -> tuple[int, int]:
 
 
 def layer_metrics_figure(result: AnalysisResult) -> Figure:
-    """One panel per layer metric (METRIC_NAMES, laid out by panel_grid) against the layer (0 … L); the spectral
-    panels show the token bound T−1 as a dashed line."""
+    """One panel per layer metric (METRIC_NAMES, laid out by panel_grid) against the layer (0 = embeddings … L),
+    with the axes of core.chart_spec — the same as the app's charts: the y-axis from zero (cosine: 0 to 1), the
+    dashed, labelled ceiling T − 1 on the spectral panels (named above the axis when far above the data), integer
+    ticks for integer metrics, plain numbers without offsets or exponents. A metric with nothing to draw says why
+    inside its panel."""
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator, ScalarFormatter
+
     m = _metrics(result)
-    bound = metric_token_count(result) - 1
+    n_used = metric_token_count(result)
+    bound = max(n_used - 1, 0)
+    excluded = bool(result.settings.exclude_special_tokens)
     rows, cols = panel_grid(len(METRIC_NAMES))
     fig = plotting.figure(11.0, 3.0 * rows)
-    axes = fig.subplots(rows, cols, squeeze=False).flat
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.08, top=0.9, wspace=0.28, hspace=0.38)  # fixed layout
-    for ax in list(axes)[len(METRIC_NAMES):]:
+    axes = list(fig.subplots(rows, cols, squeeze=False).flat)  # a list: the spare panels and the zip both read it
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.1, top=0.86, wspace=0.28, hspace=0.55)  # fixed layout
+    for ax in axes[len(METRIC_NAMES):]:
         ax.axis("off")
     layers = np.arange(len(m[METRIC_NAMES[0]]))
     for ax, n in zip(axes, METRIC_NAMES):
-        ax.plot(layers, m[n], marker="o", ms=3, lw=1.5, color="#1f77b4")
-        if n in SPECTRAL and bound >= 1:
-            ax.axhline(bound, ls="--", lw=1, color="#999999", label=f"T−1 = {bound}")
-            ax.legend(fontsize=7, loc="center right")
-        ax.set_title(metric_label(n), fontsize=9)
-        ax.set_xlabel("layer", fontsize=8)
+        spec = chart_spec.METRIC_AXES[n]
+        ax.set_title(metric_label(n), fontsize=9, pad=12)
+        ax.set_xlabel(chart_spec.LAYER_AXIS_TITLE, fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        domain = chart_spec.y_domain(n, m[n], bound)
+        if domain is None:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            why = textwrap.fill(chart_spec.empty_reason(n, m[n], n_used, excluded) or "", 44)
+            ax.text(0.5, 0.5, why, ha="center", va="center", fontsize=7, transform=ax.transAxes)
+            continue
+        ax.plot(layers, m[n], marker="o", ms=3, lw=1.5, color="#1f77b4")
+        ax.set_xlim(-0.25, max(len(layers) - 1, 1) + 0.25)
+        ax.set_ylim(*domain)
+        for line in chart_spec.visible_lines(n, bound, domain):
+            ax.axhline(line.value, ls="--", lw=1, color="#888888")
+            ax.text(0.99, line.value, line.label, ha="right", va="bottom", fontsize=7, color="#666666",
+                    transform=ax.get_yaxis_transform())
+        note = chart_spec.ceiling_note(n, bound, domain)
+        if note:
+            ax.text(1.0, 1.01, f"↑ {note}", ha="right", va="bottom", fontsize=7, color="#666666",
+                    transform=ax.transAxes)
+        if spec.integer:
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.yaxis.set_major_formatter(FormatStrFormatter("%d"))
+        else:
+            fmt = ScalarFormatter(useOffset=False)
+            fmt.set_scientific(False)
+            ax.yaxis.set_major_formatter(fmt)
+        if spec.unit:
+            ax.set_ylabel(spec.unit, fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Layer metrics - {result.model.model_id} ({result.n_tokens} tokens, {result.metric_tokens})",
-                 fontsize=10)
+    fig.suptitle(f"Layer metrics - {result.model.model_id} · "
+                 f"{chart_spec.metric_tokens_phrase(result.n_tokens, n_used, excluded)}", fontsize=10)
     return fig
 
 
@@ -204,7 +236,7 @@ def normalized_figure(result: AnalysisResult) -> Figure:
     step = max(1, N.shape[1] // 16)
     ax.set_xticks(range(0, N.shape[1], step))
     ax.tick_params(axis="x", labelsize=7)
-    ax.set_xlabel("layer", fontsize=8)
+    ax.set_xlabel(chart_spec.LAYER_AXIS_TITLE, fontsize=8)
     fig.colorbar(im, cax=cax, label="min-max scaled")
     ax.set_title("Layer metrics, each scaled to [0, 1] over the layers", fontsize=9)
     return fig

@@ -44,7 +44,7 @@ DEFAULT_MAX_CORPUS_TEXTS = 200
 MAX_MODEL_ID_CHARS = 512
 #: huggingface_hub's validate_repo_id: namespace and name each 1–96 characters of [A-Za-z0-9_.-].
 HUB_NAME_MAX = 96
-_HUB_PART = re.compile(r"[A-Za-z0-9_.-]{1,%d}" % HUB_NAME_MAX)
+_HUB_PART = re.compile(rf"[A-Za-z0-9_.-]{{1,{HUB_NAME_MAX}}}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
 
@@ -312,7 +312,8 @@ def estimate_parameters(config: Mapping[str, Any]) -> int:
     attn = d * q_out + 2 * d * kv_out + q_out * d
     if attn_bias:
         attn += q_out + 2 * kv_out
-    gated = mt in GATED_MLP_TYPES or str(_get(cfg, "hidden_act", "activation_function", default="")) in ("silu", "swiglu")
+    act = str(_get(cfg, "hidden_act", "activation_function", default=""))
+    gated = mt in GATED_MLP_TYPES or act in ("silu", "swiglu")
     mlp = (3 if gated else 2) * d * inter
     if bool(cfg.get("mlp_bias", False)):
         mlp += (2 if gated else 1) * inter + d

@@ -172,7 +172,7 @@ def config_dict(src: ModelSource) -> dict[str, Any]:
             from huggingface_hub import hf_hub_download
 
             folder = Path(hf_hub_download(src.location, "config.json", local_files_only=src.local_files_only)).parent
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any hub failure means: no config, no load
             raise ModelUnavailableError(f"the config of '{src.model_id}' could not be fetched "
                                         f"({guards.scrub_paths(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)})"
                                         ) from None
@@ -213,7 +213,10 @@ def detect_family(config: Any) -> str:
             return "causal_lm"
     if archs:
         return "encoder"
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
 
     mt = getattr(config, "model_type", "")
     if getattr(config, "is_decoder", False) or (mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -319,7 +322,13 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto",
     `LoadedModel.device` is the device of the input embeddings; `device` then only decides the dtype default.
     """
     import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoTokenizer,
+    )
 
     src = resolve_source(model_id)
     check_size_guard(src)

@@ -50,47 +50,21 @@ TOP_NEURONS = 20  # neurons kept per factor (the page shows the first ten)
 MAX_ITER = 30  # coordinate-descent sweeps: within 0.1 % of the converged error (MiniLM, random GPT-2, 128 tokens)
 TOL = 1e-3  # stopping tolerance: 2–4× fewer iterations than 1e-4 for a relative error within 0.1 % of it
 
-#: (path to the list of blocks from the base model, path to the MLP output projection inside a block)
-_BLOCK_PATHS = ("h", "layers", "encoder.layer", "decoder.layers", "transformer.layer", "model.layers")
-_MLP_OUT_PATHS = ("mlp.c_proj", "mlp.down_proj", "mlp.dense_4h_to_h", "mlp.fc2", "output.dense", "fc2", "ffn.lin2")
-
-
-def _attr_path(obj: object, path: str) -> object | None:
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
-
 
 def mlp_output_projections(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The MLP output projection of every block, in layer order (the one architecture lookup of this module).
+    """The MLP output projection of every block, in layer order, from core/arch.py's map (`Block.mlp_out`):
+    GPT-2 `mlp.c_proj`, Llama/Mistral/Qwen2/Gemma-2/Phi-3 `mlp.down_proj`, BERT/MiniLM/RoBERTa `output.dense`,
+    GPT-NeoX `mlp.dense_4h_to_h`, OPT `fc2`, DistilBERT `ffn.lin2`.
 
-    GPT-2 `h[l].mlp.c_proj`, Llama/Mistral/Qwen2/Gemma `layers[l].mlp.down_proj`, BERT/MiniLM
-    `encoder.layer[l].output.dense`, GPT-NeoX `mlp.dense_4h_to_h`, OPT `fc2`, DistilBERT `ffn.lin2`.
-    Raises ValueError for an architecture it does not know (the step turns that into a visible warning).
+    Raises ValueError("neuron factors are not available for <architecture> …") for an architecture the map does not
+    know (the step turns it into a visible warning).
     """
-    import torch
+    from .arch import try_model_parts
 
-    base = getattr(model, "base_model", model)
-    blocks = None
-    for path in _BLOCK_PATHS:
-        cand = _attr_path(base, path)
-        if isinstance(cand, torch.nn.ModuleList) and len(cand) > 0:
-            blocks = cand
-            break
-    if blocks is None:
-        raise ValueError(f"neuron factors are not available for {type(model).__name__}: no list of blocks found")
-    out: list[torch.nn.Module] = []
-    for block in blocks:
-        proj = next((m for m in (_attr_path(block, p) for p in _MLP_OUT_PATHS) if isinstance(m, torch.nn.Module)), None)
-        if proj is None:
-            raise ValueError(
-                f"neuron factors are not available for {type(model).__name__}: "
-                f"no MLP output projection in {type(block).__name__}"
-            )
-        out.append(proj)
-    return out
+    parts, why = try_model_parts(model, "neuron factors", "are")
+    if parts is None:
+        raise ValueError(why)
+    return [block.mlp_out for block in parts.blocks]
 
 
 class _Stop(Exception):

@@ -22,8 +22,8 @@ position is patched (chunked so the activations stay under PATCH_MEMORY_BUDGET),
 batched forward passes. Hooks live only inside ``hooked`` (removed in a ``finally``). Pure computation: no
 Streamlit; the app and the CLI call ``run_patching`` (or ``patch`` with a cache).
 
-Module lookups for all of this are in ONE function, ``patch_sites``, so that the per-architecture mapping of
-core/arch.py can replace it.
+Module lookups for all of this are in ONE function, ``patch_sites``, which reads the per-architecture map of
+core/arch.py (blocks, attention output projection, MLP output projection).
 """
 
 from __future__ import annotations
@@ -62,10 +62,6 @@ PATCH_MEMORY_BUDGET = 512_000_000
 
 #: |m_clean − m_corrupted| below this (in logits) makes `restored` meaningless: a warning says so.
 TINY_DIFFERENCE = 0.1
-
-#: Module name suffixes of the MLP's output (down) projection: GPT-2, Llama/Mistral/Qwen, BERT (its `output.dense`
-#: that is not the attention's), GPT-NeoX.
-MLP_OUTPUTS = (".mlp.c_proj", ".mlp.down_proj", ".output.dense", ".mlp.dense_4h_to_h", ".mlp.fc2")
 
 ProgressFn = Callable[[str, float], None]
 
@@ -226,24 +222,20 @@ class PatchSites:
 
 
 def patch_sites(model: Any, n_layers: int) -> PatchSites:
-    """Find the blocks, attention output projections and MLP output projections of `model` (GPT-2, BERT, Llama,
-    and architectures named alike). Raises InputError when the layout is not recognised."""
-    from torch import nn
+    """The blocks, attention output projections and MLP output projections of `model`, from the one architecture
+    map (`core.arch.model_parts`). Raises InputError (the map's "not available for <architecture>" line) when the
+    architecture is not in the map."""
+    from .arch import ArchitectureNotSupported, model_parts
 
-    from .attribution import head_projection_modules
-
-    blocks: list[Any] | None = None
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) == n_layers and name.split(".")[-1] in ("h", "layers", "layer"):
-            blocks = list(mod)
-            break
-    attn = head_projection_modules(model, n_layers)
-    mlp = [m for name, m in model.named_modules()
-           if name.endswith(MLP_OUTPUTS) and not name.endswith(".attention.output.dense")]
-    if blocks is None or attn is None or len(mlp) != n_layers:
-        raise InputError(f"activation patching does not know the layout of {type(model).__name__}: it needs "
-                         f"{n_layers} blocks, attention output projections and MLP output projections")
-    return PatchSites(tuple(blocks), tuple(attn), tuple(mlp))
+    try:
+        parts = model_parts(model)
+    except ArchitectureNotSupported as exc:
+        raise InputError(str(ArchitectureNotSupported(exc.architecture, "activation patching"))) from exc
+    if parts.n_layers != n_layers:
+        raise InputError(f"activation patching expected {n_layers} blocks in {parts.architecture}, the architecture "
+                         f"map found {parts.n_layers}")
+    return PatchSites(tuple(b.module for b in parts.blocks), tuple(b.out_proj for b in parts.blocks),
+                      tuple(b.mlp_out for b in parts.blocks))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -270,7 +262,8 @@ def _first_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return args[0] if args else kwargs["hidden_states"]
 
 
-def _with_first_input(args: tuple[Any, ...], kwargs: dict[str, Any], value: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _with_first_input(args: tuple[Any, ...], kwargs: dict[str, Any],
+                      value: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if args:
         return (value, *args[1:]), kwargs
     return args, {**kwargs, "hidden_states": value}
@@ -550,7 +543,7 @@ class PatchingCache:
     def __init__(self, directory: str | None = None, size_limit_mb: int = 256):
         import diskcache
 
-        from .cache import default_cache_dir
+        from .paths import default_cache_dir
 
         path = directory or str(default_cache_dir() / "patching")
         self._cache = diskcache.Cache(path, size_limit=size_limit_mb * 1024 * 1024,

@@ -372,25 +372,27 @@ def qk_figure(view: QKView, tokens: list[str], max_keys: int = MAX_KEYS_SHOWN) -
     ax_k.imshow(view.keys[keys], aspect="auto", cmap=cmap, vmin=-lim_k, vmax=lim_k)
     ax_k.set_yticks(range(n), labels, fontsize=7)
     ax_k.set_xlabel("dimension", fontsize=8)
-    ax_p = fig.add_subplot(gs[1, 1], sharey=ax_k)
+    ax_p = fig.add_subplot(gs[1, 1])
     prod = view.products[keys]
     lim_p = float(np.abs(prod).max()) or 1.0
     ax_p.imshow(prod, aspect="auto", cmap=cmap, vmin=-lim_p, vmax=lim_p)
     ax_p.set_title("q ⊙ k_j", fontsize=9)
-    ax_p.tick_params(labelleft=False)
     ax_p.set_xlabel("dimension", fontsize=8)
-    ax_s = fig.add_subplot(gs[1, 2], sharey=ax_k)
+    ax_s = fig.add_subplot(gs[1, 2])
     finite = np.where(np.isfinite(view.scores[keys]), view.scores[keys], np.nan)
     bars = np.nan_to_num(finite)
     ax_s.barh(range(n), bars, color=["tab:red" if v > 0 else "tab:blue" for v in bars])
     ax_s.set_title("score", fontsize=9)
-    ax_s.tick_params(labelleft=False, labelsize=7)
-    ax_w = fig.add_subplot(gs[1, 3], sharey=ax_k)
+    ax_s.tick_params(labelsize=7)
+    ax_w = fig.add_subplot(gs[1, 3])
     ax_w.barh(range(n), view.weights[keys], color="tab:purple")
     ax_w.set_xlim(0, 1)
     ax_w.set_title("weight", fontsize=9)
-    ax_w.tick_params(labelleft=False, labelsize=7)
-    ax_k.set_ylim(n - 0.5, -0.5)
+    ax_w.tick_params(labelsize=7)
+    for ax in (ax_k, ax_p, ax_s, ax_w):  # one row per key on every panel (no shared axes: fewer ticks to draw)
+        ax.set_ylim(n - 0.5, -0.5)
+    for ax in (ax_p, ax_s, ax_w):
+        ax.set_yticks([])
     more = f", {n} of {view.weights.shape[0]} keys (largest weights)" if n < view.weights.shape[0] else ""
     fig.suptitle(
         f"Layer {view.layer}, head {view.head} (key-value head {view.kv_head}), query {view.query}{more}", fontsize=10

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import docs, neurons, qk
+from . import chart_spec, docs, neurons, qk
 from .guards import is_unsafe_char
 from .metrics import METRIC_NAMES
 from .options import ExportOptions
@@ -221,15 +221,15 @@ def _title_page(w: _Writer, result: AnalysisResult) -> None:
     versions = ", ".join(f"{k} {v}" for k, v in sorted(result.versions.items()))
     w.kv([
         ("Model", m.model_id),
-        ("Family", m.family),
+        ("Family", chart_spec.family_words(m.family)),
         ("Architecture", m.architecture),
         ("Revision", m.revision),
         ("Dtype / device", f"{m.dtype} / {m.device}"),
         ("Shape", f"{result.n_layers} layers, {result.n_heads} heads, hidden {m.hidden_size}"),
-        ("Token count", f"{result.n_tokens} ({result.metric_tokens} in the layer metrics)"),
-        ("Target", f"position {result.target_position} ({result.target_reason})"),
+        ("Token count", f"{result.n_tokens}; {_tokens_phrase(result)}"),
+        ("Target", chart_spec.target_phrase(result.target_position, result.target_reason)),
         ("Date", result.created_at),
-        ("Duration", f"{result.duration_s:.2f} s ({'cache hit' if result.cache_hit else 'computed'})"),
+        ("Duration", chart_spec.timing_phrase(result.duration_s, result.cache_hit)),
         ("Core version", result.core_version),
         ("Versions", versions),
     ])
@@ -241,11 +241,18 @@ def _title_page(w: _Writer, result: AnalysisResult) -> None:
             w.para(f"• {msg}")
 
 
+def _tokens_phrase(result: AnalysisResult) -> str:
+    from .figures import metric_token_count
+
+    return chart_spec.metric_tokens_phrase(result.n_tokens, metric_token_count(result),
+                                           bool(result.settings.exclude_special_tokens))
+
+
 def _metric_table(w: _Writer, result: AnalysisResult) -> None:
     w.pdf.add_page()
     w.h1("Layer metrics")
-    w.para(f"Layer 0 is the embedding output; the last layer is the residual stream before the final norm. "
-           f"Tokens used: {result.metric_tokens}.", size=8)
+    w.para(f"Layer 0 is the embedding output, layer l the output of block l; the last layer is the residual stream "
+           f"before the final norm. {_tokens_phrase(result)[:1].upper()}{_tokens_phrase(result)[1:]}.", size=8)
     header = ["layer", *(docs.metric_label(n) for n in METRIC_NAMES)]
     rows = [[r["layer"], *(r[n] for n in METRIC_NAMES)] for r in result.metrics_table()]
     layer_w = 14.0
@@ -318,7 +325,8 @@ def _heads(w: _Writer, result: AnalysisResult, k: int = 10) -> None:
         rows = []
         for idx in order:
             l, h = divmod(int(idx), H)
-            rows.append([l, h, ent[l, h], ne[l, h], dist[l, h], roles[idx] if idx < len(roles) else ""])
+            rows.append([chart_spec.block_number(l), h, ent[l, h], ne[l, h], dist[l, h],
+                         roles[idx] if idx < len(roles) else ""])
         w.table(["layer", "head", "entropy (nats)", "normalised", "mean distance", "role"], rows,
                 widths=(18, 18, 35, 35, 35, 49))
     if attr is not None and attr.head_scores is not None:
@@ -326,7 +334,7 @@ def _heads(w: _Writer, result: AnalysisResult, k: int = 10) -> None:
         w.para(f"{docs.caption('head_attribution')} Method: {attr.head_method}.", size=8)
         sc = np.asarray(attr.head_scores, dtype=np.float64)
         order = np.argsort(np.where(np.isnan(sc), -np.inf, -np.abs(sc)), axis=None)[:k]
-        rows = [[int(i) // H, int(i) % H, sc.flat[int(i)]] for i in order]
+        rows = [[chart_spec.block_number(int(i) // H), int(i) % H, sc.flat[int(i)]] for i in order]
         w.table(["layer", "head", "score"], rows, widths=(30, 30, 50))
 
 
@@ -373,8 +381,9 @@ def _attribution_tokens(w: _Writer, result: AnalysisResult) -> None:
     if a is None:
         return
     w.h2("Token attribution")
-    w.para(f"Target position {a.target_position} ({a.target_token!r}); predicted {a.predicted_token!r}. "
-           f"{docs.caption('attention_rollout')}", size=8)
+    predicted = f"; predicted {a.predicted_token!r}" if a.predicted_token else ""
+    w.para(f"Target: {chart_spec.target_phrase(a.target_position, result.target_reason, a.target_token)}"
+           f"{predicted}. {docs.caption('attention_rollout')}", size=8)
     named = [("rollout", a.rollout), ("grad × input", a.grad_x_input), ("integrated gradients", a.integrated_gradients)]
     cols = [(n, np.asarray(v, dtype=np.float64)) for n, v in named if v is not None]
     key_name, key = cols[-1]  # the most faithful method present: IG, else gradient × input, else rollout

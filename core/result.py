@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 from . import serialize
-from .attention import AttentionSection
 from .ablation import HeadAblationSection
+from .attention import AttentionSection
 from .attribution import AttributionSection
 from .dla import DLASection
 from .flow import FlowSection

@@ -20,6 +20,8 @@ GROUPS = [
     ("Logit lens", "logit_lens", "The model's intermediate guesses, layer by layer."),
     ("Causal evidence", "causal", "Interventions: what the prediction needs (activation patching, head ablation)."),
     ("Neurons", "neurons", "Groups of MLP neurons that fire together over the tokens of the text."),
+    ("Corpus", "corpus", "Corpus mode: computed on the token states of many texts pooled per layer, with intervals."),
+    ("Comparison", "comparison", "How similar two layers, or two runs, are (Layer Analysis and Compare pages)."),
 ]
 
 
@@ -41,7 +43,6 @@ def draw_entry(e: docs.DocEntry) -> None:
     if e.references:
         with st.expander("References", expanded=False):
             st.markdown("\n".join(f"- {r}" for r in e.references))
-    st.caption(f"Key `{e.key}` · used for chart captions: {e.short}")
 
 
 def draw_visual_guide() -> None:
@@ -67,7 +68,7 @@ st.title("Details")
 st.markdown("Formulas, interpretation guides, the visual-analysis guide and the methodology behind every number on "
             "the other pages. Notation: *L* layers, *H* heads, *T* tokens, *D* hidden width; $h^l_t$ is the state "
             "of token *t* after block *l* (l = 0: embeddings); $A^{l,h}$ the attention of head *h* in layer *l* "
-            "(rows are queries).")
+            "(l = 1 … L: the block that writes hidden state *l*; heads are numbered from 0; rows are queries).")
 
 tabs = st.tabs([g[0] for g in GROUPS] + ["Visual guide", "Methodology"])
 for tab, (_title, kind, intro) in zip(tabs, GROUPS):

@@ -1,5 +1,6 @@
 """Layer Analysis page: attention maps, per-head statistics and clustering, token attribution, the logit lens and
-the layer animations, all drawn from the stored result (no model runs on a slider or head change)."""
+the layer animations, all drawn from the stored result (no model runs on a slider or head change). Each tab holds
+the pickers it uses: the Attention tab a layer and a head, the Animations tab a head; the others show every layer."""
 
 from __future__ import annotations
 
@@ -18,20 +19,20 @@ if result is None:
     st.stop()
 
 result_header(result)
-layer, head = lw.pickers(result)
 
 tab_att, tab_heads, tab_attr, tab_lens, tab_anim, tab_neurons, *peer_tabs = st.tabs(
     ["Attention", "Heads", "Token attribution", "Logit lens", "Animations", "Neurons & query–key", *peer_views.TABS])
 with tab_att, guarded("attention map"):
-    lw.attention_section(result, layer, head)
+    lw.attention_section(result)
 with tab_heads, guarded("head analysis"):
-    lw.heads_section(result, layer, head)
+    lw.heads_section(result)
 with tab_attr, guarded("token attribution"):
     lw.attribution_section(result)
 with tab_lens, guarded("logit lens"):
     lw.logit_lens_section(result)
 with tab_anim, guarded("layer animations"):
-    lw.animations_section(result, head)
-with tab_neurons:
-    neuron_views.draw(result, layer, head)
+    lw.animations_section(result)
+with tab_neurons:  # the query–key view picks its own layer and head, next to it
+    qk_layer, qk_head = lw.pickers(result, Keys.QK_LAYER, Keys.QK_HEAD, "of the query–key view")
+    neuron_views.draw(result, qk_layer, qk_head)
 peer_views.draw_tabs(result, peer_tabs)

@@ -32,12 +32,10 @@ if result.family == "causal_lm":
     with guarded("continuation"):
         widgets.continuation_section(result)
 
-left, right = st.columns(2)
-with left:
-    st.subheader("Metric correlations across layers")
-    with guarded("correlation matrix"):
-        widgets.correlation_section(result)
-with right:
-    st.subheader("Metrics normalised per metric")
-    with guarded("normalised heatmap"):
-        widgets.normalised_heatmap(result)
+# one below the other: side by side, the matrices' metric names leave their cells too little room at 1 280 px
+st.subheader("Metric correlations across layers")
+with guarded("correlation matrix"):
+    widgets.correlation_section(result)
+st.subheader("Metrics normalised per metric")
+with guarded("normalised heatmap"):
+    widgets.normalised_heatmap(result)

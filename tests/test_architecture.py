@@ -15,11 +15,26 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "core"
 
 
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node except those under `if TYPE_CHECKING:` (imports for annotations only never run)."""
+    out: list[ast.AST] = []
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                todo.extend(child.orelse)
+                continue
+            todo.append(child)
+    return out
+
+
 def _core_imports(path: Path) -> set[str]:
-    """Modules of core/ that `path` imports anywhere (top level or inside functions)."""
+    """Modules of core/ that `path` imports when it runs (top level or inside functions)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     out: set[str] = set()
-    for node in ast.walk(tree):
+    for node in _runtime_nodes(tree):
         if isinstance(node, ast.ImportFrom):
             if node.level == 1:  # from .x import y / from . import x
                 if node.module:

@@ -163,34 +163,40 @@ def test_a_job_finished_after_navigation_is_shown_with_its_text(tiny_gpt2, monke
     at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=120)
     at.run()
     result = analyze(tiny_gpt2, "The dog sat on the log.", compute_gradients=False)
-    from app.sidebar import AnalysisJob
+    from app import sidebar
 
+    monkeypatch.setattr(sidebar, "session_id", lambda: "test-session")
     fut: Future = Future()
     fut.set_result(result)
-    job = AnalysisJob(model_id="tiny", dtype="auto", text=result.text, family_before="causal_lm", future=fut)
-    at.session_state[Keys.JOB] = job  # as left behind by a run the user navigated away from
+    job = sidebar.AnalysisJob(model_id="tiny", dtype="auto", text=result.text, family_before="causal_lm", future=fut)
+    sidebar.register_job("test-session", job)  # as left behind by a run the user navigated away from
     at.session_state[Keys.TEXT] = "Another text typed since."
     at.run()
-    assert at.session_state[Keys.JOB] is None
+    assert sidebar.pending_job("test-session") is None
     assert at.session_state[Keys.RESULT].text == "The dog sat on the log."
     captions = " ".join(c.value for c in at.caption)
     assert "The dog sat on the log" in captions  # labelled with its own text
     assert any("has changed since this analysis" in i.value for i in at.info)
 
 
-def test_a_cancelled_job_says_so():
+@pytest.mark.parametrize("how", ["future cancelled", "left before the hand-over"])
+def test_a_cancelled_job_says_so(how, monkeypatch):
     from concurrent.futures import Future
 
     from streamlit.testing.v1 import AppTest
 
-    from app.sidebar import AnalysisJob
-    from app.state import Keys
+    from app import sidebar
 
+    monkeypatch.setattr(sidebar, "session_id", lambda: "test-session-2")
     at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=120)
     at.run()
-    fut: Future = Future()
-    fut.cancel()
-    at.session_state[Keys.JOB] = AnalysisJob(model_id="m", dtype="auto", text="t", family_before=None, future=fut)
+    job = sidebar.AnalysisJob(model_id="m", dtype="auto", text="t", family_before=None)
+    if how == "future cancelled":
+        job.future = Future()
+        job.future.cancel()
+    else:
+        job.cancelled = True  # run_analysis marks this when a rerun stops it before submitting
+    sidebar.register_job("test-session-2", job)
     at.run()
-    assert at.session_state[Keys.JOB] is None
+    assert sidebar.pending_job("test-session-2") is None
     assert at.error and "cancelled" in at.error[0].value

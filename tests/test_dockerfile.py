@@ -100,8 +100,8 @@ def test_public_defaults_in_the_environment():
 
 def test_streamlit_config_keeps_error_details_hidden():
     toml = (ROOT / ".streamlit" / "config.toml").read_text()
-    assert re.search(r'^showErrorDetails\s*=\s*"none"', toml, re.M)
-    assert re.search(r"^port\s*=\s*7860", toml, re.M)
+    assert re.search(r'^showErrorDetails\s*=\s*"none"', toml, re.MULTILINE)
+    assert re.search(r"^port\s*=\s*7860", toml, re.MULTILINE)
 
 
 def _ignored(rel: str, patterns: list[str]) -> bool:
@@ -150,7 +150,7 @@ def _docker_running() -> bool:
     if shutil.which("docker") is None:
         return False
     try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=20, check=False).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 

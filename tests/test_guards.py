@@ -59,8 +59,14 @@ def _meta_count(config, auto) -> int:
 
 def test_estimate_at_full_size():
     """GPT-2 small, BERT base (masked LM), TinyLlama 1.1B (GQA, untied head), Qwen2 (attention bias, tied)."""
-    from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, GPT2Config, LlamaConfig,
-                              Qwen2Config)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        BertConfig,
+        GPT2Config,
+        LlamaConfig,
+        Qwen2Config,
+    )
 
     cases = [
         (GPT2Config(architectures=["GPT2LMHeadModel"]), AutoModelForCausalLM, 124_439_808),

@@ -91,7 +91,8 @@ def test_cli_model_ids(model_id, code, tmp_path, capsys, no_load):
 def test_cli_model_id_in_a_subprocess_exits_2(tmp_path):
     """The real entry point, for the exit code the shell sees."""
     proc = subprocess.run([sys.executable, "-m", "core", "analyze", "--model", "x" * 5000, "--text", "hi",
-                           "--out", str(tmp_path / "b.zip")], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                           "--out", str(tmp_path / "b.zip")], check=False, cwd=ROOT, capture_output=True, text=True,
+                          timeout=120,
                           env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2
     one_short_line(proc.stderr)
@@ -316,13 +317,14 @@ def test_pdf_of_a_hostile_text(tiny_gpt2):
 @pytest.mark.parametrize("hostile", [
     "[Click to fix](http://evil.example)", "**bold** _it_ `code`", ":red[red] :material/home:", "<b>x</b> &amp;",
     "# heading", "- item", "a\u202eb", "$x^2$", "![img](http://evil.example/x.png)", "www.evil.example",
+    "mail me: a@evil.example", "`code` and ``more`` http://x.example/`y`",
 ])
 def test_md_escape_leaves_no_markdown(hostile):
     from app.widgets import md_escape
 
     out = md_escape(hostile)
-    unescaped = re.sub(r"\\.", "", out)  # drop every escaped character: what remains must be inert
-    assert not re.search(r"[\[\]()*_`<>#:$!&]", unescaped), out
+    unescaped = re.sub(r"\\.|(`+).*?\1", "", out)  # drop escaped characters and code spans: the rest must be inert
+    assert not re.search(r"[\[\]()*_`<>#:$!&]|www\.|https?:|\S@\S", unescaped), out
     assert "\u202e" not in out
 
 

@@ -149,14 +149,17 @@ def test_layer_range():
 
 
 def test_unknown_architecture_says_so():
+    from types import SimpleNamespace
+
     import torch
 
     class Odd(torch.nn.Module):
         def __init__(self):
             super().__init__()
+            self.config = SimpleNamespace(model_type="odd", architectures=["OddForCausalLM"])
             self.lin = torch.nn.Linear(2, 2)
 
-    with pytest.raises(ValueError, match="not available for Odd"):
+    with pytest.raises(ValueError, match="neuron factors are not available for OddForCausalLM"):
         mlp_output_projections(Odd())
 
 
@@ -243,13 +246,15 @@ def test_page_widgets_run_no_model(llama_result):
     assert len(at.get("html")) >= r.neuron_factors.n_factors  # one shaded text per factor
     with ForwardCounter() as fc:
         at.multiselect(key="nf_factors").set_value([1, 3]).run()
-        at.selectbox(key="head").set_value(3).run()
+        at.selectbox(key="qk_head").set_value(3).run()  # the query–key view's own pickers, in its tab
         at.selectbox(key="qk_query").set_value(2).run()
-        at.slider(key="layer").set_value(1).run()
+        at.select_slider(key="qk_layer").set_value(1).run()  # index 1: shown as layer 2
     no_exception(at)
     assert fc.calls == 0, f"{fc.calls} module calls on neuron/query–key widget changes"
     assert at.session_state["qk_query"] == 2
-    table = at.dataframe[-1].value  # the query–key table of layer 1, head 3, query 2
+    tables = [d.value for d in at.dataframe if "q·k" in d.value.columns]
+    assert len(tables) == 1
+    table = tables[0]  # the query–key table of layer 1, head 3, query 2
     np.testing.assert_allclose(table["weight"].to_numpy(), r.attentions[1, 3, 2], atol=1e-5)
     assert any("key-value head 1" in c.value for c in at.caption)
 

@@ -109,7 +109,7 @@ def test_chart_builders_make_valid_specs():
 
     df = views.metrics_long(RES)
     for m in METRIC_NAMES:
-        assert charts.metric_line(df, m).to_dict()["layer"]
+        assert charts.metric_line(df, m, token_bound=RES.n_tokens - 1).to_dict()["layer"]
     assert charts.correlation_heatmap(views.correlations_long(metric_correlations(RES)), "pearson").to_dict()
     assert charts.normalised_heatmap(views.normalised_metrics(RES)).to_dict()
     A = np.full((1, 1, 3, 3), 1 / 3)

@@ -1,0 +1,508 @@
+"""Sections of the Compare page (and the layer × layer CKA of the Layer Analysis page), drawn from stored results.
+
+Run A and run B are ordinary cached analyses with the sidebar's settings: the Compare button loads each model
+through app.loading.get_model and analyses through core.analysis.analyze with the app's result cache in a worker
+thread — the same path as the sidebar's Analyze — and a run that is already in the session (the sidebar's
+result, or the previous A or B) is reused without loading anything. Every other widget on the page only re-draws:
+the comparison itself (core.compare.compare) is a pure function of the two results, cached per pair of results.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app.loading import get_model, get_result_cache
+from app.sidebar import current_settings, known_family, selected_model_id, session_entry
+from app.state import OTHER_MODEL, Keys
+from app.widgets import chart, metric_label, show_caption
+from core import chart_spec, views
+from core.chart_spec import METRIC_AXES
+from core.compare import (
+    ComparisonResult,
+    compare,
+    layer_cka,
+    metric_overlay_rows,
+    prediction_rows,
+    short_id,
+)
+from core.errors import InputError, ModelUnavailableError, TMAError
+from core.metrics import METRIC_NAMES
+from core.presets import BUNDLED_ID, PRESET_IDS, preset
+from core.result import AnalysisResult
+from core.settings import AnalysisSettings, max_text_chars
+
+log = logging.getLogger(__name__)
+
+MODES = {"text": "Same model, a second text", "model": "Same text, a second model"}
+#: Run B's default second text, per family of run A's model (a small change of the example texts).
+SECOND_TEXTS = {
+    "masked_lm": "The capital of Italy is [MASK].",
+    "causal_lm": "The capital of Italy is",
+    "encoder": "A fast brown fox leaps over a sleepy dog by the river bank.",
+}
+ENTROPY_KINDS = {"entropy": "Entropy (nats)", "normalized_entropy": "Normalised entropy"}
+ATTR_METHODS = {"rollout": "Attention rollout", "grad_x_input": "Gradient × input",
+                "integrated_gradients": "Integrated gradients"}
+MAX_CELL_TEXT = 16  # write the CKA values into the cells up to this many layers per side
+RUN_COLOURS = ["#1f5fa8", "#d6604d"]  # run A blue, run B red (as in the PDF's overlay)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Choosing the runs
+
+
+def model_of(state: Any, which: str) -> str:
+    """The model id chosen for run "a" or "b" (in "text" mode, B uses A's model)."""
+    if which == "b" and state.get(Keys.CMP_MODE) == "text":
+        return model_of(state, "a")
+    choice_key, custom_key = (Keys.CMP_MODEL_A, Keys.CMP_CUSTOM_A) if which == "a" else (Keys.CMP_MODEL_B,
+                                                                                          Keys.CMP_CUSTOM_B)
+    choice = state.get(choice_key)
+    if choice == OTHER_MODEL:
+        return str(state.get(custom_key) or "").strip()
+    return str(choice or BUNDLED_ID)
+
+
+def text_of(state: Any, which: str) -> str:
+    """The text of run "a" or "b" (in "model" mode, B uses A's text)."""
+    if which == "b" and state.get(Keys.CMP_MODE) == "model":
+        return text_of(state, "a")
+    return str(state.get(Keys.CMP_TEXT_A if which == "a" else Keys.CMP_TEXT_B) or "")
+
+
+def _set_model(state: Any, choice_key: str, custom_key: str, model_id: str) -> None:
+    if model_id in PRESET_IDS:
+        state[choice_key] = model_id
+    else:
+        state[choice_key] = OTHER_MODEL
+        state[custom_key] = model_id
+
+
+def init_choices(state: Any) -> None:
+    """Defaults, set once: A = the sidebar's model and text; B = A's model with a second text (or, when the link
+    names a second model, A's text on that model)."""
+    if Keys.CMP_MODEL_A not in state:
+        _set_model(state, Keys.CMP_MODEL_A, Keys.CMP_CUSTOM_A, selected_model_id(state))
+    if Keys.CMP_TEXT_A not in state:
+        state[Keys.CMP_TEXT_A] = str(state.get(Keys.TEXT) or "")
+    if Keys.CMP_MODEL_B not in state:
+        a = model_of(state, "a")
+        _set_model(state, Keys.CMP_MODEL_B, Keys.CMP_CUSTOM_B, next((m for m in PRESET_IDS if m != a), BUNDLED_ID))
+    if Keys.CMP_MODE not in state:
+        state[Keys.CMP_MODE] = "text"
+    if Keys.CMP_TEXT_B not in state:
+        family = known_family(state, model_of(state, "a")) or "encoder"
+        second = SECOND_TEXTS.get(family, SECOND_TEXTS["encoder"])
+        state[Keys.CMP_TEXT_B] = second if second != state[Keys.CMP_TEXT_A] else SECOND_TEXTS["encoder"]
+
+
+def _label(model_id: str) -> str:
+    if model_id == OTHER_MODEL:
+        return "Other: Hugging Face id or folder"
+    p = preset(model_id)
+    return p.label if p is not None else model_id
+
+
+def _model_picker(label: str, choice_key: str, custom_key: str) -> None:
+    state = st.session_state
+    options = [*PRESET_IDS, OTHER_MODEL]
+    if state.get(choice_key) not in options:
+        state[choice_key] = BUNDLED_ID
+    st.selectbox(label, options, key=choice_key, format_func=_label)
+    if state.get(choice_key) == OTHER_MODEL:
+        st.text_input("Hugging Face id or local folder", key=custom_key, placeholder="e.g. distilgpt2")
+
+
+def pickers() -> bool:
+    """Run A and run B side by side; True when Compare was pressed."""
+    state = st.session_state
+    init_choices(state)
+    st.radio("Run B", list(MODES), key=Keys.CMP_MODE, format_func=MODES.__getitem__, horizontal=True,
+             help="B defaults to A's model with a second text, or to A's text with a second model.")
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Run A**")
+        _model_picker("Model A", Keys.CMP_MODEL_A, Keys.CMP_CUSTOM_A)
+        st.text_area("Text A", key=Keys.CMP_TEXT_A, height=90, max_chars=max_text_chars())
+    with right:
+        st.markdown("**Run B**")
+        if state[Keys.CMP_MODE] == "model":
+            _model_picker("Model B", Keys.CMP_MODEL_B, Keys.CMP_CUSTOM_B)
+            st.caption("Text B: the same text as run A.")
+        else:
+            st.caption("Model B: the same model as run A.")
+            st.text_area("Text B", key=Keys.CMP_TEXT_B, height=90, max_chars=max_text_chars())
+    st.caption("Both runs use the sidebar's settings (max tokens, precision, gradients…); a run already made in "
+               "this session, or found in the result cache, is not computed again.")
+    return bool(st.button("Compare", key="cmp_go", type="primary",
+                          help="Analyse run A and run B (each once; cached) and compare them."))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running the two analyses (only on the Compare button)
+
+
+Spec = tuple[str, str, AnalysisSettings, str]  # (model id, text, settings, dtype) of one run
+
+
+def _spec(state: Any, model_id: str, text: str) -> Spec:
+    settings = current_settings(state)
+    if text != state.get(Keys.TEXT):  # the sidebar's masked word belongs to the sidebar's text
+        settings = settings.replace(mask_word=None)
+    return (model_id, text, settings, str(state.get(Keys.DTYPE) or "auto"))
+
+
+def _reusable(state: Any, spec: Spec) -> AnalysisResult | None:
+    """A result of this session made from exactly this (model, text, settings, dtype), or None."""
+    model_id, text, settings, dtype = spec
+    sidebar = state.get(Keys.RESULT)
+    load = state.get(Keys.RESULT_LOAD)
+    if sidebar is not None and load and load[0] == model_id and load[1] == dtype and sidebar.text == text \
+            and sidebar.settings == settings:
+        return sidebar
+    for rkey, skey in ((Keys.CMP_RESULT_A, Keys.CMP_SPEC_A), (Keys.CMP_RESULT_B, Keys.CMP_SPEC_B)):
+        if state.get(rkey) is not None and state.get(skey) == spec:
+            return state[rkey]
+    return None
+
+
+#: The two analyses run here, not in the script thread (as the sidebar's do): a rerun — the user touching a widget
+#: or leaving the page — stops the script, not the analyses, and the next run of the page picks the job up.
+_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tma-compare")
+
+
+@dataclass
+class CompareJob:
+    """Run A and run B of one Compare press: for each, a finished (reused) result or a future of core's analyze."""
+
+    specs: dict[str, Spec]
+    runs: dict[str, AnalysisResult | Future[AnalysisResult]]
+    computed: tuple[str, ...]  # the runs that were not reused (their results enter the session log)
+    _progress: dict[str, tuple[str, float]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def reporter(self, which: str) -> Callable[[str, float], None]:
+        def report(label: str, fraction: float) -> None:  # called in a worker thread: no Streamlit here
+            with self._lock:
+                self._progress[which] = (label, float(fraction))
+        return report
+
+    def progress(self) -> tuple[str, float]:
+        """A label and the mean fraction of the two runs."""
+        with self._lock:
+            fracs = [1.0 if not isinstance(self.runs[w], Future) else self._progress.get(w, ("", 0.0))[1]
+                     for w in ("a", "b")]
+            labels = [f"Run {w.upper()}: {self._progress[w][0]}" for w in ("a", "b") if w in self._progress]
+        return (labels[-1] if labels else "Waiting for the model"), min(max(sum(fracs) / 2, 0.0), 1.0)
+
+
+def start_job() -> None:
+    """On Compare: load each model that a run needs (in this thread, cached), start its analysis in the pool, and
+    keep the job in session state. A run already in the session is reused as it is."""
+    state = st.session_state
+    specs = {w: _spec(state, model_of(state, w), text_of(state, w)) for w in ("a", "b")}
+    job = CompareJob(specs=specs, runs={}, computed=())
+    which = "a"
+    try:
+        computed = []
+        for which in ("a", "b"):
+            model_id, text, settings, dtype = specs[which]
+            reuse = _reusable(state, specs[which])
+            if reuse is None and which == "b" and specs["b"] == specs["a"]:
+                job.runs["b"] = job.runs["a"]  # the same run twice: analysed once
+                continue
+            if reuse is not None:
+                job.runs[which] = reuse
+                continue
+            if not model_id:
+                raise InputError("no model chosen: type a Hugging Face id or a local folder, or pick a preset")
+            AnalysisSettings.check_text(text)
+            loaded = get_model(model_id, dtype, "auto")
+            from core.analysis import analyze
+
+            job.runs[which] = _POOL.submit(analyze, loaded, text, settings=settings, cache=get_result_cache(),
+                                           progress=job.reporter(which))
+            computed.append(which)
+        job.computed = tuple(computed)
+    except Exception as exc:
+        for f in job.runs.values():
+            if isinstance(f, Future):
+                f.cancel()
+        state[Keys.CMP_ERROR] = _error_line(which, exc)
+        return
+    state[Keys.CMP_ERROR] = None
+    state[Keys.CMP_JOB] = job
+
+
+def _error_line(which: str, exc: BaseException) -> str:
+    if isinstance(exc, ModelUnavailableError):
+        return f"Run {which.upper()}: the model is not available. {exc}"
+    if isinstance(exc, TMAError):
+        return f"Run {which.upper()}: {exc}"
+    log.error("compare: analysis of run %s failed", which, exc_info=exc)
+    return f"Run {which.upper()}: something went wrong during the analysis. The details are in the server log."
+
+
+def wait_for_job() -> None:
+    """Show the running comparison's progress until both runs are done, then store them (or one error line).
+
+    A rerun interrupts this wait, not the analyses; the next run of the page calls this again."""
+    state = st.session_state
+    job: CompareJob | None = state.get(Keys.CMP_JOB)
+    if job is None:
+        return
+    status = st.status("Analysing run A and run B…", expanded=True)
+    with status:
+        label, frac = job.progress()
+        bar = st.progress(frac, text=label)
+        out: dict[str, AnalysisResult] = {}
+        for which in ("a", "b"):
+            run = job.runs[which]
+            if not isinstance(run, Future):
+                out[which] = run
+                continue
+            while True:
+                try:
+                    out[which] = run.result(timeout=0.25)
+                    break
+                except FutureTimeout:
+                    label, frac = job.progress()
+                    bar.progress(frac, text=label)  # a pending rerun is raised here: the analyses run on
+                except BaseException as exc:  # noqa: BLE001 - the analysis' own failure (or its cancellation)
+                    state[Keys.CMP_JOB] = None
+                    state[Keys.CMP_ERROR] = _error_line(which, exc)
+                    status.update(label="The comparison could not run", state="error", expanded=False)
+                    return
+    state[Keys.CMP_JOB] = None
+    state[Keys.CMP_RESULT_A], state[Keys.CMP_RESULT_B] = out["a"], out["b"]
+    state[Keys.CMP_SPEC_A], state[Keys.CMP_SPEC_B] = job.specs["a"], job.specs["b"]
+    state[Keys.CMP_AXIS] = out["a"].n_layers == out["b"].n_layers
+    for which in job.computed:
+        state[Keys.SESSION_LOG].append(session_entry(out[which]))
+    status.update(label="Both runs ready" + (" (reused)" if not job.computed else ""), state="complete",
+                  expanded=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The comparison (pure, cached per pair of results)
+
+
+def _key(result: AnalysisResult) -> str:
+    return result.cache_key or f"id-{id(result)}"
+
+
+class _Ref:
+    """Wraps a result so st.cache_data does not hash its arrays: its cache key (passed too) stands for it."""
+
+    def __init__(self, result: AnalysisResult):
+        self.result = result
+
+
+_HASH: dict[str | type[Any], Callable[[Any], Any]] = {_Ref: lambda r: _key(r.result)}
+
+
+@st.cache_data(max_entries=16, show_spinner="Comparing the two runs…", hash_funcs=_HASH)
+def _comparison(key_a: str, key_b: str, ref_a: _Ref, ref_b: _Ref) -> ComparisonResult:
+    return compare(ref_a.result, ref_b.result)
+
+
+def comparison(a: AnalysisResult, b: AnalysisResult) -> ComparisonResult:
+    return _comparison(_key(a), _key(b), _Ref(a), _Ref(b))
+
+
+@st.cache_data(max_entries=16, show_spinner="Computing layer CKA…", hash_funcs=_HASH)
+def _layer_cka(key: str, debiased: bool, ref: _Ref) -> np.ndarray:
+    return layer_cka(ref.result, debiased=debiased)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Charts
+
+
+def overlay_chart(df: pd.DataFrame, metric: str, axis: str) -> alt.LayerChart:
+    """One metric of both runs against relative depth or layer, coloured by run. The y-axis follows the metric's
+    rule in core.chart_spec (from 0, or [0, 1] for cosines; integer ticks for counts), as on the Overall page; no
+    token ceiling, since the two runs may have different token counts."""
+    spec = METRIC_AXES[metric]
+    d = df[df.metric == metric]
+    domain = chart_spec.y_domain(metric, d["value"].to_numpy(), 0) or (0.0, 1.0)
+    x_title = "relative depth (layer / layers)" if axis == "relative" else "layer (0 = embeddings)"
+    y_axis = alt.Axis(format=spec.number_format, tickMinStep=1) if spec.integer else alt.Axis(
+        format=spec.number_format)
+    base = alt.Chart(d).encode(
+        x=alt.X("x:Q", title=x_title, axis=alt.Axis(format=".2~f" if axis == "relative" else "d")),
+        y=alt.Y("value:Q", title=spec.unit or None, scale=alt.Scale(domain=list(domain), nice=False, zero=False),
+                axis=y_axis),
+        color=alt.Color("run:N", title=None, scale=alt.Scale(range=RUN_COLOURS),
+                        legend=alt.Legend(orient="bottom", labelLimit=300)),
+        tooltip=[alt.Tooltip("run:N"), alt.Tooltip("layer:Q", format="d"), alt.Tooltip("depth:Q", format=".3f"),
+                 alt.Tooltip("value:Q", title=metric_label(metric), format=spec.tooltip_format)])
+    return (base.mark_line() + base.mark_point(filled=True, size=40)).properties(height=220)
+
+
+def cka_heatmap(matrix: np.ndarray, y_title: str, x_title: str) -> alt.LayerChart:
+    """CKA of layer i (rows, y_title) against layer j (columns, x_title); values written in small grids."""
+    M = np.asarray(matrix, dtype=np.float64)
+    rows = [{"row": i, "col": j, "cka": (float(M[i, j]) if np.isfinite(M[i, j]) else None)}
+            for i in range(M.shape[0]) for j in range(M.shape[1])]
+    df = pd.DataFrame(rows)
+    low = float(min(0.0, np.nanmin(M))) if np.isfinite(M).any() else 0.0
+    step = int(max(14, min(36, 520 // max(M.shape))))
+    base = alt.Chart(df).encode(x=alt.X("col:O", title=x_title), y=alt.Y("row:O", title=y_title, sort="descending"))
+    rect = base.mark_rect().encode(
+        color=alt.Color("cka:Q", scale=alt.Scale(scheme="viridis", domain=[low, 1.0]), title="CKA"),
+        tooltip=[alt.Tooltip("row:O", title=y_title), alt.Tooltip("col:O", title=x_title),
+                 alt.Tooltip("cka:Q", format=".3f")])
+    layers = [rect]
+    if max(M.shape) <= MAX_CELL_TEXT:
+        layers.append(base.mark_text(fontSize=9).encode(
+            text=alt.Text("cka:Q", format=".2f"),
+            color=alt.condition("datum.cka > 0.6", alt.value("black"), alt.value("white"))).transform_filter(
+            "isValid(datum.cka)"))
+    return alt.LayerChart(layer=layers).properties(width=alt.Step(step), height=alt.Step(step))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sections
+
+
+def header(cmp: ComparisonResult) -> None:
+    cols = st.columns(2)
+    for col, s in zip(cols, cmp.runs):
+        with col:
+            st.markdown(f"**Run {s.label}**")
+            st.text(f"{s.model_id}\n{s.family.replace('_', ' ')} · {s.n_layers} layers × {s.n_heads} heads · "
+                    f"{len(s.tokens)} tokens")
+            st.code(s.text if len(s.text) <= 400 else s.text[:400] + " …", language=None, wrap_lines=True)
+
+
+def metrics_section(cmp: ComparisonResult) -> None:
+    state = st.session_state
+    if not isinstance(state.get(Keys.CMP_AXIS), bool):
+        state[Keys.CMP_AXIS] = cmp.default_axis == "absolute"
+    absolute = st.toggle("Absolute layers", key=Keys.CMP_AXIS,
+                         help="Off: both runs on relative depth (layer / number of layers), so a 6-layer and a "
+                              "12-layer model line up from embeddings (0) to the last layer (1).")
+    axis = "absolute" if absolute else "relative"
+    if cmp.a.n_layers != cmp.b.n_layers:
+        st.caption(f"Run A has {cmp.a.n_layers} layers and run B {cmp.b.n_layers}: "
+                   + ("layers are aligned by number." if absolute else "layers are aligned by relative depth."))
+    df = pd.DataFrame(metric_overlay_rows(cmp, axis))
+    names = list(METRIC_NAMES)
+    for start in range(0, len(names), 3):
+        cols = st.columns(3)
+        for col, name in zip(cols, names[start:start + 3]):
+            with col:
+                st.markdown(f"**{metric_label(name)}**")
+                chart(overlay_chart(df, name, axis))
+    show_caption("fig_layer_metrics")
+
+
+def entropy_section(cmp: ComparisonResult) -> None:
+    if cmp.entropy_diff is None or cmp.normalized_entropy_diff is None:
+        st.info(cmp.entropy_unavailable_reason, icon=":material/info:")
+        return
+    state = st.session_state
+    if state.get(Keys.CMP_ENTROPY) not in ENTROPY_KINDS:  # texts of different lengths: normalised by default
+        state[Keys.CMP_ENTROPY] = "entropy" if len(cmp.a.tokens) == len(cmp.b.tokens) else "normalized_entropy"
+    kind = st.radio("Quantity", list(ENTROPY_KINDS), key=Keys.CMP_ENTROPY, horizontal=True,
+                    format_func=ENTROPY_KINDS.__getitem__,
+                    help="Normalised entropy divides by the log of the visible tokens, so texts of different "
+                         "lengths compare fairly.")
+    diff = cmp.entropy_diff if kind == "entropy" else cmp.normalized_entropy_diff
+    df = views.layer_head_frame(diff, "difference")
+    from app import charts
+
+    chart(charts.layer_head_heatmap(df, "difference", f"{ENTROPY_KINDS[kind]}: B − A (red: B more spread out)",
+                                    diverging=True))
+    show_caption("attention_entropy")
+
+
+def predictions_section(cmp: ComparisonResult) -> None:
+    pa, pb = cmp.predictions_a, cmp.predictions_b
+    if not pa.tokens and not pb.tokens:
+        st.info(f"Neither run has predictions. A: {pa.message} B: {pb.message}", icon=":material/info:")
+        return
+    df = pd.DataFrame(prediction_rows(cmp), columns=["rank", "A", "p(A)", "B", "p(B)"])
+    df["A"] = df["A"].map(lambda t: None if t is None else views.readable_token(t))
+    df["B"] = df["B"].map(lambda t: None if t is None else views.readable_token(t))
+    st.dataframe(df, hide_index=True, width="stretch",
+                 column_config={c: st.column_config.ProgressColumn(c, format="%.4f", min_value=0.0, max_value=1.0)
+                                for c in ("p(A)", "p(B)")})
+    for s, p in (("A", pa), ("B", pb)):
+        if p.message:
+            st.caption(f"Run {s}: {p.message}")
+    if pa.tokens and pb.tokens:
+        shared = ", ".join(views.readable_token(t) for t in cmp.shared_predictions) or "none"
+        st.caption(f"In both top-{max(len(pa.tokens), len(pb.tokens))} lists: {shared}")
+
+
+def attribution_section(cmp: ComparisonResult) -> None:
+    aa, ab = cmp.attribution_a, cmp.attribution_b
+    if aa is None and ab is None:
+        st.info("Token attribution was not computed for either run.", icon=":material/info:")
+        return
+    methods = [m for m in ATTR_METHODS if (aa is not None and m in aa.scores) or (ab is not None and m in ab.scores)]
+    method = st.radio("Method", methods, key=Keys.CMP_ATTR_METHOD, horizontal=True,
+                      format_func=ATTR_METHODS.__getitem__)
+    method = method if method in methods else methods[0]
+    cols = st.columns(2)
+    for col, label, side in zip(cols, ("A", "B"), (aa, ab)):
+        with col:
+            st.markdown(f"**Run {label}**")
+            if side is None or method not in side.scores:
+                st.caption(f"{ATTR_METHODS[method]} is not in run {label}.")
+                continue
+            st.html(views.shaded_tokens_html(side.tokens, side.scores[method], side.target_position))
+            pred = f" → “{views.readable_token(side.predicted_token)}”" if side.predicted_token else ""
+            st.caption(f"Target position {side.target_position}{pred}")
+    if method in cmp.attribution_agreement:
+        rho = cmp.attribution_agreement[method]
+        st.caption("Same tokens in both runs: Spearman rank correlation of the two score rows ρ = "
+                   + ("undefined" if not np.isfinite(rho) else f"{rho:.3f}"))
+
+
+def cka_section(cmp: ComparisonResult) -> None:
+    if cmp.cka is None:
+        st.info(cmp.cka_unavailable_reason, icon=":material/info:")
+        return
+    debiased = st.toggle("Debiased CKA", key=Keys.CMP_DEBIASED, disabled=cmp.cka_debiased is None,
+                         help="The unbiased HSIC estimator: independent representations score near 0 even with few "
+                              "tokens (needs at least 4 tokens).")
+    M = cmp.cka_debiased if debiased and cmp.cka_debiased is not None else cmp.cka
+    titles = f"layer of A ({short_id(cmp.a.model_id)})", f"layer of B ({short_id(cmp.b.model_id)})"
+    st.altair_chart(cka_heatmap(M, *titles), width="content")
+    if cmp.a.n_layers == cmp.b.n_layers:
+        diag = np.diag(M)
+        st.caption("Same layer in both runs: CKA " + ", ".join(f"{i}: {v:.2f}" for i, v in enumerate(diag)))
+    st.caption(f"Over {cmp.cka_tokens} tokens; layer 0 is the embedding output. " + cmp.cka_note)
+    show_caption("linear_cka")
+
+
+def layer_cka_section(result: AnalysisResult) -> None:
+    """Layer × layer linear CKA of one run (Layer Analysis page): how far the representation moves."""
+    st.markdown("**Layer similarity (linear CKA)**")
+    if result.n_tokens < 2:
+        st.caption("Layer CKA needs at least 2 tokens.")
+        return
+    debiased = st.toggle("Debiased", key=Keys.LAYER_CKA_DEBIASED, disabled=result.n_tokens < 4,
+                         help="The unbiased HSIC estimator (needs at least 4 tokens).")
+    M = _layer_cka(_key(result), bool(debiased and result.n_tokens >= 4), _Ref(result))
+    st.altair_chart(cka_heatmap(M, "layer", "layer"), width="content")
+    if M.shape[0] > 1:
+        steps = np.array([M[i, i + 1] for i in range(M.shape[0] - 1)])
+        if np.isfinite(steps).any():
+            i = int(np.nanargmin(steps))
+            st.caption(f"Largest move between neighbouring layers: {i} → {i + 1} (CKA {steps[i]:.2f}).")
+    show_caption("linear_cka")

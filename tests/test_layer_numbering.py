@@ -1,0 +1,102 @@
+"""One layer numbering everywhere: hidden states 0 (embeddings) … L, attention blocks 1 … L — the same in the GIF
+frame titles, the CSV files, the page's pickers and charts, and the PDF tables (core.chart_spec)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+from pathlib import Path
+
+import pytest
+
+from core import animations
+
+ROOT = Path(__file__).resolve().parents[1]
+MAIN = str(ROOT / "app" / "main.py")
+
+
+@pytest.fixture(scope="module")
+def result(tiny_gpt2):
+    from core import analyze
+
+    return analyze(tiny_gpt2, "The cat sat on the mat.", ig_steps=4)
+
+
+def csv_column(data: bytes, column: str) -> list[int]:
+    return [int(row[column]) for row in csv.DictReader(io.StringIO(data.decode()))]
+
+
+def test_gif_frame_titles(result, monkeypatch):
+    L = result.n_layers
+    att = animations.attention_frame_titles(L, head=1)
+    assert att[0] == f"Layer 1 of {L}: attention, head 1" and att[-1] == f"Layer {L} of {L}: attention, head 1"
+    traj = animations.trajectory_frame_titles(L)
+    assert traj[0] == f"Layer 0 of {L} (embeddings): token states, common basis"
+    assert traj[-1] == f"Layer {L} of {L}: token states, common basis"
+    # both GIFs draw one frame per title, with the titles of these functions
+    import imageio.v3 as iio
+
+    seen: list[list[str]] = []
+    for name in ("attention_frame_titles", "trajectory_frame_titles"):
+        original = getattr(animations, name)
+        monkeypatch.setattr(animations, name, lambda *a, _f=original, **k: seen.append(_f(*a, **k)) or seen[-1])
+    n_att = len(iio.imread(animations.attention_layers_gif(result, head=1), index=None))
+    n_traj = len(iio.imread(animations.token_trajectories_gif(result), index=None))
+    assert seen == [att, traj]
+    assert (n_att, n_traj) == (len(att), len(traj)) == (L, L + 1)
+
+
+def test_csv_files(result):
+    from core.attention_plots import attention_bundle_files
+    from core.bundle import bundle_files
+    from core.options import ExportOptions
+
+    L = result.n_layers
+    files = attention_bundle_files(result, ExportOptions(animations=False))
+    for name in ("attention_entropy.csv", "head_clusters.csv", "head_attribution.csv"):
+        assert sorted(set(csv_column(files[name], "layer"))) == list(range(1, L + 1)), name
+    everything = bundle_files(result, ExportOptions(animations=False))
+    assert sorted(set(csv_column(everything["layer_metrics.csv"], "layer"))) == list(range(L + 1))
+    lens_layers = set(csv_column(everything["logit_lens.csv"], "layer"))
+    assert lens_layers == set(range(L + 1))
+
+
+def test_page_uses_the_same_numbers(result):
+    from streamlit.testing.v1 import AppTest
+
+    L = result.n_layers
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    at.session_state["result"] = result
+    at.run()
+    at.switch_page("../pages/layer_analysis.py").run()
+    assert not at.exception
+    slider = at.select_slider(key="layer")
+    assert list(slider.options) == [str(i) for i in range(1, L + 1)]
+    slider.set_value(L - 1).run()  # the last block
+    specs = [c.proto.spec for c in at.get("vega_lite_chart")]
+    assert any(f'"Layer {L}, mean over heads"' in s for s in specs)
+    heads_grid = next(c for c in at.get("vega_lite_chart") if "Attention entropy (nats)" in c.proto.spec)
+    import pyarrow as pa
+
+    frames = [pa.ipc.open_stream(io.BytesIO(d.data.data)).read_pandas() for d in heads_grid.proto.datasets]
+    layers = set().union(*(set(f["layer"]) for f in frames if "layer" in f))
+    assert layers == set(range(1, L + 1))
+    captions = [c for im in at.get("image") for c in [im.proto.imgs[0].caption] if "across layers" in c]
+    assert len(captions) == 2, captions  # the two GIFs of the Animations tab
+    assert f"layers 1 … {L}" in captions[0] and f"layers 0 (embeddings) … {L}" in captions[1]
+
+
+def test_pdf_top_heads_use_block_numbers(result):
+    from pypdf import PdfReader
+
+    from core.report import build_report
+
+    text = " ".join(p.extract_text() or "" for p in PdfReader(io.BytesIO(build_report(result))).pages)
+    flat = " ".join(text.split())
+    assert "layer l the output of block l" in flat
+    # the top-heads tables list layers 1 … L, never 0 (0 is the embeddings, which have no heads)
+    section = flat.split("Top 10 heads by attention entropy")[1].split("Top 10 heads by attribution")[0]
+    rows = section.split("role")[1].split()
+    layers = {int(w) for w, nxt in itertools.pairwise(rows) if w.isdigit() and nxt.isdigit()}
+    assert layers and layers <= set(range(1, result.n_layers + 1)), layers
