@@ -50,8 +50,10 @@ def main() -> None:
         per.setdefault("zip", []).append(time.perf_counter() - t)
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-    print(f"GPT-2-small shape, {result.n_tokens} tokens, {len(files)} files, {len(data) / 1e6:.1f} MB; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; warm runs (s):")
+    print(
+        f"GPT-2-small shape, {result.n_tokens} tokens, {len(files)} files, {len(data) / 1e6:.1f} MB; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; warm runs (s):"
+    )
     for name, ts in per.items():
         print(f"  {name:34s} " + "  ".join(f"{x:6.2f}" for x in ts[1:]))
     print(f"  {'TOTAL wall':34s} " + "  ".join(f"{x:6.2f}" for x in wall[1:]))

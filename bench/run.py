@@ -93,9 +93,17 @@ def build_shape(shape: str) -> Path:
         model = BertForMaskedLM(BertConfig())
     elif shape == "tinyllama":
         tok = _bpe_tokenizer(bos=True)
-        cfg = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-                          num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048,
-                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+        cfg = LlamaConfig(
+            hidden_size=2048,
+            intermediate_size=5632,
+            num_hidden_layers=22,
+            num_attention_heads=32,
+            num_key_value_heads=4,
+            vocab_size=32000,
+            max_position_embeddings=2048,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
         old = torch.get_default_dtype()
         torch.set_default_dtype(torch.bfloat16)  # never materialise 4.4 GB of float32 weights
         try:
@@ -158,8 +166,13 @@ def child_timings(shape: str, tokens: list[int], repeat: int, dtype: str, device
     from core.cache import ResultCache
 
     lm = _load(shape, dtype, device)
-    out: dict[str, Any] = {"shape": shape, "dtype": lm.dtype, "device": str(lm.device),
-                                "threads": torch.get_num_threads(), "rows": {}}
+    out: dict[str, Any] = {
+        "shape": shape,
+        "dtype": lm.dtype,
+        "device": str(lm.device),
+        "threads": torch.get_num_threads(),
+        "rows": {},
+    }
     cache_dir = tempfile.mkdtemp(prefix="tma-bench-cache-")
     cache = ResultCache(cache_dir, size_limit_mb=4096)
     for T in tokens:
@@ -208,8 +221,7 @@ def _time_length(lm: Any, T: int, repeat: int, device: str, cache: Any, bundle: 
     cache.set(res[0].cache_key, res[0])
     hit()
     grad()
-    fns: list[tuple[str, Callable[[], None]]] = [("floor", floor), ("analyze", analysis), ("grad", grad),
-                                                  ("hit", hit)]
+    fns: list[tuple[str, Callable[[], None]]] = [("floor", floor), ("analyze", analysis), ("grad", grad), ("hit", hit)]
     samples: dict[str, list[float]] = {k: [] for k, _ in fns}
     for _ in range(repeat):
         for name, fn in fns:
@@ -309,19 +321,25 @@ def render(results: list[dict], memory: dict[tuple[str, int], dict], meta: dict)
             rss = f"{mem['peak_rss_mb'] / 1024:.2f} GB" if mem else "–"
             if "gpu_peak_mb" in row:
                 rss += f" (GPU {row['gpu_peak_mb'] / 1024:.2f} GB)"
-            bundle = (f"{row['bundle']:.2f} s ({row['bundle_files']} files, {row['bundle_mb']:.1f} MB)"
-                      if "bundle" in row else "–")
+            bundle = (
+                f"{row['bundle']:.2f} s ({row['bundle_files']} files, {row['bundle_mb']:.1f} MB)"
+                if "bundle" in row
+                else "–"
+            )
             lines.append(
                 f"| {label} | {res['dtype']} | {row['n_tokens']} | {_fmt_s(row['floor'])} | {_fmt_s(row['analyze'])} | "
                 f"{row['analyze'] / row['floor']:.2f}× | {_fmt_s(row['grad'])} | {_fmt_s(row['hit'])} | "
-                f"{100 * row['hit'] / row['analyze']:.1f} % | {rss} | {bundle} |")
+                f"{100 * row['hit'] / row['analyze']:.1f} % | {rss} | {bundle} |"
+            )
     timed = {(r["shape"], int(T)) for r in results for T in r["rows"]}
     for (shape, T), mem in sorted(memory.items()):
         if (shape, T) in timed:
             continue
-        lines.append(f"| {SHAPES[shape][0]} | {mem['dtype']} | {mem['n_tokens']} | – | "
-                     f"{_fmt_s(mem['analyze_s'])} (gradients on) | – | – | – | – | "
-                     f"{mem['peak_rss_mb'] / 1024:.2f} GB | – |")
+        lines.append(
+            f"| {SHAPES[shape][0]} | {mem['dtype']} | {mem['n_tokens']} | – | "
+            f"{_fmt_s(mem['analyze_s'])} (gradients on) | – | – | – | – | "
+            f"{mem['peak_rss_mb'] / 1024:.2f} GB | – |"
+        )
     head = [
         f"# Benchmark ({meta['when']})",
         "",
@@ -338,12 +356,15 @@ def render(results: list[dict], memory: dict[tuple[str, int], dict], meta: dict)
     steps = []
     for res in results:
         for T, row in res["rows"].items():
-            steps.append(f"- {res['shape']} @ {T}: "
-                         + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in row["steps"].items()))
+            steps.append(
+                f"- {res['shape']} @ {T}: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in row["steps"].items())
+            )
     for (shape, T), mem in sorted(memory.items()):
-        steps.append(f"- {shape} @ {T}, default analysis (gradients {'on' if mem['gradients'] else 'off'}): load "
-                     f"{mem['load_s']:.1f} s, analysis {mem['analyze_s']:.1f} s; " +
-                     ", ".join(f"{k} {v:.2f} s" for k, v in mem["steps"].items()))
+        steps.append(
+            f"- {shape} @ {T}, default analysis (gradients {'on' if mem['gradients'] else 'off'}): load "
+            f"{mem['load_s']:.1f} s, analysis {mem['analyze_s']:.1f} s; "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in mem["steps"].items())
+        )
     return "\n".join(head + lines + ["", "Steps of one analysis (from result.timings):", "", *steps, ""])
 
 
@@ -357,13 +378,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--long-tokens", type=int, default=2048, help="its length (default 2048, the context)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-RSS processes")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
-    ap.add_argument("--dtype", default=None, help="dtype of every shape (default: float32, TinyLlama bfloat16; "
-                                                  "auto on a GPU)")
-    ap.add_argument("--large-repeat", type=int, default=None,
-                    help="repeats for the TinyLlama shape (default: --repeat); its forward pass takes seconds")
-    ap.add_argument("--memory-limit-gb", type=float, default=0.0,
-                    help="address-space limit of the peak-memory processes (0: none); on a shared machine a "
-                         "run over it fails instead of starting the OOM killer")
+    ap.add_argument(
+        "--dtype", default=None, help="dtype of every shape (default: float32, TinyLlama bfloat16; auto on a GPU)"
+    )
+    ap.add_argument(
+        "--large-repeat",
+        type=int,
+        default=None,
+        help="repeats for the TinyLlama shape (default: --repeat); its forward pass takes seconds",
+    )
+    ap.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        default=0.0,
+        help="address-space limit of the peak-memory processes (0: none); on a shared machine a "
+        "run over it fails instead of starting the OOM killer",
+    )
     ap.add_argument("--out", type=Path, default=ARTIFACT, help="where the markdown table goes")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds allowed per child process")
     # child mode
@@ -411,21 +441,49 @@ def main(argv: list[str] | None = None) -> int:
         bundle = BUNDLE_TOKENS in sh_tokens and shape == shapes[0]
         print(f"[bench] {shape}: timings at {sh_tokens} tokens …", file=sys.stderr, flush=True)
         rep = args.large_repeat if (shape == "tinyllama" and args.large_repeat) else repeat
-        results.append(_run_child(["--mode", "timings", "--tokens", ",".join(map(str, sh_tokens)),
-                                   "--repeat", str(rep), *common, *(["--bundle"] if bundle else [])],
-                                  args.timeout))
+        results.append(
+            _run_child(
+                [
+                    "--mode",
+                    "timings",
+                    "--tokens",
+                    ",".join(map(str, sh_tokens)),
+                    "--repeat",
+                    str(rep),
+                    *common,
+                    *(["--bundle"] if bundle else []),
+                ],
+                args.timeout,
+            )
+        )
         if not args.no_memory:
             for T in sh_tokens:
                 print(f"[bench] {shape}: peak memory at {T} tokens …", file=sys.stderr, flush=True)
-                memory[(shape, T)] = _run_child(["--mode", "memory", "--tokens", str(T), *common,
-                                                 "--memory-limit-gb", str(args.memory_limit_gb)], args.timeout)
+                memory[(shape, T)] = _run_child(
+                    ["--mode", "memory", "--tokens", str(T), *common, "--memory-limit-gb", str(args.memory_limit_gb)],
+                    args.timeout,
+                )
     if args.long:
         n = args.long_tokens
         print(f"[bench] tinyllama: peak memory at {n} tokens …", file=sys.stderr, flush=True)
         try:
             memory[("tinyllama", n)] = _run_child(
-                ["--mode", "memory", "--tokens", str(n), "--shape", "tinyllama", "--dtype", dtype_of("tinyllama"),
-                 "--device", args.device, "--memory-limit-gb", str(args.memory_limit_gb)], args.timeout)
+                [
+                    "--mode",
+                    "memory",
+                    "--tokens",
+                    str(n),
+                    "--shape",
+                    "tinyllama",
+                    "--dtype",
+                    dtype_of("tinyllama"),
+                    "--device",
+                    args.device,
+                    "--memory-limit-gb",
+                    str(args.memory_limit_gb),
+                ],
+                args.timeout,
+            )
         except RuntimeError as exc:
             print(f"[bench] the {n}-token run failed: {exc}", file=sys.stderr)
 

@@ -24,8 +24,11 @@ def results_close(a, b, rtol: float = 1e-5, atol: float = 1e-6) -> bool:
     import dataclasses
 
     if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b):
-        return type(a) is type(b) and all(results_close(getattr(a, f.name), getattr(b, f.name), rtol, atol)
-                                          for f in dataclasses.fields(a) if f.name not in IGNORE)
+        return type(a) is type(b) and all(
+            results_close(getattr(a, f.name), getattr(b, f.name), rtol, atol)
+            for f in dataclasses.fields(a)
+            if f.name not in IGNORE
+        )
     if isinstance(a, np.ndarray) and a.dtype.kind == "f":
         return a.shape == b.shape and bool(np.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True))
     if isinstance(a, float) and isinstance(b, float):
@@ -130,8 +133,9 @@ def test_lens_from_model_logits_equals_plain_decoding(name, window, request):
     T = cap.hidden_states.shape[1]
     pos = T - 2
     fast = compute_logit_lens(loaded, cap.hidden_states, pos, 5, final_logits=cap.logits, grid_max_positions=window)
-    plain = compute_logit_lens(loaded, cap.hidden_states, pos, 5, final_logits=None, grid_max_positions=window,
-                               chunk_floats=1)  # every layer decoded, in many small chunks
+    plain = compute_logit_lens(
+        loaded, cap.hidden_states, pos, 5, final_logits=None, grid_max_positions=window, chunk_floats=1
+    )  # every layer decoded, in many small chunks
     c0, c1 = grid_window(T, pos, window)
     ids, probs, z = _plain_lens_grid(loaded, cap.hidden_states, c0, c1)
     np.testing.assert_array_equal(fast.grid_ids[:, c0:c1], ids)
@@ -223,9 +227,13 @@ def _batched_metrics(hidden, keep=None):
     if keep is not None:
         H = H[:, keep]
     s2 = M.squared_singular_values(H)
-    return {"effective_rank": M._effective_rank_from_s2(s2), "participation_ratio": M._participation_ratio_from_s2(s2),
-            "intrinsic_dim_95": M._intrinsic_dim_from_s2(s2), "activation_entropy": M.activation_entropy(H),
-            "cosine_to_input": M.cosine_to_input(H, H[0])}
+    return {
+        "effective_rank": M._effective_rank_from_s2(s2),
+        "participation_ratio": M._participation_ratio_from_s2(s2),
+        "intrinsic_dim_95": M._intrinsic_dim_from_s2(s2),
+        "activation_entropy": M.activation_entropy(H),
+        "cosine_to_input": M.cosine_to_input(H, H[0]),
+    }
 
 
 @pytest.mark.parametrize("shape", [(13, 40, 96), (4, 30, 16), (3, 1, 8)])
@@ -288,16 +296,22 @@ def _blob(header: dict, payload: bytes = b"") -> bytes:
 def test_deserialisation_refuses_object_arrays_and_truncated_data():
     from core import serialize
 
-    ok = _blob({"object": {"__ndarray__": "a0"}, "arrays": {"a0": {"dtype": "<f8", "shape": [2], "offset": 0}}},
-               np.array([1.0, 2.0]).tobytes())
+    ok = _blob(
+        {"object": {"__ndarray__": "a0"}, "arrays": {"a0": {"dtype": "<f8", "shape": [2], "offset": 0}}},
+        np.array([1.0, 2.0]).tobytes(),
+    )
     assert serialize.loads(ok).tolist() == [1.0, 2.0]
     with pytest.raises(ValueError, match="refusing"):
-        serialize.loads(_blob({"object": {"__ndarray__": "a0"},
-                               "arrays": {"a0": {"dtype": "|O", "shape": [1], "offset": 0}}}, bytes(8)))
+        serialize.loads(
+            _blob(
+                {"object": {"__ndarray__": "a0"}, "arrays": {"a0": {"dtype": "|O", "shape": [1], "offset": 0}}},
+                bytes(8),
+            )
+        )
     with pytest.raises(ValueError, match="truncated"):
         serialize.loads(ok[:-8])
     with pytest.raises(ValueError, match="truncated"):
-        serialize.loads(ok[:len(serialize.MAGIC) + 12])
+        serialize.loads(ok[: len(serialize.MAGIC) + 12])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -320,7 +334,11 @@ def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
     with pytest.raises(ModelUnavailableError, match="MPS"):
         M.resolve_device("mps")
     assert [M.resolve_dtype("auto", d) for d in ("cuda", "cuda:1", "mps", "cpu")] == [
-        "bfloat16", "bfloat16", "bfloat16", "float32"]
+        "bfloat16",
+        "bfloat16",
+        "bfloat16",
+        "float32",
+    ]
     assert M.resolve_dtype("float32", "cuda") == "float32"
     assert M.resolve_device_map("none") is None and M.resolve_device_map("auto") == "auto"
     with pytest.raises(ModelUnavailableError, match="device map"):
@@ -384,18 +402,22 @@ def _steps(loaded) -> dict[str, np.ndarray]:
     return out
 
 
-def _assert_steps_close(a: dict[str, np.ndarray], b: dict[str, np.ndarray], rtol: float = 1e-5,
-                        atol: float = 1e-6) -> None:
+def _assert_steps_close(
+    a: dict[str, np.ndarray], b: dict[str, np.ndarray], rtol: float = 1e-5, atol: float = 1e-6
+) -> None:
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=rtol, atol=atol, equal_nan=True, err_msg=k)
 
 
-@pytest.mark.parametrize("kind,offload", [
-    ("gpt2", ["transformer.h"]),
-    ("llama", ["model.layers", "model.norm", "lm_head"]),
-    ("bert", ["bert.encoder", "cls"]),
-])
+@pytest.mark.parametrize(
+    "kind,offload",
+    [
+        ("gpt2", ["transformer.h"]),
+        ("llama", ["model.layers", "model.norm", "lm_head"]),
+        ("bert", ["bert.encoder", "cls"]),
+    ],
+)
 def test_every_step_runs_with_layers_placed_by_accelerate(kind, offload, tiny_dirs, tmp_path):
     import torch
 
