@@ -37,8 +37,9 @@ def metric_title(name: str) -> str:
     return metric_label(name)
 
 
-def metric_line(df: pd.DataFrame, metric: str, token_bound: int, zoom: bool = False,
-                height: int = 220) -> alt.LayerChart | None:
+def metric_line(
+    df: pd.DataFrame, metric: str, token_bound: int, zoom: bool = False, height: int = 220
+) -> alt.LayerChart | None:
     """Line + points of one metric against layer (df from core.views.metrics_long), or None when the metric has no
     finite value (the page then says why, see core.chart_spec.empty_reason).
 
@@ -52,30 +53,41 @@ def metric_line(df: pd.DataFrame, metric: str, token_bound: int, zoom: bool = Fa
         return None
     last = int(d["layer"].max()) if len(d) else 0
     x_scale = alt.Scale(domain=[0, max(last, 1)], nice=False)
-    y_axis = alt.Axis(format=spec.number_format, tickMinStep=1) if spec.integer else alt.Axis(
-        format=spec.number_format)
+    y_axis = alt.Axis(format=spec.number_format, tickMinStep=1) if spec.integer else alt.Axis(format=spec.number_format)
     base = alt.Chart(d).encode(
         x=alt.X("layer:Q", title=LAYER_AXIS_TITLE, scale=x_scale, axis=alt.Axis(tickMinStep=1, format="d")),
-        y=alt.Y("value:Q", title=spec.unit or None, scale=alt.Scale(domain=list(domain), nice=False, zero=False),
-                axis=y_axis),
-        tooltip=[alt.Tooltip("layer:Q", format="d"),
-                 alt.Tooltip("value:Q", title=metric_title(metric), format=spec.tooltip_format)],
+        y=alt.Y(
+            "value:Q",
+            title=spec.unit or None,
+            scale=alt.Scale(domain=list(domain), nice=False, zero=False),
+            axis=y_axis,
+        ),
+        tooltip=[
+            alt.Tooltip("layer:Q", format="d"),
+            alt.Tooltip("value:Q", title=metric_title(metric), format=spec.tooltip_format),
+        ],
     )
     layers: list[alt.Chart] = [base.mark_line(), base.mark_point(filled=True, size=50)]
     lines = chart_spec.visible_lines(metric, token_bound, domain)
     if lines:
-        ref = pd.DataFrame({"y": [r.value for r in lines], "label": [r.label for r in lines],
-                            "x": [max(last, 1)] * len(lines)})
+        ref = pd.DataFrame(
+            {"y": [r.value for r in lines], "label": [r.label for r in lines], "x": [max(last, 1)] * len(lines)}
+        )
         rule = alt.Chart(ref).mark_rule(strokeDash=[5, 4], color="#888888").encode(y="y:Q")
-        text = alt.Chart(ref).mark_text(align="right", baseline="bottom", dy=-3, fontSize=11,
-                                        color="#666666").encode(x="x:Q", y="y:Q", text="label:N")
+        text = (
+            alt.Chart(ref)
+            .mark_text(align="right", baseline="bottom", dy=-3, fontSize=11, color="#666666")
+            .encode(x="x:Q", y="y:Q", text="label:N")
+        )
         layers += [rule, text]
     note = chart_spec.ceiling_note(metric, token_bound, domain)
     if note:
         # above the plot area, where no data point can be
-        layers.append(alt.Chart(pd.DataFrame({"x": [max(last, 1)], "y": [domain[1]], "label": [f"↑ {note}"]}))
-                      .mark_text(align="right", baseline="bottom", dy=-4, fontSize=11, color="#666666")
-                      .encode(x="x:Q", y="y:Q", text="label:N"))
+        layers.append(
+            alt.Chart(pd.DataFrame({"x": [max(last, 1)], "y": [domain[1]], "label": [f"↑ {note}"]}))
+            .mark_text(align="right", baseline="bottom", dy=-4, fontSize=11, color="#666666")
+            .encode(x="x:Q", y="y:Q", text="label:N")
+        )
     # no chart title: the page writes the metric's name above the chart (a Vega title gets clipped in columns)
     return alt.layer(*layers).properties(height=height)
 
@@ -86,15 +98,22 @@ def correlation_heatmap(long_df: pd.DataFrame, method: str) -> alt.LayerChart:
     order = [metric_title(m) for m in METRIC_NAMES]
     base = alt.Chart(d).encode(
         x=alt.X("column:N", sort=order, title=None, axis=alt.Axis(labelAngle=-35, labelOverlap=False, labelLimit=180)),
-        y=alt.Y("row:N", sort=order, title=None, axis=alt.Axis(labelLimit=180)))
+        y=alt.Y("row:N", sort=order, title=None, axis=alt.Axis(labelLimit=180)),
+    )
     rect = base.mark_rect().encode(
-        color=alt.Color("r:Q", scale=alt.Scale(scheme="redblue", domain=[-1, 1], reverse=True),
-                        title=f"{method.capitalize()} r"),
-        tooltip=[alt.Tooltip("row:N"), alt.Tooltip("column:N"), alt.Tooltip("r:Q", format=".3f")])
-    text = base.mark_text(fontSize=11).encode(
-        text=alt.Text("r:Q", format=".2f"),
-        color=alt.condition("abs(datum.r) > 0.6", alt.value("white"), alt.value("black"))).transform_filter(
-        "isValid(datum.r) && isFinite(datum.r)")  # empty cell, not "null", where r is undefined
+        color=alt.Color(
+            "r:Q", scale=alt.Scale(scheme="redblue", domain=[-1, 1], reverse=True), title=f"{method.capitalize()} r"
+        ),
+        tooltip=[alt.Tooltip("row:N"), alt.Tooltip("column:N"), alt.Tooltip("r:Q", format=".3f")],
+    )
+    text = (
+        base.mark_text(fontSize=11)
+        .encode(
+            text=alt.Text("r:Q", format=".2f"),
+            color=alt.condition("abs(datum.r) > 0.6", alt.value("white"), alt.value("black")),
+        )
+        .transform_filter("isValid(datum.r) && isFinite(datum.r)")
+    )  # empty cell, not "null", where r is undefined
     side = CELL_PX * len(order)  # square cells; names and legend around them (~600 px in all): draw it with
     # Streamlit's width="content", since "stretch" would widen the cells to the column
     return (rect + text).properties(width=side, height=side, autosize=alt.AutoSizeParams(type="pad"))
@@ -103,13 +122,24 @@ def correlation_heatmap(long_df: pd.DataFrame, method: str) -> alt.LayerChart:
 def normalised_heatmap(df: pd.DataFrame) -> alt.Chart:
     """Metrics (rows) × layers (columns), colour = min-max normalised value; tooltip has the raw value."""
     d = df.assign(metric=df["metric"].map(metric_title))
-    return alt.Chart(d).mark_rect().encode(
-        x=alt.X("layer:O", title=LAYER_AXIS_TITLE, axis=alt.Axis(labelAngle=0)),
-        y=alt.Y("metric:N", sort=[metric_title(m) for m in METRIC_NAMES], title=None, axis=alt.Axis(labelLimit=180)),
-        color=alt.Color("normalised:Q", scale=alt.Scale(scheme="viridis", domain=[0, 1]), title="normalised"),
-        tooltip=[alt.Tooltip("metric:N"), alt.Tooltip("layer:O"), alt.Tooltip("value:Q", format=".4f"),
-                 alt.Tooltip("normalised:Q", format=".3f")],
-    ).properties(height=alt.Step(36))
+    return (
+        alt.Chart(d)
+        .mark_rect()
+        .encode(
+            x=alt.X("layer:O", title=LAYER_AXIS_TITLE, axis=alt.Axis(labelAngle=0)),
+            y=alt.Y(
+                "metric:N", sort=[metric_title(m) for m in METRIC_NAMES], title=None, axis=alt.Axis(labelLimit=180)
+            ),
+            color=alt.Color("normalised:Q", scale=alt.Scale(scheme="viridis", domain=[0, 1]), title="normalised"),
+            tooltip=[
+                alt.Tooltip("metric:N"),
+                alt.Tooltip("layer:O"),
+                alt.Tooltip("value:Q", format=".4f"),
+                alt.Tooltip("normalised:Q", format=".3f"),
+            ],
+        )
+        .properties(height=alt.Step(36))
+    )
 
 
 def heatmap_side(n: int) -> int:
@@ -133,45 +163,86 @@ def attention_heatmap(df: pd.DataFrame, title: str) -> alt.Chart:
     fits = labels_fit(n, side)
     font = 11 if side / max(n, 1) >= 14 else 9
     hint = "" if fits else " — hover a cell for its tokens"
-    return alt.Chart(df).mark_rect().encode(
-        x=alt.X("key:N", sort=order, title="key (attended to)" + hint,
-                axis=alt.Axis(labelAngle=-60, labelLimit=110, labelOverlap=not fits, labelFontSize=font)),
-        y=alt.Y("query:N", sort=order, title="query (attending)",
-                axis=alt.Axis(labelLimit=110, labelOverlap=not fits, labelFontSize=font)),
-        color=alt.Color("weight:Q", scale=alt.Scale(scheme="blues", domain=[0, float(max(df.weight.max(), 1e-9))]),
-                        title="weight", legend=alt.Legend(gradientLength=min(side, 300))),
-        tooltip=[alt.Tooltip("query:N"), alt.Tooltip("key:N"), alt.Tooltip("weight:Q", format=".4f")],
-    ).properties(width=side, height=side, title=title,
-                 autosize=alt.AutoSizeParams(type="pad"))  # the square is `side`; labels and legend go around it
+    return (
+        alt.Chart(df)
+        .mark_rect()
+        .encode(
+            x=alt.X(
+                "key:N",
+                sort=order,
+                title="key (attended to)" + hint,
+                axis=alt.Axis(labelAngle=-60, labelLimit=110, labelOverlap=not fits, labelFontSize=font),
+            ),
+            y=alt.Y(
+                "query:N",
+                sort=order,
+                title="query (attending)",
+                axis=alt.Axis(labelLimit=110, labelOverlap=not fits, labelFontSize=font),
+            ),
+            color=alt.Color(
+                "weight:Q",
+                scale=alt.Scale(scheme="blues", domain=[0, float(max(df.weight.max(), 1e-9))]),
+                title="weight",
+                legend=alt.Legend(gradientLength=min(side, 300)),
+            ),
+            tooltip=[alt.Tooltip("query:N"), alt.Tooltip("key:N"), alt.Tooltip("weight:Q", format=".4f")],
+        )
+        .properties(width=side, height=side, title=title, autosize=alt.AutoSizeParams(type="pad"))
+    )  # the square is `side`; labels and legend go around it
 
 
-def layer_head_heatmap(df: pd.DataFrame, value: str, title: str, scheme: str = "viridis",
-                       extra_tooltips: tuple[str, ...] = (), diverging: bool = False) -> alt.Chart:
+def layer_head_heatmap(
+    df: pd.DataFrame,
+    value: str,
+    title: str,
+    scheme: str = "viridis",
+    extra_tooltips: tuple[str, ...] = (),
+    diverging: bool = False,
+) -> alt.Chart:
     """Layers (rows, numbered 1 … L) × heads (columns); df from core.views.layer_head_frame, whose `layer` column
     is the array index. diverging: signed values, white at 0."""
     d = df.assign(layer=df["layer"].map(chart_spec.block_number))
-    scale = (alt.Scale(scheme="redblue", reverse=True, domainMid=0) if diverging else alt.Scale(scheme=scheme))
-    return alt.Chart(d).mark_rect().encode(
-        x=alt.X("head:O", title="head", axis=alt.Axis(labelAngle=0)),
-        y=alt.Y("layer:O", title=BLOCK_AXIS_TITLE),
-        color=alt.Color(f"{value}:Q", scale=scale, title=value.replace("_", " ")),
-        tooltip=[alt.Tooltip("layer:O"), alt.Tooltip("head:O"), alt.Tooltip(f"{value}:Q", format=".4f"),
-                 *[alt.Tooltip(f"{c}:Q", title=c.replace("_", " "), format=".4f") for c in extra_tooltips]],
-    ).properties(height=alt.Step(26), title=title)
+    scale = alt.Scale(scheme="redblue", reverse=True, domainMid=0) if diverging else alt.Scale(scheme=scheme)
+    return (
+        alt.Chart(d)
+        .mark_rect()
+        .encode(
+            x=alt.X("head:O", title="head", axis=alt.Axis(labelAngle=0)),
+            y=alt.Y("layer:O", title=BLOCK_AXIS_TITLE),
+            color=alt.Color(f"{value}:Q", scale=scale, title=value.replace("_", " ")),
+            tooltip=[
+                alt.Tooltip("layer:O"),
+                alt.Tooltip("head:O"),
+                alt.Tooltip(f"{value}:Q", format=".4f"),
+                *[alt.Tooltip(f"{c}:Q", title=c.replace("_", " "), format=".4f") for c in extra_tooltips],
+            ],
+        )
+        .properties(height=alt.Step(26), title=title)
+    )
 
 
 def cluster_scatter(df: pd.DataFrame) -> alt.Chart:
     """Heads in the 2-D projection, coloured by cluster, shaped by role; layer (1 … L), role and entropy in the
     tooltip."""
     d = df.assign(layer=df["layer"].map(chart_spec.block_number))
-    return alt.Chart(d).mark_point(filled=True, size=90, opacity=0.85).encode(
-        x=alt.X("x:Q", title="projection 1", scale=alt.Scale(zero=False)),
-        y=alt.Y("y:Q", title="projection 2", scale=alt.Scale(zero=False)),
-        color=alt.Color("cluster:N", title="cluster"),
-        shape=alt.Shape("role:N", title="role"),
-        tooltip=[alt.Tooltip("layer:Q", format="d"), alt.Tooltip("head:Q", format="d"), alt.Tooltip("cluster:N"),
-                 alt.Tooltip("role:N"), alt.Tooltip("entropy:Q", format=".3f")],
-    ).properties(height=360, title="Head clustering")
+    return (
+        alt.Chart(d)
+        .mark_point(filled=True, size=90, opacity=0.85)
+        .encode(
+            x=alt.X("x:Q", title="projection 1", scale=alt.Scale(zero=False)),
+            y=alt.Y("y:Q", title="projection 2", scale=alt.Scale(zero=False)),
+            color=alt.Color("cluster:N", title="cluster"),
+            shape=alt.Shape("role:N", title="role"),
+            tooltip=[
+                alt.Tooltip("layer:Q", format="d"),
+                alt.Tooltip("head:Q", format="d"),
+                alt.Tooltip("cluster:N"),
+                alt.Tooltip("role:N"),
+                alt.Tooltip("entropy:Q", format=".3f"),
+            ],
+        )
+        .properties(height=360, title="Head clustering")
+    )
 
 
 def top_rows(df: pd.DataFrame, column: str, k: int = TOP_ROWS, largest_abs: bool = True) -> pd.DataFrame:
@@ -188,13 +259,21 @@ def attribution_bars(df: pd.DataFrame, column: str) -> alt.Chart:
     """Horizontal bars of one attribution score per token (positions in text order). Pass `top_rows(df, column)`
     for long texts: the height is BAR_PX a row."""
     d = df.assign(label=[f"{p}: {t}" for p, t in zip(df.position, df.token)])
-    return alt.Chart(d).mark_bar().encode(
-        y=alt.Y("label:N", sort=list(d.label), title=None, axis=alt.Axis(labelLimit=160, labelOverlap=False)),
-        x=alt.X(f"{column}:Q", title=column.replace("_", " ")),
-        color=alt.condition(f"datum['{column}'] >= 0", alt.value("#d6604d"), alt.value("#4393c3")),
-        tooltip=[alt.Tooltip("position:Q", format="d"), alt.Tooltip("token:N"),
-                 alt.Tooltip(f"{column}:Q", format=".4f")],
-    ).properties(height=alt.Step(BAR_PX), autosize=_FIT_WIDTH)
+    return (
+        alt.Chart(d)
+        .mark_bar()
+        .encode(
+            y=alt.Y("label:N", sort=list(d.label), title=None, axis=alt.Axis(labelLimit=160, labelOverlap=False)),
+            x=alt.X(f"{column}:Q", title=column.replace("_", " ")),
+            color=alt.condition(f"datum['{column}'] >= 0", alt.value("#d6604d"), alt.value("#4393c3")),
+            tooltip=[
+                alt.Tooltip("position:Q", format="d"),
+                alt.Tooltip("token:N"),
+                alt.Tooltip(f"{column}:Q", format=".4f"),
+            ],
+        )
+        .properties(height=alt.Step(BAR_PX), autosize=_FIT_WIDTH)
+    )
 
 
 def logit_lens_heatmap(df: pd.DataFrame) -> alt.LayerChart:
@@ -203,11 +282,17 @@ def logit_lens_heatmap(df: pd.DataFrame) -> alt.LayerChart:
     order = list(dict.fromkeys(df.sort_values("pi")["position"]))
     base = alt.Chart(df).encode(
         x=alt.X("position:N", sort=order, title="position", axis=alt.Axis(labelAngle=-45, labelLimit=100)),
-        y=alt.Y("layer:O", title=LAYER_AXIS_TITLE, sort="descending"))
+        y=alt.Y("layer:O", title=LAYER_AXIS_TITLE, sort="descending"),
+    )
     rect = base.mark_rect().encode(
         color=alt.Color("probability:Q", scale=alt.Scale(scheme="oranges", domain=[0, 1]), title="P(top token)"),
-        tooltip=[alt.Tooltip("layer:O"), alt.Tooltip("position:N"), alt.Tooltip("top_token:N", title="top token"),
-                 alt.Tooltip("probability:Q", format=".4f")])
+        tooltip=[
+            alt.Tooltip("layer:O"),
+            alt.Tooltip("position:N"),
+            alt.Tooltip("top_token:N", title="top token"),
+            alt.Tooltip("probability:Q", format=".4f"),
+        ],
+    )
     text = base.mark_text(fontSize=9, limit=60).encode(text="top_token:N")
     return (rect + text).properties(height=alt.Step(24), title="Logit lens: top token")
 
@@ -217,15 +302,21 @@ def logit_lens_prob_line(df: pd.DataFrame) -> alt.LayerChart:
     base = alt.Chart(df).encode(
         x=alt.X("layer:Q", title=LAYER_AXIS_TITLE, axis=alt.Axis(format="d", tickMinStep=1)),
         y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
-        tooltip=[alt.Tooltip("layer:Q", format="d"), alt.Tooltip("probability:Q", format=".4f")])
+        tooltip=[alt.Tooltip("layer:Q", format="d"), alt.Tooltip("probability:Q", format=".4f")],
+    )
     return (base.mark_line() + base.mark_point(filled=True)).properties(height=220)
 
 
 def row_entropy_bars(df: pd.DataFrame) -> alt.Chart:
     """Entropy per query row of one head (df: query, entropy); pass `top_rows(df, "entropy", largest_abs=False)`
     for long texts: the height is BAR_PX a row."""
-    return alt.Chart(df).mark_bar().encode(
-        y=alt.Y("query:N", sort=list(df["query"]), title=None, axis=alt.Axis(labelLimit=120, labelOverlap=False)),
-        x=alt.X("entropy:Q", title="row entropy (nats)"),
-        tooltip=[alt.Tooltip("query:N"), alt.Tooltip("entropy:Q", format=".4f")],
-    ).properties(height=alt.Step(BAR_PX), autosize=_FIT_WIDTH)
+    return (
+        alt.Chart(df)
+        .mark_bar()
+        .encode(
+            y=alt.Y("query:N", sort=list(df["query"]), title=None, axis=alt.Axis(labelLimit=120, labelOverlap=False)),
+            x=alt.X("entropy:Q", title="row entropy (nats)"),
+            tooltip=[alt.Tooltip("query:N"), alt.Tooltip("entropy:Q", format=".4f")],
+        )
+        .properties(height=alt.Step(BAR_PX), autosize=_FIT_WIDTH)
+    )

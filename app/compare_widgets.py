@@ -52,8 +52,11 @@ SECOND_TEXTS = {
     "encoder": "A fast brown fox leaps over a sleepy dog by the river bank.",
 }
 ENTROPY_KINDS = {"entropy": "Entropy (nats)", "normalized_entropy": "Normalised entropy"}
-ATTR_METHODS = {"rollout": "Attention rollout", "grad_x_input": "Gradient × input",
-                "integrated_gradients": "Integrated gradients"}
+ATTR_METHODS = {
+    "rollout": "Attention rollout",
+    "grad_x_input": "Gradient × input",
+    "integrated_gradients": "Integrated gradients",
+}
 MAX_CELL_TEXT = 16  # write the CKA values into the cells up to this many layers per side
 RUN_COLOURS = ["#1f5fa8", "#d6604d"]  # run A blue, run B red (as in the PDF's overlay)
 
@@ -66,8 +69,9 @@ def model_of(state: Any, which: str) -> str:
     """The model id chosen for run "a" or "b" (in "text" mode, B uses A's model)."""
     if which == "b" and state.get(Keys.CMP_MODE) == "text":
         return model_of(state, "a")
-    choice_key, custom_key = (Keys.CMP_MODEL_A, Keys.CMP_CUSTOM_A) if which == "a" else (Keys.CMP_MODEL_B,
-                                                                                          Keys.CMP_CUSTOM_B)
+    choice_key, custom_key = (
+        (Keys.CMP_MODEL_A, Keys.CMP_CUSTOM_A) if which == "a" else (Keys.CMP_MODEL_B, Keys.CMP_CUSTOM_B)
+    )
     choice = state.get(choice_key)
     if choice == OTHER_MODEL:
         return str(state.get(custom_key) or "").strip()
@@ -128,8 +132,14 @@ def pickers() -> bool:
     """Run A and run B side by side; True when Compare was pressed."""
     state = st.session_state
     init_choices(state)
-    st.radio("Run B", list(MODES), key=Keys.CMP_MODE, format_func=MODES.__getitem__, horizontal=True,
-             help="B defaults to A's model with a second text, or to A's text with a second model.")
+    st.radio(
+        "Run B",
+        list(MODES),
+        key=Keys.CMP_MODE,
+        format_func=MODES.__getitem__,
+        horizontal=True,
+        help="B defaults to A's model with a second text, or to A's text with a second model.",
+    )
     left, right = st.columns(2)
     with left:
         st.markdown("**Run A**")
@@ -143,10 +153,18 @@ def pickers() -> bool:
         else:
             st.caption("Model B: the same model as run A.")
             st.text_area("Text B", key=Keys.CMP_TEXT_B, height=90, max_chars=max_text_chars())
-    st.caption("Both runs use the sidebar's settings (max tokens, precision, gradients…); a run already made in "
-               "this session, or found in the result cache, is not computed again.")
-    return bool(st.button("Compare", key="cmp_go", type="primary",
-                          help="Analyse run A and run B (each once; cached) and compare them."))
+    st.caption(
+        "Both runs use the sidebar's settings (max tokens, precision, gradients…); a run already made in "
+        "this session, or found in the result cache, is not computed again."
+    )
+    return bool(
+        st.button(
+            "Compare",
+            key="cmp_go",
+            type="primary",
+            help="Analyse run A and run B (each once; cached) and compare them.",
+        )
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -168,8 +186,14 @@ def _reusable(state: Any, spec: Spec) -> AnalysisResult | None:
     model_id, text, settings, dtype = spec
     sidebar = state.get(Keys.RESULT)
     load = state.get(Keys.RESULT_LOAD)
-    if sidebar is not None and load and load[0] == model_id and load[1] == dtype and sidebar.text == text \
-            and sidebar.settings == settings:
+    if (
+        sidebar is not None
+        and load
+        and load[0] == model_id
+        and load[1] == dtype
+        and sidebar.text == text
+        and sidebar.settings == settings
+    ):
         return sidebar
     for rkey, skey in ((Keys.CMP_RESULT_A, Keys.CMP_SPEC_A), (Keys.CMP_RESULT_B, Keys.CMP_SPEC_B)):
         if state.get(rkey) is not None and state.get(skey) == spec:
@@ -196,13 +220,15 @@ class CompareJob:
         def report(label: str, fraction: float) -> None:  # called in a worker thread: no Streamlit here
             with self._lock:
                 self._progress[which] = (label, float(fraction))
+
         return report
 
     def progress(self) -> tuple[str, float]:
         """A label and the mean fraction of the two runs."""
         with self._lock:
-            fracs = [1.0 if not isinstance(self.runs[w], Future) else self._progress.get(w, ("", 0.0))[1]
-                     for w in ("a", "b")]
+            fracs = [
+                1.0 if not isinstance(self.runs[w], Future) else self._progress.get(w, ("", 0.0))[1] for w in ("a", "b")
+            ]
             labels = [f"Run {w.upper()}: {self._progress[w][0]}" for w in ("a", "b") if w in self._progress]
         return (labels[-1] if labels else "Waiting for the model"), min(max(sum(fracs) / 2, 0.0), 1.0)
 
@@ -231,8 +257,9 @@ def start_job() -> None:
             loaded = get_model(model_id, dtype, "auto")
             from core.analysis import analyze
 
-            job.runs[which] = _POOL.submit(analyze, loaded, text, settings=settings, cache=get_result_cache(),
-                                           progress=job.reporter(which))
+            job.runs[which] = _POOL.submit(
+                analyze, loaded, text, settings=settings, cache=get_result_cache(), progress=job.reporter(which)
+            )
             computed.append(which)
         job.computed = tuple(computed)
     except Exception as exc:
@@ -290,8 +317,7 @@ def wait_for_job() -> None:
     state[Keys.CMP_AXIS] = out["a"].n_layers == out["b"].n_layers
     for which in job.computed:
         state[Keys.SESSION_LOG].append(session_entry(out[which]))
-    status.update(label="Both runs ready" + (" (reused)" if not job.computed else ""), state="complete",
-                  expanded=False)
+    status.update(label="Both runs ready" + (" (reused)" if not job.computed else ""), state="complete", expanded=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -338,38 +364,58 @@ def overlay_chart(df: pd.DataFrame, metric: str, axis: str) -> alt.LayerChart:
     d = df[df.metric == metric]
     domain = chart_spec.y_domain(metric, d["value"].to_numpy(), 0) or (0.0, 1.0)
     x_title = "relative depth (layer / layers)" if axis == "relative" else "layer (0 = embeddings)"
-    y_axis = alt.Axis(format=spec.number_format, tickMinStep=1) if spec.integer else alt.Axis(
-        format=spec.number_format)
+    y_axis = alt.Axis(format=spec.number_format, tickMinStep=1) if spec.integer else alt.Axis(format=spec.number_format)
     base = alt.Chart(d).encode(
         x=alt.X("x:Q", title=x_title, axis=alt.Axis(format=".2~f" if axis == "relative" else "d")),
-        y=alt.Y("value:Q", title=spec.unit or None, scale=alt.Scale(domain=list(domain), nice=False, zero=False),
-                axis=y_axis),
-        color=alt.Color("run:N", title=None, scale=alt.Scale(range=RUN_COLOURS),
-                        legend=alt.Legend(orient="bottom", labelLimit=300)),
-        tooltip=[alt.Tooltip("run:N"), alt.Tooltip("layer:Q", format="d"), alt.Tooltip("depth:Q", format=".3f"),
-                 alt.Tooltip("value:Q", title=metric_label(metric), format=spec.tooltip_format)])
+        y=alt.Y(
+            "value:Q",
+            title=spec.unit or None,
+            scale=alt.Scale(domain=list(domain), nice=False, zero=False),
+            axis=y_axis,
+        ),
+        color=alt.Color(
+            "run:N", title=None, scale=alt.Scale(range=RUN_COLOURS), legend=alt.Legend(orient="bottom", labelLimit=300)
+        ),
+        tooltip=[
+            alt.Tooltip("run:N"),
+            alt.Tooltip("layer:Q", format="d"),
+            alt.Tooltip("depth:Q", format=".3f"),
+            alt.Tooltip("value:Q", title=metric_label(metric), format=spec.tooltip_format),
+        ],
+    )
     return (base.mark_line() + base.mark_point(filled=True, size=40)).properties(height=220)
 
 
 def cka_heatmap(matrix: np.ndarray, y_title: str, x_title: str) -> alt.LayerChart:
     """CKA of layer i (rows, y_title) against layer j (columns, x_title); values written in small grids."""
     M = np.asarray(matrix, dtype=np.float64)
-    rows = [{"row": i, "col": j, "cka": (float(M[i, j]) if np.isfinite(M[i, j]) else None)}
-            for i in range(M.shape[0]) for j in range(M.shape[1])]
+    rows = [
+        {"row": i, "col": j, "cka": (float(M[i, j]) if np.isfinite(M[i, j]) else None)}
+        for i in range(M.shape[0])
+        for j in range(M.shape[1])
+    ]
     df = pd.DataFrame(rows)
     low = float(min(0.0, np.nanmin(M))) if np.isfinite(M).any() else 0.0
     step = int(max(14, min(36, 520 // max(M.shape))))
     base = alt.Chart(df).encode(x=alt.X("col:O", title=x_title), y=alt.Y("row:O", title=y_title, sort="descending"))
     rect = base.mark_rect().encode(
         color=alt.Color("cka:Q", scale=alt.Scale(scheme="viridis", domain=[low, 1.0]), title="CKA"),
-        tooltip=[alt.Tooltip("row:O", title=y_title), alt.Tooltip("col:O", title=x_title),
-                 alt.Tooltip("cka:Q", format=".3f")])
+        tooltip=[
+            alt.Tooltip("row:O", title=y_title),
+            alt.Tooltip("col:O", title=x_title),
+            alt.Tooltip("cka:Q", format=".3f"),
+        ],
+    )
     layers = [rect]
     if max(M.shape) <= MAX_CELL_TEXT:
-        layers.append(base.mark_text(fontSize=9).encode(
-            text=alt.Text("cka:Q", format=".2f"),
-            color=alt.condition("datum.cka > 0.6", alt.value("black"), alt.value("white"))).transform_filter(
-            "isValid(datum.cka)"))
+        layers.append(
+            base.mark_text(fontSize=9)
+            .encode(
+                text=alt.Text("cka:Q", format=".2f"),
+                color=alt.condition("datum.cka > 0.6", alt.value("black"), alt.value("white")),
+            )
+            .transform_filter("isValid(datum.cka)")
+        )
     return alt.LayerChart(layer=layers).properties(width=alt.Step(step), height=alt.Step(step))
 
 
@@ -382,8 +428,10 @@ def header(cmp: ComparisonResult) -> None:
     for col, s in zip(cols, cmp.runs):
         with col:
             st.markdown(f"**Run {s.label}**")
-            st.text(f"{s.model_id}\n{s.family.replace('_', ' ')} · {s.n_layers} layers × {s.n_heads} heads · "
-                    f"{len(s.tokens)} tokens")
+            st.text(
+                f"{s.model_id}\n{s.family.replace('_', ' ')} · {s.n_layers} layers × {s.n_heads} heads · "
+                f"{len(s.tokens)} tokens"
+            )
             st.code(s.text if len(s.text) <= 400 else s.text[:400] + " …", language=None, wrap_lines=True)
 
 
@@ -391,18 +439,23 @@ def metrics_section(cmp: ComparisonResult) -> None:
     state = st.session_state
     if not isinstance(state.get(Keys.CMP_AXIS), bool):
         state[Keys.CMP_AXIS] = cmp.default_axis == "absolute"
-    absolute = st.toggle("Absolute layers", key=Keys.CMP_AXIS,
-                         help="Off: both runs on relative depth (layer / number of layers), so a 6-layer and a "
-                              "12-layer model line up from embeddings (0) to the last layer (1).")
+    absolute = st.toggle(
+        "Absolute layers",
+        key=Keys.CMP_AXIS,
+        help="Off: both runs on relative depth (layer / number of layers), so a 6-layer and a "
+        "12-layer model line up from embeddings (0) to the last layer (1).",
+    )
     axis = "absolute" if absolute else "relative"
     if cmp.a.n_layers != cmp.b.n_layers:
-        st.caption(f"Run A has {cmp.a.n_layers} layers and run B {cmp.b.n_layers}: "
-                   + ("layers are aligned by number." if absolute else "layers are aligned by relative depth."))
+        st.caption(
+            f"Run A has {cmp.a.n_layers} layers and run B {cmp.b.n_layers}: "
+            + ("layers are aligned by number." if absolute else "layers are aligned by relative depth.")
+        )
     df = pd.DataFrame(metric_overlay_rows(cmp, axis))
     names = list(METRIC_NAMES)
     for start in range(0, len(names), 3):
         cols = st.columns(3)
-        for col, name in zip(cols, names[start:start + 3]):
+        for col, name in zip(cols, names[start : start + 3]):
             with col:
                 st.markdown(f"**{metric_label(name)}**")
                 chart(overlay_chart(df, name, axis))
@@ -416,16 +469,24 @@ def entropy_section(cmp: ComparisonResult) -> None:
     state = st.session_state
     if state.get(Keys.CMP_ENTROPY) not in ENTROPY_KINDS:  # texts of different lengths: normalised by default
         state[Keys.CMP_ENTROPY] = "entropy" if len(cmp.a.tokens) == len(cmp.b.tokens) else "normalized_entropy"
-    kind = st.radio("Quantity", list(ENTROPY_KINDS), key=Keys.CMP_ENTROPY, horizontal=True,
-                    format_func=ENTROPY_KINDS.__getitem__,
-                    help="Normalised entropy divides by the log of the visible tokens, so texts of different "
-                         "lengths compare fairly.")
+    kind = st.radio(
+        "Quantity",
+        list(ENTROPY_KINDS),
+        key=Keys.CMP_ENTROPY,
+        horizontal=True,
+        format_func=ENTROPY_KINDS.__getitem__,
+        help="Normalised entropy divides by the log of the visible tokens, so texts of different "
+        "lengths compare fairly.",
+    )
     diff = cmp.entropy_diff if kind == "entropy" else cmp.normalized_entropy_diff
     df = views.layer_head_frame(diff, "difference")
     from app import charts
 
-    chart(charts.layer_head_heatmap(df, "difference", f"{ENTROPY_KINDS[kind]}: B − A (red: B more spread out)",
-                                    diverging=True))
+    chart(
+        charts.layer_head_heatmap(
+            df, "difference", f"{ENTROPY_KINDS[kind]}: B − A (red: B more spread out)", diverging=True
+        )
+    )
     show_caption("attention_entropy")
 
 
@@ -437,9 +498,14 @@ def predictions_section(cmp: ComparisonResult) -> None:
     df = pd.DataFrame(prediction_rows(cmp), columns=["rank", "A", "p(A)", "B", "p(B)"])
     df["A"] = df["A"].map(lambda t: None if t is None else views.readable_token(t))
     df["B"] = df["B"].map(lambda t: None if t is None else views.readable_token(t))
-    st.dataframe(df, hide_index=True, width="stretch",
-                 column_config={c: st.column_config.ProgressColumn(c, format="%.4f", min_value=0.0, max_value=1.0)
-                                for c in ("p(A)", "p(B)")})
+    st.dataframe(
+        df,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            c: st.column_config.ProgressColumn(c, format="%.4f", min_value=0.0, max_value=1.0) for c in ("p(A)", "p(B)")
+        },
+    )
     for s, p in (("A", pa), ("B", pb)):
         if p.message:
             st.caption(f"Run {s}: {p.message}")
@@ -454,8 +520,9 @@ def attribution_section(cmp: ComparisonResult) -> None:
         st.info("Token attribution was not computed for either run.", icon=":material/info:")
         return
     methods = [m for m in ATTR_METHODS if (aa is not None and m in aa.scores) or (ab is not None and m in ab.scores)]
-    method = st.radio("Method", methods, key=Keys.CMP_ATTR_METHOD, horizontal=True,
-                      format_func=ATTR_METHODS.__getitem__)
+    method = st.radio(
+        "Method", methods, key=Keys.CMP_ATTR_METHOD, horizontal=True, format_func=ATTR_METHODS.__getitem__
+    )
     method = method if method in methods else methods[0]
     cols = st.columns(2)
     for col, label, side in zip(cols, ("A", "B"), (aa, ab)):
@@ -469,17 +536,23 @@ def attribution_section(cmp: ComparisonResult) -> None:
             st.caption(f"Target position {side.target_position}{pred}")
     if method in cmp.attribution_agreement:
         rho = cmp.attribution_agreement[method]
-        st.caption("Same tokens in both runs: Spearman rank correlation of the two score rows ρ = "
-                   + ("undefined" if not np.isfinite(rho) else f"{rho:.3f}"))
+        st.caption(
+            "Same tokens in both runs: Spearman rank correlation of the two score rows ρ = "
+            + ("undefined" if not np.isfinite(rho) else f"{rho:.3f}")
+        )
 
 
 def cka_section(cmp: ComparisonResult) -> None:
     if cmp.cka is None:
         st.info(cmp.cka_unavailable_reason, icon=":material/info:")
         return
-    debiased = st.toggle("Debiased CKA", key=Keys.CMP_DEBIASED, disabled=cmp.cka_debiased is None,
-                         help="The unbiased HSIC estimator: independent representations score near 0 even with few "
-                              "tokens (needs at least 4 tokens).")
+    debiased = st.toggle(
+        "Debiased CKA",
+        key=Keys.CMP_DEBIASED,
+        disabled=cmp.cka_debiased is None,
+        help="The unbiased HSIC estimator: independent representations score near 0 even with few "
+        "tokens (needs at least 4 tokens).",
+    )
     M = cmp.cka_debiased if debiased and cmp.cka_debiased is not None else cmp.cka
     titles = f"layer of A ({short_id(cmp.a.model_id)})", f"layer of B ({short_id(cmp.b.model_id)})"
     st.altair_chart(cka_heatmap(M, *titles), width="content")
@@ -496,8 +569,12 @@ def layer_cka_section(result: AnalysisResult) -> None:
     if result.n_tokens < 2:
         st.caption("Layer CKA needs at least 2 tokens.")
         return
-    debiased = st.toggle("Debiased", key=Keys.LAYER_CKA_DEBIASED, disabled=result.n_tokens < 4,
-                         help="The unbiased HSIC estimator (needs at least 4 tokens).")
+    debiased = st.toggle(
+        "Debiased",
+        key=Keys.LAYER_CKA_DEBIASED,
+        disabled=result.n_tokens < 4,
+        help="The unbiased HSIC estimator (needs at least 4 tokens).",
+    )
     M = _layer_cka(_key(result), bool(debiased and result.n_tokens >= 4), _Ref(result))
     st.altair_chart(cka_heatmap(M, "layer", "layer"), width="content")
     if M.shape[0] > 1:

@@ -37,8 +37,9 @@ def _valid_head(state: Any, key: str, options: list[Any]) -> None:
         state[key] = MEAN_HEADS
 
 
-def pickers(result: AnalysisResult, layer_key: str = Keys.LAYER, head_key: str = Keys.HEAD,
-            what: str = "") -> tuple[int, int | None]:
+def pickers(
+    result: AnalysisResult, layer_key: str = Keys.LAYER, head_key: str = Keys.HEAD, what: str = ""
+) -> tuple[int, int | None]:
     """Layer and head pickers of one tab (the Attention tab's by default): the layer as its block number 1 … L (the
     session keeps the array index 0 … L−1 under `layer_key`) and a head, or the mean over heads. `what` ends the
     labels ("of the query–key view"). Returns (layer index, head or None)."""
@@ -51,10 +52,14 @@ def pickers(result: AnalysisResult, layer_key: str = Keys.LAYER, head_key: str =
     suffix = f" {what}" if what else ""
     c1, c2 = st.columns([3, 2])
     if L > 1:
-        layer = c1.select_slider(f"Layer{suffix} (1 … {L})", options=list(range(L)), key=layer_key,
-                                 format_func=lambda i: str(chart_spec.block_number(i)),
-                                 help="Layer l is the attention of block l, which writes hidden-state layer l "
-                                      "(layer 0 is the embeddings, which have no attention).")
+        layer = c1.select_slider(
+            f"Layer{suffix} (1 … {L})",
+            options=list(range(L)),
+            key=layer_key,
+            format_func=lambda i: str(chart_spec.block_number(i)),
+            help="Layer l is the attention of block l, which writes hidden-state layer l "
+            "(layer 0 is the embeddings, which have no attention).",
+        )
     else:
         c1.caption("The model has one attention layer (layer 1).")
         layer = 0
@@ -96,8 +101,10 @@ def attention_section(result: AnalysisResult) -> None:
     st.altair_chart(charts.attention_heatmap(df, title), width="content")
     n = int(df["qi"].nunique())
     if not charts.labels_fit(n):
-        st.caption(f"{n} tokens are too many to label each one at this size: the axes show the labels that do not "
-                   "overlap; hover a cell for its query and key.")
+        st.caption(
+            f"{n} tokens are too many to label each one at this size: the axes show the labels that do not "
+            "overlap; hover a cell for its query and key."
+        )
     show_caption("fig_attention_heatmap")
     if head is not None:
         single_head_section(result, layer, head)
@@ -115,32 +122,48 @@ def single_head_section(result: AnalysisResult, layer: int, head: int) -> None:
         return
     st.markdown(f"**Single head: layer {chart_spec.block_number(layer)}, head {head}**")
     cols = st.columns(5)
-    for col, (key, label) in zip(cols, (("entropy", "Entropy (nats)"), ("normalized_entropy", "Normalised entropy"),
-                                        ("mean_distance", "Mean distance"), ("role", "Role"),
-                                        ("cluster", "Cluster"))):
+    for col, (key, label) in zip(
+        cols,
+        (
+            ("entropy", "Entropy (nats)"),
+            ("normalized_entropy", "Normalised entropy"),
+            ("mean_distance", "Mean distance"),
+            ("role", "Role"),
+            ("cluster", "Cluster"),
+        ),
+    ):
         v = stats.get(key)
         if v is not None:
             col.metric(label, f"{v:.3f}" if isinstance(v, float) else str(v))
     left, right = st.columns([3, 2])
     with left:
         st.caption("Top attended pairs (query → key)")
-        st.dataframe(stats.get("top_pairs", []), hide_index=True, width="stretch",
-                     column_config={"query": "query", "query_token": "query token", "key": "key",
-                                    "key_token": "key token",
-                                    "weight": st.column_config.ProgressColumn(
-                                        "weight", format="%.4f", min_value=0.0, max_value=1.0)})
+        st.dataframe(
+            stats.get("top_pairs", []),
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "query": "query",
+                "query_token": "query token",
+                "key": "key",
+                "key_token": "key token",
+                "weight": st.column_config.ProgressColumn("weight", format="%.4f", min_value=0.0, max_value=1.0),
+            },
+        )
     with right:
         import pandas as pd
 
         rows = stats.get("row_entropy") or []
         if rows:
-            labels = views.token_labels(result.display_tokens[:len(rows)])
+            labels = views.token_labels(result.display_tokens[: len(rows)])
             df = pd.DataFrame({"query": labels, "entropy": rows})
             shown = charts.top_rows(df, "entropy", largest_abs=False)
             chart(charts.row_entropy_bars(shown))
             if len(shown) < len(df):
-                st.caption(f"Entropy of the {len(shown)} most focused query rows of {len(df)} (lowest entropy, in "
-                           "text order), in nats: low = the row looks at few tokens.")
+                st.caption(
+                    f"Entropy of the {len(shown)} most focused query rows of {len(df)} (lowest entropy, in "
+                    "text order), in nats: low = the row looks at few tokens."
+                )
                 with st.expander(f"All {len(df)} rows"):
                     st.dataframe(df, hide_index=True, width="stretch", height=320)
             else:
@@ -159,16 +182,21 @@ def heads_section(result: AnalysisResult) -> None:
         return
     left, right = st.columns(2)
     with left:
-        df = views.layer_head_frame(att.entropy, "entropy",
-                                    {"normalized_entropy": att.normalized_entropy, "mean_distance": att.mean_distance})
-        chart(charts.layer_head_heatmap(df, "entropy", "Attention entropy (nats)",
-                                        extra_tooltips=("normalized_entropy", "mean_distance")))
+        df = views.layer_head_frame(
+            att.entropy, "entropy", {"normalized_entropy": att.normalized_entropy, "mean_distance": att.mean_distance}
+        )
+        chart(
+            charts.layer_head_heatmap(
+                df, "entropy", "Attention entropy (nats)", extra_tooltips=("normalized_entropy", "mean_distance")
+            )
+        )
         show_caption("attention_entropy")
     with right:
         chart(charts.cluster_scatter(views.cluster_frame(att)))
         sil = "–" if att.silhouette is None else f"{att.silhouette:.3f}"
-        st.caption(f"{att.n_clusters} clusters · silhouette {sil}"
-                   + (f" · {att.cluster_method}" if att.cluster_method else ""))
+        st.caption(
+            f"{att.n_clusters} clusters · silhouette {sil}" + (f" · {att.cluster_method}" if att.cluster_method else "")
+        )
         show_caption("head_clustering")
     counts: dict[str, int] = {}
     for row in att.role_grid():
@@ -188,10 +216,16 @@ def heads_section(result: AnalysisResult) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # Token attribution
 
-ATTR_METHODS = {"rollout": "Attention rollout", "grad_x_input": "Gradient × input",
-                "integrated_gradients": "Integrated gradients"}
-ATTR_DOC = {"rollout": "attention_rollout", "grad_x_input": "gradient_x_input",
-            "integrated_gradients": "integrated_gradients"}
+ATTR_METHODS = {
+    "rollout": "Attention rollout",
+    "grad_x_input": "Gradient × input",
+    "integrated_gradients": "Integrated gradients",
+}
+ATTR_DOC = {
+    "rollout": "attention_rollout",
+    "grad_x_input": "gradient_x_input",
+    "integrated_gradients": "integrated_gradients",
+}
 
 
 def attribution_section(result: AnalysisResult) -> None:
@@ -200,8 +234,7 @@ def attribution_section(result: AnalysisResult) -> None:
         st.info("Token attribution was not computed for this result.")
         return
     tokens = result.display_tokens
-    pred = (f" → predicted “{views.readable_token(attr.predicted_token)}”"
-            if attr.predicted_token else "")
+    pred = f" → predicted “{views.readable_token(attr.predicted_token)}”" if attr.predicted_token else ""
     pos = attr.target_position
     target = tokens[pos] if 0 <= pos < len(tokens) else views.readable_token(attr.target_token)
     st.text(f"Target: {chart_spec.target_phrase(pos, result.target_reason, target)}{pred}")
@@ -210,18 +243,26 @@ def attribution_section(result: AnalysisResult) -> None:
     if not available:
         st.caption("No token scores in this result.")
         return
-    method = st.radio("Method", list(available), horizontal=True, key=Keys.ATTR_METHOD,
-                      format_func=lambda k: ATTR_METHODS[k])
+    method = st.radio(
+        "Method", list(available), horizontal=True, key=Keys.ATTR_METHOD, format_func=lambda k: ATTR_METHODS[k]
+    )
     method = method if method in available else next(iter(available))
     shaded_text(views.shaded_tokens_html(tokens, available[method], attr.target_position), len(tokens))
     show_caption(ATTR_DOC[method])
     if method == "integrated_gradients" and attr.ig_completeness_gap is not None:
         rel = attr.ig_completeness_gap_relative
-        st.caption(f"Completeness gap |Σ IG − (f(x) − f(x′))| = {attr.ig_completeness_gap:.4g} nats"
-                   + (f" ({100 * rel:.2f} % of f(x) − f(x′))" if rel is not None else "")
-                   + f" with {attr.ig_steps} Gauss–Legendre steps"
-                   + ("" if attr.ig_converged is None else " — converged (≤ 1 %)" if attr.ig_converged
-                      else " — the 512-step cap was reached before 1 %: read the scores as approximate"))
+        st.caption(
+            f"Completeness gap |Σ IG − (f(x) − f(x′))| = {attr.ig_completeness_gap:.4g} nats"
+            + (f" ({100 * rel:.2f} % of f(x) − f(x′))" if rel is not None else "")
+            + f" with {attr.ig_steps} Gauss–Legendre steps"
+            + (
+                ""
+                if attr.ig_converged is None
+                else " — converged (≤ 1 %)"
+                if attr.ig_converged
+                else " — the 512-step cap was reached before 1 %: read the scores as approximate"
+            )
+        )
     df = views.attribution_frame(tokens, available)
     shown = charts.top_rows(df, method)
     chart(charts.attribution_bars(shown, method))
@@ -234,8 +275,10 @@ def attribution_section(result: AnalysisResult) -> None:
     if not result.settings.compute_gradients:
         st.caption("Gradient methods are off (sidebar → Settings → Compute gradients).")
     elif attr.predicted_id is not None and not result.settings.integrated_gradients:
-        st.caption("Integrated gradients are off: they cost one forward + backward pass per step "
-                   "(sidebar → Settings → Integrated gradients).")
+        st.caption(
+            "Integrated gradients are off: they cost one forward + backward pass per step "
+            "(sidebar → Settings → Integrated gradients)."
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -252,9 +295,10 @@ def lens_window(positions: list[int], centre: int) -> list[int]:
     if not isinstance(state.get(Keys.LENS_WINDOW), int) or not 0 <= state[Keys.LENS_WINDOW] <= last:
         at = positions.index(centre) if centre in positions else 0
         state[Keys.LENS_WINDOW] = int(min(max(at - LENS_COLUMNS // 2, 0), last))
-    start = st.slider(f"Positions shown ({LENS_COLUMNS} of {len(positions)}, first column)", 0, last,
-                      key=Keys.LENS_WINDOW)
-    return positions[int(start):int(start) + LENS_COLUMNS]
+    start = st.slider(
+        f"Positions shown ({LENS_COLUMNS} of {len(positions)}, first column)", 0, last, key=Keys.LENS_WINDOW
+    )
+    return positions[int(start) : int(start) + LENS_COLUMNS]
 
 
 def logit_lens_section(result: AnalysisResult) -> None:
@@ -262,23 +306,34 @@ def logit_lens_section(result: AnalysisResult) -> None:
     if lens is None:
         st.info("The logit lens is not available for this result (it needs a model with a language-model head).")
         return
-    st.text(f"Position {lens.position} (“{result.display_tokens[lens.position]}”) · final prediction "
-            f"“{lens.final_token}”")
+    st.text(
+        f"Position {lens.position} (“{result.display_tokens[lens.position]}”) · final prediction “{lens.final_token}”"
+    )
     grid = views.logit_lens_grid_frame(lens, result.display_tokens)
     decoded = sorted(int(p) for p in grid["pi"].unique())
     cols = lens_window(decoded, int(lens.position))
     chart(charts.logit_lens_heatmap(grid[grid["pi"].isin(cols)]))
     if len(decoded) < result.n_tokens:
-        st.caption(f"The grid decodes {len(decoded)} of {result.n_tokens} positions (a window around position "
-                   f"{lens.position}, to bound the CPU cost; sidebar → Settings → Full logit-lens grid decodes all); "
-                   f"the table below is complete for position {lens.position}.")
+        st.caption(
+            f"The grid decodes {len(decoded)} of {result.n_tokens} positions (a window around position "
+            f"{lens.position}, to bound the CPU cost; sidebar → Settings → Full logit-lens grid decodes all); "
+            f"the table below is complete for position {lens.position}."
+        )
     import pandas as pd
 
     left, right = st.columns([2, 3])
     with left:
         st.text(f"P(“{lens.final_token}”) per layer")
-        chart(charts.logit_lens_prob_line(pd.DataFrame({"layer": np.asarray(lens.layers, dtype=int),
-                                                          "probability": np.asarray(lens.final_prob, dtype=float)})))
+        chart(
+            charts.logit_lens_prob_line(
+                pd.DataFrame(
+                    {
+                        "layer": np.asarray(lens.layers, dtype=int),
+                        "probability": np.asarray(lens.final_prob, dtype=float),
+                    }
+                )
+            )
+        )
     with right:
         st.dataframe(views.logit_lens_table(lens), hide_index=True, width="stretch")
     show_caption("logit_lens")
@@ -315,8 +370,12 @@ def animations_section(result: AnalysisResult) -> None:
     with right:
         gif = _uncached_failure(lambda: _trajectories_gif(_key(result), ref), "token-trajectory animation")
         if gif:
-            st.image(gif, caption=f"Token representations across layers 0 (embeddings) … {result.n_layers}, in one "
-                                  "common 2-D basis", width="stretch")
+            st.image(
+                gif,
+                caption=f"Token representations across layers 0 (embeddings) … {result.n_layers}, in one "
+                "common 2-D basis",
+                width="stretch",
+            )
         else:
             st.caption("The token-trajectory animation could not be rendered.")
     show_caption("anim_layer_transitions")

@@ -28,8 +28,9 @@ DEVICE_MAP = os.environ.get("TMA_DEVICE_MAP", "").strip().lower() or None
 
 
 @st.cache_resource(max_entries=MAX_MODELS, show_spinner=False)
-def get_model(model_id: str, dtype: str = "auto", device: str = "auto",
-              device_map: str | None = DEVICE_MAP) -> LoadedModel:
+def get_model(
+    model_id: str, dtype: str = "auto", device: str = "auto", device_map: str | None = DEVICE_MAP
+) -> LoadedModel:
     """The loaded model for (model_id, dtype, device, device_map), loaded once per process.
 
     Raises core.errors.ModelUnavailableError (not cached: Streamlit does not cache exceptions, so a later try after

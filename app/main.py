@@ -21,8 +21,9 @@ from app.state import Keys, init_state  # noqa: E402
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-st.set_page_config(page_title="Transformer Model Analysis", page_icon=":material/hub:", layout="wide",
-                   initial_sidebar_state="expanded")
+st.set_page_config(
+    page_title="Transformer Model Analysis", page_icon=":material/hub:", layout="wide", initial_sidebar_state="expanded"
+)
 
 PAGES = [
     st.Page("../pages/overall.py", title="Overall", icon=":material/monitoring:", url_path="overall", default=True),

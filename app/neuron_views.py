@@ -62,8 +62,10 @@ def neuron_factors_section(result: AnalysisResult) -> None:
             f"L{int(sec.top_layer[f, r])}·N{int(sec.top_neuron[f, r])}" for r in range(min(5, sec.top_layer.shape[1]))
         )
         st.caption(f"Factor {f} · max {float(sec.token_factors[:, f].max()):.3g} · top neurons {neurons}")
-        shaded_text(views.shaded_tokens_html(result.display_tokens, sec.token_factors[:, f], result.target_position),
-                    result.n_tokens)  # a long text scrolls inside its box (6 factors × 512 tokens: ~10 000 px)
+        shaded_text(
+            views.shaded_tokens_html(result.display_tokens, sec.token_factors[:, f], result.target_position),
+            result.n_tokens,
+        )  # a long text scrolls inside its box (6 factors × 512 tokens: ~10 000 px)
     if chosen:
         show_caption("fig_neuron_factors")
     with st.expander("Top neurons per factor"):
@@ -88,8 +90,9 @@ def query_key_section(result: AnalysisResult, layer: int, head: int | None) -> N
         )
         return
     if head is None:
-        st.caption("The head picker above shows the mean over heads; the query–key view needs one head: head 0 is "
-                   "shown.")
+        st.caption(
+            "The head picker above shows the mean over heads; the query–key view needs one head: head 0 is shown."
+        )
         head = 0
     T = result.n_tokens
     state = st.session_state

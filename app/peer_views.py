@@ -64,8 +64,11 @@ def _valid(key: str, options: Sequence[Any], default: Any) -> None:
 def dla_frame(dla: DLASection) -> pd.DataFrame:
     """Long frame for the layers × (heads + MLP) heatmap: block, column ("0" … "H-1", "MLP"), logit."""
     heads, mlp = dla.head_matrix(), dla.mlp_column()
-    rows = [{"block": l + 1, "column": str(h), "logit": float(heads[l, h])}
-            for l in range(dla.n_layers) for h in range(dla.n_heads)]
+    rows = [
+        {"block": l + 1, "column": str(h), "logit": float(heads[l, h])}
+        for l in range(dla.n_layers)
+        for h in range(dla.n_heads)
+    ]
     rows += [{"block": l + 1, "column": "MLP", "logit": float(mlp[l])} for l in range(dla.n_layers)]
     return pd.DataFrame(rows)
 
@@ -74,14 +77,23 @@ def dla_chart(dla: DLASection) -> alt.Chart:
     df = dla_frame(dla)
     vmax = max(float(df["logit"].abs().max()), 1e-9)
     order = [str(h) for h in range(dla.n_heads)] + ["MLP"]
-    return alt.Chart(df).mark_rect().encode(
-        x=alt.X("column:O", sort=order, title="head (last column: the block's MLP)"),
-        y=alt.Y("block:O", sort="descending", title="block"),
-        color=alt.Color("logit:Q", scale=alt.Scale(scheme="redblue", reverse=True, domain=[-vmax, vmax]),
-                        title="direct logit"),
-        tooltip=[alt.Tooltip("block:O"), alt.Tooltip("column:N", title="head / MLP"),
-                 alt.Tooltip("logit:Q", format=".4f")],
-    ).properties(height=alt.Step(22), title="Direct logit attribution: heads and MLPs")
+    return (
+        alt.Chart(df)
+        .mark_rect()
+        .encode(
+            x=alt.X("column:O", sort=order, title="head (last column: the block's MLP)"),
+            y=alt.Y("block:O", sort="descending", title="block"),
+            color=alt.Color(
+                "logit:Q", scale=alt.Scale(scheme="redblue", reverse=True, domain=[-vmax, vmax]), title="direct logit"
+            ),
+            tooltip=[
+                alt.Tooltip("block:O"),
+                alt.Tooltip("column:N", title="head / MLP"),
+                alt.Tooltip("logit:Q", format=".4f"),
+            ],
+        )
+        .properties(height=alt.Step(22), title="Direct logit attribution: heads and MLPs")
+    )
 
 
 def dla_section(result: AnalysisResult) -> None:
@@ -90,8 +102,10 @@ def dla_section(result: AnalysisResult) -> None:
         st.info(unavailable_line(result, "dla") or "", icon=":material/info:")
         return
     show_caption("direct_logit_attribution")
-    st.text(f"Token {token_label(dla.token, 24)!r} at position {dla.position}: logit {dla.logit:.4f} = "
-            f"{float(dla.values.sum()):.4f} (sum of {len(dla.values)} parts; |difference| {dla.sum_abs_error:.2g})")
+    st.text(
+        f"Token {token_label(dla.token, 24)!r} at position {dla.position}: logit {dla.logit:.4f} = "
+        f"{float(dla.values.sum()):.4f} (sum of {len(dla.values)} parts; |difference| {dla.sum_abs_error:.2g})"
+    )
     for note in dla.notes:
         st.caption(note)
     chart(dla_chart(dla))
@@ -125,8 +139,10 @@ def promoted_section(dla: DLASection, n_tokens: int) -> None:
         ids_up, val_up = dla.promote_block_ids[pi, block - 1, k], dla.promote_block_logits[pi, block - 1, k]
         ids_dn, val_dn = dla.demote_block_ids[pi, block - 1, k], dla.demote_block_logits[pi, block - 1, k]
         if len(positions) < n_tokens:
-            st.caption(f"Block updates are stored for positions {positions[0]}–{positions[-1]} (each costs products "
-                       "with the whole vocabulary); for another position, analyse again with it as the target.")
+            st.caption(
+                f"Block updates are stored for positions {positions[0]}–{positions[-1]} (each costs products "
+                "with the whole vocabulary); for another position, analyse again with it as the target."
+            )
     up = pd.DataFrame({"promoted token": [dla.text_of(i) for i in ids_up], "Δ logit": val_up})
     dn = pd.DataFrame({"suppressed token": [dla.text_of(i) for i in ids_dn], "Δ logit": val_dn})
     a, b = st.columns(2)
@@ -145,21 +161,43 @@ def flow_chart(flow: FlowSection, position: int, threshold: float) -> alt.LayerC
     T, L = len(flow.tokens), flow.n_layers
     x = alt.X("x:Q", title="token position", scale=alt.Scale(domain=[-0.7, T - 0.3]), axis=alt.Axis(tickMinStep=1))
     y = alt.Y("y:Q", title="stage (0 = embeddings, 2l = after block l)", scale=alt.Scale(domain=[-1.6, 2 * L + 0.6]))
-    colour = alt.Color("kind:N", scale=alt.Scale(domain=list(KIND_COLOURS), range=list(KIND_COLOURS.values())),
-                       title="edge")
+    colour = alt.Color(
+        "kind:N", scale=alt.Scale(domain=list(KIND_COLOURS), range=list(KIND_COLOURS.values())), title="edge"
+    )
     edge_cols = [f.name for f in dataclasses.fields(DrawEdge)]
     node_cols = [f.name for f in dataclasses.fields(DrawNode)]
-    edges = alt.Chart(pd.DataFrame([dataclasses.astuple(r) for r in recs], columns=edge_cols)).mark_rule(
-        opacity=0.75).encode(
-        x=x, y=y, x2="x2:Q", y2="y2:Q", color=colour,
-        strokeWidth=alt.StrokeWidth("weight:Q", scale=alt.Scale(domain=[0, 1], range=[0.5, 7]), legend=None),
-        tooltip=[alt.Tooltip("kind:N"), alt.Tooltip("weight:Q", format=".3f"), alt.Tooltip("layer:O", title="block"),
-                 alt.Tooltip("source:N"), alt.Tooltip("target:N"), alt.Tooltip("tooltip:N", title="detail")])
-    dots = alt.Chart(pd.DataFrame([dataclasses.astuple(n) for n in nodes], columns=node_cols)).mark_circle(
-        size=40, color="#333333").encode(x=x, y=y, tooltip=[alt.Tooltip("label:N", title="state")])
-    labels = alt.Chart(pd.DataFrame({"x": list(range(T)), "y": [-1.0] * T,
-                                     "token": [token_label(t, 10) for t in flow.tokens]})).mark_text(
-        angle=270, align="right", fontSize=9).encode(x=x, y=y, text="token:N")
+    edges = (
+        alt.Chart(pd.DataFrame([dataclasses.astuple(r) for r in recs], columns=edge_cols))
+        .mark_rule(opacity=0.75)
+        .encode(
+            x=x,
+            y=y,
+            x2="x2:Q",
+            y2="y2:Q",
+            color=colour,
+            strokeWidth=alt.StrokeWidth("weight:Q", scale=alt.Scale(domain=[0, 1], range=[0.5, 7]), legend=None),
+            tooltip=[
+                alt.Tooltip("kind:N"),
+                alt.Tooltip("weight:Q", format=".3f"),
+                alt.Tooltip("layer:O", title="block"),
+                alt.Tooltip("source:N"),
+                alt.Tooltip("target:N"),
+                alt.Tooltip("tooltip:N", title="detail"),
+            ],
+        )
+    )
+    dots = (
+        alt.Chart(pd.DataFrame([dataclasses.astuple(n) for n in nodes], columns=node_cols))
+        .mark_circle(size=40, color="#333333")
+        .encode(x=x, y=y, tooltip=[alt.Tooltip("label:N", title="state")])
+    )
+    labels = (
+        alt.Chart(
+            pd.DataFrame({"x": list(range(T)), "y": [-1.0] * T, "token": [token_label(t, 10) for t in flow.tokens]})
+        )
+        .mark_text(angle=270, align="right", fontSize=9)
+        .encode(x=x, y=y, text="token:N")
+    )
     width = int(min(max(420, 28 * T), 3000))
     return alt.layer(edges, dots, labels).properties(width=width, height=max(260, 70 * L + 80))
 
@@ -178,12 +216,22 @@ def flow_section(result: AnalysisResult) -> None:
     if not isinstance(thr0, float) or not THRESHOLD_MIN <= thr0 <= THRESHOLD_MAX:
         st.session_state[Keys.FLOW_THRESHOLD] = DEFAULT_THRESHOLD
     c1, c2 = st.columns([2, 3])
-    pos = int(c1.selectbox("Token", list(range(T)), key=Keys.FLOW_POSITION,
-                           format_func=lambda t: f"{t}: {token_label(flow.tokens[t], 16)}"))
+    pos = int(
+        c1.selectbox(
+            "Token",
+            list(range(T)),
+            key=Keys.FLOW_POSITION,
+            format_func=lambda t: f"{t}: {token_label(flow.tokens[t], 16)}",
+        )
+    )
     thr = float(c2.slider("Edge threshold", THRESHOLD_MIN, THRESHOLD_MAX, step=0.01, key=Keys.FLOW_THRESHOLD))
     edges = flow.routes(pos, thr)
     st.text(f"{len(edges)} edges of weight ≥ {thr:g} on the routes to position {pos}")
     st.altair_chart(flow_chart(flow, pos, thr))
-    st.download_button("flow_edges.csv (this token and threshold)", csv_bytes(FLOW_CSV_HEADER,
-                                                                            flow_edge_rows(flow, pos, thr)),
-                       file_name="flow_edges.csv", mime="text/csv", key=Keys.FLOW_DOWNLOAD)
+    st.download_button(
+        "flow_edges.csv (this token and threshold)",
+        csv_bytes(FLOW_CSV_HEADER, flow_edge_rows(flow, pos, thr)),
+        file_name="flow_edges.csv",
+        mime="text/csv",
+        key=Keys.FLOW_DOWNLOAD,
+    )

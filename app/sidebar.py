@@ -140,8 +140,11 @@ def current_settings(state: Any) -> AnalysisSettings:
         ig_steps=int(state.get(Keys.IG_STEPS) or AnalysisSettings.default("ig_steps")),
         lens_full_grid=bool(state.get(Keys.LENS_FULL_GRID)),
         mask_word=mask_word,
-        neuron_factors=int(state.get(Keys.NEURON_K) if state.get(Keys.NEURON_K) is not None
-                           else AnalysisSettings.default("neuron_factors")),
+        neuron_factors=int(
+            state.get(Keys.NEURON_K)
+            if state.get(Keys.NEURON_K) is not None
+            else AnalysisSettings.default("neuron_factors")
+        ),
         neuron_first_layer=state.get(Keys.NEURON_FIRST),
         neuron_last_layer=state.get(Keys.NEURON_LAST),
     )
@@ -149,8 +152,10 @@ def current_settings(state: Any) -> AnalysisSettings:
 
 def text_too_long(n_chars: int, limit: int) -> str:
     """The visible message for a text over the bound (the field keeps it; Analyze refuses it)."""
-    return (f"The text has {n_chars:,} characters; at most {limit:,} are analysed. Shorten it before pressing "
-            f"Analyze (nothing was cut).").replace(",", " ")
+    return (
+        f"The text has {n_chars:,} characters; at most {limit:,} are analysed. Shorten it before pressing "
+        f"Analyze (nothing was cut)."
+    ).replace(",", " ")
 
 
 def session_entry(result: AnalysisResult) -> dict[str, Any]:
@@ -195,26 +200,37 @@ def draw() -> bool:
         options = [*PRESET_IDS, OTHER_MODEL]
         if state.get(Keys.MODEL_CHOICE) not in options:
             state[Keys.MODEL_CHOICE] = BUNDLED_ID
-        st.selectbox("Model", options, key=Keys.MODEL_CHOICE, on_change=_on_model_change,
-                     format_func=lambda m: "Other: Hugging Face id or folder" if m == OTHER_MODEL
-                     else _preset_label(m),
-                     help="Presets, the bundled MiniLM (works offline), or any Hugging Face id / local folder.")
+        st.selectbox(
+            "Model",
+            options,
+            key=Keys.MODEL_CHOICE,
+            on_change=_on_model_change,
+            format_func=lambda m: "Other: Hugging Face id or folder" if m == OTHER_MODEL else _preset_label(m),
+            help="Presets, the bundled MiniLM (works offline), or any Hugging Face id / local folder.",
+        )
         chosen = preset(str(state.get(Keys.MODEL_CHOICE)))
         if chosen is not None:
             st.caption(f"{chosen.id} — {chosen.description}, {chosen.parameters} parameters")
         if state.get(Keys.MODEL_CHOICE) == OTHER_MODEL:
-            st.text_input("Hugging Face id or local folder", key=Keys.MODEL_CUSTOM,
-                          placeholder="e.g. distilgpt2 or /path/to/model",
-                          help="Loaded with safetensors only, never with remote code.")
+            st.text_input(
+                "Hugging Face id or local folder",
+                key=Keys.MODEL_CUSTOM,
+                placeholder="e.g. distilgpt2 or /path/to/model",
+                help="Loaded with safetensors only, never with remote code.",
+            )
         model_id = selected_model_id(state)
         family = known_family(state, model_id)
 
         limit = max_text_chars()
         # No max_chars: the browser would drop a longer paste without a word. The bound is enforced in core,
         # and said here as soon as the text is too long.
-        st.text_area("Text to analyse", key=Keys.TEXT, height=110,
-                     help=f"Masked LMs fill [MASK]; causal LMs predict the next token. Texts longer than "
-                          f"Max tokens are truncated; at most {limit:,} characters are analysed.".replace(",", " "))
+        st.text_area(
+            "Text to analyse",
+            key=Keys.TEXT,
+            height=110,
+            help=f"Masked LMs fill [MASK]; causal LMs predict the next token. Texts longer than "
+            f"Max tokens are truncated; at most {limit:,} characters are analysed.".replace(",", " "),
+        )
         text = state.get(Keys.TEXT, "")
         if len(text) > limit:
             st.warning(text_too_long(len(text), limit), icon=":material/content_cut:")
@@ -222,41 +238,87 @@ def draw() -> bool:
             words = words_of(text)
             if state.get(Keys.MASK_WORD) not in [NO_MASK_WORD, *words]:
                 state[Keys.MASK_WORD] = NO_MASK_WORD
-            st.selectbox("Mask a word", [NO_MASK_WORD, *words], key=Keys.MASK_WORD,
-                         format_func=str, help="The text has no mask token: pick a word for the model to fill in.")
+            st.selectbox(
+                "Mask a word",
+                [NO_MASK_WORD, *words],
+                key=Keys.MASK_WORD,
+                format_func=str,
+                help="The text has no mask token: pick a word for the model to fill in.",
+            )
         elif state.get(Keys.MASK_WORD) not in (None, NO_MASK_WORD):
             state[Keys.MASK_WORD] = None
 
         with st.expander("Settings", expanded=False):
-            st.select_slider("Max tokens", MAX_TOKEN_CHOICES, key=Keys.MAX_TOKENS,
-                             help="Longer texts are truncated (a warning says so).")
-            st.selectbox("Precision (dtype)", DTYPES, key=Keys.DTYPE,
-                         help="auto: float32 on CPU, bfloat16 on a GPU.")
+            st.select_slider(
+                "Max tokens",
+                MAX_TOKEN_CHOICES,
+                key=Keys.MAX_TOKENS,
+                help="Longer texts are truncated (a warning says so).",
+            )
+            st.selectbox("Precision (dtype)", DTYPES, key=Keys.DTYPE, help="auto: float32 on CPU, bfloat16 on a GPU.")
             st.toggle("Exclude special tokens from layer metrics", key=Keys.EXCLUDE_SPECIAL)
-            grads = st.toggle("Compute gradients (attribution)", key=Keys.COMPUTE_GRADIENTS,
-                              help="Gradient × input and per-head attribution: one extra forward + backward pass.")
-            ig = st.toggle("Integrated gradients (slow)", key=Keys.INTEGRATED_GRADIENTS, disabled=not grads,
-                           help="One forward + backward pass per step: about 30–40× a forward pass at 32 steps "
-                                "on a CPU.")
+            grads = st.toggle(
+                "Compute gradients (attribution)",
+                key=Keys.COMPUTE_GRADIENTS,
+                help="Gradient × input and per-head attribution: one extra forward + backward pass.",
+            )
+            ig = st.toggle(
+                "Integrated gradients (slow)",
+                key=Keys.INTEGRATED_GRADIENTS,
+                disabled=not grads,
+                help="One forward + backward pass per step: about 30–40× a forward pass at 32 steps on a CPU.",
+            )
             lo, hi = AnalysisSettings.bounds("ig_steps")
-            st.number_input("Integrated-gradients steps", min_value=lo, max_value=hi, step=8, key=Keys.IG_STEPS,
-                            disabled=not (grads and ig))
-            st.toggle("Full logit-lens grid (slow on a CPU)", key=Keys.LENS_FULL_GRID,
-                      help="Decode every position at every layer. On a CPU, long texts otherwise get a window of "
-                           "positions around the decoded one (the full grid costs ~4× a forward pass for GPT-2).")
+            st.number_input(
+                "Integrated-gradients steps",
+                min_value=lo,
+                max_value=hi,
+                step=8,
+                key=Keys.IG_STEPS,
+                disabled=not (grads and ig),
+            )
+            st.toggle(
+                "Full logit-lens grid (slow on a CPU)",
+                key=Keys.LENS_FULL_GRID,
+                help="Decode every position at every layer. On a CPU, long texts otherwise get a window of "
+                "positions around the decoded one (the full grid costs ~4× a forward pass for GPT-2).",
+            )
             lo, hi = AnalysisSettings.bounds("neuron_factors")
-            st.number_input("Neuron factors (NMF k, 0 = off)", min_value=lo, max_value=hi, key=Keys.NEURON_K,
-                            help=AnalysisSettings.help("neuron_factors"))
+            st.number_input(
+                "Neuron factors (NMF k, 0 = off)",
+                min_value=lo,
+                max_value=hi,
+                key=Keys.NEURON_K,
+                help=AnalysisSettings.help("neuron_factors"),
+            )
             c1, c2 = st.columns(2)
-            c1.number_input("First neuron layer", min_value=0, step=1, key=Keys.NEURON_FIRST,
-                            help=AnalysisSettings.help("neuron_first_layer"))
-            c2.number_input("Last neuron layer", min_value=0, step=1, key=Keys.NEURON_LAST,
-                            help=AnalysisSettings.help("neuron_last_layer"))
-            st.toggle("Layer animations (GIF)", key=Keys.ANIMATIONS,
-                      help="Drawn from the stored result: switching them changes no number and runs no model.")
+            c1.number_input(
+                "First neuron layer",
+                min_value=0,
+                step=1,
+                key=Keys.NEURON_FIRST,
+                help=AnalysisSettings.help("neuron_first_layer"),
+            )
+            c2.number_input(
+                "Last neuron layer",
+                min_value=0,
+                step=1,
+                key=Keys.NEURON_LAST,
+                help=AnalysisSettings.help("neuron_last_layer"),
+            )
+            st.toggle(
+                "Layer animations (GIF)",
+                key=Keys.ANIMATIONS,
+                help="Drawn from the stored result: switching them changes no number and runs no model.",
+            )
 
-        clicked = st.button("Analyze", key="analyze", type="primary", width="stretch",
-                            help="Run the model once on the text; every chart is drawn from that run.")
+        clicked = st.button(
+            "Analyze",
+            key="analyze",
+            type="primary",
+            width="stretch",
+            help="Run the model once on the text; every chart is drawn from that run.",
+        )
     return bool(clicked)
 
 
@@ -267,17 +329,25 @@ def draw_result_footer() -> None:
     if result is None:
         return
     with st.sidebar:
-        st.caption(f"Last analysis: {md_escape(result.model.model_id)} · {result.n_tokens} tokens · "
-                   f"{timing_phrase(result.duration_s, result.cache_hit)}")
+        st.caption(
+            f"Last analysis: {md_escape(result.model.model_id)} · {result.n_tokens} tokens · "
+            f"{timing_phrase(result.duration_s, result.cache_hit)}"
+        )
         draw_export(result)
 
 
 def draw_export(result: AnalysisResult) -> None:
     """The ZIP download, built on click by core.export.build_zip."""
-    hidden = st.toggle("Include hidden states (float16) in the ZIP", key=Keys.EXPORT_HIDDEN,
-                       help="hidden_states.npz: every layer's token states; large for long texts.")
-    options = ExportOptions(session_entries=tuple(st.session_state.get(Keys.SESSION_LOG, [])),
-                            hidden_states=bool(hidden), animations=bool(st.session_state.get(Keys.ANIMATIONS, True)))
+    hidden = st.toggle(
+        "Include hidden states (float16) in the ZIP",
+        key=Keys.EXPORT_HIDDEN,
+        help="hidden_states.npz: every layer's token states; large for long texts.",
+    )
+    options = ExportOptions(
+        session_entries=tuple(st.session_state.get(Keys.SESSION_LOG, [])),
+        hidden_states=bool(hidden),
+        animations=bool(st.session_state.get(Keys.ANIMATIONS, True)),
+    )
 
     def data() -> bytes:
         """Runs on the click, in a separate thread. The run is also kept under assets/runs/ (bounded)."""
@@ -290,9 +360,15 @@ def draw_export(result: AnalysisResult) -> None:
             log.exception("building the export bundle failed")
             raise
 
-    st.download_button("Download analysis bundle (ZIP)", data=data, file_name="analysis_bundle.zip",
-                       mime="application/zip", on_click="ignore", width="stretch",
-                       help="PDF report, CSV tables, PNG plots, GIF animations, NPY arrays and the session log.")
+    st.download_button(
+        "Download analysis bundle (ZIP)",
+        data=data,
+        file_name="analysis_bundle.zip",
+        mime="application/zip",
+        on_click="ignore",
+        width="stretch",
+        help="PDF report, CSV tables, PNG plots, GIF animations, NPY arrays and the session log.",
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -426,8 +502,12 @@ def _finish_with_error(exc: BaseException, model_id: str, status: Any) -> None:
         status.update(label="The analysis was cancelled", state="error", expanded=False)
     else:  # never a raw traceback in the page: log it, show one line
         log.error("analysis failed for model %s", model_id, exc_info=exc)
-        _set_error("internal", "Something went wrong during the analysis. The details are in the server log; try "
-                               "a shorter text or another model.", model_id)
+        _set_error(
+            "internal",
+            "Something went wrong during the analysis. The details are in the server log; try "
+            "a shorter text or another model.",
+            model_id,
+        )
         status.update(label="The analysis failed", state="error", expanded=False)
 
 
@@ -493,8 +573,12 @@ def draw_error_banner() -> None:
     if err["kind"] == "unavailable":
         st.error(f"**Model not available.** {message}", icon=":material/cloud_off:")
         if err.get("model") != BUNDLED_ID:
-            st.button(f"Switch to the bundled model ({BUNDLED_ID}) and analyse", key="switch_bundled",
-                      on_click=switch_to_bundled, type="primary")
+            st.button(
+                f"Switch to the bundled model ({BUNDLED_ID}) and analyse",
+                key="switch_bundled",
+                on_click=switch_to_bundled,
+                type="primary",
+            )
     elif err["kind"] == "input":
         st.error(message, icon=":material/edit_note:")
     else:

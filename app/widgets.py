@@ -55,8 +55,10 @@ def guarded(what: str):
         st.warning(f"{what}: {exc}")
     except Exception:
         log.exception("drawing %s failed", what)
-        st.error(f"The {what} could not be drawn for this result; the details are in the server log.",
-                 icon=":material/error:")
+        st.error(
+            f"The {what} could not be drawn for this result; the details are in the server log.",
+            icon=":material/error:",
+        )
 
 
 #: A shaded text of more tokens than this scrolls inside a box of SHADED_TEXT_PX pixels (a 512-token text would
@@ -89,16 +91,21 @@ def result_header(result: AnalysisResult) -> None:
     m = result.model
     n_used = metric_token_count(result)
     excluded = bool(result.settings.exclude_special_tokens)
-    st.caption(f"**{md_escape(m.model_id)}** · {chart_spec.family_words(result.family)} · {m.dtype} "
-               f"on {m.device} · {result.n_layers} layers × {result.n_heads} heads · "
-               f"{result.n_tokens} tokens · {chart_spec.metric_tokens_phrase(result.n_tokens, n_used, excluded)}")
+    st.caption(
+        f"**{md_escape(m.model_id)}** · {chart_spec.family_words(result.family)} · {m.dtype} "
+        f"on {m.device} · {result.n_layers} layers × {result.n_heads} heads · "
+        f"{result.n_tokens} tokens · {chart_spec.metric_tokens_phrase(result.n_tokens, n_used, excluded)}"
+    )
     label = "Analysed text (word masked)" if result.analysed_text != result.text else "Analysed text"
     st.caption(f"{label}: {md_escape(shorten(result.analysed_text))}")
     st.caption(settings_line(result))
     typed = st.session_state.get(Keys.TEXT)
     if isinstance(typed, str) and typed.strip() and typed != result.text:
-        st.info("The text in the sidebar has changed since this analysis: everything below belongs to the text "
-                "above. Press **Analyze** to analyse the new text.", icon=":material/info:")
+        st.info(
+            "The text in the sidebar has changed since this analysis: everything below belongs to the text "
+            "above. Press **Analyze** to analyse the new text.",
+            icon=":material/info:",
+        )
     for w in result.warnings:
         st.warning(md_escape(w), icon=":material/warning:")
 
@@ -107,8 +114,10 @@ def settings_line(result: AnalysisResult) -> str:
     """The settings this result was computed with (a session's result shows its own settings, not the sidebar's)."""
     s = result.settings
     grads = "integrated gradients" if s.integrated_gradients else ("on" if s.compute_gradients else "off")
-    return (f"Settings: max tokens {s.max_tokens} · gradients {grads} · special tokens "
-            f"{'excluded from' if s.exclude_special_tokens else 'included in'} the metrics")
+    return (
+        f"Settings: max tokens {s.max_tokens} · gradients {grads} · special tokens "
+        f"{'excluded from' if s.exclude_special_tokens else 'included in'} the metrics"
+    )
 
 
 def shorten(text: str, limit: int = 300) -> str:
@@ -121,17 +130,29 @@ def summary_metrics(result: AnalysisResult) -> None:
     s = summary_figures(result)
     first, last = s["effective_rank_first"], s["effective_rank_last"]
     drop_layer, cos_last = s.get("largest_erank_drop_layer"), s["final_cosine_to_input"]
-    tokens_help = (f"{s['metric_tokens']} tokens enter the layer metrics; the spectral metrics cannot exceed "
-                   f"{s['token_bound']}.")
+    tokens_help = (
+        f"{s['metric_tokens']} tokens enter the layer metrics; the spectral metrics cannot exceed {s['token_bound']}."
+    )
     c = st.columns(5)
     c[0].metric("Tokens", result.n_tokens, help=tokens_help)
     c[1].metric("Layers × heads", f"{result.n_layers} × {result.n_heads}")
-    c[2].metric("Final effective rank", _fmt(last), delta=f"{_fmt(last - first)} vs embeddings",
-                delta_color="off", help=f"At the last layer ({result.n_layers}). " + caption("effective_rank"))
-    c[3].metric("Largest rank drop", "–" if drop_layer is None else f"layer {drop_layer}",
-                help="The layer l whose effective rank fell most from layer l − 1.")
-    c[4].metric("Final cosine to input", _fmt(cos_last, 3),
-                help=f"At the last layer ({result.n_layers}). " + caption("cosine_to_input"))
+    c[2].metric(
+        "Final effective rank",
+        _fmt(last),
+        delta=f"{_fmt(last - first)} vs embeddings",
+        delta_color="off",
+        help=f"At the last layer ({result.n_layers}). " + caption("effective_rank"),
+    )
+    c[3].metric(
+        "Largest rank drop",
+        "–" if drop_layer is None else f"layer {drop_layer}",
+        help="The layer l whose effective rank fell most from layer l − 1.",
+    )
+    c[4].metric(
+        "Final cosine to input",
+        _fmt(cos_last, 3),
+        help=f"At the last layer ({result.n_layers}). " + caption("cosine_to_input"),
+    )
 
 
 def _fmt(v: float, digits: int = 2) -> str:
@@ -150,13 +171,16 @@ def layer_metric_charts(result: AnalysisResult) -> None:
     n_used = metric_token_count(result)
     excluded = bool(getattr(result.settings, "exclude_special_tokens", False))
     token_bound = max(n_used - 1, 0)
-    zoom = st.toggle("Zoom to data", key=Keys.METRIC_ZOOM,
-                     help="Off: each y-axis starts at zero (the cosine axis spans 0 to 1) and the spectral metrics "
-                          "show their ceiling T − 1. On: each y-axis spans its data only.")
+    zoom = st.toggle(
+        "Zoom to data",
+        key=Keys.METRIC_ZOOM,
+        help="Off: each y-axis starts at zero (the cosine axis spans 0 to 1) and the spectral metrics "
+        "show their ceiling T − 1. On: each y-axis spans its data only.",
+    )
     names = list(METRIC_NAMES)
     for start in range(0, len(names), 3):
         cols = st.columns(3)
-        for col, name in zip(cols, names[start:start + 3]):
+        for col, name in zip(cols, names[start : start + 3]):
             with col:
                 st.markdown(f"**{metric_label(name)}**")
                 values = df.loc[df.metric == name, "value"].to_numpy()
@@ -168,28 +192,44 @@ def layer_metric_charts(result: AnalysisResult) -> None:
                     chart(c)
                 show_caption(name)
     if zoom:
-        st.caption("Zoomed: each y-axis spans its data only, so small changes look large; the T − 1 ceiling is "
-                   "drawn only where it falls inside.")
+        st.caption(
+            "Zoomed: each y-axis spans its data only, so small changes look large; the T − 1 ceiling is "
+            "drawn only where it falls inside."
+        )
     show_caption("fig_layer_metrics")
 
 
 def correlation_section(result: AnalysisResult) -> None:
-    method = st.segmented_control("Method", ["pearson", "spearman"], key=Keys.CORR_METHOD, required=True,
-                                  format_func=str.capitalize)
+    method = st.segmented_control(
+        "Method", ["pearson", "spearman"], key=Keys.CORR_METHOD, required=True, format_func=str.capitalize
+    )
     method = method or "pearson"
     long = views.correlations_long(metric_correlations(result, method))
-    gaps = {name: chart_spec.correlation_gap_reason(np.asarray(result.layer_metrics[name], dtype=float))
-            for name in METRIC_NAMES}
+    gaps = {
+        name: chart_spec.correlation_gap_reason(np.asarray(result.layer_metrics[name], dtype=float))
+        for name in METRIC_NAMES
+    }
     gaps = {name: why for name, why in gaps.items() if why}
     if len(gaps) >= len(METRIC_NAMES) - 1:
-        st.info("No pair of metrics has a correlation to show: "
-                + "; ".join(f"{metric_label(n)}: {why}" for n, why in gaps.items()) + ".", icon=":material/info:")
+        st.info(
+            "No pair of metrics has a correlation to show: "
+            + "; ".join(f"{metric_label(n)}: {why}" for n, why in gaps.items())
+            + ".",
+            icon=":material/info:",
+        )
     else:
         chart(charts.correlation_heatmap(long, method), stretch=False)
         if gaps:
-            st.caption("Empty cells: " + "; ".join(
-                f"{metric_label(n)} has {why}" if why == "missing values" else f"{metric_label(n)} is constant over "
-                "the layers" for n, why in gaps.items()) + " — no correlation is defined for it.")
+            st.caption(
+                "Empty cells: "
+                + "; ".join(
+                    f"{metric_label(n)} has {why}"
+                    if why == "missing values"
+                    else f"{metric_label(n)} is constant over the layers"
+                    for n, why in gaps.items()
+                )
+                + " — no correlation is defined for it."
+            )
     show_caption("fig_metric_correlation")
 
 
@@ -227,13 +267,21 @@ def predictions_section(result: AnalysisResult) -> None:
     for i, pos in enumerate(positions):
         with cols[i % len(cols)]:
             tok = result.display_tokens[pos] if 0 <= pos < len(result.display_tokens) else "?"
-            title = (f"Mask at position {pos}" if pred.kind == "mask_fill"
-                     else f"Next token after “{tok}” (position {pos})")
+            title = (
+                f"Mask at position {pos}" if pred.kind == "mask_fill" else f"Next token after “{tok}” (position {pos})"
+            )
             st.markdown(f"**{title}**")
             rows = table[table.position == pos][["rank", "token", "probability"]]
-            st.dataframe(rows, hide_index=True, width="stretch",
-                         column_config={"probability": st.column_config.ProgressColumn(
-                             "probability", format="%.4f", min_value=0.0, max_value=1.0)})
+            st.dataframe(
+                rows,
+                hide_index=True,
+                width="stretch",
+                column_config={
+                    "probability": st.column_config.ProgressColumn(
+                        "probability", format="%.4f", min_value=0.0, max_value=1.0
+                    )
+                },
+            )
     show_caption(pred.kind if pred.kind in ("mask_fill", "next_token") else "fig_predictions")
 
 
@@ -244,7 +292,7 @@ def _stop_generation() -> None:
 
 
 def continuation_section(result: AnalysisResult) -> None:
-    """"Continue the text" for causal LMs: runs only on the Generate button; streams; a Stop button ends it."""
+    """ "Continue the text" for causal LMs: runs only on the Generate button; streams; a Stop button ends it."""
     state = st.session_state
     with st.expander("Continue the text", expanded=bool(state.get(Keys.GEN_TEXT)), icon=":material/edit:"):
         from core.predictions import GenerationSettings, generate_stream
@@ -257,8 +305,13 @@ def continuation_section(result: AnalysisResult) -> None:
         sampled = mode == "sampled"
         temperature = c1.slider("Temperature", 0.05, 2.0, 1.0, 0.05, key=Keys.GEN_TEMPERATURE, disabled=not sampled)
         top_p = c2.slider("Top-p", 0.05, 1.0, 0.95, 0.05, key=Keys.GEN_TOP_P, disabled=not sampled)
-        chat = c3.toggle("Use the chat template", value=has_chat, key=Keys.GEN_CHAT, disabled=not has_chat,
-                         help=None if has_chat else "This tokenizer has no chat template.")
+        chat = c3.toggle(
+            "Use the chat template",
+            value=has_chat,
+            key=Keys.GEN_CHAT,
+            disabled=not has_chat,
+            help=None if has_chat else "This tokenizer has no chat template.",
+        )
         b1, b2, _ = st.columns([1, 1, 4])
         go = b1.button("Generate", type="primary", key="gen_go", icon=":material/play_arrow:")
         b2.button("Stop", key="gen_stop_button", on_click=_stop_generation, icon=":material/stop:")
@@ -270,8 +323,14 @@ def continuation_section(result: AnalysisResult) -> None:
                 box.caption("Press Generate to continue the analysed text with the model.")
             return
         try:
-            gen = GenerationSettings(max_new_tokens=int(max_new), do_sample=sampled, temperature=float(temperature),
-                                     top_p=float(top_p), seed=int(seed), use_chat_template=bool(chat and has_chat))
+            gen = GenerationSettings(
+                max_new_tokens=int(max_new),
+                do_sample=sampled,
+                temperature=float(temperature),
+                top_p=float(top_p),
+                seed=int(seed),
+                use_chat_template=bool(chat and has_chat),
+            )
             loaded = _loaded_for(result)
         except TMAError as exc:
             box.error(str(exc))
@@ -321,7 +380,7 @@ def md_escape(text: Any) -> str:
     out, pos = [], 0
     plain = visible_controls(str(text))
     for m in _LINKABLE.finditer(plain):
-        out.append(_escape_md(plain[pos:m.start()]))
+        out.append(_escape_md(plain[pos : m.start()]))
         out.append(_code_span(m.group()))
         pos = m.end()
     out.append(_escape_md(plain[pos:]))

@@ -12,7 +12,6 @@ hidden states returned).
 from __future__ import annotations
 
 import argparse
-
 import statistics
 import time
 
@@ -39,8 +38,13 @@ def measure(loaded=None, tokens: int = 128, repeat: int = 3, ig_steps: int = 32)
     from core import analyze
     from core.animations import attention_layers_gif, token_trajectories_gif
     from core.attention import analyse_attention
-    from core.attention_plots import (entropy_heatmap, head_clusters_plot, mean_attention_heatmap,
-                                      single_head_plot, token_attribution_plot)
+    from core.attention_plots import (
+        entropy_heatmap,
+        head_clusters_plot,
+        mean_attention_heatmap,
+        single_head_plot,
+        token_attribution_plot,
+    )
     from core.attribution import attention_rollout, gradient_x_input, integrated_gradients
     from core.capture import capture
 
@@ -58,37 +62,54 @@ def measure(loaded=None, tokens: int = 128, repeat: int = 3, ig_steps: int = 32)
             loaded.model(input_ids=ids)
 
     rows: list[tuple[str, float]] = [(f"bare forward pass ({ids.shape[1]} tokens)", timeit(bare, repeat=repeat))]
-    rows.append(("capturing forward pass (attentions + hidden states)",
-                 timeit(lambda: capture(loaded, text, res.settings), repeat=repeat)))
+    rows.append(
+        (
+            "capturing forward pass (attentions + hidden states)",
+            timeit(lambda: capture(loaded, text, res.settings), repeat=repeat),
+        )
+    )
     t_att = timeit(lambda: analyse_attention(att, special, True, None), repeat=repeat)
     t_roll = timeit(lambda: attention_rollout(att), repeat=repeat)
-    rows += [("  entropy + features + clustering (k by silhouette) + PCA", t_att),
-             ("  attention rollout", t_roll),
-             ("non-gradient attention analyses, total", t_att + t_roll)]
+    rows += [
+        ("  entropy + features + clustering (k by silhouette) + PCA", t_att),
+        ("  attention rollout", t_roll),
+        ("non-gradient attention analyses, total", t_att + t_roll),
+    ]
     with loaded.lock:
         t_gxi = timeit(lambda: gradient_x_input(loaded, ids, mask, pos, pred, heads=False), repeat=repeat)
         t_gxh = timeit(lambda: gradient_x_input(loaded, ids, mask, pos, pred, heads=True), repeat=repeat)
-        t_ig = timeit(lambda: integrated_gradients(loaded, ids, mask, pos, pred, steps=ig_steps),
-                      repeat=max(1, repeat - 2), warmup=0)
-    rows += [("gradient × input (1 forward + 1 backward)", t_gxi),
-             ("gradient × input + head attribution (same pass)", t_gxh),
-             ("  head attribution, extra cost", max(t_gxh - t_gxi, 0.0)),
-             (f"integrated gradients ({ig_steps} steps)", t_ig)]
-    figs = [("entropy heatmap", lambda: entropy_heatmap(res)),
-            ("head-cluster scatter", lambda: head_clusters_plot(res)),
-            ("token attribution shading", lambda: token_attribution_plot(res)),
-            ("mean attention heatmap (last layer)", lambda: mean_attention_heatmap(res)),
-            ("single-head view", lambda: single_head_plot(res, 5, 1)),
-            ("attention layers GIF (12 frames)", lambda: attention_layers_gif(res)),
-            ("token trajectories GIF (13 frames)", lambda: token_trajectories_gif(res))]
+        t_ig = timeit(
+            lambda: integrated_gradients(loaded, ids, mask, pos, pred, steps=ig_steps),
+            repeat=max(1, repeat - 2),
+            warmup=0,
+        )
+    rows += [
+        ("gradient × input (1 forward + 1 backward)", t_gxi),
+        ("gradient × input + head attribution (same pass)", t_gxh),
+        ("  head attribution, extra cost", max(t_gxh - t_gxi, 0.0)),
+        (f"integrated gradients ({ig_steps} steps)", t_ig),
+    ]
+    figs = [
+        ("entropy heatmap", lambda: entropy_heatmap(res)),
+        ("head-cluster scatter", lambda: head_clusters_plot(res)),
+        ("token attribution shading", lambda: token_attribution_plot(res)),
+        ("mean attention heatmap (last layer)", lambda: mean_attention_heatmap(res)),
+        ("single-head view", lambda: single_head_plot(res, 5, 1)),
+        ("attention layers GIF (12 frames)", lambda: attention_layers_gif(res)),
+        ("token trajectories GIF (13 frames)", lambda: token_trajectories_gif(res)),
+    ]
     total = 0.0
     for name, fn in figs:
         t = timeit(fn, repeat=1)
         total += t
         rows.append((f"  figure: {name}", t))
     rows.append(("figures + GIFs, total", total))
-    rows.append(("(in analyze) step timings: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in res.timings.items()),
-                 float("nan")))
+    rows.append(
+        (
+            "(in analyze) step timings: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in res.timings.items()),
+            float("nan"),
+        )
+    )
     return rows
 
 

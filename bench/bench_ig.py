@@ -22,8 +22,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from core.attribution import integrated_gradients, target_logprob_fn, token_embeddings  # noqa: E402
 from core.models import load_model  # noqa: E402
 
-TEXTS = {"gpt2": "Paris is the capital of", "llama": "Paris is the capital of",
-         "bert": "Paris is the [MASK] of France."}
+TEXTS = {
+    "gpt2": "Paris is the capital of",
+    "llama": "Paris is the capital of",
+    "bert": "Paris is the [MASK] of France.",
+}
 REF_STEPS = 4000
 
 
@@ -36,8 +39,9 @@ def reference(lm, ids, mask, pos, y):
         return ig, "ours (captum missing)"
     f = target_logprob_fn(lm, mask, pos, y)
     with torch.inference_mode(False), torch.enable_grad():
-        attr = IntegratedGradients(f).attribute(x.clone(), baselines=torch.zeros_like(x), n_steps=REF_STEPS,
-                                                method="gausslegendre", internal_batch_size=250)
+        attr = IntegratedGradients(f).attribute(
+            x.clone(), baselines=torch.zeros_like(x), n_steps=REF_STEPS, method="gausslegendre", internal_batch_size=250
+        )
     return attr[0].sum(-1).double().numpy(), "captum"
 
 
@@ -51,8 +55,10 @@ def main() -> None:
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp())
-    print(f"{'model':14} {'p':>3} " + " ".join(f"{'m=' + str(m):>16}" for m in ms) + "   (relative "
-          "completeness gap / max |IG − ref| ÷ max |ref|)")
+    print(
+        f"{'model':14} {'p':>3} " + " ".join(f"{'m=' + str(m):>16}" for m in ms) + "   (relative "
+        "completeness gap / max |IG − ref| ÷ max |ref|)"
+    )
     for kind in kinds:
         folder = build_tiny(kind, tmp / kind)
         for scale in (1.0, 8.0):

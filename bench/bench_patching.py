@@ -50,7 +50,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     loaded = load_gpt2_small()
     tok = loaded.tokenizer
-    ids = tok(text_of_tokens(loaded, args.tokens), return_tensors="pt")["input_ids"][:, :args.tokens]
+    ids = tok(text_of_tokens(loaded, args.tokens), return_tensors="pt")["input_ids"][:, : args.tokens]
     clean_text = tok.decode(ids[0])
     corrupt_ids = ids.clone()
     corrupt_ids[0, args.tokens // 2] = (int(ids[0, args.tokens // 2]) + 1) % len(tok)
@@ -73,8 +73,19 @@ def main() -> None:
 
     def residual_grid() -> None:
         for layer in range(L):
-            patched_metrics(loaded, sites, "residual", layer, acts["residual"][layer], enc_k["input_ids"], mask, pos,
-                            rows, a_id, b_id)
+            patched_metrics(
+                loaded,
+                sites,
+                "residual",
+                layer,
+                acts["residual"][layer],
+                enc_k["input_ids"],
+                mask,
+                pos,
+                rows,
+                a_id,
+                b_id,
+            )
 
     grid = timeit(residual_grid, args.repeat, 0)
     full = timeit(lambda: run_patching(loaded, clean_text, corrupt_text, settings), 1, 0) if args.full else None
@@ -83,16 +94,22 @@ def main() -> None:
     batch_2h = timeit(lambda: target_logits(loaded, enc_c["input_ids"].expand(2 * H, -1), mask, pos), args.repeat)
 
     unit = "CPU s" if CLOCK is time.process_time else "wall s"
-    print(f"GPT-2-small shape (random weights), {T} tokens, {L} layers × {H} heads, torch threads {args.threads}, "
-          f"median {unit}")
+    print(
+        f"GPT-2-small shape (random weights), {T} tokens, {L} layers × {H} heads, torch threads {args.threads}, "
+        f"median {unit}"
+    )
     print(f"  one forward, batch 1                        {one:8.3f}")
     print(f"  one forward, batch T = {T:<3}                  {batch_t:8.3f}")
-    print(f"  residual grid, all layers ({L} × batch {T + 1})   {grid:8.3f}   = {grid / (L * batch_t):.2f} × L × "
-          f"forward(batch T)   (bound: ≤ 2)")
+    print(
+        f"  residual grid, all layers ({L} × batch {T + 1})   {grid:8.3f}   = {grid / (L * batch_t):.2f} × L × "
+        f"forward(batch T)   (bound: ≤ 2)"
+    )
     if full is not None:
         print(f"  full patching run (3 components + 2 runs)   {full:8.3f}   = {full / one:.0f} × forward(batch 1)")
-    print(f"  head ablation, all heads ({L} × batch {2 * H})    {abl:8.3f}   = {abl / one:.0f} × forward(batch 1), "
-          f"{abl / (L * batch_2h):.2f} × L × forward(batch 2H)")
+    print(
+        f"  head ablation, all heads ({L} × batch {2 * H})    {abl:8.3f}   = {abl / one:.0f} × forward(batch 1), "
+        f"{abl / (L * batch_2h):.2f} × L × forward(batch 2H)"
+    )
     print(f"    (one forward of batch 2H = {batch_2h:.3f})")
 
 

@@ -42,18 +42,29 @@ def measure(loaded=None, tokens: int = 128, repeat: int = 3) -> list[tuple[str, 
     cap = capture(loaded, text, settings)
     T = cap.input_ids.shape[1]
     y = int(cap.logits[T - 1].argmax())
-    rows = [("capture forward pass (hidden states + attentions)", timeit(lambda: capture(loaded, text, settings),
-                                                                        repeat))]
-    rows.append(("decomposition pass (hooked forward)",
-                 timeit(lambda: decomposition_pass(loaded, cap.input_ids, cap.attention_mask), repeat)))
+    rows = [
+        ("capture forward pass (hidden states + attentions)", timeit(lambda: capture(loaded, text, settings), repeat))
+    ]
+    rows.append(
+        (
+            "decomposition pass (hooked forward)",
+            timeit(lambda: decomposition_pass(loaded, cap.input_ids, cap.attention_mask), repeat),
+        )
+    )
     dec = decomposition_pass(loaded, cap.input_ids, cap.attention_mask)
-    rows.append(("DLA + promoted/suppressed tables", timeit(lambda: compute_dla(dec, T - 1, y, loaded.tokenizer),
-                                                           repeat)))
-    rows.append(("flow contributions (all layers, all tokens)",
-                 timeit(lambda: compute_flow(dec, cap.tokens, T - 1), repeat)))
+    rows.append(
+        ("DLA + promoted/suppressed tables", timeit(lambda: compute_dla(dec, T - 1, y, loaded.tokenizer), repeat))
+    )
+    rows.append(
+        ("flow contributions (all layers, all tokens)", timeit(lambda: compute_flow(dec, cap.tokens, T - 1), repeat))
+    )
     flow = compute_flow(dec, cap.tokens, T - 1)
-    rows.append(("flow pruning for one token (threshold 0.04; a widget change)",
-                 timeit(lambda: flow.routes(T - 1, 0.04), repeat)))
+    rows.append(
+        (
+            "flow pruning for one token (threshold 0.04; a widget change)",
+            timeit(lambda: flow.routes(T - 1, 0.04), repeat),
+        )
+    )
     return rows
 
 

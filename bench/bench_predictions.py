@@ -2,10 +2,11 @@
 
     python bench/bench_predictions.py [--tokens 128] [--repeat 3]
 
-The logit lens decodes every layer at every position: (L+1)·T rows through the unembedding (768 × 50257), i.e.
-(L+1) times the work of the model's own LM head. The table shows the complete grid, the grid as the analysis step computes it on a
-CPU (a window of positions, see core.logit_lens.grid_max_positions), and the read-out at the decoded position alone
-(top-k, final-prediction probability and entropy), to separate the heatmap grid from the per-layer read-out.
+The logit lens decodes every layer at every position: (L+1)·T rows through the unembedding (768 × 50257), i.e. (L+1)
+times the work of the model's own LM head. The table shows the complete grid, the grid as the analysis step computes
+it on a CPU (a window of positions, see core.logit_lens.grid_max_positions), and the read-out at the decoded
+position alone (top-k, final-prediction probability and entropy), to separate the heatmap grid from the per-layer
+read-out.
 Numbers go into the issue notes, never into tests.
 """
 
@@ -32,8 +33,8 @@ def main() -> None:
 
     from core.capture import capture
     from core.logit_lens import compute_logit_lens, grid_max_positions
-    from core.predictions import compute_predictions
     from core.prediction_plots import logit_lens_heatmap_png, logit_lens_layers_png
+    from core.predictions import compute_predictions
     from core.settings import AnalysisSettings
 
     loaded = load_gpt2_small()
@@ -52,16 +53,18 @@ def main() -> None:
     fns = {
         "bare forward pass (eager, no outputs)": bare,
         "capturing forward pass (hidden states, attentions)": lambda: capture(loaded, text, st),
-        "predictions step (top-k from captured logits)":
-            lambda: compute_predictions(loaded, cap.input_ids[0].tolist(), cap.logits, 10),
-        "logit lens, full grid (L+1)xT + read-out":
-            lambda: compute_logit_lens(loaded, cap.hidden_states, pos, 10, final_logits=cap.logits),
-        f"logit lens as the analysis step (CPU budget: {window} columns)":
-            lambda: compute_logit_lens(loaded, cap.hidden_states, pos, 10, final_logits=cap.logits,
-                                       grid_max_positions=window),
-        "logit lens, decoded position only (L+1 rows)":
-            lambda: compute_logit_lens(loaded, cap.hidden_states[:, pos:pos + 1], 0, 10,
-                                       final_logits=cap.logits[pos:pos + 1]),
+        "predictions step (top-k from captured logits)": lambda: compute_predictions(
+            loaded, cap.input_ids[0].tolist(), cap.logits, 10
+        ),
+        "logit lens, full grid (L+1)xT + read-out": lambda: compute_logit_lens(
+            loaded, cap.hidden_states, pos, 10, final_logits=cap.logits
+        ),
+        f"logit lens as the analysis step (CPU budget: {window} columns)": lambda: compute_logit_lens(
+            loaded, cap.hidden_states, pos, 10, final_logits=cap.logits, grid_max_positions=window
+        ),
+        "logit lens, decoded position only (L+1 rows)": lambda: compute_logit_lens(
+            loaded, cap.hidden_states[:, pos : pos + 1], 0, 10, final_logits=cap.logits[pos : pos + 1]
+        ),
     }
     # interleaved repeats, so that a busy machine slows every row alike
     samples: dict[str, list[float]] = {k: [] for k in fns}
@@ -76,15 +79,21 @@ def main() -> None:
     rows = [(name, statistics.median(v)) for name, v in samples.items()]
     cpu_rows = {name: statistics.median(v) for name, v in cpu.items()}
     lens = compute_logit_lens(loaded, cap.hidden_states, pos, 10, final_logits=cap.logits)
-    rows.append(("heatmap PNG (rendered outside analyze)", timeit(lambda: logit_lens_heatmap_png(
-        lens, cap.display_tokens), repeat=args.repeat)))
+    rows.append(
+        (
+            "heatmap PNG (rendered outside analyze)",
+            timeit(lambda: logit_lens_heatmap_png(lens, cap.display_tokens), repeat=args.repeat),
+        )
+    )
     rows.append(("per-layer curves PNG", timeit(lambda: logit_lens_layers_png(lens), repeat=args.repeat)))
 
     base = rows[0][1]
     cap_t = rows[1][1]
     cap_cpu = cpu_rows[rows[1][0]]
-    print(f"GPT-2-small shape (random weights), {T} tokens, {torch.get_num_threads()} threads; "
-          f"last-layer |lens - logits| = {lens.last_layer_max_abs_diff:.2g}")
+    print(
+        f"GPT-2-small shape (random weights), {T} tokens, {torch.get_num_threads()} threads; "
+        f"last-layer |lens - logits| = {lens.last_layer_max_abs_diff:.2g}"
+    )
     print(f"{'':55s} {'wall':>9s}     {'÷ bare':>6s}   {'÷ capture':>9s}   {'CPU s ÷ capture CPU s':>21s}")
     for name, v in rows:
         c = cpu_rows.get(name)

@@ -18,8 +18,12 @@ from pathlib import Path
 
 from common import load_gpt2_small, timeit
 
-TEXTS = ["The cat sat on the mat. " * 8, "Paris is the capital of France. " * 8, "A bird flew over the house. " * 8,
-         "Attention heads look at previous tokens. " * 8]
+TEXTS = [
+    "The cat sat on the mat. " * 8,
+    "Paris is the capital of France. " * 8,
+    "A bird flew over the house. " * 8,
+    "Attention heads look at previous tokens. " * 8,
+]
 
 
 def main() -> None:
@@ -31,15 +35,25 @@ def main() -> None:
     loaded = load_gpt2_small()
     config = json.loads((Path(loaded.local_path or "") / "config.json").read_text())
     rows: list[tuple[str, float]] = []
-    rows.append(("estimate_parameters (GPT-2-small config)", timeit(lambda: guards.estimate_parameters(config),
-                                                                     repeat=200)))
-    rows.append(("check_model_id + resolve_source (hub id, offline)", timeit(
-        lambda: _swallow(lambda: resolve_source("some-org/some-model")), repeat=50)))
-    rows.append(("check_model_id (5000-character id, refused)", timeit(
-        lambda: _swallow(lambda: guards.check_model_id("x" * 5000)), repeat=200)))
+    rows.append(
+        ("estimate_parameters (GPT-2-small config)", timeit(lambda: guards.estimate_parameters(config), repeat=200))
+    )
+    rows.append(
+        (
+            "check_model_id + resolve_source (hub id, offline)",
+            timeit(lambda: _swallow(lambda: resolve_source("some-org/some-model")), repeat=50),
+        )
+    )
+    rows.append(
+        (
+            "check_model_id (5000-character id, refused)",
+            timeit(lambda: _swallow(lambda: guards.check_model_id("x" * 5000)), repeat=200),
+        )
+    )
 
     tmp = Path(tempfile.mkdtemp(prefix="tma-bench-rel-"))
     try:
+
         def open_healthy() -> None:
             ResultCache(tmp / "ok", size_limit_mb=64).close()
 

@@ -17,7 +17,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 CACHE = Path(tempfile.gettempdir()) / "tma-bench"
 
-TEXT_128 = ("The quick brown fox jumps over the lazy dog while the cat sat on the mat and watched. " * 20)
+TEXT_128 = "The quick brown fox jumps over the lazy dog while the cat sat on the mat and watched. " * 20
 
 
 def gpt2_small_folder() -> Path:
@@ -26,9 +26,8 @@ def gpt2_small_folder() -> Path:
     if (folder / "model.safetensors").is_file():
         return folder
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from tiny_models import _bpe_tokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
     tok = _bpe_tokenizer(bos=False)

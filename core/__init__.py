@@ -17,6 +17,18 @@ from .settings import AnalysisSettings
 from .version import CORE_VERSION
 
 __all__ = [
-    "analyze", "bundle_files", "write_bundle", "ResultCache", "InputError", "ModelUnavailableError", "TMAError",
-    "BUNDLED_ID", "PRESETS", "LoadedModel", "load_model", "AnalysisResult", "AnalysisSettings", "CORE_VERSION",
+    "analyze",
+    "bundle_files",
+    "write_bundle",
+    "ResultCache",
+    "InputError",
+    "ModelUnavailableError",
+    "TMAError",
+    "BUNDLED_ID",
+    "PRESETS",
+    "LoadedModel",
+    "load_model",
+    "AnalysisResult",
+    "AnalysisSettings",
+    "CORE_VERSION",
 ]

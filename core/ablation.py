@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 ABLATION_METHOD = (
     "exact head ablation: the head's slice of the input of layer l's attention output projection is replaced by its "
     "mean over the text's positions (mean_ablation) or by zero (zero_ablation) and the model is run on; the value "
-    "is log p(y*) after minus log p(y*) before, at the target position (negative = the head supports y*)")
+    "is log p(y*) after minus log p(y*) before, at the target position (negative = the head supports y*)"
+)
 
 
 @serializable
@@ -63,16 +64,19 @@ class HeadAblationSection:
     def rows(self) -> list[tuple[int, int, float, float]]:
         """Rows of head_ablation.csv: (layer, head, mean_ablation, zero_ablation)."""
         L, H = self.mean_ablation.shape
-        return [(l, h, float(self.mean_ablation[l, h]), float(self.zero_ablation[l, h]))
-                for l in range(L) for h in range(H)]
+        return [
+            (l, h, float(self.mean_ablation[l, h]), float(self.zero_ablation[l, h])) for l in range(L) for h in range(H)
+        ]
 
     def agreement(self, head_scores: np.ndarray | None) -> dict[str, float]:
         """Spearman correlation of the gradient head score with the ablation *drop* (−Δ), per variant; the
         gradient score is the first-order estimate of that drop for zero ablation, so agreement means ρ near 1."""
         if head_scores is None or np.shape(head_scores) != self.mean_ablation.shape:
             return {}
-        return {"mean_ablation": spearman(head_scores, -self.mean_ablation),
-                "zero_ablation": spearman(head_scores, -self.zero_ablation)}
+        return {
+            "mean_ablation": spearman(head_scores, -self.mean_ablation),
+            "zero_ablation": spearman(head_scores, -self.zero_ablation),
+        }
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -85,9 +89,15 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(x, y).statistic)
 
 
-def head_ablation(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, position: int,
-                  token_id: int, progress: Callable[[str, float], None] | None = None,
-                  chunk: int | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+def head_ablation(
+    loaded: LoadedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position: int,
+    token_id: int,
+    progress: Callable[[str, float], None] | None = None,
+    chunk: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Mean and zero ablation of every head (see the module docstring) → (mean [L, H], zero [L, H], log p).
 
     Raises RuntimeError when the attention output projections are not recognised."""
@@ -106,8 +116,9 @@ def head_ablation(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: 
         zs.append(args[0][0].detach().clone())
 
     with hooked([(m, "pre", grab) for m in projections]):
-        target_logits(loaded, input_ids, attention_mask, input_ids.shape[1] - 1 if loaded.family == "causal_lm"
-                      else position)
+        target_logits(
+            loaded, input_ids, attention_mask, input_ids.shape[1] - 1 if loaded.family == "causal_lm" else position
+        )
     means = [z.reshape(z.shape[0], H, -1).mean(0) for z in zs]  # L × [H, dh], mean over all positions of the text
     base = float(torch.log_softmax(target_logits(loaded, input_ids, attention_mask, position)[0], -1)[token_id])
 
@@ -121,15 +132,17 @@ def head_ablation(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: 
         if progress:
             progress(f"Head ablation, layer {l + 1} of {L}", l / L)
         dh = means[l].shape[-1]
-        repl_all = torch.cat([means[l].expand(H, H, dh), torch.zeros(H, H, dh, dtype=means[l].dtype,
-                                                                     device=means[l].device)])  # [2H, H, dh]
+        repl_all = torch.cat(
+            [means[l].expand(H, H, dh), torch.zeros(H, H, dh, dtype=means[l].dtype, device=means[l].device)]
+        )  # [2H, H, dh]
         vals = np.empty(rows)
         for s in range(0, rows, chunk):
-            sel = sel_all[s:s + chunk]
-            repl = repl_all[s:s + chunk]
+            sel = sel_all[s : s + chunk]
+            repl = repl_all[s : s + chunk]
 
-            def ablate(_m: Any, args: tuple[Any, ...], kwargs: dict[str, Any], sel: Any = sel, repl: Any = repl,
-                       dh: int = dh) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            def ablate(
+                _m: Any, args: tuple[Any, ...], kwargs: dict[str, Any], sel: Any = sel, repl: Any = repl, dh: int = dh
+            ) -> tuple[tuple[Any, ...], dict[str, Any]]:
                 z = args[0]
                 B, T, _ = z.shape
                 zz = z.reshape(B, T, H, dh)
@@ -139,14 +152,15 @@ def head_ablation(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: 
             ids = input_ids.expand(sel.shape[0], -1)
             with hooked([(projections[l], "pre", ablate)]):
                 logits = target_logits(loaded, ids, attention_mask, position)
-            vals[s:s + sel.shape[0]] = torch.log_softmax(logits, -1)[:, token_id].double().cpu().numpy()
+            vals[s : s + sel.shape[0]] = torch.log_softmax(logits, -1)[:, token_id].double().cpu().numpy()
         mean_out[l] = vals[:H] - base
         zero_out[l] = vals[H:] - base
     return mean_out, zero_out, base
 
 
-def ablate_heads(loaded: LoadedModel, capture: Capture, position: int,
-                 progress: Callable[[str, float], None] | None = None) -> HeadAblationSection | None:
+def ablate_heads(
+    loaded: LoadedModel, capture: Capture, position: int, progress: Callable[[str, float], None] | None = None
+) -> HeadAblationSection | None:
     """The head-ablation section for the top prediction at `position` of one capture, or None for an encoder
     without a language-model head. Call under the model lock."""
     import torch
@@ -160,9 +174,15 @@ def ablate_heads(loaded: LoadedModel, capture: Capture, position: int,
     notes: tuple[str, ...] = ()
     if loaded.family == "causal_lm" and position < capture.input_ids.shape[1] - 1:
         notes = (f"positions after {position} cannot change its prediction; the means still run over the whole text",)
-    return HeadAblationSection(target_position=position, token_id=pred,
-                               token=tok if isinstance(tok, str) else f"<id {pred}>", logprob=base,
-                               mean_ablation=mean, zero_ablation=zero, notes=notes)
+    return HeadAblationSection(
+        target_position=position,
+        token_id=pred,
+        token=tok if isinstance(tok, str) else f"<id {pred}>",
+        logprob=base,
+        mean_ablation=mean,
+        zero_ablation=zero,
+        notes=notes,
+    )
 
 
 def run_head_ablation(ctx: StepContext) -> HeadAblationSection | None:

@@ -26,10 +26,10 @@ from .attention import run_attention
 from .attribution import run_attribution
 from .cache import ResultCache, cache_key
 from .capture import apply_mask_word, capture
-from .dla import run_dla
-from .flow import run_flow
 from .context import StepContext
+from .dla import run_dla
 from .errors import InputError
+from .flow import run_flow
 from .logit_lens import run_logit_lens
 from .metrics import layer_metrics
 from .models import LoadedModel, load_model
@@ -67,8 +67,9 @@ def _package_versions() -> dict[str, str]:
     return out
 
 
-def choose_target(family: str, token_ids: list[int], special: list[bool], mask_id: int | None,
-                  requested: int | None) -> tuple[int, str]:
+def choose_target(
+    family: str, token_ids: list[int], special: list[bool], mask_id: int | None, requested: int | None
+) -> tuple[int, str]:
     """Target position for attribution: (position, reason written into the manifest)."""
     T = len(token_ids)
     if requested is not None:
@@ -92,9 +93,18 @@ def _as_settings(settings: AnalysisSettings | None, overrides: dict[str, Any]) -
     return settings.replace(**overrides) if overrides else settings
 
 
-def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings | None = None,
-            cache: ResultCache | None = None, progress: ProgressFn | None = None, dtype: str = "auto",
-            device: str = "auto", device_map: str | None = None, **overrides: Any) -> AnalysisResult:
+def analyze(
+    model: LoadedModel | str,
+    text: str,
+    *,
+    settings: AnalysisSettings | None = None,
+    cache: ResultCache | None = None,
+    progress: ProgressFn | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    device_map: str | None = None,
+    **overrides: Any,
+) -> AnalysisResult:
     """Analyse `text` with `model` (a LoadedModel, or an id / folder that is loaded first with `dtype`, `device`
     and `device_map`, see core.models.load_model).
 
@@ -149,12 +159,23 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
 
         metrics = timed("Layer metrics", 0.3, metrics_step, "layer_metrics")
         ids = cap.input_ids[0].tolist()
-        target, reason = choose_target(loaded.family, ids, cap.special_mask, loaded.tokenizer.mask_token_id,
-                                       st.target_position)
-        ctx = StepContext(loaded=loaded, settings=st, capture=cap, tokens=list(cap.tokens),
-                          display_tokens=list(cap.display_tokens), token_ids=ids, special_mask=list(cap.special_mask),
-                          family=loaded.family, target_position=target, hidden_states=cap.hidden_states,
-                          attentions=cap.attentions, warnings=list(cap.warnings))
+        target, reason = choose_target(
+            loaded.family, ids, cap.special_mask, loaded.tokenizer.mask_token_id, st.target_position
+        )
+        ctx = StepContext(
+            loaded=loaded,
+            settings=st,
+            capture=cap,
+            tokens=list(cap.tokens),
+            display_tokens=list(cap.display_tokens),
+            token_ids=ids,
+            special_mask=list(cap.special_mask),
+            family=loaded.family,
+            target_position=target,
+            hidden_states=cap.hidden_states,
+            attentions=cap.attentions,
+            warnings=list(cap.warnings),
+        )
         n_used = int(keep.sum()) if keep is not None else len(cap.tokens)
         if n_used < 2:
             ctx.warn(f"only {n_used} token(s) entered the layer metrics: the spectral metrics need at least 2")
@@ -212,5 +233,11 @@ def analyze(model: LoadedModel | str, text: str, *, settings: AnalysisSettings |
 
 def log_analysis(result: AnalysisResult) -> None:
     """The one INFO line per analysis: model, tokens, duration, cache hit."""
-    log.info("analysis model=%s tokens=%d duration=%.2fs cache_hit=%s warnings=%d", result.model.model_id,
-             result.n_tokens, result.duration_s, result.cache_hit, len(result.warnings))
+    log.info(
+        "analysis model=%s tokens=%d duration=%.2fs cache_hit=%s warnings=%d",
+        result.model.model_id,
+        result.n_tokens,
+        result.duration_s,
+        result.cache_hit,
+        len(result.warnings),
+    )

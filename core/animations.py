@@ -62,8 +62,9 @@ def attention_frame_titles(n_layers: int, head: int | None = None) -> list[str]:
     """The frame titles of `attention_layers_gif`: "Layer l of L: attention, …" for the blocks l = 1 … L (the
     numbering of the pages, the CSV files and the PDF; core.chart_spec)."""
     what = "mean over heads" if head is None else f"head {head}"
-    return [f"{chart_spec.layer_title(chart_spec.block_number(i), n_layers)}: attention, {what}"
-            for i in range(n_layers)]
+    return [
+        f"{chart_spec.layer_title(chart_spec.block_number(i), n_layers)}: attention, {what}" for i in range(n_layers)
+    ]
 
 
 def trajectory_frame_titles(n_layers: int) -> list[str]:
@@ -103,9 +104,9 @@ def _common_projection(Hs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     total = float((Xc * Xc).sum())
     ratio = np.maximum(top, 0) / total if total > 0 else np.zeros(len(top))
     P = np.zeros((n * T, 2))
-    P[:, :V.shape[1]] = Xc @ V
+    P[:, : V.shape[1]] = Xc @ V
     r = np.zeros(2)
-    r[:len(ratio)] = ratio
+    r[: len(ratio)] = ratio
     return P.reshape(n, T, 2), r
 
 
@@ -130,8 +131,9 @@ def token_trajectories_gif(result: AnalysisResult, *, frame_ms: int = FRAME_MS) 
     labels = token_labels(result.display_tokens or result.tokens, 12)
     step = max(1, int(np.ceil(T / MAX_POINT_LABELS)))
     shown = list(range(0, T, step))
-    texts = [ax.text(P[0, i, 0], P[0, i, 1], labels[i], fontsize=LABEL_PT, zorder=4, ha="left", va="bottom")
-             for i in shown]
+    texts = [
+        ax.text(P[0, i, 0], P[0, i, 1], labels[i], fontsize=LABEL_PT, zorder=4, ha="left", va="bottom") for i in shown
+    ]
     titles = trajectory_frame_titles(n - 1)
     title = ax.set_title(max(titles, key=len), fontsize=10)
     fig.tight_layout()

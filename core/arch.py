@@ -41,8 +41,10 @@ class ArchitectureNotSupported(Exception):
     def __init__(self, architecture: str, what: str = "this analysis", verb: str = "is") -> None:
         self.architecture = architecture
         self.what = what
-        super().__init__(f"{what} {verb} not available for {architecture}: its architecture is not in "
-                         f"core/arch.py's map (supported: {', '.join(SUPPORTED_LABELS)})")
+        super().__init__(
+            f"{what} {verb} not available for {architecture}: its architecture is not in "
+            f"core/arch.py's map (supported: {', '.join(SUPPORTED_LABELS)})"
+        )
 
 
 @dataclass(frozen=True)
@@ -203,12 +205,12 @@ def _split_v(v: torch.Tensor, hl: HeadLayout) -> torch.Tensor:
 
 def _gpt2_v(qkv: torch.Tensor, hl: HeadLayout) -> torch.Tensor:  # c_attn: [q | k | v], each H·d_h
     D = hl.n_heads * hl.head_dim
-    return _split_v(qkv[..., 2 * D:3 * D], hl)
+    return _split_v(qkv[..., 2 * D : 3 * D], hl)
 
 
 def _neox_v(qkv: torch.Tensor, hl: HeadLayout) -> torch.Tensor:  # query_key_value: per head [q k v]
     per_head = qkv.reshape(*qkv.shape[:-1], hl.n_heads, 3 * hl.head_dim)
-    return per_head[..., 2 * hl.head_dim:]
+    return per_head[..., 2 * hl.head_dim :]
 
 
 def _phi3_v(qkv: torch.Tensor, hl: HeadLayout) -> torch.Tensor:  # qkv_proj: [q (H·d_h) | k (KV·d_h) | v (KV·d_h)]
@@ -276,12 +278,27 @@ def _lm_head(model: nn.Module) -> nn.Module | None:
 
 def _gpt2(model: nn.Module) -> dict[str, object]:
     base = _opt_m(model, "transformer") or model
-    blocks = tuple(Block(module=b, attention=_m(b, "attn"), out_proj=_m(b, "attn.c_proj"),
-                         value_module=_m(b, "attn.c_attn"), mlp=_m(b, "mlp"), mlp_out=_m(b, "mlp.c_proj"))
-                   for b in _each(base, "h"))
-    return {"residual": "pre_ln", "parallel": False, "embed_tokens": _m(base, "wte"),
-            "embed_positions": _m(base, "wpe"), "blocks": blocks, "final_norm": _m(base, "ln_f"),
-            "unembed": _lm_head(model), "value_reader": _gpt2_v}
+    blocks = tuple(
+        Block(
+            module=b,
+            attention=_m(b, "attn"),
+            out_proj=_m(b, "attn.c_proj"),
+            value_module=_m(b, "attn.c_attn"),
+            mlp=_m(b, "mlp"),
+            mlp_out=_m(b, "mlp.c_proj"),
+        )
+        for b in _each(base, "h")
+    )
+    return {
+        "residual": "pre_ln",
+        "parallel": False,
+        "embed_tokens": _m(base, "wte"),
+        "embed_positions": _m(base, "wpe"),
+        "blocks": blocks,
+        "final_norm": _m(base, "ln_f"),
+        "unembed": _lm_head(model),
+        "value_reader": _gpt2_v,
+    }
 
 
 def _llama_like(model: nn.Module) -> dict[str, object]:
@@ -289,27 +306,56 @@ def _llama_like(model: nn.Module) -> dict[str, object]:
     base = _opt_m(model, "model") or model
     gemma = _cfg(model, "model_type") == "gemma2"
     phi3 = _cfg(model, "model_type") == "phi3"
-    blocks = tuple(Block(
-        module=b, attention=_m(b, "self_attn"), out_proj=_m(b, "self_attn.o_proj"),
-        value_module=_m(b, "self_attn.qkv_proj" if phi3 else "self_attn.v_proj"), mlp=_m(b, "mlp"),
-        mlp_out=_m(b, "mlp.down_proj"),
-        attn_update_norm=_m(b, "post_attention_layernorm") if gemma else None,
-        mlp_update_norm=_m(b, "post_feedforward_layernorm") if gemma else None) for b in _each(base, "layers"))
+    blocks = tuple(
+        Block(
+            module=b,
+            attention=_m(b, "self_attn"),
+            out_proj=_m(b, "self_attn.o_proj"),
+            value_module=_m(b, "self_attn.qkv_proj" if phi3 else "self_attn.v_proj"),
+            mlp=_m(b, "mlp"),
+            mlp_out=_m(b, "mlp.down_proj"),
+            attn_update_norm=_m(b, "post_attention_layernorm") if gemma else None,
+            mlp_update_norm=_m(b, "post_feedforward_layernorm") if gemma else None,
+        )
+        for b in _each(base, "layers")
+    )
     cap = _cfg(model, "final_logit_softcapping") if gemma else None
-    return {"residual": "pre_ln", "parallel": False, "embed_tokens": _m(base, "embed_tokens"),
-            "embed_positions": None, "blocks": blocks, "final_norm": _m(base, "norm"), "unembed": _lm_head(model),
-            "logit_softcap": float(cap) if isinstance(cap, (int, float)) and cap else None,
-            "value_reader": _phi3_v if phi3 else _split_v}
+    return {
+        "residual": "pre_ln",
+        "parallel": False,
+        "embed_tokens": _m(base, "embed_tokens"),
+        "embed_positions": None,
+        "blocks": blocks,
+        "final_norm": _m(base, "norm"),
+        "unembed": _lm_head(model),
+        "logit_softcap": float(cap) if isinstance(cap, (int, float)) and cap else None,
+        "value_reader": _phi3_v if phi3 else _split_v,
+    }
 
 
 def _neox(model: nn.Module) -> dict[str, object]:
     base = _opt_m(model, "gpt_neox") or model
-    blocks = tuple(Block(module=b, attention=_m(b, "attention"), out_proj=_m(b, "attention.dense"),
-                         value_module=_m(b, "attention.query_key_value"), mlp=_m(b, "mlp"),
-                         mlp_out=_m(b, "mlp.dense_4h_to_h")) for b in _each(base, "layers"))
-    return {"residual": "pre_ln", "parallel": bool(_cfg(model, "use_parallel_residual", True)),
-            "embed_tokens": _m(base, "embed_in"), "embed_positions": None, "blocks": blocks,
-            "final_norm": _m(base, "final_layer_norm"), "unembed": _lm_head(model), "value_reader": _neox_v}
+    blocks = tuple(
+        Block(
+            module=b,
+            attention=_m(b, "attention"),
+            out_proj=_m(b, "attention.dense"),
+            value_module=_m(b, "attention.query_key_value"),
+            mlp=_m(b, "mlp"),
+            mlp_out=_m(b, "mlp.dense_4h_to_h"),
+        )
+        for b in _each(base, "layers")
+    )
+    return {
+        "residual": "pre_ln",
+        "parallel": bool(_cfg(model, "use_parallel_residual", True)),
+        "embed_tokens": _m(base, "embed_in"),
+        "embed_positions": None,
+        "blocks": blocks,
+        "final_norm": _m(base, "final_layer_norm"),
+        "unembed": _lm_head(model),
+        "value_reader": _neox_v,
+    }
 
 
 def _opt(model: nn.Module) -> dict[str, object]:
@@ -317,51 +363,110 @@ def _opt(model: nn.Module) -> dict[str, object]:
     post = not _cfg(model, "do_layer_norm_before", True)  # OPT-350m
     if _opt_m(dec, "project_in") is not None:
         raise ArchitectureNotSupported(f"{type(model).__name__} with project_in (word_embed_proj_dim ≠ hidden_size)")
-    blocks = tuple(Block(module=b, attention=_m(b, "self_attn"), out_proj=_m(b, "self_attn.out_proj"),
-                         value_module=_m(b, "self_attn.v_proj"), mlp=_m(b, "fc2"), mlp_out=_m(b, "fc2"),
-                         attn_residual_norm=_m(b, "self_attn_layer_norm") if post else None,
-                         mlp_residual_norm=_m(b, "final_layer_norm") if post else None) for b in _each(dec, "layers"))
-    return {"residual": "post_ln" if post else "pre_ln", "parallel": False, "embed_tokens": _m(dec, "embed_tokens"),
-            "embed_positions": _m(dec, "embed_positions"), "blocks": blocks,
-            "final_norm": _opt_m(dec, "final_layer_norm"), "unembed": _lm_head(model),
-            "unembed_in": _opt_m(dec, "project_out"), "value_reader": _split_v}
+    blocks = tuple(
+        Block(
+            module=b,
+            attention=_m(b, "self_attn"),
+            out_proj=_m(b, "self_attn.out_proj"),
+            value_module=_m(b, "self_attn.v_proj"),
+            mlp=_m(b, "fc2"),
+            mlp_out=_m(b, "fc2"),
+            attn_residual_norm=_m(b, "self_attn_layer_norm") if post else None,
+            mlp_residual_norm=_m(b, "final_layer_norm") if post else None,
+        )
+        for b in _each(dec, "layers")
+    )
+    return {
+        "residual": "post_ln" if post else "pre_ln",
+        "parallel": False,
+        "embed_tokens": _m(dec, "embed_tokens"),
+        "embed_positions": _m(dec, "embed_positions"),
+        "blocks": blocks,
+        "final_norm": _opt_m(dec, "final_layer_norm"),
+        "unembed": _lm_head(model),
+        "unembed_in": _opt_m(dec, "project_out"),
+        "value_reader": _split_v,
+    }
 
 
 def _bert_like(model: nn.Module) -> dict[str, object]:
     """BERT, MiniLM, RoBERTa: post-LN encoder layers; the MLM head is dense → GELU → LayerNorm → decoder."""
     base = _opt_m(model, "base_model") or model
-    blocks = tuple(Block(module=b, attention=_m(b, "attention"), out_proj=_m(b, "attention.output.dense"),
-                         value_module=_m(b, "attention.self.value"), mlp=_m(b, "intermediate"),
-                         mlp_out=_m(b, "output.dense"), attn_residual_norm=_m(b, "attention.output.LayerNorm"),
-                         mlp_residual_norm=_m(b, "output.LayerNorm")) for b in _each(base, "encoder.layer"))
+    blocks = tuple(
+        Block(
+            module=b,
+            attention=_m(b, "attention"),
+            out_proj=_m(b, "attention.output.dense"),
+            value_module=_m(b, "attention.self.value"),
+            mlp=_m(b, "intermediate"),
+            mlp_out=_m(b, "output.dense"),
+            attn_residual_norm=_m(b, "attention.output.LayerNorm"),
+            mlp_residual_norm=_m(b, "output.LayerNorm"),
+        )
+        for b in _each(base, "encoder.layer")
+    )
     head: dict[str, object] = {"unembed": None}
     if _opt_m(model, "cls.predictions") is not None:  # BERT: cls.predictions = transform + decoder
-        head = {"unembed": _m(model, "cls.predictions.decoder"), "head_dense": _m(model, "cls.predictions.transform.dense"),
-                "head_act": _m(model, "cls.predictions.transform.transform_act_fn"),
-                "head_norm": _m(model, "cls.predictions.transform.LayerNorm")}
+        head = {
+            "unembed": _m(model, "cls.predictions.decoder"),
+            "head_dense": _m(model, "cls.predictions.transform.dense"),
+            "head_act": _m(model, "cls.predictions.transform.transform_act_fn"),
+            "head_norm": _m(model, "cls.predictions.transform.LayerNorm"),
+        }
     elif _opt_m(model, "lm_head.dense") is not None:  # RoBERTa: lm_head = dense, gelu (a function), layer_norm, decoder
         import torch
 
-        head = {"unembed": _m(model, "lm_head.decoder"), "head_dense": _m(model, "lm_head.dense"),
-                "head_act": torch.nn.functional.gelu, "head_norm": _m(model, "lm_head.layer_norm")}
-    return {"residual": "post_ln", "parallel": False, "embed_tokens": _m(base, "embeddings.word_embeddings"),
-            "embed_positions": _opt_m(base, "embeddings.position_embeddings"), "blocks": blocks, "final_norm": None,
-            "value_reader": _split_v, **head}
+        head = {
+            "unembed": _m(model, "lm_head.decoder"),
+            "head_dense": _m(model, "lm_head.dense"),
+            "head_act": torch.nn.functional.gelu,
+            "head_norm": _m(model, "lm_head.layer_norm"),
+        }
+    return {
+        "residual": "post_ln",
+        "parallel": False,
+        "embed_tokens": _m(base, "embeddings.word_embeddings"),
+        "embed_positions": _opt_m(base, "embeddings.position_embeddings"),
+        "blocks": blocks,
+        "final_norm": None,
+        "value_reader": _split_v,
+        **head,
+    }
 
 
 def _distilbert(model: nn.Module) -> dict[str, object]:
     base = _opt_m(model, "distilbert") or model
-    blocks = tuple(Block(module=b, attention=_m(b, "attention"), out_proj=_m(b, "attention.out_lin"),
-                         value_module=_m(b, "attention.v_lin"), mlp=_m(b, "ffn"), mlp_out=_m(b, "ffn.lin2"),
-                         attn_residual_norm=_m(b, "sa_layer_norm"), mlp_residual_norm=_m(b, "output_layer_norm"))
-                   for b in _each(base, "transformer.layer"))
+    blocks = tuple(
+        Block(
+            module=b,
+            attention=_m(b, "attention"),
+            out_proj=_m(b, "attention.out_lin"),
+            value_module=_m(b, "attention.v_lin"),
+            mlp=_m(b, "ffn"),
+            mlp_out=_m(b, "ffn.lin2"),
+            attn_residual_norm=_m(b, "sa_layer_norm"),
+            mlp_residual_norm=_m(b, "output_layer_norm"),
+        )
+        for b in _each(base, "transformer.layer")
+    )
     head: dict[str, object] = {"unembed": None}
     if _opt_m(model, "vocab_projector") is not None:
-        head = {"unembed": _m(model, "vocab_projector"), "head_dense": _m(model, "vocab_transform"),
-                "head_act": _m(model, "activation"), "head_norm": _m(model, "vocab_layer_norm")}
-    return {"residual": "post_ln", "parallel": False, "embed_tokens": _m(base, "embeddings.word_embeddings"),
-            "embed_positions": _m(base, "embeddings.position_embeddings"), "blocks": blocks, "final_norm": None,
-            "value_reader": _split_v, **head}
+        head = {
+            "unembed": _m(model, "vocab_projector"),
+            "head_dense": _m(model, "vocab_transform"),
+            "head_act": _m(model, "activation"),
+            "head_norm": _m(model, "vocab_layer_norm"),
+        }
+    return {
+        "residual": "post_ln",
+        "parallel": False,
+        "embed_tokens": _m(base, "embeddings.word_embeddings"),
+        "embed_positions": _m(base, "embeddings.position_embeddings"),
+        "blocks": blocks,
+        "final_norm": None,
+        "value_reader": _split_v,
+        **head,
+    }
 
 
 #: model_type (config.model_type) → builder of the ModelParts fields. The one registry of architectures.
@@ -379,14 +484,36 @@ BUILDERS: dict[str, Callable[[nn.Module], dict[str, object]]] = {
     "distilbert": _distilbert,
 }
 
-SUPPORTED_LABELS = ("GPT-2", "BERT / MiniLM", "RoBERTa", "DistilBERT", "Llama", "Mistral", "Qwen2", "Gemma-2",
-                    "Phi-3", "GPT-NeoX (Pythia)", "OPT")
+SUPPORTED_LABELS = (
+    "GPT-2",
+    "BERT / MiniLM",
+    "RoBERTa",
+    "DistilBERT",
+    "Llama",
+    "Mistral",
+    "Qwen2",
+    "Gemma-2",
+    "Phi-3",
+    "GPT-NeoX (Pythia)",
+    "OPT",
+)
 
 
 #: Class-name prefixes of the architectures in BUILDERS (config.architectures[0] or the class name), so that a
 #: stored result (which keeps the architecture's name, not the model) can say whether the map knows it.
-ARCH_PREFIXES = ("GPT2", "Llama", "Qwen2", "Mistral", "Gemma2", "Phi3", "GPTNeoX", "OPT", "Bert", "Roberta",
-                 "DistilBert")
+ARCH_PREFIXES = (
+    "GPT2",
+    "Llama",
+    "Qwen2",
+    "Mistral",
+    "Gemma2",
+    "Phi3",
+    "GPTNeoX",
+    "OPT",
+    "Bert",
+    "Roberta",
+    "DistilBert",
+)
 
 
 def not_available_line(architecture: str, what: str, verb: str = "is") -> str | None:
@@ -427,8 +554,9 @@ def model_parts(model: nn.Module) -> ModelParts:
     return parts
 
 
-def try_model_parts(model: nn.Module, what: str = "this analysis",
-                    verb: str = "is") -> tuple[ModelParts | None, str | None]:
+def try_model_parts(
+    model: nn.Module, what: str = "this analysis", verb: str = "is"
+) -> tuple[ModelParts | None, str | None]:
     """(parts, None) or (None, the "<what> <verb> not available for <architecture>" line)."""
     try:
         return model_parts(model), None
@@ -477,8 +605,10 @@ def _frozen_norm(norm: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.
     got = scale * (xf - xf.mean(-1, keepdim=True) if centre else xf) + shift
     rel = 1e-3 if ref_dtype == torch.float32 else 3e-2
     if float((got - ref).abs().max()) > rel * max(1.0, float(ref.abs().max())):
-        raise ArchitectureNotSupported(f"{type(norm).__name__} (its statistics could not be frozen exactly)",
-                                       "a linear decomposition through this norm")
+        raise ArchitectureNotSupported(
+            f"{type(norm).__name__} (its statistics could not be frozen exactly)",
+            "a linear decomposition through this norm",
+        )
     return scale, shift, centre
 
 
@@ -487,4 +617,3 @@ def apply_frozen(parts: torch.Tensor, scale: torch.Tensor, centre: bool) -> torc
     if centre:
         parts = parts - parts.mean(-1, keepdim=True)
     return parts * scale
-

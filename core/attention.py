@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .serialize import serializable
 from .context import StepContext
+from .serialize import serializable
 from .threads import single_threaded
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,18 @@ ROLE_THRESHOLDS: dict[str, float] = {
 }
 
 #: Columns of `AttentionAnalysis.features`, in order.
-FEATURE_NAMES = ("entropy", "normalized_entropy", "mean_distance", "relative_distance", "first_token",
-                 "previous_token", "self", "next_token", "special_tokens", "max_weight")
+FEATURE_NAMES = (
+    "entropy",
+    "normalized_entropy",
+    "mean_distance",
+    "relative_distance",
+    "first_token",
+    "previous_token",
+    "self",
+    "next_token",
+    "special_tokens",
+    "max_weight",
+)
 
 #: Candidate cluster counts when the number is chosen by silhouette.
 K_RANGE = (2, 3, 4, 5, 6)
@@ -80,7 +90,7 @@ class AttentionSection:
     def role_grid(self) -> list[list[str]]:
         """Roles as [L][H]."""
         H = self.n_heads
-        return [self.roles[l * H:(l + 1) * H] for l in range(self.n_layers)]
+        return [self.roles[l * H : (l + 1) * H] for l in range(self.n_layers)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -124,8 +134,9 @@ def row_entropy(att: np.ndarray) -> np.ndarray:
     return np.stack([row_entropy(a[i]) for i in range(a.shape[0])])
 
 
-def attention_entropy(att: np.ndarray, n_visible: np.ndarray | None = None,
-                      causal: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+def attention_entropy(
+    att: np.ndarray, n_visible: np.ndarray | None = None, causal: bool | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean attention entropy over query rows, raw and normalised.
 
     entropy = (1/T) Σ_i h_i with h_i = −Σ_j a_ij ln a_ij (nats);
@@ -153,8 +164,9 @@ def mean_attention_distance(att: np.ndarray) -> np.ndarray:
     return np.einsum("...ij,ij->...", att.astype(np.float32, copy=False), dist).astype(np.float64) / T
 
 
-def head_features(att: np.ndarray, special_mask: list[bool] | np.ndarray | None = None,
-                  causal: bool | None = None) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
+def head_features(
+    att: np.ndarray, special_mask: list[bool] | np.ndarray | None = None, causal: bool | None = None
+) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
     """Feature vector of every head. att [L, H, T, T] → (features [L*H, F], FEATURE_NAMES, extras).
 
     Columns (rows r = query positions; "rows ≥ 1" means r = 1..T−1 when T > 1, all rows otherwise):
@@ -172,8 +184,11 @@ def head_features(att: np.ndarray, special_mask: list[bool] | np.ndarray | None 
     L, H, T, _ = att.shape
     a = att.astype(np.float32, copy=False)
     # key j visible to row i: from the flag, or seen with weight > 0 in any head (see `visible_keys`)
-    vis = (a.reshape(-1, T, T) > 0).any(0) if causal is None else (
-        np.tril(np.ones((T, T), bool)) if causal else np.ones((T, T), bool))
+    vis = (
+        (a.reshape(-1, T, T) > 0).any(0)
+        if causal is None
+        else (np.tril(np.ones((T, T), bool)) if causal else np.ones((T, T), bool))
+    )
     n_vis = np.maximum(vis.sum(-1), 1).astype(np.int64)
     ent, norm = attention_entropy(a, n_vis)
     idx = np.arange(T)
@@ -234,8 +249,9 @@ def pca_2d(X: np.ndarray) -> np.ndarray:
     return out
 
 
-def cluster_heads(features: np.ndarray, n_clusters: int | None = None, k_range: tuple[int, ...] = K_RANGE,
-                  seed: int = KMEANS_SEED) -> tuple[np.ndarray, int, float | None, str]:
+def cluster_heads(
+    features: np.ndarray, n_clusters: int | None = None, k_range: tuple[int, ...] = K_RANGE, seed: int = KMEANS_SEED
+) -> tuple[np.ndarray, int, float | None, str]:
     """K-means clustering of standardised head features (scikit-learn, fixed random_state).
 
     features [N, F] → (labels int64 [N], k, silhouette or None, method). With `n_clusters`, k = min(n_clusters,
@@ -266,7 +282,9 @@ def cluster_heads(features: np.ndarray, n_clusters: int | None = None, k_range: 
     if n_clusters is not None:
         k = int(max(1, min(n_clusters, distinct)))
         labels = fit(k) if k > 1 else np.zeros(N, dtype=np.int64)
-        method = f"k-means, k = {k} set by the user" + (f" (capped at {distinct} distinct heads)" if k < n_clusters else "")
+        method = f"k-means, k = {k} set by the user" + (
+            f" (capped at {distinct} distinct heads)" if k < n_clusters else ""
+        )
         score = sil(labels) if k > 1 else None
     else:
         ks = [k for k in k_range if 2 <= k <= distinct - 1] or [2]
@@ -285,8 +303,7 @@ def cluster_heads(features: np.ndarray, n_clusters: int | None = None, k_range: 
     return labels, int(len(order)), score, method
 
 
-def head_roles(features: np.ndarray, feature_names: list[str],
-               thresholds: dict[str, float] | None = None) -> list[str]:
+def head_roles(features: np.ndarray, feature_names: list[str], thresholds: dict[str, float] | None = None) -> list[str]:
     """Role label of each head from its features. features [N, F] → N labels.
 
     Tested in this order, the first that passes wins:
@@ -315,8 +332,9 @@ def head_roles(features: np.ndarray, feature_names: list[str],
     return roles
 
 
-def analyse_attention(att: np.ndarray, special_mask: list[bool] | None = None, causal: bool | None = None,
-                      n_clusters: int | None = None) -> AttentionSection:
+def analyse_attention(
+    att: np.ndarray, special_mask: list[bool] | None = None, causal: bool | None = None, n_clusters: int | None = None
+) -> AttentionSection:
     """All attention analyses of one capture. att [L, H, T, T] → AttentionAnalysis (see its docstring)."""
     import sklearn.cluster  # noqa: F401  (loaded before single_threaded() looks up the thread pools)
 
@@ -324,8 +342,9 @@ def analyse_attention(att: np.ndarray, special_mask: list[bool] | None = None, c
         return _analyse(att, special_mask, causal, n_clusters)
 
 
-def _analyse(att: np.ndarray, special_mask: list[bool] | None, causal: bool | None,
-             n_clusters: int | None) -> AttentionSection:
+def _analyse(
+    att: np.ndarray, special_mask: list[bool] | None, causal: bool | None, n_clusters: int | None
+) -> AttentionSection:
     feats, names, ex = head_features(att, special_mask, causal)
     labels, k, score, method = cluster_heads(feats, n_clusters)
     return AttentionSection(

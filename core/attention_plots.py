@@ -55,8 +55,7 @@ def entropy_heatmap(result: AnalysisResult, *, normalized: bool = False) -> byte
     L, H = data.shape
     fig = plotting.figure(min(2 + 0.45 * H, 12), min(1.5 + 0.35 * L, 10))
     ax = fig.subplots()
-    im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0 if normalized else None,
-                   vmax=1 if normalized else None)
+    im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0 if normalized else None, vmax=1 if normalized else None)
     ax.set_xlabel("head")
     ax.set_ylabel(chart_spec.BLOCK_AXIS_TITLE)
     ax.set_xticks(range(H))
@@ -78,12 +77,25 @@ def head_clusters_plot(result: AnalysisResult) -> bytes:
     for role, marker in _ROLE_MARKERS.items():
         idx = [i for i, r in enumerate(att.roles) if r == role]
         if idx:
-            ax.scatter(P[idx, 0], P[idx, 1], c=[cmap(int(att.clusters[i]) % 10) for i in idx], marker=marker,
-                       s=36, edgecolors="k", linewidths=0.4, label=role)
+            ax.scatter(
+                P[idx, 0],
+                P[idx, 1],
+                c=[cmap(int(att.clusters[i]) % 10) for i in idx],
+                marker=marker,
+                s=36,
+                edgecolors="k",
+                linewidths=0.4,
+                label=role,
+            )
     size = 7 if len(att.roles) <= 48 else 5
     for i in range(len(att.roles)):
-        ax.annotate(f"L{chart_spec.block_number(i // H)}H{i % H}", (P[i, 0], P[i, 1]), fontsize=size, xytext=(2, 2),
-                    textcoords="offset points")
+        ax.annotate(
+            f"L{chart_spec.block_number(i // H)}H{i % H}",
+            (P[i, 0], P[i, 1]),
+            fontsize=size,
+            xytext=(2, 2),
+            textcoords="offset points",
+        )
     ax.set_xlabel("PC 1 of the standardised head features")
     ax.set_ylabel("PC 2")
     sil = f", silhouette {att.silhouette:.2f}" if att.silhouette is not None else ""
@@ -111,7 +123,9 @@ def mean_attention_heatmap(result: AnalysisResult, layer: int = -1) -> bytes:
     side = min(3 + 0.1 * T, 9)
     fig = plotting.figure(side + 1, side)
     ax = fig.subplots()
-    im = _labelled_heatmap(ax, mat, _tokens(result), f"Layer {chart_spec.block_number(l)}: attention averaged over heads")
+    im = _labelled_heatmap(
+        ax, mat, _tokens(result), f"Layer {chart_spec.block_number(l)}: attention averaged over heads"
+    )
     fig.colorbar(im, ax=ax, shrink=0.7)
     fig.tight_layout()
     return plotting.png(fig)
@@ -129,24 +143,39 @@ def single_head_stats(result: AnalysisResult, layer: int, head: int, top: int = 
         raise ValueError(f"no head L{layer}H{head}: the model has {L} layers × {H} heads")
     A = result.attentions[layer, head]
     T = A.shape[0]
-    flat = np.argsort(-A, axis=None, kind="stable")[:max(0, min(top, T * T))]
+    flat = np.argsort(-A, axis=None, kind="stable")[: max(0, min(top, T * T))]
     toks = result.display_tokens or result.tokens
-    pairs = [{"query": int(i), "query_token": toks[i], "key": int(j), "key_token": toks[j],
-              "weight": float(A[i, j])} for i, j in (divmod(int(k), T) for k in flat)]
-    out: dict[str, Any] = {"layer": int(layer), "head": int(head), "top_pairs": pairs,
-                           "row_entropy": [float(x) for x in row_entropy(A)]}
+    pairs = [
+        {"query": int(i), "query_token": toks[i], "key": int(j), "key_token": toks[j], "weight": float(A[i, j])}
+        for i, j in (divmod(int(k), T) for k in flat)
+    ]
+    out: dict[str, Any] = {
+        "layer": int(layer),
+        "head": int(head),
+        "top_pairs": pairs,
+        "row_entropy": [float(x) for x in row_entropy(A)],
+    }
     att = result.attention
     if att is not None:
         r = layer * H + head
-        out.update(entropy=float(att.entropy[layer, head]),
-                   normalized_entropy=float(att.normalized_entropy[layer, head]),
-                   mean_distance=float(att.mean_distance[layer, head]), role=att.roles[r],
-                   cluster=int(att.clusters[r]),
-                   features={n: float(v) for n, v in zip(att.feature_names, att.features[r])})
+        out.update(
+            entropy=float(att.entropy[layer, head]),
+            normalized_entropy=float(att.normalized_entropy[layer, head]),
+            mean_distance=float(att.mean_distance[layer, head]),
+            role=att.roles[r],
+            cluster=int(att.clusters[r]),
+            features={n: float(v) for n, v in zip(att.feature_names, att.features[r])},
+        )
     else:
         e, ne = attention_entropy(A)
-        out.update(entropy=float(e), normalized_entropy=float(ne), mean_distance=float(mean_attention_distance(A)),
-                   role=None, cluster=None, features={})
+        out.update(
+            entropy=float(e),
+            normalized_entropy=float(ne),
+            mean_distance=float(mean_attention_distance(A)),
+            role=None,
+            cluster=None,
+            features={},
+        )
     return out
 
 
@@ -161,11 +190,20 @@ def single_head_plot(result: AnalysisResult, layer: int, head: int, top: int = 1
     im = _labelled_heatmap(ax, A, _tokens(result), f"Layer {chart_spec.block_number(layer)}, head {head}")
     fig.colorbar(im, ax=ax, shrink=0.7)
     tx.axis("off")
-    lines = [f"role: {s['role']}", f"cluster: {s['cluster']}", f"entropy: {s['entropy']:.3f} nats",
-             f"normalised entropy: {s['normalized_entropy']:.3f}", f"mean distance: {s['mean_distance']:.2f} tokens",
-             "", "top pairs (query → key):"]
-    lines += [f"{p['weight']:.3f}  {p['query']}:{token_label(p['query_token'], 12)} → "
-              f"{p['key']}:{token_label(p['key_token'], 12)}" for p in s["top_pairs"]]
+    lines = [
+        f"role: {s['role']}",
+        f"cluster: {s['cluster']}",
+        f"entropy: {s['entropy']:.3f} nats",
+        f"normalised entropy: {s['normalized_entropy']:.3f}",
+        f"mean distance: {s['mean_distance']:.2f} tokens",
+        "",
+        "top pairs (query → key):",
+    ]
+    lines += [
+        f"{p['weight']:.3f}  {p['query']}:{token_label(p['query_token'], 12)} → "
+        f"{p['key']}:{token_label(p['key_token'], 12)}"
+        for p in s["top_pairs"]
+    ]
     tx.text(0, 1, "\n".join(lines), va="top", ha="left", fontsize=8, family="monospace", transform=tx.transAxes)
     fig.tight_layout()
     return plotting.png(fig)
@@ -174,8 +212,11 @@ def single_head_plot(result: AnalysisResult, layer: int, head: int, top: int = 1
 # ----------------------------------------------------------------------------------------------------------------
 # Attribution figures
 
-_METHOD_TITLES = {"rollout": "attention rollout", "grad_x_input": "gradient × input",
-                  "integrated_gradients": "integrated gradients"}
+_METHOD_TITLES = {
+    "rollout": "attention rollout",
+    "grad_x_input": "gradient × input",
+    "integrated_gradients": "integrated gradients",
+}
 
 
 def token_attribution_plot(result: AnalysisResult, *, width_chars: int = 90) -> bytes:
@@ -215,17 +256,39 @@ def token_attribution_plot(result: AnalysisResult, *, width_chars: int = 90) -> 
         top = b * block_h
         scale = float(np.max(np.abs(scores))) or 1.0
         signed = name != "rollout"
-        ax.text(0, top + 0.5, f"{_METHOD_TITLES.get(name, name)} (max |score| {scale:.3g})", fontsize=fs,
-                fontweight="bold", va="center")
+        ax.text(
+            0,
+            top + 0.5,
+            f"{_METHOD_TITLES.get(name, name)} (max |score| {scale:.3g})",
+            fontsize=fs,
+            fontweight="bold",
+            va="center",
+        )
         for i, ((x0, y0, w), t) in enumerate(zip(pos, shown)):
             v = float(scores[i]) / scale
             colour = cmap_div(0.5 + 0.5 * v) if signed else cmap_pos(max(v, 0.0))
             yy = top + 1.6 + y0
-            ax.add_patch(Rectangle((x0, yy - 0.65), w, 1.3, facecolor=colour,
-                                   edgecolor="k" if i == attr.target_position else "none", linewidth=1.2))
+            ax.add_patch(
+                Rectangle(
+                    (x0, yy - 0.65),
+                    w,
+                    1.3,
+                    facecolor=colour,
+                    edgecolor="k" if i == attr.target_position else "none",
+                    linewidth=1.2,
+                )
+            )
             dark = abs(v) > 0.6
-            ax.text(x0 + 0.3, yy, t, fontsize=fs, family="monospace", va="center", ha="left",
-                    color="white" if dark else "black")
+            ax.text(
+                x0 + 0.3,
+                yy,
+                t,
+                fontsize=fs,
+                family="monospace",
+                va="center",
+                ha="left",
+                color="white" if dark else "black",
+            )
     return plotting.png(fig, tight=True)
 
 
@@ -245,8 +308,7 @@ def head_attribution_heatmap(result: AnalysisResult) -> bytes:
     ax.set_xticks(range(H))
     ax.set_yticks(range(L), [str(chart_spec.block_number(i)) for i in range(L)])
     ax.tick_params(labelsize=7)
-    ax.set_title(f"Head attribution for {token_label(repr(attr.predicted_token))} (gradient × head output)",
-                 fontsize=9)
+    ax.set_title(f"Head attribution for {token_label(repr(attr.predicted_token))} (gradient × head output)", fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
     return plotting.png(fig)
@@ -265,25 +327,39 @@ def attention_tables(result: AnalysisResult) -> dict[str, tuple[list[str], list[
         L, H = att.entropy.shape
         out["attention_entropy.csv"] = (
             ["layer", "head", "entropy", "normalized_entropy"],
-            [[chart_spec.block_number(l), h, float(att.entropy[l, h]), float(att.normalized_entropy[l, h])]
-             for l in range(L) for h in range(H)])
+            [
+                [chart_spec.block_number(l), h, float(att.entropy[l, h]), float(att.normalized_entropy[l, h])]
+                for l in range(L)
+                for h in range(H)
+            ],
+        )
         out["head_clusters.csv"] = (
             ["layer", "head", "cluster", "role", *att.feature_names],
-            [[chart_spec.block_number(r // H), r % H, int(att.clusters[r]), att.roles[r],
-              *(float(v) for v in att.features[r])]
-             for r in range(L * H)])
+            [
+                [
+                    chart_spec.block_number(r // H),
+                    r % H,
+                    int(att.clusters[r]),
+                    att.roles[r],
+                    *(float(v) for v in att.features[r]),
+                ]
+                for r in range(L * H)
+            ],
+        )
     attr = result.attribution
     if attr is not None:
         methods = attr.methods()
         names = list(methods)
         out["token_attribution.csv"] = (
             ["position", "token", *names],
-            [[i, tok, *(float(methods[n][i]) for n in names)] for i, tok in enumerate(result.tokens)])
+            [[i, tok, *(float(methods[n][i]) for n in names)] for i, tok in enumerate(result.tokens)],
+        )
         if attr.head_scores is not None:
             L, H = attr.head_scores.shape
-            out["head_attribution.csv"] = (["layer", "head", "score"],
-                                           [[chart_spec.block_number(l), h, float(attr.head_scores[l, h])]
-                                            for l in range(L) for h in range(H)])
+            out["head_attribution.csv"] = (
+                ["layer", "head", "score"],
+                [[chart_spec.block_number(l), h, float(attr.head_scores[l, h])] for l in range(L) for h in range(H)],
+            )
     return out
 
 
@@ -293,9 +369,11 @@ def attention_bundle_files(result: AnalysisResult, options: ExportOptions) -> di
     files = {name: csv_bytes(h, rows) for name, (h, rows) in attention_tables(result).items()}
     figures: list[tuple[str, Callable[[], bytes]]] = []
     if result.attention is not None:
-        figures += [("plots/attention_entropy.png", lambda: entropy_heatmap(result)),
-                    ("plots/attention_entropy_normalized.png", lambda: entropy_heatmap(result, normalized=True)),
-                    ("plots/head_clusters.png", lambda: head_clusters_plot(result))]
+        figures += [
+            ("plots/attention_entropy.png", lambda: entropy_heatmap(result)),
+            ("plots/attention_entropy_normalized.png", lambda: entropy_heatmap(result, normalized=True)),
+            ("plots/head_clusters.png", lambda: head_clusters_plot(result)),
+        ]
     if result.attribution is not None:
         figures.append(("plots/token_attribution.png", lambda: token_attribution_plot(result)))
         if result.attribution.head_scores is not None:
@@ -303,8 +381,10 @@ def attention_bundle_files(result: AnalysisResult, options: ExportOptions) -> di
     if result.attentions.size:
         figures.append(("plots/attention_mean_last_layer.png", lambda: mean_attention_heatmap(result, -1)))
     if options.animations:
-        figures += [("animations/attention_layers.gif", lambda: attention_layers_gif(result)),
-                    ("animations/token_trajectories.gif", lambda: token_trajectories_gif(result))]
+        figures += [
+            ("animations/attention_layers.gif", lambda: attention_layers_gif(result)),
+            ("animations/token_trajectories.gif", lambda: token_trajectories_gif(result)),
+        ]
     for name, make in figures:
         try:
             files[name] = make()

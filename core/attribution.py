@@ -36,13 +36,16 @@ HEAD_METHOD = (
     "where z is the input of layer l's attention output projection (GPT-2 attn.c_proj, Llama self_attn.o_proj, "
     "BERT attention.output.dense), i.e. the concatenated per-head attention outputs, split into heads; f is the "
     "log-probability of the predicted token at the target position. It is the first-order (Taylor) estimate of "
-    "f(z) - f(z with head h zeroed); positive = the head supports the prediction.")
+    "f(z) - f(z with head h zeroed); positive = the head supports the prediction."
+)
 
 #: Integration schedule of integrated gradients: Gauss–Legendre nodes u_k in [0, 1] and α = u^IG_POWER.
 IG_POWER = 3.0
-IG_SCHEDULE = (f"Gauss-Legendre nodes in u on [0, 1] with alpha = u^{IG_POWER:g} (weights {IG_POWER:g} u^"
-               f"{IG_POWER - 1:g} w_k): more points near the zero baseline, where RMSNorm/LayerNorm of a near-zero "
-               "input changes fastest; the number of nodes is doubled until the completeness gap is small")
+IG_SCHEDULE = (
+    f"Gauss-Legendre nodes in u on [0, 1] with alpha = u^{IG_POWER:g} (weights {IG_POWER:g} u^"
+    f"{IG_POWER - 1:g} w_k): more points near the zero baseline, where RMSNorm/LayerNorm of a near-zero "
+    "input changes fastest; the number of nodes is doubled until the completeness gap is small"
+)
 
 #: Adaptive integrated gradients: double the steps until the completeness gap is at most IG_TOLERANCE of
 #: |f(x) − f(x')| (or IG_ABS_TOLERANCE nats, for a tiny difference), or IG_MAX_STEPS is reached.
@@ -163,13 +166,18 @@ def target_logprob_fn(loaded: Any, attention_mask: Any, position: int, token_id:
     model = loaded.model
     if loaded.family == "causal_lm":
         keep = _supports_logits_to_keep(model)
-        mask = attention_mask[:, :position + 1]
+        mask = attention_mask[:, : position + 1]
 
         def f(emb):
             kw = {"logits_to_keep": 1} if keep else {}
-            out = model(inputs_embeds=emb[:, :position + 1], attention_mask=mask.expand(emb.shape[0], -1),
-                        use_cache=False, **kw)
+            out = model(
+                inputs_embeds=emb[:, : position + 1],
+                attention_mask=mask.expand(emb.shape[0], -1),
+                use_cache=False,
+                **kw,
+            )
             return torch.log_softmax(out.logits[:, -1].float(), -1)[:, token_id]
+
         return f
 
     base = getattr(model, "base_model", model)
@@ -179,10 +187,11 @@ def target_logprob_fn(loaded: Any, attention_mask: Any, position: int, token_id:
         m = attention_mask.expand(emb.shape[0], -1)
         if head is not None and base is not model:
             h = base(inputs_embeds=emb, attention_mask=m).last_hidden_state
-            logits = head(h[:, position:position + 1])[:, 0]
+            logits = head(h[:, position : position + 1])[:, 0]
         else:
             logits = model(inputs_embeds=emb, attention_mask=m).logits[:, position]
         return torch.log_softmax(logits.float(), -1)[:, token_id]
+
     return g
 
 
@@ -194,8 +203,9 @@ def token_embeddings(loaded: Any, input_ids: Any) -> Any:
         return loaded.model.get_input_embeddings()(input_ids).detach()
 
 
-def gradient_x_input(loaded: Any, input_ids: Any, attention_mask: Any, position: int, token_id: int,
-                     heads: bool = True) -> tuple[np.ndarray, np.ndarray | None, float]:
+def gradient_x_input(
+    loaded: Any, input_ids: Any, attention_mask: Any, position: int, token_id: int, heads: bool = True
+) -> tuple[np.ndarray, np.ndarray | None, float]:
     """Gradient × input and (optionally) gradient × head output, from one forward and one backward pass.
 
     x = token embeddings [T, D]; gxi_t = Σ_d x_td ∂f/∂x_td → float64 [T].
@@ -250,7 +260,7 @@ def ig_nodes(steps: int, power: float = IG_POWER) -> tuple[np.ndarray, np.ndarra
     Gauss–Legendre rule mapped to [0, 1]. Exact for polynomials in u of degree ≤ 2m − 1."""
     x, w = np.polynomial.legendre.leggauss(steps)
     u, wu = (x + 1.0) / 2.0, w / 2.0
-    return u ** power, wu * power * u ** (power - 1.0)
+    return u**power, wu * power * u ** (power - 1.0)
 
 
 @dataclass(frozen=True)
@@ -268,8 +278,15 @@ class IGRun:
     history: tuple[tuple[int, float], ...] = ()
 
 
-def integrated_gradients(loaded: Any, input_ids: Any, attention_mask: Any, position: int, token_id: int,
-                         steps: int = 32, power: float = IG_POWER) -> tuple[np.ndarray, float, float]:
+def integrated_gradients(
+    loaded: Any,
+    input_ids: Any,
+    attention_mask: Any,
+    position: int,
+    token_id: int,
+    steps: int = 32,
+    power: float = IG_POWER,
+) -> tuple[np.ndarray, float, float]:
     """Integrated gradients (Sundararajan et al. 2017) on the token embeddings, zero baseline x' = 0, `steps` nodes.
 
     IG_t = Σ_d (x_td − x'_td) · ∫_0^1 ∂f/∂x_td (x' + α (x − x')) dα → float64 [T], the integral taken with the
@@ -292,19 +309,27 @@ def integrated_gradients(loaded: Any, input_ids: Any, attention_mask: Any, posit
     total = torch.zeros_like(x[0])
     with fast_attention(loaded.model), torch.inference_mode(False), torch.enable_grad():
         for s in range(0, steps, chunk):
-            a = alphas[s:s + chunk].view(-1, 1, 1)
+            a = alphas[s : s + chunk].view(-1, 1, 1)
             emb = (x0 + a * (x - x0)).requires_grad_(True)
             (g,) = torch.autograd.grad(f(emb).sum(), [emb])
-            total += (g * weights[s:s + chunk].view(-1, 1, 1)).sum(0)
+            total += (g * weights[s : s + chunk].view(-1, 1, 1)).sum(0)
     with fast_attention(loaded.model), torch.no_grad():
         ends = f(torch.cat([x, x0]))
     ig = ((x - x0)[0] * total).sum(-1).double().cpu().numpy()
     return ig, float(ends[0]), float(ends[1])
 
 
-def adaptive_integrated_gradients(loaded: Any, input_ids: Any, attention_mask: Any, position: int, token_id: int,
-                                  steps: int = 32, max_steps: int = IG_MAX_STEPS, tolerance: float = IG_TOLERANCE,
-                                  power: float = IG_POWER) -> IGRun:
+def adaptive_integrated_gradients(
+    loaded: Any,
+    input_ids: Any,
+    attention_mask: Any,
+    position: int,
+    token_id: int,
+    steps: int = 32,
+    max_steps: int = IG_MAX_STEPS,
+    tolerance: float = IG_TOLERANCE,
+    power: float = IG_POWER,
+) -> IGRun:
     """`integrated_gradients` with `steps`, 2·steps, 4·steps … nodes until the completeness gap
     |Σ IG − (f(x) − f(x'))| ≤ tolerance · |f(x) − f(x')| (or ≤ IG_ABS_TOLERANCE nats), or the next doubling would
     pass `max_steps` (then the last estimate is kept, converged = False). Gauss–Legendre rules are not nested, so
@@ -328,13 +353,22 @@ def adaptive_integrated_gradients(loaded: Any, input_ids: Any, attention_mask: A
 
 def _pad(v: np.ndarray, T: int) -> np.ndarray:
     out = np.zeros(T)
-    out[:len(v)] = v
+    out[: len(v)] = v
     return out
 
 
-def attribute(loaded: LoadedModel, capture: Capture, attentions: np.ndarray, position: int, tokens: list[str], *,
-              compute_gradients: bool = True, with_ig: bool = True, ig_steps: int = 32,
-              warn: Callable[[str], None] | None = None) -> AttributionSection:
+def attribute(
+    loaded: LoadedModel,
+    capture: Capture,
+    attentions: np.ndarray,
+    position: int,
+    tokens: list[str],
+    *,
+    compute_gradients: bool = True,
+    with_ig: bool = True,
+    ig_steps: int = 32,
+    warn: Callable[[str], None] | None = None,
+) -> AttributionSection:
     """All attributions for `position` of one capture (see the module docstring). Call under the model lock.
 
     with_ig: also run adaptive integrated gradients (from ig_steps nodes, doubled until the completeness gap is
@@ -346,18 +380,22 @@ def attribute(loaded: LoadedModel, capture: Capture, attentions: np.ndarray, pos
     warn = warn or (lambda msg: None)
     T = len(tokens)
     R = attention_rollout(attentions)
-    base: dict[str, Any] = dict(target_position=position, target_token=tokens[position], rollout=R[position].copy(),
-                                rollout_matrix=R)
+    base: dict[str, Any] = dict(
+        target_position=position, target_token=tokens[position], rollout=R[position].copy(), rollout_matrix=R
+    )
     notes: list[str] = []
     logits = capture.logits
     if loaded.family == "encoder" or logits is None:
-        notes.append("this model has no language-model head, so there is no prediction to attribute: "
-                     "only attention rollout is shown (gradient methods need a predicted token)")
+        notes.append(
+            "this model has no language-model head, so there is no prediction to attribute: "
+            "only attention rollout is shown (gradient methods need a predicted token)"
+        )
         return AttributionSection(**base, notes=notes)
     pred = int(torch.argmax(logits[position]).item())
     tok = loaded.tokenizer.convert_ids_to_tokens([pred])[0]
-    base.update(predicted_id=pred,
-                predicted_token=tok if isinstance(tok, str) else f"<id {pred}>")  # ids past the vocabulary
+    base.update(
+        predicted_id=pred, predicted_token=tok if isinstance(tok, str) else f"<id {pred}>"
+    )  # ids past the vocabulary
     if not compute_gradients:
         notes.append("gradient methods are switched off (compute_gradients = false)")
         return AttributionSection(**base, notes=notes)
@@ -370,20 +408,33 @@ def attribute(loaded: LoadedModel, capture: Capture, attentions: np.ndarray, pos
         grads.update(grad_x_input=_pad(gxi, T), head_scores=heads, target_logprob=fx)
         if heads is None:
             _, why = try_model_parts(loaded.model, "per-head attribution")
-            notes.append(why or "per-head scores are not available: the attention output projections of this "
-                         "architecture were not recognised")
+            notes.append(
+                why
+                or "per-head scores are not available: the attention output projections of this "
+                "architecture were not recognised"
+            )
         ref = float(torch.log_softmax(logits[position].float(), -1)[pred])
         if abs(ref - fx) > 1e-3 * max(1.0, abs(ref)):
-            notes.append(f"the gradient pass gave log p = {fx:.4f}, the analysis pass {ref:.4f} "
-                         "(numerical precision of the model's dtype)")
+            notes.append(
+                f"the gradient pass gave log p = {fx:.4f}, the analysis pass {ref:.4f} "
+                "(numerical precision of the model's dtype)"
+            )
         if with_ig:
             run = adaptive_integrated_gradients(loaded, ids, mask, position, pred, steps=ig_steps)
-            grads.update(integrated_gradients=_pad(run.scores, T), baseline_logprob=run.f0, ig_steps=run.steps,
-                         ig_completeness_gap=run.gap, ig_completeness_gap_relative=run.gap_relative,
-                         ig_converged=run.converged, ig_history=[[float(m), float(g)] for m, g in run.history])
+            grads.update(
+                integrated_gradients=_pad(run.scores, T),
+                baseline_logprob=run.f0,
+                ig_steps=run.steps,
+                ig_completeness_gap=run.gap,
+                ig_completeness_gap_relative=run.gap_relative,
+                ig_converged=run.converged,
+                ig_history=[[float(m), float(g)] for m, g in run.history],
+            )
             if not run.converged:
-                notes.append(f"integrated gradients are {100 * run.gap_relative:.1f} % off completeness after "
-                             f"{run.steps} steps (the cap): read the scores as approximate")
+                notes.append(
+                    f"integrated gradients are {100 * run.gap_relative:.1f} % off completeness after "
+                    f"{run.steps} steps (the cap): read the scores as approximate"
+                )
     except RuntimeError as exc:  # e.g. out of memory on a large model
         log.warning("gradient attribution failed: %s", exc)
         msg = f"the gradient methods failed: {str(exc).splitlines()[0]}"
@@ -394,6 +445,14 @@ def attribute(loaded: LoadedModel, capture: Capture, attentions: np.ndarray, pos
 
 def run_attribution(ctx: StepContext) -> AttributionSection:
     """Analysis step "Attribution": rollout, gradient × input, head scores (and IG) for the target position."""
-    return attribute(ctx.loaded, ctx.capture, ctx.attentions, ctx.target_position, ctx.tokens,
-                     compute_gradients=ctx.settings.compute_gradients, with_ig=ctx.settings.integrated_gradients,
-                     ig_steps=ctx.settings.ig_steps, warn=ctx.warn)
+    return attribute(
+        ctx.loaded,
+        ctx.capture,
+        ctx.attentions,
+        ctx.target_position,
+        ctx.tokens,
+        compute_gradients=ctx.settings.compute_gradients,
+        with_ig=ctx.settings.integrated_gradients,
+        ig_steps=ctx.settings.ig_steps,
+        warn=ctx.warn,
+    )

@@ -113,8 +113,7 @@ class ResultCache:
     def _new(self) -> Any:
         import diskcache
 
-        return diskcache.Cache(str(self.directory), size_limit=self.size_limit,
-                               eviction_policy="least-recently-used")
+        return diskcache.Cache(str(self.directory), size_limit=self.size_limit, eviction_policy="least-recently-used")
 
     def _open(self) -> None:
         with self._lock:
@@ -152,8 +151,9 @@ class ResultCache:
         except OSError as move_exc:
             log.warning("corrupt result cache at %s could not be moved aside: %r", self.directory, move_exc)
             return False
-        log.warning("result cache at %s was corrupt (%s); moved aside to %s and a fresh one created",
-                    self.directory, exc, aside)
+        log.warning(
+            "result cache at %s was corrupt (%s); moved aside to %s and a fresh one created", self.directory, exc, aside
+        )
         self._warn(f"the result cache was corrupt ({describe(exc)}); it was moved aside and a fresh one started")
         return True
 

@@ -76,8 +76,10 @@ def special_ids(tokenizer: Any) -> frozenset[int]:
     unless it doubles as another special token (GPT-2's <|endoftext|>): an [UNK] stands for real text."""
     ids = set(getattr(tokenizer, "all_special_ids", None) or [])
     unk = getattr(tokenizer, "unk_token_id", None)
-    others = {getattr(tokenizer, n, None) for n in ("bos_token_id", "eos_token_id", "pad_token_id", "cls_token_id",
-                                                    "sep_token_id", "mask_token_id")}
+    others = {
+        getattr(tokenizer, n, None)
+        for n in ("bos_token_id", "eos_token_id", "pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id")
+    }
     if unk is not None and unk not in others:
         ids.discard(unk)
     return frozenset(i for i in ids if isinstance(i, int))
@@ -133,8 +135,9 @@ def capture(loaded: LoadedModel, text: str, settings: AnalysisSettings) -> Captu
     handle = norm.register_forward_pre_hook(grab) if norm is not None else None
     try:
         with torch.inference_mode():
-            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True,
-                        return_dict=True)
+            out = model(
+                input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True, return_dict=True
+            )
     finally:
         if handle is not None:
             handle.remove()

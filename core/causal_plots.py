@@ -20,8 +20,7 @@ from .patching import COMPONENTS, PatchingResult
 if TYPE_CHECKING:
     from .result import AnalysisResult
 
-COMPONENT_LABELS = {"residual": "residual stream (block input)", "attention": "attention output",
-                    "mlp": "MLP output"}
+COMPONENT_LABELS = {"residual": "residual stream (block input)", "attention": "attention output", "mlp": "MLP output"}
 
 
 def display_token(tok: str) -> str:
@@ -52,10 +51,17 @@ def patching_heatmap(result: PatchingResult, component: str = "residual") -> byt
     fig = plotting.figure(max(4.0, 0.45 * T + 2.0), max(2.2, 0.3 * L + 1.4))
     ax = fig.add_subplot(1, 1, 1)
     lim = _limit(r)
-    im = ax.imshow(np.ma.masked_invalid(r), aspect="auto", cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -lim, lim),
-                   interpolation="nearest")
-    labels = [f"{_label(c)}→{_label(k)}" if c != k else _label(c)
-              for c, k in zip(result.clean_tokens, result.corrupted_tokens)]
+    im = ax.imshow(
+        np.ma.masked_invalid(r),
+        aspect="auto",
+        cmap="RdBu_r",
+        norm=TwoSlopeNorm(0.0, -lim, lim),
+        interpolation="nearest",
+    )
+    labels = [
+        f"{_label(c)}→{_label(k)}" if c != k else _label(c)
+        for c, k in zip(result.clean_tokens, result.corrupted_tokens)
+    ]
     ax.set_xticks(range(T))
     ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(L))
@@ -135,5 +141,7 @@ def head_ablation_files(result: AnalysisResult, options: ExportOptions) -> dict[
     if section is None:
         return {}
     scores = result.attribution.head_scores if result.attribution is not None else None
-    return {"head_ablation.csv": csv_bytes(["layer", "head", "mean_ablation", "zero_ablation"], section.rows()),
-            "plots/head_ablation.png": head_ablation_figure(section, scores)}
+    return {
+        "head_ablation.csv": csv_bytes(["layer", "head", "mean_ablation", "zero_ablation"], section.rows()),
+        "plots/head_ablation.png": head_ablation_figure(section, scores),
+    }

@@ -91,8 +91,9 @@ def reference_lines(metric: str, token_bound: int) -> list[ReferenceLine]:
     return []
 
 
-def y_domain(metric: str, values: Sequence[float] | np.ndarray, token_bound: int,
-             zoom: bool = False) -> tuple[float, float] | None:
+def y_domain(
+    metric: str, values: Sequence[float] | np.ndarray, token_bound: int, zoom: bool = False
+) -> tuple[float, float] | None:
     """The y range of a metric's chart, or None when no value is finite (nothing to draw).
 
     Not zoomed: from the metric's reference (0, or [0, 1] for cosines; lower when a value is negative) up to the
@@ -156,7 +157,7 @@ def block_index(number: int) -> int:
 
 
 def layer_title(hidden_layer: int, n_layers: int) -> str:
-    """"Layer l of L" for a hidden-state layer l = 0 … L, with "(embeddings)" at 0: the GIF frame titles."""
+    """ "Layer l of L" for a hidden-state layer l = 0 … L, with "(embeddings)" at 0: the GIF frame titles."""
     return f"Layer {hidden_layer} of {n_layers}" + (" (embeddings)" if hidden_layer == 0 else "")
 
 
@@ -171,8 +172,11 @@ def metric_tokens_phrase(n_tokens: int, n_used: int, special_excluded: bool) -> 
     return f"layer metrics over all {n_tokens} tokens"
 
 
-FAMILY_WORDS = {"causal_lm": "causal language model", "masked_lm": "masked language model",
-                "encoder": "encoder without a language-model head"}
+FAMILY_WORDS = {
+    "causal_lm": "causal language model",
+    "masked_lm": "masked language model",
+    "encoder": "encoder without a language-model head",
+}
 
 
 def family_words(family: str) -> str:
@@ -184,7 +188,7 @@ _POSITION_PREFIX = re.compile(r"^\s*position\s+\d+\s*(\((.*)\))?\s*$", re.IGNORE
 
 
 def target_phrase(position: int, reason: str, token: str | None = None) -> str:
-    """"position 0 ("[CLS]"): encoder without a language-model head" — the reason once, even when the stored reason
+    """ "position 0 ("[CLS]"): encoder without a language-model head" — the reason once, even when the stored reason
     already starts with "position N (…)" (results computed before this wording)."""
     why = (reason or "").strip()
     m = _POSITION_PREFIX.match(why)
@@ -214,8 +218,10 @@ def empty_reason(metric: str, values: Sequence[float] | np.ndarray, n_used: int,
     if n_used == 0:
         return f"Nothing to draw: no token entered the layer metrics{left_out}."
     if METRIC_AXES[metric].token_ceiling and n_used < 2:
-        return (f"Nothing to draw: only {n_used} token entered the layer metrics{left_out}, and a spectrum needs "
-                "at least 2 tokens.")
+        return (
+            f"Nothing to draw: only {n_used} token entered the layer metrics{left_out}, and a spectrum needs "
+            "at least 2 tokens."
+        )
     return "Nothing to draw: the metric is undefined at every layer for this text."
 
 
@@ -233,8 +239,13 @@ def correlation_gap_reason(values: Sequence[float] | np.ndarray) -> str | None:
 # --------------------------------------------------------------------------------------------------------------
 # Point labels without overlap (token labels in the trajectory animation)
 # --------------------------------------------------------------------------------------------------------------
-def place_labels(xy: np.ndarray, widths: Sequence[float], height: float, gap: float = 3.0,
-                 bounds: tuple[float, float, float, float] | None = None) -> list[tuple[float, float] | None]:
+def place_labels(
+    xy: np.ndarray,
+    widths: Sequence[float],
+    height: float,
+    gap: float = 3.0,
+    bounds: tuple[float, float, float, float] | None = None,
+) -> list[tuple[float, float] | None]:
     """Greedy label placement in pixel space: for each point i (in the given order, so the first points win), the
     lower-left corner of its label box, taken from four slots around the point (right-above, right-below,
     left-above, left-below), the first whose box overlaps no box placed before and stays inside `bounds`
@@ -250,8 +261,9 @@ def place_labels(xy: np.ndarray, widths: Sequence[float], height: float, gap: fl
         if np.isfinite(x) and np.isfinite(y):
             for dx, dy in ((gap, gap), (gap, -gap - height), (-gap - w, gap), (-gap - w, -gap - height)):
                 box = (x + dx, y + dy, x + dx + w, y + dy + height)
-                if bounds is not None and (box[0] < bounds[0] or box[1] < bounds[1] or box[2] > bounds[2]
-                                           or box[3] > bounds[3]):
+                if bounds is not None and (
+                    box[0] < bounds[0] or box[1] < bounds[1] or box[2] > bounds[2] or box[3] > bounds[3]
+                ):
                     continue
                 if all(box[2] <= b[0] or box[0] >= b[2] or box[3] <= b[1] or box[1] >= b[3] for b in placed):
                     placed.append(box)

@@ -38,9 +38,11 @@ from .errors import InputError, TMAError
 
 
 def add_analyze(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    a = sub.add_parser("analyze", help="analyse a text and write the analysis bundle",
-                       description="Analyse a text with a model and write the analysis bundle (a .zip file or a "
-                                   "folder).")
+    a = sub.add_parser(
+        "analyze",
+        help="analyse a text and write the analysis bundle",
+        description="Analyse a text with a model and write the analysis bundle (a .zip file or a folder).",
+    )
     add_model_options(a)
     add_text_options(a)
     a.add_argument("--out", required=True, type=out_path, help="output: a path ending in .zip, or a folder")
@@ -58,8 +60,11 @@ def add_analyze(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> arg
 
 
 def add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    g = sub.add_parser("generate", help="continue a text with a causal LM, streamed to standard output",
-                       description="Continue a text with a causal language model (greedy unless --sample).")
+    g = sub.add_parser(
+        "generate",
+        help="continue a text with a causal LM, streamed to standard output",
+        description="Continue a text with a causal language model (greedy unless --sample).",
+    )
     add_model_options(g)
     add_text_options(g)
     g.add_argument("--max-new-tokens", type=int, default=40, help="tokens to generate at most (default 40)")
@@ -88,7 +93,8 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]]
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m core", description="Transformer Model Analysis, headless.")
     sub: argparse._SubParsersAction[argparse.ArgumentParser] = p.add_subparsers(
-        dest="command", required=True, parser_class=OneLineParser)
+        dest="command", required=True, parser_class=OneLineParser
+    )
     for add in SUBCOMMANDS:
         add(sub)
     return p
@@ -115,15 +121,27 @@ def run_analyze(args: argparse.Namespace) -> int:
     check_out(out)  # before the analysis: a wrong --out must not cost a whole run
     cache = None if args.no_cache else ResultCache(args.cache_dir)
     t0 = time.perf_counter()
-    result = analyze(args.model, text, settings=settings, cache=cache, dtype=args.dtype, device=args.device,
-                     device_map=args.device_map)
-    options = ExportOptions(session_entries=(entry_from_result(result),), hidden_states=args.hidden_states,
-                            animations=not args.no_animations)
+    result = analyze(
+        args.model,
+        text,
+        settings=settings,
+        cache=cache,
+        dtype=args.dtype,
+        device=args.device,
+        device_map=args.device_map,
+    )
+    options = ExportOptions(
+        session_entries=(entry_from_result(result),),
+        hidden_states=args.hidden_states,
+        animations=not args.no_animations,
+    )
     path, _run = export_run(result, out, options)
     if not args.quiet:
         print_warnings(list(result.warnings))
-        print(f"wrote {path} ({result.model.model_id}, {result.n_tokens} tokens, {result.n_layers} layers, "
-              f"{'cache hit' if result.cache_hit else 'computed'}, {time.perf_counter() - t0:.1f} s)")
+        print(
+            f"wrote {path} ({result.model.model_id}, {result.n_tokens} tokens, {result.n_layers} layers, "
+            f"{'cache hit' if result.cache_hit else 'computed'}, {time.perf_counter() - t0:.1f} s)"
+        )
         if result.predictions is not None and result.predictions.kind == "mask_fill" and result.predictions.message:
             print(f"note: {result.predictions.message}")
     return 0
@@ -135,9 +153,15 @@ def run_generate(args: argparse.Namespace) -> int:
 
     text = read_text(args)
     assert text is not None
-    gen = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
-                             top_p=args.top_p, seed=args.seed, use_chat_template=not args.no_chat_template,
-                             system_prompt=args.system)
+    gen = GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        use_chat_template=not args.no_chat_template,
+        system_prompt=args.system,
+    )
     loaded = load_model(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map)
     for piece in generate_stream(loaded, text, gen):
         sys.stdout.write(piece)

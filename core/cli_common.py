@@ -42,19 +42,28 @@ def fail(message: str) -> NoReturn:
 
 
 def add_model_options(p: argparse.ArgumentParser, *, flag: str = "--model", required: bool = True) -> None:
-    p.add_argument(flag, required=required,
-                   help=f"Hugging Face id, local model folder, or a preset ({', '.join(PRESET_IDS)}); "
-                        f"'{BUNDLED_ID}' is bundled and works offline")
+    p.add_argument(
+        flag,
+        required=required,
+        help=f"Hugging Face id, local model folder, or a preset ({', '.join(PRESET_IDS)}); "
+        f"'{BUNDLED_ID}' is bundled and works offline",
+    )
 
 
 def add_load_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dtype", default="auto", choices=list(DTYPES),
-                   help="weights dtype (auto: float32 on CPU, bfloat16 on a GPU)")
-    p.add_argument("--device", default="auto", choices=list(DEVICES),
-                   help="device (auto: CUDA, then Apple MPS, then the CPU)")
-    p.add_argument("--device-map", default=None, choices=["auto", "none"],
-                   help="auto: spread the layers over the GPUs (then the CPU) through accelerate, for models larger "
-                        "than one GPU (default: none, the whole model on --device)")
+    p.add_argument(
+        "--dtype", default="auto", choices=list(DTYPES), help="weights dtype (auto: float32 on CPU, bfloat16 on a GPU)"
+    )
+    p.add_argument(
+        "--device", default="auto", choices=list(DEVICES), help="device (auto: CUDA, then Apple MPS, then the CPU)"
+    )
+    p.add_argument(
+        "--device-map",
+        default=None,
+        choices=["auto", "none"],
+        help="auto: spread the layers over the GPUs (then the CPU) through accelerate, for models larger "
+        "than one GPU (default: none, the whole model on --device)",
+    )
 
 
 def add_text_options(p: argparse.ArgumentParser, name: str = "text", *, required: bool = True) -> None:
@@ -88,8 +97,10 @@ def _read_text_file(path: Path) -> str:
         if not path.is_file():
             fail(f"text file '{shown}' does not exist")
         if path.stat().st_size > MAX_TEXT_BYTES:
-            fail(f"text file '{shown}' is larger than {MAX_TEXT_BYTES:,} bytes (texts are limited to "
-                 f"{max_text_chars():,} characters)")
+            fail(
+                f"text file '{shown}' is larger than {MAX_TEXT_BYTES:,} bytes (texts are limited to "
+                f"{max_text_chars():,} characters)"
+            )
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         fail(f"text file '{shown}' is not UTF-8 text")

@@ -33,23 +33,33 @@ from .cli_common import (
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Register the `compare` subcommand on the subparsers object `sub`."""
     c = sub.add_parser(
-        "compare", help="compare two runs (two texts on one model, or one text on two models)",
+        "compare",
+        help="compare two runs (two texts on one model, or one text on two models)",
         description="Analyse run A and run B and write both bundles plus the comparison (linear CKA, metrics "
-                    "overlay, entropy difference, predictions and attributions side by side) as a .zip file or a "
-                    "folder. Run B takes run A's model and text unless --model-b / --text-b say otherwise.")
+        "overlay, entropy difference, predictions and attributions side by side) as a .zip file or a "
+        "folder. Run B takes run A's model and text unless --model-b / --text-b say otherwise.",
+    )
     add_model_options(c)
     c.add_argument("--model-b", default=None, help="run B's model (default: run A's)")
     add_text_options(c)
     g = c.add_mutually_exclusive_group()
     g.add_argument("--text-b", dest="text_b", default=None, help="run B's text (default: run A's)")
-    g.add_argument("--text-b-file", dest="text_b_file", type=Path, default=None,
-                   help="read run B's text from this UTF-8 file ('-' for standard input)")
+    g.add_argument(
+        "--text-b-file",
+        dest="text_b_file",
+        type=Path,
+        default=None,
+        help="read run B's text from this UTF-8 file ('-' for standard input)",
+    )
     c.add_argument("--out", required=True, type=out_path, help="output: a path ending in .zip, or a folder")
     add_load_options(c)
     add_settings_options(c)
     e = c.add_argument_group("output")
-    e.add_argument("--debiased", action="store_true",
-                   help="write the debiased CKA into cka.csv (comparison.json holds both variants)")
+    e.add_argument(
+        "--debiased",
+        action="store_true",
+        help="write the debiased CKA into cka.csv (comparison.json holds both variants)",
+    )
     e.add_argument("--no-animations", action="store_true", help="skip the layer-transition GIFs in a/ and b/")
     c.add_argument("--no-cache", action="store_true", help="do not read or write the result cache")
     c.add_argument("--cache-dir", type=Path, default=None, help="result cache folder (default $TMA_CACHE_DIR)")
@@ -94,14 +104,20 @@ def run(args: argparse.Namespace) -> int:
     cmp = compare(result_a, result_b)
     entries = (entry_from_result(result_a), entry_from_result(result_b))
     options = ExportOptions(session_entries=entries, animations=not args.no_animations)
-    files = comparison_files(result_a, result_b, cmp, bundle=lambda r: bundle_files(r, options),
-                             debiased_csv=args.debiased)
+    files = comparison_files(
+        result_a, result_b, cmp, bundle=lambda r: bundle_files(r, options), debiased_csv=args.debiased
+    )
     path = write_files(files, out)
     if not args.quiet:
         for label, r in (("A", result_a), ("B", result_b)):
             print_warnings([f"run {label}: {w}" for w in r.warnings])
-        cka = (f"CKA {cmp.cka.shape[0]}×{cmp.cka.shape[1]} layers over {cmp.cka_tokens} tokens"
-               if cmp.cka is not None else "no CKA (the runs hold different tokens)")
-        sys.stdout.write(f"wrote {path} (A: {cmp.a.model_id}, {len(cmp.a.tokens)} tokens; B: {cmp.b.model_id}, "
-                         f"{len(cmp.b.tokens)} tokens; {cka}; {time.perf_counter() - t0:.1f} s)\n")
+        cka = (
+            f"CKA {cmp.cka.shape[0]}×{cmp.cka.shape[1]} layers over {cmp.cka_tokens} tokens"
+            if cmp.cka is not None
+            else "no CKA (the runs hold different tokens)"
+        )
+        sys.stdout.write(
+            f"wrote {path} (A: {cmp.a.model_id}, {len(cmp.a.tokens)} tokens; B: {cmp.b.model_id}, "
+            f"{len(cmp.b.tokens)} tokens; {cka}; {time.perf_counter() - t0:.1f} s)\n"
+        )
     return 0

@@ -30,21 +30,25 @@ CSV_HEADER = ["layer", "position", "component", "restored", "m_patched", "clean_
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "patch", help="activation patching: which layers and positions carry the answer (clean -> corrupted)",
+        "patch",
+        help="activation patching: which layers and positions carry the answer (clean -> corrupted)",
         description="Patch activations of a clean run into a corrupted run of the same token length and write "
-                    "patching.csv, patching.json, plots and a manifest (a .zip file or a folder).")
+        "patching.csv, patching.json, plots and a manifest (a .zip file or a folder).",
+    )
     add_model_options(p)
     add_text_options(p, "clean")
     add_text_options(p, "corrupt")
     p.add_argument("--answer", default=None, help="answer token A (default: the clean run's top-1 prediction)")
-    p.add_argument("--wrong-answer", default=None,
-                   help="wrong answer token B (default: the corrupted run's top-1 prediction)")
+    p.add_argument(
+        "--wrong-answer", default=None, help="wrong answer token B (default: the corrupted run's top-1 prediction)"
+    )
     p.add_argument("--max-tokens", type=int, default=128, help="longest text accepted, in tokens (default 128)")
     p.add_argument("--out", required=True, type=Path, help="output: a path ending in .zip, or a folder")
     add_load_options(p)
     p.add_argument("--no-cache", action="store_true", help="do not read or write the result cache")
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="patching cache folder (default $TMA_CACHE_DIR/patching)")
+    p.add_argument(
+        "--cache-dir", type=Path, default=None, help="patching cache folder (default $TMA_CACHE_DIR/patching)"
+    )
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     p.set_defaults(run=run)
@@ -66,14 +70,23 @@ def bundle(result: PatchingResult) -> dict[str, bytes]:
     from .report import patching_report
 
     manifest = {
-        "kind": "activation_patching", **{k: result.model.to_dict().get(k) for k in (
-            "model_id", "family", "source", "revision", "local_path", "architecture", "dtype", "device")},
-        "clean_text": result.clean_text, "corrupted_text": result.corrupted_text,
-        "token_count": result.n_tokens, "layers": result.n_layers, "settings": result.settings.to_dict(),
-        "target_position": result.target_position, "target_reason": result.target_reason,
-        "core_version": result.core_version, "package_versions": package_versions(),
+        "kind": "activation_patching",
+        **{
+            k: result.model.to_dict().get(k)
+            for k in ("model_id", "family", "source", "revision", "local_path", "architecture", "dtype", "device")
+        },
+        "clean_text": result.clean_text,
+        "corrupted_text": result.corrupted_text,
+        "token_count": result.n_tokens,
+        "layers": result.n_layers,
+        "settings": result.settings.to_dict(),
+        "target_position": result.target_position,
+        "target_reason": result.target_reason,
+        "core_version": result.core_version,
+        "package_versions": package_versions(),
         "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "cache_hit": result.cache_hit, "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
+        "cache_hit": result.cache_hit,
+        "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
         "warnings": list(result.warnings),
     }
     files = {
@@ -105,9 +118,11 @@ def run(args: argparse.Namespace) -> int:
             cache.close()
     path = write_files(bundle(result), out)
     if not args.quiet:
-        sys.stdout.write(f"wrote {path} (answer {result.answer_token!r} vs {result.wrong_token!r}, m_clean "
-                         f"{result.m_clean:.3f}, m_corrupted {result.m_corrupted:.3f}, {result.n_layers} layers x "
-                         f"{result.n_tokens} positions, {'cache hit' if result.cache_hit else 'computed'})\n")
+        sys.stdout.write(
+            f"wrote {path} (answer {result.answer_token!r} vs {result.wrong_token!r}, m_clean "
+            f"{result.m_clean:.3f}, m_corrupted {result.m_corrupted:.3f}, {result.n_layers} layers x "
+            f"{result.n_tokens} positions, {'cache hit' if result.cache_hit else 'computed'})\n"
+        )
         for w in result.warnings:
             sys.stderr.write(f"warning: {w}\n")
     return 0

@@ -320,34 +320,52 @@ def _shape(s: RunSummary) -> str:
 
 
 def _token_reason(a: AnalysisResult, b: AnalysisResult) -> str:
-    """"" when both runs hold the same tokens, else a calm sentence saying why CKA is not shown."""
+    """ "" when both runs hold the same tokens, else a calm sentence saying why CKA is not shown."""
     ids_a, ids_b = list(a.token_ids), list(b.token_ids)
     if ids_a == ids_b and list(a.tokens) == list(b.tokens):
         return ""
     shorter, longer = sorted((ids_a, ids_b), key=len)
     if a.analysed_text != b.analysed_text:
         why = "the two runs analyse different texts"
-    elif len(shorter) < len(longer) and longer[:len(shorter)] == shorter:
+    elif len(shorter) < len(longer) and longer[: len(shorter)] == shorter:
         why = "one run was cut to fewer tokens (the max-tokens setting)"
     else:
         why = "the two models split the same text into different tokens (their tokenizers differ)"
-    return (f"Layer CKA compares the two runs token by token, so it needs the same tokens in both; here {why} "
-            f"(A: {len(ids_a)} tokens, B: {len(ids_b)} tokens). Compare one text on two models that share a "
-            f"tokenizer — a base and a fine-tuned model, or one model at two precisions — to see it.")
+    return (
+        f"Layer CKA compares the two runs token by token, so it needs the same tokens in both; here {why} "
+        f"(A: {len(ids_a)} tokens, B: {len(ids_b)} tokens). Compare one text on two models that share a "
+        f"tokenizer — a base and a fine-tuned model, or one model at two precisions — to see it."
+    )
 
 
-def _entropy(a: AnalysisResult, b: AnalysisResult, sa: RunSummary,
-             sb: RunSummary) -> tuple[bool, np.ndarray | None, np.ndarray | None, str]:
-    same = (sa.architecture == sb.architecture and sa.n_layers == sb.n_layers and sa.n_heads == sb.n_heads)
+def _entropy(
+    a: AnalysisResult, b: AnalysisResult, sa: RunSummary, sb: RunSummary
+) -> tuple[bool, np.ndarray | None, np.ndarray | None, str]:
+    same = sa.architecture == sb.architecture and sa.n_layers == sb.n_layers and sa.n_heads == sb.n_heads
     if not same:
-        return False, None, None, (f"The attention-entropy difference is shown for one architecture only (head by "
-                                   f"head): A is {_shape(sa)}, B is {_shape(sb)}.")
+        return (
+            False,
+            None,
+            None,
+            (
+                f"The attention-entropy difference is shown for one architecture only (head by "
+                f"head): A is {_shape(sa)}, B is {_shape(sb)}."
+            ),
+        )
     if a.attention is None or b.attention is None:
-        return True, None, None, ("The attention-entropy difference needs the per-head attention analysis of both "
-                                  "runs; one of them does not have it.")
+        return (
+            True,
+            None,
+            None,
+            (
+                "The attention-entropy difference needs the per-head attention analysis of both "
+                "runs; one of them does not have it."
+            ),
+        )
     ent = np.asarray(b.attention.entropy, dtype=np.float64) - np.asarray(a.attention.entropy, dtype=np.float64)
-    norm = (np.asarray(b.attention.normalized_entropy, dtype=np.float64)
-            - np.asarray(a.attention.normalized_entropy, dtype=np.float64))
+    norm = np.asarray(b.attention.normalized_entropy, dtype=np.float64) - np.asarray(
+        a.attention.normalized_entropy, dtype=np.float64
+    )
     return True, ent, norm, ""
 
 
@@ -358,9 +376,13 @@ def _prediction_side(result: AnalysisResult) -> PredictionSide:
     if not p.candidates or not p.positions:
         return PredictionSide(kind=str(p.kind), message=str(p.message or "No predictions for this model."))
     cands = p.candidates[0]
-    return PredictionSide(kind=str(p.kind), message=str(p.message or ""), position=int(p.positions[0]),
-                          tokens=[str(c["token"]) for c in cands],
-                          probabilities=[float(c["probability"]) for c in cands])
+    return PredictionSide(
+        kind=str(p.kind),
+        message=str(p.message or ""),
+        position=int(p.positions[0]),
+        tokens=[str(c["token"]) for c in cands],
+        probabilities=[float(c["probability"]) for c in cands],
+    )
 
 
 ATTRIBUTION_METHODS = ("rollout", "grad_x_input", "integrated_gradients")
@@ -370,10 +392,16 @@ def _attribution_side(result: AnalysisResult) -> AttributionSide | None:
     at = result.attribution
     if at is None:
         return None
-    scores = {m: np.asarray(getattr(at, m), dtype=np.float64) for m in ATTRIBUTION_METHODS
-              if getattr(at, m, None) is not None}
-    return AttributionSide(tokens=list(result.display_tokens), target_position=int(at.target_position),
-                           target_token=str(at.target_token), predicted_token=at.predicted_token, scores=scores)
+    scores = {
+        m: np.asarray(getattr(at, m), dtype=np.float64) for m in ATTRIBUTION_METHODS if getattr(at, m, None) is not None
+    }
+    return AttributionSide(
+        tokens=list(result.display_tokens),
+        target_position=int(at.target_position),
+        target_token=str(at.target_token),
+        predicted_token=at.predicted_token,
+        scores=scores,
+    )
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -408,8 +436,10 @@ def compare(result_a: AnalysisResult, result_b: AnalysisResult) -> ComparisonRes
             else:
                 note = f"The debiased CKA needs at least {MIN_TOKENS_CKA_DEBIASED} tokens; this text has {n}."
             if n > MAX_CKA_TOKENS:
-                note = (f"CKA uses {len(cka_rows(n))} evenly spaced tokens of the {n} (each layer's token Gram "
-                        f"matrix is T × T).")
+                note = (
+                    f"CKA uses {len(cka_rows(n))} evenly spaced tokens of the {n} (each layer's token Gram "
+                    f"matrix is T × T)."
+                )
     pa, pb = _prediction_side(result_a), _prediction_side(result_b)
     shared = list(dict.fromkeys(t for t in pa.tokens if t in set(pb.tokens)))
     aa, ab = _attribution_side(result_a), _attribution_side(result_b)
@@ -419,13 +449,26 @@ def compare(result_a: AnalysisResult, result_b: AnalysisResult) -> ComparisonRes
             if m in aa.scores and m in ab.scores:
                 agreement[m] = _spearman(aa.scores[m], ab.scores[m])
     return ComparisonResult(
-        a=sa, b=sb, same_tokens=same_tokens, same_model=same_model,
+        a=sa,
+        b=sb,
+        same_tokens=same_tokens,
+        same_model=same_model,
         default_axis="absolute" if sa.n_layers == sb.n_layers else "relative",
-        entropy_diff=ent, normalized_entropy_diff=norm_ent, entropy_unavailable_reason=ent_reason,
-        predictions_a=pa, predictions_b=pb, shared_predictions=shared,
-        attribution_a=aa, attribution_b=ab, attribution_agreement=agreement,
-        cka=cka, cka_debiased=cka_d, cka_unavailable_reason=cka_reason,
-        cka_tokens=len(cka_rows(n)) if cka is not None else 0, cka_note=note)
+        entropy_diff=ent,
+        normalized_entropy_diff=norm_ent,
+        entropy_unavailable_reason=ent_reason,
+        predictions_a=pa,
+        predictions_b=pb,
+        shared_predictions=shared,
+        attribution_a=aa,
+        attribution_b=ab,
+        attribution_agreement=agreement,
+        cka=cka,
+        cka_debiased=cka_d,
+        cka_unavailable_reason=cka_reason,
+        cka_tokens=len(cka_rows(n)) if cka is not None else 0,
+        cka_note=note,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -438,7 +481,7 @@ def short_id(model_id: str) -> str:
 
 
 def run_label(s: RunSummary) -> str:
-    """"A: <model>" for legends."""
+    """ "A: <model>" for legends."""
     return f"{s.label}: {short_id(s.model_id)}"
 
 
@@ -456,8 +499,16 @@ def metric_overlay_rows(cmp: ComparisonResult, axis: str | None = None) -> list[
         xs = s.depth if axis == "relative" else s.layers
         for m in METRIC_NAMES:
             for layer, x, v in zip(s.layers.tolist(), xs.tolist(), s.metrics[m].tolist()):
-                rows.append({"run": run_label(s), "metric": m, "layer": int(layer),
-                             "depth": float(layer / max(s.n_layers, 1)), "x": float(x), "value": float(v)})
+                rows.append(
+                    {
+                        "run": run_label(s),
+                        "metric": m,
+                        "layer": int(layer),
+                        "depth": float(layer / max(s.n_layers, 1)),
+                        "x": float(x),
+                        "value": float(v),
+                    }
+                )
     return rows
 
 
@@ -472,11 +523,15 @@ def prediction_rows(cmp: ComparisonResult) -> list[dict[str, Any]]:
     pa, pb = cmp.predictions_a, cmp.predictions_b
     rows = []
     for i in range(max(len(pa.tokens), len(pb.tokens))):
-        rows.append({"rank": i + 1,
-                     "A": pa.tokens[i] if i < len(pa.tokens) else None,
-                     "p(A)": pa.probabilities[i] if i < len(pa.probabilities) else None,
-                     "B": pb.tokens[i] if i < len(pb.tokens) else None,
-                     "p(B)": pb.probabilities[i] if i < len(pb.probabilities) else None})
+        rows.append(
+            {
+                "rank": i + 1,
+                "A": pa.tokens[i] if i < len(pa.tokens) else None,
+                "p(A)": pa.probabilities[i] if i < len(pa.probabilities) else None,
+                "B": pb.tokens[i] if i < len(pb.tokens) else None,
+                "p(B)": pb.probabilities[i] if i < len(pb.probabilities) else None,
+            }
+        )
     return rows
 
 
@@ -485,20 +540,30 @@ def prediction_rows(cmp: ComparisonResult) -> list[dict[str, Any]]:
 
 #: The comparison's figures: bundle name → (title, caption). Written only where defined.
 FIGURES: dict[str, tuple[str, str]] = {
-    "plots/metrics_overlay.png": ("Layer metrics of run A and run B",
-                                  ("The five layer metrics of both runs, on relative depth (layer / number of "
-                                   "layers) when the layer counts differ, else on absolute layers.")),
-    "plots/cka.png": ("Linear CKA between the layers of A and B",
-                      ("Linear CKA (centred, Kornblith et al. 2019) of every layer of A against every layer of B "
-                       "over the same tokens; 1 = same token geometry up to rotation and scale.")),
-    "plots/cka_debiased.png": ("Debiased linear CKA between the layers of A and B",
-                               ("The same with the unbiased HSIC estimator: independent representations score "
-                                "near 0.")),
+    "plots/metrics_overlay.png": (
+        "Layer metrics of run A and run B",
+        (
+            "The five layer metrics of both runs, on relative depth (layer / number of "
+            "layers) when the layer counts differ, else on absolute layers."
+        ),
+    ),
+    "plots/cka.png": (
+        "Linear CKA between the layers of A and B",
+        (
+            "Linear CKA (centred, Kornblith et al. 2019) of every layer of A against every layer of B "
+            "over the same tokens; 1 = same token geometry up to rotation and scale."
+        ),
+    ),
+    "plots/cka_debiased.png": (
+        "Debiased linear CKA between the layers of A and B",
+        ("The same with the unbiased HSIC estimator: independent representations score near 0."),
+    ),
     "plots/layer_cka_a.png": ("Layer × layer CKA within run A", "How far run A's representation moves between layers."),
     "plots/layer_cka_b.png": ("Layer × layer CKA within run B", "How far run B's representation moves between layers."),
-    "plots/entropy_difference.png": ("Attention entropy, B − A",
-                                     ("Per-head attention entropy of B minus A (nats; red: B spreads its attention "
-                                      "more). Same architecture only.")),
+    "plots/entropy_difference.png": (
+        "Attention entropy, B − A",
+        ("Per-head attention entropy of B minus A (nats; red: B spreads its attention more). Same architecture only."),
+    ),
 }
 
 
@@ -517,8 +582,7 @@ def overlay_figure(cmp: ComparisonResult, axis: str | None = None) -> Figure:
         if domain is not None:  # the metric's axis rule, as on the Overall page (from 0; [0, 1] for cosines)
             ax.set_ylim(*domain)
         ax.set_title(metric_label(m), fontsize=9)
-        ax.set_xlabel("relative depth (layer / layers)" if axis == "relative" else "layer (0 = embeddings)",
-                      fontsize=8)
+        ax.set_xlabel("relative depth (layer / layers)" if axis == "relative" else "layer (0 = embeddings)", fontsize=8)
         if axis == "absolute":
             from matplotlib.ticker import MaxNLocator
 
@@ -544,8 +608,15 @@ def cka_figure(matrix: np.ndarray, y_label: str, x_label: str, title: str) -> Fi
         for i in range(M.shape[0]):
             for j in range(M.shape[1]):
                 if np.isfinite(M[i, j]):
-                    ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                            color="black" if M[i, j] > 0.6 else "white")
+                    ax.text(
+                        j,
+                        i,
+                        f"{M[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="black" if M[i, j] > 0.6 else "white",
+                    )
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -569,8 +640,16 @@ def entropy_difference_figure(diff: np.ndarray, title: str) -> Figure:
     lim = float(np.nanmax(np.abs(D))) if np.isfinite(D).any() else 0.0
     lim = lim if lim > 0 else 1.0
     L, H = D.shape  # attention blocks 0 … L−1 are shown as layers 1 … L (core.chart_spec.block_number)
-    im = ax.imshow(D, origin="upper", cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest",
-                   extent=(-0.5, H - 0.5, chart_spec.block_number(L - 1) + 0.5, chart_spec.block_number(0) - 0.5))
+    im = ax.imshow(
+        D,
+        origin="upper",
+        cmap="RdBu_r",
+        vmin=-lim,
+        vmax=lim,
+        aspect="auto",
+        interpolation="nearest",
+        extent=(-0.5, H - 0.5, chart_spec.block_number(L - 1) + 0.5, chart_spec.block_number(0) - 0.5),
+    )
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -586,8 +665,9 @@ def entropy_difference_figure(diff: np.ndarray, title: str) -> Figure:
     return fig
 
 
-def comparison_plots(cmp: ComparisonResult, result_a: AnalysisResult | None = None,
-                     result_b: AnalysisResult | None = None) -> dict[str, bytes]:
+def comparison_plots(
+    cmp: ComparisonResult, result_a: AnalysisResult | None = None, result_b: AnalysisResult | None = None
+) -> dict[str, bytes]:
     """{bundle name: PNG bytes} of every comparison figure that is defined (the layer × layer CKA of each run
     only when its result, with hidden states, is given)."""
     out = {"plots/metrics_overlay.png": plotting.png(overlay_figure(cmp))}
@@ -600,8 +680,9 @@ def comparison_plots(cmp: ComparisonResult, result_a: AnalysisResult | None = No
         if r is not None and r.n_tokens >= MIN_TOKENS_CKA:
             out[name] = plotting.png(cka_figure(layer_cka(r), "layer", "layer", f"Linear CKA within run {label}"))
     if cmp.entropy_diff is not None:
-        out["plots/entropy_difference.png"] = plotting.png(entropy_difference_figure(cmp.entropy_diff,
-                                                                             "Attention entropy, B − A"))
+        out["plots/entropy_difference.png"] = plotting.png(
+            entropy_difference_figure(cmp.entropy_diff, "Attention entropy, B − A")
+        )
     return out
 
 
@@ -627,15 +708,33 @@ class _Page:
         self.fig = plotting.figure(*A4)
         self.y = 0.95
 
-    def line(self, text: str, size: float = 8.5, bold: bool = False, gap: float = 1.0, width: int = 110,
-             colour: str = "black", mono: bool = False) -> None:
+    def line(
+        self,
+        text: str,
+        size: float = 8.5,
+        bold: bool = False,
+        gap: float = 1.0,
+        width: int = 110,
+        colour: str = "black",
+        mono: bool = False,
+    ) -> None:
         import textwrap
 
         for piece in textwrap.wrap(text, width=width, replace_whitespace=False) or [""]:
             if self.y < 0.04:
                 return
-            self.fig.text(0.07, self.y, piece, fontsize=size, weight="bold" if bold else "normal", color=colour,
-                          va="top", ha="left", parse_math=False, family="monospace" if mono else "sans-serif")
+            self.fig.text(
+                0.07,
+                self.y,
+                piece,
+                fontsize=size,
+                weight="bold" if bold else "normal",
+                color=colour,
+                va="top",
+                ha="left",
+                parse_math=False,
+                family="monospace" if mono else "sans-serif",
+            )
             self.y -= 0.0165 * size / 8.5 * gap
 
     def space(self, amount: float = 0.01) -> None:
@@ -660,33 +759,49 @@ def summary_page(cmp: ComparisonResult) -> bytes:
     p.line("Transformer Model Analysis — comparison of two runs", size=15, bold=True, gap=1.6)
     for s in cmp.runs:
         p.line(f"Run {s.label}: {s.model_id}", size=10, bold=True, gap=1.3)
-        p.line(f"{s.family.replace('_', ' ')} · {s.architecture} · {s.n_layers} layers × {s.n_heads} heads · "
-               f"hidden {s.hidden_size} · {s.dtype} · {len(s.tokens)} tokens · metrics over {s.metric_tokens}")
+        p.line(
+            f"{s.family.replace('_', ' ')} · {s.architecture} · {s.n_layers} layers × {s.n_heads} heads · "
+            f"hidden {s.hidden_size} · {s.dtype} · {len(s.tokens)} tokens · metrics over {s.metric_tokens}"
+        )
         p.line(f"Text: {_clip(s.text)}")
         p.space()
     p.line("What is compared", size=10, bold=True, gap=1.3)
     if cmp.cka is not None:
-        p.line(f"Linear CKA between every layer of A and every layer of B over {cmp.cka_tokens} shared tokens "
-               f"(plots/cka.png, cka.csv). {cmp.cka_note}")
+        p.line(
+            f"Linear CKA between every layer of A and every layer of B over {cmp.cka_tokens} shared tokens "
+            f"(plots/cka.png, cka.csv). {cmp.cka_note}"
+        )
         if cmp.a.n_layers == cmp.b.n_layers:
             p.line("Same layer in both runs: " + ", ".join(f"{i}: {v:.2f}" for i, v in enumerate(np.diag(cmp.cka))))
     else:
         p.line(cmp.cka_unavailable_reason)
-    p.line("Attention-entropy difference (plots/entropy_difference.png)." if cmp.entropy_diff is not None
-           else cmp.entropy_unavailable_reason)
-    p.line(f"Layer metrics overlaid on {'relative depth' if cmp.default_axis == 'relative' else 'absolute layers'} "
-           f"(plots/metrics_overlay.png).")
+    p.line(
+        "Attention-entropy difference (plots/entropy_difference.png)."
+        if cmp.entropy_diff is not None
+        else cmp.entropy_unavailable_reason
+    )
+    p.line(
+        f"Layer metrics overlaid on {'relative depth' if cmp.default_axis == 'relative' else 'absolute layers'} "
+        f"(plots/metrics_overlay.png)."
+    )
     if cmp.attribution_agreement:
-        p.line("Token attribution, Spearman ρ between A and B: "
-               + ", ".join(f"{m} {_fmt(v)}" for m, v in cmp.attribution_agreement.items()))
+        p.line(
+            "Token attribution, Spearman ρ between A and B: "
+            + ", ".join(f"{m} {_fmt(v)}" for m, v in cmp.attribution_agreement.items())
+        )
     p.space()
     p.line("Predictions side by side", size=10, bold=True, gap=1.3)
     rows = prediction_rows(cmp)
     if rows:
         p.line(f"{'rank':<6}{'A':<28}{'p(A)':<10}{'B':<28}{'p(B)':<10}", size=7.5, bold=True, mono=True)
         for r in rows[:10]:
-            p.line(f"{r['rank']:<6}{repr(r['A'])[:26]:<28}{_fmt(r['p(A)']):<10}{repr(r['B'])[:26]:<28}"
-                   f"{_fmt(r['p(B)']):<10}", size=7.5, mono=True, width=140)
+            p.line(
+                f"{r['rank']:<6}{repr(r['A'])[:26]:<28}{_fmt(r['p(A)']):<10}{repr(r['B'])[:26]:<28}"
+                f"{_fmt(r['p(B)']):<10}",
+                size=7.5,
+                mono=True,
+                width=140,
+            )
     for label, side in (("A", cmp.predictions_a), ("B", cmp.predictions_b)):
         if side.message:
             p.line(f"Run {label}: {side.message}", size=8)
@@ -695,8 +810,11 @@ def summary_page(cmp: ComparisonResult) -> bytes:
     p.line(formula_text("linear_cka"), size=7.5)
     p.line(caption("linear_cka"), size=8)
     p.space()
-    p.line("The full reports of run A and run B follow (the same as a/report.pdf and b/report.pdf).", size=8,
-           colour="#555555")
+    p.line(
+        "The full reports of run A and run B follow (the same as a/report.pdf and b/report.pdf).",
+        size=8,
+        colour="#555555",
+    )
     return _pdf(p.fig)
 
 
@@ -718,8 +836,9 @@ def comparison_report(cmp: ComparisonResult, files: dict[str, bytes]) -> bytes:
             ax = fig.add_axes((0.04, 1.0 / fig.get_figheight(), 0.92, 1 - 1.15 / fig.get_figheight()))
             ax.imshow(img)
             ax.axis("off")
-            fig.text(0.05, 0.9 / fig.get_figheight(), f"{name}: {text}", fontsize=7, va="top", wrap=True,
-                     parse_math=False)
+            fig.text(
+                0.05, 0.9 / fig.get_figheight(), f"{name}: {text}", fontsize=7, va="top", wrap=True, parse_math=False
+            )
             figures.append((title, _pdf(fig)))
     writer = PdfWriter()
     parts = [("Comparison", summary_page(cmp)), *figures]
@@ -730,16 +849,22 @@ def comparison_report(cmp: ComparisonResult, files: dict[str, bytes]) -> bytes:
         start = len(writer.pages)
         writer.append(PdfReader(io.BytesIO(data)))
         writer.add_outline_item(title=label, page_number=start)
-    writer.add_metadata({"/Title": "Transformer Model Analysis - comparison",
-                         "/Creator": "Transformer Model Analysis Dashboard"})
+    writer.add_metadata(
+        {"/Title": "Transformer Model Analysis - comparison", "/Creator": "Transformer Model Analysis Dashboard"}
+    )
     buf = io.BytesIO()
     writer.write(buf)
     return buf.getvalue()
 
 
-def comparison_files(result_a: AnalysisResult, result_b: AnalysisResult, cmp: ComparisonResult | None = None, *,
-                     bundle: Callable[[AnalysisResult], dict[str, bytes]] | None = None,
-                     debiased_csv: bool = False) -> dict[str, bytes]:
+def comparison_files(
+    result_a: AnalysisResult,
+    result_b: AnalysisResult,
+    cmp: ComparisonResult | None = None,
+    *,
+    bundle: Callable[[AnalysisResult], dict[str, bytes]] | None = None,
+    debiased_csv: bool = False,
+) -> dict[str, bytes]:
     """Every file of the comparison bundle as {safe name: bytes}: a/… and b/… (each run's own bundle, made by
     `bundle(result) -> dict[str, bytes]`, e.g. core.bundle.bundle_files), comparison.json, cka.csv (exactly
     `layer_a,layer_b,cka`, only when CKA is defined; the debiased values with debiased_csv), plots/*.png and

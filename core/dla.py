@@ -31,8 +31,8 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -66,9 +66,11 @@ PROMOTE_K = 10
 #: copies what it keeps there), so the bound holds on every device.
 PROMOTE_MAX_MACS_CPU: float | None = 4e9
 
-DLA_METHOD = ("parts of the residual stream at the target position (embedding output, each head's slice through "
-              "the attention output projection, attention output biases, MLP outputs, norm shifts) read through the "
-              "norms with their statistics frozen at the actual run and through the unembedding row of the token")
+DLA_METHOD = (
+    "parts of the residual stream at the target position (embedding output, each head's slice through "
+    "the attention output projection, attention output biases, MLP outputs, norm shifts) read through the "
+    "norms with their statistics frozen at the actual run and through the unembedding row of the token"
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -113,9 +115,9 @@ def decomposition_pass(loaded: LoadedModel, input_ids: torch.Tensor, attention_m
 
     parts = model_parts(loaded.model)
     L = parts.n_layers
-    keep: dict[str, list[torch.Tensor | None]] = {k: [None] * L for k in
-                                                  ("z", "attn_out", "v", "mlp_out", "attn_update", "mlp_update",
-                                                   "attn_sum", "mlp_sum")}
+    keep: dict[str, list[torch.Tensor | None]] = {
+        k: [None] * L for k in ("z", "attn_out", "v", "mlp_out", "attn_update", "mlp_update", "attn_sum", "mlp_sum")
+    }
     other: dict[str, torch.Tensor] = {}
     handles = []
 
@@ -123,17 +125,20 @@ def decomposition_pass(loaded: LoadedModel, input_ids: torch.Tensor, attention_m
         def hook(_m: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             x = args[0] if take_input else (output[0] if isinstance(output, tuple) else output)
             keep[name][layer] = x.detach()
+
         return hook
 
     def proj_hook(layer: int) -> Callable[..., None]:
         def hook(_m: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             keep["z"][layer] = args[0].detach()[0]
             keep["attn_out"][layer] = output.detach()[0]
+
         return hook
 
     def grab(name: str) -> Callable[..., None]:
         def hook(_m: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             other[name] = (args[0] if name == "final_in" else output).detach()
+
         return hook
 
     try:
@@ -154,8 +159,13 @@ def decomposition_pass(loaded: LoadedModel, input_ids: torch.Tensor, attention_m
         if parts.head_dense is not None:
             handles.append(parts.head_dense.register_forward_hook(grab("head_pre")))
         with torch.inference_mode():
-            out = loaded.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                               output_attentions=True, return_dict=True)
+            out = loaded.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                output_hidden_states=True,
+                output_attentions=True,
+                return_dict=True,
+            )
     finally:
         for h in handles:
             h.remove()
@@ -181,7 +191,7 @@ def decomposition_pass(loaded: LoadedModel, input_ids: torch.Tensor, attention_m
     resid_pre = torch.stack(hs[:L])
     if parts.residual == "post_ln":
         attn_sum, mlp_sum = stack("attn_sum"), stack("mlp_sum")
-        resid_post = torch.stack(hs[1:L + 1])
+        resid_post = torch.stack(hs[1 : L + 1])
         resid_mid = mlp_sum - mlp_update
     else:
         resid_mid = resid_pre + attn_update
@@ -191,10 +201,25 @@ def decomposition_pass(loaded: LoadedModel, input_ids: torch.Tensor, attention_m
     logits = out.logits[0].float().cpu() if getattr(out, "logits", None) is not None else None
     head_pre = other["head_pre"][0].float().cpu() if "head_pre" in other else None
     att = torch.stack([a[0].float().cpu() for a in out.attentions])
-    return Decomposition(parts=parts, embed=hs[0], resid_pre=resid_pre, z=z, attn_out=attn_out, values=values,
-                         mlp_out=mlp_out, attn_update=attn_update, mlp_update=mlp_update, attn_sum=attn_sum,
-                         mlp_sum=mlp_sum, resid_mid=resid_mid, resid_post=resid_post, final_in=final_in,
-                         attentions=att, logits=logits, head_pre=head_pre)
+    return Decomposition(
+        parts=parts,
+        embed=hs[0],
+        resid_pre=resid_pre,
+        z=z,
+        attn_out=attn_out,
+        values=values,
+        mlp_out=mlp_out,
+        attn_update=attn_update,
+        mlp_update=mlp_update,
+        attn_sum=attn_sum,
+        mlp_sum=mlp_sum,
+        resid_mid=resid_mid,
+        resid_post=resid_post,
+        final_in=final_in,
+        attentions=att,
+        logits=logits,
+        head_pre=head_pre,
+    )
 
 
 _PASS_LOCK = threading.Lock()
@@ -276,6 +301,7 @@ def _carry(dec: Decomposition, t: int) -> Carried:
             return V
         add(layer, "bias")
         return torch.cat([V, shift[None]])
+
     for l, b in enumerate(P.blocks):
         W = P.head_out_weights(b).detach().float().cpu()  # [H, dh, D]
         zt = dec.z[l, t].reshape(H, dh)
@@ -321,8 +347,9 @@ def _carry(dec: Decomposition, t: int) -> Carried:
         if P.head_act is not None:
             u = dec.head_pre[t] if dec.head_pre is not None else V.sum(0)
             act = P.head_act(u[None])[0].float()
-            gate = torch.where(u.abs() > 1e-12, act / torch.where(u.abs() > 1e-12, u, torch.ones_like(u)),
-                               torch.full_like(u, 0.5))
+            gate = torch.where(
+                u.abs() > 1e-12, act / torch.where(u.abs() > 1e-12, u, torch.ones_like(u)), torch.full_like(u, 0.5)
+            )
             V = V * gate
         if P.head_norm is not None:
             V, shift = _frozen(V, P.head_norm, V.sum(0))
@@ -344,8 +371,9 @@ def softcap_ratio(P: ModelParts, z: torch.Tensor) -> torch.Tensor:
     if P.logit_softcap is None:
         return torch.ones_like(z)
     capped = P.transform_logits(z)
-    return torch.where(z.abs() > 1e-12, capped / torch.where(z.abs() > 1e-12, z, torch.ones_like(z)),
-                       torch.ones_like(z))
+    return torch.where(
+        z.abs() > 1e-12, capped / torch.where(z.abs() > 1e-12, z, torch.ones_like(z)), torch.ones_like(z)
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -418,8 +446,9 @@ class DLASection:
 
     def table_rows(self) -> list[tuple[int, str, int, float]]:
         """(layer, component, head, logit) rows in order: the CSV."""
-        return [(int(l), c, int(h), float(v)) for l, c, h, v in zip(self.layers, self.components, self.heads,
-                                                                    self.values)]
+        return [
+            (int(l), c, int(h), float(v)) for l, c, h, v in zip(self.layers, self.components, self.heads, self.values)
+        ]
 
 
 def _topk(logits: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -428,8 +457,12 @@ def _topk(logits: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     k = min(k, logits.shape[-1])
     up_v, up_i = torch.topk(logits, k, dim=-1)
     dn_v, dn_i = torch.topk(-logits, k, dim=-1)
-    return (up_i.numpy().astype(np.int64), up_v.double().numpy(), dn_i.numpy().astype(np.int64),
-            (-dn_v).double().numpy())
+    return (
+        up_i.numpy().astype(np.int64),
+        up_v.double().numpy(),
+        dn_i.numpy().astype(np.int64),
+        (-dn_v).double().numpy(),
+    )
 
 
 def block_update_rows(c: Carried, n_layers: int) -> torch.Tensor:
@@ -444,8 +477,13 @@ def block_update_rows(c: Carried, n_layers: int) -> torch.Tensor:
             out[l - 1, 0] += c.vectors[i]
         elif comp == "mlp":
             out[l - 1, 1] += c.vectors[i]
-        elif comp == "bias" and 1 <= l <= n_layers and l not in seen_attn_bias and i > 0 \
-                and c.components[i - 1] == "attention":
+        elif (
+            comp == "bias"
+            and 1 <= l <= n_layers
+            and l not in seen_attn_bias
+            and i > 0
+            and c.components[i - 1] == "attention"
+        ):
             out[l - 1, 0] += c.vectors[i]  # the attention output bias (or Gemma's norm shift) right after the heads
             seen_attn_bias.add(l)
     return out
@@ -463,14 +501,17 @@ def promote_window(T: int, position: int, L: int, D: int, V: int) -> list[int]:
     return list(range(c0, c1))
 
 
-def compute_dla(dec: Decomposition, position: int, token_id: int, tokenizer: object, *,
-                k: int = PROMOTE_K) -> DLASection:
+def compute_dla(
+    dec: Decomposition, position: int, token_id: int, tokenizer: object, *, k: int = PROMOTE_K
+) -> DLASection:
     """DLA of `token_id` at `position` plus the promoted / suppressed tables (see DLASection)."""
     import torch
 
     P = dec.parts
     if not P.has_head:
-        raise ArchitectureNotSupported(P.architecture, "direct logit attribution (the model has no language-model head)")
+        raise ArchitectureNotSupported(
+            P.architecture, "direct logit attribution (the model has no language-model head)"
+        )
     W_U, b_U = _unembed_weight(P)
     L, H = P.n_layers, P.heads.n_heads
     T = dec.embed.shape[0]
@@ -505,21 +546,41 @@ def compute_dla(dec: Decomposition, position: int, token_id: int, tokenizer: obj
     texts = {str(i): _text(tokenizer, i) for i in sorted(ids)}
     notes = []
     if P.residual == "post_ln":
-        notes.append("post-LN model: every part passes through each later layer's LayerNorm with its statistics "
-                     "frozen at this run, and the masked-LM head's GELU gate is frozen too; the parts sum to the logit "
-                     "exactly, but a part's value depends on that freezing more than in a pre-LN model")
+        notes.append(
+            "post-LN model: every part passes through each later layer's LayerNorm with its statistics "
+            "frozen at this run, and the masked-LM head's GELU gate is frozen too; the parts sum to the logit "
+            "exactly, but a part's value depends on that freezing more than in a pre-LN model"
+        )
     if P.logit_softcap is not None:
-        notes.append(f"the final soft-cap {P.logit_softcap:g}·tanh(z/{P.logit_softcap:g}) scales every part by the "
-                     "same factor cap(z)/z; promoted / suppressed tokens are read before the cap")
+        notes.append(
+            f"the final soft-cap {P.logit_softcap:g}·tanh(z/{P.logit_softcap:g}) scales every part by the "
+            "same factor cap(z)/z; promoted / suppressed tokens are read before the cap"
+        )
     return DLASection(
-        position=int(position), token_id=int(token_id), token=texts[str(int(token_id))], logit=model_logit,
-        n_layers=L, n_heads=H, layers=np.asarray(layers, dtype=np.int64), components=comps,
-        heads=np.asarray(heads, dtype=np.int64), values=vals.double().numpy(), sum_abs_error=err,
-        promote_positions=positions, promote_block_ids=np.stack(bi), promote_block_logits=np.stack(bl),
-        demote_block_ids=np.stack(di), demote_block_logits=np.stack(dl),
-        promote_head_ids=hi.reshape(L, H, -1), promote_head_logits=hl.reshape(L, H, -1),
-        demote_head_ids=hdi.reshape(L, H, -1), demote_head_logits=hdl.reshape(L, H, -1),
-        token_texts=texts, residual=P.residual, notes=notes)
+        position=int(position),
+        token_id=int(token_id),
+        token=texts[str(int(token_id))],
+        logit=model_logit,
+        n_layers=L,
+        n_heads=H,
+        layers=np.asarray(layers, dtype=np.int64),
+        components=comps,
+        heads=np.asarray(heads, dtype=np.int64),
+        values=vals.double().numpy(),
+        sum_abs_error=err,
+        promote_positions=positions,
+        promote_block_ids=np.stack(bi),
+        promote_block_logits=np.stack(bl),
+        demote_block_ids=np.stack(di),
+        demote_block_logits=np.stack(dl),
+        promote_head_ids=hi.reshape(L, H, -1),
+        promote_head_logits=hl.reshape(L, H, -1),
+        demote_head_ids=hdi.reshape(L, H, -1),
+        demote_head_logits=hdl.reshape(L, H, -1),
+        token_texts=texts,
+        residual=P.residual,
+        notes=notes,
+    )
 
 
 def _text(tokenizer: object, i: int) -> str:
@@ -548,6 +609,8 @@ def run_dla(ctx: StepContext) -> DLASection | None:
         return None
     tol = (1e-4 if ctx.loaded.dtype == "float32" else 3e-2) * max(1.0, abs(sec.logit))
     if sec.sum_abs_error > tol:
-        ctx.warn(f"direct logit attribution: the parts sum to {sec.logit + sec.sum_abs_error:.4g} or "
-                 f"{sec.logit - sec.sum_abs_error:.4g}, not the logit {sec.logit:.4g} ({ctx.loaded.dtype} rounding)")
+        ctx.warn(
+            f"direct logit attribution: the parts sum to {sec.logit + sec.sum_abs_error:.4g} or "
+            f"{sec.logit - sec.sum_abs_error:.4g}, not the logit {sec.logit:.4g} ({ctx.loaded.dtype} rounding)"
+        )
     return sec

@@ -18,8 +18,13 @@ from .runs import save_run
 log = logging.getLogger(__name__)
 
 
-def build_zip(result: AnalysisResult, options: ExportOptions | None = None, *, save: bool = False,
-              runs_root: str | Path | None = None) -> bytes:
+def build_zip(
+    result: AnalysisResult,
+    options: ExportOptions | None = None,
+    *,
+    save: bool = False,
+    runs_root: str | Path | None = None,
+) -> bytes:
     """The analysis bundle as ZIP bytes. With save=True the same files are also kept under assets/runs/<run-id>/
     (core.runs.save_run, bounded retention)."""
     files = bundle_files(result, options)
@@ -28,8 +33,13 @@ def build_zip(result: AnalysisResult, options: ExportOptions | None = None, *, s
     return zip_bytes(files)
 
 
-def export_run(result: AnalysisResult, out: str | Path, options: ExportOptions | None = None, save: bool = True,
-               runs_root: str | Path | None = None) -> tuple[Path, Path | None]:
+def export_run(
+    result: AnalysisResult,
+    out: str | Path,
+    options: ExportOptions | None = None,
+    save: bool = True,
+    runs_root: str | Path | None = None,
+) -> tuple[Path, Path | None]:
     """The CLI's export: build the bundle once, write it to `out` (.zip or folder) and, with save=True, keep a copy
     under assets/runs/<run-id>/. Returns (out, run folder or None). A run copy that cannot be written (read-only
     disk) is logged, never fatal."""

@@ -48,7 +48,7 @@ def _ranks(x: np.ndarray) -> np.ndarray:
         j = i
         while j + 1 < len(v) and sv[j + 1] == sv[i]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     out[ok] = ranks
     return out
@@ -114,8 +114,12 @@ def summary_figures(result: AnalysisResult) -> dict[str, int | float | None]:
     """
     m = _metrics(result)
     n_used = metric_token_count(result)
-    out: dict[str, int | float | None] = {"layers": int(result.n_layers), "tokens": int(result.n_tokens), "metric_tokens": n_used,
-                           "token_bound": max(n_used - 1, 0)}
+    out: dict[str, int | float | None] = {
+        "layers": int(result.n_layers),
+        "tokens": int(result.n_tokens),
+        "metric_tokens": n_used,
+        "token_bound": max(n_used - 1, 0),
+    }
     for n in METRIC_NAMES:
         x = m[n]
         ok = not np.all(np.isnan(x))
@@ -161,7 +165,7 @@ def layer_metrics_figure(result: AnalysisResult) -> Figure:
     fig = plotting.figure(11.0, 3.0 * rows)
     axes = list(fig.subplots(rows, cols, squeeze=False).flat)  # a list: the spare panels and the zip both read it
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.1, top=0.86, wspace=0.28, hspace=0.55)  # fixed layout
-    for ax in axes[len(METRIC_NAMES):]:
+    for ax in axes[len(METRIC_NAMES) :]:
         ax.axis("off")
     layers = np.arange(len(m[METRIC_NAMES[0]]))
     for ax, n in zip(axes, METRIC_NAMES):
@@ -182,12 +186,21 @@ def layer_metrics_figure(result: AnalysisResult) -> Figure:
         ax.set_ylim(*domain)
         for line in chart_spec.visible_lines(n, bound, domain):
             ax.axhline(line.value, ls="--", lw=1, color="#888888")
-            ax.text(0.99, line.value, line.label, ha="right", va="bottom", fontsize=7, color="#666666",
-                    transform=ax.get_yaxis_transform())
+            ax.text(
+                0.99,
+                line.value,
+                line.label,
+                ha="right",
+                va="bottom",
+                fontsize=7,
+                color="#666666",
+                transform=ax.get_yaxis_transform(),
+            )
         note = chart_spec.ceiling_note(n, bound, domain)
         if note:
-            ax.text(1.0, 1.01, f"↑ {note}", ha="right", va="bottom", fontsize=7, color="#666666",
-                    transform=ax.transAxes)
+            ax.text(
+                1.0, 1.01, f"↑ {note}", ha="right", va="bottom", fontsize=7, color="#666666", transform=ax.transAxes
+            )
         if spec.integer:
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
             ax.yaxis.set_major_formatter(FormatStrFormatter("%d"))
@@ -198,8 +211,11 @@ def layer_metrics_figure(result: AnalysisResult) -> Figure:
         if spec.unit:
             ax.set_ylabel(spec.unit, fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Layer metrics - {result.model.model_id} · "
-                 f"{chart_spec.metric_tokens_phrase(result.n_tokens, n_used, excluded)}", fontsize=10)
+    fig.suptitle(
+        f"Layer metrics - {result.model.model_id} · "
+        f"{chart_spec.metric_tokens_phrase(result.n_tokens, n_used, excluded)}",
+        fontsize=10,
+    )
     return fig
 
 
@@ -216,8 +232,15 @@ def correlation_figure(result: AnalysisResult, method: str = "pearson") -> Figur
     for i in range(len(labels)):
         for j in range(len(labels)):
             txt = "–" if np.isnan(C[i, j]) else f"{C[i, j]:.2f}"
-            ax.text(j, i, txt, ha="center", va="center", fontsize=7,
-                    color="white" if not np.isnan(C[i, j]) and abs(C[i, j]) > 0.6 else "black")
+            ax.text(
+                j,
+                i,
+                txt,
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if not np.isnan(C[i, j]) and abs(C[i, j]) > 0.6 else "black",
+            )
     fig.colorbar(im, cax=cax)
     name = "Pearson r" if method == "pearson" else "Spearman ρ"
     ax.set_title(f"Metric correlation across layers ({name})", fontsize=9)

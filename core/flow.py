@@ -17,9 +17,9 @@ share equally). The edge j → i of block l carries the contribution of z_{j→i
 HEAD_STORE_MIN, each head's part A^h_ij v^h_j W_O^h gets its proximity under the same normaliser as y's parts (the
 tooltips and flow_edges.csv): these head rows show which heads carry an edge; being proximities of sub-parts they
 need not add up to the edge's weight exactly. (The LLM Transparency Tool makes every (token, head) pair a part and
-sums over heads; that costs H times more — 12× on GPT-2 small — for the same graph in most cases.) The graph keeps the edges whose weight
-is at least a threshold (default 0.04, as in the LLM Transparency Tool) that are reachable backwards from the chosen
-token's last state, down to the embeddings.
+sums over heads; that costs H times more — 12× on GPT-2 small — for the same graph in most cases.) The graph keeps
+the edges whose weight is at least a threshold (default 0.04, as in the LLM Transparency Tool) that are reachable
+backwards from the chosen token's last state, down to the embeddings.
 
 Everything is computed once from the decomposition pass (`core.dla.decomposition_pass`): the page's threshold and
 token widgets only prune the stored contributions, they run no model.
@@ -170,8 +170,9 @@ class FlowSection:
             frontier = nxt
         return edges
 
-    def csv_rows(self, position: int | None = None, threshold: float | None = None
-                 ) -> list[tuple[int, str, str, str, int, float]]:
+    def csv_rows(
+        self, position: int | None = None, threshold: float | None = None
+    ) -> list[tuple[int, str, str, str, int, float]]:
         """flow_edges.csv rows (layer, source, target, kind, head, weight): the kept edges, head −1, with the edge
         weight; each attention edge is followed by one row per head whose part is stored (≥ HEAD_STORE_MIN) with
         that head's proximity share (see the module docstring)."""
@@ -203,13 +204,15 @@ def describe_node(node: str, tokens: Iterable[str]) -> str:
     kind, layer, t = node_position(node)
     toks = list(tokens)
     tok = toks[t] if 0 <= t < len(toks) else "?"
-    what = {"x": "embedding" if layer == 0 else f"after block {layer}", "a": f"after attention of block {layer}",
-            "m": f"MLP of block {layer}"}[kind]
+    what = {
+        "x": "embedding" if layer == 0 else f"after block {layer}",
+        "a": f"after attention of block {layer}",
+        "m": f"MLP of block {layer}",
+    }[kind]
     return f"{tok!r} (position {t}), {what}"
 
 
-def compute_flow(dec: Decomposition, tokens: list[str], position: int,
-                 chunk_floats: int = CHUNK_FLOATS) -> FlowSection:
+def compute_flow(dec: Decomposition, tokens: list[str], position: int, chunk_floats: int = CHUNK_FLOATS) -> FlowSection:
     """All contributions of the decomposition pass `dec` (see the module docstring). Cost per block: the [T, T, D]
     token parts in chunks of queries (only the sources a query attends to: causal models skip the upper triangle),
     plus the head parts of the edges ≥ HEAD_STORE_MIN."""
@@ -291,12 +294,27 @@ def compute_flow(dec: Decomposition, tokens: list[str], position: int,
 
     notes = []
     if P.residual == "post_ln":
-        notes.append("post-LN model: each state is split as the sum its residual LayerNorm receives (x + update), "
-                     "before the norm")
-    return FlowSection(n_layers=L, n_heads=H, tokens=list(tokens), attn=attn, attn_residual=attn_res,
-                       attn_bias=attn_bias, mlp=mlp, mlp_residual=mlp_res, head_layer=cat(hl, np.int32),
-                       head_target=cat(ht, np.int32), head_source=cat(hs, np.int32), head_index=cat(hh, np.int32),
-                       head_weight=cat(hw, np.float32), position=int(position), notes=notes)
+        notes.append(
+            "post-LN model: each state is split as the sum its residual LayerNorm receives (x + update), "
+            "before the norm"
+        )
+    return FlowSection(
+        n_layers=L,
+        n_heads=H,
+        tokens=list(tokens),
+        attn=attn,
+        attn_residual=attn_res,
+        attn_bias=attn_bias,
+        mlp=mlp,
+        mlp_residual=mlp_res,
+        head_layer=cat(hl, np.int32),
+        head_target=cat(ht, np.int32),
+        head_source=cat(hs, np.int32),
+        head_index=cat(hh, np.int32),
+        head_weight=cat(hw, np.float32),
+        position=int(position),
+        notes=notes,
+    )
 
 
 @dataclass(frozen=True)
@@ -334,8 +352,17 @@ def layout(section: FlowSection, edges: list[Edge]) -> tuple[list[DrawNode], lis
     nodes = []
     for n in sorted(names, key=lambda s: (node_stage(s), node_position(s)[2])):
         kind, layer, t = node_position(n)
-        nodes.append(DrawNode(node=n, x=float(t) + (0.25 if kind == "m" else 0.0), y=node_stage(n), kind=kind,
-                              layer=layer, token=section.tokens[t], label=describe_node(n, section.tokens)))
+        nodes.append(
+            DrawNode(
+                node=n,
+                x=float(t) + (0.25 if kind == "m" else 0.0),
+                y=node_stage(n),
+                kind=kind,
+                layer=layer,
+                token=section.tokens[t],
+                label=describe_node(n, section.tokens),
+            )
+        )
     pos = {d.node: (d.x, d.y) for d in nodes}
     recs = []
     for e in edges:
@@ -345,8 +372,20 @@ def layout(section: FlowSection, edges: list[Edge]) -> tuple[list[DrawNode], lis
             i, j = node_position(e.target)[2], node_position(e.source)[2]
             top = section.heads_of(e.layer, i, j)[:4]
             tip += " · heads " + ", ".join(f"{h}: {w:.3f}" for h, w in top) if top else ""
-        recs.append(DrawEdge(x=x1, y=y1, x2=x2, y2=y2, kind=e.kind, weight=e.weight, layer=e.layer, source=e.source,
-                             target=e.target, tooltip=tip))
+        recs.append(
+            DrawEdge(
+                x=x1,
+                y=y1,
+                x2=x2,
+                y2=y2,
+                kind=e.kind,
+                weight=e.weight,
+                layer=e.layer,
+                source=e.source,
+                target=e.target,
+                tooltip=tip,
+            )
+        )
     return nodes, recs
 
 

@@ -9,8 +9,8 @@ import csv
 import io
 import json
 import zipfile
-from pathlib import Path
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -157,8 +157,7 @@ def is_bundled(model_id: str) -> bool:
 def looks_like_path(model_id: str) -> bool:
     """True for ids that can only mean a file-system path (absolute, relative, home, Windows-style)."""
     s = model_id.strip()
-    return (s.startswith((".", "/", "~", "\\")) or "\\" in s or s.count("/") > 1
-            or bool(re.match(r"^[A-Za-z]:[\\/]", s)))
+    return s.startswith((".", "/", "~", "\\")) or "\\" in s or s.count("/") > 1 or bool(re.match(r"^[A-Za-z]:[\\/]", s))
 
 
 def hub_id_problem(model_id: str) -> str | None:
@@ -206,8 +205,10 @@ def check_model_id(model_id: str) -> str:
         raise BadModelIdError(f"{shown(s)} is a URL; give the model's Hugging Face id (owner/name), e.g. 'gpt2'")
     if not local_models_allowed():
         if looks_like_path(s):
-            raise RefusedError("local model folders are switched off on this server (TMA_ALLOW_LOCAL_MODELS=0); "
-                               "give a Hugging Face id (owner/name)")
+            raise RefusedError(
+                "local model folders are switched off on this server (TMA_ALLOW_LOCAL_MODELS=0); "
+                "give a Hugging Face id (owner/name)"
+            )
         problem = hub_id_problem(s)
         if problem:
             raise BadModelIdError(f"{shown(s)} is not a Hugging Face model id: {problem}")
@@ -221,8 +222,11 @@ def check_hub_id(model_id: str) -> None:
     if problem and local_models_allowed() and looks_like_path(model_id):  # a well-formed path that is not there
         raise ModelUnavailableError(f"the model folder {shown(model_id)} does not exist")
     if problem:
-        how = "neither an existing folder nor a Hugging Face model id" if local_models_allowed() else \
-            "not a Hugging Face model id"
+        how = (
+            "neither an existing folder nor a Hugging Face model id"
+            if local_models_allowed()
+            else "not a Hugging Face model id"
+        )
         raise BadModelIdError(f"{shown(model_id)} is {how}: {problem}")
 
 
@@ -231,14 +235,49 @@ def check_hub_id(model_id: str) -> None:
 
 
 #: Model types whose MLP is gated (gate, up, down projections: 3 · hidden · intermediate).
-GATED_MLP_TYPES = frozenset({
-    "llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo", "olmo2",
-    "granite", "cohere", "stablelm", "internlm2", "deepseek_v2", "smollm3", "exaone"})
+GATED_MLP_TYPES = frozenset(
+    {
+        "llama",
+        "mistral",
+        "mixtral",
+        "qwen2",
+        "qwen3",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+        "phi3",
+        "olmo",
+        "olmo2",
+        "granite",
+        "cohere",
+        "stablelm",
+        "internlm2",
+        "deepseek_v2",
+        "smollm3",
+        "exaone",
+    }
+)
 #: Model types with learned absolute positions, LayerNorm with biases and biased linear layers (GPT-2 layout).
 GPT2_TYPES = frozenset({"gpt2", "gpt_neo", "gptj", "gpt_bigcode", "opt", "codegen", "biogpt"})
 #: BERT-like encoders: learned positions + token types, post-LN, biased linear layers.
-BERT_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "electra", "camembert", "distilbert", "mpnet", "ernie",
-                        "deberta", "deberta-v2", "albert", "xlm", "megatron-bert", "nomic_bert"})
+BERT_TYPES = frozenset(
+    {
+        "bert",
+        "roberta",
+        "xlm-roberta",
+        "electra",
+        "camembert",
+        "distilbert",
+        "mpnet",
+        "ernie",
+        "deberta",
+        "deberta-v2",
+        "albert",
+        "xlm",
+        "megatron-bert",
+        "nomic_bert",
+    }
+)
 
 
 def _get(cfg: Mapping[str, Any], *names: str, default: Any = None) -> Any:
@@ -253,8 +292,11 @@ def _text_config(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
     """The language part of a composite config (e.g. a vision-language model's text_config)."""
     inner = cfg.get("text_config")
     if isinstance(inner, Mapping) and _get(inner, "hidden_size", "n_embd", "d_model") is not None:
-        return {**inner, "architectures": cfg.get("architectures"), "model_type": inner.get("model_type")
-                or cfg.get("model_type")}
+        return {
+            **inner,
+            "architectures": cfg.get("architectures"),
+            "model_type": inner.get("model_type") or cfg.get("model_type"),
+        }
     return cfg
 
 
@@ -281,11 +323,18 @@ def estimate_parameters(config: Mapping[str, Any]) -> int:
     tied = bool(cfg.get("tie_word_embeddings", True))
 
     if mt in GPT2_TYPES:
-        per_layer = (2 * d  # ln_1
-                     + d * 3 * d + 3 * d  # c_attn (q, k, v)
-                     + d * d + d  # c_proj
-                     + 2 * d  # ln_2
-                     + d * inter + inter + inter * d + d)  # mlp c_fc, c_proj
+        per_layer = (
+            2 * d  # ln_1
+            + d * 3 * d
+            + 3 * d  # c_attn (q, k, v)
+            + d * d
+            + d  # c_proj
+            + 2 * d  # ln_2
+            + d * inter
+            + inter
+            + inter * d
+            + d
+        )  # mlp c_fc, c_proj
         total = vocab * d + positions * d + n_layers * per_layer + 2 * d
         if not tied and any(a.endswith(("LMHeadModel", "ForCausalLM")) for a in archs):
             total += vocab * d
@@ -355,8 +404,10 @@ def check_parameters(model_id: str, config: Mapping[str, Any]) -> int | None:
         return None
     estimate = estimate_parameters(config)
     if estimate > limit:
-        raise RefusedError(f"{shown(model_id)} has about {human_count(estimate)} parameters; this server loads models "
-                           f"up to {human_count(limit)} (TMA_MAX_PARAMETERS)")
+        raise RefusedError(
+            f"{shown(model_id)} has about {human_count(estimate)} parameters; this server loads models "
+            f"up to {human_count(limit)} (TMA_MAX_PARAMETERS)"
+        )
     return estimate
 
 
@@ -372,8 +423,10 @@ def check_text_length(text: str, what: str = "the text") -> None:
     """InputError (visible, nothing dropped) when `text` is longer than TMA_MAX_TEXT_CHARS."""
     limit = max_text_chars()
     if len(text) > limit:
-        raise InputError(f"{what} has {_thousands(len(text))} characters; at most {_thousands(limit)} are analysed "
-                         "(TMA_MAX_TEXT_CHARS): shorten it")
+        raise InputError(
+            f"{what} has {_thousands(len(text))} characters; at most {_thousands(limit)} are analysed "
+            "(TMA_MAX_TEXT_CHARS): shorten it"
+        )
 
 
 def check_corpus_size(texts: Iterable[str]) -> None:

@@ -19,7 +19,10 @@ def hidden_states_files(result: AnalysisResult, options: ExportOptions) -> dict[
     if not options.hidden_states:
         return {}
     buf = io.BytesIO()
-    np.savez(buf, hidden_states=np.asarray(result.hidden_states).astype(np.float16),
-             token_ids=np.asarray(result.token_ids, dtype=np.int64),
-             special_mask=np.asarray(result.special_mask, dtype=bool))
+    np.savez(
+        buf,
+        hidden_states=np.asarray(result.hidden_states).astype(np.float16),
+        token_ids=np.asarray(result.token_ids, dtype=np.int64),
+        special_mask=np.asarray(result.special_mask, dtype=bool),
+    )
     return {"hidden_states.npz": buf.getvalue()}

@@ -146,9 +146,15 @@ def grid_max_positions(loaded: LoadedModel, n_layers1: int, T: int, D: int) -> i
     return max(1, int(budget // per_column))
 
 
-def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position: int, top_k: int,
-                       final_logits: Any = None, chunk_floats: int = CHUNK_FLOATS,
-                       grid_max_positions: int | None = None) -> LensSection | None:
+def compute_logit_lens(
+    loaded: LoadedModel,
+    hidden_states: np.ndarray,
+    position: int,
+    top_k: int,
+    final_logits: Any = None,
+    chunk_floats: int = CHUNK_FLOATS,
+    grid_max_positions: int | None = None,
+) -> LensSection | None:
     """Decode every layer's hidden state at every position. hidden_states: float32 [L+1, T, D].
 
     The (L+1)·T' rows (T' = the grid columns, all T unless `grid_max_positions` bounds them to a window around
@@ -215,12 +221,12 @@ def compute_logit_lens(loaded: LoadedModel, hidden_states: np.ndarray, position:
             ref = final_logits[c0:c1]
             step = max(1, chunk_floats // max(int(ref.shape[-1]), 1))
             for s0 in range(0, W, step):
-                block = ref[s0:s0 + step].float()
+                block = ref[s0 : s0 + step].float()
                 pmax, arg = torch.softmax(block, dim=-1).max(dim=-1)
                 n = block.shape[0]
-                grid_ids[last * W + s0:last * W + s0 + n] = arg.cpu()
-                grid_probs[last * W + s0:last * W + s0 + n] = pmax.double().cpu()
-            x = torch.from_numpy(np.ascontiguousarray(hidden_states[last, position:position + 1]))
+                grid_ids[last * W + s0 : last * W + s0 + n] = arg.cpu()
+                grid_probs[last * W + s0 : last * W + s0 + n] = pmax.double().cpu()
+            x = torch.from_numpy(np.ascontiguousarray(hidden_states[last, position : position + 1]))
             z_last = decode(x.to(device=head_device, dtype=model_dtype)).float()[0]
             pos_rows[last] = z_last.cpu()
             max_diff = float((z_last - final_logits[position].to(z_last.device).float()).abs().max())
@@ -281,8 +287,10 @@ def run_logit_lens(ctx: StepContext) -> LensSection | None:
     T = len(ctx.tokens)
     pos = ctx.settings.lens_position
     if pos is not None and pos >= T:
-        ctx.warn(f"lens_position {pos} is past the last token (the text has {T} tokens): the logit lens decodes "
-                 f"the target position {ctx.target_position} instead")
+        ctx.warn(
+            f"lens_position {pos} is past the last token (the text has {T} tokens): the logit lens decodes "
+            f"the target position {ctx.target_position} instead"
+        )
         pos = None
     if pos is None:
         pos = ctx.target_position
@@ -291,13 +299,16 @@ def run_logit_lens(ctx: StepContext) -> LensSection | None:
         return None
     n_layers1, _, D = ctx.hidden_states.shape
     window = None if ctx.settings.lens_full_grid else grid_max_positions(ctx.loaded, n_layers1, T, D)
-    lens = compute_logit_lens(ctx.loaded, ctx.hidden_states, pos, ctx.settings.top_k, final_logits=cap.logits,
-                              grid_max_positions=window)
+    lens = compute_logit_lens(
+        ctx.loaded, ctx.hidden_states, pos, ctx.settings.top_k, final_logits=cap.logits, grid_max_positions=window
+    )
     if lens is None:
         _, why = try_model_parts(ctx.loaded.model, "the logit lens")
         ctx.warn(why or "the logit lens is not available: this model's language-model head was not recognised")
     elif lens.last_layer_max_abs_diff > exactness_tolerance(ctx.loaded.dtype, cap.logits):
-        ctx.warn(f"the logit lens does not reproduce this model's own logits at the last layer (largest difference "
-                 f"{lens.last_layer_max_abs_diff:.3g}): its head may do more than norm + unembedding; read the lens "
-                 "with care")
+        ctx.warn(
+            f"the logit lens does not reproduce this model's own logits at the last layer (largest difference "
+            f"{lens.last_layer_max_abs_diff:.3g}): its head may do more than norm + unembedding; read the lens "
+            "with care"
+        )
     return lens

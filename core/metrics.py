@@ -8,7 +8,6 @@ Everything is computed in float64.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 #: Column order of layer_metrics.csv (after "layer").
@@ -47,7 +46,7 @@ def _effective_rank_from_s2(s2: np.ndarray) -> np.ndarray:
 
 def _participation_ratio_from_s2(s2: np.ndarray) -> np.ndarray:
     num = s2.sum(-1) ** 2
-    den = (s2 ** 2).sum(-1)
+    den = (s2**2).sum(-1)
     return np.divide(num, den, out=np.full_like(num, np.nan), where=den > 0)
 
 
@@ -109,8 +108,6 @@ def cosine_to_input(H: np.ndarray, H0: np.ndarray) -> float | np.ndarray:
     cos = num / np.maximum(den, _EPS)
     out = cos.mean(-1)
     return float(out) if np.ndim(out) == 0 else out
-
-
 
 
 def layer_metrics(hidden: np.ndarray, keep: np.ndarray | None = None) -> dict[str, np.ndarray]:

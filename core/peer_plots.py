@@ -39,7 +39,10 @@ def unavailable_line(result: AnalysisResult, section: str) -> str | None:
     for w in result.warnings:
         if PEER_VIEWS in w:
             return w
-    return f"{what} {'was' if verb == 'is' else 'were'} not computed for this result (it predates the feature or the step failed; see the warnings)"
+    return (
+        f"{what} {'was' if verb == 'is' else 'were'} not computed for this result "
+        "(it predates the feature or the step failed; see the warnings)"
+    )
 
 
 def dla_figure(dla: DLASection) -> Figure:
@@ -54,8 +57,9 @@ def dla_figure(dla: DLASection) -> Figure:
     ax = fig.add_subplot(gs[0, 0])
     ax_m = fig.add_subplot(gs[0, 1], sharey=ax)
     im = ax.imshow(heads, aspect="auto", origin="lower", cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
-    ax_m.imshow(mlp[:, None], aspect="auto", origin="lower", cmap="RdBu_r", vmin=-vmax, vmax=vmax,
-                interpolation="nearest")
+    ax_m.imshow(
+        mlp[:, None], aspect="auto", origin="lower", cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest"
+    )
     ax.set_xticks(range(H))
     ax.set_xticklabels([str(h) for h in range(H)], fontsize=7)
     ax.set_yticks(range(L))
@@ -66,9 +70,13 @@ def dla_figure(dla: DLASection) -> Figure:
     ax_m.set_xticklabels(["MLP"], fontsize=8)
     ax_m.tick_params(labelleft=False)
     fig.colorbar(im, ax=[ax, ax_m], fraction=0.04, pad=0.02, label="direct logit contribution")
-    ax.set_title(f"Direct logit attribution of '{token_label(dla.token, 16)}' at position {dla.position}\n"
-                 f"logit {dla.logit:.3g} = heads {dla.total('attention'):+.3g}, MLPs {dla.total('mlp'):+.3g}, "
-                 f"embedding {dla.total('embedding'):+.3g}, biases {dla.total('bias'):+.3g}", fontsize=9, loc="left")
+    ax.set_title(
+        f"Direct logit attribution of '{token_label(dla.token, 16)}' at position {dla.position}\n"
+        f"logit {dla.logit:.3g} = heads {dla.total('attention'):+.3g}, MLPs {dla.total('mlp'):+.3g}, "
+        f"embedding {dla.total('embedding'):+.3g}, biases {dla.total('bias'):+.3g}",
+        fontsize=9,
+        loc="left",
+    )
     return fig
 
 
@@ -83,8 +91,15 @@ def flow_figure(flow: FlowSection, position: int | None = None, threshold: float
     fig = figure(min(max(6.0, 0.32 * T + 2.0), 30.0), max(4.0, 0.55 * flow.n_layers * 2 + 1.5))
     ax = fig.add_subplot(1, 1, 1)
     for r in sorted(recs, key=lambda r: r.weight):
-        ax.plot([r.x, r.x2], [r.y, r.y2], color=KIND_COLOURS.get(r.kind, "black"), linewidth=line_width(r.weight),
-                alpha=0.75, solid_capstyle="round", zorder=1)
+        ax.plot(
+            [r.x, r.x2],
+            [r.y, r.y2],
+            color=KIND_COLOURS.get(r.kind, "black"),
+            linewidth=line_width(r.weight),
+            alpha=0.75,
+            solid_capstyle="round",
+            zorder=1,
+        )
     if nodes:
         col = ["#d62728" if n.kind == "m" else "#333333" for n in nodes]
         ax.scatter([n.x for n in nodes], [n.y for n in nodes], s=14, c=col, zorder=2)
@@ -99,15 +114,20 @@ def flow_figure(flow: FlowSection, position: int | None = None, threshold: float
     for kind, c in KIND_COLOURS.items():
         ax.plot([], [], color=c, linewidth=2, label=kind)
     ax.legend(loc="upper left", fontsize=7, frameon=False)
-    ax.set_title(f"Information-flow routes to '{token_label(flow.tokens[pos], 14)}' (position {pos}), edges ≥ {thr:g}"
-                 f" · {len(edges)} edges", fontsize=9, loc="left")
+    ax.set_title(
+        f"Information-flow routes to '{token_label(flow.tokens[pos], 14)}' (position {pos}), edges ≥ {thr:g}"
+        f" · {len(edges)} edges",
+        fontsize=9,
+        loc="left",
+    )
     ax.grid(axis="y", color="#eeeeee", linewidth=0.6)
     ax.set_axisbelow(True)
     return fig
 
 
-def flow_edge_rows(flow: FlowSection, position: int | None = None,
-                   threshold: float | None = None) -> list[list[object]]:
+def flow_edge_rows(
+    flow: FlowSection, position: int | None = None, threshold: float | None = None
+) -> list[list[object]]:
     return [list(r) for r in flow.csv_rows(position, threshold)]
 
 
@@ -116,8 +136,7 @@ def peer_bundle_files(result: AnalysisResult, options: ExportOptions) -> dict[st
     flow_edges.csv + plots/flow_routes.png (the target token at the default threshold)."""
     files: dict[str, bytes] = {}
     if result.dla is not None:
-        files["direct_logit_attribution.csv"] = csv_bytes(DLA_CSV_HEADER,
-                                                          [list(r) for r in result.dla.table_rows()])
+        files["direct_logit_attribution.csv"] = csv_bytes(DLA_CSV_HEADER, [list(r) for r in result.dla.table_rows()])
         files["plots/direct_logit_attribution.png"] = png(dla_figure(result.dla), tight=True)
     if result.flow is not None:
         files["flow_edges.csv"] = csv_bytes(FLOW_CSV_HEADER, flow_edge_rows(result.flow))

@@ -42,16 +42,30 @@ def logit_lens_heatmap_figure(lens: LensSection, tokens: list[str]) -> Figure:
     if annotate:
         for l in range(n_rows):
             for t in range(T):
-                ax.text(t, l, token_label(grid_tokens[l][t], 8), ha="center", va="center", fontsize=7,
-                        color="black" if probs[l, t] > 0.6 else "white")
+                ax.text(
+                    t,
+                    l,
+                    token_label(grid_tokens[l][t], 8),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black" if probs[l, t] > 0.6 else "white",
+                )
     step = max(1, T // 60)
     ax.set_xticks(range(0, T, step))
-    ax.set_xticklabels([f"{token_label(tokens[t], 10)} {cols[t]}" if cols[0] else token_label(tokens[t], 10)
-                        for t in range(0, T, step)], rotation=90, fontsize=7)
+    ax.set_xticklabels(
+        [
+            f"{token_label(tokens[t], 10)} {cols[t]}" if cols[0] else token_label(tokens[t], 10)
+            for t in range(0, T, step)
+        ],
+        rotation=90,
+        fontsize=7,
+    )
     ax.set_yticks(range(n_rows))
     ax.set_yticklabels([str(l) for l in range(n_rows)], fontsize=7)
-    ax.add_patch(Rectangle((cols.index(lens.position) - 0.5, -0.5), 1, n_rows, fill=False, edgecolor="red",
-                           linewidth=1.5))
+    ax.add_patch(
+        Rectangle((cols.index(lens.position) - 0.5, -0.5), 1, n_rows, fill=False, edgecolor="red", linewidth=1.5)
+    )
     ax.set_xlabel("input position (token); each cell is what that layer predicts there")
     ax.set_ylabel("layer (0 = embeddings)")
     full = np.asarray(lens.grid_probs).shape[1]
@@ -88,8 +102,9 @@ def logit_lens_layers_figure(lens: LensSection) -> Figure:
     return fig
 
 
-def predictions_figure(pred: PredictionSection | None, tokens: list[str] | None = None,
-                       max_panels: int = 4) -> Figure | None:
+def predictions_figure(
+    pred: PredictionSection | None, tokens: list[str] | None = None, max_panels: int = 4
+) -> Figure | None:
     """Horizontal bars of the top-k candidates (probability) for up to `max_panels` predicted positions; None
     when there is nothing to show (unavailable, or a masked-LM text without a mask)."""
     if pred is None or pred.kind == "unavailable" or not pred.candidates:
@@ -139,17 +154,31 @@ def predictions_document(result: AnalysisResult) -> dict[str, Any]:
     assert pred is not None
     positions = []
     for pos, cands in zip(pred.positions, pred.candidates):
-        positions.append({"position": int(pos), "input_token": result.display_tokens[pos],
-                          "candidates": [dict(c) for c in cands]})
+        positions.append(
+            {"position": int(pos), "input_token": result.display_tokens[pos], "candidates": [dict(c) for c in cands]}
+        )
     lens = result.logit_lens
     lens_doc = None
     if lens is not None:
-        lens_doc = {"position": lens.position, "input_token": result.display_tokens[lens.position],
-                    "final_token": lens.final_token, "final_token_id": lens.final_token_id,
-                    "method": lens.method, "last_layer_max_abs_diff": lens.last_layer_max_abs_diff}
-    return {"model_id": result.model.model_id, "family": result.family, "kind": pred.kind,
-            "message": pred.message, "top_k": pred.top_k, "analysed_text": result.analysed_text,
-            "predictions": positions, "logit_lens": lens_doc, "settings": result.settings.to_dict()}
+        lens_doc = {
+            "position": lens.position,
+            "input_token": result.display_tokens[lens.position],
+            "final_token": lens.final_token,
+            "final_token_id": lens.final_token_id,
+            "method": lens.method,
+            "last_layer_max_abs_diff": lens.last_layer_max_abs_diff,
+        }
+    return {
+        "model_id": result.model.model_id,
+        "family": result.family,
+        "kind": pred.kind,
+        "message": pred.message,
+        "top_k": pred.top_k,
+        "analysed_text": result.analysed_text,
+        "predictions": positions,
+        "logit_lens": lens_doc,
+        "settings": result.settings.to_dict(),
+    }
 
 
 def logit_lens_rows(lens: LensSection) -> list[list[Any]]:

@@ -19,12 +19,11 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-
 from .capture import context_length
+from .context import StepContext
 from .devices import fast_attention
 from .errors import InputError
 from .models import LoadedModel
-from .context import StepContext
 from .serialize import serializable
 
 log = logging.getLogger(__name__)
@@ -34,14 +33,17 @@ KINDS = ("mask_fill", "next_token", "unavailable")
 UNAVAILABLE_MESSAGE = (
     "Predictions are not available for this model: it is an encoder without a language-model head, so it does not "
     "score tokens. Load a masked LM (e.g. bert-base-uncased) to fill masked words, or a causal LM (e.g. gpt2) to "
-    "see next-token predictions. The rest of the analysis works as usual.")
+    "see next-token predictions. The rest of the analysis works as usual."
+)
 
 
 def no_mask_message(mask_token: str | None) -> str:
     """The calm message for a masked-LM text that holds no mask token."""
     mt = mask_token or "[MASK]"
-    return (f"The text has no {mt} token, so there is nothing to fill. Choose a word to mask (in the app, or "
-            f"`--mask-word WORD` on the command line), or write {mt} in the text where a word should be predicted.")
+    return (
+        f"The text has no {mt} token, so there is nothing to fill. Choose a word to mask (in the app, or "
+        f"`--mask-word WORD` on the command line), or write {mt} in the text where a word should be predicted."
+    )
 
 
 @serializable
@@ -81,8 +83,10 @@ def top_candidates(logits_row: Any, k: int, tokenizer: Any) -> list[dict[str, An
     probs = torch.softmax(logits_row.float(), dim=-1)
     k = min(int(k), probs.shape[-1])
     vals, ids = torch.topk(probs, k)
-    return [{"token": token_text(tokenizer, int(i)), "token_id": int(i), "probability": float(v)}
-            for v, i in zip(vals.tolist(), ids.tolist())]
+    return [
+        {"token": token_text(tokenizer, int(i)), "token_id": int(i), "probability": float(v)}
+        for v, i in zip(vals.tolist(), ids.tolist())
+    ]
 
 
 def compute_predictions(loaded: LoadedModel, token_ids: list[int], logits: Any, top_k: int) -> PredictionSection:
@@ -97,13 +101,19 @@ def compute_predictions(loaded: LoadedModel, token_ids: list[int], logits: Any, 
         mask_id = getattr(tok, "mask_token_id", None)
         positions = [i for i, t in enumerate(token_ids) if mask_id is not None and t == mask_id]
         if not positions:
-            return PredictionSection(kind="mask_fill", message=no_mask_message(getattr(tok, "mask_token", None)),
-                               top_k=top_k)
-        return PredictionSection(kind="mask_fill", positions=positions,
-                           candidates=[top_candidates(logits[p], top_k, tok) for p in positions], top_k=top_k)
+            return PredictionSection(
+                kind="mask_fill", message=no_mask_message(getattr(tok, "mask_token", None)), top_k=top_k
+            )
+        return PredictionSection(
+            kind="mask_fill",
+            positions=positions,
+            candidates=[top_candidates(logits[p], top_k, tok) for p in positions],
+            top_k=top_k,
+        )
     last = len(token_ids) - 1
-    return PredictionSection(kind="next_token", positions=[last], candidates=[top_candidates(logits[last], top_k, tok)],
-                       top_k=top_k)
+    return PredictionSection(
+        kind="next_token", positions=[last], candidates=[top_candidates(logits[last], top_k, tok)], top_k=top_k
+    )
 
 
 def run_predictions(ctx: StepContext) -> PredictionSection:
@@ -147,18 +157,28 @@ class GenerationSettings:
             if not cond:
                 raise InputError(msg)
 
-        need(isinstance(self.max_new_tokens, int) and not isinstance(self.max_new_tokens, bool)
-             and 1 <= self.max_new_tokens <= 2048,
-             f"max_new_tokens must be an integer between 1 and 2048, got {self.max_new_tokens!r}")
+        need(
+            isinstance(self.max_new_tokens, int)
+            and not isinstance(self.max_new_tokens, bool)
+            and 1 <= self.max_new_tokens <= 2048,
+            f"max_new_tokens must be an integer between 1 and 2048, got {self.max_new_tokens!r}",
+        )
         need(isinstance(self.do_sample, bool), "do_sample must be true or false")
         need(isinstance(self.use_chat_template, bool), "use_chat_template must be true or false")
-        need(isinstance(self.temperature, (int, float)) and not isinstance(self.temperature, bool)
-             and 0 < float(self.temperature) <= 100,
-             f"temperature must be a number above 0 (at most 100), got {self.temperature!r}")
-        need(isinstance(self.top_p, (int, float)) and not isinstance(self.top_p, bool) and 0 < float(self.top_p) <= 1,
-             f"top_p must be in (0, 1], got {self.top_p!r}")
-        need(isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**63,
-             f"seed must be a non-negative integer, got {self.seed!r}")
+        need(
+            isinstance(self.temperature, (int, float))
+            and not isinstance(self.temperature, bool)
+            and 0 < float(self.temperature) <= 100,
+            f"temperature must be a number above 0 (at most 100), got {self.temperature!r}",
+        )
+        need(
+            isinstance(self.top_p, (int, float)) and not isinstance(self.top_p, bool) and 0 < float(self.top_p) <= 1,
+            f"top_p must be in (0, 1], got {self.top_p!r}",
+        )
+        need(
+            isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**63,
+            f"seed must be a non-negative integer, got {self.seed!r}",
+        )
         need(self.system_prompt is None or isinstance(self.system_prompt, str), "system_prompt must be text or empty")
 
     @property
@@ -197,8 +217,9 @@ class GenerationResult:
 def _require_causal(loaded: LoadedModel) -> None:
     if loaded.family != "causal_lm":
         what = "a masked language model" if loaded.family == "masked_lm" else "an encoder without a language-model head"
-        raise InputError(f"text generation needs a causal language model (e.g. gpt2 or TinyLlama); "
-                         f"'{loaded.model_id}' is {what}")
+        raise InputError(
+            f"text generation needs a causal language model (e.g. gpt2 or TinyLlama); '{loaded.model_id}' is {what}"
+        )
 
 
 def _ids_of(encoded: Any) -> list[int]:
@@ -226,8 +247,11 @@ def prompt_ids(loaded: LoadedModel, text: str, gen: GenerationSettings) -> list[
     user = {"role": "user", "content": text}
     if gen.system_prompt:
         try:
-            return _ids_of(tok.apply_chat_template([{"role": "system", "content": gen.system_prompt}, user],
-                                                   add_generation_prompt=True, tokenize=True))
+            return _ids_of(
+                tok.apply_chat_template(
+                    [{"role": "system", "content": gen.system_prompt}, user], add_generation_prompt=True, tokenize=True
+                )
+            )
         except Exception as exc:  # some templates reject a system role: fold it into the user message
             log.info("chat template rejected a system message (%s); prepending it to the user message", exc)
             user = {"role": "user", "content": f"{gen.system_prompt}\n\n{text}"}
@@ -279,8 +303,9 @@ class _Run:
         self.chat_template_used = False
 
 
-def _generate(loaded: LoadedModel, text: str, gen: GenerationSettings, stop_event: threading.Event | None,
-              run: _Run) -> Iterator[str]:
+def _generate(
+    loaded: LoadedModel, text: str, gen: GenerationSettings, stop_event: threading.Event | None, run: _Run
+) -> Iterator[str]:
     """Yield decoded text pieces; one model call per token, feeding only the new token with past_key_values."""
     import torch
 
@@ -323,8 +348,9 @@ def _generate(loaded: LoadedModel, text: str, gen: GenerationSettings, stop_even
             # inference mode only around the model call: the consumer runs between pieces, outside it
             with torch.inference_mode():
                 mask = torch.ones((1, n_total), dtype=torch.long, device=loaded.device)
-                out = model(input_ids=ids, attention_mask=mask, use_cache=True, return_dict=True,
-                            **{cache_kw: past}, **extra)
+                out = model(
+                    input_ids=ids, attention_mask=mask, use_cache=True, return_dict=True, **{cache_kw: past}, **extra
+                )
                 past = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
                 nxt = choose_next(out.logits[0, -1].float().cpu(), gen, generator)
             if nxt in stops:
@@ -337,16 +363,17 @@ def _generate(loaded: LoadedModel, text: str, gen: GenerationSettings, stop_even
             if full.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
                 continue
             if full.startswith(emitted):
-                piece, emitted = full[len(emitted):], full
+                piece, emitted = full[len(emitted) :], full
                 if piece:
                     yield piece
         full = tok.decode(run.token_ids, skip_special_tokens=True)
-        if full != emitted and full.startswith(emitted) and full[len(emitted):]:
-            yield full[len(emitted):]
+        if full != emitted and full.startswith(emitted) and full[len(emitted) :]:
+            yield full[len(emitted) :]
 
 
-def generate_stream(loaded: LoadedModel, text: str, gen: GenerationSettings,
-                    stop_event: threading.Event | None = None) -> Iterator[str]:
+def generate_stream(
+    loaded: LoadedModel, text: str, gen: GenerationSettings, stop_event: threading.Event | None = None
+) -> Iterator[str]:
     """Continue `text` and yield decoded text pieces as they are generated.
 
     One forward pass per new token with the KV cache (only the new token is fed); stops at an EOS token, after
@@ -358,8 +385,9 @@ def generate_stream(loaded: LoadedModel, text: str, gen: GenerationSettings,
     return _generate(loaded, text, gen, stop_event, _Run())
 
 
-def generate(loaded: LoadedModel, text: str, gen: GenerationSettings | None = None,
-             stop_event: threading.Event | None = None) -> GenerationResult:
+def generate(
+    loaded: LoadedModel, text: str, gen: GenerationSettings | None = None, stop_event: threading.Event | None = None
+) -> GenerationResult:
     """Run `generate_stream` to the end and return a GenerationResult (for the CLI and tests)."""
     gen = gen or GenerationSettings()
     _require_causal(loaded)
@@ -379,4 +407,3 @@ def generate(loaded: LoadedModel, text: str, gen: GenerationSettings | None = No
         chat_template_used=run.chat_template_used,
         duration_s=time.perf_counter() - t0,
     )
-

@@ -22,12 +22,23 @@ class Preset:
 
 
 PRESETS: tuple[Preset, ...] = (
-    Preset(BUNDLED_ID, "encoder", "MiniLM-L6 · encoder · bundled",
-           "MiniLM-L6 encoder, bundled (works offline)", "22 M", offline=True),
+    Preset(
+        BUNDLED_ID,
+        "encoder",
+        "MiniLM-L6 · encoder · bundled",
+        "MiniLM-L6 encoder, bundled (works offline)",
+        "22 M",
+        offline=True,
+    ),
     Preset("bert-base-uncased", "masked_lm", "BERT base · masked LM", "BERT base, masked LM", "110 M"),
     Preset("gpt2", "causal_lm", "GPT-2 small · causal LM", "GPT-2 small, causal LM", "124 M"),
-    Preset("TinyLlama/TinyLlama-1.1B-Chat-v1.0", "causal_lm", "TinyLlama 1.1B Chat · causal LM",
-           "TinyLlama 1.1 B chat, causal LM (bfloat16 fits in ~2.5 GB)", "1.1 B"),
+    Preset(
+        "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+        "causal_lm",
+        "TinyLlama 1.1B Chat · causal LM",
+        "TinyLlama 1.1 B chat, causal LM (bfloat16 fits in ~2.5 GB)",
+        "1.1 B",
+    ),
 )
 
 PRESET_IDS: tuple[str, ...] = tuple(p.id for p in PRESETS)

@@ -53,9 +53,13 @@ def _fonts() -> dict[str, Any]:
         base = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
     except Exception:  # matplotlib is a dependency, but a report must never fail on fonts
         base = Path("/nonexistent")
-    candidates = [(base / "DejaVuSans.ttf", base / "DejaVuSans-Bold.ttf"),
-                  (Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
-                   Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"))]
+    candidates = [
+        (base / "DejaVuSans.ttf", base / "DejaVuSans-Bold.ttf"),
+        (
+            Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
+            Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"),
+        ),
+    ]
     for reg, bold in candidates:
         if reg.is_file():
             from fontTools.ttLib import TTFont
@@ -72,8 +76,12 @@ def _fonts() -> dict[str, Any]:
                         break
                     except Exception as exc:
                         log.info("skipping fallback font %s: %s", path, exc)
-            return {"regular": str(reg), "bold": str(bold) if bold.is_file() else str(reg), "fallback": fallback,
-                    "cmap": frozenset(cmap)}
+            return {
+                "regular": str(reg),
+                "bold": str(bold) if bold.is_file() else str(reg),
+                "fallback": fallback,
+                "cmap": frozenset(cmap),
+            }
     log.warning("no DejaVu TTF found: the PDF uses Helvetica and Latin-1 text only")
     return {}
 
@@ -166,14 +174,25 @@ class _Writer:
     def kv(self, rows: list[tuple[str, Any]]) -> None:
         self.table(["", ""], [[k, v] for k, v in rows], widths=(40, 150), show_header=False)
 
-    def table(self, header: list[str], rows: list[list[Any]], widths: tuple[float, ...] | None = None,
-              show_header: bool = True, size: float = 8) -> None:
+    def table(
+        self,
+        header: list[str],
+        rows: list[list[Any]],
+        widths: tuple[float, ...] | None = None,
+        show_header: bool = True,
+        size: float = 8,
+    ) -> None:
         from fpdf.fonts import FontFace
 
         self.pdf.set_font(self.fam, "", size)
-        with self.pdf.table(col_widths=widths, text_align="LEFT", line_height=size * 0.5,
-                            first_row_as_headings=show_header, width=PAGE_W if widths is None else sum(widths),
-                            **({"headings_style": FontFace(emphasis="BOLD")} if show_header else {})) as t:
+        with self.pdf.table(
+            col_widths=widths,
+            text_align="LEFT",
+            line_height=size * 0.5,
+            first_row_as_headings=show_header,
+            width=PAGE_W if widths is None else sum(widths),
+            **({"headings_style": FontFace(emphasis="BOLD")} if show_header else {}),
+        ) as t:
             if show_header:
                 r = t.row()
                 for h in header:
@@ -219,20 +238,22 @@ def _title_page(w: _Writer, result: AnalysisResult) -> None:
     w.h1("Transformer Model Analysis - report")
     text = result.text if len(result.text) <= PDF_TEXT_CHARS else result.text[:PDF_TEXT_CHARS] + " … (truncated)"
     versions = ", ".join(f"{k} {v}" for k, v in sorted(result.versions.items()))
-    w.kv([
-        ("Model", m.model_id),
-        ("Family", chart_spec.family_words(m.family)),
-        ("Architecture", m.architecture),
-        ("Revision", m.revision),
-        ("Dtype / device", f"{m.dtype} / {m.device}"),
-        ("Shape", f"{result.n_layers} layers, {result.n_heads} heads, hidden {m.hidden_size}"),
-        ("Token count", f"{result.n_tokens}; {_tokens_phrase(result)}"),
-        ("Target", chart_spec.target_phrase(result.target_position, result.target_reason)),
-        ("Date", result.created_at),
-        ("Duration", chart_spec.timing_phrase(result.duration_s, result.cache_hit)),
-        ("Core version", result.core_version),
-        ("Versions", versions),
-    ])
+    w.kv(
+        [
+            ("Model", m.model_id),
+            ("Family", chart_spec.family_words(m.family)),
+            ("Architecture", m.architecture),
+            ("Revision", m.revision),
+            ("Dtype / device", f"{m.dtype} / {m.device}"),
+            ("Shape", f"{result.n_layers} layers, {result.n_heads} heads, hidden {m.hidden_size}"),
+            ("Token count", f"{result.n_tokens}; {_tokens_phrase(result)}"),
+            ("Target", chart_spec.target_phrase(result.target_position, result.target_reason)),
+            ("Date", result.created_at),
+            ("Duration", chart_spec.timing_phrase(result.duration_s, result.cache_hit)),
+            ("Core version", result.core_version),
+            ("Versions", versions),
+        ]
+    )
     w.h2("Text")
     w.para(text)
     if result.warnings:
@@ -244,15 +265,19 @@ def _title_page(w: _Writer, result: AnalysisResult) -> None:
 def _tokens_phrase(result: AnalysisResult) -> str:
     from .figures import metric_token_count
 
-    return chart_spec.metric_tokens_phrase(result.n_tokens, metric_token_count(result),
-                                           bool(result.settings.exclude_special_tokens))
+    return chart_spec.metric_tokens_phrase(
+        result.n_tokens, metric_token_count(result), bool(result.settings.exclude_special_tokens)
+    )
 
 
 def _metric_table(w: _Writer, result: AnalysisResult) -> None:
     w.pdf.add_page()
     w.h1("Layer metrics")
-    w.para(f"Layer 0 is the embedding output, layer l the output of block l; the last layer is the residual stream "
-           f"before the final norm. {_tokens_phrase(result)[:1].upper()}{_tokens_phrase(result)[1:]}.", size=8)
+    w.para(
+        f"Layer 0 is the embedding output, layer l the output of block l; the last layer is the residual stream "
+        f"before the final norm. {_tokens_phrase(result)[:1].upper()}{_tokens_phrase(result)[1:]}.",
+        size=8,
+    )
     header = ["layer", *(docs.metric_label(n) for n in METRIC_NAMES)]
     rows = [[r["layer"], *(r[n] for n in METRIC_NAMES)] for r in result.metrics_table()]
     layer_w = 14.0
@@ -292,9 +317,11 @@ def _predictions(w: _Writer, result: AnalysisResult) -> None:
     for pos, cands in zip(p.positions, p.candidates):
         tok = result.display_tokens[pos] if 0 <= pos < len(result.display_tokens) else "?"
         w.para(f"Position {pos} ({tok}):", size=9, bold=True)
-        w.table(["rank", "token", "id", "probability"],
-                [[i + 1, repr(c["token"]), c["token_id"], c["probability"]] for i, c in enumerate(cands)],
-                widths=(15, 80, 25, 40))
+        w.table(
+            ["rank", "token", "id", "probability"],
+            [[i + 1, repr(c["token"]), c["token_id"], c["probability"]] for i, c in enumerate(cands)],
+            widths=(15, 80, 25, 40),
+        )
 
 
 def _logit_lens(w: _Writer, result: AnalysisResult) -> None:
@@ -306,8 +333,15 @@ def _logit_lens(w: _Writer, result: AnalysisResult) -> None:
     rows = []
     for i, layer in enumerate(np.asarray(lens.layers).tolist()):
         top = lens.top_tokens[i][0] if lens.top_tokens[i] else ""
-        rows.append([layer, repr(top), float(np.asarray(lens.top_probs)[i, 0]), float(np.asarray(lens.final_prob)[i]),
-                     float(np.asarray(lens.entropy)[i])])
+        rows.append(
+            [
+                layer,
+                repr(top),
+                float(np.asarray(lens.top_probs)[i, 0]),
+                float(np.asarray(lens.final_prob)[i]),
+                float(np.asarray(lens.entropy)[i]),
+            ]
+        )
     w.table(["layer", "top token", "p(top)", "p(final token)", "entropy (nats)"], rows, widths=(15, 70, 30, 35, 40))
 
 
@@ -325,10 +359,14 @@ def _heads(w: _Writer, result: AnalysisResult, k: int = 10) -> None:
         rows = []
         for idx in order:
             l, h = divmod(int(idx), H)
-            rows.append([chart_spec.block_number(l), h, ent[l, h], ne[l, h], dist[l, h],
-                         roles[idx] if idx < len(roles) else ""])
-        w.table(["layer", "head", "entropy (nats)", "normalised", "mean distance", "role"], rows,
-                widths=(18, 18, 35, 35, 35, 49))
+            rows.append(
+                [chart_spec.block_number(l), h, ent[l, h], ne[l, h], dist[l, h], roles[idx] if idx < len(roles) else ""]
+            )
+        w.table(
+            ["layer", "head", "entropy (nats)", "normalised", "mean distance", "role"],
+            rows,
+            widths=(18, 18, 35, 35, 35, 49),
+        )
     if attr is not None and attr.head_scores is not None:
         w.h2(f"Top {k} heads by attribution")
         w.para(f"{docs.caption('head_attribution')} Method: {attr.head_method}.", size=8)
@@ -348,8 +386,11 @@ def _peer_views(w: _Writer, result: AnalysisResult, k: int = 10) -> None:
     if dla is None:
         w.para(unavailable_line(result, "dla") or "", size=8)
     else:
-        w.para(f"{docs.caption('direct_logit_attribution')} Token {dla.token!r} at position {dla.position}: logit "
-               f"{dla.logit:.4g}, sum of the parts {float(np.sum(dla.values)):.4g}. " + " ".join(dla.notes), size=8)
+        w.para(
+            f"{docs.caption('direct_logit_attribution')} Token {dla.token!r} at position {dla.position}: logit "
+            f"{dla.logit:.4g}, sum of the parts {float(np.sum(dla.values)):.4g}. " + " ".join(dla.notes),
+            size=8,
+        )
         order = np.argsort(-np.abs(np.asarray(dla.values)))[:k]
         rows = [[int(dla.layers[i]), dla.components[i], int(dla.heads[i]), float(dla.values[i])] for i in order]
         w.table(["layer", "component", "head", "logit"], rows, widths=(25, 40, 25, 40))
@@ -369,11 +410,17 @@ def _peer_views(w: _Writer, result: AnalysisResult, k: int = 10) -> None:
         w.para(unavailable_line(result, "flow") or "", size=8)
         return
     edges = flow.routes()
-    w.para(f"{docs.caption('flow_routes')} Token {flow.tokens[flow.position]!r} (position {flow.position}), "
-           f"threshold {flow.threshold:g}: {len(edges)} edges. " + " ".join(flow.notes), size=8)
+    w.para(
+        f"{docs.caption('flow_routes')} Token {flow.tokens[flow.position]!r} (position {flow.position}), "
+        f"threshold {flow.threshold:g}: {len(edges)} edges. " + " ".join(flow.notes),
+        size=8,
+    )
     top = sorted(edges, key=lambda e: -e.weight)[:k]
-    w.table(["block", "source", "target", "kind", "weight"],
-            [[e.layer, e.source, e.target, e.kind, e.weight] for e in top], widths=(20, 35, 35, 35, 30))
+    w.table(
+        ["block", "source", "target", "kind", "weight"],
+        [[e.layer, e.source, e.target, e.kind, e.weight] for e in top],
+        widths=(20, 35, 35, 35, 30),
+    )
 
 
 def _attribution_tokens(w: _Writer, result: AnalysisResult) -> None:
@@ -382,23 +429,36 @@ def _attribution_tokens(w: _Writer, result: AnalysisResult) -> None:
         return
     w.h2("Token attribution")
     predicted = f"; predicted {a.predicted_token!r}" if a.predicted_token else ""
-    w.para(f"Target: {chart_spec.target_phrase(a.target_position, result.target_reason, a.target_token)}"
-           f"{predicted}. {docs.caption('attention_rollout')}", size=8)
+    w.para(
+        f"Target: {chart_spec.target_phrase(a.target_position, result.target_reason, a.target_token)}"
+        f"{predicted}. {docs.caption('attention_rollout')}",
+        size=8,
+    )
     named = [("rollout", a.rollout), ("grad × input", a.grad_x_input), ("integrated gradients", a.integrated_gradients)]
     cols = [(n, np.asarray(v, dtype=np.float64)) for n, v in named if v is not None]
     key_name, key = cols[-1]  # the most faithful method present: IG, else gradient × input, else rollout
     order = np.argsort(-np.abs(np.nan_to_num(key)), kind="stable")[:TOP_TOKENS]
     rows = [[int(t), repr(result.display_tokens[t]), *(v[t] for _, v in cols)] for t in order]
-    w.para(f"Top {len(order)} of {result.n_tokens} tokens by |{key_name}| (all tokens are in the bundle's CSV).",
-           size=8)
+    w.para(
+        f"Top {len(order)} of {result.n_tokens} tokens by |{key_name}| (all tokens are in the bundle's CSV).", size=8
+    )
     w.table(["pos", "token", *(n for n, _ in cols)], rows, widths=(15, 55, *([120 / max(len(cols), 1)] * len(cols))))
     if a.ig_completeness_gap is not None:
         rel = a.ig_completeness_gap_relative
-        w.para(f"Integrated-gradients completeness gap: {_fmt(a.ig_completeness_gap)} nats"
-               + (f" ({100 * rel:.2f} % of f(x) − f(x′))" if rel is not None else "")
-               + f" with {a.ig_steps} Gauss–Legendre steps"
-               + ("" if a.ig_converged is None else " (converged to ≤ 1 %)" if a.ig_converged
-                  else " (the 512-step cap was reached before 1 %)") + ".", size=8)
+        w.para(
+            f"Integrated-gradients completeness gap: {_fmt(a.ig_completeness_gap)} nats"
+            + (f" ({100 * rel:.2f} % of f(x) − f(x′))" if rel is not None else "")
+            + f" with {a.ig_steps} Gauss–Legendre steps"
+            + (
+                ""
+                if a.ig_converged is None
+                else " (converged to ≤ 1 %)"
+                if a.ig_converged
+                else " (the 512-step cap was reached before 1 %)"
+            )
+            + ".",
+            size=8,
+        )
 
 
 def _causal(w: _Writer, result: AnalysisResult, k: int = 10) -> None:
@@ -410,24 +470,44 @@ def _causal(w: _Writer, result: AnalysisResult, k: int = 10) -> None:
     w.h2(f"Top {k} heads by exact ablation")
     scores = result.attribution.head_scores if result.attribution is not None else None
     rho = sec.agreement(scores)
-    w.para(f"{docs.caption('head_ablation')} Prediction {sec.token!r} at position {sec.target_position}, "
-           f"log p = {_fmt(sec.logprob)}."
-           + (f" Spearman ρ of the gradient head score with the drop: zero ablation {_fmt(rho['zero_ablation'])}, "
-              f"mean ablation {_fmt(rho['mean_ablation'])}." if rho else ""), size=8)
+    w.para(
+        f"{docs.caption('head_ablation')} Prediction {sec.token!r} at position {sec.target_position}, "
+        f"log p = {_fmt(sec.logprob)}."
+        + (
+            f" Spearman ρ of the gradient head score with the drop: zero ablation {_fmt(rho['zero_ablation'])}, "
+            f"mean ablation {_fmt(rho['mean_ablation'])}."
+            if rho
+            else ""
+        ),
+        size=8,
+    )
     mean = np.asarray(sec.mean_ablation, dtype=np.float64)
     H = mean.shape[1]
     order = np.argsort(mean, axis=None, kind="stable")[:k]  # most negative Δ = largest drop first
-    rows = [[int(i) // H, int(i) % H, mean.flat[int(i)], float(np.asarray(sec.zero_ablation).flat[int(i)]),
-             (float(np.asarray(scores).flat[int(i)]) if scores is not None else None)] for i in order]
-    w.table(["layer", "head", "Δ log p (mean abl.)", "Δ log p (zero abl.)", "gradient score"], rows,
-            widths=(20, 20, 50, 50, 50))
+    rows = [
+        [
+            int(i) // H,
+            int(i) % H,
+            mean.flat[int(i)],
+            float(np.asarray(sec.zero_ablation).flat[int(i)]),
+            (float(np.asarray(scores).flat[int(i)]) if scores is not None else None),
+        ]
+        for i in order
+    ]
+    w.table(
+        ["layer", "head", "Δ log p (mean abl.)", "Δ log p (zero abl.)", "gradient score"],
+        rows,
+        widths=(20, 20, 50, 50, 50),
+    )
 
 
 def _neurons_and_query_key(w: _Writer, result: AnalysisResult) -> None:
     """Neuron factors and the query–key view: summary tables (the figures are among the plots), or the line that
     says why a view is missing."""
-    blocks = [("Neuron factors", "neuron_factors", neurons.report_section(result), (16, 104, 70), "neuron factors"),
-              ("Query–key view", "query_key", qk.report_section(result), (16, 64, 36, 36, 38), "query–key view")]
+    blocks = [
+        ("Neuron factors", "neuron_factors", neurons.report_section(result), (16, 104, 70), "neuron factors"),
+        ("Query–key view", "query_key", qk.report_section(result), (16, 64, 36, 36, 38), "query–key view"),
+    ]
     w.pdf.add_page()
     w.h1("Neurons and queries")
     for title, key, parts, widths, what in blocks:
@@ -489,13 +569,22 @@ def patching_report(result: PatchingResult, files: dict[str, bytes] | None = Non
     pdf.add_page()
     w.h1("Activation patching - report")
     m = result.model
-    w.kv([("Model", m.model_id), ("Revision", m.revision), ("Dtype / device", f"{m.dtype} / {m.device}"),
-          ("Target", f"position {result.target_position} ({result.target_reason})"),
-          ("Answers", f"A = {result.answer_token!r}, B = {result.wrong_token!r} ({result.answers_from})"),
-          ("m clean / corrupted", f"{_fmt(result.m_clean)} / {_fmt(result.m_corrupted)}"),
-          ("Sanity", f"block 0 at every position restores {_fmt(result.sanity_block0)} (1); no patch "
-                     f"{_fmt(result.sanity_identity)} (0)"),
-          ("Core version", result.core_version)])
+    w.kv(
+        [
+            ("Model", m.model_id),
+            ("Revision", m.revision),
+            ("Dtype / device", f"{m.dtype} / {m.device}"),
+            ("Target", f"position {result.target_position} ({result.target_reason})"),
+            ("Answers", f"A = {result.answer_token!r}, B = {result.wrong_token!r} ({result.answers_from})"),
+            ("m clean / corrupted", f"{_fmt(result.m_clean)} / {_fmt(result.m_corrupted)}"),
+            (
+                "Sanity",
+                f"block 0 at every position restores {_fmt(result.sanity_block0)} (1); no patch "
+                f"{_fmt(result.sanity_identity)} (0)",
+            ),
+            ("Core version", result.core_version),
+        ]
+    )
     w.h2("Texts")
     w.para(f"Clean: {result.clean_text}")
     w.para(f"Corrupted: {result.corrupted_text}")

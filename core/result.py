@@ -116,7 +116,7 @@ class AnalysisResult:
         return serialize.dumps(self)
 
     @staticmethod
-    def from_bytes(data: bytes | bytearray | memoryview | mmap.mmap) -> "AnalysisResult":
+    def from_bytes(data: bytes | bytearray | memoryview | mmap.mmap) -> AnalysisResult:
         obj = serialize.loads(data)
         if not isinstance(obj, AnalysisResult):
             raise ValueError("the data does not hold an AnalysisResult")
@@ -127,11 +127,11 @@ class AnalysisResult:
             fh.write(self.to_bytes())
 
     @staticmethod
-    def load(path: str | Path) -> "AnalysisResult":
+    def load(path: str | Path) -> AnalysisResult:
         with open(path, "rb") as fh:
             return AnalysisResult.from_bytes(fh.read())
 
-    def replace(self, **changes: Any) -> "AnalysisResult":
+    def replace(self, **changes: Any) -> AnalysisResult:
         return dataclasses.replace(self, **changes)
 
 
@@ -140,8 +140,11 @@ def results_equal(a: Any, b: Any, *, ignore: tuple[str, ...] = ("cache_hit", "ti
     if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b):
         if type(a) is not type(b):
             return False
-        return all(results_equal(getattr(a, f.name), getattr(b, f.name), ignore=ignore)
-                   for f in dataclasses.fields(a) if f.name not in ignore)
+        return all(
+            results_equal(getattr(a, f.name), getattr(b, f.name), ignore=ignore)
+            for f in dataclasses.fields(a)
+            if f.name not in ignore
+        )
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         a, b = np.asarray(a), np.asarray(b)
         return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))

@@ -58,13 +58,15 @@ def list_runs(root: str | Path | None = None) -> list[Path]:
 def prune_runs(root: str | Path | None = None, keep: int = DEFAULT_KEEP) -> list[Path]:
     """Remove the oldest runs beyond `keep`; returns the removed folders."""
     runs = list_runs(root)
-    removed = runs[:max(len(runs) - max(keep, 0), 0)]
+    removed = runs[: max(len(runs) - max(keep, 0), 0)]
     for p in removed:
         shutil.rmtree(p, ignore_errors=True)  # another session may be pruning too
     return removed
 
 
-def save_run(result: AnalysisResult, files: dict[str, bytes], root: str | Path | None = None, keep: int = DEFAULT_KEEP) -> Path:
+def save_run(
+    result: AnalysisResult, files: dict[str, bytes], root: str | Path | None = None, keep: int = DEFAULT_KEEP
+) -> Path:
     """Write `files` ({member name: bytes}, e.g. core.bundle.bundle_files) to <root>/<run-id>/ and prune to `keep`
     runs. Returns the run folder. Raises ValueError for an unsafe member name (nothing is written then)."""
     bad = [n for n in files if not safe_member(n)]

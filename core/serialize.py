@@ -53,9 +53,14 @@ def _encode(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
         name = f"{type(obj).__module__}.{type(obj).__qualname__}"
         if name not in _REGISTRY:
             raise TypeError(f"{name} is not marked @serializable")
-        return {"__dataclass__": name,
-                "fields": {f.name: _encode(getattr(obj, f.name), arrays) for f in dataclasses.fields(obj)
-                           if f.metadata.get("serialize", True)}}
+        return {
+            "__dataclass__": name,
+            "fields": {
+                f.name: _encode(getattr(obj, f.name), arrays)
+                for f in dataclasses.fields(obj)
+                if f.metadata.get("serialize", True)
+            },
+        }
     if isinstance(obj, dict):
         if not all(isinstance(k, str) for k in obj):
             raise TypeError("only dicts with string keys can be serialised")
@@ -140,13 +145,13 @@ def loads(data: bytes | bytearray | memoryview | mmap.mmap) -> Any:
     Arrays are views on `data` without a copy: read-only for bytes, writable for a bytearray.
     """
     buf = memoryview(data)
-    if bytes(buf[:len(MAGIC)]) != MAGIC:
+    if bytes(buf[: len(MAGIC)]) != MAGIC:
         return _loads_zip(bytes(buf))
     n = len(MAGIC)
-    (hlen,) = struct.unpack("<Q", bytes(buf[n:n + 8]))
+    (hlen,) = struct.unpack("<Q", bytes(buf[n : n + 8]))
     if n + 8 + hlen > len(buf):
         raise ValueError("truncated serialised object (header)")
-    header = json.loads(bytes(buf[n + 8:n + 8 + hlen]).decode("utf-8"))
+    header = json.loads(bytes(buf[n + 8 : n + 8 + hlen]).decode("utf-8"))
     start = -(-(n + 8 + hlen) // _ALIGN) * _ALIGN
     arrays: dict[str, np.ndarray] = {}
     for key, spec in header["arrays"].items():

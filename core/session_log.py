@@ -47,14 +47,19 @@ def _e(value: Any) -> str:
 
 def _entry_html(i: int, entry: dict[str, Any]) -> str:
     hit = entry.get("cache_hit")
-    status = ('<span class="hit">cache hit</span>' if hit else '<span class="miss">computed (cache miss)</span>')
+    status = '<span class="hit">cache hit</span>' if hit else '<span class="miss">computed (cache miss)</span>'
     dur = entry.get("duration_s")
     dur_s = f"{float(dur):.2f} s" if isinstance(dur, (int, float)) else "–"
     settings = entry.get("settings") or {}
-    settings_s = json.dumps(settings, ensure_ascii=False, sort_keys=True) if isinstance(settings, dict) else str(settings)
+    settings_s = (
+        json.dumps(settings, ensure_ascii=False, sort_keys=True) if isinstance(settings, dict) else str(settings)
+    )
     warnings = entry.get("warnings") or []
-    warn_html = ("<ul>" + "".join(f'<li class="warn">{_e(w)}</li>' for w in warnings) + "</ul>") if warnings \
+    warn_html = (
+        ("<ul>" + "".join(f'<li class="warn">{_e(w)}</li>' for w in warnings) + "</ul>")
+        if warnings
         else '<span class="muted">none</span>'
+    )
     rows = [
         ("Time", _e(entry.get("time"))),
         ("Model", _e(entry.get("model"))),
@@ -74,10 +79,12 @@ def render_html(entries: list[dict[str, Any]], title: str = "Transformer Model A
     """A self-contained HTML page (inline CSS, no scripts, no external resources) listing the entries in order."""
     items = "".join(_entry_html(i + 1, e) for i, e in enumerate(entries)) or "<p>No analysis in this session.</p>"
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
-            f"<h1>{_e(title)}</h1><p class=\"muted\">{len(entries)} analysis run(s); written {now}.</p>"
-            f"{items}</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
+        f'<h1>{_e(title)}</h1><p class="muted">{len(entries)} analysis run(s); written {now}.</p>'
+        f"{items}</body></html>\n"
+    )
 
 
 def session_log_files(result: AnalysisResult, options: ExportOptions) -> dict[str, bytes]:

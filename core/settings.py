@@ -43,39 +43,57 @@ def _opt(default: Any, help: str, *, min: int | None = None, max: int | None = N
 class AnalysisSettings:
     """Settings of one analysis. Each field's help text is in its metadata (`AnalysisSettings.help(name)`)."""
 
-    max_tokens: int = _opt(128, "truncate the text to this many tokens (special tokens included); a warning says so",
-                           min=2, max=4096)
+    max_tokens: int = _opt(
+        128, "truncate the text to this many tokens (special tokens included); a warning says so", min=2, max=4096
+    )
     exclude_special_tokens: bool = _opt(False, "leave special tokens ([CLS], [SEP], BOS…) out of the layer metrics")
     top_k: int = _opt(10, "candidates listed per prediction and logit-lens layer", min=1, max=100)
     target_position: int | None = _opt(
-        None, "token position whose prediction is attributed (default: first mask for masked LMs, last token for "
-              "causal LMs, 0 for encoders)", min=0)
+        None,
+        "token position whose prediction is attributed (default: first mask for masked LMs, last token for "
+        "causal LMs, 0 for encoders)",
+        min=0,
+    )
     mask_word: str | None = _opt(None, "masked LMs: replace the first occurrence of this word by the mask token")
-    compute_gradients: bool = _opt(True, "run gradient × input and the per-head attribution (one forward + "
-                                         "backward pass)", cli="--no-gradients")
-    integrated_gradients: bool = _opt(False, "also run integrated gradients (needs compute_gradients; costs "
-                                             "ig_steps forward + backward passes)")
-    ig_steps: int = _opt(32, "first number of integrated-gradients steps; doubled until the completeness gap is "
-                             "at most 1 percent (or 512 steps)", min=1, max=512)
+    compute_gradients: bool = _opt(
+        True, "run gradient × input and the per-head attribution (one forward + backward pass)", cli="--no-gradients"
+    )
+    integrated_gradients: bool = _opt(
+        False, "also run integrated gradients (needs compute_gradients; costs ig_steps forward + backward passes)"
+    )
+    ig_steps: int = _opt(
+        32,
+        "first number of integrated-gradients steps; doubled until the completeness gap is "
+        "at most 1 percent (or 512 steps)",
+        min=1,
+        max=512,
+    )
     n_clusters: int | None = _opt(None, "number of head clusters (default: chosen by silhouette)", min=1, max=64)
-    lens_position: int | None = _opt(None, "position decoded by the logit lens (default: the target position)",
-                                     min=0)
-    lens_full_grid: bool = _opt(False, "decode the logit-lens grid at every position even on a CPU (long texts "
-                                       "otherwise get a window of positions around the lens position)")
-    head_ablation: bool = _opt(False, "exact head ablation: replace each head's output by its mean over positions "
-                                      "(and by zero) and report the change of log p of the prediction (about "
-                                      "L batched forward passes of batch 2·H)")
+    lens_position: int | None = _opt(None, "position decoded by the logit lens (default: the target position)", min=0)
+    lens_full_grid: bool = _opt(
+        False,
+        "decode the logit-lens grid at every position even on a CPU (long texts "
+        "otherwise get a window of positions around the lens position)",
+    )
+    head_ablation: bool = _opt(
+        False,
+        "exact head ablation: replace each head's output by its mean over positions "
+        "(and by zero) and report the change of log p of the prediction (about "
+        "L batched forward passes of batch 2·H)",
+    )
     neuron_factors: int = _opt(6, "NMF factors of the MLP neuron activations (0: no neuron factors)", min=0, max=32)
     neuron_first_layer: int | None = _opt(None, "first block whose MLP neurons enter the factors (default: 0)", min=0)
-    neuron_last_layer: int | None = _opt(None, "last block whose MLP neurons enter the factors (default: the last)",
-                                         min=0)
+    neuron_last_layer: int | None = _opt(
+        None, "last block whose MLP neurons enter the factors (default: the last)", min=0
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
             self._check(f, getattr(self, f.name))
         if self.integrated_gradients and not self.compute_gradients:
-            raise InputError("integrated gradients need gradients: switch compute_gradients on or integrated "
-                             "gradients off")
+            raise InputError(
+                "integrated gradients need gradients: switch compute_gradients on or integrated gradients off"
+            )
 
     @staticmethod
     def _check(f: dataclasses.Field[Any], v: Any) -> None:

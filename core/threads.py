@@ -8,7 +8,6 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-
 _ST_LOCK = threading.Lock()
 _ST_STATE: dict[str, Any] = {"depth": 0, "limiter": None}
 _CONTROLLERS: dict[int, Any] = {}

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-
 def token_labels(tokens: list[str]) -> list[str]:
     """Unique axis labels "i: token" for the T tokens (tokens repeat, positions do not)."""
     return [f"{i}: {t}" for i, t in enumerate(tokens)]
@@ -43,8 +42,11 @@ def metrics_long(result: AnalysisResult) -> pd.DataFrame:
     """Layer metrics in long form: columns layer, metric, value (L+1 rows per metric)."""
     import pandas as pd
 
-    rows = [{"layer": l, "metric": m, "value": float(v)}
-            for m in METRIC_NAMES for l, v in enumerate(np.asarray(result.layer_metrics[m], dtype=float))]
+    rows = [
+        {"layer": l, "metric": m, "value": float(v)}
+        for m in METRIC_NAMES
+        for l, v in enumerate(np.asarray(result.layer_metrics[m], dtype=float))
+    ]
     return pd.DataFrame(rows)
 
 
@@ -71,8 +73,9 @@ def correlations_long(corr: np.ndarray | pd.DataFrame) -> pd.DataFrame:
     return c.stack(future_stack=True).rename("r").reset_index()
 
 
-def attention_frame(attentions: np.ndarray, tokens: list[str], layer: int, head: int | None,
-                    window: tuple[int, int] | None = None) -> pd.DataFrame:
+def attention_frame(
+    attentions: np.ndarray, tokens: list[str], layer: int, head: int | None, window: tuple[int, int] | None = None
+) -> pd.DataFrame:
     """One attention map in long form: query, key (labels), qi, ki (positions), weight.
 
     attentions: [L, H, T, T]; head None means the mean over heads, (1/H) Σ_h A[layer, h]. window (start, stop)
@@ -87,8 +90,15 @@ def attention_frame(attentions: np.ndarray, tokens: list[str], layer: int, head:
     lo, hi = (0, T) if window is None else (max(0, window[0]), min(T, window[1]))
     qi, ki = np.meshgrid(np.arange(lo, hi), np.arange(lo, hi), indexing="ij")
     M = M[lo:hi, lo:hi]
-    return pd.DataFrame({"qi": qi.ravel(), "ki": ki.ravel(), "query": [labels[i] for i in qi.ravel()],
-                         "key": [labels[j] for j in ki.ravel()], "weight": M.ravel()})
+    return pd.DataFrame(
+        {
+            "qi": qi.ravel(),
+            "ki": ki.ravel(),
+            "query": [labels[i] for i in qi.ravel()],
+            "key": [labels[j] for j in ki.ravel()],
+            "weight": M.ravel(),
+        }
+    )
 
 
 def layer_head_frame(values: np.ndarray, name: str, extra: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
@@ -112,9 +122,17 @@ def cluster_frame(attention: AttentionSection) -> pd.DataFrame:
     clusters = np.asarray(attention.clusters).astype(int)
     L, H = np.asarray(attention.entropy).shape
     idx = np.arange(L * H)
-    return pd.DataFrame({"layer": idx // H, "head": idx % H, "x": proj[:, 0], "y": proj[:, 1],
-                         "cluster": [f"cluster {c}" for c in clusters], "role": list(attention.roles),
-                         "entropy": np.asarray(attention.entropy, dtype=np.float64).ravel()})
+    return pd.DataFrame(
+        {
+            "layer": idx // H,
+            "head": idx % H,
+            "x": proj[:, 0],
+            "y": proj[:, 1],
+            "cluster": [f"cluster {c}" for c in clusters],
+            "role": list(attention.roles),
+            "entropy": np.asarray(attention.entropy, dtype=np.float64).ravel(),
+        }
+    )
 
 
 def attribution_frame(tokens: list[str], columns: dict[str, Any]) -> pd.DataFrame:
@@ -143,10 +161,12 @@ def shaded_tokens_html(tokens: list[str], scores: Any, target: int | None = None
         rgb = "220,60,40" if v >= 0 else "40,90,220"
         outline = "outline:2px solid #333;" if target is not None and i == target else ""
         tok = visible_controls(str(tok))  # a bidi override must not reorder the tokens after it
-        parts.append(f'<span title="{html.escape(f"{i}: {tok} = {v:.4g}", quote=True)}" '
-                     f'style="background:rgba({rgb},{a:.3f});{outline}padding:2px 3px;margin:1px;'
-                     f'border-radius:3px;display:inline-block;font-family:monospace">'
-                     f"{html.escape(tok)}</span>")
+        parts.append(
+            f'<span title="{html.escape(f"{i}: {tok} = {v:.4g}", quote=True)}" '
+            f'style="background:rgba({rgb},{a:.3f});{outline}padding:2px 3px;margin:1px;'
+            f'border-radius:3px;display:inline-block;font-family:monospace">'
+            f"{html.escape(tok)}</span>"
+        )
     return '<div style="line-height:2.1">' + "".join(parts) + "</div>"
 
 
@@ -161,8 +181,17 @@ def logit_lens_grid_frame(lens: LensSection, tokens: list[str]) -> pd.DataFrame:
     L1, T = P.shape
     labels = token_labels(tokens[:T])
     cols = [t for t in (lens.grid_positions or range(T)) if 0 <= t < T]
-    rows = [{"layer": l, "position": labels[t], "pi": t, "top_token": str(lens.grid_tokens[l][t]),
-             "probability": float(P[l, t])} for l in range(L1) for t in cols]
+    rows = [
+        {
+            "layer": l,
+            "position": labels[t],
+            "pi": t,
+            "top_token": str(lens.grid_tokens[l][t]),
+            "probability": float(P[l, t]),
+        }
+        for l in range(L1)
+        for t in cols
+    ]
     return pd.DataFrame(rows, columns=["layer", "position", "pi", "top_token", "probability"])
 
 
@@ -174,9 +203,14 @@ def logit_lens_table(lens: LensSection, k: int = 5) -> pd.DataFrame:
     rows = []
     for i, layer in enumerate(np.asarray(lens.layers).tolist()):
         top = ", ".join(f"{t!s} ({p:.2f})" for t, p in zip(lens.top_tokens[i][:k], probs[i][:k]))
-        rows.append({"layer": int(layer), "top tokens": top,
-                     f"P({lens.final_token})": float(np.asarray(lens.final_prob)[i]),
-                     "entropy (nats)": float(np.asarray(lens.entropy)[i])})
+        rows.append(
+            {
+                "layer": int(layer),
+                "top tokens": top,
+                f"P({lens.final_token})": float(np.asarray(lens.final_prob)[i]),
+                "entropy (nats)": float(np.asarray(lens.entropy)[i]),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -187,6 +221,7 @@ def predictions_table(predictions: PredictionSection, tokens: list[str] | None =
     rows = []
     for pos, cands in zip(predictions.positions, predictions.candidates):
         for rank, c in enumerate(cands, start=1):
-            rows.append({"position": int(pos), "rank": rank, "token": str(c["token"]),
-                         "probability": float(c["probability"])})
+            rows.append(
+                {"position": int(pos), "rank": rank, "token": str(c["token"]), "probability": float(c["probability"])}
+            )
     return pd.DataFrame(rows, columns=["position", "rank", "token", "probability"])

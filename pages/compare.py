@@ -16,8 +16,10 @@ from app.widgets import guarded
 
 state = st.session_state
 st.title("Compare")
-st.caption("Run A against run B: a base and a fine-tuned model on one text, a sentence and its paraphrase on one "
-           "model, or two architectures on the same text.")
+st.caption(
+    "Run A against run B: a base and a fine-tuned model on one text, a sentence and its paraphrase on one "
+    "model, or two architectures on the same text."
+)
 
 if cw.pickers():
     cw.start_job()

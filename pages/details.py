@@ -11,9 +11,12 @@ import streamlit as st
 from core import docs
 
 GROUPS = [
-    ("Layer metrics", "layer_metric",
-     "Computed on the hidden states of every layer (0 = embeddings, last = the residual stream before the final "
-     "norm), over the tokens of the analysed text."),
+    (
+        "Layer metrics",
+        "layer_metric",
+        "Computed on the hidden states of every layer (0 = embeddings, last = the residual stream before the final "
+        "norm), over the tokens of the analysed text.",
+    ),
     ("Attention", "attention", "Computed per head from the attention weights of the one forward pass."),
     ("Attribution", "attribution", "Which input tokens and heads the prediction at the target position depends on."),
     ("Predictions", "prediction", "What the model predicts: mask filling, next token, and generation."),
@@ -46,8 +49,10 @@ def draw_entry(e: docs.DocEntry) -> None:
 
 
 def draw_visual_guide() -> None:
-    st.markdown("How to read each chart and animation of the Overall and Layer Analysis pages and of the exported "
-                "`plots/` and `animations/` folders.")
+    st.markdown(
+        "How to read each chart and animation of the Overall and Layer Analysis pages and of the exported "
+        "`plots/` and `animations/` folders."
+    )
     for e in docs.entries("figure") + docs.entries("animation"):
         st.subheader(e.title, anchor=e.key)
         st.markdown(e.definition)
@@ -65,10 +70,12 @@ def draw_methodology() -> None:
 
 
 st.title("Details")
-st.markdown("Formulas, interpretation guides, the visual-analysis guide and the methodology behind every number on "
-            "the other pages. Notation: *L* layers, *H* heads, *T* tokens, *D* hidden width; $h^l_t$ is the state "
-            "of token *t* after block *l* (l = 0: embeddings); $A^{l,h}$ the attention of head *h* in layer *l* "
-            "(l = 1 … L: the block that writes hidden state *l*; heads are numbered from 0; rows are queries).")
+st.markdown(
+    "Formulas, interpretation guides, the visual-analysis guide and the methodology behind every number on "
+    "the other pages. Notation: *L* layers, *H* heads, *T* tokens, *D* hidden width; $h^l_t$ is the state "
+    "of token *t* after block *l* (l = 0: embeddings); $A^{l,h}$ the attention of head *h* in layer *l* "
+    "(l = 1 … L: the block that writes hidden state *l*; heads are numbered from 0; rows are queries)."
+)
 
 tabs = st.tabs([g[0] for g in GROUPS] + ["Visual guide", "Methodology"])
 for tab, (_title, kind, intro) in zip(tabs, GROUPS):

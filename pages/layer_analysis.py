@@ -14,14 +14,17 @@ from app.widgets import guarded, result_header
 result = st.session_state.get(Keys.RESULT)
 st.title("Layer Analysis")
 if result is None:
-    st.info("Run an analysis first: choose a model and a text in the sidebar and press **Analyze**.",
-            icon=":material/arrow_back:")
+    st.info(
+        "Run an analysis first: choose a model and a text in the sidebar and press **Analyze**.",
+        icon=":material/arrow_back:",
+    )
     st.stop()
 
 result_header(result)
 
 tab_att, tab_heads, tab_attr, tab_lens, tab_anim, tab_neurons, *peer_tabs = st.tabs(
-    ["Attention", "Heads", "Token attribution", "Logit lens", "Animations", "Neurons & query–key", *peer_views.TABS])
+    ["Attention", "Heads", "Token attribution", "Logit lens", "Animations", "Neurons & query–key", *peer_views.TABS]
+)
 with tab_att, guarded("attention map"):
     lw.attention_section(result)
 with tab_heads, guarded("head analysis"):

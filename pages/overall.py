@@ -13,8 +13,11 @@ from app.widgets import guarded
 result = st.session_state.get(Keys.RESULT)
 st.title("Overall")
 if result is None:
-    st.info("Choose a model, type a text in the sidebar and press **Analyze**. The layer metrics, predictions and "
-            "correlations appear here.", icon=":material/arrow_back:")
+    st.info(
+        "Choose a model, type a text in the sidebar and press **Analyze**. The layer metrics, predictions and "
+        "correlations appear here.",
+        icon=":material/arrow_back:",
+    )
     st.stop()
 
 with guarded("summary"):

@@ -9,9 +9,20 @@ from core.model_info import ModelInfo
 from core.result import AnalysisResult
 from core.settings import AnalysisSettings
 
-MODEL = ModelInfo(model_id="hand-made", family="encoder", source="local", revision="sha256:0", local_path=None,
-                  dtype="float32", device="cpu", attn_implementation="eager", architecture="BertModel", n_layers=1,
-                  n_heads=1, hidden_size=2)
+MODEL = ModelInfo(
+    model_id="hand-made",
+    family="encoder",
+    source="local",
+    revision="sha256:0",
+    local_path=None,
+    dtype="float32",
+    device="cpu",
+    attn_implementation="eager",
+    architecture="BertModel",
+    n_layers=1,
+    n_heads=1,
+    hidden_size=2,
+)
 
 
 def result_with_metrics(metrics: dict[str, list[float]], n_tokens: int = 3) -> AnalysisResult:
@@ -23,8 +34,20 @@ def result_with_metrics(metrics: dict[str, list[float]], n_tokens: int = 3) -> A
         lm.setdefault(name, np.arange(n1, dtype=float))
     T = n_tokens
     att = np.full((n1 - 1, 1, T, T), 1.0 / T, dtype=np.float32)
-    return AnalysisResult(model=MODEL, text="a b c", analysed_text="a b c", settings=AnalysisSettings(),
-                          tokens=["a", "b", "c"][:T], display_tokens=["a", "b", "c"][:T], token_ids=list(range(T)),
-                          special_mask=[False] * T, target_position=0, target_reason="hand-made",
-                          hidden_states=np.zeros((n1, T, 2), dtype=np.float32), attentions=att, layer_metrics=lm,
-                          metric_tokens="all tokens", final_norm=False)
+    return AnalysisResult(
+        model=MODEL,
+        text="a b c",
+        analysed_text="a b c",
+        settings=AnalysisSettings(),
+        tokens=["a", "b", "c"][:T],
+        display_tokens=["a", "b", "c"][:T],
+        token_ids=list(range(T)),
+        special_mask=[False] * T,
+        target_position=0,
+        target_reason="hand-made",
+        hidden_states=np.zeros((n1, T, 2), dtype=np.float32),
+        attentions=att,
+        layer_metrics=lm,
+        metric_tokens="all tokens",
+        final_norm=False,
+    )

@@ -50,6 +50,7 @@ def _by_hand(loaded, kind, layer, head, variant):
         x = args[0].clone()
         x[:, :, sl] = value
         return (x,)
+
     h = proj.register_forward_pre_hook(hook)
     try:
         with torch.no_grad():
@@ -72,7 +73,7 @@ def tables(tiny_gpt2, tiny_bert, tiny_llama):
 @pytest.mark.parametrize("variant", ["mean", "zero"])
 def test_one_head_matches_a_hand_replaced_slice(tables, kind, variant):
     loaded, (mean, zero, _) = tables[kind]
-    got = (mean if variant == "mean" else zero)
+    got = mean if variant == "mean" else zero
     assert got.shape == (loaded.n_layers, loaded.n_heads)
     for layer, head in [(0, 1), (1, 3)]:
         want = _by_hand(loaded, kind, layer, head, variant)
@@ -97,8 +98,9 @@ def test_hooks_removed(tiny_gpt2):
 
 def test_section_rows_and_agreement():
     mean = np.array([[-1.0, 0.5], [0.0, -2.0]])
-    sec = HeadAblationSection(target_position=3, token_id=7, token="x", logprob=-1.0, mean_ablation=mean,
-                              zero_ablation=2 * mean)
+    sec = HeadAblationSection(
+        target_position=3, token_id=7, token="x", logprob=-1.0, mean_ablation=mean, zero_ablation=2 * mean
+    )
     assert sec.rows()[1] == (0, 1, 0.5, 1.0) and len(sec.rows()) == 4
     scores = np.array([[1.0, -0.5], [0.1, 2.0]])  # same order as the drop −Δ
     assert sec.agreement(scores) == {"mean_ablation": pytest.approx(1.0), "zero_ablation": pytest.approx(1.0)}

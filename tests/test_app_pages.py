@@ -125,8 +125,16 @@ def test_layer_analysis_page(results, family):
     n_neuron_images = (r.neuron_factors is not None) + (r.query_key is not None)  # top neurons, query–key view
     assert len(at.get("image")) == 2 + n_neuron_images, "the two layer GIFs (animations are on by default)"
     labels = [t.label for t in at.tabs]
-    page_tabs = ["Attention", "Heads", "Token attribution", "Logit lens", "Animations", "Neurons & query–key",
-                 "Logit attribution", "Flow routes"]
+    page_tabs = [
+        "Attention",
+        "Heads",
+        "Token attribution",
+        "Logit lens",
+        "Animations",
+        "Neurons & query–key",
+        "Logit attribution",
+        "Flow routes",
+    ]
     assert [t for t in labels if t in page_tabs] == page_tabs  # inner tabs of a view may sit between them
 
 
@@ -394,9 +402,17 @@ def test_long_text_attention_window(results):
     L, H = base.n_layers, base.n_heads
     att = np.tril(np.ones((L, H, T, T), dtype=np.float32))
     att /= att.sum(-1, keepdims=True)
-    r = base.replace(attentions=att, tokens=["t"] * T, display_tokens=[f"w{i}" for i in range(T)],
-                     token_ids=list(range(T)), special_mask=[False] * T, attention=None, attribution=None,
-                     logit_lens=None, cache_key="long-text")
+    r = base.replace(
+        attentions=att,
+        tokens=["t"] * T,
+        display_tokens=[f"w{i}" for i in range(T)],
+        token_ids=list(range(T)),
+        special_mask=[False] * T,
+        attention=None,
+        attribution=None,
+        logit_lens=None,
+        cache_key="long-text",
+    )
     assert r.n_tokens > 128
     at = make_app(r).run()
     at.switch_page(LAYERS).run()

@@ -21,8 +21,12 @@ def fam(request):
 def _run(model, tok, **kw):
     enc = tok(TEXT, return_tensors="pt")
     with torch.inference_mode():
-        return enc, model(**{k: v for k, v in enc.items() if k in ("input_ids", "attention_mask")},
-                          output_attentions=True, output_hidden_states=True, **kw)
+        return enc, model(
+            **{k: v for k, v in enc.items() if k in ("input_ids", "attention_mask")},
+            output_attentions=True,
+            output_hidden_states=True,
+            **kw,
+        )
 
 
 def test_map_finds_every_part(fam):
@@ -80,8 +84,11 @@ def test_decode_of_last_state_equals_model_logits(fam):
     kind, (model, tok) = fam
     parts = model_parts(model)
     grab = {}
-    h = parts.final_norm.register_forward_pre_hook(lambda m, a: grab.setdefault("x", a[0])) \
-        if parts.final_norm is not None else None
+    h = (
+        parts.final_norm.register_forward_pre_hook(lambda m, a: grab.setdefault("x", a[0]))
+        if parts.final_norm is not None
+        else None
+    )
     try:
         _, out = _run(model, tok)
     finally:

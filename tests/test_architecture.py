@@ -69,7 +69,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
             if m == "__init__":
                 continue
             if state.get(m) == 1:
-                return stack[stack.index(m):] + [m]
+                return stack[stack.index(m) :] + [m]
             if m not in state:
                 found = visit(m)
                 if found:
@@ -104,25 +104,29 @@ def test_no_module_is_loaded_by_name_and_nothing_uses_pyplot():
 
 
 def _figure_makers(result):
-    from core import animations, attention_plots as ap, figures, peer_plots, prediction_plots as pp
+    from core import animations, figures, peer_plots
+    from core import attention_plots as ap
+    from core import prediction_plots as pp
     from core.plotting import png
 
     makers = {name: (lambda fn=fn: fn(result)) for name, fn in figures.FIGURES.items()}
-    makers.update({
-        "entropy": lambda: ap.entropy_heatmap(result),
-        "clusters": lambda: ap.head_clusters_plot(result),
-        "mean_attention": lambda: ap.mean_attention_heatmap(result, -1),
-        "single_head": lambda: ap.single_head_plot(result, 0, 1),
-        "token_attribution": lambda: ap.token_attribution_plot(result),
-        "head_attribution": lambda: ap.head_attribution_heatmap(result),
-        "lens": lambda: pp.logit_lens_heatmap_png(result.logit_lens, result.display_tokens),
-        "lens_layers": lambda: pp.logit_lens_layers_png(result.logit_lens),
-        "predictions": lambda: pp.predictions_png(result.predictions, result.display_tokens),
-        "dla": lambda: png(peer_plots.dla_figure(result.dla), tight=True),
-        "flow": lambda: png(peer_plots.flow_figure(result.flow), tight=True),
-        "gif_attention": lambda: animations.attention_layers_gif(result),
-        "gif_tokens": lambda: animations.token_trajectories_gif(result),
-    })
+    makers.update(
+        {
+            "entropy": lambda: ap.entropy_heatmap(result),
+            "clusters": lambda: ap.head_clusters_plot(result),
+            "mean_attention": lambda: ap.mean_attention_heatmap(result, -1),
+            "single_head": lambda: ap.single_head_plot(result, 0, 1),
+            "token_attribution": lambda: ap.token_attribution_plot(result),
+            "head_attribution": lambda: ap.head_attribution_heatmap(result),
+            "lens": lambda: pp.logit_lens_heatmap_png(result.logit_lens, result.display_tokens),
+            "lens_layers": lambda: pp.logit_lens_layers_png(result.logit_lens),
+            "predictions": lambda: pp.predictions_png(result.predictions, result.display_tokens),
+            "dla": lambda: png(peer_plots.dla_figure(result.dla), tight=True),
+            "flow": lambda: png(peer_plots.flow_figure(result.flow), tight=True),
+            "gif_attention": lambda: animations.attention_layers_gif(result),
+            "gif_tokens": lambda: animations.token_trajectories_gif(result),
+        }
+    )
     return makers
 
 
@@ -145,10 +149,12 @@ def test_the_readme_model_table_is_the_preset_table():
 
     families = {"encoder": "encoder", "masked_lm": "masked LM", "causal_lm": "causal LM"}
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    readme = readme[readme.index("## Models"):]
-    readme = readme[:readme.index("\n## ", 3)]  # the Models section only
-    rows = {m.group(1): [c.strip() for c in m.group(2).split("|")]
-            for m in re.finditer(r"^\| `([^`]+)` \|(.*)\|$", readme, flags=re.M)}
+    readme = readme[readme.index("## Models") :]
+    readme = readme[: readme.index("\n## ", 3)]  # the Models section only
+    rows = {
+        m.group(1): [c.strip() for c in m.group(2).split("|")]
+        for m in re.finditer(r"^\| `([^`]+)` \|(.*)\|$", readme, flags=re.M)
+    }
     for p in PRESETS:
         assert p.id in rows, f"{p.id} is missing from the README's model table"
         family, parameters, offline = rows[p.id][:3]
@@ -167,8 +173,12 @@ def test_every_setting_is_a_cli_option_and_a_sidebar_default(capsys):
     for f in setting_fields():
         flag = f.metadata.get("cli") or ("--no-" if f.default is True else "--") + f.name.replace("_", "-")
         assert flag in help_text, f"setting {f.name} has no CLI option {flag}"
-    sidebar = {Keys.MAX_TOKENS: "max_tokens", Keys.COMPUTE_GRADIENTS: "compute_gradients",
-               Keys.IG_STEPS: "ig_steps", Keys.EXCLUDE_SPECIAL: "exclude_special_tokens"}
+    sidebar = {
+        Keys.MAX_TOKENS: "max_tokens",
+        Keys.COMPUTE_GRADIENTS: "compute_gradients",
+        Keys.IG_STEPS: "ig_steps",
+        Keys.EXCLUDE_SPECIAL: "exclude_special_tokens",
+    }
     for key, name in sidebar.items():
         assert DEFAULTS[key] == AnalysisSettings.default(name)
 
@@ -178,9 +188,27 @@ def test_cli_options_build_the_same_settings():
     from core.cli_common import settings_from_args
     from core.settings import AnalysisSettings
 
-    args = build_parser().parse_args(["analyze", "--model", "m", "--text", "t", "--out", "o.zip", "--top-k", "3",
-                                      "--no-gradients", "--lens-full-grid", "--max-tokens", "64"])
-    assert settings_from_args(args) == AnalysisSettings(top_k=3, compute_gradients=False, lens_full_grid=True,
-                                                        max_tokens=64)
-    assert settings_from_args(build_parser().parse_args(["analyze", "--model", "m", "--text", "t", "--out", "o"])) \
+    args = build_parser().parse_args(
+        [
+            "analyze",
+            "--model",
+            "m",
+            "--text",
+            "t",
+            "--out",
+            "o.zip",
+            "--top-k",
+            "3",
+            "--no-gradients",
+            "--lens-full-grid",
+            "--max-tokens",
+            "64",
+        ]
+    )
+    assert settings_from_args(args) == AnalysisSettings(
+        top_k=3, compute_gradients=False, lens_full_grid=True, max_tokens=64
+    )
+    assert (
+        settings_from_args(build_parser().parse_args(["analyze", "--model", "m", "--text", "t", "--out", "o"]))
         == AnalysisSettings()
+    )

@@ -6,9 +6,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.attention import (FEATURE_NAMES, ROLE_THRESHOLDS, AttentionSection, analyse_attention, attention_entropy,
-                            cluster_heads, head_features, head_roles, mean_attention_distance, pca_2d, row_entropy,
-                            visible_keys)
+from core.attention import (
+    FEATURE_NAMES,
+    ROLE_THRESHOLDS,
+    AttentionSection,
+    analyse_attention,
+    attention_entropy,
+    cluster_heads,
+    head_features,
+    head_roles,
+    mean_attention_distance,
+    pca_2d,
+    row_entropy,
+    visible_keys,
+)
 
 
 def causal_uniform(T: int) -> np.ndarray:
@@ -105,8 +116,7 @@ def planted():
     rng = np.random.default_rng(0)
     T = 16
     kinds = ["previous", "uniform", "self", "first"] * 3
-    make = {"previous": previous_token, "uniform": causal_uniform, "self": lambda t: np.eye(t),
-            "first": first_token}
+    make = {"previous": previous_token, "uniform": causal_uniform, "self": lambda t: np.eye(t), "first": first_token}
     heads = [noisy(make[k](T), rng) for k in kinds]
     att = np.stack(heads).reshape(4, 3, T, T).astype(np.float32)
     return att, kinds

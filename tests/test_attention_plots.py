@@ -7,7 +7,8 @@ import io
 import numpy as np
 import pytest
 
-from core import animations, attention_plots as ap
+from core import animations
+from core import attention_plots as ap
 from core.options import ExportOptions
 from core.plotting import token_label
 
@@ -37,10 +38,16 @@ def _frames(gif: bytes) -> np.ndarray:
 
 def test_png_figures(gpt2_result, bert_result):
     for res in (gpt2_result, bert_result):
-        for png in (ap.entropy_heatmap(res), ap.entropy_heatmap(res, normalized=True), ap.head_clusters_plot(res),
-                    ap.token_attribution_plot(res), ap.head_attribution_heatmap(res),
-                    ap.mean_attention_heatmap(res), ap.mean_attention_heatmap(res, 0),
-                    ap.single_head_plot(res, 1, 2)):
+        for png in (
+            ap.entropy_heatmap(res),
+            ap.entropy_heatmap(res, normalized=True),
+            ap.head_clusters_plot(res),
+            ap.token_attribution_plot(res),
+            ap.head_attribution_heatmap(res),
+            ap.mean_attention_heatmap(res),
+            ap.mean_attention_heatmap(res, 0),
+            ap.single_head_plot(res, 1, 2),
+        ):
             assert png.startswith(PNG) and len(png) > 1000
 
 
@@ -104,7 +111,7 @@ def test_common_projection_uses_one_basis_for_all_layers():
     _, s, vt = np.linalg.svd(Xc, full_matrices=False)
     expected = (Xc @ vt[:2].T).reshape(4, 6, 2)
     np.testing.assert_allclose(np.abs(P), np.abs(expected), atol=1e-9)
-    np.testing.assert_allclose(ratio, s[:2] ** 2 / (s ** 2).sum())
+    np.testing.assert_allclose(ratio, s[:2] ** 2 / (s**2).sum())
     # the Gram path (fewer states than dimensions) gives the same projection
     P2, _ = animations.common_projection(rng.normal(size=(2, 3, 50)))
     assert P2.shape == (2, 3, 2)
@@ -112,8 +119,10 @@ def test_common_projection_uses_one_basis_for_all_layers():
 
 def test_bundle_holds_the_csvs_with_exact_headers(gpt2_result):
     files = ap.attention_bundle_files(gpt2_result, ExportOptions())
-    first = {name: files[name].decode().splitlines()[0] for name in
-             ("attention_entropy.csv", "head_clusters.csv", "token_attribution.csv", "head_attribution.csv")}
+    first = {
+        name: files[name].decode().splitlines()[0]
+        for name in ("attention_entropy.csv", "head_clusters.csv", "token_attribution.csv", "head_attribution.csv")
+    }
     assert first["attention_entropy.csv"] == "layer,head,entropy,normalized_entropy"
     assert first["head_clusters.csv"] == "layer,head,cluster,role," + ",".join(gpt2_result.attention.feature_names)
     assert first["token_attribution.csv"] == "position,token,rollout,grad_x_input,integrated_gradients"
@@ -121,8 +130,13 @@ def test_bundle_holds_the_csvs_with_exact_headers(gpt2_result):
     L, H, T = gpt2_result.n_layers, gpt2_result.n_heads, gpt2_result.n_tokens
     assert len(files["attention_entropy.csv"].decode().splitlines()) == 1 + L * H
     assert len(files["token_attribution.csv"].decode().splitlines()) == 1 + T
-    for name in ("plots/attention_entropy.png", "plots/head_clusters.png", "plots/token_attribution.png",
-                 "plots/attention_mean_last_layer.png", "plots/head_attribution.png"):
+    for name in (
+        "plots/attention_entropy.png",
+        "plots/head_clusters.png",
+        "plots/token_attribution.png",
+        "plots/attention_mean_last_layer.png",
+        "plots/head_attribution.png",
+    ):
         assert files[name].startswith(PNG), name
     assert _frames(files["animations/attention_layers.gif"]).shape[0] == L
     assert _frames(files["animations/token_trajectories.gif"]).shape[0] == L + 1

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from core.attribution import (AttributionSection, attention_rollout, gradient_x_input, head_projection_modules,
-                              integrated_gradients, token_embeddings)
+from core.attribution import (
+    AttributionSection,
+    attention_rollout,
+    gradient_x_input,
+    head_projection_modules,
+    integrated_gradients,
+    token_embeddings,
+)
 from core.capture import capture
 from core.settings import AnalysisSettings
 
@@ -23,10 +29,9 @@ def test_rollout_equals_hand_computation_on_two_layers():
     # layer 2: heads [[1,0],[.6,.4]] and [[1,0],[.2,.8]] → mean [[1,0],[.4,.6]]; + I → [[2,0],[.4,1.6]];
     #          rows normalised → Â2 = [[1,0],[.2,.8]]
     # R = Â2 Â1 = [[1, 0], [.2·1 + .8·.15, .8·.85]] = [[1, 0], [.32, .68]]
-    att = np.array([[[[1, 0], [.5, .5]], [[1, 0], [.1, .9]]],
-                    [[[1, 0], [.6, .4]], [[1, 0], [.2, .8]]]])
+    att = np.array([[[[1, 0], [0.5, 0.5]], [[1, 0], [0.1, 0.9]]], [[[1, 0], [0.6, 0.4]], [[1, 0], [0.2, 0.8]]]])
     R = attention_rollout(att)
-    np.testing.assert_allclose(R, [[1, 0], [.32, .68]], atol=1e-12)
+    np.testing.assert_allclose(R, [[1, 0], [0.32, 0.68]], atol=1e-12)
 
 
 def test_rollout_order_matters_and_rows_sum_to_one():
@@ -54,9 +59,11 @@ def _setup(loaded, text):
 
 def _f_full(loaded, cap, pos, pred):
     """Independent f(embeds): the whole model on inputs_embeds, full logits, pick the position."""
+
     def f(emb):
         out = loaded.model(inputs_embeds=emb, attention_mask=cap.attention_mask.expand(emb.shape[0], -1))
         return torch.log_softmax(out.logits[:, pos].float(), -1)[:, pred]
+
     return f
 
 
@@ -133,8 +140,9 @@ def test_head_scores_shape_hooks_removed_and_match_a_head_gate(lm):
         def gate(_m, args):
             z = args[0].clone()
             d = z.shape[-1] // H
-            z[..., h * d:(h + 1) * d] *= scale
+            z[..., h * d : (h + 1) * d] *= scale
             return (z,)
+
         handle = mods[l].register_forward_pre_hook(gate)
         try:
             with torch.no_grad():
@@ -156,6 +164,7 @@ def test_hooks_removed_when_the_forward_fails(tiny_gpt2, monkeypatch):
     def boom(*a, **k):
         def f(emb):
             raise RuntimeError("boom")
+
         return f
 
     before = _all_pre_hooks(tiny_gpt2.model)  # transformers keeps a few hooks of its own

@@ -23,8 +23,16 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "artifacts" / "screenshots"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 EXCEPTION = '[data-testid="stException"]'
 
@@ -41,14 +49,34 @@ def server(tmp_path_factory):
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package to run the browser test")
     pytest.importorskip("playwright.sync_api", reason="playwright (python package) is not installed")
     port = _free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TMA_CACHE_DIR=str(tmp_path_factory.mktemp("browser-cache")),
-               TMA_RUNS_DIR=str(tmp_path_factory.mktemp("browser-runs")), TOKENIZERS_PARALLELISM="false")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TMA_CACHE_DIR=str(tmp_path_factory.mktemp("browser-cache")),
+        TMA_RUNS_DIR=str(tmp_path_factory.mktemp("browser-runs")),
+        TOKENIZERS_PARALLELISM="false",
+    )
     log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
     log = open(log_path, "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
-         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app/main.py",
+            "--server.port",
+            str(port),
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 90
@@ -184,7 +212,7 @@ def test_offline_banner_in_a_browser(server, page):
     assert "not available" in pg.locator('[data-testid="stAlertContentError"]').first.inner_text().lower()
     assert pg.locator('[data-testid="stSidebar"] textarea').input_value() == "A text that must survive the error."
     pg.screenshot(path=str(SHOTS / "08_offline_banner.png"), full_page=False)
-    click(pg, '.st-key-switch_bundled button')
+    click(pg, ".st-key-switch_bundled button")
     settle(pg, '[data-testid="stMain"] [data-testid="stMetric"]', timeout=240_000)
     no_exception_box(pg)
     assert pg.locator('[data-testid="stSidebar"] textarea').input_value() == "A text that must survive the error."

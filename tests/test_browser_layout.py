@@ -28,15 +28,30 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "artifacts" / "screenshots" / "layout"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 MAIN = '[data-testid="stMainBlockContainer"]'
 WIDTHS = (1280, 1920)
 HEIGHT = 900
 SHORT_TEXT = "The cat sat on the mat near the red door."  # 13 tokens with [CLS] and [SEP]
-LONG_TEXT = " ".join([("The researchers measured how each layer of the model spreads its tokens over many "
-                       "directions, and they wrote every number into a report for later comparison.")] * 20)
+LONG_TEXT = " ".join(
+    [
+        (
+            "The researchers measured how each layer of the model spreads its tokens over many "
+            "directions, and they wrote every number into a report for later comparison."
+        )
+    ]
+    * 20
+)
 #: No page or tab may be taller than this (px). The long Details tabs are text; everything else is far below.
 MAX_PAGE_PX = 6000
 #: Tabs with charts only (Overall, the Layer Analysis tabs) stay well below it, whatever the text length.
@@ -78,14 +93,36 @@ def server(tmp_path_factory):
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package to run the browser test")
     pytest.importorskip("playwright.sync_api", reason="playwright (python package) is not installed")
     port = int(os.environ.get("TMA_BROWSER_PORT") or 0) or _free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TMA_CACHE_DIR=str(tmp_path_factory.mktemp("layout-cache")),
-               TMA_RUNS_DIR=str(tmp_path_factory.mktemp("layout-runs")), TOKENIZERS_PARALLELISM="false")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TMA_CACHE_DIR=str(tmp_path_factory.mktemp("layout-cache")),
+        TMA_RUNS_DIR=str(tmp_path_factory.mktemp("layout-runs")),
+        TOKENIZERS_PARALLELISM="false",
+    )
     log_path = tmp_path_factory.mktemp("layout-server") / "streamlit.log"
     log = open(log_path, "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
-         "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app/main.py",
+            "--server.port",
+            str(port),
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+            "--server.fileWatcherType",
+            "none",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 90
@@ -181,11 +218,15 @@ def check(pg, name: str, bound: int) -> dict:
     for it in m["items"]:
         assert it["left"] >= m["colLeft"] - 1 and it["right"] <= m["colRight"] + 1, (
             f"{name}: {it['kind']} spans {it['left']:.0f}–{it['right']:.0f} px, the main column "
-            f"{m['colLeft']:.0f}–{m['colRight']:.0f} px")
+            f"{m['colLeft']:.0f}–{m['colRight']:.0f} px"
+        )
     assert m["pageHeight"] <= bound, f"{name}: the page is {m['pageHeight']} px tall (bound {bound})"
-    MEASURED[name] = {"column_px": round(m["colWidth"]), "page_height_px": m["pageHeight"],
-                      "widest_item_px": round(max((i["width"] for i in m["items"]), default=0)),
-                      "charts": m["charts"]}
+    MEASURED[name] = {
+        "column_px": round(m["colWidth"]),
+        "page_height_px": m["pageHeight"],
+        "widest_item_px": round(max((i["width"] for i in m["items"]), default=0)),
+        "charts": m["charts"],
+    }
     (SHOTS / "measurements.json").write_text(json.dumps(MEASURED, indent=1))
     return m
 
@@ -201,8 +242,16 @@ def tab(pg, label: str) -> None:
     settle(pg)
 
 
-LAYER_TABS = ("Attention", "Heads", "Token attribution", "Logit lens", "Animations", "Neurons", "Logit attribution",
-              "Flow routes")
+LAYER_TABS = (
+    "Attention",
+    "Heads",
+    "Token attribution",
+    "Logit lens",
+    "Animations",
+    "Neurons",
+    "Logit attribution",
+    "Flow routes",
+)
 DETAIL_TABS = ("Layer metrics", "Attention", "Attribution", "Predictions", "Logit lens", "Visual guide", "Methodology")
 
 

@@ -22,8 +22,16 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "artifacts" / "screenshots"
 PORT = int(os.environ.get("TMA_BROWSER_SESSIONS_PORT", "8614"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 EXCEPTION = '[data-testid="stException"]'
 METRIC = '[data-testid="stMain"] [data-testid="stMetric"]'
@@ -46,14 +54,34 @@ def server(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package to run the browser test")
     pytest.importorskip("playwright.sync_api", reason="playwright (python package) is not installed")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TMA_CACHE_DIR=str(tmp_path_factory.mktemp("sessions-cache")),
-               TMA_RUNS_DIR=str(tmp_path_factory.mktemp("sessions-runs")), TOKENIZERS_PARALLELISM="false")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TMA_CACHE_DIR=str(tmp_path_factory.mktemp("sessions-cache")),
+        TMA_RUNS_DIR=str(tmp_path_factory.mktemp("sessions-runs")),
+        TOKENIZERS_PARALLELISM="false",
+    )
     log_path = tmp_path_factory.mktemp("sessions-server") / "streamlit.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(PORT),
-             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app/main.py",
+                "--server.port",
+                str(PORT),
+                "--server.headless",
+                "true",
+                "--browser.gatherUsageStats",
+                "false",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         url = f"http://127.0.0.1:{PORT}"
         try:
             deadline = time.time() + 120
@@ -153,8 +181,10 @@ def test_six_sessions_at_once(server, browser):
             SHOTS.mkdir(parents=True, exist_ok=True)
             for k, other in enumerate(pages):
                 other.screenshot(path=str(SHOTS / f"sessions_{k}.png"), full_page=True)
-            raise AssertionError(f"session {i} shows no result; screenshots in {SHOTS}; server log tail:\n"
-                                 + log_path.read_text()[-2000:]) from None
+            raise AssertionError(
+                f"session {i} shows no result; screenshots in {SHOTS}; server log tail:\n"
+                + log_path.read_text()[-2000:]
+            ) from None
         assert pg.locator(EXCEPTION).count() == 0, f"session {i}: " + pg.locator(EXCEPTION).first.inner_text()
         header = pg.locator('[data-testid="stMain"] [data-testid="stCaptionContainer"]').all_inner_texts()
         joined = " ".join(header)

@@ -1,10 +1,10 @@
 """Result round trip (no pickle) and the disk cache: a hit skips the model, a changed setting misses."""
 
 import dataclasses
+import io
 import json
 import struct
 import zipfile
-import io
 
 import numpy as np
 import pytest
@@ -39,8 +39,8 @@ def test_result_round_trips_without_pickle(tiny_gpt2, tmp_path):
     from core import serialize
 
     assert data.startswith(serialize.MAGIC)  # JSON header + raw arrays (see core.serialize), no pickle opcodes
-    (hlen,) = struct.unpack("<Q", data[len(serialize.MAGIC):len(serialize.MAGIC) + 8])
-    header = json.loads(data[len(serialize.MAGIC) + 8:len(serialize.MAGIC) + 8 + hlen])
+    (hlen,) = struct.unpack("<Q", data[len(serialize.MAGIC) : len(serialize.MAGIC) + 8])
+    header = json.loads(data[len(serialize.MAGIC) + 8 : len(serialize.MAGIC) + 8 + hlen])
     assert set(header) == {"object", "arrays"} and header["object"]["__dataclass__"].endswith("AnalysisResult")
 
 

@@ -206,8 +206,11 @@ def test_warnings_belong_to_the_calling_thread(tmp_path, monkeypatch):
     import threading
 
     cache = ResultCache(tmp_path / "cache", size_limit_mb=4)
-    monkeypatch.setattr(type(cache._cache), "set",
-                        lambda *_a, **_k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    monkeypatch.setattr(
+        type(cache._cache),
+        "set",
+        lambda *_a, **_k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")),
+    )
     seen: dict[str, list[str]] = {}
 
     def other():

@@ -17,8 +17,11 @@ from core.metrics import METRIC_NAMES
 def test_one_axis_spec_per_metric():
     assert tuple(METRIC_AXES) == METRIC_NAMES
     assert METRIC_AXES["intrinsic_dim_95"].integer and METRIC_AXES["intrinsic_dim_95"].number_format == "d"
-    assert {m for m, s in METRIC_AXES.items() if s.token_ceiling} == {"effective_rank", "participation_ratio",
-                                                                       "intrinsic_dim_95"}
+    assert {m for m, s in METRIC_AXES.items() if s.token_ceiling} == {
+        "effective_rank",
+        "participation_ratio",
+        "intrinsic_dim_95",
+    }
     for s in METRIC_AXES.values():  # never an exponent: "d" or fixed-point with an explicit precision
         assert "e" not in s.number_format and "g" not in s.number_format and "s" not in s.number_format
 
@@ -68,7 +71,7 @@ def test_place_labels_never_overlap():
     assert len(boxes) >= 20
     for i, a in enumerate(boxes):
         assert 0 <= a[0] and a[2] <= 260 and 0 <= a[1] and a[3] <= 260
-        for b in boxes[i + 1:]:
+        for b in boxes[i + 1 :]:
             assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
     # two far-apart points both get a label
     assert all(s is not None for s in chart_spec.place_labels(np.array([[10, 10], [150, 150]]), [30, 30], 9.0))
@@ -94,8 +97,9 @@ def test_metric_line_starts_at_zero_with_the_labelled_ceiling():
     assert "e" not in y["axis"]["format"]
     texts = json.dumps(c.to_dict(), ensure_ascii=False)
     assert "T \u2212 1 = 20" in texts and "rule" in texts
-    zoomed = json.dumps(charts.metric_line(df, "effective_rank", token_bound=20, zoom=True).to_dict(),
-                        ensure_ascii=False)
+    zoomed = json.dumps(
+        charts.metric_line(df, "effective_rank", token_bound=20, zoom=True).to_dict(), ensure_ascii=False
+    )
     assert '"rule"' not in zoomed and "T \u2212 1 = 20, above the axis" in zoomed  # named, not drawn
     integer = _layers(charts.metric_line(df, "intrinsic_dim_95", token_bound=12))[0]["encoding"]["y"]["axis"]
     assert integer["format"] == "d" and integer["tickMinStep"] == 1
@@ -123,8 +127,9 @@ def test_attention_heatmap_is_bounded(n):
 def test_per_token_bars_are_top_k():
     from app import charts
 
-    df = pd.DataFrame({"position": range(500), "token": [f"w{i}" for i in range(500)],
-                       "rollout": np.linspace(-1, 1, 500)})
+    df = pd.DataFrame(
+        {"position": range(500), "token": [f"w{i}" for i in range(500)], "rollout": np.linspace(-1, 1, 500)}
+    )
     top = charts.top_rows(df, "rollout")
     assert len(top) == charts.TOP_ROWS and list(top.position) == sorted(top.position)
     assert set(top.position) == set(range(10)) | set(range(490, 500))  # the largest |score| at both ends

@@ -14,18 +14,38 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, tmp_path, stdin=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMA_CACHE_DIR": str(tmp_path / "cache"),
-           "TMA_RUNS_DIR": str(tmp_path / "runs")}
-    return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          input=stdin, timeout=300)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TMA_CACHE_DIR": str(tmp_path / "cache"),
+        "TMA_RUNS_DIR": str(tmp_path / "runs"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "core", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
 def minilm_bundle(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     out = tmp / "b.zip"
-    proc = run_cli("analyze", "--model", "sentence-transformers/all-MiniLM-L6-v2", "--text", "The cat sat on the mat.",
-                   "--out", str(out), "--no-animations", tmp_path=tmp)
+    proc = run_cli(
+        "analyze",
+        "--model",
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "--text",
+        "The cat sat on the mat.",
+        "--out",
+        str(out),
+        "--no-animations",
+        tmp_path=tmp,
+    )
     return proc, out
 
 
@@ -42,10 +62,26 @@ def test_cli_writes_a_valid_bundle(minilm_bundle):
         import io
 
         att = np.load(io.BytesIO(zf.read("attentions.npy")), allow_pickle=False)
-    assert header.startswith("layer,effective_rank,participation_ratio,intrinsic_dim_95,activation_entropy,cosine_to_input")
+    assert header.startswith(
+        "layer,effective_rank,participation_ratio,intrinsic_dim_95,activation_entropy,cosine_to_input"
+    )
     assert att.dtype == np.float32 and att.shape == (6, 12, len(tokens), len(tokens))
-    for key in ("model_id", "family", "revision", "dtype", "device", "attn_implementation", "text", "token_count",
-                "layers", "heads", "settings", "core_version", "package_versions", "created_at"):
+    for key in (
+        "model_id",
+        "family",
+        "revision",
+        "dtype",
+        "device",
+        "attn_implementation",
+        "text",
+        "token_count",
+        "layers",
+        "heads",
+        "settings",
+        "core_version",
+        "package_versions",
+        "created_at",
+    ):
         assert key in manifest, key
     assert manifest["family"] == "encoder" and manifest["token_count"] == len(tokens)
     assert manifest["attn_implementation"] == "eager"
@@ -56,22 +92,35 @@ def test_cli_folder_output_and_text_file(tmp_path, tiny_dirs):
     f = tmp_path / "t.txt"
     f.write_text("The dog sat on the log.", encoding="utf-8")
     out = tmp_path / "bundle"
-    proc = run_cli("analyze", "--model", str(tiny_dirs["gpt2"]), "--text-file", str(f), "--out", str(out),
-                   "--no-animations", "--no-gradients", tmp_path=tmp_path)
+    proc = run_cli(
+        "analyze",
+        "--model",
+        str(tiny_dirs["gpt2"]),
+        "--text-file",
+        str(f),
+        "--out",
+        str(out),
+        "--no-animations",
+        "--no-gradients",
+        tmp_path=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (out / "manifest.json").is_file() and (out / "layer_metrics.csv").is_file()
     assert json.loads((out / "manifest.json").read_text())["text"] == "The dog sat on the log."
 
 
-@pytest.mark.parametrize("args, code", [
-    (["analyze", "--model", "gpt2", "--text", "hi", "--out", "x.zip"], 1),
-    (["analyze", "--model", "/no/such/folder", "--text", "hi", "--out", "x.zip"], 1),
-    (["analyze", "--model", "sentence-transformers/all-MiniLM-L6-v2", "--text", "   ", "--out", "x.zip"], 2),
-    (["analyze", "--model", "m", "--text-file", "/no/such/file.txt", "--out", "x.zip"], 2),
-    (["analyze", "--model", "m", "--text", "hi", "--out", "x.zip", "--max-tokens", "0"], 2),
-    (["analyze", "--model", "m"], 2),
-    (["frobnicate"], 2),
-])
+@pytest.mark.parametrize(
+    "args, code",
+    [
+        (["analyze", "--model", "gpt2", "--text", "hi", "--out", "x.zip"], 1),
+        (["analyze", "--model", "/no/such/folder", "--text", "hi", "--out", "x.zip"], 1),
+        (["analyze", "--model", "sentence-transformers/all-MiniLM-L6-v2", "--text", "   ", "--out", "x.zip"], 2),
+        (["analyze", "--model", "m", "--text-file", "/no/such/file.txt", "--out", "x.zip"], 2),
+        (["analyze", "--model", "m", "--text", "hi", "--out", "x.zip", "--max-tokens", "0"], 2),
+        (["analyze", "--model", "m"], 2),
+        (["frobnicate"], 2),
+    ],
+)
 def test_cli_bad_input_exits_nonzero_with_one_line(tmp_path, args, code):
     args = [a if a != "x.zip" else str(tmp_path / "x.zip") for a in args]
     proc = run_cli(*args, tmp_path=tmp_path)
@@ -85,6 +134,16 @@ def test_cli_bad_input_exits_nonzero_with_one_line(tmp_path, args, code):
 def test_cli_help_documents_every_option(tmp_path):
     proc = run_cli("analyze", "--help", tmp_path=tmp_path)
     assert proc.returncode == 0
-    for opt in ("--model", "--text", "--text-file", "--out", "--dtype", "--device", "--max-tokens",
-                "--exclude-special-tokens", "--mask-word", "--no-cache"):
+    for opt in (
+        "--model",
+        "--text",
+        "--text-file",
+        "--out",
+        "--dtype",
+        "--device",
+        "--max-tokens",
+        "--exclude-special-tokens",
+        "--mask-word",
+        "--no-cache",
+    ):
         assert opt in proc.stdout

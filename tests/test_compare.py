@@ -35,8 +35,14 @@ def _hsic_song(K: np.ndarray, L: np.ndarray) -> float:
     np.fill_diagonal(Kt, 0.0)
     np.fill_diagonal(Lt, 0.0)
     one = np.ones(n)
-    return float((np.trace(Kt @ Lt) + (one @ Kt @ one) * (one @ Lt @ one) / ((n - 1) * (n - 2))
-                  - 2.0 / (n - 2) * (one @ Kt @ Lt @ one)) / (n * (n - 3)))
+    return float(
+        (
+            np.trace(Kt @ Lt)
+            + (one @ Kt @ one) * (one @ Lt @ one) / ((n - 1) * (n - 2))
+            - 2.0 / (n - 2) * (one @ Kt @ Lt @ one)
+        )
+        / (n * (n - 3))
+    )
 
 
 def _cka_textbook(X: np.ndarray, Y: np.ndarray, debiased: bool) -> float:
@@ -79,8 +85,8 @@ def test_centred_cka_in_feature_space_and_one_dimensional_case():
     # one feature each: linear CKA is the squared Pearson correlation (hand-checkable: r = 0.98198 here)
     x, y = np.array([[1.0], [2.0], [3.0]]), np.array([[1.0], [2.0], [4.0]])
     r = np.corrcoef(x[:, 0], y[:, 0])[0, 1]
-    assert linear_cka(x, y) == pytest.approx(r ** 2, rel=1e-12)
-    assert r ** 2 == pytest.approx(0.964285714, rel=1e-8)
+    assert linear_cka(x, y) == pytest.approx(r**2, rel=1e-12)
+    assert r**2 == pytest.approx(0.964285714, rel=1e-8)
 
 
 @pytest.mark.parametrize("debiased", [False, True])
@@ -91,13 +97,17 @@ def test_cka_is_invariant_to_orthogonal_transforms_and_isotropic_scaling(debiase
     Y = np.tanh(X @ rng.standard_normal((8, 10))) + 0.3 * rng.standard_normal((30, 10))
     base = linear_cka(X, Y, debiased=debiased)
     if side == "x":
-        moved = (linear_cka(X @ _orthogonal(8, rng), Y, debiased=debiased),
-                 linear_cka(X * 37.5, Y, debiased=debiased),
-                 linear_cka(0.01 * X @ _orthogonal(8, rng), Y, debiased=debiased))
+        moved = (
+            linear_cka(X @ _orthogonal(8, rng), Y, debiased=debiased),
+            linear_cka(X * 37.5, Y, debiased=debiased),
+            linear_cka(0.01 * X @ _orthogonal(8, rng), Y, debiased=debiased),
+        )
     else:
-        moved = (linear_cka(X, Y @ _orthogonal(10, rng), debiased=debiased),
-                 linear_cka(X, Y * 1e-3, debiased=debiased),
-                 linear_cka(X, 250.0 * Y @ _orthogonal(10, rng), debiased=debiased))
+        moved = (
+            linear_cka(X, Y @ _orthogonal(10, rng), debiased=debiased),
+            linear_cka(X, Y * 1e-3, debiased=debiased),
+            linear_cka(X, 250.0 * Y @ _orthogonal(10, rng), debiased=debiased),
+        )
     for v in moved:
         assert v == pytest.approx(base, rel=1e-9, abs=1e-12)
     # not invariant to an arbitrary (non-orthogonal) linear map: the invariance above is a real property
@@ -115,8 +125,7 @@ def test_cka_is_symmetric(debiased):
 def test_independent_random_matrices_debiased_near_zero_centred_biased_up():
     rng = np.random.default_rng(7)
     n, p = 64, 256
-    debiased = [linear_cka(rng.standard_normal((n, p)), rng.standard_normal((n, p)), debiased=True)
-                for _ in range(5)]
+    debiased = [linear_cka(rng.standard_normal((n, p)), rng.standard_normal((n, p)), debiased=True) for _ in range(5)]
     centred = linear_cka(rng.standard_normal((n, p)), rng.standard_normal((n, p)))
     assert all(abs(v) < 0.05 for v in debiased), debiased
     assert centred > 0.5  # wide random features: the centred estimator is far from 0, which debiasing removes
@@ -163,8 +172,15 @@ def gpt2_depths(tmp_path_factory, tiny_dirs):
     for n in (6, 12):
         folder = tmp_path_factory.mktemp(f"gpt2-{n}")
         torch.manual_seed(n)
-        cfg = GPT2Config(n_layer=n, n_head=4, n_embd=32, n_positions=128, vocab_size=len(tok),
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+        cfg = GPT2Config(
+            n_layer=n,
+            n_head=4,
+            n_embd=32,
+            n_positions=128,
+            vocab_size=len(tok),
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
         GPT2LMHeadModel(cfg).eval().save_pretrained(folder)
         tok.save_pretrained(folder)
         out[n] = load_model(str(folder), dtype="float32", device="cpu")
@@ -249,8 +265,9 @@ def test_two_texts_on_one_model(runs):
     assert cmp.same_model and not cmp.same_tokens and cmp.default_axis == "absolute"
     assert "different texts" in cmp.cka_unavailable_reason
     np.testing.assert_allclose(cmp.entropy_diff, b.attention.entropy - a.attention.entropy)
-    np.testing.assert_allclose(cmp.normalized_entropy_diff,
-                               b.attention.normalized_entropy - a.attention.normalized_entropy)
+    np.testing.assert_allclose(
+        cmp.normalized_entropy_diff, b.attention.normalized_entropy - a.attention.normalized_entropy
+    )
     assert cmp.entropy_unavailable_reason == ""
     table = prediction_rows(cmp)
     assert len(table) == max(len(cmp.predictions_a.tokens), len(cmp.predictions_b.tokens)) > 0
@@ -313,10 +330,32 @@ def cli_outputs(tmp_path_factory, tiny_dirs, gpt2_depths):
     gpt2, bert = str(tiny_dirs["gpt2"]), str(tiny_dirs["bert"])
     common = ["--no-animations", "--no-gradients"]
     codes = {
-        "depths": run_compare(["--model", g6, "--model-b", g12, "--text", "The cat sat on the mat.",
-                               "--out", str(tmp / "depths.zip"), *common]),
-        "tokenizers": run_compare(["--model", gpt2, "--model-b", bert, "--text", "The cat sat on the mat.",
-                                   "--out", str(tmp / "tok"), *common]),
+        "depths": run_compare(
+            [
+                "--model",
+                g6,
+                "--model-b",
+                g12,
+                "--text",
+                "The cat sat on the mat.",
+                "--out",
+                str(tmp / "depths.zip"),
+                *common,
+            ]
+        ),
+        "tokenizers": run_compare(
+            [
+                "--model",
+                gpt2,
+                "--model-b",
+                bert,
+                "--text",
+                "The cat sat on the mat.",
+                "--out",
+                str(tmp / "tok"),
+                *common,
+            ]
+        ),
     }
     return tmp, codes
 
@@ -332,11 +371,26 @@ def test_cli_compare_writes_both_bundles_cka_and_report(cli_outputs):
     assert codes["depths"] == 0
     with zipfile.ZipFile(tmp / "depths.zip") as zf:
         names = set(zf.namelist())
-        files = {n: zf.read(n) for n in ("comparison.json", "cka.csv", "report.pdf", "a/layer_metrics.csv",
-                                         "b/layer_metrics.csv", "a/report.pdf", "b/report.pdf")}
+        files = {
+            n: zf.read(n)
+            for n in (
+                "comparison.json",
+                "cka.csv",
+                "report.pdf",
+                "a/layer_metrics.csv",
+                "b/layer_metrics.csv",
+                "a/report.pdf",
+                "b/report.pdf",
+            )
+        }
     assert {"a/manifest.json", "b/manifest.json", "a/attentions.npy", "b/tokens.json"} <= names
-    assert {"plots/metrics_overlay.png", "plots/cka.png", "plots/cka_debiased.png", "plots/layer_cka_a.png",
-            "plots/layer_cka_b.png"} <= names
+    assert {
+        "plots/metrics_overlay.png",
+        "plots/cka.png",
+        "plots/cka_debiased.png",
+        "plots/layer_cka_a.png",
+        "plots/layer_cka_b.png",
+    } <= names
     assert "plots/entropy_difference.png" not in names  # 6 and 12 layers: not one architecture
     lines = files["cka.csv"].decode().splitlines()
     assert lines[0] == "layer_a,layer_b,cka"
@@ -369,12 +423,15 @@ def test_cli_compare_different_tokenizers_writes_no_cka(cli_outputs):
     assert json.loads((out / "b" / "manifest.json").read_text())["family"] == "masked_lm"
 
 
-@pytest.mark.parametrize("extra", [
-    ["--text", "   ", "--text-b", "x"],
-    ["--text", "The cat.", "--text-b", "  "],
-    ["--text", "The cat."],  # B equals A
-    ["--text", "The cat.", "--text-b", "The dog.", "--max-tokens", "0"],
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--text", "   ", "--text-b", "x"],
+        ["--text", "The cat.", "--text-b", "  "],
+        ["--text", "The cat."],  # B equals A
+        ["--text", "The cat.", "--text-b", "The dog.", "--max-tokens", "0"],
+    ],
+)
 def test_cli_compare_bad_input_is_one_line_and_exit_2(tmp_path, capsys, tiny_dirs, extra):
     out = tmp_path / "x.zip"
     code = run_compare(["--model", str(tiny_dirs["gpt2"]), *extra, "--out", str(out)])
@@ -395,17 +452,25 @@ def test_python_m_core_compare_bad_input_and_help(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMA_CACHE_DIR": str(tmp_path / "cache")}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "core", "compare", *args], cwd=root, env=env,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "core", "compare", *args],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     helped = cli("--help")
     assert helped.returncode == 0
     for opt in ("--model", "--model-b", "--text", "--text-b", "--out", "--debiased", "--max-tokens", "--dtype"):
         assert opt in helped.stdout, opt
     out = tmp_path / "x.zip"
-    for args in (["--model", "m", "--text", "same", "--out", str(out)],
-                 ["--model", "m", "--text", "a", "--text-b", " ", "--out", str(out)],
-                 ["--model", "m", "--out", str(out)]):
+    for args in (
+        ["--model", "m", "--text", "same", "--out", str(out)],
+        ["--model", "m", "--text", "a", "--text-b", " ", "--out", str(out)],
+        ["--model", "m", "--out", str(out)],
+    ):
         proc = cli(*args)
         lines = [l for l in proc.stderr.splitlines() if l.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
@@ -420,8 +485,12 @@ def test_comparison_figures_are_thread_safe(runs):
 
     cmp = compare(runs["gpt2"], runs["gpt2_other_text"])
     single = comparison_plots(cmp, runs["gpt2"], runs["gpt2_other_text"])
-    assert set(single) == {"plots/metrics_overlay.png", "plots/layer_cka_a.png", "plots/layer_cka_b.png",
-                           "plots/entropy_difference.png"}
+    assert set(single) == {
+        "plots/metrics_overlay.png",
+        "plots/layer_cka_a.png",
+        "plots/layer_cka_b.png",
+        "plots/entropy_difference.png",
+    }
     with cf.ThreadPoolExecutor(max_workers=4) as pool:
         drawn = list(pool.map(lambda _: comparison_plots(cmp, runs["gpt2"], runs["gpt2_other_text"]), range(4)))
     assert all(d == single for d in drawn)

@@ -214,11 +214,13 @@ def test_a_failed_analysis_is_one_line_and_nothing_is_stored(runs):
     at.switch_page(COMPARE).run()
     no_exception(at)
     assert at.session_state["cmp_job"] is None and at.session_state["cmp_result_a"] is None
-    assert [e.value for e in at.error] == ["Run B: something went wrong during the analysis. The details are in "
-                                           "the server log."]
+    assert [e.value for e in at.error] == [
+        "Run B: something went wrong during the analysis. The details are in the server log."
+    ]
     bad: Future = Future()
     bad.set_exception(InputError("the text is empty: type a sentence to analyse"))
-    at.session_state["cmp_job"] = CompareJob(specs={"a": spec, "b": spec}, runs={"a": bad, "b": runs["g6"]},
-                                             computed=("a",))
+    at.session_state["cmp_job"] = CompareJob(
+        specs={"a": spec, "b": spec}, runs={"a": bad, "b": runs["g6"]}, computed=("a",)
+    )
     at.run()
     assert at.error[0].value == "Run A: the text is empty: type a sentence to analyse"

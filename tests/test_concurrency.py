@@ -137,8 +137,13 @@ def test_each_session_starts_from_the_defaults():
 
     a = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=120)
     a.run()
-    for key, value in ((Keys.MAX_TOKENS, 32), (Keys.COMPUTE_GRADIENTS, False), (Keys.ANIMATIONS, False),
-                       (Keys.EXCLUDE_SPECIAL, True), (Keys.DTYPE, "float32")):
+    for key, value in (
+        (Keys.MAX_TOKENS, 32),
+        (Keys.COMPUTE_GRADIENTS, False),
+        (Keys.ANIMATIONS, False),
+        (Keys.EXCLUDE_SPECIAL, True),
+        (Keys.DTYPE, "float32"),
+    ):
         a.session_state[key] = value
     a.session_state[Keys.SESSION_LOG].append({"model": "touched by A"})
     a.run()

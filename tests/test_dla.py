@@ -79,9 +79,9 @@ def test_one_head_against_a_hand_computation():
 
 
 def _hand_dla(model, grab, layer, head, pos, y, dh):
-    z = grab["z"][0, pos, head * dh:(head + 1) * dh]
+    z = grab["z"][0, pos, head * dh : (head + 1) * dh]
     W = model.transformer.h[layer].attn.c_proj.weight  # Conv1D [in, out]
-    c = z @ W[head * dh:(head + 1) * dh]
+    c = z @ W[head * dh : (head + 1) * dh]
     x = grab["x"][0, pos]
     sigma = torch.sqrt(x.var(unbiased=False) + model.transformer.ln_f.eps)
     return float(((c - c.mean()) * model.transformer.ln_f.weight / sigma) @ model.lm_head.weight[y])
@@ -114,8 +114,9 @@ def test_promoted_tokens_equal_topk_of_the_update(kind):
             logit = rows[layer, kind_i] @ W_U.t()
             assert sec.promote_block_ids[pi, layer, kind_i].tolist() == torch.topk(logit, 4).indices.tolist()
             assert sec.demote_block_ids[pi, layer, kind_i].tolist() == torch.topk(-logit, 4).indices.tolist()
-            np.testing.assert_allclose(sec.promote_block_logits[pi, layer, kind_i], torch.topk(logit, 4).values,
-                                       rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                sec.promote_block_logits[pi, layer, kind_i], torch.topk(logit, 4).values, rtol=1e-5, atol=1e-6
+            )
     head_rows = [i for i, comp in enumerate(c.components) if comp == "attention"]
     i = head_rows[H + 2]  # layer 2, head 2
     logit = c.vectors[i] @ W_U.t()

@@ -53,8 +53,11 @@ def test_cpu_torch_wheel_within_the_project_pin():
     runs = " ".join(_all("RUN"))
     m = re.search(r"pip install --index-url https://download\.pytorch\.org/whl/cpu \"torch([^\"]+)\"", runs)
     assert m, "torch must come from the PyTorch CPU index"
-    req_pin = next(line.strip()[len("torch"):] for line in (ROOT / "requirements.txt").read_text().splitlines()
-                   if line.strip().startswith("torch"))
+    req_pin = next(
+        line.strip()[len("torch") :]
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.strip().startswith("torch")
+    )
     assert m.group(1) == req_pin  # the same bounds as requirements.txt
     torch_at = runs.index("download.pytorch.org/whl/cpu")
     req_at = runs.index("pip install -r requirements.txt")
@@ -121,14 +124,31 @@ def _ignored(rel: str, patterns: list[str]) -> bool:
 
 
 def test_dockerignore_keeps_sources_and_drops_the_rest():
-    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
-    for needed in ("app/main.py", "app/sidebar.py", "core/models.py", "core/guards.py", "pages/overall.py",
-                   "requirements.txt", ".streamlit/config.toml", "README.md"):
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for needed in (
+        "app/main.py",
+        "app/sidebar.py",
+        "core/models.py",
+        "core/guards.py",
+        "pages/overall.py",
+        "requirements.txt",
+        ".streamlit/config.toml",
+        "README.md",
+    ):
         assert (ROOT / needed).exists(), needed
         assert not _ignored(needed, patterns), f"{needed} must be in the build context"
-    for dropped in (".venv/bin/python", ".git/HEAD", "core/__pycache__/x.pyc", "assets/runs/r1/x.zip",
-                    "tests/test_cli.py", "b.zip"):
+    for dropped in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "core/__pycache__/x.pyc",
+        "assets/runs/r1/x.zip",
+        "tests/test_cli.py",
+        "b.zip",
+    ):
         assert _ignored(dropped, patterns), f"{dropped} must stay out of the image"
 
 

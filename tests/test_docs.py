@@ -54,8 +54,17 @@ def computed_items(section_types: dict[str, type]) -> set[str]:
 
 
 def test_sections_are_the_four_of_the_contract():
-    assert set(SECTIONS) == {"attention", "attribution", "predictions", "logit_lens", "dla", "flow", "head_ablation",
-                             "neuron_factors", "query_key"}
+    assert set(SECTIONS) == {
+        "attention",
+        "attribution",
+        "predictions",
+        "logit_lens",
+        "dla",
+        "flow",
+        "head_ablation",
+        "neuron_factors",
+        "query_key",
+    }
 
 
 def test_every_computed_item_has_an_entry(section_types):
@@ -96,8 +105,11 @@ def test_every_figure_in_a_bundle_is_documented_and_every_figure_entry_is_produc
     assert not undocumented, f"figures without a docs entry: {undocumented}"
     import fnmatch
 
-    unmatched = [e.key for e in docs.entries("figure") + docs.entries("animation")
-                 if not any(fnmatch.fnmatchcase(n, p) for n in names for p in e.files)]
+    unmatched = [
+        e.key
+        for e in docs.entries("figure") + docs.entries("animation")
+        if not any(fnmatch.fnmatchcase(n, p) for n in names for p in e.files)
+    ]
     assert not unmatched, f"figure entries that no bundle file matches: {unmatched} (files: {sorted(names)})"
 
 
@@ -140,15 +152,35 @@ def test_required_pitfalls_and_references():
         text = " ".join(e.pitfalls)
         assert "Jain & Wallace 2019" in text and "Wiegreffe" in text, e.key
     refs = " ".join(r for e in docs.DOCS.values() for r in e.references)
-    for needle in ("Roy", "Abnar", "Sundararajan", "Simonyan", "Shrikumar", "nostalgebraist", "Clark", "Michel",
-                   "Voita", "Jain", "Wiegreffe"):
+    for needle in (
+        "Roy",
+        "Abnar",
+        "Sundararajan",
+        "Simonyan",
+        "Shrikumar",
+        "nostalgebraist",
+        "Clark",
+        "Michel",
+        "Voita",
+        "Jain",
+        "Wiegreffe",
+    ):
         assert needle in refs, needle
 
 
 def test_methodology_and_visual_guide_cover_the_topics():
     text = " ".join(t + " " + p for t, p in docs.METHODOLOGY).lower()
-    for topic in ("forward pass", "eager", "final norm", "centr", "special tokens", "target", "cache key",
-                  "dtype", "precision"):
+    for topic in (
+        "forward pass",
+        "eager",
+        "final norm",
+        "centr",
+        "special tokens",
+        "target",
+        "cache key",
+        "dtype",
+        "precision",
+    ):
         assert topic in text, topic
     assert len(docs.VISUAL_GUIDE) == len(docs.entries("figure")) + len(docs.entries("animation"))
     assert all(t and p for t, p in docs.VISUAL_GUIDE)

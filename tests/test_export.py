@@ -14,10 +14,10 @@ import pytest
 
 from core import docs
 from core.bundle import bundle_files
-from core.options import ExportOptions
 from core.export import build_zip, export_run
-from core.figures import (FIGURES, metric_correlations, normalized_metrics, summary_figures)
+from core.figures import FIGURES, metric_correlations, normalized_metrics, summary_figures
 from core.metrics import METRIC_NAMES
+from core.options import ExportOptions
 from core.report import PLACEHOLDER, build_report, safe_text
 from core.runs import list_runs, make_run_id, safe_member, save_run
 from core.session_log import entry_from_result, render_html
@@ -165,7 +165,9 @@ def test_bundle_and_pdf_for_other_families(family, tiny_bert, tiny_encoder, tiny
         assert "not available" in text
 
 
-@pytest.mark.parametrize("text", ["emoji 😀🎉👩‍🔬 and flags 🇫🇷", "中文 日本語 한국어", "mixed ∑ λ → ∞ \u200b\x07 نص عربي"])
+@pytest.mark.parametrize(
+    "text", ["emoji 😀🎉👩‍🔬 and flags 🇫🇷", "中文 日本語 한국어", "mixed ∑ λ → ∞ \u200b\x07 نص عربي"]
+)
 def test_unicode_text_gives_a_valid_pdf(result, text):
     data = build_report(result.replace(text=text), {})
     reader = _pdf(data)
@@ -236,8 +238,12 @@ def test_run_ids_are_safe_and_env_overridable(result, tmp_path, monkeypatch):
 
 
 def test_export_run_writes_out_and_keeps_the_run(result, tmp_path):
-    out, run_dir = export_run(result, tmp_path / "b.zip", ExportOptions(session_entries=(entry_from_result(result),)),
-                              runs_root=tmp_path / "runs")
+    out, run_dir = export_run(
+        result,
+        tmp_path / "b.zip",
+        ExportOptions(session_entries=(entry_from_result(result),)),
+        runs_root=tmp_path / "runs",
+    )
     with zipfile.ZipFile(out) as zf:
         names = set(zf.namelist())
     assert run_dir is not None and run_dir.parent == tmp_path / "runs"
@@ -257,9 +263,11 @@ def _metrics(**cols):
 
 
 def test_metric_correlations_analytic():
-    m = _metrics(participation_ratio=[0.0, 1.0, 8.0, 27.0],  # monotone, not linear
-                 intrinsic_dim_95=[3.0, 2.0, 1.0, 0.0],       # exactly anti-linear
-                 activation_entropy=[5.0, 5.0, 5.0, 5.0])     # constant
+    m = _metrics(
+        participation_ratio=[0.0, 1.0, 8.0, 27.0],  # monotone, not linear
+        intrinsic_dim_95=[3.0, 2.0, 1.0, 0.0],  # exactly anti-linear
+        activation_entropy=[5.0, 5.0, 5.0, 5.0],
+    )  # constant
     i = {n: k for k, n in enumerate(METRIC_NAMES)}
     P, S = metric_correlations(m, "pearson"), metric_correlations(m, "spearman")
     assert P.shape == S.shape == (len(METRIC_NAMES), len(METRIC_NAMES))
@@ -280,7 +288,9 @@ def test_metric_correlations_analytic():
 def test_spearman_handles_ties():
     x = np.array([1.0, 2.0, 2.0, 3.0])
     y = np.array([1.0, 2.5, 2.5, 4.0])
-    assert metric_correlations(_metrics(effective_rank=x, participation_ratio=y), "spearman")[0, 1] == pytest.approx(1.0)
+    assert metric_correlations(_metrics(effective_rank=x, participation_ratio=y), "spearman")[0, 1] == pytest.approx(
+        1.0
+    )
 
 
 def test_normalized_metrics_and_summary(result):

@@ -53,8 +53,14 @@ def test_head_rows_are_proximities_under_the_same_normaliser():
     """Hand check of one head row on GPT-2: prox(A^h_ij v_j^h W_O^h, y_i) / Σ prox of the token parts of y_i."""
     loaded = tiny_family_loaded("gpt2")
     dec, f = _flow(loaded)
-    l, h_rows = 0, [(t, s, h, w) for L_, t, s, h, w in zip(f.head_layer, f.head_target, f.head_source,
-                                                              f.head_index, f.head_weight) if L_ == 0]
+    l, h_rows = (
+        0,
+        [
+            (t, s, h, w)
+            for L_, t, s, h, w in zip(f.head_layer, f.head_target, f.head_source, f.head_index, f.head_weight)
+            if L_ == 0
+        ],
+    )
     i, j, h, w = h_rows[len(h_rows) // 2]
     P = dec.parts
     W = P.head_out_weights(P.blocks[l]).detach()
@@ -132,8 +138,9 @@ def test_pruning_is_a_backward_closure():
     assert sum(r[4] == -1 for r in rows) == len(f.routes(T - 1, 0.04))
     nodes, recs = layout(f, f.routes(T - 1, 0.04))
     assert len(recs) == len(f.routes(T - 1, 0.04)) and all(r.tooltip.startswith(r.kind) for r in recs)
-    assert {n.node for n in nodes} == {e.source for e in f.routes(T - 1, 0.04)} | {e.target for e in
-                                                                                   f.routes(T - 1, 0.04)}
+    assert {n.node for n in nodes} == {e.source for e in f.routes(T - 1, 0.04)} | {
+        e.target for e in f.routes(T - 1, 0.04)
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -144,8 +151,10 @@ def test_pruning_is_a_backward_closure():
 def analysed(tiny_gpt2, tiny_bert):
     from core.analysis import analyze
 
-    return {"gpt2": analyze(tiny_gpt2, "The cat sat on the mat.", ig_steps=2),
-            "bert": analyze(tiny_bert, "The cat sat on the [MASK].", ig_steps=2)}
+    return {
+        "gpt2": analyze(tiny_gpt2, "The cat sat on the mat.", ig_steps=2),
+        "bert": analyze(tiny_bert, "The cat sat on the [MASK].", ig_steps=2),
+    }
 
 
 def test_default_analysis_has_dla_and_flow_and_the_bundle_files(analysed):
@@ -194,8 +203,14 @@ def test_unknown_architecture_is_one_line_in_manifest_page_and_pdf(analysed, mon
     loaded.model.config.architectures = ["GPTJForCausalLM"]
     r = analyze(loaded, "The cat sat on the mat.", ig_steps=2, compute_gradients=False)
     assert r.dla is None and r.flow is None
-    lines = [w for w in r.warnings if w.startswith("direct logit attribution, promoted tokens and information-flow "
-                                                   "routes are not available for GPTJForCausalLM")]
+    lines = [
+        w
+        for w in r.warnings
+        if w.startswith(
+            "direct logit attribution, promoted tokens and information-flow "
+            "routes are not available for GPTJForCausalLM"
+        )
+    ]
     assert len(lines) == 1, r.warnings  # one line for the three views
     assert any(w.startswith("the logit lens is not available for GPTJForCausalLM") for w in r.warnings)
     files = bundle_files(r)

@@ -71,12 +71,34 @@ def test_estimate_at_full_size():
     cases = [
         (GPT2Config(architectures=["GPT2LMHeadModel"]), AutoModelForCausalLM, 124_439_808),
         (BertConfig(architectures=["BertForMaskedLM"]), AutoModelForMaskedLM, 109_514_298),
-        (LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-                     num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=False,
-                     architectures=["LlamaForCausalLM"]), AutoModelForCausalLM, 1_100_048_384),
-        (Qwen2Config(num_hidden_layers=2, hidden_size=896, intermediate_size=4864, num_attention_heads=14,
-                     num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
-                     architectures=["Qwen2ForCausalLM"]), AutoModelForCausalLM, None),
+        (
+            LlamaConfig(
+                hidden_size=2048,
+                intermediate_size=5632,
+                num_hidden_layers=22,
+                num_attention_heads=32,
+                num_key_value_heads=4,
+                vocab_size=32000,
+                tie_word_embeddings=False,
+                architectures=["LlamaForCausalLM"],
+            ),
+            AutoModelForCausalLM,
+            1_100_048_384,
+        ),
+        (
+            Qwen2Config(
+                num_hidden_layers=2,
+                hidden_size=896,
+                intermediate_size=4864,
+                num_attention_heads=14,
+                num_key_value_heads=2,
+                vocab_size=151936,
+                tie_word_embeddings=True,
+                architectures=["Qwen2ForCausalLM"],
+            ),
+            AutoModelForCausalLM,
+            None,
+        ),
     ]
     for cfg, auto, known in cases:
         real = _meta_count(cfg, auto)
@@ -138,8 +160,15 @@ def test_parameter_limit_on_a_large_config_with_tiny_weights(tiny_dirs, tmp_path
     folder = tmp_path / "big"
     shutil.copytree(tiny_dirs["llama"], folder)
     cfg = json.loads((folder / "config.json").read_text())
-    cfg.update(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=32, head_dim=128, vocab_size=32000)
+    cfg.update(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        head_dim=128,
+        vocab_size=32000,
+    )
     (folder / "config.json").write_text(json.dumps(cfg))
     monkeypatch.setenv("TMA_MAX_PARAMETERS", "2e9")
     with pytest.raises(RefusedError, match=r"about 6\.\d+ B parameters.*up to 2 B"):
@@ -208,8 +237,17 @@ def test_allow_list_lets_a_listed_id_through(monkeypatch):
 def test_local_folders_off_reveal_nothing(monkeypatch, tiny_dirs, no_network_no_load):
     monkeypatch.setenv("TMA_ALLOW_LOCAL_MODELS", "0")
     messages = set()
-    for path in ("/etc/passwd", "/etc", "/no/such/folder", str(tiny_dirs["gpt2"]), "~/models/x", "./x", "../x",
-                 "C:\\models\\x", "a/b/c"):
+    for path in (
+        "/etc/passwd",
+        "/etc",
+        "/no/such/folder",
+        str(tiny_dirs["gpt2"]),
+        "~/models/x",
+        "./x",
+        "../x",
+        "C:\\models\\x",
+        "a/b/c",
+    ):
         with pytest.raises(RefusedError) as err:
             models.resolve_source(path)
         messages.add(str(err.value))
@@ -244,17 +282,44 @@ def test_local_folders_off_no_server_path_in_the_manifest(monkeypatch, minilm):
 # Hub-id shape (huggingface_hub's validate_repo_id rules), before any network call
 
 
-@pytest.mark.parametrize("good", ["gpt2", "openai-community/gpt2", "a" * 96, "o" * 96 + "/" + "n" * 96,
-                                  "Foo-BAR_foo.bar123", "TinyLlama/TinyLlama-1.1B-Chat-v1.0"])
+@pytest.mark.parametrize(
+    "good",
+    [
+        "gpt2",
+        "openai-community/gpt2",
+        "a" * 96,
+        "o" * 96 + "/" + "n" * 96,
+        "Foo-BAR_foo.bar123",
+        "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+    ],
+)
 def test_valid_hub_ids(good):
     assert guards.hub_id_problem(good) is None
 
 
-@pytest.mark.parametrize("bad", [
-    "a" * 97, "org/" + "x" * 300, "x" * 5000, "a/b/c", "foo--bar", "foo..bar", "foo.git", "-foo", "foo.",
-    "[Click to fix](http://evil.example)", "http://evil.example/model", "https://huggingface.co/gpt2", "hf.co/gpt2",
-    "gpt\n2", "gp\u202et2", "gpt2\x00", "bad id!", "org/",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "a" * 97,
+        "org/" + "x" * 300,
+        "x" * 5000,
+        "a/b/c",
+        "foo--bar",
+        "foo..bar",
+        "foo.git",
+        "-foo",
+        "foo.",
+        "[Click to fix](http://evil.example)",
+        "http://evil.example/model",
+        "https://huggingface.co/gpt2",
+        "hf.co/gpt2",
+        "gpt\n2",
+        "gp\u202et2",
+        "gpt2\x00",
+        "bad id!",
+        "org/",
+    ],
+)
 def test_malformed_ids_fail_in_one_short_line_without_network(bad, no_network_no_load, monkeypatch):
     for local in ("1", "0"):
         monkeypatch.setenv("TMA_ALLOW_LOCAL_MODELS", local)

@@ -70,18 +70,22 @@ def no_load(monkeypatch):
 # Model ids
 
 
-@pytest.mark.parametrize("model_id,code", [
-    ("x" * 5000, 2),
-    ("org/" + "y" * 300, 2),
-    ("http://evil.example/model", 2),
-    ("https://huggingface.co/gpt2", 2),
-    ("gpt2\u202e", 2),
-    ("bad id!", 2),
-    ("[Click to fix](http://evil.example)", 1),  # path-like (it has slashes): 'the model folder … does not exist'
-])
+@pytest.mark.parametrize(
+    "model_id,code",
+    [
+        ("x" * 5000, 2),
+        ("org/" + "y" * 300, 2),
+        ("http://evil.example/model", 2),
+        ("https://huggingface.co/gpt2", 2),
+        ("gpt2\u202e", 2),
+        ("bad id!", 2),
+        ("[Click to fix](http://evil.example)", 1),  # path-like (it has slashes): 'the model folder … does not exist'
+    ],
+)
 def test_cli_model_ids(model_id, code, tmp_path, capsys, no_load):
-    rc, out, err = run(["analyze", "--model", model_id, "--text", "hi", "--out", str(tmp_path / "b.zip"), *FAST],
-                       capsys)
+    rc, out, err = run(
+        ["analyze", "--model", model_id, "--text", "hi", "--out", str(tmp_path / "b.zip"), *FAST], capsys
+    )
     line = one_short_line(err)
     assert rc == code, line
     assert "\u202e" not in line and not out
@@ -90,10 +94,26 @@ def test_cli_model_ids(model_id, code, tmp_path, capsys, no_load):
 
 def test_cli_model_id_in_a_subprocess_exits_2(tmp_path):
     """The real entry point, for the exit code the shell sees."""
-    proc = subprocess.run([sys.executable, "-m", "core", "analyze", "--model", "x" * 5000, "--text", "hi",
-                           "--out", str(tmp_path / "b.zip")], check=False, cwd=ROOT, capture_output=True, text=True,
-                          timeout=120,
-                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "core",
+            "analyze",
+            "--model",
+            "x" * 5000,
+            "--text",
+            "hi",
+            "--out",
+            str(tmp_path / "b.zip"),
+        ],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert proc.returncode == 2
     one_short_line(proc.stderr)
 
@@ -126,29 +146,51 @@ def test_cli_unwritable_out_is_refused_before_the_analysis(where, tmp_path, caps
 def test_cli_out_existing_file(tmp_path, capsys, tiny_dirs, no_analysis):
     target = tmp_path / "notes.txt"
     target.write_text("keep me")
-    rc, _, err = run(["analyze", "--model", str(tiny_dirs["gpt2"]), "--text", "hi", "--out", str(target), *FAST],
-                     capsys)
+    rc, _, err = run(
+        ["analyze", "--model", str(tiny_dirs["gpt2"]), "--text", "hi", "--out", str(target), *FAST], capsys
+    )
     assert rc == 2 and "existing file" in one_short_line(err)
     assert target.read_text() == "keep me"  # nothing lost
 
 
 @pytest.mark.parametrize("kind", ["folder", "binary", "long-name", "missing"])
 def test_cli_text_file_problems(kind, tmp_path, capsys, tiny_dirs, no_analysis):
-    expected = {"folder": "is a folder", "binary": "not UTF-8", "long-name": "cannot be read",
-                "missing": "does not exist"}[kind]
-    path = {"folder": tmp_path, "binary": tmp_path / "b.bin", "long-name": tmp_path / ("n" * 300),
-            "missing": tmp_path / "nope.txt"}[kind]
+    expected = {
+        "folder": "is a folder",
+        "binary": "not UTF-8",
+        "long-name": "cannot be read",
+        "missing": "does not exist",
+    }[kind]
+    path = {
+        "folder": tmp_path,
+        "binary": tmp_path / "b.bin",
+        "long-name": tmp_path / ("n" * 300),
+        "missing": tmp_path / "nope.txt",
+    }[kind]
     if kind == "binary":
         path.write_bytes(b"\xff\xfe\x00\x81 not utf-8 \xc3\x28")
-    rc, _, err = run(["analyze", "--model", str(tiny_dirs["gpt2"]), "--text-file", str(path), "--out",
-                      str(tmp_path / "o.zip"), *FAST], capsys)
+    rc, _, err = run(
+        [
+            "analyze",
+            "--model",
+            str(tiny_dirs["gpt2"]),
+            "--text-file",
+            str(path),
+            "--out",
+            str(tmp_path / "o.zip"),
+            *FAST,
+        ],
+        capsys,
+    )
     assert rc == 2 and expected in one_short_line(err)
 
 
 def test_cli_text_over_the_bound(tmp_path, capsys, tiny_dirs, monkeypatch, no_analysis):
     monkeypatch.setenv("TMA_MAX_TEXT_CHARS", "100")
-    rc, _, err = run(["analyze", "--model", str(tiny_dirs["gpt2"]), "--text", "word " * 30, "--out",
-                      str(tmp_path / "o.zip"), *FAST], capsys)
+    rc, _, err = run(
+        ["analyze", "--model", str(tiny_dirs["gpt2"]), "--text", "word " * 30, "--out", str(tmp_path / "o.zip"), *FAST],
+        capsys,
+    )
     line = one_short_line(err)
     assert rc == 2 and "150 characters" in line and "100" in line
     assert not (tmp_path / "o.zip").exists()
@@ -180,8 +222,23 @@ def test_cli_allow_list_and_parameter_limit(tmp_path, capsys, tiny_dirs, monkeyp
 
 def test_cli_prints_truncation_and_ignored_options_as_warnings(tmp_path, capsys, tiny_dirs):
     text = " ".join(["The cat sat on the mat."] * 40)
-    rc, out, err = run(["analyze", "--model", str(tiny_dirs["gpt2"]), "--text", text, "--max-tokens", "16",
-                        "--lens-position", "9999", "--out", str(tmp_path / "o.zip"), *FAST], capsys)
+    rc, out, err = run(
+        [
+            "analyze",
+            "--model",
+            str(tiny_dirs["gpt2"]),
+            "--text",
+            text,
+            "--max-tokens",
+            "16",
+            "--lens-position",
+            "9999",
+            "--out",
+            str(tmp_path / "o.zip"),
+            *FAST,
+        ],
+        capsys,
+    )
     assert rc == 0, err
     warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
     assert any("truncated to 16 tokens" in w for w in warnings), err
@@ -196,8 +253,22 @@ def test_cli_corrupt_cache_is_a_warning_not_a_failure(tmp_path, capsys, tiny_dir
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "cache.db").write_bytes(b"not a database" * 64)
-    rc, _, err = run(["analyze", "--model", str(tiny_dirs["gpt2"]), "--text", "The cat sat.", "--cache-dir",
-                      str(cache), "--out", str(tmp_path / "o.zip"), "--no-animations", "--no-gradients"], capsys)
+    rc, _, err = run(
+        [
+            "analyze",
+            "--model",
+            str(tiny_dirs["gpt2"]),
+            "--text",
+            "The cat sat.",
+            "--cache-dir",
+            str(cache),
+            "--out",
+            str(tmp_path / "o.zip"),
+            "--no-animations",
+            "--no-gradients",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     assert any(line.startswith("warning: the result cache was corrupt") for line in err.splitlines()), err
     assert (tmp_path / "cache.corrupt" / "cache.db").exists()
@@ -212,8 +283,9 @@ def test_typed_special_tokens_are_marked_special(tiny_bert):
     typed = {t for t, s in zip(r.tokens[1:-1], r.special_mask[1:-1]) if s}
     assert typed == {"[SEP]", "[PAD]", "[CLS]"}, list(zip(r.tokens, r.special_mask))
     assert all(s == (t in ("[CLS]", "[SEP]", "[PAD]")) for t, s in zip(r.tokens, r.special_mask))
-    excl = analyze(tiny_bert, "the cat [SEP] sat [PAD] on [CLS] the mat", compute_gradients=False,
-                   exclude_special_tokens=True)
+    excl = analyze(
+        tiny_bert, "the cat [SEP] sat [PAD] on [CLS] the mat", compute_gradients=False, exclude_special_tokens=True
+    )
     assert excl.metric_tokens == "special tokens excluded"
 
 
@@ -233,21 +305,24 @@ def test_typed_end_of_text_is_special_for_gpt2(tiny_gpt2):
 # trust_remote_code never
 
 
-EVIL = '''
+EVIL = """
 import os, pathlib
 pathlib.Path(os.environ["TMA_EVIL_MARKER"]).write_text("imported")
 from transformers import PretrainedConfig
 class EvilConfig(PretrainedConfig):
     model_type = "evil"
-'''
+"""
 
 
 def _plant(folder: Path, marker: Path, model_type: str | None) -> None:
     for name in ("configuration_evil.py", "modeling_evil.py", "tokenization_evil.py"):
         (folder / name).write_text(EVIL)
     cfg = json.loads((folder / "config.json").read_text())
-    cfg["auto_map"] = {"AutoConfig": "configuration_evil.EvilConfig", "AutoModel": "modeling_evil.EvilModel",
-                       "AutoModelForCausalLM": "modeling_evil.EvilModel"}
+    cfg["auto_map"] = {
+        "AutoConfig": "configuration_evil.EvilConfig",
+        "AutoModel": "modeling_evil.EvilModel",
+        "AutoModelForCausalLM": "modeling_evil.EvilModel",
+    }
     if model_type is not None:
         cfg["model_type"] = model_type
     (folder / "config.json").write_text(json.dumps(cfg))
@@ -314,11 +389,23 @@ def test_pdf_of_a_hostile_text(tiny_gpt2):
     assert "<script>" not in files["session_log.html"].decode()
 
 
-@pytest.mark.parametrize("hostile", [
-    "[Click to fix](http://evil.example)", "**bold** _it_ `code`", ":red[red] :material/home:", "<b>x</b> &amp;",
-    "# heading", "- item", "a\u202eb", "$x^2$", "![img](http://evil.example/x.png)", "www.evil.example",
-    "mail me: a@evil.example", "`code` and ``more`` http://x.example/`y`",
-])
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "[Click to fix](http://evil.example)",
+        "**bold** _it_ `code`",
+        ":red[red] :material/home:",
+        "<b>x</b> &amp;",
+        "# heading",
+        "- item",
+        "a\u202eb",
+        "$x^2$",
+        "![img](http://evil.example/x.png)",
+        "www.evil.example",
+        "mail me: a@evil.example",
+        "`code` and ``more`` http://x.example/`y`",
+    ],
+)
 def test_md_escape_leaves_no_markdown(hostile):
     from app.widgets import md_escape
 

@@ -25,7 +25,9 @@ def test_core_never_imports_streamlit():
 
 
 def test_no_trust_remote_code_anywhere():
-    for p in list((ROOT / "core").rglob("*.py")) + list((ROOT / "app").rglob("*.py")) + list((ROOT / "pages").rglob("*.py")):
+    for p in (
+        list((ROOT / "core").rglob("*.py")) + list((ROOT / "app").rglob("*.py")) + list((ROOT / "pages").rglob("*.py"))
+    ):
         forbidden = "trust_remote_code" + "=True"  # spelt in two parts so this file does not contain it
         assert forbidden not in p.read_text(encoding="utf-8").replace(" ", ""), p
 

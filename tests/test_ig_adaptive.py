@@ -33,7 +33,7 @@ def test_nodes_integrate_polynomials_exactly(power):
     alphas, weights = ig_nodes(8, power)
     assert np.all((alphas > 0) & (alphas < 1)) and np.all(weights > 0)
     for k in range(4):  # integrand in u has degree 3k + 2 ≤ 2·8 − 1
-        assert float(np.sum(weights * alphas ** k)) == pytest.approx(1.0 / (k + 1), rel=1e-12)
+        assert float(np.sum(weights * alphas**k)) == pytest.approx(1.0 / (k + 1), rel=1e-12)
 
 
 def test_adaptive_doubles_until_the_gap_is_one_percent(tiny_llama):
@@ -71,8 +71,9 @@ def _captum_ig(lm, ids, mask, pos, y, steps):
     x = token_embeddings(lm, ids)
     f = target_logprob_fn(lm, mask, pos, y)
     with torch.inference_mode(False), torch.enable_grad():
-        attr = IntegratedGradients(f).attribute(x.clone(), baselines=torch.zeros_like(x), n_steps=steps,
-                                                method="gausslegendre")
+        attr = IntegratedGradients(f).attribute(
+            x.clone(), baselines=torch.zeros_like(x), n_steps=steps, method="gausslegendre"
+        )
     return attr[0].sum(-1).double().numpy()  # our convention: signed sum over the hidden dimension
 
 

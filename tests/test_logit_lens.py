@@ -16,13 +16,15 @@ from core.analysis import analyze
 from core.bundle import bundle_files
 from core.logit_lens import LensSection, compute_logit_lens
 from core.plotting import token_label as label
-from core.prediction_plots import (LOGIT_LENS_CSV_HEADER, logit_lens_heatmap_png, logit_lens_layers_png,
-                                   predictions_png)
+from core.prediction_plots import LOGIT_LENS_CSV_HEADER, logit_lens_heatmap_png, logit_lens_layers_png, predictions_png
 from core.result import AnalysisResult, results_equal
 
 FAST = {"compute_gradients": False}
-TEXTS = {"tiny_gpt2": "The cat sat on the mat.", "tiny_llama": "The cat sat on the mat.",
-         "tiny_bert": "The cat [MASK] on the mat."}
+TEXTS = {
+    "tiny_gpt2": "The cat sat on the mat.",
+    "tiny_llama": "The cat sat on the mat.",
+    "tiny_bert": "The cat [MASK] on the mat.",
+}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -188,7 +190,9 @@ def test_bundle_files_for_an_encoder(minilm):
     doc = json.loads(files["predictions.json"])
     assert doc["kind"] == "unavailable" and doc["message"].startswith("Predictions are not available")
     assert doc["predictions"] == [] and doc["logit_lens"] is None
-    assert "logit_lens.csv" not in files and "plots/logit_lens.png" not in files and "plots/predictions.png" not in files
+    assert (
+        "logit_lens.csv" not in files and "plots/logit_lens.png" not in files and "plots/predictions.png" not in files
+    )
 
 
 def test_figures_render(tiny_gpt2):
@@ -247,10 +251,10 @@ def test_analysis_step_bounds_the_grid_on_cpu(tiny_gpt2, monkeypatch):
     w = run(tiny_gpt2, "The quick brown fox jumps over the lazy dog.", top_k=3)
     lens = w.logit_lens
     assert lens.grid_positions == list(range(T - 4, T)) and lens.position == T - 1
-    assert np.isnan(lens.grid_probs[:, 0]).all() and not np.isnan(lens.grid_probs[:, T - 4:]).any()
+    assert np.isnan(lens.grid_probs[:, 0]).all() and not np.isnan(lens.grid_probs[:, T - 4 :]).any()
     assert lens.last_layer_max_abs_diff <= 1e-5 and not any("lens" in x.lower() for x in w.warnings)
     full = run(tiny_gpt2, "The quick brown fox jumps over the lazy dog.", top_k=3, lens_full_grid=True)
     assert full.logit_lens.grid_positions == list(range(T)) and not np.isnan(full.logit_lens.grid_probs).any()
-    np.testing.assert_array_equal(full.logit_lens.grid_probs[:, T - 4:], lens.grid_probs[:, T - 4:])
+    np.testing.assert_array_equal(full.logit_lens.grid_probs[:, T - 4 :], lens.grid_probs[:, T - 4 :])
     monkeypatch.setattr(LL, "GRID_MAX_MACS_CPU", None)
     assert LL.grid_max_positions(tiny_gpt2, L1, T, D) is None

@@ -13,8 +13,8 @@ def _svd_reference(H):
     s = s[s > s.max() * 1e-10]
     p = s / s.sum()
     erank = np.exp(-(p * np.log(p)).sum())
-    lam = s ** 2 / (H.shape[0] - 1)  # covariance eigenvalues
-    pr = lam.sum() ** 2 / (lam ** 2).sum()
+    lam = s**2 / (H.shape[0] - 1)  # covariance eigenvalues
+    pr = lam.sum() ** 2 / (lam**2).sum()
     frac = np.cumsum(lam) / lam.sum()
     idim = int(np.argmax(frac >= 0.95) + 1)
     return erank, pr, idim
@@ -85,11 +85,13 @@ def test_batched_layer_metrics_equal_per_layer_registry():
     out = M.layer_metrics(hidden, keep)
     assert tuple(out) == M.METRIC_NAMES
     Hk = hidden[:, keep]
-    per_layer = {"effective_rank": lambda H, H0: M.effective_rank(H),
-                 "participation_ratio": lambda H, H0: M.participation_ratio(H),
-                 "intrinsic_dim_95": lambda H, H0: M.intrinsic_dim(H),
-                 "activation_entropy": lambda H, H0: M.activation_entropy(H),
-                 "cosine_to_input": M.cosine_to_input}
+    per_layer = {
+        "effective_rank": lambda H, H0: M.effective_rank(H),
+        "participation_ratio": lambda H, H0: M.participation_ratio(H),
+        "intrinsic_dim_95": lambda H, H0: M.intrinsic_dim(H),
+        "activation_entropy": lambda H, H0: M.activation_entropy(H),
+        "cosine_to_input": M.cosine_to_input,
+    }
     assert set(per_layer) == set(M.METRIC_NAMES)
     for name, fn in per_layer.items():
         expected = [fn(Hk[l], Hk[0]) for l in range(hidden.shape[0])]

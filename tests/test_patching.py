@@ -82,12 +82,14 @@ def _hand_metric(loaded, kind, component, layer, position, res: PatchingResult):
             h = (args[0] if args else kwargs["hidden_states"]).clone()
             h[:, position] = hs[:, position]
             return ((h, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": h})
+
         handle = block.register_forward_pre_hook(hook, with_kwargs=True)
     else:
         mod = attn if component == "attention" else mlp
 
         def grab(_m, _a, out):
             stored["x"] = first(out).clone()
+
         g = mod.register_forward_hook(grab)
         try:
             with torch.no_grad():
@@ -99,6 +101,7 @@ def _hand_metric(loaded, kind, component, layer, position, res: PatchingResult):
             h = first(out).clone()
             h[:, position] = stored["x"][:, position]
             return (h, *out[1:]) if isinstance(out, tuple) else h
+
         handle = mod.register_forward_hook(hook)
     try:
         with torch.no_grad():
@@ -116,7 +119,7 @@ def test_one_cell_matches_a_hand_written_hook(runs, kind, component):
     want = _hand_metric(loaded, kind, component, layer, position, res)
     assert res.metric[component][layer, position] == pytest.approx(want, abs=1e-4)
     # and the cell is not trivially the corrupted value everywhere (the test could not fail otherwise)
-    assert np.ptp(res.metric[component][:, :res.n_tokens]) > 1e-4
+    assert np.ptp(res.metric[component][:, : res.n_tokens]) > 1e-4
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "bert", "llama"])
@@ -247,16 +250,34 @@ def test_cli_patch_writes_the_bundle(tiny_dirs, tmp_path, capsys):
     from core.cli import main
 
     out = tmp_path / "p.zip"
-    rc = main(["patch", "--model", str(tiny_dirs["gpt2"]), "--clean", CAUSAL[0], "--corrupt", CAUSAL[1],
-               "--out", str(out), "--no-cache"])
+    rc = main(
+        [
+            "patch",
+            "--model",
+            str(tiny_dirs["gpt2"]),
+            "--clean",
+            CAUSAL[0],
+            "--corrupt",
+            CAUSAL[1],
+            "--out",
+            str(out),
+            "--no-cache",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     with zipfile.ZipFile(out) as zf:
         names = set(zf.namelist())
         rows = list(csv.reader(io.StringIO(zf.read("patching.csv").decode())))
         summary = json.loads(zf.read("patching.json"))
         manifest = json.loads(zf.read("manifest.json"))
-    assert {"patching.csv", "patching.json", "manifest.json", "report.pdf", "plots/patching_residual.png",
-            "plots/patching_components.png"} <= names
+    assert {
+        "patching.csv",
+        "patching.json",
+        "manifest.json",
+        "report.pdf",
+        "plots/patching_residual.png",
+        "plots/patching_components.png",
+    } <= names
     assert rows[0][:4] == ["layer", "position", "component", "restored"]
     assert {r[2] for r in rows[1:]} == {"residual", "attention", "mlp"}
     assert any(r[1] == "-1" for r in rows[1:])
@@ -266,11 +287,14 @@ def test_cli_patch_writes_the_bundle(tiny_dirs, tmp_path, capsys):
     assert manifest["kind"] == "activation_patching" and manifest["token_count"] == 7
 
 
-@pytest.mark.parametrize("argv, expect", [
-    (["--clean", "The cat sat on the mat", "--corrupt", "The dog sat on the log"], "different token lengths"),
-    (["--clean", CAUSAL[0], "--corrupt", CAUSAL[1], "--answer", " dog", "--wrong-answer", " dog"], "another pair"),
-    (["--clean", CAUSAL[0]], "--corrupt"),
-])
+@pytest.mark.parametrize(
+    "argv, expect",
+    [
+        (["--clean", "The cat sat on the mat", "--corrupt", "The dog sat on the log"], "different token lengths"),
+        (["--clean", CAUSAL[0], "--corrupt", CAUSAL[1], "--answer", " dog", "--wrong-answer", " dog"], "another pair"),
+        (["--clean", CAUSAL[0]], "--corrupt"),
+    ],
+)
 def test_cli_patch_bad_input_is_one_line_and_exit_2(tiny_dirs, tmp_path, capsys, argv, expect):
     from core.cli import main
 
@@ -290,10 +314,28 @@ def test_cli_patch_bad_input_as_a_process(tiny_dirs, tmp_path):
     import sys
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMA_CACHE_DIR": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, "-m", "core", "patch", "--model", str(tiny_dirs["gpt2"]), "--clean",
-                           "The cat sat on the mat", "--corrupt", "The dog sat on the log", "--out",
-                           str(tmp_path / "o")], cwd=Path(__file__).resolve().parents[1], env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "core",
+            "patch",
+            "--model",
+            str(tiny_dirs["gpt2"]),
+            "--clean",
+            "The cat sat on the mat",
+            "--corrupt",
+            "The dog sat on the log",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "clean 9 tokens" in lines[0] and "corrupted 7 tokens" in lines[0] and "Traceback" not in proc.stderr
@@ -305,13 +347,39 @@ def test_cli_analyze_head_ablation_adds_the_csv(tiny_dirs, tmp_path, capsys):
     from core.cli import main
 
     out = tmp_path / "a"
-    rc = main(["analyze", "--model", str(tiny_dirs["gpt2"]), "--text", CAUSAL[0], "--head-ablation",
-               "--no-animations", "--no-cache", "--out", str(out)])
+    rc = main(
+        [
+            "analyze",
+            "--model",
+            str(tiny_dirs["gpt2"]),
+            "--text",
+            CAUSAL[0],
+            "--head-ablation",
+            "--no-animations",
+            "--no-cache",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     rows = list(csv.reader((out / "head_ablation.csv").open()))
     assert rows[0] == ["layer", "head", "mean_ablation", "zero_ablation"] and len(rows) == 1 + 2 * 4
     assert (out / "plots" / "head_ablation.png").is_file()
     plain = tmp_path / "b"
-    assert main(["analyze", "--model", str(tiny_dirs["gpt2"]), "--text", CAUSAL[0], "--no-animations",
-                 "--no-cache", "--out", str(plain)]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "--model",
+                str(tiny_dirs["gpt2"]),
+                "--text",
+                CAUSAL[0],
+                "--no-animations",
+                "--no-cache",
+                "--out",
+                str(plain),
+            ]
+        )
+        == 0
+    )
     assert not (plain / "head_ablation.csv").exists()

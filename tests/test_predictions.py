@@ -10,8 +10,14 @@ import torch
 
 from core.analysis import analyze
 from core.errors import InputError
-from core.predictions import (UNAVAILABLE_MESSAGE, GenerationSettings, PredictionSection, generate, generate_stream,
-                              prompt_ids)
+from core.predictions import (
+    UNAVAILABLE_MESSAGE,
+    GenerationSettings,
+    PredictionSection,
+    generate,
+    generate_stream,
+    prompt_ids,
+)
 from core.result import AnalysisResult, results_equal
 
 FAST = {"compute_gradients": False}
@@ -89,8 +95,9 @@ def test_encoder_without_head_is_unavailable_and_rest_works(name, request):
     p = r.predictions
     assert p.kind == "unavailable" and p.positions == [] and p.candidates == []
     assert p.message == UNAVAILABLE_MESSAGE
-    assert p.message.startswith("Predictions are not available for this model: it is an encoder without a "
-                                "language-model head")
+    assert p.message.startswith(
+        "Predictions are not available for this model: it is an encoder without a language-model head"
+    )
     assert r.logit_lens is None
     assert not any("predict" in w.lower() or "lens" in w.lower() for w in r.warnings)
     assert r.hidden_states.shape[0] == r.n_layers + 1 and all(np.isfinite(v).all() for v in r.layer_metrics.values())
@@ -123,9 +130,18 @@ def test_analyze_never_generates(tiny_gpt2, tiny_llama, monkeypatch):
 
 def test_generation_settings_validate():
     assert GenerationSettings().greedy
-    for bad in [dict(max_new_tokens=0), dict(max_new_tokens=1.5), dict(temperature=0), dict(temperature=-1.0),
-                dict(top_p=0), dict(top_p=1.5), dict(seed=-1), dict(do_sample="yes"), dict(use_chat_template=1),
-                dict(system_prompt=3)]:
+    for bad in [
+        dict(max_new_tokens=0),
+        dict(max_new_tokens=1.5),
+        dict(temperature=0),
+        dict(temperature=-1.0),
+        dict(top_p=0),
+        dict(top_p=1.5),
+        dict(seed=-1),
+        dict(do_sample="yes"),
+        dict(use_chat_template=1),
+        dict(system_prompt=3),
+    ]:
         with pytest.raises(InputError):
             GenerationSettings(**bad)
 
@@ -137,12 +153,17 @@ def test_greedy_equals_transformers_generate(name, request):
     ours = generate(loaded, "The cat sat on the", gen)
     ids = torch.tensor([ours.prompt_ids])
     with torch.inference_mode():
-        hf = loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                   max_new_tokens=12, pad_token_id=loaded.tokenizer.pad_token_id)
-    new = hf[0, ids.shape[1]:].tolist()
+        hf = loaded.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=12,
+            pad_token_id=loaded.tokenizer.pad_token_id,
+        )
+    new = hf[0, ids.shape[1] :].tolist()
     eos = loaded.tokenizer.eos_token_id
     if eos in new:
-        new = new[:new.index(eos)]
+        new = new[: new.index(eos)]
     assert ours.token_ids == new
     assert ours.stopped_reason in ("max_new_tokens", "eos")
 
@@ -154,8 +175,14 @@ def test_seeded_sampling_repeats_and_leaves_global_rng_alone(tiny_llama):
     b = generate(tiny_llama, "Hello world", gen)
     assert torch.equal(state, torch.random.get_rng_state())
     assert a.token_ids == b.token_ids and a.text == b.text and len(a.token_ids) > 0
-    others = [generate(tiny_llama, "Hello world", GenerationSettings(
-        max_new_tokens=16, do_sample=True, temperature=1.5, top_p=0.95, seed=s)).token_ids for s in (1, 2, 3)]
+    others = [
+        generate(
+            tiny_llama,
+            "Hello world",
+            GenerationSettings(max_new_tokens=16, do_sample=True, temperature=1.5, top_p=0.95, seed=s),
+        ).token_ids
+        for s in (1, 2, 3)
+    ]
     assert any(o != a.token_ids for o in others)
 
 
@@ -228,8 +255,9 @@ def test_chat_template_applied_when_present(tiny_llama):
     tok = tiny_llama.tokenizer
     text = "Hello world"
     gen = GenerationSettings(max_new_tokens=3)
-    expected = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                       tokenize=True)["input_ids"]
+    expected = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)[
+        "input_ids"
+    ]
     assert prompt_ids(tiny_llama, text, gen) == list(expected)
     res = generate(tiny_llama, text, gen)
     assert res.chat_template_used and res.prompt_ids == list(expected)
@@ -272,8 +300,20 @@ def test_generation_rejects_empty_text(tiny_gpt2):
 def test_cli_generate_streams_the_continuation(tiny_dirs, tiny_gpt2, capsys):
     from core.cli import main
 
-    rc = main(["generate", "--model", str(tiny_dirs["gpt2"]), "--text", "The cat", "--max-new-tokens", "5",
-               "--sample", "--seed", "3"])
+    rc = main(
+        [
+            "generate",
+            "--model",
+            str(tiny_dirs["gpt2"]),
+            "--text",
+            "The cat",
+            "--max-new-tokens",
+            "5",
+            "--sample",
+            "--seed",
+            "3",
+        ]
+    )
     out = capsys.readouterr().out
     expected = generate(tiny_gpt2, "The cat", GenerationSettings(max_new_tokens=5, do_sample=True, seed=3)).text
     assert rc == 0 and out == expected + "\n"
@@ -292,9 +332,35 @@ def test_cli_analyze_explains_how_to_mask(tiny_dirs, tmp_path, monkeypatch, caps
     from core.cli import main
 
     monkeypatch.setenv("TMA_RUNS_DIR", str(tmp_path / "runs"))
-    rc = main(["analyze", "--model", str(tiny_dirs["bert"]), "--text", "The dog sat on the log.", "--out",
-               str(tmp_path / "b.zip"), "--no-cache", "--no-gradients", "--no-animations"])
+    rc = main(
+        [
+            "analyze",
+            "--model",
+            str(tiny_dirs["bert"]),
+            "--text",
+            "The dog sat on the log.",
+            "--out",
+            str(tmp_path / "b.zip"),
+            "--no-cache",
+            "--no-gradients",
+            "--no-animations",
+        ]
+    )
     assert rc == 0 and "--mask-word" in capsys.readouterr().out
-    rc = main(["analyze", "--model", str(tiny_dirs["bert"]), "--text", "The dog sat on the log.", "--mask-word", "sat",
-               "--out", str(tmp_path / "c.zip"), "--no-cache", "--no-gradients", "--no-animations"])
+    rc = main(
+        [
+            "analyze",
+            "--model",
+            str(tiny_dirs["bert"]),
+            "--text",
+            "The dog sat on the log.",
+            "--mask-word",
+            "sat",
+            "--out",
+            str(tmp_path / "c.zip"),
+            "--no-cache",
+            "--no-gradients",
+            "--no-animations",
+        ]
+    )
     assert rc == 0 and "--mask-word" not in capsys.readouterr().out

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
+from fakes import result_with_metrics
 
 from core import views
 from core.figures import metric_correlations
 from core.logit_lens import LensSection
 from core.metrics import METRIC_NAMES
 from core.predictions import PredictionSection
-from fakes import result_with_metrics
 
-
-RES = result_with_metrics({
-    "effective_rank": [4.0, 3.0, 2.0, 1.0],
-    "participation_ratio": [1.0, 2.0, 3.0, 4.0],
-    "intrinsic_dim_95": [5.0, 5.0, 5.0, 5.0],  # constant
-    "activation_entropy": [1.0, 4.0, 9.0, 16.0],  # monotone, not linear
-    "cosine_to_input": [1.0, 0.5, np.nan, 0.2],
-})
+RES = result_with_metrics(
+    {
+        "effective_rank": [4.0, 3.0, 2.0, 1.0],
+        "participation_ratio": [1.0, 2.0, 3.0, 4.0],
+        "intrinsic_dim_95": [5.0, 5.0, 5.0, 5.0],  # constant
+        "activation_entropy": [1.0, 4.0, 9.0, 16.0],  # monotone, not linear
+        "cosine_to_input": [1.0, 0.5, np.nan, 0.2],
+    }
+)
 
 
 def test_metrics_long_shape():
@@ -90,14 +90,29 @@ def test_shaded_tokens_all_zero_or_nan():
 
 
 def test_predictions_and_lens_tables():
-    pred = PredictionSection(kind="next_token", positions=[3], candidates=[[{"token": "x", "token_id": 1, "probability": 0.7},
-                                                             {"token": "y", "token_id": 2, "probability": 0.2}]])
+    pred = PredictionSection(
+        kind="next_token",
+        positions=[3],
+        candidates=[
+            [{"token": "x", "token_id": 1, "probability": 0.7}, {"token": "y", "token_id": 2, "probability": 0.2}]
+        ],
+    )
     t = views.predictions_table(pred)
     assert list(t["rank"]) == [1, 2] and t.probability.iloc[0] == 0.7
-    lens = LensSection(layers=np.arange(3), top_tokens=[["a", "b"]] * 3, top_ids=np.zeros((3, 2), dtype=np.int64),
-                       top_probs=np.full((3, 2), 0.4), final_token="a", final_token_id=0,
-                       final_prob=np.array([0.1, 0.2, 0.4]), entropy=np.ones(3), grid_tokens=[["a", "b"]] * 3,
-                       grid_probs=np.full((3, 2), 0.5), grid_ids=np.zeros((3, 2), dtype=np.int64), position=1)
+    lens = LensSection(
+        layers=np.arange(3),
+        top_tokens=[["a", "b"]] * 3,
+        top_ids=np.zeros((3, 2), dtype=np.int64),
+        top_probs=np.full((3, 2), 0.4),
+        final_token="a",
+        final_token_id=0,
+        final_prob=np.array([0.1, 0.2, 0.4]),
+        entropy=np.ones(3),
+        grid_tokens=[["a", "b"]] * 3,
+        grid_probs=np.full((3, 2), 0.5),
+        grid_ids=np.zeros((3, 2), dtype=np.int64),
+        position=1,
+    )
     tab = views.logit_lens_table(lens)
     assert len(tab) == 3 and tab["P(a)"].iloc[-1] == 0.4
     grid = views.logit_lens_grid_frame(lens, ["t0", "t1"])
@@ -123,11 +138,21 @@ def test_readable_token():
 
 
 def test_logit_lens_grid_window():
-    lens = LensSection(position=0, layers=np.arange(2), top_tokens=[["a"]] * 2, top_ids=np.zeros((2, 1), np.int64),
-                       top_probs=np.full((2, 1), 0.5), final_token="a", final_token_id=0, final_prob=np.ones(2),
-                       entropy=np.ones(2), grid_tokens=[["a", "", "c"]] * 2,
-                       grid_probs=np.array([[0.5, np.nan, 0.2]] * 2), grid_ids=np.zeros((2, 3), np.int64),
-                       grid_positions=[0])
+    lens = LensSection(
+        position=0,
+        layers=np.arange(2),
+        top_tokens=[["a"]] * 2,
+        top_ids=np.zeros((2, 1), np.int64),
+        top_probs=np.full((2, 1), 0.5),
+        final_token="a",
+        final_token_id=0,
+        final_prob=np.ones(2),
+        entropy=np.ones(2),
+        grid_tokens=[["a", "", "c"]] * 2,
+        grid_probs=np.array([[0.5, np.nan, 0.2]] * 2),
+        grid_ids=np.zeros((2, 3), np.int64),
+        grid_positions=[0],
+    )
     df = views.logit_lens_grid_frame(lens, ["x", "y", "z"])
     assert list(df.pi) == [0, 0] and list(df.layer) == [0, 1]
 

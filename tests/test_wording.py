@@ -88,8 +88,10 @@ def page_texts(at) -> list[str]:
 def results(tiny_gpt2, tiny_encoder):
     from core import analyze
 
-    return {"gpt2": analyze(tiny_gpt2, "The cat sat on the mat.", ig_steps=4),
-            "encoder": analyze(tiny_encoder, "The dog sat on the log.", exclude_special_tokens=True, ig_steps=4)}
+    return {
+        "gpt2": analyze(tiny_gpt2, "The cat sat on the mat.", ig_steps=4),
+        "encoder": analyze(tiny_encoder, "The dog sat on the log.", exclude_special_tokens=True, ig_steps=4),
+    }
 
 
 @pytest.mark.parametrize("page", [None, "../pages/layer_analysis.py", "../pages/details.py"])
@@ -139,8 +141,10 @@ def test_pdf_text_is_for_people(results, family):
 
 
 def test_target_phrase_says_the_reason_once():
-    assert (chart_spec.target_phrase(0, "position 0 (encoder without a language-model head)")
-            == "position 0: encoder without a language-model head")
+    assert (
+        chart_spec.target_phrase(0, "position 0 (encoder without a language-model head)")
+        == "position 0: encoder without a language-model head"
+    )
     assert chart_spec.target_phrase(5, "first mask token", "[MASK]") == "position 5 (“[MASK]”): first mask token"
     assert chart_spec.target_phrase(3, "") == "position 3"
 
