@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from app.state import Keys
-from app.widgets import guarded, shaded_text, show_caption
+from app.widgets import LONG_TEXT_TOKENS, SHADED_TEXT_PX, guarded, shaded_text, show_caption
 from core import plotting, views
 from core.neurons import top_neuron_figure
 from core.qk import qk_figure, qk_view, shown_keys
@@ -57,15 +57,20 @@ def neuron_factors_section(result: AnalysisResult) -> None:
     chosen = st.multiselect(
         "Factors", options, default=options, key=Keys.NF_FACTORS, format_func=lambda f: f"factor {f}"
     )
-    for f in sorted(chosen):
-        neurons = ", ".join(
-            f"L{int(sec.top_layer[f, r])}·N{int(sec.top_neuron[f, r])}" for r in range(min(5, sec.top_layer.shape[1]))
-        )
-        st.caption(f"Factor {f} · max {float(sec.token_factors[:, f].max()):.3g} · top neurons {neurons}")
-        shaded_text(
-            views.shaded_tokens_html(result.display_tokens, sec.token_factors[:, f], result.target_position),
-            result.n_tokens,
-        )  # a long text scrolls inside its box (6 factors × 512 tokens: ~10 000 px)
+    # a long text scrolls inside its box, and more than two long factors share one bounded box of their own
+    # (6 factors × 512 tokens would otherwise make the tab several thousand pixels tall)
+    long_many = result.n_tokens > LONG_TEXT_TOKENS and len(chosen) > 2
+    with st.container(height=2 * SHADED_TEXT_PX + 80) if long_many else st.container():
+        for f in sorted(chosen):
+            neurons = ", ".join(
+                f"L{int(sec.top_layer[f, r])}·N{int(sec.top_neuron[f, r])}"
+                for r in range(min(5, sec.top_layer.shape[1]))
+            )
+            st.caption(f"Factor {f} · max {float(sec.token_factors[:, f].max()):.3g} · top neurons {neurons}")
+            shaded_text(
+                views.shaded_tokens_html(result.display_tokens, sec.token_factors[:, f], result.target_position),
+                result.n_tokens,
+            )
     if chosen:
         show_caption("fig_neuron_factors")
     with st.expander("Top neurons per factor"):
