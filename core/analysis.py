@@ -149,6 +149,16 @@ def analyze(
         timings[name or label] = time.perf_counter() - t
         return out
 
+    def optional(label: str, fraction: float, fn: Callable[[], T_ | None], name: str | None = None) -> T_ | None:
+        """Like `timed`, but a failure of the step becomes a warning and the section stays empty."""
+        try:
+            return timed(label, fraction, fn, name)
+        except (RuntimeError, NotImplementedError, ValueError, MemoryError) as exc:
+            log.warning("%s failed: %s", label, exc)
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            ctx.warn(f"{label} could not be computed for this run: {first}")
+            return None
+
     with loaded.lock:
         cap = timed("Forward pass", 0.1, lambda: capture(loaded, analysed, st), "forward")
         keep = np.array([not s for s in cap.special_mask]) if st.exclude_special_tokens else None
@@ -183,11 +193,13 @@ def analyze(
         lens = timed("Logit lens", 0.55, lambda: run_logit_lens(ctx))
         attention = timed("Attention analysis", 0.7, lambda: run_attention(ctx))
         attribution = timed("Attribution", 0.85, lambda: run_attribution(ctx))
-        dla = timed("Direct logit attribution", 0.9, lambda: run_dla(ctx), "dla")
-        flow = timed("Information-flow routes", 0.95, lambda: run_flow(ctx), "flow")
-        head_ablation = timed("Head ablation", 0.92, lambda: run_head_ablation(ctx))
-        neuron_factors = timed("Neuron factors", 0.9, lambda: run_neuron_factors(ctx))
-        query_key = timed("Query–key vectors", 0.95, lambda: run_query_key(ctx))
+        # the views beyond the original four: a failure (weights offloaded to disk, out of memory, an unusual
+        # layout) costs the user that view, with a warning, never the whole analysis
+        dla = optional("Direct logit attribution", 0.88, lambda: run_dla(ctx), "dla")
+        flow = optional("Information-flow routes", 0.9, lambda: run_flow(ctx), "flow")
+        head_ablation = optional("Head ablation", 0.92, lambda: run_head_ablation(ctx))
+        neuron_factors = optional("Neuron factors", 0.94, lambda: run_neuron_factors(ctx))
+        query_key = optional("Query–key vectors", 0.96, lambda: run_query_key(ctx))
 
     result = AnalysisResult(
         model=loaded.info(),

@@ -212,3 +212,15 @@ def test_cli_options_build_the_same_settings():
         settings_from_args(build_parser().parse_args(["analyze", "--model", "m", "--text", "t", "--out", "o"]))
         == AnalysisSettings()
     )
+
+
+def test_a_failing_optional_view_costs_that_view_not_the_analysis(tiny_gpt2, monkeypatch):
+    from core import analysis
+
+    def broken(ctx):
+        raise RuntimeError("Tensor on device meta is not on the expected device cpu")
+
+    monkeypatch.setattr(analysis, "run_dla", broken)
+    r = analysis.analyze(tiny_gpt2, "The cat sat on the mat.", compute_gradients=False)
+    assert r.dla is None and r.attention is not None and r.logit_lens is not None
+    assert any("Direct logit attribution could not be computed" in w and "meta" in w for w in r.warnings)
