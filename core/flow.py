@@ -398,12 +398,27 @@ def line_width(weight: float) -> float:
     return 0.4 + 4.0 * math.sqrt(max(0.0, weight))
 
 
+#: On a CPU the routes are computed only while L·T²·D stays under this many element operations (GPT-2 small at
+#: 512 tokens is 2.4 G, a few seconds; TinyLlama at 512 tokens would be 11.8 G, minutes): a longer text gets a
+#: warning instead of a step that outlasts the rest of the analysis.
+FLOW_MAX_WORK_CPU = 3_000_000_000
+
+
 def run_flow(ctx: StepContext) -> FlowSection | None:
     """Analysis step "Information-flow routes": every contribution, the target position as the default token (None
     with a warning when the architecture map does not know the model). Releases the shared decomposition pass."""
     _, why = try_model_parts(ctx.loaded.model, PEER_VIEWS, "are")
     if why:
         ctx.warn(why)
+        return None
+    L, T, D = ctx.loaded.n_layers, len(ctx.tokens), ctx.hidden_states.shape[-1]
+    work = L * T * T * D  # every edge j → i of every layer compares a D-wide part with its sum
+    if ctx.loaded.device == "cpu" and work > FLOW_MAX_WORK_CPU:
+        release_pass(ctx.capture)
+        ctx.warn(
+            f"Information-flow routes were skipped: {T} tokens make {work / 1e9:.1f} G element operations, more than "
+            f"this CPU step allows ({FLOW_MAX_WORK_CPU / 1e9:.0f} G); shorten the text or run on a GPU"
+        )
         return None
     try:
         dec = shared_pass(ctx.loaded, ctx.capture)

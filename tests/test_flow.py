@@ -267,3 +267,13 @@ def test_peer_tabs_show_the_not_available_line(analysed):
     no_exception(at)
     infos = [i.value for i in at.info]
     assert sum("not available for GPTJForCausalLM" in v for v in infos) == 2
+
+
+def test_routes_of_a_text_past_the_cpu_budget_are_skipped_with_a_warning(tiny_gpt2, monkeypatch):
+    from core import flow
+    from core.analysis import analyze
+
+    monkeypatch.setattr(flow, "FLOW_MAX_WORK_CPU", 10)  # every text is past it
+    r = analyze(tiny_gpt2, "The cat sat on the mat.", compute_gradients=False)
+    assert r.flow is None and r.dla is not None
+    assert any("Information-flow routes were skipped" in w for w in r.warnings)
