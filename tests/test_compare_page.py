@@ -119,12 +119,12 @@ def test_widget_changes_run_no_model(runs):
 
 def test_compare_button_runs_each_analysis_once_and_reuses_the_sidebar_run(tiny_dirs):
     model = str(tiny_dirs["gpt2"])
-    at = analyse_with(make_app(), model, "The cat sat on the mat.")
+    at = analyse_with(make_app(), model, "The cat sat on the mat, for the Compare page.")
     assert at.session_state["result"] is not None
     at.switch_page(COMPARE).run()
     assert at.selectbox(key="cmp_model_a").value == OTHER_MODEL
     assert at.text_input(key="cmp_custom_a").value == model
-    at.text_area(key="cmp_text_b").input("The dog sat on the log.").run()
+    at.text_area(key="cmp_text_b").input("The dog sat on the log, only on the Compare page.").run()
     with ForwardCounter() as fc:
         at.button(key="cmp_go").click().run()
     no_exception(at)
@@ -132,7 +132,7 @@ def test_compare_button_runs_each_analysis_once_and_reuses_the_sidebar_run(tiny_
     assert fc.calls > 0  # run B was computed
     a, b = at.session_state["cmp_result_a"], at.session_state["cmp_result_b"]
     assert a is at.session_state["result"]  # run A is the sidebar's run, reused as is
-    assert b.text == "The dog sat on the log." and len(at.session_state["session_log"]) == 2
+    assert b.text == "The dog sat on the log, only on the Compare page." and len(at.session_state["session_log"]) == 2
     assert at.query_params["model"] in (model, [model]) and at.query_params["model_b"] in (model, [model])
     with ForwardCounter() as fc:  # the same comparison again: nothing runs
         at.button(key="cmp_go").click().run()

@@ -114,7 +114,7 @@ def test_corpus_result_shapes_and_values(gpt2_result, tiny_gpt2):
     ref = metrics.layer_metrics(cap.hidden_states, ~np.array(cap.special_mask))
     for m in metrics.METRIC_NAMES:
         np.testing.assert_allclose(r.per_text[m][2], ref[m], rtol=1e-4, atol=1e-5)
-        np.testing.assert_array_equal(r.per_text[m][2], r.per_text[m][2 + len(TEXTS)])
+        np.testing.assert_allclose(r.per_text[m][2], r.per_text[m][2 + len(TEXTS)], rtol=1e-6)  # other batch
     assert len(r.metric_rows()) == L1 * len(POOLED_METRICS) - 1
     assert len(r.per_text_rows()) == 16 * L1
     s = r.per_text_summary("effective_rank")
