@@ -13,32 +13,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from browser_support import CHROMIUM, CHROMIUM_ARGS, IDLE, need_browser, streamlit_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "artifacts" / "screenshots" / "layout"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 MAIN = '[data-testid="stMainBlockContainer"]'
 WIDTHS = (1280, 1920)
 HEIGHT = 900
@@ -81,69 +64,12 @@ MEASURE = """() => {
 }"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package to run the browser test")
-    pytest.importorskip("playwright.sync_api", reason="playwright (python package) is not installed")
-    port = int(os.environ.get("TMA_BROWSER_PORT") or 0) or _free_port()
-    env = dict(
-        os.environ,
-        HF_HUB_OFFLINE="1",
-        TMA_CACHE_DIR=str(tmp_path_factory.mktemp("layout-cache")),
-        TMA_RUNS_DIR=str(tmp_path_factory.mktemp("layout-runs")),
-        TOKENIZERS_PARALLELISM="false",
-    )
-    log_path = tmp_path_factory.mktemp("layout-server") / "streamlit.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app/main.py",
-            "--server.port",
-            str(port),
-            "--server.headless",
-            "true",
-            "--browser.gatherUsageStats",
-            "false",
-            "--server.fileWatcherType",
-            "none",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail("the streamlit server did not start:\n" + log_path.read_text()[-3000:])
-            time.sleep(0.5)
+    need_browser()
+    port = int(os.environ.get("TMA_BROWSER_PORT") or 0) or None
+    with streamlit_server(tmp_path_factory, "layout", port, ("--server.fileWatcherType", "none")) as (url, _log):
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")

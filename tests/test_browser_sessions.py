@@ -7,33 +7,17 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from browser_support import CHROMIUM, CHROMIUM_ARGS, EXCEPTION, IDLE, need_browser, streamlit_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "artifacts" / "screenshots"
-PORT = int(os.environ.get("TMA_BROWSER_SESSIONS_PORT", "8614"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
-EXCEPTION = '[data-testid="stException"]'
+PORT = int(os.environ.get("TMA_BROWSER_SESSIONS_PORT") or 0) or None
 METRIC = '[data-testid="stMain"] [data-testid="stMetric"]'
 LONG = " ".join(["The long river crossed the valley and the town slept under the stars."] * 6)
 
@@ -51,57 +35,9 @@ DEFAULT_MAX_TOKENS = 128
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package to run the browser test")
-    pytest.importorskip("playwright.sync_api", reason="playwright (python package) is not installed")
-    env = dict(
-        os.environ,
-        HF_HUB_OFFLINE="1",
-        TMA_CACHE_DIR=str(tmp_path_factory.mktemp("sessions-cache")),
-        TMA_RUNS_DIR=str(tmp_path_factory.mktemp("sessions-runs")),
-        TOKENIZERS_PARALLELISM="false",
-    )
-    log_path = tmp_path_factory.mktemp("sessions-server") / "streamlit.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                "app/main.py",
-                "--server.port",
-                str(PORT),
-                "--server.headless",
-                "true",
-                "--browser.gatherUsageStats",
-                "false",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{PORT}"
-        try:
-            deadline = time.time() + 120
-            while True:
-                try:
-                    with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.time() > deadline:
-                    pytest.fail("the streamlit server did not start:\n" + log_path.read_text()[-3000:])
-                time.sleep(0.5)
-            yield url, log_path
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    need_browser()
+    with streamlit_server(tmp_path_factory, "sessions", PORT) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
