@@ -30,7 +30,7 @@ from .context import StepContext
 from .dla import run_dla
 from .errors import InputError
 from .flow import run_flow
-from .logit_lens import run_logit_lens
+from .logit_lens import lens_columns, run_logit_lens
 from .metrics import layer_metrics
 from .models import LoadedModel, load_model
 from .neurons import run_neuron_factors
@@ -85,6 +85,27 @@ def choose_target(
     if family == "causal_lm":
         return T - 1, "last token (next-token prediction)"
     return 0, "position 0 (encoder without a language-model head)"
+
+
+def logit_positions(loaded: LoadedModel, st: AnalysisSettings) -> Callable[[list[int], list[bool]], list[int]]:
+    """The positions whose logits the analysis steps read, given the token ids and special mask: the target
+    (attribution, DLA), the last token (next-token prediction), every mask token (mask filling) and the logit
+    lens's position and grid columns (its last layer is read from the model's own logits). The capture pass runs
+    the language-model head on these rows only."""
+    mask_id = loaded.tokenizer.mask_token_id if loaded.family == "masked_lm" else None
+
+    def positions(ids: list[int], special: list[bool]) -> list[int]:
+        T = len(ids)
+        target, _ = choose_target(loaded.family, ids, special, mask_id, st.target_position)
+        out = {target, T - 1}
+        if mask_id is not None:
+            out.update(i for i, t in enumerate(ids) if t == mask_id)
+        pos, _, (c0, c1) = lens_columns(loaded, st, T, target)
+        out.add(pos)
+        out.update(range(c0, c1))
+        return sorted(out)
+
+    return positions
 
 
 def _as_settings(settings: AnalysisSettings | None, overrides: dict[str, Any]) -> AnalysisSettings:
@@ -160,7 +181,7 @@ def analyze(
             return None
 
     with loaded.lock:
-        cap = timed("Forward pass", 0.1, lambda: capture(loaded, analysed, st), "forward")
+        cap = timed("Forward pass", 0.1, lambda: capture(loaded, analysed, st, logit_positions(loaded, st)), "forward")
         keep = np.array([not s for s in cap.special_mask]) if st.exclude_special_tokens else None
 
         def metrics_step() -> dict[str, np.ndarray]:

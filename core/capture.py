@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,8 @@ class Capture:
     input_ids: torch long [1, T] on the model's device; attention_mask likewise.
     hidden_states: float32 numpy [L+1, T, D] (last entry before the final norm, see AnalysisResult).
     attentions: float32 numpy [L, H, T, T].
-    logits: torch float32 [T, V] on the model's device, or None for an encoder without a head.
+    logits: torch float32 [T, V] on the model's device, a `PositionLogits` (the rows at the positions the caller
+        asked for, indexed by position like the full tensor) or None for an encoder without a head.
     """
 
     text: str
@@ -35,6 +37,60 @@ class Capture:
     final_norm: bool
     truncated: bool
     warnings: list[str] = field(default_factory=list)
+
+
+class PositionLogits:
+    """The model's logits at some token positions: `rows` torch float32 [P, V], `positions` (sorted) the token
+    position of each row. Indexed like the full [T, V] tensor it stands for: `logits[p]` is the row of position p,
+    `logits[a:b]` the rows of positions a..b-1 ([b-a, V]); a position that was not kept raises KeyError, naming it.
+
+    The capture pass of an analysis computes the language-model head only at the positions its steps read (the
+    target, the last token, the mask tokens, the logit lens's columns): for GPT-2 the head over all T positions is
+    about a third of the forward pass, and every other row was thrown away.
+    """
+
+    def __init__(self, rows: Any, positions: Iterable[int]) -> None:
+        self.rows = rows
+        self.positions = [int(p) for p in positions]
+        self._row_of = {p: i for i, p in enumerate(self.positions)}
+        if len(self._row_of) != rows.shape[0]:
+            raise ValueError(f"{rows.shape[0]} logit rows for {len(self._row_of)} positions")
+
+    def _row(self, position: int) -> int:
+        try:
+            return self._row_of[int(position)]
+        except KeyError:
+            raise KeyError(
+                f"the capture pass kept the logits at positions {self.positions}, not at {int(position)}"
+            ) from None
+
+    def __getitem__(self, key: int | slice) -> Any:
+        if isinstance(key, slice):
+            start = 0 if key.start is None else int(key.start)
+            stop = max(self.positions, default=-1) + 1 if key.stop is None else int(key.stop)
+            return self.rows[[self._row(p) for p in range(start, stop, key.step or 1)]]
+        return self.rows[self._row(int(key))]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.rows.shape)
+
+    def aminmax(self) -> Any:
+        """Smallest and largest logit over the kept rows (as torch.aminmax)."""
+        return self.rows.aminmax()
+
+
+def _head_slicer(positions: list[int], T: int) -> Callable[..., Any]:
+    """Forward pre-hook for the output embedding (the unembedding): hands it only the rows at `positions` of its
+    [1, T, D] input (any other input is left as it is)."""
+
+    def hook(_module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        x = args[0] if args else None
+        if x is None or x.dim() != 3 or x.shape[1] != T:
+            return None
+        return (x[:, positions], *args[1:])
+
+    return hook
 
 
 def apply_mask_word(text: str, word: str, mask_token: str | None) -> str:
@@ -109,8 +165,18 @@ def _stack_float32(tensors: list[Any]) -> np.ndarray:
     return out
 
 
-def capture(loaded: LoadedModel, text: str, settings: AnalysisSettings) -> Capture:
-    """Tokenise `text` and run one forward pass with hidden states and attentions (no gradients)."""
+def capture(
+    loaded: LoadedModel,
+    text: str,
+    settings: AnalysisSettings,
+    logit_positions: Callable[[list[int], list[bool]], Iterable[int]] | None = None,
+) -> Capture:
+    """Tokenise `text` and run one forward pass with hidden states and attentions (no gradients).
+
+    logit_positions(token_ids, special_mask): the positions whose logits the caller reads; the language-model head
+    then runs on those rows only and `Capture.logits` is a `PositionLogits`. None: the logits at every position
+    ([T, V] tensor).
+    """
     import torch
 
     if not isinstance(text, str) or not text.strip():
@@ -132,15 +198,22 @@ def capture(loaded: LoadedModel, text: str, settings: AnalysisSettings) -> Captu
     def grab(_module, args, _kwargs=None):
         pre_norm["h"] = args[0]
 
-    handle = norm.register_forward_pre_hook(grab) if norm is not None else None
+    handles = [norm.register_forward_pre_hook(grab)] if norm is not None else []
+    T = int(ids.shape[1])
+    kept: list[int] | None = None
+    if logit_positions is not None:
+        kept = sorted({int(p) for p in logit_positions(enc["input_ids"][0].tolist(), special) if 0 <= int(p) < T})
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if head is not None and kept and len(kept) < T:
+            handles.append(head.register_forward_pre_hook(_head_slicer(kept, T)))
     try:
         with torch.inference_mode():
             out = model(
                 input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True, return_dict=True
             )
     finally:
-        if handle is not None:
-            handle.remove()
+        for h in handles:
+            h.remove()
 
     if not out.attentions or out.attentions[0] is None:
         raise RuntimeError("the model returned no attentions; it must run with attn_implementation='eager'")
@@ -156,6 +229,8 @@ def capture(loaded: LoadedModel, text: str, settings: AnalysisSettings) -> Captu
     att = _stack_float32(atts)
     if logits is not None:
         logits = logits[0].float()
+        if kept is not None and logits.shape[0] == len(kept) < T:
+            logits = PositionLogits(logits, kept)
 
     if hidden.shape[0] != att.shape[0] + 1:
         raise RuntimeError(f"expected {att.shape[0] + 1} hidden states, got {hidden.shape[0]}")

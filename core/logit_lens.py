@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from .context import StepContext
 from .devices import output_device
 from .models import LoadedModel
 from .serialize import serializable
+
+if TYPE_CHECKING:
+    from .settings import AnalysisSettings
 
 log = logging.getLogger(__name__)
 
@@ -196,27 +199,36 @@ def compute_logit_lens(
     max_diff = 0.0
     V = _vocab_size(loaded)
     n_rows = n_dec * W
+    if final_logits is not None:  # layer L at `position` rides along as one more row: one pass over the head
+        last_row = np.ascontiguousarray(hidden_states[n_layers1 - 1, position : position + 1])
+        H = torch.cat([H, torch.from_numpy(last_row)])
+    n_total = H.shape[0]
+    z_last: torch.Tensor | None = None
     with torch.inference_mode():
         rows_per_chunk = max(1, chunk_floats // V) if V else max(1, W)  # unknown V: sized after the first chunk
         start = 0
-        while start < n_rows:
-            stop = min(start + rows_per_chunk, n_rows)
+        while start < n_total:
+            stop = min(start + rows_per_chunk, n_total)
             x = H[start:stop].to(device=head_device, dtype=model_dtype)
             z = decode(x).float()  # [n, V]
             if not V:
                 V = z.shape[-1]
                 rows_per_chunk = max(1, chunk_floats // V)
-            # top-1 per row: max_v softmax(z)_v and its id (torch's fused softmax is several times faster on CPU
-            # than logsumexp over the same [n, V] block)
-            pmax, arg = torch.softmax(z, dim=-1).max(dim=-1)
-            grid_ids[start:stop] = arg.cpu()
-            grid_probs[start:stop] = pmax.double().cpu()
-            for layer in range(start // W, (stop - 1) // W + 1):  # rows at `position` in this chunk
-                r = layer * W + pw
-                if start <= r < stop:
-                    pos_rows[layer] = z[r - start].cpu()
+            g = min(stop, n_rows)  # grid rows of this chunk: start..g-1
+            if g > start:
+                # top-1 per row: max_v softmax(z)_v and its id (torch's fused softmax is several times faster on
+                # CPU than logsumexp over the same [n, V] block)
+                pmax, arg = torch.softmax(z[: g - start], dim=-1).max(dim=-1)
+                grid_ids[start:g] = arg.cpu()
+                grid_probs[start:g] = pmax.double().cpu()
+                for layer in range(start // W, (g - 1) // W + 1):  # rows at `position` in this chunk
+                    r = layer * W + pw
+                    if start <= r < g:
+                        pos_rows[layer] = z[r - start].cpu()
+            if stop > n_rows:
+                z_last = z[n_rows - start]
             start = stop
-        if final_logits is not None:
+        if final_logits is not None and z_last is not None:
             last = n_layers1 - 1
             ref = final_logits[c0:c1]
             step = max(1, chunk_floats // max(int(ref.shape[-1]), 1))
@@ -226,8 +238,6 @@ def compute_logit_lens(
                 n = block.shape[0]
                 grid_ids[last * W + s0 : last * W + s0 + n] = arg.cpu()
                 grid_probs[last * W + s0 : last * W + s0 + n] = pmax.double().cpu()
-            x = torch.from_numpy(np.ascontiguousarray(hidden_states[last, position : position + 1]))
-            z_last = decode(x.to(device=head_device, dtype=model_dtype)).float()[0]
             pos_rows[last] = z_last.cpu()
             max_diff = float((z_last - final_logits[position].to(z_last.device).float()).abs().max())
         final_row = final_logits[position].float().cpu() if final_logits is not None else pos_rows[n_layers1 - 1]
@@ -281,24 +291,33 @@ def exactness_tolerance(dtype: str, final_logits: Any) -> float:
     return (1e-4 if dtype == "float32" else 3e-2) * scale
 
 
+def lens_columns(
+    loaded: LoadedModel, settings: AnalysisSettings, T: int, target: int
+) -> tuple[int, int | None, tuple[int, int]]:
+    """What the "Logit lens" step decodes for a text of T tokens: (position, the grid's column
+    budget passed to compute_logit_lens, the grid's columns [c0, c1)). The position is settings.lens_position when
+    it lies inside the text, else the target position. The capture pass keeps the model's logits at these columns
+    and at the position (see `logit_positions` in core.analysis)."""
+    pos = settings.lens_position
+    if pos is None or pos >= T:
+        pos = target
+    window = None if settings.lens_full_grid else grid_max_positions(loaded, loaded.n_layers + 1, T, loaded.hidden_size)
+    return pos, window, grid_window(T, pos, window)
+
+
 def run_logit_lens(ctx: StepContext) -> LensSection | None:
     """Analysis step "Logit lens" (None for an encoder without a head)."""
     cap = ctx.capture
     T = len(ctx.tokens)
-    pos = ctx.settings.lens_position
-    if pos is not None and pos >= T:
+    if ctx.settings.lens_position is not None and ctx.settings.lens_position >= T:
         ctx.warn(
-            f"lens_position {pos} is past the last token (the text has {T} tokens): the logit lens decodes "
-            f"the target position {ctx.target_position} instead"
+            f"lens_position {ctx.settings.lens_position} is past the last token (the text has {T} tokens): the "
+            f"logit lens decodes the target position {ctx.target_position} instead"
         )
-        pos = None
-    if pos is None:
-        pos = ctx.target_position
     if cap.logits is None or ctx.family == "encoder":
         log.info("logit lens skipped: %s has no language-model head", ctx.loaded.model_id)
         return None
-    n_layers1, _, D = ctx.hidden_states.shape
-    window = None if ctx.settings.lens_full_grid else grid_max_positions(ctx.loaded, n_layers1, T, D)
+    pos, window, _ = lens_columns(ctx.loaded, ctx.settings, T, ctx.target_position)
     lens = compute_logit_lens(
         ctx.loaded, ctx.hidden_states, pos, ctx.settings.top_k, final_logits=cap.logits, grid_max_positions=window
     )
