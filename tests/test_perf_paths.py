@@ -481,3 +481,67 @@ def test_a_cache_hit_maps_the_stored_file(tiny_gpt2, tmp_path):
     assert small._read("k") == b"tiny value" and small._read("missing") is None
     cache.close()
     small.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The LM head only at the positions the steps read
+
+
+@pytest.mark.parametrize(
+    "name, overrides",
+    [
+        ("tiny_gpt2", {}),
+        ("tiny_gpt2", {"lens_position": 3, "target_position": 5, "compute_gradients": True}),
+        ("tiny_gpt2", {"lens_full_grid": True}),
+        ("tiny_bert", {"mask_word": "dog"}),
+        ("tiny_bert", {}),
+        ("tiny_llama", {"lens_position": 999}),
+    ],
+)
+def test_analysis_with_logits_at_read_positions_equals_full_logits(name, overrides, request, monkeypatch):
+    """analyze() with the head run at the read positions only gives the result of the full [T, V] logits."""
+    import core.analysis as analysis
+    import core.logit_lens as lens_mod
+    from core.capture import PositionLogits
+
+    loaded = request.getfixturevalue(name)
+    monkeypatch.setattr(lens_mod, "GRID_MAX_MACS_CPU", 1.0)  # a 2-column grid window, as a long text gets
+    monkeypatch.setattr(lens_mod, "GRID_SMALL_MACS", 0.0)
+    monkeypatch.setattr(lens_mod, "GRID_MIN_COLUMNS", 2)
+    seen = []
+    real_capture = analysis.capture
+
+    def spy(*args, **kwargs):
+        cap = real_capture(*args, **kwargs)
+        seen.append(cap.logits)
+        return cap
+
+    monkeypatch.setattr(analysis, "capture", spy)
+    fast = analyze(loaded, TEXT, **overrides)
+    monkeypatch.setattr(analysis, "logit_positions", lambda loaded, st: None)
+    full = analyze(loaded, TEXT, **overrides)
+    assert not isinstance(seen[1], PositionLogits)
+    if overrides.get("lens_full_grid"):  # the grid reads every position: the head runs on all of them
+        assert not isinstance(seen[0], PositionLogits)
+    else:
+        assert isinstance(seen[0], PositionLogits) and seen[0].rows.shape[0] < seen[1].shape[0]
+    for p in getattr(seen[0], "positions", range(seen[1].shape[0])):
+        np.testing.assert_allclose(seen[0][p].numpy(), seen[1][p].numpy(), rtol=1e-5, atol=1e-5)
+    assert results_close(fast, full), name
+
+
+def test_position_logits_index_like_the_full_tensor():
+    import torch
+
+    from core.capture import PositionLogits
+
+    full = torch.arange(40, dtype=torch.float32).reshape(8, 5)
+    pl = PositionLogits(full[[1, 2, 3, 6]], [1, 2, 3, 6])
+    assert torch.equal(pl[6], full[6]) and torch.equal(pl[1:4], full[1:4])
+    assert pl.shape == (4, 5)
+    lo, hi = pl.aminmax()
+    assert float(lo) == 5.0 and float(hi) == 34.0
+    with pytest.raises(KeyError, match="not at 4"):
+        pl[4]
+    with pytest.raises(KeyError, match="not at 4"):
+        pl[3:5]
