@@ -15,6 +15,7 @@ import streamlit as st
 import core
 from core.cache import ResultCache
 from core.models import LoadedModel
+from core.result import AnalysisResult
 
 log = logging.getLogger(__name__)
 
@@ -56,3 +57,29 @@ def is_loaded(model_id: str, dtype: str = "auto", device: str = "auto") -> bool:
 def get_result_cache() -> ResultCache:
     """One disk-backed result cache per process ($TMA_CACHE_DIR, bounded, LRU)."""
     return ResultCache()
+
+
+def with_views(result: AnalysisResult, names: list[str]) -> AnalysisResult:
+    """The session's result with the deeper views `names` computed: on their first need, one more capture pass
+    plus the views (core.analysis.add_views, under a spinner), then kept in the session and the result cache.
+    On a failure the page keeps the result it has (its sections say the view is missing) and shows one line."""
+    from app.state import Keys
+    from core.analysis import VIEWS, add_views
+
+    missing = [n for n in names if n not in result.views]
+    if not missing:
+        return result
+    state = st.session_state
+    model_id, dtype, device = state.get(Keys.RESULT_LOAD) or (result.model.model_id, "auto", "auto")
+    what = ", ".join(VIEWS[n][0].lower() for n in missing)
+    try:
+        with st.spinner(f"Computing {what} (once per analysis) …"):
+            loaded = get_model(model_id, dtype, device)
+            full = add_views(loaded, result, missing, cache=get_result_cache())
+    except Exception as exc:  # noqa: BLE001 - one line in the page, the details in the log
+        log.warning("the deeper views (%s) could not be computed: %s", what, exc, exc_info=True)
+        st.warning(f"These views could not be computed: {what}. {str(exc).splitlines()[0] if str(exc) else ''}")
+        return result
+    if state.get(Keys.RESULT) is result:  # not when the user ran a new analysis meanwhile
+        state[Keys.RESULT] = full
+    return full

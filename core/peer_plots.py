@@ -31,6 +31,11 @@ def unavailable_line(result: AnalysisResult, section: str) -> str | None:
     if getattr(result, section) is not None:
         return None
     what, verb = ("Direct logit attribution", "is") if section == "dla" else ("Information-flow routes", "are")
+    if section not in result.views:
+        return (
+            f"{what} {'was' if verb == 'is' else 'were'} not computed in this run: the deeper views are computed "
+            "on request (the Layer Analysis page, the export, `python -m core analyze`, core.add_views)"
+        )
     line = not_available_line(result.model.architecture, what, verb)
     if line:
         return line

@@ -1,7 +1,8 @@
 """The one result object of an analysis run. Pages, the PDF, the CLI and the cache all read this.
 
-Optional sections (attention analysis, attribution, predictions, logit lens) are frozen dataclasses defined next to
-the code that computes them; a section is None when it was not computed or does not apply to the model.
+Optional sections (attention analysis, attribution, predictions, logit lens, and the deeper views) are frozen
+dataclasses defined next to the code that computes them; a section is None when it was not computed or does not
+apply to the model. `views` lists the deeper views that were computed (core.analysis.add_views adds the others).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class AnalysisResult:
     head_ablation: HeadAblationSection | None = None
     neuron_factors: NeuronFactorSection | None = None
     query_key: QKSection | None = None
+    views: list[str] = field(default_factory=list)  # the deeper views computed (core.analysis.VIEWS names)
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app.loading import get_model
+from app.loading import get_model, with_views
 from app.sidebar import selected_model_id
 from app.state import Keys
 from app.widgets import chart, guarded
@@ -331,4 +331,7 @@ with tab_patch, guarded("activation patching"):
             show_result(res)
 
 with tab_heads, guarded("head ablation"):
-    head_ablation_section(st.session_state.get(Keys.RESULT))
+    _result = st.session_state.get(Keys.RESULT)
+    if _result is not None and _result.settings.head_ablation:  # computed on this page's first visit
+        _result = with_views(_result, ["head_ablation"])
+    head_ablation_section(_result)

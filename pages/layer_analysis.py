@@ -8,8 +8,12 @@ import streamlit as st
 
 from app import layer_widgets as lw
 from app import neuron_views, peer_views
+from app.loading import with_views
 from app.state import Keys
 from app.widgets import guarded, result_header
+
+#: The deeper views this page shows (core.analysis.VIEWS).
+LAYER_VIEWS = ["dla", "flow", "neuron_factors", "query_key"]
 
 result = st.session_state.get(Keys.RESULT)
 st.title("Layer Analysis")
@@ -35,6 +39,8 @@ with tab_lens, guarded("logit lens"):
     lw.logit_lens_section(result)
 with tab_anim, guarded("layer animations"):
     lw.animations_section(result)
+# the deeper views are computed on this page's first visit after an analysis (the core tabs above are drawn first)
+result = with_views(result, LAYER_VIEWS)
 with tab_neurons:  # the query–key view picks its own layer and head, next to it
     qk_layer, qk_head = lw.pickers(result, Keys.QK_LAYER, Keys.QK_HEAD, "of the query–key view")
     neuron_views.draw(result, qk_layer, qk_head)

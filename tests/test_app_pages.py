@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from core.result import results_equal
+
 from app.state import OTHER_MODEL
 from core.models import BUNDLED_ID
 
@@ -122,7 +124,11 @@ def test_layer_analysis_page(results, family):
         assert n_charts(at) >= 3  # + entropy grid and clustering
     if r.attribution is not None:
         assert at.get("html"), "token shading missing"
-    n_neuron_images = (r.neuron_factors is not None) + (r.query_key is not None)  # top neurons, query–key view
+    # the page computed the deeper views it shows (the result held none) and kept them in the session
+    assert r.views == [] and at.session_state["result"].views == ["dla", "flow", "neuron_factors", "query_key"]
+    full = at.session_state["result"]
+    assert results_equal(full.replace(dla=None, flow=None, neuron_factors=None, query_key=None, views=[]), r)
+    n_neuron_images = (full.neuron_factors is not None) + (full.query_key is not None)  # top neurons, query–key
     assert len(at.get("image")) == 2 + n_neuron_images, "the two layer GIFs (animations are on by default)"
     labels = [t.label for t in at.tabs]
     page_tabs = [

@@ -220,7 +220,8 @@ def test_a_failing_optional_view_costs_that_view_not_the_analysis(tiny_gpt2, mon
     def broken(ctx):
         raise RuntimeError("Tensor on device meta is not on the expected device cpu")
 
-    monkeypatch.setattr(analysis, "run_dla", broken)
-    r = analysis.analyze(tiny_gpt2, "The cat sat on the mat.", compute_gradients=False)
-    assert r.dla is None and r.attention is not None and r.logit_lens is not None
+    monkeypatch.setitem(analysis.VIEWS, "dla", ("Direct logit attribution", broken))
+    r = analysis.analyze(tiny_gpt2, "The cat sat on the mat.", compute_gradients=False, views="all")
+    assert r.dla is None and r.attention is not None and r.logit_lens is not None and r.flow is not None
+    assert "dla" in r.views  # computed (and failed): add_views does not try it again
     assert any("Direct logit attribution could not be computed" in w and "meta" in w for w in r.warnings)

@@ -116,7 +116,7 @@ def test_encoder_is_told_to_pick_an_lm(tiny_dirs):
 def ablated(tiny_gpt2):
     from core.analysis import analyze
 
-    return analyze(tiny_gpt2, "The dog sat on the log", head_ablation=True)
+    return analyze(tiny_gpt2, "The dog sat on the log", head_ablation=True, views="all")
 
 
 def test_head_ablation_tab(tiny_dirs, ablated):

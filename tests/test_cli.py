@@ -107,6 +107,27 @@ def test_cli_folder_output_and_text_file(tmp_path, tiny_dirs):
     assert proc.returncode == 0, proc.stderr
     assert (out / "manifest.json").is_file() and (out / "layer_metrics.csv").is_file()
     assert json.loads((out / "manifest.json").read_text())["text"] == "The dog sat on the log."
+    # the bundle holds every deeper view by default, as the app's export does; --views none leaves them out
+    assert (out / "flow_edges.csv").is_file() and (out / "direct_logit_attribution.csv").is_file()
+    assert (out / "neuron_factors.csv").is_file() and (out / "query_key.csv").is_file()
+    out2 = tmp_path / "bundle2"
+    proc = run_cli(
+        "analyze",
+        "--model",
+        str(tiny_dirs["gpt2"]),
+        "--text-file",
+        str(f),
+        "--out",
+        str(out2),
+        "--no-animations",
+        "--no-gradients",
+        "--views",
+        "none",
+        "--no-cache",  # the cache holds the first run's fuller result, and would answer with it
+        tmp_path=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not (out2 / "flow_edges.csv").exists() and not (out2 / "neuron_factors.csv").exists()
 
 
 @pytest.mark.parametrize(
@@ -118,6 +139,7 @@ def test_cli_folder_output_and_text_file(tmp_path, tiny_dirs):
         (["analyze", "--model", "m", "--text-file", "/no/such/file.txt", "--out", "x.zip"], 2),
         (["analyze", "--model", "m", "--text", "hi", "--out", "x.zip", "--max-tokens", "0"], 2),
         (["analyze", "--model", "m"], 2),
+        (["analyze", "--model", "m", "--text", "hi", "--out", "x.zip", "--views", "dla,attention"], 2),
         (["frobnicate"], 2),
     ],
 )

@@ -28,9 +28,9 @@ def results(tiny_gpt2, tiny_bert, tiny_encoder):
     from core.analysis import analyze
 
     return {
-        "gpt2": analyze(tiny_gpt2, "The cat sat on the mat.", ig_steps=4, head_ablation=True),
-        "bert": analyze(tiny_bert, "The cat sat on the [MASK].", ig_steps=4),
-        "encoder": analyze(tiny_encoder, "The cat sat on the mat.", ig_steps=4),
+        "gpt2": analyze(tiny_gpt2, "The cat sat on the mat.", ig_steps=4, head_ablation=True, views="all"),
+        "bert": analyze(tiny_bert, "The cat sat on the [MASK].", ig_steps=4, views="all"),
+        "encoder": analyze(tiny_encoder, "The cat sat on the mat.", ig_steps=4, views="all"),
     }
 
 

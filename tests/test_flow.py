@@ -152,8 +152,8 @@ def analysed(tiny_gpt2, tiny_bert):
     from core.analysis import analyze
 
     return {
-        "gpt2": analyze(tiny_gpt2, "The cat sat on the mat.", ig_steps=2),
-        "bert": analyze(tiny_bert, "The cat sat on the [MASK].", ig_steps=2),
+        "gpt2": analyze(tiny_gpt2, "The cat sat on the mat.", ig_steps=2, views="all"),
+        "bert": analyze(tiny_bert, "The cat sat on the [MASK].", ig_steps=2, views="all"),
     }
 
 
@@ -201,7 +201,7 @@ def test_unknown_architecture_is_one_line_in_manifest_page_and_pdf(analysed, mon
     monkeypatch.delitem(arch.BUILDERS, "gpt2")
     loaded = dataclasses.replace(loaded, architecture="GPTJForCausalLM")
     loaded.model.config.architectures = ["GPTJForCausalLM"]
-    r = analyze(loaded, "The cat sat on the mat.", ig_steps=2, compute_gradients=False)
+    r = analyze(loaded, "The cat sat on the mat.", ig_steps=2, compute_gradients=False, views="all")
     assert r.dla is None and r.flow is None
     lines = [
         w
@@ -274,6 +274,6 @@ def test_routes_of_a_text_past_the_cpu_budget_are_skipped_with_a_warning(tiny_gp
     from core.analysis import analyze
 
     monkeypatch.setattr(flow, "FLOW_MAX_WORK_CPU", 10)  # every text is past it
-    r = analyze(tiny_gpt2, "The cat sat on the mat.", compute_gradients=False)
+    r = analyze(tiny_gpt2, "The cat sat on the mat.", compute_gradients=False, views="all")
     assert r.flow is None and r.dla is not None
     assert any("Information-flow routes were skipped" in w for w in r.warnings)

@@ -185,7 +185,7 @@ def test_mlp_projection_found_for_other_architectures(arch):
 def llama_result(tiny_llama):
     from core import analyze
 
-    return analyze(tiny_llama, "Paris is the capital of France and the cat sat on the mat", ig_steps=4)
+    return analyze(tiny_llama, "Paris is the capital of France and the cat sat on the mat", ig_steps=4, views="all")
 
 
 def test_analysis_section_settings_and_bundle(tiny_gpt2, llama_result):
@@ -197,10 +197,17 @@ def test_analysis_section_settings_and_bundle(tiny_gpt2, llama_result):
 
     sec = llama_result.neuron_factors
     assert sec is not None and sec.layers == (0, 1) and sec.n_factors == 6 and sec.d_ff == 64
-    assert llama_result.query_key is not None and "Neuron factors" in llama_result.timings
-    off = analyze(tiny_gpt2, "The cat sat on the mat.", neuron_factors=0, compute_gradients=False)
+    assert llama_result.query_key is not None and "neuron_factors" in llama_result.timings
+    off = analyze(tiny_gpt2, "The cat sat on the mat.", neuron_factors=0, compute_gradients=False, views="all")
     assert off.neuron_factors is None
-    one = analyze(tiny_gpt2, "The cat sat on the mat.", neuron_factors=3, neuron_first_layer=1, compute_gradients=False)
+    one = analyze(
+        tiny_gpt2,
+        "The cat sat on the mat.",
+        neuron_factors=3,
+        neuron_first_layer=1,
+        compute_gradients=False,
+        views="all",
+    )
     assert one.neuron_factors is not None and one.neuron_factors.layers == (1,) and one.neuron_factors.n_factors == 3
     files = bundle_files(one)
     rows = list(csv.reader(io.StringIO(files["neuron_factors.csv"].decode())))
@@ -227,7 +234,7 @@ def test_unknown_architecture_is_a_warning_not_a_gap(tiny_gpt2, monkeypatch):
 
     monkeypatch.setattr(neurons, "mlp_output_projections", refuse)
     monkeypatch.setattr(qk, "attention_parts", refuse_qk)
-    r = analyze(tiny_gpt2, "The dog sat on the log.", compute_gradients=False)
+    r = analyze(tiny_gpt2, "The dog sat on the log.", compute_gradients=False, views="all")
     assert r.neuron_factors is None and r.query_key is None
     assert any("neuron factors are not available for GPT2LMHeadModel" in w for w in r.warnings)
     assert any("query–key view is not available for GPT2LMHeadModel" in w for w in r.warnings)
@@ -260,12 +267,15 @@ def test_page_widgets_run_no_model(llama_result):
 
 
 def test_sidebar_neuron_settings_reach_the_analysis(tiny_dirs):
-    from test_app_pages import analyse_with, make_app, no_exception
+    from test_app_pages import LAYERS, analyse_with, make_app, no_exception
 
     at = make_app().run()
     at.sidebar.number_input(key="neuron_factors").set_value(2)
     at.sidebar.number_input(key="neuron_first_layer").set_value(1)
     at = analyse_with(at, str(tiny_dirs["gpt2"]), "The dog sat on the log.")
+    no_exception(at)
+    assert at.session_state["result"].neuron_factors is None  # the deeper views wait for their page
+    at.switch_page(LAYERS).run()
     no_exception(at)
     sec = at.session_state["result"].neuron_factors
     assert sec is not None and sec.n_factors == 2 and sec.layers == (1,)
