@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from core.result import results_equal
-
 from app.state import OTHER_MODEL
 from core.models import BUNDLED_ID
+from core.result import results_equal
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = str(ROOT / "app" / "main.py")
