@@ -31,7 +31,9 @@ def main() -> None:
     from core.report import report_files
 
     loaded = load_model(str(build_shape("gpt2")), dtype="float32", device="cpu")
-    result = analyze(loaded, text_of_tokens(loaded.tokenizer, args.tokens), settings=_settings(max_tokens=args.tokens))
+    result = analyze(
+        loaded, text_of_tokens(loaded.tokenizer, args.tokens), settings=_settings(max_tokens=args.tokens), views="all"
+    )
     opts = ExportOptions(animations=not args.no_animations)
     per: dict[str, list[float]] = {}
     wall, cpu = [], []

@@ -33,7 +33,7 @@ def attention_layers_gif(result: AnalysisResult, head: int | None = None, *, fra
     L, H, T, _ = A.shape
     if head is not None and not 0 <= head < H:
         raise ValueError(f"head {head} does not exist: the model has {H} heads")
-    mats = A.mean(1) if head is None else A[:, head]
+    mats = A.mean(1, dtype=np.float32) if head is None else A[:, head].astype(np.float32)  # float16 maps widened
     side = min(3 + 0.08 * T, 8)
     fig = plotting.figure(side + 0.8, side)
     ax = fig.subplots()

@@ -126,12 +126,13 @@ def visible_keys(att: np.ndarray, causal: bool | None = None) -> np.ndarray:
 def row_entropy(att: np.ndarray) -> np.ndarray:
     """Entropy of each query row in nats: h_i = −Σ_j a_ij ln a_ij (0 ln 0 = 0). att [..., T, T] → [..., T]."""
     att = _check_attention(att)
+    if att.ndim > 3:
+        # one leading index at a time: the temporaries (float32 copy of float16 maps, mask, log) stay the size of
+        # one layer, not of all the maps
+        return np.stack([row_entropy(att[i]) for i in range(att.shape[0])])
     a = att.astype(np.float32, copy=False)
-    if a.ndim <= 3:
-        safe = np.where(a > 0, a, np.float32(1.0))
-        return 0.0 - np.einsum("...ij,...ij->...i", a, np.log(safe)).astype(np.float64)
-    # one leading index at a time: the temporaries (mask, log) stay the size of one layer, not of all the maps
-    return np.stack([row_entropy(a[i]) for i in range(a.shape[0])])
+    safe = np.where(a > 0, a, np.float32(1.0))
+    return 0.0 - np.einsum("...ij,...ij->...i", a, np.log(safe)).astype(np.float64)
 
 
 def attention_entropy(
@@ -182,37 +183,48 @@ def head_features(
     if att.ndim != 4:
         raise ValueError(f"attention must be [L, H, T, T], got shape {att.shape}")
     L, H, T, _ = att.shape
-    a = att.astype(np.float32, copy=False)
     # key j visible to row i: from the flag, or seen with weight > 0 in any head (see `visible_keys`)
-    vis = (
-        (a.reshape(-1, T, T) > 0).any(0)
-        if causal is None
-        else (np.tril(np.ones((T, T), bool)) if causal else np.ones((T, T), bool))
-    )
+    if causal is None:
+        vis = np.zeros((T, T), bool)
+        for l in range(L):
+            vis |= (att[l] > 0).any(0)
+    else:
+        vis = np.tril(np.ones((T, T), bool)) if causal else np.ones((T, T), bool)
     n_vis = np.maximum(vis.sum(-1), 1).astype(np.int64)
-    ent, norm = attention_entropy(a, n_vis)
     idx = np.arange(T)
     dist = np.abs(idx[:, None] - idx[None, :]).astype(np.float32)
-    per_row_dist = np.einsum("lhij,ij->lhi", a, dist).astype(np.float64)  # [L, H, T]
-    mdist = per_row_dist.mean(-1)
     far = np.where(vis, dist, 0).max(-1)  # farthest visible key of each row, for the relative distance
     rel_rows = far > 0
-    rel = (per_row_dist[..., rel_rows] / far[rel_rows]).mean(-1) if rel_rows.any() else np.zeros((L, H))
-
     rows = idx[1:] if T > 1 else idx
-    first = a[:, :, rows, 0].mean(-1, dtype=np.float64)
-    prev = a[:, :, rows, np.maximum(rows - 1, 0)].mean(-1, dtype=np.float64) if T > 1 else np.zeros((L, H))
-    diag = np.einsum("lhii->lhi", a)
-    self_ = diag[:, :, rows].mean(-1, dtype=np.float64)
-    nxt = a[:, :, idx[:-1], idx[:-1] + 1].mean(-1, dtype=np.float64) if T > 1 else np.zeros((L, H))
+    sm = None
     if special_mask is not None and np.any(special_mask):
         sm = np.asarray(special_mask, dtype=bool)
         if sm.shape != (T,):
             raise ValueError(f"special_mask must have {T} entries, got {sm.shape}")
-        special = a[..., sm][:, :, rows].sum(-1, dtype=np.float64).mean(-1)  # special columns first: no full copy
-    else:
-        special = np.zeros((L, H))
-    maxw = a.max(-1).mean(-1, dtype=np.float64)
+    per_layer = []
+    for l in range(L):  # one layer at a time: float16 maps (16-bit models) are widened one layer at a time
+        a = att[l].astype(np.float32, copy=False)  # [H, T, T]
+        ent_l, norm_l = attention_entropy(a, n_vis)
+        per_row_dist = np.einsum("hij,ij->hi", a, dist).astype(np.float64)  # [H, T]
+        rel_l = (per_row_dist[:, rel_rows] / far[rel_rows]).mean(-1) if rel_rows.any() else np.zeros(H)
+        per_layer.append(
+            (
+                ent_l,
+                norm_l,
+                per_row_dist.mean(-1),
+                rel_l,
+                a[:, rows, 0].mean(-1, dtype=np.float64),
+                a[:, rows, np.maximum(rows - 1, 0)].mean(-1, dtype=np.float64) if T > 1 else np.zeros(H),
+                np.einsum("hii->hi", a)[:, rows].mean(-1, dtype=np.float64),
+                a[:, idx[:-1], idx[:-1] + 1].mean(-1, dtype=np.float64) if T > 1 else np.zeros(H),
+                # special columns first: no full copy
+                a[..., sm][:, rows].sum(-1, dtype=np.float64).mean(-1) if sm is not None else np.zeros(H),
+                a.max(-1).mean(-1, dtype=np.float64),
+            )
+        )
+    ent, norm, mdist, rel, first, prev, self_, nxt, special, maxw = (
+        np.stack([np.asarray(layer[i], dtype=np.float64) for layer in per_layer]) for i in range(10)
+    )
     cols = [ent, np.nan_to_num(norm, nan=0.0), mdist, rel, first, prev, self_, nxt, special, maxw]
     feats = np.stack([np.asarray(c, dtype=np.float64).reshape(L * H) for c in cols], axis=1)
     extras = {"entropy": ent, "normalized_entropy": norm, "mean_distance": mdist, "n_visible": n_vis}

@@ -118,7 +118,7 @@ def mean_attention_heatmap(result: AnalysisResult, layer: int = -1) -> bytes:
     """Labelled heatmap of the attention of `layer` averaged over its heads: (1/H) Σ_h A_lh [T, T]. PNG bytes."""
     L = result.n_layers
     l = layer % L
-    mat = result.attentions[l].mean(0)
+    mat = result.attentions[l].mean(0, dtype=np.float32)
     T = mat.shape[0]
     side = min(3 + 0.1 * T, 9)
     fig = plotting.figure(side + 1, side)
@@ -141,7 +141,7 @@ def single_head_stats(result: AnalysisResult, layer: int, head: int, top: int = 
     L, H = result.n_layers, result.n_heads
     if not (0 <= layer < L and 0 <= head < H):
         raise ValueError(f"no head L{layer}H{head}: the model has {L} layers × {H} heads")
-    A = result.attentions[layer, head]
+    A = result.attentions[layer, head].astype(np.float32)
     T = A.shape[0]
     flat = np.argsort(-A, axis=None, kind="stable")[: max(0, min(top, T * T))]
     toks = result.display_tokens or result.tokens
@@ -182,7 +182,7 @@ def single_head_stats(result: AnalysisResult, layer: int, head: int, top: int = 
 def single_head_plot(result: AnalysisResult, layer: int, head: int, top: int = 10) -> bytes:
     """Labelled heatmap of head (layer, head) with its statistics and top pairs beside it. PNG bytes."""
     s = single_head_stats(result, layer, head, top)
-    A = result.attentions[layer, head]
+    A = result.attentions[layer, head].astype(np.float32)
     T = A.shape[0]
     side = min(3 + 0.1 * T, 9)
     fig = plotting.figure(side + 4, side)

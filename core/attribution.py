@@ -122,7 +122,7 @@ def attention_rollout(att: np.ndarray) -> np.ndarray:
     if att.ndim != 4 or att.shape[-1] != att.shape[-2]:
         raise ValueError(f"attention must be [L, H, T, T], got shape {att.shape}")
     L, _, T, _ = att.shape
-    A = att.mean(1).astype(np.float64)  # [L, T, T]
+    A = att.mean(1, dtype=np.float64)  # [L, T, T] (float16 maps are averaged in float64, not in float16)
     A[:, np.arange(T), np.arange(T)] += 1.0
     A /= A.sum(-1, keepdims=True)
     # the product in float64 through torch: its thread pool is the one the forward pass just used (numpy's BLAS

@@ -20,7 +20,8 @@ from .settings import AnalysisSettings
 class StepContext:
     """Inputs of the analysis steps.
 
-    hidden_states: float32 [L+1, T, D] (last entry before the final norm); attentions: float32 [L, H, T, T].
+    hidden_states: float32 [L+1, T, D] (last entry before the final norm); attentions: [L, H, T, T] (float32;
+    float16 for a 16-bit model).
     target_position: the position whose prediction is attributed (see core.analysis.choose_target).
     """
 

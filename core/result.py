@@ -47,7 +47,8 @@ class AnalysisResult:
     hidden_states: float32 [L+1, T, D]; index 0 is the embedding output, index l the output of block l. The last
         entry is the residual stream *before* the model's final norm (GPT-2 ln_f, Llama norm), so every layer is
         on the same footing; `final_norm` records whether the model has one.
-    attentions: float32 [L, H, T, T], rows (queries) sum to 1.
+    attentions: [L, H, T, T], rows (queries) sum to 1; float32, or float16 for a 16-bit model (core.capture.
+        attention_dtype: half the memory; the bundle's attentions.npy is float32).
     layer_metrics: {metric: float64 [L+1]} in METRIC_NAMES order.
     """
 

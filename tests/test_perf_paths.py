@@ -545,3 +545,39 @@ def test_position_logits_index_like_the_full_tensor():
         pl[4]
     with pytest.raises(KeyError, match="not at 4"):
         pl[3:5]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention maps of a 16-bit model kept in float16
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_half_precision_maps_equal_the_models_and_give_the_float32_sections(tiny_dirs, family):
+    import torch
+
+    from core.attention import analyse_attention
+    from core.attribution import attention_rollout
+    from core.bundle import bundle_files
+    from core.models import load_model
+
+    loaded = load_model(str(tiny_dirs[family]), dtype="bfloat16", device="cpu")
+    r = analyze(loaded, TEXT, compute_gradients=False)
+    assert r.attentions.dtype == np.float16 and r.hidden_states.dtype == np.float32
+    # the model's own bfloat16 maps, widened to float32: float16 holds them to within 6e-8 (exactly from 2^-14 up)
+    enc = loaded.tokenizer(TEXT, return_tensors="pt")
+    with torch.inference_mode():
+        out = loaded.model(**enc, output_attentions=True)
+    ref = torch.stack([a[0].float() for a in out.attentions]).numpy()
+    np.testing.assert_allclose(r.attentions.astype(np.float32), ref, rtol=0, atol=6e-8)
+    big = ref >= 2**-14
+    assert np.array_equal(r.attentions.astype(np.float32)[big], ref[big])
+    # the per-layer widening inside the steps equals running them on a float32 copy of the maps
+    wide = r.attentions.astype(np.float32)
+    sec = analyse_attention(wide, r.special_mask, True, r.settings.n_clusters)
+    np.testing.assert_array_equal(sec.features, r.attention.features)
+    np.testing.assert_allclose(attention_rollout(wide), r.attribution.rollout_matrix, rtol=1e-12, atol=1e-15)
+    files = bundle_files(r)
+    arr = np.load(io.BytesIO(files["attentions.npy"]))
+    assert arr.dtype == np.float32 and np.array_equal(arr, wide)  # the bundle stays float32
+    back = AnalysisResult.from_bytes(r.to_bytes())  # and the cache keeps float16
+    assert back.attentions.dtype == np.float16 and np.array_equal(back.attentions, r.attentions)
