@@ -581,3 +581,58 @@ def test_half_precision_maps_equal_the_models_and_give_the_float32_sections(tiny
     assert arr.dtype == np.float32 and np.array_equal(arr, wide)  # the bundle stays float32
     back = AnalysisResult.from_bytes(r.to_bytes())  # and the cache keeps float16
     assert back.attentions.dtype == np.float16 and np.array_equal(back.attentions, r.attentions)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Activation checkpointing of the gradient pass
+
+
+@pytest.mark.parametrize("name", ["tiny_gpt2", "tiny_bert", "tiny_llama"])
+def test_checkpointed_gradient_pass_equals_the_plain_one(name, request):
+    import torch
+
+    from core.attribution import _block_list, gradient_x_input
+
+    loaded = request.getfixturevalue(name)
+    cap = _capture(loaded)
+    pos = cap.input_ids.shape[1] - 1 if loaded.family == "causal_lm" else 2
+    pred = int(torch.argmax(cap.logits[pos]))
+    blocks = _block_list(loaded.model, loaded.n_layers)
+    assert len(blocks) == loaded.n_layers
+    calls = []
+    handles = [b.register_forward_pre_hook(lambda m, a: calls.append(m)) for b in blocks]
+    try:
+        plain = gradient_x_input(loaded, cap.input_ids, cap.attention_mask, pos, pred, heads=True, checkpoint=False)
+        n_plain = len(calls)
+        ck = gradient_x_input(loaded, cap.input_ids, cap.attention_mask, pos, pred, heads=True, checkpoint=True)
+    finally:
+        for h in handles:
+            h.remove()
+    assert n_plain == loaded.n_layers and len(calls) == 2 * loaded.n_layers  # recomputed in the backward pass
+    assert all("forward" not in b.__dict__ for b in blocks)  # the blocks' own forward is back
+    np.testing.assert_allclose(ck[0], plain[0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(ck[1], plain[1], rtol=1e-5, atol=1e-7)
+    assert ck[2] == pytest.approx(plain[2], abs=1e-6)
+
+
+def test_checkpointing_is_chosen_by_the_activation_estimate(tiny_gpt2, monkeypatch):
+    import core.attribution as attribution
+
+    seen = []
+    real = attribution.checkpointed_blocks
+
+    def spy(model, n_layers, enabled=True):
+        seen.append(enabled)
+        return real(model, n_layers, enabled)
+
+    monkeypatch.setattr(attribution, "checkpointed_blocks", spy)
+    limit = attribution.CHECKPOINT_MIN_BYTES
+    r = analyze(tiny_gpt2, TEXT)
+    monkeypatch.setattr(attribution, "CHECKPOINT_MIN_BYTES", 0)
+    r2 = analyze(tiny_gpt2, TEXT)
+    assert seen == [False, True]
+    np.testing.assert_allclose(r2.attribution.grad_x_input, r.attribution.grad_x_input, rtol=1e-5, atol=1e-7)
+    big = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(intermediate_size=5632)))
+    big.hidden_size, big.n_layers, big.dtype = 2048, 22, "bfloat16"
+    assert attribution.saved_activation_bytes(big, 512) > limit  # TinyLlama at 512 tokens: recomputed
+    assert attribution.saved_activation_bytes(big, 128) < limit
