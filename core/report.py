@@ -116,7 +116,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return int(w), int(h)
 
 
-def _new_pdf(result: AnalysisResult | PatchingResult) -> Any:
+def _new_pdf(result: AnalysisResult | PatchingResult | None, footer: str = "Page") -> Any:
     from fpdf import FPDF
 
     class _PDF(FPDF):
@@ -126,7 +126,7 @@ def _new_pdf(result: AnalysisResult | PatchingResult) -> Any:
             self.set_y(-12)
             self.set_font(self.tma_family, "", 8)
             self.set_text_color(120)
-            self.cell(0, 8, f"Page {self.page_no()} / {{nb}}", align="C")
+            self.cell(0, 8, f"{footer} {self.page_no()} / {{nb}}", align="C")
             self.set_text_color(0)
 
     pdf = _PDF(format="A4", unit="mm")
@@ -142,7 +142,8 @@ def _new_pdf(result: AnalysisResult | PatchingResult) -> Any:
         pdf.tma_family = FAMILY
     else:
         pdf.tma_family = "helvetica"
-    pdf.set_title(safe_text(f"Transformer Model Analysis - {result.model.model_id}"))
+    name = result.model.model_id if result is not None else "formulas and interpretation"
+    pdf.set_title(safe_text(f"Transformer Model Analysis - {name}"))
     pdf.set_creator("Transformer Model Analysis Dashboard")
     return pdf
 
@@ -521,11 +522,18 @@ def _neurons_and_query_key(w: _Writer, result: AnalysisResult) -> None:
             w.table(header, rows, widths=widths)
 
 
+_DOC_KINDS = ("layer_metric", "attention", "attribution", "prediction", "logit_lens", "causal", "neurons")
+
+
+def _DOC_KEYS() -> list[str]:
+    return [e.key for kind in _DOC_KINDS for e in docs.entries(kind)]
+
+
 def _documentation(w: _Writer) -> None:
     w.pdf.add_page()
     w.h1("Formulas and interpretation")
     w.para("From the same registry as the Details page of the dashboard.", size=8)
-    for kind in ("layer_metric", "attention", "attribution", "prediction", "logit_lens", "causal", "neurons"):
+    for kind in _DOC_KINDS:
         for e in docs.entries(kind):
             w.h2(e.title)
             w.para(docs.formula_text(e.key), size=8, bold=True)
@@ -552,8 +560,37 @@ def build_report(result: AnalysisResult, files: dict[str, bytes] | None = None) 
         _peer_views(w, result)
         _causal(w, result)
     _neurons_and_query_key(w, result)
-    _documentation(w)
+    return _with_documentation(bytes(pdf.output()))
+
+
+@functools.lru_cache(maxsize=1)
+def _documentation_pdf(fingerprint: tuple[str, ...]) -> bytes:
+    """The "Formulas and interpretation" pages: the same for every report, laid out once per process (the text
+    layout of these pages was about 1 s of every bundle). `fingerprint` ties the cache to the registry's text."""
+    pdf = _new_pdf(None, footer="Formulas and interpretation, page")
+    _documentation(_Writer(pdf))
     return bytes(pdf.output())
+
+
+def _with_documentation(report: bytes) -> bytes:
+    """`report` followed by the documentation pages, with an outline entry for each part."""
+    import io
+
+    from pypdf import PdfReader, PdfWriter
+
+    fingerprint = tuple(docs.formula_text(k) + docs.interpretation(k) for k in _DOC_KEYS())
+    main = PdfReader(io.BytesIO(report))
+    writer = PdfWriter()
+    writer.append(main)
+    writer.add_outline_item(title="Report", page_number=0)
+    start = len(writer.pages)
+    writer.append(PdfReader(io.BytesIO(_documentation_pdf(fingerprint))))
+    writer.add_outline_item(title="Formulas and interpretation", page_number=start)
+    if main.metadata:
+        writer.add_metadata({k: str(v) for k, v in main.metadata.items()})
+    buf = io.BytesIO()
+    writer.write(buf)
+    return buf.getvalue()
 
 
 def report_files(result: AnalysisResult, files: dict[str, bytes], options: ExportOptions) -> dict[str, bytes]:

@@ -320,3 +320,25 @@ def test_one_token_text_still_exports(tiny_gpt2):
     s = summary_figures(r)
     assert s["token_bound"] == 0 and s["effective_rank_min_layer"] is None
     assert np.isnan(metric_correlations(r, "spearman")[0]).all()
+
+
+def test_report_ends_with_the_documentation_pages_laid_out_once(result, files):
+    """The "Formulas and interpretation" pages follow the report, with an outline entry each; they come from one
+    layout per process, and hold every registry entry of the report's kinds."""
+    from core import docs
+    from core.report import _DOC_KINDS, _documentation_pdf, build_report
+
+    reader = _pdf(files["report.pdf"])
+    titles = [o.title for o in reader.outline]
+    assert titles == ["Report", "Formulas and interpretation"]
+    start = reader.get_destination_page_number(reader.outline[1])
+    doc_text = " ".join(p.extract_text() for p in reader.pages[start:])
+    assert doc_text.startswith("Formulas and interpretation")
+    for kind in _DOC_KINDS:
+        for e in docs.entries(kind):
+            assert e.title.split()[0] in doc_text, e.key
+    assert "Formulas and interpretation" not in " ".join(p.extract_text() for p in reader.pages[:start])
+    assert reader.metadata.title.startswith("Transformer Model Analysis - ")
+    before = _documentation_pdf.cache_info().hits
+    build_report(result, files)
+    assert _documentation_pdf.cache_info().hits == before + 1
