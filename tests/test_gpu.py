@@ -144,3 +144,26 @@ def test_layers_split_between_gpu_and_cpu(kind, tiny_dirs):
     split.device = str(input_device(split.model))
     assert split.device.startswith("cuda") and output_device(split.model).type == "cuda"
     _assert_steps_close(_steps(cpu_model), _steps(split), *TOL["float32"])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_views_and_checkpointed_gradients_match_cpu(kind, tiny_dirs, monkeypatch):
+    """The deeper views on the GPU (added later with add_views) and the gradient pass with activation
+    checkpointing (forced on) against the CPU."""
+    import core.attribution as attribution
+    from core import analyze
+    from core.analysis import add_views
+
+    monkeypatch.setattr(attribution, "CHECKPOINT_MIN_BYTES", 0)
+    cpu = analyze(_load(tiny_dirs[kind], "float32", "cpu"), TEXT, views="all")
+    loaded = _load(tiny_dirs[kind], "float32", "cuda")
+    gpu = add_views(loaded, analyze(loaded, TEXT), "all")
+    _compare(cpu, gpu, "float32")
+    assert gpu.views == cpu.views
+    if cpu.dla is not None:
+        _close(cpu.dla.values, gpu.dla.values, "float32", "direct logit attribution")
+    if cpu.neuron_factors is not None:
+        assert (
+            gpu.neuron_factors is not None
+            and gpu.neuron_factors.token_factors.shape == cpu.neuron_factors.token_factors.shape
+        )
