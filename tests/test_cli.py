@@ -91,42 +91,21 @@ def test_cli_writes_a_valid_bundle(minilm_bundle):
 def test_cli_folder_output_and_text_file(tmp_path, tiny_dirs):
     f = tmp_path / "t.txt"
     f.write_text("The dog sat on the log.", encoding="utf-8")
+
+    def analyse_to(out, *extra):
+        common = ["--model", str(tiny_dirs["gpt2"]), "--text-file", str(f), "--no-animations", "--no-gradients"]
+        proc = run_cli("analyze", *common, "--out", str(out), *extra, tmp_path=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+
     out = tmp_path / "bundle"
-    proc = run_cli(
-        "analyze",
-        "--model",
-        str(tiny_dirs["gpt2"]),
-        "--text-file",
-        str(f),
-        "--out",
-        str(out),
-        "--no-animations",
-        "--no-gradients",
-        tmp_path=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr
+    analyse_to(out)
     assert (out / "manifest.json").is_file() and (out / "layer_metrics.csv").is_file()
     assert json.loads((out / "manifest.json").read_text())["text"] == "The dog sat on the log."
     # the bundle holds every deeper view by default, as the app's export does; --views none leaves them out
     assert (out / "flow_edges.csv").is_file() and (out / "direct_logit_attribution.csv").is_file()
     assert (out / "neuron_factors.csv").is_file() and (out / "query_key.csv").is_file()
     out2 = tmp_path / "bundle2"
-    proc = run_cli(
-        "analyze",
-        "--model",
-        str(tiny_dirs["gpt2"]),
-        "--text-file",
-        str(f),
-        "--out",
-        str(out2),
-        "--no-animations",
-        "--no-gradients",
-        "--views",
-        "none",
-        "--no-cache",  # the cache holds the first run's fuller result, and would answer with it
-        tmp_path=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr
+    analyse_to(out2, "--views", "none", "--no-cache")  # without --no-cache the first run's fuller result answers
     assert not (out2 / "flow_edges.csv").exists() and not (out2 / "neuron_factors.csv").exists()
 
 
