@@ -337,6 +337,27 @@ def draw_result_footer() -> None:
         draw_export(result)
 
 
+def export_bytes(result: AnalysisResult, options: ExportOptions, load: tuple[str, str, str] | None) -> bytes:
+    """The export's ZIP: the deeper views the result lacks are computed first with the model it was made with
+    (`load` = (model id, dtype, device) of get_model), so the bundle holds every view, as the CLI's does; should
+    that fail, the bundle is written without them (their sections say so). The run is also kept under assets/runs/
+    (bounded); a read-only or full disk only skips that copy."""
+    full = result
+    if load is not None and any(v not in result.views for v in VIEWS):
+        try:
+            full = add_views(get_model(*load), result, "all", cache=get_result_cache())
+        except Exception:  # noqa: BLE001 - the bundle without the views, which then say they are missing
+            log.warning("the deeper views for the export could not be computed", exc_info=True)
+    try:
+        return build_zip(full, options, save=True)
+    except OSError as exc:  # a read-only or full disk: the download still works
+        log.warning("could not keep the run under assets/runs: %s", exc)
+        return build_zip(full, options)
+    except Exception:
+        log.exception("building the export bundle failed")
+        raise
+
+
 def draw_export(result: AnalysisResult) -> None:
     """The ZIP download, built on click by core.export.build_zip."""
     hidden = st.toggle(
@@ -353,22 +374,8 @@ def draw_export(result: AnalysisResult) -> None:
     load = st.session_state.get(Keys.RESULT_LOAD)
 
     def data() -> bytes:
-        """Runs on the click, in a separate thread: the deeper views the result lacks are computed first (the
-        bundle holds every view, as the CLI's does). The run is also kept under assets/runs/ (bounded)."""
-        full = result
-        if load is not None and any(v not in result.views for v in VIEWS):
-            try:
-                full = add_views(get_model(*load), result, "all", cache=get_result_cache())
-            except Exception:  # noqa: BLE001 - the bundle without the views, which then say they are missing
-                log.warning("the deeper views for the export could not be computed", exc_info=True)
-        try:
-            return build_zip(full, options, save=True)
-        except OSError as exc:  # a read-only or full disk: the download still works
-            log.warning("could not keep the run under assets/runs: %s", exc)
-            return build_zip(full, options)
-        except Exception:
-            log.exception("building the export bundle failed")
-            raise
+        """Runs on the click, in a separate thread."""
+        return export_bytes(result, options, load)
 
     st.download_button(
         "Download analysis bundle (ZIP)",

@@ -82,3 +82,18 @@ def test_bundle_of_a_core_result_says_the_views_were_not_computed(tiny_gpt2):
     assert "not computed in this run" in (unavailable_line(r, "dla") or "")
     full = add_views(tiny_gpt2, r, "all")
     assert unavailable_line(full, "dla") is None
+
+
+def test_app_export_adds_every_view_and_survives_a_failure(tiny_gpt2, tiny_dirs, monkeypatch):
+    """The sidebar's download callback: a result without views is completed before the ZIP is built; when the
+    model cannot be had, the ZIP is built from the result as it is."""
+    import app.sidebar as sidebar
+    from core.options import ExportOptions
+
+    built = []
+    monkeypatch.setattr(sidebar, "build_zip", lambda r, options, save=False: built.append(r) or b"zip")
+    r = analyze(tiny_gpt2, TEXT, compute_gradients=False)
+    assert sidebar.export_bytes(r, ExportOptions(), (str(tiny_dirs["gpt2"]), "float32", "cpu")) == b"zip"
+    assert built[-1].views == list(VIEWS) and built[-1].flow is not None
+    assert sidebar.export_bytes(r, ExportOptions(), ("/no/such/model", "float32", "cpu")) == b"zip"
+    assert built[-1] is r
