@@ -38,10 +38,40 @@ def figure(width: float, height: float) -> Figure:
     return fig
 
 
+#: Margin around the drawn content of a tight PNG, inches (savefig's default pad_inches).
+TIGHT_PAD = 0.1
+
+
 def png(fig: Figure, *, tight: bool = False) -> bytes:
-    """PNG bytes of `fig` at DPI. tight=True crops to the drawn content (a second measuring draw: slower)."""
+    """PNG bytes of `fig` at DPI. tight=True crops to the drawn content plus TIGHT_PAD: one draw, then the pixels
+    inside the content's box are cut out; only content that reaches past the figure's edge (which savefig's tight
+    mode would make room for) takes savefig's measuring draw plus a second draw."""
+    if tight:
+        cropped = _tight_crop(fig)
+        if cropped is not None:
+            return cropped
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight" if tight else None)
+    return buf.getvalue()
+
+
+def _tight_crop(fig: Figure) -> bytes | None:
+    """The tight PNG from one draw, or None when the content's box leaves the canvas."""
+    from PIL import Image
+
+    fig.set_dpi(DPI)
+    canvas = _canvas(fig)
+    canvas.draw()
+    box = fig.get_tightbbox(canvas.get_renderer()).padded(TIGHT_PAD)
+    width, height = canvas.get_width_height()
+    x0, y0, x1, y1 = (float(v) * DPI for v in box.extents)
+    left, right = int(np.floor(x0)), int(np.ceil(x1))
+    top, bottom = int(np.floor(height - y1)), int(np.ceil(height - y0))
+    if left < 0 or top < 0 or right > width or bottom > height:
+        return None
+    pixels = np.asarray(canvas.buffer_rgba())[top:bottom, left:right, :3]
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buf, format="png", dpi=(DPI, DPI))
     return buf.getvalue()
 
 

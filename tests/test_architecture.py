@@ -134,7 +134,7 @@ def _figure_makers(result):
 def test_every_figure_drawn_from_four_threads_equals_a_single_threaded_drawing(tiny_gpt2):
     from core.analysis import analyze
 
-    result = analyze(tiny_gpt2, "The quick brown fox jumps over the lazy dog.")
+    result = analyze(tiny_gpt2, "The quick brown fox jumps over the lazy dog.", views="all")
     makers = _figure_makers(result)
     single = {name: make() for name, make in makers.items()}
     jobs = [name for name in makers for _ in range(4)]
@@ -225,3 +225,33 @@ def test_a_failing_optional_view_costs_that_view_not_the_analysis(tiny_gpt2, mon
     assert r.dla is None and r.attention is not None and r.logit_lens is not None and r.flow is not None
     assert "dla" in r.views  # computed (and failed): add_views does not try it again
     assert any("Direct logit attribution could not be computed" in w and "meta" in w for w in r.warnings)
+
+
+def test_tight_png_from_one_draw_matches_savefig_tight():
+    """plotting.png(tight=True) cuts the content's box out of one drawing: the size of savefig's tight PNG (within
+    the rounding of the box's edges); content past the figure's edge goes through savefig."""
+    import io
+
+    from PIL import Image
+
+    from core import plotting
+
+    fig = plotting.figure(4, 3)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 2])
+    ax.set_title("a title")
+    ax.set_xlabel("x")
+    fig.subplots_adjust(left=0.25, right=0.8, top=0.8, bottom=0.25)  # room on every side: the one-draw path
+    assert plotting._tight_crop(fig) is not None
+    fast = Image.open(io.BytesIO(plotting.png(fig, tight=True)))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=plotting.DPI, bbox_inches="tight")
+    ref = Image.open(buf)
+    assert abs(fast.size[0] - ref.size[0]) <= 2 and abs(fast.size[1] - ref.size[1]) <= 2
+    assert fast.size[0] < 4 * plotting.DPI and fast.size[1] < 3 * plotting.DPI  # it was cropped
+    outside = plotting.figure(2, 2)
+    outside.subplots().plot([0, 1])
+    outside.text(-0.4, 0.5, "past the left edge")
+    assert plotting._tight_crop(outside) is None
+    wide = Image.open(io.BytesIO(plotting.png(outside, tight=True)))
+    assert wide.size[0] > 2 * plotting.DPI  # savefig made room for the text
