@@ -847,7 +847,7 @@ def comparison_report(cmp: ComparisonResult, files: dict[str, bytes]) -> bytes:
             parts.append((label, files[key]))
     for label, data in parts:
         start = len(writer.pages)
-        writer.append(PdfReader(io.BytesIO(data)))
+        writer.append(PdfReader(io.BytesIO(data)), import_outline=False)  # one outline entry per part
         writer.add_outline_item(title=label, page_number=start)
     writer.add_metadata(
         {"/Title": "Transformer Model Analysis - comparison", "/Creator": "Transformer Model Analysis Dashboard"}
