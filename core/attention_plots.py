@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.image import AxesImage
 from matplotlib.collections import PatchCollection
+from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 
 from . import chart_spec, plotting
