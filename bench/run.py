@@ -3,7 +3,7 @@
     python -m bench                 # GPT-2-small, BERT-base, TinyLlama-1.1B shapes at 32 / 128 / 512 tokens
     python -m bench --quick         # ~1 minute: GPT-2 and BERT shapes at 128 tokens, 3 repeats
     python -m bench --long          # adds the TinyLlama shape at 2048 tokens (peak memory; --long-tokens N)
-    python -m bench --device cuda   # the same on a GPU (bench/gpu_check.sh runs it)
+    python -m bench --device cuda   # the same on a GPU (bench/gpu_check.sh runs it, with --no-views)
 
 Models are random-weight models built from their configs (GPT2Config(), BertConfig(), and the TinyLlama-1.1B
 LlamaConfig of issue 14) with a small tokenizer trained on the spot: no download. They are written once under
@@ -71,6 +71,8 @@ TOKENS = (32, 128, 512)
 #: Address-space limit of a memory child in GB (--memory-limit-gb), 0 = none.
 MEMORY_LIMIT_GB = 0.0
 BUNDLE_TOKENS = 128
+#: Measure add_views (the views column); --no-views skips it (the GPU check keeps under its 5 minutes).
+MEASURE_VIEWS = True
 SENTENCE = "The quick brown fox jumps over the lazy dog while the cat sat on the mat and watched the birds. "
 
 
@@ -234,7 +236,7 @@ def _time_length(lm: Any, T: int, repeat: int, device: str, cache: Any, bundle: 
         ("analyze", analysis),
         ("grad", grad),
         ("hit", hit),
-        ("views", views),
+        *([("views", views)] if MEASURE_VIEWS else []),
     ]
     samples: dict[str, list[float]] = {k: [] for k, _ in fns}
     for _ in range(repeat):
@@ -246,9 +248,10 @@ def _time_length(lm: Any, T: int, repeat: int, device: str, cache: Any, bundle: 
     row["samples"] = samples
     row["n_tokens"] = res[0].n_tokens
     row["steps"] = {k: round(v, 4) for k, v in res[0].timings.items()}
-    row["view_steps"] = {
-        k: round(v, 4) for k, v in add_views(lm, res[0], "all").timings.items() if k not in res[0].timings
-    }
+    if MEASURE_VIEWS:
+        row["view_steps"] = {
+            k: round(v, 4) for k, v in add_views(lm, res[0], "all").timings.items() if k not in res[0].timings
+        }
     if device.startswith("cuda"):
         row["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
         torch.cuda.reset_peak_memory_stats()
@@ -400,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--long", action="store_true", help="also the peak memory of a long TinyLlama analysis")
     ap.add_argument("--long-tokens", type=int, default=2048, help="its length (default 2048, the context)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-RSS processes")
+    ap.add_argument("--no-views", action="store_true", help="skip the views column (add_views of every view)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
     ap.add_argument(
         "--dtype", default=None, help="dtype of every shape (default: float32, TinyLlama bfloat16; auto on a GPU)"
@@ -428,8 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     tokens = [int(t) for t in args.tokens.split(",") if t]
-    global MEMORY_LIMIT_GB
+    global MEMORY_LIMIT_GB, MEASURE_VIEWS
     MEMORY_LIMIT_GB = args.memory_limit_gb
+    MEASURE_VIEWS = not args.no_views
     if args.child:
         import torch
 
@@ -475,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
                     str(rep),
                     *common,
                     *(["--bundle"] if bundle else []),
+                    *(["--no-views"] if args.no_views else []),
                 ],
                 args.timeout,
             )
