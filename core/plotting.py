@@ -24,6 +24,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
+from matplotlib.transforms import ScaledTranslation
 
 #: The one resolution of every PNG, GIF frame and PDF image.
 DPI = 90
@@ -109,17 +110,16 @@ class Blitter:
 
 
 def gif(frames: list[np.ndarray], frame_ms: int) -> bytes:
-    """An endlessly looping GIF of equally sized RGB frames, frame_ms milliseconds each. Each frame is reduced to
-    256 colours by Pillow's fast octree quantiser without dithering (deterministic; the default median cut was
-    two thirds of a GIF's cost and gains nothing on flat colour-mapped plots)."""
+    """An endlessly looping GIF of equally sized RGB frames, frame_ms milliseconds each. One 256-colour palette for
+    every frame, chosen by median cut from a sample of all of them (every 3rd pixel of every 3rd row), and each frame
+    mapped to it without dithering: deterministic, white stays white, and about a third of the time of a median cut
+    of every full frame."""
     from PIL import Image
 
-    imgs = [
-        Image.fromarray(np.ascontiguousarray(f, dtype=np.uint8)).quantize(
-            256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE
-        )
-        for f in frames
-    ]
+    arr = np.stack([np.ascontiguousarray(f, dtype=np.uint8) for f in frames])
+    sample = np.ascontiguousarray(arr[:, ::3, ::3].reshape(-1, arr.shape[2] // 3 + (arr.shape[2] % 3 > 0), 3))
+    palette = Image.fromarray(sample).quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    imgs = [Image.fromarray(f).quantize(palette=palette, dither=Image.Dither.NONE) for f in arr]
     buf = io.BytesIO()
     imgs[0].save(buf, format="GIF", save_all=True, append_images=imgs[1:], duration=frame_ms, loop=0)
     return buf.getvalue()
@@ -162,7 +162,22 @@ def token_ticks(ax: Axes, labels: list[str], axis: str, max_labels: int = MAX_TI
     step = max(1, int(np.ceil(n / max_labels)))
     idx = list(range(0, n, step))
     size = 8 if n <= 24 else 6 if n <= 48 else 5
+    # plain texts beside the axis, not tick labels: each of matplotlib's Tick objects (two tick lines, a grid line,
+    # two labels) costs more than its text, and a 128-token heatmap had 128 of them (half the figure's time). The
+    # axis title keeps its distance from the texts through labelpad, from their longest label.
+    pad = 3.5  # points between the axis and the texts, as a tick's length plus its label pad
+    shown = [labels[i] for i in idx]
+    extent = max((len(t) for t in shown), default=0) * size * 0.62  # points: DejaVu Sans averages below 0.62 em
+    offset = ScaledTranslation(0, -pad / 72, ax.figure.dpi_scale_trans)
     if axis == "x":
-        ax.set_xticks(idx, [labels[i] for i in idx], rotation=90, fontsize=size)
+        ax.set_xticks([])
+        trans = ax.get_xaxis_transform() + offset
+        for i, t in zip(idx, shown):
+            ax.text(i, 0, t, transform=trans, rotation=90, ha="center", va="top", fontsize=size)
+        ax.xaxis.labelpad = pad + extent
     else:
-        ax.set_yticks(idx, [labels[i] for i in idx], fontsize=size)
+        ax.set_yticks([])
+        trans = ax.get_yaxis_transform() + ScaledTranslation(-pad / 72, 0, ax.figure.dpi_scale_trans)
+        for i, t in zip(idx, shown):
+            ax.text(0, i, t, transform=trans, ha="right", va="center", fontsize=size)
+        ax.yaxis.labelpad = pad + extent
