@@ -28,6 +28,7 @@ from .qk import query_key_files
 from .report import report_files
 from .result import AnalysisResult
 from .session_log import session_log_files
+from .threads import gc_paused
 
 __all__ = ["WRITERS", "ExportOptions", "bundle_files", "manifest", "write_bundle"]
 
@@ -100,9 +101,10 @@ def bundle_files(result: AnalysisResult, options: ExportOptions | None = None) -
     plots/*.png written before it)."""
     opts = options or ExportOptions()
     files: dict[str, bytes] = {}
-    for writer in WRITERS:
-        files.update(writer(result, opts))
-    files.update(report_files(result, files, opts))
+    with gc_paused():  # thousands of short-lived matplotlib objects: see core.threads.gc_paused
+        for writer in WRITERS:
+            files.update(writer(result, opts))
+        files.update(report_files(result, files, opts))
     return files
 
 

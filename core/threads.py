@@ -42,3 +42,32 @@ def single_threaded() -> Iterator[None]:
             if _ST_STATE["depth"] == 0:
                 _ST_STATE["limiter"].restore_original_limits()
                 _ST_STATE["limiter"] = None
+
+
+_GC_LOCK = threading.Lock()
+_GC_STATE: dict[str, Any] = {"depth": 0, "was_enabled": True}
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Context manager: Python's cyclic garbage collector paused while the enclosed work runs (a bundle's figures).
+
+    With torch and transformers loaded a process tracks over 600 000 objects, and the collections that thousands of
+    new matplotlib objects set off walked them again and again: 0.7 s of a 5 s GPT-2 bundle. Nothing is collected
+    late for good: the figures' garbage is collected by the next automatic collection after the block. Shared by
+    concurrent users like `single_threaded`: the first to enter pauses, the last to leave restores the earlier state.
+    """
+    import gc
+
+    with _GC_LOCK:
+        if _GC_STATE["depth"] == 0:
+            _GC_STATE["was_enabled"] = gc.isenabled()
+            gc.disable()
+        _GC_STATE["depth"] += 1
+    try:
+        yield
+    finally:
+        with _GC_LOCK:
+            _GC_STATE["depth"] -= 1
+            if _GC_STATE["depth"] == 0 and _GC_STATE["was_enabled"]:
+                gc.enable()

@@ -255,3 +255,32 @@ def test_tight_png_from_one_draw_matches_savefig_tight():
     assert plotting._tight_crop(outside) is None
     wide = Image.open(io.BytesIO(plotting.png(outside, tight=True)))
     assert wide.size[0] > 2 * plotting.DPI  # savefig made room for the text
+
+
+def test_gc_paused_nests_and_restores_the_collector():
+    import concurrent.futures as cf
+    import gc
+
+    from core.threads import gc_paused
+
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+        with gc_paused():  # nested
+            assert not gc.isenabled()
+
+        def other_user() -> None:
+            with gc_paused():
+                pass
+
+        with cf.ThreadPoolExecutor(1) as pool:  # another user ends first: still paused for this one
+            pool.submit(other_user).result()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()  # a caller that had paused it itself keeps it paused
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
