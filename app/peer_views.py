@@ -31,6 +31,7 @@ from core.flow import (
 from core.formats import csv_bytes
 from core.peer_plots import (
     FLOW_CSV_HEADER,
+    FLOW_LABEL_MAX,
     KIND_COLOURS,
     flow_edge_rows,
     unavailable_line,
@@ -191,9 +192,13 @@ def flow_chart(flow: FlowSection, position: int, threshold: float) -> alt.LayerC
         .mark_circle(size=40, color="#333333")
         .encode(x=x, y=y, tooltip=[alt.Tooltip("label:N", title="state")])
     )
+    # every token up to FLOW_LABEL_MAX, then every n-th (as the bundle's PNG) and the chosen one: 512 labels overlapped
+    shown = sorted(set(range(0, T, max(1, T // FLOW_LABEL_MAX))) | {position})
     labels = (
         alt.Chart(
-            pd.DataFrame({"x": list(range(T)), "y": [-1.0] * T, "token": [token_label(t, 10) for t in flow.tokens]})
+            pd.DataFrame(
+                {"x": shown, "y": [-1.0] * len(shown), "token": [token_label(flow.tokens[t], 10) for t in shown]}
+            )
         )
         .mark_text(angle=270, align="right", fontSize=9)
         .encode(x=x, y=y, text="token:N")

@@ -277,3 +277,21 @@ def test_routes_of_a_text_past_the_cpu_budget_are_skipped_with_a_warning(tiny_gp
     r = analyze(tiny_gpt2, "The cat sat on the mat.", compute_gradients=False, views="all")
     assert r.flow is None and r.dla is not None
     assert any("Information-flow routes were skipped" in w for w in r.warnings)
+
+
+def test_page_chart_labels_at_most_every_nth_token(tiny_gpt2):
+    """The Flow routes chart labels every token of a short text, and every n-th (plus the chosen one) of a long one,
+    as the bundle's PNG does."""
+    from app.peer_views import flow_chart
+    from core import analyze
+    from core.peer_plots import FLOW_LABEL_MAX
+
+    r = analyze(tiny_gpt2, "the cat sat on the mat and " * 20, views=["flow"], compute_gradients=False)
+    T = r.n_tokens
+    assert T > FLOW_LABEL_MAX
+    chart = flow_chart(r.flow, T - 2, 0.04)
+    labels = chart.layer[2].data
+    step = max(1, T // FLOW_LABEL_MAX)
+    assert list(labels["x"]) == sorted(set(range(0, T, step)) | {T - 2})
+    short = analyze(tiny_gpt2, "The cat sat.", views=["flow"], compute_gradients=False)
+    assert list(flow_chart(short.flow, 0, 0.04).layer[2].data["x"]) == list(range(short.n_tokens))
