@@ -72,13 +72,20 @@ def with_views(result: AnalysisResult, names: list[str]) -> AnalysisResult:
     state = st.session_state
     model_id, dtype, device = state.get(Keys.RESULT_LOAD) or (result.model.model_id, "auto", "auto")
     what = ", ".join(VIEWS[n][0].lower() for n in missing)
+    failed = state.get(Keys.VIEWS_FAILED) or {}
+    key = result.cache_key or f"id {id(result)}"
+    if key in failed:  # tried once: a widget change must not run the model again
+        st.warning(failed[key])
+        return result
     try:
         with st.spinner(f"Computing {what} (once per analysis) …"):
             loaded = get_model(model_id, dtype, device)
             full = add_views(loaded, result, missing, cache=get_result_cache())
     except Exception as exc:  # noqa: BLE001 - one line in the page, the details in the log
         log.warning("the deeper views (%s) could not be computed: %s", what, exc, exc_info=True)
-        st.warning(f"These views could not be computed: {what}. {str(exc).splitlines()[0] if str(exc) else ''}")
+        message = f"These views could not be computed: {what}. {str(exc).splitlines()[0] if str(exc) else ''}"
+        state[Keys.VIEWS_FAILED] = {**failed, key: message}
+        st.warning(message)
         return result
     if state.get(Keys.RESULT) is result:  # not when the user ran a new analysis meanwhile
         state[Keys.RESULT] = full

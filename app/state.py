@@ -41,6 +41,7 @@ class Keys:
     PENDING_ANALYSIS = "pending_analysis"  # set by callbacks (e.g. "switch to bundled") to run once
     EXPORT_HIDDEN = "export_hidden"  # toggle: hidden_states.npz in the export
     URL_READ = "url_read"  # the URL's query parameters were read into the widgets once
+    VIEWS_FAILED = "views_failed"  # {cache key: message} of results whose deeper views could not be computed
 
     # --- layer analysis page (widgets) ---------------------------------------------------------------------------
     LAYER = "layer"
@@ -144,6 +145,7 @@ _DEFAULTS: dict[str, Any] = {
     Keys.ERROR: None,
     Keys.PENDING_ANALYSIS: None,
     Keys.URL_READ: False,
+    Keys.VIEWS_FAILED: {},
     Keys.EXPORT_HIDDEN: False,
     Keys.CORR_METHOD: "pearson",
     Keys.METRIC_ZOOM: False,

@@ -97,3 +97,25 @@ def test_app_export_adds_every_view_and_survives_a_failure(tiny_gpt2, tiny_dirs,
     assert built[-1].views == list(VIEWS) and built[-1].flow is not None
     assert sidebar.export_bytes(r, ExportOptions(), ("/no/such/model", "float32", "cpu")) == b"zip"
     assert built[-1] is r
+
+
+def test_layer_page_tries_failed_views_once(tiny_gpt2, monkeypatch):
+    """When the views cannot be computed, the page says so once per result; a widget change does not try again."""
+    from test_app_pages import LAYERS, make_app, no_exception
+
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(analysis, "add_views", failing)
+    r = analyze(tiny_gpt2, TEXT, compute_gradients=False)
+    at = make_app(r).run()
+    at.switch_page(LAYERS).run()
+    no_exception(at)
+    assert len(calls) == 1 and any("out of memory" in w.value for w in at.warning)
+    at.select_slider(key="layer").set_value(1).run()
+    no_exception(at)
+    assert len(calls) == 1 and any("could not be computed" in w.value for w in at.warning)
+    assert at.session_state["result"].views == []
