@@ -1,10 +1,11 @@
-"""Altair chart builders: DataFrames from core.views in, alt.Chart out (no Streamlit calls, so tests can build them).
+"""Altair chart builders: DataFrames from core.present.tables in, alt.Chart out (no Streamlit calls, so tests can build
+them).
 
 Every chart carries tooltips with the exact values and fits the page's main column from 1 280 to 1 920 px wide:
 token axes are windowed by the page (`MAX_HEATMAP_SIDE` bounds the attention map, `top_rows` bounds the per-token
 bars) and the colour legend sits beside a chart that is narrow enough to show it. Axis choices (start at zero, the
-T − 1 ceiling, integer ticks, number formats) come from core.chart_spec, the same module the exported PNGs read.
-Attention blocks are shown as layers 1 … L (core.chart_spec.block_number); hidden-state layers as 0 … L.
+T − 1 ceiling, integer ticks, number formats) come from core.present.chart_spec, the same module the exported PNGs read.
+Attention blocks are shown as layers 1 … L (core.present.chart_spec.block_number); hidden-state layers as 0 … L.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-from core import chart_spec
-from core.chart_spec import BLOCK_AXIS_TITLE, LAYER_AXIS_TITLE, METRIC_AXES
-from core.docs import metric_label
-from core.metrics import METRIC_NAMES
+from core.present import chart_spec
+from core.present.chart_spec import BLOCK_AXIS_TITLE, LAYER_AXIS_TITLE, METRIC_AXES
+from core.present.docs import metric_label
+from core.steps.metrics import METRIC_NAMES
 
 #: The attention heatmap is a square of at most this many pixels (plus labels and legend: ~800 px, which fits the
 #: main column of a 1 280 px window with the sidebar open).
@@ -40,8 +41,8 @@ def metric_title(name: str) -> str:
 def metric_line(
     df: pd.DataFrame, metric: str, token_bound: int, zoom: bool = False, height: int = 220
 ) -> alt.LayerChart | None:
-    """Line + points of one metric against layer (df from core.views.metrics_long), or None when the metric has no
-    finite value (the page then says why, see core.chart_spec.empty_reason).
+    """Line + points of one metric against layer (df from core.present.tables.metrics_long), or None when the metric
+    has no finite value (the page then says why, see core.present.chart_spec.empty_reason).
 
     Not zoomed, the y-axis starts at the metric's reference (0, or [0, 1] for cosines) and the spectral metrics show
     the dashed, labelled T − 1 ceiling; zoomed, it spans the data (the ceiling only when it falls inside).
@@ -154,7 +155,7 @@ def labels_fit(n: int, side: int | None = None) -> bool:
 
 
 def attention_heatmap(df: pd.DataFrame, title: str) -> alt.Chart:
-    """Query (rows) × key (columns) attention; df from core.views.attention_frame. A square of `heatmap_side`
+    """Query (rows) × key (columns) attention; df from core.present.tables.attention_frame. A square of `heatmap_side`
     pixels: every token is labelled when the labels fit, otherwise the axes keep the labels that do not overlap and
     the tooltip names each cell's tokens."""
     order = list(dict.fromkeys(df.sort_values("qi")["query"]))
@@ -199,8 +200,8 @@ def layer_head_heatmap(
     extra_tooltips: tuple[str, ...] = (),
     diverging: bool = False,
 ) -> alt.Chart:
-    """Layers (rows, numbered 1 … L) × heads (columns); df from core.views.layer_head_frame, whose `layer` column
-    is the array index. diverging: signed values, white at 0."""
+    """Layers (rows, numbered 1 … L) × heads (columns); df from core.present.tables.layer_head_frame, whose `layer`
+    column is the array index. diverging: signed values, white at 0."""
     d = df.assign(layer=df["layer"].map(chart_spec.block_number))
     scale = alt.Scale(scheme="redblue", reverse=True, domainMid=0) if diverging else alt.Scale(scheme=scheme)
     return (

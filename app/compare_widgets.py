@@ -1,10 +1,10 @@
 """Sections of the Compare page (and the layer × layer CKA of the Layer Analysis page), drawn from stored results.
 
 Run A and run B are ordinary cached analyses with the sidebar's settings: the Compare button loads each model
-through app.loading.get_model and analyses through core.analysis.analyze with the app's result cache in a worker
-thread — the same path as the sidebar's Analyze — and a run that is already in the session (the sidebar's
+through app.loading.get_model and analyses through core.analysis.pipeline.analyze with the app's result cache in a
+worker thread — the same path as the sidebar's Analyze — and a run that is already in the session (the sidebar's
 result, or the previous A or B) is reused without loading anything. Every other widget on the page only re-draws:
-the comparison itself (core.compare.compare) is a pure function of the two results, cached per pair of results.
+the comparison itself (core.studies.compare.compare) is a pure function of the two results, cached per pair of results.
 """
 
 from __future__ import annotations
@@ -26,21 +26,16 @@ from app.loading import get_model, get_result_cache
 from app.sidebar import current_settings, known_family, selected_model_id, session_entry
 from app.state import OTHER_MODEL, Keys
 from app.widgets import chart, metric_label, show_caption
-from core import chart_spec, views
-from core.chart_spec import METRIC_AXES
-from core.compare import (
-    ComparisonResult,
-    compare,
-    layer_cka,
-    metric_overlay_rows,
-    prediction_rows,
-    short_id,
-)
-from core.errors import InputError, ModelUnavailableError, TMAError
-from core.metrics import METRIC_NAMES
-from core.presets import BUNDLED_ID, PRESET_IDS, preset
-from core.result import AnalysisResult
-from core.settings import AnalysisSettings, max_text_chars
+from core.analysis.result import AnalysisResult
+from core.infra.errors import InputError, ModelUnavailableError, TMAError
+from core.infra.presets import BUNDLED_ID, PRESET_IDS, preset
+from core.present import chart_spec
+from core.present import tables as views
+from core.present.chart_spec import METRIC_AXES
+from core.present.compare import metric_overlay_rows, prediction_rows, short_id
+from core.run.settings import AnalysisSettings, max_text_chars
+from core.steps.metrics import METRIC_NAMES
+from core.studies.compare import ComparisonResult, compare, layer_cka
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +250,7 @@ def start_job() -> None:
                 raise InputError("no model chosen: type a Hugging Face id or a local folder, or pick a preset")
             AnalysisSettings.check_text(text)
             loaded = get_model(model_id, dtype, "auto")
-            from core.analysis import analyze
+            from core.analysis.pipeline import analyze
 
             job.runs[which] = _POOL.submit(
                 analyze, loaded, text, settings=settings, cache=get_result_cache(), progress=job.reporter(which)
@@ -358,8 +353,8 @@ def _layer_cka(key: str, debiased: bool, ref: _Ref) -> np.ndarray:
 
 def overlay_chart(df: pd.DataFrame, metric: str, axis: str) -> alt.LayerChart:
     """One metric of both runs against relative depth or layer, coloured by run. The y-axis follows the metric's
-    rule in core.chart_spec (from 0, or [0, 1] for cosines; integer ticks for counts), as on the Overall page; no
-    token ceiling, since the two runs may have different token counts."""
+    rule in core.present.chart_spec (from 0, or [0, 1] for cosines; integer ticks for counts), as on the Overall page;
+    no token ceiling, since the two runs may have different token counts."""
     spec = METRIC_AXES[metric]
     d = df[df.metric == metric]
     domain = chart_spec.y_domain(metric, d["value"].to_numpy(), 0) or (0.0, 1.0)

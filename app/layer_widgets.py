@@ -16,8 +16,9 @@ import streamlit as st
 from app import charts
 from app.state import Keys
 from app.widgets import chart, shaded_text, show_caption
-from core import chart_spec, views
-from core.result import AnalysisResult
+from core.analysis.result import AnalysisResult
+from core.present import chart_spec
+from core.present import tables as views
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,8 @@ def attention_section(result: AnalysisResult) -> None:
 
 
 def single_head_section(result: AnalysisResult, layer: int, head: int) -> None:
-    """The single-head view from core.attention_plots.single_head_stats: statistics, top pairs, row entropies."""
-    from core.attention_plots import single_head_stats
+    """The single-head view from core.figures.attention.single_head_stats: statistics, top pairs, row entropies."""
+    from core.figures.attention import single_head_stats
 
     try:
         stats = single_head_stats(result, layer, head)
@@ -344,8 +345,8 @@ def logit_lens_section(result: AnalysisResult) -> None:
 
 
 def animations_section(result: AnalysisResult) -> None:
-    """The Animations tab: its own head picker, and the layer-transition GIFs of core.animations, rendered once per
-    (result, head) and cached. The captions name the head that is shown. Above them the layer × layer CKA of the
+    """The Animations tab: its own head picker, and the layer-transition GIFs of core.figures.animations, rendered once
+    per (result, head) and cached. The captions name the head that is shown. Above them the layer × layer CKA of the
     run (how far the representation moves between layers)."""
     from app.compare_widgets import layer_cka_section
 
@@ -407,15 +408,15 @@ _REF_HASH = {_ResultRef: lambda r: _key(r.result)}
 
 @st.cache_data(max_entries=32, show_spinner="Rendering the attention animation…", hash_funcs=_REF_HASH)
 def _attention_gif(cache_key: str, head: int | None, ref: _ResultRef) -> bytes | None:
-    """GIF bytes of core.animations.attention_layers_gif, once per (result, head)."""
-    from core.animations import attention_layers_gif
+    """GIF bytes of core.figures.animations.attention_layers_gif, once per (result, head)."""
+    from core.figures.animations import attention_layers_gif
 
     return attention_layers_gif(ref.result, head=head)  # an exception is not cached by st.cache_data
 
 
 @st.cache_data(max_entries=16, show_spinner="Rendering the token trajectories…", hash_funcs=_REF_HASH)
 def _trajectories_gif(cache_key: str, ref: _ResultRef) -> bytes | None:
-    """GIF bytes of core.animations.token_trajectories_gif, once per result."""
-    from core.animations import token_trajectories_gif
+    """GIF bytes of core.figures.animations.token_trajectories_gif, once per result."""
+    from core.figures.animations import token_trajectories_gif
 
     return token_trajectories_gif(ref.result)  # an exception is not cached by st.cache_data

@@ -13,9 +13,9 @@ import os
 import streamlit as st
 
 import core
-from core.cache import ResultCache
-from core.models import LoadedModel
-from core.result import AnalysisResult
+from core.analysis.result import AnalysisResult
+from core.model.loading import LoadedModel
+from core.run.cache import ResultCache
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,8 @@ def get_model(
 ) -> LoadedModel:
     """The loaded model for (model_id, dtype, device, device_map), loaded once per process.
 
-    Raises core.errors.ModelUnavailableError (not cached: Streamlit does not cache exceptions, so a later try after
-    the network is back loads the model).
+    Raises core.infra.errors.ModelUnavailableError (not cached: Streamlit does not cache exceptions, so a later try
+    after the network is back loads the model).
     """
     log.info("loading model %s (dtype=%s, device=%s, device_map=%s)", model_id, dtype, device, device_map)
     loaded = core.load_model(model_id, dtype=dtype, device=device, device_map=device_map)
@@ -61,10 +61,10 @@ def get_result_cache() -> ResultCache:
 
 def with_views(result: AnalysisResult, names: list[str]) -> AnalysisResult:
     """The session's result with the deeper views `names` computed: on their first need, one more capture pass
-    plus the views (core.analysis.add_views, under a spinner), then kept in the session and the result cache.
+    plus the views (core.analysis.pipeline.add_views, under a spinner), then kept in the session and the result cache.
     On a failure the page keeps the result it has (its sections say the view is missing) and shows one line."""
     from app.state import Keys
-    from core.analysis import VIEWS, add_views
+    from core.analysis.pipeline import VIEWS, add_views
 
     missing = [n for n in names if n not in result.views]
     if not missing:

@@ -2,10 +2,10 @@
 
 Drawn only from the stored result: `result.neuron_factors` (the NMF factors and their top neurons) and
 `result.query_key` (queries and keys of every layer and head). Choosing a factor, a head or a query token computes
-the view from those arrays (core.qk.qk_view) and re-runs no model. The page calls `draw(result, layer, head)` once.
-The factor shading is HTML (escaped tokens, core.views.shaded_tokens_html): drawing 6 × T token boxes with
-matplotlib takes about a second at 128 tokens, so the PNG version (core.neurons.factor_figure) is for the bundle
-and the PDF only.
+the view from those arrays (core.steps.qk.qk_view) and re-runs no model. The page calls `draw(result, layer, head)`
+once. The factor shading is HTML (escaped tokens, core.present.tables.shaded_tokens_html): drawing 6 × T token boxes
+with matplotlib takes about a second at 128 tokens, so the PNG version (core.figures.neurons.factor_figure) is for the
+bundle and the PDF only.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ import streamlit as st
 
 from app.state import Keys
 from app.widgets import LONG_TEXT_TOKENS, SHADED_TEXT_PX, guarded, shaded_text, show_caption
-from core import plotting, views
-from core.neurons import top_neuron_figure
-from core.qk import qk_figure, qk_view, shown_keys
-from core.result import AnalysisResult
+from core.analysis.result import AnalysisResult
+from core.figures import plotting
+from core.figures.neurons import top_neuron_figure
+from core.figures.qk import qk_figure, shown_keys
+from core.present import tables as views
+from core.steps.qk import qk_view
 
 
 def draw(result: AnalysisResult, layer: int, head: int | None) -> None:

@@ -18,8 +18,18 @@ import streamlit as st
 
 from app.state import Keys
 from app.widgets import chart, guarded, show_caption
-from core.dla import DLASection
-from core.flow import (
+from core.analysis.result import AnalysisResult
+from core.figures.plotting import token_label
+from core.figures.routes import (
+    FLOW_CSV_HEADER,
+    FLOW_LABEL_MAX,
+    KIND_COLOURS,
+    flow_edge_rows,
+    unavailable_line,
+)
+from core.infra.formats import csv_bytes
+from core.steps.dla import DLASection
+from core.steps.flow import (
     DEFAULT_THRESHOLD,
     THRESHOLD_MAX,
     THRESHOLD_MIN,
@@ -28,16 +38,6 @@ from core.flow import (
     FlowSection,
     layout,
 )
-from core.formats import csv_bytes
-from core.peer_plots import (
-    FLOW_CSV_HEADER,
-    FLOW_LABEL_MAX,
-    KIND_COLOURS,
-    flow_edge_rows,
-    unavailable_line,
-)
-from core.plotting import token_label
-from core.result import AnalysisResult
 
 #: The tab labels, in order; the page appends them to its own tabs and hands the tab containers to `draw_tabs`.
 TABS = ("Logit attribution", "Flow routes")

@@ -2,7 +2,7 @@
 
 The analysis runs only when the Analyze button is pressed (or the one-click "switch to the bundled model" asks for
 it): no other widget change loads a model, runs gradients or generates text. Errors become a banner with a message
-(core.errors.TMAError) or a generic line (anything else, traceback in the log); the text and the last finished
+(core.infra.errors.TMAError) or a generic line (anything else, traceback in the log); the text and the last finished
 result always survive an error.
 """
 
@@ -22,14 +22,14 @@ import streamlit as st
 from app.loading import get_model, get_result_cache, is_loaded
 from app.state import OTHER_MODEL, Keys
 from app.widgets import md_escape
-from core.analysis import VIEWS, add_views
-from core.chart_spec import timing_phrase
-from core.errors import InputError, ModelUnavailableError, TMAError
-from core.export import build_zip
-from core.options import ExportOptions
-from core.presets import BUNDLED_ID, PRESET_IDS, preset
-from core.result import AnalysisResult
-from core.settings import DTYPES, AnalysisSettings, max_text_chars
+from core.analysis.pipeline import VIEWS, add_views
+from core.analysis.result import AnalysisResult
+from core.export.zip_export import build_zip
+from core.infra.errors import InputError, ModelUnavailableError, TMAError
+from core.infra.options import ExportOptions
+from core.infra.presets import BUNDLED_ID, PRESET_IDS, preset
+from core.present.chart_spec import timing_phrase
+from core.run.settings import DTYPES, AnalysisSettings, max_text_chars
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def url_page(pages: list[Any], state: Any) -> Any:
 
 
 def current_settings(state: Any) -> AnalysisSettings:
-    """AnalysisSettings from the sidebar widgets (raises core.errors.InputError when invalid)."""
+    """AnalysisSettings from the sidebar widgets (raises core.infra.errors.InputError when invalid)."""
     mask_word = state.get(Keys.MASK_WORD)
     if mask_word in (None, "", NO_MASK_WORD):
         mask_word = None
@@ -161,7 +161,7 @@ def text_too_long(n_chars: int, limit: int) -> str:
 
 def session_entry(result: AnalysisResult) -> dict[str, Any]:
     """One line of the session log (the export's session_log.html lists these in order), as the CLI writes it."""
-    from core.session_log import entry_from_result
+    from core.export.session_log import entry_from_result
 
     return entry_from_result(result)
 
@@ -359,7 +359,7 @@ def export_bytes(result: AnalysisResult, options: ExportOptions, load: tuple[str
 
 
 def draw_export(result: AnalysisResult) -> None:
-    """The ZIP download, built on click by core.export.build_zip."""
+    """The ZIP download, built on click by core.export.zip_export.build_zip."""
     hidden = st.toggle(
         "Include hidden states (float16) in the ZIP",
         key=Keys.EXPORT_HIDDEN,
@@ -422,7 +422,7 @@ class AnalysisJob:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def report(self, label: str, fraction: float) -> None:
-        """core.analysis progress callback (called in the worker thread: no Streamlit calls here)."""
+        """core.analysis.pipeline progress callback (called in the worker thread: no Streamlit calls here)."""
         with self._lock:
             self._progress = (label, min(max(float(fraction), 0.0), 1.0))
 
@@ -497,7 +497,7 @@ def run_analysis() -> None:
                 _forget(sid, job)
                 _finish_with_error(exc, model_id, status)
                 return
-            from core.analysis import analyze
+            from core.analysis.pipeline import analyze
 
             job.future = _POOL.submit(analyze, loaded, text, settings=settings, cache=cache, progress=job.report)
     except BaseException:  # the user left the page before the analysis was handed over: the next run says so

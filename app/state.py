@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from core.presets import BUNDLED_ID
-from core.settings import AnalysisSettings
+from core.infra.presets import BUNDLED_ID
+from core.run.settings import AnalysisSettings
 
 
 class Keys:
@@ -102,12 +102,12 @@ class Keys:
     PATCH_WRONG = "patch_wrong"
     PATCH_RUN = "patch_run"  # the Run button
     PATCH_COMPONENT = "patch_component"  # radio: which component's heatmap
-    PATCH_RESULT = "patch_result"  # the last core.patching.PatchingResult
+    PATCH_RESULT = "patch_result"  # the last core.studies.patching.PatchingResult
     PATCH_ERROR = "patch_error"  # its error message, or None
     PATCH_FAMILY = "patch_family"  # the family the example texts were filled in for
 
     # --- corpus page -------------------------------------------------------------------------------------------
-    CORPUS_RESULT = "corpus_result"  # the last finished core.corpus.CorpusResult
+    CORPUS_RESULT = "corpus_result"  # the last finished core.studies.corpus.CorpusResult
     CORPUS_ERROR = "corpus_error"  # user-facing message of the last failed corpus run, or None
     CORPUS_ZIP = "corpus_zip"  # (cache key, ZIP bytes) of the shown result, built once
     CORPUS_SOURCE = "corpus_source"  # radio: upload .txt / upload .csv / paste lines

@@ -1,7 +1,8 @@
 """Sections of the Overall page, drawn from an AnalysisResult (read only; no model runs here except the explicit
 Generate button of the continuation).
 
-The tables come from core.views, the charts from app.charts, the captions from core.docs (one source of truth).
+The tables come from core.present.tables, the charts from app.charts, the captions from core.present.docs (one source
+of truth).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import streamlit as st
 
 from app import charts
 from app.state import Keys
-from core import chart_spec, docs, views
-from core.errors import TMAError
-from core.figures import metric_correlations, metric_token_count, summary_figures
-from core.guards import visible_controls
-from core.metrics import METRIC_NAMES
-from core.result import AnalysisResult
+from core.analysis.result import AnalysisResult
+from core.infra.errors import TMAError
+from core.infra.guards import visible_controls
+from core.present import chart_spec, docs
+from core.present import tables as views
+from core.present.summaries import metric_correlations, metric_token_count, summary_figures
+from core.steps.metrics import METRIC_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +128,7 @@ def shorten(text: str, limit: int = 300) -> str:
 
 
 def summary_metrics(result: AnalysisResult) -> None:
-    """Headline figures with st.metric, from core.figures.summary_figures (the PDF's numbers)."""
+    """Headline figures with st.metric, from core.present.summaries.summary_figures (the PDF's numbers)."""
     s = summary_figures(result)
     first, last = s["effective_rank_first"], s["effective_rank_last"]
     drop_layer, cos_last = s.get("largest_erank_drop_layer"), s["final_cosine_to_input"]
@@ -295,7 +297,7 @@ def continuation_section(result: AnalysisResult) -> None:
     """ "Continue the text" for causal LMs: runs only on the Generate button; streams; a Stop button ends it."""
     state = st.session_state
     with st.expander("Continue the text", expanded=bool(state.get(Keys.GEN_TEXT)), icon=":material/edit:"):
-        from core.predictions import GenerationSettings, generate_stream
+        from core.steps.predictions import GenerationSettings, generate_stream
 
         has_chat = result.model.has_chat_template
         c1, c2, c3 = st.columns(3)

@@ -36,17 +36,17 @@ def measure(loaded=None, tokens: int = 128, repeat: int = 3, ig_steps: int = 32)
     import torch
 
     from core import analyze
-    from core.animations import attention_layers_gif, token_trajectories_gif
-    from core.attention import analyse_attention
-    from core.attention_plots import (
+    from core.figures.animations import attention_layers_gif, token_trajectories_gif
+    from core.figures.attention import (
         entropy_heatmap,
         head_clusters_plot,
         mean_attention_heatmap,
         single_head_plot,
         token_attribution_plot,
     )
-    from core.attribution import attention_rollout, gradient_x_input, integrated_gradients
-    from core.capture import capture
+    from core.model.capture import capture
+    from core.steps.attention import analyse_attention
+    from core.steps.attribution import attention_rollout, gradient_x_input, integrated_gradients
 
     loaded = loaded or load_gpt2_small()
     text = text_of_tokens(loaded, tokens)

@@ -14,7 +14,7 @@ import argparse
 import numpy as np
 from common import timeit
 
-from core.compare import MAX_CKA_TOKENS, cka_matrix
+from core.studies.compare import MAX_CKA_TOKENS, cka_matrix
 
 SHAPES = [("GPT-2 small × GPT-2 small", 13, 13, 768, 768), ("GPT-2 small × TinyLlama", 13, 23, 768, 2048)]
 

@@ -2,7 +2,7 @@
 
     python -m bench.bench_export [--repeat 3] [--tokens 128] [--no-animations]
 
-`python -m bench` reports the whole bundle; this script splits it over core.bundle.WRITERS, the PDF report and
+`python -m bench` reports the whole bundle; this script splits it over core.export.bundle.WRITERS, the PDF report and
 the ZIP, in wall and process CPU time (the CPU time is what an idle machine would take: the writers are
 single-threaded matplotlib / fpdf work), with the load average, because timings on a shared machine vary with load.
 """
@@ -24,12 +24,12 @@ def main() -> None:
     args = ap.parse_args()
 
     from core import analyze
-    from core.bundle import WRITERS
-    from core.formats import zip_bytes
-    from core.models import load_model
-    from core.options import ExportOptions
-    from core.report import report_files
-    from core.threads import gc_paused
+    from core.export.bundle import WRITERS
+    from core.export.report import report_files
+    from core.infra.formats import zip_bytes
+    from core.infra.options import ExportOptions
+    from core.infra.threads import gc_paused
+    from core.model.loading import load_model
 
     loaded = load_model(str(build_shape("gpt2")), dtype="float32", device="cpu")
     result = analyze(
@@ -41,7 +41,7 @@ def main() -> None:
     for _ in range(args.repeat + 1):  # the first run is cold (imports, fonts) and not counted
         t0, c0 = time.perf_counter(), time.process_time()
         files: dict[str, bytes] = {}
-        with gc_paused():  # as core.bundle.bundle_files runs them
+        with gc_paused():  # as core.export.bundle.bundle_files runs them
             for writer in WRITERS:
                 t = time.perf_counter()
                 files.update(writer(result, opts))

@@ -19,8 +19,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from core.attribution import integrated_gradients, target_logprob_fn, token_embeddings  # noqa: E402
-from core.models import load_model  # noqa: E402
+from core.model.loading import load_model  # noqa: E402
+from core.steps.attribution import integrated_gradients, target_logprob_fn, token_embeddings  # noqa: E402
 
 TEXTS = {
     "gpt2": "Paris is the capital of",

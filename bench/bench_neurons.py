@@ -44,18 +44,15 @@ def timeit(fn, repeat: int = 3, warmup: int = 1) -> float:
 def measure(loaded=None, tokens: int = 128, repeat: int = 3) -> list[tuple[str, float]]:
     import torch
 
-    from core import plotting
-    from core.capture import capture
-    from core.errors import ModelUnavailableError
-    from core.models import BUNDLED_ID, load_model
-    from core.neurons import (
-        capture_mlp_activations,
-        factor_figure,
-        neuron_factors,
-        top_neuron_figure,
-    )
-    from core.qk import compute_qk, qk_figure, qk_view
-    from core.settings import AnalysisSettings
+    from core.figures import plotting
+    from core.figures.neurons import factor_figure, top_neuron_figure
+    from core.figures.qk import qk_figure
+    from core.infra.errors import ModelUnavailableError
+    from core.model.capture import capture
+    from core.model.loading import BUNDLED_ID, load_model
+    from core.run.settings import AnalysisSettings
+    from core.steps.neurons import capture_mlp_activations, neuron_factors
+    from core.steps.qk import compute_qk, qk_view
 
     loaded = loaded or load_gpt2_small()
     text = text_of_tokens(loaded, tokens)

@@ -44,8 +44,15 @@ def main() -> None:
 
     import torch
 
-    from core.ablation import head_ablation
-    from core.patching import PatchingSettings, capture_sites, patch_sites, patched_metrics, run_patching, target_logits
+    from core.steps.ablation import head_ablation
+    from core.studies.patching import (
+        PatchingSettings,
+        capture_sites,
+        patch_sites,
+        patched_metrics,
+        run_patching,
+        target_logits,
+    )
 
     torch.set_num_threads(args.threads)
     loaded = load_gpt2_small()

@@ -31,10 +31,10 @@ def timeit(fn, repeat: int = 3, warmup: int = 1) -> float:
 
 
 def measure(loaded=None, tokens: int = 128, repeat: int = 3) -> list[tuple[str, float]]:
-    from core.capture import capture
-    from core.dla import compute_dla, decomposition_pass
-    from core.flow import compute_flow
-    from core.settings import AnalysisSettings
+    from core.model.capture import capture
+    from core.run.settings import AnalysisSettings
+    from core.steps.dla import compute_dla, decomposition_pass
+    from core.steps.flow import compute_flow
 
     loaded = loaded or load_gpt2_small()
     text = text_of_tokens(loaded, tokens)

@@ -4,7 +4,7 @@
 
 The logit lens decodes every layer at every position: (L+1)·T rows through the unembedding (768 × 50257), i.e. (L+1)
 times the work of the model's own LM head. The table shows the complete grid, the grid as the analysis step computes
-it on a CPU (a window of positions, see core.logit_lens.grid_max_positions), and the read-out at the decoded
+it on a CPU (a window of positions, see core.steps.logit_lens.grid_max_positions), and the read-out at the decoded
 position alone (top-k, final-prediction probability and entropy), to separate the heatmap grid from the per-layer
 read-out.
 Numbers go into the issue notes, never into tests.
@@ -31,11 +31,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from core.capture import capture
-    from core.logit_lens import compute_logit_lens, grid_max_positions
-    from core.prediction_plots import logit_lens_heatmap_png, logit_lens_layers_png
-    from core.predictions import compute_predictions
-    from core.settings import AnalysisSettings
+    from core.figures.predictions import logit_lens_heatmap_png, logit_lens_layers_png
+    from core.model.capture import capture
+    from core.run.settings import AnalysisSettings
+    from core.steps.logit_lens import compute_logit_lens, grid_max_positions
+    from core.steps.predictions import compute_predictions
 
     loaded = load_gpt2_small()
     text = text_of_tokens(loaded, args.tokens)

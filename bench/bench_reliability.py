@@ -27,10 +27,10 @@ TEXTS = [
 
 
 def main() -> None:
-    from core import guards
-    from core.analysis import analyze
-    from core.cache import ResultCache
-    from core.models import resolve_source
+    from core.analysis.pipeline import analyze
+    from core.infra import guards
+    from core.model.loading import resolve_source
+    from core.run.cache import ResultCache
 
     loaded = load_gpt2_small()
     config = json.loads((Path(loaded.local_path or "") / "config.json").read_text())

@@ -38,7 +38,7 @@ def gpt2_small_folder() -> Path:
 
 
 def load_gpt2_small():
-    from core.models import load_model
+    from core.model.loading import load_model
 
     return load_model(str(gpt2_small_folder()), dtype="float32", device="cpu")
 

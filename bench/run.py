@@ -144,7 +144,7 @@ def peak_rss_mb() -> float:
 
 def _settings(**values: Any) -> Any:
     """AnalysisSettings with the given values, leaving out fields this version of core does not have."""
-    from core.settings import AnalysisSettings
+    from core.run.settings import AnalysisSettings
 
     known = {f.name for f in dataclasses.fields(AnalysisSettings)}
     return AnalysisSettings(**{k: v for k, v in values.items() if k in known})
@@ -158,7 +158,7 @@ def _sync(device: str) -> None:
 
 
 def _load(shape: str, dtype: str, device: str, device_map: str | None = None) -> Any:
-    from core.models import load_model
+    from core.model.loading import load_model
 
     kw = {"device_map": device_map} if device_map else {}
     return load_model(str(build_shape(shape)), dtype=dtype, device=device, **kw)
@@ -168,7 +168,7 @@ def child_timings(shape: str, tokens: list[int], repeat: int, dtype: str, device
     """Interleaved medians of floor / analyze / grad / hit for each length; the bundle at BUNDLE_TOKENS."""
     import torch
 
-    from core.cache import ResultCache
+    from core.run.cache import ResultCache
 
     lm = _load(shape, dtype, device)
     out: dict[str, Any] = {
@@ -192,8 +192,8 @@ def _time_length(lm: Any, T: int, repeat: int, device: str, cache: Any, bundle: 
     import torch
 
     from core import analyze
-    from core.analysis import add_views
-    from core.attribution import gradient_x_input
+    from core.analysis.pipeline import add_views
+    from core.steps.attribution import gradient_x_input
 
     text = text_of_tokens(lm.tokenizer, T)
     st = _settings(max_tokens=T, compute_gradients=False, animations=False)
@@ -271,7 +271,7 @@ def _predicted(result: Any) -> int:
 
 def _time_bundle(result: Any, repeat: int) -> tuple[float, float, int]:
     """Best of `repeat` warm runs of the whole ZIP bundle (the first, cold run is not counted)."""
-    from core.export import build_zip
+    from core.export.zip_export import build_zip
 
     times = []
     data = b""

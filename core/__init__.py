@@ -6,15 +6,15 @@ Main entry points:
     bundle_files(result) / write_bundle(result, out)
 """
 
-from .analysis import analyze
-from .bundle import bundle_files, write_bundle
-from .cache import ResultCache
-from .errors import InputError, ModelUnavailableError, TMAError
-from .models import LoadedModel, load_model
-from .presets import BUNDLED_ID, PRESETS
-from .result import AnalysisResult
-from .settings import AnalysisSettings
-from .version import CORE_VERSION
+from core.analysis.pipeline import analyze
+from core.analysis.result import AnalysisResult
+from core.export.bundle import bundle_files, write_bundle
+from core.infra.errors import InputError, ModelUnavailableError, TMAError
+from core.infra.presets import BUNDLED_ID, PRESETS
+from core.infra.version import CORE_VERSION
+from core.model.loading import LoadedModel, load_model
+from core.run.cache import ResultCache
+from core.run.settings import AnalysisSettings
 
 __all__ = [
     "analyze",

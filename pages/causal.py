@@ -12,17 +12,16 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app.loading import get_model, with_views
+from app.loading import get_model, get_result_cache, with_views
 from app.sidebar import selected_model_id
 from app.state import Keys
 from app.widgets import chart, guarded
-from core import docs
-from core.causal_plots import display_token
-from core.errors import ModelUnavailableError, TMAError
-from core.patching import (
+from core.figures.causal import display_token
+from core.infra.errors import ModelUnavailableError, TMAError
+from core.present import docs
+from core.studies.patching import (
     COMPONENTS,
     TINY_DIFFERENCE,
-    PatchingCache,
     PatchingResult,
     PatchingSettings,
     patch,
@@ -40,14 +39,8 @@ EXAMPLES = {
 }
 
 
-@st.cache_resource(show_spinner=False)
-def patching_cache() -> PatchingCache:
-    """One disk-backed patching cache per process ($TMA_CACHE_DIR/patching, bounded)."""
-    return PatchingCache()
-
-
 def details(key: str) -> None:
-    """The Details entry of `key`: formula, reading, pitfalls (our own text, from core.docs)."""
+    """The Details entry of `key`: formula, reading, pitfalls (our own text, from core.present.docs)."""
     e = docs.doc(key)
     with st.expander(f"Details: {e.title}", expanded=False):
         if e.formula_latex:
@@ -75,7 +68,7 @@ def run(loaded: Any, clean: str, corrupt: str, settings: PatchingSettings) -> No
 
     try:
         st.session_state[Keys.PATCH_RESULT] = patch(
-            loaded, clean, corrupt, settings, cache=patching_cache(), progress=progress
+            loaded, clean, corrupt, settings, cache=get_result_cache(), progress=progress
         )
         st.session_state[Keys.PATCH_ERROR] = None
     except TMAError as exc:

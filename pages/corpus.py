@@ -1,8 +1,8 @@
 """Corpus page: layer geometry over many texts, with bootstrap intervals.
 
 Texts come from an uploaded .txt (one per line), an uploaded .csv (pick the column) or pasted lines; the model is
-the one chosen in the sidebar. Only the Run button runs the model (core.corpus.analyze_corpus, through the result
-cache, so a second run of the same corpus is a cache hit); every other widget only re-draws the stored result.
+the one chosen in the sidebar. Only the Run button runs the model (core.studies.corpus.analyze_corpus, through the
+result cache, so a second run of the same corpus is a cache hit); every other widget only re-draws the stored result.
 The number of texts is limited by $TMA_MAX_CORPUS_TEXTS (default 10 000) for public deployments.
 """
 
@@ -16,13 +16,13 @@ import pandas as pd
 import streamlit as st
 
 from app.state import Keys
-from core import docs
-from core.corpus import CorpusResult, CorpusSettings, CorpusTexts
-from core.corpus_bundle import DOC_KEY, label
-from core.errors import InputError, TMAError
-from core.geometry import POOLED_METRICS
-from core.guards import max_corpus_texts
-from core.metrics import METRIC_NAMES
+from core.export.corpus_bundle import DOC_KEY, label
+from core.infra.errors import InputError, TMAError
+from core.infra.guards import max_corpus_texts
+from core.present import docs
+from core.steps.metrics import METRIC_NAMES
+from core.studies.corpus import CorpusResult, CorpusSettings, CorpusTexts
+from core.studies.geometry import POOLED_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def _bounds(name: str) -> dict[str, Any]:
 
 def read_texts(state: Any, upload: Any) -> CorpusTexts:
     """The texts of the chosen source; InputError with a user-facing message otherwise."""
-    from core.corpus import texts_from_csv, texts_from_lines
+    from core.studies.corpus import texts_from_csv, texts_from_lines
 
     source = state.get(Keys.CORPUS_SOURCE, SOURCES[0])
     if source == SOURCES[2]:
@@ -72,7 +72,7 @@ def draw_inputs() -> tuple[Any, bool]:
     elif source == SOURCES[1]:
         upload = st.file_uploader("CSV file (UTF-8, with a header row)", type=["csv"], key="corpus_upload_csv")
         if upload is not None:
-            from core.corpus import csv_columns
+            from core.studies.corpus import csv_columns
 
             try:
                 cols = csv_columns(upload.getvalue(), what=f"'{upload.name}'")
@@ -123,7 +123,7 @@ def run_corpus(upload: Any) -> None:
     """Read the texts, load the sidebar's model (cached), analyse with a progress bar; store result or error."""
     from app.loading import get_model, get_result_cache
     from app.sidebar import selected_model_id
-    from core.corpus import analyze_corpus
+    from core.studies.corpus import analyze_corpus
 
     state = st.session_state
     state[Keys.CORPUS_ERROR] = None
@@ -201,7 +201,7 @@ def per_text_frame(result: CorpusResult, metric: str) -> pd.DataFrame:
 
 
 def table_frame(result: CorpusResult) -> pd.DataFrame:
-    from core.corpus_bundle import METRICS_HEADER
+    from core.export.corpus_bundle import METRICS_HEADER
 
     return pd.DataFrame(result.metric_rows(), columns=METRICS_HEADER)
 
@@ -271,8 +271,8 @@ def draw_result(result: CorpusResult) -> None:
 
     cached = state.get(Keys.CORPUS_ZIP)
     if not cached or cached[0] != result.cache_key:
-        from core.corpus_bundle import corpus_bundle_files
-        from core.formats import zip_bytes
+        from core.export.corpus_bundle import corpus_bundle_files
+        from core.infra.formats import zip_bytes
 
         with st.spinner("Preparing the ZIP…"):
             cached = (result.cache_key, zip_bytes(corpus_bundle_files(result)))

@@ -1,4 +1,4 @@
-"""Details page: the documentation of every metric, analysis and figure, rendered from core.docs.
+"""Details page: the documentation of every metric, analysis and figure, rendered from core.present.docs.
 
 Thin by design: it only reads the registry (no analysis result is needed), so it works before any run. Formulas are
 drawn with st.latex; the same registry feeds the captions of the other pages and the PDF report.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import docs
+from core.present import docs
 
 GROUPS = [
     (

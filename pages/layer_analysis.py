@@ -12,7 +12,7 @@ from app.loading import with_views
 from app.state import Keys
 from app.widgets import guarded, result_header
 
-#: The deeper views this page shows (core.analysis.VIEWS).
+#: The deeper views this page shows (core.analysis.pipeline.VIEWS).
 LAYER_VIEWS = ["dla", "flow", "neuron_factors", "query_key"]
 
 result = st.session_state.get(Keys.RESULT)

@@ -38,7 +38,7 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
 
 
 def _load(path):
-    from core.models import load_model
+    from core.model.loading import load_model
 
     return load_model(str(path), dtype="float32", device="cpu")
 
@@ -70,7 +70,7 @@ def tiny_llama_nochat(tiny_dirs):
 
 @pytest.fixture(scope="session")
 def minilm():
-    from core.models import BUNDLED_ID
+    from core.model.loading import BUNDLED_ID
 
     return _load(BUNDLED_ID)
 
@@ -82,7 +82,7 @@ def tiny_any(request, tiny_gpt2, tiny_bert, tiny_llama):
 
 @pytest.fixture
 def result_cache(tmp_path):
-    from core.cache import ResultCache
+    from core.run.cache import ResultCache
 
     c = ResultCache(tmp_path / "cache", size_limit_mb=64)
     yield c

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.metrics import METRIC_NAMES
-from core.model_info import ModelInfo
-from core.result import AnalysisResult
-from core.settings import AnalysisSettings
+from core.analysis.result import AnalysisResult
+from core.model.info import ModelInfo
+from core.run.settings import AnalysisSettings
+from core.steps.metrics import METRIC_NAMES
 
 MODEL = ModelInfo(
     model_id="hand-made",

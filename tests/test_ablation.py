@@ -1,4 +1,4 @@
-"""Exact head ablation (core/ablation.py) against forward passes with one head's slice replaced by hand."""
+"""Exact head ablation (core/steps/ablation.py) against forward passes with one head's slice replaced by hand."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from core import ablation
-from core.ablation import HeadAblationSection, head_ablation, spearman
+from core.steps import ablation
+from core.steps.ablation import HeadAblationSection, head_ablation, spearman
 
 TEXTS = {"gpt2": "The dog sat on the log", "llama": "The dog sat on the log", "bert": "The dog sat on the [MASK]."}
 
@@ -110,16 +110,16 @@ def test_section_rows_and_agreement():
 
 
 def test_encoder_gets_no_section(tiny_encoder):
-    from core.capture import capture
-    from core.settings import AnalysisSettings
+    from core.model.capture import capture
+    from core.run.settings import AnalysisSettings
 
     cap = capture(tiny_encoder, "The dog sat.", AnalysisSettings())
     assert ablation.ablate_heads(tiny_encoder, cap, 0) is None
 
 
 def test_section_from_a_capture(tiny_gpt2):
-    from core.capture import capture
-    from core.settings import AnalysisSettings
+    from core.model.capture import capture
+    from core.run.settings import AnalysisSettings
 
     cap = capture(tiny_gpt2, TEXTS["gpt2"], AnalysisSettings())
     sec = ablation.ablate_heads(tiny_gpt2, cap, len(cap.tokens) - 1)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from app.state import OTHER_MODEL
-from core.models import BUNDLED_ID
-from core.result import results_equal
+from core.analysis.result import results_equal
+from core.model.loading import BUNDLED_ID
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = str(ROOT / "app" / "main.py")
@@ -251,7 +251,7 @@ def _loaded_models():
     """The models in the app's st.cache_resource (loaded by the sidebar)."""
     import gc
 
-    from core.models import LoadedModel
+    from core.model.loading import LoadedModel
 
     return [o for o in gc.get_objects() if isinstance(o, LoadedModel)]
 
@@ -306,12 +306,12 @@ def test_input_error_is_a_message(tiny_dirs):
 
 
 def test_unexpected_error_is_generic(tiny_dirs, monkeypatch):
-    import core.analysis
+    import core.analysis.pipeline
 
     def boom(*a, **k):
         raise RuntimeError("internal detail that must not reach the page")
 
-    monkeypatch.setattr(core.analysis, "analyze", boom)
+    monkeypatch.setattr(core.analysis.pipeline, "analyze", boom)
     at = analyse_with(make_app(), str(tiny_dirs["gpt2"]), "The cat sat.")
     no_exception(at)
     assert at.error and "went wrong" in at.error[0].value
@@ -366,8 +366,8 @@ def test_session_entry_and_bundle(results):
     r = results["gpt2"]
     entry = session_entry(r)
     assert entry["model"] == r.model.model_id and entry["text"] == r.text
-    from core import export
-    from core.options import ExportOptions
+    from core.export import zip_export as export
+    from core.infra.options import ExportOptions
 
     data = export.build_zip(r, ExportOptions(session_entries=(entry,)))
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
@@ -375,7 +375,7 @@ def test_session_entry_and_bundle(results):
 
 
 def test_a_failing_section_shows_a_message_not_a_traceback(results, monkeypatch):
-    from core import views
+    from core.present import tables as views
 
     def broken(*a, **k):
         raise ValueError("boom")
@@ -429,11 +429,11 @@ def test_long_text_attention_window(results):
 
 
 def test_every_caption_key_the_app_uses_is_documented():
-    """Captions come from core.docs; a key the app names must exist there (no silent empty captions)."""
+    """Captions come from core.present.docs; a key the app names must exist there (no silent empty captions)."""
     import re
     from pathlib import Path
 
-    from core.docs import DOCS
+    from core.present.docs import DOCS
 
     root = Path(__file__).resolve().parents[1]
     used = set()

@@ -1,4 +1,4 @@
-"""The one architecture map (core/arch.py) on tiny models of every family the app loads."""
+"""The one architecture map (core/model/arch.py) on tiny models of every family the app loads."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.arch import ArchitectureNotSupported, frozen_norm, model_parts
+from core.model.arch import ArchitectureNotSupported, frozen_norm, model_parts
 from tests.tiny_models import FAMILIES, tiny_family, tiny_family_loaded
 
 ALL = ("gpt2", "bert", "llama", *FAMILIES)
@@ -104,9 +104,9 @@ def test_decode_of_last_state_equals_model_logits(fam):
 
 
 def test_logit_lens_last_layer_equals_logits(fam):
-    from core.capture import capture
-    from core.logit_lens import compute_logit_lens
-    from core.settings import AnalysisSettings
+    from core.model.capture import capture
+    from core.run.settings import AnalysisSettings
+    from core.steps.logit_lens import compute_logit_lens
 
     kind, _ = fam
     loaded = tiny_family_loaded(kind)
@@ -117,7 +117,7 @@ def test_logit_lens_last_layer_equals_logits(fam):
 
 
 def test_head_attribution_exists_for_every_family(fam):
-    from core.attribution import gradient_x_input
+    from core.steps.attribution import gradient_x_input
 
     kind, _ = fam
     loaded = tiny_family_loaded(kind)
@@ -158,14 +158,14 @@ def test_unknown_architecture_reaches_attribution_notes():
     """No silent gap: per-head attribution on an unmapped model says why it is missing."""
     from transformers import GPTJConfig, GPTJForCausalLM
 
-    from core.attribution import head_projection_modules
+    from core.steps.attribution import head_projection_modules
 
     model = GPTJForCausalLM(GPTJConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, rotary_dim=4))
     assert head_projection_modules(model, 1) is None
 
 
 def test_not_available_line_from_a_stored_architecture_name():
-    from core.arch import not_available_line
+    from core.model.arch import not_available_line
 
     for kind in ALL:
         model, _ = tiny_family(kind)

@@ -15,46 +15,56 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "core"
 
 
-def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
-    """Every node except those under `if TYPE_CHECKING:` (imports for annotations only never run)."""
-    out: list[ast.AST] = []
-    todo = [tree]
-    while todo:
-        node = todo.pop()
-        out.append(node)
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
-                todo.extend(child.orelse)
-                continue
-            todo.append(child)
-    return out
+#: The layer packages of core/, from the ground up: each may import only itself and the packages before it.
+LAYERS = ("infra", "run", "model", "steps", "analysis", "studies", "present", "figures", "export", "cli")
 
 
-def _core_imports(path: Path) -> set[str]:
-    """Modules of core/ that `path` imports when it runs (top level or inside functions)."""
+def _module_name(path: Path) -> str:
+    """'pkg.mod' for core/pkg/mod.py, 'pkg' for core/pkg/__init__.py, 'mod' for core/mod.py."""
+    rel = path.relative_to(CORE).with_suffix("")
+    parts = [p for p in rel.parts if p != "__init__"]
+    return ".".join(parts) or "__init__"
+
+
+def _core_modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in CORE.rglob("*.py")}
+
+
+def _core_imports(path: Path, modules: set[str]) -> set[str]:
+    """Modules of core/ that `path` imports, at run time or for type checking only (both count: a type-only
+    import is still an arrow in the picture and a reason the two modules change together)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    here = _module_name(path)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
     out: set[str] = set()
-    for node in _runtime_nodes(tree):
+    for node in ast.walk(tree):
+        names: list[str] = []
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1:  # from .x import y / from . import x
-                if node.module:
-                    out.add(node.module.split(".")[0])
-                else:
-                    out |= {a.name for a in node.names}
-            elif node.level == 0 and node.module and node.module.split(".")[0] == "core":
-                parts = node.module.split(".")
-                if len(parts) > 1:
-                    out.add(parts[1])
-                else:
-                    out |= {a.name for a in node.names}
+            if node.level:
+                base = package.split(".") if package else []
+                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+                mod = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            else:
+                if not node.module or node.module.split(".")[0] != "core":
+                    continue
+                mod = node.module.partition(".")[2]
+            names = [f"{mod}.{a.name}" if mod else a.name for a in node.names] + [mod]
         elif isinstance(node, ast.Import):
-            out |= {a.name.split(".")[1] for a in node.names if a.name.startswith("core.")}
-    modules = {p.stem for p in CORE.glob("*.py")}
-    return (out & modules) - {path.stem}
+            names = [a.name.partition(".")[2] for a in node.names if a.name.startswith("core.")]
+        for name in names:
+            # the longest prefix that is a module: 'model.loading.LoadedModel' -> 'model.loading'
+            parts = name.split(".")
+            for k in range(len(parts), 0, -1):
+                cand = ".".join(parts[:k])
+                if cand in modules:
+                    out.add(cand)
+                    break
+    return out - {here}
 
 
 def import_graph() -> dict[str, set[str]]:
-    return {p.stem: _core_imports(p) for p in CORE.glob("*.py") if p.stem != "__init__"}
+    modules = _core_modules()
+    return {name: _core_imports(path, set(modules)) for name, path in modules.items() if name != "__init__"}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -86,28 +96,80 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Arrows that run back up: a module importing a package above its own (or a module outside the layers)."""
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    bad = []
+    for mod, deps in sorted(graph.items()):
+        top = mod.split(".")[0]
+        if top in ("__main__",):
+            continue
+        for dep in sorted(deps):
+            d = dep.split(".")[0]
+            if top not in rank or d not in rank:
+                bad.append(f"{mod} -> {dep} (outside the layer packages)")
+            elif rank[d] > rank[top]:
+                bad.append(f"{mod} -> {dep} ({top} is below {d})")
+    return bad
+
+
 def test_the_cycle_finder_finds_a_planted_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_core_has_no_import_cycle():
+def test_the_layer_check_finds_a_planted_arrow_up():
+    assert layer_violations({"infra.x": {"model.y"}, "model.y": {"infra.x"}}) == [
+        "infra.x -> model.y (infra is below model)"
+    ]
+    assert layer_violations({"cli.main": {"infra.x", "cli.common"}}) == []
+
+
+def test_the_import_reader_sees_relative_absolute_and_type_only_imports(tmp_path, monkeypatch):
+    src = (
+        "from typing import TYPE_CHECKING\n"
+        "from .loading import x\nfrom ..infra import serialize\nimport core.run.cache\n"
+        "if TYPE_CHECKING:\n    from core.analysis.result import AnalysisResult\n"
+    )
+    path = CORE / "model" / "capture.py"
+    monkeypatch.setattr(Path, "read_text", lambda self, encoding=None: src)
+    mods = {"model.loading", "infra.serialize", "run.cache", "analysis.result", "model.capture"}
+    assert _core_imports(path, mods) == {"model.loading", "infra.serialize", "run.cache", "analysis.result"}
+
+
+def test_core_has_no_import_cycle_type_only_imports_counted():
     assert find_cycle(import_graph()) is None
+
+
+def test_each_package_imports_only_the_layers_below_it():
+    assert layer_violations(import_graph()) == []
+
+
+def test_core_is_a_few_files_over_layer_packages_each_saying_what_it_holds():
+    top_files = sorted(p.name for p in CORE.glob("*.py"))
+    assert len(top_files) <= 10, top_files
+    packages = sorted(p.name for p in CORE.iterdir() if (p / "__init__.py").exists())
+    assert sorted(packages) == sorted(LAYERS)
+    for name in packages:
+        doc = ast.get_docstring(ast.parse((CORE / name / "__init__.py").read_text(encoding="utf-8")))
+        assert doc and "may import" in doc, f"core/{name}/__init__.py needs a docstring saying what it may import"
 
 
 def test_no_module_is_loaded_by_name_and_nothing_uses_pyplot():
     for folder in ("core", "app", "pages"):
-        for path in (ROOT / folder).glob("*.py"):
+        for path in (ROOT / folder).rglob("*.py"):
             text = path.read_text(encoding="utf-8")
             assert "import_module" not in text, f"{path.name} loads a module by name"
             assert not re.search(r"matplotlib\.pyplot|from matplotlib import pyplot", text), f"{path.name} uses pyplot"
 
 
 def _figure_makers(result):
-    from core import animations, figures, peer_plots
-    from core import attention_plots as ap
-    from core import prediction_plots as pp
-    from core.plotting import png
+    from core.figures import animations
+    from core.figures import attention as ap
+    from core.figures import metrics as figures
+    from core.figures import predictions as pp
+    from core.figures import routes as peer_plots
+    from core.figures.plotting import png
 
     makers = {name: (lambda fn=fn: fn(result)) for name, fn in figures.FIGURES.items()}
     makers.update(
@@ -132,7 +194,7 @@ def _figure_makers(result):
 
 @pytest.mark.slow
 def test_every_figure_drawn_from_four_threads_equals_a_single_threaded_drawing(tiny_gpt2):
-    from core.analysis import analyze
+    from core.analysis.pipeline import analyze
 
     result = analyze(tiny_gpt2, "The quick brown fox jumps over the lazy dog.", views="all")
     makers = _figure_makers(result)
@@ -145,7 +207,7 @@ def test_every_figure_drawn_from_four_threads_equals_a_single_threaded_drawing(t
 
 
 def test_the_readme_model_table_is_the_preset_table():
-    from core.presets import PRESETS
+    from core.infra.presets import PRESETS
 
     families = {"encoder": "encoder", "masked_lm": "masked LM", "causal_lm": "causal LM"}
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -164,8 +226,8 @@ def test_the_readme_model_table_is_the_preset_table():
 
 def test_every_setting_is_a_cli_option_and_a_sidebar_default(capsys):
     from app.state import DEFAULTS, Keys
-    from core.cli import build_parser
-    from core.settings import AnalysisSettings, setting_fields
+    from core.cli.main import build_parser
+    from core.run.settings import AnalysisSettings, setting_fields
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["analyze", "--help"])
@@ -184,9 +246,9 @@ def test_every_setting_is_a_cli_option_and_a_sidebar_default(capsys):
 
 
 def test_cli_options_build_the_same_settings():
-    from core.cli import build_parser
-    from core.cli_common import settings_from_args
-    from core.settings import AnalysisSettings
+    from core.cli.common import settings_from_args
+    from core.cli.main import build_parser
+    from core.run.settings import AnalysisSettings
 
     args = build_parser().parse_args(
         [
@@ -215,7 +277,7 @@ def test_cli_options_build_the_same_settings():
 
 
 def test_a_failing_optional_view_costs_that_view_not_the_analysis(tiny_gpt2, monkeypatch):
-    from core import analysis
+    from core.analysis import pipeline as analysis
 
     def broken(ctx):
         raise RuntimeError("Tensor on device meta is not on the expected device cpu")
@@ -234,7 +296,7 @@ def test_tight_png_from_one_draw_matches_savefig_tight():
 
     from PIL import Image
 
-    from core import plotting
+    from core.figures import plotting
 
     fig = plotting.figure(4, 3)
     ax = fig.subplots()
@@ -261,7 +323,7 @@ def test_gc_paused_nests_and_restores_the_collector():
     import concurrent.futures as cf
     import gc
 
-    from core.threads import gc_paused
+    from core.infra.threads import gc_paused
 
     assert gc.isenabled()
     with gc_paused():

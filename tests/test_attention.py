@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.attention import (
+from core.steps.attention import (
     FEATURE_NAMES,
     ROLE_THRESHOLDS,
     AttentionSection,
@@ -211,8 +211,8 @@ def test_pca_projection_is_deterministic_and_centred():
 
 
 def test_step_on_tiny_models(tiny_any):
-    from core.analysis import analyze
-    from core.result import AnalysisResult, results_equal
+    from core.analysis.pipeline import analyze
+    from core.analysis.result import AnalysisResult, results_equal
 
     res = analyze(tiny_any, "The cat sat on the mat.", compute_gradients=False)
     att = res.attention
@@ -235,7 +235,7 @@ def test_single_threaded_restores_limits_under_concurrent_use():
 
     from threadpoolctl import threadpool_info
 
-    import core.threads as A
+    import core.infra.threads as A
 
     before = [i["num_threads"] for i in threadpool_info()]
     with A.single_threaded():

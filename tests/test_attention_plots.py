@@ -7,10 +7,10 @@ import io
 import numpy as np
 import pytest
 
-from core import animations
-from core import attention_plots as ap
-from core.options import ExportOptions
-from core.plotting import token_label
+from core.figures import animations
+from core.figures import attention as ap
+from core.figures.plotting import token_label
+from core.infra.options import ExportOptions
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TEXT = "The cat sat on the mat. It cost $5 and the dog\nsat on the log."
@@ -18,14 +18,14 @@ TEXT = "The cat sat on the mat. It cost $5 and the dog\nsat on the log."
 
 @pytest.fixture(scope="session")
 def gpt2_result(tiny_gpt2):
-    from core.analysis import analyze
+    from core.analysis.pipeline import analyze
 
     return analyze(tiny_gpt2, TEXT, ig_steps=8, integrated_gradients=True)
 
 
 @pytest.fixture(scope="session")
 def bert_result(tiny_bert):
-    from core.analysis import analyze
+    from core.analysis.pipeline import analyze
 
     return analyze(tiny_bert, "The cat sat on the [MASK].", ig_steps=8, integrated_gradients=True)
 
@@ -143,7 +143,7 @@ def test_bundle_holds_the_csvs_with_exact_headers(gpt2_result):
 
 
 def test_bundle_without_animations_or_gradients(tiny_encoder):
-    from core.analysis import analyze
+    from core.analysis.pipeline import analyze
 
     res = analyze(tiny_encoder, "The cat sat.")
     files = ap.attention_bundle_files(res, ExportOptions(animations=False))
@@ -155,7 +155,7 @@ def test_bundle_without_animations_or_gradients(tiny_encoder):
 
 @pytest.mark.slow
 def test_full_bundle_includes_the_attention_members(gpt2_result):
-    from core.bundle import bundle_files
+    from core.export.bundle import bundle_files
 
     files = bundle_files(gpt2_result)
     mine = ap.attention_bundle_files(gpt2_result, ExportOptions())

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from core.attribution import (
+from core.model.capture import capture
+from core.run.settings import AnalysisSettings
+from core.steps.attribution import (
     AttributionSection,
     attention_rollout,
     gradient_x_input,
@@ -16,8 +18,6 @@ from core.attribution import (
     integrated_gradients,
     token_embeddings,
 )
-from core.capture import capture
-from core.settings import AnalysisSettings
 
 TEXT = "The cat sat on the mat."
 MASKED = "The cat sat on the [MASK]."
@@ -159,7 +159,7 @@ def test_head_scores_shape_hooks_removed_and_match_a_head_gate(lm):
 
 def test_hooks_removed_when_the_forward_fails(tiny_gpt2, monkeypatch):
     cap, pos, pred = _setup(tiny_gpt2, TEXT)
-    import core.attribution as A
+    import core.steps.attribution as A
 
     def boom(*a, **k):
         def f(emb):
@@ -176,8 +176,8 @@ def test_hooks_removed_when_the_forward_fails(tiny_gpt2, monkeypatch):
 
 
 def test_step_results_on_tiny_models(tiny_any):
-    from core.analysis import analyze
-    from core.result import AnalysisResult, results_equal
+    from core.analysis.pipeline import analyze
+    from core.analysis.result import AnalysisResult, results_equal
 
     res = analyze(tiny_any, MASKED if tiny_any.family == "masked_lm" else TEXT, ig_steps=16, integrated_gradients=True)
     a = res.attribution
@@ -195,7 +195,7 @@ def test_step_results_on_tiny_models(tiny_any):
 
 
 def test_predicted_token_is_the_models_top_prediction(tiny_gpt2):
-    from core.analysis import analyze
+    from core.analysis.pipeline import analyze
 
     res = analyze(tiny_gpt2, TEXT, compute_gradients=False)
     cap = capture(tiny_gpt2, TEXT, AnalysisSettings())
@@ -205,7 +205,7 @@ def test_predicted_token_is_the_models_top_prediction(tiny_gpt2):
 
 
 def test_causal_target_before_the_end_zeroes_later_tokens(tiny_gpt2):
-    from core.analysis import analyze
+    from core.analysis.pipeline import analyze
 
     res = analyze(tiny_gpt2, TEXT, target_position=2, ig_steps=8, integrated_gradients=True)
     a = res.attribution
@@ -215,7 +215,7 @@ def test_causal_target_before_the_end_zeroes_later_tokens(tiny_gpt2):
 
 
 def test_encoder_gets_rollout_and_a_note(tiny_encoder):
-    from core.analysis import analyze
+    from core.analysis.pipeline import analyze
 
     res = analyze(tiny_encoder, TEXT)
     a = res.attribution
@@ -228,7 +228,7 @@ def test_encoder_gets_rollout_and_a_note(tiny_encoder):
 
 def test_integrated_gradients_are_opt_in(tiny_gpt2):
     """The default analysis runs gradient × input and head scores (one backward pass), not the IG loop."""
-    from core.analysis import analyze
+    from core.analysis.pipeline import analyze
 
     res = analyze(tiny_gpt2, TEXT)
     a = res.attribution

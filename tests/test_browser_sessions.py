@@ -69,7 +69,7 @@ def go(pg, title: str) -> None:
 def expected_tokens(text: str, max_tokens: int) -> int:
     from transformers import AutoTokenizer
 
-    from core.models import bundled_model_path
+    from core.model.loading import bundled_model_path
 
     tok = AutoTokenizer.from_pretrained(str(bundled_model_path()))
     return len(tok(text, truncation=True, max_length=max_tokens)["input_ids"])

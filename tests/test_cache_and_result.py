@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from core import AnalysisResult, AnalysisSettings, analyze
-from core.cache import ResultCache, cache_key
-from core.errors import InputError
-from core.result import results_equal
+from core.analysis.pipeline import cache_key
+from core.analysis.result import results_equal
+from core.infra.errors import InputError
+from core.run.cache import ResultCache
 
 TEXT = "The cat sat on the mat."
 
@@ -36,16 +37,16 @@ def test_result_round_trips_without_pickle(tiny_gpt2, tmp_path):
     assert results_equal(r, back, ignore=())
     r.save(tmp_path / "r.tma")
     assert results_equal(AnalysisResult.load(tmp_path / "r.tma"), r, ignore=())
-    from core import serialize
+    from core.infra import serialize
 
-    assert data.startswith(serialize.MAGIC)  # JSON header + raw arrays (see core.serialize), no pickle opcodes
+    assert data.startswith(serialize.MAGIC)  # JSON header + raw arrays (see core.infra.serialize), no pickle opcodes
     (hlen,) = struct.unpack("<Q", data[len(serialize.MAGIC) : len(serialize.MAGIC) + 8])
     header = json.loads(data[len(serialize.MAGIC) + 8 : len(serialize.MAGIC) + 8 + hlen])
     assert set(header) == {"object", "arrays"} and header["object"]["__dataclass__"].endswith("AnalysisResult")
 
 
 def test_loading_refuses_foreign_classes():
-    from core import serialize
+    from core.infra import serialize
 
     doc = {"__dataclass__": "os.path.Foo", "fields": {}}
     buf = io.BytesIO()
@@ -83,7 +84,7 @@ def test_cache_key_covers_every_input(tiny_gpt2):
     assert cache_key(info, TEXT, s.replace(top_k=5)) != base
     assert cache_key(dataclasses.replace(info, revision="other"), TEXT, s) != base
     assert cache_key(dataclasses.replace(info, dtype="bfloat16"), TEXT, s) != base
-    import core.cache as cache_mod
+    import core.run.cache as cache_mod
 
     old = cache_mod.CORE_VERSION
     try:
@@ -105,7 +106,7 @@ def test_cache_dir_from_environment(tmp_path, monkeypatch):
 
 def test_unreadable_cache_entry_is_dropped(result_cache):
     result_cache._cache.set("k", b"garbage")
-    assert result_cache.get("k") is None
+    assert result_cache.get("k", AnalysisResult) is None
     assert "k" not in result_cache
 
 

@@ -11,8 +11,8 @@ import sqlite3
 
 import pytest
 
-from core.analysis import analyze
-from core.cache import ResultCache
+from core.analysis.pipeline import analyze
+from core.run.cache import ResultCache
 
 TEXT = "The cat sat on the mat."
 
@@ -26,7 +26,7 @@ def _cache_warnings(result):
 
 
 def _logged(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "core.cache" and r.levelno >= logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name == "core.run.cache" and r.levelno >= logging.WARNING]
 
 
 def test_corrupt_database_is_moved_aside_and_rebuilt(tiny_gpt2, tmp_path, caplog):

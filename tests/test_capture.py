@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from core import analyze
-from core.capture import apply_mask_word
-from core.errors import InputError
+from core.infra.errors import InputError
+from core.model.capture import apply_mask_word
 
 TEXT = "The cat sat on the mat."
 
@@ -61,7 +61,7 @@ def test_exclude_special_tokens_changes_metrics_and_is_recorded(tiny_bert):
     b = analyze(tiny_bert, TEXT, exclude_special_tokens=True)
     assert a.metric_tokens == "all tokens" and b.metric_tokens == "special tokens excluded"
     assert not np.allclose(a.layer_metrics["effective_rank"], b.layer_metrics["effective_rank"])
-    from core.metrics import layer_metrics
+    from core.steps.metrics import layer_metrics
 
     keep = ~np.array(a.special_mask)
     expected = layer_metrics(a.hidden_states, keep)
@@ -104,7 +104,7 @@ def test_minilm_attentions_equal_a_direct_transformers_call(minilm):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from core.models import bundled_model_path
+    from core.model.loading import bundled_model_path
 
     text = "The quick brown fox jumps over the lazy dog."
     r = analyze(minilm, text)

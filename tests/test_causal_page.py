@@ -114,7 +114,7 @@ def test_encoder_is_told_to_pick_an_lm(tiny_dirs):
 
 @pytest.fixture(scope="module")
 def ablated(tiny_gpt2):
-    from core.analysis import analyze
+    from core.analysis.pipeline import analyze
 
     return analyze(tiny_gpt2, "The dog sat on the log", head_ablation=True, views="all")
 
@@ -129,7 +129,7 @@ def test_head_ablation_tab(tiny_dirs, ablated):
 
 
 def test_head_ablation_tab_without_section(tiny_dirs, tiny_gpt2):
-    from core.analysis import analyze
+    from core.analysis.pipeline import analyze
 
     at = causal_page(tiny_dirs["gpt2"], result=analyze(tiny_gpt2, "The dog sat on the log"))
     assert any("Head ablation" in i.value for i in at.info)

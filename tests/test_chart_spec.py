@@ -1,5 +1,5 @@
-"""core.chart_spec: one definition of each layer-metric chart's axis (reference, integer ticks, format), the layer
-numbering, and the label placement — and the app's Altair charts built from it."""
+"""core.present.chart_spec: one definition of each layer-metric chart's axis (reference, integer ticks, format), the
+layer numbering, and the label placement — and the app's Altair charts built from it."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import chart_spec
-from core.chart_spec import METRIC_AXES
-from core.metrics import METRIC_NAMES
+from core.present import chart_spec
+from core.present.chart_spec import METRIC_AXES
+from core.steps.metrics import METRIC_NAMES
 
 
 def test_one_axis_spec_per_metric():
@@ -109,7 +109,7 @@ def test_metric_line_starts_at_zero_with_the_labelled_ceiling():
 @pytest.mark.parametrize("n", [13, 64, 96, 128])
 def test_attention_heatmap_is_bounded(n):
     from app import charts
-    from core import views
+    from core.present import tables as views
 
     att = np.full((1, 1, n, n), 1.0 / n, dtype=np.float32)
     df = views.attention_frame(att, [f"t{i}" for i in range(n)], 0, None)

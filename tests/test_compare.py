@@ -1,4 +1,4 @@
-"""core.compare: linear CKA (its defining properties, checked against the textbook formulas) and compare() on
+"""core.studies.compare: linear CKA (its defining properties, checked against the textbook formulas) and compare() on
 real results of tiny models: 6 against 12 layers on one tokenizer, different tokenizers, different texts."""
 
 from __future__ import annotations
@@ -8,17 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from core.compare import (
-    ComparisonResult,
-    cka_matrix,
-    cka_rows_table,
-    compare,
-    layer_cka,
-    linear_cka,
-    metric_overlay_rows,
-    prediction_rows,
-)
-from core.metrics import METRIC_NAMES
+from core.present.compare import cka_rows_table, metric_overlay_rows, prediction_rows
+from core.steps.metrics import METRIC_NAMES
+from core.studies.compare import ComparisonResult, cka_matrix, compare, layer_cka, linear_cka
 
 RNG = np.random.default_rng(13)
 
@@ -165,7 +157,7 @@ def gpt2_depths(tmp_path_factory, tiny_dirs):
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    from core.models import load_model
+    from core.model.loading import load_model
 
     tok = AutoTokenizer.from_pretrained(str(tiny_dirs["gpt2"]))
     out = {}
@@ -189,7 +181,7 @@ def gpt2_depths(tmp_path_factory, tiny_dirs):
 
 @pytest.fixture(scope="module")
 def runs(gpt2_depths, tiny_gpt2, tiny_bert):
-    from core.analysis import analyze
+    from core.analysis.pipeline import analyze
 
     text = "The cat sat on the mat."
     kw = {"ig_steps": 2}
@@ -252,7 +244,7 @@ def test_different_tokenizations_give_the_calm_message_not_an_error(runs):
 
 
 def test_a_truncated_run_is_explained_as_truncation(runs, tiny_gpt2):
-    from core.analysis import analyze
+    from core.analysis.pipeline import analyze
 
     short = analyze(tiny_gpt2, "The cat sat on the mat.", max_tokens=4, ig_steps=2)
     cmp = compare(runs["gpt2"], short)
@@ -296,8 +288,8 @@ def test_layer_cka_within_one_run(runs):
 
 
 def test_comparison_round_trips_and_writes_plain_json(runs):
-    from core import serialize
-    from core.result import results_equal
+    from core.analysis.result import results_equal
+    from core.infra import serialize
 
     cmp = compare(runs["g6"], runs["g12"])
     back = serialize.loads(serialize.dumps(cmp))
@@ -315,7 +307,7 @@ def test_comparison_round_trips_and_writes_plain_json(runs):
 
 
 def run_compare(argv: list[str]) -> int:
-    from core.cli import main
+    from core.cli.main import main
 
     return main(["compare", *argv])
 
@@ -481,7 +473,7 @@ def test_comparison_figures_are_thread_safe(runs):
     """The figures are drawn on private Figure objects: four threads at once give the same bytes as one."""
     import concurrent.futures as cf
 
-    from core.compare import comparison_plots
+    from core.figures.compare import comparison_plots
 
     cmp = compare(runs["gpt2"], runs["gpt2_other_text"])
     single = comparison_plots(cmp, runs["gpt2"], runs["gpt2_other_text"])
@@ -499,7 +491,7 @@ def test_comparison_figures_are_thread_safe(runs):
 def test_figures_follow_the_chart_rules(runs):
     """Attention blocks are numbered 1 … L in the entropy-difference figure; metric axes start where the Overall
     page's do (0 for effective rank, at most 0 and at least 1 for the cosine)."""
-    from core.compare import entropy_difference_figure, overlay_figure
+    from core.figures.compare import entropy_difference_figure, overlay_figure
 
     cmp = compare(runs["gpt2"], runs["gpt2_other_text"])
     L = runs["gpt2"].n_layers

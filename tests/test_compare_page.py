@@ -22,7 +22,7 @@ COMPARE = "../pages/compare.py"
 
 @pytest.fixture(scope="module")
 def runs(gpt2_depths, tiny_gpt2, tiny_bert):  # noqa: F811
-    from core.analysis import analyze
+    from core.analysis.pipeline import analyze
 
     text = "The cat sat on the mat."
     kw = {"ig_steps": 2}
@@ -204,7 +204,7 @@ def test_a_failed_analysis_is_one_line_and_nothing_is_stored(runs):
     from concurrent.futures import Future
 
     from app.compare_widgets import CompareJob
-    from core.errors import InputError
+    from core.infra.errors import InputError
 
     failed: Future = Future()
     failed.set_exception(RuntimeError("internal detail that must not reach the page"))

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from core.analysis import analyze
-from core.bundle import bundle_files
-from core.options import ExportOptions
-from core.result import results_equal
+from core.analysis.pipeline import analyze
+from core.analysis.result import results_equal
+from core.export.bundle import bundle_files
+from core.infra.options import ExportOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = [
@@ -109,7 +109,7 @@ def test_download_callback_bundle_equals_the_main_thread_bundle(tiny_gpt2):
     import io
     import zipfile
 
-    from core.export import build_zip
+    from core.export.zip_export import build_zip
 
     result = analyze(tiny_gpt2, TEXTS[1], compute_gradients=False)
     options = ExportOptions(animations=True)

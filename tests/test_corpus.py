@@ -1,4 +1,4 @@
-"""Corpus mode engine (core.corpus): padding-invariant batched states, the token sample, per-text metrics, the
+"""Corpus mode engine (core.studies.corpus): padding-invariant batched states, the token sample, per-text metrics, the
 result's round trip and cache (a hit runs no forward pass), and every bad input of the issue."""
 
 from __future__ import annotations
@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core import corpus as cp
-from core import guards, metrics
-from core.errors import InputError
+from core.infra import guards
+from core.infra.errors import InputError
+from core.steps import metrics
+from core.studies import corpus as cp
 
 TEXTS = [
     "The cat sat on the mat.",
@@ -48,8 +49,8 @@ def padding_side(request):
 
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_batched_padded_states_equal_per_text_states(tiny_any, side):
-    from core.capture import capture
-    from core.settings import AnalysisSettings
+    from core.model.capture import capture
+    from core.run.settings import AnalysisSettings
 
     loaded = tiny_any
     before = loaded.tokenizer.padding_side
@@ -93,9 +94,9 @@ def gpt2_result(tiny_gpt2):
 
 
 def test_corpus_result_shapes_and_values(gpt2_result, tiny_gpt2):
-    from core.capture import capture
-    from core.geometry import POOLED_METRICS
-    from core.settings import AnalysisSettings
+    from core.model.capture import capture
+    from core.run.settings import AnalysisSettings
+    from core.studies.geometry import POOLED_METRICS
 
     r = gpt2_result
     L1 = tiny_gpt2.n_layers + 1
@@ -122,7 +123,7 @@ def test_corpus_result_shapes_and_values(gpt2_result, tiny_gpt2):
 
 
 def test_result_round_trips_through_bytes(gpt2_result):
-    from core.result import results_equal
+    from core.analysis.result import results_equal
 
     back = cp.CorpusResult.from_bytes(gpt2_result.to_bytes())
     assert isinstance(back.settings, cp.CorpusSettings) and isinstance(back.text_sha256, tuple)
@@ -246,8 +247,8 @@ def test_bundle_files(gpt2_result):
     import io
     import json
 
-    from core.corpus_bundle import corpus_bundle_files
-    from core.geometry import POOLED_METRICS
+    from core.export.corpus_bundle import corpus_bundle_files
+    from core.studies.geometry import POOLED_METRICS
 
     files = corpus_bundle_files(gpt2_result)
     assert set(files) == {
@@ -368,7 +369,7 @@ def test_page_limit_and_bad_input_show_one_message(monkeypatch, tiny_dirs):
 
 
 def cli(argv, capsys):
-    from core.cli import main
+    from core.cli.main import main
 
     code = main(argv)
     out, err = capsys.readouterr()

@@ -1,4 +1,4 @@
-"""Direct logit attribution and promoted / suppressed tokens (core/dla.py) on tiny models."""
+"""Direct logit attribution and promoted / suppressed tokens (core/steps/dla.py) on tiny models."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.arch import model_parts
-from core.dla import block_update_rows, carry, compute_dla, decomposition_pass
+from core.model.arch import model_parts
+from core.steps.dla import block_update_rows, carry, compute_dla, decomposition_pass
 from tests.tiny_models import FAMILIES, tiny_family_loaded
 
 TEXT = "The quick brown fox jumps over the lazy dog."
@@ -56,7 +56,7 @@ def test_logit_matches_the_capture(setup):
 
 def test_one_head_against_a_hand_computation():
     """GPT-2, layer 2 head 1 at the last position: (z_h W_O^h) centred, times γ/σ of ln_f's input, dotted with
-    W_U[y]; computed from plain hooks, independently of core.dla."""
+    W_U[y]; computed from plain hooks, independently of core.steps.dla."""
     loaded, enc, dec = _setup("gpt2")
     model = loaded.model
     layer, head, pos = 1, 1, enc["input_ids"].shape[1] - 1

@@ -132,8 +132,8 @@ def test_dockerignore_keeps_sources_and_drops_the_rest():
     for needed in (
         "app/main.py",
         "app/sidebar.py",
-        "core/models.py",
-        "core/guards.py",
+        "core/model/loading.py",
+        "core/infra/guards.py",
         "pages/overall.py",
         "requirements.txt",
         ".streamlit/config.toml",

@@ -1,4 +1,4 @@
-"""The documentation registry (core.docs) and the Details page.
+"""The documentation registry (core.present.docs) and the Details page.
 
 "What core computes" is derived, not hand-listed: the layer metrics from METRIC_NAMES, the optional sections from
 the fields of AnalysisResult that default to None, their contents from the fields of the section dataclasses that
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from core import docs
-from core.metrics import METRIC_NAMES
-from core.result import AnalysisResult
+from core.analysis.result import AnalysisResult
+from core.present import docs
+from core.steps.metrics import METRIC_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = [f.name for f in dataclasses.fields(AnalysisResult) if f.default is None]
@@ -25,7 +25,7 @@ YEAR = re.compile(r"\((1[89]\d\d|20\d\d)\)")
 
 @pytest.fixture(scope="module")
 def results(tiny_gpt2, tiny_bert, tiny_encoder):
-    from core.analysis import analyze
+    from core.analysis.pipeline import analyze
 
     return {
         "gpt2": analyze(tiny_gpt2, "The cat sat on the mat.", ig_steps=4, head_ablation=True, views="all"),
@@ -70,7 +70,7 @@ def test_sections_are_the_four_of_the_contract():
 def test_every_computed_item_has_an_entry(section_types):
     documented = {s for e in docs.DOCS.values() for s in e.sources}
     missing = sorted(computed_items(section_types) - documented)
-    assert not missing, f"computed but not documented in core.docs: {missing}"
+    assert not missing, f"computed but not documented in core.present.docs: {missing}"
 
 
 def test_every_layer_metric_is_an_entry_of_its_own():
@@ -96,7 +96,7 @@ def test_every_entry_names_something_core_computes(section_types):
 
 
 def test_every_figure_in_a_bundle_is_documented_and_every_figure_entry_is_produced(results):
-    from core.bundle import bundle_files
+    from core.export.bundle import bundle_files
 
     names: set[str] = set()
     for r in results.values():

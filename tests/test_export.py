@@ -12,15 +12,16 @@ import zipfile
 import numpy as np
 import pytest
 
-from core import docs
-from core.bundle import bundle_files
-from core.export import build_zip, export_run
-from core.figures import FIGURES, metric_correlations, normalized_metrics, summary_figures
-from core.metrics import METRIC_NAMES
-from core.options import ExportOptions
-from core.report import PLACEHOLDER, build_report, safe_text
-from core.runs import list_runs, make_run_id, safe_member, save_run
-from core.session_log import entry_from_result, render_html
+from core.export.bundle import bundle_files
+from core.export.report import PLACEHOLDER, build_report, safe_text
+from core.export.runs import list_runs, make_run_id, safe_member, save_run
+from core.export.session_log import entry_from_result, render_html
+from core.export.zip_export import build_zip, export_run
+from core.figures.metrics import FIGURES
+from core.infra.options import ExportOptions
+from core.present import docs
+from core.present.summaries import metric_correlations, normalized_metrics, summary_figures
+from core.steps.metrics import METRIC_NAMES
 
 USER_TEXT = "Secretword <script>alert('x')</script> & the cat sat on the mat 😀 猫 naïve."
 SAFE_NAME = re.compile(r"^[a-z0-9_]+(/[a-z0-9_]+)*\.[a-z0-9]+$")
@@ -30,7 +31,7 @@ MINE = ("report.pdf", "session_log.html", *FIGURES)
 
 @pytest.fixture(scope="module")
 def result(tiny_gpt2):
-    from core.analysis import analyze
+    from core.analysis.pipeline import analyze
 
     return analyze(tiny_gpt2, USER_TEXT, ig_steps=4)
 
@@ -151,7 +152,7 @@ def test_pdf_sections_with_and_without_optional_sections(result):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["bert", "encoder", "llama"])
 def test_bundle_and_pdf_for_other_families(family, tiny_bert, tiny_encoder, tiny_llama):
-    from core.analysis import analyze
+    from core.analysis.pipeline import analyze
 
     loaded = {"bert": tiny_bert, "encoder": tiny_encoder, "llama": tiny_llama}[family]
     r = analyze(loaded, "The cat sat on the [MASK] <b>.", ig_steps=2)
@@ -309,7 +310,7 @@ def test_normalized_metrics_and_summary(result):
 
 
 def test_one_token_text_still_exports(tiny_gpt2):
-    from core.analysis import analyze
+    from core.analysis.pipeline import analyze
 
     r = analyze(tiny_gpt2, "a", ig_steps=2)
     assert r.n_tokens == 1  # every spectral metric is NaN here
@@ -325,8 +326,8 @@ def test_one_token_text_still_exports(tiny_gpt2):
 def test_report_ends_with_the_documentation_pages_laid_out_once(result, files):
     """The "Formulas and interpretation" pages follow the report, with an outline entry each; they come from one
     layout per process, and hold every registry entry of the report's kinds."""
-    from core import docs
-    from core.report import _DOC_KINDS, _documentation_pdf, build_report
+    from core.export.report import _DOC_KINDS, _documentation_pdf, build_report
+    from core.present import docs
 
     reader = _pdf(files["report.pdf"])
     titles = [o.title for o in reader.outline]

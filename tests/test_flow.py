@@ -1,4 +1,4 @@
-"""Information-flow routes (core/flow.py)."""
+"""Information-flow routes (core/steps/flow.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.dla import decomposition_pass
-from core.flow import DEFAULT_THRESHOLD, compute_flow, contributions, layout
+from core.steps.dla import decomposition_pass
+from core.steps.flow import DEFAULT_THRESHOLD, compute_flow, contributions, layout
 from tests.tiny_models import FAMILIES, tiny_family_loaded
 
 TEXT = "The quick brown fox jumps over the lazy dog."
@@ -149,7 +149,7 @@ def test_pruning_is_a_backward_closure():
 
 @pytest.fixture(scope="module")
 def analysed(tiny_gpt2, tiny_bert):
-    from core.analysis import analyze
+    from core.analysis.pipeline import analyze
 
     return {
         "gpt2": analyze(tiny_gpt2, "The cat sat on the mat.", ig_steps=2, views="all"),
@@ -163,8 +163,8 @@ def test_default_analysis_has_dla_and_flow_and_the_bundle_files(analysed):
 
     from pypdf import PdfReader
 
-    from core.bundle import bundle_files
-    from core.serialize import dumps, loads
+    from core.export.bundle import bundle_files
+    from core.infra.serialize import dumps, loads
 
     for name, r in analysed.items():
         assert r.dla is not None and r.flow is not None, name
@@ -191,10 +191,10 @@ def test_unknown_architecture_is_one_line_in_manifest_page_and_pdf(analysed, mon
     import io
     import json
 
-    from core import arch
-    from core.analysis import analyze
-    from core.bundle import bundle_files
-    from core.peer_plots import unavailable_line
+    from core.analysis.pipeline import analyze
+    from core.export.bundle import bundle_files
+    from core.figures.routes import unavailable_line
+    from core.model import arch
     from tests.tiny_models import tiny_family_loaded
 
     loaded = tiny_family_loaded("gpt2")
@@ -218,7 +218,7 @@ def test_unknown_architecture_is_one_line_in_manifest_page_and_pdf(analysed, mon
     assert "direct_logit_attribution.csv" not in files and "flow_edges.csv" not in files
     from pypdf import PdfReader
 
-    from core.report import build_report
+    from core.export.report import build_report
 
     text = " ".join(p.extract_text() for p in PdfReader(io.BytesIO(build_report(r, files))).pages)
     assert "not available for GPTJForCausalLM" in " ".join(text.split())
@@ -270,8 +270,8 @@ def test_peer_tabs_show_the_not_available_line(analysed):
 
 
 def test_routes_of_a_text_past_the_cpu_budget_are_skipped_with_a_warning(tiny_gpt2, monkeypatch):
-    from core import flow
-    from core.analysis import analyze
+    from core.analysis.pipeline import analyze
+    from core.steps import flow
 
     monkeypatch.setattr(flow, "FLOW_MAX_WORK_CPU", 10)  # every text is past it
     r = analyze(tiny_gpt2, "The cat sat on the mat.", compute_gradients=False, views="all")
@@ -284,7 +284,7 @@ def test_page_chart_labels_at_most_every_nth_token(tiny_gpt2):
     as the bundle's PNG does."""
     from app.peer_views import flow_chart
     from core import analyze
-    from core.peer_plots import FLOW_LABEL_MAX
+    from core.figures.routes import FLOW_LABEL_MAX
 
     r = analyze(tiny_gpt2, "the cat sat on the mat and " * 20, views=["flow"], compute_gradients=False)
     T = r.n_tokens

@@ -1,4 +1,4 @@
-"""core.geometry: TwoNN against scikit-dimension and known dimensions, duplicates, both anisotropies, linearity,
+"""core.studies.geometry: TwoNN against scikit-dimension and known dimensions, duplicates, both anisotropies, linearity,
 and the bootstrap over texts (its reuse of blocks reproduces the direct computation; intervals cover and narrow)."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core import geometry as geo
-from core import metrics
+from core.steps import metrics
+from core.studies import geometry as geo
 
 
 def plane_in_50d(n: int = 2000, seed: int = 0) -> np.ndarray:

@@ -33,7 +33,7 @@ def _no_tf32():
 
 
 def _load(path, dtype, device, device_map=None):
-    from core.models import load_model
+    from core.model.loading import load_model
 
     return load_model(str(path), dtype=dtype, device=device, device_map=device_map)
 
@@ -91,7 +91,7 @@ def test_auto_device_and_dtype_pick_the_gpu(tiny_dirs):
 @pytest.mark.parametrize("kind", KINDS)
 def test_device_map_auto_on_the_gpu(kind, tiny_dirs):
     from core import analyze
-    from core.models import placement
+    from core.model.loading import placement
 
     cpu = analyze(_load(tiny_dirs[kind], "float32", "cpu"), TEXT)
     mapped = _load(tiny_dirs[kind], "float32", "cuda", device_map="auto")
@@ -135,7 +135,7 @@ def test_layers_split_between_gpu_and_cpu(kind, tiny_dirs):
     from accelerate import dispatch_model
     from test_perf_paths import _assert_steps_close, _steps
 
-    from core.devices import input_device, output_device
+    from core.infra.devices import input_device, output_device
 
     cpu_model = _load(tiny_dirs[kind], "float32", "cpu")
     split = _load(tiny_dirs[kind], "float32", "cpu")
@@ -150,9 +150,9 @@ def test_layers_split_between_gpu_and_cpu(kind, tiny_dirs):
 def test_cuda_views_and_checkpointed_gradients_match_cpu(kind, tiny_dirs, monkeypatch):
     """The deeper views on the GPU (added later with add_views) and the gradient pass with activation
     checkpointing (forced on) against the CPU."""
-    import core.attribution as attribution
+    import core.steps.attribution as attribution
     from core import analyze
-    from core.analysis import add_views
+    from core.analysis.pipeline import add_views
 
     monkeypatch.setattr(attribution, "CHECKPOINT_MIN_BYTES", 0)
     cpu = analyze(_load(tiny_dirs[kind], "float32", "cpu"), TEXT, views="all")

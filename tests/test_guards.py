@@ -1,5 +1,5 @@
-"""Guards for public deployments (core/guards.py): allow-list, parameter limit from the config alone, local folders
-off, hub-id shape rules — each refusal happens before anything is downloaded or loaded."""
+"""Guards for public deployments (core/infra/guards.py): allow-list, parameter limit from the config alone, local
+folders off, hub-id shape rules — each refusal happens before anything is downloaded or loaded."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import sys
 
 import pytest
 
-from core import guards, models
-from core.errors import InputError, ModelUnavailableError
-from core.guards import BadModelIdError, RefusedError, estimate_parameters
+from core.infra import guards
+from core.infra.errors import InputError, ModelUnavailableError
+from core.infra.guards import BadModelIdError, RefusedError, estimate_parameters
+from core.model import loading as models
 
 
 @pytest.fixture
@@ -268,7 +269,7 @@ def test_local_folders_off_never_loads_a_folder_named_like_a_hub_id(monkeypatch,
 
 
 def test_local_folders_off_no_server_path_in_the_manifest(monkeypatch, minilm):
-    from core.analysis import analyze
+    from core.analysis.pipeline import analyze
 
     monkeypatch.setenv("TMA_ALLOW_LOCAL_MODELS", "0")
     loaded = models.load_model(models.BUNDLED_ID, dtype="float32", device="cpu")

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from core import cli
-from core.analysis import analyze
-from core.errors import ModelUnavailableError
+from core.analysis.pipeline import analyze
+from core.cli import main as cli
+from core.infra.errors import ModelUnavailableError
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--no-animations", "--no-gradients", "--no-cache"]
 
 
 def run(argv, capsys) -> tuple[int, str, str]:
-    """core.cli.main in this process (argparse errors exit through SystemExit)."""
+    """core.cli.main.main in this process (argparse errors exit through SystemExit)."""
     try:
         rc = cli.main(argv)
     except SystemExit as exc:
@@ -49,13 +49,13 @@ def no_analysis(monkeypatch):
     def forbidden(*_a, **_k):
         raise AssertionError("the analysis ran although the input was refused")
 
-    monkeypatch.setattr("core.analysis.analyze", forbidden)
+    monkeypatch.setattr("core.analysis.pipeline.analyze", forbidden)
 
 
 @pytest.fixture
 def no_load(monkeypatch):
     """Nothing may be fetched or loaded: the model id or the guards must stop the run first."""
-    from core import models
+    from core.model import loading as models
 
     def forbidden(*_a, **_k):
         raise AssertionError("a model was fetched or loaded although the input was refused")
@@ -339,7 +339,7 @@ def test_remote_code_in_a_model_folder_is_never_imported(model_type, tiny_dirs, 
     marker = tmp_path / "IMPORTED"
     monkeypatch.setenv("TMA_EVIL_MARKER", str(marker))
     _plant(folder, marker, model_type)
-    from core import models
+    from core.model import loading as models
 
     if model_type == "evil":  # only the remote code knows this type: refused, not imported
         with pytest.raises(ModelUnavailableError, match="never runs") as err:
@@ -360,8 +360,8 @@ HOSTILE = "Hi \u202eevil\u202c <script>alert(1)</script> [Click](http://evil.exa
 
 
 def test_session_log_and_token_html_escape_controls_and_markup():
-    from core.session_log import _e
-    from core.views import shaded_tokens_html
+    from core.export.session_log import _e
+    from core.present.tables import shaded_tokens_html
 
     for html_out in (_e(HOSTILE), shaded_tokens_html(HOSTILE.split(" "), [1.0] * len(HOSTILE.split(" ")))):
         assert "<script>" not in html_out and "\u202e" not in html_out and "\x07" not in html_out
@@ -369,7 +369,7 @@ def test_session_log_and_token_html_escape_controls_and_markup():
 
 
 def test_pdf_boxes_control_and_bidi_characters():
-    from core.report import PLACEHOLDER, safe_text
+    from core.export.report import PLACEHOLDER, safe_text
 
     out = safe_text(HOSTILE)
     assert "\u202e" not in out and "\x07" not in out and "\u202c" not in out
@@ -379,8 +379,8 @@ def test_pdf_boxes_control_and_bidi_characters():
 def test_pdf_of_a_hostile_text(tiny_gpt2):
     from pypdf import PdfReader
 
-    from core.bundle import bundle_files
-    from core.options import ExportOptions
+    from core.export.bundle import bundle_files
+    from core.infra.options import ExportOptions
 
     r = analyze(tiny_gpt2, HOSTILE, compute_gradients=False)
     files = bundle_files(r, ExportOptions(animations=False))

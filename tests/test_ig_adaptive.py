@@ -1,4 +1,4 @@
-"""Adaptive integrated gradients (core/attribution.py): Gauss–Legendre nodes in u with α = u³, doubled until the
+"""Adaptive integrated gradients (core/steps/attribution.py): Gauss–Legendre nodes in u with α = u³, doubled until the
 completeness gap is ≤ 1 %, checked against captum on the same inputs_embeds function."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.attribution import (
+from core.steps.attribution import (
     IG_MAX_STEPS,
     adaptive_integrated_gradients,
     ig_nodes,
@@ -55,7 +55,7 @@ def test_adaptive_stops_at_the_cap(tiny_llama):
 
 
 def test_analysis_reports_the_achieved_gap_and_steps(tiny_llama):
-    from core.analysis import analyze
+    from core.analysis.pipeline import analyze
 
     a = analyze(tiny_llama, "Paris is the capital of", integrated_gradients=True, ig_steps=2).attribution
     assert a.ig_steps >= 4 and a.ig_converged and a.ig_completeness_gap_relative <= 0.01

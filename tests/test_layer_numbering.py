@@ -1,5 +1,5 @@
 """One layer numbering everywhere: hidden states 0 (embeddings) … L, attention blocks 1 … L — the same in the GIF
-frame titles, the CSV files, the page's pickers and charts, and the PDF tables (core.chart_spec)."""
+frame titles, the CSV files, the page's pickers and charts, and the PDF tables (core.present.chart_spec)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from core import animations
+from core.figures import animations
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = str(ROOT / "app" / "main.py")
@@ -48,9 +48,9 @@ def test_gif_frame_titles(result, monkeypatch):
 
 
 def test_csv_files(result):
-    from core.attention_plots import attention_bundle_files
-    from core.bundle import bundle_files
-    from core.options import ExportOptions
+    from core.export.bundle import bundle_files
+    from core.figures.attention import attention_bundle_files
+    from core.infra.options import ExportOptions
 
     L = result.n_layers
     files = attention_bundle_files(result, ExportOptions(animations=False))
@@ -90,7 +90,7 @@ def test_page_uses_the_same_numbers(result):
 def test_pdf_top_heads_use_block_numbers(result):
     from pypdf import PdfReader
 
-    from core.report import build_report
+    from core.export.report import build_report
 
     text = " ".join(p.extract_text() or "" for p in PdfReader(io.BytesIO(build_report(result))).pages)
     flat = " ".join(text.split())

@@ -12,12 +12,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.analysis import analyze
-from core.bundle import bundle_files
-from core.logit_lens import LensSection, compute_logit_lens
-from core.plotting import token_label as label
-from core.prediction_plots import LOGIT_LENS_CSV_HEADER, logit_lens_heatmap_png, logit_lens_layers_png, predictions_png
-from core.result import AnalysisResult, results_equal
+from core.analysis.pipeline import analyze
+from core.analysis.result import AnalysisResult, results_equal
+from core.export.bundle import bundle_files
+from core.figures.plotting import token_label as label
+from core.figures.predictions import (
+    LOGIT_LENS_CSV_HEADER,
+    logit_lens_heatmap_png,
+    logit_lens_layers_png,
+    predictions_png,
+)
+from core.steps.logit_lens import LensSection, compute_logit_lens
 
 FAST = {"compute_gradients": False}
 TEXTS = {
@@ -67,7 +72,7 @@ def test_last_layer_reproduces_the_models_own_logits(name, request):
     z = own_logits(loaded, r.token_ids)
     # the lens applies norm + head to the stored last hidden state (before the final norm): exact
     assert lens.last_layer_max_abs_diff <= 1e-5
-    from core.logit_lens import lens_decoder
+    from core.steps.logit_lens import lens_decoder
 
     decode, _ = lens_decoder(loaded)
     with torch.inference_mode():
@@ -214,9 +219,9 @@ def test_no_streamlit_in_these_modules():
 
 
 def test_grid_window_bounds_the_decoded_columns(tiny_gpt2):
-    from core.logit_lens import grid_window
-    from core.options import ExportOptions
-    from core.prediction_plots import prediction_bundle_files
+    from core.figures.predictions import prediction_bundle_files
+    from core.infra.options import ExportOptions
+    from core.steps.logit_lens import grid_window
 
     assert grid_window(10, 9, None) == (0, 10) and grid_window(10, 9, 4) == (6, 10)
     assert grid_window(10, 0, 4) == (0, 4) and grid_window(10, 5, 4) == (3, 7) and grid_window(3, 1, 8) == (0, 3)
@@ -239,7 +244,7 @@ def test_grid_window_bounds_the_decoded_columns(tiny_gpt2):
 
 
 def test_analysis_step_bounds_the_grid_on_cpu(tiny_gpt2, monkeypatch):
-    import core.logit_lens as LL
+    import core.steps.logit_lens as LL
 
     r = run(tiny_gpt2, "The quick brown fox jumps over the lazy dog.")
     assert r.logit_lens.grid_positions == list(range(r.n_tokens))  # tiny models: always the full grid

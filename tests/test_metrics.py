@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from core import metrics as M
+from core.steps import metrics as M
 
 
 def _svd_reference(H):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from core import models
-from core.errors import ModelUnavailableError
+from core.infra.errors import ModelUnavailableError
+from core.model import loading as models
 
 
 def test_families_come_from_config(tiny_gpt2, tiny_bert, tiny_encoder, tiny_llama, minilm):
@@ -40,7 +40,7 @@ def test_loaded_model_is_eager_eval_and_frozen(tiny_llama):
 
 
 def test_presets_include_the_bundled_model():
-    from core.presets import PRESET_IDS, preset
+    from core.infra.presets import PRESET_IDS, preset
 
     assert models.BUNDLED_ID in PRESET_IDS and preset(models.BUNDLED_ID).offline
     for name in ("gpt2", "bert-base-uncased", "TinyLlama/TinyLlama-1.1B-Chat-v1.0"):
@@ -116,6 +116,6 @@ def test_bfloat16_loading(tiny_dirs):
     assert lm.dtype == "bfloat16"
     assert str(next(lm.model.parameters()).dtype) == "torch.bfloat16"
     r = analyze(lm, "The cat sat.")
-    assert r.attentions.dtype.name == "float16"  # the maps at half precision (core.capture.attention_dtype)
+    assert r.attentions.dtype.name == "float16"  # the maps at half precision (core.model.capture.attention_dtype)
     assert r.hidden_states.dtype.name == "float32"
     assert r.model.dtype == "bfloat16"

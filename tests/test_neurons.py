@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from core.neurons import (
+from core.steps.neurons import (
     capture_mlp_activations,
     factorize,
     layer_range,
@@ -193,7 +193,7 @@ def test_analysis_section_settings_and_bundle(tiny_gpt2, llama_result):
     import io
 
     from core import analyze
-    from core.bundle import bundle_files
+    from core.export.bundle import bundle_files
 
     sec = llama_result.neuron_factors
     assert sec is not None and sec.layers == (0, 1) and sec.n_factors == 6 and sec.d_ff == 64
@@ -224,7 +224,8 @@ def test_analysis_section_settings_and_bundle(tiny_gpt2, llama_result):
 
 
 def test_unknown_architecture_is_a_warning_not_a_gap(tiny_gpt2, monkeypatch):
-    from core import analyze, neurons, qk
+    from core import analyze
+    from core.steps import neurons, qk
 
     def refuse(model):
         raise ValueError(f"neuron factors are not available for {type(model).__name__}: test")
@@ -238,7 +239,7 @@ def test_unknown_architecture_is_a_warning_not_a_gap(tiny_gpt2, monkeypatch):
     assert r.neuron_factors is None and r.query_key is None
     assert any("neuron factors are not available for GPT2LMHeadModel" in w for w in r.warnings)
     assert any("query–key view is not available for GPT2LMHeadModel" in w for w in r.warnings)
-    from core.bundle import manifest
+    from core.export.bundle import manifest
 
     assert any("not available" in w for w in manifest(r)["warnings"])
 

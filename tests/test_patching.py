@@ -1,4 +1,5 @@
-"""Activation patching (core/patching.py) against hand-written hooks on tiny GPT-2, BERT and Llama (GQA) models."""
+"""Activation patching (core/studies/patching.py) against hand-written hooks on tiny GPT-2, BERT and Llama (GQA)
+models."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from core import patching
-from core.errors import InputError
-from core.patching import (
-    PatchingCache,
+from core.infra.errors import InputError
+from core.model import forward
+from core.run.cache import ResultCache
+from core.studies import patching
+from core.studies.patching import (
     PatchingResult,
     PatchingSettings,
     patch,
@@ -35,7 +37,7 @@ def _settings(kind):
 def sharp_bert(tiny_dirs):
     """The tiny BERT with every matrix ×8: at initialisation scale (std 0.02) its masked prediction barely depends
     on the text (|m_clean − m_corrupted| ~ 1e-3), too little signal to compare patched cells."""
-    from core.models import load_model
+    from core.model.loading import load_model
 
     loaded = load_model(str(tiny_dirs["bert"]), dtype="float32", device="cpu")
     with torch.no_grad():
@@ -147,7 +149,7 @@ def test_sanity_block0_restores_one_and_identity_zero(runs, kind):
 
 def test_batched_grid_equals_one_at_a_time(tiny_llama, monkeypatch):
     batched = run_patching(tiny_llama, *CAUSAL)
-    monkeypatch.setattr(patching, "PATCH_MEMORY_BUDGET", 1)  # chunk of one row: one forward pass per cell
+    monkeypatch.setattr(forward, "PATCH_MEMORY_BUDGET", 1)  # chunk of one row: one forward pass per cell
     single = run_patching(tiny_llama, *CAUSAL)
     for c in patching.COMPONENTS:
         np.testing.assert_allclose(batched.metric[c], single.metric[c], atol=1e-5, rtol=1e-5)
@@ -190,8 +192,8 @@ def _hook_count(model) -> int:
 
 
 def test_hooks_are_gone_afterwards(tiny_llama):
-    from core.analysis import analyze
-    from core.result import results_equal
+    from core.analysis.pipeline import analyze
+    from core.analysis.result import results_equal
 
     before = analyze(tiny_llama, "The dog sat on the log.")
     n = _hook_count(tiny_llama.model)
@@ -204,7 +206,7 @@ def test_hooks_are_gone_afterwards(tiny_llama):
 
 
 def test_result_round_trips_and_is_cached(tiny_gpt2, tmp_path, monkeypatch):
-    cache = PatchingCache(str(tmp_path / "p"))
+    cache = ResultCache(tmp_path / "p")
     try:
         first = patch(tiny_gpt2, *CAUSAL, cache=cache)
         assert not first.cache_hit and first.cache_key
@@ -247,7 +249,7 @@ def test_cli_patch_writes_the_bundle(tiny_dirs, tmp_path, capsys):
     import json
     import zipfile
 
-    from core.cli import main
+    from core.cli.main import main
 
     out = tmp_path / "p.zip"
     rc = main(
@@ -296,7 +298,7 @@ def test_cli_patch_writes_the_bundle(tiny_dirs, tmp_path, capsys):
     ],
 )
 def test_cli_patch_bad_input_is_one_line_and_exit_2(tiny_dirs, tmp_path, capsys, argv, expect):
-    from core.cli import main
+    from core.cli.main import main
 
     try:
         rc = main(["patch", "--model", str(tiny_dirs["gpt2"]), *argv, "--out", str(tmp_path / "o"), "--no-cache"])
@@ -344,7 +346,7 @@ def test_cli_patch_bad_input_as_a_process(tiny_dirs, tmp_path):
 def test_cli_analyze_head_ablation_adds_the_csv(tiny_dirs, tmp_path, capsys):
     import csv
 
-    from core.cli import main
+    from core.cli.main import main
 
     out = tmp_path / "a"
     rc = main(

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from core import analyze
-from core.result import AnalysisResult, results_equal
+from core.analysis.result import AnalysisResult, results_equal
 
 
 def results_close(a, b, rtol: float = 1e-5, atol: float = 1e-6) -> bool:
@@ -45,8 +45,8 @@ IGNORE = ("cache_hit", "timings", "duration_s", "created_at", "last_layer_max_ab
 
 
 def _capture(loaded, text=TEXT):
-    from core.capture import capture
-    from core.settings import AnalysisSettings
+    from core.model.capture import capture
+    from core.run.settings import AnalysisSettings
 
     return capture(loaded, text, AnalysisSettings())
 
@@ -59,9 +59,9 @@ def _capture(loaded, text=TEXT):
 def test_gradient_pass_sdpa_equals_eager(name, request, monkeypatch):
     import torch
 
-    import core.devices as devices
-    from core.attribution import gradient_x_input, integrated_gradients
-    from core.devices import fast_attention
+    import core.infra.devices as devices
+    from core.infra.devices import fast_attention
+    from core.steps.attribution import gradient_x_input, integrated_gradients
 
     loaded = request.getfixturevalue(name)
     cap = _capture(loaded)
@@ -88,8 +88,8 @@ def test_gradient_pass_sdpa_equals_eager(name, request, monkeypatch):
 
 
 def test_generation_sdpa_equals_eager(tiny_llama, monkeypatch):
-    import core.devices as devices
-    from core.predictions import GenerationSettings, generate
+    import core.infra.devices as devices
+    from core.steps.predictions import GenerationSettings, generate
 
     gen = GenerationSettings(max_new_tokens=8, use_chat_template=False)
     fast = generate(tiny_llama, "The cat sat on", gen)
@@ -114,7 +114,7 @@ def _plain_lens_grid(loaded, hidden, c0, c1):
     """Reference: decode every layer at every column of the window, top-1 of softmax."""
     import torch
 
-    from core.logit_lens import lens_decoder
+    from core.steps.logit_lens import lens_decoder
 
     decode, _ = lens_decoder(loaded)
     with torch.inference_mode():
@@ -126,7 +126,7 @@ def _plain_lens_grid(loaded, hidden, c0, c1):
 @pytest.mark.parametrize("name", ["tiny_gpt2", "tiny_bert", "tiny_llama"])
 @pytest.mark.parametrize("window", [None, 3])
 def test_lens_from_model_logits_equals_plain_decoding(name, window, request):
-    from core.logit_lens import compute_logit_lens, grid_window
+    from core.steps.logit_lens import compute_logit_lens, grid_window
 
     loaded = request.getfixturevalue(name)
     cap = _capture(loaded)
@@ -157,7 +157,7 @@ def test_lens_grid_budget_for_the_gpt2_small_shape(monkeypatch):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    import core.logit_lens as LL
+    import core.steps.logit_lens as LL
 
     with torch.device("meta"):
         model = GPT2LMHeadModel(GPT2Config())
@@ -173,7 +173,7 @@ def test_lens_grid_budget_for_the_gpt2_small_shape(monkeypatch):
 def test_exactness_tolerance_is_max_abs_logit():
     import torch
 
-    from core.logit_lens import exactness_tolerance
+    from core.steps.logit_lens import exactness_tolerance
 
     z = torch.tensor([[3.0, -250.0], [7.0, 2.0]])
     assert exactness_tolerance("float32", z) == pytest.approx(1e-4 * 250.0)
@@ -187,7 +187,7 @@ def test_exactness_tolerance_is_max_abs_logit():
 def test_float32_fill_equals_plain_stack():
     import torch
 
-    from core.capture import _stack_float32
+    from core.model.capture import _stack_float32
 
     torch.manual_seed(0)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
@@ -202,7 +202,7 @@ def test_float32_fill_equals_plain_stack():
 
 
 def test_row_entropy_per_layer_equals_whole_array_formula():
-    from core.attention import head_features, row_entropy
+    from core.steps.attention import head_features, row_entropy
 
     rng = np.random.default_rng(0)
     a = rng.random((3, 4, 9, 9)).astype(np.float32)
@@ -221,7 +221,7 @@ def test_row_entropy_per_layer_equals_whole_array_formula():
 
 def _batched_metrics(hidden, keep=None):
     """The plain reference: every layer converted at once, one batched eigendecomposition."""
-    from core import metrics as M
+    from core.steps import metrics as M
 
     H = np.asarray(hidden, dtype=np.float64)
     if keep is not None:
@@ -238,7 +238,7 @@ def _batched_metrics(hidden, keep=None):
 
 @pytest.mark.parametrize("shape", [(13, 40, 96), (4, 30, 16), (3, 1, 8)])
 def test_layer_metrics_layer_by_layer_equal_the_batched_reference(shape):
-    from core.metrics import layer_metrics
+    from core.steps.metrics import layer_metrics
 
     rng = np.random.default_rng(1)
     h = rng.standard_normal(shape).astype(np.float32)
@@ -256,7 +256,7 @@ def test_layer_metrics_layer_by_layer_equal_the_batched_reference(shape):
 
 
 def test_result_arrays_are_views_on_the_serialised_bytes(tiny_gpt2):
-    from core import serialize
+    from core.infra import serialize
 
     r = analyze(tiny_gpt2, TEXT, compute_gradients=False)
     data = r.to_bytes()
@@ -271,7 +271,7 @@ def test_result_arrays_are_views_on_the_serialised_bytes(tiny_gpt2):
 
 
 def test_the_earlier_zip_format_is_still_read(tiny_gpt2):
-    from core import serialize
+    from core.infra import serialize
 
     r = analyze(tiny_gpt2, TEXT, compute_gradients=False)
     arrays: dict[str, np.ndarray] = {}
@@ -286,7 +286,7 @@ def test_the_earlier_zip_format_is_still_read(tiny_gpt2):
 
 
 def _blob(header: dict, payload: bytes = b"") -> bytes:
-    from core import serialize
+    from core.infra import serialize
 
     h = json.dumps(header).encode()
     head = serialize.MAGIC + struct.pack("<Q", len(h)) + h
@@ -294,7 +294,7 @@ def _blob(header: dict, payload: bytes = b"") -> bytes:
 
 
 def test_deserialisation_refuses_object_arrays_and_truncated_data():
-    from core import serialize
+    from core.infra import serialize
 
     ok = _blob(
         {"object": {"__ndarray__": "a0"}, "arrays": {"a0": {"dtype": "<f8", "shape": [2], "offset": 0}}},
@@ -321,8 +321,8 @@ def test_deserialisation_refuses_object_arrays_and_truncated_data():
 def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
     import torch
 
-    import core.models as M
-    from core.errors import ModelUnavailableError
+    import core.model.loading as M
+    from core.infra.errors import ModelUnavailableError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(M, "_mps_available", lambda: True)
@@ -346,7 +346,7 @@ def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
 
 
 def test_device_map_auto_loads_and_analyses_like_a_plain_load(tiny_dirs, tiny_gpt2):
-    from core.models import load_model
+    from core.model.loading import load_model
 
     mapped = load_model(str(tiny_dirs["gpt2"]), dtype="float32", device="cpu", device_map="auto")
     assert mapped.device == "cpu"
@@ -375,10 +375,10 @@ def _steps(loaded) -> dict[str, np.ndarray]:
     analysis, rollout, gradient × input with head scores, integrated gradients (and greedy generation)."""
     import torch
 
-    from core.attention import analyse_attention
-    from core.attribution import attention_rollout, gradient_x_input, integrated_gradients
-    from core.logit_lens import compute_logit_lens
-    from core.metrics import layer_metrics
+    from core.steps.attention import analyse_attention
+    from core.steps.attribution import attention_rollout, gradient_x_input, integrated_gradients
+    from core.steps.logit_lens import compute_logit_lens
+    from core.steps.metrics import layer_metrics
 
     cap = _capture(loaded)
     T = cap.input_ids.shape[1]
@@ -395,7 +395,7 @@ def _steps(loaded) -> dict[str, np.ndarray]:
         ig, fx_ig, f0 = integrated_gradients(loaded, cap.input_ids, cap.attention_mask, pos, pred, steps=4)
     out.update({"gxi": gxi, "head scores": heads, "f": np.array([fx, fx_ig, f0]), "ig": ig})
     if loaded.family == "causal_lm":
-        from core.predictions import GenerationSettings, generate
+        from core.steps.predictions import GenerationSettings, generate
 
         gen = GenerationSettings(max_new_tokens=5, use_chat_template=False)
         out["generated"] = np.array(generate(loaded, "The cat", gen).token_ids, dtype=float)
@@ -421,8 +421,8 @@ def _assert_steps_close(
 def test_every_step_runs_with_layers_placed_by_accelerate(kind, offload, tiny_dirs, tmp_path):
     import torch
 
-    from core.devices import output_device
-    from core.models import load_model
+    from core.infra.devices import output_device
+    from core.model.loading import load_model
 
     plain = load_model(str(tiny_dirs[kind]), dtype="float32", device="cpu")
     placed = _dispatch_offloaded(load_model(str(tiny_dirs[kind]), dtype="float32", device="cpu"), tmp_path, offload)
@@ -441,7 +441,7 @@ def test_half_of_the_blocks_placed_elsewhere(kind, tiny_dirs, tmp_path):
     from accelerate import dispatch_model
     from test_gpu import split_map
 
-    from core.models import load_model
+    from core.model.loading import load_model
 
     plain = load_model(str(tiny_dirs[kind]), dtype="float32", device="cpu")
     placed = load_model(str(tiny_dirs[kind]), dtype="float32", device="cpu")
@@ -456,7 +456,7 @@ def test_input_and_output_devices_follow_the_weights(tiny_llama):
 
     import torch
 
-    from core.devices import input_device, output_device
+    from core.infra.devices import input_device, output_device
 
     model = copy.deepcopy(tiny_llama.model)
     assert input_device(model) == output_device(model) == torch.device("cpu")
@@ -468,7 +468,7 @@ def test_a_cache_hit_maps_the_stored_file(tiny_gpt2, tmp_path):
     """Large entries live in files: the hit's arrays are views on a read-only memory map of the file."""
     import mmap
 
-    from core.cache import ResultCache
+    from core.run.cache import ResultCache
 
     cache = ResultCache(tmp_path / "c")
     r = analyze(tiny_gpt2, TEXT * 3, compute_gradients=False, cache=cache)
@@ -500,9 +500,9 @@ def test_a_cache_hit_maps_the_stored_file(tiny_gpt2, tmp_path):
 )
 def test_analysis_with_logits_at_read_positions_equals_full_logits(name, overrides, request, monkeypatch):
     """analyze() with the head run at the read positions only gives the result of the full [T, V] logits."""
-    import core.analysis as analysis
-    import core.logit_lens as lens_mod
-    from core.capture import PositionLogits
+    import core.analysis.pipeline as analysis
+    import core.steps.logit_lens as lens_mod
+    from core.model.capture import PositionLogits
 
     loaded = request.getfixturevalue(name)
     monkeypatch.setattr(lens_mod, "GRID_MAX_MACS_CPU", 1.0)  # a 2-column grid window, as a long text gets
@@ -533,7 +533,7 @@ def test_analysis_with_logits_at_read_positions_equals_full_logits(name, overrid
 def test_position_logits_index_like_the_full_tensor():
     import torch
 
-    from core.capture import PositionLogits
+    from core.model.capture import PositionLogits
 
     full = torch.arange(40, dtype=torch.float32).reshape(8, 5)
     pl = PositionLogits(full[[1, 2, 3, 6]], [1, 2, 3, 6])
@@ -555,10 +555,10 @@ def test_position_logits_index_like_the_full_tensor():
 def test_half_precision_maps_equal_the_models_and_give_the_float32_sections(tiny_dirs, family):
     import torch
 
-    from core.attention import analyse_attention
-    from core.attribution import attention_rollout
-    from core.bundle import bundle_files
-    from core.models import load_model
+    from core.export.bundle import bundle_files
+    from core.model.loading import load_model
+    from core.steps.attention import analyse_attention
+    from core.steps.attribution import attention_rollout
 
     loaded = load_model(str(tiny_dirs[family]), dtype="bfloat16", device="cpu")
     r = analyze(loaded, TEXT, compute_gradients=False)
@@ -591,7 +591,7 @@ def test_half_precision_maps_equal_the_models_and_give_the_float32_sections(tiny
 def test_checkpointed_gradient_pass_equals_the_plain_one(name, request):
     import torch
 
-    from core.attribution import _block_list, gradient_x_input
+    from core.steps.attribution import _block_list, gradient_x_input
 
     loaded = request.getfixturevalue(name)
     cap = _capture(loaded)
@@ -616,7 +616,7 @@ def test_checkpointed_gradient_pass_equals_the_plain_one(name, request):
 
 
 def test_checkpointing_is_chosen_by_the_activation_estimate(tiny_gpt2, monkeypatch):
-    import core.attribution as attribution
+    import core.steps.attribution as attribution
 
     seen = []
     real = attribution.checkpointed_blocks

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.analysis import analyze
-from core.errors import InputError
-from core.predictions import (
+from core.analysis.pipeline import analyze
+from core.analysis.result import AnalysisResult, results_equal
+from core.infra.errors import InputError
+from core.steps.predictions import (
     UNAVAILABLE_MESSAGE,
     GenerationSettings,
     PredictionSection,
@@ -18,7 +19,6 @@ from core.predictions import (
     generate_stream,
     prompt_ids,
 )
-from core.result import AnalysisResult, results_equal
 
 FAST = {"compute_gradients": False}
 
@@ -112,7 +112,7 @@ def test_predictions_survive_round_trip(tiny_bert, tiny_gpt2, minilm):
 
 
 def test_analyze_never_generates(tiny_gpt2, tiny_llama, monkeypatch):
-    import core.predictions as P
+    import core.steps.predictions as P
 
     def boom(*a, **k):
         raise AssertionError("generation ran inside analyze()")
@@ -298,7 +298,7 @@ def test_generation_rejects_empty_text(tiny_gpt2):
 
 
 def test_cli_generate_streams_the_continuation(tiny_dirs, tiny_gpt2, capsys):
-    from core.cli import main
+    from core.cli.main import main
 
     rc = main(
         [
@@ -320,7 +320,7 @@ def test_cli_generate_streams_the_continuation(tiny_dirs, tiny_gpt2, capsys):
 
 
 def test_cli_generate_refuses_a_masked_lm(tiny_dirs, capsys):
-    from core.cli import EXIT_INPUT, main
+    from core.cli.main import EXIT_INPUT, main
 
     rc = main(["generate", "--model", str(tiny_dirs["bert"]), "--text", "The cat"])
     err = capsys.readouterr().err
@@ -329,7 +329,7 @@ def test_cli_generate_refuses_a_masked_lm(tiny_dirs, capsys):
 
 
 def test_cli_analyze_explains_how_to_mask(tiny_dirs, tmp_path, monkeypatch, capsys):
-    from core.cli import main
+    from core.cli.main import main
 
     monkeypatch.setenv("TMA_RUNS_DIR", str(tmp_path / "runs"))
     rc = main(

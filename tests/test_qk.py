@@ -8,14 +8,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.qk import QK_MAX_BYTES, QKSection, bounded, compute_qk, qk_view
+from core.steps.qk import QK_MAX_BYTES, QKSection, bounded, compute_qk, qk_view
 
 TEXT = "The quick brown fox jumps over the lazy dog. The cat sat on the mat."
 
 
 def _capture(loaded, text=TEXT):
-    from core.capture import capture
-    from core.settings import AnalysisSettings
+    from core.model.capture import capture
+    from core.run.settings import AnalysisSettings
 
     return capture(loaded, text, AnalysisSettings())
 
@@ -222,7 +222,7 @@ def test_unsupported_architecture_says_so():
     import torch
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    from core.qk import attention_parts
+    from core.steps.qk import attention_parts
 
     torch.manual_seed(0)
     model = Gemma2ForCausalLM(

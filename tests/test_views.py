@@ -1,4 +1,4 @@
-"""core/views.py: the tables behind the app's charts, against hand computations; and the Altair builders."""
+"""core/present/tables.py: the tables behind the app's charts, against hand computations; and the Altair builders."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from fakes import result_with_metrics
 
-from core import views
-from core.figures import metric_correlations
-from core.logit_lens import LensSection
-from core.metrics import METRIC_NAMES
-from core.predictions import PredictionSection
+from core.present import tables as views
+from core.present.summaries import metric_correlations
+from core.steps.logit_lens import LensSection
+from core.steps.metrics import METRIC_NAMES
+from core.steps.predictions import PredictionSection
 
 RES = result_with_metrics(
     {
@@ -38,8 +38,8 @@ def test_normalised_metrics_hand_values():
 
 
 def test_correlations_match_pandas_on_the_page_table():
-    """core.figures.metric_correlations (what the page and the PDF show) against pandas' own .corr."""
-    from core.figures import metric_correlations
+    """core.present.summaries.metric_correlations (what the page and the PDF show) against pandas' own .corr."""
+    from core.present.summaries import metric_correlations
 
     frame = RES.metrics_frame().set_index("layer")[list(METRIC_NAMES)]
     for method in ("pearson", "spearman"):

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from core import analysis
-from core.analysis import VIEWS, add_views, analyze, view_names
-from core.errors import InputError
-from core.result import results_equal
+from core.analysis import pipeline as analysis
+from core.analysis.pipeline import VIEWS, add_views, analyze, view_names
+from core.analysis.result import results_equal
+from core.infra.errors import InputError
 
 TEXT = "The cat sat on the mat because the mat was warm and the cat was tired."
 IGNORE = ("cache_hit", "timings", "duration_s", "created_at")
@@ -76,7 +76,7 @@ def test_view_names():
 
 
 def test_bundle_of_a_core_result_says_the_views_were_not_computed(tiny_gpt2):
-    from core.peer_plots import unavailable_line
+    from core.figures.routes import unavailable_line
 
     r = analyze(tiny_gpt2, TEXT, compute_gradients=False)
     assert "not computed in this run" in (unavailable_line(r, "dla") or "")
@@ -88,7 +88,7 @@ def test_app_export_adds_every_view_and_survives_a_failure(tiny_gpt2, tiny_dirs,
     """The sidebar's download callback: a result without views is completed before the ZIP is built; when the
     model cannot be had, the ZIP is built from the result as it is."""
     import app.sidebar as sidebar
-    from core.options import ExportOptions
+    from core.infra.options import ExportOptions
 
     built = []
     monkeypatch.setattr(sidebar, "build_zip", lambda r, options, save=False: built.append(r) or b"zip")

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from app.state import Keys
-from core import chart_spec, docs
-from core.settings import AnalysisSettings
+from core.present import chart_spec, docs
+from core.run.settings import AnalysisSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = str(ROOT / "app" / "main.py")
@@ -123,7 +123,7 @@ def test_page_text_is_for_people(results, family, page):
 def pdf_text(result) -> str:
     from pypdf import PdfReader
 
-    from core.report import build_report
+    from core.export.report import build_report
 
     reader = PdfReader(io.BytesIO(build_report(result)))
     return "\n".join(p.extract_text() or "" for p in reader.pages)

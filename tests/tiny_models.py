@@ -235,8 +235,8 @@ def tiny_family(kind: str):
 
 
 def tiny_family_loaded(kind: str):
-    """A core.models.LoadedModel around tiny_family(kind) (in memory, float32, CPU)."""
-    from core.models import LoadedModel, detect_family
+    """A core.model.loading.LoadedModel around tiny_family(kind) (in memory, float32, CPU)."""
+    from core.model.loading import LoadedModel, detect_family
 
     model, tok = tiny_family(kind)
     cfg = model.config

@@ -1,0 +1,177 @@
+"""Shared pieces of the CLI's subcommands (core.cli.main and core/cli_*.py): the one-line parser, exit codes, reading a
+text argument, the model options, AnalysisSettings' fields as options, and the --out checks and one-line messages.
+
+Errors end with a non-zero exit and one line on stderr: EXIT_INPUT (2) for bad arguments or input, EXIT_MODEL (1)
+for a model that cannot be loaded, EXIT_INTERNAL (3) for a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from core.infra.errors import InputError
+from core.infra.presets import BUNDLED_ID, PRESET_IDS
+from core.run.settings import (
+    DEVICES,
+    DTYPES,
+    AnalysisSettings,
+    field_kind,
+    max_text_chars,
+    setting_fields,
+)
+
+EXIT_MODEL, EXIT_INPUT, EXIT_INTERNAL = 1, 2, 3
+#: Bytes read at most from a text file (the character bound of AnalysisSettings.check_text applies after).
+MAX_TEXT_BYTES = 1_000_000
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints usage + message on an error; we print one line and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_INPUT, f"error: {message} (see --help)\n")
+
+
+def fail(message: str) -> NoReturn:
+    """Stop the subcommand with a bad-input error (exit 2, one line)."""
+    raise InputError(message)
+
+
+def add_model_options(p: argparse.ArgumentParser, *, flag: str = "--model", required: bool = True) -> None:
+    p.add_argument(
+        flag,
+        required=required,
+        help=f"Hugging Face id, local model folder, or a preset ({', '.join(PRESET_IDS)}); "
+        f"'{BUNDLED_ID}' is bundled and works offline",
+    )
+
+
+def add_load_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dtype", default="auto", choices=list(DTYPES), help="weights dtype (auto: float32 on CPU, bfloat16 on a GPU)"
+    )
+    p.add_argument(
+        "--device", default="auto", choices=list(DEVICES), help="device (auto: CUDA, then Apple MPS, then the CPU)"
+    )
+    p.add_argument(
+        "--device-map",
+        default=None,
+        choices=["auto", "none"],
+        help="auto: spread the layers over the GPUs (then the CPU) through accelerate, for models larger "
+        "than one GPU (default: none, the whole model on --device)",
+    )
+
+
+def add_text_options(p: argparse.ArgumentParser, name: str = "text", *, required: bool = True) -> None:
+    """--<name> TEXT | --<name>-file FILE ('-' = standard input)."""
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument(f"--{name}", help=f"the {name.replace('_', ' ')}")
+    g.add_argument(f"--{name}-file", type=Path, help="read it from this UTF-8 file ('-' for standard input)")
+
+
+def read_text(args: argparse.Namespace, name: str = "text") -> str | None:
+    """The text of --<name> or --<name>-file (None when neither was given), checked by AnalysisSettings."""
+    value = getattr(args, name, None)
+    path: Path | None = getattr(args, f"{name}_file", None)
+    if value is None and path is None:
+        return None
+    if value is None:
+        assert path is not None
+        if str(path) == "-":
+            value = sys.stdin.read(MAX_TEXT_BYTES + 1)
+        else:
+            value = _read_text_file(path)
+    return AnalysisSettings.check_text(value)
+
+
+def _read_text_file(path: Path) -> str:
+    """A UTF-8 text file's content, or a one-line InputError that says what is wrong with the path."""
+    shown = str(path) if len(str(path)) <= 120 else str(path)[:119] + "…"
+    try:
+        if path.is_dir():
+            fail(f"text file '{shown}' is a folder, not a file")
+        if not path.is_file():
+            fail(f"text file '{shown}' does not exist")
+        if path.stat().st_size > MAX_TEXT_BYTES:
+            fail(
+                f"text file '{shown}' is larger than {MAX_TEXT_BYTES:,} bytes (texts are limited to "
+                f"{max_text_chars():,} characters)"
+            )
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        fail(f"text file '{shown}' is not UTF-8 text")
+    except OSError as exc:  # a name too long, no permission, a device that cannot be read…
+        fail(f"text file '{shown}' cannot be read ({exc.strerror or type(exc).__name__})")
+
+
+def _flag(f: dataclasses.Field[Any]) -> str:
+    return str(f.metadata.get("cli") or "--" + f.name.replace("_", "-"))
+
+
+def add_settings_options(p: argparse.ArgumentParser) -> None:
+    """One option per AnalysisSettings field, with its help text and default (a new field appears by itself):
+    a bool that defaults to False is a switch `--name`; one that defaults to True is `--no-name`; int and str
+    fields take a value."""
+    g = p.add_argument_group("analysis settings")
+    for f in setting_fields():
+        kind, default = field_kind(f), f.default
+        help_text = str(f.metadata["help"])
+        if kind is bool:
+            action = "store_false" if default else "store_true"
+            flag = _flag(f) if f.metadata.get("cli") else ("--no-" if default else "--") + f.name.replace("_", "-")
+            g.add_argument(flag, dest=f.name, action=action, default=default, help=help_text)
+        else:
+            shown = "" if default is None else f" (default {default})"
+            g.add_argument(_flag(f), dest=f.name, type=kind, default=default, help=help_text + shown)
+
+
+def settings_from_args(args: argparse.Namespace) -> AnalysisSettings:
+    """AnalysisSettings from the options made by add_settings_options."""
+    return AnalysisSettings(**{f.name: getattr(args, f.name) for f in setting_fields()})
+
+
+def out_path(value: str) -> Path:
+    """argparse type of --out: an empty value would become '.' (the bundle spilled into the working folder)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("empty; give a path ending in .zip, or a folder")
+    return Path(value)
+
+
+def check_out(out: Path) -> None:
+    """Fail (exit 2) before any analysis when `out` cannot be written: the nearest existing folder on its way must
+    be a folder we can create a file in (probed for real, so a read-only mount is caught as well as permissions)."""
+    import tempfile
+
+    try:
+        if out.exists() and out.is_file() and out.suffix.lower() != ".zip":
+            fail(f"--out '{out}' is an existing file; give a .zip path or a folder")
+        if out.exists() and out.is_dir() and out.suffix.lower() == ".zip":
+            fail(f"--out '{out}' is an existing folder; give another .zip path")
+        folder = out.parent if out.suffix.lower() == ".zip" else out
+        probe = folder
+        while not probe.exists():
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+        if not probe.is_dir():
+            fail(f"--out '{out}' cannot be created: '{probe}' is a file, not a folder")
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".tma-write-check-"):
+            pass
+    except OSError as exc:
+        fail(f"--out '{out}' is not writable ({exc.strerror or type(exc).__name__})")
+
+
+def print_warnings(warnings: list[str]) -> None:
+    """The result's warnings (truncation, ignored options, cache faults) on stderr, one line each."""
+    for w in warnings:
+        sys.stderr.write(f"warning: {one_line(w)}\n")
+
+
+def one_line(message: str, limit: int = 400) -> str:
+    """A message as one short line: newlines folded, long ones shortened."""
+    s = " ".join(str(message).split())
+    return s if len(s) <= limit else s[: limit - 1] + "…"

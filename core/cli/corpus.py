@@ -1,0 +1,171 @@
+"""`python -m core corpus`: corpus mode from the command line.
+
+    python -m core corpus --model M --text-file F --out OUT(.zip|dir)
+    python -m core corpus --model M --csv F --column C --out OUT
+
+Writes the corpus bundle (core.export.corpus_bundle) with a progress bar on standard error (tqdm). Bad input ends with
+one line on stderr and exit 2 (1: model unavailable, 3: unexpected failure), like `analyze`; nothing is written
+unless the whole analysis succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from core.cli.common import add_load_options, add_model_options, fail
+from core.infra.guards import DEFAULT_MAX_CORPUS_TEXTS, max_corpus_texts
+from core.studies.corpus import ENV_MAX_TEXTS, CorpusSettings, CorpusTexts
+
+NAME = "corpus"
+
+
+def _setting_help(name: str) -> str:
+    import dataclasses
+
+    f = {f.name: f for f in dataclasses.fields(CorpusSettings)}[name]
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    bounds = f"; {lo} to {hi}" if lo is not None else ""
+    return f"{f.metadata['help']} (default {f.default}{bounds})".replace("%", "%%")
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """Register the `corpus` subcommand on the subparsers object `sub` (its `run` is set as the default)."""
+    c = sub.add_parser(
+        NAME,
+        help="layer geometry over a corpus of texts, with bootstrap intervals",
+        description=(
+            "Analyse many texts: pooled per-layer metrics (effective rank, participation ratio, d95, TwoNN, "
+            "two anisotropies, linearity) with 95 % bootstrap intervals over texts, and the single-text "
+            "metrics of every text. Writes corpus_metrics.csv, per_text_metrics.csv, manifest.json, "
+            "plots/*.png and report.pdf to a .zip or a folder."
+        ),
+    )
+    add_model_options(c)
+    src = c.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text-file", type=Path, help="UTF-8 text file, one text per line ('-' for standard input)")
+    src.add_argument("--csv", type=Path, help="UTF-8 CSV file with a header row (pick the column with --column)")
+    c.add_argument("--column", default=None, help="the CSV column that holds the texts (with --csv)")
+    c.add_argument("--out", required=True, type=Path, help="output: a path ending in .zip, or a folder")
+    c.add_argument(
+        "--max-texts",
+        type=int,
+        default=None,
+        help=f"refuse a corpus with more texts than this (default ${ENV_MAX_TEXTS}, else {DEFAULT_MAX_CORPUS_TEXTS})",
+    )
+    for name in ("max_tokens", "batch_size", "bootstrap", "max_points", "seed", "bootstrap_rank"):
+        c.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=_setting_help(name))
+    c.add_argument("--include-special-tokens", action="store_true", help=_setting_help("include_special_tokens"))
+    add_load_options(c)
+    c.add_argument("--no-cache", action="store_true", help="do not read or write the result cache")
+    c.add_argument("--cache-dir", type=Path, default=None, help="result cache folder (default $TMA_CACHE_DIR)")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.add_argument("--quiet", action="store_true", help="print nothing on success (implies --no-progress)")
+    c.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    c.set_defaults(run=run)
+    return c
+
+
+def _read(path: Path, what: str) -> bytes:
+    from core.studies.corpus import MAX_CORPUS_BYTES
+
+    if str(path) == "-":
+        data = sys.stdin.buffer.read(MAX_CORPUS_BYTES + 1)
+    else:
+        if not path.is_file():
+            fail(f"{what} '{path}' does not exist")
+        if path.stat().st_size > MAX_CORPUS_BYTES:
+            fail(f"{what} '{path}' is larger than {MAX_CORPUS_BYTES // (1024 * 1024)} MB")
+        data = path.read_bytes()
+    return data
+
+
+def read_corpus(args: argparse.Namespace) -> CorpusTexts:
+    """The texts named by --text-file or --csv/--column, checked against the limit before any model is loaded."""
+    from core.studies.corpus import texts_from_csv, texts_from_lines
+
+    limit = args.max_texts if args.max_texts is not None else max_corpus_texts()
+    if limit < 1:
+        fail("--max-texts must be at least 1")
+    if args.csv is not None:
+        if not args.column:
+            fail("--csv needs --column (the column that holds the texts)")
+        return texts_from_csv(_read(args.csv, "CSV file"), args.column, limit=limit, what=f"CSV file '{args.csv}'")
+    if args.column:
+        fail("--column applies to --csv only")
+    return texts_from_lines(_read(args.text_file, "text file"), limit=limit, what=f"text file '{args.text_file}'")
+
+
+def settings_from_args(args: argparse.Namespace) -> CorpusSettings:
+    given = {
+        name: getattr(args, name)
+        for name in ("max_tokens", "batch_size", "bootstrap", "max_points", "seed", "bootstrap_rank")
+        if getattr(args, name) is not None
+    }
+    return CorpusSettings(include_special_tokens=args.include_special_tokens, **given)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the `corpus` subcommand; raises core.infra.errors exceptions for the CLI's one-line error handling."""
+    from core.export.corpus_bundle import corpus_bundle_files, write_bundle
+    from core.run.cache import ResultCache
+    from core.studies.corpus import analyze_corpus
+
+    out: Path = args.out
+    if out.exists() and out.is_file() and out.suffix.lower() != ".zip":
+        fail(f"--out '{out}' is an existing file; give a .zip path or a folder")
+    settings = settings_from_args(args)
+    corpus = read_corpus(args)
+    t0 = time.perf_counter()
+    show = not (args.quiet or args.no_progress)
+    bars: dict[str, Any] = {}
+
+    def progress(done: int, total: int, stage: str) -> None:
+        if not show:
+            return
+        from tqdm import tqdm
+
+        if stage not in bars:
+            for b in bars.values():
+                b.close()
+            bars[stage] = tqdm(
+                total=total,
+                unit="text" if stage == "texts" else "layer",
+                file=sys.stderr,
+                desc="forward passes" if stage == "texts" else "pooled metrics",
+                leave=False,
+                dynamic_ncols=True,
+            )
+        bar = bars[stage]
+        bar.update(done - bar.n)
+
+    cache = None if args.no_cache else ResultCache(args.cache_dir)
+    try:
+        result = analyze_corpus(
+            args.model,
+            corpus,
+            settings,
+            progress,
+            cache=cache,
+            dtype=args.dtype,
+            device=args.device,
+            limit=args.max_texts if args.max_texts is not None else None,
+        )
+    finally:
+        for b in bars.values():
+            b.close()
+        if cache is not None:
+            cache.close()
+    path = write_bundle(corpus_bundle_files(result), out)
+    if not args.quiet:
+        lines = [
+            f"wrote {path} ({result.model.model_id}, {result.n_texts} texts, "
+            f"{int(result.n_points.max())} pooled points, {result.n_layers - 1} layers, "
+            f"{'cache hit' if result.cache_hit else 'computed'}, {time.perf_counter() - t0:.1f} s)"
+        ]
+        lines += [f"note: {w}" for w in result.warnings]
+        sys.stdout.write("".join(line + "\n" for line in lines))
+    return 0

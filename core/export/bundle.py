@@ -1,0 +1,113 @@
+"""The analysis bundle: one pure function from a result to named files. The app's ZIP export and the CLI both use
+`bundle_files`, so the two hold the same files (the session log aside).
+
+`WRITERS` is the explicit, ordered list of writer functions `writer(result, options) -> {name: bytes}`; the PDF
+report runs last, on purpose outside the list, because it embeds the plots/*.png the writers made. Member names are
+fixed, safe names, never derived from user text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.analysis.result import AnalysisResult
+from core.export.hidden_states import hidden_states_files
+from core.export.report import report_files
+from core.export.session_log import session_log_files
+from core.figures.attention import attention_bundle_files
+from core.figures.causal import head_ablation_files
+from core.figures.metrics import figure_files
+from core.figures.neurons import neuron_factor_files
+from core.figures.predictions import prediction_bundle_files
+from core.figures.qk import query_key_files
+from core.figures.routes import peer_bundle_files
+from core.infra.formats import csv_bytes, json_bytes, npy_bytes, write_files
+from core.infra.options import ExportOptions
+from core.infra.threads import gc_paused
+from core.steps.metrics import METRIC_NAMES
+
+__all__ = ["WRITERS", "ExportOptions", "bundle_files", "manifest", "write_bundle"]
+
+Writer = Callable[[AnalysisResult, ExportOptions], dict[str, bytes]]
+
+
+def manifest(result: AnalysisResult) -> dict[str, Any]:
+    m = result.model
+    return {
+        "model_id": m.model_id,
+        "family": m.family,
+        "source": m.source,
+        "revision": m.revision,
+        "local_path": m.local_path,
+        "architecture": m.architecture,
+        "dtype": m.dtype,
+        "device": m.device,
+        "attn_implementation": m.attn_implementation,
+        "text": result.text,
+        "analysed_text": result.analysed_text,
+        "token_count": result.n_tokens,
+        "layers": result.n_layers,
+        "heads": result.n_heads,
+        "hidden_size": m.hidden_size,
+        "settings": result.settings.to_dict(),
+        "metric_tokens": result.metric_tokens,
+        "last_hidden_state_before_final_norm": result.final_norm,
+        "target_position": result.target_position,
+        "target_token": result.tokens[result.target_position] if result.tokens else None,
+        "target_reason": result.target_reason,
+        "core_version": result.core_version,
+        "package_versions": result.versions,
+        "created_at": result.created_at,
+        "duration_s": round(result.duration_s, 4),
+        "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
+        "cache_hit": result.cache_hit,
+        "warnings": list(result.warnings),
+    }
+
+
+def foundation_files(result: AnalysisResult, options: ExportOptions) -> dict[str, bytes]:
+    """manifest.json, layer_metrics.csv, attentions.npy (float32 [L, H, T, T]), tokens.json."""
+    header = ["layer", *METRIC_NAMES]
+    rows = [[r["layer"], *(r[m] for m in METRIC_NAMES)] for r in result.metrics_table()]
+    return {
+        "manifest.json": json_bytes(manifest(result)),
+        "layer_metrics.csv": csv_bytes(header, rows),
+        "attentions.npy": npy_bytes(result.attentions.astype(np.float32)),
+        "tokens.json": json_bytes(result.tokens),
+    }
+
+
+#: The writers, in order. Each returns {member name: bytes}; the report is added after them (see bundle_files).
+WRITERS: list[Writer] = [
+    foundation_files,
+    figure_files,
+    session_log_files,
+    hidden_states_files,
+    prediction_bundle_files,
+    attention_bundle_files,
+    peer_bundle_files,
+    head_ablation_files,
+    neuron_factor_files,
+    query_key_files,
+]
+
+
+def bundle_files(result: AnalysisResult, options: ExportOptions | None = None) -> dict[str, bytes]:
+    """All bundle members as {safe name: bytes}: every writer of WRITERS, then report.pdf (which embeds the
+    plots/*.png written before it)."""
+    opts = options or ExportOptions()
+    files: dict[str, bytes] = {}
+    with gc_paused():  # thousands of short-lived matplotlib objects: see core.infra.threads.gc_paused
+        for writer in WRITERS:
+            files.update(writer(result, opts))
+        files.update(report_files(result, files, opts))
+    return files
+
+
+def write_bundle(result: AnalysisResult, out: str | Path, options: ExportOptions | None = None) -> Path:
+    """Build the bundle of `result` and write it to `out` (.zip or folder). Returns the path written."""
+    return write_files(bundle_files(result, options), out)

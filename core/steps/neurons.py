@@ -1,0 +1,265 @@
+"""Neuron factors: non-negative matrix factorisation of the MLP neuron activations over the tokens (Ecco's view).
+
+What "the neuron activations" are, for every architecture: the input of the MLP's output projection, i.e. the
+vector the last linear map of the MLP reads. That is act(W_in x) for GPT-2 (gelu_new), BERT/MiniLM (gelu) and
+OPT, and act(gate(x)) * up(x) for the gated MLPs of Llama, Mistral, Qwen2, Gemma (SwiGLU / GeGLU). One forward
+pre-hook on that projection captures it, whatever the activation function is.
+
+The factorisation (as Ecco's `NMF` class does it, rewritten here):
+    A[t, (l, n)] = max(a_l[t, n], 0)          tokens × (layers in the range · neurons per layer)
+    A ≈ W H,   W ≥ 0 [T, k] (how strongly each token expresses factor f),   H ≥ 0 [k, N] (the neurons of f)
+solved by scikit-learn's NMF (coordinate descent, Frobenius loss, NNDSVDa initialisation seeded by `seed`,
+tolerance 1e-3, at most 30 iterations). Ecco uses init='random', max_iter=500; NNDSVDa starts close to the optimum:
+after 30 iterations the error is within 0.1 % of the fully converged one (tol 1e-4, 200–230 iterations) both on
+the trained MiniLM and on a random-weight GPT-2 at 128 tokens, at an eighth of the cost (each iteration is two
+T × N × k products). The error reached and the iteration count are stored with the factors.
+Negative activations are clipped at 0, as Ecco does (NMF needs A ≥ 0). For GELU each negative value is small
+(≥ −0.17) and reads as "not firing", but most neurons sit slightly below zero at most tokens, so the clipped share
+of the total mass is large even so (about half on MiniLM); for a gated MLP act(gate)·up is signed and a clipped
+value can be as large as a kept one. The clipped share Σ|min(a, 0)| / Σ|a| is recorded in the section so that the
+page and the PDF can say how much was discarded.
+
+The activations are captured by one hooked forward pass inside the analysis step that stops right after the last
+layer of the range (no final norm, no unembedding); widget changes only re-read the stored factors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from core.infra import serialize
+
+if TYPE_CHECKING:
+    import torch
+
+    from core.steps.context import StepContext
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FACTORS = 6
+DEFAULT_SEED = 0
+TOP_NEURONS = 20  # neurons kept per factor (the page shows the first ten)
+MAX_ITER = 30  # coordinate-descent sweeps: within 0.1 % of the converged error (MiniLM, random GPT-2, 128 tokens)
+TOL = 1e-3  # stopping tolerance: 2–4× fewer iterations than 1e-4 for a relative error within 0.1 % of it
+
+
+def mlp_output_projections(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The MLP output projection of every block, in layer order, from core/model/arch.py's map (`Block.mlp_out`):
+    GPT-2 `mlp.c_proj`, Llama/Mistral/Qwen2/Gemma-2/Phi-3 `mlp.down_proj`, BERT/MiniLM/RoBERTa `output.dense`,
+    GPT-NeoX `mlp.dense_4h_to_h`, OPT `fc2`, DistilBERT `ffn.lin2`.
+
+    Raises ValueError("neuron factors are not available for <architecture> …") for an architecture the map does not
+    know (the step turns it into a visible warning).
+    """
+    from core.model.arch import try_model_parts
+
+    parts, why = try_model_parts(model, "neuron factors", "are")
+    if parts is None:
+        raise ValueError(why)
+    return [block.mlp_out for block in parts.blocks]
+
+
+class _Stop(Exception):
+    """Raised by the last hook: the layers after the range (and the unembedding) are not needed."""
+
+
+def capture_mlp_activations(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, layers: Sequence[int]
+) -> np.ndarray:
+    """One forward pass that records the input of each chosen layer's MLP output projection.
+
+    input_ids, attention_mask: [1, T]. Returns float32 [len(layers), T, d_ff] (batch row 0), in `layers` order.
+    The pass stops after the last chosen layer.
+    """
+    import torch
+
+    projections = mlp_output_projections(model)
+    wanted = sorted({int(layer) for layer in layers})
+    if not wanted or wanted[0] < 0 or wanted[-1] >= len(projections):
+        raise ValueError(f"layers {list(layers)} are outside 0…{len(projections) - 1}")
+    last = wanted[-1]
+    T = int(input_ids.shape[1])
+    got: dict[int, np.ndarray] = {}
+    handles = []
+
+    def make_hook(layer: int) -> Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], None]:
+        def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            x = args[0]  # [1, T, d_ff]; OPT flattens it to [T, d_ff]
+            got[layer] = x.reshape(-1, T, x.shape[-1])[0].detach().float().cpu().numpy()
+            if layer == last:
+                raise _Stop
+
+        return hook
+
+    try:
+        for layer in wanted:
+            handles.append(projections[layer].register_forward_pre_hook(make_hook(layer)))
+        with torch.inference_mode():
+            try:
+                model(input_ids=input_ids, attention_mask=attention_mask)
+            except _Stop:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [layer for layer in wanted if layer not in got]
+    if missing:
+        raise RuntimeError(f"the MLP output projection of layer(s) {missing} was never called")
+    return np.stack([got[int(layer)] for layer in layers]).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class Factorization:
+    """NMF of one non-negative matrix A [T, N] ≈ W [T, k] @ H [k, N]; `error` = ‖A − WH‖_F as the solver reports
+    it (reconstruction_err_), `norm` = ‖A‖_F."""
+
+    W: np.ndarray
+    H: np.ndarray
+    error: float
+    norm: float
+    n_iter: int
+
+
+def factorize(A: np.ndarray, k: int, seed: int = DEFAULT_SEED, max_iter: int = MAX_ITER) -> Factorization:
+    """NMF of a non-negative A [T, N] with min(k, T, N) factors (scikit-learn, NNDSVDa init seeded by `seed`).
+
+    An all-zero A gives zero factors (the solver cannot start from it)."""
+    import warnings
+
+    from sklearn.decomposition import NMF
+    from sklearn.exceptions import ConvergenceWarning
+
+    A = np.ascontiguousarray(A, dtype=np.float32)
+    if A.ndim != 2 or (A < 0).any():
+        raise ValueError("factorize needs a non-negative 2-D matrix")
+    T, N = A.shape
+    k = max(1, min(int(k), T, N))
+    norm = float(np.linalg.norm(A))
+    if norm == 0.0:
+        return Factorization(np.zeros((T, k), np.float32), np.zeros((k, N), np.float32), 0.0, 0.0, 0)
+    nmf = NMF(n_components=k, init="nndsvda", solver="cd", tol=TOL, random_state=seed, max_iter=max_iter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        W = nmf.fit_transform(A)
+    return Factorization(
+        W.astype(np.float32), nmf.components_.astype(np.float32), float(nmf.reconstruction_err_), norm, int(nmf.n_iter_)
+    )
+
+
+@serialize.serializable
+@dataclass(frozen=True)
+class NeuronFactorSection:
+    """Neuron factors of one analysis.
+
+    Shapes: T = tokens, k = factors, n = TOP_NEURONS (or fewer when the range has fewer neurons).
+    layers: the block indices whose MLP neurons entered the factorisation (0-based, contiguous).
+    d_ff: neurons per layer (the width of the MLP output projection's input).
+    token_factors: float32 [T, k], W of the NMF: factor f's strength at each token (the token shading).
+    top_layer, top_neuron: int32 [k, n], the neurons with the largest weight in H[f], largest first.
+    top_weight: float32 [k, n], those weights.
+    error: ‖A − WH‖_F (scikit-learn's reconstruction_err_); relative_error: error / ‖A‖_F.
+    clipped_fraction: Σ|min(a, 0)| / Σ|a| over the range, the share of activation mass removed by the clipping.
+    """
+
+    layers: tuple[int, ...]
+    d_ff: int
+    n_factors: int
+    seed: int
+    token_factors: np.ndarray
+    top_layer: np.ndarray
+    top_neuron: np.ndarray
+    top_weight: np.ndarray
+    error: float
+    relative_error: float
+    clipped_fraction: float
+    n_iter: int
+
+    def factor_rows(self, tokens: Sequence[str]) -> list[list[object]]:
+        """Rows of neuron_factors.csv: factor, position, token, activation (W[position, factor])."""
+        T, k = self.token_factors.shape
+        return [[f, t, tokens[t], float(self.token_factors[t, f])] for f in range(k) for t in range(T)]
+
+    def top_rows(self) -> list[list[object]]:
+        """Rows of neuron_factor_neurons.csv: factor, rank, layer, neuron, weight (H[factor, neuron])."""
+        k, n = self.top_layer.shape
+        return [
+            [f, r, int(self.top_layer[f, r]), int(self.top_neuron[f, r]), float(self.top_weight[f, r])]
+            for f in range(k)
+            for r in range(n)
+        ]
+
+
+def neuron_factors(
+    acts: np.ndarray,
+    layers: Sequence[int],
+    k: int = DEFAULT_FACTORS,
+    seed: int = DEFAULT_SEED,
+    top_n: int = TOP_NEURONS,
+) -> tuple[NeuronFactorSection, Factorization]:
+    """Factorise activations acts [len(layers), T, d_ff] (as captured) into a section (and the raw factorisation).
+
+    The matrix is A = max(acts, 0) laid out as [T, len(layers)·d_ff], column (i, n) = layer layers[i], neuron n.
+    """
+    if acts.ndim != 3 or acts.shape[0] != len(layers):
+        raise ValueError(f"expected activations [{len(layers)}, T, d_ff], got {acts.shape}")
+    n_layers, T, d_ff = acts.shape
+    A = np.maximum(acts, 0.0).transpose(1, 0, 2).reshape(T, n_layers * d_ff)
+    total = float(np.abs(acts).sum(dtype=np.float64))
+    clipped = float(-np.minimum(acts, 0.0).sum(dtype=np.float64))
+    fac = factorize(A, k, seed)
+    n = min(top_n, A.shape[1])
+    order = np.argsort(-fac.H, axis=1, kind="stable")[:, :n]
+    section = NeuronFactorSection(
+        layers=tuple(int(x) for x in layers),
+        d_ff=int(d_ff),
+        n_factors=int(fac.W.shape[1]),
+        seed=int(seed),
+        token_factors=fac.W,
+        top_layer=np.asarray(layers, dtype=np.int32)[order // d_ff],
+        top_neuron=(order % d_ff).astype(np.int32),
+        top_weight=np.take_along_axis(fac.H, order, axis=1).astype(np.float32),
+        error=fac.error,
+        relative_error=fac.error / fac.norm if fac.norm > 0 else 0.0,
+        clipped_fraction=clipped / total if total > 0 else 0.0,
+        n_iter=fac.n_iter,
+    )
+    return section, fac
+
+
+def layer_range(n_layers: int, first: int | None, last: int | None) -> list[int]:
+    """The contiguous block indices first … last (inclusive); None means the model's first / last block."""
+    lo = 0 if first is None else int(first)
+    hi = n_layers - 1 if last is None else min(int(last), n_layers - 1)
+    if lo < 0 or lo > hi:
+        raise ValueError(f"the neuron layer range {first}…{last} is empty for a model with {n_layers} layers")
+    return list(range(lo, hi + 1))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Figures (core.figures.plotting: object-oriented matplotlib, no pyplot)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Analysis step, bundle writer, PDF section
+
+
+def run_neuron_factors(ctx: StepContext) -> NeuronFactorSection | None:
+    """Analysis step: one hooked pass over the chosen layers' MLPs, then the NMF (settings neuron_factors: k,
+    0 = off; neuron_first_layer / neuron_last_layer: the range, empty = all layers)."""
+    st = ctx.settings
+    if st.neuron_factors == 0:
+        return None
+    model = ctx.loaded.model
+    try:
+        layers = layer_range(ctx.loaded.n_layers, st.neuron_first_layer, st.neuron_last_layer)
+        acts = capture_mlp_activations(model, ctx.capture.input_ids, ctx.capture.attention_mask, layers)
+    except ValueError as exc:
+        ctx.warn(str(exc))
+        return None
+    section, _fac = neuron_factors(acts, layers, k=st.neuron_factors, seed=DEFAULT_SEED)
+    return section

@@ -1,0 +1,621 @@
+"""Corpus mode: layer geometry over many texts, with bootstrap confidence intervals.
+
+`analyze_corpus(model, texts, settings, progress)` tokenises every text, runs batched forward passes that return
+hidden states only (the fused SDPA attention may be used: no attention weights are needed here), keeps a seeded
+uniform sample of at most `max_points` token states per layer (a finished batch keeps nothing beyond its share of
+the sample, so memory stays bounded for 10 000 texts), computes the five single-text layer metrics of every text,
+and the pooled metrics of core.studies.geometry with 95 % percentile bootstrap intervals over texts. The result is a
+typed, pickle-free `CorpusResult` that round-trips through the result cache.
+
+Padding never changes a real token's state: the attention mask hides pad keys, and position ids are counted over
+real tokens only, so left- and right-padding tokenizers both give the per-text states (tested).
+
+Input readers (`texts_from_lines`, `texts_from_csv`) turn an uploaded or given file into texts: blank lines are
+skipped and counted, bytes that are not UTF-8 and a corpus larger than the limit are refused with a clear message.
+The limit on texts is core.infra.guards' `$TMA_MAX_CORPUS_TEXTS` (default 200, for public deployments); the CLI's
+--max-texts replaces it for a local run. Each text is also bounded by `$TMA_MAX_TEXT_CHARS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import inspect
+import io
+import logging
+import mmap
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from core.infra import serialize
+from core.infra.errors import InputError
+from core.infra.guards import check_text_length, max_corpus_texts
+from core.infra.threads import single_threaded
+from core.infra.version import CORE_VERSION
+from core.model.info import ModelInfo
+from core.model.loading import LoadedModel, final_norm, load_model
+from core.run.cache import ResultCache, run_key
+from core.steps import metrics
+from core.studies import geometry
+
+log = logging.getLogger(__name__)
+
+ENV_MAX_TEXTS = "TMA_MAX_CORPUS_TEXTS"
+MAX_CORPUS_BYTES = 64 * 1024 * 1024
+#: progress(done, total, stage): stage "texts" while the model runs (done = texts finished), then "layers".
+ProgressFn = Callable[[int, int, str], None]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Settings
+
+
+def _f(default: Any, help: str, lo: int | None = None, hi: int | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "min": lo, "max": hi})
+
+
+@serialize.serializable
+@dataclass(frozen=True)
+class CorpusSettings:
+    """Settings of one corpus analysis; every field enters the cache key. Bounds live in each field's metadata."""
+
+    max_tokens: int = _f(128, "truncate every text to this many tokens (special tokens included)", 2, 4096)
+    batch_size: int = _f(8, "texts per forward pass (padded with the attention mask)", 1, 512)
+    bootstrap: int = _f(200, "bootstrap resamples of the texts for the 95 % intervals (0: no intervals)", 0, 5000)
+    max_points: int = _f(5000, "token states kept per layer for the pooled metrics (seeded uniform sample)", 10, 50_000)
+    include_special_tokens: bool = _f(False, "include special tokens ([CLS], [SEP], BOS…) in the metrics")
+    seed: int = _f(0, "seed of the token sample and of the bootstrap", 0, 2**31 - 1)
+    bootstrap_rank: int = _f(
+        128,
+        "principal directions in which the bootstrap recomputes spectra exactly "
+        "(the rest of the variance is exact in total, its shape held fixed)",
+        1,
+        8192,
+    )
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.type in ("bool", bool):
+                if not isinstance(v, bool):
+                    raise InputError(f"{f.name} must be true or false, got {v!r}")
+                continue
+            lo, hi = f.metadata.get("min"), f.metadata.get("max")
+            if (
+                not isinstance(v, int)
+                or isinstance(v, bool)
+                or (lo is not None and v < lo)
+                or (hi is not None and v > hi)
+            ):
+                raise InputError(f"{f.name} must be an integer between {lo} and {hi}, got {v!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> CorpusSettings:
+        return dataclasses.replace(self, **changes)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading a corpus
+
+
+@dataclass(frozen=True)
+class CorpusTexts:
+    """Texts read from a file or pasted lines: `texts` (non-blank, in order) and how many blank ones were skipped."""
+
+    texts: tuple[str, ...]
+    n_blank: int = 0
+
+
+def decode_utf8(data: bytes | str, what: str = "the file") -> str:
+    """UTF-8 text of `data` (a BOM is dropped); InputError naming the line of the first bad byte otherwise."""
+    if isinstance(data, str):
+        return data
+    if len(data) > MAX_CORPUS_BYTES:
+        raise InputError(f"{what} is larger than {MAX_CORPUS_BYTES // (1024 * 1024)} MB")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(
+            f"{what} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8 and try again"
+        ) from None
+
+
+def _check_count(texts: Sequence[str], limit: int | None, what: str) -> None:
+    """The corpus rules: at least one text, at most `limit` (default `guards.max_corpus_texts()`), each text within
+    `$TMA_MAX_TEXT_CHARS`."""
+    limit = max_corpus_texts() if limit is None else limit
+    n = len(texts)
+    if n == 0:
+        raise InputError(f"{what} holds no text: every line is blank")
+    if n > limit:
+        raise InputError(
+            f"{what} holds {n} texts, more than the limit of {limit} "
+            f"(--max-texts, or ${ENV_MAX_TEXTS} on a server); split the corpus or raise the limit"
+        )
+    for i, t in enumerate(texts):
+        check_text_length(t, what=f"text {i + 1} of {what}")
+
+
+def texts_from_lines(data: bytes | str, *, limit: int | None = None, what: str = "the corpus") -> CorpusTexts:
+    """One text per line; blank lines are skipped and counted. Refuses an empty corpus and one over `limit`
+    (default `max_corpus_texts()`) before anything is computed."""
+    text = decode_utf8(data, what)
+    if not text:
+        raise InputError(f"{what} is empty")
+    lines = text.splitlines()
+    texts = tuple(line.strip() for line in lines if line.strip())
+    _check_count(texts, limit, what)
+    return CorpusTexts(texts, len(lines) - len(texts))
+
+
+def csv_columns(data: bytes | str, what: str = "the CSV file") -> list[str]:
+    """Column names of a CSV file (its header row)."""
+    text = decode_utf8(data, what)
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if not header or not any(h.strip() for h in header):
+        raise InputError(f"{what} is empty or has no header row")
+    return [h.strip() for h in header]
+
+
+def texts_from_csv(
+    data: bytes | str, column: str, *, limit: int | None = None, what: str = "the CSV file"
+) -> CorpusTexts:
+    """The texts of one column of a CSV file with a header row; blank cells are skipped and counted."""
+    text = decode_utf8(data, what)
+    cols = csv_columns(text, what)
+    if column not in cols:
+        raise InputError(f"{what} has no column '{column}'; its columns are: {', '.join(cols)}")
+    reader = csv.DictReader(io.StringIO(text), fieldnames=cols)
+    next(reader, None)
+    try:
+        cells = [(row.get(column) or "").strip() for row in reader]
+    except csv.Error as exc:
+        raise InputError(f"{what} is not valid CSV: {exc}") from None
+    texts = tuple(c for c in cells if c)
+    _check_count(texts, limit, what)
+    return CorpusTexts(texts, len(cells) - len(texts))
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def corpus_sha256(texts: Sequence[str]) -> str:
+    """sha256 over the per-text sha256s in order (so the order of the texts matters)."""
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(text_sha256(t).encode("ascii"))
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The result
+
+
+@serialize.serializable
+@dataclass(frozen=True)
+class CorpusResult:
+    """Everything one corpus analysis produced. G texts, L+1 layers (0 = embedding output; the last one before
+    the model's final norm, as in single-text analyses).
+
+    estimate, ci_low, ci_high: {pooled metric (geometry.POOLED_METRICS): float64 [L+1]}; linearity[0] is NaN
+        (linearity l compares layer l−1 with l); intervals are NaN with one text or bootstrap = 0.
+    per_text: {single-text metric (metrics.METRIC_NAMES): float64 [G, L+1]}.
+    n_points: [L+1] pooled token states; n_duplicates: [L+1] exact duplicates removed before TwoNN.
+    text_tokens: int [G] tokens of each text after truncation; metric_tokens: [G] the tokens the metrics used.
+    """
+
+    model: ModelInfo
+    settings: CorpusSettings
+    n_texts: int
+    n_blank_skipped: int
+    text_sha256: tuple[str, ...]
+    corpus_sha256: str
+    text_tokens: np.ndarray
+    metric_tokens: np.ndarray
+    n_truncated: int
+    estimate: dict[str, np.ndarray]
+    ci_low: dict[str, np.ndarray]
+    ci_high: dict[str, np.ndarray]
+    n_points: np.ndarray
+    n_duplicates: np.ndarray
+    per_text: dict[str, np.ndarray]
+    attn_implementation: str
+    final_norm: bool
+    warnings: tuple[str, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    core_version: str = ""
+    created_at: str = ""
+    duration_s: float = 0.0
+    cache_hit: bool = False
+    cache_key: str = ""
+
+    @property
+    def n_layers(self) -> int:
+        """Number of hidden-state layers including the embedding output (L+1)."""
+        return int(self.n_points.shape[0])
+
+    @property
+    def has_intervals(self) -> bool:
+        return bool(np.isfinite(self.ci_low["effective_rank"]).any())
+
+    def metric_rows(self) -> list[list[Any]]:
+        """Rows of corpus_metrics.csv: [layer, metric, estimate, ci_low, ci_high, n_texts, n_points], one per
+        (layer, metric); linearity starts at layer 1."""
+        rows: list[list[Any]] = []
+        for layer in range(self.n_layers):
+            for m in geometry.POOLED_METRICS:
+                if m == "linearity" and layer == 0:
+                    continue
+                n = self.n_points[layer] - (self.n_duplicates[layer] if m == "twonn_dimension" else 0)
+                rows.append(
+                    [
+                        layer,
+                        m,
+                        float(self.estimate[m][layer]),
+                        float(self.ci_low[m][layer]),
+                        float(self.ci_high[m][layer]),
+                        self.n_texts,
+                        int(n),
+                    ]
+                )
+        return rows
+
+    def per_text_rows(self) -> list[list[Any]]:
+        """Rows of per_text_metrics.csv: [text_index, layer, *metrics.METRIC_NAMES]."""
+        return [
+            [g, layer, *(float(self.per_text[m][g, layer]) for m in metrics.METRIC_NAMES)]
+            for g in range(self.n_texts)
+            for layer in range(self.n_layers)
+        ]
+
+    def per_text_summary(self, metric: str) -> dict[str, np.ndarray]:
+        """Median and interquartile range over texts of one single-text metric: {"median", "q25", "q75"} [L+1]."""
+        v = self.per_text[metric]
+        with np.errstate(all="ignore"), contextlib.suppress(RuntimeWarning):
+            q = np.nanquantile(v, [0.25, 0.5, 0.75], axis=0) if v.size else np.full((3, self.n_layers), np.nan)
+        return {"q25": q[0], "median": q[1], "q75": q[2]}
+
+    def to_bytes(self) -> bytes:
+        return serialize.dumps(self)
+
+    @staticmethod
+    def from_bytes(data: bytes | bytearray | memoryview | mmap.mmap) -> CorpusResult:
+        obj = serialize.loads(data)
+        if not isinstance(obj, CorpusResult):
+            raise ValueError("the data does not hold a CorpusResult")
+        return obj
+
+    def replace(self, **changes: Any) -> CorpusResult:
+        return dataclasses.replace(self, **changes)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tokenising and the batched forward passes
+
+
+@dataclass
+class Encoded:
+    """One tokenised text: ids, special-token flags, and whether truncation cut it."""
+
+    ids: list[int]
+    special: list[bool]
+    truncated: bool
+
+
+def _context_length(loaded: LoadedModel) -> int | None:
+    cfg = loaded.model.config
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        v = getattr(cfg, name, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def encode_texts(loaded: LoadedModel, texts: Sequence[str], max_tokens: int) -> list[Encoded]:
+    """Tokenise every text with the model's special tokens, truncated to min(max_tokens, context length)."""
+    tok = loaded.tokenizer
+    ctx = _context_length(loaded)
+    limit = min(max_tokens, ctx) if ctx else max_tokens
+    enc = tok(list(texts), truncation=True, max_length=limit, return_special_tokens_mask=True)
+    out = []
+    long_idx = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) >= limit]
+    full = tok([texts[i] for i in long_idx], truncation=False)["input_ids"] if long_idx else []
+    cut = {i for i, ids in zip(long_idx, full) if len(ids) > limit}
+    for i, (ids, sp) in enumerate(zip(enc["input_ids"], enc["special_tokens_mask"])):
+        out.append(Encoded(list(ids), [bool(x) for x in sp], i in cut))
+    return out
+
+
+@contextlib.contextmanager
+def fast_attention(loaded: LoadedModel) -> Iterator[str]:
+    """Switch the model to SDPA attention for a hidden-states-only pass, and back afterwards (hold loaded.lock).
+
+    Yields the implementation in use ("sdpa", or the model's own when it cannot switch)."""
+    model = loaded.model
+    before = getattr(model.config, "_attn_implementation", None) or "eager"
+    switched = False
+    if before != "sdpa" and hasattr(model, "set_attn_implementation"):
+        try:
+            model.set_attn_implementation("sdpa")
+            switched = True
+        except Exception as exc:  # an architecture without SDPA support keeps its own attention
+            log.info("SDPA not available for %s (%s); keeping %s", loaded.model_id, exc, before)
+    try:
+        yield "sdpa" if switched or before == "sdpa" else before
+    finally:
+        if switched:
+            model.set_attn_implementation(before)
+
+
+def _pad_id(tok: Any) -> int:
+    for v in (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id):
+        if v is not None:
+            return int(v)
+    return 0
+
+
+def forward_batches(
+    loaded: LoadedModel, encoded: Sequence[Encoded], batch_size: int, order: Sequence[int] | None = None
+) -> Iterator[tuple[list[int], list[np.ndarray], bool]]:
+    """Batched forward passes that return hidden states only; the caller holds loaded.lock.
+
+    Texts are padded on the tokenizer's side (`padding_side`) with the attention mask; position ids count real
+    tokens only. Yields (text indices, [float32 [L+1, T_g, D] per text, real tokens only], whether the model has a
+    final norm (then the last state is its input, as in core.model.capture)).
+    """
+    import torch
+
+    model = loaded.model
+    tok = loaded.tokenizer
+    left = getattr(tok, "padding_side", "right") == "left"
+    pad = _pad_id(tok)
+    takes_positions = "position_ids" in inspect.signature(model.forward).parameters
+    norm = final_norm(model)
+    idx_all = list(order) if order is not None else list(range(len(encoded)))
+    for start in range(0, len(idx_all), batch_size):
+        idx = idx_all[start : start + batch_size]
+        lens = [len(encoded[i].ids) for i in idx]
+        T = max(lens)
+        ids = torch.full((len(idx), T), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), T), dtype=torch.long)
+        for r, i in enumerate(idx):
+            n = lens[r]
+            sl = slice(T - n, T) if left else slice(0, n)
+            ids[r, sl] = torch.tensor(encoded[i].ids, dtype=torch.long)
+            mask[r, sl] = 1
+        kwargs: dict[str, Any] = {
+            "input_ids": ids.to(loaded.device),
+            "attention_mask": mask.to(loaded.device),
+            "output_hidden_states": True,
+            "return_dict": True,
+        }
+        if takes_positions:
+            kwargs["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0).to(loaded.device)
+        pre_norm: dict[str, Any] = {}
+
+        def grab(_module: Any, args: Any, _pre: dict[str, Any] = pre_norm) -> None:
+            _pre["h"] = args[0]
+
+        handle = norm.register_forward_pre_hook(grab) if norm is not None else None
+        try:
+            with torch.inference_mode():
+                out = model(**kwargs)
+        finally:
+            if handle is not None:
+                handle.remove()
+        hs = list(out.hidden_states)
+        if "h" in pre_norm:
+            hs[-1] = pre_norm["h"]
+        stacked = torch.stack(hs, dim=1).float().cpu().numpy()  # [B, L+1, T, D]
+        per_text = []
+        for r in range(len(idx)):
+            n = lens[r]
+            per_text.append(stacked[r, :, T - n :] if left else stacked[r, :, :n])
+        yield idx, per_text, "h" in pre_norm
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The analysis
+
+
+def corpus_cache_key(model_info: ModelInfo, corpus_hash: str, settings: CorpusSettings) -> str:
+    """core.run.cache.run_key over the model, the texts (their sha256) and every corpus setting."""
+    return run_key(model_info.key_fields(), settings, kind="corpus", corpus_sha256=corpus_hash)
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for name in ("torch", "transformers", "numpy", "tokenizers"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def sample_tokens(eligible: Sequence[int], max_points: int, seed: int) -> list[np.ndarray]:
+    """Seeded uniform sample without replacement of at most `max_points` of all eligible tokens.
+
+    eligible: per text, the number of its eligible tokens. Returns, per text, the sorted ranks (0 … e_g−1) of its
+    sampled tokens among its eligible ones.
+    """
+    counts = np.asarray(eligible, dtype=np.int64)
+    total = int(counts.sum())
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    if total <= max_points:
+        chosen = np.arange(total)
+    else:
+        chosen = np.sort(np.random.default_rng(seed).choice(total, size=max_points, replace=False))
+    owner = np.searchsorted(offsets, chosen, side="right") - 1
+    return [chosen[owner == g] - offsets[g] for g in range(counts.size)]
+
+
+def analyze_corpus(
+    model: LoadedModel | str,
+    texts: Sequence[str] | CorpusTexts,
+    settings: CorpusSettings | None = None,
+    progress: ProgressFn | None = None,
+    *,
+    cache: ResultCache | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    limit: int | None = None,
+) -> CorpusResult:
+    """Analyse a corpus: pooled layer geometry with bootstrap intervals, and the single-text metrics of each text.
+
+    model: a LoadedModel, or an id / folder loaded first. texts: the texts (blank ones are skipped and counted),
+    or a CorpusTexts from a reader. cache: the ResultCache; a hit runs no forward pass.
+    limit: most texts accepted (default `max_corpus_texts()`). progress(done, total, stage) as described above.
+    """
+    t_start = time.perf_counter()
+    st = settings or CorpusSettings()
+    report = progress or (lambda done, total, stage: None)
+    if isinstance(texts, CorpusTexts):
+        n_blank, all_texts = texts.n_blank, list(texts.texts)
+    else:
+        raw = [t for t in texts]
+        if any(not isinstance(t, str) for t in raw):
+            raise InputError("every text must be a string")
+        all_texts = [t.strip() for t in raw if t.strip()]
+        n_blank = len(raw) - len(all_texts)
+    _check_count(all_texts, limit, "the corpus")
+    loaded = model if isinstance(model, LoadedModel) else load_model(str(model), dtype=dtype, device=device)
+    info = loaded.info()
+    c_hash = corpus_sha256(all_texts)
+    key = corpus_cache_key(info, c_hash, st)
+    hit = cache.get(key, CorpusResult) if cache is not None else None
+    if hit is not None:
+        report(hit.n_texts, hit.n_texts, "texts")
+        return hit.replace(cache_hit=True, duration_s=time.perf_counter() - t_start, n_blank_skipped=n_blank)
+
+    timings: dict[str, float] = {}
+    warnings: list[str] = []
+    G = len(all_texts)
+    t0 = time.perf_counter()
+    encoded = encode_texts(loaded, all_texts, st.max_tokens)
+    keep_masks = [np.array([st.include_special_tokens or not s for s in e.special], dtype=bool) for e in encoded]
+    sample = sample_tokens([int(k.sum()) for k in keep_masks], st.max_points, st.seed)
+    n_points = int(sum(s.size for s in sample))
+    timings["tokenize_s"] = time.perf_counter() - t0
+
+    n_layers = loaded.n_layers + 1
+    pool: np.ndarray | None = None
+    groups = np.repeat(np.arange(G), [s.size for s in sample])
+    offsets = np.concatenate([[0], np.cumsum([s.size for s in sample])]).astype(np.int64)
+    per_text = {m: np.full((G, n_layers), np.nan) for m in metrics.METRIC_NAMES}
+    order = sorted(range(G), key=lambda i: len(encoded[i].ids))  # similar lengths batch together: less padding
+    t_forward = t_metrics = 0.0
+    done = 0
+    has_norm = False
+    report(0, G, "texts")
+    with loaded.lock, fast_attention(loaded) as attn_used:
+        t1 = time.perf_counter()
+        for idx, states, norm_seen in forward_batches(loaded, encoded, st.batch_size, order):
+            has_norm = norm_seen
+            t2 = time.perf_counter()
+            t_forward += t2 - t1
+            for g, H in zip(idx, states):
+                if pool is None:
+                    pool = np.empty((H.shape[0], n_points, H.shape[2]), dtype=np.float32)
+                kept = np.flatnonzero(keep_masks[g])
+                if sample[g].size:
+                    pool[:, offsets[g] : offsets[g + 1]] = H[:, kept[sample[g]]]
+                with single_threaded():  # small eigenproblems between torch passes: no thread contention
+                    lm = metrics.layer_metrics(H, keep_masks[g])
+                for m in metrics.METRIC_NAMES:
+                    per_text[m][g] = lm[m]
+            done += len(idx)
+            t1 = time.perf_counter()
+            t_metrics += t1 - t2
+            report(done, G, "texts")
+    timings["forward_s"] = t_forward
+    timings["per_text_metrics_s"] = t_metrics
+    if pool is None or n_points == 0:
+        raise InputError(
+            "no token is left to analyse: every text consists of special tokens only "
+            "(include special tokens, or give longer texts)"
+        )
+
+    t3 = time.perf_counter()
+    # one BLAS thread: right after torch its spinning OpenMP threads make threaded BLAS calls many times slower
+    with single_threaded():
+        pooled = geometry.pooled_geometry(
+            pool,
+            groups,
+            G,
+            n_resamples=st.bootstrap if G > 1 else 0,
+            seed=st.seed,
+            rank=st.bootstrap_rank,
+            on_layer=lambda layer: report(layer + 1, n_layers, "layers"),
+        )
+    timings["pooled_metrics_and_bootstrap_s"] = time.perf_counter() - t3
+
+    if G == 1:
+        warnings.append(
+            "one text: no confidence intervals (the bootstrap resamples texts) and no "
+            "anisotropy_cosine (it needs pairs of points from different texts)"
+        )
+    elif st.bootstrap == 0:
+        warnings.append("bootstrap = 0: no confidence intervals")
+    n_trunc = sum(e.truncated for e in encoded)
+    if n_trunc:
+        warnings.append(f"{n_trunc} of {G} texts were truncated to {st.max_tokens} tokens (or the context length)")
+    total_eligible = int(sum(k.sum() for k in keep_masks))
+    if total_eligible > n_points:
+        warnings.append(
+            f"pooled metrics use a seeded uniform sample of {n_points} of the {total_eligible} token "
+            f"states (max_points)"
+        )
+    hidden = int(pool.shape[2])
+    if n_points < 2 * hidden:
+        warnings.append(
+            f"{n_points} pooled points for a hidden width of {hidden}: the spectral metrics are capped "
+            f"by the point count and linearity is close to 1 by construction when points ≤ width"
+        )
+    if n_blank:
+        warnings.append(f"{n_blank} blank line(s) skipped")
+
+    result = CorpusResult(
+        model=info,
+        settings=st,
+        n_texts=G,
+        n_blank_skipped=n_blank,
+        text_sha256=tuple(text_sha256(t) for t in all_texts),
+        corpus_sha256=c_hash,
+        text_tokens=np.array([len(e.ids) for e in encoded], dtype=np.int64),
+        metric_tokens=np.array([int(k.sum()) for k in keep_masks], dtype=np.int64),
+        n_truncated=n_trunc,
+        estimate=pooled.estimate,
+        ci_low=pooled.ci_low,
+        ci_high=pooled.ci_high,
+        n_points=pooled.n_points,
+        n_duplicates=pooled.n_points - pooled.n_distinct,
+        per_text=per_text,
+        attn_implementation=attn_used,
+        final_norm=has_norm,
+        warnings=tuple(warnings),
+        timings=timings,
+        versions=_versions(),
+        core_version=CORE_VERSION,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        duration_s=time.perf_counter() - t_start,
+        cache_key=key,
+    )
+    if cache is not None:
+        cache.set(key, result)  # never raises: a full or read-only disk becomes one warning, the result is kept
+    return result
