@@ -214,7 +214,7 @@ def test_no_streamlit_in_these_modules():
     import pathlib
 
     root = pathlib.Path(__file__).resolve().parents[1] / "core"
-    for name in ("predictions.py", "logit_lens.py", "prediction_plots.py"):
+    for name in ("steps/predictions.py", "steps/logit_lens.py", "figures/predictions.py"):
         assert "streamlit" not in (root / name).read_text()
 
 
