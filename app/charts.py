@@ -90,7 +90,7 @@ def metric_line(
             .encode(x="x:Q", y="y:Q", text="label:N")
         )
     # no chart title: the page writes the metric's name above the chart (a Vega title gets clipped in columns)
-    return alt.layer(*layers).properties(height=height)
+    return alt.layer(*layers).properties(height=height)  # type: ignore[return-value]  # properties() of a layer
 
 
 def correlation_heatmap(long_df: pd.DataFrame, method: str) -> alt.LayerChart:
@@ -203,7 +203,7 @@ def layer_head_heatmap(
     """Layers (rows, numbered 1 … L) × heads (columns); df from core.present.tables.layer_head_frame, whose `layer`
     column is the array index. diverging: signed values, white at 0."""
     d = df.assign(layer=df["layer"].map(chart_spec.block_number))
-    scale = alt.Scale(scheme="redblue", reverse=True, domainMid=0) if diverging else alt.Scale(scheme=scheme)
+    scale = alt.Scale(scheme="redblue", reverse=True, domainMid=0) if diverging else alt.Scale(scheme=scheme)  # type: ignore[arg-type]
     return (
         alt.Chart(d)
         .mark_rect()

@@ -29,8 +29,7 @@ from app.widgets import chart, metric_label, show_caption
 from core.analysis.result import AnalysisResult
 from core.infra.errors import InputError, ModelUnavailableError, TMAError
 from core.infra.presets import BUNDLED_ID, PRESET_IDS, preset
-from core.present import chart_spec
-from core.present import tables as views
+from core.present import chart_spec, tables
 from core.present.chart_spec import METRIC_AXES
 from core.present.compare import metric_overlay_rows, prediction_rows, short_id
 from core.run.settings import AnalysisSettings, max_text_chars
@@ -474,7 +473,7 @@ def entropy_section(cmp: ComparisonResult) -> None:
         "lengths compare fairly.",
     )
     diff = cmp.entropy_diff if kind == "entropy" else cmp.normalized_entropy_diff
-    df = views.layer_head_frame(diff, "difference")
+    df = tables.layer_head_frame(diff, "difference")
     from app import charts
 
     chart(
@@ -491,8 +490,8 @@ def predictions_section(cmp: ComparisonResult) -> None:
         st.info(f"Neither run has predictions. A: {pa.message} B: {pb.message}", icon=":material/info:")
         return
     df = pd.DataFrame(prediction_rows(cmp), columns=["rank", "A", "p(A)", "B", "p(B)"])
-    df["A"] = df["A"].map(lambda t: None if t is None else views.readable_token(t))
-    df["B"] = df["B"].map(lambda t: None if t is None else views.readable_token(t))
+    df["A"] = df["A"].map(lambda t: None if t is None else tables.readable_token(t))
+    df["B"] = df["B"].map(lambda t: None if t is None else tables.readable_token(t))
     st.dataframe(
         df,
         hide_index=True,
@@ -505,7 +504,7 @@ def predictions_section(cmp: ComparisonResult) -> None:
         if p.message:
             st.caption(f"Run {s}: {p.message}")
     if pa.tokens and pb.tokens:
-        shared = ", ".join(views.readable_token(t) for t in cmp.shared_predictions) or "none"
+        shared = ", ".join(tables.readable_token(t) for t in cmp.shared_predictions) or "none"
         st.caption(f"In both top-{max(len(pa.tokens), len(pb.tokens))} lists: {shared}")
 
 
@@ -526,8 +525,8 @@ def attribution_section(cmp: ComparisonResult) -> None:
             if side is None or method not in side.scores:
                 st.caption(f"{ATTR_METHODS[method]} is not in run {label}.")
                 continue
-            st.html(views.shaded_tokens_html(side.tokens, side.scores[method], side.target_position))
-            pred = f" → “{views.readable_token(side.predicted_token)}”" if side.predicted_token else ""
+            st.html(tables.shaded_tokens_html(side.tokens, side.scores[method], side.target_position))
+            pred = f" → “{tables.readable_token(side.predicted_token)}”" if side.predicted_token else ""
             st.caption(f"Target position {side.target_position}{pred}")
     if method in cmp.attribution_agreement:
         rho = cmp.attribution_agreement[method]

@@ -8,6 +8,7 @@ options, so a slider move does not render them again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,8 +18,7 @@ from app import charts
 from app.state import Keys
 from app.widgets import chart, shaded_text, show_caption
 from core.analysis.result import AnalysisResult
-from core.present import chart_spec
-from core.present import tables as views
+from core.present import chart_spec, tables
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def attention_section(result: AnalysisResult) -> None:
     layer, head = pickers(result)
     title = f"Layer {chart_spec.block_number(layer)}, " + ("mean over heads" if head is None else f"head {head}")
     window = attention_window(result)
-    df = views.attention_frame(result.attentions, result.display_tokens, layer, head, window)
+    df = tables.attention_frame(result.attentions, result.display_tokens, layer, head, window)
     st.altair_chart(charts.attention_heatmap(df, title), width="content")
     n = int(df["qi"].nunique())
     if not charts.labels_fit(n):
@@ -156,7 +156,7 @@ def single_head_section(result: AnalysisResult, layer: int, head: int) -> None:
 
         rows = stats.get("row_entropy") or []
         if rows:
-            labels = views.token_labels(result.display_tokens[: len(rows)])
+            labels = tables.token_labels(result.display_tokens[: len(rows)])
             df = pd.DataFrame({"query": labels, "entropy": rows})
             shown = charts.top_rows(df, "entropy", largest_abs=False)
             chart(charts.row_entropy_bars(shown))
@@ -183,7 +183,7 @@ def heads_section(result: AnalysisResult) -> None:
         return
     left, right = st.columns(2)
     with left:
-        df = views.layer_head_frame(
+        df = tables.layer_head_frame(
             att.entropy, "entropy", {"normalized_entropy": att.normalized_entropy, "mean_distance": att.mean_distance}
         )
         chart(
@@ -193,7 +193,7 @@ def heads_section(result: AnalysisResult) -> None:
         )
         show_caption("attention_entropy")
     with right:
-        chart(charts.cluster_scatter(views.cluster_frame(att)))
+        chart(charts.cluster_scatter(tables.cluster_frame(att)))
         sil = "–" if att.silhouette is None else f"{att.silhouette:.3f}"
         st.caption(
             f"{att.n_clusters} clusters · silhouette {sil}" + (f" · {att.cluster_method}" if att.cluster_method else "")
@@ -207,7 +207,7 @@ def heads_section(result: AnalysisResult) -> None:
     attr = result.attribution
     if attr is not None and attr.head_scores is not None:
         st.markdown("**Head attribution** for the prediction at the target position")
-        df = views.layer_head_frame(attr.head_scores, "score")
+        df = tables.layer_head_frame(attr.head_scores, "score")
         chart(charts.layer_head_heatmap(df, "score", "Head importance (red supports the prediction)", diverging=True))
         if attr.head_method:
             st.caption(attr.head_method)
@@ -235,9 +235,9 @@ def attribution_section(result: AnalysisResult) -> None:
         st.info("Token attribution was not computed for this result.")
         return
     tokens = result.display_tokens
-    pred = f" → predicted “{views.readable_token(attr.predicted_token)}”" if attr.predicted_token else ""
+    pred = f" → predicted “{tables.readable_token(attr.predicted_token)}”" if attr.predicted_token else ""
     pos = attr.target_position
-    target = tokens[pos] if 0 <= pos < len(tokens) else views.readable_token(attr.target_token)
+    target = tokens[pos] if 0 <= pos < len(tokens) else tables.readable_token(attr.target_token)
     st.text(f"Target: {chart_spec.target_phrase(pos, result.target_reason, target)}{pred}")
     available = {k: v for k, v in attr.methods().items() if k in ATTR_METHODS}
     available = {k: v for k, v in available.items() if v is not None}
@@ -248,7 +248,7 @@ def attribution_section(result: AnalysisResult) -> None:
         "Method", list(available), horizontal=True, key=Keys.ATTR_METHOD, format_func=lambda k: ATTR_METHODS[k]
     )
     method = method if method in available else next(iter(available))
-    shaded_text(views.shaded_tokens_html(tokens, available[method], attr.target_position), len(tokens))
+    shaded_text(tables.shaded_tokens_html(tokens, available[method], attr.target_position), len(tokens))
     show_caption(ATTR_DOC[method])
     if method == "integrated_gradients" and attr.ig_completeness_gap is not None:
         rel = attr.ig_completeness_gap_relative
@@ -264,7 +264,7 @@ def attribution_section(result: AnalysisResult) -> None:
                 else " — the 512-step cap was reached before 1 %: read the scores as approximate"
             )
         )
-    df = views.attribution_frame(tokens, available)
+    df = tables.attribution_frame(tokens, available)
     shown = charts.top_rows(df, method)
     chart(charts.attribution_bars(shown, method))
     if len(shown) < len(df):
@@ -310,7 +310,7 @@ def logit_lens_section(result: AnalysisResult) -> None:
     st.text(
         f"Position {lens.position} (“{result.display_tokens[lens.position]}”) · final prediction “{lens.final_token}”"
     )
-    grid = views.logit_lens_grid_frame(lens, result.display_tokens)
+    grid = tables.logit_lens_grid_frame(lens, result.display_tokens)
     decoded = sorted(int(p) for p in grid["pi"].unique())
     cols = lens_window(decoded, int(lens.position))
     chart(charts.logit_lens_heatmap(grid[grid["pi"].isin(cols)]))
@@ -336,7 +336,7 @@ def logit_lens_section(result: AnalysisResult) -> None:
             )
         )
     with right:
-        st.dataframe(views.logit_lens_table(lens), hide_index=True, width="stretch")
+        st.dataframe(tables.logit_lens_table(lens), hide_index=True, width="stretch")
     show_caption("logit_lens")
 
 
@@ -403,7 +403,7 @@ class _ResultRef:
         self.result = result
 
 
-_REF_HASH = {_ResultRef: lambda r: _key(r.result)}
+_REF_HASH: dict[str | type[Any], Callable[[Any], Any]] = {_ResultRef: lambda r: _key(r.result)}
 
 
 @st.cache_data(max_entries=32, show_spinner="Rendering the attention animation…", hash_funcs=_REF_HASH)

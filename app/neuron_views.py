@@ -19,7 +19,7 @@ from core.analysis.result import AnalysisResult
 from core.figures import plotting
 from core.figures.neurons import top_neuron_figure
 from core.figures.qk import qk_figure, shown_keys
-from core.present import tables as views
+from core.present import tables
 from core.steps.qk import qk_view
 
 
@@ -70,7 +70,7 @@ def neuron_factors_section(result: AnalysisResult) -> None:
             )
             st.caption(f"Factor {f} · max {float(sec.token_factors[:, f].max()):.3g} · top neurons {neurons}")
             shaded_text(
-                views.shaded_tokens_html(result.display_tokens, sec.token_factors[:, f], result.target_position),
+                tables.shaded_tokens_html(result.display_tokens, sec.token_factors[:, f], result.target_position),
                 result.n_tokens,
             )
     if chosen:

@@ -204,7 +204,9 @@ def flow_chart(flow: FlowSection, position: int, threshold: float) -> alt.LayerC
         .encode(x=x, y=y, text="token:N")
     )
     width = int(min(max(420, 28 * T), 3000))
-    return alt.layer(edges, dots, labels).properties(width=width, height=max(260, 70 * L + 80))
+    return alt.layer(edges, dots, labels).properties(  # type: ignore[return-value]  # properties() of a layer
+        width=width, height=max(260, 70 * L + 80)
+    )
 
 
 def flow_section(result: AnalysisResult) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,8 +22,7 @@ from app.state import Keys
 from core.analysis.result import AnalysisResult
 from core.infra.errors import TMAError
 from core.infra.guards import visible_controls
-from core.present import chart_spec, docs
-from core.present import tables as views
+from core.present import chart_spec, docs, tables
 from core.present.summaries import metric_correlations, metric_token_count, summary_figures
 from core.steps.metrics import METRIC_NAMES
 
@@ -46,7 +46,7 @@ def show_caption(key: str) -> None:
 
 
 @contextmanager
-def guarded(what: str):
+def guarded(what: str) -> Iterator[None]:
     """Draw a section; if it fails, log the traceback and show one calm line instead (never a raw traceback).
 
     Streamlit's own control flow (st.stop, st.rerun) raises BaseException subclasses, which pass through.
@@ -70,7 +70,7 @@ SHADED_TEXT_PX = 260
 
 
 def shaded_text(html_text: str, n_tokens: int) -> None:
-    """A views.shaded_tokens_html block; long texts scroll inside a bounded box."""
+    """A tables.shaded_tokens_html block; long texts scroll inside a bounded box."""
     if n_tokens > LONG_TEXT_TOKENS:
         with st.container(height=SHADED_TEXT_PX):
             st.html(html_text)
@@ -130,8 +130,8 @@ def shorten(text: str, limit: int = 300) -> str:
 def summary_metrics(result: AnalysisResult) -> None:
     """Headline figures with st.metric, from core.present.summaries.summary_figures (the PDF's numbers)."""
     s = summary_figures(result)
-    first, last = s["effective_rank_first"], s["effective_rank_last"]
-    drop_layer, cos_last = s.get("largest_erank_drop_layer"), s["final_cosine_to_input"]
+    first, last = float(s["effective_rank_first"] or 0.0), float(s["effective_rank_last"] or 0.0)
+    drop_layer, cos_last = s.get("largest_erank_drop_layer"), float(s["final_cosine_to_input"] or 0.0)
     tokens_help = (
         f"{s['metric_tokens']} tokens enter the layer metrics; the spectral metrics cannot exceed {s['token_bound']}."
     )
@@ -169,7 +169,7 @@ def layer_metric_charts(result: AnalysisResult) -> None:
     """One Altair line chart per metric against layer, three per row, each with its caption. The axes start at the
     metric's reference (0, or the T − 1 ceiling drawn) unless "Zoom to data" is on; a metric with nothing to draw
     says why in one line instead of an empty frame."""
-    df = views.metrics_long(result)
+    df = tables.metrics_long(result)
     n_used = metric_token_count(result)
     excluded = bool(getattr(result.settings, "exclude_special_tokens", False))
     token_bound = max(n_used - 1, 0)
@@ -206,7 +206,7 @@ def correlation_section(result: AnalysisResult) -> None:
         "Method", ["pearson", "spearman"], key=Keys.CORR_METHOD, required=True, format_func=str.capitalize
     )
     method = method or "pearson"
-    long = views.correlations_long(metric_correlations(result, method))
+    long = tables.correlations_long(metric_correlations(result, method))
     gaps = {
         name: chart_spec.correlation_gap_reason(np.asarray(result.layer_metrics[name], dtype=float))
         for name in METRIC_NAMES
@@ -236,7 +236,7 @@ def correlation_section(result: AnalysisResult) -> None:
 
 
 def normalised_heatmap(result: AnalysisResult) -> None:
-    df = views.normalised_metrics(result)
+    df = tables.normalised_metrics(result)
     if not np.isfinite(df["normalised"].to_numpy(dtype=float)).any():
         st.info("Nothing to draw: no layer metric has a value for this text.", icon=":material/info:")
     else:
@@ -263,7 +263,7 @@ def predictions_section(result: AnalysisResult) -> None:
             st.info(pred.message, icon=":material/info:")
     if not pred.positions:
         return
-    table = views.predictions_table(pred)
+    table = tables.predictions_table(pred)
     positions = list(pred.positions)
     cols = st.columns(max(2, min(len(positions), 3)))
     for i, pos in enumerate(positions):
@@ -401,7 +401,7 @@ def _code_span(text: str) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
-def _loaded_for(result: AnalysisResult):
+def _loaded_for(result: AnalysisResult) -> Any:
     """The cached LoadedModel the result was computed with (same cache entry as the sidebar's load)."""
     from app.loading import get_model
 

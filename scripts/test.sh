@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the tests need (venv, pip packages, Debian's chromium for the browser test) and run them offline.
-# Lint and types first (ruff check, ruff format --check, mypy core/; SKIP_LINT=1 skips them), then pytest.
+# Lint and types first (ruff check, ruff format --check, mypy over core/, app/, pages/; SKIP_LINT=1 skips them), then pytest.
 # Extra arguments go to pytest, e.g. scripts/test.sh -m "not slow" for the quick run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +15,7 @@ if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
 fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error
 if [ "${SKIP_LINT:-0}" != 1 ]; then  # lint and types first: settings in pyproject.toml
-  echo "ruff check, ruff format --check, mypy core/"
+  echo "ruff check, ruff format --check, mypy (core/, app/, pages/)"
   .venv/bin/ruff check --quiet .
   .venv/bin/ruff format --check --quiet .
   .venv/bin/mypy --no-error-summary

@@ -375,12 +375,12 @@ def test_session_entry_and_bundle(results):
 
 
 def test_a_failing_section_shows_a_message_not_a_traceback(results, monkeypatch):
-    from core.present import tables as views
+    from core.present import tables
 
     def broken(*a, **k):
         raise ValueError("boom")
 
-    monkeypatch.setattr(views, "attention_frame", broken)
+    monkeypatch.setattr(tables, "attention_frame", broken)
     at = make_app(results["gpt2"]).run()
     at.switch_page(LAYERS).run()
     no_exception(at)

@@ -109,10 +109,10 @@ def test_metric_line_starts_at_zero_with_the_labelled_ceiling():
 @pytest.mark.parametrize("n", [13, 64, 96, 128])
 def test_attention_heatmap_is_bounded(n):
     from app import charts
-    from core.present import tables as views
+    from core.present import tables
 
     att = np.full((1, 1, n, n), 1.0 / n, dtype=np.float32)
-    df = views.attention_frame(att, [f"t{i}" for i in range(n)], 0, None)
+    df = tables.attention_frame(att, [f"t{i}" for i in range(n)], 0, None)
     import altair as alt
 
     with alt.data_transformers.disable_max_rows():  # Streamlit sends the data itself; only to_dict() checks rows

@@ -15,7 +15,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -305,7 +305,7 @@ class _Run:
 
 def _generate(
     loaded: LoadedModel, text: str, gen: GenerationSettings, stop_event: threading.Event | None, run: _Run
-) -> Iterator[str]:
+) -> Generator[str, None, None]:
     """Yield decoded text pieces; one model call per token, feeding only the new token with past_key_values."""
     import torch
 
@@ -373,7 +373,7 @@ def _generate(
 
 def generate_stream(
     loaded: LoadedModel, text: str, gen: GenerationSettings, stop_event: threading.Event | None = None
-) -> Iterator[str]:
+) -> Generator[str, None, None]:
     """Continue `text` and yield decoded text pieces as they are generated.
 
     One forward pass per new token with the KV cache (only the new token is fed); stops at an EOS token, after

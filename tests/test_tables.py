@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from fakes import result_with_metrics
 
-from core.present import tables as views
+from core.present import tables
 from core.present.summaries import metric_correlations
 from core.steps.logit_lens import LensSection
 from core.steps.metrics import METRIC_NAMES
@@ -24,12 +24,12 @@ RES = result_with_metrics(
 
 
 def test_metrics_long_shape():
-    df = views.metrics_long(RES)
+    df = tables.metrics_long(RES)
     assert len(df) == len(METRIC_NAMES) * 4 and set(df.columns) == {"layer", "metric", "value"}
 
 
 def test_normalised_metrics_hand_values():
-    df = views.normalised_metrics(RES)
+    df = tables.normalised_metrics(RES)
     er = df[df.metric == "effective_rank"].normalised.to_numpy()
     np.testing.assert_allclose(er, [1, 2 / 3, 1 / 3, 0])
     assert np.all(df[df.metric == "intrinsic_dim_95"].normalised == 0.5)  # constant → 0.5
@@ -46,14 +46,14 @@ def test_correlations_match_pandas_on_the_page_table():
         ours = metric_correlations(RES, method)
         ref = frame.corr(method=method).to_numpy()
         np.testing.assert_allclose(ours, ref, atol=1e-12, equal_nan=True)
-    long = views.correlations_long(metric_correlations(RES, "spearman"))
+    long = tables.correlations_long(metric_correlations(RES, "spearman"))
     pair = long[(long.row == "participation_ratio") & (long.column == "activation_entropy")].r.item()
     assert pair == pytest.approx(1.0)  # monotone, not linear
 
 
 def test_correlations_long_from_array():
     M = len(METRIC_NAMES)
-    df = views.correlations_long(np.eye(M))
+    df = tables.correlations_long(np.eye(M))
     assert len(df) == M * M and df.r.sum() == M and set(df.row) == set(METRIC_NAMES)
 
 
@@ -62,30 +62,30 @@ def test_attention_frame_mean_over_heads():
     A = rng.random((2, 3, 4, 4))
     A /= A.sum(-1, keepdims=True)
     tokens = ["a", "b", "a", "c"]
-    df = views.attention_frame(A, tokens, 1, None)
+    df = tables.attention_frame(A, tokens, 1, None)
     M = df.pivot(index="qi", columns="ki", values="weight").to_numpy()
     np.testing.assert_allclose(M, A[1].mean(0))
-    df2 = views.attention_frame(A, tokens, 0, 2)
+    df2 = tables.attention_frame(A, tokens, 0, 2)
     np.testing.assert_allclose(df2.pivot(index="qi", columns="ki", values="weight").to_numpy(), A[0, 2])
     assert df["query"].nunique() == 4  # repeated tokens get distinct labels
 
 
 def test_layer_head_frame():
     V = np.arange(6.0).reshape(2, 3)
-    df = views.layer_head_frame(V, "entropy", {"d": V * 2})
+    df = tables.layer_head_frame(V, "entropy", {"d": V * 2})
     row = df[(df["layer"] == 1) & (df["head"] == 2)].iloc[0]
     assert row.entropy == 5.0 and row.d == 10.0
 
 
 def test_shaded_tokens_escape_and_sign():
-    html_out = views.shaded_tokens_html(["<script>", "ok", "&"], [1.0, -0.5, 0.0], target=0)
+    html_out = tables.shaded_tokens_html(["<script>", "ok", "&"], [1.0, -0.5, 0.0], target=0)
     assert "<script>" not in html_out and "&lt;script&gt;" in html_out and "&amp;" in html_out
     assert "rgba(220,60,40,1.000)" in html_out and "rgba(40,90,220,0.500)" in html_out
     assert "outline" in html_out
 
 
 def test_shaded_tokens_all_zero_or_nan():
-    out = views.shaded_tokens_html(["a", "b"], [0.0, np.nan])
+    out = tables.shaded_tokens_html(["a", "b"], [0.0, np.nan])
     assert out.count("0.000") == 2
 
 
@@ -97,7 +97,7 @@ def test_predictions_and_lens_tables():
             [{"token": "x", "token_id": 1, "probability": 0.7}, {"token": "y", "token_id": 2, "probability": 0.2}]
         ],
     )
-    t = views.predictions_table(pred)
+    t = tables.predictions_table(pred)
     assert list(t["rank"]) == [1, 2] and t.probability.iloc[0] == 0.7
     lens = LensSection(
         layers=np.arange(3),
@@ -113,28 +113,28 @@ def test_predictions_and_lens_tables():
         grid_ids=np.zeros((3, 2), dtype=np.int64),
         position=1,
     )
-    tab = views.logit_lens_table(lens)
+    tab = tables.logit_lens_table(lens)
     assert len(tab) == 3 and tab["P(a)"].iloc[-1] == 0.4
-    grid = views.logit_lens_grid_frame(lens, ["t0", "t1"])
+    grid = tables.logit_lens_grid_frame(lens, ["t0", "t1"])
     assert len(grid) == 6 and set(grid.top_token) == {"a", "b"}
 
 
 def test_chart_builders_make_valid_specs():
     from app import charts
 
-    df = views.metrics_long(RES)
+    df = tables.metrics_long(RES)
     for m in METRIC_NAMES:
         assert charts.metric_line(df, m, token_bound=RES.n_tokens - 1).to_dict()["layer"]
-    assert charts.correlation_heatmap(views.correlations_long(metric_correlations(RES)), "pearson").to_dict()
-    assert charts.normalised_heatmap(views.normalised_metrics(RES)).to_dict()
+    assert charts.correlation_heatmap(tables.correlations_long(metric_correlations(RES)), "pearson").to_dict()
+    assert charts.normalised_heatmap(tables.normalised_metrics(RES)).to_dict()
     A = np.full((1, 1, 3, 3), 1 / 3)
-    spec = charts.attention_heatmap(views.attention_frame(A, ["a", "b", "c"], 0, None), "t").to_dict()
+    spec = charts.attention_heatmap(tables.attention_frame(A, ["a", "b", "c"], 0, None), "t").to_dict()
     assert spec["mark"]["type"] == "rect" and any(t["field"] == "weight" for t in spec["encoding"]["tooltip"])
 
 
 def test_readable_token():
-    assert views.readable_token("Ġthe") == " the" and views.readable_token("▁Paris") == " Paris"
-    assert views.readable_token("Ċ") == "\\n" and views.readable_token(None) == ""
+    assert tables.readable_token("Ġthe") == " the" and tables.readable_token("▁Paris") == " Paris"
+    assert tables.readable_token("Ċ") == "\\n" and tables.readable_token(None) == ""
 
 
 def test_logit_lens_grid_window():
@@ -153,13 +153,13 @@ def test_logit_lens_grid_window():
         grid_ids=np.zeros((2, 3), np.int64),
         grid_positions=[0],
     )
-    df = views.logit_lens_grid_frame(lens, ["x", "y", "z"])
+    df = tables.logit_lens_grid_frame(lens, ["x", "y", "z"])
     assert list(df.pi) == [0, 0] and list(df.layer) == [0, 1]
 
 
 def test_attention_frame_window():
     A = np.arange(2 * 1 * 5 * 5, dtype=float).reshape(2, 1, 5, 5)
-    df = views.attention_frame(A, list("abcde"), 1, 0, window=(1, 3))
+    df = tables.attention_frame(A, list("abcde"), 1, 0, window=(1, 3))
     assert len(df) == 4 and set(df.qi) == {1, 2} and set(df.ki) == {1, 2}
     assert df[(df.qi == 2) & (df.ki == 1)].weight.iloc[0] == A[1, 0, 2, 1]
     assert df["query"].iloc[0] == "1: b"
