@@ -172,3 +172,66 @@ def test_not_available_line_from_a_stored_architecture_name():
         assert not_available_line(model.config.architectures[0], "DLA") is None
     line = not_available_line("GPTJForCausalLM", "Direct logit attribution")
     assert line is not None and line.startswith("Direct logit attribution is not available for GPTJForCausalLM")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The query–key side of the map
+
+
+def test_query_key_side_of_every_family(fam):
+    """The map's q/k fields on every tiny family: shapes, causal flag, window, rotary, the one refusal (Gemma-2)."""
+    kind, (model, _tok) = fam
+    parts = model_parts(model)
+    hl = parts.heads
+    encoders = ("bert", "roberta", "distilbert")
+    assert parts.causal == (kind not in encoders)
+    assert (parts.rotary is not None) == (kind in ("llama", "qwen2", "mistral", "phi3", "gemma2", "gpt_neox"))
+    window = getattr(model.config, "sliding_window", None) or 0 if kind in ("mistral", "phi3") else 0
+    assert parts.window == window
+    if kind == "gemma2":
+        assert parts.qk_refusal is not None and "soft-capping" in parts.qk_refusal
+        with pytest.raises(ArchitectureNotSupported, match="the query–key view is not available for Gemma2"):
+            parts.query_key()
+        return
+    assert parts.qk_refusal is None
+    mods = {id(m) for m in model.modules()}
+    x = torch.randn(1, 5, model.config.hidden_size)
+    for side in parts.query_key():
+        assert (side.pre_norm is None) == (kind in encoders)
+        assert side.pre_norm is None or id(side.pre_norm) in mods
+        assert side.scaling > 0
+        with torch.inference_mode():
+            q, k = side.project(x)
+        assert q.shape == (1, 5, hl.n_heads * hl.head_dim) and k.shape == (1, 5, hl.n_kv_heads * hl.head_dim)
+
+
+def test_query_key_side_rebuilds_the_attention(fam):
+    """softmax((q · k) · c + mask) from the map's fields alone (pre-norm, projection, rotary, GQA, causal mask,
+    window) equals the attention weights the model returns, every layer, head and query (torch, independent of
+    core.steps.qk)."""
+    kind, (model, tok) = fam
+    parts = model_parts(model)
+    if parts.qk_refusal is not None:
+        pytest.skip(parts.qk_refusal)
+    _, out = _run(model, tok)
+    hl = parts.heads
+    T = out.attentions[0].shape[-1]
+    j = torch.arange(T)
+    allowed = torch.ones(T, T, dtype=torch.bool)
+    if parts.causal:
+        allowed &= j[None, :] <= j[:, None]
+    if parts.window:
+        allowed &= (j[:, None] - j[None, :]) < parts.window
+    with torch.inference_mode():
+        for layer, side in enumerate(parts.query_key()):
+            x = out.hidden_states[layer]
+            x = side.pre_norm(x) if side.pre_norm is not None else x
+            q, k = side.project(x)
+            q = q.view(1, T, hl.n_heads, hl.head_dim).transpose(1, 2)
+            k = k.view(1, T, hl.n_kv_heads, hl.head_dim).transpose(1, 2)
+            if parts.rotary is not None:
+                q, k = parts.rotary.apply(q, k, *parts.rotary.embedding(x, torch.arange(T)[None]))
+            k = k.repeat_interleave(hl.n_heads // hl.n_kv_heads, dim=1)  # query head h reads kv head h // group
+            s = (q @ k.transpose(-1, -2))[0] * side.scaling
+            w = torch.softmax(s.masked_fill(~allowed, float("-inf")), -1)
+            torch.testing.assert_close(w, out.attentions[layer][0], atol=1e-5, rtol=1e-4)

@@ -222,7 +222,8 @@ def test_unsupported_architecture_says_so():
     import torch
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    from core.steps.qk import attention_parts
+    from core.model.arch import model_parts
+    from core.steps.qk import query_key_parts
 
     torch.manual_seed(0)
     model = Gemma2ForCausalLM(
@@ -236,5 +237,43 @@ def test_unsupported_architecture_says_so():
             vocab_size=40,
         )
     )
-    with pytest.raises(ValueError, match="not available for Gemma2ForCausalLM"):
-        attention_parts(model)
+    with pytest.raises(ValueError, match="not available for Gemma2ForCausalLM: attention-logit soft-capping"):
+        query_key_parts(model)
+    with pytest.raises(ValueError, match="not available for Gemma2ForCausalLM: attention-logit soft-capping"):
+        compute_qk(model, np.zeros((2, 3, 16), np.float32))
+    assert model_parts(model).n_layers == 1  # the refusal is the q/k side's only: the rest of the map serves it
+
+
+def test_architecture_outside_the_map_says_so():
+    from transformers import GPTJConfig, GPTJForCausalLM
+
+    model = GPTJForCausalLM(GPTJConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, rotary_dim=4))
+    with pytest.raises(ValueError, match="the query–key view is not available for GPTJForCausalLM: its architecture"):
+        compute_qk(model, np.zeros((2, 3, 16), np.float32))
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"use_sliding_window": True, "max_window_layers": 1}, "per-layer sliding windows"),
+        ({}, None),
+    ],
+)
+def test_qwen2_per_layer_windows_are_refused(change, why):
+    import transformers as tf
+
+    from core.model.arch import model_parts
+
+    cfg = tf.Qwen2Config(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=60,
+        **change,
+    )
+    parts = model_parts(tf.Qwen2ForCausalLM(cfg))
+    assert (parts.qk_refusal is None) == (why is None)
+    if why:
+        assert why in parts.qk_refusal

@@ -20,8 +20,27 @@ Residual layout (`ModelParts.residual`):
 * "post_ln" (BERT, RoBERTa, DistilBERT, MiniLM): h_mid = LN_a(h_{l-1} + attn_update), h_l = LN_m(h_mid + mlp_update)
   (`attn_residual_norm`, `mlp_residual_norm`).
 
+The query–key side (`Block.query_key`, `ModelParts.query_key()`, read by core.steps.qk): per block the norm applied
+before attention (`pre_norm`: GPT-2 ln_1, Llama input_layernorm, pre-LN OPT self_attn_layer_norm; None for post-LN
+encoders), `project` x [.., T, D] → (q [.., T, H·d_h], k [.., T, KV·d_h]) before rotary (fused qkv split as the model
+splits it: GPT-2 [q | k | v], GPT-NeoX per head [q k v], Phi-3 [q (H·d_h) | k (KV·d_h) | v]) and the `scaling` c of
+s = (q · k) · c; per model `causal`, the sliding `window` (Mistral, Phi-3; 0 = none), `rotary` (the model's own
+rotary embedding and its modelling file's apply_rotary_pos_emb; GPT-NeoX's partial rotary included) and GQA through
+`heads`. `qk_refusal` says why a mapped model's scores are not reproduced (Gemma-2's attention-logit soft-capping,
+Qwen2's per-layer windows, q/k norms, GPT-2 cross-attention); the rest of the map still serves it.
+
 An architecture that is not in `BUILDERS` raises `ArchitectureNotSupported`, whose message is the
 "not available for <architecture>" line that pages, the manifest and the PDF show.
+
+Adding a family touches this file only (tests/test_architecture.py checks that no other core module names modules,
+attributes or model types of an architecture):
+1. one builder `_family(model) -> dict` returning the ModelParts fields (blocks with their `query_key`, embeddings,
+   final norm, head, `value_reader`, `causal` / `window` / `rotary` / `qk_refusal`), reaching modules with `_m`,
+   `_opt_m` and `_each` so that a missing module becomes "not available" instead of a traceback;
+2. one `BUILDERS` entry (config.model_type → builder), one `ARCH_PREFIXES` entry (the class-name prefix a stored
+   result keeps) and its label in `SUPPORTED_LABELS`;
+3. a tiny random model of it in tests/tiny_models.py (FAMILIES): tests/test_arch.py, test_qk.py and test_dla.py then
+   check every part against the model's own forward pass.
 """
 
 from __future__ import annotations
@@ -38,13 +57,16 @@ if TYPE_CHECKING:  # torch is imported lazily at run time (the CLI's --help must
 class ArchitectureNotSupported(Exception):
     """The model's architecture is not in the map; str(exc) is the line shown to the user."""
 
-    def __init__(self, architecture: str, what: str = "this analysis", verb: str = "is") -> None:
+    def __init__(
+        self, architecture: str, what: str = "this analysis", verb: str = "is", reason: str | None = None
+    ) -> None:
         self.architecture = architecture
         self.what = what
-        super().__init__(
-            f"{what} {verb} not available for {architecture}: its architecture is not in "
-            f"core/model/arch.py's map (supported: {', '.join(SUPPORTED_LABELS)})"
+        self.reason = reason
+        why = reason or (
+            f"its architecture is not in core/model/arch.py's map (supported: {', '.join(SUPPORTED_LABELS)})"
         )
+        super().__init__(f"{what} {verb} not available for {architecture}: {why}")
 
 
 @dataclass(frozen=True)
@@ -65,6 +87,26 @@ class HeadLayout:
 
 
 @dataclass(frozen=True)
+class QueryKey:
+    """The query–key side of one block's attention (see "The query–key side" in the module docstring)."""
+
+    pre_norm: nn.Module | None  # applied to the block input before the projections (None: post-LN encoders)
+    # x [.., T, D] → (q [.., T, H·d_h], k [.., T, KV·d_h]), before any rotary rotation
+    project: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    scaling: float  # c in s = (q · k) · c
+
+
+@dataclass(frozen=True)
+class Rotary:
+    """A rotary model's position rotation: the model's own rotary embedding module (called as embedding(x,
+    position_ids) → (cos, sin)) and the apply_rotary_pos_emb of its own modelling file (apply(q, k, cos, sin) with
+    q [B, H, T, d_h], k [B, KV, T, d_h])."""
+
+    embedding: nn.Module
+    apply: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
 class Block:
     """One transformer block's parts (see the module docstring)."""
 
@@ -78,6 +120,7 @@ class Block:
     mlp_update_norm: nn.Module | None = None  # Gemma-2: normalises the MLP update before the residual add
     attn_residual_norm: nn.Module | None = None  # post-LN: LN(h + attention update)
     mlp_residual_norm: nn.Module | None = None  # post-LN: LN(h_mid + MLP update)
+    query_key: QueryKey | None = None  # the query–key side of its attention
 
 
 @dataclass(frozen=True)
@@ -100,6 +143,10 @@ class ModelParts:
     head_norm: nn.Module | None = None
     logit_softcap: float | None = None
     value_reader: Callable[[torch.Tensor, HeadLayout], torch.Tensor] | None = None
+    causal: bool = False  # a query never attends to a later position
+    window: int = 0  # sliding window: keys at distance ≥ window are masked (0: none)
+    rotary: Rotary | None = None  # rotary models: q and k are rotated by the position before the product
+    qk_refusal: str | None = None  # why the query–key side is not reproduced for this model (None: it is)
 
     @property
     def n_layers(self) -> int:
@@ -108,6 +155,20 @@ class ModelParts:
     @property
     def has_head(self) -> bool:
         return self.unembed is not None
+
+    @property
+    def mlp_width(self) -> int:
+        """d_ff: the width of the MLP output projection's input (the neuron activations)."""
+        mod = self.blocks[0].mlp_out
+        return int(weight(mod).shape[0 if _is_conv1d(mod) else 1])
+
+    def query_key(self) -> tuple[QueryKey, ...]:
+        """Every block's query–key side, or ArchitectureNotSupported saying why it is not reproduced."""
+        sides = tuple(b.query_key for b in self.blocks)
+        if self.qk_refusal is not None or any(q is None for q in sides):
+            why = self.qk_refusal or "its query and key projections are not in the map"
+            raise ArchitectureNotSupported(self.architecture, "the query–key view", reason=why)
+        return tuple(q for q in sides if q is not None)
 
     def values(self, value_output: torch.Tensor) -> torch.Tensor:
         """Value vectors [.., T, KV, d_h] from the output of `Block.value_module` [.., T, *]."""
@@ -119,7 +180,7 @@ class ModelParts:
         """W_O per head: [H, d_h, D] with out_proj(z) = Σ_h z[.., h-slice] @ W_O[h] + b_O."""
         w = weight(block.out_proj)
         H, dh = self.heads.n_heads, self.heads.head_dim
-        if type(block.out_proj).__name__ == "Conv1D":  # GPT-2: weight [in, out]
+        if _is_conv1d(block.out_proj):  # GPT-2: weight [in, out]
             return w.reshape(H, dh, w.shape[1])
         return w.t().reshape(H, dh, w.shape[0])  # nn.Linear: weight [out, in]
 
@@ -171,6 +232,11 @@ class ModelParts:
         return " then ".join(steps)
 
 
+def _is_conv1d(module: nn.Module) -> bool:
+    """GPT-2's Conv1D keeps its weight as [in, out] (nn.Linear: [out, in])."""
+    return type(module).__name__ == "Conv1D"
+
+
 def _param(module: nn.Module, name: str, required: bool = True) -> torch.Tensor | None:
     """A module's parameter (weight / bias) as a Tensor; None when absent and not required."""
     import torch
@@ -216,6 +282,83 @@ def _neox_v(qkv: torch.Tensor, hl: HeadLayout) -> torch.Tensor:  # query_key_val
 def _phi3_v(qkv: torch.Tensor, hl: HeadLayout) -> torch.Tensor:  # qkv_proj: [q (H·d_h) | k (KV·d_h) | v (KV·d_h)]
     start = (hl.n_heads + hl.n_kv_heads) * hl.head_dim
     return _split_v(qkv[..., start:], hl)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Query–key projections: x [.., T, D] → (q [.., T, H·d_h], k [.., T, KV·d_h]), before any rotary rotation
+
+
+def _pair_qk(q_mod: nn.Module, k_mod: nn.Module) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    def project(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return q_mod(x), k_mod(x)
+
+    return project
+
+
+def _gpt2_qk(c_attn: nn.Module, hl: HeadLayout) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    D = hl.n_heads * hl.head_dim  # c_attn: [q | k | v], each H·d_h
+
+    def project(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q, k, _v = c_attn(x).split(D, dim=-1)
+        return q, k
+
+    return project
+
+
+def _neox_qk(qkv_mod: nn.Module, hl: HeadLayout) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    d = hl.head_dim  # query_key_value: per head [q k v]
+
+    def project(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        qkv = qkv_mod(x).view(*x.shape[:-1], -1, 3 * d)
+        q, k, _v = qkv.chunk(3, dim=-1)
+        return q.reshape(*x.shape[:-1], -1), k.reshape(*x.shape[:-1], -1)
+
+    return project
+
+
+def _phi3_qk(qkv_mod: nn.Module, hl: HeadLayout) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    q_end = hl.n_heads * hl.head_dim  # qkv_proj: [q (H·d_h) | k (KV·d_h) | v (KV·d_h)]
+    k_end = q_end + hl.n_kv_heads * hl.head_dim
+
+    def project(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        qkv = qkv_mod(x)
+        return qkv[..., :q_end], qkv[..., q_end:k_end]
+
+    return project
+
+
+def _scaling(attn: nn.Module, hl: HeadLayout) -> float:
+    """The attention module's own scale, else 1/√d_h."""
+    return float(getattr(attn, "scaling", hl.head_dim**-0.5))
+
+
+def _gpt2_scaling(attn: nn.Module, hl: HeadLayout) -> float:
+    """GPT-2: 1/√d_h (unless scale_attn_weights is off), divided by l + 1 with scale_attn_by_inverse_layer_idx."""
+    own = float(getattr(attn, "scaling", 0.0) or 0.0)
+    if own:
+        return own
+    s = hl.head_dim**-0.5 if getattr(attn, "scale_attn_weights", True) else 1.0
+    if getattr(attn, "scale_attn_by_inverse_layer_idx", False):
+        s /= float(getattr(attn, "layer_idx", 0) + 1)
+    return s
+
+
+def _rotary(base: nn.Module, block: nn.Module) -> tuple[Rotary | None, str | None]:
+    """The model's rotary embedding and its modelling file's apply_rotary_pos_emb, or (None, why not)."""
+    import inspect
+
+    embedding = _opt_m(base, "rotary_emb")
+    apply = getattr(inspect.getmodule(type(block)), "apply_rotary_pos_emb", None)
+    if embedding is None or not callable(apply):
+        return None, "its rotary embedding (rotary_emb and apply_rotary_pos_emb) was not found"
+    return Rotary(embedding, apply), None
+
+
+def _qk_norm_refusal(attentions: list[nn.Module]) -> str | None:
+    """Qwen3-style q/k norms inside attention are not reproduced."""
+    if any(hasattr(a, "q_norm") or hasattr(a, "k_norm") for a in attentions):
+        return "q/k norms are not reproduced"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -278,6 +421,7 @@ def _lm_head(model: nn.Module) -> nn.Module | None:
 
 def _gpt2(model: nn.Module) -> dict[str, object]:
     base = _opt_m(model, "transformer") or model
+    hl = _layout(model)
     blocks = tuple(
         Block(
             module=b,
@@ -286,9 +430,11 @@ def _gpt2(model: nn.Module) -> dict[str, object]:
             value_module=_m(b, "attn.c_attn"),
             mlp=_m(b, "mlp"),
             mlp_out=_m(b, "mlp.c_proj"),
+            query_key=QueryKey(_m(b, "ln_1"), _gpt2_qk(_m(b, "attn.c_attn"), hl), _gpt2_scaling(_m(b, "attn"), hl)),
         )
         for b in _each(base, "h")
     )
+    cross = bool(_cfg(model, "add_cross_attention", False))
     return {
         "residual": "pre_ln",
         "parallel": False,
@@ -298,14 +444,25 @@ def _gpt2(model: nn.Module) -> dict[str, object]:
         "final_norm": _m(base, "ln_f"),
         "unembed": _lm_head(model),
         "value_reader": _gpt2_v,
+        "causal": True,
+        "qk_refusal": "cross-attention is not reproduced" if cross else None,
     }
 
 
 def _llama_like(model: nn.Module) -> dict[str, object]:
     """Llama, Qwen2, Mistral, Gemma-2, Phi-3: model.model.layers[i].{self_attn.{v,o}_proj, mlp.down_proj}."""
     base = _opt_m(model, "model") or model
-    gemma = _cfg(model, "model_type") == "gemma2"
-    phi3 = _cfg(model, "model_type") == "phi3"
+    mt = _cfg(model, "model_type")
+    gemma, phi3 = mt == "gemma2", mt == "phi3"
+    hl = _layout(model)
+
+    def qk(b: nn.Module) -> QueryKey:
+        sa = _m(b, "self_attn")
+        if phi3:  # fused qkv_proj
+            return QueryKey(_m(b, "input_layernorm"), _phi3_qk(_m(sa, "qkv_proj"), hl), _scaling(sa, hl))
+        return QueryKey(_m(b, "input_layernorm"), _pair_qk(_m(sa, "q_proj"), _m(sa, "k_proj")), _scaling(sa, hl))
+
+    layers = _each(base, "layers")
     blocks = tuple(
         Block(
             module=b,
@@ -316,10 +473,18 @@ def _llama_like(model: nn.Module) -> dict[str, object]:
             mlp_out=_m(b, "mlp.down_proj"),
             attn_update_norm=_m(b, "post_attention_layernorm") if gemma else None,
             mlp_update_norm=_m(b, "post_feedforward_layernorm") if gemma else None,
+            query_key=qk(b),
         )
-        for b in _each(base, "layers")
+        for b in layers
     )
     cap = _cfg(model, "final_logit_softcapping") if gemma else None
+    rotary, refusal = _rotary(base, layers[0]) if layers else (None, None)
+    if gemma:
+        refusal = "attention-logit soft-capping and per-layer sliding windows are not reproduced"
+    elif mt == "qwen2" and _cfg(model, "use_sliding_window", False):
+        refusal = "per-layer sliding windows are not reproduced"
+    refusal = _qk_norm_refusal([b.attention for b in blocks]) or refusal
+    window = _cfg(model, "sliding_window") if mt in ("mistral", "phi3") else None  # one window for every layer
     return {
         "residual": "pre_ln",
         "parallel": False,
@@ -330,11 +495,17 @@ def _llama_like(model: nn.Module) -> dict[str, object]:
         "unembed": _lm_head(model),
         "logit_softcap": float(cap) if isinstance(cap, (int, float)) and cap else None,
         "value_reader": _phi3_v if phi3 else _split_v,
+        "causal": True,
+        "window": int(window) if isinstance(window, int) else 0,
+        "rotary": rotary,
+        "qk_refusal": refusal,
     }
 
 
 def _neox(model: nn.Module) -> dict[str, object]:
     base = _opt_m(model, "gpt_neox") or model
+    hl = _layout(model)
+    layers = _each(base, "layers")
     blocks = tuple(
         Block(
             module=b,
@@ -343,9 +514,15 @@ def _neox(model: nn.Module) -> dict[str, object]:
             value_module=_m(b, "attention.query_key_value"),
             mlp=_m(b, "mlp"),
             mlp_out=_m(b, "mlp.dense_4h_to_h"),
+            query_key=QueryKey(
+                _m(b, "input_layernorm"),
+                _neox_qk(_m(b, "attention.query_key_value"), hl),
+                _scaling(_m(b, "attention"), hl),
+            ),
         )
-        for b in _each(base, "layers")
+        for b in layers
     )
+    rotary, refusal = _rotary(base, layers[0]) if layers else (None, None)  # partial rotary: the model's own apply
     return {
         "residual": "pre_ln",
         "parallel": bool(_cfg(model, "use_parallel_residual", True)),
@@ -355,6 +532,9 @@ def _neox(model: nn.Module) -> dict[str, object]:
         "final_norm": _m(base, "final_layer_norm"),
         "unembed": _lm_head(model),
         "value_reader": _neox_v,
+        "causal": True,
+        "rotary": rotary,
+        "qk_refusal": _qk_norm_refusal([b.attention for b in blocks]) or refusal,
     }
 
 
@@ -363,6 +543,7 @@ def _opt(model: nn.Module) -> dict[str, object]:
     post = not _cfg(model, "do_layer_norm_before", True)  # OPT-350m
     if _opt_m(dec, "project_in") is not None:
         raise ArchitectureNotSupported(f"{type(model).__name__} with project_in (word_embed_proj_dim ≠ hidden_size)")
+    hl = _layout(model)
     blocks = tuple(
         Block(
             module=b,
@@ -373,6 +554,12 @@ def _opt(model: nn.Module) -> dict[str, object]:
             mlp_out=_m(b, "fc2"),
             attn_residual_norm=_m(b, "self_attn_layer_norm") if post else None,
             mlp_residual_norm=_m(b, "final_layer_norm") if post else None,
+            # the model multiplies q_proj(x) by `scaling` and calls attention with scale 1: the same product
+            query_key=QueryKey(
+                None if post else _m(b, "self_attn_layer_norm"),
+                _pair_qk(_m(b, "self_attn.q_proj"), _m(b, "self_attn.k_proj")),
+                _scaling(_m(b, "self_attn"), hl),
+            ),
         )
         for b in _each(dec, "layers")
     )
@@ -386,12 +573,14 @@ def _opt(model: nn.Module) -> dict[str, object]:
         "unembed": _lm_head(model),
         "unembed_in": _opt_m(dec, "project_out"),
         "value_reader": _split_v,
+        "causal": True,
     }
 
 
 def _bert_like(model: nn.Module) -> dict[str, object]:
     """BERT, MiniLM, RoBERTa: post-LN encoder layers; the MLM head is dense → GELU → LayerNorm → decoder."""
     base = _opt_m(model, "base_model") or model
+    hl = _layout(model)
     blocks = tuple(
         Block(
             module=b,
@@ -402,6 +591,11 @@ def _bert_like(model: nn.Module) -> dict[str, object]:
             mlp_out=_m(b, "output.dense"),
             attn_residual_norm=_m(b, "attention.output.LayerNorm"),
             mlp_residual_norm=_m(b, "output.LayerNorm"),
+            query_key=QueryKey(
+                None,
+                _pair_qk(_m(b, "attention.self.query"), _m(b, "attention.self.key")),
+                _scaling(_m(b, "attention.self"), hl),
+            ),
         )
         for b in _each(base, "encoder.layer")
     )
@@ -436,6 +630,7 @@ def _bert_like(model: nn.Module) -> dict[str, object]:
 
 def _distilbert(model: nn.Module) -> dict[str, object]:
     base = _opt_m(model, "distilbert") or model
+    hl = _layout(model)
     blocks = tuple(
         Block(
             module=b,
@@ -446,6 +641,9 @@ def _distilbert(model: nn.Module) -> dict[str, object]:
             mlp_out=_m(b, "ffn.lin2"),
             attn_residual_norm=_m(b, "sa_layer_norm"),
             mlp_residual_norm=_m(b, "output_layer_norm"),
+            query_key=QueryKey(
+                None, _pair_qk(_m(b, "attention.q_lin"), _m(b, "attention.k_lin")), _scaling(_m(b, "attention"), hl)
+            ),
         )
         for b in _each(base, "transformer.layer")
     )
@@ -562,6 +760,26 @@ def try_model_parts(
         return model_parts(model), None
     except ArchitectureNotSupported as exc:
         return None, str(ArchitectureNotSupported(exc.architecture, what, verb))
+
+
+def final_norm(model: nn.Module) -> nn.Module | None:
+    """The norm after the last block (GPT-2 ln_f, Llama norm), or None: post-LN encoders have none, and an
+    architecture the map does not know gets its hidden states as the model returns them."""
+    parts, _ = try_model_parts(model)
+    return parts.final_norm if parts is not None else None
+
+
+def encoder_head(model: nn.Module) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]] | None:
+    """For a masked LM whose head the map knows (BERT, RoBERTa, DistilBERT): (its encoder, the head h [.., D] →
+    logits [.., V] applied to the encoder's last hidden state), so a caller can run the head on the positions it
+    reads only. None for any other model."""
+    parts, _ = try_model_parts(model)
+    base = getattr(model, "base_model", model)
+    if parts is None or base is model or parts.unembed is None or parts.head_dense is None:
+        return None
+    if parts.final_norm is not None or parts.unembed_in is not None:
+        return None
+    return base, parts.decode
 
 
 # ----------------------------------------------------------------------------------------------------------------

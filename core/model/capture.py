@@ -10,7 +10,9 @@ from typing import Any
 import numpy as np
 
 from core.infra.errors import InputError
-from core.model.loading import LoadedModel, final_norm
+from core.model.arch import final_norm
+from core.model.hooks import Registration, hooked
+from core.model.loading import LoadedModel
 from core.run.settings import AnalysisSettings
 
 
@@ -208,22 +210,18 @@ def capture(
     def grab(_module, args, _kwargs=None):
         pre_norm["h"] = args[0]
 
-    handles = [norm.register_forward_pre_hook(grab)] if norm is not None else []
+    hooks: list[Registration] = [(norm, "pre", grab)] if norm is not None else []
     T = int(ids.shape[1])
     kept: list[int] | None = None
     if logit_positions is not None:
         kept = sorted({int(p) for p in logit_positions(enc["input_ids"][0].tolist(), special) if 0 <= int(p) < T})
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         if head is not None and kept and len(kept) < T:
-            handles.append(head.register_forward_pre_hook(_head_slicer(kept, T)))
-    try:
-        with torch.inference_mode():
-            out = model(
-                input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True, return_dict=True
-            )
-    finally:
-        for h in handles:
-            h.remove()
+            hooks.append((head, "pre", _head_slicer(kept, T)))
+    with hooked(hooks), torch.inference_mode():
+        out = model(
+            input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True, return_dict=True
+        )
 
     if not out.attentions or out.attentions[0] is None:
         raise RuntimeError("the model returned no attentions; it must run with attn_implementation='eager'")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from core.model.arch import encoder_head
+
 if TYPE_CHECKING:
     import torch
 
@@ -23,7 +25,8 @@ def target_logits(
     """Logits at `position` for a batch: input_ids [B, T] → float32 [B, V] (no gradients).
 
     Causal LMs run the prefix 0..position and compute the head at that one position; BERT-style masked LMs run the
-    encoder and apply the head at `position` only; anything else runs the whole model."""
+    encoder and apply the head at `position` only (encoder and head from the architecture map); anything else runs
+    the whole model."""
     import torch
 
     model = loaded.model
@@ -38,11 +41,11 @@ def target_logits(
                 **kw,
             )
             return out.logits[:, -1].float()
-        base = getattr(model, "base_model", model)
-        head = getattr(model, "cls", None)
         mask = attention_mask.expand(B, -1)
-        if head is not None and base is not model:
-            h = base(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        split = encoder_head(model)
+        if split is not None:
+            encoder, head = split
+            h = encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
             return head(h[:, position : position + 1])[:, 0].float()
         return model(input_ids=input_ids, attention_mask=mask).logits[:, position].float()
 

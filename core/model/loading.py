@@ -24,6 +24,7 @@ from typing import Any
 from core.infra import guards
 from core.infra.errors import ModelUnavailableError
 from core.infra.presets import BUNDLED_ID
+from core.model.arch import final_norm as final_norm  # the map's; imported from here by core.studies.corpus
 from core.model.info import ModelInfo
 from core.run.settings import DEVICES, DTYPES
 
@@ -417,16 +418,3 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto", device_
         hidden_size=_config_count(config, "hidden_size", "n_embd", "d_model"),
         architecture=type(model).__name__,
     )
-
-
-def final_norm(model: Any) -> Any | None:
-    """The norm applied after the last block (GPT-2 `ln_f`, Llama `norm`), or None (BERT has none)."""
-    base = getattr(model, "base_model", model)
-    for name in ("ln_f", "norm", "final_layer_norm", "final_layernorm"):
-        mod = getattr(base, name, None)
-        if mod is not None and hasattr(mod, "forward"):
-            return mod
-    decoder = getattr(base, "decoder", None)
-    if decoder is not None:
-        return final_norm(decoder)
-    return None

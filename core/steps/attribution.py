@@ -25,9 +25,10 @@ import numpy as np
 
 from core.infra.devices import fast_attention
 from core.infra.serialize import serializable
-from core.model.arch import try_model_parts
+from core.model.arch import encoder_head, try_model_parts
 from core.model.capture import Capture
 from core.model.forward import supports_logits_to_keep
+from core.model.hooks import hooked
 from core.model.loading import LoadedModel
 from core.steps.context import StepContext
 
@@ -180,13 +181,13 @@ def target_logprob_fn(loaded: Any, attention_mask: Any, position: int, token_id:
 
         return f
 
-    base = getattr(model, "base_model", model)
-    head = getattr(model, "cls", None)
+    split = encoder_head(model)
 
     def g(emb):
         m = attention_mask.expand(emb.shape[0], -1)
-        if head is not None and base is not model:
-            h = base(inputs_embeds=emb, attention_mask=m).last_hidden_state
+        if split is not None:
+            encoder, head = split
+            h = encoder(inputs_embeds=emb, attention_mask=m).last_hidden_state
             logits = head(h[:, position : position + 1])[:, 0]
         else:
             logits = model(inputs_embeds=emb, attention_mask=m).logits[:, position]
@@ -214,23 +215,20 @@ def saved_activation_bytes(loaded: Any, n_tokens: int) -> int:
     """Estimate of what autograd keeps for the backward pass of one sequence: per block and token about four
     hidden-width and four MLP-width values (norm inputs, attention output, MLP gate / up / activation), in the
     model's dtype."""
-    cfg = loaded.model.config
     d = int(loaded.hidden_size or 0)
-    inner = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
+    parts, _ = try_model_parts(loaded.model)
+    inner = parts.mlp_width if parts is not None else 4 * d
     size = 2 if loaded.dtype in ("bfloat16", "float16") else 4
     return int(loaded.n_layers) * int(n_tokens) * (4 * d + 4 * int(inner)) * size
 
 
 def _block_list(model: Any, n_layers: int) -> list[Any]:
-    """The model's L transformer blocks: the first ModuleList of n_layers modules of one class ([] if none)."""
-    import torch
-
-    for m in model.modules():
-        if isinstance(m, torch.nn.ModuleList) and len(m) == n_layers > 0:
-            kinds = {type(b) for b in m}
-            if len(kinds) == 1 and any(True for _ in m[0].parameters()):
-                return list(m)
-    return []
+    """The model's L transformer blocks from the architecture map ([] when the map does not know the model: the
+    gradient pass then runs without checkpointing)."""
+    parts, _ = try_model_parts(model)
+    if parts is None or parts.n_layers != n_layers:
+        return []
+    return [b.module for b in parts.blocks]
 
 
 @contextlib.contextmanager
@@ -284,7 +282,6 @@ def gradient_x_input(
     n_layers, n_heads = loaded.n_layers, loaded.n_heads
     mods = head_projection_modules(loaded.model, n_layers) if heads else None
     captured: list[Any] = []
-    handles = []
 
     def grab(_module, args):
         captured.append(args[0])
@@ -301,13 +298,8 @@ def gradient_x_input(
         torch.enable_grad(),
     ):
         emb = x.clone().requires_grad_(True)
-        try:
-            for m in mods or []:
-                handles.append(m.register_forward_pre_hook(grab))
+        with hooked((m, "pre", grab) for m in mods or []):
             val = f(emb)
-        finally:
-            for h in handles:
-                h.remove()
         wrt = [emb, *captured] if mods else [emb]
         grads = torch.autograd.grad(val.sum(), wrt, allow_unused=True)
     gxi = (grads[0] * emb.detach())[0].sum(-1).double().cpu().numpy()

@@ -48,6 +48,7 @@ from core.model.arch import (
     try_model_parts,
     weight,
 )
+from core.model.hooks import Registration, hooked
 from core.steps.context import StepContext
 
 if TYPE_CHECKING:
@@ -119,7 +120,6 @@ def decomposition_pass(loaded: LoadedModel, input_ids: torch.Tensor, attention_m
         k: [None] * L for k in ("z", "attn_out", "v", "mlp_out", "attn_update", "mlp_update", "attn_sum", "mlp_sum")
     }
     other: dict[str, torch.Tensor] = {}
-    handles = []
 
     def out_hook(name: str, layer: int, take_input: bool = False) -> Callable[..., None]:
         def hook(_m: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -141,34 +141,33 @@ def decomposition_pass(loaded: LoadedModel, input_ids: torch.Tensor, attention_m
 
         return hook
 
-    try:
-        for l, b in enumerate(parts.blocks):
-            handles.append(b.out_proj.register_forward_hook(proj_hook(l)))
-            handles.append(b.value_module.register_forward_hook(out_hook("v", l)))
-            handles.append(b.mlp_out.register_forward_hook(out_hook("mlp_out", l)))
-            if b.attn_update_norm is not None:
-                handles.append(b.attn_update_norm.register_forward_hook(out_hook("attn_update", l)))
-            if b.mlp_update_norm is not None:
-                handles.append(b.mlp_update_norm.register_forward_hook(out_hook("mlp_update", l)))
-            if b.attn_residual_norm is not None:
-                handles.append(b.attn_residual_norm.register_forward_hook(out_hook("attn_sum", l, take_input=True)))
-            if b.mlp_residual_norm is not None:
-                handles.append(b.mlp_residual_norm.register_forward_hook(out_hook("mlp_sum", l, take_input=True)))
-        if parts.final_norm is not None:
-            handles.append(parts.final_norm.register_forward_hook(grab("final_in")))
-        if parts.head_dense is not None:
-            handles.append(parts.head_dense.register_forward_hook(grab("head_pre")))
-        with torch.inference_mode():
-            out = loaded.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                output_hidden_states=True,
-                output_attentions=True,
-                return_dict=True,
-            )
-    finally:
-        for h in handles:
-            h.remove()
+    hooks: list[Registration] = []
+    for l, b in enumerate(parts.blocks):
+        hooks += [
+            (b.out_proj, "post", proj_hook(l)),
+            (b.value_module, "post", out_hook("v", l)),
+            (b.mlp_out, "post", out_hook("mlp_out", l)),
+        ]
+        if b.attn_update_norm is not None:
+            hooks.append((b.attn_update_norm, "post", out_hook("attn_update", l)))
+        if b.mlp_update_norm is not None:
+            hooks.append((b.mlp_update_norm, "post", out_hook("mlp_update", l)))
+        if b.attn_residual_norm is not None:
+            hooks.append((b.attn_residual_norm, "post", out_hook("attn_sum", l, take_input=True)))
+        if b.mlp_residual_norm is not None:
+            hooks.append((b.mlp_residual_norm, "post", out_hook("mlp_sum", l, take_input=True)))
+    if parts.final_norm is not None:
+        hooks.append((parts.final_norm, "post", grab("final_in")))
+    if parts.head_dense is not None:
+        hooks.append((parts.head_dense, "post", grab("head_pre")))
+    with hooked(hooks), torch.inference_mode():
+        out = loaded.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=True,
+            output_attentions=True,
+            return_dict=True,
+        )
 
     def stack(name: str) -> torch.Tensor:
         vals = keep[name]

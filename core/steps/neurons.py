@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from core.infra import serialize
+from core.model.hooks import hooked
 
 if TYPE_CHECKING:
     import torch
@@ -85,7 +86,6 @@ def capture_mlp_activations(
     last = wanted[-1]
     T = int(input_ids.shape[1])
     got: dict[int, np.ndarray] = {}
-    handles = []
 
     def make_hook(layer: int) -> Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], None]:
         def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
@@ -96,17 +96,11 @@ def capture_mlp_activations(
 
         return hook
 
-    try:
-        for layer in wanted:
-            handles.append(projections[layer].register_forward_pre_hook(make_hook(layer)))
-        with torch.inference_mode():
-            try:
-                model(input_ids=input_ids, attention_mask=attention_mask)
-            except _Stop:
-                pass
-    finally:
-        for h in handles:
-            h.remove()
+    with hooked((projections[layer], "pre", make_hook(layer)) for layer in wanted), torch.inference_mode():
+        try:
+            model(input_ids=input_ids, attention_mask=attention_mask)
+        except _Stop:
+            pass
     missing = [layer for layer in wanted if layer not in got]
     if missing:
         raise RuntimeError(f"the MLP output projection of layer(s) {missing} was never called")

@@ -11,7 +11,8 @@ Qwen2 with fewer key-value heads) maps query head h to key-value head h // (H / 
 
 How q and k are obtained: not with a second forward pass. The captured hidden states already hold every block's
 input (hidden_states[l] is the input of block l), so for each layer the step applies the block's own pre-attention
-norm (GPT-2 `ln_1`, Llama `input_layernorm`; BERT has none before attention) and its own q/k projections to it:
+norm (none in post-LN encoders) and its own q/k projections to it, both read from the architecture map
+(`Block.query_key`; the scaling, rotary embedding, sliding window and GQA layout come from the map too):
 about 2/12 of a forward pass's matrix work. That the result is exact is tested: the scores softmaxed with the mask
 equal the attention weights the model returned, for every layer, head and query.
 
@@ -23,163 +24,39 @@ For T ≥ 2·d_head they never exceed the attention tensor [L, H, T, T] the resu
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.infra import serialize
+from core.model.arch import ArchitectureNotSupported, ModelParts, QueryKey, try_model_parts
 
 if TYPE_CHECKING:
-    import torch
-
     from core.steps.context import StepContext
 
 log = logging.getLogger(__name__)
 
 QK_MAX_BYTES = 64 * 2**20
 
-#: A transformers model (PreTrainedModel). Its submodules differ per architecture and are reached by attribute, so
-#: they have no static type; the lookups below check what they find at run time (and the tests pin each family).
+#: A transformers model (PreTrainedModel); its parts come from the architecture map (core.model.arch).
 HFModel = Any
 
-#: model_type values whose attention this module reproduces exactly (tested); others get "not available".
-SUPPORTED = ("gpt2", "bert", "roberta", "distilbert", "llama", "mistral", "qwen2", "phi3", "gpt_neox", "opt")
-_CAUSAL = ("gpt2", "llama", "mistral", "qwen2", "phi3", "gpt_neox", "opt")
 
+def query_key_parts(model: HFModel) -> tuple[ModelParts, tuple[QueryKey, ...]]:
+    """The model's parts and every block's query–key side, from the one architecture map (core/model/arch.py).
 
-@dataclass(frozen=True)
-class AttentionParts:
-    """What the query–key view needs from one block.
-
-    norm: the module applied to the residual stream before attention, or None (post-norm BERT, DistilBERT).
-    project: x [1, T, D] -> (q [1, T, H·d], k [1, T, H_kv·d]) before rotary.
+    Raises ValueError("the query–key view is not available for <architecture>: <why>") for an architecture the map
+    does not know or whose scores it does not reproduce (`ModelParts.qk_refusal`: Gemma-2's attention-logit
+    soft-capping, Qwen2's per-layer sliding windows, q/k norms, GPT-2 cross-attention).
     """
-
-    norm: torch.nn.Module | None
-    project: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-    n_heads: int
-    n_kv_heads: int
-    d_head: int
-    scaling: float
-
-
-@dataclass(frozen=True)
-class Rotary:
-    """The model's rotary embedding module and the apply_rotary_pos_emb of the model's own modelling file."""
-
-    embedding: torch.nn.Module
-    apply: Callable[..., tuple[torch.Tensor, torch.Tensor]]
-
-
-def attention_parts(model: HFModel) -> tuple[list[AttentionParts], Rotary | None]:
-    """Per block: its pre-attention norm and q/k projections; plus the model's rotary embedding (None without).
-
-    The one architecture lookup of this module (core/model/arch.py maps the output side of attention; the query/key
-    side lives here). Raises ValueError for an architecture it does not reproduce: Gemma-2 (attention-logit
-    soft-capping, per-layer windows), Qwen2 with per-layer sliding windows, Qwen3-style q/k norms.
-    """
-    import inspect
-
-    cfg = model.config
-    mtype = getattr(cfg, "model_type", "")
-    base: HFModel = getattr(model, "base_model", model)
-    name = type(model).__name__
-    if mtype not in SUPPORTED:
-        raise ValueError(f"the query–key view is not available for {name} ({mtype or 'unknown type'})")
-    if mtype == "qwen2" and getattr(cfg, "use_sliding_window", False):
-        raise ValueError(f"the query–key view is not available for {name} with per-layer sliding windows")
-    parts: list[AttentionParts] = []
-    if mtype == "gpt2":
-        if getattr(cfg, "add_cross_attention", False):
-            raise ValueError(f"the query–key view is not available for {name} with cross-attention")
-        for block in base.h:
-            attn = block.attn
-            D = attn.embed_dim
-            scaling = float(getattr(attn, "scaling", 0.0)) or _gpt2_scaling(attn)
-
-            def gpt2_qk(x: torch.Tensor, attn: HFModel = attn, D: int = D) -> tuple[torch.Tensor, torch.Tensor]:
-                q, k, _v = attn.c_attn(x).split(D, dim=2)
-                return q, k
-
-            parts.append(AttentionParts(block.ln_1, gpt2_qk, attn.num_heads, attn.num_heads, attn.head_dim, scaling))
-        return parts, None
-    if mtype in ("bert", "roberta", "distilbert"):
-        layers = base.transformer.layer if mtype == "distilbert" else base.encoder.layer
-        for block in layers:
-            sa = block.attention if mtype == "distilbert" else block.attention.self
-            d = int(sa.attention_head_size)
-            qm, km = (sa.q_lin, sa.k_lin) if mtype == "distilbert" else (sa.query, sa.key)
-
-            def bert_qk(x: torch.Tensor, qm: HFModel = qm, km: HFModel = km) -> tuple[torch.Tensor, torch.Tensor]:
-                return qm(x), km(x)
-
-            H = int(cfg.num_attention_heads if mtype != "distilbert" else cfg.n_heads)
-            parts.append(AttentionParts(None, bert_qk, H, H, d, float(getattr(sa, "scaling", d**-0.5))))
-        return parts, None
-    if mtype == "opt":  # q_proj(x)·scaling in the model, with scale 1 in the attention call: the same product
-        for block in base.decoder.layers:
-            sa = block.self_attn
-
-            def opt_qk(x: torch.Tensor, sa: HFModel = sa) -> tuple[torch.Tensor, torch.Tensor]:
-                return sa.q_proj(x), sa.k_proj(x)
-
-            norm = block.self_attn_layer_norm if block.do_layer_norm_before else None
-            parts.append(AttentionParts(norm, opt_qk, sa.num_heads, sa.num_heads, sa.head_dim, float(sa.scaling)))
-        return parts, None
-    # rotary models: llama, mistral, qwen2, phi3 (fused qkv), gpt_neox (fused per-head qkv, partial rotary)
-    H = int(cfg.num_attention_heads)
-    KV = int(getattr(cfg, "num_key_value_heads", None) or H)
-    for block in base.layers:
-        sa = block.attention if mtype == "gpt_neox" else block.self_attn
-        if hasattr(sa, "q_norm") or hasattr(sa, "k_norm"):
-            raise ValueError(f"the query–key view is not available for {name}: q/k norms are not reproduced")
-        if mtype == "gpt_neox":
-            d = int(sa.head_size)
-
-            def neox_qk(x: torch.Tensor, sa: HFModel = sa, d: int = d) -> tuple[torch.Tensor, torch.Tensor]:
-                qkv = sa.query_key_value(x).view(*x.shape[:-1], -1, 3 * d)
-                q, k, _v = qkv.chunk(3, dim=-1)
-                return q.reshape(*x.shape[:-1], -1), k.reshape(*x.shape[:-1], -1)
-
-            project: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = neox_qk
-        elif mtype == "phi3":
-            d = int(sa.head_dim)
-
-            def phi3_qk(x: torch.Tensor, sa: HFModel = sa, d: int = d) -> tuple[torch.Tensor, torch.Tensor]:
-                qkv = sa.qkv_proj(x)
-                return qkv[..., : H * d], qkv[..., H * d : (H + KV) * d]
-
-            project = phi3_qk
-        else:
-            d = int(sa.head_dim)
-
-            def llama_qk(x: torch.Tensor, sa: HFModel = sa) -> tuple[torch.Tensor, torch.Tensor]:
-                return sa.q_proj(x), sa.k_proj(x)
-
-            project = llama_qk
-        parts.append(AttentionParts(block.input_layernorm, project, H, KV, d, float(getattr(sa, "scaling", d**-0.5))))
-    module = inspect.getmodule(type(base.layers[0]))
-    apply = getattr(module, "apply_rotary_pos_emb", None)
-    if apply is None:
-        raise ValueError(f"the query–key view is not available for {name}: no apply_rotary_pos_emb found")
-    return parts, Rotary(base.rotary_emb, apply)
-
-
-def _gpt2_scaling(attn: HFModel) -> float:
-    s = float(attn.head_dim) ** -0.5 if attn.scale_attn_weights else 1.0
-    if attn.scale_attn_by_inverse_layer_idx:
-        s /= float(attn.layer_idx + 1)
-    return s
-
-
-def sliding_window(model: HFModel) -> int:
-    """The attention window of a Mistral or Phi-3 model that has one (0: no window)."""
-    cfg = model.config
-    if cfg.model_type in ("mistral", "phi3"):
-        return int(getattr(cfg, "sliding_window", None) or 0)
-    return 0
+    parts, why = try_model_parts(model, "the query–key view")
+    if parts is None:
+        raise ValueError(why)
+    try:
+        return parts, parts.query_key()
+    except ArchitectureNotSupported as exc:
+        raise ValueError(str(exc)) from exc
 
 
 @serialize.serializable
@@ -264,8 +141,9 @@ def compute_qk(
     """
     import torch
 
-    parts, rotary = attention_parts(model)
-    L = len(parts)
+    parts, sides = query_key_parts(model)
+    hl, rotary = parts.heads, parts.rotary
+    L = len(sides)
     if hidden_states.shape[0] < L:
         raise ValueError(f"expected at least {L} block inputs, got hidden states {hidden_states.shape}")
     T = hidden_states.shape[1]
@@ -274,13 +152,13 @@ def compute_qk(
     with torch.inference_mode():
         pos = torch.arange(T, device=param.device)[None]
         cos_sin = None
-        for layer, p in enumerate(parts):
+        for layer, side in enumerate(sides):
             x = torch.from_numpy(np.ascontiguousarray(hidden_states[layer])).to(param.device, param.dtype)[None]
-            if p.norm is not None:
-                x = p.norm(x)
-            q, k = p.project(x)
-            q = q.view(1, T, p.n_heads, p.d_head).transpose(1, 2)
-            k = k.view(1, T, p.n_kv_heads, p.d_head).transpose(1, 2)
+            if side.pre_norm is not None:
+                x = side.pre_norm(x)
+            q, k = side.project(x)
+            q = q.view(1, T, hl.n_heads, hl.head_dim).transpose(1, 2)
+            k = k.view(1, T, hl.n_kv_heads, hl.head_dim).transpose(1, 2)
             if rotary is not None:
                 if cos_sin is None:
                     cos_sin = rotary.embedding(x, pos)
@@ -292,10 +170,10 @@ def compute_qk(
     section = QKSection(
         queries=queries,
         keys=keys,
-        scaling=np.array([p.scaling for p in parts], np.float64),
+        scaling=np.array([side.scaling for side in sides], np.float64),
         key_mask=mask,
-        causal=model.config.model_type in _CAUSAL,
-        window=sliding_window(model),
+        causal=parts.causal,
+        window=parts.window,
         rotary=rotary is not None,
     )
     return queries, keys, section

@@ -39,6 +39,7 @@ from core.infra.errors import InputError
 from core.infra.guards import check_text_length, max_corpus_texts
 from core.infra.threads import single_threaded
 from core.infra.version import CORE_VERSION
+from core.model.hooks import hooked
 from core.model.info import ModelInfo
 from core.model.loading import LoadedModel, final_norm, load_model
 from core.run.cache import ResultCache, run_key
@@ -409,13 +410,8 @@ def forward_batches(
         def grab(_module: Any, args: Any, _pre: dict[str, Any] = pre_norm) -> None:
             _pre["h"] = args[0]
 
-        handle = norm.register_forward_pre_hook(grab) if norm is not None else None
-        try:
-            with torch.inference_mode():
-                out = model(**kwargs)
-        finally:
-            if handle is not None:
-                handle.remove()
+        with hooked([(norm, "pre", grab)] if norm is not None else []), torch.inference_mode():
+            out = model(**kwargs)
         hs = list(out.hidden_states)
         if "h" in pre_norm:
             hs[-1] = pre_norm["h"]
