@@ -346,3 +346,139 @@ def test_gc_paused_nests_and_restores_the_collector():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hooks registered in one place; architecture knowledge in one map
+
+#: torch's hook registrations on modules (forward, forward-pre, full backward, backward-pre, global module hooks).
+HOOK_CALL = re.compile(r"^register_(module_)?(forward|full_backward|backward)(_pre)?_hook$")
+
+
+def hook_registrations(paths: list[Path]) -> dict[str, list[int]]:
+    """Per file (relative to the repository): the lines that call a torch hook registration."""
+    out: dict[str, list[int]] = {}
+    for p in paths:
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and HOOK_CALL.match(node.attr):
+                out.setdefault(p.relative_to(ROOT).as_posix() if p.is_relative_to(ROOT) else str(p), []).append(
+                    node.lineno
+                )
+    return out
+
+
+def test_hook_counter_finds_a_planted_registration(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text("def f(m, g):\n    return m.register_forward_pre_hook(g), m.register_full_backward_hook(g)\n")
+    assert hook_registrations([planted]) == {str(planted): [2, 2]}
+
+
+def test_forward_hooks_are_registered_in_at_most_two_core_modules():
+    """Every hook goes through core.model.hooks.hooked (removed in its `finally`): torch's register_*_hook calls
+    appear in at most two core modules, hooks.py among them. A third module registering a hook fails here."""
+    found = hook_registrations(sorted(CORE.rglob("*.py")))
+    assert "core/model/hooks.py" in found
+    assert len(found) <= 2, f"hooks registered outside core.model.hooks.hooked: {found}"
+
+
+#: Words the map's module paths share with ordinary code (the project's own fields and variables): not evidence of
+#: architecture knowledge on their own. Every other component of a path the map reaches is.
+COMMON_WORDS = frozenset(
+    {"activation", "attention", "attn", "embeddings", "encoder", "h", "key", "layer", "layers", "mlp", "model"}
+    | {"norm", "output", "predictions", "query", "self", "transform", "value"}
+)
+#: (file, strings) that look like architecture names but are not: a Hub model id, and the size guard's parameter
+#: formulas by model type (core/infra/guards.py reads a raw config.json before anything is loaded, for every model a
+#: user may try, most of them outside the map; infra may not import the map).
+NOT_ARCHITECTURE_KNOWLEDGE = {"core/infra/presets.py": {"gpt2"}, "core/infra/guards.py": {"*model types*"}}
+IDENTIFIER = re.compile(r"^[A-Za-z_][\w.]*$")
+
+
+def architecture_names() -> tuple[set[str], set[str]]:
+    """(module names the map reaches that are its own, the model types it knows), read from core/model/arch.py: the
+    dotted paths given to _m / _opt_m / _each, less COMMON_WORDS and the names of the map's own fields."""
+    import dataclasses
+
+    from core.model import arch
+
+    paths: set[str] = set()
+    for node in ast.walk(ast.parse((CORE / "model" / "arch.py").read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("_m", "_opt_m", "_each"):
+            if len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
+                paths |= set(node.args[1].value.split("."))
+    fields = {
+        f.name
+        for cls in (arch.Block, arch.ModelParts, arch.QueryKey, arch.Rotary, arch.HeadLayout)
+        for f in dataclasses.fields(cls)
+    }
+    return paths - COMMON_WORDS - fields, set(arch.BUILDERS)
+
+
+def architecture_mentions(paths: list[Path], names: set[str], model_types: set[str]) -> list[str]:
+    """'file:line name' for each attribute access or identifier-like string (docstrings aside) that names a module
+    of the map, and each string that is a model type the map knows."""
+    hits = []
+    for p in paths:
+        rel = p.relative_to(ROOT).as_posix() if p.is_relative_to(ROOT) else str(p)
+        allowed = NOT_ARCHITECTURE_KNOWLEDGE.get(rel, set())
+        tree = ast.parse(p.read_text(encoding="utf-8"))
+        docstrings = {
+            id(n.body[0].value)
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and n.body
+            and isinstance(n.body[0], ast.Expr)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in names:
+                hits.append(f"{rel}:{node.lineno} .{node.attr}")
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                if not IDENTIFIER.match(node.value) or node.value in allowed:
+                    continue
+                if node.value in model_types:
+                    if "*model types*" not in allowed:
+                        hits.append(f"{rel}:{node.lineno} model type {node.value!r}")
+                elif set(node.value.split(".")) & names:
+                    hits.append(f"{rel}:{node.lineno} {node.value!r}")
+    return hits
+
+
+def test_architecture_scan_finds_planted_knowledge(tmp_path):
+    names, model_types = architecture_names()
+    assert {"c_attn", "o_proj", "down_proj", "input_layernorm", "rotary_emb", "q_lin"} <= names
+    assert {"gpt2", "llama", "bert"} <= model_types
+    planted = tmp_path / "planted.py"
+    planted.write_text(
+        '"""Mentions ln_f in prose only."""\n'
+        "def f(model, mt):\n"
+        "    blocks = model.transformer.h\n"
+        '    if mt == "llama":\n'
+        '        return getattr(blocks[0], "self_attn.o_proj")\n'
+        "    return blocks[0].attn.c_proj\n"
+    )
+    assert sorted(architecture_mentions([planted], names, model_types)) == [
+        f"{planted}:3 .transformer",
+        f"{planted}:4 model type 'llama'",
+        f"{planted}:5 'self_attn.o_proj'",
+        f"{planted}:6 .c_proj",
+    ]
+
+
+def test_architecture_knowledge_lives_in_the_map_only():
+    """A new architecture touches one file (core/model/arch.py): no other module of core/, app/ or pages/ names a
+    module the map reaches or a model type it knows."""
+    names, model_types = architecture_names()
+    files = [
+        p
+        for p in sorted([*CORE.rglob("*.py"), *(ROOT / "app").rglob("*.py"), *(ROOT / "pages").rglob("*.py")])
+        if p != CORE / "model" / "arch.py"
+    ]
+    assert architecture_mentions(files, names, model_types) == []
+
+
+def test_the_map_docstring_says_how_to_add_a_family():
+    from core.model import arch
+
+    doc = arch.__doc__ or ""
+    assert "Adding a family touches this file only" in doc
+    assert all(word in doc for word in ("BUILDERS", "ARCH_PREFIXES", "builder"))
