@@ -234,7 +234,7 @@ def test_unknown_architecture_is_a_warning_not_a_gap(tiny_gpt2, monkeypatch):
         raise ValueError(f"the query–key view is not available for {type(model).__name__} (test)")
 
     monkeypatch.setattr(neurons, "mlp_output_projections", refuse)
-    monkeypatch.setattr(qk, "attention_parts", refuse_qk)
+    monkeypatch.setattr(qk, "query_key_parts", refuse_qk)
     r = analyze(tiny_gpt2, "The dog sat on the log.", compute_gradients=False, views="all")
     assert r.neuron_factors is None and r.query_key is None
     assert any("neuron factors are not available for GPT2LMHeadModel" in w for w in r.warnings)
