@@ -235,3 +235,17 @@ def test_query_key_side_rebuilds_the_attention(fam):
             s = (q @ k.transpose(-1, -2))[0] * side.scaling
             w = torch.softmax(s.masked_fill(~allowed, float("-inf")), -1)
             torch.testing.assert_close(w, out.attentions[layer][0], atol=1e-5, rtol=1e-4)
+
+
+def test_mlp_width_is_the_neuron_count(fam):
+    """d_ff read from the MLP output projection's weight (GPT-2 Conv1D [in, out], nn.Linear [out, in]) equals the
+    width of that projection's input in a forward pass."""
+    kind, (model, tok) = fam
+    parts = model_parts(model)
+    seen = []
+    h = parts.blocks[0].mlp_out.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[-1]))
+    try:
+        _run(model, tok)
+    finally:
+        h.remove()
+    assert parts.mlp_width == seen[0] == (4 * 32 if kind == "gpt2" else 64)  # GPT-2: n_inner = 4·D

@@ -159,6 +159,8 @@ class ModelParts:
     @property
     def mlp_width(self) -> int:
         """d_ff: the width of the MLP output projection's input (the neuron activations)."""
+        if not self.blocks:
+            return 0
         mod = self.blocks[0].mlp_out
         return int(weight(mod).shape[0 if _is_conv1d(mod) else 1])
 
