@@ -1,20 +1,17 @@
 """Sections of the Compare page (and the layer × layer CKA of the Layer Analysis page), drawn from stored results.
 
-Run A and run B are ordinary cached analyses with the sidebar's settings: the Compare button loads each model
-through app.loading.get_model and analyses through core.analysis.pipeline.analyze with the app's result cache in a
-worker thread — the same path as the sidebar's Analyze — and a run that is already in the session (the sidebar's
-result, or the previous A or B) is reused without loading anything. Every other widget on the page only re-draws:
-the comparison itself (core.studies.compare.compare) is a pure function of the two results, cached per pair of results.
+Run A and run B are ordinary cached analyses with the sidebar's settings: the Compare button starts one background
+job (app.jobs) that loads each model through app.loading.get_model and analyses through
+core.analysis.pipeline.analyze with the app's result cache — the same path as the sidebar's Analyze — and a run
+that is already in the session (the sidebar's result, or the previous A or B) is reused without loading anything.
+Every other widget on the page only re-draws: the comparison itself (core.studies.compare.compare) is a pure
+function of the two results, cached per pair of results.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
 from typing import Any
 
 import altair as alt
@@ -22,6 +19,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from app import downloads, job_widgets, jobs
 from app.loading import get_model, get_result_cache
 from app.sidebar import current_settings, known_family, selected_model_id, session_entry
 from app.state import OTHER_MODEL, Keys
@@ -195,75 +193,58 @@ def _reusable(state: Any, spec: Spec) -> AnalysisResult | None:
     return None
 
 
-#: The two analyses run here, not in the script thread (as the sidebar's do): a rerun — the user touching a widget
-#: or leaving the page — stops the script, not the analyses, and the next run of the page picks the job up.
-_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tma-compare")
-
-
-@dataclass
-class CompareJob:
-    """Run A and run B of one Compare press: for each, a finished (reused) result or a future of core's analyze."""
-
-    specs: dict[str, Spec]
-    runs: dict[str, AnalysisResult | Future[AnalysisResult]]
-    computed: tuple[str, ...]  # the runs that were not reused (their results enter the session log)
-    _progress: dict[str, tuple[str, float]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def reporter(self, which: str) -> Callable[[str, float], None]:
-        def report(label: str, fraction: float) -> None:  # called in a worker thread: no Streamlit here
-            with self._lock:
-                self._progress[which] = (label, float(fraction))
-
-        return report
-
-    def progress(self) -> tuple[str, float]:
-        """A label and the mean fraction of the two runs."""
-        with self._lock:
-            fracs = [
-                1.0 if not isinstance(self.runs[w], Future) else self._progress.get(w, ("", 0.0))[1] for w in ("a", "b")
-            ]
-            labels = [f"Run {w.upper()}: {self._progress[w][0]}" for w in ("a", "b") if w in self._progress]
-        return (labels[-1] if labels else "Waiting for the model"), min(max(sum(fracs) / 2, 0.0), 1.0)
+#: The name of the comparison job in app.jobs (one per session).
+COMPARE_JOB = "compare"
 
 
 def start_job() -> None:
-    """On Compare: load each model that a run needs (in this thread, cached), start its analysis in the pool, and
-    keep the job in session state. A run already in the session is reused as it is."""
+    """On Compare: start the comparison as the session's background job (app.jobs). A run already in the session
+    is reused as it is; each other run loads its model (cached) and is analysed in the job, A then B, so leaving
+    the page stops neither. A second press while it runs is refused with one line."""
     state = st.session_state
     specs = {w: _spec(state, model_of(state, w), text_of(state, w)) for w in ("a", "b")}
-    job = CompareJob(specs=specs, runs={}, computed=())
-    which = "a"
-    try:
-        computed = []
-        for which in ("a", "b"):
-            model_id, text, settings, dtype = specs[which]
-            reuse = _reusable(state, specs[which])
-            if reuse is None and which == "b" and specs["b"] == specs["a"]:
-                job.runs["b"] = job.runs["a"]  # the same run twice: analysed once
-                continue
-            if reuse is not None:
-                job.runs[which] = reuse
-                continue
-            if not model_id:
-                raise InputError("no model chosen: type a Hugging Face id or a local folder, or pick a preset")
-            AnalysisSettings.check_text(text)
-            loaded = get_model(model_id, dtype, "auto")
-            from core.analysis.pipeline import analyze
+    reused = {w: _reusable(state, specs[w]) for w in ("a", "b")}
+    todo = [w for w in ("a", "b") if reused[w] is None and not (w == "b" and specs["b"] == specs["a"])]
 
-            job.runs[which] = _POOL.submit(
-                analyze, loaded, text, settings=settings, cache=get_result_cache(), progress=job.reporter(which)
-            )
-            computed.append(which)
-        job.computed = tuple(computed)
-    except Exception as exc:
-        for f in job.runs.values():
-            if isinstance(f, Future):
-                f.cancel()
-        state[Keys.CMP_ERROR] = _error_line(which, exc)
-        return
-    state[Keys.CMP_ERROR] = None
-    state[Keys.CMP_JOB] = job
+    def work(job: jobs.Job) -> dict[str, AnalysisResult]:
+        from core.analysis import pipeline
+
+        out: dict[str, AnalysisResult] = {}
+        for which in ("a", "b"):
+            kept = reused[which]
+            if kept is not None:
+                out[which] = kept
+                continue
+            if which == "b" and specs["b"] == specs["a"]:
+                out["b"] = out["a"]  # the same run twice: analysed once
+                continue
+            model_id, text, settings, dtype = specs[which]
+            step = todo.index(which)
+
+            def report(label: str, fraction: float, which: str = which, step: int = step) -> None:
+                job.report(f"Run {which.upper()}: {label}", (step + fraction) / len(todo))
+
+            try:
+                if not model_id:
+                    raise InputError("no model chosen: type a Hugging Face id or a local folder, or pick a preset")
+                AnalysisSettings.check_text(text)
+                report("loading the model", 0.0)
+                loaded = get_model(model_id, dtype, "auto")
+                out[which] = pipeline.analyze(
+                    loaded, text, settings=settings, cache=get_result_cache(), progress=report
+                )
+            except jobs.JobCancelled:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one line naming the run
+                kind, _ = jobs.describe(exc, "the analysis")
+                raise jobs.JobError(_error_line(which, exc), kind) from exc
+        return out
+
+    out = jobs.start(state, COMPARE_JOB, work, what="the comparison", meta={"specs": specs, "computed": tuple(todo)})
+    if isinstance(out, str):
+        job_widgets.refused(out)
+    else:
+        state[Keys.CMP_ERROR] = None
 
 
 def _error_line(which: str, exc: BaseException) -> str:
@@ -275,43 +256,49 @@ def _error_line(which: str, exc: BaseException) -> str:
     return f"Run {which.upper()}: something went wrong during the analysis. The details are in the server log."
 
 
-def wait_for_job() -> None:
-    """Show the running comparison's progress until both runs are done, then store them (or one error line).
-
-    A rerun interrupts this wait, not the analyses; the next run of the page calls this again."""
+def collect(job: jobs.Job) -> None:
+    """Store a finished comparison job's two runs (or its one line) in the session."""
     state = st.session_state
-    job: CompareJob | None = state.get(Keys.CMP_JOB)
-    if job is None:
+    if not job.ok:
+        state[Keys.CMP_ERROR] = job.error
         return
-    status = st.status("Analysing run A and run B…", expanded=True)
-    with status:
-        label, frac = job.progress()
-        bar = st.progress(frac, text=label)
-        out: dict[str, AnalysisResult] = {}
-        for which in ("a", "b"):
-            run = job.runs[which]
-            if not isinstance(run, Future):
-                out[which] = run
-                continue
-            while True:
-                try:
-                    out[which] = run.result(timeout=0.25)
-                    break
-                except FutureTimeout:
-                    label, frac = job.progress()
-                    bar.progress(frac, text=label)  # a pending rerun is raised here: the analyses run on
-                except BaseException as exc:  # noqa: BLE001 - the analysis' own failure (or its cancellation)
-                    state[Keys.CMP_JOB] = None
-                    state[Keys.CMP_ERROR] = _error_line(which, exc)
-                    status.update(label="The comparison could not run", state="error", expanded=False)
-                    return
-    state[Keys.CMP_JOB] = None
+    out: dict[str, AnalysisResult] = job.result
+    specs = job.meta["specs"]
+    state[Keys.CMP_ERROR] = None
     state[Keys.CMP_RESULT_A], state[Keys.CMP_RESULT_B] = out["a"], out["b"]
-    state[Keys.CMP_SPEC_A], state[Keys.CMP_SPEC_B] = job.specs["a"], job.specs["b"]
+    state[Keys.CMP_SPEC_A], state[Keys.CMP_SPEC_B] = specs["a"], specs["b"]
     state[Keys.CMP_AXIS] = out["a"].n_layers == out["b"].n_layers
-    for which in job.computed:
-        state[Keys.SESSION_LOG].append(session_entry(out[which]))
-    status.update(label="Both runs ready" + (" (reused)" if not job.computed else ""), state="complete", expanded=False)
+    for which in job.meta.get("computed", ()):
+        state.setdefault(Keys.SESSION_LOG, []).append(session_entry(out[which]))
+
+
+def follow_job() -> None:
+    """Show the running comparison's progress until it ends, then store it. A rerun interrupts this wait, not the
+    job; the next visit of the page follows it again (or stores its result)."""
+    job_widgets.follow(COMPARE_JOB, collect, title="Analysing run A and run B …")
+
+
+def download(a: AnalysisResult, b: AnalysisResult, cmp: ComparisonResult) -> None:
+    """The comparison ZIP (the CLI's `compare` bundle), built on the first click and kept for this pair of runs."""
+    state = st.session_state
+    entries = tuple(state.get(Keys.SESSION_LOG) or ())
+    animations = bool(state.get(Keys.ANIMATIONS, True))
+    data = downloads.once(
+        state,
+        Keys.CMP_ZIP,
+        f"{_key(a)}|{_key(b)}",
+        lambda: downloads.comparison_zip(a, b, cmp, session_entries=entries, animations=animations),
+    )
+    st.download_button(
+        "Download comparison bundle (ZIP)",
+        data=data,
+        file_name="comparison_bundle.zip",
+        mime="application/zip",
+        on_click="ignore",
+        key="cmp_download",
+        help="a/ and b/ (each run's full bundle), comparison.json, cka.csv, plots and the comparison report (PDF) — "
+        "what `python -m core compare` writes.",
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -59,34 +59,67 @@ def get_result_cache() -> ResultCache:
     return ResultCache()
 
 
+#: The name of the deeper-views job in app.jobs (one per session).
+VIEWS_JOB = "views"
+
+
 def with_views(result: AnalysisResult, names: list[str]) -> AnalysisResult:
     """The session's result with the deeper views `names` computed: on their first need, one more capture pass
-    plus the views (core.analysis.pipeline.add_views, under a spinner), then kept in the session and the result cache.
-    On a failure the page keeps the result it has (its sections say the view is missing) and shows one line."""
+    plus the views (core.analysis.pipeline.add_views) run as the session's background job, followed here with a
+    progress bar; the fuller result then replaces the session's result (and the cached one). Leaving the page
+    does not stop the job: the next visit shows its progress or takes its result. On a failure the page keeps the
+    result it has (its sections say the view is missing) and shows one line, once per result."""
+    from app import job_widgets, jobs
     from app.state import Keys
-    from core.analysis.pipeline import VIEWS, add_views
+    from core.analysis.pipeline import VIEWS
 
     missing = [n for n in names if n not in result.views]
     if not missing:
         return result
     state = st.session_state
-    model_id, dtype, device = state.get(Keys.RESULT_LOAD) or (result.model.model_id, "auto", "auto")
     what = ", ".join(VIEWS[n][0].lower() for n in missing)
     failed = state.get(Keys.VIEWS_FAILED) or {}
     key = result.cache_key or f"id {id(result)}"
     if key in failed:  # tried once: a widget change must not run the model again
         st.warning(failed[key])
         return result
-    try:
-        with st.spinner(f"Computing {what} (once per analysis) …"):
-            loaded = get_model(model_id, dtype, device)
-            full = add_views(loaded, result, missing, cache=get_result_cache())
-    except Exception as exc:  # noqa: BLE001 - one line in the page, the details in the log
-        log.warning("the deeper views (%s) could not be computed: %s", what, exc, exc_info=True)
-        message = f"These views could not be computed: {what}. {str(exc).splitlines()[0] if str(exc) else ''}"
-        state[Keys.VIEWS_FAILED] = {**failed, key: message}
+    job = jobs.get(state, VIEWS_JOB)
+    if job is not None and job.running and job.meta.get("key") != key:
+        job_widgets.follow(VIEWS_JOB, lambda _job: None, title="Finishing the views of the previous analysis …")
+        job = None
+    if job is None or job.meta.get("key") != key or not set(missing) <= set(job.meta.get("names", ())):
+        load = state.get(Keys.RESULT_LOAD) or (result.model.model_id, "auto", "auto")
+
+        def work(j: jobs.Job) -> AnalysisResult:
+            from core.analysis import pipeline
+
+            try:
+                loaded = get_model(*load)
+                return pipeline.add_views(loaded, result, missing, cache=get_result_cache(), progress=j.report)
+            except jobs.JobCancelled:
+                raise
+            except Exception as exc:  # noqa: BLE001 - its first line names the cause (out of memory, offline …)
+                log.warning("the deeper views (%s) could not be computed", what, exc_info=True)
+                raise jobs.JobError(jobs.first_line(exc), "internal") from exc
+
+        jobs.start(state, VIEWS_JOB, work, what=f"the {what}", meta={"key": key, "names": tuple(missing)})
+
+    def collect(j: jobs.Job) -> None:
+        if j.ok:
+            if (state.get(Keys.RESULT) or result).cache_key == j.meta.get("key"):
+                state[Keys.RESULT] = j.result  # not when the user ran a new analysis meanwhile
+            return
+        if j.error_kind == "cancelled":
+            return  # the next visit asks again
+        state[Keys.VIEWS_FAILED] = {**failed, j.meta["key"]: f"These views could not be computed: {what}. {j.error}"}
+
+    done = job_widgets.follow(VIEWS_JOB, collect, title=f"Computing {what} (once per analysis) …")
+    if done is not None and done.ok and done.meta.get("key") == key:
+        return done.result  # type: ignore[no-any-return]
+    message = (state.get(Keys.VIEWS_FAILED) or {}).get(key)
+    if message:
         st.warning(message)
-        return result
-    if state.get(Keys.RESULT) is result:  # not when the user ran a new analysis meanwhile
-        state[Keys.RESULT] = full
-    return full
+    elif done is not None and done.error_kind == "cancelled":
+        st.info(f"Cancelled: {what}.", icon=":material/block:")
+        st.button("Compute them now", key="views_again", on_click=jobs.forget, args=(state, VIEWS_JOB))
+    return result

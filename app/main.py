@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:
 import streamlit as st  # noqa: E402
 
 from app import sidebar  # noqa: E402
-from app.state import Keys, init_state  # noqa: E402
+from app.state import Keys, init_state, keep_inputs  # noqa: E402
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -38,6 +38,7 @@ PAGES = [
 def main() -> None:
     state = st.session_state
     init_state(state)
+    keep_inputs(state)  # the pages' inputs survive a visit to another page
     if not state[Keys.URL_READ]:  # a shared link opens with its model (once per session)
         sidebar.url_to_state(st.query_params, state)
         state[Keys.URL_READ] = True
@@ -52,8 +53,8 @@ def main() -> None:
         analyse = True
     if analyse:
         sidebar.run_analysis()
-    elif sidebar.pending_job() is not None:  # an analysis started before the user left the page: finish it here
-        sidebar.wait_for_job()
+    else:  # an analysis started before the user left the page: follow it here (or store its result)
+        sidebar.follow_analysis()
     sidebar.draw_result_footer()
 
     model_id = sidebar.selected_model_id(state)  # the URL keeps the model (the page is in the path)

@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
 from typing import Any
 
 import streamlit as st
 
+from app import job_widgets, jobs
 from app.loading import get_model, get_result_cache, is_loaded
+from app.settings_widgets import draw_settings, settings_from_state
 from app.state import OTHER_MODEL, Keys
 from app.widgets import md_escape
 from core.analysis.pipeline import VIEWS, add_views
 from core.analysis.result import AnalysisResult
 from core.export.zip_export import build_zip
-from core.infra.errors import InputError, ModelUnavailableError, TMAError
+from core.infra.errors import InputError
 from core.infra.options import ExportOptions
 from core.infra.presets import BUNDLED_ID, PRESET_IDS, preset
 from core.present.chart_spec import timing_phrase
@@ -42,7 +40,6 @@ EXAMPLES: dict[str, str] = {
 
 MASK_TOKENS = ("[MASK]", "<mask>")
 NO_MASK_WORD = "(no word masked)"
-MAX_TOKEN_CHOICES = (32, 64, 128, 256, 512)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -132,23 +129,7 @@ def current_settings(state: Any) -> AnalysisSettings:
     mask_word = state.get(Keys.MASK_WORD)
     if mask_word in (None, "", NO_MASK_WORD):
         mask_word = None
-    grads = bool(state.get(Keys.COMPUTE_GRADIENTS))
-    return AnalysisSettings(
-        max_tokens=int(state.get(Keys.MAX_TOKENS) or AnalysisSettings.default("max_tokens")),
-        exclude_special_tokens=bool(state.get(Keys.EXCLUDE_SPECIAL)),
-        compute_gradients=grads,
-        integrated_gradients=grads and bool(state.get(Keys.INTEGRATED_GRADIENTS)),  # IG needs gradients
-        ig_steps=int(state.get(Keys.IG_STEPS) or AnalysisSettings.default("ig_steps")),
-        lens_full_grid=bool(state.get(Keys.LENS_FULL_GRID)),
-        mask_word=mask_word,
-        neuron_factors=int(
-            state.get(Keys.NEURON_K)
-            if state.get(Keys.NEURON_K) is not None
-            else AnalysisSettings.default("neuron_factors")
-        ),
-        neuron_first_layer=state.get(Keys.NEURON_FIRST),
-        neuron_last_layer=state.get(Keys.NEURON_LAST),
-    )
+    return settings_from_state(state, mask_word=mask_word)
 
 
 def text_too_long(n_chars: int, limit: int) -> str:
@@ -250,63 +231,8 @@ def draw() -> bool:
             state[Keys.MASK_WORD] = None
 
         with st.expander("Settings", expanded=False):
-            st.select_slider(
-                "Max tokens",
-                MAX_TOKEN_CHOICES,
-                key=Keys.MAX_TOKENS,
-                help="Longer texts are truncated (a warning says so).",
-            )
             st.selectbox("Precision (dtype)", DTYPES, key=Keys.DTYPE, help="auto: float32 on CPU, bfloat16 on a GPU.")
-            st.toggle("Exclude special tokens from layer metrics", key=Keys.EXCLUDE_SPECIAL)
-            grads = st.toggle(
-                "Compute gradients (attribution)",
-                key=Keys.COMPUTE_GRADIENTS,
-                help="Gradient × input and per-head attribution: one extra forward + backward pass.",
-            )
-            ig = st.toggle(
-                "Integrated gradients (slow)",
-                key=Keys.INTEGRATED_GRADIENTS,
-                disabled=not grads,
-                help="One forward + backward pass per step: about 30–40× a forward pass at 32 steps on a CPU.",
-            )
-            lo, hi = AnalysisSettings.bounds("ig_steps")
-            st.number_input(
-                "Integrated-gradients steps",
-                min_value=lo,
-                max_value=hi,
-                step=8,
-                key=Keys.IG_STEPS,
-                disabled=not (grads and ig),
-            )
-            st.toggle(
-                "Full logit-lens grid (slow on a CPU)",
-                key=Keys.LENS_FULL_GRID,
-                help="Decode every position at every layer. On a CPU, long texts otherwise get a window of "
-                "positions around the decoded one (the full grid costs ~4× a forward pass for GPT-2).",
-            )
-            lo, hi = AnalysisSettings.bounds("neuron_factors")
-            st.number_input(
-                "Neuron factors (NMF k, 0 = off)",
-                min_value=lo,
-                max_value=hi,
-                key=Keys.NEURON_K,
-                help=AnalysisSettings.help("neuron_factors"),
-            )
-            c1, c2 = st.columns(2)
-            c1.number_input(
-                "First neuron layer",
-                min_value=0,
-                step=1,
-                key=Keys.NEURON_FIRST,
-                help=AnalysisSettings.help("neuron_first_layer"),
-            )
-            c2.number_input(
-                "Last neuron layer",
-                min_value=0,
-                step=1,
-                key=Keys.NEURON_LAST,
-                help=AnalysisSettings.help("neuron_last_layer"),
-            )
+            draw_settings(state)
             st.toggle(
                 "Layer animations (GIF)",
                 key=Keys.ANIMATIONS,
@@ -392,187 +318,108 @@ def draw_export(result: AnalysisResult) -> None:
 # Running the analysis
 
 
-#: Analyses run here, not in the script thread: leaving the page (a rerun) stops the script, not the analysis, and
-#: the next run of any page of the same session collects the job and shows its result. The model lock serialises
-#: the work per model anyway; a few workers let sessions on different models proceed.
-_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tma-analysis")
-
-#: The running job of each session, by Streamlit session id. Kept here and not in st.session_state: a run that the
-#: user's navigation has superseded may not write session state any more (the write raises Streamlit's rerun
-#: exception), and its job must still be found by the next run.
-_JOBS: dict[str, AnalysisJob] = {}
-_JOBS_LOCK = threading.Lock()
-#: A finished job nobody collected (the session closed) is dropped after this many seconds.
-JOB_TTL_S = 600.0
+#: The name of the analysis job in app.jobs (one per session).
+ANALYSIS_JOB = "analysis"
 
 
-@dataclass
-class AnalysisJob:
-    """One analysis of one session: loading in the script thread, then running in the pool until collected."""
+def start_analysis(
+    state: Any,
+    model_id: str,
+    text: str,
+    dtype: str = "auto",
+    settings: AnalysisSettings | None = None,
+) -> str | None:
+    """Start the analysis of `text` on `model_id` as the session's background job (app.jobs): the model loads
+    (cached) and core's analyze runs in the job, so leaving the page stops neither. Returns the refusal line when an
+    analysis is already running, else None. With `settings` None they are read from the sidebar in the job's
+    first step (an invalid value then fails the job with its one line)."""
+    family_before = known_family(state, model_id)
+    sidebar_settings: AnalysisSettings | Exception
+    try:
+        sidebar_settings = settings if settings is not None else current_settings(state)
+    except Exception as exc:  # noqa: BLE001 - raised again in the job: the one place that turns it into a line
+        sidebar_settings = exc
 
-    model_id: str
-    dtype: str
-    text: str
-    family_before: str | None
-    future: Future[AnalysisResult] | None = None
-    cancelled: bool = False  # the run was stopped before the analysis was handed to the pool
-    started: float = field(default_factory=time.perf_counter)
-    load_s: float | None = None  # seconds this click spent loading the model (its first use in the process)
-    _progress: tuple[str, float] = ("Waiting for the model", 0.0)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    def work(job: jobs.Job) -> AnalysisResult:
+        if not model_id:
+            raise InputError("no model chosen: type a Hugging Face id or a local folder, or pick a preset")
+        if isinstance(sidebar_settings, Exception):
+            raise sidebar_settings
+        AnalysisSettings.check_text(text)
+        if not is_loaded(model_id, dtype, "auto"):  # its own step: the first use waits for the load
+            job.report("Loading the model — first time only …", 0.0)
+            t_load = time.perf_counter()
+            loaded = get_model(model_id, dtype, "auto")
+            job.meta["load_s"] = time.perf_counter() - t_load
+        else:
+            loaded = get_model(model_id, dtype, "auto")
+        job.check()
+        from core.analysis import pipeline
 
-    def report(self, label: str, fraction: float) -> None:
-        """core.analysis.pipeline progress callback (called in the worker thread: no Streamlit calls here)."""
-        with self._lock:
-            self._progress = (label, min(max(float(fraction), 0.0), 1.0))
+        return pipeline.analyze(loaded, text, settings=sidebar_settings, cache=get_result_cache(), progress=job.report)
 
-    def progress(self) -> tuple[str, float]:
-        with self._lock:
-            return self._progress
-
-
-def session_id() -> str:
-    """The Streamlit session of the calling script run."""
-    from streamlit.runtime.scriptrunner import get_script_run_ctx
-
-    ctx = get_script_run_ctx()
-    return ctx.session_id if ctx is not None else "no-session"
-
-
-def register_job(sid: str, job: AnalysisJob) -> None:
-    now = time.perf_counter()
-    with _JOBS_LOCK:
-        for other, j in list(_JOBS.items()):  # forget finished jobs of sessions that never came back
-            if j.future is not None and j.future.done() and now - j.started > JOB_TTL_S:
-                del _JOBS[other]
-        _JOBS[sid] = job
-
-
-def pending_job(sid: str | None = None) -> AnalysisJob | None:
-    with _JOBS_LOCK:
-        return _JOBS.get(sid or session_id())
-
-
-def _forget(sid: str, job: AnalysisJob) -> None:
-    with _JOBS_LOCK:
-        if _JOBS.get(sid) is job:
-            del _JOBS[sid]
-
-
-def _set_error(kind: str, message: str, model_id: str) -> None:
-    st.session_state[Keys.ERROR] = {"kind": kind, "message": message, "model": model_id}
+    out = jobs.start(
+        state,
+        ANALYSIS_JOB,
+        work,
+        what="the analysis",
+        meta={"model_id": model_id, "dtype": dtype, "text": text, "family_before": family_before},
+    )
+    if isinstance(out, str):
+        return out
+    log.info("analysis of session %s started (%d characters)", out.session[:8], len(text))
+    return None
 
 
 def run_analysis() -> None:
-    """Load (cached) in this thread, then analyse in the pool with progress in an st.status; the result or the
-    error lands in session state (see wait_for_job)."""
+    """The Analyze button: start the job with the sidebar's model, text and settings, then follow it."""
     state = st.session_state
-    sid = session_id()
-    if pending_job(sid) is not None:  # one analysis per session at a time: finish the running one first
-        wait_for_job()
-    model_id = selected_model_id(state)
-    text = state.get(Keys.TEXT, "")
-    dtype = state.get(Keys.DTYPE) or "auto"
-    job = AnalysisJob(model_id=model_id, dtype=dtype, text=text, family_before=known_family(state, model_id))
-    register_job(sid, job)
-    log.info("analysis job %x of session %s started (%d characters)", id(job), sid[:8], len(text))
-    try:
-        with st.sidebar:
-            status = st.status("Analysing…", expanded=True)
-        with status:
-            try:
-                if not model_id:
-                    raise InputError("no model chosen: type a Hugging Face id or a local folder, or pick a preset")
-                settings = current_settings(state)
-                AnalysisSettings.check_text(text)
-                if not is_loaded(model_id, dtype, "auto"):  # its own step: the first use waits for the load
-                    st.write("Loading the model — first time only …")
-                    t_load = time.perf_counter()
-                    loaded = get_model(model_id, dtype, "auto")
-                    job.load_s = time.perf_counter() - t_load
-                else:
-                    loaded = get_model(model_id, dtype, "auto")
-                cache = get_result_cache()
-            except Exception as exc:  # noqa: BLE001 - sorted into a banner by _finish_with_error (bugs are logged)
-                _forget(sid, job)
-                _finish_with_error(exc, model_id, status)
-                return
-            from core.analysis.pipeline import analyze
-
-            job.future = _POOL.submit(analyze, loaded, text, settings=settings, cache=cache, progress=job.report)
-    except BaseException:  # the user left the page before the analysis was handed over: the next run says so
-        if job.future is None:
-            job.cancelled = True
-        raise
-    wait_for_job(status)
+    refused = start_analysis(
+        state, selected_model_id(state), state.get(Keys.TEXT, ""), str(state.get(Keys.DTYPE) or "auto")
+    )
+    if refused:
+        job_widgets.refused(refused, st.sidebar)
+    follow_analysis()
 
 
-def _finish_with_error(exc: BaseException, model_id: str, status: Any) -> None:
-    if isinstance(exc, ModelUnavailableError):
-        _set_error("unavailable", str(exc), model_id)
-        status.update(label="The model is not available", state="error", expanded=False)
-    elif isinstance(exc, TMAError):
-        _set_error("input", str(exc), model_id)
-        status.update(label="The analysis could not run", state="error", expanded=False)
-    elif isinstance(exc, CancelledError):
-        _set_error("input", "The analysis was cancelled before it finished; press Analyze to run it again.", model_id)
-        status.update(label="The analysis was cancelled", state="error", expanded=False)
-    else:  # never a raw traceback in the page: log it, show one line
-        log.error("analysis failed for model %s", model_id, exc_info=exc)
-        _set_error(
-            "internal",
-            "Something went wrong during the analysis. The details are in the server log; try "
-            "a shorter text or another model.",
-            model_id,
-        )
-        status.update(label="The analysis failed", state="error", expanded=False)
+def pending_job() -> jobs.Job | None:
+    """The session's analysis job while it runs (or finished but not yet collected)."""
+    job = jobs.get(st.session_state, ANALYSIS_JOB)
+    return job if job is not None and (job.running or not job.collected) else None
 
 
-def wait_for_job(status: Any = None) -> None:
-    """Show this session's running job until it ends, then store its result (or error) in session state.
+def collect_analysis(job: jobs.Job) -> None:
+    """Store a finished analysis job's result (or its error line) in the session."""
+    state = st.session_state
+    model_id = str(job.meta.get("model_id", ""))
+    if not job.ok:
+        kind = job.error_kind if job.error_kind in ("unavailable", "input", "internal") else "input"
+        state[Keys.ERROR] = {"kind": kind, "message": job.error or "", "model": model_id}
+        return
+    result: AnalysisResult = job.result
+    state[Keys.RESULT] = result
+    state[Keys.RESULT_LOAD] = (model_id, str(job.meta.get("dtype", "auto")), "auto")
+    state[Keys.ERROR] = None
+    state[Keys.GEN_TEXT] = ""
+    state.setdefault(Keys.SESSION_LOG, []).append(session_entry(result))
 
-    A rerun (the user leaves the page) interrupts this wait, not the job: the next run calls this again and the
-    result is shown there. The result keeps its own text, so the page can say which text it belongs to.
+
+def follow_analysis() -> None:
+    """Show this session's analysis while it runs (sidebar), then store its result or error in the session.
+
+    A rerun (the user leaves the page) interrupts this wait, not the job: the next run of any page calls this
+    again and the result is stored there. The result keeps its own text, so the page can say which text it is of.
     """
-    state = st.session_state
-    sid = session_id()
-    job = pending_job(sid)
+    job = pending_job()
     if job is None:
         return
-    if status is None:
-        with st.sidebar:
-            status = st.status(f"Analysing “{md_escape(_short(job.text))}” (still running)…", expanded=True)
-    with status:
-        label, frac = job.progress()
-        bar = st.progress(frac, text=md_escape(label))
-        while job.future is None and not job.cancelled:  # another run of this session is still loading the model
-            time.sleep(0.25)
-            bar.progress(0.0, text="Loading the model")
-        if job.future is None:
-            _forget(sid, job)
-            _finish_with_error(CancelledError(), job.model_id, status)
-            return
-        while True:
-            try:
-                result = job.future.result(timeout=0.25)
-                break
-            except FutureTimeout:
-                label, frac = job.progress()
-                bar.progress(frac, text=md_escape(label))  # a pending rerun is raised here: the job runs on
-            except BaseException as exc:  # noqa: BLE001 - the job's own failure (or its cancellation)
-                _forget(sid, job)
-                _finish_with_error(exc, job.model_id, status)
-                return
-        state[Keys.RESULT] = result
-        state[Keys.RESULT_LOAD] = (job.model_id, job.dtype, "auto")
-        state[Keys.ERROR] = None
-        state[Keys.GEN_TEXT] = ""
-        state[Keys.SESSION_LOG].append(session_entry(result))
-        _forget(sid, job)  # only now: had a write above been interrupted, the next run collects it again
-        log.info("analysis job %x of session %s collected", id(job), sid[:8])
-        took = timing_phrase(result.duration_s, result.cache_hit, job.load_s)  # the footer's timing, once
-        status.update(label=took[:1].upper() + took[1:], state="complete", expanded=False)
-    if known_family(state, job.model_id) != job.family_before:
+    with st.sidebar:
+        title = f"Analysing “{_short(str(job.meta.get('text', '')))}” …"
+        job_widgets.follow(ANALYSIS_JOB, collect_analysis, title=title)
+        if job.ok:
+            took = timing_phrase(job.result.duration_s, job.result.cache_hit, job.meta.get("load_s"))
+            st.caption(took[:1].upper() + took[1:])
+    if job.ok and known_family(st.session_state, str(job.meta.get("model_id", ""))) != job.meta.get("family_before"):
         st.rerun()  # the sidebar depends on the family (mask-word picker): draw it again with the result
 
 

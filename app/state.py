@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from app.settings_widgets import defaults as settings_defaults
 from core.infra.presets import BUNDLED_ID
-from core.run.settings import AnalysisSettings
 
 
 class Keys:
@@ -20,12 +20,15 @@ class Keys:
     MODEL_CHOICE = "model_choice"  # selectbox: a preset id or OTHER_MODEL
     MODEL_CUSTOM = "model_custom"  # text input: any hub id or local folder
     TEXT = "text"  # text area; never cleared by the app
+    # The settings' widgets are keyed by the AnalysisSettings field names (app/settings_widgets.py draws one per
+    # field); the constants below name the ones other code reads.
     MAX_TOKENS = "max_tokens"
     DTYPE = "dtype"
-    EXCLUDE_SPECIAL = "exclude_special"
+    EXCLUDE_SPECIAL = "exclude_special_tokens"
     COMPUTE_GRADIENTS = "compute_gradients"
     INTEGRATED_GRADIENTS = "integrated_gradients"
     IG_STEPS = "ig_steps"
+    HEAD_ABLATION = "head_ablation"
     NEURON_K = "neuron_factors"  # number input: NMF factors (0: off)
     NEURON_FIRST = "neuron_first_layer"  # number inputs: the neuron-factor layer range (empty: all layers)
     NEURON_LAST = "neuron_last_layer"
@@ -42,6 +45,7 @@ class Keys:
     EXPORT_HIDDEN = "export_hidden"  # toggle: hidden_states.npz in the export
     URL_READ = "url_read"  # the URL's query parameters were read into the widgets once
     VIEWS_FAILED = "views_failed"  # {cache key: message} of results whose deeper views could not be computed
+    JOB_SESSION = "job_session"  # this session's id in app.jobs' registry (a random hex string, set once)
 
     # --- layer analysis page (widgets) ---------------------------------------------------------------------------
     LAYER = "layer"
@@ -59,8 +63,8 @@ class Keys:
     FLOW_POSITION = "flow_position"  # information-flow routes: the chosen token and the edge threshold
     FLOW_THRESHOLD = "flow_threshold"
     FLOW_DOWNLOAD = "flow_download"
-    NF_FACTORS = "nf_factors"  # multiselect: neuron factors shown (app/neuron_views.py)
-    QK_QUERY = "qk_query"  # selectbox: query position of the query–key view (app/neuron_views.py)
+    NF_FACTORS = "nf_factors"  # multiselect: neuron factors shown (app/neuron_widgets.py)
+    QK_QUERY = "qk_query"  # selectbox: query position of the query–key view (app/neuron_widgets.py)
     QK_LAYER = "qk_layer"  # the query–key view's own layer and head pickers (Neurons tab)
     QK_HEAD = "qk_head"
 
@@ -88,7 +92,7 @@ class Keys:
     CMP_SPEC_B = "cmp_spec_b"
     CMP_ATTR_METHOD = "cmp_attr_method"
     CMP_ERROR = "cmp_error"  # one line for the page, or None
-    CMP_JOB = "cmp_job"  # the running app.compare_widgets.CompareJob (survives reruns), or None
+    CMP_ZIP = "cmp_zip"  # app.downloads.OnceBytes of the shown comparison's ZIP (built on the first click)
     CMP_AXIS = "cmp_axis"  # toggle: absolute layers instead of relative depth
     CMP_DEBIASED = "cmp_debiased"  # toggle: debiased CKA
     CMP_ENTROPY = "cmp_entropy"  # "entropy" or "normalized_entropy" for the difference heatmap
@@ -105,12 +109,14 @@ class Keys:
     PATCH_RESULT = "patch_result"  # the last core.studies.patching.PatchingResult
     PATCH_ERROR = "patch_error"  # its error message, or None
     PATCH_FAMILY = "patch_family"  # the family the example texts were filled in for
+    PATCH_ZIP = "patch_zip"  # app.downloads.OnceBytes of the shown patching result's ZIP
 
     # --- corpus page -------------------------------------------------------------------------------------------
     CORPUS_RESULT = "corpus_result"  # the last finished core.studies.corpus.CorpusResult
     CORPUS_ERROR = "corpus_error"  # user-facing message of the last failed corpus run, or None
-    CORPUS_ZIP = "corpus_zip"  # (cache key, ZIP bytes) of the shown result, built once
+    CORPUS_ZIP = "corpus_zip"  # app.downloads.OnceBytes of the shown result's ZIP (built on the first click)
     CORPUS_SOURCE = "corpus_source"  # radio: upload .txt / upload .csv / paste lines
+    CORPUS_FILE = "corpus_file"  # (name, bytes) of the last uploaded file (an uploader forgets it on navigation)
     CORPUS_PASTE = "corpus_paste"
     CORPUS_COLUMN = "corpus_column"
     CORPUS_MAX_TOKENS = "corpus_max_tokens"
@@ -128,16 +134,8 @@ OTHER_MODEL = "Other: a Hugging Face id or a local folder"
 _DEFAULTS: dict[str, Any] = {
     Keys.MODEL_CHOICE: BUNDLED_ID,
     Keys.MODEL_CUSTOM: "",
-    Keys.MAX_TOKENS: AnalysisSettings.default("max_tokens"),
+    **settings_defaults(),  # every AnalysisSettings field, by its name
     Keys.DTYPE: "auto",
-    Keys.EXCLUDE_SPECIAL: AnalysisSettings.default("exclude_special_tokens"),
-    Keys.COMPUTE_GRADIENTS: AnalysisSettings.default("compute_gradients"),
-    Keys.INTEGRATED_GRADIENTS: AnalysisSettings.default("integrated_gradients"),
-    Keys.IG_STEPS: AnalysisSettings.default("ig_steps"),
-    Keys.NEURON_K: AnalysisSettings.default("neuron_factors"),
-    Keys.NEURON_FIRST: AnalysisSettings.default("neuron_first_layer"),
-    Keys.NEURON_LAST: AnalysisSettings.default("neuron_last_layer"),
-    Keys.LENS_FULL_GRID: AnalysisSettings.default("lens_full_grid"),
     Keys.ANIMATIONS: True,
     Keys.MASK_WORD: None,
     Keys.RESULT: None,
@@ -154,7 +152,6 @@ _DEFAULTS: dict[str, Any] = {
     Keys.CMP_RESULT_A: None,
     Keys.CMP_RESULT_B: None,
     Keys.CMP_ERROR: None,
-    Keys.CMP_JOB: None,
 }
 
 
@@ -173,3 +170,45 @@ def init_state(session_state: Any) -> None:
             session_state[key] = copy.deepcopy(value)
     if Keys.SESSION_LOG not in session_state:
         session_state[Keys.SESSION_LOG] = []
+
+
+#: The pages' inputs that must survive a visit to another page. Streamlit forgets a widget's value when a script run
+#: does not draw the widget; a value written through the session-state API in the run is kept (keep_inputs).
+PAGE_INPUTS = (
+    Keys.CORPUS_SOURCE,
+    Keys.CORPUS_PASTE,
+    Keys.CORPUS_COLUMN,
+    Keys.CORPUS_MAX_TOKENS,
+    Keys.CORPUS_BATCH,
+    Keys.CORPUS_BOOTSTRAP,
+    Keys.CORPUS_MAX_POINTS,
+    Keys.CORPUS_SPECIAL,
+    Keys.CORPUS_METRICS,
+    Keys.CORPUS_PER_TEXT,
+    Keys.PATCH_CLEAN,
+    Keys.PATCH_CORRUPT,
+    Keys.PATCH_ANSWER,
+    Keys.PATCH_WRONG,
+    Keys.PATCH_COMPONENT,
+    Keys.CMP_MODE,
+    Keys.CMP_MODEL_A,
+    Keys.CMP_CUSTOM_A,
+    Keys.CMP_TEXT_A,
+    Keys.CMP_MODEL_B,
+    Keys.CMP_CUSTOM_B,
+    Keys.CMP_TEXT_B,
+    Keys.CMP_AXIS,
+    Keys.CMP_DEBIASED,
+    Keys.CMP_ENTROPY,
+    Keys.CMP_ATTR_METHOD,
+    Keys.LAYER,
+    Keys.HEAD,
+)
+
+
+def keep_inputs(session_state: Any) -> None:
+    """Write each page input back to the session (called at the start of every script run, on every page), so the
+    value outlives the runs of other pages that do not draw its widget."""
+    for key in PAGE_INPUTS:
+        if key in session_state:
+            session_state[key] = session_state[key]

@@ -2,7 +2,8 @@
 attention-entropy difference, predictions, token attribution and linear CKA between the layers of the two runs.
 
 Thin: the pickers and the Compare button are in app.compare_widgets; only that button runs a model (each run an
-ordinary cached analysis with the sidebar's settings, in a worker thread that a rerun does not stop). Everything
+ordinary cached analysis with the sidebar's settings, in a background job of app.jobs that leaving the page does
+not stop). Everything
 below is drawn from the stored results.
 """
 
@@ -23,7 +24,7 @@ st.caption(
 
 if cw.pickers():
     cw.start_job()
-cw.wait_for_job()  # also picks up a comparison that a rerun interrupted
+cw.follow_job()  # also picks up a comparison that the user left running on another page
 for w, key in (("a", "model"), ("b", "model_b")):  # the link keeps both models (the texts stay in the session)
     model = cw.model_of(state, w)
     if model and st.query_params.get(key) != model:
@@ -39,6 +40,7 @@ if a is None or b is None:
 with guarded("comparison"):
     cmp = cw.comparison(a, b)
     cw.header(cmp)
+    cw.download(a, b, cmp)
     st.subheader("Layer metrics")
     with guarded("layer-metric overlay"):
         cw.metrics_section(cmp)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import layer_widgets as lw
-from app import neuron_views, peer_views
+from app import neuron_widgets, routes_widgets
 from app.loading import with_views
 from app.state import Keys
 from app.widgets import guarded, result_header
@@ -26,8 +26,8 @@ if result is None:
 
 result_header(result)
 
-tab_att, tab_heads, tab_attr, tab_lens, tab_anim, tab_neurons, *peer_tabs = st.tabs(
-    ["Attention", "Heads", "Token attribution", "Logit lens", "Animations", "Neurons & query–key", *peer_views.TABS]
+tab_att, tab_heads, tab_attr, tab_lens, tab_anim, tab_neurons, *route_tabs = st.tabs(
+    ["Attention", "Heads", "Token attribution", "Logit lens", "Animations", "Neurons & query–key", *routes_widgets.TABS]
 )
 with tab_att, guarded("attention map"):
     lw.attention_section(result)
@@ -43,5 +43,5 @@ with tab_anim, guarded("layer animations"):
 result = with_views(result, LAYER_VIEWS)
 with tab_neurons:  # the query–key view picks its own layer and head, next to it
     qk_layer, qk_head = lw.pickers(result, Keys.QK_LAYER, Keys.QK_HEAD, "of the query–key view")
-    neuron_views.draw(result, qk_layer, qk_head)
-peer_views.draw_tabs(result, peer_tabs)
+    neuron_widgets.draw(result, qk_layer, qk_head)
+routes_widgets.draw_tabs(result, route_tabs)

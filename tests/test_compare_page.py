@@ -181,46 +181,62 @@ def test_layer_analysis_shows_layer_cka_and_its_toggle_runs_no_model(runs):
     assert fc.calls == 0
 
 
+def _left_job(at, work, computed=("b",)):
+    """A comparison job as a run the user navigated away from leaves it: in app.jobs' registry of the session."""
+    from app import compare_widgets, jobs
+
+    state = {jobs.SESSION_KEY: at.session_state[jobs.SESSION_KEY]}
+    spec = ("m", "t", None, "auto")
+    job = jobs.start(
+        state,
+        compare_widgets.COMPARE_JOB,
+        work,
+        what="the comparison",
+        meta={"specs": {"a": spec, "b": spec}, "computed": computed},
+    )
+    assert isinstance(job, jobs.Job)
+    jobs.wait(job, lambda *_: None, poll_s=0.01)
+    return job
+
+
 def test_a_comparison_left_running_is_picked_up_by_the_next_page_run(runs):
-    """A rerun stops the script, not the analyses: a job found in session state is finished and stored."""
-    from concurrent.futures import Future
-
-    from app.compare_widgets import CompareJob
-
-    done: Future = Future()
-    done.set_result(runs["g12"])
-    spec = ("m", "t", runs["g12"].settings, "auto")
-    job = CompareJob(specs={"a": spec, "b": spec}, runs={"a": runs["g6"], "b": done}, computed=("b",))
-    at = make_app(None, cmp_job=job).run()
+    """Leaving the page stops the script, not the job: the next visit of the page stores its runs."""
+    at = make_app(None).run()
+    _left_job(at, lambda job: {"a": runs["g6"], "b": runs["g12"]})
     at.switch_page(COMPARE).run()
     no_exception(at)
-    assert at.session_state["cmp_job"] is None
     assert at.session_state["cmp_result_a"] is runs["g6"] and at.session_state["cmp_result_b"] is runs["g12"]
     assert len(at.session_state["session_log"]) == 1  # only the computed run enters the session log
     assert any('"CKA"' in c.proto.spec for c in at.get("vega_lite_chart"))
+    assert at.get("download_button")  # the comparison ZIP
+    at.run()  # collected once: a rerun adds nothing to the session log
+    assert len(at.session_state["session_log"]) == 1
 
 
 def test_a_failed_analysis_is_one_line_and_nothing_is_stored(runs):
-    from concurrent.futures import Future
-
-    from app.compare_widgets import CompareJob
+    from app import compare_widgets
     from core.infra.errors import InputError
 
-    failed: Future = Future()
-    failed.set_exception(RuntimeError("internal detail that must not reach the page"))
-    spec = ("m", "t", runs["g6"].settings, "auto")
-    job = CompareJob(specs={"a": spec, "b": spec}, runs={"a": runs["g6"], "b": failed}, computed=("b",))
-    at = make_app(None, cmp_job=job).run()
+    at = make_app(None).run()
+
+    def failing(job):
+        try:
+            raise RuntimeError("internal detail that must not reach the page")
+        except RuntimeError as exc:
+            raise compare_widgets.jobs.JobError(compare_widgets._error_line("b", exc), "internal") from exc
+
+    _left_job(at, failing)
     at.switch_page(COMPARE).run()
     no_exception(at)
-    assert at.session_state["cmp_job"] is None and at.session_state["cmp_result_a"] is None
+    assert at.session_state["cmp_result_a"] is None
     assert [e.value for e in at.error] == [
         "Run B: something went wrong during the analysis. The details are in the server log."
     ]
-    bad: Future = Future()
-    bad.set_exception(InputError("the text is empty: type a sentence to analyse"))
-    at.session_state["cmp_job"] = CompareJob(
-        specs={"a": spec, "b": spec}, runs={"a": bad, "b": runs["g6"]}, computed=("a",)
-    )
+
+    def bad(job):
+        exc = InputError("the text is empty: type a sentence to analyse")
+        raise compare_widgets.jobs.JobError(compare_widgets._error_line("a", exc), "input") from exc
+
+    _left_job(at, bad, computed=("a",))
     at.run()
     assert at.error[0].value == "Run A: the text is empty: type a sentence to analyse"

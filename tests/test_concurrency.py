@@ -157,51 +157,55 @@ def test_each_session_starts_from_the_defaults():
         DEFAULTS[Keys.MAX_TOKENS] = 32  # type: ignore[index]
 
 
-def test_a_job_finished_after_navigation_is_shown_with_its_text(tiny_gpt2, monkeypatch):
-    """The analysis runs in the pool; a later run (another page) collects it: result stored, labelled."""
-    from concurrent.futures import Future
-
+def test_a_job_finished_after_navigation_is_shown_with_its_text(tiny_gpt2):
+    """The analysis runs as a background job; a later run (another page) collects it: result stored, labelled."""
     from streamlit.testing.v1 import AppTest
 
+    from app import jobs, sidebar
     from app.state import Keys
 
     at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=120)
     at.run()
     result = analyze(tiny_gpt2, "The dog sat on the log.", compute_gradients=False)
-    from app import sidebar
-
-    monkeypatch.setattr(sidebar, "session_id", lambda: "test-session")
-    fut: Future = Future()
-    fut.set_result(result)
-    job = sidebar.AnalysisJob(model_id="tiny", dtype="auto", text=result.text, family_before="causal_lm", future=fut)
-    sidebar.register_job("test-session", job)  # as left behind by a run the user navigated away from
+    state = {jobs.SESSION_KEY: at.session_state[jobs.SESSION_KEY]}
+    job = jobs.start(  # as left behind by a run the user navigated away from
+        state,
+        sidebar.ANALYSIS_JOB,
+        lambda job: result,
+        what="the analysis",
+        meta={"model_id": "tiny", "dtype": "auto", "text": result.text, "family_before": "causal_lm"},
+    )
+    assert isinstance(job, jobs.Job)
     at.session_state[Keys.TEXT] = "Another text typed since."
     at.run()
-    assert sidebar.pending_job("test-session") is None
+    assert job.collected and not job.running
     assert at.session_state[Keys.RESULT].text == "The dog sat on the log."
     captions = " ".join(c.value for c in at.caption)
     assert "The dog sat on the log" in captions  # labelled with its own text
     assert any("has changed since this analysis" in i.value for i in at.info)
 
 
-@pytest.mark.parametrize("how", ["future cancelled", "left before the hand-over"])
-def test_a_cancelled_job_says_so(how, monkeypatch):
-    from concurrent.futures import Future
+def test_a_cancelled_analysis_says_so():
+    import threading
 
     from streamlit.testing.v1 import AppTest
 
-    from app import sidebar
+    from app import jobs, sidebar
 
-    monkeypatch.setattr(sidebar, "session_id", lambda: "test-session-2")
     at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=120)
     at.run()
-    job = sidebar.AnalysisJob(model_id="m", dtype="auto", text="t", family_before=None)
-    if how == "future cancelled":
-        job.future = Future()
-        job.future.cancel()
-    else:
-        job.cancelled = True  # run_analysis marks this when a rerun stops it before submitting
-    sidebar.register_job("test-session-2", job)
+    state = {jobs.SESSION_KEY: at.session_state[jobs.SESSION_KEY]}
+    gate = threading.Event()
+
+    def work(job):
+        gate.wait(30)
+        job.report("next step", 0.5)  # the cancel is noticed here
+        raise AssertionError("not reached")
+
+    job = jobs.start(state, sidebar.ANALYSIS_JOB, work, what="the analysis", meta={"model_id": "m", "text": "t"})
+    assert isinstance(job, jobs.Job)
+    assert jobs.cancel(state, sidebar.ANALYSIS_JOB)
+    gate.set()
     at.run()
-    assert sidebar.pending_job("test-session-2") is None
+    assert job.status == jobs.CANCELLED
     assert at.error and "cancelled" in at.error[0].value

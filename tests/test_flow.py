@@ -282,7 +282,7 @@ def test_routes_of_a_text_past_the_cpu_budget_are_skipped_with_a_warning(tiny_gp
 def test_page_chart_labels_at_most_every_nth_token(tiny_gpt2):
     """The Flow routes chart labels every token of a short text, and every n-th (plus the chosen one) of a long one,
     as the bundle's PNG does."""
-    from app.peer_views import flow_chart
+    from app.routes_widgets import flow_chart
     from core import analyze
     from core.figures.routes import FLOW_LABEL_MAX
 

@@ -1,4 +1,4 @@
-"""The Layer Analysis tabs of the peer tools' views (issue 16): direct logit attribution with the promoted and
+"""The Layer Analysis tabs of the routes through the model: direct logit attribution with the promoted and
 suppressed tokens, and the information-flow routes.
 
 Everything is drawn from the stored result (`result.dla`, `result.flow`): choosing a block, a head, a position, a

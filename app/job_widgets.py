@@ -1,0 +1,61 @@
+"""How a page shows a background job of app.jobs: a progress bar with a Cancel button while it runs, the job's one
+line when it failed, and its result handed to the page once (`collect`).
+
+`follow` waits for a running job inside the script run (polling); when the user navigates, Streamlit stops the
+script there and the job runs on — the next visit of the page follows it again or collects its result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import streamlit as st
+
+from app import jobs
+from app.jobs import Job
+
+
+def _cancel(name: str) -> None:
+    jobs.cancel(st.session_state, name)
+
+
+def follow(name: str, collect: Callable[[Job], None], *, title: str | None = None) -> Job | None:
+    """Show the session's job `name`: while it runs, its progress and a Cancel button (until it ends); then call
+    `collect(job)` once per job, which stores its result or its error line in the session. Returns the job."""
+    from app.widgets import md_escape
+
+    state = st.session_state
+    job = jobs.get(state, name)
+    if job is None:
+        return None
+    if job.running:
+        slot = st.empty()
+        with slot.container():
+            if title:
+                st.caption(md_escape(title))
+            label, frac = job.progress()
+            bar = st.progress(frac, text=md_escape(label))
+            st.button(
+                "Cancel",
+                key=f"{name}_cancel",
+                on_click=_cancel,
+                args=(name,),
+                disabled=job.cancel_requested,
+                help="Stops the run at its next step; the inputs stay as they are.",
+            )
+
+        def show(label: str, fraction: float) -> None:
+            bar.progress(fraction, text=md_escape(("Cancelling — " if job.cancel_requested else "") + label))
+
+        jobs.wait(job, show)
+        slot.empty()
+    if not job.collected:
+        job.collected = True
+        collect(job)
+    return job
+
+
+def refused(line: str, where: Any = None) -> None:
+    """The one line for a second start while the job runs."""
+    (where or st).warning(line, icon=":material/hourglass_top:")
