@@ -141,7 +141,7 @@ def draw_inputs() -> bool:
 
 
 def settings_from_state(state: Any) -> CorpusSettings:
-    values = {}
+    values: dict[str, Any] = {}
     for name, key in SETTING_KEYS.items():
         v = state.get(key)
         values[name] = _FIELDS[name].default if v is None else v

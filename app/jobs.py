@@ -24,7 +24,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,7 +119,7 @@ _JOBS: dict[tuple[str, str], Job] = {}
 _LOCK = threading.Lock()
 
 
-def session_id(state: MutableMapping[str, Any]) -> str:
+def session_id(state: Any) -> str:
     """This session's job id, created on first use and kept in the session state."""
     sid = state.get(SESSION_KEY)
     if not isinstance(sid, str) or not sid:
@@ -128,7 +128,7 @@ def session_id(state: MutableMapping[str, Any]) -> str:
     return sid
 
 
-def get(state: MutableMapping[str, Any], name: str) -> Job | None:
+def get(state: Any, name: str) -> Job | None:
     """The session's job `name` (running or finished), or None."""
     sid = session_id(state)
     with _LOCK:
@@ -138,7 +138,7 @@ def get(state: MutableMapping[str, Any], name: str) -> Job | None:
     return job
 
 
-def running(state: MutableMapping[str, Any], name: str) -> Job | None:
+def running(state: Any, name: str) -> Job | None:
     job = get(state, name)
     return job if job is not None and job.running else None
 
@@ -149,7 +149,7 @@ def refusal(job: Job) -> str:
 
 
 def start(
-    state: MutableMapping[str, Any],
+    state: Any,
     name: str,
     work: Callable[[Job], Any],
     *,
@@ -171,7 +171,7 @@ def start(
     return job
 
 
-def cancel(state: MutableMapping[str, Any], name: str) -> bool:
+def cancel(state: Any, name: str) -> bool:
     """Ask the session's running job `name` to stop at its next progress report; False when none runs."""
     job = running(state, name)
     if job is None:
@@ -180,7 +180,7 @@ def cancel(state: MutableMapping[str, Any], name: str) -> bool:
     return True
 
 
-def forget(state: MutableMapping[str, Any], name: str) -> None:
+def forget(state: Any, name: str) -> None:
     """Drop the session's finished job `name` (a running one is kept: it cannot be stopped from outside)."""
     sid = session_id(state)
     with _LOCK:

@@ -115,7 +115,7 @@ def with_views(result: AnalysisResult, names: list[str]) -> AnalysisResult:
 
     done = job_widgets.follow(VIEWS_JOB, collect, title=f"Computing {what} (once per analysis) …")
     if done is not None and done.ok and done.meta.get("key") == key:
-        return done.result  # type: ignore[no-any-return]
+        return done.result
     message = (state.get(Keys.VIEWS_FAILED) or {}).get(key)
     if message:
         st.warning(message)

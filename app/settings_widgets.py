@@ -8,7 +8,6 @@ metadata ("label", "help", "min", "max", "choices"), so a new setting is one fie
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import MutableMapping
 from typing import Any
 
 import streamlit as st
@@ -71,12 +70,12 @@ def _help(f: dataclasses.Field[Any]) -> str:
     return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
 
-def draw_settings(state: MutableMapping[str, Any]) -> None:
+def draw_settings(state: Any) -> None:
     """One control per settings field (call inside the sidebar's Settings expander)."""
     for f in widget_fields():
         kind = field_kind(f)
         req = requires_of(f)
-        disabled = bool(req) and not state.get(req)
+        disabled = req is not None and not state.get(req)
         label, help_, key = label_of(f), _help(f), f.name
         if kind is bool:
             st.toggle(label, key=key, help=help_, disabled=disabled)
@@ -106,7 +105,7 @@ def draw_settings(state: MutableMapping[str, Any]) -> None:
             st.text_input(label, key=key, help=help_, disabled=disabled, placeholder="default")
 
 
-def settings_from_state(state: MutableMapping[str, Any], **overrides: Any) -> AnalysisSettings:
+def settings_from_state(state: Any, **overrides: Any) -> AnalysisSettings:
     """AnalysisSettings from the session's values (missing keys take the field's default); a setting whose
     requirement is off is switched off. Raises core.infra.errors.InputError when a value is out of bounds."""
     values: dict[str, Any] = {}
