@@ -501,6 +501,8 @@ def attribution_section(cmp: ComparisonResult) -> None:
         st.info("Token attribution was not computed for either run.", icon=":material/info:")
         return
     methods = [m for m in ATTR_METHODS if (aa is not None and m in aa.scores) or (ab is not None and m in ab.scores)]
+    if st.session_state.get(Keys.CMP_ATTR_METHOD) not in methods:  # a method kept from another pair of runs
+        st.session_state[Keys.CMP_ATTR_METHOD] = methods[0]
     method = st.radio(
         "Method", methods, key=Keys.CMP_ATTR_METHOD, horizontal=True, format_func=ATTR_METHODS.__getitem__
     )
