@@ -20,9 +20,12 @@ def _cancel(name: str) -> None:
     jobs.cancel(st.session_state, name)
 
 
-def follow(name: str, collect: Callable[[Job], None], *, title: str | None = None) -> Job | None:
+def follow(
+    name: str, collect: Callable[[Job], None], *, title: str | None = None, key: str | None = None
+) -> Job | None:
     """Show the session's job `name`: while it runs, its progress and a Cancel button (until it ends); then call
-    `collect(job)` once per job, which stores its result or its error line in the session. Returns the job."""
+    `collect(job)` once per job, which stores its result or its error line in the session. Returns the job. `key`
+    names the Cancel button when one script run follows two jobs of the same name."""
     from app.widgets import md_escape
 
     state = st.session_state
@@ -38,7 +41,7 @@ def follow(name: str, collect: Callable[[Job], None], *, title: str | None = Non
             bar = st.progress(frac, text=md_escape(label))
             st.button(
                 "Cancel",
-                key=f"{name}_cancel",
+                key=key or f"{name}_cancel",
                 on_click=_cancel,
                 args=(name,),
                 disabled=job.cancel_requested,

@@ -85,7 +85,12 @@ def with_views(result: AnalysisResult, names: list[str]) -> AnalysisResult:
         return result
     job = jobs.get(state, VIEWS_JOB)
     if job is not None and job.running and job.meta.get("key") != key:
-        job_widgets.follow(VIEWS_JOB, lambda _job: None, title="Finishing the views of the previous analysis …")
+        job_widgets.follow(
+            VIEWS_JOB,
+            lambda _job: None,
+            title="Finishing the views of the previous analysis …",
+            key="views_prev_cancel",
+        )
         job = None
     if job is None or job.meta.get("key") != key or not set(missing) <= set(job.meta.get("names", ())):
         load = state.get(Keys.RESULT_LOAD) or (result.model.model_id, "auto", "auto")

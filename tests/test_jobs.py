@@ -307,3 +307,23 @@ def test_a_comparison_left_running_is_shown_on_return(tiny_dirs):
     assert at.text_area(key="cmp_text_a").value == "The cat sat on the mat."  # the input kept as well
     assert at.session_state["cmp_result_b"].text == "The dog sat on the log."
     assert at.get("download_button")
+
+
+def test_layer_page_waits_for_the_views_of_a_previous_analysis_then_computes_its_own(tiny_gpt2):
+    """A views job of an earlier result still runs (the user analysed again meanwhile): the page follows it to its
+    end, then starts and follows the views of the result it shows (two followed jobs in one run, no clash)."""
+    from test_app_pages import LAYERS
+
+    from app.loading import VIEWS_JOB
+    from core.analysis.pipeline import analyze
+
+    r = analyze(tiny_gpt2, "The cat sat on the mat.", compute_gradients=False)
+    at = make_app(r).run()
+    state = {jobs.SESSION_KEY: at.session_state[jobs.SESSION_KEY]}
+    gate = threading.Event()
+    old = jobs.start(state, VIEWS_JOB, lambda j: gate.wait(30), what="old views", meta={"key": "an older result"})
+    assert isinstance(old, jobs.Job)
+    threading.Timer(0.5, gate.set).start()
+    at.switch_page(LAYERS).run()
+    no_exception(at)
+    assert not old.running and at.session_state["result"].views == ["dla", "flow", "neuron_factors", "query_key"]
