@@ -74,6 +74,7 @@ class Job:
     collected: bool = False  # the page stored its result (or error) in the session once
     _progress: tuple[str, float] = ("Waiting for a free worker", 0.0)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _done: threading.Event = field(default_factory=threading.Event, repr=False)  # set once the job has ended
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # --- called in the worker thread (no Streamlit here) -------------------------------------------------------
@@ -194,7 +195,7 @@ def wait(job: Job, show: Callable[[str, float], None], poll_s: float = 0.2) -> J
     navigates, Streamlit raises its stop exception there and the wait ends — the job does not."""
     while job.running:
         show(*job.progress())
-        time.sleep(poll_s)
+        job._done.wait(poll_s)  # returns at once when the job ends: no poll interval added to a quick job
     return job
 
 
@@ -234,10 +235,12 @@ def _run(job: Job, work: Callable[[Job], Any]) -> None:
         job.error_kind, job.error = kind, line
         job.finished = time.monotonic()
         job.status = CANCELLED if kind == "cancelled" else FAILED
+        job._done.set()
         return
     job.result = result
     job.finished = time.monotonic()
     job.status = DONE
+    job._done.set()
     log.info("job %s of session %s done in %.2fs", job.name, job.session[:8], job.elapsed_s)
 
 

@@ -327,3 +327,18 @@ def test_layer_page_waits_for_the_views_of_a_previous_analysis_then_computes_its
     at.switch_page(LAYERS).run()
     no_exception(at)
     assert not old.running and at.session_state["result"].views == ["dla", "flow", "neuron_factors", "query_key"]
+
+
+def test_causal_inputs_survive_a_visit_to_another_page(tiny_dirs):
+    at = _gpt2_app(tiny_dirs).run()
+    at.switch_page("../pages/causal.py").run()
+    at.text_area(key="patch_clean").input("The dog sat on the log").run()
+    at.text_area(key="patch_corrupt").input("The log sat on the dog").run()
+    at.text_input(key="patch_answer").input(" log").run()
+    at.switch_page(OVERALL).run()
+    at.run()
+    at.switch_page("../pages/causal.py").run()
+    no_exception(at)
+    assert at.text_area(key="patch_clean").value == "The dog sat on the log"
+    assert at.text_area(key="patch_corrupt").value == "The log sat on the dog"
+    assert at.text_input(key="patch_answer").value == " log"
