@@ -224,3 +224,19 @@ def test_long_formulas_break_at_top_level_separators_only():
     assert out.startswith(r"\begin{gathered}") and out.count(r" \\ ") == 1 and r"\qquad" not in out
     inner = r"\text{" + "w" * 100 + r"\qquad v}"  # a separator inside braces is not a line break
     assert docs._split_lines(inner) == inner
+
+
+def test_every_kind_module_is_collected_once_and_no_key_is_written_twice():
+    """core.present.docs is a package of kind modules, each with ENTRIES; DOCS must hold every entry of every such
+    module (a new module left out of DOCS would silently drop its entries) and no key twice (a dict keeps the last)."""
+    import pkgutil
+
+    modules = [
+        importlib.import_module(f"core.present.docs.{m.name}")
+        for m in pkgutil.iter_modules(docs.__path__)
+        if hasattr(importlib.import_module(f"core.present.docs.{m.name}"), "ENTRIES")
+    ]
+    assert len(modules) >= 10
+    keys = [e.key for m in modules for e in m.ENTRIES]
+    assert len(keys) == len(set(keys)), sorted(k for k in keys if keys.count(k) > 1)
+    assert set(keys) == set(docs.DOCS)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from core.export.bundle import bundle_files
-from core.export.report import PLACEHOLDER, build_report, safe_text
+from core.export.pdf import PLACEHOLDER, safe_text
+from core.export.report import build_report
 from core.export.runs import list_runs, make_run_id, safe_member, save_run
 from core.export.session_log import entry_from_result, render_html
 from core.export.zip_export import build_zip, export_run

@@ -369,7 +369,7 @@ def test_session_log_and_token_html_escape_controls_and_markup():
 
 
 def test_pdf_boxes_control_and_bidi_characters():
-    from core.export.report import PLACEHOLDER, safe_text
+    from core.export.pdf import PLACEHOLDER, safe_text
 
     out = safe_text(HOSTILE)
     assert "\u202e" not in out and "\x07" not in out and "\u202c" not in out

@@ -1,5 +1,6 @@
 """The comparison bundle (python -m core compare): both runs' bundles under a/ and b/, comparison.json, cka.csv,
-the figures and report.pdf (a summary page, the comparison figures, then both runs' reports).
+the figures and report.pdf (a summary page, the comparison figures, then both runs' reports; laid out and joined
+with core.export.pdf).
 """
 
 from __future__ import annotations
@@ -8,66 +9,16 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from core.analysis.result import AnalysisResult
-from core.figures import plotting
+from core.export.pdf import PAGE_H, Document, Part, join
 from core.figures.compare import FIGURES, comparison_plots
 from core.infra.formats import csv_bytes, json_bytes
 from core.present.compare import CKA_CSV_HEADER, cka_rows_table, prediction_rows
+from core.present.docs import caption, formula_text
 from core.studies.compare import ComparisonResult, compare
 
-A4 = (8.27, 11.69)
-
 MAX_REPORT_TEXT = 600
-
-
-def _pdf(fig: Figure) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="pdf")
-    return buf.getvalue()
-
-
-class _Page:
-    """One A4 page of text drawn with matplotlib (no mathtext: user text is printed as is)."""
-
-    def __init__(self) -> None:
-        self.fig = plotting.figure(*A4)
-        self.y = 0.95
-
-    def line(
-        self,
-        text: str,
-        size: float = 8.5,
-        bold: bool = False,
-        gap: float = 1.0,
-        width: int = 110,
-        colour: str = "black",
-        mono: bool = False,
-    ) -> None:
-        import textwrap
-
-        for piece in textwrap.wrap(text, width=width, replace_whitespace=False) or [""]:
-            if self.y < 0.04:
-                return
-            self.fig.text(
-                0.07,
-                self.y,
-                piece,
-                fontsize=size,
-                weight="bold" if bold else "normal",
-                color=colour,
-                va="top",
-                ha="left",
-                parse_math=False,
-                family="monospace" if mono else "sans-serif",
-            )
-            self.y -= 0.0165 * size / 8.5 * gap
-
-    def space(self, amount: float = 0.01) -> None:
-        self.y -= amount
 
 
 def _clip(text: str, n: int = MAX_REPORT_TEXT) -> str:
@@ -79,111 +30,82 @@ def _fmt(v: float | None) -> str:
     return "–" if v is None or not math.isfinite(v) else f"{v:.4f}"
 
 
-def summary_page(cmp: ComparisonResult) -> bytes:
-    """The first page of the comparison report (PDF bytes): both runs, what is compared and why not, the
-    predictions side by side, the attribution agreement and the CKA formula."""
-    from core.present.docs import caption, formula_text
-
-    p = _Page()
-    p.line("Transformer Model Analysis — comparison of two runs", size=15, bold=True, gap=1.6)
+def _summary(w: Document, cmp: ComparisonResult) -> None:
+    """The first page: both runs, what is compared and why not, the predictions side by side, the attribution
+    agreement and the CKA formula."""
+    w.page()
+    w.h1("Transformer Model Analysis — comparison of two runs")
     for s in cmp.runs:
-        p.line(f"Run {s.label}: {s.model_id}", size=10, bold=True, gap=1.3)
-        p.line(
+        w.h2(f"Run {s.label}: {s.model_id}", size=10)
+        w.para(
             f"{s.family.replace('_', ' ')} · {s.architecture} · {s.n_layers} layers × {s.n_heads} heads · "
-            f"hidden {s.hidden_size} · {s.dtype} · {len(s.tokens)} tokens · metrics over {s.metric_tokens}"
+            f"hidden {s.hidden_size} · {s.dtype} · {len(s.tokens)} tokens · metrics over {s.metric_tokens}",
+            size=8.5,
         )
-        p.line(f"Text: {_clip(s.text)}")
-        p.space()
-    p.line("What is compared", size=10, bold=True, gap=1.3)
+        w.para(f"Text: {_clip(s.text)}", size=8.5)
+    w.h2("What is compared", size=10)
+    lines = []
     if cmp.cka is not None:
-        p.line(
+        lines.append(
             f"Linear CKA between every layer of A and every layer of B over {cmp.cka_tokens} shared tokens "
             f"(plots/cka.png, cka.csv). {cmp.cka_note}"
         )
         if cmp.a.n_layers == cmp.b.n_layers:
-            p.line("Same layer in both runs: " + ", ".join(f"{i}: {v:.2f}" for i, v in enumerate(np.diag(cmp.cka))))
+            lines.append(
+                "Same layer in both runs: " + ", ".join(f"{i}: {v:.2f}" for i, v in enumerate(np.diag(cmp.cka)))
+            )
     else:
-        p.line(cmp.cka_unavailable_reason)
-    p.line(
+        lines.append(cmp.cka_unavailable_reason)
+    lines.append(
         "Attention-entropy difference (plots/entropy_difference.png)."
         if cmp.entropy_diff is not None
         else cmp.entropy_unavailable_reason
     )
-    p.line(
+    lines.append(
         f"Layer metrics overlaid on {'relative depth' if cmp.default_axis == 'relative' else 'absolute layers'} "
         f"(plots/metrics_overlay.png)."
     )
     if cmp.attribution_agreement:
-        p.line(
+        lines.append(
             "Token attribution, Spearman ρ between A and B: "
             + ", ".join(f"{m} {_fmt(v)}" for m, v in cmp.attribution_agreement.items())
         )
-    p.space()
-    p.line("Predictions side by side", size=10, bold=True, gap=1.3)
+    for line in lines:
+        w.para(line, size=8.5)
+    w.h2("Predictions side by side", size=10)
     rows = prediction_rows(cmp)
     if rows:
-        p.line(f"{'rank':<6}{'A':<28}{'p(A)':<10}{'B':<28}{'p(B)':<10}", size=7.5, bold=True, mono=True)
-        for r in rows[:10]:
-            p.line(
-                f"{r['rank']:<6}{repr(r['A'])[:26]:<28}{_fmt(r['p(A)']):<10}{repr(r['B'])[:26]:<28}"
-                f"{_fmt(r['p(B)']):<10}",
-                size=7.5,
-                mono=True,
-                width=140,
-            )
+        w.table(
+            ["rank", "A", "p(A)", "B", "p(B)"],
+            [[r["rank"], repr(r["A"]), _fmt(r["p(A)"]), repr(r["B"]), _fmt(r["p(B)"])] for r in rows[:10]],
+            widths=(14, 66, 22, 66, 22),
+            size=7.5,
+        )
     for label, side in (("A", cmp.predictions_a), ("B", cmp.predictions_b)):
         if side.message:
-            p.line(f"Run {label}: {side.message}", size=8)
-    p.space()
-    p.line("Linear CKA", size=10, bold=True, gap=1.3)
-    p.line(formula_text("linear_cka"), size=7.5)
-    p.line(caption("linear_cka"), size=8)
-    p.space()
-    p.line(
-        "The full reports of run A and run B follow (the same as a/report.pdf and b/report.pdf).",
-        size=8,
-        colour="#555555",
-    )
-    return _pdf(p.fig)
+            w.para(f"Run {label}: {side.message}", size=8)
+    w.h2("Linear CKA", size=10)
+    w.formula(formula_text("linear_cka"), size=7.5)
+    w.para(caption("linear_cka"), size=8)
+    w.para("The full reports of run A and run B follow (the same as a/report.pdf and b/report.pdf).", size=8, grey=True)
 
 
 def comparison_report(cmp: ComparisonResult, files: dict[str, bytes]) -> bytes:
-    """report.pdf: the summary page, every comparison figure (vector, with its caption), then run A's and run
-    B's own reports (files["a/report.pdf"], files["b/report.pdf"]), with an outline."""
-    import io
-
-    from pypdf import PdfReader, PdfWriter
-
-    figures: list[tuple[str, bytes]] = []
+    """report.pdf: the summary page, every comparison figure (a page each, with its caption), then run A's and run
+    B's own reports (files["a/report.pdf"], files["b/report.pdf"]), with one outline entry per part."""
+    w = Document("Transformer Model Analysis - comparison")
+    _summary(w, cmp)
+    marks = [("Comparison", 0)]
     for name, (title, text) in FIGURES.items():
         if name in files:
-            from matplotlib.image import imread
-
-            img = imread(io.BytesIO(files[name]), format="png")
-            h, w = img.shape[:2]
-            fig = plotting.figure(A4[0], min(A4[0] * h / w + 1.2, A4[1]))
-            ax = fig.add_axes((0.04, 1.0 / fig.get_figheight(), 0.92, 1 - 1.15 / fig.get_figheight()))
-            ax.imshow(img)
-            ax.axis("off")
-            fig.text(
-                0.05, 0.9 / fig.get_figheight(), f"{name}: {text}", fontsize=7, va="top", wrap=True, parse_math=False
-            )
-            figures.append((title, _pdf(fig)))
-    writer = PdfWriter()
-    parts = [("Comparison", summary_page(cmp)), *figures]
+            w.page()
+            marks.append((title, w.pages - 1))
+            w.figure(files[name], f"{name}: {text}", max_h=PAGE_H - 60)
+    parts: list[Part] = [(w.output(), marks)]
     for label, key in (("Run A report", "a/report.pdf"), ("Run B report", "b/report.pdf")):
         if key in files:
-            parts.append((label, files[key]))
-    for label, data in parts:
-        start = len(writer.pages)
-        writer.append(PdfReader(io.BytesIO(data)), import_outline=False)  # one outline entry per part
-        writer.add_outline_item(title=label, page_number=start)
-    writer.add_metadata(
-        {"/Title": "Transformer Model Analysis - comparison", "/Creator": "Transformer Model Analysis Dashboard"}
-    )
-    buf = io.BytesIO()
-    writer.write(buf)
-    return buf.getvalue()
+            parts.append((files[key], [(label, 0)]))
+    return join(parts, title="Transformer Model Analysis - comparison")
 
 
 def comparison_files(

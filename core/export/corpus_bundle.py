@@ -5,13 +5,12 @@ and by `python -m core corpus` alike.
   per_text_metrics.csv   text_index,layer + the five single-text layer metrics
   manifest.json          model, revision, settings, corpus size, sha256 of every text, duplicates, timings, versions
   plots/corpus_metrics.png, plots/corpus_per_text.png
-  report.pdf             the curves, the table and the definitions (from core.present.docs)
+  report.pdf             the curves, the table and the definitions (from core.present.docs), by core.export.pdf
 Member names are fixed; nothing is derived from user text.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import shutil
@@ -23,6 +22,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from core.export.pdf import PAGE_H, Document
 from core.figures import plotting
 from core.infra.formats import csv_bytes, json_bytes, zip_bytes
 from core.present import docs
@@ -174,81 +174,62 @@ CAPTIONS = {
 # report.pdf
 
 
+def _cell(v: Any) -> str:
+    return "–" if isinstance(v, float) and np.isnan(v) else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def report_pdf(result: CorpusResult, plots: dict[str, bytes]) -> bytes:
-    """report.pdf: summary, warnings, the two figures, the metric table and the definitions from core.present.docs."""
-    from fpdf import FPDF
-
-    from core.export.report import _fonts, safe_text
-
-    pdf = FPDF(format="A4", unit="mm")
-    pdf.set_margins(10, 10, 10)
-    pdf.set_auto_page_break(True, margin=15)
-    f = _fonts()
-    fam = "helvetica"
-    if f:
-        pdf.add_font("DejaVu", "", f["regular"])
-        pdf.add_font("DejaVu", "B", f["bold"])
-        fam = "DejaVu"
-    pdf.set_title(safe_text(f"Corpus analysis - {result.model.model_id}"))
-
-    def h(text: str, size: float = 14) -> None:
-        pdf.set_font(fam, "B", size)
-        pdf.multi_cell(0, size * 0.5, safe_text(text), new_x="LMARGIN", new_y="NEXT")
-        pdf.ln(1)
-
-    def p(text: str, size: float = 9) -> None:
-        pdf.set_font(fam, "", size)
-        pdf.multi_cell(0, size * 0.5, safe_text(text), new_x="LMARGIN", new_y="NEXT")
-        pdf.ln(1)
-
-    pdf.add_page()
-    h("Corpus analysis - report", 15)
+    """report.pdf (core.export.pdf): summary, warnings, the two figures, the metric table and the definitions from
+    core.present.docs; outline entries Report, Figures, Pooled metrics, Definitions."""
+    w = Document(f"Corpus analysis - {result.model.model_id}")
+    w.page()
+    w.outline("Report")
+    w.h1("Corpus analysis - report")
     m = result.model
     st = result.settings
-    for k, v in [
-        ("Model", m.model_id),
-        ("Revision", m.revision),
-        ("Dtype / device", f"{m.dtype} / {m.device}"),
-        ("Texts", f"{result.n_texts} ({result.n_blank_skipped} blank lines skipped, {result.n_truncated} truncated)"),
-        ("Tokens", f"{int(result.text_tokens.sum())} ({int(result.metric_tokens.sum())} in the metrics)"),
-        ("Pooled points per layer", int(result.n_points.max())),
-        ("Settings", ", ".join(f"{k2}={v2}" for k2, v2 in st.to_dict().items())),
-        ("Corpus sha256", result.corpus_sha256),
-        ("Created", result.created_at),
-        ("Core version", result.core_version),
-    ]:
-        p(f"{k}: {v}")
+    w.kv(
+        [
+            ("Model", m.model_id),
+            ("Revision", m.revision),
+            ("Dtype / device", f"{m.dtype} / {m.device}"),
+            (
+                "Texts",
+                f"{result.n_texts} ({result.n_blank_skipped} blank lines skipped, {result.n_truncated} truncated)",
+            ),
+            ("Tokens", f"{int(result.text_tokens.sum())} ({int(result.metric_tokens.sum())} in the metrics)"),
+            ("Pooled points per layer", int(result.n_points.max())),
+            ("Settings", ", ".join(f"{k2}={v2}" for k2, v2 in st.to_dict().items())),
+            ("Corpus sha256", result.corpus_sha256),
+            ("Created", result.created_at),
+            ("Core version", result.core_version),
+        ]
+    )
     if result.warnings:
-        h("Warnings", 11)
-        for w in result.warnings:
-            p(f"- {w}")
-    for name, png in plots.items():
-        pdf.add_page()
-        h(CAPTIONS.get(name, name), 10)
-        pdf.image(io.BytesIO(png), x=10, w=190)
-    pdf.add_page()
-    h("Pooled metrics", 12)
-    pdf.set_font(fam, "", 7)
-    with pdf.table(col_widths=(12, 50, 30, 30, 30, 20, 18), text_align="LEFT", line_height=3.5) as t:
-        row = t.row()
-        for c in METRICS_HEADER:
-            row.cell(c)
-        for r in result.metric_rows():
-            row = t.row()
-            for v in r:
-                row.cell(
-                    "–" if isinstance(v, float) and np.isnan(v) else f"{v:.4g}" if isinstance(v, float) else str(v)
-                )
-    pdf.add_page()
-    h("Definitions", 12)
+        w.h2("Warnings")
+        for msg in result.warnings:
+            w.para(f"- {msg}")
+    for i, (name, png) in enumerate(plots.items()):
+        w.page()
+        if i == 0:
+            w.outline("Figures")
+        w.h2(CAPTIONS.get(name, name), size=10)
+        w.figure(png, max_h=PAGE_H - 45)
+    w.page()
+    w.outline("Pooled metrics")
+    w.h2("Pooled metrics", size=12)
+    w.table(
+        METRICS_HEADER,
+        [[_cell(v) for v in r] for r in result.metric_rows()],
+        widths=(12, 50, 30, 30, 30, 20, 18),
+        size=7,
+    )
+    w.page()
+    w.outline("Definitions")
+    w.h2("Definitions", size=12)
     for key in dict.fromkeys(DOC_KEY.values()):
         e = docs.doc(key)
-        h(e.title, 10)
-        p(e.formula_plain, 8)
-        p(docs.interpretation(key), 8)
-        for pit in e.pitfalls:
-            p(f"Pitfall: {pit}", 7)
-    return bytes(pdf.output())
+        w.definition(e.title, e.formula_plain, docs.interpretation(key), e.pitfalls)
+    return w.output()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,29 +1,20 @@
-"""report.pdf (fpdf2): title page, layer-metric table, every plots/*.png of the bundle with its caption, the
-predictions, top heads by entropy and by attribution, and each metric's formula and interpretation from
-core.present.docs.
+"""report.pdf of an analysis, laid out with core.export.pdf: title page, layer-metric table, every plots/*.png of
+the bundle with its caption, the predictions, top heads by entropy and by attribution, and each metric's formula
+and interpretation from core.present.docs (pages laid out once per process and joined on).
 
-Fonts: DejaVu Sans from matplotlib's own font folder (always installed with matplotlib), so Greek letters, maths
-symbols and most scripts print. A character that no loaded font can draw (emoji, CJK when no CJK font is found) is
-replaced by a placeholder (□) instead of failing; with no TTF at all the core Helvetica font is used and text is
-reduced to Latin-1.
+The patching run's report.pdf (`patching_report`) is written here too.
 """
 
 from __future__ import annotations
 
 import functools
-import io
 import logging
-import os
-import struct
-import unicodedata
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from core.analysis.result import AnalysisResult
+from core.export.pdf import PAGE_W, Document, fmt, join
 from core.figures import neurons, qk
-from core.infra.guards import is_unsafe_char
 from core.infra.options import ExportOptions
 from core.present import chart_spec, docs
 from core.steps.metrics import METRIC_NAMES
@@ -31,213 +22,22 @@ from core.studies.patching import COMPONENTS, PatchingResult
 
 log = logging.getLogger(__name__)
 
-PLACEHOLDER = "\u25a1"  # □
-FAMILY = "DejaVu"
-#: Optional extra fonts tried as fallbacks for scripts DejaVu lacks (first one found is used).
-CJK_CANDIDATES = (
-    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
-    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
-    "/usr/share/fonts/truetype/arphic/uming.ttc",
-)
-PAGE_W = 190.0  # usable width in mm (A4, 10 mm margins)
 #: The PDF prints at most this many characters of the text (the whole text is in manifest.json).
 PDF_TEXT_CHARS = 4000
 TOP_TOKENS = 20
 
 
-@functools.lru_cache(maxsize=1)
-def _fonts() -> dict[str, Any]:
-    """{"regular": path, "bold": path, "fallback": path|None, "cmap": set of code points drawable} or {} if none."""
-    try:
-        import matplotlib
-
-        base = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
-    except Exception:  # matplotlib is a dependency, but a report must never fail on fonts
-        base = Path("/nonexistent")
-    candidates = [
-        (base / "DejaVuSans.ttf", base / "DejaVuSans-Bold.ttf"),
-        (
-            Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
-            Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"),
-        ),
-    ]
-    for reg, bold in candidates:
-        if reg.is_file():
-            from fontTools.ttLib import TTFont
-
-            cmap = set(TTFont(str(reg), lazy=True).getBestCmap())
-            if bold.is_file():
-                cmap &= set(TTFont(str(bold), lazy=True).getBestCmap())
-            fallback = None
-            for path in CJK_CANDIDATES:
-                if os.path.isfile(path) and path.endswith(".ttf"):
-                    try:
-                        cmap |= set(TTFont(path, lazy=True).getBestCmap())
-                        fallback = path
-                        break
-                    except Exception as exc:
-                        log.info("skipping fallback font %s: %s", path, exc)
-            return {
-                "regular": str(reg),
-                "bold": str(bold) if bold.is_file() else str(reg),
-                "fallback": fallback,
-                "cmap": frozenset(cmap),
-            }
-    log.warning("no DejaVu TTF found: the PDF uses Helvetica and Latin-1 text only")
-    return {}
-
-
-def safe_text(text: Any) -> str:
-    """`text` with every character the report's fonts cannot draw replaced by the placeholder; control and bidi
-    characters (newline and tab aside) boxed the same way; other format characters (zero-width joiners) removed."""
-    s = "" if text is None else str(text)
-    f = _fonts()
-    out = []
-    for ch in s:
-        if ch in "\n\t":
-            out.append(ch if ch == "\n" else "    ")
-            continue
-        if is_unsafe_char(ch):  # controls and bidi overrides: boxed, so the reader sees something was there
-            out.append(PLACEHOLDER)
-            continue
-        cat = unicodedata.category(ch)
-        if cat in ("Cc", "Cf", "Cs", "Co", "Cn"):  # controls, zero-width joiners/VS16, surrogates, unassigned
-            continue
-        if f:
-            out.append(ch if ord(ch) in f["cmap"] else PLACEHOLDER)
-        else:
-            out.append(ch if ord(ch) < 256 else "?")
-    return "".join(out)
-
-
-def _png_size(data: bytes) -> tuple[int, int]:
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise ValueError("not a PNG")
-    w, h = struct.unpack(">II", data[16:24])
-    return int(w), int(h)
-
-
-def _new_pdf(result: AnalysisResult | PatchingResult | None, footer: str = "Page") -> Any:
-    from fpdf import FPDF
-
-    class _PDF(FPDF):
-        tma_family = "helvetica"
-
-        def footer(self) -> None:
-            self.set_y(-12)
-            self.set_font(self.tma_family, "", 8)
-            self.set_text_color(120)
-            self.cell(0, 8, f"{footer} {self.page_no()} / {{nb}}", align="C")
-            self.set_text_color(0)
-
-    pdf = _PDF(format="A4", unit="mm")
-    pdf.set_margins(10, 10, 10)
-    pdf.set_auto_page_break(True, margin=15)
-    f = _fonts()
-    if f:
-        pdf.add_font(FAMILY, "", f["regular"])
-        pdf.add_font(FAMILY, "B", f["bold"])
-        if f["fallback"]:
-            pdf.add_font("Fallback", "", f["fallback"])
-            pdf.set_fallback_fonts(["Fallback"])
-        pdf.tma_family = FAMILY
-    else:
-        pdf.tma_family = "helvetica"
+def _document(result: AnalysisResult | PatchingResult | None, footer: str = "Page") -> Document:
     name = result.model.model_id if result is not None else "formulas and interpretation"
-    pdf.set_title(safe_text(f"Transformer Model Analysis - {name}"))
-    pdf.set_creator("Transformer Model Analysis Dashboard")
-    return pdf
-
-
-class _Writer:
-    """Small layout helpers over one FPDF document."""
-
-    def __init__(self, pdf: Any) -> None:
-        self.pdf = pdf
-        self.fam = pdf.tma_family
-
-    def h1(self, text: str) -> None:
-        self.pdf.set_font(self.fam, "B", 15)
-        self.pdf.multi_cell(0, 8, safe_text(text), new_x="LMARGIN", new_y="NEXT")
-        self.pdf.ln(2)
-
-    def h2(self, text: str) -> None:
-        if self.pdf.get_y() > 250:
-            self.pdf.add_page()
-        self.pdf.set_font(self.fam, "B", 11)
-        self.pdf.multi_cell(0, 6, safe_text(text), new_x="LMARGIN", new_y="NEXT")
-        self.pdf.ln(1)
-
-    def para(self, text: str, size: float = 9, bold: bool = False) -> None:
-        self.pdf.set_font(self.fam, "B" if bold else "", size)
-        self.pdf.multi_cell(0, size * 0.5, safe_text(text), new_x="LMARGIN", new_y="NEXT")
-        self.pdf.ln(1)
-
-    def kv(self, rows: list[tuple[str, Any]]) -> None:
-        self.table(["", ""], [[k, v] for k, v in rows], widths=(40, 150), show_header=False)
-
-    def table(
-        self,
-        header: list[str],
-        rows: list[list[Any]],
-        widths: tuple[float, ...] | None = None,
-        show_header: bool = True,
-        size: float = 8,
-    ) -> None:
-        from fpdf.fonts import FontFace
-
-        self.pdf.set_font(self.fam, "", size)
-        with self.pdf.table(
-            col_widths=widths,
-            text_align="LEFT",
-            line_height=size * 0.5,
-            first_row_as_headings=show_header,
-            width=PAGE_W if widths is None else sum(widths),
-            **({"headings_style": FontFace(emphasis="BOLD")} if show_header else {}),
-        ) as t:
-            if show_header:
-                r = t.row()
-                for h in header:
-                    r.cell(safe_text(h))
-            for row in rows:
-                r = t.row()
-                for v in row:
-                    r.cell(safe_text(_fmt(v)))
-        self.pdf.ln(2)
-
-    def image(self, png: bytes, caption: str) -> None:
-        pw, ph = _png_size(png)
-        w = PAGE_W
-        h = w * ph / pw
-        max_h = 125.0  # two figures fit on a page
-        if h > max_h:
-            w, h = w * max_h / h, max_h
-        if self.pdf.get_y() + h + 12 > self.pdf.h - 15:
-            self.pdf.add_page()
-        x = 10 + (PAGE_W - w) / 2
-        self.pdf.image(io.BytesIO(png), x=x, w=w, h=h)
-        self.pdf.set_font(self.fam, "", 8)
-        self.pdf.set_text_color(80)
-        self.pdf.multi_cell(0, 4, safe_text(caption), new_x="LMARGIN", new_y="NEXT")
-        self.pdf.set_text_color(0)
-        self.pdf.ln(3)
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, (float, np.floating)):
-        return "NaN" if np.isnan(v) else f"{float(v):.4g}"
-    return str(v)
+    return Document(f"Transformer Model Analysis - {name}", footer=footer)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------------------------
-def _title_page(w: _Writer, result: AnalysisResult) -> None:
+def _title_page(w: Document, result: AnalysisResult) -> None:
     m = result.model
-    w.pdf.add_page()
+    w.page()
     w.h1("Transformer Model Analysis - report")
     text = result.text if len(result.text) <= PDF_TEXT_CHARS else result.text[:PDF_TEXT_CHARS] + " … (truncated)"
     versions = ", ".join(f"{k} {v}" for k, v in sorted(result.versions.items()))
@@ -273,8 +73,8 @@ def _tokens_phrase(result: AnalysisResult) -> str:
     )
 
 
-def _metric_table(w: _Writer, result: AnalysisResult) -> None:
-    w.pdf.add_page()
+def _metric_table(w: Document, result: AnalysisResult) -> None:
+    w.page()
     w.h1("Layer metrics")
     w.para(
         f"Layer 0 is the embedding output, layer l the output of block l; the last layer is the residual stream "
@@ -287,17 +87,21 @@ def _metric_table(w: _Writer, result: AnalysisResult) -> None:
     w.table(header, rows, widths=(layer_w, *[(PAGE_W - layer_w) / len(METRIC_NAMES)] * len(METRIC_NAMES)))
 
 
-def _figures(w: _Writer, files: dict[str, bytes]) -> None:
+def _figures(w: Document, files: dict[str, bytes], outline: bool = False) -> None:
+    """A "Figures" part: every plots/*.png of `files` in writer order with its caption from the registry (and an
+    outline entry when `outline`)."""
     names = [n for n in files if n.startswith("plots/") and n.lower().endswith(".png")]  # in writer order
     if not names:
         return
-    w.pdf.add_page()
+    w.page()
+    if outline:
+        w.outline("Figures")
     w.h1("Figures")
     for name in names:
         entry = docs.figure_doc(name)
         cap = f"{name}: {entry.short}" if entry else name
         try:
-            w.image(files[name], cap)
+            w.figure(files[name], cap)
         except Exception as exc:  # a broken PNG is reported in the PDF, not fatal
             log.warning("could not embed %s: %s", name, exc)
             w.para(f"{name}: could not be embedded ({exc})", size=8)
@@ -307,7 +111,7 @@ def _figures(w: _Writer, files: dict[str, bytes]) -> None:
         w.para(", ".join(gifs) + ". " + docs.caption("anim_layer_transitions"), size=8)
 
 
-def _predictions(w: _Writer, result: AnalysisResult) -> None:
+def _predictions(w: Document, result: AnalysisResult) -> None:
     p = result.predictions
     if p is None:
         return
@@ -327,7 +131,7 @@ def _predictions(w: _Writer, result: AnalysisResult) -> None:
         )
 
 
-def _logit_lens(w: _Writer, result: AnalysisResult) -> None:
+def _logit_lens(w: Document, result: AnalysisResult) -> None:
     lens = result.logit_lens
     if lens is None:
         return
@@ -348,7 +152,7 @@ def _logit_lens(w: _Writer, result: AnalysisResult) -> None:
     w.table(["layer", "top token", "p(top)", "p(final token)", "entropy (nats)"], rows, widths=(15, 70, 30, 35, 40))
 
 
-def _heads(w: _Writer, result: AnalysisResult, k: int = 10) -> None:
+def _heads(w: Document, result: AnalysisResult, k: int = 10) -> None:
     att, attr = result.attention, result.attribution
     H = result.n_heads
     if att is not None:
@@ -379,7 +183,7 @@ def _heads(w: _Writer, result: AnalysisResult, k: int = 10) -> None:
         w.table(["layer", "head", "score"], rows, widths=(30, 30, 50))
 
 
-def _peer_views(w: _Writer, result: AnalysisResult, k: int = 10) -> None:
+def _peer_views(w: Document, result: AnalysisResult, k: int = 10) -> None:
     """Direct logit attribution (top parts), promoted / suppressed tokens per block at the target position and the
     strongest information-flow edges; each missing section gets its one "not available" line."""
     from core.figures.routes import unavailable_line
@@ -426,7 +230,7 @@ def _peer_views(w: _Writer, result: AnalysisResult, k: int = 10) -> None:
     )
 
 
-def _attribution_tokens(w: _Writer, result: AnalysisResult) -> None:
+def _attribution_tokens(w: Document, result: AnalysisResult) -> None:
     a = result.attribution
     if a is None:
         return
@@ -449,7 +253,7 @@ def _attribution_tokens(w: _Writer, result: AnalysisResult) -> None:
     if a.ig_completeness_gap is not None:
         rel = a.ig_completeness_gap_relative
         w.para(
-            f"Integrated-gradients completeness gap: {_fmt(a.ig_completeness_gap)} nats"
+            f"Integrated-gradients completeness gap: {fmt(a.ig_completeness_gap)} nats"
             + (f" ({100 * rel:.2f} % of f(x) − f(x′))" if rel is not None else "")
             + f" with {a.ig_steps} Gauss–Legendre steps"
             + (
@@ -464,7 +268,7 @@ def _attribution_tokens(w: _Writer, result: AnalysisResult) -> None:
         )
 
 
-def _causal(w: _Writer, result: AnalysisResult, k: int = 10) -> None:
+def _causal(w: Document, result: AnalysisResult, k: int = 10) -> None:
     """Exact head ablation (when the analysis ran it): the top heads by mean-ablation drop, beside the gradient
     head score, with their Spearman correlation."""
     sec = result.head_ablation
@@ -475,10 +279,10 @@ def _causal(w: _Writer, result: AnalysisResult, k: int = 10) -> None:
     rho = sec.agreement(scores)
     w.para(
         f"{docs.caption('head_ablation')} Prediction {sec.token!r} at position {sec.target_position}, "
-        f"log p = {_fmt(sec.logprob)}."
+        f"log p = {fmt(sec.logprob)}."
         + (
-            f" Spearman ρ of the gradient head score with the drop: zero ablation {_fmt(rho['zero_ablation'])}, "
-            f"mean ablation {_fmt(rho['mean_ablation'])}."
+            f" Spearman ρ of the gradient head score with the drop: zero ablation {fmt(rho['zero_ablation'])}, "
+            f"mean ablation {fmt(rho['mean_ablation'])}."
             if rho
             else ""
         ),
@@ -504,14 +308,14 @@ def _causal(w: _Writer, result: AnalysisResult, k: int = 10) -> None:
     )
 
 
-def _neurons_and_query_key(w: _Writer, result: AnalysisResult) -> None:
+def _neurons_and_query_key(w: Document, result: AnalysisResult) -> None:
     """Neuron factors and the query–key view: summary tables (the figures are among the plots), or the line that
     says why a view is missing."""
     blocks = [
         ("Neuron factors", "neuron_factors", neurons.report_section(result), (16, 104, 70), "neuron factors"),
         ("Query–key view", "query_key", qk.report_section(result), (16, 64, 36, 36, 38), "query–key view"),
     ]
-    w.pdf.add_page()
+    w.page()
     w.h1("Neurons and queries")
     for title, key, parts, widths, what in blocks:
         w.h2(title)
@@ -531,29 +335,24 @@ def _DOC_KEYS() -> list[str]:
     return [e.key for kind in _DOC_KINDS for e in docs.entries(kind)]
 
 
-def _documentation(w: _Writer) -> None:
-    w.pdf.add_page()
+def _documentation(w: Document) -> None:
+    w.page()
     w.h1("Formulas and interpretation")
     w.para("From the same registry as the Details page of the dashboard.", size=8)
     for kind in _DOC_KINDS:
         for e in docs.entries(kind):
-            w.h2(e.title)
-            w.para(docs.formula_text(e.key), size=8, bold=True)
-            w.para(docs.interpretation(e.key), size=8)
-            if e.pitfalls:
-                w.para("Pitfall: " + e.pitfalls[0], size=7.5)
+            w.definition(e.title, docs.formula_text(e.key), docs.interpretation(e.key), e.pitfalls[:1])
 
 
 def build_report(result: AnalysisResult, files: dict[str, bytes] | None = None) -> bytes:
     """The PDF report as bytes. `files` are the bundle files written so far (their plots/*.png are embedded)."""
-    pdf = _new_pdf(result)
-    w = _Writer(pdf)
+    w = _document(result)
     _title_page(w, result)
     _metric_table(w, result)
     _figures(w, files or {})
     sections = (result.predictions, result.logit_lens, result.attention, result.attribution)
     if any(s is not None for s in sections):
-        pdf.add_page()
+        w.page()
         w.h1("Predictions, heads and attribution")
         _predictions(w, result)
         _logit_lens(w, result)
@@ -562,37 +361,22 @@ def build_report(result: AnalysisResult, files: dict[str, bytes] | None = None) 
         _peer_views(w, result)
         _causal(w, result)
     _neurons_and_query_key(w, result)
-    return _with_documentation(bytes(pdf.output()))
+    return _with_documentation(w.output())
 
 
 @functools.lru_cache(maxsize=1)
 def _documentation_pdf(fingerprint: tuple[str, ...]) -> bytes:
     """The "Formulas and interpretation" pages: the same for every report, laid out once per process (the text
     layout of these pages was about 1 s of every bundle). `fingerprint` ties the cache to the registry's text."""
-    pdf = _new_pdf(None, footer="Formulas and interpretation, page")
-    _documentation(_Writer(pdf))
-    return bytes(pdf.output())
+    w = _document(None, footer="Formulas and interpretation, page")
+    _documentation(w)
+    return w.output()
 
 
 def _with_documentation(report: bytes) -> bytes:
     """`report` followed by the documentation pages, with an outline entry for each part."""
-    import io
-
-    from pypdf import PdfReader, PdfWriter
-
     fingerprint = tuple(docs.formula_text(k) + docs.interpretation(k) for k in _DOC_KEYS())
-    main = PdfReader(io.BytesIO(report))
-    writer = PdfWriter()
-    writer.append(main)
-    writer.add_outline_item(title="Report", page_number=0)
-    start = len(writer.pages)
-    writer.append(PdfReader(io.BytesIO(_documentation_pdf(fingerprint))))
-    writer.add_outline_item(title="Formulas and interpretation", page_number=start)
-    if main.metadata:
-        writer.add_metadata({k: str(v) for k, v in main.metadata.items()})
-    buf = io.BytesIO()
-    writer.write(buf)
-    return buf.getvalue()
+    return join([(report, [("Report", 0)]), (_documentation_pdf(fingerprint), [("Formulas and interpretation", 0)])])
 
 
 def report_files(result: AnalysisResult, files: dict[str, bytes], options: ExportOptions) -> dict[str, bytes]:
@@ -603,9 +387,9 @@ def report_files(result: AnalysisResult, files: dict[str, bytes], options: Expor
 def patching_report(result: PatchingResult, files: dict[str, bytes] | None = None) -> bytes:
     """report.pdf of a patch bundle: the two texts, answers and m values, the sanity rows, the strongest cells per
     component, the plots/*.png of `files`, and the formulas of the causal entries."""
-    pdf = _new_pdf(result)
-    w = _Writer(pdf)
-    pdf.add_page()
+    w = _document(result)
+    w.page()
+    w.outline("Report")
     w.h1("Activation patching - report")
     m = result.model
     w.kv(
@@ -615,11 +399,11 @@ def patching_report(result: PatchingResult, files: dict[str, bytes] | None = Non
             ("Dtype / device", f"{m.dtype} / {m.device}"),
             ("Target", f"position {result.target_position} ({result.target_reason})"),
             ("Answers", f"A = {result.answer_token!r}, B = {result.wrong_token!r} ({result.answers_from})"),
-            ("m clean / corrupted", f"{_fmt(result.m_clean)} / {_fmt(result.m_corrupted)}"),
+            ("m clean / corrupted", f"{fmt(result.m_clean)} / {fmt(result.m_corrupted)}"),
             (
                 "Sanity",
-                f"block 0 at every position restores {_fmt(result.sanity_block0)} (1); no patch "
-                f"{_fmt(result.sanity_identity)} (0)",
+                f"block 0 at every position restores {fmt(result.sanity_block0)} (1); no patch "
+                f"{fmt(result.sanity_identity)} (0)",
             ),
             ("Core version", result.core_version),
         ]
@@ -640,13 +424,10 @@ def patching_report(result: PatchingResult, files: dict[str, bytes] | None = Non
             l, p = divmod(int(i), result.n_tokens)
             rows.append([c, l, p, repr(result.clean_tokens[p]), float(r[l, p])])
     w.table(["component", "block", "position", "clean token", "restored"], rows, widths=(35, 20, 25, 60, 50))
-    _figures(w, files or {})
-    pdf.add_page()
+    _figures(w, files or {}, outline=True)
+    w.page()
+    w.outline("Formulas and interpretation")
     w.h1("Formulas and interpretation")
     for e in docs.entries("causal"):
-        w.h2(e.title)
-        w.para(docs.formula_text(e.key), size=8, bold=True)
-        w.para(docs.interpretation(e.key), size=8)
-        for p_ in e.pitfalls:
-            w.para("Pitfall: " + p_, size=7.5)
-    return bytes(pdf.output())
+        w.definition(e.title, docs.formula_text(e.key), docs.interpretation(e.key), e.pitfalls)
+    return w.output()
