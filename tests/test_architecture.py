@@ -155,6 +155,25 @@ def test_core_is_a_few_files_over_layer_packages_each_saying_what_it_holds():
         assert doc and "may import" in doc, f"core/{name}/__init__.py needs a docstring saying what it may import"
 
 
+def test_diskcache_is_imported_by_one_core_module():
+    users = sorted(
+        _module_name(p)
+        for p in CORE.rglob("*.py")
+        if re.search(r"^\s*(import diskcache|from diskcache)", p.read_text(encoding="utf-8"), re.M)
+    )
+    assert users == ["run.cache"], users
+
+
+def test_no_file_in_core_app_or_pages_is_over_900_lines():
+    long = {
+        str(p.relative_to(ROOT)): n
+        for folder in ("core", "app", "pages")
+        for p in (ROOT / folder).rglob("*.py")
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > 900
+    }
+    assert long == {}
+
+
 def test_no_module_is_loaded_by_name_and_nothing_uses_pyplot():
     for folder in ("core", "app", "pages"):
         for path in (ROOT / folder).rglob("*.py"):
