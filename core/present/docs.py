@@ -21,6 +21,8 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
+from core.present.docs_sae import SAE_ENTRIES
+
 KINDS = (
     "layer_metric",
     "attention",
@@ -1827,6 +1829,7 @@ DOCS: dict[str, DocEntry] = {
         *_PEERS,
         *_CAUSAL,
         *_NEURONS,
+        *(_e(**kw) for kw in SAE_ENTRIES),
         *_CORPUS,
         *_COMPARISON,
     )
