@@ -19,6 +19,7 @@ from typing import Any
 
 import streamlit as st
 
+from app import sae_widgets
 from app.loading import get_model, get_result_cache, is_loaded
 from app.state import OTHER_MODEL, Keys
 from app.widgets import md_escape
@@ -148,6 +149,7 @@ def current_settings(state: Any) -> AnalysisSettings:
         ),
         neuron_first_layer=state.get(Keys.NEURON_FIRST),
         neuron_last_layer=state.get(Keys.NEURON_LAST),
+        sae_dirs=sae_widgets.chosen_dirs(state),
     )
 
 
@@ -307,6 +309,7 @@ def draw() -> bool:
                 key=Keys.NEURON_LAST,
                 help=AnalysisSettings.help("neuron_last_layer"),
             )
+            sae_widgets.sidebar_picker(state)
             st.toggle(
                 "Layer animations (GIF)",
                 key=Keys.ANIMATIONS,

@@ -132,7 +132,8 @@ def test_the_bundle_csv_holds_the_formula_values(tmp_path, tiny_llama):
     w = _random_sae(tmp_path / "s", 32, 40, "blocks.1.hook_resid_pre", "standard", True)
     res = _analyze(tiny_llama, sae_dirs=(str(tmp_path / "s"),))
     files = bundle_files(res)
-    for name in ("sae_features.csv", "sae_summary.csv", "sae_feature_logits.csv", "plots/sae_heatmap.png", "plots/sae_strips.png", "plots/sae_target.png"):
+    plots = ("plots/sae_heatmap.png", "plots/sae_strips.png", "plots/sae_target.png")
+    for name in ("sae_features.csv", "sae_summary.csv", "sae_feature_logits.csv", *plots):
         assert name in files, name
     rows = list(csv.DictReader(io.StringIO(files["sae_features.csv"].decode())))
     assert list(rows[0]) == ["hook", "position", "token", "feature", "activation"]
@@ -345,9 +346,10 @@ def test_result_round_trips_and_the_cache_key_follows_the_weights(tmp_path, tiny
     assert plain.sae is None and "sae_dirs" not in plain.settings.to_dict()
 
 
-def test_cli_analyze_with_sae(tmp_path, tiny_dirs):
+def test_cli_analyze_with_sae(tmp_path, tiny_dirs, monkeypatch):
     from core.cli.main import main
 
+    monkeypatch.setenv("TMA_RUNS_DIR", str(tmp_path / "runs"))
     _random_sae(tmp_path / "s", 32, 16, "blocks.0.hook_mlp_out", "jumprelu", False)
     out = tmp_path / "bundle"
     rc = main(["analyze", "--model", str(tiny_dirs["gpt2"]), "--text", TEXT, "--sae", str(tmp_path / "s"),
@@ -356,9 +358,10 @@ def test_cli_analyze_with_sae(tmp_path, tiny_dirs):
     assert (out / "sae_features.csv").is_file() and (out / "sae_summary.csv").is_file()
 
 
-def test_cli_refuses_a_bad_sae_in_one_line(tmp_path, tiny_dirs, capsys):
+def test_cli_refuses_a_bad_sae_in_one_line(tmp_path, tiny_dirs, capsys, monkeypatch):
     from core.cli.main import main
 
+    monkeypatch.setenv("TMA_RUNS_DIR", str(tmp_path / "runs"))
     _random_sae(tmp_path / "s", 16, 8, "blocks.0.hook_mlp_out", "standard", False)
     rc = main(["analyze", "--model", str(tiny_dirs["gpt2"]), "--text", TEXT, "--sae", str(tmp_path / "s"),
                "--out", str(tmp_path / "o")])  # fmt: skip

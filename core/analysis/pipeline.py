@@ -3,8 +3,8 @@
 Order: resolve settings → cache lookup → capture (one forward pass) → layer metrics → the analysis steps, plain
 functions called in order, each returning one typed section of the result (predictions, logit lens, attention
 analysis, attribution, the sparse-autoencoder features of the SAE folders in the settings, read from activations
-the same forward pass recorded). Every model use happens under the model's lock, so one loaded model can serve many sessions
-at once.
+the same forward pass recorded). Every model use happens under the model's lock, so one loaded model can serve many
+sessions at once.
 
 The deeper views (VIEWS: direct logit attribution, information-flow routes, head ablation, neuron factors,
 query–key vectors) cost several forward passes' worth each, so they are computed on request: `analyze(...,
@@ -59,9 +59,8 @@ def cache_key(model_info: ModelInfo, text: str, settings: AnalysisSettings) -> s
     metrics' names (a new layer metric changes every key by itself). The same payload as before the layer packages,
     so results cached then are still found."""
     if settings.sae_dirs:  # the SAEs' contents (sha256), not only their folders' names, decide the numbers
-        return run_key(
-            model_info.key_fields(), settings, text=text, metrics=list(METRIC_NAMES), sae=fingerprints(settings.sae_dirs)
-        )
+        sae = fingerprints(settings.sae_dirs)
+        return run_key(model_info.key_fields(), settings, text=text, metrics=list(METRIC_NAMES), sae=sae)
     return run_key(model_info.key_fields(), settings, text=text, metrics=list(METRIC_NAMES))
 
 

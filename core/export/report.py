@@ -513,9 +513,8 @@ def _neurons_and_query_key(w: _Writer, result: AnalysisResult) -> None:
         ("Query–key view", "query_key", qk.report_section(result), (16, 64, 36, 36, 38), "query–key view"),
     ]
     if result.sae is not None:  # only when the run had SAE folders
-        blocks.append(
-            ("Sparse-autoencoder features", "sae_features", sae_figures.report_section(result), (18, 18, 50, 104), "SAE")
-        )
+        sae_parts = sae_figures.report_section(result)
+        blocks.append(("Sparse-autoencoder features", "sae_features", sae_parts, (18, 18, 50, 104), "SAE"))
     w.pdf.add_page()
     w.h1("Neurons and queries")
     for title, key, parts, widths, what in blocks:

@@ -111,7 +111,7 @@ def token_features_figure(sec: SAEFeatures, position: int, token: str, n: int = 
         if row is not None:
             up = ", ".join(repr(sec.text_of(int(i)))[1:-1] for i in sec.promote_ids[row, :3])
             dn = ", ".join(repr(sec.text_of(int(i)))[1:-1] for i in sec.suppress_ids[row, :3])
-            ax.text(a, y, f"  + {up}   − {dn}", fontsize=7, va="center")
+            ax.text(a, float(y), f"  + {up}   − {dn}", fontsize=7, va="center")
     ax.set_xlabel("activation")
     label = plotting.token_label(token, max_len=20)
     ax.set_title(f"{sec.hook_name}: features at position {position} ({label}); L0 {int(sec.l0[position])}", fontsize=9)

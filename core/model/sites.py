@@ -76,8 +76,9 @@ def site(parts: ModelParts, name: str) -> Site:
 
 
 def _hidden_width(parts: ModelParts) -> int:
-    w = parts.embed_tokens.weight  # [V, D]
-    return int(w.shape[1])
+    from core.model.arch import weight
+
+    return int(weight(parts.embed_tokens).shape[1])  # [V, D]
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:

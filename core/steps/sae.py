@@ -290,6 +290,7 @@ def logit_effects(
             d = apply_frozen(d, scale.cpu(), centre)
         if parts.unembed_in is not None:  # OPT-350m's project_out (a linear map without bias)
             d = d @ weight(parts.unembed_in).detach().float().cpu().t()
+        assert parts.unembed is not None  # _direction_map returned None otherwise
         W_U = weight(parts.unembed).detach().float().cpu()  # [V, D]
         z = d @ W_U.t()
         k = min(LOGIT_K, z.shape[-1])
