@@ -22,8 +22,7 @@ from app.widgets import chart, guarded, shaded_text
 from core.analysis.result import AnalysisResult
 from core.infra import guards
 from core.infra.errors import InputError
-from core.present import docs
-from core.present import tables as views
+from core.present import docs, tables
 from core.steps.sae import SAEFeatures
 
 #: Features in the heatmap and in the feature picker.
@@ -117,7 +116,7 @@ def strip_section(result: AnalysisResult, sec: SAEFeatures) -> None:
         help="The strongest features of the text, strongest first.",
     )
     prof = sec.feature_profile(int(f))
-    shaded_text(views.shaded_tokens_html(result.display_tokens, prof, result.target_position), result.n_tokens)
+    shaded_text(tables.shaded_tokens_html(result.display_tokens, prof, result.target_position), result.n_tokens)
     row = sec.logit_row(int(f))
     if row is not None:
         up = ", ".join(repr(sec.text_of(int(i))) for i in sec.promote_ids[row, :5])

@@ -394,3 +394,70 @@ def test_normalisation_matches_sae_lens(tmp_path, tiny_gpt2, norm):
     with torch.no_grad():
         torch.testing.assert_close(ours.encode(x), theirs.encode(x), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(ours.encode_decode(x)[1], theirs(x), atol=1e-4, rtol=1e-4)
+
+
+CORPUS = ["The cat sat on the mat.", "The dog sat on the log.", "A bird flew over the house.", "Paris is the capital."]
+
+
+@pytest.mark.parametrize("model_name", ["tiny_gpt2", "tiny_llama"])
+def test_corpus_top_examples_equal_a_brute_force_scan(request, tmp_path, model_name):
+    from core.studies.sae_corpus import sae_corpus
+
+    loaded = request.getfixturevalue(model_name)
+    _random_sae(tmp_path / "c", 32, 30, "blocks.1.hook_mlp_out", "standard", False)
+    sae = load_sae(tmp_path / "c")
+    got = sae_corpus(loaded, CORPUS, [str(tmp_path / "c")], top_n=3)[0]
+    # brute force: every (activation, text, position) of every feature, from hand-hooked activations
+    rows, n_tok = [], 0
+    fire = np.zeros(30)
+    total = np.zeros(30)
+    for i, text in enumerate(CORPUS):
+        x = torch.tensor(_hand_capture(loaded, "hook_mlp_out", 1, text)).float()
+        f = sae.encode(x).double().numpy()
+        ids = loaded.tokenizer(text)["input_ids"]
+        special = [t in loaded.tokenizer.all_special_ids for t in ids]
+        for p in range(f.shape[0]):
+            if special[p]:
+                continue
+            n_tok += 1
+            fire += f[p] > 0
+            total += f[p]
+            for j in np.flatnonzero(f[p] > 0):
+                rows.append((int(j), -f[p, j], i, p))
+    rows.sort()
+    want = {}
+    for j, neg, i, p in rows:
+        want.setdefault(j, [])
+        if len(want[j]) < 3:
+            want[j].append((i, p, -neg))
+    assert got.n_tokens == n_tok
+    np.testing.assert_array_equal(got.fire_count, fire)
+    np.testing.assert_allclose(got.act_sum, total, rtol=1e-5, atol=1e-6)
+    have: dict[int, list] = {}
+    for f_, r, t, p, a in zip(got.ex_feature, got.ex_rank, got.ex_text, got.ex_position, got.ex_activation):
+        have.setdefault(int(f_), []).append((int(r), int(t), int(p), float(a)))
+    assert sorted(have) == sorted(want)
+    for j, exs in want.items():
+        assert [r for r, *_ in have[j]] == list(range(1, len(exs) + 1))
+        assert [(t, p) for _, t, p, _ in have[j]] == [(i, p) for i, p, _ in exs]
+        np.testing.assert_allclose([a for *_, a in have[j]], [a for *_, a in exs], rtol=1e-4, atol=1e-5)
+    ctx = got.ex_context[0]
+    assert "⟦" in ctx and "⟧" in ctx
+
+
+def test_cli_corpus_with_sae(tmp_path, tiny_dirs, monkeypatch):
+    from core.cli.main import main
+
+    monkeypatch.setenv("TMA_RUNS_DIR", str(tmp_path / "runs"))
+    _random_sae(tmp_path / "s", 32, 16, "blocks.0.hook_resid_post", "topk", True)
+    (tmp_path / "texts.txt").write_text("\n".join(CORPUS), encoding="utf-8")
+    out = tmp_path / "corpus"
+    args = ["corpus", "--model", str(tiny_dirs["gpt2"]), "--text-file", str(tmp_path / "texts.txt"),
+            "--sae", str(tmp_path / "s"), "--out", str(out), "--bootstrap", "10", "--quiet", "--no-cache"]  # fmt: skip
+    rc = main(args)
+    assert rc in (0, None)
+    rows = list(csv.DictReader(io.StringIO((out / "sae_feature_examples.csv").read_text(encoding="utf-8"))))
+    assert rows and list(rows[0]) == ["hook", "feature", "rank", "text_index", "position", "token", "activation",
+                                      "context"]  # fmt: skip
+    stats = list(csv.DictReader(io.StringIO((out / "sae_feature_stats.csv").read_text(encoding="utf-8"))))
+    assert all(0 < float(r["firing_rate"]) <= 1 for r in stats)
