@@ -461,3 +461,28 @@ def test_cli_corpus_with_sae(tmp_path, tiny_dirs, monkeypatch):
                                       "context"]  # fmt: skip
     stats = list(csv.DictReader(io.StringIO((out / "sae_feature_stats.csv").read_text(encoding="utf-8"))))
     assert all(0 < float(r["firing_rate"]) <= 1 for r in stats)
+
+
+def test_cli_sae_ablate_writes_the_change_of_the_logits(tmp_path, tiny_dirs, tiny_gpt2, monkeypatch):
+    from core.cli.main import main
+    from core.steps.sae import intervene
+
+    monkeypatch.setenv("TMA_RUNS_DIR", str(tmp_path / "runs"))
+    _random_sae(tmp_path / "s", 32, 40, "blocks.0.hook_resid_post", "standard", False)
+    sae = load_sae(tmp_path / "s")
+    x = torch.tensor(_hand_capture(tiny_gpt2, "hook_resid_post", 0)).float()
+    feat = int(sae.encode(x).sum(0).argmax())
+    out = tmp_path / "abl"
+    args = ["sae-ablate", "--model", str(tiny_dirs["gpt2"]), "--text", TEXT, "--sae", str(tmp_path / "s"),
+            "--feature", str(feat), "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    rows = list(csv.DictReader(io.StringIO((out / "sae_ablation.csv").read_text(encoding="utf-8"))))
+    enc = tiny_gpt2.tokenizer(TEXT, return_tensors="pt")
+    changed = intervene(tiny_gpt2, enc["input_ids"], enc["attention_mask"], sae, feature=feat, scale=0.0)
+    with torch.no_grad():
+        clean = tiny_gpt2.model(**enc).logits[0]
+    for t, r in enumerate(rows):
+        y = int(clean[t].argmax())
+        assert float(r["delta_logit"]) == pytest.approx(float(changed[t, y] - clean[t, y]), abs=1e-4)
+        assert float(r["activation"]) == pytest.approx(float(sae.encode(x)[t, feat]), abs=1e-4)
+    assert main([*args[:9], "--feature", "999", "--out", str(tmp_path / "x"), "--quiet"]) == 2
