@@ -92,6 +92,12 @@ def _random_sae(folder, d_in, d_sae, hook, arch, apply_b_dec, seed=0, **kw):
             "threshold": None if threshold is None else threshold.double().numpy(), "k": k}  # fmt: skip
 
 
+def _load_folder(folder):
+    from core.model.loading import load_model
+
+    return load_model(str(folder), dtype="float32", device="cpu")
+
+
 def _dense(sec, T, d_sae):
     out = np.zeros((T, d_sae))
     out[sec.positions, sec.features] = sec.activations
@@ -350,12 +356,21 @@ def test_cli_analyze_with_sae(tmp_path, tiny_dirs, monkeypatch):
     from core.cli.main import main
 
     monkeypatch.setenv("TMA_RUNS_DIR", str(tmp_path / "runs"))
-    _random_sae(tmp_path / "s", 32, 16, "blocks.0.hook_mlp_out", "jumprelu", False)
+    w = _random_sae(tmp_path / "s", 32, 16, "blocks.0.hook_mlp_out", "jumprelu", False)
     out = tmp_path / "bundle"
     rc = main(["analyze", "--model", str(tiny_dirs["gpt2"]), "--text", TEXT, "--sae", str(tmp_path / "s"),
-               "--no-gradients", "--out", str(out)])  # fmt: skip
+               "--no-gradients", "--views", "none", "--out", str(out)])  # fmt: skip
     assert rc in (0, None)
-    assert (out / "sae_features.csv").is_file() and (out / "sae_summary.csv").is_file()
+    assert (out / "sae_summary.csv").is_file() and (out / "sae_feature_logits.csv").is_file()
+    rows = list(csv.DictReader(io.StringIO((out / "sae_features.csv").read_text(encoding="utf-8"))))
+    loaded = _load_folder(tiny_dirs["gpt2"])
+    x = _hand_capture(loaded, "hook_mlp_out", 0)
+    want = _formula(x, w["W_enc"], w["b_enc"], w["b_dec"], "jumprelu", False, w["threshold"])
+    got = np.zeros_like(want)
+    for r in rows:
+        got[int(r["position"]), int(r["feature"])] = float(r["activation"])
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    assert (want > 0).sum() > 0
 
 
 def test_cli_refuses_a_bad_sae_in_one_line(tmp_path, tiny_dirs, capsys, monkeypatch):
