@@ -14,8 +14,9 @@ import streamlit as st
 
 from core.run.settings import AnalysisSettings, field_kind, setting_fields
 
-#: Fields drawn elsewhere in the sidebar: the masked word is picked from the text's words, next to the text.
-DRAWN_ELSEWHERE = ("mask_word",)
+#: Fields drawn elsewhere in the sidebar: the masked word is picked from the text's words, next to the text; the SAE
+#: folders have their own text area with a line per folder (app/sae_widgets.py).
+DRAWN_ELSEWHERE = ("mask_word", "sae_dirs")
 #: Shown when a field's metadata has no "label" (the settings base may add one per field; it wins when present).
 FALLBACK_LABELS = {
     "max_tokens": "Max tokens",
@@ -118,6 +119,8 @@ def settings_from_state(state: Any, **overrides: Any) -> AnalysisSettings:
             values[f.name] = bool(v)
         elif kind is int:
             values[f.name] = int(v)
+        elif kind is tuple:
+            values[f.name] = tuple(v)
         else:
             values[f.name] = str(v)
     for f in setting_fields():

@@ -15,7 +15,7 @@ from typing import Any
 
 import streamlit as st
 
-from app import job_widgets, jobs
+from app import job_widgets, jobs, sae_widgets
 from app.loading import get_model, get_result_cache, is_loaded
 from app.settings_widgets import draw_settings, settings_from_state
 from app.state import OTHER_MODEL, Keys
@@ -129,7 +129,7 @@ def current_settings(state: Any) -> AnalysisSettings:
     mask_word = state.get(Keys.MASK_WORD)
     if mask_word in (None, "", NO_MASK_WORD):
         mask_word = None
-    return settings_from_state(state, mask_word=mask_word)
+    return settings_from_state(state, mask_word=mask_word, sae_dirs=sae_widgets.chosen_dirs(state))
 
 
 def text_too_long(n_chars: int, limit: int) -> str:
@@ -233,6 +233,7 @@ def draw() -> bool:
         with st.expander("Settings", expanded=False):
             st.selectbox("Precision (dtype)", DTYPES, key=Keys.DTYPE, help="auto: float32 on CPU, bfloat16 on a GPU.")
             draw_settings(state)
+            sae_widgets.sidebar_picker(state)
             st.toggle(
                 "Layer animations (GIF)",
                 key=Keys.ANIMATIONS,

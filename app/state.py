@@ -64,6 +64,10 @@ class Keys:
     FLOW_THRESHOLD = "flow_threshold"
     FLOW_DOWNLOAD = "flow_download"
     NF_FACTORS = "nf_factors"  # multiselect: neuron factors shown (app/neuron_widgets.py)
+    SAE_DIRS = "sae_dirs_text"  # text area: SAE folders, one per line (app/sae_widgets.py → AnalysisSettings.sae_dirs)
+    SAE_HOOK = "sae_hook"  # selectbox: the SAE shown on the SAE tab
+    SAE_FEATURE = "sae_feature"  # selectbox: the feature that shades the token strip
+    SAE_TOKEN = "sae_token"  # selectbox: the token whose features are listed
     QK_QUERY = "qk_query"  # selectbox: query position of the query–key view (app/neuron_widgets.py)
     QK_LAYER = "qk_layer"  # the query–key view's own layer and head pickers (Neurons tab)
     QK_HEAD = "qk_head"
@@ -136,6 +140,7 @@ _DEFAULTS: dict[str, Any] = {
     Keys.MODEL_CUSTOM: "",
     **settings_defaults(),  # every AnalysisSettings field, by its name
     Keys.DTYPE: "auto",
+    Keys.SAE_DIRS: "",
     Keys.ANIMATIONS: True,
     Keys.MASK_WORD: None,
     Keys.RESULT: None,

@@ -1,13 +1,14 @@
-"""Layer Analysis page: attention maps, per-head statistics and clustering, token attribution, the logit lens and
-the layer animations, all drawn from the stored result (no model runs on a slider or head change). Each tab holds
-the pickers it uses: the Attention tab a layer and a head, the Animations tab a head; the others show every layer."""
+"""Layer Analysis page: attention maps, per-head statistics and clustering, token attribution, the logit lens, the
+layer animations and the sparse-autoencoder features, all drawn from the stored result (no model runs on a slider or
+head change). Each tab holds the pickers it uses: the Attention tab a layer and a head, the Animations tab a head, the
+SAE tab an SAE, a feature and a token; the others show every layer."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from app import layer_widgets as lw
-from app import neuron_widgets, routes_widgets
+from app import neuron_widgets, routes_widgets, sae_widgets
 from app.loading import with_views
 from app.state import Keys
 from app.widgets import guarded, result_header
@@ -26,8 +27,17 @@ if result is None:
 
 result_header(result)
 
-tab_att, tab_heads, tab_attr, tab_lens, tab_anim, tab_neurons, *route_tabs = st.tabs(
-    ["Attention", "Heads", "Token attribution", "Logit lens", "Animations", "Neurons & query–key", *routes_widgets.TABS]
+tab_att, tab_heads, tab_attr, tab_lens, tab_anim, tab_neurons, tab_sae, *route_tabs = st.tabs(
+    [
+        "Attention",
+        "Heads",
+        "Token attribution",
+        "Logit lens",
+        "Animations",
+        "Neurons & query–key",
+        "SAE features",
+        *routes_widgets.TABS,
+    ]
 )
 with tab_att, guarded("attention map"):
     lw.attention_section(result)
@@ -39,6 +49,8 @@ with tab_lens, guarded("logit lens"):
     lw.logit_lens_section(result)
 with tab_anim, guarded("layer animations"):
     lw.animations_section(result)
+with tab_sae, guarded("SAE features"):  # computed with the analysis (settings.sae_dirs): drawn from the result only
+    sae_widgets.draw(result)
 # the deeper views are computed on this page's first visit after an analysis (the core tabs above are drawn first)
 result = with_views(result, LAYER_VIEWS)
 with tab_neurons:  # the query–key view picks its own layer and head, next to it

@@ -42,8 +42,11 @@ def test_every_setting_has_a_sidebar_control_keyed_by_its_name():
     }
     fields = {f.name for f in setting_fields()}
     drawn = {f.name for f in widget_fields()}
-    assert fields - drawn == {"mask_word"}  # picked from the text's words, next to the text (masked LMs)
+    # the masked word is picked from the text's words, next to the text (masked LMs); the SAE folders have a text
+    # area with a line per folder
+    assert fields - drawn == {"mask_word", "sae_dirs"}
     assert drawn <= sidebar_keys, sorted(drawn - sidebar_keys)
+    assert {w.key for w in at.sidebar.get("text_area")} >= {"sae_dirs_text"}
     assert "head_ablation" in sidebar_keys
     for f in widget_fields():  # every control starts at the field's default
         assert at.session_state[f.name] == f.default, f.name

@@ -409,7 +409,11 @@ COMMON_WORDS = frozenset(
 #: (file, strings) that look like architecture names but are not: a Hub model id, and the size guard's parameter
 #: formulas by model type (core/infra/guards.py reads a raw config.json before anything is loaded, for every model a
 #: user may try, most of them outside the map; infra may not import the map).
-NOT_ARCHITECTURE_KNOWLEDGE = {"core/infra/presets.py": {"gpt2"}, "core/infra/guards.py": {"*model types*"}}
+NOT_ARCHITECTURE_KNOWLEDGE = {
+    "core/infra/presets.py": {"gpt2"},
+    "core/infra/guards.py": {"*model types*"},
+    "core/model/sae.py": {"layer_norm"},  # SAELens's normalize_activations value, not RoBERTa's module
+}
 IDENTIFIER = re.compile(r"^[A-Za-z_][\w.]*$")
 
 

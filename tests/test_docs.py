@@ -24,11 +24,20 @@ YEAR = re.compile(r"\((1[89]\d\d|20\d\d)\)")
 
 
 @pytest.fixture(scope="module")
-def results(tiny_gpt2, tiny_bert, tiny_encoder):
-    from core.analysis.pipeline import analyze
+def results(tiny_gpt2, tiny_bert, tiny_encoder, tmp_path_factory):
+    import torch
 
+    from core.analysis.pipeline import analyze
+    from core.model.sae import save_sae
+
+    sae = tmp_path_factory.mktemp("sae") / "s"
+    g = torch.Generator().manual_seed(0)
+    save_sae(sae, W_enc=torch.randn(32, 16, generator=g), b_enc=torch.zeros(16), W_dec=torch.randn(16, 32, generator=g),
+             b_dec=torch.zeros(32), hook_name="blocks.1.hook_resid_pre")  # fmt: skip
     return {
-        "gpt2": analyze(tiny_gpt2, "The cat sat on the mat.", ig_steps=4, head_ablation=True, views="all"),
+        "gpt2": analyze(
+            tiny_gpt2, "The cat sat on the mat.", ig_steps=4, head_ablation=True, views="all", sae_dirs=(str(sae),)
+        ),
         "bert": analyze(tiny_bert, "The cat sat on the [MASK].", ig_steps=4, views="all"),
         "encoder": analyze(tiny_encoder, "The cat sat on the mat.", ig_steps=4, views="all"),
     }
@@ -64,6 +73,7 @@ def test_sections_are_the_four_of_the_contract():
         "head_ablation",
         "neuron_factors",
         "query_key",
+        "sae",
     }
 
 

@@ -2,8 +2,9 @@
 
 Order: resolve settings → cache lookup → capture (one forward pass) → layer metrics → the analysis steps, plain
 functions called in order, each returning one typed section of the result (predictions, logit lens, attention
-analysis, attribution). Every model use happens under the model's lock, so one loaded model can serve many sessions
-at once.
+analysis, attribution, the sparse-autoencoder features of the SAE folders in the settings, read from activations
+the same forward pass recorded). Every model use happens under the model's lock, so one loaded model can serve many
+sessions at once.
 
 The deeper views (VIEWS: direct logit attribution, information-flow routes, head ablation, neuron factors,
 query–key vectors) cost several forward passes' worth each, so they are computed on request: `analyze(...,
@@ -34,6 +35,7 @@ from core.infra.version import CORE_VERSION
 from core.model.capture import apply_mask_word, capture
 from core.model.info import ModelInfo
 from core.model.loading import LoadedModel, load_model
+from core.model.sae import fingerprints
 from core.run.cache import ResultCache, run_key
 from core.run.settings import AnalysisSettings
 from core.steps.ablation import run_head_ablation
@@ -47,6 +49,7 @@ from core.steps.metrics import METRIC_NAMES, layer_metrics
 from core.steps.neurons import run_neuron_factors
 from core.steps.predictions import run_predictions
 from core.steps.qk import run_query_key
+from core.steps.sae import run_sae, site_names
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,9 @@ def cache_key(model_info: ModelInfo, text: str, settings: AnalysisSettings) -> s
     """The cache key of one analysis: core.run.cache.run_key over the model, the text and the settings, plus the layer
     metrics' names (a new layer metric changes every key by itself). The same payload as before the layer packages,
     so results cached then are still found."""
+    if settings.sae_dirs:  # the SAEs' contents (sha256), not only their folders' names, decide the numbers
+        sae = fingerprints(settings.sae_dirs)
+        return run_key(model_info.key_fields(), settings, text=text, metrics=list(METRIC_NAMES), sae=sae)
     return run_key(model_info.key_fields(), settings, text=text, metrics=list(METRIC_NAMES))
 
 
@@ -214,8 +220,11 @@ def analyze(
         timings[name or label] = time.perf_counter() - t
         return out
 
+    sites = site_names(loaded, st)  # the SAEs' sites: a folder that cannot be used is refused before the model runs
     with loaded.lock:
-        cap = timed("Forward pass", 0.1, lambda: capture(loaded, analysed, st, logit_positions(loaded, st)), "forward")
+        cap = timed(
+            "Forward pass", 0.1, lambda: capture(loaded, analysed, st, logit_positions(loaded, st), sites), "forward"
+        )
         keep = np.array([not s for s in cap.special_mask]) if st.exclude_special_tokens else None
 
         def metrics_step() -> dict[str, np.ndarray]:
@@ -231,6 +240,7 @@ def analyze(
         lens = timed("Logit lens", 0.55, lambda: run_logit_lens(ctx))
         attention = timed("Attention analysis", 0.7, lambda: run_attention(ctx))
         attribution = timed("Attribution", 0.85, lambda: run_attribution(ctx))
+        sae = timed("SAE features", 0.86, lambda: run_sae(ctx), "sae") if st.sae_dirs else None
         sections = _run_views(ctx, wanted, timings, report, 0.86, 0.98)
 
     result = AnalysisResult(
@@ -253,6 +263,7 @@ def analyze(
         logit_lens=lens,
         attention=attention,
         attribution=attribution,
+        sae=sae,
         **sections,
         views=list(wanted),
         warnings=ctx.warnings,

@@ -32,6 +32,7 @@ from core.steps.metrics import METRIC_NAMES
 from core.steps.neurons import NeuronFactorSection
 from core.steps.predictions import PredictionSection
 from core.steps.qk import QKSection
+from core.steps.sae import SAESection
 
 __all__ = ["AnalysisResult", "ModelInfo", "results_equal"]
 
@@ -77,6 +78,7 @@ class AnalysisResult:
     head_ablation: HeadAblationSection | None = None
     neuron_factors: NeuronFactorSection | None = None
     query_key: QKSection | None = None
+    sae: SAESection | None = None  # sparse-autoencoder features (settings.sae_dirs), core.steps.sae
     views: list[str] = field(default_factory=list)  # the deeper views computed (core.analysis.pipeline.VIEWS names)
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)

@@ -115,7 +115,7 @@ def _flag(f: dataclasses.Field[Any]) -> str:
 def add_settings_options(p: argparse.ArgumentParser) -> None:
     """One option per AnalysisSettings field, with its help text and default (a new field appears by itself):
     a bool that defaults to False is a switch `--name`; one that defaults to True is `--no-name`; int and str
-    fields take a value."""
+    fields take a value; a tuple field is a repeatable option (`--sae DIR --sae DIR2`)."""
     g = p.add_argument_group("analysis settings")
     for f in setting_fields():
         kind, default = field_kind(f), f.default
@@ -124,6 +124,8 @@ def add_settings_options(p: argparse.ArgumentParser) -> None:
             action = "store_false" if default else "store_true"
             flag = _flag(f) if f.metadata.get("cli") else ("--no-" if default else "--") + f.name.replace("_", "-")
             g.add_argument(flag, dest=f.name, action=action, default=default, help=help_text)
+        elif kind is tuple:
+            g.add_argument(_flag(f), dest=f.name, action="append", metavar="DIR", default=None, help=help_text)
         else:
             shown = "" if default is None else f" (default {default})"
             g.add_argument(_flag(f), dest=f.name, type=kind, default=default, help=help_text + shown)
@@ -131,7 +133,11 @@ def add_settings_options(p: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> AnalysisSettings:
     """AnalysisSettings from the options made by add_settings_options."""
-    return AnalysisSettings(**{f.name: getattr(args, f.name) for f in setting_fields()})
+    values = {f.name: getattr(args, f.name) for f in setting_fields()}
+    for f in setting_fields():
+        if field_kind(f) is tuple:
+            values[f.name] = tuple(values[f.name] or ())
+    return AnalysisSettings(**values)
 
 
 def out_path(value: str) -> Path:

@@ -2,6 +2,10 @@
 
     python -m core corpus --model M --text-file F --out OUT(.zip|dir)
     python -m core corpus --model M --csv F --column C --out OUT
+    python -m core corpus --model M --text-file F --sae SAE_DIR [--sae SAE_DIR2] --out OUT
+
+With --sae the bundle also holds sae_feature_examples.csv (each feature's top-activating tokens with their contexts)
+and sae_feature_stats.csv (firing rate, mean activation) from core.studies.sae_corpus.
 
 Writes the corpus bundle (core.export.corpus_bundle) with a progress bar on standard error (tqdm). Bad input ends with
 one line on stderr and exit 2 (1: model unavailable, 3: unexpected failure), like `analyze`; nothing is written
@@ -59,6 +63,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     for name in ("max_tokens", "batch_size", "bootstrap", "max_points", "seed", "bootstrap_rank"):
         c.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=_setting_help(name))
     c.add_argument("--include-special-tokens", action="store_true", help=_setting_help("include_special_tokens"))
+    c.add_argument(
+        "--sae",
+        action="append",
+        metavar="DIR",
+        default=None,
+        help="a sparse-autoencoder folder (SAELens format; repeat for several): each feature's top-activating "
+        "tokens with contexts, firing rate and mean activation over the corpus",
+    )
+    c.add_argument("--sae-top", type=int, default=10, help="examples kept per SAE feature (default 10; 1 to 100)")
     add_load_options(c)
     c.add_argument("--no-cache", action="store_true", help="do not read or write the result cache")
     c.add_argument("--cache-dir", type=Path, default=None, help="result cache folder (default $TMA_CACHE_DIR)")
@@ -142,10 +155,19 @@ def run(args: argparse.Namespace) -> int:
         bar = bars[stage]
         bar.update(done - bar.n)
 
+    model: Any = args.model
+    sae_dirs = tuple(args.sae or ())
+    if sae_dirs:  # one loaded model for both passes; a bad SAE folder is refused before any forward pass
+        from core.model.loading import load_model
+        from core.model.sae import load_sae
+
+        for d in sae_dirs:
+            load_sae(d)
+        model = load_model(str(args.model), dtype=args.dtype, device=args.device)
     cache = None if args.no_cache else ResultCache(args.cache_dir)
     try:
         result = analyze_corpus(
-            args.model,
+            model,
             corpus,
             settings,
             progress,
@@ -159,7 +181,17 @@ def run(args: argparse.Namespace) -> int:
             b.close()
         if cache is not None:
             cache.close()
-    path = write_bundle(corpus_bundle_files(result), out)
+    files = corpus_bundle_files(result)
+    if sae_dirs:
+        from core.studies.sae_corpus import sae_corpus, sae_corpus_files
+
+        texts = list(corpus.texts)
+        examples = sae_corpus(
+            model, texts, sae_dirs, max_tokens=settings.max_tokens, top_n=args.sae_top,
+            include_special=settings.include_special_tokens,
+        )  # fmt: skip
+        files.update(sae_corpus_files(examples))
+    path = write_bundle(files, out)
     if not args.quiet:
         lines = [
             f"wrote {path} ({result.model.model_id}, {result.n_texts} texts, "

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from core.cli import corpus as cli_corpus
 from core.cli import patch as cli_patch
+from core.cli import sae as cli_sae
 from core.cli.common import (
     EXIT_INPUT,
     EXIT_INTERNAL,
@@ -94,6 +95,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]]
     cli_patch.add_parser,
     cli_corpus.add_parser,
     add_compare,
+    cli_sae.add_parser,
 ]
 
 

@@ -25,6 +25,7 @@ from core.figures.neurons import neuron_factor_files
 from core.figures.predictions import prediction_bundle_files
 from core.figures.qk import query_key_files
 from core.figures.routes import peer_bundle_files
+from core.figures.sae import sae_files
 from core.infra.formats import csv_bytes, json_bytes, npy_bytes, write_files
 from core.infra.options import ExportOptions
 from core.infra.threads import gc_paused
@@ -93,6 +94,7 @@ WRITERS: list[Writer] = [
     head_ablation_files,
     neuron_factor_files,
     query_key_files,
+    sae_files,
 ]
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from core.analysis.result import AnalysisResult
 from core.export.pdf import PAGE_W, Document, fmt, join
 from core.figures import neurons, qk
+from core.figures import sae as sae_figures
 from core.infra.options import ExportOptions
 from core.present import chart_spec, docs
 from core.steps.metrics import METRIC_NAMES
@@ -315,6 +316,9 @@ def _neurons_and_query_key(w: Document, result: AnalysisResult) -> None:
         ("Neuron factors", "neuron_factors", neurons.report_section(result), (16, 104, 70), "neuron factors"),
         ("Query–key view", "query_key", qk.report_section(result), (16, 64, 36, 36, 38), "query–key view"),
     ]
+    if result.sae is not None:  # only when the run had SAE folders
+        sae_parts = sae_figures.report_section(result)
+        blocks.append(("Sparse-autoencoder features", "sae_features", sae_parts, (18, 18, 50, 104), "SAE"))
     w.page()
     w.h1("Neurons and queries")
     for title, key, parts, widths, what in blocks:

@@ -10,7 +10,10 @@ an operator configures a public instance without code:
 - `TMA_MAX_TEXT_CHARS` (default 20 000): the longest text analysed.
 - `TMA_MAX_CORPUS_TEXTS` (default 200): the most texts one corpus run analyses.
 - `TMA_ALLOW_LOCAL_MODELS` (default 1): `0` switches local model folders off. No message then says whether a path
-  exists on the server, and no manifest records a server path.
+  exists on the server, and no manifest records a server path. Sparse-autoencoder folders are local folders too:
+  `0` switches them off as well.
+- `TMA_MAX_SAE_MB` (default 4096): the largest SAE weights file read (`check_sae_folder`); `TMA_MAX_SAES`
+  (default 8): the most SAEs one analysis opens.
 
 `check_model_id(model_id)` validates the shape of an id (length, characters, hub rules) before any file-system or
 network call; `estimate_parameters(config)` counts parameters from a config dict (GPT-2, BERT and Llama-style
@@ -438,3 +441,46 @@ def check_corpus_size(texts: Iterable[str]) -> None:
         raise InputError(f"the corpus has {len(items)} texts; at most {limit} are analysed (TMA_MAX_CORPUS_TEXTS)")
     for i, t in enumerate(items):
         check_text_length(t, what=f"text {i + 1} of the corpus")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sparse-autoencoder folders
+
+DEFAULT_MAX_SAE_MB = 4096
+DEFAULT_MAX_SAES = 8
+
+
+def max_sae_mb() -> int:
+    """TMA_MAX_SAE_MB, default 4096."""
+    return _positive_int("TMA_MAX_SAE_MB", DEFAULT_MAX_SAE_MB) or DEFAULT_MAX_SAE_MB
+
+
+def max_saes() -> int:
+    """TMA_MAX_SAES, default 8."""
+    return _positive_int("TMA_MAX_SAES", DEFAULT_MAX_SAES) or DEFAULT_MAX_SAES
+
+
+def check_sae_folder(folder: str) -> str:
+    """The folder's name as messages show it, or RefusedError / InputError (one line) before any file is read:
+    local folders switched off (TMA_ALLOW_LOCAL_MODELS=0; then no message says whether the path exists), a
+    malformed path, a missing folder, a weights file over TMA_MAX_SAE_MB."""
+    if not isinstance(folder, str) or not folder.strip():
+        raise InputError("an SAE folder path is empty")
+    s = folder.strip()
+    if not local_models_allowed():
+        raise RefusedError("SAE folders are local files, switched off on this server (TMA_ALLOW_LOCAL_MODELS=0)")
+    if len(s) > MAX_MODEL_ID_CHARS or _CONTROL.search(s):
+        raise InputError(f"the SAE folder {shown(s)} is not a usable path")
+    p = Path(s).expanduser()
+    name = shown(p.name or s)[1:-1]
+    if not p.is_dir():
+        raise InputError(f"the SAE folder {shown(s)} does not exist or is not a folder")
+    weights = p / "sae_weights.safetensors"
+    if weights.is_file():
+        size_mb = weights.stat().st_size / 2**20
+        if size_mb > max_sae_mb():
+            raise RefusedError(
+                f"SAE '{name}' has {size_mb:,.0f} MB of weights; this server reads SAEs up to {max_sae_mb():,} MB "
+                "(TMA_MAX_SAE_MB)"
+            )
+    return name

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 
 from core.infra.errors import InputError
-from core.model.arch import final_norm
+from core.model.arch import final_norm, model_parts
 from core.model.hooks import Registration, hooked
 from core.model.loading import LoadedModel
+from core.model.sites import recorders
 from core.run.settings import AnalysisSettings
 
 
@@ -25,6 +26,8 @@ class Capture:
     attentions: numpy [L, H, T, T], float32, or float16 for a 16-bit model (see `attention_dtype`).
     logits: torch float32 [T, V] on the model's device, a `PositionLogits` (the rows at the positions the caller
         asked for, indexed by position like the full tensor) or None for an encoder without a head.
+    sites: the activations of the named sites the caller asked for (e.g. `blocks.3.hook_resid_pre`, for the
+        sparse autoencoders), recorded in the same pass.
     """
 
     text: str
@@ -39,6 +42,7 @@ class Capture:
     final_norm: bool
     truncated: bool
     warnings: list[str] = field(default_factory=list)
+    sites: dict[str, Any] = field(default_factory=dict)  # named sites (core.model.sites): torch float32 [T, W], CPU
 
 
 class PositionLogits:
@@ -182,12 +186,13 @@ def capture(
     text: str,
     settings: AnalysisSettings,
     logit_positions: Callable[[list[int], list[bool]], Iterable[int]] | None = None,
+    sites: Iterable[str] = (),
 ) -> Capture:
     """Tokenise `text` and run one forward pass with hidden states and attentions (no gradients).
 
     logit_positions(token_ids, special_mask): the positions whose logits the caller reads; the language-model head
     then runs on those rows only and `Capture.logits` is a `PositionLogits`. None: the logits at every position
-    ([T, V] tensor).
+    ([T, V] tensor). sites: names of core.model.sites whose activations to record in the same pass.
     """
     import torch
 
@@ -218,6 +223,10 @@ def capture(
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         if head is not None and kept and len(kept) < T:
             hooks.append((head, "pre", _head_slicer(kept, T)))
+    recorded: dict[str, Any] = {}
+    site_names = list(sites)
+    if site_names:
+        hooks += recorders(model_parts(model), site_names, recorded)
     with hooked(hooks), torch.inference_mode():
         out = model(
             input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True, return_dict=True
@@ -257,4 +266,5 @@ def capture(
         final_norm=has_norm,
         truncated=bool(enc["truncated"]),
         warnings=warnings,
+        sites=recorded,
     )

@@ -86,6 +86,12 @@ class AnalysisSettings:
     neuron_last_layer: int | None = _opt(
         None, "last block whose MLP neurons enter the factors (default: the last)", min=0
     )
+    sae_dirs: tuple[str, ...] = _opt(
+        (),
+        "sparse-autoencoder folders in SAELens's format (cfg.json + sae_weights.safetensors), one per hook; their "
+        "features are read from the same forward pass (repeat --sae for several)",
+        cli="--sae",
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -98,6 +104,14 @@ class AnalysisSettings:
     @staticmethod
     def _check(f: dataclasses.Field[Any], v: Any) -> None:
         kind = _kind(f)
+        if kind is tuple:
+            if not isinstance(v, tuple) or not all(isinstance(x, str) and x.strip() for x in v):
+                raise InputError(f"{f.name} must be a list of non-empty paths")
+            if len(v) > guards.max_saes():
+                raise InputError(f"at most {guards.max_saes()} SAE folders per analysis (TMA_MAX_SAES), got {len(v)}")
+            if len(set(v)) != len(v):
+                raise InputError("the same SAE folder is given twice")
+            return
         if v is None:
             if f.default is not None:
                 raise InputError(f"{f.name} must be set")
@@ -138,7 +152,14 @@ class AnalysisSettings:
         return _field(name).default
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as a dict; `sae_dirs` only when set, so the cache key and manifest of a run without SAEs are
+        those of the settings before the field existed (results cached then are still found)."""
+        d = dataclasses.asdict(self)
+        if not d["sae_dirs"]:
+            del d["sae_dirs"]
+        else:
+            d["sae_dirs"] = list(d["sae_dirs"])
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None = None, **overrides: Any) -> AnalysisSettings:
@@ -147,6 +168,8 @@ class AnalysisSettings:
         unknown = sorted(set(merged) - known)
         if unknown:
             raise InputError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        if isinstance(merged.get("sae_dirs"), list):  # JSON (a manifest, a run record) has lists, not tuples
+            merged["sae_dirs"] = tuple(merged["sae_dirs"])
         return cls(**merged)
 
     def replace(self, **changes: Any) -> AnalysisSettings:
@@ -161,9 +184,10 @@ def _field(name: str) -> dataclasses.Field[Any]:
 
 
 def _kind(f: dataclasses.Field[Any]) -> type:
-    """bool, int or str: the field's type without None (annotations are strings under `from __future__`)."""
+    """bool, int, str or tuple (of str): the field's type without None (annotations are strings under
+    `from __future__`)."""
     t = str(f.type).replace(" ", "").replace("|None", "")
-    return {"bool": bool, "int": int, "str": str}[t]
+    return {"bool": bool, "int": int, "str": str, "tuple[str,...]": tuple}[t]
 
 
 def setting_fields() -> tuple[dataclasses.Field[Any], ...]:
@@ -172,5 +196,5 @@ def setting_fields() -> tuple[dataclasses.Field[Any], ...]:
 
 
 def field_kind(f: dataclasses.Field[Any]) -> type:
-    """bool, int or str."""
+    """bool, int, str or tuple (a repeatable option of strings)."""
     return _kind(f)

@@ -5,7 +5,7 @@ The Details page renders it (formulas with st.latex), the other pages take their
 LaTeX) and its interpretation paragraph (`interpretation(key)`). A formula is written here once.
 
 The entries live in one module per kind beside this one (metrics, attention, attribution, predictions, figures,
-routes, causal, neurons, corpus, comparison); a metric is added in its kind module, and DOCS below collects them
+routes, causal, neurons, sae, corpus, comparison); a metric is added in its kind module, and DOCS below collects them
 in display order. Everything is imported from core.present.docs as before.
 
 Each entry names what it documents in `sources`, so a test can check both directions (every computed thing has an
@@ -34,6 +34,7 @@ from core.present.docs import (
     neurons,
     predictions,
     routes,
+    sae,
 )
 from core.present.docs.entry import KINDS, LATEX_LINE, DocEntry
 from core.present.docs.entry import _split_lines as _split_lines  # the formula line breaker, tested directly
@@ -58,7 +59,19 @@ __all__ = [
 #: Every entry by key, in display order (the order of the Details page and of the PDF's documentation pages).
 DOCS: dict[str, DocEntry] = {
     e.key: e
-    for module in (metrics, attention, attribution, predictions, figures, routes, causal, neurons, corpus, comparison)
+    for module in (
+        metrics,
+        attention,
+        attribution,
+        predictions,
+        figures,
+        routes,
+        causal,
+        neurons,
+        sae,
+        corpus,
+        comparison,
+    )
     for e in module.ENTRIES
 }
 
