@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
         if "bar" not in bars:
             bars["bar"] = tqdm(
+                desc=label,
                 total=100,
                 file=sys.stderr,
                 leave=False,

@@ -79,12 +79,6 @@ def field_kind(f: dataclasses.Field[Any]) -> type:
     return kinds[t]
 
 
-def _fmt(v: Any) -> str:
-    return (
-        f"{v:,}".replace(",", " ") if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 100_000 else str(v)
-    )
-
-
 def check_value(f: dataclasses.Field[Any], v: Any) -> None:
     """Raise InputError (one line naming the setting) unless `v` suits field `f`: its type, bounds and choices; None
     only where the default is None."""
@@ -110,11 +104,11 @@ def check_value(f: dataclasses.Field[Any], v: Any) -> None:
     if not ok_type or isinstance(v, bool) or (lo is not None and v < lo) or (hi is not None and v > hi):
         what = "an integer" if kind is int else "a number"
         if lo is not None and hi is not None:
-            rule = f"{what} between {_fmt(lo)} and {_fmt(hi)}"
+            rule = f"{what} between {str(lo)} and {str(hi)}"
         elif lo is not None:
-            rule = f"{what} ≥ {_fmt(lo)}"
+            rule = f"{what} ≥ {str(lo)}"
         elif hi is not None:
-            rule = f"{what} ≤ {_fmt(hi)}"
+            rule = f"{what} ≤ {str(hi)}"
         else:
             rule = what
         raise InputError(f"{f.name} must be {'empty or ' if optional else ''}{rule}, got {v!r}")
@@ -138,13 +132,13 @@ def cli_help(f: dataclasses.Field[Any]) -> str:
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
         notes = [] if f.default is None else [f"default {f.default}"]
         if lo is not None and hi is not None:
-            notes.append(f"{_fmt(lo)} to {_fmt(hi)}")
+            notes.append(f"{str(lo)} to {str(hi)}")
         elif lo is not None:
-            notes.append(f"at least {_fmt(lo)}")
+            notes.append(f"at least {str(lo)}")
         elif hi is not None:
-            notes.append(f"at most {_fmt(hi)}")
-        if notes:
-            text += f" ({'; '.join(notes)})"
+            notes.append(f"at most {str(hi)}")
+        if notes:  # merged into a closing parenthesis of the help: "(default: by silhouette; 1 to 64)"
+            text = f"{text[:-1]}; {'; '.join(notes)})" if text.endswith(")") else f"{text} ({'; '.join(notes)})"
     return text.replace("%", "%%")
 
 
