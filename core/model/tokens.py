@@ -57,10 +57,16 @@ def special_ids(tokenizer: Any) -> frozenset[int]:
     return frozenset(i for i in ids if isinstance(i, int))
 
 
-def special_mask(tokenizer: Any, ids: Sequence[int], added_mask: Sequence[int] | None = None) -> list[bool]:
+def special_mask(
+    tokenizer: Any,
+    ids: Sequence[int],
+    added_mask: Sequence[int] | None = None,
+    specials: frozenset[int] | None = None,
+) -> list[bool]:
     """True where the token is special: added by the tokenizer ([CLS] … [SEP]) or typed in the text ("[SEP]" in a
-    sentence becomes the real special id, so it is special too)."""
-    specials = special_ids(tokenizer)
+    sentence becomes the real special id, so it is special too). specials: `special_ids(tokenizer)` when already
+    known (many texts of one tokenizer)."""
+    specials = special_ids(tokenizer) if specials is None else specials
     added = added_mask if added_mask is not None else [0] * len(ids)
     return [bool(a) or i in specials for i, a in zip(ids, added)]
 
@@ -120,7 +126,8 @@ def encode_texts(loaded: LoadedModel, texts: Sequence[str], max_tokens: int) -> 
     long_idx = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) >= limit]
     full = tok([texts[i] for i in long_idx], truncation=False)["input_ids"] if long_idx else []
     cut = {i for i, ids in zip(long_idx, full) if len(ids) > limit}
+    specials = special_ids(tok)
     return [
-        Encoded(list(ids), special_mask(tok, ids, sp), i in cut)
+        Encoded(list(ids), special_mask(tok, ids, sp, specials), i in cut)
         for i, (ids, sp) in enumerate(zip(enc["input_ids"], enc["special_tokens_mask"]))
     ]
