@@ -247,13 +247,19 @@ class AnalysisSettings(Settings):
         "leave special tokens ([CLS], [SEP], BOS…) out of the layer metrics",
         label="Exclude special tokens from layer metrics",
     )
-    top_k: int = setting(10, "candidates listed per prediction and logit-lens layer", min=1, max=100, label="Top k")
+    top_k: int = setting(
+        10,
+        "candidates listed per prediction and logit-lens layer",
+        min=1,
+        max=100,
+        label="Candidates per prediction (top k)",
+    )
     target_position: int | None = setting(
         None,
         "token position whose prediction is attributed (default: first mask for masked LMs, last token for "
         "causal LMs, 0 for encoders)",
         min=0,
-        label="Target position",
+        label="Target position (empty: the default)",
     )
     mask_word: str | None = setting(
         None, "masked LMs: replace the first occurrence of this word by the mask token", label="Mask a word"
@@ -278,10 +284,17 @@ class AnalysisSettings(Settings):
         label="Integrated-gradients steps",
     )
     n_clusters: int | None = setting(
-        None, "number of head clusters (default: chosen by silhouette)", min=1, max=64, label="Head clusters"
+        None,
+        "number of head clusters (default: chosen by silhouette)",
+        min=1,
+        max=64,
+        label="Head clusters (empty: chosen by silhouette)",
     )
     lens_position: int | None = setting(
-        None, "position decoded by the logit lens (default: the target position)", min=0, label="Logit-lens position"
+        None,
+        "position decoded by the logit lens (default: the target position)",
+        min=0,
+        label="Logit-lens position (empty: the target)",
     )
     lens_full_grid: bool = setting(
         False,
@@ -294,7 +307,7 @@ class AnalysisSettings(Settings):
         "exact head ablation: replace each head's output by its mean over positions "
         "(and by zero) and report the change of log p of the prediction (about "
         "L batched forward passes of batch 2·H)",
-        label="Head ablation",
+        label="Head ablation (exact, slow; Causal page)",
     )
     neuron_factors: int = setting(
         6,
@@ -304,10 +317,16 @@ class AnalysisSettings(Settings):
         label="Neuron factors (NMF k, 0 = off)",
     )
     neuron_first_layer: int | None = setting(
-        None, "first block whose MLP neurons enter the factors (default: 0)", min=0, label="First neuron layer"
+        None,
+        "first block whose MLP neurons enter the factors (default: 0)",
+        min=0,
+        label="First neuron layer (empty: the first)",
     )
     neuron_last_layer: int | None = setting(
-        None, "last block whose MLP neurons enter the factors (default: the last)", min=0, label="Last neuron layer"
+        None,
+        "last block whose MLP neurons enter the factors (default: the last)",
+        min=0,
+        label="Last neuron layer (empty: the last)",
     )
 
     def check(self) -> None:
