@@ -183,14 +183,8 @@ def start_corpus() -> None:
         job.report(f"Loading {model_id} …", 0.0)
         loaded = get_model(model_id, dtype, "auto")
 
-        def progress(done: int, total: int, stage: str) -> None:
-            frac = min(1.0, done / max(total, 1))
-            if stage == "texts":
-                job.report(f"{done} / {total} texts", 0.8 * frac)
-            else:
-                job.report(f"pooled metrics and bootstrap: layer {done} / {total}", 0.8 + 0.2 * frac)
-
-        return corpus.analyze_corpus(loaded, texts, settings, progress, cache=get_result_cache())
+        # job.report is a core.run.progress.ProgressFn: the corpus run reports (label, share of the whole run)
+        return corpus.analyze_corpus(loaded, texts, settings, job.report, cache=get_result_cache())
 
     out = jobs.start(state, CORPUS_JOB, work, what="the corpus analysis", meta={"model_id": model_id})
     if isinstance(out, str):

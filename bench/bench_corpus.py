@@ -44,7 +44,8 @@ def main() -> None:
 
     import torch
 
-    from core.studies.corpus import CorpusSettings, analyze_corpus, encode_texts, fast_attention, forward_batches
+    from core.model.tokens import encode_texts
+    from core.studies.corpus import CorpusSettings, analyze_corpus, fast_attention, forward_batches
 
     loaded = load_gpt2_small()
     texts = make_texts(loaded, args.texts, args.tokens)

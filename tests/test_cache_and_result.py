@@ -130,3 +130,67 @@ def test_model_lock_serialises_concurrent_analyses(tiny_gpt2):
     for t, r in zip(texts, results):
         solo = analyze(tiny_gpt2, t, compute_gradients=False)
         np.testing.assert_array_equal(r.attentions, solo.attentions)
+
+
+def test_one_settings_base_validates_every_run_from_its_field_metadata():
+    """AnalysisSettings, CorpusSettings and PatchingSettings share core.run.settings.Settings: each bounded
+    integer refuses one below its min and one above its max with the same message, accepts both bounds, and a
+    bool refuses 1; to_dict / from_dict / replace / help come from the base."""
+    import dataclasses
+
+    from core.run.settings import Settings, field_kind
+    from core.studies.corpus import CorpusSettings
+    from core.studies.patching import PatchingSettings
+
+    for cls in (AnalysisSettings, CorpusSettings, PatchingSettings):
+        assert issubclass(cls, Settings)
+        base = cls()
+        assert cls.from_dict(base.to_dict()) == base and hash(cls()) == hash(base)
+        for f in dataclasses.fields(cls):
+            assert set(f.metadata) <= {"help", "min", "max", "cli", "label", "choices"} and cls.help(f.name)
+            kind = field_kind(f)
+            if kind is bool:
+                with pytest.raises(InputError, match=f"{f.name} must be true or false"):
+                    cls(**{f.name: 1})
+                continue
+            lo, hi = cls.bounds(f.name)
+            if kind is int and lo is not None and hi is not None:
+                for bad in (lo - 1, hi + 1):
+                    with pytest.raises(InputError, match=f"{f.name} must be .*an integer between {lo} and {hi}"):
+                        cls(**{f.name: bad})
+                assert getattr(base.replace(**{f.name: hi}), f.name) == hi
+                assert getattr(cls(**{f.name: lo}), f.name) == lo
+            if kind is str:
+                with pytest.raises(InputError, match=f"{f.name} must be empty or a non-empty word"):
+                    cls(**{f.name: "  "})
+
+
+def test_the_settings_base_checks_choices_floats_and_rules_between_fields():
+    """A settings class of the test's own: choices, a float with bounds, a required int, and a check() rule."""
+    from dataclasses import dataclass
+
+    from core.run.settings import Settings, setting
+
+    @dataclass(frozen=True)
+    class Toy(Settings):
+        mode: str = setting("fast", "how to run", choices=("fast", "exact"))
+        alpha: float = setting(0.05, "test level", min=0.0, max=0.5)
+        n: int = setting(3, "count", min=1)
+        strict: bool = setting(False, "be strict")
+
+        def check(self) -> None:
+            if self.strict and self.mode == "fast":
+                raise InputError("strict needs the exact mode")
+
+    assert Toy(mode="exact", alpha=0.5, n=1).alpha == 0.5
+    for bad, message in [
+        ({"mode": "slow"}, "mode must be one of fast, exact, got 'slow'"),
+        ({"alpha": 0.6}, "alpha must be a number between 0.0 and 0.5"),
+        ({"alpha": float("nan")}, "alpha must be a number between"),
+        ({"n": 0}, "n must be an integer ≥ 1, got 0"),
+        ({"n": None}, "n must be set"),
+        ({"n": 2.0}, "n must be an integer ≥ 1"),
+        ({"strict": True}, "strict needs the exact mode"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            Toy(**bad)

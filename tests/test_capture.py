@@ -127,3 +127,31 @@ def test_text_longer_than_the_context_is_truncated_to_it(tiny_gpt2):
     r = analyze(tiny_gpt2, "the cat sat on the mat " * 60, compute_gradients=False, max_tokens=256)
     assert r.n_tokens == 128
     assert any("context length" in w for w in r.warnings)
+
+
+def test_one_tokenisation_path_for_one_text_and_for_many(tiny_any):
+    """core.model.tokens: `encode_texts` (corpus) gives each text exactly what `tokenize` (analysis, patching) gives
+    it — ids, special flags (a typed special token included), truncation — under the same limit."""
+    from core.model.tokens import context_length, encode_texts, token_limit, tokenize
+
+    tok = tiny_any.tokenizer
+    typed_special = f"The cat {tok.eos_token or tok.sep_token} sat."
+    texts = ["The cat sat on the mat.", typed_special, "the dog ran " * 40, "A."]
+    many = encode_texts(tiny_any, texts, 24)
+    for text, enc in zip(texts, many):
+        one = tokenize(tiny_any, text, 24)
+        assert one.ids == enc.ids and one.special == enc.special and one.truncated == enc.truncated
+        assert one.input_ids[0].tolist() == one.ids and one.limit == 24
+        full = tok(text)["input_ids"]
+        assert one.truncated == (len(full) > 24) and len(one.ids) == min(len(full), 24)
+        # the flags are the tokenizer's own special-tokens mask, plus special ids typed in the text
+        added = tok(text, truncation=True, max_length=24, return_special_tokens_mask=True)["special_tokens_mask"]
+        specials = set(tok.all_special_ids) - ({tok.unk_token_id} if tok.unk_token_id != tok.eos_token_id else set())
+        assert one.special == [bool(a) or i in specials for i, a in zip(one.ids, added)]
+    assert many[2].truncated and not many[0].truncated
+    assert any(many[1].special[1:-1])  # the typed special token is flagged inside the text
+    assert tokenize(tiny_any, texts[2], 24).warning == "the text was truncated to 24 tokens (the Max tokens setting)"
+    ctx = context_length(tiny_any)
+    assert ctx == tiny_any.model.config.max_position_embeddings
+    assert token_limit(tiny_any, ctx + 1) == (ctx, "the model's context length")
+    assert token_limit(tiny_any, ctx) == (ctx, "the Max tokens setting")

@@ -148,3 +148,92 @@ def test_cli_help_documents_every_option(tmp_path):
         "--no-cache",
     ):
         assert opt in proc.stdout
+
+
+def _subcommands():
+    """{name: parser} of every subcommand of `python -m core`."""
+    import argparse
+
+    from core.cli.main import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+NEGATIONS = ("do not ", "don't ", "skip ", "no ")
+
+
+@pytest.mark.parametrize("name", sorted(_subcommands()))
+def test_every_boolean_flag_says_what_the_flag_does(name):
+    """A switch that turns something off (--no-…, or one that stores False) says so in its help; a switch that
+    turns something on does not start with a negation. `analyze --no-gradients` once said "run gradient × input"."""
+    import argparse
+
+    switches = [
+        a
+        for a in _subcommands()[name]._actions
+        if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+    ]
+    assert switches, name
+    for a in switches:
+        flag, text = a.option_strings[-1], (a.help or "").lower()
+        turns_off = flag.startswith("--no-") or isinstance(a, argparse._StoreFalseAction)
+        assert text, f"{name} {flag} has no help"
+        assert text.startswith(NEGATIONS) == turns_off, f"{name} {flag}: help {a.help!r}"
+
+
+def test_settings_switches_negate_their_field_help():
+    """The switches made from settings fields: an on-by-default field's --no- flag says "do not <help>", an
+    off-by-default field's flag says the help itself; each sets its field (checked through from_cli)."""
+    import argparse
+
+    from core.run.settings import AnalysisSettings
+    from core.studies.corpus import CorpusSettings
+    from core.studies.patching import PatchingSettings
+
+    for cls in (AnalysisSettings, CorpusSettings, PatchingSettings):
+        for f in cls.setting_fields():
+            if f.type != "bool":
+                continue
+            p = argparse.ArgumentParser()
+            cls.add_cli_arguments(p)
+            (a,) = [a for a in p._actions if a.dest == f.name]
+            expected = ("do not " if f.default else "") + f.metadata["help"]
+            assert a.help.replace("%%", "%") == expected, (cls.__name__, f.name)
+            flipped = cls.from_cli(p.parse_args([a.option_strings[0]]))
+            assert getattr(flipped, f.name) is (not f.default)
+            assert flipped == cls(**{f.name: not f.default})
+
+
+@pytest.mark.parametrize(
+    "name, flags",
+    [
+        ("analyze", ["--max-tokens", "--no-gradients", "--top-k", "--mask-word", "--head-ablation", "--ig-steps"]),
+        (
+            "corpus",
+            ["--max-tokens", "--batch-size", "--bootstrap", "--max-points", "--seed", "--bootstrap-rank"]
+            + ["--include-special-tokens"],
+        ),
+        ("patch", ["--answer", "--wrong-answer", "--max-tokens", "--no-per-position-components"]),
+        ("compare", ["--max-tokens", "--no-gradients", "--top-k"]),
+    ],
+)
+def test_settings_options_of_every_run_come_from_its_settings_class(name, flags):
+    """analyze/compare (AnalysisSettings), corpus (CorpusSettings) and patch (PatchingSettings) build their
+    settings options from the class's fields: every field is an option with the field's default, and the flags
+    the subcommands had before the one settings base are all still there."""
+    from core.run.settings import AnalysisSettings, cli_flag, field_kind
+    from core.studies.corpus import CorpusSettings
+    from core.studies.patching import PatchingSettings
+
+    cls = {"analyze": AnalysisSettings, "compare": AnalysisSettings, "corpus": CorpusSettings}.get(
+        name, PatchingSettings
+    )
+    parser = _subcommands()[name]
+    by_flag = {s: a for a in parser._actions for s in a.option_strings}
+    for flag in flags:
+        assert flag in by_flag, f"{name} lost {flag}"
+    for f in cls.setting_fields():
+        a = by_flag[cli_flag(f)]
+        default = None if field_kind(f) is tuple else f.default  # a repeatable option starts empty (None)
+        assert a.dest == f.name and a.default == default, (name, f.name)

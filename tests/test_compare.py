@@ -501,3 +501,18 @@ def test_figures_follow_the_chart_rules(runs):
     assert axes[0].get_ylim()[0] == 0.0  # effective rank
     low, high = axes[4].get_ylim()  # cosine to input
     assert low <= 0.0 and high >= 1.0
+
+
+def test_comparison_json_holds_each_runs_provenance_record(runs):
+    """comparison.json names, for run A and run B, the one provenance record (core.model.provenance) of each run
+    as it was computed: its model and every package version, scikit-learn and the bundled model's included."""
+    from core.export.compare import comparison_files
+    from core.model.provenance import provenance
+    from tests.manifests import assert_names_every_package
+
+    a, b = runs["g6"], runs["bert"]
+    doc = json.loads(comparison_files(a, b)["comparison.json"])
+    for label, r in (("a", a), ("b", b)):
+        assert doc["provenance"][label] == provenance(r.model).to_dict()
+        assert_names_every_package(doc["provenance"][label]["package_versions"])
+    assert doc["provenance"]["a"]["model_id"] != doc["provenance"]["b"]["model_id"]

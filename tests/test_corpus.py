@@ -143,24 +143,39 @@ def test_cache_hit_runs_no_forward_pass(tiny_gpt2, result_cache):
     seen = []
     with ForwardCounter() as fc:
         second = cp.analyze_corpus(
-            tiny_gpt2, TEXTS, st, cache=result_cache, progress=lambda d, t, s: seen.append((d, t, s))
+            tiny_gpt2, TEXTS, st, cache=result_cache, progress=lambda label, f: seen.append((label, f))
         )
     assert fc.calls == 0 and second.cache_hit
-    assert seen[-1] == (len(TEXTS), len(TEXTS), "texts")
+    assert seen == [("Loaded from cache", 1.0)]
     np.testing.assert_array_equal(second.ci_low["effective_rank"], first.ci_low["effective_rank"])
     other = cp.analyze_corpus(tiny_gpt2, TEXTS, st.replace(seed=1), cache=result_cache)
     assert not other.cache_hit  # a setting is part of the key
     assert cp.analyze_corpus(tiny_gpt2, TEXTS[::-1], st, cache=result_cache).cache_hit is False
 
 
-def test_progress_counts_texts(tiny_bert):
+@pytest.mark.parametrize("bootstrap", [0, 20])
+def test_progress_counts_texts_then_layers_on_one_rising_bar(tiny_bert, bootstrap):
+    """The one progress signature (core.run.progress): label + the whole run's share, never falling, ending at 1;
+    the forward passes take the first FORWARD_SHARE of the bar (0.9 without a bootstrap), the pooled layers the
+    rest, one step per layer."""
     seen = []
     cp.analyze_corpus(
-        tiny_bert, TEXTS, cp.CorpusSettings(bootstrap=0, batch_size=3), progress=lambda d, t, s: seen.append((d, t, s))
+        tiny_bert,
+        TEXTS,
+        cp.CorpusSettings(bootstrap=bootstrap, batch_size=3),
+        progress=lambda label, f: seen.append((label, f)),
     )
-    texts = [d for d, t, s in seen if s == "texts"]
-    assert texts == [0, 3, 6, 8]
-    assert [d for d, t, s in seen if s == "layers"] == list(range(1, tiny_bert.n_layers + 2))
+    G, n = len(TEXTS), tiny_bert.n_layers + 1
+    share = cp.FORWARD_SHARE if bootstrap else 0.9
+    texts = [(label, f) for label, f in seen if label.startswith("Forward passes")]
+    layers = [(label, f) for label, f in seen if label.startswith("Pooled metrics")]
+    assert len(texts) + len(layers) == len(seen)
+    assert [label for label, _ in texts] == [f"Forward passes: {k} of {G} texts" for k in (0, 3, 6, 8)]
+    assert [f for _, f in texts] == pytest.approx([share * k / G for k in (0, 3, 6, 8)])
+    assert [label for label, _ in layers] == [f"Pooled metrics: layer {k} of {n}" for k in range(1, n + 1)]
+    assert [f for _, f in layers] == pytest.approx([share + (1 - share) * k / n for k in range(1, n + 1)])
+    fractions = [f for _, f in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
 
 
 def test_one_text_has_no_interval_and_says_so(tiny_llama):
@@ -282,7 +297,13 @@ def test_bundle_files(gpt2_result):
     assert man["corpus"]["text_sha256"][0] == hashlib.sha256(TEXTS[0].encode()).hexdigest()
     assert man["corpus"]["n_texts"] == 16 and man["settings"]["max_points"] == 60
     assert man["duplicates_removed_per_layer"][0] == int(gpt2_result.n_duplicates[0])
-    assert "forward_s" in man["timings_s"] and "torch" in man["package_versions"]
+    assert "forward_s" in man["timings_s"]
+    from core.model.provenance import provenance
+    from tests.manifests import assert_names_every_package
+
+    assert_names_every_package(man["package_versions"])  # scikit-learn and the bundled model's package included
+    record = provenance(gpt2_result.model, attn_implementation=gpt2_result.attn_implementation).to_dict()
+    assert {k: man[k] for k in record} == record
     assert files["report.pdf"][:5] == b"%PDF-"
     assert all(files[n][:8] == b"\x89PNG\r\n\x1a\n" for n in files if n.endswith(".png"))
 
@@ -406,7 +427,7 @@ def test_cli_writes_the_bundle_with_a_progress_bar(tiny_dirs, tmp_path, capsys):
     )
     assert code == 0, err
     assert "wrote" in stdout and "8 texts" in stdout and "1 blank line(s) skipped" in stdout
-    assert "forward passes" in err and "text" in err  # tqdm on stderr
+    assert f"Forward passes: 0 of {len(TEXTS)} texts" in err  # tqdm on stderr, the stage in words
     names = set(zipfile.ZipFile(out).namelist())
     assert {"corpus_metrics.csv", "per_text_metrics.csv", "manifest.json", "report.pdf"} <= names
     code, stdout, _ = cli(
@@ -457,7 +478,7 @@ def test_cli_csv_column(tiny_dirs, tmp_path, capsys):
         ],
         capsys,
     )
-    assert code == 0 and "forward passes" not in err  # --quiet: no progress bar
+    assert code == 0 and "Forward passes" not in err  # --quiet: no progress bar
 
 
 @pytest.mark.parametrize(

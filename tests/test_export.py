@@ -344,3 +344,24 @@ def test_report_ends_with_the_documentation_pages_laid_out_once(result, files):
     before = _documentation_pdf.cache_info().hits
     build_report(result, files)
     assert _documentation_pdf.cache_info().hits == before + 1
+
+
+def test_the_manifest_opens_with_the_one_provenance_record(files, result, tiny_gpt2):
+    """manifest.json holds core.model.provenance's record of the run: the model as loaded (the same from the
+    LoadedModel and from the result's ModelInfo), the core version and every package version as computed."""
+    from core.export.bundle import manifest
+    from core.model.provenance import provenance
+    from tests.manifests import assert_names_every_package
+
+    man = json.loads(files["manifest.json"])
+    record = provenance(tiny_gpt2).to_dict()
+    assert provenance(result.model).to_dict() == record
+    for key, value in record.items():
+        assert man[key] == value, key
+    assert man["revision"] == tiny_gpt2.info().revision and man["attn_implementation"] == "eager"
+    assert_names_every_package(man["package_versions"])
+    # a result read back from the cache names the packages that computed it, not the ones installed now
+    old = result.replace(versions={"torch": "1.0", "scikit-learn": "0.1"}, core_version="0.0.9")
+    old_man = manifest(old)
+    assert old_man["package_versions"] == {"torch": "1.0", "scikit-learn": "0.1"}
+    assert old_man["core_version"] == "0.0.9"

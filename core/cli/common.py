@@ -1,5 +1,6 @@
-"""Shared pieces of the CLI's subcommands (core.cli.main and core/cli_*.py): the one-line parser, exit codes, reading a
-text argument, the model options, AnalysisSettings' fields as options, and the --out checks and one-line messages.
+"""Shared pieces of the CLI's subcommands (core.cli.main and core/cli/*.py): the one-line parser, exit codes, reading a
+text argument, the model options, AnalysisSettings' fields as options (built by core.run.settings.Settings), and the
+--out checks and one-line messages.
 
 Errors end with a non-zero exit and one line on stderr: EXIT_INPUT (2) for bad arguments or input, EXIT_MODEL (1)
 for a model that cannot be loaded, EXIT_INTERNAL (3) for a bug.
@@ -8,21 +9,13 @@ for a model that cannot be loaded, EXIT_INTERNAL (3) for a bug.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from core.infra.errors import InputError
 from core.infra.presets import BUNDLED_ID, PRESET_IDS
-from core.run.settings import (
-    DEVICES,
-    DTYPES,
-    AnalysisSettings,
-    field_kind,
-    max_text_chars,
-    setting_fields,
-)
+from core.run.settings import DEVICES, DTYPES, AnalysisSettings, max_text_chars
 
 EXIT_MODEL, EXIT_INPUT, EXIT_INTERNAL = 1, 2, 3
 #: Bytes read at most from a text file (the character bound of AnalysisSettings.check_text applies after).
@@ -108,36 +101,15 @@ def _read_text_file(path: Path) -> str:
         fail(f"text file '{shown}' cannot be read ({exc.strerror or type(exc).__name__})")
 
 
-def _flag(f: dataclasses.Field[Any]) -> str:
-    return str(f.metadata.get("cli") or "--" + f.name.replace("_", "-"))
-
-
 def add_settings_options(p: argparse.ArgumentParser) -> None:
-    """One option per AnalysisSettings field, with its help text and default (a new field appears by itself):
-    a bool that defaults to False is a switch `--name`; one that defaults to True is `--no-name`; int and str
-    fields take a value; a tuple field is a repeatable option (`--sae DIR --sae DIR2`)."""
-    g = p.add_argument_group("analysis settings")
-    for f in setting_fields():
-        kind, default = field_kind(f), f.default
-        help_text = str(f.metadata["help"])
-        if kind is bool:
-            action = "store_false" if default else "store_true"
-            flag = _flag(f) if f.metadata.get("cli") else ("--no-" if default else "--") + f.name.replace("_", "-")
-            g.add_argument(flag, dest=f.name, action=action, default=default, help=help_text)
-        elif kind is tuple:
-            g.add_argument(_flag(f), dest=f.name, action="append", metavar="DIR", default=None, help=help_text)
-        else:
-            shown = "" if default is None else f" (default {default})"
-            g.add_argument(_flag(f), dest=f.name, type=kind, default=default, help=help_text + shown)
+    """One option per AnalysisSettings field, with its help text and default (a new field appears by itself; the
+    rules are core.run.settings.Settings.add_cli_arguments')."""
+    AnalysisSettings.add_cli_arguments(p)
 
 
 def settings_from_args(args: argparse.Namespace) -> AnalysisSettings:
     """AnalysisSettings from the options made by add_settings_options."""
-    values = {f.name: getattr(args, f.name) for f in setting_fields()}
-    for f in setting_fields():
-        if field_kind(f) is tuple:
-            values[f.name] = tuple(values[f.name] or ())
-    return AnalysisSettings(**values)
+    return AnalysisSettings.from_cli(args)
 
 
 def out_path(value: str) -> Path:

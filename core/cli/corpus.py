@@ -27,15 +27,6 @@ from core.studies.corpus import ENV_MAX_TEXTS, CorpusSettings, CorpusTexts
 NAME = "corpus"
 
 
-def _setting_help(name: str) -> str:
-    import dataclasses
-
-    f = {f.name: f for f in dataclasses.fields(CorpusSettings)}[name]
-    lo, hi = f.metadata.get("min"), f.metadata.get("max")
-    bounds = f"; {lo} to {hi}" if lo is not None else ""
-    return f"{f.metadata['help']} (default {f.default}{bounds})".replace("%", "%%")
-
-
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Register the `corpus` subcommand on the subparsers object `sub` (its `run` is set as the default)."""
     c = sub.add_parser(
@@ -60,9 +51,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         default=None,
         help=f"refuse a corpus with more texts than this (default ${ENV_MAX_TEXTS}, else {DEFAULT_MAX_CORPUS_TEXTS})",
     )
-    for name in ("max_tokens", "batch_size", "bootstrap", "max_points", "seed", "bootstrap_rank"):
-        c.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=_setting_help(name))
-    c.add_argument("--include-special-tokens", action="store_true", help=_setting_help("include_special_tokens"))
+    CorpusSettings.add_cli_arguments(c)
     c.add_argument(
         "--sae",
         action="append",
@@ -113,12 +102,8 @@ def read_corpus(args: argparse.Namespace) -> CorpusTexts:
 
 
 def settings_from_args(args: argparse.Namespace) -> CorpusSettings:
-    given = {
-        name: getattr(args, name)
-        for name in ("max_tokens", "batch_size", "bootstrap", "max_points", "seed", "bootstrap_rank")
-        if getattr(args, name) is not None
-    }
-    return CorpusSettings(include_special_tokens=args.include_special_tokens, **given)
+    """CorpusSettings from the options made by CorpusSettings.add_cli_arguments."""
+    return CorpusSettings.from_cli(args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,24 +121,24 @@ def run(args: argparse.Namespace) -> int:
     show = not (args.quiet or args.no_progress)
     bars: dict[str, Any] = {}
 
-    def progress(done: int, total: int, stage: str) -> None:
+    def progress(label: str, fraction: float) -> None:
+        """One bar on stderr: the stage in words ("Forward passes: 3 of 8 texts"), the whole run's share done."""
         if not show:
             return
         from tqdm import tqdm
 
-        if stage not in bars:
-            for b in bars.values():
-                b.close()
-            bars[stage] = tqdm(
-                total=total,
-                unit="text" if stage == "texts" else "layer",
+        if "bar" not in bars:
+            bars["bar"] = tqdm(
+                desc=label,
+                total=100,
                 file=sys.stderr,
-                desc="forward passes" if stage == "texts" else "pooled metrics",
                 leave=False,
                 dynamic_ncols=True,
+                bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}]",
             )
-        bar = bars[stage]
-        bar.update(done - bar.n)
+        bar = bars["bar"]
+        bar.set_description_str(label, refresh=False)
+        bar.update(max(0.0, round(100 * fraction, 1) - bar.n))
 
     model: Any = args.model
     sae_dirs = tuple(args.sae or ())

@@ -23,7 +23,7 @@ from core.cli.common import (
     read_text,
 )
 from core.infra.formats import csv_bytes, json_bytes, write_files
-from core.studies.patching import PatchingResult
+from core.studies.patching import PatchingResult, PatchingSettings
 
 CSV_HEADER = ["layer", "position", "component", "restored", "m_patched", "clean_token", "corrupted_token"]
 
@@ -38,11 +38,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     add_model_options(p)
     add_text_options(p, "clean")
     add_text_options(p, "corrupt")
-    p.add_argument("--answer", default=None, help="answer token A (default: the clean run's top-1 prediction)")
-    p.add_argument(
-        "--wrong-answer", default=None, help="wrong answer token B (default: the corrupted run's top-1 prediction)"
-    )
-    p.add_argument("--max-tokens", type=int, default=128, help="longest text accepted, in tokens (default 128)")
+    PatchingSettings.add_cli_arguments(p)  # --answer, --wrong-answer, --max-tokens, --no-per-position-components
     p.add_argument("--out", required=True, type=Path, help="output: a path ending in .zip, or a folder")
     add_load_options(p)
     p.add_argument("--no-cache", action="store_true", help="do not read or write the result cache")
@@ -65,16 +61,19 @@ def patching_csv(result: PatchingResult) -> bytes:
 
 def bundle(result: PatchingResult) -> dict[str, bytes]:
     """All files of the patch bundle {safe name: bytes}."""
-    from core.analysis.pipeline import package_versions
     from core.export.report import patching_report
     from core.figures.causal import patching_files
+    from core.model.provenance import package_versions, provenance
 
+    # a result stored before patching recorded its package versions names the ones installed now
+    prov = provenance(
+        result.model, core_version=result.core_version, versions=result.versions or package_versions()
+    ).to_dict()
+    versions = prov.pop("package_versions")
+    core_version = prov.pop("core_version")
     manifest = {
         "kind": "activation_patching",
-        **{
-            k: result.model.to_dict().get(k)
-            for k in ("model_id", "family", "source", "revision", "local_path", "architecture", "dtype", "device")
-        },
+        **prov,
         "clean_text": result.clean_text,
         "corrupted_text": result.corrupted_text,
         "token_count": result.n_tokens,
@@ -82,8 +81,8 @@ def bundle(result: PatchingResult) -> dict[str, bytes]:
         "settings": result.settings.to_dict(),
         "target_position": result.target_position,
         "target_reason": result.target_reason,
-        "core_version": result.core_version,
-        "package_versions": package_versions(),
+        "core_version": core_version,
+        "package_versions": versions,
         "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "cache_hit": result.cache_hit,
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
@@ -102,11 +101,11 @@ def bundle(result: PatchingResult) -> dict[str, bytes]:
 def run(args: argparse.Namespace) -> int:
     from core.model.loading import load_model
     from core.run.cache import ResultCache
-    from core.studies.patching import PatchingSettings, patch
+    from core.studies.patching import patch
 
     clean, corrupt = read_text(args, "clean"), read_text(args, "corrupt")
     assert clean is not None and corrupt is not None  # both groups are required
-    settings = PatchingSettings(answer=args.answer, wrong_answer=args.wrong_answer, max_tokens=args.max_tokens)
+    settings = PatchingSettings.from_cli(args)
     out: Path = args.out
     if out.exists() and out.is_file() and out.suffix.lower() != ".zip":
         fail(f"--out '{out}' is an existing file; give a .zip path or a folder")

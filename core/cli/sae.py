@@ -57,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
 
     from core.infra.formats import csv_bytes, json_bytes, write_files
     from core.model.arch import model_parts
-    from core.model.capture import tokenize
     from core.model.loading import load_model
     from core.model.sae import load_sae
+    from core.model.tokens import tokenize
     from core.steps.sae import intervene
 
     text = read_text(args)
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     for w in sae.check_model(model_parts(loaded.model), loaded.model_id):
         sys.stderr.write(f"warning: {w}\n")
     enc = tokenize(loaded, text, args.max_tokens)
-    ids, mask = enc["input_ids"].to(loaded.device), enc["attention_mask"].to(loaded.device)
+    ids, mask = enc.input_ids.to(loaded.device), enc.attention_mask.to(loaded.device)
     with loaded.lock:
         store: dict[str, torch.Tensor] = {}
         from core.model.hooks import hooked

@@ -29,6 +29,7 @@ from core.figures.sae import sae_files
 from core.infra.formats import csv_bytes, json_bytes, npy_bytes, write_files
 from core.infra.options import ExportOptions
 from core.infra.threads import gc_paused
+from core.model.provenance import provenance
 from core.steps.metrics import METRIC_NAMES
 
 __all__ = ["WRITERS", "ExportOptions", "bundle_files", "manifest", "write_bundle"]
@@ -37,31 +38,27 @@ Writer = Callable[[AnalysisResult, ExportOptions], dict[str, bytes]]
 
 
 def manifest(result: AnalysisResult) -> dict[str, Any]:
-    m = result.model
+    """manifest.json: the provenance record (core.model.provenance: model, core and package versions as computed),
+    then what was analysed, how, and what it cost."""
+    prov = provenance(result.model, core_version=result.core_version, versions=result.versions).to_dict()
+    versions = prov.pop("package_versions")
+    core_version = prov.pop("core_version")
     return {
-        "model_id": m.model_id,
-        "family": m.family,
-        "source": m.source,
-        "revision": m.revision,
-        "local_path": m.local_path,
-        "architecture": m.architecture,
-        "dtype": m.dtype,
-        "device": m.device,
-        "attn_implementation": m.attn_implementation,
+        **prov,
         "text": result.text,
         "analysed_text": result.analysed_text,
         "token_count": result.n_tokens,
         "layers": result.n_layers,
         "heads": result.n_heads,
-        "hidden_size": m.hidden_size,
+        "hidden_size": result.model.hidden_size,
         "settings": result.settings.to_dict(),
         "metric_tokens": result.metric_tokens,
         "last_hidden_state_before_final_norm": result.final_norm,
         "target_position": result.target_position,
         "target_token": result.tokens[result.target_position] if result.tokens else None,
         "target_reason": result.target_reason,
-        "core_version": result.core_version,
-        "package_versions": result.versions,
+        "core_version": core_version,
+        "package_versions": versions,
         "created_at": result.created_at,
         "duration_s": round(result.duration_s, 4),
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},

@@ -14,6 +14,7 @@ from core.analysis.result import AnalysisResult
 from core.export.pdf import PAGE_H, Document, Part, join
 from core.figures.compare import FIGURES, comparison_plots
 from core.infra.formats import csv_bytes, json_bytes
+from core.model.provenance import provenance
 from core.present.compare import CKA_CSV_HEADER, cka_rows_table, prediction_rows
 from core.present.docs import caption, formula_text
 from core.studies.compare import ComparisonResult, compare
@@ -117,7 +118,8 @@ def comparison_files(
     debiased_csv: bool = False,
 ) -> dict[str, bytes]:
     """Every file of the comparison bundle as {safe name: bytes}: a/… and b/… (each run's own bundle, made by
-    `bundle(result) -> dict[str, bytes]`, e.g. core.export.bundle.bundle_files), comparison.json, cka.csv (exactly
+    `bundle(result) -> dict[str, bytes]`, e.g. core.export.bundle.bundle_files), comparison.json (with each run's
+    provenance record), cka.csv (exactly
     `layer_a,layer_b,cka`, only when CKA is defined; the debiased values with debiased_csv), plots/*.png and
     report.pdf (last). Without `bundle` the a/ and b/ folders are left out."""
     cmp = cmp or compare(result_a, result_b)
@@ -128,6 +130,10 @@ def comparison_files(
     matrix = cmp.cka_debiased if debiased_csv else cmp.cka
     doc = cmp.to_dict()  # NaN already None: strict JSON
     doc["cka_csv"] = None if matrix is None else ("debiased" if debiased_csv else "centred")
+    doc["provenance"] = {  # the one provenance record (core.model.provenance) of each run, as it was computed
+        label: provenance(r.model, core_version=r.core_version, versions=r.versions).to_dict()
+        for label, r in (("a", result_a), ("b", result_b))
+    }
     files["comparison.json"] = json_bytes(doc)
     if matrix is not None:
         files["cka.csv"] = csv_bytes(CKA_CSV_HEADER, cka_rows_table(matrix))

@@ -25,6 +25,7 @@ from matplotlib.ticker import MaxNLocator
 from core.export.pdf import PAGE_H, Document
 from core.figures import plotting
 from core.infra.formats import csv_bytes, json_bytes, zip_bytes
+from core.model.provenance import provenance
 from core.present import docs
 from core.steps.metrics import METRIC_NAMES
 from core.studies.corpus import CorpusResult
@@ -62,19 +63,18 @@ def label(metric: str) -> str:
 
 def manifest(result: CorpusResult) -> dict[str, Any]:
     """manifest.json: everything needed to know what was computed from what."""
-    m = result.model
+    prov = provenance(
+        result.model,
+        core_version=result.core_version,
+        versions=result.versions,
+        attn_implementation=result.attn_implementation,
+    ).to_dict()
+    versions = prov.pop("package_versions")
+    core_version = prov.pop("core_version")
     return {
         "kind": "corpus",
-        "model_id": m.model_id,
-        "family": m.family,
-        "source": m.source,
-        "revision": m.revision,
-        "local_path": m.local_path,
-        "architecture": m.architecture,
-        "dtype": m.dtype,
-        "device": m.device,
-        "attn_implementation": result.attn_implementation,
-        "hidden_size": m.hidden_size,
+        **prov,
+        "hidden_size": result.model.hidden_size,
         "layers": result.n_layers - 1,
         "last_hidden_state_before_final_norm": result.final_norm,
         "settings": result.settings.to_dict(),
@@ -92,8 +92,8 @@ def manifest(result: CorpusResult) -> dict[str, Any]:
         "confidence_intervals": (
             "95 % percentile bootstrap over texts" if result.has_intervals else "none (one text or bootstrap = 0)"
         ),
-        "core_version": result.core_version,
-        "package_versions": result.versions,
+        "core_version": core_version,
+        "package_versions": versions,
         "created_at": result.created_at,
         "duration_s": round(result.duration_s, 4),
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},

@@ -1,4 +1,5 @@
-"""One forward pass that captures tokens, hidden states, attentions and logits."""
+"""One forward pass that captures tokens, hidden states, attentions and logits (the text is tokenised by
+core.model.tokens, the one tokenisation path of every run)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from core.model.arch import final_norm, model_parts
 from core.model.hooks import Registration, hooked
 from core.model.loading import LoadedModel
 from core.model.sites import recorders
+from core.model.tokens import tokenize
 from core.run.settings import AnalysisSettings
 
 
@@ -110,51 +112,6 @@ def apply_mask_word(text: str, word: str, mask_token: str | None) -> str:
     return new
 
 
-def context_length(loaded: LoadedModel) -> int | None:
-    """The model's position limit (max_position_embeddings / n_positions), or None when it has none."""
-    cfg = loaded.model.config
-    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
-        v = getattr(cfg, name, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    return None
-
-
-def tokenize(loaded: LoadedModel, text: str, max_tokens: int) -> dict[str, Any]:
-    """Tokenise with truncation to min(max_tokens, the model's context length); records what was cut."""
-    tok = loaded.tokenizer
-    ctx = context_length(loaded)
-    limit = min(max_tokens, ctx) if ctx else max_tokens
-    enc = tok(text, return_tensors="pt", truncation=True, max_length=limit, return_special_tokens_mask=True)
-    full_len = len(tok(text, truncation=False)["input_ids"]) if enc["input_ids"].shape[1] >= limit else None
-    enc["truncated"] = full_len is not None and full_len > limit
-    enc["limit"] = limit
-    enc["limit_reason"] = "the Max tokens setting" if limit == max_tokens else "the model's context length"
-    return enc
-
-
-def special_ids(tokenizer: Any) -> frozenset[int]:
-    """Ids of the tokenizer's special tokens ([CLS], [SEP], [PAD], [MASK], BOS, EOS…), without the unknown token
-    unless it doubles as another special token (GPT-2's <|endoftext|>): an [UNK] stands for real text."""
-    ids = set(getattr(tokenizer, "all_special_ids", None) or [])
-    unk = getattr(tokenizer, "unk_token_id", None)
-    others = {
-        getattr(tokenizer, n, None)
-        for n in ("bos_token_id", "eos_token_id", "pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id")
-    }
-    if unk is not None and unk not in others:
-        ids.discard(unk)
-    return frozenset(i for i in ids if isinstance(i, int))
-
-
-def special_mask(tokenizer: Any, ids: list[int], added_mask: list[int] | None = None) -> list[bool]:
-    """True where the token is special: added by the tokenizer ([CLS] … [SEP]) or typed in the text ("[SEP]" in a
-    sentence becomes the real special id, so it is special too)."""
-    specials = special_ids(tokenizer)
-    added = added_mask if added_mask is not None else [0] * len(ids)
-    return [bool(a) or i in specials for i, a in zip(ids, added)]
-
-
 def _stack_float32(tensors: list[Any], dtype: Any = np.float32) -> np.ndarray:
     """numpy [N, ...] (float32 unless `dtype` says otherwise) of the batch-row 0 of each tensor [1, ...] (any dtype,
     any device), filled one entry at a time; each tensor's slot in the list is cleared once it is copied, so that
@@ -199,14 +156,12 @@ def capture(
     if not isinstance(text, str) or not text.strip():
         raise InputError("the text is empty: type a sentence to analyse")
     enc = tokenize(loaded, text, settings.max_tokens)
-    ids = enc["input_ids"].to(loaded.device)
-    mask = enc["attention_mask"].to(loaded.device)
+    ids = enc.input_ids.to(loaded.device)
+    mask = enc.attention_mask.to(loaded.device)
     if ids.shape[1] == 0:
         raise InputError("the text produced no tokens")
-    special = special_mask(loaded.tokenizer, enc["input_ids"][0].tolist(), enc["special_tokens_mask"][0].tolist())
-    warnings: list[str] = []
-    if enc["truncated"]:
-        warnings.append(f"the text was truncated to {enc['limit']} tokens ({enc['limit_reason']})")
+    special = enc.special
+    warnings: list[str] = [enc.warning] if enc.warning else []
 
     model = loaded.model
     norm = final_norm(model)
@@ -219,7 +174,7 @@ def capture(
     T = int(ids.shape[1])
     kept: list[int] | None = None
     if logit_positions is not None:
-        kept = sorted({int(p) for p in logit_positions(enc["input_ids"][0].tolist(), special) if 0 <= int(p) < T})
+        kept = sorted({int(p) for p in logit_positions(enc.ids, special) if 0 <= int(p) < T})
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         if head is not None and kept and len(kept) < T:
             hooks.append((head, "pre", _head_slicer(kept, T)))
@@ -264,7 +219,7 @@ def capture(
         attentions=att,
         logits=logits,
         final_norm=has_norm,
-        truncated=bool(enc["truncated"]),
+        truncated=enc.truncated,
         warnings=warnings,
         sites=recorded,
     )

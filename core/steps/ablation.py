@@ -19,13 +19,13 @@ so the whole table costs L batched forward passes. Hooks are removed in a ``fina
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.infra.serialize import serializable
+from core.run.progress import ProgressFn
 
 if TYPE_CHECKING:
     import torch
@@ -95,7 +95,7 @@ def head_ablation(
     attention_mask: torch.Tensor,
     position: int,
     token_id: int,
-    progress: Callable[[str, float], None] | None = None,
+    progress: ProgressFn | None = None,
     chunk: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Mean and zero ablation of every head (see the module docstring) → (mean [L, H], zero [L, H], log p).
@@ -160,7 +160,7 @@ def head_ablation(
 
 
 def ablate_heads(
-    loaded: LoadedModel, capture: Capture, position: int, progress: Callable[[str, float], None] | None = None
+    loaded: LoadedModel, capture: Capture, position: int, progress: ProgressFn | None = None
 ) -> HeadAblationSection | None:
     """The head-ablation section for the top prediction at `position` of one capture, or None for an encoder
     without a language-model head. Call under the model lock."""

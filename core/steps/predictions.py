@@ -22,8 +22,8 @@ from typing import Any
 from core.infra.devices import fast_attention
 from core.infra.errors import InputError
 from core.infra.serialize import serializable
-from core.model.capture import context_length
 from core.model.loading import LoadedModel
+from core.model.tokens import context_length
 from core.steps.context import StepContext
 
 log = logging.getLogger(__name__)

@@ -27,10 +27,10 @@ import io
 import logging
 import mmap
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -42,7 +42,11 @@ from core.infra.version import CORE_VERSION
 from core.model.hooks import hooked
 from core.model.info import ModelInfo
 from core.model.loading import LoadedModel, final_norm, load_model
+from core.model.provenance import package_versions
+from core.model.tokens import Encoded, encode_texts
 from core.run.cache import ResultCache, run_key
+from core.run.progress import ProgressFn, scaled, silent
+from core.run.settings import Settings, setting
 from core.steps import metrics
 from core.studies import geometry
 
@@ -50,58 +54,54 @@ log = logging.getLogger(__name__)
 
 ENV_MAX_TEXTS = "TMA_MAX_CORPUS_TEXTS"
 MAX_CORPUS_BYTES = 64 * 1024 * 1024
-#: progress(done, total, stage): stage "texts" while the model runs (done = texts finished), then "layers".
-ProgressFn = Callable[[int, int, str], None]
+#: Share of the progress bar given to the forward passes (the rest: the pooled metrics and their bootstrap).
+FORWARD_SHARE = 0.5
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Settings
 
 
-def _f(default: Any, help: str, lo: int | None = None, hi: int | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "min": lo, "max": hi})
-
-
 @serialize.serializable
 @dataclass(frozen=True)
-class CorpusSettings:
-    """Settings of one corpus analysis; every field enters the cache key. Bounds live in each field's metadata."""
+class CorpusSettings(Settings):
+    """Settings of one corpus analysis; every field enters the cache key. Rules live in each field's metadata
+    (core.run.settings.setting)."""
 
-    max_tokens: int = _f(128, "truncate every text to this many tokens (special tokens included)", 2, 4096)
-    batch_size: int = _f(8, "texts per forward pass (padded with the attention mask)", 1, 512)
-    bootstrap: int = _f(200, "bootstrap resamples of the texts for the 95 % intervals (0: no intervals)", 0, 5000)
-    max_points: int = _f(5000, "token states kept per layer for the pooled metrics (seeded uniform sample)", 10, 50_000)
-    include_special_tokens: bool = _f(False, "include special tokens ([CLS], [SEP], BOS…) in the metrics")
-    seed: int = _f(0, "seed of the token sample and of the bootstrap", 0, 2**31 - 1)
-    bootstrap_rank: int = _f(
+    cli_title: ClassVar[str] = "corpus settings"
+
+    max_tokens: int = setting(
+        128, "truncate every text to this many tokens (special tokens included)", min=2, max=4096, label="Max tokens"
+    )
+    batch_size: int = setting(
+        8, "texts per forward pass (padded with the attention mask)", min=1, max=512, label="Batch size"
+    )
+    bootstrap: int = setting(
+        200,
+        "bootstrap resamples of the texts for the 95 % intervals (0: no intervals)",
+        min=0,
+        max=5000,
+        label="Bootstrap resamples",
+    )
+    max_points: int = setting(
+        5000,
+        "token states kept per layer for the pooled metrics (seeded uniform sample)",
+        min=10,
+        max=50_000,
+        label="Pooled token states per layer",
+    )
+    include_special_tokens: bool = setting(
+        False, "include special tokens ([CLS], [SEP], BOS…) in the metrics", label="Include special tokens"
+    )
+    seed: int = setting(0, "seed of the token sample and of the bootstrap", min=0, max=2**31 - 1, label="Seed")
+    bootstrap_rank: int = setting(
         128,
         "principal directions in which the bootstrap recomputes spectra exactly "
         "(the rest of the variance is exact in total, its shape held fixed)",
-        1,
-        8192,
+        min=1,
+        max=8192,
+        label="Bootstrap rank",
     )
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.type in ("bool", bool):
-                if not isinstance(v, bool):
-                    raise InputError(f"{f.name} must be true or false, got {v!r}")
-                continue
-            lo, hi = f.metadata.get("min"), f.metadata.get("max")
-            if (
-                not isinstance(v, int)
-                or isinstance(v, bool)
-                or (lo is not None and v < lo)
-                or (hi is not None and v > hi)
-            ):
-                raise InputError(f"{f.name} must be an integer between {lo} and {hi}, got {v!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> CorpusSettings:
-        return dataclasses.replace(self, **changes)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -304,40 +304,7 @@ class CorpusResult:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Tokenising and the batched forward passes
-
-
-@dataclass
-class Encoded:
-    """One tokenised text: ids, special-token flags, and whether truncation cut it."""
-
-    ids: list[int]
-    special: list[bool]
-    truncated: bool
-
-
-def _context_length(loaded: LoadedModel) -> int | None:
-    cfg = loaded.model.config
-    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
-        v = getattr(cfg, name, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    return None
-
-
-def encode_texts(loaded: LoadedModel, texts: Sequence[str], max_tokens: int) -> list[Encoded]:
-    """Tokenise every text with the model's special tokens, truncated to min(max_tokens, context length)."""
-    tok = loaded.tokenizer
-    ctx = _context_length(loaded)
-    limit = min(max_tokens, ctx) if ctx else max_tokens
-    enc = tok(list(texts), truncation=True, max_length=limit, return_special_tokens_mask=True)
-    out = []
-    long_idx = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) >= limit]
-    full = tok([texts[i] for i in long_idx], truncation=False)["input_ids"] if long_idx else []
-    cut = {i for i, ids in zip(long_idx, full) if len(ids) > limit}
-    for i, (ids, sp) in enumerate(zip(enc["input_ids"], enc["special_tokens_mask"])):
-        out.append(Encoded(list(ids), [bool(x) for x in sp], i in cut))
-    return out
+# The batched forward passes (texts are tokenised by core.model.tokens, as every run's are)
 
 
 @contextlib.contextmanager
@@ -432,18 +399,6 @@ def corpus_cache_key(model_info: ModelInfo, corpus_hash: str, settings: CorpusSe
     return run_key(model_info.key_fields(), settings, kind="corpus", corpus_sha256=corpus_hash)
 
 
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for name in ("torch", "transformers", "numpy", "tokenizers"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
 def sample_tokens(eligible: Sequence[int], max_points: int, seed: int) -> list[np.ndarray]:
     """Seeded uniform sample without replacement of at most `max_points` of all eligible tokens.
 
@@ -476,11 +431,12 @@ def analyze_corpus(
 
     model: a LoadedModel, or an id / folder loaded first. texts: the texts (blank ones are skipped and counted),
     or a CorpusTexts from a reader. cache: the ResultCache; a hit runs no forward pass.
-    limit: most texts accepted (default `max_corpus_texts()`). progress(done, total, stage) as described above.
+    limit: most texts accepted (default `max_corpus_texts()`). progress(label, fraction) (core.run.progress): "Forward
+    passes: k of G texts" over the first part of the bar, then "Pooled metrics: layer l of L+1".
     """
     t_start = time.perf_counter()
     st = settings or CorpusSettings()
-    report = progress or (lambda done, total, stage: None)
+    report = progress or silent
     if isinstance(texts, CorpusTexts):
         n_blank, all_texts = texts.n_blank, list(texts.texts)
     else:
@@ -496,7 +452,7 @@ def analyze_corpus(
     key = corpus_cache_key(info, c_hash, st)
     hit = cache.get(key, CorpusResult) if cache is not None else None
     if hit is not None:
-        report(hit.n_texts, hit.n_texts, "texts")
+        report("Loaded from cache", 1.0)
         return hit.replace(cache_hit=True, duration_s=time.perf_counter() - t_start, n_blank_skipped=n_blank)
 
     timings: dict[str, float] = {}
@@ -518,7 +474,9 @@ def analyze_corpus(
     t_forward = t_metrics = 0.0
     done = 0
     has_norm = False
-    report(0, G, "texts")
+    share = FORWARD_SHARE if st.bootstrap and G > 1 else 0.9  # without a bootstrap the pooled metrics are quick
+    forward, pooled_stage = scaled(report, 0.0, share), scaled(report, share, 1.0)
+    forward(f"Forward passes: 0 of {G} texts", 0.0)
     with loaded.lock, fast_attention(loaded) as attn_used:
         t1 = time.perf_counter()
         for idx, states, norm_seen in forward_batches(loaded, encoded, st.batch_size, order):
@@ -538,7 +496,7 @@ def analyze_corpus(
             done += len(idx)
             t1 = time.perf_counter()
             t_metrics += t1 - t2
-            report(done, G, "texts")
+            forward(f"Forward passes: {done} of {G} texts", done / G)
     timings["forward_s"] = t_forward
     timings["per_text_metrics_s"] = t_metrics
     if pool is None or n_points == 0:
@@ -557,7 +515,9 @@ def analyze_corpus(
             n_resamples=st.bootstrap if G > 1 else 0,
             seed=st.seed,
             rank=st.bootstrap_rank,
-            on_layer=lambda layer: report(layer + 1, n_layers, "layers"),
+            on_layer=lambda layer: pooled_stage(
+                f"Pooled metrics: layer {layer + 1} of {n_layers}", (layer + 1) / n_layers
+            ),
         )
     timings["pooled_metrics_and_bootstrap_s"] = time.perf_counter() - t3
 
@@ -606,7 +566,7 @@ def analyze_corpus(
         final_norm=has_norm,
         warnings=tuple(warnings),
         timings=timings,
-        versions=_versions(),
+        versions=package_versions(),
         core_version=CORE_VERSION,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         duration_s=time.perf_counter() - t_start,

@@ -34,7 +34,7 @@ import mmap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -44,7 +44,11 @@ from core.infra.version import CORE_VERSION
 from core.model.forward import chunk_rows, target_logits
 from core.model.hooks import Registration, first_input, hooked, main_output, replace_output, with_first_input
 from core.model.info import ModelInfo
+from core.model.provenance import package_versions
+from core.model.tokens import tokenize
 from core.run.cache import ResultCache, run_key
+from core.run.progress import ProgressFn, silent
+from core.run.settings import Settings, setting
 
 if TYPE_CHECKING:
     import torch
@@ -59,35 +63,39 @@ COMPONENTS = ("residual", "attention", "mlp")
 #: |m_clean − m_corrupted| below this (in logits) makes `restored` meaningless: a warning says so.
 TINY_DIFFERENCE = 0.1
 
-ProgressFn = Callable[[str, float], None]
-
 
 @serializable
 @dataclass(frozen=True)
-class PatchingSettings:
-    """What decides the numbers of a patching run besides the model and the texts.
+class PatchingSettings(Settings):
+    """What decides the numbers of a patching run besides the model and the texts (rules in each field's metadata,
+    core.run.settings.setting)."""
 
-    answer / wrong_answer: the tokens A and B (a vocabulary token such as "ĠParis", or text that tokenises to one
-    token such as " Paris"); None takes the clean / corrupted run's top-1 prediction at the target.
-    max_tokens: both texts are tokenised with truncation to this many tokens (an error says when one is cut).
-    per_position_components: also patch attention and MLP outputs per position (otherwise only position −1).
-    """
+    cli_title: ClassVar[str] = "patching settings"
 
-    answer: str | None = None
-    wrong_answer: str | None = None
-    max_tokens: int = 128
-    per_position_components: bool = True
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.max_tokens, int) and 2 <= self.max_tokens <= 1024):
-            raise InputError(f"max_tokens must be an integer between 2 and 1024, got {self.max_tokens!r}")
-        for name in ("answer", "wrong_answer"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, str) or v == ""):
-                raise InputError(f"{name} must be empty or a non-empty token")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    answer: str | None = setting(
+        None,
+        "answer token A: a vocabulary token such as 'ĠParis', or text that is one token such as ' Paris' "
+        "(default: the clean run's top-1 prediction)",
+        label="Answer token",
+    )
+    wrong_answer: str | None = setting(
+        None,
+        "wrong answer token B, written like the answer (default: the corrupted run's top-1 prediction)",
+        label="Wrong answer token",
+    )
+    max_tokens: int = setting(
+        128,
+        "longest text accepted, in tokens: a longer clean or corrupted text is refused, as patching needs both whole",
+        min=2,
+        max=1024,
+        label="Max tokens",
+    )
+    per_position_components: bool = setting(
+        True,
+        "patch the attention and MLP outputs one position at a time (about three times the forward passes; the "
+        "residual stream is always patched per position, and every component at all positions at once)",
+        label="Attention and MLP per position",
+    )
 
 
 @serializable
@@ -125,6 +133,8 @@ class PatchingResult:
     core_version: str = CORE_VERSION
     cache_key: str = ""
     cache_hit: bool = False
+    #: core.model.provenance.package_versions() when the run was computed (empty for a result stored before)
+    versions: dict[str, str] = field(default_factory=dict)
 
     @property
     def n_layers(self) -> int:
@@ -334,19 +344,17 @@ def patched_metrics(
 
 
 def _tokenize(loaded: LoadedModel, text: str, max_tokens: int, label: str) -> tuple[Any, Any, list[str]]:
-    from core.model.capture import tokenize
-
     if not isinstance(text, str) or not text.strip():
         raise InputError(f"the {label} text is empty: type a sentence")
     enc = tokenize(loaded, text, max_tokens)
-    if enc["truncated"]:
+    if enc.truncated:
         raise InputError(
-            f"the {label} text is longer than {enc['limit']} tokens ({enc['limit_reason']}); "
+            f"the {label} text is longer than {enc.limit} tokens ({enc.limit_reason}); "
             "shorten it: patching needs both texts whole"
         )
     dev = loaded.model.device
-    ids = enc["input_ids"].to(dev)
-    mask = enc["attention_mask"].to(dev)
+    ids = enc.input_ids.to(dev)
+    mask = enc.attention_mask.to(dev)
     return ids, mask, loaded.tokenizer.convert_ids_to_tokens(ids[0].tolist())
 
 
@@ -409,7 +417,7 @@ def run_patching(
     differs between the texts, answers that are not single tokens, or A == B. Call with the model's lock free or
     held by this thread (it takes `loaded.lock`)."""
     settings = settings or PatchingSettings()
-    report = progress or (lambda label, frac: None)
+    report = progress or silent
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     with loaded.lock:
@@ -512,6 +520,7 @@ def run_patching(
         sanity_identity=sanity_identity,
         warnings=tuple(warnings),
         timings=timings,
+        versions=package_versions(),
     )
 
 

@@ -23,10 +23,10 @@ import numpy as np
 from core.infra.errors import InputError
 from core.infra.serialize import serializable
 from core.model.arch import model_parts, try_model_parts
-from core.model.capture import special_mask, tokenize
 from core.model.hooks import hooked
 from core.model.sae import SAE, load_sae
 from core.model.sites import recorders
+from core.model.tokens import tokenize
 
 if TYPE_CHECKING:
     import torch
@@ -160,15 +160,14 @@ def sae_corpus(
     with loaded.lock:
         for i, text in enumerate(texts):
             enc = tokenize(loaded, text, max_tokens)
-            ids = enc["input_ids"][0].tolist()
-            special = special_mask(loaded.tokenizer, ids, enc["special_tokens_mask"][0].tolist())
+            ids, special = enc.ids, enc.special
             keep = np.array([include_special or not s for s in special])
             store: dict[str, torch.Tensor] = {}
             regs = recorders(model_parts(loaded.model), [s.hook_name for s in saes], store)
             with torch.inference_mode(), hooked(regs):
                 loaded.model(
-                    input_ids=enc["input_ids"].to(loaded.device),
-                    attention_mask=enc["attention_mask"].to(loaded.device),
+                    input_ids=enc.input_ids.to(loaded.device),
+                    attention_mask=enc.attention_mask.to(loaded.device),
                 )
             for j, s in enumerate(saes):
                 with torch.inference_mode():

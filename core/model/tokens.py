@@ -1,0 +1,133 @@
+"""Tokenisation: the one path from text to token ids for every kind of run (analysis, corpus, patching, generation).
+
+* `context_length(loaded)`: the model's position limit; `token_limit(loaded, max_tokens)`: the limit a run
+  truncates to, min(max_tokens, context length), and which of the two it was.
+* `tokenize(loaded, text, max_tokens)`: one text as a batch of one (`Tokens`: torch ids and mask on the CPU, the
+  special-token flags, whether truncation cut it and the warning that says so).
+* `encode_texts(loaded, texts, max_tokens)`: many texts, unpadded (`Encoded` per text), for batched runs.
+* `special_ids(tokenizer)` / `special_mask(tokenizer, ids, added)`: which tokens are special — added by the
+  tokenizer ([CLS] … [SEP]) or typed in the text ("[SEP]" in a sentence becomes the real special id) — the same rule
+  for every run, so a corpus's per-text metrics leave out exactly the tokens a single-text analysis leaves out.
+
+Every text is tokenised with the model's special tokens and truncated to the limit; a text that was cut is flagged
+(its full length is counted only when the truncated one reaches the limit, so short texts are tokenised once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.model.loading import LoadedModel
+
+_CONTEXT_NAMES = ("max_position_embeddings", "n_positions", "n_ctx")
+
+
+def context_length(loaded: LoadedModel) -> int | None:
+    """The model's position limit (max_position_embeddings / n_positions / n_ctx), or None when it has none."""
+    cfg = loaded.model.config
+    for name in _CONTEXT_NAMES:
+        v = getattr(cfg, name, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def token_limit(loaded: LoadedModel, max_tokens: int) -> tuple[int, str]:
+    """(min(max_tokens, context length), what set it: "the Max tokens setting" or "the model's context length")."""
+    ctx = context_length(loaded)
+    if ctx is not None and ctx < max_tokens:
+        return ctx, "the model's context length"
+    return max_tokens, "the Max tokens setting"
+
+
+def special_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids of the tokenizer's special tokens ([CLS], [SEP], [PAD], [MASK], BOS, EOS…), without the unknown token
+    unless it doubles as another special token (GPT-2's <|endoftext|>): an [UNK] stands for real text."""
+    ids = set(getattr(tokenizer, "all_special_ids", None) or [])
+    unk = getattr(tokenizer, "unk_token_id", None)
+    others = {
+        getattr(tokenizer, n, None)
+        for n in ("bos_token_id", "eos_token_id", "pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id")
+    }
+    if unk is not None and unk not in others:
+        ids.discard(unk)
+    return frozenset(i for i in ids if isinstance(i, int))
+
+
+def special_mask(
+    tokenizer: Any,
+    ids: Sequence[int],
+    added_mask: Sequence[int] | None = None,
+    specials: frozenset[int] | None = None,
+) -> list[bool]:
+    """True where the token is special: added by the tokenizer ([CLS] … [SEP]) or typed in the text ("[SEP]" in a
+    sentence becomes the real special id, so it is special too). specials: `special_ids(tokenizer)` when already
+    known (many texts of one tokenizer)."""
+    specials = special_ids(tokenizer) if specials is None else specials
+    added = added_mask if added_mask is not None else [0] * len(ids)
+    return [bool(a) or i in specials for i, a in zip(ids, added)]
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """One tokenised text as a batch of one. input_ids / attention_mask: torch long [1, T] on the CPU; ids: the
+    same ids as a list; special: True per special token (`special_mask`); truncated: the text was cut to `limit`
+    tokens, set by `limit_reason`."""
+
+    input_ids: Any
+    attention_mask: Any
+    ids: list[int]
+    special: list[bool]
+    truncated: bool
+    limit: int
+    limit_reason: str
+
+    @property
+    def warning(self) -> str | None:
+        """The truncation warning of an analysis ("the text was truncated to N tokens (why)"), None when whole."""
+        return f"the text was truncated to {self.limit} tokens ({self.limit_reason})" if self.truncated else None
+
+
+def tokenize(loaded: LoadedModel, text: str, max_tokens: int) -> Tokens:
+    """Tokenise one text with the model's special tokens, truncated to `token_limit(loaded, max_tokens)`."""
+    tok = loaded.tokenizer
+    limit, reason = token_limit(loaded, max_tokens)
+    enc = tok(text, return_tensors="pt", truncation=True, max_length=limit, return_special_tokens_mask=True)
+    ids = enc["input_ids"][0].tolist()
+    truncated = len(ids) >= limit and len(tok(text, truncation=False)["input_ids"]) > limit
+    return Tokens(
+        input_ids=enc["input_ids"],
+        attention_mask=enc["attention_mask"],
+        ids=ids,
+        special=special_mask(tok, ids, enc["special_tokens_mask"][0].tolist()),
+        truncated=truncated,
+        limit=limit,
+        limit_reason=reason,
+    )
+
+
+@dataclass
+class Encoded:
+    """One tokenised text of many: ids, special-token flags (`special_mask`), and whether truncation cut it."""
+
+    ids: list[int]
+    special: list[bool]
+    truncated: bool
+
+
+def encode_texts(loaded: LoadedModel, texts: Sequence[str], max_tokens: int) -> list[Encoded]:
+    """Tokenise every text as `tokenize` does (same limit, same special tokens), unpadded, in one tokenizer call."""
+    tok = loaded.tokenizer
+    limit, _ = token_limit(loaded, max_tokens)
+    enc = tok(list(texts), truncation=True, max_length=limit, return_special_tokens_mask=True)
+    long_idx = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) >= limit]
+    full = tok([texts[i] for i in long_idx], truncation=False)["input_ids"] if long_idx else []
+    cut = {i for i, ids in zip(long_idx, full) if len(ids) > limit}
+    specials = special_ids(tok)
+    return [
+        Encoded(list(ids), special_mask(tok, ids, sp, specials), i in cut)
+        for i, (ids, sp) in enumerate(zip(enc["input_ids"], enc["special_tokens_mask"]))
+    ]
