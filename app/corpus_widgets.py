@@ -237,9 +237,11 @@ def draw_result(result: CorpusResult) -> None:
     for w in result.warnings:
         st.warning(w)
     if not result.has_intervals:
-        st.info("No confidence intervals: they resample texts, so they need at least two texts and bootstrap > 0.")
+        st.info("No confidence intervals: they resample texts, so they need at least two texts and resamples > 0.")
 
-    st.subheader("Pooled metrics with 95 % bootstrap intervals")
+    st.subheader("Pooled metrics with 95 % intervals over texts")
+    if result.has_intervals:
+        st.caption(result.interval_note())
     if Keys.CORPUS_METRICS not in state:
         state[Keys.CORPUS_METRICS] = list(DEFAULT_PLOTTED)
     chosen = st.multiselect("Metrics", list(POOLED_METRICS), key=Keys.CORPUS_METRICS, format_func=label)

@@ -1,4 +1,4 @@
-"""Corpus page: layer geometry over many texts, with bootstrap intervals.
+"""Corpus page: layer geometry over many texts, with 95 % intervals over texts.
 
 Texts come from an uploaded .txt (one per line), an uploaded .csv (pick the column) or pasted lines; the model is
 the one chosen in the sidebar. Only the Run button runs the model, as a background job (app.jobs) that leaving the
@@ -18,7 +18,7 @@ from app.widgets import guarded
 st.title("Corpus")
 st.markdown(
     "Layer geometry over many texts: the spectral metrics, TwoNN intrinsic dimension, two anisotropies and "
-    "linearity on the token states of the whole corpus, each with a 95 % bootstrap interval over texts, "
+    "linearity on the token states of the whole corpus, each with a 95 % interval over texts, "
     "and the single-text metrics of every text."
 )
 if cw.draw_inputs():

@@ -31,10 +31,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     """Register the `corpus` subcommand on the subparsers object `sub` (its `run` is set as the default)."""
     c = sub.add_parser(
         NAME,
-        help="layer geometry over a corpus of texts, with bootstrap intervals",
+        help="layer geometry over a corpus of texts, with 95 %% intervals over texts",
         description=(
             "Analyse many texts: pooled per-layer metrics (effective rank, participation ratio, d95, TwoNN, "
-            "two anisotropies, linearity) with 95 % bootstrap intervals over texts, and the single-text "
+            "two anisotropies, linearity) with 95 %% intervals over texts, and the single-text "
             "metrics of every text. Writes corpus_metrics.csv, per_text_metrics.csv, manifest.json, "
             "plots/*.png and report.pdf to a .zip or a folder."
         ),

@@ -3,7 +3,8 @@ and by `python -m core corpus` alike.
 
   corpus_metrics.csv     layer,metric,estimate,ci_low,ci_high,n_texts,n_points (one row per layer and metric)
   per_text_metrics.csv   text_index,layer + the five single-text layer metrics
-  manifest.json          model, revision, settings, corpus size, sha256 of every text, duplicates, timings, versions
+  manifest.json          model, revision, settings, corpus size, sha256 of every text, duplicates, timings, versions,
+                         interval_method (per metric) and interval_estimand
   plots/corpus_metrics.png, plots/corpus_per_text.png
   report.pdf             the curves, the table and the definitions (from core.present.docs), by core.export.pdf
 Member names are fixed; nothing is derived from user text.
@@ -28,6 +29,7 @@ from core.infra.formats import csv_bytes, json_bytes, zip_bytes
 from core.model.provenance import provenance
 from core.present import docs
 from core.steps.metrics import METRIC_NAMES
+from core.studies import intervals
 from core.studies.corpus import CorpusResult
 from core.studies.geometry import POOLED_METRICS
 
@@ -90,8 +92,12 @@ def manifest(result: CorpusResult) -> dict[str, Any]:
         "pooled_points_per_layer": [int(v) for v in result.n_points],
         "duplicates_removed_per_layer": [int(v) for v in result.n_duplicates],
         "confidence_intervals": (
-            "95 % percentile bootstrap over texts" if result.has_intervals else "none (one text or bootstrap = 0)"
+            "95 % over texts (interval_method per metric)"
+            if result.has_intervals
+            else "none (one text or bootstrap = 0)"
         ),
+        "interval_method": dict(result.interval_methods) if result.has_intervals else {},
+        "interval_estimand": intervals.ESTIMAND if result.has_intervals else "",
         "core_version": core_version,
         "package_versions": versions,
         "created_at": result.created_at,
@@ -117,7 +123,7 @@ def metrics_figure(result: CorpusResult) -> Figure:
         sl = slice(1, None) if m == "linearity" else slice(None)
         ax.plot(x, est[sl], marker="o", ms=3, color="#1f77b4", label="pooled estimate")
         if np.isfinite(lo[sl]).any():
-            ax.fill_between(x, lo[sl], hi[sl], color="#1f77b4", alpha=0.25, lw=0, label="95 % bootstrap interval")
+            ax.fill_between(x, lo[sl], hi[sl], color="#1f77b4", alpha=0.25, lw=0, label="95 % interval")
         ax.set_title(label(m), fontsize=9)
         ax.set_xlabel("layer", fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -164,7 +170,7 @@ def per_text_figure(result: CorpusResult) -> Figure:
 
 PLOTS = {"plots/corpus_metrics.png": metrics_figure, "plots/corpus_per_text.png": per_text_figure}
 CAPTIONS = {
-    "plots/corpus_metrics.png": "Pooled metrics against layer; bands: 95 % percentile bootstrap intervals over texts.",
+    "plots/corpus_metrics.png": "Pooled metrics against layer; bands: 95 % intervals over texts (see Intervals).",
     "plots/corpus_per_text.png": "Single-text metrics: median over texts and interquartile band, beside "
     "the pooled estimate.",
 }
@@ -204,6 +210,9 @@ def report_pdf(result: CorpusResult, plots: dict[str, bytes]) -> bytes:
             ("Core version", result.core_version),
         ]
     )
+    if result.has_intervals:
+        w.h2("Intervals")
+        w.para(result.interval_note())
     if result.warnings:
         w.h2("Warnings")
         for msg in result.warnings:

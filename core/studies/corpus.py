@@ -4,8 +4,9 @@
 hidden states only (the fused SDPA attention may be used: no attention weights are needed here), keeps a seeded
 uniform sample of at most `max_points` token states per layer (a finished batch keeps nothing beyond its share of
 the sample, so memory stays bounded for 10 000 texts), computes the five single-text layer metrics of every text,
-and the pooled metrics of core.studies.geometry with 95 % percentile bootstrap intervals over texts. The result is a
-typed, pickle-free `CorpusResult` that round-trips through the result cache.
+and the pooled metrics of core.studies.geometry with 95 % intervals over texts (each metric's method chosen by
+simulation, see core.studies.intervals; the estimand: the metric's expected value on another corpus of as many
+texts from the same source). The result is a typed, pickle-free `CorpusResult` that round-trips through the cache.
 
 Padding never changes a real token's state: the attention mask hides pad keys, and position ids are counted over
 real tokens only, so left- and right-padding tokenizers both give the per-text states (tested).
@@ -48,7 +49,7 @@ from core.run.cache import ResultCache, run_key
 from core.run.progress import ProgressFn, scaled, silent
 from core.run.settings import Settings, setting
 from core.steps import metrics
-from core.studies import geometry
+from core.studies import geometry, intervals
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +213,7 @@ class CorpusResult:
 
     estimate, ci_low, ci_high: {pooled metric (geometry.POOLED_METRICS): float64 [L+1]}; linearity[0] is NaN
         (linearity l compares layer l−1 with l); intervals are NaN with one text or bootstrap = 0.
+    interval_methods: {pooled metric: interval method of core.studies.intervals} (empty without intervals).
     per_text: {single-text metric (metrics.METRIC_NAMES): float64 [G, L+1]}.
     n_points: [L+1] pooled token states; n_duplicates: [L+1] exact duplicates removed before TwoNN.
     text_tokens: int [G] tokens of each text after truncation; metric_tokens: [G] the tokens the metrics used.
@@ -242,6 +244,7 @@ class CorpusResult:
     duration_s: float = 0.0
     cache_hit: bool = False
     cache_key: str = ""
+    interval_methods: dict[str, str] = field(default_factory=dict)
 
     @property
     def n_layers(self) -> int:
@@ -251,6 +254,16 @@ class CorpusResult:
     @property
     def has_intervals(self) -> bool:
         return bool(np.isfinite(self.ci_low["effective_rank"]).any())
+
+    def interval_note(self) -> str:
+        """What the intervals estimate and how, in one paragraph (page caption, PDF); "" without intervals."""
+        if not self.has_intervals:
+            return ""
+        return (
+            f"95 % intervals for {intervals.ESTIMAND} — here {self.n_texts} texts. Methods, chosen per metric by "
+            f"simulation: {intervals.describe_methods(self.interval_methods)}. Bounded metrics are clipped to their "
+            "range; the estimate always lies inside its interval."
+        )
 
     def metric_rows(self) -> list[list[Any]]:
         """Rows of corpus_metrics.csv: [layer, metric, estimate, ci_low, ci_high, n_texts, n_points], one per
@@ -396,7 +409,9 @@ def forward_batches(
 
 def corpus_cache_key(model_info: ModelInfo, corpus_hash: str, settings: CorpusSettings) -> str:
     """core.run.cache.run_key over the model, the texts (their sha256) and every corpus setting."""
-    return run_key(model_info.key_fields(), settings, kind="corpus", corpus_sha256=corpus_hash)
+    return run_key(
+        model_info.key_fields(), settings, kind="corpus", corpus_sha256=corpus_hash, intervals=geometry.INTERVAL_METHOD
+    )
 
 
 def sample_tokens(eligible: Sequence[int], max_points: int, seed: int) -> list[np.ndarray]:
@@ -571,6 +586,7 @@ def analyze_corpus(
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         duration_s=time.perf_counter() - t_start,
         cache_key=key,
+        interval_methods=pooled.methods if G > 1 and st.bootstrap > 0 else {},
     )
     if cache is not None:
         cache.set(key, result)  # never raises: a full or read-only disk becomes one warning, the result is kept

@@ -11,8 +11,8 @@ Point estimates (one layer):
   twonn_dimension(X)        TwoNN (Facco et al. 2017) after removing exact duplicate points
   linearity(X, Y)           LLM-Microscope's Procrustes score between consecutive layers
 
-Bootstrap over texts (`bootstrap_layers`): resampling texts with replacement gives every text an integer weight
-w_g. Nothing is recomputed from the points per resample; each statistic is a cheap function of per-text blocks
+Resampling texts (`pooled_resamples`): a resample gives every text a weight w_g (with replacement: a count).
+Nothing is recomputed from the points per resample; each statistic is a cheap function of per-text blocks
 that are built once per layer:
   * anisotropy_cosine: the G×G matrix of block sums of the normalised Gram matrix, S_gh = Σ_{i∈g, j∈h} û_i·û_j;
     a resample's cross-text sum is wᵀSw − Σ_g w_g² S_gg = ‖Σ_g w_g s_g‖² − Σ_g w_g² ‖s_g‖² (s_g = Σ_{i∈g} û_i),
@@ -26,7 +26,10 @@ that are built once per layer:
     layer l−1 within the two top-k bases; the truncation bias measured at w = 1 is added back (exact if rank ≤ k).
   * twonn_dimension: each point's K nearest neighbours (with their texts) are found once; a resample takes every
     point's first two neighbours among the texts it drew, and weights each μ by its text's count.
-Intervals are percentile intervals (2.5 %, 97.5 %) of the resampled statistics.
+The same block formulas serve every resampling scheme of core.studies.intervals (bootstrap counts, delete-a-group
+jackknife and half-sample 0/1 weights): `pooled_resamples` evaluates the schemes asked for, `intervals_from` turns
+the values into each metric's interval (INTERVAL_METHOD, chosen by the coverage simulation of
+core.studies.interval_sim) and clips it to the metric's BOUNDS.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.steps.metrics import _effective_rank_from_s2, _intrinsic_dim_from_s2, _participation_ratio_from_s2
+from core.studies import intervals
 
 #: Pooled-metric names, in display order (linearity is defined for layers ≥ 1 only).
 POOLED_METRICS = (
@@ -53,6 +57,30 @@ TWONN_DISCARD = 0.1
 NEIGHBOURS = 24  # neighbours kept per point for the TwoNN bootstrap
 DUPLICATE_RTOL = 1e-5  # rows closer than this × RMS row norm count as duplicates
 CONFIDENCE = 0.95
+#: The range of every pooled metric; intervals are clipped to it (the estimate always lies within it).
+BOUNDS: dict[str, tuple[float, float]] = {
+    "effective_rank": (1.0, np.inf),
+    "participation_ratio": (1.0, np.inf),
+    "intrinsic_dim_95": (1.0, np.inf),
+    "twonn_dimension": (0.0, np.inf),
+    "anisotropy_cosine": (-1.0, 1.0),
+    "anisotropy_top_pc": (0.0, 1.0),
+    "linearity": (0.0, 1.0),
+}
+#: Metrics that move in whole steps (a count of directions): their expectation usually lies between two whole
+#: numbers, so their intervals are widened by half a step on each side (a continuity correction).
+STEP: dict[str, float] = {"intrinsic_dim_95": 1.0}
+#: The interval method of every pooled metric (core.studies.intervals), chosen by the coverage simulation of
+#: core.studies.interval_sim (bench/bench_intervals.py; table in the README's Corpus section).
+INTERVAL_METHOD: dict[str, str] = {
+    "effective_rank": "jackknife_t",
+    "participation_ratio": "jackknife_t",
+    "intrinsic_dim_95": "percentile_recentred",  # an integer count: the jackknife of a step function fails
+    "twonn_dimension": "jackknife_t",
+    "anisotropy_cosine": "jackknife_t",
+    "anisotropy_top_pc": "jackknife_t",
+    "linearity": "jackknife_t",
+}
 _CHUNK = 1024
 
 
@@ -437,12 +465,8 @@ def layer_estimate(
 
 
 def resample_weights(n_groups: int, n_resamples: int, seed: int) -> np.ndarray:
-    """[B, G] integer counts: each row draws G texts with replacement (seeded)."""
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_groups, size=(n_resamples, n_groups))
-    W = np.zeros((n_resamples, n_groups))
-    np.add.at(W, (np.repeat(np.arange(n_resamples), n_groups), draws.ravel()), 1.0)
-    return W
+    """[B, G] integer counts: each row draws G texts with replacement (seeded); core.studies.intervals'."""
+    return intervals.bootstrap_weights(n_groups, n_resamples, seed)
 
 
 def _weighted_sum(W: np.ndarray, blocks: np.ndarray) -> np.ndarray:
@@ -548,23 +572,135 @@ def bootstrap_linearity(prev: LayerBlocks, cur: LayerBlocks, W: np.ndarray, esti
     return score(W) + shift
 
 
-def percentile_interval(samples: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """(lower, upper) percentile interval of the finite samples; (NaN, NaN) when fewer than two are finite."""
-    s = np.asarray(samples, dtype=np.float64)
-    s = s[np.isfinite(s)]
-    if s.size < 2:
-        return float("nan"), float("nan")
-    a = (1 - confidence) / 2
-    lo, hi = np.quantile(s, [a, 1 - a])
-    return float(lo), float(hi)
+# ----------------------------------------------------------------------------------------------------------------
+# Intervals: every resampling scheme through the same block formulas, one interval method per metric
+
+
+def resample_layer(
+    cur: LayerEstimate,
+    prev: LayerEstimate | None,
+    X: np.ndarray,
+    W: np.ndarray,
+    linearity_estimate: float,
+    metrics: frozenset[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """The pooled metrics of one layer (all, or those in `metrics`) on every row of the weight matrix W [R, G]
+    (bootstrap counts, jackknife or subsample 0/1 weights alike): {metric: [R]}; linearity only when `prev`
+    (layer l−1) has blocks. The four spectral metrics come from one eigen-decomposition per row."""
+    assert cur.blocks is not None
+    want = frozenset(POOLED_METRICS) if metrics is None else metrics
+    out: dict[str, np.ndarray] = {}
+    if want & set(SPECTRAL):
+        out.update({k: v for k, v in bootstrap_spectral(cur.blocks, W).items() if k in want})
+    if "anisotropy_cosine" in want:
+        out["anisotropy_cosine"] = bootstrap_cosine(cur.blocks, W)
+    if "twonn_dimension" in want:
+        out["twonn_dimension"] = bootstrap_twonn(cur.blocks, X, W)
+    if "linearity" in want and prev is not None and prev.blocks is not None:
+        out["linearity"] = bootstrap_linearity(prev.blocks, cur.blocks, W, linearity_estimate)
+    return out
+
+
+def scheme_weights(scheme: str, n_groups: int, n_resamples: int, seed: int) -> np.ndarray:
+    """The weight matrix of one resampling scheme (core.studies.intervals): "bootstrap" and "subsample" take
+    `n_resamples` rows, "jackknife" min(G, n_resamples) delete-a-group rows. Each scheme has its own seed stream."""
+    if scheme == "bootstrap":
+        return intervals.bootstrap_weights(n_groups, n_resamples, seed)
+    if scheme == "jackknife":
+        return intervals.jackknife_weights(n_groups, n_resamples, seed + 1)
+    if scheme == "subsample":
+        return intervals.subsample_weights(n_groups, n_resamples, seed + 2)
+    raise ValueError(f"unknown resampling scheme {scheme!r}")
+
+
+@dataclass
+class PooledResamples:
+    """Point estimates and the resampled values of every scheme asked for.
+
+    estimate: {metric: [L+1]}; samples: {scheme: {metric: [L+1, R]}} (NaN rows where a metric is undefined, e.g.
+    linearity at layer 0); n_points, n_distinct: [L+1].
+    """
+
+    estimate: dict[str, np.ndarray]
+    samples: dict[str, dict[str, np.ndarray]]
+    n_points: np.ndarray
+    n_distinct: np.ndarray
+    n_groups: int
+
+
+def pooled_resamples(
+    layers: np.ndarray,
+    groups: np.ndarray,
+    n_groups: int,
+    *,
+    schemes: dict[str, frozenset[str] | None] | tuple[str, ...] = ("bootstrap",),
+    n_resamples: int = 200,
+    seed: int = 0,
+    rank: int = 128,
+    on_layer: Callable[[int], None] | None = None,
+) -> PooledResamples:
+    """Every pooled metric at every layer, and its values under each resampling scheme in `schemes` (none when
+    n_resamples = 0 or a single text): a tuple of scheme names (every metric resampled), or {scheme: the metrics
+    it is needed for (None: all)}. layers: [L+1, N, D] (float32 is fine); groups: int [N]."""
+    wanted = dict(schemes) if isinstance(schemes, dict) else dict.fromkeys(schemes)
+    n_layers = layers.shape[0]
+    est = {m: np.full(n_layers, np.nan) for m in POOLED_METRICS}
+    n_points = np.zeros(n_layers, dtype=np.int64)
+    n_distinct = np.zeros(n_layers, dtype=np.int64)
+    resample = n_resamples > 0 and n_groups > 1
+    weights = {s: scheme_weights(s, n_groups, n_resamples, seed) for s in wanted} if resample else {}
+    samples = {s: {m: np.full((n_layers, W.shape[0]), np.nan) for m in POOLED_METRICS} for s, W in weights.items()}
+    prev: LayerEstimate | None = None
+    for layer in range(n_layers):
+        X = layers[layer]
+        cur = layer_estimate(X, groups, n_groups, rank=rank, with_blocks=resample)
+        for m, v in cur.values.items():
+            est[m][layer] = v
+        n_points[layer], n_distinct[layer] = cur.n_points, cur.n_distinct
+        if prev is not None:
+            est["linearity"][layer] = _linearity_from(prev.lam, prev.V, prev.Xc, cur.Xc)
+        for m in POOLED_METRICS:  # round-off can put a bounded value a few ulps outside (linearity 1 + 1e-13)
+            est[m][layer] = np.clip(est[m][layer], *BOUNDS[m])
+        for s, W in weights.items():
+            for m, vals in resample_layer(cur, prev, X, W, est["linearity"][layer], wanted[s]).items():
+                samples[s][m][layer] = vals
+        if prev is not None:
+            prev.Xc = np.zeros((0, 0))  # release the previous layer's copy
+        prev = cur
+        if on_layer is not None:
+            on_layer(layer)
+    return PooledResamples(est, samples, n_points, n_distinct, n_groups)
+
+
+def intervals_from(
+    res: PooledResamples, methods: dict[str, str], level: float = CONFIDENCE
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(low, high) {metric: [L+1]} with each metric's method (`methods`), widened by half a STEP for a whole-number
+    metric, clipped to the metric's BOUNDS. NaN where the schemes a method needs were not resampled."""
+    n_layers = res.n_points.shape[0]
+    lo = {m: np.full(n_layers, np.nan) for m in POOLED_METRICS}
+    hi = {m: np.full(n_layers, np.nan) for m in POOLED_METRICS}
+    for m in POOLED_METRICS:
+        needs = intervals.METHODS[methods[m]]
+        if not all(s in res.samples for s in needs):
+            continue
+        for layer in range(n_layers):
+            e = float(res.estimate[m][layer])
+            vals = {s: res.samples[s][m][layer] for s in needs}
+            a, b = intervals.interval(methods[m], e, vals, res.n_groups, level)
+            if m in STEP:
+                a, b = intervals.widen_for_step(a, b, STEP[m])
+            lo[m][layer], hi[m][layer] = intervals.clip_interval(a, b, BOUNDS[m])
+    return lo, hi
 
 
 @dataclass
 class PooledGeometry:
-    """Pooled metrics per layer with their bootstrap intervals.
+    """Pooled metrics per layer with their intervals.
 
     estimate, ci_low, ci_high: {metric: [L+1]} (linearity[0] is NaN); n_points: [L+1] points in the pool;
-    n_distinct: [L+1] distinct points (TwoNN input); n_duplicates = n_points − n_distinct.
+    n_distinct: [L+1] distinct points (TwoNN input); n_duplicates = n_points − n_distinct;
+    methods: {metric: interval method} (core.studies.intervals).
     """
 
     estimate: dict[str, np.ndarray]
@@ -572,6 +708,7 @@ class PooledGeometry:
     ci_high: dict[str, np.ndarray]
     n_points: np.ndarray
     n_distinct: np.ndarray
+    methods: dict[str, str]
 
 
 def pooled_geometry(
@@ -582,41 +719,24 @@ def pooled_geometry(
     n_resamples: int = 200,
     seed: int = 0,
     rank: int = 128,
+    methods: dict[str, str] | None = None,
     on_layer: Callable[[int], None] | None = None,
 ) -> PooledGeometry:
-    """Every pooled metric at every layer, with 95 % percentile bootstrap intervals over texts.
+    """Every pooled metric at every layer, with its 95 % interval over texts by the method of `methods` (default
+    INTERVAL_METHOD, chosen by simulation: core.studies.interval_sim). Only the resampling schemes those methods
+    need are run, each for the metrics that need it (`n_resamples` rows each; the jackknife min(G, n_resamples)
+    groups).
 
     layers: [L+1, N, D] pooled states (float32 is fine: each layer is converted to float64 in turn);
     groups: int [N]; n_resamples: 0 (or a single text) gives NaN intervals. `on_layer(l)` is called after layer l.
     """
-    n_layers = layers.shape[0]
-    est = {m: np.full(n_layers, np.nan) for m in POOLED_METRICS}
-    lo = {m: np.full(n_layers, np.nan) for m in POOLED_METRICS}
-    hi = {m: np.full(n_layers, np.nan) for m in POOLED_METRICS}
-    n_points = np.zeros(n_layers, dtype=np.int64)
-    n_distinct = np.zeros(n_layers, dtype=np.int64)
-    boot = n_resamples > 0 and n_groups > 1
-    W = resample_weights(n_groups, n_resamples, seed) if boot else None
-    prev: LayerEstimate | None = None
-    for layer in range(n_layers):
-        X = layers[layer]
-        cur = layer_estimate(X, groups, n_groups, rank=rank, with_blocks=boot)
-        for m, v in cur.values.items():
-            est[m][layer] = v
-        n_points[layer], n_distinct[layer] = cur.n_points, cur.n_distinct
-        if prev is not None:
-            est["linearity"][layer] = _linearity_from(prev.lam, prev.V, prev.Xc, cur.Xc)
-        if W is not None and cur.blocks is not None:
-            samples = bootstrap_spectral(cur.blocks, W)
-            samples["anisotropy_cosine"] = bootstrap_cosine(cur.blocks, W)
-            samples["twonn_dimension"] = bootstrap_twonn(cur.blocks, X, W)
-            if prev is not None and prev.blocks is not None:
-                samples["linearity"] = bootstrap_linearity(prev.blocks, cur.blocks, W, est["linearity"][layer])
-            for m, s in samples.items():
-                lo[m][layer], hi[m][layer] = percentile_interval(s)
-        if prev is not None:
-            prev.Xc = np.zeros((0, 0))  # release the previous layer's copy
-        prev = cur
-        if on_layer is not None:
-            on_layer(layer)
-    return PooledGeometry(estimate=est, ci_low=lo, ci_high=hi, n_points=n_points, n_distinct=n_distinct)
+    chosen = dict(INTERVAL_METHOD if methods is None else methods)
+    schemes: dict[str, frozenset[str] | None] = {}
+    for m in POOLED_METRICS:
+        for s in intervals.METHODS[chosen[m]]:
+            schemes[s] = frozenset({m} | (schemes.get(s) or frozenset()))
+    res = pooled_resamples(
+        layers, groups, n_groups, schemes=schemes, n_resamples=n_resamples, seed=seed, rank=rank, on_layer=on_layer
+    )
+    lo, hi = intervals_from(res, chosen)
+    return PooledGeometry(res.estimate, lo, hi, res.n_points, res.n_distinct, chosen)
