@@ -96,7 +96,7 @@ def gpt2_result(tiny_gpt2):
 def test_corpus_result_shapes_and_values(gpt2_result, tiny_gpt2):
     from core.model.capture import capture
     from core.run.settings import AnalysisSettings
-    from core.studies.geometry import POOLED_METRICS
+    from core.studies.geometry import BOUNDS, INTERVAL_METHOD, POOLED_METRICS
 
     r = gpt2_result
     L1 = tiny_gpt2.n_layers + 1
@@ -107,7 +107,13 @@ def test_corpus_result_shapes_and_values(gpt2_result, tiny_gpt2):
     for m in POOLED_METRICS:
         layers = slice(1, None) if m == "linearity" else slice(None)
         assert np.isfinite(r.ci_low[m][layers]).all(), m
-        assert (r.ci_low[m][layers] <= r.ci_high[m][layers]).all(), m
+        # the estimate inside its interval, the interval inside the metric's range
+        assert (r.ci_low[m][layers] <= r.estimate[m][layers]).all(), m
+        assert (r.estimate[m][layers] <= r.ci_high[m][layers]).all(), m
+        lb, ub = BOUNDS[m]
+        assert (r.ci_low[m][layers] >= lb).all() and (r.ci_high[m][layers] <= ub).all(), m
+    assert r.interval_methods == INTERVAL_METHOD
+    assert any("16 texts: in the coverage simulation" in w and "rough" in w for w in r.warnings)  # < 30 texts
     # the embedding layer of a repeated corpus holds exact duplicates (same token, same position)
     assert r.n_duplicates[0] > 0
     # per-text metrics are the single-text metrics of the text (special tokens excluded by default)
@@ -298,6 +304,8 @@ def test_bundle_files(gpt2_result):
     assert man["corpus"]["n_texts"] == 16 and man["settings"]["max_points"] == 60
     assert man["duplicates_removed_per_layer"][0] == int(gpt2_result.n_duplicates[0])
     assert "forward_s" in man["timings_s"]
+    assert man["interval_method"] == gpt2_result.interval_methods and man["interval_method"]["linearity"]
+    assert "same number of texts" in man["interval_estimand"]
     from core.model.provenance import provenance
     from tests.manifests import assert_names_every_package
 
@@ -335,6 +343,7 @@ def test_page_with_an_injected_result_draws_and_never_runs_a_model(gpt2_result):
         captions = " ".join(c.value for c in at.caption)
         assert "pairs of pooled token states that come from different texts" in captions  # both anisotropies
         assert "λ_max / Σλ" in captions  # are labelled with their definitions
+        assert "on average, on another corpus of the same number of texts" in captions  # the estimand
         at.multiselect(key="corpus_metrics").set_value(["participation_ratio", "intrinsic_dim_95"]).run()
         assert len(at.get("vega_lite_chart")) == 2 + 1
         at.selectbox(key="corpus_per_text").set_value("cosine_to_input").run()
@@ -530,3 +539,24 @@ def test_cli_one_text_says_there_is_no_interval(tiny_dirs, tmp_path, capsys):
     assert code == 0 and "note: one text: no confidence intervals" in stdout
     rows = (tmp_path / "o" / "corpus_metrics.csv").read_text().splitlines()
     assert rows[1].split(",")[3:5] == ["nan", "nan"]
+
+
+@pytest.mark.slow
+def test_minilm_over_ordinary_sentences_every_estimate_inside_its_interval_and_bounds_kept(minilm):
+    """Issue 22's case: the bundled MiniLM over 50 ordinary English sentences. With the plain percentile interval the
+    estimate lay outside its own interval in 23 of 48 rows and linearity intervals passed 1."""
+    from pathlib import Path
+
+    from core.studies.geometry import BOUNDS, POOLED_METRICS
+
+    texts = (Path(__file__).parent / "data" / "ordinary_sentences.txt").read_text().splitlines()
+    r = cp.analyze_corpus(minilm, texts, cp.CorpusSettings(bootstrap=200))
+    assert r.n_texts == 50 and r.has_intervals
+    rows = r.metric_rows()
+    assert len(rows) == 48
+    for layer, m, est, lo, hi, *_ in rows:
+        assert lo <= est <= hi, (layer, m, lo, est, hi)
+        assert BOUNDS[m][0] <= lo and hi <= BOUNDS[m][1], (layer, m, lo, hi)
+        assert hi > lo, (layer, m)  # a real interval, not a point
+    assert set(r.interval_methods) == set(POOLED_METRICS)
+    assert not any("coverage simulation" in w for w in r.warnings)  # 50 texts: no few-texts warning

@@ -108,7 +108,8 @@ def method_intervals(res: geometry.PooledResamples, method: str) -> tuple[dict[s
 class Coverage:
     """Coverage of every compared method: hits[method][(metric, layer)] counts corpora whose interval held the
     target; width[method][(metric, layer)] the mean width; contains_estimate[method] counts intervals (all metrics,
-    layers, corpora) that held their own estimate; out_of_bounds[method] those that left the metric's BOUNDS."""
+    layers, corpora) that held their own estimate, out of n_intervals; out_of_bounds[method] those that left the
+    metric's BOUNDS. Only the metrics a run scored count (see `coverage`)."""
 
     n_texts: int
     n_corpora: int
@@ -150,6 +151,7 @@ def coverage(
     cov.contains_estimate = dict.fromkeys(methods, 0)
     cov.out_of_bounds = dict.fromkeys(methods, 0)
     needed = frozenset(metrics)
+    scored = [t for t in TARGETS if t[0] in needed]
     schemes = {s: needed for m in methods for s in intervals.METHODS.get(m, ("bootstrap",))}
     rng = np.random.default_rng(seed)
     for c in range(n_corpora):
@@ -159,13 +161,13 @@ def coverage(
         )
         for meth in methods:
             lo, hi = method_intervals(res, meth)
-            for m, layer in TARGETS:
+            for m, layer in scored:
                 a, b, e = lo[m][layer], hi[m][layer], res.estimate[m][layer]
                 cov.hits[meth][(m, layer)] += int(a <= target[(m, layer)] <= b)
                 sums[meth][(m, layer)] += b - a
                 cov.contains_estimate[meth] += int(a <= e <= b)
                 lb, ub = geometry.BOUNDS[m]
                 cov.out_of_bounds[meth] += int(a < lb or b > ub)
-    cov.n_intervals = n_corpora * len(TARGETS)
+    cov.n_intervals = n_corpora * len(scored)
     cov.width = {meth: {t: sums[meth][t] / n_corpora for t in TARGETS} for meth in methods}
     return cov
