@@ -215,11 +215,13 @@ def test_one_text_or_no_resamples_gives_no_interval():
     assert np.isnan(pg.ci_high["twonn_dimension"][0])
 
 
-def test_bootstrap_is_seeded():
+@pytest.mark.parametrize("method", ["percentile_recentred", "subsampling"])
+def test_random_resampling_is_seeded(method):
     X, g = corpus(10, per_text=10, dim=5)
-    a = geo.pooled_geometry(X[None], g, 10, n_resamples=50, seed=3)
-    b = geo.pooled_geometry(X[None], g, 10, n_resamples=50, seed=3)
-    c = geo.pooled_geometry(X[None], g, 10, n_resamples=50, seed=4)
+    methods = dict.fromkeys(geo.POOLED_METRICS, method)
+    a = geo.pooled_geometry(X[None], g, 10, n_resamples=50, seed=3, methods=methods)
+    b = geo.pooled_geometry(X[None], g, 10, n_resamples=50, seed=3, methods=methods)
+    c = geo.pooled_geometry(X[None], g, 10, n_resamples=50, seed=4, methods=methods)
     assert a.ci_low["effective_rank"][0] == b.ci_low["effective_rank"][0]
     assert a.ci_low["effective_rank"][0] != c.ci_low["effective_rank"][0]
 

@@ -75,7 +75,7 @@ STEP: dict[str, float] = {"intrinsic_dim_95": 1.0}
 INTERVAL_METHOD: dict[str, str] = {
     "effective_rank": "jackknife_t",
     "participation_ratio": "jackknife_t",
-    "intrinsic_dim_95": "percentile_recentred",  # an integer count: the jackknife of a step function fails
+    "intrinsic_dim_95": "subsampling",  # a whole number: the jackknife of a step function fails
     "twonn_dimension": "jackknife_t",
     "anisotropy_cosine": "jackknife_t",
     "anisotropy_top_pc": "jackknife_t",

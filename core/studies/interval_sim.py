@@ -152,7 +152,9 @@ def coverage(
     cov.out_of_bounds = dict.fromkeys(methods, 0)
     needed = frozenset(metrics)
     scored = [t for t in TARGETS if t[0] in needed]
-    schemes = {s: needed for m in methods for s in intervals.METHODS.get(m, ("bootstrap",))}
+    schemes: dict[str, frozenset[str] | None] = {
+        s: needed for m in methods for s in intervals.METHODS.get(m, ("bootstrap",))
+    }
     rng = np.random.default_rng(seed)
     for c in range(n_corpora):
         layers, groups = pop.corpus(n_texts, rng)
