@@ -1,4 +1,4 @@
-"""Corpus mode: layer geometry over many texts, with bootstrap confidence intervals.
+"""Corpus mode: layer geometry over many texts, with 95 % intervals over texts.
 
 `analyze_corpus(model, texts, settings, progress)` tokenises every text, runs batched forward passes that return
 hidden states only (the fused SDPA attention may be used: no attention weights are needed here), keeps a seeded
