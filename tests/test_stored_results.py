@@ -55,6 +55,11 @@ def _class_names(data: bytes) -> set[str]:
     return found
 
 
+#: Looser tolerances where a derived quantity amplifies float32 round-off that depends on the thread count: the 2-D
+#: PCA projection of the z-scored head features moves by ~2e-3 between 1 and 2 threads.
+LOOSE = {".attention.projection": 1e-2}
+
+
 def _close(a, b, path="") -> list[str]:
     """Where two results differ beyond float round-off (arrays and floats rtol 1e-5), skipping run metadata."""
     skip = {"timings", "created_at", "duration_s", "cache_hit", "versions", "core_version", "cache_key", "model"}
@@ -71,7 +76,8 @@ def _close(a, b, path="") -> list[str]:
         if a.shape != b.shape:
             return [f"{path}: shape {a.shape} != {b.shape}"]
         if a.dtype.kind in "fc":
-            ok = np.allclose(a.astype(np.float64), b.astype(np.float64), rtol=1e-5, atol=1e-6, equal_nan=True)
+            atol = LOOSE.get(path, 1e-6)
+            ok = np.allclose(a.astype(np.float64), b.astype(np.float64), rtol=1e-5, atol=atol, equal_nan=True)
         else:
             ok = np.array_equal(a, b)
         return [] if ok else [f"{path}: arrays differ"]
