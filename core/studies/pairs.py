@@ -40,13 +40,13 @@ from core.model.forward import target_logits
 from core.model.hooks import Registration, first_input, hooked, main_output, replace_output, with_first_input
 from core.model.info import ModelInfo
 from core.run.cache import ResultCache, run_key
+from core.run.progress import ProgressFn
 from core.studies.intervals import mean_interval
 from core.studies.patching import (
     COMPONENTS,
     TINY_DIFFERENCE,
     PatchingSettings,
     PatchSites,
-    ProgressFn,
     _token_str,
     _tokenize,
     capture_sites,

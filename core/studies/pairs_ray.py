@@ -24,6 +24,7 @@ import numpy as np
 from core.infra import serialize
 from core.infra.errors import InputError
 from core.model.info import ModelInfo
+from core.run.progress import ProgressFn
 from core.studies.pairs import (
     Pair,
     PairCells,
@@ -35,7 +36,6 @@ from core.studies.pairs import (
     pair_cells,
     top_sites,
 )
-from core.studies.patching import ProgressFn
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Pairs per Ray Data batch (small: one batch is one worker's unit of work and of retry).
