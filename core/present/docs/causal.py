@@ -13,7 +13,9 @@ R_HEIMERSHEIM = "Heimersheim, S. & Nanda, N. (2024). How to use and interpret ac
 R_ZHANG_NANDA = "Zhang, F. & Nanda, N. (2024). Towards best practices of activation patching in language models."
 R_WANG_IOI = "Wang, K. et al. (2023). Interpretability in the wild: a circuit for indirect object identification."
 R_NANDA_ATP = "Nanda, N. (2023). Attribution patching: activation patching at industrial scale."
-R_KRAMAR_ATP = "Kramár, J. et al. (2024). AtP*: an efficient and scalable method for localizing LLM behaviour to components."
+R_KRAMAR_ATP = (
+    "Kramár, J. et al. (2024). AtP*: an efficient and scalable method for localizing LLM behaviour to components."
+)
 R_SYED_ATP = "Syed, A. et al. (2023). Attribution patching outperforms automated circuit discovery."
 P_TINY_DENOMINATOR = (
     "'restored' divides by m_clean − m_corrupted: when the two runs give almost the same logit "
