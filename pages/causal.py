@@ -7,6 +7,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.causal_widgets import head_ablation_section, patching_section
+from app.pairs_widgets import pairs_section
 from app.state import Keys
 from app.widgets import guarded
 
@@ -16,8 +17,10 @@ st.caption(
     "activations of a clean run into a corrupted one and see which layer and position restore the answer."
 )
 
-tab_patch, tab_heads = st.tabs(["Activation patching", "Head ablation"])
+tab_patch, tab_pairs, tab_heads = st.tabs(["Activation patching", "Pair data set", "Head ablation"])
 with tab_patch, guarded("activation patching"):
     patching_section()
+with tab_pairs, guarded("patching over pairs"):
+    pairs_section()
 with tab_heads, guarded("head ablation"):
     head_ablation_section(st.session_state.get(Keys.RESULT))

@@ -1,9 +1,15 @@
 """`python -m core patch`: activation patching of a clean and a corrupted text, written as a small bundle.
 
     python -m core patch --model M --clean "The Eiffel Tower is in" --corrupt "The Colosseum is in" --out p.zip
+    python -m core patch --model M --pairs pairs.csv [--clean-column clean] [--corrupt-column corrupt] \
+        [--answer-column A] [--wrong-column B] [--atp-only | --top K] --out p.zip
 
-Bundle: patching.csv (first columns exactly `layer,position,component,restored`; position −1 = every position at
-once), patching.json (answers, m_clean, m_corrupted, target, both token lists, sanity, warnings), plots/*.png and
+Bundle of one pair: patching.csv (first columns exactly `layer,position,component,restored`; position −1 = every
+position at once), patching.json (answers, m_clean, m_corrupted, target, both token lists, sanity, warnings),
+plots/*.png and manifest.json and report.pdf. Bundle of a pair data set (core/studies/pairs.py): patching.csv
+(`layer,position,component,restored,n_pairs,ci_low,ci_high,atp`: restored = the mean over pairs of each pair's
+restored fraction, its Student-t interval over pairs, and attribution patching's estimate), patching_pairs.csv
+(every pair's cells), patching.json (pairs, answers, near ties, exact-vs-AtP correlation), plots/*.png,
 manifest.json and report.pdf. Bad input: one line on stderr and exit 2 (the exit codes of core/cli/main.py).
 """
 
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,13 +26,18 @@ from core.cli.common import (
     add_load_options,
     add_model_options,
     add_text_options,
+    check_out,
     fail,
+    print_warnings,
     read_text,
 )
 from core.infra.formats import csv_bytes, json_bytes, write_files
+from core.studies.pairs import PairsResult
 from core.studies.patching import PatchingResult, PatchingSettings
 
 CSV_HEADER = ["layer", "position", "component", "restored", "m_patched", "clean_token", "corrupted_token"]
+PAIRS_CSV_HEADER = ["layer", "position", "component", "restored", "n_pairs", "ci_low", "ci_high", "atp", "token"]
+PAIRS_CELLS_HEADER = ["pair", "layer", "position", "component", "restored", "atp", "m_patched", "atp_delta", "near_tie"]
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -36,8 +48,29 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         "patching.csv, patching.json, plots and a manifest (a .zip file or a folder).",
     )
     add_model_options(p)
-    add_text_options(p, "clean")
-    add_text_options(p, "corrupt")
+    add_text_options(p, "clean", required=False)
+    add_text_options(p, "corrupt", required=False)
+    g = p.add_argument_group("a data set of pairs (instead of --clean / --corrupt)")
+    g.add_argument("--pairs", type=Path, default=None, help="a .csv (header row) or .jsonl file of prompt pairs")
+    g.add_argument("--clean-column", default="clean", help="column of the clean texts (default clean)")
+    g.add_argument("--corrupt-column", default="corrupt", help="column of the corrupted texts (default corrupt)")
+    g.add_argument("--answer-column", default=None, help="column of the answers (default: --answer, else top-1)")
+    g.add_argument(
+        "--wrong-column", default=None, help="column of the wrong answers (default: --wrong-answer, else top-1)"
+    )
+    g.add_argument(
+        "--atp-only", action="store_true", help="attribution patching alone (no exact grid), for large data sets"
+    )
+    g.add_argument("--top", type=int, default=None, metavar="K", help="patch exactly only the K sites of largest |atp|")
+    g.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process (default, no Ray import); ray: Ray Data workers, one model replica each",
+    )
+    g.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray cluster)")
+    g.add_argument("--workers", type=int, default=2, help="Ray workers (model replicas), default 2")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray worker (default 0)")
     PatchingSettings.add_cli_arguments(p)  # --answer, --wrong-answer, --max-tokens, --no-per-position-components
     p.add_argument("--out", required=True, type=Path, help="output: a path ending in .zip, or a folder")
     add_load_options(p)
@@ -98,13 +131,143 @@ def bundle(result: PatchingResult) -> dict[str, bytes]:
     return files
 
 
+def pairs_csv(result: PairsResult) -> bytes:
+    rows = [[*row, result.tokens[row[1]] if row[1] >= 0 else ""] for row in result.rows()]
+    return csv_bytes(PAIRS_CSV_HEADER, rows)
+
+
+def pairs_cells_csv(result: PairsResult) -> bytes:
+    return csv_bytes(PAIRS_CELLS_HEADER, ([*r[:-1], int(r[-1])] for r in result.pair_rows()))
+
+
+def pairs_bundle(result: PairsResult, source: str) -> dict[str, bytes]:
+    """All files of the bundle of a pair data set {safe name: bytes}."""
+    from core.export.pairs_report import pairs_report
+    from core.figures.pairs import pairs_files
+    from core.model.provenance import package_versions, provenance
+
+    prov = provenance(result.model, core_version=result.core_version, versions=package_versions()).to_dict()
+    versions = prov.pop("package_versions")
+    prov.pop("core_version")
+    manifest = {
+        "kind": "activation_patching_pairs",
+        **prov,
+        "pairs_file": source,
+        "n_pairs": len(result.pairs),
+        "n_pairs_used": int(result.used.sum()),
+        "near_ties": len(result.near_ties),
+        "token_count": result.n_tokens,
+        "layers": result.n_layers,
+        "settings": result.settings.to_dict(),
+        "target_position": result.target_position,
+        "target_reason": result.target_reason,
+        "core_version": result.core_version,
+        "package_versions": versions,
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "cache_hit": result.cache_hit,
+        "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
+        "warnings": list(result.warnings),
+    }
+    files = {
+        "manifest.json": json_bytes(manifest),
+        "patching.csv": pairs_csv(result),
+        "patching_pairs.csv": pairs_cells_csv(result),
+        "patching.json": json_bytes(result.summary()),
+    }
+    files.update(pairs_files(result))
+    files["report.pdf"] = pairs_report(result, files)
+    return files
+
+
+def _run_on_ray(args: argparse.Namespace, pairs: list[Any], settings: Any) -> PairsResult:
+    """`--engine ray`: the pairs on Ray Data workers (core/studies/pairs_ray.py); no result cache."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        fail("--engine ray needs Ray: pip install -r requirements-ray.txt")
+    if args.workers < 1 or args.gpus_per_worker < 0:
+        fail("--workers must be at least 1 and --gpus-per-worker at least 0")
+    from core.studies.pairs_ray import run_pairs_ray
+
+    return run_pairs_ray(
+        args.model,
+        pairs,
+        settings,
+        dtype=args.dtype,
+        device=args.device,
+        address=args.address or os.environ.get("TMA_RAY_ADDRESS") or None,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+    )
+
+
+def run_pairs_file(args: argparse.Namespace) -> int:
+    """`patch --pairs F`: read and check the data set before loading the model, run, write the bundle."""
+    from core.model.loading import load_model
+    from core.run.cache import ResultCache
+    from core.studies.pairs import PairsSettings, parse_pairs, patch_pairs
+
+    path: Path = args.pairs
+    shown = str(path) if len(str(path)) <= 120 else str(path)[:119] + "…"
+    try:
+        if not path.is_file():
+            fail(f"pairs file '{shown}' does not exist or is not a file")
+        data = path.read_bytes()
+    except OSError as exc:
+        fail(f"pairs file '{shown}' cannot be read ({exc.strerror or type(exc).__name__})")
+    pairs = parse_pairs(
+        data,
+        path.name,
+        clean_column=args.clean_column,
+        corrupt_column=args.corrupt_column,
+        answer_column=args.answer_column,
+        wrong_column=args.wrong_column,
+    )
+    settings = PairsSettings(
+        answer=args.answer,
+        wrong_answer=args.wrong_answer,
+        max_tokens=args.max_tokens,
+        per_position_components=args.per_position_components,
+        atp_only=args.atp_only,
+        top_k=args.top,
+    )
+    check_out(args.out)
+    if args.engine == "ray":
+        result = _run_on_ray(args, pairs, settings)
+    else:
+        loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+        cache = None if args.no_cache else ResultCache(args.cache_dir)
+        try:
+            result = patch_pairs(loaded, pairs, settings, cache=cache)
+        finally:
+            if cache is not None:
+                cache.close()
+    out = write_files(pairs_bundle(result, path.name), args.out)
+    if not args.quiet:
+        r = result.correlation()
+        sys.stdout.write(
+            f"wrote {out} ({len(result.pairs)} pairs, {int(result.used.sum())} in the means, "
+            f"{len(result.near_ties)} near ties, {result.n_layers} layers x {result.n_tokens} positions, "
+            f"exact vs AtP r = {r:.3f}, {'cache hit' if result.cache_hit else 'computed'})\n"
+        )
+        print_warnings(list(result.warnings))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from core.model.loading import load_model
     from core.run.cache import ResultCache
     from core.studies.patching import patch
 
     clean, corrupt = read_text(args, "clean"), read_text(args, "corrupt")
-    assert clean is not None and corrupt is not None  # both groups are required
+    if args.pairs is not None:
+        if clean is not None or corrupt is not None:
+            fail("give either --pairs FILE or --clean and --corrupt, not both")
+        return run_pairs_file(args)
+    if clean is None or corrupt is None:
+        fail("give --clean and --corrupt (texts or files), or --pairs FILE")
+    if args.atp_only or args.top is not None or args.engine != "local":
+        fail("--atp-only, --top and --engine apply to a data set of pairs (--pairs FILE)")
     settings = PatchingSettings.from_cli(args)
     out: Path = args.out
     if out.exists() and out.is_file() and out.suffix.lower() != ".zip":

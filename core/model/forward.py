@@ -20,9 +20,10 @@ PATCH_MEMORY_BUDGET = 512_000_000
 
 
 def target_logits(
-    loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, position: int
+    loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, position: int, *, grad: bool = False
 ) -> torch.Tensor:
-    """Logits at `position` for a batch: input_ids [B, T] → float32 [B, V] (no gradients).
+    """Logits at `position` for a batch: input_ids [B, T] → float32 [B, V] (no gradients unless `grad`: then the
+    pass records autograd, for attribution patching's backward pass).
 
     Causal LMs run the prefix 0..position and compute the head at that one position; BERT-style masked LMs run the
     encoder and apply the head at `position` only (encoder and head from the architecture map); anything else runs
@@ -31,7 +32,7 @@ def target_logits(
 
     model = loaded.model
     B = input_ids.shape[0]
-    with torch.inference_mode():
+    with torch.enable_grad() if grad else torch.inference_mode():
         if loaded.family == "causal_lm":
             kw = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
             out = model(

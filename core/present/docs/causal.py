@@ -12,6 +12,11 @@ R_MENG = "Meng, K. et al. (2022). Locating and editing factual associations in G
 R_HEIMERSHEIM = "Heimersheim, S. & Nanda, N. (2024). How to use and interpret activation patching."
 R_ZHANG_NANDA = "Zhang, F. & Nanda, N. (2024). Towards best practices of activation patching in language models."
 R_WANG_IOI = "Wang, K. et al. (2023). Interpretability in the wild: a circuit for indirect object identification."
+R_NANDA_ATP = "Nanda, N. (2023). Attribution patching: activation patching at industrial scale."
+R_KRAMAR_ATP = (
+    "Kramár, J. et al. (2024). AtP*: an efficient and scalable method for localizing LLM behaviour to components."
+)
+R_SYED_ATP = "Syed, A. et al. (2023). Attribution patching outperforms automated circuit discovery."
 P_TINY_DENOMINATOR = (
     "'restored' divides by m_clean − m_corrupted: when the two runs give almost the same logit "
     "difference (|m_clean − m_corrupted| < 0.1) the ratio blows up and its sign is noise. The page "
@@ -97,6 +102,94 @@ _CAUSAL: list[DocEntry] = [
         ],
         references=[R_MENG, R_HEIMERSHEIM],
         sources=["core.studies.patching:patched_metrics"],
+    ),
+    _e(
+        key="attribution_patching",
+        title="Attribution patching (AtP)",
+        kind="causal",
+        short="AtP ≈ (a_clean − a_corrupted) · ∂m/∂a at the corrupted run, over m_clean − m_corrupted: exact patching to "
+        "first order, every site from one backward pass.",
+        formula_latex=(
+            r"\mathrm{atp}(s) = \frac{\big(a_{s,\mathrm{clean}} - a_{s,\mathrm{corrupted}}\big)\cdot "
+            r"\left.\frac{\partial m}{\partial a_s}\right|_{\mathrm{corrupted}}}{m_{\mathrm{clean}} - "
+            r"m_{\mathrm{corrupted}}},\qquad \mathrm{atp}(l, \mathrm{all}) = \sum_p \mathrm{atp}(l, p)"
+        ),
+        formula_plain=(
+            "atp(site) = (a_clean − a_corrupted) · ∂m/∂a at the corrupted run / (m_clean − m_corrupted), "
+            "m = logit_A − logit_B; the all-positions row of a block is the sum over its positions"
+        ),
+        definition=(
+            "The first-order Taylor estimate of activation patching (Nanda 2023; Kramár et al. 2024): patching "
+            "site s (the residual stream entering block l, the attention output or the MLP output, at position p) "
+            "changes m by about the difference of the clean and corrupted activations times the gradient of m "
+            "there. One clean forward pass gives every a_clean, one corrupted forward and backward pass gives "
+            "every a_corrupted and every gradient (a zero tensor is added at each site in a forward hook and m "
+            "is differentiated with respect to it), so all 3·L·T sites cost about three passes instead of 3·L "
+            "batched passes. Divided by m_clean − m_corrupted it estimates the restored fraction; over a data "
+            "set of pairs it is averaged like the exact score. --atp-only runs it alone as a screen; --top K "
+            "patches exactly only the K sites of largest |atp|. The page shows exact and AtP side by side and "
+            "their Pearson correlation over the per-position sites."
+        ),
+        high="|atp| near 1: to first order this site alone carries the answer-deciding difference.",
+        low="Near 0: small activation difference or small gradient at the corrupted run; exact patching may still "
+        "disagree (see the pitfalls).",
+        encoder_vs_decoder="Works the same for causal and masked LMs (target: last token / first mask).",
+        pitfalls=[
+            "Saturated softmax: when an attention pattern is nearly one-hot at the corrupted run its gradient is "
+            "almost zero, so AtP reports ~0 for a site whose exact patch flips the attention and restores much "
+            "(a false negative); Kramár et al. (AtP*) recompute the attention softmax for this reason.",
+            "LayerNorm and other non-linearities: the estimate is linear in the activation difference; a large "
+            "difference (a swapped name at the residual stream) moves the norm's scale and the MLP's gates, and "
+            "the first-order term can have the wrong size or even the wrong sign. Residual sites early in the "
+            "network, where the whole token changes, are where this shows most.",
+            "Reading disagreement: exact ≈ AtP means the model is locally linear there and the cheap screen can "
+            "be trusted; exact large but AtP small means a saturated or gated mechanism (patch it exactly); AtP "
+            "large but exact small usually means cancellation further on. A correlation well below 1 is itself "
+            "the warning to use --top K with a generous K rather than the screen alone.",
+            "Block 0's residual at every position restores exactly 1 by construction, but its AtP is only the "
+            "first-order term and is not 1 in general.",
+        ],
+        references=[R_NANDA_ATP, R_KRAMAR_ATP, R_SYED_ATP, R_HEIMERSHEIM],
+        sources=["core.studies.pairs:atp_pass", "core.studies.pairs:run_pairs"],
+    ),
+    _e(
+        key="pair_patching",
+        title="Patching over a data set of pairs",
+        kind="causal",
+        short="Restored = mean over pairs of each pair's restored fraction, with a Student-t interval over pairs.",
+        formula_latex=(
+            r"\overline{\mathrm{restored}}(s) = \frac{1}{n}\sum_{i=1}^{n} \mathrm{restored}_i(s),\qquad "
+            r"\overline{\mathrm{restored}} \pm t_{0.975,\,n-1}\,\frac{\mathrm{sd}_i\,\mathrm{restored}_i(s)}{\sqrt{n}}"
+        ),
+        formula_plain=(
+            "mean restored(site) = (1/n) Σ_i restored_i(site) over the n pairs that are not near ties; 95 % "
+            "interval = mean ± t(0.975, n − 1) · sd / √n"
+        ),
+        definition=(
+            "Circuit papers conclude from many templated pairs (the indirect-object task uses hundreds), not from "
+            "one. `python -m core patch --pairs F.csv|F.jsonl` (or the Causal page's pair data set section) runs "
+            "every pair as the one-pair patching does (same target, answers = top-1 unless given by a column) "
+            "and averages each pair's restored fraction per site. All pairs of a run share one token length; "
+            "otherwise one line names the lengths found and how many pairs have each. patching.csv keeps "
+            "layer, position, component, restored and adds n_pairs, ci_low, ci_high (the Student-t interval of "
+            "the mean over pairs) and atp; patching_pairs.csv holds every pair's cells. One pair gives n_pairs = "
+            "1 and no interval."
+        ),
+        high="A mean near 1 with a narrow interval: the site restores the answer across the data set.",
+        low="A mean near 0 whose interval covers 0: no consistent effect over pairs.",
+        encoder_vs_decoder="As for one pair; with a masked LM every pair needs its mask at the same position.",
+        pitfalls=[
+            "Near ties: a pair with |m_clean − m_corrupted| < 0.1 would dominate the mean through its tiny "
+            "denominator; such pairs are counted, listed (patching.json, the page) and left out of the means, "
+            "and their cells stay in patching_pairs.csv.",
+            "The interval is over pairs: it says how well the mean over THIS kind of pair is pinned down, "
+            "assuming pairs are independent draws; templated pairs that share names or objects are not "
+            "independent, and the interval is then too narrow.",
+            "A mean of ratios is not the ratio of means: pairs with small but not tiny m_clean − m_corrupted "
+            "still weigh more; compare with patching_pairs.csv when a few pairs stand out.",
+        ],
+        references=[R_WANG_IOI, R_HEIMERSHEIM, R_ZHANG_NANDA],
+        sources=["core.studies.pairs:run_pairs", "core.studies.intervals:mean_interval"],
     ),
     _e(
         key="head_ablation",
