@@ -21,7 +21,10 @@ import pytest  # noqa: E402
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache_dir(tmp_path_factory):
+    """The result cache and the run folders of every test live under pytest's temporary folder: a test run leaves
+    nothing in the checkout (the in-process CLI and the app's exports save runs to $TMA_RUNS_DIR)."""
     os.environ["TMA_CACHE_DIR"] = str(tmp_path_factory.mktemp("tma-cache"))
+    os.environ["TMA_RUNS_DIR"] = str(tmp_path_factory.mktemp("tma-runs"))
     yield
 
 

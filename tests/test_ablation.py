@@ -101,7 +101,7 @@ def test_section_rows_and_agreement():
     sec = HeadAblationSection(
         target_position=3, token_id=7, token="x", logprob=-1.0, mean_ablation=mean, zero_ablation=2 * mean
     )
-    assert sec.rows()[1] == (0, 1, 0.5, 1.0) and len(sec.rows()) == 4
+    assert sec.rows()[1] == (1, 1, 0.5, 1.0) and len(sec.rows()) == 4  # layer 1 = array row 0, heads from 0
     scores = np.array([[1.0, -0.5], [0.1, 2.0]])  # same order as the drop −Δ
     assert sec.agreement(scores) == {"mean_ablation": pytest.approx(1.0), "zero_ablation": pytest.approx(1.0)}
     assert sec.agreement(None) == {}

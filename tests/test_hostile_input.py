@@ -196,6 +196,81 @@ def test_cli_text_over_the_bound(tmp_path, capsys, tiny_dirs, monkeypatch, no_an
     assert not (tmp_path / "o.zip").exists()
 
 
+def _subcommand(name: str, model: str, tmp_path: Path, out: Path | None) -> list[str]:
+    """A valid command line of subcommand `name` (its inputs written under tmp_path), with --out `out`."""
+    lines = tmp_path / "lines.txt"
+    lines.write_text("The cat sat on the mat.\nThe dog sat on the log.\n")
+    argv = {
+        "analyze": ["analyze", "--model", model, "--text", "hi", *FAST],
+        "generate": ["generate", "--model", model, "--text", "hi"],
+        "patch": ["patch", "--model", model, "--clean", "The cat sat", "--corrupt", "The dog sat", "--no-cache"],
+        "corpus": ["corpus", "--model", model, "--text-file", str(lines), "--no-cache", "--no-progress"],
+        "compare": ["compare", "--model", model, "--text", "hi", "--text-b", "ho", "--no-animations", "--no-cache"],
+    }[name]
+    return argv + (["--out", str(out)] if out is not None else [])
+
+
+@pytest.mark.parametrize("name", ["analyze", "patch", "corpus", "compare"])
+@pytest.mark.parametrize("problem", ["read-only", "parent-is-a-file", "existing-file", "zip-is-a-folder"])
+def test_every_subcommand_checks_out_before_loading_a_model(name, problem, tmp_path, capsys, tiny_dirs, no_load):
+    """One shared check (core.cli.common.check_paths): exit 2 and one line naming --out, before any model loads."""
+    if problem == "read-only":  # /proc refuses new files even to root, like a read-only mount
+        if not Path("/proc").is_dir():
+            pytest.skip("no /proc")
+        out, expect = Path("/proc/tma-bundle.zip"), "not writable"
+    elif problem == "parent-is-a-file":
+        (tmp_path / "f").write_text("x")
+        out, expect = tmp_path / "f" / "sub" / "b.zip", "is a file, not a folder"
+    elif problem == "existing-file":
+        out, expect = tmp_path / "notes.txt", "existing file"
+        out.write_text("keep me")
+    else:
+        out, expect = tmp_path / "old.zip", "existing folder"
+        out.mkdir()
+    rc, _, err = run(_subcommand(name, str(tiny_dirs["gpt2"]), tmp_path, out), capsys)
+    line = one_short_line(err)
+    assert rc == 2 and "--out" in line and expect in line, line
+    if problem == "existing-file":
+        assert out.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    "name, option",
+    [
+        ("analyze", "--text-file"),
+        ("generate", "--text-file"),
+        ("patch", "--clean-file"),
+        ("patch", "--corrupt-file"),
+        ("corpus", "--text-file"),
+        ("corpus", "--csv"),
+        ("compare", "--text-file"),
+        ("compare", "--text-b-file"),
+    ],
+)
+def test_every_input_file_given_as_a_folder_says_so(name, option, tmp_path, capsys, tiny_dirs, no_load):
+    argv = _subcommand(name, str(tiny_dirs["gpt2"]), tmp_path, tmp_path / "o.zip" if name != "generate" else None)
+    # the option replaces its text twin (--clean → --clean-file …), or --text-file of corpus (→ --csv)
+    twin = {"--text-b-file": "--text-b", "--csv": "--text-file"}.get(option, option.removesuffix("-file"))
+    twin = option if twin not in argv else twin  # corpus --text-file: its own value is replaced
+    i = argv.index(twin)
+    argv[i : i + 2] = [option, str(tmp_path)] + (["--column", "text"] if option == "--csv" else [])
+    rc, _, err = run(argv, capsys)
+    line = one_short_line(err)
+    assert rc == 2 and "is a folder" in line and "does not exist" not in line, line
+    assert not (tmp_path / "o.zip").exists()
+
+
+def test_patch_refuses_identical_texts_and_an_empty_answer_in_words(tmp_path, capsys, tiny_dirs, no_load):
+    base = ["patch", "--model", str(tiny_dirs["gpt2"]), "--out", str(tmp_path / "p.zip"), "--no-cache"]
+    rc, _, err = run([*base, "--clean", "The cat sat", "--corrupt", "The cat sat"], capsys)
+    assert rc == 2 and "identical" in one_short_line(err)
+    for option, which in (("--answer", "answer"), ("--wrong-answer", "wrong answer")):
+        rc, _, err = run([*base, "--clean", "The cat sat", "--corrupt", "The dog sat", option, ""], capsys)
+        line = one_short_line(err)
+        assert rc == 2 and f"the {which} is empty" in line and "leave it out" in line, line
+    assert not (tmp_path / "p.zip").exists()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Guards through the CLI
 

@@ -142,10 +142,13 @@ def test_zero_matrix_and_k_capped():
 
 
 def test_layer_range():
+    # blocks are numbered 1…L in the settings; the range comes back as the model's 0-based layer indices
     assert layer_range(4, None, None) == [0, 1, 2, 3]
-    assert layer_range(4, 2, 9) == [2, 3]
-    with pytest.raises(ValueError):
-        layer_range(4, 3, 1)
+    assert layer_range(4, 3, 9) == [2, 3]
+    assert layer_range(4, 1, 1) == [0]
+    for first, last in ((3, 1), (0, 2)):
+        with pytest.raises(ValueError, match="numbered 1…4"):
+            layer_range(4, first, last)
 
 
 def test_unknown_architecture_says_so():
@@ -196,7 +199,7 @@ def test_analysis_section_settings_and_bundle(tiny_gpt2, llama_result):
     from core.export.bundle import bundle_files
 
     sec = llama_result.neuron_factors
-    assert sec is not None and sec.layers == (0, 1) and sec.n_factors == 6 and sec.d_ff == 64
+    assert sec is not None and sec.layers == (1, 2) and sec.n_factors == 6 and sec.d_ff == 64  # blocks 1…L
     assert llama_result.query_key is not None and "neuron_factors" in llama_result.timings
     off = analyze(tiny_gpt2, "The cat sat on the mat.", neuron_factors=0, compute_gradients=False, views="all")
     assert off.neuron_factors is None
@@ -204,19 +207,20 @@ def test_analysis_section_settings_and_bundle(tiny_gpt2, llama_result):
         tiny_gpt2,
         "The cat sat on the mat.",
         neuron_factors=3,
-        neuron_first_layer=1,
+        neuron_first_layer=2,  # the last of the two blocks
         compute_gradients=False,
         views="all",
     )
-    assert one.neuron_factors is not None and one.neuron_factors.layers == (1,) and one.neuron_factors.n_factors == 3
+    assert one.neuron_factors is not None and one.neuron_factors.layers == (2,) and one.neuron_factors.n_factors == 3
     files = bundle_files(one)
     rows = list(csv.reader(io.StringIO(files["neuron_factors.csv"].decode())))
     assert rows[0] == ["factor", "position", "token", "activation"] and len(rows) == 1 + 3 * one.n_tokens
     assert rows[1][2] == one.tokens[0]
     top = list(csv.reader(io.StringIO(files["neuron_factor_neurons.csv"].decode())))
-    assert top[0] == ["factor", "rank", "layer", "neuron", "weight"] and {r[2] for r in top[1:]} == {"1"}
+    assert top[0] == ["factor", "rank", "layer", "neuron", "weight"] and {r[2] for r in top[1:]} == {"2"}
     qk = list(csv.reader(io.StringIO(files["query_key.csv"].decode())))
     assert qk[0] == ["layer", "head", "kv_head", "query", "key", "token", "dot", "score", "weight"]
+    assert {r[0] for r in qk[1:]} == {str(one.n_layers)}  # the last block, numbered 1…L
     weights = np.array([float(r[8]) for r in qk[1:] if r[1] == "0"])  # head 0 at the target query, last layer
     np.testing.assert_allclose(weights, one.attentions[-1, 0, one.target_position], atol=1e-5)
     for name in ("plots/neuron_factors.png", "plots/neuron_factor_neurons.png", "plots/query_key.png"):
@@ -272,11 +276,11 @@ def test_sidebar_neuron_settings_reach_the_analysis(tiny_dirs):
 
     at = make_app().run()
     at.sidebar.number_input(key="neuron_factors").set_value(2)
-    at.sidebar.number_input(key="neuron_first_layer").set_value(1)
+    at.sidebar.number_input(key="neuron_first_layer").set_value(2)  # block 2 of 2
     at = analyse_with(at, str(tiny_dirs["gpt2"]), "The dog sat on the log.")
     no_exception(at)
     assert at.session_state["result"].neuron_factors is None  # the deeper views wait for their page
     at.switch_page(LAYERS).run()
     no_exception(at)
     sec = at.session_state["result"].neuron_factors
-    assert sec is not None and sec.n_factors == 2 and sec.layers == (1,)
+    assert sec is not None and sec.n_factors == 2 and sec.layers == (2,)

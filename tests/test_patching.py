@@ -169,6 +169,30 @@ def test_same_answers_ask_for_another_pair(tiny_gpt2):
         run_patching(tiny_gpt2, *CAUSAL, PatchingSettings(answer="Ġdog", wrong_answer="Ġdog"))
 
 
+def test_identical_texts_and_an_unchanged_margin_are_refused(tiny_gpt2, monkeypatch):
+    """A run that cannot mean anything is refused with one line, not a table of NaN with a warning about the dtype."""
+    with pytest.raises(InputError, match="identical"):
+        run_patching(tiny_gpt2, CAUSAL[0], CAUSAL[0], PatchingSettings(answer=" dog", wrong_answer="og"))
+    # different texts whose margins come out equal: the corrupted run answers with the clean run's logits
+    calls: list[torch.Tensor] = []
+    real = patching.target_logits
+
+    def first_run_twice(*args, **kwargs):  # call 1: the clean run (capture_sites), call 2: the corrupted one
+        calls.append(real(*args, **kwargs) if not calls else calls[0])
+        return calls[-1]
+
+    monkeypatch.setattr(patching, "target_logits", first_run_twice)
+    with pytest.raises(InputError, match="divide by zero") as e:
+        run_patching(tiny_gpt2, *CAUSAL, PatchingSettings(answer=" dog", wrong_answer="og"))
+    assert "'Ġdog'" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["answer", "wrong_answer"])
+def test_an_empty_answer_is_refused_in_words(name):
+    with pytest.raises(InputError, match=f"the {name.replace('_', ' ')} is empty: name one token"):
+        PatchingSettings(**{name: ""})
+
+
 def test_masked_lm_needs_the_mask_at_the_same_position(tiny_bert, tiny_encoder):
     with pytest.raises(InputError, match="another pair"):  # the unscaled tiny BERT predicts the same token twice
         run_patching(tiny_bert, *MASKED)
@@ -230,7 +254,8 @@ def test_rows_have_the_csv_layout(runs):
     assert len(rows) == 3 * L * (T + 1)
     assert {r[2] for r in rows} == {"residual", "attention", "mlp"}
     assert sum(1 for r in rows if r[1] == -1) == 3 * L
-    res_row = next(r for r in rows if r[:3] == (1, 2, "residual"))
+    assert sorted({r[0] for r in rows}) == list(range(1, L + 1))  # blocks 1…L, as every other file
+    res_row = next(r for r in rows if r[:3] == (2, 2, "residual"))  # block 2 = array row 1
     assert res_row[3] == pytest.approx(float(res.restored("residual")[1, 2]))
 
 

@@ -1,6 +1,7 @@
 """Shared pieces of the CLI's subcommands (core.cli.main and core/cli/*.py): the one-line parser, exit codes, reading a
-text argument, the model options, AnalysisSettings' fields as options (built by core.run.settings.Settings), and the
---out checks and one-line messages.
+text argument, the model options, AnalysisSettings' fields as options (built by core.run.settings.Settings), the
+one check of --out and the input files that every subcommand makes before it loads a model (check_paths), and
+one-line messages.
 
 Errors end with a non-zero exit and one line on stderr: EXIT_INPUT (2) for bad arguments or input, EXIT_MODEL (1)
 for a model that cannot be loaded, EXIT_INTERNAL (3) for a bug.
@@ -83,12 +84,9 @@ def read_text(args: argparse.Namespace, name: str = "text") -> str | None:
 
 def _read_text_file(path: Path) -> str:
     """A UTF-8 text file's content, or a one-line InputError that says what is wrong with the path."""
-    shown = str(path) if len(str(path)) <= 120 else str(path)[:119] + "…"
+    check_input_file(path, "text file")
+    shown = _shown(path)
     try:
-        if path.is_dir():
-            fail(f"text file '{shown}' is a folder, not a file")
-        if not path.is_file():
-            fail(f"text file '{shown}' does not exist")
         if path.stat().st_size > MAX_TEXT_BYTES:
             fail(
                 f"text file '{shown}' is larger than {MAX_TEXT_BYTES:,} bytes (texts are limited to "
@@ -99,6 +97,42 @@ def _read_text_file(path: Path) -> str:
         fail(f"text file '{shown}' is not UTF-8 text")
     except OSError as exc:  # a name too long, no permission, a device that cannot be read…
         fail(f"text file '{shown}' cannot be read ({exc.strerror or type(exc).__name__})")
+
+
+def _shown(path: Path) -> str:
+    return str(path) if len(str(path)) <= 120 else str(path)[:119] + "…"
+
+
+def check_input_file(path: Path, what: str) -> None:
+    """Fail (exit 2, one line) unless `path` is a readable file; '-' (standard input) passes. Says "is a folder",
+    "does not exist" or "cannot be read (…)" in words."""
+    import os
+
+    if str(path) == "-":
+        return
+    shown = _shown(path)
+    try:
+        if path.is_dir():
+            fail(f"{what} '{shown}' is a folder, not a file")
+        if not path.is_file():
+            fail(f"{what} '{shown}' does not exist")
+        if not os.access(path, os.R_OK):
+            fail(f"{what} '{shown}' cannot be read (permission denied)")
+    except OSError as exc:  # a name too long, a broken mount…
+        fail(f"{what} '{shown}' cannot be read ({exc.strerror or type(exc).__name__})")
+
+
+def check_paths(args: argparse.Namespace, inputs: dict[str, str]) -> None:
+    """The one check every subcommand makes before it loads a model: each input file named in `inputs`
+    ({argument name: what it is, e.g. {"text_file": "text file"}}) that was given is a readable file, and --out
+    (when the subcommand has one) can be written (check_out). Fails with exit 2 and one line."""
+    for name, what in inputs.items():
+        path = getattr(args, name, None)
+        if path is not None:
+            check_input_file(Path(path), what)
+    out = getattr(args, "out", None)
+    if out is not None:
+        check_out(Path(out))
 
 
 def add_settings_options(p: argparse.ArgumentParser) -> None:
@@ -120,15 +154,21 @@ def out_path(value: str) -> Path:
 
 
 def check_out(out: Path) -> None:
-    """Fail (exit 2) before any analysis when `out` cannot be written: the nearest existing folder on its way must
-    be a folder we can create a file in (probed for real, so a read-only mount is caught as well as permissions)."""
+    """Fail (exit 2) before any analysis when `out` cannot be written: an existing file must be a .zip we may
+    replace, an existing folder one we can create files in, and the nearest existing folder on the way to a new
+    path must be a folder we can create a file in (probed for real, so a read-only mount is caught as well as
+    permissions)."""
+    import os
     import tempfile
 
+    shown = _shown(out)
     try:
         if out.exists() and out.is_file() and out.suffix.lower() != ".zip":
-            fail(f"--out '{out}' is an existing file; give a .zip path or a folder")
+            fail(f"--out '{shown}' is an existing file; give a .zip path or a folder")
         if out.exists() and out.is_dir() and out.suffix.lower() == ".zip":
-            fail(f"--out '{out}' is an existing folder; give another .zip path")
+            fail(f"--out '{shown}' is an existing folder; give another .zip path")
+        if out.is_file() and not os.access(out, os.W_OK):
+            fail(f"--out '{shown}' is a read-only file")
         folder = out.parent if out.suffix.lower() == ".zip" else out
         probe = folder
         while not probe.exists():
@@ -136,11 +176,11 @@ def check_out(out: Path) -> None:
                 break
             probe = probe.parent
         if not probe.is_dir():
-            fail(f"--out '{out}' cannot be created: '{probe}' is a file, not a folder")
+            fail(f"--out '{shown}' cannot be created: '{_shown(probe)}' is a file, not a folder")
         with tempfile.NamedTemporaryFile(dir=probe, prefix=".tma-write-check-"):
             pass
     except OSError as exc:
-        fail(f"--out '{out}' is not writable ({exc.strerror or type(exc).__name__})")
+        fail(f"--out '{shown}' is not writable ({exc.strerror or type(exc).__name__})")
 
 
 def print_warnings(warnings: list[str]) -> None:

@@ -21,7 +21,7 @@ from core.cli.common import (
     add_model_options,
     add_settings_options,
     add_text_options,
-    check_out,
+    check_paths,
     fail,
     out_path,
     print_warnings,
@@ -82,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     from core.run.cache import ResultCache
     from core.studies.compare import compare
 
+    # before anything runs: a wrong --out must not cost two runs
+    check_paths(args, {"text_file": "text file", "text_b_file": "run B's text file"})
     text = read_text(args)
     assert text is not None  # the text group is required
     text_b = read_text(args, "text_b")
@@ -91,7 +93,6 @@ def run(args: argparse.Namespace) -> int:
         fail("run B equals run A: give --model-b, --text-b or both")
     settings = settings_from_args(args)
     out: Path = args.out
-    check_out(out)  # before the analyses: a wrong --out must not cost two runs
     cache = None if args.no_cache else ResultCache(args.cache_dir)
     t0 = time.perf_counter()
     try:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.cli.common import add_load_options, add_model_options, fail
+from core.cli.common import add_load_options, add_model_options, check_input_file, check_paths, fail, out_path
 from core.infra.guards import DEFAULT_MAX_CORPUS_TEXTS, max_corpus_texts
 from core.studies.corpus import ENV_MAX_TEXTS, CorpusSettings, CorpusTexts
 
@@ -44,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     src.add_argument("--text-file", type=Path, help="UTF-8 text file, one text per line ('-' for standard input)")
     src.add_argument("--csv", type=Path, help="UTF-8 CSV file with a header row (pick the column with --column)")
     c.add_argument("--column", default=None, help="the CSV column that holds the texts (with --csv)")
-    c.add_argument("--out", required=True, type=Path, help="output: a path ending in .zip, or a folder")
+    c.add_argument("--out", required=True, type=out_path, help="output: a path ending in .zip, or a folder")
     c.add_argument(
         "--max-texts",
         type=int,
@@ -77,8 +77,7 @@ def _read(path: Path, what: str) -> bytes:
     if str(path) == "-":
         data = sys.stdin.buffer.read(MAX_CORPUS_BYTES + 1)
     else:
-        if not path.is_file():
-            fail(f"{what} '{path}' does not exist")
+        check_input_file(path, what)
         if path.stat().st_size > MAX_CORPUS_BYTES:
             fail(f"{what} '{path}' is larger than {MAX_CORPUS_BYTES // (1024 * 1024)} MB")
         data = path.read_bytes()
@@ -112,9 +111,8 @@ def run(args: argparse.Namespace) -> int:
     from core.run.cache import ResultCache
     from core.studies.corpus import analyze_corpus
 
+    check_paths(args, {"text_file": "text file", "csv": "CSV file"})  # a wrong --out must not cost a whole run
     out: Path = args.out
-    if out.exists() and out.is_file() and out.suffix.lower() != ".zip":
-        fail(f"--out '{out}' is an existing file; give a .zip path or a folder")
     settings = settings_from_args(args)
     corpus = read_corpus(args)
     t0 = time.perf_counter()

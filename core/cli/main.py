@@ -28,7 +28,7 @@ from core.cli.common import (
     add_model_options,
     add_settings_options,
     add_text_options,
-    check_out,
+    check_paths,
     one_line,
     out_path,
     print_warnings,
@@ -123,6 +123,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     from core.infra.options import ExportOptions
     from core.run.cache import ResultCache
 
+    check_paths(args, {"text_file": "text file"})  # before anything runs: a wrong --out must not cost a whole run
     text = read_text(args)
     assert text is not None  # the text group is required
     settings = settings_from_args(args)
@@ -133,7 +134,6 @@ def run_analyze(args: argparse.Namespace) -> int:
         else [v.strip() for v in args.views.split(",") if v.strip() not in ("", "none")]
     )
     view_names(views)  # an unknown name fails here, before the model loads
-    check_out(out)  # before the analysis: a wrong --out must not cost a whole run
     cache = None if args.no_cache else ResultCache(args.cache_dir)
     t0 = time.perf_counter()
     result = analyze(
@@ -167,6 +167,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from core.model.loading import load_model
     from core.steps.predictions import GenerationSettings, generate_stream
 
+    check_paths(args, {"text_file": "text file"})
     text = read_text(args)
     assert text is not None
     gen = GenerationSettings(

@@ -27,7 +27,9 @@ from core.cli.common import (
     add_model_options,
     add_text_options,
     check_out,
+    check_paths,
     fail,
+    out_path,
     print_warnings,
     read_text,
 )
@@ -72,7 +74,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     g.add_argument("--workers", type=int, default=2, help="Ray workers (model replicas), default 2")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray worker (default 0)")
     PatchingSettings.add_cli_arguments(p)  # --answer, --wrong-answer, --max-tokens, --no-per-position-components
-    p.add_argument("--out", required=True, type=Path, help="output: a path ending in .zip, or a folder")
+    p.add_argument("--out", required=True, type=out_path, help="output: a path ending in .zip, or a folder")
     add_load_options(p)
     p.add_argument("--no-cache", action="store_true", help="do not read or write the result cache")
     p.add_argument(
@@ -259,6 +261,7 @@ def run(args: argparse.Namespace) -> int:
     from core.run.cache import ResultCache
     from core.studies.patching import patch
 
+    check_paths(args, {"clean_file": "clean text file", "corrupt_file": "corrupted text file", "pairs": "pairs file"})
     clean, corrupt = read_text(args, "clean"), read_text(args, "corrupt")
     if args.pairs is not None:
         if clean is not None or corrupt is not None:
@@ -268,10 +271,13 @@ def run(args: argparse.Namespace) -> int:
         fail("give --clean and --corrupt (texts or files), or --pairs FILE")
     if args.atp_only or args.top is not None or args.engine != "local":
         fail("--atp-only, --top and --engine apply to a data set of pairs (--pairs FILE)")
+    if clean == corrupt:
+        fail(
+            "the clean and the corrupted texts are identical: patching measures how much of the clean answer a "
+            "patch restores in a corrupted run, so change a word in the corrupted text"
+        )
     settings = PatchingSettings.from_cli(args)
     out: Path = args.out
-    if out.exists() and out.is_file() and out.suffix.lower() != ".zip":
-        fail(f"--out '{out}' is an existing file; give a .zip path or a folder")
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     cache = None if args.no_cache else ResultCache(args.cache_dir)
     try:

@@ -294,7 +294,7 @@ def _causal(w: Document, result: AnalysisResult, k: int = 10) -> None:
     order = np.argsort(mean, axis=None, kind="stable")[:k]  # most negative Δ = largest drop first
     rows = [
         [
-            int(i) // H,
+            chart_spec.block_number(int(i) // H),
             int(i) % H,
             mean.flat[int(i)],
             float(np.asarray(sec.zero_ablation).flat[int(i)]),
@@ -406,7 +406,7 @@ def patching_report(result: PatchingResult, files: dict[str, bytes] | None = Non
             ("m clean / corrupted", f"{fmt(result.m_clean)} / {fmt(result.m_corrupted)}"),
             (
                 "Sanity",
-                f"block 0 at every position restores {fmt(result.sanity_block0)} (1); no patch "
+                f"block 1 at every position restores {fmt(result.sanity_block0)} (1); no patch "
                 f"{fmt(result.sanity_identity)} (0)",
             ),
             ("Core version", result.core_version),
@@ -426,7 +426,7 @@ def patching_report(result: PatchingResult, files: dict[str, bytes] | None = Non
         order = np.argsort(-np.abs(np.nan_to_num(r)), axis=None, kind="stable")[:5]
         for i in order:
             l, p = divmod(int(i), result.n_tokens)
-            rows.append([c, l, p, repr(result.clean_tokens[p]), float(r[l, p])])
+            rows.append([c, chart_spec.block_number(l), p, repr(result.clean_tokens[p]), float(r[l, p])])
     w.table(["component", "block", "position", "clean token", "restored"], rows, widths=(35, 20, 25, 60, 50))
     _figures(w, files or {}, outline=True)
     w.page()

@@ -32,7 +32,7 @@ def runs_root(root: str | Path | None = None) -> Path:
     env = os.environ.get("TMA_RUNS_DIR")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[1] / "assets" / "runs"
+    return Path(__file__).resolve().parents[2] / "assets" / "runs"  # <repository>/core/export/runs.py
 
 
 def make_run_id(result: AnalysisResult, now: _dt.datetime | None = None) -> str:

@@ -14,6 +14,7 @@ import numpy as np
 from core.figures import plotting
 from core.infra.formats import csv_bytes
 from core.infra.options import ExportOptions
+from core.present.chart_spec import block_number
 from core.steps.ablation import HeadAblationSection
 from core.studies.patching import COMPONENTS, PatchingResult
 
@@ -65,7 +66,7 @@ def patching_heatmap(result: PatchingResult, component: str = "residual") -> byt
     ax.set_xticks(range(T))
     ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(L))
-    ax.set_yticklabels([str(l) for l in range(L)], fontsize=7)
+    ax.set_yticklabels([str(block_number(l)) for l in range(L)], fontsize=7)  # blocks 1…L, as everywhere else
     ax.set_xlabel("position (clean→corrupted token)")
     ax.set_ylabel("block")
     ax.axvline(result.target_position, color="k", lw=0.6, ls=":")
@@ -83,7 +84,7 @@ def component_bars(result: PatchingResult) -> bytes:
     for i, c in enumerate(("attention", "mlp")):
         ax.bar(x + (i - 0.5) * 0.4, result.restored_all(c), width=0.4, label=COMPONENT_LABELS[c])
     ax.axhline(0, color="k", lw=0.6)
-    ax.set_xticks(x)
+    ax.set_xticks(x, [str(block_number(l)) for l in range(L)])  # blocks 1…L
     ax.set_xlabel("block")
     ax.set_ylabel("restored")
     ax.legend(fontsize=7)
@@ -114,7 +115,7 @@ def head_ablation_figure(section: HeadAblationSection, head_scores: np.ndarray |
     lim = float(max(np.abs(drop).max(), 1e-9))
     im = ax.imshow(drop, aspect="auto", cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -lim, lim), interpolation="nearest")
     ax.set_xticks(range(H))
-    ax.set_yticks(range(L))
+    ax.set_yticks(range(L), [str(block_number(l)) for l in range(L)])  # layers 1…L, heads from 0
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_title("Mean ablation: drop of log p (nats)", fontsize=9)

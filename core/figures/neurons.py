@@ -30,7 +30,7 @@ def factor_figure(
     target: int | None = None,
 ) -> Figure:
     """The text once per factor, each token shaded by the factor's strength W[t, f] / max_t W[t, f]; the block
-    title lists the factor's five heaviest neurons (L<layer>·N<neuron>). Returns a matplotlib Figure."""
+    title lists the factor's five heaviest neurons (L<block 1…L>·N<neuron>). Returns a matplotlib Figure."""
     from matplotlib.collections import PatchCollection
     from matplotlib.patches import Rectangle
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from core.present.chart_spec import block_number
 from core.steps.qk import QKView, qk_view
 
 MAX_KEYS_SHOWN = 40
@@ -84,7 +85,8 @@ def qk_figure(view: QKView, tokens: list[str], max_keys: int = MAX_KEYS_SHOWN) -
         ax.set_yticks([])
     more = f", {n} of {view.weights.shape[0]} keys (largest weights)" if n < view.weights.shape[0] else ""
     fig.suptitle(
-        f"Layer {view.layer}, head {view.head} (key-value head {view.kv_head}), query {view.query}{more}", fontsize=10
+        f"Layer {block_number(view.layer)}, head {view.head} (key-value head {view.kv_head}), query {view.query}{more}",
+        fontsize=10,
     )
     return fig
 
@@ -98,8 +100,9 @@ def default_view(result: AnalysisResult) -> QKView | None:
 
 
 def query_key_rows(result: AnalysisResult) -> list[list[object]]:
-    """Rows of query_key.csv: every head of the last layer at the target query, one row per key (dot = q·k,
-    score = c·q·k + mask, −inf for masked keys, weight = softmax)."""
+    """Rows of query_key.csv: every head of the last layer at the target query, one row per key (layer = block
+    1…L as in every other file, heads from 0; dot = q·k, score = c·q·k + mask, −inf for masked keys, weight =
+    softmax)."""
     sec = result.query_key
     if sec is None:
         return []
@@ -110,7 +113,7 @@ def query_key_rows(result: AnalysisResult) -> list[list[object]]:
         dots = v.products.sum(axis=1)
         rows += [
             [
-                layer,
+                block_number(layer),
                 head,
                 v.kv_head,
                 query,
@@ -151,7 +154,7 @@ def report_section(result: AnalysisResult) -> list[tuple[str, list[str], list[li
         for j in order
     ]
     intro = (
-        f"Layer {view.layer}, head {view.head} (key-value head {view.kv_head}), query {view.query} "
+        f"Layer {block_number(view.layer)}, head {view.head} (key-value head {view.kv_head}), query {view.query} "
         f"({result.display_tokens[view.query]!r}): the five keys with the largest weights."
     )
     return [(intro, ["key", "token", "q·k", "score", "weight"], rows)]

@@ -334,14 +334,14 @@ class AnalysisSettings(Settings):
     )
     neuron_first_layer: int | None = setting(
         None,
-        "first block whose MLP neurons enter the factors (default: 0)",
-        min=0,
+        "first block (1…L) whose MLP neurons enter the factors (default: 1)",
+        min=1,
         label="First neuron layer (empty: the first)",
     )
     neuron_last_layer: int | None = setting(
         None,
-        "last block whose MLP neurons enter the factors (default: the last)",
-        min=0,
+        "last block (1…L) whose MLP neurons enter the factors (default: the last, L)",
+        min=1,
         label="Last neuron layer (empty: the last)",
     )
     sae_dirs: tuple[str, ...] = setting(

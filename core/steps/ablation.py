@@ -62,10 +62,13 @@ class HeadAblationSection:
     notes: tuple[str, ...] = ()
 
     def rows(self) -> list[tuple[int, int, float, float]]:
-        """Rows of head_ablation.csv: (layer, head, mean_ablation, zero_ablation)."""
+        """Rows of head_ablation.csv: (layer, head, mean_ablation, zero_ablation); layer = block 1…L (array row
+        layer − 1), heads from 0, as the other per-head CSV files."""
         L, H = self.mean_ablation.shape
         return [
-            (l, h, float(self.mean_ablation[l, h]), float(self.zero_ablation[l, h])) for l in range(L) for h in range(H)
+            (l + 1, h, float(self.mean_ablation[l, h]), float(self.zero_ablation[l, h]))
+            for l in range(L)
+            for h in range(H)
         ]
 
     def agreement(self, head_scores: np.ndarray | None) -> dict[str, float]:

@@ -151,10 +151,12 @@ class NeuronFactorSection:
     """Neuron factors of one analysis.
 
     Shapes: T = tokens, k = factors, n = TOP_NEURONS (or fewer when the range has fewer neurons).
-    layers: the block indices whose MLP neurons entered the factorisation (0-based, contiguous).
+    layers: the blocks whose MLP neurons entered the factorisation, numbered 1…L as everywhere in the app
+        (contiguous; block b is the model's layer index b − 1).
     d_ff: neurons per layer (the width of the MLP output projection's input).
     token_factors: float32 [T, k], W of the NMF: factor f's strength at each token (the token shading).
-    top_layer, top_neuron: int32 [k, n], the neurons with the largest weight in H[f], largest first.
+    top_layer, top_neuron: int32 [k, n], the neurons with the largest weight in H[f], largest first (top_layer
+        holds block numbers 1…L, neurons are numbered from 0 within their block).
     top_weight: float32 [k, n], those weights.
     error: ‖A − WH‖_F (scikit-learn's reconstruction_err_); relative_error: error / ‖A‖_F.
     clipped_fraction: Σ|min(a, 0)| / Σ|a| over the range, the share of activation mass removed by the clipping.
@@ -198,6 +200,7 @@ def neuron_factors(
     """Factorise activations acts [len(layers), T, d_ff] (as captured) into a section (and the raw factorisation).
 
     The matrix is A = max(acts, 0) laid out as [T, len(layers)·d_ff], column (i, n) = layer layers[i], neuron n.
+    `layers` are the labels stored in the section (the analysis step passes block numbers 1…L).
     """
     if acts.ndim != 3 or acts.shape[0] != len(layers):
         raise ValueError(f"expected activations [{len(layers)}, T, d_ff], got {acts.shape}")
@@ -226,12 +229,15 @@ def neuron_factors(
 
 
 def layer_range(n_layers: int, first: int | None, last: int | None) -> list[int]:
-    """The contiguous block indices first … last (inclusive); None means the model's first / last block."""
-    lo = 0 if first is None else int(first)
-    hi = n_layers - 1 if last is None else min(int(last), n_layers - 1)
-    if lo < 0 or lo > hi:
-        raise ValueError(f"the neuron layer range {first}…{last} is empty for a model with {n_layers} layers")
-    return list(range(lo, hi + 1))
+    """The model's layer indices (0-based, what the hooks take) of blocks first … last, inclusive, numbered 1…L as
+    the settings are; None means the first / last block, a last beyond L means L."""
+    lo = 1 if first is None else int(first)
+    hi = n_layers if last is None else min(int(last), n_layers)
+    if lo < 1 or lo > hi:
+        raise ValueError(
+            f"the neuron layer range {first}…{last} is empty for a model with {n_layers} blocks (numbered 1…{n_layers})"
+        )
+    return list(range(lo - 1, hi))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -244,7 +250,7 @@ def layer_range(n_layers: int, first: int | None, last: int | None) -> list[int]
 
 def run_neuron_factors(ctx: StepContext) -> NeuronFactorSection | None:
     """Analysis step: one hooked pass over the chosen layers' MLPs, then the NMF (settings neuron_factors: k,
-    0 = off; neuron_first_layer / neuron_last_layer: the range, empty = all layers)."""
+    0 = off; neuron_first_layer / neuron_last_layer: the range of blocks 1…L, empty = all blocks)."""
     st = ctx.settings
     if st.neuron_factors == 0:
         return None
@@ -255,5 +261,6 @@ def run_neuron_factors(ctx: StepContext) -> NeuronFactorSection | None:
     except ValueError as exc:
         ctx.warn(str(exc))
         return None
-    section, _fac = neuron_factors(acts, layers, k=st.neuron_factors, seed=DEFAULT_SEED)
+    blocks = [i + 1 for i in layers]  # stored and shown as blocks 1…L (core.present.chart_spec.block_number)
+    section, _fac = neuron_factors(acts, blocks, k=st.neuron_factors, seed=DEFAULT_SEED)
     return section

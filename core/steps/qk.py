@@ -88,7 +88,9 @@ class QKSection:
 @dataclass(frozen=True)
 class QKView:
     """The view of one (layer, head, query): q [d], keys [T, d], products = q ⊙ k [T, d], scores [T] (−inf where
-    masked), weights [T] (softmax of the scores), kv_head (the key-value head that served the query head)."""
+    masked), weights [T] (softmax of the scores), kv_head (the key-value head that served the query head).
+    `layer` is the array index 0…L−1; figures, CSV files and the PDF show it as block layer + 1
+    (core.present.chart_spec.block_number), the numbering of the rest of the app."""
 
     layer: int
     head: int

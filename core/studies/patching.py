@@ -14,8 +14,11 @@ For every block l and position p the corrupted run is repeated with one activati
 
 and each is also patched at every position at once (position −1). The score is
 ``restored = (m_patched − m_corrupted) / (m_clean − m_corrupted)``: 1 = the clean answer is fully restored, 0 = no
-effect. Sanity rows: the residual at every position of block 0 restores exactly 1 (the whole input is clean), and a
-patch of nothing restores 0.
+effect. Sanity rows: the residual at every position of the first block restores exactly 1 (the whole input is
+clean), and a patch of nothing restores 0.
+
+Numbering: the arrays are indexed 0…L−1 (array row l = block l + 1); everything a reader sees (patching.csv's
+`layer` column, the figures, the PDF, warnings) numbers blocks 1…L as the rest of the app does.
 
 Batched: all positions of one layer and one component run as one forward pass whose batch rows differ only in which
 position is patched (chunked so the activations stay under PATCH_MEMORY_BUDGET), so the full grid costs about 3·L
@@ -97,6 +100,15 @@ class PatchingSettings(Settings):
         label="Attention and MLP per position",
     )
 
+    def __post_init__(self) -> None:
+        for name, default in (("answer", "clean"), ("wrong_answer", "corrupted")):  # in words, before the base's rules
+            if getattr(self, name) == "":
+                raise InputError(
+                    f"the {name.replace('_', ' ')} is empty: name one token (such as ' Paris', with its leading "
+                    f"space), or leave it out to take the {default} run's top-1 prediction"
+                )
+        super().__post_init__()
+
 
 @serializable
 @dataclass(frozen=True)
@@ -162,15 +174,16 @@ class PatchingResult:
         return restored_score(self.metric_all[component], self.m_clean, self.m_corrupted)
 
     def rows(self) -> list[tuple[int, int, str, float, float]]:
-        """Rows of patching.csv: (layer, position, component, restored, metric); position −1 = all positions."""
+        """Rows of patching.csv: (layer, position, component, restored, metric); layer = block 1…L (array row
+        layer − 1), position −1 = all positions."""
         out: list[tuple[int, int, str, float, float]] = []
         for c in COMPONENTS:
             r, ra = self.restored(c), self.restored_all(c)
             for l in range(self.n_layers):
-                out.append((l, -1, c, float(ra[l]), float(self.metric_all[c][l])))
+                out.append((l + 1, -1, c, float(ra[l]), float(self.metric_all[c][l])))
                 for p in range(self.n_tokens):
                     if np.isfinite(self.metric[c][l, p]):
-                        out.append((l, p, c, float(r[l, p]), float(self.metric[c][l, p])))
+                        out.append((l + 1, p, c, float(r[l, p]), float(self.metric[c][l, p])))
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -190,7 +203,7 @@ class PatchingResult:
             "metric": "logit(answer) - logit(wrong_answer) at the target",
             "m_clean": self.m_clean,
             "m_corrupted": self.m_corrupted,
-            "sanity": {"block0_all_positions": self.sanity_block0, "identity": self.sanity_identity},
+            "sanity": {"first_block_all_positions": self.sanity_block0, "identity": self.sanity_identity},
             "warnings": list(self.warnings),
             "timings": self.timings,
             "core_version": self.core_version,
@@ -414,9 +427,15 @@ def run_patching(
     """Activation patching clean → corrupted for every block, position and component (see the module docstring).
 
     Raises InputError for texts of different token lengths (naming both lengths and token lists), a target that
-    differs between the texts, answers that are not single tokens, or A == B. Call with the model's lock free or
+    differs between the texts, answers that are not single tokens, A == B, identical texts, or m_clean ==
+    m_corrupted (restored = 0/0). Call with the model's lock free or
     held by this thread (it takes `loaded.lock`)."""
     settings = settings or PatchingSettings()
+    if clean_text == corrupted_text:
+        raise InputError(
+            "the clean and the corrupted texts are identical: patching measures how much of the clean answer a "
+            "patch restores in a corrupted run, so change a word in the corrupted text"
+        )
     report = progress or silent
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -455,6 +474,12 @@ def run_patching(
             )
         m_clean = float(clean_logits[a] - clean_logits[b])
         m_corrupt = float(corrupt_logits[a] - corrupt_logits[b])
+        if m_clean == m_corrupt:  # restored = 0/0 everywhere: refused rather than a table of NaN
+            raise InputError(
+                f"logit('{_token_str(loaded, a)}') − logit('{_token_str(loaded, b)}') is {m_clean:.4g} in both "
+                "runs, so 'restored' would divide by zero: the corrupted text does not change the answer; change "
+                "a word that matters for it"
+            )
 
         import torch
 
@@ -494,7 +519,7 @@ def run_patching(
         )
     if not (abs(sanity_block0 - 1) < 1e-3 and abs(sanity_identity) < 1e-3):
         warnings.append(
-            f"sanity check off: block 0 at every position restores {sanity_block0:.4g} (expected 1), "
+            f"sanity check off: block 1 at every position restores {sanity_block0:.4g} (expected 1), "
             f"no patch {sanity_identity:.4g} (expected 0) — numerical precision of the model's dtype"
         )
     timings["total"] = time.perf_counter() - t0

@@ -41,11 +41,11 @@ _CAUSAL: list[DocEntry] = [
         definition=(
             "Two texts of the same token length: a clean one and a corrupted one that changes the answer. A "
             "is the clean run's top prediction at the target (last token for a causal LM, the first mask "
-            "for a masked LM), B the corrupted run's (or both given). For every block l and position p the "
+            "for a masked LM), B the corrupted run's (or both given). For every block l = 1…L and position p the "
             "corrupted run is repeated with the residual stream entering block l at p (transformers' "
-            "hidden_states[l]) copied from the clean run; 'restored' says how much of the clean answer "
+            "hidden_states[l − 1]) copied from the clean run; 'restored' says how much of the clean answer "
             "comes back. All positions of one block run as one batched forward pass. Sanity rows: every "
-            "position of block 0 restores exactly 1, patching nothing restores 0."
+            "position of block 1 restores exactly 1, patching nothing restores 0."
         ),
         high=(
             "Near 1: the clean activation at (l, p) alone carries what decides A over B; the information sits "
