@@ -162,3 +162,55 @@ def test_full_bundle_includes_the_attention_members(gpt2_result):
     assert set(mine) <= set(files)
     for name in ("attention_entropy.csv", "head_clusters.csv", "token_attribution.csv", "head_attribution.csv"):
         assert files[name] == mine[name]
+
+
+def _sink_map(T: int, sink: float = 0.75, seed: int = 0) -> np.ndarray:
+    """Rows that sum to 1: `sink` on the first key, the rest spread at random over the others (~(1 − sink)/T each)."""
+    rng = np.random.default_rng(seed)
+    rest = rng.dirichlet(np.ones(T - 1), size=T) * (1 - sink)
+    return np.concatenate([np.full((T, 1), sink), rest], axis=1).astype(np.float32)
+
+
+def test_attention_scales_on_a_long_map_with_a_sink():
+    T = 512
+    mat = _sink_map(T)
+    off_sink = mat[:, 1:]
+    levels = {}
+    for scale in ap.ATTENTION_SCALES:
+        shown, norm, label = ap._scaled(mat, scale)
+        assert label
+        levels[scale] = float(np.median(np.ma.getdata(norm(shown[:, 1:]))))
+    # linear: the median cell beside a 0.75 sink gets 0.05 % of the colour scale (white); log: over 100 times more
+    assert levels["linear"] < 0.001 and levels["log"] > 0.05 and levels["log"] > 100 * levels["linear"]
+    # the uniform weight 1/T sits at log(10)/log(10·T·max) of the log scale
+    shown, norm, _ = ap._scaled(mat, "log")
+    assert float(norm(1 / T)) == pytest.approx(1 / np.log10(10 * T * 0.75), rel=1e-4)
+    assert float(norm(shown.min())) == pytest.approx(0.0, abs=1e-6)  # weights under the floor are drawn at it
+    # row: every row's largest weight is 1
+    shown, norm, _ = ap._scaled(mat, "row")
+    np.testing.assert_allclose(shown.max(axis=1), 1.0, rtol=1e-6)
+    assert off_sink.max() < 0.01
+    with pytest.raises(ValueError, match="unknown attention scale"):
+        ap._scaled(mat, "sqrt")
+
+
+def test_default_attention_scale_is_named_under_the_title(gpt2_result, monkeypatch):
+    from matplotlib.text import Text
+
+    from core.figures import plotting
+
+    assert ap.default_attention_scale(63) == "linear" and ap.default_attention_scale(64) == "log"
+    titles: list[str] = []
+    real = plotting.png
+    monkeypatch.setattr(
+        plotting, "png", lambda fig, **kw: titles.extend(a.get_title() for a in fig.axes) or real(fig, **kw)
+    )
+    for scale in (None, *ap.ATTENTION_SCALES):
+        titles.clear()
+        ap.mean_attention_heatmap(gpt2_result, -1, scale)
+        expected = ap.attention_scale_caption(scale or ap.default_attention_scale(gpt2_result.n_tokens))
+        assert any(expected in t for t in titles), titles
+        titles.clear()
+        ap.single_head_plot(gpt2_result, 0, 1, scale=scale)
+        assert any(expected in t for t in titles), titles
+    assert Text  # the figures are matplotlib objects (no pyplot)

@@ -8,6 +8,7 @@ import io
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from core.figures import animations
@@ -100,3 +101,77 @@ def test_pdf_top_heads_use_block_numbers(result):
     rows = section.split("role")[1].split()
     layers = {int(w) for w, nxt in itertools.pairwise(rows) if w.isdigit() and nxt.isdigit()}
     assert layers and layers <= set(range(1, result.n_layers + 1)), layers
+
+
+@pytest.fixture(scope="module")
+def deep(tiny_gpt2):
+    """A result with every deeper view (query–key, neuron factors, head ablation)."""
+    from core import analyze
+
+    return analyze(tiny_gpt2, "The cat sat on the mat.", ig_steps=4, head_ablation=True, views="all")
+
+
+def _texts(fig) -> list[str]:
+    """Every text a matplotlib figure draws (titles, tick labels, free texts), after a draw."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    return [t.get_text() for t in fig.findobj(Text) if t.get_text()]
+
+
+def test_query_key_view_numbers_blocks_from_one(deep):
+    from core.figures import qk
+
+    L = deep.n_layers
+    rows = list(csv.DictReader(io.StringIO(qk.query_key_files(deep, None)["query_key.csv"].decode())))  # type: ignore[arg-type]
+    assert {int(r["layer"]) for r in rows} == {L}  # the last block, as layer_metrics.csv numbers it
+    view = qk.default_view(deep)
+    assert view is not None and view.layer == L - 1  # the array index stays 0-based
+    fig = qk.qk_figure(view, deep.display_tokens)
+    assert fig._suptitle is not None and fig._suptitle.get_text().startswith(f"Layer {L}, head 0")
+    first = qk.qk_figure(qk.qk_view(deep.query_key, 0, 1, 0), deep.display_tokens)  # the page's "layer 1"
+    assert first._suptitle.get_text().startswith("Layer 1, head 1")
+    assert qk.report_section(deep)[0][0].startswith(f"Layer {L}, head 0")
+
+
+def test_neuron_factors_number_mlp_layers_as_blocks(deep):
+    from core.figures import neurons
+
+    sec = deep.neuron_factors
+    L = deep.n_layers
+    assert sec is not None and sec.layers == tuple(range(1, L + 1))
+    assert set(np.unique(sec.top_layer)) <= set(range(1, L + 1)) and L in set(np.unique(sec.top_layer))
+    names = [s for s in _texts(neurons.top_neuron_figure(sec)) if "·N" in s]
+    assert names and {int(s.split("·")[0][1:]) for s in names} <= set(range(1, L + 1))
+    assert all(not s.startswith("L0·") for s in _texts(neurons.factor_figure(sec, deep.display_tokens)))
+    top = list(
+        csv.DictReader(io.StringIO(neurons.neuron_factor_files(deep, None)["neuron_factor_neurons.csv"].decode()))
+    )  # type: ignore[arg-type]
+    assert {int(r["layer"]) for r in top} <= set(range(1, L + 1))
+    intro = neurons.report_section(deep)[0][0]
+    assert intro.startswith(f"Layers 1–{L},")
+
+
+def test_head_ablation_and_patching_number_blocks_from_one(deep, tiny_gpt2, monkeypatch):
+    from core.figures import causal
+    from core.figures.causal import head_ablation_files
+    from core.infra.options import ExportOptions
+    from core.studies.patching import PatchingSettings, run_patching
+
+    L = deep.n_layers
+    files = head_ablation_files(deep, ExportOptions(animations=False))
+    assert sorted(set(csv_column(files["head_ablation.csv"], "layer"))) == list(range(1, L + 1))
+    res = run_patching(tiny_gpt2, "The dog sat on the log", "The log sat on the dog", PatchingSettings())
+    assert sorted({r[0] for r in res.rows()}) == list(range(1, L + 1))
+    assert "first_block_all_positions" in res.summary()["sanity"]
+    from core.figures import plotting
+
+    drawn: list[list[str]] = []
+    real_png = plotting.png
+    monkeypatch.setattr(plotting, "png", lambda fig, **kw: drawn.append(_texts(fig)) or real_png(fig, **kw))
+    causal.patching_heatmap(res, "residual")
+    causal.component_bars(res)
+    heat, bars = drawn
+    blocks = [str(b) for b in range(1, L + 1)]
+    for texts in (heat, bars):
+        assert all(b in texts for b in blocks) and "0" not in texts, texts

@@ -106,8 +106,54 @@ def head_clusters_plot(result: AnalysisResult) -> bytes:
     return plotting.png(fig, tight=True)
 
 
-def _labelled_heatmap(ax: Axes, mat: np.ndarray, labels: list[str], title: str) -> AxesImage:
-    im = ax.imshow(mat, cmap="Blues", vmin=0, vmax=max(float(mat.max()), 1e-12), aspect="equal")
+#: Colour scales of the token × token attention maps (the `scale` argument):
+#: "linear": 0 … the map's largest weight; "row": each query row divided by its own largest weight (0 … 1), so every
+#: row's pattern is visible even beside an attention sink; "log": a log scale from LOG_FLOOR / T (a tenth of the
+#: uniform weight 1/T; smaller weights drawn as the floor) to the largest weight, so that a weight of 1/T sits at a
+#: visible shade whatever the sink beside it (1/T at 512 tokens next to a 0.75 sink: 28 % of the scale; linear: 0.3 %).
+ATTENTION_SCALES = ("linear", "row", "log")
+#: The log scale starts at LOG_FLOOR / T.
+LOG_FLOOR = 0.1
+
+
+def default_attention_scale(n_tokens: int) -> str:
+    """The scale the bundle draws by default: "log" from 64 tokens on, "linear" below. Chosen by looking at renders
+    of the bundled MiniLM: at 512 tokens the linear map is white but for a few cells (weights near 1/T ≈ 0.002
+    beside a largest weight of 0.3–0.75) and per-row normalisation stays pale too (the mean over heads is diffuse
+    within a row), while the log scale shows the diagonals and the repeated-phrase bands; at 13 tokens the linear
+    map reads well and the log map is saturated."""
+    return "log" if n_tokens >= 64 else "linear"
+
+
+def attention_scale_caption(scale: str) -> str:
+    """A few words naming the colour scale (under the figure's title; the page's caption can reuse them)."""
+    return {
+        "linear": "colour: weight, 0 … the largest in the map",
+        "row": "colour: weight / its row's largest weight",
+        "log": "colour: log scale, 1/(10·T) … the largest weight",
+    }[scale]
+
+
+def _scaled(mat: np.ndarray, scale: str) -> tuple[np.ndarray, Any, str]:
+    """(values to draw, matplotlib norm, colour-bar label) of an attention map [T, T] under `scale`."""
+    from matplotlib.colors import LogNorm, Normalize
+
+    if scale not in ATTENTION_SCALES:
+        raise ValueError(f"unknown attention scale {scale!r}: one of {', '.join(ATTENTION_SCALES)}")
+    top = max(float(mat.max()), 1e-12)
+    T = max(int(mat.shape[-1]), 1)
+    if scale == "row":
+        peak = np.maximum(mat.max(axis=1, keepdims=True), 1e-12)
+        return mat / peak, Normalize(0.0, 1.0), "weight / row maximum"
+    if scale == "log":
+        floor = min(LOG_FLOOR / T, top / 10.0)
+        return np.maximum(mat, floor), LogNorm(floor, top), "attention weight (log scale)"
+    return mat, Normalize(0.0, top), "attention weight"
+
+
+def _labelled_heatmap(ax: Axes, mat: np.ndarray, labels: list[str], title: str, scale: str = "linear") -> AxesImage:
+    shown, norm, _label = _scaled(mat, scale)
+    im = ax.imshow(shown, cmap="Blues", norm=norm, aspect="equal", interpolation="nearest")
     plotting.token_ticks(ax, labels, "x")
     plotting.token_ticks(ax, labels, "y")
     ax.set_xlabel("key (attended to)")
@@ -116,19 +162,32 @@ def _labelled_heatmap(ax: Axes, mat: np.ndarray, labels: list[str], title: str) 
     return im
 
 
-def mean_attention_heatmap(result: AnalysisResult, layer: int = -1) -> bytes:
-    """Labelled heatmap of the attention of `layer` averaged over its heads: (1/H) Σ_h A_lh [T, T]. PNG bytes."""
+def _colorbar(fig: Any, im: AxesImage, ax: Axes, scale: str) -> None:
+    bar = fig.colorbar(im, ax=ax, shrink=0.7)
+    bar.set_label(_scaled(np.zeros((1, 1)), scale)[2], fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+
+
+def mean_attention_heatmap(result: AnalysisResult, layer: int = -1, scale: str | None = None) -> bytes:
+    """Labelled heatmap of the attention of `layer` averaged over its heads: (1/H) Σ_h A_lh [T, T], coloured by
+    `scale` (ATTENTION_SCALES; None: default_attention_scale(T)), named under the title. PNG bytes."""
     L = result.n_layers
     l = layer % L
     mat = result.attentions[l].mean(0, dtype=np.float32)
     T = mat.shape[0]
+    scale = scale or default_attention_scale(T)
     side = min(3 + 0.1 * T, 9)
     fig = plotting.figure(side + 1, side)
     ax = fig.subplots()
     im = _labelled_heatmap(
-        ax, mat, _tokens(result), f"Layer {chart_spec.block_number(l)}: attention averaged over heads"
+        ax,
+        mat,
+        _tokens(result),
+        f"Layer {chart_spec.block_number(l)}: attention averaged over heads\n{attention_scale_caption(scale)}",
+        scale,
     )
-    fig.colorbar(im, ax=ax, shrink=0.7)
+    ax.title.set_fontsize(9)
+    _colorbar(fig, im, ax, scale)
     fig.tight_layout()
     return plotting.png(fig)
 
@@ -181,16 +240,25 @@ def single_head_stats(result: AnalysisResult, layer: int, head: int, top: int = 
     return out
 
 
-def single_head_plot(result: AnalysisResult, layer: int, head: int, top: int = 10) -> bytes:
-    """Labelled heatmap of head (layer, head) with its statistics and top pairs beside it. PNG bytes."""
+def single_head_plot(result: AnalysisResult, layer: int, head: int, top: int = 10, scale: str | None = None) -> bytes:
+    """Labelled heatmap of head (layer, head) with its statistics and top pairs beside it, coloured by `scale`
+    (as mean_attention_heatmap). PNG bytes."""
     s = single_head_stats(result, layer, head, top)
     A = result.attentions[layer, head].astype(np.float32)
     T = A.shape[0]
+    scale = scale or default_attention_scale(T)
     side = min(3 + 0.1 * T, 9)
     fig = plotting.figure(side + 4, side)
     ax, tx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [side, 4]})
-    im = _labelled_heatmap(ax, A, _tokens(result), f"Layer {chart_spec.block_number(layer)}, head {head}")
-    fig.colorbar(im, ax=ax, shrink=0.7)
+    im = _labelled_heatmap(
+        ax,
+        A,
+        _tokens(result),
+        f"Layer {chart_spec.block_number(layer)}, head {head}\n{attention_scale_caption(scale)}",
+        scale,
+    )
+    ax.title.set_fontsize(9)
+    _colorbar(fig, im, ax, scale)
     tx.axis("off")
     lines = [
         f"role: {s['role']}",
