@@ -365,3 +365,56 @@ def test_the_manifest_opens_with_the_one_provenance_record(files, result, tiny_g
     old_man = manifest(old)
     assert old_man["package_versions"] == {"torch": "1.0", "scikit-learn": "0.1"}
     assert old_man["core_version"] == "0.0.9"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Byte-level and exotic token text in every figure: readable symbols, never "Glyph … missing"
+
+BYTE_LEVEL_TEXT = "Line one\r\nline two\ttab ✓ naïve 中文 emoji 🙂 end\u200b."
+
+
+def test_token_labels_use_symbols_the_fonts_have():
+    from core.figures import plotting
+
+    assert plotting.token_label("\r\n\t") == "⇤↵⇥"
+    assert plotting.token_label(" the") == "␣the" and plotting.token_label("") == "∅"
+    assert plotting.raw_token_label("Ġthe") == "␣the" and plotting.raw_token_label("Ċ") == "↵"
+    assert plotting.raw_token_label("č") == "⇤" and plotting.raw_token_label("▁Paris") == "␣Paris"
+    assert plotting.token_label("中🙂") == "\\u4e2d\\U0001f642"  # no font we ship has them: named, not a box
+    assert plotting.token_label("\u200b") == "\\u200b" and plotting.token_label("naïve $x$") == "naïve \\$x\\$"
+    for label in ("⇤↵⇥␣∅…", plotting.token_label(BYTE_LEVEL_TEXT), plotting.drawable_text(BYTE_LEVEL_TEXT)):
+        assert {ord(c) for c in label} <= plotting._font_chars(), label
+
+
+@pytest.mark.filterwarnings("error:Glyph")
+def test_every_figure_of_a_byte_level_text_draws_without_missing_glyphs(tiny_gpt2):
+    """GPT-2's byte-level tokens of a text with \\r\\n, a tab, a zero-width space, CJK and an emoji: every figure of
+    the bundle, the comparison and the patch bundle is drawn (a glyph warning is an error here, and a figure that
+    fails is left out of its bundle, so a missing file is the failure)."""
+    from core import analyze
+    from core.cli.patch import bundle as patch_bundle
+    from core.export.compare import comparison_files
+    from core.studies.compare import compare
+    from core.studies.patching import run_patching
+
+    a = analyze(tiny_gpt2, BYTE_LEVEL_TEXT, ig_steps=4, head_ablation=True, views="all")
+    assert "\r" in a.display_tokens and any("č" in t for t in a.tokens)  # the byte-level marks are there
+    b = analyze(tiny_gpt2, "The cat sat on the mat.\r\n🙂", ig_steps=4)
+    files = bundle_files(a, ExportOptions(animations=True))
+    expected = {
+        "plots/attention_mean_last_layer.png",
+        "plots/token_attribution.png",
+        "plots/query_key.png",
+        "plots/neuron_factors.png",
+        "plots/neuron_factor_neurons.png",
+        "plots/head_ablation.png",
+        "animations/attention_layers.gif",
+        "animations/token_trajectories.gif",
+    }
+    assert expected <= set(files), expected - set(files)
+    assert sum(name.endswith(".png") for name in files) >= 15
+    cmp_files = comparison_files(a, b, compare(a, b), bundle=lambda r: bundle_files(r, ExportOptions(animations=False)))
+    assert "report.pdf" in cmp_files and "plots/metrics_overlay.png" in cmp_files
+    res = run_patching(tiny_gpt2, "The dog sat\r\non the log", "The log sat\r\non the dog")
+    patch_files = patch_bundle(res)
+    assert {"plots/patching_residual.png", "plots/patching_components.png", "report.pdf"} <= set(patch_files)

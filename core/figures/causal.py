@@ -25,9 +25,9 @@ COMPONENT_LABELS = {"residual": "residual stream (block input)", "attention": "a
 
 
 def display_token(tok: str) -> str:
-    """A byte-level BPE / SentencePiece token as text: Ġ and ▁ are spaces, Ċ a newline (then plotting.token_label
-    shows a leading space as ␣)."""
-    return str(tok).replace("Ġ", " ").replace("▁", " ").replace("Ċ", "\n")
+    """A byte-level BPE / SentencePiece token as text: Ġ and ▁ are spaces, Ċ a newline, ĉ a tab, č a carriage return
+    (plotting.byte_level_text; then plotting.token_label shows a leading space as ␣)."""
+    return plotting.byte_level_text(tok)
 
 
 def _label(tok: str) -> str:

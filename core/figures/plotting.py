@@ -9,12 +9,13 @@ png(fig) -> bytes               PNG bytes of a figure
 rgb_frame(fig) -> [H, W, 3]     the rendered pixels (for GIF frames)
 gif(frames, frame_ms) -> bytes  an endless GIF
 Blitter                         draw the static parts of an animation once, redraw only what changes per frame
-token_label(tok, max_len)       the one sanitiser of token text for plot labels
+token_label(tok, max_len)       the one sanitiser of token text for plot labels (raw_token_label: of raw tokens)
 colormap(name)                  a registered colormap (no pyplot)
 """
 
 from __future__ import annotations
 
+import functools
 import io
 from typing import Any
 
@@ -29,7 +30,12 @@ from matplotlib.transforms import ScaledTranslation
 #: The one resolution of every PNG, GIF frame and PDF image.
 DPI = 90
 
-_VISIBLE = {"\n": "\u21b5", "\r": "\u240d", "\t": "\u21e5"}  # ↵ ␍ ⇥
+#: Control characters drawn as symbols that DejaVu Sans (matplotlib's font, the only one we ship) has: ↵ newline,
+#: ⇤ carriage return (back to the line start; the control-picture ␍ U+240D is missing from DejaVu), ⇥ tab.
+_VISIBLE = {"\n": "\u21b5", "\r": "\u21e4", "\t": "\u21e5"}
+#: The byte-level BPE marks of a raw GPT-2 / Llama vocabulary token (Ġ space, Ċ newline, ĉ tab, č carriage return,
+#: ▁ SentencePiece space), for raw_token_label.
+_BYTE_LEVEL = {"\u0120": " ", "\u010a": "\n", "\u0109": "\t", "\u010d": "\r", "\u2581": " "}
 
 
 def figure(width: float, height: float) -> Figure:
@@ -133,17 +139,60 @@ def colormap(name: str) -> Colormap:
 def token_label(token: str, max_len: int | None = None) -> str:
     """Token text safe for a plot label.
 
-    Newline, carriage return and tab become ↵ ␍ ⇥; leading spaces (a word start in GPT-2/Llama tokens) become ␣;
-    other non-printable characters become \\xNN; "$" is escaped so matplotlib never reads mathtext; an empty token
-    is ∅; longer than max_len characters → shortened with "…".
+    Newline, carriage return and tab become ↵ ⇤ ⇥; leading spaces (a word start in GPT-2/Llama tokens) become ␣;
+    other non-printable characters become \\xNN, and a character the plot fonts lack (an emoji, a CJK character)
+    becomes \\uXXXX, so matplotlib never warns "Glyph … missing" or draws a box; "$" is escaped so matplotlib never
+    reads mathtext; an empty token is ∅; longer than max_len characters → shortened with "…".
     """
     s = str(token)
     stripped = s.lstrip(" ")
     s = "\u2423" * (len(s) - len(stripped)) + stripped
-    s = "".join(_VISIBLE.get(c, c) if c in _VISIBLE else c if c.isprintable() else f"\\x{ord(c):02x}" for c in s)
+    s = "".join(_visible(c) for c in s)
     if max_len is not None and len(s) > max_len:
         s = s[: max_len - 1] + "\u2026"
     return s.replace("$", r"\$") if s else "\u2205"
+
+
+def byte_level_text(token: str) -> str:
+    """A raw vocabulary token ("Ġthe", "Ċ", "▁Paris") as the text it stands for (" the", "\\n", " Paris")."""
+    return "".join(_BYTE_LEVEL.get(c, c) for c in str(token))
+
+
+def raw_token_label(token: str, max_len: int | None = None) -> str:
+    """token_label of a raw vocabulary token: its byte-level marks read as what they stand for first, so the label
+    shows ␣the, ↵, ␣Paris rather than Ġthe, Ċ, ▁Paris."""
+    return token_label(byte_level_text(token), max_len)
+
+
+def drawable_text(text: str) -> str:
+    """Free text (a user's text, a model id) as matplotlib can draw it without mathtext: control characters and
+    characters the plot fonts lack written as ↵ ⇤ ⇥, \\xNN or \\uXXXX (see token_label); draw with parse_math=False."""
+    return "".join(_visible(c) for c in str(text))
+
+
+def _visible(c: str) -> str:
+    if c in _VISIBLE:
+        return _VISIBLE[c]
+    if not c.isprintable():
+        return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+    if ord(c) not in _font_chars():
+        return f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
+    return c
+
+
+@functools.cache
+def _font_chars() -> frozenset[int]:
+    """Code points every font the figures use has (DejaVu Sans and DejaVu Sans Mono, regular and bold)."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    common: frozenset[int] | None = None
+    for family in ("DejaVu Sans", "DejaVu Sans Mono"):
+        for weight in ("normal", "bold"):
+            path = font_manager.findfont(font_manager.FontProperties(family=family, weight=weight))
+            chars = frozenset(FT2Font(path).get_charmap())
+            common = chars if common is None else common & chars
+    return common or frozenset(range(0x20, 0x7F))
 
 
 def token_labels(tokens: list[str], max_len: int | None = None) -> list[str]:
