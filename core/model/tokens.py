@@ -97,7 +97,9 @@ def tokenize(loaded: LoadedModel, text: str, max_tokens: int) -> Tokens:
     limit, reason = token_limit(loaded, max_tokens)
     enc = tok(text, return_tensors="pt", truncation=True, max_length=limit, return_special_tokens_mask=True)
     ids = enc["input_ids"][0].tolist()
-    truncated = len(ids) >= limit and len(tok(text, truncation=False)["input_ids"]) > limit
+    # the full length, counted without the tokenizer's "longer than the maximum" warning (verbose=False): the cut
+    # reaches the user as the result's own warning
+    truncated = len(ids) >= limit and len(tok(text, truncation=False, verbose=False)["input_ids"]) > limit
     return Tokens(
         input_ids=enc["input_ids"],
         attention_mask=enc["attention_mask"],
@@ -124,7 +126,7 @@ def encode_texts(loaded: LoadedModel, texts: Sequence[str], max_tokens: int) -> 
     limit, _ = token_limit(loaded, max_tokens)
     enc = tok(list(texts), truncation=True, max_length=limit, return_special_tokens_mask=True)
     long_idx = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) >= limit]
-    full = tok([texts[i] for i in long_idx], truncation=False)["input_ids"] if long_idx else []
+    full = tok([texts[i] for i in long_idx], truncation=False, verbose=False)["input_ids"] if long_idx else []
     cut = {i for i, ids in zip(long_idx, full) if len(ids) > limit}
     specials = special_ids(tok)
     return [

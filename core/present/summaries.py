@@ -120,7 +120,7 @@ def summary_figures(result: AnalysisResult) -> dict[str, int | float | None]:
         out[f"{n}_max_layer"] = int(np.nanargmax(x)) if ok else None
     er = m["effective_rank"]
     drops = er[:-1] - er[1:]
-    if len(drops) and not np.all(np.isnan(drops)):
+    if len(drops) and not np.all(np.isnan(drops)) and np.nanmax(drops) > 0:  # a flat rank has no largest drop
         i = int(np.nanargmax(drops))
         out["largest_erank_drop_layer"] = i + 1
         out["largest_erank_drop"] = float(drops[i])

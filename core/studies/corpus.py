@@ -300,8 +300,14 @@ class CorpusResult:
     def per_text_summary(self, metric: str) -> dict[str, np.ndarray]:
         """Median and interquartile range over texts of one single-text metric: {"median", "q25", "q75"} [L+1]."""
         v = self.per_text[metric]
-        with np.errstate(all="ignore"), contextlib.suppress(RuntimeWarning):
-            q = np.nanquantile(v, [0.25, 0.5, 0.75], axis=0) if v.size else np.full((3, self.n_layers), np.nan)
+        q = np.full((3, v.shape[1] if v.ndim == 2 else self.n_layers), np.nan)
+        # layers where no text has a value stay NaN: computed only over the others, so numpy never warns "All-NaN
+        # slice" on the console (np.errstate does not cover that warning, and catch_warnings is not thread-safe)
+        some = np.isfinite(v).any(axis=0) if v.size else np.zeros(q.shape[1], bool)
+        if some.any():
+            q[:, some] = np.nanquantile(v[:, some], [0.25, 0.5, 0.75], axis=0)
+        if not some.all():
+            log.debug("%s: no text has a value at layer(s) %s", metric, np.flatnonzero(~some).tolist())
         return {"q25": q[0], "median": q[1], "q75": q[2]}
 
     def to_bytes(self) -> bytes:
