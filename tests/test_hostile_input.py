@@ -18,7 +18,7 @@ import pytest
 
 from core.analysis.pipeline import analyze
 from core.cli import main as cli
-from core.infra.errors import ModelUnavailableError
+from core.infra.errors import InputError, ModelUnavailableError
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--no-animations", "--no-gradients", "--no-cache"]
@@ -531,3 +531,23 @@ def test_app_over_long_text_is_kept_and_reported(monkeypatch):
     assert at.session_state["text"] == long_text  # nothing dropped
     assert at.session_state["result"] is None
     assert at.error and f"{len(long_text)} characters" in at.error[0].value
+
+
+@pytest.mark.parametrize("text", ["\u200b\u200c\u200d", "\ufeff \u200b\n\u2060", "\u202e\u200f"])
+def test_a_text_of_invisible_characters_is_refused_in_words(text, tiny_bert, capsys, tmp_path, no_load):
+    with pytest.raises(InputError, match="no visible characters"):
+        analyze(tiny_bert, text, compute_gradients=False)
+    rc, _, err = run(["analyze", "--model", "m", "--text", text, "--out", str(tmp_path / "o.zip"), *FAST], capsys)
+    assert rc == 2 and "no visible characters" in one_short_line(err)
+
+
+def test_typed_special_tokens_get_a_note_and_only_special_tokens_are_refused(tiny_bert, tiny_gpt2):
+    with pytest.raises(InputError, match=r"only special tokens \('\[CLS\]', '\[SEP\]' typed as text\)"):
+        analyze(tiny_bert, "[CLS] [SEP]", compute_gradients=False)
+    r = analyze(tiny_bert, "the cat [SEP] sat", compute_gradients=False)
+    notes = [w for w in r.warnings if "typed as text" in w]
+    assert len(notes) == 1 and "'[SEP]'" in notes[0] and "'[CLS]'" not in notes[0]  # the added [CLS] is not typed
+    g = analyze(tiny_gpt2, "The cat<|endoftext|>The dog", compute_gradients=False)
+    assert any("'<|endoftext|>' typed as text" in w for w in g.warnings)
+    plain = analyze(tiny_bert, "the cat sat on the [MASK].", compute_gradients=False)  # how a masked LM is asked
+    assert not [w for w in plain.warnings if "typed as text" in w]

@@ -433,6 +433,19 @@ def check_text_length(text: str, what: str = "the text") -> None:
         )
 
 
+def check_visible(text: str, what: str = "the text") -> None:
+    """Refuse a text with nothing to see: only whitespace, control and format characters (zero-width spaces and
+    joiners, direction marks, a byte-order mark). A tokenizer drops them or maps them to nothing, and the model
+    would analyse its own special tokens ([CLS] [SEP]) alone."""
+    import unicodedata
+
+    if not any(not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf") for ch in text):
+        raise InputError(
+            f"{what} has no visible characters (only spaces, zero-width or control characters): type a sentence "
+            "to analyse"
+        )
+
+
 def check_corpus_size(texts: Iterable[str]) -> None:
     """InputError when a corpus holds more texts than TMA_MAX_CORPUS_TEXTS or one text is too long."""
     items = list(texts)

@@ -138,6 +138,31 @@ def attention_dtype(model_dtype: str) -> Any:
     return np.float16 if model_dtype in ("bfloat16", "float16") else np.float32
 
 
+def typed_special_note(tokenizer: Any, ids: list[int], special: list[bool], added: list[bool]) -> list[str]:
+    """Special-token strings typed in the text ("[CLS] [SEP]", "<|endoftext|>") become the model's own special
+    tokens: a one-line note naming them (the mask token aside), or an InputError when nothing but special tokens
+    is left to analyse."""
+    typed = [tokenizer.convert_ids_to_tokens(i) for i, s, a in zip(ids, special, added) if s and not a]
+    names = ", ".join(f"'{t}'" for t in dict.fromkeys(typed))
+    if all(special):
+        raise InputError(
+            f"the text is only special tokens ({names} typed as text): the model reads them as its own markers, "
+            "not as words; type a sentence to analyse"
+            if typed
+            else "the text left no token but the model's special tokens: type a sentence to analyse"
+        )
+    mask = getattr(tokenizer, "mask_token", None)  # "[MASK]" typed is how a masked LM is asked: no note for it
+    typed = [t for t in typed if t != mask]
+    names = ", ".join(f"'{t}'" for t in dict.fromkeys(typed))
+    if not typed:
+        return []
+    return [
+        f"the text contains {names} typed as text: the tokenizer made {'it' if len(set(typed)) == 1 else 'them'} "
+        "the model's special token, not words (analysed as such; switch on exclude_special_tokens to leave "
+        "special tokens out of the layer metrics)"
+    ]
+
+
 def capture(
     loaded: LoadedModel,
     text: str,
@@ -161,7 +186,9 @@ def capture(
     if ids.shape[1] == 0:
         raise InputError("the text produced no tokens")
     special = enc.special
-    warnings: list[str] = [enc.warning] if enc.warning else []
+    warnings: list[str] = typed_special_note(loaded.tokenizer, enc.ids, special, enc.added)
+    if enc.warning:
+        warnings.append(enc.warning)
 
     model = loaded.model
     norm = final_norm(model)

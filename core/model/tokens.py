@@ -16,7 +16,7 @@ Every text is tokenised with the model's special tokens and truncated to the lim
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -74,8 +74,9 @@ def special_mask(
 @dataclass(frozen=True)
 class Tokens:
     """One tokenised text as a batch of one. input_ids / attention_mask: torch long [1, T] on the CPU; ids: the
-    same ids as a list; special: True per special token (`special_mask`); truncated: the text was cut to `limit`
-    tokens, set by `limit_reason`."""
+    same ids as a list; special: True per special token (`special_mask`); added: True per special token the
+    tokenizer added itself ([CLS], BOS …; a special token that is special but not added was typed in the text);
+    truncated: the text was cut to `limit` tokens, set by `limit_reason`."""
 
     input_ids: Any
     attention_mask: Any
@@ -84,6 +85,7 @@ class Tokens:
     truncated: bool
     limit: int
     limit_reason: str
+    added: list[bool] = field(default_factory=list)
 
     @property
     def warning(self) -> str | None:
@@ -97,6 +99,7 @@ def tokenize(loaded: LoadedModel, text: str, max_tokens: int) -> Tokens:
     limit, reason = token_limit(loaded, max_tokens)
     enc = tok(text, return_tensors="pt", truncation=True, max_length=limit, return_special_tokens_mask=True)
     ids = enc["input_ids"][0].tolist()
+    added = [bool(a) for a in enc["special_tokens_mask"][0].tolist()]
     # the full length, counted without the tokenizer's "longer than the maximum" warning (verbose=False): the cut
     # reaches the user as the result's own warning
     truncated = len(ids) >= limit and len(tok(text, truncation=False, verbose=False)["input_ids"]) > limit
@@ -104,10 +107,11 @@ def tokenize(loaded: LoadedModel, text: str, max_tokens: int) -> Tokens:
         input_ids=enc["input_ids"],
         attention_mask=enc["attention_mask"],
         ids=ids,
-        special=special_mask(tok, ids, enc["special_tokens_mask"][0].tolist()),
+        special=special_mask(tok, ids, added),
         truncated=truncated,
         limit=limit,
         limit_reason=reason,
+        added=added,
     )
 
 

@@ -376,10 +376,12 @@ class AnalysisSettings(Settings):
 
     @staticmethod
     def check_text(text: object) -> str:
-        """The rules on a text to analyse: a non-empty string of at most max_text_chars() characters."""
+        """The rules on a text to analyse: a non-empty string of at most max_text_chars() characters, with at least
+        one visible character (not only zero-width or control characters)."""
         if not isinstance(text, str) or not text.strip():
             raise InputError("the text is empty: type a sentence to analyse")
         guards.check_text_length(text)  # TMA_MAX_TEXT_CHARS: refused with its length, never cut
+        guards.check_visible(text)
         return text
 
 
