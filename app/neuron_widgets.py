@@ -50,7 +50,7 @@ def neuron_factors_section(result: AnalysisResult) -> None:
         return
     first, last = sec.layers[0], sec.layers[-1]
     st.caption(
-        f"NMF of the MLP neuron activations of layers {first}–{last} ({len(sec.layers)} × {sec.d_ff} neurons) "
+        f"NMF of the MLP neuron activations of layers {first}–{last} ({sec.d_ff} neurons in each of {len(sec.layers)}) "
         f"over {result.n_tokens} tokens into {sec.n_factors} factors. Relative error "
         f"‖A − WH‖/‖A‖ = {sec.relative_error:.3f}; negative activations clipped to 0 "
         f"({100 * sec.clipped_fraction:.0f} % of the activation mass)."
