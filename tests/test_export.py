@@ -382,7 +382,7 @@ def test_token_labels_use_symbols_the_fonts_have():
     assert plotting.raw_token_label("č") == "⇤" and plotting.raw_token_label("▁Paris") == "␣Paris"
     assert plotting.token_label("中🙂") == "\\u4e2d\\U0001f642"  # no font we ship has them: named, not a box
     assert plotting.token_label("\u200b") == "\\u200b" and plotting.token_label("naïve $x$") == "naïve \\$x\\$"
-    for label in ("⇤↵⇥␣∅…", plotting.token_label(BYTE_LEVEL_TEXT), plotting.drawable_text(BYTE_LEVEL_TEXT)):
+    for label in ("⇤↵⇥␣∅…", plotting.token_label(BYTE_LEVEL_TEXT)):
         assert {ord(c) for c in label} <= plotting._font_chars(), label
 
 

@@ -164,12 +164,6 @@ def raw_token_label(token: str, max_len: int | None = None) -> str:
     return token_label(byte_level_text(token), max_len)
 
 
-def drawable_text(text: str) -> str:
-    """Free text (a user's text, a model id) as matplotlib can draw it without mathtext: control characters and
-    characters the plot fonts lack written as ↵ ⇤ ⇥, \\xNN or \\uXXXX (see token_label); draw with parse_math=False."""
-    return "".join(_visible(c) for c in str(text))
-
-
 def _visible(c: str) -> str:
     if c in _VISIBLE:
         return _VISIBLE[c]
