@@ -48,7 +48,7 @@ def neuron_factors_section(result: AnalysisResult) -> None:
             "architecture: see the warnings)."
         )
         return
-    first, last = sec.layers[0], sec.layers[-1]
+    first, last = sec.blocks  # blocks 1…L
     st.caption(
         f"NMF of the MLP neuron activations of layers {first}–{last} ({sec.d_ff} neurons in each of {len(sec.layers)}) "
         f"over {result.n_tokens} tokens into {sec.n_factors} factors. Relative error "
@@ -64,10 +64,7 @@ def neuron_factors_section(result: AnalysisResult) -> None:
     long_many = result.n_tokens > LONG_TEXT_TOKENS and len(chosen) > 2
     with st.container(height=2 * SHADED_TEXT_PX + 80) if long_many else st.container():
         for f in sorted(chosen):
-            neurons = ", ".join(
-                f"L{int(sec.top_layer[f, r])}·N{int(sec.top_neuron[f, r])}"
-                for r in range(min(5, sec.top_layer.shape[1]))
-            )
+            neurons = ", ".join(sec.neuron_name(f, r) for r in range(min(5, sec.top_layer.shape[1])))
             st.caption(f"Factor {f} · max {float(sec.token_factors[:, f].max()):.3g} · top neurons {neurons}")
             shaded_text(
                 tables.shaded_tokens_html(result.display_tokens, sec.token_factors[:, f], result.target_position),

@@ -8,7 +8,6 @@ import io
 import itertools
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from core.figures import animations
@@ -139,8 +138,8 @@ def test_neuron_factors_number_mlp_layers_as_blocks(deep):
 
     sec = deep.neuron_factors
     L = deep.n_layers
-    assert sec is not None and sec.layers == tuple(range(1, L + 1))
-    assert set(np.unique(sec.top_layer)) <= set(range(1, L + 1)) and L in set(np.unique(sec.top_layer))
+    assert sec is not None and sec.layers == tuple(range(L)) and sec.blocks == (1, L)  # indices stored, blocks shown
+    assert sec.neuron_name(0, 0) == f"L{int(sec.top_layer[0, 0]) + 1}·N{int(sec.top_neuron[0, 0])}"
     names = [s for s in _texts(neurons.top_neuron_figure(sec)) if "·N" in s]
     assert names and {int(s.split("·")[0][1:]) for s in names} <= set(range(1, L + 1))
     assert all(not s.startswith("L0·") for s in _texts(neurons.factor_figure(sec, deep.display_tokens)))

@@ -131,7 +131,8 @@ def test_clipped_fraction_and_layout_by_hand():
     assert (int(section.top_layer[0, 0]), int(section.top_neuron[0, 0])) == (4, 0)
     rows = section.factor_rows(["a", "b"])
     assert rows[0][:3] == [0, 0, "a"] and len(rows) == 2
-    assert section.top_rows()[0][:4] == [0, 0, 4, 0]
+    assert section.top_rows()[0][:4] == [0, 0, 5, 0]  # layer index 4 is block 5 in the CSV
+    assert section.neuron_name(0, 0) == "L5·N0" and section.blocks == (4, 5)
 
 
 def test_zero_matrix_and_k_capped():
@@ -199,7 +200,8 @@ def test_analysis_section_settings_and_bundle(tiny_gpt2, llama_result):
     from core.export.bundle import bundle_files
 
     sec = llama_result.neuron_factors
-    assert sec is not None and sec.layers == (1, 2) and sec.n_factors == 6 and sec.d_ff == 64  # blocks 1…L
+    assert sec is not None and sec.layers == (0, 1) and sec.n_factors == 6 and sec.d_ff == 64  # stored as indices
+    assert sec.blocks == (1, 2)  # shown as blocks 1…L
     assert llama_result.query_key is not None and "neuron_factors" in llama_result.timings
     off = analyze(tiny_gpt2, "The cat sat on the mat.", neuron_factors=0, compute_gradients=False, views="all")
     assert off.neuron_factors is None
@@ -211,7 +213,7 @@ def test_analysis_section_settings_and_bundle(tiny_gpt2, llama_result):
         compute_gradients=False,
         views="all",
     )
-    assert one.neuron_factors is not None and one.neuron_factors.layers == (2,) and one.neuron_factors.n_factors == 3
+    assert one.neuron_factors is not None and one.neuron_factors.layers == (1,) and one.neuron_factors.n_factors == 3
     files = bundle_files(one)
     rows = list(csv.reader(io.StringIO(files["neuron_factors.csv"].decode())))
     assert rows[0] == ["factor", "position", "token", "activation"] and len(rows) == 1 + 3 * one.n_tokens
@@ -283,4 +285,4 @@ def test_sidebar_neuron_settings_reach_the_analysis(tiny_dirs):
     at.switch_page(LAYERS).run()
     no_exception(at)
     sec = at.session_state["result"].neuron_factors
-    assert sec is not None and sec.n_factors == 2 and sec.layers == (2,)
+    assert sec is not None and sec.n_factors == 2 and sec.layers == (1,) and sec.blocks == (2, 2)

@@ -59,10 +59,7 @@ def factor_figure(
         top = b * block_h
         col = section.token_factors[:, f]
         scale = float(col.max()) or 1.0
-        neurons = ", ".join(
-            f"L{int(section.top_layer[f, r])}·N{int(section.top_neuron[f, r])}"
-            for r in range(min(5, section.top_layer.shape[1]))
-        )
+        neurons = ", ".join(section.neuron_name(f, r) for r in range(min(5, section.top_layer.shape[1])))
         ax.text(
             0,
             top + 0.6,
@@ -92,7 +89,7 @@ def top_neuron_figure(section: NeuronFactorSection, n: int = 10) -> Figure:
     fig = plotting.figure(3.3 * cols, 0.18 * n * rows + 0.9 * rows)
     for f in range(k):
         ax = fig.add_subplot(rows, cols, f + 1)
-        names = [f"L{int(section.top_layer[f, r])}·N{int(section.top_neuron[f, r])}" for r in range(n)]
+        names = [section.neuron_name(f, r) for r in range(n)]
         ax.barh(range(n), section.top_weight[f, :n], color="tab:orange")
         # the neuron names as plain texts beside the bars: matplotlib's Tick objects (two lines, a grid line and
         # two labels each) were half of this figure's cost
@@ -139,7 +136,7 @@ def report_section(result: AnalysisResult) -> list[tuple[str, list[str], list[li
     if sec is None:
         return []
     intro = (
-        f"Layers {sec.layers[0]}–{sec.layers[-1]}, {sec.d_ff} neurons each, k = {sec.n_factors} factors "
+        f"Layers {sec.blocks[0]}–{sec.blocks[1]}, {sec.d_ff} neurons each, k = {sec.n_factors} factors "
         f"(seed {sec.seed}); relative error ‖A − WH‖/‖A‖ = {sec.relative_error:.3f} after {sec.n_iter} "
         f"iterations; negative activations clipped ({100 * sec.clipped_fraction:.0f} % of the mass)."
     )
@@ -148,8 +145,6 @@ def report_section(result: AnalysisResult) -> list[tuple[str, list[str], list[li
         col = sec.token_factors[:, f]
         top_t = np.argsort(-col, kind="stable")[:5]
         toks = ", ".join(f"{result.display_tokens[t]!r}@{int(t)}" for t in top_t if col[t] > 0)
-        neurons = ", ".join(
-            f"L{int(sec.top_layer[f, r])}·N{int(sec.top_neuron[f, r])}" for r in range(min(5, sec.top_layer.shape[1]))
-        )
+        neurons = ", ".join(sec.neuron_name(f, r) for r in range(min(5, sec.top_layer.shape[1])))
         rows.append([f, toks, neurons])
     return [(intro, ["factor", "strongest tokens (token@position)", "heaviest neurons"], rows)]

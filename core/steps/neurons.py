@@ -151,12 +151,14 @@ class NeuronFactorSection:
     """Neuron factors of one analysis.
 
     Shapes: T = tokens, k = factors, n = TOP_NEURONS (or fewer when the range has fewer neurons).
-    layers: the blocks whose MLP neurons entered the factorisation, numbered 1…L as everywhere in the app
-        (contiguous; block b is the model's layer index b − 1).
+    layers: the model's layer indices (0-based, contiguous) whose MLP neurons entered the factorisation. Everything
+        a reader sees numbers them as blocks 1…L (index + 1), as the rest of the app: `blocks`, `neuron_name`,
+        neuron_factor_neurons.csv (top_rows), the figures, the PDF and the page. The stored arrays keep the indices,
+        so results stored by older versions read back unchanged.
     d_ff: neurons per layer (the width of the MLP output projection's input).
     token_factors: float32 [T, k], W of the NMF: factor f's strength at each token (the token shading).
-    top_layer, top_neuron: int32 [k, n], the neurons with the largest weight in H[f], largest first (top_layer
-        holds block numbers 1…L, neurons are numbered from 0 within their block).
+    top_layer, top_neuron: int32 [k, n], the neurons with the largest weight in H[f], largest first (top_layer holds
+        layer indices as `layers` does; neurons are numbered from 0 within their block).
     top_weight: float32 [k, n], those weights.
     error: ‖A − WH‖_F (scikit-learn's reconstruction_err_); relative_error: error / ‖A‖_F.
     clipped_fraction: Σ|min(a, 0)| / Σ|a| over the range, the share of activation mass removed by the clipping.
@@ -180,11 +182,20 @@ class NeuronFactorSection:
         T, k = self.token_factors.shape
         return [[f, t, tokens[t], float(self.token_factors[t, f])] for f in range(k) for t in range(T)]
 
+    @property
+    def blocks(self) -> tuple[int, int]:
+        """The first and last block of the range, numbered 1…L."""
+        return self.layers[0] + 1, self.layers[-1] + 1
+
+    def neuron_name(self, factor: int, rank: int) -> str:
+        """ "L<block 1…L>·N<neuron>" of the factor's rank-th heaviest neuron."""
+        return f"L{int(self.top_layer[factor, rank]) + 1}·N{int(self.top_neuron[factor, rank])}"
+
     def top_rows(self) -> list[list[object]]:
-        """Rows of neuron_factor_neurons.csv: factor, rank, layer, neuron, weight (H[factor, neuron])."""
+        """Rows of neuron_factor_neurons.csv: factor, rank, layer (block 1…L), neuron, weight (H[factor, neuron])."""
         k, n = self.top_layer.shape
         return [
-            [f, r, int(self.top_layer[f, r]), int(self.top_neuron[f, r]), float(self.top_weight[f, r])]
+            [f, r, int(self.top_layer[f, r]) + 1, int(self.top_neuron[f, r]), float(self.top_weight[f, r])]
             for f in range(k)
             for r in range(n)
         ]
@@ -200,7 +211,6 @@ def neuron_factors(
     """Factorise activations acts [len(layers), T, d_ff] (as captured) into a section (and the raw factorisation).
 
     The matrix is A = max(acts, 0) laid out as [T, len(layers)·d_ff], column (i, n) = layer layers[i], neuron n.
-    `layers` are the labels stored in the section (the analysis step passes block numbers 1…L).
     """
     if acts.ndim != 3 or acts.shape[0] != len(layers):
         raise ValueError(f"expected activations [{len(layers)}, T, d_ff], got {acts.shape}")
@@ -261,6 +271,5 @@ def run_neuron_factors(ctx: StepContext) -> NeuronFactorSection | None:
     except ValueError as exc:
         ctx.warn(str(exc))
         return None
-    blocks = [i + 1 for i in layers]  # stored and shown as blocks 1…L (core.present.chart_spec.block_number)
-    section, _fac = neuron_factors(acts, blocks, k=st.neuron_factors, seed=DEFAULT_SEED)
+    section, _fac = neuron_factors(acts, layers, k=st.neuron_factors, seed=DEFAULT_SEED)
     return section
