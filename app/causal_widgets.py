@@ -153,7 +153,7 @@ def show_result(res: PatchingResult) -> None:
     st.caption(
         f"m = logit(A) − logit(B) at position {res.target_position} ({res.target_reason}); answers from "
         f"{res.answers_from}. m_clean = {res.m_clean:.3f}, m_corrupted = {res.m_corrupted:.3f}. Sanity: "
-        f"block 0 at every position restores {res.sanity_block0:.4f} (should be 1), no patch "
+        f"block 1 at every position restores {res.sanity_block0:.4f} (should be 1), no patch "
         f"{res.sanity_identity:.4f} (should be 0)" + (" · from cache" if res.cache_hit else "")
     )
     if abs(res.denominator) < TINY_DIFFERENCE:

@@ -174,3 +174,18 @@ def test_head_ablation_and_patching_number_blocks_from_one(deep, tiny_gpt2, monk
     blocks = [str(b) for b in range(1, L + 1)]
     for texts in (heat, bars):
         assert all(b in texts for b in blocks) and "0" not in texts, texts
+
+
+def test_causal_page_tables_number_blocks_from_one(deep, tiny_gpt2):
+    from core.present.study_tables import component_frame, head_ablation_frame, patching_frame
+    from core.studies.patching import run_patching
+
+    L = deep.n_layers
+    assert deep.head_ablation is not None
+    assert sorted(set(head_ablation_frame(deep.head_ablation)["layer"])) == list(range(1, L + 1))
+    res = run_patching(tiny_gpt2, "The dog sat on the log", "The log sat on the dog")
+    assert sorted(set(patching_frame(res, "residual")["block"])) == list(range(1, L + 1))
+    bars = component_frame(res)
+    assert sorted(set(bars["block"])) == list(range(1, L + 1))
+    first = bars[(bars["block"] == 1) & (bars["component"] == "Attention output")]["restored"].item()
+    assert first == res.restored_all("attention")[0]  # block 1 = array row 0

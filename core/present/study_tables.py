@@ -1,6 +1,7 @@
 """Tables behind the Causal and Corpus pages' charts: pure functions from a PatchingResult, a HeadAblationSection or
 a CorpusResult to pandas DataFrames (no Streamlit, no torch; app/causal_widgets.py and app/corpus_widgets.py turn
-them into Altair charts). Shapes: L blocks, T positions, H heads.
+them into Altair charts). Shapes: L blocks, T positions, H heads. Blocks and layers are numbered 1…L, as on every
+other page (core.present.chart_spec.block_number); heads and positions from 0.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core.present.chart_spec import block_number
 from core.present.tables import readable_token
 from core.steps.ablation import HeadAblationSection
 from core.studies.corpus import CorpusResult
@@ -36,7 +38,7 @@ def patching_frame(res: PatchingResult, component: str) -> pd.DataFrame:
     r = res.restored(component)
     rows = [
         {
-            "block": l,
+            "block": block_number(l),
             "position": p,
             "clean token": res.clean_tokens[p],
             "corrupted token": res.corrupted_tokens[p],
@@ -59,7 +61,7 @@ def component_frame(res: PatchingResult, components: Sequence[str] = ("attention
 
     return pd.DataFrame(
         [
-            {"block": l, "component": COMPONENT_NAMES[c], "restored": float(res.restored_all(c)[l])}
+            {"block": block_number(l), "component": COMPONENT_NAMES[c], "restored": float(res.restored_all(c)[l])}
             for c in components
             for l in range(res.n_layers)
         ],
@@ -77,7 +79,7 @@ def head_ablation_frame(section: HeadAblationSection, head_scores: np.ndarray | 
     for l in range(L):
         for h in range(H):
             row: dict[str, Any] = {
-                "layer": l,
+                "layer": block_number(l),
                 "head": h,
                 "mean-ablation drop": float(-section.mean_ablation[l, h]),
                 "zero-ablation drop": float(-section.zero_ablation[l, h]),
