@@ -68,8 +68,7 @@ def test_fonttools_subset_chatter_is_kept_at_debug(tiny_gpt2, caplog):
 def test_a_cut_text_does_not_trigger_the_tokenizers_length_warning(minilm):
     import logging
 
-    from core.model.capture import tokenize
-    from core.studies.corpus import encode_texts
+    from core.model.tokens import encode_texts, tokenize
 
     records: list[logging.LogRecord] = []
 
@@ -86,7 +85,7 @@ def test_a_cut_text_does_not_trigger_the_tokenizers_length_warning(minilm):
         cut = encode_texts(minilm, ["word " * 700, "short"], 512)
     finally:
         logger.removeHandler(handler)
-    assert enc["truncated"] and [c.truncated for c in cut] == [True, False]  # the cut is still seen and reported
+    assert enc.truncated and [c.truncated for c in cut] == [True, False]  # the cut is still seen and reported
     assert not [r for r in records if "longer than the specified maximum" in r.getMessage()]
 
 
