@@ -140,7 +140,7 @@ def test_residual_restored_is_the_mean_over_pairs_of_plain_hooks(data, tiny_gpt2
         fracs.append((grid - m_k) / (m_c - m_k))
         fracs_all.append((every - m_k) / (m_c - m_k))
     want, want_all = np.mean(fracs, axis=0), np.mean(fracs_all, axis=0)
-    rows = {(l, p): r for l, p, c, *r in res.rows() if c == "residual"}
+    rows = {(l - 1, p): r for l, p, c, *r in res.rows() if c == "residual"}  # rows number blocks 1…L
     got = np.array([[rows[(l, p)][0] for p in range(res.n_tokens)] for l in range(res.n_layers)])
     got_all = np.array([rows[(l, -1)][0] for l in range(res.n_layers)])
     np.testing.assert_allclose(got, want, atol=1e-3)
@@ -156,7 +156,7 @@ def test_atp_equals_first_order_attribution_patching(data, tiny_gpt2):
         d = _hand_atp(tiny_gpt2, pair, rec.answer_id, rec.wrong_id)
         for c in COMPONENTS:
             want[c].append(d[c] / (rec.m_clean - rec.m_corrupted))
-    rows = {(l, p, c): r[-1] for l, p, c, *r in res.rows()}
+    rows = {(l - 1, p, c): r[-1] for l, p, c, *r in res.rows()}  # rows number blocks 1…L
     for c in COMPONENTS:
         mean = np.mean(want[c], axis=0)
         got = np.array([[rows[(l, p, c)] for p in range(res.n_tokens)] for l in range(res.n_layers)])
@@ -188,7 +188,7 @@ def test_top_k_patches_the_largest_atp_sites_exactly(data, tiny_gpt2):
     pairs, full = data
     top = run_pairs(tiny_gpt2, pairs, PairsSettings(top_k=4))
     assert len(top.top_sites) == 4
-    atp = {(c, l, p): abs(a) for l, p, c, *_r, a in full.rows()}
+    atp = {(c, l - 1, p): abs(a) for l, p, c, *_r, a in full.rows()}  # top_sites hold array indices
     chosen = [atp[s] for s in top.top_sites]
     others = [v for s, v in atp.items() if s not in top.top_sites]
     assert min(chosen) >= max(others)

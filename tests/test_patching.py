@@ -172,7 +172,7 @@ def test_same_answers_ask_for_another_pair(tiny_gpt2):
 def test_identical_texts_and_an_unchanged_margin_are_refused(tiny_gpt2, monkeypatch):
     """A run that cannot mean anything is refused with one line, not a table of NaN with a warning about the dtype."""
     with pytest.raises(InputError, match="identical"):
-        run_patching(tiny_gpt2, CAUSAL[0], CAUSAL[0], PatchingSettings(answer=" dog", wrong_answer="og"))
+        patching.patch(tiny_gpt2, CAUSAL[0], CAUSAL[0], PatchingSettings(answer=" dog", wrong_answer="og"))
     # different texts whose margins come out equal: the corrupted run answers with the clean run's logits
     calls: list[torch.Tensor] = []
     real = patching.target_logits
@@ -183,7 +183,7 @@ def test_identical_texts_and_an_unchanged_margin_are_refused(tiny_gpt2, monkeypa
 
     monkeypatch.setattr(patching, "target_logits", first_run_twice)
     with pytest.raises(InputError, match="divide by zero") as e:
-        run_patching(tiny_gpt2, *CAUSAL, PatchingSettings(answer=" dog", wrong_answer="og"))
+        patching.patch(tiny_gpt2, *CAUSAL, PatchingSettings(answer=" dog", wrong_answer="og"))
     assert "'Ġdog'" in str(e.value) and "\n" not in str(e.value)
 
 

@@ -49,7 +49,7 @@ def exact_vs_atp_heatmaps(result: PairsResult, component: str) -> bytes:
         ax.set_xticks(range(T))
         ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
         ax.set_yticks(range(L))
-        ax.set_yticklabels([str(l) for l in range(L)], fontsize=7)
+        ax.set_yticklabels([str(l + 1) for l in range(L)], fontsize=7)  # blocks 1…L
         ax.set_xlabel("position (first pair's clean token)")
         ax.set_ylabel("block")
         ax.set_title(f"{COMPONENT_LABELS[component]}: {title}", fontsize=8)

@@ -276,8 +276,9 @@ class PairsResult:
         return np.asarray(d / self._den(d.ndim)[1])
 
     def rows(self) -> list[tuple[int, int, str, float, int, float, float, float]]:
-        """Rows of patching.csv: (layer, position, component, restored, n_pairs, ci_low, ci_high, atp); restored
-        and its interval are the mean over the used pairs (NaN where not patched exactly); position −1 = all."""
+        """Rows of patching.csv: (layer, position, component, restored, n_pairs, ci_low, ci_high, atp); layer = block
+        1…L (array row layer − 1); restored and its interval are the mean over the used pairs (NaN where not patched
+        exactly); position −1 = all."""
         used = self.used
         out = []
         for c in COMPONENTS:
@@ -293,13 +294,13 @@ class PairsResult:
                     for p in [-1] if every else range(self.n_tokens):
                         j = 0 if every else p
                         cell = (float(mean[l, j]), int(n[l, j]), float(low[l, j]), float(high[l, j]))
-                        out.append((l, p, c, *cell, float(atp[l, j])))
+                        out.append((l + 1, p, c, *cell, float(atp[l, j])))  # blocks 1…L
         out.sort(key=lambda row: (COMPONENTS.index(row[2]), row[0], row[1]))
         return out
 
     def pair_rows(self) -> list[tuple[int, int, int, str, float, float, float, float, bool]]:
         """Rows of patching_pairs.csv: (pair, layer, position, component, restored, atp, m_patched, delta, near_tie)
-        for every pair (near ties included) and every cell."""
+        for every pair (near ties included) and every cell; layer = block 1…L."""
         out = []
         for i, rec in enumerate(self.pairs):
             for c in COMPONENTS:
@@ -310,7 +311,7 @@ class PairsResult:
                     cells = [(-1, r_all[l], a_all[l], m_all[l], d_all[l])]
                     cells += [(p, r[l, p], a[l, p], m[l, p], d[l, p]) for p in range(self.n_tokens)]
                     out += [
-                        (rec.index, l, p, c, float(x), float(y), float(z), float(w), rec.near_tie)
+                        (rec.index, l + 1, p, c, float(x), float(y), float(z), float(w), rec.near_tie)
                         for p, x, y, z, w in cells
                     ]
         return out

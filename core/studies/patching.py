@@ -427,15 +427,11 @@ def run_patching(
     """Activation patching clean → corrupted for every block, position and component (see the module docstring).
 
     Raises InputError for texts of different token lengths (naming both lengths and token lists), a target that
-    differs between the texts, answers that are not single tokens, A == B, identical texts, or m_clean ==
-    m_corrupted (restored = 0/0). Call with the model's lock free or
+    differs between the texts, answers that are not single tokens, or A == B (a data set of pairs calls it for
+    each pair; `patch`, the one-pair entry of the CLI and the page, also refuses identical texts and m_clean ==
+    m_corrupted). Call with the model's lock free or
     held by this thread (it takes `loaded.lock`)."""
     settings = settings or PatchingSettings()
-    if clean_text == corrupted_text:
-        raise InputError(
-            "the clean and the corrupted texts are identical: patching measures how much of the clean answer a "
-            "patch restores in a corrupted run, so change a word in the corrupted text"
-        )
     report = progress or silent
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -474,12 +470,6 @@ def run_patching(
             )
         m_clean = float(clean_logits[a] - clean_logits[b])
         m_corrupt = float(corrupt_logits[a] - corrupt_logits[b])
-        if m_clean == m_corrupt:  # restored = 0/0 everywhere: refused rather than a table of NaN
-            raise InputError(
-                f"logit('{_token_str(loaded, a)}') − logit('{_token_str(loaded, b)}') is {m_clean:.4g} in both "
-                "runs, so 'restored' would divide by zero: the corrupted text does not change the answer; change "
-                "a word that matters for it"
-            )
 
         import torch
 
@@ -568,8 +558,14 @@ def patch(
     progress: ProgressFn | None = None,
 ) -> PatchingResult:
     """`run_patching` behind the cache: the same model revision, texts, answers, settings and core version return
-    the stored result without running the model."""
+    the stored result without running the model. A run that cannot mean anything is refused with one line:
+    identical texts (before any pass), or m_clean == m_corrupted (restored = 0/0 in every cell)."""
     settings = settings or PatchingSettings()
+    if clean_text == corrupted_text:
+        raise InputError(
+            "the clean and the corrupted texts are identical: patching measures how much of the clean answer a "
+            "patch restores in a corrupted run, so change a word in the corrupted text"
+        )
     key = patching_cache_key(loaded.info(), clean_text, corrupted_text, settings)
     if cache is not None:
         hit = cache.get(key, PatchingResult)
@@ -578,6 +574,12 @@ def patch(
                 progress("Loaded from cache", 1.0)
             return dataclasses.replace(hit, cache_hit=True)
     result = dataclasses.replace(run_patching(loaded, clean_text, corrupted_text, settings, progress), cache_key=key)
+    if result.m_clean == result.m_corrupted:  # restored = 0/0 everywhere: refused rather than a table of NaN
+        raise InputError(
+            f"logit('{result.answer_token}') − logit('{result.wrong_token}') is {result.m_clean:.4g} in both runs, "
+            "so 'restored' would divide by zero: the corrupted text does not change the answer; change a word "
+            "that matters for it"
+        )
     if cache is not None:
         cache.set(key, result)  # never raises: a full or read-only disk becomes one warning, the result is kept
     return result
