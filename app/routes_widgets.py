@@ -161,7 +161,12 @@ def flow_chart(flow: FlowSection, position: int, threshold: float) -> alt.LayerC
     nodes, recs = layout(flow, flow.routes(position, threshold))
     T, L = len(flow.tokens), flow.n_layers
     x = alt.X("x:Q", title="token position", scale=alt.Scale(domain=[-0.7, T - 0.3]), axis=alt.Axis(tickMinStep=1))
-    y = alt.Y("y:Q", title="stage (0 = embeddings, 2l = after block l)", scale=alt.Scale(domain=[-1.6, 2 * L + 0.6]))
+    y = alt.Y(  # ticks at the stages only: the token labels sit below stage 0, and no stage −1 is drawn
+        "y:Q",
+        title="stage (0 = embeddings, 2l = after block l)",
+        scale=alt.Scale(domain=[-1.6, 2 * L + 0.6]),
+        axis=alt.Axis(values=[2 * l for l in range(L + 1)]),
+    )
     colour = alt.Color(
         "kind:N", scale=alt.Scale(domain=list(KIND_COLOURS), range=list(KIND_COLOURS.values())), title="edge"
     )

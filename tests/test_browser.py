@@ -127,20 +127,26 @@ def test_whole_app_in_a_browser(server, page):
 def test_offline_banner_in_a_browser(server, page):
     pg = page
     pg.goto(server + "/?model=gpt2")
-    settle(pg, '[data-testid="stSidebar"] textarea')
-    pg.locator('[data-testid="stSidebar"] textarea').fill("A text that must survive the error.")
-    pg.locator('[data-testid="stSidebar"] textarea').blur()
+    settle(pg, '[data-testid="stSidebar"] .st-key-text textarea')
+    pg.locator('[data-testid="stSidebar"] .st-key-text textarea').fill("A text that must survive the error.")
+    pg.locator('[data-testid="stSidebar"] .st-key-text textarea').blur()
     settle(pg)
     click(pg, '[data-testid="stSidebar"] .st-key-analyze button')
     settle(pg, '[data-testid="stAlertContentError"]', timeout=60_000)
     no_exception_box(pg)
     assert "not available" in pg.locator('[data-testid="stAlertContentError"]').first.inner_text().lower()
-    assert pg.locator('[data-testid="stSidebar"] textarea').input_value() == "A text that must survive the error."
+    assert (
+        pg.locator('[data-testid="stSidebar"] .st-key-text textarea').input_value()
+        == "A text that must survive the error."
+    )
     pg.screenshot(path=str(SHOTS / "08_offline_banner.png"), full_page=False)
     click(pg, ".st-key-switch_bundled button")
     settle(pg, '[data-testid="stMain"] [data-testid="stMetric"]', timeout=240_000)
     no_exception_box(pg)
-    assert pg.locator('[data-testid="stSidebar"] textarea').input_value() == "A text that must survive the error."
+    assert (
+        pg.locator('[data-testid="stSidebar"] .st-key-text textarea').input_value()
+        == "A text that must survive the error."
+    )
 
 
 def teardown_module(module):  # keep the folder even when empty, so CI always has something to upload

@@ -95,7 +95,7 @@ def analyse(pg, server: str, text: str, max_tokens_steps: int) -> None:
     """Type the text, move "Max tokens" right by `max_tokens_steps` options (128 → 512 is 2), press Analyze."""
     pg.goto(server + "/")
     settle(pg, '[data-testid="stSidebar"] .st-key-analyze button')
-    box = pg.locator('[data-testid="stSidebar"] textarea')
+    box = pg.locator('[data-testid="stSidebar"] .st-key-text textarea')
     box.fill(text)
     box.blur()
     settle(pg)

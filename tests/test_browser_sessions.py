@@ -88,7 +88,7 @@ def test_six_sessions_at_once(server, browser):
         pg.goto(url + "/")
     for pg, (text, change) in zip(pages, SESSIONS):
         settle(pg, '[data-testid="stSidebar"] .st-key-analyze button')
-        area = pg.locator('[data-testid="stSidebar"] textarea').first
+        area = pg.locator('[data-testid="stSidebar"] .st-key-text textarea').first
         area.fill(text)
         area.blur()
         settle(pg)

@@ -295,3 +295,17 @@ def test_page_chart_labels_at_most_every_nth_token(tiny_gpt2):
     assert list(labels["x"]) == sorted(set(range(0, T, step)) | {T - 2})
     short = analyze(tiny_gpt2, "The cat sat.", views=["flow"], compute_gradients=False)
     assert list(flow_chart(short.flow, 0, 0.04).layer[2].data["x"]) == list(range(short.n_tokens))
+
+
+def test_page_chart_ticks_only_real_stages(tiny_gpt2):
+    """The y axis of the Flow routes chart ticks the stages 0, 2, …, 2L only: the token labels sit below stage 0 and
+    the axis showed a stage −1 there (issue 25)."""
+    from app.routes_widgets import flow_chart
+    from core import analyze
+
+    r = analyze(tiny_gpt2, "The cat sat on the mat.", views=["flow"], compute_gradients=False)
+    spec = flow_chart(r.flow, r.n_tokens - 1, 0.04).to_dict()
+    ticks = {
+        tuple(layer["encoding"]["y"]["axis"]["values"]) for layer in spec["layer"] if "axis" in layer["encoding"]["y"]
+    }
+    assert ticks == {tuple(range(0, 2 * r.n_layers + 1, 2))}
