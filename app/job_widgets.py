@@ -26,7 +26,7 @@ def follow(
     """Show the session's job `name`: while it runs, its progress and a Cancel button (until it ends); then call
     `collect(job)` once per job, which stores its result or its error line in the session. Returns the job. `key`
     names the Cancel button when one script run follows two jobs of the same name."""
-    from app.widgets import md_escape
+    from app.markdown import md_escape
 
     state = st.session_state
     job = jobs.get(state, name)

@@ -17,9 +17,9 @@ import streamlit as st
 
 from app import job_widgets, jobs, sae_widgets
 from app.loading import get_model, get_result_cache, is_loaded
+from app.markdown import md_escape
 from app.settings_widgets import draw_settings, settings_from_state
 from app.state import OTHER_MODEL, Keys
-from app.widgets import md_escape
 from core.analysis.pipeline import VIEWS, add_views
 from core.analysis.result import AnalysisResult
 from core.export.zip_export import build_zip

@@ -505,3 +505,26 @@ def test_the_map_docstring_says_how_to_add_a_family():
     doc = arch.__doc__ or ""
     assert "Adding a family touches this file only" in doc
     assert all(word in doc for word in ("BUILDERS", "ARCH_PREFIXES", "builder"))
+
+
+def _app_graph() -> dict[str, set[str]]:
+    """app/ modules and the app/ modules each imports (at run time or inside functions)."""
+    app = ROOT / "app"
+    names = {p.stem for p in app.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for p in app.glob("*.py"):
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module == "app":
+                    deps |= {a.name for a in node.names if a.name in names}
+                elif node.module.startswith("app."):
+                    deps.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                deps |= {a.name.split(".")[1] for a in node.names if a.name.startswith("app.")}
+        graph[p.stem] = deps - {p.stem}
+    return graph
+
+
+def test_app_has_no_import_cycle():
+    assert find_cycle(_app_graph()) is None

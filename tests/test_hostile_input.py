@@ -482,7 +482,7 @@ def test_pdf_of_a_hostile_text(tiny_gpt2):
     ],
 )
 def test_md_escape_leaves_no_markdown(hostile):
-    from app.widgets import md_escape
+    from app.markdown import md_escape
 
     out = md_escape(hostile)
     unescaped = re.sub(r"\\.|(`+).*?\1", "", out)  # drop escaped characters and code spans: the rest must be inert
