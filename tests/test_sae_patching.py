@@ -170,7 +170,8 @@ def test_cli_patch_sae(tiny_dirs, tmp_path, capsys):
     _sae(sae_dir, 32, "blocks.1.hook_resid_pre")
     out = tmp_path / "o.zip"
     args = ["patch", "--model", str(tiny_dirs["gpt2"]), "--clean", CAUSAL[0], "--corrupt", CAUSAL[1],
-            "--answer", " dog", "--wrong-answer", "og", "--sae", str(sae_dir), "--feature", "2", "--out", str(out)]  # fmt: skip
+            "--answer", " dog", "--wrong-answer", "og", "--sae", str(sae_dir), "--feature", "2",
+            "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     with zipfile.ZipFile(out) as z:
         rows = list(csv.reader(io.StringIO(z.read("sae_patching.csv").decode())))

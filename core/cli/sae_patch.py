@@ -101,7 +101,8 @@ def run_sae_patch(args: argparse.Namespace, clean: str, corrupt: str) -> int:
             f"wrote {path} ({result.hook_name} feature {result.feature}: answer {result.answer_token!r} vs "
             f"{result.wrong_token!r}; restored at every position: feature "
             f"{result.restored(result.feature_patch_all):.3f}, error {result.restored(result.error_patch_all):.3f}, "
-            f"whole site {result.restored(result.site_patch_all):.3f}; ablation Δm {result.feature_ablation_all:+.3f})\n"
+            f"whole site {result.restored(result.site_patch_all):.3f}; "
+            f"ablation Δm {result.feature_ablation_all:+.3f})\n"
         )
         print_warnings(list(result.warnings))
     return 0

@@ -43,8 +43,8 @@ from core.run.progress import ProgressFn, silent
 from core.studies.patching import (
     TINY_DIFFERENCE,
     PatchingSettings,
-    _tokenize,
     _token_str,
+    _tokenize,
     choose_patch_target,
     resolve_answer,
     restored_score,
