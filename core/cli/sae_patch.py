@@ -18,20 +18,7 @@ from pathlib import Path
 
 from core.cli.common import check_out, fail, print_warnings
 from core.infra.formats import csv_bytes, json_bytes, write_files
-from core.studies.sae_patching import SAEPatchingResult
-
-CSV_HEADER = [
-    "site",
-    "intervention",
-    "position",
-    "restored",
-    "delta_m",
-    "m",
-    "clean_activation",
-    "corrupted_activation",
-    "clean_token",
-    "corrupted_token",
-]
+from core.studies.sae_patching import CSV_HEADER, SAEPatchingResult
 
 
 def bundle(result: SAEPatchingResult) -> dict[str, bytes]:

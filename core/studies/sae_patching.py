@@ -57,6 +57,19 @@ if TYPE_CHECKING:
 
 #: The sites of the rows (`site` column of sae_patching.csv): the feature, the error term, the whole activation.
 SITES = ("feature", "error", "site")
+#: The columns of `SAEPatchingResult.rows()` (sae_patching.csv).
+CSV_HEADER = [
+    "site",
+    "intervention",
+    "position",
+    "restored",
+    "delta_m",
+    "m",
+    "clean_activation",
+    "corrupted_activation",
+    "clean_token",
+    "corrupted_token",
+]
 
 
 @serializable
