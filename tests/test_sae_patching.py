@@ -190,3 +190,42 @@ def test_cli_patch_sae(tiny_dirs, tmp_path, capsys):
     assert main([*args[:-4], "--feature", "1", "--hook", "blocks.0.hook_mlp_out", "--out", str(tmp_path / "y")]) == 2
     assert main(["patch", "--model", str(tiny_dirs["gpt2"]), "--clean", "a b", "--corrupt", "c d",
                  "--sae", str(sae_dir), "--out", str(tmp_path / "z")]) == 2  # fmt: skip
+
+
+def test_causal_page_sae_tab(tiny_dirs, tmp_path):
+    from test_causal_page import CLEAN, CORRUPT, ForwardCounter, causal_page
+
+    from app.state import Keys
+
+    at = causal_page(tiny_dirs["gpt2"])
+    assert "SAE feature" not in [t.label for t in at.tabs]  # no SAE folders in the sidebar: no tab
+    folder = tmp_path / "my-sae"
+    _sae(folder, 32, "blocks.1.hook_resid_pre")
+    at.session_state[Keys.SAE_DIRS] = str(folder)
+    at.text_area(key=Keys.PATCH_CLEAN).input(CLEAN)
+    at.text_area(key=Keys.PATCH_CORRUPT).input(CORRUPT)
+    at.text_input(key=Keys.PATCH_ANSWER).input(" dog")
+    at.text_input(key=Keys.PATCH_WRONG).input("og")
+    at.run()
+    assert "SAE feature" in [t.label for t in at.tabs]
+    at.number_input(key=Keys.SAE_PATCH_FEATURE).set_value(3).run()
+    with ForwardCounter() as fc:
+        at.button(key=Keys.SAE_PATCH_RUN).click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert fc.calls > 0
+    res = at.session_state[Keys.SAE_PATCH_RESULT]
+    assert res is not None and res.feature == 3 and not at.session_state[Keys.SAE_PATCH_ERROR]
+    ref = run_sae_patching(_loaded_for(tiny_dirs), *CAUSAL, load_sae(folder), 3, ANSWERS)
+    assert res.feature_patch_all == pytest.approx(ref.feature_patch_all, abs=1e-6)
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Restored by the feature"] == f"{ref.restored(ref.feature_patch_all):.3f}"
+    assert shown["Ablating the feature: Δm"] == f"{ref.feature_ablation_all:+.3f}"
+    with ForwardCounter() as fc:
+        at.number_input(key=Keys.SAE_PATCH_FEATURE).set_value(4).run()  # changed, not run
+    assert fc.calls == 0 and at.session_state[Keys.SAE_PATCH_RESULT] is res
+
+
+def _loaded_for(tiny_dirs):
+    from core.model.loading import load_model
+
+    return load_model(str(tiny_dirs["gpt2"]))
