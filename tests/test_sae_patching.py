@@ -23,7 +23,9 @@ from core.studies.patching import PatchingSettings, run_patching
 from core.studies.sae_patching import added_metrics, error_term, feature_term, recorded_run, run_sae_patching
 
 CAUSAL = ("The dog sat on the log", "The log sat on the dog")
+MASKED = ("The dog sat on the [MASK].", "A bird flew over the [MASK].")
 ANSWERS = PatchingSettings(answer=" dog", wrong_answer="og")
+BERT_ANSWERS = PatchingSettings(answer="test", wrong_answer="##ran")
 D_SAE = 12
 
 
@@ -105,29 +107,37 @@ def test_feature_patch_equals_hand_written_hook(kind, tiny_gpt2, tiny_llama, tmp
     assert r == pytest.approx((res.feature_patch_all - res.m_corrupted) / (res.m_clean - res.m_corrupted))
 
 
-def test_error_plus_all_features_equals_whole_site(tiny_gpt2, tmp_path):
-    loaded = tiny_gpt2
+@pytest.mark.parametrize("kind", ["gpt2", "bert"])
+def test_error_plus_all_features_equals_whole_site(kind, tiny_gpt2, tiny_bert, tmp_path):
+    loaded = tiny_gpt2 if kind == "gpt2" else tiny_bert
+    texts = CAUSAL if kind == "gpt2" else MASKED
+    answers = ANSWERS if kind == "gpt2" else BERT_ANSWERS
     sae = _sae(tmp_path / "s", 32, "blocks.1.hook_resid_pre", seed=3)
-    res = run_sae_patching(loaded, *CAUSAL, sae, 0, ANSWERS)
+    res = run_sae_patching(loaded, *texts, sae, 0, answers)
     # the whole site at every position = ordinary patching's residual row of block 1 (an independent code path)
-    ref = run_patching(loaded, *CAUSAL, ANSWERS)
-    assert res.site_patch_all == pytest.approx(float(ref.metric_all["residual"][1]), abs=1e-4)
+    ref = run_patching(loaded, *texts, answers)
+    assert res.m_clean == pytest.approx(ref.m_clean, abs=1e-5)
+    assert res.m_corrupted == pytest.approx(ref.m_corrupted, abs=1e-5)
+    assert res.site_patch_all == pytest.approx(float(ref.metric_all["residual"][1]), abs=1e-5)
     assert res.restored(res.site_patch_all) == pytest.approx(float(ref.restored_all("residual")[1]), abs=1e-4)
     # error + every feature, each term computed separately, added together
     s = site(model_parts(loaded.model), sae.hook_name)
-    c_ids, c_mask = _ids(loaded, CAUSAL[0]), torch.ones_like(_ids(loaded, CAUSAL[0]))
-    k_ids = _ids(loaded, CAUSAL[1])
-    pos = c_ids.shape[1] - 1
-    xc, _ = recorded_run(loaded, s, c_ids, c_mask, pos)
-    xk, _ = recorded_run(loaded, s, k_ids, c_mask, pos)
+    c_ids, k_ids = _ids(loaded, texts[0]), _ids(loaded, texts[1])
+    mask = torch.ones_like(c_ids)
+    pos = res.target_position
+    xc, _ = recorded_run(loaded, s, c_ids, mask, pos)
+    xk, _ = recorded_run(loaded, s, k_ids, mask, pos)
     delta = error_term(sae, xc) - error_term(sae, xk)
     for f in range(sae.d_sae):
         delta = delta + feature_term(sae, xc, f)[0] - feature_term(sae, xk, f)[0]
     every = torch.ones(1, xc.shape[0], dtype=torch.bool)
-    summed = added_metrics(loaded, s, delta, k_ids, c_mask, pos, every, res.answer_id, res.wrong_id)[0]
-    assert summed == pytest.approx(res.site_patch_all, abs=1e-4)
-    # the error term alone: the sum minus every feature's share
-    assert np.isfinite(res.error_patch_all)
+    summed = added_metrics(loaded, s, delta, k_ids, mask, pos, every, res.answer_id, res.wrong_id)[0]
+    assert summed == pytest.approx(res.site_patch_all, abs=1e-5)
+    assert abs(res.site_patch_all - res.m_corrupted) > 1e-4  # the site matters: the check is not 0 = 0
+    # the error term alone, by the same additive delta
+    err_only = added_metrics(loaded, s, error_term(sae, xc) - error_term(sae, xk), k_ids, mask, pos, every,
+                             res.answer_id, res.wrong_id)[0]  # fmt: skip
+    assert res.error_patch_all == pytest.approx(err_only, abs=1e-5)
 
 
 @pytest.mark.parametrize("hook", ["blocks.0.hook_mlp_out", "blocks.1.attn.hook_z", "blocks.0.hook_resid_post"])
@@ -188,6 +198,15 @@ def test_cli_patch_sae(tiny_dirs, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "out of range" in err[0]
     assert main([*args[:-4], "--feature", "1", "--hook", "blocks.0.hook_mlp_out", "--out", str(tmp_path / "y")]) == 2
+    # two SAEs: --hook names the one to use; without it, one line
+    other = tmp_path / "t"
+    _sae(other, 32, "blocks.0.hook_mlp_out", seed=1)
+    two = [*args[:-4], "--sae", str(other), "--feature", "2"]
+    assert main([*two, "--out", str(tmp_path / "two.zip")]) == 2
+    assert "--hook" in capsys.readouterr().err
+    assert main([*two, "--hook", "blocks.0.hook_mlp_out", "--out", str(tmp_path / "two.zip")]) == 0
+    with zipfile.ZipFile(tmp_path / "two.zip") as z:
+        assert json.loads(z.read("sae_patching.json"))["sae"]["hook_name"] == "blocks.0.hook_mlp_out"
     assert main(["patch", "--model", str(tiny_dirs["gpt2"]), "--clean", "a b", "--corrupt", "c d",
                  "--sae", str(sae_dir), "--out", str(tmp_path / "z")]) == 2  # fmt: skip
 
