@@ -114,6 +114,11 @@ class Keys:
     PATCH_ERROR = "patch_error"  # its error message, or None
     PATCH_FAMILY = "patch_family"  # the family the example texts were filled in for
     PATCH_ZIP = "patch_zip"  # app.downloads.OnceBytes of the shown patching result's ZIP
+    SAE_PATCH_DIR = "sae_patch_dir"  # selectbox: the SAE folder whose feature is patched (app/sae_patch_widgets.py)
+    SAE_PATCH_FEATURE = "sae_patch_feature"  # number input: the feature
+    SAE_PATCH_RUN = "sae_patch_run"  # the Run button
+    SAE_PATCH_RESULT = "sae_patch_result"  # the last core.studies.sae_patching.SAEPatchingResult
+    SAE_PATCH_ERROR = "sae_patch_error"  # its error message, or None
 
     # --- corpus page -------------------------------------------------------------------------------------------
     CORPUS_RESULT = "corpus_result"  # the last finished core.studies.corpus.CorpusResult
@@ -195,6 +200,8 @@ PAGE_INPUTS = (
     Keys.PATCH_ANSWER,
     Keys.PATCH_WRONG,
     Keys.PATCH_COMPONENT,
+    Keys.SAE_PATCH_DIR,
+    Keys.SAE_PATCH_FEATURE,
     Keys.CMP_MODE,
     Keys.CMP_MODEL_A,
     Keys.CMP_CUSTOM_A,

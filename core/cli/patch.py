@@ -1,6 +1,7 @@
 """`python -m core patch`: activation patching of a clean and a corrupted text, written as a small bundle.
 
     python -m core patch --model M --clean "The Eiffel Tower is in" --corrupt "The Colosseum is in" --out p.zip
+    python -m core patch --model M --clean C --corrupt K --sae DIR --feature F [--hook NAME] --out p.zip
     python -m core patch --model M --pairs pairs.csv [--clean-column clean] [--corrupt-column corrupt] \
         [--answer-column A] [--wrong-column B] [--atp-only | --top K] --out p.zip
 
@@ -10,7 +11,8 @@ plots/*.png and manifest.json and report.pdf. Bundle of a pair data set (core/st
 (`layer,position,component,restored,n_pairs,ci_low,ci_high,atp`: restored = the mean over pairs of each pair's
 restored fraction, its Student-t interval over pairs, and attribution patching's estimate), patching_pairs.csv
 (every pair's cells), patching.json (pairs, answers, near ties, exact-vs-AtP correlation), plots/*.png,
-manifest.json and report.pdf. Bad input: one line on stderr and exit 2 (the exit codes of core/cli/main.py).
+manifest.json and report.pdf. Bundle of one SAE feature (core/cli/sae_patch.py): sae_patching.csv,
+sae_patching.json, manifest.json. Bad input: one line on stderr and exit 2 (the exit codes of core/cli/main.py).
 """
 
 from __future__ import annotations
@@ -73,6 +75,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     g.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray cluster)")
     g.add_argument("--workers", type=int, default=2, help="Ray workers (model replicas), default 2")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray worker (default 0)")
+    s = p.add_argument_group("one sparse-autoencoder feature as the site (core/studies/sae_patching.py)")
+    s.add_argument("--sae", action="append", default=None, metavar="DIR", help="SAE folder(s) in SAELens's format")
+    s.add_argument("--feature", type=int, default=None, metavar="F", help="the feature to patch and ablate")
+    s.add_argument("--hook", default=None, metavar="NAME", help="which --sae, by its hook (needed with several)")
     PatchingSettings.add_cli_arguments(p)  # --answer, --wrong-answer, --max-tokens, --no-per-position-components
     p.add_argument("--out", required=True, type=out_path, help="output: a path ending in .zip, or a folder")
     add_load_options(p)
@@ -266,9 +272,15 @@ def run(args: argparse.Namespace) -> int:
     if args.pairs is not None:
         if clean is not None or corrupt is not None:
             fail("give either --pairs FILE or --clean and --corrupt, not both")
+        if args.sae or args.feature is not None:
+            fail("--sae / --feature patch one pair: give --clean and --corrupt, not --pairs")
         return run_pairs_file(args)
     if clean is None or corrupt is None:
         fail("give --clean and --corrupt (texts or files), or --pairs FILE")
+    if args.sae or args.feature is not None or args.hook is not None:
+        from core.cli.sae_patch import run_sae_patch
+
+        return run_sae_patch(args, clean, corrupt)
     if args.atp_only or args.top is not None or args.engine != "local":
         fail("--atp-only, --top and --engine apply to a data set of pairs (--pairs FILE)")
     if clean == corrupt:

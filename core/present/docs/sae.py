@@ -171,6 +171,55 @@ SAE_ENTRIES: list[dict[str, Any]] = [
         sources=["core.steps.sae:intervene"],
     ),
     dict(
+        key="sae_feature_patching",
+        title="SAE feature patching",
+        kind="causal",
+        short="Patch one feature (or the SAE's error term) from the clean run into the corrupted run: restored share.",
+        formula_latex=(
+            r"x_t^{\text{corr}} \gets x_t^{\text{corr}} + (c_t^{\text{clean}} - c_t^{\text{corr}}), \quad "
+            r"c_t = \hat x(f_t) - \hat x(f_t \text{ with } f_{t,F}=0) \;(= f_{t,F}\,W_{dec}[F]) \qquad "
+            r"\text{restored} = \frac{m_{\text{patched}} - m_{\text{corr}}}{m_{\text{clean}} - m_{\text{corr}}}"
+        ),
+        formula_plain=(
+            "x_t^corr ← x_t^corr + (c_t^clean − c_t^corr) with c_t = x̂(f_t) − x̂(f_t with feature F set to 0) "
+            "(= a_F · W_dec[F] without normalisation); error term e_t = x_t − x̂_t likewise; restored = "
+            "(m_patched − m_corr) / (m_clean − m_corr), m = logit(A) − logit(B) at the target; ablation: "
+            "Δm = m(clean with x_t ← x_t − c_t^clean) − m_clean"
+        ),
+        definition=(
+            "Activation patching with a sparse-autoencoder feature as the site: the corrupted run is repeated with "
+            "the feature's contribution at the SAE's hook replaced by the clean run's, at one position at a time "
+            "and at every position at once, and scored like every patching row (1 = the clean answer is fully "
+            "restored, 0 = no effect). The SAE's error term x − x̂ is patched the same way, and the whole hook "
+            "activation at every position for comparison: for an SAE without normalisation, the error term plus "
+            "every feature is exactly the whole activation (b_dec cancels). Ablation removes the feature (or the "
+            "error term) from the clean run and reports the change Δm of the metric: the feature's total effect "
+            "on this answer."
+        ),
+        high=(
+            "A restored share near the whole site's: this one feature carries what the hook carries for the "
+            "answer. A large negative Δm on ablation: the clean answer needs it."
+        ),
+        low=(
+            "Near 0 while the whole site restores much: the answer is carried by other features or by the error "
+            "term (compare the error row)."
+        ),
+        encoder_vs_decoder=(
+            "Same for both; in a causal model positions after the target cannot change it (they keep m_corrupted)."
+        ),
+        pitfalls=[
+            P_RECONSTRUCTION,
+            "A large restored share for the error term means the SAE misses what matters here: no feature "
+            "reading of this hook explains the answer.",
+            "Patching a feature keeps every other feature at its corrupted value; features that split one concept "
+            "(feature splitting) can each restore little while together they restore much.",
+            "The feature's activation in the corrupted run is read with the SAE's encoder; a feature off in both "
+            "runs restores 0 by construction (the page warns).",
+        ],
+        references=[R_BRICKEN, R_CUNNINGHAM, R_BLOOM],
+        sources=["core.studies.sae_patching:run_sae_patching"],
+    ),
+    dict(
         key="fig_sae_heatmap",
         title="SAE features × positions",
         kind="figure",
