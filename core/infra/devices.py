@@ -141,8 +141,9 @@ def cpu_dtype_warning(dtype: str, device: str) -> str | None:
         return None
     import torch
 
+    f = cpu_slowdown(dtype)
+    advice = "; load the model in float32 for speed" if f > 1.5 else ""
     return (
-        f"{dtype} on this CPU ({torch.backends.cpu.get_cpu_capability()}, no native {dtype}) computes "
-        f"{cpu_slowdown(dtype):.0f}× slower than float32 (a {SLOWDOWN_SIZE}² matmul measured here): "
-        "load the model in float32 for speed"
+        f"{dtype} on this CPU ({torch.backends.cpu.get_cpu_capability()}, no native {dtype}) takes "
+        f"{f:.1f}× the time of float32 (a {SLOWDOWN_SIZE}² matmul measured here){advice}"
     )
