@@ -74,12 +74,40 @@ def test_head_rows_are_proximities_under_the_same_normaliser():
     assert f.attn[l, i, j] == pytest.approx(prox(tok_parts[j]) / Z, rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["gpt2", "bert", "llama", *FAMILIES])
+@pytest.mark.parametrize("chunk_floats", [None, 1000])
+def test_batched_path_equals_the_pre_issue_24_loop(kind, chunk_floats):
+    """The batched products (baddbmm + one L1 reduction) give the contributions and head rows of the old einsum
+    loop, kept in tests/flow_reference.py, on every family (Gemma-2's frozen update norm included). Both are float32
+    differences ‖y‖₁ − ‖y − c‖₁ of near-equal sums, so they agree to float rounding of ‖y‖₁ (≈ 1e-5 of a share)."""
+    from tests.flow_reference import compute_flow_reference
+
+    loaded = tiny_family_loaded(kind)
+    dec, new = _flow(loaded, chunk_floats=chunk_floats)
+    kw = {"chunk_floats": chunk_floats} if chunk_floats else {}
+    old = compute_flow_reference(dec, list(new.tokens), len(new.tokens) - 1, **kw)
+    for name in ("attn", "attn_residual", "attn_bias", "mlp", "mlp_residual"):
+        np.testing.assert_allclose(getattr(new, name), getattr(old, name), atol=2e-5, err_msg=name)
+    key = lambda f: {
+        (int(a), int(b), int(c), int(d)): float(w)
+        for a, b, c, d, w in zip(f.head_layer, f.head_target, f.head_source, f.head_index, f.head_weight)
+    }
+    kn, ko = key(new), key(old)
+    # a head row sits on the HEAD_STORE_MIN boundary only by float rounding: compare the rows clear of it
+    clear = lambda k: {e for e, w in k.items() if abs(w - 0.005) > 5e-5}
+    assert clear(kn) == clear(ko)
+    if kind == "gpt2":  # the hand-checked family has head rows
+        assert len(kn) > 0
+    np.testing.assert_allclose([kn[e] for e in sorted(clear(kn))], [ko[e] for e in sorted(clear(kn))], atol=2e-5)
+
+
 def test_chunking_does_not_change_the_result():
     loaded = tiny_family_loaded("gpt2")
     _, a = _flow(loaded)
     _, b = _flow(loaded, chunk_floats=1000)  # one query per chunk
-    np.testing.assert_allclose(a.attn, b.attn, atol=1e-6)
-    np.testing.assert_allclose(a.attn_residual, b.attn_residual, atol=1e-6)
+    # the batched product sums over heads in an order that depends on the chunk's shape: float32 rounding only
+    np.testing.assert_allclose(a.attn, b.attn, atol=2e-5)
+    np.testing.assert_allclose(a.attn_residual, b.attn_residual, atol=2e-5)
 
 
 def _plant_copy_head(model, head=0, value_gain=20.0):
@@ -267,16 +295,6 @@ def test_peer_tabs_show_the_not_available_line(analysed):
     no_exception(at)
     infos = [i.value for i in at.info]
     assert sum("not available for GPTJForCausalLM" in v for v in infos) == 2
-
-
-def test_routes_of_a_text_past_the_cpu_budget_are_skipped_with_a_warning(tiny_gpt2, monkeypatch):
-    from core.analysis.pipeline import analyze
-    from core.steps import flow
-
-    monkeypatch.setattr(flow, "FLOW_MAX_WORK_CPU", 10)  # every text is past it
-    r = analyze(tiny_gpt2, "The cat sat on the mat.", compute_gradients=False, views="all")
-    assert r.flow is None and r.dla is not None
-    assert any("Information-flow routes were skipped" in w for w in r.warnings)
 
 
 def test_page_chart_labels_at_most_every_nth_token(tiny_gpt2):

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from core.analysis.result import AnalysisResult
+from core.infra.devices import cpu_dtype_warning
 from core.infra.errors import InputError
 from core.infra.threads import single_threaded
 from core.infra.version import CORE_VERSION
@@ -279,7 +280,7 @@ def _context(loaded: LoadedModel, st: AnalysisSettings, cap: Any) -> tuple[StepC
         target_position=target,
         hidden_states=cap.hidden_states,
         attentions=cap.attentions,
-        warnings=list(cap.warnings),
+        warnings=[w for w in [cpu_dtype_warning(loaded.dtype, loaded.device)] if w] + list(cap.warnings),
     )
     return ctx, reason
 

@@ -10,6 +10,8 @@ attribution and generation.
   gradient pass and generation do not, and sdpa there saves the T×T attention maps that eager attention keeps for
   the backward pass. The previous implementation is restored on exit. Call it under the model's lock: the switch is
   a property of the shared model object.
+* `cpu_dtype_warning(dtype, device)`: one line when a 16-bit dtype runs on a CPU without native support for it
+  (torch's capability queries), with the slowdown against float32 measured once per process.
 """
 
 from __future__ import annotations
@@ -89,3 +91,59 @@ def fast_attention(model: Any, enabled: bool = True) -> Iterator[str]:
     finally:
         if switched:
             model.set_attn_implementation(before)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 16-bit dtypes on a CPU. Without native support (AVX-512 BF16 / AMX for bfloat16, AMX-FP16 for float16) torch
+# emulates them and a matmul runs many times slower than in float32 (issue 24: > 100× on an AVX2 EPYC), so an
+# explicit 16-bit dtype on such a CPU gets a warning with the slowdown measured here once per process.
+
+#: Side of the square matmul that measures the slowdown (256³ multiply-adds: about a millisecond in float32).
+SLOWDOWN_SIZE = 256
+_slowdown: dict[str, float] = {}
+
+
+def cpu_computes_natively(dtype: str) -> bool:
+    """Whether this CPU computes `dtype` natively, by torch's own capability queries (float32 always)."""
+    import torch
+
+    if dtype == "bfloat16":
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    if dtype == "float16":
+        return bool(torch.cpu._is_amx_fp16_supported())
+    return True
+
+
+def cpu_slowdown(dtype: str) -> float:
+    """Time of a SLOWDOWN_SIZE² matmul in `dtype` over the same in float32 on this CPU (best of 3 after a warm-up;
+    measured once per process and dtype)."""
+    if dtype not in _slowdown:
+        import time
+
+        import torch
+
+        def best(dt: Any) -> float:
+            a = torch.randn(SLOWDOWN_SIZE, SLOWDOWN_SIZE, generator=torch.Generator().manual_seed(0)).to(dt)
+            times = []
+            for _ in range(4):
+                t = time.perf_counter()
+                torch.matmul(a, a)
+                times.append(time.perf_counter() - t)
+            return min(times[1:])
+
+        _slowdown[dtype] = best(getattr(torch, dtype)) / max(best(torch.float32), 1e-9)
+    return _slowdown[dtype]
+
+
+def cpu_dtype_warning(dtype: str, device: str) -> str | None:
+    """One line when a 16-bit `dtype` runs on a CPU that does not compute it natively, else None."""
+    if device.split(":")[0] != "cpu" or dtype not in ("bfloat16", "float16") or cpu_computes_natively(dtype):
+        return None
+    import torch
+
+    f = cpu_slowdown(dtype)
+    advice = "; load the model in float32 for speed" if f > 1.5 else ""
+    return (
+        f"{dtype} on this CPU ({torch.backends.cpu.get_cpu_capability()}, no native {dtype}) takes "
+        f"{f:.1f}× the time of float32 (a {SLOWDOWN_SIZE}² matmul measured here){advice}"
+    )
