@@ -471,10 +471,17 @@ def entropy_section(cmp: ComparisonResult) -> None:
     show_caption("attention_entropy")
 
 
+def neither_has_predictions(message_a: str, message_b: str) -> str:
+    """The one line when neither run has predictions: the reason once when both runs give the same one."""
+    if message_a == message_b:
+        return f"Neither run has predictions: {message_a}" if message_a else "Neither run has predictions."
+    return f"Neither run has predictions. A: {message_a} B: {message_b}"
+
+
 def predictions_section(cmp: ComparisonResult) -> None:
     pa, pb = cmp.predictions_a, cmp.predictions_b
     if not pa.tokens and not pb.tokens:
-        st.info(f"Neither run has predictions. A: {pa.message} B: {pb.message}", icon=":material/info:")
+        st.info(neither_has_predictions(pa.message, pb.message), icon=":material/info:")
         return
     df = pd.DataFrame(prediction_rows(cmp), columns=["rank", "A", "p(A)", "B", "p(B)"])
     df["A"] = df["A"].map(lambda t: None if t is None else tables.readable_token(t))

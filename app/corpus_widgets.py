@@ -106,16 +106,17 @@ def draw_inputs() -> bool:
     elif source == SOURCES[1]:
         kept = _file_input(source, "corpus_upload_csv", "csv", "CSV file (UTF-8, with a header row)")
         if kept is not None:
-            from core.studies.corpus import csv_columns
+            from core.studies.corpus import csv_columns, text_column
 
             try:
                 cols = csv_columns(kept[1], what=f"'{kept[0]}'")
+                guess = text_column(kept[1], what=f"'{kept[0]}'")
             except InputError as exc:
                 st.error(str(exc))
                 cols = []
             if cols:
-                if state.get(Keys.CORPUS_COLUMN) not in cols:
-                    state[Keys.CORPUS_COLUMN] = cols[0]
+                if state.get(Keys.CORPUS_COLUMN) not in cols:  # a new file: the column that holds the texts
+                    state[Keys.CORPUS_COLUMN] = guess
                 st.selectbox("Column with the texts", cols, key=Keys.CORPUS_COLUMN)
     else:
         st.text_area(

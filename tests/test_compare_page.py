@@ -240,3 +240,11 @@ def test_a_failed_analysis_is_one_line_and_nothing_is_stored(runs):
     _left_job(at, bad, computed=("a",))
     at.run()
     assert at.error[0].value == "Run A: the text is empty: type a sentence to analyse"
+
+
+def test_neither_run_has_predictions_says_a_shared_reason_once():
+    from app.compare_widgets import neither_has_predictions
+
+    same = "an encoder has no language-model head"
+    assert neither_has_predictions(same, same).count(same) == 1
+    assert neither_has_predictions("x", "y") == "Neither run has predictions. A: x B: y"

@@ -231,6 +231,30 @@ def test_csv_column_picker_and_missing_column():
         cp.csv_columns(b"")
 
 
+def test_the_text_column_is_guessed_by_name_else_by_the_longest_cells():
+    """The column picker's default (page and CLI): "text" in any case, else the column with the longest cells — an
+    id or label column first in the file no longer wins (issue 25: the picker took `id` and ran on "1", "2")."""
+    assert cp.text_column(b"id,Text,label\n1,Hello there,a\n") == "Text"
+    assert cp.text_column(b"id,body,label\n1,Hello there friend,a\n22,Another sentence here,bb\n") == "body"
+    assert cp.text_column(b"id,label\n1,a\n2,b\n") == "id"  # a tie: the first column
+    with pytest.raises(InputError, match="no header"):
+        cp.text_column(b"")
+
+
+def test_corpus_page_defaults_the_csv_picker_to_the_text_column():
+    from test_app_pages import make_app, no_exception
+
+    from app.corpus_widgets import SOURCES
+    from app.state import Keys
+
+    at = make_app().run()
+    at.session_state[Keys.CORPUS_SOURCE] = SOURCES[1]
+    at.session_state[Keys.CORPUS_FILE] = ("t.csv", b"id,sentence,label\n1,The cat sat on the mat.,a\n")
+    at.switch_page("../pages/corpus.py").run()
+    no_exception(at)
+    assert at.session_state[Keys.CORPUS_COLUMN] == "sentence"
+
+
 def test_a_100000_line_file_is_limited_before_any_work(monkeypatch, tiny_gpt2):
     data = "\n".join(f"text number {i}" for i in range(100_000)).encode()
     monkeypatch.delenv(cp.ENV_MAX_TEXTS, raising=False)

@@ -43,7 +43,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("--text-file", type=Path, help="UTF-8 text file, one text per line ('-' for standard input)")
     src.add_argument("--csv", type=Path, help="UTF-8 CSV file with a header row (pick the column with --column)")
-    c.add_argument("--column", default=None, help="the CSV column that holds the texts (with --csv)")
+    c.add_argument(
+        "--column",
+        default=None,
+        help="the CSV column that holds the texts (with --csv; default: a column named 'text', else the one with "
+        "the longest cells)",
+    )
     c.add_argument("--out", required=True, type=out_path, help="output: a path ending in .zip, or a folder")
     c.add_argument(
         "--max-texts",
@@ -86,15 +91,15 @@ def _read(path: Path, what: str) -> bytes:
 
 def read_corpus(args: argparse.Namespace) -> CorpusTexts:
     """The texts named by --text-file or --csv/--column, checked against the limit before any model is loaded."""
-    from core.studies.corpus import texts_from_csv, texts_from_lines
+    from core.studies.corpus import text_column, texts_from_csv, texts_from_lines
 
     limit = args.max_texts if args.max_texts is not None else max_corpus_texts()
     if limit < 1:
         fail("--max-texts must be at least 1")
     if args.csv is not None:
-        if not args.column:
-            fail("--csv needs --column (the column that holds the texts)")
-        return texts_from_csv(_read(args.csv, "CSV file"), args.column, limit=limit, what=f"CSV file '{args.csv}'")
+        data = _read(args.csv, "CSV file")
+        column = args.column or text_column(data, what=f"CSV file '{args.csv}'")  # "text", else the longest cells
+        return texts_from_csv(data, column, limit=limit, what=f"CSV file '{args.csv}'")
     if args.column:
         fail("--column applies to --csv only")
     return texts_from_lines(_read(args.text_file, "text file"), limit=limit, what=f"text file '{args.text_file}'")

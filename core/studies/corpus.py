@@ -172,6 +172,29 @@ def csv_columns(data: bytes | str, what: str = "the CSV file") -> list[str]:
     return [h.strip() for h in header]
 
 
+def text_column(data: bytes | str, what: str = "the CSV file", rows: int = 200) -> str:
+    """The column that most likely holds the texts: one named "text" (any case), else the column whose cells are
+    longest on average over the first `rows` rows (an id or a label column loses to a column of sentences); the first
+    such column on a tie."""
+    text = decode_utf8(data, what)
+    cols = csv_columns(text, what)
+    named = [c for c in cols if c.lower() == "text"]
+    if named:
+        return named[0]
+    reader = csv.reader(io.StringIO(text))
+    next(reader, None)
+    total = [0] * len(cols)
+    try:
+        for i, row in enumerate(reader):
+            if i >= rows:
+                break
+            for j, cell in enumerate(row[: len(cols)]):
+                total[j] += len(cell.strip())
+    except csv.Error as exc:
+        raise InputError(f"{what} is not valid CSV: {exc}") from None
+    return cols[max(range(len(cols)), key=lambda j: (total[j], -j))]
+
+
 def texts_from_csv(
     data: bytes | str, column: str, *, limit: int | None = None, what: str = "the CSV file"
 ) -> CorpusTexts:
