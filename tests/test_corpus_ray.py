@@ -109,3 +109,25 @@ def test_missing_column_and_limit_are_one_line_errors(ray_cluster, tiny_dirs, tm
     lines.write_text("\n".join(TEXTS), encoding="utf-8")
     with pytest.raises(InputError, match="more than 5 texts"):
         run_corpus_ray(str(tiny_dirs["gpt2"]), CorpusSource("lines", str(lines)), SETTINGS, device="cpu", limit=5)
+
+
+def test_cli_engine_ray_writes_the_local_bundle_numbers(ray_cluster, tiny_dirs, local_result, tmp_path, capsys):
+    import csv
+
+    from core.cli.main import main
+
+    path = tmp_path / "c.txt"
+    path.write_text("\n".join(TEXTS), encoding="utf-8")
+    out = tmp_path / "out"
+    s = SETTINGS
+    argv = ["corpus", "--model", str(tiny_dirs["gpt2"]), "--text-file", str(path), "--out", str(out), "--engine",
+            "ray", "--workers", "2", "--dtype", "float32", "--device", "cpu", "--bootstrap", str(s.bootstrap),
+            "--max-points", str(s.max_points), "--batch-size", str(s.batch_size), "--seed", str(s.seed)]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "texts/s" in err  # the tqdm bar on stderr shows texts done / total with the rate
+    rows = list(csv.reader((out / "corpus_metrics.csv").read_text(encoding="utf-8").splitlines()))
+    want = local_result.metric_rows()
+    assert len(rows) == len(want) + 1
+    for got, ref in zip(rows[1:], want, strict=True):
+        assert got[1] == ref[1] and float(got[2]) == pytest.approx(ref[2], abs=1e-6)
