@@ -90,3 +90,15 @@ def result_cache(tmp_path):
     c = ResultCache(tmp_path / "cache", size_limit_mb=64)
     yield c
     c.close()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster of 2 CPUs for the whole test session (starting one takes ~8 s); the engines join it
+    instead of starting their own. Skips when Ray is not installed."""
+    ray = pytest.importorskip("ray")
+    from core.studies.pairs_ray import _connect
+
+    _connect(None, 2)
+    yield
+    ray.shutdown()

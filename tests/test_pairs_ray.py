@@ -15,14 +15,9 @@ from core.studies.patching import COMPONENTS
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """One local cluster of 2 CPUs for the module (the engine joins it instead of starting its own)."""
-    from core.studies.pairs_ray import _connect
-
-    assert _connect(None, 2)
-    yield
-    ray.shutdown()
+@pytest.fixture
+def cluster(ray_cluster):
+    """The session's local cluster of 2 CPUs (tests/conftest.py)."""
 
 
 def _same(local, remote):

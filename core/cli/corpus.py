@@ -43,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("--text-file", type=Path, help="UTF-8 text file, one text per line ('-' for standard input)")
     src.add_argument("--csv", type=Path, help="UTF-8 CSV file with a header row (pick the column with --column)")
+    src.add_argument("--jsonl", type=Path, help="JSON-lines file, one object per text (--column; --engine ray)")
     c.add_argument(
         "--column",
         default=None,
@@ -57,6 +58,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         help=f"refuse a corpus with more texts than this (default ${ENV_MAX_TEXTS}, else {DEFAULT_MAX_CORPUS_TEXTS})",
     )
     CorpusSettings.add_cli_arguments(c)
+    c.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process (default, no Ray import); ray: Ray Data workers, one model replica each",
+    )
+    c.add_argument("--address", default=None, help="Ray cluster address (default $TMA_RAY_ADDRESS, else a local one)")
+    c.add_argument("--workers", type=int, default=2, help="Ray workers (model replicas), default 2")
+    c.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray worker (default 0)")
     c.add_argument(
         "--sae",
         action="append",
@@ -112,14 +122,15 @@ def settings_from_args(args: argparse.Namespace) -> CorpusSettings:
 
 def run(args: argparse.Namespace) -> int:
     """Run the `corpus` subcommand; raises core.infra.errors exceptions for the CLI's one-line error handling."""
-    from core.export.corpus_bundle import corpus_bundle_files, write_bundle
+    from core.export.corpus_bundle import corpus_bundle_files
     from core.run.cache import ResultCache
     from core.studies.corpus import analyze_corpus
 
     check_paths(args, {"text_file": "text file", "csv": "CSV file"})  # a wrong --out must not cost a whole run
     out: Path = args.out
     settings = settings_from_args(args)
-    corpus = read_corpus(args)
+    if args.engine == "local" and args.jsonl is not None:
+        fail("--jsonl needs --engine ray (the local engine reads --text-file or --csv)")
     t0 = time.perf_counter()
     show = not (args.quiet or args.no_progress)
     bars: dict[str, Any] = {}
@@ -143,6 +154,13 @@ def run(args: argparse.Namespace) -> int:
         bar.set_description_str(label, refresh=False)
         bar.update(max(0.0, round(100 * fraction, 1) - bar.n))
 
+    if args.engine == "ray":
+        try:
+            result = _run_on_ray(args, settings, progress)
+        finally:
+            bars_close(bars)
+        return _finish(args, result, corpus_bundle_files(result), out, t0)
+    corpus = read_corpus(args)  # checked against the limit before any model is loaded
     model: Any = args.model
     sae_dirs = tuple(args.sae or ())
     if sae_dirs:  # one loaded model for both passes; a bad SAE folder is refused before any forward pass
@@ -179,6 +197,61 @@ def run(args: argparse.Namespace) -> int:
             include_special=settings.include_special_tokens,
         )  # fmt: skip
         files.update(sae_corpus_files(examples))
+    return _finish(args, result, files, out, t0)
+
+
+def bars_close(bars: dict[str, Any]) -> None:
+    for b in bars.values():
+        b.close()
+
+
+def _run_on_ray(args: argparse.Namespace, settings: CorpusSettings, progress: Any) -> Any:
+    """`--engine ray`: the texts streamed from the file to Ray Data workers (core/studies/corpus_ray.py)."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("ray") is None:
+        fail("--engine ray needs Ray: pip install -r requirements-ray.txt")
+    if args.workers < 1 or args.gpus_per_worker < 0:
+        fail("--workers must be at least 1 and --gpus-per-worker at least 0")
+    if args.sae:
+        fail("--sae runs with the local engine only")
+    from core.studies.corpus_ray import CorpusSource, run_corpus_ray
+
+    column = args.column
+    if args.csv is not None and not column and args.csv.is_file():  # the same guess as the local engine's, from
+        from core.studies.corpus import text_column  # the file's first rows (the file itself streams to Ray)
+
+        with open(args.csv, "rb") as fh:
+            head = fh.read(1 << 16)
+        column = text_column(head[: head.rfind(b"\n") + 1] or head, what=f"CSV file '{args.csv}'")
+    if args.csv is not None or args.jsonl is not None:
+        if not column:
+            fail("--jsonl needs --column (the field that holds the texts)")
+        kind, path = ("csv", args.csv) if args.csv is not None else ("jsonl", args.jsonl)
+    else:
+        if args.column:
+            fail("--column applies to --csv and --jsonl only")
+        kind, path = "lines", args.text_file
+    if str(path) == "-" or not path.is_file():
+        fail(f"--engine ray reads a file: '{path}' does not exist (standard input is for the local engine)")
+    return run_corpus_ray(
+        args.model,
+        CorpusSource(kind, str(path.resolve()), column),
+        settings,
+        progress,
+        dtype=args.dtype,
+        device=args.device,
+        address=args.address or os.environ.get("TMA_RAY_ADDRESS") or None,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        limit=args.max_texts if args.max_texts is not None else None,
+    )
+
+
+def _finish(args: argparse.Namespace, result: Any, files: dict[str, bytes], out: Path, t0: float) -> int:
+    from core.export.corpus_bundle import write_bundle
+
     path = write_bundle(files, out)
     if not args.quiet:
         lines = [

@@ -502,7 +502,6 @@ def analyze_corpus(
         return hit.replace(cache_hit=True, duration_s=time.perf_counter() - t_start, n_blank_skipped=n_blank)
 
     timings: dict[str, float] = {}
-    warnings: list[str] = []
     G = len(all_texts)
     t0 = time.perf_counter()
     encoded = encode_texts(loaded, all_texts, st.max_tokens)
@@ -532,11 +531,8 @@ def analyze_corpus(
             for g, H in zip(idx, states):
                 if pool is None:
                     pool = np.empty((H.shape[0], n_points, H.shape[2]), dtype=np.float32)
-                kept = np.flatnonzero(keep_masks[g])
-                if sample[g].size:
-                    pool[:, offsets[g] : offsets[g + 1]] = H[:, kept[sample[g]]]
-                with single_threaded():  # small eigenproblems between torch passes: no thread contention
-                    lm = metrics.layer_metrics(H, keep_masks[g])
+                lm, picked = text_statistics(H, keep_masks[g], sample[g])
+                pool[:, offsets[g] : offsets[g + 1]] = picked
                 for m in metrics.METRIC_NAMES:
                     per_text[m][g] = lm[m]
             done += len(idx)
@@ -545,6 +541,66 @@ def analyze_corpus(
             forward(f"Forward passes: {done} of {G} texts", done / G)
     timings["forward_s"] = t_forward
     timings["per_text_metrics_s"] = t_metrics
+    return finish_corpus(
+        info,
+        st,
+        pool,
+        groups,
+        per_text,
+        text_sha=tuple(text_sha256(t) for t in all_texts),
+        corpus_hash=c_hash,
+        text_tokens=np.array([len(e.ids) for e in encoded], dtype=np.int64),
+        metric_tokens=np.array([int(k.sum()) for k in keep_masks], dtype=np.int64),
+        n_truncated=sum(e.truncated for e in encoded),
+        n_blank=n_blank,
+        attn_used=attn_used,
+        has_norm=has_norm,
+        timings=timings,
+        t_start=t_start,
+        key=key,
+        progress=pooled_stage,
+        cache=cache,
+    )
+
+
+def text_statistics(H: np.ndarray, keep: np.ndarray, ranks: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One text's share of a corpus run, as both engines compute it: its single-text metrics {metric: [L+1]} and its
+    sampled token states [L+1, k, D] (`ranks`: the sorted ranks of its sampled tokens among its eligible ones)."""
+    kept = np.flatnonzero(keep)
+    with single_threaded():  # small eigenproblems between torch passes: no thread contention
+        lm = metrics.layer_metrics(H, keep)
+    return lm, H[:, kept[np.asarray(ranks, dtype=np.int64)]]
+
+
+def finish_corpus(
+    info: ModelInfo,
+    st: CorpusSettings,
+    pool: np.ndarray | None,
+    groups: np.ndarray,
+    per_text: dict[str, np.ndarray],
+    *,
+    text_sha: tuple[str, ...],
+    corpus_hash: str,
+    text_tokens: np.ndarray,
+    metric_tokens: np.ndarray,
+    n_truncated: int,
+    n_blank: int,
+    attn_used: str,
+    has_norm: bool,
+    timings: dict[str, float],
+    t_start: float,
+    key: str,
+    progress: ProgressFn,
+    cache: ResultCache | None,
+) -> CorpusResult:
+    """The driver's half of a corpus run, shared by the local and the Ray engine: the pooled metrics with their
+    intervals over the pooled sample `pool` [L+1, N, D] (`groups`: the text of each point), the warnings and the
+    CorpusResult (stored in `cache` when one is given)."""
+    G = int(text_tokens.size)
+    n_layers = int(next(iter(per_text.values())).shape[1])
+    n_points = 0 if pool is None else int(pool.shape[1])
+    warnings: list[str] = []
+    pooled_stage = progress
     if pool is None or n_points == 0:
         raise InputError(
             "no token is left to analyse: every text consists of special tokens only "
@@ -579,10 +635,10 @@ def analyze_corpus(
             f"{G} texts: in the coverage simulation intervals from fewer than {FEW_TEXTS} texts held their target "
             "less reliably (linearity in 80 % of corpora at 10 texts, the others in 92–98 %); read them as rough"
         )
-    n_trunc = sum(e.truncated for e in encoded)
+    n_trunc = n_truncated
     if n_trunc:
         warnings.append(f"{n_trunc} of {G} texts were truncated to {st.max_tokens} tokens (or the context length)")
-    total_eligible = int(sum(k.sum() for k in keep_masks))
+    total_eligible = int(metric_tokens.sum())
     if total_eligible > n_points:
         warnings.append(
             f"pooled metrics use a seeded uniform sample of {n_points} of the {total_eligible} token "
@@ -602,10 +658,10 @@ def analyze_corpus(
         settings=st,
         n_texts=G,
         n_blank_skipped=n_blank,
-        text_sha256=tuple(text_sha256(t) for t in all_texts),
-        corpus_sha256=c_hash,
-        text_tokens=np.array([len(e.ids) for e in encoded], dtype=np.int64),
-        metric_tokens=np.array([int(k.sum()) for k in keep_masks], dtype=np.int64),
+        text_sha256=text_sha,
+        corpus_sha256=corpus_hash,
+        text_tokens=text_tokens,
+        metric_tokens=metric_tokens,
         n_truncated=n_trunc,
         estimate=pooled.estimate,
         ci_low=pooled.ci_low,

@@ -102,7 +102,7 @@ class ExactSitesWorker(_ModelWorker):
 
 
 def _connect(address: str | None, workers: int) -> bool:
-    """Join the cluster at `address`, or start a local one with `workers` CPUs; True when this call started it."""
+    """Join the cluster at `address`, or start a local one with `workers` + 1 CPUs; True when this call started it."""
     import ray
 
     if ray.is_initialized():
@@ -114,7 +114,8 @@ def _connect(address: str | None, workers: int) -> bool:
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
         return True
-    ray.init(num_cpus=workers, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
+    # one CPU per worker actor and one for Ray Data's own tasks (file reads, the corpus engine's shuffle)
+    ray.init(num_cpus=workers + 1, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
     return True
 
 
