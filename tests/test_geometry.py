@@ -248,9 +248,8 @@ def test_jackknife_intervals_equal_delete_one_text_recomputed_from_the_points():
     from core.studies import intervals as iv
 
     X, g = corpus(8, per_text=12, dim=5, seed=9)
-    pg = geo.pooled_geometry(
-        X[None], g, 8, n_resamples=50, methods=dict.fromkeys(geo.POOLED_METRICS, "jackknife_t"), rank=5
-    )
+    methods = {**dict.fromkeys(geo.POOLED_METRICS, "jackknife_t"), "intrinsic_dim_95": "jackknife_step"}
+    pg = geo.pooled_geometry(X[None], g, 8, n_resamples=50, methods=methods, rank=5)
     assert pg.methods["effective_rank"] == "jackknife_t"
     for m in ("effective_rank", "participation_ratio", "anisotropy_top_pc", "anisotropy_cosine"):
         jack = []
@@ -265,6 +264,31 @@ def test_jackknife_intervals_equal_delete_one_text_recomputed_from_the_points():
             )
         lo, hi = iv.clip_interval(*iv.jackknife_t(pg.estimate[m][0], np.array(jack)), geo.BOUNDS[m])
         assert (pg.ci_low[m][0], pg.ci_high[m][0]) == pytest.approx((lo, hi), rel=1e-9), m
+    # d95: the jackknife of its interpolated companion, recomputed on the points, mapped by jackknife_step
+    jack = [geo.intrinsic_dim_smooth(geo.spectrum(X[g != t])[0]) for t in range(8)]
+    f = geo.intrinsic_dim_smooth(geo.spectrum(X)[0])
+    assert np.ceil(f) == pg.estimate["intrinsic_dim_95"][0]
+    lo, hi = iv.jackknife_step(pg.estimate["intrinsic_dim_95"][0], f, np.array(jack))
+    lo, hi = iv.clip_interval(lo, hi, geo.BOUNDS["intrinsic_dim_95"])
+    assert (pg.ci_low["intrinsic_dim_95"][0], pg.ci_high["intrinsic_dim_95"][0]) == pytest.approx((lo, hi), rel=1e-9)
+
+
+def test_interpolated_d95_is_continuous_and_its_ceiling_is_d95():
+    """f = (k − 1) + (0.95 − c_{k−1}) / (c_k − c_{k−1}): a hand case, ⌈f⌉ = d95 on random spectra, and no jump as a
+    spectrum is moved continuously across several whole-number steps of d95."""
+    lam = np.array([5.0, 3.0, 1.0, 0.6, 0.4])  # c = 0.5, 0.8, 0.9, 0.96, 1: d95 = 4, f = 3 + 0.05 / 0.06
+    assert geo.spectral_metrics(lam)["intrinsic_dim_95"] == 4
+    assert geo.intrinsic_dim_smooth(lam) == pytest.approx(3 + 0.05 / 0.06, rel=1e-12)
+    rng = np.random.default_rng(4)
+    lams = -np.sort(-(rng.exponential(size=(500, 12)) ** 3), axis=1)
+    f = geo.intrinsic_dim_smooth(lams)
+    np.testing.assert_array_equal(np.ceil(f), geo.spectral_metrics(lams)["intrinsic_dim_95"])
+    assert np.all(f > 0)
+    decays = np.linspace(0.3, 0.9, 6001)  # λ_j = decay^j: d95 runs from 3 to 12 over these
+    path = geo.intrinsic_dim_smooth(decays[:, None] ** np.arange(12)[None, :])
+    k = geo.spectral_metrics(decays[:, None] ** np.arange(12)[None, :])["intrinsic_dim_95"]
+    assert k[0] < k[-1] - 5 and np.all(np.abs(np.diff(path)) < 0.02)
+    assert np.isnan(geo.intrinsic_dim_smooth(np.zeros(4)))
 
 
 def test_a_scheme_resamples_only_the_metrics_that_need_it():

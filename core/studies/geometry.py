@@ -39,7 +39,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.steps.metrics import _effective_rank_from_s2, _intrinsic_dim_from_s2, _participation_ratio_from_s2
+from core.steps.metrics import (
+    VARIANCE_THRESHOLD,
+    _effective_rank_from_s2,
+    _intrinsic_dim_from_s2,
+    _participation_ratio_from_s2,
+)
 from core.studies import intervals
 
 #: Pooled-metric names, in display order (linearity is defined for layers ≥ 1 only).
@@ -68,14 +73,19 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "linearity": (0.0, 1.0),
 }
 #: Metrics that move in whole steps (a count of directions): their expectation usually lies between two whole
-#: numbers, so their intervals are widened by half a step on each side (a continuity correction).
+#: numbers. Each is the ceiling of a continuous companion (SMOOTH) whose jackknife gives its interval
+#: (intervals.jackknife_step); any other method on such a metric is widened by half a step on each side.
 STEP: dict[str, float] = {"intrinsic_dim_95": 1.0}
+#: The continuous companion of every STEP metric, named as in PooledResamples.smooth / the samples:
+#: d95 = ⌈intrinsic_dim_95_smooth⌉, the number of components where the cumulative explained variance crosses 0.95,
+#: interpolated linearly between whole components.
+SMOOTH: dict[str, str] = {"intrinsic_dim_95": "intrinsic_dim_95_smooth"}
 #: The interval method of every pooled metric (core.studies.intervals), chosen by the coverage simulation of
 #: core.studies.interval_sim (bench/bench_intervals.py; table in the README's Corpus section).
 INTERVAL_METHOD: dict[str, str] = {
     "effective_rank": "jackknife_t",
     "participation_ratio": "jackknife_t",
-    "intrinsic_dim_95": "subsampling",  # a whole number: the jackknife of a step function fails
+    "intrinsic_dim_95": "jackknife_step",  # a whole number: jackknife of its interpolated companion, then E⌈·⌉
     "twonn_dimension": "jackknife_t",
     "anisotropy_cosine": "jackknife_t",
     "anisotropy_top_pc": "jackknife_t",
@@ -124,6 +134,30 @@ def spectral_metrics(lam: np.ndarray) -> dict[str, float]:
         "anisotropy_top_pc": top,
     }
     return {k: (float(v) if np.ndim(v) == 0 else v) for k, v in out.items()}
+
+
+def intrinsic_dim_smooth(lam: np.ndarray, threshold: float = VARIANCE_THRESHOLD) -> np.ndarray | float:
+    """The fractional d95: where the cumulative explained variance c_j = Σ_{i≤j} λ_i / Σλ (c_0 = 0) crosses
+    `threshold`, interpolated linearly between whole components:
+
+        f = (k − 1) + (threshold − c_{k−1}) / (c_k − c_{k−1}),   k = intrinsic_dim_95 (the first k with c_k ≥ threshold)
+
+    so f ∈ (k − 1, k] and ⌈f⌉ = k exactly. f is continuous in λ (as k drops by one, f passes through k − 1), which
+    is what the jackknife needs. λ: [r] descending (or [B, r]); NaN for an all-zero λ."""
+    lam = np.asarray(lam, dtype=np.float64)
+    lam2 = lam.reshape(-1, lam.shape[-1]) if lam.ndim else lam.reshape(1, 1)
+    k = _intrinsic_dim_from_s2(lam2, threshold)
+    total = lam2.sum(-1, keepdims=True)
+    c = np.divide(np.cumsum(lam2, -1), total, out=np.zeros_like(lam2), where=total > 0)
+    c = np.concatenate([np.zeros((c.shape[0], 1)), c], axis=1)  # c[:, j] = c_j, j = 0 … r
+    ok = np.isfinite(k)
+    ki = np.where(ok, k, 1).astype(np.int64)
+    rows = np.arange(c.shape[0])
+    c_k, c_km1 = c[rows, ki], c[rows, ki - 1]
+    gap = c_k - c_km1
+    frac = np.divide(threshold - c_km1, gap, out=np.ones_like(gap), where=gap > 0)
+    f = np.where(ok, ki - 1 + np.clip(frac, np.finfo(np.float64).eps, 1.0), np.nan)
+    return float(f[0]) if lam.ndim <= 1 else f.reshape(lam.shape[:-1])
 
 
 def anisotropy_top_pc(X: np.ndarray) -> float:
@@ -495,7 +529,8 @@ def _total_variance(b: LayerBlocks, W: np.ndarray, Nw: np.ndarray) -> np.ndarray
 
 
 def bootstrap_spectral(b: LayerBlocks, W: np.ndarray) -> dict[str, np.ndarray]:
-    """The four spectral metrics of every resample (see the module docstring). W: [B, G] -> {name: [B]}."""
+    """The four spectral metrics of every resample (see the module docstring) and d95's continuous companion
+    (SMOOTH). W: [B, G] -> {name: [B]}."""
     S, Nw, _ = _weighted_scatter(b, W)
     top = np.linalg.eigvalsh(S)[:, ::-1]
     top = np.clip(top, 0.0, None)
@@ -508,8 +543,9 @@ def bootstrap_spectral(b: LayerBlocks, W: np.ndarray) -> dict[str, np.ndarray]:
     else:
         lam = top
     lam = -np.sort(-lam, axis=1)
-    m = spectral_metrics(lam)
-    return {k: np.asarray(v, dtype=np.float64) for k, v in m.items()}
+    out = {k: np.asarray(v, dtype=np.float64) for k, v in spectral_metrics(lam).items()}
+    out[SMOOTH["intrinsic_dim_95"]] = np.asarray(intrinsic_dim_smooth(lam), dtype=np.float64)
+    return out
 
 
 def bootstrap_cosine(b: LayerBlocks, W: np.ndarray) -> np.ndarray:
@@ -585,13 +621,15 @@ def resample_layer(
     metrics: frozenset[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """The pooled metrics of one layer (all, or those in `metrics`) on every row of the weight matrix W [R, G]
-    (bootstrap counts, jackknife or subsample 0/1 weights alike): {metric: [R]}; linearity only when `prev`
+    (bootstrap counts, jackknife or subsample 0/1 weights alike): {metric: [R]}, with the SMOOTH companion of a
+    STEP metric asked for; linearity only when `prev`
     (layer l−1) has blocks. The four spectral metrics come from one eigen-decomposition per row."""
     assert cur.blocks is not None
     want = frozenset(POOLED_METRICS) if metrics is None else metrics
     out: dict[str, np.ndarray] = {}
     if want & set(SPECTRAL):
-        out.update({k: v for k, v in bootstrap_spectral(cur.blocks, W).items() if k in want})
+        keep = want | {SMOOTH[m] for m in want & set(SMOOTH)}
+        out.update({k: v for k, v in bootstrap_spectral(cur.blocks, W).items() if k in keep})
     if "anisotropy_cosine" in want:
         out["anisotropy_cosine"] = bootstrap_cosine(cur.blocks, W)
     if "twonn_dimension" in want:
@@ -617,12 +655,14 @@ def scheme_weights(scheme: str, n_groups: int, n_resamples: int, seed: int) -> n
 class PooledResamples:
     """Point estimates and the resampled values of every scheme asked for.
 
-    estimate: {metric: [L+1]}; samples: {scheme: {metric: [L+1, R]}} (NaN rows where a metric is undefined, e.g.
-    linearity at layer 0); n_points, n_distinct: [L+1].
+    estimate: {metric: [L+1]}; samples: {scheme: {metric or SMOOTH name: [L+1, R]}} (NaN rows where a metric is
+    undefined, e.g. linearity at layer 0); smooth: {SMOOTH name: [L+1]} the continuous companions' estimates;
+    n_points, n_distinct: [L+1].
     """
 
     estimate: dict[str, np.ndarray]
     samples: dict[str, dict[str, np.ndarray]]
+    smooth: dict[str, np.ndarray]
     n_points: np.ndarray
     n_distinct: np.ndarray
     n_groups: int
@@ -649,13 +689,16 @@ def pooled_resamples(
     n_distinct = np.zeros(n_layers, dtype=np.int64)
     resample = n_resamples > 0 and n_groups > 1
     weights = {s: scheme_weights(s, n_groups, n_resamples, seed) for s in wanted} if resample else {}
-    samples = {s: {m: np.full((n_layers, W.shape[0]), np.nan) for m in POOLED_METRICS} for s, W in weights.items()}
+    names = (*POOLED_METRICS, *SMOOTH.values())
+    samples = {s: {m: np.full((n_layers, W.shape[0]), np.nan) for m in names} for s, W in weights.items()}
+    smooth = {name: np.full(n_layers, np.nan) for name in SMOOTH.values()}
     prev: LayerEstimate | None = None
     for layer in range(n_layers):
         X = layers[layer]
         cur = layer_estimate(X, groups, n_groups, rank=rank, with_blocks=resample)
         for m, v in cur.values.items():
             est[m][layer] = v
+        smooth[SMOOTH["intrinsic_dim_95"]][layer] = intrinsic_dim_smooth(cur.lam)
         n_points[layer], n_distinct[layer] = cur.n_points, cur.n_distinct
         if prev is not None:
             est["linearity"][layer] = _linearity_from(prev.lam, prev.V, prev.Xc, cur.Xc)
@@ -669,14 +712,15 @@ def pooled_resamples(
         prev = cur
         if on_layer is not None:
             on_layer(layer)
-    return PooledResamples(est, samples, n_points, n_distinct, n_groups)
+    return PooledResamples(est, samples, smooth, n_points, n_distinct, n_groups)
 
 
 def intervals_from(
     res: PooledResamples, methods: dict[str, str], level: float = CONFIDENCE
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(low, high) {metric: [L+1]} with each metric's method (`methods`), widened by half a STEP for a whole-number
-    metric, clipped to the metric's BOUNDS. NaN where the schemes a method needs were not resampled."""
+    """(low, high) {metric: [L+1]} with each metric's method (`methods`), clipped to the metric's BOUNDS. A
+    whole-number (STEP) metric: "jackknife_step" works on its SMOOTH companion; any other method is widened by half
+    a STEP. NaN where the schemes a method needs were not resampled."""
     n_layers = res.n_points.shape[0]
     lo = {m: np.full(n_layers, np.nan) for m in POOLED_METRICS}
     hi = {m: np.full(n_layers, np.nan) for m in POOLED_METRICS}
@@ -686,10 +730,16 @@ def intervals_from(
             continue
         for layer in range(n_layers):
             e = float(res.estimate[m][layer])
-            vals = {s: res.samples[s][m][layer] for s in needs}
-            a, b = intervals.interval(methods[m], e, vals, res.n_groups, level)
-            if m in STEP:
-                a, b = intervals.widen_for_step(a, b, STEP[m])
+            if methods[m] == "jackknife_step" and m in STEP:
+                name = SMOOTH[m]
+                vals = {s: res.samples[s][name][layer] for s in needs}
+                f = float(res.smooth[name][layer])
+                a, b = intervals.interval(methods[m], e, vals, res.n_groups, level, smooth=f, step=STEP[m])
+            else:
+                vals = {s: res.samples[s][m][layer] for s in needs}
+                a, b = intervals.interval(methods[m], e, vals, res.n_groups, level)
+                if m in STEP:
+                    a, b = intervals.widen_for_step(a, b, STEP[m])
             lo[m][layer], hi[m][layer] = intervals.clip_interval(a, b, BOUNDS[m])
     return lo, hi
 

@@ -26,8 +26,9 @@ import numpy as np
 
 from core.studies import geometry, intervals
 
-#: the interval methods compared: the four candidates and the plain percentile interval used before (baseline)
-COMPARED = ("percentile", "percentile_recentred", "bca", "jackknife_t", "subsampling")
+#: the interval methods compared: the candidates and the plain percentile interval used before (baseline);
+#: "jackknife_step" is jackknife_t on every metric but the whole-number d95 (core.studies.geometry.STEP)
+COMPARED = ("percentile", "percentile_recentred", "bca", "jackknife_t", "subsampling", "jackknife_step")
 #: (metric, layer) pairs scored: every metric at layer 0 and 1 (linearity at layer 1 only)
 TARGETS = tuple((m, layer) for m in geometry.POOLED_METRICS for layer in (0, 1) if (m, layer) != ("linearity", 0))
 

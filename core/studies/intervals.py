@@ -18,6 +18,10 @@ The caller evaluates its statistic on every row (θ*_r) and turns the values int
   subsampling(θ̂, θ*_m, n, m)       the spread of θ̂ on half-size subsets without replacement, scaled to size n by
                                    √(m / (n − m)) (exact for a mean: Var*(θ̂_m) = σ²(1/m − 1/n)), centred on θ̂:
                                    [θ̂ + s·q_a(θ*_m − med θ*_m), θ̂ + s·q_{1−a}(…)]
+  jackknife_step(θ̂, f̂, f_jack)     for a whole-number statistic θ̂ = ⌈f̂⌉ that is the ceiling of a continuous one f̂
+                                   (d95 and the interpolated crossing of 95 % explained variance): the jackknife t
+                                   interval of E[f̂] mapped through g(μ, s) = E⌈N(μ, s²)⌉, the expectation of the
+                                   whole number when f̂ ~ N(μ, s²), with s = se_J: [g(f̂ − t·se_J), g(f̂ + t·se_J)]
   mean_interval(values)            the t interval of a plain mean (no resampling)
 
 What is estimated: the value the same computation would give, on average, on another set of n units from the same
@@ -26,7 +30,8 @@ statistic biased at finite n (a rank of a pooled covariance, a nearest-neighbour
 value of that biased estimator, which is what a reader comparing two corpora of equal size compares.
 
 Every method returns (low, high) with low ≤ θ̂ ≤ high (a NaN pair when fewer than two resampled values are finite).
-`widen_for_step` widens the interval of a whole-number statistic by half a step; `clip_interval` keeps a bounded
+`widen_for_step` widens the interval of a whole-number statistic by half a step (the simple remedy, kept for the
+other methods on such a statistic; `jackknife_step` replaces it for d95); `clip_interval` keeps a bounded
 statistic's interval inside its bounds (bounds are kept by clipping, not by a transform: θ̂ lies within the bounds,
 so it stays inside, and the target does too, so clipping never costs coverage). `interval(method, …)` dispatches by
 name for code that picks a method per statistic.
@@ -47,12 +52,15 @@ METHODS: dict[str, tuple[str, ...]] = {
     "bca": ("bootstrap", "jackknife"),
     "jackknife_t": ("jackknife",),
     "subsampling": ("subsample",),
+    "jackknife_step": ("jackknife",),
 }
 METHOD_TEXT = {
     "percentile_recentred": "bootstrap percentile interval re-centred on the estimate (texts with replacement)",
     "bca": "bias-corrected and accelerated bootstrap (BCa, jackknife acceleration)",
     "jackknife_t": "delete-one-text jackknife with a t interval",
     "subsampling": "half-sampling: subsets of half the texts without replacement, spread scaled to the full size",
+    "jackknife_step": "delete-one-text jackknife of the interpolated (fractional) count, mapped to the expected "
+    "whole number",
 }
 ESTIMAND = (
     "the value this computation would give, on average, on another corpus of the same number of texts from the "
@@ -216,6 +224,41 @@ def subsampling(
     return _contain(estimate, estimate + scale * (lo - med), estimate + scale * (hi - med))
 
 
+def ceil_expectation(mu: float, sd: float, step: float = 1.0) -> float:
+    """E[step · ⌈X / step⌉] for X ~ N(mu, sd²): the expectation of a whole-number statistic (in units of `step`)
+    that is the ceiling of a normal one. Σ_j step · Φ((mu − j·step)/sd) summed over the grid, exact to ~1e-15
+    (12 sd either side; below that every P is 1). sd = 0 (or not finite and positive): ⌈mu⌉ on the grid.
+    Strictly increasing in mu when sd > 0; mu + step/2 on average over a step (a continuity shift)."""
+    if not (np.isfinite(mu) and np.isfinite(sd)):
+        return float("nan")
+    if sd <= 0:
+        return float(step * np.ceil(mu / step))
+    x, s = mu / step, sd / step
+    j0 = np.floor(x - 12 * s)
+    j = np.arange(j0, np.ceil(x + 12 * s) + 1)  # P(⌈X⌉ > j) = P(X > j) = Φ((x − j)/s); E = j0 + Σ_{j ≥ j0} P(⌈X⌉ > j)
+    return float(step * (j0 + np.sum(_stats.norm.cdf((x - j) / s))))
+
+
+def jackknife_step(
+    estimate: float, smooth: float, jack_smooth: np.ndarray, level: float = LEVEL, step: float = 1.0
+) -> tuple[float, float]:
+    """Interval for E[θ̂_n] of a whole-number statistic θ̂ = step · ⌈f̂ / step⌉ that is the ceiling of a continuous
+    statistic f̂ (`smooth`), from the K delete-a-group jackknife values of f̂ (`jack_smooth`).
+
+    f̂ ± t_{K−1} · se_J is the jackknife t interval of E[f̂]; if f̂ ~ N(μ, s²) then E[θ̂] = g(μ, s) =
+    `ceil_expectation(μ, s, step)`, increasing in μ, so [g(f̂ − t·se_J, se_J), g(f̂ + t·se_J, se_J)] holds E[θ̂]
+    whenever the t interval holds μ. Its ends are not whole numbers: E[θ̂] usually lies between two values θ̂ takes,
+    and when f̂ sits near a step the interval reaches over it. Widened to hold θ̂ if needed (θ̂ always inside).
+    """
+    j = _clean(jack_smooth)
+    se = jackknife_se(j)
+    if not (np.isfinite(se) and np.isfinite(estimate) and np.isfinite(smooth)):
+        return _nan()
+    half = float(_stats.t.ppf((1 + level) / 2, j.size - 1)) * se
+    lo, hi = ceil_expectation(smooth - half, se, step), ceil_expectation(smooth + half, se, step)
+    return _contain(estimate, lo, hi)
+
+
 def mean_interval(
     values: np.ndarray, level: float = LEVEL, axis: int = 0
 ) -> tuple[np.ndarray | float, np.ndarray | float, np.ndarray | float]:
@@ -254,11 +297,19 @@ def clip_interval(lo: float, hi: float, bounds: tuple[float, float] | None) -> t
 
 
 def interval(
-    method: str, estimate: float, samples: Mapping[str, np.ndarray], n: int, level: float = LEVEL
+    method: str,
+    estimate: float,
+    samples: Mapping[str, np.ndarray],
+    n: int,
+    level: float = LEVEL,
+    smooth: float | None = None,
+    step: float | None = None,
 ) -> tuple[float, float]:
     """The interval of `method` (a key of METHODS) from the resampled values of the schemes it needs.
 
-    samples: {"bootstrap" | "jackknife" | "subsample": values}; n: the number of units."""
+    samples: {"bootstrap" | "jackknife" | "subsample": values}; n: the number of units. "jackknife_step" takes the
+    continuous statistic's estimate `smooth` and its jackknife values in samples["jackknife"], and the grid `step`;
+    without them (a continuous statistic: f̂ = θ̂, no grid) it is `jackknife_t`."""
     if method == "percentile_recentred":
         return percentile_recentred(estimate, samples["bootstrap"], level)
     if method == "bca":
@@ -267,4 +318,8 @@ def interval(
         return jackknife_t(estimate, samples["jackknife"], level)
     if method == "subsampling":
         return subsampling(estimate, samples["subsample"], n, level=level)
+    if method == "jackknife_step":
+        if smooth is None or step is None:
+            return jackknife_t(estimate, samples["jackknife"], level)
+        return jackknife_step(estimate, smooth, samples["jackknife"], level, step)
     raise ValueError(f"unknown interval method {method!r}; known: {', '.join(METHODS)}")
