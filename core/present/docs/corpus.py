@@ -205,13 +205,15 @@ _CORPUS: list[DocEntry] = [
             r"\text{target: } \mathbb{E}\big[\hat\theta_n\big],\qquad "
             r"\hat\theta \pm t_{K-1}\,\widehat{\mathrm{se}}_J,\quad "
             r"\widehat{\mathrm{se}}_J^{2} = \tfrac{K-1}{K}\sum_{k}\big(\hat\theta_{(k)} - \bar\theta_{(\cdot)}\big)^2,\qquad "
-            r"d_{95}:\ \hat\theta + \sqrt{\tfrac{m}{n-m}}\,\big[q_{0.025},\ q_{0.975}\big]"
-            r"\big(\theta^{*}_{m} - \tilde\theta^{*}_{m}\big) \mp \tfrac12"
+            r"d_{95} = \lceil f \rceil:\ \big[g(\hat f - t_{K-1}\,\widehat{\mathrm{se}}_J(f)),\ "
+            r"g(\hat f + t_{K-1}\,\widehat{\mathrm{se}}_J(f))\big],\ "
+            r"g(\mu) = \mathbb{E}\big\lceil \mathcal{N}\big(\mu, \widehat{\mathrm{se}}_J(f)^2\big)\big\rceil"
         ),
         formula_plain="target: E[θ̂_n], the metric's expected value on a corpus of n texts; "
         "jackknife: θ̂ ± t_{K−1} · se_J, se_J² = (K−1)/K · Σ_k (θ̂_(k) − mean θ̂_(·))², θ̂_(k) the metric without "
-        "text (or group) k; d95: θ̂ + √(m/(n−m)) · [2.5 %, 97.5 %] percentiles of θ*_m − median θ*_m (θ*_m on "
-        "m = ⌊n/2⌋ texts drawn without replacement), widened by ½ on each side",
+        "text (or group) k; d95 = ⌈f⌉, f the fractional d95 (where the cumulative explained variance crosses 0.95, "
+        "interpolated between whole components): [g(f̂ − t_{K−1} · se_J(f)), g(f̂ + t_{K−1} · se_J(f))], "
+        "g(μ) = E⌈X⌉ for X ~ N(μ, se_J(f)²) = Σ_j Φ((μ − j) / se_J(f)) over the whole numbers j above the bulk",
         definition=(
             "What is estimated: the value this same computation would give, on average, on another corpus of the "
             "same number of texts from the same source (the expectation of the estimator at this corpus size). "
@@ -220,18 +222,23 @@ _CORPUS: list[DocEntry] = [
             "How: every metric except d95 uses the delete-one-text jackknife — the metric is recomputed with each "
             "text left out (with more texts than resamples, with each of K = resamples groups of texts left out) "
             "and the spread of those values gives a standard error and a t interval around the estimate. d95 is "
-            "a whole number, for which the jackknife fails, so it uses half-sampling: d95 on subsets of half the "
-            "texts drawn without replacement (as many subsets as the resamples setting), whose spread about its "
-            "median, scaled to the full size, is put around the estimate and widened by half a step on each side, "
-            "because its expectation usually lies between two whole numbers. "
+            "a whole number, which leaving one text out rarely moves, so its own jackknife fails; its interval "
+            "comes from its continuous companion, the fractional d95 f: where the cumulative explained variance "
+            "crosses 95 %, interpolated linearly between whole components, so that d95 = ⌈f⌉ exactly. The "
+            "jackknife of f gives f ± t · se, an interval for the expectation of f; it is carried to the scale of "
+            "d95 by g(μ), the average of ⌈X⌉ when X is normal with mean μ and the jackknife's standard deviation "
+            "(g grows with μ, so the carried interval holds the expectation of d95 whenever the first holds that "
+            "of f). The displayed estimate is still the whole number d95; the interval's ends are fractions, "
+            "because the expectation of a whole number usually lies between two whole numbers. "
             "Bounded metrics are clipped to their range (linearity and the top-PC share to [0, 1], the cosine to "
             "[−1, 1], the dimensions to ≥ 1, TwoNN to ≥ 0), and the estimate always lies inside its interval. "
             "The methods were chosen by simulation: synthetic corpora with a planted spectrum, intrinsic "
             "dimension, anisotropy and a planted linear map between two layers, whose target is known by "
             "averaging the estimator over a thousand corpora; over 500 corpora each, the chosen intervals hold "
-            "the target in 95–98 % of corpora at 30 and 100 texts for every metric but d95, which holds it in "
-            "96 % at 30 texts and 86 % at 100 (table in the README's Corpus section; "
-            "bench/bench_intervals.py). The plain percentile interval used before held it in 0–17 % for the rank "
+            "the target in 95–98 % of corpora at 30 and 100 texts for every metric (d95: 97 % at both; table "
+            "in the README's Corpus section; bench/bench_intervals.py). Half-sampling of d95 widened by half a "
+            "step, used for d95 before, held it in only 86 % at 100 texts, where d95 takes two neighbouring "
+            "values across corpora. The plain percentile interval used before held it in 0–17 % for the rank "
             "metrics and linearity, because drawing texts with replacement duplicates texts, and duplicated texts "
             "remove directions. Nothing is recomputed from the points: per-text blocks of the Gram and scatter "
             "matrices built once per layer make each resample a weighted sum of blocks (cosine exact; spectra "
@@ -244,9 +251,10 @@ _CORPUS: list[DocEntry] = [
             P_PAIRS_NEED_TEXTS,
             "With about 10 texts the linearity interval held its target in only 80 % of simulated corpora (few "
             "points per hidden dimension make linearity close to 1 by construction); the other metrics held "
-            "theirs in 92–98 %. Use 30 texts or more for intervals you want to rely on.",
-            "d95 is a whole number: when it barely varies between corpora (in the simulation at 100 texts) its "
-            "interval held the target in 86 % of corpora, not 95 %; read a d95 interval to ± 1.",
+            "theirs in 95–98 %. Use 30 texts or more for intervals you want to rely on.",
+            "d95 is a whole number, but its interval is for its average over corpora of this size, which "
+            "usually lies between two whole numbers: an interval such as [25.6, 27.3] around d95 = 26 is a range "
+            "for that average, not for the whole number one other corpus would give.",
             "The interval covers the variation across texts of this kind only; it says nothing about other "
             "corpora, and nothing about the sampling of tokens within texts (max_points).",
         ],
