@@ -1,19 +1,23 @@
 """Sections of the Corpus page: the texts' source (kept in the session, the uploaded file's name and content too),
 the corpus settings, the Run button (a background job of app.jobs: core.studies.corpus.analyze_corpus through the
 result cache), and the stored result's charts, table and ZIP. Every other widget only re-draws the stored result.
-The tables behind the charts come from core.present.study_tables.
+The tables behind the charts come from core.present.study_tables. With SAE folders set in the sidebar
+(app.sae_widgets.chosen_dirs) the same job also runs core.studies.sae_corpus over the texts; its view is
+app.sae_corpus_widgets and its two CSVs go into the ZIP.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app import downloads, job_widgets, jobs
+from app import downloads, job_widgets, jobs, sae_corpus_widgets, sae_widgets
 from app.state import Keys
 from core.export.corpus_bundle import DOC_KEY, METRICS_HEADER, label
 from core.infra.errors import InputError
@@ -23,6 +27,7 @@ from core.present.study_tables import corpus_table_frame, per_text_frame, pooled
 from core.steps.metrics import METRIC_NAMES
 from core.studies.corpus import CorpusResult, CorpusSettings, CorpusTexts
 from core.studies.geometry import POOLED_METRICS
+from core.studies.sae_corpus import SAEFeatureExamples
 
 #: The name of the corpus job in app.jobs (one per session).
 CORPUS_JOB = "corpus"
@@ -134,6 +139,8 @@ def draw_inputs() -> bool:
         c2.checkbox(
             "Include special tokens", key=Keys.CORPUS_SPECIAL, help=_FIELDS["include_special_tokens"].metadata["help"]
         )
+        with c3:
+            sae_corpus_widgets.top_input(sae_widgets.chosen_dirs(state))
     st.caption(
         f"At most {max_corpus_texts():,} texts (set by $TMA_MAX_CORPUS_TEXTS on this server). The model is "
         "the one chosen in the sidebar; blank lines are skipped."
@@ -159,6 +166,14 @@ def settings_from_state(state: Any) -> CorpusSettings:
 # Running (a background job)
 
 
+@dataclass(frozen=True)
+class CorpusRun:
+    """What the corpus job returns: the corpus result and, with SAE folders, their feature examples."""
+
+    result: CorpusResult
+    sae: tuple[SAEFeatureExamples, ...] | None = None
+
+
 def start_corpus() -> None:
     """Read the texts and settings (here: a bad input is one line at once), then analyse in the session's job:
     the sidebar's model loads (cached) and core.studies.corpus.analyze_corpus runs there, with progress."""
@@ -167,25 +182,44 @@ def start_corpus() -> None:
 
     state = st.session_state
     state[Keys.CORPUS_ERROR] = None
+    sae_dirs = sae_widgets.chosen_dirs(state)
     try:
         texts = read_texts(state)
         settings = settings_from_state(state)
+        sae_corpus_widgets.check_dirs(sae_dirs)  # a bad folder is one line now, not after the corpus pass
     except InputError as exc:
         state[Keys.CORPUS_ERROR] = str(exc)
         return
     model_id = selected_model_id(state)
     dtype = str(state.get(Keys.DTYPE) or "auto")
+    top_n = sae_corpus_widgets.top_n(state)
 
-    def work(job: jobs.Job) -> CorpusResult:
+    def work(job: jobs.Job) -> CorpusRun:
+        from core.run.progress import scaled
         from core.studies import corpus
+        from core.studies.sae_corpus import sae_corpus
 
         if not model_id:
             raise InputError("no model chosen: type a Hugging Face id or a local folder in the sidebar")
         job.report(f"Loading {model_id} …", 0.0)
         loaded = get_model(model_id, dtype, "auto")
-
         # job.report is a core.run.progress.ProgressFn: the corpus run reports (label, share of the whole run)
-        return corpus.analyze_corpus(loaded, texts, settings, job.report, cache=get_result_cache())
+        geometry = scaled(job.report, 0.0, 0.7) if sae_dirs else job.report
+        result = corpus.analyze_corpus(loaded, texts, settings, geometry, cache=get_result_cache())
+        if not sae_dirs:
+            return CorpusRun(result)
+        stage = scaled(job.report, 0.7, 1.0)
+        stage("SAE features: 0 texts", 0.0)
+        sae = sae_corpus(
+            loaded,
+            list(texts.texts),
+            sae_dirs,
+            max_tokens=settings.max_tokens,
+            top_n=top_n,
+            include_special=settings.include_special_tokens,
+            progress=lambda k, n: stage(f"SAE features: {k} of {n} texts", k / n),
+        )
+        return CorpusRun(result, tuple(sae))
 
     out = jobs.start(state, CORPUS_JOB, work, what="the corpus analysis", meta={"model_id": model_id})
     if isinstance(out, str):
@@ -195,7 +229,9 @@ def start_corpus() -> None:
 def collect(job: jobs.Job) -> None:
     state = st.session_state
     if job.ok:
-        state[Keys.CORPUS_RESULT] = job.result
+        run = job.result if isinstance(job.result, CorpusRun) else CorpusRun(job.result)
+        state[Keys.CORPUS_RESULT] = run.result
+        state[Keys.CORPUS_SAE] = run.sae
         state[Keys.CORPUS_ERROR] = None
     else:
         state[Keys.CORPUS_ERROR] = job.error
@@ -228,7 +264,8 @@ def band_chart(frame: pd.DataFrame, y: str, lo: str, hi: str, color: str, title:
     return (band + line).properties(title=title, height=230)
 
 
-def draw_result(result: CorpusResult) -> None:
+def draw_result(result: CorpusResult, sae: Sequence[SAEFeatureExamples] | None = None) -> None:
+    """The stored result: curves, table, the SAE view (`sae`: the same run's SAE feature examples) and the ZIP."""
     state = st.session_state
     hit = "from the cache" if result.cache_hit else f"computed in {result.duration_s:.1f} s"
     st.success(
@@ -269,8 +306,11 @@ def draw_result(result: CorpusResult) -> None:
     st.subheader("Table")
     st.dataframe(corpus_table_frame(result, METRICS_HEADER), hide_index=True, width="stretch")
 
-    key = result.cache_key or f"id-{id(result)}"
-    data = downloads.once(state, Keys.CORPUS_ZIP, key, lambda: downloads.corpus_zip(result))
+    if sae:
+        sae_corpus_widgets.draw(sae)
+
+    key = (result.cache_key or f"id-{id(result)}") + (f"|sae-{id(sae)}" if sae else "")
+    data = downloads.once(state, Keys.CORPUS_ZIP, key, lambda: downloads.corpus_zip(result, sae))
     st.download_button(
         "Download corpus bundle (ZIP)",
         data=data,
@@ -278,5 +318,6 @@ def draw_result(result: CorpusResult) -> None:
         mime="application/zip",
         on_click="ignore",
         key="corpus_download",
-        help="corpus_metrics.csv, per_text_metrics.csv, manifest.json, plots/*.png, report.pdf",
+        help="corpus_metrics.csv, per_text_metrics.csv, manifest.json, plots/*.png, report.pdf"
+        + (", sae_feature_examples.csv, sae_feature_stats.csv" if sae else ""),
     )

@@ -19,6 +19,7 @@ from core.infra.options import ExportOptions
 from core.studies.compare import ComparisonResult
 from core.studies.corpus import CorpusResult
 from core.studies.patching import PatchingResult
+from core.studies.sae_corpus import SAEFeatureExamples
 
 
 def comparison_zip(
@@ -46,11 +47,16 @@ def patching_zip(result: PatchingResult) -> bytes:
     return zip_bytes(bundle(result))
 
 
-def corpus_zip(result: CorpusResult) -> bytes:
-    """The corpus bundle of the CLI's `corpus`: corpus_metrics.csv, per_text_metrics.csv, manifest, plots, report."""
+def corpus_zip(result: CorpusResult, sae: Sequence[SAEFeatureExamples] | None = None) -> bytes:
+    """The corpus bundle of the CLI's `corpus`: corpus_metrics.csv, per_text_metrics.csv, manifest, plots, report;
+    with `sae` (core.studies.sae_corpus results) also sae_feature_examples.csv and sae_feature_stats.csv."""
     from core.export.corpus_bundle import corpus_bundle_files
+    from core.studies.sae_corpus import sae_corpus_files
 
-    return zip_bytes(corpus_bundle_files(result))
+    files = corpus_bundle_files(result)
+    if sae:
+        files.update(sae_corpus_files(sae))
+    return zip_bytes(files)
 
 
 class OnceBytes:

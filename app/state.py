@@ -135,6 +135,10 @@ class Keys:
     CORPUS_SPECIAL = "corpus_special"
     CORPUS_METRICS = "corpus_metrics"  # multiselect of pooled metrics to plot
     CORPUS_PER_TEXT = "corpus_per_text"  # selectbox: single-text metric shown against the pooled curve
+    CORPUS_SAE = "corpus_sae"  # the last run's core.studies.sae_corpus results (one per sidebar SAE), or None
+    CORPUS_SAE_TOP = "corpus_sae_top"  # number input: examples kept per SAE feature
+    CORPUS_SAE_HOOK = "corpus_sae_hook"  # selectbox: the SAE (hook) shown (app/sae_corpus_widgets.py)
+    CORPUS_SAE_FEATURE = "corpus_sae_feature"  # selectbox: the feature whose examples are shown
 
 
 #: Choice in the model selectbox that reveals the free field.

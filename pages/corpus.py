@@ -3,8 +3,9 @@
 Texts come from an uploaded .txt (one per line), an uploaded .csv (pick the column) or pasted lines; the model is
 the one chosen in the sidebar. Only the Run button runs the model, as a background job (app.jobs) that leaving the
 page does not stop; the inputs and the result stay in the session. Every other widget only re-draws the stored
-result. Thin: the sections are in app.corpus_widgets. The number of texts is limited by $TMA_MAX_CORPUS_TEXTS
-(default 10 000) for public deployments.
+result. With SAE folders in the sidebar the run also finds each feature's top-activating examples
+(app.sae_corpus_widgets). Thin: the sections are in app.corpus_widgets. The number of texts is limited by
+$TMA_MAX_CORPUS_TEXTS (default 10 000) for public deployments.
 """
 
 from __future__ import annotations
@@ -29,6 +30,6 @@ if st.session_state.get(Keys.CORPUS_ERROR):
 _result = st.session_state.get(Keys.CORPUS_RESULT)
 if _result is not None:
     with guarded("corpus result"):
-        cw.draw_result(_result)
+        cw.draw_result(_result, st.session_state.get(Keys.CORPUS_SAE))
 else:
     st.info("Choose the texts and press **Run corpus analysis**.")
