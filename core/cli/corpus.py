@@ -5,7 +5,8 @@
     python -m core corpus --model M --text-file F --sae SAE_DIR [--sae SAE_DIR2] --out OUT
 
 With --sae the bundle also holds sae_feature_examples.csv (each feature's top-activating tokens with their contexts)
-and sae_feature_stats.csv (firing rate, mean activation) from core.studies.sae_corpus.
+and sae_feature_stats.csv (firing rate, mean activation) from core.studies.sae_corpus (with --engine ray:
+core.studies.sae_corpus_ray, the same examples).
 
 Writes the corpus bundle (core.export.corpus_bundle) with a progress bar on standard error (tqdm). Bad input ends with
 one line on stderr and exit 2 (1: model unavailable, 3: unexpected failure), like `analyze`; nothing is written
@@ -131,6 +132,10 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if args.engine == "local" and args.jsonl is not None:
         fail("--jsonl needs --engine ray (the local engine reads --text-file or --csv)")
+    if args.sae:
+        from core.studies.sae_corpus import check_top_n
+
+        check_top_n(args.sae_top)  # before the corpus pass, not after it
     t0 = time.perf_counter()
     show = not (args.quiet or args.no_progress)
     bars: dict[str, Any] = {}
@@ -156,10 +161,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.engine == "ray":
         try:
-            result = _run_on_ray(args, settings, progress)
+            result, sae_files = _run_on_ray(args, settings, progress)
         finally:
             bars_close(bars)
-        return _finish(args, result, corpus_bundle_files(result), out, t0)
+        return _finish(args, result, {**corpus_bundle_files(result), **sae_files}, out, t0)
     corpus = read_corpus(args)  # checked against the limit before any model is loaded
     model: Any = args.model
     sae_dirs = tuple(args.sae or ())
@@ -205,8 +210,9 @@ def bars_close(bars: dict[str, Any]) -> None:
         b.close()
 
 
-def _run_on_ray(args: argparse.Namespace, settings: CorpusSettings, progress: Any) -> Any:
-    """`--engine ray`: the texts streamed from the file to Ray Data workers (core/studies/corpus_ray.py)."""
+def _run_on_ray(args: argparse.Namespace, settings: CorpusSettings, progress: Any) -> tuple[Any, dict[str, bytes]]:
+    """`--engine ray`: the texts streamed from the file to Ray Data workers (core/studies/corpus_ray.py); with --sae
+    a second pass on the same cluster (core/studies/sae_corpus_ray.py). Returns the result and the SAE files."""
     import importlib.util
     import os
 
@@ -214,8 +220,6 @@ def _run_on_ray(args: argparse.Namespace, settings: CorpusSettings, progress: An
         fail("--engine ray needs Ray: pip install -r requirements-ray.txt")
     if args.workers < 1 or args.gpus_per_worker < 0:
         fail("--workers must be at least 1 and --gpus-per-worker at least 0")
-    if args.sae:
-        fail("--sae runs with the local engine only")
     from core.studies.corpus_ray import CorpusSource, run_corpus_ray
 
     column = args.column
@@ -235,18 +239,32 @@ def _run_on_ray(args: argparse.Namespace, settings: CorpusSettings, progress: An
         kind, path = "lines", args.text_file
     if str(path) == "-" or not path.is_file():
         fail(f"--engine ray reads a file: '{path}' does not exist (standard input is for the local engine)")
-    return run_corpus_ray(
-        args.model,
-        CorpusSource(kind, str(path.resolve()), column),
-        settings,
-        progress,
-        dtype=args.dtype,
-        device=args.device,
-        address=args.address or os.environ.get("TMA_RAY_ADDRESS") or None,
-        workers=args.workers,
-        gpus_per_worker=args.gpus_per_worker,
-        limit=args.max_texts if args.max_texts is not None else None,
-    )
+    source = CorpusSource(kind, str(path.resolve()), column)
+    address = args.address or os.environ.get("TMA_RAY_ADDRESS") or None
+    ray_args = {"dtype": args.dtype, "device": args.device, "address": address, "workers": args.workers,
+                "gpus_per_worker": args.gpus_per_worker, "limit": args.max_texts}  # fmt: skip
+    if not args.sae:
+        return run_corpus_ray(args.model, source, settings, progress, **ray_args), {}
+    import ray
+
+    from core.model.sae import load_sae
+    from core.run.progress import scaled
+    from core.studies.pairs_ray import _connect
+    from core.studies.sae_corpus import sae_corpus_files
+    from core.studies.sae_corpus_ray import run_sae_corpus_ray
+
+    for d in args.sae:  # a bad SAE folder is refused before any worker starts
+        load_sae(d)
+    started = _connect(address, args.workers)  # one cluster for both passes
+    try:
+        result = run_corpus_ray(args.model, source, settings, scaled(progress, 0.0, 0.7), **ray_args)
+        sae = run_sae_corpus_ray(
+            args.model, source, args.sae, settings, scaled(progress, 0.7, 1.0), top_n=args.sae_top, **ray_args
+        )
+    finally:
+        if started:
+            ray.shutdown()
+    return result, sae_corpus_files(sae)
 
 
 def _finish(args: argparse.Namespace, result: Any, files: dict[str, bytes], out: Path, t0: float) -> int:

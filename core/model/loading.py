@@ -330,6 +330,21 @@ def _config_count(config: Any, *names: str) -> int:
     raise ModelUnavailableError(f"the model config has none of {names}; this architecture is not supported")
 
 
+def load_tokenizer(model_id: str) -> Any:
+    """The model's tokenizer alone, read as `load_model` reads it (no weights): for a process that only decodes
+    token ids, such as the Ray engine's driver. ModelUnavailableError with a user-facing message."""
+    from transformers import AutoTokenizer
+
+    src = resolve_source(model_id)
+    try:
+        return AutoTokenizer.from_pretrained(
+            src.location, local_files_only=src.local_files_only, trust_remote_code=False
+        )
+    except (OSError, ValueError, KeyError, ImportError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        raise ModelUnavailableError(public_error(f"could not load the tokenizer of '{model_id}': {first}")) from exc
+
+
 def load_model(model_id: str, dtype: str = "auto", device: str = "auto", device_map: str | None = None) -> LoadedModel:
     """Load a model and its tokenizer for analysis. Raises ModelUnavailableError with a user-facing message.
 

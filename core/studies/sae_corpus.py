@@ -209,7 +209,7 @@ class SAECorpusScan:
     def part(self) -> dict[str, Any]:
         """The state as plain arrays (core.infra.serialize can write it; `merge` reads it)."""
         return {
-            "n_tokens": np.array(self.n_tokens, dtype=np.int64),
+            "n_tokens": self.n_tokens,
             "saes": [
                 {
                     "fire": self.fire[j],
