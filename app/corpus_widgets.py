@@ -197,7 +197,7 @@ def start_corpus() -> None:
     def work(job: jobs.Job) -> CorpusRun:
         from core.run.progress import scaled
         from core.studies import corpus
-        from core.studies.sae_corpus import sae_corpus
+        from core.studies.sae_corpus import sae_corpus_cached
 
         if not model_id:
             raise InputError("no model chosen: type a Hugging Face id or a local folder in the sidebar")
@@ -210,16 +210,17 @@ def start_corpus() -> None:
             return CorpusRun(result)
         stage = scaled(job.report, 0.7, 1.0)
         stage("SAE features: 0 texts", 0.0)
-        sae = sae_corpus(
+        sae = sae_corpus_cached(
             loaded,
             list(texts.texts),
             sae_dirs,
+            cache=get_result_cache(),
             max_tokens=settings.max_tokens,
             top_n=top_n,
             include_special=settings.include_special_tokens,
             progress=lambda k, n: stage(f"SAE features: {k} of {n} texts", k / n),
         )
-        return CorpusRun(result, tuple(sae))
+        return CorpusRun(result, sae.saes)
 
     out = jobs.start(state, CORPUS_JOB, work, what="the corpus analysis", meta={"model_id": model_id})
     if isinstance(out, str):

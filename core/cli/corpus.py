@@ -187,21 +187,20 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             limit=args.max_texts if args.max_texts is not None else None,
         )
+        files = corpus_bundle_files(result)
+        if sae_dirs:  # through the result cache too (its key holds the SAEs' sha256)
+            from core.studies.sae_corpus import sae_corpus_cached, sae_corpus_files
+
+            examples = sae_corpus_cached(
+                model, list(corpus.texts), sae_dirs, cache=cache, max_tokens=settings.max_tokens, top_n=args.sae_top,
+                include_special=settings.include_special_tokens,
+            )  # fmt: skip
+            files.update(sae_corpus_files(examples.saes))
     finally:
         for b in bars.values():
             b.close()
         if cache is not None:
             cache.close()
-    files = corpus_bundle_files(result)
-    if sae_dirs:
-        from core.studies.sae_corpus import sae_corpus, sae_corpus_files
-
-        texts = list(corpus.texts)
-        examples = sae_corpus(
-            model, texts, sae_dirs, max_tokens=settings.max_tokens, top_n=args.sae_top,
-            include_special=settings.include_special_tokens,
-        )  # fmt: skip
-        files.update(sae_corpus_files(examples))
     return _finish(args, result, files, out, t0)
 
 

@@ -12,18 +12,24 @@ activations are atypical). Examples are ordered by activation, ties by text then
 with another scan's part (`merge`) — the top-n of a union of top-n lists is the top-n of the union, and counts and
 sums add — so the Ray engine (core.studies.sae_corpus_ray) gives the local engine's examples and statistics.
 
+`sae_corpus_cached` goes through the result cache (core.run.cache): the key holds the model's provenance, the
+texts' sha256, the settings (max_tokens, top_n, include_special) and the SAE folders' sha256 (cfg.json + weights), in
+order — changed weights never serve a stale result.
+
     firing rate = #{tokens with f > 0} / #tokens        mean activation = Σ f / #tokens
     mean when active = Σ f / #{tokens with f > 0}
 """
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core.infra import serialize
 from core.infra.errors import InputError
 from core.infra.serialize import serializable
 from core.model.arch import model_parts, try_model_parts
@@ -36,6 +42,7 @@ if TYPE_CHECKING:
     import torch
 
     from core.model.loading import LoadedModel
+    from core.run.cache import ResultCache
 
 EXAMPLES_HEADER = ["hook", "feature", "rank", "text_index", "position", "token", "activation", "context"]
 STATS_HEADER = ["hook", "feature", "firing_rate", "mean_activation", "mean_when_active", "max_activation"]
@@ -310,3 +317,73 @@ def sae_corpus_files(results: Sequence[SAEFeatureExamples]) -> dict[str, bytes]:
         "sae_feature_examples.csv": csv_bytes(EXAMPLES_HEADER, ex),
         "sae_feature_stats.csv": csv_bytes(STATS_HEADER, st),
     }
+
+
+@serializable
+@dataclass(frozen=True)
+class SAECorpusResult:
+    """Every SAE's examples of one corpus run, as the result cache stores them."""
+
+    saes: tuple[SAEFeatureExamples, ...]
+    cache_key: str = ""
+    cache_hit: bool = False
+
+    def to_bytes(self) -> bytes:
+        return serialize.dumps(self)
+
+    @staticmethod
+    def from_bytes(data: bytes | bytearray | memoryview | mmap.mmap) -> SAECorpusResult:
+        obj = serialize.loads(data)
+        if not isinstance(obj, SAECorpusResult):
+            raise ValueError("the data does not hold an SAECorpusResult")
+        return obj
+
+
+@dataclass(frozen=True)
+class _KeySettings:
+    max_tokens: int
+    top_n: int
+    include_special: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sae_corpus_key(loaded: LoadedModel, texts: Sequence[str], sae_dirs: Sequence[str], *, max_tokens: int,
+                   top_n: int, include_special: bool) -> str:  # fmt: skip
+    """The result-cache key of an `sae_corpus` run (see the module docstring)."""
+    from core.model.sae import fingerprints
+    from core.run.cache import run_key
+    from core.studies.corpus import corpus_sha256
+
+    return run_key(
+        loaded.info().key_fields(),
+        _KeySettings(max_tokens, top_n, include_special),
+        kind="sae_corpus",
+        corpus_sha256=corpus_sha256(texts),
+        sae=fingerprints(list(sae_dirs)),
+    )
+
+
+def sae_corpus_cached(
+    loaded: LoadedModel,
+    texts: Sequence[str],
+    sae_dirs: Sequence[str],
+    *,
+    cache: ResultCache | None,
+    max_tokens: int = 128,
+    top_n: int = 10,
+    include_special: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> SAECorpusResult:
+    """`sae_corpus` through the result cache (None: no cache); a hit runs no forward pass."""
+    check_top_n(top_n)
+    kw: dict[str, Any] = {"max_tokens": max_tokens, "top_n": top_n, "include_special": include_special}
+    key = sae_corpus_key(loaded, texts, sae_dirs, **kw)
+    hit = cache.get(key, SAECorpusResult) if cache is not None else None
+    if hit is not None:
+        return SAECorpusResult(hit.saes, key, cache_hit=True)
+    out = SAECorpusResult(tuple(sae_corpus(loaded, texts, sae_dirs, progress=progress, **kw)), key)
+    if cache is not None:
+        cache.set(key, out)
+    return out
