@@ -5,43 +5,20 @@
 Runs core.studies.sae_patching (the feature and the SAE's error term patched clean → corrupted per position and at
 every position, the whole site at every position, the feature and the error ablated in the clean run) and writes
 sae_patching.csv (`site,intervention,position,restored,delta_m,m,clean_activation,corrupted_activation,clean_token,
-corrupted_token`; position −1 = every position), sae_patching.json and manifest.json to a .zip or a folder. Several
+corrupted_token`; position −1 = every position), sae_patching.json, manifest.json, plots/sae_patching.png and
+report.pdf (core.export.sae_patching_bundle) to a .zip or a folder. Several
 --sae folders: --hook picks one by its hook name. Bad input: one line on stderr, exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import sys
 from pathlib import Path
 
 from core.cli.common import check_out, fail, print_warnings
-from core.infra.formats import csv_bytes, json_bytes, write_files
-from core.studies.sae_patching import CSV_HEADER, SAEPatchingResult
-
-
-def bundle(result: SAEPatchingResult) -> dict[str, bytes]:
-    """The files of the SAE-feature patching bundle {name: bytes}."""
-    from core.model.provenance import package_versions, provenance
-
-    prov = provenance(result.model, core_version=result.core_version, versions=package_versions()).to_dict()
-    manifest = {
-        "kind": "sae_feature_patching",
-        **prov,
-        "sae": result.sae_name,
-        "hook_name": result.hook_name,
-        "feature": result.feature,
-        "token_count": result.n_tokens,
-        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
-        "warnings": list(result.warnings),
-    }
-    return {
-        "manifest.json": json_bytes(manifest),
-        "sae_patching.csv": csv_bytes(CSV_HEADER, result.rows()),
-        "sae_patching.json": json_bytes(result.summary()),
-    }
+from core.export.sae_patching_bundle import sae_patching_files
+from core.infra.formats import write_files
 
 
 def pick_sae(folders: list[str], hook: str | None) -> str:
@@ -82,7 +59,7 @@ def run_sae_patch(args: argparse.Namespace, clean: str, corrupt: str) -> int:
         fail(f"feature {args.feature} is out of range: SAE '{sae.name}' has features 0…{sae.d_sae - 1}")
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     result = run_sae_patching(loaded, clean, corrupt, sae, args.feature, settings)
-    path = write_files(bundle(result), out)
+    path = write_files(sae_patching_files(result), out)
     if not args.quiet:
         sys.stdout.write(
             f"wrote {path} ({result.hook_name} feature {result.feature}: answer {result.answer_token!r} vs "

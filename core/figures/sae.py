@@ -1,6 +1,7 @@
 """Figures, bundle files and the PDF section of the sparse-autoencoder features (core.steps.sae): a token strip
 shaded by one feature, a features × positions heatmap of the strongest features, the top features of one token with
-their logit effects; sae_features.csv, sae_summary.csv and sae_feature_logits.csv.
+their logit effects; sae_features.csv, sae_summary.csv and sae_feature_logits.csv; and the figure of an SAE-feature
+patching run (`patching_figure`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
     from core.analysis.result import AnalysisResult
     from core.infra.options import ExportOptions
+    from core.studies.sae_patching import SAEPatchingResult
 
 
 def strip_figure(
@@ -175,3 +177,41 @@ def report_section(result: AnalysisResult) -> list[tuple[str, list[str], list[li
             rows.append([f, f"{float(prof[t]):.3g}", f"{result.display_tokens[t]!r}@{t}", up])
         out.append((intro, ["feature", "peak", "peak token@position", "promotes (per unit activation)"], rows))
     return out
+
+
+def patching_figure(res: SAEPatchingResult) -> Figure:
+    """An SAE-feature patching run (core.studies.sae_patching) in two panels against the clean tokens: the restored
+    share when the feature, or the SAE's error term, is patched clean → corrupted at one position (bars; dashed
+    lines: at every position, and the whole site at every position), and Δm of the clean run with the feature
+    ablated at one position."""
+    from core.figures import plotting
+
+    T = res.n_tokens
+    x = np.arange(T)
+    labels = [plotting.token_label(t, max_len=12) for t in res.clean_tokens]
+    fig = plotting.figure(max(6.0, 0.45 * T + 1.5), 5.2)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    w = 0.4
+    feat = np.asarray(res.restored(res.feature_patch), dtype=np.float64)
+    err = np.asarray(res.restored(res.error_patch), dtype=np.float64)
+    top.bar(x - w / 2, np.nan_to_num(feat), w, label=f"feature {res.feature}", color="#e6781e")
+    top.bar(x + w / 2, np.nan_to_num(err), w, label="SAE error term", color="#7f7f7f")
+    for value, style, name in (
+        (res.restored(res.feature_patch_all), "#e6781e", f"feature {res.feature}, every position"),
+        (res.restored(res.error_patch_all), "#7f7f7f", "error term, every position"),
+        (res.restored(res.site_patch_all), "#1f4e9c", "whole site, every position"),
+    ):
+        if np.isfinite(value):
+            top.axhline(value, color=style, linestyle="--", linewidth=1, label=f"{name}: {value:.3g}")
+    top.axhline(0, color="k", linewidth=0.5)
+    top.set_ylabel("restored")
+    top.set_title(f"{res.hook_name} · feature {res.feature}: patched clean → corrupted", fontsize=10)
+    top.legend(fontsize=7, loc="best")
+    bottom.bar(x, np.nan_to_num(np.asarray(res.feature_ablation, dtype=np.float64)), 0.6, color="#e6781e")
+    bottom.axhline(0, color="k", linewidth=0.5)
+    bottom.set_ylabel("Δm (ablated)")
+    bottom.set_title(f"feature {res.feature} removed from the clean run at one position", fontsize=10)
+    bottom.set_xticks(x)
+    bottom.set_xticklabels(labels, rotation=60, ha="right", fontsize=8, family="monospace")
+    fig.tight_layout()
+    return fig
