@@ -20,6 +20,7 @@ from core.studies.compare import ComparisonResult
 from core.studies.corpus import CorpusResult
 from core.studies.patching import PatchingResult
 from core.studies.sae_corpus import SAEFeatureExamples
+from core.studies.sae_patching import SAEPatchingResult
 
 
 def comparison_zip(
@@ -45,6 +46,13 @@ def patching_zip(result: PatchingResult) -> bytes:
     from core.cli.patch import bundle
 
     return zip_bytes(bundle(result))
+
+
+def sae_patching_zip(result: SAEPatchingResult) -> bytes:
+    """The bundle of the CLI's `patch --sae`: sae_patching.csv / .json, manifest, plots/sae_patching.png, report.pdf."""
+    from core.export.sae_patching_bundle import sae_patching_files
+
+    return zip_bytes(sae_patching_files(result))
 
 
 def corpus_zip(result: CorpusResult, sae: Sequence[SAEFeatureExamples] | None = None) -> bytes:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import job_widgets, jobs
+from app import downloads, job_widgets, jobs
 from app.loading import get_model
 from app.sae_widgets import chosen_dirs
 from app.sidebar import selected_model_id
@@ -101,6 +101,18 @@ def show_result(res: SAEPatchingResult) -> None:
         mime="text/csv",
         on_click="ignore",
         key="sae_patch_download",
+    )
+    data = downloads.once(
+        st.session_state, Keys.SAE_PATCH_ZIP, f"id-{id(res)}", lambda: downloads.sae_patching_zip(res)
+    )
+    st.download_button(
+        "Download bundle (ZIP)",
+        data=data,
+        file_name="sae_patching.zip",
+        mime="application/zip",
+        on_click="ignore",
+        key="sae_patch_zip_download",
+        help="sae_patching.csv, sae_patching.json, manifest.json, plots/sae_patching.png, report.pdf",
     )
     with st.expander(f"Details: {docs.doc('sae_feature_patching').title}", expanded=False):
         e = docs.doc("sae_feature_patching")

@@ -119,6 +119,7 @@ class Keys:
     SAE_PATCH_RUN = "sae_patch_run"  # the Run button
     SAE_PATCH_RESULT = "sae_patch_result"  # the last core.studies.sae_patching.SAEPatchingResult
     SAE_PATCH_ERROR = "sae_patch_error"  # its error message, or None
+    SAE_PATCH_ZIP = "sae_patch_zip"  # app.downloads.OnceBytes of the shown SAE patching result's ZIP
 
     # --- corpus page -------------------------------------------------------------------------------------------
     CORPUS_RESULT = "corpus_result"  # the last finished core.studies.corpus.CorpusResult

@@ -244,6 +244,8 @@ def test_causal_page_sae_tab(tiny_dirs, tmp_path):
     with ForwardCounter() as fc:
         at.number_input(key=Keys.SAE_PATCH_FEATURE).set_value(4).run()  # changed, not run
     assert fc.calls == 0 and at.session_state[Keys.SAE_PATCH_RESULT] is res
+    with zipfile.ZipFile(io.BytesIO(at.session_state[Keys.SAE_PATCH_ZIP]())) as z:  # the CLI's bundle, built on click
+        assert {"sae_patching.csv", "plots/sae_patching.png", "report.pdf"} <= set(z.namelist())
 
 
 def _loaded_for(tiny_dirs):
