@@ -33,6 +33,13 @@ _FIT_WIDTH = alt.AutoSizeParams(type="fit-x", contains="padding")
 CELL_PX = 56
 
 
+def token_axis(**kw: object) -> alt.Axis:
+    """An axis of band (token, layer, position) labels. Streamlit's Vega theme sets labelFlush, which moves the
+    first label of a band axis half a label inwards (on the 16-token attention map it sat on the second one): every
+    band axis of the app turns it off."""
+    return alt.Axis(labelFlush=False, **kw)  # type: ignore[arg-type]
+
+
 def metric_title(name: str) -> str:
     """Display title of a metric: the documentation registry's title (one source for every label)."""
     return metric_label(name)
@@ -98,8 +105,10 @@ def correlation_heatmap(long_df: pd.DataFrame, method: str) -> alt.LayerChart:
     d = long_df.assign(row=long_df["row"].map(metric_title), column=long_df["column"].map(metric_title))
     order = [metric_title(m) for m in METRIC_NAMES]
     base = alt.Chart(d).encode(
-        x=alt.X("column:N", sort=order, title=None, axis=alt.Axis(labelAngle=-35, labelOverlap=False, labelLimit=180)),
-        y=alt.Y("row:N", sort=order, title=None, axis=alt.Axis(labelLimit=180)),
+        x=alt.X(
+            "column:N", sort=order, title=None, axis=token_axis(labelAngle=-35, labelOverlap=False, labelLimit=180)
+        ),
+        y=alt.Y("row:N", sort=order, title=None, axis=token_axis(labelLimit=180)),
     )
     rect = base.mark_rect().encode(
         color=alt.Color(
@@ -127,9 +136,9 @@ def normalised_heatmap(df: pd.DataFrame) -> alt.Chart:
         alt.Chart(d)
         .mark_rect()
         .encode(
-            x=alt.X("layer:O", title=LAYER_AXIS_TITLE, axis=alt.Axis(labelAngle=0)),
+            x=alt.X("layer:O", title=LAYER_AXIS_TITLE, axis=token_axis(labelAngle=0)),
             y=alt.Y(
-                "metric:N", sort=[metric_title(m) for m in METRIC_NAMES], title=None, axis=alt.Axis(labelLimit=180)
+                "metric:N", sort=[metric_title(m) for m in METRIC_NAMES], title=None, axis=token_axis(labelLimit=180)
             ),
             color=alt.Color("normalised:Q", scale=alt.Scale(scheme="viridis", domain=[0, 1]), title="normalised"),
             tooltip=[
@@ -154,16 +163,30 @@ def labels_fit(n: int, side: int | None = None) -> bool:
     return n == 0 or side / n >= LABEL_PX
 
 
-def attention_heatmap(df: pd.DataFrame, title: str) -> alt.Chart:
-    """Query (rows) × key (columns) attention; df from core.present.tables.attention_frame. A square of `heatmap_side`
-    pixels: every token is labelled when the labels fit, otherwise the axes keep the labels that do not overlap and
-    the tooltip names each cell's tokens."""
+#: The colour-legend title of each attention colour scale.
+SCALE_TITLES = {"linear": "weight", "row": "weight / row max", "log": "weight (log)"}
+
+
+def attention_heatmap(df: pd.DataFrame, title: str, scale: str = "linear", n_tokens: int | None = None) -> alt.Chart:
+    """Query (rows) × key (columns) attention; df from core.present.tables.attention_frame (made with the same
+    `scale`, core.present.chart_spec.ATTENTION_SCALES; n_tokens: T of the whole map, for the log floor). A square
+    of `heatmap_side` pixels: every token is labelled when the labels fit, otherwise the axes keep the labels that
+    do not overlap and the tooltip names each cell's tokens; the tooltip always gives the weight itself."""
     order = list(dict.fromkeys(df.sort_values("qi")["query"]))
     n = len(order)
     side = heatmap_side(n)
     fits = labels_fit(n, side)
-    font = 11 if side / max(n, 1) >= 14 else 9
+    font = label_font(n, side)
     hint = "" if fits else " — hover a cell for its tokens"
+    low, high = chart_spec.attention_domain(scale, float(df.weight.max()) if len(df) else 0.0, n_tokens or n)
+    colour_scale = (
+        alt.Scale(type="log", scheme="blues", domain=[low, high], clamp=True)
+        if scale == "log"
+        else alt.Scale(scheme="blues", domain=[low, high])
+    )
+    tooltip = [alt.Tooltip("query:N"), alt.Tooltip("key:N"), alt.Tooltip("weight:Q", format=".4f")]
+    if scale == "row":
+        tooltip.append(alt.Tooltip("shown:Q", title="weight / row max", format=".3f"))
     return (
         alt.Chart(df)
         .mark_rect()
@@ -172,24 +195,31 @@ def attention_heatmap(df: pd.DataFrame, title: str) -> alt.Chart:
                 "key:N",
                 sort=order,
                 title="key (attended to)" + hint,
-                axis=alt.Axis(labelAngle=-60, labelLimit=110, labelOverlap=not fits, labelFontSize=font),
+                axis=token_axis(labelAngle=-60, labelLimit=110, labelOverlap=not fits, labelFontSize=font),
             ),
             y=alt.Y(
                 "query:N",
                 sort=order,
                 title="query (attending)",
-                axis=alt.Axis(labelLimit=110, labelOverlap=not fits, labelFontSize=font),
+                axis=token_axis(labelLimit=110, labelOverlap=not fits, labelFontSize=font),
             ),
             color=alt.Color(
-                "weight:Q",
-                scale=alt.Scale(scheme="blues", domain=[0, float(max(df.weight.max(), 1e-9))]),
-                title="weight",
+                "shown:Q",
+                scale=colour_scale,
+                title=SCALE_TITLES[scale],
                 legend=alt.Legend(gradientLength=min(side, 300)),
             ),
-            tooltip=[alt.Tooltip("query:N"), alt.Tooltip("key:N"), alt.Tooltip("weight:Q", format=".4f")],
+            tooltip=tooltip,
         )
         .properties(width=side, height=side, title=title, autosize=alt.AutoSizeParams(type="pad"))
     )  # the square is `side`; labels and legend go around it
+
+
+def label_font(n: int, side: int | None = None) -> int:
+    """Font size (px) of the token labels of an n-token heatmap axis of `side` pixels: 11 when a label has 14 px,
+    else 9 (both stay below the LABEL_PX a label needs, so labels that are all drawn never touch)."""
+    side = heatmap_side(n) if side is None else side
+    return 11 if side / max(n, 1) >= 14 else 9
 
 
 def layer_head_heatmap(
@@ -208,8 +238,8 @@ def layer_head_heatmap(
         alt.Chart(d)
         .mark_rect()
         .encode(
-            x=alt.X("head:O", title="head", axis=alt.Axis(labelAngle=0)),
-            y=alt.Y("layer:O", title=BLOCK_AXIS_TITLE),
+            x=alt.X("head:O", title="head", axis=token_axis(labelAngle=0)),
+            y=alt.Y("layer:O", title=BLOCK_AXIS_TITLE, axis=token_axis()),
             color=alt.Color(f"{value}:Q", scale=scale, title=value.replace("_", " ")),
             tooltip=[
                 alt.Tooltip("layer:O"),
@@ -264,7 +294,7 @@ def attribution_bars(df: pd.DataFrame, column: str) -> alt.Chart:
         alt.Chart(d)
         .mark_bar()
         .encode(
-            y=alt.Y("label:N", sort=list(d.label), title=None, axis=alt.Axis(labelLimit=160, labelOverlap=False)),
+            y=alt.Y("label:N", sort=list(d.label), title=None, axis=token_axis(labelLimit=160, labelOverlap=False)),
             x=alt.X(f"{column}:Q", title=column.replace("_", " ")),
             color=alt.condition(f"datum['{column}'] >= 0", alt.value("#d6604d"), alt.value("#4393c3")),
             tooltip=[
@@ -282,8 +312,8 @@ def logit_lens_heatmap(df: pd.DataFrame) -> alt.LayerChart:
     passes a window of positions so that the cells stay wide enough for their token; the chart fills the column."""
     order = list(dict.fromkeys(df.sort_values("pi")["position"]))
     base = alt.Chart(df).encode(
-        x=alt.X("position:N", sort=order, title="position", axis=alt.Axis(labelAngle=-45, labelLimit=100)),
-        y=alt.Y("layer:O", title=LAYER_AXIS_TITLE, sort="descending"),
+        x=alt.X("position:N", sort=order, title="position", axis=token_axis(labelAngle=-45, labelLimit=100)),
+        y=alt.Y("layer:O", title=LAYER_AXIS_TITLE, sort="descending", axis=token_axis()),
     )
     rect = base.mark_rect().encode(
         color=alt.Color("probability:Q", scale=alt.Scale(scheme="oranges", domain=[0, 1]), title="P(top token)"),
@@ -315,7 +345,7 @@ def row_entropy_bars(df: pd.DataFrame) -> alt.Chart:
         alt.Chart(df)
         .mark_bar()
         .encode(
-            y=alt.Y("query:N", sort=list(df["query"]), title=None, axis=alt.Axis(labelLimit=120, labelOverlap=False)),
+            y=alt.Y("query:N", sort=list(df["query"]), title=None, axis=token_axis(labelLimit=120, labelOverlap=False)),
             x=alt.X("entropy:Q", title="row entropy (nats)"),
             tooltip=[alt.Tooltip("query:N"), alt.Tooltip("entropy:Q", format=".4f")],
         )

@@ -378,7 +378,12 @@ def cka_heatmap(matrix: np.ndarray, y_title: str, x_title: str) -> alt.LayerChar
     df = pd.DataFrame(rows)
     low = float(min(0.0, np.nanmin(M))) if np.isfinite(M).any() else 0.0
     step = int(max(14, min(36, 520 // max(M.shape))))
-    base = alt.Chart(df).encode(x=alt.X("col:O", title=x_title), y=alt.Y("row:O", title=y_title, sort="descending"))
+    from app.charts import token_axis
+
+    base = alt.Chart(df).encode(
+        x=alt.X("col:O", title=x_title, axis=token_axis()),
+        y=alt.Y("row:O", title=y_title, sort="descending", axis=token_axis()),
+    )
     rect = base.mark_rect().encode(
         color=alt.Color("cka:Q", scale=alt.Scale(scheme="viridis", domain=[low, 1.0]), title="CKA"),
         tooltip=[

@@ -92,14 +92,51 @@ def attention_window(result: AnalysisResult) -> tuple[int, int] | None:
     return int(start), int(start) + WINDOW
 
 
+#: The colour-scale control's options: "auto" follows core.present.chart_spec.default_attention_scale.
+SCALE_OPTIONS = ("auto", *chart_spec.ATTENTION_SCALES)
+SCALE_NAMES = {"linear": "Linear", "row": "Per row", "log": "Log"}
+
+
+def attention_scale(result: AnalysisResult) -> tuple[str, str]:
+    """The colour-scale control of the attention heatmap (a view of the stored result: no model runs). Returns
+    (the scale drawn, the option chosen: "auto" or the scale)."""
+    state = st.session_state
+    if state.get(Keys.ATT_SCALE) not in SCALE_OPTIONS:
+        state[Keys.ATT_SCALE] = "auto"
+    auto = chart_spec.default_attention_scale(result.n_tokens)
+    chosen = st.radio(
+        "Colour scale",
+        SCALE_OPTIONS,
+        key=Keys.ATT_SCALE,
+        horizontal=True,
+        format_func=lambda o: f"Automatic ({SCALE_NAMES[auto].lower()})" if o == "auto" else SCALE_NAMES[o],
+        help=f"Automatic: linear below {chart_spec.LOG_SCALE_FROM} tokens, log from {chart_spec.LOG_SCALE_FROM} "
+        "(weights near 1/T beside an attention sink are white on a linear scale). Per row: each query row divided "
+        "by its largest weight.",
+    )
+    chosen = chosen if chosen in SCALE_OPTIONS else "auto"
+    return (auto if chosen == "auto" else chosen), chosen
+
+
+def attention_scale_line(scale: str, chosen: str, n_tokens: int) -> str:
+    """The caption that names the heatmap's colour scale."""
+    why = ""
+    if chosen == "auto":
+        rule = f"below {chart_spec.LOG_SCALE_FROM}" if scale == "linear" else f"from {chart_spec.LOG_SCALE_FROM}"
+        why = f" (chosen automatically: {n_tokens} tokens, {scale} {rule} tokens)"
+    return f"Colour scale: {SCALE_NAMES[scale].lower()}{why} — {chart_spec.attention_scale_caption(scale)}."
+
+
 def attention_section(result: AnalysisResult) -> None:
     """The Attention tab: its layer and head pickers, the heatmap (a token window for long texts) and, for a single
     head, its statistics."""
     layer, head = pickers(result)
     title = f"Layer {chart_spec.block_number(layer)}, " + ("mean over heads" if head is None else f"head {head}")
     window = attention_window(result)
-    df = tables.attention_frame(result.attentions, result.display_tokens, layer, head, window)
-    st.altair_chart(charts.attention_heatmap(df, title), width="content")
+    scale, chosen = attention_scale(result)
+    df = tables.attention_frame(result.attentions, result.display_tokens, layer, head, window, scale)
+    st.altair_chart(charts.attention_heatmap(df, title, scale, result.n_tokens), width="content")
+    st.caption(attention_scale_line(scale, chosen, result.n_tokens))
     n = int(df["qi"].nunique())
     if not charts.labels_fit(n):
         st.caption(
@@ -344,13 +381,20 @@ def logit_lens_section(result: AnalysisResult) -> None:
 # Animations
 
 
-def animations_section(result: AnalysisResult) -> None:
-    """The Animations tab: its own head picker, and the layer-transition GIFs of core.figures.animations, rendered once
-    per (result, head) and cached. The captions name the head that is shown. Above them the layer × layer CKA of the
-    run (how far the representation moves between layers)."""
+#: The tab of the layer × layer CKA of one run.
+LAYER_CKA_TAB = "Layer similarity (CKA)"
+
+
+def layer_cka_tab(result: AnalysisResult) -> None:
+    """The layer × layer linear CKA of the run (how far the representation moves between layers), in its own tab."""
     from app.compare_widgets import layer_cka_section
 
     layer_cka_section(result)
+
+
+def animations_section(result: AnalysisResult) -> None:
+    """The Animations tab: its own head picker, and the layer-transition GIFs of core.figures.animations, rendered once
+    per (result, head) and cached. The captions name the head that is shown."""
     if not st.session_state.get(Keys.ANIMATIONS, True):
         st.caption("Animations are off (sidebar → Settings → Layer animations).")
         return

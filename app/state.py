@@ -53,6 +53,7 @@ class Keys:
     CORR_METHOD = "corr_method"
     ATTR_METHOD = "attr_method"
     ATT_WINDOW = "att_window"  # first position of the attention-heatmap window (long texts)
+    ATT_SCALE = "att_scale"  # colour scale of the attention heatmap: "auto" or one of chart_spec.ATTENTION_SCALES
     METRIC_ZOOM = "metric_zoom"  # Overall: toggle "Zoom to data" of the layer-metric charts
     ANIM_HEAD = "anim_head"  # Animations tab: the head of the attention GIF (or the mean over heads)
     LENS_WINDOW = "lens_window"  # first column of the logit-lens grid window (long texts)

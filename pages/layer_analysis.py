@@ -1,7 +1,8 @@
 """Layer Analysis page: attention maps, per-head statistics and clustering, token attribution, the logit lens, the
 layer animations and the sparse-autoencoder features, all drawn from the stored result (no model runs on a slider or
-head change). Each tab holds the pickers it uses: the Attention tab a layer and a head, the Animations tab a head, the
-SAE tab an SAE, a feature and a token; the others show every layer."""
+head change). Each tab holds the pickers it uses: the Attention tab a layer and a head (and the colour scale), the
+Animations tab a head, the SAE tab an SAE, a feature and a token; the others, the layer × layer CKA among them, show
+every layer."""
 
 from __future__ import annotations
 
@@ -27,12 +28,13 @@ if result is None:
 
 result_header(result)
 
-tab_att, tab_heads, tab_attr, tab_lens, tab_anim, tab_neurons, tab_sae, *route_tabs = st.tabs(
+tab_att, tab_heads, tab_attr, tab_lens, tab_cka, tab_anim, tab_neurons, tab_sae, *route_tabs = st.tabs(
     [
         "Attention",
         "Heads",
         "Token attribution",
         "Logit lens",
+        lw.LAYER_CKA_TAB,
         "Animations",
         "Neurons & query–key",
         "SAE features",
@@ -47,6 +49,8 @@ with tab_attr, guarded("token attribution"):
     lw.attribution_section(result)
 with tab_lens, guarded("logit lens"):
     lw.logit_lens_section(result)
+with tab_cka, guarded("layer similarity"):
+    lw.layer_cka_tab(result)
 with tab_anim, guarded("layer animations"):
     lw.animations_section(result)
 with tab_sae, guarded("SAE features"):  # computed with the analysis (settings.sae_dirs): drawn from the result only

@@ -135,6 +135,7 @@ def test_layer_analysis_page(results, family):
         "Heads",
         "Token attribution",
         "Logit lens",
+        "Layer similarity (CKA)",
         "Animations",
         "Neurons & query–key",
         "Logit attribution",

@@ -106,49 +106,23 @@ def head_clusters_plot(result: AnalysisResult) -> bytes:
     return plotting.png(fig, tight=True)
 
 
-#: Colour scales of the token × token attention maps (the `scale` argument):
-#: "linear": 0 … the map's largest weight; "row": each query row divided by its own largest weight (0 … 1), so every
-#: row's pattern is visible even beside an attention sink; "log": a log scale from LOG_FLOOR / T (a tenth of the
-#: uniform weight 1/T; smaller weights drawn as the floor) to the largest weight, so that a weight of 1/T sits at a
-#: visible shade whatever the sink beside it (1/T at 512 tokens next to a 0.75 sink: 28 % of the scale; linear: 0.3 %).
-ATTENTION_SCALES = ("linear", "row", "log")
-#: The log scale starts at LOG_FLOOR / T.
-LOG_FLOOR = 0.1
-
-
-def default_attention_scale(n_tokens: int) -> str:
-    """The scale the bundle draws by default: "log" from 64 tokens on, "linear" below. Chosen by looking at renders
-    of the bundled MiniLM: at 512 tokens the linear map is white but for a few cells (weights near 1/T ≈ 0.002
-    beside a largest weight of 0.3–0.75) and per-row normalisation stays pale too (the mean over heads is diffuse
-    within a row), while the log scale shows the diagonals and the repeated-phrase bands; at 13 tokens the linear
-    map reads well and the log map is saturated."""
-    return "log" if n_tokens >= 64 else "linear"
-
-
-def attention_scale_caption(scale: str) -> str:
-    """A few words naming the colour scale (under the figure's title; the page's caption can reuse them)."""
-    return {
-        "linear": "colour: weight, 0 … the largest in the map",
-        "row": "colour: weight / its row's largest weight",
-        "log": "colour: log scale, 1/(10·T) … the largest weight",
-    }[scale]
+#: Colour scales of the token × token attention maps (the `scale` argument): the rule is core.present.chart_spec's
+#: (ATTENTION_SCALES, LOG_FLOOR, default_attention_scale, attention_scale_caption), shared with the page's heatmap.
+ATTENTION_SCALES = chart_spec.ATTENTION_SCALES
+LOG_FLOOR = chart_spec.LOG_FLOOR
+default_attention_scale = chart_spec.default_attention_scale
+attention_scale_caption = chart_spec.attention_scale_caption
+_BAR_LABELS = {"linear": "attention weight", "row": "weight / row maximum", "log": "attention weight (log scale)"}
 
 
 def _scaled(mat: np.ndarray, scale: str) -> tuple[np.ndarray, Any, str]:
-    """(values to draw, matplotlib norm, colour-bar label) of an attention map [T, T] under `scale`."""
+    """(values to draw, matplotlib norm, colour-bar label) of an attention map [T, T] under `scale`
+    (core.present.chart_spec.scaled_attention)."""
     from matplotlib.colors import LogNorm, Normalize
 
-    if scale not in ATTENTION_SCALES:
-        raise ValueError(f"unknown attention scale {scale!r}: one of {', '.join(ATTENTION_SCALES)}")
-    top = max(float(mat.max()), 1e-12)
-    T = max(int(mat.shape[-1]), 1)
-    if scale == "row":
-        peak = np.maximum(mat.max(axis=1, keepdims=True), 1e-12)
-        return mat / peak, Normalize(0.0, 1.0), "weight / row maximum"
-    if scale == "log":
-        floor = min(LOG_FLOOR / T, top / 10.0)
-        return np.maximum(mat, floor), LogNorm(floor, top), "attention weight (log scale)"
-    return mat, Normalize(0.0, top), "attention weight"
+    shown, low, high = chart_spec.scaled_attention(mat, scale, int(mat.shape[-1]))
+    norm = LogNorm(low, high) if scale == "log" else Normalize(low, high)
+    return shown, norm, _BAR_LABELS[scale]
 
 
 def _labelled_heatmap(ax: Axes, mat: np.ndarray, labels: list[str], title: str, scale: str = "linear") -> AxesImage:

@@ -11,6 +11,8 @@ read this module, so a PNG in the bundle and the chart on the page make the same
 - Words (`metric_tokens_phrase`, `target_phrase`, `timing_phrase`): the sentences the header, the sidebar and the
   PDF print about a result, built from its fields without internal keys.
 - Degenerate data (`empty_reason`, `correlation_gap_reason`): the one line a chart shows instead of an empty frame.
+- Attention colour scales (`ATTENTION_SCALES`, `default_attention_scale`, `scaled_attention`): linear, per-row or
+  log, the same on the page's heatmap and in the bundle's figures.
 
 Pure Python + numpy: no Streamlit, no Altair, no matplotlib.
 """
@@ -271,3 +273,68 @@ def place_labels(
                     break
         out.append(spot)
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Colour scale of the token × token attention maps (the page's heatmap and the bundle's figures)
+# --------------------------------------------------------------------------------------------------------------
+#: "linear": 0 … the map's largest weight; "row": each query row divided by its own largest weight (0 … 1), so every
+#: row's pattern is visible even beside an attention sink; "log": a log scale from LOG_FLOOR / T (a tenth of the
+#: uniform weight 1/T; smaller weights drawn as the floor) to the largest weight, so that a weight of 1/T sits at a
+#: visible shade whatever the sink beside it (1/T at 512 tokens next to a 0.75 sink: 28 % of the scale; linear: 0.3 %).
+ATTENTION_SCALES = ("linear", "row", "log")
+#: The log scale starts at LOG_FLOOR / T.
+LOG_FLOOR = 0.1
+#: From this many tokens on, the maps are drawn on the log scale by default.
+LOG_SCALE_FROM = 64
+
+
+def default_attention_scale(n_tokens: int) -> str:
+    """The scale the page and the bundle draw by default: "log" from LOG_SCALE_FROM tokens on, "linear" below.
+    Chosen by looking at renders of the bundled MiniLM: at 512 tokens the linear map is white but for a few cells
+    (weights near 1/T ≈ 0.002 beside a largest weight of 0.3–0.75) and per-row normalisation stays pale too (the
+    mean over heads is diffuse within a row), while the log scale shows the diagonals and the repeated-phrase bands;
+    at 13 tokens the linear map reads well and the log map is saturated."""
+    return "log" if n_tokens >= LOG_SCALE_FROM else "linear"
+
+
+def attention_scale_caption(scale: str) -> str:
+    """A few words naming the colour scale (under a figure's title, in the page's caption)."""
+    return {
+        "linear": "colour: weight, 0 … the largest in the map",
+        "row": "colour: weight / its row's largest weight",
+        "log": "colour: log scale, 1/(10·T) … the largest weight",
+    }[scale]
+
+
+def scaled_attention(
+    weights: np.ndarray, scale: str, n_tokens: int, row_max: np.ndarray | None = None
+) -> tuple[np.ndarray, float, float]:
+    """(values to colour, low, high) of attention weights under `scale` (ATTENTION_SCALES).
+
+    weights: [Q, K] (a map, or a window of one); n_tokens: T of the whole map (the log floor is LOG_FLOOR / T);
+    row_max: [Q] the largest weight of each query's whole row (default: the largest within `weights`). "linear":
+    the weights on [0, their largest]; "row": weight / row maximum on [0, 1]; "log": the weights raised to the floor
+    min(LOG_FLOOR / T, largest / 10), on [floor, largest] (to be drawn on a log colour scale).
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    low, high = attention_domain(scale, float(w.max()) if w.size else 0.0, n_tokens)
+    if scale == "row":
+        peak = w.max(axis=-1) if row_max is None else np.asarray(row_max, dtype=np.float64)
+        return w / np.maximum(peak, 1e-12)[..., None], low, high
+    if scale == "log":
+        return np.maximum(w, low), low, high
+    return w, low, high
+
+
+def attention_domain(scale: str, largest: float, n_tokens: int) -> tuple[float, float]:
+    """The colour domain of an attention map under `scale`, given its largest weight and the whole map's T:
+    linear [0, largest], row [0, 1], log [min(LOG_FLOOR / T, largest / 10), largest]."""
+    if scale not in ATTENTION_SCALES:
+        raise ValueError(f"unknown attention scale {scale!r}: one of {', '.join(ATTENTION_SCALES)}")
+    top = max(float(largest), 1e-12)
+    if scale == "row":
+        return 0.0, 1.0
+    if scale == "log":
+        return min(LOG_FLOOR / max(int(n_tokens), 1), top / 10.0), top
+    return 0.0, top

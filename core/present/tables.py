@@ -12,6 +12,7 @@ import numpy as np
 
 from core.analysis.result import AnalysisResult
 from core.infra.guards import visible_controls
+from core.present import chart_spec
 from core.steps.attention import AttentionSection
 from core.steps.logit_lens import LensSection
 from core.steps.metrics import METRIC_NAMES
@@ -74,12 +75,19 @@ def correlations_long(corr: np.ndarray | pd.DataFrame) -> pd.DataFrame:
 
 
 def attention_frame(
-    attentions: np.ndarray, tokens: list[str], layer: int, head: int | None, window: tuple[int, int] | None = None
+    attentions: np.ndarray,
+    tokens: list[str],
+    layer: int,
+    head: int | None,
+    window: tuple[int, int] | None = None,
+    scale: str = "linear",
 ) -> pd.DataFrame:
-    """One attention map in long form: query, key (labels), qi, ki (positions), weight.
+    """One attention map in long form: query, key (labels), qi, ki (positions), weight, shown.
 
     attentions: [L, H, T, T]; head None means the mean over heads, (1/H) Σ_h A[layer, h]. window (start, stop)
     keeps the square block of queries and keys start ≤ i, j < stop (labels keep their absolute positions).
+    shown: the value the colour encodes under `scale` (core.present.chart_spec.scaled_attention; "row" divides by
+    the largest weight of the query's whole row, window or not).
     """
     import pandas as pd
 
@@ -89,7 +97,9 @@ def attention_frame(
     labels = token_labels(tokens[:T])
     lo, hi = (0, T) if window is None else (max(0, window[0]), min(T, window[1]))
     qi, ki = np.meshgrid(np.arange(lo, hi), np.arange(lo, hi), indexing="ij")
+    row_max = M.max(axis=1)[lo:hi]
     M = M[lo:hi, lo:hi]
+    shown, _low, _high = chart_spec.scaled_attention(M, scale, T, row_max=row_max)
     return pd.DataFrame(
         {
             "qi": qi.ravel(),
@@ -97,6 +107,7 @@ def attention_frame(
             "query": [labels[i] for i in qi.ravel()],
             "key": [labels[j] for j in ki.ravel()],
             "weight": M.ravel(),
+            "shown": shown.ravel(),
         }
     )
 

@@ -79,11 +79,12 @@ _FIGURES: list[DocEntry] = [
             "and top attended pairs), or the mean over the heads of the last layer "
             "(plots/attention_mean_last_layer.png). Long texts show a window of tokens; every token is "
             "labelled when the labels fit, otherwise a cell's tooltip names its tokens. Colour scale: linear "
-            "(0 … the largest weight) below 64 tokens; from 64 tokens the PNG uses a log scale from a tenth "
-            "of the uniform weight, 1/(10·T), to the largest weight, because weights near 1/T beside an attention "
-            "sink of 0.3–0.75 would be white on a linear scale; 'row' (each row divided by its largest weight) is "
-            "the third option (core.figures.attention.ATTENTION_SCALES). The scale is named under each figure's "
-            "title."
+            "(0 … the largest weight) below 64 tokens; from 64 tokens the page and the PNG use a log scale from a "
+            "tenth of the uniform weight, 1/(10·T), to the largest weight, because weights near 1/T beside an "
+            "attention sink of 0.3–0.75 would be white on a linear scale; 'row' (each row divided by its largest "
+            "weight) is the third option (core.present.chart_spec.ATTENTION_SCALES). The page's 'Colour scale' "
+            "control picks one (it redraws the stored result, no model runs); the scale is named in the page's "
+            "caption and under each figure's title."
         ),
         how_to_read=(
             "Each row sums to 1. A bright sub-diagonal is a previous-token head; a bright first column is "

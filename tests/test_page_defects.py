@@ -1,0 +1,197 @@
+"""The page defects found by trying the workbench as a new user (issue 25), each with the check that it is gone:
+the Compare legends and run names, the layer × layer CKA in its own tab, the attention heatmap's first labels and
+its colour-scale control, the favicon served without the internet, and corpus charts that say why they are empty
+or flat instead of drawing nothing or float noise."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_app_pages import LAYERS, ForwardCounter, make_app, no_exception
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fixtures and helpers
+
+
+@pytest.fixture(scope="module")
+def gpt2_run(tiny_gpt2):
+    from core import analyze
+
+    return analyze(tiny_gpt2, "The cat sat on the mat.", ig_steps=2)
+
+
+def with_tokens(base, T: int, key: str):
+    """A real result widened to T tokens (tiny models hold 128 positions): causal uniform attention."""
+    L, H = base.n_layers, base.n_heads
+    att = np.tril(np.ones((L, H, T, T), dtype=np.float32))
+    att /= att.sum(-1, keepdims=True)
+    return base.replace(
+        attentions=att,
+        tokens=["t"] * T,
+        display_tokens=[f"w{i}" for i in range(T)],
+        token_ids=list(range(T)),
+        special_mask=[False] * T,
+        attention=None,
+        attribution=None,
+        logit_lens=None,
+        cache_key=key,
+    )
+
+
+def band_axes(spec: dict) -> list[tuple[str, dict]]:
+    """(channel, axis) of every x/y encoding on a nominal or ordinal field in a Vega-Lite spec (all layers)."""
+    out = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            enc = node.get("encoding")
+            if isinstance(enc, dict):
+                for ch in ("x", "y"):
+                    e = enc.get(ch)
+                    if isinstance(e, dict) and e.get("type") in ("nominal", "ordinal"):
+                        out.append((ch, e.get("axis") or {}))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(spec)
+    return out
+
+
+def layer_page(result):
+    at = make_app(result).run()
+    at.switch_page(LAYERS).run()
+    no_exception(at)
+    return at
+
+
+def attention_spec(at) -> dict:
+    """The Vega-Lite spec of the Layer Analysis page's attention heatmap (the chart whose colour is `shown`)."""
+    for c in at.get("vega_lite_chart"):
+        spec = json.loads(c.proto.spec)
+        if spec.get("encoding", {}).get("color", {}).get("field") == "shown":
+            return spec
+    raise AssertionError("no attention heatmap on the page")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. The attention heatmap's first labels
+
+
+def test_attention_heatmap_labels_at_16_tokens_do_not_overlap(gpt2_run):
+    """Streamlit's Vega theme sets labelFlush, which moved the first label of a band axis half a label inwards,
+    onto the second (measured in Chromium at 16 tokens: 10 px between the first two y labels, 15 px between the
+    others). Every band axis turns it off, and the labels' font is smaller than the row they label."""
+    from app import charts
+    from core.present import tables
+
+    r = with_tokens(gpt2_run, 16, "sixteen")
+    df = tables.attention_frame(r.attentions, r.display_tokens, 0, None)
+    spec = charts.attention_heatmap(df, "t").to_dict()
+    axes = dict(band_axes(spec))
+    assert set(axes) == {"x", "y"}
+    side = charts.heatmap_side(16)
+    for axis in axes.values():
+        assert axis["labelFlush"] is False
+        assert axis["labelOverlap"] is False  # every label is drawn …
+        assert axis["labelFontSize"] + 2 <= side / 16  # … and has room: 11 px type in a 15 px row
+    assert spec["height"] == spec["width"] == side
+
+
+def test_every_band_axis_of_the_app_turns_label_flush_off(gpt2_run):
+    """The same theme default on every chart with token, layer or position bands (bars, grids, heatmaps)."""
+    import pandas as pd
+
+    from app import charts
+    from app.compare_widgets import cka_heatmap
+    from core.present import tables
+
+    r = gpt2_run
+    frames = [
+        charts.attention_heatmap(tables.attention_frame(r.attentions, r.display_tokens, 0, 1), "t"),
+        charts.layer_head_heatmap(tables.layer_head_frame(r.attention.entropy, "entropy"), "entropy", "t"),
+        charts.normalised_heatmap(tables.normalised_metrics(r)),
+        charts.logit_lens_heatmap(tables.logit_lens_grid_frame(r.logit_lens, r.display_tokens)),
+        charts.attribution_bars(pd.DataFrame({"position": [0, 1], "token": ["a", "b"], "s": [0.5, -0.2]}), "s"),
+        charts.row_entropy_bars(pd.DataFrame({"query": ["0: a", "1: b"], "entropy": [0.1, 0.3]})),
+        cka_heatmap(np.eye(3), "layer", "layer"),
+    ]
+    checked = 0
+    for chart in frames:
+        for _ch, axis in band_axes(chart.to_dict()):
+            assert axis.get("labelFlush") is False
+            checked += 1
+    assert checked >= 11
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 7. The attention colour scale: a control, named in the caption, no model run
+
+
+def test_attention_frame_colour_values_per_scale(gpt2_run):
+    from core.present import chart_spec, tables
+
+    r = with_tokens(gpt2_run, 40, "forty")
+    A = r.attentions[0].mean(0).astype(np.float64)
+    window = (10, 30)
+    lin = tables.attention_frame(r.attentions, r.display_tokens, 0, None, window, "linear")
+    np.testing.assert_allclose(lin["shown"], lin["weight"])
+    row = tables.attention_frame(r.attentions, r.display_tokens, 0, None, window, "row")
+    # divided by the largest weight of the query's whole row, not of the window: causal uniform rows have 1/(i+1)
+    np.testing.assert_allclose(row["shown"], row["weight"] / A.max(axis=1)[row["qi"]])
+    log = tables.attention_frame(r.attentions, r.display_tokens, 0, None, window, "log")
+    low, high = chart_spec.attention_domain("log", float(log["weight"].max()), 40)
+    assert low == pytest.approx(min(0.1 / 40, high / 10))
+    np.testing.assert_allclose(log["shown"], np.maximum(log["weight"], low))
+    assert (log["weight"] == 0).any() and log["shown"].min() == pytest.approx(low)  # zeros drawn at the floor
+
+
+def test_layer_page_cka_tab_and_attention_colour_scale_control(gpt2_run):
+    """3. The layer × layer CKA has its own tab (it sat under "Animations"); 7. the attention map's colour scale is
+    a control (automatic by default), named in the caption, that redraws the stored result without a model run."""
+    from app.layer_widgets import LAYER_CKA_TAB
+
+    at = layer_page(gpt2_run)
+    tabs = {t.label: t for t in at.tabs}
+    assert LAYER_CKA_TAB == "Layer similarity (CKA)" and LAYER_CKA_TAB in tabs
+    cka_tab, anim_tab = tabs[LAYER_CKA_TAB], tabs["Animations"]
+    assert any('"CKA"' in c.proto.spec for c in cka_tab.get("vega_lite_chart"))
+    assert cka_tab.toggle(key="layer_cka_debiased")
+    assert not any('"CKA"' in c.proto.spec for c in anim_tab.get("vega_lite_chart"))
+    assert not [t for t in anim_tab.toggle if t.key == "layer_cka_debiased"]
+
+    radio = at.radio(key="att_scale")
+    assert radio.value == "auto" and list(radio.options) == ["Automatic (linear)", "Linear", "Per row", "Log"]
+    n = gpt2_run.n_tokens
+    assert any(
+        f"Colour scale: linear (chosen automatically: {n} tokens, linear below 64" in c.value for c in at.caption
+    )
+    spec = attention_spec(at)
+    assert spec["encoding"]["color"]["scale"].get("type") is None  # linear
+    with ForwardCounter() as fc:
+        at.radio(key="att_scale").set_value("log").run()
+        no_exception(at)
+        spec = attention_spec(at)
+        assert spec["encoding"]["color"]["scale"]["type"] == "log"
+        assert spec["encoding"]["color"]["title"] == "weight (log)"
+        assert any(c.value.startswith("Colour scale: log — colour: log scale") for c in at.caption)
+        at.radio(key="att_scale").set_value("row").run()
+        no_exception(at)
+        spec = attention_spec(at)
+        assert spec["encoding"]["color"]["scale"]["domain"] == [0.0, 1.0]
+        assert any(c.value.startswith("Colour scale: per row — colour: weight / its row") for c in at.caption)
+        at.select_slider(key="layer").set_value(1).run()
+        no_exception(at)
+    assert fc.calls == 0, f"{fc.calls} module calls on a colour-scale change"
+    assert at.session_state["att_scale"] == "row"  # kept across a layer change
+
+
+def test_attention_colour_scale_is_log_by_default_from_64_tokens(gpt2_run):
+    at = layer_page(with_tokens(gpt2_run, 70, "seventy"))
+    assert at.radio(key="att_scale").value == "auto"
+    assert any("Colour scale: log (chosen automatically: 70 tokens, log from 64 tokens)" in c.value for c in at.caption)
+    assert attention_spec(at)["encoding"]["color"]["scale"]["type"] == "log"
