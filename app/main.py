@@ -21,8 +21,12 @@ from app.state import Keys, init_state, keep_inputs  # noqa: E402
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+#: The favicon: a local SVG, which Streamlit inlines as a data: URI. A ":material/…" icon would make every browser
+#: fetch it from fonts.gstatic.com (Streamlit 1.67's frontend), which fails offline with console errors.
+PAGE_ICON = str(ROOT / "assets" / "favicon.svg")
+
 st.set_page_config(
-    page_title="Transformer Model Analysis", page_icon=":material/hub:", layout="wide", initial_sidebar_state="expanded"
+    page_title="Transformer Model Analysis", page_icon=PAGE_ICON, layout="wide", initial_sidebar_state="expanded"
 )
 
 PAGES = [

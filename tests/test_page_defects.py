@@ -195,3 +195,33 @@ def test_attention_colour_scale_is_log_by_default_from_64_tokens(gpt2_run):
     assert at.radio(key="att_scale").value == "auto"
     assert any("Colour scale: log (chosen automatically: 70 tokens, log from 64 tokens)" in c.value for c in at.caption)
     assert attention_spec(at)["encoding"]["color"]["scale"]["type"] == "log"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 5. The favicon needs no request (the browser test tests/test_browser_offline.py watches every request)
+
+
+def test_page_icon_is_inlined_not_fetched(monkeypatch):
+    """What app/main.py passes as page_icon becomes, in Streamlit's own conversion, a data: URI: the browser
+    fetches nothing (":material/hub:" made it fetch an SVG from fonts.gstatic.com)."""
+    import base64
+
+    import streamlit as st
+    from streamlit.commands.page_config import _get_favicon_string
+
+    seen: list[object] = []
+    original = st.set_page_config
+
+    def record(*args, **kw):
+        seen.append(kw.get("page_icon"))
+        return original(*args, **kw)
+
+    monkeypatch.setattr(st, "set_page_config", record)
+    at = make_app().run()
+    no_exception(at)
+    assert seen, "app/main.py did not call st.set_page_config"
+    favicon = _get_favicon_string(seen[0])
+    prefix = "data:image/svg+xml;base64,"
+    assert favicon.startswith(prefix), favicon[:60]
+    svg = base64.b64decode(favicon[len(prefix) :]).decode()
+    assert "<svg" in svg and "href" not in svg and "url(" not in svg  # nothing inside it points elsewhere either
