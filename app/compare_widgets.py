@@ -10,6 +10,7 @@ function of the two results, cached per pair of results.
 
 from __future__ import annotations
 
+import html
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +30,7 @@ from core.infra.errors import InputError, ModelUnavailableError, TMAError
 from core.infra.presets import BUNDLED_ID, PRESET_IDS, preset
 from core.present import chart_spec, tables
 from core.present.chart_spec import METRIC_AXES
-from core.present.compare import metric_overlay_rows, prediction_rows, short_id
+from core.present.compare import metric_overlay_rows, prediction_rows, run_label, run_name
 from core.run.settings import AnalysisSettings, max_text_chars
 from core.steps.metrics import METRIC_NAMES
 from core.studies.compare import ComparisonResult, compare, layer_cka
@@ -338,10 +339,13 @@ def _layer_cka(key: str, debiased: bool, ref: _Ref) -> np.ndarray:
 
 
 def overlay_chart(df: pd.DataFrame, metric: str, axis: str) -> alt.LayerChart:
-    """One metric of both runs against relative depth or layer, coloured by run. The y-axis follows the metric's
-    rule in core.present.chart_spec (from 0, or [0, 1] for cosines; integer ticks for counts), as on the Overall page;
-    no token ceiling, since the two runs may have different token counts."""
+    """One metric of both runs against relative depth or layer, coloured by run (A blue, B red, in the order the
+    runs appear in df). No legend: a chart a third of the column wide cut the names ("B: all-MiniLM-L6-v…"); the
+    page writes one legend above the charts (legend_html), and each point's tooltip names its run. The y-axis
+    follows the metric's rule in core.present.chart_spec (from 0, or [0, 1] for cosines; integer ticks for counts),
+    as on the Overall page; no token ceiling, since the two runs may have different token counts."""
     spec = METRIC_AXES[metric]
+    runs = list(dict.fromkeys(df["run"]))
     d = df[df.metric == metric]
     domain = chart_spec.y_domain(metric, d["value"].to_numpy(), 0) or (0.0, 1.0)
     x_title = "relative depth (layer / layers)" if axis == "relative" else "layer (0 = embeddings)"
@@ -354,9 +358,7 @@ def overlay_chart(df: pd.DataFrame, metric: str, axis: str) -> alt.LayerChart:
             scale=alt.Scale(domain=list(domain), nice=False, zero=False),
             axis=y_axis,
         ),
-        color=alt.Color(
-            "run:N", title=None, scale=alt.Scale(range=RUN_COLOURS), legend=alt.Legend(orient="bottom", labelLimit=300)
-        ),
+        color=alt.Color("run:N", title=None, scale=alt.Scale(domain=runs, range=RUN_COLOURS), legend=None),
         tooltip=[
             alt.Tooltip("run:N"),
             alt.Tooltip("layer:Q", format="d"),
@@ -365,6 +367,19 @@ def overlay_chart(df: pd.DataFrame, metric: str, axis: str) -> alt.LayerChart:
         ],
     )
     return (base.mark_line() + base.mark_point(filled=True, size=40)).properties(height=220)
+
+
+def legend_html(cmp: ComparisonResult) -> str:
+    """One legend for the overlaid charts: each run's colour and its whole name (core.present.compare.run_label:
+    the text in two-text mode, the model in two-model mode), HTML-escaped, wrapping in the column's width."""
+    items = []
+    for s, colour in zip(cmp.runs, RUN_COLOURS):
+        label = html.escape(run_label(cmp, s))
+        items.append(
+            f'<span style="display:inline-flex;align-items:baseline;gap:0.4em;margin-right:1.6em">'
+            f'<span style="color:{colour};font-weight:700">━●━</span><span>{label}</span></span>'
+        )
+    return f'<div class="tma-compare-legend" style="line-height:1.6">{"".join(items)}</div>'
 
 
 def cka_heatmap(matrix: np.ndarray, y_title: str, x_title: str) -> alt.LayerChart:
@@ -438,6 +453,7 @@ def metrics_section(cmp: ComparisonResult) -> None:
             + ("layers are aligned by number." if absolute else "layers are aligned by relative depth.")
         )
     df = pd.DataFrame(metric_overlay_rows(cmp, axis))
+    st.html(legend_html(cmp))
     names = list(METRIC_NAMES)
     for start in range(0, len(names), 3):
         cols = st.columns(3)
@@ -549,7 +565,7 @@ def cka_section(cmp: ComparisonResult) -> None:
         "tokens (needs at least 4 tokens).",
     )
     M = cmp.cka_debiased if debiased and cmp.cka_debiased is not None else cmp.cka
-    titles = f"layer of A ({short_id(cmp.a.model_id)})", f"layer of B ({short_id(cmp.b.model_id)})"
+    titles = f"layer of A ({run_name(cmp, cmp.a)})", f"layer of B ({run_name(cmp, cmp.b)})"
     st.altair_chart(cka_heatmap(M, *titles), width="content")
     if cmp.a.n_layers == cmp.b.n_layers:
         diag = np.diag(M)

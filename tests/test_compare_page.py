@@ -67,7 +67,7 @@ def test_two_texts_on_one_model(runs):
     assert at.toggle(key="cmp_axis").value is True  # same layer count: absolute layers by default
     assert n_charts(at) >= 6  # five metric overlays + the entropy difference
     assert any("different texts" in i.value for i in at.info)  # no CKA, said calmly
-    assert len(at.get("html")) == 2  # token shading of A and B
+    assert len(at.get("html")) == 3  # the runs' legend, the token shading of A and B
 
 
 def test_six_against_twelve_layers_relative_depth_and_cka(runs):

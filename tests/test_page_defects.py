@@ -6,6 +6,7 @@ or flat instead of drawing nothing or float noise."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -225,3 +226,90 @@ def test_page_icon_is_inlined_not_fetched(monkeypatch):
     assert favicon.startswith(prefix), favicon[:60]
     svg = base64.b64decode(favicon[len(prefix) :]).decode()
     assert "<svg" in svg and "href" not in svg and "url(" not in svg  # nothing inside it points elsewhere either
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1, 2. Compare: whole names in the legends; two texts on one model are named by their texts
+
+LONG = "The $5 cat sat on the mat,\n  and then   it slept for a very long time in the sun."
+
+
+@pytest.fixture(scope="module")
+def two_texts(tiny_gpt2, gpt2_run):
+    from core import analyze
+    from core.studies.compare import compare
+
+    other = analyze(tiny_gpt2, LONG, ig_steps=2)
+    return gpt2_run, other, compare(gpt2_run, other)
+
+
+def test_two_text_runs_are_named_by_their_texts(two_texts, gpt2_run):
+    from core.present.compare import NAME_CHARS, run_label, run_name, short_text
+    from core.studies.compare import compare
+
+    _a, _b, cmp = two_texts
+    assert run_name(cmp, cmp.a) == "\u201cThe cat sat on the mat.\u201d"
+    long = run_name(cmp, cmp.b)  # one line, cut with "…" to NAME_CHARS characters inside the quotes
+    assert long == short_text(LONG) and "\n" not in long and "  " not in long
+    assert long.endswith("\u2026\u201d") and len(long) <= NAME_CHARS + 2 and long.startswith("\u201cThe $5 cat sat on")
+    assert run_label(cmp, cmp.a).startswith("A: \u201cThe cat") and run_label(cmp, cmp.b).startswith("B: \u201cThe $5")
+    # one text on two models: named by the models; the same short name for two ids: the whole ids
+    short = cmp.a.model_id.rsplit("/")[-1]
+    two_models = replace(cmp, b=replace(cmp.a, label="B", model_id="x/y"))
+    assert run_name(two_models, two_models.b) == "y" and run_name(two_models, two_models.a) == short
+    clash = replace(cmp, b=replace(cmp.a, label="B", model_id="org/" + short))
+    assert run_name(clash, clash.b) == "org/" + short
+    # the same run twice (other settings): both named by the model, told apart by A and B
+    same = compare(gpt2_run, gpt2_run)
+    assert run_label(same, same.a) != run_label(same, same.b)
+
+
+def test_overlay_figure_legend_shows_whole_names_inside_the_figure(two_texts):
+    """The PNG/PDF overlay: the legend holds every character of both names (wrapped, never cut) and, drawn, lies
+    inside the figure; so does every other text of the figure."""
+    from core.figures import compare as fc
+    from core.figures.plotting import token_label
+    from core.present.compare import run_label
+
+    _a, _b, cmp = two_texts
+    fig = fc.overlay_figure(cmp)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = fig.axes[-1].get_legend()
+    shown = [t.get_text() for t in legend.get_texts()]
+    assert [t.replace("\n", " ") for t in shown] == [token_label(run_label(cmp, s)) for s in cmp.runs]
+    assert any("\n" in t for t in shown) and r"\$5" in shown[1]  # wrapped; "$" kept from mathtext
+    box, frame = legend.get_window_extent(renderer), fig.bbox
+    assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+    drawn = fig.get_tightbbox(renderer)  # every drawn artist (inches): titles, tick labels, axis labels, legend
+    inches = fig.bbox_inches
+    assert drawn.x0 >= inches.x0 and drawn.x1 <= inches.x1 and drawn.y0 >= inches.y0 and drawn.y1 <= inches.y1
+
+
+def test_compare_page_legend_names_both_texts_whole(two_texts):
+    from test_compare_page import compare_app
+
+    a, b, cmp = two_texts
+    at = compare_app(a, b)
+    no_exception(at)
+    legends = [h.proto.body for h in at.get("html") if "tma-compare-legend" in h.proto.body]
+    assert len(legends) == 1
+    body = legends[0]
+    assert "A: \u201cThe cat sat on the mat.\u201d" in body
+    assert "B: \u201cThe $5 cat sat on the mat, and then it\u2026\u201d" in body
+    assert cmp.a.model_id.rsplit("/")[-1] not in body  # named by the texts, not twice by the model
+    for c in at.get("vega_lite_chart"):
+        spec = json.loads(c.proto.spec)
+        colour = spec.get("encoding", {}).get("color", {})
+        if colour.get("field") == "run":  # the overlays: no legend of their own to cut
+            assert colour["legend"] is None
+            assert colour["scale"]["domain"][0] == "A: \u201cThe cat sat on the mat.\u201d"
+
+
+def test_legend_html_escapes_the_texts(two_texts):
+    from app.compare_widgets import legend_html
+
+    a, _b, cmp = two_texts
+    hostile = replace(cmp, b=replace(cmp.b, text="<img src=x onerror=alert(1)>"))
+    body = legend_html(hostile)
+    assert "<img" not in body and "&lt;img src=x onerror=alert(1)&gt;" in body

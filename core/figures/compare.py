@@ -10,9 +10,9 @@ from matplotlib.figure import Figure
 from core.analysis.result import AnalysisResult
 from core.figures import plotting
 from core.present import chart_spec
-from core.present.compare import run_label, short_id
+from core.present.compare import run_label, run_name
 from core.steps.metrics import METRIC_NAMES
-from core.studies.compare import MIN_TOKENS_CKA, ComparisonResult, layer_cka
+from core.studies.compare import MIN_TOKENS_CKA, ComparisonResult, RunSummary, layer_cka
 
 #: The comparison's figures: bundle name → (title, caption). Written only where defined.
 FIGURES: dict[str, tuple[str, str]] = {
@@ -53,7 +53,7 @@ def overlay_figure(cmp: ComparisonResult, axis: str | None = None) -> Figure:
     for ax, m in zip(axes, METRIC_NAMES):
         for s, style, colour in zip(cmp.runs, ("o-", "s--"), ("#1f5fa8", "#d6604d")):
             xs = s.depth if axis == "relative" else s.layers
-            ax.plot(xs, s.metrics[m], style, ms=3.5, lw=1.4, label=run_label(s), color=colour)
+            ax.plot(xs, s.metrics[m], style, ms=3.5, lw=1.4, label=legend_label(cmp, s), color=colour)
         domain = chart_spec.y_domain(m, np.concatenate([s.metrics[m] for s in cmp.runs]), 0)
         if domain is not None:  # the metric's axis rule, as on the Overall page (from 0; [0, 1] for cosines)
             ax.set_ylim(*domain)
@@ -67,9 +67,26 @@ def overlay_figure(cmp: ComparisonResult, axis: str | None = None) -> Figure:
         ax.grid(alpha=0.3)
     axes[-1].axis("off")
     handles, labels = axes[0].get_legend_handles_labels()
+    # in the free sixth panel, each name wrapped to the panel's width: nothing cut, nothing outside the figure
     axes[-1].legend(handles, labels, loc="center", fontsize=8, frameon=False)
     fig.subplots_adjust(left=0.06, right=0.98, top=0.94, bottom=0.08, hspace=0.42, wspace=0.25)
     return fig
+
+
+#: The overlay's legend wraps a run's label at this many characters (the free panel is ~3.3 in wide; 8 pt text).
+LEGEND_CHARS = 34
+
+
+def legend_label(cmp: ComparisonResult, s: RunSummary) -> str:
+    """run_label of run `s`, safe for matplotlib (no mathtext, no missing glyph) and wrapped to LEGEND_CHARS."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(plotting.token_label(run_label(cmp, s)), LEGEND_CHARS, break_on_hyphens=False))
+
+
+def axis_name(cmp: ComparisonResult, s: RunSummary) -> str:
+    """ "layer of A (<name>)" for the CKA heatmap's axes, safe for matplotlib."""
+    return plotting.token_label(f"layer of {s.label} ({run_name(cmp, s)})")
 
 
 def cka_figure(matrix: np.ndarray, y_label: str, x_label: str, title: str) -> Figure:
@@ -147,7 +164,7 @@ def comparison_plots(
     """{bundle name: PNG bytes} of every comparison figure that is defined (the layer × layer CKA of each run
     only when its result, with hidden states, is given)."""
     out = {"plots/metrics_overlay.png": plotting.png(overlay_figure(cmp))}
-    a, b = f"layer of A ({short_id(cmp.a.model_id)})", f"layer of B ({short_id(cmp.b.model_id)})"
+    a, b = axis_name(cmp, cmp.a), axis_name(cmp, cmp.b)
     if cmp.cka is not None:
         out["plots/cka.png"] = plotting.png(cka_figure(cmp.cka, a, b, "Linear CKA, A × B"))
     if cmp.cka_debiased is not None:

@@ -14,14 +14,42 @@ from core.studies.compare import AXES, ComparisonResult, RunSummary
 CKA_CSV_HEADER = ("layer_a", "layer_b", "cka")
 
 
+#: A run's text is cut to this many characters where it names the run (legends, axis titles, captions).
+NAME_CHARS = 40
+
+
 def short_id(model_id: str) -> str:
     """The last part of a model id or folder, at most 32 characters (legends and axis titles have little room)."""
     return model_id.rstrip("/").rsplit("/", 1)[-1][-32:] or model_id
 
 
-def run_label(s: RunSummary) -> str:
-    """ "A: <model>" for legends."""
-    return f"{s.label}: {short_id(s.model_id)}"
+def short_text(text: str, limit: int = NAME_CHARS) -> str:
+    """A text as a name: on one line (every run of whitespace one space), at most `limit` characters (then cut
+    with "…"), in quotes. Plain text: escape it for the medium (HTML, markdown, matplotlib) where it is shown."""
+    flat = " ".join(str(text).split())
+    if len(flat) > limit:
+        flat = flat[: limit - 1].rstrip() + "\u2026"
+    return f"\u201c{flat}\u201d"
+
+
+def run_name(cmp: ComparisonResult, s: RunSummary) -> str:
+    """What tells run `s` apart from the other run of `cmp`: its text when both runs use one model (two texts),
+    its model when both read one text (two models), both otherwise. Models are named by short_id, or by their
+    whole id when two different ids share the short one."""
+    other = cmp.b if s is cmp.a else cmp.a
+    model = short_id(s.model_id)
+    if model == short_id(other.model_id) and s.model_id != other.model_id:
+        model = s.model_id
+    if s.model_id == other.model_id and s.text != other.text:
+        return short_text(s.text)
+    if s.text == other.text:
+        return model
+    return f"{model}, {short_text(s.text)}"
+
+
+def run_label(cmp: ComparisonResult, s: RunSummary) -> str:
+    """ "A: <name>" (run_name) for legends and tooltips."""
+    return f"{s.label}: {run_name(cmp, s)}"
 
 
 def metric_overlay_rows(cmp: ComparisonResult, axis: str | None = None) -> list[dict[str, Any]]:
@@ -40,7 +68,7 @@ def metric_overlay_rows(cmp: ComparisonResult, axis: str | None = None) -> list[
             for layer, x, v in zip(s.layers.tolist(), xs.tolist(), s.metrics[m].tolist()):
                 rows.append(
                     {
-                        "run": run_label(s),
+                        "run": run_label(cmp, s),
                         "metric": m,
                         "layer": int(layer),
                         "depth": float(layer / max(s.n_layers, 1)),
