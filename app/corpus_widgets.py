@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import altair as alt
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -23,7 +24,7 @@ from core.export.corpus_bundle import DOC_KEY, METRICS_HEADER, label
 from core.infra.errors import InputError
 from core.infra.guards import max_corpus_texts
 from core.present import docs
-from core.present.study_tables import corpus_table_frame, per_text_frame, pooled_frame
+from core.present.study_tables import corpus_table_frame, per_text_frame, per_text_note, pooled_frame, pooled_note
 from core.steps.metrics import METRIC_NAMES
 from core.studies.corpus import CorpusResult, CorpusSettings, CorpusTexts
 from core.studies.geometry import POOLED_METRICS
@@ -246,14 +247,19 @@ def follow_job() -> None:
 # Drawing the result
 
 
-def band_chart(frame: pd.DataFrame, y: str, lo: str, hi: str, color: str, title: str) -> alt.LayerChart:
-    """A line with a band (the interval) per `color` group, against the layer."""
+def band_chart(
+    frame: pd.DataFrame, y: str, lo: str, hi: str, color: str, title: str, domain: tuple[float, float] | None = None
+) -> alt.LayerChart:
+    """A line with a band (the interval) per `color` group, against the layer. domain: a fixed y range (a flat
+    curve, core.present.study_tables.pooled_note), so round-off never stretches the axis into noise; tick labels
+    carry at most 4 significant digits."""
+    scale = alt.Scale(zero=False) if domain is None else alt.Scale(domain=list(domain), zero=False, clamp=True)
     base = alt.Chart(frame).encode(x=alt.X("layer:Q", title="layer", axis=alt.Axis(tickMinStep=1)))
     band = base.mark_area(opacity=0.25).encode(
-        y=alt.Y(f"{lo}:Q", title=""), y2=f"{hi}:Q", color=alt.Color(f"{color}:N", legend=None)
+        y=alt.Y(f"{lo}:Q", title="", scale=scale), y2=f"{hi}:Q", color=alt.Color(f"{color}:N", legend=None)
     )
     line = base.mark_line(point=True).encode(
-        y=alt.Y(f"{y}:Q", title="", scale=alt.Scale(zero=False)),
+        y=alt.Y(f"{y}:Q", title="", scale=scale, axis=alt.Axis(format=".4~g")),
         color=alt.Color(f"{color}:N", title=""),
         tooltip=[
             "layer",
@@ -287,18 +293,33 @@ def draw_result(result: CorpusResult, sae: Sequence[SAEFeatureExamples] | None =
     cols = st.columns(2)
     for i, m in enumerate(chosen):
         with cols[i % 2]:
-            frame = pooled_frame(result, [m], label)
-            st.altair_chart(band_chart(frame, "estimate", "ci_low", "ci_high", "metric", label(m)), width="stretch")
+            note = pooled_note(result, m)
+            if note is not None and note.empty:  # the reason instead of an empty chart
+                st.markdown(f"**{label(m)}**")
+                st.info(note.text, icon=":material/info:")
+            else:
+                frame = pooled_frame(result, [m], label)
+                domain = note.domain if note is not None else None
+                chart_ = band_chart(frame, "estimate", "ci_low", "ci_high", "metric", label(m), domain)
+                st.altair_chart(chart_, width="stretch")
+                if note is not None:  # flat: the value in words, and why
+                    st.caption(note.text)
             st.caption(docs.caption(DOC_KEY[m]))
 
     st.subheader("Pooled vs per text")
     metric = st.selectbox(
         "Single-text metric", list(METRIC_NAMES), key=Keys.CORPUS_PER_TEXT, format_func=docs.metric_label
     )
-    st.altair_chart(
-        band_chart(per_text_frame(result, metric), "value", "q25", "q75", "series", docs.metric_label(metric)),
-        width="stretch",
-    )
+    per_text = per_text_frame(result, metric)
+    reason = per_text_note(result, metric)  # no text has a value: said in words (the pooled curve may still draw)
+    if reason is not None and not np.isfinite(per_text["value"].to_numpy(dtype=float)).any():
+        st.info(reason, icon=":material/info:")
+    else:
+        st.altair_chart(
+            band_chart(per_text, "value", "q25", "q75", "series", docs.metric_label(metric)), width="stretch"
+        )
+        if reason is not None:
+            st.caption(reason)
     st.caption(
         "Per-text values are capped by each text's length (T − 1 for the spectral metrics); the pooled "
         "curve is not. Band: interquartile range over texts (per text) or 95 % interval (pooled)."

@@ -313,3 +313,96 @@ def test_legend_html_escapes_the_texts(two_texts):
     hostile = replace(cmp, b=replace(cmp.b, text="<img src=x onerror=alert(1)>"))
     body = legend_html(hostile)
     assert "<img" not in body and "&lt;img src=x onerror=alert(1)&gt;" in body
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 6. Corpus: an empty or flat pooled curve says why (page, PNG, PDF) instead of drawing nothing or float noise
+
+
+@pytest.fixture(scope="module")
+def degenerate_corpora(tiny_gpt2):
+    """One-token texts on the tiny GPT-2 (byte-level BPE: a letter is one token; no special tokens): "a" eight
+    times gives one token state per layer; eight letters give 8 points for a hidden width of 32, where linearity
+    is 1 by construction."""
+    from core.studies.corpus import CorpusSettings, analyze_corpus, texts_from_lines
+
+    settings = CorpusSettings(bootstrap=20)
+    same = analyze_corpus(tiny_gpt2, texts_from_lines("\n".join(["a"] * 8)), settings)
+    words = analyze_corpus(tiny_gpt2, texts_from_lines("\n".join("abcdefgh")), settings)
+    return same, words
+
+
+def test_pooled_notes_say_why_a_curve_is_empty_or_flat(degenerate_corpora):
+    from core.present.study_tables import distinct_points, pooled_note
+
+    same, words = degenerate_corpora
+    assert int(distinct_points(same).max()) == 1
+    twonn = pooled_note(same, "twonn_dimension")
+    assert (
+        twonn.empty
+        and "TwoNN needs at least 3 distinct token states" in twonn.text
+        and "at most 1 distinct" in twonn.text
+    )
+    rank = pooled_note(same, "effective_rank")
+    assert rank.empty and "every text gives the same token state" in rank.text
+    cos = pooled_note(same, "anisotropy_cosine")  # one state: every pair of texts has cosine 1, a flat curve
+    assert not cos.empty and cos.text.startswith("The same value at every layer: 1")
+    assert cos.domain[0] < 1 <= cos.domain[1] and cos.domain[1] - cos.domain[0] >= 0.05
+    lin = words.estimate["linearity"][1:]
+    assert np.all(np.abs(lin - 1) < 1e-9)  # round-off around 1: the noise the chart used to stretch
+    note = pooled_note(words, "linearity")
+    assert not note.empty and "linearity is 1 by construction" in note.text and "8 pooled points" in note.text
+    assert note.domain[1] - note.domain[0] >= 0.05  # a readable range, not 1e-15
+    assert pooled_note(words, "twonn_dimension") is None  # an ordinary curve: no note
+
+
+def test_corpus_page_says_why_instead_of_an_empty_or_noisy_chart(degenerate_corpora):
+    from test_corpus import page_app
+
+    same, words = degenerate_corpora
+    at = page_app(corpus_result=same)
+    at.run()
+    no_exception(at)
+    infos = " ".join(i.value for i in at.info)
+    assert "TwoNN needs at least 3 distinct token states" in infos
+    assert "every text gives the same token state" in infos  # effective rank, top-PC share, linearity
+    charts_ = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    titles = [c.get("title") for c in charts_]
+    assert "TwoNN dimension" not in titles and "Effective rank (pooled)" not in titles  # no empty frames
+    assert any(c.value.startswith("The same value at every layer: 1") for c in at.caption)  # the cosine
+    at = page_app(corpus_result=words)
+    at.run()
+    no_exception(at)
+    lin = next(
+        json.loads(c.proto.spec)
+        for c in at.get("vega_lite_chart")
+        if "Linearity" in str(json.loads(c.proto.spec).get("title"))
+    )
+    y = lin["layer"][1]["encoding"]["y"]
+    assert y["scale"]["domain"][1] - y["scale"]["domain"][0] >= 0.05 and y["axis"]["format"] == ".4~g"
+    assert any("linearity is 1 by construction" in c.value for c in at.caption)
+
+
+def test_corpus_png_and_pdf_say_why(degenerate_corpora):
+    import io
+
+    from pypdf import PdfReader
+
+    from core.export import corpus_bundle
+
+    same, words = degenerate_corpora
+    fig = corpus_bundle.metrics_figure(same)
+    panel = {ax.get_title(): ax for ax in fig.axes}
+    twonn = panel["TwoNN dimension"]
+    assert not twonn.lines and any("TwoNN needs at least 3" in t.get_text().replace("\n", " ") for t in twonn.texts)
+    fig = corpus_bundle.metrics_figure(words)
+    lin = {ax.get_title(): ax for ax in fig.axes}["Linearity (layer l−1 → l)"]
+    low, high = lin.get_ylim()
+    assert high - low >= 0.05 and low <= 1 <= high  # the flat line at 1 on a readable range
+    assert any("by construction" in t.get_text().replace("\n", " ") for t in lin.texts)
+    fig.canvas.draw()
+    assert all(len(t.get_text()) <= 8 for t in lin.get_yticklabels())  # "1.00", not "1.0000000000000…"
+    report = corpus_bundle.report_pdf(same, {})  # the text of the report (the figures are checked above)
+    text = " ".join(p.extract_text() for p in PdfReader(io.BytesIO(report)).pages)
+    flat = " ".join(text.split())
+    assert "Curves without a shape" in flat and "TwoNN needs at least 3 distinct token states" in flat

@@ -28,6 +28,7 @@ from core.figures import plotting
 from core.infra.formats import csv_bytes, json_bytes, zip_bytes
 from core.model.provenance import provenance
 from core.present import docs
+from core.present.study_tables import per_text_note, pooled_note
 from core.steps.metrics import METRIC_NAMES
 from core.studies import intervals
 from core.studies.corpus import CorpusResult
@@ -118,18 +119,31 @@ def metrics_figure(result: CorpusResult) -> Figure:
     layers = np.arange(result.n_layers)
     axes = fig.subplots(4, 2).ravel()
     for ax, m in zip(axes, POOLED_METRICS):
+        ax.set_title(label(m), fontsize=9)
+        note = pooled_note(result, m)
+        if note is not None and note.empty:  # the reason, in the panel, instead of an empty frame
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.text(0.5, 0.5, _wrapped(note.text), ha="center", va="center", fontsize=7.5, transform=ax.transAxes)
+            continue
         est, lo, hi = result.estimate[m], result.ci_low[m], result.ci_high[m]
         x = layers[1:] if m == "linearity" else layers
         sl = slice(1, None) if m == "linearity" else slice(None)
-        ax.plot(x, est[sl], marker="o", ms=3, color="#1f77b4", label="pooled estimate")
+        # a flat curve may sit on its bound (linearity 1): drawn over the frame, not hidden under it
+        flat = note is not None and note.domain is not None
+        ax.plot(x, est[sl], marker="o", ms=3, color="#1f77b4", label="pooled estimate", clip_on=not flat, zorder=3)
         if np.isfinite(lo[sl]).any():
             ax.fill_between(x, lo[sl], hi[sl], color="#1f77b4", alpha=0.25, lw=0, label="95 % interval")
-        ax.set_title(label(m), fontsize=9)
+        if note is not None and note.domain is not None:  # flat: a range around the value, and the words
+            ax.set_ylim(*note.domain)
+            ax.yaxis.get_major_formatter().set_useOffset(False)
+            ax.text(0.02, 0.04, _wrapped(note.text), fontsize=6.5, va="bottom", transform=ax.transAxes)
         ax.set_xlabel("layer", fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=7, loc="best")
     axes[-1].axis("off")
     axes[-1].text(
         0.0,
@@ -145,6 +159,12 @@ def metrics_figure(result: CorpusResult) -> Figure:
     return fig
 
 
+def _wrapped(text: str, width: int = 62) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(plotting.token_label(text), width))
+
+
 def per_text_figure(result: CorpusResult) -> Figure:
     """The five single-text metrics: median over texts with the interquartile band; the spectral ones beside the
     pooled estimate (the pool is not capped by a text's length)."""
@@ -153,6 +173,13 @@ def per_text_figure(result: CorpusResult) -> Figure:
     axes = fig.subplots(2, 3).ravel()
     for ax, m in zip(axes, METRIC_NAMES):
         s = result.per_text_summary(m)
+        reason = per_text_note(result, m)
+        if reason is not None and not (m in result.estimate and np.isfinite(result.estimate[m]).any()):
+            ax.set_title(docs.metric_label(m), fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.text(0.5, 0.5, _wrapped(reason, 48), ha="center", va="center", fontsize=7.5, transform=ax.transAxes)
+            continue
         ax.plot(layers, s["median"], color="#ff7f0e", marker="o", ms=3, label="per-text median")
         ax.fill_between(layers, s["q25"], s["q75"], color="#ff7f0e", alpha=0.25, lw=0, label="per-text IQR")
         if m in result.estimate:
@@ -162,7 +189,8 @@ def per_text_figure(result: CorpusResult) -> Figure:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=7)
     axes[-1].axis("off")
     fig.subplots_adjust(left=0.06, right=0.98, top=0.94, bottom=0.09, hspace=0.45, wspace=0.22)
     return fig
@@ -217,6 +245,11 @@ def report_pdf(result: CorpusResult, plots: dict[str, bytes]) -> bytes:
         w.h2("Warnings")
         for msg in result.warnings:
             w.para(f"- {msg}")
+    notes = [(m, n) for m in POOLED_METRICS if (n := pooled_note(result, m)) is not None]
+    if notes:
+        w.h2("Curves without a shape")
+        for m, n in notes:
+            w.para(f"- {label(m)}: {n.text}")
     for i, (name, png) in enumerate(plots.items()):
         w.page()
         if i == 0:

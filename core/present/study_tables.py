@@ -7,14 +7,16 @@ other page (core.present.chart_spec.block_number); heads and positions from 0.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.present.chart_spec import block_number
+from core.present.chart_spec import METRIC_AXES, block_number
 from core.present.tables import readable_token
 from core.steps.ablation import HeadAblationSection
 from core.studies.corpus import CorpusResult
+from core.studies.geometry import BOUNDS
 from core.studies.patching import PatchingResult
 
 if TYPE_CHECKING:
@@ -88,6 +90,109 @@ def head_ablation_frame(section: HeadAblationSection, head_scores: np.ndarray | 
                 row["gradient score"] = float(head_scores[l, h])
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+#: A pooled curve whose spread over the layers is at most this share of its size is flat: what varies is round-off.
+FLAT_RTOL = 1e-9
+#: TwoNN needs this many distinct points: each point's two nearest distinct neighbours, and two ratios after the
+#: largest tenth is discarded (core.studies.geometry.twonn_dimension).
+TWONN_MIN_POINTS = 3
+_SPECTRAL_WORDS = {
+    "effective_rank": "a spectrum",
+    "participation_ratio": "a spectrum",
+    "intrinsic_dim_95": "a spectrum",
+    "anisotropy_top_pc": "a spectrum",
+    "anisotropy_cosine": "a cosine between texts",
+    "linearity": "a map between layers",
+}
+
+
+@dataclass(frozen=True)
+class CurveNote:
+    """Why a pooled curve is not an ordinary curve. empty: nothing to draw (no finite value; the chart is replaced
+    by `text`); otherwise the curve is flat (the same value at every layer up to round-off: drawn on `domain`, a
+    range around the value, with `text` beside it, so float noise never stretches the axis)."""
+
+    empty: bool
+    text: str
+    domain: tuple[float, float] | None = None
+
+
+def distinct_points(result: CorpusResult) -> np.ndarray:
+    """[L+1] distinct pooled token states per layer (pooled points less the duplicates removed before TwoNN)."""
+    return np.asarray(result.n_points, dtype=np.int64) - np.asarray(result.n_duplicates, dtype=np.int64)
+
+
+def pooled_note(result: CorpusResult, metric: str) -> CurveNote | None:
+    """The sentence a pooled curve needs when it is empty or flat, or None for an ordinary curve. Said in words
+    (page, PNG and PDF alike): how many distinct token states the texts gave and what the metric needs."""
+    values = np.asarray(result.estimate[metric], dtype=np.float64)
+    values = values[1:] if metric == "linearity" else values
+    finite = values[np.isfinite(values)]
+    distinct = int(distinct_points(result).max()) if result.n_layers else 0
+    points = int(np.max(result.n_points)) if result.n_layers else 0
+    states = f"{distinct} distinct token state{'s' if distinct != 1 else ''}"
+    if finite.size == 0:
+        if metric == "twonn_dimension" and distinct < TWONN_MIN_POINTS:
+            same = " (the texts give the same states)" if points > distinct else ""
+            return CurveNote(
+                True,
+                f"Nothing to draw: TwoNN needs at least {TWONN_MIN_POINTS} distinct token states per layer (each "
+                f"point's two nearest neighbours), and this corpus gives at most {states}{same}.",
+            )
+        if distinct <= 1:
+            what = _SPECTRAL_WORDS.get(metric, "this metric")
+            return CurveNote(
+                True,
+                f"Nothing to draw: every text gives the same token state ({points} pooled, {states} per layer), "
+                f"so there is no spread for {what} to measure.",
+            )
+        return CurveNote(True, "Nothing to draw: the metric is undefined at every layer for this corpus.")
+    top, bottom = float(finite.max()), float(finite.min())
+    scale = max(1.0, abs(top), abs(bottom))
+    if finite.size < 2 or top - bottom > FLAT_RTOL * scale:
+        return None
+    value = float(np.mean(finite))
+    pad = max(0.05 * abs(value), 0.05)
+    lo, hi = _bounds(metric)
+    band = [float(v) for k in (result.ci_low, result.ci_high) for v in np.asarray(k[metric])[np.isfinite(k[metric])]]
+    low = max(lo, min([value - pad, *band]))
+    high = min(hi, max([value + pad, *band]))
+    if high - low < pad:  # the value sits on a bound: the range goes the other way
+        low, high = (max(lo, value - 2 * pad), value) if value >= hi else (value, min(hi, value + 2 * pad))
+    domain = (low, high)
+    text = f"The same value at every layer: {value:.6g}"
+    text += "." if top == bottom else " (what differs, below one part in 10⁹, is round-off)."
+    hidden = int(result.model.hidden_size)
+    if metric == "linearity" and 0 < points <= hidden:
+        text += (
+            f" With {points} pooled points for a hidden width of {hidden}, one layer maps linearly onto the next, "
+            "so linearity is 1 by construction."
+        )
+    elif distinct < points:
+        text += f" The texts give {states} per layer out of {points} pooled."
+    return CurveNote(False, text, domain)
+
+
+def per_text_note(result: CorpusResult, metric: str) -> str | None:
+    """Why the per-text curve of a single-text metric has nothing to draw (no text has a value at any layer), or
+    None when it has a value somewhere."""
+    if np.isfinite(result.per_text_summary(metric)["median"]).any():
+        return None
+    n_used = int(np.max(result.metric_tokens)) if len(result.metric_tokens) else 0
+    left_out = " (special tokens left out)" if not result.settings.include_special_tokens else ""
+    if n_used == 0:
+        return f"Nothing to draw: no token of any text entered the layer metrics{left_out}."
+    if METRIC_AXES[metric].token_ceiling and n_used < 2:
+        return (
+            f"Nothing to draw: at most {n_used} token of a text entered the layer metrics{left_out}, and a "
+            "spectrum needs at least 2 tokens in one text."
+        )
+    return "Nothing to draw: the metric is undefined at every layer for every text."
+
+
+def _bounds(metric: str) -> tuple[float, float]:
+    return BOUNDS.get(metric, (-np.inf, np.inf))
 
 
 def pooled_frame(result: CorpusResult, metrics: Sequence[str], label: Callable[[str], str] = str) -> pd.DataFrame:
