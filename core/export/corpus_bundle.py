@@ -245,11 +245,11 @@ def report_pdf(result: CorpusResult, plots: dict[str, bytes]) -> bytes:
         w.h2("Warnings")
         for msg in result.warnings:
             w.para(f"- {msg}")
-    notes = [(m, n) for m in POOLED_METRICS if (n := pooled_note(result, m)) is not None]
+    notes = [(name, n) for name in POOLED_METRICS if (n := pooled_note(result, name)) is not None]
     if notes:
         w.h2("Curves without a shape")
-        for m, n in notes:
-            w.para(f"- {label(m)}: {n.text}")
+        for name, n in notes:
+            w.para(f"- {label(name)}: {n.text}")
     for i, (name, png) in enumerate(plots.items()):
         w.page()
         if i == 0:
