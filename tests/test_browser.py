@@ -16,6 +16,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "artifacts" / "screenshots"
+#: Every URL the module's page asked for (see outside_requests).
+REQUESTED: list[str] = []
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +36,7 @@ def page(server):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         pg = browser.new_page(viewport={"width": 1500, "height": 1900})
         pg.set_default_timeout(60_000)
+        pg.on("request", lambda r: REQUESTED.append(r.url))
         yield pg
         browser.close()
 
@@ -60,6 +63,17 @@ def click(pg, selector: str) -> None:
 def go(pg, title: str, content: str) -> None:
     pg.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
     settle(pg, content)
+
+
+def outside_requests(server: str) -> list[str]:
+    """The URLs the page asked of any host but the app's server (the app must work offline: a ":material/…" page
+    icon made Streamlit's frontend fetch the favicon from fonts.gstatic.com)."""
+    from urllib.parse import urlsplit
+
+    host = urlsplit(server).netloc
+    return sorted(
+        {u for u in REQUESTED if urlsplit(u).scheme in ("http", "https", "ws", "wss") and urlsplit(u).netloc != host}
+    )
 
 
 def test_whole_app_in_a_browser(server, page):
@@ -122,6 +136,12 @@ def test_whole_app_in_a_browser(server, page):
     # back to Overall: the result is still there
     go(pg, "Overall", '[data-testid="stMain"] [data-testid="stMetric"]')
     no_exception_box(pg)
+
+    # nothing of all this asked the internet for anything; the favicon is inlined
+    assert len(REQUESTED) > 10, "the request listener saw the page's own requests"
+    assert not outside_requests(server), outside_requests(server)
+    icon = pg.evaluate("() => document.querySelector(\"link[rel='shortcut icon']\").href")
+    assert icon.startswith("data:image/svg+xml"), icon[:80]
 
 
 def test_offline_banner_in_a_browser(server, page):

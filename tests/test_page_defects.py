@@ -199,7 +199,7 @@ def test_attention_colour_scale_is_log_by_default_from_64_tokens(gpt2_run):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# 5. The favicon needs no request (the browser test tests/test_browser_offline.py watches every request)
+# 5. The favicon needs no request (tests/test_browser.py watches every request of a whole session)
 
 
 def test_page_icon_is_inlined_not_fetched(monkeypatch):
