@@ -16,7 +16,7 @@ from typing import Any
 import streamlit as st
 
 from app import job_widgets, jobs, sae_widgets
-from app.loading import get_model, get_result_cache, is_loaded
+from app.loading import VIEWS_JOB, background_views, get_model, get_result_cache, is_loaded
 from app.markdown import md_escape
 from app.settings_widgets import draw_settings, settings_from_state
 from app.state import OTHER_MODEL, Keys
@@ -357,7 +357,11 @@ def start_analysis(
         job.check()
         from core.analysis import pipeline
 
-        return pipeline.analyze(loaded, text, settings=sidebar_settings, cache=get_result_cache(), progress=job.report)
+        result = pipeline.analyze(
+            loaded, text, settings=sidebar_settings, cache=get_result_cache(), progress=job.report
+        )
+        background_views(job.session, result, (model_id, dtype, "auto"))  # the deeper views, as a follow-on job
+        return result
 
     out = jobs.start(
         state,
@@ -368,6 +372,7 @@ def start_analysis(
     )
     if isinstance(out, str):
         return out
+    jobs.cancel(state, VIEWS_JOB)  # the views of the previous analysis are not wanted any more
     log.info("analysis of session %s started (%d characters)", out.session[:8], len(text))
     return None
 
