@@ -102,9 +102,9 @@ def test_supersede_cancels_and_forgets_the_running_job():
 
 def test_the_analysis_starts_the_views_and_the_page_takes_them(tiny_dirs, add_views_calls):
     """The user stays on Overall while the views are computed; Layer Analysis later runs no model at all."""
-    at = analyse_with(make_app(), str(tiny_dirs["gpt2"]), _text())
+    at = analyse_with(make_app(), str(tiny_dirs["gpt2"]), _text(), settle=False)
     no_exception(at)
-    result = at.session_state["result"]
+    result = jobs.get(_state(at), "analysis").result
     job = jobs.get(_state(at), VIEWS_JOB)
     assert job is not None and job.meta["key"] == result.cache_key and result.views == []
     assert _finish(job).ok and job.result.views == list(pipeline.VIEWS)
@@ -135,7 +135,7 @@ def test_the_page_shows_finished_views_while_the_others_are_computed(tiny_dirs, 
         gate.set()
         return real_wait(job, show, poll_s)
 
-    at = analyse_with(make_app(), str(tiny_dirs["gpt2"]), _text())
+    at = analyse_with(make_app(), str(tiny_dirs["gpt2"]), _text(), settle=False)
     job = jobs.get(_state(at), VIEWS_JOB)
     assert job is not None
     _until(lambda: job.partial is not None and "dla" in job.partial.views)  # DLA lands, flow waits for the gate
@@ -151,7 +151,7 @@ def test_the_page_shows_finished_views_while_the_others_are_computed(tiny_dirs, 
 
 def test_a_new_analysis_supersedes_the_views_of_the_old_one(tiny_dirs, add_views_calls, monkeypatch):
     gate, _ = _gate_flow(monkeypatch)
-    at = analyse_with(make_app(), str(tiny_dirs["gpt2"]), _text())
+    at = analyse_with(make_app(), str(tiny_dirs["gpt2"]), _text(), settle=False)
     first = jobs.get(_state(at), VIEWS_JOB)
     assert first is not None and first.running
     text_b = _text()
