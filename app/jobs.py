@@ -106,6 +106,12 @@ class Job:
     def cancel(self) -> None:
         self._cancel.set()
 
+    def join(self, timeout: float | None = None) -> Job:
+        """Block until the job has ended (or `timeout` seconds passed); returns the job. Not for a page's script
+        (it cannot draw while blocked: use `wait`), for work outside one (an export built on a click)."""
+        self._done.wait(timeout)
+        return self
+
     @property
     def cancel_requested(self) -> bool:
         return self._cancel.is_set()

@@ -175,3 +175,22 @@ def test_a_new_analysis_supersedes_the_views_of_the_old_one(tiny_dirs, add_views
     assert _finish(second).ok
     at.run()
     assert at.session_state["result"].text == text_b and at.session_state["result"].views == list(pipeline.VIEWS)
+
+
+def test_the_export_waits_for_the_running_views_job(tiny_gpt2, tiny_dirs, add_views_calls, monkeypatch):
+    """A download clicked while the views are computed in the background takes the job's result (one add_views)."""
+    import app.sidebar as sidebar
+    from app.loading import start_views
+    from core.infra.options import ExportOptions
+
+    built = []
+    monkeypatch.setattr(sidebar, "build_zip", lambda r, options, save=False: built.append(r) or b"zip")
+    gate, _ = _gate_flow(monkeypatch)
+    r = pipeline.analyze(tiny_gpt2, _text(), compute_gradients=False)
+    load = (str(tiny_dirs["gpt2"]), "float32", "cpu")
+    job = start_views({jobs.SESSION_KEY: uuid.uuid4().hex}, r, load, list(pipeline.VIEWS))
+    assert isinstance(job, jobs.Job)
+    threading.Timer(0.2, gate.set).start()  # whenever it opens, the export must wait for the job, not compute
+    assert sidebar.export_bytes(r, ExportOptions(), load, job) == b"zip"
+    assert built[-1] is job.result and built[-1].views == list(pipeline.VIEWS)
+    assert add_views_calls == [list(pipeline.VIEWS)]
