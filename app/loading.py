@@ -144,8 +144,10 @@ def _collect_views(state: Any, j: Any, failed: dict[str, str]) -> None:
 
     if j.ok:
         current = state.get(Keys.RESULT)
-        if current is not None and views_key(current) == j.meta.get("key"):
-            state[Keys.RESULT] = j.result  # not when the user ran a new analysis meanwhile
+        if current is None or views_key(current) != j.meta.get("key"):
+            return  # the user ran another analysis meanwhile
+        if any(v not in current.views for v in j.result.views):  # (the same analysis again has them from the cache)
+            state[Keys.RESULT] = j.result.replace(cache_hit=current.cache_hit, duration_s=current.duration_s)
         return
     if j.error_kind == "cancelled":
         return  # the next visit asks again
