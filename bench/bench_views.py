@@ -12,6 +12,12 @@ Rows:
   coordinate descent) and "matmul" = the NMF's own products done by torch.matmul: 2 per iteration, [T, N] × [N, k]
   and [k, T] × [T, N] (N = L · d_ff), n_iter iterations (the NNDSVDa start not counted).
 "fraction" = matmul / measured.
+
+    python bench/bench_views.py --views [--shapes gpt2 bert] [--tokens 512] --threads 1 --cpu
+
+prints, per shape of `python -m bench` (bench/run.py), the process CPU time of the bare forward pass (the floor)
+and of `add_views(result, "all")` with each view's share (CPU time between add_views's progress reports), and
+the first-visit wait it implies after a 5 s pause: max(0, views − 5 s) with the views running on an idle core.
 """
 
 from __future__ import annotations
@@ -105,12 +111,53 @@ def measure(loaded, tokens: int, repeat: int) -> list[tuple[str, float, float]]:
     return out
 
 
+def views_cpu(shape: str, tokens: int, repeat: int) -> None:
+    """Process CPU time of the floor and of every view (see the module docstring), printed as one row."""
+    import torch
+
+    from bench.run import PAUSE_S, SHAPES, _load, _settings
+    from bench.run import text_of_tokens as text_for
+    from core.analysis.pipeline import VIEWS, add_views, analyze
+
+    lm = _load(shape, SHAPES[shape][1], "cpu")
+    text = text_for(lm.tokenizer, tokens)
+    res = analyze(lm, text, settings=_settings(max_tokens=tokens, compute_gradients=False, animations=False))
+    enc = lm.tokenizer(text, return_tensors="pt", truncation=True, max_length=tokens)
+
+    def floor() -> None:
+        with torch.inference_mode():
+            lm.model(**enc, output_attentions=True, output_hidden_states=True)
+
+    floor_s = timeit(floor, repeat)
+    labels = {label: name for name, (label, _) in VIEWS.items()} | {"Forward pass for the deeper views": "capture"}
+    marks: list[tuple[str, float]] = []
+
+    def progress(label: str, _fraction: float) -> None:
+        marks.append((labels.get(label, label), time.process_time()))
+
+    t0 = time.process_time()
+    add_views(lm, res, "all", progress=progress)
+    total = time.process_time() - t0
+    shares = {}
+    for (name, t), (_, t_next) in zip(marks, marks[1:]):
+        shares[name] = shares.get(name, 0.0) + t_next - t
+    shown = ", ".join(f"{k} {v:.2f} s ({100 * v / total:.0f} %)" for k, v in shares.items() if v > 0.005)
+    wait = max(0.0, total - PAUSE_S)
+    print(
+        f"{shape} @ {res.n_tokens}: floor {floor_s:.2f} s; views {total:.2f} s = {total / floor_s:.1f}× floor; "
+        f"first visit after {PAUSE_S:g} s: {wait:.2f} s = {wait / floor_s:.2f}× floor; {shown}",
+        flush=True,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
     ap.add_argument("--cpu", action="store_true", help="process CPU time (robust on a shared machine; use --threads 1)")
+    ap.add_argument("--views", action="store_true", help="the views' CPU time and shares per shape of python -m bench")
+    ap.add_argument("--shapes", nargs="+", default=["gpt2", "bert"], help="with --views: shapes of bench/run.py")
     args = ap.parse_args()
     import torch
 
@@ -120,6 +167,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {'CPU' if args.cpu else 'wall'} time")
+    if args.views:
+        for shape in args.shapes:
+            views_cpu(shape, args.tokens, args.repeat)
+        return
     print(f"{'what':58s} {'s':>8s} {'fraction':>9s}", flush=True)
     for name, s, frac in measure(load_gpt2_small(), args.tokens, args.repeat):
         print(f"{name:58s} {s:8.3f} {'' if frac != frac else f'{frac:9.0%}'}", flush=True)
