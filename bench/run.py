@@ -458,7 +458,7 @@ def render(results: list[dict], memory: dict[tuple[str, int], dict], meta: dict)
                 f"{_fmt_s(row['first_visit'])} | {row['first_visit'] / row['floor']:.2f}× | "
                 f"{row['matmul_gflops']:.0f} GFLOP/s | {shares} |"
             )
-    if len(views) == 6:
+    if len(views) == 5:  # no row: no table
         views = []
     for res in results:
         for T, row in res["rows"].items():
