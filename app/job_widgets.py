@@ -21,11 +21,17 @@ def _cancel(name: str) -> None:
 
 
 def follow(
-    name: str, collect: Callable[[Job], None], *, title: str | None = None, key: str | None = None
+    name: str,
+    collect: Callable[[Job], None],
+    *,
+    title: str | None = None,
+    key: str | None = None,
+    tick: Callable[[Job], None] | None = None,
 ) -> Job | None:
     """Show the session's job `name`: while it runs, its progress and a Cancel button (until it ends); then call
     `collect(job)` once per job, which stores its result or its error line in the session. Returns the job. `key`
-    names the Cancel button when one script run follows two jobs of the same name."""
+    names the Cancel button when one script run follows two jobs of the same name. `tick(job)` is called at each
+    poll while the job runs and once after it ends (a page draws the part the job has published so far)."""
     from app.markdown import md_escape
 
     state = st.session_state
@@ -50,9 +56,13 @@ def follow(
 
         def show(label: str, fraction: float) -> None:
             bar.progress(fraction, text=md_escape(("Cancelling — " if job.cancel_requested else "") + label))
+            if tick is not None:
+                tick(job)
 
         jobs.wait(job, show)
         slot.empty()
+    if tick is not None:
+        tick(job)
     if not job.collected:
         job.collected = True
         collect(job)

@@ -11,8 +11,10 @@ A job reports progress as (label, fraction) through `Job.report`, the progress c
 callback raises `JobCancelled` once `cancel` was asked, so cancelling is cooperative: the work stops at its next
 progress report. A failure is kept as one line for the user (`Job.error`, never a traceback; unexpected errors are
 logged with theirs). The result is kept with the job until the next start of the same name replaces it; a second
-start while one runs is refused with one line. Finished jobs that no session has looked at for JOB_TTL_S seconds
-(a closed tab) are dropped.
+start while one runs is refused with one line, unless it `supersedes` the running one (which is then cancelled and
+forgotten: a new analysis replaces the views job of the old one). Work that produces its result piece by piece
+`publish`es the part done so far (`Job.partial`), so that a page can show it before the job ends. Finished jobs
+that no session has looked at for JOB_TTL_S seconds (a closed tab) are dropped.
 
 No Streamlit call happens in a worker thread: pages poll (`wait`) and draw.
 """
@@ -72,6 +74,7 @@ class Job:
     finished: float | None = None
     seen: float = field(default_factory=time.monotonic)  # last time a script of the session looked at it
     collected: bool = False  # the page stored its result (or error) in the session once
+    partial: Any = None  # the part of the result done so far (`publish`), None until the work publishes one
     _progress: tuple[str, float] = ("Waiting for a free worker", 0.0)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)  # set once the job has ended
@@ -85,6 +88,11 @@ class Job:
         with self._lock:
             self._progress = (str(label), min(max(float(fraction), 0.0), 1.0))
 
+    def publish(self, partial: Any) -> None:
+        """Make the result so far visible to pages (`Job.partial`); raises JobCancelled after cancel()."""
+        self.partial = partial
+        self.check()
+
     def check(self) -> None:
         """Raise JobCancelled when cancel() was asked (for work between two progress reports)."""
         if self._cancel.is_set():
@@ -97,6 +105,12 @@ class Job:
 
     def cancel(self) -> None:
         self._cancel.set()
+
+    def join(self, timeout: float | None = None) -> Job:
+        """Block until the job has ended (or `timeout` seconds passed); returns the job. Not for a page's script
+        (it cannot draw while blocked: use `wait`), for work outside one (an export built on a click)."""
+        self._done.wait(timeout)
+        return self
 
     @property
     def cancel_requested(self) -> bool:
@@ -156,15 +170,21 @@ def start(
     *,
     what: str,
     meta: dict[str, Any] | None = None,
+    supersede: bool = False,
 ) -> Job | str:
     """Start `work(job)` in the pool as the session's job `name` and return the job; while a job of that name runs,
-    nothing starts and the refusal line is returned instead. The new job replaces the finished one (its result)."""
+    nothing starts and the refusal line is returned instead — unless `supersede`: then the running job is asked to
+    cancel and is forgotten (its result never reaches a page). The new job replaces the finished one (its result).
+    `state` may be a plain {SESSION_KEY: id} mapping (a job that starts a follow-on job from its worker thread)."""
     sid = session_id(state)
     with _LOCK:
         _evict(time.monotonic())
         old = _JOBS.get((sid, name))
         if old is not None and old.running:
-            return refusal(old)
+            if not supersede:
+                return refusal(old)
+            old.cancel()
+            log.info("job %s of session %s superseded", name, sid[:8])
         job = Job(session=sid, name=name, what=what, meta=dict(meta or {}))
         _JOBS[(sid, name)] = job
     log.info("job %s of session %s started (%s)", name, sid[:8], what)

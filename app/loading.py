@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from typing import Any
 
 import streamlit as st
 
@@ -63,12 +65,118 @@ def get_result_cache() -> ResultCache:
 VIEWS_JOB = "views"
 
 
-def with_views(result: AnalysisResult, names: list[str]) -> AnalysisResult:
-    """The session's result with the deeper views `names` computed: on their first need, one more capture pass
-    plus the views (core.analysis.pipeline.add_views) run as the session's background job, followed here with a
-    progress bar; the fuller result then replaces the session's result (and the cached one). Leaving the page
-    does not stop the job: the next visit shows its progress or takes its result. On a failure the page keeps the
-    result it has (its sections say the view is missing) and shows one line, once per result."""
+def views_key(result: AnalysisResult) -> str:
+    """What a views job is for: the result's cache key (an id for a result without one)."""
+    return result.cache_key or f"id {id(result)}"
+
+
+def start_views(
+    state: Any,
+    result: AnalysisResult,
+    load: tuple[str, str, str],
+    names: list[str],
+    *,
+    supersede: bool = False,
+) -> Any:
+    """Start the session's views job: one more capture pass plus the views `names` (core.analysis.pipeline.
+    add_views) for `result` with the model `load` = (model id, dtype, device) of get_model. The job publishes the
+    result so far as each view lands (Job.partial) and caches the fuller result (the first-visit path finds it
+    there). Returns the job, or the refusal line while another views job runs (unless `supersede`)."""
+    from app import jobs
+    from core.analysis.pipeline import VIEWS
+
+    what = ", ".join(VIEWS[n][0].lower() for n in names)
+
+    def work(j: jobs.Job) -> AnalysisResult:
+        from core.analysis import pipeline
+
+        try:
+            loaded = get_model(*load)
+            return pipeline.add_views(
+                loaded, result, names, cache=get_result_cache(), progress=j.report, partial=j.publish
+            )
+        except jobs.JobCancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - its first line names the cause (out of memory, offline …)
+            log.warning("the deeper views (%s) could not be computed", what, exc_info=True)
+            raise jobs.JobError(jobs.first_line(exc), "internal") from exc
+
+    meta = {"key": views_key(result), "names": tuple(names), "what": what}
+    return jobs.start(state, VIEWS_JOB, work, what=f"the {what}", meta=meta, supersede=supersede)
+
+
+def background_views(session: str, result: AnalysisResult, load: tuple[str, str, str]) -> None:
+    """Called by the analysis job as it ends (in its worker thread): start every deeper view the result lacks as
+    the session's views job, superseding the views job of an earlier analysis, so that Layer Analysis opened a
+    few seconds later waits only for what is left."""
+    from app import jobs
+    from core.analysis.pipeline import VIEWS
+
+    missing = [n for n in VIEWS if n not in result.views]
+    if missing:
+        start_views({jobs.SESSION_KEY: session}, result, load, missing, supersede=True)
+
+
+def latest(result: AnalysisResult) -> AnalysisResult:
+    """The session's result with the views its views job has finished so far (the job's published part, or its
+    result), without waiting: the page draws the finished views at once."""
+    from app import jobs
+
+    job = jobs.get(st.session_state, VIEWS_JOB)
+    if job is None or job.meta.get("key") != views_key(result):
+        return result
+    done = job.result if job.ok else job.partial
+    return done if isinstance(done, AnalysisResult) and len(done.views) > len(result.views) else result
+
+
+def pending_line(names: list[str]) -> str:
+    """The line a view's place shows while the views job computes it (and the others of `names`)."""
+    from core.analysis.pipeline import VIEWS
+
+    listed = ", ".join(VIEWS[n][0].lower() for n in names)
+    return f"Still being computed in the background: {listed}. Each view appears here as soon as it is ready."
+
+
+def _collect_views(state: Any, j: Any, failed: dict[str, str]) -> None:
+    """Store a finished views job's result as the session's result (when the session still shows that result),
+    or its failure line (once per result: a widget change must not run the model again)."""
+    from app.state import Keys
+
+    if j.ok:
+        current = state.get(Keys.RESULT)
+        if current is None or views_key(current) != j.meta.get("key"):
+            return  # the user ran another analysis meanwhile
+        if any(v not in current.views for v in j.result.views):  # (the same analysis again has them from the cache)
+            state[Keys.RESULT] = j.result.replace(cache_hit=current.cache_hit, duration_s=current.duration_s)
+        return
+    if j.error_kind == "cancelled":
+        return  # the next visit asks again
+    what = j.meta.get("what", "the deeper views")
+    state[Keys.VIEWS_FAILED] = {**failed, j.meta["key"]: f"These views could not be computed: {what}. {j.error}"}
+
+
+def collect_views() -> None:
+    """Every page run: a views job that ended while no page followed it hands its result to the session (no wait)."""
+    from app import jobs
+    from app.state import Keys
+
+    state = st.session_state
+    job = jobs.get(state, VIEWS_JOB)
+    if job is not None and not job.running and not job.collected:
+        job.collected = True
+        _collect_views(state, job, state.get(Keys.VIEWS_FAILED) or {})
+
+
+def with_views(
+    result: AnalysisResult, names: list[str], landed: Callable[[AnalysisResult], None] | None = None
+) -> AnalysisResult:
+    """The session's result with the deeper views `names` computed. The analysis job starts them in the
+    background as it ends (`background_views`); a page that needs them follows that job with a progress bar (or,
+    on their first need without one, starts it). `landed(result so far)` is called as each view lands during the
+    wait, so the page can draw the finished views while the others are computed. The fuller result then replaces
+    the session's result (and the cached one). Leaving the page does not stop the job: the next visit shows its
+    progress or takes its result. On a failure the page keeps the result it has (its sections say the view is
+    missing) and shows one line, once per result."""
     from app import job_widgets, jobs
     from app.state import Keys
     from core.analysis.pipeline import VIEWS
@@ -79,7 +187,7 @@ def with_views(result: AnalysisResult, names: list[str]) -> AnalysisResult:
     state = st.session_state
     what = ", ".join(VIEWS[n][0].lower() for n in missing)
     failed = state.get(Keys.VIEWS_FAILED) or {}
-    key = result.cache_key or f"id {id(result)}"
+    key = views_key(result)
     if key in failed:  # tried once: a widget change must not run the model again
         st.warning(failed[key])
         return result
@@ -94,31 +202,28 @@ def with_views(result: AnalysisResult, names: list[str]) -> AnalysisResult:
         job = None
     if job is None or job.meta.get("key") != key or not set(missing) <= set(job.meta.get("names", ())):
         load = state.get(Keys.RESULT_LOAD) or (result.model.model_id, "auto", "auto")
+        start_views(state, result, load, missing)
+        job = jobs.get(state, VIEWS_JOB)
+    part = job.partial if job is not None else None
+    if isinstance(part, AnalysisResult) and all(n in part.views for n in names):
+        return part  # what this page needs is done; the job goes on with the other views
 
-        def work(j: jobs.Job) -> AnalysisResult:
-            from core.analysis import pipeline
+    shown: list[Any] = [None]
 
-            try:
-                loaded = get_model(*load)
-                return pipeline.add_views(loaded, result, missing, cache=get_result_cache(), progress=j.report)
-            except jobs.JobCancelled:
-                raise
-            except Exception as exc:  # noqa: BLE001 - its first line names the cause (out of memory, offline …)
-                log.warning("the deeper views (%s) could not be computed", what, exc_info=True)
-                raise jobs.JobError(jobs.first_line(exc), "internal") from exc
+    def tick(j: Any) -> None:
+        part = j.partial
+        if landed is not None and part is not None and part is not shown[0]:
+            shown[0] = part
+            landed(part)
 
-        jobs.start(state, VIEWS_JOB, work, what=f"the {what}", meta={"key": key, "names": tuple(missing)})
-
-    def collect(j: jobs.Job) -> None:
-        if j.ok:
-            if (state.get(Keys.RESULT) or result).cache_key == j.meta.get("key"):
-                state[Keys.RESULT] = j.result  # not when the user ran a new analysis meanwhile
-            return
-        if j.error_kind == "cancelled":
-            return  # the next visit asks again
-        state[Keys.VIEWS_FAILED] = {**failed, j.meta["key"]: f"These views could not be computed: {what}. {j.error}"}
-
-    done = job_widgets.follow(VIEWS_JOB, collect, title=f"Computing {what} (once per analysis) …")
+    ready = [n for n in names if job is not None and isinstance(job.partial, AnalysisResult) and n in job.partial.views]
+    left = [n for n in missing if n not in ready]
+    title = (
+        f"Still computing in the background: {', '.join(VIEWS[n][0].lower() for n in left)}"
+        + (" (the finished views are shown already)" if ready or len(left) < len(missing) else "")
+        + " …"
+    )
+    done = job_widgets.follow(VIEWS_JOB, lambda j: _collect_views(state, j, failed), title=title, tick=tick)
     if done is not None and done.ok and done.meta.get("key") == key:
         return done.result
     message = (state.get(Keys.VIEWS_FAILED) or {}).get(key)

@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from app import sidebar  # noqa: E402
+from app import loading, sidebar  # noqa: E402
 from app.state import Keys, init_state, keep_inputs  # noqa: E402
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -59,6 +59,7 @@ def main() -> None:
         sidebar.run_analysis()
     else:  # an analysis started before the user left the page: follow it here (or store its result)
         sidebar.follow_analysis()
+    loading.collect_views()  # views finished in the background while no page followed them
     sidebar.draw_result_footer()
 
     model_id = sidebar.selected_model_id(state)  # the URL keeps the model (the page is in the path)

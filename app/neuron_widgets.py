@@ -25,9 +25,19 @@ from core.steps.qk import qk_view
 
 def draw(result: AnalysisResult, layer: int, head: int | None) -> None:
     """Two sections (no nested tabs): neuron factors, then the query–key view of (layer, head) at a query token."""
+    draw_neurons(result)
+    draw_query_key(result, layer, head)
+
+
+def draw_neurons(result: AnalysisResult) -> None:
+    """The neuron-factors section under its heading."""
     st.subheader("Neuron factors")
     with guarded("neuron factors"):
         neuron_factors_section(result)
+
+
+def draw_query_key(result: AnalysisResult, layer: int, head: int | None) -> None:
+    """The query–key view of (layer, head) under its heading."""
     st.subheader("Query–key view")
     with guarded("query–key view"):
         query_key_section(result, layer, head)

@@ -46,9 +46,21 @@ UPDATES = ("attention update", "MLP update", "one head")
 
 def draw_tabs(result: AnalysisResult, tabs: Sequence[Any]) -> None:
     """Draw the two tabs into the given containers (one per TABS entry)."""
-    with tabs[0], guarded("direct logit attribution"):
+    with tabs[0]:
+        draw_dla(result)
+    with tabs[1]:
+        draw_flow(result)
+
+
+def draw_dla(result: AnalysisResult) -> None:
+    """The Logit attribution tab's content (into the current container)."""
+    with guarded("direct logit attribution"):
         dla_section(result)
-    with tabs[1], guarded("information-flow routes"):
+
+
+def draw_flow(result: AnalysisResult) -> None:
+    """The Flow routes tab's content (into the current container)."""
+    with guarded("information-flow routes"):
         flow_section(result)
 
 

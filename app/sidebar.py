@@ -16,7 +16,7 @@ from typing import Any
 import streamlit as st
 
 from app import job_widgets, jobs, sae_widgets
-from app.loading import get_model, get_result_cache, is_loaded
+from app.loading import VIEWS_JOB, background_views, get_model, get_result_cache, is_loaded, views_key
 from app.markdown import md_escape
 from app.settings_widgets import draw_settings, settings_from_state
 from app.state import OTHER_MODEL, Keys
@@ -264,15 +264,24 @@ def draw_result_footer() -> None:
         draw_export(result)
 
 
-def export_bytes(result: AnalysisResult, options: ExportOptions, load: tuple[str, str, str] | None) -> bytes:
+def export_bytes(
+    result: AnalysisResult,
+    options: ExportOptions,
+    load: tuple[str, str, str] | None,
+    views_job: jobs.Job | None = None,
+) -> bytes:
     """The export's ZIP: the deeper views the result lacks are computed first with the model it was made with
     (`load` = (model id, dtype, device) of get_model), so the bundle holds every view, as the CLI's does; should
-    that fail, the bundle is written without them (their sections say so). The run is also kept under assets/runs/
-    (bounded); a read-only or full disk only skips that copy."""
+    that fail, the bundle is written without them (their sections say so). When `views_job` (the session's views
+    job at the click) computes them for this result, its result is awaited instead of computing them twice. The
+    run is also kept under assets/runs/ (bounded); a read-only or full disk only skips that copy."""
     full = result
-    if load is not None and any(v not in result.views for v in VIEWS):
+    if views_job is not None and views_job.meta.get("key") == views_key(result):
+        if views_job.join().ok:
+            full = views_job.result
+    if load is not None and any(v not in full.views for v in VIEWS):
         try:
-            full = add_views(get_model(*load), result, "all", cache=get_result_cache())
+            full = add_views(get_model(*load), full, "all", cache=get_result_cache())
         except Exception:  # noqa: BLE001 - the bundle without the views, which then say they are missing
             log.warning("the deeper views for the export could not be computed", exc_info=True)
     try:
@@ -299,10 +308,11 @@ def draw_export(result: AnalysisResult) -> None:
     )
 
     load = st.session_state.get(Keys.RESULT_LOAD)
+    views_job = jobs.running(st.session_state, VIEWS_JOB)
 
     def data() -> bytes:
         """Runs on the click, in a separate thread."""
-        return export_bytes(result, options, load)
+        return export_bytes(result, options, load, views_job)
 
     st.download_button(
         "Download analysis bundle (ZIP)",
@@ -357,7 +367,11 @@ def start_analysis(
         job.check()
         from core.analysis import pipeline
 
-        return pipeline.analyze(loaded, text, settings=sidebar_settings, cache=get_result_cache(), progress=job.report)
+        result = pipeline.analyze(
+            loaded, text, settings=sidebar_settings, cache=get_result_cache(), progress=job.report
+        )
+        background_views(job.session, result, (model_id, dtype, "auto"))  # the deeper views, as a follow-on job
+        return result
 
     out = jobs.start(
         state,
@@ -368,6 +382,7 @@ def start_analysis(
     )
     if isinstance(out, str):
         return out
+    jobs.cancel(state, VIEWS_JOB)  # the views of the previous analysis are not wanted any more
     log.info("analysis of session %s started (%d characters)", out.session[:8], len(text))
     return None
 

@@ -23,7 +23,9 @@ read the ratios, not the seconds):
 * hit: `analyze()` answered by the disk cache (key, read, deserialise), and `hit %` = hit / analyze;
 * views: `add_views(result, "all")`, the deeper views computed on request (direct logit attribution, flow routes,
   neuron factors, query–key vectors; one more capture pass), as the Layer Analysis page, the export and the CLI
-  add them;
+  add them; below the table each view's share of it, its process CPU time next to the floor's, the first-visit
+  wait (Layer Analysis opened PAUSE_S = 5 s after the analysis, the views running as the app's background job
+  since the analysis ended) and a plain torch.matmul's GFLOP/s for reference;
 * peak RSS: ru_maxrss of a fresh process that loads the model and runs one analysis with the default settings
   (gradients on) at T tokens: one process per row, so that peaks of different rows do not mix;
 * bundle: the ZIP bundle of the default analysis with every view (figures, animations, PDF) at 128 tokens.
@@ -248,10 +250,14 @@ def _time_length(lm: Any, T: int, repeat: int, device: str, cache: Any, bundle: 
     row["samples"] = samples
     row["n_tokens"] = res[0].n_tokens
     row["steps"] = {k: round(v, 4) for k, v in res[0].timings.items()}
+    row["matmul_gflops"] = matmul_gflops(lm, T, device)
     if MEASURE_VIEWS:
+        cpu = {name: _cpu_time(fn) for name, fn in (("floor", floor), ("views", views))}
+        row["floor_cpu"], row["views_cpu"] = cpu["floor"], cpu["views"]
         row["view_steps"] = {
             k: round(v, 4) for k, v in add_views(lm, res[0], "all").timings.items() if k not in res[0].timings
         }
+        row["first_visit"] = first_visit_wait(lm, res[0], device)
     if device.startswith("cuda"):
         row["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
         torch.cuda.reset_peak_memory_stats()
@@ -260,6 +266,58 @@ def _time_length(lm: Any, T: int, repeat: int, device: str, cache: Any, bundle: 
         full = analyze(lm, text, settings=_settings(max_tokens=T), views="all")
         row["bundle"], row["bundle_mb"], row["bundle_files"] = _time_bundle(full, repeat=2)
     return row
+
+
+#: The pause between the end of the analysis and the user opening Layer Analysis (the first-visit wait).
+PAUSE_S = 5.0
+
+
+def _cpu_time(fn: Callable[[], None]) -> float:
+    """Process CPU time of one call (all threads): steadier than wall time on a shared machine."""
+    t = time.process_time()
+    fn()
+    return time.process_time() - t
+
+
+def first_visit_wait(lm: Any, result: Any, device: str) -> float:
+    """Seconds a user waits for every view when opening Layer Analysis PAUSE_S after the analysis ended: the app
+    starts add_views as a background job right then (app.loading.background_views); the page waits for the rest."""
+    import threading
+
+    from core.analysis.pipeline import add_views
+
+    done = threading.Event()
+
+    def job() -> None:
+        add_views(lm, result, "all")
+        _sync(device)
+        done.set()
+
+    threading.Thread(target=job, daemon=True).start()
+    time.sleep(PAUSE_S)
+    t = time.perf_counter()
+    done.wait()
+    return time.perf_counter() - t
+
+
+def matmul_gflops(lm: Any, T: int, device: str) -> float:
+    """GFLOP/s of a plain torch.matmul [T, D] × [D, 4D] in the model's dtype on its device (the reference peak)."""
+    import torch
+
+    D = int(lm.model.config.hidden_size)
+    dtype = next(lm.model.parameters()).dtype
+    a = torch.randn(T, D, dtype=dtype, device=lm.device)
+    b = torch.randn(D, 4 * D, dtype=dtype, device=lm.device)
+    with torch.inference_mode():
+        torch.matmul(a, b)
+        _sync(device)
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            torch.matmul(a, b)
+            _sync(device)
+            best = min(best, time.perf_counter() - t)
+    return 2.0 * T * D * 4 * D / best / 1e9
 
 
 def _predicted(result: Any) -> int:
@@ -377,6 +435,31 @@ def render(results: list[dict], memory: dict[tuple[str, int], dict], meta: dict)
         "",
     ]
     steps = []
+    views = [
+        "",
+        "Views (add_views of every view; shares from result.timings; cpu = process CPU time of one call; first "
+        f"visit = wait for all views when Layer Analysis opens {PAUSE_S:g} s after the analysis, the views running "
+        "as the background job; matmul = torch.matmul [T, D] × [D, 4D] in the model's dtype):",
+        "",
+        "| shape | T | floor | views | views / floor | cpu views / cpu floor | first visit | first visit / floor "
+        "| matmul | shares |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for res in results:
+        for T, row in res["rows"].items():
+            if "view_steps" not in row:
+                continue
+            vs = row["view_steps"]
+            total = sum(vs.values()) or 1.0
+            shares = ", ".join(f"{k} {100 * v / total:.0f} %" for k, v in vs.items())
+            views.append(
+                f"| {SHAPES[res['shape']][0]} | {row['n_tokens']} | {_fmt_s(row['floor'])} | {_fmt_s(row['views'])} | "
+                f"{row['views'] / row['floor']:.1f}× | {row['views_cpu'] / row['floor_cpu']:.1f}× | "
+                f"{_fmt_s(row['first_visit'])} | {row['first_visit'] / row['floor']:.2f}× | "
+                f"{row['matmul_gflops']:.0f} GFLOP/s | {shares} |"
+            )
+    if len(views) == 5:  # no row: no table
+        views = []
     for res in results:
         for T, row in res["rows"].items():
             steps.append(
@@ -391,7 +474,7 @@ def render(results: list[dict], memory: dict[tuple[str, int], dict], meta: dict)
             f"{mem['load_s']:.1f} s, analysis {mem['analyze_s']:.1f} s; "
             + ", ".join(f"{k} {v:.2f} s" for k, v in mem["steps"].items())
         )
-    return "\n".join(head + lines + ["", "Steps of one analysis (from result.timings):", "", *steps, ""])
+    return "\n".join(head + lines + views + ["", "Steps of one analysis (from result.timings):", "", *steps, ""])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,9 +10,10 @@ import streamlit as st
 
 from app import layer_widgets as lw
 from app import neuron_widgets, routes_widgets, sae_widgets
-from app.loading import with_views
+from app.loading import latest, pending_line, with_views
 from app.state import Keys
 from app.widgets import guarded, result_header
+from core.analysis.result import AnalysisResult
 
 #: The deeper views this page shows (core.analysis.pipeline.VIEWS).
 LAYER_VIEWS = ["dla", "flow", "neuron_factors", "query_key"]
@@ -55,9 +56,36 @@ with tab_anim, guarded("layer animations"):
     lw.animations_section(result)
 with tab_sae, guarded("SAE features"):  # computed with the analysis (settings.sae_dirs): drawn from the result only
     sae_widgets.draw(result)
-# the deeper views are computed on this page's first visit after an analysis (the core tabs above are drawn first)
-result = with_views(result, LAYER_VIEWS)
-with tab_neurons:  # the query–key view picks its own layer and head, next to it
-    qk_layer, qk_head = lw.pickers(result, Keys.QK_LAYER, Keys.QK_HEAD, "of the query–key view")
-    neuron_widgets.draw(result, qk_layer, qk_head)
-routes_widgets.draw_tabs(result, route_tabs)
+# the deeper views: started in the background as the analysis ended (app.loading.background_views); each tab shows
+# its view as soon as it lands and says which are still being computed
+tab_nf, tab_qk = tab_neurons.container(), tab_neurons.container()
+VIEW_TABS = {  # view -> (its slot, how it is drawn from a result that holds it)
+    "neuron_factors": (tab_nf.empty(), neuron_widgets.draw_neurons),
+    "query_key": (tab_qk.empty(), None),
+    "dla": (route_tabs[0].empty(), routes_widgets.draw_dla),
+    "flow": (route_tabs[1].empty(), routes_widgets.draw_flow),
+}
+drawn: set[str] = set()
+
+
+def draw_views(current: AnalysisResult, final: bool = False) -> None:
+    """Fill the slot of every view `current` holds (each once per run); the others say they are still computed."""
+    left = [v for v in LAYER_VIEWS if v not in current.views and v not in drawn]
+    for view, (slot, draw) in VIEW_TABS.items():
+        if view in drawn:
+            continue
+        if view in current.views or final:
+            drawn.add(view)
+            with slot.container():
+                if view == "query_key":
+                    qk_layer, qk_head = lw.pickers(current, Keys.QK_LAYER, Keys.QK_HEAD, "of the query–key view")
+                    neuron_widgets.draw_query_key(current, qk_layer, qk_head)
+                elif draw is not None:
+                    draw(current)
+        else:
+            slot.info(pending_line(left), icon=":material/hourglass_top:")
+
+
+draw_views(latest(result))
+result = with_views(result, LAYER_VIEWS, landed=draw_views)
+draw_views(result, final=True)

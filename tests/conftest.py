@@ -19,6 +19,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _no_job_outlives_its_test():
+    """The app's background jobs (the views an analysis starts as it ends, app.loading.background_views) finish
+    within the test that started them: a model run leaking into the next test would reach its ForwardCounter or
+    its model-lock checks. A guard against hanging: after 120 s the next test starts anyway."""
+    yield
+    jobs = sys.modules.get("app.jobs")
+    if jobs is None:
+        return
+    import threading
+
+    pause = threading.Event()
+    for _ in range(12000):
+        if jobs.active_count() == 0:
+            return
+        pause.wait(0.01)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache_dir(tmp_path_factory):
     """The result cache and the run folders of every test live under pytest's temporary folder: a test run leaves

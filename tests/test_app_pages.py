@@ -179,14 +179,33 @@ def test_pages_without_result(page):
 # The whole flow with a tiny model
 
 
-def analyse_with(at, model: str, text: str):
+def analyse_with(at, model: str, text: str, settle: bool = True):
     at.run()
     at.sidebar.selectbox(key="model_choice").set_value(OTHER_MODEL)
     at.run()
     at.sidebar.text_input(key="model_custom").input(model)
     at.sidebar.text_area(key="text").input(text)
     sidebar_button(at, "analyze").click()
-    return at.run()
+    at.run()
+    if settle:
+        settle_views(at)
+    return at
+
+
+def settle_views(at) -> None:
+    """Wait for the deeper views the analysis job started in the background (app.loading.background_views), so
+    that no model runs after this point unless the test asks for one (ForwardCounter counts every module call of
+    the process). The views stay uncollected: the next page run hands them to the session."""
+    from app import jobs
+    from app.loading import VIEWS_JOB
+
+    try:
+        sid = at.session_state[jobs.SESSION_KEY]
+    except KeyError:
+        return
+    job = jobs.get({jobs.SESSION_KEY: sid}, VIEWS_JOB)
+    if job is not None:
+        jobs.wait(job, lambda *_: None, poll_s=0.01)
 
 
 def test_whole_flow_tiny_model(tiny_dirs):

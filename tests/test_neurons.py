@@ -281,7 +281,10 @@ def test_sidebar_neuron_settings_reach_the_analysis(tiny_dirs):
     at.sidebar.number_input(key="neuron_first_layer").set_value(2)  # block 2 of 2
     at = analyse_with(at, str(tiny_dirs["gpt2"]), "The dog sat on the log.")
     no_exception(at)
-    assert at.session_state["result"].neuron_factors is None  # the deeper views wait for their page
+    from app import jobs
+
+    analysis_job = jobs.get({jobs.SESSION_KEY: at.session_state[jobs.SESSION_KEY]}, "analysis")
+    assert analysis_job.result.neuron_factors is None  # the analysis leaves the deeper views to its follow-on job
     at.switch_page(LAYERS).run()
     no_exception(at)
     sec = at.session_state["result"].neuron_factors

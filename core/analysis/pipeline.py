@@ -286,9 +286,16 @@ def _context(loaded: LoadedModel, st: AnalysisSettings, cap: Any) -> tuple[StepC
 
 
 def _run_views(
-    ctx: StepContext, names: list[str], timings: dict[str, float], report: ProgressFn, start: float, end: float
+    ctx: StepContext,
+    names: list[str],
+    timings: dict[str, float],
+    report: ProgressFn,
+    start: float,
+    end: float,
+    landed: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the named views in VIEWS order: {name: section or None}; a failure becomes a warning in `ctx`."""
+    """Run the named views in VIEWS order: {name: section or None}; a failure becomes a warning in `ctx`.
+    `landed(sections so far)` is called after each view."""
     out: dict[str, Any] = {}
     stage = scaled(report, start, end)
     for i, name in enumerate(names):
@@ -303,6 +310,8 @@ def _run_views(
             ctx.warn(f"{label} could not be computed for this run: {first}")
             out[name] = None
         timings[name] = time.perf_counter() - t
+        if landed is not None:
+            landed(dict(out))
     return out
 
 
@@ -313,11 +322,15 @@ def add_views(
     *,
     cache: ResultCache | None = None,
     progress: ProgressFn | None = None,
+    partial: Callable[[AnalysisResult], None] | None = None,
 ) -> AnalysisResult:
     """`result` with the deeper views it lacks added (see VIEWS): one more capture pass of the same text and
     settings, then the views; the same sections as `analyze(..., views=...)` would have given. The fuller result
     replaces the cached one under the same key (a fuller one already in `cache` is taken as it is). `loaded` must be
-    the model the result was made with (same id, revision, dtype and device), else InputError."""
+    the model the result was made with (same id, revision, dtype and device), else InputError.
+
+    `partial(result so far)` is called as each view lands (its `views` lists the ones done), so that a page can
+    show the finished views while the others are still computed (the app's background views job)."""
     report = progress or silent
     missing = [v for v in view_names(views) if v not in result.views]
     if not missing:
@@ -344,14 +357,18 @@ def add_views(
         if ctx.token_ids != result.token_ids:
             raise RuntimeError("the text tokenised differently from the finished analysis: run it again")
         ctx.warnings = []
-        sections = _run_views(ctx, missing, timings, report, 0.1, 0.95)
-    done = [v for v in VIEWS if v in result.views or v in missing]
-    out = result.replace(
-        **sections,
-        views=done,
-        warnings=[*result.warnings, *(w for w in ctx.warnings if w not in result.warnings)],
-        timings={**result.timings, **timings},
-    )
+
+        def fuller(sections: dict[str, Any]) -> AnalysisResult:
+            return result.replace(
+                **sections,
+                views=[v for v in VIEWS if v in result.views or v in sections],
+                warnings=[*result.warnings, *(w for w in ctx.warnings if w not in result.warnings)],
+                timings={**result.timings, **timings},
+            )
+
+        landed = (lambda sections: partial(fuller(sections))) if partial is not None else None
+        sections = _run_views(ctx, missing, timings, report, 0.1, 0.95, landed)
+    out = fuller(sections)
     report("Done", 1.0)
     if cache is not None and result.cache_key:
         cache.set(result.cache_key, out.replace(cache_hit=False))

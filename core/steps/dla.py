@@ -464,6 +464,22 @@ def _topk(logits: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     )
 
 
+#: Rows of the [rows, V] logit block of one product in `promoted_tables` (float32 elements: 64 MiB): every row of
+#: the GPT-2 or TinyLlama shape's tables fits in one product, and a 256 k vocabulary still reads W_U once per ~64
+#: rows instead of once per row.
+TABLE_FLOATS = 1 << 24
+
+
+def promoted_tables(rows: torch.Tensor, W_U: torch.Tensor, k: int) -> tuple[np.ndarray, ...]:
+    """Top-k promoted and suppressed tokens of every row of `rows` [R, D'] read through the unembedding W_U [V, D']:
+    (up ids, up logits, down ids, down logits), each [R, k]. All rows (every position's block updates and the target's
+    heads) go through one dense product per TABLE_FLOATS-sized block of rows, so W_U is read once per block rather
+    than once per position; the logits of a row are the same dot products as row @ W_U.T. `rows` has ≥ 1 row."""
+    per = max(1, TABLE_FLOATS // max(int(W_U.shape[0]), 1))
+    parts = [_topk(rows[r0 : r0 + per] @ W_U.t(), k) for r0 in range(0, rows.shape[0], per)]
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))
+
+
 def block_update_rows(c: Carried, n_layers: int) -> torch.Tensor:
     """[L, 2, D'] carried attention updates (heads + biases of that block's attention) and MLP updates."""
     import torch
@@ -529,18 +545,15 @@ def compute_dla(
         err = abs(float(vals.double().sum()) - model_logit)
 
         positions = promote_window(T, position, L, W_U.shape[1], W_U.shape[0])
-        bi, bl, di, dl = [], [], [], []
-        for t in positions:
-            ct = c if t == position else carry(dec, t)
-            rows = block_update_rows(ct, L).reshape(2 * L, -1) @ W_U.t()  # [2L, V]
-            a, b_, cc, d = _topk(rows, k)
-            bi.append(a.reshape(L, 2, -1))
-            bl.append(b_.reshape(L, 2, -1))
-            di.append(cc.reshape(L, 2, -1))
-            dl.append(d.reshape(L, 2, -1))
+        block_rows = [block_update_rows(c if t == position else carry(dec, t), L).reshape(2 * L, -1) for t in positions]
         head_rows = torch.stack([c.vectors[i] for i, comp in enumerate(c.components) if comp == "attention"])
-        hi, hl, hdi, hdl = _topk(head_rows @ W_U.t(), k)
-    ids = set(np.concatenate([np.stack(bi).ravel(), np.stack(di).ravel(), hi.ravel(), hdi.ravel()]).tolist())
+        up_i, up_v, dn_i, dn_v = promoted_tables(torch.cat([*block_rows, head_rows]), W_U, k)
+        n_blocks = 2 * L * len(positions)
+        P_ = len(positions)
+        bi, bl = up_i[:n_blocks].reshape(P_, L, 2, -1), up_v[:n_blocks].reshape(P_, L, 2, -1)
+        di, dl = dn_i[:n_blocks].reshape(P_, L, 2, -1), dn_v[:n_blocks].reshape(P_, L, 2, -1)
+        hi, hl, hdi, hdl = up_i[n_blocks:], up_v[n_blocks:], dn_i[n_blocks:], dn_v[n_blocks:]
+    ids = set(np.concatenate([bi.ravel(), di.ravel(), hi.ravel(), hdi.ravel()]).tolist())
     ids.add(int(token_id))
     texts = {str(i): _text(tokenizer, i) for i in sorted(ids)}
     notes = []
@@ -568,10 +581,10 @@ def compute_dla(
         values=vals.double().numpy(),
         sum_abs_error=err,
         promote_positions=positions,
-        promote_block_ids=np.stack(bi),
-        promote_block_logits=np.stack(bl),
-        demote_block_ids=np.stack(di),
-        demote_block_logits=np.stack(dl),
+        promote_block_ids=bi,
+        promote_block_logits=bl,
+        demote_block_ids=di,
+        demote_block_logits=dl,
         promote_head_ids=hi.reshape(L, H, -1),
         promote_head_logits=hl.reshape(L, H, -1),
         demote_head_ids=hdi.reshape(L, H, -1),
