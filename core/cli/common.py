@@ -202,22 +202,22 @@ def add_resume_option(p: argparse.ArgumentParser | argparse._ArgumentGroup, unit
     )
 
 
-def open_work(args: argparse.Namespace, fp: dict[str, object], unit: str) -> WorkFolder:
+def open_work(args: argparse.Namespace, fp: dict[str, object], unit: tuple[str, str]) -> WorkFolder:
     """The run's work folder beside --out (core.run.checkpoint): its finished units when --resume (an InputError
-    when it holds another run), else a fresh one. Says on stderr what it found (unless --quiet)."""
+    when it holds another run), else a fresh one. Says on stderr what it found (unless --quiet); `unit`: the
+    unit's name, singular and plural ("pair", "pairs")."""
     from core.run.checkpoint import WorkFolder, work_path
 
     path = work_path(args.out)
     work = WorkFolder.open(path, fp, resume=bool(args.resume))
     if not getattr(args, "quiet", False):
-        if args.resume and work.resumed:
-            sys.stderr.write(f"note: resuming from '{_shown(path)}': {work.resumed} finished {unit} kept\n")
+        n = work.resumed
+        if args.resume and n:
+            sys.stderr.write(f"note: resuming from '{_shown(path)}': {n} finished {unit[n != 1]} kept\n")
         elif args.resume:
             sys.stderr.write(f"note: --resume: nothing finished in '{_shown(path)}'; starting from the beginning\n")
         elif (path / "run.json").is_file():
-            sys.stderr.write(
-                f"note: '{_shown(path)}' holds an interrupted run; starting over (--resume continues it)\n"
-            )
+            sys.stderr.write(f"note: '{_shown(path)}' holds an interrupted run; starting over (--resume continues)\n")
     return work
 
 

@@ -269,7 +269,7 @@ def run_pairs_file(args: argparse.Namespace) -> int:
             json.dumps([dataclasses.astuple(p) for p in pairs], ensure_ascii=False).encode("utf-8")
         ).hexdigest(),
     )
-    work = open_work(args, fp, "pairs")
+    work = open_work(args, fp, ("pair", "pairs"))
     with ProgressBar(not (args.quiet or args.no_progress)) as progress:
         if args.engine == "ray":
             result = _run_on_ray(args, pairs, settings, progress, work)
