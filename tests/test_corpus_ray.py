@@ -131,3 +131,30 @@ def test_cli_engine_ray_writes_the_local_bundle_numbers(ray_cluster, tiny_dirs, 
     assert len(rows) == len(want) + 1
     for got, ref in zip(rows[1:], want, strict=True):
         assert got[1] == ref[1] and float(got[2]) == pytest.approx(ref[2], abs=1e-6)
+
+
+def test_an_interrupted_run_resumes_from_the_finished_batches(
+    ray_cluster, tiny_dirs, local_result, tmp_path, monkeypatch
+):
+    """Interrupted after 2 of 9 batches (as a Ctrl-C on the driver), the run resumes in the same cluster (the
+    interrupted pipeline's actors are gone) and sends only the 7 other batches: the local numbers again. One
+    worker (two are tested above; on a resume only the batches sent differ)."""
+    from core.run.checkpoint import ENV_INTERRUPT, WorkFolder, fingerprint
+    from core.studies.corpus_ray import CorpusSource, run_corpus_ray
+
+    path = tmp_path / "c.txt"
+    path.write_text("\n".join(TEXTS), encoding="utf-8")
+    fp = fingerprint("corpus", "tiny", "float32", "cpu", SETTINGS.to_dict(), sha256="x")
+    run = lambda work, progress=None: run_corpus_ray(  # noqa: E731
+        str(tiny_dirs["gpt2"]), CorpusSource("lines", str(path)), SETTINGS, progress, dtype="float32",
+        device="cpu", workers=1, work=work,
+    )  # fmt: skip
+    monkeypatch.setenv(ENV_INTERRUPT, "2")
+    with pytest.raises(KeyboardInterrupt):
+        run(WorkFolder.open(tmp_path / "w", fp, resume=False))
+    monkeypatch.delenv(ENV_INTERRUPT)
+    work = WorkFolder.open(tmp_path / "w", fp, resume=True)
+    assert work.resumed == 2
+    seen: list[str] = []
+    _same(local_result, run(work, lambda label, frac: seen.append(label)))
+    assert seen[0] == "Forward passes: 6 of 27 texts"  # 2 batches of 3 read back, not run again

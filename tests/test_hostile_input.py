@@ -211,7 +211,9 @@ def _subcommand(name: str, model: str, tmp_path: Path, out: Path | None) -> list
 
 
 @pytest.mark.parametrize("name", ["analyze", "patch", "corpus", "compare"])
-@pytest.mark.parametrize("problem", ["read-only", "parent-is-a-file", "existing-file", "zip-is-a-folder"])
+@pytest.mark.parametrize(
+    "problem", ["read-only", "parent-is-a-file", "existing-file", "zip-is-a-folder", "folder-of-other-files"]
+)
 def test_every_subcommand_checks_out_before_loading_a_model(name, problem, tmp_path, capsys, tiny_dirs, no_load):
     """One shared check (core.cli.common.check_paths): exit 2 and one line naming --out, before any model loads."""
     if problem == "read-only":  # /proc refuses new files even to root, like a read-only mount
@@ -224,14 +226,18 @@ def test_every_subcommand_checks_out_before_loading_a_model(name, problem, tmp_p
     elif problem == "existing-file":
         out, expect = tmp_path / "notes.txt", "existing file"
         out.write_text("keep me")
-    else:
+    elif problem == "zip-is-a-folder":
         out, expect = tmp_path / "old.zip", "existing folder"
         out.mkdir()
+    else:  # a bundle folder is replaced whole (core.infra.formats.write_files): never a folder of other files
+        out, expect = tmp_path / "mine", "holds other files"
+        out.mkdir()
+        (out / "notes.txt").write_text("keep me")
     rc, _, err = run(_subcommand(name, str(tiny_dirs["gpt2"]), tmp_path, out), capsys)
     line = one_short_line(err)
     assert rc == 2 and "--out" in line and expect in line, line
-    if problem == "existing-file":
-        assert out.read_text() == "keep me"
+    if problem in ("existing-file", "folder-of-other-files"):
+        assert (out if out.is_file() else out / "notes.txt").read_text() == "keep me"
 
 
 @pytest.mark.parametrize(

@@ -58,3 +58,57 @@ def test_ray_engine_reports_bad_pairs_like_local(cluster, tiny_dirs, tiny_gpt2):
             device="cpu",
             workers=2,
         )
+
+
+@pytest.fixture(scope="module")
+def grid(tiny_gpt2):
+    """4 hidden pairs and their local exact grid (the undisturbed run)."""
+    pairs = hidden_pairs(tiny_gpt2.tokenizer, 4, seed=4321)
+    return pairs, run_pairs(tiny_gpt2, pairs, PairsSettings())
+
+
+def test_a_worker_killed_mid_batch_is_retried_to_the_same_result(cluster, tiny_dirs, grid, tmp_path, monkeypatch):
+    from core.studies.pairs_ray import ENV_FAULT, run_pairs_ray
+
+    pairs, local = grid
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(ENV_FAULT, str(marker))
+    remote = run_pairs_ray(str(tiny_dirs["gpt2"]), pairs, PairsSettings(), dtype="float32", device="cpu", workers=2)
+    assert marker.exists()  # a worker did die, after its first pair, before returning its batch
+    _same(local, remote)
+
+
+def test_an_interrupted_ray_run_resumes_from_the_finished_pairs(
+    cluster, tiny_dirs, grid, tmp_path, capsys, monkeypatch
+):
+    """Through the CLI: interrupted after 2 of 4 pairs (--out absent), `--resume` sends the other 2 to the workers
+    and gives the undisturbed numbers; the tqdm bar shows pairs done / total with the rate."""
+    import csv
+
+    from core.cli.main import main
+    from core.run.checkpoint import ENV_INTERRUPT, work_path
+
+    pairs, local = grid
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(f'{{"clean": "{p.clean}", "corrupt": "{p.corrupt}"}}\n' for p in pairs), encoding="utf-8")
+    out = tmp_path / "out"
+    argv = ["patch", "--model", str(tiny_dirs["gpt2"]), "--pairs", str(data), "--engine", "ray", "--workers", "1",
+            "--dtype", "float32", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    monkeypatch.setenv(ENV_INTERRUPT, "2")
+    assert main(argv) == 130
+    units = sorted(p.stem for p in (work_path(out) / "units").glob("pair-*.tma"))
+    assert not out.exists() and len(units) == 2
+    capsys.readouterr()
+    monkeypatch.delenv(ENV_INTERRUPT)
+    assert main([*argv, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "2 finished pairs" in err and "Pair 3 of 4 (" in err and "pairs/s)" in err  # tqdm: done / total, rate
+    assert "Pair 2 of 4" not in err  # the finished pairs were not sent again
+    rows = list(csv.DictReader((out / "patching.csv").read_text(encoding="utf-8").splitlines()))
+    want = local.rows()
+    assert len(rows) == len(want)
+    for got, ref in zip(rows, want, strict=True):
+        assert (int(got["layer"]), int(got["position"]), got["component"]) == ref[:3]
+        for key, v in (("restored", ref[3]), ("atp", ref[7])):
+            assert float(got[key] or "nan") == pytest.approx(v, abs=1e-6, nan_ok=True)
+    assert not work_path(out).exists()

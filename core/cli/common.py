@@ -12,11 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from core.infra.errors import InputError
 from core.infra.presets import BUNDLED_ID, PRESET_IDS
 from core.run.settings import DEVICES, DTYPES, AnalysisSettings, max_text_chars
+
+if TYPE_CHECKING:
+    from core.run.checkpoint import WorkFolder
 
 EXIT_MODEL, EXIT_INPUT, EXIT_INTERNAL = 1, 2, 3
 #: Bytes read at most from a text file (the character bound of AnalysisSettings.check_text applies after).
@@ -155,11 +158,14 @@ def out_path(value: str) -> Path:
 
 def check_out(out: Path) -> None:
     """Fail (exit 2) before any analysis when `out` cannot be written: an existing file must be a .zip we may
-    replace, an existing folder one we can create files in, and the nearest existing folder on the way to a new
-    path must be a folder we can create a file in (probed for real, so a read-only mount is caught as well as
-    permissions)."""
+    replace, an existing folder must be empty or an earlier bundle (it is replaced whole: core.infra.formats.
+    write_files), and the nearest existing folder on the way to `out`'s parent — where the bundle is written under
+    a temporary name and renamed into place — must be a folder we can create a file in (probed for real, so a
+    read-only mount is caught as well as permissions)."""
     import os
     import tempfile
+
+    from core.infra.formats import replaceable_folder
 
     shown = _shown(out)
     try:
@@ -169,8 +175,12 @@ def check_out(out: Path) -> None:
             fail(f"--out '{shown}' is an existing folder; give another .zip path")
         if out.is_file() and not os.access(out, os.W_OK):
             fail(f"--out '{shown}' is a read-only file")
-        folder = out.parent if out.suffix.lower() == ".zip" else out
-        probe = folder
+        if out.is_dir() and not replaceable_folder(out):
+            fail(
+                f"--out '{shown}' is a folder that holds other files (no earlier bundle); give a new or empty "
+                "folder, or a .zip path"
+            )
+        probe = out.parent
         while not probe.exists():
             if probe.parent == probe:
                 break
@@ -181,6 +191,71 @@ def check_out(out: Path) -> None:
             pass
     except OSError as exc:
         fail(f"--out '{shown}' is not writable ({exc.strerror or type(exc).__name__})")
+
+
+def add_resume_option(p: argparse.ArgumentParser | argparse._ArgumentGroup, unit: str) -> None:
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue an interrupted run from the {unit} it finished (kept in OUT.partial/ beside --out; "
+        "refused when the model, settings or input differ)",
+    )
+
+
+def open_work(args: argparse.Namespace, fp: dict[str, object], unit: tuple[str, str]) -> WorkFolder:
+    """The run's work folder beside --out (core.run.checkpoint): its finished units when --resume (an InputError
+    when it holds another run), else a fresh one. Says on stderr what it found (unless --quiet); `unit`: the
+    unit's name, singular and plural ("pair", "pairs")."""
+    from core.run.checkpoint import WorkFolder, work_path
+
+    path = work_path(args.out)
+    work = WorkFolder.open(path, fp, resume=bool(args.resume))
+    if not getattr(args, "quiet", False):
+        n = work.resumed
+        if args.resume and n:
+            sys.stderr.write(f"note: resuming from '{_shown(path)}': {n} finished {unit[n != 1]} kept\n")
+        elif args.resume:
+            sys.stderr.write(f"note: --resume: nothing finished in '{_shown(path)}'; starting from the beginning\n")
+        elif (path / "run.json").is_file():
+            sys.stderr.write(f"note: '{_shown(path)}' holds an interrupted run; starting over (--resume continues)\n")
+    return work
+
+
+class ProgressBar:
+    """A core.run.progress callback drawn as one tqdm bar on stderr: the stage in words ("Pair 3 of 8 (1.2
+    pairs/s)"), the whole run's share done. `show=False` draws nothing. Use as a context manager (closes the bar)."""
+
+    def __init__(self, show: bool) -> None:
+        self.show = show
+        self.bar: Any = None
+
+    def __call__(self, label: str, fraction: float) -> None:
+        if not self.show:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                desc=label,
+                total=100,
+                file=sys.stderr,
+                leave=False,
+                dynamic_ncols=True,
+                bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}]",
+            )
+        self.bar.set_description_str(label, refresh=False)
+        self.bar.update(max(0.0, round(100 * fraction, 1) - self.bar.n))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def print_warnings(warnings: list[str]) -> None:

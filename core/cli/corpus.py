@@ -10,7 +10,11 @@ core.studies.sae_corpus_ray, the same examples).
 
 Writes the corpus bundle (core.export.corpus_bundle) with a progress bar on standard error (tqdm). Bad input ends with
 one line on stderr and exit 2 (1: model unavailable, 3: unexpected failure), like `analyze`; nothing is written
-unless the whole analysis succeeded.
+unless the whole analysis succeeded, and the bundle is renamed into place whole (core.infra.formats.write_files).
+
+Each finished batch of texts is kept in OUT.partial/ beside --out (core.run.checkpoint, both engines) until the
+bundle is written; `--resume` continues an interrupted run from those batches (the same batches: the same numbers),
+and is refused with one line when the model, a setting or the input file differ.
 """
 
 from __future__ import annotations
@@ -19,11 +23,24 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.cli.common import add_load_options, add_model_options, check_input_file, check_paths, fail, out_path
+from core.cli.common import (
+    ProgressBar,
+    add_load_options,
+    add_model_options,
+    add_resume_option,
+    check_input_file,
+    check_paths,
+    fail,
+    open_work,
+    out_path,
+)
 from core.infra.guards import DEFAULT_MAX_CORPUS_TEXTS, max_corpus_texts
 from core.studies.corpus import ENV_MAX_TEXTS, CorpusSettings, CorpusTexts
+
+if TYPE_CHECKING:
+    from core.run.checkpoint import WorkFolder
 
 NAME = "corpus"
 
@@ -78,6 +95,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     )
     c.add_argument("--sae-top", type=int, default=10, help="examples kept per SAE feature (default 10; 1 to 100)")
     add_load_options(c)
+    add_resume_option(c, "batches of texts")
     c.add_argument("--no-cache", action="store_true", help="do not read or write the result cache")
     c.add_argument("--cache-dir", type=Path, default=None, help="result cache folder (default $TMA_CACHE_DIR)")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -127,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     from core.run.cache import ResultCache
     from core.studies.corpus import analyze_corpus
 
-    check_paths(args, {"text_file": "text file", "csv": "CSV file"})  # a wrong --out must not cost a whole run
+    check_paths(args, {"text_file": "text file", "csv": "CSV file", "jsonl": "JSON-lines file"})  # before a run
     out: Path = args.out
     settings = settings_from_args(args)
     if args.engine == "local" and args.jsonl is not None:
@@ -138,34 +156,13 @@ def run(args: argparse.Namespace) -> int:
         check_top_n(args.sae_top)  # before the corpus pass, not after it
     t0 = time.perf_counter()
     show = not (args.quiet or args.no_progress)
-    bars: dict[str, Any] = {}
-
-    def progress(label: str, fraction: float) -> None:
-        """One bar on stderr: the stage in words ("Forward passes: 3 of 8 texts"), the whole run's share done."""
-        if not show:
-            return
-        from tqdm import tqdm
-
-        if "bar" not in bars:
-            bars["bar"] = tqdm(
-                desc=label,
-                total=100,
-                file=sys.stderr,
-                leave=False,
-                dynamic_ncols=True,
-                bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}]",
-            )
-        bar = bars["bar"]
-        bar.set_description_str(label, refresh=False)
-        bar.update(max(0.0, round(100 * fraction, 1) - bar.n))
-
     if args.engine == "ray":
-        try:
-            result, sae_files = _run_on_ray(args, settings, progress)
-        finally:
-            bars_close(bars)
-        return _finish(args, result, {**corpus_bundle_files(result), **sae_files}, out, t0)
+        work = _work(args, settings)
+        with ProgressBar(show) as progress:
+            result, sae_files = _run_on_ray(args, settings, progress, work)
+        return _finish(args, result, {**corpus_bundle_files(result), **sae_files}, out, t0, work)
     corpus = read_corpus(args)  # checked against the limit before any model is loaded
+    work = _work(args, settings)
     model: Any = args.model
     sae_dirs = tuple(args.sae or ())
     if sae_dirs:  # one loaded model for both passes; a bad SAE folder is refused before any forward pass
@@ -176,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
             load_sae(d)
         model = load_model(str(args.model), dtype=args.dtype, device=args.device)
     cache = None if args.no_cache else ResultCache(args.cache_dir)
+    progress = ProgressBar(show)
     try:
         result = analyze_corpus(
             model,
@@ -186,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             device=args.device,
             limit=args.max_texts if args.max_texts is not None else None,
+            work=work,
         )
         files = corpus_bundle_files(result)
         if sae_dirs:  # through the result cache too (its key holds the SAEs' sha256)
@@ -197,19 +196,39 @@ def run(args: argparse.Namespace) -> int:
             )  # fmt: skip
             files.update(sae_corpus_files(examples.saes))
     finally:
-        for b in bars.values():
-            b.close()
+        progress.close()
         if cache is not None:
             cache.close()
-    return _finish(args, result, files, out, t0)
+    return _finish(args, result, files, out, t0, work)
 
 
-def bars_close(bars: dict[str, Any]) -> None:
-    for b in bars.values():
-        b.close()
+def _work(args: argparse.Namespace, settings: CorpusSettings) -> WorkFolder | None:
+    """The run's work folder (core.run.checkpoint), fingerprinted by the model as asked, every setting and the
+    input file's sha256 with its format and column; None for standard input (it cannot be read again)."""
+    from core.run.checkpoint import fingerprint, sha256_file
+
+    kind = "csv" if args.csv is not None else "jsonl" if args.jsonl is not None else "lines"
+    path = {"csv": args.csv, "jsonl": args.jsonl, "lines": args.text_file}[kind]
+    if str(path) == "-":
+        if args.resume:
+            fail("--resume needs an input file (standard input cannot be read again)")
+        return None
+    fp = fingerprint(
+        "corpus",
+        args.model,
+        args.dtype,
+        args.device,
+        settings.to_dict(),
+        format=kind,
+        column=args.column,
+        sha256=sha256_file(path),
+    )
+    return open_work(args, fp, ("batch of texts", "batches of texts"))
 
 
-def _run_on_ray(args: argparse.Namespace, settings: CorpusSettings, progress: Any) -> tuple[Any, dict[str, bytes]]:
+def _run_on_ray(
+    args: argparse.Namespace, settings: CorpusSettings, progress: Any, work: WorkFolder | None
+) -> tuple[Any, dict[str, bytes]]:
     """`--engine ray`: the texts streamed from the file to Ray Data workers (core/studies/corpus_ray.py); with --sae
     a second pass on the same cluster (core/studies/sae_corpus_ray.py). Returns the result and the SAE files."""
     import importlib.util
@@ -243,7 +262,7 @@ def _run_on_ray(args: argparse.Namespace, settings: CorpusSettings, progress: An
     ray_args = {"dtype": args.dtype, "device": args.device, "address": address, "workers": args.workers,
                 "gpus_per_worker": args.gpus_per_worker, "limit": args.max_texts}  # fmt: skip
     if not args.sae:
-        return run_corpus_ray(args.model, source, settings, progress, **ray_args), {}
+        return run_corpus_ray(args.model, source, settings, progress, work=work, **ray_args), {}
     import ray
 
     from core.model.sae import load_sae
@@ -256,7 +275,7 @@ def _run_on_ray(args: argparse.Namespace, settings: CorpusSettings, progress: An
         load_sae(d)
     started = _connect(address, args.workers)  # one cluster for both passes
     try:
-        result = run_corpus_ray(args.model, source, settings, scaled(progress, 0.0, 0.7), **ray_args)
+        result = run_corpus_ray(args.model, source, settings, scaled(progress, 0.0, 0.7), work=work, **ray_args)
         sae = run_sae_corpus_ray(
             args.model, source, args.sae, settings, scaled(progress, 0.7, 1.0), top_n=args.sae_top, **ray_args
         )
@@ -266,10 +285,14 @@ def _run_on_ray(args: argparse.Namespace, settings: CorpusSettings, progress: An
     return result, sae_corpus_files(sae)
 
 
-def _finish(args: argparse.Namespace, result: Any, files: dict[str, bytes], out: Path, t0: float) -> int:
+def _finish(
+    args: argparse.Namespace, result: Any, files: dict[str, bytes], out: Path, t0: float, work: WorkFolder | None
+) -> int:
     from core.export.corpus_bundle import write_bundle
 
     path = write_bundle(files, out)
+    if work is not None:
+        work.remove()  # the bundle is in place: the finished batches are no longer needed
     if not args.quiet:
         lines = [
             f"wrote {path} ({result.model.model_id}, {result.n_texts} texts, "

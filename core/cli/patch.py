@@ -11,26 +11,35 @@ plots/*.png and manifest.json and report.pdf. Bundle of a pair data set (core/st
 (`layer,position,component,restored,n_pairs,ci_low,ci_high,atp`: restored = the mean over pairs of each pair's
 restored fraction, its Student-t interval over pairs, and attribution patching's estimate), patching_pairs.csv
 (every pair's cells), patching.json (pairs, answers, near ties, exact-vs-AtP correlation), plots/*.png,
-manifest.json and report.pdf. Bundle of one SAE feature (core/cli/sae_patch.py): sae_patching.csv,
-sae_patching.json, manifest.json. Bad input: one line on stderr and exit 2 (the exit codes of core/cli/main.py).
+manifest.json and report.pdf; every finished pair is kept in OUT.partial/ beside --out (core.run.checkpoint, both
+engines) until the bundle is written, and `--resume` continues an interrupted data set from those pairs (refused
+with one line when the model, a setting or the pairs differ). Bundle of one SAE feature (core/cli/sae_patch.py):
+sae_patching.csv, sae_patching.json, manifest.json. Bad input: one line on stderr and exit 2 (the exit codes of
+core/cli/main.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
+import hashlib
+import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.cli.common import (
+    ProgressBar,
     add_load_options,
     add_model_options,
+    add_resume_option,
     add_text_options,
     check_out,
     check_paths,
     fail,
+    open_work,
     out_path,
     print_warnings,
     read_text,
@@ -38,6 +47,9 @@ from core.cli.common import (
 from core.infra.formats import csv_bytes, json_bytes, write_files
 from core.studies.pairs import PairsResult
 from core.studies.patching import PatchingResult, PatchingSettings
+
+if TYPE_CHECKING:
+    from core.run.checkpoint import WorkFolder
 
 CSV_HEADER = ["layer", "position", "component", "restored", "m_patched", "clean_token", "corrupted_token"]
 PAIRS_CSV_HEADER = ["layer", "position", "component", "restored", "n_pairs", "ci_low", "ci_high", "atp", "token"]
@@ -75,6 +87,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     g.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray cluster)")
     g.add_argument("--workers", type=int, default=2, help="Ray workers (model replicas), default 2")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray worker (default 0)")
+    add_resume_option(g, "pairs")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (pairs done / total with the rate)")
     s = p.add_argument_group("one sparse-autoencoder feature as the site (core/studies/sae_patching.py)")
     s.add_argument("--sae", action="append", default=None, metavar="DIR", help="SAE folder(s) in SAELens's format")
     s.add_argument("--feature", type=int, default=None, metavar="F", help="the feature to patch and ablate")
@@ -187,7 +201,9 @@ def pairs_bundle(result: PairsResult, source: str) -> dict[str, bytes]:
     return files
 
 
-def _run_on_ray(args: argparse.Namespace, pairs: list[Any], settings: Any) -> PairsResult:
+def _run_on_ray(
+    args: argparse.Namespace, pairs: list[Any], settings: Any, progress: Any, work: WorkFolder
+) -> PairsResult:
     """`--engine ray`: the pairs on Ray Data workers (core/studies/pairs_ray.py); no result cache."""
     import importlib.util
 
@@ -206,6 +222,8 @@ def _run_on_ray(args: argparse.Namespace, pairs: list[Any], settings: Any) -> Pa
         address=args.address or os.environ.get("TMA_RAY_ADDRESS") or None,
         workers=args.workers,
         gpus_per_worker=args.gpus_per_worker,
+        progress=progress,
+        work=work,
     )
 
 
@@ -213,6 +231,7 @@ def run_pairs_file(args: argparse.Namespace) -> int:
     """`patch --pairs F`: read and check the data set before loading the model, run, write the bundle."""
     from core.model.loading import load_model
     from core.run.cache import ResultCache
+    from core.run.checkpoint import fingerprint
     from core.studies.pairs import PairsSettings, parse_pairs, patch_pairs
 
     path: Path = args.pairs
@@ -240,17 +259,30 @@ def run_pairs_file(args: argparse.Namespace) -> int:
         top_k=args.top,
     )
     check_out(args.out)
-    if args.engine == "ray":
-        result = _run_on_ray(args, pairs, settings)
-    else:
-        loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-        cache = None if args.no_cache else ResultCache(args.cache_dir)
-        try:
-            result = patch_pairs(loaded, pairs, settings, cache=cache)
-        finally:
-            if cache is not None:
-                cache.close()
+    fp = fingerprint(
+        "patching_pairs",
+        args.model,
+        args.dtype,
+        args.device,
+        settings.to_dict(),
+        pairs_sha256=hashlib.sha256(
+            json.dumps([dataclasses.astuple(p) for p in pairs], ensure_ascii=False).encode("utf-8")
+        ).hexdigest(),
+    )
+    work = open_work(args, fp, ("pair", "pairs"))
+    with ProgressBar(not (args.quiet or args.no_progress)) as progress:
+        if args.engine == "ray":
+            result = _run_on_ray(args, pairs, settings, progress, work)
+        else:
+            loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+            cache = None if args.no_cache else ResultCache(args.cache_dir)
+            try:
+                result = patch_pairs(loaded, pairs, settings, cache=cache, progress=progress, work=work)
+            finally:
+                if cache is not None:
+                    cache.close()
     out = write_files(pairs_bundle(result, path.name), args.out)
+    work.remove()  # the bundle is in place: the finished pairs are no longer needed
     if not args.quiet:
         r = result.correlation()
         sys.stdout.write(
@@ -275,14 +307,16 @@ def run(args: argparse.Namespace) -> int:
         if args.sae or args.feature is not None:
             fail("--sae / --feature patch one pair: give --clean and --corrupt, not --pairs")
         return run_pairs_file(args)
+    if args.resume and (args.sae or args.feature is not None or args.hook is not None):
+        fail("--resume applies to a data set of pairs (--pairs FILE)")
     if clean is None or corrupt is None:
         fail("give --clean and --corrupt (texts or files), or --pairs FILE")
     if args.sae or args.feature is not None or args.hook is not None:
         from core.cli.sae_patch import run_sae_patch
 
         return run_sae_patch(args, clean, corrupt)
-    if args.atp_only or args.top is not None or args.engine != "local":
-        fail("--atp-only, --top and --engine apply to a data set of pairs (--pairs FILE)")
+    if args.atp_only or args.top is not None or args.engine != "local" or args.resume:
+        fail("--atp-only, --top, --engine and --resume apply to a data set of pairs (--pairs FILE)")
     if clean == corrupt:
         fail(
             "the clean and the corrupted texts are identical: patching measures how much of the clean answer a "

@@ -13,9 +13,6 @@ Member names are fixed; nothing is derived from user text.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +22,7 @@ from matplotlib.ticker import MaxNLocator
 
 from core.export.pdf import PAGE_H, Document
 from core.figures import plotting
-from core.infra.formats import csv_bytes, json_bytes, zip_bytes
+from core.infra.formats import csv_bytes, json_bytes, write_files
 from core.model.provenance import provenance
 from core.present import docs
 from core.present.study_tables import per_text_note, pooled_note
@@ -293,32 +290,6 @@ def corpus_bundle_files(result: CorpusResult, *, report: bool = True) -> dict[st
 
 
 def write_bundle(files: dict[str, bytes], out: str | Path) -> Path:
-    """Write the members to `out` (a .zip file, or a folder) without leaving a half-written bundle: the ZIP goes
-    to a temporary file renamed into place; a folder's files are written to a temporary folder beside it first."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".zip":
-        fd, tmp = tempfile.mkstemp(prefix=".corpus-", suffix=".zip", dir=out.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(zip_bytes(files))
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return out
-    tmpdir = Path(tempfile.mkdtemp(prefix=".corpus-", dir=out.parent))
-    try:
-        for name, data in files.items():
-            target = tmpdir / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        out.mkdir(parents=True, exist_ok=True)
-        for src in sorted(tmpdir.rglob("*")):
-            if src.is_file():
-                dst = out / src.relative_to(tmpdir)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(src, dst)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-    return out
+    """Write the members to `out` (a .zip file, or a folder) without leaving a half-written bundle
+    (core.infra.formats.write_files: written beside `out`, renamed into place)."""
+    return write_files(files, out)

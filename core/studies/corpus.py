@@ -46,6 +46,7 @@ from core.model.loading import LoadedModel, final_norm, load_model
 from core.model.provenance import package_versions
 from core.model.tokens import Encoded, encode_texts
 from core.run.cache import ResultCache, run_key
+from core.run.checkpoint import WorkFolder
 from core.run.progress import ProgressFn, scaled, silent
 from core.run.settings import Settings, setting
 from core.steps import metrics
@@ -472,6 +473,7 @@ def analyze_corpus(
     dtype: str = "auto",
     device: str = "auto",
     limit: int | None = None,
+    work: WorkFolder | None = None,
 ) -> CorpusResult:
     """Analyse a corpus: pooled layer geometry with bootstrap intervals, and the single-text metrics of each text.
 
@@ -479,6 +481,8 @@ def analyze_corpus(
     or a CorpusTexts from a reader. cache: the ResultCache; a hit runs no forward pass.
     limit: most texts accepted (default `max_corpus_texts()`). progress(label, fraction) (core.run.progress): "Forward
     passes: k of G texts" over the first part of the bar, then "Pooled metrics: layer l of L+1".
+    work: a work folder (core.run.checkpoint): each finished batch is kept there (`batch_unit`), and batches already
+    there are read back instead of run again — the batches are the same ones, so the numbers are too.
     """
     t_start = time.perf_counter()
     st = settings or CorpusSettings()
@@ -516,18 +520,31 @@ def analyze_corpus(
     offsets = np.concatenate([[0], np.cumsum([s.size for s in sample])]).astype(np.int64)
     per_text = {m: np.full((G, n_layers), np.nan) for m in metrics.METRIC_NAMES}
     order = sorted(range(G), key=lambda i: len(encoded[i].ids))  # similar lengths batch together: less padding
+    batches = [order[i : i + st.batch_size] for i in range(0, G, st.batch_size)]
+    if work is not None:
+        work.check_model(info)
     t_forward = t_metrics = 0.0
     done = 0
     has_norm = False
+    todo: list[int] = []
+    for b, idx in enumerate(batches):
+        if work is not None and work.has(batch_name(b)):
+            unit = work.load(batch_name(b))
+            pool, has_norm = restore_batch(unit, per_text, pool, offsets, n_points), bool(unit["has_norm"])
+            done += len(idx)
+        else:
+            todo += idx  # whole batches in order: forward_batches cuts them back into the same batches
     share = FORWARD_SHARE if st.bootstrap and G > 1 else 0.9  # without a bootstrap the pooled metrics are quick
     forward, pooled_stage = scaled(report, 0.0, share), scaled(report, share, 1.0)
-    forward(f"Forward passes: 0 of {G} texts", 0.0)
+    forward(f"Forward passes: {done} of {G} texts", done / G)
+    batch_no = {idx[0]: b for b, idx in enumerate(batches)}
     with loaded.lock, fast_attention(loaded) as attn_used:
         t1 = time.perf_counter()
-        for idx, states, norm_seen in forward_batches(loaded, encoded, st.batch_size, order):
+        for idx, states, norm_seen in forward_batches(loaded, encoded, st.batch_size, todo):
             has_norm = norm_seen
             t2 = time.perf_counter()
             t_forward += t2 - t1
+            stats = []
             for g, H in zip(idx, states):
                 if pool is None:
                     pool = np.empty((H.shape[0], n_points, H.shape[2]), dtype=np.float32)
@@ -535,6 +552,9 @@ def analyze_corpus(
                 pool[:, offsets[g] : offsets[g + 1]] = picked
                 for m in metrics.METRIC_NAMES:
                     per_text[m][g] = lm[m]
+                stats.append((g, lm, picked))
+            if work is not None:
+                work.save(batch_name(batch_no[idx[0]]), batch_unit(stats, norm_seen, attn_used))
             done += len(idx)
             t1 = time.perf_counter()
             t_metrics += t1 - t2
@@ -561,6 +581,53 @@ def analyze_corpus(
         progress=pooled_stage,
         cache=cache,
     )
+
+
+def batch_name(b: int) -> str:
+    """The work-folder unit of the engines' batch number `b` (texts sorted by token count, batch_size each)."""
+    return f"batch-{b:07d}"
+
+
+def batch_unit(stats: Sequence[tuple[int, dict[str, np.ndarray], np.ndarray]], has_norm: bool, attn: str) -> dict:
+    """One finished batch as a work-folder unit (core.run.checkpoint), the same for both engines: per text (index
+    g, its metrics {metric: [L+1]}, its sampled states [L+1, k, D]) → {"ids" [n], "metrics" [n, M, L+1], "k" [n],
+    "states" [L+1, Σk, D] float32, "has_norm", "attn"} (texts without a sampled state may give any [L+1, 0, ·])."""
+    per = [np.stack([np.asarray(lm[m], dtype=np.float64) for m in metrics.METRIC_NAMES]) for _, lm, _ in stats]
+    parts = [np.asarray(p, dtype=np.float32) for _, _, p in stats if p.shape[1]]
+    return {
+        "ids": np.array([g for g, _, _ in stats], dtype=np.int64),
+        "metrics": np.stack(per),
+        "k": np.array([p.shape[1] for _, _, p in stats], dtype=np.int64),
+        "states": np.concatenate(parts, axis=1) if parts else np.zeros((per[0].shape[1], 0, 0), dtype=np.float32),
+        "has_norm": bool(has_norm),
+        "attn": str(attn),
+    }
+
+
+def restore_batch(
+    unit: dict[str, Any],
+    per_text: dict[str, np.ndarray],
+    pool: np.ndarray | None,
+    offsets: np.ndarray,
+    n_points: int,
+) -> np.ndarray | None:
+    """Put a `batch_unit` back: its texts' metrics into `per_text` and their sampled states into `pool` [L+1, N, D]
+    (allocated here, when None and the unit holds states). Returns the pool."""
+    states = unit["states"]
+    if pool is None and states.shape[1]:
+        pool = np.empty((states.shape[0], n_points, states.shape[2]), dtype=np.float32)
+    at = 0
+    for g, m, k in zip(unit["ids"], unit["metrics"], unit["k"], strict=True):
+        g, k = int(g), int(k)
+        if offsets[g + 1] - offsets[g] != k:
+            raise InputError("the work folder's batch does not match this run's token sample; delete the folder")
+        if k:
+            assert pool is not None
+            pool[:, offsets[g] : offsets[g + 1]] = states[:, at : at + k]
+            at += k
+        for j, name in enumerate(metrics.METRIC_NAMES):
+            per_text[name][g] = m[j]
+    return pool
 
 
 def text_statistics(H: np.ndarray, keep: np.ndarray, ranks: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,16 +31,20 @@ from core.infra import serialize
 from core.infra.errors import InputError
 from core.infra.guards import check_text_length, max_corpus_texts
 from core.model.info import ModelInfo
+from core.run.checkpoint import WorkFolder
 from core.run.progress import ProgressFn, scaled, silent
 from core.steps import metrics
 from core.studies.corpus import (
     FORWARD_SHARE,
     CorpusResult,
     CorpusSettings,
+    batch_name,
+    batch_unit,
     corpus_cache_key,
     fast_attention,
     finish_corpus,
     forward_batches,
+    restore_batch,
     sample_tokens,
     text_sha256,
     text_statistics,
@@ -88,10 +93,12 @@ class CorpusSource:
         return ds
 
 
-def _tag(batch: dict[str, np.ndarray], batch_of: np.ndarray) -> dict[str, np.ndarray]:
-    """Each text's local-engine batch number, from its index ("id", from the zipped range)."""
+def _tag(batch: dict[str, np.ndarray], batch_of: np.ndarray, skip: np.ndarray) -> dict[str, np.ndarray]:
+    """Each text's local-engine batch number, from its index ("id", from the zipped range); the texts of batches
+    that `skip` marks (finished before a resume) are left out."""
     ids = np.asarray(batch["id"], dtype=np.int64)
-    return {"text": batch["text"], "id": ids, "batch": batch_of[ids]}
+    keep = ~skip[batch_of[ids]]
+    return {"text": np.asarray(batch["text"])[keep], "id": ids[keep], "batch": batch_of[ids][keep]}
 
 
 def _clean(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -227,9 +234,12 @@ def run_corpus_ray(
     workers: int = 2,
     gpus_per_worker: float = 0.0,
     limit: int | None = None,
+    work: WorkFolder | None = None,
 ) -> CorpusResult:
     """`analyze_corpus` on a Ray cluster (see the module docstring); the same InputErrors, the same numbers. No
-    result cache (the texts are never all on the driver to hash them before the run)."""
+    result cache (the texts are never all on the driver to hash them before the run). work: a work folder
+    (core.run.checkpoint) that keeps each finished batch, the local engine's units; on a resume stage 1 runs
+    again (the counts) and only the batches not in it go to the forward workers."""
     import ray
     import ray.data
 
@@ -297,52 +307,55 @@ def run_corpus_ray(
         order = sorted(range(G), key=lambda i: n_ids[i])
         batch_of = np.empty(G, dtype=np.int64)
         batch_of[np.asarray(order, dtype=np.int64)] = np.arange(G) // st.batch_size
-        ds = (
-            source.dataset()
-            .map_batches(_clean, batch_size=TOKENIZE_BATCH)
-            .zip(ray.data.range(G))
-            .map_batches(_tag, fn_kwargs={"batch_of": batch_of}, batch_size=TOKENIZE_BATCH)
-            .groupby("batch")
-            .map_groups(
-                ForwardWorker,
-                fn_constructor_kwargs={**args, "sample_flat": flat, "sample_off": offsets},
-                batch_format="numpy",
-                **_actors(workers, gpus_per_worker),
-            )
-        )
-        n_layers = 0
+        n_batches = -(-G // st.batch_size)
+        batch_len = np.bincount(batch_of, minlength=n_batches)
+        assert info is not None
+        n_layers = info.n_layers + 1
         pool: np.ndarray | None = None
-        per_text: dict[str, np.ndarray] = {}
+        per_text = {name: np.full((G, n_layers), np.nan) for name in metrics.METRIC_NAMES}
+        done, has_norm, attn_used = 0, False, "eager"
+        skip = np.zeros(n_batches, dtype=bool)
+        if work is not None:
+            work.check_model(info)
+            for b in range(n_batches):
+                if work.has(batch_name(b)):
+                    unit = work.load(batch_name(b))
+                    pool = restore_batch(unit, per_text, pool, offsets, n_points)
+                    has_norm, attn_used = bool(unit["has_norm"]), str(unit["attn"])
+                    skip[b] = True
+                    done += int(batch_len[b])
         share = FORWARD_SHARE if st.bootstrap and G > 1 else 0.9
         forward, pooled_stage = scaled(report, 0.0, share), scaled(report, share, 1.0)
-        forward(f"Forward passes: 0 of {G} texts", 0.0)
-        done, has_norm, attn_used = 0, False, "eager"
+        forward(f"Forward passes: {done} of {G} texts", done / G)
+        resumed = done
+        pending: dict[int, list[tuple[int, dict[str, np.ndarray], np.ndarray]]] = {}
         t1 = time.perf_counter()
-        for b in ds.iter_batches(batch_format="numpy", batch_size=None):
+        for b in _forward(source, G, batch_of, skip, args, flat, offsets, workers, gpus_per_worker):
             for g, mb, k, sb, norm_seen, attn in zip(
                 b["id"], b["metrics"], b["k"], b["states"], b["has_norm"], b["attn"], strict=True
             ):
                 m = np.frombuffer(mb, dtype=np.float64).reshape(len(metrics.METRIC_NAMES), -1)
-                if pool is None:
-                    n_layers = m.shape[1]
-                    per_text = {name: np.full((G, n_layers), np.nan) for name in metrics.METRIC_NAMES}
                 for j, name in enumerate(metrics.METRIC_NAMES):
                     per_text[name][int(g)] = m[j]
+                H = np.zeros((n_layers, 0, 0), dtype=np.float32)
                 if int(k):
                     H = np.frombuffer(sb, dtype=np.float32).reshape(n_layers, int(k), -1)
                     if pool is None:
                         pool = np.empty((n_layers, n_points, H.shape[2]), dtype=np.float32)
                     pool[:, offsets[g] : offsets[g + 1]] = H
-                elif pool is None and n_points == 0:
-                    pool = np.empty((n_layers, 0, 0), dtype=np.float32)
                 has_norm, attn_used = bool(norm_seen), str(attn)
                 done += 1
-            rate = done / max(time.perf_counter() - t1, 1e-9)
+                if work is not None:  # a batch is kept once all its texts are back
+                    nb = int(batch_of[int(g)])
+                    got = pending.setdefault(nb, [])
+                    got.append((int(g), {name: m[j] for j, name in enumerate(metrics.METRIC_NAMES)}, H))
+                    if len(got) == batch_len[nb]:
+                        work.save(batch_name(nb), batch_unit(pending.pop(nb), has_norm, attn_used))
+            rate = (done - resumed) / max(time.perf_counter() - t1, 1e-9)
             forward(f"Forward passes: {done} of {G} texts ({rate:.1f} texts/s)", done / G)
         timings["forward_and_per_text_metrics_s"] = time.perf_counter() - t1
         if done != G:
             raise RuntimeError(f"the Ray workers returned {done} of {G} texts")
-        assert info is not None
         groups = np.repeat(np.arange(G), sizes)
         h = hashlib.sha256()
         for sha in shas:  # core.studies.corpus.corpus_sha256 from the per-text hashes
@@ -371,3 +384,42 @@ def run_corpus_ray(
     finally:
         if started:
             ray.shutdown()
+
+
+def _forward(
+    source: CorpusSource,
+    G: int,
+    batch_of: np.ndarray,
+    skip: np.ndarray,
+    args: dict[str, Any],
+    flat: np.ndarray,
+    offsets: np.ndarray,
+    workers: int,
+    gpus_per_worker: float,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Stage 2's result blocks (the batches not marked in `skip`). Closing the iterator (an interruption) stops
+    the pipeline and its actors, so a resumed run in the same cluster finds its CPUs free."""
+    import ray.data
+
+    if skip.all():
+        return
+    ds = (
+        source.dataset()
+        .map_batches(_clean, batch_size=TOKENIZE_BATCH)
+        .zip(ray.data.range(G))
+        .map_batches(_tag, fn_kwargs={"batch_of": batch_of, "skip": skip}, batch_size=TOKENIZE_BATCH)
+        .groupby("batch")
+        .map_groups(
+            ForwardWorker,
+            fn_constructor_kwargs={**args, "sample_flat": flat, "sample_off": offsets},
+            batch_format="numpy",
+            **_actors(workers, gpus_per_worker),
+        )
+    )
+    it = iter(ds.iter_batches(batch_format="numpy", batch_size=None))
+    try:
+        yield from it
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()

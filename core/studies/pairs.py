@@ -40,6 +40,7 @@ from core.model.forward import target_logits
 from core.model.hooks import Registration, first_input, hooked, main_output, replace_output, with_first_input
 from core.model.info import ModelInfo
 from core.run.cache import ResultCache, run_key
+from core.run.checkpoint import WorkFolder
 from core.run.progress import ProgressFn
 from core.studies.intervals import mean_interval
 from core.studies.patching import (
@@ -707,18 +708,29 @@ def merge_cells(
     )
 
 
+def pair_name(i: int) -> str:
+    """The work-folder unit (core.run.checkpoint) of pair i's PairCells (0-based); `top_name`: of its top-K values."""
+    return f"pair-{i:07d}"
+
+
+def top_name(i: int) -> str:
+    return f"top-{i:07d}"
+
+
 def run_pairs(
     loaded: LoadedModel,
     pairs: list[Pair],
     settings: PairsSettings | None = None,
     progress: ProgressFn | None = None,
+    work: WorkFolder | None = None,
 ) -> PairsResult:
     """Exact patching (unless atp_only / top_k) and attribution patching of every pair; see the module docstring.
 
     Raises InputError for an empty data set, a pair whose texts differ in token length (naming the pair), pairs
     of different lengths (naming the lengths found and how many pairs have each), targets at different positions,
     a pair with equal answers, or every pair of several being a near tie. Every pair is tokenised and checked
-    before the model runs."""
+    before the model runs. work: a work folder (core.run.checkpoint) that keeps each pair's cells (and top-K
+    values) as they finish; pairs already in it are read back instead of run again."""
     settings = settings or PairsSettings()
     report = progress or (lambda label, frac: None)
     if not pairs:
@@ -734,13 +746,23 @@ def run_pairs(
                 raise InputError(f"pair {i + 1}: {exc}") from None
             shapes.append((len(enc_c[2]), pos))
         check_shapes([n for n, _ in shapes], [p for _, p in shapes])
-        cells = []
+        if work is not None:
+            work.check_model(loaded.info())
+        cells: list[PairCells] = []
+        resumed = 0
         for i, pair in enumerate(pairs):
-            report(f"Pair {i + 1} of {P}", i / P)
+            if work is not None and work.has(pair_name(i)):
+                cells.append(work.load(pair_name(i)))
+                resumed += 1
+                continue
             try:
                 cells.append(pair_cells(loaded, pair, settings, in_data_set=P > 1))
             except InputError as exc:
                 raise InputError(f"pair {i + 1}: {exc}") from None
+            if work is not None:
+                work.save(pair_name(i), cells[-1])
+            rate = (i + 1 - resumed) / max(time.perf_counter() - t0, 1e-9)
+            report(f"Pair {i + 1} of {P} ({rate:.2f} pairs/s)", (i + 1) / P * (0.98 if settings.top_k else 1.0))
         timings = {"pairs": time.perf_counter() - t0}
         top: tuple[tuple[str, int, int], ...] = ()
         values = None
@@ -748,10 +770,14 @@ def run_pairs(
             t = time.perf_counter()
             top = top_sites(cells, settings.top_k)
             report(f"Exact patching of the top {len(top)} sites", 0.99)
-            values = [
-                exact_sites(loaded, pair, settings.max_tokens, c.answer_id, c.wrong_id, top)
-                for pair, c in zip(pairs, cells, strict=True)
-            ]
+            values = []
+            for i, (pair, c) in enumerate(zip(pairs, cells, strict=True)):
+                if work is not None and work.has(top_name(i)):
+                    values.append([float(v) for v in work.load(top_name(i))["values"]])
+                    continue
+                values.append(exact_sites(loaded, pair, settings.max_tokens, c.answer_id, c.wrong_id, top))
+                if work is not None:
+                    work.save(top_name(i), {"values": np.array(values[-1], dtype=np.float64)})
             timings["exact_top"] = time.perf_counter() - t
         report("Done", 1.0)
         timings["total"] = time.perf_counter() - t0
@@ -776,8 +802,10 @@ def patch_pairs(
     *,
     cache: ResultCache | None = None,
     progress: ProgressFn | None = None,
+    work: WorkFolder | None = None,
 ) -> PairsResult:
-    """`run_pairs` behind the cache (same model revision, pairs, settings and core version: no model run)."""
+    """`run_pairs` behind the cache (same model revision, pairs, settings and core version: no model run); `work`:
+    see run_pairs."""
     settings = settings or PairsSettings()
     key = pairs_cache_key(loaded.info(), pairs, settings)
     if cache is not None:
@@ -786,7 +814,7 @@ def patch_pairs(
             if progress:
                 progress("Loaded from cache", 1.0)
             return dataclasses.replace(hit, cache_hit=True)
-    result = dataclasses.replace(run_pairs(loaded, pairs, settings, progress), cache_key=key)
+    result = dataclasses.replace(run_pairs(loaded, pairs, settings, progress, work), cache_key=key)
     if cache is not None:
         cache.set(key, result)
     return result

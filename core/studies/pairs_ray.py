@@ -5,7 +5,10 @@ Ray Data pipeline whose stage is an actor class that loads the model ONCE per wo
 GPUs each) and returns, per pair, the serialized `core.studies.pairs.PairCells` that `pair_cells` computes locally;
 the driver puts them back in input order (Ray Data's preserve_order) and merges them with the local engine's
 `merge_cells`, so both engines give the same numbers. `--top K` runs a second stage of the same kind for the K
-exact sites. A worker that dies is restarted and its batch retried by Ray Data. Without `address` a local
+exact sites. A worker that dies is restarted and its batch retried by Ray Data (tested with `$TMA_FAULT_ONCE`, a
+marker-file path, as for the corpus engine: the first worker to find it absent creates it and exits after its
+first pair, before returning the batch). `work` (core.run.checkpoint) keeps every pair's cells as they come back,
+the same units as the local engine's, and a resumed run sends only the missing pairs. Without `address` a local
 Ray cluster is started with `workers` CPUs and shut down afterwards; with one (`ray://…` or `auto`) the run joins
 that cluster, whose workers need this repository on their Python path (`ray job submit --working-dir .`).
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ import numpy as np
 from core.infra import serialize
 from core.infra.errors import InputError
 from core.model.info import ModelInfo
+from core.run.checkpoint import WorkFolder
 from core.run.progress import ProgressFn
 from core.studies.pairs import (
     Pair,
@@ -34,23 +39,37 @@ from core.studies.pairs import (
     exact_sites,
     merge_cells,
     pair_cells,
+    pair_name,
+    top_name,
     top_sites,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Pairs per Ray Data batch (small: one batch is one worker's unit of work and of retry).
 BATCH_PAIRS = 4
+#: environment variable naming a marker file: a worker that finds it absent creates it and exits (fault tests)
+ENV_FAULT = "TMA_FAULT_ONCE"
 
 
 class _ModelWorker:
     """Base of the Ray Data stages: loads the model once when the actor starts."""
 
-    def __init__(self, model_id: str, dtype: str, device: str, settings: dict[str, Any], n_pairs: int) -> None:
+    def __init__(
+        self, model_id: str, dtype: str, device: str, settings: dict[str, Any], n_pairs: int, fault: str = ""
+    ) -> None:
         from core.model.loading import load_model
 
         self.loaded = load_model(model_id, dtype=dtype, device=device)
         self.settings = PairsSettings(**settings)
         self.n_pairs = n_pairs
+        self.fault = fault
+
+    def _maybe_fail(self) -> None:
+        """Fault injection for the tests: die (no cleanup, as a killed process) the first time the marker is absent."""
+        if self.fault and not os.path.exists(self.fault):
+            with open(self.fault, "w") as f:
+                f.write(str(os.getpid()))
+            os._exit(1)
 
 
 class PairCellsWorker(_ModelWorker):
@@ -71,6 +90,7 @@ class PairCellsWorker(_ModelWorker):
                 except InputError as exc:  # reported by the driver with the pair's number
                     cells.append(b"")
                     errors.append(str(exc))
+                self._maybe_fail()  # mid-batch: after a pair's cells, before the batch is returned
             info = serialize.dumps(self.loaded.info())
         return {
             "index": np.asarray(batch["index"]),
@@ -85,9 +105,16 @@ class ExactSitesWorker(_ModelWorker):
     "values"} (the sites travel in the settings' companion argument)."""
 
     def __init__(
-        self, model_id: str, dtype: str, device: str, settings: dict[str, Any], n_pairs: int, top: list[Any]
+        self,
+        model_id: str,
+        dtype: str,
+        device: str,
+        settings: dict[str, Any],
+        n_pairs: int,
+        top: list[Any],
+        fault: str = "",
     ) -> None:
-        super().__init__(model_id, dtype, device, settings, n_pairs)
+        super().__init__(model_id, dtype, device, settings, n_pairs, fault)
         self.top = tuple((str(c), int(l), int(p)) for c, l, p in top)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -134,6 +161,17 @@ def _stage(ds: Any, cls: type, args: dict[str, Any], workers: int, gpus_per_work
     )
 
 
+def _rows(ds: Any) -> Iterator[dict[str, Any]]:
+    """The rows of a Ray Dataset; closing this iterator (an interruption) stops its pipeline and actors."""
+    it = iter(ds.iter_rows())
+    try:
+        yield from it
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+
+
 def run_pairs_ray(
     model_id: str,
     pairs: list[Pair],
@@ -145,8 +183,10 @@ def run_pairs_ray(
     workers: int = 2,
     gpus_per_worker: float = 0.0,
     progress: ProgressFn | None = None,
+    work: WorkFolder | None = None,
 ) -> PairsResult:
-    """`run_pairs` on a Ray cluster (see the module docstring); the same InputErrors, the same numbers."""
+    """`run_pairs` on a Ray cluster (see the module docstring); the same InputErrors, the same numbers. work: a
+    work folder (core.run.checkpoint) keeping each pair's cells and top-K values; pairs in it are not sent again."""
     import ray
     import ray.data
 
@@ -157,7 +197,15 @@ def run_pairs_ray(
     if not (isinstance(workers, int) and workers >= 1):
         raise InputError(f"--workers must be a positive integer, got {workers!r}")
     t0 = time.perf_counter()
-    started = _connect(address, workers)
+    P = len(pairs)
+    found: dict[int, PairCells] = {}
+    if work is not None:
+        for i in range(P):
+            if work.has(pair_name(i)):
+                found[i] = work.load(pair_name(i))
+    resumed = len(found)
+    share = 0.98 if settings.top_k else 1.0
+    started = _connect(address, workers) if resumed < P or settings.top_k is not None else False
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
@@ -165,30 +213,36 @@ def run_pairs_ray(
         rows = [
             {"index": i, "clean": p.clean, "corrupt": p.corrupt, "answer": p.answer or "", "wrong": p.wrong or ""}
             for i, p in enumerate(pairs)
+            if i not in found
         ]
         args = {
             "model_id": model_id,
             "dtype": dtype,
             "device": device,
             "settings": settings.to_dict(),
-            "n_pairs": len(pairs),
+            "n_pairs": P,
+            "fault": os.environ.get(ENV_FAULT, ""),
         }
-        ds = _stage(ray.data.from_items(rows), PairCellsWorker, args, workers, gpus_per_worker)
-        P = len(pairs)
-        found: dict[int, PairCells] = {}
-        info: ModelInfo | None = None
-        for done, row in enumerate(ds.iter_rows(), start=1):
-            i = int(row["index"])
-            if row["error"]:
-                raise InputError(f"pair {i + 1}: {row['error']}")
-            cell = serialize.loads(row["cells"])
-            assert isinstance(cell, PairCells)
-            found[i] = cell
-            if info is None:
-                loaded_info = serialize.loads(row["info"])
-                assert isinstance(loaded_info, ModelInfo)
-                info = loaded_info
-            report(f"Pair {done} of {P} ({done / max(time.perf_counter() - t0, 1e-9):.2f} pairs/s)", done / P)
+        info: ModelInfo | None = work.model() if work is not None and not rows else None
+        if rows:
+            ds = _stage(ray.data.from_items(rows), PairCellsWorker, args, workers, gpus_per_worker)
+            for row in _rows(ds):
+                i = int(row["index"])
+                if row["error"]:
+                    raise InputError(f"pair {i + 1}: {row['error']}")
+                if info is None:
+                    loaded_info = serialize.loads(row["info"])
+                    assert isinstance(loaded_info, ModelInfo)
+                    info = loaded_info
+                    if work is not None:
+                        work.check_model(info)
+                cell = serialize.loads(row["cells"])
+                assert isinstance(cell, PairCells)
+                found[i] = cell
+                if work is not None:
+                    work.save(pair_name(i), cell)
+                rate = (len(found) - resumed) / max(time.perf_counter() - t0, 1e-9)
+                report(f"Pair {len(found)} of {P} ({rate:.2f} pairs/s)", len(found) / P * share)
         cells = [found[i] for i in range(P)]
         check_shapes([c.n_tokens for c in cells], [c.target for c in cells])
         timings = {"pairs": time.perf_counter() - t0}
@@ -197,23 +251,38 @@ def run_pairs_ray(
         if settings.top_k is not None:
             t = time.perf_counter()
             top = top_sites(cells, settings.top_k)
+            report(f"Exact patching of the top {len(top)} sites", 0.99)
+            got: dict[int, list[float]] = {}
+            if work is not None:
+                for i in range(P):
+                    if work.has(top_name(i)):
+                        got[i] = [float(v) for v in work.load(top_name(i))["values"]]
             rows2 = [
                 {"index": i, "clean": p.clean, "corrupt": p.corrupt, "answer_id": c.answer_id, "wrong_id": c.wrong_id}
                 for i, (p, c) in enumerate(zip(pairs, cells, strict=True))
+                if i not in got
             ]
-            ds2 = _stage(
-                ray.data.from_items(rows2),
-                ExactSitesWorker,
-                {**args, "top": [list(s) for s in top]},
-                workers,
-                gpus_per_worker,
-            )
-            got = {int(r["index"]): [float(v) for v in r["values"]] for r in ds2.iter_rows()}
+            if rows2:
+                ds2 = _stage(
+                    ray.data.from_items(rows2),
+                    ExactSitesWorker,
+                    {**args, "top": [list(s) for s in top]},
+                    workers,
+                    gpus_per_worker,
+                )
+                for r in _rows(ds2):
+                    i = int(r["index"])
+                    got[i] = [float(v) for v in r["values"]]
+                    if work is not None:
+                        work.save(top_name(i), {"values": np.array(got[i], dtype=np.float64)})
             values = [got[i] for i in range(P)]
             timings["exact_top"] = time.perf_counter() - t
         report("Done", 1.0)
         timings["total"] = time.perf_counter() - t0
-        assert info is not None
+        if info is None:
+            raise InputError(
+                "--resume: the work folder holds every pair but not the model that computed them; delete it"
+            )
         return merge_cells(info, settings, pairs, cells, top, values, timings)
     finally:
         if started:
