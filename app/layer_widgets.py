@@ -134,7 +134,7 @@ def attention_section(result: AnalysisResult) -> None:
     title = f"Layer {chart_spec.block_number(layer)}, " + ("mean over heads" if head is None else f"head {head}")
     window = attention_window(result)
     scale, chosen = attention_scale(result)
-    df = tables.attention_frame(result.attentions, result.display_tokens, layer, head, window, scale)
+    df = tables.attention_frame(result, result.display_tokens, layer, head, window, scale)
     st.altair_chart(charts.attention_heatmap(df, title, scale, result.n_tokens), width="content")
     st.caption(attention_scale_line(scale, chosen, result.n_tokens))
     n = int(df["qi"].nunique())

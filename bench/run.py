@@ -68,6 +68,8 @@ SHAPES: dict[str, tuple[str, str]] = {
     "gpt2": ("GPT-2-small shape (124 M)", "float32"),
     "bert": ("BERT-base shape (110 M)", "float32"),
     "tinyllama": ("TinyLlama-1.1B shape", "bfloat16"),
+    # TinyLlama's attention geometry (22 layers, 32 heads, 4 kv heads) at width 256: the maps dominate its memory
+    "narrow-llama": ("narrow Llama (TinyLlama attention, width 256)", "float32"),
 }
 TOKENS = (32, 128, 512)
 #: Address-space limit of a memory child in GB (--memory-limit-gb), 0 = none.
@@ -107,7 +109,7 @@ def build_shape(shape: str) -> Path:
             num_attention_heads=32,
             num_key_value_heads=4,
             vocab_size=32000,
-            max_position_embeddings=2048,
+            max_position_embeddings=4096,  # rotary: only the length allowed (4096-token memory rows)
             bos_token_id=tok.bos_token_id,
             eos_token_id=tok.eos_token_id,
         )
@@ -117,6 +119,21 @@ def build_shape(shape: str) -> Path:
             model = LlamaForCausalLM(cfg)
         finally:
             torch.set_default_dtype(old)
+    elif shape == "narrow-llama":
+        tok = _bpe_tokenizer(bos=True)
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                hidden_size=256,
+                intermediate_size=704,
+                num_hidden_layers=22,
+                num_attention_heads=32,
+                num_key_value_heads=4,
+                vocab_size=32000,
+                max_position_embeddings=4096,
+                bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+        )
     else:
         raise SystemExit(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
     model.eval()
@@ -344,8 +361,9 @@ def _time_bundle(result: Any, repeat: int) -> tuple[float, float, int]:
     return min(times[1:]), len(data) / 1e6, n_files
 
 
-def child_memory(shape: str, T: int, dtype: str, device: str, device_map: str | None) -> dict:
-    """Peak RSS of load + one analysis with the default settings (gradients on) at T tokens."""
+def child_memory(shape: str, T: int, dtype: str, device: str, device_map: str | None, gradients: bool = True) -> dict:
+    """Peak RSS of load + one analysis with the default settings (gradients on unless `gradients` is False) at T
+    tokens."""
     from core import analyze
 
     if MEMORY_LIMIT_GB:  # a shared machine: fail with MemoryError rather than wake the OOM killer
@@ -359,7 +377,7 @@ def child_memory(shape: str, T: int, dtype: str, device: str, device_map: str | 
     out["after_load_mb"] = peak_rss_mb()
     text = text_of_tokens(lm.tokenizer, T)
     t = time.perf_counter()
-    r = analyze(lm, text, settings=_settings(max_tokens=T))
+    r = analyze(lm, text, settings=_settings(max_tokens=T, **({} if gradients else {"compute_gradients": False})))
     out["analyze_s"] = time.perf_counter() - t
     out["peak_rss_mb"] = peak_rss_mb()
     out["n_tokens"] = r.n_tokens
@@ -416,7 +434,7 @@ def render(results: list[dict], memory: dict[tuple[str, int], dict], meta: dict)
             continue
         lines.append(
             f"| {SHAPES[shape][0]} | {mem['dtype']} | {mem['n_tokens']} | – | "
-            f"{_fmt_s(mem['analyze_s'])} (gradients on) | – | – | – | – | – | "
+            f"{_fmt_s(mem['analyze_s'])} (gradients {'on' if mem.get('gradients') else 'off'}) | – | – | – | – | – | "
             f"{mem['peak_rss_mb'] / 1024:.2f} GB | – |"
         )
     head = [
@@ -484,7 +502,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="comma-separated text lengths")
     ap.add_argument("--repeat", type=int, default=5, help="interleaved repeats per measurement (median)")
     ap.add_argument("--long", action="store_true", help="also the peak memory of a long TinyLlama analysis")
-    ap.add_argument("--long-tokens", type=int, default=2048, help="its length (default 2048, the context)")
+    ap.add_argument(
+        "--long-tokens",
+        default="2048",
+        help="its lengths, comma-separated (default 2048; 4096 for the long-context row)",
+    )
+    ap.add_argument(
+        "--narrow",
+        action="store_true",
+        help="also the peak memory of the narrow Llama (TinyLlama's attention geometry, width 256, float32, no "
+        "gradients) at the --long-tokens lengths: the attention maps dominate its memory",
+    )
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-RSS processes")
     ap.add_argument("--no-views", action="store_true", help="skip the views column (add_views of every view)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
@@ -512,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", help=argparse.SUPPRESS)
     ap.add_argument("--bundle", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--device-map", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--no-gradients", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     tokens = [int(t) for t in args.tokens.split(",") if t]
@@ -526,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.mode == "timings":
             out = child_timings(args.shape, tokens, args.repeat, dtype, args.device, args.bundle)
         else:
-            out = child_memory(args.shape, tokens[0], dtype, args.device, args.device_map)
+            out = child_memory(args.shape, tokens[0], dtype, args.device, args.device_map, not args.no_gradients)
         print(json.dumps(out))
         return 0
 
@@ -537,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu = args.device not in ("cpu",)
     t0 = time.perf_counter()
     load_before = f"{os.getloadavg()[0]:.1f}"
-    for s in shapes + (["tinyllama"] if args.long else []):
+    for s in shapes + (["tinyllama"] if args.long else []) + (["narrow-llama"] if args.narrow else []):
         build_shape(s)
 
     def dtype_of(shape: str) -> str:
@@ -575,29 +604,31 @@ def main(argv: list[str] | None = None) -> int:
                     ["--mode", "memory", "--tokens", str(T), *common, "--memory-limit-gb", str(args.memory_limit_gb)],
                     args.timeout,
                 )
-    if args.long:
-        n = args.long_tokens
-        print(f"[bench] tinyllama: peak memory at {n} tokens …", file=sys.stderr, flush=True)
-        try:
-            memory[("tinyllama", n)] = _run_child(
-                [
-                    "--mode",
-                    "memory",
-                    "--tokens",
-                    str(n),
-                    "--shape",
-                    "tinyllama",
-                    "--dtype",
-                    dtype_of("tinyllama"),
-                    "--device",
-                    args.device,
-                    "--memory-limit-gb",
-                    str(args.memory_limit_gb),
-                ],
-                args.timeout,
-            )
-        except RuntimeError as exc:
-            print(f"[bench] the {n}-token run failed: {exc}", file=sys.stderr)
+    long_rows = [("tinyllama", True)] * args.long + [("narrow-llama", False)] * args.narrow
+    for shape, grads in long_rows:
+        for n in [int(t) for t in str(args.long_tokens).split(",") if t]:
+            print(f"[bench] {shape}: peak memory at {n} tokens …", file=sys.stderr, flush=True)
+            try:
+                memory[(shape, n)] = _run_child(
+                    [
+                        "--mode",
+                        "memory",
+                        "--tokens",
+                        str(n),
+                        "--shape",
+                        shape,
+                        "--dtype",
+                        dtype_of(shape),
+                        "--device",
+                        args.device,
+                        "--memory-limit-gb",
+                        str(args.memory_limit_gb),
+                        *([] if grads else ["--no-gradients"]),
+                    ],
+                    args.timeout,
+                )
+            except RuntimeError as exc:
+                print(f"[bench] the {shape} {n}-token run failed: {exc}", file=sys.stderr)
 
     import torch
 

@@ -21,27 +21,29 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import numpy as np
 
-from core.analysis.result import AnalysisResult
+from core.analysis.result import AnalysisResult, register_map_source
 from core.infra.devices import cpu_dtype_warning
 from core.infra.errors import InputError
 from core.infra.threads import single_threaded
 from core.infra.version import CORE_VERSION
-from core.model.capture import apply_mask_word, capture
+from core.model.capture import apply_mask_word, capture, layer_attentions
 from core.model.info import ModelInfo
 from core.model.loading import LoadedModel, load_model
 from core.model.provenance import package_versions
 from core.model.sae import fingerprints
+from core.model.tokens import tokenize
 from core.run.cache import ResultCache, run_key
 from core.run.progress import ProgressFn, scaled, silent
 from core.run.settings import AnalysisSettings
 from core.steps.ablation import run_head_ablation
-from core.steps.attention import run_attention
-from core.steps.attribution import run_attribution
+from core.steps.attention import AttentionFolder, causal_flag, run_attention
+from core.steps.attribution import RolloutFolder, run_attribution
 from core.steps.context import StepContext
 from core.steps.dla import run_dla
 from core.steps.flow import run_flow
@@ -176,6 +178,8 @@ def analyze(
         hit = cache.get(key, AnalysisResult)
         cache_warnings = cache.take_warnings()
         if hit is not None:
+            if not hit.maps_held:
+                attach_model(hit, loaded)
             if any(v not in hit.views for v in wanted):
                 hit = add_views(loaded, hit, wanted, cache=cache, progress=report)
             report("Loaded from cache", 1.0)
@@ -200,9 +204,21 @@ def analyze(
         return out
 
     sites = site_names(loaded, st)  # the SAEs' sites: a folder that cannot be used is refused before the model runs
+    folders = _Folders(loaded.family)
     with loaded.lock:
         cap = timed(
-            "Forward pass", 0.1, lambda: capture(loaded, analysed, st, logit_positions(loaded, st), sites), "forward"
+            "Forward pass",
+            0.1,
+            lambda: capture(
+                loaded,
+                analysed,
+                st,
+                logit_positions(loaded, st),
+                sites,
+                attention_sink=folders.start,
+                hold_bytes=HOLD_ATTENTIONS_BYTES,
+            ),
+            "forward",
         )
         keep = np.array([not s for s in cap.special_mask]) if st.exclude_special_tokens else None
 
@@ -212,6 +228,8 @@ def analyze(
 
         metrics = timed("Layer metrics", 0.3, metrics_step, "layer_metrics")
         ctx, reason = _context(loaded, st, cap)
+        ctx.attention_folder = folders.attention
+        ctx.rollout = folders.rollout.result()
         n_used = int(keep.sum()) if keep is not None else len(cap.tokens)
         if n_used < 2:
             ctx.warn(f"only {n_used} token(s) entered the layer metrics: the spectral metrics need at least 2")
@@ -253,6 +271,8 @@ def analyze(
         cache_key=key,
     )
     result.duration_s = time.perf_counter() - t_start
+    if not result.maps_held:
+        register_map_source(key, _map_source(loaded, cap.input_ids, cap.attention_mask))
     report("Done", 1.0)
     if cache is not None:  # a fault of the cache (corrupt, read-only, full disk) is a warning, never a failure
         cache.set(key, result)
@@ -260,6 +280,68 @@ def analyze(
             result.warnings.append(w)
     log_analysis(result)
     return result
+
+
+#: The capture keeps all L·H·T² attention values in the result only up to this many bytes (GPT-2 small holds them
+#: up to ~660 tokens in float32); past it the attention features and rollout are folded in layer by layer as the
+#: forward pass produces the maps, and a layer's maps are recomputed on demand (`attach_model`,
+#: AnalysisResult.attention_maps). The README states it.
+HOLD_ATTENTIONS_BYTES = 256 * 2**20
+
+
+class _Folders:
+    """The attention analysis's and the rollout's folders, fed one layer at a time by the capture pass."""
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+        self.attention: AttentionFolder | None = None
+        self.rollout = RolloutFolder()
+
+    def start(self, token_ids: list[int], special_mask: list[bool]) -> Callable[[int, np.ndarray], None]:
+        """The capture's attention sink: a fresh pair of folders for the tokenised text."""
+        self.attention = AttentionFolder(len(token_ids), special_mask, causal_flag(self.family))
+        self.rollout = RolloutFolder()
+        return self.add
+
+    def add(self, layer: int, maps: np.ndarray) -> None:
+        assert self.attention is not None
+        self.attention.add(layer, maps)
+        self.rollout.add(layer, maps)
+
+
+def _map_source(loaded: LoadedModel, input_ids: Any, attention_mask: Any) -> Callable[[int], np.ndarray]:
+    """layer -> that layer's maps [H, T, T], recomputed by core.model.capture.layer_attentions under the model's
+    lock (the model held weakly: a model that was unloaded raises a clear InputError)."""
+    ref = weakref.ref(loaded)
+    ids, mask = input_ids.detach().cpu(), attention_mask.detach().cpu()
+    model_id = loaded.model_id
+
+    def maps(layer: int) -> np.ndarray:
+        lm = ref()
+        if lm is None:
+            raise InputError(f"the attention maps of this run are recomputed from its model: load {model_id} again")
+        with lm.lock:
+            return layer_attentions(lm, ids, mask, layer)
+
+    return maps
+
+
+def attach_model(result: AnalysisResult, loaded: LoadedModel) -> None:
+    """Let `result` recompute a layer's attention maps with `loaded` (a result whose maps were not held, e.g. read
+    from the cache in a new process). `loaded` must be the model the result was made with (InputError otherwise);
+    the text is tokenised again and must give the same tokens."""
+    if result.maps_held:
+        return
+    if cache_key(loaded.info(), result.text, result.settings) != result.cache_key:
+        raise InputError(
+            f"the attention maps need the model this result was made with ({result.model.model_id}, "
+            f"{result.model.dtype} on {result.model.device}); the model given is {loaded.model_id}, "
+            f"{loaded.dtype} on {loaded.device}"
+        )
+    enc = tokenize(loaded, result.analysed_text, result.settings.max_tokens)
+    if enc.input_ids[0].tolist() != result.token_ids:
+        raise RuntimeError("the text tokenised differently from the finished analysis: run it again")
+    register_map_source(result.cache_key, _map_source(loaded, enc.input_ids, enc.attention_mask))
 
 
 def _context(loaded: LoadedModel, st: AnalysisSettings, cap: Any) -> tuple[StepContext, str]:
@@ -351,7 +433,8 @@ def add_views(
     st = result.settings
     with loaded.lock:
         report("Forward pass for the deeper views", 0.0)
-        cap = capture(loaded, result.analysed_text, st, logit_positions(loaded, st))
+        # the views never read the captured maps (the flow and DLA steps run their own decomposition pass)
+        cap = capture(loaded, result.analysed_text, st, logit_positions(loaded, st), hold_bytes=0)
         timings["views_forward"] = time.perf_counter() - t0
         ctx, _ = _context(loaded, st, cap)
         if ctx.token_ids != result.token_ids:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import mmap
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 from core.infra import serialize
+from core.infra.errors import InputError
 from core.model.info import ModelInfo
 from core.run.settings import AnalysisSettings
 from core.steps.ablation import HeadAblationSection
@@ -50,7 +53,9 @@ class AnalysisResult:
         entry is the residual stream *before* the model's final norm (GPT-2 ln_f, Llama norm), so every layer is
         on the same footing; `final_norm` records whether the model has one.
     attentions: [L, H, T, T], rows (queries) sum to 1; float32, or float16 for a 16-bit model (core.model.capture.
-        attention_dtype: half the memory; the bundle's attentions.npy is float32).
+        attention_dtype: half the memory; the bundle's attentions.npy is float32). [L, H, 0, 0] when the maps were
+        not held (past core.analysis.pipeline.HOLD_ATTENTIONS_BYTES): read a layer's maps with `attention_maps`,
+        the one accessor every consumer uses, which recomputes them with the model when they were not held.
     layer_metrics: {metric: float64 [L+1]} in METRIC_NAMES order.
     """
 
@@ -103,6 +108,24 @@ class AnalysisResult:
         return len(self.tokens)
 
     @property
+    def maps_held(self) -> bool:
+        """Whether `attentions` holds every layer's maps (else `attention_maps` recomputes a layer's)."""
+        return self.attentions.ndim == 4 and self.attentions.shape[-1] == self.n_tokens > 0
+
+    def attention_maps(self, layer: int) -> np.ndarray:
+        """Layer `layer`'s attention maps [H, T, T] (float32, or float16 for a 16-bit model; negative indices count
+        from the end): the held array's slice, or the layer recomputed by the model the result was made with
+        (core.analysis.pipeline.attach_model; InputError when no model is attached). The last recomputed layer is
+        kept, so the pickers of one layer cost one pass."""
+        L = self.n_layers
+        if not -L <= layer < L:
+            raise IndexError(f"layer {layer} does not exist: the model has {L} layers")
+        layer %= L
+        if self.maps_held:
+            return self.attentions[layer]
+        return _recomputed(self.cache_key, layer, self.model.model_id)
+
+    @property
     def family(self) -> str:
         return self.model.family
 
@@ -139,6 +162,44 @@ class AnalysisResult:
 
     def replace(self, **changes: Any) -> AnalysisResult:
         return dataclasses.replace(self, **changes)
+
+
+#: cache key -> layer -> maps [H, T, T]: how a result whose maps were not held gets a layer's maps back
+#: (core.analysis.pipeline registers one per analysis and in attach_model). Bounded: the oldest are forgotten.
+_MAP_SOURCES: dict[str, Callable[[int], np.ndarray]] = {}
+_MAX_SOURCES = 64
+#: the last recomputed layer: (cache key, layer, maps)
+_LAST_MAPS: list[tuple[str, int, np.ndarray]] = []
+_MAPS_LOCK = threading.Lock()
+
+
+def register_map_source(key: str, source: Callable[[int], np.ndarray]) -> None:
+    """Let the results with cache key `key` recompute a layer's maps with `source(layer)`."""
+    with _MAPS_LOCK:
+        _MAP_SOURCES.pop(key, None)
+        _MAP_SOURCES[key] = source
+        while len(_MAP_SOURCES) > _MAX_SOURCES:
+            _MAP_SOURCES.pop(next(iter(_MAP_SOURCES)))
+        _LAST_MAPS[:] = [e for e in _LAST_MAPS if e[0] != key]
+
+
+def _recomputed(key: str, layer: int, model_id: str) -> np.ndarray:
+    with _MAPS_LOCK:
+        for k, l, maps in _LAST_MAPS:
+            if k == key and l == layer:
+                return maps
+        source = _MAP_SOURCES.get(key) if key else None
+    if source is None:
+        raise InputError(
+            "the attention maps of this long text were not kept with the result (they are recomputed one layer at "
+            f"a time from the model): load {model_id} to see them"
+        )
+    _LAST_MAPS.clear()  # one recomputed layer at a time: drop the previous one before computing the next
+    maps = source(layer)
+    maps.flags.writeable = False
+    with _MAPS_LOCK:
+        _LAST_MAPS[:] = [(key, layer, maps)]
+    return maps
 
 
 def results_equal(a: Any, b: Any, *, ignore: tuple[str, ...] = ("cache_hit", "timings", "duration_s")) -> bool:

@@ -8,7 +8,7 @@ fixed, safe names, never derived from user text.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from core.figures.predictions import prediction_bundle_files
 from core.figures.qk import query_key_files
 from core.figures.routes import peer_bundle_files
 from core.figures.sae import sae_files
-from core.infra.formats import csv_bytes, json_bytes, npy_bytes, write_files
+from core.infra.formats import Member, NpyMember, csv_bytes, json_bytes, write_files
 from core.infra.options import ExportOptions
 from core.infra.threads import gc_paused
 from core.model.provenance import provenance
@@ -34,7 +34,7 @@ from core.steps.metrics import METRIC_NAMES
 
 __all__ = ["WRITERS", "ExportOptions", "bundle_files", "manifest", "write_bundle"]
 
-Writer = Callable[[AnalysisResult, ExportOptions], dict[str, bytes]]
+Writer = Callable[[AnalysisResult, ExportOptions], Mapping[str, Member]]
 
 
 def manifest(result: AnalysisResult) -> dict[str, Any]:
@@ -67,16 +67,42 @@ def manifest(result: AnalysisResult) -> dict[str, Any]:
     }
 
 
-def foundation_files(result: AnalysisResult, options: ExportOptions) -> dict[str, bytes]:
-    """manifest.json, layer_metrics.csv, attentions.npy (float32 [L, H, T, T]), tokens.json."""
+#: attentions.npy (float32 [L, H, T, T]) is in the bundle up to this size (the README states it): past it the
+#: file is left out (the manifest says so) unless the export asks for it (ExportOptions.extra["attentions_npy"]).
+ATTENTIONS_NPY_MAX_BYTES = 2 * 2**30
+
+
+def attentions_member(result: AnalysisResult) -> NpyMember:
+    """attentions.npy as a member written one layer at a time (result.attention_maps: a layer whose maps were not
+    held is recomputed), never the whole float32 array in memory."""
+    L, H, T = result.n_layers, result.n_heads, result.n_tokens
+    return NpyMember((L, H, T, T), np.float32, result.attention_maps)
+
+
+def attentions_npy_kept(result: AnalysisResult, options: ExportOptions) -> bool:
+    """Whether the bundle holds attentions.npy: up to ATTENTIONS_NPY_MAX_BYTES, or when the export asks for it."""
+    asked = options.extra.get("attentions_npy")
+    if asked is not None:
+        return bool(asked)
+    return attentions_member(result).nbytes <= ATTENTIONS_NPY_MAX_BYTES
+
+
+def foundation_files(result: AnalysisResult, options: ExportOptions) -> dict[str, Member]:
+    """manifest.json, layer_metrics.csv, attentions.npy (float32 [L, H, T, T], written layer by layer; left out
+    past ATTENTIONS_NPY_MAX_BYTES), tokens.json."""
     header = ["layer", *METRIC_NAMES]
     rows = [[r["layer"], *(r[m] for m in METRIC_NAMES)] for r in result.metrics_table()]
-    return {
-        "manifest.json": json_bytes(manifest(result)),
-        "layer_metrics.csv": csv_bytes(header, rows),
-        "attentions.npy": npy_bytes(result.attentions.astype(np.float32)),
-        "tokens.json": json_bytes(result.tokens),
-    }
+    man = manifest(result)
+    files: dict[str, Member] = {"layer_metrics.csv": csv_bytes(header, rows)}
+    if attentions_npy_kept(result, options):
+        files["attentions.npy"] = attentions_member(result)
+    else:
+        gb = attentions_member(result).nbytes / 2**30
+        man["attentions_npy"] = (
+            f"left out: {gb:.1f} GB of float32 maps, past the bundle's bound of "
+            f"{ATTENTIONS_NPY_MAX_BYTES / 2**30:.0f} GB"
+        )
+    return {"manifest.json": json_bytes(man), **files, "tokens.json": json_bytes(result.tokens)}
 
 
 #: The writers, in order. Each returns {member name: bytes}; the report is added after them (see bundle_files).
@@ -95,11 +121,12 @@ WRITERS: list[Writer] = [
 ]
 
 
-def bundle_files(result: AnalysisResult, options: ExportOptions | None = None) -> dict[str, bytes]:
+def bundle_files(result: AnalysisResult, options: ExportOptions | None = None) -> dict[str, Member]:
     """All bundle members as {safe name: bytes}: every writer of WRITERS, then report.pdf (which embeds the
-    plots/*.png written before it)."""
+    plots/*.png written before it). attentions.npy is an NpyMember (core.infra.formats): written layer by layer
+    when the files are (write_files, zip_bytes); member_bytes gives its bytes."""
     opts = options or ExportOptions()
-    files: dict[str, bytes] = {}
+    files: dict[str, Member] = {}
     with gc_paused():  # thousands of short-lived matplotlib objects: see core.infra.threads.gc_paused
         for writer in WRITERS:
             files.update(writer(result, opts))

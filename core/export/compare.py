@@ -6,14 +6,14 @@ with core.export.pdf).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from core.analysis.result import AnalysisResult
 from core.export.pdf import PAGE_H, Document, Part, join
 from core.figures.compare import FIGURES, comparison_plots
-from core.infra.formats import csv_bytes, json_bytes
+from core.infra.formats import Member, csv_bytes, json_bytes
 from core.model.provenance import provenance
 from core.present.compare import CKA_CSV_HEADER, cka_rows_table, prediction_rows
 from core.present.docs import caption, formula_text
@@ -114,16 +114,16 @@ def comparison_files(
     result_b: AnalysisResult,
     cmp: ComparisonResult | None = None,
     *,
-    bundle: Callable[[AnalysisResult], dict[str, bytes]] | None = None,
+    bundle: Callable[[AnalysisResult], Mapping[str, Member]] | None = None,
     debiased_csv: bool = False,
-) -> dict[str, bytes]:
+) -> dict[str, Member]:
     """Every file of the comparison bundle as {safe name: bytes}: a/… and b/… (each run's own bundle, made by
     `bundle(result) -> dict[str, bytes]`, e.g. core.export.bundle.bundle_files), comparison.json (with each run's
     provenance record), cka.csv (exactly
     `layer_a,layer_b,cka`, only when CKA is defined; the debiased values with debiased_csv), plots/*.png and
     report.pdf (last). Without `bundle` the a/ and b/ folders are left out."""
     cmp = cmp or compare(result_a, result_b)
-    files: dict[str, bytes] = {}
+    files: dict[str, Member] = {}
     if bundle is not None:
         for prefix, r in (("a/", result_a), ("b/", result_b)):
             files.update({prefix + name: data for name, data in bundle(r).items()})
@@ -138,5 +138,5 @@ def comparison_files(
     if matrix is not None:
         files["cka.csv"] = csv_bytes(CKA_CSV_HEADER, cka_rows_table(matrix))
     files.update(comparison_plots(cmp, result_a, result_b))
-    files["report.pdf"] = comparison_report(cmp, files)
+    files["report.pdf"] = comparison_report(cmp, {k: v for k, v in files.items() if isinstance(v, bytes)})
     return files

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from core.analysis.result import AnalysisResult
 from core.export.pdf import PAGE_W, Document, fmt, join
 from core.figures import neurons, qk
 from core.figures import sae as sae_figures
+from core.infra.formats import Member
 from core.infra.options import ExportOptions
 from core.present import chart_spec, docs
 from core.steps.metrics import METRIC_NAMES
@@ -383,9 +385,9 @@ def _with_documentation(report: bytes) -> bytes:
     return join([(report, [("Report", 0)]), (_documentation_pdf(fingerprint), [("Formulas and interpretation", 0)])])
 
 
-def report_files(result: AnalysisResult, files: dict[str, bytes], options: ExportOptions) -> dict[str, bytes]:
+def report_files(result: AnalysisResult, files: Mapping[str, Member], options: ExportOptions) -> dict[str, bytes]:
     """report.pdf, embedding the plots the bundle's writers made (core.export.bundle calls it after them)."""
-    return {"report.pdf": build_report(result, files)}
+    return {"report.pdf": build_report(result, {k: v for k, v in files.items() if isinstance(v, bytes)})}
 
 
 def patching_report(result: PatchingResult, files: dict[str, bytes] | None = None) -> bytes:

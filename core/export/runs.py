@@ -14,9 +14,11 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 from core.analysis.result import AnalysisResult
+from core.infra.formats import Member, write_member
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ def prune_runs(root: str | Path | None = None, keep: int = DEFAULT_KEEP) -> list
 
 
 def save_run(
-    result: AnalysisResult, files: dict[str, bytes], root: str | Path | None = None, keep: int = DEFAULT_KEEP
+    result: AnalysisResult, files: Mapping[str, Member], root: str | Path | None = None, keep: int = DEFAULT_KEEP
 ) -> Path:
     """Write `files` ({member name: bytes}, e.g. core.export.bundle.bundle_files) to <root>/<run-id>/ and prune to
     `keep` runs. Returns the run folder. Raises ValueError for an unsafe member name (nothing is written then)."""
@@ -80,7 +82,7 @@ def save_run(
         for name, data in files.items():
             target = tmp / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
+            write_member(data, target)
         tmp.mkdir(parents=True, exist_ok=True)
         final = base / run_id
         n = 1

@@ -30,11 +30,18 @@ def attention_layers_gif(result: AnalysisResult, head: int | None = None, *, fra
 
     One frame per layer (L frames), all on one colour scale [0, max over layers]. GIF bytes.
     """
-    A = result.attentions  # [L, H, T, T]
-    L, H, T, _ = A.shape
+    L, H, T = result.n_layers, result.n_heads, result.n_tokens
     if head is not None and not 0 <= head < H:
         raise ValueError(f"head {head} does not exist: the model has {H} heads")
-    mats = A.mean(1, dtype=np.float32) if head is None else A[:, head].astype(np.float32)  # float16 maps widened
+    # one layer's maps at a time (result.attention_maps); float16 maps widened
+    mats = np.stack(
+        [
+            result.attention_maps(l).mean(0, dtype=np.float32)
+            if head is None
+            else result.attention_maps(l)[head].astype(np.float32)
+            for l in range(L)
+        ]
+    )
     side = min(3 + 0.08 * T, 8)
     fig = plotting.figure(side + 0.8, side)
     ax = fig.subplots()

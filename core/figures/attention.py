@@ -147,7 +147,7 @@ def mean_attention_heatmap(result: AnalysisResult, layer: int = -1, scale: str |
     `scale` (ATTENTION_SCALES; None: default_attention_scale(T)), named under the title. PNG bytes."""
     L = result.n_layers
     l = layer % L
-    mat = result.attentions[l].mean(0, dtype=np.float32)
+    mat = result.attention_maps(l).mean(0, dtype=np.float32)
     T = mat.shape[0]
     scale = scale or default_attention_scale(T)
     side = min(3 + 0.1 * T, 9)
@@ -176,7 +176,7 @@ def single_head_stats(result: AnalysisResult, layer: int, head: int, top: int = 
     L, H = result.n_layers, result.n_heads
     if not (0 <= layer < L and 0 <= head < H):
         raise ValueError(f"no head L{layer}H{head}: the model has {L} layers × {H} heads")
-    A = result.attentions[layer, head].astype(np.float32)
+    A = result.attention_maps(layer)[head].astype(np.float32)
     T = A.shape[0]
     flat = np.argsort(-A, axis=None, kind="stable")[: max(0, min(top, T * T))]
     toks = result.display_tokens or result.tokens
@@ -218,7 +218,7 @@ def single_head_plot(result: AnalysisResult, layer: int, head: int, top: int = 1
     """Labelled heatmap of head (layer, head) with its statistics and top pairs beside it, coloured by `scale`
     (as mean_attention_heatmap). PNG bytes."""
     s = single_head_stats(result, layer, head, top)
-    A = result.attentions[layer, head].astype(np.float32)
+    A = result.attention_maps(layer)[head].astype(np.float32)
     T = A.shape[0]
     scale = scale or default_attention_scale(T)
     side = min(3 + 0.1 * T, 9)
@@ -420,7 +420,7 @@ def attention_bundle_files(result: AnalysisResult, options: ExportOptions) -> di
         figures.append(("plots/token_attribution.png", lambda: token_attribution_plot(result)))
         if result.attribution.head_scores is not None:
             figures.append(("plots/head_attribution.png", lambda: head_attribution_heatmap(result)))
-    if result.attentions.size:
+    if result.n_layers and result.n_tokens:
         figures.append(("plots/attention_mean_last_layer.png", lambda: mean_attention_heatmap(result, -1)))
     if options.animations:
         figures += [

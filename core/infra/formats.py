@@ -17,7 +17,7 @@ import os
 import shutil
 import uuid
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +46,82 @@ def json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, indent=2, ensure_ascii=False).encode("utf-8")
 
 
-def zip_bytes(files: Mapping[str, bytes]) -> bytes:
+class NpyMember:
+    """A .npy member written one leading slice at a time, never built in memory: `part(i)` gives slice i (shape
+    `shape[1:]`, converted to `dtype` as it is written). `save(path)` fills a numpy.lib.format.open_memmap file
+    slice by slice; `write_to(fh)` streams the same bytes (header, then each slice) into an open file, e.g. a ZIP
+    member; `to_bytes()` is for callers that need the bytes (np.save's format, the same bytes)."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any, part: Callable[[int], np.ndarray]) -> None:
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
+        self.part = part
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def _slice(self, i: int) -> np.ndarray:
+        arr = np.ascontiguousarray(self.part(i), dtype=self.dtype)
+        if arr.shape != self.shape[1:]:
+            raise ValueError(f"slice {i} has shape {arr.shape}, expected {self.shape[1:]}")
+        return arr
+
+    def save(self, path: str | Path) -> None:
+        mm = np.lib.format.open_memmap(path, mode="w+", dtype=self.dtype, shape=self.shape)
+        try:
+            for i in range(self.shape[0]):
+                mm[i] = self._slice(i)
+                mm.flush()
+        finally:
+            del mm
+
+    def write_to(self, fh: Any) -> None:
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+        try:  # the same choice as np.save: version 1.0 unless the header is too long for it
+            np.lib.format.write_array_header_1_0(fh, header)
+        except ValueError:
+            np.lib.format.write_array_header_2_0(fh, header)
+        for i in range(self.shape[0]):
+            fh.write(self._slice(i).tobytes())
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        self.write_to(buf)
+        return buf.getvalue()
+
+
+#: A bundle member: its bytes, or a .npy written slice by slice (NpyMember).
+Member = bytes | NpyMember
+
+
+def member_bytes(data: Member) -> bytes:
+    """The bytes of a bundle member (an NpyMember is written out in memory)."""
+    return data.to_bytes() if isinstance(data, NpyMember) else data
+
+
+def write_member(data: Member, target: Path) -> None:
+    """Write one member to the file `target` (an NpyMember slice by slice through open_memmap)."""
+    if isinstance(data, NpyMember):
+        data.save(target)
+    else:
+        target.write_bytes(data)
+
+
+def _zip_into(zf: zipfile.ZipFile, files: Mapping[str, Member]) -> None:
+    for name, data in files.items():
+        if isinstance(data, NpyMember):
+            with zf.open(name, "w", force_zip64=data.nbytes >= 2**31) as fh:
+                data.write_to(fh)
+        else:
+            zf.writestr(name, data)
+
+
+def zip_bytes(files: Mapping[str, Member]) -> bytes:
     """A ZIP archive of {member name: bytes}, deflated at level 1 (fast; PNG/GIF hardly compress further)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
+        _zip_into(zf, files)
     return buf.getvalue()
 
 
@@ -66,7 +136,7 @@ def replaceable_folder(path: Path) -> bool:
     return not names or any(m in names for m in BUNDLE_MARKERS)
 
 
-def write_files(files: Mapping[str, bytes], out: str | Path) -> Path:
+def write_files(files: Mapping[str, Member], out: str | Path) -> Path:
     """Write {member name: bytes} to `out`: a .zip file, or a folder otherwise. Returns `out`.
 
     Atomic on one file system: the ZIP is written to a temporary file beside `out` and renamed over it; a folder is
@@ -74,14 +144,16 @@ def write_files(files: Mapping[str, bytes], out: str | Path) -> Path:
     is replaced as a whole (its files that the new bundle lacks go too): it is renamed aside first and deleted
     after; an exception between the two renames puts it back, a killed process leaves `out` absent and the
     earlier bundle in `.<name>.old-*/bundle` beside it. A folder that is neither empty nor a bundle is refused
-    (ValueError); the CLI's check_out refuses it before any run."""
+    (ValueError); the CLI's check_out refuses it before any run. An NpyMember is streamed into the ZIP or filled
+    slice by slice into its file (open_memmap): never whole in memory."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".zip":
         tmp = out.parent / f".{out.name}.new-{uuid.uuid4().hex[:12]}"
         try:
             with open(tmp, "xb") as fh:  # made with the umask, as `out` would be
-                fh.write(zip_bytes(files))
+                with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+                    _zip_into(zf, files)
             os.replace(tmp, out)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -95,7 +167,7 @@ def write_files(files: Mapping[str, bytes], out: str | Path) -> Path:
         for name, data in files.items():
             target = tmpdir / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
+            write_member(data, target)
         if out.is_dir():
             old = _sibling(out, "old")
             os.replace(out, old / "bundle")

@@ -1,5 +1,14 @@
 """One forward pass that captures tokens, hidden states, attentions and logits (the text is tokenised by
-core.model.tokens, the one tokenisation path of every run)."""
+core.model.tokens, the one tokenisation path of every run).
+
+Attention maps are handed over one layer at a time as the forward pass produces them (a post-hook on each
+attention module of the architecture map, whose output holds the layer's weights with eager attention): a caller's
+`attention_sink` folds them in (core.steps.attention.AttentionFolder, core.steps.attribution.
+RolloutFolder), and the capture keeps all L maps only when they fit in `hold_bytes`. Past that bound no more than
+one layer's maps is alive at a time, and `layer_attentions` recomputes one layer's maps, bit for bit the same, by a
+pass that stops after that layer. An architecture the map does not know is captured with `output_attentions` as
+before (every map held, then handed over layer by layer).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from core.infra.errors import InputError
-from core.model.arch import final_norm, model_parts
+from core.model.arch import final_norm, model_parts, try_model_parts
 from core.model.hooks import Registration, hooked
 from core.model.loading import LoadedModel
 from core.model.sites import recorders
@@ -25,7 +34,8 @@ class Capture:
 
     input_ids: torch long [1, T] on the model's device; attention_mask likewise.
     hidden_states: float32 numpy [L+1, T, D] (last entry before the final norm, see AnalysisResult).
-    attentions: numpy [L, H, T, T], float32, or float16 for a 16-bit model (see `attention_dtype`).
+    attentions: numpy [L, H, T, T], float32, or float16 for a 16-bit model (see `attention_dtype`); [L, H, 0, 0]
+        when the maps were not held (past `hold_bytes`, see `capture`): `layer_attentions` recomputes a layer.
     logits: torch float32 [T, V] on the model's device, a `PositionLogits` (the rows at the positions the caller
         asked for, indexed by position like the full tensor) or None for an encoder without a head.
     sites: the activations of the named sites the caller asked for (e.g. `blocks.3.hook_resid_pre`, for the
@@ -129,6 +139,69 @@ def _stack_float32(tensors: list[Any], dtype: Any = np.float32) -> np.ndarray:
     return out
 
 
+#: on_attention(layer, maps [H, T, T]): receives each layer's attention maps as the forward pass produces them.
+AttentionSink = Callable[[int, np.ndarray], None]
+
+
+class _StopPass(Exception):
+    """Raised by `layer_attentions`'s hook once it has the layer it wants: the rest of the pass is not needed."""
+
+
+def _map_taker(layer: int, held: np.ndarray | None, dtype: Any, sink: AttentionSink | None) -> Callable[..., Any]:
+    """Post-hook of one attention module (eager attention returns (output, weights [1, H, T, T], ...)): the
+    layer's maps converted to `dtype` (in place into `held[layer]` when the maps are held, else one layer's
+    array), handed to `sink`. The module's output is left as it is."""
+    import torch
+
+    def hook(_module: Any, _args: Any, output: Any) -> None:
+        weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+        if weights is None:
+            raise RuntimeError("the model returned no attentions; it must run with attn_implementation='eager'")
+        if held is not None:
+            maps = held[layer]
+        else:
+            maps = np.empty(tuple(weights.shape[1:]), dtype=dtype)
+        torch.from_numpy(maps).copy_(weights[0])  # dtype conversion and the move to the CPU in one pass
+        if sink is not None:
+            sink(layer, maps)
+
+    return hook
+
+
+def layer_attentions(loaded: LoadedModel, input_ids: Any, attention_mask: Any, layer: int) -> np.ndarray:
+    """The attention maps of one layer, numpy [H, T, T] in `attention_dtype`, recomputed by a forward pass that
+    stops after that layer's attention (an architecture the map does not know runs the whole pass). The same
+    computation as the capture pass on the same input, so the same values. Call under the model's lock."""
+    import torch
+
+    model = loaded.model
+    ids = input_ids.to(loaded.device)
+    mask = attention_mask.to(loaded.device)
+    dtype = attention_dtype(loaded.dtype)
+    parts, _ = try_model_parts(model)
+    if parts is None:
+        with torch.inference_mode():
+            out = model(input_ids=ids, attention_mask=mask, output_attentions=True, return_dict=True)
+        return _stack_float32([out.attentions[layer]], dtype)[0]
+    if not 0 <= layer < parts.n_layers:
+        raise IndexError(f"layer {layer} does not exist: the model has {parts.n_layers} layers")
+    got: dict[int, np.ndarray] = {}
+
+    def keep(index: int, maps: np.ndarray) -> None:
+        got[index] = maps
+        raise _StopPass
+
+    try:
+        with hooked([(parts.blocks[layer].attention, "post", _map_taker(layer, None, dtype, keep))]):
+            with torch.inference_mode():
+                model(input_ids=ids, attention_mask=mask, return_dict=True)
+    except _StopPass:
+        pass
+    if layer not in got:
+        raise RuntimeError(f"the pass did not reach the attention of layer {layer}")
+    return got[layer]
+
+
 def attention_dtype(model_dtype: str) -> Any:
     """numpy dtype in which the analysis keeps a model's attention maps: float16 for a bfloat16 or float16 model,
     else float32. float16 holds every bfloat16 probability ≥ 2⁻¹⁴ (6.1e-5) exactly (11 significant bits against
@@ -169,12 +242,19 @@ def capture(
     settings: AnalysisSettings,
     logit_positions: Callable[[list[int], list[bool]], Iterable[int]] | None = None,
     sites: Iterable[str] = (),
+    attention_sink: Callable[[list[int], list[bool]], AttentionSink] | None = None,
+    hold_bytes: int | None = None,
 ) -> Capture:
     """Tokenise `text` and run one forward pass with hidden states and attentions (no gradients).
 
     logit_positions(token_ids, special_mask): the positions whose logits the caller reads; the language-model head
     then runs on those rows only and `Capture.logits` is a `PositionLogits`. None: the logits at every position
     ([T, V] tensor). sites: names of core.model.sites whose activations to record in the same pass.
+    attention_sink(token_ids, special_mask): called once the text is tokenised; the function it returns,
+    on_attention(layer, maps), is called once per layer, in layer order, with that layer's maps (numpy [H, T, T] in
+    `attention_dtype`, the same values `Capture.attentions[layer]` would hold), while the pass runs.
+    hold_bytes: keep all maps in `Capture.attentions` only when L·H·T² values take at most this many bytes
+    (None: always); otherwise it is an empty [L, H, 0, 0] array and at most one layer's maps is alive at a time.
     """
     import torch
 
@@ -209,23 +289,44 @@ def capture(
     site_names = list(sites)
     if site_names:
         hooks += recorders(model_parts(model), site_names, recorded)
+    on_attention = attention_sink(enc.ids, special) if attention_sink is not None else None
+    parts, _ = try_model_parts(model)
+    L, H = (parts.n_layers, parts.heads.n_heads) if parts is not None else (loaded.n_layers, loaded.n_heads)
+    att_dtype = attention_dtype(loaded.dtype)
+    hold = hold_bytes is None or L * H * T * T * np.dtype(att_dtype).itemsize <= hold_bytes
+    att = np.empty((L, H, T, T) if hold else (L, H, 0, 0), dtype=att_dtype)
+    streamed = parts is not None
+    if streamed:
+        assert parts is not None
+        hooks += [
+            (block.attention, "post", _map_taker(layer, att if hold else None, att_dtype, on_attention))
+            for layer, block in enumerate(parts.blocks)
+        ]
     with hooked(hooks), torch.inference_mode():
         out = model(
-            input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True, return_dict=True
+            input_ids=ids,
+            attention_mask=mask,
+            output_hidden_states=True,
+            output_attentions=not streamed,
+            return_dict=True,
         )
 
-    if not out.attentions or out.attentions[0] is None:
-        raise RuntimeError("the model returned no attentions; it must run with attn_implementation='eager'")
+    if not streamed:
+        if not out.attentions or out.attentions[0] is None:
+            raise RuntimeError("the model returned no attentions; it must run with attn_implementation='eager'")
+        full = _stack_float32(list(out.attentions), att_dtype)
+        for layer in range(full.shape[0]):
+            if on_attention is not None:
+                on_attention(layer, full[layer])
+        att = full if hold else np.empty((full.shape[0], full.shape[1], 0, 0), dtype=att_dtype)
     hs = list(out.hidden_states)
     has_norm = "h" in pre_norm
     if has_norm:
         hs[-1] = pre_norm["h"]
     logits = getattr(out, "logits", None)
-    atts = list(out.attentions)
-    del out  # from here on `hs` and `atts` hold the only references: each is released once copied
+    del out  # from here on `hs` holds the only references: each is released once copied
     pre_norm.clear()
     hidden = _stack_float32(hs)
-    att = _stack_float32(atts, attention_dtype(loaded.dtype))
     if logits is not None:
         logits = logits[0].float()
         if kept is not None and logits.shape[0] == len(kept) < T:

@@ -75,7 +75,7 @@ def correlations_long(corr: np.ndarray | pd.DataFrame) -> pd.DataFrame:
 
 
 def attention_frame(
-    attentions: np.ndarray,
+    attentions: Any,
     tokens: list[str],
     layer: int,
     head: int | None,
@@ -84,14 +84,17 @@ def attention_frame(
 ) -> pd.DataFrame:
     """One attention map in long form: query, key (labels), qi, ki (positions), weight, shown.
 
-    attentions: [L, H, T, T]; head None means the mean over heads, (1/H) Σ_h A[layer, h]. window (start, stop)
-    keeps the square block of queries and keys start ≤ i, j < stop (labels keep their absolute positions).
+    attentions: [L, H, T, T], or an AnalysisResult (its one accessor, `attention_maps(layer)`, which recomputes the
+    layer when the maps were not held); head None means the mean over heads, (1/H) Σ_h A[layer, h]. window
+    (start, stop) keeps the square block of queries and keys start ≤ i, j < stop (labels keep their absolute
+    positions).
     shown: the value the colour encodes under `scale` (core.present.chart_spec.scaled_attention; "row" divides by
     the largest weight of the query's whole row, window or not).
     """
     import pandas as pd
 
-    A = np.asarray(attentions[layer], dtype=np.float64)
+    maps = attentions.attention_maps(layer) if hasattr(attentions, "attention_maps") else attentions[layer]
+    A = np.asarray(maps, dtype=np.float64)
     M = A.mean(axis=0) if head is None else A[head]
     T = M.shape[0]
     labels = token_labels(tokens[:T])

@@ -166,6 +166,108 @@ def mean_attention_distance(att: np.ndarray) -> np.ndarray:
     return np.einsum("...ij,ij->...", att.astype(np.float32, copy=False), dist).astype(np.float64) / T
 
 
+class AttentionFolder:
+    """The head features of `head_features`, folded in one layer at a time (`add(layer, maps [H, T, T])`, layers
+    in order), so that the maps of all L layers are never needed at once: what each layer leaves behind is its
+    row entropies and row distances ([H, T] each) and eight per-head means; the parts that depend on the keys every
+    row may see (normalised entropy, relative distance) are finished in `result()`, once the visible keys are known
+    (read from the structural zeros of every layer's maps when `causal` is None). The same arithmetic, in the same
+    order, as over the whole array: the numbers are equal bit for bit.
+    """
+
+    def __init__(self, T: int, special_mask: list[bool] | np.ndarray | None = None, causal: bool | None = None) -> None:
+        if T < 1:
+            raise ValueError("attention has no tokens")
+        self.T = T
+        self.causal = causal
+        self.vis: np.ndarray | None = None
+        if causal is not None:
+            self.vis = np.tril(np.ones((T, T), bool)) if causal else np.ones((T, T), bool)
+        else:
+            self.vis = np.zeros((T, T), bool)
+        idx = np.arange(T)
+        self.dist = np.abs(idx[:, None] - idx[None, :]).astype(np.float32)
+        self.sm: np.ndarray | None = None
+        if special_mask is not None and np.any(special_mask):
+            sm = np.asarray(special_mask, dtype=bool)
+            if sm.shape != (T,):
+                raise ValueError(f"special_mask must have {T} entries, got {sm.shape}")
+            self.sm = sm
+        self.row_entropy: list[np.ndarray] = []  # per layer [H, T] float64
+        self.row_distance: list[np.ndarray] = []  # per layer [H, T] float64
+        self.means: list[tuple[np.ndarray, ...]] = []  # per layer: first, prev, self, next, special, max [H]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.means)
+
+    def add(self, layer: int, maps: np.ndarray) -> None:
+        """Fold in layer `layer`'s maps [H, T, T] (float32, or float16 widened here); layers come in order."""
+        maps = _check_attention(maps)
+        if layer != self.n_layers:
+            raise ValueError(f"layer {layer} came out of order (expected {self.n_layers})")
+        if maps.ndim != 3 or maps.shape[-1] != self.T:
+            raise ValueError(f"a layer's attention must be [H, {self.T}, {self.T}], got shape {maps.shape}")
+        T = self.T
+        if self.causal is None:
+            assert self.vis is not None
+            for h in range(maps.shape[0]):  # one head at a time: no [H, T, T] boolean temporary
+                self.vis |= maps[h] > 0
+        a = maps.astype(np.float32, copy=False)  # [H, T, T]; float16 maps (16-bit models) widened one layer at a time
+        H = a.shape[0]
+        idx = np.arange(T)
+        rows = idx[1:] if T > 1 else idx
+        sm = self.sm
+        self.row_entropy.append(row_entropy(a))
+        self.row_distance.append(np.einsum("hij,ij->hi", a, self.dist).astype(np.float64))
+        self.means.append(
+            (
+                a[:, rows, 0].mean(-1, dtype=np.float64),
+                a[:, rows, np.maximum(rows - 1, 0)].mean(-1, dtype=np.float64) if T > 1 else np.zeros(H),
+                np.einsum("hii->hi", a)[:, rows].mean(-1, dtype=np.float64),
+                a[:, idx[:-1], idx[:-1] + 1].mean(-1, dtype=np.float64) if T > 1 else np.zeros(H),
+                # special columns first: no full copy
+                a[..., sm][:, rows].sum(-1, dtype=np.float64).mean(-1) if sm is not None else np.zeros(H),
+                a.max(-1).mean(-1, dtype=np.float64),
+            )
+        )
+
+    def result(self) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
+        """(features [L*H, F], FEATURE_NAMES, extras) exactly as `head_features` documents them."""
+        if not self.means:
+            raise ValueError("no layer was folded in")
+        assert self.vis is not None
+        L, H = self.n_layers, self.means[0][0].shape[0]
+        n_vis = np.maximum(self.vis.sum(-1), 1).astype(np.int64)
+        far = np.where(self.vis, self.dist, 0).max(-1)  # farthest visible key of each row, for the relative distance
+        rel_rows = far > 0
+        keep = n_vis > 1
+        per_layer = []
+        for l in range(L):
+            h = self.row_entropy[l]
+            ent_l = h.mean(-1)
+            norm_l = (h[..., keep] / np.log(n_vis[keep].astype(np.float64))).mean(-1) if keep.any() else None
+            if norm_l is None:
+                norm_l = np.full(ent_l.shape, np.nan)
+            per_row_dist = self.row_distance[l]
+            rel_l = (per_row_dist[:, rel_rows] / far[rel_rows]).mean(-1) if rel_rows.any() else np.zeros(H)
+            per_layer.append((ent_l, norm_l, per_row_dist.mean(-1), rel_l, *self.means[l]))
+        ent, norm, mdist, rel, first, prev, self_, nxt, special, maxw = (
+            np.stack([np.asarray(layer[i], dtype=np.float64) for layer in per_layer]) for i in range(10)
+        )
+        cols = [ent, np.nan_to_num(norm, nan=0.0), mdist, rel, first, prev, self_, nxt, special, maxw]
+        feats = np.stack([np.asarray(c, dtype=np.float64).reshape(L * H) for c in cols], axis=1)
+        extras = {"entropy": ent, "normalized_entropy": norm, "mean_distance": mdist, "n_visible": n_vis}
+        return feats, list(FEATURE_NAMES), extras
+
+    def section(self, n_clusters: int | None = None) -> AttentionSection:
+        """The attention section of the folded layers (clusters, projection and roles from the features)."""
+        import sklearn.cluster  # noqa: F401  (loaded before single_threaded() looks up the thread pools)
+
+        with single_threaded():
+            return _section(self.result(), n_clusters)
+
+
 def head_features(
     att: np.ndarray, special_mask: list[bool] | np.ndarray | None = None, causal: bool | None = None
 ) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
@@ -179,57 +281,16 @@ def head_features(
       special_tokens: mean over rows ≥ 1 of Σ_{j special} a_ij (0 without special tokens);
       max_weight: mean over rows of max_j a_ij.
     extras: {"entropy", "normalized_entropy", "mean_distance": [L, H], "n_visible": [T]}.
+    Key j is visible to row i by the flag `causal`, or (None) when it has weight > 0 in any head of any layer.
+    Computed layer by layer with `AttentionFolder`.
     """
     att = _check_attention(att)
     if att.ndim != 4:
         raise ValueError(f"attention must be [L, H, T, T], got shape {att.shape}")
-    L, H, T, _ = att.shape
-    # key j visible to row i: from the flag, or seen with weight > 0 in any head (see `visible_keys`)
-    if causal is None:
-        vis = np.zeros((T, T), bool)
-        for l in range(L):
-            vis |= (att[l] > 0).any(0)
-    else:
-        vis = np.tril(np.ones((T, T), bool)) if causal else np.ones((T, T), bool)
-    n_vis = np.maximum(vis.sum(-1), 1).astype(np.int64)
-    idx = np.arange(T)
-    dist = np.abs(idx[:, None] - idx[None, :]).astype(np.float32)
-    far = np.where(vis, dist, 0).max(-1)  # farthest visible key of each row, for the relative distance
-    rel_rows = far > 0
-    rows = idx[1:] if T > 1 else idx
-    sm = None
-    if special_mask is not None and np.any(special_mask):
-        sm = np.asarray(special_mask, dtype=bool)
-        if sm.shape != (T,):
-            raise ValueError(f"special_mask must have {T} entries, got {sm.shape}")
-    per_layer = []
-    for l in range(L):  # one layer at a time: float16 maps (16-bit models) are widened one layer at a time
-        a = att[l].astype(np.float32, copy=False)  # [H, T, T]
-        ent_l, norm_l = attention_entropy(a, n_vis)
-        per_row_dist = np.einsum("hij,ij->hi", a, dist).astype(np.float64)  # [H, T]
-        rel_l = (per_row_dist[:, rel_rows] / far[rel_rows]).mean(-1) if rel_rows.any() else np.zeros(H)
-        per_layer.append(
-            (
-                ent_l,
-                norm_l,
-                per_row_dist.mean(-1),
-                rel_l,
-                a[:, rows, 0].mean(-1, dtype=np.float64),
-                a[:, rows, np.maximum(rows - 1, 0)].mean(-1, dtype=np.float64) if T > 1 else np.zeros(H),
-                np.einsum("hii->hi", a)[:, rows].mean(-1, dtype=np.float64),
-                a[:, idx[:-1], idx[:-1] + 1].mean(-1, dtype=np.float64) if T > 1 else np.zeros(H),
-                # special columns first: no full copy
-                a[..., sm][:, rows].sum(-1, dtype=np.float64).mean(-1) if sm is not None else np.zeros(H),
-                a.max(-1).mean(-1, dtype=np.float64),
-            )
-        )
-    ent, norm, mdist, rel, first, prev, self_, nxt, special, maxw = (
-        np.stack([np.asarray(layer[i], dtype=np.float64) for layer in per_layer]) for i in range(10)
-    )
-    cols = [ent, np.nan_to_num(norm, nan=0.0), mdist, rel, first, prev, self_, nxt, special, maxw]
-    feats = np.stack([np.asarray(c, dtype=np.float64).reshape(L * H) for c in cols], axis=1)
-    extras = {"entropy": ent, "normalized_entropy": norm, "mean_distance": mdist, "n_visible": n_vis}
-    return feats, list(FEATURE_NAMES), extras
+    folder = AttentionFolder(att.shape[-1], special_mask, causal)
+    for l in range(att.shape[0]):
+        folder.add(l, att[l])
+    return folder.result()
 
 
 def standardize(X: np.ndarray) -> np.ndarray:
@@ -358,7 +419,11 @@ def analyse_attention(
 def _analyse(
     att: np.ndarray, special_mask: list[bool] | None, causal: bool | None, n_clusters: int | None
 ) -> AttentionSection:
-    feats, names, ex = head_features(att, special_mask, causal)
+    return _section(head_features(att, special_mask, causal), n_clusters)
+
+
+def _section(features: tuple[np.ndarray, list[str], dict[str, np.ndarray]], n_clusters: int | None) -> AttentionSection:
+    feats, names, ex = features
     labels, k, score, method = cluster_heads(feats, n_clusters)
     return AttentionSection(
         entropy=np.asarray(ex["entropy"], dtype=np.float64),
@@ -377,7 +442,16 @@ def _analyse(
     )
 
 
+def causal_flag(family: str) -> bool | None:
+    """Which keys a row may see, for the attention analysis of a model family: causal LMs by the flag (row i sees
+    keys 0..i), any other from the maps' structural zeros (None)."""
+    return True if family == "causal_lm" else None
+
+
 def run_attention(ctx: StepContext) -> AttentionSection:
-    """Analysis step "Attention analysis": entropies, head features, clusters and roles of the captured attentions."""
-    causal = True if ctx.family == "causal_lm" else None
-    return analyse_attention(ctx.attentions, ctx.special_mask, causal, ctx.settings.n_clusters)
+    """Analysis step "Attention analysis": entropies, head features, clusters and roles of the captured attentions
+    (folded in layer by layer during the capture pass when `ctx.attention_folder` holds them)."""
+    folder = ctx.attention_folder
+    if folder is not None:
+        return folder.section(ctx.settings.n_clusters)
+    return analyse_attention(ctx.attentions, ctx.special_mask, causal_flag(ctx.family), ctx.settings.n_clusters)

@@ -113,33 +113,54 @@ class AttributionSection:
 # Attention rollout (pure)
 
 
+class RolloutFolder:
+    """Attention rollout folded in one layer at a time (`add(layer, maps [H, T, T])`, layers in order): the running
+    product R_l = Â_l R_{l−1} is all it keeps (one T×T float64 matrix), so the maps of all layers are never needed
+    at once. `result()` is R = Â_L ⋯ Â_1, the same product in the same order as `attention_rollout`."""
+
+    def __init__(self) -> None:
+        self.R: Any = None
+        self.n_layers = 0
+
+    def add(self, layer: int, maps: np.ndarray) -> None:
+        import torch
+
+        if layer != self.n_layers:
+            raise ValueError(f"layer {layer} came out of order (expected {self.n_layers})")
+        maps = np.asarray(maps)
+        if maps.ndim != 3 or maps.shape[-1] != maps.shape[-2]:
+            raise ValueError(f"a layer's attention must be [H, T, T], got shape {maps.shape}")
+        T = maps.shape[-1]
+        A = maps.mean(0, dtype=np.float64)  # float16 maps are averaged in float64, not in float16
+        A[np.arange(T), np.arange(T)] += 1.0
+        A /= A.sum(-1, keepdims=True)
+        a_hat = torch.from_numpy(A)
+        # the product through torch: its thread pool is the one the forward pass just used (numpy's BLAS pool
+        # would contend with torch's spinning threads), 1.7× numpy's single thread at 512 tokens
+        self.R = a_hat if self.R is None else a_hat @ self.R
+        self.n_layers += 1
+
+    def result(self) -> np.ndarray:
+        """R float64 [T, T] (see `attention_rollout`)."""
+        if self.R is None:
+            raise ValueError("no layer was folded in")
+        return np.asarray(self.R.numpy())
+
+
 def attention_rollout(att: np.ndarray) -> np.ndarray:
     """Attention rollout R = Â_L ⋯ Â_1 with Â_l = row_normalise(A_l + I), A_l = mean over heads of layer l.
 
     att [L, H, T, T] (rows sum to 1) → R float64 [T, T]; R[i, j] = share of position i's final representation that
-    flows from input token j; rows of R sum to 1.
+    flows from input token j; rows of R sum to 1. Computed one layer at a time with `RolloutFolder` (two T×T
+    float64 matrices, not L of them: 0.74 GB for TinyLlama at 2048 tokens).
     """
-    import torch
-
     att = np.asarray(att)
     if att.ndim != 4 or att.shape[-1] != att.shape[-2]:
         raise ValueError(f"attention must be [L, H, T, T], got shape {att.shape}")
-    L, _, T, _ = att.shape
-
-    def a_hat(l: int) -> torch.Tensor:
-        """Â_l in float64 (float16 maps are averaged in float64, not in float16)."""
-        A = att[l].mean(0, dtype=np.float64)
-        A[np.arange(T), np.arange(T)] += 1.0
-        A /= A.sum(-1, keepdims=True)
-        return torch.from_numpy(A)
-
-    # one layer at a time (two T×T float64 matrices, not L of them: 0.74 GB for TinyLlama at 2048 tokens); the
-    # product through torch: its thread pool is the one the forward pass just used (numpy's BLAS pool would contend
-    # with torch's spinning threads), 1.7× numpy's single thread at 512 tokens
-    R = a_hat(0)
-    for l in range(1, L):
-        R = a_hat(l) @ R
-    return R.numpy()
+    folder = RolloutFolder()
+    for l in range(att.shape[0]):
+        folder.add(l, att[l])
+    return folder.result()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -425,7 +446,7 @@ def _pad(v: np.ndarray, T: int) -> np.ndarray:
 def attribute(
     loaded: LoadedModel,
     capture: Capture,
-    attentions: np.ndarray,
+    attentions: np.ndarray | None,
     position: int,
     tokens: list[str],
     *,
@@ -433,18 +454,25 @@ def attribute(
     with_ig: bool = True,
     ig_steps: int = 32,
     warn: Callable[[str], None] | None = None,
+    rollout: np.ndarray | None = None,
 ) -> AttributionSection:
     """All attributions for `position` of one capture (see the module docstring). Call under the model lock.
 
     with_ig: also run adaptive integrated gradients (from ig_steps nodes, doubled until the completeness gap is
     ≤ 1 % or 512 nodes); the section records the nodes used (0 when they are not run). `warn` receives the messages
-    a user must see (a failed gradient pass); the section's `notes` explain what is shown and why.
+    a user must see (a failed gradient pass); the section's `notes` explain what is shown and why. `rollout`: the
+    rollout matrix when it was folded in during the capture pass (`RolloutFolder`); else it is computed from
+    `attentions`.
     """
     import torch
 
     warn = warn or (lambda msg: None)
     T = len(tokens)
-    R = attention_rollout(attentions)
+    if rollout is None:
+        if attentions is None:
+            raise ValueError("attribution needs the attention maps or their rollout")
+        rollout = attention_rollout(attentions)
+    R = rollout
     base: dict[str, Any] = dict(
         target_position=position, target_token=tokens[position], rollout=R[position].copy(), rollout_matrix=R
     )
@@ -520,4 +548,5 @@ def run_attribution(ctx: StepContext) -> AttributionSection:
         with_ig=ctx.settings.integrated_gradients,
         ig_steps=ctx.settings.ig_steps,
         warn=ctx.warn,
+        rollout=ctx.rollout,
     )

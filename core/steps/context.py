@@ -8,6 +8,7 @@ run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +24,9 @@ class StepContext:
     hidden_states: float32 [L+1, T, D] (last entry before the final norm); attentions: [L, H, T, T] (float32;
     float16 for a 16-bit model).
     target_position: the position whose prediction is attributed (see core.analysis.pipeline.choose_target).
+    attention_folder: the head features folded in layer by layer during the capture pass (a core.steps.attention.
+    AttentionFolder) and rollout: the attention rollout folded in likewise (float64 [T, T]); None when the steps
+    compute them from `attentions` (then [L, H, T, T], held).
     """
 
     loaded: LoadedModel
@@ -36,6 +40,8 @@ class StepContext:
     target_position: int
     hidden_states: np.ndarray
     attentions: np.ndarray
+    attention_folder: Any = None
+    rollout: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
 
     def warn(self, message: str) -> None:
