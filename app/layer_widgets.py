@@ -17,7 +17,7 @@ import streamlit as st
 from app import charts
 from app.state import Keys
 from app.widgets import chart, shaded_text, show_caption
-from core.analysis.result import AnalysisResult
+from core.analysis.result import AnalysisResult, has_map_source
 from core.present import chart_spec, tables
 
 log = logging.getLogger(__name__)
@@ -127,9 +127,23 @@ def attention_scale_line(scale: str, chosen: str, n_tokens: int) -> str:
     return f"Colour scale: {SCALE_NAMES[scale].lower()}{why} — {chart_spec.attention_scale_caption(scale)}."
 
 
+def maps_attached(result: AnalysisResult) -> None:
+    """A long text's maps were not kept with the result (core.analysis.pipeline.HOLD_ATTENTIONS_BYTES): its layers
+    are recomputed with its model. A result read back from the cache in this process gets the app's loaded model
+    attached (loading it if needed) before a section draws a map."""
+    if result.maps_held or has_map_source(result.cache_key):
+        return
+    from app.widgets import _loaded_for
+    from core.analysis.pipeline import attach_model
+
+    with st.spinner(f"Loading {result.model.model_id} to recompute the attention maps of this long text …"):
+        attach_model(result, _loaded_for(result))
+
+
 def attention_section(result: AnalysisResult) -> None:
     """The Attention tab: its layer and head pickers, the heatmap (a token window for long texts) and, for a single
-    head, its statistics."""
+    head, its statistics. A long text's layer is recomputed by its model (one pass that stops after the layer)."""
+    maps_attached(result)
     layer, head = pickers(result)
     title = f"Layer {chart_spec.block_number(layer)}, " + ("mean over heads" if head is None else f"head {head}")
     window = attention_window(result)
@@ -398,6 +412,7 @@ def animations_section(result: AnalysisResult) -> None:
     if not st.session_state.get(Keys.ANIMATIONS, True):
         st.caption("Animations are off (sidebar → Settings → Layer animations).")
         return
+    maps_attached(result)
     state = st.session_state
     options = _head_options(result)
     _valid_head(state, Keys.ANIM_HEAD, options)

@@ -2,7 +2,9 @@
 
     python -m bench                 # GPT-2-small, BERT-base, TinyLlama-1.1B shapes at 32 / 128 / 512 tokens
     python -m bench --quick         # ~1 minute: GPT-2 and BERT shapes at 128 tokens, 3 repeats
-    python -m bench --long          # adds the TinyLlama shape at 2048 tokens (peak memory; --long-tokens N)
+    python -m bench --long          # adds the TinyLlama shape at 2048 tokens (peak memory; --long-tokens 2048,4096)
+    python -m bench --narrow        # adds the narrow Llama (TinyLlama's attention geometry at width 256, float32, no
+                                    # gradients: the attention maps dominate) at the --long-tokens lengths
     python -m bench --device cuda   # the same on a GPU (bench/gpu_check.sh runs it, with --no-views)
 
 Models are random-weight models built from their configs (GPT2Config(), BertConfig(), and the TinyLlama-1.1B

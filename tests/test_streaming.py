@@ -17,17 +17,19 @@ from core import AnalysisSettings, analyze
 from core.analysis import pipeline
 from core.analysis import result as result_module
 from core.analysis.result import AnalysisResult, results_equal
-from core.export.bundle import bundle_files
+from core.export.bundle import foundation_files
+from core.figures.attention import attention_bundle_files
 from core.infra.errors import InputError
 from core.infra.formats import NpyMember, member_bytes, write_files
+from core.infra.options import ExportOptions
 from core.model.capture import capture, layer_attentions
 from core.run.cache import ResultCache
 from core.steps.attention import AttentionFolder, causal_flag
 from core.steps.attribution import RolloutFolder
 
 TEXT = "The quick brown fox jumps over the lazy dog. The cat sat on the mat and watched the birds."
-#: default settings less integrated gradients (the same in both runs; they never read the maps)
-SETTINGS = AnalysisSettings(integrated_gradients=False)
+#: default settings less the gradient methods (the same in both runs; they never read the maps): light tests
+SETTINGS = AnalysisSettings(compute_gradients=False)
 #: what may differ between two runs of the same analysis (timestamps and clocks)
 VOLATILE = ("cache_hit", "timings", "duration_s", "created_at", "attentions")
 
@@ -77,17 +79,21 @@ def test_folded_features_equal_the_whole_array_reference(pair):
 
 
 def test_bundle_files_are_equal_and_attentions_npy_is_written_layer_by_layer(pair, tmp_path):
-    """Every CSV, figure and array of the bundle of the streamed run equals the held run's (the manifest, PDF and
-    session log aside: they carry timings); attentions.npy is a layer-by-layer member whose bytes are np.save's,
-    and a folder export writes it through open_memmap."""
+    """Every bundle member drawn from the maps or the attention sections (attentions.npy, the attention CSVs, the
+    mean and entropy heatmaps, the clusters, the attention GIF) of the streamed run equals the held run's, byte for
+    byte (the other writers read sections that test_streamed_run_equals_the_held_run compares); attentions.npy is
+    a layer-by-layer member whose bytes are np.save's, and a folder export writes it through open_memmap."""
     loaded, held, streamed = pair
     if loaded.model_id not in ("tiny-gpt2", "tiny-bert", "tiny-llama"):
         pytest.skip("the bundle is compared on one family of each kind (figures take a second each)")
-    a, b = bundle_files(held), bundle_files(streamed)
-    assert a.keys() == b.keys()
+    opts = ExportOptions()
+    a = {**foundation_files(held, opts), **attention_bundle_files(held, opts)}
+    b = {**foundation_files(streamed, opts), **attention_bundle_files(streamed, opts)}
+    assert a.keys() == b.keys() and "animations/attention_layers.gif" in a
+    assert "plots/attention_mean_last_layer.png" in a
     assert isinstance(b["attentions.npy"], NpyMember)
     for name in a:
-        if name not in ("manifest.json", "report.pdf"):
+        if name != "manifest.json":  # timings, dates
             assert member_bytes(a[name]) == member_bytes(b[name]), name
     arr = np.load(io.BytesIO(member_bytes(b["attentions.npy"])), allow_pickle=False)
     assert arr.dtype == np.float32 and np.array_equal(arr, held.attentions.astype(np.float32))

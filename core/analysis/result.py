@@ -183,6 +183,12 @@ def register_map_source(key: str, source: Callable[[int], np.ndarray]) -> None:
         _LAST_MAPS[:] = [e for e in _LAST_MAPS if e[0] != key]
 
 
+def has_map_source(key: str) -> bool:
+    """Whether results with cache key `key` can recompute a layer's maps in this process."""
+    with _MAPS_LOCK:
+        return bool(key) and key in _MAP_SOURCES
+
+
 def _recomputed(key: str, layer: int, model_id: str) -> np.ndarray:
     with _MAPS_LOCK:
         for k, l, maps in _LAST_MAPS:

@@ -159,9 +159,12 @@ def _map_taker(layer: int, held: np.ndarray | None, dtype: Any, sink: AttentionS
             raise RuntimeError("the model returned no attentions; it must run with attn_implementation='eager'")
         if held is not None:
             maps = held[layer]
+            torch.from_numpy(maps).copy_(weights[0])  # dtype conversion and the move to the CPU in one pass
+        elif weights.device.type == "cpu" and weights.dtype == torch.from_numpy(np.empty(0, dtype)).dtype:
+            maps = weights[0].numpy()  # already what the sink reads (a float32 model on the CPU): no copy
         else:
             maps = np.empty(tuple(weights.shape[1:]), dtype=dtype)
-        torch.from_numpy(maps).copy_(weights[0])  # dtype conversion and the move to the CPU in one pass
+            torch.from_numpy(maps).copy_(weights[0])
         if sink is not None:
             sink(layer, maps)
 
