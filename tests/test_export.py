@@ -19,6 +19,7 @@ from core.export.runs import list_runs, make_run_id, safe_member, save_run
 from core.export.session_log import entry_from_result, render_html
 from core.export.zip_export import build_zip, export_run
 from core.figures.metrics import FIGURES
+from core.infra.formats import member_bytes
 from core.infra.options import ExportOptions
 from core.present import docs
 from core.present.summaries import metric_correlations, normalized_metrics, summary_figures
@@ -102,7 +103,7 @@ def test_layer_metrics_csv_columns(files, result):
 
 def test_attentions_shape_matches_tokens(files, result):
     tokens = json.loads(files["tokens.json"])
-    att = np.load(io.BytesIO(files["attentions.npy"]), allow_pickle=False)
+    att = np.load(io.BytesIO(member_bytes(files["attentions.npy"])), allow_pickle=False)
     assert att.shape == (result.n_layers, result.n_heads, len(tokens), len(tokens))
 
 

@@ -576,8 +576,10 @@ def test_half_precision_maps_equal_the_models_and_give_the_float32_sections(tiny
     sec = analyse_attention(wide, r.special_mask, True, r.settings.n_clusters)
     np.testing.assert_array_equal(sec.features, r.attention.features)
     np.testing.assert_allclose(attention_rollout(wide), r.attribution.rollout_matrix, rtol=1e-12, atol=1e-15)
+    from core.infra.formats import member_bytes
+
     files = bundle_files(r)
-    arr = np.load(io.BytesIO(files["attentions.npy"]))
+    arr = np.load(io.BytesIO(member_bytes(files["attentions.npy"])))
     assert arr.dtype == np.float32 and np.array_equal(arr, wide)  # the bundle stays float32
     back = AnalysisResult.from_bytes(r.to_bytes())  # and the cache keeps float16
     assert back.attentions.dtype == np.float16 and np.array_equal(back.attentions, r.attentions)

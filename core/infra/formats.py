@@ -76,14 +76,23 @@ class NpyMember:
         finally:
             del mm
 
-    def write_to(self, fh: Any) -> None:
+    def _header(self, fh: Any) -> None:
         header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
         try:  # the same choice as np.save: version 1.0 unless the header is too long for it
             np.lib.format.write_array_header_1_0(fh, header)
         except ValueError:
             np.lib.format.write_array_header_2_0(fh, header)
+
+    def write_to(self, fh: Any) -> None:
+        self._header(fh)
         for i in range(self.shape[0]):
             fh.write(self._slice(i).tobytes())
+
+    def __len__(self) -> int:
+        """Length of the .npy file in bytes (header and data), as len() of its bytes."""
+        head = io.BytesIO()
+        self._header(head)
+        return len(head.getvalue()) + self.nbytes
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
