@@ -299,7 +299,7 @@ def capture(
     hold = hold_bytes is None or L * H * T * T * np.dtype(att_dtype).itemsize <= hold_bytes
     att = np.empty((L, H, T, T) if hold else (L, H, 0, 0), dtype=att_dtype)
     streamed = parts is not None
-    if streamed:
+    if streamed and (hold or on_attention is not None):  # nobody reads the maps (the views' pass): no hooks
         assert parts is not None
         hooks += [
             (block.attention, "post", _map_taker(layer, att if hold else None, att_dtype, on_attention))
