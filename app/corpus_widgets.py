@@ -252,15 +252,17 @@ def band_chart(
 ) -> alt.LayerChart:
     """A line with a band (the interval) per `color` group, against the layer. domain: a fixed y range (a flat
     curve, core.present.study_tables.pooled_note), so round-off never stretches the axis into noise; tick labels
-    carry at most 4 significant digits."""
+    carry at most 4 significant digits. A legend above the chart when there is more than one group (both layers
+    share the colour scale, so both carry the same legend: a `legend=None` on one layer removes the merged legend)."""
+    legend = alt.Legend(orient="top", title=None) if frame[color].nunique() > 1 else None
     scale = alt.Scale(zero=False) if domain is None else alt.Scale(domain=list(domain), zero=False, clamp=True)
     base = alt.Chart(frame).encode(x=alt.X("layer:Q", title="layer", axis=alt.Axis(tickMinStep=1)))
     band = base.mark_area(opacity=0.25).encode(
-        y=alt.Y(f"{lo}:Q", title="", scale=scale), y2=f"{hi}:Q", color=alt.Color(f"{color}:N", legend=None)
+        y=alt.Y(f"{lo}:Q", title="", scale=scale), y2=f"{hi}:Q", color=alt.Color(f"{color}:N", legend=legend)
     )
     line = base.mark_line(point=True).encode(
         y=alt.Y(f"{y}:Q", title="", scale=scale, axis=alt.Axis(format=".4~g")),
-        color=alt.Color(f"{color}:N", title=""),
+        color=alt.Color(f"{color}:N", legend=legend),
         tooltip=[
             "layer",
             alt.Tooltip(f"{y}:Q", format=".4g"),
@@ -268,7 +270,7 @@ def band_chart(
             alt.Tooltip(f"{hi}:Q", format=".4g"),
         ],
     )
-    return (band + line).properties(title=title, height=230)
+    return (band + line).properties(title=title, height=230 if legend is None else 290)  # the legend takes ~60 px
 
 
 def draw_result(result: CorpusResult, sae: Sequence[SAEFeatureExamples] | None = None) -> None:

@@ -5,7 +5,7 @@ the one chosen in the sidebar. Only the Run button runs the model, as a backgrou
 page does not stop; the inputs and the result stay in the session. Every other widget only re-draws the stored
 result. With SAE folders in the sidebar the run also finds each feature's top-activating examples
 (app.sae_corpus_widgets). Thin: the sections are in app.corpus_widgets. The number of texts is limited by
-$TMA_MAX_CORPUS_TEXTS (default 10 000) for public deployments.
+$TMA_MAX_CORPUS_TEXTS (default 200) for public deployments.
 """
 
 from __future__ import annotations

@@ -584,3 +584,21 @@ def test_minilm_over_ordinary_sentences_every_estimate_inside_its_interval_and_b
         assert hi > lo, (layer, m)  # a real interval, not a point
     assert set(r.interval_methods) == set(POOLED_METRICS)
     assert not any("coverage simulation" in w for w in r.warnings)  # 50 texts: no few-texts warning
+
+
+def test_corpus_band_charts_name_their_series():
+    """The "pooled vs per text" chart has two series and says which is which (a legend on both layers: a
+    `legend=None` on the band layer removed the merged legend, found on the browser sweep's screenshots); a chart of
+    one series has no legend."""
+    import pandas as pd
+
+    from app.corpus_widgets import band_chart
+
+    two = pd.DataFrame(
+        {"layer": [0, 1, 0, 1], "series": ["pooled", "pooled", "per text", "per text"], "v": 1.0, "lo": 0.0, "hi": 2.0}
+    )
+    spec = band_chart(two, "v", "lo", "hi", "series", "t").to_dict()
+    legends = [layer["encoding"]["color"].get("legend", "absent") for layer in spec["layer"]]
+    assert len(legends) == 2 and all(isinstance(g, dict) and g.get("orient") == "top" for g in legends), legends
+    one = band_chart(two[two.series == "pooled"], "v", "lo", "hi", "series", "t").to_dict()
+    assert [layer["encoding"]["color"]["legend"] for layer in one["layer"]] == [None, None]
