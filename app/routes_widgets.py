@@ -221,8 +221,9 @@ def flow_chart(flow: FlowSection, position: int, threshold: float) -> alt.LayerC
         .encode(x=x, y=y, text="token:N")
     )
     width = int(min(max(420, 28 * T), 3000))
+    # at least 320 px: the y title ("stage (0 = embeddings, …)", ~250 px) was cut at 260 px for a 2-block model
     return alt.layer(edges, dots, labels).properties(  # type: ignore[return-value]  # properties() of a layer
-        width=width, height=max(260, 70 * L + 80)
+        width=width, height=max(320, 70 * L + 80)
     )
 
 
