@@ -120,3 +120,16 @@ def ray_cluster():
     _connect(None, 2)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory):
+    """One `streamlit run` server (url, log path) for the browser test modules test_browser and test_browser_layout:
+    each server costs a start, the first script's imports and the bundled model's load. $TMA_BROWSER_PORT picks
+    its port. (test_browser_sessions keeps a server of its own: it reads its server log.)"""
+    from browser_support import need_browser, streamlit_server
+
+    need_browser()
+    port = int(os.environ.get("TMA_BROWSER_PORT") or 0) or None
+    with streamlit_server(tmp_path_factory, "app", port, ("--server.fileWatcherType", "none")) as served:
+        yield served
