@@ -45,6 +45,7 @@ def server(app_server):
 def browser(server):
     from playwright.sync_api import sync_playwright
 
+    shutil.rmtree(SWEEP, ignore_errors=True)  # no picture of an earlier run left beside this run's
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -390,4 +391,3 @@ def test_six_pages_on_a_tiny_causal_lm(tiny_lm):
 
 def teardown_module(module):  # keep the folder even when empty, so CI always has something to upload
     SHOTS.mkdir(parents=True, exist_ok=True)
-    _ = shutil  # noqa: F841
