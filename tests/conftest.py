@@ -18,6 +18,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pytest  # noqa: E402
 
+#: test modules that share one expensive session resource run on one pytest-xdist worker (scripts/test.sh runs
+#: `-n 2 --dist loadgroup`): the Ray tests share one local cluster, the browser tests one app server
+_GROUPS = {"ray": ("ray_cluster",), "browser": ("app_server", "server", "browser")}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        for group, fixtures in _GROUPS.items():
+            if names.intersection(fixtures) or item.get_closest_marker(group) is not None:
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two test processes on two cores: one torch thread each
+    import torch
+
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _no_job_outlives_its_test():
