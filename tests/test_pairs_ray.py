@@ -132,15 +132,17 @@ def _write(pairs, tmp_path, kind):
     return path
 
 
-@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+STREAMED = [("csv", PairsSettings(top_k=2)), ("jsonl", PairsSettings(atp_only=True))]  # both stages; one, cheaper
+
+
+@pytest.mark.parametrize(("kind", "settings"), STREAMED, ids=["csv-top2", "jsonl-atp"])
 def test_a_pairs_file_streams_through_ray_data_readers_to_the_local_numbers(cluster, tiny_dirs, tiny_gpt2, tmp_path,
-                                                                            kind):  # fmt: skip
+                                                                            kind, settings):  # fmt: skip
     from core.studies.pairs import parse_pairs
     from core.studies.pairs_ray import PairSource, run_pairs_ray
 
     path = _write(hidden_pairs(tiny_gpt2.tokenizer, 4, seed=77), tmp_path, kind)
     cols = {"clean_column": "a", "corrupt_column": "b", "answer_column": "ans"}
-    settings = PairsSettings(top_k=2)
     local = run_pairs(tiny_gpt2, parse_pairs(path.read_bytes(), path.name, **cols), settings)
     source = PairSource(str(path), **cols)
     remote = run_pairs_ray(str(tiny_dirs["gpt2"]), source, settings, dtype="float32", device="cpu", workers=2)
