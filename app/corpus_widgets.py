@@ -1,8 +1,9 @@
 """Sections of the Corpus page: the texts' source (kept in the session, the uploaded file's name and content too),
 the corpus settings, the Run button (a background job of app.jobs: core.studies.corpus.analyze_corpus through the
-result cache), and the stored result's charts, table and ZIP. Every other widget only re-draws the stored result.
-The tables behind the charts come from core.present.study_tables. With SAE folders set in the sidebar
-(app.sae_widgets.chosen_dirs) the same job also runs core.studies.sae_corpus over the texts; its view is
+result cache, or the Ray engine when the operator set $TMA_RAY_ADDRESS, see app.cluster), and the stored result's
+charts, table and ZIP. Every other widget only re-draws the stored result. The tables behind the charts come from
+core.present.study_tables. With SAE folders set in the sidebar (app.sae_widgets.chosen_dirs) the same job also
+runs core.studies.sae_corpus over the texts (on the cluster: core.studies.sae_corpus_ray); its view is
 app.sae_corpus_widgets and its two CSVs go into the ZIP.
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import downloads, job_widgets, jobs, sae_corpus_widgets, sae_widgets
+from app import cluster, downloads, job_widgets, jobs, sae_corpus_widgets, sae_widgets
 from app.state import Keys
 from core.export.corpus_bundle import DOC_KEY, METRICS_HEADER, label
 from core.infra.errors import InputError
@@ -188,6 +189,7 @@ def start_corpus() -> None:
         texts = read_texts(state)
         settings = settings_from_state(state)
         sae_corpus_widgets.check_dirs(sae_dirs)  # a bad folder is one line now, not after the corpus pass
+        engine = cluster.current()  # the operator's $TMA_RAY_ADDRESS, else this process
     except InputError as exc:
         state[Keys.CORPUS_ERROR] = str(exc)
         return
@@ -202,6 +204,12 @@ def start_corpus() -> None:
 
         if not model_id:
             raise InputError("no model chosen: type a Hugging Face id or a local folder in the sidebar")
+        if engine.is_ray:  # the same engine as `corpus --engine ray`; no result cache there
+            job.report(f"Sending {len(texts.texts)} texts to {engine.label} …", 0.0)
+            result, saes = cluster.run_corpus(
+                engine, model_id, dtype, texts, settings, job.report, sae_dirs=sae_dirs, top_n=top_n
+            )
+            return CorpusRun(result, saes)
         job.report(f"Loading {model_id} …", 0.0)
         loaded = get_model(model_id, dtype, "auto")
         # job.report is a core.run.progress.ProgressFn: the corpus run reports (label, share of the whole run)
@@ -223,7 +231,8 @@ def start_corpus() -> None:
         )
         return CorpusRun(result, sae.saes)
 
-    out = jobs.start(state, CORPUS_JOB, work, what="the corpus analysis", meta={"model_id": model_id})
+    meta = {"model_id": model_id, "engine": engine.label}
+    out = jobs.start(state, CORPUS_JOB, work, what="the corpus analysis", meta=meta)
     if isinstance(out, str):
         job_widgets.refused(out)
 
@@ -234,6 +243,7 @@ def collect(job: jobs.Job) -> None:
         run = job.result if isinstance(job.result, CorpusRun) else CorpusRun(job.result)
         state[Keys.CORPUS_RESULT] = run.result
         state[Keys.CORPUS_SAE] = run.sae
+        state[Keys.CORPUS_ENGINE] = job.meta.get("engine")
         state[Keys.CORPUS_ERROR] = None
     else:
         state[Keys.CORPUS_ERROR] = job.error
@@ -281,6 +291,8 @@ def draw_result(result: CorpusResult, sae: Sequence[SAEFeatureExamples] | None =
         f"{result.model.model_id} · {result.n_texts} texts · {int(result.n_points.max())} pooled "
         f"points per layer · {result.n_layers - 1} layers · {hit}"
     )
+    if state.get(Keys.CORPUS_ENGINE):
+        st.caption(f"Ran on {state[Keys.CORPUS_ENGINE]}.")
     for w in result.warnings:
         st.warning(w)
     if not result.has_intervals:

@@ -4,9 +4,9 @@
 mode (exact grid + AtP, AtP alone, or the top K AtP sites patched exactly), a Run button, then the stored
 core.studies.pairs.PairsResult: pairs used, near ties (listed), exact and AtP heatmaps side by side with one colour
 scale, their scatter and correlation, the table with intervals and CSV downloads. The model runs only on the Run
-button, as the session's background job (app.jobs; core.studies.pairs.patch_pairs, cached); every other widget
-redraws the stored result. User text is
-shown as plain text or in data frames, never as Markdown.
+button, as the session's background job (app.jobs; core.studies.pairs.patch_pairs, cached; or, when the operator
+set $TMA_RAY_ADDRESS, on that Ray cluster through app.cluster); every other widget redraws the stored result. User
+text is shown as plain text or in data frames, never as Markdown.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import job_widgets, jobs
+from app import cluster, job_widgets, jobs
 from app.loading import get_model, get_result_cache
 from app.sidebar import selected_model_id
 from app.state import Keys
@@ -54,6 +54,7 @@ class PairKeys:
     RUN = "pairs_run"
     COMPONENT = "pairs_component"
     RESULT = "pairs_result"
+    ENGINE = "pairs_engine"  # where the stored result was computed (app.cluster.Engine.label)
     ERROR = "pairs_error"
 
 
@@ -93,16 +94,21 @@ def _start(model_id: str, dtype: str) -> None:
         settings = PairsSettings(
             atp_only=mode == "atp", top_k=int(state.get(PairKeys.TOP_K) or 20) if mode == "top" else None
         )
+        engine = cluster.current()  # the operator's $TMA_RAY_ADDRESS, else this process
     except TMAError as exc:
         state[PairKeys.ERROR] = str(exc)
         return
 
     def work(job: jobs.Job) -> PairsResult:
+        if engine.is_ray:  # the same engine as `patch --pairs --engine ray`; no result cache there
+            job.report(f"Sending {len(pairs)} pairs to {engine.label} …", 0.0)
+            return cluster.run_pairs(engine, model_id, dtype, pairs, settings, job.report)
         job.report("Loading the model", 0.0)
         loaded = get_model(model_id, dtype, "auto")
         return patch_pairs(loaded, pairs, settings, cache=get_result_cache(), progress=job.report)
 
-    out = jobs.start(state, PAIRS_JOB, work, what="patching over pairs", meta={"model_id": model_id})
+    meta = {"model_id": model_id, "engine": engine.label}
+    out = jobs.start(state, PAIRS_JOB, work, what="patching over pairs", meta=meta)
     if isinstance(out, str):
         job_widgets.refused(out)
 
@@ -111,6 +117,7 @@ def _collect(job: jobs.Job) -> None:
     state = st.session_state
     if job.ok:
         state[PairKeys.RESULT] = job.result
+        state[PairKeys.ENGINE] = job.meta.get("engine")
         state[PairKeys.ERROR] = None
     else:
         state[PairKeys.ERROR] = job.error
@@ -280,6 +287,8 @@ def pairs_section() -> None:
     res = state.get(PairKeys.RESULT)
     if isinstance(res, PairsResult):
         st.divider()
+        if state.get(PairKeys.ENGINE):
+            st.caption(f"Ran on {state[PairKeys.ENGINE]}.")
         show_pairs_result(res)
         e = docs.doc("attribution_patching")
         with st.expander(f"Details: {e.title}", expanded=False):

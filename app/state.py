@@ -125,6 +125,7 @@ class Keys:
     # --- corpus page -------------------------------------------------------------------------------------------
     CORPUS_RESULT = "corpus_result"  # the last finished core.studies.corpus.CorpusResult
     CORPUS_ERROR = "corpus_error"  # user-facing message of the last failed corpus run, or None
+    CORPUS_ENGINE = "corpus_engine"  # where the last corpus result was computed (app.cluster.Engine.label)
     CORPUS_ZIP = "corpus_zip"  # app.downloads.OnceBytes of the shown result's ZIP (built on the first click)
     CORPUS_SOURCE = "corpus_source"  # radio: upload .txt / upload .csv / paste lines
     CORPUS_FILE = "corpus_file"  # (name, bytes) of the last uploaded file (an uploader forgets it on navigation)

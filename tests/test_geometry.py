@@ -297,3 +297,34 @@ def test_a_scheme_resamples_only_the_metrics_that_need_it():
     assert np.isfinite(res.samples["subsample"]["intrinsic_dim_95"]).all()
     assert np.isnan(res.samples["subsample"]["twonn_dimension"]).all()
     assert res.samples["subsample"]["intrinsic_dim_95"].shape == (1, 9)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A large corpus: resampling runs on the texts that own pooled points only, with the same numbers
+
+
+@pytest.mark.parametrize("scheme", ["bootstrap", "jackknife", "subsample"])
+def test_weights_of_some_columns_are_those_columns_of_the_full_weights(monkeypatch, scheme):
+    from core.studies import intervals
+
+    cols = np.array([0, 3, 4, 17, 49])
+    full = geo.scheme_weights(scheme, 50, 23, seed=5)
+    monkeypatch.setattr(intervals, "WEIGHT_CHUNK", 120)  # rows drawn two at a time: the stream must not change
+    np.testing.assert_array_equal(geo.scheme_weights(scheme, 50, 23, seed=5, columns=cols), full[:, cols])
+
+
+def test_texts_without_pooled_points_change_no_resampled_value(monkeypatch):
+    rng = np.random.default_rng(3)
+    G = 40
+    groups = np.sort(rng.choice(np.arange(0, G, 3), size=70))  # texts 1, 2, 4, 5, … own no point
+    layers = rng.standard_normal((3, groups.size, 6))
+    kw = {"schemes": ("bootstrap", "jackknife", "subsample"), "n_resamples": 25, "seed": 1, "rank": 4}
+    assert geo.present_groups(groups, G) is not None
+    fast = geo.pooled_resamples(layers, groups, G, **kw)
+    monkeypatch.setattr(geo, "present_groups", lambda g, n: None)  # every text's column, as before
+    slow = geo.pooled_resamples(layers, groups, G, **kw)
+    assert fast.n_groups == slow.n_groups == G
+    for m in geo.POOLED_METRICS:
+        np.testing.assert_allclose(fast.estimate[m], slow.estimate[m], rtol=1e-10, atol=1e-12, equal_nan=True)
+        for s in kw["schemes"]:
+            np.testing.assert_allclose(fast.samples[s][m], slow.samples[s][m], rtol=1e-9, atol=1e-12, equal_nan=True)

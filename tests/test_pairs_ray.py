@@ -112,3 +112,93 @@ def test_an_interrupted_ray_run_resumes_from_the_finished_pairs(
         for key, v in (("restored", ref[3]), ("atp", ref[7])):
             assert float(got[key] or "nan") == pytest.approx(v, abs=1e-6, nan_ok=True)
     assert not work_path(out).exists()
+
+
+def _write(pairs, tmp_path, kind):
+    """The pairs as a file with non-default column names, the first pair's answers given, the others empty."""
+    import csv
+    import json
+
+    rows = [{"id": i, "a": p.clean, "b": p.corrupt, "ans": "", "bad": ""} for i, p in enumerate(pairs)]
+    if kind == "csv":
+        path = tmp_path / "pairs.csv"
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    else:
+        path = tmp_path / "pairs.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+# JSONL through the AtP stage here; CSV through both stages (top 2) in the resume test below, whose resumed run must
+# equal the local engine (one Ray test for both saves ~30 s of CI)
+STREAMED = [("jsonl", PairsSettings(atp_only=True))]
+
+
+@pytest.mark.parametrize(("kind", "settings"), STREAMED, ids=["jsonl-atp"])
+def test_a_pairs_file_streams_through_ray_data_readers_to_the_local_numbers(cluster, tiny_dirs, tiny_gpt2, tmp_path,
+                                                                            kind, settings):  # fmt: skip
+    from core.studies.pairs import parse_pairs
+    from core.studies.pairs_ray import PairSource, run_pairs_ray
+
+    path = _write(hidden_pairs(tiny_gpt2.tokenizer, 4, seed=77), tmp_path, kind)
+    cols = {"clean_column": "a", "corrupt_column": "b", "answer_column": "ans"}
+    local = run_pairs(tiny_gpt2, parse_pairs(path.read_bytes(), path.name, **cols), settings)
+    source = PairSource(str(path), **cols)
+    remote = run_pairs_ray(str(tiny_dirs["gpt2"]), source, settings, dtype="float32", device="cpu", workers=2)
+    _same(local, remote)
+    assert [(r.clean_text, r.corrupted_text) for r in remote.pairs] == [
+        (r.clean_text, r.corrupted_text) for r in local.pairs
+    ]
+
+
+def test_a_bad_pairs_file_is_one_line_like_local(cluster, tiny_dirs, tiny_gpt2, tmp_path):
+    from core.studies.pairs_ray import PairSource, run_pairs_ray
+
+    path = _write(hidden_pairs(tiny_gpt2.tokenizer, 2, seed=77), tmp_path, "jsonl")
+    run = lambda src: run_pairs_ray(str(tiny_dirs["gpt2"]), src, PairsSettings(atp_only=True), device="cpu")  # noqa: E731
+    with pytest.raises(InputError, match=r"has no column 'clean' \(columns: id, a, b, ans, bad\); name it with"):
+        run(PairSource(str(path)))
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write('{"id": 9, "a": "   ", "b": "The dog", "ans": "", "bad": ""}\n')
+    with pytest.raises(InputError, match=r"pair 3: the clean text \('a'\) is empty or not text"):
+        run(PairSource(str(path), "a", "b"))
+
+
+def test_an_interrupted_streamed_top_k_run_resumes_to_the_local_numbers(
+    cluster, tiny_dirs, tiny_gpt2, tmp_path, monkeypatch
+):
+    """A CSV PairSource run with --top 2 (both stages), interrupted inside the top-K stage (the 3 pairs' cells and
+    the first pair's values kept), resumes: the file streams again, the workers skip what the work folder holds (no
+    pair's cells are computed again), and the result equals the local engine's."""
+    from core.run.checkpoint import ENV_INTERRUPT, WorkFolder, fingerprint
+    from core.studies.pairs import pair_name, parse_pairs, top_name
+    from core.studies.pairs_ray import PairSource, run_pairs_ray
+
+    path = _write(hidden_pairs(tiny_gpt2.tokenizer, 3, seed=78), tmp_path, "csv")
+    cols = {"clean_column": "a", "corrupt_column": "b"}
+    settings = PairsSettings(top_k=2)
+    local = run_pairs(tiny_gpt2, parse_pairs(path.read_bytes(), path.name, **cols), settings)
+    fp = fingerprint("patching_pairs", "tiny", "float32", "cpu", settings.to_dict(), sha256="x")
+
+    def run(work, progress=None):
+        return run_pairs_ray(str(tiny_dirs["gpt2"]), PairSource(str(path), **cols), settings, dtype="float32",
+                             device="cpu", workers=1, progress=progress, work=work)  # fmt: skip
+
+    monkeypatch.setenv(ENV_INTERRUPT, "4")
+    with pytest.raises(KeyboardInterrupt):
+        run(WorkFolder.open(tmp_path / "w", fp, resume=False))
+    monkeypatch.delenv(ENV_INTERRUPT)
+    work = WorkFolder.open(tmp_path / "w", fp, resume=True)
+    assert work.resumed == 4 and all(work.has(pair_name(i)) for i in range(3))
+    assert work.has(top_name(0)) and not work.has(top_name(1))
+    seen: list[str] = []
+    remote = run(work, lambda label, f: seen.append(label))
+    assert not [s for s in seen if s.startswith("Pair ")]  # every pair's cells came from the work folder
+    _same(local, remote)
+    assert [(r.clean_text, r.corrupted_text) for r in remote.pairs] == [
+        (r.clean_text, r.corrupted_text) for r in local.pairs
+    ]
+    assert all(work.has(top_name(i)) for i in range(3))

@@ -13,7 +13,9 @@ restored fraction, its Student-t interval over pairs, and attribution patching's
 (every pair's cells), patching.json (pairs, answers, near ties, exact-vs-AtP correlation), plots/*.png,
 manifest.json and report.pdf; every finished pair is kept in OUT.partial/ beside --out (core.run.checkpoint, both
 engines) until the bundle is written, and `--resume` continues an interrupted data set from those pairs (refused
-with one line when the model, a setting or the pairs differ). Bundle of one SAE feature (core/cli/sae_patch.py):
+with one line when the model, a setting or the pairs differ: the local engine fingerprints the parsed pairs, the Ray
+engine, which never parses the file, its bytes and the columns named, so a data set resumes on the engine it began
+on). Bundle of one SAE feature (core/cli/sae_patch.py):
 sae_patching.csv, sae_patching.json, manifest.json. Bad input: one line on stderr and exit 2 (the exit codes of
 core/cli/main.py).
 """
@@ -201,21 +203,27 @@ def pairs_bundle(result: PairsResult, source: str) -> dict[str, bytes]:
     return files
 
 
-def _run_on_ray(
-    args: argparse.Namespace, pairs: list[Any], settings: Any, progress: Any, work: WorkFolder
-) -> PairsResult:
-    """`--engine ray`: the pairs on Ray Data workers (core/studies/pairs_ray.py); no result cache."""
+def _run_on_ray(args: argparse.Namespace, settings: Any, progress: Any, work: WorkFolder) -> PairsResult:
+    """`--engine ray`: the pairs file read by Ray Data on the cluster and its pairs run on Ray Data workers
+    (core/studies/pairs_ray.py); the driver never parses the file. No result cache."""
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:
         fail("--engine ray needs Ray: pip install -r requirements-ray.txt")
     if args.workers < 1 or args.gpus_per_worker < 0:
         fail("--workers must be at least 1 and --gpus-per-worker at least 0")
-    from core.studies.pairs_ray import run_pairs_ray
+    from core.studies.pairs_ray import PairSource, run_pairs_ray
 
+    source = PairSource(
+        str(args.pairs.resolve()),
+        clean_column=args.clean_column,
+        corrupt_column=args.corrupt_column,
+        answer_column=args.answer_column,
+        wrong_column=args.wrong_column,
+    )
     return run_pairs_ray(
         args.model,
-        pairs,
+        source,
         settings,
         dtype=args.dtype,
         device=args.device,
@@ -231,24 +239,30 @@ def run_pairs_file(args: argparse.Namespace) -> int:
     """`patch --pairs F`: read and check the data set before loading the model, run, write the bundle."""
     from core.model.loading import load_model
     from core.run.cache import ResultCache
-    from core.run.checkpoint import fingerprint
-    from core.studies.pairs import PairsSettings, parse_pairs, patch_pairs
+    from core.run.checkpoint import fingerprint, sha256_file
+    from core.studies.pairs import PAIR_FORMATS, PairsSettings, parse_pairs, patch_pairs
 
     path: Path = args.pairs
     shown = str(path) if len(str(path)) <= 120 else str(path)[:119] + "…"
     try:
         if not path.is_file():
             fail(f"pairs file '{shown}' does not exist or is not a file")
-        data = path.read_bytes()
+        data = path.read_bytes() if args.engine == "local" else b""  # Ray Data reads it on the cluster
     except OSError as exc:
         fail(f"pairs file '{shown}' cannot be read ({exc.strerror or type(exc).__name__})")
-    pairs = parse_pairs(
-        data,
-        path.name,
-        clean_column=args.clean_column,
-        corrupt_column=args.corrupt_column,
-        answer_column=args.answer_column,
-        wrong_column=args.wrong_column,
+    if args.engine == "ray" and path.suffix.lower() not in PAIR_FORMATS:
+        fail(f"pairs file '{path.name}' must end in .csv or .jsonl")
+    pairs = (
+        parse_pairs(
+            data,
+            path.name,
+            clean_column=args.clean_column,
+            corrupt_column=args.corrupt_column,
+            answer_column=args.answer_column,
+            wrong_column=args.wrong_column,
+        )
+        if args.engine == "local"
+        else []
     )
     settings = PairsSettings(
         answer=args.answer,
@@ -259,20 +273,21 @@ def run_pairs_file(args: argparse.Namespace) -> int:
         top_k=args.top,
     )
     check_out(args.out)
-    fp = fingerprint(
-        "patching_pairs",
-        args.model,
-        args.dtype,
-        args.device,
-        settings.to_dict(),
-        pairs_sha256=hashlib.sha256(
-            json.dumps([dataclasses.astuple(p) for p in pairs], ensure_ascii=False).encode("utf-8")
-        ).hexdigest(),
-    )
+    if args.engine == "ray":  # the file's bytes (hashed in chunks: the driver never holds or parses it) and columns
+        try:
+            digest = sha256_file(path)
+        except OSError as exc:
+            fail(f"pairs file '{shown}' cannot be read ({exc.strerror or type(exc).__name__})")
+        columns = [args.clean_column, args.corrupt_column, args.answer_column, args.wrong_column]
+        given: dict[str, Any] = {"sha256": digest, "format": path.suffix.lower(), "columns": columns}
+    else:  # the pairs as parsed
+        text = json.dumps([dataclasses.astuple(p) for p in pairs], ensure_ascii=False)
+        given = {"pairs_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+    fp = fingerprint("patching_pairs", args.model, args.dtype, args.device, settings.to_dict(), **given)
     work = open_work(args, fp, ("pair", "pairs"))
     with ProgressBar(not (args.quiet or args.no_progress)) as progress:
         if args.engine == "ray":
-            result = _run_on_ray(args, pairs, settings, progress, work)
+            result = _run_on_ray(args, settings, progress, work)
         else:
             loaded = load_model(args.model, dtype=args.dtype, device=args.device)
             cache = None if args.no_cache else ResultCache(args.cache_dir)

@@ -60,11 +60,18 @@ TOKENIZE_BATCH = 256
 @dataclass(frozen=True)
 class CorpusSource:
     """Where the texts are: `kind` "lines" | "csv" | "jsonl" | "parquet", the file path(s) and, except for lines,
-    the column holding the texts."""
+    the column holding the texts; or "items": `texts` already read (the app's upload, sent with the job; `n_blank`
+    blank ones were skipped when reading)."""
 
     kind: str
     path: str
     column: str | None = None
+    texts: tuple[str, ...] = ()
+    n_blank: int = 0
+
+    @classmethod
+    def from_texts(cls, texts: tuple[str, ...] | list[str], n_blank: int = 0) -> CorpusSource:
+        return cls("items", "", None, tuple(texts), n_blank)
 
     def dataset(self) -> Any:
         """A Ray Dataset with one column "text" (raw: blank texts kept, stripped later), in file order."""
@@ -78,6 +85,8 @@ class CorpusSource:
             ds = ray.data.read_json(self.path, lines=True)
         elif self.kind == "parquet":
             ds = ray.data.read_parquet(self.path)
+        elif self.kind == "items":
+            return ray.data.from_items([{"text": t} for t in self.texts])
         else:
             raise InputError(f"unknown corpus source kind {self.kind!r}")
         if self.kind != "lines":
@@ -269,7 +278,7 @@ def run_corpus_ray(
         n_ids: list[int] = []
         eligible: list[int] = []
         shas: list[str] = []
-        n_blank = n_trunc = 0
+        n_blank, n_trunc = source.n_blank, 0
         info: ModelInfo | None = None
         for b in counted.iter_batches(batch_format="numpy", batch_size=TOKENIZE_BATCH):
             for blob in b["info"] if info is None else ():

@@ -93,9 +93,27 @@ def _contain(estimate: float, lo: float, hi: float) -> tuple[float, float]:
 # Resampling weights
 
 
-def bootstrap_weights(n: int, n_resamples: int, seed: int) -> np.ndarray:
-    """[R, n] integer counts (float64): each row draws n units with replacement (seeded)."""
+#: Random numbers drawn at once when weights are asked for some columns only (rows are drawn in chunks of this size).
+WEIGHT_CHUNK = 1 << 21
+
+
+def _row_chunks(n: int, n_resamples: int) -> list[int]:
+    per = max(1, WEIGHT_CHUNK // max(n, 1))
+    return [min(per, n_resamples - r) for r in range(0, n_resamples, per)]
+
+
+def bootstrap_weights(n: int, n_resamples: int, seed: int, columns: np.ndarray | None = None) -> np.ndarray:
+    """[R, n] integer counts (float64): each row draws n units with replacement (seeded). With `columns` (unit
+    indices): only those columns, [R, len(columns)], the same numbers, drawn in chunks of rows so that memory stays
+    O(len(columns)) per row instead of O(n) (a corpus of 10⁵ texts whose sample touches a few thousand)."""
     rng = np.random.default_rng(seed)
+    if columns is not None:
+        cols = np.asarray(columns, dtype=np.int64)
+        out = []
+        for c in _row_chunks(n, n_resamples):  # the same stream as one (R, n) draw
+            draws = rng.integers(0, n, size=(c, n))
+            out += [np.bincount(row, minlength=n)[cols].astype(np.float64) for row in draws]
+        return np.array(out).reshape(n_resamples, cols.size)
     draws = rng.integers(0, n, size=(n_resamples, n))
     W = np.zeros((n_resamples, n))
     np.add.at(W, (np.repeat(np.arange(n_resamples), n), draws.ravel()), 1.0)
@@ -114,10 +132,13 @@ def jackknife_groups(n: int, max_groups: int, seed: int) -> np.ndarray:
     return out
 
 
-def jackknife_weights(n: int, max_groups: int, seed: int) -> np.ndarray:
-    """[K, n] 0/1 weights: row k deletes group k of `jackknife_groups` (K = n: the delete-one jackknife)."""
+def jackknife_weights(n: int, max_groups: int, seed: int, columns: np.ndarray | None = None) -> np.ndarray:
+    """[K, n] 0/1 weights: row k deletes group k of `jackknife_groups` (K = n: the delete-one jackknife); with
+    `columns`, only those columns."""
     g = jackknife_groups(n, max_groups, seed)
     K = int(g.max()) + 1
+    if columns is not None:
+        g = g[np.asarray(columns, dtype=np.int64)]
     return (g[None, :] != np.arange(K)[:, None]).astype(np.float64)
 
 
@@ -126,10 +147,23 @@ def subsample_size(n: int) -> int:
     return max(1, n // 2)
 
 
-def subsample_weights(n: int, n_resamples: int, seed: int, m: int | None = None) -> np.ndarray:
-    """[R, n] 0/1 weights: each row holds m units drawn without replacement (default `subsample_size(n)`)."""
+def subsample_weights(
+    n: int, n_resamples: int, seed: int, m: int | None = None, columns: np.ndarray | None = None
+) -> np.ndarray:
+    """[R, n] 0/1 weights: each row holds m units drawn without replacement (default `subsample_size(n)`); with
+    `columns`, only those columns (the same numbers, drawn in chunks of rows)."""
     m = subsample_size(n) if m is None else int(m)
     rng = np.random.default_rng(seed)
+    if columns is not None:
+        cols = np.asarray(columns, dtype=np.int64)
+        out = []
+        for c in _row_chunks(n, n_resamples):  # the same stream as one (R, n) draw
+            keys = rng.random((c, n))
+            for row in keys:
+                w = np.zeros(n)
+                w[np.argpartition(row, m - 1)[:m] if m < n else np.arange(n)] = 1.0
+                out.append(w[cols])
+        return np.array(out).reshape(n_resamples, cols.size)
     keys = rng.random((n_resamples, n))
     chosen = np.argpartition(keys, m - 1, axis=1)[:, :m] if m < n else np.tile(np.arange(n), (n_resamples, 1))
     W = np.zeros((n_resamples, n))
