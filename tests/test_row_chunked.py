@@ -113,3 +113,17 @@ def test_row_chunked_analysis_has_the_held_features_and_csvs(monkeypatch):
     assert any("attention" in name for name in csvs)
     for name in csvs:
         assert member_bytes(fa[name]) == member_bytes(fb[name]), name
+
+
+def test_attention_function_is_restored_after_an_error():
+    """The shared model's attention implementation comes back even when the pass inside raises."""
+    from core.model.hooks import attention_function
+
+    loaded = tiny_family_loaded("llama")
+    with pytest.raises(RuntimeError, match="inside"):
+        with attention_function(loaded.model, ROW_CHUNKED):
+            assert loaded.model.config._attn_implementation == ROW_CHUNKED
+            raise RuntimeError("inside")
+    assert loaded.model.config._attn_implementation == "eager"
+    with attention_function(loaded.model, None):
+        assert loaded.model.config._attn_implementation == "eager"
