@@ -6,8 +6,10 @@ attention module of the architecture map, whose output holds the layer's weights
 `attention_sink` folds them in (core.steps.attention.AttentionFolder, core.steps.attribution.
 RolloutFolder), and the capture keeps all L maps only when they fit in `hold_bytes`. Past that bound no more than
 one layer's maps is alive at a time, and `layer_attentions` recomputes one layer's maps, bit for bit the same, by a
-pass that stops after that layer. An architecture the map does not know is captured with `output_attentions` as
-before (every map held, then handed over layer by layer).
+pass that stops after that layer. Past that bound a model whose eager attention is the plain form (Llama, Qwen2,
+Mistral, Phi-3) runs `row_chunked_attention` for the pass: the same numbers, one block of query rows at a time, so
+that eager attention's scores and softmax over the whole layer never exist. An architecture the map does not
+know is captured with `output_attentions` as before (every map held, then handed over layer by layer).
 """
 
 from __future__ import annotations
