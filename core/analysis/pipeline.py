@@ -433,8 +433,10 @@ def add_views(
     st = result.settings
     with loaded.lock:
         report("Forward pass for the deeper views", 0.0)
-        # the views never read the captured maps (the flow and DLA steps run their own decomposition pass)
-        cap = capture(loaded, result.analysed_text, st, logit_positions(loaded, st), hold_bytes=0)
+        # the views never read the captured maps (the flow and DLA steps run their own decomposition pass); a long
+        # text runs the row-chunked attention as the analysis's capture did (the same numbers, one block at a time)
+        positions = logit_positions(loaded, st)
+        cap = capture(loaded, result.analysed_text, st, positions, hold_bytes=0, chunk_bytes=HOLD_ATTENTIONS_BYTES)
         timings["views_forward"] = time.perf_counter() - t0
         ctx, _ = _context(loaded, st, cap)
         if ctx.token_ids != result.token_ids:

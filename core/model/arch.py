@@ -145,6 +145,10 @@ class ModelParts:
     value_reader: Callable[[torch.Tensor, HeadLayout], torch.Tensor] | None = None
     causal: bool = False  # a query never attends to a later position
     window: int = 0  # sliding window: keys at distance ≥ window are masked (0: none)
+    # the model's eager attention is the plain softmax(q kᵀ · scaling + mask) v with repeated key-value heads (the
+    # mask carries causality and any window), so core.model.capture's row-chunked function computes the same
+    # numbers; False (GPT-2, GPT-NeoX, OPT, the encoders, Gemma-2's soft-capped scores): the model's own eager path
+    row_chunked: bool = False
     rotary: Rotary | None = None  # rotary models: q and k are rotated by the position before the product
     qk_refusal: str | None = None  # why the query–key side is not reproduced for this model (None: it is)
 
@@ -501,6 +505,7 @@ def _llama_like(model: nn.Module) -> dict[str, object]:
         "window": int(window) if isinstance(window, int) else 0,
         "rotary": rotary,
         "qk_refusal": refusal,
+        "row_chunked": mt in ("llama", "qwen2", "mistral", "phi3"),
     }
 
 

@@ -6,8 +6,10 @@ attention module of the architecture map, whose output holds the layer's weights
 `attention_sink` folds them in (core.steps.attention.AttentionFolder, core.steps.attribution.
 RolloutFolder), and the capture keeps all L maps only when they fit in `hold_bytes`. Past that bound no more than
 one layer's maps is alive at a time, and `layer_attentions` recomputes one layer's maps, bit for bit the same, by a
-pass that stops after that layer. An architecture the map does not know is captured with `output_attentions` as
-before (every map held, then handed over layer by layer).
+pass that stops after that layer. Past that bound a model whose eager attention is the plain form (Llama, Qwen2,
+Mistral, Phi-3) runs `row_chunked_attention` for the pass: the same numbers, one block of query rows at a time, so
+that eager attention's scores and softmax over the whole layer never exist. An architecture the map does not
+know is captured with `output_attentions` as before (every map held, then handed over layer by layer).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 
 from core.infra.errors import InputError
 from core.model.arch import final_norm, model_parts, try_model_parts
-from core.model.hooks import Registration, hooked
+from core.model.hooks import Registration, attention_function, hooked
 from core.model.loading import LoadedModel
 from core.model.sites import recorders
 from core.model.tokens import tokenize
@@ -143,6 +145,85 @@ def _stack_float32(tensors: list[Any], dtype: Any = np.float32) -> np.ndarray:
 AttentionSink = Callable[[int, np.ndarray], None]
 
 
+#: The name under which `row_chunked_attention` is registered with transformers' AttentionInterface.
+ROW_CHUNKED = "tma_row_chunked_eager"
+#: Bytes of one block of float32 scores [B, H, rows, S] in `row_chunked_attention` (TinyLlama at 2048 tokens:
+#: 128 query rows, against 512 MiB for the whole layer).
+CHUNK_BYTES = 32 * 2**20
+
+
+def row_blocks(n_rows: int, rows: int) -> list[tuple[int, int]]:
+    """[(start, stop)] covering 0..n_rows in blocks of `rows` rounded down to a multiple of 8 (at least 8), the
+    remainder joined to the last block (so no block is shorter than the others): a matrix product of fewer rows
+    than the CPU kernel's tile takes another path (a 1-row product is a matrix-vector product) and rounds the last
+    bit differently, while blocks of whole tiles give the whole product's numbers bit for bit (checked with
+    torch's CPU matmul in float32 and bfloat16, 25 to 1000 rows)."""
+    rows = max(8, rows // 8 * 8)
+    starts = list(range(0, n_rows, rows))
+    if len(starts) > 1 and n_rows - starts[-1] < rows:
+        starts.pop()
+    return [(a, starts[i + 1] if i + 1 < len(starts) else n_rows) for i, a in enumerate(starts)]
+
+
+def row_chunked_attention(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    scaling: float,
+    dropout: float = 0.0,
+    **_kwargs: Any,
+) -> tuple[Any, Any]:
+    """Eager attention, softmax(q kᵀ · scaling + mask) v over key-value heads repeated H/KV times (transformers'
+    eager_attention_forward of Llama, Qwen2, Mistral and Phi-3, step for step), one block of query rows at a time:
+    the scores, their float32 softmax and its model-dtype copy exist for `CHUNK_BYTES` of rows, never for the whole
+    layer; the weights [B, H, T, S] (model dtype) are filled block by block and returned as eager attention returns
+    them. Each row's scaling, mask and softmax are the same function of the same row, and the matrix products of
+    whole-tile blocks (`row_blocks`) give the whole product's numbers: the same maps and outputs as the eager path,
+    bit for bit on a CPU (another BLAS, or a GPU, may round a block's last bit differently: 1e-6). Inference only
+    (no dropout)."""
+    import torch
+
+    if module.training and dropout > 0:
+        raise RuntimeError("the row-chunked attention is for inference: the model must be in eval mode")
+    groups = int(getattr(module, "num_key_value_groups", 1))
+    if groups > 1:  # repeat_kv: [B, KV, S, d] -> [B, KV·groups, S, d], kv head h // groups for query head h
+        b, kv, s, d = key.shape
+        key = key[:, :, None].expand(b, kv, groups, s, d).reshape(b, kv * groups, s, d)
+        value = value[:, :, None].expand(b, kv, groups, s, d).reshape(b, kv * groups, s, d)
+    B, H, T, _ = query.shape
+    S = key.shape[2]
+    weights = query.new_empty((B, H, T, S))
+    out = query.new_empty((B, H, T, value.shape[-1]))
+    key_t = key.transpose(2, 3)
+    for r0, r1 in row_blocks(T, CHUNK_BYTES // max(1, B * H * S * 4)):
+        scores = torch.matmul(query[:, :, r0:r1], key_t) * scaling
+        if attention_mask is not None:
+            scores = scores + (attention_mask if attention_mask.shape[2] == 1 else attention_mask[:, :, r0:r1])
+        block = torch.nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+        del scores
+        weights[:, :, r0:r1] = block
+        out[:, :, r0:r1] = torch.matmul(block, value)
+        del block
+    return out.transpose(1, 2).contiguous(), weights
+
+
+def _row_chunked_name(parts: Any) -> str | None:
+    """ROW_CHUNKED, registered with transformers (the attention function and eager attention's mask) on first use,
+    when the architecture map says the model's eager attention is the plain form (`ModelParts.row_chunked`); None
+    (the model's own eager path) otherwise."""
+    if parts is None or not parts.row_chunked:
+        return None
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    if ROW_CHUNKED not in AttentionInterface._global_mapping:
+        AttentionInterface.register(ROW_CHUNKED, row_chunked_attention)
+        AttentionMaskInterface.register(ROW_CHUNKED, eager_mask)
+    return ROW_CHUNKED
+
+
 class _StopPass(Exception):
     """Raised by `layer_attentions`'s hook once it has the layer it wants: the rest of the pass is not needed."""
 
@@ -196,7 +277,7 @@ def layer_attentions(loaded: LoadedModel, input_ids: Any, attention_mask: Any, l
 
     try:
         with hooked([(parts.blocks[layer].attention, "post", _map_taker(layer, None, dtype, keep))]):
-            with torch.inference_mode():
+            with attention_function(model, _row_chunked_name(parts)), torch.inference_mode():
                 model(input_ids=ids, attention_mask=mask, return_dict=True)
     except _StopPass:
         pass
@@ -247,6 +328,7 @@ def capture(
     sites: Iterable[str] = (),
     attention_sink: Callable[[list[int], list[bool]], AttentionSink] | None = None,
     hold_bytes: int | None = None,
+    chunk_bytes: int | None = None,
 ) -> Capture:
     """Tokenise `text` and run one forward pass with hidden states and attentions (no gradients).
 
@@ -258,6 +340,9 @@ def capture(
     `attention_dtype`, the same values `Capture.attentions[layer]` would hold), while the pass runs.
     hold_bytes: keep all maps in `Capture.attentions` only when L·H·T² values take at most this many bytes
     (None: always); otherwise it is an empty [L, H, 0, 0] array and at most one layer's maps is alive at a time.
+    chunk_bytes: past this many bytes of maps (None: `hold_bytes`) and when they are not held, a model whose eager
+    attention is the plain form (`ModelParts.row_chunked`) runs `row_chunked_attention`, so that one layer's
+    scores and softmax are never whole; below it (short texts) the model's own eager attention, as always.
     """
     import torch
 
@@ -305,7 +390,11 @@ def capture(
             (block.attention, "post", _map_taker(layer, att if hold else None, att_dtype, on_attention))
             for layer, block in enumerate(parts.blocks)
         ]
-    with hooked(hooks), torch.inference_mode():
+    map_bytes = L * H * T * T * np.dtype(att_dtype).itemsize
+    limit = hold_bytes if chunk_bytes is None else chunk_bytes
+    long_text = not hold and limit is not None and map_bytes > limit
+    chunked = _row_chunked_name(parts) if long_text else None  # short texts: the model's own eager path
+    with hooked(hooks), attention_function(model, chunked), torch.inference_mode():
         out = model(
             input_ids=ids,
             attention_mask=mask,

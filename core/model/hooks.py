@@ -6,6 +6,7 @@ a hook behind on a model that other sessions share. Kinds:
     "pre"         fn(module, args) before forward; may return new args
     "pre_kwargs"  fn(module, args, kwargs) before forward; may return new (args, kwargs)
     "post"        fn(module, args, output) after forward; may return a new output
+`attention_function(model, name)` swaps the model's attention function the same way (restored in its `finally`).
 The helpers below read and replace a block's first input and main output, whatever the architecture passes
 positionally or by keyword. Which module to hook (blocks, attention output, MLP output, norms, the head) comes from
 the one architecture map, core.model.arch.
@@ -40,6 +41,24 @@ def hooked(registrations: Iterable[Registration]) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
+
+
+@contextmanager
+def attention_function(model: Any, name: str | None) -> Iterator[None]:
+    """Run `model` with the attention function registered under `name` in transformers' AttentionInterface (the
+    model's `config._attn_implementation`, which every attention module and the mask builder read at each forward)
+    for the duration of the block; the previous implementation is always restored in a `finally`. None: unchanged.
+    Call under the model's lock: the setting is the shared model's."""
+    if name is None:
+        yield
+        return
+    config = model.config
+    before = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
 
 
 def first_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
