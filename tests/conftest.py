@@ -18,11 +18,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pytest  # noqa: E402
 
-#: test modules that share one expensive session resource run on one pytest-xdist worker (scripts/test.sh runs
-#: `-n 2 --dist loadgroup`): the Ray tests share one local cluster, the browser tests one app server
-_GROUPS = {"ray": ("ray_cluster",), "browser": ("app_server", "server", "browser")}
+#: the browser tests share one app server (conftest's app_server) and a registry of the models it has loaded
+#: (browser_support.LOADED): under pytest-xdist (scripts/test.sh runs `-n 2 --dist loadgroup`) they run on one worker.
+#: The Ray tests need no group: each worker starts its own local cluster once (ray_cluster).
+_GROUPS = {"browser": ("app_server", "server", "browser")}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the xdist_group marks into node ids
 def pytest_collection_modifyitems(config, items):
     for item in items:
         names = set(getattr(item, "fixturenames", ()))

@@ -15,6 +15,7 @@ import pytest
 from core.analysis.pipeline import analyze
 from core.analysis.result import results_equal
 from core.export.bundle import bundle_files
+from core.infra.formats import member_bytes
 from core.infra.options import ExportOptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +70,7 @@ def _assert_same(ref, got, text: str) -> None:
         if name == "manifest.json":
             assert _manifest_without_times(f1[name]) == _manifest_without_times(f2[name])
         elif name not in TIMED:
-            assert f1[name] == f2[name], f"{name} differs for {text!r}"
+            assert member_bytes(f1[name]) == member_bytes(f2[name]), f"{name} differs for {text!r}"
 
 
 @pytest.mark.slow

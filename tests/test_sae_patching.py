@@ -119,7 +119,10 @@ def test_error_plus_all_features_equals_whole_site(kind, tiny_gpt2, tiny_bert, t
     assert res.m_clean == pytest.approx(ref.m_clean, abs=1e-5)
     assert res.m_corrupted == pytest.approx(ref.m_corrupted, abs=1e-5)
     assert res.site_patch_all == pytest.approx(float(ref.metric_all["residual"][1]), abs=1e-5)
-    assert res.restored(res.site_patch_all) == pytest.approx(float(ref.restored_all("residual")[1]), abs=1e-4)
+    # restored divides by the margin m_clean − m_corrupted: a random tiny BERT's margin can be ~1e-2, so the 1e-5 of
+    # float32 rounding between the two code paths (other batch shapes, other BLAS kernels) grows by 1/margin
+    tol = max(1e-4, 4e-5 / abs(res.m_clean - res.m_corrupted))
+    assert res.restored(res.site_patch_all) == pytest.approx(float(ref.restored_all("residual")[1]), abs=tol)
     # error + every feature, each term computed separately, added together
     s = site(model_parts(loaded.model), sae.hook_name)
     c_ids, k_ids = _ids(loaded, texts[0]), _ids(loaded, texts[1])

@@ -243,7 +243,8 @@ class ProgressBar:
                 dynamic_ncols=True,
                 bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}]",
             )
-        self.bar.set_description_str(label, refresh=False)
+        # drawn at once: tqdm skips updates closer than 0.1 s apart, and the last stage ("Pair 3 of 3") must show
+        self.bar.set_description_str(label, refresh=True)
         self.bar.update(max(0.0, round(100 * fraction, 1) - self.bar.n))
 
     def close(self) -> None:
