@@ -14,12 +14,13 @@ import streamlit as st
 
 from app import downloads, job_widgets, jobs
 from app.loading import get_model, get_result_cache, with_views
+from app.markdown import md_escape
 from app.sidebar import selected_model_id, start_analysis
 from app.state import Keys
 from app.widgets import chart
 from core.analysis.result import AnalysisResult
 from core.infra.errors import ModelUnavailableError, TMAError
-from core.present import docs
+from core.present import chart_spec, docs
 from core.present.study_tables import (
     COMPONENT_NAMES,
     component_frame,
@@ -27,6 +28,7 @@ from core.present.study_tables import (
     patching_frame,
     position_label,
 )
+from core.present.tables import readable_token
 from core.steps.ablation import HeadAblationSection
 from core.studies.patching import COMPONENTS, TINY_DIFFERENCE, PatchingResult, PatchingSettings
 
@@ -132,12 +134,30 @@ def ablation_heatmap(df: Any, n_layers: int) -> alt.Chart:
     )
 
 
+#: The head-ablation scatter's least height in pixels: in a half-width column at 1 280 px a height that followed the
+#: layer count alone (160 px for a 6-layer model) squeezed the points onto a line.
+SCATTER_MIN_HEIGHT = 300
+
+
 def ablation_scatter(df: Any, n_layers: int) -> alt.Chart:
+    """Each head's gradient score (x) against its exact zero-ablation drop (y), with a title of its own and a
+    fixed least height; the x labels are fewer and the last one kept inside the chart (it was cut at 1 920 px)."""
     return (
         alt.Chart(df)
         .mark_circle(size=50)
-        .encode(x=alt.X("gradient score:Q"), y=alt.Y("zero-ablation drop:Q"), tooltip=list(df.columns))
-        .properties(height=max(160, 22 * n_layers), title="Gradient score vs exact zero ablation")
+        .encode(
+            x=alt.X(
+                "gradient score:Q",
+                axis=alt.Axis(tickCount=5, labelOverlap=True, labelBound=True, labelFlush=True),
+                scale=alt.Scale(nice=True),
+            ),
+            y=alt.Y("zero-ablation drop:Q", scale=alt.Scale(nice=True)),
+            tooltip=list(df.columns),
+        )
+        .properties(
+            height=max(SCATTER_MIN_HEIGHT, 22 * n_layers),
+            title=alt.TitleParams("Gradient score vs exact zero ablation", anchor="start"),
+        )
     )
 
 
@@ -145,17 +165,23 @@ def ablation_scatter(df: Any, n_layers: int) -> alt.Chart:
 # Activation patching
 
 
-def show_result(res: PatchingResult) -> None:
-    a, b, c = st.columns(3)
-    a.metric("Answer A (clean)", repr(res.answer_token))
-    b.metric("Wrong answer B (corrupted)", repr(res.wrong_token))
-    c.metric("m clean − m corrupted", f"{res.denominator:.3f}")
-    st.caption(
-        f"m = logit(A) − logit(B) at position {res.target_position} ({res.target_reason}); answers from "
-        f"{res.answers_from}. m_clean = {res.m_clean:.3f}, m_corrupted = {res.m_corrupted:.3f}. Sanity: "
+def result_caption(res: PatchingResult) -> str:
+    """The line under the answers: the metric, where it is read (chart_spec.target_phrase: no nested brackets), the
+    two margins and the sanity checks."""
+    return (
+        f"m = logit(A) − logit(B) at {chart_spec.target_phrase(res.target_position, res.target_reason)}. Answers "
+        f"from {res.answers_from}. m_clean = {res.m_clean:.3f}, m_corrupted = {res.m_corrupted:.3f}. Sanity: "
         f"block 1 at every position restores {res.sanity_block0:.4f} (should be 1), no patch "
         f"{res.sanity_identity:.4f} (should be 0)" + (" · from cache" if res.cache_hit else "")
     )
+
+
+def show_result(res: PatchingResult) -> None:
+    a, b, c = st.columns(3)
+    a.metric("Answer A (clean)", readable_token(res.answer_token))
+    b.metric("Wrong answer B (corrupted)", readable_token(res.wrong_token))
+    c.metric("m clean − m corrupted", f"{res.denominator:.3f}")
+    st.caption(md_escape(result_caption(res)))
     if abs(res.denominator) < TINY_DIFFERENCE:
         st.warning(
             f"|m_clean − m_corrupted| = {abs(res.denominator):.3g} is tiny: 'restored' divides by it, so "
@@ -336,7 +362,10 @@ def head_ablation_section(result: AnalysisResult | None) -> None:
     scores = result.attribution.head_scores if result is not None and result.attribution is not None else None
     df = head_ablation_frame(section, scores)
     L = section.mean_ablation.shape[0]
-    st.text(f"Prediction {section.token!r} at position {section.target_position}, log p = {section.logprob:.3f}")
+    st.text(
+        f"Prediction {readable_token(section.token)} at position {section.target_position}, "
+        f"log p = {section.logprob:.3f}"
+    )
     st.caption(docs.caption("head_ablation"))
     left, right = st.columns(2)
     with left:

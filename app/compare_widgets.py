@@ -499,6 +499,17 @@ def neither_has_predictions(message_a: str, message_b: str) -> str:
     return f"Neither run has predictions. A: {message_a} B: {message_b}"
 
 
+def prediction_columns() -> dict[str, Any]:
+    """Column widths of the Predictions table: it sits in a half-width column (≈ 560 px at 1 280 px), where the
+    progress bars of p(A) and p(B) cut the last column; plain numbers of 3 decimals in small columns fit."""
+    return {
+        "rank": st.column_config.NumberColumn("rank", width="small"),
+        "A": st.column_config.TextColumn("A", width="small"),
+        "B": st.column_config.TextColumn("B", width="small"),
+        **{c: st.column_config.NumberColumn(c, format="%.3f", width="small") for c in ("p(A)", "p(B)")},
+    }
+
+
 def predictions_section(cmp: ComparisonResult) -> None:
     pa, pb = cmp.predictions_a, cmp.predictions_b
     if not pa.tokens and not pb.tokens:
@@ -507,14 +518,7 @@ def predictions_section(cmp: ComparisonResult) -> None:
     df = pd.DataFrame(prediction_rows(cmp), columns=["rank", "A", "p(A)", "B", "p(B)"])
     df["A"] = df["A"].map(lambda t: None if t is None else tables.readable_token(t))
     df["B"] = df["B"].map(lambda t: None if t is None else tables.readable_token(t))
-    st.dataframe(
-        df,
-        hide_index=True,
-        width="stretch",
-        column_config={
-            c: st.column_config.ProgressColumn(c, format="%.4f", min_value=0.0, max_value=1.0) for c in ("p(A)", "p(B)")
-        },
-    )
+    st.dataframe(df, hide_index=True, width="stretch", column_config=prediction_columns())
     for s, p in (("A", pa), ("B", pb)):
         if p.message:
             st.caption(f"Run {s}: {p.message}")

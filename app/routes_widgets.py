@@ -28,6 +28,7 @@ from core.figures.routes import (
     unavailable_line,
 )
 from core.infra.formats import csv_bytes
+from core.present import tables
 from core.steps.dla import DLASection
 from core.steps.flow import (
     DEFAULT_THRESHOLD,
@@ -156,8 +157,8 @@ def promoted_section(dla: DLASection, n_tokens: int) -> None:
                 f"Block updates are stored for positions {positions[0]}–{positions[-1]} (each costs products "
                 "with the whole vocabulary); for another position, analyse again with it as the target."
             )
-    up = pd.DataFrame({"promoted token": [dla.text_of(i) for i in ids_up], "Δ logit": val_up})
-    dn = pd.DataFrame({"suppressed token": [dla.text_of(i) for i in ids_dn], "Δ logit": val_dn})
+    up = pd.DataFrame({"promoted token": [tables.readable_token(dla.text_of(i)) for i in ids_up], "Δ logit": val_up})
+    dn = pd.DataFrame({"suppressed token": [tables.readable_token(dla.text_of(i)) for i in ids_dn], "Δ logit": val_dn})
     a, b = st.columns(2)
     a.dataframe(up, hide_index=True)
     b.dataframe(dn, hide_index=True)

@@ -75,6 +75,14 @@ def test_run_then_widgets_never_run_the_model(tiny_dirs):
     assert res is not None and res.n_tokens == 7 and not at.session_state[Keys.PATCH_ERROR]
     assert len(at.get("vega_lite_chart")) >= 2  # heatmap + component bars
     assert any("Details: Activation patching" in e.label for e in at.expander)
+    # the answers read as in every other table (␣dog, not 'Ġdog'); the caption has no nested brackets
+    from core.present.tables import readable_token
+
+    shown = [m.value for m in at.metric][:2]
+    assert shown == [readable_token(res.answer_token), readable_token(res.wrong_token)]
+    assert not any("Ġ" in v or "'" in v for v in shown)
+    line = next(c.value for c in at.caption if "m_clean =" in c.value.replace("\\", ""))
+    assert "position 6: last token" in line.replace("\\", "") and "))" not in line.replace("\\", "")
     with ForwardCounter() as fc:
         at.radio(key=Keys.PATCH_COMPONENT).set_value("mlp").run()
         at.radio(key=Keys.PATCH_COMPONENT).set_value("attention").run()
@@ -126,6 +134,18 @@ def test_head_ablation_tab(tiny_dirs, ablated):
     assert fc.calls == 0
     assert any("Spearman" in c.value for c in at.caption)
     assert len(at.get("vega_lite_chart")) >= 2
+    import json
+
+    from app.causal_widgets import SCATTER_MIN_HEIGHT
+
+    scatter = next(
+        json.loads(c.proto.spec)
+        for c in at.get("vega_lite_chart")
+        if "zero-ablation drop" in c.proto.spec and '"circle"' in c.proto.spec
+    )
+    assert scatter["height"] >= SCATTER_MIN_HEIGHT  # never squeezed onto a line in a half-width column
+    assert scatter["title"]["text"] == "Gradient score vs exact zero ablation"
+    assert scatter["encoding"]["x"]["axis"]["labelFlush"] is True  # the last x label stays inside the chart
 
 
 def test_head_ablation_tab_without_section(tiny_dirs, tiny_gpt2):

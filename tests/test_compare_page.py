@@ -70,6 +70,27 @@ def test_two_texts_on_one_model(runs):
     assert len(at.get("html")) == 3  # the runs' legend, the token shading of A and B
 
 
+def test_predictions_table_fits_a_half_width_column(runs):
+    """At 1 280 px the table sits in ≈ 560 px: five small columns, probabilities as plain numbers (no progress bars,
+    which cut p(B)); tokens read as in every other table (no blank cell, partial bytes by value)."""
+    import json
+
+    from core.present.compare import prediction_rows
+    from core.present.tables import readable_token
+    from core.studies.compare import compare
+
+    at = compare_app(runs["gpt2"], runs["gpt2_b"])
+    table = next(d for d in at.dataframe if "p(B)" in d.value.columns)
+    assert list(table.value.columns) == ["rank", "A", "p(A)", "B", "p(B)"]
+    cols = json.loads(table.proto.columns)
+    for c in ("rank", "A", "p(A)", "B", "p(B)"):
+        assert cols[c]["width"] == "small" and cols[c]["type_config"]["type"] != "progress"
+    rows = prediction_rows(compare(runs["gpt2"], runs["gpt2_b"]))
+    shown = list(table.value["A"])
+    assert all(v and v.strip() for v in shown)  # never a blank cell
+    assert shown == [readable_token(r["A"]) for r in rows]
+
+
 def test_six_against_twelve_layers_relative_depth_and_cka(runs):
     at = compare_app(runs["g6"], runs["g12"])
     no_exception(at)

@@ -133,8 +133,15 @@ def test_chart_builders_make_valid_specs():
 
 
 def test_readable_token():
-    assert tables.readable_token("Ġthe") == " the" and tables.readable_token("▁Paris") == " Paris"
-    assert tables.readable_token("Ċ") == "\\n" and tables.readable_token(None) == ""
+    assert tables.readable_token("Ġthe") == "␣the" and tables.readable_token("▁Paris") == "␣Paris"
+    assert tables.readable_token(" the") == "␣the"  # decoded text reads like the raw token
+    assert tables.readable_token("Ċ") == "↵" and tables.readable_token("\t") == "⇥"
+    # whitespace-only and empty tokens are never a blank cell
+    assert tables.readable_token(" ") == "␣" and tables.readable_token("  ") == "␣␣"
+    assert tables.readable_token("") == "∅" and tables.readable_token(None) == "∅"
+    assert tables.readable_token("a\u202eb") == "a⟨U+202E⟩b"  # a bidi override cannot reorder the cell
+    # two different partial UTF-8 characters (core.model.tokens.token_text) stay different
+    assert tables.readable_token("<0xE2>") != tables.readable_token("<0xC3>")
 
 
 def test_logit_lens_grid_window():

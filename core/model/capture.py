@@ -26,7 +26,7 @@ from core.model.arch import final_norm, model_parts, try_model_parts
 from core.model.hooks import Registration, attention_function, hooked
 from core.model.loading import LoadedModel
 from core.model.sites import recorders
-from core.model.tokens import tokenize
+from core.model.tokens import token_text, tokenize
 from core.run.settings import AnalysisSettings
 
 
@@ -433,7 +433,7 @@ def capture(
         input_ids=ids,
         attention_mask=mask,
         tokens=tok.convert_ids_to_tokens(id_list),
-        display_tokens=[tok.decode([i]) for i in id_list],
+        display_tokens=[token_text(tok, i) for i in id_list],
         special_mask=special,
         hidden_states=hidden,
         attentions=att,

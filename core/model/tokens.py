@@ -137,3 +137,48 @@ def encode_texts(loaded: LoadedModel, texts: Sequence[str], max_tokens: int) -> 
         Encoded(list(ids), special_mask(tok, ids, sp, specials), i in cut)
         for i, (ids, sp) in enumerate(zip(enc["input_ids"], enc["special_tokens_mask"]))
     ]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One token as text
+
+
+def _byte_level_table() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet inverted: the printable character that stands for each byte → the byte."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    chars = list(printable)
+    n = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+_BYTE_OF = _byte_level_table()
+
+
+def bytes_text(data: bytes) -> str:
+    """UTF-8 bytes as text, each byte that is not part of a whole character written as <0xNN> (b"\\xe2\\x80" →
+    "<0xE2><0x80>", b" \\xc3" → " <0xC3>"), so two different partial characters never read the same."""
+    text = data.decode("utf-8", errors="surrogateescape")
+    return "".join(f"<0x{ord(c) - 0xDC00:02X}>" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text)
+
+
+def token_text(tokenizer: Any, token_id: int) -> str:
+    """The text of one token id as the tokenizer decodes it (" the", not "Ġthe"); a token that holds only part of a
+    UTF-8 character (byte-level BPE, SentencePiece byte fallback) decodes to "\\ufffd" for every such token, so its
+    bytes are shown instead (" <0xE2>"): two different tokens never read the same."""
+    i = int(token_id)
+    text = str(tokenizer.decode([i]))
+    if "\ufffd" not in text:
+        return text
+    raw = tokenizer.convert_ids_to_tokens(i)
+    if not isinstance(raw, str) or not raw:
+        return f"{text}<id {i}>"
+    if all(c in _BYTE_OF for c in raw):  # byte-level BPE (GPT-2, Llama 3, Qwen …)
+        return bytes_text(bytes(_BYTE_OF[c] for c in raw))
+    if "\ufffd" in raw:  # the vocabulary itself holds a replacement character: say which token it is
+        return f"{raw}<id {i}>"
+    return raw  # SentencePiece byte fallback: the token is already "<0xE2>"

@@ -27,16 +27,24 @@ def token_labels(tokens: list[str]) -> list[str]:
     return [f"{i}: {t}" for i, t in enumerate(tokens)]
 
 
-_BYTE_LEVEL_MARKS = {"Ġ": " ", "▁": " ", "Ċ": "\\n", "ĉ": "\\t"}
+#: The byte-level BPE / SentencePiece marks of a raw vocabulary token (Ġ space, Ċ newline, ĉ tab, č carriage return,
+#: ▁ SentencePiece space) — the same as core.figures.plotting's.
+_BYTE_LEVEL_MARKS = {"\u0120": " ", "\u010a": "\n", "\u0109": "\t", "\u010d": "\r", "\u2581": " "}
+#: Whitespace drawn as the symbols the figures use (core.figures.plotting.token_label): ↵ newline, ⇤ carriage
+#: return, ⇥ tab; leading spaces (a word start) are ␣ and an empty token is ∅.
+_WHITESPACE_MARKS = {"\n": "\u21b5", "\r": "\u21e4", "\t": "\u21e5"}
 
 
 def readable_token(token: str | None) -> str:
-    """A raw vocabulary token made readable: byte-level BPE / SentencePiece space marks (Ġ, ▁) become spaces,
-    newline and tab marks (Ċ, ĉ) become \\n and \\t."""
-    out = str(token or "")
-    for mark, repl in _BYTE_LEVEL_MARKS.items():
-        out = out.replace(mark, repl)
-    return out
+    """A token as a table shows it, like the figures' labels: byte-level marks read as what they stand for (Ġthe →
+    " the"), then leading spaces shown as ␣, newline / carriage return / tab as ↵ ⇤ ⇥, an empty or whitespace-only
+    token never blank (" " → ␣, "" → ∅), other control and bidi characters made visible. A partial UTF-8 character
+    arrives as its bytes ("<0xE2>", core.model.tokens.token_text), so different tokens never read the same."""
+    out = "".join(_BYTE_LEVEL_MARKS.get(c, c) for c in str(token or ""))
+    stripped = out.lstrip(" ")
+    out = "\u2423" * (len(out) - len(stripped)) + stripped
+    out = "".join(_WHITESPACE_MARKS.get(c, c) for c in out)
+    return visible_controls(out) if out else "\u2205"
 
 
 def metrics_long(result: AnalysisResult) -> pd.DataFrame:
@@ -200,7 +208,7 @@ def logit_lens_grid_frame(lens: LensSection, tokens: list[str]) -> pd.DataFrame:
             "layer": l,
             "position": labels[t],
             "pi": t,
-            "top_token": str(lens.grid_tokens[l][t]),
+            "top_token": readable_token(lens.grid_tokens[l][t]),
             "probability": float(P[l, t]),
         }
         for l in range(L1)
@@ -216,7 +224,7 @@ def logit_lens_table(lens: LensSection, k: int = 5) -> pd.DataFrame:
     probs = np.asarray(lens.top_probs, dtype=np.float64)
     rows = []
     for i, layer in enumerate(np.asarray(lens.layers).tolist()):
-        top = ", ".join(f"{t!s} ({p:.2f})" for t, p in zip(lens.top_tokens[i][:k], probs[i][:k]))
+        top = ", ".join(f"{readable_token(t)} ({p:.2f})" for t, p in zip(lens.top_tokens[i][:k], probs[i][:k]))
         rows.append(
             {
                 "layer": int(layer),
@@ -236,6 +244,11 @@ def predictions_table(predictions: PredictionSection, tokens: list[str] | None =
     for pos, cands in zip(predictions.positions, predictions.candidates):
         for rank, c in enumerate(cands, start=1):
             rows.append(
-                {"position": int(pos), "rank": rank, "token": str(c["token"]), "probability": float(c["probability"])}
+                {
+                    "position": int(pos),
+                    "rank": rank,
+                    "token": readable_token(c["token"]),
+                    "probability": float(c["probability"]),
+                }
             )
     return pd.DataFrame(rows, columns=["position", "rank", "token", "probability"])

@@ -49,6 +49,7 @@ from core.model.arch import (
     weight,
 )
 from core.model.hooks import Registration, hooked
+from core.model.tokens import token_text
 from core.steps.context import StepContext
 
 if TYPE_CHECKING:
@@ -597,7 +598,7 @@ def compute_dla(
 
 def _text(tokenizer: object, i: int) -> str:
     try:
-        return str(tokenizer.decode([int(i)]))  # type: ignore[attr-defined]
+        return token_text(tokenizer, i)
     except (TypeError, ValueError, IndexError, KeyError, OverflowError):
         return f"<id {int(i)}>"
 

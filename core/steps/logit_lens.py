@@ -26,6 +26,7 @@ from core.infra.devices import output_device
 from core.infra.serialize import serializable
 from core.model.arch import ArchitectureNotSupported, model_parts, try_model_parts
 from core.model.loading import LoadedModel
+from core.model.tokens import token_text
 from core.steps.context import StepContext
 
 if TYPE_CHECKING:
@@ -255,7 +256,7 @@ def compute_logit_lens(
 
     def text(i: int) -> str:
         if i not in names:
-            names[i] = tok.decode([i])
+            names[i] = token_text(tok, i)
         return names[i]
 
     gi = np.full((n_layers1, T), -1, dtype=np.int64)

@@ -72,8 +72,11 @@ class PredictionSection:
 
 
 def token_text(tokenizer: Any, token_id: int) -> str:
-    """Readable text of one token id (the tokenizer's own decoding, e.g. ' the' rather than 'Ġthe')."""
-    return tokenizer.decode([int(token_id)])
+    """Readable text of one token id (the tokenizer's own decoding, e.g. ' the' rather than 'Ġthe'; a partial UTF-8
+    character as its bytes, core.model.tokens.token_text)."""
+    from core.model.tokens import token_text as text_of
+
+    return text_of(tokenizer, token_id)
 
 
 def top_candidates(logits_row: Any, k: int, tokenizer: Any) -> list[dict[str, Any]]:

@@ -34,6 +34,7 @@ from core.model.arch import apply_frozen, frozen_norm, model_parts, try_model_pa
 from core.model.hooks import hooked
 from core.model.sae import SAE, load_sae
 from core.model.sites import replacer, site
+from core.model.tokens import token_text
 from core.steps.context import StepContext
 
 if TYPE_CHECKING:
@@ -362,7 +363,7 @@ def sae_features(loaded: LoadedModel, sae: SAE, x: torch.Tensor, final_in: torch
 
 def _decode(tokenizer: Any, i: int) -> str:
     try:
-        return str(tokenizer.decode([int(i)]))
+        return token_text(tokenizer, i)
     except (TypeError, ValueError, IndexError, KeyError, OverflowError):
         return f"<id {int(i)}>"
 
