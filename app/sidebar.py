@@ -426,8 +426,13 @@ def follow_analysis() -> None:
     A rerun (the user leaves the page) interrupts this wait, not the job: the next run of any page calls this
     again and the result is stored there. The result keeps its own text, so the page can say which text it is of.
     """
+    state = st.session_state
     job = pending_job()
     if job is None:
+        took = state.pop(Keys.TIMING_AFTER_RERUN, None)  # the line of the run that redrew the sidebar at once
+        if took:
+            with st.sidebar:
+                st.caption(took)
         return
     with st.sidebar:
         title = f"Analysing “{_short(str(job.meta.get('text', '')))}” …"
@@ -435,8 +440,12 @@ def follow_analysis() -> None:
         if job.ok:
             took = timing_phrase(job.result.duration_s, job.result.cache_hit, job.meta.get("load_s"))
             st.caption(took[:1].upper() + took[1:])
-    if job.ok and known_family(st.session_state, str(job.meta.get("model_id", ""))) != job.meta.get("family_before"):
-        st.rerun()  # the sidebar depends on the family (mask-word picker): draw it again with the result
+    if job.ok and known_family(state, str(job.meta.get("model_id", ""))) != job.meta.get("family_before"):
+        # the sidebar depends on the family (mask-word picker): draw it again with the result. A model whose family
+        # was not known before (a local folder, a hub id typed in) always gets here; its timing line is carried over
+        # to the redrawn sidebar, or it would flash and vanish.
+        state[Keys.TIMING_AFTER_RERUN] = took[:1].upper() + took[1:]
+        st.rerun()
 
 
 def _short(text: str, limit: int = 40) -> str:

@@ -42,6 +42,7 @@ class Keys:
     ERROR = "error"  # {"kind": "unavailable"|"input"|"internal", "message": str, "model": str} or None
     SESSION_LOG = "session_log"  # list of dicts, one per analysis of this session (for the export's HTML log)
     PENDING_ANALYSIS = "pending_analysis"  # set by callbacks (e.g. "switch to bundled") to run once
+    TIMING_AFTER_RERUN = "timing_after_rerun"  # an analysis's timing line, shown once after the sidebar's redraw
     EXPORT_HIDDEN = "export_hidden"  # toggle: hidden_states.npz in the export
     URL_READ = "url_read"  # the URL's query parameters were read into the widgets once
     VIEWS_FAILED = "views_failed"  # {cache key: message} of results whose deeper views could not be computed
@@ -159,6 +160,7 @@ _DEFAULTS: dict[str, Any] = {
     Keys.RESULT_LOAD: None,
     Keys.ERROR: None,
     Keys.PENDING_ANALYSIS: None,
+    Keys.TIMING_AFTER_RERUN: None,
     Keys.URL_READ: False,
     Keys.VIEWS_FAILED: {},
     Keys.EXPORT_HIDDEN: False,
