@@ -10,7 +10,7 @@ from app.state import Keys
 
 
 def _timing_lines(at) -> list[str]:
-    return [c.value for c in at.sidebar.caption if "computed in" in c.value or "from cache" in c.value]
+    return [c.value for c in at.sidebar.caption if "computed in" in c.value.lower() or "from cache" in c.value.lower()]
 
 
 def test_a_folder_model_keeps_its_timing_line_after_the_redraw(tiny_dirs):
