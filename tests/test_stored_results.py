@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -60,6 +61,9 @@ def _class_names(data: bytes) -> set[str]:
 LOOSE = {".attention.projection": 1e-2}
 
 
+PARTIAL_BYTES = re.compile(r"(?:<0x[0-9A-F]{2}>)+")
+
+
 def _close(a, b, path="") -> list[str]:
     """Where two results differ beyond float round-off (arrays and floats rtol 1e-5), skipping run metadata."""
     skip = {"timings", "created_at", "duration_s", "cache_hit", "versions", "core_version", "cache_key", "model"}
@@ -91,6 +95,14 @@ def _close(a, b, path="") -> list[str]:
         return [d for i, (x, y) in enumerate(zip(a, b)) for d in _close(x, y, f"{path}[{i}]")]
     if isinstance(a, float) and isinstance(b, float):
         return [] if (a != a and b != b) or np.isclose(a, b, rtol=1e-5, atol=1e-6) else [f"{path}: {a} != {b}"]
+    if isinstance(a, str) and isinstance(b, str) and "\ufffd" in a:
+        # core 0.2.2 writes a token that is part of a UTF-8 character as its bytes ("<0xE6>"): the stored result
+        # from before has the replacement character "\ufffd" there. Every other character must still be equal.
+        return (
+            []
+            if PARTIAL_BYTES.sub("\ufffd", b) == a or PARTIAL_BYTES.sub("", b) == a.replace("\ufffd", "")
+            else [f"{path}: {a!r} != {b!r}"]
+        )
     return [] if a == b else [f"{path}: {a!r} != {b!r}"]
 
 
