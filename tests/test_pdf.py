@@ -142,7 +142,10 @@ def test_patching_report(tiny_gpt2, documents):
     reader = _reader(data)
     entries = outline_titles(data)
     assert [t for t, _, _ in entries] == ["Report", "Figures", "Formulas and interpretation"]
-    assert "Activation patching - report" in reader.pages[0].extract_text()
+    first = reader.pages[0].extract_text()
+    assert "Activation patching - report" in first
+    # the target once, without nested brackets ("position 5 (last token (next-token prediction))" before)
+    assert f"position {r.target_position}: " in first and "))" not in first
     assert "Formulas and interpretation" in reader.pages[entries[-1][2]].extract_text()
     assert len(documents) == 1
 

@@ -11,6 +11,7 @@ import numpy as np
 from core.export.pdf import Document, fmt
 from core.export.report import _figures
 from core.present import docs
+from core.present.chart_spec import target_phrase
 from core.studies.pairs import PairsResult
 
 
@@ -33,7 +34,7 @@ def pairs_report(result: PairsResult, files: dict[str, bytes] | None = None) -> 
             ("Revision", m.revision),
             ("Dtype / device", f"{m.dtype} / {m.device}"),
             ("Pairs", f"{len(result.pairs)} ({used} in the means, {len(result.near_ties)} near ties)"),
-            ("Tokens", f"{result.n_tokens}; target position {result.target_position} ({result.target_reason})"),
+            ("Tokens", f"{result.n_tokens}; target {target_phrase(result.target_position, result.target_reason)}"),
             ("Mode", mode),
             ("Exact vs AtP", f"Pearson r = {fmt(result.correlation())} over the per-position sites"),
             ("Interval", f"Student-t {result.settings.level:.0%} over pairs"),

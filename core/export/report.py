@@ -20,6 +20,7 @@ from core.figures import sae as sae_figures
 from core.infra.formats import Member
 from core.infra.options import ExportOptions
 from core.present import chart_spec, docs
+from core.present.tables import readable_token
 from core.steps.metrics import METRIC_NAMES
 from core.studies.patching import COMPONENTS, PatchingResult
 
@@ -403,7 +404,7 @@ def patching_report(result: PatchingResult, files: dict[str, bytes] | None = Non
             ("Model", m.model_id),
             ("Revision", m.revision),
             ("Dtype / device", f"{m.dtype} / {m.device}"),
-            ("Target", f"position {result.target_position} ({result.target_reason})"),
+            ("Target", chart_spec.target_phrase(result.target_position, result.target_reason)),
             ("Answers", f"A = {result.answer_token!r}, B = {result.wrong_token!r} ({result.answers_from})"),
             ("m clean / corrupted", f"{fmt(result.m_clean)} / {fmt(result.m_corrupted)}"),
             (
@@ -428,7 +429,7 @@ def patching_report(result: PatchingResult, files: dict[str, bytes] | None = Non
         order = np.argsort(-np.abs(np.nan_to_num(r)), axis=None, kind="stable")[:5]
         for i in order:
             l, p = divmod(int(i), result.n_tokens)
-            rows.append([c, chart_spec.block_number(l), p, repr(result.clean_tokens[p]), float(r[l, p])])
+            rows.append([c, chart_spec.block_number(l), p, readable_token(result.clean_tokens[p]), float(r[l, p])])
     w.table(["component", "block", "position", "clean token", "restored"], rows, widths=(35, 20, 25, 60, 50))
     _figures(w, files or {}, outline=True)
     w.page()

@@ -21,6 +21,7 @@ from core.figures import plotting
 from core.figures.sae import patching_figure
 from core.infra.formats import csv_bytes, json_bytes
 from core.present import docs
+from core.present.chart_spec import target_phrase
 from core.studies.sae_patching import CSV_HEADER, SAEPatchingResult
 
 #: docs entries in the PDF's definitions
@@ -40,7 +41,7 @@ def report_pdf(result: SAEPatchingResult, figure_png: bytes) -> bytes:
             ("Feature", result.feature),
             ("Clean text", result.clean_text),
             ("Corrupted text", result.corrupted_text),
-            ("Target", f"position {result.target_position} ({result.target_reason})"),
+            ("Target", target_phrase(result.target_position, result.target_reason)),
             ("Metric", f"logit({result.answer_token!r}) - logit({result.wrong_token!r}) at the target"),
             ("m clean / corrupted", f"{result.m_clean:.4g} / {result.m_corrupted:.4g}"),
             ("Core version", result.core_version),
