@@ -18,22 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pytest  # noqa: E402
 
-#: the browser tests share one app server (conftest's app_server) and a registry of the models it has loaded
-#: (browser_support.LOADED): under pytest-xdist (scripts/test.sh runs `-n 2 --dist loadgroup`) they run on one worker.
-#: The Ray tests need no group: each worker starts its own local cluster once (ray_cluster).
-_GROUPS = {"browser": ("app_server", "server", "browser")}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the xdist_group marks into node ids
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        names = set(getattr(item, "fixturenames", ()))
-        for group, fixtures in _GROUPS.items():
-            if names.intersection(fixtures) or item.get_closest_marker(group) is not None:
-                item.add_marker(pytest.mark.xdist_group(group))
-                break
-
-
+# scripts/test.sh runs pytest-xdist with `--dist loadfile`: a test module's tests run in order on one worker, so
+# module fixtures (a browser, the tiny LM folder) are built once, and each worker has its own session fixtures (the
+# browser modules' app server and its loaded-model registry, the Ray cluster). `--dist loadgroup` did not group
+# here (pytest 9.2 with xdist 3.8: marked tests landed on both workers).
 if os.environ.get("PYTEST_XDIST_WORKER"):  # two test processes on two cores: one torch thread each
     import torch
 
