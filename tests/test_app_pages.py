@@ -4,6 +4,7 @@ the URL, the mask-word picker and the continuation."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import zipfile
 from pathlib import Path
@@ -126,7 +127,11 @@ def test_layer_analysis_page(results, family):
     # the page computed the deeper views it shows (the result held none) and kept them in the session
     assert r.views == [] and at.session_state["result"].views == ["dla", "flow", "neuron_factors", "query_key"]
     full = at.session_state["result"]
-    assert results_equal(full.replace(dla=None, flow=None, neuron_factors=None, query_key=None, views=[]), r)
+    base = full.replace(dla=None, flow=None, neuron_factors=None, query_key=None, views=[])
+    differ = [f.name for f in dataclasses.fields(r) if not results_equal(getattr(base, f.name), getattr(r, f.name))]
+    # run metadata may differ: the views can come from the shared result cache, where another test stored the same
+    # analysis (same cache key) from a run of its own
+    assert not [d for d in differ if d not in ("timings", "duration_s", "cache_hit", "created_at")], differ
     n_neuron_images = (full.neuron_factors is not None) + (full.query_key is not None)  # top neurons, query–key
     assert len(at.get("image")) == 2 + n_neuron_images, "the two layer GIFs (animations are on by default)"
     labels = [t.label for t in at.tabs]
