@@ -238,8 +238,28 @@ def test_single_threaded_restores_limits_under_concurrent_use():
     import core.infra.threads as A
 
     before = [i["num_threads"] for i in threadpool_info()]
-    with A.single_threaded():
-        assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
+
+    # a long-lived thread (the app's job runner) limits first and stays alive: threadpoolctl 3.8 would then ignore
+    # every other thread's OpenBLAS limits unless control is handed back (a full CI run failed here)
+    entered, finish = threading.Event(), threading.Event()
+
+    def runner():
+        with A.single_threaded():
+            pass
+        entered.set()
+        finish.wait(30)
+
+    keeper = threading.Thread(target=runner)
+    keeper.start()
+    try:
+        assert entered.wait(30)
+        for _ in range(2):
+            with A.single_threaded():
+                assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
+            assert [i["num_threads"] for i in threadpool_info()] == before
+    finally:
+        finish.set()
+        keeper.join()
 
     def work():
         for _ in range(10):

@@ -10,7 +10,42 @@ from typing import Any
 
 _ST_LOCK = threading.Lock()
 _ST_STATE: dict[str, Any] = {"depth": 0, "limiter": None}
-_CONTROLLERS: dict[int, Any] = {}
+_CONTROLLERS: dict[tuple[int, int], Any] = {}
+
+
+def _loaded_library_count() -> int:
+    """How many shared libraries the process has loaded (Linux: dl_iterate_phdr, ~0.05 ms for 250 libraries;
+    elsewhere -1). A thread-pool library can arrive without a new Python module (a C extension that dlopens it on
+    first use), so the module count alone cannot tell when the libraries must be looked up again."""
+    if not sys.platform.startswith("linux"):
+        return -1
+    import ctypes
+
+    count = [0]
+
+    def visit(info: Any, size: int, data: Any) -> int:
+        count[0] += 1
+        return 0
+
+    callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    try:
+        ctypes.CDLL(None).dl_iterate_phdr(callback_type(visit), None)
+    except (OSError, AttributeError):
+        return -1
+    return count[0]
+
+
+def _release_openblas_control() -> None:
+    """threadpoolctl 3.8 lets only one live thread set OpenBLAS (pthreads) limits: the first thread to set them owns
+    them until it ends, and the others' settings are dropped without a word. A job-runner thread lives as long as the
+    app, so after it once entered `single_threaded` the limits of every other thread (Streamlit's script threads)
+    were ignored and their small numpy work ran on all threads again. Our own lock already serialises the changes,
+    so each change first hands control back."""
+    from threadpoolctl import OpenBLASController
+
+    clear = getattr(OpenBLASController, "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
 
 
 @contextlib.contextmanager
@@ -24,14 +59,15 @@ def single_threaded() -> Iterator[None]:
     """
     with _ST_LOCK:
         if _ST_STATE["depth"] == 0:
-            # finding the loaded libraries costs ~5 ms: redo it only when modules (and so libraries) were loaded
-            key = len(sys.modules)
+            # finding the thread pools costs 5-10 ms: redo it only when modules or libraries were loaded
+            key = (len(sys.modules), _loaded_library_count())
             controller = _CONTROLLERS.get(key)
             if controller is None:
                 from threadpoolctl import ThreadpoolController
 
                 _CONTROLLERS.clear()
                 controller = _CONTROLLERS[key] = ThreadpoolController()
+            _release_openblas_control()
             _ST_STATE["limiter"] = controller.limit(limits=1)
         _ST_STATE["depth"] += 1
     try:
@@ -40,8 +76,10 @@ def single_threaded() -> Iterator[None]:
         with _ST_LOCK:
             _ST_STATE["depth"] -= 1
             if _ST_STATE["depth"] == 0:
+                _release_openblas_control()
                 _ST_STATE["limiter"].restore_original_limits()
                 _ST_STATE["limiter"] = None
+                _release_openblas_control()
 
 
 _GC_LOCK = threading.Lock()
