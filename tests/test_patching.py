@@ -140,10 +140,15 @@ def test_unpatched_metrics_match_plain_forward_passes(runs, kind):
 @pytest.mark.parametrize("kind", ["gpt2", "bert", "llama"])
 def test_sanity_block0_restores_one_and_identity_zero(runs, kind):
     _, res = runs[kind]
-    assert res.sanity_block0 == pytest.approx(1.0, abs=1e-4)
-    assert res.sanity_identity == pytest.approx(0.0, abs=1e-4)
+    # restored = (m - m_corrupted) / (m_clean - m_corrupted): a float32 rounding of ~2e-5 in a logit difference
+    # (batched rows, one or two torch threads) is divided by the margin, so the tolerance scales with 1 / margin
+    # (the tiny random BERT's margin is small: 1.00011 was seen with one torch thread)
+    tol = max(1e-4, 2e-5 / abs(res.m_clean - res.m_corrupted))
+    assert tol < 1e-2  # the margin is wide enough for the check to mean something
+    assert res.sanity_block0 == pytest.approx(1.0, abs=tol)
+    assert res.sanity_identity == pytest.approx(0.0, abs=tol)
     # every block's full residual is the clean stream from there on: restores 1 at every layer
-    np.testing.assert_allclose(res.restored_all("residual"), 1.0, atol=1e-4)
+    np.testing.assert_allclose(res.restored_all("residual"), 1.0, atol=tol)
     assert not any("sanity" in w for w in res.warnings)
 
 
