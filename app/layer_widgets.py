@@ -286,7 +286,8 @@ def attribution_section(result: AnalysisResult) -> None:
         st.info("Token attribution was not computed for this result.")
         return
     tokens = result.display_tokens
-    pred = f" → predicted “{tables.readable_token(attr.predicted_token)}”" if attr.predicted_token else ""
+    label = tables.predicted_token_label(result)
+    pred = f" → predicted “{label}”" if label else ""
     pos = attr.target_position
     target = tokens[pos] if 0 <= pos < len(tokens) else tables.readable_token(attr.target_token)
     st.text(f"Target: {chart_spec.target_phrase(pos, result.target_reason, target)}{pred}")

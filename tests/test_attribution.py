@@ -235,3 +235,27 @@ def test_integrated_gradients_are_opt_in(tiny_gpt2):
     assert a.grad_x_input is not None and a.head_scores is not None
     assert a.integrated_gradients is None and a.ig_steps == 0 and a.ig_completeness_gap is None
     assert set(a.methods()) == {"rollout", "grad_x_input"}
+
+
+def test_predicted_token_label_reads_the_decoded_prediction(tiny_gpt2):
+    """A byte-level token holding part of a UTF-8 character is stored raw ("âĢ"); the label takes the predictions
+    section's decoding of the same id at the same position, and falls back to the raw token read like a table's."""
+    import dataclasses
+
+    from core.analysis.pipeline import analyze
+    from core.present.tables import predicted_token_label, readable_token
+
+    res = analyze(tiny_gpt2, TEXT, compute_gradients=False)
+    a, p = res.attribution, res.predictions
+    assert a.target_position in p.positions and p.candidates[0][0]["token_id"] == a.predicted_id
+    assert predicted_token_label(res) == readable_token(p.candidates[0][0]["token"])
+    cands = [dict(c) for c in p.candidates[0]]
+    cands[0]["token"] = "<0xE2><0x80>"
+    odd = res.replace(
+        attribution=dataclasses.replace(a, predicted_token="\u00e2\u0122"),
+        predictions=dataclasses.replace(p, candidates=[cands]),
+    )
+    assert predicted_token_label(odd) == "<0xE2><0x80>"
+    elsewhere = odd.replace(attribution=dataclasses.replace(odd.attribution, target_position=0))
+    assert predicted_token_label(elsewhere) == readable_token("\u00e2\u0122")
+    assert predicted_token_label(res.replace(attribution=None)) is None

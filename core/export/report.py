@@ -20,7 +20,7 @@ from core.figures import sae as sae_figures
 from core.infra.formats import Member
 from core.infra.options import ExportOptions
 from core.present import chart_spec, docs
-from core.present.tables import readable_token
+from core.present.tables import predicted_token_label, readable_token
 from core.steps.metrics import METRIC_NAMES
 from core.studies.patching import COMPONENTS, PatchingResult
 
@@ -239,7 +239,8 @@ def _attribution_tokens(w: Document, result: AnalysisResult) -> None:
     if a is None:
         return
     w.h2("Token attribution")
-    predicted = f"; predicted {a.predicted_token!r}" if a.predicted_token else ""
+    label = predicted_token_label(result)
+    predicted = f"; predicted “{label}”" if label else ""
     w.para(
         f"Target: {chart_spec.target_phrase(a.target_position, result.target_reason, a.target_token)}"
         f"{predicted}. {docs.caption('attention_rollout')}",
