@@ -187,17 +187,17 @@ def test_exactness_tolerance_is_max_abs_logit():
 def test_float32_fill_equals_plain_stack():
     import torch
 
-    from core.model.capture import _stack_float32
+    from core.model.capture import stack_float32
 
     torch.manual_seed(0)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         ts = [torch.rand(1, 3, 5, 5).to(dtype) for _ in range(4)]
         ref = torch.stack([t[0] for t in ts]).float().numpy()
-        got = _stack_float32(list(ts))
+        got = stack_float32(list(ts))
         assert got.dtype == np.float32 and got.flags.c_contiguous
         np.testing.assert_array_equal(got, ref)
     ts = [torch.rand(1, 2, 2) for _ in range(3)]
-    _stack_float32(ts)
+    stack_float32(ts)
     assert ts == [None, None, None]  # each model-dtype tensor is let go once copied
 
 

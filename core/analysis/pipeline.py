@@ -32,7 +32,17 @@ from core.infra.devices import cpu_dtype_warning
 from core.infra.errors import InputError
 from core.infra.threads import single_threaded
 from core.infra.version import CORE_VERSION
-from core.model.capture import apply_mask_word, capture, layer_attentions
+from core.model.arch import try_model_parts
+from core.model.capture import (
+    PositionLogits,
+    apply_mask_word,
+    assemble,
+    attention_dtype,
+    capture,
+    kept_positions,
+    layer_attentions,
+    prepare,
+)
 from core.model.info import ModelInfo
 from core.model.loading import LoadedModel, load_model
 from core.model.provenance import package_versions
@@ -45,11 +55,11 @@ from core.steps.ablation import run_head_ablation
 from core.steps.attention import AttentionFolder, causal_flag, run_attention
 from core.steps.attribution import RolloutFolder, run_attribution
 from core.steps.context import StepContext
-from core.steps.dla import run_dla
+from core.steps.dla import Decomposition, decomposition_pass, run_dla
 from core.steps.flow import run_flow
 from core.steps.logit_lens import lens_columns, run_logit_lens
 from core.steps.metrics import METRIC_NAMES, layer_metrics
-from core.steps.neurons import run_neuron_factors
+from core.steps.neurons import layer_range, run_neuron_factors
 from core.steps.predictions import run_predictions
 from core.steps.qk import run_query_key
 from core.steps.sae import run_sae, site_names
@@ -238,6 +248,14 @@ def analyze(
         attention = timed("Attention analysis", 0.7, lambda: run_attention(ctx))
         attribution = timed("Attribution", 0.85, lambda: run_attribution(ctx))
         sae = timed("SAE features", 0.86, lambda: run_sae(ctx), "sae") if st.sae_dirs else None
+        if _needs_pass(loaded, wanted):
+            kept = cap.logits.positions if isinstance(cap.logits, PositionLogits) else None
+            timed(
+                "Forward pass for the deeper views",
+                0.86,
+                lambda: _attach_pass(ctx, _views_pass(loaded, st, cap.input_ids, cap.attention_mask, kept, wanted)),
+                "views_forward",
+            )
         sections = _run_views(ctx, wanted, timings, report, 0.86, 0.98)
 
     result = AnalysisResult(
@@ -367,6 +385,45 @@ def _context(loaded: LoadedModel, st: AnalysisSettings, cap: Any) -> tuple[StepC
     return ctx, reason
 
 
+#: The views that read the views' one pass (core.steps.dla.decomposition_pass): when one of them runs, that pass
+#: also records the neuron activations and stands in for add_views's capture pass.
+PASS_VIEWS = ("dla", "flow")
+
+
+def _needs_pass(loaded: LoadedModel, names: list[str]) -> bool:
+    """Whether the views `names` run the views' one pass (DLA or flow asked for, the architecture map knows the
+    model; otherwise each view runs as it would alone, and an unknown architecture gets their warnings)."""
+    return any(v in names for v in PASS_VIEWS) and try_model_parts(loaded.model)[0] is not None
+
+
+def _views_pass(
+    loaded: LoadedModel,
+    st: AnalysisSettings,
+    input_ids: Any,
+    attention_mask: Any,
+    kept: list[int] | None,
+    names: list[str],
+) -> Decomposition:
+    """The views' one forward pass: the decomposition DLA and flow read, the hidden states and the logits at `kept`
+    the views' context needs, and the neuron activations of the settings' layer range when the neuron factors are
+    among `names` (same numbers as the separate passes it replaces; tests/test_views_pass.py)."""
+    layers: list[int] = []
+    if "neuron_factors" in names and st.neuron_factors:
+        try:
+            layers = layer_range(loaded.n_layers, st.neuron_first_layer, st.neuron_last_layer)
+        except ValueError:
+            layers = []  # the step says why when it runs
+    return decomposition_pass(loaded, input_ids, attention_mask, logit_positions=kept, mlp_layers=layers)
+
+
+def _attach_pass(ctx: StepContext, dec: Decomposition) -> None:
+    """Hand the views' one pass to the steps (see StepContext.views_pass / mlp_activations)."""
+    ctx.views_pass = dec
+    if dec.mlp_acts is not None:
+        ctx.mlp_activations = (dec.mlp_layers, dec.mlp_acts)
+        dec.mlp_acts = None
+
+
 def _run_views(
     ctx: StepContext,
     names: list[str],
@@ -392,8 +449,13 @@ def _run_views(
             ctx.warn(f"{label} could not be computed for this run: {first}")
             out[name] = None
         timings[name] = time.perf_counter() - t
+        if not any(v in names[i + 1 :] for v in PASS_VIEWS):
+            ctx.views_pass = None  # read by no later view: its maps and parts are freed before the neuron factors
+        if name == "neuron_factors":
+            ctx.mlp_activations = None
         if landed is not None:
             landed(dict(out))
+    ctx.views_pass, ctx.mlp_activations = None, None
     return out
 
 
@@ -433,12 +495,26 @@ def add_views(
     st = result.settings
     with loaded.lock:
         report("Forward pass for the deeper views", 0.0)
-        # the views never read the captured maps (the flow and DLA steps run their own decomposition pass); a long
-        # text runs the row-chunked attention as the analysis's capture did (the same numbers, one block at a time)
         positions = logit_positions(loaded, st)
-        cap = capture(loaded, result.analysed_text, st, positions, hold_bytes=0, chunk_bytes=HOLD_ATTENTIONS_BYTES)
+        dec: Decomposition | None = None
+        if _needs_pass(loaded, missing):
+            # one pass for every view: the decomposition DLA and flow read also gives the hidden states and the
+            # logits the context needs (no capture pass) and the neuron activations (no hooked pass of their own)
+            prep = prepare(loaded, result.analysed_text, st)
+            kept = kept_positions(positions, prep)
+            dec = _views_pass(loaded, st, prep.input_ids, prep.attention_mask, kept, missing)
+            assert dec.hidden_states is not None
+            P = dec.parts
+            no_maps = np.empty((P.n_layers, P.heads.n_heads, 0, 0), dtype=attention_dtype(loaded.dtype))
+            cap = assemble(loaded, prep, dec.hidden_states, no_maps, dec.logits, dec.final_norm)
+        else:
+            # the views never read the captured maps; a long text runs the row-chunked attention as the analysis's
+            # capture did (the same numbers, one block at a time)
+            cap = capture(loaded, result.analysed_text, st, positions, hold_bytes=0, chunk_bytes=HOLD_ATTENTIONS_BYTES)
         timings["views_forward"] = time.perf_counter() - t0
         ctx, _ = _context(loaded, st, cap)
+        if dec is not None:
+            _attach_pass(ctx, dec)
         if ctx.token_ids != result.token_ids:
             raise RuntimeError("the text tokenised differently from the finished analysis: run it again")
         ctx.warnings = []

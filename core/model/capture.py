@@ -26,7 +26,7 @@ from core.model.arch import final_norm, model_parts, try_model_parts
 from core.model.hooks import Registration, attention_function, hooked
 from core.model.loading import LoadedModel
 from core.model.sites import recorders
-from core.model.tokens import token_text, tokenize
+from core.model.tokens import Tokens, token_text, tokenize
 from core.run.settings import AnalysisSettings
 
 
@@ -124,7 +124,7 @@ def apply_mask_word(text: str, word: str, mask_token: str | None) -> str:
     return new
 
 
-def _stack_float32(tensors: list[Any], dtype: Any = np.float32) -> np.ndarray:
+def stack_float32(tensors: list[Any], dtype: Any = np.float32) -> np.ndarray:
     """numpy [N, ...] (float32 unless `dtype` says otherwise) of the batch-row 0 of each tensor [1, ...] (any dtype,
     any device), filled one entry at a time; each tensor's slot in the list is cleared once it is copied, so that
     the model-dtype maps and their copy are never all held at once (np.stack of .float() copies would hold both,
@@ -266,7 +266,7 @@ def layer_attentions(loaded: LoadedModel, input_ids: Any, attention_mask: Any, l
     if parts is None:
         with torch.inference_mode():
             out = model(input_ids=ids, attention_mask=mask, output_attentions=True, return_dict=True)
-        return _stack_float32([out.attentions[layer]], dtype)[0]
+        return stack_float32([out.attentions[layer]], dtype)[0]
     if not 0 <= layer < parts.n_layers:
         raise IndexError(f"layer {layer} does not exist: the model has {parts.n_layers} layers")
     got: dict[int, np.ndarray] = {}
@@ -346,17 +346,8 @@ def capture(
     """
     import torch
 
-    if not isinstance(text, str) or not text.strip():
-        raise InputError("the text is empty: type a sentence to analyse")
-    enc = tokenize(loaded, text, settings.max_tokens)
-    ids = enc.input_ids.to(loaded.device)
-    mask = enc.attention_mask.to(loaded.device)
-    if ids.shape[1] == 0:
-        raise InputError("the text produced no tokens")
-    special = enc.special
-    warnings: list[str] = typed_special_note(loaded.tokenizer, enc.ids, special, enc.added)
-    if enc.warning:
-        warnings.append(enc.warning)
+    prep = prepare(loaded, text, settings)
+    ids, mask, enc, special = prep.input_ids, prep.attention_mask, prep.tokens, prep.tokens.special
 
     model = loaded.model
     norm = final_norm(model)
@@ -369,10 +360,8 @@ def capture(
     T = int(ids.shape[1])
     kept: list[int] | None = None
     if logit_positions is not None:
-        kept = sorted({int(p) for p in logit_positions(enc.ids, special) if 0 <= int(p) < T})
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        if head is not None and kept and len(kept) < T:
-            hooks.append((head, "pre", _head_slicer(kept, T)))
+        kept = kept_positions(logit_positions, prep)
+        hooks += head_slicer(model, kept, T)
     recorded: dict[str, Any] = {}
     site_names = list(sites)
     if site_names:
@@ -406,7 +395,7 @@ def capture(
     if not streamed:
         if not out.attentions or out.attentions[0] is None:
             raise RuntimeError("the model returned no attentions; it must run with attn_implementation='eager'")
-        full = _stack_float32(list(out.attentions), att_dtype)
+        full = stack_float32(list(out.attentions), att_dtype)
         for layer in range(full.shape[0]):
             if on_attention is not None:
                 on_attention(layer, full[layer])
@@ -418,28 +407,91 @@ def capture(
     logits = getattr(out, "logits", None)
     del out  # from here on `hs` holds the only references: each is released once copied
     pre_norm.clear()
-    hidden = _stack_float32(hs)
-    if logits is not None:
-        logits = logits[0].float()
-        if kept is not None and logits.shape[0] == len(kept) < T:
-            logits = PositionLogits(logits, kept)
+    hidden = stack_float32(hs)
+    logits = position_logits(logits, kept, T)
 
     if hidden.shape[0] != att.shape[0] + 1:
         raise RuntimeError(f"expected {att.shape[0] + 1} hidden states, got {hidden.shape[0]}")
+    return assemble(loaded, prep, hidden, att, logits, has_norm, recorded)
+
+
+@dataclass
+class Prepared:
+    """A text tokenised for one forward pass: input_ids / attention_mask torch long [1, T] on the model's device,
+    the tokenisation (`tokens`: ids, special-token flags, truncation) and the notes about it for the user."""
+
+    text: str
+    input_ids: Any
+    attention_mask: Any
+    tokens: Tokens
+    warnings: list[str]
+
+
+def prepare(loaded: LoadedModel, text: str, settings: AnalysisSettings) -> Prepared:
+    """Tokenise `text` for a capture pass (InputError for an empty text or one that gives no tokens)."""
+    if not isinstance(text, str) or not text.strip():
+        raise InputError("the text is empty: type a sentence to analyse")
+    enc = tokenize(loaded, text, settings.max_tokens)
+    ids = enc.input_ids.to(loaded.device)
+    mask = enc.attention_mask.to(loaded.device)
+    if ids.shape[1] == 0:
+        raise InputError("the text produced no tokens")
+    warnings: list[str] = typed_special_note(loaded.tokenizer, enc.ids, enc.special, enc.added)
+    if enc.warning:
+        warnings.append(enc.warning)
+    return Prepared(text=text, input_ids=ids, attention_mask=mask, tokens=enc, warnings=warnings)
+
+
+def kept_positions(logit_positions: Callable[[list[int], list[bool]], Iterable[int]], prep: Prepared) -> list[int]:
+    """The positions (sorted, in range) whose logits a caller reads, for one prepared text."""
+    T = int(prep.input_ids.shape[1])
+    return sorted({int(p) for p in logit_positions(prep.tokens.ids, prep.tokens.special) if 0 <= int(p) < T})
+
+
+def head_slicer(model: Any, kept: list[int], T: int) -> list[Registration]:
+    """The hook (none, or one) that runs the language-model head on the rows at `kept` only: none when the model
+    has no output embedding or every position is kept."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and kept and len(kept) < T:
+        return [(head, "pre", _head_slicer(kept, T))]
+    return []
+
+
+def position_logits(logits: Any, kept: list[int] | None, T: int) -> Any:
+    """The float32 logits [rows, V] of batch row 0 as `Capture.logits` holds them: a `PositionLogits` when the head
+    ran on the `kept` rows only, else the [T, V] tensor (None stays None)."""
+    if logits is None:
+        return None
+    logits = logits[0].float()
+    if kept is not None and logits.shape[0] == len(kept) < T:
+        return PositionLogits(logits, kept)
+    return logits
+
+
+def assemble(
+    loaded: LoadedModel,
+    prep: Prepared,
+    hidden_states: np.ndarray,
+    attentions: np.ndarray,
+    logits: Any,
+    has_final_norm: bool,
+    sites: dict[str, Any] | None = None,
+) -> Capture:
+    """The Capture of one pass over a prepared text (see `Capture` for the arrays)."""
     tok = loaded.tokenizer
-    id_list = ids[0].tolist()
+    id_list = prep.input_ids[0].tolist()
     return Capture(
-        text=text,
-        input_ids=ids,
-        attention_mask=mask,
+        text=prep.text,
+        input_ids=prep.input_ids,
+        attention_mask=prep.attention_mask,
         tokens=tok.convert_ids_to_tokens(id_list),
         display_tokens=[token_text(tok, i) for i in id_list],
-        special_mask=special,
-        hidden_states=hidden,
-        attentions=att,
+        special_mask=prep.tokens.special,
+        hidden_states=hidden_states,
+        attentions=attentions,
         logits=logits,
-        final_norm=has_norm,
-        truncated=enc.truncated,
-        warnings=warnings,
-        sites=recorded,
+        final_norm=has_final_norm,
+        truncated=prep.tokens.truncated,
+        warnings=list(prep.warnings),
+        sites=sites or {},
     )

@@ -27,6 +27,10 @@ class StepContext:
     attention_folder: the head features folded in layer by layer during the capture pass (a core.steps.attention.
     AttentionFolder) and rollout: the attention rollout folded in likewise (float64 [T, T]); None when the steps
     compute them from `attentions` (then [L, H, T, T], held).
+    views_pass: the deeper views' one forward pass (a core.steps.dla.Decomposition, typed Any here because
+    core.steps.dla imports this module), set by the pipeline when DLA or flow runs, read by both; None: each step
+    runs or shares its own (core.steps.dla.shared_pass). mlp_activations: (layers, float32 [len(layers), T, d_ff])
+    the neuron activations the same pass recorded for the neuron factors; None: the step records them itself.
     """
 
     loaded: LoadedModel
@@ -42,6 +46,8 @@ class StepContext:
     attentions: np.ndarray
     attention_folder: Any = None
     rollout: np.ndarray | None = None
+    views_pass: Any = None
+    mlp_activations: tuple[tuple[int, ...], np.ndarray] | None = None
     warnings: list[str] = field(default_factory=list)
 
     def warn(self, message: str) -> None:

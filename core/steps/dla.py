@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -48,9 +48,11 @@ from core.model.arch import (
     try_model_parts,
     weight,
 )
+from core.model.capture import PositionLogits, head_slicer, position_logits, stack_float32
 from core.model.hooks import Registration, hooked
 from core.model.tokens import token_text
 from core.steps.context import StepContext
+from core.steps.neurons import mlp_input_rows
 
 if TYPE_CHECKING:
     import torch
@@ -107,16 +109,39 @@ class Decomposition:
     resid_post: torch.Tensor
     final_in: torch.Tensor
     attentions: torch.Tensor
-    logits: torch.Tensor | None
+    logits: torch.Tensor | PositionLogits | None
     head_pre: torch.Tensor | None = None
+    hidden_states: np.ndarray | None = None
+    final_norm: bool = False
+    mlp_layers: tuple[int, ...] = ()
+    mlp_acts: np.ndarray | None = None
 
 
-def decomposition_pass(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Decomposition:
-    """One forward pass with hooks from the architecture map (removed in `finally`). Call under the model lock."""
+def decomposition_pass(
+    loaded: LoadedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    logit_positions: list[int] | None = None,
+    mlp_layers: Sequence[int] = (),
+) -> Decomposition:
+    """One forward pass with hooks from the architecture map (removed in `finally`). Call under the model lock.
+
+    It also yields what the deeper views would otherwise run more passes for (the views' one pass, issue 24):
+    `hidden_states` float32 numpy [L+1, T, D] exactly as a capture holds them (the last entry the final norm's
+    input when there is one, `final_norm`), from which `resid_pre` and `embed` are views; with `mlp_layers`, the
+    neuron activations of those layers (`mlp_acts` float32 [len(mlp_layers), T, d_ff], the input of each MLP output
+    projection, as core.steps.neurons.capture_mlp_activations records them); with `logit_positions` (sorted), the
+    language-model head runs on those rows only and `logits` is a PositionLogits (DLA reads one row)."""
     import torch
 
     parts = model_parts(loaded.model)
     L = parts.n_layers
+    T = int(input_ids.shape[1])
+    acts_of = {int(layer) for layer in mlp_layers}
+    if any(not 0 <= layer < L for layer in acts_of):
+        raise ValueError(f"layers {list(mlp_layers)} are outside 0…{L - 1}")
+    acts: dict[int, np.ndarray] = {}
     keep: dict[str, list[torch.Tensor | None]] = {
         k: [None] * L for k in ("z", "attn_out", "v", "mlp_out", "attn_update", "mlp_update", "attn_sum", "mlp_sum")
     }
@@ -142,12 +167,22 @@ def decomposition_pass(loaded: LoadedModel, input_ids: torch.Tensor, attention_m
 
         return hook
 
+    def mlp_hook(layer: int) -> Callable[..., None]:
+        keep_out = out_hook("mlp_out", layer)
+
+        def hook(m: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            keep_out(m, args, output)
+            if layer in acts_of:
+                acts[layer] = mlp_input_rows(args[0], T)
+
+        return hook
+
     hooks: list[Registration] = []
     for l, b in enumerate(parts.blocks):
         hooks += [
             (b.out_proj, "post", proj_hook(l)),
             (b.value_module, "post", out_hook("v", l)),
-            (b.mlp_out, "post", out_hook("mlp_out", l)),
+            (b.mlp_out, "post", mlp_hook(l)),
         ]
         if b.attn_update_norm is not None:
             hooks.append((b.attn_update_norm, "post", out_hook("attn_update", l)))
@@ -161,6 +196,8 @@ def decomposition_pass(loaded: LoadedModel, input_ids: torch.Tensor, attention_m
         hooks.append((parts.final_norm, "post", grab("final_in")))
     if parts.head_dense is not None:
         hooks.append((parts.head_dense, "post", grab("head_pre")))
+    if logit_positions is not None:
+        hooks += head_slicer(loaded.model, list(logit_positions), T)
     with hooked(hooks), torch.inference_mode():
         out = loaded.model(
             input_ids=input_ids,
@@ -181,24 +218,27 @@ def decomposition_pass(loaded: LoadedModel, input_ids: torch.Tensor, attention_m
 
     for name in ("v", "mlp_out", "attn_update", "mlp_update", "attn_sum", "mlp_sum"):
         keep[name] = [flat(v) if v is not None else None for v in keep[name]]
-    hs = [h[0].float().cpu() for h in out.hidden_states]
+    final_found = "final_in" in other
+    hidden = stack_float32([*out.hidden_states[:L], other["final_in"] if final_found else out.hidden_states[L]])
+    hs = [torch.from_numpy(h) for h in hidden]
     z = stack("z")
     attn_out = stack("attn_out")
     mlp_out = stack("mlp_out")
     values = torch.stack([parts.values(v).float().cpu() for v in keep["v"] if v is not None])
     attn_update = stack("attn_update") if parts.blocks[0].attn_update_norm is not None else attn_out
     mlp_update = stack("mlp_update") if parts.blocks[0].mlp_update_norm is not None else mlp_out
-    resid_pre = torch.stack(hs[:L])
+    resid_pre = torch.from_numpy(hidden[:L])
     if parts.residual == "post_ln":
         attn_sum, mlp_sum = stack("attn_sum"), stack("mlp_sum")
-        resid_post = torch.stack(hs[1 : L + 1])
+        resid_post = torch.stack([h[0].float().cpu() for h in out.hidden_states[1 : L + 1]])
         resid_mid = mlp_sum - mlp_update
     else:
         resid_mid = resid_pre + attn_update
         resid_post = resid_mid + mlp_update
         attn_sum, mlp_sum = resid_mid, resid_post
-    final_in = other["final_in"][0].float().cpu() if "final_in" in other else resid_post[-1]
-    logits = out.logits[0].float().cpu() if getattr(out, "logits", None) is not None else None
+    final_in = hs[L] if final_found else resid_post[-1]
+    raw = getattr(out, "logits", None)
+    logits = position_logits(raw.cpu() if raw is not None else None, logit_positions, T)
     head_pre = other["head_pre"][0].float().cpu() if "head_pre" in other else None
     att = torch.stack([a[0].float().cpu() for a in out.attentions])
     return Decomposition(
@@ -219,6 +259,12 @@ def decomposition_pass(loaded: LoadedModel, input_ids: torch.Tensor, attention_m
         attentions=att,
         logits=logits,
         head_pre=head_pre,
+        hidden_states=hidden,
+        final_norm=final_found,
+        mlp_layers=tuple(int(layer) for layer in mlp_layers),
+        mlp_acts=np.stack([acts[int(layer)] for layer in mlp_layers]).astype(np.float32, copy=False)
+        if mlp_layers
+        else None,
     )
 
 
@@ -542,7 +588,7 @@ def compute_dla(
             heads.append(-1)
         z = vals.sum()
         vals = vals * softcap_ratio(P, z)
-        model_logit = float(dec.logits[position, token_id]) if dec.logits is not None else float(vals.sum())
+        model_logit = float(dec.logits[position][token_id]) if dec.logits is not None else float(vals.sum())
         err = abs(float(vals.double().sum()) - model_logit)
 
         positions = promote_window(T, position, L, W_U.shape[1], W_U.shape[0])
@@ -612,7 +658,7 @@ def run_dla(ctx: StepContext) -> DLASection | None:
     if why:
         ctx.warn(why)
         return None
-    dec = shared_pass(ctx.loaded, ctx.capture)
+    dec = ctx.views_pass if ctx.views_pass is not None else shared_pass(ctx.loaded, ctx.capture)
     pos = ctx.target_position
     token = int(ctx.capture.logits[pos].argmax())
     try:

@@ -419,6 +419,8 @@ def run_flow(ctx: StepContext) -> FlowSection | None:
     if why:
         ctx.warn(why)
         return None
+    if ctx.views_pass is not None:  # the pipeline's one pass for the views
+        return compute_flow(ctx.views_pass, list(ctx.display_tokens), ctx.target_position)
     try:
         dec = shared_pass(ctx.loaded, ctx.capture)
         return compute_flow(dec, list(ctx.display_tokens), ctx.target_position)

@@ -65,6 +65,12 @@ def mlp_output_projections(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [block.mlp_out for block in parts.blocks]
 
 
+def mlp_input_rows(x: torch.Tensor, T: int) -> np.ndarray:
+    """float32 numpy [T, d_ff]: batch row 0 of an MLP output projection's input x ([1, T, d_ff]; OPT flattens it
+    to [T, d_ff]), as every capture of the neuron activations records it."""
+    return x.reshape(-1, T, x.shape[-1])[0].detach().float().cpu().numpy()
+
+
 class _Stop(Exception):
     """Raised by the last hook: the layers after the range (and the unembedding) are not needed."""
 
@@ -89,8 +95,7 @@ def capture_mlp_activations(
 
     def make_hook(layer: int) -> Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], None]:
         def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            x = args[0]  # [1, T, d_ff]; OPT flattens it to [T, d_ff]
-            got[layer] = x.reshape(-1, T, x.shape[-1])[0].detach().float().cpu().numpy()
+            got[layer] = mlp_input_rows(args[0], T)
             if layer == last:
                 raise _Stop
 
@@ -259,15 +264,21 @@ def layer_range(n_layers: int, first: int | None, last: int | None) -> list[int]
 
 
 def run_neuron_factors(ctx: StepContext) -> NeuronFactorSection | None:
-    """Analysis step: one hooked pass over the chosen layers' MLPs, then the NMF (settings neuron_factors: k,
-    0 = off; neuron_first_layer / neuron_last_layer: the range of blocks 1…L, empty = all blocks)."""
+    """Analysis step: one hooked pass over the chosen layers' MLPs (none when the views' one pass recorded them:
+    `ctx.mlp_activations`), then the NMF (settings neuron_factors: k, 0 = off; neuron_first_layer /
+    neuron_last_layer: the range of blocks 1…L, empty = all blocks)."""
     st = ctx.settings
     if st.neuron_factors == 0:
         return None
     model = ctx.loaded.model
     try:
         layers = layer_range(ctx.loaded.n_layers, st.neuron_first_layer, st.neuron_last_layer)
-        acts = capture_mlp_activations(model, ctx.capture.input_ids, ctx.capture.attention_mask, layers)
+        held = ctx.mlp_activations
+        if held is not None and held[0] == tuple(layers):  # recorded by the views' one pass (the pipeline)
+            mlp_output_projections(model)  # the same refusal as the step's own pass for a model the map lacks
+            acts = held[1]
+        else:
+            acts = capture_mlp_activations(model, ctx.capture.input_ids, ctx.capture.attention_mask, layers)
     except ValueError as exc:
         ctx.warn(str(exc))
         return None
