@@ -53,6 +53,10 @@ THRESHOLD_MAX = 0.5
 HEAD_STORE_MIN = 0.005
 #: Floats of the [J, I, D] block of token parts held at once (2**20 = 4 MiB: cache-friendly; 2**22 is 2× slower).
 CHUNK_FLOATS = 2**20
+#: Queries per block (I): each batched product is QUERY_BLOCK × H by H × D per source, large enough for the matrix
+#: kernel (blocks of 2 queries, as before issue 24's second round, spent most of the time in per-product overhead:
+#: 4× slower for the same arithmetic, BERT shape at 512 tokens); the sources are then cut to fit CHUNK_FLOATS.
+QUERY_BLOCK = 64
 #: A normalising sum below this counts as 0 (see `contributions`).
 EPS = 1e-9
 
@@ -215,9 +219,10 @@ def describe_node(node: str, tokens: Iterable[str]) -> str:
 def compute_flow(dec: Decomposition, tokens: list[str], position: int, chunk_floats: int = CHUNK_FLOATS) -> FlowSection:
     """All contributions of the decomposition pass `dec` (see the module docstring), float32 on the CPU. Cost per
     block: the [J, I, D] token parts c_{j→i} as one batched matrix product per chunk of queries (`torch.bmm` of
-    A [J, I, H] by v W_O [J, H, D]; only the sources a query attends to: causal models skip the upper triangle),
-    then ‖y_i − c_{j→i}‖₁ in place, plus the head parts of the edges ≥ HEAD_STORE_MIN. Memory: a chunk holds
-    about `chunk_floats` floats (the head parts at most H times that), whatever the length of the text.
+    A [J, I, H] by v W_O [J, H, D] for a block of QUERY_BLOCK queries and as many sources as fit; only the sources a
+    block attends to: causal models skip the upper triangle), then ‖y_i − c_{j→i}‖₁ in place, plus the head parts
+    of the edges ≥ HEAD_STORE_MIN. Memory: a chunk holds about `chunk_floats` floats (the head parts at most H
+    times that), whatever the length of the text.
     Equal to the pre-issue-24 loop (tests/flow_reference.py) up to float rounding."""
     import torch
 
@@ -255,21 +260,26 @@ def compute_flow(dec: Decomposition, tokens: list[str], position: int, chunk_flo
             y = dec.attn_sum[l]  # [T, D]: x + attention update (post-LN: before the LayerNorm)
             y_l1 = y.abs().sum(-1)  # [T]
             reach = A.amax(0) > 0  # [T_i, T_j]: sources a query attends to
-            last_j = int(reach.nonzero()[:, 1].max()) + 1 if bool(reach.any()) else T
-            per_query = max(1, chunk_floats // max(1, last_j * vW.shape[-1]))
+            D = vW.shape[-1]
+            per_source = max(1, chunk_floats // (QUERY_BLOCK * D))  # sources per product: [J', I, D] ≈ chunk_floats
+            per_edge = max(1, chunk_floats // D)  # head parts [E', H, D]: at most H times chunk_floats
             A_jih = A.permute(2, 1, 0)  # [T_j, T_i, H] view: the left factor of the batched product
-            for i0 in range(0, T, per_query):
-                i1 = min(T, i0 + per_query)
+            for i0 in range(0, T, QUERY_BLOCK):
+                i1 = min(T, i0 + QUERY_BLOCK)
                 I = i1 - i0
                 J = int(reach[i0:i1].nonzero()[:, 1].max()) + 1 if bool(reach[i0:i1].any()) else 1
                 whole = y[i0:i1]  # [I, D]
                 a = A_jih[:J, i0:i1].contiguous()  # [J, I, H]
-                diff = torch.bmm(a, vWc[:J])  # [J, I, D]: the token parts c_{j→i}
-                if scale is not None:
-                    diff.mul_(scale[0][i0:i1])
-                # in place (sub_, abs_, then one sum): linalg.vector_norm(ord=1) measured 1.5× slower here
-                tok_prox = (y_l1[i0:i1] - diff.sub_(whole).abs_().sum(-1)).clamp_(min=0)  # [J, I]
-                del diff
+                tok_prox = torch.empty(J, I)
+                for j0 in range(0, J, per_source):
+                    j1 = min(J, j0 + per_source)
+                    diff = torch.bmm(a[j0:j1], vWc[j0:j1])  # [J', I, D]: the token parts c_{j→i}
+                    if scale is not None:
+                        diff.mul_(scale[0][i0:i1])
+                    # in place (sub_, abs_, then one sum): linalg.vector_norm(ord=1) measured 1.5× slower here
+                    torch.sub(y_l1[i0:i1], diff.sub_(whole).abs_().sum(-1), out=tok_prox[j0:j1])
+                    del diff
+                tok_prox.clamp_(min=0)  # [J, I]
                 tok_prox.masked_fill_(~reach[i0:i1, :J].t(), 0.0)  # an unattended source's part is 0: exactly 0
                 extras = [x[i0:i1][None]]
                 if bvec is not None:
@@ -282,16 +292,17 @@ def compute_flow(dec: Decomposition, tokens: list[str], position: int, chunk_flo
                 if bvec is not None:
                     attn_bias[l, i0:i1] = c[J + 1].numpy()
                 # per-head parts of the edges worth a tooltip: proximity of A^h_ij v_j^h W_O^h under y_i's normaliser
-                big = (c[:J].t() >= HEAD_STORE_MIN).nonzero()  # [E, 2] (i - i0, j)
-                if big.numel():
-                    ii, jj = big[:, 0], big[:, 1]
-                    hp = vWc[jj].mul_(A[:, i0:i1][:, ii, jj].t()[..., None])  # [E, H, D], one copy, then in place
+                big = (c[:J].t() >= HEAD_STORE_MIN).nonzero()  # [E, 2] (i - i0, j), by query then source
+                for e0 in range(0, big.shape[0], per_edge):
+                    ii, jj = big[e0 : e0 + per_edge, 0], big[e0 : e0 + per_edge, 1]
+                    hp = vWc[jj].mul_(A[:, i0:i1][:, ii, jj].t()[..., None])  # [E', H, D], one copy, then in place
                     if scale is not None:
                         hp.mul_(scale[0][i0:i1][ii][:, None])
                     hprox = (y_l1[i0:i1][ii][:, None] - hp.sub_(whole[ii][:, None]).abs_().sum(-1)).clamp_(
                         min=0
-                    )  # [E, H]
-                    hw_e = hprox / total[ii].clamp(min=EPS)[:, None]  # [E, H]
+                    )  # [E', H]
+                    del hp
+                    hw_e = hprox / total[ii].clamp(min=EPS)[:, None]  # [E', H]
                     keep = (hw_e >= HEAD_STORE_MIN).nonzero()
                     if keep.numel():
                         e, h = keep[:, 0], keep[:, 1]

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from core.infra import serialize
+from core.infra.threads import single_threaded
 from core.model.hooks import hooked
 
 if TYPE_CHECKING:
@@ -142,7 +143,11 @@ def factorize(A: np.ndarray, k: int, seed: int = DEFAULT_SEED, max_iter: int = M
     if norm == 0.0:
         return Factorization(np.zeros((T, k), np.float32), np.zeros((k, N), np.float32), 0.0, 0.0, 0)
     nmf = NMF(n_components=k, init="nndsvda", solver="cd", tol=TOL, random_state=seed, max_iter=max_iter)
-    with warnings.catch_warnings():
+    # one BLAS thread (imported above, so that single_threaded sees scikit-learn's runtimes): the solver's products
+    # are skinny (k columns) and memory-bound, and right after a torch pass two OpenBLAS threads only contend with
+    # torch's spinning ones: GPT-2 shape at 512 tokens, 2.9 s → 1.35 s of CPU time and less wall time too
+    # (bench/bench_views.py). The rounding of the products can differ from a multi-threaded run's in the last bit.
+    with warnings.catch_warnings(), single_threaded():
         warnings.simplefilter("ignore", ConvergenceWarning)
         W = nmf.fit_transform(A)
     return Factorization(
