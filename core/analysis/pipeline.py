@@ -403,21 +403,29 @@ def _views_pass(
     attention_mask: Any,
     kept: list[int] | None,
     names: list[str],
-) -> Decomposition:
+) -> Decomposition | None:
     """The views' one forward pass: the decomposition DLA and flow read, the hidden states and the logits at `kept`
     the views' context needs, and the neuron activations of the settings' layer range when the neuron factors are
-    among `names` (same numbers as the separate passes it replaces; tests/test_views_pass.py)."""
+    among `names` (same numbers as the separate passes it replaces; tests/test_views_pass.py). None when it fails
+    (an unusual layout, weights offloaded to disk, out of memory): then each view runs as it would alone and turns
+    its own failure into a warning."""
     layers: list[int] = []
     if "neuron_factors" in names and st.neuron_factors:
         try:
             layers = layer_range(loaded.n_layers, st.neuron_first_layer, st.neuron_last_layer)
         except ValueError:
             layers = []  # the step says why when it runs
-    return decomposition_pass(loaded, input_ids, attention_mask, logit_positions=kept, mlp_layers=layers)
+    try:
+        return decomposition_pass(loaded, input_ids, attention_mask, logit_positions=kept, mlp_layers=layers)
+    except (RuntimeError, NotImplementedError, ValueError, MemoryError) as exc:
+        log.warning("the deeper views' shared pass failed (%s): each view runs its own", exc)
+        return None
 
 
-def _attach_pass(ctx: StepContext, dec: Decomposition) -> None:
+def _attach_pass(ctx: StepContext, dec: Decomposition | None) -> None:
     """Hand the views' one pass to the steps (see StepContext.views_pass / mlp_activations)."""
+    if dec is None:
+        return
     ctx.views_pass = dec
     if dec.mlp_acts is not None:
         ctx.mlp_activations = (dec.mlp_layers, dec.mlp_acts)
@@ -503,6 +511,7 @@ def add_views(
             prep = prepare(loaded, result.analysed_text, st)
             kept = kept_positions(positions, prep)
             dec = _views_pass(loaded, st, prep.input_ids, prep.attention_mask, kept, missing)
+        if dec is not None:
             assert dec.hidden_states is not None
             P = dec.parts
             no_maps = np.empty((P.n_layers, P.heads.n_heads, 0, 0), dtype=attention_dtype(loaded.dtype))
