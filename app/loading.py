@@ -78,7 +78,7 @@ def start_views(
     *,
     supersede: bool = False,
 ) -> Any:
-    """Start the session's views job: one more capture pass plus the views `names` (core.analysis.pipeline.
+    """Start the session's views job: one more forward pass plus the views `names` (core.analysis.pipeline.
     add_views) for `result` with the model `load` = (model id, dtype, device) of get_model. The job publishes the
     result so far as each view lands (Job.partial) and caches the fuller result (the first-visit path finds it
     there). Returns the job, or the refusal line while another views job runs (unless `supersede`)."""

@@ -129,7 +129,7 @@ def views_cpu(shape: str, tokens: int, repeat: int) -> None:
             lm.model(**enc, output_attentions=True, output_hidden_states=True)
 
     floor_s = timeit(floor, repeat)
-    labels = {label: name for name, (label, _) in VIEWS.items()} | {"Forward pass for the deeper views": "capture"}
+    labels = {label: name for name, (label, _) in VIEWS.items()} | {"Forward pass for the deeper views": "pass"}
     marks: list[tuple[str, float]] = []
 
     def progress(label: str, _fraction: float) -> None:

@@ -24,7 +24,7 @@ read the ratios, not the seconds):
   backward pass);
 * hit: `analyze()` answered by the disk cache (key, read, deserialise), and `hit %` = hit / analyze;
 * views: `add_views(result, "all")`, the deeper views computed on request (direct logit attribution, flow routes,
-  neuron factors, query–key vectors; one more capture pass), as the Layer Analysis page, the export and the CLI
+  neuron factors, query–key vectors; one more forward pass shared by all), as the Layer Analysis page, the export and the CLI
   add them; below the table each view's share of it, its process CPU time next to the floor's, the first-visit
   wait (Layer Analysis opened PAUSE_S = 5 s after the analysis, the views running as the app's background job
   since the analysis ended) and a plain torch.matmul's GFLOP/s for reference;
@@ -449,7 +449,7 @@ def render(results: list[dict], memory: dict[tuple[str, int], dict], meta: dict)
         "floor = bare forward with eager attention weights and hidden states; analyze = core.analyze() without "
         "gradients; ratio = analyze / floor; grad = the gradient step (gradient × input + head scores); "
         "hit = analyze() answered by the disk cache; views = add_views(): the deeper views (direct logit "
-        "attribution, flow routes, neuron factors, query–key; one more capture pass), computed on request; "
+        "attribution, flow routes, neuron factors, query–key; one more forward pass), computed on request; "
         "peak RSS = load + one default analysis (gradients on) in a fresh process; bundle = the ZIP of the "
         "default analysis with every view (as the export and the CLI write it).",
         "",

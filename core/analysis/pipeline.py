@@ -9,8 +9,10 @@ sessions at once.
 The deeper views (VIEWS: direct logit attribution, information-flow routes, head ablation, neuron factors,
 query–key vectors) cost several forward passes' worth each, so they are computed on request: `analyze(...,
 views="all")` computes them with the rest, `add_views(loaded, result, names)` adds them to a finished result later
-(one more capture pass; the app does this when a page that shows them opens, the export and the CLI before a
-bundle). `result.views` lists the views a result holds; a view's section may still be None when it does not apply.
+(the app does this in the background right after the analysis, the export and the CLI before a bundle). They share
+one more forward pass: the decomposition pass of DLA and flow (core.steps.dla.decomposition_pass) also records the
+neuron activations and, in add_views, the hidden states and logits the views' context needs (PASS_VIEWS).
+`result.views` lists the views a result holds; a view's section may still be None when it does not apply.
 
 To add a step: write `run_xxx(ctx: StepContext) -> XxxSection | None` next to its computation, give AnalysisResult a
 field `xxx: XxxSection | None = None`, and add one `timed(...)` line below (or one VIEWS entry for a deeper view).
@@ -476,8 +478,8 @@ def add_views(
     progress: ProgressFn | None = None,
     partial: Callable[[AnalysisResult], None] | None = None,
 ) -> AnalysisResult:
-    """`result` with the deeper views it lacks added (see VIEWS): one more capture pass of the same text and
-    settings, then the views; the same sections as `analyze(..., views=...)` would have given. The fuller result
+    """`result` with the deeper views it lacks added (see VIEWS): one more forward pass of the same text and
+    settings (the views' one pass when DLA or flow is among them, else a capture pass), then the views; the same sections as `analyze(..., views=...)` would have given. The fuller result
     replaces the cached one under the same key (a fuller one already in `cache` is taken as it is). `loaded` must be
     the model the result was made with (same id, revision, dtype and device), else InputError.
 

@@ -19,8 +19,10 @@ of the total mass is large even so (about half on MiniLM); for a gated MLP act(g
 value can be as large as a kept one. The clipped share Σ|min(a, 0)| / Σ|a| is recorded in the section so that the
 page and the PDF can say how much was discarded.
 
-The activations are captured by one hooked forward pass inside the analysis step that stops right after the last
-layer of the range (no final norm, no unembedding); widget changes only re-read the stored factors.
+The activations are recorded by the deeper views' one forward pass (core.steps.dla.decomposition_pass, with
+`mlp_layers`) when DLA or flow runs too, as the pipeline arranges; on their own, by one hooked forward pass inside
+the analysis step that stops right after the last layer of the range (no final norm, no unembedding). Both record
+the same values (`mlp_input_rows`). Widget changes only re-read the stored factors.
 """
 
 from __future__ import annotations
