@@ -24,8 +24,8 @@ read the ratios, not the seconds):
   backward pass);
 * hit: `analyze()` answered by the disk cache (key, read, deserialise), and `hit %` = hit / analyze;
 * views: `add_views(result, "all")`, the deeper views computed on request (direct logit attribution, flow routes,
-  neuron factors, query–key vectors; one more forward pass shared by all), as the Layer Analysis page, the export and the CLI
-  add them; below the table each view's share of it, its process CPU time next to the floor's, the first-visit
+  neuron factors, query–key vectors; one more forward pass shared by all), as the Layer Analysis page, the export and
+  the CLI add them; below the table each view's share of it, its process CPU time next to the floor's, the first-visit
   wait (Layer Analysis opened PAUSE_S = 5 s after the analysis, the views running as the app's background job
   since the analysis ended) and a plain torch.matmul's GFLOP/s for reference;
 * peak RSS: ru_maxrss of a fresh process that loads the model and runs one analysis with the default settings

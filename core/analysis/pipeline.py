@@ -479,9 +479,10 @@ def add_views(
     partial: Callable[[AnalysisResult], None] | None = None,
 ) -> AnalysisResult:
     """`result` with the deeper views it lacks added (see VIEWS): one more forward pass of the same text and
-    settings (the views' one pass when DLA or flow is among them, else a capture pass), then the views; the same sections as `analyze(..., views=...)` would have given. The fuller result
-    replaces the cached one under the same key (a fuller one already in `cache` is taken as it is). `loaded` must be
-    the model the result was made with (same id, revision, dtype and device), else InputError.
+    settings (the views' one pass when DLA or flow is among them, else a capture pass), then the views; the same
+    sections as `analyze(..., views=...)` would have given. The fuller result replaces the cached one under the same
+    key (a fuller one already in `cache` is taken as it is). `loaded` must be the model the result was made with
+    (same id, revision, dtype and device), else InputError.
 
     `partial(result so far)` is called as each view lands (its `views` lists the ones done), so that a page can
     show the finished views while the others are still computed (the app's background views job)."""
