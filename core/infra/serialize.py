@@ -21,11 +21,13 @@ import math
 import mmap
 import struct
 import zipfile
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 _REGISTRY: dict[str, type] = {}
+
+T = TypeVar("T")
 
 #: Modules of serialisable classes before core/ became layer packages (results cached or exported before then
 #: name their classes by these paths); a stored name under an old module is read as the class in its new home.
@@ -186,6 +188,26 @@ def loads(data: bytes | bytearray | memoryview | mmap.mmap) -> Any:
             raise ValueError(f"truncated serialised object (array {key})")
         arrays[key] = np.frombuffer(buf, dtype=dt, count=count, offset=off).reshape(shape)
     return _decode(header["object"], arrays)
+
+
+def loads_as(data: bytes | bytearray | memoryview | mmap.mmap, cls: type[T]) -> T:
+    """`loads`, then TypeError ("the data does not hold a <cls>") unless the object rebuilt is a `cls`."""
+    obj = loads(data)
+    if not isinstance(obj, cls):
+        raise TypeError(f"the data does not hold a {cls.__name__}")
+    return obj
+
+
+class Stored:
+    """Base of a @serializable result that is stored whole (the result cache, exports): `to_bytes` and
+    `from_bytes` over `dumps` / `loads_as`."""
+
+    def to_bytes(self) -> bytes:
+        return dumps(self)
+
+    @classmethod
+    def from_bytes(cls: type[T], data: bytes | bytearray | memoryview | mmap.mmap) -> T:
+        return loads_as(data, cls)
 
 
 def _loads_zip(data: bytes) -> Any:

@@ -26,7 +26,6 @@ import csv
 import dataclasses
 import io
 import json
-import mmap
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -34,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from core.infra.errors import InputError
-from core.infra.serialize import serializable
+from core.infra.serialize import Stored, serializable
 from core.infra.version import CORE_VERSION
 from core.model.forward import target_logits
 from core.model.hooks import Registration, first_input, hooked, main_output, replace_output, with_first_input
@@ -210,7 +209,7 @@ class PairRecord:
 
 @serializable
 @dataclass(frozen=True)
-class PairsResult:
+class PairsResult(Stored):
     """A pair data set's run. P = pairs, L = blocks, T = the shared token length.
 
     metric[c]: float64 [P, L, T] — m after patching component c of block l at position p (NaN where not patched:
@@ -360,20 +359,6 @@ class PairsResult:
             "timings": self.timings,
             "core_version": self.core_version,
         }
-
-    def to_bytes(self) -> bytes:
-        from core.infra import serialize
-
-        return serialize.dumps(self)
-
-    @staticmethod
-    def from_bytes(data: bytes | bytearray | memoryview | mmap.mmap) -> PairsResult:
-        from core.infra import serialize
-
-        obj = serialize.loads(data)
-        if not isinstance(obj, PairsResult):
-            raise TypeError("the data does not hold a PairsResult")
-        return obj
 
 
 # ----------------------------------------------------------------------------------------------------------------

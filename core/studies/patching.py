@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import mmap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from core.infra.errors import InputError
-from core.infra.serialize import serializable
+from core.infra.serialize import Stored, serializable
 from core.infra.version import CORE_VERSION
 from core.model.forward import chunk_rows, target_logits
 from core.model.hooks import Registration, first_input, hooked, main_output, replace_output, with_first_input
@@ -112,7 +111,7 @@ class PatchingSettings(Settings):
 
 @serializable
 @dataclass(frozen=True)
-class PatchingResult:
+class PatchingResult(Stored):
     """One patching run. L = blocks, T = tokens.
 
     metric[c]: float64 [L, T] — m after patching component c (COMPONENTS) of block l at position p alone;
@@ -208,20 +207,6 @@ class PatchingResult:
             "timings": self.timings,
             "core_version": self.core_version,
         }
-
-    def to_bytes(self) -> bytes:
-        from core.infra import serialize
-
-        return serialize.dumps(self)
-
-    @staticmethod
-    def from_bytes(data: bytes | bytearray | memoryview | mmap.mmap) -> PatchingResult:
-        from core.infra import serialize
-
-        obj = serialize.loads(data)
-        if not isinstance(obj, PatchingResult):
-            raise TypeError("the data does not hold a PatchingResult")
-        return obj
 
 
 def restored_score(m_patched: np.ndarray, m_clean: float, m_corrupted: float) -> np.ndarray:
