@@ -36,7 +36,7 @@ from core.infra.errors import InputError
 from core.infra.serialize import Stored, serializable
 from core.infra.version import CORE_VERSION
 from core.model.forward import target_logits
-from core.model.hooks import Registration, first_input, hooked, main_output, replace_output, with_first_input
+from core.model.hooks import first_input, hooked, main_output, replace_output, with_first_input
 from core.model.info import ModelInfo
 from core.run.cache import ResultCache, run_key
 from core.run.checkpoint import WorkFolder
@@ -45,15 +45,14 @@ from core.studies.intervals import mean_interval
 from core.studies.patching import (
     COMPONENTS,
     TINY_DIFFERENCE,
+    Answers,
     PatchingSettings,
     PatchSites,
-    _token_str,
-    _tokenize,
     capture_sites,
-    choose_patch_target,
+    encode_texts,
     patch_sites,
     patched_metrics,
-    resolve_answer,
+    pick_answers,
     run_patching,
 )
 
@@ -399,10 +398,7 @@ def atp_pass(
 
         return hook
 
-    regs: list[Registration] = [(b, "pre_kwargs", pre) for b in sites.blocks]
-    regs += [(m, "post", post("attention")) for m in sites.attention]
-    regs += [(m, "post", post("mlp")) for m in sites.mlp]
-    with hooked(regs):
+    with hooked(sites.registrations(pre, post)):
         logits = target_logits(loaded, corrupt_ids, corrupt_mask, position, grad=True)[0]
     a, b = pick_answers(logits.detach())
     m = logits[a] - logits[b]
@@ -424,23 +420,12 @@ def atp_pass(
 def pick_answers_for(
     loaded: LoadedModel, clean_logits: torch.Tensor, settings: PatchingSettings, *, allow_same: bool = False
 ) -> Any:
-    """The one-pair rule of answers (run_patching's): A = given or the clean top-1, B = given or the corrupted
-    top-1, A ≠ B (unless allow_same: in a data set such a pair is a near tie, m ≡ 0). Returns pick(corrupt_logits)
-    → (A, B) for `atp_pass`."""
+    """The one-pair rule of answers (core.studies.patching.pick_answers, run_patching's): A = given or the clean
+    top-1, B = given or the corrupted top-1, A ≠ B (unless allow_same: in a data set such a pair is a near tie,
+    m ≡ 0). Returns pick(corrupt_logits) → (A, B) for `atp_pass`."""
 
     def pick(corrupt_logits: torch.Tensor) -> tuple[int, int]:
-        a = resolve_answer(loaded, settings.answer, "answer") if settings.answer else int(clean_logits.argmax())
-        b = (
-            resolve_answer(loaded, settings.wrong_answer, "wrong answer")
-            if settings.wrong_answer
-            else int(corrupt_logits.argmax())
-        )
-        if a == b and not allow_same:
-            raise InputError(
-                f"the answer and the wrong answer are the same token '{_token_str(loaded, a)}': patching measures "
-                "logit(answer) − logit(wrong answer), which is then 0; name two different answers"
-            )
-        return a, b
+        return pick_answers(loaded, settings, clean_logits, corrupt_logits, allow_same=allow_same)
 
     return pick
 
@@ -485,27 +470,10 @@ class PairCells:
     delta_all: dict[str, np.ndarray]
 
 
-def _answers_from(one: PatchingSettings) -> str:
-    return {
-        (False, False): "top-1 predictions",
-        (True, True): "given",
-        (True, False): "answer given, wrong answer = corrupted top-1",
-        (False, True): "answer = clean top-1, wrong answer given",
-    }[(one.answer is not None, one.wrong_answer is not None)]
-
-
 def encode_pair(loaded: LoadedModel, pair: Pair, max_tokens: int) -> tuple[Any, Any, int, str]:
-    """(clean encoding, corrupted encoding, target position, its reason) of one pair; InputError for texts of
-    different token lengths or a target that differs between them."""
-    enc_c = _tokenize(loaded, pair.clean, max_tokens, "clean")
-    enc_k = _tokenize(loaded, pair.corrupt, max_tokens, "corrupted")
-    if len(enc_c[2]) != len(enc_k[2]):
-        raise InputError(
-            f"the texts have different token lengths (clean {len(enc_c[2])}, corrupted {len(enc_k[2])}); "
-            "patching needs the same length within a pair"
-        )
-    pos, reason = choose_patch_target(loaded, enc_c[0][0].tolist(), enc_k[0][0].tolist())
-    return enc_c, enc_k, pos, reason
+    """core.studies.patching.encode_texts of one pair: (clean encoding, corrupted encoding, target position, its
+    reason); InputError for texts of different token lengths or a target that differs between them."""
+    return encode_texts(loaded, pair.clean, pair.corrupt, max_tokens)
 
 
 def pair_cells(loaded: LoadedModel, pair: Pair, settings: PairsSettings, *, in_data_set: bool = True) -> PairCells:
@@ -535,8 +503,7 @@ def pair_cells(loaded: LoadedModel, pair: Pair, settings: PairsSettings, *, in_d
     for c in COMPONENTS:
         delta[c][:, :Tp] = d[c][:, :Tp]
         delta_all[c] = d[c][:, :Tp].sum(axis=1)
-    m_clean = float(clean_logits[a] - clean_logits[b])
-    m_corrupt = float(k_logits[a] - k_logits[b])
+    answers = Answers.of(loaded, one, (a, b), clean_logits, k_logits)
     metric = {c: np.full((L, T), np.nan) for c in COMPONENTS}
     metric_all = {c: np.full(L, np.nan) for c in COMPONENTS}
     if not settings.atp_only and settings.top_k is None and a != b:
@@ -545,23 +512,18 @@ def pair_cells(loaded: LoadedModel, pair: Pair, settings: PairsSettings, *, in_d
             raise RuntimeError("the exact and the attribution passes chose different answers")
         metric = {c: np.array(one_run.metric[c]) for c in COMPONENTS}
         metric_all = {c: np.array(one_run.metric_all[c]) for c in COMPONENTS}
-        m_clean, m_corrupt = one_run.m_clean, one_run.m_corrupted  # exactly the one-pair run's
+        # the margins exactly the one-pair run's
+        answers = dataclasses.replace(answers, m_clean=one_run.m_clean, m_corrupted=one_run.m_corrupted)
     return PairCells(
-        T,
-        pos,
-        reason,
-        list(c_toks),
-        a,
-        _token_str(loaded, a),
-        b,
-        _token_str(loaded, b),
-        _answers_from(one),
-        m_clean,
-        m_corrupt,
-        metric,
-        metric_all,
-        delta,
-        delta_all,
+        n_tokens=T,
+        target=pos,
+        target_reason=reason,
+        tokens=list(c_toks),
+        **dataclasses.asdict(answers),
+        metric=metric,
+        metric_all=metric_all,
+        delta=delta,
+        delta_all=delta_all,
     )
 
 

@@ -26,7 +26,10 @@ batched forward passes. Hooks live only inside ``hooked`` (removed in a ``finall
 Streamlit; the app and the CLI call ``run_patching`` (or ``patch`` with a cache).
 
 Module lookups for all of this are in ONE function, ``patch_sites``, which reads the per-architecture map of
-core/model/arch.py (blocks, attention output projection, MLP output projection).
+core/model/arch.py (blocks, attention output projection, MLP output projection). What every study of one
+clean/corrupted pair settles the same way lives here once and core/studies/sae_patching.py and pairs.py call it:
+the texts and target (``encode_texts``), the answers, their margins and the tiny-margin warning (``pick_answers``,
+``Answers``), the fields that name the pair in a result (``pair_fields``, ``OnePairResult``).
 """
 
 from __future__ import annotations
@@ -109,9 +112,52 @@ class PatchingSettings(Settings):
         super().__post_init__()
 
 
+class OnePairResult:
+    """What every result of one clean/corrupted pair shares (PatchingResult, sae_patching.SAEPatchingResult): the
+    token count, the denominator of `restored`, and the answers' part of its summary. A plain base class, not a
+    dataclass: the fields are each result's own (declared here for the type checker only)."""
+
+    clean_tokens: tuple[str, ...]
+    target_position: int
+    target_reason: str
+    answer_id: int
+    answer_token: str
+    wrong_id: int
+    wrong_token: str
+    answers_from: str
+    m_clean: float
+    m_corrupted: float
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.clean_tokens)
+
+    @property
+    def denominator(self) -> float:
+        return self.m_clean - self.m_corrupted
+
+    @property
+    def tiny_difference(self) -> bool:
+        """|m_clean − m_corrupted| < TINY_DIFFERENCE: `restored` divides by almost nothing."""
+        return abs(self.denominator) < TINY_DIFFERENCE
+
+    def answers_summary(self) -> dict[str, Any]:
+        """The target, answers and margins as the summary JSON (patching.json, sae_patching.json) holds them."""
+        return {
+            "target_position": self.target_position,
+            "target_reason": self.target_reason,
+            "answer": {"id": self.answer_id, "token": self.answer_token},
+            "wrong_answer": {"id": self.wrong_id, "token": self.wrong_token},
+            "answers_from": self.answers_from,
+            "metric": "logit(answer) - logit(wrong_answer) at the target",
+            "m_clean": self.m_clean,
+            "m_corrupted": self.m_corrupted,
+        }
+
+
 @serializable
 @dataclass(frozen=True)
-class PatchingResult(Stored):
+class PatchingResult(OnePairResult, Stored):
     """One patching run. L = blocks, T = tokens.
 
     metric[c]: float64 [L, T] — m after patching component c (COMPONENTS) of block l at position p alone;
@@ -151,19 +197,6 @@ class PatchingResult(Stored):
     def n_layers(self) -> int:
         return int(self.metric["residual"].shape[0])
 
-    @property
-    def n_tokens(self) -> int:
-        return len(self.clean_tokens)
-
-    @property
-    def denominator(self) -> float:
-        return self.m_clean - self.m_corrupted
-
-    @property
-    def tiny_difference(self) -> bool:
-        """|m_clean − m_corrupted| < TINY_DIFFERENCE: `restored` divides by almost nothing."""
-        return abs(self.denominator) < TINY_DIFFERENCE
-
     def restored(self, component: str) -> np.ndarray:
         """(m_patched − m_corrupted) / (m_clean − m_corrupted), float64 [L, T]."""
         return restored_score(self.metric[component], self.m_clean, self.m_corrupted)
@@ -194,14 +227,7 @@ class PatchingResult(Stored):
             "corrupted_text": self.corrupted_text,
             "clean_tokens": list(self.clean_tokens),
             "corrupted_tokens": list(self.corrupted_tokens),
-            "target_position": self.target_position,
-            "target_reason": self.target_reason,
-            "answer": {"id": self.answer_id, "token": self.answer_token},
-            "wrong_answer": {"id": self.wrong_id, "token": self.wrong_token},
-            "answers_from": self.answers_from,
-            "metric": "logit(answer) - logit(wrong_answer) at the target",
-            "m_clean": self.m_clean,
-            "m_corrupted": self.m_corrupted,
+            **self.answers_summary(),
             "sanity": {"first_block_all_positions": self.sanity_block0, "identity": self.sanity_identity},
             "warnings": list(self.warnings),
             "timings": self.timings,
@@ -231,6 +257,14 @@ class PatchSites:
     blocks: tuple[Any, ...]
     attention: tuple[Any, ...]
     mlp: tuple[Any, ...]
+
+    def registrations(self, pre: Callable[..., Any], post: Callable[[str], Callable[..., Any]]) -> list[Registration]:
+        """Hooks on every site (for `hooked`): `pre` (a "pre_kwargs" hook) on each block's input, the residual;
+        post("attention") / post("mlp") on each attention / MLP output projection."""
+        regs: list[Registration] = [(b, "pre_kwargs", pre) for b in self.blocks]
+        regs += [(m, "post", post("attention")) for m in self.attention]
+        regs += [(m, "post", post("mlp")) for m in self.mlp]
+        return regs
 
 
 def patch_sites(model: Any, n_layers: int) -> PatchSites:
@@ -278,10 +312,7 @@ def capture_sites(
 
         return hook
 
-    regs: list[Registration] = [(b, "pre_kwargs", pre) for b in sites.blocks]
-    regs += [(m, "post", post("attention")) for m in sites.attention]
-    regs += [(m, "post", post("mlp")) for m in sites.mlp]
-    with hooked(regs):
+    with hooked(sites.registrations(pre, post)):
         logits = target_logits(loaded, input_ids, attention_mask, position)[0]
     return acts, logits
 
@@ -380,6 +411,25 @@ def choose_patch_target(loaded: LoadedModel, clean_ids: list[int], corrupt_ids: 
     return pos, "first mask token"
 
 
+def encode_texts(
+    loaded: LoadedModel, clean_text: str, corrupted_text: str, max_tokens: int
+) -> tuple[tuple[Any, Any, list[str]], tuple[Any, Any, list[str]], int, str]:
+    """((ids, mask, tokens) of the clean text, the same of the corrupted text, target position, its reason): ids and
+    masks [1, T] on the model's device. InputError for an empty or too long text, texts of different token lengths
+    (naming both lengths and token lists) or a target that differs between them."""
+    enc_c = _tokenize(loaded, clean_text, max_tokens, "clean")
+    enc_k = _tokenize(loaded, corrupted_text, max_tokens, "corrupted")
+    c_toks, k_toks = enc_c[2], enc_k[2]
+    if len(c_toks) != len(k_toks):
+        raise InputError(
+            f"the texts have different token lengths: clean {len(c_toks)} tokens {c_toks}, "
+            f"corrupted {len(k_toks)} tokens {k_toks}; patching needs the same length "
+            "(change a word for one of the same token count)"
+        )
+    pos, reason = choose_patch_target(loaded, enc_c[0][0].tolist(), enc_k[0][0].tolist())
+    return enc_c, enc_k, pos, reason
+
+
 def resolve_answer(loaded: LoadedModel, answer: str, label: str) -> int:
     """Token id of `answer`: a vocabulary token as written ("ĠParis"), else text that tokenises to one token."""
     tok = loaded.tokenizer
@@ -396,6 +446,110 @@ def resolve_answer(loaded: LoadedModel, answer: str, label: str) -> int:
 def _token_str(loaded: LoadedModel, i: int) -> str:
     t = loaded.tokenizer.convert_ids_to_tokens([i])[0]
     return t if isinstance(t, str) else f"<id {i}>"
+
+
+def answers_source(settings: PatchingSettings) -> str:
+    """Where A and B came from, in words (the results' `answers_from`)."""
+    return {
+        (False, False): "top-1 predictions",
+        (True, True): "given",
+        (True, False): "answer given, wrong answer = corrupted top-1",
+        (False, True): "answer = clean top-1, wrong answer given",
+    }[(settings.answer is not None, settings.wrong_answer is not None)]
+
+
+def pick_answers(
+    loaded: LoadedModel,
+    settings: PatchingSettings,
+    clean_logits: torch.Tensor,
+    corrupt_logits: torch.Tensor,
+    *,
+    allow_same: bool = False,
+) -> tuple[int, int]:
+    """The one rule of answers: (A, B) = (given or the clean top-1, given or the corrupted top-1), logits [V] at the
+    target. InputError when A == B (m ≡ 0), unless allow_same (in a data set of pairs such a pair is a near tie)."""
+    a = resolve_answer(loaded, settings.answer, "answer") if settings.answer else int(clean_logits.argmax())
+    b = (
+        resolve_answer(loaded, settings.wrong_answer, "wrong answer")
+        if settings.wrong_answer
+        else int(corrupt_logits.argmax())
+    )
+    if a == b and not allow_same:
+        raise InputError(
+            f"the answer and the wrong answer are the same token '{_token_str(loaded, a)}' "
+            f"({answers_source(settings)}): patching measures logit(answer) − logit(wrong answer), which is then 0. "
+            "Choose another pair of texts whose predictions differ, or name two different answers"
+        )
+    return a, b
+
+
+@dataclass(frozen=True)
+class Answers:
+    """A and B of one pair, where they came from, and m = logit_A − logit_B of both unpatched runs: the fields of
+    every one-pair result under these names (PatchingResult, SAEPatchingResult, pairs.PairCells)."""
+
+    answer_id: int
+    answer_token: str
+    wrong_id: int
+    wrong_token: str
+    answers_from: str
+    m_clean: float
+    m_corrupted: float
+
+    @staticmethod
+    def of(
+        loaded: LoadedModel,
+        settings: PatchingSettings,
+        picked: tuple[int, int],
+        clean_logits: torch.Tensor,
+        corrupt_logits: torch.Tensor,
+    ) -> Answers:
+        """The answers `picked` = (A, B) (by `pick_answers`) with their tokens and margins from logits [V]."""
+        a, b = picked
+        return Answers(
+            answer_id=a,
+            answer_token=_token_str(loaded, a),
+            wrong_id=b,
+            wrong_token=_token_str(loaded, b),
+            answers_from=answers_source(settings),
+            m_clean=float(clean_logits[a] - clean_logits[b]),
+            m_corrupted=float(corrupt_logits[a] - corrupt_logits[b]),
+        )
+
+    def warnings(self) -> list[str]:
+        """The warning of a tiny |m_clean − m_corrupted| (< TINY_DIFFERENCE), or none."""
+        gap = abs(self.m_clean - self.m_corrupted)
+        if gap < TINY_DIFFERENCE:
+            return [
+                f"|m_clean − m_corrupted| = {gap:.3g} is tiny: 'restored' divides by it and blows up; choose texts "
+                "whose answers differ more"
+            ]
+        return []
+
+
+def choose_answers(
+    loaded: LoadedModel, settings: PatchingSettings, clean_logits: torch.Tensor, corrupt_logits: torch.Tensor
+) -> Answers:
+    """`pick_answers` (A ≠ B) and `Answers.of` in one."""
+    picked = pick_answers(loaded, settings, clean_logits, corrupt_logits)
+    return Answers.of(loaded, settings, picked, clean_logits, corrupt_logits)
+
+
+def pair_fields(
+    clean_text: str, corrupted_text: str, encoded: tuple[Any, Any, int, str], answers: Answers
+) -> dict[str, Any]:
+    """The fields of a one-pair result (PatchingResult, SAEPatchingResult) that say which pair it is: both texts,
+    their tokens, the target and `answers`; `encoded` is `encode_texts`'s answer."""
+    enc_c, enc_k, pos, reason = encoded
+    return {
+        "clean_text": clean_text,
+        "corrupted_text": corrupted_text,
+        "clean_tokens": tuple(enc_c[2]),
+        "corrupted_tokens": tuple(enc_k[2]),
+        "target_position": pos,
+        "target_reason": reason,
+        **dataclasses.asdict(answers),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -421,15 +575,8 @@ def run_patching(
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     with loaded.lock:
-        c_ids, c_mask, c_toks = _tokenize(loaded, clean_text, settings.max_tokens, "clean")
-        k_ids, k_mask, k_toks = _tokenize(loaded, corrupted_text, settings.max_tokens, "corrupted")
-        if len(c_toks) != len(k_toks):
-            raise InputError(
-                f"the texts have different token lengths: clean {len(c_toks)} tokens {c_toks}, "
-                f"corrupted {len(k_toks)} tokens {k_toks}; patching needs the same length "
-                "(change a word for one of the same token count)"
-            )
-        pos, reason = choose_patch_target(loaded, c_ids[0].tolist(), k_ids[0].tolist())
+        encoded = encode_texts(loaded, clean_text, corrupted_text, settings.max_tokens)
+        (c_ids, c_mask, c_toks), (k_ids, k_mask, _), pos, _ = encoded
         sites = patch_sites(loaded.model, loaded.n_layers)
         report("Clean and corrupted runs", 0.0)
         t = time.perf_counter()
@@ -437,24 +584,8 @@ def run_patching(
         corrupt_logits = target_logits(loaded, k_ids, k_mask, pos)[0]
         timings["clean_and_corrupted"] = time.perf_counter() - t
 
-        top_clean, top_corrupt = int(clean_logits.argmax()), int(corrupt_logits.argmax())
-        a = resolve_answer(loaded, settings.answer, "answer") if settings.answer else top_clean
-        b = resolve_answer(loaded, settings.wrong_answer, "wrong answer") if settings.wrong_answer else top_corrupt
-        given = (settings.answer is not None, settings.wrong_answer is not None)
-        answers_from = {
-            (False, False): "top-1 predictions",
-            (True, True): "given",
-            (True, False): "answer given, wrong answer = corrupted top-1",
-            (False, True): "answer = clean top-1, wrong answer given",
-        }[given]
-        if a == b:
-            raise InputError(
-                f"the answer and the wrong answer are the same token '{_token_str(loaded, a)}' ({answers_from}): "
-                "patching measures logit(answer) − logit(wrong answer), which is then 0. Choose another pair of "
-                "texts whose predictions differ, or name two different answers"
-            )
-        m_clean = float(clean_logits[a] - clean_logits[b])
-        m_corrupt = float(corrupt_logits[a] - corrupt_logits[b])
+        answers = choose_answers(loaded, settings, clean_logits, corrupt_logits)
+        a, b, m_clean, m_corrupt = answers.answer_id, answers.wrong_id, answers.m_clean, answers.m_corrupted
 
         import torch
 
@@ -486,12 +617,7 @@ def run_patching(
                 timings[c] = timings.get(c, 0.0) + time.perf_counter() - t
         report("Done", 1.0)
     sanity_block0 = float(restored_score(np.array(metric_all["residual"][0]), m_clean, m_corrupt))
-    warnings = []
-    if abs(m_clean - m_corrupt) < TINY_DIFFERENCE:
-        warnings.append(
-            f"|m_clean − m_corrupted| = {abs(m_clean - m_corrupt):.3g} is tiny: 'restored' divides by "
-            "it and blows up; choose texts whose answers differ more"
-        )
+    warnings = answers.warnings()
     if not (abs(sanity_block0 - 1) < 1e-3 and abs(sanity_identity) < 1e-3):
         warnings.append(
             f"sanity check off: block 1 at every position restores {sanity_block0:.4g} (expected 1), "
@@ -501,19 +627,7 @@ def run_patching(
     return PatchingResult(
         model=loaded.info(),
         settings=settings,
-        clean_text=clean_text,
-        corrupted_text=corrupted_text,
-        clean_tokens=tuple(c_toks),
-        corrupted_tokens=tuple(k_toks),
-        target_position=pos,
-        target_reason=reason,
-        answer_id=a,
-        answer_token=_token_str(loaded, a),
-        wrong_id=b,
-        wrong_token=_token_str(loaded, b),
-        answers_from=answers_from,
-        m_clean=m_clean,
-        m_corrupted=m_corrupt,
+        **pair_fields(clean_text, corrupted_text, encoded, answers),
         metric=metric,
         metric_all=metric_all,
         sanity_block0=sanity_block0,

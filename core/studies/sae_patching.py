@@ -41,12 +41,11 @@ from core.model.sae import SAE
 from core.model.sites import Site, recorders, replacer, site
 from core.run.progress import ProgressFn, silent
 from core.studies.patching import (
-    TINY_DIFFERENCE,
+    OnePairResult,
     PatchingSettings,
-    _token_str,
-    _tokenize,
-    choose_patch_target,
-    resolve_answer,
+    choose_answers,
+    encode_texts,
+    pair_fields,
     restored_score,
 )
 
@@ -74,7 +73,7 @@ CSV_HEADER = [
 
 @serializable
 @dataclass(frozen=True)
-class SAEPatchingResult:
+class SAEPatchingResult(OnePairResult):
     """One SAE-feature patching run. T tokens; arrays [T] hold NaN where nothing was run (no per-position error or
     site patch); positions after a causal target hold m_corrupted (patch) or 0 (Δm).
 
@@ -116,14 +115,6 @@ class SAEPatchingResult:
     warnings: tuple[str, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
     core_version: str = CORE_VERSION
-
-    @property
-    def n_tokens(self) -> int:
-        return len(self.clean_tokens)
-
-    @property
-    def denominator(self) -> float:
-        return self.m_clean - self.m_corrupted
 
     def restored(self, m: Any) -> Any:
         """(m − m_corrupted) / (m_clean − m_corrupted) of a value or an array (NaN when the denominator is 0)."""
@@ -177,14 +168,7 @@ class SAEPatchingResult:
             "feature": self.feature,
             "clean_text": self.clean_text,
             "corrupted_text": self.corrupted_text,
-            "target_position": self.target_position,
-            "target_reason": self.target_reason,
-            "answer": {"id": self.answer_id, "token": self.answer_token},
-            "wrong_answer": {"id": self.wrong_id, "token": self.wrong_token},
-            "answers_from": self.answers_from,
-            "metric": "logit(answer) - logit(wrong_answer) at the target",
-            "m_clean": self.m_clean,
-            "m_corrupted": self.m_corrupted,
+            **self.answers_summary(),
             "restored_every_position": {
                 "feature": self.restored(self.feature_patch_all),
                 "error": self.restored(self.error_patch_all),
@@ -308,36 +292,13 @@ def run_sae_patching(
     timings: dict[str, float] = {}
     with loaded.lock:
         s, warnings = check_sae(loaded, sae, feature)
-        c_ids, c_mask, c_toks = _tokenize(loaded, clean_text, settings.max_tokens, "clean")
-        k_ids, k_mask, k_toks = _tokenize(loaded, corrupted_text, settings.max_tokens, "corrupted")
-        if len(c_toks) != len(k_toks):
-            raise InputError(
-                f"the texts have different token lengths: clean {len(c_toks)} tokens {c_toks}, "
-                f"corrupted {len(k_toks)} tokens {k_toks}; patching needs the same length"
-            )
-        pos, reason = choose_patch_target(loaded, c_ids[0].tolist(), k_ids[0].tolist())
+        encoded = encode_texts(loaded, clean_text, corrupted_text, settings.max_tokens)
+        (c_ids, c_mask, c_toks), (k_ids, k_mask, _), pos, _ = encoded
         report("Clean and corrupted runs", 0.0)
         x_c, clean_logits = recorded_run(loaded, s, c_ids, c_mask, pos)
         x_k, corrupt_logits = recorded_run(loaded, s, k_ids, k_mask, pos)
-        a = resolve_answer(loaded, settings.answer, "answer") if settings.answer else int(clean_logits.argmax())
-        b = (
-            resolve_answer(loaded, settings.wrong_answer, "wrong answer")
-            if settings.wrong_answer
-            else int(corrupt_logits.argmax())
-        )
-        answers_from = {
-            (False, False): "top-1 predictions",
-            (True, True): "given",
-            (True, False): "answer given, wrong answer = corrupted top-1",
-            (False, True): "answer = clean top-1, wrong answer given",
-        }[(settings.answer is not None, settings.wrong_answer is not None)]
-        if a == b:
-            raise InputError(
-                f"the answer and the wrong answer are the same token '{_token_str(loaded, a)}' ({answers_from}): "
-                "m = logit(answer) − logit(wrong answer) is then 0; choose texts whose predictions differ"
-            )
-        m_clean = float(clean_logits[a] - clean_logits[b])
-        m_corrupt = float(corrupt_logits[a] - corrupt_logits[b])
+        answers = choose_answers(loaded, settings, clean_logits, corrupt_logits)
+        a, b, m_clean, m_corrupt = answers.answer_id, answers.wrong_id, answers.m_clean, answers.m_corrupted
         timings["clean_and_corrupted"] = time.perf_counter() - t0
 
         T, Tp = len(c_toks), int(x_c.shape[0])
@@ -379,11 +340,7 @@ def run_sae_patching(
         out[:Tp] = v.double().numpy()
         return out
 
-    if abs(m_clean - m_corrupt) < TINY_DIFFERENCE:
-        warnings.append(
-            f"|m_clean − m_corrupted| = {abs(m_clean - m_corrupt):.3g} is tiny: 'restored' divides by it and blows "
-            "up; choose texts whose answers differ more"
-        )
+    warnings += answers.warnings()
     if not bool((a_c != 0).any() or (a_k != 0).any()):
         warnings.append(f"feature {feature} is not active on either text: patching and ablating it change nothing")
     timings["total"] = time.perf_counter() - t0
@@ -395,19 +352,7 @@ def run_sae_patching(
         hook_name=sae.hook_name,
         feature=int(feature),
         d_sae=sae.d_sae,
-        clean_text=clean_text,
-        corrupted_text=corrupted_text,
-        clean_tokens=tuple(c_toks),
-        corrupted_tokens=tuple(k_toks),
-        target_position=pos,
-        target_reason=reason,
-        answer_id=a,
-        answer_token=_token_str(loaded, a),
-        wrong_id=b,
-        wrong_token=_token_str(loaded, b),
-        answers_from=answers_from,
-        m_clean=m_clean,
-        m_corrupted=m_corrupt,
+        **pair_fields(clean_text, corrupted_text, encoded, answers),
         act_clean=full(a_c),
         act_corrupted=full(a_k),
         feature_patch=feat_per,
