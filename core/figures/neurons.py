@@ -31,51 +31,15 @@ def factor_figure(
 ) -> Figure:
     """The text once per factor, each token shaded by the factor's strength W[t, f] / max_t W[t, f]; the block
     title lists the factor's five heaviest neurons (L<block 1…L>·N<neuron>). Returns a matplotlib Figure."""
-    from matplotlib.collections import PatchCollection
-    from matplotlib.patches import Rectangle
-
     from core.figures import plotting
 
     chosen = list(range(section.n_factors)) if factors is None else [int(f) for f in factors]
-    labels = [plotting.token_label(t, max_len=14) for t in tokens]
-    line_h, gap = 1.6, 0.3
-    pos, x, y = [], 0.0, 0.0
-    for lab in labels:
-        w = max(len(lab), 1) + 0.6
-        if x + w > width_chars and x > 0:
-            x, y = 0.0, y + line_h
-        pos.append((x, y, w))
-        x += w + gap
-    block_h = y + line_h + 1.8
-    total_h = block_h * len(chosen)
-    fig = plotting.figure(min(width_chars * 0.095 + 0.5, 10.0), 0.19 * total_h + 0.4)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.set_xlim(-0.5, width_chars + 0.5)
-    ax.set_ylim(total_h, -0.5)
-    ax.axis("off")
-    cmap = plotting.colormap("Oranges")
-    boxes, colours, edges = [], [], []
-    for b, f in enumerate(chosen):
-        top = b * block_h
+    strips = []
+    for f in chosen:
         col = section.token_factors[:, f]
-        scale = float(col.max()) or 1.0
         neurons = ", ".join(section.neuron_name(f, r) for r in range(min(5, section.top_layer.shape[1])))
-        ax.text(
-            0,
-            top + 0.6,
-            f"Factor {f}  (max {scale:.3g}; top neurons {neurons})",
-            fontsize=9,
-            fontweight="bold",
-            va="center",
-        )
-        for t, ((x0, y0, w), lab) in enumerate(zip(pos, labels)):
-            yy = top + 1.8 + y0
-            boxes.append(Rectangle((x0, yy - 0.65), w, 1.3))
-            colours.append(cmap(0.7 * float(col[t]) / scale))  # ≤ 0.7 of the scale: black text stays readable
-            edges.append("k" if t == target else "none")
-            ax.text(x0 + 0.3, yy, lab, fontsize=8, family="monospace", va="center", ha="left")
-    ax.add_collection(PatchCollection(boxes, facecolors=colours, edgecolors=edges, linewidths=1.0))
-    return fig
+        strips.append((f"Factor {f}  (max {float(col.max()) or 1.0:.3g}; top neurons {neurons})", col))
+    return plotting.token_strips(tokens, strips, width_chars=width_chars, target=target)
 
 
 def top_neuron_figure(section: NeuronFactorSection, n: int = 10) -> Figure:

@@ -11,12 +11,14 @@ gif(frames, frame_ms) -> bytes  an endless GIF
 Blitter                         draw the static parts of an animation once, redraw only what changes per frame
 token_label(tok, max_len)       the one sanitiser of token text for plot labels (raw_token_label: of raw tokens)
 colormap(name)                  a registered colormap (no pyplot)
+token_strips(tokens, strips)    the text once per strip, each token shaded by the strip's value at it
 """
 
 from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -134,6 +136,50 @@ def gif(frames: list[np.ndarray], frame_ms: int) -> bytes:
 def colormap(name: str) -> Colormap:
     """A registered matplotlib colormap by name."""
     return colormaps[name]
+
+
+def token_strips(
+    tokens: Sequence[str],
+    strips: Sequence[tuple[str, np.ndarray]],
+    *,
+    width_chars: int = 90,
+    target: int | None = None,
+) -> Figure:
+    """The text once per strip (title, values [T]), wrapped at `width_chars`: each token shaded in Oranges by
+    value / the strip's maximum (1 when that is 0), the title above in bold, the `target` token outlined."""
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Rectangle
+
+    labels = [token_label(t, max_len=14) for t in tokens]
+    line_h, gap = 1.6, 0.3
+    pos, x, y = [], 0.0, 0.0
+    for lab in labels:
+        w = max(len(lab), 1) + 0.6
+        if x + w > width_chars and x > 0:
+            x, y = 0.0, y + line_h
+        pos.append((x, y, w))
+        x += w + gap
+    block_h = y + line_h + 1.8
+    total_h = block_h * max(len(strips), 1)
+    fig = figure(min(width_chars * 0.095 + 0.5, 10.0), 0.19 * total_h + 0.4)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(-0.5, width_chars + 0.5)
+    ax.set_ylim(total_h, -0.5)
+    ax.axis("off")
+    cmap = colormap("Oranges")
+    boxes, colours, edges = [], [], []
+    for b, (title, values) in enumerate(strips):
+        top = b * block_h
+        scale = float(values.max()) or 1.0
+        ax.text(0, top + 0.6, title, fontsize=9, fontweight="bold", va="center")
+        for t, ((x0, y0, w), lab) in enumerate(zip(pos, labels)):
+            yy = top + 1.8 + y0
+            boxes.append(Rectangle((x0, yy - 0.65), w, 1.3))
+            colours.append(cmap(0.7 * float(values[t]) / scale))  # ≤ 0.7 of the scale: black text stays readable
+            edges.append("k" if t == target else "none")
+            ax.text(x0 + 0.3, yy, lab, fontsize=8, family="monospace", va="center", ha="left")
+    ax.add_collection(PatchCollection(boxes, facecolors=colours, edgecolors=edges, linewidths=1.0))
+    return fig
 
 
 def token_label(token: str, max_len: int | None = None) -> str:

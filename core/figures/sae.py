@@ -32,43 +32,13 @@ def strip_figure(
     sec: SAEFeatures, tokens: Sequence[str], feats: Sequence[int], *, width_chars: int = 90, target: int | None = None
 ) -> Figure:
     """The text once per feature, each token shaded by the feature's activation / its maximum in the text."""
-    from matplotlib.collections import PatchCollection
-    from matplotlib.patches import Rectangle
-
     from core.figures import plotting
 
-    labels = [plotting.token_label(t, max_len=14) for t in tokens]
-    line_h, gap = 1.6, 0.3
-    pos, x, y = [], 0.0, 0.0
-    for lab in labels:
-        w = max(len(lab), 1) + 0.6
-        if x + w > width_chars and x > 0:
-            x, y = 0.0, y + line_h
-        pos.append((x, y, w))
-        x += w + gap
-    block_h = y + line_h + 1.8
-    total_h = block_h * max(len(feats), 1)
-    fig = plotting.figure(min(width_chars * 0.095 + 0.5, 10.0), 0.19 * total_h + 0.4)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.set_xlim(-0.5, width_chars + 0.5)
-    ax.set_ylim(total_h, -0.5)
-    ax.axis("off")
-    cmap = plotting.colormap("Oranges")
-    boxes, colours, edges = [], [], []
-    for b, f in enumerate(feats):
-        top = b * block_h
+    strips = []
+    for f in feats:
         prof = sec.feature_profile(int(f))
-        scale = float(prof.max()) or 1.0
-        title = f"{sec.hook_name} · feature {int(f)}  (max {float(prof.max()):.3g})"
-        ax.text(0, top + 0.6, title, fontsize=9, fontweight="bold", va="center")
-        for t, ((x0, y0, w), lab) in enumerate(zip(pos, labels)):
-            yy = top + 1.8 + y0
-            boxes.append(Rectangle((x0, yy - 0.65), w, 1.3))
-            colours.append(cmap(0.7 * float(prof[t]) / scale))  # ≤ 0.7 of the scale: black text stays readable
-            edges.append("k" if t == target else "none")
-            ax.text(x0 + 0.3, yy, lab, fontsize=8, family="monospace", va="center", ha="left")
-    ax.add_collection(PatchCollection(boxes, facecolors=colours, edgecolors=edges, linewidths=1.0))
-    return fig
+        strips.append((f"{sec.hook_name} · feature {int(f)}  (max {float(prof.max()):.3g})", prof))
+    return plotting.token_strips(tokens, strips, width_chars=width_chars, target=target)
 
 
 def heatmap_figure(sec: SAEFeatures, tokens: Sequence[str], n: int = HEATMAP_FEATURES) -> Figure:
