@@ -13,22 +13,8 @@ v W_O [J, H, D] over the same query chunks, causal triangle skipped); "fraction"
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
-from common import CACHE, load_gpt2_small, text_of_tokens
-
-CLOCK = time.perf_counter
-
-
-def timeit(fn, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        t = CLOCK()
-        fn()
-        times.append(CLOCK() - t)
-    return statistics.median(times)
+from common import CACHE, add_clock_args, load_gpt2_small, text_of_tokens, timeit, use_clock_args
 
 
 def tinyllama_width(n_layers: int = 2):
@@ -113,17 +99,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads")
-    ap.add_argument("--cpu", action="store_true", help="process CPU time (robust on a shared machine; use --threads 1)")
+    add_clock_args(ap)
     args = ap.parse_args()
+    use_clock_args(args)
     import torch
 
-    global CLOCK
-    if args.cpu:
-        CLOCK = time.process_time
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}"

@@ -22,23 +22,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
 
-from common import load_gpt2_small, text_of_tokens
-
-CLOCK = time.perf_counter
-
-
-def timeit(fn, repeat: int = 3, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t = CLOCK()
-        fn()
-        times.append(CLOCK() - t)
-    return statistics.median(times)
+from common import add_clock_args, load_gpt2_small, text_of_tokens, timeit, use_clock_args
 
 
 def measure(loaded=None, tokens: int = 128, repeat: int = 3) -> list[tuple[str, float]]:
@@ -130,16 +115,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
-    ap.add_argument("--cpu", action="store_true", help="measure process CPU time instead of wall time")
+    add_clock_args(ap)
     args = ap.parse_args()
+    use_clock_args(args)
     import torch
 
-    global CLOCK
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.cpu:
-        CLOCK = time.process_time
     rows = measure(tokens=args.tokens, repeat=args.repeat)
     bare = rows[0][1]
     clock = "process CPU time" if args.cpu else "wall time"

@@ -11,27 +11,11 @@ other jobs share the machine: CPU time then equals the work done), or of wall ti
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
-from common import load_gpt2_small, text_of_tokens
-
-CLOCK = time.process_time
-
-
-def timeit(fn, repeat: int = 3, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t = CLOCK()
-        fn()
-        times.append(CLOCK() - t)
-    return statistics.median(times)
+from common import load_gpt2_small, set_clock, text_of_tokens, timeit
 
 
 def main() -> None:
-    global CLOCK
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=1)
@@ -39,8 +23,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--wall", action="store_true", help="wall time instead of process CPU time")
     args = ap.parse_args()
-    if args.wall:
-        CLOCK = time.perf_counter
+    set_clock(cpu=not args.wall)
 
     import torch
 
@@ -100,7 +83,7 @@ def main() -> None:
     abl = timeit(lambda: head_ablation(loaded, enc_c["input_ids"], mask, pos, y), args.repeat, 0)
     batch_2h = timeit(lambda: target_logits(loaded, enc_c["input_ids"].expand(2 * H, -1), mask, pos), args.repeat)
 
-    unit = "CPU s" if CLOCK is time.process_time else "wall s"
+    unit = "wall s" if args.wall else "CPU s"
     print(
         f"GPT-2-small shape (random weights), {T} tokens, {L} layers × {H} heads, torch threads {args.threads}, "
         f"median {unit}"

@@ -11,23 +11,8 @@ use it with --threads 1). Ratios are to the capture's forward pass (hidden state
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
-from common import load_gpt2_small, text_of_tokens
-
-CLOCK = time.perf_counter
-
-
-def timeit(fn, repeat: int = 3, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t = CLOCK()
-        fn()
-        times.append(CLOCK() - t)
-    return statistics.median(times)
+from common import add_clock_args, load_gpt2_small, text_of_tokens, timeit, use_clock_args
 
 
 def measure(loaded=None, tokens: int = 128, repeat: int = 3) -> list[tuple[str, float]]:
@@ -69,19 +54,13 @@ def measure(loaded=None, tokens: int = 128, repeat: int = 3) -> list[tuple[str, 
 
 
 def main() -> None:
-    global CLOCK
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--cpu", action="store_true", help="process CPU time instead of wall time")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    add_clock_args(ap)
     args = ap.parse_args()
-    import torch
+    use_clock_args(args)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.cpu:
-        CLOCK = time.process_time
     rows = measure(tokens=args.tokens, repeat=args.repeat)
     base = rows[0][1]
     print(f"{'step':62s} {'seconds':>8s} {'× forward':>10s}")

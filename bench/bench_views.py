@@ -23,22 +23,9 @@ the first-visit wait it implies after a 5 s pause: max(0, views − 5 s) with th
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
-from common import load_gpt2_small, text_of_tokens
-
-CLOCK = time.perf_counter
-
-
-def timeit(fn, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        t = CLOCK()
-        fn()
-        times.append(CLOCK() - t)
-    return statistics.median(times)
+from common import add_clock_args, load_gpt2_small, text_of_tokens, timeit, use_clock_args
 
 
 def measure(loaded, tokens: int, repeat: int) -> list[tuple[str, float, float]]:
@@ -154,18 +141,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads")
-    ap.add_argument("--cpu", action="store_true", help="process CPU time (robust on a shared machine; use --threads 1)")
     ap.add_argument("--views", action="store_true", help="the views' CPU time and shares per shape of python -m bench")
     ap.add_argument("--shapes", nargs="+", default=["gpt2", "bert"], help="with --views: shapes of bench/run.py")
+    add_clock_args(ap)
     args = ap.parse_args()
+    use_clock_args(args)
     import torch
 
-    global CLOCK
-    if args.cpu:
-        CLOCK = time.process_time
-    if args.threads:
-        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {'CPU' if args.cpu else 'wall'} time")
     if args.views:
         for shape in args.shapes:

@@ -51,13 +51,39 @@ def text_of_tokens(loaded, n: int = 128) -> str:
     return text
 
 
+#: The clock `timeit` reads: wall time, or process CPU time after `set_clock(cpu=True)` (a script's --cpu).
+CLOCK = time.perf_counter
+
+
+def set_clock(*, cpu: bool) -> None:
+    """Time with process CPU time (cpu=True: robust when other jobs share the machine; with one torch thread it
+    equals the work done) or wall time."""
+    global CLOCK
+    CLOCK = time.process_time if cpu else time.perf_counter
+
+
 def timeit(fn, repeat: int = 5, warmup: int = 1) -> float:
-    """Median wall time of fn() in seconds."""
+    """Median time of fn() in seconds on CLOCK, after `warmup` untimed calls."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = CLOCK()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(CLOCK() - t)
     return statistics.median(times)
+
+
+def add_clock_args(ap) -> None:
+    """--threads N and --cpu, the timing options of the benchmark scripts; `use_clock_args` applies them."""
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: leave torch's)")
+    ap.add_argument("--cpu", action="store_true", help="process CPU time instead of wall time (use with --threads 1)")
+
+
+def use_clock_args(args) -> None:
+    """Apply --threads (torch threads) and --cpu (`set_clock`) of `add_clock_args`."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    set_clock(cpu=args.cpu)
