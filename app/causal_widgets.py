@@ -232,18 +232,11 @@ def start_patching(model_id: str, dtype: str, clean: str, corrupt: str, settings
         loaded = get_model(model_id, dtype, "auto")
         return patching.patch(loaded, clean, corrupt, settings, cache=get_result_cache(), progress=job.report)
 
-    out = jobs.start(st.session_state, PATCH_JOB, work, what="activation patching", meta={"model_id": model_id})
-    if isinstance(out, str):
-        job_widgets.refused(out)
+    job_widgets.start(PATCH_JOB, work, what="activation patching", meta={"model_id": model_id})
 
 
 def collect(job: jobs.Job) -> None:
-    state = st.session_state
-    if job.ok:
-        state[Keys.PATCH_RESULT] = job.result
-        state[Keys.PATCH_ERROR] = None
-    else:
-        state[Keys.PATCH_ERROR] = job.error
+    job_widgets.store(job, Keys.PATCH_RESULT, Keys.PATCH_ERROR)
 
 
 def _loaded_for_inputs(model_id: str, dtype: str) -> Any:

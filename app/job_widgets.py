@@ -72,3 +72,21 @@ def follow(
 def refused(line: str, where: Any = None) -> None:
     """The one line for a second start while the job runs."""
     (where or st).warning(line, icon=":material/hourglass_top:")
+
+
+def start(name: str, work: Callable[[Job], Any], *, what: str, meta: dict[str, Any]) -> None:
+    """Start the session's background job `name` (app.jobs.start); a second start while it runs shows `refused`."""
+    out = jobs.start(st.session_state, name, work, what=what, meta=meta)
+    if isinstance(out, str):
+        refused(out)
+
+
+def store(job: Job, result_key: str, error_key: str) -> None:
+    """The `collect` of a job whose result the page keeps as it is: the result under `result_key` (the error line
+    under `error_key` cleared), or the error line."""
+    state = st.session_state
+    if job.ok:
+        state[result_key] = job.result
+        state[error_key] = None
+    else:
+        state[error_key] = job.error

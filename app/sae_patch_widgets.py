@@ -130,18 +130,11 @@ def start(model_id: str, dtype: str, folder: str, feature: int, clean: str, corr
         loaded = get_model(model_id, dtype, "auto")
         return run_sae_patching(loaded, clean, corrupt, load_sae(folder), feature, settings, progress=job.report)
 
-    out = jobs.start(st.session_state, SAE_PATCH_JOB, work, what="SAE feature patching", meta={"model_id": model_id})
-    if isinstance(out, str):
-        job_widgets.refused(out)
+    job_widgets.start(SAE_PATCH_JOB, work, what="SAE feature patching", meta={"model_id": model_id})
 
 
 def collect(job: jobs.Job) -> None:
-    state = st.session_state
-    if job.ok:
-        state[Keys.SAE_PATCH_RESULT] = job.result
-        state[Keys.SAE_PATCH_ERROR] = None
-    else:
-        state[Keys.SAE_PATCH_ERROR] = job.error
+    job_widgets.store(job, Keys.SAE_PATCH_RESULT, Keys.SAE_PATCH_ERROR)
 
 
 def _describe(folder: str) -> tuple[str, int | None, str]:
