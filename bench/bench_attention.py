@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 
-from common import add_clock_args, load_gpt2_small, text_of_tokens, timeit, use_clock_args
+from common import add_clock_args, forward_rows, load_gpt2_small, text_of_tokens, timeit, use_clock_args
 
 
 def measure(loaded=None, tokens: int = 128, repeat: int = 3, ig_steps: int = 32) -> list[tuple[str, float]]:
-    import torch
 
     from core import analyze
     from core.figures.animations import attention_layers_gif, token_trajectories_gif
@@ -41,17 +40,7 @@ def measure(loaded=None, tokens: int = 128, repeat: int = 3, ig_steps: int = 32)
     pred = int(cap.logits[pos].argmax())
     att, special = res.attentions, res.special_mask
 
-    def bare():
-        with torch.inference_mode():
-            loaded.model(input_ids=ids)
-
-    rows: list[tuple[str, float]] = [(f"bare forward pass ({ids.shape[1]} tokens)", timeit(bare, repeat=repeat))]
-    rows.append(
-        (
-            "capturing forward pass (attentions + hidden states)",
-            timeit(lambda: capture(loaded, text, res.settings), repeat=repeat),
-        )
-    )
+    rows = forward_rows(loaded, text, res.settings, ids, repeat)
     t_att = timeit(lambda: analyse_attention(att, special, True, None), repeat=repeat)
     t_roll = timeit(lambda: attention_rollout(att), repeat=repeat)
     rows += [

@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from common import add_clock_args, load_gpt2_small, text_of_tokens, timeit, use_clock_args
+from common import add_clock_args, forward_rows, load_gpt2_small, text_of_tokens, timeit, use_clock_args
 
 
 def measure(loaded=None, tokens: int = 128, repeat: int = 3) -> list[tuple[str, float]]:
@@ -46,17 +46,7 @@ def measure(loaded=None, tokens: int = 128, repeat: int = 3) -> list[tuple[str, 
     ids, mask = cap.input_ids, cap.attention_mask
     L = loaded.n_layers
 
-    def bare():
-        with torch.inference_mode():
-            loaded.model(input_ids=ids)
-
-    rows: list[tuple[str, float]] = [(f"bare forward pass ({ids.shape[1]} tokens)", timeit(bare, repeat=repeat))]
-    rows.append(
-        (
-            "capturing forward pass (attentions + hidden states)",
-            timeit(lambda: capture(loaded, text, st), repeat=repeat),
-        )
-    )
+    rows = forward_rows(loaded, text, st, ids, repeat)
     layers = list(range(L))
     t_cap = timeit(lambda: capture_mlp_activations(loaded.model, ids, mask, layers), repeat=repeat)
     acts = capture_mlp_activations(loaded.model, ids, mask, layers)

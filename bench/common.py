@@ -87,3 +87,23 @@ def use_clock_args(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     set_clock(cpu=args.cpu)
+
+
+def forward_rows(loaded, text: str, settings, ids, repeat: int) -> list[tuple[str, float]]:
+    """The two reference rows of a per-step benchmark, (name, median seconds on CLOCK): the bare forward pass of
+    `ids` (input ids in, logits out) and the capturing one of `text` (attentions + hidden states returned)."""
+    import torch
+
+    from core.model.capture import capture
+
+    def bare():
+        with torch.inference_mode():
+            loaded.model(input_ids=ids)
+
+    return [
+        (f"bare forward pass ({ids.shape[1]} tokens)", timeit(bare, repeat=repeat)),
+        (
+            "capturing forward pass (attentions + hidden states)",
+            timeit(lambda: capture(loaded, text, settings), repeat=repeat),
+        ),
+    ]
