@@ -30,7 +30,7 @@ from core.present.study_tables import (
 )
 from core.present.tables import readable_token
 from core.steps.ablation import HeadAblationSection
-from core.studies.patching import COMPONENTS, TINY_DIFFERENCE, PatchingResult, PatchingSettings
+from core.studies.patching import COMPONENTS, PatchingResult, PatchingSettings
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def show_result(res: PatchingResult) -> None:
     b.metric("Wrong answer B (corrupted)", readable_token(res.wrong_token))
     c.metric("m clean − m corrupted", f"{res.denominator:.3f}")
     st.caption(md_escape(result_caption(res)))
-    if abs(res.denominator) < TINY_DIFFERENCE:
+    if res.tiny_difference:
         st.warning(
             f"|m_clean − m_corrupted| = {abs(res.denominator):.3g} is tiny: 'restored' divides by it, so "
             "the map below is mostly noise. Choose a pair of texts whose answers differ more.",

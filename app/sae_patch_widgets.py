@@ -26,7 +26,7 @@ from core.infra import guards
 from core.infra.errors import InputError, TMAError
 from core.infra.formats import csv_bytes
 from core.present import docs
-from core.studies.patching import TINY_DIFFERENCE, PatchingSettings
+from core.studies.patching import PatchingSettings
 from core.studies.sae_patching import CSV_HEADER, SAEPatchingResult
 
 #: The name of the job in app.jobs (one per session).
@@ -61,7 +61,7 @@ def show_result(res: SAEPatchingResult) -> None:
         f"vs {res.wrong_token!r} ({res.answers_from}); m_clean = {res.m_clean:.3f}, "
         f"m_corrupted = {res.m_corrupted:.3f}, target position {res.target_position}"
     )
-    if abs(res.denominator) < TINY_DIFFERENCE:
+    if res.tiny_difference:
         st.warning(
             f"|m_clean − m_corrupted| = {abs(res.denominator):.3g} is tiny: 'restored' divides by it.",
             icon=":material/warning:",
