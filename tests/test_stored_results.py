@@ -167,3 +167,12 @@ def test_a_stored_patching_result_reads_back_equal_to_a_fresh_one(tiny_gpt2):
     fresh = run_patching(tiny_gpt2, old.clean_text, old.corrupted_text)
     assert (old.answer_token, old.wrong_token) == (fresh.answer_token, fresh.wrong_token)
     assert _close(old, fresh) == []
+
+
+def test_a_stored_result_of_another_class_is_refused_by_name():
+    from core.studies.pairs import PairsResult
+
+    data = _old("patching_gpt2.bin")
+    assert isinstance(PatchingResult.from_bytes(data), PatchingResult)
+    with pytest.raises(TypeError, match="^the data does not hold a PairsResult$"):
+        PairsResult.from_bytes(data)
