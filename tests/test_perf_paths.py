@@ -638,3 +638,62 @@ def test_checkpointing_is_chosen_by_the_activation_estimate(tiny_gpt2, monkeypat
     big.hidden_size, big.n_layers, big.dtype = 2048, 22, "bfloat16"
     assert attribution.saved_activation_bytes(big, 512) > limit  # TinyLlama at 512 tokens: recomputed
     assert attribution.saved_activation_bytes(big, 128) < limit
+
+
+def _held_head_outputs_reference(loaded, ids, mask, pos, pred):
+    """The gradient pass as it was before the head scores were reduced in the backward pass: every layer's head
+    output z_l held from the forward pass and ∂f/∂z_l taken with respect to all of them at once (plain autograd,
+    no checkpointing, sdpa as the step uses)."""
+    import torch
+
+    from core.infra.devices import fast_attention
+    from core.model.hooks import hooked
+    from core.steps.attribution import head_projection_modules, target_logprob_fn, token_embeddings
+
+    mods = head_projection_modules(loaded.model, loaded.n_layers)
+    held = []
+    x = token_embeddings(loaded, ids)
+    f = target_logprob_fn(loaded, mask, pos, pred)
+    with fast_attention(loaded.model), torch.inference_mode(False), torch.enable_grad():
+        emb = x.clone().requires_grad_(True)
+        with hooked((m, "pre", lambda _m, args: held.append(args[0])) for m in mods):
+            val = f(emb)
+        grads = torch.autograd.grad(val.sum(), [emb, *held])
+    gxi = (grads[0] * emb.detach())[0].sum(-1).double().numpy()
+    rows = []
+    for z, g in zip(held, grads[1:]):
+        zz = (z.detach() * g)[0]
+        rows.append(zz.reshape(zz.shape[0], loaded.n_heads, -1).sum((0, 2)).double().numpy())
+    return gxi, np.stack(rows), float(val.detach()[0])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_head_scores_reduced_in_the_backward_pass_equal_the_held_outputs(tiny_dirs, dtype):
+    """Each layer's head scores are reduced as its ∂f/∂z arrives (a tap whose saved z a checkpointed block
+    recomputes) instead of holding all L head outputs and their L gradients: the same numbers as the held path,
+    bit for bit, with and without checkpointing; the tap is applied again when a checkpointed block recomputes."""
+    import torch
+
+    import core.steps.attribution as A
+    from core.model.loading import load_model
+
+    loaded = load_model(str(tiny_dirs["llama"]), dtype=dtype, device="cpu")
+    cap = _capture(loaded)
+    pos = cap.input_ids.shape[1] - 1
+    pred = int(torch.argmax(cap.logits[pos]))
+    ref = _held_head_outputs_reference(loaded, cap.input_ids, cap.attention_mask, pos, pred)
+    tap = A._head_tap()
+    real_apply = tap.apply
+    applied = []
+    try:
+        tap.apply = lambda z, sink: applied.append(1) or real_apply(z, sink)
+        for checkpoint in (False, True):
+            applied.clear()
+            gxi, heads, fx = A.gradient_x_input(
+                loaded, cap.input_ids, cap.attention_mask, pos, pred, heads=True, checkpoint=checkpoint
+            )
+            assert len(applied) == loaded.n_layers * (2 if checkpoint else 1)
+            assert np.array_equal(gxi, ref[0]) and np.array_equal(heads, ref[1]) and fx == ref[2]
+    finally:
+        del tap.apply
+    assert np.abs(ref[1]).max() > 0

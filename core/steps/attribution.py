@@ -281,6 +281,43 @@ def checkpointed_blocks(model: Any, n_layers: int, enabled: bool = True) -> Iter
                 b.forward = own
 
 
+def _head_tap() -> Any:
+    """The autograd function behind the head scores (built on first use: torch is imported lazily). Forward:
+    z ↦ z (a view, so the model computes exactly what it computes without it), keeping z for the backward pass;
+    backward: hands (z, ∂f/∂z) to the tap's `sink`, passes ∂f/∂z on unchanged. Inside a checkpointed block z is a
+    saved tensor like any other: dropped after the forward pass and recomputed in the backward pass, so neither
+    the L head outputs nor their L gradients are ever held together (TinyLlama at 2048 tokens in bfloat16: 2 ×
+    176 MiB)."""
+    global _HEAD_TAP
+    if _HEAD_TAP is None:
+        import torch
+
+        class HeadTap(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx: Any, z: Any, sink: Callable[[Any, Any], None]) -> Any:
+                ctx.save_for_backward(z)
+                ctx.sink = sink
+                return z.view_as(z)
+
+            @staticmethod
+            def backward(ctx: Any, grad: Any) -> tuple[Any, None]:
+                (z,) = ctx.saved_tensors
+                ctx.sink(z, grad)
+                return grad, None
+
+        _HEAD_TAP = HeadTap
+    return _HEAD_TAP
+
+
+_HEAD_TAP: Any = None
+
+
+def head_score_row(z: Any, grad: Any, n_heads: int) -> np.ndarray:
+    """score_h = Σ_t Σ_{d ∈ head h} z_td · g_td for one layer: z, grad [1, T', H·d_h] → float64 [H]."""
+    zz = (z.detach() * grad)[0]  # [T', H*dh], in the model's dtype
+    return zz.reshape(zz.shape[0], n_heads, -1).sum((0, 2)).double().cpu().numpy()
+
+
 def gradient_x_input(
     loaded: Any,
     input_ids: Any,
@@ -294,7 +331,8 @@ def gradient_x_input(
 
     x = token embeddings [T, D]; gxi_t = Σ_d x_td ∂f/∂x_td → float64 [T].
     With heads: z_l = input of layer l's output projection [T, H·d_h]; score_lh = Σ_t Σ_{d ∈ head h} z_ltd ∂f/∂z_ltd
-    → float64 [L, H] (None when the projections are not found). Returns (gxi, head_scores, f(x)).
+    → float64 [L, H] (None when the projections are not found), each layer's row reduced in the backward pass as
+    its ∂f/∂z arrives (`_head_tap`). Returns (gxi, head_scores, f(x)).
     Hooks are registered inside try/finally; the model's parameters never get gradients. checkpoint: recompute the
     blocks' activations in the backward pass (None: when keeping them would pass CHECKPOINT_MIN_BYTES).
     """
@@ -302,40 +340,44 @@ def gradient_x_input(
 
     n_layers, n_heads = loaded.n_layers, loaded.n_heads
     mods = head_projection_modules(loaded.model, n_layers) if heads else None
-    captured: list[Any] = []
+    rows: dict[int, np.ndarray] = {}
+    taps = [0]  # the taps applied by the forward pass (a checkpointed block applies its tap again when recomputed)
+    tap = _head_tap()
 
-    def grab(_module, args):
-        captured.append(args[0])
+    def tapper(layer: int) -> Callable[..., Any]:
+        def sink(z: Any, grad: Any) -> None:
+            rows[layer] = head_score_row(z, grad, n_heads)
+
+        def pre(_module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            taps[0] += 1
+            return (tap.apply(args[0], sink), *args[1:])
+
+        return pre
 
     x = token_embeddings(loaded, input_ids)
     f = target_logprob_fn(loaded, attention_mask, position, token_id)
     T = position + 1 if loaded.family == "causal_lm" else int(x.shape[1])  # a causal LM runs the prefix only
     recompute = checkpoint if checkpoint is not None else saved_activation_bytes(loaded, T) > CHECKPOINT_MIN_BYTES
-    # sdpa: the same gradients as eager attention (tests/test_perf_paths.py) without keeping the T×T maps
+    # sdpa: the same gradients as eager attention (tests/test_perf_paths.py) without keeping the T×T maps; the taps
+    # stay on through the backward pass, where checkpointed blocks run their forward again
     with (
         fast_attention(loaded.model),
         checkpointed_blocks(loaded.model, n_layers, recompute),
         torch.inference_mode(False),
         torch.enable_grad(),
+        hooked((m, "pre", tapper(layer)) for layer, m in enumerate(mods or [])),
     ):
         emb = x.clone().requires_grad_(True)
-        with hooked((m, "pre", grab) for m in mods or []):
-            val = f(emb)
-        wrt = [emb, *captured] if mods else [emb]
-        grads = torch.autograd.grad(val.sum(), wrt, allow_unused=True)
-    gxi = (grads[0] * emb.detach())[0].sum(-1).double().cpu().numpy()
+        val = f(emb)
+        applied = taps[0]
+        (grad,) = torch.autograd.grad(val.sum(), [emb])
+    gxi = (grad * emb.detach())[0].sum(-1).double().cpu().numpy()
     scores = None
     if mods:
-        if len(captured) != n_layers:
-            raise RuntimeError(f"expected {n_layers} head outputs, captured {len(captured)}")
-        rows = []
-        for z, g in zip(captured, grads[1:]):
-            if g is None:
-                rows.append(np.zeros(n_heads))
-                continue
-            zz = (z.detach() * g)[0]  # [T', H*dh]
-            rows.append(zz.reshape(zz.shape[0], n_heads, -1).sum((0, 2)).double().cpu().numpy())
-        scores = np.stack(rows)
+        if applied != n_layers:
+            raise RuntimeError(f"expected {n_layers} head outputs, captured {applied}")
+        # a layer the gradient does not reach scores 0
+        scores = np.stack([rows.get(layer, np.zeros(n_heads)) for layer in range(n_layers)])
     return gxi, scores, float(val.detach()[0])
 
 
