@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from core.infra.errors import InputError
+from core.infra.memory import map_large_buffers
 from core.model.arch import final_norm, model_parts, try_model_parts
 from core.model.hooks import Registration, attention_function, hooked
 from core.model.loading import LoadedModel
@@ -342,7 +343,9 @@ def capture(
     (None: always); otherwise it is an empty [L, H, 0, 0] array and at most one layer's maps is alive at a time.
     chunk_bytes: past this many bytes of maps (None: `hold_bytes`) and when they are not held, a model whose eager
     attention is the plain form (`ModelParts.row_chunked`) runs `row_chunked_attention`, so that one layer's
-    scores and softmax are never whole; below it (short texts) the model's own eager attention, as always.
+    scores and softmax are never whole; below it (short texts) the model's own eager attention, as always. Past it
+    the process's large buffers are also mapped and returned to the system when freed (core.infra.memory), so that
+    the heap's holes do not add to the resident memory of this and the later passes (the gradient pass).
     """
     import torch
 
@@ -383,6 +386,8 @@ def capture(
     limit = hold_bytes if chunk_bytes is None else chunk_bytes
     long_text = not hold and limit is not None and map_bytes > limit
     chunked = _row_chunked_name(parts) if long_text else None  # short texts: the model's own eager path
+    if long_text:  # from here on, buffers of a few MiB and up go back to the system when freed
+        map_large_buffers()
     with hooked(hooks), attention_function(model, chunked), torch.inference_mode():
         out = model(
             input_ids=ids,
