@@ -56,9 +56,11 @@ def _class_names(data: bytes) -> set[str]:
     return found
 
 
-#: Looser tolerances where a derived quantity amplifies float32 round-off that depends on the thread count: the 2-D
-#: PCA projection of the z-scored head features moves by ~2e-3 between 1 and 2 threads.
-LOOSE = {".attention.projection": 1e-2}
+#: Looser tolerances where a derived quantity amplifies float32 round-off that depends on the thread count or the
+#: order of a pass's products: the 2-D PCA projection of the z-scored head features moves by ~2e-3 between 1 and 2
+#: threads, and their silhouette by ~5e-5 when the features move by 5e-8 (the tiny random GPT-2 attends almost
+#: uniformly: its entropy column spreads by 1.2e-5, so z-scoring turns a 5e-8 round-off into 0.4 % of a unit).
+LOOSE = {".attention.projection": 1e-2, ".attention.silhouette": 1e-3}
 
 
 PARTIAL_BYTES = re.compile(r"(?:<0x[0-9A-F]{2}>)+")
@@ -94,7 +96,8 @@ def _close(a, b, path="") -> list[str]:
             return [f"{path}: length {len(a)} != {len(b)}"]
         return [d for i, (x, y) in enumerate(zip(a, b)) for d in _close(x, y, f"{path}[{i}]")]
     if isinstance(a, float) and isinstance(b, float):
-        return [] if (a != a and b != b) or np.isclose(a, b, rtol=1e-5, atol=1e-6) else [f"{path}: {a} != {b}"]
+        ok = (a != a and b != b) or np.isclose(a, b, rtol=1e-5, atol=LOOSE.get(path, 1e-6))
+        return [] if ok else [f"{path}: {a} != {b}"]
     if isinstance(a, str) and isinstance(b, str) and "\ufffd" in a:
         # core 0.2.2 writes a token that is part of a UTF-8 character as its bytes ("<0xE6>"): the stored result
         # from before has the replacement character "\ufffd" there. Every other character must still be equal.
