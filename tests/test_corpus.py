@@ -543,6 +543,20 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_dirs, tmp_path
     assert fc.calls == 0
 
 
+@pytest.mark.parametrize("flag", ["--jsonl", "--parquet"])
+def test_cli_ray_only_inputs_on_the_local_engine_are_one_line(tiny_dirs, tmp_path, capsys, flag):
+    """JSON lines and Parquet stream through Ray Data readers only: the local engine refuses them before a model
+    runs."""
+    f = tmp_path / "in.data"
+    f.write_bytes(b'{"text": "hello"}\n')
+    out = tmp_path / "out.zip"
+    with ForwardCounter() as fc:
+        code, _, err = cli(["corpus", "--model", str(tiny_dirs["gpt2"]), flag, str(f), "--column", "text",
+                            "--out", str(out), "--no-cache"], capsys)  # fmt: skip
+    assert code == 2 and err.count("\n") == 1 and f"{flag} needs --engine ray" in err, err
+    assert not out.exists() and fc.calls == 0
+
+
 def test_cli_one_text_says_there_is_no_interval(tiny_dirs, tmp_path, capsys):
     f = tmp_path / "one.txt"
     f.write_text("The cat sat on the mat and the dog sat on the log.\n")

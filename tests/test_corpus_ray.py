@@ -114,15 +114,20 @@ def test_missing_column_and_limit_are_one_line_errors(ray_cluster, tiny_dirs, tm
 def test_cli_engine_ray_writes_the_local_bundle_numbers(ray_cluster, tiny_dirs, local_result, tmp_path, capsys):
     import csv
 
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from core.cli.main import main
 
-    path = tmp_path / "c.txt"
-    path.write_text("\n".join(TEXTS), encoding="utf-8")
+    # a Parquet file (the one input the engine test above does not read), the texts in a column that is not first
+    path = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"id": list(range(len(TEXTS))), "body": TEXTS}), path)
     out = tmp_path / "out"
     s = SETTINGS
-    argv = ["corpus", "--model", str(tiny_dirs["gpt2"]), "--text-file", str(path), "--out", str(out), "--engine",
-            "ray", "--workers", "2", "--dtype", "float32", "--device", "cpu", "--bootstrap", str(s.bootstrap),
-            "--max-points", str(s.max_points), "--batch-size", str(s.batch_size), "--seed", str(s.seed)]  # fmt: skip
+    argv = ["corpus", "--model", str(tiny_dirs["gpt2"]), "--parquet", str(path), "--column", "body", "--out", str(out),
+            "--engine", "ray", "--workers", "2", "--dtype", "float32", "--device", "cpu",
+            "--bootstrap", str(s.bootstrap), "--max-points", str(s.max_points), "--batch-size", str(s.batch_size),
+            "--seed", str(s.seed)]  # fmt: skip
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "texts/s" in err  # the tqdm bar on stderr shows texts done / total with the rate

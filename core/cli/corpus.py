@@ -2,6 +2,7 @@
 
     python -m core corpus --model M --text-file F --out OUT(.zip|dir)
     python -m core corpus --model M --csv F --column C --out OUT
+    python -m core corpus --model M --parquet F --column C --engine ray --out OUT   (also --jsonl)
     python -m core corpus --model M --text-file F --sae SAE_DIR [--sae SAE_DIR2] --out OUT
 
 With --sae the bundle also holds sae_feature_examples.csv (each feature's top-activating tokens with their contexts)
@@ -62,6 +63,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     src.add_argument("--text-file", type=Path, help="UTF-8 text file, one text per line ('-' for standard input)")
     src.add_argument("--csv", type=Path, help="UTF-8 CSV file with a header row (pick the column with --column)")
     src.add_argument("--jsonl", type=Path, help="JSON-lines file, one object per text (--column; --engine ray)")
+    src.add_argument("--parquet", type=Path, help="Parquet file, one row per text (--column; --engine ray)")
     c.add_argument(
         "--column",
         default=None,
@@ -145,11 +147,14 @@ def run(args: argparse.Namespace) -> int:
     from core.run.cache import ResultCache
     from core.studies.corpus import analyze_corpus
 
-    check_paths(args, {"text_file": "text file", "csv": "CSV file", "jsonl": "JSON-lines file"})  # before a run
+    check_paths(  # before a run
+        args, {"text_file": "text file", "csv": "CSV file", "jsonl": "JSON-lines file", "parquet": "Parquet file"}
+    )
     out: Path = args.out
     settings = settings_from_args(args)
-    if args.engine == "local" and args.jsonl is not None:
-        fail("--jsonl needs --engine ray (the local engine reads --text-file or --csv)")
+    for flag in ("jsonl", "parquet"):
+        if args.engine == "local" and getattr(args, flag) is not None:
+            fail(f"--{flag} needs --engine ray (the local engine reads --text-file or --csv)")
     if args.sae:
         from core.studies.sae_corpus import check_top_n
 
@@ -202,13 +207,18 @@ def run(args: argparse.Namespace) -> int:
     return _finish(args, result, files, out, t0, work)
 
 
+def _input(args: argparse.Namespace) -> tuple[str, Path]:
+    """The run's input: its kind ("csv", "jsonl", "parquet" or "lines" for --text-file) and its path."""
+    kind = next((k for k in ("csv", "jsonl", "parquet") if getattr(args, k) is not None), "lines")
+    return kind, getattr(args, "text_file" if kind == "lines" else kind)
+
+
 def _work(args: argparse.Namespace, settings: CorpusSettings) -> WorkFolder | None:
     """The run's work folder (core.run.checkpoint), fingerprinted by the model as asked, every setting and the
     input file's sha256 with its format and column; None for standard input (it cannot be read again)."""
     from core.run.checkpoint import fingerprint, sha256_file
 
-    kind = "csv" if args.csv is not None else "jsonl" if args.jsonl is not None else "lines"
-    path = {"csv": args.csv, "jsonl": args.jsonl, "lines": args.text_file}[kind]
+    kind, path = _input(args)
     if str(path) == "-":
         if args.resume:
             fail("--resume needs an input file (standard input cannot be read again)")
@@ -247,14 +257,11 @@ def _run_on_ray(
         with open(args.csv, "rb") as fh:
             head = fh.read(1 << 16)
         column = text_column(head[: head.rfind(b"\n") + 1] or head, what=f"CSV file '{args.csv}'")
-    if args.csv is not None or args.jsonl is not None:
-        if not column:
-            fail("--jsonl needs --column (the field that holds the texts)")
-        kind, path = ("csv", args.csv) if args.csv is not None else ("jsonl", args.jsonl)
-    else:
-        if args.column:
-            fail("--column applies to --csv and --jsonl only")
-        kind, path = "lines", args.text_file
+    kind, path = _input(args)
+    if kind != "lines" and not column:
+        fail(f"--{kind} needs --column (the field that holds the texts)")
+    if kind == "lines" and args.column:
+        fail("--column applies to --csv, --jsonl and --parquet only")
     if str(path) == "-" or not path.is_file():
         fail(f"--engine ray reads a file: '{path}' does not exist (standard input is for the local engine)")
     source = CorpusSource(kind, str(path.resolve()), column)
