@@ -259,3 +259,8 @@ def test_predicted_token_label_reads_the_decoded_prediction(tiny_gpt2):
     elsewhere = odd.replace(attribution=dataclasses.replace(odd.attribution, target_position=0))
     assert predicted_token_label(elsewhere) == readable_token("\u00e2\u0122")
     assert predicted_token_label(res.replace(attribution=None)) is None
+    # the Compare page's attribution tab reads the same decoding (the comparison stores it for each run)
+    from core.studies.compare import compare
+
+    cmp = compare(odd, res)
+    assert cmp.attribution_a is not None and cmp.attribution_a.predicted_token == "<0xE2><0x80>"

@@ -126,6 +126,22 @@ class AnalysisResult:
         return _recomputed(self.cache_key, layer, self.model.model_id)
 
     @property
+    def predicted_text(self) -> str | None:
+        """The attribution's predicted token as the predictions section decoded it. The attribution stores the
+        tokenizer's raw token ("âĢ" for a byte-level BPE token holding part of a UTF-8 character); where the
+        predictions section decoded the same id at the same position its text is taken ("<0xE2><0x80>"), else the raw
+        token. None without an attribution or a prediction."""
+        attr = self.attribution
+        if attr is None or not attr.predicted_token:
+            return None
+        pred = self.predictions
+        if pred is not None and attr.target_position in pred.positions:
+            for c in pred.candidates[pred.positions.index(attr.target_position)]:
+                if c.get("token_id") == attr.predicted_id:
+                    return str(c.get("token"))
+        return str(attr.predicted_token)
+
+    @property
     def family(self) -> str:
         return self.model.family
 

@@ -48,18 +48,10 @@ def readable_token(token: str | None) -> str:
 
 
 def predicted_token_label(result: AnalysisResult) -> str | None:
-    """The attribution's predicted token as a table shows it. The section stores the tokenizer's raw token ("âĢ" for
-    a byte-level BPE token holding part of a UTF-8 character); where the predictions section decoded the same id at the
-    same position its text is taken ("<0xE2><0x80>"), else the raw token is read like any other (readable_token)."""
-    attr = result.attribution
-    if attr is None or not attr.predicted_token:
-        return None
-    pred = result.predictions
-    if pred is not None and attr.target_position in pred.positions:
-        for c in pred.candidates[pred.positions.index(attr.target_position)]:
-            if c.get("token_id") == attr.predicted_id:
-                return readable_token(c.get("token"))
-    return readable_token(attr.predicted_token)
+    """The attribution's predicted token as a table shows it: the predictions section's decoding of the same id
+    (AnalysisResult.predicted_text), read like any other token (readable_token)."""
+    text = result.predicted_text
+    return None if text is None else readable_token(text)
 
 
 def metrics_long(result: AnalysisResult) -> pd.DataFrame:

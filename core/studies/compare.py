@@ -393,7 +393,7 @@ def _attribution_side(result: AnalysisResult) -> AttributionSide | None:
         tokens=list(result.display_tokens),
         target_position=int(at.target_position),
         target_token=str(at.target_token),
-        predicted_token=at.predicted_token,
+        predicted_token=result.predicted_text,  # decoded as the tables write tokens, not the raw 'âĢ'
         scores=scores,
     )
 
