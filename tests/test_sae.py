@@ -206,6 +206,26 @@ def test_fvu_of_a_zero_decoder_is_the_uncentred_share(tmp_path, tiny_gpt2):
     assert s.fvu_total == pytest.approx(1.0, rel=1e-4)
 
 
+def test_fvu_leaves_the_special_tokens_out(tmp_path, tiny_llama):
+    """Llama prepends <s>: x̄ and the overall FVU run over the ordinary tokens S only (as SAELens's evals), so a
+    decoder that outputs the ordinary tokens' mean has FVU 1 whatever <s> is; <s> keeps its FVU_t against the same
+    denominator. Checked against numpy on hand-captured activations."""
+    x = _hand_capture(tiny_llama, "hook_resid_pre", 1)
+    res = _analyze(tiny_llama, sae_dirs=())
+    special = np.asarray(res.special_mask)
+    assert special[0] and not special[1:].any()  # the <s> the claim is about
+    ordinary = x[~special]
+    mean = ordinary.mean(0)
+    save_sae(tmp_path / "z", W_enc=torch.zeros(32, 8), b_enc=torch.zeros(8), W_dec=torch.zeros(8, 32),
+             b_dec=torch.tensor(mean).float(), hook_name="blocks.1.hook_resid_pre")  # fmt: skip
+    s = _analyze(tiny_llama, sae_dirs=(str(tmp_path / "z"),)).sae.saes[0]
+    denom = ((ordinary - mean) ** 2).sum(1).mean()
+    np.testing.assert_allclose(s.fvu, ((x - mean) ** 2).sum(1) / denom, rtol=1e-4)
+    assert s.fvu_total == pytest.approx(1.0, rel=1e-4)
+    with_s = ((x - x.mean(0)) ** 2).sum(1)  # what the whole text would give: another number
+    assert abs(((x - mean) ** 2).sum() / with_s.sum() - 1.0) > 1e-3
+
+
 @pytest.mark.parametrize("norm", ["constant_norm_rescale", "layer_norm", "expected_average_only_in"])
 def test_normalize_activations(tmp_path, tiny_gpt2, norm):
     _random_sae(tmp_path / "n", 32, 24, "blocks.1.hook_resid_pre", "standard", True, normalize_activations=norm)

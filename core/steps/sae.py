@@ -8,9 +8,12 @@ everything else. From it:
   active feature (f > 0) of each position, at most `KEEP_PER_TOKEN` (the strongest) — L0 counts them all;
 * L0_t = #{i : f_t,i > 0};
 * the reconstruction x̂_t = decode(f_t), its fraction of variance unexplained
-      FVU_t = ‖x_t − x̂_t‖² / ( (1/T) Σ_s ‖x_s − x̄‖² ),   x̄ = (1/T) Σ_s x_s,   FVU = (1/T) Σ_t FVU_t
-  (the overall FVU is the share of the text's activation variance the SAE misses; NaN for a one-token text) and
-  the cosine cos(x_t, x̂_t);
+      FVU_t = ‖x_t − x̂_t‖² / ( (1/n) Σ_{s∈S} ‖x_s − x̄‖² ),   x̄ = (1/n) Σ_{s∈S} x_s,   FVU = (1/n) Σ_{t∈S} FVU_t
+  over the text's ordinary tokens S (n of them): special tokens (BOS, CLS, SEP, …) are left out of x̄ and of the
+  overall FVU, as SAELens's evaluations leave them out — a decoder's BOS state has a norm tens of times the others'
+  and SAEs are trained without it, so it would decide the whole text's FVU — and get their FVU_t against the same
+  denominator; S is every token when fewer than 2 are ordinary. The overall FVU is the share of the text's
+  activation variance the SAE misses (NaN for a one-token text); and the cosine cos(x_t, x̂_t);
 * each strong feature's direct logit effect: its decoder row d_f (for attn.hook_z carried through W_O first) read
   through the final norm with its statistics frozen at the position where the feature is strongest (as the DLA
   view does, core.steps.dla) and the unembedding, per unit of activation: the tokens it promotes and suppresses
@@ -62,7 +65,8 @@ class SAEFeatures:
     effects.
 
     positions / features int32 [N], activations float32 [N]: the kept activations, by position then strongest
-    first. l0 int32 [T]; fvu float64 [T] (see the module docstring; mean = fvu_total); cosine float64 [T].
+    first. l0 int32 [T]; fvu float64 [T] (see the module docstring; its mean over the ordinary tokens = fvu_total);
+    cosine float64 [T].
     logit_features int32 [F] and logit_positions int32 [F] (where each feature's final norm was frozen);
     promote_ids / suppress_ids int64 [F, k] and promote_effects / suppress_effects float64 [F, k]: logit change
     per unit of activation. logit_note says how the effects were read, or why there are none.
@@ -206,19 +210,24 @@ def site_names(loaded: LoadedModel, settings: AnalysisSettings) -> list[str]:
 # The computation
 
 
-def sae_statistics(sae: SAE, x: torch.Tensor) -> dict[str, Any]:
+def sae_statistics(sae: SAE, x: torch.Tensor, special: list[bool] | np.ndarray | None = None) -> dict[str, Any]:
     """Features and reconstruction statistics of site activations x [T, d_in] (float32, CPU): the dense feature
-    activations f [T, d_sae], reconstruction x̂, l0 [T], fvu [T], fvu_total, cosine [T] (see the module docstring)."""
+    activations f [T, d_sae], reconstruction x̂, l0 [T], fvu [T], fvu_total, cosine [T] (see the module docstring).
+    `special` [T] marks the special tokens left out of x̄ and of fvu_total (None: none)."""
     import torch
 
     with torch.inference_mode():
         f, xh = sae.encode_decode(x.float())
         x64, xh64 = x.double(), xh.double()
+        counted = np.ones(x.shape[0], dtype=bool) if special is None else ~np.asarray(special, dtype=bool)
+        if counted.sum() < 2:
+            counted[:] = True
+        rows = torch.from_numpy(np.flatnonzero(counted))
         err = (x64 - xh64).pow(2).sum(-1)
-        var = (x64 - x64.mean(0, keepdim=True)).pow(2).sum(-1)
+        var = (x64[rows] - x64[rows].mean(0, keepdim=True)).pow(2).sum(-1)
         mean_var = float(var.mean())
         fvu = (err / mean_var).numpy() if mean_var > 0 else np.full(x.shape[0], np.nan)
-        fvu_total = float(err.sum() / var.sum()) if mean_var > 0 else float("nan")
+        fvu_total = float(err[rows].sum() / var.sum()) if mean_var > 0 else float("nan")
         nx, nh = x64.norm(dim=-1), xh64.norm(dim=-1)
         denom = nx * nh
         cos = torch.where(denom > 0, (x64 * xh64).sum(-1) / torch.where(denom > 0, denom, 1.0), torch.nan)
@@ -314,9 +323,17 @@ def _logit_budget(loaded: LoadedModel) -> int:
     return max(MIN_LOGIT_FEATURES, int(LOGIT_MAX_MACS // max(int(V) * int(D), 1)))
 
 
-def sae_features(loaded: LoadedModel, sae: SAE, x: torch.Tensor, final_in: torch.Tensor, target: int) -> SAEFeatures:
-    """The section of one SAE from its site's activations x [T, d_in] (see the module docstring)."""
-    stats = sae_statistics(sae, x)
+def sae_features(
+    loaded: LoadedModel,
+    sae: SAE,
+    x: torch.Tensor,
+    final_in: torch.Tensor,
+    target: int,
+    special: list[bool] | np.ndarray | None = None,
+) -> SAEFeatures:
+    """The section of one SAE from its site's activations x [T, d_in]; `special` [T] marks the special tokens left
+    out of the overall FVU (see the module docstring)."""
+    stats = sae_statistics(sae, x, special)
     f = stats["f"]
     pos, feats, acts = _sparse(f, KEEP_PER_TOKEN)
     # features with logit effects: the target position's strongest, then the text's strongest, within the budget
@@ -384,7 +401,7 @@ def run_sae(ctx: StepContext) -> SAESection | None:
         x = ctx.capture.sites.get(s.hook_name)
         if x is None:
             raise RuntimeError(f"the capture pass did not record {s.hook_name}")
-        sec = sae_features(ctx.loaded, s, x, final_in, ctx.target_position)
+        sec = sae_features(ctx.loaded, s, x, final_in, ctx.target_position, ctx.special_mask)
         if np.isfinite(sec.fvu_total) and sec.fvu_total > 0.5:
             ctx.warn(
                 f"SAE '{s.name}' leaves {100 * sec.fvu_total:.0f} % of the variance at {s.hook_name} unexplained: "

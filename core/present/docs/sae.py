@@ -83,22 +83,30 @@ SAE_ENTRIES: list[dict[str, Any]] = [
         kind="neurons",
         short="How much of the activation the SAE misses: fraction of variance unexplained (0 = perfect) and cosine.",
         formula_latex=(
-            r"\mathrm{FVU}_t = \frac{\lVert x_t - \hat x_t \rVert^2}{\frac{1}{T}\sum_s \lVert x_s - \bar x \rVert^2}"
-            r" \qquad \mathrm{FVU} = \frac{1}{T}\sum_t \mathrm{FVU}_t \qquad "
+            r"\mathrm{FVU}_t = \frac{\lVert x_t - \hat x_t \rVert^2}{\frac{1}{n}\sum_{s \in S} \lVert x_s - \bar x \rVert^2}"
+            r" \qquad \mathrm{FVU} = \frac{1}{n}\sum_{t \in S} \mathrm{FVU}_t \qquad "
             r"\cos_t = \frac{x_t \cdot \hat x_t}{\lVert x_t\rVert \lVert \hat x_t \rVert}"
         ),
         formula_plain=(
-            "FVU_t = ‖x_t − x̂_t‖² / ((1/T) Σ_s ‖x_s − x̄‖²);  FVU = (1/T) Σ_t FVU_t;  cos_t = x_t·x̂_t / (‖x_t‖ ‖x̂_t‖)"
+            "FVU_t = ‖x_t − x̂_t‖² / ((1/n) Σ_{s∈S} ‖x_s − x̄‖²);  FVU = (1/n) Σ_{t∈S} FVU_t;  "
+            "cos_t = x_t·x̂_t / (‖x_t‖ ‖x̂_t‖)"
         ),
         definition=(
-            "x̄ is the mean activation over the text's tokens. The overall FVU is the share of the text's "
-            "activation variance that the reconstruction leaves unexplained (SAELens reports 1 − FVU as explained "
-            "variance); the per-token values average to it, so a token with FVU_t far above the mean is where "
-            "the SAE fails. A one-token text has no variance: FVU is undefined (NaN)."
+            "S is the text's n ordinary tokens: special tokens (BOS, CLS, SEP, …) are left out of x̄ and of the "
+            "overall FVU, as SAELens's evaluations leave them out (a decoder's BOS state has a norm tens of times "
+            "the others' and SAEs are trained without it, so it would decide the whole text's FVU); their FVU_t is "
+            "still given, against the same denominator (S is every token when fewer than 2 are ordinary). x̄ is "
+            "the mean activation over S. The overall FVU is the share of the text's activation variance that the "
+            "reconstruction leaves unexplained (SAELens reports 1 − FVU as explained variance); the per-token "
+            "values over S average to it, so a token with FVU_t far above the mean is where the SAE fails. A "
+            "one-token text has no variance: FVU is undefined (NaN)."
         ),
         high="FVU near or above 1: the SAE explains nothing of this text; its features should not be read.",
         low="FVU near 0 and cosine near 1: the features account for the activation.",
-        encoder_vs_decoder="Same for both; decoders' first token usually has a far larger norm and error.",
+        encoder_vs_decoder=(
+            "Same for both; a decoder's first token (BOS) usually has a far larger norm and error, one reason the "
+            "special tokens are left out of the overall FVU."
+        ),
         pitfalls=[
             P_RECONSTRUCTION,
             "The denominator is this text's variance: a short or repetitive text has little variance, which "
