@@ -111,6 +111,39 @@ def test_missing_column_and_limit_are_one_line_errors(ray_cluster, tiny_dirs, tm
         run_corpus_ray(str(tiny_dirs["gpt2"]), CorpusSource("lines", str(lines)), SETTINGS, device="cpu", limit=5)
 
 
+def test_ray_and_local_runs_share_the_result_cache(ray_cluster, tiny_dirs, tiny_gpt2, tmp_path, monkeypatch):
+    """A Ray run stores its result under the local engine's key (known once stage 1 has hashed the texts), so the
+    local engine then hits it, and a repeated Ray run loads it without a forward stage. One worker."""
+    from core.run.cache import ResultCache
+    from core.studies import corpus_ray
+    from core.studies.corpus_ray import CorpusSource, run_corpus_ray
+
+    path = tmp_path / "c.txt"
+    path.write_text("\n".join(TEXTS), encoding="utf-8")
+    cache = ResultCache(tmp_path / "cache")
+    run = lambda: run_corpus_ray(  # noqa: E731
+        str(tiny_dirs["gpt2"]), CorpusSource("lines", str(path)), SETTINGS, dtype="float32", device="cpu",
+        workers=1, cache=cache,
+    )  # fmt: skip
+    try:
+        first = run()
+        assert not first.cache_hit
+        local = cp.analyze_corpus(tiny_gpt2, TEXTS, SETTINGS, cache=cache)
+        assert local.cache_hit and local.cache_key == first.cache_key
+        _same(local, first)
+
+        def no_forward(*args, **kwargs):
+            raise AssertionError("the forward stage ran although the result was in the cache")
+
+        monkeypatch.setattr(corpus_ray, "_forward", no_forward)
+        again = run()
+        assert again.cache_hit and again.n_texts == first.n_texts
+        for m in POOLED_METRICS:
+            np.testing.assert_array_equal(again.estimate[m], first.estimate[m])
+    finally:
+        cache.close()
+
+
 def test_cli_engine_ray_writes_the_local_bundle_numbers(ray_cluster, tiny_dirs, local_result, tmp_path, capsys):
     import csv
 

@@ -41,7 +41,9 @@ from core.infra.guards import DEFAULT_MAX_CORPUS_TEXTS, max_corpus_texts
 from core.studies.corpus import ENV_MAX_TEXTS, CorpusSettings, CorpusTexts
 
 if TYPE_CHECKING:
+    from core.run.cache import ResultCache
     from core.run.checkpoint import WorkFolder
+    from core.studies.corpus_ray import CorpusSource
 
 NAME = "corpus"
 
@@ -248,7 +250,7 @@ def _run_on_ray(
         fail("--engine ray needs Ray: pip install -r requirements-ray.txt")
     if args.workers < 1 or args.gpus_per_worker < 0:
         fail("--workers must be at least 1 and --gpus-per-worker at least 0")
-    from core.studies.corpus_ray import CorpusSource, run_corpus_ray
+    from core.studies.corpus_ray import CorpusSource
 
     column = args.column
     if args.csv is not None and not column and args.csv.is_file():  # the same guess as the local engine's, from
@@ -268,8 +270,31 @@ def _run_on_ray(
     address = args.address or os.environ.get("TMA_RAY_ADDRESS") or None
     ray_args = {"dtype": args.dtype, "device": args.device, "address": address, "workers": args.workers,
                 "gpus_per_worker": args.gpus_per_worker, "limit": args.max_texts}  # fmt: skip
+    from core.run.cache import ResultCache
+
+    cache = None if args.no_cache else ResultCache(args.cache_dir)  # the local engine's entries: either hits the other
+    try:
+        return _ray_passes(args, source, settings, progress, work, ray_args, address, cache)
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+def _ray_passes(
+    args: argparse.Namespace,
+    source: CorpusSource,
+    settings: CorpusSettings,
+    progress: Any,
+    work: WorkFolder | None,
+    ray_args: dict[str, Any],
+    address: str | None,
+    cache: ResultCache | None,
+) -> tuple[Any, dict[str, bytes]]:
+    """The corpus pass on Ray (through the result cache) and, with --sae, the SAE pass on the same cluster."""
+    from core.studies.corpus_ray import run_corpus_ray
+
     if not args.sae:
-        return run_corpus_ray(args.model, source, settings, progress, work=work, **ray_args), {}
+        return run_corpus_ray(args.model, source, settings, progress, work=work, cache=cache, **ray_args), {}
     import ray
 
     from core.model.sae import load_sae
@@ -282,7 +307,9 @@ def _run_on_ray(
         load_sae(d)
     started = _connect(address, args.workers)  # one cluster for both passes
     try:
-        result = run_corpus_ray(args.model, source, settings, scaled(progress, 0.0, 0.7), work=work, **ray_args)
+        result = run_corpus_ray(
+            args.model, source, settings, scaled(progress, 0.0, 0.7), work=work, cache=cache, **ray_args
+        )
         sae = run_sae_corpus_ray(
             args.model, source, args.sae, settings, scaled(progress, 0.7, 1.0), top_n=args.sae_top, **ray_args
         )

@@ -10,7 +10,9 @@ runs two stages of actors that each load the model ONCE per worker:
    metrics and its share of the seeded token sample, drawn by `sample_tokens` from the stage-1 counts).
 
 The driver keeps only the per-text statistics and the pooled sample (at most `max_points` states per layer) and
-finishes with the local engine's `finish_corpus`, so `--engine ray` equals `--engine local` (tested at 1e-6).
+finishes with the local engine's `finish_corpus`, so `--engine ray` equals `--engine local` (tested at 1e-6). With a
+result cache the run looks itself up after stage 1 (the texts' sha256 are then known) under the local engine's key,
+so the two engines share entries and a hit skips stage 2.
 
 A worker that dies is restarted and its batch retried by Ray Data (tested with `$TMA_FAULT_ONCE`, a marker-file path:
 the first worker to find it absent creates it and exits mid-batch). Ray is optional and imported only here.
@@ -31,6 +33,7 @@ from core.infra import serialize
 from core.infra.errors import InputError
 from core.infra.guards import check_text_length, max_corpus_texts
 from core.model.info import ModelInfo
+from core.run.cache import ResultCache
 from core.run.checkpoint import WorkFolder
 from core.run.progress import ProgressFn, scaled, silent
 from core.steps import metrics
@@ -244,10 +247,13 @@ def run_corpus_ray(
     gpus_per_worker: float = 0.0,
     limit: int | None = None,
     work: WorkFolder | None = None,
+    cache: ResultCache | None = None,
 ) -> CorpusResult:
-    """`analyze_corpus` on a Ray cluster (see the module docstring); the same InputErrors, the same numbers. No
-    result cache (the texts are never all on the driver to hash them before the run). work: a work folder
-    (core.run.checkpoint) that keeps each finished batch, the local engine's units; on a resume stage 1 runs
+    """`analyze_corpus` on a Ray cluster (see the module docstring); the same InputErrors, the same numbers. cache:
+    the result cache, under the local engine's key (model, the texts' sha256, every setting): the texts are never
+    all on the driver, so the key is known once stage 1 has hashed them on the workers; a hit skips the forward
+    stage, and a local run of the same corpus hits what a Ray run stored, and the other way round. work: a work
+    folder (core.run.checkpoint) that keeps each finished batch, the local engine's units; on a resume stage 1 runs
     again (the counts) and only the batches not in it go to the forward workers."""
     import ray
     import ray.data
@@ -307,6 +313,16 @@ def run_corpus_ray(
         if G == 0:
             raise InputError("the corpus holds no text: every line is blank")
         timings = {"tokenize_s": time.perf_counter() - t0}
+        assert info is not None
+        h = hashlib.sha256()
+        for sha in shas:  # core.studies.corpus.corpus_sha256 from the per-text hashes
+            h.update(sha.encode("ascii"))
+        c_hash = h.hexdigest()
+        key = corpus_cache_key(info, c_hash, st)
+        hit = cache.get(key, CorpusResult) if cache is not None else None
+        if hit is not None:  # the same corpus and settings ran before, on either engine: no forward stage
+            report("Loaded from cache", 1.0)
+            return hit.replace(cache_hit=True, duration_s=time.perf_counter() - t_start, n_blank_skipped=n_blank)
         sample = sample_tokens(eligible, st.max_points, st.seed)
         sizes = np.array([s.size for s in sample], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -318,7 +334,6 @@ def run_corpus_ray(
         batch_of[np.asarray(order, dtype=np.int64)] = np.arange(G) // st.batch_size
         n_batches = -(-G // st.batch_size)
         batch_len = np.bincount(batch_of, minlength=n_batches)
-        assert info is not None
         n_layers = info.n_layers + 1
         pool: np.ndarray | None = None
         per_text = {name: np.full((G, n_layers), np.nan) for name in metrics.METRIC_NAMES}
@@ -366,10 +381,6 @@ def run_corpus_ray(
         if done != G:
             raise RuntimeError(f"the Ray workers returned {done} of {G} texts")
         groups = np.repeat(np.arange(G), sizes)
-        h = hashlib.sha256()
-        for sha in shas:  # core.studies.corpus.corpus_sha256 from the per-text hashes
-            h.update(sha.encode("ascii"))
-        c_hash = h.hexdigest()
         return finish_corpus(
             info,
             st,
@@ -386,9 +397,9 @@ def run_corpus_ray(
             has_norm=has_norm,
             timings=timings,
             t_start=t_start,
-            key=corpus_cache_key(info, c_hash, st),
+            key=key,
             progress=pooled_stage,
-            cache=None,
+            cache=cache,
         )
     finally:
         if started:
