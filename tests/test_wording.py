@@ -153,4 +153,6 @@ def test_one_timing_per_analysis():
     assert chart_spec.timing_phrase(1.84, False) == "computed in 1.8 s"
     assert chart_spec.timing_phrase(0.01, True) == "from cache"
     assert chart_spec.timing_phrase(0.0412, False) == "computed in 41 ms"  # not "0.0 s", which reads as nothing done
+    fast = chart_spec.timing_phrase(0.0412, False, 0.02)
+    assert fast == "model loaded in 20 ms (first time only) · computed in 41 ms"
     assert chart_spec.timing_phrase(1.84, False, 8.21) == "model loaded in 8.2 s (first time only) · computed in 1.8 s"

@@ -204,10 +204,13 @@ def timing_phrase(duration_s: float, cache_hit: bool, load_s: float | None = Non
     """One timing per analysis: "computed in 1.8 s" ("in 40 ms" under a tenth of a second, where "0.0 s" read as
     nothing computed), "from cache", with "model loaded in 8.2 s (first time only)" in front when this click loaded
     the model."""
-    took = f"{duration_s * 1000:.0f} ms" if duration_s < 0.1 else f"{duration_s:.1f} s"
-    core = "from cache" if cache_hit else f"computed in {took}"
+
+    def took(s: float) -> str:
+        return f"{s * 1000:.0f} ms" if s < 0.1 else f"{s:.1f} s"
+
+    core = "from cache" if cache_hit else f"computed in {took(duration_s)}"
     if load_s is not None:
-        return f"model loaded in {load_s:.1f} s (first time only) · {core}"
+        return f"model loaded in {took(load_s)} (first time only) · {core}"
     return core
 
 
