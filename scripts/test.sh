@@ -3,7 +3,9 @@
 # Lint and types first (ruff check, ruff format --check, mypy over core/, app/, pages/; SKIP_LINT=1 skips them), then pytest.
 # Extra arguments go to pytest, e.g. scripts/test.sh -m "not slow" for the quick run. pytest runs in TEST_WORKERS
 # processes (pytest-xdist; default 2, as CI runs: one process took 18.5 min, two ~14; TEST_WORKERS=0 for one
-# process), each test module on one worker.
+# process), each test module on one worker. A worker that crashes is not replaced (--max-worker-restart=0): the run
+# then ends at once naming the test it crashed in, where pytest-xdist 3.8's file scheduler can wait forever after
+# replacing a crashed worker (pytest-xdist #784/#1378; a CI run hung so for 90 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
@@ -23,4 +25,4 @@ if [ "${SKIP_LINT:-0}" != 1 ]; then  # lint and types first: settings in pyproje
   .venv/bin/mypy --no-error-summary
 fi
 mkdir -p artifacts
-exec .venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile --durations=20 "$@"
+exec .venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile --max-worker-restart=0 --durations=20 "$@"

@@ -202,3 +202,41 @@ def test_an_interrupted_streamed_top_k_run_resumes_to_the_local_numbers(
         (r.clean_text, r.corrupted_text) for r in local.pairs
     ]
     assert all(work.has(top_name(i)) for i in range(3))
+
+
+def test_file_columns_are_read_on_the_cluster_without_a_cancelled_dataset_read(cluster, tmp_path, monkeypatch):
+    """The column check reads the header on a worker (file_columns), never through `Dataset.columns()`/`schema()`:
+    those run a one-row read and force-cancel its task as it finishes, a race that aborted Ray 2.60's driver (the
+    pytest worker) in CI. CSV headers with a quoted line break, JSON lines' keys (pandas, as Ray's reader), Parquet;
+    a parse error is one line."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray.data
+
+    from core.studies.corpus_ray import CorpusSource
+    from core.studies.pairs_ray import PairSource, file_columns
+
+    def refuse(*_a, **_k):
+        raise AssertionError("Dataset.columns()/schema() was called")
+
+    monkeypatch.setattr(ray.data.Dataset, "columns", refuse)
+    monkeypatch.setattr(ray.data.Dataset, "schema", refuse)
+    csv = tmp_path / "p.csv"
+    csv.write_text('"first\ncol",b\n"x\ny",z\n', encoding="utf-8")
+    assert file_columns(str(csv), "csv", newlines_in_values=True) == ["first\ncol", "b"]
+    jl = tmp_path / "p.jsonl"
+    jl.write_text('{"a": "x", "b": "y"}\n{"a": "x", "c": "z"}\n', encoding="utf-8")
+    assert file_columns(str(jl), "jsonl") == ["a", "b", "c"]
+    pq.write_table(pa.table({"text": ["a"], "n": [1]}), tmp_path / "p.parquet")
+    assert file_columns(str(tmp_path / "p.parquet"), "parquet") == ["text", "n"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"a": 1\n', encoding="utf-8")
+    with pytest.raises(ValueError) as err:
+        file_columns(str(bad), "jsonl")
+    assert "\n" not in str(err.value) and str(err.value)
+    with pytest.raises(InputError, match=r"pairs file 'p.jsonl' has no column 'clean' \(columns: a, b, c\)"):
+        PairSource(str(jl)).dataset()
+    with pytest.raises(InputError, match=r"pairs file 'bad.jsonl' cannot be read: "):
+        PairSource(str(bad), "a", "b").dataset()
+    with pytest.raises(InputError, match="has no column 'text'; its columns are: a, b, c"):
+        CorpusSource("jsonl", str(jl), "text").dataset()

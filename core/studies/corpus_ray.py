@@ -52,7 +52,7 @@ from core.studies.corpus import (
     text_sha256,
     text_statistics,
 )
-from core.studies.pairs_ray import _connect
+from core.studies.pairs_ray import _connect, file_columns
 
 #: environment variable naming a marker file: a worker that finds it absent creates it and exits (fault tests)
 ENV_FAULT = "TMA_FAULT_ONCE"
@@ -95,7 +95,10 @@ class CorpusSource:
         if self.kind != "lines":
             if not self.column:
                 raise InputError(f"a {self.kind} corpus needs --column (the column that holds the texts)")
-            cols = ds.columns()
+            try:
+                cols = file_columns(self.path, self.kind)
+            except ValueError as exc:
+                raise InputError(f"{self.kind} file '{self.path}' cannot be read: {exc}") from None
             if self.column not in cols:
                 raise InputError(
                     f"{self.kind} file '{self.path}' has no column '{self.column}'; its columns are: "

@@ -103,9 +103,9 @@ class PairSource:
         else:
             ds = ray.data.read_json(self.path, lines=True)
         try:
-            cols = [str(c) for c in ds.columns()]
-        except Exception as exc:  # the reader's parse error (pyarrow), as one line
-            raise InputError(f"pairs file '{self.name}' cannot be read: {_first_line(exc)}") from None
+            cols = file_columns(self.path, suffix.lstrip("."), newlines_in_values=True)
+        except ValueError as exc:  # the reader's parse error, as one line
+            raise InputError(f"pairs file '{self.name}' cannot be read: {exc}") from None
         flags = {"clean": "--clean-column", "corrupt": "--corrupt-column", "answer": "--answer-column",
                  "wrong": "--wrong-column"}  # fmt: skip
         for key, col in self.columns().items():
@@ -261,6 +261,50 @@ class ExactSitesWorker(_ModelWorker):
                 pair = Pair(str(clean), str(corrupt))
                 values.append(exact_sites(self.loaded, pair, self.settings.max_tokens, int(a), int(b), self.top))
         return {"index": np.asarray(batch["index"]), "values": np.array(values, dtype=np.float64)}
+
+
+PEEK_ROWS = 1000  # JSON lines read for the column names (pandas, as Ray Data's JSON-lines reader)
+
+
+def file_columns(path: str, kind: str, *, newlines_in_values: bool = False) -> list[str]:
+    """The column names of a "csv", "jsonl" or "parquet" file (a folder: its first file), read where the cluster
+    reads (one small task with no CPU reserved), so the driver never opens the file.
+
+    Not `Dataset.columns()`: for CSV and JSON lines that runs a one-row read and then force-cancels the read task
+    just as it finishes, and Ray 2.60's driver can abort on that race ("Check failed: Tried to complete task that
+    was not pending", task_manager.cc): it killed a test process once in CI. Raises ValueError(one line) when the
+    file cannot be parsed."""
+    import ray
+
+    status, value = ray.get(ray.remote(num_cpus=0, max_retries=0)(_peek_columns).remote(path, kind, newlines_in_values))
+    if status != "ok":
+        raise ValueError(value)
+    return [str(c) for c in value]
+
+
+def _peek_columns(path: str, kind: str, newlines_in_values: bool) -> tuple[str, Any]:
+    """On a worker: ("ok", names) read as Ray Data's readers read them, or ("error", the parse error's line)."""
+    try:
+        if os.path.isdir(path):
+            files = sorted(f for f in os.listdir(path) if not f.startswith((".", "_")))
+            path = os.path.join(path, files[0]) if files else path
+        if kind == "csv":
+            import pyarrow.csv as pacsv
+
+            opts = pacsv.ParseOptions(newlines_in_values=newlines_in_values)
+            with pacsv.open_csv(path, parse_options=opts) as reader:
+                return "ok", list(reader.schema.names)
+        if kind == "jsonl":
+            import pandas as pd
+
+            return "ok", [str(c) for c in pd.read_json(path, lines=True, nrows=PEEK_ROWS).columns]
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            return "ok", list(pq.read_schema(path).names)
+        return "error", f"unknown file kind {kind!r}"
+    except Exception as exc:  # noqa: BLE001 - the parse error goes back as one line
+        return "error", _first_line(exc)
 
 
 def _connect(address: str | None, workers: int) -> bool:
