@@ -315,3 +315,16 @@ def test_factorize_is_scikit_learns_coordinate_descent(shape, density):
     np.testing.assert_allclose(fac.H, ref.components_, atol=3e-4 * ref.components_.max())
     assert fac.error == pytest.approx(ref.reconstruction_err_, rel=1e-6)
     assert fac.error == pytest.approx(np.linalg.norm(A.astype(np.float64) - fac.W @ fac.H.astype(np.float64)), rel=1e-6)
+
+
+def test_factorize_takes_a_read_only_matrix():
+    rng = np.random.default_rng(1)
+    A = rng.random((12, 40)).astype(np.float32)
+    frozen = A.copy()
+    frozen.setflags(write=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "non-writable array" warning would fail here
+        got = factorize(frozen, 3, seed=0)
+    np.testing.assert_array_equal(got.W, factorize(A, 3, seed=0).W)

@@ -144,6 +144,8 @@ def factorize(A: np.ndarray, k: int, seed: int = DEFAULT_SEED, max_iter: int = M
     from sklearn.decomposition._nmf import _initialize_nmf
 
     A = np.ascontiguousarray(A, dtype=np.float32)
+    if not A.flags.writeable:  # torch.from_numpy wants a writable array (a memory-mapped or frozen one is copied)
+        A = A.copy()
     if A.ndim != 2 or (A < 0).any():
         raise ValueError("factorize needs a non-negative 2-D matrix")
     T, N = A.shape
