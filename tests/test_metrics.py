@@ -99,6 +99,41 @@ def test_batched_layer_metrics_equal_per_layer_registry():
     assert out["cosine_to_input"][0] == pytest.approx(1.0)
 
 
+def test_layers_side_by_side_equal_the_one_by_one_loop(monkeypatch):
+    """Mid-sized layers (T × D between PARALLEL_MIN_ELEMENTS and PARALLEL_MAX_ELEMENTS) are computed two at a time
+    in threads; every number equals the one-by-one loop's exactly, with and without kept rows."""
+    import threading
+
+    from core.infra.threads import single_threaded
+
+    rng = np.random.default_rng(9)
+    hidden = (rng.normal(size=(5, 70, 600)) * np.linspace(0.1, 2.0, 600)).astype(np.float32)
+    keep = np.arange(70) % 7 != 3  # 60 of 70 rows
+    assert M.PARALLEL_MIN_ELEMENTS <= 60 * 600 and 70 * 600 <= M.PARALLEL_MAX_ELEMENTS
+    threads: list[str] = []
+    real = M.squared_singular_values
+
+    def spy(H):
+        threads.append(threading.current_thread().name)
+        return real(H)
+
+    monkeypatch.setattr(M, "squared_singular_values", spy)
+
+    def both():
+        with single_threaded():
+            return [M.layer_metrics(hidden), M.layer_metrics(hidden, keep)]
+
+    side = both()
+    assert len(threads) == 10 and all(name.startswith("layer-metrics") for name in threads)
+    monkeypatch.setattr(M, "PARALLEL_LAYERS", 1)
+    threads.clear()
+    one = both()
+    assert len(threads) == 10 and not any(name.startswith("layer-metrics") for name in threads)
+    for a, b in zip(side, one, strict=True):
+        for name in M.METRIC_NAMES:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
 def test_effective_rank_never_exceeds_tokens_minus_one():
     rng = np.random.default_rng(5)
     H = rng.normal(size=(6, 500))
