@@ -5,7 +5,10 @@ runs and the Causal page's pair data sets to that cluster, through the same engi
 (core.studies.corpus_ray, core.studies.pairs_ray): `TMA_RAY_WORKERS` model replicas (default 2) with
 `TMA_RAY_GPUS_PER_WORKER` GPUs each (default 0). The texts and pairs the user gave travel to the cluster with the
 job (the app already holds them: they are bounded by its upload limits); the workers load the model by its id, so a
-local folder must exist at the same path on them. Ray runs are not cached. Without `TMA_RAY_ADDRESS` everything
+local folder must exist at the same path on them. A corpus run on the cluster goes through the app's result cache
+under the local engine's key (it looks itself up once the workers have hashed the texts: a hit skips the forward
+stage, and the local engine finds what the cluster stored); pair data sets on the cluster are not cached. Without
+`TMA_RAY_ADDRESS` everything
 runs in this process as before, and nothing here imports Ray.
 
 `current()` reads the setting (a bad value is an InputError naming the variable); `run_corpus` / `run_pairs` run a
@@ -24,6 +27,7 @@ from core.infra.errors import InputError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from core.run.cache import ResultCache
     from core.run.progress import ProgressFn
     from core.studies.corpus import CorpusResult, CorpusSettings, CorpusTexts
     from core.studies.pairs import Pair, PairsResult, PairsSettings
@@ -97,9 +101,11 @@ def run_corpus(
     *,
     sae_dirs: Sequence[str] = (),
     top_n: int = 10,
+    cache: ResultCache | None = None,
 ) -> tuple[CorpusResult, tuple[SAEFeatureExamples, ...] | None]:
-    """The Corpus page's run on `engine`'s cluster (the local path stays in app.corpus_widgets, cached): the
-    corpus result and, with SAE folders (at the same path on the workers), their feature examples."""
+    """The Corpus page's run on `engine`'s cluster (the local path stays in app.corpus_widgets): the corpus result,
+    through `cache` under the local engine's key, and, with SAE folders (at the same path on the workers), their
+    feature examples (not cached)."""
     from core.run.progress import scaled
     from core.studies.corpus_ray import CorpusSource, run_corpus_ray
 
@@ -107,7 +113,7 @@ def run_corpus(
     source = CorpusSource.from_texts(texts.texts, n_blank=texts.n_blank)
     where = {"address": engine.address, "workers": engine.workers, "gpus_per_worker": engine.gpus_per_worker}
     geometry = scaled(progress, 0.0, 0.7) if sae_dirs else progress
-    result = run_corpus_ray(model_id, source, settings, geometry, dtype=dtype, **where)  # type: ignore[arg-type]
+    result = run_corpus_ray(model_id, source, settings, geometry, dtype=dtype, cache=cache, **where)  # type: ignore[arg-type]
     if not sae_dirs:
         return result, None
     from core.studies.sae_corpus_ray import run_sae_corpus_ray

@@ -204,11 +204,12 @@ def start_corpus() -> None:
 
         if not model_id:
             raise InputError("no model chosen: type a Hugging Face id or a local folder in the sidebar")
-        if engine.is_ray:  # the same engine as `corpus --engine ray`; no result cache there
+        if engine.is_ray:  # the same engine as `corpus --engine ray`, through the same result cache
             job.report(f"Sending {len(texts.texts)} texts to {engine.label} …", 0.0)
             result, saes = cluster.run_corpus(
-                engine, model_id, dtype, texts, settings, job.report, sae_dirs=sae_dirs, top_n=top_n
-            )
+                engine, model_id, dtype, texts, settings, job.report, sae_dirs=sae_dirs, top_n=top_n,
+                cache=get_result_cache(),
+            )  # fmt: skip
             return CorpusRun(result, saes)
         job.report(f"Loading {model_id} …", 0.0)
         loaded = get_model(model_id, dtype, "auto")

@@ -100,7 +100,7 @@ def _start(model_id: str, dtype: str) -> None:
         return
 
     def work(job: jobs.Job) -> PairsResult:
-        if engine.is_ray:  # the same engine as `patch --pairs --engine ray`; no result cache there
+        if engine.is_ray:  # the same engine as `patch --pairs --engine ray` (no result cache there)
             job.report(f"Sending {len(pairs)} pairs to {engine.label} …", 0.0)
             return cluster.run_pairs(engine, model_id, dtype, pairs, settings, job.report)
         job.report("Loading the model", 0.0)

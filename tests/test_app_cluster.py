@@ -87,6 +87,16 @@ def test_corpus_page_runs_on_the_operators_cluster_with_the_local_numbers(on_clu
     for m in local.per_text:
         np.testing.assert_allclose(remote.per_text[m], local.per_text[m], atol=1e-6, equal_nan=True)
     assert f"Ran on the Ray cluster at {on_cluster} (1 worker)." in [c.value for c in at.caption]
+    # stored in the app's result cache under the local engine's key: the local engine (or a rerun) finds it
+    from app.loading import get_result_cache
+
+    assert remote.cache_key and remote.cache_key == local.cache_key and not remote.cache_hit
+    cache = get_result_cache()
+    try:
+        stored = cache.get(remote.cache_key, cp.CorpusResult)
+    finally:
+        cache.close()
+    assert stored is not None and stored.corpus_sha256 == local.corpus_sha256
 
 
 def test_pair_data_set_runs_on_the_operators_cluster_with_the_local_numbers(on_cluster, tiny_dirs, tiny_gpt2):
