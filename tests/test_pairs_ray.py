@@ -209,6 +209,8 @@ def test_file_columns_are_read_on_the_cluster_without_a_cancelled_dataset_read(c
     those run a one-row read and force-cancel its task as it finishes, a race that aborted Ray 2.60's driver (the
     pytest worker) in CI. CSV headers with a quoted line break, JSON lines' keys (pandas, as Ray's reader), Parquet;
     a parse error is one line."""
+    import gzip
+
     import pyarrow as pa
     import pyarrow.parquet as pq
     import ray.data
@@ -224,11 +226,16 @@ def test_file_columns_are_read_on_the_cluster_without_a_cancelled_dataset_read(c
     csv = tmp_path / "p.csv"
     csv.write_text('"first\ncol",b\n"x\ny",z\n', encoding="utf-8")
     assert file_columns(str(csv), "csv", newlines_in_values=True) == ["first\ncol", "b"]
+    gz = tmp_path / "p.csv.gz"
+    gz.write_bytes(gzip.compress(b"x,y\n1,2\n"))
+    assert file_columns(str(gz), "csv") == ["x", "y"]  # compression from the extension, as Ray Data's reader
     jl = tmp_path / "p.jsonl"
     jl.write_text('{"a": "x", "b": "y"}\n{"a": "x", "c": "z"}\n', encoding="utf-8")
     assert file_columns(str(jl), "jsonl") == ["a", "b", "c"]
-    pq.write_table(pa.table({"text": ["a"], "n": [1]}), tmp_path / "p.parquet")
-    assert file_columns(str(tmp_path / "p.parquet"), "parquet") == ["text", "n"]
+    assert file_columns(jl.as_uri(), "jsonl") == ["a", "b", "c"]  # a URI (s3://… on a cluster) through pyarrow.fs
+    (tmp_path / "pq").mkdir()
+    pq.write_table(pa.table({"text": ["a"], "n": [1]}), tmp_path / "pq" / "part-0.parquet")
+    assert file_columns(str(tmp_path / "pq"), "parquet") == ["text", "n"]  # a folder: its first file
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"a": 1\n', encoding="utf-8")
     with pytest.raises(ValueError) as err:

@@ -283,25 +283,34 @@ def file_columns(path: str, kind: str, *, newlines_in_values: bool = False) -> l
 
 
 def _peek_columns(path: str, kind: str, newlines_in_values: bool) -> tuple[str, Any]:
-    """On a worker: ("ok", names) read as Ray Data's readers read them, or ("error", the parse error's line)."""
+    """On a worker: ("ok", names) read as Ray Data's readers read them, or ("error", the parse error's line). The
+    path is opened as Ray Data opens it: a local path or a URI (`s3://…`, `file://…`) through pyarrow's file systems,
+    compression detected from the extension; a folder stands for its first file."""
     try:
-        if os.path.isdir(path):
-            files = sorted(f for f in os.listdir(path) if not f.startswith((".", "_")))
-            path = os.path.join(path, files[0]) if files else path
-        if kind == "csv":
-            import pyarrow.csv as pacsv
+        import io
 
-            opts = pacsv.ParseOptions(newlines_in_values=newlines_in_values)
-            with pacsv.open_csv(path, parse_options=opts) as reader:
-                return "ok", list(reader.schema.names)
-        if kind == "jsonl":
-            import pandas as pd
+        import pyarrow.fs as pafs
 
-            return "ok", [str(c) for c in pd.read_json(path, lines=True, nrows=PEEK_ROWS).columns]
+        fs, where = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), os.path.abspath(path))
+        if fs.get_file_info(where).type == pafs.FileType.Directory:
+            inside = fs.get_file_info(pafs.FileSelector(where, recursive=False))
+            files = sorted(i.path for i in inside if i.is_file and not i.base_name.startswith((".", "_")))
+            where = files[0] if files else where
         if kind == "parquet":
             import pyarrow.parquet as pq
 
-            return "ok", list(pq.read_schema(path).names)
+            return "ok", list(pq.read_schema(where, filesystem=fs).names)
+        with fs.open_input_stream(where, compression="detect") as stream:
+            if kind == "csv":
+                import pyarrow.csv as pacsv
+
+                opts = pacsv.ParseOptions(newlines_in_values=newlines_in_values)
+                return "ok", list(pacsv.open_csv(stream, parse_options=opts).schema.names)
+            if kind == "jsonl":
+                import pandas as pd
+
+                text = io.TextIOWrapper(io.BufferedReader(stream), encoding="utf-8")
+                return "ok", [str(c) for c in pd.read_json(text, lines=True, nrows=PEEK_ROWS).columns]
         return "error", f"unknown file kind {kind!r}"
     except Exception as exc:  # noqa: BLE001 - the parse error goes back as one line
         return "error", _first_line(exc)
