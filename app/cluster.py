@@ -8,8 +8,7 @@ job (the app already holds them: they are bounded by its upload limits); the wor
 local folder must exist at the same path on them. A corpus run on the cluster goes through the app's result cache
 under the local engine's key (it looks itself up once the workers have hashed the texts: a hit skips the forward
 stage, and the local engine finds what the cluster stored); pair data sets on the cluster are not cached. Without
-`TMA_RAY_ADDRESS` everything
-runs in this process as before, and nothing here imports Ray.
+`TMA_RAY_ADDRESS` everything runs in this process as before, and nothing here imports Ray.
 
 `current()` reads the setting (a bad value is an InputError naming the variable); `run_corpus` / `run_pairs` run a
 job's work on the chosen engine; `Engine.label` is the line the pages show under a result.

@@ -150,7 +150,8 @@ def factorize(A: np.ndarray, k: int, seed: int = DEFAULT_SEED, max_iter: int = M
         raise ValueError("factorize needs a non-negative 2-D matrix")
     T, N = A.shape
     k = max(1, min(int(k), T, N))
-    norm = float(np.linalg.norm(A))
+    X = torch.from_numpy(A)
+    norm = float(torch.linalg.vector_norm(X, dtype=torch.float64))  # summed in float64, as `error` below
     if norm == 0.0:
         return Factorization(np.zeros((T, k), np.float32), np.zeros((k, N), np.float32), 0.0, 0.0, 0)
     # the initialisation's small products in one BLAS thread (right after a torch pass two OpenBLAS threads only
@@ -159,7 +160,7 @@ def factorize(A: np.ndarray, k: int, seed: int = DEFAULT_SEED, max_iter: int = M
         W0, H0 = _initialize_nmf(A, k, init="nndsvda", random_state=seed)
     W = np.ascontiguousarray(W0, dtype=np.float32)
     Ht = np.ascontiguousarray(H0.T, dtype=np.float32)
-    X, Wt, Htt = torch.from_numpy(A), torch.from_numpy(W), torch.from_numpy(Ht)  # views: the kernel updates in place
+    Wt, Htt = torch.from_numpy(W), torch.from_numpy(Ht)  # views: the kernel updates them in place
     order = np.arange(k, dtype=np.intp)
     first = 0.0
     n_iter = 0
