@@ -344,3 +344,34 @@ def test_frobenius_norm_is_a_float64_sum_of_squares():
     exact = float(np.sqrt(np.square(A, dtype=np.float64).sum()))
     assert _frobenius(torch.from_numpy(A)) == pytest.approx(exact, rel=1e-7)
     assert _frobenius(torch.zeros(3, 4)) == 0.0
+
+
+def test_top_columns_are_the_stable_argsort_with_ties():
+    """_top_columns gives the first n columns of the stable argsort of −H, ties (also across the n-th place) by
+    column, as the full sort did."""
+    from core.steps.neurons import _top_columns
+
+    rng = np.random.default_rng(4)
+    H = rng.integers(0, 5, size=(6, 300)).astype(np.float32)  # many ties, also at the cut
+    H[2] = 0.0  # a factor that is all zero: the first n columns
+    H[3, :10] = 7.0
+    for n in (1, 5, 20, 299, 300, 400):
+        want = np.argsort(-H, axis=1, kind="stable")[:, :n]
+        np.testing.assert_array_equal(_top_columns(H, n), want)
+    H = rng.random((6, 5000)).astype(np.float32)
+    np.testing.assert_array_equal(_top_columns(H, 20), np.argsort(-H, axis=1, kind="stable")[:, :20])
+
+
+def test_clipped_matrix_is_max_zero_laid_out_by_token():
+    """A = max(acts, 0) as [T, L·d_ff] (column i·d_ff + n = layer i, neuron n), exactly; Σ|a| and Σ max(−a, 0)
+    within 1e-7 of float64 sums."""
+    from core.steps.neurons import _clipped_matrix
+
+    rng = np.random.default_rng(6)
+    acts = (rng.standard_normal((3, 50, 70)) * np.logspace(-2, 2, 50)[None, :, None]).astype(np.float32)
+    A, total, clipped = _clipped_matrix(acts)
+    np.testing.assert_array_equal(A, np.maximum(acts, 0.0).transpose(1, 0, 2).reshape(50, 210))
+    assert total == pytest.approx(np.abs(acts.astype(np.float64)).sum(), rel=1e-7)
+    assert clipped == pytest.approx(-np.minimum(acts.astype(np.float64), 0.0).sum(), rel=1e-7)
+    A, total, clipped = _clipped_matrix(np.abs(acts))
+    assert clipped == 0.0 and total == pytest.approx(A.astype(np.float64).sum(), rel=1e-7)
