@@ -150,7 +150,7 @@ def test_planted_copy_head_yields_the_edge_to_token_0():
     _plant_copy_head(loaded.model)
     dec, f = _flow(loaded)
     T = len(f.tokens)
-    assert float(dec.attentions[0, 0, T - 1, 0]) > 0.99  # the plant works
+    assert float(dec.attentions[0][0, T - 1, 0]) > 0.99  # the plant works
     edges = f.routes(T - 1, DEFAULT_THRESHOLD)
     att = [e for e in edges if e.kind == "attention" and e.layer == 1 and e.target == f"a1_{T - 1}"]
     assert any(e.source == "x0_0" for e in att)

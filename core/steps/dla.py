@@ -91,7 +91,8 @@ class Decomposition:
     attn_sum / mlp_sum [L, T, D]: the sums the post-LN residual norms receive (x + update), else the residual after
     the update; resid_mid [L, T, D] the residual between the two sublayers (post-LN: after LN_a);
     resid_post [L, T, D] block outputs; final_in [T, D] the final norm's input (= resid_post[L-1]);
-    attentions [L, H, T, T]; logits [T, V] or None; head_pre [T, D'] the MLM head's pre-activation (dense output).
+    attentions: per layer [H, T, T] (a list, indexed by layer as a stacked [L, H, T, T] tensor would be); logits
+    [T, V] or None; head_pre [T, D'] the MLM head's pre-activation (dense output).
     """
 
     parts: ModelParts
@@ -108,7 +109,7 @@ class Decomposition:
     resid_mid: torch.Tensor
     resid_post: torch.Tensor
     final_in: torch.Tensor
-    attentions: torch.Tensor
+    attentions: Sequence[torch.Tensor]
     logits: torch.Tensor | PositionLogits | None
     head_pre: torch.Tensor | None = None
     hidden_states: np.ndarray | None = None
@@ -240,7 +241,9 @@ def decomposition_pass(
     raw = getattr(out, "logits", None)
     logits = position_logits(raw.cpu() if raw is not None else None, logit_positions, T)
     head_pre = other["head_pre"][0].float().cpu() if "head_pre" in other else None
-    att = torch.stack([a[0].float().cpu() for a in out.attentions])
+    # per layer, not stacked: on a float32 CPU model each entry is the pass's own weights tensor (no 151 MB copy for
+    # GPT-2 at 512 tokens: the decomposition pass 588 -> ~550 ms for the BERT shape)
+    att = [a[0].float().cpu() for a in out.attentions]
     return Decomposition(
         parts=parts,
         embed=hs[0],
