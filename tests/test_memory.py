@@ -60,3 +60,75 @@ def test_the_capture_switches_it_on_for_a_long_text_only(tiny_llama, monkeypatch
     assert calls == []
     capture_module.capture(loaded, text, AnalysisSettings(compute_gradients=False), hold_bytes=0, chunk_bytes=0)
     assert calls == [1]
+
+
+def _address(a) -> int:
+    return int(a.__array_interface__["data"][0])
+
+
+def test_a_pooled_buffer_is_reused_only_once_no_array_holds_it():
+    """BufferPool.empty hands out a buffer again only when no array made from it is alive (a slice, a strided
+    view of a reshape, a torch tensor over it all count), keeps at most `keep` buffers, and serves small requests
+    and requests under half a buffer's size with other memory."""
+    import numpy as np
+    import torch
+
+    shape = (2, 5, 2**20)  # 40 MiB of float32: above POOLED_MIN_BYTES
+    holders = (lambda a: a[1, 2:], lambda a: a.reshape(-1)[::7], lambda a: torch.from_numpy(a[0]))
+    for make in holders:
+        pool = memory.BufferPool(keep=1)
+        a = pool.empty(shape, np.float32)
+        first = _address(a)
+        a[:] = 1.0
+        holder = make(a)
+        del a
+        b = pool.empty(shape, np.float32)  # the holder keeps the one pooled buffer: fresh memory
+        assert _address(b) != first and pool.held_bytes() == 40 * 2**20
+        b[:] = 2.0
+        assert float(holder.sum()) == float(holder.numel() if hasattr(holder, "numel") else holder.size)
+        del holder
+        c = pool.empty(shape, np.float32)
+        assert _address(c) == first and c.shape == shape and c.dtype == np.float32
+
+    pool = memory.BufferPool(keep=2)
+    big = (25, 2**20)  # 100 MiB of float32
+    a, b = pool.empty(big, np.float32), pool.empty(big, np.float32)
+    assert pool.held_bytes() == 2 * 100 * 2**20
+    c = pool.empty(big, np.float32)  # both pooled buffers in use: other memory, not pooled
+    assert pool.held_bytes() == 2 * 100 * 2**20 and not np.shares_memory(c, a) and not np.shares_memory(c, b)
+    del a, c
+    small = pool.empty((4, 2**20), np.float32)  # 16 MiB: under POOLED_MIN_BYTES
+    assert pool.held_bytes() == 2 * 100 * 2**20
+    # 40 MiB: under half of the free 100 MiB buffer, which is dropped (the texts got shorter) for a pooled 40 MiB
+    under_half = pool.empty((10, 2**20), np.float32)
+    assert pool.held_bytes() == 100 * 2**20 + 40 * 2**20
+    assert not any(np.shares_memory(x, b) for x in (small, under_half)) and not np.shares_memory(small, under_half)
+    del under_half
+    d = pool.empty((15, 2**20), np.float64)  # 120 MiB: larger than the free 40 MiB buffer, dropped in turn
+    assert pool.held_bytes() == 100 * 2**20 + 120 * 2**20 and len(pool._buffers) == 2
+    where = _address(d)
+    del d
+    assert _address(pool.empty((15, 2**20), np.float64)) == where
+
+
+def test_the_captures_held_maps_reuse_a_released_result_s_memory_and_never_a_live_one(tiny_gpt2, monkeypatch):
+    """Two captures in a row: while the first capture is alive its maps keep their values (the second gets other
+    memory); once it is released the next capture's maps live where its maps were."""
+    import numpy as np
+
+    monkeypatch.setattr(memory, "POOLED_MIN_BYTES", 0)
+    pool = memory.BufferPool(keep=2)
+    monkeypatch.setattr(capture_module, "MAP_BUFFERS", pool)
+    st = AnalysisSettings(compute_gradients=False)
+    one = capture_module.capture(tiny_gpt2, "The quick brown fox jumps over the lazy dog.", st)
+    kept = one.attentions.copy()
+    two = capture_module.capture(tiny_gpt2, "A quick brown dog jumps over the lazy fox again.", st)
+    assert _address(two.attentions) != _address(one.attentions)
+    np.testing.assert_array_equal(one.attentions, kept)
+    where = _address(one.attentions)
+    del one
+    three = capture_module.capture(tiny_gpt2, "The quick brown fox jumps over the lazy dog.", st)
+    assert _address(three.attentions) == where
+    assert any(np.shares_memory(three.attentions, buf) for buf in pool._buffers)  # the pool's, not the heap's
+    np.testing.assert_array_equal(three.attentions, kept)  # the same text: the same maps, written in place
+    assert not np.shares_memory(two.attentions, three.attentions)
