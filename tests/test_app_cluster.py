@@ -56,11 +56,21 @@ def on_cluster(ray_cluster, monkeypatch):
     return address
 
 
-def test_corpus_page_runs_on_the_operators_cluster_with_the_local_numbers(on_cluster, tiny_dirs, tiny_gpt2):
+def test_corpus_page_runs_on_the_operators_cluster_with_the_local_numbers(
+    on_cluster, tiny_dirs, tiny_gpt2, tmp_path, monkeypatch, request
+):
     from streamlit.testing.v1 import AppTest
     from test_corpus import PAGE, TEXTS
 
+    from app.loading import get_result_cache
     from core.studies import corpus as cp
+
+    # a cache of its own: the worker's shared one may already hold this corpus from test_corpus's page tests (the
+    # same texts and settings), and then the cluster rightly answers from it (a full run failed so when they shared
+    # a worker); the app keeps one cache per process (st.cache_resource): dropped before and after
+    monkeypatch.setenv("TMA_CACHE_DIR", str(tmp_path / "cache"))
+    get_result_cache.clear()
+    request.addfinalizer(get_result_cache.clear)
 
     at = AppTest.from_file(PAGE, default_timeout=300)
     for k, v in {
@@ -88,8 +98,6 @@ def test_corpus_page_runs_on_the_operators_cluster_with_the_local_numbers(on_clu
         np.testing.assert_allclose(remote.per_text[m], local.per_text[m], atol=1e-6, equal_nan=True)
     assert f"Ran on the Ray cluster at {on_cluster} (1 worker)." in [c.value for c in at.caption]
     # stored in the app's result cache under the local engine's key: the local engine (or a rerun) finds it
-    from app.loading import get_result_cache
-
     assert remote.cache_key and remote.cache_key == local.cache_key and not remote.cache_hit
     cache = get_result_cache()
     try:
