@@ -132,3 +132,18 @@ def test_the_captures_held_maps_reuse_a_released_result_s_memory_and_never_a_liv
     assert any(np.shares_memory(three.attentions, buf) for buf in pool._buffers)  # the pool's, not the heap's
     np.testing.assert_array_equal(three.attentions, kept)  # the same text: the same maps, written in place
     assert not np.shares_memory(two.attentions, three.attentions)
+
+
+def test_the_pool_size_comes_from_the_environment(monkeypatch, caplog):
+    """TMA_MAP_BUFFERS sets how many buffers of held maps a process keeps (0: none, every array fresh); an unset,
+    empty or malformed value gives the default, a malformed one with a logged line."""
+    import numpy as np
+
+    for raw, want in (("", 2), ("0", 0), ("1", 1), (" 3 ", 3), ("two", 2), ("-1", 2)):
+        monkeypatch.setenv("TMA_MAP_BUFFERS", raw)
+        assert memory.env_count("TMA_MAP_BUFFERS", 2) == want
+    assert "not a count" in caplog.text
+    pool = memory.BufferPool(keep=0)
+    a = pool.empty((10, 2**20), np.float32)
+    del a
+    assert pool.held_bytes() == 0 and pool.empty((10, 2**20), np.float32).shape == (10, 2**20)

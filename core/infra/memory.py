@@ -63,6 +63,24 @@ def large_buffer_threshold() -> int | None:
     return _state["threshold"]
 
 
+def env_count(name: str, default: int) -> int:
+    """A non-negative integer from the environment variable `name`, `default` when it is unset, empty or not such
+    a number (logged)."""
+    import os
+
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        log.warning("%s=%r is not a count (0, 1, 2 ...): %d is used", name, raw, default)
+        return default
+    return value
+
+
 #: Requests smaller than this are served by plain np.empty (the heap recycles them by itself).
 POOLED_MIN_BYTES = 32 * 2**20
 

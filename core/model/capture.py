@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from core.infra.errors import InputError
-from core.infra.memory import BufferPool, map_large_buffers
+from core.infra.memory import BufferPool, env_count, map_large_buffers
 from core.model.arch import final_norm, model_parts, try_model_parts
 from core.model.hooks import Registration, attention_function, hooked
 from core.model.loading import LoadedModel
@@ -146,10 +146,12 @@ def stack_float32(tensors: list[Any], dtype: Any = np.float32) -> np.ndarray:
 AttentionSink = Callable[[int, np.ndarray], None]
 
 
-#: Where the capture's held attention maps live: two buffers, reused once the results that held them are gone
-#: (core.infra.memory.BufferPool: a fresh 151 MB array cost the capture pass of a 512-token GPT-2 text 0.7 s of
-#: first-touch faults on a cloud VM). An idle process keeps at most two arrays of held maps (≤ 2 × 256 MiB).
-MAP_BUFFERS = BufferPool(keep=2)
+#: Where the capture's held attention maps live: $TMA_MAP_BUFFERS buffers (default 2; 0: a fresh array each time),
+#: reused once the results that held them are gone (core.infra.memory.BufferPool: a fresh 151 MB array cost the
+#: capture pass of a 512-token GPT-2 text 0.7 s of first-touch faults on a cloud VM). An idle process keeps at most
+#: that many arrays of held maps resident (each ≤ 256 MiB, HOLD_ATTENTIONS_BYTES); the peak is the same either way
+#: (a new analysis allocates its maps while the previous result still holds its own).
+MAP_BUFFERS = BufferPool(keep=env_count("TMA_MAP_BUFFERS", 2))
 
 
 #: The name under which `row_chunked_attention` is registered with transformers' AttentionInterface.
