@@ -147,3 +147,35 @@ def test_the_pool_size_comes_from_the_environment(monkeypatch, caplog):
     a = pool.empty((10, 2**20), np.float32)
     del a
     assert pool.held_bytes() == 0 and pool.empty((10, 2**20), np.float32).shape == (10, 2**20)
+
+
+def test_a_result_whose_maps_live_in_a_pooled_buffer_round_trips_through_the_cache(tiny_gpt2, monkeypatch, tmp_path):
+    """The held maps of an analysis are a view of a pooled buffer: the result cache stores and rebuilds it whole
+    (the same numbers), and a second analysis that takes over the buffer once the first result is released leaves
+    the cached copy untouched."""
+    import numpy as np
+
+    from core import analyze
+    from core.analysis.result import AnalysisResult, results_equal
+    from core.run.cache import ResultCache
+
+    monkeypatch.setattr(memory, "POOLED_MIN_BYTES", 0)
+    pool = memory.BufferPool(keep=1)
+    monkeypatch.setattr(capture_module, "MAP_BUFFERS", pool)
+    st = AnalysisSettings(compute_gradients=False)
+    cache = ResultCache(tmp_path / "cache")
+    try:
+        first = analyze(tiny_gpt2, "The quick brown fox jumps over the lazy dog.", settings=st, cache=cache)
+        assert any(np.shares_memory(first.attentions, b) for b in pool._buffers)
+        kept = first.attentions.copy()
+        del first
+        other = analyze(tiny_gpt2, "A lazy dog sleeps under the quick brown fox.", settings=st)
+        assert any(np.shares_memory(other.attentions, b) for b in pool._buffers)  # took over the buffer
+        again = cache.get(
+            analyze(tiny_gpt2, "The quick brown fox jumps over the lazy dog.", settings=st).cache_key, AnalysisResult
+        )
+        assert again is not None and np.array_equal(again.attentions, kept)
+        fresh = analyze(tiny_gpt2, "The quick brown fox jumps over the lazy dog.", settings=st)
+        assert results_equal(again, fresh, ignore=("cache_hit", "timings", "duration_s", "created_at"))
+    finally:
+        cache.close()
