@@ -169,11 +169,17 @@ def promoted_section(dla: DLASection, n_tokens: int) -> None:
 
 
 def flow_chart(flow: FlowSection, position: int, threshold: float) -> alt.LayerChart:
-    """Layered graph: x = token position, y = stage; edges as rules (width = weight, colour = kind) with tooltips;
-    token labels as a text layer under the graph (chart data, not markup)."""
+    """Layered graph: x = token position (numbered along the top), y = stage; edges as rules (width = weight, colour
+    = kind) with tooltips; token labels as a text layer under the graph (chart data, not markup)."""
     nodes, recs = layout(flow, flow.routes(position, threshold))
     T, L = len(flow.tokens), flow.n_layers
-    x = alt.X("x:Q", title="token position", scale=alt.Scale(domain=[-0.7, T - 0.3]), axis=alt.Axis(tickMinStep=1))
+    # the positions' numbers on top: below the graph the rotated token labels reach into the axis and covered them
+    x = alt.X(
+        "x:Q",
+        title="token position",
+        scale=alt.Scale(domain=[-0.7, T - 0.3]),
+        axis=alt.Axis(tickMinStep=1, orient="top"),
+    )
     y = alt.Y(  # ticks at the stages only: the token labels sit below stage 0, and no stage −1 is drawn
         "y:Q",
         title="stage (0 = embeddings, 2l = after block l)",

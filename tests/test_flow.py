@@ -342,3 +342,17 @@ def test_page_chart_ticks_only_real_stages(tiny_gpt2):
         tuple(layer["encoding"]["y"]["axis"]["values"]) for layer in spec["layer"] if "axis" in layer["encoding"]["y"]
     }
     assert ticks == {tuple(range(0, 2 * r.n_layers + 1, 2))}
+
+
+def test_page_chart_numbers_positions_on_top_and_names_tokens_below(tiny_gpt2):
+    """The Flow routes chart's position numbers sit on the top axis: the rotated token labels under the graph reach
+    into the bottom axis and covered its numbers (seen in a browser on a 128-token text)."""
+    from app.routes_widgets import flow_chart
+    from core import analyze
+
+    r = analyze(tiny_gpt2, "The cat sat on the mat.", views=["flow"], compute_gradients=False)
+    spec = flow_chart(r.flow, r.n_tokens - 1, 0.04).to_dict()
+    orients = {layer["encoding"]["x"]["axis"].get("orient") for layer in spec["layer"]}
+    assert orients == {"top"}
+    text = [layer for layer in spec["layer"] if layer["mark"]["type"] == "text"]
+    assert len(text) == 1 and text[0]["mark"]["angle"] == 270
