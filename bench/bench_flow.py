@@ -56,7 +56,7 @@ def matmul_peak(dec, chunk_floats: int) -> float:
     for l, b in enumerate(P.blocks):
         W = P.head_out_weights(b).detach().float()
         vW = torch.einsum("thd,hde->the", dec.values[l][:, kv_of], W).contiguous()
-        A = dec.attentions[l]
+        A = dec.attentions[l].float()
         reach = A.amax(0) > 0
         T, D = A.shape[-1], vW.shape[-1]
         per_query = max(1, chunk_floats // (T * D))

@@ -83,7 +83,8 @@ DLA_METHOD = (
 
 @dataclass
 class Decomposition:
-    """What the hooked forward pass kept (torch float32 on the CPU, batch of one). L blocks, T tokens, D width.
+    """What the hooked forward pass kept (torch float32 on the CPU, the attention maps aside, batch of one). L blocks,
+    T tokens, D width.
 
     embed [T, D] (hidden_states[0]); resid_pre [L, T, D] block inputs; z [L, T, H·d_h] out_proj inputs;
     attn_out [L, T, D] out_proj outputs; values [L, T, KV, d_h]; mlp_out [L, T, D]; attn_update [L, T, D] and
@@ -91,8 +92,8 @@ class Decomposition:
     attn_sum / mlp_sum [L, T, D]: the sums the post-LN residual norms receive (x + update), else the residual after
     the update; resid_mid [L, T, D] the residual between the two sublayers (post-LN: after LN_a);
     resid_post [L, T, D] block outputs; final_in [T, D] the final norm's input (= resid_post[L-1]);
-    attentions: per layer [H, T, T] (a list, indexed by layer as a stacked [L, H, T, T] tensor would be); logits
-    [T, V] or None; head_pre [T, D'] the MLM head's pre-activation (dense output).
+    attentions: per layer [H, T, T] in the model's dtype (a list, indexed by layer as a stacked [L, H, T, T] tensor
+    would be; read `.float()`); logits [T, V] or None; head_pre [T, D'] the MLM head's pre-activation (dense output).
     """
 
     parts: ModelParts
@@ -241,9 +242,11 @@ def decomposition_pass(
     raw = getattr(out, "logits", None)
     logits = position_logits(raw.cpu() if raw is not None else None, logit_positions, T)
     head_pre = other["head_pre"][0].float().cpu() if "head_pre" in other else None
-    # per layer, not stacked: on a float32 CPU model each entry is the pass's own weights tensor (no 151 MB copy for
-    # GPT-2 at 512 tokens: the decomposition pass 588 -> ~550 ms for the BERT shape)
-    att = [a[0].float().cpu() for a in out.attentions]
+    # per layer, not stacked, in the model's dtype: each entry is the pass's own weights tensor on a CPU model (no
+    # 151 MB copy for GPT-2 at 512 tokens: the decomposition pass 588 -> ~550 ms for the BERT shape); a 16-bit
+    # model's maps are widened one layer at a time by their reader (TinyLlama at 512 tokens: 0.74 GB of float32
+    # copies were held beside its 0.37 GB of bfloat16 maps)
+    att = [a[0].cpu() for a in out.attentions]
     return Decomposition(
         parts=parts,
         embed=hs[0],

@@ -250,7 +250,7 @@ def compute_flow(dec: Decomposition, tokens: list[str], position: int, chunk_flo
             W = P.head_out_weights(b).detach().float().cpu()  # [H, dh, D]
             v = dec.values[l][:, kv_of]  # [T, H, dh]
             vW = torch.einsum("thd,hde->the", v, W).contiguous()  # [T_j, H, D]: v_j^h W_O^h
-            A = dec.attentions[l]  # [H, T_i, T_j]
+            A = dec.attentions[l].float()  # [H, T_i, T_j] (a 16-bit model's maps widened here)
             bias = P.out_bias(b)
             bvec = bias.detach().float().cpu() if bias is not None else None
             scale = None
